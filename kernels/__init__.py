@@ -1,0 +1,1 @@
+"""kernels: layer 0 numeric routines (torch only): anchors, int8 quantisation, batch-invariant ops."""

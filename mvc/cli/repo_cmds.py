@@ -1,0 +1,577 @@
+"""Repository commands: init, commit, log, show, diff, checkout, export, rollback, reflog, branch,
+switch, tag, status, gc, fsck, du, config and the plumbing (rev-parse, cat-object, ls-tree)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from ..errors import BadInput, MvcError
+from ..repo import Repo
+from .main import cli
+from .output import byte_progress, console, emit_json, human_bytes, short
+
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
+
+
+def _repo() -> Repo:
+    return Repo(os.getcwd())
+
+
+def _parse_metric(text: str):
+    if "=" not in text:
+        raise click.BadParameter(f"{text!r}: use KEY=VALUE", param_hint="--metric")
+    key, _, raw = text.partition("=")
+    for conv in (int, float):
+        try:
+            value = conv(raw)
+            break
+        except ValueError:
+            continue
+    else:
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+    return key, value
+
+
+@cli.command()
+@click.argument("path", default=".", type=click.Path(file_okay=False))
+@json_opt
+def init(path, as_json):
+    """Create an empty repository in PATH (default: the current directory).
+
+    \b
+    Example:
+      mvc init my-models
+    """
+    existed = os.path.isdir(os.path.join(path, ".mvc"))
+    repo = Repo.init(path)
+    if as_json:
+        emit_json({"path": repo.root, "created": not existed})
+    else:
+        click.echo(("Reinitialized existing" if existed else "Initialized empty") + f" mvc repository in {repo.dir}")
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(exists=False))
+@click.option("-c", "--component", "comps", multiple=True, metavar="NAME=PATH",
+              help="Commit PATH as component NAME (repeatable).")
+@click.option("-m", "--message", required=True, help="Commit message.")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Record a metric (repeatable).")
+@click.option("--branch", "-b", help="Commit onto this branch (created when new); HEAD does not move.")
+@click.option("--remove", multiple=True, metavar="NAME", help="Drop a component carried over from the parent.")
+@json_opt
+def commit(path, comps, message, metrics, branch, remove, as_json):
+    """Commit a file or directory (component `model`) and/or named components.
+
+    Components not named carry over from the parent commit; unchanged tensors are never stored
+    twice.
+
+    \b
+    Examples:
+      mvc commit model.safetensors -m "step 1000" --metric loss=2.31
+      mvc commit -c core=core.safetensors -c brick/python=brick.safetensors -m "paste"
+      mvc commit ./hf-model-dir -m "import" --branch imports
+    """
+    repo = _repo()
+    components = {}
+    if path:
+        components["model"] = path
+    for spec in comps:
+        if "=" not in spec:
+            raise click.BadParameter(f"{spec!r}: use NAME=PATH", param_hint="--component")
+        name, _, p = spec.partition("=")
+        if name in components:
+            raise click.BadParameter(f"component {name!r} given twice", param_hint="--component")
+        components[name] = p
+    for p in components.values():
+        if not os.path.lexists(p):
+            raise BadInput(f"{p}: no such file or directory")
+    if not components and not remove:
+        raise click.UsageError("nothing to commit: give a PATH, --component NAME=PATH or --remove NAME")
+    from ..components import input_bytes
+    total = sum(input_bytes(p) for p in components.values())
+    with byte_progress(total, "committing") as advance:
+        cid = repo.commit(components, message=message, metrics=dict(_parse_metric(m) for m in metrics),
+                          branch=branch, remove=remove, progress=advance)
+    c = repo.read_commit(cid)
+    if as_json:
+        emit_json({"commit": cid, "branch": branch or repo.head_branch, "parents": c["parents"],
+                   "components": c["components"]})
+    else:
+        click.echo(f"[{branch or repo.head_branch} {short(cid)}] {message.splitlines()[0]}")
+
+
+@cli.command()
+@click.argument("rev", required=False)
+@click.option("-n", "--max-count", "n", type=click.IntRange(min=0), help="Show at most N commits.")
+@click.option("--oneline", is_flag=True, help="One line per commit.")
+@json_opt
+def log(rev, n, oneline, as_json):
+    """List commits reachable from REV (default HEAD), newest first.
+
+    \b
+    Example:
+      mvc log -n 10 --json
+    """
+    repo = _repo()
+    commits = repo.log(rev, n)
+    status = _ci_status(repo, [c["id"] for c in commits])
+    if as_json:
+        emit_json([{"id": c["id"], "parents": c["parents"], "message": c["message"], "metrics": c["metrics"],
+                    "components": c["components"], "author": c["author"], "time": c["time"],
+                    "ci": status.get(c["id"])} for c in commits])
+        return
+    heads = {}
+    for b, oid in repo.branches().items():
+        heads.setdefault(oid, []).append(b)
+    for t, oid in repo.tags().items():
+        heads.setdefault(oid, []).append(f"tag: {t}")
+    out = []
+    for c in commits:
+        deco = f" ({', '.join(heads[c['id']])})" if c["id"] in heads else ""
+        ci = f" [ci: {status[c['id']]}]" if c["id"] in status else ""
+        if oneline:
+            out.append(f"{short(c['id'])}{deco} {c['message'].splitlines()[0] if c['message'] else ''}{ci}")
+            continue
+        out.append(f"commit {c['id']}{deco}")
+        out.append(f"Author: {c['author']}")
+        out.append(f"Date:   {c['time']}")
+        if c["metrics"]:
+            out.append("Metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(c["metrics"].items())))
+        if ci:
+            out.append(f"CI:     {status[c['id']]}")
+        out.append("")
+        out.extend("    " + line for line in c["message"].splitlines())
+        out.append("")
+    click.echo("\n".join(out))
+
+
+def _ci_status(repo: Repo, ids) -> dict:
+    """CI verdicts of commits that have a certificate (read from the certificate index, no torch)."""
+    idx = os.path.join(repo.dir, "certs")
+    out = {}
+    if not os.path.isdir(idx):
+        return out
+    for cid in ids:
+        p = os.path.join(idx, cid[:2], cid[2:])
+        if os.path.exists(p):
+            with open(p) as f:
+                certs = [line.strip() for line in f if line.strip()]
+            if certs:
+                try:
+                    cert = json.loads(repo.store.get(certs[-1]))
+                    out[cid] = "passed" if cert.get("passed") else "failed"
+                except (MvcError, ValueError):
+                    out[cid] = "unknown"
+    return out
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@json_opt
+def show(rev, as_json):
+    """Show a commit: message, metrics, provenance and its components.
+
+    \b
+    Example:
+      mvc show HEAD~1
+    """
+    repo = _repo()
+    info = repo.show(rev)
+    info["ci"] = _ci_status(repo, [info["id"]]).get(info["id"])
+    if as_json:
+        emit_json(info)
+        return
+    from rich.table import Table
+    con = console()
+    con.print(f"commit {info['id']}")
+    con.print(f"Author: {info['author']}\nDate:   {info['time']}")
+    if info["parents"]:
+        con.print("Parents: " + " ".join(short(p) for p in info["parents"]))
+    if info["metrics"]:
+        con.print("Metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(info["metrics"].items())))
+    git = info["provenance"].get("git")
+    if git:
+        con.print(f"Code:   git {short(git.get('sha'))} on {git.get('branch')}"
+                  + (" (dirty)" if git.get("dirty") else ""))
+    if info["ci"]:
+        con.print(f"CI:     {info['ci']}")
+    con.print("\n    " + "\n    ".join(info["message"].splitlines()) + "\n")
+    table = Table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch")
+    for name, c in info["components"].items():
+        table.add_row(name, c["kind"], short(c["tree"]), str(c["tensors"]), str(c["files"]),
+                      human_bytes(c["bytes"]), ", ".join(f"{k}x{v}" for k, v in sorted(c["dtypes"].items())),
+                      c["arch"] or "-")
+    con.print(table)
+
+
+@cli.command()
+@click.argument("rev_a")
+@click.argument("rev_b", default="HEAD")
+@click.option("--exit-code", is_flag=True, help="Exit 1 when the commits differ.")
+@click.option("--all", "show_all", is_flag=True, help="Also list unchanged tensors.")
+@json_opt
+def diff(rev_a, rev_b, exit_code, show_all, as_json):
+    """Compare two commits per component and per tensor.
+
+    Changed tensors report max |delta|, relative L2 change and the fraction of elements changed.
+
+    \b
+    Examples:
+      mvc diff HEAD~1 HEAD
+      mvc diff main experiment --json --exit-code
+    """
+    repo = _repo()
+    d = repo.diff(rev_a, rev_b)
+    if as_json:
+        emit_json(d)
+    else:
+        from rich.table import Table
+        con = console()
+        con.print(f"diff {short(d['a'])} -> {short(d['b'])}")
+        for name, c in d["components"].items():
+            if c["status"] == "unchanged":
+                con.print(f"  {name}: unchanged")
+                continue
+            counts = {}
+            for t in c["tensors"].values():
+                counts[t["status"]] = counts.get(t["status"], 0) + 1
+            con.print(f"  {name}: {c['status']} (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
+            table = Table("tensor", "status", "dtype", "shape", "max |delta|", "rel L2", "changed")
+            for tname, t in c["tensors"].items():
+                if t["status"] == "unchanged" and not show_all:
+                    continue
+                fmt = (lambda v: "-" if v is None else f"{v:.3g}")
+                dtype = t.get("dtype")
+                shape = t.get("shape")
+                table.add_row(tname, t["status"] + (f" ({t['note']})" if t.get("note") else ""),
+                              " -> ".join(dtype) if isinstance(dtype, list) and dtype[0] != dtype[1]
+                              else (dtype[0] if isinstance(dtype, list) else dtype or ""),
+                              str(shape[1] if isinstance(shape, list) and shape and isinstance(shape[0], list)
+                                  else shape or ""),
+                              fmt(t.get("max_abs_delta")), fmt(t.get("rel_l2")),
+                              f"{t['frac_changed']:.1%}" if t.get("frac_changed") is not None else "-")
+            if table.row_count:
+                con.print(table)
+            for rel, f in c["files"].items():
+                con.print(f"    file {rel}: {f['status']} ({human_bytes(f['size'][0])} -> {human_bytes(f['size'][1])})")
+        for k, v in d["metrics"].items():
+            con.print(f"  metric {k}: {v['a']} -> {v['b']}")
+        if d["identical"]:
+            con.print("  no differences")
+    if exit_code and not d["identical"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Directory to write into.")
+@click.option("-c", "--component", "comps", multiple=True, help="Only this component (repeatable).")
+@json_opt
+def checkout(rev, out, comps, as_json):
+    """Write the components of REV as their original files under DIR/<component>/ (refs never move).
+
+    \b
+    Example:
+      mvc checkout HEAD~2 -o restored/
+    """
+    repo = _repo()
+    cid = repo.resolve(rev)
+    total = sum(f["size"] for name, tid in repo.read_commit(cid)["components"].items()
+                if not comps or name in comps for f in repo.read_tree(tid)["files"].values())
+    with byte_progress(total, "checking out") as advance:
+        files = repo.checkout(cid, out, comps or None, progress=advance)
+    if as_json:
+        emit_json({"commit": cid, "files": files})
+    else:
+        click.echo(f"wrote {len(files)} files of {short(cid)} under {out}")
+
+
+@cli.command()
+@click.argument("rev")
+@click.argument("component")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+def export(rev, component, out):
+    """Write one single-file COMPONENT of REV to a file.
+
+    \b
+    Example:
+      mvc export HEAD core -o core.safetensors
+    """
+    _repo().export(rev, component, out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("rev", required=False)
+@json_opt
+def rollback(rev, as_json):
+    """Move the current branch back to REV (default: its parent). Nothing is deleted.
+
+    Every move is in the reflog, so a rollback can be undone with `mvc rollback <old id>`.
+
+    \b
+    Examples:
+      mvc rollback            # back one commit
+      mvc rollback HEAD~3
+      mvc reflog              # find the id to go back to
+    """
+    r = _repo().rollback(rev)
+    if as_json:
+        emit_json(r)
+    else:
+        click.echo(f"{r['branch']}: {short(r['old'])} -> {short(r['new'])} (undo with: mvc rollback {short(r['old'])})")
+
+
+@cli.command()
+@click.argument("branch", required=False)
+@click.option("-n", "--max-count", "n", type=click.IntRange(min=0))
+@json_opt
+def reflog(branch, n, as_json):
+    """List the moves of a branch's head (default: the current branch), newest first."""
+    entries = _repo().reflog(branch)[:n]
+    if as_json:
+        emit_json(entries)
+        return
+    for i, e in enumerate(entries):
+        click.echo(f"{short(e['new'])} @{{{i}}}: {e['message']} ({e['time']}, was {short(e['old'])})")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("rev", required=False)
+@click.option("-d", "--delete", "delete", is_flag=True, help="Delete branch NAME.")
+@json_opt
+def branch(name, rev, delete, as_json):
+    """List branches, create NAME at REV (default HEAD), or delete one with -d.
+
+    \b
+    Examples:
+      mvc branch
+      mvc branch experiment HEAD~2
+      mvc branch -d experiment
+    """
+    repo = _repo()
+    if delete:
+        if not name:
+            raise click.UsageError("mvc branch -d NAME")
+        oid = repo.delete_branch(name)
+        if as_json:
+            emit_json({"deleted": name, "was": oid})
+        else:
+            click.echo(f"Deleted branch {name} (was {short(oid)})")
+        return
+    if name:
+        oid = repo.create_branch(name, rev)
+        if as_json:
+            emit_json({"branch": name, "commit": oid})
+        else:
+            click.echo(f"Created branch {name} at {short(oid)}")
+        return
+    current = repo.head_branch
+    branches = repo.branches()
+    if as_json:
+        emit_json({"current": current, "branches": branches})
+        return
+    if current and current not in branches:
+        click.echo(f"* {current} (no commits yet)")
+    for b, oid in branches.items():
+        click.echo(f"{'*' if b == current else ' '} {b} {short(oid)}")
+
+
+@cli.command()
+@click.argument("name")
+def switch(name):
+    """Make branch NAME the current branch."""
+    _repo().switch(name)
+    click.echo(f"Switched to branch {name}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("rev", required=False)
+@click.option("-f", "--force", is_flag=True, help="Move an existing tag.")
+@click.option("-d", "--delete", is_flag=True, help="Delete tag NAME.")
+@json_opt
+def tag(name, rev, force, delete, as_json):
+    """List tags, or tag REV (default HEAD) as NAME.
+
+    \b
+    Example:
+      mvc tag v1.0 HEAD
+    """
+    repo = _repo()
+    if delete:
+        oid = repo.refs.read(f"refs/tags/{name}")
+        if not oid:
+            raise MvcError(f"no tag {name!r}")
+        repo.refs.update(f"refs/tags/{name}", None, expected=oid, message="tag: deleted")
+        click.echo(f"Deleted tag {name}")
+        return
+    if name:
+        oid = repo.tag(name, rev, force)
+        if as_json:
+            emit_json({"tag": name, "commit": oid})
+        else:
+            click.echo(f"Tagged {short(oid)} as {name}")
+        return
+    tags = repo.tags()
+    if as_json:
+        emit_json(tags)
+    else:
+        for t, oid in tags.items():
+            click.echo(f"{t} {short(oid)}")
+
+
+@cli.command()
+@json_opt
+def status(as_json):
+    """Show the current branch, HEAD, the git link and the CI state of HEAD."""
+    repo = _repo()
+    from ..repo import git_current_branch
+    head = repo.head()
+    gb, detached = git_current_branch(repo.root)
+    info = {"branch": repo.head_branch, "head": head, "git_branch": gb, "git_detached": detached,
+            "ci": _ci_status(repo, [head]).get(head) if head else None, "root": repo.root}
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"On branch {info['branch'] or '(detached)'}")
+    click.echo(f"HEAD: {short(head)}" if head else "No commits yet")
+    if gb or detached:
+        click.echo(f"git: {'detached HEAD' if detached else 'branch ' + gb}")
+    if info["ci"]:
+        click.echo(f"CI of HEAD: {info['ci']}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be removed.")
+@click.option("--grace", "grace", type=float, default=None,
+              help="Keep unreachable objects younger than this many seconds (default 3600).")
+@json_opt
+def gc(dry_run, grace, as_json):
+    """Remove objects unreachable from refs and reflogs; report bytes freed."""
+    r = _repo().gc(dry_run=dry_run, grace_s=grace)
+    if as_json:
+        emit_json(r)
+    else:
+        verb = "would remove" if dry_run else "removed"
+        click.echo(f"{verb} {r['removed']} objects, {human_bytes(r['bytes_freed'])} "
+                   f"({r['kept_recent']} recent unreachable objects kept)")
+
+
+@cli.command()
+@json_opt
+def fsck(as_json):
+    """Re-hash every object and check every reachable object; exit 1 on damage."""
+    repo = _repo()
+    total = sum(repo.store.size(o) for o in repo.store.ids()) if sys.stderr.isatty() else 0
+    with byte_progress(total, "checking") as advance:
+        r = repo.fsck(progress=advance)
+    if as_json:
+        emit_json(r)
+    else:
+        for p in r["problems"]:
+            click.echo(f"damaged: {p['id']}: {p['problem']}")
+        click.echo(f"checked {r['checked']} objects: " + ("ok" if r["ok"] else f"{len(r['problems'])} problems"))
+    if not r["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@json_opt
+def du(as_json):
+    """Stored bytes, logical bytes (all commits as plain files) and the dedup ratio."""
+    r = _repo().du()
+    if as_json:
+        emit_json(r)
+    else:
+        ratio = f"{r['dedup_ratio']:.2f}x" if r["dedup_ratio"] else "-"
+        click.echo(f"{r['commits']} commits, {r['objects']} objects\n"
+                   f"stored:  {human_bytes(r['stored_bytes'])}\nlogical: {human_bytes(r['logical_bytes'])}\n"
+                   f"dedup:   {ratio}")
+
+
+@cli.command("config")
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option("--unset", is_flag=True)
+def config_cmd(key, value, unset):
+    """Read or set a repository config value (section.name, e.g. core.fsync)."""
+    repo = _repo()
+    if unset:
+        repo.set_config(key, None)
+    elif value is None:
+        v = repo.get_config(key)
+        if v is None:
+            sys.exit(1)
+        click.echo(v)
+    else:
+        repo.set_config(key, value)
+
+
+@cli.command("rev-parse")
+@click.argument("revs", nargs=-1, required=True)
+def rev_parse(revs):
+    """Print the full commit id of each revision."""
+    repo = _repo()
+    for r in revs:
+        click.echo(repo.resolve(r))
+
+
+@cli.command("cat-object")
+@click.argument("oid")
+def cat_object(oid):
+    """Print a commit, tree or certificate object as JSON, or a blob's bytes (verified)."""
+    repo = _repo()
+    if len(oid) != 64:
+        oid = repo.resolve(oid)
+    data = repo.store.get(oid)
+    sys.stdout.buffer.write(data)
+
+
+@cli.command("ls-tree")
+@click.argument("rev")
+@click.argument("component", required=False)
+@json_opt
+def ls_tree(rev, component, as_json):
+    """List the components of REV, or the tensors and files of one COMPONENT."""
+    repo = _repo()
+    cid = repo.resolve(rev)
+    if not component:
+        comps = repo.read_commit(cid)["components"]
+        if as_json:
+            emit_json(comps)
+        else:
+            for name, tid in sorted(comps.items()):
+                click.echo(f"{tid} {name}")
+        return
+    tree = repo.tree(cid, component)
+    if as_json:
+        emit_json(tree)
+        return
+    for name, t in tree["tensors"].items():
+        click.echo(f"{t['id']} {t['dtype']:>5} {str(t['shape']):>16} {name}")
+    for rel, f in tree["files"].items():
+        click.echo(f"{f.get('id') or f.get('header')} {f['format']:>11} {f['size']:>12} {rel}")
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("-m", "--message", help="Commit message.")
+@json_opt
+def revert(rev, message, as_json):
+    """Make a new commit on the current branch restoring the components of REV."""
+    repo = _repo()
+    cid = repo.resolve(rev)
+    target = repo.read_commit(cid)["components"]
+    head = repo.head()
+    current = repo.read_commit(head)["components"] if head else {}
+    new = repo.commit({}, message=message or f"revert to {short(cid)}", trees=target,
+                      remove=[n for n in current if n not in target])
+    if as_json:
+        emit_json({"commit": new, "restored": cid})
+    else:
+        click.echo(f"[{repo.head_branch} {short(new)}] restored the components of {short(cid)}")

@@ -1,0 +1,232 @@
+"""Turning inputs into component trees (files, directories, state dicts) and trees back into files.
+
+A safetensors file becomes one canonical blob per tensor plus a blob of its original header bytes,
+which is all that is needed to rebuild the file byte for byte. Other files become raw blobs.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from typing import Callable
+
+from . import safetensors_format as stf
+from .errors import BadInput, CorruptObject
+from .objects import check_component_name, check_relpath, tree_object
+from .store import ObjectStore
+
+SAFETENSORS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+MEMORY_FILE = "model.safetensors"
+SKIP_DIRS = {".git", ".mvc"}
+
+Progress = Callable[[int], None]
+
+
+def default_kind(name: str) -> str:
+    if name == "core" or name.startswith("core/"):
+        return "core"
+    if name.startswith("brick/"):
+        return "brick"
+    if name == "optimizer":
+        return "optimizer"
+    return "other"
+
+
+class Ingest:
+    """Collects the tensors and files of one component while writing their blobs."""
+
+    def __init__(self, store: ObjectStore, progress: Progress | None = None):
+        self.store = store
+        self.progress = progress or (lambda n: None)
+        self.tensors: dict[str, dict] = {}
+        self.files: dict[str, dict] = {}
+
+    def _add_tensor(self, relpath: str, name: str, oid: str, dtype: str, shape) -> None:
+        entry = {"id": oid, "dtype": dtype, "shape": list(shape), "file": relpath}
+        key = name
+        if name in self.tensors:  # the same name in two files of a directory
+            key, entry["name"] = f"{relpath}:{name}", name
+        self.tensors[key] = entry
+
+    def safetensors_file(self, relpath: str, path: str) -> None:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head8 = f.read(8)
+            if len(head8) < 8:
+                raise BadInput(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            n = int.from_bytes(head8, "little")
+            if n > stf.MAX_HEADER_BYTES or 8 + n > size:
+                stf.parse_header(head8, size, path)  # raises the precise error
+            prefix = head8 + f.read(n)
+            header = stf.parse_header(prefix, size, path)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            with memoryview(mm) as view:
+                with view[: header.data_start] as head:
+                    header_id = self.store.put(head)
+                for e in header.tensors:
+                    with view[header.data_start + e.begin: header.data_start + e.end] as data:
+                        oid = self.store.put(stf.blob_prefix(e.dtype, e.shape), data)
+                    self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)
+                    self.progress(e.end - e.begin)
+        finally:
+            if isinstance(mm, mmap.mmap):
+                mm.close()
+        self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
+
+    def state_dict(self, relpath: str, state: dict, metadata: dict | None = None) -> None:
+        from .tensors import find_aliases, tensor_buffer
+        aliases = find_aliases(state)
+        names = sorted(n for n in state if n not in aliases)
+        buffers = {n: tensor_buffer(state[n]) for n in names}
+        prefix, _ = stf.build_header([(n, buffers[n][0], buffers[n][1]) for n in names], metadata)
+        header_id = self.store.put(prefix)
+        total = len(prefix)
+        for n in names:
+            dtype, shape, buf = buffers[n]
+            oid = self.store.put(stf.blob_prefix(dtype, shape), buf)
+            self._add_tensor(relpath, n, oid, dtype, shape)
+            total += len(buf)
+            self.progress(len(buf))
+        entry = {"format": "safetensors", "header": header_id, "size": total}
+        if aliases:  # tied tensors: stored once, recorded as aliases of their first name
+            for alias, target in aliases.items():
+                self.tensors[alias] = {**self.tensors[target], "alias": target}
+        self.files[relpath] = entry
+
+    def raw_file(self, relpath: str, path: str) -> None:
+        with open(path, "rb") as f:
+            data = f.read()
+        self.files[relpath] = {"format": "raw", "id": self.store.put(data), "size": len(data)}
+        self.progress(len(data))
+
+    def path(self, path: str, relpath: str | None = None) -> None:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise BadInput(f"{path} is a symbolic link; mvc refuses symlinks",
+                           "commit the file it points to")
+        if stat.S_ISDIR(st.st_mode):
+            return self.directory(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{path} is not a regular file")
+        base = relpath or os.path.basename(path)
+        if base.endswith(SAFETENSORS_SUFFIX):
+            self.safetensors_file(base, path)
+        elif base.endswith(PICKLE_SUFFIXES) and relpath is None:
+            from .tensors import load_pickle_state_dict
+            self.state_dict(MEMORY_FILE, load_pickle_state_dict(path))
+        else:
+            self.raw_file(base, path)
+
+    def directory(self, root: str) -> None:
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            for d in dirnames:
+                if os.path.islink(os.path.join(dirpath, d)):
+                    raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks")
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                entries.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
+        if not entries:
+            raise BadInput(f"{root} holds no files to commit")
+        for rel, full in entries:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                raise BadInput(f"{full} is a symbolic link; mvc refuses symlinks")
+            if stat.S_ISREG(st.st_mode):
+                self.path(full, rel)
+
+
+def input_bytes(value) -> int:
+    """Bytes a commit of `value` will read (for progress bars); 0 when unknown."""
+    if isinstance(value, (str, os.PathLike)):
+        p = os.fspath(value)
+        if os.path.isfile(p):
+            return os.path.getsize(p)
+        total = 0
+        for dirpath, dirnames, files in os.walk(p):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files
+                         if os.path.isfile(os.path.join(dirpath, f)))
+        return total
+    try:
+        from .tensors import module_state
+        state = module_state(value)[0]
+        return sum(t.numel() * t.element_size() for t in state.values())
+    except Exception:
+        return 0
+
+
+def build_tree(store: ObjectStore, name: str, value, progress: Progress | None = None) -> dict:
+    """The tree object (a dict) for component `name` from a path, state dict or module."""
+    check_component_name(name)
+    ing = Ingest(store, progress)
+    arch = config = abi = None
+    kind = None
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.lexists(path):
+            raise BadInput(f"{path}: no such file or directory")
+        ing.path(path)
+    else:
+        from .tensors import module_state
+        state, arch, config, abi, kind = module_state(value)
+        if not state:
+            raise BadInput(f"component {name!r} has no tensors")
+        ing.state_dict(MEMORY_FILE, state)
+    return tree_object(kind or default_kind(name), ing.tensors, ing.files, arch=arch, config=config,
+                       abi=abi)
+
+
+# -- writing trees back out ------------------------------------------------------------------
+def file_chunks(store: ObjectStore, tree: dict, relpath: str):
+    """Yield the byte chunks that rebuild one file of a tree exactly, verifying each blob."""
+    entry = tree["files"][relpath]
+    if entry["format"] == "raw":
+        yield store.get(entry["id"])
+        return
+    header = store.get(entry["header"])
+    if len(header) < 8:
+        raise CorruptObject(f"header blob {entry['header'][:12]} of {relpath} is truncated")
+    parsed = stf.parse_header(header, entry["size"], f"stored header of {relpath}")
+    by_name = {t.get("name", k): t for k, t in tree["tensors"].items() if t["file"] == relpath}
+    yield header
+    for e in parsed.tensors:
+        t = by_name.get(e.name)
+        if t is None:
+            raise CorruptObject(f"tree lacks tensor {e.name!r} of {relpath}")
+        view = store.view(t["id"])
+        blob = stf.parse_blob(view, f"blob {t['id'][:12]}")
+        if blob.end - blob.begin != e.end - e.begin:
+            raise CorruptObject(f"blob {t['id'][:12]} has the wrong size for {e.name!r}")
+        yield memoryview(view)[blob.begin: blob.end]
+
+
+def write_file(store: ObjectStore, tree: dict, relpath: str, dest: str,
+               progress: Progress | None = None) -> None:
+    """Write one file of a tree to `dest` atomically."""
+    tmp = dest + ".mvc-tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in file_chunks(store, tree, relpath):
+                f.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_tree(store: ObjectStore, tree: dict, out_dir: str, progress: Progress | None = None) -> list[str]:
+    written = []
+    for relpath in sorted(tree["files"]):
+        check_relpath(relpath)
+        dest = os.path.join(out_dir, *relpath.split("/"))
+        write_file(store, tree, relpath, dest, progress)
+        written.append(dest)
+    return written

@@ -1,0 +1,125 @@
+"""Object ids, canonical JSON and the tree/commit/certificate object shapes (pure data, no I/O)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import blake3
+
+from .errors import BadInput, BadName, CorruptObject, FormatTooNew
+
+FORMAT_VERSION = 1          # of trees, commits and certificates
+HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
+OID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hash_bytes(*buffers) -> str:
+    """BLAKE3-256 hex of the concatenation of `buffers` (bytes-like)."""
+    total = sum(len(b) for b in buffers)
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO if total >= HASH_THREADS_MIN else 1)
+    for b in buffers:
+        h.update(b)
+    return h.hexdigest()
+
+
+def _check_finite(value, path="value"):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadInput(f"{path} is {value}: NaN and infinity cannot be stored (canonical JSON)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise BadInput(f"{path} has a non-string key {k!r}")
+            _check_finite(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]")
+
+
+def canonical_json(obj) -> bytes:
+    """Sorted keys, no spaces, UTF-8, no NaN/Infinity."""
+    _check_finite(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def encode(obj: dict) -> tuple[str, bytes]:
+    data = canonical_json(obj)
+    return hash_bytes(data), data
+
+
+def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
+    """Parse a JSON object of `expected_type`, refusing other kinds and newer formats."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptObject(f"object {oid[:12]} is not a JSON {expected_type}") from None
+    if not isinstance(obj, dict) or obj.get("type") != expected_type:
+        got = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
+        raise CorruptObject(f"object {oid[:12]} is a {got}, not a {expected_type}")
+    fmt = obj.get("format")
+    if not isinstance(fmt, int):
+        raise CorruptObject(f"{expected_type} {oid[:12]} has no format version")
+    if fmt > FORMAT_VERSION:
+        raise FormatTooNew(f"{expected_type} {oid[:12]} has format {fmt}; this mvc reads up to {FORMAT_VERSION}",
+                           "upgrade mvc")
+    return obj
+
+
+def is_oid(text: str) -> bool:
+    return bool(OID_RE.match(text))
+
+
+def check_component_name(name: str) -> str:
+    """Component names are relative slash paths: no empty, '.' or '..' segments, no absolute paths."""
+    if not isinstance(name, str) or not name:
+        raise BadName("component name is empty")
+    if name.startswith("/") or "\\" in name or "\x00" in name:
+        raise BadName(f"invalid component name {name!r} (use relative names like core or brick/python)")
+    for seg in name.split("/"):
+        if seg in ("", ".", ".."):
+            raise BadName(f"invalid component name {name!r} (empty, '.' or '..' segment)")
+    return name
+
+
+def check_relpath(path: str) -> str:
+    """A file path inside a component (from a tree): the same rules as component names."""
+    try:
+        return check_component_name(path)
+    except BadName:
+        raise CorruptObject(f"tree holds an unsafe file path {path!r}") from None
+
+
+def check_ref_name(name: str) -> str:
+    if (not name or name.startswith(("-", "/")) or name.endswith(("/", ".lock")) or ".." in name
+            or any(c in name for c in " ~^:?*[\\@{}\x00") or "//" in name
+            or any(seg.startswith(".") for seg in name.split("/"))):
+        raise BadName(f"invalid branch or tag name {name!r}")
+    if is_oid(name) or (len(name) >= 6 and re.fullmatch(r"[0-9a-f]+", name)):
+        raise BadName(f"invalid branch or tag name {name!r} (it looks like an object id)")
+    return name
+
+
+def tree_object(kind: str, tensors: dict, files: dict, arch=None, config=None, abi=None,
+                meta=None) -> dict:
+    return {"type": "tree", "format": FORMAT_VERSION, "kind": kind, "arch": arch, "config": config,
+            "abi": abi, "meta": meta or {}, "tensors": tensors, "files": files}
+
+
+def commit_object(components: dict, parents: list, message: str, author: str, time: str,
+                  metrics=None, provenance=None, extra=None) -> dict:
+    return {"type": "commit", "format": FORMAT_VERSION, "components": dict(components),
+            "parents": list(parents), "message": message, "author": author, "time": time,
+            "metrics": metrics or {}, "provenance": provenance or {}, "extra": extra or {}}
+
+
+def tree_blob_ids(tree: dict) -> list[str]:
+    """Every blob id a tree refers to (tensor blobs, headers, raw files)."""
+    ids = [t["id"] for t in tree["tensors"].values()]
+    for f in tree["files"].values():
+        if f.get("header"):
+            ids.append(f["header"])
+        if f.get("id"):
+            ids.append(f["id"])
+    return ids

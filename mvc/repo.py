@@ -1,0 +1,838 @@
+"""The repository: commits, revisions, branches, tags, loading, diff, rollback, gc, fsck and du.
+
+`Repo` is the Python API the CLI wraps. It imports torch only inside the operations that compute
+on tensors (committing in-memory tensors, load, diff).
+"""
+from __future__ import annotations
+
+import configparser
+import getpass
+import os
+import re
+import socket
+import time
+import warnings
+from typing import Callable, Iterable
+
+from . import components as comp
+from . import safetensors_format as stf
+from .errors import (BadInput, BadName, CorruptObject, MvcError, NotARepository, ObjectMissing,
+                     RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew)
+from .files import atomic_write
+from .objects import (canonical_json, check_component_name, check_ref_name, commit_object, decode,
+                      encode, is_oid, tree_blob_ids)
+from .refs import RefStore, utc_now
+from .store import ChainStore, LooseStore
+
+MVC_DIR = ".mvc"
+REPO_FORMAT = 1
+DEFAULT_BRANCH = "main"
+COMMIT_RETRIES = 20
+GC_GRACE_S = 3600.0
+REFLOG_EXPIRE_S = 90 * 24 * 3600.0
+
+
+def find_root(start: str | os.PathLike | None = None) -> str:
+    """The directory holding .mvc at or above `start`."""
+    path = os.path.abspath(os.fspath(start or os.getcwd()))
+    while True:
+        if os.path.isdir(os.path.join(path, MVC_DIR)):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            raise NotARepository(f"not an mvc repository (or any parent): {os.fspath(start or os.getcwd())}",
+                                 "run mvc init")
+        path = parent
+
+
+class Repo:
+    """An mvc repository. `Repo(path)` finds .mvc at or above `path`; `Repo.init(path)` creates one."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.root = find_root(path)
+        self.dir = os.path.join(self.root, MVC_DIR)
+        self.config = configparser.ConfigParser()
+        self.config.read(os.path.join(self.dir, "config"))
+        fmt = self.config.getint("core", "format", fallback=None)
+        if fmt is None:
+            raise NotARepository(f"{self.dir} has no readable config", "is it an mvc repository?")
+        if fmt > REPO_FORMAT:
+            raise FormatTooNew(f"repository format {fmt} is newer than this mvc understands ({REPO_FORMAT})",
+                               "upgrade mvc")
+        fsync = self.config.getboolean("core", "fsync", fallback=True)
+        self.loose = LooseStore(os.path.join(self.dir, "objects"), fsync=fsync)
+        self.store = ChainStore(self.loose)
+        self.refs = RefStore(self.dir, fsync=fsync)
+        self._cache: dict[str, dict] = {}
+
+    # -- creation ----------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | os.PathLike = ".", default_branch: str = DEFAULT_BRANCH) -> "Repo":
+        root = os.path.abspath(os.fspath(path))
+        d = os.path.join(root, MVC_DIR)
+        if os.path.isdir(d):
+            return cls(root)
+        check_ref_name(default_branch)
+        os.makedirs(root, exist_ok=True)
+        tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
+        for sub in ("objects", "refs/heads", "refs/tags", "refs/remotes", "logs"):
+            os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+        cfg = configparser.ConfigParser()
+        cfg["core"] = {"format": str(REPO_FORMAT)}
+        with open(os.path.join(tmp, "config"), "w") as f:
+            cfg.write(f)
+        with open(os.path.join(tmp, "HEAD"), "w") as f:
+            f.write(f"ref: refs/heads/{default_branch}\n")
+        try:
+            os.rename(tmp, d)
+        except OSError:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.isdir(d):
+                raise
+        repo = cls(root)
+        repo._exclude_from_git()
+        return repo
+
+    def _exclude_from_git(self) -> None:
+        git_dir = _git_dir_of(self.root)
+        if not git_dir:
+            return
+        exclude = os.path.join(git_dir, "info", "exclude")
+        os.makedirs(os.path.dirname(exclude), exist_ok=True)
+        lines = open(exclude).read().splitlines() if os.path.exists(exclude) else []
+        rel = os.path.relpath(self.dir, os.path.dirname(git_dir)).replace(os.sep, "/")
+        entry = "/" + rel + "/" if not rel.startswith("..") else None
+        if entry and entry not in lines and ".mvc/" not in lines:
+            with open(exclude, "a") as f:
+                f.write(("\n" if lines and lines[-1] else "") + entry + "\n")
+
+    # -- config ------------------------------------------------------------------------------
+    def get_config(self, key: str, default=None):
+        section, _, name = key.rpartition(".")
+        section = _config_section(section)
+        return self.config.get(section, name, fallback=default)
+
+    def set_config(self, key: str, value: str | None) -> None:
+        section, _, name = key.rpartition(".")
+        if not section or not name:
+            raise BadName(f"config keys look like section.name, not {key!r}")
+        section = _config_section(section)
+        if value is None:
+            if self.config.has_option(section, name):
+                self.config.remove_option(section, name)
+                if not self.config.options(section):
+                    self.config.remove_section(section)
+        else:
+            if not self.config.has_section(section):
+                self.config.add_section(section)
+            self.config.set(section, name, str(value))
+        import io
+        buf = io.StringIO()
+        self.config.write(buf)
+        atomic_write(os.path.join(self.dir, "config"), buf.getvalue().encode())
+
+    # -- objects -----------------------------------------------------------------------------
+    def _read_obj(self, oid: str, kind: str) -> dict:
+        obj = self._cache.get(oid)
+        if obj is None:
+            obj = decode(self.store.get(oid), kind, oid)
+            self._cache[oid] = obj
+        elif obj["type"] != kind:
+            raise CorruptObject(f"object {oid[:12]} is a {obj['type']}, not a {kind}")
+        return obj
+
+    def read_commit(self, oid: str) -> dict:
+        return self._read_obj(oid, "commit")
+
+    def read_tree(self, oid: str) -> dict:
+        return self._read_obj(oid, "tree")
+
+    def write_object(self, obj: dict) -> str:
+        oid, data = encode(obj)
+        self.store.put(data, oid=oid)
+        return oid
+
+    def tree(self, rev: str, component: str) -> dict:
+        cid = self.resolve(rev)
+        comps = self.read_commit(cid)["components"]
+        if component not in comps:
+            raise BadName(f"commit {cid[:12]} has no component {component!r}",
+                          f"it has: {', '.join(sorted(comps)) or 'none'}")
+        return self.read_tree(comps[component])
+
+    # -- revisions ---------------------------------------------------------------------------
+    @property
+    def head_branch(self) -> str | None:
+        target = self.refs.head_target()
+        return target[len("refs/heads/"):] if target and target.startswith("refs/heads/") else None
+
+    def head(self) -> str | None:
+        return self.refs.read("HEAD")
+
+    def branches(self) -> dict[str, str]:
+        return {k[len("refs/heads/"):]: v for k, v in self.refs.list("refs/heads/").items()}
+
+    def tags(self) -> dict[str, str]:
+        return {k[len("refs/tags/"):]: v for k, v in self.refs.list("refs/tags/").items()}
+
+    def resolve(self, rev: str | None = None) -> str:
+        """A full commit id for branch, tag, id or prefix, HEAD, REV~N, REV^ or REV@{N}."""
+        rev = "HEAD" if rev is None else str(rev).strip()
+        if not rev:
+            raise UnknownRevision("empty revision")
+        m = re.fullmatch(r"(.*?)((?:~\d*|\^\d*)+)", rev)
+        if m and m.group(1):
+            oid = self.resolve(m.group(1))
+            for op, num in re.findall(r"([~^])(\d*)", m.group(2)):
+                n = int(num) if num else 1
+                if op == "~":
+                    for _ in range(n):
+                        oid = self._parent(oid, rev, 1)
+                else:
+                    oid = self._parent(oid, rev, n) if n else oid
+            return oid
+        m = re.fullmatch(r"(.*)@\{(\d+)\}", rev)
+        if m:
+            base = m.group(1) or "HEAD"
+            ref = self.refs.head_target() if base == "HEAD" else self._ref_for_name(base)
+            if not ref:
+                raise UnknownRevision(f"{rev}: HEAD is detached; name a branch, e.g. main@{{{m.group(2)}}}")
+            log = self.refs.reflog(ref)
+            n = int(m.group(2))
+            if n >= len(log) or not log[n].get("new"):
+                raise UnknownRevision(f"{rev}: the reflog of {ref} has only {len(log)} entries")
+            return log[n]["new"]
+        if rev == "HEAD":
+            oid = self.head()
+            if oid is None:
+                raise UnknownRevision("HEAD has no commits yet", "make a first commit with mvc commit")
+            return oid
+        for ref in (f"refs/heads/{rev}", f"refs/tags/{rev}", f"refs/remotes/{rev}"):
+            try:
+                oid = self.refs.read(ref)
+            except BadName:
+                break
+            if oid:
+                return self._peel(oid)
+        if is_oid(rev):
+            if self.store.has(rev):
+                return rev
+            raise UnknownRevision(f"unknown revision {rev[:12]}...: no such object")
+        if re.fullmatch(r"[0-9a-f]{6,63}", rev):
+            matches = self._prefix_matches(rev)
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise AmbiguousRevision(f"ambiguous revision {rev}: {len(matches)} commits match",
+                                        "candidates: " + ", ".join(m[:12] for m in matches[:10]))
+        elif re.fullmatch(r"[0-9a-f]{1,5}", rev):
+            raise UnknownRevision(f"unknown revision {rev!r}", "id prefixes need at least 6 hex digits")
+        raise UnknownRevision(f"unknown revision {rev!r}", "see mvc log, mvc branch and mvc tag")
+
+    def _peel(self, oid: str) -> str:
+        return oid
+
+    def _ref_for_name(self, name: str) -> str:
+        for ref in (f"refs/heads/{name}", f"refs/tags/{name}"):
+            if self.refs.read(ref):
+                return ref
+        raise UnknownRevision(f"unknown branch {name!r}")
+
+    def _parent(self, oid: str, rev: str, n: int) -> str:
+        parents = self.read_commit(oid)["parents"]
+        if len(parents) < n:
+            raise UnknownRevision(f"{rev}: commit {oid[:12]} has no parent {n}" if n > 1
+                                  else f"{rev}: commit {oid[:12]} has no parent (it is a root commit)")
+        return parents[n - 1]
+
+    def _prefix_matches(self, prefix: str) -> list[str]:
+        d = os.path.join(self.loose.root, prefix[:2])
+        found = []
+        if os.path.isdir(d):
+            found = [prefix[:2] + n for n in os.listdir(d) if n.startswith(prefix[2:])]
+        for s in self.store.stores[1:]:
+            found.extend(o for o in getattr(s, "ids_with_prefix", lambda p: [])(prefix) if o not in found)
+        commits = []
+        for oid in sorted(found):
+            try:
+                self.read_commit(oid)
+                commits.append(oid)
+            except MvcError:
+                continue
+        return commits
+
+    # -- committing --------------------------------------------------------------------------
+    def commit(self, components: dict | None = None, message: str = "", metrics: dict | None = None,
+               branch: str | None = None, remove: Iterable[str] = (), author: str | None = None,
+               extra: dict | None = None, progress: Callable[[int], None] | None = None,
+               trees: dict[str, str] | None = None, run_hooks: bool = True) -> str:
+        """Commit components onto a branch; returns the new commit id (64 hex).
+
+        `components` maps names to a state dict, an nn.Module or a file/directory path; `trees`
+        maps names to existing tree ids (used by paste). Components not named carry over from the
+        parent; `remove` drops components.
+        """
+        components = dict(components or {})
+        for name in list(components) + list(remove) + list(trees or {}):
+            check_component_name(name)
+        if not message:
+            raise BadInput("a commit needs a message", "pass -m MSG")
+        ref, created_from, warn = self._target_branch(branch)
+        if warn:
+            warnings.warn(warn)
+        new_trees = dict(trees or {})
+        for name, value in components.items():
+            new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
+        metrics = dict(metrics or {})
+        canonical_json(metrics)  # refuse NaN before anything moves
+        author = author or default_author(self.root)
+        provenance = git_provenance(self.root)
+        for _attempt in range(COMMIT_RETRIES):
+            parent = self.refs.read(ref)
+            base = parent if parent is not None else created_from
+            comps = dict(self.read_commit(base)["components"]) if base else {}
+            for name in remove:
+                if name not in comps and name not in new_trees:
+                    raise BadName(f"cannot remove {name!r}: the parent commit has no such component")
+                comps.pop(name, None)
+            comps.update(new_trees)
+            if not comps:
+                raise BadInput("nothing to commit: no components")
+            obj = commit_object(comps, [base] if base else [], message, author, utc_now(), metrics,
+                                provenance, extra)
+            cid = self.write_object(obj)
+            try:
+                self.refs.update(ref, cid, expected=parent, message=f"commit: {message.splitlines()[0]}",
+                                 author=author)
+            except RefConflict:
+                time.sleep(0.01)
+                continue
+            break
+        else:
+            raise RefConflict(f"could not commit to {ref}: it kept moving", "try again")
+        if run_hooks:
+            self._run_commit_hooks(cid, ref)
+        return cid
+
+    def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None]:
+        """(ref to commit on, commit to start a new branch from, warning)."""
+        head_target = self.refs.head_target()
+        head_commit = self.head()
+        if branch:
+            check_ref_name(branch)
+            return f"refs/heads/{branch}", head_commit, None
+        git_branch, detached = git_current_branch(self.root)
+        if git_branch:
+            ref = f"refs/heads/{git_branch}"
+            if head_target != ref:
+                self.refs.set_symbolic("HEAD", ref)
+            return ref, head_commit, None
+        if head_target is None:
+            raise MvcError("HEAD is detached: mvc does not know which branch to commit to",
+                           "pass --branch NAME or mvc switch BRANCH")
+        warn = ("git HEAD is detached; committing to the current mvc branch "
+                f"{head_target[len('refs/heads/'):]}") if detached else None
+        return head_target, head_commit, warn
+
+    def _run_commit_hooks(self, cid: str, ref: str) -> None:
+        """Call post-commit hooks registered by other packages (semantic CI) via entry points."""
+        if not os.path.exists(os.path.join(self.root, "mvc.toml")):
+            return
+        from importlib.metadata import entry_points
+        for ep in entry_points(group="mvc.post_commit"):
+            ep.load()(self, cid, ref)
+
+    # -- reading -----------------------------------------------------------------------------
+    def load(self, rev: str | None, component: str, keys: Iterable[str] | None = None, device=None,
+             dtype=None) -> dict:
+        """Tensors of a component as a dict (zero-copy views of the blobs where possible)."""
+        from .tensors import buffer_tensor
+        tree = self.tree(rev or "HEAD", component)
+        names = list(tree["tensors"]) if keys is None else list(keys)
+        aliases = {k: t["alias"] for k, t in tree["tensors"].items() if "alias" in t}
+        out = {}
+        for name in names:
+            if name in aliases:
+                continue
+            if name not in tree["tensors"]:
+                raise BadName(f"component {component!r} has no tensor {name!r}")
+            t = tree["tensors"][name]
+            buf = self.store.view(t["id"])
+            e = stf.parse_blob(buf, f"blob {t['id'][:12]}")
+            x = buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape)
+            if device is not None or dtype is not None:
+                x = x.to(device=device, dtype=dtype)
+            out[name] = x
+        for alias, target in aliases.items():
+            if keys is None or alias in names:
+                if target not in out:
+                    out[target] = self.load(rev, component, [target], device, dtype)[target]
+                out[alias] = out[target]
+        return out
+
+    def load_model(self, rev: str | None, component: str = "core"):
+        """Rebuild the nn.Module committed as `component` through its arch's `mvc.archs` entry point."""
+        tree = self.tree(rev or "HEAD", component)
+        arch, config = tree.get("arch"), tree.get("config")
+        if not arch:
+            raise BadInput(f"component {component!r} was committed as plain tensors (no arch recorded)",
+                           "use repo.load() for its state dict")
+        builder = arch_builder(arch)
+        model = builder(config)
+        state = self.load(rev, component)
+        model.load_state_dict(state)
+        model.eval()
+        return model
+
+    def log(self, rev: str | None = None, n: int | None = None) -> list[dict]:
+        """Commits reachable from `rev` (default HEAD), newest first, each with its `id`."""
+        try:
+            start = self.resolve(rev)
+        except UnknownRevision:
+            if rev is None and self.head() is None:
+                return []
+            raise
+        out, seen, frontier = [], {start}, [start]
+        while frontier and (n is None or len(out) < n):
+            frontier.sort(key=lambda c: self.read_commit(c)["time"], reverse=True)
+            cid = frontier.pop(0)
+            c = self.read_commit(cid)
+            out.append({"id": cid, **c})
+            for p in c["parents"]:
+                if p not in seen:
+                    seen.add(p)
+                    frontier.append(p)
+        return out
+
+    def show(self, rev: str | None = None) -> dict:
+        cid = self.resolve(rev)
+        c = self.read_commit(cid)
+        comps = {}
+        for name, tid in sorted(c["components"].items()):
+            t = self.read_tree(tid)
+            dtypes: dict[str, int] = {}
+            nbytes = 0
+            for ten in t["tensors"].values():
+                dtypes[ten["dtype"]] = dtypes.get(ten["dtype"], 0) + 1
+            for f in t["files"].values():
+                nbytes += f["size"]
+            comps[name] = {"tree": tid, "kind": t["kind"], "arch": t.get("arch"), "tensors": len(t["tensors"]),
+                           "files": len(t["files"]), "bytes": nbytes, "dtypes": dtypes,
+                           "abi": (t.get("abi") or {}).get("hash")}
+        return {"id": cid, **{k: v for k, v in c.items() if k != "components"}, "components": comps}
+
+    # -- diff --------------------------------------------------------------------------------
+    def diff(self, a: str, b: str) -> dict:
+        """Per component and tensor: added / removed / changed / unchanged, with change statistics."""
+        ida, idb = self.resolve(a), self.resolve(b)
+        ca, cb = self.read_commit(ida), self.read_commit(idb)
+        result = {"a": ida, "b": idb, "components": {}, "metrics": {}, "identical": True}
+        for name in sorted(set(ca["components"]) | set(cb["components"])):
+            ta_id, tb_id = ca["components"].get(name), cb["components"].get(name)
+            if ta_id == tb_id:
+                result["components"][name] = {"status": "unchanged", "tensors": {}, "files": {}}
+                continue
+            result["identical"] = False
+            ta = self.read_tree(ta_id) if ta_id else None
+            tb = self.read_tree(tb_id) if tb_id else None
+            result["components"][name] = self._diff_trees(ta, tb)
+        keys = set(ca["metrics"]) | set(cb["metrics"])
+        for k in sorted(keys):
+            va, vb = ca["metrics"].get(k), cb["metrics"].get(k)
+            if va != vb:
+                result["metrics"][k] = {"a": va, "b": vb}
+        return result
+
+    def _diff_trees(self, ta: dict | None, tb: dict | None) -> dict:
+        status = "added" if ta is None else "removed" if tb is None else "changed"
+        tens_a = ta["tensors"] if ta else {}
+        tens_b = tb["tensors"] if tb else {}
+        tensors = {}
+        for tname in sorted(set(tens_a) | set(tens_b)):
+            x, y = tens_a.get(tname), tens_b.get(tname)
+            if x is None:
+                tensors[tname] = {"status": "added", "dtype": y["dtype"], "shape": y["shape"]}
+            elif y is None:
+                tensors[tname] = {"status": "removed", "dtype": x["dtype"], "shape": x["shape"]}
+            elif x["id"] == y["id"]:
+                tensors[tname] = {"status": "unchanged"}
+            else:
+                tensors[tname] = {"status": "changed", **self._tensor_change(x, y)}
+        files = {}
+        fa, fb = (ta or {}).get("files", {}), (tb or {}).get("files", {})
+        for rel in sorted(set(fa) | set(fb)):
+            x, y = fa.get(rel), fb.get(rel)
+            if x == y:
+                continue
+            files[rel] = {"status": "added" if x is None else "removed" if y is None else "changed",
+                          "size": [x and x["size"], y and y["size"]],
+                          "id": [x and (x.get("id") or x.get("header")), y and (y.get("id") or y.get("header"))]}
+        return {"status": status, "tensors": tensors, "files": files,
+                "meta_changed": bool(ta and tb and {k: ta.get(k) for k in ("kind", "arch", "config", "abi")}
+                                     != {k: tb.get(k) for k in ("kind", "arch", "config", "abi")})}
+
+    def _tensor_change(self, x: dict, y: dict) -> dict:
+        out = {"dtype": [x["dtype"], y["dtype"]], "shape": [x["shape"], y["shape"]]}
+        notes = [what for what, k in (("dtype changed", "dtype"), ("shape changed", "shape")) if x[k] != y[k]]
+        if notes:
+            out["note"] = ", ".join(notes)
+        if x["shape"] != y["shape"]:
+            return out
+        import torch
+        from .tensors import buffer_tensor
+        vals = []
+        for t in (x, y):
+            buf = self.store.view(t["id"])
+            e = stf.parse_blob(buf)
+            vals.append(buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape))
+        a, b = vals
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)
+        d = b64 - a64
+        n = a64.numel()
+        norm_a = float(torch.linalg.vector_norm(a64)) if n else 0.0
+        out["max_abs_delta"] = float(d.abs().max()) if n else 0.0
+        out["rel_l2"] = float(torch.linalg.vector_norm(d)) / norm_a if norm_a else (0.0 if not d.any() else None)
+        out["frac_changed"] = float((a.view(-1) != b.view(-1)).sum()) / n if n and a.dtype == b.dtype \
+            else (float((d != 0).sum()) / n if n else 0.0)
+        for k in ("max_abs_delta", "rel_l2"):
+            if out[k] is not None and out[k] != out[k]:
+                out[k] = None  # NaN in the weights
+        return out
+
+    # -- branches, tags, rollback -------------------------------------------------------------
+    def create_branch(self, name: str, rev: str | None = None) -> str:
+        check_ref_name(name)
+        oid = self.resolve(rev)
+        try:
+            self.refs.update(f"refs/heads/{name}", oid, expected=None,
+                             message=f"branch: created from {rev or 'HEAD'}", author=default_author(self.root))
+        except RefConflict:
+            raise BadName(f"branch {name!r} already exists") from None
+        return oid
+
+    def delete_branch(self, name: str) -> str:
+        ref = f"refs/heads/{name}"
+        oid = self.refs.read(ref)
+        if oid is None:
+            raise UnknownRevision(f"no branch {name!r}")
+        if self.refs.head_target() == ref:
+            raise MvcError(f"cannot delete the current branch {name!r}", "switch to another branch first")
+        self.refs.update(ref, None, expected=oid, message="branch: deleted", author=default_author(self.root))
+        return oid
+
+    def switch(self, name: str) -> None:
+        ref = f"refs/heads/{name}"
+        check_ref_name(name)
+        if self.refs.read(ref) is None:
+            raise UnknownRevision(f"no branch {name!r}", f"create it with mvc branch {name}")
+        self.refs.set_symbolic("HEAD", ref)
+
+    def tag(self, name: str, rev: str | None = None, force: bool = False) -> str:
+        check_ref_name(name)
+        oid = self.resolve(rev)
+        ref = f"refs/tags/{name}"
+        if self.refs.read(ref) and not force:
+            raise BadName(f"tag {name!r} already exists", "pass --force to move it")
+        self.refs.update(ref, oid, message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
+        return oid
+
+    def rollback(self, rev: str | None = None) -> dict:
+        """Move the current branch to `rev` (default: its parent); recorded in the reflog."""
+        ref = self.refs.head_target()
+        if ref is None:
+            raise MvcError("HEAD is detached: nothing to roll back", "mvc switch BRANCH first")
+        old = self.refs.read(ref)
+        if old is None:
+            raise UnknownRevision("the current branch has no commits to roll back")
+        target = self.resolve(rev) if rev else self._parent(old, "HEAD~1", 1)
+        self.read_commit(target)
+        self.refs.update(ref, target, expected=old, message=f"rollback: to {target[:12]}",
+                         author=default_author(self.root))
+        return {"branch": ref[len("refs/heads/"):], "old": old, "new": target}
+
+    def reflog(self, branch: str | None = None) -> list[dict]:
+        ref = f"refs/heads/{branch}" if branch else self.refs.head_target()
+        if ref is None:
+            raise MvcError("HEAD is detached", "name a branch")
+        return self.refs.reflog(ref)
+
+    # -- checkout / export -------------------------------------------------------------------
+    def checkout(self, rev: str | None, out_dir: str, components: Iterable[str] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+        cid = self.resolve(rev)
+        comps = self.read_commit(cid)["components"]
+        names = list(components) if components else sorted(comps)
+        written = []
+        for name in names:
+            if name not in comps:
+                raise BadName(f"commit {cid[:12]} has no component {name!r}")
+            check_component_name(name)
+            written += comp.write_tree(self.store, self.read_tree(comps[name]),
+                                       os.path.join(out_dir, *name.split("/")), progress)
+        return written
+
+    def export(self, rev: str | None, component: str, out_file: str) -> str:
+        tree = self.tree(rev or "HEAD", component)
+        if len(tree["files"]) != 1:
+            raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
+                           "use mvc checkout REV -o DIR for multi-file components")
+        comp.write_file(self.store, tree, next(iter(tree["files"])), out_file)
+        return out_file
+
+    # -- maintenance -------------------------------------------------------------------------
+    def reachable(self, include_reflogs: bool = True) -> tuple[set[str], list[tuple[str, str]]]:
+        """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)])."""
+        roots = set(self.refs.list("refs/").values())
+        head = self.refs.read("HEAD") if self.refs.head_target() is None else None
+        if head:
+            roots.add(head)
+        if include_reflogs:
+            roots |= self.refs.all_reflog_ids()
+        roots |= self.extra_roots()
+        seen: set[str] = set()
+        missing = []
+        stack = list(roots)
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            try:
+                c = self.read_commit(cid)
+            except ObjectMissing:
+                missing.append((cid, "a ref or reflog"))
+                continue
+            except MvcError:
+                # a certificate or other JSON object kept alive by an index
+                continue
+            stack.extend(p for p in c["parents"] if p not in seen)
+            for name, tid in c["components"].items():
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                try:
+                    tree = self.read_tree(tid)
+                except ObjectMissing:
+                    missing.append((tid, f"commit {cid[:12]} component {name}"))
+                    continue
+                for bid in tree_blob_ids(tree):
+                    seen.add(bid)
+        return seen, missing
+
+    def extra_roots(self) -> set[str]:
+        """Object ids other subsystems keep alive (certificate indexes)."""
+        roots = set()
+        idx = os.path.join(self.dir, "certs")
+        if os.path.isdir(idx):
+            for dirpath, _d, files in os.walk(idx):
+                for name in files:
+                    with open(os.path.join(dirpath, name)) as f:
+                        roots.update(line.strip() for line in f if is_oid(line.strip()))
+        return roots
+
+    def gc(self, dry_run: bool = False, grace_s: float | None = None, expire_reflogs: bool = True) -> dict:
+        """Delete loose objects unreachable from refs and reflogs and older than the grace period."""
+        grace = GC_GRACE_S if grace_s is None else grace_s
+        expired = 0
+        if expire_reflogs and not dry_run:
+            expire = float(self.get_config("gc.reflogExpire", REFLOG_EXPIRE_S))
+            expired = self.refs.expire_reflogs(expire)
+        live, _missing = self.reachable()
+        now = time.time()
+        removed, freed, kept_young = 0, 0, 0
+        for oid in list(self.loose.ids()):
+            if oid in live:
+                continue
+            try:
+                st = os.stat(self.loose.path(oid))
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime < grace:
+                kept_young += 1
+                continue
+            removed += 1
+            freed += st.st_size
+            if not dry_run:
+                self.loose.delete(oid)
+        tmp = self.loose.tmp
+        if os.path.isdir(tmp) and not dry_run:
+            for name in os.listdir(tmp):
+                p = os.path.join(tmp, name)
+                if now - os.stat(p).st_mtime >= grace:
+                    freed += os.stat(p).st_size
+                    os.unlink(p)
+        self._cache.clear()
+        return {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
+                "reflog_entries_expired": expired, "dry_run": dry_run}
+
+    def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
+        """Re-hash every stored object and check everything reachable exists and is well formed."""
+        damaged, checked = [], 0
+        for oid in self.store.ids():
+            checked += 1
+            try:
+                data = self.store.view(oid)
+                if progress:
+                    progress(len(data))
+            except CorruptObject as e:
+                damaged.append({"id": oid, "problem": e.message})
+            except ObjectMissing:
+                continue
+        bad = {d["id"] for d in damaged}
+        self._cache.clear()
+        live, missing = self.reachable()
+        problems = [{"id": oid, "problem": f"missing (referenced by {who})"} for oid, who in missing]
+        for ref, oid in self.refs.list("refs/").items():
+            if oid in bad:
+                problems.append({"id": oid, "problem": f"{ref} points to a damaged commit"})
+        # every blob of every reachable tree must exist
+        for ref_cid in self._reachable_commits():
+            c = self.read_commit(ref_cid)
+            for name, tid in c["components"].items():
+                if tid in bad or not self.store.has(tid):
+                    continue
+                tree = self.read_tree(tid)
+                for tname, t in tree["tensors"].items():
+                    if not self.store.has(t["id"]):
+                        problems.append({"id": t["id"], "problem": f"missing tensor {tname} of {name} "
+                                                                     f"in commit {ref_cid[:12]}"})
+                for rel, f in tree["files"].items():
+                    for key in ("header", "id"):
+                        if f.get(key) and not self.store.has(f[key]):
+                            problems.append({"id": f[key], "problem": f"missing file {rel} of {name}"})
+        seen_ids = set()
+        uniq = []
+        for p in damaged + problems:
+            if (p["id"], p["problem"]) not in seen_ids:
+                seen_ids.add((p["id"], p["problem"]))
+                uniq.append(p)
+        return {"ok": not uniq, "checked": checked, "problems": uniq}
+
+    def _reachable_commits(self) -> list[str]:
+        roots = set(self.refs.list("refs/").values()) | self.refs.all_reflog_ids()
+        out, seen, stack = [], set(), list(roots)
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            try:
+                c = self.read_commit(cid)
+            except MvcError:
+                continue
+            out.append(cid)
+            stack.extend(c["parents"])
+        return out
+
+    def du(self) -> dict:
+        """Stored bytes, logical bytes (every commit as plain files) and the dedup ratio."""
+        stored = 0
+        count = 0
+        for oid in self.store.ids():
+            stored += self.store.size(oid)
+            count += 1
+        logical = 0
+        commits = self._reachable_commits()
+        for cid in commits:
+            for tid in self.read_commit(cid)["components"].values():
+                try:
+                    logical += sum(f["size"] for f in self.read_tree(tid)["files"].values())
+                except MvcError:
+                    continue
+        return {"objects": count, "stored_bytes": stored, "logical_bytes": logical, "commits": len(commits),
+                "dedup_ratio": (logical / stored) if stored else None}
+
+
+def _config_section(section: str) -> str:
+    if "." in section:
+        head, _, sub = section.partition(".")
+        return f'{head} "{sub}"'
+    return section
+
+
+def arch_builder(arch: str):
+    """The `mvc.archs` entry point named `arch` (how committed models are rebuilt)."""
+    from importlib.metadata import entry_points
+    eps = {ep.name: ep for ep in entry_points(group="mvc.archs")}
+    if arch not in eps:
+        raise BadInput(f"no model architecture {arch!r} is registered",
+                       "install the package that provides it (entry point group mvc.archs)")
+    return eps[arch].load()
+
+
+def default_author(root: str | None = None) -> str:
+    env = os.environ.get("MVC_AUTHOR")
+    if env:
+        return env
+    if root and _git_dir_of(root):
+        try:
+            import git
+            reader = git.Repo(root, search_parent_directories=True).config_reader()
+            name = reader.get_value("user", "name", "")
+            email = reader.get_value("user", "email", "")
+            if name:
+                return f"{name} <{email}>" if email else str(name)
+        except Exception:
+            pass
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _git_dir_of(path: str) -> str | None:
+    """The .git directory of the work tree containing `path`, found without importing GitPython."""
+    p = os.path.abspath(path)
+    while True:
+        candidate = os.path.join(p, ".git")
+        if os.path.isdir(candidate):
+            return candidate
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                line = f.read().strip()
+            if line.startswith("gitdir:"):
+                return os.path.normpath(os.path.join(p, line[7:].strip()))
+        parent = os.path.dirname(p)
+        if parent == p:
+            return None
+        p = parent
+
+
+def git_current_branch(root: str) -> tuple[str | None, bool]:
+    """(git's current branch name, detached?) for the work tree holding `root`; (None, False) outside git."""
+    gd = _git_dir_of(root)
+    if not gd:
+        return None, False
+    try:
+        with open(os.path.join(gd, "HEAD")) as f:
+            head = f.read().strip()
+    except OSError:
+        return None, False
+    if head.startswith("ref: refs/heads/"):
+        name = head[len("ref: refs/heads/"):]
+        try:
+            check_ref_name(name)
+        except BadName:
+            return None, False
+        return name, False
+    return None, True
+
+
+def git_provenance(root: str) -> dict:
+    """Code provenance of the git work tree around the repository: sha, branch, dirty flag."""
+    if not _git_dir_of(root):
+        return {}
+    try:
+        import git
+        g = git.Repo(root, search_parent_directories=True)
+        try:
+            sha = g.head.commit.hexsha
+        except ValueError:
+            sha = None
+        branch = None if g.head.is_detached else g.active_branch.name
+        dirty = g.is_dirty(untracked_files=False)
+        return {"git": {"sha": sha, "branch": branch, "dirty": dirty}}
+    except Exception as e:  # git not installed or a broken repository: record why, never fail a commit
+        return {"git": {"error": type(e).__name__}}

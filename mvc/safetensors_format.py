@@ -1,0 +1,162 @@
+"""Strict safetensors header parsing and canonical single-tensor blobs (bytes only, no torch).
+
+mvc reads every safetensors file through `parse_header` before anything else touches it: the
+reference reader tolerates duplicate names (keeping the last) and trusts offsets, so we check
+every structural rule ourselves and refuse the file with a precise message.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+from .errors import BadInput
+
+# Bytes per element for every dtype mvc accepts.
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
+BLOB_TENSOR_NAME = "tensor"           # fixed name inside canonical tensor blobs
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # offsets relative to the start of the data buffer
+    end: int
+
+
+@dataclass(frozen=True)
+class Header:
+    header_len: int                  # N, the JSON length after the 8-byte prefix
+    tensors: tuple[TensorEntry, ...]  # in data-offset order
+    metadata: dict[str, str] | None
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_len
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadInput(f"duplicate key {key!r} in safetensors header")
+        out[key] = value
+    return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file") -> Header:
+    """Validate a safetensors header. `prefix` holds at least the first 8 + N bytes."""
+    if file_size < 8 or len(prefix) < 8:
+        raise BadInput(f"{where}: not a safetensors file (shorter than the 8-byte header length)")
+    (n,) = struct.unpack("<Q", bytes(prefix[:8]))
+    if n > MAX_HEADER_BYTES:
+        raise BadInput(f"{where}: absurd safetensors header size {n} bytes (limit {MAX_HEADER_BYTES})")
+    if 8 + n > file_size:
+        raise BadInput(f"{where}: safetensors header length {n} runs past the end of the file ({file_size} bytes)")
+    if len(prefix) < 8 + n:
+        raise ValueError("prefix too short for header")
+    raw = bytes(prefix[8:8 + n])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{where}: safetensors header is not UTF-8 ({e})") from None
+    if not text.startswith("{"):
+        raise BadInput(f"{where}: safetensors header is not a JSON object")
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+    except BadInput as e:
+        raise BadInput(f"{where}: {e.message}") from None
+    except ValueError as e:
+        raise BadInput(f"{where}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise BadInput(f"{where}: safetensors header is not a JSON object")
+    metadata = doc.pop("__metadata__", None)
+    if metadata is not None:
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise BadInput(f"{where}: __metadata__ must map strings to strings")
+    entries = []
+    for name, info in doc.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise BadInput(f"{where}: tensor {name!r} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPE_SIZES:
+            raise BadInput(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise BadInput(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(type(o) is int and o >= 0 for o in offs) or offs[0] > offs[1]):
+            raise BadInput(f"{where}: tensor {name!r} has invalid data_offsets {offs!r}")
+        size = _numel(shape) * DTYPE_SIZES[dtype]
+        if offs[1] - offs[0] != size:
+            raise BadInput(
+                f"{where}: tensor {name!r} occupies {offs[1] - offs[0]} bytes but dtype {dtype} "
+                f"x shape {shape} needs {size}")
+        entries.append(TensorEntry(name, dtype, tuple(shape), offs[0], offs[1]))
+    entries.sort(key=lambda e: (e.begin, e.end))
+    buffer_len = file_size - 8 - n
+    pos = 0
+    for e in entries:
+        if e.begin < pos:
+            raise BadInput(f"{where}: tensor {e.name!r} overlaps the previous tensor's bytes")
+        if e.begin > pos:
+            raise BadInput(f"{where}: gap before tensor {e.name!r} (offsets are not contiguous)")
+        pos = e.end
+    if pos > buffer_len:
+        raise BadInput(f"{where}: tensor data runs past the end of the file (truncated file?)")
+    if pos != buffer_len:
+        raise BadInput(f"{where}: {buffer_len - pos} trailing bytes after the last tensor")
+    return Header(n, tuple(entries), metadata)
+
+
+def build_header(entries: list[tuple[str, str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None) -> tuple[bytes, list[tuple[int, int]]]:
+    """Deterministic safetensors prefix (8-byte length + padded JSON) for tensors in the given order.
+
+    Returns the prefix bytes and each tensor's (begin, end) offsets in the data buffer.
+    """
+    parts, offsets, pos = [], [], 0
+    if metadata:
+        parts.append('"__metadata__":' + json.dumps(dict(sorted(metadata.items())),
+                                                      separators=(",", ":"), ensure_ascii=False))
+    for name, dtype, shape in entries:
+        size = _numel(shape) * DTYPE_SIZES[dtype]
+        offsets.append((pos, pos + size))
+        parts.append(json.dumps(name, ensure_ascii=False) + ":" + json.dumps(
+            {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + size]},
+            separators=(",", ":")))
+        pos += size
+    text = ("{" + ",".join(parts) + "}").encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, offsets
+
+
+def blob_prefix(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The canonical header of a single-tensor blob; the blob is this prefix + the raw data."""
+    prefix, _ = build_header([(BLOB_TENSOR_NAME, dtype, tuple(shape))])
+    return prefix
+
+
+def parse_blob(data: bytes | memoryview, where: str = "tensor blob") -> TensorEntry:
+    """Parse a canonical tensor blob; returns its entry with offsets relative to the blob start."""
+    header = parse_header(data, len(data), where)
+    if len(header.tensors) != 1 or header.metadata is not None:
+        raise BadInput(f"{where}: not a canonical single-tensor blob")
+    e = header.tensors[0]
+    return TensorEntry(e.name, e.dtype, e.shape, header.data_start + e.begin, header.data_start + e.end)

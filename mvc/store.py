@@ -1,0 +1,233 @@
+"""Object stores: write-once, verified-on-read storage of objects by BLAKE3 id.
+
+`LooseStore` keeps one file per object at objects/<2 hex>/<62 hex> (b3sum of the file equals its
+name); `MemoryStore` keeps them in a dict (tests, scratch work); `ChainStore` reads through a list
+of stores and writes to the first (pack files and lazily fetched remotes plug in here).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import uuid
+from typing import Iterator
+
+from .errors import CorruptObject, ObjectMissing
+from .objects import hash_bytes, is_oid
+
+
+class ObjectStore:
+    """The contract every store keeps. Reads always verify the returned bytes."""
+
+    def has(self, oid: str) -> bool:
+        raise NotImplementedError
+
+    def get(self, oid: str) -> bytes:
+        """The object's bytes, verified against its id."""
+        raise NotImplementedError
+
+    def view(self, oid: str):
+        """A verified buffer of the object (zero-copy where the store can map it)."""
+        return self.get(oid)
+
+    def put(self, *buffers, oid: str | None = None) -> str:
+        """Store the concatenation of `buffers`; returns its id. Idempotent."""
+        raise NotImplementedError
+
+    def size(self, oid: str) -> int:
+        raise NotImplementedError
+
+    def ids(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def delete(self, oid: str) -> None:
+        raise NotImplementedError
+
+    def put_bytes(self, data: bytes) -> str:
+        return self.put(data)
+
+
+def _verify(oid: str, data, where: str) -> None:
+    got = hash_bytes(data)
+    if got != oid:
+        raise CorruptObject(f"object {oid} is corrupt: its content hashes to {got[:12]} ({where})",
+                            "run mvc fsck; fetch the object again from a remote if you have one")
+
+
+class MemoryStore(ObjectStore):
+    def __init__(self):
+        self._objects: dict[str, bytes] = {}
+
+    def has(self, oid):
+        return oid in self._objects
+
+    def get(self, oid):
+        try:
+            data = self._objects[oid]
+        except KeyError:
+            raise ObjectMissing(f"object {oid} is missing") from None
+        _verify(oid, data, "memory store")
+        return data
+
+    def put(self, *buffers, oid=None):
+        data = b"".join(bytes(b) for b in buffers)
+        oid = oid or hash_bytes(data)
+        self._objects.setdefault(oid, data)
+        return oid
+
+    def size(self, oid):
+        if oid not in self._objects:
+            raise ObjectMissing(f"object {oid} is missing")
+        return len(self._objects[oid])
+
+    def ids(self):
+        return iter(list(self._objects))
+
+    def delete(self, oid):
+        self._objects.pop(oid, None)
+
+
+class LooseStore(ObjectStore):
+    """One file per object under `root`; atomic (temp + fsync + rename) and write-once."""
+
+    def __init__(self, root: str, fsync: bool = True):
+        self.root = root
+        self.fsync = fsync
+        self.tmp = os.path.join(root, "tmp")
+
+    def path(self, oid: str) -> str:
+        return os.path.join(self.root, oid[:2], oid[2:])
+
+    def has(self, oid):
+        return os.path.exists(self.path(oid))
+
+    def _open(self, oid):
+        try:
+            return open(self.path(oid), "rb")
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {oid} is missing", "run mvc fsck") from None
+
+    def get(self, oid):
+        with self._open(oid) as f:
+            data = f.read()
+        _verify(oid, data, self.path(oid))
+        return data
+
+    def view(self, oid):
+        with self._open(oid) as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                data = b""
+            else:
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        _verify(oid, data, self.path(oid))
+        return data
+
+    def put(self, *buffers, oid=None):
+        oid = oid or hash_bytes(*buffers)
+        final = self.path(oid)
+        if os.path.exists(final):
+            return oid
+        os.makedirs(self.tmp, exist_ok=True)
+        tmp = os.path.join(self.tmp, f"{oid[:16]}-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            with os.fdopen(fd, "wb", closefd=True) as f:
+                for b in buffers:
+                    f.write(b)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        if self.fsync:
+            fsync_dir(os.path.dirname(final))
+        return oid
+
+    def size(self, oid):
+        try:
+            return os.stat(self.path(oid)).st_size
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {oid} is missing") from None
+
+    def mtime(self, oid) -> float:
+        return os.stat(self.path(oid)).st_mtime
+
+    def ids(self):
+        if not os.path.isdir(self.root):
+            return
+        for d in sorted(os.listdir(self.root)):
+            if len(d) != 2:
+                continue
+            for name in sorted(os.listdir(os.path.join(self.root, d))):
+                if is_oid(d + name):
+                    yield d + name
+
+    def delete(self, oid):
+        try:
+            os.unlink(self.path(oid))
+        except FileNotFoundError:
+            pass
+
+
+class ChainStore(ObjectStore):
+    """Reads through `stores` in order; writes go to the first one."""
+
+    def __init__(self, *stores: ObjectStore):
+        self.stores = list(stores)
+
+    @property
+    def primary(self) -> ObjectStore:
+        return self.stores[0]
+
+    def _find(self, oid):
+        for s in self.stores:
+            if s.has(oid):
+                return s
+        raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+
+    def has(self, oid):
+        return any(s.has(oid) for s in self.stores)
+
+    def get(self, oid):
+        return self._find(oid).get(oid)
+
+    def view(self, oid):
+        return self._find(oid).view(oid)
+
+    def put(self, *buffers, oid=None):
+        if oid is not None and self.has(oid):
+            return oid
+        return self.primary.put(*buffers, oid=oid)
+
+    def size(self, oid):
+        return self._find(oid).size(oid)
+
+    def ids(self):
+        seen = set()
+        for s in self.stores:
+            for oid in s.ids():
+                if oid not in seen:
+                    seen.add(oid)
+                    yield oid
+
+    def delete(self, oid):
+        for s in self.stores:
+            s.delete(oid)
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

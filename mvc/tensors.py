@@ -1,0 +1,123 @@
+"""The torch bridge: tensors <-> canonical blob bytes, tied-tensor detection, safe .pt import.
+
+torch is imported inside the functions, so modules that only move bytes never pay for it.
+"""
+from __future__ import annotations
+
+from .errors import BadInput
+
+_ST_TO_TORCH = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
+    "U16": "uint16", "U32": "uint32", "U64": "uint64", "F16": "float16", "BF16": "bfloat16",
+    "F32": "float32", "F64": "float64", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
+}
+_TORCH_TO_ST = {v: k for k, v in _ST_TO_TORCH.items()}
+
+
+def torch_dtype(st_dtype: str):
+    import torch
+    return getattr(torch, _ST_TO_TORCH[st_dtype])
+
+
+def st_dtype(t) -> str:
+    name = str(t.dtype).replace("torch.", "")
+    try:
+        return _TORCH_TO_ST[name]
+    except KeyError:
+        raise BadInput(f"tensor dtype {t.dtype} cannot be stored in safetensors") from None
+
+
+def tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
+    """(safetensors dtype, shape, little-endian bytes) of a tensor, without copying when possible."""
+    import torch
+    if not isinstance(t, torch.Tensor):
+        raise BadInput(f"expected a tensor, got {type(t).__name__}")
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    dtype, shape = st_dtype(t), tuple(t.shape)
+    flat = t.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return dtype, shape, memoryview(b"")
+    raw = flat.view(torch.uint8) if flat.element_size() > 1 or flat.dtype != torch.uint8 else flat
+    return dtype, shape, memoryview(raw.numpy()).cast("B")
+
+
+def buffer_tensor(buf, begin: int, end: int, dtype: str, shape):
+    """A tensor over `buf[begin:end]` (zero-copy when `buf` is writable, e.g. a private mmap)."""
+    import torch
+    tdtype = torch_dtype(dtype)
+    if end == begin:
+        return torch.empty(tuple(shape), dtype=tdtype)
+    raw = torch.frombuffer(buf, dtype=torch.uint8, count=end - begin, offset=begin)
+    return raw.view(tdtype).reshape(tuple(shape))
+
+
+def find_aliases(state: dict) -> dict[str, str]:
+    """Tensors that are the same view of the same storage: {alias: first name in sorted order}."""
+    seen: dict[tuple, str] = {}
+    aliases = {}
+    for name in sorted(state):
+        t = state[name]
+        if t.numel() == 0:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+               t.dtype, t.device.type)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases
+
+
+def load_pickle_state_dict(path: str) -> dict:
+    """Import a PyTorch .pt/.bin file as a flat state dict with torch.load(weights_only=True)."""
+    import pickle
+
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"refusing to import {path}: not a plain tensor checkpoint ({first[:200]})",
+                       "mvc loads .pt/.bin files with weights_only=True and never runs pickled code; "
+                       "save a state dict, or convert to safetensors") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and set(obj) == {key} and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise BadInput(f"{path} does not hold a flat mapping of names to tensors",
+                       "save model.state_dict() instead of the model object")
+    return obj
+
+
+def module_state(value):
+    """(state dict, arch, config, abi dict-or-None, kind-or-None) of an nn.Module or mapping."""
+    import torch
+    if isinstance(value, torch.nn.Module):
+        state = value.state_dict()
+        arch = getattr(value, "mvc_arch", None)
+        config = getattr(value, "mvc_config", None)
+        spec = getattr(value, "abi_spec", None)
+        abi = None
+        if spec is not None:
+            abi = {"hash": spec.hash, "spec": spec.to_dict() if hasattr(spec, "to_dict") else None}
+        return state, arch, config, abi, getattr(value, "mvc_kind", None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+                raise BadInput(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        return value, None, None, None, None
+    raise BadInput(f"cannot commit a {type(value).__name__}",
+                   "pass a state dict, an nn.Module or a file/directory path")
+
+
+def is_torch_value(value) -> bool:
+    """True for an nn.Module or a mapping of tensors, without importing torch for other values."""
+    import sys
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    return isinstance(value, (torch.nn.Module, torch.Tensor)) or (
+        isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()))

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up the project on a fresh machine: a virtual environment in .venv with every extra installed.
+# torch==2.13.0 is installed first when torch is absent (a CPU build that pip finds locally here;
+# an unpinned torch would pull a multi-GB CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+    "$VPY" -m pip install --quiet "torch==2.13.0"
+fi
+"$VPY" -m pip install --quiet -e ".[test,s3,eval]"
