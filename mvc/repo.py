@@ -61,9 +61,13 @@ class Repo:
                                "upgrade mvc")
         fsync = self.config.getboolean("core", "fsync", fallback=True)
         self.loose = LooseStore(os.path.join(self.dir, "objects"), fsync=fsync)
-        self.store = ChainStore(self.loose)
+        self.store = ChainStore(self.loose, *self._read_stores())
         self.refs = RefStore(self.dir, fsync=fsync)
         self._cache: dict[str, dict] = {}
+
+    def _read_stores(self) -> list:
+        """Stores read after the loose objects: pack files, then a lazy clone's remote."""
+        return []
 
     # -- creation ----------------------------------------------------------------------------
     @classmethod
