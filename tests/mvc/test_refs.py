@@ -1,0 +1,66 @@
+"""Refs: compare-and-swap updates, reflogs, symbolic HEAD, lock files."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from mvc.errors import BadName, LockHeld, RefConflict
+from mvc.files import LockFile
+from mvc.refs import RefStore
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+def test_cas_update_and_reflog(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    refs.update("refs/heads/main", B, expected=A, message="two")
+    with pytest.raises(RefConflict):
+        refs.update("refs/heads/main", C, expected=A, message="stale")
+    assert refs.read("refs/heads/main") == B
+    log = refs.reflog("refs/heads/main")
+    assert [(e["old"], e["new"], e["message"]) for e in log] == [(A, B, "two"), (None, A, "one")]
+
+
+def test_symbolic_head_follows_branch(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.set_symbolic("HEAD", "refs/heads/main")
+    assert refs.read("HEAD") is None and refs.head_target() == "refs/heads/main"
+    refs.update("HEAD", A, expected=None)
+    assert refs.read("refs/heads/main") == A and refs.read("HEAD") == A
+
+
+def test_bad_names_refused(tmp_path):
+    refs = RefStore(str(tmp_path))
+    for bad in ("refs/heads/../x", "refs/heads/a b", "refs/heads/x.lock", "refs/heads/" + "a" * 64):
+        with pytest.raises(BadName):
+            refs.update(bad, A)
+
+
+def test_lock_held_by_live_process_times_out(tmp_path):
+    path = str(tmp_path / "x.lock")
+    with LockFile(path):
+        with pytest.raises(LockHeld, match="locked by process"):
+            LockFile(path, timeout=0.1).acquire()
+
+
+def test_stale_lock_of_dead_process_is_broken(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(proc.stdout)
+    path = tmp_path / "x.lock"
+    path.write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "time": 0}))
+    with pytest.warns(UserWarning, match="stale lock"):
+        with LockFile(str(path), timeout=0.5):
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()
+
+
+def test_torn_reflog_line_is_skipped(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    with open(tmp_path / "logs" / "refs" / "heads" / "main", "a") as f:
+        f.write('{"old": "trunc')
+    assert [e["new"] for e in refs.reflog("refs/heads/main")] == [A]

@@ -1,0 +1,358 @@
+"""The Repo API: commits, byte-exact round trips, dedup, revisions, diff, rollback, gc, fsck, du."""
+import hashlib
+import json
+import os
+import pickle
+import struct
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import mvc
+from mvc.errors import BadInput, BadName, CorruptObject, NotARepository, UnknownRevision
+from mvc.objects import hash_bytes
+
+
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def sd(seed=0, n=4):
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(n, n, generator=g), "b": torch.randn(n, generator=g),
+            "step": torch.tensor(seed, dtype=torch.int64)}
+
+
+def test_commit_load_round_trip(repo):
+    state = sd()
+    cid = repo.commit({"core": state}, message="first", metrics={"loss": 2.5})
+    assert len(cid) == 64 and repo.resolve("HEAD") == cid == repo.resolve("main")
+    loaded = repo.load("HEAD", "core")
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert loaded["step"].dtype == torch.int64
+    c = repo.read_commit(cid)
+    assert c["metrics"] == {"loss": 2.5} and c["message"] == "first" and c["time"].endswith("Z")
+    # selective load with dtype conversion
+    part = repo.load(cid, "core", keys=["w"], dtype=torch.float64)
+    assert list(part) == ["w"] and part["w"].dtype == torch.float64
+
+
+def test_loose_object_file_is_named_by_its_b3sum(repo):
+    cid = repo.commit({"core": sd()}, message="m")
+    for oid in repo.store.ids():
+        with open(repo.loose.path(oid), "rb") as f:
+            assert hash_bytes(f.read()) == oid
+    assert cid in set(repo.store.ids())
+
+
+def test_tensor_blobs_load_directly_with_safetensors(repo):
+    from safetensors import safe_open
+    repo.commit({"core": sd()}, message="m")
+    tree = repo.tree("HEAD", "core")
+    with safe_open(repo.loose.path(tree["tensors"]["w"]["id"]), framework="pt") as f:
+        assert torch.equal(f.get_tensor("tensor"), sd()["w"])
+
+
+def test_identical_tensors_are_stored_once_across_commits_and_branches(repo):
+    base = sd(0, n=64)
+    repo.commit({"core": base}, message="one")
+    before = set(repo.store.ids())
+    changed = dict(base, b=base["b"] + 1)
+    repo.commit({"core": changed, "copy": base}, message="two", branch="other")
+    new = set(repo.store.ids()) - before
+    other = repo.read_commit(repo.resolve("other"))["components"]
+    tensor_ids = {t["id"] for name in other for t in repo.read_tree(other[name])["tensors"].values()}
+    assert tensor_ids & new == {repo.tree("other", "core")["tensors"]["b"]["id"]}
+    assert repo.tree("other", "copy")["tensors"] == repo.tree("main", "core")["tensors"]
+
+
+def _weird_safetensors(path):
+    """A valid safetensors file whose header order differs from what safetensors would write."""
+    a = torch.arange(6, dtype=torch.float32).numpy().tobytes()
+    b = torch.ones(2, dtype=torch.float16).numpy().tobytes()
+    header = ('{"__metadata__":{"z":"1","a":"2"},"zeta":{"dtype":"F16","shape":[2],"data_offsets":[24,28]},'
+              '"alpha":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}').encode()
+    header += b"   "
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + a + b)
+
+
+def test_safetensors_file_round_trips_byte_exact(repo, tmp_path):
+    src = tmp_path / "odd.safetensors"
+    _weird_safetensors(src)
+    cid = repo.commit({"model": str(src)}, message="odd")
+    out = tmp_path / "out"
+    repo.checkout(cid, str(out))
+    assert sha(out / "model" / "odd.safetensors") == sha(src)
+    repo.export(cid, "model", str(tmp_path / "e.safetensors"))
+    assert sha(tmp_path / "e.safetensors") == sha(src)
+    assert torch.equal(repo.load(cid, "model")["alpha"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+
+
+def test_hf_sharded_directory_round_trips(repo, tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir()
+    shard1 = {"model.embed.weight": torch.randn(8, 4), "model.layer.0.weight": torch.randn(4, 4)}
+    shard2 = {"lm_head.weight": torch.randn(8, 4)}
+    save_file(shard1, d / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    save_file(shard2, d / "model-00002-of-00002.safetensors", metadata={"format": "pt"})
+    index = {"metadata": {"total_size": 1}, "weight_map": {**{k: "model-00001-of-00002.safetensors" for k in shard1},
+                                                             **{k: "model-00002-of-00002.safetensors" for k in shard2}}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (d / "config.json").write_text('{"hidden_size": 4}\n')
+    (d / "sub").mkdir()
+    (d / "sub" / "tokenizer.txt").write_bytes(b"\x00\x01binary")
+    cid = repo.commit({"model": str(d)}, message="hf")
+    out = tmp_path / "out"
+    repo.checkout(cid, str(out))
+    for p in d.rglob("*"):
+        if p.is_file():
+            assert sha(out / "model" / p.relative_to(d)) == sha(p), p
+    loaded = repo.load(cid, "model")
+    assert set(loaded) == set(shard1) | set(shard2)
+
+
+def test_pt_import_with_tied_tensors(repo, tmp_path):
+    w = torch.randn(5, 3)
+    state = {"embed.weight": w, "head.weight": w, "bias": torch.zeros(3)}
+    torch.save(state, tmp_path / "m.pt")
+    cid = repo.commit({"core": str(tmp_path / "m.pt")}, message="pt")
+    tree = repo.tree(cid, "core")
+    assert tree["tensors"]["head.weight"]["id"] == tree["tensors"]["embed.weight"]["id"]
+    assert list(tree["files"]) == ["model.safetensors"]
+    loaded = repo.load(cid, "core")
+    assert torch.equal(loaded["head.weight"], w)
+    assert loaded["head.weight"].data_ptr() == loaded["embed.weight"].data_ptr()  # restored as shared
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/mvc-pwned",))
+
+
+def test_pickle_with_code_is_refused_and_writes_nothing(repo, tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"w": _Evil()}, f)
+    before = set(repo.store.ids())
+    with pytest.raises(BadInput, match="refusing"):
+        repo.commit({"core": str(path)}, message="evil")
+    assert set(repo.store.ids()) == before and repo.head() is None
+
+
+def test_malformed_safetensors_refused_nothing_written(repo, tmp_path):
+    path = tmp_path / "bad.safetensors"
+    _weird_safetensors(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])  # truncated
+    with pytest.raises(BadInput, match="past the end|trailing"):
+        repo.commit({"model": str(path)}, message="bad")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
+def test_components_carry_over_and_remove(repo):
+    c1 = repo.commit({"core": sd(0), "brick/python": sd(1)}, message="one")
+    c2 = repo.commit({"core": sd(2)}, message="two")
+    comps1, comps2 = repo.read_commit(c1)["components"], repo.read_commit(c2)["components"]
+    assert comps2["brick/python"] == comps1["brick/python"] and comps2["core"] != comps1["core"]
+    c3 = repo.commit({}, message="drop", remove=["brick/python"])
+    assert list(repo.read_commit(c3)["components"]) == ["core"]
+    with pytest.raises(BadName):
+        repo.commit({}, message="x", remove=["nope"])
+
+
+@pytest.mark.parametrize("name", ["/abs", "a/../b", "a//b", "", "brick/", "./x"])
+def test_bad_component_names(repo, name):
+    with pytest.raises(BadName):
+        repo.commit({name: sd()}, message="x")
+
+
+def test_revisions(repo):
+    ids = [repo.commit({"core": sd(i)}, message=f"c{i}") for i in range(4)]
+    assert repo.resolve("HEAD~3") == ids[0] and repo.resolve("HEAD^") == ids[2]
+    assert repo.resolve("main~1^") == ids[1] and repo.resolve(ids[1][:7]) == ids[1]
+    assert repo.resolve("main@{1}") == ids[2] and repo.resolve("@{0}") == ids[3]
+    with pytest.raises(UnknownRevision, match="no parent"):
+        repo.resolve("HEAD~4")
+    with pytest.raises(UnknownRevision):
+        repo.resolve("nonexistent")
+    with pytest.raises(UnknownRevision, match="6 hex"):
+        repo.resolve(ids[0][:4])
+    repo.tag("v1", "HEAD~2")
+    assert repo.resolve("v1") == ids[1]
+
+
+def test_log_order_and_limit(repo):
+    ids = [repo.commit({"core": sd(i)}, message=f"c{i}") for i in range(5)]
+    assert [c["id"] for c in repo.log()] == ids[::-1]
+    assert [c["id"] for c in repo.log("HEAD~1", n=2)] == [ids[3], ids[2]]
+
+
+def test_diff_reports_change_statistics(repo):
+    a = sd(0, n=10)
+    b = dict(a, w=a["w"].clone())
+    b["w"][3, 4] += 0.5
+    b["extra"] = torch.zeros(2)
+    del b["step"]
+    repo.commit({"core": a}, message="a")
+    repo.commit({"core": b}, message="b", metrics={"loss": 1.0})
+    d = repo.diff("HEAD~1", "HEAD")
+    t = d["components"]["core"]["tensors"]
+    assert t["b"]["status"] == "unchanged" and t["extra"]["status"] == "added" and t["step"]["status"] == "removed"
+    assert t["w"]["status"] == "changed"
+    assert t["w"]["max_abs_delta"] == pytest.approx(0.5, rel=1e-6)
+    assert t["w"]["frac_changed"] == pytest.approx(1 / 100)
+    assert t["w"]["rel_l2"] == pytest.approx(0.5 / float(torch.linalg.vector_norm(a["w"].double())), rel=1e-5)
+    assert d["metrics"] == {"loss": {"a": None, "b": 1.0}} and not d["identical"]
+    assert repo.diff("HEAD", "HEAD")["identical"]
+
+
+def test_diff_calls_out_dtype_and_shape_changes(repo):
+    repo.commit({"core": {"w": torch.ones(2, 2)}}, message="a")
+    repo.commit({"core": {"w": torch.ones(2, 2, dtype=torch.float16)}}, message="b")
+    assert repo.diff("HEAD~1", "HEAD")["components"]["core"]["tensors"]["w"]["note"] == "dtype changed"
+    repo.commit({"core": {"w": torch.ones(3)}}, message="c")
+    assert "shape changed" in repo.diff("HEAD~1", "HEAD")["components"]["core"]["tensors"]["w"]["note"]
+
+
+def test_rollback_is_undoable_via_reflog(repo):
+    ids = [repo.commit({"core": sd(i)}, message=f"c{i}") for i in range(3)]
+    r = repo.rollback()
+    assert (r["old"], r["new"]) == (ids[2], ids[1]) and repo.head() == ids[1]
+    log = repo.reflog()
+    assert log[0]["message"].startswith("rollback") and log[0]["old"] == ids[2]
+    repo.rollback(log[0]["old"])
+    assert repo.head() == ids[2]
+    # nothing was deleted along the way
+    assert torch.equal(repo.load(ids[2], "core")["w"], sd(2)["w"])
+
+
+def test_branch_option_does_not_move_head(repo):
+    c1 = repo.commit({"core": sd(0)}, message="main")
+    c2 = repo.commit({"core": sd(1)}, message="exp", branch="exp")
+    assert repo.head_branch == "main" and repo.head() == c1
+    assert repo.read_commit(c2)["parents"] == [c1] and repo.branches() == {"main": c1, "exp": c2}
+    repo.switch("exp")
+    assert repo.head() == c2
+    with pytest.raises(mvc.MvcError, match="current branch"):
+        repo.delete_branch("exp")
+    repo.switch("main")
+    repo.delete_branch("exp")
+    assert "exp" not in repo.branches()
+
+
+def test_branch_on_unborn_head_is_a_root_commit(repo):
+    cid = repo.commit({"core": sd()}, message="root", branch="side")
+    assert repo.read_commit(cid)["parents"] == [] and repo.head() is None
+
+
+def test_nan_metric_refused(repo):
+    with pytest.raises(BadInput, match="NaN"):
+        repo.commit({"core": sd()}, message="x", metrics={"loss": float("nan")})
+    assert repo.head() is None
+
+
+def test_not_a_repository(tmp_path):
+    with pytest.raises(NotARepository):
+        mvc.Repo(tmp_path)
+
+
+def test_repo_found_upward(repo):
+    sub = os.path.join(repo.root, "a", "b")
+    os.makedirs(sub)
+    assert mvc.Repo(sub).root == repo.root
+
+
+def test_fsck_names_a_flipped_byte_and_reads_fail(repo):
+    repo.commit({"core": sd(0, n=16)}, message="x")
+    assert repo.fsck()["ok"]
+    tid = repo.tree("HEAD", "core")["tensors"]["w"]["id"]
+    path = repo.loose.path(tid)
+    os.chmod(path, 0o644)
+    data = bytearray(open(path, "rb").read())
+    data[-5] ^= 0x10
+    open(path, "wb").write(bytes(data))
+    r = repo.fsck()
+    assert not r["ok"] and [p["id"] for p in r["problems"]] == [tid]
+    with pytest.raises(CorruptObject, match=tid):
+        repo.load("HEAD", "core")
+
+
+def test_fsck_reports_missing_objects(repo):
+    repo.commit({"core": sd()}, message="x")
+    tid = repo.tree("HEAD", "core")["tensors"]["b"]["id"]
+    os.unlink(repo.loose.path(tid))
+    r = repo.fsck()
+    assert not r["ok"] and any(p["id"] == tid and "missing" in p["problem"] for p in r["problems"])
+
+
+def test_gc_removes_only_unreachable_old_objects(repo):
+    repo.commit({"core": sd(0, n=32)}, message="keep")
+    repo.commit({"core": sd(1, n=32)}, message="drop", branch="tmp")
+    live_before = set(repo.store.ids())
+    repo.delete_branch("tmp")
+    # reflogs still keep the dropped commit alive
+    assert repo.gc(grace_s=0)["removed"] == 0
+    repo.set_config("gc.reflogExpire", "-1")
+    young = repo.gc(dry_run=True, grace_s=3600)
+    assert young["removed"] == 0
+    r = repo.gc(grace_s=0)
+    assert r["removed"] > 0 and r["bytes_freed"] > 32 * 32 * 4
+    assert repo.fsck()["ok"] and torch.equal(repo.load("main", "core")["w"], sd(0, n=32)["w"])
+    assert set(repo.store.ids()) < live_before
+
+
+def test_du_reports_dedup(repo):
+    state = sd(0, n=64)
+    for i in range(4):
+        repo.commit({"core": state}, message=f"same {i}", metrics={"i": i})
+    r = repo.du()
+    assert r["commits"] == 4 and r["logical_bytes"] == 4 * repo.tree("HEAD", "core")["files"]["model.safetensors"]["size"]
+    assert r["dedup_ratio"] > 3
+
+
+def test_load_model_rebuilds_from_recorded_arch(repo, monkeypatch):
+    class Tiny(torch.nn.Module):
+        mvc_arch = "tiny-test"
+
+        def __init__(self, width):
+            super().__init__()
+            self.lin = torch.nn.Linear(width, 2)
+            self.mvc_config = {"width": width}
+
+        def forward(self, x):
+            return self.lin(x)
+
+    monkeypatch.setattr("mvc.repo.arch_builder", lambda arch: (lambda cfg: Tiny(**cfg)) if arch == "tiny-test" else None)
+    m = Tiny(3)
+    repo.commit({"core": m}, message="module")
+    tree = repo.tree("HEAD", "core")
+    assert tree["arch"] == "tiny-test" and tree["config"] == {"width": 3} and tree["kind"] == "core"
+    rebuilt = repo.load_model("HEAD", "core")
+    x = torch.randn(4, 3)
+    assert torch.equal(rebuilt(x), m(x))
+
+
+def test_git_provenance_and_branch_following(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=work, check=True, capture_output=True, text=True)
+    git("init", "-q", "-b", "main")
+    (work / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("commit", "-qm", "code")
+    sha_ = git("rev-parse", "HEAD").stdout.strip()
+    repo = mvc.Repo.init(work)
+    assert "/.mvc/" in (work / ".git" / "info" / "exclude").read_text()
+    c1 = repo.commit({"core": sd()}, message="on main")
+    prov = repo.read_commit(c1)["provenance"]["git"]
+    assert prov == {"sha": sha_, "branch": "main", "dirty": False}
+    git("checkout", "-qb", "feat")
+    (work / "train.py").write_text("print(2)\n")
+    c2 = repo.commit({"core": sd(1)}, message="on feat")
+    assert repo.branches() == {"main": c1, "feat": c2} and repo.head_branch == "feat"
+    assert repo.read_commit(c2)["provenance"]["git"]["dirty"] is True
+    assert repo.read_commit(c2)["parents"] == [c1]
+    assert git("status", "--porcelain").stdout.strip() == "M train.py"  # .mvc is excluded

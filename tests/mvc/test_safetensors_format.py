@@ -1,0 +1,84 @@
+"""The strict safetensors pre-parser refuses every malformed layout and accepts real files."""
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save, load
+
+from mvc import safetensors_format as stf
+from mvc.errors import BadInput
+
+
+def _file(header: dict, data: bytes, raw_header: bytes | None = None) -> bytes:
+    h = raw_header if raw_header is not None else json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
+def _parse(blob: bytes):
+    return stf.parse_header(blob, len(blob), "test.safetensors")
+
+
+def test_accepts_real_file_with_metadata():
+    blob = save({"a": torch.ones(2, 3), "b": torch.zeros(4, dtype=torch.bfloat16)}, metadata={"k": "v"})
+    h = _parse(blob)
+    assert [t.begin for t in h.tensors] == sorted(t.begin for t in h.tensors)
+    assert h.metadata == {"k": "v"}
+    assert {t.name: t.shape for t in h.tensors} == {"a": (2, 3), "b": (4,)}
+
+
+@pytest.mark.parametrize("header,data,match", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "past the end"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "overlaps"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "gap"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 12"),
+    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"k": 1}}, b"\0" * 8,
+     "strings"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "invalid shape"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "invalid data_offsets"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, "trailing"),
+])
+def test_refuses_malformed(header, data, match):
+    with pytest.raises(BadInput, match=match):
+        _parse(_file(header, data))
+
+
+def test_refuses_duplicate_names_the_reference_reader_would_accept():
+    raw = (b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+           b'"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}')
+    blob = _file({}, b"\0" * 8, raw)
+    with pytest.raises(BadInput, match="duplicate"):
+        _parse(blob)
+
+
+def test_refuses_absurd_header_size_and_garbage():
+    with pytest.raises(BadInput, match="absurd"):
+        _parse(struct.pack("<Q", 1 << 40) + b"{}")
+    with pytest.raises(BadInput, match="not a safetensors"):
+        _parse(b"abc")
+    with pytest.raises(BadInput, match="JSON"):
+        _parse(_file({}, b"", b"{nope"))
+    with pytest.raises(BadInput, match="UTF-8"):
+        _parse(_file({}, b"", b"{\xff}"))
+
+
+def test_canonical_blob_is_deterministic_and_loadable():
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    prefix = stf.blob_prefix("F32", (2, 3))
+    blob = prefix + t.numpy().tobytes()
+    assert prefix == stf.blob_prefix("F32", (2, 3))
+    assert len(prefix) % 8 == 0
+    loaded = load(blob)
+    assert list(loaded) == [stf.BLOB_TENSOR_NAME] and torch.equal(loaded["tensor"], t)
+    e = stf.parse_blob(blob)
+    assert (e.begin, e.end) == (len(prefix), len(blob))
+
+
+def test_build_header_round_trips_through_safetensors():
+    prefix, offsets = stf.build_header([("x", "F16", (3,)), ("y", "I64", (2, 2))], {"m": "v"})
+    data = torch.ones(3, dtype=torch.float16).numpy().tobytes() + torch.arange(4).numpy().tobytes()
+    loaded = load(prefix + data)
+    assert torch.equal(loaded["y"], torch.arange(4).reshape(2, 2))
+    assert offsets == [(0, 6), (6, 38)]

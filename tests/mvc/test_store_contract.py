@@ -1,0 +1,108 @@
+"""One contract suite for every object store (memory, loose, chain); other stores join by subclassing."""
+import os
+
+import pytest
+
+from mvc.errors import CorruptObject, ObjectMissing
+from mvc.objects import hash_bytes
+from mvc.store import ChainStore, LooseStore, MemoryStore
+
+
+class StoreContract:
+    """Subclasses provide `make_store(tmp_path)` and `corrupt(store, oid)`."""
+
+    def make_store(self, tmp_path):
+        raise NotImplementedError
+
+    def corrupt(self, store, oid):
+        raise NotImplementedError
+
+    def test_put_get_round_trip_and_id_is_blake3(self, tmp_path):
+        s = self.make_store(tmp_path)
+        oid = s.put(b"hello ", memoryview(b"world"))
+        assert oid == hash_bytes(b"hello world")
+        assert s.has(oid) and s.get(oid) == b"hello world" and s.size(oid) == 11
+        assert bytes(s.view(oid)) == b"hello world"
+
+    def test_put_is_idempotent(self, tmp_path):
+        s = self.make_store(tmp_path)
+        a, b = s.put(b"x" * 100), s.put(b"x" * 100)
+        assert a == b and list(s.ids()).count(a) == 1
+
+    def test_missing_object(self, tmp_path):
+        s = self.make_store(tmp_path)
+        with pytest.raises(ObjectMissing):
+            s.get("0" * 64)
+        assert not s.has("0" * 64)
+
+    def test_corruption_is_detected_on_read(self, tmp_path):
+        s = self.make_store(tmp_path)
+        oid = s.put(b"precious weights" * 10)
+        self.corrupt(s, oid)
+        with pytest.raises(CorruptObject, match=oid):
+            s.get(oid)
+        with pytest.raises(CorruptObject):
+            s.view(oid)
+
+    def test_delete_and_ids(self, tmp_path):
+        s = self.make_store(tmp_path)
+        ids = {s.put(bytes([i]) * 10) for i in range(5)}
+        assert set(s.ids()) == ids
+        victim = sorted(ids)[0]
+        s.delete(victim)
+        assert not s.has(victim) and set(s.ids()) == ids - {victim}
+
+    def test_empty_object(self, tmp_path):
+        s = self.make_store(tmp_path)
+        oid = s.put(b"")
+        assert s.get(oid) == b"" and bytes(s.view(oid)) == b""
+
+
+class TestMemoryStore(StoreContract):
+    def make_store(self, tmp_path):
+        return MemoryStore()
+
+    def corrupt(self, store, oid):
+        data = bytearray(store._objects[oid])
+        data[3] ^= 1
+        store._objects[oid] = bytes(data)
+
+
+def _flip_file_byte(path, pos=3):
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 1]))
+
+
+class TestLooseStore(StoreContract):
+    def make_store(self, tmp_path):
+        return LooseStore(str(tmp_path / "objects"))
+
+    def corrupt(self, store, oid):
+        _flip_file_byte(store.path(oid))
+
+    def test_layout_is_b3sum_named(self, tmp_path):
+        s = self.make_store(tmp_path)
+        oid = s.put(b"abc")
+        path = tmp_path / "objects" / oid[:2] / oid[2:]
+        assert path.read_bytes() == b"abc" and hash_bytes(path.read_bytes()) == oid
+        assert not os.listdir(tmp_path / "objects" / "tmp")  # no temp files left behind
+
+
+class TestChainStore(StoreContract):
+    def make_store(self, tmp_path):
+        return ChainStore(LooseStore(str(tmp_path / "objects")), MemoryStore())
+
+    def corrupt(self, store, oid):
+        _flip_file_byte(store.primary.path(oid))
+
+    def test_reads_fall_through(self, tmp_path):
+        mem = MemoryStore()
+        oid = mem.put(b"in the second store")
+        s = ChainStore(LooseStore(str(tmp_path / "objects")), mem)
+        assert s.has(oid) and s.get(oid) == b"in the second store"
+        new = s.put(b"new")
+        assert s.primary.has(new) and not mem.has(new)

@@ -1,0 +1,97 @@
+"""DESIGN.md section 2: the import directions between packages and inside mvc are enforced here."""
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ["kernels", "cores", "bricks", "semantic_ci", "mvc"]
+# package -> packages it must never import (anywhere in its modules)
+FORBIDDEN = {
+    "kernels": {"cores", "bricks", "semantic_ci", "mvc"},
+    "cores": {"bricks", "semantic_ci", "mvc"},
+    "bricks": {"semantic_ci", "mvc"},
+    "semantic_ci": set(),
+}
+MVC_STORAGE_FORBIDDEN = {"cores", "bricks", "kernels", "semantic_ci"}
+# modules of mvc that may import torch only lazily (inside functions), never at module level
+NO_TOP_LEVEL_TORCH = True
+
+
+def _imports(path: pathlib.Path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node, a.name.split(".")[0], 0
+        elif isinstance(node, ast.ImportFrom):
+            yield node, (node.module or "").split(".")[0], node.level
+
+
+def _top_level_imports(path: pathlib.Path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield (node.module or "").split(".")[0]
+
+
+def _modules(pkg):
+    return sorted((ROOT / pkg).rglob("*.py"))
+
+
+def test_packages_respect_layering():
+    bad = []
+    for pkg, forbidden in FORBIDDEN.items():
+        for path in _modules(pkg):
+            for _node, top, level in _imports(path):
+                if level == 0 and top in forbidden:
+                    bad.append(f"{path.relative_to(ROOT)} imports {top}")
+    assert not bad, bad
+
+
+def test_mvc_storage_layer_never_imports_model_code():
+    bad = []
+    for path in _modules("mvc"):
+        if "cli" in path.relative_to(ROOT / "mvc").parts:
+            continue
+        for _node, top, level in _imports(path):
+            if level == 0 and top in MVC_STORAGE_FORBIDDEN:
+                bad.append(f"{path.relative_to(ROOT)} imports {top}")
+    assert not bad, bad
+
+
+def test_mvc_imports_torch_only_lazily():
+    bad = [str(p.relative_to(ROOT)) for p in _modules("mvc") if "torch" in set(_top_level_imports(p))]
+    assert not bad, f"modules importing torch at module level: {bad}"
+
+
+def test_mvc_internal_direction():
+    """errors <- objects <- {store, refs, tensors, components} <- repo <- cli."""
+    rank = {"errors": 0, "objects": 1, "safetensors_format": 1, "store": 2, "files": 2, "refs": 3,
+            "tensors": 2, "components": 3, "repo": 5, "cli": 9}
+    bad = []
+    for path in _modules("mvc"):
+        rel = path.relative_to(ROOT / "mvc")
+        me = rel.parts[0].removesuffix(".py")
+        if me not in rank:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
+                target = node.module.split(".")[0]
+                if me == "cli" and node.level == 1:
+                    continue  # inside the cli package
+                if target in rank and rank[target] > rank[me]:
+                    bad.append(f"mvc/{rel} imports {target}")
+    assert not bad, bad
+
+
+def test_every_module_has_a_docstring():
+    missing = []
+    for pkg in PACKAGES + ["examples", "benchmarks"]:
+        for path in _modules(pkg) if (ROOT / pkg).exists() else []:
+            tree = ast.parse(path.read_text())
+            if not ast.get_docstring(tree):
+                missing.append(str(path.relative_to(ROOT)))
+    assert not missing, missing
