@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 import warnings
 
@@ -65,6 +64,3 @@ from . import repo_cmds  # noqa: E402,F401  (registers commands)
 def main(argv=None):
     return cli.main(args=argv, prog_name="mvc")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,4 @@
+"""`python -m mvc` runs the command line."""
+from mvc.cli import main
+
+main()
