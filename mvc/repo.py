@@ -67,7 +67,13 @@ class Repo:
 
     def _read_stores(self) -> list:
         """Stores read after the loose objects: pack files, then a lazy clone's remote."""
-        return []
+        stores = []
+        if any(s.startswith('remote "') for s in self.config.sections()):
+            from .transport import promisor_store  # a lazy clone fetches missing blobs on first use
+            lazy = promisor_store(self)
+            if lazy is not None:
+                stores.append(lazy)
+        return stores
 
     # -- creation ----------------------------------------------------------------------------
     @classmethod
@@ -286,8 +292,9 @@ class Repo:
         if warn:
             warnings.warn(warn)
         new_trees = dict(trees or {})
-        for name, value in components.items():
-            new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
+        with self.loose.batch():  # every object is durable before any ref points at it
+            for name, value in components.items():
+                new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
         metrics = dict(metrics or {})
         canonical_json(metrics)  # refuse NaN before anything moves
         author = author or default_author(self.root)
@@ -667,8 +674,12 @@ class Repo:
                     freed += os.stat(p).st_size
                     os.unlink(p)
         self._cache.clear()
-        return {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
-                "reflog_entries_expired": expired, "dry_run": dry_run}
+        result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
+                  "reflog_entries_expired": expired, "dry_run": dry_run}
+        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
+        if lazy:  # a lazy clone: reachable blobs still on the promisor remote are not missing
+            result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
+        return result
 
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
         """Re-hash every stored object and check everything reachable exists and is well formed."""
@@ -711,7 +722,11 @@ class Repo:
             if (p["id"], p["problem"]) not in seen_ids:
                 seen_ids.add((p["id"], p["problem"]))
                 uniq.append(p)
-        return {"ok": not uniq, "checked": checked, "problems": uniq}
+        result = {"ok": not uniq, "checked": checked, "problems": uniq}
+        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
+        if lazy:  # a lazy clone: promised blobs not fetched yet are expected, not damage
+            result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
+        return result
 
     def _reachable_commits(self) -> list[str]:
         roots = set(self.refs.list("refs/").values()) | self.refs.all_reflog_ids()

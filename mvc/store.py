@@ -6,9 +6,11 @@ of stores and writes to the first (pack files and lazily fetched remotes plug in
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 from .errors import CorruptObject, ObjectMissing
@@ -41,9 +43,6 @@ class ObjectStore:
 
     def delete(self, oid: str) -> None:
         raise NotImplementedError
-
-    def put_bytes(self, data: bytes) -> str:
-        return self.put(data)
 
 
 def _verify(oid: str, data, where: str) -> None:
@@ -93,14 +92,55 @@ class LooseStore(ObjectStore):
         self.root = root
         self.fsync = fsync
         self.tmp = os.path.join(root, "tmp")
+        self._pending: dict[str, str] | None = None  # id -> temp file written inside batch()
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Objects written inside the block stay in temp files until it ends; then they are fsynced
+        in parallel and renamed into place, so a crash never leaves a partial object under its id.
+        Nothing may point at them (refs) before the block has exited.
+        """
+        if self._pending is not None:
+            yield self
+            return
+        self._pending = {}
+        try:
+            yield self
+            self._flush(self._pending)
+        except BaseException:
+            for tmp in self._pending.values():
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            raise
+        finally:
+            self._pending = None
+
+    def _flush(self, pending: dict[str, str]) -> None:
+        if not pending:
+            return
+        workers = min(16, len(pending))
+        if self.fsync:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(_fsync_path, pending.values()))
+        for oid, tmp in pending.items():
+            os.makedirs(os.path.dirname(self.path(oid)), exist_ok=True)
+            os.replace(tmp, self.path(oid))
+        if self.fsync:
+            dirs = sorted({os.path.dirname(self.path(oid)) for oid in pending})
+            with ThreadPoolExecutor(max_workers=min(16, len(dirs))) as pool:
+                list(pool.map(fsync_dir, dirs))
 
     def path(self, oid: str) -> str:
         return os.path.join(self.root, oid[:2], oid[2:])
 
     def has(self, oid):
-        return os.path.exists(self.path(oid))
+        return os.path.exists(self.path(oid)) or (self._pending is not None and oid in self._pending)
 
     def _open(self, oid):
+        if self._pending and oid in self._pending:
+            return open(self._pending[oid], "rb")
         try:
             return open(self.path(oid), "rb")
         except FileNotFoundError:
@@ -124,7 +164,7 @@ class LooseStore(ObjectStore):
     def put(self, *buffers, oid=None):
         oid = oid or hash_bytes(*buffers)
         final = self.path(oid)
-        if os.path.exists(final):
+        if os.path.exists(final) or (self._pending is not None and oid in self._pending):
             return oid
         os.makedirs(self.tmp, exist_ok=True)
         tmp = os.path.join(self.tmp, f"{oid[:16]}-{uuid.uuid4().hex}")
@@ -134,6 +174,9 @@ class LooseStore(ObjectStore):
                 for b in buffers:
                     f.write(b)
                 f.flush()
+                if self._pending is not None:
+                    self._pending[oid] = tmp
+                    return oid
                 if self.fsync:
                     os.fsync(f.fileno())
             os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -150,6 +193,8 @@ class LooseStore(ObjectStore):
 
     def size(self, oid):
         try:
+            if self._pending and oid in self._pending:
+                return os.stat(self._pending[oid]).st_size
             return os.stat(self.path(oid)).st_size
         except FileNotFoundError:
             raise ObjectMissing(f"object {oid} is missing") from None
@@ -218,6 +263,14 @@ class ChainStore(ObjectStore):
     def delete(self, oid):
         for s in self.stores:
             s.delete(oid)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str) -> None:

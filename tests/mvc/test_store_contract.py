@@ -106,3 +106,22 @@ class TestChainStore(StoreContract):
         assert s.has(oid) and s.get(oid) == b"in the second store"
         new = s.put(b"new")
         assert s.primary.has(new) and not mem.has(new)
+
+
+def test_loose_batch_keeps_objects_in_temp_until_flushed(tmp_path):
+    s = LooseStore(str(tmp_path / "objects"))
+    with s.batch():
+        oid = s.put(b"pending object")
+        assert not os.path.exists(s.path(oid))  # not under its id before it is durable
+        assert s.has(oid) and s.get(oid) == b"pending object" and s.size(oid) == 14
+        assert s.put(b"pending object") == oid
+    assert os.path.exists(s.path(oid)) and not os.listdir(tmp_path / "objects" / "tmp")
+
+
+def test_loose_batch_failure_leaves_nothing(tmp_path):
+    s = LooseStore(str(tmp_path / "objects"))
+    with pytest.raises(RuntimeError):
+        with s.batch():
+            oid = s.put(b"doomed")
+            raise RuntimeError("crash")
+    assert not s.has(oid) and not os.listdir(tmp_path / "objects" / "tmp")
