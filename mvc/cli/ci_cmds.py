@@ -1,0 +1,106 @@
+"""Semantic-CI commands: ci, verify, hooks (they import semantic_ci, and so torch, lazily)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..repo import Repo
+from .main import cli
+from .output import console, emit_json
+
+
+@cli.command()
+@click.argument("rev", required=False)
+@click.option("--base", help="Baseline revision for every check (overrides mvc.toml).")
+@click.option("--check", "names", multiple=True, help="Run only this check (repeatable).")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Also write a JUnit XML report.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+def ci(rev, base, names, junit, as_json):
+    """Run the semantic-CI checks of mvc.toml on REV (default HEAD) and store a certificate.
+
+    Exit 0 when every check passes, 1 when one fails.
+
+    \b
+    Examples:
+      mvc ci
+      mvc ci feature --base main --junit reports/mvc-ci.xml
+      mvc ci HEAD --check frozen-core --json
+    """
+    from semantic_ci.report import render_table, write_junit
+    from semantic_ci.runner import run_ci
+    repo = Repo(os.getcwd())
+    summary = run_ci(repo, rev, base=base, names=list(names),
+                     progress=None if as_json or not sys.stderr.isatty()
+                     else lambda n: click.echo(f"running {n} ...", err=True))
+    if junit:
+        write_junit(summary, junit)
+    if as_json:
+        emit_json(summary)
+    else:
+        render_table(summary, console())
+    if not summary["passed"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("target", default="HEAD")
+@click.option("--json", "as_json", is_flag=True)
+def verify(target, as_json):
+    """Re-run a certificate's checks (TARGET: a certificate id or a commit) and confirm the figures.
+
+    Exact figures must reproduce bit for bit; others within a relative 1e-6. Exit 3 when a figure
+    does not reproduce (a tampered or stale certificate).
+
+    \b
+    Example:
+      mvc verify HEAD
+    """
+    from mvc.errors import MvcError
+    from semantic_ci.runner import verify as run_verify
+    repo = Repo(os.getcwd())
+    r = run_verify(repo, target)
+    if as_json:
+        emit_json(r)
+    else:
+        for c in r["checks"]:
+            mark = "reproduced" if c["reproduced"] else "NOT reproduced"
+            click.echo(f"{c['name']}: {mark}" + (" (skipped)" if c.get("skipped") else ""))
+            for d in c["diffs"]:
+                click.echo(f"    {d}")
+            if c.get("note"):
+                click.echo(f"    note: {c['note']}")
+    if not r["verified"]:
+        raise MvcError(f"certificate {r['certificate'][:12]} does not verify",
+                       "its figures do not reproduce: it was tampered with or the models changed")
+    if not as_json:
+        click.echo(f"certificate {r['certificate'][:12]} of {r['commit'][:12]} verified")
+
+
+@cli.group()
+def hooks():
+    """Install or remove the git hooks that run semantic CI before merges and pushes."""
+
+
+@hooks.command("install")
+def hooks_install():
+    """Install pre-merge-commit and pre-push hooks (chaining existing ones); sets merge.ff=false.
+
+    pre-merge-commit does not run for fast-forward merges, so merges always create a merge commit
+    while the hooks are installed (`mvc hooks uninstall` restores the previous setting).
+    """
+    from semantic_ci.githooks import install
+    r = install(Repo(os.getcwd()).root)
+    click.echo(f"installed {', '.join(r['installed'])} in {r['hooks_dir']}")
+    if r["chained"]:
+        click.echo(f"existing hooks kept and chained: {', '.join(r['chained'])}")
+    click.echo("set merge.ff=false in this repository's git config (fast-forward merges skip pre-merge-commit)")
+
+
+@hooks.command("uninstall")
+def hooks_uninstall():
+    """Remove mvc's git hooks, restore chained hooks and the previous merge.ff setting."""
+    from semantic_ci.githooks import uninstall
+    r = uninstall(Repo(os.getcwd()).root)
+    click.echo(f"removed {', '.join(r['removed']) or 'nothing'}")

@@ -1,0 +1,176 @@
+"""The check kinds: exact-logits, ppl-ratio and migration. Each returns figures, thresholds and a
+verdict, plus the resolved inputs a certificate needs to re-run it."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import blake3
+import torch
+
+from mvc.errors import MvcError, UnknownRevision
+
+from . import evaluate as ev
+from .config import Check, CiConfig
+from .models import ModelCache
+from .probe import read_data
+
+
+@dataclass
+class Context:
+    repo: object
+    commit: str               # the candidate commit (full id)
+    config: CiConfig
+    models: ModelCache
+    base: str | None = None   # --base: overrides every check's baseline
+
+
+def resolve_relative(repo, rev: str, candidate: str) -> str:
+    """Resolve a baseline revision with HEAD meaning the candidate (HEAD~1 is its parent)."""
+    m = re.fullmatch(r"HEAD(.*)", rev)
+    return repo.resolve(candidate + m.group(1)) if m else repo.resolve(rev)
+
+
+def result(check: Check, status: str, figures=None, thresholds=None, inputs=None, env=None, note=None) -> dict:
+    out = {"name": check.name, "kind": check.kind, "preset": check.preset, "status": status,
+           "passed": {"passed": True, "failed": False}.get(status), "figures": figures or {},
+           "thresholds": thresholds or {}, "inputs": inputs or {}, "params": check.params}
+    if env:
+        out["envelope"] = env
+    if note:
+        out["note"] = note
+    return out
+
+
+def _baseline(ctx: Context, check: Check):
+    rev = ctx.base or check.get("baseline")
+    if rev is None:
+        return None, "no baseline"
+    try:
+        return resolve_relative(ctx.repo, rev, ctx.commit), None
+    except UnknownRevision as e:
+        return None, f"baseline {rev} does not resolve ({e.message})"
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(-1).view(torch.uint8).view(t.numel(), t.element_size())
+
+
+def compare_logits(model_a, model_b, data: bytes, window: int) -> dict:
+    """Bitwise comparison of two models' logits on `data` (raw bytes: -0 != +0, NaN == same NaN)."""
+    max_delta, differing, first = 0.0, 0, None
+    dig_a, dig_b = blake3.blake3(), blake3.blake3()
+    dtype = None
+    for off, chunk in ev.windows(data, window):
+        la, lb = ev.window_logits(model_a, chunk), ev.window_logits(model_b, chunk)
+        dtype = str(la.dtype).replace("torch.", "")
+        dig_a.update(la.numpy().tobytes())
+        dig_b.update(lb.numpy().tobytes())
+        if la.shape != lb.shape or la.dtype != lb.dtype:
+            return {"max_abs_delta": None, "differing_positions": None, "first_differing_offset": off,
+                    "note": f"logit shapes/dtypes differ: {tuple(la.shape)} {la.dtype} vs {tuple(lb.shape)} {lb.dtype}",
+                    "logits_digest": None, "baseline_digest": None, "dtype": dtype}
+        rows = (_bits(la).view(la.shape[0], -1) != _bits(lb).view(lb.shape[0], -1)).any(dim=1)
+        n = int(rows.sum())
+        if n:
+            differing += n
+            if first is None:
+                first = off + int(rows.nonzero()[0, 0])
+            d = (la.to(torch.float64) - lb.to(torch.float64)).abs()
+            d = torch.nan_to_num(d, nan=float("inf"))
+            max_delta = max(max_delta, float(d.max()))
+    return {"max_abs_delta": max_delta, "differing_positions": differing, "first_differing_offset": first,
+            "logits_digest": dig_a.hexdigest(), "baseline_digest": dig_b.hexdigest(), "dtype": dtype}
+
+
+def run_exact_logits(ctx: Context, check: Check) -> dict:
+    component = check.get("component", "core")
+    bricks = tuple(check.get("bricks", ()))
+    adapter = check.get("adapter", ctx.config.adapter)
+    window = check.get("window", ctx.config.window)
+    base, why = _baseline(ctx, check)
+    if base is None:
+        return result(check, "skipped", note=why)
+    data, data_id, desc = read_data(ctx.repo, check.get("probe"), check.get("probe_bytes", ctx.config.probe_bytes))
+    cand = ctx.models.get(ctx.commit, component, bricks, adapter)
+    if check.get("roundtrip"):  # L2: a commit/load round trip must reproduce the same model
+        ref = _roundtrip(ctx, cand, component, bricks, adapter)
+    else:
+        ref = ctx.models.get(base, check.get("host", component) if check.get("host") else component, bricks, adapter)
+    figs = compare_logits(cand, ref, data, window)
+    tol = float(check.get("tolerance", 0.0))
+    if figs["max_abs_delta"] is None:
+        passed = False
+    elif tol == 0:
+        passed = figs["differing_positions"] == 0
+    else:
+        passed = figs["max_abs_delta"] <= tol
+    inputs = {"candidate": ctx.models.inputs(ctx.commit, component), "baseline": ctx.models.inputs(base, component),
+              "data": data_id, "data_desc": desc, "window": window, "bricks": list(bricks), "adapter": adapter}
+    return result(check, "passed" if passed else "failed", figs, {"tolerance": tol}, inputs,
+                  ev.envelope(figs.get("dtype") or "?", window))
+
+
+def _roundtrip(ctx: Context, model, component, bricks, adapter):
+    """Rebuild the candidate from its own state dict (a save/load round trip)."""
+    from .models import build_from_tree
+    tree = ctx.repo.tree(ctx.commit, component)
+    state = {k: v.clone() for k, v in model.state_dict().items()} if hasattr(model, "state_dict") else \
+        ctx.repo.load(ctx.commit, component)
+    rebuilt = build_from_tree(tree, state, adapter)
+    if bricks:
+        from bricks import attach_from_commit
+        for name in bricks:
+            rebuilt = attach_from_commit(ctx.repo, ctx.commit, name, rebuilt)
+    return rebuilt
+
+
+def ppl_figures(cand, base, data: bytes, window: int, samples: int) -> dict:
+    nll_c, count = ev.model_nll(cand, data, window)
+    nll_b, _ = ev.model_nll(base, data, window)
+    ppl_c, bpb_c = ev.ppl_bpb(nll_c, count)
+    ppl_b, bpb_b = ev.ppl_bpb(nll_b, count)
+    lo, hi = ev.bootstrap_ratio(nll_c, nll_b, count, samples)
+    return {"ppl": ppl_c, "baseline_ppl": ppl_b, "ratio": ppl_c / ppl_b, "bpb": bpb_c, "baseline_bpb": bpb_b,
+            "ratio_ci95": [lo, hi], "bytes": int(count.sum()), "windows": int(len(count))}
+
+
+def run_ppl_ratio(ctx: Context, check: Check) -> dict:
+    component = check.get("component", "core")
+    bricks = tuple(check.get("bricks", ()))
+    adapter = check.get("adapter", ctx.config.adapter)
+    window = check.get("window", ctx.config.window)
+    base, why = _baseline(ctx, check)
+    if base is None:
+        return result(check, "skipped", note=why)
+    data, data_id, desc = read_data(ctx.repo, check.get("data"), check.get("probe_bytes", ctx.config.probe_bytes))
+    cand = ctx.models.get(ctx.commit, component, bricks, adapter)
+    ref = ctx.models.get(base, component, bricks, adapter)
+    figs = ppl_figures(cand, ref, data, window, check.get("bootstrap", 1000))
+    max_ratio = float(check.get("max_ratio", 1.05))
+    passed = figs["ratio"] <= max_ratio
+    note = None
+    if figs["ratio_ci95"][0] <= max_ratio < figs["ratio_ci95"][1]:
+        note = "the 95% interval straddles the bound: use more held-out data for a stable verdict"
+    inputs = {"candidate": ctx.models.inputs(ctx.commit, component), "baseline": ctx.models.inputs(base, component),
+              "data": data_id, "data_desc": desc, "window": window, "bricks": list(bricks), "adapter": adapter}
+    return result(check, "passed" if passed else "failed", figs, {"max_ratio": max_ratio}, inputs,
+                  ev.envelope("float32", window), note)
+
+
+def run_migration(ctx: Context, check: Check) -> dict:
+    try:
+        from .migration import run_migration as impl
+    except ImportError as e:
+        return result(check, "skipped", note=f"migration checks need the bricks package ({e})")
+    return impl(ctx, check)
+
+
+RUNNERS = {"exact-logits": run_exact_logits, "ppl-ratio": run_ppl_ratio, "migration": run_migration}
+
+
+def run_check(ctx: Context, check: Check) -> dict:
+    try:
+        return RUNNERS[check.kind](ctx, check)
+    except MvcError as e:
+        return result(check, "failed", note=f"error: {e}")

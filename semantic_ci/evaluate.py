@@ -1,0 +1,82 @@
+"""Deterministic evaluation of byte models: fixed windows, one sequence at a time (batch-invariant
+by construction), per-window log-likelihoods, raw logit bytes, and bootstrap intervals."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+
+import numpy as np
+import torch
+
+
+def windows(data: bytes, window: int) -> list[tuple[int, bytes]]:
+    """Chunks of `window + 1` bytes with stride `window`: (offset, chunk). Inputs are chunk[:-1],
+    targets chunk[1:]; the last chunk may be shorter (at least 2 bytes)."""
+    out = []
+    for start in range(0, max(len(data) - 1, 0), window):
+        chunk = data[start:start + window + 1]
+        if len(chunk) >= 2:
+            out.append((start, chunk))
+    return out
+
+
+def _ids(chunk: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(chunk), dtype=torch.uint8).to(torch.long).unsqueeze(0)
+
+
+@torch.inference_mode()
+def window_logits(model, chunk: bytes) -> torch.Tensor:
+    """Logits (T, 256) of the model over chunk[:-1], evaluated alone (batch of one)."""
+    out = model(_ids(chunk[:-1]))
+    if isinstance(out, tuple):
+        out = out[0]
+    if out.dim() != 3 or out.shape[0] != 1 or out.shape[1] != len(chunk) - 1 or out.shape[2] != 256:
+        raise ValueError(f"model returned logits of shape {tuple(out.shape)}, expected (1, {len(chunk) - 1}, 256)")
+    return out[0].contiguous()
+
+
+def nll_of(logits: torch.Tensor, chunk: bytes) -> float:
+    """Summed negative log-likelihood (nats) of chunk[1:] under `logits`, in float64."""
+    target = _ids(chunk[1:])[0]
+    logp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+    return float(-logp.gather(1, target.unsqueeze(1)).sum())
+
+
+def model_nll(model, data: bytes, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window (nll nats, predicted bytes) of `model` on `data`."""
+    nll, count = [], []
+    for _off, chunk in windows(data, window):
+        nll.append(nll_of(window_logits(model, chunk), chunk))
+        count.append(len(chunk) - 1)
+    return np.array(nll, dtype=np.float64), np.array(count, dtype=np.int64)
+
+
+def ppl_bpb(nll: np.ndarray, count: np.ndarray) -> tuple[float, float]:
+    """PPL and bits per byte from totals (never a mean of per-window PPLs)."""
+    mean = float(nll.sum() / count.sum())
+    return math.exp(mean), mean / math.log(2)
+
+
+def bootstrap_ratio(nll_c, nll_b, count, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of PPL(candidate)/PPL(baseline) resampling windows with replacement."""
+    n = len(count)
+    if n < 2:
+        r = math.exp((nll_c.sum() - nll_b.sum()) / count.sum())
+        return r, r
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(samples, n))
+    diff = (nll_c[idx].sum(1) - nll_b[idx].sum(1)) / count[idx].sum(1)
+    ratios = np.exp(diff)
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def envelope(dtype: str, window: int) -> dict:
+    """The execution envelope an exact figure is only meaningful inside."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:
+        cap = "unknown"
+    return {"torch": torch.__version__, "cpu_capability": cap, "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "dtype": dtype, "batch": f"1 sequence of <= {window} bytes",
+            "deterministic_env": os.environ.get("CUBLAS_WORKSPACE_CONFIG") is not None}

@@ -1,0 +1,129 @@
+"""What the installed git hooks run: `python -m semantic_ci.git_hook pre-merge-commit|pre-push`.
+
+pre-merge-commit: the model head of the branch being merged (GITHEAD_* or MERGE_HEAD) is checked
+against the target branch's model head, with mvc.toml read from the target branch's commit, so a
+feature branch cannot relax its own gate. pre-push: each pushed branch's model head is checked.
+Exit 1 blocks the merge or push.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from mvc.errors import MvcError
+
+from . import config as cfgmod
+from .report import render_table
+from .runner import run_ci
+
+
+def _git(*args, cwd=None) -> str | None:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def _console():
+    from rich.console import Console
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+
+
+def _config_at(repo, git_rev: str):
+    rel = os.path.relpath(os.path.join(repo.root, cfgmod.CONFIG_FILE), _git("rev-parse", "--show-toplevel").strip())
+    text = _git("show", f"{git_rev}:{rel}")
+    if text is None:
+        return None
+    return cfgmod.load(repo.root, text=text, source=f"{git_rev}:{rel}")
+
+
+def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bool:
+    if candidate_branch not in repo.branches():
+        con.print(f"mvc: git branch {candidate_branch} has no model branch; nothing to check")
+        return True
+    base = repo.branches().get(base_branch) if base_branch and base_branch != candidate_branch else None
+    summary = run_ci(repo, candidate_branch, base=base, config=cfg)
+    render_table(summary, con)
+    return summary["passed"]
+
+
+def merged_branches() -> list[str]:
+    """The branches being merged. git writes MERGE_HEAD only when a merge stops; for a clean merge
+    it passes GITHEAD_<sha>=<name> in the hook's environment, which we read first."""
+    names = [v for k, v in os.environ.items() if k.startswith("GITHEAD_") and v]
+    if names:
+        return sorted(set(names))
+    git_dir = (_git("rev-parse", "--git-dir") or ".git").strip()
+    try:
+        with open(os.path.join(git_dir, "MERGE_HEAD")) as f:
+            shas = [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+    out = []
+    for sha in shas:
+        out += (_git("for-each-ref", "--points-at", sha, "--format=%(refname:short)", "refs/heads") or "").split()
+    return sorted(set(out))
+
+
+def pre_merge_commit(repo) -> int:
+    con = _console()
+    target = (_git("symbolic-ref", "--short", "-q", "HEAD") or "").strip()
+    names = [n for n in merged_branches() if n != target]
+    if not names:
+        con.print("mvc: the merged commit is no branch head; nothing to check")
+        return 0
+    cfg = _config_at(repo, "HEAD")
+    if cfg is None or not cfg.checks:
+        con.print(f"mvc: {target} has no {cfgmod.CONFIG_FILE} with checks; merge allowed")
+        return 0
+    ok = all(_check(repo, name, target, cfg, con) for name in names)
+    if not ok:
+        con.print(f"mvc: merge blocked: the model of {', '.join(names)} fails semantic CI against {target}")
+    return 0 if ok else 1
+
+
+def pre_push(repo, stdin_text: str) -> int:
+    con = _console()
+    ok = True
+    for line in stdin_text.splitlines():
+        parts = line.split()
+        if len(parts) != 4 or not parts[0].startswith("refs/heads/"):
+            continue
+        local_ref, local_sha, remote_ref, _remote_sha = parts
+        if set(local_sha) == {"0"}:
+            continue  # a deletion
+        branch = local_ref[len("refs/heads/"):]
+        target = remote_ref[len("refs/heads/"):] if remote_ref.startswith("refs/heads/") else None
+        cfg = (_config_at(repo, target) if target and _git("rev-parse", "--verify", "-q", target) else None) \
+            or _config_at(repo, local_sha)
+        if cfg is None or not cfg.checks:
+            continue
+        ok = _check(repo, branch, target, cfg, con) and ok
+    if not ok:
+        con.print("mvc: push blocked by semantic CI")
+    return 0 if ok else 1
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m semantic_ci.git_hook pre-merge-commit|pre-push", file=sys.stderr)
+        return 2
+    import mvc
+    try:
+        repo = mvc.Repo(os.getcwd())
+    except MvcError:
+        return 0  # not an mvc repository: nothing to gate
+    try:
+        if argv[0] == "pre-merge-commit":
+            return pre_merge_commit(repo)
+        if argv[0] == "pre-push":
+            return pre_push(repo, sys.stdin.read())
+    except MvcError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"unknown hook {argv[0]}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

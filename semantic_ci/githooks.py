@@ -1,0 +1,107 @@
+"""Installing git hooks (pre-merge-commit, pre-push) that run semantic CI before a merge or push.
+
+Hooks chain to existing ones, call mvc through this interpreter's absolute path, and set
+`merge.ff=false` (pre-merge-commit does not run for fast-forward merges); uninstall undoes both.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import sys
+
+from mvc.errors import MvcError
+
+HOOKS = ("pre-merge-commit", "pre-push")
+MARKER = "# installed by mvc hooks install"
+CHAINED = ".mvc-chained"
+
+
+def _git(root):
+    import git
+    try:
+        return git.Repo(root, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise MvcError(f"{root} is not inside a git work tree", "git hooks need a git repository") from None
+
+
+def _hooks_dir(g) -> str:
+    path = g.git.rev_parse("--git-path", "hooks")
+    return path if os.path.isabs(path) else os.path.join(g.working_tree_dir, path)
+
+
+def _script(name: str) -> str:
+    py = shlex.quote(sys.executable)
+    if name == "pre-push":  # git feeds the pushed refs on stdin: give both hooks a copy
+        return f"""#!/bin/sh
+{MARKER}
+hook_dir=$(dirname "$0")
+input=$(cat)
+if [ -x "$hook_dir/{name}{CHAINED}" ]; then
+    printf '%s\\n' "$input" | "$hook_dir/{name}{CHAINED}" "$@" || exit $?
+fi
+printf '%s\\n' "$input" | exec {py} -m semantic_ci.git_hook {name} "$@"
+"""
+    return f"""#!/bin/sh
+{MARKER}
+hook_dir=$(dirname "$0")
+if [ -x "$hook_dir/{name}{CHAINED}" ]; then
+    "$hook_dir/{name}{CHAINED}" "$@" || exit $?
+fi
+exec {py} -m semantic_ci.git_hook {name} "$@"
+"""
+
+
+def _ours(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return MARKER in f.read()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def install(root: str) -> dict:
+    g = _git(root)
+    hooks = _hooks_dir(g)
+    os.makedirs(hooks, exist_ok=True)
+    chained = []
+    for name in HOOKS:
+        path = os.path.join(hooks, name)
+        if os.path.exists(path) and not _ours(path):
+            os.replace(path, path + CHAINED)
+            chained.append(name)
+        with open(path, "w") as f:
+            f.write(_script(name))
+        os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    with g.config_reader("repository") as r:
+        previous = r.get_value("merge", "ff", default="(unset)")
+    with g.config_writer("repository") as w:
+        if not w.has_option("mvc", "previousMergeFf"):
+            w.set_value("mvc", "previousMergeFf", str(previous))
+        w.set_value("merge", "ff", "false")
+    return {"hooks_dir": hooks, "installed": list(HOOKS), "chained": chained, "merge.ff": "false"}
+
+
+def uninstall(root: str) -> dict:
+    g = _git(root)
+    hooks = _hooks_dir(g)
+    removed = []
+    for name in HOOKS:
+        path = os.path.join(hooks, name)
+        if _ours(path):
+            os.unlink(path)
+            removed.append(name)
+            if os.path.exists(path + CHAINED):
+                os.replace(path + CHAINED, path)
+    with g.config_writer("repository") as w:
+        previous = w.get_value("mvc", "previousMergeFf", default=None) if w.has_section("mvc") else None
+        if previous is not None:
+            if previous == "(unset)":
+                if w.has_option("merge", "ff"):
+                    w.remove_option("merge", "ff")
+            else:
+                w.set_value("merge", "ff", previous)
+            w.remove_option("mvc", "previousMergeFf")
+            if not w.items("mvc"):
+                w.remove_section("mvc")
+    return {"removed": removed}

@@ -1,0 +1,47 @@
+"""The built-in deterministic probe byte stream and the data a check reads (stored as blobs)."""
+from __future__ import annotations
+
+import os
+
+import blake3
+
+from mvc.errors import BadInput
+
+_WORDS = (b"the model of a weight and its brick core patch byte train loss step layer commit branch "
+          b"def return import self value for in if else while print class list dict none true false "
+          b"data stream test check ratio exact logits version store object tree 0 1 2 3 42 100").split()
+_PUNCT = [b" ", b" ", b" ", b" ", b", ", b". ", b"\n", b"(", b")", b": ", b" = ", b"_", b"    "]
+
+
+def builtin_probe(n_bytes: int) -> bytes:
+    """`n_bytes` of text-like bytes from a counter-based generator: identical on every machine."""
+    out = bytearray()
+    stream = blake3.blake3(b"mvc-semantic-ci-probe-v1").digest(length=max(64, n_bytes * 2))
+    i = 0
+    while len(out) < n_bytes:
+        a, b = stream[i % len(stream)], stream[(i + 1) % len(stream)]
+        out += _WORDS[a % len(_WORDS)] + _PUNCT[b % len(_PUNCT)]
+        i += 2
+    return bytes(out[:n_bytes])
+
+
+def read_data(repo, spec: str | None, default_bytes: int) -> tuple[bytes, str, str]:
+    """(bytes, blob id, description) for a check's data: a path under the repository root, a
+    `blob:<id>` reference, or the built-in probe when `spec` is None. The bytes are stored as a
+    blob so the certificate can name them and `mvc verify` can reproduce them anywhere."""
+    if spec is None or spec == "builtin":
+        data, desc = builtin_probe(default_bytes), f"builtin probe ({default_bytes} bytes)"
+    elif spec.startswith("blob:"):
+        oid = spec[5:]
+        return repo.store.get(oid), oid, f"blob {oid[:12]}"
+    else:
+        path = spec if os.path.isabs(spec) else os.path.join(repo.root, spec)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise BadInput(f"cannot read check data {spec}: {e.strerror}") from None
+        if len(data) < 2:
+            raise BadInput(f"check data {spec} holds fewer than 2 bytes")
+        desc = spec
+    return data, repo.store.put(data), desc

@@ -1,0 +1,100 @@
+"""Real git, real `git merge`: the pre-merge-commit hook blocks a merge whose model fails semantic CI
+(even when the feature branch relaxes its own mvc.toml) and allows one that passes."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mvc
+from semantic_ci.probe import builtin_probe
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_ci import HELD_OUT, trained_table  # noqa: E402
+
+CONFIG = """
+[ci]
+adapter = "semantic_ci.adapters:bigram"
+window = 128
+
+[[ci.checks]]
+name = "general-ppl"
+kind = "ppl-ratio"
+component = "core"
+data = "heldout.txt"
+baseline = "main"
+max_ratio = 1.05
+"""
+
+
+def git(work, *args, check=True):
+    return subprocess.run(["git", *args], cwd=work, capture_output=True, text=True, check=check)
+
+
+@pytest.mark.slow
+def test_pre_merge_hook_blocks_failing_model_and_allows_passing(tmp_path, monkeypatch):
+    work = tmp_path / "proj"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    git(work, "init", "-q", "-b", "main")
+    (work / "mvc.toml").write_text(CONFIG)
+    (work / "heldout.txt").write_bytes(HELD_OUT)
+    (work / "train.py").write_text("v = 1\n")
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "project")
+    repo = mvc.Repo.init(work)
+    good = trained_table(builtin_probe(3000))
+    main_model = repo.commit({"core": {"table": good}}, message="main model")
+
+    git(work, "checkout", "-qb", "feat-good")
+    repo.commit({"core": {"table": trained_table(builtin_probe(3000), smoothing=0.55)}}, message="tweak")
+    (work / "train.py").write_text("v = 2\n")
+    git(work, "commit", "-qam", "good change")
+
+    git(work, "checkout", "-q", "main")
+    git(work, "checkout", "-qb", "feat-bad")
+    damaged = good[torch.randperm(256, generator=torch.Generator().manual_seed(0))]
+    repo.commit({"core": {"table": damaged}}, message="broken")
+    (work / "mvc.toml").write_text(CONFIG.replace("max_ratio = 1.05", "max_ratio = 1000.0"))  # relax own gate
+    git(work, "commit", "-qam", "bad change")
+
+    git(work, "checkout", "-q", "main")
+    r = subprocess.run([sys.executable, "-m", "mvc", "hooks", "install"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert git(work, "config", "merge.ff").stdout.strip() == "false"
+    assert mvc.Repo(work).branches()["main"] == main_model
+
+    before = git(work, "rev-parse", "HEAD").stdout.strip()
+    bad = git(work, "merge", "--no-edit", "feat-bad", check=False)
+    assert bad.returncode != 0, bad.stdout + bad.stderr
+    assert "merge blocked" in bad.stderr and "FAIL" in bad.stderr
+    assert git(work, "rev-parse", "HEAD").stdout.strip() == before
+    git(work, "merge", "--abort")
+
+    ok = git(work, "merge", "--no-edit", "feat-good", check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    head = git(work, "rev-parse", "HEAD^@").stdout.split()
+    assert len(head) == 2  # a real merge commit (merge.ff=false)
+
+    r = subprocess.run([sys.executable, "-m", "mvc", "hooks", "uninstall"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0 and not (work / ".git" / "hooks" / "pre-merge-commit").exists()
+    assert git(work, "config", "merge.ff", check=False).returncode == 1  # unset again
+
+
+@pytest.mark.slow
+def test_install_chains_existing_hook(tmp_path, monkeypatch):
+    work = tmp_path / "proj"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    mvc.Repo.init(work)
+    hook = work / ".git" / "hooks" / "pre-push"
+    hook.write_text("#!/bin/sh\necho mine\n")
+    hook.chmod(0o755)
+    monkeypatch.chdir(work)
+    from semantic_ci.githooks import install, uninstall
+    r = install(str(work))
+    assert r["chained"] == ["pre-push"] and (work / ".git" / "hooks" / "pre-push.mvc-chained").exists()
+    assert "semantic_ci.git_hook pre-push" in hook.read_text()
+    uninstall(str(work))
+    assert hook.read_text() == "#!/bin/sh\necho mine\n"
