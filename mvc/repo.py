@@ -67,7 +67,8 @@ class Repo:
 
     def _read_stores(self) -> list:
         """Stores read after the loose objects: pack files, then a lazy clone's remote."""
-        stores = []
+        from .pack import PackStore  # read-only; `mvc pack` and gc write packs (pack_write.py)
+        stores = [PackStore.for_repo(self)]
         if any(s.startswith('remote "') for s in self.config.sections()):
             from .transport import promisor_store  # a lazy clone fetches missing blobs on first use
             lazy = promisor_store(self)
@@ -276,12 +277,13 @@ class Repo:
     def commit(self, components: dict | None = None, message: str = "", metrics: dict | None = None,
                branch: str | None = None, remove: Iterable[str] = (), author: str | None = None,
                extra: dict | None = None, progress: Callable[[int], None] | None = None,
-               trees: dict[str, str] | None = None, run_hooks: bool = True) -> str:
+               trees: dict[str, str] | None = None, run_hooks: bool = True, root: bool = False) -> str:
         """Commit components onto a branch; returns the new commit id (64 hex).
 
         `components` maps names to a state dict, an nn.Module or a file/directory path; `trees`
         maps names to existing tree ids (used by paste). Components not named carry over from the
-        parent; `remove` drops components.
+        parent; `remove` drops components. `root=True` starts a new branch as a root commit
+        instead of from HEAD's commit.
         """
         components = dict(components or {})
         for name in list(components) + list(remove) + list(trees or {}):
@@ -289,6 +291,8 @@ class Repo:
         if not message:
             raise BadInput("a commit needs a message", "pass -m MSG")
         ref, created_from, warn = self._target_branch(branch)
+        if root:
+            created_from = None
         if warn:
             warnings.warn(warn)
         new_trees = dict(trees or {})
@@ -324,6 +328,8 @@ class Repo:
             raise RefConflict(f"could not commit to {ref}: it kept moving", "try again")
         if run_hooks:
             self._run_commit_hooks(cid, ref)
+        from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
+        maybe_autopack(self, cid)
         return cid
 
     def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None]:
@@ -676,6 +682,10 @@ class Repo:
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run}
+        from .pack_write import pack  # repack every kept object into one pack, dropping unreachable ones
+        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run)
+        result["removed"] += result["pack"]["dropped"]
+        result["bytes_freed"] += result["pack"]["dropped_bytes"]
         lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
         if lazy:  # a lazy clone: reachable blobs still on the promisor remote are not missing
             result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
@@ -694,6 +704,8 @@ class Repo:
                 damaged.append({"id": oid, "problem": e.message})
             except ObjectMissing:
                 continue
+        from .pack_write import pack_problems  # damaged pack indexes and pack checksums
+        damaged += pack_problems(self)
         bad = {d["id"] for d in damaged}
         self._cache.clear()
         live, missing = self.reachable()
@@ -745,12 +757,11 @@ class Repo:
         return out
 
     def du(self) -> dict:
-        """Stored bytes, logical bytes (every commit as plain files) and the dedup ratio."""
-        stored = 0
-        count = 0
-        for oid in self.store.ids():
-            stored += self.store.size(oid)
-            count += 1
+        """Logical bytes (every commit as plain files), object bytes (after dedup) and bytes on disk
+        (after pack compression), with what dedup and compression each saved."""
+        from .pack_write import storage_usage
+        usage = storage_usage(self)
+        objects, stored = usage["object_bytes"], usage["stored_bytes"]
         logical = 0
         commits = self._reachable_commits()
         for cid in commits:
@@ -759,8 +770,10 @@ class Repo:
                     logical += sum(f["size"] for f in self.read_tree(tid)["files"].values())
                 except MvcError:
                     continue
-        return {"objects": count, "stored_bytes": stored, "logical_bytes": logical, "commits": len(commits),
-                "dedup_ratio": (logical / stored) if stored else None}
+        return {**usage, "logical_bytes": logical, "commits": len(commits),
+                "dedup_saved_bytes": logical - objects, "compression_saved_bytes": objects - stored,
+                "dedup_ratio": (logical / objects) if objects else None,
+                "compression_ratio": (objects / stored) if stored else None}
 
 
 def _config_section(section: str) -> str:

@@ -76,6 +76,12 @@ def verify(repo, rev_or_cert: str) -> dict:
         if stored["status"] == "skipped":
             out.append({"name": stored["name"], "reproduced": True, "diffs": [], "skipped": True})
             continue
+        if stored["kind"] == "gate":
+            from .pipeline import recheck_gate
+            diffs = recheck_gate(repo, cert["commit"], stored)
+            out.append({"name": stored["name"], "reproduced": not diffs, "diffs": diffs,
+                        "note": "recorded training gate: checked against the commit's metrics"})
+            continue
         params = dict(stored["params"])
         inputs = stored.get("inputs", {})
         # pin every name to the ids the certificate recorded: verify never re-resolves names

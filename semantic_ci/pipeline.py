@@ -1,0 +1,343 @@
+"""The pipeline driver behind `mvc run`: stages in order, a commit at every checkpoint, gates and
+semantic CI on every commit, rollback + fallback on a failing gate, bit-exact resume after a kill,
+and no work for a stage whose inputs (content ids + settings) already produced a result.
+
+Every stage owns the branch `<pipeline>/<stage>`. Commits carry `extra.pipeline` = {stage, key,
+attempt, settings, status: "checkpoint" | "done", step}. The key hashes the stage's settings, the
+ids of its input streams and the result commits of the stages it reads, so a finished stage is
+recognised on a re-run and a changed input re-runs it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+
+from mvc.errors import CheckFailed, ConfigError, MvcError
+from mvc.objects import canonical_json, hash_bytes
+
+from . import certificate
+from .checks import Context, result as check_result, run_check
+from .config import CiConfig
+from .models import ModelCache
+from .pipeline_config import Pipeline, Stage
+
+
+class PipelineFailed(MvcError):
+    """A stage's gates kept failing after its retries (exit 1)."""
+
+    exit_code = 1
+
+
+class Run:
+    """State shared by the stages of one `mvc run`."""
+
+    def __init__(self, repo, pipeline: Pipeline, emit=None):
+        self.repo = repo
+        self.pipeline = pipeline
+        self.emit = emit or (lambda event: None)
+        self.results: dict[str, str] = {}      # stage -> its result commit
+        self._streams: dict[str, tuple] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+    def stream(self, name: str) -> tuple[bytes, bytes, str]:
+        """(train bytes, held-out bytes, blob id of the whole stream)."""
+        if name not in self._streams:
+            spec = self.pipeline.streams.get(name)
+            if spec is None:
+                raise ConfigError(f"{self.pipeline.path}: no stream {name!r}")
+            t0 = time.perf_counter()
+            if "file" in spec:
+                path = spec["file"] if os.path.isabs(spec["file"]) else os.path.join(self.pipeline.base_dir, spec["file"])
+                with open(path, "rb") as f:
+                    data = f.read()
+            else:
+                data = self._builder(spec["builder"])(**spec.get("args", {}))
+            cut = len(data) - max(1, int(len(data) * spec["holdout"]))
+            oid = self.repo.store.put(data)
+            self._streams[name] = (data[:cut], data[cut:], oid)
+            self.emit({"event": "stream", "name": name, "bytes": len(data), "id": oid,
+                       "seconds": round(time.perf_counter() - t0, 3)})
+        return self._streams[name]
+
+    def _builder(self, spec: str):
+        mod, _, fn = spec.partition(":")
+        root = os.path.dirname(self.pipeline.base_dir)  # examples/x.toml -> the project root
+        for p in (self.pipeline.base_dir, root):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        try:
+            return getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"{self.pipeline.path}: cannot import stream builder {spec!r} ({e})") from None
+
+    # -- references between stages ----------------------------------------------------------------
+    def ref(self, value: str) -> str:
+        """`stage:NAME` -> that stage's result commit; anything else is a revision."""
+        if value.startswith("stage:"):
+            name = value[6:]
+            if name not in self.results:
+                raise ConfigError(f"{self.pipeline.path}: stage {name} has no result yet",
+                                  "run it first (or do not skip it with --from-stage)")
+            return self.results[name]
+        return self.repo.resolve(value)
+
+    def branch(self, stage: Stage) -> str:
+        return stage.get("branch") or f"{self.pipeline.name}/{stage.name}"
+
+    def key(self, stage: Stage, inputs: dict) -> str:
+        return hash_bytes(canonical_json({"kind": stage.kind, "settings": stage.settings, "gates": stage.gates,
+                                          "fallback": stage.fallback, "inputs": inputs,
+                                          "checks": [[c.name, c.kind, c.params] for c in stage.checks]}))
+
+
+def stage_info(repo, commit: str | None) -> dict:
+    if not commit:
+        return {}
+    return repo.read_commit(commit).get("extra", {}).get("pipeline", {})
+
+
+# -- gates ------------------------------------------------------------------------------------------
+def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_end: bool) -> tuple[bool, str]:
+    """Evaluate the gates due at this commit, store them as a certificate; (passed, certificate id)."""
+    repo = run.repo
+    results = []
+    ctx = Context(repo, commit, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
+    checks = {c.name: c for c in stage.checks}
+    metrics = repo.read_commit(commit)["metrics"]
+    for g in stage.gates:
+        due = at_end or g.get("at") == "checkpoint" or "plateau" in g
+        if not due:
+            continue
+        if "metric" in g:
+            value = metrics.get(g["metric"])
+            ok = value is not None and ("max" not in g or value <= g["max"]) and ("min" not in g or value >= g["min"])
+            results.append(_gate_result(g, f"{g['metric']} gate", {"value": value},
+                                        {k: g[k] for k in ("max", "min") if k in g}, ok,
+                                        None if value is not None else f"metric {g['metric']} was not recorded"))
+        elif "plateau" in g:
+            k = g.get("patience", 3)
+            losses = [h.get("loss_last10", h.get("loss")) for h in history[-k:]]
+            earlier = [h.get("loss_last10", h.get("loss")) for h in history[:-k]]
+            best_before = min((v for v in earlier if v is not None), default=None)
+            stuck = plateau_stuck(losses, best_before, g)
+            results.append(_gate_result(g, "plateau gate", {"recent_losses": losses, "best_before": best_before},
+                                        {"plateau_above": g["plateau"], "patience": k}, not stuck,
+                                        f"loss stayed above {g['plateau']} for {k} checkpoints" if stuck else None))
+        elif "check" in g:
+            results.append(run_check(ctx, checks[g["check"]]))
+    if at_end:  # stage checks not referenced by a gate still run (and gate) at the end
+        named = {g.get("check") for g in stage.gates}
+        results += [run_check(ctx, c) for c in stage.checks if c.name not in named]
+    elif stage.get("every_checkpoint_checks"):
+        results += [run_check(ctx, checks[n]) for n in stage.get("every_checkpoint_checks") if n in checks]
+    if not results:
+        return True, ""
+    cert = certificate.make(commit, results, None, f"{run.pipeline.path}: stage {stage.name}")
+    return cert["passed"], certificate.store(repo, cert)
+
+
+def plateau_stuck(losses: list, best_before: float | None, gate: dict) -> bool:
+    """True when the last `patience` checkpoint losses all stay above `plateau` without improving
+    on the best earlier loss by at least 1%."""
+    k = gate.get("patience", 3)
+    return (len(losses) >= k and all(v is not None and v > gate["plateau"] for v in losses)
+            and (best_before is None or min(losses) > best_before * 0.99))
+
+
+def _gate_result(gate, name, figures, thresholds, ok, note=None) -> dict:
+    from .config import Check
+    return check_result(Check(name, "gate", {"gate": gate}), "passed" if ok else "failed", figures, thresholds,
+                        note=note)
+
+
+def recheck_gate(repo, commit: str, stored: dict) -> list[str]:
+    """Verify a recorded training gate: a metric gate must match the commit's recorded metric and
+    its verdict must follow from figures and thresholds (training history is not re-run)."""
+    gate = stored["params"].get("gate", {})
+    diffs = []
+    if "metric" in gate:
+        value = repo.read_commit(commit)["metrics"].get(gate["metric"])
+        if value != stored["figures"].get("value"):
+            diffs.append(f"value: certificate says {stored['figures'].get('value')!r}, the commit records {value!r}")
+        ok = value is not None and ("max" not in gate or value <= gate["max"]) and ("min" not in gate or value >= gate["min"])
+    elif "plateau" in gate:
+        f = stored["figures"]
+        ok = not plateau_stuck(f.get("recent_losses") or [], f.get("best_before"), gate)
+    else:
+        ok = stored["status"] == "passed"
+    if ok != (stored["status"] == "passed"):
+        diffs.append(f"verdict: certificate says {stored['status']}, its figures say {'passed' if ok else 'failed'}")
+    return diffs
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=None) -> dict:
+    from .stages import IMPLS
+    run = Run(repo, pipeline, emit)
+    started = from_stage is None
+    summary = {"event": "summary", "pipeline": pipeline.name, "profile": pipeline.profile, "stages": [],
+               "passed": True}
+    for stage in pipeline.stages:
+        branch = run.branch(stage)
+        if not started:
+            if stage.name != from_stage:
+                head = repo.branches().get(branch)
+                info = stage_info(repo, head)
+                if info.get("status") != "done":
+                    raise ConfigError(f"--from-stage {from_stage}: earlier stage {stage.name} has not finished",
+                                      "run without --from-stage first")
+                run.results[stage.name] = head
+                continue
+            started = True
+        impl = IMPLS[stage.kind]
+        t0 = time.perf_counter()
+        run.emit({"event": "stage", "stage": stage.name, "kind": stage.kind, "branch": branch})
+        try:
+            commit, status = impl(run, stage)
+        except PipelineFailed as e:
+            summary["stages"].append({"stage": stage.name, "status": "failed", "reason": e.message,
+                                      "branch": branch, "commit": repo.branches().get(branch)})
+            summary["passed"] = False
+            summary["error"] = e.message
+            run.emit({"event": "stage_failed", "stage": stage.name, "reason": e.message})
+            break
+        run.results[stage.name] = commit
+        summary["stages"].append({"stage": stage.name, "status": status, "commit": commit, "branch": branch,
+                                  "seconds": round(time.perf_counter() - t0, 2),
+                                  "metrics": repo.read_commit(commit)["metrics"]})
+        run.emit({"event": "stage_done", "stage": stage.name, "status": status, "commit": commit})
+    summary["results"] = dict(run.results)
+    return summary
+
+
+def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit: str | None) -> tuple[str, str]:
+    """The checkpoint / gate / rollback / fallback loop shared by every training stage kind.
+
+    `job_factory(settings)` builds a job: `.trainer` (run/step/total_steps/metrics/state_dict/
+    load_state_dict), `.components()` for a commit, `.restore(commit)` to load a checkpoint.
+    `start_commit`: where a new stage branch starts (None: a root commit).
+    """
+    repo = run.repo
+    branch = run.branch(stage)
+    key = run.key(stage, inputs)
+    head = repo.branches().get(branch)
+    info = stage_info(repo, head)
+    if info.get("key") == key and info.get("status") == "done":
+        run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
+        return head, "unchanged"
+    fb = stage.fallback
+    retries = int(fb.get("retries", 0))
+    if info.get("key") == key and info.get("status") == "checkpoint":
+        attempt, settings = info["attempt"], info["settings"]
+        job = job_factory(settings)
+        job.restore(head)
+        run.emit({"event": "resume", "stage": stage.name, "step": job.trainer.step, "commit": head})
+        history = _history(repo, head, key)
+        if not certificate.of_commit(repo, head):  # killed between the commit and its gates
+            if not _gates_ok(run, stage, head, history, job):
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+    else:
+        attempt, settings = 0, dict(stage.settings)
+        job = job_factory(settings)
+        if head is not None and start_commit is not None and head != start_commit:
+            repo.refs.update(f"refs/heads/{branch}", start_commit, message=f"pipeline: restart {stage.name}")
+        elif head is None and start_commit is not None:
+            repo.create_branch(branch, start_commit)
+        elif head is not None and start_commit is None:
+            repo.refs.update(f"refs/heads/{branch}", None, message=f"pipeline: restart {stage.name}")
+        history = []
+    every = int(settings.get("checkpoint_every") or job.trainer.total_steps)
+    while True:
+        t = job.trainer
+        while t.step < t.total_steps:
+            t0 = time.perf_counter()
+            t.run(min(every, t.total_steps - t.step))
+            if job.stopped_early():
+                t.total_steps = t.step  # a wall-clock budget ran out
+            metrics = job.metrics()
+            metrics["attempt"] = attempt
+            extra = {"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key, "attempt": attempt,
+                                  "settings": settings, "status": "checkpoint", "step": t.step}}
+            try:
+                cid = repo.commit(job.components(), message=f"{stage.name}: step {t.step}", metrics=metrics,
+                                  branch=branch, extra=extra, root=start_commit is None)
+            except CheckFailed as e:  # mvc.toml's on-commit CI failed and rolled the branch back
+                run.emit({"event": "gate", "stage": stage.name, "passed": False, "commit": e.commit,
+                          "reason": e.message})
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                history = _history(repo, repo.branches().get(branch), key)
+                break
+            history.append(metrics)
+            run.emit({"event": "checkpoint", "stage": stage.name, "step": t.step, "total": t.total_steps,
+                      "loss": metrics.get("loss"), "heldout_bpb": metrics.get("heldout_bpb"),
+                      "bytes_per_second": round(t.batch_size * t.seq_len * min(every, t.step) /
+                                                max(time.perf_counter() - t0, 1e-9)),
+                      "commit": cid, "attempt": attempt})
+            if not _gates_ok(run, stage, cid, history, job):
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                history = _history(repo, repo.branches().get(branch), key)
+                break
+        else:
+            head = repo.branches()[branch]
+            done = repo.commit({}, message=f"{stage.name}: done (gates passed)", metrics=repo.read_commit(head)["metrics"],
+                               branch=branch, run_hooks=False,
+                               extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key,
+                                                   "attempt": attempt, "settings": settings, "status": "done",
+                                                   "step": job.trainer.step}})
+            return done, "passed"
+
+
+def _gates_ok(run, stage, commit, history, job) -> bool:
+    import torch
+    at_end = job.trainer.step >= job.trainer.total_steps
+    with torch.random.fork_rng(devices=[]):  # building models for checks must not move training's RNG
+        ok, cert = evaluate_gates(run, stage, commit, history, at_end)
+    run.emit({"event": "gate", "stage": stage.name, "commit": commit, "passed": ok, "certificate": cert or None,
+              "at_end": at_end})
+    return ok
+
+
+def _history(repo, head, key) -> list[dict]:
+    out = []
+    cid = head
+    while cid:
+        c = repo.read_commit(cid)
+        info = c.get("extra", {}).get("pipeline", {})
+        if info.get("key") != key:
+            break
+        if info.get("status") == "checkpoint":
+            out.append(c["metrics"])
+        cid = c["parents"][0] if c["parents"] else None
+    return out[::-1]
+
+
+def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict, job_factory, branch, key):
+    """Roll the branch back to the last passing commit and retry with the fallback settings."""
+    repo = run.repo
+    head = repo.branches().get(branch)
+    target = certificate.last_passing_ancestor(repo, head) if head else None
+    info = stage_info(repo, target)
+    if head and head != target:
+        repo.refs.update(f"refs/heads/{branch}", target, expected=head,
+                         message=f"pipeline rollback: {stage.name} gate failed at {head[:12]}; back to "
+                                 f"{target[:12] if target else '(start)'}")
+    run.emit({"event": "rollback", "stage": stage.name, "from": head, "to": target, "attempt": attempt})
+    if attempt >= retries:
+        raise PipelineFailed(f"stage {stage.name}: gates still failing after {attempt + 1} attempt(s); "
+                             f"branch {branch} left at {target[:12] if target else '(start)'}")
+    fb = stage.fallback
+    new = dict(settings)
+    if "lr_scale" in fb:
+        base_lr = new.get("lr") or job_factory(settings).trainer.lr
+        new["lr"] = base_lr * fb["lr_scale"]
+    if "extra_steps" in fb and "steps" in new:
+        new["steps"] = int(new["steps"]) + int(fb["extra_steps"])
+    new.update(fb.get("set", {}))
+    job = job_factory(new)
+    if target is not None and info.get("key") == key and info.get("status") == "checkpoint":
+        job.restore(target, keep_schedule=False)
+    run.emit({"event": "fallback", "stage": stage.name, "attempt": attempt + 1,
+              "changes": {k: new[k] for k in new if new.get(k) != settings.get(k)}})
+    return attempt + 1, new, job

@@ -1,0 +1,47 @@
+"""The end-of-run report of a pipeline: stages, their result commits, and the certificate table
+in the seed note's shape (claim, evidence object id, result) for the figures we measured."""
+from __future__ import annotations
+
+from . import certificate
+from .report import figure_text
+
+
+def certificate_rows(repo, summary: dict) -> list[dict]:
+    rows = []
+    for st in summary["stages"]:
+        commit = st.get("commit")
+        if not commit:
+            continue
+        info = repo.read_commit(commit).get("extra", {}).get("pipeline", {})
+        target = info.get("target", commit)
+        certs = certificate.of_commit(repo, target) or certificate.of_commit(repo, repo.read_commit(commit)["parents"][0]) \
+            if repo.read_commit(commit)["parents"] else certificate.of_commit(repo, target)
+        if not certs:
+            continue
+        cert_id = certs[-1]
+        for c in certificate.read(repo, cert_id)["checks"]:
+            fig, th = figure_text(c)
+            rows.append({"stage": st["stage"], "claim": c["name"], "evidence": cert_id, "result": fig,
+                         "threshold": th, "verdict": c["status"]})
+    return rows
+
+
+def render_summary(repo, summary: dict, con) -> None:
+    from rich.table import Table
+    t = Table(title=f"pipeline {summary['pipeline']}" + (f" (profile {summary['profile']})" if summary["profile"] else ""))
+    for col in ("stage", "status", "commit", "seconds", "key metrics"):
+        t.add_column(col)
+    for st in summary["stages"]:
+        m = st.get("metrics", {})
+        keym = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in m.items() if k in ("loss", "heldout_bpb", "steps", "params"))
+        t.add_row(st["stage"], st["status"], (st.get("commit") or "-")[:12], str(st.get("seconds", "")), keym)
+    con.print(t)
+    rows = certificate_rows(repo, summary)
+    if rows:
+        ct = Table(title="certificate (our measured figures; mvc verify re-checks each evidence id)")
+        for col in ("claim", "evidence", "result", "threshold", "verdict"):
+            ct.add_column(col)
+        for r in rows:
+            ct.add_row(r["claim"], r["evidence"][:12], r["result"], r["threshold"], r["verdict"])
+        con.print(ct)
