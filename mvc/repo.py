@@ -364,16 +364,18 @@ class Repo:
     def load(self, rev: str | None, component: str, keys: Iterable[str] | None = None, device=None,
              dtype=None) -> dict:
         """Tensors of a component as a dict (zero-copy views of the blobs where possible)."""
+        return self.load_tree(self.tree(rev or "HEAD", component), keys, device, dtype, component)
+
+    def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
+                  component: str = "component") -> dict:
+        """Tensors of a tree object; tied tensors come back as the same tensor object."""
         from .tensors import buffer_tensor
-        tree = self.tree(rev or "HEAD", component)
         names = list(tree["tensors"]) if keys is None else list(keys)
         aliases = {k: t["alias"] for k, t in tree["tensors"].items() if "alias" in t}
         out = {}
-        for name in names:
-            if name in aliases:
-                continue
+        for name in dict.fromkeys(aliases.get(n, n) for n in names):
             if name not in tree["tensors"]:
-                raise BadName(f"component {component!r} has no tensor {name!r}")
+                raise BadName(f"{component} has no tensor {name!r}")
             t = tree["tensors"][name]
             buf = self.store.view(t["id"])
             e = stf.parse_blob(buf, f"blob {t['id'][:12]}")
@@ -381,12 +383,10 @@ class Repo:
             if device is not None or dtype is not None:
                 x = x.to(device=device, dtype=dtype)
             out[name] = x
-        for alias, target in aliases.items():
-            if keys is None or alias in names:
-                if target not in out:
-                    out[target] = self.load(rev, component, [target], device, dtype)[target]
-                out[alias] = out[target]
-        return out
+        for name in names:
+            if name in aliases:
+                out[name] = out[aliases[name]]
+        return {n: out[n] for n in names}
 
     def load_model(self, rev: str | None, component: str = "core"):
         """Rebuild the nn.Module committed as `component` through its arch's `mvc.archs` entry point."""
@@ -573,6 +573,11 @@ class Repo:
         if ref is None:
             raise MvcError("HEAD is detached", "name a branch")
         return self.refs.reflog(ref)
+
+    def paste_brick(self, name: str, source_rev: str, host_rev: str, **kwargs) -> dict:
+        """Install brick `name` of `source_rev` into the host branch (see mvc.paste.paste_brick)."""
+        from .paste import paste_brick
+        return paste_brick(self, name, source_rev, host_rev, **kwargs)
 
     # -- checkout / export -------------------------------------------------------------------
     def checkout(self, rev: str | None, out_dir: str, components: Iterable[str] | None = None,

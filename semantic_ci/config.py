@@ -13,7 +13,7 @@ PRESETS = ("L0", "L1", "L2", "L3", "L4", "L5", "L6", "PX")
 TOP_KEYS = {"on_commit", "on_fail", "checks", "adapter", "probe_bytes", "window"}
 CHECK_KEYS = {
     "common": {"name", "kind", "component", "bricks", "adapter", "probe", "probe_bytes", "window"},
-    "exact-logits": {"baseline", "tolerance", "host"},
+    "exact-logits": {"baseline", "tolerance", "host", "roundtrip"},
     "ppl-ratio": {"baseline", "data", "max_ratio", "bootstrap"},
     "migration": {"brick", "hosts", "mode", "domain_data", "general_data", "max_domain_ratio",
                   "max_general_ratio", "source", "int8"},
@@ -131,7 +131,7 @@ def _check(source, where, name, kind, raw) -> Check:
     for key in raw:
         if key not in allowed:
             raise _err(source, f"{where}.{key}", f"unknown key for a {kind} check (known: {', '.join(sorted(allowed))})")
-    p = {k: v for k, v in raw.items() if k not in ("name", "kind")}
+    p = {**PRESET_DEFAULTS.get(kind, {}), **{k: v for k, v in raw.items() if k not in ("name", "kind")}}
     if "adapter" in p:
         _adapter(source, f"{where}.adapter", p["adapter"])
     if "bricks" in p:
@@ -155,17 +155,17 @@ def _check(source, where, name, kind, raw) -> Check:
         if "brick" not in p:
             raise _err(source, f"{where}.brick", "a migration check needs the brick's name")
         p["hosts"] = _str_list(source, f"{where}.hosts", p.get("hosts"))
-        mode = p.setdefault("mode", "exact" if kind == "PX" else "bounded")
-        if mode not in ("bounded", "exact"):
-            raise _err(source, f"{where}.mode", f"must be \"bounded\" or \"exact\", got {mode!r}")
-        if mode == "bounded":
-            for key in ("domain_data",):
-                if key not in p:
-                    raise _err(source, f"{where}.{key}", "bounded migration needs held-out domain data")
+        mode = p.setdefault("mode", "bounded")
+        if mode not in MIGRATION_MODES:
+            raise _err(source, f"{where}.mode", f"must be one of {', '.join(MIGRATION_MODES)}, got {mode!r}")
+        if mode == "bounded" and "domain_data" not in p:
+            raise _err(source, f"{where}.domain_data", "bounded migration needs held-out domain data")
     if base_kind == "ppl-ratio" and "baseline" not in p:
         raise _err(source, f"{where}.baseline", "a ppl-ratio check needs a baseline revision")
-    p.update(PRESET_DEFAULTS.get(kind, {}) | {k: v for k, v in p.items()})
     return Check(name=name, kind=base_kind, params=p, preset=kind if kind in PRESETS else None)
+
+
+MIGRATION_MODES = ("bounded", "exact", "copy", "function")
 
 
 # Rubric presets (DESIGN.md section 10): each expands to one of the three check kinds with defaults.

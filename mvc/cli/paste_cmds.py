@@ -1,0 +1,85 @@
+"""`mvc paste brick NAME --from REV --into HOST`: install a brick into a host branch, gated by the
+migration checks mvc.toml configures for that brick."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..repo import Repo
+from .main import cli
+from .output import console, emit_json, short
+
+
+@cli.group()
+def paste():
+    """Paste components from one model into another."""
+
+
+@paste.command("brick")
+@click.argument("name")
+@click.option("--from", "source", required=True, help="Revision that holds brick/NAME.")
+@click.option("--into", "host", required=True, help="Host branch (or revision with --branch).")
+@click.option("--branch", help="Commit onto this branch (new, or at the host revision).")
+@click.option("--as", "as_name", help="Install as brick/NEWNAME.")
+@click.option("-m", "--message", help="Commit message.")
+@click.option("--int8", is_flag=True, help="Install the int8 artifact of the brick (writes the quantised blobs).")
+@click.option("--force", is_flag=True, help="Replace an existing brick of that name on the host.")
+@click.option("--no-ci", is_flag=True, help="Do not run the migration checks configured for this brick.")
+@click.option("--json", "as_json", is_flag=True)
+def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, no_ci, as_json):
+    """Install brick NAME from --from into the host: checks the ABI contract (naming the differing
+    field on a mismatch), reuses the brick's tensors by id, and records where it came from.
+
+    \b
+    Examples:
+      mvc paste brick python --from brick-run --into host-b
+      mvc paste brick python --from brick-run --into host-small --int8 --as python-int8
+    """
+    repo = Repo(os.getcwd())
+    transform = _int8_transform(repo, f"brick/{as_name or name}") if int8 else None
+    gate = None if no_ci else _migration_gate(repo, name, source)
+    r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
+                         transform=transform, gate=gate, mode="int8" if int8 else "copy")
+    if as_json:
+        emit_json(r)
+    elif r["moved"]:
+        click.echo(f"[{r['branch']} {short(r['commit'])}] pasted brick {name}"
+                   f" ({r['tensors']} tensors{' as int8' if int8 else ', reused by id'})")
+        if gate is None and not no_ci:
+            click.echo("no migration checks are configured for this brick in mvc.toml; none ran", err=True)
+    if r.get("ci") and not as_json:
+        from semantic_ci.report import render_table
+        render_table(r["ci"], console())
+    if not r["moved"]:
+        if not as_json:
+            click.echo(f"error: migration checks failed; {r['branch']} was not moved (pass --no-ci to paste anyway)",
+                       err=True)
+        sys.exit(1)
+
+
+def _int8_transform(repo, component):
+    def transform(tree):
+        import bricks
+        from ..components import build_tree
+        brick = bricks.rebuild(tree, repo.load_tree(tree))
+        return repo.write_object(build_tree(repo.store, component, bricks.quantize(brick)))
+    return transform
+
+
+def _migration_gate(repo, name, source):
+    """A gate running mvc.toml's migration checks for brick NAME on the new paste commit."""
+    from semantic_ci import config as cfgmod
+    cfg = cfgmod.load(repo.root)
+    checks = [c for c in (cfg.checks if cfg else []) if c.kind == "migration" and c.get("brick") == name]
+    if not checks:
+        return None
+
+    def gate(cid):
+        from semantic_ci.runner import run_ci
+        sub = cfgmod.CiConfig(checks=checks, adapter=cfg.adapter, probe_bytes=cfg.probe_bytes, window=cfg.window,
+                              source=cfg.source)
+        summary = run_ci(repo, cid, config=sub)
+        return summary["passed"], summary
+    return gate

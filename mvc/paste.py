@@ -1,0 +1,112 @@
+"""Pasting a brick from one commit into a host branch: ABI contract check from the recorded specs,
+fit checks, and a commit that reuses the brick's tree (no tensor blob is written)."""
+from __future__ import annotations
+
+from .errors import AbiMismatch, BadInput, BadName, MvcError, RefConflict, UnknownRevision
+from .objects import check_component_name, commit_object
+from .refs import utc_now
+
+ABI_FIELD_ORDER = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash")
+
+
+def first_abi_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    """The first field where two recorded ABI spec dicts differ (nested: anchor_spec.version)."""
+    keys = [k for k in ABI_FIELD_ORDER if k in a or k in b] + sorted((set(a) | set(b)) - set(ABI_FIELD_ORDER))
+    for key in keys:
+        x, y = a.get(key), b.get(key)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            if x.get("version") != y.get("version"):
+                return f"{prefix}{key}.version"
+            return f"{prefix}{key}"
+        return f"{prefix}{key}"
+    return None
+
+
+def check_abi(host_tree: dict, brick_tree: dict) -> None:
+    host_abi, brick_abi = host_tree.get("abi") or {}, brick_tree.get("abi") or {}
+    if not host_abi.get("hash"):
+        raise AbiMismatch("the host records no ABI spec (it is not a canonical-ABI core)",
+                          "paste bricks into cores built by cores.build(\"layercake\", ...)")
+    if not brick_abi.get("hash"):
+        raise AbiMismatch("the brick records no ABI spec")
+    if host_abi["hash"] == brick_abi["hash"]:
+        return
+    field = first_abi_difference(host_abi.get("spec") or {}, brick_abi.get("spec") or {}) or "hash"
+    hv = _field(host_abi.get("spec") or {}, field)
+    bv = _field(brick_abi.get("spec") or {}, field)
+    raise AbiMismatch(f"ABI mismatch in {field}: host has {_short(hv)}, brick has {_short(bv)}",
+                      "the brick was trained under a different ABI contract; retrain it on a compatible core")
+
+
+def _field(spec: dict, path: str):
+    cur = spec
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
+def _short(v):
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | None = None,
+                message: str | None = None, force: bool = False, branch: str | None = None,
+                host_component: str = "core", transform=None, gate=None, mode: str = "copy") -> dict:
+    """Install `brick/<name>` of `source_rev` into the host branch as `brick/<as_name>`.
+
+    `transform(tree) -> tree id` rewrites the brick (int8); `gate(commit id) -> (ok, info)` runs
+    before the branch moves (semantic CI): on failure the branch stays where it was.
+    """
+    as_name = as_name or name
+    src_comp, dst_comp = f"brick/{name}", f"brick/{as_name}"
+    check_component_name(dst_comp)
+    source = repo.resolve(source_rev)
+    src_comps = repo.read_commit(source)["components"]
+    if src_comp not in src_comps:
+        have = sorted(c[6:] for c in src_comps if c.startswith("brick/"))
+        raise BadName(f"commit {source[:12]} has no brick {name!r}", f"bricks there: {', '.join(have) or 'none'}")
+    brick_tree_id = src_comps[src_comp]
+    brick_tree = repo.read_tree(brick_tree_id)
+    if brick_tree.get("kind") != "brick":
+        raise BadInput(f"{src_comp} of {source[:12]} is a {brick_tree.get('kind')} component, not a brick")
+    if branch is None:
+        if host_rev not in repo.branches():
+            raise UnknownRevision(f"{host_rev!r} is not a branch", "paste into a branch head, or pass --branch NAME")
+        branch = host_rev
+    host = repo.resolve(host_rev)
+    ref = f"refs/heads/{branch}"
+    current = repo.refs.read(ref)
+    if current is not None and current != host:
+        raise MvcError(f"branch {branch} is at {current[:12]}, not at the host {host[:12]}",
+                       "paste into the branch head, or name a new branch with --branch")
+    host_comps = repo.read_commit(host)["components"]
+    if host_component not in host_comps:
+        raise BadName(f"host {host[:12]} has no {host_component!r} component")
+    check_abi(repo.read_tree(host_comps[host_component]), brick_tree)
+    if dst_comp in host_comps and not force:
+        raise MvcError(f"the host already has {dst_comp}", "pass --force to replace it, or --as NEWNAME")
+    tree_id = transform(brick_tree) if transform else brick_tree_id
+    comps = dict(host_comps)
+    comps[dst_comp] = tree_id
+    from .repo import default_author, git_provenance
+    author = default_author(repo.root)
+    obj = commit_object(comps, [host], message or f"paste brick {name} from {source[:12]}" +
+                        (f" as {as_name}" if as_name != name else ""), author, utc_now(), {},
+                        git_provenance(repo.root),
+                        {"paste": {"source": source, "brick": name, "as": as_name, "brick_tree": brick_tree_id,
+                                   "installed_tree": tree_id, "mode": mode, "host": host}})
+    cid = repo.write_object(obj)
+    info = None
+    if gate is not None:
+        ok, info = gate(cid)
+        if not ok:
+            return {"commit": cid, "branch": branch, "moved": False, "ci": info, "brick_tree": brick_tree_id}
+    try:
+        repo.refs.update(ref, cid, expected=current, message=f"paste: brick {name} from {source[:12]}", author=author)
+    except RefConflict:
+        raise RefConflict(f"branch {branch} moved during the paste", "try again") from None
+    return {"commit": cid, "branch": branch, "moved": True, "ci": info, "brick_tree": brick_tree_id,
+            "installed_tree": tree_id, "tensors": len(repo.read_tree(tree_id)["tensors"])}

@@ -1,0 +1,76 @@
+"""Paste at the storage level: ABI contract from recorded specs, fit checks, tree reuse."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from mvc.errors import AbiMismatch, MvcError, UnknownRevision
+
+
+class Spec:
+    def __init__(self, **over):
+        self.d = {"version": 1, "d_abi": 64, "patch_bytes": 4, "anchor_spec": {"version": 1, "n": 3},
+                  "head_hash": "h" * 8, **over}
+
+    def to_dict(self):
+        return self.d
+
+    @property
+    def hash(self):
+        return hashlib.sha256(json.dumps(self.d, sort_keys=True).encode()).hexdigest()
+
+
+class Part(torch.nn.Module):
+    def __init__(self, n, kind, spec, seed=0):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(n, n, generator=torch.Generator().manual_seed(seed)))
+        self.mvc_kind, self.abi_spec = kind, spec
+
+
+def test_paste_reuses_blobs_and_records_provenance(repo):
+    src = repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                      message="trained", branch="brick-run")
+    host = repo.commit({"core": Part(4, "core", Spec(), 2)}, message="host b", branch="host-b")
+    before = set(repo.store.ids())
+    r = repo.paste_brick("python", "brick-run", "host-b")
+    new = set(repo.store.ids()) - before
+    assert r["moved"] and repo.branches()["host-b"] == r["commit"] and new == {r["commit"]}
+    c = repo.read_commit(r["commit"])
+    assert c["parents"] == [host]
+    assert c["components"]["brick/python"] == repo.read_commit(src)["components"]["brick/python"]
+    assert c["extra"]["paste"]["source"] == src and c["extra"]["paste"]["mode"] == "copy"
+    with pytest.raises(MvcError, match="already has brick/python"):
+        repo.paste_brick("python", "brick-run", "host-b")
+    r2 = repo.paste_brick("python", "brick-run", "host-b", as_name="py2")
+    assert "brick/py2" in repo.read_commit(r2["commit"])["components"]
+
+
+@pytest.mark.parametrize("over,field", [({"d_abi": 32}, "d_abi"), ({"patch_bytes": 8}, "patch_bytes"),
+                                        ({"anchor_spec": {"version": 2, "n": 3}}, "anchor_spec.version"),
+                                        ({"head_hash": "x" * 8}, "head_hash")])
+def test_abi_mismatch_names_the_field_and_writes_nothing(repo, over, field):
+    repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                message="trained", branch="brick-run")
+    host = repo.commit({"core": Part(4, "core", Spec(**over), 2)}, message="other abi", branch="host-x")
+    before = set(repo.store.ids())
+    with pytest.raises(AbiMismatch, match=f"ABI mismatch in {field}"):
+        repo.paste_brick("python", "brick-run", "host-x")
+    assert set(repo.store.ids()) == before and repo.branches()["host-x"] == host
+
+
+def test_paste_refusals(repo):
+    repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1),
+                 "notbrick": Part(2, "other", None)}, message="m", branch="src")
+    repo.commit({"core": Part(4, "core", Spec())}, message="h", branch="host")
+    with pytest.raises(UnknownRevision, match="not a branch"):
+        repo.paste_brick("python", "src", repo.resolve("host"))
+    with pytest.raises(MvcError, match="no brick 'java'"):
+        repo.paste_brick("java", "src", "host")
+    plain = repo.commit({"core": {"w": torch.ones(2)}}, message="plain", branch="plain")
+    with pytest.raises(AbiMismatch, match="records no ABI"):
+        repo.paste_brick("python", "src", "plain")
+    # a gate that fails leaves the branch where it was
+    r = repo.paste_brick("python", "src", "host", gate=lambda cid: (False, {"why": "ci"}))
+    assert not r["moved"] and repo.branches()["host"] != r["commit"]
+    assert plain
