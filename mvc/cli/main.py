@@ -61,6 +61,8 @@ def cli():
 from . import repo_cmds  # noqa: E402,F401  (registers commands)
 from . import pack_cmds  # noqa: E402,F401  (registers pack)
 from . import ci_cmds  # noqa: E402,F401  (registers ci, verify, hooks)
+from . import run_cmds  # noqa: E402,F401  (registers run)
+from . import paste_cmds  # noqa: E402,F401  (registers paste)
 from . import remote_cmds  # noqa: E402,F401  (registers remote, push, fetch, pull, clone)
 
 

@@ -1,0 +1,311 @@
+"""Remote commands: remote (add, list, remove), push, fetch, pull and clone (no torch: bytes only)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from .. import remote as rm
+from ..repo import Repo
+from .main import cli
+from .output import console, emit_json, human_bytes, short
+
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
+jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=rm.DEFAULT_JOBS, show_default=True,
+                        help="Parallel transfers.")
+
+
+def _repo() -> Repo:
+    return Repo(os.getcwd())
+
+
+class BarProgress(rm.Progress):
+    """A rich bar on stderr (objects, bytes, bytes/s), drawn only on a TTY."""
+
+    def __init__(self):
+        self.enabled = sys.stderr.isatty()
+        self.bar = None
+
+    def begin(self, label, objects, nbytes=None):
+        if not self.enabled or not objects:
+            return
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.fields[done]}/{task.fields[objects]} objects"), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=console(stderr=True),
+                            transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=nbytes or None, done=0, objects=objects)
+        self.done = 0
+
+    def advance(self, nbytes):
+        if self.bar is not None:
+            self.done += 1  # called from worker threads; rich's Progress is thread-safe
+            self.bar.update(self.task, advance=nbytes, done=self.done)
+
+    def end(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    return f"{human_bytes(nbytes / seconds)}/s" if seconds > 0 else "-"
+
+
+# -- mvc remote --------------------------------------------------------------------------------
+@cli.group(invoke_without_command=True)
+@click.option("-v", "--verbose", is_flag=True, help="Show URLs and endpoints.")
+@json_opt
+@click.pass_context
+def remote(ctx, verbose, as_json):
+    """Manage remotes: directories or S3-compatible object storage.
+
+    Credentials are never stored in the repository: S3 remotes use the standard AWS configuration
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
+
+    \b
+    Examples:
+      mvc remote add origin /mnt/shared/models.mvc
+      mvc remote add origin s3://my-bucket/team/models
+      mvc remote add minio s3://models/run1 --endpoint http://127.0.0.1:9000
+      mvc remote -v
+      mvc remote remove minio
+    """
+    if ctx.invoked_subcommand is None:
+        _list(verbose, as_json)
+
+
+def _list(verbose, as_json):
+    remotes = rm.list_remotes(_repo())
+    if as_json:
+        emit_json(remotes)
+        return
+    for r in remotes:
+        if verbose:
+            extra = (f" (endpoint {r['endpoint']})" if r["endpoint"] else "") + (" [lazy]" if r["lazy"] else "")
+            click.echo(f"{r['name']}\t{r['url']}{extra}")
+        else:
+            click.echo(r["name"])
+
+
+@remote.command("list")
+@click.option("-v", "--verbose", is_flag=True, help="Show URLs and endpoints.")
+@json_opt
+def remote_list(verbose, as_json):
+    """List the remotes."""
+    _list(verbose, as_json)
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--endpoint", metavar="URL", help="S3 endpoint (MinIO, Ceph, a local S3 server).")
+@json_opt
+def remote_add(name, url, endpoint, as_json):
+    """Add remote NAME at URL: a directory, file://PATH or s3://bucket/prefix.
+
+    \b
+    Examples:
+      mvc remote add origin ../models.mvc
+      mvc remote add origin s3://bucket/prefix --endpoint http://127.0.0.1:9000
+    """
+    r = rm.add_remote(_repo(), name, url, endpoint)
+    if as_json:
+        emit_json(r)
+    else:
+        click.echo(f"added remote {r['name']}: {r['url']}" + (f" (endpoint {r['endpoint']})" if r["endpoint"] else ""))
+
+
+@remote.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Remove even the remote a lazy clone fetches blobs from.")
+@json_opt
+def remote_remove(name, force, as_json):
+    """Remove remote NAME and its remote-tracking refs."""
+    r = rm.remove_remote(_repo(), name, force)
+    if as_json:
+        emit_json(r)
+    else:
+        click.echo(f"removed remote {name} ({len(r['removed_refs'])} remote-tracking refs)")
+
+
+# -- push / fetch / pull / clone ---------------------------------------------------------------
+def _push_args(repo: Repo, remote: str | None, branch: str | None, delete: bool = False):
+    """One argument that names no remote but a branch (any branch with --delete) means the default remote."""
+    if remote and branch is None:
+        names = {r["name"] for r in rm.list_remotes(repo)}
+        if remote not in names and not rm.is_url(remote) and (delete or remote in repo.branches()):
+            return None, remote
+    return remote, branch
+
+
+@cli.command()
+@click.argument("remote", required=False)
+@click.argument("branch", required=False)
+@click.option("-f", "--force", is_flag=True, help="Overwrite the remote branch even if it is not an ancestor.")
+@click.option("-n", "--dry-run", is_flag=True, help="Only report how many objects and bytes would move.")
+@click.option("-d", "--delete", is_flag=True, help="Delete BRANCH on the remote.")
+@jobs_opt
+@json_opt
+def push(remote, branch, force, dry_run, delete, jobs, as_json):
+    """Send BRANCH (default: the current branch) to REMOTE (default: origin).
+
+    Only objects the remote lacks move; an interrupted push resumes where it stopped. Tags on the
+    pushed history and certificates of its commits travel with it. A remote branch that is not an
+    ancestor of yours is not overwritten without --force.
+
+    \b
+    Examples:
+      mvc push
+      mvc push origin main --dry-run
+      mvc push origin experiment --force
+      mvc push --delete experiment
+    """
+    repo = _repo()
+    remote, branch = _push_args(repo, remote, branch, delete)
+    if delete and branch is None:
+        raise click.UsageError("--delete needs the BRANCH to delete")
+    started = time.perf_counter()
+    r = rm.push(repo, remote, branch, force=force, dry_run=dry_run, delete=delete, jobs=jobs,
+                progress=BarProgress())
+    r.pop("sent", None)
+    r["seconds"] = time.perf_counter() - started
+    if as_json:
+        emit_json(r)
+        return
+    where = r["remote"] or r["url"]
+    if r["status"] == "deleted":
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {where}/{r['branch']} (was {short(r['old'])})")
+        return
+    if dry_run:
+        click.echo(f"would send {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} to {where} "
+                   f"({r['objects_present']} already there); {r['branch']}: {r['status']}")
+        return
+    click.echo(f"To {r['url']}")
+    if r["status"] == "up-to-date":
+        click.echo(f"  {r['branch']}: {short(r['new'])} (up to date)")
+    else:
+        arrow = f"{short(r['old'])}..{short(r['new'])}" if r["old"] else short(r["new"])
+        click.echo(f"  {r['branch']}: {arrow} ({r['status']})")
+    for tag in r["tags"]:
+        click.echo(f"  tag {tag}: {short(repo.tags().get(tag))} (new tag)")
+    for tag, value in r["tags_skipped"].items():
+        click.echo(f"warning: tag {tag} differs on {where} ({short(value)}); not overwritten", err=True)
+    certs = f"; {r['certificates']} certificates" if r["certificates"] else ""
+    if not r["objects_sent"]:
+        click.echo("nothing to send: the remote has every object" + certs)
+        return
+    click.echo(f"sent {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} in {r['seconds']:.1f} s "
+               f"({_rate(r['bytes_sent'], r['seconds'])}); {r['objects_present']} already there" + certs)
+
+
+@cli.command()
+@click.argument("remote", required=False)
+@jobs_opt
+@json_opt
+def fetch(remote, jobs, as_json):
+    """Download the branches and tags of REMOTE (default: origin) into refs/remotes/REMOTE/*.
+
+    Every object is verified by its BLAKE3 id on receipt; a corrupt one is named and not stored.
+    Local branches do not move (see mvc pull). Branches deleted on the remote are pruned.
+
+    \b
+    Example:
+      mvc fetch origin
+      mvc log origin/main -n 3
+    """
+    r = rm.fetch(_repo(), remote, jobs, BarProgress())
+    if as_json:
+        emit_json(r)
+        return
+    _print_fetch(r)
+
+
+def _print_fetch(r):
+    where = r["remote"] or r["url"]
+    for ref, change in sorted(r["refs"].items()):
+        name = ref[len("refs/remotes/"):]
+        if change["new"] is None:
+            click.echo(f"  {name}: deleted on {where} (pruned)")
+        else:
+            new = short(change["new"])
+            arrow = f"{short(change['old'])}..{new}" if change["old"] else f"{new} (new)"
+            click.echo(f"  {name}: {arrow}")
+    for tag, oid in sorted(r["tags"].items()):
+        click.echo(f"  tag {tag}: {short(oid)} (new)")
+    for tag, both in sorted(r["tag_conflicts"].items()):
+        click.echo(f"warning: tag {tag} is {short(both['remote'])} on {where} but {short(both['local'])} here; "
+                   "kept yours", err=True)
+    lazy = f"; {r['blobs_promised']} blobs left on the remote until used (lazy)" if r["lazy"] else ""
+    click.echo(f"received {r['objects_received']} objects, {human_bytes(r['bytes_received'])} "
+               f"({_rate(r['bytes_received'], r['seconds'])}){lazy}")
+
+
+@cli.command()
+@click.argument("remote", required=False)
+@click.argument("branch", required=False)
+@jobs_opt
+@json_opt
+def pull(remote, branch, jobs, as_json):
+    """Fetch REMOTE, then fast-forward BRANCH (default: the current branch) to REMOTE/BRANCH.
+
+    Pull only fast-forwards: when both sides have commits of their own it stops and says what to
+    do (mvc has no merge).
+
+    \b
+    Examples:
+      mvc pull
+      mvc pull origin main
+    """
+    repo = _repo()
+    remote, branch = _push_args(repo, remote, branch)
+    r = rm.pull(repo, remote, branch, jobs, BarProgress())
+    if as_json:
+        emit_json(r)
+        return
+    _print_fetch(r["fetch"])
+    msg = {"created": f"created {r['branch']} at {short(r['new'])}",
+           "up-to-date": f"{r['branch']} is up to date",
+           "fast-forward": f"{r['branch']}: {short(r['old'])}..{short(r['new'])} (fast-forward)",
+           "ahead": f"{r['branch']} is ahead of {r['remote']}/{r['branch']}; nothing to pull (mvc push publishes it)"}
+    click.echo(msg[r["status"]])
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--lazy", is_flag=True, help="Fetch commits and trees only; blobs are fetched on first use.")
+@click.option("--endpoint", metavar="URL", help="S3 endpoint (MinIO, Ceph, a local S3 server).")
+@jobs_opt
+@json_opt
+def clone(url, directory, lazy, endpoint, jobs, as_json):
+    """Copy the repository at URL into DIRECTORY (default: the URL's last part) with remote origin.
+
+    With --lazy only commits and trees are copied; tensor blobs are fetched from origin the first
+    time something reads them (load, checkout, CI) and cached. Re-running an interrupted clone
+    resumes it.
+
+    \b
+    Examples:
+      mvc clone /mnt/shared/models.mvc models
+      mvc clone s3://my-bucket/team/models --lazy
+      mvc clone s3://models/run1 run1 --endpoint http://127.0.0.1:9000
+    """
+    started = time.perf_counter()
+    repo, r = rm.clone(url, directory, lazy=lazy, endpoint=endpoint, jobs=jobs, progress=BarProgress())
+    r["seconds"] = time.perf_counter() - started
+    if as_json:
+        emit_json(r)
+        return
+    f = r["fetch"]
+    click.echo(f"cloned {r['url']} into {r['path']}" + (" (lazy)" if lazy else ""))
+    click.echo(f"received {f['objects_received']} objects, {human_bytes(f['bytes_received'])} in "
+               f"{r['seconds']:.1f} s" + (f"; {f['blobs_promised']} blobs fetched on first use" if lazy else ""))
+    if r["branch"]:
+        click.echo(f"HEAD is {r['branch']} at {short(r['head'])}")
+    else:
+        click.echo("warning: the remote has no branches yet (an empty repository)", err=True)

@@ -1,0 +1,777 @@
+"""Remotes: push, fetch, pull and clone between a Repo and a transport (directory or S3).
+
+Only missing objects move, found without listing the remote's objects:
+- push walks the local commit graph from the branch tip down to the commits the remote's refs
+  already reach, asks the remote which of the remaining commits, trees and blobs it has (one
+  existence check per object, in parallel) and uploads the rest in three phases, each made
+  durable before the next: blobs, trees, commits. A tree on the remote therefore has its blobs
+  there, which is what lets an interrupted push resume by skipping what arrived. The remote ref
+  moves last, by compare-and-swap.
+- fetch walks the remote's commit graph from its refs down to commits that local refs reach
+  (complete by construction), downloads the missing commits, trees and blobs in parallel,
+  verifies every object's BLAKE3 id on receipt (a bad object is rejected, never stored), writes
+  blobs, then trees, then commits, and only then moves refs/remotes/<remote>/<branch>.
+Certificates (the index .mvc/certs/<2>/<62> of certificate ids per commit) and tags travel with
+the commits they name. A lazy fetch (clone --lazy) takes commits, trees and certificates only and
+records the blob ids as promised; mvc.transport.LazyRemoteStore fetches them on first use.
+No torch here: remotes move bytes.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
+
+from . import safetensors_format as stf
+from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NonFastForward,
+                     ObjectMissing, RefConflict, UnknownRevision)
+from .files import LockFile
+from .objects import OID_RE, check_ref_name, decode, hash_bytes, is_oid, tree_blob_ids
+from .repo import Repo
+from .store import fsync_dir
+from .transport import (LazyRemoteStore, Transport, configured_remote, is_url, normalize_url,
+                        check_endpoint, open_transport, parse_id_lines, promisor_remote, promisor_store,
+                        remote_section)
+
+DEFAULT_REMOTE = "origin"
+DEFAULT_JOBS = 8
+
+
+class Progress:
+    """Transfer progress callbacks (the CLI draws a bar; the default draws nothing)."""
+
+    def begin(self, label: str, objects: int, nbytes: int | None = None) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        """One object of `nbytes` moved."""
+
+    def end(self) -> None:
+        pass
+
+
+# -- remote configuration ----------------------------------------------------------------------
+def check_remote_name(name: str) -> str:
+    if "/" in name:
+        raise BadName(f"invalid remote name {name!r} (no '/')")
+    try:
+        check_ref_name(name)
+    except BadName:
+        raise BadName(f"invalid remote name {name!r}") from None
+    return name
+
+
+def list_remotes(repo: Repo) -> list[dict]:
+    out = []
+    for section in repo.config.sections():
+        m = re.fullmatch(r'remote "(.+)"', section)
+        if m and repo.config.has_option(section, "url"):
+            out.append({"name": m.group(1), "url": repo.config.get(section, "url"),
+                        "endpoint": repo.config.get(section, "endpoint", fallback=None),
+                        "lazy": repo.config.getboolean(section, "promisor", fallback=False)})
+    return sorted(out, key=lambda r: r["name"])
+
+
+def add_remote(repo: Repo, name: str, url: str, endpoint: str | None = None, promisor: bool = False) -> dict:
+    check_remote_name(name)
+    if repo.config.has_section(remote_section(name)):
+        raise BadName(f"remote {name!r} already exists", f"remove it first: mvc remote remove {name}")
+    url = normalize_url(url)
+    endpoint = check_endpoint(endpoint)
+    repo.set_config(f"remote.{name}.url", url)
+    if endpoint:
+        repo.set_config(f"remote.{name}.endpoint", endpoint)
+    if promisor:
+        repo.set_config(f"remote.{name}.promisor", "true")
+    return {"name": name, "url": url, "endpoint": endpoint, "lazy": promisor}
+
+
+def remove_remote(repo: Repo, name: str, force: bool = False) -> dict:
+    section = remote_section(name)
+    if not repo.config.has_section(section):
+        raise ConfigError(f"no remote named {name!r}", "see mvc remote -v")
+    if repo.config.getboolean(section, "promisor", fallback=False) and not force:
+        raise MvcError(f"remote {name!r} is where this lazy clone fetches its missing blobs",
+                       "pass --force to remove it anyway")
+    for option in list(repo.config.options(section)):
+        repo.set_config(f"remote.{name}.{option}", None)
+    removed = []
+    for ref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
+        repo.refs.update(ref, None, expected=oid, message=f"remote remove {name}")
+        removed.append(ref)
+    return {"name": name, "removed_refs": removed}
+
+
+def resolve_remote(repo: Repo, remote: str | None) -> str:
+    """The remote's name (default: origin, or the only remote) or a URL given directly."""
+    if remote:
+        return remote
+    names = [r["name"] for r in list_remotes(repo)]
+    if DEFAULT_REMOTE in names or not names:
+        if not names:
+            raise ConfigError("no remote configured", "add one with mvc remote add origin URL")
+        return DEFAULT_REMOTE
+    if len(names) == 1:
+        return names[0]
+    raise ConfigError("several remotes and none is named origin", "name one: " + ", ".join(names))
+
+
+def open_remote(repo: Repo, remote: str | None, jobs: int = DEFAULT_JOBS,
+                transport: Transport | None = None) -> tuple[str | None, Transport]:
+    """(remote name or None for a plain URL, transport)."""
+    remote = resolve_remote(repo, remote)
+    if repo.config.has_section(remote_section(remote)):
+        if transport is None:
+            url, endpoint = configured_remote(repo.config, remote)
+            transport = open_transport(url, endpoint, jobs)
+        return remote, transport
+    if is_url(remote):
+        return None, transport or open_transport(remote, None, jobs)
+    raise ConfigError(f"no remote named {remote!r}", "add it with mvc remote add NAME URL, or see mvc remote -v")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+class Pool:
+    """The thread pool of one transfer: `map` runs fn over items in parallel (results in order);
+    the first error cancels what has not started and is raised."""
+
+    def __init__(self, jobs: int):
+        self.jobs = max(1, jobs)
+        self._executor = None
+
+    def map(self, fn, items) -> list:
+        items = list(items)
+        if self.jobs == 1 or len(items) <= 1:
+            return [fn(i) for i in items]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.jobs)
+        futures = {self._executor.submit(fn, item): k for k, item in enumerate(items)}
+        results = [None] * len(items)
+        try:
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
+        return results
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@contextlib.contextmanager
+def _permission_errors(t: Transport):
+    """A file the user may not read or write is an error to fix, not a bug."""
+    try:
+        yield
+    except PermissionError as e:
+        raise MvcError(f"permission denied: {e.filename or t.describe()}",
+                       "check the permissions of the repository and of the remote") from None
+
+
+def _has_commit(repo: Repo, oid: str) -> bool:
+    return repo.loose.has(oid) or any(s.has(oid) for s in repo.store.stores[1:]
+                                      if not isinstance(s, LazyRemoteStore))
+
+
+def ancestors(repo: Repo, tips, stop=frozenset()) -> set[str]:
+    """Commits reachable from `tips` (local), not descending into `stop`."""
+    seen: set[str] = set()
+    stack = [t for t in tips if t not in stop]
+    while stack:
+        c = stack.pop()
+        if c in seen or c in stop:
+            continue
+        seen.add(c)
+        stack.extend(repo.read_commit(c)["parents"])
+    return seen
+
+
+def is_ancestor(repo: Repo, a: str, b: str) -> bool:
+    """Is commit `a` reachable from commit `b` (both local)?"""
+    if a == b:
+        return True
+    seen, stack = set(), [b]
+    while stack:
+        c = stack.pop()
+        if c == a:
+            return True
+        if c in seen:
+            continue
+        seen.add(c)
+        stack.extend(repo.read_commit(c)["parents"])
+    return False
+
+
+def receive(transport: Transport, oid: str, where: str) -> bytes:
+    """An object from the remote, verified against its id (a bad one raises and is not stored)."""
+    data = transport.get(oid)
+    got = hash_bytes(data)
+    if got != oid:
+        raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
+                            "it was not stored",
+                            "the remote copy is damaged: push the object again from a repository that has it")
+    return data
+
+
+def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set) -> int:
+    """Stream an object from the remote into the loose store: a temp file, verified against its
+    id, fsynced, then renamed into place (a bad object never gets its name). The directory entry
+    is synced later with the others (see _sync_dirs); returns the object's size."""
+    loose = repo.loose
+    final = loose.path(oid)
+    if os.path.exists(final):
+        return os.path.getsize(final)
+    os.makedirs(loose.tmp, exist_ok=True)
+    tmp = os.path.join(loose.tmp, f"{oid[:16]}-{uuid.uuid4().hex}")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o444)
+        with os.fdopen(fd, "w+b") as f:
+            n = t.get_into(oid, f)
+            f.flush()
+            if n:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    got = hash_bytes(mm)
+            else:
+                got = hash_bytes(b"")
+            if got != oid:
+                raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to "
+                                    f"{got[:12]}; it was not stored",
+                                    "the remote copy is damaged: push the object again from a repository that has it")
+            if loose.fsync:
+                os.fsync(f.fileno())
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dirty.add(os.path.dirname(final))
+    return n
+
+
+def _sync_dirs(repo: Repo, dirty: set, pool: Pool) -> None:
+    if repo.loose.fsync and dirty:
+        dirs = sorted(dirty)
+        dirty.clear()
+        pool.map(fsync_dir, dirs)
+
+
+def _cert_index_path(repo: Repo, commit: str) -> str:
+    return os.path.join(repo.dir, "certs", commit[:2], commit[2:])
+
+
+def local_cert_index(repo: Repo, commit: str) -> list[str]:
+    try:
+        with open(_cert_index_path(repo, commit), "rb") as f:
+            return parse_id_lines(f.read())
+    except FileNotFoundError:
+        return []
+
+
+def local_certified_commits(repo: Repo) -> list[str]:
+    base = os.path.join(repo.dir, "certs")
+    out = []
+    if os.path.isdir(base):
+        for d in os.listdir(base):
+            sub = os.path.join(base, d)
+            if len(d) == 2 and os.path.isdir(sub):
+                out.extend(d + n for n in os.listdir(sub) if is_oid(d + n))
+    return sorted(out)
+
+
+def add_local_certs(repo: Repo, commit: str, ids: list[str]) -> None:
+    path = _cert_index_path(repo, commit)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with LockFile(path + ".lock", what=f"the certificate index of {commit[:12]}"):
+        current = local_cert_index(repo, commit)
+        new = [i for i in ids if i not in current]
+        if new:  # appended, like semantic_ci appends its own certificates
+            with open(path, "ab") as f:
+                f.write("".join(i + "\n" for i in new).encode())
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _named_ids(data: bytes) -> set[str]:
+    """64-hex strings named anywhere in a JSON object (the inputs a certificate refers to)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return set()
+    out, stack = set(), [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+        elif isinstance(x, str) and OID_RE.match(x):
+            out.add(x)
+    return out
+
+
+def _is_history_object(data: bytes) -> bool:
+    """Commits and trees travel only through the commit graph, never as a certificate's input."""
+    if not data[:1] == b"{":
+        return False
+    try:
+        return json.loads(data).get("type") in ("commit", "tree")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def _branch_of(repo: Repo, branch: str | None) -> str:
+    branch = branch or repo.head_branch
+    if not branch:
+        raise MvcError("HEAD is detached: name the branch", "e.g. mvc push origin main")
+    check_ref_name(branch)
+    return branch
+
+
+# -- push --------------------------------------------------------------------------------------
+def push(repo: Repo, remote: str | None = None, branch: str | None = None, force: bool = False,
+         dry_run: bool = False, delete: bool = False, jobs: int = DEFAULT_JOBS,
+         progress: Progress | None = None, transport: Transport | None = None) -> dict:
+    """Send `branch` (default: the current one) to `remote` (default: origin)."""
+    name, t = open_remote(repo, remote, jobs, transport)
+    with Pool(jobs) as pool, _permission_errors(t):
+        return _push(repo, name, t, branch, force, dry_run, delete, pool, progress or Progress())
+
+
+def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: Pool, progress: Progress) -> dict:
+    where = name or t.describe()
+    branch = _branch_of(repo, branch)
+    ref = f"refs/heads/{branch}"
+    tracking = f"refs/remotes/{name}/{branch}" if name else None
+    result = {"remote": name, "url": t.url, "branch": branch, "dry_run": dry_run, "forced": False,
+              "objects_sent": 0, "bytes_sent": 0, "objects_present": 0, "tags": [], "tags_skipped": {},
+              "certificates": 0}
+    if delete:
+        t.require_repository()
+        old = t.read_ref(ref)
+        if old is None:
+            raise UnknownRevision(f"remote {where} has no branch {branch!r}")
+        if not dry_run:
+            try:
+                t.update_ref(ref, None, expected=old)
+            except RefConflict:
+                raise NonFastForward(f"remote branch {branch} moved while deleting it",
+                                     "fetch and look before deleting it again") from None
+            if tracking and repo.refs.read(tracking):
+                repo.refs.update(tracking, None, message=f"push --delete to {where}")
+        return {**result, "old": old, "new": None, "status": "deleted", "sent": []}
+
+    local = repo.refs.read(ref)
+    if local is None:
+        raise UnknownRevision(f"no local branch {branch!r}", "see mvc branch")
+    exists = t.is_repository()
+    if not exists and not dry_run:
+        t.init(branch)
+        exists = True
+    remote_refs = t.list_refs() if exists else {}
+    old = remote_refs.get(ref)
+    if old == local:
+        status = "up-to-date"
+    elif old is None:
+        status = "new branch"
+    elif _has_commit(repo, old) and is_ancestor(repo, old, local):
+        status = "fast-forward"
+    elif force:
+        status, result["forced"] = "forced update", True
+    else:
+        raise NonFastForward(
+            f"push to {where} rejected: remote {branch} ({old[:12]}) is not an ancestor of your {branch} "
+            f"({local[:12]})",
+            f"fetch first (mvc pull {name or 'REMOTE'} {branch}); or pass --force to overwrite the remote branch")
+
+    plan = _plan_push(repo, t, local, remote_refs, pool)
+    tags, skipped = _tags_to_push(repo, local, remote_refs)
+    certs = _certs_to_push(repo, t, local, pool)
+    cert_objects = _cert_objects(repo, certs)
+    cert_missing = [o for o, there in zip(cert_objects, pool.map(t.has, cert_objects)) if not there]
+    send_blobs = plan["blobs"] + cert_missing
+    sizes = {o: repo.store.size(o) for o in send_blobs + plan["trees"] + plan["commits"]}
+    result.update(status=status, old=old, new=local, tags=sorted(tags), tags_skipped=skipped,
+                  certificates=sum(len(v) for v in certs.values()),
+                  objects_sent=len(sizes), bytes_sent=sum(sizes.values()),
+                  objects_present=plan["present"] + len(cert_objects) - len(cert_missing))
+    if dry_run:
+        return {**result, "sent": []}
+
+    sent: list[str] = []
+
+    def upload(oid):
+        if repo.loose.has(oid):  # verified through a map of the file, then copied file to object
+            view = repo.loose.view(oid)
+            n = len(view)
+            if hasattr(view, "close"):
+                view.close()
+            t.put_file(oid, repo.loose.path(oid))
+        else:  # packed or fetched on demand: verified on read
+            data = repo.store.get(oid)
+            n = len(data)
+            t.put(oid, data)
+        sent.append(oid)
+        progress.advance(n)
+
+    progress.begin(f"pushing to {where}", len(sizes), sum(sizes.values()))
+    try:
+        for phase in (send_blobs, plan["trees"], plan["commits"]):  # a tree there has its blobs there
+            pool.map(upload, phase)
+            t.flush(pool.map)
+    finally:
+        progress.end()
+    if old != local:
+        try:
+            t.update_ref(ref, local, expected=old)
+        except RefConflict:
+            raise NonFastForward(f"push to {where} rejected: remote {branch} moved while pushing "
+                                 "(another push won); your objects are there, only the branch did not move",
+                                 f"run mvc pull {name or 'REMOTE'} {branch} (or mvc fetch) and push again") from None
+    for tag in sorted(tags):
+        try:
+            t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None)
+        except RefConflict:
+            result["tags"].remove(tag)
+            result["tags_skipped"][tag] = t.read_ref(f"refs/tags/{tag}")
+    for commit, ids in certs.items():
+        t.add_to_cert_index(commit, ids)
+    if tracking:
+        repo.refs.update(tracking, local, message=f"push to {where}")
+    return {**result, "sent": sent}
+
+
+def _plan_push(repo: Repo, t: Transport, local: str, remote_refs: dict, pool: Pool) -> dict:
+    """The commits, trees and blobs the remote lacks, found by the commit graph + existence checks."""
+    known = ancestors(repo, [v for v in set(remote_refs.values()) if _has_commit(repo, v)])
+    new = ancestors(repo, [local], stop=known)
+    ordered = sorted(new)
+    there = {c for c, h in zip(ordered, pool.map(t.has, ordered)) if h}  # left by an interrupted push
+    present = len(there)
+    parents = {c: repo.read_commit(c)["parents"] for c in new}
+    base = {p for ps in parents.values() for p in ps if p not in new}
+    on_remote: set[str] = set()
+    for c in base:  # trees and blobs of the commits the new ones build on need no check
+        for tid in repo.read_commit(c)["components"].values():
+            on_remote.add(tid)
+            on_remote.update(tree_blob_ids(repo.read_tree(tid)))
+    trees = sorted({tid for c in new for tid in repo.read_commit(c)["components"].values()} - on_remote)
+    tree_there = dict(zip(trees, pool.map(t.has, trees)))
+    present += sum(tree_there.values())
+    missing_trees = [tid for tid in trees if not tree_there[tid]]
+    blobs = sorted({b for tid in missing_trees for b in tree_blob_ids(repo.read_tree(tid))} - on_remote)
+    blob_there = dict(zip(blobs, pool.map(t.has, blobs)))
+    present += sum(blob_there.values())
+    return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,
+            "blobs": [b for b in blobs if not blob_there[b]], "present": present}
+
+
+def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict]:
+    """Local tags on the pushed history the remote lacks; tags it holds with another value are kept."""
+    candidates = {n: v for n, v in repo.tags().items() if remote_refs.get(f"refs/tags/{n}") != v}
+    if not candidates:
+        return {}, {}
+    reach = ancestors(repo, [local])
+    send, skipped = {}, {}
+    for n, v in candidates.items():
+        if v not in reach:
+            continue
+        if f"refs/tags/{n}" in remote_refs:
+            skipped[n] = remote_refs[f"refs/tags/{n}"]
+        else:
+            send[n] = v
+    return send, skipped
+
+
+def _certs_to_push(repo: Repo, t: Transport, local: str, pool: Pool) -> dict[str, list[str]]:
+    """{commit: certificate ids the remote index lacks} for certified commits of the pushed history."""
+    certified = local_certified_commits(repo)
+    if not certified:
+        return {}
+    reach = ancestors(repo, [local])
+    commits = [c for c in certified if c in reach]
+    remote_lists = pool.map(t.read_cert_index, commits)
+    out = {}
+    for c, theirs in zip(commits, remote_lists):
+        missing = [i for i in local_cert_index(repo, c) if i not in theirs and repo.store.has(i)]
+        if missing:
+            out[c] = missing
+    return out
+
+
+def _cert_objects(repo: Repo, certs: dict[str, list[str]]) -> list[str]:
+    """The certificate objects plus the blobs they name (probe and held-out data)."""
+    out: set[str] = set()
+    for ids in certs.values():
+        for cid in ids:
+            out.add(cid)
+            for x in _named_ids(repo.store.get(cid)):
+                if x not in out and repo.loose.has(x) and not _is_history_object(repo.store.get(x)):
+                    out.add(x)
+    return sorted(out)
+
+
+# -- fetch -------------------------------------------------------------------------------------
+def _blob_size_hint(tree: dict) -> dict[str, int]:
+    """Expected sizes of a tree's blobs (progress totals only)."""
+    out = {}
+    for t in tree["tensors"].values():
+        n = stf.DTYPE_SIZES.get(t["dtype"], 1)
+        for d in t["shape"]:
+            n *= d
+        try:
+            out[t["id"]] = len(stf.blob_prefix(t["dtype"], tuple(t["shape"]))) + n
+        except MvcError:
+            out[t["id"]] = n
+    for f in tree["files"].values():
+        if f.get("id"):
+            out[f["id"]] = f.get("size", 0)
+        if f.get("header"):
+            out.setdefault(f["header"], 0)
+    return out
+
+
+def fetch(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
+          transport: Transport | None = None, lazy: bool | None = None) -> dict:
+    """Download what the remote's branches and tags reach and update refs/remotes/<remote>/*."""
+    name, t = open_remote(repo, remote, jobs, transport)
+    with Pool(jobs) as pool, _permission_errors(t):
+        return _fetch(repo, name, t, pool, progress or Progress(), lazy)
+
+
+def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy) -> dict:
+    where = name or t.describe()
+    t.require_repository()
+    if lazy is None:
+        lazy = name is not None and promisor_remote(repo.config) == name
+    lazy_store = None
+    if lazy:
+        lazy_store = next((s for s in repo.store.stores if isinstance(s, LazyRemoteStore)), None) \
+            or promisor_store(repo)
+        if lazy_store is None:
+            raise MvcError("a lazy fetch needs a promisor remote (clone with --lazy)")
+    remote_refs = t.list_refs()
+    started = time.perf_counter()
+
+    # 1. commits: walk the remote graph down to commits local refs reach (those are complete;
+    #    a commit here that no ref reaches may be the leftover of an interrupted fetch)
+    complete = set(repo.refs.list("refs/").values())
+    commits: dict[str, tuple[dict, bytes]] = {}
+    frontier = sorted(set(remote_refs.values()) - complete)
+    seen = set(frontier)
+    while frontier:
+        missing = [c for c in frontier if not _has_commit(repo, c)]
+        for c, data in zip(missing, pool.map(lambda c: receive(t, c, where), missing)):
+            commits[c] = (decode(data, "commit", c), data)
+        parents = {p for c in frontier
+                   for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
+        frontier = sorted(parents - seen - complete)
+        seen.update(frontier)
+    # 2. trees of the new commits
+    tree_ids = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()
+                       if not repo.loose.has(tid)})
+    trees = {}
+    for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where), tree_ids)):
+        trees[tid] = (decode(data, "tree", tid), data)
+    # 3. blobs (or promises of them in a lazy clone)
+    hints: dict[str, int] = {}
+    for obj, _ in trees.values():
+        hints.update(_blob_size_hint(obj))
+    blob_ids = sorted(b for b in hints if not repo.store.has(b))
+    received = {"objects": len(commits) + len(trees), "bytes": sum(len(d) for _, d in commits.values())
+                + sum(len(d) for _, d in trees.values())}
+
+    lock, dirty = threading.Lock(), set()
+
+    def download(oid):
+        n = receive_into(repo, t, oid, where, dirty)
+        with lock:
+            received["objects"] += 1
+            received["bytes"] += n
+        progress.advance(n)
+
+    if lazy:
+        lazy_store.promise(blob_ids)
+    else:
+        progress.begin(f"fetching from {where}", len(blob_ids), sum(hints[b] for b in blob_ids))
+        try:
+            pool.map(download, blob_ids)
+        finally:
+            progress.end()
+            _sync_dirs(repo, dirty, pool)
+    # 4. trees, then commits (a commit here has its trees; a tree its blobs)
+    pool.map(lambda tid: repo.loose.put(trees[tid][1], oid=tid), list(trees))
+    pool.map(lambda c: repo.loose.put(commits[c][1], oid=c), list(commits))
+    # 5. certificates of the commits we now have
+    try:
+        certs = _fetch_certs(repo, t, where, pool, download)
+    finally:
+        _sync_dirs(repo, dirty, pool)
+    # 6. refs
+    updated = {}
+    if name:
+        heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items() if r.startswith("refs/heads/")}
+        for branch, oid in heads.items():
+            tref = f"refs/remotes/{name}/{branch}"
+            old = repo.refs.read(tref)
+            if old != oid:
+                repo.refs.update(tref, oid, message=f"fetch from {where}")
+                updated[tref] = {"old": old, "new": oid}
+        for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
+            if tref[len(f"refs/remotes/{name}/"):] not in heads:  # deleted on the remote: prune
+                repo.refs.update(tref, None, expected=oid, message=f"fetch from {where}: pruned")
+                updated[tref] = {"old": oid, "new": None}
+    tags, tag_conflicts = {}, {}
+    for r, oid in remote_refs.items():
+        if not r.startswith("refs/tags/"):
+            continue
+        mine = repo.refs.read(r)
+        if mine is None:
+            repo.refs.update(r, oid, expected=None, message=f"fetch from {where}")
+            tags[r[len("refs/tags/"):]] = oid
+        elif mine != oid:
+            tag_conflicts[r[len("refs/tags/"):]] = {"local": mine, "remote": oid}
+    return {"remote": name, "url": t.url, "lazy": bool(lazy), "refs": updated, "tags": tags,
+            "tag_conflicts": tag_conflicts, "commits": len(commits), "trees": len(trees),
+            "objects_received": received["objects"], "bytes_received": received["bytes"],
+            "blobs_promised": len(blob_ids) if lazy else 0, "certificates": certs,
+            "seconds": time.perf_counter() - started}
+
+
+def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, download) -> int:
+    commits = [c for c in t.cert_index_commits() if _has_commit(repo, c)]
+    if not commits:
+        return 0
+    wanted = {}
+    for c, theirs in zip(commits, pool.map(t.read_cert_index, commits)):
+        mine = local_cert_index(repo, c)
+        new = [i for i in theirs if i not in mine]
+        if new:
+            wanted[c] = new
+    ids = sorted({i for v in wanted.values() for i in v if not repo.loose.has(i)})
+    pool.map(download, ids)
+    named = set()
+    for v in wanted.values():
+        for cid in v:
+            named |= _named_ids(repo.store.get(cid))
+    named = sorted(x for x in named if not repo.store.has(x))
+
+    def fetch_named(oid):  # a certificate's inputs: kept unless they are commits or trees
+        try:
+            data = receive(t, oid, where)
+        except ObjectMissing:
+            return
+        if not _is_history_object(data):
+            repo.loose.put(data, oid=oid)
+
+    pool.map(fetch_named, named)
+    for c, v in wanted.items():
+        add_local_certs(repo, c, v)
+    return sum(len(v) for v in wanted.values())
+
+
+# -- pull --------------------------------------------------------------------------------------
+def pull(repo: Repo, remote: str | None = None, branch: str | None = None, jobs: int = DEFAULT_JOBS,
+         progress: Progress | None = None, transport: Transport | None = None) -> dict:
+    """Fetch, then fast-forward `branch` (default: the current one) to the remote's."""
+    name, t = open_remote(repo, remote, jobs, transport)
+    if name is None:
+        raise ConfigError("pull needs a configured remote", "mvc remote add NAME URL first")
+    fetched = fetch(repo, name, jobs, progress, transport=t)
+    branch = _branch_of(repo, branch)
+    theirs = repo.refs.read(f"refs/remotes/{name}/{branch}")
+    if theirs is None:
+        raise UnknownRevision(f"remote {name} has no branch {branch!r}", f"push it first: mvc push {name} {branch}")
+    ref = f"refs/heads/{branch}"
+    ours = repo.refs.read(ref)
+    out = {"remote": name, "branch": branch, "old": ours, "new": theirs, "fetch": fetched}
+    if ours is None:
+        repo.refs.update(ref, theirs, expected=None, message=f"pull: created from {name}/{branch}")
+        return {**out, "status": "created"}
+    if ours == theirs:
+        return {**out, "new": ours, "status": "up-to-date"}
+    if is_ancestor(repo, ours, theirs):
+        repo.refs.update(ref, theirs, expected=ours, message=f"pull: fast-forward to {name}/{branch}")
+        return {**out, "status": "fast-forward"}
+    if is_ancestor(repo, theirs, ours):
+        return {**out, "new": ours, "status": "ahead"}
+    mine = len(ancestors(repo, [ours]) - ancestors(repo, [theirs]))
+    other = len(ancestors(repo, [theirs]) - ancestors(repo, [ours]))
+    raise NonFastForward(
+        f"{branch} and {name}/{branch} have diverged ({mine} and {other} commits of their own); "
+        "pull only fast-forwards",
+        f"mvc has no merge: keep yours with mvc push --force {name} {branch}, or take theirs with "
+        f"mvc rollback {name}/{branch}")
+
+
+# -- clone -------------------------------------------------------------------------------------
+def default_clone_dir(url: str) -> str:
+    tail = url.rstrip("/").split("://", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    tail = tail[:-4] if tail.endswith(".mvc") and len(tail) > 4 else tail
+    if not tail or tail in (".", ".."):
+        raise BadInput(f"cannot name a directory after {url!r}", "pass DIR")
+    return tail
+
+
+def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str | None = None,
+          jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
+          transport: Transport | None = None) -> tuple[Repo, dict]:
+    """A new repository at `path` with remote origin = `url`, its branches fetched and the remote's
+    default branch checked out as HEAD. `lazy` fetches commits and trees only. Re-running an
+    interrupted clone into the same directory resumes it."""
+    norm = normalize_url(url)
+    endpoint = check_endpoint(endpoint)
+    t = transport or open_transport(norm, endpoint, jobs)
+    t.require_repository()
+    path = os.path.abspath(path or default_clone_dir(norm))
+    head = t.head_target() or ""
+    default = head[len("refs/heads/"):] if head.startswith("refs/heads/") else "main"
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        if not _resumable_clone(path, norm):
+            raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")
+        repo = Repo(path)
+    else:
+        repo = Repo.init(path, default_branch=default)
+        add_remote(repo, DEFAULT_REMOTE, norm, endpoint, promisor=lazy)
+        repo = Repo(repo.root)  # re-open: a lazy clone reads through its promisor store
+    try:
+        fetched = fetch(repo, DEFAULT_REMOTE, jobs, progress, transport=t)
+    except MvcError as e:
+        e.hint = (e.hint + "; " if e.hint else "") + "run the same mvc clone again to resume"
+        raise
+    heads = {r[len("refs/remotes/origin/"):]: v for r, v in repo.refs.list("refs/remotes/origin/").items()}
+    branch = default if default in heads else ("main" if "main" in heads else min(heads, default=None))
+    if branch:
+        repo.refs.update(f"refs/heads/{branch}", heads[branch], message=f"clone: from {norm}")
+        repo.refs.set_symbolic("HEAD", f"refs/heads/{branch}")
+    return repo, {"path": repo.root, "url": norm, "branch": branch, "head": heads.get(branch), "lazy": lazy,
+                  "fetch": fetched}
+
+
+def _resumable_clone(path: str, url: str) -> bool:
+    """An earlier clone of `url` into `path` that stopped before creating its branch."""
+    try:
+        repo = Repo(path)
+    except MvcError:
+        return False
+    return (repo.root == os.path.abspath(path) and repo.get_config("remote.origin.url") == url
+            and not repo.branches())

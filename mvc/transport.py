@@ -1,0 +1,536 @@
+"""Transports: the far side of a remote (objects + refs), and the store a lazy clone reads through.
+
+A remote holds a bare repository layout, the same files as a local `.mvc` directory:
+
+    config               [core] format = 1, bare = true
+    HEAD                 ref: refs/heads/<default branch>
+    objects/<2>/<62>     loose objects (b3sum of the file equals its name); packs come later
+    refs/heads/*         one 64-hex id per file
+    refs/tags/*
+    certs/<2>/<62>       the certificate ids attached to a commit, one per line
+
+A transport moves bytes and never trusts them: `get` returns what the far side holds and the
+caller (mvc.remote, LazyRemoteStore) verifies it against its BLAKE3 id before storing anything.
+Mutable files (refs, HEAD, certificate indexes) only change by compare-and-swap: `read_file`
+returns a token and `cas_file` writes only if the file still matches it. `DirectoryTransport`
+implements that with the lock files of mvc.files (the content read is the token);
+`mvc.transport_s3.S3Transport` (imported only for s3:// URLs) with S3 conditional writes (the
+ETag is the token).
+
+Directory objects are written to objects/tmp, fsynced and renamed, so an object is whole under
+its name or absent; the new directory entries are synced together by `flush`, which the pusher
+calls after each phase (blobs, trees, commits) and before any ref moves. A directory holding an
+mvc repository (with .mvc) works as a remote too: its branches move, without reflog entries.
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import threading
+import uuid
+from urllib.parse import unquote, urlparse
+
+from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
+                     ObjectMissing, RefConflict)
+from .files import LockFile, atomic_write
+from .objects import check_ref_name, hash_bytes, is_oid
+from .store import LooseStore, ObjectStore, fsync_dir
+
+REMOTE_FORMAT = 1
+ABSENT = None  # the token of a file that does not exist
+
+
+def remote_config_bytes() -> bytes:
+    return f"[core]\nformat = {REMOTE_FORMAT}\nbare = true\n".encode()
+
+
+def check_full_ref(ref: str) -> str:
+    """refs/heads/NAME or refs/tags/NAME with a valid NAME."""
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            check_ref_name(ref[len(prefix):])
+            return ref
+    raise BadName(f"not a branch or tag ref: {ref!r}")
+
+
+def parse_ref_value(ref: str, data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    text = data.decode("utf-8", "replace").strip()
+    if not text:
+        return None
+    if not is_oid(text):
+        raise CorruptObject(f"remote ref {ref} holds {text[:40]!r}, not an object id",
+                            "repair the remote: push the branch again with --force")
+    return text
+
+
+class Transport:
+    """The far side of a remote. Subclasses provide the byte-level primitives below."""
+
+    url = ""
+
+    # -- primitives ---------------------------------------------------------------------------
+    def has(self, oid: str) -> bool:
+        raise NotImplementedError
+
+    def get(self, oid: str) -> bytes:
+        """The bytes the remote holds for `oid`, unverified; ObjectMissing when absent."""
+        raise NotImplementedError
+
+    def get_into(self, oid: str, f) -> int:
+        """Write the remote's bytes for `oid` (unverified) into the open file `f`; returns the count.
+        Lets big objects stream to disk instead of passing through memory whole."""
+        data = self.get(oid)
+        f.write(data)
+        return len(data)
+
+    def put(self, oid: str, data: bytes) -> None:
+        """Store an object atomically (readers see all of it or nothing); idempotent."""
+        raise NotImplementedError
+
+    def put_file(self, oid: str, path: str) -> None:
+        """Store the object held in local file `path` (already verified by the caller)."""
+        with open(path, "rb") as f:
+            self.put(oid, f.read())
+
+    def read_file(self, name: str) -> tuple[bytes | None, object]:
+        """(content or None, token for cas_file) of a mutable file such as refs/heads/main."""
+        raise NotImplementedError
+
+    def cas_file(self, name: str, data: bytes | None, token) -> None:
+        """Write (None: delete) `name` only if it still matches `token`; else RefConflict."""
+        raise NotImplementedError
+
+    def list_files(self, prefix: str) -> list[str]:
+        """Names of the mutable files under `prefix` (refs/, certs/); never used for objects."""
+        raise NotImplementedError
+
+    def flush(self, parallel_map=map) -> None:
+        """Make every object put so far durable (called before a ref may point at them)."""
+
+    def close(self) -> None:
+        pass
+
+    # -- layout -------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return self.url
+
+    def is_repository(self) -> bool:
+        data, _ = self.read_file("config")
+        if data is None:
+            return False
+        cfg = configparser.ConfigParser()
+        try:
+            cfg.read_string(data.decode("utf-8"))
+            fmt = cfg.getint("core", "format")
+        except (configparser.Error, ValueError, UnicodeDecodeError):
+            raise CorruptObject(f"{self.describe()}: the remote's config is unreadable",
+                                "is this an mvc remote?") from None
+        if fmt > REMOTE_FORMAT:
+            raise FormatTooNew(f"remote {self.describe()} has format {fmt}; this mvc reads up to "
+                               f"{REMOTE_FORMAT}", "upgrade mvc")
+        return True
+
+    def require_repository(self) -> None:
+        if not self.is_repository():
+            raise MvcError(f"no mvc repository at {self.describe()}",
+                           "check the URL; a first mvc push creates it")
+
+    def init(self, default_branch: str) -> None:
+        """Create the bare layout when missing (idempotent; safe against a concurrent init)."""
+        if self.is_repository():
+            return
+        try:
+            self.cas_file("config", remote_config_bytes(), ABSENT)
+        except RefConflict:
+            pass
+        try:
+            self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
+        except RefConflict:
+            pass
+
+    def head_target(self) -> str | None:
+        data, _ = self.read_file("HEAD")
+        text = (data or b"").decode("utf-8", "replace").strip()
+        return text[len("ref: "):] if text.startswith("ref: ") else None
+
+    # -- refs ---------------------------------------------------------------------------------
+    def read_ref(self, ref: str) -> str | None:
+        data, _ = self.read_file(check_full_ref(ref))
+        return parse_ref_value(ref, data)
+
+    def list_refs(self) -> dict[str, str]:
+        out = {}
+        for name in self.list_files("refs/"):
+            try:
+                check_full_ref(name)
+            except BadName:
+                continue
+            value = self.read_ref(name)
+            if value:
+                out[name] = value
+        return dict(sorted(out.items()))
+
+    def update_ref(self, ref: str, new: str | None, expected: str | None) -> None:
+        """Move `ref` to `new` (None deletes it) only if it still holds `expected`."""
+        check_full_ref(ref)
+        data, token = self.read_file(ref)
+        current = parse_ref_value(ref, data)
+        if current != expected:
+            raise RefConflict(f"remote {ref} is {current[:12] if current else '(none)'}, expected "
+                              f"{expected[:12] if expected else '(none)'}", "fetch and try again")
+        self.cas_file(ref, None if new is None else (new + "\n").encode(), token)
+
+    # -- certificate indexes ------------------------------------------------------------------
+    @staticmethod
+    def cert_index_name(commit: str) -> str:
+        return f"certs/{commit[:2]}/{commit[2:]}"
+
+    def cert_index_commits(self) -> list[str]:
+        out = []
+        for name in self.list_files("certs/"):
+            parts = name.split("/")
+            if len(parts) == 3 and is_oid(parts[1] + parts[2]):
+                out.append(parts[1] + parts[2])
+        return out
+
+    def read_cert_index(self, commit: str) -> list[str]:
+        data, _ = self.read_file(self.cert_index_name(commit))
+        return parse_id_lines(data)
+
+    def add_to_cert_index(self, commit: str, ids: list[str], retries: int = 20) -> None:
+        """Union `ids` into the commit's certificate index (compare-and-swap, retried)."""
+        name = self.cert_index_name(commit)
+        for _ in range(retries):
+            data, token = self.read_file(name)
+            current = parse_id_lines(data)
+            merged = current + [i for i in ids if i not in current]
+            if merged == current:
+                return
+            try:
+                self.cas_file(name, "".join(i + "\n" for i in merged).encode(), token)
+                return
+            except RefConflict:
+                continue
+        raise RefConflict(f"certificate index of {commit[:12]} on {self.describe()} kept changing", "try again")
+
+
+def parse_id_lines(data: bytes | None) -> list[str]:
+    if not data:
+        return []
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if is_oid(line) and line not in out:
+            out.append(line)
+    return out
+
+
+class DirectoryTransport(Transport):
+    """A remote in a directory: a bare layout, or an mvc repository (its .mvc directory is used)."""
+
+    def __init__(self, path: str, url: str | None = None):
+        path = os.path.abspath(path)
+        if os.path.isdir(os.path.join(path, ".mvc")):
+            path = os.path.join(path, ".mvc")
+        self.root = path
+        self.url = url or path
+        self.objects = LooseStore(os.path.join(path, "objects"), fsync=True)
+        self._dirty: set[str] = set()  # object directories whose new entries await fsync
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, *name.split("/"))
+
+    def init(self, default_branch: str) -> None:
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise BadInput(f"remote {self.url} is a file, not a directory")
+        if os.path.isdir(self.root) and os.listdir(self.root) and not os.path.exists(self._path("config")):
+            raise BadInput(f"remote directory {self.url} is not empty and is not an mvc repository",
+                           "use an empty or new directory")
+        for sub in ("objects", "refs/heads", "refs/tags"):
+            os.makedirs(self._path(sub), exist_ok=True)
+        super().init(default_branch)
+
+    def has(self, oid):
+        return self.objects.has(oid)
+
+    def get(self, oid):
+        try:
+            with open(self.objects.path(oid), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
+                                "the remote is damaged: push again from a repository that has it") from None
+
+    def get_into(self, oid, f):
+        try:
+            src = open(self.objects.path(oid), "rb")
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
+                                "the remote is damaged: push again from a repository that has it") from None
+        with src:
+            return _copy_file(src, f)
+
+    def put(self, oid, data):
+        self._write(oid, lambda f: f.write(data))
+
+    def put_file(self, oid, path):
+        """A kernel-side copy of a local object file."""
+        def copy(f):
+            with open(path, "rb") as src:
+                _copy_file(src, f)
+        self._write(oid, copy)
+
+    def _write(self, oid, fill) -> None:
+        """Temp file, fsync, rename: an object is whole under its name or absent. The directory
+        entries are synced together in flush(): until then a power loss can only drop whole objects,
+        which the next push re-sends."""
+        final = self.objects.path(oid)
+        if os.path.exists(final):
+            return
+        os.makedirs(self.objects.tmp, exist_ok=True)
+        tmp = os.path.join(self.objects.tmp, f"{oid[:16]}-{uuid.uuid4().hex}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            with os.fdopen(fd, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        self._dirty.add(os.path.dirname(final))
+
+    def flush(self, parallel_map=map):
+        dirs, self._dirty = self._dirty, set()
+        list(parallel_map(fsync_dir, sorted(dirs)))
+
+    def read_file(self, name):
+        try:
+            with open(self._path(name), "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None, ABSENT
+        return data, data
+
+    def cas_file(self, name, data, token):
+        path = self._path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with LockFile(path + ".lock", what=f"{name} on remote {self.url}"):
+            current, _ = self.read_file(name)
+            if current != token:
+                raise RefConflict(f"{name} on remote {self.url} changed meanwhile", "fetch and try again")
+            if data is None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            else:
+                atomic_write(path, data)
+
+    def list_files(self, prefix):
+        base = self._path(prefix.rstrip("/"))
+        out = []
+        for dirpath, _dirs, files in os.walk(base):
+            for f in files:
+                if f.endswith(".lock") or f.startswith("."):
+                    continue
+                out.append(os.path.relpath(os.path.join(dirpath, f), self.root).replace(os.sep, "/"))
+        return sorted(out)
+
+
+def _copy_file(src, dst) -> int:
+    """Copy an open file into another in the kernel where it can (sendfile), else through memory."""
+    size = os.fstat(src.fileno()).st_size
+    dst.flush()
+    offset = 0
+    try:
+        while offset < size:
+            n = os.sendfile(dst.fileno(), src.fileno(), offset, size - offset)
+            if n == 0:
+                break
+            offset += n
+    except (AttributeError, OSError):
+        if offset:
+            raise
+        shutil.copyfileobj(src, dst)
+        return size
+    return offset
+
+
+# -- opening transports ------------------------------------------------------------------------
+def is_url(text: str) -> bool:
+    return "://" in text or text.startswith(("/", ".", "~")) or os.path.isdir(text)
+
+
+def normalize_url(url: str) -> str:
+    """What goes into the repository config: absolute paths; never credentials."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme == "file" else url
+        return os.path.abspath(os.path.expanduser(path))
+    if parsed.scheme == "s3":
+        if parsed.username or parsed.password or "@" in parsed.netloc:
+            raise BadInput("credentials are never stored in the repository config",
+                           "use the standard AWS environment variables or ~/.aws/credentials")
+        if not parsed.netloc:
+            raise BadInput(f"{url}: an S3 URL looks like s3://bucket/prefix")
+        return url.rstrip("/")
+    raise BadInput(f"unsupported remote URL {url!r}", "use a directory path, file://PATH or s3://bucket/prefix")
+
+
+def check_endpoint(endpoint: str | None) -> str | None:
+    if not endpoint:
+        return None
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise BadInput(f"endpoint {endpoint!r} is not an http(s) URL", "e.g. --endpoint http://127.0.0.1:9000")
+    if parsed.username or parsed.password:
+        raise BadInput("credentials are never stored in the repository config",
+                       "use the standard AWS environment variables or ~/.aws/credentials")
+    return endpoint.rstrip("/")
+
+
+def open_transport(url: str, endpoint: str | None = None, jobs: int = 8) -> Transport:
+    """A transport for a directory path, file:// URL or s3://bucket/prefix."""
+    url = normalize_url(url)
+    if url.startswith("s3://"):
+        from .transport_s3 import S3Transport  # boto3 is imported only for S3 remotes
+        return S3Transport(url, endpoint=check_endpoint(endpoint), jobs=jobs)
+    return DirectoryTransport(url)
+
+
+def remote_section(name: str) -> str:
+    return f'remote "{name}"'
+
+
+def configured_remote(config: configparser.ConfigParser, name: str) -> tuple[str, str | None]:
+    """(url, endpoint) of remote `name` from a repository config."""
+    section = remote_section(name)
+    if not config.has_option(section, "url"):
+        raise ConfigError(f"no remote named {name!r}", "add one with mvc remote add NAME URL")
+    return config.get(section, "url"), config.get(section, "endpoint", fallback=None)
+
+
+def promisor_remote(config: configparser.ConfigParser) -> str | None:
+    for section in config.sections():
+        if section.startswith('remote "') and config.getboolean(section, "promisor", fallback=False):
+            return section[len('remote "'):-1]
+    return None
+
+
+# -- lazy clones -------------------------------------------------------------------------------
+PROMISED_FILE = os.path.join("lazy", "promised")
+
+
+class LazyRemoteStore(ObjectStore):
+    """The blobs a lazy clone knows of but has not fetched: fetched from the promisor remote on
+    first read, verified by BLAKE3 and cached in the loose store.
+
+    `has` answers from a local list of promised ids (written when a lazy fetch stores a tree), so
+    it never touches the network; `ids` lists nothing (the blobs are not here).
+    """
+
+    def __init__(self, mvc_dir: str, config: configparser.ConfigParser, remote: str, cache: ObjectStore):
+        self.dir = mvc_dir
+        self.config = config
+        self.remote = remote
+        self.cache = cache
+        self._promised: set[str] | None = None
+        self._transport: Transport | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def promised_path(self) -> str:
+        return os.path.join(self.dir, PROMISED_FILE)
+
+    def promised(self) -> set[str]:
+        if self._promised is None:
+            try:
+                with open(self.promised_path, "rb") as f:
+                    self._promised = set(parse_id_lines(f.read()))
+            except FileNotFoundError:
+                self._promised = set()
+        return self._promised
+
+    def promise(self, ids) -> None:
+        """Record blob ids the promisor remote holds (appended under a lock, fsynced)."""
+        new = sorted(set(ids) - self.promised())
+        if not new:
+            return
+        os.makedirs(os.path.dirname(self.promised_path), exist_ok=True)
+        with LockFile(self.promised_path + ".lock", what="the lazy-clone promise list"):
+            with open(self.promised_path, "ab") as f:
+                f.write("".join(i + "\n" for i in new).encode())
+                f.flush()
+                os.fsync(f.fileno())
+        self._promised.update(new)
+
+    def transport(self) -> Transport:
+        with self._lock:
+            if self._transport is None:
+                url, endpoint = configured_remote(self.config, self.remote)
+                self._transport = open_transport(url, endpoint)
+            return self._transport
+
+    def has(self, oid):
+        return oid in self.promised()
+
+    def fetch(self, oid: str) -> bytes:
+        if self.cache.has(oid):
+            return self.cache.get(oid)
+        if oid not in self.promised():
+            raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+        try:
+            data = self.transport().get(oid)
+        except ObjectMissing:
+            raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
+                                "push it to the remote from a repository that has it") from None
+        except MvcError as e:
+            raise MvcError(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
+                           f"failed: {e.message}", e.hint) from None
+        got = hash_bytes(data)
+        if got != oid:
+            raise CorruptObject(f"object {oid} fetched from remote {self.remote} is corrupt: its content "
+                                f"hashes to {got[:12]}; it was not stored",
+                                "the remote copy is damaged: push it again from a repository that has it")
+        self.cache.put(data, oid=oid)
+        return data
+
+    def get(self, oid):
+        return self.fetch(oid)
+
+    def view(self, oid):
+        self.fetch(oid)
+        return self.cache.view(oid)
+
+    def size(self, oid):
+        return len(self.fetch(oid))
+
+    def put(self, *buffers, oid=None):
+        raise MvcError("a lazy clone's remote store is read-only (this is a bug in mvc)")
+
+    def ids(self):
+        return iter(())
+
+    def delete(self, oid):
+        pass
+
+    def not_fetched(self, ids, stores) -> list[str]:
+        """Of `ids`, those promised and held by none of `stores` (this one aside)."""
+        promised = self.promised()
+        local = [s for s in stores if s is not self]
+        return sorted(i for i in ids if i in promised and not any(s.has(i) for s in local))
+
+
+def promisor_store(repo) -> LazyRemoteStore | None:
+    """The lazy store of a repository cloned with --lazy (None for ordinary repositories)."""
+    name = promisor_remote(repo.config)
+    return LazyRemoteStore(repo.dir, repo.config, name, repo.loose) if name else None

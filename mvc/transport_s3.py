@@ -1,0 +1,245 @@
+"""The S3 transport: a bare mvc repository under s3://bucket/prefix, through boto3.
+
+Imported only when an s3:// remote is used. Region and credentials come from the standard AWS
+configuration (environment, ~/.aws, instance roles); the endpoint from `remote.<name>.endpoint`
+or AWS_ENDPOINT_URL (MinIO, Ceph, a local S3 server). Credentials are never written anywhere.
+
+Objects are written with one PutObject each (multipart above MULTIPART_BYTES), which S3 makes
+visible atomically. Refs, HEAD and certificate indexes move by compare-and-swap with S3
+conditional writes: `If-None-Match: *` to create, `If-Match: <etag>` to replace or delete. The
+first push to a new prefix checks that the server refuses a conditional write it must refuse, so a
+server that ignores the headers is reported instead of silently losing updates. Limitation: on
+servers that do not support `If-Match` on DeleteObject, `push --delete` re-reads the ref and then
+deletes it unconditionally (a narrow window in which a concurrent push to that branch is lost).
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+from urllib.parse import urlparse
+
+from .errors import MvcError, ObjectMissing, RefConflict
+from .transport import ABSENT, Transport
+
+MULTIPART_BYTES = 64 * 1024 * 1024
+_SESSION = None
+_SESSION_LOCK = threading.Lock()
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Transport(Transport):
+    def __init__(self, url: str, endpoint: str | None = None, jobs: int = 8):
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise MvcError("s3:// remotes need boto3", "pip install 'mvc[s3]'") from None
+        parsed = urlparse(url)
+        self.url = url
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.endpoint = endpoint
+        session = _session(boto3)
+        custom = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = Config(max_pool_connections=max(10, 2 * jobs), retries={"max_attempts": 5, "mode": "standard"},
+                        connect_timeout=10, read_timeout=120,
+                        s3={"addressing_style": "path"} if custom else {})
+        with _SESSION_LOCK:  # creating clients is not thread-safe; using them is
+            self.client = session.client("s3", endpoint_url=endpoint,
+                                         region_name=session.region_name or "us-east-1", config=config)
+
+    def describe(self) -> str:
+        return self.url + (f" (endpoint {self.endpoint})" if self.endpoint else "")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _object_key(self, oid: str) -> str:
+        return self.key(f"objects/{oid[:2]}/{oid[2:]}")
+
+    # -- error mapping ------------------------------------------------------------------------
+    def _fail(self, e: Exception, what: str):
+        from botocore import exceptions as bx
+        if isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            raise MvcError(f"no AWS credentials for {self.url}",
+                           "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure ~/.aws/credentials") from None
+        if isinstance(e, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError,
+                          bx.ReadTimeoutError)):
+            raise MvcError(f"cannot reach S3 for {self.describe()}: {e}",
+                           "check the endpoint (mvc remote -v) and the network") from None
+        if isinstance(e, bx.ClientError):
+            code = _code(e)
+            if code == "NoSuchBucket":
+                raise MvcError(f"S3 bucket {self.bucket!r} does not exist",
+                               f"create it first, e.g. aws s3 mb s3://{self.bucket}") from None
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise MvcError(f"access denied while {what} on {self.url} ({code})",
+                               "check the AWS credentials and the bucket policy") from None
+            raise MvcError(f"S3 error while {what} on {self.url}: {code}: {e}") from None
+        raise e
+
+    # -- objects ------------------------------------------------------------------------------
+    def has(self, oid):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._object_key(oid))
+            return True
+        except ClientError as e:
+            if _code(e) in _MISSING_CODES:
+                return False
+            self._fail(e, f"checking object {oid[:12]}")
+        except BotoCoreError as e:
+            self._fail(e, f"checking object {oid[:12]}")
+
+    def get(self, oid):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self._object_key(oid))
+            return r["Body"].read()
+        except ClientError as e:
+            if _code(e) in _MISSING_CODES:
+                raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
+                                    "the remote is damaged: push again from a repository that has it") from None
+            self._fail(e, f"reading object {oid[:12]}")
+        except BotoCoreError as e:
+            self._fail(e, f"reading object {oid[:12]}")
+
+    def get_into(self, oid, f):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self._object_key(oid))
+            n = 0
+            for chunk in r["Body"].iter_chunks(1 << 20):
+                f.write(chunk)
+                n += len(chunk)
+            return n
+        except ClientError as e:
+            if _code(e) in _MISSING_CODES:
+                raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
+                                    "the remote is damaged: push again from a repository that has it") from None
+            self._fail(e, f"reading object {oid[:12]}")
+        except BotoCoreError as e:
+            self._fail(e, f"reading object {oid[:12]}")
+
+    def put(self, oid, data):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            if len(data) < MULTIPART_BYTES:
+                self.client.put_object(Bucket=self.bucket, Key=self._object_key(oid), Body=bytes(data))
+            else:  # multipart: the object appears only when the upload completes
+                from boto3.s3.transfer import TransferConfig
+                cfg = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
+                                     max_concurrency=4)
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._object_key(oid), Config=cfg)
+        except (ClientError, BotoCoreError) as e:
+            self._fail(e, f"writing object {oid[:12]}")
+
+    def put_file(self, oid, path):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            if os.path.getsize(path) < MULTIPART_BYTES:
+                with open(path, "rb") as f:  # streamed from the file, not copied into memory
+                    self.client.put_object(Bucket=self.bucket, Key=self._object_key(oid), Body=f)
+            else:
+                from boto3.s3.transfer import TransferConfig
+                cfg = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
+                                     max_concurrency=4)
+                self.client.upload_file(path, self.bucket, self._object_key(oid), Config=cfg)
+        except (ClientError, BotoCoreError) as e:
+            self._fail(e, f"writing object {oid[:12]}")
+
+    # -- mutable files ------------------------------------------------------------------------
+    def read_file(self, name):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+            return r["Body"].read(), r["ETag"]
+        except ClientError as e:
+            if _code(e) in _MISSING_CODES:
+                return None, ABSENT
+            self._fail(e, f"reading {name}")
+        except BotoCoreError as e:
+            self._fail(e, f"reading {name}")
+
+    def cas_file(self, name, data, token):
+        from botocore.exceptions import BotoCoreError, ClientError
+        key = self.key(name)
+        try:
+            if data is not None:
+                cond = {"IfNoneMatch": "*"} if token is ABSENT else {"IfMatch": token}
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **cond)
+            elif token is not ABSENT:
+                self._delete(key, token, name)
+            elif self.read_file(name)[0] is not None:
+                raise RefConflict(f"{name} on remote {self.url} changed meanwhile", "fetch and try again")
+        except ClientError as e:
+            if _code(e) in _CONFLICT_CODES or _code(e) in _MISSING_CODES:
+                raise RefConflict(f"{name} on remote {self.url} changed meanwhile", "fetch and try again") from None
+            self._fail(e, f"updating {name}")
+        except BotoCoreError as e:
+            self._fail(e, f"updating {name}")
+
+    def _delete(self, key, token, name):
+        from botocore.exceptions import ClientError
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=token)
+        except ClientError as e:
+            if _code(e) not in ("NotImplemented", "501"):
+                raise
+            # the server has no conditional delete: re-check, then delete (documented limitation)
+            if self.read_file(name)[1] != token:
+                raise RefConflict(f"{name} on remote {self.url} changed meanwhile", "fetch and try again") from None
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def list_files(self, prefix):
+        from botocore.exceptions import BotoCoreError, ClientError
+        base = self.key("")
+        out = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                            Prefix=self.key(prefix)):
+                out.extend(o["Key"][len(base):] for o in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as e:
+            self._fail(e, f"listing {prefix}")
+        return sorted(out)
+
+    # -- layout -------------------------------------------------------------------------------
+    def init(self, default_branch: str) -> None:
+        if self.is_repository():
+            return
+        from .transport import remote_config_bytes
+        try:
+            self.cas_file("config", remote_config_bytes(), ABSENT)
+        except RefConflict:
+            pass  # created meanwhile by another pusher: the refusal itself proves conditional writes
+        else:
+            try:
+                self.cas_file("config", remote_config_bytes(), ABSENT)
+            except RefConflict:
+                pass
+            else:
+                raise MvcError(f"the S3 server of {self.describe()} ignores conditional writes (If-None-Match)",
+                               "refs cannot move safely there: use AWS S3, a recent MinIO, or a directory remote")
+        try:
+            self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
+        except RefConflict:
+            pass
+
+
+def _session(boto3):
+    """One boto3 session per process: loading the service model costs ~0.1 s per new session."""
+    global _SESSION
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            _SESSION = boto3.session.Session()
+        return _SESSION
+
+
+def _code(e) -> str:
+    err = getattr(e, "response", {}).get("Error", {})
+    code = str(err.get("Code", ""))
+    if not code:
+        code = str(getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return code

@@ -1,0 +1,428 @@
+"""Remote contract suite: every case runs against a directory remote and an S3 remote (moto's server
+on loopback). Push/clone fidelity, minimal transfers, resume after an interrupted push (a raising
+transport and a process killed mid-transfer), corruption on fetch, concurrent pushes, fast-forward
+rules and lazy clones."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mvc
+from mvc import remote as rm
+from mvc.cli import cli
+from mvc.errors import CorruptObject, NonFastForward
+from mvc.objects import tree_blob_ids
+from mvc.transport import DirectoryTransport, open_transport
+
+
+# -- the two transports ------------------------------------------------------------------------
+class DirRemote:
+    kind = "dir"
+    endpoint = None
+
+    def __init__(self, tmp_path):
+        self.url = str(tmp_path / "remote.mvc")
+
+    def transport(self):
+        return DirectoryTransport(self.url)
+
+    def object_ids(self):
+        return set(DirectoryTransport(self.url).objects.ids())
+
+    def corrupt(self, oid):
+        path = DirectoryTransport(self.url).objects.path(oid)
+        os.chmod(path, 0o644)
+        with open(path, "wb") as f:
+            f.write(b"not the right bytes")
+
+    def options(self):
+        return []
+
+
+class S3Remote:
+    kind = "s3"
+
+    def __init__(self, endpoint):
+        import boto3
+        self.endpoint = endpoint
+        self.bucket = f"mvc-{uuid.uuid4().hex[:12]}"
+        self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        self.client.create_bucket(Bucket=self.bucket)
+        self.url = f"s3://{self.bucket}/team/models"
+
+    def transport(self):
+        return open_transport(self.url, self.endpoint)
+
+    def object_ids(self):
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix="team/models/objects/")
+        return {o["Key"].split("/")[-2] + o["Key"].split("/")[-1] for p in pages for o in p.get("Contents", [])}
+
+    def corrupt(self, oid):
+        self.client.put_object(Bucket=self.bucket, Key=f"team/models/objects/{oid[:2]}/{oid[2:]}",
+                               Body=b"not the right bytes")
+
+    def options(self):
+        return ["--endpoint", self.endpoint]
+
+
+@pytest.fixture(params=["dir", "s3"])
+def remote(request, tmp_path):
+    if request.param == "dir":
+        return DirRemote(tmp_path)
+    request.getfixturevalue("aws_env")
+    return S3Remote(request.getfixturevalue("s3_endpoint"))
+
+
+class Counting:
+    """Wraps a transport: records the ids it puts; raises after `fail_after` puts; can hold ref
+    updates at a barrier (to line two pushers up)."""
+
+    def __init__(self, inner, fail_after=None, barrier=None):
+        self.inner, self.fail_after, self.barrier = inner, fail_after, barrier
+        self.put_ids = []
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def put(self, oid, data):
+        with self.lock:
+            if self.fail_after is not None and len(self.put_ids) >= self.fail_after:
+                raise ConnectionError("simulated network failure")
+            self.put_ids.append(oid)
+        self.inner.put(oid, data)
+
+    def put_file(self, oid, path):
+        with open(path, "rb") as f:
+            self.put(oid, f.read())
+
+    def update_ref(self, ref, new, expected):
+        if self.barrier is not None and ref.startswith("refs/heads/"):
+            self.barrier.wait(timeout=30)
+        return self.inner.update_ref(ref, new, expected)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def weights(seed, n=6, shape=(16, 16)):
+    g = torch.Generator().manual_seed(seed)
+    return {f"w{i}": torch.randn(*shape, generator=g) for i in range(n)}
+
+
+def new_repo(path, remote=None):
+    repo = mvc.Repo.init(path)
+    if remote is not None:
+        rm.add_remote(repo, "origin", remote.url, remote.endpoint)
+    return repo
+
+
+def invoke(monkeypatch, cwd, *args):
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def checkout_bytes(repo, rev, out):
+    repo.checkout(rev, str(out))
+    return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(out) for f in files}
+
+
+def blob_closure(repo, cid, component):
+    tid = repo.read_commit(cid)["components"][component]
+    return {tid, *tree_blob_ids(repo.read_tree(tid))}
+
+
+# -- contract cases ----------------------------------------------------------------------------
+def test_push_then_clone_reproduces_commits_tags_and_checkouts(remote, tmp_path, monkeypatch):
+    src = new_repo(tmp_path / "src", remote)
+    c1 = src.commit({"core": weights(1)}, message="core")
+    c2 = src.commit({"brick/python": weights(2, n=2, shape=(4, 16))}, message="brick")
+    src.tag("v1", c1)
+    c3 = src.commit({"core": weights(3)}, message="core again", metrics={"loss": 1.5})
+    r = invoke(monkeypatch, src.root, "push", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "new branch" and doc["new"] == c3 and doc["tags"] == ["v1"]
+    assert src.refs.read("refs/remotes/origin/main") == c3
+
+    r = invoke(monkeypatch, tmp_path, "clone", remote.url, "copy", *remote.options())
+    assert r.exit_code == 0, r.output
+    dst = mvc.Repo(tmp_path / "copy")
+    assert [c["id"] for c in dst.log()] == [c3, c2, c1]
+    assert [c for c in dst.log()] == [c for c in src.log()]
+    assert dst.tags() == {"v1": c1} and dst.head_branch == "main"
+    assert dst.get_config("remote.origin.url") == remote.url
+    for rev in (c1, c2, c3):
+        assert checkout_bytes(dst, rev, tmp_path / f"d{rev[:6]}") == checkout_bytes(src, rev, tmp_path / f"s{rev[:6]}")
+    assert dst.fsck()["ok"]
+    assert "AWS" not in open(os.path.join(dst.dir, "config")).read()
+
+
+def test_second_push_of_a_brick_commit_sends_only_the_brick(remote, tmp_path, monkeypatch):
+    repo = new_repo(tmp_path / "src", remote)
+    repo.commit({"core": weights(1, n=8)}, message="core")
+    first = rm.push(repo)
+    assert first["objects_sent"] == 8 + 1 + 1 + 1  # tensors + header blob + tree + commit
+    cid = repo.commit({"brick/python": weights(2, n=3, shape=(4, 16))}, message="brick")
+    brick = blob_closure(repo, cid, "brick/python")  # 3 tensor blobs + 1 header + the tree
+    assert len(brick) == 5
+
+    r = invoke(monkeypatch, repo.root, "push", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    dry = json.loads(r.stdout)
+    assert dry["objects_sent"] == len(brick) + 1 and dry["dry_run"]
+    assert rm.push(repo, dry_run=True)["bytes_sent"] == sum(repo.store.size(o) for o in brick | {cid})
+    assert remote.transport().read_ref("refs/heads/main") != cid  # a dry run moves nothing
+
+    counting = Counting(remote.transport())
+    result = rm.push(repo, transport=counting)
+    assert sorted(counting.put_ids) == sorted(brick | {cid})
+    assert result["objects_sent"] == 6 and result["status"] == "fast-forward"
+    assert rm.push(repo)["objects_sent"] == 0  # up to date
+
+
+def test_interrupted_push_resumes_without_resending(remote, tmp_path):
+    repo = new_repo(tmp_path / "src", remote)
+    repo.commit({"core": weights(1, n=10)}, message="one")
+    cid = repo.commit({"core": weights(2, n=10)}, message="two")
+    total = rm.push(repo, dry_run=True)["objects_sent"]
+    broken = Counting(remote.transport(), fail_after=7)
+    with pytest.raises(ConnectionError):
+        rm.push(repo, transport=broken, jobs=3)
+    arrived = set(broken.put_ids)
+    assert 1 <= len(arrived) <= 7
+    assert remote.transport().read_ref("refs/heads/main") is None  # the ref moves last
+
+    counting = Counting(remote.transport())
+    result = rm.push(repo, transport=counting)
+    assert not arrived & set(counting.put_ids)  # nothing re-sent
+    assert len(arrived) + len(counting.put_ids) == total
+    assert result["objects_present"] >= len(arrived) and result["new"] == cid
+    clone, _ = rm.clone(remote.url, str(tmp_path / "copy"), endpoint=remote.endpoint)
+    assert clone.fsck()["ok"] and clone.head() == cid
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, threading
+    from mvc import Repo, remote as rm
+    repo = Repo(sys.argv[1])
+    limit = int(sys.argv[2])
+    _, t = rm.open_remote(repo, "origin")
+    lock, count = threading.Lock(), [0]
+    def killing(inner):
+        def put(oid, data_or_path):
+            with lock:
+                count[0] += 1
+                if count[0] > limit:
+                    os.kill(os.getpid(), signal.SIGKILL)  # die mid-transfer, no cleanup
+            inner(oid, data_or_path)
+        return put
+    t.put, t.put_file = killing(t.put), killing(t.put_file)
+    rm.push(repo, "origin", transport=t, jobs=2)
+""")
+
+
+def test_push_killed_mid_transfer_resumes(remote, tmp_path):
+    repo = new_repo(tmp_path / "src", remote)
+    repo.commit({"core": weights(1, n=12)}, message="one")
+    total = rm.push(repo, dry_run=True)["objects_sent"]
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, repo.root, "6"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    there = remote.object_ids()
+    assert 1 <= len(there) <= 6
+    counting = Counting(remote.transport())
+    rm.push(repo, transport=counting)
+    assert not there & set(counting.put_ids)
+    assert len(there) + len(counting.put_ids) == total
+    clone, _ = rm.clone(remote.url, str(tmp_path / "copy"), endpoint=remote.endpoint)
+    assert clone.fsck()["ok"] and clone.head() == repo.head()
+
+
+def test_corrupt_object_on_the_remote_is_detected_on_fetch_and_not_stored(remote, tmp_path, monkeypatch):
+    src = new_repo(tmp_path / "src", remote)
+    src.commit({"core": weights(1)}, message="one")
+    rm.push(src)
+    dst, _ = rm.clone(remote.url, str(tmp_path / "copy"), endpoint=remote.endpoint)
+    before = dst.refs.read("refs/remotes/origin/main")
+    cid = src.commit({"core": weights(2)}, message="two")
+    rm.push(src)
+    bad = src.read_tree(src.read_commit(cid)["components"]["core"])["tensors"]["w3"]["id"]
+    remote.corrupt(bad)
+
+    r = invoke(monkeypatch, dst.root, "fetch")
+    assert r.exit_code == 3
+    assert bad in r.stderr and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    dst = mvc.Repo(dst.root)
+    assert not dst.store.has(bad)  # rejected, never stored
+    assert dst.refs.read("refs/remotes/origin/main") == before
+    assert dst.fsck()["ok"]
+
+    r = invoke(monkeypatch, tmp_path, "clone", remote.url, "fresh", *remote.options())
+    assert r.exit_code == 3 and bad in r.stderr
+    assert not mvc.Repo(tmp_path / "fresh").loose.has(bad)
+
+
+def test_concurrent_pushes_to_one_branch_lose_nothing(remote, tmp_path, monkeypatch):
+    base = new_repo(tmp_path / "base", remote)
+    c0 = base.commit({"core": weights(0)}, message="base")
+    rm.push(base)
+    a, _ = rm.clone(remote.url, str(tmp_path / "a"), endpoint=remote.endpoint)
+    b, _ = rm.clone(remote.url, str(tmp_path / "b"), endpoint=remote.endpoint)
+    ca = a.commit({"brick/a": weights(1, n=2)}, message="from a")
+    cb = b.commit({"brick/b": weights(2, n=2)}, message="from b")
+    barrier = threading.Barrier(2)  # both have planned and uploaded before either moves the ref
+    results = {}
+
+    def go(repo, key):
+        try:
+            results[key] = rm.push(repo, transport=Counting(remote.transport(), barrier=barrier))
+        except NonFastForward as e:
+            results[key] = e
+
+    threads = [threading.Thread(target=go, args=(r, k)) for r, k in ((a, "a"), (b, "b"))]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    losers = [k for k, v in results.items() if isinstance(v, NonFastForward)]
+    winners = [k for k, v in results.items() if isinstance(v, dict)]
+    assert len(losers) == 1 and len(winners) == 1, results
+    err = results[losers[0]]
+    assert "another push won" in err.message and "fetch" in err.hint
+    won = {"a": ca, "b": cb}[winners[0]]
+    assert remote.transport().read_ref("refs/heads/main") == won
+    loser_repo = {"a": a, "b": b}[losers[0]]
+    lost = {"a": ca, "b": cb}[losers[0]]
+    assert loser_repo.head() == lost  # the loser still has its commit
+    # the loser is told to fetch: pull refuses the divergence and says what to do
+    r = invoke(monkeypatch, loser_repo.root, "pull")
+    assert r.exit_code == 3 and "diverged" in r.stderr and "--force" in r.stderr
+    assert mvc.Repo(loser_repo.root).refs.read("refs/remotes/origin/main") == won
+    assert mvc.Repo(loser_repo.root).read_commit(won)["parents"] == [c0]
+
+
+def test_non_fast_forward_push_is_refused_without_force(remote, tmp_path, monkeypatch):
+    repo = new_repo(tmp_path / "src", remote)
+    c1 = repo.commit({"core": weights(1)}, message="one")
+    c2 = repo.commit({"core": weights(2)}, message="two")
+    rm.push(repo)
+    repo.rollback(c1)
+    c3 = repo.commit({"core": weights(3)}, message="rewritten")
+    r = invoke(monkeypatch, repo.root, "push")
+    assert r.exit_code == 3
+    assert "rejected" in r.stderr and "--force" in r.stderr and "pull" in r.stderr
+    assert remote.transport().read_ref("refs/heads/main") == c2
+    r = invoke(monkeypatch, repo.root, "push", "--force", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["forced"] and remote.transport().read_ref("refs/heads/main") == c3
+
+    other, _ = rm.clone(remote.url, str(tmp_path / "other"), endpoint=remote.endpoint)
+    c4 = repo.commit({"core": weights(4)}, message="ahead")
+    rm.push(repo)
+    other.commit({"core": weights(5)}, message="stale base")
+    with pytest.raises(NonFastForward):
+        rm.push(other)  # the remote's commit is unknown here: fetch first
+    assert remote.transport().read_ref("refs/heads/main") == c4
+
+
+def test_lazy_clone_loads_a_component_on_demand(remote, tmp_path, monkeypatch):
+    src = new_repo(tmp_path / "src", remote)
+    core = weights(1, n=4)
+    src.commit({"core": core, "brick/python": weights(2, n=2)}, message="one")
+    rm.push(src)
+    r = invoke(monkeypatch, tmp_path, "clone", "--lazy", remote.url, "lazy", *remote.options())
+    assert r.exit_code == 0, r.output
+    lazy = mvc.Repo(tmp_path / "lazy")
+    core_blobs = set(tree_blob_ids(lazy.tree("HEAD", "core")))
+    assert not any(lazy.loose.has(b) for b in core_blobs)  # commits and trees only
+    report = lazy.fsck()
+    assert report["ok"] and report["not_fetched"] == len(core_blobs) + 3  # + the brick's blobs + header
+    assert lazy.gc(grace_s=0)["not_fetched"] == report["not_fetched"]
+
+    state = lazy.load("HEAD", "core")
+    assert set(state) == set(core) and all(torch.equal(state[k], core[k]) for k in core)
+    tensor_blobs = {t["id"] for t in lazy.tree("HEAD", "core")["tensors"].values()}
+    assert all(lazy.loose.has(b) for b in tensor_blobs)  # cached
+    assert lazy.fsck()["not_fetched"] == report["not_fetched"] - len(tensor_blobs)
+    # cached blobs need no remote; the rest come on demand (checkout is byte-identical)
+    assert checkout_bytes(mvc.Repo(lazy.root), "HEAD", tmp_path / "lo") == checkout_bytes(src, "HEAD", tmp_path / "so")
+    lazy.set_config("remote.origin.url", str(tmp_path / "gone"))
+    assert torch.equal(mvc.Repo(lazy.root).load("HEAD", "core")["w0"], core["w0"])
+
+
+def test_lazy_clone_rejects_a_corrupt_blob_on_first_use(remote, tmp_path):
+    src = new_repo(tmp_path / "src", remote)
+    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    rm.push(src)
+    lazy, _ = rm.clone(remote.url, str(tmp_path / "lazy"), lazy=True, endpoint=remote.endpoint)
+    bad = src.read_tree(src.read_commit(cid)["components"]["core"])["tensors"]["w1"]["id"]
+    remote.corrupt(bad)
+    with pytest.raises(CorruptObject, match=bad):
+        lazy.load("HEAD", "core")
+    assert not lazy.loose.has(bad)
+
+
+def test_delete_branch_and_fetch_prunes_it(remote, tmp_path, monkeypatch):
+    repo = new_repo(tmp_path / "src", remote)
+    repo.commit({"core": weights(1)}, message="one")
+    repo.create_branch("experiment")
+    rm.push(repo)
+    rm.push(repo, branch="experiment")
+    other, _ = rm.clone(remote.url, str(tmp_path / "other"), endpoint=remote.endpoint)
+    assert other.refs.read("refs/remotes/origin/experiment")
+    r = invoke(monkeypatch, repo.root, "push", "--delete", "experiment")
+    assert r.exit_code == 0, r.output
+    assert remote.transport().read_ref("refs/heads/experiment") is None
+    assert repo.refs.read("refs/remotes/origin/experiment") is None
+    fetched = rm.fetch(other)
+    assert fetched["refs"] == {"refs/remotes/origin/experiment": {"old": repo.head(), "new": None}}
+    assert other.refs.read("refs/remotes/origin/experiment") is None
+
+
+def test_pull_fast_forwards_and_certificates_travel(remote, tmp_path, monkeypatch):
+    src = new_repo(tmp_path / "src", remote)
+    src.commit({"core": weights(1)}, message="one")
+    rm.push(src)
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    c2 = src.commit({"core": weights(2)}, message="two")
+    data_blob = src.store.put(b"held-out text\n")
+    cert = json.dumps({"type": "certificate", "format": 1, "commit": c2, "passed": True,
+                       "inputs": {"data": data_blob}}, sort_keys=True).encode()
+    cert_id = src.store.put(cert)
+    os.makedirs(os.path.join(src.dir, "certs", c2[:2]), exist_ok=True)
+    with open(os.path.join(src.dir, "certs", c2[:2], c2[2:]), "w") as f:
+        f.write(cert_id + "\n")
+    assert rm.push(src)["certificates"] == 1
+    assert rm.push(src)["certificates"] == 0  # already there
+
+    r = invoke(monkeypatch, dst.root, "pull", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "fast-forward" and doc["new"] == c2 and doc["fetch"]["certificates"] == 1
+    dst = mvc.Repo(dst.root)
+    assert dst.head() == c2
+    assert rm.local_cert_index(dst, c2) == [cert_id]
+    assert dst.store.get(cert_id) == cert and dst.store.get(data_blob) == b"held-out text\n"
+    r = invoke(monkeypatch, dst.root, "pull")
+    assert r.exit_code == 0 and "up to date" in r.stdout
+
+
+def test_fetch_completes_history_left_partial_by_an_interrupted_fetch(remote, tmp_path):
+    src = new_repo(tmp_path / "src", remote)
+    c1 = src.commit({"core": weights(1)}, message="one")
+    c2 = src.commit({"core": weights(2)}, message="two")
+    rm.push(src)
+    dst = new_repo(tmp_path / "dst", remote)
+    # an interrupted fetch left the newest commit with its tree and blobs, but not its parent
+    tid = src.read_commit(c2)["components"]["core"]
+    for oid in [*tree_blob_ids(src.read_tree(tid)), tid, c2]:
+        dst.loose.put(src.store.get(oid), oid=oid)
+    result = rm.fetch(dst)
+    assert result["commits"] == 1 and dst.loose.has(c1)
+    assert dst.refs.read("refs/remotes/origin/main") == c2
+    assert [c["id"] for c in dst.log("origin/main")] == [c2, c1] and dst.fsck()["ok"]

@@ -1,0 +1,180 @@
+"""The remote commands' surface (directory remotes): remote add/list/remove, errors and exit codes,
+dry runs, URL handling, resumed clones, pushing from a lazy clone, and no torch import."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from click.testing import CliRunner
+
+import mvc
+from mvc import remote as rm
+from mvc.cli import cli
+from mvc.transport import DirectoryTransport
+
+
+def invoke(monkeypatch, cwd, *args):
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_remote_add_list_remove(in_repo, tmp_path, monkeypatch):
+    root = in_repo.root
+    r = invoke(monkeypatch, root, "remote", "add", "origin", "../shared.mvc")
+    assert r.exit_code == 0, r.output
+    r = invoke(monkeypatch, root, "remote", "add", "minio", "s3://bucket/team/", "--endpoint", "http://127.0.0.1:9000")
+    assert r.exit_code == 0, r.output
+    assert invoke(monkeypatch, root, "remote").stdout.split() == ["minio", "origin"]
+    verbose = invoke(monkeypatch, root, "remote", "-v").stdout
+    assert f"origin\t{os.path.abspath(os.path.join(root, '..', 'shared.mvc'))}" in verbose
+    assert "minio\ts3://bucket/team (endpoint http://127.0.0.1:9000)" in verbose
+    listed = json.loads(invoke(monkeypatch, root, "remote", "list", "--json").stdout)
+    assert [(x["name"], x["url"], x["endpoint"]) for x in listed] == [
+        ("minio", "s3://bucket/team", "http://127.0.0.1:9000"),
+        ("origin", os.path.abspath(os.path.join(root, "..", "shared.mvc")), None)]
+    assert in_repo.__class__(root).get_config("remote.minio.endpoint") == "http://127.0.0.1:9000"
+
+    r = invoke(monkeypatch, root, "remote", "add", "origin", "/elsewhere")
+    assert r.exit_code == 3 and "already exists" in r.stderr
+    r = invoke(monkeypatch, root, "remote", "add", "bad/name", "/x")
+    assert r.exit_code == 3
+    r = invoke(monkeypatch, root, "remote", "remove", "minio")
+    assert r.exit_code == 0
+    assert invoke(monkeypatch, root, "remote").stdout.split() == ["origin"]
+    r = invoke(monkeypatch, root, "remote", "remove", "minio")
+    assert r.exit_code == 3 and "no remote named" in r.stderr
+
+
+def test_credentials_are_never_written_to_the_config(in_repo, monkeypatch):
+    for args in (["remote", "add", "a", "s3://KEY:SECRET@bucket/p"],
+                 ["remote", "add", "b", "s3://bucket/p", "--endpoint", "http://user:pw@127.0.0.1:9000"]):
+        r = invoke(monkeypatch, in_repo.root, *args)
+        assert r.exit_code == 3 and "credentials are never stored" in r.stderr
+    assert "SECRET" not in open(os.path.join(in_repo.dir, "config")).read()
+    r = invoke(monkeypatch, in_repo.root, "remote", "add", "c", "http://example.com/models")
+    assert r.exit_code == 3 and "unsupported remote URL" in r.stderr
+
+
+def test_errors_are_one_line_with_exit_3(in_repo, tmp_path, monkeypatch):
+    in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    r = invoke(monkeypatch, in_repo.root, "push")
+    assert r.exit_code == 3 and r.stderr.startswith("error: no remote configured")
+    r = invoke(monkeypatch, in_repo.root, "fetch", "nowhere")
+    assert r.exit_code == 3 and "no remote named 'nowhere'" in r.stderr
+    r = invoke(monkeypatch, tmp_path, "clone", str(tmp_path / "missing"), "x")
+    assert r.exit_code == 3 and "no mvc repository" in r.stderr
+    rm.add_remote(in_repo, "origin", str(tmp_path / "r.mvc"))
+    r = invoke(monkeypatch, in_repo.root, "push", "origin", "--delete")
+    assert r.exit_code == 2 and "needs the BRANCH" in r.stderr
+    r = invoke(monkeypatch, in_repo.root, "push", "origin", "nosuch")
+    assert r.exit_code == 3 and "no local branch" in r.stderr
+    r = invoke(monkeypatch, in_repo.root, "push", "--delete", "nosuch")
+    assert r.exit_code == 3
+    os.makedirs(tmp_path / "junk")
+    (tmp_path / "junk" / "file").write_text("x")
+    r = invoke(monkeypatch, in_repo.root, "push", str(tmp_path / "junk"))
+    assert r.exit_code == 3 and "not empty" in r.stderr
+
+
+def test_dry_run_reports_objects_bytes_and_what_is_there(in_repo, tmp_path, monkeypatch):
+    in_repo.commit({"core": {"a": torch.ones(64), "b": torch.zeros(64)}}, message="one")
+    rm.add_remote(in_repo, "origin", str(tmp_path / "r.mvc"))
+    r = invoke(monkeypatch, in_repo.root, "push", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("would send 5 objects,") and "(0 already there)" in r.stdout
+    assert not os.path.exists(tmp_path / "r.mvc")  # nothing created
+    assert invoke(monkeypatch, in_repo.root, "push").exit_code == 0
+    in_repo.commit({"core": {"a": torch.ones(64), "b": torch.full((64,), 2.0)}}, message="two")
+    r = invoke(monkeypatch, in_repo.root, "push", "-n", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["objects_sent"] == 3 and doc["status"] == "fast-forward"  # blob b, tree, commit
+
+
+def test_push_to_a_url_and_push_branch_shorthand(in_repo, tmp_path, monkeypatch):
+    cid = in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    in_repo.create_branch("exp")
+    target = tmp_path / "plain.mvc"
+    r = invoke(monkeypatch, in_repo.root, "push", str(target), "exp")
+    assert r.exit_code == 0, r.output
+    assert DirectoryTransport(str(target)).read_ref("refs/heads/exp") == cid
+    rm.add_remote(in_repo, "origin", str(tmp_path / "o.mvc"))
+    r = invoke(monkeypatch, in_repo.root, "push", "exp")  # a branch, not a remote: origin
+    assert r.exit_code == 0, r.output
+    assert DirectoryTransport(str(tmp_path / "o.mvc")).read_ref("refs/heads/exp") == cid
+
+
+def test_an_mvc_repository_can_be_a_remote(tmp_path):
+    a = mvc.Repo.init(tmp_path / "a")
+    cid = a.commit({"core": {"w": torch.ones(4)}}, message="one")
+    b, info = rm.clone(a.root, str(tmp_path / "b"))
+    assert b.head() == cid and info["branch"] == "main"
+
+
+def test_interrupted_clone_resumes(tmp_path, monkeypatch):
+    src = mvc.Repo.init(tmp_path / "src")
+    src.commit({"core": {f"w{i}": torch.full((8,), float(i)) for i in range(6)}}, message="one")
+    rm.add_remote(src, "origin", str(tmp_path / "r.mvc"))
+    rm.push(src)
+    real_get = DirectoryTransport.get_into
+    calls = []
+
+    def flaky(self, oid, f):
+        calls.append(oid)
+        if len(calls) == 5:
+            raise OSError(5, "simulated I/O error")
+        return real_get(self, oid, f)
+
+    monkeypatch.setattr(DirectoryTransport, "get_into", flaky)
+    try:
+        rm.clone(str(tmp_path / "r.mvc"), str(tmp_path / "c"), jobs=1)
+    except OSError:
+        pass
+    monkeypatch.setattr(DirectoryTransport, "get_into", real_get)
+    partial = mvc.Repo(tmp_path / "c")
+    assert not partial.branches() and len(list(partial.loose.ids())) >= 1
+    r = invoke(monkeypatch, tmp_path, "clone", str(tmp_path / "r.mvc"), "c")
+    assert r.exit_code == 0, r.output
+    assert mvc.Repo(tmp_path / "c").head() == src.head() and mvc.Repo(tmp_path / "c").fsck()["ok"]
+    r = invoke(monkeypatch, tmp_path, "clone", str(tmp_path / "r.mvc"), "c")
+    assert r.exit_code == 3 and "not empty" in r.stderr
+
+
+def test_push_from_a_lazy_clone_to_another_remote_fetches_what_it_lacks(tmp_path):
+    src = mvc.Repo.init(tmp_path / "src")
+    w = torch.randn(32, 32)
+    src.commit({"core": {"w": w}}, message="one")
+    rm.add_remote(src, "origin", str(tmp_path / "r.mvc"))
+    rm.push(src)
+    lazy, _ = rm.clone(str(tmp_path / "r.mvc"), str(tmp_path / "lazy"), lazy=True)
+    rm.add_remote(lazy, "backup", str(tmp_path / "backup.mvc"))
+    assert rm.push(lazy, "backup")["objects_sent"] == 4  # blob, header, tree, commit
+    full, _ = rm.clone(str(tmp_path / "backup.mvc"), str(tmp_path / "full"))
+    assert full.fsck()["ok"] and torch.equal(full.load("HEAD", "core")["w"], w)
+    r = rm.remove_remote
+    try:
+        r(mvc.Repo(lazy.root), "origin")
+        raise AssertionError("removing the promisor remote must need --force")
+    except mvc.MvcError as e:
+        assert "lazy clone" in e.message
+
+
+def test_remote_commands_do_not_import_torch(tmp_path):
+    src = mvc.Repo.init(tmp_path / "src")
+    src.commit({"core": {"w": torch.ones(3)}}, message="x")
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        from click.testing import CliRunner
+        from mvc.cli import cli
+        os.chdir({src.root!r})
+        steps = [["remote", "add", "origin", "../r.mvc"], ["push"], ["push", "--dry-run"], ["fetch"], ["pull"],
+                 ["remote", "-v"], ["clone", "../r.mvc", "../c"], ["clone", "--lazy", "../r.mvc", "../l"]]
+        for args in steps:
+            r = CliRunner().invoke(cli, args)
+            assert r.exit_code == 0, (args, r.output)
+        print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m == "boto3")))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
