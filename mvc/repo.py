@@ -6,6 +6,7 @@ on tensors (committing in-memory tensors, load, diff).
 from __future__ import annotations
 
 import configparser
+import json
 import getpass
 import os
 import re
@@ -604,42 +605,55 @@ class Repo:
 
     # -- maintenance -------------------------------------------------------------------------
     def reachable(self, include_reflogs: bool = True) -> tuple[set[str], list[tuple[str, str]]]:
-        """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)])."""
+        """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
+
+        Certificates attached by the index keep alive every object they name (data blobs,
+        baseline commits, trees), so `mvc verify` still works after `mvc gc`.
+        """
         roots = set(self.refs.list("refs/").values())
         head = self.refs.read("HEAD") if self.refs.head_target() is None else None
         if head:
             roots.add(head)
         if include_reflogs:
             roots |= self.refs.all_reflog_ids()
-        roots |= self.extra_roots()
         seen: set[str] = set()
         missing = []
-        stack = list(roots)
-        while stack:
-            cid = stack.pop()
-            if cid in seen:
-                continue
-            seen.add(cid)
+        stack = [(r, "a ref or reflog", "commit") for r in roots]
+        for cert_id in self.extra_roots():
+            seen.add(cert_id)
             try:
-                c = self.read_commit(cid)
-            except ObjectMissing:
-                missing.append((cid, "a ref or reflog"))
-                continue
+                cert = decode(self.store.get(cert_id), "certificate", cert_id)
             except MvcError:
-                # a certificate or other JSON object kept alive by an index
                 continue
-            stack.extend(p for p in c["parents"] if p not in seen)
-            for name, tid in c["components"].items():
-                if tid in seen:
+            stack += [(o, f"certificate {cert_id[:12]}", "any") for o in _ids_in(cert)]
+        local = [s for s in self.store.stores if not hasattr(s, "not_fetched")]
+        while stack:
+            oid, who, kind = stack.pop()
+            if oid in seen:
+                continue
+            seen.add(oid)
+            if kind == "any":  # named by a certificate: a commit, a tree or a blob
+                if not any(s.has(oid) for s in local):
+                    if not self.store.has(oid):
+                        missing.append((oid, who))
+                    continue  # absent locally but promised by a lazy remote: a blob
+                if self.store.size(oid) > SMALL_OBJECT:
                     continue
-                seen.add(tid)
                 try:
-                    tree = self.read_tree(tid)
-                except ObjectMissing:
-                    missing.append((tid, f"commit {cid[:12]} component {name}"))
-                    continue
-                for bid in tree_blob_ids(tree):
-                    seen.add(bid)
+                    kind = json.loads(self.store.get(oid)).get("type")
+                except (MvcError, ValueError, UnicodeDecodeError, AttributeError):
+                    continue  # a blob
+            try:
+                if kind == "commit":
+                    c = self.read_commit(oid)
+                    stack += [(p, f"commit {oid[:12]}", "commit") for p in c["parents"]]
+                    stack += [(t, f"commit {oid[:12]} component {n}", "tree") for n, t in c["components"].items()]
+                elif kind == "tree":
+                    seen.update(tree_blob_ids(self.read_tree(oid)))
+            except ObjectMissing:
+                missing.append((oid, who))
+            except MvcError:
+                continue  # damaged: fsck reports it
         return seen, missing
 
     def extra_roots(self) -> set[str]:
@@ -779,6 +793,20 @@ class Repo:
                 "dedup_saved_bytes": logical - objects, "compression_saved_bytes": objects - stored,
                 "dedup_ratio": (logical / objects) if objects else None,
                 "compression_ratio": (objects / stored) if stored else None}
+
+
+SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
+
+
+def _ids_in(value) -> set[str]:
+    """Every object id (64-hex string) inside a JSON value."""
+    if isinstance(value, str):
+        return {value} if is_oid(value) else set()
+    if isinstance(value, dict):
+        return set().union(*(_ids_in(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_ids_in(v) for v in value)) if value else set()
+    return set()
 
 
 def _config_section(section: str) -> str:

@@ -229,20 +229,30 @@ class ChainStore(ObjectStore):
     def primary(self) -> ObjectStore:
         return self.stores[0]
 
-    def _find(self, oid):
+    def _read(self, oid, how: str):
+        """Read through the stores in order; an object that moves between stores while we look
+        (a loose object packed by a concurrent `mvc pack`) is found in the next one."""
         for s in self.stores:
             if s.has(oid):
-                return s
+                try:
+                    return getattr(s, how)(oid)
+                except ObjectMissing:
+                    continue
+        for s in self.stores:  # it may have moved behind us: one more pass
+            try:
+                return getattr(s, how)(oid)
+            except ObjectMissing:
+                continue
         raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
 
     def has(self, oid):
         return any(s.has(oid) for s in self.stores)
 
     def get(self, oid):
-        return self._find(oid).get(oid)
+        return self._read(oid, "get")
 
     def view(self, oid):
-        return self._find(oid).view(oid)
+        return self._read(oid, "view")
 
     def put(self, *buffers, oid=None):
         if oid is not None and self.has(oid):
@@ -250,7 +260,7 @@ class ChainStore(ObjectStore):
         return self.primary.put(*buffers, oid=oid)
 
     def size(self, oid):
-        return self._find(oid).size(oid)
+        return self._read(oid, "size")
 
     def ids(self):
         seen = set()

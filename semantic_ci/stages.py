@@ -5,7 +5,7 @@ import torch
 
 from . import certificate
 from .checks import Context, run_check
-from .config import CiConfig
+from .config import Check, CiConfig
 from .models import ModelCache
 from .pipeline import Run, stage_info, train_stage
 from .pipeline_config import Stage
@@ -70,20 +70,137 @@ def train_core(run: Run, stage: Stage):
     return train_stage(run, stage, lambda settings: CoreJob(run, settings), {"stream": stream_id}, None)
 
 
+class BrickJob(TrainerJob):
+    def __init__(self, run: Run, settings: dict, host_commit: str):
+        super().__init__(run, settings)
+        import bricks
+        from .models import build_from_tree
+        repo = run.repo
+        self.model_component = f"brick/{settings['brick_name']}"
+        host = build_from_tree(repo.tree(host_commit, "core"), repo.load(host_commit, "core"))
+        train, heldout, _ = run.stream(settings["stream"])
+        general = run.stream(settings["general_stream"])[0] if settings.get("general_stream") else None
+        brick = bricks.build(settings.get("brick", "sparse"), host=host, seed=int(settings.get("seed", 0)),
+                             **settings.get("options", {}))
+        kw = self.trainer_kwargs(train, heldout)
+        self.trainer = bricks.BrickTrainer(brick, host, train, general=general, **kw)
+
+    def model(self):
+        return self.trainer.brick
+
+    def restore(self, commit: str, keep_schedule: bool = True) -> None:
+        repo = self.run.repo
+        sd = {"brick": repo.load(commit, self.model_component), "optimizer": repo.load(commit, "optimizer"),
+              "train_state": dict(repo.load(commit, "train_state"))}
+        if not keep_schedule:
+            sd["train_state"]["total_steps"] = torch.tensor(self.trainer.total_steps, dtype=torch.int64)
+        self.trainer.load_state_dict({k: {n: t.clone() for n, t in v.items()} for k, v in sd.items()})
+
+
+def train_brick(run: Run, stage: Stage):
+    host = run.ref(stage.get("host"))
+    inputs = {"stream": run.stream(stage.get("stream"))[2], "host": host}
+    if stage.get("general_stream"):
+        inputs["general"] = run.stream(stage.get("general_stream"))[2]
+    return train_stage(run, stage, lambda settings: BrickJob(run, settings, host), inputs, host)
+
+
+def _done(run: Run, stage: Stage, branch: str, key: str, message: str, extra: dict | None = None) -> str:
+    return run.repo.commit({}, message=message, branch=branch, run_hooks=False,
+                           extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key,
+                                               "status": "done", **(extra or {})}})
+
+
+def _unchanged(run: Run, stage: Stage, branch: str, key: str) -> str | None:
+    head = run.repo.branches().get(branch)
+    info = stage_info(run.repo, head)
+    if info.get("key") == key and info.get("status") == "done":
+        run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
+        return head
+    return None
+
+
+def paste(run: Run, stage: Stage):
+    """Paste a brick into each host on a branch <pipeline>/<stage>/<host>; results stage/<host>."""
+    repo = run.repo
+    source = run.ref(stage.get("source"))
+    name = stage.get("brick_name")
+    last = None
+    for h in stage.get("into"):
+        label = h[6:] if h.startswith("stage:") else h
+        host = run.ref(h)
+        branch = f"{run.branch(stage)}/{label}"
+        key = run.key(stage, {"source": source, "host": host})
+        done = _unchanged(run, stage, branch, key)
+        if done is None:
+            repo.refs.update(f"refs/heads/{branch}", host, message=f"pipeline: {stage.name} into {label}")
+            transform = None
+            if stage.get("int8"):
+                transform = _int8_transform(repo, f"brick/{stage.get('as_name') or name}")
+            r = repo.paste_brick(name, source, branch, as_name=stage.get("as_name"), transform=transform,
+                                 mode="int8" if stage.get("int8") else "copy", force=True)
+            run.emit({"event": "paste", "stage": stage.name, "host": label, "commit": r["commit"]})
+            done = _done(run, stage, branch, key, f"{stage.name}: pasted {name} into {label}", {"host": host})
+        run.results[f"{stage.name}/{label}"] = done
+        last = done
+    return last, "passed"
+
+
+def _int8_transform(repo, component: str):
+    def transform(tree):
+        import bricks
+        from mvc.components import build_tree
+        brick = bricks.rebuild(tree, repo.load_tree(tree))
+        return repo.write_object(build_tree(repo.store, component, bricks.quantize(brick)))
+    return transform
+
+
+def int8(run: Run, stage: Stage):
+    """Convert brick/<name> of a commit to its int8 artifact, committed on the stage's branch."""
+    repo = run.repo
+    source = run.ref(stage.get("source"))
+    name = stage.get("brick_name")
+    as_name = stage.get("as_name") or f"{name}-int8"
+    branch = run.branch(stage)
+    key = run.key(stage, {"source": source})
+    done = _unchanged(run, stage, branch, key)
+    if done:
+        return done, "unchanged"
+    repo.refs.update(f"refs/heads/{branch}", source, message=f"pipeline: {stage.name}")
+    tree = repo.tree(source, f"brick/{name}")
+    tid = _int8_transform(repo, f"brick/{as_name}")(tree)
+    q_bytes = sum(f["size"] for f in repo.read_tree(tid)["files"].values())
+    f_bytes = sum(f["size"] for f in tree["files"].values())
+    repo.commit({}, trees={f"brick/{as_name}": tid}, message=f"{stage.name}: int8 artifact of {name}",
+                branch=branch, run_hooks=False, metrics={"artifact_bytes": q_bytes, "float_bytes": f_bytes})
+    return _done(run, stage, branch, key, f"{stage.name}: done"), "passed"
+
+
+def resolve_stage_refs(run: Run, value):
+    """Replace `stage:NAME` strings (also inside lists) by the stages' result commit ids."""
+    if isinstance(value, str) and value.startswith("stage:"):
+        return run.ref(value)
+    if isinstance(value, list):
+        return [resolve_stage_refs(run, v) for v in value]
+    return value
+
+
 def evaluate(run: Run, stage: Stage):
     """Run the stage's checks on a commit (default: the previous stage's result) and certify it."""
     repo = run.repo
     source = stage.get("source") or (f"stage:{list(run.results)[-1]}" if run.results else "HEAD")
     target = run.ref(source)
     branch = run.branch(stage)
-    key = run.key(stage, {"target": target})
+    key = run.key(stage, {"target": target, "refs": {k: v for k, v in run.results.items()}})
     head = repo.branches().get(branch)
     if stage_info(repo, head).get("key") == key and stage_info(repo, head).get("status") == "done":
         run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
         return head, "unchanged"
     ctx = Context(repo, target, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
+    checks = [Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)
+              for c in stage.checks]
     with torch.random.fork_rng(devices=[]):
-        results = [run_check(ctx, c) for c in stage.checks]
+        results = [run_check(ctx, c) for c in checks]
     cert = certificate.make(target, results, None, f"{run.pipeline.path}: stage {stage.name}")
     cert_id = certificate.store(repo, cert)
     run.emit({"event": "gate", "stage": stage.name, "commit": target, "passed": cert["passed"], "certificate": cert_id})
@@ -102,4 +219,4 @@ def evaluate(run: Run, stage: Stage):
     return done, "passed"
 
 
-IMPLS = {"train-core": train_core, "evaluate": evaluate}
+IMPLS = {"train-core": train_core, "train-brick": train_brick, "paste": paste, "int8": int8, "evaluate": evaluate}
