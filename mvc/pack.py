@@ -1,0 +1,345 @@
+"""The read side of packed storage: `PackStore`, a read-only object store over the pack files.
+
+Packs live in `.mvc/objects/pack/` as `pack-<checksum>.pack` + `.idx` (layout: pack_format.py).
+The store loads every index, maps every pack, and reads one object by its index record: it decodes
+the entry (pack_codec.py), applying the XOR delta against its base (read the same way, at most
+`depth` steps), and verifies the result against the object id before returning it. Decoded objects
+that serve as a base are kept in a small LRU cache, so restoring commits in order costs one decode
+each (`_decoded` says why a cached base needs no defensive copy). A lookup that misses rescans the
+directory, so packs written by another process are seen, and a pack removed by a repack stays
+readable for a reader that has it mapped.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+from collections import OrderedDict
+
+from . import pack_format as pf
+from .errors import CorruptObject, MvcError, ObjectMissing
+from .objects import hash_bytes
+from .store import ObjectStore
+
+PACK_DIR = "pack"                # under the objects directory
+DEFAULT_CACHE_BYTES = 256 << 20  # decoded delta bases kept in memory (config pack.cacheMB)
+MAX_CHAIN = 255                  # refuses cycles and absurd chains in a damaged index
+SIMPLE_DECODE_MAX = 1 << 20      # plain entries up to this size are decoded without numpy
+
+
+class Pack:
+    """One pack file and its index: records by id, the mapped pack bytes."""
+
+    def __init__(self, directory: str, name: str):
+        self.name = name
+        self.idx_path = os.path.join(directory, name + ".idx")
+        self.path = os.path.join(directory, name + ".pack")
+        with open(self.idx_path, "rb") as f:
+            data = f.read()
+        where = f"pack index {name}.idx"
+        if len(data) < pf.TRAILER_BYTES or hash_bytes(data[:-pf.TRAILER_BYTES]) != data[-pf.TRAILER_BYTES:].hex():
+            raise CorruptObject(f"{where} is corrupt: its checksum does not match",
+                                "run mvc fsck; mvc gc rewrites packs from intact objects")
+        self.checksum, records = pf.decode_index(data[:-pf.TRAILER_BYTES], where)
+        if pf.pack_name(self.checksum) != name:
+            raise CorruptObject(f"{where} belongs to {pf.pack_name(self.checksum)}, not to {name}", "run mvc fsck")
+        with open(self.path, "rb") as f:   # FileNotFoundError: the pack went away (a repack)
+            self.file_size = os.fstat(f.fileno()).st_size
+            self.mtime = os.fstat(f.fileno()).st_mtime
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.file_size else b""
+        count = pf.check_pack_header(self.map, f"pack {name}.pack")
+        if count != len(records) or bytes(self.map[-pf.TRAILER_BYTES:]) != self.checksum:
+            raise CorruptObject(f"pack {name}.pack does not match its index", "run mvc fsck")
+        end = self.file_size - pf.TRAILER_BYTES
+        for r in records:
+            if r.offset < pf.PACK_HEADER.size or r.offset + r.length > end:
+                raise CorruptObject(f"{where}: object {r.oid} lies outside the pack", "run mvc fsck")
+        self.records = {r.oid: r for r in records}
+
+    def entry(self, r: pf.Record) -> memoryview:
+        return memoryview(self.map)[r.offset: r.offset + r.length]
+
+    def verify_checksum(self) -> bool:
+        return hash_bytes(memoryview(self.map)[: self.file_size - pf.TRAILER_BYTES]) == self.checksum.hex()
+
+    def ordered(self) -> list[pf.Record]:
+        """Records in pack order (bases are written before the deltas that use them)."""
+        return sorted(self.records.values(), key=lambda r: r.offset)
+
+
+class _LRU:
+    """A byte-bounded, thread-safe LRU of decoded objects (numpy arrays)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        if value.nbytes > self.capacity:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.capacity:
+                _k, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def discard(self, key) -> None:
+        with self._lock:
+            value = self._items.pop(key, None)
+            if value is not None:
+                self._bytes -= value.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+class PackStore(ObjectStore):
+    """Read-only store over the packs in `directory`; writes go elsewhere (ChainStore's first store)."""
+
+    def __init__(self, directory: str, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.dir = directory
+        self._lock = threading.RLock()
+        self._names: tuple | None = None
+        self._packs: dict[str, Pack] = {}
+        self._where: dict[str, tuple[Pack, pf.Record]] = {}
+        self._bases: set[str] = set()
+        self.damaged: dict[str, str] = {}   # pack name -> why its index could not be used
+        self.cache = _LRU(cache_bytes)
+
+    @classmethod
+    def for_repo(cls, repo) -> "PackStore":
+        try:
+            mb = float(repo.get_config("pack.cacheMB", DEFAULT_CACHE_BYTES >> 20))
+        except ValueError:
+            mb = DEFAULT_CACHE_BYTES >> 20
+        return cls(os.path.join(repo.dir, "objects", PACK_DIR), cache_bytes=int(mb * (1 << 20)))
+
+    # -- the set of packs --------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Rescan the directory; True when the set of packs changed."""
+        with self._lock:
+            try:
+                names = tuple(sorted(n[:-4] for n in os.listdir(self.dir)
+                                     if n.startswith("pack-") and n.endswith(".idx")))
+            except FileNotFoundError:
+                names = ()
+            if names == self._names:
+                return False
+            packs, damaged, vanished = {}, {}, False
+            for name in names:
+                pack = self._packs.get(name)
+                if pack is None:
+                    try:
+                        pack = Pack(self.dir, name)
+                    except FileNotFoundError:
+                        vanished = True  # removed by a concurrent repack after the listing
+                        continue
+                    except CorruptObject as e:
+                        damaged[name] = e.message
+                        continue
+                packs[name] = pack
+            where: dict[str, tuple[Pack, pf.Record]] = {}
+            bases = set()
+            for pack in sorted(packs.values(), key=lambda p: -p.mtime):  # newest pack first
+                for oid, r in pack.records.items():
+                    where.setdefault(oid, (pack, r))
+                    if r.base:
+                        bases.add(r.base)
+            self._packs, self._where, self._bases, self.damaged = packs, where, bases, damaged
+            self._names = None if vanished else names  # None: list again on the next miss
+            return True
+
+    def packs(self) -> list[Pack]:
+        self.refresh()
+        return list(self._packs.values())
+
+    def lookup(self, oid: str) -> tuple[Pack, pf.Record] | None:
+        hit = self._where.get(oid)
+        for _ in range(3):  # a repack may replace packs between our listing and our reads
+            if hit is not None or not self.refresh():
+                break
+            hit = self._where.get(oid)
+        return hit
+
+    def records(self) -> dict[str, tuple[Pack, pf.Record]]:
+        """Every packed object: id -> (pack, record)."""
+        self.refresh()
+        return dict(self._where)
+
+    # -- the ObjectStore contract ------------------------------------------------------------
+    def has(self, oid):
+        return self.lookup(oid) is not None
+
+    def get(self, oid):
+        return bytes(self._read(oid))
+
+    def view(self, oid):
+        return memoryview(self._read(oid))
+
+    def put(self, *buffers, oid=None):
+        raise MvcError("the pack store is read-only", "objects are written loose and packed by mvc pack")
+
+    def size(self, oid):
+        hit = self.lookup(oid)
+        if hit is None:
+            raise ObjectMissing(f"object {oid} is missing")
+        return hit[1].size
+
+    def ids(self):
+        self.refresh()
+        seen = set()
+        for pack in list(self._packs.values()):
+            for r in pack.ordered():
+                if r.oid not in seen:
+                    seen.add(r.oid)
+                    yield r.oid
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        self.refresh()
+        return sorted(o for o in self._where if o.startswith(prefix))
+
+    def delete(self, oid):
+        """Packed objects are removed by a repack (mvc gc), never one by one."""
+
+    def stored_size(self, oid: str) -> int:
+        """Bytes the object's entry takes in its pack."""
+        hit = self.lookup(oid)
+        if hit is None:
+            raise ObjectMissing(f"object {oid} is missing")
+        return hit[1].length
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _read(self, oid: str):
+        """The object's verified bytes (a uint8 array or a bytearray) for the caller to keep."""
+        cached = self.cache.get(oid)
+        if cached is not None:  # handed out before: the first holder may have changed it
+            data = cached.copy()
+            if hash_bytes(data) == oid:
+                return data
+            self.cache.discard(oid)
+        return self._decoded(oid)[0]
+
+    def _decoded(self, oid: str, chain: tuple = (), use_cache: bool = True):
+        """(bytes, built on a cached base?) of one object, decoded from its pack and verified.
+
+        A decoded object that serves as a base is cached *and* handed to the caller without a copy.
+        The caller may change it, so a cached base is trusted only through the hash of what is
+        decoded on top of it: on a mismatch the chain is decoded again from the pack alone.
+        """
+        if chain and use_cache:
+            cached = self.cache.get(oid)
+            if cached is not None:
+                return cached, True
+        hit = self.lookup(oid)
+        if hit is None:
+            raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+        pack, r = hit
+        where = f"object {oid} in {pack.name}.pack"
+        base, tainted = None, False
+        if r.encoding == pf.XOR:
+            if not r.base or r.base == oid or r.base in chain or len(chain) > MAX_CHAIN:
+                raise CorruptObject(f"{where} has an invalid delta base", "run mvc fsck")
+            if self.lookup(r.base) is None:
+                raise CorruptObject(f"{where} is a delta against {r.base}, which is in no pack",
+                                    "run mvc fsck; a pack file may have been deleted by hand")
+            try:
+                base, tainted = self._decoded(r.base, chain + (oid,), use_cache)
+            except CorruptObject as e:
+                raise CorruptObject(f"{where} cannot be read: its delta base is damaged: {e.message}",
+                                    e.hint) from None
+        arr = pf_decode(pack.entry(r), r.encoding, r.size, base, where)
+        got = hash_bytes(arr)
+        if got != oid:
+            if tainted:  # a cached base was changed by whoever holds it: decode from the pack alone
+                self.cache.discard(r.base)
+                return self._decoded(oid, chain, use_cache=False)
+            raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
+                                "run mvc fsck; fetch the object again from a remote if you have one")
+        if use_cache and oid in self._bases and hasattr(arr, "nbytes"):
+            self.cache.put(oid, arr)
+        return arr, tainted
+
+    def verify(self, progress=None) -> list[dict]:
+        """Problems of the packs themselves (indexes that cannot be used, pack checksums)."""
+        self.refresh()
+        problems = [{"id": f"{name}.idx", "problem": why} for name, why in sorted(self.damaged.items())]
+        for pack in sorted(self._packs.values(), key=lambda p: p.name):
+            if not pack.verify_checksum():
+                problems.append({"id": f"{pack.name}.pack",
+                                 "problem": f"pack file is corrupt: its checksum does not match "
+                                            f"({len(pack.records)} objects in it)"})
+            if progress:
+                progress(pack.file_size)
+        return problems
+
+
+def pf_decode(entry, encoding, size, base, where):
+    """Decode one entry. Small plain entries (commits, trees, headers) are decoded without numpy,
+    so commands that only read metadata start fast; the rest go to pack_codec."""
+    if encoding == pf.RAW or (encoding == pf.ZSTD and size <= SIMPLE_DECODE_MAX):
+        return _decode_simple(entry, encoding, size, where)
+    from .pack_codec import decode
+    return decode(entry, encoding, size, base, where)
+
+
+def _decode_simple(entry, encoding, size, where) -> bytearray:
+    entry = memoryview(entry)
+    if encoding == pf.RAW:
+        if len(entry) != size:
+            raise CorruptObject(f"{where} is corrupt: raw entry of {len(entry)} bytes for a {size}-byte object",
+                                "run mvc fsck")
+        return bytearray(entry)
+    import zstandard
+    h = pf.decode_entry_header(entry, size, where)
+    if h.itemsize != 1:
+        raise CorruptObject(f"{where} is corrupt: a zstd entry with {h.itemsize}-byte elements", "run mvc fsck")
+    start = pf.ENTRY_HEADER.size
+    out = bytearray(entry[start: start + h.prefix_len])
+    lengths = struct.unpack_from(f"<{h.chunks}I", entry, start + h.prefix_len)
+    pos = h.body_offset
+    dctx = zstandard.ZstdDecompressor()
+    for c, n in enumerate(lengths):
+        m = min(h.chunk_elems, size - h.prefix_len - c * h.chunk_elems)
+        ln = n & ~pf.RAW_FLAG
+        frame = entry[pos: pos + ln]
+        pos += ln
+        try:
+            if n & pf.RAW_FLAG:
+                chunk = frame
+            elif zstandard.frame_content_size(frame) != m:
+                raise zstandard.ZstdError("frame size does not match")
+            else:
+                chunk = dctx.decompress(frame)
+        except zstandard.ZstdError as err:
+            raise CorruptObject(f"{where} is corrupt: chunk {c} does not decompress ({err})", "run mvc fsck") from None
+        if len(chunk) != m:
+            raise CorruptObject(f"{where} is corrupt: chunk {c} has the wrong size", "run mvc fsck")
+        out += chunk
+    if pos != len(entry):
+        raise CorruptObject(f"{where} is corrupt: its chunk table does not match the entry length", "run mvc fsck")
+    return out
+
+
+def pack_store_of(store) -> PackStore | None:
+    """The PackStore inside a ChainStore (or the store itself)."""
+    if isinstance(store, PackStore):
+        return store
+    for s in getattr(store, "stores", ()):
+        if isinstance(s, PackStore):
+            return s
+    return None

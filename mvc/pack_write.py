@@ -1,0 +1,426 @@
+"""Packing: choose each object's encoding and XOR base from the commit graph and write packs atomically.
+
+`pack(repo)` moves reachable loose objects into a new pack; `pack(repo, full=True)` (what gc runs)
+rewrites every reachable object, and packed unreachable ones younger than the grace period, into
+one pack and removes the old packs. Rules:
+
+- The XOR base of a tensor blob is the same tensor name in the same component of the parent
+  commit, at the blob's first appearance in a parents-first walk of every commit reachable from
+  refs and reflogs; bases therefore always appeared earlier and chains cannot loop. A delta is
+  used only while the chain stays within `pack.maxDepth` (default 8) and only when it is the
+  smallest encoding; float32, bfloat16 and float16 blobs are byte grouped, other tensor blobs,
+  commits, trees, headers and raw files are zstd'd; any object is stored raw when that is smaller.
+- Only reachable objects are packed, so blobs of an in-flight commit stay loose.
+- The pack is written to a temporary file, fsync'd and renamed, then its index the same way (a pack
+  is visible only through its index); every object is then read back from the new pack and
+  verified, and only then are the loose copies (and, for a full repack, the old packs) deleted.
+  Readers therefore always find each object loose or packed.
+
+This module works on a `Repo` passed in (it never imports repo.py) and never imports torch.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import time
+import uuid
+import warnings
+
+from . import pack_format as pf
+from . import safetensors_format as stf
+from .errors import BadInput, ConfigError, CorruptObject, LockHeld, MvcError
+from .files import LockFile
+from .objects import hash_bytes
+from .pack import PACK_DIR, PackStore, pack_store_of
+from .store import fsync_dir
+
+DEFAULT_MAX_DEPTH = 8
+TMP_PREFIX = "tmp-"
+LOCK_TIMEOUT_S = 600.0
+WRITER_CACHE_BYTES = 512 << 20   # recently read objects kept to serve as XOR bases
+
+
+def _config_int(repo, key: str, default: int, low: int = 0) -> int:
+    raw = repo.get_config(key, None)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"config {key} = {raw!r} is not an integer", f"mvc config {key} {default}") from None
+    if value < low:
+        raise ConfigError(f"config {key} = {value} must be at least {low}")
+    return value
+
+
+def _pack_dir(repo) -> str:
+    return os.path.join(repo.dir, "objects", PACK_DIR)
+
+
+def _store(repo) -> PackStore:
+    ps = pack_store_of(repo.store)
+    return ps if ps is not None else PackStore(_pack_dir(repo))
+
+
+def commits_parents_first(repo) -> list[str]:
+    """Every commit reachable from refs, reflogs and a detached HEAD; parents before children."""
+    roots = set(repo.refs.list("refs/").values()) | repo.refs.all_reflog_ids()
+    head = repo.refs.read("HEAD")
+    if head:
+        roots.add(head)
+    order, state = [], set()
+    for root in sorted(roots):
+        stack = [(root, False)]
+        while stack:
+            cid, done = stack.pop()
+            if done:
+                order.append(cid)
+                continue
+            if cid in state:
+                continue
+            state.add(cid)
+            try:
+                c = repo.read_commit(cid)
+            except MvcError:
+                continue  # a certificate or a missing commit: fsck reports the latter
+            stack.append((cid, True))
+            stack.extend((p, False) for p in reversed(c["parents"]) if p not in state)
+    return order
+
+
+def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
+    """(first-appearance rank of each tensor blob, its XOR base candidate, its dtype)."""
+    rank: dict[str, int] = {}
+    base_of: dict[str, str] = {}
+    dtype_of: dict[str, str] = {}
+    done_trees: set[str] = set()
+    from .pack_codec import GROUPED_DTYPES
+    for cid in commits_parents_first(repo):
+        c = repo.read_commit(cid)
+        parent = None
+        if c["parents"]:
+            try:
+                parent = repo.read_commit(c["parents"][0])["components"]
+            except MvcError:
+                parent = None
+        for name, tid in sorted(c["components"].items()):
+            if tid in done_trees:
+                continue
+            done_trees.add(tid)
+            try:
+                tree = repo.read_tree(tid)
+            except MvcError:
+                continue
+            ptree = None
+            if parent and parent.get(name) and parent[name] != tid:
+                try:
+                    ptree = repo.read_tree(parent[name])
+                except MvcError:
+                    ptree = None
+            for tname, t in tree["tensors"].items():
+                oid = t["id"]
+                if "alias" in t or oid in rank:
+                    continue
+                rank[oid] = len(rank)
+                dtype_of[oid] = t["dtype"]
+                pt = ptree["tensors"].get(tname) if ptree else None
+                if (pt and "alias" not in pt and pt["id"] != oid and pt["dtype"] == t["dtype"]
+                        and pt["shape"] == t["shape"] and t["dtype"] in GROUPED_DTYPES):
+                    base_of[oid] = pt["id"]
+    return rank, base_of, dtype_of
+
+
+class Packer:
+    """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
+
+    def __init__(self, repo, full: bool = False, grace_s: float | None = None):
+        self.repo = repo
+        self.full = full
+        self.grace_s = 3600.0 if grace_s is None else grace_s
+        self.max_depth = _config_int(repo, "pack.maxDepth", DEFAULT_MAX_DEPTH)
+        self.level = _config_int(repo, "pack.level", 1, low=-7)
+        self.verify = repo.get_config("pack.verify", "true").lower() not in ("false", "0", "no")
+        self.lock = LockFile(os.path.join(repo.dir, "pack.lock"), timeout=LOCK_TIMEOUT_S, what="packing")
+        self.targets: list[str] = []
+        self.total_bytes = 0
+
+    def __enter__(self):
+        self.lock.acquire()
+        try:
+            self._plan()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+    # -- planning ----------------------------------------------------------------------------
+    def _plan(self) -> None:
+        repo = self.repo
+        self.ps = _store(repo)
+        self.ps.refresh()
+        self.packed = self.ps.records()
+        self.old_packs = self.ps.packs()
+        live, _missing = repo.reachable()
+        loose = set(repo.loose.ids())
+        self.rank, self.base_of, self.dtype_of = history_bases(repo)
+        if self.full:
+            now = time.time()
+            young = {oid for oid, (p, _r) in self.packed.items()
+                     if oid not in live and now - p.mtime < self.grace_s}
+            gone = [r for oid, (_p, r) in self.packed.items() if oid not in live and oid not in young]
+            self.dropped, self.dropped_bytes = len(gone), sum(r.length for r in gone)
+            targets = {oid for oid in live if oid in loose or oid in self.packed} | young
+            if len(self.old_packs) <= 1 and not self.dropped and not (targets & loose):
+                targets = set()  # already one pack holding exactly what should be kept
+        else:
+            self.dropped = self.dropped_bytes = 0
+            targets = {oid for oid in live if oid in loose and oid not in self.packed}
+        # packed elsewhere already: their loose copies go once this run is durable
+        self.loose_dups = {oid for oid in loose if oid in self.packed} if not (self.full and targets) else set()
+        self.loose_targets = {oid for oid in targets if oid in loose}
+        big = len(self.rank) + 1
+        self.targets = sorted(targets, key=lambda o: (o in self.rank, self.rank.get(o, big), o))
+        self.total_bytes = sum(self.packed[o][1].size if o in self.packed else repo.loose.size(o)
+                               for o in self.targets)
+
+    # -- writing -----------------------------------------------------------------------------
+    def run(self, progress=None, dry_run: bool = False) -> dict:
+        """Write the pack and remove what it replaces; `dry_run` only reports the plan."""
+        t0 = time.perf_counter()
+        stats = {"full": self.full, "packed": len(self.targets), "bytes_before": 0, "bytes_after": 0,
+                 "encodings": {name: 0 for name in pf.ENCODING_NAMES.values()}, "reused": 0,
+                 "pack": None, "loose_removed": 0, "packs_removed": 0, "dropped": self.dropped,
+                 "dropped_bytes": self.dropped_bytes, "max_depth": self.max_depth, "seconds": 0.0,
+                 "dry_run": dry_run}
+        if dry_run:
+            stats["bytes_before"] = self.total_bytes
+            return stats
+        name = None
+        if self.targets:
+            name, records, reused = self._write(progress)
+            stats["pack"] = name
+            stats["reused"] = reused
+            stats["bytes_before"] = sum(r.size for r in records)
+            stats["bytes_after"] = sum(os.path.getsize(os.path.join(self.ps.dir, name + ext))
+                                       for ext in (".pack", ".idx"))
+            for r in records:
+                stats["encodings"][pf.ENCODING_NAMES[r.encoding]] += 1
+            stats["depth_max_written"] = max((r.depth for r in records), default=0)
+        self.ps.refresh()  # this process's readers see the new pack before loose copies go
+        for oid in sorted(self.loose_targets | self.loose_dups):
+            self.repo.loose.delete(oid)
+            stats["loose_removed"] += 1
+        if self.full and name:
+            for pack in self.old_packs:
+                if pack.name != name:
+                    for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
+                        try:
+                            os.unlink(path)
+                        except FileNotFoundError:
+                            pass
+                    stats["packs_removed"] += 1
+            fsync_dir(self.ps.dir)
+        if self.full:
+            self._remove_stale_tmp()
+        self.ps.refresh()
+        stats["seconds"] = time.perf_counter() - t0
+        return stats
+
+    def _read(self, oid: str, recent: dict):
+        data = recent.get(oid)
+        if data is None:
+            data = self.repo.store.view(oid)
+            recent[oid] = data
+            self._recent_bytes += len(data)
+            while self._recent_bytes > WRITER_CACHE_BYTES and len(recent) > 1:
+                old = recent.pop(next(iter(recent)))
+                self._recent_bytes -= len(old)
+        return data
+
+    def _encode(self, oid: str, depth_of: dict, recent: dict):
+        """(Encoded, base id or None, depth, object size) for one object."""
+        from .pack_codec import GROUPED_DTYPES, encode
+        data = self._read(oid, recent)
+        dtype = self.dtype_of.get(oid)
+        if dtype is None:
+            return encode(data, level=self.level), None, 0, len(data)
+        try:
+            e = stf.parse_blob(data, f"blob {oid[:12]}")
+        except BadInput:
+            return encode(data, level=self.level), None, 0, len(data)
+        itemsize = GROUPED_DTYPES.get(e.dtype, 1)
+        base = self.base_of.get(oid)
+        base_depth = None
+        if base is not None:
+            if base in depth_of:
+                base_depth = depth_of[base]
+            elif not self.full and base in self.packed:
+                base_depth = self.packed[base][1].depth
+        if base_depth is None or base_depth + 1 > self.max_depth:
+            base = None
+        base_data = self._read(base, recent) if base else None
+        enc = encode(data, e.begin, itemsize, base_data, level=self.level)
+        if enc.encoding == pf.XOR:
+            return enc, base, base_depth + 1, len(data)
+        return enc, None, 0, len(data)
+
+    def _write(self, progress) -> tuple[str, list[pf.Record], int]:
+        os.makedirs(self.ps.dir, exist_ok=True)
+        tmp = os.path.join(self.ps.dir, f"{TMP_PREFIX}{uuid.uuid4().hex}.pack")
+        records: list[pf.Record] = []
+        depth_of: dict[str, int] = {}
+        recent: dict = {}
+        self._recent_bytes = 0
+        reused = 0
+        try:
+            with open(tmp, "w+b") as f:
+                put = f.write
+                put(pf.encode_pack_header(len(self.targets)))
+                offset = pf.PACK_HEADER.size
+                for oid in self.targets:
+                    old = self.packed.get(oid)
+                    if self.full and old is not None and self._reusable(old[1], depth_of):
+                        pack, r = old
+                        piece = pack.entry(r)
+                        put(piece)
+                        base, depth, encoding, length, size = r.base, (depth_of[r.base] + 1 if r.base else 0), \
+                            r.encoding, r.length, r.size
+                        reused += 1
+                    else:
+                        enc, base, depth, size = self._encode(oid, depth_of, recent)
+                        for piece in enc.parts:
+                            put(piece)
+                        encoding, length = enc.encoding, enc.length
+                    records.append(pf.Record(oid, base, offset, length, size, encoding, depth))
+                    depth_of[oid] = depth
+                    offset += length
+                    if progress:
+                        progress(size)
+                f.flush()
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as written:
+                    checksum = bytes.fromhex(hash_bytes(written))  # all cores, unlike piecewise updates
+                f.write(checksum)
+                f.flush()
+                os.fsync(f.fileno())
+            name = pf.pack_name(checksum)
+            final = os.path.join(self.ps.dir, name)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final + ".pack")
+            index = pf.encode_index(records, checksum)
+            tmp_idx = os.path.join(self.ps.dir, f"{TMP_PREFIX}{uuid.uuid4().hex}.idx")
+            tmp = tmp_idx
+            with open(tmp_idx, "wb") as f:
+                f.write(index + bytes.fromhex(hash_bytes(index)))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp_idx, 0o444)
+            os.replace(tmp_idx, final + ".idx")
+            fsync_dir(self.ps.dir)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        if self.verify:
+            self._verify_written(name, records)
+        return name, records, reused
+
+    def _reusable(self, r: pf.Record, depth_of: dict) -> bool:
+        if r.encoding != pf.XOR:
+            return True
+        return r.base in depth_of and depth_of[r.base] + 1 <= self.max_depth
+
+    def _verify_written(self, name: str, records: list[pf.Record]) -> None:
+        """Read every object back from the new pack; on any failure remove it before anything else."""
+        fresh = PackStore(self.ps.dir, cache_bytes=self.ps.cache.capacity)
+        try:
+            pack = fresh._packs.get(name) if fresh.refresh() else None
+            if pack is None:
+                raise CorruptObject(f"the new pack {name} cannot be opened")
+            for r in sorted(records, key=lambda r: r.offset):
+                fresh._where[r.oid] = (pack, pack.records[r.oid])  # read this pack's copy, not another's
+                fresh._read(r.oid)
+        except MvcError as e:
+            for ext in (".idx", ".pack"):
+                try:
+                    os.unlink(os.path.join(self.ps.dir, name + ext))
+                except FileNotFoundError:
+                    pass
+            raise CorruptObject(f"packing failed verification, nothing was removed: {e.message}",
+                                "this is a bug in mvc; please report it") from None
+
+    def _remove_stale_tmp(self) -> None:
+        now = time.time()
+        for n in os.listdir(self.ps.dir):
+            if n.startswith(TMP_PREFIX):
+                p = os.path.join(self.ps.dir, n)
+                try:
+                    if now - os.stat(p).st_mtime >= self.grace_s:
+                        os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+
+def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False) -> dict:
+    """Pack reachable loose objects (full: repack everything into one pack). Returns statistics."""
+    with Packer(repo, full=full, grace_s=grace_s) as p:
+        return p.run(progress, dry_run=dry_run)
+
+
+def maybe_autopack(repo, cid: str) -> dict | None:
+    """Pack when `pack.autoEvery = K` is set and K first-parent commits up to `cid` are loose."""
+    k = _config_int(repo, "pack.autoEvery", 0)
+    if k <= 0:
+        return None
+    n, c = 0, cid
+    while c and n < k and repo.loose.has(c):
+        n += 1
+        parents = repo.read_commit(c)["parents"]
+        c = parents[0] if parents else None
+    if n < k:
+        return None
+    try:
+        return pack(repo)
+    except LockHeld:
+        return None  # another process is packing right now
+    except MvcError as e:  # the commit itself has succeeded: say so, do not fail it
+        warnings.warn(f"automatic packing after commit {cid[:12]} failed: {e}")
+        return None
+
+
+def storage_usage(repo) -> dict:
+    """Objects, their own bytes, and the bytes on disk (loose files, pack files and indexes)."""
+    ps = _store(repo)
+    packed = ps.records()
+    object_bytes = loose_disk = loose_count = 0
+    for oid in repo.loose.ids():
+        try:
+            n = repo.loose.size(oid)
+        except MvcError:
+            continue
+        loose_count += 1
+        loose_disk += n
+        if oid not in packed:
+            object_bytes += n
+    object_bytes += sum(r.size for _p, r in packed.values())
+    pack_disk = 0
+    packs = ps.packs()
+    for p in packs:
+        pack_disk += p.file_size
+        try:
+            pack_disk += os.path.getsize(p.idx_path)
+        except FileNotFoundError:
+            pass
+    count = len(packed) + sum(1 for oid in repo.loose.ids() if oid not in packed)
+    return {"objects": count, "object_bytes": object_bytes, "stored_bytes": loose_disk + pack_disk,
+            "loose_objects": loose_count, "loose_bytes": loose_disk, "packed_objects": len(packed),
+            "pack_files": len(packs), "pack_bytes": pack_disk}
+
+
+def pack_problems(repo, progress=None) -> list[dict]:
+    """Damaged pack indexes and pack files, for fsck."""
+    return _store(repo).verify(progress)
