@@ -460,6 +460,12 @@ def gc(dry_run, grace, as_json):
         verb = "would remove" if dry_run else "removed"
         click.echo(f"{verb} {r['removed']} objects, {human_bytes(r['bytes_freed'])} "
                    f"({r['kept_recent']} recent unreachable objects kept)")
+        p = r.get("pack")
+        if p and p.get("packed"):
+            click.echo(f"packed {p['packed']} objects: {human_bytes(p['bytes_before'])} -> "
+                       f"{human_bytes(p['bytes_after'])}")
+        if r.get("not_fetched"):
+            click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone)")
 
 
 @cli.command()
@@ -476,6 +482,8 @@ def fsck(as_json):
         for p in r["problems"]:
             click.echo(f"damaged: {p['id']}: {p['problem']}")
         click.echo(f"checked {r['checked']} objects: " + ("ok" if r["ok"] else f"{len(r['problems'])} problems"))
+        if r.get("not_fetched"):
+            click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone): not damage")
     if not r["ok"]:
         sys.exit(1)
 
@@ -488,10 +496,14 @@ def du(as_json):
     if as_json:
         emit_json(r)
     else:
-        ratio = f"{r['dedup_ratio']:.2f}x" if r["dedup_ratio"] else "-"
-        click.echo(f"{r['commits']} commits, {r['objects']} objects\n"
-                   f"stored:  {human_bytes(r['stored_bytes'])}\nlogical: {human_bytes(r['logical_bytes'])}\n"
-                   f"dedup:   {ratio}")
+        ratio = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
+        click.echo(f"{r['commits']} commits, {r['objects']} objects "
+                   f"({r.get('loose_objects', r['objects'])} loose, {r.get('packed_objects', 0)} packed)\n"
+                   f"logical:     {human_bytes(r['logical_bytes'])} (every commit as plain files)\n"
+                   f"after dedup: {human_bytes(r.get('object_bytes', r['stored_bytes']))} "
+                   f"({ratio(r['dedup_ratio'])}, saved {human_bytes(r.get('dedup_saved_bytes'))})\n"
+                   f"on disk:     {human_bytes(r['stored_bytes'])} "
+                   f"(compression {ratio(r.get('compression_ratio'))}, saved {human_bytes(r.get('compression_saved_bytes'))})")
 
 
 @cli.command("config")
