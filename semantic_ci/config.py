@@ -16,7 +16,7 @@ CHECK_KEYS = {
     "exact-logits": {"baseline", "tolerance", "host", "roundtrip"},
     "ppl-ratio": {"baseline", "data", "max_ratio", "bootstrap"},
     "migration": {"brick", "hosts", "mode", "domain_data", "general_data", "max_domain_ratio",
-                  "max_general_ratio", "source", "int8"},
+                  "max_general_ratio", "source", "int8", "probe"},
 }
 DEFAULT_PROBE_BYTES = 4096
 DEFAULT_WINDOW = 256

@@ -53,6 +53,8 @@ def run_migration(ctx: Context, check: Check) -> dict:
     if mode == "copy":
         return _copy(ctx, check, source, hosts, comp, inputs)
     tree, brick = _brick(ctx, source, name, bool(check.get("int8")))
+    if mode == "function":
+        return _function(ctx, check, source, hosts, brick, window, inputs)
     if mode == "exact":
         return _exact(ctx, check, source, hosts, brick, window, inputs)
     return _bounded(ctx, check, hosts, brick, window, inputs)
@@ -71,6 +73,43 @@ def _copy(ctx, check, source, hosts, comp, inputs) -> dict:
         ok &= same
     figs["tensor_ids_equal"] = ok
     return result(check, "passed" if ok else "failed", figs, {"tensor_ids_equal": True}, inputs)
+
+
+def _function(ctx, check, source, hosts, brick, window, inputs) -> dict:
+    """L1: on equal ABI inputs (the source host's states), the brick's decoded output is
+    bit-identical on every host (it is, when every host decodes through the canonical head)."""
+    import torch
+    from bricks import decode_delta
+    data, data_id, desc = read_data(ctx.repo, check.get("probe"), check.get("probe_bytes", ctx.config.probe_bytes))
+    inputs.update(data=data_id, data_desc=desc)
+    src_host = ctx.models.get(source, "core")
+
+    def outputs(host):
+        outs = []
+        with torch.inference_mode():
+            for _off, chunk in ev.windows(data, window):
+                x = torch.frombuffer(bytearray(chunk[:-1]), dtype=torch.uint8).long().unsqueeze(0)
+                if brick.brick_kind == "portable":
+                    outs.append(brick(x))
+                    continue
+                _, abi, _ = src_host.forward_with_abi(x)
+                outs.append(decode_delta(host.head.weight, brick(x, abi)))
+        return torch.cat([o.reshape(-1, 256) for o in outs])
+
+    ref = outputs(src_host)
+    figs = {"hosts": {}}
+    all_equal = True
+    for h in hosts:
+        out = outputs(ctx.models.get(h, "core"))
+        same = out.shape == ref.shape and torch.equal(out.view(torch.int32), ref.view(torch.int32))
+        delta = float((out.double() - ref.double()).abs().max()) if out.shape == ref.shape else None
+        figs["hosts"][h[:12]] = {"identical": same, "max_abs_delta": delta}
+        all_equal &= same
+    figs["identical"] = all_equal
+    figs["max_abs_delta"] = max((v["max_abs_delta"] or 0.0) for v in figs["hosts"].values()) if hosts else 0.0
+    figs["worst_ppl_ratio"] = None
+    return result(check, "passed" if all_equal else "failed", figs, {"max_abs_delta": 0.0}, inputs,
+                  ev.envelope("float32", window))
 
 
 def _exact(ctx, check, source, hosts, brick, window, inputs) -> dict:

@@ -89,13 +89,23 @@ class Pipeline:
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
+    """Profile overrides: tables merge key by key; arrays of named tables (checks) merge by name."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
+        elif _named_tables(v) and _named_tables(out.get(k)):
+            merged = {t["name"]: t for t in out[k]}
+            for t in v:
+                merged[t["name"]] = _deep_merge(merged.get(t["name"], {}), t)
+            out[k] = list(merged.values())
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _named_tables(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(t, dict) and "name" in t for t in v)
 
 
 def load(path: str, profile: str | None = None) -> Pipeline:

@@ -7,18 +7,15 @@ from .report import figure_text
 
 
 def certificate_rows(repo, summary: dict) -> list[dict]:
-    rows = []
+    """One row per check of every evaluate stage's certificate."""
+    rows, seen = [], set()
     for st in summary["stages"]:
         commit = st.get("commit")
-        if not commit:
+        info = repo.read_commit(commit).get("extra", {}).get("pipeline", {}) if commit else {}
+        cert_id = info.get("certificate")
+        if not cert_id or cert_id in seen:
             continue
-        info = repo.read_commit(commit).get("extra", {}).get("pipeline", {})
-        target = info.get("target", commit)
-        certs = certificate.of_commit(repo, target) or certificate.of_commit(repo, repo.read_commit(commit)["parents"][0]) \
-            if repo.read_commit(commit)["parents"] else certificate.of_commit(repo, target)
-        if not certs:
-            continue
-        cert_id = certs[-1]
+        seen.add(cert_id)
         for c in certificate.read(repo, cert_id)["checks"]:
             fig, th = figure_text(c)
             rows.append({"stage": st["stage"], "claim": c["name"], "evidence": cert_id, "result": fig,

@@ -29,8 +29,20 @@ def figure_text(check: dict) -> tuple[str, str]:
         return (f"ratio {_fmt(figs['ratio'])} (95% {_fmt(figs['ratio_ci95'])}), bpb {_fmt(figs['bpb'])} vs "
                 f"{_fmt(figs['baseline_bpb'])}", f"<= {_fmt(th.get('max_ratio'))}")
     if check["kind"] == "migration" and figs:
-        parts = [f"{k}={_fmt(v)}" for k, v in figs.items() if not isinstance(v, dict) and k != "hosts"]
-        return ", ".join(parts), ", ".join(f"{k} {_fmt(v)}" for k, v in th.items())
+        n = len(figs.get("hosts", {}))
+        if "worst_domain_ratio" in figs:
+            text = f"domain ratio {figs['worst_domain_ratio']:.4f}"
+            if "worst_general_ratio" in figs:
+                text += f", general {figs['worst_general_ratio']:.4f}"
+            bound = f"<= {_fmt(th.get('max_domain_ratio'))}" + (
+                f" / {_fmt(th['max_general_ratio'])}" if "max_general_ratio" in th else "")
+            return text + f" (worst of {n} hosts)", bound
+        if "identical" in figs:
+            return (f"max logit diff {_fmt(figs['max_abs_delta'])}, PPL ratio {_fmt(figs['worst_ppl_ratio'])}"
+                    f" ({n} hosts)", "diff 0, ratio 1.0")
+        if "tensor_ids_equal" in figs:
+            return f"tensor ids equal: {figs['tensor_ids_equal']} ({n} hosts)", "equal"
+        return check.get("note") or "-", "-"
     return check.get("note") or "-", "-"
 
 

@@ -88,7 +88,8 @@ def verify(repo, rev_or_cert: str) -> dict:
         if "baseline" in inputs:
             params["baseline"] = inputs["baseline"]["commit"]
         data_keys = {"exact-logits": {"data": "probe"}, "ppl-ratio": {"data": "data"},
-                     "migration": {"domain_data": "domain_data", "general_data": "general_data"}}[stored["kind"]]
+                     "migration": {"domain_data": "domain_data", "general_data": "general_data",
+                                   "data": "probe"}}[stored["kind"]]
         for input_key, param_key in data_keys.items():
             if inputs.get(input_key):
                 params[param_key] = "blob:" + inputs[input_key]

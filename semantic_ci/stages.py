@@ -177,9 +177,12 @@ def int8(run: Run, stage: Stage):
 
 
 def resolve_stage_refs(run: Run, value):
-    """Replace `stage:NAME` strings (also inside lists) by the stages' result commit ids."""
+    """Replace `stage:NAME` strings (also inside lists) by the stages' result commit ids and
+    `stream:NAME` by a blob reference to that stream's held-out tail."""
     if isinstance(value, str) and value.startswith("stage:"):
         return run.ref(value)
+    if isinstance(value, str) and value.startswith("stream:"):
+        return "blob:" + run.repo.store.put(run.stream(value[7:])[1])
     if isinstance(value, list):
         return [resolve_stage_refs(run, v) for v in value]
     return value
