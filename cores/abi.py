@@ -1,0 +1,93 @@
+"""The ABI contract of LayerCake cores: ``AbiSpec``, its stable hash and mismatch reporting.
+
+An ``AbiSpec`` names everything a brick relies on when it is moved between cores: the ABI width,
+the patch size, the anchor spec (kernels/anchors.py) and the hash of the fixed output head
+(cores/head.py). Its ``hash`` is the BLAKE3-256 hex digest of the canonical JSON of ``to_dict()``
+(sorted keys, separators ``(",", ":")``, UTF-8), so it is the same on every machine.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+
+ABI_VERSION = 1
+
+# The fields compared by ``first_mismatch``, in order, with the name used in messages.
+_FIELDS = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, no spaces, UTF-8, NaN/Infinity refused."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+class AbiMismatch(ValueError):
+    """Two ABI specs differ; ``field`` names the first differing field."""
+
+    def __init__(self, field: str, ours: Any, theirs: Any):
+        self.field, self.ours, self.theirs = field, ours, theirs
+        super().__init__(f"ABI mismatch in {field}: {ours!r} != {theirs!r} "
+                         f"(the brick and the host were trained under different ABI contracts)")
+
+
+@dataclass(frozen=True)
+class AbiSpec:
+    """ABI spec: version, d_abi, patch_bytes, anchor spec (dict) and canonical head hash."""
+
+    version: int = ABI_VERSION
+    d_abi: int = 64
+    patch_bytes: int = 4
+    anchor_spec: dict = field(default_factory=dict)
+    head_hash: str = ""
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "d_abi": self.d_abi, "patch_bytes": self.patch_bytes,
+                "anchor_spec": json.loads(canonical_json(self.anchor_spec)), "head_hash": self.head_hash}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AbiSpec":
+        unknown = set(d) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"AbiSpec.from_dict: unknown fields {sorted(unknown)}")
+        return cls(version=int(d["version"]), d_abi=int(d["d_abi"]), patch_bytes=int(d["patch_bytes"]),
+                   anchor_spec=dict(d["anchor_spec"]), head_hash=str(d["head_hash"]))
+
+    @property
+    def hash(self) -> str:
+        """BLAKE3-256 hex of the canonical JSON of ``to_dict()``."""
+        return blake3.blake3(canonical_json(self.to_dict())).hexdigest()
+
+    def __hash__(self) -> int:  # frozen dataclass with a dict field: hash by content
+        return hash(self.hash)
+
+
+def first_mismatch(a: AbiSpec, b: AbiSpec) -> str | None:
+    """Name of the first differing field of two specs, or None when they are equal.
+
+    Fields are checked in the order version, d_abi, patch_bytes, anchor spec, head hash; for the
+    anchor spec the name is ``anchor_spec.version`` when the versions differ, else ``anchor_spec``.
+    """
+    da, db = a.to_dict(), b.to_dict()
+    for name in _FIELDS:
+        if da[name] == db[name]:
+            continue
+        if name == "anchor_spec" and da[name].get("version") != db[name].get("version"):
+            return "anchor_spec.version"
+        return name
+    return None
+
+
+def check_compatible(ours: AbiSpec, theirs: AbiSpec) -> None:
+    """Raise ``AbiMismatch`` naming the first differing field; return None when compatible."""
+    name = first_mismatch(ours, theirs)
+    if name is None:
+        return
+    top = name.split(".")[0]
+    a, b = ours.to_dict()[top], theirs.to_dict()[top]
+    if name == "anchor_spec.version":
+        a, b = a.get("version"), b.get("version")
+    raise AbiMismatch(name, a, b)

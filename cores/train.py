@@ -1,0 +1,233 @@
+"""Training any core on a byte stream: seeded, deterministic for a step budget, resumable bit-exactly.
+
+``Trainer`` owns the optimizer (AdamW), the schedule (linear warm-up, cosine decay to
+``min_lr_frac``) and the data order. Batches are windows of ``seq_len`` bytes' worth of units (bytes,
+or BPE tokens for the BPE baseline) at offsets drawn from a counter-based generator keyed by
+(seed, step), so step s always sees the same batch. ``state_dict()`` returns three flat dicts of
+plain tensors, the components of a training checkpoint (DESIGN.md section 10):
+
+- ``core``: the model's state dict;
+- ``optimizer``: AdamW state flattened to ``state.<i>.<key>`` (param groups are rebuilt from the
+  trainer's own settings; ``optimizer_meta()`` gives them for metadata);
+- ``train_state``: ``step``, ``data_pos``, ``seed``, ``total_steps`` (int64) and the RNG states
+  ``rng.trainer``, ``rng.torch`` (uint8).
+
+``Trainer(...).load_state_dict(sd)`` followed by ``run()`` continues exactly where the saved run was:
+same losses, same weights, bit for bit (same settings and data required; checked).
+``train(core, data, steps=...)`` is the one-call form; it trains in place and returns metrics.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from kernels.counter_rng import MASK64, stream_id, stream_uint64
+
+
+def split_holdout(data: bytes, frac: float = 0.05) -> tuple[bytes, bytes]:
+    """(train, held-out tail): the last ``frac`` of the bytes is held out."""
+    if not 0.0 < frac < 1.0:
+        raise ValueError("holdout fraction must lie strictly between 0 and 1")
+    cut = len(data) - max(1, int(len(data) * frac))
+    return data[:cut], data[cut:]
+
+
+def flatten_optimizer_state(state: dict) -> dict[str, torch.Tensor]:
+    """optimizer.state_dict()["state"] -> {"state.<i>.<key>": tensor}."""
+    out = {}
+    for i, per in state.items():
+        for key, val in per.items():
+            out[f"state.{i}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+    return out
+
+
+def unflatten_optimizer_state(flat: dict[str, torch.Tensor]) -> dict[int, dict]:
+    """Inverse of ``flatten_optimizer_state``."""
+    state: dict[int, dict] = {}
+    for name, val in flat.items():
+        _, i, key = name.split(".", 2)
+        state.setdefault(int(i), {})[key] = val
+    return state
+
+
+class Trainer:
+    """Deterministic trainer for any core (see module docstring)."""
+
+    def __init__(self, core, data: bytes, *, steps: int, seed: int = 0, batch_size: int = 16,
+                 seq_len: int | None = None, lr: float | None = None, warmup: int | None = None,
+                 min_lr_frac: float = 0.1, weight_decay: float = 0.1, grad_clip: float = 1.0,
+                 holdout_frac: float = 0.05, eval_data: bytes | None = None, eval_bytes: int | None = None,
+                 wall_seconds: float | None = None, progress: bool = False):
+        if steps < 1:
+            raise ValueError("steps must be >= 1")
+        self.core, self.total_steps, self.seed = core, int(steps), int(seed)
+        self.batch_size, self.grad_clip, self.min_lr_frac = batch_size, grad_clip, min_lr_frac
+        self.lr = float(lr if lr is not None else getattr(core, "default_lr", 1e-3))
+        self.warmup = int(warmup if warmup is not None else max(1, min(200, self.total_steps // 20)))
+        self.wall_seconds, self.progress, self.eval_bytes = wall_seconds, progress, eval_bytes
+        if eval_data is None:
+            self.train_bytes, self.heldout = split_holdout(data, holdout_frac)
+        else:
+            self.train_bytes, self.heldout = data, eval_data
+        core.prepare(self.train_bytes)
+        self.stream = core.stream_units(self.train_bytes)  # (N,) long
+        self.bytes_per_unit = len(self.train_bytes) / max(1, self.stream.numel())
+        self.seq_len = int(seq_len or getattr(core, "block_bytes", 256))
+        self.seq_units = max(2, round(self.seq_len / self.bytes_per_unit))
+        if self.stream.numel() < self.seq_units + 2:
+            raise ValueError(f"training data too short: {self.stream.numel()} units for windows of "
+                             f"{self.seq_units + 1}; give more data or a smaller seq_len")
+        decay = [p for p in core.parameters() if p.dim() >= 2]
+        no_decay = [p for p in core.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.gen = torch.Generator().manual_seed(self.seed)  # for stochastic layers; saved and restored
+        self.step = 0
+        self.data_pos = 0
+        self.losses: list[float] = []
+        self.last_stats: dict = {}
+        self.wall = 0.0
+
+    # ---- schedule and data -----------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+        return self.lr * (self.min_lr_frac + (1.0 - self.min_lr_frac) * cos)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The windows of ``step``: (batch_size, seq_units + 1) units."""
+        n = self.stream.numel() - self.seq_units - 1
+        key = (stream_id("train-batch") ^ (self.seed * 0x9E3779B97F4A7C15)) & MASK64
+        offs = stream_uint64(key, self.batch_size, start=step * self.batch_size) % np.uint64(n + 1)
+        idx = torch.from_numpy(offs.astype(np.int64))[:, None] + torch.arange(self.seq_units + 1)
+        return self.stream[idx]
+
+    # ---- training ------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        self.core.train()
+        window = self.batch(self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        loss, stats = self.core.training_loss(window)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.grad_clip)
+        self.opt.step()
+        self.step += 1
+        self.data_pos += self.batch_size
+        value = float(loss.detach())
+        self.losses.append(value)
+        self.last_stats = stats
+        return value
+
+    def run(self, steps: int | None = None) -> list[float]:
+        """Run ``steps`` more steps (default: the rest of the budget); returns their losses."""
+        todo = self.total_steps - self.step if steps is None else min(steps, self.total_steps - self.step)
+        out: list[float] = []
+        bar = _progress_bar(self.progress)
+        task = bar.add_task("train", total=todo, loss=float("nan"), bps=0.0) if bar else None
+        t0 = time.perf_counter()
+        try:
+            if bar:
+                bar.start()
+            for i in range(todo):
+                out.append(self.train_step())
+                elapsed = time.perf_counter() - t0
+                if bar:
+                    bps = (i + 1) * self.batch_size * self.seq_len / max(elapsed, 1e-9)
+                    bar.update(task, advance=1, loss=out[-1], bps=bps)
+                if self.wall_seconds is not None and self.wall + elapsed >= self.wall_seconds:
+                    break
+        finally:
+            if bar:
+                bar.stop()
+            self.wall += time.perf_counter() - t0
+        return out
+
+    def evaluate(self, data: bytes | None = None) -> float:
+        """Held-out bits per byte (default: the held-out tail, capped at ``eval_bytes``), in windows
+        of the training ``seq_len`` bytes."""
+        data = self.heldout if data is None else data
+        if self.eval_bytes:
+            data = data[: self.eval_bytes]
+        return float(self.core.bpb(data, window_bytes=self.seq_len))
+
+    def metrics(self, evaluate: bool = True) -> dict:
+        last = self.losses[-10:]
+        m = {"steps": self.step, "loss": self.losses[-1] if self.losses else float("nan"),
+             "loss_last10": sum(last) / len(last) if last else float("nan"),
+             "bytes_seen": int(round(self.step * self.batch_size * self.seq_units * self.bytes_per_unit)),
+             "wall_seconds": self.wall, "batch_size": self.batch_size, "seq_len": self.seq_len,
+             "lr": self.lr, "params": int(self.core.num_params()), "seed": self.seed,
+             **{f"last_{k}": v for k, v in self.last_stats.items()}}
+        m["bytes_per_second"] = m["bytes_seen"] / self.wall if self.wall else 0.0
+        if evaluate:
+            t0 = time.perf_counter()
+            m["heldout_bpb"] = self.evaluate()
+            m["heldout_bytes"] = len(self.heldout[: self.eval_bytes] if self.eval_bytes else self.heldout)
+            m["eval_seconds"] = time.perf_counter() - t0
+        return m
+
+    # ---- checkpoint state ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
+        return {
+            "core": {k: v.detach().clone() for k, v in self.core.state_dict().items()},
+            "optimizer": {k: v.detach().clone() for k, v in
+                          flatten_optimizer_state(self.opt.state_dict()["state"]).items()},
+            "train_state": {"step": i64(self.step), "data_pos": i64(self.data_pos), "seed": i64(self.seed),
+                            "total_steps": i64(self.total_steps), "rng.trainer": self.gen.get_state(),
+                            "rng.torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, sd: dict[str, dict[str, torch.Tensor]]) -> None:
+        ts = sd["train_state"]
+        for name, mine in (("seed", self.seed), ("total_steps", self.total_steps)):
+            if int(ts[name]) != mine:
+                raise ValueError(f"training state mismatch: saved {name}={int(ts[name])}, this trainer has {mine} "
+                                 f"(resume with the same settings)")
+        self.core.load_state_dict(sd["core"])
+        opt_sd = self.opt.state_dict()
+        opt_sd["state"] = unflatten_optimizer_state(sd["optimizer"])
+        self.opt.load_state_dict(opt_sd)
+        self.step, self.data_pos = int(ts["step"]), int(ts["data_pos"])
+        self.gen.set_state(ts["rng.trainer"])
+        torch.set_rng_state(ts["rng.torch"])
+
+    def optimizer_meta(self) -> list[dict]:
+        """JSON-able param groups (without the parameter tensors) for checkpoint metadata."""
+        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+                | {"params": len(g["params"])} for g in self.opt.param_groups]
+
+
+def _progress_bar(enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[bps]:,.0f} B/s"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+
+
+def train(core, data: bytes, steps: int, seed: int = 0, *, batch_size: int = 16, seq_len: int | None = None,
+          lr: float | None = None, wall_seconds: float | None = None, progress: bool = True,
+          eval_data: bytes | None = None, evaluate: bool = True, **kwargs) -> dict:
+    """Train ``core`` in place for ``steps`` steps (or until ``wall_seconds``) -> metrics dict.
+
+    Metrics: steps, loss (last step), loss_last10, heldout_bpb (on ``eval_data`` or the held-out
+    tail of ``data``), bytes_seen, wall_seconds, bytes_per_second, params, ... Deterministic for a
+    step budget: same core init, data, seed and steps give bit-identical weights.
+    """
+    trainer = Trainer(core, data, steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                      wall_seconds=wall_seconds, progress=progress, eval_data=eval_data, **kwargs)
+    trainer.run()
+    return trainer.metrics(evaluate=evaluate)

@@ -1,0 +1,1 @@
+"""examples: runnable pipelines and data builders (data streams in examples/data.py)."""
