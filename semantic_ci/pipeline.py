@@ -30,6 +30,10 @@ class PipelineFailed(MvcError):
     exit_code = 1
 
 
+class UpstreamMissing(MvcError):
+    """A stage names the result of a stage that did not produce one (an optional stage failed)."""
+
+
 class Run:
     """State shared by the stages of one `mvc run`."""
 
@@ -38,6 +42,7 @@ class Run:
         self.pipeline = pipeline
         self.emit = emit or (lambda event: None)
         self.results: dict[str, str] = {}      # stage -> its result commit
+        self.last_certificate: dict[str, str] = {}  # stage -> its latest gate certificate
         self._streams: dict[str, tuple] = {}
 
     # -- data ------------------------------------------------------------------------------------
@@ -78,8 +83,7 @@ class Run:
         if value.startswith("stage:"):
             name = value[6:]
             if name not in self.results:
-                raise ConfigError(f"{self.pipeline.path}: stage {name} has no result yet",
-                                  "run it first (or do not skip it with --from-stage)")
+                raise UpstreamMissing(f"stage {name} has no result", "it failed or has not run yet")
             return self.results[name]
         return self.repo.resolve(value)
 
@@ -104,7 +108,10 @@ def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_
     repo = run.repo
     results = []
     ctx = Context(repo, commit, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
-    checks = {c.name: c for c in stage.checks}
+    from .config import Check
+    from .stages import resolve_stage_refs
+    checks = {c.name: Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)
+              for c in stage.checks}
     metrics = repo.read_commit(commit)["metrics"]
     for g in stage.gates:
         due = at_end or g.get("at") == "checkpoint" or "plateau" in g
@@ -129,7 +136,7 @@ def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_
             results.append(run_check(ctx, checks[g["check"]]))
     if at_end:  # stage checks not referenced by a gate still run (and gate) at the end
         named = {g.get("check") for g in stage.gates}
-        results += [run_check(ctx, c) for c in stage.checks if c.name not in named]
+        results += [run_check(ctx, c) for c in checks.values() if c.name not in named]
     elif stage.get("every_checkpoint_checks"):
         results += [run_check(ctx, checks[n]) for n in stage.get("every_checkpoint_checks") if n in checks]
     if not results:
@@ -196,15 +203,21 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
         run.emit({"event": "stage", "stage": stage.name, "kind": stage.kind, "branch": branch})
         try:
             commit, status = impl(run, stage)
-        except PipelineFailed as e:
-            summary["stages"].append({"stage": stage.name, "status": "failed", "reason": e.message,
-                                      "branch": branch, "commit": repo.branches().get(branch)})
+        except (PipelineFailed, UpstreamMissing) as e:
+            optional = bool(stage.get("optional"))
+            status = "skipped" if isinstance(e, UpstreamMissing) else "failed"
+            summary["stages"].append({"stage": stage.name, "status": status, "reason": e.message,
+                                      "branch": branch, "commit": repo.branches().get(branch),
+                                      "certificate": run.last_certificate.get(stage.name), "optional": optional})
+            run.emit({"event": "stage_failed", "stage": stage.name, "reason": e.message, "optional": optional})
+            if optional:
+                continue
             summary["passed"] = False
             summary["error"] = e.message
-            run.emit({"event": "stage_failed", "stage": stage.name, "reason": e.message})
             break
         run.results[stage.name] = commit
         summary["stages"].append({"stage": stage.name, "status": status, "commit": commit, "branch": branch,
+                                  "certificate": run.last_certificate.get(stage.name),
                                   "seconds": round(time.perf_counter() - t0, 2),
                                   "metrics": repo.read_commit(commit)["metrics"]})
         run.emit({"event": "stage_done", "stage": stage.name, "status": status, "commit": commit})
@@ -294,6 +307,8 @@ def _gates_ok(run, stage, commit, history, job) -> bool:
     at_end = job.trainer.step >= job.trainer.total_steps
     with torch.random.fork_rng(devices=[]):  # building models for checks must not move training's RNG
         ok, cert = evaluate_gates(run, stage, commit, history, at_end)
+    if cert:
+        run.last_certificate[stage.name] = cert
     run.emit({"event": "gate", "stage": stage.name, "commit": commit, "passed": ok, "certificate": cert or None,
               "at_end": at_end})
     return ok

@@ -38,16 +38,16 @@ from mvc.objects import check_ref_name
 from . import config as cicfg
 
 STAGE_KINDS = ("train-core", "train-brick", "paste", "int8", "evaluate", "compress", "k0")
-COMMON_KEYS = {"name", "kind", "gates", "fallback", "checks", "branch", "every_checkpoint_checks"}
+COMMON_KEYS = {"name", "kind", "gates", "fallback", "checks", "branch", "every_checkpoint_checks", "optional"}
 TRAIN_KEYS = {"steps", "wall_seconds", "checkpoint_every", "lr", "batch_size", "seq_len", "seed", "stream",
               "eval_bytes"}
 KIND_KEYS = {
-    "train-core": TRAIN_KEYS | {"arch", "config", "overrides"},
+    "train-core": TRAIN_KEYS | {"arch", "config", "overrides", "init"},
     "train-brick": TRAIN_KEYS | {"host", "brick", "brick_name", "options", "general_stream", "general_mix"},
     "paste": {"source", "brick_name", "into", "int8", "as_name"},
     "int8": {"source", "brick_name", "as_name"},
     "evaluate": {"source"},
-    "compress": TRAIN_KEYS | {"source", "method", "rank", "components", "meta_components", "layers",
+    "compress": TRAIN_KEYS | {"source", "method", "rank", "ratio", "components", "meta_components", "layers",
                               "freeze_centres", "recovery_steps"},
     "k0": TRAIN_KEYS | {"source", "blend", "threshold", "k0_stream"},
 }
@@ -208,6 +208,10 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
             for key in ("arch", "stream"):
                 if key not in settings:
                     raise err(f"{where}.{key}", "required for a train-core stage")
+        if kind in ("compress", "k0"):
+            for key in ("source", "stream"):
+                if key not in settings:
+                    raise err(f"{where}.{key}", f"required for a {kind} stage")
         if kind == "train-brick":
             for key in ("host", "stream", "brick_name"):
                 if key not in settings:

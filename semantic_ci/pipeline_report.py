@@ -12,7 +12,7 @@ def certificate_rows(repo, summary: dict) -> list[dict]:
     for st in summary["stages"]:
         commit = st.get("commit")
         info = repo.read_commit(commit).get("extra", {}).get("pipeline", {}) if commit else {}
-        cert_id = info.get("certificate")
+        cert_id = info.get("certificate") or st.get("certificate")
         if not cert_id or cert_id in seen:
             continue
         seen.add(cert_id)
@@ -31,8 +31,11 @@ def render_summary(repo, summary: dict, con) -> None:
     for st in summary["stages"]:
         m = st.get("metrics", {})
         keym = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in m.items() if k in ("loss", "heldout_bpb", "steps", "params"))
-        t.add_row(st["stage"], st["status"], (st.get("commit") or "-")[:12], str(st.get("seconds", "")), keym)
+                         for k, v in m.items() if k in ("loss", "heldout_bpb", "steps", "params", "compression_params",
+                                                        "compression_dense_params", "compression_ratio"))
+        status = st["status"] + (" (optional)" if st.get("optional") else "")
+        t.add_row(st["stage"], status, (st.get("commit") or "-")[:12], str(st.get("seconds", "")),
+                  keym or st.get("reason", ""))
     con.print(t)
     rows = certificate_rows(repo, summary)
     if rows:

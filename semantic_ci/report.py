@@ -28,6 +28,10 @@ def figure_text(check: dict) -> tuple[str, str]:
     if check["kind"] == "ppl-ratio" and figs:
         return (f"ratio {_fmt(figs['ratio'])} (95% {_fmt(figs['ratio_ci95'])}), bpb {_fmt(figs['bpb'])} vs "
                 f"{_fmt(figs['baseline_bpb'])}", f"<= {_fmt(th.get('max_ratio'))}")
+    if check["kind"] == "gate" and figs:
+        if "value" in figs:
+            return f"{_fmt(figs['value'])}", ", ".join(f"{k} {_fmt(v)}" for k, v in th.items())
+        return f"recent losses {_fmt(figs.get('recent_losses'))}", f"plateau above {_fmt(th.get('plateau_above'))}"
     if check["kind"] == "migration" and figs:
         n = len(figs.get("hosts", {}))
         if "worst_domain_ratio" in figs:

@@ -1,6 +1,8 @@
 """Stage kinds of the pipeline driver: what each trains or produces and how it is committed."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import certificate
@@ -62,12 +64,99 @@ class CoreJob(TrainerJob):
         train, heldout, _ = run.stream(settings["stream"])
         core = cores.build(settings["arch"], config=settings.get("config", "tiny"), seed=int(settings.get("seed", 0)),
                            **settings.get("overrides", {}))
+        if settings.get("init"):  # fine-tune: start from another stage's weights
+            core.load_state_dict(run.repo.load(run.ref(settings["init"]), "core"))
         self.trainer = Trainer(core, train, **self.trainer_kwargs(train, heldout))
+
+
+class CompressJob(TrainerJob):
+    """Convert a dense core's linear layers (L1 harmonic, L2 meta-harmonic or low-rank), then a
+    short recovery fine-tune on the stage's stream."""
+
+    def __init__(self, run: Run, settings: dict, source: str):
+        super().__init__(run, settings)
+        from cores.convert import convert
+        from cores.train import Trainer
+        from .models import build_from_tree
+        repo = run.repo
+        dense = build_from_tree(repo.tree(source, "core"), repo.load(source, "core"))
+        train, heldout, _ = run.stream(settings["stream"])
+        method = settings.get("method", "harmonic")
+        own = "rank" if method == "lowrank" else "components"  # the method's own budget wins over ratio
+        if own in settings:
+            budget = {"rank" if own == "rank" else "n_components": settings[own]}
+        else:
+            budget = {"ratio": settings["ratio"]} if "ratio" in settings else {}
+        with torch.random.fork_rng(devices=[]):
+            model = convert(dense, method, settings.get("layers"),
+                            n_meta=int(settings.get("meta_components", 8)),
+                            freeze_centres=bool(settings.get("freeze_centres", False)),
+                            seed=int(settings.get("seed", 0)), **budget)
+        if settings.get("freeze_centres"):
+            from cores.convert import set_trainable
+            set_trainable(model, "amplitudes")
+        kw = self.trainer_kwargs(train, heldout)
+        kw["steps"] = int(settings.get("recovery_steps") or settings.get("steps") or 1)
+        self.trainer = Trainer(model, train, **kw)
+
+    def metrics(self) -> dict:
+        from cores.convert import report_totals
+        m = super().metrics()
+        totals = report_totals(self.trainer.core)
+        m.update({f"compression_{k}": v for k, v in totals.items()
+                  if isinstance(v, (int, float)) and math.isfinite(v)})
+        return m
+
+
+class K0Job(TrainerJob):
+    """Blend K0 spectral embeddings (from a stream's byte bigrams) into a core's byte embedding,
+    then fine-tune briefly."""
+
+    def __init__(self, run: Run, settings: dict, source: str):
+        super().__init__(run, settings)
+        from cores.train import Trainer
+        from kernels.k0 import blend, k0_embeddings
+        from .models import build_from_tree
+        repo = run.repo
+        core = build_from_tree(repo.tree(source, "core"), repo.load(source, "core"))
+        train, heldout, _ = run.stream(settings["stream"])
+        k0_data = run.stream(settings["k0_stream"])[0] if settings.get("k0_stream") else train
+        emb = core.byte_emb.weight
+        new, report = blend(emb.detach(), k0_embeddings(k0_data, emb.shape[1]),
+                            ratio=float(settings.get("blend", 0.3)), threshold=float(settings.get("threshold", 0.5)))
+        with torch.no_grad():
+            emb.copy_(new)
+        self.report = report
+        kw = self.trainer_kwargs(train, heldout)
+        self.trainer = Trainer(core, train, **kw)
+
+    def metrics(self) -> dict:
+        m = super().metrics()
+        m.update({f"k0_{k}": v for k, v in self.report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        return m
+
+
+def compress(run: Run, stage: Stage):
+    source = run.ref(stage.get("source"))
+    inputs = {"stream": run.stream(stage.get("stream"))[2], "source": source}
+    return train_stage(run, stage, lambda settings: CompressJob(run, settings, source), inputs, source)
+
+
+def k0(run: Run, stage: Stage):
+    source = run.ref(stage.get("source"))
+    inputs = {"stream": run.stream(stage.get("stream"))[2], "source": source}
+    if stage.get("k0_stream"):
+        inputs["k0_stream"] = run.stream(stage.get("k0_stream"))[2]
+    return train_stage(run, stage, lambda settings: K0Job(run, settings, source), inputs, source)
 
 
 def train_core(run: Run, stage: Stage):
     _, _, stream_id = run.stream(stage.get("stream"))
-    return train_stage(run, stage, lambda settings: CoreJob(run, settings), {"stream": stream_id}, None)
+    inputs = {"stream": stream_id}
+    start = None
+    if stage.get("init"):
+        start = inputs["init"] = run.ref(stage.get("init"))
+    return train_stage(run, stage, lambda settings: CoreJob(run, settings), inputs, start)
 
 
 class BrickJob(TrainerJob):
@@ -222,4 +311,5 @@ def evaluate(run: Run, stage: Stage):
     return done, "passed"
 
 
-IMPLS = {"train-core": train_core, "train-brick": train_brick, "paste": paste, "int8": int8, "evaluate": evaluate}
+IMPLS = {"train-core": train_core, "train-brick": train_brick, "paste": paste, "int8": int8, "evaluate": evaluate,
+         "compress": compress, "k0": k0}
