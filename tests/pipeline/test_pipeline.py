@@ -38,6 +38,7 @@ steps = {steps}
 checkpoint_every = 4
 batch_size = 4
 seq_len = 32
+lr = 0.004
 eval_bytes = 512
 gates = [{{ metric = "heldout_bpb", max = {max_bpb} }}]
 fallback = {{ lr_scale = 0.5, extra_steps = 4, retries = {retries} }}
@@ -103,7 +104,7 @@ def test_failing_gate_rolls_back_applies_fallback_then_stops(tmp_path, monkeypat
     kinds = [e["event"] for e in events]
     assert kinds.count("rollback") == 2 and kinds.count("fallback") == 1
     fb = next(e for e in events if e["event"] == "fallback")
-    assert fb["changes"]["steps"] == 12 and fb["changes"]["lr"] == pytest.approx(0.0015)
+    assert fb["changes"]["steps"] == 12 and fb["changes"]["lr"] == pytest.approx(0.002)
     assert events[-1]["event"] == "summary" and not events[-1]["passed"]
     # the branch sits at the last passing commit: the checkpoint before the one whose gate failed
     head = repo.branches()["demo/core"]
