@@ -1,0 +1,112 @@
+"""Migration checks and `mvc paste` on trained hosts: a canonical brick transfers to an
+independently seeded host, the legacy negative control (tensors copied exactly) is caught, the
+portable decoder is exact on every host, and paste refuses when its migration gate fails."""
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import bricks
+from bricks import fixtures
+from mvc.cli import cli
+from semantic_ci.runner import run_ci, verify
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+[ci]
+window = 64
+
+[[ci.checks]]
+name = "python-brick"
+kind = "migration"
+brick = "python"
+source = "HEAD"
+hosts = ["{hosts}"]
+mode = "bounded"
+domain_data = "domain.txt"
+general_data = "general.txt"
+max_domain_ratio = 1.0
+max_general_ratio = 1.10
+"""
+
+
+@pytest.fixture(scope="module")
+def trained():
+    with fixtures.one_thread():
+        return fixtures.trained_hosts()
+
+
+@pytest.fixture
+def setup(repo, trained, monkeypatch):
+    monkeypatch.chdir(repo.root)
+    with open("domain.txt", "wb") as f:
+        f.write(trained.domain_eval[:2048])
+    with open("general.txt", "wb") as f:
+        f.write(trained.general_eval[:2048])
+    repo.commit({"core": trained.host_a, "brick/python": trained.brick}, message="brick", branch="host-a")
+    repo.commit({"core": trained.host_b}, message="host b", branch="host-b")
+    repo.commit({"core": trained.legacy_a, "brick/python": trained.legacy_brick}, message="legacy brick",
+                branch="legacy-a")
+    repo.commit({"core": trained.legacy_b}, message="legacy b", branch="legacy-b")
+    return repo
+
+
+def _check(repo, source, host):
+    from semantic_ci import config
+    cfg = config.parse(__import__("tomllib").loads(CONFIG.replace("{hosts}", host)), "mvc.toml")
+    return run_ci(repo, source, config=cfg)
+
+
+def test_canonical_brick_transfers_and_legacy_control_is_caught(setup):
+    with fixtures.one_thread():
+        good = _check(setup, "host-a", "host-b")
+        bad = _check(setup, "legacy-a", "legacy-b")
+    g, b = good["checks"][0], bad["checks"][0]
+    assert g["status"] == "passed" and g["figures"]["worst_domain_ratio"] < 1.0
+    assert b["status"] == "failed"
+    assert b["figures"]["worst_domain_ratio"] > g["figures"]["worst_domain_ratio"]
+    # the legacy brick's tensors are an exact copy: what fails is the function, not the bytes
+    la = setup.tree("legacy-a", "brick/python")["tensors"]
+    assert all(torch.equal(setup.load("legacy-a", "brick/python")[k], trained_tensor)
+               for k, trained_tensor in fixtures.legacy_pair().brick.state_dict().items() if k in la)
+    with fixtures.one_thread():
+        assert verify(setup, good["certificate"])["verified"]
+
+
+def test_portable_decoder_is_exact_across_hosts(setup, trained):
+    decoder = bricks.build("portable", seed=0)
+    setup.commit({"brick/python-exact": decoder}, message="portable", branch="host-a")
+    from semantic_ci import config
+    cfg = config.parse({"ci": {"window": 64, "checks": [
+        {"name": "px", "kind": "PX", "brick": "python-exact", "source": "HEAD", "hosts": ["host-b"],
+         "domain_data": "domain.txt", "probe_bytes": 512}]}}, "mvc.toml")
+    with fixtures.one_thread():
+        r = run_ci(setup, "host-a", config=cfg)
+    px = r["checks"][0]
+    assert px["status"] == "passed" and px["figures"]["identical"] and px["figures"]["worst_ppl_ratio"] == 1.0
+
+
+def test_paste_cli_gates_on_migration_and_names_abi_field(setup):
+    with open("mvc.toml", "w") as f:
+        f.write(CONFIG.replace("{hosts}", "legacy-b"))
+    runner = CliRunner()
+    before = setup.branches()["legacy-b"]
+    with fixtures.one_thread():
+        r = runner.invoke(cli, ["paste", "brick", "python", "--from", "legacy-a", "--into", "legacy-b"])
+    assert r.exit_code == 1, r.output
+    assert "was not moved" in r.stderr and setup.branches()["legacy-b"] == before
+    # a canonical brick into a legacy host: refused on the ABI contract, field named, exit 3
+    r = runner.invoke(cli, ["paste", "brick", "python", "--from", "host-a", "--into", "legacy-b", "--no-ci"])
+    assert r.exit_code == 3 and "anchor_spec.version" in r.stderr
+    # a canonical paste with --int8 writes the quantised blobs and records the mode
+    r = runner.invoke(cli, ["paste", "brick", "python", "--from", "host-a", "--into", "host-b", "--int8",
+                            "--no-ci", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    c = setup.read_commit(doc["commit"])
+    assert c["extra"]["paste"]["mode"] == "int8"
+    assert setup.tree(doc["commit"], "brick/python")["arch"].endswith("-int8")
+    assert os.path.exists("mvc.toml")
