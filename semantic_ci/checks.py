@@ -83,21 +83,52 @@ def compare_logits(model_a, model_b, data: bytes, window: int) -> dict:
             "logits_digest": dig_a.hexdigest(), "baseline_digest": dig_b.hexdigest(), "dtype": dtype}
 
 
-def run_exact_logits(ctx: Context, check: Check) -> dict:
-    component = check.get("component", "core")
-    bricks = tuple(check.get("bricks", ()))
-    adapter = check.get("adapter", ctx.config.adapter)
-    window = check.get("window", ctx.config.window)
+@dataclass
+class Prepared:
+    """What both model-vs-baseline checks start from: the two models, the data and their ids."""
+
+    component: str
+    bricks: tuple
+    adapter: str | None
+    window: int
+    base: str
+    data: bytes
+    data_id: str
+    data_desc: str
+    candidate: object
+
+    def inputs(self, ctx: Context) -> dict:
+        return {"candidate": ctx.models.inputs(ctx.commit, self.component),
+                "baseline": ctx.models.inputs(self.base, self.component), "data": self.data_id,
+                "data_desc": self.data_desc, "window": self.window, "bricks": list(self.bricks),
+                "adapter": self.adapter}
+
+    def baseline_model(self, ctx: Context):
+        return ctx.models.get(self.base, self.component, self.bricks, self.adapter)
+
+
+def prepare(ctx: Context, check: Check, data_key: str) -> Prepared | dict:
+    """The prepared inputs of a check, or its `skipped` result when the baseline does not resolve."""
     base, why = _baseline(ctx, check)
     if base is None:
         return result(check, "skipped", note=why)
-    data, data_id, desc = read_data(ctx.repo, check.get("probe"), check.get("probe_bytes", ctx.config.probe_bytes))
-    cand = ctx.models.get(ctx.commit, component, bricks, adapter)
+    component = check.get("component", "core")
+    bricks = tuple(check.get("bricks", ()))
+    adapter = check.get("adapter", ctx.config.adapter)
+    data, data_id, desc = read_data(ctx.repo, check.get(data_key), check.get("probe_bytes", ctx.config.probe_bytes))
+    return Prepared(component, bricks, adapter, check.get("window", ctx.config.window), base, data, data_id, desc,
+                    ctx.models.get(ctx.commit, component, bricks, adapter))
+
+
+def run_exact_logits(ctx: Context, check: Check) -> dict:
+    p = prepare(ctx, check, "probe")
+    if isinstance(p, dict):
+        return p
     if check.get("roundtrip"):  # L2: a commit/load round trip must reproduce the same model
-        ref = _roundtrip(ctx, cand, component, bricks, adapter)
+        ref = _roundtrip(ctx, p.candidate, p.component, p.bricks, p.adapter)
     else:
-        ref = ctx.models.get(base, check.get("host", component) if check.get("host") else component, bricks, adapter)
-    figs = compare_logits(cand, ref, data, window)
+        ref = p.baseline_model(ctx)
+    figs = compare_logits(p.candidate, ref, p.data, p.window)
     tol = float(check.get("tolerance", 0.0))
     if figs["max_abs_delta"] is None:
         passed = False
@@ -105,10 +136,8 @@ def run_exact_logits(ctx: Context, check: Check) -> dict:
         passed = figs["differing_positions"] == 0
     else:
         passed = figs["max_abs_delta"] <= tol
-    inputs = {"candidate": ctx.models.inputs(ctx.commit, component), "baseline": ctx.models.inputs(base, component),
-              "data": data_id, "data_desc": desc, "window": window, "bricks": list(bricks), "adapter": adapter}
-    return result(check, "passed" if passed else "failed", figs, {"tolerance": tol}, inputs,
-                  ev.envelope(figs.get("dtype") or "?", window))
+    return result(check, "passed" if passed else "failed", figs, {"tolerance": tol}, p.inputs(ctx),
+                  ev.envelope(figs.get("dtype") or "?", p.window))
 
 
 def _roundtrip(ctx: Context, model, component, bricks, adapter):
@@ -136,26 +165,17 @@ def ppl_figures(cand, base, data: bytes, window: int, samples: int) -> dict:
 
 
 def run_ppl_ratio(ctx: Context, check: Check) -> dict:
-    component = check.get("component", "core")
-    bricks = tuple(check.get("bricks", ()))
-    adapter = check.get("adapter", ctx.config.adapter)
-    window = check.get("window", ctx.config.window)
-    base, why = _baseline(ctx, check)
-    if base is None:
-        return result(check, "skipped", note=why)
-    data, data_id, desc = read_data(ctx.repo, check.get("data"), check.get("probe_bytes", ctx.config.probe_bytes))
-    cand = ctx.models.get(ctx.commit, component, bricks, adapter)
-    ref = ctx.models.get(base, component, bricks, adapter)
-    figs = ppl_figures(cand, ref, data, window, check.get("bootstrap", 1000))
+    p = prepare(ctx, check, "data")
+    if isinstance(p, dict):
+        return p
+    figs = ppl_figures(p.candidate, p.baseline_model(ctx), p.data, p.window, check.get("bootstrap", 1000))
     max_ratio = float(check.get("max_ratio", 1.05))
     passed = figs["ratio"] <= max_ratio
     note = None
     if figs["ratio_ci95"][0] <= max_ratio < figs["ratio_ci95"][1]:
         note = "the 95% interval straddles the bound: use more held-out data for a stable verdict"
-    inputs = {"candidate": ctx.models.inputs(ctx.commit, component), "baseline": ctx.models.inputs(base, component),
-              "data": data_id, "data_desc": desc, "window": window, "bricks": list(bricks), "adapter": adapter}
-    return result(check, "passed" if passed else "failed", figs, {"max_ratio": max_ratio}, inputs,
-                  ev.envelope("float32", window), note)
+    return result(check, "passed" if passed else "failed", figs, {"max_ratio": max_ratio}, p.inputs(ctx),
+                  ev.envelope("float32", p.window), note)
 
 
 def run_migration(ctx: Context, check: Check) -> dict:

@@ -13,7 +13,7 @@ PRESETS = ("L0", "L1", "L2", "L3", "L4", "L5", "L6", "PX")
 TOP_KEYS = {"on_commit", "on_fail", "checks", "adapter", "probe_bytes", "window"}
 CHECK_KEYS = {
     "common": {"name", "kind", "component", "bricks", "adapter", "probe", "probe_bytes", "window"},
-    "exact-logits": {"baseline", "tolerance", "host", "roundtrip"},
+    "exact-logits": {"baseline", "tolerance", "roundtrip"},
     "ppl-ratio": {"baseline", "data", "max_ratio", "bootstrap"},
     "migration": {"brick", "hosts", "mode", "domain_data", "general_data", "max_domain_ratio",
                   "max_general_ratio", "source", "int8", "probe"},
@@ -136,7 +136,7 @@ def _check(source, where, name, kind, raw) -> Check:
         _adapter(source, f"{where}.adapter", p["adapter"])
     if "bricks" in p:
         p["bricks"] = _str_list(source, f"{where}.bricks", p["bricks"])
-    for key in ("component", "baseline", "data", "host", "brick", "domain_data", "general_data", "source", "probe"):
+    for key in ("component", "baseline", "data", "brick", "domain_data", "general_data", "source", "probe"):
         if key in p and (not isinstance(p[key], str) or not p[key]):
             raise _err(source, f"{where}.{key}", f"must be a non-empty string, got {p[key]!r}")
     if "tolerance" in p:
