@@ -39,6 +39,13 @@ def trained():
         return fixtures.trained_hosts()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread on a shared 2-core machine (bricks.fixtures.one_thread)."""
+    with fixtures.one_thread():
+        yield
+
+
 @pytest.fixture
 def setup(repo, trained, monkeypatch):
     monkeypatch.chdir(repo.root)
