@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from bricks.api import BrickModel, attach, fits
 from bricks.common import decode_delta, num_params
 from cores.base import bytes_to_tensor
-from cores.train import _progress_bar, flatten_optimizer_state, split_holdout, unflatten_optimizer_state
+from cores.train import CheckpointState, _progress_bar, split_holdout
 from kernels import batch_invariant as bi
 from kernels.counter_rng import MASK64, stream_id, stream_uint64
 
@@ -86,8 +86,13 @@ def max_logit_diff(models, data: bytes, window_bytes: int = 256, max_windows: in
     return max(float((o - outs[0]).abs().max()) for o in outs[1:])
 
 
-class BrickTrainer:
+class BrickTrainer(CheckpointState):
     """Deterministic trainer for a brick on a frozen host (see module docstring)."""
+
+    model_key = "brick"
+
+    def checkpoint_model(self):
+        return self.brick
 
     def __init__(self, brick, host, data: bytes, *, steps: int, seed: int = 0, general: bytes | None = None,
                  batch_size: int = 16, general_batch: int | None = None, seq_len: int | None = None,
@@ -286,38 +291,6 @@ class BrickTrainer:
             m.update(self.evaluate())
             m["eval_seconds"] = time.perf_counter() - t0
         return m
-
-    # ---- checkpoint state ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
-        return {
-            "brick": {k: v.detach().clone() for k, v in self.brick.state_dict().items()},
-            "optimizer": {k: v.detach().clone() for k, v in
-                          flatten_optimizer_state(self.opt.state_dict()["state"]).items()},
-            "train_state": {"step": i64(self.step), "data_pos": i64(self.data_pos), "seed": i64(self.seed),
-                            "total_steps": i64(self.total_steps), "rng.trainer": self.gen.get_state(),
-                            "rng.torch": torch.get_rng_state()},
-        }
-
-    def load_state_dict(self, sd: dict[str, dict[str, torch.Tensor]]) -> None:
-        ts = sd["train_state"]
-        for name, mine in (("seed", self.seed), ("total_steps", self.total_steps)):
-            if int(ts[name]) != mine:
-                raise ValueError(f"training state mismatch: saved {name}={int(ts[name])}, this trainer has {mine} "
-                                 f"(resume with the same settings)")
-        self.brick.load_state_dict(sd["brick"])
-        opt_sd = self.opt.state_dict()
-        opt_sd["state"] = unflatten_optimizer_state(sd["optimizer"])
-        self.opt.load_state_dict(opt_sd)
-        self.step, self.data_pos = int(ts["step"]), int(ts["data_pos"])
-        self.gen.set_state(ts["rng.trainer"])
-        torch.set_rng_state(ts["rng.torch"])
-
-    def optimizer_meta(self) -> list[dict]:
-        """JSON-able param groups (without the parameter tensors) for checkpoint metadata."""
-        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
-                | {"params": len(g["params"])} for g in self.opt.param_groups]
-
 
 def train(brick, host=None, data: bytes = b"", steps: int = 100, seed: int = 0, general: bytes | None = None, *,
           evaluate: bool = True, progress: bool = True, **kwargs) -> dict:

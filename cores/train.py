@@ -54,7 +54,48 @@ def unflatten_optimizer_state(flat: dict[str, torch.Tensor]) -> dict[int, dict]:
     return state
 
 
-class Trainer:
+class CheckpointState:
+    """The checkpoint half of a trainer: model + optimizer + RNG + step + data position as flat
+    tensor dicts, restored bit-exactly. Subclasses name their model's component (`model_key`) and
+    hold `opt`, `gen`, `step`, `data_pos`, `seed`, `total_steps`."""
+
+    model_key = "core"
+
+    def checkpoint_model(self) -> torch.nn.Module:
+        return self.core
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
+        return {
+            self.model_key: {k: v.detach().clone() for k, v in self.checkpoint_model().state_dict().items()},
+            "optimizer": {k: v.detach().clone() for k, v in
+                          flatten_optimizer_state(self.opt.state_dict()["state"]).items()},
+            "train_state": {"step": i64(self.step), "data_pos": i64(self.data_pos), "seed": i64(self.seed),
+                            "total_steps": i64(self.total_steps), "rng.trainer": self.gen.get_state(),
+                            "rng.torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, sd: dict[str, dict[str, torch.Tensor]]) -> None:
+        ts = sd["train_state"]
+        for name, mine in (("seed", self.seed), ("total_steps", self.total_steps)):
+            if int(ts[name]) != mine:
+                raise ValueError(f"training state mismatch: saved {name}={int(ts[name])}, this trainer has {mine} "
+                                 f"(resume with the same settings)")
+        self.checkpoint_model().load_state_dict(sd[self.model_key])
+        opt_sd = self.opt.state_dict()
+        opt_sd["state"] = unflatten_optimizer_state(sd["optimizer"])
+        self.opt.load_state_dict(opt_sd)
+        self.step, self.data_pos = int(ts["step"]), int(ts["data_pos"])
+        self.gen.set_state(ts["rng.trainer"])
+        torch.set_rng_state(ts["rng.torch"])
+
+    def optimizer_meta(self) -> list[dict]:
+        """JSON-able param groups (without the parameter tensors) for checkpoint metadata."""
+        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+                | {"params": len(g["params"])} for g in self.opt.param_groups]
+
+
+class Trainer(CheckpointState):
     """Deterministic trainer for any core (see module docstring)."""
 
     def __init__(self, core, data: bytes, *, steps: int, seed: int = 0, batch_size: int = 16,
@@ -175,38 +216,6 @@ class Trainer:
             m["heldout_bytes"] = len(self.heldout[: self.eval_bytes] if self.eval_bytes else self.heldout)
             m["eval_seconds"] = time.perf_counter() - t0
         return m
-
-    # ---- checkpoint state ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
-        return {
-            "core": {k: v.detach().clone() for k, v in self.core.state_dict().items()},
-            "optimizer": {k: v.detach().clone() for k, v in
-                          flatten_optimizer_state(self.opt.state_dict()["state"]).items()},
-            "train_state": {"step": i64(self.step), "data_pos": i64(self.data_pos), "seed": i64(self.seed),
-                            "total_steps": i64(self.total_steps), "rng.trainer": self.gen.get_state(),
-                            "rng.torch": torch.get_rng_state()},
-        }
-
-    def load_state_dict(self, sd: dict[str, dict[str, torch.Tensor]]) -> None:
-        ts = sd["train_state"]
-        for name, mine in (("seed", self.seed), ("total_steps", self.total_steps)):
-            if int(ts[name]) != mine:
-                raise ValueError(f"training state mismatch: saved {name}={int(ts[name])}, this trainer has {mine} "
-                                 f"(resume with the same settings)")
-        self.core.load_state_dict(sd["core"])
-        opt_sd = self.opt.state_dict()
-        opt_sd["state"] = unflatten_optimizer_state(sd["optimizer"])
-        self.opt.load_state_dict(opt_sd)
-        self.step, self.data_pos = int(ts["step"]), int(ts["data_pos"])
-        self.gen.set_state(ts["rng.trainer"])
-        torch.set_rng_state(ts["rng.torch"])
-
-    def optimizer_meta(self) -> list[dict]:
-        """JSON-able param groups (without the parameter tensors) for checkpoint metadata."""
-        return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
-                | {"params": len(g["params"])} for g in self.opt.param_groups]
-
 
 def _progress_bar(enabled: bool):
     if not enabled or not sys.stderr.isatty():
