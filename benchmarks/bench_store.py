@@ -157,9 +157,11 @@ def run_dvc(work, ckpts, dvc):
     return {"commit_s": total, "stored_bytes": du(os.path.join(work, ".dvc", "cache")), "restore_s": timed(restore)}
 
 
-def run_mvc(work, ckpts):
+def run_mvc(work, ckpts, fsync=True):
     env = dict(os.environ, MVC_AUTHOR="bench")
     sh(MVC + ["init", work], env=env)
+    if not fsync:  # like cp, git-lfs and dvc, which leave flushing to the kernel
+        sh(MVC + ["config", "core.fsync", "false"], cwd=work, env=env)
     total = 0.0
     for i, p in enumerate(ckpts):
         total += timed(lambda: sh(MVC + ["commit", p, "-m", f"ckpt {i}"], cwd=work, env=env))
@@ -221,7 +223,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=float, default=22e6)
     ap.add_argument("--checkpoints", type=int, default=10)
-    ap.add_argument("--tools", default="cp,cp+sync,git-lfs,dvc,mvc")
+    ap.add_argument("--tools", default="cp,cp+sync,git-lfs,dvc,mvc,mvc (no fsync)")
     ap.add_argument("--dvc", default=shutil.which("dvc") or "/tmp/dvcenv/bin/dvc")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_store.json"))
@@ -251,6 +253,8 @@ def main():
                 elif tool == "mvc":
                     rows[tool] = run_mvc(work, ckpts)
                     rows[tool].update(load_rate(work, ckpts[0]))
+                elif tool == "mvc (no fsync)":
+                    rows[tool] = run_mvc(work, ckpts, fsync=False)
             except Exception as e:  # a missing reference tool is reported, not fatal
                 rows[tool] = {"error": str(e)[:300]}
             rows[tool].pop("_first", None)
