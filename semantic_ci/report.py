@@ -42,8 +42,9 @@ def figure_text(check: dict) -> tuple[str, str]:
                 f" / {_fmt(th['max_general_ratio'])}" if "max_general_ratio" in th else "")
             return text + f" (worst of {n} hosts)", bound
         if "identical" in figs:
-            return (f"max logit diff {_fmt(figs['max_abs_delta'])}, PPL ratio {_fmt(figs['worst_ppl_ratio'])}"
-                    f" ({n} hosts)", "diff 0, ratio 1.0")
+            ratio = f", PPL ratio {_fmt(figs['worst_ppl_ratio'])}" if figs.get("worst_ppl_ratio") is not None else ""
+            return f"max logit diff {_fmt(figs['max_abs_delta'])}{ratio} ({n} hosts)", \
+                "diff 0" + (", ratio 1.0" if ratio else "")
         if "tensor_ids_equal" in figs:
             return f"tensor ids equal: {figs['tensor_ids_equal']} ({n} hosts)", "equal"
         return check.get("note") or "-", "-"

@@ -214,7 +214,7 @@ def paste(run: Run, stage: Stage):
     repo = run.repo
     source = run.ref(stage.get("source"))
     name = stage.get("brick_name")
-    last = None
+    last, status = None, "unchanged"
     for h in stage.get("into"):
         label = h[6:] if h.startswith("stage:") else h
         host = run.ref(h)
@@ -230,9 +230,10 @@ def paste(run: Run, stage: Stage):
                                  mode="int8" if stage.get("int8") else "copy", force=True)
             run.emit({"event": "paste", "stage": stage.name, "host": label, "commit": r["commit"]})
             done = _done(run, stage, branch, key, f"{stage.name}: pasted {name} into {label}", {"host": host})
+            status = "passed"
         run.results[f"{stage.name}/{label}"] = done
         last = done
-    return last, "passed"
+    return last, status
 
 
 def _int8_transform(repo, component: str):
