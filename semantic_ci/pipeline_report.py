@@ -13,6 +13,10 @@ def certificate_rows(repo, summary: dict) -> list[dict]:
         commit = st.get("commit")
         info = repo.read_commit(commit).get("extra", {}).get("pipeline", {}) if commit else {}
         cert_id = info.get("certificate") or st.get("certificate")
+        if not cert_id and commit and info.get("status") == "done":  # a training stage: its last gates
+            parents = repo.read_commit(commit)["parents"]
+            certs = certificate.of_commit(repo, parents[0]) if parents else []
+            cert_id = certs[-1] if certs else None
         if not cert_id or cert_id in seen:
             continue
         seen.add(cert_id)
@@ -20,6 +24,10 @@ def certificate_rows(repo, summary: dict) -> list[dict]:
             fig, th = figure_text(c)
             rows.append({"stage": st["stage"], "claim": c["name"], "evidence": cert_id, "result": fig,
                          "threshold": th, "verdict": c["status"]})
+    names = [r["claim"] for r in rows]
+    for r in rows:  # the same check name in several stages: say which stage measured it
+        if names.count(r["claim"]) > 1:
+            r["claim"] = f"{r['stage']}: {r['claim']}"
     return rows
 
 
