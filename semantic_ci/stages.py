@@ -29,12 +29,12 @@ class TrainerJob:
         return {self.model_component: self.model(), "optimizer": sd["optimizer"], "train_state": sd["train_state"]}
 
     def model(self):
-        return self.trainer.core
+        return self.trainer.checkpoint_model()
 
     def restore(self, commit: str, keep_schedule: bool = True) -> None:
         repo = self.run.repo
-        sd = {"core": repo.load(commit, self.model_component), "optimizer": repo.load(commit, "optimizer"),
-              "train_state": dict(repo.load(commit, "train_state"))}
+        sd = {self.trainer.model_key: repo.load(commit, self.model_component),
+              "optimizer": repo.load(commit, "optimizer"), "train_state": dict(repo.load(commit, "train_state"))}
         if not keep_schedule:  # a fallback continues from this state with new settings
             sd["train_state"]["total_steps"] = torch.tensor(self.trainer.total_steps, dtype=torch.int64)
         self.trainer.load_state_dict({k: {n: t.clone() for n, t in v.items()} for k, v in sd.items()})
@@ -173,17 +173,6 @@ class BrickJob(TrainerJob):
                              **settings.get("options", {}))
         kw = self.trainer_kwargs(train, heldout)
         self.trainer = bricks.BrickTrainer(brick, host, train, general=general, **kw)
-
-    def model(self):
-        return self.trainer.brick
-
-    def restore(self, commit: str, keep_schedule: bool = True) -> None:
-        repo = self.run.repo
-        sd = {"brick": repo.load(commit, self.model_component), "optimizer": repo.load(commit, "optimizer"),
-              "train_state": dict(repo.load(commit, "train_state"))}
-        if not keep_schedule:
-            sd["train_state"]["total_steps"] = torch.tensor(self.trainer.total_steps, dtype=torch.int64)
-        self.trainer.load_state_dict({k: {n: t.clone() for n, t in v.items()} for k, v in sd.items()})
 
 
 def train_brick(run: Run, stage: Stage):
