@@ -25,7 +25,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from . import safetensors_format as stf
@@ -34,7 +33,7 @@ from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, No
 from .files import LockFile
 from .objects import OID_RE, check_ref_name, decode, hash_bytes, is_oid, tree_blob_ids
 from .repo import Repo
-from .store import fsync_dir
+from .store import fsync_dir, new_object_file
 from .transport import (LazyRemoteStore, Transport, configured_remote, is_url, normalize_url,
                         check_endpoint, open_transport, parse_id_lines, promisor_remote, promisor_store,
                         remote_section)
@@ -238,32 +237,18 @@ def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set) -> 
     final = loose.path(oid)
     if os.path.exists(final):
         return os.path.getsize(final)
-    os.makedirs(loose.tmp, exist_ok=True)
-    tmp = os.path.join(loose.tmp, f"{oid[:16]}-{uuid.uuid4().hex}")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o444)
-        with os.fdopen(fd, "w+b") as f:
-            n = t.get_into(oid, f)
-            f.flush()
-            if n:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                    got = hash_bytes(mm)
-            else:
-                got = hash_bytes(b"")
-            if got != oid:
-                raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to "
-                                    f"{got[:12]}; it was not stored",
-                                    "the remote copy is damaged: push the object again from a repository that has it")
-            if loose.fsync:
-                os.fsync(f.fileno())
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with new_object_file(loose.tmp, oid, final, loose.fsync, readable=True) as f:
+        n = t.get_into(oid, f)
+        f.flush()
+        if n:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                got = hash_bytes(mm)
+        else:
+            got = hash_bytes(b"")
+        if got != oid:
+            raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to "
+                                f"{got[:12]}; it was not stored",
+                                "the remote copy is damaged: push the object again from a repository that has it")
     dirty.add(os.path.dirname(final))
     return n
 

@@ -166,27 +166,13 @@ class LooseStore(ObjectStore):
         final = self.path(oid)
         if os.path.exists(final) or (self._pending is not None and oid in self._pending):
             return oid
-        os.makedirs(self.tmp, exist_ok=True)
-        tmp = os.path.join(self.tmp, f"{oid[:16]}-{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            with os.fdopen(fd, "wb", closefd=True) as f:
-                for b in buffers:
-                    f.write(b)
-                f.flush()
-                if self._pending is not None:
-                    self._pending[oid] = tmp
-                    return oid
-                if self.fsync:
-                    os.fsync(f.fileno())
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        deferred = self._pending is not None  # batch(): fsync + rename happen at its end
+        with new_object_file(self.tmp, oid, None if deferred else final, self.fsync and not deferred) as f:
+            for b in buffers:
+                f.write(b)
+        if deferred:
+            self._pending[oid] = f.name
+            return oid
         if self.fsync:
             fsync_dir(os.path.dirname(final))
         return oid
@@ -273,6 +259,31 @@ class ChainStore(ObjectStore):
     def delete(self, oid):
         for s in self.stores:
             s.delete(oid)
+
+
+@contextlib.contextmanager
+def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = True, readable: bool = False):
+    """Yield a fresh temp file for object `oid`; when the block ends normally it is flushed,
+    fsynced (if asked) and renamed to `final` (kept as a temp file when `final` is None: the caller
+    renames it later). On any exception the temp file is removed, so an object is whole under its
+    name or absent. The file object's `.name` is the temp path."""
+    os.makedirs(tmp_dir, exist_ok=True)
+    tmp = os.path.join(tmp_dir, f"{oid[:16]}-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "x+b" if readable else "xb", opener=lambda path, flags: os.open(path, flags, 0o444)) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        if final is not None:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _fsync_path(path: str) -> None:

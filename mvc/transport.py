@@ -28,14 +28,13 @@ import configparser
 import os
 import shutil
 import threading
-import uuid
 from urllib.parse import unquote, urlparse
 
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
 from .files import LockFile, atomic_write
 from .objects import check_ref_name, hash_bytes, is_oid
-from .store import LooseStore, ObjectStore, fsync_dir
+from .store import LooseStore, ObjectStore, fsync_dir, new_object_file
 
 REMOTE_FORMAT = 1
 ABSENT = None  # the token of a file that does not exist
@@ -290,22 +289,8 @@ class DirectoryTransport(Transport):
         final = self.objects.path(oid)
         if os.path.exists(final):
             return
-        os.makedirs(self.objects.tmp, exist_ok=True)
-        tmp = os.path.join(self.objects.tmp, f"{oid[:16]}-{uuid.uuid4().hex}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-            with os.fdopen(fd, "wb") as f:
-                fill(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with new_object_file(self.objects.tmp, oid, final) as f:
+            fill(f)
         self._dirty.add(os.path.dirname(final))
 
     def flush(self, parallel_map=map):
