@@ -17,7 +17,7 @@ Portable decoders: CE of the decoder's own logits on domain windows (the host is
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from bricks.api import BrickModel, attach, fits
 from bricks.common import decode_delta, num_params
 from cores.base import bytes_to_tensor
-from cores.train import CheckpointState, _progress_bar, split_holdout
+from cores.train import CheckpointState, split_holdout
 from kernels import batch_invariant as bi
 from kernels.counter_rng import MASK64, stream_id, stream_uint64
 
@@ -90,6 +90,7 @@ class BrickTrainer(CheckpointState):
     """Deterministic trainer for a brick on a frozen host (see module docstring)."""
 
     model_key = "brick"
+    progress_label = "brick"
 
     def checkpoint_model(self):
         return self.brick
@@ -155,13 +156,6 @@ class BrickTrainer(CheckpointState):
         self.wall = 0.0
 
     # ---- schedule and data -----------------------------------------------------------------------
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
-        cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-        return self.lr * (self.min_lr_frac + (1.0 - self.min_lr_frac) * cos)
-
     def batch(self, step: int) -> torch.Tensor:
         """Domain windows of ``step``: (batch_size, seq_len + 1) bytes."""
         return _windows(self.stream, "brick-batch", self.seed, self.batch_size, step * self.batch_size,
@@ -210,52 +204,21 @@ class BrickTrainer(CheckpointState):
         return loss, stats
 
     # ---- training ------------------------------------------------------------------------------
-    def train_step(self) -> float:
-        self.brick.train()
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
+    def step_loss(self, step: int) -> tuple[torch.Tensor, dict]:
         with bi.enabled(False):
-            loss, stats = self.loss(self.step)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.brick.parameters(), self.grad_clip)
-        self.opt.step()
-        self.step += 1
-        self.data_pos += self.batch_size
-        value = float(loss.detach())
-        self.losses.append(value)
-        self.last_stats = stats
-        return value
+            return self.loss(step)
 
-    def run(self, steps: int | None = None) -> list[float]:
-        """Run ``steps`` more steps (default: the rest of the budget); returns their losses."""
-        todo = self.total_steps - self.step if steps is None else min(steps, self.total_steps - self.step)
-        out: list[float] = []
+    @contextlib.contextmanager
+    def run_context(self):
+        """The frozen host stays in eval mode while the brick trains; modes restored afterwards."""
         host_modes = [(m, m.training) for m in self.host.modules()] if self.host is not None else []
         if self.host is not None:
             self.host.eval()
-        bar = _progress_bar(self.progress)
-        task = bar.add_task("brick", total=todo, loss=float("nan"), bps=0.0) if bar else None
-        t0 = time.perf_counter()
         try:
-            if bar:
-                bar.start()
-            for i in range(todo):
-                out.append(self.train_step())
-                elapsed = time.perf_counter() - t0
-                if bar:
-                    bar.update(task, advance=1, loss=out[-1],
-                               bps=(i + 1) * self.batch_size * self.seq_len / max(elapsed, 1e-9))
-                if self.wall_seconds is not None and self.wall + elapsed >= self.wall_seconds:
-                    break
+            yield
         finally:
-            if bar:
-                bar.stop()
-            self.wall += time.perf_counter() - t0
             for m, mode in host_modes:
                 m.training = mode
-        return out
 
     # ---- evaluation ----------------------------------------------------------------------------
     def model(self) -> BrickModel:

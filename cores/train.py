@@ -18,6 +18,7 @@ same losses, same weights, bit for bit (same settings and data required; checked
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -55,14 +56,75 @@ def unflatten_optimizer_state(flat: dict[str, torch.Tensor]) -> dict[int, dict]:
 
 
 class CheckpointState:
-    """The checkpoint half of a trainer: model + optimizer + RNG + step + data position as flat
-    tensor dicts, restored bit-exactly. Subclasses name their model's component (`model_key`) and
-    hold `opt`, `gen`, `step`, `data_pos`, `seed`, `total_steps`."""
+    """What every trainer shares: the schedule, the optimizer step loop with its progress bar and
+    wall-clock budget, and the checkpoint (model + optimizer + RNG + step + data position as flat
+    tensor dicts, restored bit-exactly). Subclasses provide `step_loss(step) -> (loss, stats)`,
+    name their model's component (`model_key`) and hold `opt`, `gen`, `step`, `data_pos`, `seed`,
+    `total_steps`, `lr`, `warmup`, `min_lr_frac`, `grad_clip`, `batch_size`, `seq_len`, `wall`,
+    `wall_seconds`, `progress`, `losses`, `last_stats`."""
 
     model_key = "core"
+    progress_label = "train"
 
     def checkpoint_model(self) -> torch.nn.Module:
         return self.core
+
+    def step_loss(self, step: int) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def run_context(self):
+        """Entered around a run of steps (e.g. to keep a frozen host in eval mode)."""
+        return contextlib.nullcontext()
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+        return self.lr * (self.min_lr_frac + (1.0 - self.min_lr_frac) * cos)
+
+    def train_step(self) -> float:
+        model = self.checkpoint_model()
+        model.train()
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        loss, stats = self.step_loss(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.step += 1
+        self.data_pos += self.batch_size
+        value = float(loss.detach())
+        self.losses.append(value)
+        self.last_stats = stats
+        return value
+
+    def run(self, steps: int | None = None) -> list[float]:
+        """Run ``steps`` more steps (default: the rest of the budget); returns their losses."""
+        todo = self.total_steps - self.step if steps is None else min(steps, self.total_steps - self.step)
+        out: list[float] = []
+        bar = _progress_bar(self.progress)
+        task = bar.add_task(self.progress_label, total=todo, loss=float("nan"), bps=0.0) if bar else None
+        t0 = time.perf_counter()
+        with self.run_context():
+            try:
+                if bar:
+                    bar.start()
+                for i in range(todo):
+                    out.append(self.train_step())
+                    elapsed = time.perf_counter() - t0
+                    if bar:
+                        bps = (i + 1) * self.batch_size * self.seq_len / max(elapsed, 1e-9)
+                        bar.update(task, advance=1, loss=out[-1], bps=bps)
+                    if self.wall_seconds is not None and self.wall + elapsed >= self.wall_seconds:
+                        break
+            finally:
+                if bar:
+                    bar.stop()
+                self.wall += time.perf_counter() - t0
+        return out
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
@@ -135,13 +197,6 @@ class Trainer(CheckpointState):
         self.wall = 0.0
 
     # ---- schedule and data -----------------------------------------------------------------------
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
-        cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-        return self.lr * (self.min_lr_frac + (1.0 - self.min_lr_frac) * cos)
-
     def batch(self, step: int) -> torch.Tensor:
         """The windows of ``step``: (batch_size, seq_units + 1) units."""
         n = self.stream.numel() - self.seq_units - 1
@@ -151,47 +206,8 @@ class Trainer(CheckpointState):
         return self.stream[idx]
 
     # ---- training ------------------------------------------------------------------------------
-    def train_step(self) -> float:
-        self.core.train()
-        window = self.batch(self.step)
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
-        loss, stats = self.core.training_loss(window)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.grad_clip)
-        self.opt.step()
-        self.step += 1
-        self.data_pos += self.batch_size
-        value = float(loss.detach())
-        self.losses.append(value)
-        self.last_stats = stats
-        return value
-
-    def run(self, steps: int | None = None) -> list[float]:
-        """Run ``steps`` more steps (default: the rest of the budget); returns their losses."""
-        todo = self.total_steps - self.step if steps is None else min(steps, self.total_steps - self.step)
-        out: list[float] = []
-        bar = _progress_bar(self.progress)
-        task = bar.add_task("train", total=todo, loss=float("nan"), bps=0.0) if bar else None
-        t0 = time.perf_counter()
-        try:
-            if bar:
-                bar.start()
-            for i in range(todo):
-                out.append(self.train_step())
-                elapsed = time.perf_counter() - t0
-                if bar:
-                    bps = (i + 1) * self.batch_size * self.seq_len / max(elapsed, 1e-9)
-                    bar.update(task, advance=1, loss=out[-1], bps=bps)
-                if self.wall_seconds is not None and self.wall + elapsed >= self.wall_seconds:
-                    break
-        finally:
-            if bar:
-                bar.stop()
-            self.wall += time.perf_counter() - t0
-        return out
+    def step_loss(self, step: int) -> tuple[torch.Tensor, dict]:
+        return self.core.training_loss(self.batch(step))
 
     def evaluate(self, data: bytes | None = None) -> float:
         """Held-out bits per byte (default: the held-out tail, capped at ``eval_bytes``), in windows
