@@ -94,17 +94,9 @@ class S3Transport(Transport):
             self._fail(e, f"checking object {oid[:12]}")
 
     def get(self, oid):
-        from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            r = self.client.get_object(Bucket=self.bucket, Key=self._object_key(oid))
-            return r["Body"].read()
-        except ClientError as e:
-            if _code(e) in _MISSING_CODES:
-                raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
-                                    "the remote is damaged: push again from a repository that has it") from None
-            self._fail(e, f"reading object {oid[:12]}")
-        except BotoCoreError as e:
-            self._fail(e, f"reading object {oid[:12]}")
+        buf = io.BytesIO()
+        self.get_into(oid, buf)
+        return buf.getvalue()
 
     def get_into(self, oid, f):
         from botocore.exceptions import BotoCoreError, ClientError

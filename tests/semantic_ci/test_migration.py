@@ -2,7 +2,6 @@
 independently seeded host, the legacy negative control (tensors copied exactly) is caught, the
 portable decoder is exact on every host, and paste refuses when its migration gate fails."""
 import json
-import os
 
 import pytest
 import torch
@@ -116,4 +115,3 @@ def test_paste_cli_gates_on_migration_and_names_abi_field(setup):
     c = setup.read_commit(doc["commit"])
     assert c["extra"]["paste"]["mode"] == "int8"
     assert setup.tree(doc["commit"], "brick/python")["arch"].endswith("-int8")
-    assert os.path.exists("mvc.toml")
