@@ -799,11 +799,12 @@ SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than t
 
 
 def _ids_in(value) -> set[str]:
-    """Every object id (64-hex string) inside a JSON value."""
+    """Every object id (64-hex string) inside a JSON value. Values under keys ending in `_digest`
+    are hashes of computed data (e.g. a certificate's logits digest), not stored objects."""
     if isinstance(value, str):
         return {value} if is_oid(value) else set()
     if isinstance(value, dict):
-        return set().union(*(_ids_in(v) for v in value.values())) if value else set()
+        return set().union(*(_ids_in(v) for k, v in value.items() if not str(k).endswith("_digest")))
     if isinstance(value, list):
         return set().union(*(_ids_in(v) for v in value)) if value else set()
     return set()
