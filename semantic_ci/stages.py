@@ -23,6 +23,9 @@ class TrainerJob:
     def __init__(self, run: Run, settings: dict):
         self.run, self.settings = run, settings
         self.trainer = None
+        # torch's global generator starts from a random seed in every process; seed it from the stage
+        # so that a fresh run is reproducible too (a resume restores the state saved in train_state)
+        torch.manual_seed(int(settings.get("seed", 0)))
 
     def components(self) -> dict:
         sd = self.trainer.state_dict()

@@ -67,5 +67,7 @@ from . import remote_cmds  # noqa: E402,F401  (registers remote, push, fetch, pu
 
 
 def main(argv=None):
+    from kernels.determinism import pin_blas_reproducibility  # torch-free; before any BLAS call
+    pin_blas_reproducibility()
     return cli.main(args=argv, prog_name="mvc")
 

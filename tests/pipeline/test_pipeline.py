@@ -161,6 +161,7 @@ def test_sigkill_and_resume_gives_bit_identical_weights(tmp_path):
     a = mvc.Repo(ref_root).load("demo/core", "core")
     b = mvc.Repo(root).load("demo/core", "core")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    oa = mvc.Repo(ref_root).load("demo/core", "optimizer")
-    ob = mvc.Repo(root).load("demo/core", "optimizer")
-    assert all(torch.equal(oa[k], ob[k]) for k in oa)
+    for component in ("optimizer", "train_state"):  # train_state: step, data position and RNG states
+        oa = mvc.Repo(ref_root).load("demo/core", component)
+        ob = mvc.Repo(root).load("demo/core", component)
+        assert set(oa) == set(ob) and all(torch.equal(oa[k], ob[k]) for k in oa), component
