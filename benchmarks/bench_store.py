@@ -172,6 +172,18 @@ def run_mvc(work, ckpts, fsync=True):
     return {"commit_s": total, "stored_bytes": du(os.path.join(work, ".mvc", "objects")), "restore_s": restore}
 
 
+def run_mvc_api(work, ckpts):
+    """The same commits through the Python API in one process, as a training loop or `mvc run`
+    makes them (no interpreter start-up per commit)."""
+    sys.path.insert(0, ROOT)
+    import mvc
+    repo = mvc.Repo.init(work)
+    total = sum(timed(lambda: repo.commit({"model": p}, message=f"ckpt {i}", author="bench"))
+                for i, p in enumerate(ckpts))
+    return {"commit_s": total, "stored_bytes": du(os.path.join(work, ".mvc", "objects")),
+            "restore_s": timed(lambda: repo.checkout(f"HEAD~{len(ckpts) - 1}", os.path.join(work, "restored")))}
+
+
 def hashing_rate(nbytes: int) -> dict:
     import blake3
     import hashlib
@@ -223,7 +235,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=float, default=22e6)
     ap.add_argument("--checkpoints", type=int, default=10)
-    ap.add_argument("--tools", default="cp,cp+sync,git-lfs,dvc,mvc,mvc (no fsync)")
+    ap.add_argument("--tools", default="cp,cp+sync,git-lfs,dvc,mvc,mvc (no fsync),mvc (python api)")
     ap.add_argument("--dvc", default=shutil.which("dvc") or "/tmp/dvcenv/bin/dvc")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_store.json"))
@@ -255,6 +267,8 @@ def main():
                     rows[tool].update(load_rate(work, ckpts[0]))
                 elif tool == "mvc (no fsync)":
                     rows[tool] = run_mvc(work, ckpts, fsync=False)
+                elif tool == "mvc (python api)":
+                    rows[tool] = run_mvc_api(work, ckpts)
             except Exception as e:  # a missing reference tool is reported, not fatal
                 rows[tool] = {"error": str(e)[:300]}
             rows[tool].pop("_first", None)

@@ -13,7 +13,7 @@ from typing import Callable
 from . import safetensors_format as stf
 from .errors import BadInput, CorruptObject
 from .objects import check_component_name, check_relpath, tree_object
-from .store import ObjectStore
+from .store import FileRegion, ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -61,18 +61,19 @@ class Ingest:
             prefix = head8 + f.read(n)
             header = stf.parse_header(prefix, size, path)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        try:
-            with memoryview(mm) as view:
-                with view[: header.data_start] as head:
-                    header_id = self.store.put(head)
-                for e in header.tensors:
-                    with view[header.data_start + e.begin: header.data_start + e.end] as data:
-                        oid = self.store.put(stf.blob_prefix(e.dtype, e.shape), data)
-                    self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)
-                    self.progress(e.end - e.begin)
-        finally:
-            if isinstance(mm, mmap.mmap):
-                mm.close()
+            try:
+                with memoryview(mm) as view:
+                    with view[: header.data_start] as head:
+                        header_id = self.store.put(head)
+                    for e in header.tensors:
+                        start = header.data_start + e.begin
+                        with view[start: header.data_start + e.end] as data:
+                            oid = self.store.put(stf.blob_prefix(e.dtype, e.shape), FileRegion(f.fileno(), start, data))
+                        self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)
+                        self.progress(e.end - e.begin)
+            finally:
+                if isinstance(mm, mmap.mmap):
+                    mm.close()
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
 
     def state_dict(self, relpath: str, state: dict, metadata: dict | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import BadInput
 
@@ -23,8 +23,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
 BLOB_TENSOR_NAME = "tensor"           # fixed name inside canonical tensor blobs
 
 
-@dataclass(frozen=True)
-class TensorEntry:
+class TensorEntry(NamedTuple):
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -32,8 +31,7 @@ class TensorEntry:
     end: int
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     header_len: int                  # N, the JSON length after the 8-byte prefix
     tensors: tuple[TensorEntry, ...]  # in data-offset order
     metadata: dict[str, str] | None

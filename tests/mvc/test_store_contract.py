@@ -5,7 +5,7 @@ import pytest
 
 from mvc.errors import CorruptObject, ObjectMissing
 from mvc.objects import hash_bytes
-from mvc.store import ChainStore, LooseStore, MemoryStore
+from mvc.store import ChainStore, FileRegion, LooseStore, MemoryStore
 
 
 class StoreContract:
@@ -57,6 +57,15 @@ class StoreContract:
         oid = s.put(b"")
         assert s.get(oid) == b"" and bytes(s.view(oid)) == b""
 
+    def test_file_region_stores_the_same_bytes_as_memory(self, tmp_path):
+        body = os.urandom(300_000)
+        src = tmp_path / "src.bin"
+        src.write_bytes(b"junk" + body + b"tail")
+        s = self.make_store(tmp_path)
+        with open(src, "rb") as f:
+            oid = s.put(b"prefix", FileRegion(f.fileno(), 4, memoryview(body)))
+        assert oid == hash_bytes(b"prefix" + body) and s.get(oid) == b"prefix" + body
+
 
 class TestMemoryStore(StoreContract):
     def make_store(self, tmp_path):
@@ -90,6 +99,43 @@ class TestLooseStore(StoreContract):
         path = tmp_path / "objects" / oid[:2] / oid[2:]
         assert path.read_bytes() == b"abc" and hash_bytes(path.read_bytes()) == oid
         assert not os.listdir(tmp_path / "objects" / "tmp")  # no temp files left behind
+
+
+def _region(tmp_path, n=200_000):
+    body = os.urandom(n)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"xx" + body)
+    return body, open(src, "rb")
+
+
+def test_file_region_falls_back_to_memory_after_a_partial_kernel_copy(tmp_path, monkeypatch):
+    body, f = _region(tmp_path)
+    real, calls = os.copy_file_range, []
+
+    def flaky(src, dst, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if len(calls) > 1:
+            raise OSError(18, "Invalid cross-device link")  # EXDEV on the second call
+        return real(src, dst, min(count, 4096), offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", flaky)
+    s = LooseStore(str(tmp_path / "objects"))
+    with f:
+        oid = s.put(b"p", FileRegion(f.fileno(), 2, memoryview(body)))
+    assert len(calls) == 2 and s.get(oid) == b"p" + body
+
+
+def test_file_region_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    body, f = _region(tmp_path)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    s = LooseStore(str(tmp_path / "objects"))
+    with f, pytest.raises(OSError, match="No space"):
+        s.put(b"p", FileRegion(f.fileno(), 2, memoryview(body)))
+    assert list(s.ids()) == [] and not os.listdir(tmp_path / "objects" / "tmp")
 
 
 class TestChainStore(StoreContract):
