@@ -3,6 +3,10 @@ import os
 
 import pytest
 
+from kernels.determinism import pin_blas_reproducibility
+
+pin_blas_reproducibility()  # before any test's first matrix product: bits do not depend on threads
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path_factory):
