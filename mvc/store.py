@@ -7,12 +7,13 @@ of stores and writes to the first (pack files and lazily fetched remotes plug in
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import uuid
 from typing import Iterator
 
-from .errors import CorruptObject, ObjectMissing
+from .errors import BadInput, CorruptObject, ObjectMissing
 from .objects import hash_bytes, is_oid
 
 
@@ -20,8 +21,7 @@ class FileRegion:
     """`len(view)` bytes of the open file `fd` at `offset`, with a memoryview of the same bytes.
 
     A buffer of `put` may be a FileRegion: it is hashed through its view, and LooseStore copies it
-    file to file inside the kernel (copy_file_range: no copy through Python), which is what makes
-    committing a large safetensors file about as fast as `cp`."""
+    file to file inside the kernel (copy_file_range, as `cp` does: no copy through Python)."""
 
     __slots__ = ("fd", "offset", "view")
 
@@ -37,6 +37,10 @@ def as_buffer(b):
     return b.view if isinstance(b, FileRegion) else b
 
 
+# copy_file_range errors that mean "no in-kernel copy between these files": write from memory instead
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
 def _write_buffer(f, b) -> None:
     if not isinstance(b, FileRegion) or not hasattr(os, "copy_file_range"):
         f.write(as_buffer(b))
@@ -47,12 +51,13 @@ def _write_buffer(f, b) -> None:
         while done < n:
             got = os.copy_file_range(b.fd, f.fileno(), n - done, b.offset + done)
             if got == 0:
-                raise OSError("copy_file_range copied nothing")
+                raise BadInput("the source file shrank while it was being stored",
+                               "commit it again once the program writing it has finished")
             done += got
     except OSError as e:
-        if e.errno == 28:  # ENOSPC: a real error, not a reason to try another way
-            raise
-        f.write(b.view[done:])  # no in-kernel copy here (e.g. EXDEV, EINVAL): the rest from memory
+        if e.errno not in _NO_KERNEL_COPY:
+            raise  # ENOSPC, EIO, ...: real errors
+        f.write(b.view[done:])
 
 
 class ObjectStore:

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from mvc.errors import CorruptObject, ObjectMissing
+from mvc.errors import BadInput, CorruptObject, ObjectMissing
 from mvc.objects import hash_bytes
 from mvc.store import ChainStore, FileRegion, LooseStore, MemoryStore
 
@@ -125,15 +125,22 @@ def test_file_region_falls_back_to_memory_after_a_partial_kernel_copy(tmp_path, 
     assert len(calls) == 2 and s.get(oid) == b"p" + body
 
 
-def test_file_region_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("result, error, match", [
+    (OSError(28, "No space left on device"), OSError, "No space"),
+    (OSError(5, "Input/output error"), OSError, "Input/output"),
+    (0, BadInput, "shrank while it was being stored"),  # the source file got shorter under us
+])
+def test_file_region_errors_leave_nothing(tmp_path, monkeypatch, result, error, match):
     body, f = _region(tmp_path)
 
-    def full(*a, **k):
-        raise OSError(28, "No space left on device")
+    def copy(*a, **k):
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    monkeypatch.setattr(os, "copy_file_range", full)
+    monkeypatch.setattr(os, "copy_file_range", copy)
     s = LooseStore(str(tmp_path / "objects"))
-    with f, pytest.raises(OSError, match="No space"):
+    with f, pytest.raises(error, match=match):
         s.put(b"p", FileRegion(f.fileno(), 2, memoryview(body)))
     assert list(s.ids()) == [] and not os.listdir(tmp_path / "objects" / "tmp")
 
