@@ -37,22 +37,9 @@ from .store import fsync_dir, new_object_file
 from .transport import (LazyRemoteStore, Transport, configured_remote, is_url, normalize_url,
                         check_endpoint, open_transport, parse_id_lines, promisor_remote, promisor_store,
                         remote_section)
+from .transfer import DEFAULT_JOBS, Progress  # noqa: F401  (part of this module's API)
 
 DEFAULT_REMOTE = "origin"
-DEFAULT_JOBS = 8
-
-
-class Progress:
-    """Transfer progress callbacks (the CLI draws a bar; the default draws nothing)."""
-
-    def begin(self, label: str, objects: int, nbytes: int | None = None) -> None:
-        pass
-
-    def advance(self, nbytes: int) -> None:
-        """One object of `nbytes` moved."""
-
-    def end(self) -> None:
-        pass
 
 
 # -- remote configuration ----------------------------------------------------------------------

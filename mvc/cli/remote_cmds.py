@@ -7,13 +7,13 @@ import time
 
 import click
 
-from .. import remote as rm
 from ..repo import Repo
+from ..transfer import DEFAULT_JOBS, Progress
 from .main import cli
 from .output import console, emit_json, human_bytes, short
 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
-jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=rm.DEFAULT_JOBS, show_default=True,
+jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
                         help="Parallel transfers.")
 
 
@@ -21,7 +21,13 @@ def _repo() -> Repo:
     return Repo(os.getcwd())
 
 
-class BarProgress(rm.Progress):
+def _rm():
+    """mvc.remote, imported by the commands that use it only (it pulls in threads and transports)."""
+    from .. import remote
+    return remote
+
+
+class BarProgress(Progress):
     """A rich bar on stderr (objects, bytes, bytes/s), drawn only on a TTY."""
 
     def __init__(self):
@@ -80,7 +86,7 @@ def remote(ctx, verbose, as_json):
 
 
 def _list(verbose, as_json):
-    remotes = rm.list_remotes(_repo())
+    remotes = _rm().list_remotes(_repo())
     if as_json:
         emit_json(remotes)
         return
@@ -113,6 +119,7 @@ def remote_add(name, url, endpoint, as_json):
       mvc remote add origin ../models.mvc
       mvc remote add origin s3://bucket/prefix --endpoint http://127.0.0.1:9000
     """
+    rm = _rm()
     r = rm.add_remote(_repo(), name, url, endpoint)
     if as_json:
         emit_json(r)
@@ -126,6 +133,7 @@ def remote_add(name, url, endpoint, as_json):
 @json_opt
 def remote_remove(name, force, as_json):
     """Remove remote NAME and its remote-tracking refs."""
+    rm = _rm()
     r = rm.remove_remote(_repo(), name, force)
     if as_json:
         emit_json(r)
@@ -137,6 +145,7 @@ def remote_remove(name, force, as_json):
 def _push_args(repo: Repo, remote: str | None, branch: str | None, delete: bool = False):
     """One argument that names no remote but a branch (any branch with --delete) means the default remote."""
     if remote and branch is None:
+        rm = _rm()
         names = {r["name"] for r in rm.list_remotes(repo)}
         if remote not in names and not rm.is_url(remote) and (delete or remote in repo.branches()):
             return None, remote
@@ -170,6 +179,7 @@ def push(remote, branch, force, dry_run, delete, jobs, as_json):
     if delete and branch is None:
         raise click.UsageError("--delete needs the BRANCH to delete")
     started = time.perf_counter()
+    rm = _rm()
     r = rm.push(repo, remote, branch, force=force, dry_run=dry_run, delete=delete, jobs=jobs,
                 progress=BarProgress())
     r.pop("sent", None)
@@ -218,6 +228,7 @@ def fetch(remote, jobs, as_json):
       mvc fetch origin
       mvc log origin/main -n 3
     """
+    rm = _rm()
     r = rm.fetch(_repo(), remote, jobs, BarProgress())
     if as_json:
         emit_json(r)
@@ -263,6 +274,7 @@ def pull(remote, branch, jobs, as_json):
     """
     repo = _repo()
     remote, branch = _push_args(repo, remote, branch)
+    rm = _rm()
     r = rm.pull(repo, remote, branch, jobs, BarProgress())
     if as_json:
         emit_json(r)
@@ -296,6 +308,7 @@ def clone(url, directory, lazy, endpoint, jobs, as_json):
       mvc clone s3://models/run1 run1 --endpoint http://127.0.0.1:9000
     """
     started = time.perf_counter()
+    rm = _rm()
     repo, r = rm.clone(url, directory, lazy=lazy, endpoint=endpoint, jobs=jobs, progress=BarProgress())
     r["seconds"] = time.perf_counter() - started
     if as_json:
