@@ -23,6 +23,12 @@ SKIP_DIRS = {".git", ".mvc"}
 Progress = Callable[[int], None]
 
 
+def _stamp(fd: int) -> tuple[int, int, int, int]:
+    """What changes when a file is written: size, modification and change times, inode."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
 def default_kind(name: str) -> str:
     if name == "core" or name.startswith("core/"):
         return "core"
@@ -50,8 +56,9 @@ class Ingest:
         self.tensors[key] = entry
 
     def safetensors_file(self, relpath: str, path: str) -> None:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
+            stamp = _stamp(f.fileno())
+            size = stamp[0]
             head8 = f.read(8)
             if len(head8) < 8:
                 raise BadInput(f"{path}: not a safetensors file (shorter than 8 bytes)")
@@ -74,6 +81,9 @@ class Ingest:
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
+            if _stamp(f.fileno()) != stamp:  # each tensor is hashed, then copied: two reads of the file
+                raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
+                               "commit it again once the program writing it has finished")
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
 
     def state_dict(self, relpath: str, state: dict, metadata: dict | None = None) -> None:

@@ -152,6 +152,26 @@ def test_malformed_safetensors_refused_nothing_written(repo, tmp_path):
     assert repo.head() is None and not list(repo.store.ids())
 
 
+def test_file_rewritten_during_commit_is_refused_nothing_written(repo, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.safetensors"
+    save_file({"a": torch.ones(64), "b": torch.zeros(64)}, str(path))
+    os.utime(path, ns=(10**9, 10**9))  # written a while ago: the rewrite below gets a new mtime
+    real_put, calls = repo.store.primary.put, []
+
+    def put_then_rewrite(*buffers, oid=None):  # a training loop rewrites the file mid-commit
+        calls.append(1)
+        if len(calls) == 2:
+            with open(path, "r+b") as f:
+                f.seek(os.path.getsize(path) - 4)
+                f.write(b"\x00\x00\x80\x3f")
+        return real_put(*buffers, oid=oid)
+
+    monkeypatch.setattr(repo.store.primary, "put", put_then_rewrite)
+    with pytest.raises(BadInput, match="changed while it was being committed"):
+        repo.commit({"model": str(path)}, message="racy")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
 def test_components_carry_over_and_remove(repo):
     c1 = repo.commit({"core": sd(0), "brick/python": sd(1)}, message="one")
     c2 = repo.commit({"core": sd(2)}, message="two")
