@@ -41,6 +41,7 @@ import bricks  # noqa: E402
 import cores  # noqa: E402
 from cores.base import bytes_to_tensor  # noqa: E402
 from examples.data import general_stream, python_stream, split_holdout  # noqa: E402
+from results_io import write_report  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 SEED_NOTE = {
     "domain_ppl_host_to_brick": "213.70 -> 55.59",
@@ -355,9 +356,7 @@ def main(argv=None) -> int:
                         "jobs": args.jobs, "threads_per_job": args.threads},
         "total_wall_s": time.perf_counter() - t_start,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    out = write_report(report, args.out, sort_keys=True)
     print_table(report)
     log(f"wrote {out} ({report['total_wall_s']:.0f} s)")
     tmp.cleanup()

@@ -10,7 +10,6 @@ Targets: exact-logits on a 15m core over 64 KB <= 10 s; the full default run on 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import mvc  # noqa: E402
 from semantic_ci import config as cfgmod  # noqa: E402
 from semantic_ci.probe import builtin_probe  # noqa: E402
 from semantic_ci.runner import run_ci  # noqa: E402
+from results_io import write_report  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 
 def timed_check(repo, commit, check: dict, window: int) -> tuple[float, dict]:
@@ -74,10 +74,7 @@ def main():
         results["rows"].append({"tier": tier, "check": "full default run (exact + ppl + migration)",
                                 "seconds": total, "status": "-"})
     print_table(results)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_report(results, args.out)}")
 
 
 def print_table(results):

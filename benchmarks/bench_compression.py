@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -36,6 +35,7 @@ import cores  # noqa: E402
 from cores import convert as cv  # noqa: E402
 from examples.data import general_stream, split_holdout  # noqa: E402
 from kernels import batch_invariant as bi  # noqa: E402
+from results_io import write_report  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 GATE = 1.05
 
@@ -220,9 +220,7 @@ def main(argv=None) -> int:
                               "latency_threads": args.latency_threads,
                               "machine": platform.machine(), "python": platform.python_version()},
               "command": "python benchmarks/bench_compression.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    write_report(report, args.out, allow_nan=False)
     print_table(report)
     return 0
 

@@ -15,7 +15,6 @@ briefly trained BPE model greedily emits mostly one-byte tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ import torch  # noqa: E402
 import cores  # noqa: E402
 from cores.base import bytes_to_tensor  # noqa: E402
 from examples.data import general_stream, split_holdout  # noqa: E402
+from results_io import write_report  # noqa: E402  (benchmarks/ is sys.path[0] when run)
 
 ARCHS = ["layercake", "byte-transformer", "bpe-transformer"]
 LABELS = {"layercake": "LayerCake", "byte-transformer": "byte transformer", "bpe-transformer": "BPE transformer"}
@@ -150,9 +150,7 @@ def main(argv=None) -> int:
                         "train_threads": args.train_threads},
         "results": results, "targets": targets,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    out = write_report(report, args.out, sort_keys=True)
     print_table(report)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ import tempfile
 import time
 
 import numpy as np
+from results_io import write_report  # benchmarks/ is sys.path[0] when a script runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -195,10 +195,7 @@ def main():
             shutil.rmtree(base, ignore_errors=True)
     results["load_average_end"] = os.getloadavg()[0]
     print_table(results)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_report(results, args.out)}")
 
 
 if __name__ == "__main__":

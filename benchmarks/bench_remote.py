@@ -13,7 +13,6 @@ upload of the same bytes (the first checkpoint file).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -30,6 +29,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from bench_store import make_checkpoints  # noqa: E402  (the same synthetic run as the store benchmark)
+from results_io import write_report  # noqa: E402
 
 MOTO = """
 import sys, time, logging
@@ -205,10 +205,7 @@ def main():
                "one_checkpoint_bytes": one, "all_files_bytes": total, "rows": rows,
                "targets": summarize(rows)}
     print_table(results)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_report(results, args.out)}")
     if not args.workdir:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -12,7 +12,6 @@ git-lfs comes from Debian (`apt-get install git-lfs`); dvc from PyPI in its own 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -22,6 +21,7 @@ import tempfile
 import time
 
 import numpy as np
+from results_io import write_report  # benchmarks/ is sys.path[0] when a script runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -279,10 +279,7 @@ def main():
     results["hashing"] = hashing_rate(int(min(88e6, args.params * 4)))
     results["log"] = log_speed(base)
     print_table(results)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_report(results, args.out)}")
     if not args.workdir:
         shutil.rmtree(base, ignore_errors=True)
 
