@@ -29,6 +29,23 @@ def _stamp(fd: int) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if os.uname().sysname == "Linux" else None)
+
+
+def prefault(mm, start: int, end: int) -> None:
+    """Map `mm[start:end]` in one kernel call before it is hashed (Linux >= 5.14; a no-op elsewhere).
+
+    Hashing a fresh shared mapping otherwise takes a page fault every few pages: measured here,
+    88 MB of checkpoint hashed in 27-42 ms through faults vs 10-15 ms after one populate call."""
+    if _MADV_POPULATE_READ is None or not isinstance(mm, mmap.mmap) or end <= start:
+        return
+    first = start - start % mmap.PAGESIZE
+    try:
+        mm.madvise(_MADV_POPULATE_READ, first, end - first)
+    except (OSError, ValueError):  # older kernel (EINVAL) or no madvise here: hashing faults instead
+        pass
+
+
 def default_kind(name: str) -> str:
     if name == "core" or name.startswith("core/"):
         return "core"
@@ -74,6 +91,7 @@ class Ingest:
                         header_id = self.store.put(head)
                     for e in header.tensors:
                         start = header.data_start + e.begin
+                        prefault(mm, start, header.data_start + e.end)
                         with view[start: header.data_start + e.end] as data:
                             oid = self.store.put(stf.blob_prefix(e.dtype, e.shape), FileRegion(f.fileno(), start, data))
                         self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)

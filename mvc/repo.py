@@ -363,12 +363,17 @@ class Repo:
 
     # -- reading -----------------------------------------------------------------------------
     def load(self, rev: str | None, component: str, keys: Iterable[str] | None = None, device=None,
-             dtype=None) -> dict:
-        """Tensors of a component as a dict (zero-copy views of the blobs where possible)."""
-        return self.load_tree(self.tree(rev or "HEAD", component), keys, device, dtype, component)
+             dtype=None, verify: bool = True) -> dict:
+        """Tensors of a component as a dict (zero-copy views of the blobs where possible).
+
+        Every blob is re-hashed before it is returned (a damaged object is a CorruptObject error).
+        ``verify=False`` skips that re-hash for loose objects (packed or remote ones are always
+        checked as they are decoded or fetched): for a hot loop over a store you trust, e.g. one
+        `mvc fsck` has just checked; the tree and commit objects are verified either way."""
+        return self.load_tree(self.tree(rev or "HEAD", component), keys, device, dtype, component, verify)
 
     def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
-                  component: str = "component") -> dict:
+                  component: str = "component", verify: bool = True) -> dict:
         """Tensors of a tree object; tied tensors come back as the same tensor object."""
         from .tensors import buffer_tensor
         names = list(tree["tensors"]) if keys is None else list(keys)
@@ -378,7 +383,7 @@ class Repo:
             if name not in tree["tensors"]:
                 raise BadName(f"{component} has no tensor {name!r}")
             t = tree["tensors"][name]
-            buf = self.store.view(t["id"])
+            buf = self.store.view(t["id"], verify=verify)
             e = stf.parse_blob(buf, f"blob {t['id'][:12]}")
             x = buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape)
             if device is not None or dtype is not None:

@@ -492,7 +492,7 @@ class LazyRemoteStore(ObjectStore):
     def get(self, oid):
         return self.fetch(oid)
 
-    def view(self, oid):
+    def view(self, oid, verify=True):  # fetched objects are verified as they arrive
         self.fetch(oid)
         return self.cache.view(oid)
 
