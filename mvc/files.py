@@ -3,20 +3,26 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
-import uuid
 import warnings
 
 from .errors import LockHeld
 from .store import fsync_dir
 
 
+def hostname() -> str:
+    """This machine's network name (os.uname: the socket module is not imported for it)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+    return socket.gethostname()
+
+
 def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
     """Write `data` to `path` so that readers see the old or the new content, never a mix."""
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.urandom(16).hex()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -56,7 +62,7 @@ class LockFile:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}, f)
+            json.dump({"pid": os.getpid(), "host": hostname(), "time": time.time()}, f)
         self.held = True
         return True
 
@@ -73,7 +79,7 @@ class LockFile:
         delay = 0.002
         while not self._try():
             owner = self._owner()
-            if (owner and owner.get("host") == socket.gethostname()
+            if (owner and owner.get("host") == hostname()
                     and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"])):
                 warnings.warn(f"breaking stale lock {self.path} left by dead process {owner['pid']}")
                 try:

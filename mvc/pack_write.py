@@ -23,7 +23,6 @@ from __future__ import annotations
 import mmap
 import os
 import time
-import uuid
 import warnings
 
 from . import pack_format as pf
@@ -269,7 +268,7 @@ class Packer:
 
     def _write(self, progress) -> tuple[str, list[pf.Record], int]:
         os.makedirs(self.ps.dir, exist_ok=True)
-        tmp = os.path.join(self.ps.dir, f"{TMP_PREFIX}{uuid.uuid4().hex}.pack")
+        tmp = os.path.join(self.ps.dir, f"{TMP_PREFIX}{os.urandom(16).hex()}.pack")
         records: list[pf.Record] = []
         depth_of: dict[str, int] = {}
         recent: dict = {}
@@ -310,7 +309,7 @@ class Packer:
             os.chmod(tmp, 0o444)
             os.replace(tmp, final + ".pack")
             index = pf.encode_index(records, checksum)
-            tmp_idx = os.path.join(self.ps.dir, f"{TMP_PREFIX}{uuid.uuid4().hex}.idx")
+            tmp_idx = os.path.join(self.ps.dir, f"{TMP_PREFIX}{os.urandom(16).hex()}.idx")
             tmp = tmp_idx
             with open(tmp_idx, "wb") as f:
                 f.write(index + bytes.fromhex(hash_bytes(index)))

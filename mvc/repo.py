@@ -10,7 +10,6 @@ import json
 import getpass
 import os
 import re
-import socket
 import time
 import warnings
 from typing import Callable, Iterable
@@ -19,7 +18,7 @@ from . import components as comp
 from . import safetensors_format as stf
 from .errors import (BadInput, BadName, CorruptObject, MvcError, NotARepository, ObjectMissing,
                      RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew)
-from .files import atomic_write
+from .files import atomic_write, hostname
 from .objects import (canonical_json, check_component_name, check_ref_name, commit_object, decode,
                       encode, is_oid, tree_blob_ids)
 from .refs import RefStore, utc_now
@@ -850,7 +849,7 @@ def default_author(root: str | None = None) -> str:
         user = getpass.getuser()
     except Exception:
         user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    return f"{user}@{hostname()}"
 
 
 def _git_dir_of(path: str) -> str | None:

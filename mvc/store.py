@@ -10,7 +10,6 @@ import contextlib
 import errno
 import mmap
 import os
-import uuid
 from typing import Iterator
 
 from .errors import BadInput, CorruptObject, ObjectMissing
@@ -315,7 +314,7 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
     renames it later). On any exception the temp file is removed, so an object is whole under its
     name or absent. The file object's `.name` is the temp path."""
     os.makedirs(tmp_dir, exist_ok=True)
-    tmp = os.path.join(tmp_dir, f"{oid[:16]}-{uuid.uuid4().hex}")
+    tmp = os.path.join(tmp_dir, f"{oid[:16]}-{os.urandom(16).hex()}")
     try:
         with open(tmp, "x+b" if readable else "xb", opener=lambda path, flags: os.open(path, flags, 0o444)) as f:
             yield f
