@@ -94,13 +94,17 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, d: int, hidden: int):
+    """fc -> GELU -> proj. ``approximate``: "none" (exact erf GELU, the default) or "tanh"
+    (measured here on one 256-wide row: 1.3 us vs 7.6 us; on large batches erf is the cheaper one)."""
+
+    def __init__(self, d: int, hidden: int, approximate: str = "none"):
         super().__init__()
         self.fc = nn.Linear(d, hidden, bias=False)
         self.proj = nn.Linear(hidden, d, bias=False)
+        self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))  # exact (erf) GELU: ~2x cheaper than tanh here
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
 
 
 class Block(nn.Module):

@@ -9,9 +9,15 @@ from cores.layercake import patches_to_bytes
 from kernels import batch_invariant as bi
 
 
-@pytest.fixture(scope="module")
-def core():
-    return cores.build("layercake", "tiny", seed=0).eval()
+@pytest.fixture(scope="module", params=["plain", "ngram"])
+def core(request):
+    """The tiny core, and the same with hashed n-gram embeddings in its decoder (as small uses)."""
+    extra = {"ngram_buckets": 61} if request.param == "ngram" else {}
+    c = cores.build("layercake", "tiny", seed=0, **extra).eval()
+    if extra:  # a fresh n-gram table is N(0, 0.02); make its rows matter in every comparison below
+        with torch.no_grad():
+            c.ngram.weight.mul_(20)
+    return c
 
 
 def _ids(B, T, seed=0):
@@ -88,12 +94,18 @@ def test_switch_off_still_close(core):
 
 
 def test_incremental_generation_matches_full_forward(core):
+    import copy
+    core = copy.deepcopy(core)  # every weight away from its init (norm weights are 1 there), so the
+    g = torch.Generator().manual_seed(9)  # folded decoding weights are checked for real
+    with torch.no_grad():
+        for p in core.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
     prompt = bytes(_ids(1, 13, 3)[0].tolist())
     st, logits = core.gen_start(prompt)
     seq = list(prompt)
     for i in range(10):
         full = core(torch.tensor([seq]))[0, -1]
-        assert torch.allclose(logits, full, atol=1e-4)
+        assert full.abs().max() > 0.5 and torch.allclose(logits, full, atol=1e-4, rtol=1e-4)
         seq.append((i * 37) % 256)
         logits = core.gen_step(st, seq[-1])
     out = core.generate(b"hello", 12)
@@ -112,6 +124,22 @@ def test_abi_delta_goes_through_the_head(core):
     shifted, _, _ = core.forward_with_abi(x, abi_delta=delta)
     assert torch.allclose(shifted - base, core.head_logits(delta, 19), atol=1e-4)
     assert torch.equal(core.head_logits(delta, 19)[:, :3], torch.zeros(2, 3, 256))
+
+
+def test_ngram_ids_hash_the_bytes_ending_at_each_position():
+    from cores.layercake import ngram_bucket
+    c = cores.build("layercake", "tiny", seed=0, ngram_buckets=61)
+    x = torch.tensor([[7, 200, 7, 200, 13]])
+    ids = c._ngram_ids(x)[0].tolist()  # (T, orders): bigram ids, then trigram ids offset by 61
+    b2 = [ngram_bucket(x1 + 257 * x0, 61) for x0, x1 in zip([256, 7, 200, 7, 200], [7, 200, 7, 200, 13])]
+    assert [r[0] for r in ids] == b2 and ids[1][0] == ids[3][0]  # the same bigram, the same bucket
+    assert all(61 <= r[1] < 122 for r in ids)
+    t3 = [ngram_bucket(x[0, t].item() + 257 * (x[0, t - 1].item() if t >= 1 else 256)
+                       + 257 ** 2 * (x[0, t - 2].item() if t >= 2 else 256), 61) + 61 for t in range(5)]
+    assert [r[1] for r in ids] == t3
+    assert c.num_params() == cores.build("layercake", "tiny", seed=0).num_params() + 2 * 61 * c.cfg.d_local
+    with pytest.raises(ValueError, match="ngram_max"):
+        cores.build("layercake", "tiny", ngram_buckets=61, ngram_max=4)
 
 
 def test_patches_to_bytes_alignment():
