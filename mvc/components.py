@@ -12,7 +12,7 @@ from typing import Callable
 
 from . import safetensors_format as stf
 from .errors import BadInput, CorruptObject
-from .objects import check_component_name, check_relpath, tree_object
+from .objects import check_component_name, check_relpath, hash_bytes, tree_object
 from .store import FileRegion, ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -89,13 +89,7 @@ class Ingest:
                 with memoryview(mm) as view:
                     with view[: header.data_start] as head:
                         header_id = self.store.put(head)
-                    for e in header.tensors:
-                        start = header.data_start + e.begin
-                        prefault(mm, start, header.data_start + e.end)
-                        with view[start: header.data_start + e.end] as data:
-                            oid = self.store.put(stf.blob_prefix(e.dtype, e.shape), FileRegion(f.fileno(), start, data))
-                        self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)
-                        self.progress(e.end - e.begin)
+                    self._store_tensors(relpath, header, mm, view, f.fileno())
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
@@ -103,6 +97,32 @@ class Ingest:
                 raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
                                "commit it again once the program writing it has finished")
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
+
+    def _store_tensors(self, relpath: str, header, mm, view, fd: int) -> None:
+        """One blob per tensor of a parsed safetensors file: a helper thread hashes the tensors one
+        ahead while this one copies the previous into the store (both release the GIL), so the
+        hash and the copy of a checkpoint overlap instead of adding up."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def region(e) -> tuple[int, int]:
+            return header.data_start + e.begin, header.data_start + e.end
+
+        def oid_of(e) -> str:
+            start, end = region(e)
+            prefault(mm, start, end)
+            with view[start:end] as data:
+                return hash_bytes(stf.blob_prefix(e.dtype, e.shape), data)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="mvc-hash") as pool:
+            ahead = None
+            for i, e in enumerate(header.tensors):
+                oid = (ahead or pool.submit(oid_of, e)).result()
+                ahead = pool.submit(oid_of, header.tensors[i + 1]) if i + 1 < len(header.tensors) else None
+                start, end = region(e)
+                with view[start:end] as data:
+                    self.store.put(stf.blob_prefix(e.dtype, e.shape), FileRegion(fd, start, data), oid=oid)
+                self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)
+                self.progress(e.end - e.begin)
 
     def state_dict(self, relpath: str, state: dict, metadata: dict | None = None) -> None:
         from .tensors import find_aliases, tensor_buffer
