@@ -164,6 +164,18 @@ def test_seeded_init_and_rebuild_from_config():
     assert torch.equal(rebuilt.eval()(x), a.eval()(x))
 
 
+def test_small_preset_core_commits_and_rebuilds_with_its_ngram_table(tmp_path):
+    import mvc
+    core = cores.build("layercake", "small", seed=0).eval()  # the preset with n-gram embeddings
+    assert core.ngram is not None and core.cfg.n_layer == 1
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"core": core}, message="small")
+    back = repo.load_model("HEAD", "core").eval()
+    assert back.ngram.weight.shape == core.ngram.weight.shape
+    x = _ids(1, 23, 6)
+    assert torch.equal(back(x), core(x))
+
+
 def test_legacy_core_has_no_anchor_loss():
     legacy = cores.build("layercake", "tiny", seed=0, canonical=False)
     window = _ids(2, 33)

@@ -172,6 +172,27 @@ def test_file_rewritten_during_commit_is_refused_nothing_written(repo, tmp_path,
     assert repo.head() is None and not list(repo.store.ids())
 
 
+def test_an_error_in_the_hashing_thread_fails_the_commit_and_writes_nothing(repo, tmp_path, monkeypatch):
+    from mvc import components
+    path = tmp_path / "ckpt.safetensors"
+    save_file({f"t{i}": torch.full((32,), float(i)) for i in range(5)}, str(path))
+    real, calls = components.hash_bytes, []
+
+    def failing_hash(*buffers):  # the helper thread hashes tensors one ahead of the copies
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+        return real(*buffers)
+
+    monkeypatch.setattr(components, "hash_bytes", failing_hash)
+    with pytest.raises(OSError, match="Input/output"):
+        repo.commit({"model": str(path)}, message="io error")
+    assert repo.head() is None and not list(repo.store.ids())
+    monkeypatch.setattr(components, "hash_bytes", real)
+    cid = repo.commit({"model": str(path)}, message="ok")
+    assert repo.fsck()["ok"] and torch.equal(repo.load(cid, "model")["t4"], torch.full((32,), 4.0))
+
+
 def test_components_carry_over_and_remove(repo):
     c1 = repo.commit({"core": sd(0), "brick/python": sd(1)}, message="one")
     c2 = repo.commit({"core": sd(2)}, message="two")
