@@ -8,6 +8,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import sys
 from typing import Callable
 
 from . import safetensors_format as stf
@@ -29,7 +30,7 @@ def _stamp(fd: int) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if os.uname().sysname == "Linux" else None)
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
 
 
 def prefault(mm, start: int, end: int) -> None:
