@@ -6,6 +6,9 @@ prefill latency on a 1 KB prompt and greedy generation throughput. Latency repea
 across models so background load hits all of them alike. Prints a table and writes JSON.
 
     python benchmarks/bench_cores.py --tier small --steps 120 --out benchmarks/results/bench_cores.json
+    # a variant of one model (the sweep in cores/layercake.py and cores/baselines.py was run so):
+    python benchmarks/bench_cores.py --archs layercake,bpe-transformer --set layercake.n_layer=3 \
+        --set layercake.d_local=128 --set layercake.n_local=1 --set layercake.ngram_buckets=2189 --out /tmp/x.json
 
 Targets (seed note, ours to meet or report): LayerCake BPB <= 1.02x BPE, prefill >= 1.5x faster
 and one-thread generation >= 2x faster than BPE. Generation is reported twice: measured bytes/s of
@@ -15,6 +18,7 @@ briefly trained BPE model greedily emits mostly one-byte tokens.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -43,6 +47,22 @@ def prefill_fn(core, prompt: bytes):
     return lambda: core(x)
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """["layercake.n_layer=3", "bpe-transformer.lr=0.004"] -> {arch: {field: value}} (numbers parsed)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        arch, dot, field = key.partition(".")
+        if not (sep and dot and field):
+            raise SystemExit(f"--set {item!r}: expected ARCH.FIELD=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a plain string, e.g. local_act=tanh
+        out.setdefault(arch, {})[field] = value
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tier", default="small")
@@ -60,9 +80,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--wall-seconds", type=float, default=None, help="per-model training cap (benchmarks only)")
     ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--set", action="append", default=[], metavar="ARCH.FIELD=VALUE",
+                    help="override one config field of one model (repeatable), e.g. bpe-transformer.lr=0.004")
     ap.add_argument("--out", default="benchmarks/results/bench_cores.json")
     args = ap.parse_args(argv)
     archs = args.archs.split(",")
+    overrides = parse_overrides(args.set)
 
     data = general_stream(size=args.general_size)
     train_bytes, heldout = split_holdout(data, 0.05)
@@ -70,7 +93,7 @@ def main(argv=None) -> int:
     models = {}
     for arch in archs:
         torch.set_num_threads(args.train_threads)
-        core = cores.build(arch, args.tier, seed=args.seed)
+        core = cores.build(arch, args.tier, seed=args.seed, **overrides.get(arch, {}))
         seq_len = args.seq_len or core.block_bytes
         print(f"training {arch} ({core.num_params():,} params, {args.steps} steps x {args.batch_size} x {seq_len} B)",
               file=sys.stderr)

@@ -45,7 +45,8 @@ BYTE_PRESETS: dict[str, dict] = {
 }
 
 # BPE small: swept like LayerCake small (cores/layercake.py): 2e-3 2.796, 3e-3 2.691, 4e-3 2.741,
-# 5e-3 2.825 held-out BPB. The byte transformer's rates are not swept (it is not a target baseline).
+# 5e-3 2.825 held-out BPB (bench_cores' protocol with --archs bpe-transformer --set bpe-transformer.lr=...).
+# The byte transformer's rates are not swept (it is not a target baseline).
 BPE_PRESETS: dict[str, dict] = {
     "tiny": dict(vocab_size=1024, d_model=104, n_layer=2, n_head=4, block_bytes=256, lr=3e-3),
     "small": dict(vocab_size=2048, d_model=184, n_layer=4, n_head=4, block_bytes=512, lr=3e-3),

@@ -95,7 +95,15 @@ class LayerCakeConfig:
 #   2 x 176 / 1 x d128, 3642 (tanh GELU)    2.467  1.73x / 1.74x
 #   1 x 176 / 1 x d160, 3808 (tanh GELU)    2.458  1.95x / 2.22x   <- small
 # (the patch model runs once per 4-byte patch, the decoder once per byte, an n-gram row is one gather;
-# latency columns from single runs, the first three beside another training job).
+# latency columns from single runs, the first three beside another training job). Each row reproduces
+# with bench_cores' protocol plus field overrides, e.g. the 3-layer row:
+#   python benchmarks/bench_cores.py --tier small --steps 400 --batch-size 16 --seq-len 256 \
+#     --eval-bytes 100000 --archs layercake,bpe-transformer --set layercake.n_layer=3 \
+#     --set layercake.d_local=128 --set layercake.ngram_buckets=2189 --set layercake.local_act=none
+# (the earlier split: --set layercake.n_layer=4 --set layercake.n_local=2 --set layercake.ngram_buckets=0
+#  --set layercake.local_act=none --set layercake.lr=0.004 and so on). The 3-layer row reproduced to
+# 2.5122; the rate-sweep rows ran before the decoder taps moved to one embedding_bag (same forward,
+# gradients differ in the last bits), so their last digit may differ.
 PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=96, n_layer=2, n_head=4, d_embed=24, d_local=64, n_local=1, block_bytes=256, lr=5e-3),
     "small": dict(d_model=176, n_layer=1, n_head=4, d_embed=48, d_local=160, n_local=1, ngram_buckets=3808,
