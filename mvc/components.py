@@ -108,20 +108,22 @@ class Ingest:
         def region(e) -> tuple[int, int]:
             return header.data_start + e.begin, header.data_start + e.end
 
-        def oid_of(e) -> str:
+        def hashed(e) -> tuple[bytes, str]:
+            """(blob prefix, blob id) of one tensor."""
             start, end = region(e)
+            prefix = stf.blob_prefix(e.dtype, e.shape)
             prefault(mm, start, end)
             with view[start:end] as data:
-                return hash_bytes(stf.blob_prefix(e.dtype, e.shape), data)
+                return prefix, hash_bytes(prefix, data)
 
         with ThreadPoolExecutor(1, thread_name_prefix="mvc-hash") as pool:
             ahead = None
             for i, e in enumerate(header.tensors):
-                oid = (ahead or pool.submit(oid_of, e)).result()
-                ahead = pool.submit(oid_of, header.tensors[i + 1]) if i + 1 < len(header.tensors) else None
+                prefix, oid = (ahead or pool.submit(hashed, e)).result()
+                ahead = pool.submit(hashed, header.tensors[i + 1]) if i + 1 < len(header.tensors) else None
                 start, end = region(e)
                 with view[start:end] as data:
-                    self.store.put(stf.blob_prefix(e.dtype, e.shape), FileRegion(fd, start, data), oid=oid)
+                    self.store.put(prefix, FileRegion(fd, start, data), oid=oid)
                 self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)
                 self.progress(e.end - e.begin)
 
