@@ -14,10 +14,11 @@ HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all core
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def hash_bytes(*buffers) -> str:
-    """BLAKE3-256 hex of the concatenation of `buffers` (bytes-like)."""
+def hash_bytes(*buffers, threads: bool = True) -> str:
+    """BLAKE3-256 hex of the concatenation of `buffers` (bytes-like). Large inputs are hashed on all
+    cores unless `threads` is False (callers that already keep every core busy)."""
     total = sum(len(b) for b in buffers)
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO if total >= HASH_THREADS_MIN else 1)
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO if threads and total >= HASH_THREADS_MIN else 1)
     for b in buffers:
         h.update(b)
     return h.hexdigest()

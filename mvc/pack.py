@@ -188,7 +188,7 @@ class PackStore(ObjectStore):
     def get(self, oid):
         return bytes(self._read(oid))
 
-    def view(self, oid, verify=True):  # decoded objects are always verified
+    def view(self, oid, verify=True, rehash=False):  # decoded objects are always verified
         return memoryview(self._read(oid))
 
     def put(self, *buffers, oid=None):

@@ -60,7 +60,8 @@ class Repo:
             raise FormatTooNew(f"repository format {fmt} is newer than this mvc understands ({REPO_FORMAT})",
                                "upgrade mvc")
         fsync = self.config.getboolean("core", "fsync", fallback=True)
-        self.loose = LooseStore(os.path.join(self.dir, "objects"), fsync=fsync)
+        self.loose = LooseStore(os.path.join(self.dir, "objects"), fsync=fsync,
+                                stamps=os.path.join(self.dir, "verified"))
         self.store = ChainStore(self.loose, *self._read_stores())
         self.refs = RefStore(self.dir, fsync=fsync)
         self._cache: dict[str, dict] = {}
@@ -362,17 +363,21 @@ class Repo:
 
     # -- reading -----------------------------------------------------------------------------
     def load(self, rev: str | None, component: str, keys: Iterable[str] | None = None, device=None,
-             dtype=None, verify: bool = True) -> dict:
+             dtype=None, verify: bool = True, rehash: bool = False) -> dict:
         """Tensors of a component as a dict (zero-copy views of the blobs where possible).
 
-        Every blob is re-hashed before it is returned (a damaged object is a CorruptObject error).
-        ``verify=False`` skips that re-hash for loose objects (packed or remote ones are always
-        checked as they are decoded or fetched): for a hot loop over a store you trust, e.g. one
-        `mvc fsck` has just checked; the tree and commit objects are verified either way."""
-        return self.load_tree(self.tree(rev or "HEAD", component), keys, device, dtype, component, verify)
+        Every blob is verified before it is returned (a damaged object is a CorruptObject error):
+        re-hashed, or, for a loose blob file unchanged since an earlier read re-hashed it, checked
+        by its verified stamp (size, times, inode: see LooseStore), which makes repeated loads as
+        fast as reading a plain file. ``verify=False`` skips the check for loose objects (packed or
+        remote ones are always checked as they are decoded or fetched); the tree and commit objects
+        are verified either way. ``rehash=True`` re-hashes every blob, stamped or not, as
+        `mvc fsck` does."""
+        return self.load_tree(self.tree(rev or "HEAD", component), keys, device, dtype, component, verify,
+                              rehash)
 
     def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
-                  component: str = "component", verify: bool = True) -> dict:
+                  component: str = "component", verify: bool = True, rehash: bool = False) -> dict:
         """Tensors of a tree object; tied tensors come back as the same tensor object."""
         from .tensors import buffer_tensor
         names = list(tree["tensors"]) if keys is None else list(keys)
@@ -382,7 +387,7 @@ class Repo:
             if name not in tree["tensors"]:
                 raise BadName(f"{component} has no tensor {name!r}")
             t = tree["tensors"][name]
-            buf = self.store.view(t["id"], verify=verify)
+            buf = self.store.view(t["id"], verify=verify, rehash=rehash)
             e = stf.parse_blob(buf, f"blob {t['id'][:12]}")
             x = buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape)
             if device is not None or dtype is not None:
@@ -720,7 +725,7 @@ class Repo:
         for oid in self.store.ids():
             checked += 1
             try:
-                data = self.store.view(oid)
+                data = self.store.view(oid, rehash=True)  # never trusts a verified stamp
                 if progress:
                     progress(len(data))
             except CorruptObject as e:

@@ -492,9 +492,9 @@ class LazyRemoteStore(ObjectStore):
     def get(self, oid):
         return self.fetch(oid)
 
-    def view(self, oid, verify=True):  # fetched objects are verified as they arrive
+    def view(self, oid, verify=True, rehash=False):  # fetched objects are verified as they arrive
         self.fetch(oid)
-        return self.cache.view(oid)
+        return self.cache.view(oid, rehash=rehash)
 
     def size(self, oid):
         return len(self.fetch(oid))

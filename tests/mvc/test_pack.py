@@ -301,22 +301,22 @@ def test_concurrent_reads_during_pack_and_repack_never_miss_an_object(repo):
     assert not errors, errors[:5]
 
 
-def test_a_loose_object_packed_between_lookup_and_read_is_still_found(repo):
-    """The window the threaded test above only hits by chance: a reader has seen the loose file, the
-    packer deletes it (the object is now in a pack), then the reader opens it."""
+def test_a_loose_object_packed_just_before_it_is_read_is_still_found(repo):
+    """The window the threaded test above only hits by chance: a reader is about to open the loose
+    file when the packer deletes it (the object is now in a pack)."""
     ids, states = drift_history(repo, 2)
     reader = mvc.Repo(repo.root)
     victim = reader.tree(ids[1], "core")["tensors"]["w"]["id"]
-    loose_has = reader.loose.has
+    loose_view = reader.loose.view
     packed = []
 
-    def has_then_pack(oid):
-        found = loose_has(oid)
-        if found and oid == victim and not packed:
+    def pack_then_view(oid, **kw):
+        if oid == victim and not packed:
             packed.append(pack(mvc.Repo(repo.root)))
-        return found
+            assert not os.path.exists(reader.loose.path(oid))
+        return loose_view(oid, **kw)
 
-    reader.loose.has = has_then_pack
+    reader.loose.view = pack_then_view
     assert same(reader.load(ids[1], "core"), states[1])
     assert packed
 

@@ -172,22 +172,23 @@ def test_file_rewritten_during_commit_is_refused_nothing_written(repo, tmp_path,
     assert repo.head() is None and not list(repo.store.ids())
 
 
-def test_an_error_in_the_hashing_thread_fails_the_commit_and_writes_nothing(repo, tmp_path, monkeypatch):
+def test_an_error_in_a_storing_thread_fails_the_commit_and_writes_nothing(repo, tmp_path, monkeypatch):
     from mvc import components
     path = tmp_path / "ckpt.safetensors"
     save_file({f"t{i}": torch.full((32,), float(i)) for i in range(5)}, str(path))
     real, calls = components.hash_bytes, []
 
-    def failing_hash(*buffers):  # the helper thread hashes tensors one ahead of the copies
+    def failing_hash(*buffers, **kw):  # worker threads hash and copy the tensors
         calls.append(1)
         if len(calls) == 3:
             raise OSError(5, "Input/output error")
-        return real(*buffers)
+        return real(*buffers, **kw)
 
     monkeypatch.setattr(components, "hash_bytes", failing_hash)
     with pytest.raises(OSError, match="Input/output"):
         repo.commit({"model": str(path)}, message="io error")
     assert repo.head() is None and not list(repo.store.ids())
+    assert not os.listdir(repo.loose.tmp)  # no temp file of a tensor copied before the error is left
     monkeypatch.setattr(components, "hash_bytes", real)
     cid = repo.commit({"model": str(path)}, message="ok")
     assert repo.fsck()["ok"] and torch.equal(repo.load(cid, "model")["t4"], torch.full((32,), 4.0))
@@ -324,6 +325,39 @@ def test_fsck_names_a_flipped_byte_and_reads_fail(repo):
     fast = repo.load("HEAD", "core", verify=False)
     assert torch.equal(fast["b"], state["b"]) and not torch.equal(fast["w"], state["w"])
     assert int((fast["w"] != state["w"]).sum()) == 1
+
+
+def test_repeated_loads_trust_verified_stamps_and_fsck_never_does(repo, monkeypatch):
+    import time
+
+    from mvc import store as store_mod
+    monkeypatch.setattr(store_mod, "STAMP_SETTLE_NS", 50_000_000)
+    monkeypatch.setattr(store_mod, "STAMP_MIN_BYTES", 0)
+    hashed, real = [], store_mod._verify
+    monkeypatch.setattr(store_mod, "_verify", lambda oid, *a: hashed.append(oid) or real(oid, *a))
+    repo.commit({"core": sd(0, n=16)}, message="x")
+    blobs = {t["id"] for t in repo.tree("HEAD", "core")["tensors"].values()}
+    time.sleep(0.07)
+    first = repo.load("HEAD", "core")
+    assert blobs <= set(hashed)
+    hashed.clear()
+    again = mvc.Repo(repo.root).load("HEAD", "core")  # another handle (or process) reads the stamps
+    assert hashed and not blobs & set(hashed)  # the commit and tree were re-hashed, no tensor blob
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert os.path.isdir(os.path.join(repo.dir, "verified"))
+    # a stamp rewritten to match damaged bytes fools the stamp check, never fsck
+    tid = repo.tree("HEAD", "core")["tensors"]["w"]["id"]
+    path = repo.loose.path(tid)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        f.write(b"\x7f")
+    with open(repo.loose._stamp_path(tid), "wb") as f:
+        f.write(store_mod._stamp_bytes(os.stat(path)))
+    r = repo.fsck()
+    assert not r["ok"] and [p["id"] for p in r["problems"]] == [tid]
+    with pytest.raises(CorruptObject, match=tid):
+        repo.load("HEAD", "core", rehash=True)
 
 
 def test_load_without_verify_still_checks_trees_and_blob_headers(repo):

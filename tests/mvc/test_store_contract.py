@@ -1,5 +1,6 @@
 """One contract suite for every object store (memory, loose, chain); other stores join by subclassing."""
 import os
+import time
 
 import pytest
 
@@ -101,6 +102,139 @@ class TestLooseStore(StoreContract):
         assert not os.listdir(tmp_path / "objects" / "tmp")  # no temp files left behind
 
 
+class TestStampedLooseStore(TestLooseStore):
+    """The same contract with verified stamps; `corrupt` damages a file whose stamp is recorded."""
+
+    @pytest.fixture(autouse=True)
+    def _short_settle(self, monkeypatch):
+        from mvc import store as store_mod
+        monkeypatch.setattr(store_mod, "STAMP_SETTLE_NS", SETTLE_NS)
+        monkeypatch.setattr(store_mod, "STAMP_MIN_BYTES", 0)
+
+    def make_store(self, tmp_path):
+        return LooseStore(str(tmp_path / "objects"), stamps=str(tmp_path / "verified"))
+
+    def corrupt(self, store, oid):
+        _stamp(store, oid)
+        _flip_file_byte(store.path(oid))
+
+
+SETTLE_NS = 50_000_000  # tests shorten the 2 s settling time; ext4's clock ticks every few ms
+
+
+def _stamp(store, oid):
+    """Let the file settle, then read it once so that its verified stamp is recorded."""
+    time.sleep(SETTLE_NS / 1e9 + 0.02)
+    store.view(oid)
+    assert os.path.exists(store._stamp_path(oid))
+
+
+@pytest.fixture
+def stamped(tmp_path, monkeypatch):
+    """A stamped loose store and a list that counts its re-hashes."""
+    from mvc import store as store_mod
+    monkeypatch.setattr(store_mod, "STAMP_SETTLE_NS", SETTLE_NS)
+    monkeypatch.setattr(store_mod, "STAMP_MIN_BYTES", 0)
+    hashes, real = [], store_mod.hash_bytes
+    monkeypatch.setattr(store_mod, "hash_bytes", lambda *b, **kw: hashes.append(1) or real(*b, **kw))
+    return LooseStore(str(tmp_path / "objects"), stamps=str(tmp_path / "verified")), hashes
+
+
+def test_a_stamped_file_is_read_without_a_rehash(stamped):
+    s, hashes = stamped
+    oid = s.put(b"weights" * 1000)
+    _stamp(s, oid)
+    n = len(hashes)
+    for _ in range(3):
+        assert bytes(s.view(oid)) == b"weights" * 1000
+    assert len(hashes) == n  # the stamp stood in for the hash
+    s.view(oid, rehash=True)
+    assert len(hashes) == n + 1
+    assert s.get(oid) and len(hashes) == n + 2  # get() (small objects) always re-hashes
+
+
+def test_a_freshly_written_file_is_not_stamped(stamped):
+    s, hashes = stamped
+    oid = s.put(b"new" * 100)
+    n = len(hashes)
+    s.view(oid)
+    s.view(oid)  # written a moment ago: a later change could share its change time
+    assert not os.path.exists(s._stamp_path(oid)) and len(hashes) == n + 2
+
+
+@pytest.mark.parametrize("change", ["flip", "chmod", "touch", "replace"])
+def test_any_change_to_a_stamped_file_forces_a_rehash(stamped, change):
+    s, hashes = stamped
+    oid = s.put(b"weights" * 1000)
+    _stamp(s, oid)
+    path = s.path(oid)
+    if change == "flip":
+        _flip_file_byte(path)
+    elif change == "chmod":
+        os.chmod(path, 0o400)
+    elif change == "touch":  # times set back to exactly what they were: the change time still moves
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:  # a copy put in its place (as a restore from backup would)
+        data = open(path, "rb").read()
+        os.unlink(path)
+        with open(path, "wb") as f:
+            f.write(data[:-1] + bytes([data[-1] ^ 1]))
+    n = len(hashes)
+    if change in ("flip", "replace"):
+        with pytest.raises(CorruptObject):
+            s.view(oid)
+    else:
+        assert bytes(s.view(oid)) == b"weights" * 1000
+    assert len(hashes) == n + 1
+
+
+def test_a_forged_stamp_fools_view_but_not_a_rehash(stamped):
+    """What stamps do not cover, stated as a test: bytes changed with the stamp rewritten to match."""
+    s, _ = stamped
+    oid = s.put(b"weights" * 1000)
+    _stamp(s, oid)
+    _flip_file_byte(s.path(oid))
+    with open(s._stamp_path(oid), "wb") as f:
+        f.write(store_stamp_bytes(os.stat(s.path(oid))))
+    assert bytes(s.view(oid)) != b"weights" * 1000
+    with pytest.raises(CorruptObject):
+        s.view(oid, rehash=True)
+
+
+def store_stamp_bytes(st):
+    from mvc.store import _stamp_bytes
+    return _stamp_bytes(st)
+
+
+def test_small_objects_are_always_rehashed_never_stamped(stamped, monkeypatch):
+    from mvc import store as store_mod
+    s, hashes = stamped
+    monkeypatch.setattr(store_mod, "STAMP_MIN_BYTES", 1000)
+    small, big = s.put(b"s" * 999), s.put(b"b" * 1000)
+    time.sleep(SETTLE_NS / 1e9 + 0.02)
+    n = len(hashes)
+    for _ in range(2):
+        s.view(small)
+        s.view(big)
+    assert len(hashes) == n + 3  # small twice, big once (then by its stamp)
+    assert not os.path.exists(s._stamp_path(small)) and os.path.exists(s._stamp_path(big))
+
+
+def test_delete_removes_the_stamp_and_unwritable_stamps_are_skipped(stamped, tmp_path):
+    s, hashes = stamped
+    oid = s.put(b"w" * 100)
+    _stamp(s, oid)
+    s.delete(oid)
+    assert not os.path.exists(s._stamp_path(oid))
+    ro = LooseStore(s.root, stamps=str(tmp_path / "not-a-dir"))
+    (tmp_path / "not-a-dir").write_text("a file where the stamp folder should be")
+    oid = ro.put(b"v" * 100)
+    time.sleep(SETTLE_NS / 1e9 + 0.02)
+    assert bytes(ro.view(oid)) == b"v" * 100 and bytes(ro.view(oid)) == b"v" * 100
+    assert not os.listdir(tmp_path / "objects" / "tmp")
+
+
 def _region(tmp_path, n=200_000):
     body = os.urandom(n)
     src = tmp_path / "src.bin"
@@ -178,6 +312,62 @@ def test_loose_batch_failure_leaves_nothing(tmp_path):
             oid = s.put(b"doomed")
             raise RuntimeError("crash")
     assert not s.has(oid) and not os.listdir(tmp_path / "objects" / "tmp")
+
+
+def test_loose_batch_threads_putting_one_id_write_it_once(tmp_path, monkeypatch):
+    """Worker threads of one commit may meet the same new tensor: one writes it, the rest return."""
+    import threading
+
+    from mvc import store as store_mod
+    s = LooseStore(str(tmp_path / "objects"))
+    writes, gate = [], threading.Barrier(4)
+    real = store_mod._write_buffer
+
+    def slow_write(f, b):
+        writes.append(1)
+        real(f, b)
+
+    monkeypatch.setattr(store_mod, "_write_buffer", slow_write)
+    ids = []
+
+    def worker():
+        gate.wait()  # all four put at the same moment
+        ids.append(s.put(b"same tensor bytes"))
+
+    with s.batch():
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(set(ids)) == 1 and len(ids) == 4 and len(writes) == 1
+    assert s.get(ids[0]) == b"same tensor bytes" and not os.listdir(tmp_path / "objects" / "tmp")
+
+
+def test_loose_batch_starts_writeback_of_each_durable_object(tmp_path, monkeypatch):
+    from mvc import store as store_mod
+    started = []
+    monkeypatch.setattr(store_mod, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
+    durable = LooseStore(str(tmp_path / "a"))
+    with durable.batch():
+        durable.put(b"x" * 1000)
+    assert started == [1000]  # the whole file was written before the kernel was asked to flush it
+    lazy = LooseStore(str(tmp_path / "b"), fsync=False)
+    with lazy.batch():
+        lazy.put(b"y" * 10)
+    assert started == [1000]  # core.fsync=false: nothing to flush early
+
+
+def test_start_writeback_leaves_the_file_intact(tmp_path):
+    from mvc.store import start_writeback
+    p = tmp_path / "f"
+    with open(p, "wb") as f:
+        f.write(b"abc" * 5000)
+        f.flush()
+        start_writeback(f.fileno())
+    with open(p, "rb") as f:
+        start_writeback(f.fileno())  # a read-only descriptor: refused by the kernel, not raised
+    assert p.read_bytes() == b"abc" * 5000
 
 
 def test_prefault_accepts_any_range_and_changes_nothing(tmp_path, monkeypatch):
