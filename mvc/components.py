@@ -103,8 +103,8 @@ class Ingest:
     def _store_tensors(self, relpath: str, header, mm, view, fd: int) -> None:
         """One blob per tensor of a parsed safetensors file. A few worker threads each take a whole
         tensor, hash it on one core and copy it into the store (both release the GIL), biggest
-        tensors first: on 2 cores an 88 MB checkpoint went from 45 ms (one hashing thread ahead of
-        one copying thread) to 30 ms, level with `cp`'s single-threaded copy."""
+        tensors first, so that on 2 cores the hashing no longer waits behind one copying thread
+        (the `mvc (python api)` rows of benchmarks/bench_store.py measure it against `cp`)."""
         from concurrent.futures import ThreadPoolExecutor
 
         def store(e) -> str:

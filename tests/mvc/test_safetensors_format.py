@@ -82,3 +82,16 @@ def test_build_header_round_trips_through_safetensors():
     loaded = load(prefix + data)
     assert torch.equal(loaded["y"], torch.arange(4).reshape(2, 2))
     assert offsets == [(0, 6), (6, 38)]
+
+
+def test_remembered_blob_parses_still_refuse_a_wrong_size():
+    """parse_blob remembers parses by header bytes and size: a blob whose header was parsed before
+    but whose data is short or long must still be refused."""
+    prefix = stf.blob_prefix("F32", (3, 4))
+    good = prefix + bytes(48)
+    e = stf.parse_blob(good)
+    assert (e.dtype, e.shape, e.end - e.begin) == ("F32", (3, 4), 48)
+    assert stf.parse_blob(bytes(good)) == e  # from the remembered parse
+    for bad in (prefix + bytes(47), prefix + bytes(49)):
+        with pytest.raises(BadInput):
+            stf.parse_blob(bad)

@@ -323,11 +323,11 @@ def test_loose_batch_threads_putting_one_id_write_it_once(tmp_path, monkeypatch)
     writes, gate = [], threading.Barrier(4)
     real = store_mod._write_buffer
 
-    def slow_write(f, b):
+    def counted_write(f, b):
         writes.append(1)
         real(f, b)
 
-    monkeypatch.setattr(store_mod, "_write_buffer", slow_write)
+    monkeypatch.setattr(store_mod, "_write_buffer", counted_write)
     ids = []
 
     def worker():
