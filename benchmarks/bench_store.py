@@ -25,7 +25,9 @@ from results_io import write_report  # benchmarks/ is sys.path[0] when a script 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-MVC = [sys.executable, "-m", "mvc"]
+# the `mvc` command a user types (the console script installed beside this Python), else `python -m mvc`
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "mvc")
+MVC = [_SCRIPT] if os.access(_SCRIPT, os.X_OK) else [sys.executable, "-m", "mvc"]
 
 
 def model_shapes(params: float) -> dict[str, tuple[int, ...]]:
@@ -212,12 +214,27 @@ def hashing_rate(nbytes: int) -> dict:
             "sha256_GBps": rate(lambda: hashlib.sha256(buf).digest())}
 
 
-def load_rate(work, ckpt) -> dict:
+def drop_cached(paths) -> None:
+    """Evict files from the page cache (clean pages only), so the next read comes from disk."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def load_rate(work, ckpt, rounds=7) -> dict:
     """repo.load of a component vs safetensors.torch.load_file of the same file, each followed by a
-    sum over every tensor (the time to tensors a program has used, not just mapped).
+    sum over every tensor (the time to tensors a program has used, not just mapped), with the
+    page faults the process took for it.
 
     The first verified load re-hashes every blob and records its verified stamp; later loads check
-    the stamps (see mvc/store.py). Both are reported, the later ones as the best of 5."""
+    the stamps (see mvc/store.py). "warm": files in the page cache, as the writer or the last reader
+    left them; "cold": evicted first (posix_fadvise DONTNEED on the blobs and on the checkpoint).
+    Medians of `rounds` interleaved runs."""
+    import resource
+    import statistics
     sys.path.insert(0, ROOT)
     import torch  # noqa: F401
     from safetensors.torch import load_file
@@ -225,19 +242,36 @@ def load_rate(work, ckpt) -> dict:
     from mvc import store
     repo = mvc.Repo(work)
     rev = f"HEAD~{len(repo.log()) - 1}"
+    blobs = [repo.loose.path(t["id"]) for t in repo.tree(rev, "model")["tensors"].values()]
+
     def touch_all(d):
         return sum(float(t.sum()) for t in d.values())  # reads every byte
+
+    def run(load) -> tuple[float, int]:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t = timed(lambda: touch_all(load()))
+        return t, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
     time.sleep(store.STAMP_SETTLE_NS / 1e9)  # files written moments ago are not stamped
-    out = {"mvc_load_first_s": timed(lambda: touch_all(repo.load(rev, "model")))}
+    out = {"mvc_load_first_s": run(lambda: repo.load(rev, "model"))[0]}
     ways = {"mvc_load_s": lambda: repo.load(rev, "model"),
             "mvc_load_rehash_s": lambda: repo.load(rev, "model", rehash=True),
             "mvc_load_unverified_s": lambda: repo.load(rev, "model", verify=False),
             "safetensors_load_file_s": lambda: load_file(ckpt)}
-    times = {k: [] for k in ways}
-    for _ in range(5):  # interleaved, so that a slow moment of the machine hits every way alike
+    cold = {"mvc_load_cold_s": ways["mvc_load_s"], "safetensors_load_file_cold_s": ways["safetensors_load_file_s"]}
+    runs = {k: [] for k in [*ways, *cold]}
+    for _ in range(rounds):  # interleaved, so that a slow moment of the machine hits every way alike
         for k, load in ways.items():
-            times[k].append(timed(lambda: touch_all(load())))
-    return out | {k: min(v) for k, v in times.items()}
+            runs[k].append(run(load))
+    for _ in range(rounds):  # after the warm rounds: reading files back with read() (warm()) left
+        for k, load in cold.items():  # them in other page-cache folios than either reader makes
+            drop_cached(blobs + [ckpt])
+            runs[k].append(run(load))
+    for k, v in runs.items():
+        out[k] = statistics.median(t for t, _ in v)
+        out[k.replace("_s", "_faults")] = statistics.median(f for _, f in v)
+        out[k.replace("_s", "_runs")] = [t for t, _ in v]
+    return out
 
 
 def log_speed(work, n=1000) -> dict:
@@ -362,11 +396,17 @@ def print_table(results):
         con.print(t)
         m = rows.get("mvc", {})
         if "mvc_load_s" in m:
-            st = m["safetensors_load_file_s"]
-            con.print(f"  load + sum of every tensor: safetensors load_file {st * 1e3:.1f} ms; repo.load "
+            st, cold = m["safetensors_load_file_s"], m["safetensors_load_file_cold_s"]
+            con.print(f"  load + sum of every tensor (medians): safetensors load_file {st * 1e3:.1f} ms "
+                      f"({m['safetensors_load_file_faults']:.0f} page faults); repo.load "
                       + ", ".join(f"{label} {m[k] * 1e3:.1f} ms ({m[k] / st:.2f}x)" for label, k in (
                           ("stamped", "mvc_load_s"), ("first (re-hash + stamp)", "mvc_load_first_s"),
-                          ("re-hash", "mvc_load_rehash_s"), ("verify=False", "mvc_load_unverified_s"))))
+                          ("re-hash", "mvc_load_rehash_s"), ("verify=False", "mvc_load_unverified_s")))
+                      + f" ({m['mvc_load_faults']:.0f} page faults stamped)")
+            con.print(f"  from disk (evicted first): load_file {cold * 1e3:.1f} ms "
+                      f"({m['safetensors_load_file_cold_faults']:.0f} faults), repo.load stamped "
+                      f"{m['mvc_load_cold_s'] * 1e3:.1f} ms ({m['mvc_load_cold_s'] / cold:.2f}x, "
+                      f"{m['mvc_load_cold_faults']:.0f} faults)")
     h = results["hashing"]
     con.print(f"hashing in memory: BLAKE3 all cores {h['blake3_mt_GBps']:.2f} GB/s, one core "
               f"{h['blake3_1t_GBps']:.2f} GB/s, sha256 {h['sha256_GBps']:.2f} GB/s")

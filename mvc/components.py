@@ -14,7 +14,7 @@ from typing import Callable
 from . import safetensors_format as stf
 from .errors import BadInput, CorruptObject
 from .objects import check_component_name, check_relpath, hash_bytes, tree_object
-from .store import FileRegion, ObjectStore
+from .store import ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -91,7 +91,7 @@ class Ingest:
                 with memoryview(mm) as view:
                     with view[: header.data_start] as head:
                         header_id = self.store.put(head)
-                    self._store_tensors(relpath, header, mm, view, f.fileno())
+                    self._store_tensors(relpath, header, mm, view)
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
@@ -100,9 +100,9 @@ class Ingest:
                                "commit it again once the program writing it has finished")
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
 
-    def _store_tensors(self, relpath: str, header, mm, view, fd: int) -> None:
+    def _store_tensors(self, relpath: str, header, mm, view) -> None:
         """One blob per tensor of a parsed safetensors file. A few worker threads each take a whole
-        tensor, hash it on one core and copy it into the store (both release the GIL), biggest
+        tensor, hash it on one core and write it into the store (both release the GIL), biggest
         tensors first, so that on 2 cores the hashing no longer waits behind one copying thread
         (the `mvc (python api)` rows of benchmarks/bench_store.py measure it against `cp`)."""
         from concurrent.futures import ThreadPoolExecutor
@@ -113,7 +113,7 @@ class Ingest:
             prefault(mm, start, end)
             with view[start:end] as data:
                 oid = hash_bytes(prefix, data, threads=spare_cores)
-                return self.store.put(prefix, FileRegion(fd, start, data), oid=oid)
+                return self.store.put(prefix, data, oid=oid)
 
         tensors = header.tensors
         cores = os.cpu_count() or 1

@@ -49,8 +49,12 @@ def buffer_tensor(buf, begin: int, end: int, dtype: str, shape):
     tdtype = torch_dtype(dtype)
     if end == begin:
         return torch.empty(tuple(shape), dtype=tdtype)
-    raw = torch.frombuffer(buf, dtype=torch.uint8, count=end - begin, offset=begin)
-    return raw.view(tdtype).reshape(tuple(shape))
+    size = tdtype.itemsize
+    if begin % size == 0 and (end - begin) % size == 0:  # canonical blobs: data 8-byte aligned
+        flat = torch.frombuffer(buf, dtype=tdtype, count=(end - begin) // size, offset=begin)
+    else:
+        flat = torch.frombuffer(buf, dtype=torch.uint8, count=end - begin, offset=begin).view(tdtype)
+    return flat if len(shape) == 1 else flat.reshape(tuple(shape))
 
 
 def find_aliases(state: dict) -> dict[str, str]:

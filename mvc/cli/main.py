@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
-import traceback
 import warnings
 
 import click
 
 from ..errors import MvcError
+
+
+def _print_traceback() -> None:
+    import traceback  # only on the error path: it costs every command ~3 ms to import
+    traceback.print_exc()
 
 
 class MvcGroup(click.Group):
@@ -19,7 +23,7 @@ class MvcGroup(click.Group):
             return super().invoke(ctx)
         except MvcError as e:
             if os.environ.get("MVC_DEBUG"):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
@@ -33,11 +37,11 @@ class MvcGroup(click.Group):
             if e.errno == 28:  # ENOSPC
                 click.echo(f"error: no space left on device ({e.filename or ''}); nothing was moved", err=True)
                 ctx.exit(3)
-            traceback.print_exc()
+            _print_traceback()
             click.echo(f"error: unexpected {type(e).__name__}: {e} (this is a bug in mvc)", err=True)
             ctx.exit(4)
         except Exception as e:
-            traceback.print_exc()
+            _print_traceback()
             click.echo(f"error: unexpected {type(e).__name__}: {e} (this is a bug in mvc; please report it)",
                        err=True)
             ctx.exit(4)

@@ -1,7 +1,6 @@
 """Real processes: kill -9 during commits leaves a consistent repository; concurrent committers lose
 nothing; commands that do not compute on tensors never import torch."""
 import json
-import os
 import random
 import signal
 import subprocess

@@ -1,12 +1,13 @@
 """One contract suite for every object store (memory, loose, chain); other stores join by subclassing."""
+import mmap
 import os
 import time
 
 import pytest
 
-from mvc.errors import BadInput, CorruptObject, ObjectMissing
+from mvc.errors import CorruptObject, ObjectMissing
 from mvc.objects import hash_bytes
-from mvc.store import ChainStore, FileRegion, LooseStore, MemoryStore
+from mvc.store import ChainStore, LooseStore, MemoryStore
 
 
 class StoreContract:
@@ -58,13 +59,16 @@ class StoreContract:
         oid = s.put(b"")
         assert s.get(oid) == b"" and bytes(s.view(oid)) == b""
 
-    def test_file_region_stores_the_same_bytes_as_memory(self, tmp_path):
-        body = os.urandom(300_000)
+    def test_large_buffers_from_a_mapped_file_store_their_exact_bytes(self, tmp_path, monkeypatch):
+        from mvc import store as store_mod
+        monkeypatch.setattr(store_mod, "WRITE_CHUNK", 70_000)  # several write() calls per buffer
+        body = os.urandom(300_001)
         src = tmp_path / "src.bin"
         src.write_bytes(b"junk" + body + b"tail")
         s = self.make_store(tmp_path)
-        with open(src, "rb") as f:
-            oid = s.put(b"prefix", FileRegion(f.fileno(), 4, memoryview(body)))
+        with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            with memoryview(mm) as view, view[4:4 + len(body)] as region:
+                oid = s.put(b"prefix", region)
         assert oid == hash_bytes(b"prefix" + body) and s.get(oid) == b"prefix" + body
 
 
@@ -207,7 +211,7 @@ def store_stamp_bytes(st):
     return _stamp_bytes(st)
 
 
-def test_small_objects_are_always_rehashed_never_stamped(stamped, monkeypatch):
+def test_small_objects_get_no_stamp_file_but_the_process_remembers_them(stamped, monkeypatch):
     from mvc import store as store_mod
     s, hashes = stamped
     monkeypatch.setattr(store_mod, "STAMP_MIN_BYTES", 1000)
@@ -217,8 +221,25 @@ def test_small_objects_are_always_rehashed_never_stamped(stamped, monkeypatch):
     for _ in range(2):
         s.view(small)
         s.view(big)
-    assert len(hashes) == n + 3  # small twice, big once (then by its stamp)
+    assert len(hashes) == n + 2  # each hashed once, then trusted by its stamp
     assert not os.path.exists(s._stamp_path(small)) and os.path.exists(s._stamp_path(big))
+    other = LooseStore(s.root, stamps=s.stamps)  # another process: the small one is hashed again
+    other.view(small)
+    other.view(big)
+    assert len(hashes) == n + 3
+
+
+def test_a_remembered_stamp_outlives_its_file_but_not_a_change_to_the_object(stamped):
+    s, hashes = stamped
+    oid = s.put(b"weights" * 1000)
+    _stamp(s, oid)
+    os.unlink(s._stamp_path(oid))  # e.g. removed by another process
+    n = len(hashes)
+    assert bytes(s.view(oid)) == b"weights" * 1000 and len(hashes) == n
+    _flip_file_byte(s.path(oid))
+    with pytest.raises(CorruptObject):
+        s.view(oid)
+    assert len(hashes) == n + 1
 
 
 def test_delete_removes_the_stamp_and_unwritable_stamps_are_skipped(stamped, tmp_path):
@@ -235,47 +256,35 @@ def test_delete_removes_the_stamp_and_unwritable_stamps_are_skipped(stamped, tmp
     assert not os.listdir(tmp_path / "objects" / "tmp")
 
 
-def _region(tmp_path, n=200_000):
-    body = os.urandom(n)
-    src = tmp_path / "src.bin"
-    src.write_bytes(b"xx" + body)
-    return body, open(src, "rb")
+def _short_writes(monkeypatch, fail_after=None, error=None):
+    """os.write that writes at most 4 KiB per call, then raises `error` after `fail_after` calls."""
+    real, calls = os.write, []
+
+    def write(fd, data):
+        calls.append(len(data))
+        if fail_after is not None and len(calls) > fail_after:
+            raise error
+        return real(fd, data[:4096])
+
+    monkeypatch.setattr(os, "write", write)
+    return calls
 
 
-def test_file_region_falls_back_to_memory_after_a_partial_kernel_copy(tmp_path, monkeypatch):
-    body, f = _region(tmp_path)
-    real, calls = os.copy_file_range, []
-
-    def flaky(src, dst, count, offset_src=None, offset_dst=None):
-        calls.append(count)
-        if len(calls) > 1:
-            raise OSError(18, "Invalid cross-device link")  # EXDEV on the second call
-        return real(src, dst, min(count, 4096), offset_src, offset_dst)
-
-    monkeypatch.setattr(os, "copy_file_range", flaky)
+def test_short_writes_are_continued(tmp_path, monkeypatch):
+    body = os.urandom(200_000)
+    calls = _short_writes(monkeypatch)
     s = LooseStore(str(tmp_path / "objects"))
-    with f:
-        oid = s.put(b"p", FileRegion(f.fileno(), 2, memoryview(body)))
-    assert len(calls) == 2 and s.get(oid) == b"p" + body
+    oid = s.put(b"p", memoryview(body))
+    assert len(calls) >= 200_000 // 4096 and s.get(oid) == b"p" + body
 
 
-@pytest.mark.parametrize("result, error, match", [
-    (OSError(28, "No space left on device"), OSError, "No space"),
-    (OSError(5, "Input/output error"), OSError, "Input/output"),
-    (0, BadInput, "shrank while it was being stored"),  # the source file got shorter under us
-])
-def test_file_region_errors_leave_nothing(tmp_path, monkeypatch, result, error, match):
-    body, f = _region(tmp_path)
-
-    def copy(*a, **k):
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    monkeypatch.setattr(os, "copy_file_range", copy)
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), OSError(5, "Input/output error")])
+def test_write_errors_leave_nothing(tmp_path, monkeypatch, error):
+    body = os.urandom(200_000)
     s = LooseStore(str(tmp_path / "objects"))
-    with f, pytest.raises(error, match=match):
-        s.put(b"p", FileRegion(f.fileno(), 2, memoryview(body)))
+    _short_writes(monkeypatch, fail_after=3, error=error)  # the disk fills part way through
+    with pytest.raises(OSError, match=error.strerror):
+        s.put(b"p", memoryview(body))
     assert list(s.ids()) == [] and not os.listdir(tmp_path / "objects" / "tmp")
 
 
