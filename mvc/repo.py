@@ -714,6 +714,7 @@ class Repo:
         result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run)
         result["removed"] += result["pack"]["dropped"]
         result["bytes_freed"] += result["pack"]["dropped_bytes"]
+        result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
         lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
         if lazy:  # a lazy clone: reachable blobs still on the promisor remote are not missing
             result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
@@ -798,7 +799,7 @@ class Repo:
                     logical += sum(f["size"] for f in self.read_tree(tid)["files"].values())
                 except MvcError:
                     continue
-        return {**usage, "logical_bytes": logical, "commits": len(commits),
+        return {**usage, **self.loose.stamp_usage(), "logical_bytes": logical, "commits": len(commits),
                 "dedup_saved_bytes": logical - objects, "compression_saved_bytes": objects - stored,
                 "dedup_ratio": (logical / objects) if objects else None,
                 "compression_ratio": (objects / stored) if stored else None}

@@ -330,6 +330,45 @@ class LooseStore(ObjectStore):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
 
+    def _stamp_files(self) -> Iterator[tuple[str, str]]:
+        """(path, name) of every file in the stamp folder: stamps are named like objects; other
+        names are temp files of stamp writes that did not finish."""
+        if not self.stamps or not os.path.isdir(self.stamps):
+            return
+        for d in sorted(os.listdir(self.stamps)):
+            sub = os.path.join(self.stamps, d)
+            if len(d) == 2 and os.path.isdir(sub):
+                for name in sorted(os.listdir(sub)):
+                    yield os.path.join(sub, name), d + name
+
+    def stamp_usage(self) -> dict:
+        """How many verified stamps there are and what they take on disk (allocated blocks)."""
+        count = disk = 0
+        for path, _name in self._stamp_files():
+            with contextlib.suppress(FileNotFoundError):
+                disk += os.stat(path).st_blocks * 512
+                count += 1
+        return {"stamps": count, "stamp_bytes": disk}
+
+    def prune_stamps(self, dry_run: bool = False, grace_s: float = 60.0) -> int:
+        """Remove stamps whose object file is gone (a read that stamped an object while another
+        process deleted it) and temp files of unfinished stamp writes older than `grace_s`."""
+        removed, now = 0, time.time()
+        for path, name in self._stamp_files():
+            if is_oid(name):
+                stale = not os.path.exists(self.path(name))
+            else:
+                try:
+                    stale = now - os.stat(path).st_mtime >= grace_s
+                except FileNotFoundError:
+                    continue
+            if stale:
+                removed += 1
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+        return removed
+
 
 STAMP_SETTLE_NS = 2_000_000_000  # coarse file-system clocks tick at most every 2 s (FAT); ext4 ~4 ms
 STAMP_MIN_BYTES = 1 << 20  # smaller objects re-hash faster than a stamp file is read (kept in memory only)

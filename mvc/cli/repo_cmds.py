@@ -461,9 +461,13 @@ def gc(dry_run, grace, as_json):
         click.echo(f"{verb} {r['removed']} objects, {human_bytes(r['bytes_freed'])} "
                    f"({r['kept_recent']} recent unreachable objects kept)")
         p = r.get("pack")
-        if p and p.get("packed"):
+        if p and p.get("packed") and dry_run:  # sizes after packing are known only by packing
+            click.echo(f"would pack {p['packed']} objects ({human_bytes(p['bytes_before'])})")
+        elif p and p.get("packed"):
             click.echo(f"packed {p['packed']} objects: {human_bytes(p['bytes_before'])} -> "
                        f"{human_bytes(p['bytes_after'])}")
+        if r.get("stamps_removed"):
+            click.echo(f"{verb} {r['stamps_removed']} verified stamps of objects no longer stored")
         if r.get("not_fetched"):
             click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone)")
 
@@ -503,7 +507,9 @@ def du(as_json):
                    f"after dedup: {human_bytes(r.get('object_bytes', r['stored_bytes']))} "
                    f"({ratio(r['dedup_ratio'])}, saved {human_bytes(r.get('dedup_saved_bytes'))})\n"
                    f"on disk:     {human_bytes(r['stored_bytes'])} "
-                   f"(compression {ratio(r.get('compression_ratio'))}, saved {human_bytes(r.get('compression_saved_bytes'))})")
+                   f"(compression {ratio(r.get('compression_ratio'))}, saved {human_bytes(r.get('compression_saved_bytes'))})\n"
+                   f"stamps:      {human_bytes(r.get('stamp_bytes', 0))} on disk for {r.get('stamps', 0)} "
+                   f"verified stamps (not counted above)")
 
 
 @cli.command("config")

@@ -108,6 +108,9 @@ def test_fsck_du_gc(run, in_repo, tmp_path):
     assert du["commits"] == 1 and du["stored_bytes"] > du["logical_bytes"] * 0.5
     gc = json.loads(run("gc", "--dry-run", "--json").stdout)
     assert gc["removed"] == 0
+    text = run("gc", "--dry-run").stdout  # a dry run says what it would do, with no sizes it cannot know
+    assert "would remove 0 objects" in text and "would pack" in text and "->" not in text
+    assert "verified stamps (not counted above)" in run("du").stdout
     oid = next(o for o in in_repo.store.ids() if in_repo.store.size(o) > 200)
     path = in_repo.loose.path(oid)
     os.chmod(path, 0o644)

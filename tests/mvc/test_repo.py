@@ -409,6 +409,37 @@ def test_du_reports_dedup(repo):
     assert r["dedup_ratio"] > 3
 
 
+def test_du_counts_verified_stamps_and_gc_prunes_orphaned_ones(repo, monkeypatch):
+    import time
+
+    from mvc import store as store_mod
+    monkeypatch.setattr(store_mod, "STAMP_SETTLE_NS", 50_000_000)
+    monkeypatch.setattr(store_mod, "STAMP_MIN_BYTES", 0)
+    repo.commit({"core": sd(0, n=16)}, message="x")
+    blobs = sorted({t["id"] for t in repo.tree("HEAD", "core")["tensors"].values()})
+    assert repo.du()["stamps"] == 0
+    time.sleep(0.07)
+    repo.load("HEAD", "core")
+    du = repo.du()
+    assert du["stamps"] == len(blobs) and du["stamp_bytes"] > 0
+    # an orphan: a reader stamped an object while another process deleted it (and its stamp)
+    gone = hash_bytes(b"an object gc deleted")
+    os.makedirs(os.path.dirname(repo.loose._stamp_path(gone)), exist_ok=True)
+    with open(repo.loose._stamp_path(gone), "wb") as f:
+        f.write(open(repo.loose._stamp_path(blobs[0]), "rb").read())
+    leftover = repo.loose._stamp_path(blobs[1]) + ".0123456789ab"  # an unfinished stamp write
+    with open(leftover, "wb") as f:
+        f.write(b"half")
+    old = time.time() - 3600
+    os.utime(leftover, (old, old))
+    assert repo.gc(dry_run=True, grace_s=0)["stamps_removed"] == 2
+    assert os.path.exists(leftover)
+    assert repo.gc(grace_s=0)["stamps_removed"] == 2
+    assert not os.path.exists(repo.loose._stamp_path(gone)) and not os.path.exists(leftover)
+    assert repo.du()["stamps"] == 0  # gc packed the rest: stamps cover loose files only
+    assert torch.equal(repo.load("HEAD", "core", rehash=True)["w"], sd(0, n=16)["w"])
+
+
 def test_load_model_rebuilds_from_recorded_arch(repo, monkeypatch):
     class Tiny(torch.nn.Module):
         mvc_arch = "tiny-test"
