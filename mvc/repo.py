@@ -383,7 +383,9 @@ class Repo:
         names = list(tree["tensors"]) if keys is None else list(keys)
         aliases = {k: t["alias"] for k, t in tree["tensors"].items() if "alias" in t}
         out = {}
-        for name in dict.fromkeys(aliases.get(n, n) for n in names):
+        wanted = list(dict.fromkeys(aliases.get(n, n) for n in names))
+        self.store.prefetch(tree["tensors"][n]["id"] for n in wanted if n in tree["tensors"])
+        for name in wanted:
             if name not in tree["tensors"]:
                 raise BadName(f"{component} has no tensor {name!r}")
             t = tree["tensors"][name]
@@ -600,8 +602,9 @@ class Repo:
             if name not in comps:
                 raise BadName(f"commit {cid[:12]} has no component {name!r}")
             check_component_name(name)
-            written += comp.write_tree(self.store, self.read_tree(comps[name]),
-                                       os.path.join(out_dir, *name.split("/")), progress)
+            tree = self.read_tree(comps[name])
+            self.store.prefetch(tree_blob_ids(tree))
+            written += comp.write_tree(self.store, tree, os.path.join(out_dir, *name.split("/")), progress)
         return written
 
     def export(self, rev: str | None, component: str, out_file: str) -> str:
@@ -609,6 +612,7 @@ class Repo:
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
+        self.store.prefetch(tree_blob_ids(tree))
         comp.write_file(self.store, tree, next(iter(tree["files"])), out_file)
         return out_file
 

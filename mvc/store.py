@@ -75,6 +75,12 @@ class ObjectStore:
         """Store the concatenation of `buffers`; returns its id. Idempotent."""
         raise NotImplementedError
 
+    fetches = False  # True for stores that bring objects from far away (see prefetch)
+
+    def prefetch(self, ids) -> None:
+        """A hint that `ids` are about to be read. A store that fetches objects from far away (a
+        lazy clone's remote) fetches the ones it lacks now, in parallel; the others do nothing."""
+
     def size(self, oid: str) -> int:
         raise NotImplementedError
 
@@ -407,6 +413,18 @@ class ChainStore(ObjectStore):
 
     def has(self, oid):
         return any(s.has(oid) for s in self.stores)
+
+    def prefetch(self, ids):
+        """Pass the ids no earlier store holds to the stores that fetch (none in most repositories)."""
+        if not any(s.fetches for s in self.stores):
+            return
+        todo = list(dict.fromkeys(ids))
+        for s in self.stores:
+            if not todo:
+                return
+            if s.fetches:
+                s.prefetch(todo)
+            todo = [i for i in todo if not s.has(i)]
 
     def get(self, oid):
         return self._read(oid, "get")

@@ -355,6 +355,35 @@ def test_lazy_clone_loads_a_component_on_demand(remote, tmp_path, monkeypatch):
     assert torch.equal(mvc.Repo(lazy.root).load("HEAD", "core")["w0"], core["w0"])
 
 
+def test_lazy_clone_fetches_the_blobs_of_a_load_in_parallel(remote, tmp_path, monkeypatch):
+    import time
+    src = new_repo(tmp_path / "src", remote)
+    core = weights(3, n=8)
+    src.commit({"core": core}, message="one")
+    rm.push(src)
+    lazy, _ = rm.clone(remote.url, str(tmp_path / "lazy"), lazy=True, endpoint=remote.endpoint)
+    transport = next(s for s in lazy.store.stores if s.fetches).transport()
+    real_get, lock, inflight = transport.get, threading.Lock(), {"now": 0, "most": 0, "calls": 0}
+
+    def slow_get(oid):  # a remote with latency: each get takes 50 ms
+        with lock:
+            inflight["now"] += 1
+            inflight["calls"] += 1
+            inflight["most"] = max(inflight["most"], inflight["now"])
+        try:
+            time.sleep(0.05)
+            return real_get(oid)
+        finally:
+            with lock:
+                inflight["now"] -= 1
+
+    monkeypatch.setattr(transport, "get", slow_get)
+    state = lazy.load("HEAD", "core", keys=["w1", "w2", "w3", "w4", "w5"])
+    assert all(torch.equal(state[k], core[k]) for k in state)
+    assert inflight["most"] > 1 and inflight["calls"] == 5  # in parallel, each wanted blob once
+    assert not lazy.loose.has(lazy.tree("HEAD", "core")["tensors"]["w0"]["id"])  # not wanted: not fetched
+
+
 def test_lazy_clone_rejects_a_corrupt_blob_on_first_use(remote, tmp_path):
     src = new_repo(tmp_path / "src", remote)
     cid = src.commit({"core": weights(1, n=2)}, message="one")
