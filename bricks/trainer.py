@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from bricks.api import BrickModel, attach, fits
 from bricks.common import decode_delta, num_params
 from cores.base import bytes_to_tensor
-from cores.train import CheckpointState, split_holdout
+from cores.train import CheckpointState, adamw, split_holdout
 from kernels import batch_invariant as bi
 from kernels.counter_rng import MASK64, stream_id, stream_uint64
 
@@ -142,12 +142,7 @@ class BrickTrainer(CheckpointState):
             if s is not None and s.numel() < self.seq_len + 2:
                 raise ValueError(f"{name} training data too short: {s.numel()} bytes for windows of "
                                  f"{self.seq_len + 1}; give more data or a smaller seq_len")
-        params = list(brick.parameters())
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.opt = adamw(brick.parameters(), self.lr, weight_decay)
         self.gen = torch.Generator().manual_seed(self.seed)
         self.step = 0
         self.data_pos = 0

@@ -55,6 +55,14 @@ def unflatten_optimizer_state(flat: dict[str, torch.Tensor]) -> dict[int, dict]:
     return state
 
 
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The AdamW both trainers use: weight decay on matrices only (not on norms and biases)."""
+    params = list(params)
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
 class CheckpointState:
     """What every trainer shares: the schedule, the optimizer step loop with its progress bar and
     wall-clock budget, and the checkpoint (model + optimizer + RNG + step + data position as flat
@@ -184,11 +192,7 @@ class Trainer(CheckpointState):
         if self.stream.numel() < self.seq_units + 2:
             raise ValueError(f"training data too short: {self.stream.numel()} units for windows of "
                              f"{self.seq_units + 1}; give more data or a smaller seq_len")
-        decay = [p for p in core.parameters() if p.dim() >= 2]
-        no_decay = [p for p in core.parameters() if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.opt = adamw(core.parameters(), self.lr, weight_decay)
         self.gen = torch.Generator().manual_seed(self.seed)  # for stochastic layers; saved and restored
         self.step = 0
         self.data_pos = 0
