@@ -234,7 +234,6 @@ def load_rate(work, ckpt, rounds=7) -> dict:
     left them; "cold": evicted first (posix_fadvise DONTNEED on the blobs and on the checkpoint).
     Medians of `rounds` interleaved runs."""
     import resource
-    import statistics
     sys.path.insert(0, ROOT)
     import torch  # noqa: F401
     from safetensors.torch import load_file
