@@ -145,11 +145,17 @@ class Transport:
         try:
             self.cas_file("config", remote_config_bytes(), ABSENT)
         except RefConflict:
-            pass
+            pass  # created meanwhile by another pusher
+        else:
+            self.check_conditional_writes()
         try:
             self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
         except RefConflict:
             pass
+
+    def check_conditional_writes(self) -> None:
+        """Called once `init` has created the config: refuse a storage whose conditional writes do
+        not hold (refs could not move safely). Directories hold them by construction."""
 
     def head_target(self) -> str | None:
         data, _ = self.read_file("HEAD")

@@ -198,26 +198,15 @@ class S3Transport(Transport):
         return sorted(out)
 
     # -- layout -------------------------------------------------------------------------------
-    def init(self, default_branch: str) -> None:
-        if self.is_repository():
-            return
+    def check_conditional_writes(self) -> None:
+        """A second create of the config just made must be refused (If-None-Match honoured)."""
         from .transport import remote_config_bytes
         try:
             self.cas_file("config", remote_config_bytes(), ABSENT)
         except RefConflict:
-            pass  # created meanwhile by another pusher: the refusal itself proves conditional writes
-        else:
-            try:
-                self.cas_file("config", remote_config_bytes(), ABSENT)
-            except RefConflict:
-                pass
-            else:
-                raise MvcError(f"the S3 server of {self.describe()} ignores conditional writes (If-None-Match)",
-                               "refs cannot move safely there: use AWS S3, a recent MinIO, or a directory remote")
-        try:
-            self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
-        except RefConflict:
-            pass
+            return
+        raise MvcError(f"the S3 server of {self.describe()} ignores conditional writes (If-None-Match)",
+                       "refs cannot move safely there: use AWS S3, a recent MinIO, or a directory remote")
 
 
 def _session(boto3):

@@ -455,3 +455,17 @@ def test_fetch_completes_history_left_partial_by_an_interrupted_fetch(remote, tm
     assert result["commits"] == 1 and dst.loose.has(c1)
     assert dst.refs.read("refs/remotes/origin/main") == c2
     assert [c["id"] for c in dst.log("origin/main")] == [c2, c1] and dst.fsck()["ok"]
+
+
+def test_s3_init_refuses_a_server_that_ignores_conditional_writes(s3_endpoint, aws_env, monkeypatch):
+    from mvc.errors import MvcError
+    honest = S3Remote(s3_endpoint).transport()
+    honest.init("main")
+    assert honest.is_repository() and honest.head_target() == "refs/heads/main"
+    lax = S3Remote(s3_endpoint).transport()
+    real = lax.client.put_object
+    monkeypatch.setattr(lax.client, "put_object",  # a server that drops If-None-Match
+                        lambda **kw: real(**{k: v for k, v in kw.items() if k != "IfNoneMatch"}))
+    with pytest.raises(MvcError, match="ignores conditional writes"):
+        lax.init("main")
+    assert lax.head_target() is None  # refused before HEAD was written
