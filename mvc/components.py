@@ -95,7 +95,7 @@ class Ingest:
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
-            if _stamp(f.fileno()) != stamp:  # each tensor is hashed, then copied: two reads of the file
+            if _stamp(f.fileno()) != stamp:  # each tensor is hashed, then written: two reads of the file
                 raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
                                "commit it again once the program writing it has finished")
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
@@ -103,7 +103,7 @@ class Ingest:
     def _store_tensors(self, relpath: str, header, mm, view) -> None:
         """One blob per tensor of a parsed safetensors file. A few worker threads each take a whole
         tensor, hash it on one core and write it into the store (both release the GIL), biggest
-        tensors first, so that on 2 cores the hashing no longer waits behind one copying thread
+        tensors first, so that on 2 cores no tensor's hashing waits behind another's writing
         (the `mvc (python api)` rows of benchmarks/bench_store.py measure it against `cp`)."""
         from concurrent.futures import ThreadPoolExecutor
 
@@ -125,7 +125,7 @@ class Ingest:
             for e in tensors:  # the tree and the progress follow the file's order
                 self._add_tensor(relpath, e.name, done[e.name].result(), e.dtype, e.shape)
                 self.progress(e.end - e.begin)
-        finally:  # on an error or Ctrl-C, tensors not yet started are dropped, not copied
+        finally:  # on an error or Ctrl-C, tensors not yet started are dropped, not written
             pool.shutdown(wait=True, cancel_futures=True)
 
     def state_dict(self, relpath: str, state: dict, metadata: dict | None = None) -> None:
