@@ -9,6 +9,9 @@ import warnings
 from .errors import LockHeld
 from .store import fsync_dir
 
+# A lock file with no readable owner this old cannot be a writer between create and write: stale.
+STALE_OWNERLESS_LOCK_S = 5.0
+
 
 def hostname() -> str:
     """This machine's network name (os.uname: the socket module is not imported for it)."""
@@ -18,17 +21,36 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def makedirs(path: str) -> None:
+    """os.makedirs, retried when a concurrent ref deletion prunes an empty parent meanwhile (a
+    directory removed between its mkdir and makedirs' check is reported as FileExistsError)."""
+    for attempt in range(10):
+        try:
+            return os.makedirs(path, exist_ok=True)
+        except (FileNotFoundError, FileExistsError):
+            if attempt == 9:
+                raise
+
+
 def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
     """Write `data` to `path` so that readers see the old or the new content, never a mix."""
     d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.urandom(16).hex()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    makedirs(d)
+    # 16 hex digits: unique enough, and short, as retired reflog names come close to NAME_MAX
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.urandom(8).hex()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # a failed write (full disk, path taken by a directory) leaves no temp file behind
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     if fsync:
         fsync_dir(d)
 
@@ -46,8 +68,8 @@ def _pid_alive(pid: int) -> bool:
 class LockFile:
     """`with LockFile(path):` holds `path` (created with O_EXCL) until the block ends.
 
-    Waits up to `timeout` seconds for another holder; a lock left by a dead process on this host
-    is broken with a warning.
+    Waits up to `timeout` seconds for another holder; a lock left by a dead process on this host,
+    or one without a readable owner older than STALE_OWNERLESS_LOCK_S, is broken with a warning.
     """
 
     def __init__(self, path: str, timeout: float = 10.0, what: str = "the repository"):
@@ -57,35 +79,69 @@ class LockFile:
         self.held = False
 
     def _try(self) -> bool:
+        for attempt in range(10):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                return False
+            except FileNotFoundError:  # a ref deletion pruned the empty directory meanwhile
+                if attempt == 9:
+                    raise
+                makedirs(os.path.dirname(self.path) or ".")
+        owner = json.dumps({"pid": os.getpid(), "host": hostname(), "time": time.time()}).encode()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": hostname(), "time": time.time()}, f)
+            with os.fdopen(fd, "wb") as f:
+                f.write(owner)
+        except BaseException:
+            try:  # an ownerless lock could never be broken: remove it (full disk, interrupt)
+                os.unlink(self.path)
+            except OSError:
+                pass
+            raise
         self.held = True
         return True
 
     def _owner(self) -> dict | None:
         try:
             with open(self.path) as f:
-                return json.load(f)
+                owner = json.load(f)
         except (OSError, ValueError):
             return None
+        return owner if isinstance(owner, dict) else None
+
+    def _stale_reason(self, owner: dict | None, st: os.stat_result) -> str | None:
+        if owner is None:
+            age = time.time() - st.st_mtime
+            return f"with no owner, {age:.0f} s old" if age > STALE_OWNERLESS_LOCK_S else None
+        if (owner.get("host") == hostname() and isinstance(owner.get("pid"), int)
+                and not _pid_alive(owner["pid"])):
+            return f"left by dead process {owner['pid']}"
+        return None
+
+    def _break(self, st: os.stat_result, reason: str) -> None:
+        try:  # only the file judged stale: not a fresh lock another waiter took meanwhile
+            now = os.stat(self.path)
+            if (now.st_ino, now.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
+                return
+            warnings.warn(f"breaking stale lock {self.path} {reason}")
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
     def acquire(self) -> "LockFile":
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        makedirs(os.path.dirname(self.path) or ".")
         deadline = time.monotonic() + self.timeout
         delay = 0.002
         while not self._try():
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                continue  # released meanwhile
             owner = self._owner()
-            if (owner and owner.get("host") == hostname()
-                    and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"])):
-                warnings.warn(f"breaking stale lock {self.path} left by dead process {owner['pid']}")
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+            reason = self._stale_reason(owner, st)
+            if reason:
+                self._break(st, reason)
                 continue
             if time.monotonic() >= deadline:
                 who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"

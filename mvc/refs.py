@@ -1,19 +1,93 @@
-"""Refs (HEAD, branches, tags, remote-tracking refs) with compare-and-swap updates and reflogs."""
+"""Refs (HEAD, branches, tags, remote-tracking refs) with compare-and-swap updates and reflogs.
+
+A ref is the file `<root>/refs/...`, its reflog `<root>/logs/refs/...`. A ref is never both a name
+and a folder of names (`feature` and `feature/x`). The reflog of a deleted ref is retired to
+`<root>/logs/deleted/<ref>@<UTC time>`: its commits stay protected from gc, and it no longer
+stands in the way of new refs.
+"""
 from __future__ import annotations
 
 import json
 import os
 import time
 
-from .errors import BadName, CorruptObject, RefConflict
-from .files import LockFile, atomic_write
+from .errors import BadName, CorruptObject, MvcError, RefConflict
+from .files import LockFile, atomic_write, makedirs
 from .objects import check_ref_name, is_oid
+from .store import fsync_dir
 
 SYMREF_PREFIX = "ref: "
+RETIRED_LOGS = "deleted"  # logs/deleted/...: live refs are HEAD or refs/..., so never clash with it
 
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _retired_stamp(ns: int) -> str:
+    """Fixed width, so that names sort in time order."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def _read_log(path: str) -> list[dict]:
+    """Entries oldest first; torn or unparsable lines (a crash mid-append) are skipped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return []
+    out = []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict):
+            out.append(e)
+    return out
+
+
+def _open_append(path: str) -> int:
+    for attempt in range(10):
+        try:
+            makedirs(os.path.dirname(path))
+            return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a ref deletion pruned the empty directory meanwhile
+            if attempt == 9:
+                raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _prune_dirs(path: str, stop: str) -> None:
+    """Remove `path` and its parents below `stop` while they are empty (left by deleted refs)."""
+    path, stop = os.path.normpath(path), os.path.normpath(stop)
+    while path.startswith(stop + os.sep):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        path = os.path.dirname(path)
+
+
+def _prune_tree(top: str) -> None:
+    """Remove empty directories at and under `top`, and temp files of crashed writes (no lock
+    beside them: a live writer holds the ref's lock in the same directory while its temp exists)."""
+    for dirpath, _dirs, files in os.walk(top, topdown=False):
+        if not any(f.endswith(".lock") for f in files):
+            for f in files:
+                if f.startswith(".") and f.endswith(".tmp"):
+                    try:
+                        os.unlink(os.path.join(dirpath, f))
+                    except OSError:
+                        pass
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass
 
 
 class RefStore:
@@ -33,6 +107,40 @@ class RefStore:
 
     def _log_path(self, ref: str) -> str:
         return os.path.join(self.root, "logs", *ref.split("/"))
+
+    def _kind_dir(self, base: str, ref: str) -> str:
+        """Where pruning of empty directories stops: <base>/refs/heads etc."""
+        return os.path.join(base, *ref.split("/")[:2])
+
+    @staticmethod
+    def _conflict(ref: str, other: str) -> BadName:
+        return BadName(f"cannot create {ref}: it conflicts with existing {other}",
+                       "a name cannot also be a folder of names; pick another name or delete that one")
+
+    def _check_free(self, ref: str) -> None:
+        """Refuse `ref` when its file would clash with other refs (`feature` vs `feature/x`);
+        empty directories left there by deleted refs are removed."""
+        if ref == "HEAD":
+            return
+        parts = ref.split("/")
+        for i in range(2, len(parts)):
+            above = os.path.join(self.root, *parts[:i])
+            if os.path.isfile(above):
+                raise self._conflict(ref, "/".join(parts[:i]))
+            if not os.path.isdir(above):
+                return  # nothing can exist below it
+        path = self._path(ref)
+        if os.path.isdir(path):
+            _prune_tree(path)
+        if os.path.isdir(path):
+            for dirpath, dirs, files in os.walk(path):
+                dirs.sort()
+                names = sorted(f for f in files if not f.startswith("."))
+                if names:
+                    name = names[0][:-len(".lock")] if names[0].endswith(".lock") else names[0]
+                    other = os.path.relpath(os.path.join(dirpath, name), self.root)
+                    raise self._conflict(ref, other.replace(os.sep, "/"))
+            raise self._conflict(ref, f"{ref}/ (a directory)")
 
     # -- reading -----------------------------------------------------------------------------
     def read_raw(self, ref: str) -> str | None:
@@ -87,57 +195,143 @@ class RefStore:
             if target:
                 return self.update(target, new, expected, message, author)
         path = self._path(ref)
-        with LockFile(path + ".lock", what=f"ref {ref}"):
-            old = self.read(ref)
-            if expected is not ... and old != expected:
-                raise RefConflict(
-                    f"{ref} moved to {old[:12] if old else '(none)'} while expecting "
-                    f"{expected[:12] if expected else '(none)'}",
-                    "another process updated it; try again")
-            if new is None:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-            else:
-                atomic_write(path, (new + "\n").encode(), self.fsync)
-            self._append_log(ref, old, new, message, author)
+        if new is not None:
+            self._check_free(ref)  # before the lock: taking it creates directories
+        try:
+            with LockFile(path + ".lock", what=f"ref {ref}"):
+                old = self.read(ref)
+                if expected is not ... and old != expected:
+                    raise RefConflict(
+                        f"{ref} moved to {old[:12] if old else '(none)'} while expecting "
+                        f"{expected[:12] if expected else '(none)'}",
+                        "another process updated it; try again")
+                entry = json.dumps({"old": old, "new": new, "time": utc_now(), "author": author,
+                                    "message": message}, sort_keys=True, separators=(",", ":"))
+                self._logged_move(ref, entry.encode() + b"\n", new)
+                if new is None:
+                    self._retire_log(ref)
+        except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+            # another process made (or is making) a clashing ref meanwhile; nothing moved here
+            if new is not None:
+                self._check_free(ref)
+            raise MvcError(f"could not update {ref}: a ref with a clashing name was being written "
+                           f"({e.strerror}: {e.filename})", "try again") from e
+        finally:
+            if not os.path.lexists(path):  # deleted, or a failed creation: no empty folders stay
+                _prune_dirs(os.path.dirname(path), self._kind_dir(self.root, ref))
 
-    def _append_log(self, ref, old, new, message, author):
+    def _logged_move(self, ref: str, entry: bytes, new: str | None) -> None:
+        """Append the reflog entry, then move the ref. If either fails the log is cut back to its
+        old length, so the caller's error means nothing moved."""
         path = self._log_path(ref)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        line = json.dumps({"old": old, "new": new, "time": utc_now(), "author": author,
-                           "message": message}, sort_keys=True, separators=(",", ":"))
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
+        self._clear_log_path(ref)
+        fd = _open_append(path)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                if size:
+                    os.lseek(fd, size - 1, os.SEEK_SET)
+                    if os.read(fd, 1) != b"\n":
+                        entry = b"\n" + entry  # after a torn line: lose only that one, not this too
+                _write_all(fd, entry)
+                if self.fsync:
+                    os.fsync(fd)
+                    if not size:
+                        fsync_dir(os.path.dirname(path))
+                if new is None:
+                    try:
+                        os.unlink(self._path(ref))
+                    except FileNotFoundError:
+                        pass
+                else:
+                    atomic_write(self._path(ref), (new + "\n").encode(), self.fsync)
+            except BaseException:
+                try:  # best effort: cut the entry off again (a log this call created goes too)
+                    os.ftruncate(fd, size)
+                    if not size:
+                        os.unlink(path)
+                        logs = os.path.join(self.root, "logs")
+                        _prune_dirs(os.path.dirname(path), self._kind_dir(logs, ref))
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
+
+    def _clear_log_path(self, ref: str) -> None:
+        """Retire reflogs of deleted refs that older mvc left in place where this ref's log goes
+        (`logs/refs/heads/feature` as a file, or as a folder holding `feature/x`)."""
+        logs = os.path.join(self.root, "logs")
+        parts = ref.split("/")
+        for i in range(2, len(parts)):
+            above = os.path.join(logs, *parts[:i])
+            if os.path.isfile(above):
+                self._retire_stale("/".join(parts[:i]), ref)
+                break
+            if not os.path.isdir(above):
+                break
+        path = self._log_path(ref)
+        if os.path.isdir(path):
+            for dirpath, _dirs, files in os.walk(path):
+                for name in files:
+                    rel = os.path.relpath(os.path.join(dirpath, name), logs).replace(os.sep, "/")
+                    self._retire_stale(rel, ref)
+            _prune_tree(path)
+
+    def _retire_stale(self, stale: str, ref: str) -> None:
+        live = os.path.join(self.root, *stale.split("/"))
+        if os.path.isfile(live) or os.path.exists(live + ".lock"):
+            raise self._conflict(ref, stale)  # live after all, or being written: made meanwhile
+        self._retire_log(stale)
+
+    def _retire_log(self, ref: str) -> None:
+        """Move the reflog of a deleted ref to logs/deleted/<ref>@<time>, best effort: the ref is
+        deleted already, and a log left in place is retired when it stands in a new ref's way."""
+        logs = os.path.join(self.root, "logs")
+        src = self._log_path(ref)
+        if not os.path.isfile(src):
+            return
+        ns = time.time_ns()
+        base = os.path.join(logs, RETIRED_LOGS, *ref.split("/"))
+        try:
+            makedirs(os.path.dirname(base))
+            while os.path.lexists(f"{base}@{_retired_stamp(ns)}"):
+                ns += 1
+            os.rename(src, f"{base}@{_retired_stamp(ns)}")
             if self.fsync:
-                os.fsync(f.fileno())
+                fsync_dir(os.path.dirname(base))
+                fsync_dir(os.path.dirname(src))
+        except OSError:
+            return
+        _prune_dirs(os.path.dirname(src), self._kind_dir(logs, ref))
+
+    def _retired_logs(self, ref: str) -> list[str]:
+        """Paths of the retired reflogs of `ref`, oldest first."""
+        base = os.path.join(self.root, "logs", RETIRED_LOGS, *ref.split("/"))
+        d, leaf = os.path.split(base)
+        try:
+            names = sorted(n for n in os.listdir(d) if n.startswith(leaf + "@"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [os.path.join(d, n) for n in names]
 
     def reflog(self, ref: str) -> list[dict]:
-        """Entries newest first. A torn last line (crash mid-append) is skipped."""
-        try:
-            with open(self._log_path(ref), encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out[::-1]
+        """Entries newest first (torn lines skipped). A live ref shows its own log only; a deleted
+        ref with no new log shows its retired logs, so its last commits can still be found."""
+        entries = _read_log(self._log_path(ref))
+        if not entries and self.read_raw(ref) is None:
+            for path in self._retired_logs(ref):
+                entries += _read_log(path)
+        return entries[::-1]
 
     def all_reflog_ids(self) -> set[str]:
+        """Every id in any reflog, retired ones included: they keep their commits from gc."""
         ids = set()
-        logs = os.path.join(self.root, "logs")
-        for dirpath, _d, files in os.walk(logs):
+        for dirpath, _d, files in os.walk(os.path.join(self.root, "logs")):
             for name in files:
-                ref = os.path.relpath(os.path.join(dirpath, name), logs).replace(os.sep, "/")
-                for e in self.reflog(ref):
+                for e in _read_log(os.path.join(dirpath, name)):
                     for k in ("old", "new"):
-                        if e.get(k):
+                        if isinstance(e.get(k), str) and e[k]:
                             ids.add(e[k])
         return ids
 
@@ -146,20 +340,29 @@ class RefStore:
         cutoff = time.time() - older_than_s
         dropped = 0
         logs = os.path.join(self.root, "logs")
+        retired = os.path.join(logs, RETIRED_LOGS)
         for dirpath, _d, files in os.walk(logs):
             for name in files:
                 path = os.path.join(dirpath, name)
                 keep = []
-                with open(path, encoding="utf-8") as f:
+                try:
+                    f = open(path, encoding="utf-8", errors="replace")
+                except FileNotFoundError:
+                    continue  # retired or pruned meanwhile
+                with f:
                     for line in f:
                         try:
                             e = json.loads(line)
                             t = time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-                        except (ValueError, KeyError):
+                        except (ValueError, KeyError, TypeError):
                             continue
                         if t >= cutoff:
                             keep.append(line if line.endswith("\n") else line + "\n")
                         else:
                             dropped += 1
-                atomic_write(path, "".join(keep).encode(), self.fsync)
+                if not keep and path.startswith(retired + os.sep):
+                    os.unlink(path)  # nothing left of a deleted ref's history
+                    _prune_dirs(dirpath, retired)
+                else:
+                    atomic_write(path, "".join(keep).encode(), self.fsync)
         return dropped

@@ -1,0 +1,240 @@
+"""Refs under adverse conditions: name/folder conflicts, deleted refs' reflogs, a full disk between
+the reflog and the ref, torn reflog lines, lock files without an owner."""
+import errno
+import json
+import os
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mvc.refs
+from mvc.cli import cli
+from mvc.errors import BadName, LockHeld
+from mvc.files import STALE_OWNERLESS_LOCK_S, LockFile, atomic_write
+from mvc.refs import RefStore
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _files(top):
+    return sorted(os.path.relpath(os.path.join(d, f), top) for d, _s, fs in os.walk(top) for f in fs)
+
+
+# -- 1. a ref is never both a name and a folder of names -----------------------------------------
+def test_name_that_is_a_folder_of_refs_is_refused_cleanly(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/feature/x", A, expected=None)
+    with pytest.raises(BadName, match="cannot create refs/heads/feature: it conflicts with existing "
+                                      "refs/heads/feature/x"):
+        refs.update("refs/heads/feature", B, expected=None)
+    with pytest.raises(BadName, match=r"feature/x/y: it conflicts with existing refs/heads/feature/x \("):
+        refs.update("refs/heads/feature/x/y", B, expected=None)
+    # nothing written: no temp, lock or log files, the existing ref untouched
+    assert _files(tmp_path / "refs") == [os.path.join("heads", "feature", "x")]
+    assert _files(tmp_path / "logs") == [os.path.join("refs", "heads", "feature", "x")]
+    assert refs.list() == {"refs/heads/feature/x": A}
+
+
+def test_folder_under_an_existing_name_is_refused_cleanly(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/tags/v1", A, expected=None)
+    with pytest.raises(BadName, match="create refs/tags/v1/rc: it conflicts with existing refs/tags/v1"):
+        refs.update("refs/tags/v1/rc", B)
+    assert _files(tmp_path / "refs") == [os.path.join("tags", "v1")] and refs.read("refs/tags/v1") == A
+
+
+def test_cli_branch_conflict_is_one_error_line_exit_3(in_repo):
+    in_repo.commit({"core": {"w": torch.ones(3)}}, message="x")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["branch", "feature/x"]).exit_code == 0
+    r = runner.invoke(cli, ["branch", "feature"])
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith("error: cannot create refs/heads/feature: it conflicts with existing "
+                               "refs/heads/feature/x") and len(r.stderr.splitlines()) == 1
+    assert sorted(in_repo.branches()) == ["feature/x", "main"]
+
+
+def test_clash_made_after_the_check_is_still_a_clear_error(tmp_path, monkeypatch):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/feature/x", A, expected=None)
+    real, calls = refs._check_free, []
+    monkeypatch.setattr(refs, "_check_free", lambda ref: calls.append(ref) if not calls else real(ref))
+    with pytest.raises(BadName, match="conflicts with existing refs/heads/feature/x"):
+        refs.update("refs/heads/feature", B, expected=None)  # as if feature/x was made just now
+    assert len(calls) == 1 and refs.list() == {"refs/heads/feature/x": A}
+    assert [e["new"] for e in refs.reflog("refs/heads/feature/x")] == [A]
+    assert _files(tmp_path / "refs") == [os.path.join("heads", "feature", "x")]
+
+
+def test_empty_folders_and_crash_leftovers_do_not_block_a_name(tmp_path):
+    refs = RefStore(str(tmp_path))
+    os.makedirs(tmp_path / "refs" / "heads" / "feature" / "x" / "y")
+    (tmp_path / "refs" / "heads" / "feature" / ".z.0123abcd.tmp").write_text(A)  # killed mid-write
+    refs.update("refs/heads/feature", A, expected=None)
+    assert refs.list() == {"refs/heads/feature": A}
+    assert _files(tmp_path / "refs") == [os.path.join("heads", "feature")]
+
+
+def test_a_ref_being_written_below_a_name_blocks_it(tmp_path):
+    refs = RefStore(str(tmp_path))
+    with LockFile(str(tmp_path / "refs" / "heads" / "feature" / "x.lock")):
+        with pytest.raises(BadName, match="conflicts with existing refs/heads/feature/x"):
+            refs.update("refs/heads/feature", A, expected=None)
+
+
+def test_deleting_a_ref_removes_its_empty_folders(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/a/b/c", A, expected=None)
+    refs.update("refs/heads/a/d", A, expected=None)
+    refs.update("refs/heads/a/b/c", None, expected=A)
+    assert not (tmp_path / "refs" / "heads" / "a" / "b").exists()
+    assert not (tmp_path / "logs" / "refs" / "heads" / "a" / "b").exists()
+    refs.update("refs/heads/a/d", None, expected=A)
+    assert os.listdir(tmp_path / "refs" / "heads") == []
+    refs.update("refs/heads/a", B, expected=None)
+    assert refs.list() == {"refs/heads/a": B}
+
+
+def test_atomic_write_leaves_no_temp_file_when_it_fails(tmp_path, monkeypatch):
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+    monkeypatch.setattr(os, "fsync", _enospc)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(str(target), b"new")
+    monkeypatch.undo()
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic_write(str(tmp_path / "d"), b"new")
+    assert sorted(os.listdir(tmp_path)) == ["d", "f"] and target.read_bytes() == b"old"
+
+
+# -- 2. reflogs of deleted refs: retired, still protecting their commits -------------------------
+def test_deleted_refs_log_is_retired_and_frees_the_name(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/feature/x", A, expected=None, message="made")
+    refs.update("refs/heads/feature/x", None, expected=A, message="gone")
+    assert not (tmp_path / "logs" / "refs" / "heads" / "feature").exists()
+    [retired] = _files(tmp_path / "logs" / "deleted")
+    assert retired.startswith(os.path.join("refs", "heads", "feature", "x@"))
+    refs.update("refs/heads/feature", B, expected=None, message="parent name")
+    refs.update("refs/heads/feature", None, expected=B)
+    refs.update("refs/heads/feature/x", C, expected=None, message="again")
+    # a live ref shows its own log only; a deleted one its retired history, newest first
+    assert [e["message"] for e in refs.reflog("refs/heads/feature/x")] == ["again"]
+    assert [e["new"] for e in refs.reflog("refs/heads/feature")] == [None, B]
+    assert refs.list() == {"refs/heads/feature/x": C}
+    assert refs.all_reflog_ids() == {A, B, C}
+
+
+def test_stale_logs_left_by_older_mvc_are_retired_not_crashed_on(tmp_path):
+    refs = RefStore(str(tmp_path))
+    entry = json.dumps({"old": None, "new": A, "time": "2024-01-01T00:00:00Z", "message": "old"}) + "\n"
+    stale = tmp_path / "logs" / "refs" / "heads" / "feature" / "x"
+    os.makedirs(stale.parent)
+    stale.write_text(entry)
+    refs.update("refs/heads/feature", B, expected=None, message="new")
+    assert [e["message"] for e in refs.reflog("refs/heads/feature")] == ["new"]
+    assert [e["message"] for e in refs.reflog("refs/heads/feature/x")] == ["old"]
+    refs.update("refs/heads/feature", None, expected=B)
+    (tmp_path / "logs" / "refs" / "heads" / "feature").write_text(entry)  # a stale file log above
+    refs.update("refs/heads/feature/y", C, expected=None)
+    assert refs.all_reflog_ids() == {A, B, C} and refs.list() == {"refs/heads/feature/y": C}
+
+
+def test_gc_keeps_commits_only_a_deleted_nested_branchs_reflog_holds(repo):
+    repo.commit({"core": {"w": torch.ones(4)}}, message="keep")
+    cid = repo.commit({"core": {"w": torch.arange(4.0)}}, message="only on exp/a", branch="exp/a")
+    repo.delete_branch("exp/a")
+    repo.create_branch("exp")
+    assert repo.gc(grace_s=0)["removed"] == 0
+    assert repo.read_commit(cid)["message"] == "only on exp/a"
+    assert torch.equal(repo.load(cid, "core")["w"], torch.arange(4.0)) and repo.fsck()["ok"]
+    repo.set_config("gc.reflogExpire", "-1")
+    assert repo.gc(grace_s=0)["removed"] > 0
+    assert _files(os.path.join(repo.dir, "logs", "deleted")) == []
+
+
+# -- 3. the reflog and the ref move together -----------------------------------------------------
+def test_failed_reflog_append_moves_nothing_and_tears_nothing(tmp_path, monkeypatch):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    log = tmp_path / "logs" / "refs" / "heads" / "main"
+    before = log.read_bytes()
+    real_write, calls = os.write, []
+
+    def half_then_full(fd, data):  # the disk fills up in the middle of the entry
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, data[:len(data) // 2])
+        _enospc()
+    monkeypatch.setattr(mvc.refs.os, "write", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        refs.update("refs/heads/main", B, expected=A, message="two")
+    monkeypatch.undo()
+    assert refs.read("refs/heads/main") == A and log.read_bytes() == before
+    refs.update("refs/heads/main", C, expected=A, message="three")
+    assert [e["message"] for e in refs.reflog("refs/heads/main")] == ["three", "one"]
+
+
+def test_failed_ref_write_takes_back_the_reflog_entry(tmp_path, monkeypatch):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    log = tmp_path / "logs" / "refs" / "heads" / "main"
+    before = log.read_bytes()
+    monkeypatch.setattr(mvc.refs, "atomic_write", _enospc)
+    with pytest.raises(OSError, match="No space"):
+        refs.update("refs/heads/main", B, expected=A, message="two")
+    with pytest.raises(OSError, match="No space"):
+        refs.update("refs/heads/new/branch", B, expected=None)
+    assert refs.read("refs/heads/main") == A and log.read_bytes() == before
+    assert _files(tmp_path / "logs") == [os.path.join("refs", "heads", "main")]
+    assert _files(tmp_path / "refs") == [os.path.join("heads", "main")]
+
+
+def test_entry_after_a_torn_line_survives(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    with open(tmp_path / "logs" / "refs" / "heads" / "main", "a") as f:
+        f.write('{"old": "trunc')  # killed mid-append
+    refs.update("refs/heads/main", B, expected=A, message="two")
+    assert [e["message"] for e in refs.reflog("refs/heads/main")] == ["two", "one"]
+
+
+# -- 4. lock files always have an owner, or get broken -------------------------------------------
+def test_failed_owner_write_removes_the_lock_file(tmp_path, monkeypatch):
+    path = tmp_path / "x.lock"
+
+    def fdopen_full_disk(fd, *a, **k):
+        os.close(fd)
+        _enospc()
+    monkeypatch.setattr(os, "fdopen", fdopen_full_disk)
+    with pytest.raises(OSError, match="No space"):
+        LockFile(str(path), timeout=0.1).acquire()
+    monkeypatch.undo()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("content", ["", '{"pid": 12', "[]"])
+def test_old_lock_without_owner_is_broken(tmp_path, content):
+    path = tmp_path / "x.lock"
+    path.write_text(content)
+    old = time.time() - STALE_OWNERLESS_LOCK_S - 1
+    os.utime(path, (old, old))
+    with pytest.warns(UserWarning, match="stale lock .* with no owner"):
+        with LockFile(str(path), timeout=1.0):
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()
+
+
+def test_fresh_lock_without_owner_is_respected(tmp_path):
+    path = tmp_path / "x.lock"
+    path.write_text("")  # a writer between creating the file and writing its owner
+    with pytest.raises(LockHeld, match="locked by another process"):
+        LockFile(str(path), timeout=0.1).acquire()
+    assert path.exists()
