@@ -8,7 +8,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json
+from .output import console, emit_json, short
 
 
 @cli.command()
@@ -39,7 +39,7 @@ def ci(rev, base, names, junit, as_json):
     if as_json:
         emit_json(summary)
     else:
-        render_table(summary, console())
+        render_table(summary, console(markup=True))
     if not summary["passed"]:
         sys.exit(1)
 
@@ -72,15 +72,21 @@ def verify(target, as_json):
             if c.get("note"):
                 click.echo(f"    note: {c['note']}")
     if not r["verified"]:
-        raise MvcError(f"certificate {r['certificate'][:12]} does not verify",
+        raise MvcError(f"certificate {short(r['certificate'])} does not verify",
                        "its figures do not reproduce: it was tampered with or the models changed")
     if not as_json:
-        click.echo(f"certificate {r['certificate'][:12]} of {r['commit'][:12]} verified")
+        click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified")
 
 
 @cli.group()
 def hooks():
-    """Install or remove the git hooks that run semantic CI before merges and pushes."""
+    """Install or remove the git hooks that run semantic CI before merges and pushes.
+
+    \b
+    Examples:
+      mvc hooks install
+      mvc hooks uninstall
+    """
 
 
 @hooks.command("install")
@@ -89,6 +95,10 @@ def hooks_install():
 
     pre-merge-commit does not run for fast-forward merges, so merges always create a merge commit
     while the hooks are installed (`mvc hooks uninstall` restores the previous setting).
+
+    \b
+    Example:
+      mvc hooks install && git merge feature   # the merge runs mvc ci first
     """
     from semantic_ci.githooks import install
     r = install(Repo(os.getcwd()).root)
@@ -100,7 +110,12 @@ def hooks_install():
 
 @hooks.command("uninstall")
 def hooks_uninstall():
-    """Remove mvc's git hooks, restore chained hooks and the previous merge.ff setting."""
+    """Remove mvc's git hooks, restore chained hooks and the previous merge.ff setting.
+
+    \b
+    Example:
+      mvc hooks uninstall
+    """
     from semantic_ci.githooks import uninstall
     r = uninstall(Repo(os.getcwd()).root)
     click.echo(f"removed {', '.join(r['removed']) or 'nothing'}")

@@ -1,17 +1,24 @@
 """Entry point of the `mvc` command: the group, its single error boundary and the command modules."""
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 
 import click
 
 from ..errors import MvcError
+from .output import error
 
 
 def _print_traceback() -> None:
     import traceback  # only on the error path: it costs every command ~3 ms to import
     traceback.print_exc()
+
+
+def _debug_traceback() -> None:
+    if os.environ.get("MVC_DEBUG"):
+        _print_traceback()
 
 
 class MvcGroup(click.Group):
@@ -22,29 +29,31 @@ class MvcGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MvcError as e:
-            if os.environ.get("MVC_DEBUG"):
-                _print_traceback()
-            click.echo(f"error: {e}", err=True)
+            _debug_traceback()
+            error(str(e))
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
+            error("interrupted")
             ctx.exit(130)
         except BrokenPipeError:
             ctx.exit(0)
         except OSError as e:
-            if e.errno == 28:  # ENOSPC
-                click.echo(f"error: no space left on device ({e.filename or ''}); nothing was moved", err=True)
+            if e.errno == errno.ENOSPC:
+                _debug_traceback()
+                at = f" at {e.filename}" if e.filename else ""
+                error(f"no space left on device{at}", "nothing was moved; free some space and retry")
                 ctx.exit(3)
-            _print_traceback()
-            click.echo(f"error: unexpected {type(e).__name__}: {e} (this is a bug in mvc)", err=True)
-            ctx.exit(4)
+            self._bug(ctx, e, "this is a bug in mvc")
         except Exception as e:
-            _print_traceback()
-            click.echo(f"error: unexpected {type(e).__name__}: {e} (this is a bug in mvc; please report it)",
-                       err=True)
-            ctx.exit(4)
+            self._bug(ctx, e, "this is a bug in mvc; please report it")
+
+    @staticmethod
+    def _bug(ctx, e: BaseException, hint: str):
+        _print_traceback()
+        error(f"unexpected {type(e).__name__}: {e}", hint)
+        ctx.exit(4)
 
 
 @click.group(cls=MvcGroup, context_settings={"help_option_names": ["-h", "--help"]})

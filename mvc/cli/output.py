@@ -9,20 +9,52 @@ import sys
 import click
 
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+PIPE_WIDTH = 10_000  # columns of a console that is not a terminal: piped output never cuts a name or id
+ID_WIDTH = 12  # hex digits of an id in human output
 
 
 def short(oid: str | None) -> str:
-    return oid[:12] if oid else "-"
+    return oid[:ID_WIDTH] if oid else "-"
 
 
 def emit_json(doc) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False))
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False, markup: bool = False):
+    """A rich console; text is printed as given (no markup) unless a renderer asks for markup.
+
+    On a terminal rich fits tables to its width; piped or redirected output (`mvc diff | grep`)
+    gets a console so wide that no table cell is cut or wrapped."""
     from rich.console import Console
-    return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
-                   soft_wrap=True)
+    con = Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
+                  soft_wrap=True, markup=markup)
+    if not con.is_terminal:
+        con.width = PIPE_WIDTH
+    return con
+
+
+def table(*columns: str, names=(), ids=(), title: str | None = None):
+    """A rich Table of text cells: columns in `names` fold rather than cut a long name on a narrow
+    terminal; columns in `ids` always show the 12 hex digits of `short`."""
+    from rich.table import Table
+    t = Table(title=title)
+    for col in columns:
+        if col in ids:
+            t.add_column(col, width=ID_WIDTH, no_wrap=True)
+        else:
+            t.add_column(col, overflow="fold" if col in names else "ellipsis")
+    return t
+
+
+def change(a, b) -> str:
+    """`a` when both sides are equal, else `a -> b` (dtypes, shapes, sizes of a diff)."""
+    return str(a) if a == b else f"{a} -> {b}"
+
+
+def error(what: str, hint: str | None = None) -> None:
+    """The one-line error of DESIGN.md section 4: `error: <what> (<hint>)` on stderr."""
+    click.echo(f"error: {what}" + (f" ({hint})" if hint else ""), err=True)
 
 
 def warn(message: str) -> None:

@@ -9,12 +9,17 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, short
+from .output import console, emit_json, error, short
 
 
 @cli.group()
 def paste():
-    """Paste components from one model into another."""
+    """Paste components from one model into another.
+
+    \b
+    Example:
+      mvc paste brick python --from brick-run --into host-b
+    """
 
 
 @paste.command("brick")
@@ -51,11 +56,10 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
             click.echo("no migration checks are configured for this brick in mvc.toml; none ran", err=True)
     if r.get("ci") and not as_json:
         from semantic_ci.report import render_table
-        render_table(r["ci"], console())
+        render_table(r["ci"], console(markup=True))
     if not r["moved"]:
         if not as_json:
-            click.echo(f"error: migration checks failed; {r['branch']} was not moved (pass --no-ci to paste anyway)",
-                       err=True)
+            error(f"migration checks failed; {r['branch']} was not moved", "pass --no-ci to paste anyway")
         sys.exit(1)
 
 

@@ -102,7 +102,12 @@ def _list(verbose, as_json):
 @click.option("-v", "--verbose", is_flag=True, help="Show URLs and endpoints.")
 @json_opt
 def remote_list(verbose, as_json):
-    """List the remotes."""
+    """List the remotes.
+
+    \b
+    Example:
+      mvc remote list -v
+    """
     _list(verbose, as_json)
 
 
@@ -132,7 +137,12 @@ def remote_add(name, url, endpoint, as_json):
 @click.option("--force", is_flag=True, help="Remove even the remote a lazy clone fetches blobs from.")
 @json_opt
 def remote_remove(name, force, as_json):
-    """Remove remote NAME and its remote-tracking refs."""
+    """Remove remote NAME and its remote-tracking refs.
+
+    \b
+    Example:
+      mvc remote remove minio
+    """
     rm = _rm()
     r = rm.remove_remote(_repo(), name, force)
     if as_json:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 
 import click
 
 from ..errors import BadInput, MvcError
 from ..repo import Repo
 from .main import cli
-from .output import byte_progress, console, emit_json, human_bytes, short
+from .output import byte_progress, change, console, emit_json, human_bytes, short, table
 
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
 
@@ -20,19 +21,54 @@ def _repo() -> Repo:
     return Repo(os.getcwd())
 
 
-def _parse_metric(text: str):
-    if "=" not in text:
-        raise click.BadParameter(f"{text!r}: use KEY=VALUE", param_hint="--metric")
-    key, _, raw = text.partition("=")
+def _pairs(values, what: str, example: str) -> dict:
+    """KEY=VALUE option values as a dict; refuses a missing '=', an empty side or a repeated KEY."""
+    out = {}
+    left, _, right = what.partition("=")
+    for text in values:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        problem = "no '='" if not sep else f"empty {left}" if not key else f"empty {right}" if not raw else None
+        if problem:
+            raise click.BadParameter(f"{text!r} has {problem}: use {what}, e.g. {example}")
+        if key in out:
+            raise click.BadParameter(f"{key!r} given twice")
+        out[key] = raw
+    return out
+
+
+def _metrics_option(ctx, param, values) -> dict:
+    """--metric KEY=VALUE: VALUE is read as an int, a float, true/false, or else kept as text."""
+    return {k: _metric_value(v) for k, v in _pairs(values, "KEY=VALUE", "loss=2.31").items()}
+
+
+def _components_option(ctx, param, values) -> dict:
+    return _pairs(values, "NAME=PATH", "core=core.safetensors")
+
+
+def _metric_value(raw: str):
     for conv in (int, float):
         try:
-            value = conv(raw)
-            break
+            return conv(raw)
         except ValueError:
             continue
-    else:
-        value = {"true": True, "false": False}.get(raw.lower(), raw)
-    return key, value
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def _commit_components(path, comps: dict, remove) -> dict:
+    """The NAME -> PATH map of `mvc commit`: PATH is component `model`; none may also be removed."""
+    if path and "model" in comps:
+        raise click.BadParameter("component 'model' given twice (PATH and -c model=...)", param_hint="--component")
+    components = {"model": path, **comps} if path else dict(comps)
+    both = sorted(set(components) & set(remove))
+    if both:
+        raise click.BadParameter(f"component {both[0]!r} is both committed and removed", param_hint="--remove")
+    for p in components.values():
+        if not os.path.lexists(p):
+            raise BadInput(f"{p}: no such file or directory")
+    if not components and not remove:
+        raise click.UsageError("nothing to commit: give a PATH, --component NAME=PATH or --remove NAME")
+    return components
 
 
 @cli.command()
@@ -55,10 +91,11 @@ def init(path, as_json):
 
 @cli.command()
 @click.argument("path", required=False, type=click.Path(exists=False))
-@click.option("-c", "--component", "comps", multiple=True, metavar="NAME=PATH",
+@click.option("-c", "--component", "comps", multiple=True, metavar="NAME=PATH", callback=_components_option,
               help="Commit PATH as component NAME (repeatable).")
 @click.option("-m", "--message", required=True, help="Commit message.")
-@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="Record a metric (repeatable).")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", callback=_metrics_option,
+              help="Record a metric (repeatable); VALUE is a number, true/false or text.")
 @click.option("--branch", "-b", help="Commit onto this branch (created when new); HEAD does not move.")
 @click.option("--remove", multiple=True, metavar="NAME", help="Drop a component carried over from the parent.")
 @json_opt
@@ -75,25 +112,11 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
       mvc commit ./hf-model-dir -m "import" --branch imports
     """
     repo = _repo()
-    components = {}
-    if path:
-        components["model"] = path
-    for spec in comps:
-        if "=" not in spec:
-            raise click.BadParameter(f"{spec!r}: use NAME=PATH", param_hint="--component")
-        name, _, p = spec.partition("=")
-        if name in components:
-            raise click.BadParameter(f"component {name!r} given twice", param_hint="--component")
-        components[name] = p
-    for p in components.values():
-        if not os.path.lexists(p):
-            raise BadInput(f"{p}: no such file or directory")
-    if not components and not remove:
-        raise click.UsageError("nothing to commit: give a PATH, --component NAME=PATH or --remove NAME")
+    components = _commit_components(path, comps, remove)
     from ..components import input_bytes
     total = sum(input_bytes(p) for p in components.values())
     with byte_progress(total, "committing") as advance:
-        cid = repo.commit(components, message=message, metrics=dict(_parse_metric(m) for m in metrics),
+        cid = repo.commit(components, message=message, metrics=metrics,
                           branch=branch, remove=remove, progress=advance)
     c = repo.read_commit(cid)
     if as_json:
@@ -184,7 +207,6 @@ def show(rev, as_json):
     if as_json:
         emit_json(info)
         return
-    from rich.table import Table
     con = console()
     con.print(f"commit {info['id']}")
     con.print(f"Author: {info['author']}\nDate:   {info['time']}")
@@ -199,70 +221,89 @@ def show(rev, as_json):
     if info["ci"]:
         con.print(f"CI:     {info['ci']}")
     con.print("\n    " + "\n    ".join(info["message"].splitlines()) + "\n")
-    table = Table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch")
+    t = table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch",
+              names=("component", "arch"), ids=("tree",))
     for name, c in info["components"].items():
-        table.add_row(name, c["kind"], short(c["tree"]), str(c["tensors"]), str(c["files"]),
-                      human_bytes(c["bytes"]), ", ".join(f"{k}x{v}" for k, v in sorted(c["dtypes"].items())),
-                      c["arch"] or "-")
-    con.print(table)
+        t.add_row(name, c["kind"], short(c["tree"]), str(c["tensors"]), str(c["files"]),
+                  human_bytes(c["bytes"]), ", ".join(f"{k}x{v}" for k, v in sorted(c["dtypes"].items())),
+                  c["arch"] or "-")
+    con.print(t)
 
 
 @cli.command()
 @click.argument("rev_a")
 @click.argument("rev_b", default="HEAD")
-@click.option("--exit-code", is_flag=True, help="Exit 1 when the commits differ.")
+@click.option("--exit-code", is_flag=True,
+              help="Exit 1 when the components differ (tensors, side files, metadata); metrics are not compared.")
 @click.option("--all", "show_all", is_flag=True, help="Also list unchanged tensors.")
 @json_opt
 def diff(rev_a, rev_b, exit_code, show_all, as_json):
-    """Compare two commits per component and per tensor.
+    """Compare two commits per component and per tensor, with side files and metric changes.
 
     Changed tensors report max |delta|, relative L2 change and the fraction of elements changed.
+    With --exit-code the exit status is 1 when a component, tensor or side file differs; metric
+    changes alone exit 0 (JSON: "identical" true, "metrics_changed" true).
 
     \b
     Examples:
       mvc diff HEAD~1 HEAD
       mvc diff main experiment --json --exit-code
+      mvc diff HEAD~1 | grep q_proj
     """
-    repo = _repo()
-    d = repo.diff(rev_a, rev_b)
+    d = _repo().diff(rev_a, rev_b)
+    d["metrics_changed"] = bool(d["metrics"])
     if as_json:
         emit_json(d)
     else:
-        from rich.table import Table
-        con = console()
-        con.print(f"diff {short(d['a'])} -> {short(d['b'])}")
-        for name, c in d["components"].items():
-            if c["status"] == "unchanged":
-                con.print(f"  {name}: unchanged")
-                continue
-            counts = {}
-            for t in c["tensors"].values():
-                counts[t["status"]] = counts.get(t["status"], 0) + 1
-            con.print(f"  {name}: {c['status']} (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")")
-            table = Table("tensor", "status", "dtype", "shape", "max |delta|", "rel L2", "changed")
-            for tname, t in c["tensors"].items():
-                if t["status"] == "unchanged" and not show_all:
-                    continue
-                fmt = (lambda v: "-" if v is None else f"{v:.3g}")
-                dtype = t.get("dtype")
-                shape = t.get("shape")
-                table.add_row(tname, t["status"] + (f" ({t['note']})" if t.get("note") else ""),
-                              " -> ".join(dtype) if isinstance(dtype, list) and dtype[0] != dtype[1]
-                              else (dtype[0] if isinstance(dtype, list) else dtype or ""),
-                              str(shape[1] if isinstance(shape, list) and shape and isinstance(shape[0], list)
-                                  else shape or ""),
-                              fmt(t.get("max_abs_delta")), fmt(t.get("rel_l2")),
-                              f"{t['frac_changed']:.1%}" if t.get("frac_changed") is not None else "-")
-            if table.row_count:
-                con.print(table)
-            for rel, f in c["files"].items():
-                con.print(f"    file {rel}: {f['status']} ({human_bytes(f['size'][0])} -> {human_bytes(f['size'][1])})")
-        for k, v in d["metrics"].items():
-            con.print(f"  metric {k}: {v['a']} -> {v['b']}")
-        if d["identical"]:
-            con.print("  no differences")
+        _print_diff(d, show_all)
     if exit_code and not d["identical"]:
         sys.exit(1)
+
+
+def _print_diff(d: dict, show_all: bool) -> None:
+    con = console()
+    con.print(f"diff {short(d['a'])} -> {short(d['b'])}")
+    for name, c in d["components"].items():
+        _print_component_diff(con, name, c, show_all)
+    for k, v in d["metrics"].items():
+        con.print(f"  metric {k}: {_value(v['a'])} -> {_value(v['b'])}")
+    if d["identical"]:
+        con.print("  weights and files identical (metrics differ)" if d["metrics_changed"] else "  no differences")
+
+
+def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
+    if c["status"] == "unchanged":
+        con.print(f"  {name}: unchanged")
+        return
+    counts = Counter(t["status"] for t in c["tensors"].values())
+    parts = [f"{v} {k}" for k, v in sorted(counts.items())] + (["metadata changed"] if c.get("meta_changed") else [])
+    con.print(f"  {name}: {c['status']}" + (f" ({', '.join(parts)})" if parts else ""))
+    rows = [_tensor_row(n, t) for n, t in c["tensors"].items() if show_all or t["status"] != "unchanged"]
+    if rows:
+        t = table("tensor", "status", "dtype", "shape", "max |delta|", "rel L2", "changed", names=("tensor",))
+        for row in rows:
+            t.add_row(*row)
+        con.print(t)
+    for rel, f in c["files"].items():
+        side = {"added": lambda a, b: b, "removed": lambda a, b: a}.get(f["status"], change)
+        size, oid = side(*map(human_bytes, f["size"])), side(*map(short, f["id"]))
+        con.print(f"    file {rel}: {f['status']} ({size}, {oid})")
+
+
+def _tensor_row(name: str, t: dict) -> list[str]:
+    def sides(key):  # a changed tensor has [a, b] for dtype and shape, an added or removed one a value
+        v = t.get(key)
+        return "" if v is None else change(*v) if t["status"] == "changed" else str(v)
+
+    def num(v):
+        return "-" if v is None else f"{v:.3g}"
+    frac = t.get("frac_changed")
+    return [name, t["status"] + (f" ({t['note']})" if t.get("note") else ""), sides("dtype"), sides("shape"),
+            num(t.get("max_abs_delta")), num(t.get("rel_l2")), "-" if frac is None else f"{frac:.1%}"]
+
+
+def _value(v) -> str:
+    return "-" if v is None else str(v)
 
 
 @cli.command()
@@ -330,7 +371,14 @@ def rollback(rev, as_json):
 @click.option("-n", "--max-count", "n", type=click.IntRange(min=0))
 @json_opt
 def reflog(branch, n, as_json):
-    """List the moves of a branch's head (default: the current branch), newest first."""
+    """List the moves of a branch's head (default: the current branch), newest first.
+
+    \b
+    Examples:
+      mvc reflog -n 5
+      mvc reflog experiment --json
+      mvc rollback @{2}       # the branch as it was two moves ago
+    """
     entries = _repo().reflog(branch)[:n]
     if as_json:
         emit_json(entries)
@@ -384,7 +432,13 @@ def branch(name, rev, delete, as_json):
 @cli.command()
 @click.argument("name")
 def switch(name):
-    """Make branch NAME the current branch."""
+    """Make branch NAME the current branch.
+
+    \b
+    Examples:
+      mvc switch experiment
+      mvc branch fix HEAD~1 && mvc switch fix
+    """
     _repo().switch(name)
     click.echo(f"Switched to branch {name}")
 
@@ -428,7 +482,13 @@ def tag(name, rev, force, delete, as_json):
 @cli.command()
 @json_opt
 def status(as_json):
-    """Show the current branch, HEAD, the git link and the CI state of HEAD."""
+    """Show the current branch, HEAD, the git link and the CI state of HEAD.
+
+    \b
+    Examples:
+      mvc status
+      mvc status --json
+    """
     repo = _repo()
     from ..repo import git_current_branch
     head = repo.head()
@@ -452,7 +512,13 @@ def status(as_json):
               help="Keep unreachable objects younger than this many seconds (default 3600).")
 @json_opt
 def gc(dry_run, grace, as_json):
-    """Remove objects unreachable from refs and reflogs; report bytes freed."""
+    """Remove objects unreachable from refs and reflogs; report bytes freed.
+
+    \b
+    Examples:
+      mvc gc --dry-run
+      mvc gc --grace 0      # also unreachable objects written in the last hour
+    """
     r = _repo().gc(dry_run=dry_run, grace_s=grace)
     if as_json:
         emit_json(r)
@@ -475,7 +541,13 @@ def gc(dry_run, grace, as_json):
 @cli.command()
 @json_opt
 def fsck(as_json):
-    """Re-hash every object and check every reachable object; exit 1 on damage."""
+    """Re-hash every object and check every reachable object; exit 1 on damage.
+
+    \b
+    Examples:
+      mvc fsck
+      mvc fsck --json || echo damaged
+    """
     repo = _repo()
     total = sum(repo.store.size(o) for o in repo.store.ids()) if sys.stderr.isatty() else 0
     with byte_progress(total, "checking") as advance:
@@ -495,7 +567,13 @@ def fsck(as_json):
 @cli.command()
 @json_opt
 def du(as_json):
-    """Stored bytes, logical bytes (all commits as plain files) and the dedup ratio."""
+    """Stored bytes, logical bytes (all commits as plain files) and the dedup ratio.
+
+    \b
+    Examples:
+      mvc du
+      mvc du --json
+    """
     r = _repo().du()
     if as_json:
         emit_json(r)
@@ -515,9 +593,16 @@ def du(as_json):
 @cli.command("config")
 @click.argument("key")
 @click.argument("value", required=False)
-@click.option("--unset", is_flag=True)
+@click.option("--unset", is_flag=True, help="Remove KEY.")
 def config_cmd(key, value, unset):
-    """Read or set a repository config value (section.name, e.g. core.fsync)."""
+    """Read or set a repository config value (section.name, e.g. core.fsync).
+
+    \b
+    Examples:
+      mvc config core.fsync
+      mvc config pack.autoEvery 50
+      mvc config --unset pack.autoEvery
+    """
     repo = _repo()
     if unset:
         repo.set_config(key, None)
@@ -533,7 +618,13 @@ def config_cmd(key, value, unset):
 @cli.command("rev-parse")
 @click.argument("revs", nargs=-1, required=True)
 def rev_parse(revs):
-    """Print the full commit id of each revision."""
+    """Print the full commit id of each revision.
+
+    \b
+    Examples:
+      mvc rev-parse HEAD
+      mvc rev-parse main~2 v1.0 @{1}
+    """
     repo = _repo()
     for r in revs:
         click.echo(repo.resolve(r))
@@ -542,7 +633,13 @@ def rev_parse(revs):
 @cli.command("cat-object")
 @click.argument("oid")
 def cat_object(oid):
-    """Print a commit, tree or certificate object as JSON, or a blob's bytes (verified)."""
+    """Print a commit, tree or certificate object as JSON, or a blob's bytes (verified).
+
+    \b
+    Examples:
+      mvc cat-object HEAD
+      mvc cat-object $(mvc ls-tree HEAD --json | jq -r .core)
+    """
     repo = _repo()
     if len(oid) != 64:
         oid = repo.resolve(oid)
@@ -555,7 +652,13 @@ def cat_object(oid):
 @click.argument("component", required=False)
 @json_opt
 def ls_tree(rev, component, as_json):
-    """List the components of REV, or the tensors and files of one COMPONENT."""
+    """List the components of REV, or the tensors and files of one COMPONENT.
+
+    \b
+    Examples:
+      mvc ls-tree HEAD
+      mvc ls-tree HEAD core | grep q_proj
+    """
     repo = _repo()
     cid = repo.resolve(rev)
     if not component:
@@ -581,7 +684,13 @@ def ls_tree(rev, component, as_json):
 @click.option("-m", "--message", help="Commit message.")
 @json_opt
 def revert(rev, message, as_json):
-    """Make a new commit on the current branch restoring the components of REV."""
+    """Make a new commit on the current branch restoring the components of REV.
+
+    \b
+    Examples:
+      mvc revert HEAD~2
+      mvc revert v1.0 -m "back to the v1.0 weights"
+    """
     repo = _repo()
     cid = repo.resolve(rev)
     target = repo.read_commit(cid)["components"]

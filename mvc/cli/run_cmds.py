@@ -9,7 +9,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, short
+from .output import console, error, short, table
 
 
 class LiveView:
@@ -23,10 +23,8 @@ class LiveView:
                          transient=False) if self.con.is_terminal else None
 
     def _table(self):
-        from rich.table import Table
-        t = Table(title="mvc run")
-        for col in ("stage", "status", "step", "loss", "held-out bpb", "bytes/s", "commit", "gate"):
-            t.add_column(col)
+        t = table("stage", "status", "step", "loss", "held-out bpb", "bytes/s", "commit", "gate", title="mvc run",
+                  names=("stage",), ids=("commit",))
         for name, r in self.rows.items():
             t.add_row(name, r.get("status", ""), str(r.get("step", "")),
                       f"{r['loss']:.4f}" if isinstance(r.get("loss"), float) else "",
@@ -104,5 +102,5 @@ def run_cmd(pipeline_file, profile, from_stage, as_json):
         render_summary(repo, summary, console())
     if not summary["passed"]:
         if not as_json:
-            click.echo(f"error: {summary.get('error')}", err=True)
+            error(str(summary.get("error")))
         sys.exit(1)

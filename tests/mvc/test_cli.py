@@ -141,3 +141,127 @@ def test_status_and_config(run, tmp_path):
     run("config", "core.fsync", "false")
     assert run("config", "core.fsync").stdout.strip() == "false"
     run("config", "nope.key", code=1)
+
+
+# -- human output: whole names and 12-hex ids, shape and metric changes, usage errors, help ------------------
+LONG = ["model.layers.10.self_attn.q_proj.weight", "model.layers.10.self_attn.k_proj.weight"]
+
+
+def _long_ckpt(path, seed, x=None):
+    g = torch.Generator().manual_seed(seed)
+    tensors = {n: torch.randn(8, generator=g) for n in LONG}
+    tensors["x"] = torch.zeros(8) if x is None else x
+    save_file(tensors, path)
+    return path
+
+
+def test_piped_tables_show_whole_names_and_ids(run, tmp_path):
+    comp = "brick/model.layers.10.self_attn.adapter"
+    run("commit", "-c", f"{comp}={_long_ckpt(tmp_path / 'a.safetensors', 0)}", "-m", "a")
+    run("commit", "-c", f"{comp}={_long_ckpt(tmp_path / 'a.safetensors', 1)}", "-m", "b")
+    diff = run("diff", "HEAD~1", "HEAD").stdout
+    shown = run("show").stdout
+    tree = json.loads(run("show", "--json").stdout)["components"][comp]["tree"]
+    listing = run("ls-tree", "HEAD", comp).stdout
+    for name in LONG:
+        assert name in diff and name in listing
+    assert [line for line in diff.splitlines() if "q_proj" in line and "changed" in line]
+    assert comp in shown and tree[:12] in shown and comp in run("log").stdout + run("ls-tree", "HEAD").stdout
+    assert "…" not in diff + shown
+
+
+def test_tables_keep_12_hex_ids_and_fold_names_on_a_narrow_terminal():
+    import io
+    from rich.console import Console
+    from mvc.cli.output import table
+    t = table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch",
+              names=("component",), ids=("tree",))
+    t.add_row("brick/model.layers.10.self_attn.adapter", "other", "62857e056a1b", "3", "1", "392 B", "F32x2", "-")
+    out = io.StringIO()
+    Console(file=out, width=60).print(t)  # a terminal 60 columns wide: rich fits the table to it
+    rows = [line.split("│")[1:4] for line in out.getvalue().splitlines() if line.startswith("│")]
+    assert rows[0][2].strip() == "62857e056a1b"
+    assert "".join(r[0].strip() for r in rows) == "brick/model.layers.10.self_attn.adapter"
+
+
+def test_diff_shows_both_shapes_side_files_and_metric_only_changes(run, tmp_path):
+    run("commit", _long_ckpt(tmp_path / "m.safetensors", 0), "-m", "a", "--metric", "loss=2")
+    run("commit", _long_ckpt(tmp_path / "m.safetensors", 0, torch.zeros(9, dtype=torch.float64)), "-m", "b")
+    row = next(line for line in run("diff", "HEAD~1", "HEAD").stdout.splitlines() if "│ x " in line)
+    assert "F32 -> F64" in row and "[8] -> [9]" in row
+    run("commit", _long_ckpt(tmp_path / "m.safetensors", 0), "-m", "c", "--metric", "loss=2")
+    run("commit", _long_ckpt(tmp_path / "m.safetensors", 0), "-m", "d", "--metric", "loss=3")
+    text = run("diff", "HEAD~1", "HEAD", "--exit-code").stdout
+    assert "metric loss: 2 -> 3" in text and "metrics differ" in text and "no differences" not in text
+    d = json.loads(run("diff", "HEAD~1", "HEAD", "--json", "--exit-code").stdout)
+    assert d["identical"] is True and d["metrics_changed"] is True
+    assert json.loads(run("diff", "HEAD", "HEAD", "--json").stdout)["metrics_changed"] is False
+    assert "metrics are not compared" in " ".join(CliRunner().invoke(cli, ["diff", "--help"]).stdout.split())
+
+
+def test_diff_lists_side_files_with_size_and_12_hex_id(run, tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir()
+    _ckpt(d / "model.safetensors", 0)
+    (d / "config.json").write_text('{"layers": 2}')
+    run("commit", d, "-m", "a")
+    (d / "config.json").write_text('{"layers": 24}')
+    run("commit", d, "-m", "b")
+    files = json.loads(run("diff", "HEAD~1", "HEAD", "--json").stdout)["components"]["model"]["files"]
+    ids = files["config.json"]["id"]
+    line = next(line for line in run("diff", "HEAD~1", "HEAD").stdout.splitlines() if "config.json" in line)
+    assert "changed" in line and "13 B -> 14 B" in line and f"{ids[0][:12]} -> {ids[1][:12]}" in line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--metric", "=5"], "empty KEY"),
+    (["--metric", "loss"], "no '='"),
+    (["--metric", "loss="], "empty VALUE"),
+    (["--metric", "loss=1", "--metric", "loss=2"], "given twice"),
+    (["-c", "a=PATH", "--remove", "a"], "both committed and removed"),
+    (["-c", "=PATH"], "empty NAME"),
+])
+def test_commit_refuses_bad_metrics_and_components_as_usage_errors(run, tmp_path, args, says):
+    p = _ckpt(tmp_path / "m.safetensors", 0)
+    r = run("commit", "-m", "x", *[str(p) if a == "PATH" else a.replace("PATH", str(p)) for a in args],
+            *([] if "-c" in args else [p]), code=2)
+    assert says in r.stderr and json.loads(run("log", "--json").stdout) == []
+
+
+@pytest.mark.parametrize("filename, expected", [
+    (None, "error: no space left on device (nothing was moved; free some space and retry)\n"),
+    ("/data/objects/ab/cd", "error: no space left on device at /data/objects/ab/cd (nothing was moved; "
+                            "free some space and retry)\n"),
+])
+def test_enospc_is_one_error_line_without_empty_parentheses(run, tmp_path, monkeypatch, filename, expected):
+    import errno
+
+    from mvc.repo import Repo
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", *([filename] if filename else []))
+    monkeypatch.setattr(Repo, "commit", full)
+    r = run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "x", code=3)
+    assert r.stderr == expected
+
+
+def test_text_from_the_repository_is_not_read_as_markup(run, tmp_path):
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "[wip] try [/] again")
+    assert "[wip] try [/] again" in run("show").stdout
+
+
+def _commands(cmd, path=()):
+    yield path, cmd
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_command_help_has_an_example_of_itself():
+    missing = []
+    for path, _cmd in _commands(cli):
+        lines = CliRunner().invoke(cli, [*path, "--help"]).stdout.splitlines()
+        heads = [i for i, line in enumerate(lines) if line.strip() in ("Example:", "Examples:")]
+        usage = " ".join(("mvc", *path))
+        if not any(i + 1 < len(lines) and lines[i + 1].strip().startswith(usage) for i in heads):
+            missing.append(usage)
+    assert not missing, f"--help without an 'Example(s):' line starting with the command: {missing}"
