@@ -9,6 +9,7 @@ import mmap
 import os
 import stat
 import sys
+import warnings
 from typing import Callable
 
 from . import safetensors_format as stf
@@ -70,8 +71,12 @@ class Ingest:
     def _add_tensor(self, relpath: str, name: str, oid: str, dtype: str, shape) -> None:
         entry = {"id": oid, "dtype": dtype, "shape": list(shape), "file": relpath}
         key = name
-        if name in self.tensors:  # the same name in two files of a directory
-            key, entry["name"] = f"{relpath}:{name}", name
+        if key in self.tensors:  # the same name in two files of a directory: qualify the later one
+            key, n = f"{relpath}:{name}", 1
+            while key in self.tensors:  # ...even where a tensor is really called "file:name"
+                n += 1
+                key = f"{relpath}:{name}#{n}"
+            entry["name"] = name
         self.tensors[key] = entry
 
     def safetensors_file(self, relpath: str, path: str) -> None:
@@ -133,7 +138,12 @@ class Ingest:
         aliases = find_aliases(state)
         names = sorted(n for n in state if n not in aliases)
         buffers = {n: tensor_buffer(state[n]) for n in names}
-        prefix, _ = stf.build_header([(n, buffers[n][0], buffers[n][1]) for n in names], metadata)
+        for alias, target in aliases.items():  # the file holds every name, tied ones as copies
+            buffers[alias] = buffers[target]
+        try:
+            prefix, _ = stf.build_header([(n, *buffers[n][:2]) for n in sorted(buffers)], metadata)
+        except UnicodeEncodeError:
+            raise BadInput("tensor names and metadata must be valid UTF-8 text") from None
         header_id = self.store.put(prefix)
         total = len(prefix)
         for n in names:
@@ -142,10 +152,11 @@ class Ingest:
             self._add_tensor(relpath, n, oid, dtype, shape)
             total += len(buf)
             self.progress(len(buf))
-        entry = {"format": "safetensors", "header": header_id, "size": total}
         if aliases:  # tied tensors: stored once, recorded as aliases of their first name
             for alias, target in aliases.items():
                 self.tensors[alias] = {**self.tensors[target], "alias": target}
+                total += len(buffers[alias][2])
+        entry = {"format": "safetensors", "header": header_id, "size": total}
         self.files[relpath] = entry
 
     def raw_file(self, relpath: str, path: str) -> None:
@@ -155,6 +166,12 @@ class Ingest:
         self.progress(len(data))
 
     def path(self, path: str, relpath: str | None = None) -> None:
+        try:
+            self._path(path, relpath)
+        except PermissionError as e:
+            raise BadInput(f"{e.filename or path}: permission denied", "nothing was committed") from None
+
+    def _path(self, path: str, relpath: str | None) -> None:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             raise BadInput(f"{path} is a symbolic link; mvc refuses symlinks",
@@ -174,14 +191,16 @@ class Ingest:
 
     def directory(self, root: str) -> None:
         entries = []
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, dirnames, filenames in os.walk(root, onerror=_refuse_unreadable):
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
                     raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks")
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
-                entries.append((os.path.relpath(full, root).replace(os.sep, "/"), full))
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                check_component_name(rel, "file path")  # what a checkout could not write back
+                entries.append((rel, full))
         if not entries:
             raise BadInput(f"{root} holds no files to commit")
         for rel, full in entries:
@@ -189,7 +208,26 @@ class Ingest:
             if stat.S_ISLNK(st.st_mode):
                 raise BadInput(f"{full} is a symbolic link; mvc refuses symlinks")
             if stat.S_ISREG(st.st_mode):
-                self.path(full, rel)
+                self._path(full, rel)
+            else:
+                warnings.warn(f"skipped {full}: not a regular file (a pipe, socket or device)")
+
+
+def _refuse_unreadable(err: OSError):
+    """os.walk's error hook: a directory that cannot be listed fails the commit, never drops files."""
+    raise BadInput(f"{err.filename}: cannot read this directory ({err.strerror})", "nothing was committed")
+
+
+def _inside_repository_dir(path: str) -> bool:
+    """True for a path in (or equal to) the `.mvc` directory of a repository."""
+    p = os.path.realpath(path)
+    while True:
+        if os.path.basename(p) == ".mvc" and os.path.isdir(os.path.join(p, "objects")):
+            return True
+        parent = os.path.dirname(p)
+        if parent == p:
+            return False
+        p = parent
 
 
 def input_bytes(value) -> int:
@@ -222,6 +260,9 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
         path = os.fspath(value)
         if not os.path.lexists(path):
             raise BadInput(f"{path}: no such file or directory")
+        if _inside_repository_dir(path):
+            raise BadInput(f"{path} is inside an mvc repository's own .mvc directory",
+                           "commit model files, not repository internals")
         ing.path(path)
     else:
         from .tensors import module_state
@@ -240,16 +281,13 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str):
     if entry["format"] == "raw":
         yield store.get(entry["id"])
         return
-    header = store.get(entry["header"])
-    if len(header) < 8:
-        raise CorruptObject(f"header blob {entry['header'][:12]} of {relpath} is truncated")
-    parsed = stf.parse_header(header, entry["size"], f"stored header of {relpath}")
-    by_name = {t.get("name", k): t for k, t in tree["tensors"].items() if t["file"] == relpath}
+    header, parsed, by_name = _file_layout(store, tree, relpath)
+    missing = [e.name for e in parsed.tensors if e.name not in by_name]
+    if missing:
+        raise CorruptObject(f"tree lacks tensor {missing[0]!r} of {relpath}")
     yield header
     for e in parsed.tensors:
-        t = by_name.get(e.name)
-        if t is None:
-            raise CorruptObject(f"tree lacks tensor {e.name!r} of {relpath}")
+        t = by_name[e.name]
         view = store.view(t["id"])
         blob = stf.parse_blob(view, f"blob {t['id'][:12]}")
         if blob.end - blob.begin != e.end - e.begin:
@@ -257,11 +295,55 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str):
         yield memoryview(view)[blob.begin: blob.end]
 
 
+def _file_layout(store: ObjectStore, tree: dict, relpath: str):
+    """(header bytes, parsed header, {tensor name in the file: tree entry}) of a safetensors file."""
+    entry = tree["files"][relpath]
+    header = store.get(entry["header"])
+    if len(header) < 8:
+        raise CorruptObject(f"header blob {entry['header'][:12]} of {relpath} is truncated")
+    try:
+        parsed = stf.parse_header(header, entry["size"], f"stored header of {relpath}")
+    except (BadInput, ValueError) as e:
+        raise CorruptObject(f"stored header of {relpath} is unreadable: {e}") from None
+    by_name = {t.get("name", k): t for k, t in tree["tensors"].items() if t["file"] == relpath}
+    return header, parsed, by_name
+
+
+def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool]) -> list[str]:
+    """What would stop a checkout of this tree, beyond missing or damaged objects: a safetensors
+    file whose header names a tensor the tree has no entry for, or one of another dtype or shape.
+    Only headers for which `present(id)` holds are read (a lazy clone fetches nothing for this)."""
+    problems = []
+    for relpath, entry in sorted(tree["files"].items()):
+        if entry.get("format") != "safetensors" or not present(entry["header"]):
+            continue
+        try:
+            _header, parsed, by_name = _file_layout(store, tree, relpath)
+        except CorruptObject as e:
+            problems.append(e.message)
+            continue
+        for e in parsed.tensors:
+            t = by_name.get(e.name)
+            if t is None:
+                problems.append(f"file {relpath} has tensor {e.name!r} but the tree has no entry for it")
+            elif t["dtype"] != e.dtype or tuple(t["shape"]) != tuple(e.shape):
+                problems.append(f"tensor {e.name!r} of {relpath} differs from its header in dtype or shape")
+    return problems
+
+
 def write_file(store: ObjectStore, tree: dict, relpath: str, dest: str,
                progress: Progress | None = None) -> None:
     """Write one file of a tree to `dest` atomically."""
     tmp = dest + ".mvc-tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        if os.path.isdir(dest):
+            raise IsADirectoryError(21, "Is a directory", dest)
+        open(tmp, "wb").close()
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        why = {FileExistsError: "a file stands where a directory is needed",
+               NotADirectoryError: "a file stands where a directory is needed"}.get(type(e), e.strerror)
+        raise BadInput(f"cannot write {dest}: {why}", "choose another output path") from None
     try:
         with open(tmp, "wb") as f:
             for chunk in file_chunks(store, tree, relpath):
@@ -273,6 +355,29 @@ def write_file(store: ObjectStore, tree: dict, relpath: str, dest: str,
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def checkout_paths(trees: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """(component, file path in it, path under the checkout directory) for every file of `trees`
+    ({component name: tree}), refusing unsafe paths and two files landing on one path (or a file
+    where another needs a directory), which nesting component names could otherwise cause."""
+    out = []
+    files: dict[str, str] = {}  # checkout path -> component writing a file there
+    dirs: dict[str, str] = {}   # checkout path -> a component needing a directory there
+    for name in sorted(trees):
+        for relpath in sorted(trees[name]["files"]):
+            check_relpath(relpath)
+            path = f"{name}/{relpath}"
+            segs = path.split("/")
+            parents = ["/".join(segs[:i]) for i in range(1, len(segs))]
+            other = files.get(path) or dirs.get(path) or next((files[d] for d in parents if d in files), None)
+            if other is not None:
+                raise BadInput(f"components {other!r} and {name!r} both write {path} or a directory above it",
+                               "check them out one at a time (mvc checkout REV -c NAME)")
+            files[path] = name
+            dirs.update((d, name) for d in parents)
+            out.append((name, relpath, path))
+    return out
 
 
 def write_tree(store: ObjectStore, tree: dict, out_dir: str, progress: Progress | None = None) -> list[str]:

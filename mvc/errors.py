@@ -35,6 +35,14 @@ class CorruptObject(MvcError):
     pass
 
 
+class WrongObjectType(CorruptObject):
+    """A well-formed object of another kind than asked for (e.g. a tree id given as a commit)."""
+
+    def __init__(self, message: str, got: str):
+        super().__init__(message)
+        self.got = got
+
+
 class LockHeld(MvcError):
     pass
 

@@ -7,7 +7,7 @@ import re
 
 import blake3
 
-from .errors import BadInput, BadName, CorruptObject, FormatTooNew
+from .errors import BadInput, BadName, CorruptObject, FormatTooNew, WrongObjectType
 
 FORMAT_VERSION = 1          # of trees, commits and certificates
 HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
@@ -41,8 +41,12 @@ def _check_finite(value, path="value"):
 def canonical_json(obj) -> bytes:
     """Sorted keys, no spaces, UTF-8, no NaN/Infinity."""
     _check_finite(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a name that was not UTF-8
+        raise BadInput(f"text {text[max(0, e.start - 20):e.end + 20]!r} is not valid Unicode",
+                       "names, messages and metadata must be UTF-8") from None
 
 
 def encode(obj: dict) -> tuple[str, bytes]:
@@ -54,11 +58,11 @@ def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
     """Parse a JSON object of `expected_type`, refusing other kinds and newer formats."""
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise CorruptObject(f"object {oid[:12]} is not a JSON {expected_type}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # the bytes hashed right: a blob
+        raise WrongObjectType(f"object {oid[:12]} is a blob, not a {expected_type}", "blob") from None
     if not isinstance(obj, dict) or obj.get("type") != expected_type:
         got = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
-        raise CorruptObject(f"object {oid[:12]} is a {got}, not a {expected_type}")
+        raise WrongObjectType(f"object {oid[:12]} is a {got}, not a {expected_type}", str(got))
     fmt = obj.get("format")
     if not isinstance(fmt, int):
         raise CorruptObject(f"{expected_type} {oid[:12]} has no format version")
@@ -72,33 +76,56 @@ def is_oid(text: str) -> bool:
     return bool(OID_RE.match(text))
 
 
-def check_component_name(name: str) -> str:
-    """Component names are relative slash paths: no empty, '.' or '..' segments, no absolute paths."""
+RESERVED_SEGMENTS = (".git", ".mvc")  # a checkout must never write into a repository's own directory
+
+
+def check_component_name(name: str, what: str = "component name") -> str:
+    """Component names (and file paths inside components) are relative slash paths: no empty, '.'
+    or '..' segments, no absolute paths, no `.git` or `.mvc` segment (any case; a checkout writes
+    them as directories), UTF-8 segments a file system can hold."""
     if not isinstance(name, str) or not name:
-        raise BadName("component name is empty")
+        raise BadName(f"{what} is empty")
     if name.startswith("/") or "\\" in name or "\x00" in name:
-        raise BadName(f"invalid component name {name!r} (use relative names like core or brick/python)")
+        raise BadName(f"invalid {what} {name!r} (use relative names like core or brick/python)")
     for seg in name.split("/"):
         if seg in ("", ".", ".."):
-            raise BadName(f"invalid component name {name!r} (empty, '.' or '..' segment)")
+            raise BadName(f"invalid {what} {name!r} (empty, '.' or '..' segment)")
+        if seg.lower().rstrip(". ") in RESERVED_SEGMENTS:
+            raise BadName(f"invalid {what} {name!r} ({seg!r} is reserved for repositories)")
+    _check_path_text(name, what)
     return name
+
+
+MAX_SEGMENT_BYTES = 255  # the longest file name most file systems take
+MAX_REF_SEGMENT_BYTES = 200  # leaves room for the lock and temp-file names made from a ref's
+
+
+def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> None:
+    """Names become file paths: UTF-8 text whose segments a file system can hold."""
+    try:
+        segs = [seg.encode("utf-8") for seg in name.split("/")]
+    except UnicodeEncodeError:
+        raise BadName(f"invalid {what} {name!r} (not valid UTF-8)") from None
+    if any(len(seg) > limit for seg in segs):
+        raise BadName(f"invalid {what} {name[:40]!r}... (a part longer than {limit} bytes)")
 
 
 def check_relpath(path: str) -> str:
     """A file path inside a component (from a tree): the same rules as component names."""
     try:
-        return check_component_name(path)
+        return check_component_name(path, "file path")
     except BadName:
         raise CorruptObject(f"tree holds an unsafe file path {path!r}") from None
 
 
 def check_ref_name(name: str) -> str:
-    if (not name or name.startswith(("-", "/")) or name.endswith(("/", ".lock")) or ".." in name
+    if (not name or name == "HEAD" or name.startswith(("-", "/")) or name.endswith(("/", ".lock")) or ".." in name
             or any(c in name for c in " ~^:?*[\\@{}\x00") or "//" in name
             or any(seg.startswith(".") for seg in name.split("/"))):
         raise BadName(f"invalid branch or tag name {name!r}")
     if is_oid(name) or (len(name) >= 6 and re.fullmatch(r"[0-9a-f]+", name)):
         raise BadName(f"invalid branch or tag name {name!r} (it looks like an object id)")
+    _check_path_text(name, "branch or tag name", MAX_REF_SEGMENT_BYTES)
     return name
 
 

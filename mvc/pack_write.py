@@ -354,6 +354,8 @@ class Packer:
 
     def _remove_stale_tmp(self) -> None:
         now = time.time()
+        if not os.path.isdir(self.ps.dir):  # nothing was ever packed here
+            return
         for n in os.listdir(self.ps.dir):
             if n.startswith(TMP_PREFIX):
                 p = os.path.join(self.ps.dir, n)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 from . import components as comp
 from . import safetensors_format as stf
 from .errors import (BadInput, BadName, CorruptObject, MvcError, NotARepository, ObjectMissing,
-                     RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew)
+                     RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
 from .files import atomic_write, hostname
 from .objects import (canonical_json, check_component_name, check_ref_name, commit_object, decode,
                       encode, is_oid, tree_blob_ids)
@@ -151,7 +151,7 @@ class Repo:
             obj = decode(self.store.get(oid), kind, oid)
             self._cache[oid] = obj
         elif obj["type"] != kind:
-            raise CorruptObject(f"object {oid[:12]} is a {obj['type']}, not a {kind}")
+            raise WrongObjectType(f"object {oid[:12]} is a {obj['type']}, not a {kind}", obj["type"])
         return obj
 
     def read_commit(self, oid: str) -> dict:
@@ -226,10 +226,10 @@ class Repo:
             except BadName:
                 break
             if oid:
-                return self._peel(oid)
+                return self._as_commit(self._peel(oid), rev)
         if is_oid(rev):
             if self.store.has(rev):
-                return rev
+                return self._as_commit(rev, rev)
             raise UnknownRevision(f"unknown revision {rev[:12]}...: no such object")
         if re.fullmatch(r"[0-9a-f]{6,63}", rev):
             matches = self._prefix_matches(rev)
@@ -243,6 +243,18 @@ class Repo:
         raise UnknownRevision(f"unknown revision {rev!r}", "see mvc log, mvc branch and mvc tag")
 
     def _peel(self, oid: str) -> str:
+        return oid
+
+    def _as_commit(self, oid: str, rev: str) -> str:
+        """`oid` if it is a commit: a revision naming a tree or a tensor blob is refused here, so
+        that no branch or tag can be made to point at one."""
+        try:
+            if self.store.size(oid) > SMALL_OBJECT:
+                raise WrongObjectType(f"object {oid[:12]} is a blob, not a commit", "blob")
+            self.read_commit(oid)
+        except WrongObjectType as e:
+            raise UnknownRevision(f"revision {rev[:12] if is_oid(rev) else rev!r} names a {e.got}, not a commit",
+                                  "see mvc log for commit ids") from None
         return oid
 
     def _ref_for_name(self, name: str) -> str:
@@ -268,10 +280,14 @@ class Repo:
         commits = []
         for oid in sorted(found):
             try:
-                self.read_commit(oid)
-                commits.append(oid)
-            except MvcError:
+                if self.store.size(oid) <= SMALL_OBJECT:  # a tensor blob is not read in full
+                    self.read_commit(oid)
+                    commits.append(oid)
+            except (WrongObjectType, ObjectMissing):
                 continue
+            except CorruptObject as e:  # a damaged object this prefix names may be the commit meant
+                raise CorruptObject(f"revision {prefix} names a damaged object: {e.message}",
+                                    "run mvc fsck") from None
         return commits
 
     # -- committing --------------------------------------------------------------------------
@@ -286,35 +302,43 @@ class Repo:
         parent; `remove` drops components. `root=True` starts a new branch as a root commit
         instead of from HEAD's commit.
         """
-        components = dict(components or {})
-        for name in list(components) + list(remove) + list(trees or {}):
+        components, remove = dict(components or {}), list(remove)
+        for name in list(components) + remove + list(trees or {}):
             check_component_name(name)
+        both = sorted(set(remove) & (set(components) | set(trees or {})))
+        if both:
+            raise BadInput(f"component {both[0]!r} is both added and removed", "name it once")
         if not message:
             raise BadInput("a commit needs a message", "pass -m MSG")
+        metrics = dict(metrics or {})
+        for key in metrics:
+            if not isinstance(key, str) or not key:
+                raise BadInput(f"invalid metric name {key!r}")
+        for what, value in (("commit message", message), ("metrics", metrics), ("author", author or ""),
+                            ("extra", extra or {})):  # refuse NaN or text that is not UTF-8 before writing
+            try:
+                canonical_json(value)
+            except BadInput as e:
+                raise BadInput(f"{what}: {e.message}", e.hint) from None
         ref, created_from, warn = self._target_branch(branch)
         if root:
             created_from = None
         if warn:
             warnings.warn(warn)
+        parent = self.refs.read(ref)  # checked again below, after the objects are written
+        self._next_components(parent if parent is not None else created_from, remove,
+                              set(components) | set(trees or {}))
         new_trees = dict(trees or {})
         with self.loose.batch():  # every object is durable before any ref points at it
             for name, value in components.items():
                 new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
-        metrics = dict(metrics or {})
-        canonical_json(metrics)  # refuse NaN before anything moves
         author = author or default_author(self.root)
         provenance = git_provenance(self.root)
         for _attempt in range(COMMIT_RETRIES):
             parent = self.refs.read(ref)
             base = parent if parent is not None else created_from
-            comps = dict(self.read_commit(base)["components"]) if base else {}
-            for name in remove:
-                if name not in comps and name not in new_trees:
-                    raise BadName(f"cannot remove {name!r}: the parent commit has no such component")
-                comps.pop(name, None)
+            comps = self._next_components(base, remove, new_trees)
             comps.update(new_trees)
-            if not comps:
-                raise BadInput("nothing to commit: no components")
             obj = commit_object(comps, [base] if base else [], message, author, utc_now(), metrics,
                                 provenance, extra)
             cid = self.write_object(obj)
@@ -332,6 +356,25 @@ class Repo:
         from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
         maybe_autopack(self, cid)
         return cid
+
+    def _next_components(self, base: str | None, remove: list[str], added) -> dict[str, str]:
+        """The parent's components minus `remove`; refuses removing what is not there, an empty
+        commit, and names that nest (`a` and `a/b` would check out into each other)."""
+        comps = dict(self.read_commit(base)["components"]) if base else {}
+        for name in remove:
+            if name not in comps:
+                raise BadName(f"cannot remove {name!r}: the parent commit has no such component")
+            comps.pop(name)
+        names = set(comps) | set(added)
+        if not names:
+            raise BadInput("nothing to commit: no components")
+        for b in sorted(names):
+            segs = b.split("/")
+            for a in ("/".join(segs[:i]) for i in range(1, len(segs))):
+                if a in names:
+                    raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
+                                  "pick names that are not directories of one another")
+        return comps
 
     def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None]:
         """(ref to commit on, commit to start a new branch from, warning)."""
@@ -584,7 +627,10 @@ class Repo:
         ref = f"refs/heads/{branch}" if branch else self.refs.head_target()
         if ref is None:
             raise MvcError("HEAD is detached", "name a branch")
-        return self.refs.reflog(ref)
+        log = self.refs.reflog(ref)
+        if branch and not log and self.refs.read(ref) is None:
+            raise UnknownRevision(f"no branch {branch!r}", "see mvc branch")
+        return log
 
     def paste_brick(self, name: str, source_rev: str, host_rev: str, **kwargs) -> dict:
         """Install brick `name` of `source_rev` into the host branch (see mvc.paste.paste_brick)."""
@@ -597,12 +643,15 @@ class Repo:
         cid = self.resolve(rev)
         comps = self.read_commit(cid)["components"]
         names = list(components) if components else sorted(comps)
-        written = []
+        trees = {}
         for name in names:
             if name not in comps:
                 raise BadName(f"commit {cid[:12]} has no component {name!r}")
             check_component_name(name)
-            tree = self.read_tree(comps[name])
+            trees[name] = self.read_tree(comps[name])
+        comp.checkout_paths(trees)  # no two files on one path: checked before anything is written
+        written = []
+        for name, tree in trees.items():
             self.store.prefetch(tree_blob_ids(tree))
             written += comp.write_tree(self.store, tree, os.path.join(out_dir, *name.split("/")), progress)
         return written
@@ -639,14 +688,13 @@ class Repo:
             except MvcError:
                 continue
             stack += [(o, f"certificate {cert_id[:12]}", "any") for o in _ids_in(cert)]
-        local = [s for s in self.store.stores if not hasattr(s, "not_fetched")]
         while stack:
             oid, who, kind = stack.pop()
             if oid in seen:
                 continue
             seen.add(oid)
             if kind == "any":  # named by a certificate: a commit, a tree or a blob
-                if not any(s.has(oid) for s in local):
+                if not self._has_locally(oid):
                     if not self.store.has(oid):
                         missing.append((oid, who))
                     continue  # absent locally but promised by a lazy remote: a blob
@@ -668,6 +716,10 @@ class Repo:
             except MvcError:
                 continue  # damaged: fsck reports it
         return seen, missing
+
+    def _has_locally(self, oid: str) -> bool:
+        """In this repository's own stores (not merely promised by a lazy clone's remote)."""
+        return any(s.has(oid) for s in self.store.stores if not hasattr(s, "not_fetched"))
 
     def extra_roots(self) -> set[str]:
         """Object ids other subsystems keep alive (certificate indexes)."""
@@ -746,13 +798,28 @@ class Repo:
         for ref, oid in self.refs.list("refs/").items():
             if oid in bad:
                 problems.append({"id": oid, "problem": f"{ref} points to a damaged commit"})
-        # every blob of every reachable tree must exist
+                continue
+            try:
+                self._as_commit(oid, ref)
+            except UnknownRevision as e:
+                problems.append({"id": oid, "problem": e.message})
+            except MvcError:
+                continue  # missing: reported above
+        # every blob of every reachable tree must exist, and every tree must check out
+        trees_seen = set()
         for ref_cid in self._reachable_commits():
             c = self.read_commit(ref_cid)
             for name, tid in c["components"].items():
-                if tid in bad or not self.store.has(tid):
+                if tid in bad or tid in trees_seen or not self.store.has(tid):
                     continue
-                tree = self.read_tree(tid)
+                trees_seen.add(tid)
+                try:
+                    tree = self.read_tree(tid)
+                except MvcError as e:
+                    problems.append({"id": tid, "problem": f"component {name} of commit {ref_cid[:12]}: {e.message}"})
+                    continue
+                problems += [{"id": tid, "problem": f"tree of {name} in commit {ref_cid[:12]}: {p}"}
+                             for p in comp.tree_problems(self.store, tree, self._has_locally)]
                 for tname, t in tree["tensors"].items():
                     if not self.store.has(t["id"]):
                         problems.append({"id": t["id"], "problem": f"missing tensor {tname} of {name} "

@@ -81,8 +81,14 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
         raise BadInput(f"{where}: {e.message}") from None
     except ValueError as e:
         raise BadInput(f"{where}: safetensors header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise BadInput(f"{where}: safetensors header nests too deeply") from None
     if not isinstance(doc, dict):
         raise BadInput(f"{where}: safetensors header is not a JSON object")
+    try:  # JSON escapes can spell lone surrogates, which are not text (the reference reader refuses them)
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{where}: safetensors header holds an invalid Unicode escape (a lone surrogate)") from None
     metadata = doc.pop("__metadata__", None)
     if metadata is not None:
         if not isinstance(metadata, dict) or not all(

@@ -32,6 +32,10 @@ def tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
     import torch
     if not isinstance(t, torch.Tensor):
         raise BadInput(f"expected a tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise BadInput(f"a {t.layout} tensor cannot be stored in safetensors", "convert it with .to_dense()")
+    if t.device.type == "meta":
+        raise BadInput("a tensor on the meta device has no data to store")
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
@@ -59,11 +63,12 @@ def buffer_tensor(buf, begin: int, end: int, dtype: str, shape):
 
 def find_aliases(state: dict) -> dict[str, str]:
     """Tensors that are the same view of the same storage: {alias: first name in sorted order}."""
+    import torch
     seen: dict[tuple, str] = {}
     aliases = {}
     for name in sorted(state):
         t = state[name]
-        if t.numel() == 0:
+        if t.numel() == 0 or t.layout != torch.strided or t.is_meta:  # refused when stored
             continue
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
                t.dtype, t.device.type)
@@ -77,13 +82,18 @@ def find_aliases(state: dict) -> dict[str, str]:
 def load_pickle_state_dict(path: str) -> dict:
     """Import a PyTorch .pt/.bin file as a flat state dict with torch.load(weights_only=True)."""
     import pickle
+    import warnings
 
     import torch
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(f"refusing to import {path}: not a plain tensor checkpoint ({first[:200]})",
+        with warnings.catch_warnings():  # torch's notes on pickle protocols and storages: not for users
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError,
+            OSError) as e:
+        raise BadInput(f"refusing to import {path}: not a plain tensor checkpoint ({_load_error_reason(e)})",
                        "mvc loads .pt/.bin files with weights_only=True and never runs pickled code; "
                        "save a state dict, or convert to safetensors") from None
     for key in ("state_dict", "model"):
@@ -94,6 +104,17 @@ def load_pickle_state_dict(path: str) -> dict:
         raise BadInput(f"{path} does not hold a flat mapping of names to tensors",
                        "save model.state_dict() instead of the model object")
     return obj
+
+
+def _load_error_reason(e: Exception) -> str:
+    """The sentence of a torch.load error that says what was refused, without torch's advice to
+    load with weights_only=False (which mvc never does) or its requests to file issues."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    for line in (line.strip() for line in str(e).splitlines()):
+        line = line.partition("WeightsUnpickler error:")[2].strip() if "WeightsUnpickler error:" in line else line
+        if line and not line.startswith(boilerplate):
+            return line.split(". ")[0].rstrip(".")[:200]
+    return type(e).__name__
 
 
 def module_state(value):

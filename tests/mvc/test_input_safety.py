@@ -1,0 +1,290 @@
+"""Hostile or inconsistent input to the Repo API: names that would escape or collide on checkout,
+revisions naming non-commits, unreadable inputs, odd tensors, and checks that run before any write."""
+import os
+import struct
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import mvc
+from mvc import components
+from mvc.errors import BadInput, BadName, CorruptObject, UnknownRevision
+
+
+def sd(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(3, 3, generator=g), "b": torch.randn(3, generator=g)}
+
+
+def snapshot(repo):
+    """Every file under .mvc with its bytes: what 'writes nothing' compares."""
+    out = {}
+    for dirpath, _d, files in os.walk(repo.dir):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, repo.dir)] = f.read()
+    return out
+
+
+def raw_safetensors(path, header: bytes, data: bytes = b""):
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+# -- names ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [".git", ".GIT", "a/.git/hooks", ".mvc", "x/.Mvc", ".git.", "x" * 256,
+                                  "a/\udcff"])
+def test_component_names_that_checkout_could_not_write_safely_are_refused(repo, name):
+    before = snapshot(repo)
+    with pytest.raises(BadName):
+        repo.commit({name: sd()}, message="x")
+    assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize("name", ["HEAD", "b" * 201, "f/\udcff"])
+def test_branch_names_head_overlong_or_not_utf8_are_refused(repo, name):
+    repo.commit({"core": sd()}, message="one")
+    with pytest.raises(BadName):
+        repo.create_branch(name)
+    with pytest.raises(BadName):
+        repo.commit({"core": sd(1)}, message="two", branch=name)
+    assert list(repo.branches()) == ["main"]
+
+
+def test_nesting_component_names_are_refused_before_anything_is_written(repo):
+    repo.commit({"a": sd()}, message="one")
+    before = snapshot(repo)
+    with pytest.raises(BadName, match="nest"):
+        repo.commit({"a/b": sd(1)}, message="inside a")  # `a` carried over from the parent
+    with pytest.raises(BadName, match="nest"):
+        repo.commit({"x": sd(1), "x/y/z": sd(2)}, message="both new")
+    assert snapshot(repo) == before
+    repo.commit({"a-b": sd(1), "ab": sd(2)}, message="siblings that only share a prefix are fine")
+
+
+def test_checkout_refuses_components_writing_the_same_path():
+    tree = {"files": {"b/c.safetensors": {}}}
+    with pytest.raises(BadInput, match="both write"):
+        components.checkout_paths({"a": tree, "a/b": {"files": {"c.safetensors": {}}}})
+    with pytest.raises(BadInput, match="both write"):  # a file where the other needs a directory
+        components.checkout_paths({"a": {"files": {"b": {}}}, "a/b": {"files": {"c": {}}}})
+    paths = components.checkout_paths({"a": {"files": {"x": {}}}, "a/b": {"files": {"c": {}}}})
+    assert [p for _n, _r, p in paths] == ["a/x", "a/b/c"]
+
+
+def test_add_and_remove_of_one_component_and_removing_a_missing_one_write_nothing(repo):
+    repo.commit({"core": sd()}, message="one")
+    before = snapshot(repo)
+    with pytest.raises(BadInput, match="both added and removed"):
+        repo.commit({"core": sd(1)}, message="x", remove=["core"])
+    with pytest.raises(BadName, match="cannot remove"):
+        repo.commit({"other": sd(1)}, message="x", remove=["nope"])
+    assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize("metrics,message", [({"loss": float("nan")}, "m"), ({"": 1.0}, "m"),
+                                             ({"loss": float("inf")}, "m"), ({}, "bad \udcff text")])
+def test_bad_metrics_or_message_are_refused_before_the_weights_are_stored(repo, metrics, message):
+    before = snapshot(repo)
+    with pytest.raises(BadInput):
+        repo.commit({"core": sd()}, message=message, metrics=metrics)
+    assert snapshot(repo) == before
+
+
+# -- revisions --------------------------------------------------------------------------------
+def test_revisions_must_name_commits(repo):
+    cid = repo.commit({"core": sd()}, message="one")
+    tree_id = repo.read_commit(cid)["components"]["core"]
+    blob_id = repo.read_tree(tree_id)["tensors"]["w"]["id"]
+    for oid, kind in ((tree_id, "tree"), (blob_id, "blob")):
+        with pytest.raises(UnknownRevision, match=f"names a {kind}, not a commit"):
+            repo.resolve(oid)
+        with pytest.raises(UnknownRevision):
+            repo.create_branch("br", oid)
+        with pytest.raises(UnknownRevision):
+            repo.tag("t", oid)
+    with pytest.raises(UnknownRevision):  # prefixes only match commits
+        repo.resolve(tree_id[:10])
+    assert list(repo.branches()) == ["main"] and repo.tags() == {}
+
+
+def test_fsck_reports_a_ref_that_points_at_a_tree(repo):
+    cid = repo.commit({"core": sd()}, message="one")
+    tree_id = repo.read_commit(cid)["components"]["core"]
+    with open(os.path.join(repo.dir, "refs", "heads", "odd"), "w") as f:
+        f.write(tree_id + "\n")
+    report = repo.fsck()
+    assert not report["ok"]
+    assert any(p["id"] == tree_id and "names a tree, not a commit" in p["problem"] for p in report["problems"])
+
+
+def test_a_prefix_of_a_damaged_commit_is_reported_as_damage(repo):
+    cid = repo.commit({"core": sd()}, message="one")
+    path = repo.loose.path(cid)
+    data = bytearray(open(path, "rb").read())
+    data[5] ^= 1
+    os.chmod(path, 0o644)
+    with open(path, "wb") as f:
+        f.write(data)
+    repo._cache.clear()
+    with pytest.raises(CorruptObject, match="damaged"):
+        repo.resolve(cid[:8])
+
+
+def test_reflog_of_an_unknown_branch_is_an_error(repo):
+    repo.commit({"core": sd()}, message="one")
+    with pytest.raises(UnknownRevision, match="no branch 'nope'"):
+        repo.reflog("nope")
+    assert [e["message"] for e in repo.reflog("main")] == ["commit: one"]
+
+
+# -- files and directories --------------------------------------------------------------------
+def test_directory_tensor_names_cannot_collide_with_qualified_keys(repo, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"a": torch.ones(4)}, str(d / "a.safetensors"))
+    save_file({"b.safetensors:a": torch.full((4,), 2.0), "a": torch.full((4,), 3.0)}, str(d / "b.safetensors"))
+    originals = {p.name: p.read_bytes() for p in d.iterdir()}
+    cid = repo.commit({"model": str(d)}, message="x")
+    tree = repo.tree(cid, "model")
+    assert len(tree["tensors"]) == 3
+    out = tmp_path / "out"
+    repo.checkout(cid, str(out))
+    for name, data in originals.items():
+        assert (out / "model" / name).read_bytes() == data
+    assert repo.fsck()["ok"]
+
+
+def test_fsck_reports_a_tree_missing_a_tensor_its_file_names(repo, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(4), "b": torch.zeros(4)}, str(path))
+    cid = repo.commit({"model": str(path)}, message="x")
+    tree = dict(repo.tree(cid, "model"))
+    tree["tensors"] = {k: v for k, v in tree["tensors"].items() if k != "b"}
+    broken = repo.write_object(tree)
+    repo.commit(message="drop b from the tree", trees={"model": broken})
+    report = repo.fsck()
+    assert not report["ok"]
+    assert any(p["id"] == broken and "'b'" in p["problem"] for p in report["problems"])
+    with pytest.raises(CorruptObject, match="lacks tensor 'b'"):
+        repo.checkout("HEAD", str(tmp_path / "out"))
+
+
+def test_unreadable_directory_fails_the_commit_instead_of_dropping_files(repo, tmp_path, monkeypatch):
+    d = tmp_path / "m"
+    (d / "sub").mkdir(parents=True)
+    save_file({"a": torch.ones(4)}, str(d / "a.safetensors"))
+    save_file({"b": torch.ones(4)}, str(d / "sub" / "b.safetensors"))
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(BadInput, match="cannot read this directory"):
+        repo.commit({"model": str(d)}, message="x")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
+def test_unreadable_file_is_a_clear_error(repo, tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(4)}, str(path))
+
+    def denied(p, *a, **k):
+        raise PermissionError(13, "Permission denied", os.fspath(p))
+
+    monkeypatch.setattr(components, "open", denied, raising=False)
+    with pytest.raises(BadInput, match="permission denied"):
+        repo.commit({"model": str(path)}, message="x")
+    assert repo.head() is None
+
+
+def test_a_pipe_in_a_directory_is_skipped_with_a_warning(repo, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"a": torch.ones(4)}, str(d / "a.safetensors"))
+    os.mkfifo(d / "pipe")
+    with pytest.warns(UserWarning, match="not a regular file"):
+        cid = repo.commit({"model": str(d)}, message="x")
+    assert list(repo.tree(cid, "model")["files"]) == ["a.safetensors"]
+
+
+def test_committing_the_repository_directory_itself_is_refused(repo):
+    repo.commit({"core": sd()}, message="one")
+    before = snapshot(repo)
+    for path in (repo.dir, os.path.join(repo.dir, "objects")):
+        with pytest.raises(BadInput, match="own .mvc directory"):
+            repo.commit({"x": path}, message="x")
+    assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize("header", [
+    b'{"\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+    b'{"a":' + b"[" * 100000 + b"]" * 100000 + b"}",
+])
+def test_headers_with_lone_surrogates_or_deep_nesting_are_refused(repo, tmp_path, header):
+    path = tmp_path / "bad.safetensors"
+    raw_safetensors(path, header, b"\0" * 4)
+    with pytest.raises(BadInput):
+        repo.commit({"model": str(path)}, message="x")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
+# -- .pt import -------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda: torch.ones(2).to_sparse(), lambda: torch.ones(2, device="meta")])
+def test_sparse_and_meta_tensors_are_refused(repo, tmp_path, make):
+    path = tmp_path / "m.pt"
+    torch.save({"a": make()}, path)
+    with pytest.raises(BadInput):
+        repo.commit({"model": str(path)}, message="x")
+    assert repo.head() is None
+
+
+def test_truncated_pt_is_refused_without_torch_warnings(repo, tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(sd(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-30])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a torch UserWarning would surface as an extra CLI line
+        with pytest.raises(BadInput, match="refusing to import"):
+            repo.commit({"model": str(path)}, message="x")
+
+
+def test_tied_tensors_are_written_out_under_every_name(repo, tmp_path):
+    w = torch.randn(3, 4)
+    torch.save({"emb": w, "head": w, "bias": torch.zeros(4)}, tmp_path / "m.pt")
+    cid = repo.commit({"core": str(tmp_path / "m.pt")}, message="tied")
+    out = tmp_path / "out.safetensors"
+    repo.export(cid, "core", str(out))
+    back = load_file(str(out))
+    assert set(back) == {"emb", "head", "bias"}
+    assert torch.equal(back["head"], w) and torch.equal(back["emb"], w)
+    assert os.path.getsize(out) == repo.tree(cid, "core")["files"]["model.safetensors"]["size"]
+    loaded = repo.load(cid, "core")
+    assert loaded["head"].data_ptr() == loaded["emb"].data_ptr()  # still one blob, shared on load
+
+
+# -- output paths and maintenance -------------------------------------------------------------
+def test_output_paths_blocked_by_a_file_are_clear_errors(repo, tmp_path):
+    cid = repo.commit({"core": sd()}, message="one")
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    with pytest.raises(BadInput, match="cannot write"):
+        repo.checkout(cid, str(blocker))
+    with pytest.raises(BadInput, match="cannot write"):
+        repo.export(cid, "core", str(blocker / "x.safetensors"))
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(BadInput, match="cannot write"):
+        repo.export(cid, "core", str(tmp_path / "adir"))
+    assert blocker.read_text() == "keep me" and sorted(os.listdir(tmp_path)) == ["adir", "afile", "repo"]
+
+
+def test_gc_on_a_fresh_repository(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "fresh")
+    result = repo.gc()
+    assert result["removed"] == 0 and result["bytes_freed"] == 0
