@@ -14,13 +14,12 @@ from typing import Callable
 
 from . import safetensors_format as stf
 from .errors import BadInput, CorruptObject
-from .objects import check_component_name, check_relpath, hash_bytes, tree_object
+from .objects import check_component_name, check_relpath, hash_bytes, is_reserved_segment, tree_object
 from .store import ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 MEMORY_FILE = "model.safetensors"
-SKIP_DIRS = {".git", ".mvc"}
 
 Progress = Callable[[int], None]
 STORE_WORKERS = 4  # threads hashing and copying tensors at once (capped by the core count)
@@ -65,19 +64,32 @@ class Ingest:
     def __init__(self, store: ObjectStore, progress: Progress | None = None):
         self.store = store
         self.progress = progress or (lambda n: None)
-        self.tensors: dict[str, dict] = {}
+        self.entries: list[tuple[str, str, dict]] = []  # (file, tensor name in it, tree entry)
         self.files: dict[str, dict] = {}
 
-    def _add_tensor(self, relpath: str, name: str, oid: str, dtype: str, shape) -> None:
-        entry = {"id": oid, "dtype": dtype, "shape": list(shape), "file": relpath}
-        key = name
-        if key in self.tensors:  # the same name in two files of a directory: qualify the later one
+    def _add_tensor(self, relpath: str, name: str, oid: str, dtype: str, shape, **extra) -> None:
+        self.entries.append((relpath, name, {"id": oid, "dtype": dtype, "shape": list(shape),
+                                             "file": relpath, **extra}))
+
+    def tensors(self) -> dict[str, dict]:
+        """The tree's tensor map. A name found in one file only is its own key; a name found in
+        several files of a directory is `file:name` in each (never the plain name, so that adding
+        a file cannot silently re-point an existing key), with `#n` added should a tensor really
+        be called that."""
+        files_of: dict[str, int] = {}
+        for _rel, name, _e in self.entries:
+            files_of[name] = files_of.get(name, 0) + 1
+        out: dict[str, dict] = {}
+        for relpath, name, entry in self.entries:
+            if files_of[name] == 1 and name not in out:
+                out[name] = entry
+                continue
             key, n = f"{relpath}:{name}", 1
-            while key in self.tensors:  # ...even where a tensor is really called "file:name"
+            while key in out or key in files_of:
                 n += 1
                 key = f"{relpath}:{name}#{n}"
-            entry["name"] = name
-        self.tensors[key] = entry
+            out[key] = {**entry, "name": name}
+        return out
 
     def safetensors_file(self, relpath: str, path: str) -> None:
         with open(path, "rb") as f:
@@ -153,9 +165,11 @@ class Ingest:
             total += len(buf)
             self.progress(len(buf))
         if aliases:  # tied tensors: stored once, recorded as aliases of their first name
+            ids = {name: e["id"] for _rel, name, e in self.entries if _rel == relpath}
             for alias, target in aliases.items():
-                self.tensors[alias] = {**self.tensors[target], "alias": target}
-                total += len(buffers[alias][2])
+                dtype, shape, buf = buffers[alias]
+                self._add_tensor(relpath, alias, ids[target], dtype, shape, alias=target)
+                total += len(buf)
         entry = {"format": "safetensors", "header": header_id, "size": total}
         self.files[relpath] = entry
 
@@ -192,7 +206,7 @@ class Ingest:
     def directory(self, root: str) -> None:
         entries = []
         for dirpath, dirnames, filenames in os.walk(root, onerror=_refuse_unreadable):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            dirnames[:] = sorted(d for d in dirnames if not is_reserved_segment(d))
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
                     raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks")
@@ -238,7 +252,7 @@ def input_bytes(value) -> int:
             return os.path.getsize(p)
         total = 0
         for dirpath, dirnames, files in os.walk(p):
-            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+            dirnames[:] = [d for d in dirnames if not is_reserved_segment(d)]
             total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files
                          if os.path.isfile(os.path.join(dirpath, f)))
         return total
@@ -270,7 +284,7 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
         if not state:
             raise BadInput(f"component {name!r} has no tensors")
         ing.state_dict(MEMORY_FILE, state)
-    return tree_object(kind or default_kind(name), ing.tensors, ing.files, arch=arch, config=config,
+    return tree_object(kind or default_kind(name), ing.tensors(), ing.files, arch=arch, config=config,
                        abi=abi)
 
 

@@ -1,6 +1,7 @@
 """Atomic file writes and lock files (O_EXCL; records pid and host; dead owners are broken)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -53,6 +54,25 @@ def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
         raise
     if fsync:
         fsync_dir(d)
+
+
+@contextlib.contextmanager
+def shared_or_exclusive(path: str, exclusive: bool):
+    """Hold an advisory lock on `path` (flock): many shared holders at once, or one exclusive.
+
+    The kernel drops it when the process dies, so it can never go stale. Without flock (not
+    POSIX) it is a no-op."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _pid_alive(pid: int) -> bool:

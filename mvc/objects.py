@@ -77,6 +77,12 @@ def is_oid(text: str) -> bool:
 
 
 RESERVED_SEGMENTS = (".git", ".mvc")  # a checkout must never write into a repository's own directory
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_reserved_segment(seg: str) -> bool:
+    """`.git` or `.mvc` as a file system may see it (any case, trailing dots or spaces)."""
+    return seg.lower().rstrip(". ") in RESERVED_SEGMENTS
 
 
 def check_component_name(name: str, what: str = "component name") -> str:
@@ -85,12 +91,14 @@ def check_component_name(name: str, what: str = "component name") -> str:
     them as directories), UTF-8 segments a file system can hold."""
     if not isinstance(name, str) or not name:
         raise BadName(f"{what} is empty")
-    if name.startswith("/") or "\\" in name or "\x00" in name:
+    if name.startswith("/") or "\\" in name:
         raise BadName(f"invalid {what} {name!r} (use relative names like core or brick/python)")
+    if _CONTROL.search(name):
+        raise BadName(f"invalid {what} {name!r} (control characters such as tab or newline)")
     for seg in name.split("/"):
         if seg in ("", ".", ".."):
             raise BadName(f"invalid {what} {name!r} (empty, '.' or '..' segment)")
-        if seg.lower().rstrip(". ") in RESERVED_SEGMENTS:
+        if is_reserved_segment(seg):
             raise BadName(f"invalid {what} {name!r} ({seg!r} is reserved for repositories)")
     _check_path_text(name, what)
     return name
@@ -120,7 +128,7 @@ def check_relpath(path: str) -> str:
 
 def check_ref_name(name: str) -> str:
     if (not name or name == "HEAD" or name.startswith(("-", "/")) or name.endswith(("/", ".lock")) or ".." in name
-            or any(c in name for c in " ~^:?*[\\@{}\x00") or "//" in name
+            or any(c in name for c in " ~^:?*[\\@{}") or _CONTROL.search(name) or "//" in name
             or any(seg.startswith(".") for seg in name.split("/"))):
         raise BadName(f"invalid branch or tag name {name!r}")
     if is_oid(name) or (len(name) >= 6 and re.fullmatch(r"[0-9a-f]+", name)):

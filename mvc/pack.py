@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 
 from . import pack_format as pf
-from .errors import CorruptObject, MvcError, ObjectMissing
+from .errors import ConfigError, CorruptObject, MvcError, ObjectMissing
 from .objects import hash_bytes
 from .store import ObjectStore
 
@@ -124,8 +124,8 @@ class PackStore(ObjectStore):
     @classmethod
     def for_repo(cls, repo) -> "PackStore":
         try:
-            mb = float(repo.get_config("pack.cacheMB", DEFAULT_CACHE_BYTES >> 20))
-        except ValueError:
+            mb = repo.config_value("pack.cacheMB", DEFAULT_CACHE_BYTES >> 20)
+        except ConfigError:  # a cache size is no reason to refuse reading a repository
             mb = DEFAULT_CACHE_BYTES >> 20
         return cls(os.path.join(repo.dir, "objects", PACK_DIR), cache_bytes=int(mb * (1 << 20)))
 

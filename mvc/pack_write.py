@@ -27,7 +27,7 @@ import warnings
 
 from . import pack_format as pf
 from . import safetensors_format as stf
-from .errors import BadInput, ConfigError, CorruptObject, LockHeld, MvcError
+from .errors import BadInput, CorruptObject, LockHeld, MvcError
 from .files import LockFile
 from .objects import hash_bytes
 from .pack import PACK_DIR, PackStore, pack_store_of
@@ -37,19 +37,6 @@ DEFAULT_MAX_DEPTH = 8
 TMP_PREFIX = "tmp-"
 LOCK_TIMEOUT_S = 600.0
 WRITER_CACHE_BYTES = 512 << 20   # recently read objects kept to serve as XOR bases
-
-
-def _config_int(repo, key: str, default: int, low: int = 0) -> int:
-    raw = repo.get_config(key, None)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"config {key} = {raw!r} is not an integer", f"mvc config {key} {default}") from None
-    if value < low:
-        raise ConfigError(f"config {key} = {value} must be at least {low}")
-    return value
 
 
 def _pack_dir(repo) -> str:
@@ -136,9 +123,9 @@ class Packer:
         self.repo = repo
         self.full = full
         self.grace_s = 3600.0 if grace_s is None else grace_s
-        self.max_depth = _config_int(repo, "pack.maxDepth", DEFAULT_MAX_DEPTH)
-        self.level = _config_int(repo, "pack.level", 1, low=-7)
-        self.verify = repo.get_config("pack.verify", "true").lower() not in ("false", "0", "no")
+        self.max_depth = repo.config_value("pack.maxDepth", DEFAULT_MAX_DEPTH)
+        self.level = repo.config_value("pack.level", 1)
+        self.verify = repo.config_value("pack.verify", True)
         self.lock = LockFile(os.path.join(repo.dir, "pack.lock"), timeout=LOCK_TIMEOUT_S, what="packing")
         self.targets: list[str] = []
         self.total_bytes = 0
@@ -374,7 +361,7 @@ def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, 
 
 def maybe_autopack(repo, cid: str) -> dict | None:
     """Pack when `pack.autoEvery = K` is set and K first-parent commits up to `cid` are loose."""
-    k = _config_int(repo, "pack.autoEvery", 0)
+    k = repo.config_value("pack.autoEvery", 0)
     if k <= 0:
         return None
     n, c = 0, cid

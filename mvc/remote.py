@@ -526,7 +526,7 @@ def fetch(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, progr
           transport: Transport | None = None, lazy: bool | None = None) -> dict:
     """Download what the remote's branches and tags reach and update refs/remotes/<remote>/*."""
     name, t = open_remote(repo, remote, jobs, transport)
-    with Pool(jobs) as pool, _permission_errors(t):
+    with Pool(jobs) as pool, _permission_errors(t), repo.writing():
         return _fetch(repo, name, t, pool, progress or Progress(), lazy)
 
 

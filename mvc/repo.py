@@ -6,6 +6,7 @@ on tensors (committing in-memory tensors, load, diff).
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import getpass
 import os
@@ -15,10 +16,11 @@ import warnings
 from typing import Callable, Iterable
 
 from . import components as comp
+from . import config as cfg
 from . import safetensors_format as stf
-from .errors import (BadInput, BadName, CorruptObject, MvcError, NotARepository, ObjectMissing,
+from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NotARepository, ObjectMissing,
                      RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
-from .files import atomic_write, hostname
+from .files import atomic_write, hostname, shared_or_exclusive
 from .objects import (canonical_json, check_component_name, check_ref_name, commit_object, decode,
                       encode, is_oid, tree_blob_ids)
 from .refs import RefStore, utc_now
@@ -29,6 +31,7 @@ REPO_FORMAT = 1
 DEFAULT_BRANCH = "main"
 COMMIT_RETRIES = 20
 GC_GRACE_S = 3600.0
+WRITERS_LOCK = "writers.lock"  # see Repo.writing
 REFLOG_EXPIRE_S = 90 * 24 * 3600.0
 
 
@@ -51,15 +54,23 @@ class Repo:
     def __init__(self, path: str | os.PathLike | None = None):
         self.root = find_root(path)
         self.dir = os.path.join(self.root, MVC_DIR)
-        self.config = configparser.ConfigParser()
-        self.config.read(os.path.join(self.dir, "config"))
-        fmt = self.config.getint("core", "format", fallback=None)
+        self.config = cfg.new_parser()
+        try:
+            self.config.read(os.path.join(self.dir, "config"))
+            fmt = self.config.getint("core", "format", fallback=None)
+        except (configparser.Error, ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{self.dir}/config is unreadable ({str(e).splitlines()[0]})",
+                              "fix the file by hand; core.format = 1 is required") from None
         if fmt is None:
             raise NotARepository(f"{self.dir} has no readable config", "is it an mvc repository?")
         if fmt > REPO_FORMAT:
             raise FormatTooNew(f"repository format {fmt} is newer than this mvc understands ({REPO_FORMAT})",
                                "upgrade mvc")
-        fsync = self.config.getboolean("core", "fsync", fallback=True)
+        try:
+            fsync = cfg.parse("core.fsync", self.config.get("core", "fsync", fallback="true"))
+        except ConfigError as e:  # durable by default: a bad value must not stop `mvc config` fixing it
+            warnings.warn(f"{e.message}; writing durably (fsync) meanwhile")
+            fsync = True
         self.loose = LooseStore(os.path.join(self.dir, "objects"), fsync=fsync,
                                 stamps=os.path.join(self.dir, "verified"))
         self.store = ChainStore(self.loose, *self._read_stores())
@@ -89,10 +100,10 @@ class Repo:
         tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
         for sub in ("objects", "refs/heads", "refs/tags", "refs/remotes", "logs"):
             os.makedirs(os.path.join(tmp, sub), exist_ok=True)
-        cfg = configparser.ConfigParser()
-        cfg["core"] = {"format": str(REPO_FORMAT)}
+        initial = cfg.new_parser()
+        initial["core"] = {"format": str(REPO_FORMAT)}
         with open(os.path.join(tmp, "config"), "w") as f:
-            cfg.write(f)
+            initial.write(f)
         with open(os.path.join(tmp, "HEAD"), "w") as f:
             f.write(f"ref: refs/heads/{default_branch}\n")
         try:
@@ -121,15 +132,19 @@ class Repo:
 
     # -- config ------------------------------------------------------------------------------
     def get_config(self, key: str, default=None):
-        section, _, name = key.rpartition(".")
-        section = _config_section(section)
+        """The raw text of `key` (or `default`); see config_value for a checked, typed value."""
+        section, name = cfg.split_key(key)
         return self.config.get(section, name, fallback=default)
 
+    def config_value(self, key: str, default):
+        """The parsed value of a known key (mvc.config.KNOWN), `default` when unset."""
+        raw = self.get_config(key)
+        return default if raw is None else cfg.parse(key, raw)
+
     def set_config(self, key: str, value: str | None) -> None:
-        section, _, name = key.rpartition(".")
-        if not section or not name:
-            raise BadName(f"config keys look like section.name, not {key!r}")
-        section = _config_section(section)
+        section, name = cfg.split_key(key)
+        if value is not None:
+            cfg.check_setting(key, str(value))
         if value is None:
             if self.config.has_option(section, name):
                 self.config.remove_option(section, name)
@@ -320,7 +335,7 @@ class Repo:
                 canonical_json(value)
             except BadInput as e:
                 raise BadInput(f"{what}: {e.message}", e.hint) from None
-        ref, created_from, warn = self._target_branch(branch)
+        ref, created_from, warn, follow = self._target_branch(branch)
         if root:
             created_from = None
         if warn:
@@ -328,6 +343,25 @@ class Repo:
         parent = self.refs.read(ref)  # checked again below, after the objects are written
         self._next_components(parent if parent is not None else created_from, remove,
                               set(components) | set(trees or {}))
+        with self.writing():
+            cid, ref = self._write_commit(components, trees, remove, message, metrics, author, extra,
+                                          progress, ref, created_from)
+        if follow:  # only now: a commit that failed leaves HEAD where it was
+            self.refs.set_symbolic("HEAD", ref)
+        if run_hooks:
+            self._run_commit_hooks(cid, ref)
+        from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
+        maybe_autopack(self, cid)
+        return cid
+
+    def writing(self):
+        """Held (shared) from writing new objects until a ref or index points at them: commit,
+        fetch, certificates. A gc with a grace shorter than GC_GRACE_S takes it exclusively, so it
+        never deletes a new object in that window; with the default grace their age protects them."""
+        return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False)
+
+    def _write_commit(self, components, trees, remove, message, metrics, author, extra, progress, ref,
+                      created_from) -> tuple[str, str]:
         new_trees = dict(trees or {})
         with self.loose.batch():  # every object is durable before any ref points at it
             for name, value in components.items():
@@ -351,11 +385,7 @@ class Repo:
             break
         else:
             raise RefConflict(f"could not commit to {ref}: it kept moving", "try again")
-        if run_hooks:
-            self._run_commit_hooks(cid, ref)
-        from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
-        maybe_autopack(self, cid)
-        return cid
+        return cid, ref
 
     def _next_components(self, base: str | None, remove: list[str], added) -> dict[str, str]:
         """The parent's components minus `remove`; refuses removing what is not there, an empty
@@ -376,25 +406,31 @@ class Repo:
                                   "pick names that are not directories of one another")
         return comps
 
-    def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None]:
-        """(ref to commit on, commit to start a new branch from, warning)."""
+    def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None, bool]:
+        """(ref to commit on, commit to start a new branch from, warning, whether HEAD follows to the
+        ref once the commit has landed: inside git, mvc's branch follows git's)."""
         head_target = self.refs.head_target()
         head_commit = self.head()
         if branch:
             check_ref_name(branch)
-            return f"refs/heads/{branch}", head_commit, None
+            return f"refs/heads/{branch}", head_commit, None, False
         git_branch, detached = git_current_branch(self.root)
+        warn = None
         if git_branch:
-            ref = f"refs/heads/{git_branch}"
-            if head_target != ref:
-                self.refs.set_symbolic("HEAD", ref)
-            return ref, head_commit, None
+            try:
+                check_ref_name(git_branch)
+                ref = f"refs/heads/{git_branch}"
+                return ref, head_commit, None, head_target != ref
+            except BadName as e:
+                warn = f"git branch {git_branch!r} cannot be an mvc branch ({e.message})"
+        elif detached:
+            warn = "git HEAD is detached"
         if head_target is None:
             raise MvcError("HEAD is detached: mvc does not know which branch to commit to",
                            "pass --branch NAME or mvc switch BRANCH")
-        warn = ("git HEAD is detached; committing to the current mvc branch "
-                f"{head_target[len('refs/heads/'):]}") if detached else None
-        return head_target, head_commit, warn
+        if warn:
+            warn += f"; committing to the current mvc branch {head_target[len('refs/heads/'):]}"
+        return head_target, head_commit, warn, False
 
     def _run_commit_hooks(self, cid: str, ref: str) -> None:
         """Call post-commit hooks registered by other packages (semantic CI) via entry points."""
@@ -609,6 +645,15 @@ class Repo:
         self.refs.update(ref, oid, message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
         return oid
 
+    def delete_tag(self, name: str) -> str:
+        """Remove tag `name`; returns the commit it named (its reflog keeps it from gc a while)."""
+        ref = f"refs/tags/{name}"
+        oid = self.refs.read(ref)
+        if oid is None:
+            raise UnknownRevision(f"no tag {name!r}", "see mvc tag")
+        self.refs.update(ref, None, expected=oid, message="tag: deleted", author=default_author(self.root))
+        return oid
+
     def rollback(self, rev: str | None = None) -> dict:
         """Move the current branch to `rev` (default: its parent); recorded in the reflog."""
         ref = self.refs.head_target()
@@ -733,11 +778,21 @@ class Repo:
         return roots
 
     def gc(self, dry_run: bool = False, grace_s: float | None = None, expire_reflogs: bool = True) -> dict:
-        """Delete loose objects unreachable from refs and reflogs and older than the grace period."""
+        """Delete loose objects unreachable from refs and reflogs and older than the grace period.
+
+        With a grace shorter than the default, gc waits for commits and fetches in progress and
+        holds new ones until it is done (see `writing`): their new objects are younger than any
+        grace but not yet referenced."""
         grace = GC_GRACE_S if grace_s is None else grace_s
+        exclusive = grace < GC_GRACE_S and not dry_run
+        with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True) if exclusive \
+                else contextlib.nullcontext():
+            return self._gc(dry_run, grace, expire_reflogs)
+
+    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool) -> dict:
         expired = 0
         if expire_reflogs and not dry_run:
-            expire = float(self.get_config("gc.reflogExpire", REFLOG_EXPIRE_S))
+            expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
             expired = self.refs.expire_reflogs(expire)
         live, _missing = self.reachable()
         now = time.time()
@@ -891,13 +946,6 @@ def _ids_in(value) -> set[str]:
     return set()
 
 
-def _config_section(section: str) -> str:
-    if "." in section:
-        head, _, sub = section.partition(".")
-        return f'{head} "{sub}"'
-    return section
-
-
 def arch_builder(arch: str):
     """The `mvc.archs` entry point named `arch` (how committed models are rebuilt)."""
     from importlib.metadata import entry_points
@@ -958,12 +1006,7 @@ def git_current_branch(root: str) -> tuple[str | None, bool]:
     except OSError:
         return None, False
     if head.startswith("ref: refs/heads/"):
-        name = head[len("ref: refs/heads/"):]
-        try:
-            check_ref_name(name)
-        except BadName:
-            return None, False
-        return name, False
+        return head[len("ref: refs/heads/"):], False  # callers check it is a valid mvc name
     return None, True
 
 

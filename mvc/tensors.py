@@ -32,6 +32,8 @@ def tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
     import torch
     if not isinstance(t, torch.Tensor):
         raise BadInput(f"expected a tensor, got {type(t).__name__}")
+    if t.is_nested:
+        raise BadInput("a nested tensor cannot be stored in safetensors", "store its components as tensors")
     if t.layout != torch.strided:
         raise BadInput(f"a {t.layout} tensor cannot be stored in safetensors", "convert it with .to_dense()")
     if t.device.type == "meta":
@@ -68,7 +70,7 @@ def find_aliases(state: dict) -> dict[str, str]:
     aliases = {}
     for name in sorted(state):
         t = state[name]
-        if t.numel() == 0 or t.layout != torch.strided or t.is_meta:  # refused when stored
+        if t.is_nested or t.layout != torch.strided or t.is_meta or t.numel() == 0:  # refused when stored
             continue
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
                t.dtype, t.device.type)
@@ -81,7 +83,6 @@ def find_aliases(state: dict) -> dict[str, str]:
 
 def load_pickle_state_dict(path: str) -> dict:
     """Import a PyTorch .pt/.bin file as a flat state dict with torch.load(weights_only=True)."""
-    import pickle
     import warnings
 
     import torch
@@ -91,8 +92,7 @@ def load_pickle_state_dict(path: str) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except PermissionError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError,
-            OSError) as e:
+    except Exception as e:  # untrusted bytes: whatever the unpickler trips on, the file is refused
         raise BadInput(f"refusing to import {path}: not a plain tensor checkpoint ({_load_error_reason(e)})",
                        "mvc loads .pt/.bin files with weights_only=True and never runs pickled code; "
                        "save a state dict, or convert to safetensors") from None
@@ -109,6 +109,8 @@ def load_pickle_state_dict(path: str) -> dict:
 def _load_error_reason(e: Exception) -> str:
     """The sentence of a torch.load error that says what was refused, without torch's advice to
     load with weights_only=False (which mvc never does) or its requests to file issues."""
+    if isinstance(e, LookupError) or not str(e).strip():  # e.g. KeyError: 101 from random bytes
+        return f"unreadable pickle data: {type(e).__name__} {str(e)[:80]}".rstrip()
     boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
     for line in (line.strip() for line in str(e).splitlines()):
         line = line.partition("WeightsUnpickler error:")[2].strip() if "WeightsUnpickler error:" in line else line

@@ -31,6 +31,7 @@ import shutil
 import threading
 from urllib.parse import unquote, urlparse
 
+from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
 from .files import LockFile, atomic_write
@@ -121,7 +122,7 @@ class Transport:
         data, _ = self.read_file("config")
         if data is None:
             return False
-        cfg = configparser.ConfigParser()
+        cfg = new_config_parser()
         try:
             cfg.read_string(data.decode("utf-8"))
             fmt = cfg.getint("core", "format")

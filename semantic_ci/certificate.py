@@ -29,13 +29,14 @@ def _index_path(repo, commit: str) -> str:
 
 def store(repo, cert: dict) -> str:
     """Write the certificate object and attach it to its commit; returns its id."""
-    cid = repo.write_object(cert)
-    path = _index_path(repo, cert["commit"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(cid + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with repo.writing():  # a short-grace gc must not delete it before the index names it
+        cid = repo.write_object(cert)
+        path = _index_path(repo, cert["commit"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(cid + "\n")
+            f.flush()
+            os.fsync(f.fileno())
     return cid
 
 

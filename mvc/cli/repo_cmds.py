@@ -458,11 +458,13 @@ def tag(name, rev, force, delete, as_json):
     """
     repo = _repo()
     if delete:
-        oid = repo.refs.read(f"refs/tags/{name}")
-        if not oid:
-            raise MvcError(f"no tag {name!r}")
-        repo.refs.update(f"refs/tags/{name}", None, expected=oid, message="tag: deleted")
-        click.echo(f"Deleted tag {name}")
+        if not name:
+            raise click.UsageError("name the tag to delete: mvc tag -d NAME")
+        oid = repo.delete_tag(name)
+        if as_json:
+            emit_json({"deleted": name, "was": oid})
+        else:
+            click.echo(f"Deleted tag {name} (was {short(oid)})")
         return
     if name:
         oid = repo.tag(name, rev, force)
@@ -518,6 +520,9 @@ def gc(dry_run, grace, as_json):
     Examples:
       mvc gc --dry-run
       mvc gc --grace 0      # also unreachable objects written in the last hour
+
+    With a grace shorter than the default, gc first waits for commits and fetches in progress
+    and holds new ones until it is done.
     """
     r = _repo().gc(dry_run=dry_run, grace_s=grace)
     if as_json:

@@ -1,5 +1,6 @@
 """Hostile or inconsistent input to the Repo API: names that would escape or collide on checkout,
 revisions naming non-commits, unreadable inputs, odd tensors, and checks that run before any write."""
+import json
 import os
 import struct
 import warnings
@@ -288,3 +289,132 @@ def test_gc_on_a_fresh_repository(tmp_path):
     repo = mvc.Repo.init(tmp_path / "fresh")
     result = repo.gc()
     assert result["removed"] == 0 and result["bytes_freed"] == 0
+
+
+# -- second round: config, gc against writers, git branches, directory keys -------------------
+@pytest.mark.parametrize("key,value", [("core.format", "2"), ("core.fsync", "maybe"),
+                                       ("gc.reflogExpire", "abc"), ("pack.autoEvery", "-1"),
+                                       ("DEFAULT.x", "1"), ("sec.na=me", "v"), ("nodot", "1"),
+                                       ("user.note", "two\nlines")])
+def test_config_refuses_what_mvc_could_not_use(repo, key, value):
+    before = open(os.path.join(repo.dir, "config")).read()
+    with pytest.raises(mvc.errors.ConfigError):
+        repo.set_config(key, value)
+    assert open(os.path.join(repo.dir, "config")).read() == before
+    assert mvc.Repo(repo.root).head() is None  # the repository still opens
+
+
+def test_config_values_are_stored_verbatim_and_bad_hand_edits_are_clear(repo):
+    repo.set_config("user.note", "100%(x)s done")
+    assert mvc.Repo(repo.root).get_config("user.note") == "100%(x)s done"
+    text = open(os.path.join(repo.dir, "config")).read().replace("[core]\n", "[core]\nfsync = maybe\n", 1)
+    with open(os.path.join(repo.dir, "config"), "w") as f:
+        f.write(text)
+    with pytest.warns(UserWarning, match="core.fsync"):
+        r = mvc.Repo(repo.root)  # still opens (durable meanwhile), so `mvc config` can repair it
+    assert r.loose.fsync is True
+    r.set_config("core.fsync", "false")
+    assert mvc.Repo(repo.root).loose.fsync is False
+
+
+def test_short_grace_gc_waits_for_writers_and_default_gc_does_not(repo):
+    import threading
+    repo.commit({"core": sd()}, message="one")
+    with repo.writing():
+        fresh = repo.store.put(b"written, not referenced yet")
+        quick = threading.Thread(target=repo.gc)  # default grace: the young object is safe anyway
+        quick.start()
+        quick.join(timeout=30)
+        assert not quick.is_alive() and repo.store.has(fresh)
+        eager = threading.Thread(target=lambda: repo.gc(grace_s=0))
+        eager.start()
+        eager.join(timeout=0.5)
+        assert eager.is_alive() and repo.store.has(fresh)  # waits while the writer is at work
+    eager.join(timeout=30)
+    assert not eager.is_alive() and not repo.store.has(fresh)  # then collects what nothing names
+
+
+def _git(work, *args):
+    import subprocess
+    return subprocess.run(["git", *args], cwd=work, check=True, capture_output=True, text=True)
+
+
+def test_a_failed_commit_inside_git_leaves_head_alone(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    _git(work, "init", "-q", "-b", "main")
+    repo = mvc.Repo.init(work)
+    repo.commit({"core": sd()}, message="one")
+    repo.create_branch("feature")
+    _git(work, "checkout", "-q", "-b", "feature/x")  # fine in git (no git branch 'feature')
+    with pytest.raises(BadName, match="conflicts with existing refs/heads/feature"):
+        repo.commit({"core": sd(1)}, message="two")
+    assert repo.head_branch == "main" and len(repo.log()) == 1
+
+
+def test_a_git_branch_mvc_cannot_use_warns_and_commits_to_the_current_branch(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    _git(work, "init", "-q", "-b", "main")
+    repo = mvc.Repo.init(work)
+    repo.commit({"core": sd()}, message="one")
+    _git(work, "checkout", "-q", "-b", "abcdef12")  # looks like an object id to mvc
+    with pytest.warns(UserWarning, match="'abcdef12' cannot be an mvc branch.*current mvc branch main"):
+        cid = repo.commit({"core": sd(1)}, message="two")
+    assert repo.branches() == {"main": cid}
+
+
+def test_a_name_in_several_files_is_qualified_in_each_so_keys_never_move(repo, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"w": torch.ones(4), "b": torch.zeros(2)}, str(d / "y.safetensors"))
+    first = repo.commit({"model": str(d)}, message="one file")
+    assert sorted(repo.tree(first, "model")["tensors"]) == ["b", "w"]
+    save_file({"w": torch.ones(7)}, str(d / "a.safetensors"))
+    second = repo.commit({"model": str(d)}, message="another file with a w")
+    tree = repo.tree(second, "model")
+    assert sorted(tree["tensors"]) == ["a.safetensors:w", "b", "y.safetensors:w"]
+    assert tree["tensors"]["y.safetensors:w"]["id"] == repo.tree(first, "model")["tensors"]["w"]["id"]
+    changes = repo.diff(first, second)["components"]["model"]["tensors"]
+    assert changes["w"]["status"] == "removed" and changes["b"]["status"] == "unchanged"
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\tb", "x/\x7f"])
+def test_control_characters_in_names_are_refused(repo, name):
+    with pytest.raises(BadName, match="control characters"):
+        repo.commit({name: sd()}, message="x")
+    with pytest.raises(BadName):
+        repo.create_branch(name.replace("/", "-"))
+
+
+def test_reserved_directories_in_any_case_are_skipped_not_refused(repo, tmp_path):
+    d = tmp_path / "m"
+    (d / ".Git").mkdir(parents=True)
+    (d / ".Git" / "x").write_text("not model data")
+    save_file({"a": torch.ones(4)}, str(d / "a.safetensors"))
+    cid = repo.commit({"model": str(d)}, message="x")
+    assert list(repo.tree(cid, "model")["files"]) == ["a.safetensors"]
+
+
+def test_random_bytes_and_nested_tensors_as_pt_are_refused(repo, tmp_path):
+    (tmp_path / "hw.pt").write_bytes(b"hello world")
+    with pytest.raises(BadInput, match="refusing to import"):
+        repo.commit({"x": str(tmp_path / "hw.pt")}, message="x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch calls nested tensors a prototype
+        nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    torch.save({"n": nested}, tmp_path / "nested.pt")
+    with pytest.raises(BadInput, match="nested"):
+        repo.commit({"x": str(tmp_path / "nested.pt")}, message="x")
+    assert repo.head() is None
+
+
+def test_tag_delete_prints_json(in_repo):
+    from click.testing import CliRunner
+    from mvc.cli import cli
+    cid = in_repo.commit({"core": sd()}, message="one")
+    in_repo.tag("v1")
+    r = CliRunner().invoke(cli, ["tag", "-d", "v1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"deleted": "v1", "was": cid}
+    r = CliRunner().invoke(cli, ["tag", "-d", "v1"])
+    assert r.exit_code == 3 and "no tag 'v1'" in r.stderr

@@ -372,8 +372,11 @@ def test_auto_pack_every_k_commits(repo):
 
 def test_bad_pack_config_is_a_clear_error(repo):
     drift_history(repo, 1)
-    repo.set_config("pack.maxDepth", "deep")
-    with pytest.raises(MvcError, match="pack.maxdepth|pack.maxDepth"):
+    with pytest.raises(MvcError, match="pack.maxDepth = 'deep' is invalid"):
+        repo.set_config("pack.maxDepth", "deep")  # refused when set...
+    with open(os.path.join(repo.dir, "config"), "a") as f:
+        f.write("[pack]\nmaxdepth = deep\n")
+    with pytest.raises(MvcError, match="pack.maxDepth"):  # ...and clear when edited in by hand
         pack(mvc.Repo(repo.root))
 
 

@@ -1,0 +1,87 @@
+"""The repository config file (`.mvc/config`, INI): key syntax, the keys mvc reads and their checks.
+
+`mvc config KEY VALUE` refuses a value mvc could not use later, so that no setting can make the
+repository unusable; reading goes through the same parsers, so a hand-edited bad value is a clear
+ConfigError instead of a crash.
+"""
+from __future__ import annotations
+
+import configparser
+import re
+
+from .errors import ConfigError
+
+
+def _bool(raw: str) -> bool:
+    value = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}.get(raw.strip().lower())
+    if value is None:
+        raise ValueError("not true or false")
+    return value
+
+
+def _number(low: float):
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not value >= low or value == float("inf"):  # also refuses NaN
+            raise ValueError("not a finite number" + (f" >= {low:g}" if low > float("-inf") else ""))
+        return value
+    return parse
+
+
+def _integer(low: int):
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < low:
+            raise ValueError(f"not an integer >= {low}")
+        return value
+    return parse
+
+
+# key -> parser of its text value; other keys may be set freely (remotes, user notes)
+KNOWN = {
+    "core.fsync": _bool,
+    "gc.reflogExpire": _number(float("-inf")),  # seconds; <= 0 expires every entry
+    "pack.autoEvery": _integer(0),
+    "pack.maxDepth": _integer(0),
+    "pack.level": _integer(-7),
+    "pack.cacheMB": _number(0),
+    "pack.verify": _bool,
+}
+READ_ONLY = {"core.format": "it is set by mvc init and names the repository's on-disk format"}
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def new_parser() -> configparser.ConfigParser:
+    """No %-interpolation: values are stored and read back verbatim."""
+    return configparser.ConfigParser(interpolation=None)
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """`section.name` or `section.sub.name` -> (INI section, option); refuses what INI cannot hold."""
+    section, _, name = key.rpartition(".")
+    head, _, sub = section.partition(".")
+    if not _NAME.fullmatch(head or "") or not _NAME.fullmatch(name) or head.upper() == "DEFAULT" \
+            or any(c in sub for c in '"\n\r[]'):
+        raise ConfigError(f"invalid config key {key!r}", "keys look like section.name, e.g. core.fsync")
+    return (f'{head} "{sub}"' if sub else head), name
+
+
+def parse(key: str, raw: str):
+    """The value of a known key (raw text for others); ConfigError names the key and the problem."""
+    parser = KNOWN.get(key)
+    if parser is None:
+        return raw
+    try:
+        return parser(raw)
+    except ValueError as e:
+        raise ConfigError(f"config {key} = {raw!r} is invalid ({e})", f"set it with mvc config {key} VALUE") from None
+
+
+def check_setting(key: str, value: str) -> None:
+    """Refuse a `mvc config KEY VALUE` that mvc could not use."""
+    if key in READ_ONLY:
+        raise ConfigError(f"config {key} cannot be set", READ_ONLY[key])
+    if "\n" in value or "\r" in value:
+        raise ConfigError(f"config {key}: a value is one line")
+    parse(key, value)
