@@ -40,7 +40,7 @@ class Pack:
         where = f"pack index {name}.idx"
         if len(data) < pf.TRAILER_BYTES or hash_bytes(data[:-pf.TRAILER_BYTES]) != data[-pf.TRAILER_BYTES:].hex():
             raise CorruptObject(f"{where} is corrupt: its checksum does not match",
-                                "run mvc fsck; mvc gc rewrites packs from intact objects")
+                                "mvc fsck --repair-from REMOTE restores its objects from a remote or clone; then remove this pack's files")
         self.checksum, records = pf.decode_index(data[:-pf.TRAILER_BYTES], where)
         if pf.pack_name(self.checksum) != name:
             raise CorruptObject(f"{where} belongs to {pf.pack_name(self.checksum)}, not to {name}", "run mvc fsck")
@@ -269,7 +269,7 @@ class PackStore(ObjectStore):
                 self.cache.discard(r.base)
                 return self._decoded(oid, chain, use_cache=False)
             raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
-                                "run mvc fsck; fetch the object again from a remote if you have one")
+                                "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
         if use_cache and oid in self._bases and hasattr(arr, "nbytes"):
             self.cache.put(oid, arr)
         return arr, tainted

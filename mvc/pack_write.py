@@ -268,7 +268,9 @@ class Packer:
                 offset = pf.PACK_HEADER.size
                 for oid in self.targets:
                     old = self.packed.get(oid)
-                    if self.full and old is not None and self._reusable(old[1], depth_of):
+                    # a loose copy wins over the packed one: it may be a repair of a damaged record
+                    if (self.full and old is not None and oid not in self.loose_targets
+                            and self._reusable(old[1], depth_of)):
                         pack, r = old
                         piece = pack.entry(r)
                         put(piece)

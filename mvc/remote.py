@@ -25,6 +25,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from . import safetensors_format as stf
@@ -34,7 +35,7 @@ from .files import LockFile
 from .objects import OID_RE, check_ref_name, decode, hash_bytes, is_oid, tree_blob_ids
 from .repo import Repo
 from .store import fsync_dir, new_object_file
-from .transport import (LazyRemoteStore, Transport, configured_remote, is_url, normalize_url,
+from .transport import (DAMAGED, LazyRemoteStore, Transport, configured_remote, is_url, normalize_url,
                         check_endpoint, open_transport, parse_id_lines, promisor_remote, promisor_store,
                         remote_section)
 from .transfer import DEFAULT_JOBS, Progress  # noqa: F401  (part of this module's API)
@@ -212,7 +213,7 @@ def receive(transport: Transport, oid: str, where: str) -> bytes:
     if got != oid:
         raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
                             "it was not stored",
-                            "the remote copy is damaged: push the object again from a repository that has it")
+                            "the remote copy is damaged: fetch from another copy, or push the history to a new remote")
     return data
 
 
@@ -235,7 +236,7 @@ def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set) -> 
         if got != oid:
             raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to "
                                 f"{got[:12]}; it was not stored",
-                                "the remote copy is damaged: push the object again from a repository that has it")
+                                "the remote copy is damaged: fetch from another copy, or push the history to a new remote")
     dirty.add(os.path.dirname(final))
     return n
 
@@ -339,12 +340,16 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
               "certificates": 0}
     if delete:
         t.require_repository()
-        old = t.read_ref(ref)
+        try:
+            old = t.read_ref(ref)
+        except CorruptObject:  # a damaged ref: deleting it loses nothing
+            old = DAMAGED
         if old is None:
             raise UnknownRevision(f"remote {where} has no branch {branch!r}")
+        old = None if old is DAMAGED else old
         if not dry_run:
             try:
-                t.update_ref(ref, None, expected=old)
+                t.update_ref(ref, None, expected=old, replace_damaged=True)
             except RefConflict:
                 raise NonFastForward(f"remote branch {branch} moved while deleting it",
                                      "fetch and look before deleting it again") from None
@@ -360,6 +365,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         t.init(branch)
         exists = True
     remote_refs = t.list_refs() if exists else {}
+    _refuse_clashing_name(ref, remote_refs, where)
     old = remote_refs.get(ref)
     if old == local:
         status = "up-to-date"
@@ -414,7 +420,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         progress.end()
     if old != local:
         try:
-            t.update_ref(ref, local, expected=old)
+            t.update_ref(ref, local, expected=old, replace_damaged=force)
         except RefConflict:
             raise NonFastForward(f"push to {where} rejected: remote {branch} moved while pushing "
                                  "(another push won); your objects are there, only the branch did not move",
@@ -430,6 +436,14 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     if tracking:
         repo.refs.update(tracking, local, message=f"push to {where}")
     return {**result, "sent": sent}
+
+
+def _refuse_clashing_name(ref: str, remote_refs: dict, where: str) -> None:
+    """A branch cannot also be a folder of branches there (`a` beside `a/b`): clones would fail."""
+    for other in remote_refs:
+        if other.startswith(ref + "/") or ref.startswith(other + "/"):
+            raise BadName(f"remote {where} has {other}, which clashes with {ref}",
+                          "a branch name cannot also be a folder of branch names; rename one of them")
 
 
 def _plan_push(repo: Repo, t: Transport, local: str, remote_refs: dict, pool: Pool) -> dict:
@@ -500,6 +514,48 @@ def _cert_objects(repo: Repo, certs: dict[str, list[str]]) -> list[str]:
                 if x not in out and repo.loose.has(x) and not _is_history_object(repo.store.get(x)):
                     out.add(x)
     return sorted(out)
+
+
+# -- repair ------------------------------------------------------------------------------------
+def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> dict:
+    """Restore what `fsck` finds damaged or missing from a remote (or a clone used as one): each
+    object is downloaded, verified and written loose, replacing a damaged loose copy. Loose objects
+    are read before packed ones; when a restored object was packed, a full repack then rewrites the
+    packs from the good copies. Returns the fsck reports before and after."""
+    before = repo.fsck()
+    wanted = [oid for oid in sorted({p["id"] for p in before["problems"] if is_oid(p["id"])})
+              if not _intact(repo, oid)]  # e.g. a tree reported for a damaged header it names
+    name, t = open_remote(repo, remote, jobs)
+    where = name or t.describe()
+    restored, failed = [], {}
+    with _permission_errors(t), repo.writing():
+        for oid in wanted:
+            try:
+                data = receive(t, oid, where)
+            except MvcError as e:
+                failed[oid] = e.message
+                continue
+            if repo.loose.has(oid):
+                repo.loose.delete(oid)  # the damaged copy: objects are write-once, so it goes first
+            repo.loose.put(data, oid=oid)
+            restored.append(oid)
+    repo._cache.clear()
+    packs_damaged = any(not is_oid(p["id"]) for p in before["problems"])
+    from .pack import pack_store_of
+    if packs_damaged or any(pack_store_of(repo.store).has(o) for o in restored):
+        from .pack_write import pack
+        pack(repo, full=True)
+    after = Repo(repo.root).fsck()  # fresh readers: a rewritten pack may keep its name (same bytes)
+    return {"remote": where, "before": before, "restored": restored, "failed": failed, "after": after,
+            "ok": after["ok"]}
+
+
+def _intact(repo: Repo, oid: str) -> bool:
+    try:
+        repo.store.view(oid, rehash=True)
+        return True
+    except MvcError:
+        return False
 
 
 # -- fetch -------------------------------------------------------------------------------------
@@ -606,7 +662,11 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             tref = f"refs/remotes/{name}/{branch}"
             old = repo.refs.read(tref)
             if old != oid:
-                repo.refs.update(tref, oid, message=f"fetch from {where}")
+                try:
+                    repo.refs.update(tref, oid, message=f"fetch from {where}")
+                except BadName as e:  # e.g. the remote has `a` and `a/b`: keep the other branches
+                    warnings.warn(f"skipped remote branch {branch}: {e.message}")
+                    continue
                 updated[tref] = {"old": old, "new": oid}
         for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
             if tref[len(f"refs/remotes/{name}/"):] not in heads:  # deleted on the remote: prune

@@ -794,7 +794,12 @@ class Repo:
         if expire_reflogs and not dry_run:
             expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
             expired = self.refs.expire_reflogs(expire)
-        live, _missing = self.reachable()
+        live, missing = self.reachable()
+        if missing:  # what a missing commit or tree refers to would look unreachable: keep all
+            oid, who = missing[0]
+            raise CorruptObject(f"{len(missing)} reachable objects are missing (e.g. {oid[:12]}, referenced by "
+                                f"{who}); gc stopped so as not to delete what they refer to",
+                                "run mvc fsck, and restore the missing objects before collecting garbage")
         now = time.time()
         removed, freed, kept_young = 0, 0, 0
         for oid in list(self.loose.ids()):

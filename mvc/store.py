@@ -95,7 +95,7 @@ def _verify(oid: str, data, where: str) -> None:
     got = hash_bytes(data)
     if got != oid:
         raise CorruptObject(f"object {oid} is corrupt: its content hashes to {got[:12]} ({where})",
-                            "run mvc fsck; fetch the object again from a remote if you have one")
+                            "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
 
 
 class MemoryStore(ObjectStore):

@@ -29,6 +29,7 @@ import contextlib
 import os
 import shutil
 import threading
+import warnings
 from urllib.parse import unquote, urlparse
 
 from .config import new_parser as new_config_parser
@@ -36,6 +37,7 @@ from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew
                      ObjectMissing, RefConflict)
 from .files import LockFile, atomic_write
 from .objects import check_ref_name, hash_bytes, is_oid
+from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, fsync_dir, new_object_file
 
 REMOTE_FORMAT = 1
@@ -63,8 +65,11 @@ def parse_ref_value(ref: str, data: bytes | None) -> str | None:
         return None
     if not is_oid(text):
         raise CorruptObject(f"remote ref {ref} holds {text[:40]!r}, not an object id",
-                            "repair the remote: push the branch again with --force")
+                            "push the branch with --force to replace it, or with --delete to remove it")
     return text
+
+
+DAMAGED = object()  # the value of a remote ref that holds no object id
 
 
 class Transport:
@@ -139,10 +144,18 @@ class Transport:
             raise MvcError(f"no mvc repository at {self.describe()}",
                            "check the URL; a first mvc push creates it")
 
+    def holds_files(self) -> bool:
+        """Whether anything at all is stored at this remote's location."""
+        return bool(self.list_files(""))
+
     def init(self, default_branch: str) -> None:
-        """Create the bare layout when missing (idempotent; safe against a concurrent init)."""
+        """Create the bare layout when missing (idempotent; safe against a concurrent init).
+        A location holding other data is refused: mvc never mixes its layout into it."""
         if self.is_repository():
             return
+        if self.holds_files() and not self.is_repository():  # (re-checked: a concurrent init)
+            raise BadInput(f"remote {self.describe()} is not empty and is not an mvc repository",
+                           "use an empty or new location")
         try:
             self.cas_file("config", remote_config_bytes(), ABSENT)
         except RefConflict:
@@ -169,23 +182,34 @@ class Transport:
         return parse_ref_value(ref, data)
 
     def list_refs(self) -> dict[str, str]:
+        """Branches and tags; a ref holding no object id is left out with a warning, so that one
+        damaged ref does not block the others."""
         out = {}
         for name in self.list_files("refs/"):
             try:
                 check_full_ref(name)
+                value = self.read_ref(name)
             except BadName:
                 continue
-            value = self.read_ref(name)
+            except CorruptObject as e:
+                warnings.warn(f"{e.message} on {self.describe()}; ignored ({e.hint})")
+                continue
             if value:
                 out[name] = value
         return dict(sorted(out.items()))
 
-    def update_ref(self, ref: str, new: str | None, expected: str | None) -> None:
-        """Move `ref` to `new` (None deletes it) only if it still holds `expected`."""
+    def update_ref(self, ref: str, new: str | None, expected: str | None, replace_damaged: bool = False) -> None:
+        """Move `ref` to `new` (None deletes it) only if it still holds `expected`; a ref holding
+        no object id is replaced only with `replace_damaged`."""
         check_full_ref(ref)
         data, token = self.read_file(ref)
-        current = parse_ref_value(ref, data)
-        if current != expected:
+        try:
+            current = parse_ref_value(ref, data)
+        except CorruptObject:
+            if not replace_damaged:
+                raise
+            current = DAMAGED
+        if current is not DAMAGED and current != expected:
             raise RefConflict(f"remote {ref} is {current[:12] if current else '(none)'}, expected "
                               f"{expected[:12] if expected else '(none)'}", "fetch and try again")
         self.cas_file(ref, None if new is None else (new + "\n").encode(), token)
@@ -245,6 +269,7 @@ class DirectoryTransport(Transport):
         self.root = path
         self.url = url or path
         self.objects = LooseStore(os.path.join(path, "objects"), fsync=True)
+        self.packs = PackStore(os.path.join(path, "objects", PACK_DIR))  # a repository's `mvc pack`
         self._dirty: set[str] = set()  # object directories whose new entries await fsync
 
     def _path(self, name: str) -> str:
@@ -261,24 +286,31 @@ class DirectoryTransport(Transport):
         super().init(default_branch)
 
     def has(self, oid):
-        return self.objects.has(oid)
+        return self.objects.has(oid) or self.packs.has(oid)
 
     def get(self, oid):
         try:
             with open(self.objects.path(oid), "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
-                                "the remote is damaged: push again from a repository that has it") from None
+            return self._packed(oid)
 
     def get_into(self, oid, f):
         try:
             src = open(self.objects.path(oid), "rb")
         except FileNotFoundError:
-            raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
-                                "the remote is damaged: push again from a repository that has it") from None
+            data = self._packed(oid)
+            f.write(data)
+            return len(data)
         with src:
             return _copy_file(src, f)
+
+    def _packed(self, oid) -> bytes:
+        """An object not loose here: packed by `mvc pack` in a repository used as a remote."""
+        if self.packs.has(oid):
+            return self.packs.get(oid)
+        raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
+                            "the remote is damaged: fetch from another copy, or push the history to a new remote")
 
     def put(self, oid, data):
         self._write(oid, lambda f: f.write(data))
@@ -366,6 +398,11 @@ def is_url(text: str) -> bool:
 def normalize_url(url: str) -> str:
     """What goes into the repository config: absolute paths; never credentials."""
     parsed = urlparse(url)
+    if not url.strip():
+        raise BadInput("the remote URL is empty", "use a directory path, file:///PATH or s3://bucket/prefix")
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        raise BadInput(f"{url}: a file URL names a path on this machine (file:///PATH), not on host "
+                       f"{parsed.netloc!r}")
     if parsed.scheme in ("", "file"):
         path = unquote(parsed.path) if parsed.scheme == "file" else url
         return os.path.abspath(os.path.expanduser(path))

@@ -110,7 +110,7 @@ class S3Transport(Transport):
         except ClientError as e:
             if _code(e) in _MISSING_CODES:
                 raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
-                                    "the remote is damaged: push again from a repository that has it") from None
+                                    "the remote is damaged: fetch from another copy, or push the history to a new remote") from None
             self._fail(e, f"reading object {oid[:12]}")
         except BotoCoreError as e:
             self._fail(e, f"reading object {oid[:12]}")
@@ -196,6 +196,14 @@ class S3Transport(Transport):
         except (ClientError, BotoCoreError) as e:
             self._fail(e, f"listing {prefix}")
         return sorted(out)
+
+    def holds_files(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
+        except (ClientError, BotoCoreError) as e:
+            self._fail(e, "listing")
+        return bool(page.get("Contents"))
 
     # -- layout -------------------------------------------------------------------------------
     def check_conditional_writes(self) -> None:

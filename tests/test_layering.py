@@ -68,7 +68,7 @@ def test_mvc_imports_torch_only_lazily():
 
 def test_mvc_internal_direction():
     """errors <- objects <- {store, refs, tensors, components} <- repo <- cli."""
-    rank = {"errors": 0, "objects": 1, "safetensors_format": 1, "store": 2, "files": 2, "refs": 3,
+    rank = {"errors": 0, "config": 1, "objects": 1, "safetensors_format": 1, "store": 2, "files": 2, "refs": 3,
             "tensors": 2, "components": 3, "transport": 4, "transport_s3": 4, "pack_format": 1, "pack_codec": 1, "pack": 2, "pack_write": 4, "repo": 5, "paste": 5,
             "remote": 6, "cli": 9}
     bad = []

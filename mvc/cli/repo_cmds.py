@@ -545,18 +545,34 @@ def gc(dry_run, grace, as_json):
 
 @cli.command()
 @json_opt
-def fsck(as_json):
+@click.option("--repair-from", "remote", metavar="REMOTE",
+              help="Restore damaged or missing objects from this remote (name or URL), then check again.")
+def fsck(as_json, remote):
     """Re-hash every object and check every reachable object; exit 1 on damage.
+
+    With --repair-from, each damaged or missing object the remote has is downloaded, verified
+    and stored again (packs are rewritten from the good copies); the exit status is that of the
+    check after the repair.
 
     \b
     Examples:
       mvc fsck
       mvc fsck --json || echo damaged
+      mvc fsck --repair-from origin
     """
     repo = _repo()
-    total = sum(repo.store.size(o) for o in repo.store.ids()) if sys.stderr.isatty() else 0
-    with byte_progress(total, "checking") as advance:
-        r = repo.fsck(progress=advance)
+    if remote:
+        from ..remote import repair
+        fixed = repair(repo, remote)
+        r = fixed["after"]
+        if not as_json:
+            click.echo(f"restored {len(fixed['restored'])} objects from {fixed['remote']}"
+                       + (f"; {len(fixed['failed'])} not available there" if fixed["failed"] else ""))
+        r = {**r, "repair": {k: fixed[k] for k in ("remote", "restored", "failed")}}
+    else:
+        total = sum(repo.store.size(o) for o in repo.store.ids()) if sys.stderr.isatty() else 0
+        with byte_progress(total, "checking") as advance:
+            r = repo.fsck(progress=advance)
     if as_json:
         emit_json(r)
     else:

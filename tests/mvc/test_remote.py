@@ -103,10 +103,10 @@ class Counting:
         with open(path, "rb") as f:
             self.put(oid, f.read())
 
-    def update_ref(self, ref, new, expected):
+    def update_ref(self, ref, new, expected, replace_damaged=False):
         if self.barrier is not None and ref.startswith("refs/heads/"):
             self.barrier.wait(timeout=30)
-        return self.inner.update_ref(ref, new, expected)
+        return self.inner.update_ref(ref, new, expected, replace_damaged)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -469,3 +469,138 @@ def test_s3_init_refuses_a_server_that_ignores_conditional_writes(s3_endpoint, a
     with pytest.raises(MvcError, match="ignores conditional writes"):
         lax.init("main")
     assert lax.head_target() is None  # refused before HEAD was written
+
+
+# -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
+def _write_remote_file(remote, name, data: bytes):
+    if remote.kind == "dir":
+        path = os.path.join(remote.url, *name.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    else:
+        remote.client.put_object(Bucket=remote.bucket, Key=f"team/models/{name}", Body=data)
+
+
+def test_clone_of_a_packed_repository_is_byte_exact(tmp_path):
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    ids = [src.commit({"core": weights(i)}, message=f"c{i}") for i in range(3)]
+    pack(src, full=True)
+    assert not list(src.loose.ids())  # everything packed: a loose-only reader would see nothing
+    dst, _ = rm.clone(src.root, str(tmp_path / "copy"))
+    for rev in ids:
+        assert checkout_bytes(dst, rev, tmp_path / f"d{rev[:6]}") == checkout_bytes(src, rev, tmp_path / f"s{rev[:6]}")
+    assert dst.fsck()["ok"]
+
+
+def test_push_refuses_a_branch_name_clashing_with_a_remote_one(remote, tmp_path):
+    repo = new_repo(tmp_path / "src", remote)
+    repo.commit({"core": weights(1)}, message="one")
+    repo.create_branch("a")
+    repo.create_branch("b/c")
+    rm.push(repo, branch="a")
+    repo.delete_branch("a")
+    repo.create_branch("a/x")
+    with pytest.raises(mvc.errors.BadName, match="clashes with refs/heads/a/x|has refs/heads/a,"):
+        rm.push(repo, branch="a/x")
+    rm.push(repo, branch="b/c")
+    assert set(remote.transport().list_refs()) == {"refs/heads/a", "refs/heads/b/c"}
+
+
+def test_fetch_skips_a_remote_branch_that_cannot_exist_beside_another(tmp_path, aws_env, s3_endpoint):
+    remote = S3Remote(s3_endpoint)  # a directory cannot hold both main and main/sub; S3 can
+    repo = new_repo(tmp_path / "src", remote)
+    cid = repo.commit({"core": weights(1)}, message="one")
+    rm.push(repo)
+    _write_remote_file(remote, "refs/heads/main/sub", (cid + "\n").encode())
+    other = new_repo(tmp_path / "other", remote)
+    with pytest.warns(UserWarning, match="skipped remote branch main/sub"):
+        rm.fetch(other)
+    assert other.refs.read("refs/remotes/origin/main") == cid
+
+
+def test_a_damaged_remote_ref_blocks_nothing_else_and_push_can_replace_or_delete_it(remote, tmp_path):
+    repo = new_repo(tmp_path / "src", remote)
+    cid = repo.commit({"core": weights(1)}, message="one")
+    repo.create_branch("side")
+    rm.push(repo)
+    rm.push(repo, branch="side")
+    _write_remote_file(remote, "refs/heads/main", b"garbage\n")
+    other = new_repo(tmp_path / "other", remote)
+    with pytest.warns(UserWarning, match="refs/heads/main holds 'garbage'"):
+        rm.fetch(other)  # the intact branch still comes
+    assert other.refs.read("refs/remotes/origin/side") == cid
+    with pytest.warns(UserWarning), pytest.raises(CorruptObject, match="--force to replace it"):
+        rm.push(repo)
+    with pytest.warns(UserWarning):
+        assert rm.push(repo, force=True)["new"] == cid
+    assert remote.transport().read_ref("refs/heads/main") == cid
+    _write_remote_file(remote, "refs/heads/side", b"garbage\n")
+    rm.push(repo, branch="side", delete=True)
+    assert "refs/heads/side" not in remote.transport().list_refs()
+
+
+def test_first_push_refuses_a_location_holding_other_data(remote, tmp_path):
+    _write_remote_file(remote, "readme.txt", b"not an mvc remote")
+    repo = new_repo(tmp_path / "src", remote)
+    repo.commit({"core": weights(1)}, message="one")
+    with pytest.raises(mvc.errors.BadInput, match="not empty and is not an mvc repository"):
+        rm.push(repo)
+
+
+@pytest.mark.parametrize("url,match", [("", "empty"), ("file://otherhost/tmp/x", "on this machine")])
+def test_empty_and_remote_host_file_urls_are_refused(tmp_path, url, match):
+    repo = new_repo(tmp_path / "src")
+    with pytest.raises(mvc.errors.BadInput, match=match):
+        rm.add_remote(repo, "r", url)
+
+
+def test_remote_names_with_control_characters_are_refused(tmp_path):
+    repo = new_repo(tmp_path / "src")
+    with pytest.raises(mvc.errors.BadName):
+        rm.add_remote(repo, "a\nb", str(tmp_path / "r"))
+    assert mvc.Repo(repo.root).config.sections() == ["core"]
+
+
+def test_gc_refuses_to_run_while_a_reachable_object_is_missing(tmp_path):
+    repo = new_repo(tmp_path / "src")
+    repo.commit({"core": weights(1)}, message="one")
+    head = repo.commit({"core": weights(2)}, message="two")
+    tree = repo.read_commit(head)["components"]["core"]
+    os.unlink(repo.loose.path(head))
+    repo._cache.clear()
+    with pytest.raises(CorruptObject, match="reachable objects are missing"):
+        repo.gc(grace_s=0)
+    assert repo.loose.has(tree)  # what the missing commit refers to is still there
+
+
+def _flip(path, at):
+    os.chmod(path, 0o644)
+    data = bytearray(open(path, "rb").read())
+    data[at] ^= 1
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_fsck_repair_from_restores_damaged_loose_and_packed_objects(tmp_path, monkeypatch):
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    ids = [src.commit({"core": weights(i)}, message=f"c{i}") for i in range(3)]
+    backup, _ = rm.clone(src.root, str(tmp_path / "backup"))
+    blob = tree_blob_ids(src.read_tree(src.read_commit(ids[0])["components"]["core"]))[0]
+    _flip(src.loose.path(blob), 200)
+    r = invoke(monkeypatch, src.root, "fsck", "--repair-from", backup.root, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["repair"]["restored"] == [blob]
+    pack(mvc.Repo(src.root), full=True)
+    pack_file = next(p for p in os.listdir(os.path.join(src.dir, "objects", "pack")) if p.endswith(".pack"))
+    _flip(os.path.join(src.dir, "objects", "pack", pack_file), 400)
+    assert not mvc.Repo(src.root).fsck()["ok"]
+    r = invoke(monkeypatch, src.root, "fsck", "--repair-from", backup.root)
+    assert r.exit_code == 0, r.output
+    fixed = mvc.Repo(src.root)
+    assert fixed.fsck()["ok"]
+    for rev in ids:
+        assert checkout_bytes(fixed, rev, tmp_path / f"f{rev[:6]}") == checkout_bytes(backup, rev, tmp_path / f"b{rev[:6]}")
