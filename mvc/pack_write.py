@@ -209,8 +209,7 @@ class Packer:
                             pass
                     stats["packs_removed"] += 1
             fsync_dir(self.ps.dir)
-        if self.full:
-            self._remove_stale_tmp()
+        self._remove_stale_tmp()  # left by a killed pack run, once older than the grace period
         self.ps.refresh()
         stats["seconds"] = time.perf_counter() - t0
         return stats
@@ -406,9 +405,29 @@ def storage_usage(repo) -> dict:
         except FileNotFoundError:
             pass
     count = len(packed) + sum(1 for oid in repo.loose.ids() if oid not in packed)
+    tmp_files, tmp_bytes = _unfinished_writes(repo, ps.dir)
     return {"objects": count, "object_bytes": object_bytes, "stored_bytes": loose_disk + pack_disk,
             "loose_objects": loose_count, "loose_bytes": loose_disk, "packed_objects": len(packed),
-            "pack_files": len(packs), "pack_bytes": pack_disk}
+            "pack_files": len(packs), "pack_bytes": pack_disk,
+            "unfinished_files": tmp_files, "unfinished_bytes": tmp_bytes}
+
+
+def _unfinished_writes(repo, pack_dir: str) -> tuple[int, int]:
+    """Temp files of object and pack writes that did not finish (a killed process): gc and pack
+    remove them once older than the grace period."""
+    files = total = 0
+    for d, keep in ((repo.loose.tmp, lambda n: True), (pack_dir, lambda n: n.startswith(TMP_PREFIX))):
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        for n in filter(keep, names):
+            try:
+                total += os.path.getsize(os.path.join(d, n))
+                files += 1
+            except OSError:
+                continue
+    return files, total
 
 
 def pack_problems(repo, progress=None) -> list[dict]:

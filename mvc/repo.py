@@ -235,12 +235,17 @@ class Repo:
             if oid is None:
                 raise UnknownRevision("HEAD has no commits yet", "make a first commit with mvc commit")
             return oid
-        for ref in (f"refs/heads/{rev}", f"refs/tags/{rev}", f"refs/remotes/{rev}"):
+        qualified = [rev] if rev.startswith("refs/") else [f"refs/{rev}"] \
+            if rev.startswith(("heads/", "tags/", "remotes/")) else []
+        for ref in qualified + [f"refs/heads/{rev}", f"refs/tags/{rev}", f"refs/remotes/{rev}"]:
             try:
                 oid = self.refs.read(ref)
             except BadName:
                 break
             if oid:
+                if ref.startswith("refs/heads/") and self.refs.read(f"refs/tags/{rev}") not in (None, oid):
+                    warnings.warn(f"{rev!r} is both a branch and a tag; using the branch (name the tag "
+                                  f"as tags/{rev})")
                 return self._as_commit(self._peel(oid), rev)
         if is_oid(rev):
             if self.store.has(rev):

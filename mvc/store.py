@@ -398,18 +398,22 @@ class ChainStore(ObjectStore):
     def _read(self, oid, how: str, **kw):
         """Read through the stores in order; an object that moves between stores while we look
         (a loose object packed by a concurrent `mvc pack`) is found in the next one."""
+        why = None  # the reason given by a store that should have had it (a lazy clone's remote)
         for i, s in enumerate(self.stores):
             if i == 0 or s.has(oid):  # the first (loose) store answers a miss as cheaply as has()
                 try:
                     return getattr(s, how)(oid, **kw)
-                except ObjectMissing:
+                except ObjectMissing as e:
+                    why = e if i else why
                     continue
-        for s in self.stores:  # it may have moved behind us: one more pass
+        for i, s in enumerate(self.stores):  # it may have moved behind us: one more pass
+            if why is not None and s.has(oid) and i:
+                continue  # asked already, and it said why not
             try:
                 return getattr(s, how)(oid, **kw)
             except ObjectMissing:
                 continue
-        raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+        raise why or ObjectMissing(f"object {oid} is missing", "run mvc fsck")
 
     def has(self, oid):
         return any(s.has(oid) for s in self.stores)

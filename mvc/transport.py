@@ -522,7 +522,7 @@ class LazyRemoteStore(ObjectStore):
             data = self.transport().get(oid)
         except ObjectMissing:
             raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
-                                "push it to the remote from a repository that has it") from None
+                                "the remote is damaged: clone from another copy") from None
         except MvcError as e:
             raise MvcError(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
                            f"failed: {e.message}", e.hint) from None
@@ -530,7 +530,7 @@ class LazyRemoteStore(ObjectStore):
         if got != oid:
             raise CorruptObject(f"object {oid} fetched from remote {self.remote} is corrupt: its content "
                                 f"hashes to {got[:12]}; it was not stored",
-                                "the remote copy is damaged: push it again from a repository that has it")
+                                "the remote copy is damaged: clone from another copy")
         self.cache.put(data, oid=oid)
         return data
 

@@ -609,6 +609,9 @@ def du(as_json):
                    f"(compression {ratio(r.get('compression_ratio'))}, saved {human_bytes(r.get('compression_saved_bytes'))})\n"
                    f"stamps:      {human_bytes(r.get('stamp_bytes', 0))} on disk for {r.get('stamps', 0)} "
                    f"verified stamps (not counted above)")
+        if r.get("unfinished_files"):
+            click.echo(f"unfinished:  {human_bytes(r['unfinished_bytes'])} in {r['unfinished_files']} temp files of "
+                       "interrupted writes (not counted above; mvc gc removes them after the grace period)")
 
 
 @cli.command("config")

@@ -418,3 +418,13 @@ def test_tag_delete_prints_json(in_repo):
     assert r.exit_code == 0 and json.loads(r.stdout) == {"deleted": "v1", "was": cid}
     r = CliRunner().invoke(cli, ["tag", "-d", "v1"])
     assert r.exit_code == 3 and "no tag 'v1'" in r.stderr
+
+
+def test_a_name_that_is_both_branch_and_tag_warns_and_tags_prefix_picks_the_tag(repo):
+    first = repo.commit({"core": sd()}, message="one")
+    second = repo.commit({"core": sd(1)}, message="two")
+    repo.create_branch("amb", first)
+    repo.tag("amb", second)
+    with pytest.warns(UserWarning, match="both a branch and a tag"):
+        assert repo.resolve("amb") == first
+    assert repo.resolve("tags/amb") == second and repo.resolve("refs/heads/amb") == first

@@ -1,6 +1,7 @@
 """Packed storage (issue 8): bit-exact round trips, delta chains, corruption, concurrency, du and CLI."""
 import json
 import os
+import time
 import subprocess
 import sys
 import threading
@@ -419,3 +420,20 @@ def test_metadata_commands_on_a_packed_repository_import_neither_torch_nor_numpy
                          timeout=60)
     assert "LOADED False False" in out.stdout, out.stdout + out.stderr
     assert "step 1" in out.stdout
+
+
+def test_du_counts_and_pack_removes_temp_files_of_killed_writes(repo):
+    drift_history(repo, 1)
+    pack(repo)
+    pack_dir = os.path.join(repo.dir, "objects", "pack")
+    stale = os.path.join(pack_dir, "tmp-" + "ab" * 16 + ".pack")
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 4096)  # what a pack run killed mid-write leaves
+    usage = repo.du()
+    assert usage["unfinished_files"] == 1 and usage["unfinished_bytes"] == 4096
+    pack(repo)  # young: kept (a pack run may be writing it right now)
+    assert os.path.exists(stale)
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    pack(repo)
+    assert not os.path.exists(stale) and repo.du()["unfinished_files"] == 0

@@ -396,6 +396,18 @@ def test_lazy_clone_rejects_a_corrupt_blob_on_first_use(remote, tmp_path):
     assert not lazy.loose.has(bad)
 
 
+def test_lazy_clone_names_the_remote_when_it_lacks_a_blob(tmp_path):
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    bare = DirRemote(tmp_path)
+    rm.push(src, bare.url)
+    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    gone = src.read_tree(src.read_commit(cid)["components"]["core"])["tensors"]["w1"]["id"]
+    os.unlink(DirectoryTransport(bare.url).objects.path(gone))
+    with pytest.raises(mvc.errors.ObjectMissing, match="remote origin does not have it"):
+        lazy.load("HEAD", "core")
+
+
 def test_delete_branch_and_fetch_prunes_it(remote, tmp_path, monkeypatch):
     repo = new_repo(tmp_path / "src", remote)
     repo.commit({"core": weights(1)}, message="one")
