@@ -348,7 +348,7 @@ def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool]
 def write_file(store: ObjectStore, tree: dict, relpath: str, dest: str,
                progress: Progress | None = None) -> None:
     """Write one file of a tree to `dest` atomically."""
-    tmp = dest + ".mvc-tmp"
+    tmp = f"{dest}.{os.urandom(4).hex()}.mvc-tmp"  # unique: two checkouts into one place do not collide
     try:
         os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
         if os.path.isdir(dest):
@@ -365,6 +365,8 @@ def write_file(store: ObjectStore, tree: dict, relpath: str, dest: str,
                 if progress:
                     progress(len(chunk))
         os.replace(tmp, dest)
+    except FileNotFoundError as e:  # the output directory was removed while we wrote into it
+        raise BadInput(f"cannot write {dest}: {e.strerror} (was its directory removed?)") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

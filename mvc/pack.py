@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 
 from . import pack_format as pf
-from .errors import ConfigError, CorruptObject, MvcError, ObjectMissing
+from .errors import ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing
 from .objects import hash_bytes
 from .store import ObjectStore
 
@@ -48,7 +48,13 @@ class Pack:
             self.file_size = os.fstat(f.fileno()).st_size
             self.mtime = os.fstat(f.fileno()).st_mtime
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.file_size else b""
-        count = pf.check_pack_header(self.map, f"pack {name}.pack")
+        try:
+            count = pf.check_pack_header(self.map, f"pack {name}.pack")
+        except FormatTooNew:  # a newer mvc's pack, or a flipped bit: the name (its checksum) tells
+            if self.file_size >= pf.TRAILER_BYTES and not self.verify_checksum():
+                raise CorruptObject(f"pack {name}.pack is corrupt: its header is damaged (checksum mismatch)",
+                                    "mvc fsck --repair-from REMOTE restores its objects from a remote or clone")
+            raise
         if count != len(records) or bytes(self.map[-pf.TRAILER_BYTES:]) != self.checksum:
             raise CorruptObject(f"pack {name}.pack does not match its index", "run mvc fsck")
         end = self.file_size - pf.TRAILER_BYTES
@@ -171,9 +177,12 @@ class PackStore(ObjectStore):
     def lookup(self, oid: str) -> tuple[Pack, pf.Record] | None:
         hit = self._where.get(oid)
         for _ in range(3):  # a repack may replace packs between our listing and our reads
-            if hit is not None or not self.refresh():
+            if hit is not None:
                 break
-            hit = self._where.get(oid)
+            changed = self.refresh()
+            hit = self._where.get(oid)  # read again even when unchanged: another thread may have
+            if not changed:             # refreshed while this one waited for the lock
+                break
         return hit
 
     def records(self) -> dict[str, tuple[Pack, pf.Record]]:

@@ -183,6 +183,7 @@ class Packer:
                  "dry_run": dry_run}
         if dry_run:
             stats["bytes_before"] = self.total_bytes
+            stats["tmp_bytes"] = self._remove_stale_tmp(dry_run=True)
             return stats
         name = None
         if self.targets:
@@ -209,7 +210,7 @@ class Packer:
                             pass
                     stats["packs_removed"] += 1
             fsync_dir(self.ps.dir)
-        self._remove_stale_tmp()  # left by a killed pack run, once older than the grace period
+        stats["tmp_bytes"] = self._remove_stale_tmp()  # left by killed pack runs, once past the grace
         self.ps.refresh()
         stats["seconds"] = time.perf_counter() - t0
         return stats
@@ -340,18 +341,23 @@ class Packer:
             raise CorruptObject(f"packing failed verification, nothing was removed: {e.message}",
                                 "this is a bug in mvc; please report it") from None
 
-    def _remove_stale_tmp(self) -> None:
-        now = time.time()
+    def _remove_stale_tmp(self, dry_run: bool = False) -> int:
+        """Remove temp files of killed pack runs older than the grace period; returns their bytes."""
+        now, freed = time.time(), 0
         if not os.path.isdir(self.ps.dir):  # nothing was ever packed here
-            return
+            return 0
         for n in os.listdir(self.ps.dir):
             if n.startswith(TMP_PREFIX):
                 p = os.path.join(self.ps.dir, n)
                 try:
-                    if now - os.stat(p).st_mtime >= self.grace_s:
-                        os.unlink(p)
+                    st = os.stat(p)
+                    if now - st.st_mtime >= self.grace_s:
+                        if not dry_run:
+                            os.unlink(p)
+                        freed += st.st_size
                 except FileNotFoundError:
                     pass
+        return freed
 
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False) -> dict:

@@ -54,6 +54,14 @@ def check_remote_name(name: str) -> str:
     return name
 
 
+def _not_itself(repo: Repo, url: str) -> str:
+    """A directory remote must be another repository: pushing to itself would move (or delete) the
+    very branches it reads from."""
+    if "://" not in url and os.path.realpath(url) in (os.path.realpath(repo.root), os.path.realpath(repo.dir)):
+        raise BadInput(f"{url} is this repository itself", "a remote is another repository or location")
+    return url
+
+
 def list_remotes(repo: Repo) -> list[dict]:
     out = []
     for section in repo.config.sections():
@@ -69,7 +77,7 @@ def add_remote(repo: Repo, name: str, url: str, endpoint: str | None = None, pro
     check_remote_name(name)
     if repo.config.has_section(remote_section(name)):
         raise BadName(f"remote {name!r} already exists", f"remove it first: mvc remote remove {name}")
-    url = normalize_url(url)
+    url = _not_itself(repo, normalize_url(url))
     endpoint = check_endpoint(endpoint)
     repo.set_config(f"remote.{name}.url", url)
     if endpoint:
@@ -119,7 +127,7 @@ def open_remote(repo: Repo, remote: str | None, jobs: int = DEFAULT_JOBS,
             transport = open_transport(url, endpoint, jobs)
         return remote, transport
     if is_url(remote):
-        return None, transport or open_transport(remote, None, jobs)
+        return None, transport or open_transport(_not_itself(repo, normalize_url(remote)), None, jobs)
     raise ConfigError(f"no remote named {remote!r}", "add it with mvc remote add NAME URL, or see mvc remote -v")
 
 
@@ -427,10 +435,14 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                                  f"run mvc pull {name or 'REMOTE'} {branch} (or mvc fetch) and push again") from None
     for tag in sorted(tags):
         try:
-            t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None)
+            t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
         except RefConflict:
             result["tags"].remove(tag)
             result["tags_skipped"][tag] = t.read_ref(f"refs/tags/{tag}")
+        except CorruptObject as e:  # a damaged tag there: the branch has moved, report it, go on
+            warnings.warn(f"tag {tag} not pushed: {e.message} (push --force replaces it)")
+            result["tags"].remove(tag)
+            result["tags_skipped"][tag] = None
     for commit, ids in certs.items():
         t.add_to_cert_index(commit, ids)
     if tracking:
@@ -517,37 +529,68 @@ def _cert_objects(repo: Repo, certs: dict[str, list[str]]) -> list[str]:
 
 
 # -- repair ------------------------------------------------------------------------------------
-def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> dict:
+def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, rounds: int = 64) -> dict:
     """Restore what `fsck` finds damaged or missing from a remote (or a clone used as one): each
-    object is downloaded, verified and written loose, replacing a damaged loose copy. Loose objects
-    are read before packed ones; when a restored object was packed, a full repack then rewrites the
-    packs from the good copies. Returns the fsck reports before and after."""
-    before = repo.fsck()
-    wanted = [oid for oid in sorted({p["id"] for p in before["problems"] if is_oid(p["id"])})
-              if not _intact(repo, oid)]  # e.g. a tree reported for a damaged header it names
+    object is downloaded, verified and written loose, replacing a damaged loose copy. Rounds repeat
+    while they restore something (a restored commit reveals the trees it needs, and so on). Loose
+    objects are read before packed ones: a full repack then rewrites the packs from the good
+    copies, and pack files whose index is unusable are moved to objects/pack/damaged/ once every
+    reachable object is whole again. Returns the fsck reports before and after."""
+    before = report = repo.fsck()
     name, t = open_remote(repo, remote, jobs)
     where = name or t.describe()
     restored, failed = [], {}
     with _permission_errors(t), repo.writing():
-        for oid in wanted:
-            try:
-                data = receive(t, oid, where)
-            except MvcError as e:
-                failed[oid] = e.message
-                continue
-            if repo.loose.has(oid):
-                repo.loose.delete(oid)  # the damaged copy: objects are write-once, so it goes first
-            repo.loose.put(data, oid=oid)
-            restored.append(oid)
-    repo._cache.clear()
-    packs_damaged = any(not is_oid(p["id"]) for p in before["problems"])
+        for _ in range(rounds):
+            wanted = [oid for oid in sorted({p["id"] for p in report["problems"] if is_oid(p["id"])})
+                      if oid not in failed and not _intact(repo, oid)]  # e.g. a tree named for its header
+            got = _restore(repo, t, where, wanted, failed)
+            restored += got
+            if not got:
+                break
+            repo._cache.clear()
+            report = repo.fsck()
     from .pack import pack_store_of
-    if packs_damaged or any(pack_store_of(repo.store).has(o) for o in restored):
+    packs = pack_store_of(repo.store)
+    if any(not is_oid(p["id"]) for p in before["problems"]) or any(packs.has(o) for o in restored):
         from .pack_write import pack
         pack(repo, full=True)
-    after = Repo(repo.root).fsck()  # fresh readers: a rewritten pack may keep its name (same bytes)
+    fresh = Repo(repo.root)  # fresh readers: a rewritten pack may keep its name (same bytes)
+    after = fresh.fsck()
+    if not any(is_oid(p["id"]) for p in after["problems"]) and pack_store_of(fresh.store).damaged:
+        _set_aside(pack_store_of(fresh.store))
+        after = Repo(repo.root).fsck()
     return {"remote": where, "before": before, "restored": restored, "failed": failed, "after": after,
             "ok": after["ok"]}
+
+
+def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: dict) -> list[str]:
+    got = []
+    for oid in wanted:
+        try:
+            data = receive(t, oid, where)
+        except MvcError as e:
+            failed[oid] = e.message
+            continue
+        if repo.loose.has(oid):
+            repo.loose.delete(oid)  # the damaged copy: objects are write-once, so it goes first
+        repo.loose.put(data, oid=oid)
+        got.append(oid)
+    return got
+
+
+def _set_aside(packs) -> None:
+    """Move packs whose index cannot be used out of the way (kept, not deleted): every object
+    they held is readable elsewhere again."""
+    aside = os.path.join(packs.dir, "damaged")
+    os.makedirs(aside, exist_ok=True)
+    for name in list(packs.damaged):
+        for ext in (".idx", ".pack"):
+            try:
+                os.replace(os.path.join(packs.dir, name + ext), os.path.join(aside, name + ext))
+            except FileNotFoundError:
+                pass
+    fsync_dir(packs.dir)
 
 
 def _intact(repo: Repo, oid: str) -> bool:

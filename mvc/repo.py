@@ -356,7 +356,10 @@ class Repo:
         if run_hooks:
             self._run_commit_hooks(cid, ref)
         from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
-        maybe_autopack(self, cid)
+        try:
+            maybe_autopack(self, cid)
+        except MvcError as e:  # the commit has landed: an error now would invite a second commit
+            warnings.warn(f"committed {cid[:12]}, but packing after it failed: {e}")
         return cid
 
     def writing(self):
@@ -834,7 +837,7 @@ class Repo:
         from .pack_write import pack  # repack every kept object into one pack, dropping unreachable ones
         result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run)
         result["removed"] += result["pack"]["dropped"]
-        result["bytes_freed"] += result["pack"]["dropped_bytes"]
+        result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
         lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
         if lazy:  # a lazy clone: reachable blobs still on the promisor remote are not missing

@@ -65,7 +65,7 @@ def parse_ref_value(ref: str, data: bytes | None) -> str | None:
         return None
     if not is_oid(text):
         raise CorruptObject(f"remote ref {ref} holds {text[:40]!r}, not an object id",
-                            "push the branch with --force to replace it, or with --delete to remove it")
+                            "push with --force to replace it (a branch: or push --delete to remove it)")
     return text
 
 
@@ -308,7 +308,12 @@ class DirectoryTransport(Transport):
     def _packed(self, oid) -> bytes:
         """An object not loose here: packed by `mvc pack` in a repository used as a remote."""
         if self.packs.has(oid):
-            return self.packs.get(oid)
+            try:
+                return self.packs.get(oid)
+            except CorruptObject as e:  # its hint is for the repository's owner, not for us
+                raise CorruptObject(f"{e.message} (on remote {self.url})",
+                                    "the remote is damaged: fetch from another copy, or repair it there with "
+                                    "mvc fsck --repair-from") from None
         raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
                             "the remote is damaged: fetch from another copy, or push the history to a new remote")
 
@@ -521,6 +526,10 @@ class LazyRemoteStore(ObjectStore):
         try:
             data = self.transport().get(oid)
         except ObjectMissing:
+            if not self.transport().is_repository():
+                raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
+                                    f"({self.transport().describe()}) is gone or is no mvc repository",
+                                    f"check the path, or mvc remote remove/add {self.remote}") from None
             raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
                                 "the remote is damaged: clone from another copy") from None
         except MvcError as e:

@@ -214,7 +214,8 @@ def push(remote, branch, force, dry_run, delete, jobs, as_json):
     for tag in r["tags"]:
         click.echo(f"  tag {tag}: {short(repo.tags().get(tag))} (new tag)")
     for tag, value in r["tags_skipped"].items():
-        click.echo(f"warning: tag {tag} differs on {where} ({short(value)}); not overwritten", err=True)
+        if value is not None:  # None: damaged there, warned about already
+            click.echo(f"warning: tag {tag} differs on {where} ({short(value)}); not overwritten", err=True)
     certs = f"; {r['certificates']} certificates" if r["certificates"] else ""
     if not r["objects_sent"]:
         click.echo("nothing to send: the remote has every object" + certs)

@@ -616,3 +616,91 @@ def test_fsck_repair_from_restores_damaged_loose_and_packed_objects(tmp_path, mo
     assert fixed.fsck()["ok"]
     for rev in ids:
         assert checkout_bytes(fixed, rev, tmp_path / f"f{rev[:6]}") == checkout_bytes(backup, rev, tmp_path / f"b{rev[:6]}")
+
+
+def test_pack_lookup_sees_packs_another_thread_just_loaded(tmp_path, monkeypatch):
+    from mvc.pack import pack_store_of
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(1)}, message="one")
+    reader = pack_store_of(mvc.Repo(src.root).store)
+    reader.refresh()  # no packs yet
+    pack(src, full=True)
+    real = reader.refresh
+    monkeypatch.setattr(reader, "refresh", lambda: (real(), False)[1])  # as if another thread had refreshed
+    assert reader.lookup(cid) is not None
+
+
+def test_repair_after_a_damaged_pack_index_or_header_takes_one_run(tmp_path, monkeypatch):
+    from mvc.pack_write import pack
+    for at in ("idx", "header"):
+        src = new_repo(tmp_path / f"src-{at}")
+        ids = [src.commit({"core": weights(i)}, message=f"c{i}") for i in range(2)]
+        pack(src, full=True)
+        pack_dir = os.path.join(src.dir, "objects", "pack")
+        name = next(p for p in os.listdir(pack_dir) if p.endswith(".pack"))[:-5]  # the older pack
+        ids.append(src.commit({"core": weights(2)}, message="c2"))
+        pack(src)  # a second pack: the repair's repack cannot reuse the damaged one's name
+        backup, _ = rm.clone(src.root, str(tmp_path / f"backup-{at}"))
+        _flip(os.path.join(pack_dir, name + (".idx" if at == "idx" else ".pack")), 60 if at == "idx" else 10)
+        r = invoke(monkeypatch, src.root, "fsck")
+        assert r.exit_code == 1 and "upgrade mvc" not in r.output  # damage, not a newer format
+        r = invoke(monkeypatch, src.root, "fsck", "--repair-from", backup.root)
+        assert r.exit_code == 0, r.output
+        fixed = mvc.Repo(src.root)
+        assert [c["id"] for c in fixed.log()] == ids[::-1] and fixed.fsck()["ok"]
+        if at == "idx":  # an index that cannot be read: the pack is set aside, not deleted
+            assert sorted(os.listdir(os.path.join(pack_dir, "damaged"))) == [name + ".idx", name + ".pack"]
+
+
+def test_a_repository_cannot_be_its_own_remote(tmp_path):
+    repo = new_repo(tmp_path / "src")
+    repo.commit({"core": weights(1)}, message="one")
+    for url in (repo.root, ".", "file://" + repo.root, os.path.join(repo.root, ".mvc")):
+        with pytest.raises(mvc.errors.BadInput, match="this repository itself"):
+            cwd = os.getcwd()
+            os.chdir(repo.root)
+            try:
+                rm.add_remote(repo, "self", url)
+            finally:
+                os.chdir(cwd)
+    with pytest.raises(mvc.errors.BadInput, match="this repository itself"):
+        rm.push(repo, repo.root, delete=True)
+    assert repo.head() is not None
+
+
+def test_a_damaged_remote_tag_does_not_fail_the_push(tmp_path):
+    bare = DirRemote(tmp_path)
+    repo = new_repo(tmp_path / "src", bare)
+    cid = repo.commit({"core": weights(1)}, message="one")
+    rm.push(repo)
+    repo.tag("t1", cid)
+    _write_remote_file(bare, "refs/tags/t1", b"junk\n")
+    with pytest.warns(UserWarning) as caught:
+        r = rm.push(repo)
+    assert any("tag t1 not pushed" in str(w.message) for w in caught)
+    assert r["tags"] == [] and "t1" in r["tags_skipped"]
+    with pytest.warns(UserWarning):
+        r = rm.push(repo, force=True)
+    assert bare.transport().read_ref("refs/tags/t1") == cid
+
+
+def test_a_lazy_clone_whose_remote_is_gone_says_so(tmp_path):
+    src = new_repo(tmp_path / "src")
+    src.commit({"core": weights(1, n=2)}, message="one")
+    bare = DirRemote(tmp_path)
+    rm.push(src, bare.url)
+    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    os.rename(bare.url, bare.url + ".moved")
+    with pytest.raises(mvc.errors.ObjectMissing, match="is gone or is no mvc repository"):
+        lazy.load("HEAD", "core")
+
+
+def test_an_autopack_failure_after_the_commit_landed_is_a_warning(tmp_path):
+    repo = new_repo(tmp_path / "src")
+    with open(os.path.join(repo.dir, "config"), "a") as f:
+        f.write("[pack]\nautoevery = -1\n")  # hand-edited: mvc config would refuse it
+    repo = mvc.Repo(repo.root)
+    with pytest.warns(UserWarning, match="committed .* but packing after it failed"):
+        cid = repo.commit({"core": weights(1)}, message="one")
+    assert repo.head() == cid
