@@ -118,6 +118,17 @@ def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> No
         raise BadName(f"invalid {what} {name[:40]!r}... (a part longer than {limit} bytes)")
 
 
+def check_no_nesting(names) -> None:
+    """Component names must not nest (`a` beside `a/b`): a checkout writes `a/b` inside `a`."""
+    names = set(names)
+    for b in sorted(names):
+        segs = b.split("/")
+        for a in ("/".join(segs[:i]) for i in range(1, len(segs))):
+            if a in names:
+                raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
+                              "pick names that are not directories of one another")
+
+
 def check_relpath(path: str) -> str:
     """A file path inside a component (from a tree): the same rules as component names."""
     try:

@@ -3,7 +3,7 @@ fit checks, and a commit that reuses the brick's tree (no tensor blob is written
 from __future__ import annotations
 
 from .errors import AbiMismatch, BadInput, BadName, MvcError, RefConflict, UnknownRevision
-from .objects import check_component_name, commit_object
+from .objects import check_component_name, check_no_nesting, commit_object
 from .refs import utc_now
 
 ABI_FIELD_ORDER = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash")
@@ -60,6 +60,8 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     `transform(tree) -> tree id` rewrites the brick (int8); `gate(commit id) -> (ok, info)` runs
     before the branch moves (semantic CI): on failure the branch stays where it was.
     """
+    if as_name is not None and not as_name:
+        raise BadName("--as names no brick (an empty name)")
     as_name = as_name or name
     src_comp, dst_comp = f"brick/{name}", f"brick/{as_name}"
     check_component_name(dst_comp)
@@ -88,6 +90,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     check_abi(repo.read_tree(host_comps[host_component]), brick_tree)
     if dst_comp in host_comps and not force:
         raise MvcError(f"the host already has {dst_comp}", "pass --force to replace it, or --as NEWNAME")
+    check_no_nesting(set(host_comps) | {dst_comp})
     tree_id = transform(brick_tree) if transform else brick_tree_id
     comps = dict(host_comps)
     comps[dst_comp] = tree_id

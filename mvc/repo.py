@@ -21,8 +21,8 @@ from . import safetensors_format as stf
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NotARepository, ObjectMissing,
                      RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
 from .files import atomic_write, hostname, shared_or_exclusive
-from .objects import (canonical_json, check_component_name, check_ref_name, commit_object, decode,
-                      encode, is_oid, tree_blob_ids)
+from .objects import (canonical_json, check_component_name, check_no_nesting, check_ref_name, commit_object,
+                      decode, encode, is_oid, tree_blob_ids)
 from .refs import RefStore, utc_now
 from .store import ChainStore, LooseStore
 
@@ -406,12 +406,7 @@ class Repo:
         names = set(comps) | set(added)
         if not names:
             raise BadInput("nothing to commit: no components")
-        for b in sorted(names):
-            segs = b.split("/")
-            for a in ("/".join(segs[:i]) for i in range(1, len(segs))):
-                if a in names:
-                    raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
-                                  "pick names that are not directories of one another")
+        check_no_nesting(names)
         return comps
 
     def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None, bool]:

@@ -64,6 +64,11 @@ def install(root: str) -> dict:
     g = _git(root)
     hooks = _hooks_dir(g)
     os.makedirs(hooks, exist_ok=True)
+    for name in HOOKS:  # check all before changing any: nothing is half installed
+        path = os.path.join(hooks, name)
+        if os.path.exists(path) and not _ours(path) and os.path.exists(path + CHAINED):
+            raise MvcError(f"{path} is not mvc's hook and {name}{CHAINED} (an earlier chained hook) exists too",
+                           f"move one of them away; mvc never overwrites a hook it chains to")
     chained = []
     for name in HOOKS:
         path = os.path.join(hooks, name)
@@ -85,7 +90,7 @@ def install(root: str) -> dict:
 def uninstall(root: str) -> dict:
     g = _git(root)
     hooks = _hooks_dir(g)
-    removed = []
+    removed, kept = [], []
     for name in HOOKS:
         path = os.path.join(hooks, name)
         if _ours(path):
@@ -93,6 +98,8 @@ def uninstall(root: str) -> dict:
             removed.append(name)
             if os.path.exists(path + CHAINED):
                 os.replace(path + CHAINED, path)
+        elif os.path.exists(path + CHAINED):  # our hook was replaced by another tool's meanwhile
+            kept.append(name + CHAINED)
     with g.config_writer("repository") as w:
         previous = w.get_value("mvc", "previousMergeFf", default=None) if w.has_section("mvc") else None
         if previous is not None:
@@ -104,4 +111,4 @@ def uninstall(root: str) -> dict:
             w.remove_option("mvc", "previousMergeFf")
             if not w.items("mvc"):
                 w.remove_section("mvc")
-    return {"removed": removed}
+    return {"removed": removed, "kept": kept}

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
 from .output import console, emit_json, error, short
@@ -43,15 +44,18 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
       mvc paste brick python --from brick-run --into host-small --int8 --as python-int8
     """
     repo = Repo(os.getcwd())
+    if as_name is not None and not as_name.strip():
+        raise click.BadParameter("an empty name", param_hint="--as")
     transform = _int8_transform(repo, f"brick/{as_name or name}") if int8 else None
-    gate = None if no_ci else _migration_gate(repo, name, source)
+    gate = None if no_ci else _migration_gate(repo, name, repo.resolve(source), repo.resolve(host), int8)
     r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
                          transform=transform, gate=gate, mode="int8" if int8 else "copy")
     if as_json:
         emit_json(r)
     elif r["moved"]:
         click.echo(f"[{r['branch']} {short(r['commit'])}] pasted brick {name}"
-                   f" ({r['tensors']} tensors{' as int8' if int8 else ', reused by id'})")
+                   + (f" as brick/{as_name}" if as_name and as_name != name else "")
+                   + f" ({r['tensors']} tensors{' as int8' if int8 else ', reused by id'})")
         if gate is None and not no_ci:
             click.echo("no migration checks are configured for this brick in mvc.toml; none ran", err=True)
     if r.get("ci") and not as_json:
@@ -68,15 +72,24 @@ def _int8_transform(repo, component):
         import bricks
         from ..components import build_tree
         brick = bricks.rebuild(tree, repo.load_tree(tree))
-        return repo.write_object(build_tree(repo.store, component, bricks.quantize(brick)))
+        try:
+            small = bricks.quantize(brick)
+        except ValueError as e:  # e.g. the brick is an int8 artifact already
+            raise BadInput(f"cannot make an int8 artifact of {component}: {e}", "paste it without --int8") from None
+        return repo.write_object(build_tree(repo.store, component, small))
     return transform
 
 
-def _migration_gate(repo, name, source):
-    """A gate running mvc.toml's migration checks for brick NAME on the new paste commit."""
+def _migration_gate(repo, name, source, host, int8):
+    """A gate running mvc.toml's migration checks for brick NAME before the paste commit lands,
+    measured on what is being pasted: the brick of `source` (as int8 with --int8) on the target
+    `host` (mvc.toml's own hosts are for `mvc ci`)."""
+    from dataclasses import replace
+
     from semantic_ci import config as cfgmod
     cfg = cfgmod.load(repo.root)
-    checks = [c for c in (cfg.checks if cfg else []) if c.kind == "migration" and c.get("brick") == name]
+    checks = [replace(c, params={**c.params, "source": source, "hosts": [host], "int8": int8})
+              for c in (cfg.checks if cfg else []) if c.kind == "migration" and c.get("brick") == name]
     if not checks:
         return None
 

@@ -73,3 +73,18 @@ def test_paste_refusals(repo):
     # a gate that fails leaves the branch where it was
     r = repo.paste_brick("python", "src", "host", gate=lambda cid: (False, {"why": "ci"}))
     assert not r["moved"] and repo.branches()["host"] != r["commit"]
+
+
+def test_paste_refuses_nesting_and_empty_names_before_writing(repo):
+    from mvc.errors import BadName
+    repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                message="trained", branch="brick-run")
+    host = repo.commit({"core": Part(4, "core", Spec(), 2)}, message="host", branch="host-b")
+    r = repo.paste_brick("python", "brick-run", "host-b", as_name="a")
+    before = set(repo.store.ids())
+    with pytest.raises(BadName, match="nest"):
+        repo.paste_brick("python", "brick-run", "host-b", as_name="a/b")
+    with pytest.raises(BadName, match="empty"):
+        repo.paste_brick("python", "brick-run", "host-b", as_name="")
+    assert set(repo.store.ids()) == before and repo.branches()["host-b"] == r["commit"] != host
+    repo.commit({"core": Part(4, "core", Spec(), 3)}, message="still commits", branch="host-b")

@@ -98,3 +98,22 @@ def test_install_chains_existing_hook(tmp_path, monkeypatch):
     assert "semantic_ci.git_hook pre-push" in hook.read_text()
     uninstall(str(work))
     assert hook.read_text() == "#!/bin/sh\necho mine\n"
+
+
+def test_a_chained_hook_is_never_overwritten(tmp_path, monkeypatch):
+    work = tmp_path / "proj"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    mvc.Repo.init(work)
+    hooks = work / ".git" / "hooks"
+    (hooks / "pre-push").write_text("#!/bin/sh\necho original\n")
+    monkeypatch.chdir(work)
+    from semantic_ci.githooks import install, uninstall
+    install(str(work))
+    (hooks / "pre-push").write_text("#!/bin/sh\necho another tool\n")  # replaces mvc's hook
+    assert uninstall(str(work))["kept"] == ["pre-push.mvc-chained"]
+    with pytest.raises(mvc.errors.MvcError, match="never overwrites"):
+        install(str(work))
+    assert (hooks / "pre-push.mvc-chained").read_text() == "#!/bin/sh\necho original\n"
+    assert (hooks / "pre-push").read_text() == "#!/bin/sh\necho another tool\n"
+    assert not (hooks / "pre-merge-commit").exists()  # nothing half installed

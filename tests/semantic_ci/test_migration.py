@@ -115,3 +115,19 @@ def test_paste_cli_gates_on_migration_and_names_abi_field(setup):
     c = setup.read_commit(doc["commit"])
     assert c["extra"]["paste"]["mode"] == "int8"
     assert setup.tree(doc["commit"], "brick/python")["arch"].endswith("-int8")
+
+
+def test_paste_gate_measures_the_host_being_pasted_into(setup):
+    # mvc.toml's hosts (legacy-b) would fail any canonical brick on the ABI contract; the paste
+    # into host-b must be judged on host-b, where the brick transfers
+    with open("mvc.toml", "w") as f:
+        f.write(CONFIG.replace("{hosts}", "legacy-b"))
+    with fixtures.one_thread():
+        r = CliRunner().invoke(cli, ["paste", "brick", "python", "--from", "host-a", "--into", "host-b", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    check = doc["ci"]["checks"][0]
+    assert doc["moved"] and check["status"] == "passed"
+    from semantic_ci.certificate import read
+    cert = read(setup, doc["ci"]["certificate"])
+    assert cert["checks"][0]["inputs"]["hosts"] == [setup.resolve("host-b~1")]  # the host before the paste
