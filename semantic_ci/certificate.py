@@ -1,19 +1,59 @@
 """Certificates: the stored, re-verifiable record of a CI run, attached to a commit by an index
-(.mvc/certs/<2>/<62> lists certificate ids) so the commit's id never changes."""
+(.mvc/certs/<2>/<62> lists certificate ids) so the commit's id never changes.
+
+The index is not trusted: every reader keeps only certificates that exist, decode and certify the
+commit they are indexed under, and reports the other lines (`index`). This module imports no torch
+(`mvc status` / `mvc log` may read CI states through `ci_state`)."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
-
-import torch
 
 from mvc.errors import CorruptObject, MvcError, UnknownRevision
 from mvc.objects import FORMAT_VERSION, decode, is_oid
 from mvc.refs import utc_now
 
+# Canonical JSON has no NaN/Infinity: a non-finite figure is stored as one of these strings.
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _nonfinite_text(v: float) -> str:
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _replace_nonfinite(obj, path: str, found: list):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append((path, _nonfinite_text(obj)))
+        return _nonfinite_text(obj)
+    if isinstance(obj, dict):
+        return {k: _replace_nonfinite(v, f"{path}.{k}" if path else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_replace_nonfinite(v, f"{path}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
+def finite_figures(check: dict) -> dict:
+    """A check result whose NaN / infinite figures are stored as "nan" / "inf" / "-inf" (canonical
+    JSON cannot hold them); such a figure means a diverged model, so the check fails and its note
+    names the figures. Idempotent: a result already made finite passes through unchanged."""
+    found: list = []
+    figures = _replace_nonfinite(check.get("figures") or {}, "", found)
+    if not found:
+        return check
+    out = dict(check, figures=figures)
+    what = ", ".join(f"{p} is {t}" for p, t in found)
+    note = f"figure not finite: {what} (the model diverged)"
+    out["note"] = note + (f"; {check['note']}" if check.get("note") else "")
+    if out.get("status") == "passed":
+        out["status"], out["passed"] = "failed", False
+    return out
+
 
 def make(commit: str, checks: list[dict], base: str | None, config_source: str | None) -> dict:
+    import torch
+    checks = [finite_figures(c) for c in checks]
     ran = [c for c in checks if c["status"] != "skipped"]
     return {"type": "certificate", "format": FORMAT_VERSION, "commit": commit, "base": base,
             "passed": all(c["status"] == "passed" for c in ran), "checks": checks, "time": utc_now(),
@@ -40,23 +80,66 @@ def store(repo, cert: dict) -> str:
     return cid
 
 
-def of_commit(repo, commit: str) -> list[str]:
+def index(repo, commit: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    """([(certificate id, certificate)] in index order, problems) for a commit's index. Kept: the
+    lines naming a stored certificate of this very commit. Reported (problems), never used: a
+    malformed line, a missing or unreadable object, a certificate of another commit."""
     try:
         with open(_index_path(repo, commit)) as f:
-            return [line.strip() for line in f if is_oid(line.strip())]
+            lines = [line.strip() for line in f]
     except FileNotFoundError:
-        return []
+        return [], []
+    good, problems, seen = [], [], set()
+    where = f"the certificate index of {commit[:12]}"
+    for line in lines:
+        if not line or line in seen:
+            continue
+        seen.add(line)
+        if not is_oid(line):
+            problems.append(f"{where} holds a malformed line {line[:80]!r}")
+            continue
+        if not repo.store.has(line):
+            problems.append(f"{where} names certificate {line}, which is missing (run mvc fsck)")
+            continue
+        try:
+            cert = read(repo, line)
+        except MvcError as e:
+            problems.append(f"{where} names {line[:12]}, which is not a readable certificate ({e.message})")
+            continue
+        if cert.get("commit") != commit:
+            other = cert.get("commit")
+            other = other[:12] if isinstance(other, str) else repr(other)
+            problems.append(f"{where} names certificate {line[:12]}, which certifies {other}, "
+                            f"not this commit (ignored)")
+            continue
+        good.append((line, cert))
+    return good, problems
+
+
+def of_commit(repo, commit: str) -> list[str]:
+    """The ids of the commit's valid certificates, oldest first (see `index` for what is dropped)."""
+    return [cid for cid, _ in index(repo, commit)[0]]
+
+
+def ci_state(repo, commit: str) -> tuple[str | None, list[str]]:
+    """("passed" | "failed" | None, problems): the verdict of the commit's latest valid certificate
+    and what is wrong with its index (for `mvc status` / `mvc log`; no torch import)."""
+    good, problems = index(repo, commit)
+    if not good:
+        return None, problems
+    return ("passed" if good[-1][1].get("passed") is True else "failed"), problems
 
 
 def read(repo, cert_id: str) -> dict:
     return decode(repo.store.get(cert_id), "certificate", cert_id)
 
 
-def find(repo, rev_or_cert: str) -> tuple[str, dict]:
-    """A certificate by id (or unique prefix), or the latest one of a commit revision."""
+def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
+    """(id, certificate, index problems): a certificate by id (or unique prefix), or the latest valid
+    one of a commit revision plus what is wrong with that commit's index."""
     if is_oid(rev_or_cert) and repo.store.has(rev_or_cert):
         try:
-            return rev_or_cert, read(repo, rev_or_cert)
+            return rev_or_cert, read(repo, rev_or_cert), []
         except CorruptObject as e:
             if "not a certificate" not in e.message and "is a commit" not in e.message:
                 raise
@@ -64,10 +147,21 @@ def find(repo, rev_or_cert: str) -> tuple[str, dict]:
         commit = repo.resolve(rev_or_cert)
     except UnknownRevision:
         raise UnknownRevision(f"{rev_or_cert!r} is neither a commit nor a certificate") from None
-    certs = of_commit(repo, commit)
-    if not certs:
+    good, problems = index(repo, commit)
+    if not good:
+        if problems:
+            raise MvcError(f"commit {commit[:12]} has no valid certificate: {problems[0]}"
+                           + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
+                           "run mvc ci to certify it again")
         raise MvcError(f"commit {commit[:12]} has no certificate", "run mvc ci first")
-    return certs[-1], read(repo, certs[-1])
+    cid, cert = good[-1]
+    return cid, cert, problems
+
+
+def find(repo, rev_or_cert: str) -> tuple[str, dict]:
+    """A certificate by id (or unique prefix), or the latest valid one of a commit revision."""
+    cid, cert, _problems = locate(repo, rev_or_cert)
+    return cid, cert
 
 
 def last_passing_ancestor(repo, commit: str) -> str | None:
@@ -75,8 +169,8 @@ def last_passing_ancestor(repo, commit: str) -> str | None:
     c = repo.read_commit(commit)
     while c["parents"]:
         parent = c["parents"][0]
-        certs = of_commit(repo, parent)
-        if not certs or read(repo, certs[-1])["passed"]:
+        good, _ = index(repo, parent)
+        if not good or good[-1][1]["passed"]:
             return parent
         c = repo.read_commit(parent)
     return None

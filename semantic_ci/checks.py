@@ -2,15 +2,18 @@
 verdict, plus the resolved inputs a certificate needs to re-run it."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import blake3
+import numpy as np
 import torch
 
-from mvc.errors import MvcError, UnknownRevision
+from mvc.errors import ConfigError, MvcError, UnknownRevision
 
 from . import evaluate as ev
+from .certificate import finite_figures
 from .config import Check, CiConfig
 from .models import ModelCache
 from .probe import read_data
@@ -31,6 +34,67 @@ def resolve_relative(repo, rev: str, candidate: str) -> str:
     return repo.resolve(candidate + m.group(1)) if m else repo.resolve(rev)
 
 
+class BadRevision(ConfigError):
+    """A revision of mvc.toml that names nothing, or not a commit: an error (exit 3), never a skip."""
+
+
+class PastRoot(Exception):
+    """A relative revision (REV~N, REV^) that walks past a root commit: its check is `skipped`.
+    `record` is what a certificate keeps so that `mvc verify` can re-check the reason from ids."""
+
+    def __init__(self, record: dict):
+        super().__init__(f"{record['key']} = {record['revision']!r} goes past the root commit "
+                         f"{record['root'][:12]}")
+        self.record = record
+
+
+_RELATIVE = re.compile(r"(.*?)((?:~\d*|\^\d*)+)")
+
+
+def split_relative(rev: str) -> tuple[str, str]:
+    """("main", "~2") for "main~2"; (rev, "") for a revision without a relative suffix."""
+    m = _RELATIVE.fullmatch(rev)
+    return (m.group(1), m.group(2)) if m and m.group(1) else (rev, "")
+
+
+def walk_relative(repo, oid: str, path: str) -> str:
+    """Apply a relative suffix (~N, ^N) to a commit id; PastRoot-free: raises LookupError(root id)
+    when a step leaves a root commit, UnknownRevision when a merge parent does not exist."""
+    for op, num in re.findall(r"([~^])(\d*)", path):
+        n = int(num) if num else 1
+        steps, which = (n, 1) if op == "~" else ((1, n) if n else (0, 0))
+        for _ in range(steps):
+            parents = repo.read_commit(oid)["parents"]
+            if not parents:
+                raise LookupError(oid)
+            if len(parents) < which:
+                raise UnknownRevision(f"commit {oid[:12]} has no parent {which}")
+            oid = parents[which - 1]
+    return oid
+
+
+def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
+    """The commit id a check's revision names, HEAD meaning the candidate. An unknown name, a tree
+    or blob id, or any other unresolvable revision is a BadRevision naming the mvc.toml key; only
+    a relative revision walking past a root commit (a first commit's HEAD~1) raises PastRoot."""
+    where = f"{ctx.config.source}: ci.checks[{check.name}].{key}"
+
+    def bad(e: UnknownRevision) -> BadRevision:
+        return BadRevision(f"{where}: revision {rev!r} does not resolve: {e.message}",
+                           "fix the revision in mvc.toml; see mvc log, mvc branch and mvc tag")
+    base_rev, path = split_relative(rev)
+    try:
+        base = resolve_relative(ctx.repo, base_rev, ctx.commit)
+    except UnknownRevision as e:
+        raise bad(e) from None
+    try:
+        return walk_relative(ctx.repo, base, path)
+    except LookupError as e:
+        raise PastRoot({"key": key, "revision": rev, "from": base, "path": path, "root": e.args[0]}) from None
+    except UnknownRevision as e:
+        raise bad(e) from None
+
+
 def result(check: Check, status: str, figures=None, thresholds=None, inputs=None, env=None, note=None) -> dict:
     out = {"name": check.name, "kind": check.kind, "preset": check.preset, "status": status,
            "passed": {"passed": True, "failed": False}.get(status), "figures": figures or {},
@@ -42,14 +106,14 @@ def result(check: Check, status: str, figures=None, thresholds=None, inputs=None
     return out
 
 
-def _baseline(ctx: Context, check: Check):
-    rev = ctx.base or check.get("baseline")
+def _baseline(ctx: Context, check: Check) -> str:
+    if ctx.base:
+        return ctx.base  # --base: already resolved by the runner
+    rev = check.get("baseline")
     if rev is None:
-        return None, "no baseline"
-    try:
-        return resolve_relative(ctx.repo, rev, ctx.commit), None
-    except UnknownRevision as e:
-        return None, f"baseline {rev} does not resolve ({e.message})"
+        raise BadRevision(f"{ctx.config.source}: ci.checks[{check.name}].baseline: this check needs a baseline revision",
+                          "set baseline in mvc.toml or pass --base")
+    return resolve_check_rev(ctx, check, "baseline", rev)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -70,14 +134,18 @@ def compare_logits(model_a, model_b, data: bytes, window: int) -> dict:
             return {"max_abs_delta": None, "differing_positions": None, "first_differing_offset": off,
                     "note": f"logit shapes/dtypes differ: {tuple(la.shape)} {la.dtype} vs {tuple(lb.shape)} {lb.dtype}",
                     "logits_digest": None, "baseline_digest": None, "dtype": dtype}
-        rows = (_bits(la).view(la.shape[0], -1) != _bits(lb).view(lb.shape[0], -1)).any(dim=1)
+        diff = (_bits(la) != _bits(lb)).any(dim=1).view(la.shape)  # per element: any byte differs
+        rows = diff.view(la.shape[0], -1).any(dim=1)
         n = int(rows.sum())
         if n:
             differing += n
             if first is None:
                 first = off + int(rows.nonzero()[0, 0])
             d = (la.to(torch.float64) - lb.to(torch.float64)).abs()
-            d = torch.nan_to_num(d, nan=float("inf"))
+            # NaN vs a number, or inf vs another value: an infinite difference (never the largest
+            # finite double, which nan_to_num gives +inf by default); equal bits differ by 0
+            d = torch.nan_to_num(d, nan=math.inf, posinf=math.inf)
+            d = torch.where(diff, d, torch.zeros_like(d))
             max_delta = max(max_delta, float(d.max()))
     return {"max_abs_delta": max_delta, "differing_positions": differing, "first_differing_offset": first,
             "logits_digest": dig_a.hexdigest(), "baseline_digest": dig_b.hexdigest(), "dtype": dtype}
@@ -108,10 +176,8 @@ class Prepared:
 
 
 def prepare(ctx: Context, check: Check, data_key: str) -> Prepared | dict:
-    """The prepared inputs of a check, or its `skipped` result when the baseline does not resolve."""
-    base, why = _baseline(ctx, check)
-    if base is None:
-        return result(check, "skipped", note=why)
+    """The prepared inputs of a check (PastRoot when its baseline is a first commit's HEAD~1)."""
+    base = _baseline(ctx, check)
     component = check.get("component", "core")
     bricks = tuple(check.get("bricks", ()))
     adapter = check.get("adapter", ctx.config.adapter)
@@ -154,12 +220,32 @@ def _roundtrip(ctx: Context, model, component, bricks, adapter):
     return rebuilt
 
 
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def _ppl_bpb(nll, count) -> tuple[float, float]:
+    """ev.ppl_bpb that gives inf instead of raising OverflowError for a diverged model."""
+    mean = float(nll.sum() / count.sum())
+    return _exp(mean), mean / math.log(2)
+
+
 def ppl_figures(cand, base, data: bytes, window: int, samples: int) -> dict:
     nll_c, count = ev.model_nll(cand, data, window)
     nll_b, _ = ev.model_nll(base, data, window)
-    ppl_c, bpb_c = ev.ppl_bpb(nll_c, count)
-    ppl_b, bpb_b = ev.ppl_bpb(nll_b, count)
-    lo, hi = ev.bootstrap_ratio(nll_c, nll_b, count, samples)
+    ppl_c, bpb_c = _ppl_bpb(nll_c, count)
+    ppl_b, bpb_b = _ppl_bpb(nll_b, count)
+    with np.errstate(all="ignore"):  # NaN / inf NLLs (a diverged model) give NaN / inf figures
+        if np.isfinite(nll_c).all() and np.isfinite(nll_b).all():
+            try:
+                lo, hi = ev.bootstrap_ratio(nll_c, nll_b, count, samples)
+            except OverflowError:
+                lo = hi = math.inf
+        else:
+            lo = hi = math.nan
     return {"ppl": ppl_c, "baseline_ppl": ppl_b, "ratio": ppl_c / ppl_b, "bpb": bpb_c, "baseline_bpb": bpb_b,
             "ratio_ci95": [lo, hi], "bytes": int(count.sum()), "windows": int(len(count))}
 
@@ -179,10 +265,15 @@ def run_ppl_ratio(ctx: Context, check: Check) -> dict:
 
 
 def run_migration(ctx: Context, check: Check) -> dict:
+    # resolve the source and hosts here first: a misspelt host is an error, not a skipped check
+    resolve_check_rev(ctx, check, "source", check.get("source", "HEAD"))
+    for i, host in enumerate(check.get("hosts") or ()):
+        resolve_check_rev(ctx, check, f"hosts[{i}]", host)
     try:
         from .migration import run_migration as impl
     except ImportError as e:
-        return result(check, "skipped", note=f"migration checks need the bricks package ({e})")
+        return result(check, "skipped", inputs={"skipped": {"reason": "environment", "module": "semantic_ci.migration"}},
+                      note=f"migration checks need the bricks package ({e})")
     return impl(ctx, check)
 
 
@@ -190,7 +281,16 @@ RUNNERS = {"exact-logits": run_exact_logits, "ppl-ratio": run_ppl_ratio, "migrat
 
 
 def run_check(ctx: Context, check: Check) -> dict:
+    """One check's result. A bad revision in mvc.toml raises (BadRevision, exit 3); a relative
+    baseline past the root commit gives `skipped`; a non-finite figure fails the check."""
     try:
-        return RUNNERS[check.kind](ctx, check)
+        out = RUNNERS[check.kind](ctx, check)
+    except BadRevision:
+        raise
+    except PastRoot as e:
+        return result(check, "skipped", inputs={"skipped": e.record}, note=str(e))
     except MvcError as e:
         return result(check, "failed", note=f"error: {e}")
+    except OverflowError as e:  # a diverged model's figure left the float range
+        return result(check, "failed", note=f"a figure is not finite (overflow: {e})")
+    return finite_figures(out)

@@ -1,6 +1,7 @@
 """The `[ci]` table of mvc.toml: parsing, validation with file and key named, and rubric presets."""
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from mvc.errors import ConfigError
 CONFIG_FILE = "mvc.toml"
 KINDS = ("exact-logits", "ppl-ratio", "migration")
 PRESETS = ("L0", "L1", "L2", "L3", "L4", "L5", "L6", "PX")
+TOP_SECTIONS = {"ci"}  # the top-level tables of mvc.toml (a misspelt [cii] is an error, not "no checks")
 TOP_KEYS = {"on_commit", "on_fail", "checks", "adapter", "probe_bytes", "window"}
 CHECK_KEYS = {
     "common": {"name", "kind", "component", "bricks", "adapter", "probe", "probe_bytes", "window"},
@@ -61,6 +63,8 @@ def _err(source, key, what):
 def _num(source, key, value, minimum=None):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _err(source, key, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise _err(source, key, f"must be a finite number, got {value!r}")
     if minimum is not None and value < minimum:
         raise _err(source, key, f"must be >= {minimum}, got {value!r}")
     return value
@@ -76,6 +80,9 @@ def _str_list(source, key, value):
 
 def parse(doc: dict, source: str = CONFIG_FILE) -> CiConfig:
     """Validate a parsed mvc.toml document; unknown keys and impossible settings are errors."""
+    for key in doc:
+        if key not in TOP_SECTIONS:
+            raise _err(source, key, f"unknown section (known: {', '.join(sorted(TOP_SECTIONS))})")
     ci = doc.get("ci", {})
     if not isinstance(ci, dict):
         raise _err(source, "ci", "must be a table")
@@ -162,6 +169,10 @@ def _check(source, where, name, kind, raw) -> Check:
             raise _err(source, f"{where}.domain_data", "bounded migration needs held-out domain data")
     if base_kind == "ppl-ratio" and "baseline" not in p:
         raise _err(source, f"{where}.baseline", "a ppl-ratio check needs a baseline revision")
+    if base_kind == "exact-logits" and "baseline" not in p and not p.get("roundtrip"):
+        raise _err(source, f"{where}.baseline", "an exact-logits check needs a baseline revision")
+    if "roundtrip" in p and not isinstance(p["roundtrip"], bool):
+        raise _err(source, f"{where}.roundtrip", "must be true or false")
     return Check(name=name, kind=base_kind, params=p, preset=kind if kind in PRESETS else None)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from xml.sax.saxutils import quoteattr
 
 MAIN_FIGURE = {"exact-logits": ("max_abs_delta", "tolerance"), "ppl-ratio": ("ratio", "max_ratio"),
@@ -18,6 +19,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _fmt4(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else _fmt(v)
+
+
 def figure_text(check: dict) -> tuple[str, str]:
     figs, th = check["figures"], check["thresholds"]
     if check["kind"] == "exact-logits" and figs:
@@ -26,8 +31,8 @@ def figure_text(check: dict) -> tuple[str, str]:
             f += f", first at byte {figs['first_differing_offset']}"
         return f, f"tolerance {_fmt(th.get('tolerance'))}"
     if check["kind"] == "ppl-ratio" and figs:
-        return (f"ratio {_fmt(figs['ratio'])} (95% {_fmt(figs['ratio_ci95'])}), bpb {_fmt(figs['bpb'])} vs "
-                f"{_fmt(figs['baseline_bpb'])}", f"<= {_fmt(th.get('max_ratio'))}")
+        return (f"ratio {_fmt(figs.get('ratio'))} (95% {_fmt(figs.get('ratio_ci95'))}), bpb {_fmt(figs.get('bpb'))} vs "
+                f"{_fmt(figs.get('baseline_bpb'))}", f"<= {_fmt(th.get('max_ratio'))}")
     if check["kind"] == "gate" and figs:
         if "value" in figs:
             return f"{_fmt(figs['value'])}", ", ".join(f"{k} {_fmt(v)}" for k, v in th.items())
@@ -35,9 +40,9 @@ def figure_text(check: dict) -> tuple[str, str]:
     if check["kind"] == "migration" and figs:
         n = len(figs.get("hosts", {}))
         if "worst_domain_ratio" in figs:
-            text = f"domain ratio {figs['worst_domain_ratio']:.4f}"
+            text = f"domain ratio {_fmt4(figs['worst_domain_ratio'])}"
             if "worst_general_ratio" in figs:
-                text += f", general {figs['worst_general_ratio']:.4f}"
+                text += f", general {_fmt4(figs['worst_general_ratio'])}"
             bound = f"<= {_fmt(th.get('max_domain_ratio'))}" + (
                 f" / {_fmt(th['max_general_ratio'])}" if "max_general_ratio" in th else "")
             return text + f" (worst of {n} hosts)", bound
@@ -52,6 +57,7 @@ def figure_text(check: dict) -> tuple[str, str]:
 
 
 def render_table(summary: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
     t = Table(title=f"semantic CI of {summary['commit'][:12]} (certificate {summary['certificate'][:12]})")
     for col in ("check", "kind", "figure", "threshold", "verdict"):
@@ -60,15 +66,16 @@ def render_table(summary: dict, console) -> None:
         verdict = {"passed": "[green]PASS[/]", "failed": "[red]FAIL[/]", "skipped": "[yellow]skipped[/]"}[c["status"]]
         fig, th = figure_text(c)
         kind = c["kind"] + (f" ({c['preset']})" if c.get("preset") else "")
-        t.add_row(c["name"], kind, fig, th, verdict)
+        t.add_row(escape(c["name"]), escape(kind), escape(fig), escape(th), verdict)  # "[nan, nan]" is no markup
     console.print(t)
     for c in summary["checks"]:
         if c.get("note"):
-            console.print(f"  {c['name']}: {c['note']}")
+            console.print(f"  {escape(c['name'])}: {escape(c['note'])}")
     console.print("[green]all checks passed[/]" if summary["passed"] else "[red]semantic CI failed[/]")
 
 
-def write_junit(summary: dict, path: str) -> None:
+def junit_xml(summary: dict) -> str:
+    """The JUnit XML text of a CI summary (one testcase per check)."""
     cases = []
     failures = skipped = 0
     for c in summary["checks"]:
@@ -82,12 +89,64 @@ def write_junit(summary: dict, path: str) -> None:
             body = f"<skipped message={quoteattr(c.get('note') or '')}/>"
         cases.append(f'  <testcase classname="mvc.ci.{c["kind"]}" name={quoteattr(c["name"])}>{body}'
                      f"<system-out>{_xml_text(fig)}</system-out></testcase>")
-    xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name="mvc-semantic-ci" '
-           f'tests="{len(cases)}" failures="{failures}" skipped="{skipped}" '
-           f'id={quoteattr(summary["certificate"])}>\n' + "\n".join(cases) + "\n</testsuite>\n")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(xml)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name="mvc-semantic-ci" '
+            f'tests="{len(cases)}" failures="{failures}" skipped="{skipped}" '
+            f'id={quoteattr(summary["certificate"])}>\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def junit_target_problem(path: str) -> str | None:
+    """Why a JUnit report cannot be written to `path` (None when it can): checked before the checks
+    run. The parent must be (or be creatable as) a directory we can create files in, and the path
+    must not be a directory. Missing parent directories are created."""
+    if not path:
+        return "empty path"
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        return f"{path} is a directory"
+    if os.path.lexists(full) and not os.path.isfile(full):
+        return f"{path} exists and is not a regular file"
+    parent = os.path.dirname(full)
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".mvc-junit-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return f"cannot create files in {parent} ({e.strerror or e})"
+    return None
+
+
+def write_junit(summary: dict, path: str) -> None:
+    """Write the JUnit report atomically (a temp file in the same directory, then rename)."""
+    xml = junit_xml(summary)
+    full = os.path.abspath(path)
+    parent = os.path.dirname(full)
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".mvc-junit-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(xml)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, full)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _xml_text(s: str) -> str:

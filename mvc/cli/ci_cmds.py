@@ -11,35 +11,64 @@ from .main import cli
 from .output import console, emit_json, short
 
 
+def _junit_option(ctx, param, value):
+    """--junit: checked before any check runs (a late failure would lose nothing but still hurts)."""
+    if value is None or value == "-":
+        return value
+    if value == "":
+        raise click.BadParameter("empty path (use - for standard output)", ctx, param)
+    from semantic_ci.report import junit_target_problem
+    problem = junit_target_problem(value)
+    if problem:
+        raise click.BadParameter(problem, ctx, param)
+    return value
+
+
 @cli.command()
 @click.argument("rev", required=False)
 @click.option("--base", help="Baseline revision for every check (overrides mvc.toml).")
 @click.option("--check", "names", multiple=True, help="Run only this check (repeatable).")
-@click.option("--junit", type=click.Path(dir_okay=False), help="Also write a JUnit XML report.")
+@click.option("--junit", metavar="PATH", callback=_junit_option,
+              help="Also write a JUnit XML report to PATH (written atomically; missing parent directories "
+                   "are created). PATH '-' prints the XML to stdout instead of the table (not with --json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
 def ci(rev, base, names, junit, as_json):
     """Run the semantic-CI checks of mvc.toml on REV (default HEAD) and store a certificate.
 
-    Exit 0 when every check passes, 1 when one fails.
+    Exit 0 when every check passes (a check whose relative baseline, such as a first commit's
+    HEAD~1, goes past the root commit is skipped), 1 when one fails (a NaN or infinite figure
+    fails its check), 2 for a bad option (an unusable --junit path), 3 for an error: an invalid
+    mvc.toml, one that defines no checks, or a revision in it that does not resolve.
 
     \b
     Examples:
       mvc ci
       mvc ci feature --base main --junit reports/mvc-ci.xml
       mvc ci HEAD --check frozen-core --json
+      mvc ci --junit - > mvc-ci.xml
     """
-    from semantic_ci.report import render_table, write_junit
+    from mvc.errors import MvcError
+    if junit == "-" and as_json:
+        raise click.UsageError("--junit - and --json both write to stdout: choose one")
+    from semantic_ci.report import junit_xml, render_table, write_junit
     from semantic_ci.runner import run_ci
     repo = Repo(os.getcwd())
     summary = run_ci(repo, rev, base=base, names=list(names),
                      progress=None if as_json or not sys.stderr.isatty()
                      else lambda n: click.echo(f"running {n} ...", err=True))
-    if junit:
-        write_junit(summary, junit)
     if as_json:
         emit_json(summary)
+    elif junit == "-":
+        click.echo(junit_xml(summary), nl=False)
     else:
         render_table(summary, console(markup=True))
+    if junit and junit != "-":
+        try:
+            write_junit(summary, junit)
+        except OSError as e:
+            raise MvcError(f"cannot write the JUnit report {junit}: {e.strerror or e}",
+                           f"the checks ran ({'passed' if summary['passed'] else 'failed'}) and certificate "
+                           f"{short(summary['certificate'])} was stored") from None
     if not summary["passed"]:
         sys.exit(1)
 
@@ -50,8 +79,10 @@ def ci(rev, base, names, junit, as_json):
 def verify(target, as_json):
     """Re-run a certificate's checks (TARGET: a certificate id or a commit) and confirm the figures.
 
-    Exact figures must reproduce bit for bit; others within a relative 1e-6. Exit 3 when a figure
-    does not reproduce (a tampered or stale certificate).
+    Exact figures must reproduce bit for bit; others within a relative 1e-6; a skipped check must
+    still have its reason (a relative baseline past the root commit). Exit 3 when a figure does not
+    reproduce (a tampered or stale certificate) or when the commit's certificate index names a
+    missing object or a certificate of another commit (such entries are never used).
 
     \b
     Example:
@@ -71,6 +102,10 @@ def verify(target, as_json):
                 click.echo(f"    {d}")
             if c.get("note"):
                 click.echo(f"    note: {c['note']}")
+    if r.get("index_problems"):
+        problems = r["index_problems"]
+        raise MvcError("; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
+                       "the certificate index was edited or damaged; remove the line or run mvc ci again")
     if not r["verified"]:
         raise MvcError(f"certificate {short(r['certificate'])} does not verify",
                        "its figures do not reproduce: it was tampered with or the models changed")
@@ -119,3 +154,6 @@ def hooks_uninstall():
     from semantic_ci.githooks import uninstall
     r = uninstall(Repo(os.getcwd()).root)
     click.echo(f"removed {', '.join(r['removed']) or 'nothing'}")
+    for name in r.get("kept", []):
+        click.echo(f"warning: kept {name}: your original hook, chained by mvc; its hook was replaced "
+                   "by another tool meanwhile, so restore it yourself if you want it back", err=True)

@@ -2,14 +2,14 @@
 switch, tag, status, gc, fsck, du, config and the plumbing (rev-parse, cat-object, ls-tree)."""
 from __future__ import annotations
 
-import json
 import os
 import sys
+import warnings
 from collections import Counter
 
 import click
 
-from ..errors import BadInput, MvcError
+from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
 from .output import byte_progress, change, console, emit_json, human_bytes, short, table
@@ -177,17 +177,14 @@ def _ci_status(repo: Repo, ids) -> dict:
     out = {}
     if not os.path.isdir(idx):
         return out
+    from semantic_ci.certificate import ci_state  # the index is checked, not trusted (no torch)
     for cid in ids:
-        p = os.path.join(idx, cid[:2], cid[2:])
-        if os.path.exists(p):
-            with open(p) as f:
-                certs = [line.strip() for line in f if line.strip()]
-            if certs:
-                try:
-                    cert = json.loads(repo.store.get(certs[-1]))
-                    out[cid] = "passed" if cert.get("passed") else "failed"
-                except (MvcError, ValueError):
-                    out[cid] = "unknown"
+        if os.path.exists(os.path.join(idx, cid[:2], cid[2:])):
+            state, problems = ci_state(repo, cid)
+            for p in problems:
+                warnings.warn(p)
+            if state or problems:
+                out[cid] = state or "unknown"
     return out
 
 

@@ -1,0 +1,317 @@
+"""Semantic CI against hostile inputs: diverged (NaN/inf) models, misspelt revisions, empty
+configurations, non-finite thresholds, unusable --junit paths and an edited certificate index."""
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mvc.cli import cli
+from mvc.errors import ConfigError, MvcError
+from semantic_ci import certificate, config as cfgmod
+from semantic_ci.probe import builtin_probe
+from semantic_ci.runner import run_ci, verify
+
+ADAPTER = "semantic_ci.adapters:bigram"
+HELD_OUT = builtin_probe(3000)[1500:]
+
+CONFIG = f"""
+[ci]
+adapter = "{ADAPTER}"
+probe_bytes = 512
+window = 128
+
+[[ci.checks]]
+name = "frozen"
+kind = "exact-logits"
+component = "core"
+baseline = "{{baseline}}"
+
+[[ci.checks]]
+name = "ppl"
+kind = "ppl-ratio"
+component = "core"
+data = "heldout.txt"
+baseline = "HEAD~1"
+max_ratio = 1.05
+bootstrap = 50
+"""
+
+
+def table(seed=0) -> torch.Tensor:
+    counts = np.full((256, 256), 0.5)
+    arr = np.frombuffer(builtin_probe(1500 + seed), dtype=np.uint8)
+    np.add.at(counts, (arr[:-1], arr[1:]), 1)
+    return torch.tensor(np.log(counts / counts.sum(1, keepdims=True)), dtype=torch.float32)
+
+
+def write_config(repo, text):
+    with open(os.path.join(repo.root, "mvc.toml"), "w") as f:
+        f.write(text)
+
+
+@pytest.fixture
+def ci_repo(repo, monkeypatch):
+    write_config(repo, CONFIG.replace("{baseline}", "HEAD~1"))
+    with open(os.path.join(repo.root, "heldout.txt"), "wb") as f:
+        f.write(HELD_OUT)
+    monkeypatch.chdir(repo.root)
+    return repo
+
+
+def two_commits(repo, second=None):
+    t = table()
+    c1 = repo.commit({"core": {"table": t}}, message="a")
+    c2 = repo.commit({"core": {"table": t.clone() if second is None else second}}, message="b")
+    return c1, c2
+
+
+def cert_index_lines(repo, commit):
+    path = os.path.join(repo.dir, "certs", commit[:2], commit[2:])
+    return open(path).read().split() if os.path.exists(path) else []
+
+
+# -- 1. a diverged model fails its checks; the certificate is stored and verifies -------------------
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_fail_checks_and_certificate_is_stored(ci_repo, bad):
+    t = table()
+    t[101, :] = bad  # every logit after an 'e' is NaN (or inf: its log-softmax is NaN)
+    _, c2 = two_commits(ci_repo, t)
+    r = CliRunner().invoke(cli, ["ci", "--json"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    frozen, ppl = doc["checks"]
+    assert frozen["status"] == ppl["status"] == "failed"
+    assert frozen["figures"]["max_abs_delta"] == "inf" and "max_abs_delta is inf" in frozen["note"]
+    assert ppl["figures"]["ppl"] == "nan" and "ppl is nan" in ppl["note"]
+    assert certificate.of_commit(ci_repo, c2) == [doc["certificate"]]
+    stored = certificate.read(ci_repo, doc["certificate"])
+    assert stored["passed"] is False and stored["checks"][1]["figures"]["ratio_ci95"] == ["nan", "nan"]
+    # the human table renders the strings; verify re-derives them the same way
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 1 and "not finite" in r.stdout
+    v = verify(ci_repo, doc["certificate"])
+    assert v["verified"], v
+
+
+def test_finite_figures_is_idempotent_and_only_fails_passed_checks():
+    res = {"name": "x", "status": "passed", "passed": True, "figures": {"a": [1.0, float("-inf")], "b": 2}}
+    once = certificate.finite_figures(res)
+    assert once["status"] == "failed" and once["figures"] == {"a": [1.0, "-inf"], "b": 2}
+    assert "a[1] is -inf" in once["note"]
+    assert certificate.finite_figures(once) == once
+    clean = {"name": "y", "status": "passed", "passed": True, "figures": {"a": 1.0}}
+    assert certificate.finite_figures(clean) is clean
+
+
+# -- 2. an unknown revision in mvc.toml is an error; only a walk past the root is skipped ----------
+def test_misspelt_baseline_is_an_error_naming_key_and_revision(ci_repo):
+    c1, c2 = two_commits(ci_repo)
+    tree = ci_repo.read_commit(c2)["components"]["core"]
+    for rev in ("nosuch", "nosuch~1", tree, "HEAD^2"):
+        write_config(ci_repo, CONFIG.replace("{baseline}", rev))
+        with pytest.raises(ConfigError, match=r"ci\.checks\[frozen\]\.baseline: revision") as info:
+            run_ci(ci_repo)
+        assert repr(rev) in str(info.value)
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3 and "ci.checks[frozen].baseline" in r.stderr
+    assert cert_index_lines(ci_repo, c2) == []  # nothing certified
+
+
+@pytest.mark.parametrize("key,value", [("hosts", '["host-bb"]'), ("source", '"nosuch"')])
+def test_misspelt_migration_host_or_source_is_an_error(ci_repo, key, value):
+    ci_repo.commit({"core": {"table": table()}}, message="a")
+    ci_repo.commit({"core": {"table": table()}}, message="host-b", branch="host-b")
+    extra = {"hosts": 'hosts = ["host-b"]\n', "source": 'source = "HEAD"\n'}
+    text = f'[ci]\n[[ci.checks]]\nname = "m"\nkind = "L0"\nbrick = "python"\n{key} = {value}\n'
+    text += "".join(v for k, v in extra.items() if k != key)
+    write_config(ci_repo, text)
+    with pytest.raises(ConfigError, match=rf"ci\.checks\[m\]\.{key}(\[0\])?: revision '(host-bb|nosuch)'"):
+        run_ci(ci_repo)
+
+
+@pytest.mark.parametrize("rev", ["HEAD~1", "HEAD^", "main~3", "HEAD~0~1"])
+def test_relative_revision_past_root_is_skipped_and_verifies(ci_repo, rev):
+    write_config(ci_repo, CONFIG.replace("{baseline}", rev))
+    c1 = ci_repo.commit({"core": {"table": table()}}, message="first")
+    r = run_ci(ci_repo, names=["frozen"])
+    assert r["passed"] and r["checks"][0]["status"] == "skipped"
+    assert "past the root commit" in r["checks"][0]["note"]
+    rec = certificate.read(ci_repo, r["certificate"])["checks"][0]["inputs"]["skipped"]
+    assert rec["from"] == c1 and rec["revision"] == rev
+    assert verify(ci_repo, "HEAD")["verified"]
+
+
+def test_migration_host_past_root_is_skipped(ci_repo):
+    ci_repo.commit({"core": {"table": table()}}, message="first")
+    write_config(ci_repo, '[ci]\n[[ci.checks]]\nname = "m"\nkind = "L0"\nbrick = "python"\nhosts = ["HEAD~1"]\n')
+    r = run_ci(ci_repo)
+    assert r["passed"] and r["checks"][0]["status"] == "skipped"
+    assert verify(ci_repo, "HEAD")["verified"]
+
+
+def test_verify_rechecks_the_reason_of_a_skipped_check(ci_repo):
+    c1 = ci_repo.commit({"core": {"table": table()}}, message="first")
+    skipped_id = run_ci(ci_repo)["certificate"]
+    t = table()
+    t[101, 32] += 1.0
+    c2 = ci_repo.commit({"core": {"table": t}}, message="second")
+    failed = certificate.read(ci_repo, run_ci(ci_repo)["certificate"])
+    assert failed["passed"] is False
+    # forged: the first commit's skipped certificate re-attached to the second commit
+    forged = certificate.read(ci_repo, skipped_id)
+    forged["commit"] = c2
+    v = verify(ci_repo, certificate.store(ci_repo, forged))
+    assert not v["verified"]
+    assert any("resolves to" in d or "not at the certified commit" in d for c in v["checks"] for d in c["diffs"])
+    # forged: a failed check turned into a skip (no record, as an older mvc wrote them)
+    for c in failed["checks"]:
+        c.update(status="skipped", passed=None, figures={}, inputs={}, note="baseline does not resolve")
+    failed["passed"] = True
+    v = verify(ci_repo, certificate.store(ci_repo, failed))
+    assert not v["verified"] and any("should have run" in d for c in v["checks"] for d in c["diffs"])
+    # an older certificate whose skip did hold still verifies
+    old = certificate.read(ci_repo, skipped_id)
+    for c in old["checks"]:
+        c["inputs"] = {}
+    assert verify(ci_repo, certificate.store(ci_repo, old))["verified"]
+    assert c1 != c2
+
+
+# -- 3. no checks is an error, not "all checks passed" ---------------------------------------------
+@pytest.mark.parametrize("text,match", [
+    ("", "defines no checks"),
+    ("[ci]\non_commit = false\n", "defines no checks"),
+    ("[cii]\n[[cii.checks]]\nname = 'x'\nkind = 'ppl-ratio'\n", r"cii: unknown section"),
+])
+def test_no_checks_is_an_error(ci_repo, text, match):
+    c1 = ci_repo.commit({"core": {"table": table()}}, message="a")
+    write_config(ci_repo, text)
+    with pytest.raises(ConfigError, match=match):
+        run_ci(ci_repo)
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3 and "all checks passed" not in r.output
+    assert match.replace("\\", "").split(":")[-1].strip() in r.stderr
+    assert cert_index_lines(ci_repo, c1) == []
+
+
+# -- 4. non-finite thresholds are refused when mvc.toml is read ------------------------------------
+@pytest.mark.parametrize("line,key", [
+    ("tolerance = nan", "tolerance"), ("tolerance = inf", "tolerance"), ("probe_bytes = inf", "probe_bytes"),
+    ("window = nan", "window"),
+])
+def test_nonfinite_exact_settings_refused(tmp_path, line, key):
+    (tmp_path / "mvc.toml").write_text(f"[ci]\n[[ci.checks]]\nname = 'x'\nkind = 'exact-logits'\nbaseline = 'HEAD~1'\n{line}\n")
+    with pytest.raises(ConfigError, match=rf"ci\.checks\[x\]\.{key}: must be a finite number"):
+        cfgmod.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[ci]\nprobe_bytes = inf\n", r"ci\.probe_bytes"),
+    ("[ci]\n[[ci.checks]]\nname = 'x'\nkind = 'ppl-ratio'\nbaseline = 'main'\nmax_ratio = inf\n", r"ci\.checks\[x\]\.max_ratio"),
+    ("[ci]\n[[ci.checks]]\nname = 'x'\nkind = 'L3'\nbrick = 'b'\nhosts = ['h']\ndomain_data = 'd'\n"
+     "max_domain_ratio = nan\n", r"ci\.checks\[x\]\.max_domain_ratio"),
+])
+def test_nonfinite_bounds_refused(tmp_path, text, key):
+    (tmp_path / "mvc.toml").write_text(text)
+    with pytest.raises(ConfigError, match=key + ": must be a finite number"):
+        cfgmod.load(str(tmp_path))
+
+
+def test_exact_logits_without_baseline_is_refused(tmp_path):
+    (tmp_path / "mvc.toml").write_text("[ci]\n[[ci.checks]]\nname = 'x'\nkind = 'exact-logits'\n")
+    with pytest.raises(ConfigError, match=r"ci\.checks\[x\]\.baseline: .*needs a baseline"):
+        cfgmod.load(str(tmp_path))
+
+
+# -- 5. --junit ----------------------------------------------------------------------------------
+def test_junit_bad_paths_refused_before_any_check_runs(ci_repo, tmp_path):
+    _, c2 = two_commits(ci_repo)
+    (tmp_path / "adir").mkdir()
+    bad = ["", "mvc.toml/x.xml", str(tmp_path / "adir")]
+    if os.path.exists("/proc/version"):
+        bad.append("/proc/version")
+    for path in bad:
+        r = CliRunner().invoke(cli, ["ci", "--junit", path])
+        assert r.exit_code == 2, (path, r.output)
+        assert "--junit" in r.output
+    r = CliRunner().invoke(cli, ["ci", "--json", "--junit", "-"])
+    assert r.exit_code == 2
+    assert cert_index_lines(ci_repo, c2) == []  # no check ran
+
+
+def test_junit_to_stdout_and_atomic_file(ci_repo, tmp_path):
+    two_commits(ci_repo)
+    r = CliRunner().invoke(cli, ["ci", "--junit", "-"])
+    assert r.exit_code == 0, r.output
+    suite = ET.fromstring(r.stdout)
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    out = tmp_path / "reports" / "sub" / "ci.xml"  # missing parents are created
+    r = CliRunner().invoke(cli, ["ci", "--junit", str(out)])
+    assert r.exit_code == 0 and ET.parse(out).getroot().get("tests") == "2"
+    assert os.listdir(out.parent) == ["ci.xml"]  # no temp file left behind
+
+
+def test_junit_late_write_error_prints_result_and_exits_3(ci_repo, tmp_path, monkeypatch):
+    _, c2 = two_commits(ci_repo)
+    import semantic_ci.report as report
+
+    def boom(summary, path):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(report, "write_junit", boom)
+    r = CliRunner().invoke(cli, ["ci", "--junit", str(tmp_path / "x.xml")])
+    assert r.exit_code == 3, r.output
+    assert "all checks passed" in r.stdout
+    assert "cannot write the JUnit report" in r.stderr and "Traceback" not in r.output
+    assert len(cert_index_lines(ci_repo, c2)) == 1
+
+
+# -- 6. the certificate index is not trusted -------------------------------------------------------
+def _append(repo, commit, line):
+    path = os.path.join(repo.dir, "certs", commit[:2], commit[2:])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def test_parent_certificate_appended_to_head_index_is_ignored_and_reported(ci_repo):
+    c1 = ci_repo.commit({"core": {"table": table()}}, message="a")
+    parent_cert = run_ci(ci_repo)["certificate"]  # passed (skipped checks)
+    t = table()
+    t[101, 32] += 1.0
+    c2 = ci_repo.commit({"core": {"table": t}}, message="b")
+    _append(ci_repo, c2, parent_cert)
+    assert certificate.of_commit(ci_repo, c2) == []
+    assert certificate.ci_state(ci_repo, c2)[0] is None
+    with pytest.raises(MvcError, match="no valid certificate.*certifies " + c1[:12]):
+        verify(ci_repo, "HEAD")
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 3 and "verified" not in r.stdout
+    # with a genuine (failed) certificate first, the foreign line still never wins
+    own = run_ci(ci_repo)["certificate"]
+    _append(ci_repo, c2, parent_cert)
+    assert certificate.of_commit(ci_repo, c2) == [own]
+    state, problems = certificate.ci_state(ci_repo, c2)
+    assert state == "failed" and problems and parent_cert[:12] in problems[0]
+    assert certificate.find(ci_repo, "HEAD")[0] == own
+    v = verify(ci_repo, "HEAD")
+    assert v["certificate"] == own and not v["verified"] and v["index_problems"]
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 3 and "certifies" in r.stderr
+    # the rollback target ignores it too: c2's own certificate failed
+    assert certificate.last_passing_ancestor(ci_repo, ci_repo.commit({"core": {"table": t}}, message="c")) == c1
+
+
+def test_index_line_naming_a_missing_object_is_reported(ci_repo):
+    _, c2 = two_commits(ci_repo)
+    own = run_ci(ci_repo)["certificate"]
+    ghost = "ab" * 32
+    _append(ci_repo, c2, ghost)
+    assert certificate.of_commit(ci_repo, c2) == [own]
+    state, problems = certificate.ci_state(ci_repo, c2)
+    assert state == "passed" and ghost in problems[0] and "missing" in problems[0]
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 3 and ghost in r.stderr
