@@ -55,19 +55,28 @@ def model_nll(model, data: bytes, window: int) -> tuple[np.ndarray, np.ndarray]:
 def ppl_bpb(nll: np.ndarray, count: np.ndarray) -> tuple[float, float]:
     """PPL and bits per byte from totals (never a mean of per-window PPLs)."""
     mean = float(nll.sum() / count.sum())
-    return math.exp(mean), mean / math.log(2)
+    return _exp(mean), mean / math.log(2)
+
+
+def _exp(x: float) -> float:
+    """exp that gives inf for a diverged model's huge loss instead of raising OverflowError."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
 
 
 def bootstrap_ratio(nll_c, nll_b, count, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% interval of PPL(candidate)/PPL(baseline) resampling windows with replacement."""
     n = len(count)
     if n < 2:
-        r = math.exp((nll_c.sum() - nll_b.sum()) / count.sum())
+        r = _exp(float((nll_c.sum() - nll_b.sum()) / count.sum()))
         return r, r
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(samples, n))
     diff = (nll_c[idx].sum(1) - nll_b[idx].sum(1)) / count[idx].sum(1)
-    ratios = np.exp(diff)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged model: inf or nan, judged later
+        ratios = np.exp(diff)
     return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 

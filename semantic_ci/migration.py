@@ -164,8 +164,8 @@ def _bounded(ctx, check, hosts, brick, window, inputs) -> dict:
             row[f"{label}_ppl_host"], row[f"{label}_ppl_with_brick"] = ppl_h, ppl_b
             row[f"{label}_ratio"] = ppl_b / ppl_h
         figs["hosts"][h[:12]] = row
-        worst_dom = max(worst_dom, row["domain_ratio"])
-        worst_gen = max(worst_gen, row.get("general_ratio", 0.0))
+        worst_dom = _worst(worst_dom, row["domain_ratio"])
+        worst_gen = _worst(worst_gen, row.get("general_ratio", 0.0))
     figs["worst_domain_ratio"] = worst_dom
     if gen is not None:
         figs["worst_general_ratio"] = worst_gen
@@ -174,6 +174,11 @@ def _bounded(ctx, check, hosts, brick, window, inputs) -> dict:
     if gen is not None:
         th["max_general_ratio"] = max_gen
     return result(check, "passed" if passed else "failed", figs, th, inputs, ev.envelope("float32", window))
+
+
+def _worst(a: float, b: float) -> float:
+    """The larger ratio, NaN winning (max() would drop a NaN that comes second)."""
+    return b if b != b or b > a else a
 
 
 __all__ = ["run_migration"]
