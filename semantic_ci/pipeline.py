@@ -9,9 +9,7 @@ recognised on a re-run and a changed input re-runs it.
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
+import math
 import time
 
 from mvc.errors import CheckFailed, ConfigError, MvcError
@@ -21,7 +19,7 @@ from . import certificate
 from .checks import Context, result as check_result, run_check
 from .config import CiConfig
 from .models import ModelCache
-from .pipeline_config import Pipeline, Stage
+from .pipeline_config import Pipeline, Stage, resolve_builder, stream_path
 
 
 class PipelineFailed(MvcError):
@@ -34,6 +32,23 @@ class UpstreamMissing(MvcError):
     """A stage names the result of a stage that did not produce one (an optional stage failed)."""
 
 
+class StageError(MvcError):
+    """A stage could not run (its stream builder failed, its model could not be built): exit 3."""
+
+
+def finite_metrics(metrics: dict) -> tuple[dict, list[str]]:
+    """Metrics a commit can store (canonical JSON has no NaN or infinity): non-finite numbers become
+    null, and the names of those metrics are returned; a training run that produced any diverged."""
+    out, bad = {}, []
+    for k, v in metrics.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+            bad.append(k)
+        else:
+            out[k] = v
+    return out, sorted(bad)
+
+
 class Run:
     """State shared by the stages of one `mvc run`."""
 
@@ -43,6 +58,7 @@ class Run:
         self.emit = emit or (lambda event: None)
         self.results: dict[str, str] = {}      # stage -> its result commit
         self.last_certificate: dict[str, str] = {}  # stage -> its latest gate certificate
+        self.last_failure: dict[str, str] = {}  # stage -> the gates that failed last, for messages
         self._streams: dict[str, tuple] = {}
 
     # -- data ------------------------------------------------------------------------------------
@@ -53,29 +69,34 @@ class Run:
             if spec is None:
                 raise ConfigError(f"{self.pipeline.path}: no stream {name!r}")
             t0 = time.perf_counter()
+            where = f"{self.pipeline.path}: streams.{name}"
             if "file" in spec:
-                path = spec["file"] if os.path.isabs(spec["file"]) else os.path.join(self.pipeline.base_dir, spec["file"])
-                with open(path, "rb") as f:
-                    data = f.read()
+                try:
+                    with open(stream_path(self.pipeline, spec), "rb") as f:
+                        data = f.read()
+                except OSError as e:
+                    raise StageError(f"{where}.file: cannot read {spec['file']!r} ({e.strerror or e})") from None
             else:
-                data = self._builder(spec["builder"])(**spec.get("args", {}))
+                builder = resolve_builder(self.pipeline, spec["builder"])
+                try:
+                    data = builder(**spec.get("args", {}))
+                except MvcError:
+                    raise
+                except Exception as e:  # the user's builder failed: their error, not a bug in mvc
+                    raise StageError(f"{where}: builder {spec['builder']} failed: {type(e).__name__}: {e}",
+                                     "fix the builder or its args; MVC_DEBUG=1 shows the traceback") from e
+                if isinstance(data, (bytearray, memoryview)):
+                    data = bytes(data)
+                if not isinstance(data, bytes):
+                    raise StageError(f"{where}: builder {spec['builder']} returned {type(data).__name__}, not bytes")
+            if len(data) < 2:
+                raise StageError(f"{where}: the stream is empty" if not data else f"{where}: the stream is one byte")
             cut = len(data) - max(1, int(len(data) * spec["holdout"]))
             oid = self.repo.store.put(data)
             self._streams[name] = (data[:cut], data[cut:], oid)
             self.emit({"event": "stream", "name": name, "bytes": len(data), "id": oid,
                        "seconds": round(time.perf_counter() - t0, 3)})
         return self._streams[name]
-
-    def _builder(self, spec: str):
-        mod, _, fn = spec.partition(":")
-        root = os.path.dirname(self.pipeline.base_dir)  # examples/x.toml -> the project root
-        for p in (self.pipeline.base_dir, root):
-            if p not in sys.path:
-                sys.path.insert(0, p)
-        try:
-            return getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"{self.pipeline.path}: cannot import stream builder {spec!r} ({e})") from None
 
     # -- references between stages ----------------------------------------------------------------
     def ref(self, value: str) -> str:
@@ -113,6 +134,12 @@ def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_
     checks = {c.name: Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)
               for c in stage.checks}
     metrics = repo.read_commit(commit)["metrics"]
+    diverged = bool(metrics.get("diverged"))
+    if diverged:  # a failed gate whatever the stage declares: rollback and fallback follow
+        bad = metrics.get("nonfinite") or []
+        results.append(_gate_result({"divergence": True}, "divergence gate", {"value": "diverged", "nonfinite": bad},
+                                    {"metrics": "finite"},
+                                    False, f"training diverged: {', '.join(bad) or 'a metric'} not finite"))
     for g in stage.gates:
         due = at_end or g.get("at") == "checkpoint" or "plateau" in g
         if not due:
@@ -120,9 +147,12 @@ def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_
         if "metric" in g:
             value = metrics.get(g["metric"])
             ok = value is not None and ("max" not in g or value <= g["max"]) and ("min" not in g or value >= g["min"])
+            note = None
+            if value is None:
+                note = (f"metric {g['metric']} is not finite (diverged)" if g["metric"] in (metrics.get("nonfinite") or [])
+                        else f"metric {g['metric']} was not recorded")
             results.append(_gate_result(g, f"{g['metric']} gate", {"value": value},
-                                        {k: g[k] for k in ("max", "min") if k in g}, ok,
-                                        None if value is not None else f"metric {g['metric']} was not recorded"))
+                                        {k: g[k] for k in ("max", "min") if k in g}, ok, note))
         elif "plateau" in g:
             k = g.get("patience", 3)
             losses = [h.get("loss_last10", h.get("loss")) for h in history[-k:]]
@@ -132,12 +162,12 @@ def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_
             results.append(_gate_result(g, "plateau gate", {"recent_losses": losses, "best_before": best_before},
                                         {"plateau_above": g["plateau"], "patience": k}, not stuck,
                                         f"loss stayed above {g['plateau']} for {k} checkpoints" if stuck else None))
-        elif "check" in g:
+        elif "check" in g and not diverged:  # checks on non-finite weights measure nothing
             results.append(run_check(ctx, checks[g["check"]]))
-    if at_end:  # stage checks not referenced by a gate still run (and gate) at the end
+    if at_end and not diverged:  # stage checks not referenced by a gate still run (and gate) at the end
         named = {g.get("check") for g in stage.gates}
         results += [run_check(ctx, c) for c in checks.values() if c.name not in named]
-    elif stage.get("every_checkpoint_checks"):
+    elif stage.get("every_checkpoint_checks") and not diverged:
         results += [run_check(ctx, checks[n]) for n in stage.get("every_checkpoint_checks") if n in checks]
     if not results:
         return True, ""
@@ -164,7 +194,9 @@ def recheck_gate(repo, commit: str, stored: dict) -> list[str]:
     its verdict must follow from figures and thresholds (training history is not re-run)."""
     gate = stored["params"].get("gate", {})
     diffs = []
-    if "metric" in gate:
+    if "divergence" in gate:
+        ok = not repo.read_commit(commit)["metrics"].get("diverged")
+    elif "metric" in gate:
         value = repo.read_commit(commit)["metrics"].get(gate["metric"])
         if value != stored["figures"].get("value"):
             diffs.append(f"value: certificate says {stored['figures'].get('value')!r}, the commit records {value!r}")
@@ -181,11 +213,45 @@ def recheck_gate(repo, commit: str, stored: dict) -> list[str]:
 
 # -- the driver ---------------------------------------------------------------------------------------
 def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=None) -> dict:
+    """Run the stages in order; returns the summary. A stage that fails its gates ends the run
+    with `passed` false; any other error is raised with the summary so far attached as
+    `error.pipeline_summary` (its failing stage recorded with status "error")."""
     from .stages import IMPLS
+    if from_stage is not None:
+        pipeline.stage(from_stage)  # ConfigError naming the stages there are
     run = Run(repo, pipeline, emit)
     started = from_stage is None
     summary = {"event": "summary", "pipeline": pipeline.name, "profile": pipeline.profile, "stages": [],
                "passed": True}
+    try:
+        _run_stages(run, pipeline, from_stage, started, summary, IMPLS)
+    except Exception as e:
+        summary["passed"] = False
+        summary.setdefault("error", str(e) if isinstance(e, MvcError) else f"unexpected {type(e).__name__}: {e}")
+        summary["results"] = dict(run.results)
+        e.pipeline_summary = summary
+        raise
+    summary["results"] = dict(run.results)
+    return summary
+
+
+def result_certificate(repo, commit: str | None) -> str | None:
+    """The certificate a stage's result stands on: an evaluate stage's own, or the last gate
+    certificate of the checkpoint a training stage finished on."""
+    if not commit:
+        return None
+    c = repo.read_commit(commit)
+    info = c.get("extra", {}).get("pipeline", {})
+    if info.get("certificate"):
+        return info["certificate"]
+    if info.get("status") == "done" and c["parents"]:
+        certs = certificate.of_commit(repo, c["parents"][0])
+        return certs[-1] if certs else None
+    return None
+
+
+def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary: dict, IMPLS) -> None:
+    repo = run.repo
     for stage in pipeline.stages:
         branch = run.branch(stage)
         if not started:
@@ -215,14 +281,25 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
             summary["passed"] = False
             summary["error"] = e.message
             break
+        except Exception as e:  # recorded in the summary, then raised (exit 3 for mvc errors, 4 for bugs)
+            if isinstance(e, MvcError) and not e.message.startswith(f"stage {stage.name}:"):
+                e.message = f"stage {stage.name}: {e.message}"  # the error line names the stage
+            what = str(e) if isinstance(e, MvcError) else f"unexpected {type(e).__name__}: {e}"
+            summary["stages"].append({"stage": stage.name, "status": "error", "reason": what, "branch": branch,
+                                      "commit": repo.branches().get(branch),
+                                      "certificate": run.last_certificate.get(stage.name),
+                                      "optional": bool(stage.get("optional"))})
+            run.emit({"event": "stage_failed", "stage": stage.name, "reason": what,
+                      "optional": bool(stage.get("optional"))})
+            summary["error"] = what if isinstance(e, MvcError) else f"stage {stage.name}: {what}"
+            raise
         run.results[stage.name] = commit
         summary["stages"].append({"stage": stage.name, "status": status, "commit": commit, "branch": branch,
-                                  "certificate": run.last_certificate.get(stage.name),
+                                  "certificate": run.last_certificate.get(stage.name)
+                                  or result_certificate(repo, commit),
                                   "seconds": round(time.perf_counter() - t0, 2),
                                   "metrics": repo.read_commit(commit)["metrics"]})
         run.emit({"event": "stage_done", "stage": stage.name, "status": status, "commit": commit})
-    summary["results"] = dict(run.results)
-    return summary
 
 
 def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit: str | None) -> tuple[str, str]:
@@ -240,6 +317,14 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
     if info.get("key") == key and info.get("status") == "done":
         run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
         return head, "unchanged"
+    build_job = job_factory
+
+    def job_factory(settings):  # builders refuse bad options/overrides with ValueError: the file's fault
+        try:
+            return build_job(settings)
+        except ValueError as e:
+            raise StageError(f"{run.pipeline.path}: stage {stage.name}: cannot build its model or trainer ({e})",
+                             "check the stage's options, overrides and sizes") from e
     fb = stage.fallback
     retries = int(fb.get("retries", 0))
     if info.get("key") == key and info.get("status") == "checkpoint":
@@ -269,7 +354,9 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
             t.run(min(every, t.total_steps - t.step))
             if job.stopped_early():
                 t.total_steps = t.step  # a wall-clock budget ran out
-            metrics = job.metrics()
+            metrics, nonfinite = finite_metrics(job.metrics())
+            if nonfinite:  # diverged: stored as null and failed by the divergence gate below
+                metrics.update(diverged=True, nonfinite=nonfinite)
             metrics["attempt"] = attempt
             extra = {"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key, "attempt": attempt,
                                   "settings": settings, "status": "checkpoint", "step": t.step}}
@@ -287,7 +374,7 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                       "loss": metrics.get("loss"), "heldout_bpb": metrics.get("heldout_bpb"),
                       "bytes_per_second": round(t.batch_size * t.seq_len * min(every, t.step) /
                                                 max(time.perf_counter() - t0, 1e-9)),
-                      "commit": cid, "attempt": attempt})
+                      "commit": cid, "attempt": attempt, **({"diverged": True} if nonfinite else {})})
             if not _gates_ok(run, stage, cid, history, job):
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
                 history = _history(repo, repo.branches().get(branch), key)
@@ -307,10 +394,15 @@ def _gates_ok(run, stage, commit, history, job) -> bool:
     at_end = job.trainer.step >= job.trainer.total_steps
     with torch.random.fork_rng(devices=[]):  # building models for checks must not move training's RNG
         ok, cert = evaluate_gates(run, stage, commit, history, at_end)
+    failed = []
     if cert:
         run.last_certificate[stage.name] = cert
+        if not ok:
+            failed = [c["name"] + (f" ({c['note']})" if c.get("note") else "")
+                      for c in certificate.read(run.repo, cert)["checks"] if c["status"] == "failed"]
+            run.last_failure[stage.name] = "; ".join(failed)
     run.emit({"event": "gate", "stage": stage.name, "commit": commit, "passed": ok, "certificate": cert or None,
-              "at_end": at_end})
+              "at_end": at_end, **({"failed": failed} if failed else {})})
     return ok
 
 
@@ -340,8 +432,10 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
                                  f"{target[:12] if target else '(start)'}")
     run.emit({"event": "rollback", "stage": stage.name, "from": head, "to": target, "attempt": attempt})
     if attempt >= retries:
-        raise PipelineFailed(f"stage {stage.name}: gates still failing after {attempt + 1} attempt(s); "
-                             f"branch {branch} left at {target[:12] if target else '(start)'}")
+        last = run.last_failure.get(stage.name)
+        raise PipelineFailed(f"stage {stage.name}: gates still failing after {attempt + 1} attempt(s)"
+                             + (f" (last: {last})" if last else "")
+                             + f"; branch {branch} left at {target[:12] if target else '(start)'}")
     fb = stage.fallback
     new = dict(settings)
     if "lr_scale" in fb:

@@ -28,7 +28,10 @@ Everything is validated before any training starts; errors name the file, the st
 from __future__ import annotations
 
 import copy
+import importlib
+import math
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 
@@ -109,14 +112,177 @@ def _named_tables(v) -> bool:
 
 
 def load(path: str, profile: str | None = None) -> Pipeline:
+    """Read, parse and validate a pipeline file, including what it names outside itself (stream
+    files and builders, architectures, presets, brick kinds): nothing has trained when this fails."""
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such pipeline file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a pipeline file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML ({e})") from None
-    return parse(doc, path, profile)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML (not UTF-8: {e})") from None
+    pipeline = parse(doc, path, profile)
+    validate_environment(pipeline)
+    return pipeline
+
+
+# -- shape and type checks -------------------------------------------------------------------------
+STR_KEYS = ("arch", "brick", "brick_name", "as_name", "method", "stream", "general_stream", "k0_stream", "host",
+            "source", "init", "branch")
+TABLE_KEYS = ("overrides", "options")
+BOOL_KEYS = ("int8", "freeze_centres", "optional")
+POSITIVE_INT_KEYS = ("steps", "checkpoint_every", "batch_size", "seq_len", "eval_bytes", "rank", "components",
+                     "meta_components", "recovery_steps")
+NUMBER_KEYS = ("ratio", "blend", "threshold", "general_mix")
+
+
+def _type_name(v) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "a table"}.get(type(v), type(v).__name__) + f" ({v!r})"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _tables_of_tables(table: dict, where: str, err) -> None:
+    for name, value in table.items():
+        if not isinstance(value, dict):
+            raise err(f"{where}.{name}", f"must be a table, got {_type_name(value)}")
+
+
+def _check_settings(err, where: str, kind: str, settings: dict, streams: dict) -> None:
+    """The types and ranges of a stage's settings (also of a fallback's `set`)."""
+    for key in STR_KEYS:
+        if key in settings and (not isinstance(settings[key], str) or not settings[key]):
+            raise err(f"{where}.{key}", f"must be a non-empty string, got {_type_name(settings[key])}")
+    if "config" in settings and not isinstance(settings["config"], (str, dict)):
+        raise err(f"{where}.config", f"must be a preset name or a table, got {_type_name(settings['config'])}")
+    for key in TABLE_KEYS:
+        if key in settings and not isinstance(settings[key], dict):
+            raise err(f"{where}.{key}", f"must be a table, got {_type_name(settings[key])}")
+    for key in BOOL_KEYS:
+        if key in settings and not isinstance(settings[key], bool):
+            raise err(f"{where}.{key}", f"must be true or false, got {_type_name(settings[key])}")
+    for key in POSITIVE_INT_KEYS + ("seed",):
+        if key in settings and (isinstance(settings[key], bool) or not isinstance(settings[key], int)
+                                or settings[key] < (0 if key == "seed" else 1)):
+            raise err(f"{where}.{key}", f"must be a positive integer, got {settings[key]!r}")
+    for key in ("lr", "wall_seconds"):
+        if key in settings and (not _is_number(settings[key]) or not settings[key] > 0
+                                or not math.isfinite(settings[key])):
+            raise err(f"{where}.{key}", f"must be a positive number, got {settings[key]!r}")
+    for key in NUMBER_KEYS:
+        if key in settings and (not _is_number(settings[key]) or not math.isfinite(settings[key])):
+            raise err(f"{where}.{key}", f"must be a finite number, got {settings[key]!r}")
+    if "branch" in settings:
+        try:
+            check_ref_name(settings["branch"])
+        except Exception:
+            raise err(f"{where}.branch", f"{settings['branch']!r} cannot name a branch") from None
+    for key in ("stream", "general_stream", "k0_stream"):
+        if key in settings and settings[key] not in streams:
+            raise err(f"{where}.{key}", f"no stream {settings[key]!r} (have: {', '.join(streams) or 'none'})")
+
+
+def _check_stage_ref(err, where: str, value, results: list[str]) -> None:
+    if isinstance(value, str) and value.startswith("stage:") and value[6:] not in results:
+        raise err(where, f"{value} must name an earlier stage (earlier: {', '.join(results) or 'none'})")
+
+
+def _check_refs_in(err, where: str, value, results: list[str], streams: dict) -> None:
+    """`stage:NAME` and `stream:NAME` inside a check's parameters (also inside lists)."""
+    if isinstance(value, list):
+        for v in value:
+            _check_refs_in(err, where, v, results, streams)
+    elif isinstance(value, str) and value.startswith("stage:"):
+        _check_stage_ref(err, where, value, results)
+    elif isinstance(value, str) and value.startswith("stream:") and value[7:] not in streams:
+        raise err(where, f"{value}: no such stream (have: {', '.join(streams) or 'none'})")
+
+
+# -- what the file names outside itself ------------------------------------------------------------------
+def stream_path(pipeline: "Pipeline", spec: dict) -> str:
+    f = spec["file"]
+    return f if os.path.isabs(f) else os.path.join(pipeline.base_dir, f)
+
+
+def resolve_builder(pipeline: "Pipeline", spec: str):
+    """The callable named by a stream's `builder = "module:function"` (searched next to the
+    pipeline file and in its parent, so examples/x.toml finds examples.data)."""
+    mod, _, fn = spec.partition(":")
+    root = os.path.dirname(pipeline.base_dir)  # examples/x.toml -> the project root
+    for p in (pipeline.base_dir, root):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    try:
+        func = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{pipeline.path}: cannot import stream builder {spec!r} ({e})") from None
+    except Exception as e:  # the module itself failed while importing
+        raise ConfigError(f"{pipeline.path}: cannot import stream builder {spec!r} "
+                          f"({type(e).__name__} while importing {mod}: {e})") from None
+    if not callable(func):
+        raise ConfigError(f"{pipeline.path}: stream builder {spec!r} is not a function")
+    return func
+
+
+def validate_environment(pipeline: "Pipeline") -> None:
+    """Checks that need more than the file: stream files exist, builders import, architectures
+    and presets are known. Raises ConfigError naming the file and the key."""
+    path = pipeline.path
+    for name, spec in pipeline.streams.items():
+        if "file" in spec:
+            f = stream_path(pipeline, spec)
+            if not os.path.isfile(f):
+                raise ConfigError(f"{path}: streams.{name}.file: no such file {spec['file']!r}",
+                                  f"looked for {f}")
+        else:
+            try:
+                resolve_builder(pipeline, spec["builder"])
+            except ConfigError as e:
+                raise ConfigError(f"{path}: streams.{name}.builder: {e.message.removeprefix(path + ': ')}") from None
+    for stage in pipeline.stages:
+        if stage.kind == "train-core":
+            _check_core_config(pipeline, stage)
+        elif stage.kind == "train-brick":
+            from bricks.api import KINDS
+            kind = stage.get("brick", "sparse")
+            if kind not in KINDS and kind not in KINDS.values():
+                raise ConfigError(f"{path}: stage {stage.name}.brick: unknown brick kind {kind!r}",
+                                  f"known: {', '.join(KINDS)}")
+
+
+def _check_core_config(pipeline: "Pipeline", stage: Stage) -> None:
+    """Build the stage's core on the meta device (no memory, no RNG): an unknown arch, preset or
+    override field fails here, before anything trains."""
+    import torch
+
+    import cores
+    from cores import registry
+    where = f"{pipeline.path}: stage {stage.name}"
+    arch = stage.get("arch")
+    try:
+        registry.builder(arch)
+    except KeyError:
+        raise ConfigError(f"{where}.arch: unknown architecture {arch!r}",
+                          f"known: {', '.join(a for a in registry.available() if 'brick' not in a)}") from None
+    config, seed = stage.get("config", "tiny"), int(stage.get("seed", 0))
+    for key, overrides in (("config", {}), ("overrides", stage.get("overrides", {}))):
+        if key == "overrides" and not overrides:
+            break
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                cores.build(arch, config=config, seed=seed, **overrides)
+        except (ValueError, TypeError, KeyError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise ConfigError(f"{where}.{key}: {msg}") from None
+        except Exception:  # an arch that cannot build on the meta device: the real build will tell
+            return
 
 
 def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
@@ -126,15 +292,32 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
     for key in doc:
         if key not in ("pipeline", "streams", "stages", "profile"):
             raise err(key, "unknown top-level key (pipeline, streams, stages, profile)")
+    # shapes first: a scalar where a table belongs must be a clear error, not a crash further on
+    for key in ("pipeline", "streams", "profile"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise err(key, f"must be a table ([{key}]), got {_type_name(doc[key])}")
+    _tables_of_tables(doc.get("streams", {}), "streams", err)
+    raw_stages = doc.get("stages", [])
+    if not isinstance(raw_stages, list) or not raw_stages:
+        raise err("stages", "a pipeline needs at least one [[stages]] table")
+    for i, raw in enumerate(raw_stages):
+        if not isinstance(raw, dict):
+            raise err(f"stages[{i}]", f"must be a table ([[stages]]), got {_type_name(raw)}")
     profiles = doc.get("profile", {})
+    _tables_of_tables(profiles, "profile", err)
+    for pname, prof in profiles.items():
+        for key in prof:
+            if key not in ("streams", "stages"):
+                raise err(f"profile.{pname}.{key}", "profiles override only streams and stages")
+            if not isinstance(prof[key], dict):
+                raise err(f"profile.{pname}.{key}",
+                          f"must be a table of {key} overrides ([profile.{pname}.{key}.NAME]), got {_type_name(prof[key])}")
+            _tables_of_tables(prof[key], f"profile.{pname}.{key}", err)
     if profile is not None:
         if profile not in profiles:
             raise err("profile", f"no profile {profile!r} (have: {', '.join(profiles) or 'none'})")
         prof = profiles[profile]
-        for key in prof:
-            if key not in ("streams", "stages"):
-                raise err(f"profile.{profile}.{key}", "profiles override only streams and stages")
-        names = [s.get("name") for s in doc.get("stages", [])]
+        names = [s.get("name") for s in raw_stages]
         for sname in prof.get("stages", {}):
             if sname not in names:
                 raise err(f"profile.{profile}.stages.{sname}", "no such stage")
@@ -163,14 +346,17 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
             raise err(f"streams.{sname}", "give exactly one of builder = \"module:function\" or file = \"path\"")
         if "builder" in spec and (not isinstance(spec["builder"], str) or spec["builder"].count(":") != 1):
             raise err(f"streams.{sname}.builder", "must look like \"module:function\"")
+        if "file" in spec and (not isinstance(spec["file"], str) or not spec["file"]):
+            raise err(f"streams.{sname}.file", f"must be a path, got {spec['file']!r}")
+        if not isinstance(spec.get("args", {}), dict):
+            raise err(f"streams.{sname}.args", f"must be a table of keyword arguments, got {_type_name(spec['args'])}")
         h = spec.get("holdout", 0.05)
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < 1:
             raise err(f"streams.{sname}.holdout", "must be a fraction between 0 and 1")
         streams[sname] = dict(spec, holdout=h)
-    raw_stages = doc.get("stages", [])
-    if not isinstance(raw_stages, list) or not raw_stages:
-        raise err("stages", "a pipeline needs at least one [[stages]] table")
+    raw_stages = doc["stages"]
     stages, seen = [], set()
+    results: list[str] = []  # what `stage:NAME` may name so far: earlier stages and paste/<host> results
     for i, raw in enumerate(raw_stages):
         sname = raw.get("name") if isinstance(raw, dict) else None
         if not isinstance(sname, str) or not sname:
@@ -191,17 +377,7 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
             if key not in allowed:
                 raise err(f"{where}.{key}", f"unknown key for a {kind} stage (known: {', '.join(sorted(allowed))})")
         settings = {k: v for k, v in raw.items() if k not in ("gates", "fallback", "checks")}
-        for key in ("steps", "checkpoint_every", "batch_size", "seq_len", "seed", "eval_bytes"):
-            if key in settings and (isinstance(settings[key], bool) or not isinstance(settings[key], int)
-                                    or settings[key] < (0 if key == "seed" else 1)):
-                raise err(f"{where}.{key}", f"must be a positive integer, got {settings[key]!r}")
-        for key in ("lr", "wall_seconds"):
-            if key in settings and (isinstance(settings[key], bool) or not isinstance(settings[key], (int, float))
-                                    or settings[key] <= 0):
-                raise err(f"{where}.{key}", f"must be a positive number, got {settings[key]!r}")
-        if kind in ("train-core", "train-brick", "compress", "k0") and "stream" in settings \
-                and settings["stream"] not in streams:
-            raise err(f"{where}.stream", f"no stream {settings['stream']!r} (have: {', '.join(streams) or 'none'})")
+        _check_settings(err, where, kind, settings, streams)
         if kind in ("train-core", "train-brick") and "steps" not in settings and "wall_seconds" not in settings:
             raise err(f"{where}.steps", "a training stage needs a budget (steps or wall_seconds)")
         if kind == "train-core":
@@ -216,20 +392,36 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
             for key in ("host", "stream", "brick_name"):
                 if key not in settings:
                     raise err(f"{where}.{key}", "required for a train-brick stage")
-        for key in ("host", "source"):
-            ref = settings.get(key)
-            if isinstance(ref, str) and ref.startswith("stage:") and ref[6:] not in seen - {sname}:
-                raise err(f"{where}.{key}", f"{ref} must name an earlier stage")
+        if kind in ("paste", "int8"):
+            for key in ("source", "brick_name"):
+                if key not in settings:
+                    raise err(f"{where}.{key}", f"required for a {kind} stage")
+        for key in ("host", "source", "init"):
+            _check_stage_ref(err, f"{where}.{key}", settings.get(key), results)
         if kind == "paste":
             into = settings.get("into")
             if not isinstance(into, list) or not into:
                 raise err(f"{where}.into", "a paste stage needs a list of host stages or revisions")
+            for j, h in enumerate(into):
+                if not isinstance(h, str) or not h:
+                    raise err(f"{where}.into[{j}]", f"must be \"stage:NAME\" or a revision, got {h!r}")
+                _check_stage_ref(err, f"{where}.into[{j}]", h, results)
         gates = raw.get("gates", [])
         if not isinstance(gates, list):
             raise err(f"{where}.gates", "must be an array of tables")
         checks_cfg = cicfg.parse({"ci": {"checks": raw.get("checks", [])}}, f"{path}: {where}") \
             if raw.get("checks") else cicfg.CiConfig()
         check_names = {c.name for c in checks_cfg.checks}
+        for c in checks_cfg.checks:
+            for key, value in c.params.items():
+                _check_refs_in(err, f"{where}.checks.{c.name}.{key}", value, results, streams)
+        ecc = settings.get("every_checkpoint_checks")
+        if ecc is not None:
+            if not isinstance(ecc, list) or not all(isinstance(n, str) for n in ecc):
+                raise err(f"{where}.every_checkpoint_checks", "must be a list of check names")
+            for n in ecc:
+                if n not in check_names:
+                    raise err(f"{where}.every_checkpoint_checks", f"no check named {n!r} in this stage's checks")
         for j, g in enumerate(gates):
             gw = f"{where}.gates[{j}]"
             if not isinstance(g, dict):
@@ -237,14 +429,20 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
             for key in g:
                 if key not in GATE_KEYS:
                     raise err(f"{gw}.{key}", f"unknown gate key ({', '.join(sorted(GATE_KEYS))})")
+            for key in ("max", "min", "plateau"):  # finite: thresholds are stored in canonical JSON
+                if key in g and (not _is_number(g[key]) or not math.isfinite(g[key])):
+                    raise err(f"{gw}.{key}", f"must be a finite number, got {g[key]!r}")
             if "metric" in g:
+                if not isinstance(g["metric"], str) or not g["metric"]:
+                    raise err(f"{gw}.metric", f"must be a metric name, got {g['metric']!r}")
                 if "max" not in g and "min" not in g:
                     raise err(gw, "a metric gate needs max or min")
             elif "plateau" in g:
-                if not isinstance(g.get("patience", 3), int) or g.get("patience", 3) < 1:
+                p = g.get("patience", 3)
+                if isinstance(p, bool) or not isinstance(p, int) or p < 1:
                     raise err(f"{gw}.patience", "must be a positive integer")
             elif "check" in g:
-                if g["check"] not in check_names:
+                if not isinstance(g["check"], str) or g["check"] not in check_names:
                     raise err(f"{gw}.check", f"no check named {g['check']!r} in this stage's checks")
             else:
                 raise err(gw, "a gate is one of: metric (+ max/min), plateau (+ patience), check")
@@ -256,7 +454,22 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
         for key in fb:
             if key not in FALLBACK_KEYS:
                 raise err(f"{where}.fallback.{key}", f"unknown key ({', '.join(sorted(FALLBACK_KEYS))})")
-        if "retries" in fb and (not isinstance(fb["retries"], int) or fb["retries"] < 0):
-            raise err(f"{where}.fallback.retries", "must be a non-negative integer")
+        for key in ("retries", "extra_steps"):
+            if key in fb and (isinstance(fb[key], bool) or not isinstance(fb[key], int) or fb[key] < 0):
+                raise err(f"{where}.fallback.{key}", f"must be a non-negative integer, got {fb[key]!r}")
+        if "lr_scale" in fb and (not _is_number(fb["lr_scale"]) or not 0 < fb["lr_scale"] < math.inf):
+            raise err(f"{where}.fallback.lr_scale", f"must be a positive number, got {fb['lr_scale']!r}")
+        if "set" in fb:
+            if not isinstance(fb["set"], dict):
+                raise err(f"{where}.fallback.set", "must be a table of stage settings")
+            settable = KIND_KEYS[kind] - {"name", "kind"}
+            for key in fb["set"]:
+                if key not in settable:
+                    raise err(f"{where}.fallback.set.{key}",
+                              f"not a setting of a {kind} stage (known: {', '.join(sorted(settable))})")
+            _check_settings(err, f"{where}.fallback.set", kind, dict(fb["set"]), streams)
         stages.append(Stage(sname, kind, settings, gates, fb, checks_cfg.checks))
+        results.append(sname)
+        if kind == "paste":
+            results += [f"{sname}/{h[6:] if h.startswith('stage:') else h}" for h in settings["into"]]
     return Pipeline(name, path, streams, stages, profile)

@@ -278,7 +278,9 @@ def evaluate(run: Run, stage: Stage):
     branch = run.branch(stage)
     key = run.key(stage, {"target": target, "refs": {k: v for k, v in run.results.items()}})
     head = repo.branches().get(branch)
-    if stage_info(repo, head).get("key") == key and stage_info(repo, head).get("status") == "done":
+    info = stage_info(repo, head)
+    if info.get("key") == key and info.get("status") == "done":
+        run.last_certificate[stage.name] = info.get("certificate")
         run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
         return head, "unchanged"
     ctx = Context(repo, target, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
@@ -288,6 +290,7 @@ def evaluate(run: Run, stage: Stage):
         results = [run_check(ctx, c) for c in checks]
     cert = certificate.make(target, results, None, f"{run.pipeline.path}: stage {stage.name}")
     cert_id = certificate.store(repo, cert)
+    run.last_certificate[stage.name] = cert_id
     run.emit({"event": "gate", "stage": stage.name, "commit": target, "passed": cert["passed"], "certificate": cert_id})
     if not cert["passed"]:
         from .pipeline import PipelineFailed
@@ -301,6 +304,7 @@ def evaluate(run: Run, stage: Stage):
                        metrics={"certificate_passed": True},
                        extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key,
                                            "status": "done", "certificate": cert_id, "target": target}})
+    # the certificate certifies `target`, this commit's parent: `mvc verify <pipeline>/<stage>~1`
     return done, "passed"
 
 

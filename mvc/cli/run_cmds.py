@@ -73,7 +73,8 @@ def _line(e: dict) -> str:
 @cli.command("run")
 @click.argument("pipeline_file", type=click.Path(dir_okay=False))
 @click.option("--profile", help="Apply [profile.NAME] overrides (e.g. tiny, full).")
-@click.option("--from-stage", help="Start at this stage (earlier stages must have finished).")
+@click.option("--from-stage", help="Start at this stage (earlier stages must have finished); "
+              "exit 3 when no stage has that name.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one event per line, the summary last.")
 def run_cmd(pipeline_file, profile, from_stage, as_json):
     """Run a training pipeline: commit every checkpoint, gate every stage, roll back on failure.
@@ -89,11 +90,19 @@ def run_cmd(pipeline_file, profile, from_stage, as_json):
     from semantic_ci.pipeline import run_pipeline
     from semantic_ci.pipeline_config import load
     pipeline = load(pipeline_file, profile)  # validated before any training starts
+    if from_stage is not None:
+        pipeline.stage(from_stage)  # exit 3 naming the stages there are
     repo = Repo(os.getcwd())
     if as_json:
         def emit(e):
             click.echo(json.dumps(e, sort_keys=True, default=str))
-        summary = run_pipeline(repo, pipeline, from_stage, emit)
+        try:
+            summary = run_pipeline(repo, pipeline, from_stage, emit)
+        except Exception as e:  # the last line is the summary whatever happened, then the error
+            partial = getattr(e, "pipeline_summary", None)
+            if partial is not None:
+                click.echo(json.dumps(partial, sort_keys=True, default=str))
+            raise
         click.echo(json.dumps(summary, sort_keys=True, default=str))
     else:
         with LiveView() as view:

@@ -165,3 +165,116 @@ def test_sigkill_and_resume_gives_bit_identical_weights(tmp_path):
         oa = mvc.Repo(ref_root).load("demo/core", component)
         ob = mvc.Repo(root).load("demo/core", component)
         assert set(oa) == set(ob) and all(torch.equal(oa[k], ob[k]) for k in oa), component
+
+
+# -- robustness: divergence, bad files, stage errors, --from-stage, the evaluate stage's certificate --------
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_divergence_is_a_failed_gate_rolled_back_and_retried(tmp_path, monkeypatch):
+    root, repo = make_project(tmp_path, steps=8, retries=1)
+    text = (root / "p.toml").read_text().replace("lr = 0.004", "lr = 100000.0")
+    (root / "p.toml").write_text(text)
+    monkeypatch.chdir(root)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 1, r.output  # a failed gate, not an mvc error
+    events = _events(r.stdout)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("rollback") == 2 and kinds.count("fallback") == 1
+    cps = [e for e in events if e["event"] == "checkpoint"]
+    assert cps and all(e["diverged"] and e["loss"] is None for e in cps)
+    summary = events[-1]
+    assert summary["event"] == "summary" and not summary["passed"] and "diverged" in summary["error"]
+    assert summary["stages"][0]["status"] == "failed" and summary["stages"][0]["certificate"]
+    failed = [e for e in events if e["event"] == "gate" and not e["passed"]]
+    assert len(failed) == 2 and all("divergence gate" in e["failed"][0] for e in failed)
+    m = repo.read_commit(failed[-1]["commit"])["metrics"]  # stored canonically: null, flagged
+    assert m["diverged"] is True and m["loss"] is None and "loss" in m["nonfinite"]
+    assert "demo/core" not in repo.branches()  # rolled back to the start: no checkpoint ever passed
+    cert_id, cert = certificate.find(repo, failed[-1]["commit"])
+    assert not cert["passed"] and verify(repo, cert_id)["verified"]
+    # a fallback that fixes the learning rate recovers: the diverged attempt stays in history
+    (root / "p.toml").write_text(text.replace("fallback = { lr_scale = 0.5, extra_steps = 4, retries = 1 }",
+                                              "fallback = { set = { lr = 0.004 }, retries = 1 }"))
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 0, r.output
+    events = _events(r.stdout)
+    assert events[-1]["event"] == "summary" and events[-1]["passed"]
+    assert [e["event"] for e in events].count("rollback") == 1
+    assert repo.read_commit(events[-1]["results"]["core"])["metrics"].get("diverged") is None
+
+
+BAD_FILES = [  # (what to change in the pipeline text, the key the error must name)
+    (lambda t: t.replace('[pipeline]\nname = "demo"', "pipeline = 3"), "pipeline: must be a table"),
+    (lambda t: "streams = 3\n" + t.replace('[streams.text]\nfile = "data.txt"\nholdout = 0.1', ""),
+     "streams: must be a table"),
+    (lambda t: t + "\n[profile.x]\nstages = 3\n", "profile.x.stages: must be a table"),
+    (lambda t: t.replace("max = 8.0", 'max = "abc"'), "stage core.gates[0].max: must be a finite number"),
+    (lambda t: t.replace('arch = "layercake"', 'arch = "nosuch"'), "stage core.arch: unknown architecture 'nosuch'"),
+    (lambda t: t.replace('config = "tiny"', 'config = "huge"'), "stage core.config: unknown layercake config 'huge'"),
+    (lambda t: t.replace('config = "tiny"', 'config = "tiny"\noverrides = { d_modle = 8 }'), "stage core.overrides"),
+    (lambda t: t.replace('file = "data.txt"', 'file = "nope.txt"'), "streams.text.file: no such file 'nope.txt'"),
+    (lambda t: t.replace('file = "data.txt"', 'builder = "nosuchmodule_xyz:build"'), "streams.text.builder"),
+    (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "bogus"\n'
+                   'brick_name = "x"\nstream = "text"\nsteps = 2\n', "stage b.brick: unknown brick kind 'bogus'"),
+    (lambda t: t + '\n[[stages]]\nname = "p"\nkind = "paste"\nsource = "stage:core"\nbrick_name = "x"\n'
+                   'into = ["stage:nosuch"]\n', "stage p.into[0]: stage:nosuch must name an earlier stage"),
+    (lambda t: t.replace("retries = 1 }", "retries = 1, set = { lr = \"fast\" } }"), "stage core.fallback.set.lr"),
+]
+
+
+def test_bad_pipeline_files_exit_3_naming_file_and_key_before_training(tmp_path, monkeypatch):
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    text = (root / "p.toml").read_text()
+    for change, key in BAD_FILES:
+        (root / "bad.toml").write_text(change(text))
+        for args in (["run", "bad.toml"], ["run", "bad.toml", "--profile", "x"]):
+            r = CliRunner().invoke(cli, args)
+            if args[-1] == "x" and "profile.x" not in key:
+                continue  # the profile case only matters where the file has one
+            assert r.exit_code == 3, (key, r.output)
+            err = r.stderr.strip()
+            assert err.startswith("error: bad.toml: ") and key in err and "\n" not in err, (key, err)
+    assert not repo.branches() and repo.head() is None  # nothing trained
+
+
+def test_stream_builder_that_raises_is_a_stage_error(tmp_path, monkeypatch):
+    root, repo = make_project(tmp_path)
+    (root / "mvc_test_boomdata.py").write_text("def build(size=1):\n    raise RuntimeError('disk on fire')\n")
+    text = (root / "p.toml").read_text().replace('file = "data.txt"', 'builder = "mvc_test_boomdata:build"')
+    (root / "p.toml").write_text(text)
+    monkeypatch.chdir(root)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 3, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: stage core: p.toml: streams.text: builder mvc_test_boomdata:build failed: "
+                          "RuntimeError: disk on fire")
+    assert "bug" not in err and "Traceback" not in r.output
+    summary = _events(r.stdout)[-1]  # the summary is still the last line
+    assert summary["event"] == "summary" and not summary["passed"]
+    assert summary["stages"][0]["status"] == "error" and "disk on fire" in summary["error"]
+
+
+def test_evaluate_certificate_verifies_on_its_branch_and_from_stage_is_checked(tmp_path, monkeypatch):
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "nosuch"])  # fresh repository
+    assert r.exit_code == 3 and "no stage named 'nosuch'" in r.stderr and "core, certify" in r.stderr, r.output
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = _events(r.stdout)[-1]
+    certify = summary["stages"][1]
+    cert_id = repo.read_commit(certify["commit"])["extra"]["pipeline"]["certificate"]
+    assert certify["certificate"] == cert_id and summary["stages"][0]["certificate"]
+    r = CliRunner().invoke(cli, ["verify", "demo/certify~1", "--json"])  # what examples/layercake.toml documents
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["certificate"] == cert_id and json.loads(r.stdout)["verified"]
+    # on a finished pipeline an unknown stage still runs nothing and says so
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "nosuch", "--json"])
+    assert r.exit_code == 3 and "no stage named 'nosuch'" in r.stderr and r.stdout == "", r.output
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "certify", "--json"])
+    assert r.exit_code == 0, r.output
+    again = _events(r.stdout)[-1]
+    assert [s["status"] for s in again["stages"]] == ["unchanged"] and again["stages"][0]["certificate"] == cert_id
