@@ -68,7 +68,7 @@ def install(root: str) -> dict:
         path = os.path.join(hooks, name)
         if os.path.exists(path) and not _ours(path) and os.path.exists(path + CHAINED):
             raise MvcError(f"{path} is not mvc's hook and {name}{CHAINED} (an earlier chained hook) exists too",
-                           f"move one of them away; mvc never overwrites a hook it chains to")
+                           "move one of them away; mvc never overwrites a hook it chains to")
     chained = []
     for name in HOOKS:
         path = os.path.join(hooks, name)
