@@ -122,31 +122,9 @@ def junit_target_problem(path: str) -> str | None:
 
 
 def write_junit(summary: dict, path: str) -> None:
-    """Write the JUnit report atomically (a temp file in the same directory, then rename)."""
-    xml = junit_xml(summary)
-    full = os.path.abspath(path)
-    parent = os.path.dirname(full)
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".mvc-junit-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(xml)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, full)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write the JUnit report atomically (mvc.files.atomic_write: temp file, fsync, rename)."""
+    from mvc.files import atomic_write
+    atomic_write(os.path.abspath(path), junit_xml(summary).encode("utf-8"))
 
 
 def _xml_text(s: str) -> str:

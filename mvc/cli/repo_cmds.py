@@ -402,12 +402,7 @@ def branch(name, rev, delete, as_json):
     if delete:
         if not name:
             raise click.UsageError("mvc branch -d NAME")
-        oid = repo.delete_branch(name)
-        if as_json:
-            emit_json({"deleted": name, "was": oid})
-        else:
-            click.echo(f"Deleted branch {name} (was {short(oid)})")
-        return
+        return _deleted("branch", name, repo.delete_branch(name), as_json)
     if name:
         oid = repo.create_branch(name, rev)
         if as_json:
@@ -424,6 +419,13 @@ def branch(name, rev, delete, as_json):
         click.echo(f"* {current} (no commits yet)")
     for b, oid in branches.items():
         click.echo(f"{'*' if b == current else ' '} {b} {short(oid)}")
+
+
+def _deleted(kind: str, name: str, oid: str, as_json: bool) -> None:
+    if as_json:
+        emit_json({"deleted": name, "was": oid})
+    else:
+        click.echo(f"Deleted {kind} {name} (was {short(oid)})")
 
 
 @cli.command()
@@ -457,12 +459,7 @@ def tag(name, rev, force, delete, as_json):
     if delete:
         if not name:
             raise click.UsageError("name the tag to delete: mvc tag -d NAME")
-        oid = repo.delete_tag(name)
-        if as_json:
-            emit_json({"deleted": name, "was": oid})
-        else:
-            click.echo(f"Deleted tag {name} (was {short(oid)})")
-        return
+        return _deleted("tag", name, repo.delete_tag(name), as_json)
     if name:
         oid = repo.tag(name, rev, force)
         if as_json:

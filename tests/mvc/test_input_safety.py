@@ -339,12 +339,17 @@ def _git(work, *args):
     return subprocess.run(["git", *args], cwd=work, check=True, capture_output=True, text=True)
 
 
-def test_a_failed_commit_inside_git_leaves_head_alone(tmp_path):
+def _git_repo_with_one_commit(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _git(work, "init", "-q", "-b", "main")
     repo = mvc.Repo.init(work)
     repo.commit({"core": sd()}, message="one")
+    return work, repo
+
+
+def test_a_failed_commit_inside_git_leaves_head_alone(tmp_path):
+    work, repo = _git_repo_with_one_commit(tmp_path)
     repo.create_branch("feature")
     _git(work, "checkout", "-q", "-b", "feature/x")  # fine in git (no git branch 'feature')
     with pytest.raises(BadName, match="conflicts with existing refs/heads/feature"):
@@ -353,11 +358,7 @@ def test_a_failed_commit_inside_git_leaves_head_alone(tmp_path):
 
 
 def test_a_git_branch_mvc_cannot_use_warns_and_commits_to_the_current_branch(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    _git(work, "init", "-q", "-b", "main")
-    repo = mvc.Repo.init(work)
-    repo.commit({"core": sd()}, message="one")
+    work, repo = _git_repo_with_one_commit(tmp_path)
     _git(work, "checkout", "-q", "-b", "abcdef12")  # looks like an object id to mvc
     with pytest.warns(UserWarning, match="'abcdef12' cannot be an mvc branch.*current mvc branch main"):
         cid = repo.commit({"core": sd(1)}, message="two")
