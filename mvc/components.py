@@ -5,6 +5,7 @@ which is all that is needed to rebuild the file byte for byte. Other files becom
 """
 from __future__ import annotations
 
+import contextvars
 import mmap
 import os
 import stat
@@ -138,7 +139,9 @@ class Ingest:
         spare_cores = workers < cores  # e.g. one big tensor: hash it on every core
         pool = ThreadPoolExecutor(workers, thread_name_prefix="mvc-store")
         try:
-            done = {e.name: pool.submit(store, e) for e in sorted(tensors, key=lambda e: e.begin - e.end)}
+            # each task runs in a copy of this thread's context: it joins this commit's store batch
+            done = {e.name: pool.submit(contextvars.copy_context().run, store, e)
+                    for e in sorted(tensors, key=lambda e: e.begin - e.end)}
             for e in tensors:  # the tree and the progress follow the file's order
                 self._add_tensor(relpath, e.name, done[e.name].result(), e.dtype, e.shape)
                 self.progress(e.end - e.begin)

@@ -41,7 +41,10 @@ def _check_finite(value, path="value"):
 def canonical_json(obj) -> bytes:
     """Sorted keys, no spaces, UTF-8, no NaN/Infinity."""
     _check_finite(obj)
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except TypeError as e:  # e.g. a tensor or numpy scalar among the values
+        raise BadInput(f"cannot store this value: {e}", "use numbers, strings, lists and dicts") from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a name that was not UTF-8
@@ -89,7 +92,9 @@ def check_component_name(name: str, what: str = "component name") -> str:
     """Component names (and file paths inside components) are relative slash paths: no empty, '.'
     or '..' segments, no absolute paths, no `.git` or `.mvc` segment (any case; a checkout writes
     them as directories), UTF-8 segments a file system can hold."""
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
+        raise BadName(f"{what} {name!r} is a {type(name).__name__}, not a string")
+    if not name:
         raise BadName(f"{what} is empty")
     if name.startswith("/") or "\\" in name:
         raise BadName(f"invalid {what} {name!r} (use relative names like core or brick/python)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import json
+import math
 import getpass
 import os
 import re
@@ -95,6 +96,14 @@ class Repo:
         d = os.path.join(root, MVC_DIR)
         if os.path.isdir(d):
             return cls(root)
+        for p, what in ((root, "the path"), (d, MVC_DIR)):
+            if os.path.lexists(p) and not os.path.isdir(p):
+                raise BadInput(f"cannot create a repository at {root}: {what} is a file")
+        parent = os.path.dirname(root)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise BadInput(f"cannot create a repository at {root}: {parent} is a file")
         check_ref_name(default_branch)
         os.makedirs(root, exist_ok=True)
         tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
@@ -328,9 +337,11 @@ class Repo:
         both = sorted(set(remove) & (set(components) | set(trees or {})))
         if both:
             raise BadInput(f"component {both[0]!r} is both added and removed", "name it once")
+        if not isinstance(message, str):
+            raise BadInput(f"the commit message is a {type(message).__name__}, not a string")
         if not message:
             raise BadInput("a commit needs a message", "pass -m MSG")
-        metrics = dict(metrics or {})
+        metrics = {k: _plain_number(v) for k, v in (metrics or {}).items()}
         for key in metrics:
             if not isinstance(key, str) or not key:
                 raise BadInput(f"invalid metric name {key!r}")
@@ -454,7 +465,8 @@ class Repo:
         fast as reading a plain file. ``verify=False`` skips the check for loose objects (packed or
         remote ones are always checked as they are decoded or fetched); the tree and commit objects
         are verified either way. ``rehash=True`` re-hashes every blob, stamped or not, as
-        `mvc fsck` does."""
+        `mvc fsck` does. ``dtype`` converts floating-point tensors only (integer and bool tensors
+        keep theirs, as with ``Module.to(dtype)``)."""
         return self.load_tree(self.tree(rev or "HEAD", component), keys, device, dtype, component, verify,
                               rehash)
 
@@ -462,6 +474,8 @@ class Repo:
                   component: str = "component", verify: bool = True, rehash: bool = False) -> dict:
         """Tensors of a tree object; tied tensors come back as the same tensor object."""
         from .tensors import buffer_tensor
+        if isinstance(keys, str):
+            raise BadInput(f"keys is a string ({keys!r}); pass a list of tensor names, e.g. [{keys!r}]")
         names = list(tree["tensors"]) if keys is None else list(keys)
         aliases = {k: t["alias"] for k, t in tree["tensors"].items() if "alias" in t}
         out = {}
@@ -474,8 +488,9 @@ class Repo:
             buf = self.store.view(t["id"], verify=verify, rehash=rehash)
             e = stf.parse_blob(buf, f"blob {t['id'][:12]}")
             x = buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape)
-            if device is not None or dtype is not None:
-                x = x.to(device=device, dtype=dtype)
+            cast = dtype if dtype is not None and x.is_floating_point() else None  # as Module.to(dtype):
+            if device is not None or cast is not None:                            # ids and masks keep theirs
+                x = x.to(device=device, dtype=cast)
             out[name] = x
         for name in names:
             if name in aliases:
@@ -597,18 +612,32 @@ class Repo:
             buf = self.store.view(t["id"])
             e = stf.parse_blob(buf)
             vals.append(buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape))
-        a, b = vals
-        a64, b64 = a.to(torch.float64), b.to(torch.float64)
-        d = b64 - a64
-        n = a64.numel()
-        norm_a = float(torch.linalg.vector_norm(a64)) if n else 0.0
-        out["max_abs_delta"] = float(d.abs().max()) if n else 0.0
-        out["rel_l2"] = float(torch.linalg.vector_norm(d)) / norm_a if norm_a else (0.0 if not d.any() else None)
-        out["frac_changed"] = float((a.view(-1) != b.view(-1)).sum()) / n if n and a.dtype == b.dtype \
-            else (float((d != 0).sum()) / n if n else 0.0)
-        for k in ("max_abs_delta", "rel_l2"):
-            if out[k] is not None and out[k] != out[k]:
-                out[k] = None  # NaN in the weights
+        a, b = (v.reshape(-1) for v in vals)
+        n = a.numel()
+        if not n:
+            out.update(max_abs_delta=0.0, rel_l2=0.0, frac_changed=0.0)
+            return out
+        if a.dtype == b.dtype:  # bit for bit, as ids compare (NaN payloads, -0.0 vs 0.0 included)
+            size = a.element_size()
+            changed = (a.view(torch.uint8).view(n, size) != b.view(torch.uint8).view(n, size)).any(dim=1)
+        else:
+            a64, b64 = a.to(torch.float64), b.to(torch.float64)
+            changed = (a64 != b64) & ~(a64.isnan() & b64.isnan())
+        out["frac_changed"] = float(changed.sum()) / n
+        exact = not a.is_floating_point() and not b.is_floating_point() and a.dtype != torch.uint64 \
+            and b.dtype != torch.uint64
+        da = (b.to(torch.int64) - a.to(torch.int64)).to(torch.float64) if exact else \
+            b.to(torch.float64) - a.to(torch.float64)  # integers: exact differences up to 2**63
+        d = torch.where(changed, da, torch.zeros_like(da))
+        a64 = a.to(torch.float64)
+        norm_a = float(torch.linalg.vector_norm(a64[a64.isfinite()]))  # of the finite weights
+        out["max_abs_delta"] = float(d.abs().max())
+        out["rel_l2"] = float(torch.linalg.vector_norm(d)) / norm_a if norm_a else (0.0 if not changed.any() else None)
+        nonfinite = [k for k in ("max_abs_delta", "rel_l2") if out[k] is not None and not math.isfinite(out[k])]
+        for k in nonfinite:  # NaN or inf in the weights: no finite figure (JSON has none)
+            out[k] = None
+        if nonfinite:
+            out["note"] = ", ".join(filter(None, [out.get("note"), "non-finite values changed"]))
         return out
 
     # -- branches, tags, rollback -------------------------------------------------------------
@@ -940,6 +969,17 @@ class Repo:
 
 
 SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
+
+
+def _plain_number(value):
+    """A metric given as a one-element tensor or numpy scalar (`loss.item()` forgotten) as the
+    Python number it holds; other values unchanged (canonical_json judges them)."""
+    item = getattr(value, "item", None)
+    size = getattr(value, "size", None)
+    numel = getattr(value, "numel", None)
+    if callable(item) and ((callable(numel) and numel() == 1) or size == 1):
+        return item()
+    return value
 
 
 def _ids_in(value) -> set[str]:

@@ -7,6 +7,7 @@ of stores and writes to the first (pack files and lazily fetched remotes plug in
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import mmap
 import os
 import sys
@@ -131,6 +132,9 @@ class MemoryStore(ObjectStore):
         self._objects.pop(oid, None)
 
 
+_BATCH: contextvars.ContextVar = contextvars.ContextVar("mvc_loose_batch", default=None)  # (store, pending)
+
+
 class LooseStore(ObjectStore):
     """One file per object under `root`; atomic (temp + fsync + rename) and write-once.
 
@@ -152,8 +156,6 @@ class LooseStore(ObjectStore):
         self.fsync = fsync
         self.stamps = stamps
         self.tmp = os.path.join(root, "tmp")
-        # id -> temp file written inside batch() (None while a thread is still writing it)
-        self._pending: dict[str, str | None] | None = None
         self._claim = threading.Lock()  # threads of one commit may put the same new id at once
         self._known: dict[str, bytes] = {}  # id -> verified stamp already read or written here
 
@@ -164,17 +166,20 @@ class LooseStore(ObjectStore):
         Nothing may point at them (refs) before the block has exited. The kernel starts writing
         each file to disk as soon as it is complete (`start_writeback`), so the fsyncs at the end
         mostly find the work done: a durable commit overlaps its disk writes with its copying.
-        Threads may put objects inside one batch at once.
+        The batch belongs to the calling context (a ContextVar): worker threads join it by running
+        in a copy of that context (`contextvars.copy_context().run`, as components does); other
+        threads, e.g. another commit through the same Repo object, never do.
         """
         if self._pending is not None:
             yield self
             return
-        self._pending = {}
+        pending: dict[str, str | None] = {}  # id -> temp file (None while a thread still writes it)
+        token = _BATCH.set((self, pending))
         try:
             yield self
-            self._flush(self._pending)
+            self._flush(pending)
         except BaseException:
-            for tmp in self._pending.values():
+            for tmp in pending.values():
                 try:
                     if tmp:
                         os.unlink(tmp)
@@ -182,7 +187,13 @@ class LooseStore(ObjectStore):
                     pass
             raise
         finally:
-            self._pending = None
+            _BATCH.reset(token)
+
+    @property
+    def _pending(self) -> dict[str, str | None] | None:
+        """The pending objects of this context's batch on this store, or None outside one."""
+        current = _BATCH.get()
+        return current[1] if current is not None and current[0] is self else None
 
     def _flush(self, pending: dict[str, str]) -> None:
         if not pending:

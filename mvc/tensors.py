@@ -38,11 +38,13 @@ def tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
         raise BadInput(f"a {t.layout} tensor cannot be stored in safetensors", "convert it with .to_dense()")
     if t.device.type == "meta":
         raise BadInput("a tensor on the meta device has no data to store")
-    t = t.detach()
+    t = t.detach().resolve_conj().resolve_neg()  # lazy conjugate/negative views: materialise them
     if t.device.type != "cpu":
         t = t.cpu()
     dtype, shape = st_dtype(t), tuple(t.shape)
     flat = t.contiguous().reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:  # one element with a stride (e.g. complex .imag): torch
+        flat = flat.clone(memory_format=torch.contiguous_format)  # contiguous, but a byte view needs stride 1
     if flat.numel() == 0:
         return dtype, shape, memoryview(b"")
     raw = flat.view(torch.uint8) if flat.element_size() > 1 or flat.dtype != torch.uint8 else flat
@@ -133,7 +135,9 @@ def module_state(value):
         return state, arch, config, abi, getattr(value, "mvc_kind", None)
     if isinstance(value, dict):
         for k, v in value.items():
-            if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            if not isinstance(k, str):
+                raise BadInput(f"state dict key {k!r} is a {type(k).__name__}, not a string")
+            if not isinstance(v, torch.Tensor):
                 raise BadInput(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
         return value, None, None, None, None
     raise BadInput(f"cannot commit a {type(value).__name__}",

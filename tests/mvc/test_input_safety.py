@@ -429,3 +429,83 @@ def test_a_name_that_is_both_branch_and_tag_warns_and_tags_prefix_picks_the_tag(
     with pytest.warns(UserWarning, match="both a branch and a tag"):
         assert repo.resolve("amb") == first
     assert repo.resolve("tags/amb") == second and repo.resolve("refs/heads/amb") == first
+
+
+def test_two_threads_committing_through_one_repo_object(repo):
+    import threading
+    errors = []
+
+    def work(branch, seed):
+        g = torch.Generator().manual_seed(seed)
+        try:
+            for i in range(6):
+                repo.commit({"c": {f"w{j}": torch.randn(32, 64, generator=g) for j in range(4)}},
+                            message=f"{branch}{i}", branch=branch)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(b, s)) for b, s in (("a", 1), ("b", 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    fresh = mvc.Repo(repo.root)
+    assert len(fresh.log("a")) == 6 and len(fresh.log("b")) == 6 and fresh.fsck()["ok"]
+    assert not os.listdir(os.path.join(repo.dir, "objects", "tmp"))
+
+
+@pytest.mark.parametrize("a,b,expect", [
+    ([float("nan"), 1.0, 2.0, 3.0], [float("nan"), 1.0, 2.0, 4.0], {"max_abs_delta": 1.0, "frac_changed": 0.25}),
+    ([float("inf"), 2.0], [float("inf"), 3.0], {"max_abs_delta": 1.0, "frac_changed": 0.5}),
+    ([1.0, 2.0], [float("inf"), 2.0], {"max_abs_delta": None, "frac_changed": 0.5}),
+    ([0.0, 1.0], [-0.0, 1.0], {"max_abs_delta": 0.0, "frac_changed": 0.5}),
+])
+def test_diff_statistics_are_bitwise_and_json_safe(repo, a, b, expect):
+    c1 = repo.commit({"c": {"t": torch.tensor(a)}}, message="a")
+    c2 = repo.commit({"c": {"t": torch.tensor(b)}}, message="b")
+    change = repo.diff(c1, c2)["components"]["c"]["tensors"]["t"]
+    assert {k: change[k] for k in expect} == expect
+    json.dumps(repo.diff(c1, c2), allow_nan=False)  # what mvc diff --json prints
+
+
+def test_diff_of_large_integers_is_exact(repo):
+    c1 = repo.commit({"c": {"t": torch.tensor([2**60], dtype=torch.int64)}}, message="a")
+    c2 = repo.commit({"c": {"t": torch.tensor([2**60 + 1], dtype=torch.int64)}}, message="b")
+    assert repo.diff(c1, c2)["components"]["c"]["tensors"]["t"]["max_abs_delta"] == 1.0
+
+
+def test_api_mistakes_are_mvc_errors_or_accepted_sensibly(repo, tmp_path):
+    import numpy as np
+    c = repo.commit({"c": {"w": torch.ones(2)}}, message="m",
+                    metrics={"loss": torch.tensor(1.5), "acc": np.float32(0.5)})  # .item() forgotten
+    assert repo.read_commit(c)["metrics"] == {"loss": 1.5, "acc": 0.5}
+    for bad, match in ((dict(message=123), "not a string"), (dict(message="x", metrics={"t": torch.ones(2)}),
+                                                             "cannot store this value")):
+        with pytest.raises(BadInput, match=match):
+            repo.commit({"c": {"w": torch.zeros(2)}}, **bad)
+    with pytest.raises(BadName, match="is a int, not a string"):
+        repo.commit({1: {"w": torch.zeros(2)}}, message="x")
+    with pytest.raises(BadInput, match="key 1 is a int"):
+        repo.commit({"c": {1: torch.zeros(2)}}, message="x")
+    (tmp_path / "afile").write_text("x")
+    for path in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(BadInput, match="is a file"):
+            mvc.Repo.init(path)
+    assert len(repo.log()) == 1
+
+
+def test_load_dtype_casts_floats_only_and_keys_must_be_a_list(repo):
+    c = repo.commit({"c": {"ids": torch.tensor([2049, 70000]), "mask": torch.tensor([True, False]),
+                           "f": torch.ones(2)}}, message="m")
+    got = repo.load(c, "c", dtype=torch.float16)
+    assert (got["f"].dtype, got["ids"].dtype, got["mask"].dtype) == (torch.float16, torch.int64, torch.bool)
+    assert got["ids"].tolist() == [2049, 70000]
+    with pytest.raises(BadInput, match="pass a list"):
+        repo.load(c, "c", keys="ids")
+
+
+def test_a_strided_single_element_view_commits(repo):
+    x = torch.randn(1, dtype=torch.cfloat, generator=torch.Generator().manual_seed(0)).conj().imag
+    c = repo.commit({"c": {"w": x}}, message="view")
+    assert torch.equal(repo.load(c, "c")["w"], x)

@@ -1,6 +1,8 @@
 """One contract suite for every object store (memory, loose, chain); other stores join by subclassing."""
+import contextvars
 import mmap
 import os
+import threading
 import time
 
 import pytest
@@ -314,6 +316,25 @@ def test_loose_batch_keeps_objects_in_temp_until_flushed(tmp_path):
     assert os.path.exists(s.path(oid)) and not os.listdir(tmp_path / "objects" / "tmp")
 
 
+def test_a_batch_belongs_to_its_context_not_to_other_threads(tmp_path):
+    s = LooseStore(str(tmp_path / "objects"))
+    seen = {}
+
+    def other_commit():  # e.g. a second commit through the same Repo object, in its own thread
+        oid = s.put(b"written by another thread")
+        seen["durable"] = os.path.exists(s.path(oid))
+
+    with pytest.raises(RuntimeError):
+        with s.batch():
+            s.put(b"doomed")
+            t = threading.Thread(target=other_commit)
+            t.start()
+            t.join()
+            raise RuntimeError("this batch fails")
+    assert seen["durable"]  # not deferred into (and then dropped with) someone else's batch
+    assert s.get(hash_bytes(b"written by another thread")) == b"written by another thread"
+
+
 def test_loose_batch_failure_leaves_nothing(tmp_path):
     s = LooseStore(str(tmp_path / "objects"))
     with pytest.raises(RuntimeError):
@@ -343,8 +364,8 @@ def test_loose_batch_threads_putting_one_id_write_it_once(tmp_path, monkeypatch)
         gate.wait()  # all four put at the same moment
         ids.append(s.put(b"same tensor bytes"))
 
-    with s.batch():
-        threads = [threading.Thread(target=worker) for _ in range(4)]
+    with s.batch():  # threads join the batch by running in a copy of its context
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(worker,)) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
