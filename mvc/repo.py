@@ -356,6 +356,8 @@ class Repo:
             created_from = None
         if warn:
             warnings.warn(warn)
+        if run_hooks:
+            self._hooks("mvc.pre_commit")  # e.g. an invalid mvc.toml refuses the commit here
         parent = self.refs.read(ref)  # checked again below, after the objects are written
         self._next_components(parent if parent is not None else created_from, remove,
                               set(components) | set(trees or {}))
@@ -448,11 +450,16 @@ class Repo:
 
     def _run_commit_hooks(self, cid: str, ref: str) -> None:
         """Call post-commit hooks registered by other packages (semantic CI) via entry points."""
+        self._hooks("mvc.post_commit", cid, ref)
+
+    def _hooks(self, group: str, *args) -> None:
+        """Entry points of `group` (only where mvc.toml configures them): mvc.pre_commit hooks run
+        before anything is written and may refuse the commit (an invalid mvc.toml)."""
         if not os.path.exists(os.path.join(self.root, "mvc.toml")):
             return
         from importlib.metadata import entry_points
-        for ep in entry_points(group="mvc.post_commit"):
-            ep.load()(self, cid, ref)
+        for ep in entry_points(group=group):
+            ep.load()(self, *args)
 
     # -- reading -----------------------------------------------------------------------------
     def load(self, rev: str | None, component: str, keys: Iterable[str] | None = None, device=None,

@@ -5,28 +5,48 @@ from __future__ import annotations
 
 import warnings
 
-from mvc.errors import CheckFailed
+from mvc.errors import CheckFailed, MvcError
 
 from . import certificate
 from . import config as cfgmod
 from .runner import run_ci
 
 
+def before_commit(repo) -> None:
+    """The `mvc.pre_commit` entry point: an mvc.toml that cannot be read refuses the commit before
+    anything is written (after the commit, CI could not run on it)."""
+    cfgmod.load(repo.root)
+
+
 def on_commit(repo, commit: str, ref: str) -> dict | None:
     cfg = cfgmod.load(repo.root)
     if cfg is None or not cfg.on_commit or not cfg.checks:
         return None
-    report = run_ci(repo, commit, config=cfg)
+    try:
+        report = run_ci(repo, commit, config=cfg)
+    except MvcError as e:  # CI could not run (e.g. a revision in mvc.toml): the commit has landed
+        if cfg.on_fail == "rollback":
+            target = _roll_back(repo, commit, ref, "CI could not run")
+            raise MvcError(f"committed {commit[:12]}, but semantic CI could not run on it ({e.message}); "
+                           f"{ref.split('/')[-1]} rolled back to {target[:12] if target else '(empty)'}",
+                           e.hint) from None
+        raise MvcError(f"committed {commit[:12]} (the branch moved), but semantic CI could not run on it: "
+                       f"{e.message}", e.hint) from None
     if report["passed"]:
         return report
     failed = ", ".join(c["name"] for c in report["checks"] if c["status"] == "failed")
     if cfg.on_fail == "rollback":
-        target = certificate.last_passing_ancestor(repo, commit)
-        repo.refs.update(ref, target, expected=commit,
-                         message=f"ci rollback: {commit[:12]} failed {failed}; back to "
-                                 f"{target[:12] if target else '(no commit)'}")
+        target = _roll_back(repo, commit, ref, f"failed {failed}")
         raise CheckFailed(commit, report["certificate"],
                           f"semantic CI failed on {commit[:12]} ({failed}); {ref.split('/')[-1]} rolled back to "
                           f"{target[:12] if target else '(empty)'}")
     warnings.warn(f"semantic CI failed on {commit[:12]} ({failed}); certificate {report['certificate'][:12]}")
     return report
+
+
+def _roll_back(repo, commit: str, ref: str, why: str) -> str | None:
+    """Move the branch back to the last passing commit; the failing one stays in history."""
+    target = certificate.last_passing_ancestor(repo, commit)
+    repo.refs.update(ref, target, expected=commit,
+                     message=f"ci rollback: {commit[:12]} {why}; back to {target[:12] if target else '(no commit)'}")
+    return target

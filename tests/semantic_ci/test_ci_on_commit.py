@@ -1,0 +1,42 @@
+"""CI on every commit when it cannot run: an unreadable mvc.toml refuses the commit before anything
+is written; a revision in mvc.toml that does not resolve says the commit landed (and, with
+on_fail = "rollback", moves the branch back, as a failing check would)."""
+import os
+import sys
+
+import pytest
+
+from mvc.errors import ConfigError, MvcError
+from semantic_ci.probe import builtin_probe
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_ci import BASIC, ci_repo, trained_table, write_config  # noqa: E402,F401 (ci_repo: a fixture)
+
+
+def _objects(repo):
+    return sorted(repo.store.ids())
+
+
+def test_an_unreadable_mvc_toml_refuses_the_commit_before_writing(ci_repo):
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
+    write_config(ci_repo, "[ci\n")  # invalid TOML
+    before = _objects(ci_repo)
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        ci_repo.commit({"core": {"table": t + 1}}, message="second")
+    assert ci_repo.head() == first and _objects(ci_repo) == before
+
+
+@pytest.mark.parametrize("on_fail", ["report", "rollback"])
+def test_ci_that_cannot_run_says_the_commit_landed(ci_repo, on_fail):
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
+    write_config(ci_repo, BASIC.replace("[ci]\n", f"[ci]\non_commit = true\non_fail = \"{on_fail}\"\n")
+                 .replace('baseline = "HEAD~1"', 'baseline = "nosuch"', 1))
+    with pytest.raises(MvcError, match="committed [0-9a-f]{12}.*could not run") as info:
+        ci_repo.commit({"core": {"table": t + 1}}, message="second")
+    assert "nosuch" in str(info.value)
+    if on_fail == "rollback":
+        assert ci_repo.head() == first and "rolled back" in str(info.value)
+    else:  # the commit stands, as the message says
+        assert ci_repo.head() != first and ci_repo.read_commit(ci_repo.head())["parents"] == [first]
