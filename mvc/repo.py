@@ -299,15 +299,19 @@ class Repo:
                                   else f"{rev}: commit {oid[:12]} has no parent (it is a root commit)")
         return parents[n - 1]
 
-    def _prefix_matches(self, prefix: str) -> list[str]:
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Every stored object id (loose or packed, any kind) that starts with `prefix`."""
         d = os.path.join(self.loose.root, prefix[:2])
         found = []
         if os.path.isdir(d):
             found = [prefix[:2] + n for n in os.listdir(d) if n.startswith(prefix[2:])]
         for s in self.store.stores[1:]:
             found.extend(o for o in getattr(s, "ids_with_prefix", lambda p: [])(prefix) if o not in found)
+        return sorted(found)
+
+    def _prefix_matches(self, prefix: str) -> list[str]:
         commits = []
-        for oid in sorted(found):
+        for oid in self.ids_with_prefix(prefix):
             try:
                 if self.store.size(oid) <= SMALL_OBJECT:  # a tensor blob is not read in full
                     self.read_commit(oid)

@@ -660,9 +660,24 @@ def cat_object(oid):
     """
     repo = _repo()
     if len(oid) != 64:
-        oid = repo.resolve(oid)
+        oid = _any_object(repo, oid)
     data = repo.store.get(oid)
     sys.stdout.buffer.write(data)
+
+
+def _any_object(repo: Repo, rev: str) -> str:
+    """A commit revision, or else a unique id prefix (>= 6 hex) of any object (tree, certificate, blob)."""
+    from ..errors import AmbiguousRevision, UnknownRevision
+    try:
+        return repo.resolve(rev)
+    except UnknownRevision:
+        matches = repo.ids_with_prefix(rev) if len(rev) >= 6 and all(c in "0123456789abcdef" for c in rev) else []
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise AmbiguousRevision(f"ambiguous object prefix {rev}: {len(matches)} objects match",
+                                    "candidates: " + ", ".join(m[:12] for m in matches[:10])) from None
+        raise
 
 
 @cli.command("ls-tree")

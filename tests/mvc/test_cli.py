@@ -265,3 +265,13 @@ def test_every_command_help_has_an_example_of_itself():
         if not any(i + 1 < len(lines) and lines[i + 1].strip().startswith(usage) for i in heads):
             missing.append(usage)
     assert not missing, f"--help without an 'Example(s):' line starting with the command: {missing}"
+
+
+def test_cat_object_takes_a_prefix_of_any_object(run, in_repo):
+    import torch
+    cid = in_repo.commit({"core": {"w": torch.ones(3)}}, message="one")
+    tree = in_repo.read_commit(cid)["components"]["core"]
+    out = run("cat-object", tree[:10]).stdout
+    assert json.loads(out)["type"] == "tree"
+    assert json.loads(run("cat-object", cid[:8]).stdout)["type"] == "commit"
+    assert "unknown revision" in run("cat-object", "0" * 6 if not tree.startswith("000000") else "f" * 6, code=3).stderr
