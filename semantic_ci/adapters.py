@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from mvc.errors import BadInput
+
 
 class BigramModel(torch.nn.Module):
     """Next-byte logits read from a (256, 256) table: the smallest byte model there is."""
@@ -21,4 +23,11 @@ class BigramModel(torch.nn.Module):
 
 def bigram(state: dict, tree: dict) -> BigramModel:
     """Adapter for a component holding one tensor `table` of shape (256, 256)."""
-    return BigramModel(state["table"].to(torch.float32))
+    table = state.get("table")
+    if not isinstance(table, torch.Tensor) or tuple(table.shape) != (256, 256):
+        found = (f"its tensor 'table' has shape {tuple(table.shape)}" if isinstance(table, torch.Tensor) else
+                 f"it has no tensor 'table' (tensors: {', '.join(sorted(state)[:5]) or 'none'}"
+                 f"{', ...' if len(state) > 5 else ''})")
+        raise BadInput(f"the bigram adapter needs a component holding one (256, 256) tensor 'table': {found}",
+                       "use this adapter only for bigram tables; cores built by cores.build need no adapter")
+    return BigramModel(table.to(torch.float32))

@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import socket
 
-from mvc.errors import CorruptObject, MvcError, UnknownRevision
+from mvc.errors import AmbiguousRevision, CorruptObject, MvcError, ObjectMissing, UnknownRevision, WrongObjectType
 from mvc.objects import FORMAT_VERSION, decode, is_oid
 from mvc.refs import utc_now
 
 # Canonical JSON has no NaN/Infinity: a non-finite figure is stored as one of these strings.
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+CERTIFICATE_MAX_BYTES = 64 << 20  # looking up an id prefix never reads a bigger object (a tensor blob)
 
 
 def _nonfinite_text(v: float) -> str:
@@ -106,6 +108,10 @@ def index(repo, commit: str) -> tuple[list[tuple[str, dict]], list[str]]:
         except MvcError as e:
             problems.append(f"{where} names {line[:12]}, which is not a readable certificate ({e.message})")
             continue
+        if not isinstance(cert.get("checks"), list) or not cert["checks"]:
+            problems.append(f"{where} names certificate {line[:12]}, which records no checks: it certifies "
+                            f"nothing (ignored)")
+            continue
         if cert.get("commit") != commit:
             other = cert.get("commit")
             other = other[:12] if isinstance(other, str) else repr(other)
@@ -127,16 +133,42 @@ def ci_state(repo, commit: str) -> tuple[str | None, list[str]]:
     good, problems = index(repo, commit)
     if not good:
         return None, problems
-    return ("passed" if good[-1][1].get("passed") is True else "failed"), problems
+    return ("passed" if passed(good[-1][1]) else "failed"), problems
+
+
+def passed(cert: dict) -> bool:
+    """Whether a certificate counts as passed: it says so, it records checks, and none of them
+    failed (a certificate whose verdict contradicts its checks was edited: it does not pass)."""
+    checks = cert.get("checks")
+    return (cert.get("passed") is True and isinstance(checks, list) and bool(checks)
+            and all(isinstance(c, dict) and c.get("status") in ("passed", "skipped") for c in checks))
 
 
 def read(repo, cert_id: str) -> dict:
     return decode(repo.store.get(cert_id), "certificate", cert_id)
 
 
+def _certificates_with_prefix(repo, prefix: str) -> list[str]:
+    """The ids of stored certificates starting with `prefix` (large objects, tensor blobs, are not
+    read: a certificate is far smaller)."""
+    found = []
+    for oid in repo.ids_with_prefix(prefix):
+        try:
+            if repo.store.size(oid) > CERTIFICATE_MAX_BYTES:
+                continue
+            read(repo, oid)
+        except (WrongObjectType, ObjectMissing):
+            continue
+        except CorruptObject as e:
+            raise CorruptObject(f"{prefix} names a damaged object: {e.message}", "run mvc fsck") from None
+        found.append(oid)
+    return found
+
+
 def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
-    """(id, certificate, index problems): a certificate by id (or unique prefix), or the latest valid
-    one of a commit revision plus what is wrong with that commit's index."""
+    """(id, certificate, index problems): a certificate by id (or unique prefix of >= 6 hex), or the
+    latest valid one of a commit revision plus what is wrong with that commit's index. A text that
+    resolves as a commit means the commit; an ambiguous certificate prefix is an error listing them."""
     if is_oid(rev_or_cert) and repo.store.has(rev_or_cert):
         try:
             return rev_or_cert, read(repo, rev_or_cert), []
@@ -145,8 +177,23 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
                 raise
     try:
         commit = repo.resolve(rev_or_cert)
+    except AmbiguousRevision:
+        raise
     except UnknownRevision:
-        raise UnknownRevision(f"{rev_or_cert!r} is neither a commit nor a certificate") from None
+        text = rev_or_cert.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{6,63}", text):
+            hint = "id prefixes need at least 6 hex digits" if re.fullmatch(r"[0-9a-f]{1,5}", text) else \
+                "see mvc log for commits; mvc ci prints certificate ids"
+            raise UnknownRevision(f"{rev_or_cert!r} is neither a commit nor a certificate", hint) from None
+        found = _certificates_with_prefix(repo, text)
+        if len(found) > 1:
+            raise AmbiguousRevision(f"ambiguous certificate id {text}: {len(found)} certificates match",
+                                    "candidates: " + ", ".join(f[:12] for f in found[:10])
+                                    + (", ..." if len(found) > 10 else "")) from None
+        if not found:
+            raise UnknownRevision(f"{rev_or_cert!r} is neither a commit nor a certificate",
+                                  "see mvc log for commits; mvc ci prints certificate ids") from None
+        return found[0], read(repo, found[0]), []
     good, problems = index(repo, commit)
     if not good:
         if problems:
@@ -170,7 +217,7 @@ def last_passing_ancestor(repo, commit: str) -> str | None:
     while c["parents"]:
         parent = c["parents"][0]
         good, _ = index(repo, parent)
-        if not good or good[-1][1]["passed"]:
+        if not good or passed(good[-1][1]):
             return parent
         c = repo.read_commit(parent)
     return None

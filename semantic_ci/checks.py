@@ -10,12 +10,12 @@ import blake3
 import numpy as np
 import torch
 
-from mvc.errors import ConfigError, MvcError, UnknownRevision
+from mvc.errors import BadInput, ConfigError, MvcError, UnknownRevision
 
 from . import evaluate as ev
 from .certificate import finite_figures
 from .config import Check, CiConfig
-from .models import ModelCache
+from .models import AdapterFailed, ModelCache, import_adapter
 from .probe import read_data
 
 
@@ -73,14 +73,17 @@ def walk_relative(repo, oid: str, path: str) -> str:
     return oid
 
 
+def where(ctx: Context, check: Check, key: str) -> str:
+    """`mvc.toml: ci.checks[NAME].KEY`: how an error names the setting to fix."""
+    return f"{ctx.config.source}: ci.checks[{check.name}].{key}"
+
+
 def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
     """The commit id a check's revision names, HEAD meaning the candidate. An unknown name, a tree
     or blob id, or any other unresolvable revision is a BadRevision naming the mvc.toml key; only
     a relative revision walking past a root commit (a first commit's HEAD~1) raises PastRoot."""
-    where = f"{ctx.config.source}: ci.checks[{check.name}].{key}"
-
     def bad(e: UnknownRevision) -> BadRevision:
-        return BadRevision(f"{where}: revision {rev!r} does not resolve: {e.message}",
+        return BadRevision(f"{where(ctx, check, key)}: revision {rev!r} does not resolve: {e.message}",
                            "fix the revision in mvc.toml; see mvc log, mvc branch and mvc tag")
     base_rev, path = split_relative(rev)
     try:
@@ -175,13 +178,50 @@ class Prepared:
         return ctx.models.get(self.base, self.component, self.bricks, self.adapter)
 
 
+def read_check_data(ctx: Context, check: Check, key: str, default_bytes: int | None = None):
+    """read_data for the setting `key` of a check: a file that cannot be read (or holds too little)
+    is a ConfigError naming that key. A `blob:` reference (verify) fails as the object store says."""
+    spec = check.get(key)
+    if default_bytes is None:
+        default_bytes = check.get("probe_bytes", ctx.config.probe_bytes)
+    try:
+        return read_data(ctx.repo, spec, default_bytes)
+    except BadInput as e:
+        if isinstance(spec, str) and spec.startswith("blob:"):
+            raise
+        raise ConfigError(f"{where(ctx, check, key)}: {e.message}",
+                          e.hint or "relative paths start at the repository root") from None
+
+
+def _require_component(ctx: Context, check: Check, commit: str, what: str, key: str, component: str) -> None:
+    comps = ctx.repo.read_commit(commit)["components"]
+    if component not in comps:
+        raise ConfigError(f"{where(ctx, check, key)}: {what} {commit[:12]} has no component {component!r}",
+                          f"it has: {', '.join(sorted(comps)) or 'none'}")
+
+
+def adapter_key(ctx: Context, check: Check) -> str:
+    """The mvc.toml key that set a check's adapter."""
+    return where(ctx, check, "adapter") if check.get("adapter") else f"{ctx.config.source}: ci.adapter"
+
+
 def prepare(ctx: Context, check: Check, data_key: str) -> Prepared | dict:
-    """The prepared inputs of a check (PastRoot when its baseline is a first commit's HEAD~1)."""
+    """The prepared inputs of a check (PastRoot when its baseline is a first commit's HEAD~1).
+    Settings that name nothing (a component, a brick, an adapter, a data file) are ConfigErrors
+    naming their mvc.toml key, found before any model is built."""
     base = _baseline(ctx, check)
     component = check.get("component", "core")
     bricks = tuple(check.get("bricks", ()))
     adapter = check.get("adapter", ctx.config.adapter)
-    data, data_id, desc = read_data(ctx.repo, check.get(data_key), check.get("probe_bytes", ctx.config.probe_bytes))
+    _require_component(ctx, check, ctx.commit, "commit", "component", component)
+    _require_component(ctx, check, base, "baseline", "baseline", component)
+    for i, name in enumerate(bricks):
+        comp = name if name.startswith("brick/") else f"brick/{name}"
+        _require_component(ctx, check, ctx.commit, "commit", f"bricks[{i}]", comp)
+        _require_component(ctx, check, base, "baseline", f"bricks[{i}]", comp)
+    if adapter:
+        import_adapter(adapter)  # AdapterFailed, named after its key by run_check
+    data, data_id, desc = read_check_data(ctx, check, data_key)
     return Prepared(component, bricks, adapter, check.get("window", ctx.config.window), base, data, data_id, desc,
                     ctx.models.get(ctx.commit, component, bricks, adapter))
 
@@ -265,10 +305,18 @@ def run_ppl_ratio(ctx: Context, check: Check) -> dict:
 
 
 def run_migration(ctx: Context, check: Check) -> dict:
-    # resolve the source and hosts here first: a misspelt host is an error, not a skipped check
-    resolve_check_rev(ctx, check, "source", check.get("source", "HEAD"))
-    for i, host in enumerate(check.get("hosts") or ()):
-        resolve_check_rev(ctx, check, f"hosts[{i}]", host)
+    # resolve the source and hosts here first: a misspelt host is an error, not a skipped check;
+    # so is a brick the source does not hold, a host without a core or an unreadable data file
+    source = resolve_check_rev(ctx, check, "source", check.get("source", "HEAD"))
+    hosts = [resolve_check_rev(ctx, check, f"hosts[{i}]", host) for i, host in enumerate(check.get("hosts") or ())]
+    brick = check.get("brick") or ""
+    _require_component(ctx, check, source, "source", "brick", brick if brick.startswith("brick/") else f"brick/{brick}")
+    for i, host in enumerate(hosts):
+        _require_component(ctx, check, host, "host", f"hosts[{i}]", "core")
+    for key in ("domain_data", "general_data", "probe"):
+        spec = check.get(key)
+        if spec and spec != "builtin" and not spec.startswith("blob:"):
+            read_check_data(ctx, check, key, 0)
     try:
         from .migration import run_migration as impl
     except ImportError as e:
@@ -280,17 +328,33 @@ def run_migration(ctx: Context, check: Check) -> dict:
 RUNNERS = {"exact-logits": run_exact_logits, "ppl-ratio": run_ppl_ratio, "migration": run_migration}
 
 
+def _named(check: Check, e: MvcError) -> MvcError:
+    """The error (its type, so its exit code, kept), its message naming the check."""
+    if f"ci.checks[{check.name}]" not in e.message:
+        e.message = f"check {check.name!r}: {e.message}"
+        e.args = (e.message,)
+    return e
+
+
 def run_check(ctx: Context, check: Check) -> dict:
-    """One check's result. A bad revision in mvc.toml raises (BadRevision, exit 3); a relative
-    baseline past the root commit gives `skipped`; a non-finite figure fails the check."""
+    """One check's result: `passed` or `failed` only when the models were measured. A relative
+    baseline past the root commit gives `skipped`; a non-finite figure fails the check.
+
+    Anything that keeps the check from measuring raises instead (exit 3, no certificate): a bad
+    revision or another setting of mvc.toml naming nothing (a ConfigError naming the key), a
+    missing or corrupt object (a lazy clone's unreachable remote included), unreadable data, or a
+    user adapter that fails (AdapterFailed naming the adapter and its key)."""
     try:
         out = RUNNERS[check.kind](ctx, check)
-    except BadRevision:
-        raise
     except PastRoot as e:
         return result(check, "skipped", inputs={"skipped": e.record}, note=str(e))
+    except AdapterFailed as e:
+        if not e.message.startswith(ctx.config.source + ": "):
+            e.message = f"{adapter_key(ctx, check)}: {e.message}"
+            e.args = (e.message,)
+        raise
     except MvcError as e:
-        return result(check, "failed", note=f"error: {e}")
+        raise _named(check, e)
     except OverflowError as e:  # a diverged model's figure left the float range
         return result(check, "failed", note=f"a figure is not finite (overflow: {e})")
     return finite_figures(out)

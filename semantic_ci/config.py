@@ -22,6 +22,10 @@ CHECK_KEYS = {
 }
 DEFAULT_PROBE_BYTES = 4096
 DEFAULT_WINDOW = 256
+# The built-in probe is generated in memory and every byte of it is evaluated one window at a time:
+# beyond this it would exhaust memory (or take days), so a larger probe_bytes is refused when read.
+MAX_PROBE_BYTES = 64 << 20
+MAX_BOOTSTRAP = 100_000  # resamples of the PPL-ratio interval (each one a row of window indices)
 
 
 @dataclass
@@ -60,13 +64,15 @@ def _err(source, key, what):
     return ConfigError(f"{source}: {key}: {what}")
 
 
-def _num(source, key, value, minimum=None):
+def _num(source, key, value, minimum=None, maximum=None):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _err(source, key, f"must be a number, got {value!r}")
     if not math.isfinite(value):
         raise _err(source, key, f"must be a finite number, got {value!r}")
     if minimum is not None and value < minimum:
         raise _err(source, key, f"must be >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise _err(source, key, f"must be <= {maximum}, got {value!r}")
     return value
 
 
@@ -101,7 +107,7 @@ def parse(doc: dict, source: str = CONFIG_FILE) -> CiConfig:
     if "adapter" in ci:
         cfg.adapter = _adapter(source, "ci.adapter", ci["adapter"])
     if "probe_bytes" in ci:
-        cfg.probe_bytes = int(_num(source, "ci.probe_bytes", ci["probe_bytes"], 16))
+        cfg.probe_bytes = int(_num(source, "ci.probe_bytes", ci["probe_bytes"], 16, MAX_PROBE_BYTES))
     if "window" in ci:
         cfg.window = int(_num(source, "ci.window", ci["window"], 8))
     checks = ci.get("checks", [])
@@ -153,9 +159,10 @@ def _check(source, where, name, kind, raw) -> Check:
             _num(source, f"{where}.{key}", p[key], 0)
             if p[key] == 0:
                 raise _err(source, f"{where}.{key}", "a ratio bound of 0 can never pass")
-    for key in ("probe_bytes", "window", "bootstrap"):
+    for key, least, most in (("probe_bytes", 16, MAX_PROBE_BYTES), ("window", 1, None),
+                             ("bootstrap", 1, MAX_BOOTSTRAP)):
         if key in p:
-            p[key] = int(_num(source, f"{where}.{key}", p[key], 1))
+            p[key] = int(_num(source, f"{where}.{key}", p[key], least, most))
     if "int8" in p and not isinstance(p["int8"], bool):
         raise _err(source, f"{where}.int8", "must be true or false")
     if base_kind == "migration":
@@ -204,8 +211,11 @@ def load(root: str, text: str | None = None, source: str | None = None) -> CiCon
     if text is None:
         if not os.path.exists(path):
             return None
-        with open(path, "rb") as f:
-            raw = f.read()
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:  # a directory, no permission: a config problem, not a bug
+            raise ConfigError(f"{source}: cannot read it ({e.strerror or e})") from None
         text = raw.decode("utf-8", errors="replace")
     try:
         doc = tomllib.loads(text)

@@ -1,34 +1,103 @@
 """Building evaluable models from commits: the cores arch registry, or a user adapter
-(`module:function` taking the loaded state dict and the component's tree) for other families."""
+(`module:function` taking the loaded state dict and the component's tree) for other families.
+
+A user's adapter is outside mvc's control: whatever it (or the model it returns) raises is an
+`AdapterFailed` (exit 3) naming the adapter, never an mvc bug (exit 4)."""
 from __future__ import annotations
 
 import importlib
 
-from mvc.errors import BadInput, ConfigError
+from mvc.errors import BadInput, ConfigError, MvcError
+
+ADAPTER_HINT = ("an adapter is function(state_dict, tree) -> model, the model mapping byte ids (B, T) "
+                "to logits (B, T, 256); see semantic_ci/adapters.py")
+
+
+class AdapterFailed(ConfigError):
+    """A user adapter that cannot be imported, raised, or returned something that is no model."""
 
 
 def import_adapter(spec: str):
     mod, _, fn = spec.partition(":")
     try:
-        return getattr(importlib.import_module(mod), fn)
+        obj = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot import adapter {spec!r}: {e}") from None
+        raise AdapterFailed(f"cannot import adapter {spec!r}: {e}",
+                            "check the module is installed and the function name") from None
+    except Exception as e:  # the module itself raised while being imported
+        raise AdapterFailed(f"cannot import adapter {spec!r}: {type(e).__name__}: {e}") from e
+    if not callable(obj):
+        raise AdapterFailed(f"adapter {spec!r} is a {type(obj).__name__}, not a function", ADAPTER_HINT)
+    return obj
+
+
+def _failed(spec: str, e: BaseException) -> AdapterFailed:
+    if isinstance(e, MvcError):
+        return AdapterFailed(f"adapter {spec!r}: {e.message}", e.hint)
+    return AdapterFailed(f"adapter {spec!r} failed: {type(e).__name__}: {e}", ADAPTER_HINT)
+
+
+class AdapterModel:
+    """A model an adapter returned: calls that raise, and outputs that are no (B, T, 256) float
+    logits, become AdapterFailed. Attributes (state_dict, head, ...) pass through."""
+
+    def __init__(self, spec: str, model):
+        self.adapter_spec = spec
+        self.model = model
+
+    def __getattr__(self, name):
+        if name in ("adapter_spec", "model"):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __call__(self, ids, *args, **kwargs):
+        import torch
+        try:
+            out = self.model(ids, *args, **kwargs)
+        except Exception as e:
+            raise _failed(self.adapter_spec, e) from e
+        logits = out[0] if isinstance(out, tuple) and out else out
+        want = (*ids.shape, 256)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want \
+                or not logits.is_floating_point():
+            got = (f"a {logits.dtype} tensor of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor)
+                   else f"a {type(logits).__name__}")
+            raise AdapterFailed(f"adapter {self.adapter_spec!r}: its model returned {got}, expected "
+                                f"floating-point logits of shape {want}", ADAPTER_HINT)
+        return out
 
 
 def build_from_tree(tree: dict, state: dict, adapter: str | None = None):
     """An nn.Module-like callable (byte ids -> (B, T, 256) logits) for one component."""
     if adapter:
-        model = import_adapter(adapter)(state, tree)
-    else:
-        arch, config = tree.get("arch"), tree.get("config")
-        if not arch:
-            raise BadInput("this component records no architecture",
-                           "commit an nn.Module built by cores.build, or set ci.adapter = \"module:function\"")
-        from cores import registry
+        fn = import_adapter(adapter)
+        try:
+            model = fn(state, tree)
+            if callable(model) and hasattr(model, "eval"):
+                model.eval()
+        except Exception as e:
+            raise _failed(adapter, e) from e
+        if not callable(model):
+            got = "None" if model is None else f"a {type(model).__name__}"
+            raise AdapterFailed(f"adapter {adapter!r} returned {got}, not a model", ADAPTER_HINT)
+        return AdapterModel(adapter, model)
+    arch, config = tree.get("arch"), tree.get("config")
+    if not arch:
+        raise BadInput("this component records no architecture",
+                       "commit an nn.Module built by cores.build, or set ci.adapter = \"module:function\"")
+    from cores import registry
+    try:
         model = registry.build(arch, config)
+    except KeyError as e:
+        raise BadInput(f"cannot build the component's recorded architecture: {e.args[0] if e.args else e}",
+                       "install the package that provides it, or set ci.adapter = \"module:function\"") from None
+    try:
         model.load_state_dict(state)
-    if hasattr(model, "eval"):
-        model.eval()
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"the component's tensors do not fit its recorded architecture {arch!r}: {first}",
+                       "the commit is damaged or was made by other code; set an adapter to evaluate it") from None
+    model.eval()
     return model
 
 

@@ -15,6 +15,9 @@ _PUNCT = [b" ", b" ", b" ", b" ", b", ", b". ", b"\n", b"(", b")", b": ", b" = "
 
 def builtin_probe(n_bytes: int) -> bytes:
     """`n_bytes` of text-like bytes from a counter-based generator: identical on every machine."""
+    from .config import MAX_PROBE_BYTES
+    if not isinstance(n_bytes, int) or isinstance(n_bytes, bool) or not 0 <= n_bytes <= MAX_PROBE_BYTES:
+        raise BadInput(f"probe_bytes must be a whole number from 0 to {MAX_PROBE_BYTES}, got {n_bytes!r}")
     out = bytearray()
     stream = blake3.blake3(b"mvc-semantic-ci-probe-v1").digest(length=max(64, n_bytes * 2))
     i = 0

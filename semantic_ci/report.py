@@ -71,7 +71,12 @@ def render_table(summary: dict, console) -> None:
     for c in summary["checks"]:
         if c.get("note"):
             console.print(f"  {escape(c['name'])}: {escape(c['note'])}")
-    console.print("[green]all checks passed[/]" if summary["passed"] else "[red]semantic CI failed[/]")
+    if not summary["passed"]:
+        console.print("[red]semantic CI failed[/]")
+    elif all(c["status"] == "skipped" for c in summary["checks"]):
+        console.print("[yellow]no check ran (all skipped)[/]")
+    else:
+        console.print("[green]all checks passed[/]")
 
 
 def junit_xml(summary: dict) -> str:

@@ -1,13 +1,14 @@
 """Running the configured checks on a commit and verifying stored certificates."""
 from __future__ import annotations
 
+import json
 import math
 
 from mvc.errors import ConfigError, MvcError
 
 from . import certificate
 from . import config as cfgmod
-from .checks import BadRevision, Context, PastRoot, resolve_check_rev, run_check, split_relative
+from .checks import BadRevision, Context, PastRoot, resolve_check_rev, run_check, split_relative, walk_relative
 from .config import Check, CiConfig
 from .models import ModelCache
 
@@ -71,18 +72,109 @@ def _compare(stored: dict, fresh: dict, prefix="") -> list[str]:
     return diffs
 
 
+THRESHOLD_KEYS = ("tolerance", "max_ratio", "max_domain_ratio", "max_general_ratio", "mode")
+
+
+class _Defined:
+    """The checks mvc.toml defines at verify time (read once, when first needed): what a recorded
+    check's parameters are compared with, since a certificate's own parameters can be edited."""
+
+    def __init__(self, repo, cert: dict):
+        self.repo, self.cert = repo, cert
+        self._config: CiConfig | None | bool = False
+
+    @property
+    def config(self) -> CiConfig | None:
+        if self._config is False:
+            self._config = cfgmod.load(self.repo.root)
+        return self._config
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.config.checks if c.name == name), None) if self.config else None
+
+    def changed_thresholds(self, stored: dict) -> str | None:
+        """A note when mvc.toml now sets other bounds for a check that ran (None when the same, when
+        mvc.toml does not define it or cannot be read, or for a pipeline stage's check)."""
+        if self.from_pipeline():
+            return None
+        try:
+            now = self.check(stored["name"])
+        except MvcError:
+            return None
+        if now is None:
+            return None
+        params = stored.get("params") or {}
+        changed = [k for k in THRESHOLD_KEYS if _normal(now.params.get(k)) != _normal(params.get(k))]
+        if not changed:
+            return None
+        return (f"{self.config.source} now sets " + ", ".join(f"{k} = {now.params.get(k)!r} (certificate: "
+                f"{params.get(k)!r})" for k in changed) + ": the verdict was re-derived with the certificate's own")
+
+    def from_pipeline(self) -> bool:
+        return ": stage " in str(self.cert.get("config") or "")
+
+
+def _normal(value):
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _definition_diffs(defined: _Defined, stored: dict) -> list[str]:
+    """How a recorded check differs from the check of that name in mvc.toml now (empty when equal).
+    A check mvc.toml does not define is a difference too, unless the certificate comes from a
+    pipeline stage (its checks live in the pipeline file) or there is no mvc.toml here."""
+    name = stored["name"]
+    if defined.config is None:
+        return []
+    now = defined.check(name)
+    source = defined.config.source
+    if now is None:
+        if defined.from_pipeline():
+            return []
+        return [f"{source} does not define a check named {name!r}: the recorded parameters cannot be confirmed"]
+    diffs = []
+    if (now.kind, now.preset) != (stored["kind"], stored.get("preset")):
+        diffs.append(f"kind {now.preset or now.kind!r} there, {stored.get('preset') or stored['kind']!r} in the "
+                     f"certificate")
+    a, b = _normal(now.params), _normal(stored.get("params") or {})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            diffs.append(f"{key} {a.get(key)!r} there, {b.get(key)!r} in the certificate")
+    if diffs:
+        return [f"{source} now defines check {name!r} differently (" + "; ".join(diffs) + ")"]
+    return []
+
+
 def verify(repo, rev_or_cert: str) -> dict:
-    """Re-run every check of a certificate from its recorded ids and compare the figures."""
+    """Re-run every check of a certificate from its recorded ids and compare the figures.
+
+    A skipped check must still have its reason: its relative revision, re-walked from the recorded
+    commit ids, goes past the root commit, and its recorded parameters are those mvc.toml defines
+    for it now. A certificate with no checks, or a check that recorded an error instead of figures,
+    does not verify. Errors while re-running (a missing or corrupt object) are reported per check."""
     cert_id, cert, problems = certificate.locate(repo, rev_or_cert)
     config = CiConfig(source=cert.get("config") or "certificate")
     ctx = Context(repo, cert["commit"], config, ModelCache(repo), None)
+    defined = _Defined(repo, cert)
     out = []
     if problems:  # a foreign, missing or unreadable certificate in the commit's index
         out.append({"name": "(certificate index)", "reproduced": False, "diffs": problems})
-    for stored in cert["checks"]:
+    checks = cert.get("checks")
+    if not isinstance(checks, list) or not checks:
+        out.append({"name": "(certificate)", "reproduced": False,
+                    "diffs": ["the certificate records no checks: it certifies nothing"]})
+        checks = []
+    for stored in checks:
         if stored["status"] == "skipped":
-            diffs = _recheck_skip(ctx, cert, stored)
+            diffs = _definition_diffs(defined, stored)
+            if diffs:
+                diffs[0] += ": the reason for skipping cannot be confirmed (re-run mvc ci)"
+            diffs += _recheck_skip(ctx, cert, stored)
             out.append({"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "skipped": True})
+            continue
+        if stored["kind"] != "gate" and str(stored.get("note") or "").startswith("error:"):
+            out.append({"name": stored["name"], "reproduced": False,
+                        "diffs": [f"the certificate records an error, not a measurement ({stored['note']}): "
+                                  f"re-run mvc ci"]})
             continue
         if stored["kind"] == "gate":
             from .pipeline import recheck_gate
@@ -115,11 +207,15 @@ def verify(repo, rev_or_cert: str) -> dict:
             diffs.append(f"verdict: certificate says {stored['status']}, re-run gives {fresh['status']}"
                          + (f" ({fresh['note']})" if fresh.get("note") else ""))
         env_a, env_b = stored.get("envelope"), fresh.get("envelope")
-        note = None
+        notes = []
         if env_a and env_b and env_a != env_b:
-            note = "execution envelope differs from the certificate's: exact figures may legitimately differ"
-        out.append({"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "note": note})
-    consistent = cert["passed"] == all(c["status"] == "passed" for c in cert["checks"] if c["status"] != "skipped")
+            notes.append("execution envelope differs from the certificate's: exact figures may legitimately differ")
+        changed = defined.changed_thresholds(stored)
+        if changed:
+            notes.append(changed)
+        out.append({"name": stored["name"], "reproduced": not diffs, "diffs": diffs,
+                    "note": "; ".join(notes) or None})
+    consistent = cert.get("passed") == all(c["status"] == "passed" for c in checks if c["status"] != "skipped")
     if not consistent:
         out.append({"name": "(verdict)", "reproduced": False,
                     "diffs": ["the certificate's overall verdict does not follow from its checks"]})
@@ -149,17 +245,28 @@ def _recheck_skip(ctx: Context, cert: dict, stored: dict) -> list[str]:
             return []
         return [f"skipped because {rec.get('module')} could not be imported, but it imports here: re-run mvc ci"]
     if rec.get("from"):
-        start, path, rev = rec["from"], rec.get("path") or "", rec.get("revision", "?")
+        start, path, rev, key = rec["from"], rec.get("path") or "", rec.get("revision", "?"), rec.get("key")
         diffs = []
-        base_rev, _ = split_relative(rev)
+        recorded = dict(_skip_revisions(stored))
+        if key not in recorded or recorded[key] != rev:
+            diffs.append(f"skip record: {key} = {rev!r}, but the check's parameters give "
+                         f"{key} = {recorded.get(key)!r}")
+        base_rev, rel = split_relative(rev)
+        if rel != path:
+            diffs.append(f"skip record: {key} = {rev!r} is walked as {path!r}, not {rel!r}")
+        if key == "baseline" and cert.get("base"):
+            diffs.append(f"skip record: the baseline was given with --base ({str(cert['base'])[:12]}), so "
+                         "it cannot have gone past the root commit")
         if base_rev == "HEAD" and start != cert["commit"]:
-            diffs.append(f"skip record: {rec.get('key')} = {rev!r} starts at {start[:12]}, not at the certified "
+            diffs.append(f"skip record: {key} = {rev!r} starts at {str(start)[:12]}, not at the certified "
                          f"commit {cert['commit'][:12]}")
         try:
-            oid = ctx.repo.resolve(start + path)
-        except MvcError:
-            return diffs  # still past the root (or gone): the recorded reason holds
-        return diffs + [f"skipped because {rec.get('key')} = {rev!r} went past the root commit, but "
+            oid = walk_relative(ctx.repo, start, path)
+        except LookupError:
+            return diffs  # still past the root: the recorded reason holds
+        except MvcError as e:
+            return diffs + [f"skip record: cannot walk {key} = {rev!r} from {str(start)[:12]}: {e.message}"]
+        return diffs + [f"skipped because {key} = {rev!r} went past the root commit, but "
                         f"{start[:12]}{path} resolves to {oid[:12]}: the check should have run"]
     # no record (a certificate from an older mvc): re-derive the reason from the check's parameters
     check = Check(name, stored["kind"], stored.get("params") or {}, stored.get("preset"))

@@ -36,9 +36,12 @@ def ci(rev, base, names, junit, as_json):
     """Run the semantic-CI checks of mvc.toml on REV (default HEAD) and store a certificate.
 
     Exit 0 when every check passes (a check whose relative baseline, such as a first commit's
-    HEAD~1, goes past the root commit is skipped), 1 when one fails (a NaN or infinite figure
-    fails its check), 2 for a bad option (an unusable --junit path), 3 for an error: an invalid
-    mvc.toml, one that defines no checks, or a revision in it that does not resolve.
+    HEAD~1, goes past the root commit is skipped), 1 when a model is measured and found wanting
+    (a NaN or infinite figure fails its check), 2 for a bad option (an unusable --junit path),
+    3 for an error, and then no certificate is stored: an invalid mvc.toml, one that defines no
+    checks, a setting in it that names nothing (a revision, component, brick, data file or
+    adapter; the error names the key), a missing or corrupt object (a lazy clone whose remote is
+    gone included), or a user adapter that fails.
 
     \b
     Examples:
@@ -77,16 +80,22 @@ def ci(rev, base, names, junit, as_json):
 @click.argument("target", default="HEAD")
 @click.option("--json", "as_json", is_flag=True)
 def verify(target, as_json):
-    """Re-run a certificate's checks (TARGET: a certificate id or a commit) and confirm the figures.
+    """Re-run a certificate's checks (TARGET: a commit, or a certificate id or unique prefix of at
+    least 6 hex digits, as mvc ci prints) and confirm the figures.
 
     Exact figures must reproduce bit for bit; others within a relative 1e-6; a skipped check must
-    still have its reason (a relative baseline past the root commit). Exit 3 when a figure does not
-    reproduce (a tampered or stale certificate) or when the commit's certificate index names a
-    missing object or a certificate of another commit (such entries are never used).
+    still have its reason (its relative revision, re-walked from the recorded commit ids, goes past
+    the root commit) and the parameters mvc.toml defines for it now. Exit 3 when a figure does not
+    reproduce (a tampered or stale certificate), when a check cannot be re-run (a missing or
+    corrupt object), when the certificate records no checks or an error instead of figures, or
+    when the commit's certificate index names a missing object or a certificate of another commit
+    (such entries are never used).
 
     \b
-    Example:
+    \b
+    Examples:
       mvc verify HEAD
+      mvc verify c911831367af
     """
     from mvc.errors import MvcError
     from semantic_ci.runner import verify as run_verify
@@ -107,8 +116,11 @@ def verify(target, as_json):
         raise MvcError("; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
                        "the certificate index was edited or damaged; remove the line or run mvc ci again")
     if not r["verified"]:
-        raise MvcError(f"certificate {short(r['certificate'])} does not verify",
-                       "its figures do not reproduce: it was tampered with or the models changed")
+        if any(d.startswith("re-run failed") for c in r["checks"] for d in c["diffs"]):
+            hint = "a check could not be re-run: fix what it names (mvc fsck finds damaged objects) and verify again"
+        else:
+            hint = "its figures do not reproduce: it was tampered with or the models changed"
+        raise MvcError(f"certificate {short(r['certificate'])} does not verify", hint)
     if not as_json:
         click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified")
 

@@ -40,3 +40,12 @@ def test_ci_that_cannot_run_says_the_commit_landed(ci_repo, on_fail):
         assert ci_repo.head() == first and "rolled back" in str(info.value)
     else:  # the commit stands, as the message says
         assert ci_repo.head() != first and ci_repo.read_commit(ci_repo.head())["parents"] == [first]
+
+
+def test_an_mvc_toml_directory_is_a_config_error_before_writing(ci_repo):
+    os.unlink(os.path.join(ci_repo.root, "mvc.toml"))
+    os.mkdir(os.path.join(ci_repo.root, "mvc.toml"))
+    t = trained_table(builtin_probe(3000))
+    with pytest.raises(ConfigError, match="cannot read it"):
+        ci_repo.commit({"core": {"table": t}}, message="first")
+    assert ci_repo.head() is None and not _objects(ci_repo)

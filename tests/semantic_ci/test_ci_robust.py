@@ -315,3 +315,293 @@ def test_index_line_naming_a_missing_object_is_reported(ci_repo):
     assert state == "passed" and ghost in problems[0] and "missing" in problems[0]
     r = CliRunner().invoke(cli, ["verify", "HEAD"])
     assert r.exit_code == 3 and ghost in r.stderr
+
+
+# -- 7. an error while preparing or running a check aborts mvc ci (exit 3, no certificate) ----------
+def corrupt_object(repo, oid):
+    """Flip the last 4 bytes of a loose object (what a failing disk does)."""
+    path = os.path.join(repo.dir, "objects", oid[:2], oid[2:])
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        tail = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        f.write(bytes(b ^ 0xFF for b in tail))
+
+
+def test_corrupt_candidate_blob_aborts_ci_and_verify(ci_repo):
+    t = table()
+    t[101, 32] += 1.0
+    _, c2 = two_commits(ci_repo, t)
+    good = run_ci(ci_repo)["certificate"]  # a genuine (failed) certificate from before the damage
+    corrupt_object(ci_repo, ci_repo.tree(c2, "core")["tensors"]["table"]["id"])
+    with pytest.raises(MvcError, match="corrupt"):
+        run_ci(ci_repo)
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3, r.output
+    assert "corrupt" in r.stderr and "Traceback" not in r.output and "FAIL" not in r.stdout
+    assert cert_index_lines(ci_repo, c2) == [good]  # no certificate of the error
+    # verify cannot reproduce a measurement from a damaged object: an error, not "verified"
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 3 and "corrupt" in r.stdout and "could not be re-run" in r.stderr
+    # a certificate recording an error instead of figures (as an older mvc stored) never verifies
+    cert = certificate.read(ci_repo, good)
+    for c in cert["checks"]:
+        c.update(status="failed", passed=False, figures={}, inputs={}, note="error: object abc is corrupt")
+    v = verify(ci_repo, certificate.store(ci_repo, cert))
+    assert not v["verified"] and all(not c["reproduced"] for c in v["checks"])
+    assert any("not a measurement" in d for c in v["checks"] for d in c["diffs"])
+
+
+def test_lazy_clone_whose_origin_is_gone_aborts_ci(ci_repo, tmp_path, monkeypatch):
+    from mvc import remote as rm
+    t = table()
+    t[101, 32] += 1.0
+    two_commits(ci_repo, t)
+    url = str(tmp_path / "origin.mvc")
+    rm.add_remote(ci_repo, "origin", url)
+    rm.push(ci_repo)
+    lazy, _ = rm.clone(url, str(tmp_path / "lazy"), lazy=True)
+    for name in ("mvc.toml", "heldout.txt"):
+        with open(os.path.join(ci_repo.root, name), "rb") as src, open(os.path.join(lazy.root, name), "wb") as dst:
+            dst.write(src.read())
+    lazy.set_config("remote.origin.url", str(tmp_path / "gone"))
+    monkeypatch.chdir(lazy.root)
+    r = CliRunner().invoke(cli, ["ci", "--json"])
+    assert r.exit_code == 3, r.output
+    assert "is gone" in r.stderr and r.stdout == ""
+    assert cert_index_lines(lazy, lazy.resolve("HEAD")) == []
+
+
+@pytest.fixture
+def adapter_module(monkeypatch):
+    """A user's adapter module: one that raises, one whose model raises, one of the wrong shape."""
+    import sys
+    import types
+    mod = types.ModuleType("user_adapters")
+
+    def raising(state, tree):
+        raise RuntimeError("no GPU here")
+
+    def model_raises(state, tree):
+        def model(ids):
+            raise ValueError("bad input")
+        return model
+
+    def wrong_shape(state, tree):
+        return lambda ids: torch.zeros(ids.shape[0], ids.shape[1], 10)
+    mod.raising, mod.model_raises, mod.wrong_shape = raising, model_raises, wrong_shape
+    monkeypatch.setitem(sys.modules, "user_adapters", mod)
+
+
+FROZEN_LINES = 'component = "core"\nbaseline = "HEAD~1"\n'
+
+
+@pytest.mark.parametrize("lines,key,match", [
+    ('component = "core"\nbaseline = "HEAD~1"\nprobe = "missing.txt"\n', r"ci\.checks\[frozen\]\.probe", "missing.txt"),
+    ('component = "nosuch"\nbaseline = "HEAD~1"\n', r"ci\.checks\[frozen\]\.component", "no component 'nosuch'"),
+    ('component = "core"\nbricks = ["nosuch"]\nbaseline = "HEAD~1"\n', r"ci\.checks\[frozen\]\.bricks", "brick/nosuch"),
+    ('component = "core"\nadapter = "nosuch_module:f"\nbaseline = "HEAD~1"\n', r"ci\.checks\[frozen\]\.adapter",
+     "cannot import"),
+    ('component = "core"\nadapter = "os:getcwd"\nbaseline = "HEAD~1"\n', r"ci\.checks\[frozen\]\.adapter",
+     "adapter 'os:getcwd' failed: TypeError"),
+    ('component = "core"\nadapter = "builtins:print"\nbaseline = "HEAD~1"\n', r"ci\.checks\[frozen\]\.adapter",
+     "returned None"),
+    ('component = "core"\nadapter = "user_adapters:raising"\nbaseline = "HEAD~1"\n', r"ci\.checks\[frozen\]\.adapter",
+     "failed: RuntimeError: no GPU here"),
+    ('component = "core"\nadapter = "user_adapters:model_raises"\nbaseline = "HEAD~1"\n',
+     r"ci\.checks\[frozen\]\.adapter", "failed: ValueError: bad input"),
+    ('component = "core"\nadapter = "user_adapters:wrong_shape"\nbaseline = "HEAD~1"\n',
+     r"ci\.checks\[frozen\]\.adapter", r"\(1, 128, 10\)"),
+])
+def test_config_mistakes_found_at_run_time_abort_ci(ci_repo, adapter_module, lines, key, match):
+    _, c2 = two_commits(ci_repo)
+    write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~1").replace(FROZEN_LINES, lines, 1))
+    with pytest.raises(MvcError, match=key) as info:
+        run_ci(ci_repo)
+    assert info.value.exit_code == 3
+    import re
+    assert re.search(match, str(info.value)), str(info.value)
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3, r.output
+    assert re.search(key, r.stderr) and "Traceback" not in r.output and "FAIL" not in r.stdout
+    assert cert_index_lines(ci_repo, c2) == []
+
+
+def test_missing_held_out_data_aborts_ci(ci_repo):
+    _, c2 = two_commits(ci_repo)
+    os.remove(os.path.join(ci_repo.root, "heldout.txt"))
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3 and "ci.checks[ppl].data" in r.stderr and "heldout.txt" in r.stderr
+    assert cert_index_lines(ci_repo, c2) == []
+
+
+def test_bigram_adapter_on_a_layercake_core_is_an_error(ci_repo):
+    import cores
+    core = cores.build("layercake", config="tiny", seed=0)
+    ci_repo.commit({"core": core}, message="a")
+    c2 = ci_repo.commit({"core": core}, message="b", metrics={"x": 1})
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3, r.output
+    assert "ci.adapter" in r.stderr and "table" in r.stderr and "Traceback" not in r.output
+    assert cert_index_lines(ci_repo, c2) == []
+
+
+def test_migration_of_a_brick_the_source_lacks_is_an_error(ci_repo):
+    ci_repo.commit({"core": {"table": table()}}, message="a")
+    c2 = ci_repo.commit({"core": {"table": table()}}, message="host-b", branch="host-b")
+    write_config(ci_repo, '[ci]\n[[ci.checks]]\nname = "m"\nkind = "L0"\nbrick = "nosuch"\nhosts = ["host-b"]\n')
+    with pytest.raises(ConfigError, match=r"ci\.checks\[m\]\.brick: .*brick/nosuch"):
+        run_ci(ci_repo)
+    assert cert_index_lines(ci_repo, ci_repo.resolve("HEAD")) == [] and c2
+
+
+# -- 8. probe_bytes is bounded when mvc.toml is read -----------------------------------------------
+@pytest.mark.parametrize("text,key", [
+    ("[ci]\nprobe_bytes = 100000000000\n", r"ci\.probe_bytes"),
+    ("[ci]\n[[ci.checks]]\nname = 'x'\nkind = 'exact-logits'\nbaseline = 'HEAD~1'\nprobe_bytes = 100000000000\n",
+     r"ci\.checks\[x\]\.probe_bytes"),
+    ("[ci]\n[[ci.checks]]\nname = 'x'\nkind = 'ppl-ratio'\nbaseline = 'HEAD~1'\nbootstrap = 100000000000\n",
+     r"ci\.checks\[x\]\.bootstrap"),
+])
+def test_huge_probe_bytes_refused(tmp_path, text, key):
+    (tmp_path / "mvc.toml").write_text(text)
+    with pytest.raises(ConfigError, match=key + ": must be <= "):
+        cfgmod.load(str(tmp_path))
+
+
+def test_huge_probe_bytes_in_ci_is_exit_3(ci_repo):
+    _, c2 = two_commits(ci_repo)
+    huge = CONFIG.replace("{baseline}", "HEAD~1").replace("probe_bytes = 512", "probe_bytes = 100000000000")
+    write_config(ci_repo, huge)
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3 and "ci.probe_bytes" in r.stderr
+    assert cert_index_lines(ci_repo, c2) == []
+
+
+# -- 9. forged certificates ------------------------------------------------------------------------
+def _failed_certificate(repo):
+    t = table()
+    t[101, 32] += 1.0
+    c1, c2 = two_commits(repo, t)
+    cert = certificate.read(repo, run_ci(repo)["certificate"])
+    assert cert["checks"][0]["status"] == "failed"
+    return c1, c2, cert
+
+
+def test_skip_forged_by_editing_params_is_refused(ci_repo):
+    c1, c2, cert = _failed_certificate(ci_repo)
+    rec = {"key": "baseline", "revision": "HEAD~50", "from": c2, "path": "~50", "root": c1}
+    for c in cert["checks"]:
+        c.update(status="skipped", passed=None, figures={}, thresholds={}, inputs={"skipped": rec},
+                 note="baseline = 'HEAD~50' goes past the root commit")
+        c["params"] = dict(c["params"], baseline="HEAD~50")
+    cert["passed"] = True
+    forged = certificate.store(ci_repo, cert)
+    v = verify(ci_repo, forged)
+    assert not v["verified"]
+    diffs = [d for c in v["checks"] for d in c["diffs"]]
+    assert any("mvc.toml" in d and "'HEAD~1'" in d and "'HEAD~50'" in d for d in diffs), diffs
+    r = CliRunner().invoke(cli, ["verify", forged[:12]])
+    assert r.exit_code == 3 and "does not verify" in r.stderr
+    # the same forgery without a skip record (as an older mvc wrote them)
+    for c in cert["checks"]:
+        c["inputs"] = {}
+    assert not verify(ci_repo, certificate.store(ci_repo, cert))["verified"]
+    # a skip record that disagrees with the check's own parameters
+    cert = certificate.read(ci_repo, forged)
+    for c in cert["checks"]:
+        c["params"] = dict(c["params"], baseline="HEAD~1")
+    v = verify(ci_repo, certificate.store(ci_repo, cert))
+    assert not v["verified"] and any("HEAD~50" in d for c in v["checks"] for d in c["diffs"])
+    # a renamed check that mvc.toml does not define cannot have its skip confirmed
+    cert = certificate.read(ci_repo, forged)
+    for c in cert["checks"]:
+        c["name"] += "-old"
+    v = verify(ci_repo, certificate.store(ci_repo, cert))
+    assert not v["verified"] and any("does not define" in d for c in v["checks"] for d in c["diffs"])
+
+
+def test_genuine_skip_verifies_and_a_changed_check_is_reported(ci_repo):
+    ci_repo.commit({"core": {"table": table()}}, message="first")
+    cid = run_ci(ci_repo)["certificate"]
+    assert verify(ci_repo, cid)["verified"]
+    write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~2"))  # the check changed since
+    v = verify(ci_repo, cid)
+    assert not v["verified"]
+    frozen = next(c for c in v["checks"] if c["name"] == "frozen")
+    assert any("mvc.toml now defines" in d for d in frozen["diffs"])
+    os.remove(os.path.join(ci_repo.root, "mvc.toml"))  # a clone without mvc.toml: ids only
+    assert verify(ci_repo, cid)["verified"]
+    # a check that ran: new bounds in mvc.toml are reported, the figures still reproduce
+    write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~1"))
+    ci_repo.commit({"core": {"table": table()}}, message="second", metrics={"x": 2})
+    ran = run_ci(ci_repo)["certificate"]
+    write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~1").replace("max_ratio = 1.05", "max_ratio = 1.01"))
+    v = verify(ci_repo, ran)
+    ppl = next(c for c in v["checks"] if c["name"] == "ppl")
+    assert v["verified"] and "now sets max_ratio = 1.01 (certificate: 1.05)" in ppl["note"]
+
+
+def test_certificate_without_checks_is_refused(ci_repo):
+    _, c2 = two_commits(ci_repo)
+    cert = certificate.read(ci_repo, run_ci(ci_repo)["certificate"])
+    assert certificate.ci_state(ci_repo, c2)[0] == "passed"
+    c3 = ci_repo.commit({"core": {"table": table()}}, message="c", metrics={"x": 3})
+    eid = certificate.store(ci_repo, dict(cert, commit=c3, checks=[], passed=True))
+    state, problems = certificate.ci_state(ci_repo, c3)
+    assert state is None and any(eid[:12] in p and "no checks" in p for p in problems)
+    assert certificate.of_commit(ci_repo, c3) == []
+    v = verify(ci_repo, eid)
+    assert not v["verified"] and any("no checks" in d for c in v["checks"] for d in c["diffs"])
+    r = CliRunner().invoke(cli, ["verify", eid])
+    assert r.exit_code == 3 and "does not verify" in r.stderr
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 3 and "no checks" in r.stderr
+    r = CliRunner().invoke(cli, ["status", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["ci"] != "passed" and eid[:12] in r.stderr
+    # a certificate that says passed although a check failed does not count as passed either
+    c4 = ci_repo.commit({"core": {"table": table()}}, message="d", metrics={"x": 4})
+    lie = dict(cert, commit=c4, passed=True)
+    lie["checks"] = [dict(lie["checks"][0], status="failed", passed=False)] + lie["checks"][1:]
+    certificate.store(ci_repo, lie)
+    assert certificate.ci_state(ci_repo, c4)[0] == "failed"
+    assert certificate.last_passing_ancestor(ci_repo, ci_repo.commit({"core": {"table": table()}}, message="e")) != c4
+
+
+# -- 10. certificate ids may be abbreviated ---------------------------------------------------------
+def test_abbreviated_certificate_id(ci_repo):
+    from mvc.errors import AmbiguousRevision, UnknownRevision
+    from mvc.objects import encode
+    _, c2 = two_commits(ci_repo)
+    cid = run_ci(ci_repo)["certificate"]
+    for n in (6, 12, 40):
+        assert certificate.find(ci_repo, cid[:n])[0] == cid
+    r = CliRunner().invoke(cli, ["verify", cid[:12]])
+    assert r.exit_code == 0 and "verified" in r.stdout, r.output
+    assert certificate.find(ci_repo, c2[:12])[0] == cid  # a commit prefix still means the commit
+    with pytest.raises(UnknownRevision):
+        certificate.find(ci_repo, cid[:5])
+    # two certificates sharing a 6-hex prefix: ambiguous, both listed
+    cert = certificate.read(ci_repo, cid)
+    seen = {}
+    for i in range(200000):
+        oid, _ = encode(dict(cert, time=f"t{i}"))
+        if oid[:6] in seen and not oid.startswith(c2[:6]):
+            other = seen[oid[:6]]
+            break
+        seen[oid[:6]] = (oid, i)
+    a = certificate.store(ci_repo, dict(cert, time=f"t{other[1]}"))
+    b = certificate.store(ci_repo, dict(cert, time=f"t{i}"))
+    assert a[:6] == b[:6] and a != b
+    with pytest.raises(AmbiguousRevision) as info:
+        certificate.find(ci_repo, a[:6])
+    assert a[:12] in str(info.value) and b[:12] in str(info.value)
+
+
+# -- 11. every check skipped is not "all checks passed" ---------------------------------------------
+def test_all_skipped_says_no_check_ran(ci_repo):
+    ci_repo.commit({"core": {"table": table()}}, message="first")
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 0, r.output
+    assert "no check ran (all skipped)" in r.stdout and "all checks passed" not in r.stdout
