@@ -61,7 +61,7 @@ def shared_or_exclusive(path: str, exclusive: bool):
     """Hold an advisory lock on `path` (flock): many shared holders at once, or one exclusive.
 
     The kernel drops it when the process dies, so it can never go stale. Without flock (not
-    POSIX) it is a no-op."""
+    POSIX, or a file system that refuses it) it is a no-op."""
     try:
         import fcntl
     except ImportError:
@@ -69,7 +69,11 @@ def shared_or_exclusive(path: str, exclusive: bool):
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError as e:  # a file system without flock (some network mounts): go on unlocked
+            warnings.warn(f"cannot lock {path} ({e.strerror}); a short-grace gc is not kept from "
+                          "racing commits here")
         yield
     finally:
         os.close(fd)  # releases the lock
