@@ -336,7 +336,8 @@ class RefStore:
         return ids
 
     def expire_reflogs(self, older_than_s: float) -> int:
-        """Drop reflog entries older than the cutoff; returns how many were dropped."""
+        """Drop reflog entries older than the cutoff; returns how many were dropped. A live ref's
+        log is rewritten under that ref's lock, so a move appending to it meanwhile is kept."""
         cutoff = time.time() - older_than_s
         dropped = 0
         logs = os.path.join(self.root, "logs")
@@ -344,25 +345,39 @@ class RefStore:
         for dirpath, _d, files in os.walk(logs):
             for name in files:
                 path = os.path.join(dirpath, name)
-                keep = []
+                if path.startswith(retired + os.sep):
+                    dropped += self._expire_log(path, cutoff, retired)
+                    continue
+                ref = os.path.relpath(path, logs).replace(os.sep, "/")
                 try:
-                    f = open(path, encoding="utf-8", errors="replace")
-                except FileNotFoundError:
-                    continue  # retired or pruned meanwhile
-                with f:
-                    for line in f:
-                        try:
-                            e = json.loads(line)
-                            t = time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-                        except (ValueError, KeyError, TypeError):
-                            continue
-                        if t >= cutoff:
-                            keep.append(line if line.endswith("\n") else line + "\n")
-                        else:
-                            dropped += 1
-                if not keep and path.startswith(retired + os.sep):
-                    os.unlink(path)  # nothing left of a deleted ref's history
-                    _prune_dirs(dirpath, retired)
+                    lock = LockFile(self._path(ref) + ".lock", what=f"ref {ref}")
+                except BadName:  # not a ref name mvc would make: rewrite it unlocked
+                    dropped += self._expire_log(path, cutoff, retired)
+                    continue
+                with lock:
+                    dropped += self._expire_log(path, cutoff, retired)
+        return dropped
+
+    def _expire_log(self, path: str, cutoff: float, retired: str) -> int:
+        keep, dropped = [], 0
+        try:
+            f = open(path, encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return 0  # retired or pruned meanwhile
+        with f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                    t = time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if t >= cutoff:
+                    keep.append(line if line.endswith("\n") else line + "\n")
                 else:
-                    atomic_write(path, "".join(keep).encode(), self.fsync)
+                    dropped += 1
+        if not keep and path.startswith(retired + os.sep):
+            os.unlink(path)  # nothing left of a deleted ref's history
+            _prune_dirs(os.path.dirname(path), retired)
+        else:
+            atomic_write(path, "".join(keep).encode(), self.fsync)
         return dropped

@@ -238,3 +238,18 @@ def test_fresh_lock_without_owner_is_respected(tmp_path):
     with pytest.raises(LockHeld, match="locked by another process"):
         LockFile(str(path), timeout=0.1).acquire()
     assert path.exists()
+
+
+def test_reflog_expiry_waits_for_the_refs_lock(tmp_path):
+    import threading
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None)
+    held = LockFile(str(tmp_path / "refs" / "heads" / "main.lock"), what="test")
+    held.acquire()  # a move of main in progress
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (refs.expire_reflogs(-1), done.set()))
+    t.start()
+    assert not done.wait(0.3)  # the log is not rewritten under the move's feet
+    held.release()
+    t.join(timeout=10)
+    assert done.is_set() and refs.reflog("refs/heads/main") == []
