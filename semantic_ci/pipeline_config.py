@@ -286,13 +286,31 @@ def _check_core_config(pipeline: "Pipeline", stage: Stage) -> None:
 
 
 def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
+    """A Pipeline from a parsed pipeline file; every problem is a ConfigError naming file and key."""
     def err(where, what):
         return ConfigError(f"{path}: {where}: {what}")
 
+    _check_shapes(doc, err)
+    if profile is not None:
+        doc = _apply_profile(doc, profile, err)
+    name = _pipeline_name(doc.get("pipeline", {}), err)
+    streams = {sname: _parse_stream(sname, spec, err) for sname, spec in doc.get("streams", {}).items()}
+    stages, seen = [], set()
+    results: list[str] = []  # what `stage:NAME` may name so far: earlier stages and paste/<host> results
+    for i, raw in enumerate(doc["stages"]):
+        stage = _parse_stage(i, raw, name, path, streams, results, seen, err)
+        stages.append(stage)
+        results.append(stage.name)
+        if stage.kind == "paste":
+            results += [f"{stage.name}/{h[6:] if h.startswith('stage:') else h}" for h in stage.settings["into"]]
+    return Pipeline(name, path, streams, stages, profile)
+
+
+def _check_shapes(doc: dict, err) -> None:
+    """Top-level keys and table shapes first: a scalar where a table belongs is a clear error."""
     for key in doc:
         if key not in ("pipeline", "streams", "stages", "profile"):
             raise err(key, "unknown top-level key (pipeline, streams, stages, profile)")
-    # shapes first: a scalar where a table belongs must be a clear error, not a crash further on
     for key in ("pipeline", "streams", "profile"):
         if key in doc and not isinstance(doc[key], dict):
             raise err(key, f"must be a table ([{key}]), got {_type_name(doc[key])}")
@@ -313,18 +331,24 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
                 raise err(f"profile.{pname}.{key}",
                           f"must be a table of {key} overrides ([profile.{pname}.{key}.NAME]), got {_type_name(prof[key])}")
             _tables_of_tables(prof[key], f"profile.{pname}.{key}", err)
-    if profile is not None:
-        if profile not in profiles:
-            raise err("profile", f"no profile {profile!r} (have: {', '.join(profiles) or 'none'})")
-        prof = profiles[profile]
-        names = [s.get("name") for s in raw_stages]
-        for sname in prof.get("stages", {}):
-            if sname not in names:
-                raise err(f"profile.{profile}.stages.{sname}", "no such stage")
-        doc = dict(doc)
-        doc["streams"] = _deep_merge(doc.get("streams", {}), prof.get("streams", {}))
-        doc["stages"] = [_deep_merge(s, prof.get("stages", {}).get(s.get("name"), {})) for s in doc.get("stages", [])]
-    meta = doc.get("pipeline", {})
+
+
+def _apply_profile(doc: dict, profile: str, err) -> dict:
+    profiles = doc.get("profile", {})
+    if profile not in profiles:
+        raise err("profile", f"no profile {profile!r} (have: {', '.join(profiles) or 'none'})")
+    prof = profiles[profile]
+    names = [s.get("name") for s in doc["stages"]]
+    for sname in prof.get("stages", {}):
+        if sname not in names:
+            raise err(f"profile.{profile}.stages.{sname}", "no such stage")
+    doc = dict(doc)
+    doc["streams"] = _deep_merge(doc.get("streams", {}), prof.get("streams", {}))
+    doc["stages"] = [_deep_merge(s, prof.get("stages", {}).get(s.get("name"), {})) for s in doc["stages"]]
+    return doc
+
+
+def _pipeline_name(meta: dict, err) -> str:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise err("pipeline.name", "a pipeline needs a name")
@@ -335,141 +359,140 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
     for key in meta:
         if key not in ("name", "description"):
             raise err(f"pipeline.{key}", "unknown key (name, description)")
-    streams = {}
-    for sname, spec in doc.get("streams", {}).items():
-        if not isinstance(spec, dict):
-            raise err(f"streams.{sname}", "must be a table")
-        for key in spec:
-            if key not in STREAM_KEYS:
-                raise err(f"streams.{sname}.{key}", f"unknown key ({', '.join(sorted(STREAM_KEYS))})")
-        if ("builder" in spec) == ("file" in spec):
-            raise err(f"streams.{sname}", "give exactly one of builder = \"module:function\" or file = \"path\"")
-        if "builder" in spec and (not isinstance(spec["builder"], str) or spec["builder"].count(":") != 1):
-            raise err(f"streams.{sname}.builder", "must look like \"module:function\"")
-        if "file" in spec and (not isinstance(spec["file"], str) or not spec["file"]):
-            raise err(f"streams.{sname}.file", f"must be a path, got {spec['file']!r}")
-        if not isinstance(spec.get("args", {}), dict):
-            raise err(f"streams.{sname}.args", f"must be a table of keyword arguments, got {_type_name(spec['args'])}")
-        h = spec.get("holdout", 0.05)
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < 1:
-            raise err(f"streams.{sname}.holdout", "must be a fraction between 0 and 1")
-        streams[sname] = dict(spec, holdout=h)
-    raw_stages = doc["stages"]
-    stages, seen = [], set()
-    results: list[str] = []  # what `stage:NAME` may name so far: earlier stages and paste/<host> results
-    for i, raw in enumerate(raw_stages):
-        sname = raw.get("name") if isinstance(raw, dict) else None
-        if not isinstance(sname, str) or not sname:
-            raise err(f"stages[{i}].name", "every stage needs a name")
-        where = f"stage {sname}"
-        if sname in seen:
-            raise err(where, "duplicate stage name")
-        seen.add(sname)
-        try:
-            check_ref_name(f"{name}/{sname}")
-        except Exception:
-            raise err(f"{where}.name", f"{sname!r} cannot name a branch") from None
-        kind = raw.get("kind")
-        if kind not in STAGE_KINDS:
-            raise err(f"{where}.kind", f"unknown stage kind {kind!r} ({', '.join(STAGE_KINDS)})")
-        allowed = COMMON_KEYS | KIND_KEYS[kind]
-        for key in raw:
-            if key not in allowed:
-                raise err(f"{where}.{key}", f"unknown key for a {kind} stage (known: {', '.join(sorted(allowed))})")
-        settings = {k: v for k, v in raw.items() if k not in ("gates", "fallback", "checks")}
-        _check_settings(err, where, kind, settings, streams)
-        if kind in ("train-core", "train-brick") and "steps" not in settings and "wall_seconds" not in settings:
-            raise err(f"{where}.steps", "a training stage needs a budget (steps or wall_seconds)")
-        if kind == "train-core":
-            for key in ("arch", "stream"):
-                if key not in settings:
-                    raise err(f"{where}.{key}", "required for a train-core stage")
-        if kind in ("compress", "k0"):
-            for key in ("source", "stream"):
-                if key not in settings:
-                    raise err(f"{where}.{key}", f"required for a {kind} stage")
-        if kind == "train-brick":
-            for key in ("host", "stream", "brick_name"):
-                if key not in settings:
-                    raise err(f"{where}.{key}", "required for a train-brick stage")
-        if kind in ("paste", "int8"):
-            for key in ("source", "brick_name"):
-                if key not in settings:
-                    raise err(f"{where}.{key}", f"required for a {kind} stage")
-        for key in ("host", "source", "init"):
-            _check_stage_ref(err, f"{where}.{key}", settings.get(key), results)
-        if kind == "paste":
-            into = settings.get("into")
-            if not isinstance(into, list) or not into:
-                raise err(f"{where}.into", "a paste stage needs a list of host stages or revisions")
-            for j, h in enumerate(into):
-                if not isinstance(h, str) or not h:
-                    raise err(f"{where}.into[{j}]", f"must be \"stage:NAME\" or a revision, got {h!r}")
-                _check_stage_ref(err, f"{where}.into[{j}]", h, results)
-        gates = raw.get("gates", [])
-        if not isinstance(gates, list):
-            raise err(f"{where}.gates", "must be an array of tables")
-        checks_cfg = cicfg.parse({"ci": {"checks": raw.get("checks", [])}}, f"{path}: {where}") \
-            if raw.get("checks") else cicfg.CiConfig()
-        check_names = {c.name for c in checks_cfg.checks}
-        for c in checks_cfg.checks:
-            for key, value in c.params.items():
-                _check_refs_in(err, f"{where}.checks.{c.name}.{key}", value, results, streams)
-        ecc = settings.get("every_checkpoint_checks")
-        if ecc is not None:
-            if not isinstance(ecc, list) or not all(isinstance(n, str) for n in ecc):
-                raise err(f"{where}.every_checkpoint_checks", "must be a list of check names")
-            for n in ecc:
-                if n not in check_names:
-                    raise err(f"{where}.every_checkpoint_checks", f"no check named {n!r} in this stage's checks")
-        for j, g in enumerate(gates):
-            gw = f"{where}.gates[{j}]"
-            if not isinstance(g, dict):
-                raise err(gw, "must be a table")
-            for key in g:
-                if key not in GATE_KEYS:
-                    raise err(f"{gw}.{key}", f"unknown gate key ({', '.join(sorted(GATE_KEYS))})")
-            for key in ("max", "min", "plateau"):  # finite: thresholds are stored in canonical JSON
-                if key in g and (not _is_number(g[key]) or not math.isfinite(g[key])):
-                    raise err(f"{gw}.{key}", f"must be a finite number, got {g[key]!r}")
-            if "metric" in g:
-                if not isinstance(g["metric"], str) or not g["metric"]:
-                    raise err(f"{gw}.metric", f"must be a metric name, got {g['metric']!r}")
-                if "max" not in g and "min" not in g:
-                    raise err(gw, "a metric gate needs max or min")
-            elif "plateau" in g:
-                p = g.get("patience", 3)
-                if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-                    raise err(f"{gw}.patience", "must be a positive integer")
-            elif "check" in g:
-                if not isinstance(g["check"], str) or g["check"] not in check_names:
-                    raise err(f"{gw}.check", f"no check named {g['check']!r} in this stage's checks")
-            else:
-                raise err(gw, "a gate is one of: metric (+ max/min), plateau (+ patience), check")
-            if g.get("at", "end") not in ("end", "checkpoint"):
-                raise err(f"{gw}.at", "must be \"end\" or \"checkpoint\"")
-        fb = raw.get("fallback", {})
-        if not isinstance(fb, dict):
-            raise err(f"{where}.fallback", "must be a table")
-        for key in fb:
-            if key not in FALLBACK_KEYS:
-                raise err(f"{where}.fallback.{key}", f"unknown key ({', '.join(sorted(FALLBACK_KEYS))})")
-        for key in ("retries", "extra_steps"):
-            if key in fb and (isinstance(fb[key], bool) or not isinstance(fb[key], int) or fb[key] < 0):
-                raise err(f"{where}.fallback.{key}", f"must be a non-negative integer, got {fb[key]!r}")
-        if "lr_scale" in fb and (not _is_number(fb["lr_scale"]) or not 0 < fb["lr_scale"] < math.inf):
-            raise err(f"{where}.fallback.lr_scale", f"must be a positive number, got {fb['lr_scale']!r}")
-        if "set" in fb:
-            if not isinstance(fb["set"], dict):
-                raise err(f"{where}.fallback.set", "must be a table of stage settings")
-            settable = KIND_KEYS[kind] - {"name", "kind"}
-            for key in fb["set"]:
-                if key not in settable:
-                    raise err(f"{where}.fallback.set.{key}",
-                              f"not a setting of a {kind} stage (known: {', '.join(sorted(settable))})")
-            _check_settings(err, f"{where}.fallback.set", kind, dict(fb["set"]), streams)
-        stages.append(Stage(sname, kind, settings, gates, fb, checks_cfg.checks))
-        results.append(sname)
-        if kind == "paste":
-            results += [f"{sname}/{h[6:] if h.startswith('stage:') else h}" for h in settings["into"]]
-    return Pipeline(name, path, streams, stages, profile)
+    return name
+
+
+def _parse_stream(sname: str, spec, err) -> dict:
+    if not isinstance(spec, dict):
+        raise err(f"streams.{sname}", "must be a table")
+    for key in spec:
+        if key not in STREAM_KEYS:
+            raise err(f"streams.{sname}.{key}", f"unknown key ({', '.join(sorted(STREAM_KEYS))})")
+    if ("builder" in spec) == ("file" in spec):
+        raise err(f"streams.{sname}", "give exactly one of builder = \"module:function\" or file = \"path\"")
+    if "builder" in spec and (not isinstance(spec["builder"], str) or spec["builder"].count(":") != 1):
+        raise err(f"streams.{sname}.builder", "must look like \"module:function\"")
+    if "file" in spec and (not isinstance(spec["file"], str) or not spec["file"]):
+        raise err(f"streams.{sname}.file", f"must be a path, got {spec['file']!r}")
+    if not isinstance(spec.get("args", {}), dict):
+        raise err(f"streams.{sname}.args", f"must be a table of keyword arguments, got {_type_name(spec['args'])}")
+    h = spec.get("holdout", 0.05)
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < 1:
+        raise err(f"streams.{sname}.holdout", "must be a fraction between 0 and 1")
+    return dict(spec, holdout=h)
+
+
+REQUIRED = {  # stage kind -> settings it cannot run without
+    "train-core": ("arch", "stream"), "compress": ("source", "stream"), "k0": ("source", "stream"),
+    "train-brick": ("host", "stream", "brick_name"), "paste": ("source", "brick_name"),
+    "int8": ("source", "brick_name"),
+}
+
+
+def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results: list[str], seen: set,
+                 err) -> Stage:
+    sname = raw.get("name")
+    if not isinstance(sname, str) or not sname:
+        raise err(f"stages[{i}].name", "every stage needs a name")
+    where = f"stage {sname}"
+    if sname in seen:
+        raise err(where, "duplicate stage name")
+    seen.add(sname)
+    try:
+        check_ref_name(f"{name}/{sname}")
+    except Exception:
+        raise err(f"{where}.name", f"{sname!r} cannot name a branch") from None
+    kind = raw.get("kind")
+    if kind not in STAGE_KINDS:
+        raise err(f"{where}.kind", f"unknown stage kind {kind!r} ({', '.join(STAGE_KINDS)})")
+    allowed = COMMON_KEYS | KIND_KEYS[kind]
+    for key in raw:
+        if key not in allowed:
+            raise err(f"{where}.{key}", f"unknown key for a {kind} stage (known: {', '.join(sorted(allowed))})")
+    settings = {k: v for k, v in raw.items() if k not in ("gates", "fallback", "checks")}
+    _check_settings(err, where, kind, settings, streams)
+    if kind in ("train-core", "train-brick") and "steps" not in settings and "wall_seconds" not in settings:
+        raise err(f"{where}.steps", "a training stage needs a budget (steps or wall_seconds)")
+    for key in REQUIRED.get(kind, ()):
+        if key not in settings:
+            raise err(f"{where}.{key}", f"required for a {kind} stage")
+    for key in ("host", "source", "init"):
+        _check_stage_ref(err, f"{where}.{key}", settings.get(key), results)
+    if kind == "paste":
+        into = settings.get("into")
+        if not isinstance(into, list) or not into:
+            raise err(f"{where}.into", "a paste stage needs a list of host stages or revisions")
+        for j, h in enumerate(into):
+            if not isinstance(h, str) or not h:
+                raise err(f"{where}.into[{j}]", f"must be \"stage:NAME\" or a revision, got {h!r}")
+            _check_stage_ref(err, f"{where}.into[{j}]", h, results)
+    checks_cfg = cicfg.parse({"ci": {"checks": raw.get("checks", [])}}, f"{path}: {where}") \
+        if raw.get("checks") else cicfg.CiConfig()
+    check_names = {c.name for c in checks_cfg.checks}
+    for c in checks_cfg.checks:
+        for key, value in c.params.items():
+            _check_refs_in(err, f"{where}.checks.{c.name}.{key}", value, results, streams)
+    ecc = settings.get("every_checkpoint_checks")
+    if ecc is not None:
+        if not isinstance(ecc, list) or not all(isinstance(n, str) for n in ecc):
+            raise err(f"{where}.every_checkpoint_checks", "must be a list of check names")
+        for n in ecc:
+            if n not in check_names:
+                raise err(f"{where}.every_checkpoint_checks", f"no check named {n!r} in this stage's checks")
+    gates = raw.get("gates", [])
+    if not isinstance(gates, list):
+        raise err(f"{where}.gates", "must be an array of tables")
+    for j, g in enumerate(gates):
+        _check_gate(f"{where}.gates[{j}]", g, check_names, err)
+    fb = raw.get("fallback", {})
+    _check_fallback(where, kind, fb, streams, err)
+    return Stage(sname, kind, settings, gates, fb, checks_cfg.checks)
+
+
+def _check_gate(gw: str, g, check_names: set, err) -> None:
+    if not isinstance(g, dict):
+        raise err(gw, "must be a table")
+    for key in g:
+        if key not in GATE_KEYS:
+            raise err(f"{gw}.{key}", f"unknown gate key ({', '.join(sorted(GATE_KEYS))})")
+    for key in ("max", "min", "plateau"):  # finite: thresholds are stored in canonical JSON
+        if key in g and (not _is_number(g[key]) or not math.isfinite(g[key])):
+            raise err(f"{gw}.{key}", f"must be a finite number, got {g[key]!r}")
+    if "metric" in g:
+        if not isinstance(g["metric"], str) or not g["metric"]:
+            raise err(f"{gw}.metric", f"must be a metric name, got {g['metric']!r}")
+        if "max" not in g and "min" not in g:
+            raise err(gw, "a metric gate needs max or min")
+    elif "plateau" in g:
+        p = g.get("patience", 3)
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+            raise err(f"{gw}.patience", "must be a positive integer")
+    elif "check" in g:
+        if not isinstance(g["check"], str) or g["check"] not in check_names:
+            raise err(f"{gw}.check", f"no check named {g['check']!r} in this stage's checks")
+    else:
+        raise err(gw, "a gate is one of: metric (+ max/min), plateau (+ patience), check")
+    if g.get("at", "end") not in ("end", "checkpoint"):
+        raise err(f"{gw}.at", "must be \"end\" or \"checkpoint\"")
+
+
+def _check_fallback(where: str, kind: str, fb, streams: dict, err) -> None:
+    if not isinstance(fb, dict):
+        raise err(f"{where}.fallback", "must be a table")
+    for key in fb:
+        if key not in FALLBACK_KEYS:
+            raise err(f"{where}.fallback.{key}", f"unknown key ({', '.join(sorted(FALLBACK_KEYS))})")
+    for key in ("retries", "extra_steps"):
+        if key in fb and (isinstance(fb[key], bool) or not isinstance(fb[key], int) or fb[key] < 0):
+            raise err(f"{where}.fallback.{key}", f"must be a non-negative integer, got {fb[key]!r}")
+    if "lr_scale" in fb and (not _is_number(fb["lr_scale"]) or not 0 < fb["lr_scale"] < math.inf):
+        raise err(f"{where}.fallback.lr_scale", f"must be a positive number, got {fb['lr_scale']!r}")
+    if "set" in fb:
+        if not isinstance(fb["set"], dict):
+            raise err(f"{where}.fallback.set", "must be a table of stage settings")
+        settable = KIND_KEYS[kind] - {"name", "kind"}
+        for key in fb["set"]:
+            if key not in settable:
+                raise err(f"{where}.fallback.set.{key}",
+                          f"not a setting of a {kind} stage (known: {', '.join(sorted(settable))})")
+        _check_settings(err, f"{where}.fallback.set", kind, dict(fb["set"]), streams)
