@@ -3,7 +3,6 @@ verify, tampering, on-commit rollback and the CLI."""
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -15,52 +14,7 @@ from semantic_ci import certificate, config as cfgmod
 from semantic_ci.probe import builtin_probe
 from semantic_ci.runner import run_ci, verify
 
-ADAPTER = "semantic_ci.adapters:bigram"
-
-
-def trained_table(data: bytes, smoothing=0.5) -> torch.Tensor:
-    counts = np.full((256, 256), smoothing)
-    arr = np.frombuffer(data, dtype=np.uint8)
-    np.add.at(counts, (arr[:-1], arr[1:]), 1)
-    return torch.tensor(np.log(counts / counts.sum(1, keepdims=True)), dtype=torch.float32)
-
-
-HELD_OUT = builtin_probe(6000)[3000:]
-
-
-def write_config(repo, text):
-    with open(os.path.join(repo.root, "mvc.toml"), "w") as f:
-        f.write(text)
-
-
-BASIC = f"""
-[ci]
-adapter = "{ADAPTER}"
-probe_bytes = 2048
-window = 128
-
-[[ci.checks]]
-name = "frozen"
-kind = "exact-logits"
-component = "core"
-baseline = "HEAD~1"
-
-[[ci.checks]]
-name = "ppl"
-kind = "ppl-ratio"
-component = "core"
-data = "heldout.txt"
-baseline = "HEAD~1"
-max_ratio = 1.05
-"""
-
-
-@pytest.fixture
-def ci_repo(repo):
-    write_config(repo, BASIC)
-    with open(os.path.join(repo.root, "heldout.txt"), "wb") as f:
-        f.write(HELD_OUT)
-    return repo
+from ci_helpers import BASIC, HELD_OUT, trained_table, write_config
 
 
 def test_identical_commit_passes_and_perturbed_ulp_fails(ci_repo):
@@ -126,7 +80,7 @@ def test_first_commit_baseline_is_skipped_not_failed(ci_repo):
     assert r["passed"] and {c["status"] for c in r["checks"]} == {"skipped"}
 
 
-def test_certificate_verifies_and_tampering_is_rejected(ci_repo):
+def test_certificate_verifies_and_tampering_is_rejected(ci_repo, monkeypatch):
     t = trained_table(builtin_probe(3000))
     ci_repo.commit({"core": {"table": t}}, message="a")
     ci_repo.commit({"core": {"table": t * 1.01}}, message="b")
@@ -144,7 +98,9 @@ def test_certificate_verifies_and_tampering_is_rejected(ci_repo):
     v = verify(ci_repo, forged)
     assert not v["verified"]
     assert any("ratio" in d for c in v["checks"] for d in c["diffs"])
+    monkeypatch.chdir(ci_repo.root)
     res = CliRunner().invoke(cli, ["verify", forged], catch_exceptions=False)
+    assert res.exit_code == 3 and "ratio: certificate says" in res.output and "does not verify" in res.output  # DESIGN 4: tampered
     # an in-place edit of the stored object breaks its hash
     path = ci_repo.loose.path(r["certificate"])
     os.chmod(path, 0o644)

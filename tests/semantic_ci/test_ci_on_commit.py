@@ -2,15 +2,13 @@
 is written; a revision in mvc.toml that does not resolve says the commit landed (and, with
 on_fail = "rollback", moves the branch back, as a failing check would)."""
 import os
-import sys
 
 import pytest
 
 from mvc.errors import ConfigError, MvcError
 from semantic_ci.probe import builtin_probe
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_ci import BASIC, ci_repo, trained_table, write_config  # noqa: E402,F401 (ci_repo: a fixture)
+from ci_helpers import BASIC, trained_table, write_config
 
 
 def _objects(repo):

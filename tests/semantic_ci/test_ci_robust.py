@@ -4,7 +4,6 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -15,7 +14,8 @@ from semantic_ci import certificate, config as cfgmod
 from semantic_ci.probe import builtin_probe
 from semantic_ci.runner import run_ci, verify
 
-ADAPTER = "semantic_ci.adapters:bigram"
+from ci_helpers import ADAPTER, trained_table, write_config, write_held_out
+
 HELD_OUT = builtin_probe(3000)[1500:]
 
 CONFIG = f"""
@@ -42,22 +42,13 @@ bootstrap = 50
 
 
 def table(seed=0) -> torch.Tensor:
-    counts = np.full((256, 256), 0.5)
-    arr = np.frombuffer(builtin_probe(1500 + seed), dtype=np.uint8)
-    np.add.at(counts, (arr[:-1], arr[1:]), 1)
-    return torch.tensor(np.log(counts / counts.sum(1, keepdims=True)), dtype=torch.float32)
-
-
-def write_config(repo, text):
-    with open(os.path.join(repo.root, "mvc.toml"), "w") as f:
-        f.write(text)
+    return trained_table(builtin_probe(1500 + seed))
 
 
 @pytest.fixture
 def ci_repo(repo, monkeypatch):
     write_config(repo, CONFIG.replace("{baseline}", "HEAD~1"))
-    with open(os.path.join(repo.root, "heldout.txt"), "wb") as f:
-        f.write(HELD_OUT)
+    write_held_out(repo, HELD_OUT)
     monkeypatch.chdir(repo.root)
     return repo
 

@@ -1,6 +1,5 @@
 """Real git, real `git merge`: the pre-merge-commit hook blocks a merge whose model fails semantic CI
 (even when the feature branch relaxes its own mvc.toml) and allows one that passes."""
-import os
 import subprocess
 import sys
 
@@ -10,8 +9,7 @@ import torch
 import mvc
 from semantic_ci.probe import builtin_probe
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_ci import HELD_OUT, trained_table  # noqa: E402
+from ci_helpers import HELD_OUT, trained_table
 
 CONFIG = """
 [ci]
