@@ -330,7 +330,7 @@ class LayerCakeCore(ByteCore):
         - ``tail``: (D + pb*256, C): the final norm's weight, then both context maps (via the ABI
           state and from h) and the canonical head through ``to_abi``, as one matrix.
         """
-        C, pb = self.cfg.d_model, self.cfg.patch_bytes
+        pb = self.cfg.patch_bytes
         w_ctx = self.abi_to_ctx.weight @ self.to_abi.weight  # (D, C)
         if self.hidden_to_ctx is not None:
             w_ctx = w_ctx + self.hidden_to_ctx.weight

@@ -1,6 +1,4 @@
 """Shared pytest fixtures: isolated environment for every test (author, no git config leakage)."""
-import os
-
 import pytest
 
 from kernels.determinism import pin_blas_reproducibility
