@@ -7,6 +7,9 @@ Only missing objects move, found without listing the remote's objects:
   durable before the next: blobs, trees, commits. A tree on the remote therefore has its blobs
   there, which is what lets an interrupted push resume by skipping what arrived. The remote ref
   moves last, by compare-and-swap.
+- push --repair trusts nothing there: every object the pushed history reaches is read back and
+  re-hashed; what is missing is sent and what is damaged is sent again over the bad copy, from
+  local copies re-hashed first (one damaged here too is reported, never sent).
 - fetch walks the remote's commit graph from its refs down to commits that local refs reach
   (complete by construction), downloads the missing commits, trees and blobs in parallel,
   verifies every object's BLAKE3 id on receipt (a bad object is rejected, never stored), writes
@@ -35,8 +38,8 @@ from .files import LockFile
 from .objects import OID_RE, check_ref_name, decode, hash_bytes, is_oid, tree_blob_ids
 from .repo import Repo
 from .store import fsync_dir, new_object_file
-from .transport import (DAMAGED, LazyRemoteStore, Transport, configured_remote, is_url, normalize_url,
-                        check_endpoint, open_transport, parse_id_lines, promisor_remote, promisor_store,
+from .transport import (DAMAGED, REPAIR_HINT, LazyRemoteStore, Transport, check_endpoint, configured_remote,
+                        is_url, normalize_url, open_transport, parse_id_lines, promisor_remote, promisor_store,
                         remote_section)
 from .transfer import DEFAULT_JOBS, Progress  # noqa: F401  (part of this module's API)
 
@@ -221,7 +224,7 @@ def receive(transport: Transport, oid: str, where: str) -> bytes:
     if got != oid:
         raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
                             "it was not stored",
-                            "the remote copy is damaged: fetch from another copy, or push the history to a new remote")
+                            REPAIR_HINT)
     return data
 
 
@@ -244,7 +247,7 @@ def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set) -> 
         if got != oid:
             raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to "
                                 f"{got[:12]}; it was not stored",
-                                "the remote copy is damaged: fetch from another copy, or push the history to a new remote")
+                                REPAIR_HINT)
     dirty.add(os.path.dirname(final))
     return n
 
@@ -329,16 +332,38 @@ def _branch_of(repo: Repo, branch: str | None) -> str:
 
 
 # -- push --------------------------------------------------------------------------------------
+class RepairIncomplete(CorruptObject):
+    """push --repair met objects the remote lacks or holds damaged whose local copy is damaged (or
+    missing) too: they were not sent, nor the trees and commits naming them, and no ref moved.
+    `result` is the push report, with the counts of what was repaired."""
+
+    def __init__(self, result: dict, where: str):
+        bad = sorted(result["repair"]["local_damaged"])
+        named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        super().__init__(f"{len(bad)} objects could not be repaired on {where}: it lacks a good copy and the "
+                         f"local copy is damaged too ({named}); they were not sent and no ref moved",
+                         "restore them here first with mvc fsck --repair-from ANOTHER-COPY, then run "
+                         "mvc push --repair again")
+        self.result = result
+
+
 def push(repo: Repo, remote: str | None = None, branch: str | None = None, force: bool = False,
          dry_run: bool = False, delete: bool = False, jobs: int = DEFAULT_JOBS,
-         progress: Progress | None = None, transport: Transport | None = None) -> dict:
-    """Send `branch` (default: the current one) to `remote` (default: origin)."""
+         progress: Progress | None = None, transport: Transport | None = None, repair: bool = False) -> dict:
+    """Send `branch` (default: the current one) to `remote` (default: origin).
+
+    With `repair`, every object the pushed history reaches is read back from the remote and
+    re-hashed, and what is missing or damaged there is sent again (see _repair_plan); the report
+    gains a "repair" entry. RepairIncomplete when a local copy is damaged too."""
+    if repair and delete:
+        raise BadInput("push --repair and --delete do not go together", "repair the branch you keep")
     name, t = open_remote(repo, remote, jobs, transport)
     with Pool(jobs) as pool, _permission_errors(t):
-        return _push(repo, name, t, branch, force, dry_run, delete, pool, progress or Progress())
+        return _push(repo, name, t, branch, force, dry_run, delete, pool, progress or Progress(), repair)
 
 
-def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: Pool, progress: Progress) -> dict:
+def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: Pool, progress: Progress,
+          repair: bool = False) -> dict:
     where = name or t.describe()
     branch = _branch_of(repo, branch)
     ref = f"refs/heads/{branch}"
@@ -389,43 +414,20 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
             f"({local[:12]})",
             f"fetch first (mvc pull {name or 'REMOTE'} {branch}); or pass --force to overwrite the remote branch")
 
-    plan = _plan_push(repo, t, local, remote_refs, pool)
-    tags, skipped = _tags_to_push(repo, local, remote_refs)
     certs = _certs_to_push(repo, t, local, pool)
-    cert_objects = _cert_objects(repo, certs)
-    cert_missing = [o for o, there in zip(cert_objects, pool.map(t.has, cert_objects)) if not there]
-    send_blobs = plan["blobs"] + cert_missing
-    sizes = {o: repo.store.size(o) for o in send_blobs + plan["trees"] + plan["commits"]}
+    plan = (_repair_plan(repo, t, where, local, pool, progress) if repair
+            else _plain_plan(repo, t, local, remote_refs, certs, pool))
+    tags, skipped = _tags_to_push(repo, local, remote_refs)
+    sizes = plan["sizes"]
     result.update(status=status, old=old, new=local, tags=sorted(tags), tags_skipped=skipped,
                   certificates=sum(len(v) for v in certs.values()),
-                  objects_sent=len(sizes), bytes_sent=sum(sizes.values()),
-                  objects_present=plan["present"] + len(cert_objects) - len(cert_missing))
+                  objects_sent=len(sizes), bytes_sent=sum(sizes.values()), objects_present=plan["present"])
+    if repair:
+        result["repair"] = plan["report"]
     if dry_run:
-        return {**result, "sent": []}
-
-    sent: list[str] = []
-
-    def upload(oid):
-        if repo.loose.has(oid):  # verified through a map of the file, then copied file to object
-            view = repo.loose.view(oid)
-            n = len(view)
-            if hasattr(view, "close"):
-                view.close()
-            t.put_file(oid, repo.loose.path(oid))
-        else:  # packed or fetched on demand: verified on read
-            data = repo.store.get(oid)
-            n = len(data)
-            t.put(oid, data)
-        sent.append(oid)
-        progress.advance(n)
-
-    progress.begin(f"pushing to {where}", len(sizes), sum(sizes.values()))
-    try:
-        for phase in (send_blobs, plan["trees"], plan["commits"]):  # a tree there has its blobs there
-            pool.map(upload, phase)
-            t.flush(pool.map)
-    finally:
-        progress.end()
+        return _repaired({**result, "sent": []}, where)
+    sent = _send(repo, t, where, plan, pool, progress)
+    _repaired({**result, "sent": sent}, where)  # nothing moves while history there is incomplete
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force)
@@ -458,6 +460,47 @@ def _refuse_clashing_name(ref: str, remote_refs: dict, where: str) -> None:
                           "a branch name cannot also be a folder of branch names; rename one of them")
 
 
+def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: dict, pool: Pool) -> dict:
+    """What a plain push sends: the objects the remote lacks ("phases": blobs with certificate
+    objects, trees, commits; "sizes" of what is sent; "present": how many were there already)."""
+    plan = _plan_push(repo, t, local, remote_refs, pool)
+    cert_objects = _cert_objects(repo, certs)
+    cert_missing = [o for o, there in zip(cert_objects, pool.map(t.has, cert_objects)) if not there]
+    phases = [plan["blobs"] + cert_missing, plan["trees"], plan["commits"]]
+    return {"phases": phases, "replace": set(), "sizes": {o: repo.store.size(o) for p in phases for o in p},
+            "present": plan["present"] + len(cert_objects) - len(cert_missing)}
+
+
+def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress: Progress) -> list[str]:
+    """Upload the plan's phases in order, each made durable before the next (a tree there has its
+    blobs there, a commit its trees). Ids in plan["replace"] overwrite the remote's damaged copy."""
+    sent: list[str] = []
+
+    def upload(oid):
+        kw = {"replace": True} if oid in plan["replace"] else {}
+        if repo.loose.has(oid):  # verified through a map of the file, then copied file to object
+            view = repo.loose.view(oid)
+            n = len(view)
+            if hasattr(view, "close"):
+                view.close()
+            t.put_file(oid, repo.loose.path(oid), **kw)
+        else:  # packed or fetched on demand: verified on read
+            data = repo.store.get(oid)
+            n = len(data)
+            t.put(oid, data, **kw)
+        sent.append(oid)
+        progress.advance(n)
+
+    progress.begin(f"pushing to {where}", len(plan["sizes"]), sum(plan["sizes"].values()))
+    try:
+        for phase in plan["phases"]:
+            pool.map(upload, phase)
+            t.flush(pool.map)
+    finally:
+        progress.end()
+    return sent
+
+
 def _plan_push(repo: Repo, t: Transport, local: str, remote_refs: dict, pool: Pool) -> dict:
     """The commits, trees and blobs the remote lacks, found by the commit graph + existence checks."""
     known = ancestors(repo, [v for v in set(remote_refs.values()) if _has_commit(repo, v)])
@@ -481,6 +524,101 @@ def _plan_push(repo: Repo, t: Transport, local: str, remote_refs: dict, pool: Po
     present += sum(blob_there.values())
     return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,
             "blobs": [b for b in blobs if not blob_there[b]], "present": present}
+
+
+def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, progress: Progress) -> dict:
+    """push --repair: every object the history of `local` reaches (commits, trees, blobs, the
+    certificates of its commits and the inputs they name) is read back from the remote and
+    re-hashed, trusting nothing there. A missing object is sent; a damaged one is sent again over
+    the bad copy (on a directory remote a loose copy, which reads take before a damaged pack's).
+    Only a local copy that re-hashes right is sent: one damaged here too goes to "local_damaged",
+    and the trees and commits naming it are held back (a tree there must have its blobs there)."""
+    ids, kinds, hints = _history_objects(repo, local)
+    progress.begin(f"verifying {where}", len(ids), sum(hints.values()))
+    try:
+        found = dict(zip(ids, pool.map(lambda oid: _check_copy(repo, t, oid, progress), ids)))
+    finally:
+        progress.end()
+    bad = {o: f"{state} on {where}, and the local copy cannot be sent: {why}"
+           for o, (state, _, why) in found.items() if why}
+    send = {o for o, (state, _, why) in found.items() if state != "ok" and not why}
+    held = _held_back(repo, bad, [o for o in ids if o in send and kinds[o] != "blob"], kinds)
+    send -= held
+    report = {"checked": len(ids), "local_damaged": bad, "held_back": sorted(held)}
+    for state in ("missing", "damaged"):
+        report[state] = sorted(o for o in send if found[o][0] == state)
+        report[f"{state}_resent"] = len(report[state])
+    report["bytes_sent"] = sum(found[o][1] for o in send)
+    phases = [[o for o in ids if o in send and kinds[o] == k] for k in ("blob", "tree", "commit")]
+    return {"phases": phases, "replace": set(report["damaged"]), "sizes": {o: found[o][1] for o in send},
+            "present": sum(state == "ok" for state, _, _ in found.values()), "report": report}
+
+
+def _history_objects(repo: Repo, local: str) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    """(ids, {id: "commit", "tree" or "blob"}, expected blob sizes) of everything a push of `local`
+    sends when the remote has nothing: certificates and the inputs they name count as blobs."""
+    commits = sorted(ancestors(repo, [local]))
+    trees = sorted({tid for c in commits for tid in repo.read_commit(c)["components"].values()})
+    hints: dict[str, int] = {}
+    for tid in trees:
+        hints.update(_blob_size_hint(repo.read_tree(tid)))
+    reach = set(commits)
+    certs = {c: [i for i in local_cert_index(repo, c) if repo.store.has(i)]
+             for c in local_certified_commits(repo) if c in reach}
+    kinds = {o: "blob" for o in [*hints, *_cert_objects(repo, certs)]}
+    kinds.update({o: "tree" for o in trees})
+    kinds.update({o: "commit" for o in commits})
+    return sorted(kinds), kinds, hints
+
+
+def _check_copy(repo: Repo, t: Transport, oid: str, progress: Progress) -> tuple[str, int, str | None]:
+    """(state of the remote's copy: "ok", "missing" or "damaged"; the size of the local copy to
+    send; why the local copy cannot be sent, or None). The local copy is re-hashed only when the
+    remote's is not good."""
+    try:
+        got, n = t.digest(oid)
+        state = "ok" if got == oid else "damaged"
+    except ObjectMissing:
+        state, n = "missing", 0
+    except CorruptObject:  # the remote's storage says so itself (a damaged pack there)
+        state, n = "damaged", 0
+    progress.advance(n)
+    if state == "ok":
+        return state, 0, None
+    try:
+        return state, _verified_size(repo, oid), None
+    except MvcError as e:
+        return state, 0, e.message
+
+
+def _verified_size(repo: Repo, oid: str) -> int:
+    """The size of the local copy of `oid`, re-hashed now (a verified stamp is not enough here)."""
+    view = repo.store.view(oid, rehash=True)
+    try:
+        return len(view)
+    finally:
+        if hasattr(view, "close"):
+            view.close()
+
+
+def _held_back(repo: Repo, bad: dict, to_send: list[str], kinds: dict) -> set[str]:
+    """Of the trees and commits `to_send`, those naming an object that cannot be sent (or, for a
+    commit, a tree held back): sending them would leave the remote a tree without its blobs."""
+    held: set[str] = set()
+    for oid in sorted(to_send, key=lambda o: kinds[o] == "commit"):  # trees first
+        named = (tree_blob_ids(repo.read_tree(oid)) if kinds[oid] == "tree"
+                 else repo.read_commit(oid)["components"].values())
+        if any(x in bad or x in held for x in named):
+            held.add(oid)
+    return held
+
+
+def _repaired(result: dict, where: str) -> dict:
+    """The push report, or RepairIncomplete when push --repair could not send a good copy of
+    something the remote lacks."""
+    if result.get("repair", {}).get("local_damaged"):
+        raise RepairIncomplete(result, where)
+    return result
 
 
 def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict]:

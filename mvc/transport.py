@@ -21,16 +21,21 @@ Directory objects are written to objects/tmp, fsynced and renamed, so an object 
 its name or absent; the new directory entries are synced together by `flush`, which the pusher
 calls after each phase (blobs, trees, commits) and before any ref moves. A directory holding an
 mvc repository (with .mvc) works as a remote too: its branches move, without reflog entries.
+`put(..., replace=True)` (push --repair) renames a good copy over a damaged loose one; an object
+that only a damaged pack holds gets a loose copy, which reads take before any packed one.
 """
 from __future__ import annotations
 
 import configparser
 import contextlib
+import mmap
 import os
 import shutil
 import threading
 import warnings
 from urllib.parse import unquote, urlparse
+
+import blake3
 
 from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
@@ -41,6 +46,8 @@ from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, fsync_dir, new_object_file
 
 REMOTE_FORMAT = 1
+REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repair from a repository that "
+               "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
 
 
@@ -92,14 +99,23 @@ class Transport:
         f.write(data)
         return len(data)
 
-    def put(self, oid: str, data: bytes) -> None:
-        """Store an object atomically (readers see all of it or nothing); idempotent."""
+    def digest(self, oid: str) -> tuple[str, int]:
+        """(BLAKE3 hex, size) of the bytes the remote holds for `oid`, read as a stream (push
+        --repair compares it with the id); ObjectMissing when absent, CorruptObject when the
+        remote's own storage reports the copy damaged."""
+        sink = _HashSink()
+        n = self.get_into(oid, sink)
+        return sink.hexdigest(), n
+
+    def put(self, oid: str, data: bytes, replace: bool = False) -> None:
+        """Store an object atomically (readers see all of it or nothing); idempotent. A copy
+        already there is kept unless `replace` (push --repair overwriting a damaged copy)."""
         raise NotImplementedError
 
-    def put_file(self, oid: str, path: str) -> None:
+    def put_file(self, oid: str, path: str, replace: bool = False) -> None:
         """Store the object held in local file `path` (already verified by the caller)."""
         with open(path, "rb") as f:
-            self.put(oid, f.read())
+            self.put(oid, f.read(), replace=replace)
 
     def read_file(self, name: str) -> tuple[bytes | None, object]:
         """(content or None, token for cas_file) of a mutable file such as refs/heads/main."""
@@ -248,6 +264,23 @@ class Transport:
         raise RefConflict(f"certificate index of {commit[:12]} on {self.describe()} kept changing", "try again")
 
 
+class _HashSink:
+    """A write-only file that hashes what is written (get_into's target when only the id matters)."""
+
+    def __init__(self):
+        self._h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+    def write(self, b) -> int:
+        self._h.update(b)
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 def parse_id_lines(data: bytes | None) -> list[str]:
     if not data:
         return []
@@ -305,34 +338,48 @@ class DirectoryTransport(Transport):
         with src:
             return _copy_file(src, f)
 
+    def digest(self, oid):
+        try:
+            fd = os.open(self.objects.path(oid), os.O_RDONLY)
+        except FileNotFoundError:
+            data = self._packed(oid)  # decoded and verified by the pack store
+            return hash_bytes(data), len(data)
+        try:
+            size = os.fstat(fd).st_size
+            if not size:
+                return hash_bytes(b""), 0
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+                return hash_bytes(mm), size
+        finally:
+            os.close(fd)
+
     def _packed(self, oid) -> bytes:
         """An object not loose here: packed by `mvc pack` in a repository used as a remote."""
         if self.packs.has(oid):
             try:
                 return self.packs.get(oid)
             except CorruptObject as e:  # its hint is for the repository's owner, not for us
-                raise CorruptObject(f"{e.message} (on remote {self.url})",
-                                    "the remote is damaged: fetch from another copy, or repair it there with "
-                                    "mvc fsck --repair-from") from None
-        raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
-                            "the remote is damaged: fetch from another copy, or push the history to a new remote")
+                raise CorruptObject(f"{e.message} (on remote {self.url})", REPAIR_HINT
+                                    + "; or repair the repository there with mvc fsck --repair-from") from None
+        raise ObjectMissing(f"object {oid} is missing on remote {self.url}", REPAIR_HINT)
 
-    def put(self, oid, data):
-        self._write(oid, lambda f: f.write(data))
+    def put(self, oid, data, replace=False):
+        self._write(oid, lambda f: f.write(data), replace)
 
-    def put_file(self, oid, path):
+    def put_file(self, oid, path, replace=False):
         """A kernel-side copy of a local object file."""
         def copy(f):
             with open(path, "rb") as src:
                 _copy_file(src, f)
-        self._write(oid, copy)
+        self._write(oid, copy, replace)
 
-    def _write(self, oid, fill) -> None:
+    def _write(self, oid, fill, replace=False) -> None:
         """Temp file, fsync, rename: an object is whole under its name or absent. The directory
         entries are synced together in flush(): until then a power loss can only drop whole objects,
-        which the next push re-sends."""
+        which the next push re-sends. `replace` renames over a loose copy already there; a packed
+        copy is left in its pack, and reads take the loose one first (see get)."""
         final = self.objects.path(oid)
-        if os.path.exists(final):
+        if not replace and os.path.exists(final):
             return
         with new_object_file(self.objects.tmp, oid, final) as f:
             fill(f)
@@ -531,7 +578,8 @@ class LazyRemoteStore(ObjectStore):
                                     f"({self.transport().describe()}) is gone or is no mvc repository",
                                     f"check the path, or mvc remote remove/add {self.remote}") from None
             raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
-                                "the remote is damaged: clone from another copy") from None
+                                "the remote is damaged: clone from another copy, or repair it with "
+                                "mvc push --repair from a repository that has it") from None
         except MvcError as e:
             raise MvcError(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
                            f"failed: {e.message}", e.hint) from None
@@ -539,7 +587,8 @@ class LazyRemoteStore(ObjectStore):
         if got != oid:
             raise CorruptObject(f"object {oid} fetched from remote {self.remote} is corrupt: its content "
                                 f"hashes to {got[:12]}; it was not stored",
-                                "the remote copy is damaged: clone from another copy")
+                                "the remote copy is damaged: clone from another copy, or repair it with "
+                                "mvc push --repair from a repository that has it")
         self.cache.put(data, oid=oid)
         return data
 

@@ -11,6 +11,7 @@ first push to a new prefix checks that the server refuses a conditional write it
 server that ignores the headers is reported instead of silently losing updates. Limitation: on
 servers that do not support `If-Match` on DeleteObject, `push --delete` re-reads the ref and then
 deletes it unconditionally (a narrow window in which a concurrent push to that branch is lost).
+An object put again overwrites its key, which is how `push --repair` replaces a damaged copy.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import threading
 from urllib.parse import urlparse
 
 from .errors import MvcError, ObjectMissing, RefConflict
-from .transport import ABSENT, Transport
+from .transport import ABSENT, REPAIR_HINT, Transport
 
 MULTIPART_BYTES = 64 * 1024 * 1024
 _SESSION = None
@@ -109,13 +110,14 @@ class S3Transport(Transport):
             return n
         except ClientError as e:
             if _code(e) in _MISSING_CODES:
-                raise ObjectMissing(f"object {oid} is missing on remote {self.url}",
-                                    "the remote is damaged: fetch from another copy, or push the history to a new remote") from None
+                raise ObjectMissing(f"object {oid} is missing on remote {self.url}", REPAIR_HINT) from None
             self._fail(e, f"reading object {oid[:12]}")
         except BotoCoreError as e:
             self._fail(e, f"reading object {oid[:12]}")
 
-    def put(self, oid, data):
+    def put(self, oid, data, replace=False):
+        """One PutObject (or a multipart upload), which replaces whatever the key held: a damaged
+        copy is overwritten whether or not `replace` is asked."""
         from botocore.exceptions import BotoCoreError, ClientError
         try:
             if len(data) < MULTIPART_BYTES:
@@ -128,7 +130,7 @@ class S3Transport(Transport):
         except (ClientError, BotoCoreError) as e:
             self._fail(e, f"writing object {oid[:12]}")
 
-    def put_file(self, oid, path):
+    def put_file(self, oid, path, replace=False):
         from botocore.exceptions import BotoCoreError, ClientError
         try:
             if os.path.getsize(path) < MULTIPART_BYTES:

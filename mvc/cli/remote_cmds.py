@@ -168,14 +168,23 @@ def _push_args(repo: Repo, remote: str | None, branch: str | None, delete: bool 
 @click.option("-f", "--force", is_flag=True, help="Overwrite the remote branch even if it is not an ancestor.")
 @click.option("-n", "--dry-run", is_flag=True, help="Only report how many objects and bytes would move.")
 @click.option("-d", "--delete", is_flag=True, help="Delete BRANCH on the remote.")
+@click.option("--repair", is_flag=True,
+              help="Read back every object of the pushed history from the remote, re-hash it, and send again "
+                   "what is missing or damaged there.")
 @jobs_opt
 @json_opt
-def push(remote, branch, force, dry_run, delete, jobs, as_json):
+def push(remote, branch, force, dry_run, delete, repair, jobs, as_json):
     """Send BRANCH (default: the current branch) to REMOTE (default: origin).
 
     Only objects the remote lacks move; an interrupted push resumes where it stopped. Tags on the
     pushed history and certificates of its commits travel with it. A remote branch that is not an
     ancestor of yours is not overwritten without --force.
+
+    A plain push trusts that the remote holds the whole history of what it has. With --repair it
+    reads back every object of the pushed history, re-hashes it, sends what is missing and sends
+    again what is damaged there (it reads everything: as long as a clone). Only local copies that
+    re-hash right are sent; when one is damaged here too it is named, nothing moves, and the exit
+    status is 3 (repair it first: mvc fsck --repair-from ANOTHER-COPY).
 
     \b
     Examples:
@@ -183,15 +192,29 @@ def push(remote, branch, force, dry_run, delete, jobs, as_json):
       mvc push origin main --dry-run
       mvc push origin experiment --force
       mvc push --delete experiment
+      mvc push origin main --repair
     """
     repo = _repo()
     remote, branch = _push_args(repo, remote, branch, delete)
     if delete and branch is None:
         raise click.UsageError("--delete needs the BRANCH to delete")
+    if delete and repair:
+        raise click.UsageError("--repair and --delete do not go together")
     started = time.perf_counter()
     rm = _rm()
-    r = rm.push(repo, remote, branch, force=force, dry_run=dry_run, delete=delete, jobs=jobs,
-                progress=BarProgress())
+    try:
+        r = rm.push(repo, remote, branch, force=force, dry_run=dry_run, delete=delete, jobs=jobs,
+                    progress=BarProgress(), repair=repair)
+    except rm.RepairIncomplete as e:  # report what was repaired, then the error (exit 3)
+        if as_json:
+            _print_push(repo, e.result, dry_run, as_json, started)
+        else:
+            _print_repair(e.result["repair"], e.result["remote"] or e.result["url"], dry_run)
+        raise
+    _print_push(repo, r, dry_run, as_json, started)
+
+
+def _print_push(repo, r, dry_run, as_json, started):
     r.pop("sent", None)
     r["seconds"] = time.perf_counter() - started
     if as_json:
@@ -202,6 +225,8 @@ def push(remote, branch, force, dry_run, delete, jobs, as_json):
         click.echo(f"{'would delete' if dry_run else 'deleted'} {where}/{r['branch']} (was {short(r['old'])})")
         return
     if dry_run:
+        if r.get("repair"):
+            _print_repair(r["repair"], where, dry_run)
         click.echo(f"would send {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} to {where} "
                    f"({r['objects_present']} already there); {r['branch']}: {r['status']}")
         return
@@ -216,12 +241,29 @@ def push(remote, branch, force, dry_run, delete, jobs, as_json):
     for tag, value in r["tags_skipped"].items():
         if value is not None:  # None: damaged there, warned about already
             click.echo(f"warning: tag {tag} differs on {where} ({short(value)}); not overwritten", err=True)
+    if r.get("repair"):
+        _print_repair(r["repair"], where, dry_run)
     certs = f"; {r['certificates']} certificates" if r["certificates"] else ""
     if not r["objects_sent"]:
         click.echo("nothing to send: the remote has every object" + certs)
         return
     click.echo(f"sent {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} in {r['seconds']:.1f} s "
                f"({_rate(r['bytes_sent'], r['seconds'])}); {r['objects_present']} already there" + certs)
+
+
+def _print_repair(rep, where, dry_run):
+    """The verification pass of push --repair: what was checked, re-sent, and what could not be."""
+    verb = "would re-send" if dry_run else "re-sent"
+    if rep["missing_resent"] or rep["damaged_resent"]:
+        click.echo(f"verified {rep['checked']} objects on {where}: {verb} {rep['missing_resent']} missing and "
+                   f"{rep['damaged_resent']} damaged ({human_bytes(rep['bytes_sent'])})")
+    elif not rep["local_damaged"]:
+        click.echo(f"verified {rep['checked']} objects on {where}: all intact")
+    for oid, why in sorted(rep["local_damaged"].items()):
+        click.echo(f"not sent: {oid}: {why}", err=True)
+    if rep["held_back"]:
+        click.echo(f"held back {len(rep['held_back'])} trees and commits that name them (a tree there needs "
+                   "its blobs there)", err=True)
 
 
 @cli.command()

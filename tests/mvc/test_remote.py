@@ -1,7 +1,7 @@
 """Remote contract suite: every case runs against a directory remote and an S3 remote (moto's server
 on loopback). Push/clone fidelity, minimal transfers, resume after an interrupted push (a raising
 transport and a process killed mid-transfer), corruption on fetch, concurrent pushes, fast-forward
-rules and lazy clones."""
+rules, lazy clones and push --repair."""
 import json
 import os
 import subprocess
@@ -92,16 +92,16 @@ class Counting:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def put(self, oid, data):
+    def put(self, oid, data, **kw):
         with self.lock:
             if self.fail_after is not None and len(self.put_ids) >= self.fail_after:
                 raise ConnectionError("simulated network failure")
             self.put_ids.append(oid)
-        self.inner.put(oid, data)
+        self.inner.put(oid, data, **kw)
 
-    def put_file(self, oid, path):
+    def put_file(self, oid, path, **kw):
         with open(path, "rb") as f:
-            self.put(oid, f.read())
+            self.put(oid, f.read(), **kw)
 
     def update_ref(self, ref, new, expected, replace_damaged=False):
         if self.barrier is not None and ref.startswith("refs/heads/"):
@@ -704,3 +704,171 @@ def test_an_autopack_failure_after_the_commit_landed_is_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="committed .* but packing after it failed"):
         cid = repo.commit({"core": weights(1)}, message="one")
     assert repo.head() == cid
+
+
+# -- push --repair: a remote that lost objects or holds damaged copies -------------------------
+def _history(repo):
+    """Every object the history of HEAD reaches."""
+    out = set()
+    for c in repo.log():
+        out.add(c["id"])
+        for tid in repo.read_commit(c["id"])["components"].values():
+            out |= {tid, *tree_blob_ids(repo.read_tree(tid))}
+    return out
+
+
+def _assert_clone_is_whole(src, url, tmp_path, endpoint=None, name="fresh"):
+    """A fresh clone of the remote passes fsck and checks out the same bytes as `src`."""
+    clone, _ = rm.clone(url, str(tmp_path / name), endpoint=endpoint)
+    assert clone.fsck()["ok"] and clone.head() == src.head()
+    for c in src.log():
+        rev = c["id"]
+        assert checkout_bytes(clone, rev, tmp_path / f"{name}-c{rev[:6]}") == \
+            checkout_bytes(src, rev, tmp_path / f"{name}-s{rev[:6]}")
+    return clone
+
+
+def _two_commits_pushed(remote, tmp_path):
+    src = new_repo(tmp_path / "src", remote)
+    c1 = src.commit({"core": weights(1)}, message="one")
+    src.commit({"core": weights(2), "brick/python": weights(3, n=2, shape=(4, 16))}, message="two")
+    rm.push(src)
+    blob = src.read_tree(src.read_commit(c1)["components"]["core"])["tensors"]["w2"]["id"]
+    return src, blob
+
+
+@pytest.mark.parametrize("damage", ["deleted", "flipped"])
+def test_push_repair_resends_a_lost_or_damaged_loose_blob(tmp_path, damage):
+    bare = DirRemote(tmp_path)
+    src, blob = _two_commits_pushed(bare, tmp_path)
+    path = bare.transport().objects.path(blob)
+    if damage == "deleted":
+        os.unlink(path)
+    else:
+        _flip(path, 100)
+    plain = rm.push(src)  # trusts the remote: sends nothing
+    assert plain["status"] == "up-to-date" and plain["objects_sent"] == 0
+    with pytest.raises(mvc.errors.MvcError):  # the damage is real: a clone fails
+        rm.clone(bare.url, str(tmp_path / "broken"))
+
+    counting = Counting(bare.transport())
+    r = rm.push(src, repair=True, transport=counting)
+    rep = r["repair"]
+    assert counting.put_ids == [blob] and r["objects_sent"] == 1 and r["status"] == "up-to-date"
+    assert rep["checked"] == len(_history(src)) and rep["local_damaged"] == {}
+    assert (rep["missing"], rep["damaged"]) == (([blob], []) if damage == "deleted" else ([], [blob]))
+    assert rep["missing_resent"] + rep["damaged_resent"] == 1
+    assert rep["bytes_sent"] == r["bytes_sent"] == src.store.size(blob)
+    assert open(path, "rb").read() == src.store.get(blob)  # the good copy replaced the bad one
+    _assert_clone_is_whole(src, bare.url, tmp_path)
+    again = rm.push(src, repair=True)
+    assert again["objects_sent"] == 0 and again["repair"]["checked"] == rep["checked"]
+
+
+def _packed_remote(tmp_path):
+    """A packed repository used as a remote, and a working clone of it."""
+    from mvc.pack_write import pack
+    served = new_repo(tmp_path / "served")
+    for i in range(3):
+        served.commit({"core": weights(i)}, message=f"c{i}")
+    pack(served, full=True)
+    assert not list(served.loose.ids())
+    work, _ = rm.clone(served.root, str(tmp_path / "work"))
+    pack_dir = os.path.join(served.dir, "objects", "pack")
+    pack_file = os.path.join(pack_dir, next(p for p in os.listdir(pack_dir) if p.endswith(".pack")))
+    return served, work, pack_file
+
+
+def test_push_repair_resends_objects_of_a_damaged_pack_as_loose_copies(tmp_path):
+    served, work, pack_file = _packed_remote(tmp_path)
+    _flip(pack_file, 400)
+    assert rm.push(work)["objects_sent"] == 0  # a plain push sees every object there
+    with pytest.raises(CorruptObject):
+        rm.clone(served.root, str(tmp_path / "broken"))
+
+    r = rm.push(work, repair=True)
+    rep = r["repair"]
+    assert rep["damaged_resent"] >= 1 and rep["missing_resent"] == 0 and not rep["local_damaged"]
+    there = DirectoryTransport(served.root)
+    for oid in rep["damaged"]:  # now loose there, and the loose copy is what reads get
+        assert there.objects.has(oid) and there.get(oid) == work.store.get(oid)
+    _assert_clone_is_whole(work, served.root, tmp_path)
+    assert rm.push(work, repair=True)["objects_sent"] == 0
+
+
+def test_push_repair_never_sends_a_local_copy_that_is_damaged_too(tmp_path):
+    bare = DirRemote(tmp_path)
+    src, blob = _two_commits_pushed(bare, tmp_path)
+    old = src.head()
+    other = src.read_tree(src.read_commit(old)["components"]["brick/python"])["tensors"]["w1"]["id"]
+    os.unlink(bare.transport().objects.path(other))  # repairable
+    remote_path = bare.transport().objects.path(blob)
+    _flip(remote_path, 100)
+    _flip(src.loose.path(blob), 120)  # damaged here too
+    remote_bad = open(remote_path, "rb").read()
+    new = src.commit({"core": weights(2), "brick/python": weights(4, n=2, shape=(4, 16))}, message="three")
+
+    with pytest.raises(rm.RepairIncomplete, match="damaged too") as caught:
+        rm.push(mvc.Repo(src.root), repair=True)
+    e = caught.value
+    assert e.exit_code == 3 and blob in e.message
+    rep = e.result["repair"]
+    assert list(rep["local_damaged"]) == [blob] and "corrupt" in rep["local_damaged"][blob]
+    assert other in rep["missing"] and blob not in rep["damaged"] + rep["missing"]
+    assert open(remote_path, "rb").read() == remote_bad  # the bad local copy was not sent
+    assert bare.transport().get(other) == src.store.get(other)  # the rest was repaired
+    assert bare.transport().read_ref("refs/heads/main") == old != new  # no ref moved
+    assert src.refs.read("refs/remotes/origin/main") == old
+
+
+def test_push_repair_held_back_trees_naming_a_blob_damaged_on_both_sides(tmp_path):
+    bare = DirRemote(tmp_path)
+    src = new_repo(tmp_path / "src", bare)
+    cid = src.commit({"core": weights(1)}, message="one")
+    tid = src.read_commit(cid)["components"]["core"]
+    blob = src.read_tree(tid)["tensors"]["w0"]["id"]
+    rm.push(src)
+    t = bare.transport()
+    for oid in (blob, tid, cid):
+        os.unlink(t.objects.path(oid))
+    os.unlink(src.loose.path(blob))
+    with pytest.raises(rm.RepairIncomplete) as caught:
+        rm.push(mvc.Repo(src.root), repair=True)
+    rep = caught.value.result["repair"]
+    assert list(rep["local_damaged"]) == [blob] and rep["held_back"] == sorted([tid, cid])
+    assert not t.has(tid) and not t.has(cid)  # a tree there always has its blobs there
+
+
+def test_push_repair_on_s3_resends_a_deleted_and_an_overwritten_object(tmp_path, aws_env, s3_endpoint):
+    remote = S3Remote(s3_endpoint)
+    src, blob = _two_commits_pushed(remote, tmp_path)
+    tree = src.read_commit(src.head())["components"]["brick/python"]
+    remote.client.delete_object(Bucket=remote.bucket, Key=f"team/models/objects/{tree[:2]}/{tree[2:]}")
+    good = src.store.get(blob)
+    remote.client.put_object(Bucket=remote.bucket, Key=f"team/models/objects/{blob[:2]}/{blob[2:]}",
+                             Body=good[:len(good) // 2])  # truncated
+    assert rm.push(src)["objects_sent"] == 0
+    r = rm.push(src, repair=True)
+    rep = r["repair"]
+    assert (rep["missing"], rep["damaged"]) == ([tree], [blob]) and not rep["local_damaged"]
+    assert remote.transport().get(blob) == good
+    _assert_clone_is_whole(src, remote.url, tmp_path, endpoint=remote.endpoint)
+
+
+def test_push_repair_resends_certificates_and_the_inputs_they_name(tmp_path):
+    bare = DirRemote(tmp_path)
+    src = new_repo(tmp_path / "src", bare)
+    cid = src.commit({"core": weights(1)}, message="one")
+    data_blob = src.store.put(b"held-out text\n")
+    cert_id = src.store.put(json.dumps({"type": "certificate", "format": 1, "commit": cid, "passed": True,
+                                        "inputs": {"data": data_blob}}, sort_keys=True).encode())
+    rm.add_local_certs(src, cid, [cert_id])
+    assert rm.push(src)["certificates"] == 1
+    t = bare.transport()
+    os.unlink(t.objects.path(cert_id))
+    _flip(t.objects.path(data_blob), 3)
+    assert rm.push(src)["objects_sent"] == 0
+    rep = rm.push(src, repair=True)["repair"]
+    assert (rep["missing"], rep["damaged"]) == ([cert_id], [data_blob])
+    clone = _assert_clone_is_whole(src, bare.url, tmp_path)
+    assert clone.store.get(data_blob) == b"held-out text\n" and rm.local_cert_index(clone, cid) == [cert_id]

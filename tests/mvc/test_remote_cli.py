@@ -1,11 +1,12 @@
 """The remote commands' surface (directory remotes): remote add/list/remove, errors and exit codes,
-dry runs, URL handling, resumed clones, pushing from a lazy clone, and no torch import."""
+dry runs, URL handling, resumed clones, pushing from a lazy clone, push --repair, and no torch import."""
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -168,7 +169,8 @@ def test_remote_commands_do_not_import_torch(tmp_path):
         from click.testing import CliRunner
         from mvc.cli import cli
         os.chdir({src.root!r})
-        steps = [["remote", "add", "origin", "../r.mvc"], ["push"], ["push", "--dry-run"], ["fetch"], ["pull"],
+        steps = [["remote", "add", "origin", "../r.mvc"], ["push"], ["push", "--dry-run"], ["push", "--repair"],
+                 ["fetch"], ["pull"],
                  ["remote", "-v"], ["clone", "../r.mvc", "../c"], ["clone", "--lazy", "../r.mvc", "../l"]]
         for args in steps:
             r = CliRunner().invoke(cli, args)
@@ -178,3 +180,110 @@ def test_remote_commands_do_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+# -- push --repair -----------------------------------------------------------------------------
+def _flip(path, at):
+    os.chmod(path, 0o644)
+    data = bytearray(open(path, "rb").read())
+    data[at] ^= 1
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _files(repo, rev, out):
+    repo.checkout(rev, str(out))
+    return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(out) for f in files}
+
+
+def _core(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"core": {f"w{i}": torch.randn(32, 16, generator=g) for i in range(4)}}
+
+
+def _damaged_remote(tmp_path, damage):
+    """(a working repository, the URL of its origin, the damaged blob or None for a pack)."""
+    if damage == "pack":
+        from mvc.pack_write import pack
+        served = mvc.Repo.init(tmp_path / "served")
+        for i in range(3):
+            served.commit(_core(i), message=f"c{i}")
+        pack(served, full=True)
+        work, _ = rm.clone(served.root, str(tmp_path / "work"))
+        pack_dir = os.path.join(served.dir, "objects", "pack")
+        _flip(os.path.join(pack_dir, next(p for p in os.listdir(pack_dir) if p.endswith(".pack"))), 400)
+        return work, served.root, None
+    work = mvc.Repo.init(tmp_path / "work")
+    c1 = work.commit(_core(1), message="one")
+    work.commit(_core(2), message="two")
+    url = str(tmp_path / "r.mvc")
+    rm.add_remote(work, "origin", url)
+    rm.push(work)
+    blob = work.read_tree(work.read_commit(c1)["components"]["core"])["tensors"]["w1"]["id"]
+    path = DirectoryTransport(url).objects.path(blob)
+    if damage == "deleted":
+        os.unlink(path)
+    else:
+        _flip(path, 90)
+    return work, url, blob
+
+
+@pytest.mark.parametrize("damage", ["deleted", "flipped", "pack"])
+def test_push_repair_fixes_a_damaged_directory_remote(tmp_path, monkeypatch, damage):
+    work, url, blob = _damaged_remote(tmp_path, damage)
+    r = invoke(monkeypatch, work.root, "push")
+    assert r.exit_code == 0 and "nothing to send" in r.stdout and "(up to date)" in r.stdout
+    r = invoke(monkeypatch, tmp_path, "clone", url, "broken")
+    assert r.exit_code == 3  # the damage is real
+
+    r = invoke(monkeypatch, work.root, "push", "--repair", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    dry = json.loads(r.stdout)["repair"]
+    assert dry["missing_resent"] + dry["damaged_resent"] >= 1 and not dry["local_damaged"]
+    assert invoke(monkeypatch, tmp_path, "clone", url, "still-broken").exit_code == 3  # a dry run sends nothing
+
+    r = invoke(monkeypatch, work.root, "push", "--repair")
+    assert r.exit_code == 0, r.output
+    kind = "missing" if damage == "deleted" else "damaged"
+    n = dry[f"{kind}_resent"]
+    assert f"verified {dry['checked']} objects on origin: re-sent" in r.stdout and f" {n} {kind}" in r.stdout
+    if blob:
+        assert dry[kind] == [blob]
+    r = invoke(monkeypatch, work.root, "push", "--repair", "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["objects_sent"] == 0 and doc["repair"]["checked"] == dry["checked"]
+    assert doc["repair"]["missing_resent"] == doc["repair"]["damaged_resent"] == doc["repair"]["bytes_sent"] == 0
+
+    r = invoke(monkeypatch, tmp_path, "clone", url, "fresh")
+    assert r.exit_code == 0, r.output
+    r = invoke(monkeypatch, tmp_path / "fresh", "fsck")
+    assert r.exit_code == 0, r.output
+    fresh = mvc.Repo(tmp_path / "fresh")
+    for c in work.log():
+        rev = c["id"]
+        assert _files(fresh, rev, tmp_path / f"f{rev[:6]}") == _files(work, rev, tmp_path / f"w{rev[:6]}")
+
+
+def test_push_repair_with_a_damaged_local_copy_names_it_and_exits_3(tmp_path, monkeypatch):
+    work, url, blob = _damaged_remote(tmp_path, "flipped")
+    remote_path = DirectoryTransport(url).objects.path(blob)
+    remote_bad = open(remote_path, "rb").read()
+    _flip(work.loose.path(blob), 200)
+    r = invoke(monkeypatch, work.root, "push", "--repair")
+    assert r.exit_code == 3 and "Traceback" not in r.output
+    assert f"not sent: {blob}: damaged on origin" in r.stderr
+    assert "error: 1 objects could not be repaired on origin" in r.stderr and "damaged too" in r.stderr
+    assert "mvc fsck --repair-from" in r.stderr
+    r = invoke(monkeypatch, work.root, "push", "--repair", "--json")
+    assert r.exit_code == 3
+    doc = json.loads(r.stdout)  # the report still comes, as one JSON document
+    assert list(doc["repair"]["local_damaged"]) == [blob] and doc["repair"]["damaged"] == []
+    assert open(remote_path, "rb").read() == remote_bad  # the damaged local copy was not sent
+
+
+def test_push_repair_help_and_usage(in_repo, monkeypatch):
+    r = invoke(monkeypatch, in_repo.root, "push", "--help")
+    assert r.exit_code == 0 and "--repair" in r.stdout and "mvc push origin main --repair" in r.stdout
+    r = invoke(monkeypatch, in_repo.root, "push", "--delete", "--repair", "main")
+    assert r.exit_code == 2 and "do not go together" in r.stderr
