@@ -166,6 +166,19 @@ def commit_object(components: dict, parents: list, message: str, author: str, ti
             "metrics": metrics or {}, "provenance": provenance or {}, "extra": extra or {}}
 
 
+def named_ids(value) -> set[str]:
+    """Every object id (64-hex string) inside a JSON value, e.g. the inputs a certificate names.
+    Values under keys ending in `_digest` are hashes of computed data (a certificate's logits
+    digest), not stored objects."""
+    if isinstance(value, str):
+        return {value} if is_oid(value) else set()
+    if isinstance(value, dict):
+        return set().union(*(named_ids(v) for k, v in value.items() if not str(k).endswith("_digest")))
+    if isinstance(value, list):
+        return set().union(*(named_ids(v) for v in value)) if value else set()
+    return set()
+
+
 def tree_blob_ids(tree: dict) -> list[str]:
     """Every blob id a tree refers to (tensor blobs, headers, raw files)."""
     ids = [t["id"] for t in tree["tensors"].values()]

@@ -15,7 +15,9 @@ Only missing objects move, found without listing the remote's objects:
   verifies every object's BLAKE3 id on receipt (a bad object is rejected, never stored), writes
   blobs, then trees, then commits, and only then moves refs/remotes/<remote>/<branch>.
 Certificates (the index .mvc/certs/<2>/<62> of certificate ids per commit) and tags travel with
-the commits they name. A lazy fetch (clone --lazy) takes commits, trees and certificates only and
+the commits they name, and so does what a certificate names: its data blobs, trees, and commits
+with their history (a migration check names host commits of other branches), so that `mvc verify`
+and `mvc fsck` work in every clone. A lazy fetch (clone --lazy) takes commits, trees and certificates only and
 records the blob ids as promised; mvc.transport.LazyRemoteStore fetches them on first use.
 No torch here: remotes move bytes.
 """
@@ -35,7 +37,7 @@ from . import safetensors_format as stf
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NonFastForward,
                      ObjectMissing, RefConflict, UnknownRevision)
 from .files import LockFile
-from .objects import OID_RE, check_ref_name, decode, hash_bytes, is_oid, tree_blob_ids
+from .objects import check_ref_name, decode, hash_bytes, is_oid, named_ids, tree_blob_ids
 from .repo import Repo
 from .store import fsync_dir, new_object_file
 from .transport import (DAMAGED, REPAIR_HINT, LazyRemoteStore, Transport, check_endpoint, configured_remote,
@@ -295,32 +297,23 @@ def add_local_certs(repo: Repo, commit: str, ids: list[str]) -> None:
                 os.fsync(f.fileno())
 
 
-def _named_ids(data: bytes) -> set[str]:
-    """64-hex strings named anywhere in a JSON object (the inputs a certificate refers to)."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return set()
-    out, stack = set(), [obj]
-    while stack:
-        x = stack.pop()
-        if isinstance(x, dict):
-            stack.extend(x.values())
-        elif isinstance(x, list):
-            stack.extend(x)
-        elif isinstance(x, str) and OID_RE.match(x):
-            out.add(x)
-    return out
-
-
-def _is_history_object(data: bytes) -> bool:
-    """Commits and trees travel only through the commit graph, never as a certificate's input."""
-    if not data[:1] == b"{":
-        return False
-    try:
-        return json.loads(data).get("type") in ("commit", "tree")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        return False
+def _cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
+    """(data blobs, commits, trees) that the certificates `cert_ids` name and this repository holds.
+    A named commit travels with its history (a migration check names host commits of other
+    branches), so that `mvc verify` and `mvc fsck` work in every clone."""
+    found: dict[str, set[str]] = {"blob": set(), "commit": set(), "tree": set()}
+    for cid in cert_ids:
+        try:
+            cert = decode(repo.store.get(cid), "certificate", cid)
+        except MvcError:
+            continue  # damaged here: fsck reports it
+        for x in named_ids(cert):
+            if x not in cert_ids and repo.store.has(x):
+                try:
+                    found[repo.kind_of(x)].add(x)
+                except MvcError:
+                    continue
+    return sorted(found["blob"]), sorted(found["commit"]), sorted(found["tree"])
 
 
 def _branch_of(repo: Repo, branch: str | None) -> str:
@@ -463,12 +456,14 @@ def _refuse_clashing_name(ref: str, remote_refs: dict, where: str) -> None:
 def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: dict, pool: Pool) -> dict:
     """What a plain push sends: the objects the remote lacks ("phases": blobs with certificate
     objects, trees, commits; "sizes" of what is sent; "present": how many were there already)."""
-    plan = _plan_push(repo, t, local, remote_refs, pool)
-    cert_objects = _cert_objects(repo, certs)
-    cert_missing = [o for o, there in zip(cert_objects, pool.map(t.has, cert_objects)) if not there]
-    phases = [plan["blobs"] + cert_missing, plan["trees"], plan["commits"]]
+    cert_ids = sorted({i for ids in certs.values() for i in ids})
+    data, commits, trees = _cert_inputs(repo, cert_ids)
+    plan = _plan_push(repo, t, [local, *commits], remote_refs, pool, extra_trees=trees)
+    extra = sorted(set(cert_ids + data) - set(plan["blobs"]))
+    extra_missing = [o for o, there in zip(extra, pool.map(t.has, extra)) if not there]
+    phases = [plan["blobs"] + extra_missing, plan["trees"], plan["commits"]]
     return {"phases": phases, "replace": set(), "sizes": {o: repo.store.size(o) for p in phases for o in p},
-            "present": plan["present"] + len(cert_objects) - len(cert_missing)}
+            "present": plan["present"] + len(extra) - len(extra_missing)}
 
 
 def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress: Progress) -> list[str]:
@@ -501,10 +496,12 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
     return sent
 
 
-def _plan_push(repo: Repo, t: Transport, local: str, remote_refs: dict, pool: Pool) -> dict:
-    """The commits, trees and blobs the remote lacks, found by the commit graph + existence checks."""
+def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, pool: Pool,
+               extra_trees=()) -> dict:
+    """The commits, trees and blobs the remote lacks, found by the commit graph + existence checks:
+    the history of `tips`, and `extra_trees` with their blobs."""
     known = ancestors(repo, [v for v in set(remote_refs.values()) if _has_commit(repo, v)])
-    new = ancestors(repo, [local], stop=known)
+    new = ancestors(repo, tips, stop=known)
     ordered = sorted(new)
     there = {c for c, h in zip(ordered, pool.map(t.has, ordered)) if h}  # left by an interrupted push
     present = len(there)
@@ -515,7 +512,8 @@ def _plan_push(repo: Repo, t: Transport, local: str, remote_refs: dict, pool: Po
         for tid in repo.read_commit(c)["components"].values():
             on_remote.add(tid)
             on_remote.update(tree_blob_ids(repo.read_tree(tid)))
-    trees = sorted({tid for c in new for tid in repo.read_commit(c)["components"].values()} - on_remote)
+    trees = sorted(({tid for c in new for tid in repo.read_commit(c)["components"].values()}
+                    | set(extra_trees)) - on_remote)
     tree_there = dict(zip(trees, pool.map(t.has, trees)))
     present += sum(tree_there.values())
     missing_trees = [tid for tid in trees if not tree_there[tid]]
@@ -557,15 +555,16 @@ def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, p
 def _history_objects(repo: Repo, local: str) -> tuple[list[str], dict[str, str], dict[str, int]]:
     """(ids, {id: "commit", "tree" or "blob"}, expected blob sizes) of everything a push of `local`
     sends when the remote has nothing: certificates and the inputs they name count as blobs."""
-    commits = sorted(ancestors(repo, [local]))
-    trees = sorted({tid for c in commits for tid in repo.read_commit(c)["components"].values()})
+    reach = ancestors(repo, [local])
+    cert_ids = sorted({i for c in local_certified_commits(repo) if c in reach
+                       for i in local_cert_index(repo, c) if repo.store.has(i)})
+    data, named_commits, named_trees = _cert_inputs(repo, cert_ids)
+    commits = sorted(ancestors(repo, [local, *named_commits]))
+    trees = sorted({tid for c in commits for tid in repo.read_commit(c)["components"].values()} | set(named_trees))
     hints: dict[str, int] = {}
     for tid in trees:
         hints.update(_blob_size_hint(repo.read_tree(tid)))
-    reach = set(commits)
-    certs = {c: [i for i in local_cert_index(repo, c) if repo.store.has(i)]
-             for c in local_certified_commits(repo) if c in reach}
-    kinds = {o: "blob" for o in [*hints, *_cert_objects(repo, certs)]}
+    kinds = {o: "blob" for o in [*hints, *cert_ids, *data]}
     kinds.update({o: "tree" for o in trees})
     kinds.update({o: "commit" for o in commits})
     return sorted(kinds), kinds, hints
@@ -652,18 +651,6 @@ def _certs_to_push(repo: Repo, t: Transport, local: str, pool: Pool) -> dict[str
         if missing:
             out[c] = missing
     return out
-
-
-def _cert_objects(repo: Repo, certs: dict[str, list[str]]) -> list[str]:
-    """The certificate objects plus the blobs they name (probe and held-out data)."""
-    out: set[str] = set()
-    for ids in certs.values():
-        for cid in ids:
-            out.add(cid)
-            for x in _named_ids(repo.store.get(cid)):
-                if x not in out and repo.loose.has(x) and not _is_history_object(repo.store.get(x)):
-                    out.add(x)
-    return sorted(out)
 
 
 # -- repair ------------------------------------------------------------------------------------
@@ -780,62 +767,9 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             raise MvcError("a lazy fetch needs a promisor remote (clone with --lazy)")
     remote_refs = t.list_refs()
     started = time.perf_counter()
-
-    # 1. commits: walk the remote graph down to commits local refs reach (those are complete;
-    #    a commit here that no ref reaches may be the leftover of an interrupted fetch)
-    complete = set(repo.refs.list("refs/").values())
-    commits: dict[str, tuple[dict, bytes]] = {}
-    frontier = sorted(set(remote_refs.values()) - complete)
-    seen = set(frontier)
-    while frontier:
-        missing = [c for c in frontier if not _has_commit(repo, c)]
-        for c, data in zip(missing, pool.map(lambda c: receive(t, c, where), missing)):
-            commits[c] = (decode(data, "commit", c), data)
-        parents = {p for c in frontier
-                   for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
-        frontier = sorted(parents - seen - complete)
-        seen.update(frontier)
-    # 2. trees of the new commits
-    tree_ids = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()
-                       if not repo.loose.has(tid)})
-    trees = {}
-    for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where), tree_ids)):
-        trees[tid] = (decode(data, "tree", tid), data)
-    # 3. blobs (or promises of them in a lazy clone)
-    hints: dict[str, int] = {}
-    for obj, _ in trees.values():
-        hints.update(_blob_size_hint(obj))
-    blob_ids = sorted(b for b in hints if not repo.store.has(b))
-    received = {"objects": len(commits) + len(trees), "bytes": sum(len(d) for _, d in commits.values())
-                + sum(len(d) for _, d in trees.values())}
-
-    lock, dirty = threading.Lock(), set()
-
-    def download(oid):
-        n = receive_into(repo, t, oid, where, dirty)
-        with lock:
-            received["objects"] += 1
-            received["bytes"] += n
-        progress.advance(n)
-
-    if lazy:
-        lazy_store.promise(blob_ids)
-    else:
-        progress.begin(f"fetching from {where}", len(blob_ids), sum(hints[b] for b in blob_ids))
-        try:
-            pool.map(download, blob_ids)
-        finally:
-            progress.end()
-            _sync_dirs(repo, dirty, pool)
-    # 4. trees, then commits (a commit here has its trees; a tree its blobs)
-    pool.map(lambda tid: repo.loose.put(trees[tid][1], oid=tid), list(trees))
-    pool.map(lambda c: repo.loose.put(commits[c][1], oid=c), list(commits))
-    # 5. certificates of the commits we now have
-    try:
-        certs = _fetch_certs(repo, t, where, pool, download)
-    finally:
-        _sync_dirs(repo, dirty, pool)
-    # 6. refs
+    history = _History(repo, t, where, pool, progress, lazy_store)
+    history.fetch(set(remote_refs.values()))
+    certs = _fetch_certs(repo, t, where, pool, history)
     updated = {}
     if name:
         heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items() if r.startswith("refs/heads/")}
@@ -864,13 +798,88 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
         elif mine != oid:
             tag_conflicts[r[len("refs/tags/"):]] = {"local": mine, "remote": oid}
     return {"remote": name, "url": t.url, "lazy": bool(lazy), "refs": updated, "tags": tags,
-            "tag_conflicts": tag_conflicts, "commits": len(commits), "trees": len(trees),
-            "objects_received": received["objects"], "bytes_received": received["bytes"],
-            "blobs_promised": len(blob_ids) if lazy else 0, "certificates": certs,
+            "tag_conflicts": tag_conflicts, "commits": history.commits, "trees": history.trees,
+            "objects_received": history.objects, "bytes_received": history.bytes,
+            "blobs_promised": history.promised, "certificates": certs,
             "seconds": time.perf_counter() - started}
 
 
-def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, download) -> int:
+class _History:
+    """Downloads the history of some commits: the commits down to those local refs reach (complete
+    by construction; a commit here that no ref reaches may be the leftover of an interrupted fetch),
+    their trees, and the blobs (promised instead in a lazy clone); blobs are stored first, then
+    trees, then commits, so a commit here has its trees and a tree its blobs. Counts what arrived."""
+
+    def __init__(self, repo: Repo, t: Transport, where: str, pool: Pool, progress: Progress, lazy_store):
+        self.repo, self.t, self.where, self.pool, self.progress = repo, t, where, pool, progress
+        self.lazy_store = lazy_store
+        self.commits = self.trees = self.objects = self.bytes = self.promised = 0
+        self._lock, self._dirty = threading.Lock(), set()
+
+    def download(self, oid: str) -> None:
+        """Receive one object (verified) into the loose store."""
+        n = receive_into(self.repo, self.t, oid, self.where, self._dirty)
+        with self._lock:
+            self.objects += 1
+            self.bytes += n
+        self.progress.advance(n)
+
+    def store(self, oid: str, data: bytes) -> None:
+        """Keep one object received (and verified) already."""
+        self.repo.loose.put(data, oid=oid)
+        with self._lock:
+            self.objects += 1
+            self.bytes += len(data)
+
+    def sync(self) -> None:
+        _sync_dirs(self.repo, self._dirty, self.pool)
+
+    def fetch(self, tips, extra_trees=()) -> None:
+        """The history of `tips`, and `extra_trees` with their blobs."""
+        repo, t, where, pool = self.repo, self.t, self.where, self.pool
+        complete = set(repo.refs.list("refs/").values())
+        commits: dict[str, tuple[dict, bytes]] = {}
+        frontier = sorted(set(tips) - complete)
+        seen = set(frontier)
+        while frontier:
+            missing = [c for c in frontier if not _has_commit(repo, c)]
+            for c, data in zip(missing, pool.map(lambda c: receive(t, c, where), missing)):
+                commits[c] = (decode(data, "commit", c), data)
+            parents = {p for c in frontier
+                       for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
+            frontier = sorted(parents - seen - complete)
+            seen.update(frontier)
+        tree_ids = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()}
+                          | set(extra_trees))
+        tree_ids = [tid for tid in tree_ids if not repo.store.has(tid)]
+        trees = {}
+        for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where), tree_ids)):
+            trees[tid] = (decode(data, "tree", tid), data)
+        hints: dict[str, int] = {}
+        for obj, _ in trees.values():
+            hints.update(_blob_size_hint(obj))
+        blob_ids = sorted(b for b in hints if not repo.store.has(b))
+        self.objects += len(commits) + len(trees)
+        self.bytes += sum(len(d) for _, d in commits.values()) + sum(len(d) for _, d in trees.values())
+        if self.lazy_store is not None:
+            self.lazy_store.promise(blob_ids)
+            self.promised += len(blob_ids)
+        else:
+            self.progress.begin(f"fetching from {where}", len(blob_ids), sum(hints[b] for b in blob_ids))
+            try:
+                pool.map(self.download, blob_ids)
+            finally:
+                self.progress.end()
+                self.sync()
+        pool.map(lambda tid: repo.loose.put(trees[tid][1], oid=tid), list(trees))
+        pool.map(lambda c: repo.loose.put(commits[c][1], oid=c), list(commits))
+        self.commits += len(commits)
+        self.trees += len(trees)
+
+
+def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _History) -> int:
+    """Certificates the remote holds for commits we have, with everything they name: data blobs,
+    and named commits (with their history) and trees. The index lines come last."""
     commits = [c for c in t.cert_index_commits() if _has_commit(repo, c)]
     if not commits:
         return 0
@@ -881,25 +890,42 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, download) -> 
         if new:
             wanted[c] = new
     ids = sorted({i for v in wanted.values() for i in v if not repo.loose.has(i)})
-    pool.map(download, ids)
+    try:
+        pool.map(history.download, ids)
+    finally:
+        history.sync()
     named = set()
     for v in wanted.values():
         for cid in v:
-            named |= _named_ids(repo.store.get(cid))
+            named |= named_ids(decode(repo.store.get(cid), "certificate", cid))
     named = sorted(x for x in named if not repo.store.has(x))
 
-    def fetch_named(oid):  # a certificate's inputs: kept unless they are commits or trees
+    def fetch_named(oid):  # data is stored now; commits and trees come with their history below
         try:
             data = receive(t, oid, where)
         except ObjectMissing:
-            return
-        if not _is_history_object(data):
-            repo.loose.put(data, oid=oid)
+            return None  # the certificate refers to it, fsck in this repository will say so
+        kind = _history_kind(data)
+        if kind is None:
+            history.store(oid, data)
+        return kind
 
-    pool.map(fetch_named, named)
+    kinds = dict(zip(named, pool.map(fetch_named, named)))
+    history.fetch([o for o, k in kinds.items() if k == "commit"], [o for o, k in kinds.items() if k == "tree"])
     for c, v in wanted.items():
         add_local_certs(repo, c, v)
     return sum(len(v) for v in wanted.values())
+
+
+def _history_kind(data: bytes) -> str | None:
+    """"commit" or "tree" for such an object's bytes, else None (a blob)."""
+    if not data[:1] == b"{":
+        return None
+    try:
+        kind = json.loads(data).get("type")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return kind if kind in ("commit", "tree") else None
 
 
 # -- pull --------------------------------------------------------------------------------------

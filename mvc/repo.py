@@ -24,7 +24,7 @@ from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, No
                      RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
 from .files import atomic_write, hostname, shared_or_exclusive
 from .objects import (canonical_json, check_component_name, check_no_nesting, check_ref_name, commit_object,
-                      decode, encode, is_oid, tree_blob_ids)
+                      decode, encode, is_oid, named_ids, tree_blob_ids)
 from .refs import RefStore, utc_now
 from .store import ChainStore, LooseStore
 
@@ -775,7 +775,7 @@ class Repo:
                 cert = decode(self.store.get(cert_id), "certificate", cert_id)
             except MvcError:
                 continue
-            stack += [(o, f"certificate {cert_id[:12]}", "any") for o in _ids_in(cert)]
+            stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named_ids(cert)]
         while stack:
             oid, who, kind = stack.pop()
             if oid in seen:
@@ -786,12 +786,10 @@ class Repo:
                     if not self.store.has(oid):
                         missing.append((oid, who))
                     continue  # absent locally but promised by a lazy remote: a blob
-                if self.store.size(oid) > SMALL_OBJECT:
-                    continue
                 try:
-                    kind = json.loads(self.store.get(oid)).get("type")
-                except (MvcError, ValueError, UnicodeDecodeError, AttributeError):
-                    continue  # a blob
+                    kind = self.kind_of(oid)
+                except MvcError:
+                    continue  # damaged: fsck reports it
             try:
                 if kind == "commit":
                     c = self.read_commit(oid)
@@ -804,6 +802,17 @@ class Repo:
             except MvcError:
                 continue  # damaged: fsck reports it
         return seen, missing
+
+    def kind_of(self, oid: str) -> str:
+        """"commit", "tree" or "blob" (tensors, headers, files, data, certificates) of a stored object;
+        a big object is a blob without being read."""
+        if self.store.size(oid) > SMALL_OBJECT:
+            return "blob"
+        try:
+            kind = json.loads(self.store.get(oid)).get("type")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return "blob"
+        return kind if kind in ("commit", "tree") else "blob"
 
     def _has_locally(self, oid: str) -> bool:
         """In this repository's own stores (not merely promised by a lazy clone's remote)."""
@@ -999,18 +1008,6 @@ def _plain_number(value):
     if callable(item) and ((callable(numel) and numel() == 1) or size == 1):
         return item()
     return value
-
-
-def _ids_in(value) -> set[str]:
-    """Every object id (64-hex string) inside a JSON value. Values under keys ending in `_digest`
-    are hashes of computed data (e.g. a certificate's logits digest), not stored objects."""
-    if isinstance(value, str):
-        return {value} if is_oid(value) else set()
-    if isinstance(value, dict):
-        return set().union(*(_ids_in(v) for k, v in value.items() if not str(k).endswith("_digest")))
-    if isinstance(value, list):
-        return set().union(*(_ids_in(v) for v in value)) if value else set()
-    return set()
 
 
 def arch_builder(arch: str):

@@ -4,6 +4,7 @@ transport and a process killed mid-transfer), corruption on fetch, concurrent pu
 rules, lazy clones and push --repair."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -872,3 +873,70 @@ def test_push_repair_resends_certificates_and_the_inputs_they_name(tmp_path):
     assert (rep["missing"], rep["damaged"]) == ([cert_id], [data_blob])
     clone = _assert_clone_is_whole(src, bare.url, tmp_path)
     assert clone.store.get(data_blob) == b"held-out text\n" and rm.local_cert_index(clone, cid) == [cert_id]
+
+
+# -- certificates name commits and data outside the pushed branch --------------------------------
+def _certified_with_host(tmp_path, remote, pack):
+    """src: main (two commits) certified by a migration-like certificate naming held-out data, a
+    tree of main and the tip of another branch, host-b (two commits of its own history)."""
+    src = new_repo(tmp_path / "src", remote)
+    src.commit({"core": weights(1)}, message="one")
+    c2 = src.commit({"core": weights(2), "brick/python": weights(3, n=2)}, message="two")
+    h1 = src.commit({"core": weights(4)}, message="host one", branch="host-b", remove=["brick/python"])
+    h2 = src.commit({"core": weights(5)}, message="host two", branch="host-b")
+    data_blob = src.store.put(b"held-out text\n")
+    brick_tree = src.read_commit(c2)["components"]["brick/python"]
+    cert_id = src.store.put(json.dumps(
+        {"type": "certificate", "format": 1, "commit": c2, "passed": True,
+         "inputs": {"data": data_blob, "hosts": [h2], "source": c2, "brick_tree": brick_tree}},
+        sort_keys=True).encode())
+    rm.add_local_certs(src, c2, [cert_id])
+    if pack:  # certificate inputs then live in a pack, not as loose files
+        src.gc(grace_s=0)
+    return src, c2, (h1, h2), data_blob, cert_id
+
+
+def _assert_certificate_inputs_arrived(src, dst, c2, hosts, data_blob, cert_id, tmp_path):
+    assert rm.local_cert_index(dst, c2) == [cert_id]
+    assert dst.store.get(data_blob) == b"held-out text\n"
+    for h in hosts:  # the named host commit with its history, trees and blobs
+        assert dst.read_commit(h) == src.read_commit(h)
+        assert checkout_bytes(dst, h, tmp_path / f"d{h[:6]}") == checkout_bytes(src, h, tmp_path / f"s{h[:6]}")
+    assert dst.fsck()["ok"]
+    assert "host-b" not in dst.branches()  # a certificate input, not a branch
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["loose", "packed"])
+def test_push_and_clone_carry_every_certificate_input(remote, tmp_path, pack):
+    src, c2, hosts, data_blob, cert_id = _certified_with_host(tmp_path, remote, pack)
+    r = rm.push(src, branch="main")
+    assert r["certificates"] == 1
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    _assert_certificate_inputs_arrived(src, dst, c2, hosts, data_blob, cert_id, tmp_path)
+    assert rm.push(src, branch="main")["objects_sent"] == 0
+
+
+def test_fetch_of_a_new_certificate_brings_its_host_history(tmp_path):
+    bare = DirRemote(tmp_path)
+    src = new_repo(tmp_path / "src", bare)
+    src.commit({"core": weights(1)}, message="one")
+    rm.push(src)
+    dst, _ = rm.clone(bare.url, str(tmp_path / "dst"))
+    shutil.rmtree(src.root)
+    src, c2, hosts, data_blob, cert_id = _certified_with_host(tmp_path, None, pack=False)
+    rm.add_remote(src, "origin", bare.url)
+    rm.push(src, branch="main", force=True)
+    rm.fetch(dst)
+    _assert_certificate_inputs_arrived(src, dst, c2, hosts, data_blob, cert_id, tmp_path)
+
+
+def test_push_repair_checks_certificate_host_history(tmp_path):
+    bare = DirRemote(tmp_path)
+    src, c2, (h1, h2), data_blob, cert_id = _certified_with_host(tmp_path, bare, pack=False)
+    rm.push(src, branch="main")
+    lost = src.read_tree(src.read_commit(h1)["components"]["core"])["tensors"]["w0"]["id"]
+    os.unlink(bare.transport().objects.path(lost))
+    rep = rm.push(src, branch="main", repair=True)["repair"]
+    assert rep["missing"] == [lost]
+    dst, _ = rm.clone(bare.url, str(tmp_path / "dst"))
+    _assert_certificate_inputs_arrived(src, dst, c2, (h1, h2), data_blob, cert_id, tmp_path)
