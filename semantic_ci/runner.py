@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 from mvc.errors import ConfigError, MvcError
 
@@ -30,9 +31,19 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
         if progress:
             progress(check.name)
         results.append(run_check(ctx, check))
-    cert = certificate.make(commit, results, base_id, config.source)
+    cert = certificate.make(commit, results, base_id, _recorded_source(repo, config.source))
     cert_id = certificate.store(repo, cert)
     return summary(commit, cert_id, cert)
+
+
+def _recorded_source(repo, source: str | None) -> str | None:
+    """The config's name as a certificate records it: relative to the repository, so that it
+    travels to clones without this machine's paths."""
+    if source and os.path.isabs(source):
+        rel = os.path.relpath(source, repo.root)
+        if not rel.startswith(".."):
+            return rel.replace(os.sep, "/")
+    return source
 
 
 def summary(commit: str, cert_id: str, cert: dict) -> dict:

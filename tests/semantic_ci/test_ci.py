@@ -87,6 +87,7 @@ def test_certificate_verifies_and_tampering_is_rejected(ci_repo, monkeypatch):
     r = run_ci(ci_repo)
     v = verify(ci_repo, "HEAD")
     assert v["verified"] and v["certificate"] == r["certificate"]
+    assert certificate.read(ci_repo, r["certificate"])["config"] == "mvc.toml"  # no local paths in it
     # the logits digests inside the certificate are not object ids: fsck finds nothing missing
     assert any(c.get("figures", {}).get("logits_digest") for c in certificate.read(ci_repo, r["certificate"])["checks"])
     assert ci_repo.fsck()["problems"] == []
