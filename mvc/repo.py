@@ -628,19 +628,20 @@ class Repo:
         if not n:
             out.update(max_abs_delta=0.0, rel_l2=0.0, frac_changed=0.0)
             return out
+        wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
         if a.dtype == b.dtype:  # bit for bit, as ids compare (NaN payloads, -0.0 vs 0.0 included)
             size = a.element_size()
             changed = (a.view(torch.uint8).view(n, size) != b.view(torch.uint8).view(n, size)).any(dim=1)
         else:
-            a64, b64 = a.to(torch.float64), b.to(torch.float64)
+            a64, b64 = a.to(wide), b.to(wide)
             changed = (a64 != b64) & ~(a64.isnan() & b64.isnan())
         out["frac_changed"] = float(changed.sum()) / n
-        exact = not a.is_floating_point() and not b.is_floating_point() and a.dtype != torch.uint64 \
-            and b.dtype != torch.uint64
+        exact = not (a.is_floating_point() or b.is_floating_point() or a.is_complex() or b.is_complex()) \
+            and a.dtype != torch.uint64 and b.dtype != torch.uint64
         da = (b.to(torch.int64) - a.to(torch.int64)).to(torch.float64) if exact else \
-            b.to(torch.float64) - a.to(torch.float64)  # integers: exact differences up to 2**63
+            b.to(wide) - a.to(wide)  # integers: exact differences up to 2**63
         d = torch.where(changed, da, torch.zeros_like(da))
-        a64 = a.to(torch.float64)
+        a64 = a.to(wide)
         norm_a = float(torch.linalg.vector_norm(a64[a64.isfinite()]))  # of the finite weights
         out["max_abs_delta"] = float(d.abs().max())
         out["rel_l2"] = float(torch.linalg.vector_norm(d)) / norm_a if norm_a else (0.0 if not changed.any() else None)

@@ -12,13 +12,15 @@ from typing import NamedTuple
 
 from .errors import BadInput
 
-# Bytes per element for every dtype mvc accepts.
+# Bytes per element for every dtype mvc accepts (those of safetensors 0.8 that torch loads).
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E5M2FNUZ": 1, "F8_E4M3FNUZ": 1,
+    "F8_E8M0": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
 }
+SUB_BYTE_DTYPES = {"F4", "F6_E2M3", "F6_E3M2"}  # valid safetensors, packed below a byte: refused
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
 BLOB_TENSOR_NAME = "tensor"           # fixed name inside canonical tensor blobs
 
@@ -100,6 +102,9 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise BadInput(f"{where}: tensor {name!r} must have exactly dtype, shape and data_offsets")
         dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype in SUB_BYTE_DTYPES:
+            raise BadInput(f"{where}: tensor {name!r} has dtype {dtype}, packed below a byte, which mvc "
+                           "does not store yet", "store it unpacked (e.g. as U8) for now")
         if dtype not in DTYPE_SIZES:
             raise BadInput(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):

@@ -483,3 +483,27 @@ def test_git_provenance_and_branch_following(tmp_path):
     assert repo.read_commit(c2)["provenance"]["git"]["dirty"] is True
     assert repo.read_commit(c2)["parents"] == [c1]
     assert git("status", "--porcelain").stdout.strip() == "M train.py"  # .mvc is excluded
+
+
+@pytest.mark.parametrize("st,name", [("C64", "complex64"), ("F8_E4M3FNUZ", "float8_e4m3fnuz"),
+                                     ("F8_E5M2FNUZ", "float8_e5m2fnuz"), ("F8_E8M0", "float8_e8m0fnu")])
+def test_newer_safetensors_dtypes_round_trip_and_diff(repo, tmp_path, st, name):
+    dtype = getattr(torch, name)
+    base = torch.arange(1, 7, dtype=torch.float32).reshape(2, 3) / 4
+    t = (base + 1j * base).to(dtype) if dtype.is_complex else base.to(dtype)
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    header = json.dumps({"__metadata__": {"k": "v"}, "w": {"dtype": st, "shape": [2, 3], "data_offsets": [0, len(raw)]}})
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + raw)
+    c1 = repo.commit({"m": str(path)}, message=st)
+    got = repo.load(c1, "m")["w"]
+    assert got.dtype == dtype and got.reshape(-1).view(torch.uint8).numpy().tobytes() == raw
+    repo.checkout(c1, str(tmp_path / "out"))
+    assert sha(tmp_path / "out" / "m" / "m.safetensors") == sha(path)  # byte for byte
+    doubled = (t.to(torch.complex128) * 2).to(dtype) if dtype.is_complex else (t.float() * 2).to(dtype)
+    c2 = repo.commit({"m": {"w": doubled}}, message="x2")
+    change = repo.diff(c1, c2)["components"]["m"]["tensors"]["w"]
+    expected = float((doubled.to(torch.complex128 if dtype.is_complex else torch.float64)
+                      - t.to(torch.complex128 if dtype.is_complex else torch.float64)).abs().max())
+    assert change["status"] == "changed" and change["frac_changed"] == 1.0
+    assert change["max_abs_delta"] == pytest.approx(expected) and change["max_abs_delta"] > 0

@@ -95,3 +95,21 @@ def test_remembered_blob_parses_still_refuse_a_wrong_size():
     for bad in (prefix + bytes(47), prefix + bytes(49)):
         with pytest.raises(BadInput):
             stf.parse_blob(bad)
+
+
+@pytest.mark.parametrize("dtype", sorted(stf.DTYPE_SIZES))
+def test_every_accepted_dtype_is_one_the_reference_reader_loads(dtype, tmp_path):
+    from safetensors import safe_open
+    n = 3
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(_file({"a": {"dtype": dtype, "shape": [n], "data_offsets": [0, n * stf.DTYPE_SIZES[dtype]]}},
+                           bytes(range(1, n * stf.DTYPE_SIZES[dtype] + 1))))
+    assert _parse(path.read_bytes()).tensors[0].dtype == dtype
+    with safe_open(str(path), framework="pt") as f:
+        assert f.get_tensor("a").shape == (n,)
+
+
+@pytest.mark.parametrize("dtype,nbytes", [("F4", 2), ("F6_E2M3", 3), ("F6_E3M2", 3)])
+def test_sub_byte_dtypes_are_refused_by_name(dtype, nbytes):
+    with pytest.raises(BadInput, match=f"dtype {dtype}, packed below a byte"):
+        _parse(_file({"a": {"dtype": dtype, "shape": [4], "data_offsets": [0, nbytes]}}, b"\0" * nbytes))
