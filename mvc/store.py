@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import mmap
 import os
 import sys
@@ -15,7 +16,7 @@ import threading
 import time
 from typing import Iterator
 
-from .errors import CorruptObject, ObjectMissing
+from .errors import CorruptObject, MvcError, ObjectMissing
 from .objects import hash_bytes, is_oid
 
 
@@ -24,6 +25,7 @@ WRITE_CHUNK_MIN = 1 << 16  # smaller buffers go through the file object's buffer
 
 
 HUGE_READ_BYTES = 2 << 20  # blobs this large are mapped with MADV_HUGEPAGE
+VIEW_MAP_MIN = 1 << 20  # smaller objects are read into memory: a live map holds a file descriptor
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
@@ -34,6 +36,45 @@ def _ask_large_folios(mm: mmap.mmap) -> None:
     if _MADV_HUGEPAGE is not None:
         with contextlib.suppress(OSError, ValueError):
             mm.madvise(_MADV_HUGEPAGE)
+
+
+def _read_small(fd: int, size: int) -> bytearray:
+    """The whole of a small file as a writable buffer (what a private map would give)."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            break  # shorter than its stat: verification reports it
+        got += n
+    view.release()
+    del buf[got:]
+    return buf
+
+
+def raise_open_files_limit() -> bool:
+    """Raise this process's soft limit on open files to its hard limit (each live map of a large
+    blob holds a descriptor: a component of many large tensors needs one per tensor). False when
+    there is nothing to raise."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _too_many_open_files() -> MvcError:
+    import resource
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MvcError(f"too many open files (this process may open {soft}): every blob of "
+                    f"{VIEW_MAP_MIN >> 20} MiB or more that is loaded stays mapped, holding one while its "
+                    "tensor lives", "raise the limit (ulimit -n), or load fewer tensors at once "
+                    "(repo.load(..., keys=[...]))")
 
 
 def _write_buffer(f, b) -> None:
@@ -232,10 +273,28 @@ class LooseStore(ObjectStore):
         return data
 
     def view(self, oid, verify=True, rehash=False):
+        try:
+            return self._view(oid, verify, rehash)
+        except OSError as e:
+            if e.errno != errno.EMFILE:
+                raise
+            if not raise_open_files_limit():
+                raise _too_many_open_files() from None
+        try:
+            return self._view(oid, verify, rehash)
+        except OSError as e:
+            if e.errno != errno.EMFILE:
+                raise
+            raise _too_many_open_files() from None
+
+    def _view(self, oid, verify, rehash):
         fd = self._open(oid)
         try:
             st = os.fstat(fd)
-            data = b"" if st.st_size == 0 else mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            if st.st_size < VIEW_MAP_MIN:
+                data = _read_small(fd, st.st_size)
+            else:
+                data = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
             if st.st_size >= HUGE_READ_BYTES:
                 _ask_large_folios(data)
             if verify and (rehash or not self._stamped(oid, st)):

@@ -417,3 +417,47 @@ def test_prefault_accepts_any_range_and_changes_nothing(tmp_path, monkeypatch):
         assert mm[:] == body
         mm.close()
     components.prefault(b"not a mapping", 0, 10)  # plain buffers: nothing to do
+
+
+# -- views hold no file descriptor for small objects; many large ones raise the process limit ------
+def test_small_views_are_read_and_hold_no_file_descriptor(tmp_path):
+    s = LooseStore(str(tmp_path / "o"))
+    ids = [s.put(os.urandom(100) + bytes([i % 256])) for i in range(300)]
+    before = len(os.listdir("/proc/self/fd"))
+    views = [s.view(oid) for oid in ids]
+    assert len(os.listdir("/proc/self/fd")) == before  # 300 live views, no descriptor kept
+    v = views[0]
+    v[0] ^= 1  # writable, as a private map is, and the object file is untouched
+    assert hash_bytes(s.view(ids[0])) == ids[0]
+
+
+_MANY_VIEWS = """
+import resource, sys, torch, mvc, mvc.store
+from mvc.errors import MvcError
+soft, hard = map(int, sys.argv[2:4])
+mvc.store.VIEW_MAP_MIN = 0  # map every blob: each live one holds a descriptor
+repo = mvc.Repo.init(sys.argv[1])
+repo.commit({"m": {f"t{i}": torch.full((16,), float(i)) for i in range(200)}}, message="x")
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+try:
+    state = repo.load("HEAD", "m")
+except MvcError as e:
+    print("error:", e.message, "|", e.hint)
+    sys.exit(3)
+assert all(float(state[f"t{i}"][0]) == i for i in range(200))
+print("loaded; limit now", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize("hard", [64, 4096])
+def test_loading_more_mapped_blobs_than_the_open_files_limit(tmp_path, hard):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _MANY_VIEWS, str(tmp_path / "r"), "64", str(hard)],
+                       capture_output=True, text=True, timeout=120)
+    if hard == 64:  # nothing to raise: a clear error, not a traceback
+        assert r.returncode == 3, r.stderr
+        assert "too many open files (this process may open 64)" in r.stdout and "ulimit -n" in r.stdout
+    else:  # the soft limit is raised to the hard one and the load goes on
+        assert r.returncode == 0, r.stderr
+        assert "loaded; limit now 4096" in r.stdout
