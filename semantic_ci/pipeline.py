@@ -2,7 +2,8 @@
 semantic CI on every commit, rollback + fallback on a failing gate, bit-exact resume after a kill,
 and no work for a stage whose inputs (content ids + settings) already produced a result.
 
-Every stage owns the branch `<pipeline>/<stage>`. Commits carry `extra.pipeline` = {stage, key,
+Every stage owns the branch `<pipeline>/<stage>` (a paste stage one per host,
+`<pipeline>/<stage>/<host>`: `stage_branches`). Commits carry `extra.pipeline` = {stage, key,
 attempt, settings, status: "checkpoint" | "done", step}. The key hashes the stage's settings, the
 ids of its input streams and the result commits of the stages it reads, so a finished stage is
 recognised on a re-run and a changed input re-runs it.
@@ -19,7 +20,7 @@ from . import certificate
 from .checks import Context, result as check_result, run_check
 from .config import CiConfig
 from .models import ModelCache
-from .pipeline_config import Pipeline, Stage, resolve_builder, stream_path
+from .pipeline_config import Pipeline, Stage, resolve_builder, stage_branches, stream_path
 
 
 class PipelineFailed(MvcError):
@@ -108,8 +109,13 @@ class Run:
             return self.results[name]
         return self.repo.resolve(value)
 
+    def branches(self, stage: Stage) -> dict[str, str]:
+        """Result name -> branch for each branch the stage commits to (see `stage_branches`)."""
+        return stage_branches(self.pipeline.name, stage)
+
     def branch(self, stage: Stage) -> str:
-        return stage.get("branch") or f"{self.pipeline.name}/{stage.name}"
+        """The branch of the stage's result: its own, or for a paste stage the last host's."""
+        return list(self.branches(stage).values())[-1]
 
     def key(self, stage: Stage, inputs: dict) -> str:
         return hash_bytes(canonical_json({"kind": stage.kind, "settings": stage.settings, "gates": stage.gates,
@@ -256,11 +262,13 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
         branch = run.branch(stage)
         if not started:
             if stage.name != from_stage:
-                head = repo.branches().get(branch)
-                info = stage_info(repo, head)
-                if info.get("status") != "done":
-                    raise ConfigError(f"--from-stage {from_stage}: earlier stage {stage.name} has not finished",
-                                      "run without --from-stage first")
+                # the results a full run records, in its order (a paste stage's hosts, then its own)
+                for result, result_branch in run.branches(stage).items():
+                    head = repo.branches().get(result_branch)
+                    if stage_info(repo, head).get("status") != "done":
+                        raise ConfigError(f"--from-stage {from_stage}: earlier stage {stage.name} has not finished",
+                                          "run without --from-stage first")
+                    run.results[result] = head
                 run.results[stage.name] = head
                 continue
             started = True

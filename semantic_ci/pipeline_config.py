@@ -3,7 +3,7 @@
 Everything is validated before any training starts; errors name the file, the stage and the key.
 
     [pipeline]
-    name = "demo"                        # stage branches are <name>/<stage>
+    name = "demo"                        # stage branches are <name>/<stage> (paste: <name>/<stage>/<host>)
 
     [streams.general]                    # a named byte stream: a file, or a builder function
     builder = "examples.data:general_stream"
@@ -35,7 +35,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 
-from mvc.errors import ConfigError
+from mvc.errors import ConfigError, MvcError
 from mvc.objects import check_ref_name
 
 from . import config as cicfg
@@ -301,9 +301,20 @@ def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:
         stage = _parse_stage(i, raw, name, path, streams, results, seen, err)
         stages.append(stage)
         results.append(stage.name)
-        if stage.kind == "paste":
-            results += [f"{stage.name}/{h[6:] if h.startswith('stage:') else h}" for h in stage.settings["into"]]
+        results += [r for r in stage_branches(name, stage) if r != stage.name]
     return Pipeline(name, path, streams, stages, profile)
+
+
+def stage_branches(pipeline_name: str, stage: Stage) -> dict[str, str]:
+    """Result name -> branch, for every branch a stage commits to (the one place that maps a stage
+    to its branches). A stage commits to `<pipeline>/<stage>` (or its `branch` setting), result
+    `<stage>`; a paste stage commits only to `<that>/<host>` for each host it pastes into, results
+    `<stage>/<host>` (the stage's own result is the last host's)."""
+    base = stage.get("branch") or f"{pipeline_name}/{stage.name}"
+    if stage.kind != "paste":
+        return {stage.name: base}
+    labels = [h[6:] if h.startswith("stage:") else h for h in stage.get("into")]
+    return {f"{stage.name}/{label}": f"{base}/{label}" for label in labels}
 
 
 def _check_shapes(doc: dict, err) -> None:
@@ -426,6 +437,14 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
             if not isinstance(h, str) or not h:
                 raise err(f"{where}.into[{j}]", f"must be \"stage:NAME\" or a revision, got {h!r}")
             _check_stage_ref(err, f"{where}.into[{j}]", h, results)
+        host_branches = list(stage_branches(name, Stage(sname, kind, settings)).values())
+        if len(host_branches) != len(into):
+            raise err(f"{where}.into", "names a host twice (each host gets a branch <pipeline>/<stage>/<host>)")
+        for j, branch in enumerate(host_branches):
+            try:
+                check_ref_name(branch)
+            except MvcError:
+                raise err(f"{where}.into[{j}]", f"{into[j]!r} cannot name a branch ({branch!r})") from None
     checks_cfg = cicfg.parse({"ci": {"checks": raw.get("checks", [])}}, f"{path}: {where}") \
         if raw.get("checks") else cicfg.CiConfig()
     check_names = {c.name for c in checks_cfg.checks}

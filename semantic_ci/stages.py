@@ -207,10 +207,9 @@ def paste(run: Run, stage: Stage):
     source = run.ref(stage.get("source"))
     name = stage.get("brick_name")
     last, status = None, "unchanged"
-    for h in stage.get("into"):
-        label = h[6:] if h.startswith("stage:") else h
+    for h, (result, branch) in zip(stage.get("into"), run.branches(stage).items()):
+        label = result[len(stage.name) + 1:]
         host = run.ref(h)
-        branch = f"{run.branch(stage)}/{label}"
         key = run.key(stage, {"source": source, "host": host})
         done = _unchanged(run, stage, branch, key)
         if done is None:
@@ -223,7 +222,7 @@ def paste(run: Run, stage: Stage):
             run.emit({"event": "paste", "stage": stage.name, "host": label, "commit": r["commit"]})
             done = _done(run, stage, branch, key, f"{stage.name}: pasted {name} into {label}", {"host": host})
             status = "passed"
-        run.results[f"{stage.name}/{label}"] = done
+        run.results[result] = done
         last = done
     return last, status
 

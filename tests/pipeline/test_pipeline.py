@@ -220,6 +220,10 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
                    'brick_name = "x"\nstream = "text"\nsteps = 2\n', "stage b.brick: unknown brick kind 'bogus'"),
     (lambda t: t + '\n[[stages]]\nname = "p"\nkind = "paste"\nsource = "stage:core"\nbrick_name = "x"\n'
                    'into = ["stage:nosuch"]\n', "stage p.into[0]: stage:nosuch must name an earlier stage"),
+    (lambda t: t + '\n[[stages]]\nname = "p"\nkind = "paste"\nsource = "stage:core"\nbrick_name = "x"\n'
+                   'into = ["stage:core", "core"]\n', "stage p.into: names a host twice"),
+    (lambda t: t + '\n[[stages]]\nname = "p"\nkind = "paste"\nsource = "stage:core"\nbrick_name = "x"\n'
+                   'into = ["core~1"]\n', "stage p.into[0]: 'core~1' cannot name a branch ('demo/p/core~1')"),
     (lambda t: t.replace("retries = 1 }", "retries = 1, set = { lr = \"fast\" } }"), "stage core.fallback.set.lr"),
 ]
 
@@ -278,3 +282,64 @@ def test_evaluate_certificate_verifies_on_its_branch_and_from_stage_is_checked(t
     assert r.exit_code == 0, r.output
     again = _events(r.stdout)[-1]
     assert [s["status"] for s in again["stages"]] == ["unchanged"] and again["stages"][0]["certificate"] == cert_id
+
+
+PASTE_STAGES = """
+[[stages]]
+name = "brick"
+kind = "train-brick"
+host = "stage:core"
+brick_name = "x"
+stream = "text"
+steps = 2
+checkpoint_every = 2
+batch_size = 2
+seq_len = 32
+eval_bytes = 256
+
+[[stages]]
+name = "paste"
+kind = "paste"
+source = "stage:brick"
+brick_name = "x"
+into = ["stage:core"]
+
+[[stages]]
+name = "int8"
+kind = "int8"
+source = "stage:brick"
+brick_name = "x"
+"""
+
+
+def test_from_stage_after_a_paste_stage_reuses_its_host_branches(tmp_path, monkeypatch):
+    """A paste stage commits to <pipeline>/<stage>/<host>, not <pipeline>/<stage>: --from-stage on a
+    later stage finds it finished there, and redoes none of the earlier stages."""
+    root, repo = make_project(tmp_path, steps=4)
+    certify = '[[stages]]\nname = "certify"\nkind = "evaluate"\nsource = "stage:core"'
+    text = (root / "p.toml").read_text()
+    assert certify in text
+    (root / "p.toml").write_text(text.replace(certify, PASTE_STAGES + "\n" + certify.replace("stage:core", "stage:paste/core")))
+    monkeypatch.chdir(root)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 0, r.output
+    first = _events(r.stdout)[-1]
+    assert [s["stage"] for s in first["stages"]] == ["core", "brick", "paste", "int8", "certify"]
+    assert "demo/paste/core" in repo.branches() and "demo/paste" not in repo.branches()
+    assert first["stages"][2]["branch"] == "demo/paste/core"
+    # the earlier stages' results are found on their branches, in a full run's order (certify's
+    # key covers them all, so it too is unchanged)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "int8", "--json"])
+    assert r.exit_code == 0, r.output
+    again = _events(r.stdout)[-1]
+    assert [(s["stage"], s["status"]) for s in again["stages"]] == [("int8", "unchanged"), ("certify", "unchanged")]
+    assert again["results"] == first["results"]
+    # the int8 stage's branch lost: --from-stage int8 redoes it and none of the earlier stages
+    repo.refs.update("refs/heads/demo/int8", None, message="test: drop int8")
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "int8", "--json"])
+    assert r.exit_code == 0, r.output
+    events = _events(r.stdout)
+    assert [(s["stage"], s["status"]) for s in events[-1]["stages"]][0] == ("int8", "passed")
+    assert not {"checkpoint", "paste"} & {e["event"] for e in events}
+    assert events[-1]["results"]["paste/core"] == first["results"]["paste/core"] == repo.branches()["demo/paste/core"]
+    assert events[-1]["results"]["int8"] == repo.branches()["demo/int8"]
