@@ -2,11 +2,15 @@
 
 `mvc config KEY VALUE` refuses a value mvc could not use later, so that no setting can make the
 repository unusable; reading goes through the same parsers, so a hand-edited bad value is a clear
-ConfigError instead of a crash.
+ConfigError instead of a crash. Section and key names are case-insensitive, as in git (configparser
+lowercases option names; split_key lowercases the section), a subsection (`remote.NAME.url`) is not.
+In the sections mvc owns (core, gc, pack) a key mvc does not know is refused, so a typo is not
+stored silently; other sections (remote.NAME, user notes, plugins) are free-form.
 """
 from __future__ import annotations
 
 import configparser
+import difflib
 import re
 
 from .errors import ConfigError
@@ -49,6 +53,8 @@ KNOWN = {
     "pack.verify": _bool,
 }
 READ_ONLY = {"core.format": "it is set by mvc init and names the repository's on-disk format"}
+_CANONICAL = {k.lower(): k for k in (*KNOWN, *READ_ONLY)}  # any spelling -> the spelling above
+OWNED_SECTIONS = frozenset(k.partition(".")[0] for k in _CANONICAL)  # core, gc, pack
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
@@ -64,11 +70,18 @@ def split_key(key: str) -> tuple[str, str]:
     if not _NAME.fullmatch(head or "") or not _NAME.fullmatch(name) or head.upper() == "DEFAULT" \
             or any(c in sub for c in '"\n\r[]'):
         raise ConfigError(f"invalid config key {key!r}", "keys look like section.name, e.g. core.fsync")
-    return (f'{head} "{sub}"' if sub else head), name
+    return (f'{head.lower()} "{sub}"' if sub else head.lower()), name
+
+
+def canonical(key: str) -> str:
+    """The KNOWN / READ_ONLY spelling of a key written in any case (`pack.maxdepth` ->
+    `pack.maxDepth`); other keys unchanged."""
+    return _CANONICAL.get(key.lower(), key)
 
 
 def parse(key: str, raw: str):
     """The value of a known key (raw text for others); ConfigError names the key and the problem."""
+    key = canonical(key)
     parser = KNOWN.get(key)
     if parser is None:
         return raw
@@ -80,8 +93,15 @@ def parse(key: str, raw: str):
 
 def check_setting(key: str, value: str) -> None:
     """Refuse a `mvc config KEY VALUE` that mvc could not use."""
+    key = canonical(key)
     if key in READ_ONLY:
         raise ConfigError(f"config {key} cannot be set", READ_ONLY[key])
+    section = key.partition(".")[0].lower()
+    if key not in KNOWN and section in OWNED_SECTIONS:
+        close = difflib.get_close_matches(key.lower(), [k.lower() for k in KNOWN], n=1)
+        hint = (f"did you mean {_CANONICAL[close[0]]}?" if close else
+                f"{section} keys: {', '.join(k for k in KNOWN if k.partition('.')[0] == section)}")
+        raise ConfigError(f"unknown config key {key!r}", hint)
     if "\n" in value or "\r" in value:
         raise ConfigError(f"config {key}: a value is one line")
     parse(key, value)

@@ -155,6 +155,8 @@ class Repo:
         section, name = cfg.split_key(key)
         if value is not None:
             cfg.check_setting(key, str(value))
+        elif cfg.canonical(key) in cfg.READ_ONLY:
+            raise ConfigError(f"config {cfg.canonical(key)} cannot be unset", cfg.READ_ONLY[cfg.canonical(key)])
         if value is None:
             if self.config.has_option(section, name):
                 self.config.remove_option(section, name)

@@ -8,7 +8,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, short
+from .output import console, emit_json, json_opt, short
 
 
 def _junit_option(ctx, param, value):
@@ -31,7 +31,7 @@ def _junit_option(ctx, param, value):
 @click.option("--junit", metavar="PATH", callback=_junit_option,
               help="Also write a JUnit XML report to PATH (written atomically; missing parent directories "
                    "are created). PATH '-' prints the XML to stdout instead of the table (not with --json).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@json_opt
 def ci(rev, base, names, junit, as_json):
     """Run the semantic-CI checks of mvc.toml on REV (default HEAD) and store a certificate.
 
@@ -78,7 +78,7 @@ def ci(rev, base, names, junit, as_json):
 
 @cli.command()
 @click.argument("target", default="HEAD")
-@click.option("--json", "as_json", is_flag=True)
+@json_opt
 def verify(target, as_json):
     """Re-run a certificate's checks (TARGET: a commit, or a certificate id or unique prefix of at
     least 6 hex digits, as mvc ci prints) and confirm the figures.

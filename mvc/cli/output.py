@@ -13,6 +13,10 @@ PIPE_WIDTH = 10_000  # columns of a console that is not a terminal: piped output
 ID_WIDTH = 12  # hex digits of an id in human output
 
 
+# the --json option of every data command (DESIGN.md section 4)
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
+
+
 def short(oid: str | None) -> str:
     return oid[:ID_WIDTH] if oid else "-"
 
@@ -69,6 +73,17 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def size_change(before: int, after: int) -> str:
+    """How packing changed a size, said the right way round: tiny repositories can grow."""
+    if not after or not before:
+        return "-"
+    if after < before:
+        return f"{before / after:.2f}x smaller"
+    if after == before:
+        return "same size"
+    return f"{after / before:.2f}x larger: pack headers and index outweigh compression on so little data"
 
 
 @contextlib.contextmanager

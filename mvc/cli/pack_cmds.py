@@ -7,13 +7,13 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import byte_progress, emit_json, human_bytes, short
+from .output import byte_progress, emit_json, human_bytes, json_opt, short, size_change
 
 
 @cli.command("pack")
 @click.option("--all", "full", is_flag=True,
               help="Rewrite every reachable object into one pack and drop old packs (what gc does).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
+@json_opt
 def pack_cmd(full, as_json):
     """Move reachable loose objects into a pack file; object ids and history do not change.
 
@@ -42,10 +42,10 @@ def pack_cmd(full, as_json):
         return
     counts = ", ".join(f"{k} {v}" for k, v in r["encodings"].items() if v)
     before, after = r["bytes_before"], r["bytes_after"]
-    ratio = f"{before / after:.2f}x smaller" if after else "-"
     rate = f", {before / r['seconds'] / 1e6:.0f} MB/s" if r["seconds"] > 0 else ""
     click.echo(f"packed {r['packed']} objects into pack-{short(r['pack'][5:])} ({counts})")
-    click.echo(f"  {human_bytes(before)} -> {human_bytes(after)} ({ratio}) in {r['seconds']:.1f} s{rate}")
+    click.echo(f"  {human_bytes(before)} -> {human_bytes(after)} ({size_change(before, after)}) "
+               f"in {r['seconds']:.1f} s{rate}")
     extra = [f"removed {r['loose_removed']} loose objects"]
     if r["packs_removed"]:
         extra.append(f"{r['packs_removed']} old packs")

@@ -10,7 +10,7 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, error, short
+from .output import console, emit_json, error, json_opt, short
 
 
 @cli.group()
@@ -33,7 +33,7 @@ def paste():
 @click.option("--int8", is_flag=True, help="Install the int8 artifact of the brick (writes the quantised blobs).")
 @click.option("--force", is_flag=True, help="Replace an existing brick of that name on the host.")
 @click.option("--no-ci", is_flag=True, help="Do not run the migration checks configured for this brick.")
-@click.option("--json", "as_json", is_flag=True)
+@json_opt
 def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, no_ci, as_json):
     """Install brick NAME from --from into the host: checks the ABI contract (naming the differing
     field on a mismatch), reuses the brick's tensors by id, and records where it came from.

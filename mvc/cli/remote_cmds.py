@@ -10,9 +10,8 @@ import click
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from .main import cli
-from .output import console, emit_json, human_bytes, short
+from .output import console, emit_json, human_bytes, json_opt, short
 
-json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
 jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
                         help="Parallel transfers.")
 

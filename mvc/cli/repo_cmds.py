@@ -12,9 +12,7 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import byte_progress, change, console, emit_json, human_bytes, short, table
-
-json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
+from .output import byte_progress, change, console, emit_json, human_bytes, json_opt, short, size_change, table
 
 
 def _repo() -> Repo:
@@ -530,7 +528,7 @@ def gc(dry_run, grace, as_json):
             click.echo(f"would pack {p['packed']} objects ({human_bytes(p['bytes_before'])})")
         elif p and p.get("packed"):
             click.echo(f"packed {p['packed']} objects: {human_bytes(p['bytes_before'])} -> "
-                       f"{human_bytes(p['bytes_after'])}")
+                       f"{human_bytes(p['bytes_after'])} ({size_change(p['bytes_before'], p['bytes_after'])})")
         if r.get("stamps_removed"):
             click.echo(f"{verb} {r['stamps_removed']} verified stamps of objects no longer stored")
         if r.get("not_fetched"):
@@ -614,6 +612,10 @@ def du(as_json):
 @click.option("--unset", is_flag=True, help="Remove KEY.")
 def config_cmd(key, value, unset):
     """Read or set a repository config value (section.name, e.g. core.fsync).
+
+    Names are case-insensitive (a subsection, as in remote.NAME.url, is not). In mvc's own
+    sections (core, gc, pack) an unknown key or a value mvc cannot use is refused; other
+    sections are free-form. Exit 1 when reading a key that is not set.
 
     \b
     Examples:

@@ -143,6 +143,31 @@ def test_status_and_config(run, tmp_path):
     run("config", "nope.key", code=1)
 
 
+def test_config_keys_are_case_insensitive_and_typos_in_mvc_sections_are_refused(run, in_repo):
+    import mvc
+    # reading ignores case (configparser lowercases option names), so setting checks known keys the same way
+    r = run("config", "pack.maxdepth", "abc", code=3)
+    assert r.stderr.startswith("error: config pack.maxDepth = 'abc' is invalid") and "\n" not in r.stderr.strip()
+    run("config", "core.FORMAT", "2", code=3)
+    run("config", "Pack.MaxDepth", "3")
+    assert mvc.Repo(in_repo.root).config_value("pack.maxDepth", 8) == 3
+    assert run("config", "PACK.maxDepth").stdout.strip() == "3"
+    # an unknown key in a section mvc owns is a typo: refused with the closest known key
+    r = run("config", "core.fsnyc", "false", code=3)
+    assert r.stderr.strip() == "error: unknown config key 'core.fsnyc' (did you mean core.fsync?)"
+    assert "did you mean gc.reflogExpire?" in run("config", "gc.reflogexpires", "1", code=3).stderr
+    assert mvc.Repo(in_repo.root).get_config("core.fsnyc") is None
+    # other sections stay free-form; a subsection keeps its case
+    run("config", "user.note", "hello")
+    run("config", "remote.Origin.url", "/somewhere")
+    assert run("config", "remote.Origin.url").stdout.strip() == "/somewhere"
+    run("config", "remote.origin.url", code=1)
+    run("config", "--unset", "core.fsnyc")  # unsetting a hand-edited typo stays possible
+    r = run("config", "--unset", "Core.Format", code=3)  # the repository could not be opened again
+    assert r.stderr.startswith("error: config core.format cannot be unset")
+    assert mvc.Repo(in_repo.root).get_config("core.format") is not None
+
+
 # -- human output: whole names and 12-hex ids, shape and metric changes, usage errors, help ------------------
 LONG = ["model.layers.10.self_attn.q_proj.weight", "model.layers.10.self_attn.k_proj.weight"]
 
@@ -275,3 +300,22 @@ def test_cat_object_takes_a_prefix_of_any_object(run, in_repo):
     assert json.loads(out)["type"] == "tree"
     assert json.loads(run("cat-object", cid[:8]).stdout)["type"] == "commit"
     assert "unknown revision" in run("cat-object", "0" * 6 if not tree.startswith("000000") else "f" * 6, code=3).stderr
+
+
+def test_pack_of_a_tiny_repository_says_it_grew(run, tmp_path):
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "tiny")
+    out = run("pack").stdout
+    assert "x larger: pack headers and index outweigh compression" in out and "smaller" not in out, out
+    from mvc.cli.output import size_change
+    assert size_change(2000, 1000) == "2.00x smaller" and size_change(1000, 1000) == "same size"
+    assert size_change(1000, 1130).startswith("1.13x larger")
+
+
+def test_every_json_option_has_help_text():
+    seen = []
+    for path, cmd in _commands(cli):
+        for p in cmd.params:
+            if "--json" in getattr(p, "opts", ()):
+                seen.append(" ".join(path))
+                assert p.help, f"mvc {' '.join(path)} --json has no help text"
+    assert {"verify", "paste brick", "pack", "log", "ci"} <= set(seen)

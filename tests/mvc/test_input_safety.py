@@ -295,7 +295,8 @@ def test_gc_on_a_fresh_repository(tmp_path):
 @pytest.mark.parametrize("key,value", [("core.format", "2"), ("core.fsync", "maybe"),
                                        ("gc.reflogExpire", "abc"), ("pack.autoEvery", "-1"),
                                        ("DEFAULT.x", "1"), ("sec.na=me", "v"), ("nodot", "1"),
-                                       ("user.note", "two\nlines")])
+                                       ("user.note", "two\nlines"), ("pack.maxdepth", "abc"),
+                                       ("Core.Format", "2"), ("core.fsnyc", "false"), ("pack.depth", "3")])
 def test_config_refuses_what_mvc_could_not_use(repo, key, value):
     before = open(os.path.join(repo.dir, "config")).read()
     with pytest.raises(mvc.errors.ConfigError):
