@@ -75,6 +75,11 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} TB"
 
 
+def rate(nbytes: float, seconds: float) -> str:
+    """Bytes per second, human-sized ("-" when no time was measured)."""
+    return f"{human_bytes(nbytes / seconds)}/s" if seconds > 0 else "-"
+
+
 def size_change(before: int, after: int) -> str:
     """How packing changed a size, said the right way round: tiny repositories can grow."""
     if not after or not before:

@@ -7,7 +7,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import byte_progress, emit_json, human_bytes, json_opt, short, size_change
+from .output import byte_progress, emit_json, human_bytes, json_opt, rate, short, size_change
 
 
 @cli.command("pack")
@@ -42,10 +42,10 @@ def pack_cmd(full, as_json):
         return
     counts = ", ".join(f"{k} {v}" for k, v in r["encodings"].items() if v)
     before, after = r["bytes_before"], r["bytes_after"]
-    rate = f", {before / r['seconds'] / 1e6:.0f} MB/s" if r["seconds"] > 0 else ""
+    speed = f", {rate(before, r['seconds'])}" if r["seconds"] > 0 else ""
     click.echo(f"packed {r['packed']} objects into pack-{short(r['pack'][5:])} ({counts})")
     click.echo(f"  {human_bytes(before)} -> {human_bytes(after)} ({size_change(before, after)}) "
-               f"in {r['seconds']:.1f} s{rate}")
+               f"in {r['seconds']:.1f} s{speed}")
     extra = [f"removed {r['loose_removed']} loose objects"]
     if r["packs_removed"]:
         extra.append(f"{r['packs_removed']} old packs")

@@ -10,7 +10,7 @@ import click
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from .main import cli
-from .output import console, emit_json, human_bytes, json_opt, short
+from .output import console, emit_json, human_bytes, json_opt, rate, short
 
 jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
                         help="Parallel transfers.")
@@ -55,10 +55,6 @@ class BarProgress(Progress):
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
-
-
-def _rate(nbytes: int, seconds: float) -> str:
-    return f"{human_bytes(nbytes / seconds)}/s" if seconds > 0 else "-"
 
 
 # -- mvc remote --------------------------------------------------------------------------------
@@ -247,7 +243,7 @@ def _print_push(repo, r, dry_run, as_json, started):
         click.echo("nothing to send: the remote has every object" + certs)
         return
     click.echo(f"sent {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} in {r['seconds']:.1f} s "
-               f"({_rate(r['bytes_sent'], r['seconds'])}); {r['objects_present']} already there" + certs)
+               f"({rate(r['bytes_sent'], r['seconds'])}); {r['objects_present']} already there" + certs)
 
 
 def _print_repair(rep, where, dry_run):
@@ -305,7 +301,7 @@ def _print_fetch(r):
                    "kept yours", err=True)
     lazy = f"; {r['blobs_promised']} blobs left on the remote until used (lazy)" if r["lazy"] else ""
     click.echo(f"received {r['objects_received']} objects, {human_bytes(r['bytes_received'])} "
-               f"({_rate(r['bytes_received'], r['seconds'])}){lazy}")
+               f"({rate(r['bytes_received'], r['seconds'])}){lazy}")
 
 
 @cli.command()
