@@ -79,7 +79,7 @@ def shared_or_exclusive(path: str, exclusive: bool):
         os.close(fd)  # releases the lock
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -139,7 +139,7 @@ class LockFile:
             age = time.time() - st.st_mtime
             return f"with no owner, {age:.0f} s old" if age > STALE_OWNERLESS_LOCK_S else None
         if (owner.get("host") == hostname() and isinstance(owner.get("pid"), int)
-                and not _pid_alive(owner["pid"])):
+                and not pid_alive(owner["pid"])):
             return f"left by dead process {owner['pid']}"
         return None
 

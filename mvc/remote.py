@@ -6,14 +6,18 @@ Only missing objects move, found without listing the remote's objects:
   existence check per object, in parallel) and uploads the rest in three phases, each made
   durable before the next: blobs, trees, commits. A tree on the remote therefore has its blobs
   there, which is what lets an interrupted push resume by skipping what arrived. The remote ref
-  moves last, by compare-and-swap.
+  moves last, by compare-and-swap. A push to a directory holding an mvc repository holds off its
+  owner's gc until then (mvc.transport.DirectoryTransport.writing and has).
 - push --repair trusts nothing there: every object the pushed history reaches is read back and
   re-hashed; what is missing is sent and what is damaged is sent again over the bad copy, from
   local copies re-hashed first (one damaged here too is reported, never sent).
 - fetch walks the remote's commit graph from its refs down to commits that local refs reach
   (complete by construction), downloads the missing commits, trees and blobs in parallel,
   verifies every object's BLAKE3 id on receipt (a bad object is rejected, never stored), writes
-  blobs, then trees, then commits, and only then moves refs/remotes/<remote>/<branch>.
+  blobs, then trees, then commits, and only then moves refs/remotes/<remote>/<branch>. An object
+  gone because the remote's branches moved since they were listed (a deleted branch whose history
+  the gc of a repository serving as the remote collected) is no damage: the fetch starts over
+  from the branches as they are then, keeping what arrived.
 Certificates (the index .mvc/certs/<2>/<62> of certificate ids per commit) and tags travel with
 the commits they name, and so does what a certificate names: its data blobs, trees, and commits
 with their history (a migration check names host commits of other branches), so that `mvc verify`
@@ -28,6 +32,7 @@ import json
 import mmap
 import os
 import re
+import shutil
 import threading
 import time
 import warnings
@@ -36,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from . import safetensors_format as stf
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NonFastForward,
                      ObjectMissing, RefConflict, UnknownRevision)
-from .files import LockFile
+from .files import LockFile, pid_alive
 from .objects import check_ref_name, decode, hash_bytes, is_oid, named_ids, tree_blob_ids
 from .repo import Repo
 from .store import fsync_dir, new_object_file
@@ -46,6 +51,7 @@ from .transport import (DAMAGED, REPAIR_HINT, LazyRemoteStore, Transport, check_
 from .transfer import DEFAULT_JOBS, Progress  # noqa: F401  (part of this module's API)
 
 DEFAULT_REMOTE = "origin"
+FETCH_ATTEMPTS = 4  # a fetch starts over when an object is gone because the remote's branches moved
 
 
 # -- remote configuration ----------------------------------------------------------------------
@@ -288,11 +294,19 @@ def add_local_certs(repo: Repo, commit: str, ids: list[str]) -> None:
     path = _cert_index_path(repo, commit)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with LockFile(path + ".lock", what=f"the certificate index of {commit[:12]}"):
-        current = local_cert_index(repo, commit)
-        new = [i for i in ids if i not in current]
-        if new:  # appended, like semantic_ci appends its own certificates
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raw = b""
+        current = parse_id_lines(raw)
+        new = [i for i in dict.fromkeys(ids) if i not in current]
+        if new:  # appended, like semantic_ci appends its own certificates (never replaced)
+            text = "".join(i + "\n" for i in new)
+            if raw and not raw.endswith(b"\n"):
+                text = "\n" + text  # a line cut short (a crash mid-write) stays apart from ours
             with open(path, "ab") as f:
-                f.write("".join(i + "\n" for i in new).encode())
+                f.write(text.encode())
                 f.flush()
                 os.fsync(f.fileno())
 
@@ -351,7 +365,8 @@ def push(repo: Repo, remote: str | None = None, branch: str | None = None, force
     if repair and delete:
         raise BadInput("push --repair and --delete do not go together", "repair the branch you keep")
     name, t = open_remote(repo, remote, jobs, transport)
-    with Pool(jobs) as pool, _permission_errors(t):
+    with Pool(jobs) as pool, _permission_errors(t), \
+            (contextlib.nullcontext() if delete or dry_run else t.writing()):  # see Transport.writing
         return _push(repo, name, t, branch, force, dry_run, delete, pool, progress or Progress(), repair)
 
 
@@ -387,7 +402,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     if local is None:
         raise UnknownRevision(f"no local branch {branch!r}", "see mvc branch")
     exists = t.is_repository()
-    if not exists and not dry_run:
+    if not dry_run and (not exists or t.read_file("HEAD")[0] is None):  # new, or an init cut short
         t.init(branch)
         exists = True
     remote_refs = t.list_refs() if exists else {}
@@ -425,9 +440,18 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force)
         except RefConflict:
-            raise NonFastForward(f"push to {where} rejected: remote {branch} moved while pushing "
-                                 "(another push won); your objects are there, only the branch did not move",
-                                 f"run mvc pull {name or 'REMOTE'} {branch} (or mvc fetch) and push again") from None
+            try:
+                now = t.read_ref(ref)
+            except MvcError:
+                now = DAMAGED
+            if now is None and old is not None:
+                how, hint = ("was deleted while pushing (a push --delete won)",
+                             "push again to create it anew, if it should not stay deleted")
+            else:
+                how, hint = ("moved while pushing (another push won)",
+                             f"run mvc pull {name or 'REMOTE'} {branch} (or mvc fetch) and push again")
+            raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
+                                 "only the branch did not move", hint) from None
     for tag in sorted(tags):
         try:
             t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
@@ -768,8 +792,19 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
     remote_refs = t.list_refs()
     started = time.perf_counter()
     history = _History(repo, t, where, pool, progress, lazy_store)
-    history.fetch(set(remote_refs.values()))
-    certs = _fetch_certs(repo, t, where, pool, history)
+    for attempt in range(FETCH_ATTEMPTS):
+        try:
+            history.fetch(set(remote_refs.values()))
+            certs = _fetch_certs(repo, t, where, pool, history)
+            break
+        except ObjectMissing:
+            # A branch deleted or rewritten there since we listed it may have had its history
+            # collected by the gc of the repository serving as the remote: that is no damage.
+            # What arrived is kept; fetch again what the branches reach now.
+            now = t.list_refs()
+            if now == remote_refs or attempt == FETCH_ATTEMPTS - 1:
+                raise
+            remote_refs = now
     updated = {}
     if name:
         heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items() if r.startswith("refs/heads/")}
@@ -987,15 +1022,13 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         if not _resumable_clone(path, norm):
             raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")
-        repo = Repo(path)
-    else:
-        repo = Repo.init(path, default_branch=default)
-        add_remote(repo, DEFAULT_REMOTE, norm, endpoint, promisor=lazy)
-        repo = Repo(repo.root)  # re-open: a lazy clone reads through its promisor store
+    repo = _clone_setup(path, norm, endpoint, lazy, default)
+    lazy = promisor_remote(repo.config) == DEFAULT_REMOTE  # a resumed lazy clone stays lazy
     try:
         fetched = fetch(repo, DEFAULT_REMOTE, jobs, progress, transport=t)
     except MvcError as e:
-        e.hint = (e.hint + "; " if e.hint else "") + "run the same mvc clone again to resume"
+        if "to resume" not in (e.hint or ""):  # S3 read failures say so already
+            e.hint = (e.hint + "; " if e.hint else "") + "run the same mvc clone again to resume"
         raise
     heads = {r[len("refs/remotes/origin/"):]: v for r, v in repo.refs.list("refs/remotes/origin/").items()}
     branch = default if default in heads else ("main" if "main" in heads else min(heads, default=None))
@@ -1006,11 +1039,52 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
                   "fetch": fetched}
 
 
+def _clone_setup(path: str, url: str, endpoint: str | None, lazy: bool, default: str) -> Repo:
+    """The repository a clone fetches into, created or (resuming) completed: remote origin = `url`
+    with its endpoint, and marked lazy when asked. Each step is redone if a killed clone did not
+    finish it (a kill between `mvc init` and the origin's configuration left a repository that the
+    next run could not resume; one between the url and the lazy mark resumed as a full clone)."""
+    repo = Repo.init(path, default_branch=default)  # an existing .mvc is opened as it is
+    if not repo.config.has_option(remote_section(DEFAULT_REMOTE), "url"):
+        add_remote(repo, DEFAULT_REMOTE, url, endpoint, promisor=lazy)
+    else:
+        if endpoint and repo.get_config(f"remote.{DEFAULT_REMOTE}.endpoint") != endpoint:
+            repo.set_config(f"remote.{DEFAULT_REMOTE}.endpoint", endpoint)
+        if lazy and promisor_remote(repo.config) != DEFAULT_REMOTE:
+            repo.set_config(f"remote.{DEFAULT_REMOTE}.promisor", "true")
+    return Repo(repo.root)  # re-open: a lazy clone reads through its promisor store
+
+
+INIT_LEFTOVER = re.compile(r"\.mvc-init-(\d+)")  # Repo.init's temp folder, renamed to .mvc when complete
+
+
 def _resumable_clone(path: str, url: str) -> bool:
-    """An earlier clone of `url` into `path` that stopped before creating its branch."""
+    """An earlier clone of `url` into `path` that stopped before creating its branch: a repository
+    with that origin and no branch, or what a clone killed before configuring its origin leaves
+    (mvc's own files only: an empty repository with no remote, and the temp folders of an init
+    whose process is gone, which are removed here)."""
+    if not os.path.isdir(path):
+        return False
+    entries = set(os.listdir(path))
+    leftovers = {e for e in entries if INIT_LEFTOVER.fullmatch(e)}
+    ours_only = entries - leftovers <= {".mvc"}
     try:
         repo = Repo(path)
+        if repo.root != os.path.abspath(path):
+            repo = None  # a parent directory's repository
     except MvcError:
+        repo = None
+    if repo is not None and repo.branches():
         return False
-    return (repo.root == os.path.abspath(path) and repo.get_config("remote.origin.url") == url
-            and not repo.branches())
+    if repo is not None and repo.get_config("remote.origin.url") is not None:
+        ok = repo.get_config("remote.origin.url") == url
+    elif repo is not None:  # killed between init and configuring origin: nothing else is there
+        ok = ours_only and not list_remotes(repo) and not repo.refs.list("refs/") \
+            and next(iter(repo.loose.ids()), None) is None
+    else:  # killed inside init: only its temp folder
+        ok = bool(leftovers) and entries == leftovers
+    if ok and ours_only:
+        for name in leftovers:
+            if not pid_alive(int(INIT_LEFTOVER.fullmatch(name).group(1))):
+                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+    return ok

@@ -21,6 +21,10 @@ Directory objects are written to objects/tmp, fsynced and renamed, so an object 
 its name or absent; the new directory entries are synced together by `flush`, which the pusher
 calls after each phase (blobs, trees, commits) and before any ref moves. A directory holding an
 mvc repository (with .mvc) works as a remote too: its branches move, without reflog entries.
+Its owner may collect garbage while a push is in flight, whose objects nothing references until
+the branch moves: the push holds the repository's writers lock (shared, see Repo.writing and
+`writing` below), so a gc with a short grace waits for it, and `has` freshens (touches) what it
+finds there, so a gc with the default grace keeps what the push relies on (as git does).
 `put(..., replace=True)` (push --repair) renames a good copy over a damaged loose one; an object
 that only a damaged pack holds gets a loose copy, which reads take before any packed one.
 """
@@ -32,6 +36,7 @@ import mmap
 import os
 import shutil
 import threading
+import time
 import warnings
 from urllib.parse import unquote, urlparse
 
@@ -40,7 +45,7 @@ import blake3
 from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
-from .files import LockFile, atomic_write
+from .files import LockFile, atomic_write, shared_or_exclusive
 from .objects import check_ref_name, hash_bytes, is_oid
 from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, fsync_dir, new_object_file
@@ -132,6 +137,12 @@ class Transport:
     def flush(self, parallel_map=map) -> None:
         """Make every object put so far durable (called before a ref may point at them)."""
 
+    def writing(self):
+        """A context a push holds from before it lists the remote's refs until its refs and
+        certificate indexes are written: the objects it sends, and those it finds there, must not
+        be collected meanwhile. Only a directory holding an mvc repository has a gc to hold off."""
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         pass
 
@@ -166,8 +177,12 @@ class Transport:
 
     def init(self, default_branch: str) -> None:
         """Create the bare layout when missing (idempotent; safe against a concurrent init).
-        A location holding other data is refused: mvc never mixes its layout into it."""
+        A location holding other data is refused: mvc never mixes its layout into it. A HEAD that
+        an init killed after writing the config did not write is written now."""
         if self.is_repository():
+            if self.read_file("HEAD")[0] is None:
+                with contextlib.suppress(RefConflict):
+                    self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
             return
         if self.holds_files() and not self.is_repository():  # (re-checked: a concurrent init)
             raise BadInput(f"remote {self.describe()} is not empty and is not an mvc repository",
@@ -300,6 +315,8 @@ class DirectoryTransport(Transport):
         if os.path.isdir(os.path.join(path, ".mvc")):
             path = os.path.join(path, ".mvc")
         self.root = path
+        # a repository's .mvc (its owner may run gc there), not a bare remote
+        self.repository = os.path.basename(path) == ".mvc"
         self.url = url or path
         self.objects = LooseStore(os.path.join(path, "objects"), fsync=True)
         self.packs = PackStore(os.path.join(path, "objects", PACK_DIR))  # a repository's `mvc pack`
@@ -311,15 +328,33 @@ class DirectoryTransport(Transport):
     def init(self, default_branch: str) -> None:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise BadInput(f"remote {self.url} is a file, not a directory")
-        if os.path.isdir(self.root) and os.listdir(self.root) and not os.path.exists(self._path("config")):
+        if os.path.isdir(self.root) and not os.path.exists(self._path("config")) and _holds_files(self.root):
             raise BadInput(f"remote directory {self.url} is not empty and is not an mvc repository",
                            "use an empty or new directory")
         for sub in ("objects", "refs/heads", "refs/tags"):
             os.makedirs(self._path(sub), exist_ok=True)
         super().init(default_branch)
 
+    def writing(self):
+        """The repository's writers lock, shared (Repo.writing): its owner's `gc --grace` shorter
+        than the default takes it exclusively, so it waits for the push (and the push for it)."""
+        if not self.repository:
+            return contextlib.nullcontext()
+        return shared_or_exclusive(os.path.join(self.root, WRITERS_LOCK), exclusive=False)
+
     def has(self, oid):
-        return self.objects.has(oid) or self.packs.has(oid)
+        """Whether the remote holds `oid`; an object found is freshened (its file's, or its pack's,
+        modification time set to now), so that a gc there, which keeps unreachable objects younger
+        than its grace period, keeps it until the push that found it has moved its branch."""
+        path = self.objects.path(oid)
+        if os.path.exists(path):
+            _freshen(path)
+            return True
+        hit = self.packs.lookup(oid)
+        if hit is None:
+            return False
+        _freshen(hit[0].path)
+        return True
 
     def get(self, oid):
         try:
@@ -380,6 +415,7 @@ class DirectoryTransport(Transport):
         copy is left in its pack, and reads take the loose one first (see get)."""
         final = self.objects.path(oid)
         if not replace and os.path.exists(final):
+            _freshen(final)
             return
         with new_object_file(self.objects.tmp, oid, final) as f:
             fill(f)
@@ -412,6 +448,30 @@ class DirectoryTransport(Transport):
             else:
                 atomic_write(path, data)
 
+    def add_to_cert_index(self, commit, ids, retries=20):
+        """Append the ids the index lacks, in place (O_APPEND, under the index's lock). Replacing
+        the file (a compare-and-swap by rename) would lose a line that the repository's owner
+        appends meanwhile: `mvc ci` there appends to the index without that lock."""
+        name = self.cert_index_name(commit)
+        path = self._path(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with LockFile(path + ".lock", what=f"{name} on remote {self.url}"):
+            current, _ = self.read_file(name)
+            have = parse_id_lines(current)
+            new = [i for i in dict.fromkeys(ids) if i not in have]
+            if not new:
+                return
+            text = "".join(i + "\n" for i in new)
+            if current and not current.endswith(b"\n"):
+                text = "\n" + text  # a line cut short (a crash mid-write) stays apart from ours
+            created = current is None
+            with open(path, "ab") as f:
+                f.write(text.encode())
+                f.flush()
+                os.fsync(f.fileno())
+            if created:
+                fsync_dir(os.path.dirname(path))
+
     def list_files(self, prefix):
         base = self._path(prefix.rstrip("/"))
         out = []
@@ -421,6 +481,29 @@ class DirectoryTransport(Transport):
                     continue
                 out.append(os.path.relpath(os.path.join(dirpath, f), self.root).replace(os.sep, "/"))
         return sorted(out)
+
+
+def _holds_files(root: str) -> bool:
+    """Whether a directory holds any file but lock files. Folders alone are what an init in
+    progress, or one killed before it wrote the config, leaves: the next init completes it."""
+    for _dirpath, _dirs, files in os.walk(root):
+        if any(not f.endswith(".lock") for f in files):
+            return True
+    return False
+
+
+WRITERS_LOCK = "writers.lock"  # the lock of Repo.writing (mvc.repo.WRITERS_LOCK; no import upward)
+FRESHEN_S = 60.0  # an object touched this recently is not touched again
+
+
+def _freshen(path: str) -> None:
+    """Set a file's modification time to now (best effort: a file of another user of a shared
+    remote may refuse it, and then only its age protects it)."""
+    try:
+        if time.time() - os.stat(path).st_mtime > FRESHEN_S:
+            os.utime(path)
+    except OSError:
+        pass
 
 
 def _copy_file(src, dst) -> int:
@@ -526,6 +609,7 @@ class LazyRemoteStore(ObjectStore):
         self.remote = remote
         self.cache = cache
         self._promised: set[str] | None = None
+        self._promised_bytes = 0  # the size of the list when it was read
         self._transport: Transport | None = None
         self._lock = threading.Lock()
 
@@ -535,12 +619,30 @@ class LazyRemoteStore(ObjectStore):
 
     def promised(self) -> set[str]:
         if self._promised is None:
-            try:
-                with open(self.promised_path, "rb") as f:
-                    self._promised = set(parse_id_lines(f.read()))
-            except FileNotFoundError:
-                self._promised = set()
+            self._read_promised()
         return self._promised
+
+    def _read_promised(self) -> None:
+        try:
+            with open(self.promised_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        self._promised_bytes = len(data)
+        self._promised = set(parse_id_lines(data))
+
+    def _promised_now(self, oid: str) -> bool:
+        """Whether `oid` is promised, re-reading the list when it grew since it was read: a fetch
+        in another process (mvc pull) appends to it while this one holds the repository open."""
+        if oid in self.promised():
+            return True
+        try:
+            grew = os.stat(self.promised_path).st_size != self._promised_bytes
+        except FileNotFoundError:
+            grew = False
+        if grew:
+            self._read_promised()
+        return oid in self._promised
 
     def promise(self, ids) -> None:
         """Record blob ids the promisor remote holds (appended under a lock, fsynced)."""
@@ -549,8 +651,14 @@ class LazyRemoteStore(ObjectStore):
             return
         os.makedirs(os.path.dirname(self.promised_path), exist_ok=True)
         with LockFile(self.promised_path + ".lock", what="the lazy-clone promise list"):
-            with open(self.promised_path, "ab") as f:
-                f.write("".join(i + "\n" for i in new).encode())
+            with open(self.promised_path, "ab+") as f:  # appends go to the end whatever the position
+                text = "".join(i + "\n" for i in new)
+                end = f.seek(0, os.SEEK_END)
+                if end:
+                    f.seek(end - 1)
+                    if f.read(1) != b"\n":
+                        text = "\n" + text  # a line cut short by a crash stays apart from ours
+                f.write(text.encode())
                 f.flush()
                 os.fsync(f.fileno())
         self._promised.update(new)
@@ -563,12 +671,12 @@ class LazyRemoteStore(ObjectStore):
             return self._transport
 
     def has(self, oid):
-        return oid in self.promised()
+        return self._promised_now(oid)
 
     def fetch(self, oid: str) -> bytes:
         if self.cache.has(oid):
             return self.cache.get(oid)
-        if oid not in self.promised():
+        if not self._promised_now(oid):
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
         try:
             data = self.transport().get(oid)

@@ -12,6 +12,12 @@ server that ignores the headers is reported instead of silently losing updates. 
 servers that do not support `If-Match` on DeleteObject, `push --delete` re-reads the ref and then
 deletes it unconditionally (a narrow window in which a concurrent push to that branch is lost).
 An object put again overwrites its key, which is how `push --repair` replaces a damaged copy.
+
+Failures: botocore retries each request (MAX_ATTEMPTS, throttling such as 503 SlowDown included).
+It does not retry a response body that breaks off (a reset connection, a truncated body): `get_into`
+asks again for the rest (a Range read pinned to the first response's ETag) up to BODY_RETRIES
+times, and `read_file` reads the file again. What still fails is an MvcError that says so, never
+a raw botocore exception; nothing is stored or moved by a failed read.
 """
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ from .errors import MvcError, ObjectMissing, RefConflict
 from .transport import ABSENT, REPAIR_HINT, Transport
 
 MULTIPART_BYTES = 64 * 1024 * 1024
+MAX_ATTEMPTS = 5   # per request, botocore's standard retry mode
+BODY_RETRIES = 4   # a response body that breaks off is asked for again this many times
+RETRY_HINT = "run the command again to resume"
 _SESSION = None
 _SESSION_LOCK = threading.Lock()
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
@@ -44,7 +53,8 @@ class S3Transport(Transport):
         self.endpoint = endpoint
         session = _session(boto3)
         custom = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config = Config(max_pool_connections=max(10, 2 * jobs), retries={"max_attempts": 5, "mode": "standard"},
+        config = Config(max_pool_connections=max(10, 2 * jobs),
+                        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
                         connect_timeout=10, read_timeout=120,
                         s3={"addressing_style": "path"} if custom else {})
         with _SESSION_LOCK:  # creating clients is not thread-safe; using them is
@@ -66,10 +76,10 @@ class S3Transport(Transport):
         if isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError)):
             raise MvcError(f"no AWS credentials for {self.url}",
                            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure ~/.aws/credentials") from None
-        if isinstance(e, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError,
-                          bx.ReadTimeoutError)):
-            raise MvcError(f"cannot reach S3 for {self.describe()}: {e}",
-                           "check the endpoint (mvc remote -v) and the network") from None
+        if isinstance(e, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
+            raise MvcError(f"cannot reach S3 for {self.describe()} while {what}: {e}",
+                           "check the endpoint (mvc remote -v) and the network, and run the command again "
+                           "to resume") from None
         if isinstance(e, bx.ClientError):
             code = _code(e)
             if code == "NoSuchBucket":
@@ -78,7 +88,10 @@ class S3Transport(Transport):
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise MvcError(f"access denied while {what} on {self.url} ({code})",
                                "check the AWS credentials and the bucket policy") from None
-            raise MvcError(f"S3 error while {what} on {self.url}: {code}: {e}") from None
+            raise MvcError(f"S3 error while {what} on {self.url}: {code}: {e}",
+                           RETRY_HINT if _transient(e) else None) from None
+        if isinstance(e, bx.BotoCoreError):
+            raise MvcError(f"S3 error while {what} on {self.url}: {e}", RETRY_HINT) from None
         raise e
 
     # -- objects ------------------------------------------------------------------------------
@@ -100,20 +113,36 @@ class S3Transport(Transport):
         return buf.getvalue()
 
     def get_into(self, oid, f):
+        """Stream the object into `f`. A body that breaks off is resumed where it stopped (a Range
+        read, only while the object still has the ETag of the first response), so `f` never needs
+        rewinding and nothing is written twice."""
         from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            r = self.client.get_object(Bucket=self.bucket, Key=self._object_key(oid))
-            n = 0
-            for chunk in r["Body"].iter_chunks(1 << 20):
-                f.write(chunk)
-                n += len(chunk)
-            return n
-        except ClientError as e:
-            if _code(e) in _MISSING_CODES:
-                raise ObjectMissing(f"object {oid} is missing on remote {self.url}", REPAIR_HINT) from None
-            self._fail(e, f"reading object {oid[:12]}")
-        except BotoCoreError as e:
-            self._fail(e, f"reading object {oid[:12]}")
+        what = f"reading object {oid[:12]}"
+        n, etag, broken = 0, None, 0
+        while True:
+            try:
+                extra = {"Range": f"bytes={n}-", "IfMatch": etag} if n else {}
+                r = self.client.get_object(Bucket=self.bucket, Key=self._object_key(oid), **extra)
+                etag = etag or r.get("ETag")
+                for chunk in r["Body"].iter_chunks(1 << 20):
+                    f.write(chunk)
+                    n += len(chunk)
+                return n
+            except ClientError as e:
+                code = _code(e)
+                if code in _MISSING_CODES:
+                    raise ObjectMissing(f"object {oid} is missing on remote {self.url}", REPAIR_HINT) from None
+                if n and code in ("InvalidRange", "416"):
+                    return n  # the body was whole after all; the caller's hash check decides
+                if n and code in _CONFLICT_CODES:
+                    raise MvcError(f"object {oid[:12]} on {self.url} was replaced while it was read "
+                                   "(a push --repair?)", RETRY_HINT) from None
+                self._fail(e, what)
+            except BotoCoreError as e:
+                if _body_broke(e) and broken < BODY_RETRIES and (etag or not n):
+                    broken += 1
+                    continue
+                self._fail(e, what)
 
     def put(self, oid, data, replace=False):
         """One PutObject (or a multipart upload), which replaces whatever the key held: a damaged
@@ -147,15 +176,18 @@ class S3Transport(Transport):
     # -- mutable files ------------------------------------------------------------------------
     def read_file(self, name):
         from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            r = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
-            return r["Body"].read(), r["ETag"]
-        except ClientError as e:
-            if _code(e) in _MISSING_CODES:
-                return None, ABSENT
-            self._fail(e, f"reading {name}")
-        except BotoCoreError as e:
-            self._fail(e, f"reading {name}")
+        for attempt in range(BODY_RETRIES + 1):
+            try:
+                r = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+                return r["Body"].read(), r["ETag"]
+            except ClientError as e:
+                if _code(e) in _MISSING_CODES:
+                    return None, ABSENT
+                self._fail(e, f"reading {name}")
+            except BotoCoreError as e:
+                if _body_broke(e) and attempt < BODY_RETRIES:
+                    continue  # a small file: read it whole again
+                self._fail(e, f"reading {name}")
 
     def cas_file(self, name, data, token):
         from botocore.exceptions import BotoCoreError, ClientError
@@ -226,6 +258,21 @@ def _session(boto3):
         if _SESSION is None:
             _SESSION = boto3.session.Session()
         return _SESSION
+
+
+def _body_broke(e) -> bool:
+    """A response body that broke off after the request succeeded (botocore does not retry it)."""
+    from botocore import exceptions as bx
+    return isinstance(e, (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError,
+                          bx.ConnectionClosedError))
+
+
+def _transient(e) -> bool:
+    """A ClientError worth running the command again for (throttling, a server error)."""
+    code = _code(e)
+    status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "503", "500") or int(status) >= 500
 
 
 def _code(e) -> str:
