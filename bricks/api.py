@@ -14,13 +14,15 @@ import torch
 from torch import nn
 
 from bricks.common import builder, decode_delta
+from cores import checks
 from cores.abi import first_mismatch
-from cores.base import ByteCore
+from cores.base import ByteCore, keeps_global_rng
 from kernels import batch_invariant as bi
 
 KINDS = {"sparse": "sparse-brick", "portable": "portable-brick"}
 
 
+@keeps_global_rng
 def build(kind: str, host=None, seed: int = 0, **overrides) -> nn.Module:
     """A new brick: ``kind`` "sparse" (needs ``host``: experts=8, top_k=2, rank=48 by default) or
     "portable" (host-independent; ``host`` is ignored)."""
@@ -38,8 +40,14 @@ def build(kind: str, host=None, seed: int = 0, **overrides) -> nn.Module:
 
 def fits(host_model, brick) -> str | None:
     """Why ``brick`` cannot be attached to ``host_model`` (kind, ABI field or shape), or None if it fits."""
+    if isinstance(brick, BrickModel):
+        return ("the brick is a host with a brick attached (a BrickModel); pass the brick itself, "
+                "e.g. model.brick")
     if getattr(brick, "mvc_kind", None) != "brick":
         return f"not a brick: {type(brick).__name__} has mvc_kind {getattr(brick, 'mvc_kind', None)!r}"
+    if isinstance(host_model, BrickModel):
+        return ("the host already has a brick attached (a BrickModel); attach to the core itself "
+                "(bricks.detach(model)); stacking bricks is not supported")
     kind = getattr(brick, "brick_kind", None)
     if kind == "portable":
         return None if callable(host_model) else f"host {type(host_model).__name__} is not callable"
@@ -47,7 +55,7 @@ def fits(host_model, brick) -> str | None:
         return f"unknown brick kind {kind!r}"
     spec = getattr(host_model, "abi_spec", None)
     if spec is None or not hasattr(host_model, "forward_with_abi") or not hasattr(host_model, "head"):
-        return (f"host {getattr(host_model, 'mvc_arch', type(host_model).__name__)!r} has no ABI interface "
+        return (f"host {getattr(host_model, 'mvc_arch', None) or type(host_model).__name__!r} has no ABI interface "
                 f"(forward_with_abi, abi_spec, head): sparse bricks need a LayerCake core")
     bs = brick.abi_spec
     if spec.d_abi != brick.d_abi:
@@ -91,6 +99,13 @@ class BrickModel(ByteCore):
     def brick_kind(self) -> str:
         return self.brick.brick_kind
 
+    def training_loss(self, window: torch.Tensor):
+        """Refused: training the attached model would train the host too (``cores.train(model)``
+        changed the host's weights, breaking the frozen-host contract every brick relies on)."""
+        raise TypeError("a host with a brick attached cannot be trained as a core (the host would change); "
+                        "train the brick with bricks.train(brick, host=core, ...) (the host stays frozen), "
+                        "or the core alone with cores.train(bricks.detach(model), ...)")
+
     def _forward(self, byte_ids: torch.Tensor) -> torch.Tensor:
         if self.brick.brick_kind == "portable":
             return self.brick(byte_ids)
@@ -98,15 +113,22 @@ class BrickModel(ByteCore):
         if not self.enabled:
             return logits
         delta = self.brick(byte_ids, abi)
-        return logits + decode_delta(self.host.head.weight.detach(), delta)
+        return logits + decoded(self.host.head.weight.detach(), delta, logits.dtype)
 
     def forward(self, byte_ids: torch.Tensor) -> torch.Tensor:
         """byte_ids (B, T) -> logits (B, T, 256); exact per-sequence evaluation in eval mode."""
+        byte_ids = checks.byte_ids(byte_ids)
         if self.brick.brick_kind == "sparse" and not self.enabled:
             return self.host(byte_ids)
         if bi.exact_eval(self):
             return bi.per_sequence(self._forward, byte_ids)
         return self._forward(byte_ids)
+
+
+def decoded(head_weight: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``decode_delta`` in the brick's precision, as ``dtype`` (the host logits'): a float32 brick on
+    a bfloat16 host decodes in float32. A no-op cast when both are float32 (bits unchanged)."""
+    return decode_delta(head_weight.to(delta.dtype), delta).to(dtype)
 
 
 def attach(host: nn.Module, brick: nn.Module) -> BrickModel:
@@ -137,7 +159,11 @@ def rebuild(tree: dict, state: dict) -> nn.Module:
     if tree.get("kind") not in (None, "brick"):
         raise ValueError(f"rebuild: component kind is {tree.get('kind')!r}, not 'brick'")
     brick = builder(arch)(config)
-    brick.load_state_dict(dict(state))
+    try:
+        brick.load_state_dict(dict(state))
+    except RuntimeError as e:  # missing / unexpected tensors or other shapes: the tree and its tensors disagree
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise ValueError(f"rebuild: the tensors do not fit the recorded {arch} config: {detail[:400]}") from None
     recorded = (tree.get("abi") or {}).get("hash")
     if recorded and recorded != brick.abi_spec.hash:
         raise ValueError(f"rebuild: recorded ABI hash {recorded[:12]} != rebuilt brick's {brick.abi_spec.hash[:12]}")

@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from bricks.common import builder, json_config
+from cores.base import keeps_global_rng
 from kernels.quant import dequantize_state_dict, quantize_state_dict
 
 MIN_NUMEL = 256
@@ -83,14 +84,25 @@ class Int8Brick(nn.Module):
         return functional_call(self._float, self.float_state_dict(), args, kwargs)
 
 
+@keeps_global_rng
 def quantize(brick: nn.Module, min_numel: int = MIN_NUMEL) -> Int8Brick:
-    """int8 artifact of a float brick (the brick itself is not modified)."""
+    """int8 artifact of a float brick (the brick itself is not modified).
+
+    ValueError for what is not a float brick (an int8 artifact already, a core, an attached model)
+    and for a brick whose weights are not finite (kernels.quant refuses NaN / infinity)."""
+    if isinstance(brick, Int8Brick):
+        raise ValueError(f"quantize: the brick is an int8 artifact already ({brick.mvc_arch}); quantize its float "
+                         f"brick, or use it as it is")
+    if getattr(brick, "mvc_kind", None) != "brick":
+        hint = " (an attached model: quantize model.brick)" if hasattr(brick, "brick") else ""
+        raise ValueError(f"quantize: expected a float brick built by bricks.build, got {type(brick).__name__}{hint}")
     template = builder(brick.mvc_arch)(brick.mvc_config)
     template.load_state_dict(brick.state_dict())
     q = Int8Brick(template, min_numel)
     return q.train(brick.training)
 
 
+@keeps_global_rng
 def build_from_config(config: dict) -> Int8Brick:
     """Entry point for ``sparse-brick-int8`` / ``portable-brick-int8``: an int8 brick of the recorded
     float arch with placeholder tensors (load the committed state dict into it)."""

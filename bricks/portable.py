@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from bricks.common import json_config, seeded_normal
+from cores import checks
 from cores.abi import AbiSpec
+from cores.base import keeps_global_rng
 from cores.head import canonical_abi_spec
 from cores.layercake import patches_to_bytes
 from cores.layers import RMSNorm
@@ -36,7 +38,7 @@ def default_config(seed: int = 0, **overrides) -> dict:
     if bad:
         raise ValueError(f"unknown portable decoder options {sorted(bad)} (known: {', '.join(sorted(DEFAULTS))})")
     spec = canonical_abi_spec(ANCHOR_SPEC["d_abi"], ANCHOR_SPEC["patch_bytes"])
-    return {**DEFAULTS, "seed": int(seed), **overrides, "d_abi": spec.d_abi, "patch_bytes": spec.patch_bytes,
+    return {**DEFAULTS, "seed": checks.seed(seed), **overrides, "d_abi": spec.d_abi, "patch_bytes": spec.patch_bytes,
             "anchor_spec": dict(ANCHOR_SPEC), "abi_spec": spec.to_dict(), "host_independent": True}
 
 
@@ -50,6 +52,9 @@ class PortableDecoder(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         cfg = json_config({**default_config(), **config})
+        checks.seed(cfg["seed"], "portable decoder: seed")
+        for name in ("d_embed", "hidden"):
+            checks.integer(cfg[name], f"portable decoder: {name}", 1)
         self.mvc_config = cfg
         self.abi_spec = AbiSpec.from_dict(cfg["abi_spec"])
         self.anchor_spec = dict(cfg["anchor_spec"])
@@ -86,6 +91,7 @@ class PortableDecoder(nn.Module):
 
     def forward(self, byte_ids: torch.Tensor, anchors: torch.Tensor | None = None) -> torch.Tensor:
         """byte_ids (B, T) -> logits (B, T, 256); exact per-sequence evaluation in eval mode."""
+        byte_ids = checks.byte_ids(byte_ids)
         if anchors is None:
             anchors = causal_anchors(byte_ids, self.anchor_spec)
         anchors = anchors.to(self.out.weight.device, self.out.weight.dtype)
@@ -94,6 +100,7 @@ class PortableDecoder(nn.Module):
         return self._forward(byte_ids, anchors)
 
 
+@keeps_global_rng
 def build_from_config(config: dict) -> PortableDecoder:
     """Entry point ``mvc.archs: portable-brick``: rebuild from a recorded ``mvc_config``."""
     return PortableDecoder(dict(config))

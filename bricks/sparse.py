@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bricks.common import json_config, seeded_normal, tap_ids
+from cores import checks
 from cores.abi import AbiSpec
+from cores.base import keeps_global_rng
 from cores.layercake import patches_to_bytes
 from cores.layers import RMSNorm
 from kernels.anchors import ANCHOR_SPEC, causal_anchors
@@ -65,7 +67,7 @@ def config_for_host(host, seed: int = 0, **overrides) -> dict:
     hcfg = getattr(host, "mvc_config", None) or {}
     host_info = {"arch": getattr(host, "mvc_arch", type(host).__name__),
                  **{k: hcfg[k] for k in ("preset", "seed", "canonical", "d_model", "n_layer") if k in hcfg}}
-    cfg = {**DEFAULTS, "read_anchors": canonical, "seed": int(seed), "d_abi": spec.d_abi,
+    cfg = {**DEFAULTS, "read_anchors": canonical, "seed": checks.seed(seed), "d_abi": spec.d_abi,
            "patch_bytes": spec.patch_bytes, "abi_spec": spec.to_dict(), "host": host_info}
     bad = set(overrides) - set(DEFAULTS)
     if bad:
@@ -87,6 +89,12 @@ class SparseBrick(nn.Module):
         if missing:
             raise ValueError(f"sparse brick config lacks {missing}")
         cfg = json_config({**DEFAULTS, **config})
+        checks.seed(cfg["seed"], "sparse brick: seed")
+        for name, least in (("experts", 1), ("top_k", 1), ("rank", 1), ("d_embed", 1), ("taps", 1), ("rnn", 0),
+                            ("d_abi", 1), ("patch_bytes", 1)):
+            checks.integer(cfg[name], f"sparse brick: {name}", least)
+        for name in ("read_anchors", "zero_init"):
+            checks.boolean(cfg[name], f"sparse brick: {name}")
         E, k, r = int(cfg["experts"]), int(cfg["top_k"]), int(cfg["rank"])
         if not 1 <= k <= E:
             raise ValueError(f"top_k must lie in 1..experts ({E}), got {k}")
@@ -192,6 +200,7 @@ class SparseBrick(nn.Module):
         return self.compute(byte_ids, abi, anchors)[0]
 
 
+@keeps_global_rng
 def build_from_config(config: dict) -> SparseBrick:
     """Entry point ``mvc.archs: sparse-brick``: rebuild from a recorded ``mvc_config``."""
     return SparseBrick(dict(config))

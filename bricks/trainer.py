@@ -18,16 +18,18 @@ Portable decoders: CE of the decoder's own logits on domain windows (the host is
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bricks.api import BrickModel, attach, fits
-from bricks.common import decode_delta, num_params
+from bricks.api import BrickModel, attach, decoded, fits
+from bricks.common import num_params
+from cores import checks
 from cores.base import bytes_to_tensor
-from cores.train import CheckpointState, adamw, split_holdout
+from cores.train import CheckpointState, adamw, check_eval_data, check_finite_run, check_schedule, split_holdout
 from kernels import batch_invariant as bi
 from kernels.counter_rng import MASK64, stream_id, stream_uint64
 
@@ -43,9 +45,17 @@ def _windows(stream: torch.Tensor, key_name: str, seed: int, n: int, start: int,
     return stream[idx]
 
 
+def pow2(bits: float) -> float:
+    """2 ** bits as a float: infinity past the float range (``2.0 ** 1100`` raises OverflowError)."""
+    try:
+        return float(2.0 ** bits)
+    except OverflowError:
+        return math.inf
+
+
 def ppl_ratio(bpb_a: float, bpb_b: float) -> float:
-    """PPL(a) / PPL(b) from bits per byte."""
-    return float(2.0 ** (bpb_a - bpb_b))
+    """PPL(a) / PPL(b) from bits per byte (infinity when a is more than ~1024 bits per byte worse)."""
+    return pow2(bpb_a - bpb_b)
 
 
 def measure(host, brick, domain: bytes, general: bytes | None = None, window_bytes: int | None = None) -> dict:
@@ -62,8 +72,8 @@ def measure(host, brick, domain: bytes, general: bytes | None = None, window_byt
         if data is None:
             continue
         b0, b1 = float(host.bpb(data, window_bytes=w)), float(model.bpb(data, window_bytes=w))
-        out.update({f"{name}_bpb_host": b0, f"{name}_bpb": b1, f"{name}_ppl_host": 2.0 ** b0,
-                    f"{name}_ppl": 2.0 ** b1, f"{name}_ratio": ppl_ratio(b1, b0)})
+        out.update({f"{name}_bpb_host": b0, f"{name}_bpb": b1, f"{name}_ppl_host": pow2(b0),
+                    f"{name}_ppl": pow2(b1), f"{name}_ratio": ppl_ratio(b1, b0)})
     return out
 
 
@@ -102,8 +112,12 @@ class BrickTrainer(CheckpointState):
                  general_mode: str = "kl", balance_weight: float = 0.01, holdout_frac: float = 0.05,
                  eval_data: bytes | None = None, general_eval: bytes | None = None,
                  eval_bytes: int | None = None, wall_seconds: float | None = None, progress: bool = False):
-        if steps < 1:
-            raise ValueError("steps must be >= 1")
+        check_schedule(steps, seed, batch_size, lr, warmup, min_lr_frac, weight_decay, grad_clip, seq_len,
+                       wall_seconds, eval_bytes)
+        if general_batch is not None:
+            checks.integer(general_batch, "general_batch", 0)
+        checks.real(general_weight, "general_weight", minimum=0.0)
+        checks.real(balance_weight, "balance_weight", minimum=0.0)
         if getattr(brick, "mvc_kind", None) != "brick" or not hasattr(brick, "brick_kind"):
             raise ValueError("BrickTrainer: expected a brick built by bricks.build")
         if brick.mvc_arch.endswith("-int8"):
@@ -117,6 +131,12 @@ class BrickTrainer(CheckpointState):
             why = fits(host, brick)
             if why:
                 raise ValueError(f"brick does not fit the host: {why}")
+        data = checks.as_bytes(data, "data")
+        general = None if general is None else checks.as_bytes(general, "general")
+        eval_data = None if eval_data is None else checks.as_bytes(eval_data, "eval_data")
+        general_eval = None if general_eval is None else checks.as_bytes(general_eval, "general_eval")
+        if not data:
+            raise ValueError("domain training data is empty")
         self.brick, self.host = brick, host
         self.total_steps, self.seed, self.batch_size = int(steps), int(seed), int(batch_size)
         self.general_batch = int(general_batch if general_batch is not None else max(1, batch_size // 4))
@@ -136,6 +156,9 @@ class BrickTrainer(CheckpointState):
             else:
                 self.general_train, self.general_heldout = general, general_eval
         self.seq_len = int(seq_len or getattr(host, "block_bytes", None) or 256)
+        if self.kind == "sparse" and self.seq_len < brick.patch_bytes:  # no whole patch: nothing to route
+            raise ValueError(f"seq_len must be >= {brick.patch_bytes} for a sparse brick (its router reads whole "
+                             f"{brick.patch_bytes}-byte patches), got {self.seq_len}")
         self.stream = bytes_to_tensor(self.train_bytes)
         self.general_stream = bytes_to_tensor(self.general_train) if self.general_train is not None else None
         for name, s in (("domain", self.stream), ("general", self.general_stream)):
@@ -168,7 +191,7 @@ class BrickTrainer(CheckpointState):
         with torch.no_grad():
             host_logits, abi, _ = self.host.forward_with_abi(x)
         delta, info = self.brick.compute(x, abi)
-        return host_logits, host_logits + decode_delta(self.host.head.weight.detach(), delta), info
+        return host_logits, host_logits + decoded(self.host.head.weight.detach(), delta, host_logits.dtype), info
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict]:
         w = self.batch(step)
@@ -227,7 +250,7 @@ class BrickTrainer(CheckpointState):
             if self.host is None:
                 model = BrickModel(None, self.brick)
                 b = float(model.bpb(cap(self.heldout), window_bytes=self.seq_len))
-                return {"domain_bpb": b, "domain_ppl": 2.0 ** b}
+                return {"domain_bpb": b, "domain_ppl": pow2(b)}
             return measure(self.host, self.brick, cap(self.heldout),
                            cap(self.general_heldout) if self.general_heldout is not None else None,
                            window_bytes=self.seq_len)
@@ -256,8 +279,12 @@ def train(brick, host=None, data: bytes = b"", steps: int = 100, seed: int = 0, 
 
     Deterministic for a step budget: the same brick init, host, data, seed and steps give a
     bit-identical brick. Metrics: steps, loss, loss_last10, wall_seconds, params, ... and (with
-    ``evaluate``) the held-out domain_ratio / general_ratio of ``measure``.
+    ``evaluate``) the held-out domain_ratio / general_ratio of ``measure``. A run whose loss or brick
+    weights stop being finite stops there and raises ``cores.TrainingDiverged`` (a ValueError).
     """
     trainer = BrickTrainer(brick, host, data, steps=steps, seed=seed, general=general, progress=progress, **kwargs)
-    trainer.run()
+    if evaluate:
+        check_eval_data(trainer.heldout, trainer.eval_bytes, "eval_data")
+    trainer.run(stop_on_nonfinite=True)
+    check_finite_run("brick training", trainer, lambda: trainer.metrics(evaluate=False))
     return trainer.metrics(evaluate=evaluate)

@@ -50,9 +50,16 @@ class AbiSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AbiSpec":
+        if not isinstance(d, dict):
+            raise TypeError(f"AbiSpec.from_dict: expected a dict of {', '.join(_FIELDS)}, got {type(d).__name__}")
         unknown = set(d) - set(_FIELDS)
         if unknown:
             raise ValueError(f"AbiSpec.from_dict: unknown fields {sorted(unknown)}")
+        missing = [f for f in _FIELDS if f not in d]
+        if missing:
+            raise ValueError(f"AbiSpec.from_dict: missing fields {missing}")
+        if not isinstance(d["anchor_spec"], dict):
+            raise ValueError(f"AbiSpec.from_dict: anchor_spec must be a dict, got {type(d['anchor_spec']).__name__}")
         return cls(version=int(d["version"]), d_abi=int(d["d_abi"]), patch_bytes=int(d["patch_bytes"]),
                    anchor_spec=dict(d["anchor_spec"]), head_hash=str(d["head_hash"]))
 

@@ -14,17 +14,32 @@ exact (per-sequence, kernels/batch_invariant.py) and reproducible bit for bit.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cores import checks
+
 LN2 = math.log(2.0)
 
 
-def bytes_to_tensor(data: bytes) -> torch.Tensor:
-    """bytes -> LongTensor (N,) of 0..255."""
+def keeps_global_rng(fn):
+    """Decorator: ``fn`` (a model builder) leaves torch's global CPU RNG as it found it. Every weight
+    comes from a private seeded generator, but torch's module constructors draw their default init
+    from the global RNG first, so building a model used to shift the user's own random stream."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def bytes_to_tensor(data: bytes, name: str = "data") -> torch.Tensor:
+    """bytes (or bytearray / memoryview) -> LongTensor (N,) of 0..255; TypeError for str or tensors."""
+    data = checks.as_bytes(data, name)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else torch.zeros(0, dtype=torch.long)
 
 
@@ -69,7 +84,8 @@ class ByteCore(CoreBase):
 
     def bpb(self, data: bytes, window_bytes: int | None = None, batch_size: int = 8) -> float:
         """Bits per byte on ``data`` (exact evaluation; see module docstring)."""
-        L = window_bytes or self.block_bytes
+        L = self.block_bytes if window_bytes is None else checks.integer(window_bytes, "window_bytes", 2)
+        checks.integer(batch_size, "batch_size", 1)
         x = bytes_to_tensor(data)
         if x.numel() < 2:
             raise ValueError("bpb: need at least 2 bytes")

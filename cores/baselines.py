@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cores.base import LN2, ByteCore, CoreBase, bytes_to_tensor
+from cores import checks
+from cores.base import LN2, ByteCore, CoreBase, bytes_to_tensor, keeps_global_rng
 from cores.bpe import BpeCodec, train_bpe
 from cores.gpt import TokenTransformer
 from kernels import batch_invariant as bi
@@ -56,12 +57,29 @@ BPE_PRESETS: dict[str, dict] = {
 
 
 def make_config(presets: dict, preset: str, seed: int, **overrides) -> TransformerConfig:
-    if preset not in presets:
+    """Preset + overrides -> config; unknown presets or fields, and values of the wrong type or out
+    of range, raise ValueError / TypeError naming the field."""
+    if not isinstance(preset, str) or preset not in presets:
         raise ValueError(f"unknown config {preset!r} (choose from {', '.join(presets)})")
     bad = set(overrides) - {f.name for f in dataclasses.fields(TransformerConfig)}
     if bad:
         raise ValueError(f"unknown transformer config fields {sorted(bad)}")
-    return TransformerConfig(**{**presets[preset], "preset": preset, "seed": seed, **overrides})
+    return check_config(TransformerConfig(**{**presets[preset], "preset": preset, "seed": seed, **overrides}))
+
+
+def check_config(cfg: TransformerConfig) -> TransformerConfig:
+    """Types and ranges of every field (see cores/checks.py); the vocabulary is checked by each arch."""
+    what = "transformer config"
+    checks.seed(cfg.seed, f"{what}: seed")
+    for name, least in (("vocab_size", 1), ("d_model", 1), ("n_layer", 0), ("n_head", 1), ("mlp_ratio", 1),
+                        ("block_bytes", 2)):
+        checks.integer(getattr(cfg, name), f"{what}: {name}", least)
+    checks.real(cfg.lr, f"{what}: lr", above=0.0)
+    checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
+    if cfg.d_model % cfg.n_head or (cfg.d_model // cfg.n_head) % 2:
+        raise ValueError(f"{what}: d_model ({cfg.d_model}) must be a multiple of n_head ({cfg.n_head}) with an even "
+                         f"head width (rotary positions rotate pairs of dimensions)")
+    return cfg
 
 
 class _Shared:
@@ -85,15 +103,18 @@ class ByteTransformer(_Shared, ByteCore):
     def __init__(self, cfg: TransformerConfig, overrides: dict | None = None):
         super().__init__()
         if cfg.vocab_size != 256:
-            raise ValueError("byte-transformer: vocab_size must be 256")
+            raise ValueError(f"byte-transformer: vocab_size must be 256, got {cfg.vocab_size}")
         self._setup("byte-transformer", cfg, overrides)
 
     def forward(self, byte_ids: torch.Tensor) -> torch.Tensor:
-        return self._logits(byte_ids)
+        return self._logits(checks.byte_ids(byte_ids))
 
     @torch.inference_mode()
     def generate(self, prompt: bytes, n_bytes: int, stats: dict | None = None) -> bytes:
         """Greedy generation of ``n_bytes`` bytes after a non-empty prompt (key/value cache)."""
+        prompt, n_bytes = checks.as_bytes(prompt, "prompt"), checks.integer(n_bytes, "n_bytes", 0)
+        if not prompt:
+            raise ValueError("generate: the prompt must hold at least one byte")
         caches, logits = self.gpt.start(bytes_to_tensor(prompt)[None].to(self.gpt.wte.weight.device))
         out = bytearray()
         for _ in range(n_bytes):
@@ -110,6 +131,8 @@ class BPETransformer(_Shared, CoreBase):
 
     def __init__(self, cfg: TransformerConfig, overrides: dict | None = None):
         super().__init__()
+        if cfg.vocab_size < 256:
+            raise ValueError(f"bpe-transformer: vocab_size must be >= 256 (every byte is a token), got {cfg.vocab_size}")
         self._setup("bpe-transformer", cfg, overrides)
         self.register_buffer("tokenizer_blob", torch.zeros(0, dtype=torch.uint8))
         self._codec: BpeCodec | None = None
@@ -148,7 +171,7 @@ class BPETransformer(_Shared, CoreBase):
     # -- model ---------------------------------------------------------------------------------------
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """token_ids (B, T) -> (B, T, vocab) logits (exact per-sequence evaluation in eval mode)."""
-        return self._logits(token_ids)
+        return self._logits(checks.byte_ids(token_ids, "token_ids", self.cfg.vocab_size))
 
     def training_loss(self, window: torch.Tensor) -> tuple[torch.Tensor, dict]:
         x, y = window[:, :-1], window[:, 1:]
@@ -158,7 +181,8 @@ class BPETransformer(_Shared, CoreBase):
 
     def bpb(self, data: bytes, window_bytes: int | None = None, batch_size: int = 8) -> float:
         """Bits per byte on ``data``; same byte windows as the byte cores (see module docstring)."""
-        L = window_bytes or self.block_bytes
+        L = self.block_bytes if window_bytes is None else checks.integer(window_bytes, "window_bytes", 2)
+        data = checks.as_bytes(data)
         lengths = torch.tensor([len(b) for b in self.codec.id_to_bytes], dtype=torch.long)
         was_training = self.training
         self.eval()
@@ -183,6 +207,9 @@ class BPETransformer(_Shared, CoreBase):
     def generate(self, prompt: bytes, n_bytes: int, stats: dict | None = None) -> bytes:
         """Greedy token generation until ``n_bytes`` bytes are produced (tokenisation included;
         ``stats["steps"]``: tokens generated)."""
+        prompt, n_bytes = checks.as_bytes(prompt, "prompt"), checks.integer(n_bytes, "n_bytes", 0)
+        if not prompt:
+            raise ValueError("generate: the prompt must hold at least one byte")
         ids = torch.tensor([self.codec.encode(prompt)], device=self.gpt.wte.weight.device)
         caches, logits = self.gpt.start(ids)
         out = bytearray()
@@ -197,12 +224,14 @@ class BPETransformer(_Shared, CoreBase):
         return bytes(out[:n_bytes])
 
 
+@keeps_global_rng
 def build_byte_transformer(config: dict) -> ByteTransformer:
     """Entry point ``mvc.archs: byte-transformer``: rebuild from an ``mvc_config`` dict."""
     preset, seed, fields, overrides = _split(config)
     return ByteTransformer(make_config(BYTE_PRESETS, preset, seed, **fields), overrides)
 
 
+@keeps_global_rng
 def build_bpe_transformer(config: dict) -> BPETransformer:
     """Entry point ``mvc.archs: bpe-transformer``: rebuild from an ``mvc_config`` dict."""
     preset, seed, fields, overrides = _split(config)
@@ -212,6 +241,10 @@ def build_bpe_transformer(config: dict) -> BPETransformer:
 def _split(config: dict) -> tuple[str, int, dict, dict]:
     config = dict(config)
     preset = config.pop("preset", "tiny")
-    seed = int(config.pop("seed", 0))
+    seed = checks.seed(config.pop("seed", 0))
     overrides = dict(config.pop("overrides", {}) or {})
-    return preset, seed, {**overrides, **config}, overrides
+    fields = {**overrides, **config}
+    for key, how in (("preset", "config="), ("seed", "seed=")):
+        if key in fields:
+            raise ValueError(f"{key!r} is not a field override; pass it as cores.build(..., {how}...)")
+    return preset, seed, fields, overrides

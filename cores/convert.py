@@ -35,6 +35,7 @@ import math
 import torch
 from torch import nn
 
+from cores import checks
 from kernels.harmonic import HarmonicLinear, MetaHarmonicLinear, gaussian_profiles
 from kernels.lowrank import LowRankLinear
 
@@ -384,6 +385,7 @@ def convert(model: nn.Module, kind: str, layers: list[str] | str | None = None, 
     """
     if kind not in KINDS:
         raise ValueError(f"unknown conversion kind {kind!r} (choose from {', '.join(KINDS)})")
+    _check_budget(ratio, n_components, rank, n_meta, steps, lr, seed, calib_bytes)
     if not inplace:
         model = copy.deepcopy(model)
     patterns = [layers] if isinstance(layers, str) else layers
@@ -408,6 +410,24 @@ def convert(model: nn.Module, kind: str, layers: list[str] | str | None = None, 
     model.mvc_arch = ARCH
     model.mvc_config = {"base_arch": base_arch, "base_config": base_config, "layers": specs}
     return model
+
+
+def _check_budget(ratio, n_components, rank, n_meta, steps, lr, seed, calib_bytes) -> None:
+    """Budgets and settings of ``convert``: each of the right type and in range (cores/checks.py), so
+    a rank of -3 or 1.5 is an error rather than a silent rank 1."""
+    if ratio is not None:
+        checks.real(ratio, "ratio", above=0.0)
+    for name, value in (("n_components", n_components), ("rank", rank)):
+        if isinstance(value, dict):
+            for layer, v in value.items():
+                checks.integer(v, f"{name}[{layer!r}]", 1)
+        elif value is not None:
+            checks.integer(value, name, 1)
+    checks.integer(n_meta, "n_meta", 1)
+    checks.integer(steps, "steps", 0)
+    checks.real(lr, "lr", above=0.0)
+    checks.seed(seed)
+    checks.integer(calib_bytes, "calib_bytes", 2)
 
 
 def _base_of(model: nn.Module) -> tuple[str | None, dict | None, dict]:

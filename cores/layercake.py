@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cores.base import ByteCore, bytes_to_tensor
+from cores import checks
+from cores.base import ByteCore, bytes_to_tensor, keeps_global_rng
 from cores.head import AbiHead, canonical_abi_spec, legacy_abi_spec
 from cores.layers import MLP, Block, RMSNorm, init_weights
 from kernels import batch_invariant as bi
@@ -113,15 +114,47 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Allowed values of each field (checked by ``make_config``): (kind, minimum) for numbers, the choices
+# for strings. Sizes are positive; depths and optional tables may be 0.
+_INT_MIN = {"d_model": 1, "n_layer": 0, "n_head": 1, "mlp_ratio": 1, "d_embed": 1, "d_local": 1, "n_local": 0,
+            "local_mlp_ratio": 1, "local_taps": 1, "ngram_buckets": 0, "ngram_max": 2, "d_abi": 1,
+            "patch_bytes": 1, "block_bytes": 2}
+_BOOL = ("canonical", "decoder_reads_hidden")
+_CHOICES = {"local_act": ("none", "tanh")}
+
+
+def check_config(cfg: LayerCakeConfig) -> LayerCakeConfig:
+    """Every field of a layercake config has the right type and lies in its allowed range, else a
+    TypeError / ValueError naming the field (see cores/checks.py)."""
+    what = "layercake config"
+    checks.seed(cfg.seed, f"{what}: seed")
+    for name, least in _INT_MIN.items():
+        checks.integer(getattr(cfg, name), f"{what}: {name}", least)
+    for name in _BOOL:
+        checks.boolean(getattr(cfg, name), f"{what}: {name}")
+    for name, choices in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"{what}: {name} must be one of {', '.join(map(repr, choices))}, got {getattr(cfg, name)!r}")
+    checks.real(cfg.lr, f"{what}: lr", above=0.0)
+    checks.real(cfg.anchor_weight, f"{what}: anchor_weight", minimum=0.0)
+    checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
+    if cfg.d_model % cfg.n_head or (cfg.d_model // cfg.n_head) % 2:
+        raise ValueError(f"{what}: d_model ({cfg.d_model}) must be a multiple of n_head ({cfg.n_head}) with an even "
+                         f"head width (rotary positions rotate pairs of dimensions)")
+    return cfg
+
+
 def make_config(preset: str = "tiny", seed: int = 0, **overrides) -> LayerCakeConfig:
-    """Preset + overrides -> config; unknown presets or fields raise ValueError."""
-    if preset not in PRESETS:
+    """Preset + overrides -> config; unknown presets or fields, and values of the wrong type or
+    out of range, raise ValueError / TypeError naming the field."""
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ValueError(f"unknown layercake config {preset!r} (choose from {', '.join(PRESETS)})")
+    _refuse_named_fields(overrides)
     names = {f.name for f in dataclasses.fields(LayerCakeConfig)}
     bad = set(overrides) - names
     if bad:
         raise ValueError(f"unknown layercake config fields {sorted(bad)}")
-    return LayerCakeConfig(**{**PRESETS[preset], "preset": preset, "seed": seed, **overrides})
+    return check_config(LayerCakeConfig(**{**PRESETS[preset], "preset": preset, "seed": seed, **overrides}))
 
 
 def _unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -266,13 +299,21 @@ class LayerCakeCore(ByteCore):
 
     def forward(self, byte_ids: torch.Tensor) -> torch.Tensor:
         """byte_ids (B, T) -> logits (B, T, 256); exact per-sequence evaluation in eval mode."""
+        byte_ids = checks.byte_ids(byte_ids)
         if bi.exact_eval(self):
             return bi.per_sequence(lambda xi: self._forward_impl(xi)[0], byte_ids)
         return self._forward_impl(byte_ids)[0]
 
     def forward_with_abi(self, byte_ids: torch.Tensor, abi_delta: torch.Tensor | None = None):
         """-> (logits (B, T, 256), abi (B, P, 64), extras); see module docstring."""
+        byte_ids = checks.byte_ids(byte_ids)
         T = byte_ids.shape[1]
+        if abi_delta is not None:
+            want = (byte_ids.shape[0], -(-T // self.cfg.patch_bytes), self.cfg.d_abi)
+            if not isinstance(abi_delta, torch.Tensor) or tuple(abi_delta.shape) != want:
+                got = tuple(abi_delta.shape) if isinstance(abi_delta, torch.Tensor) else type(abi_delta).__name__
+                raise ValueError(f"abi_delta must have shape (B, P, d_abi) = {want} for byte_ids of shape "
+                                 f"{tuple(byte_ids.shape)}, got {got}")
         if bi.exact_eval(self):
             if abi_delta is None:
                 logits, abi, h = bi.per_sequence(lambda xi: self._forward_impl(xi), byte_ids)
@@ -294,8 +335,8 @@ class LayerCakeCore(ByteCore):
         ce = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
         stats = {"ce": float(ce.detach())}
         loss = ce
-        if self.cfg.canonical and self.cfg.anchor_weight > 0:
-            n = x.shape[1] // self.cfg.patch_bytes  # complete patches only
+        n = x.shape[1] // self.cfg.patch_bytes  # complete patches only (none: no anchor term, not NaN)
+        if self.cfg.canonical and self.cfg.anchor_weight > 0 and n > 0:
             anchor_loss = F.mse_loss(abi[:, :n], self.anchors(x[:, : n * self.cfg.patch_bytes]))
             loss = ce + self.cfg.anchor_weight * anchor_loss
             stats["anchor"] = float(anchor_loss.detach())
@@ -306,6 +347,7 @@ class LayerCakeCore(ByteCore):
     @torch.inference_mode()
     def gen_start(self, prompt: bytes) -> tuple[dict, torch.Tensor]:
         """Consume a non-empty prompt -> (state, logits (256,) for the next byte)."""
+        prompt = checks.as_bytes(prompt, "prompt")
         if not prompt:
             raise ValueError("generate: the prompt must hold at least one byte")
         pb = self.cfg.patch_bytes
@@ -390,6 +432,7 @@ class LayerCakeCore(ByteCore):
     @torch.inference_mode()
     def generate(self, prompt: bytes, n_bytes: int, stats: dict | None = None) -> bytes:
         """Greedy generation of ``n_bytes`` bytes after ``prompt`` (``stats["steps"]``: decoder steps)."""
+        n_bytes = checks.integer(n_bytes, "n_bytes", 0)
         st, logits = self.gen_start(prompt)
         out = bytearray()
         for _ in range(n_bytes):
@@ -401,17 +444,28 @@ class LayerCakeCore(ByteCore):
         return bytes(out)
 
 
+@keeps_global_rng
 def build_from_config(config: dict) -> LayerCakeCore:
     """Entry point ``mvc.archs: layercake``: rebuild a core from its ``mvc_config`` (or any subset)."""
     config = dict(config)
     preset = config.pop("preset", "tiny")
-    seed = int(config.pop("seed", 0))
+    seed = checks.seed(config.pop("seed", 0))
     overrides = dict(config.pop("overrides", {}) or {})
     fields = {**overrides, **config}
+    _refuse_named_fields(fields)
     core = LayerCakeCore(make_config(preset, seed, **fields), overrides=overrides)
     return core
 
 
+def _refuse_named_fields(fields: dict) -> None:
+    """``preset`` and ``seed`` are arguments of their own, never field overrides."""
+    for key, how in (("preset", "config="), ("seed", "seed=")):
+        if key in fields:
+            raise ValueError(f"{key!r} is not a field override; pass it as cores.build(..., {how}...)")
+
+
+@keeps_global_rng
 def build(config: str = "tiny", seed: int = 0, **overrides) -> LayerCakeCore:
     """Build a LayerCake core from a preset name, a seed and field overrides."""
+    _refuse_named_fields(overrides)
     return LayerCakeCore(make_config(config, seed, **overrides), overrides=overrides)

@@ -73,7 +73,8 @@ def _cache_append(cache: dict, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
 class CausalSelfAttention(nn.Module):
     def __init__(self, d: int, n_head: int, rope_base: float = 10000.0):
         super().__init__()
-        assert d % n_head == 0, "d_model must be divisible by n_head"
+        if n_head < 1 or d % n_head:
+            raise ValueError(f"d_model ({d}) must be divisible by n_head ({n_head})")
         self.n_head, self.head_dim, self.rope_base = n_head, d // n_head, rope_base
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
@@ -86,6 +87,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         start = 0 if cache is None else cache.get("n", 0)
         cos, sin = rope_tables(self.head_dim, self.rope_base, start, T)
+        # the cached tables are float32 on the CPU: follow the activations (a no-op for float32 CPU
+        # models, so their bits are unchanged; a bf16 or CUDA model would otherwise fail in attention)
+        cos, sin = cos.to(q.device, q.dtype), sin.to(q.device, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = _cache_append(cache, k, v)

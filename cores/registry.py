@@ -68,8 +68,14 @@ def build(arch: str, config: dict) -> nn.Module:
     return model
 
 
-def build_named(name: str, config: str | dict = "tiny", seed: int = 0, **overrides) -> nn.Module:
-    """``cores.build``: arch name + preset name (or a full config dict) + seed + field overrides."""
+def build_named(name: str, config: str | dict = "tiny", seed: int | None = None, **overrides) -> nn.Module:
+    """``cores.build``: arch name + preset name (or a full config dict) + seed + field overrides.
+
+    With a config dict (e.g. another model's ``mvc_config``) an explicit ``seed`` replaces the
+    dict's seed, and ``overrides`` replace its fields; the seed defaults to 0 with a preset name.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"arch name must be a string, got {type(name).__name__} {name!r}")
     if isinstance(config, dict):
-        return build(name, {**config, **overrides})
-    return build(name, {"preset": config, "seed": seed, "overrides": overrides})
+        return build(name, {**config, **({} if seed is None else {"seed": seed}), **overrides})
+    return build(name, {"preset": config, "seed": 0 if seed is None else seed, "overrides": overrides})

@@ -26,13 +26,68 @@ import time
 import numpy as np
 import torch
 
+from cores import checks
 from kernels.counter_rng import MASK64, stream_id, stream_uint64
+
+
+class TrainingDiverged(ValueError):
+    """``cores.train`` / ``bricks.train`` met a non-finite loss or non-finite weights. The model was
+    trained in place, so its weights are no longer usable; ``step`` is the first step (1-based) whose
+    loss was not finite (None when only the weights are) and ``metrics`` what the run measured."""
+
+    def __init__(self, what: str, step: int | None, loss: float, lr: float, metrics: dict):
+        self.step, self.loss, self.metrics = step, loss, metrics
+        at = f" at step {step} (loss {loss})" if step is not None else ""
+        super().__init__(f"{what} diverged{at}: the model was trained in place and its weights are not to be "
+                         f"trusted (lr was {lr:g}; lower it, or check the data, the dtype and the settings)")
+
+
+def check_finite_run(what: str, trainer, metrics_fn) -> None:
+    """Raise ``TrainingDiverged`` when a loss or a weight of ``trainer``'s model is not finite."""
+    bad = next((i for i, v in enumerate(trainer.losses) if not math.isfinite(v)), None)
+    weights_ok = all(bool(torch.isfinite(p).all()) for p in trainer.checkpoint_model().parameters()
+                     if p.is_floating_point())
+    if bad is None and weights_ok:
+        return
+    step = None if bad is None else trainer.step - len(trainer.losses) + bad + 1  # 1-based
+    raise TrainingDiverged(what, step, trainer.losses[bad] if bad is not None else float("nan"), trainer.lr,
+                           metrics_fn())
+
+
+def check_eval_data(heldout: bytes, eval_bytes: int | None, name: str) -> None:
+    """Refuse, before any training, held-out data too short to measure (fewer than 2 bytes)."""
+    n = len(heldout[:eval_bytes] if eval_bytes else heldout)
+    if n < 2:
+        raise ValueError(f"{name}: the held-out data has {n} byte(s) to evaluate on, need at least 2 "
+                         f"(give more data or eval_data, or pass evaluate=False)")
+
+
+def check_schedule(steps, seed, batch_size, lr, warmup, min_lr_frac, weight_decay, grad_clip,
+                   seq_len=None, wall_seconds=None, eval_bytes=None) -> None:
+    """The settings both trainers share: each of the right type and in range (cores/checks.py)."""
+    checks.integer(steps, "steps", 1)
+    checks.seed(seed)
+    checks.integer(batch_size, "batch_size", 1)
+    if lr is not None:
+        checks.real(lr, "lr", minimum=0.0)
+    if warmup is not None:
+        checks.integer(warmup, "warmup", 0)
+    checks.real(min_lr_frac, "min_lr_frac", 0.0, 1.0)
+    checks.real(weight_decay, "weight_decay", minimum=0.0)
+    if grad_clip is not None:
+        checks.real(grad_clip, "grad_clip", minimum=0.0)
+    if seq_len is not None:
+        checks.integer(seq_len, "seq_len", 2)
+    if wall_seconds is not None:
+        checks.real(wall_seconds, "wall_seconds", above=0.0)
+    if eval_bytes is not None:
+        checks.integer(eval_bytes, "eval_bytes", 0)
 
 
 def split_holdout(data: bytes, frac: float = 0.05) -> tuple[bytes, bytes]:
     """(train, held-out tail): the last ``frac`` of the bytes is held out."""
-    if not 0.0 < frac < 1.0:
-        raise ValueError("holdout fraction must lie strictly between 0 and 1")
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 < frac < 1.0:
+        raise ValueError(f"holdout fraction must lie strictly between 0 and 1, got {frac!r}")
     cut = len(data) - max(1, int(len(data) * frac))
     return data[:cut], data[cut:]
 
@@ -109,8 +164,12 @@ class CheckpointState:
         self.last_stats = stats
         return value
 
-    def run(self, steps: int | None = None) -> list[float]:
-        """Run ``steps`` more steps (default: the rest of the budget); returns their losses."""
+    def run(self, steps: int | None = None, stop_on_nonfinite: bool = False) -> list[float]:
+        """Run ``steps`` more steps (default: the rest of the budget); returns their losses.
+
+        ``stop_on_nonfinite``: stop after the first step whose loss is not finite (the one-call
+        ``train`` forms then raise ``TrainingDiverged``; checkpointing loops keep the default and
+        see the diverged metrics)."""
         todo = self.total_steps - self.step if steps is None else min(steps, self.total_steps - self.step)
         out: list[float] = []
         bar = _progress_bar(self.progress)
@@ -127,6 +186,8 @@ class CheckpointState:
                         bps = (i + 1) * self.batch_size * self.seq_len / max(elapsed, 1e-9)
                         bar.update(task, advance=1, loss=out[-1], bps=bps)
                     if self.wall_seconds is not None and self.wall + elapsed >= self.wall_seconds:
+                        break
+                    if stop_on_nonfinite and not math.isfinite(out[-1]):
                         break
             finally:
                 if bar:
@@ -173,8 +234,17 @@ class Trainer(CheckpointState):
                  min_lr_frac: float = 0.1, weight_decay: float = 0.1, grad_clip: float = 1.0,
                  holdout_frac: float = 0.05, eval_data: bytes | None = None, eval_bytes: int | None = None,
                  wall_seconds: float | None = None, progress: bool = False):
-        if steps < 1:
-            raise ValueError("steps must be >= 1")
+        check_schedule(steps, seed, batch_size, lr, warmup, min_lr_frac, weight_decay, grad_clip, seq_len,
+                       wall_seconds, eval_bytes)
+        missing = [m for m in ("prepare", "stream_units", "training_loss", "bpb") if not hasattr(core, m)]
+        if missing:
+            raise TypeError(f"cores.train: expected a core built by cores.build, got {type(core).__name__} "
+                            f"(it has no {', '.join(missing)})")
+        data = checks.as_bytes(data, "data")
+        if not data:
+            raise ValueError("training data is empty")
+        if eval_data is not None:
+            eval_data = checks.as_bytes(eval_data, "eval_data")
         self.core, self.total_steps, self.seed = core, int(steps), int(seed)
         self.batch_size, self.grad_clip, self.min_lr_frac = batch_size, grad_clip, min_lr_frac
         self.lr = float(lr if lr is not None else getattr(core, "default_lr", 1e-3))
@@ -254,9 +324,13 @@ def train(core, data: bytes, steps: int, seed: int = 0, *, batch_size: int = 16,
 
     Metrics: steps, loss (last step), loss_last10, heldout_bpb (on ``eval_data`` or the held-out
     tail of ``data``), bytes_seen, wall_seconds, bytes_per_second, params, ... Deterministic for a
-    step budget: same core init, data, seed and steps give bit-identical weights.
+    step budget: same core init, data, seed and steps give bit-identical weights. A run whose loss
+    or weights stop being finite stops there and raises ``TrainingDiverged`` (a ValueError).
     """
     trainer = Trainer(core, data, steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len, lr=lr,
                       wall_seconds=wall_seconds, progress=progress, eval_data=eval_data, **kwargs)
-    trainer.run()
+    if evaluate:
+        check_eval_data(trainer.heldout, trainer.eval_bytes, "eval_data")
+    trainer.run(stop_on_nonfinite=True)
+    check_finite_run("training", trainer, lambda: trainer.metrics(evaluate=False))
     return trainer.metrics(evaluate=evaluate)

@@ -77,9 +77,13 @@ def _bucket_bits(spec: dict) -> int:
 def _as_uint8_rows(byte_ids) -> np.ndarray:
     if isinstance(byte_ids, (bytes, bytearray, memoryview)):
         return np.frombuffer(bytes(byte_ids), dtype=np.uint8)[None, :]
+    if isinstance(byte_ids, str):
+        raise TypeError("anchors: expected bytes or integer byte ids (B, T), got str (encode it first)")
     if isinstance(byte_ids, torch.Tensor):
         byte_ids = byte_ids.detach().cpu().numpy()
     arr = np.asarray(byte_ids)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):  # 1.7 must not become byte 1 silently
+        raise TypeError(f"anchors: byte ids must be integers 0..255, got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2:

@@ -60,6 +60,8 @@ def per_sequence(fn: Callable, *tensors: torch.Tensor):
     or ``None`` entries, which are passed through.
     """
     n = tensors[0].shape[0]
+    if n == 0:  # an empty batch: nothing to split (fn sees the batch of 0 itself)
+        return fn(*tensors)
     outs = [fn(*(t[i:i + 1] for t in tensors)) for i in range(n)]
     if isinstance(outs[0], torch.Tensor):
         return torch.cat(outs, dim=0)
@@ -105,7 +107,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if tq == 1:
         return F.scaled_dot_product_attention(q, k, v)
-    mask = torch.ones(tq, tk, dtype=torch.bool).tril(diagonal=tk - tq)
+    mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

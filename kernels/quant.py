@@ -19,9 +19,21 @@ def _channel_view(w: torch.Tensor, axis: int) -> torch.Tensor:
     return w.detach().to(torch.float32).movedim(axis, 0).reshape(w.shape[axis], -1)
 
 
-def quantize_int8(w: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantise ``w`` -> (q int8 with w's shape, scale float32 of shape (w.shape[axis],))."""
+def _check_finite(flat: torch.Tensor, name: str) -> None:
+    """NaN or infinity has no int8 code (a NaN scale or an inf * 0 would corrupt the whole channel)."""
+    bad = ~torch.isfinite(flat)
+    if bool(bad.any()):
+        channel = int(bad.any(dim=1).nonzero()[0, 0])
+        raise ValueError(f"quantize_int8: {name} holds {int(bad.sum())} non-finite value(s) (first in output "
+                         f"channel {channel}); NaN / infinity cannot be quantised (a diverged model?)")
+
+
+def quantize_int8(w: torch.Tensor, axis: int = 0, name: str = "the tensor") -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantise ``w`` -> (q int8 with w's shape, scale float32 of shape (w.shape[axis],)).
+
+    ValueError when ``w`` holds NaN or infinity (``name`` says which tensor)."""
     flat = _channel_view(w, axis)  # (C, N)
+    _check_finite(flat, name)
     amax = flat.abs().amax(dim=1)  # (C,) max is exact, order-free
     scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
     q = torch.round(flat / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
@@ -40,6 +52,7 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, axis: int = 0) -> torc
 def quantize_int8_reference(w: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain-loop twin of ``quantize_int8`` (one channel, one element at a time)."""
     flat = _channel_view(w, axis)
+    _check_finite(flat, "the tensor")
     q = torch.zeros(flat.shape, dtype=torch.int8)
     scales = torch.zeros(flat.shape[0], dtype=torch.float32)
     for c in range(flat.shape[0]):
@@ -60,11 +73,12 @@ def quantize_state_dict(sd: dict[str, torch.Tensor], min_numel: int = 1024) -> d
     """Quantise every floating tensor with >= 2 dims and >= ``min_numel`` elements of a state dict.
 
     ``name`` becomes ``name.q8`` (int8) and ``name.scale`` (float32); other tensors are kept as they are.
+    A tensor to quantise that holds NaN or infinity is a ValueError naming it.
     """
     out: dict[str, torch.Tensor] = {}
     for name, t in sd.items():
         if t.is_floating_point() and t.dim() >= 2 and t.numel() >= min_numel:
-            out[name + ".q8"], out[name + ".scale"] = quantize_int8(t)
+            out[name + ".q8"], out[name + ".scale"] = quantize_int8(t, name=repr(name))
         else:
             out[name] = t
     return out

@@ -1,0 +1,161 @@
+"""The public bricks API under misuse: bad options, bricks stacked or swapped, data of the wrong type,
+training that diverges, int8 of what is not a float brick. Tiny untrained hosts only."""
+import math
+
+import pytest
+import torch
+
+import bricks
+import cores
+from cores.train import TrainingDiverged
+
+DATA = bytes((i * 7 + i // 13) % 251 for i in range(3000))
+FAST = dict(batch_size=2, seq_len=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return cores.build("layercake", seed=0).eval()
+
+
+@pytest.mark.parametrize("kwargs, error, field", [
+    ({"rank": 0}, ValueError, "rank"),        # built a zero-rank brick silently
+    ({"rank": 1.5}, TypeError, "rank"),       # was truncated to 1
+    ({"taps": 0}, ValueError, "taps"),        # an empty embedding table
+    ({"experts": 0}, ValueError, "experts"),
+    ({"d_embed": 0}, ValueError, "sparse brick: d_embed"),
+    ({"rnn": -1}, ValueError, "sparse brick: rnn"),
+    ({"seed": 1.5}, TypeError, "seed"),
+    ({"seed": -3}, ValueError, "seed"),
+    ({"read_anchors": "no"}, TypeError, "read_anchors"),  # a truthy string turned the anchors on
+])
+def test_sparse_build_rejects_bad_options(host, kwargs, error, field):
+    with pytest.raises(error, match=field):
+        bricks.build("sparse", host=host, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, field", [
+    ({"hidden": 0}, ValueError, "portable decoder: hidden"),
+    ({"d_embed": -1}, ValueError, "portable decoder: d_embed"),
+    ({"seed": "3"}, TypeError, "seed"),  # was int("3") silently
+])
+def test_portable_build_rejects_bad_options(kwargs, error, field):
+    with pytest.raises(error, match=field):
+        bricks.build("portable", **kwargs)
+
+
+def test_attaching_to_an_attached_model_says_so(host):
+    brick = bricks.build("sparse", host=host)
+    model = bricks.attach(host, brick)
+    with pytest.raises(ValueError, match="already has a brick attached"):  # was "host '' has no ABI interface"
+        bricks.attach(model, bricks.build("sparse", host=host, seed=1))
+    with pytest.raises(ValueError, match="pass the brick itself"):
+        bricks.attach(host, model)
+    assert bricks.fits(model, brick) is not None
+    assert bricks.detach(model) is host
+    with pytest.raises(TypeError, match="bricks.attach"):
+        bricks.detach(bricks.detach(model))
+
+
+def test_attached_model_checks_byte_ids(host):
+    model = bricks.attach(host, bricks.build("sparse", host=host)).eval()
+    with pytest.raises(ValueError, match=r"byte_ids.*x\[None\]"):  # was an IndexError deep in the host
+        model(torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="0..255"):
+        model(torch.full((1, 8), 256))
+
+
+def test_float32_brick_on_a_bfloat16_host():
+    """The delta is decoded in the brick's precision and added in the host's (was a dtype error)."""
+    host = cores.build("layercake", seed=0)
+    brick = bricks.build("sparse", host=host, zero_init=False)
+    bf16 = cores.build("layercake", seed=0).to(torch.bfloat16).eval()
+    x = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = bricks.attach(bf16, brick).eval()(x)
+        ref = bricks.attach(host.eval(), brick).eval()(x)
+    assert out.dtype == torch.bfloat16 and bool(torch.isfinite(out).all())
+    assert float((out.float() - ref).abs().max()) < 0.5
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"data": DATA.decode("latin-1")}, TypeError, "data must be bytes.*encode"),
+    ({"general": DATA.decode("latin-1")}, TypeError, "general must be bytes"),
+    ({"data": b""}, ValueError, "empty"),
+    ({"seq_len": 3}, ValueError, "seq_len"),       # no whole patch: the balance term was NaN
+    ({"batch_size": 0}, ValueError, "batch_size"),  # was a reshape error inside the host
+    ({"lr": float("inf")}, ValueError, "lr"),       # trained to NaN and returned
+    ({"steps": 1.5}, TypeError, "steps"),
+    ({"general_weight": float("nan")}, ValueError, "general_weight"),
+])
+def test_brick_train_checks_arguments(host, kwargs, error, words):
+    settings = {**FAST, "data": DATA, "steps": 1, **kwargs}
+    with pytest.raises(error, match=words):
+        bricks.train(bricks.build("sparse", host=host), host=host, **settings)
+
+
+def test_brick_divergence_is_an_error(host):
+    with pytest.raises(TrainingDiverged, match="brick training diverged at step 2"):
+        bricks.train(bricks.build("sparse", host=host), host=host, data=DATA, steps=4, lr=1e30, **FAST)
+
+
+def test_huge_bpb_reports_infinite_perplexity_instead_of_crashing():
+    """lr 1e9 keeps the weights finite but the held-out BPB is ~1e19: 2.0 ** bpb raised OverflowError
+    after the whole run had trained."""
+    m = bricks.train(bricks.build("portable"), data=DATA, steps=3, lr=1e9, **FAST)
+    assert m["domain_bpb"] > 1024 and m["domain_ppl"] == math.inf
+    assert bricks.ppl_ratio(2000.0, 1.0) == math.inf and bricks.ppl_ratio(1.0, 2000.0) == 0.0
+
+
+def test_quantize_says_what_it_was_given(host):
+    brick = bricks.build("sparse", host=host)
+    q = bricks.quantize(brick)
+    with pytest.raises(ValueError, match="int8 artifact already"):
+        bricks.quantize(q)
+    with pytest.raises(ValueError, match="model.brick"):
+        bricks.quantize(bricks.attach(host, brick))
+    with pytest.raises(ValueError, match="expected a float brick"):  # was "unknown brick arch 'layercake'"
+        bricks.quantize(host)
+
+
+def test_quantize_refuses_non_finite_weights(host):
+    """A diverged brick used to quantise to garbage codes with NaN / inf scales, silently."""
+    brick = bricks.build("sparse", host=host)
+    with torch.no_grad():
+        brick.down.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match="'down.weight'.*non-finite"):
+        bricks.quantize(brick)
+    assert math.isnan(float(brick.down.weight.detach()[3, 5]))  # the brick itself is left as it was
+
+
+def test_building_bricks_leaves_the_global_rng_alone(host):
+    torch.manual_seed(0)
+    want = torch.randn(4)
+    for make in (lambda: bricks.build("sparse", host=host), lambda: bricks.build("portable"),
+                 lambda: bricks.quantize(bricks.build("portable"))):
+        torch.manual_seed(0)
+        make()
+        assert torch.equal(torch.randn(4), want)
+
+
+def test_rebuild_names_tensors_that_do_not_fit(host):
+    """Missing / extra tensors or another config: a ValueError naming them (was torch's RuntimeError)."""
+    brick = bricks.build("sparse", host=host)
+    tree = {"arch": brick.mvc_arch, "config": brick.mvc_config, "kind": "brick", "abi": {"hash": brick.abi_spec.hash}}
+    state = dict(brick.state_dict())
+    state["extra"] = state.pop("up.weight")
+    with pytest.raises(ValueError, match=r'up\.weight.*"extra"'):
+        bricks.rebuild(tree, state)
+    with pytest.raises(ValueError, match="size mismatch for down.weight"):
+        bricks.rebuild(tree, bricks.build("sparse", host=host, rank=8).state_dict())
+    assert isinstance(bricks.rebuild(tree, brick.state_dict()), bricks.SparseBrick)
+
+
+def test_cores_train_refuses_an_attached_model(host):
+    """cores.train(attached model) trained the host with the brick, silently breaking its frozen ABI."""
+    core = cores.build("layercake", seed=0)
+    before = {k: v.clone() for k, v in core.state_dict().items()}
+    model = bricks.attach(core, bricks.build("sparse", host=core))
+    with pytest.raises(TypeError, match="bricks.train"):
+        cores.train(model, DATA, steps=1, **FAST)
+    assert all(torch.equal(before[k], v) for k, v in core.state_dict().items())
