@@ -41,12 +41,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from . import safetensors_format as stf
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NonFastForward,
                      ObjectMissing, RefConflict, UnknownRevision)
-from .files import LockFile, pid_alive
+from . import certindex
+from .files import pid_alive
 from .objects import check_ref_name, decode, hash_bytes, is_oid, named_ids, tree_blob_ids
 from .repo import Repo
 from .store import fsync_dir, new_object_file
 from .transport import (DAMAGED, REPAIR_HINT, LazyRemoteStore, Transport, check_endpoint, configured_remote,
-                        is_url, normalize_url, open_transport, parse_id_lines, promisor_remote, promisor_store,
+                        is_url, normalize_url, open_transport, promisor_remote, promisor_store,
                         remote_section)
 from .transfer import DEFAULT_JOBS, Progress  # noqa: F401  (part of this module's API)
 
@@ -265,50 +266,6 @@ def _sync_dirs(repo: Repo, dirty: set, pool: Pool) -> None:
         dirs = sorted(dirty)
         dirty.clear()
         pool.map(fsync_dir, dirs)
-
-
-def _cert_index_path(repo: Repo, commit: str) -> str:
-    return os.path.join(repo.dir, "certs", commit[:2], commit[2:])
-
-
-def local_cert_index(repo: Repo, commit: str) -> list[str]:
-    try:
-        with open(_cert_index_path(repo, commit), "rb") as f:
-            return parse_id_lines(f.read())
-    except FileNotFoundError:
-        return []
-
-
-def local_certified_commits(repo: Repo) -> list[str]:
-    base = os.path.join(repo.dir, "certs")
-    out = []
-    if os.path.isdir(base):
-        for d in os.listdir(base):
-            sub = os.path.join(base, d)
-            if len(d) == 2 and os.path.isdir(sub):
-                out.extend(d + n for n in os.listdir(sub) if is_oid(d + n))
-    return sorted(out)
-
-
-def add_local_certs(repo: Repo, commit: str, ids: list[str]) -> None:
-    path = _cert_index_path(repo, commit)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with LockFile(path + ".lock", what=f"the certificate index of {commit[:12]}"):
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raw = b""
-        current = parse_id_lines(raw)
-        new = [i for i in dict.fromkeys(ids) if i not in current]
-        if new:  # appended, like semantic_ci appends its own certificates (never replaced)
-            text = "".join(i + "\n" for i in new)
-            if raw and not raw.endswith(b"\n"):
-                text = "\n" + text  # a line cut short (a crash mid-write) stays apart from ours
-            with open(path, "ab") as f:
-                f.write(text.encode())
-                f.flush()
-                os.fsync(f.fileno())
 
 
 def _cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
@@ -580,8 +537,8 @@ def _history_objects(repo: Repo, local: str) -> tuple[list[str], dict[str, str],
     """(ids, {id: "commit", "tree" or "blob"}, expected blob sizes) of everything a push of `local`
     sends when the remote has nothing: certificates and the inputs they name count as blobs."""
     reach = ancestors(repo, [local])
-    cert_ids = sorted({i for c in local_certified_commits(repo) if c in reach
-                       for i in local_cert_index(repo, c) if repo.store.has(i)})
+    cert_ids = sorted({i for c in certindex.certified_commits(repo.dir) if c in reach
+                       for i in certindex.read_index(repo.dir, c) if repo.store.has(i)})
     data, named_commits, named_trees = _cert_inputs(repo, cert_ids)
     commits = sorted(ancestors(repo, [local, *named_commits]))
     trees = sorted({tid for c in commits for tid in repo.read_commit(c)["components"].values()} | set(named_trees))
@@ -663,7 +620,7 @@ def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict
 
 def _certs_to_push(repo: Repo, t: Transport, local: str, pool: Pool) -> dict[str, list[str]]:
     """{commit: certificate ids the remote index lacks} for certified commits of the pushed history."""
-    certified = local_certified_commits(repo)
+    certified = certindex.certified_commits(repo.dir)
     if not certified:
         return {}
     reach = ancestors(repo, [local])
@@ -671,7 +628,7 @@ def _certs_to_push(repo: Repo, t: Transport, local: str, pool: Pool) -> dict[str
     remote_lists = pool.map(t.read_cert_index, commits)
     out = {}
     for c, theirs in zip(commits, remote_lists):
-        missing = [i for i in local_cert_index(repo, c) if i not in theirs and repo.store.has(i)]
+        missing = [i for i in certindex.read_index(repo.dir, c) if i not in theirs and repo.store.has(i)]
         if missing:
             out[c] = missing
     return out
@@ -920,7 +877,7 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
         return 0
     wanted = {}
     for c, theirs in zip(commits, pool.map(t.read_cert_index, commits)):
-        mine = local_cert_index(repo, c)
+        mine = certindex.read_index(repo.dir, c)
         new = [i for i in theirs if i not in mine]
         if new:
             wanted[c] = new
@@ -948,7 +905,7 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
     kinds = dict(zip(named, pool.map(fetch_named, named)))
     history.fetch([o for o, k in kinds.items() if k == "commit"], [o for o, k in kinds.items() if k == "tree"])
     for c, v in wanted.items():
-        add_local_certs(repo, c, v)
+        certindex.attach(repo.dir, c, v)
     return sum(len(v) for v in wanted.values())
 
 

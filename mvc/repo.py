@@ -17,6 +17,7 @@ import time
 import warnings
 from typing import Callable, Iterable
 
+from . import certindex
 from . import components as comp
 from . import config as cfg
 from . import safetensors_format as stf
@@ -823,14 +824,7 @@ class Repo:
 
     def extra_roots(self) -> set[str]:
         """Object ids other subsystems keep alive (certificate indexes)."""
-        roots = set()
-        idx = os.path.join(self.dir, "certs")
-        if os.path.isdir(idx):
-            for dirpath, _d, files in os.walk(idx):
-                for name in files:
-                    with open(os.path.join(dirpath, name)) as f:
-                        roots.update(line.strip() for line in f if is_oid(line.strip()))
-        return roots
+        return certindex.all_listed(self.dir)
 
     def gc(self, dry_run: bool = False, grace_s: float | None = None, expire_reflogs: bool = True) -> dict:
         """Delete loose objects unreachable from refs and reflogs and older than the grace period.

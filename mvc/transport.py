@@ -46,6 +46,7 @@ from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
 from .files import LockFile, atomic_write, shared_or_exclusive
+from .idlines import append_id_lines, parse_id_lines
 from .objects import check_ref_name, hash_bytes, is_oid
 from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, fsync_dir, new_object_file
@@ -296,17 +297,6 @@ class _HashSink:
         return self._h.hexdigest()
 
 
-def parse_id_lines(data: bytes | None) -> list[str]:
-    if not data:
-        return []
-    out = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        line = line.strip()
-        if is_oid(line) and line not in out:
-            out.append(line)
-    return out
-
-
 class DirectoryTransport(Transport):
     """A remote in a directory: a bare layout, or an mvc repository (its .mvc directory is used)."""
 
@@ -449,28 +439,11 @@ class DirectoryTransport(Transport):
                 atomic_write(path, data)
 
     def add_to_cert_index(self, commit, ids, retries=20):
-        """Append the ids the index lacks, in place (O_APPEND, under the index's lock). Replacing
-        the file (a compare-and-swap by rename) would lose a line that the repository's owner
-        appends meanwhile: `mvc ci` there appends to the index without that lock."""
+        """Append the ids the index lacks, in place, under the index's lock (mvc.idlines), as the
+        repository's owner does (mvc.certindex): replacing the file (a compare-and-swap by rename)
+        would lose a line the owner's `mvc ci` appends meanwhile."""
         name = self.cert_index_name(commit)
-        path = self._path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with LockFile(path + ".lock", what=f"{name} on remote {self.url}"):
-            current, _ = self.read_file(name)
-            have = parse_id_lines(current)
-            new = [i for i in dict.fromkeys(ids) if i not in have]
-            if not new:
-                return
-            text = "".join(i + "\n" for i in new)
-            if current and not current.endswith(b"\n"):
-                text = "\n" + text  # a line cut short (a crash mid-write) stays apart from ours
-            created = current is None
-            with open(path, "ab") as f:
-                f.write(text.encode())
-                f.flush()
-                os.fsync(f.fileno())
-            if created:
-                fsync_dir(os.path.dirname(path))
+        append_id_lines(self._path(name), ids, f"{name} on remote {self.url}")
 
     def list_files(self, prefix):
         base = self._path(prefix.rstrip("/"))
@@ -649,18 +622,7 @@ class LazyRemoteStore(ObjectStore):
         new = sorted(set(ids) - self.promised())
         if not new:
             return
-        os.makedirs(os.path.dirname(self.promised_path), exist_ok=True)
-        with LockFile(self.promised_path + ".lock", what="the lazy-clone promise list"):
-            with open(self.promised_path, "ab+") as f:  # appends go to the end whatever the position
-                text = "".join(i + "\n" for i in new)
-                end = f.seek(0, os.SEEK_END)
-                if end:
-                    f.seek(end - 1)
-                    if f.read(1) != b"\n":
-                        text = "\n" + text  # a line cut short by a crash stays apart from ours
-                f.write(text.encode())
-                f.flush()
-                os.fsync(f.fileno())
+        append_id_lines(self.promised_path, new, "the lazy-clone promise list")
         self._promised.update(new)
 
     def transport(self) -> Transport:

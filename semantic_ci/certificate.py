@@ -7,11 +7,11 @@ commit they are indexed under, and reports the other lines (`index`). This modul
 from __future__ import annotations
 
 import math
-import os
 import platform
 import re
 import socket
 
+from mvc import certindex
 from mvc.errors import AmbiguousRevision, CorruptObject, MvcError, ObjectMissing, UnknownRevision, WrongObjectType
 from mvc.objects import FORMAT_VERSION, decode, is_oid
 from mvc.refs import utc_now
@@ -66,19 +66,14 @@ def make(commit: str, checks: list[dict], base: str | None, config_source: str |
 
 
 def _index_path(repo, commit: str) -> str:
-    return os.path.join(repo.dir, "certs", commit[:2], commit[2:])
+    return certindex.index_path(repo.dir, commit)
 
 
 def store(repo, cert: dict) -> str:
     """Write the certificate object and attach it to its commit; returns its id."""
     with repo.writing():  # a short-grace gc must not delete it before the index names it
         cid = repo.write_object(cert)
-        path = _index_path(repo, cert["commit"])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a") as f:
-            f.write(cid + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        certindex.attach(repo.dir, cert["commit"], [cid])
     return cid
 
 

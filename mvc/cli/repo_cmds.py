@@ -171,13 +171,13 @@ def log(rev, n, oneline, as_json):
 
 def _ci_status(repo: Repo, ids) -> dict:
     """CI verdicts of commits that have a certificate (read from the certificate index, no torch)."""
-    idx = os.path.join(repo.dir, "certs")
+    from ..certindex import CERTS_DIR, index_path
     out = {}
-    if not os.path.isdir(idx):
+    if not os.path.isdir(os.path.join(repo.dir, CERTS_DIR)):
         return out
     from semantic_ci.certificate import ci_state  # the index is checked, not trusted (no torch)
     for cid in ids:
-        if os.path.exists(os.path.join(idx, cid[:2], cid[2:])):
+        if os.path.exists(index_path(repo.dir, cid)):
             state, problems = ci_state(repo, cid)
             for p in problems:
                 warnings.warn(p)

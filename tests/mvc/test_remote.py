@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 import mvc
-from mvc import remote as rm
+from mvc import certindex, remote as rm
 from mvc.cli import cli
 from mvc.errors import CorruptObject, NonFastForward
 from mvc.objects import tree_blob_ids
@@ -448,7 +448,7 @@ def test_pull_fast_forwards_and_certificates_travel(remote, tmp_path, monkeypatc
     assert doc["status"] == "fast-forward" and doc["new"] == c2 and doc["fetch"]["certificates"] == 1
     dst = mvc.Repo(dst.root)
     assert dst.head() == c2
-    assert rm.local_cert_index(dst, c2) == [cert_id]
+    assert certindex.read_index(dst.dir, c2) == [cert_id]
     assert dst.store.get(cert_id) == cert and dst.store.get(data_blob) == b"held-out text\n"
     r = invoke(monkeypatch, dst.root, "pull")
     assert r.exit_code == 0 and "up to date" in r.stdout
@@ -863,7 +863,7 @@ def test_push_repair_resends_certificates_and_the_inputs_they_name(tmp_path):
     data_blob = src.store.put(b"held-out text\n")
     cert_id = src.store.put(json.dumps({"type": "certificate", "format": 1, "commit": cid, "passed": True,
                                         "inputs": {"data": data_blob}}, sort_keys=True).encode())
-    rm.add_local_certs(src, cid, [cert_id])
+    certindex.attach(src.dir, cid, [cert_id])
     assert rm.push(src)["certificates"] == 1
     t = bare.transport()
     os.unlink(t.objects.path(cert_id))
@@ -872,7 +872,7 @@ def test_push_repair_resends_certificates_and_the_inputs_they_name(tmp_path):
     rep = rm.push(src, repair=True)["repair"]
     assert (rep["missing"], rep["damaged"]) == ([cert_id], [data_blob])
     clone = _assert_clone_is_whole(src, bare.url, tmp_path)
-    assert clone.store.get(data_blob) == b"held-out text\n" and rm.local_cert_index(clone, cid) == [cert_id]
+    assert clone.store.get(data_blob) == b"held-out text\n" and certindex.read_index(clone.dir, cid) == [cert_id]
 
 
 # -- certificates name commits and data outside the pushed branch --------------------------------
@@ -890,14 +890,14 @@ def _certified_with_host(tmp_path, remote, pack):
         {"type": "certificate", "format": 1, "commit": c2, "passed": True,
          "inputs": {"data": data_blob, "hosts": [h2], "source": c2, "brick_tree": brick_tree}},
         sort_keys=True).encode())
-    rm.add_local_certs(src, c2, [cert_id])
+    certindex.attach(src.dir, c2, [cert_id])
     if pack:  # certificate inputs then live in a pack, not as loose files
         src.gc(grace_s=0)
     return src, c2, (h1, h2), data_blob, cert_id
 
 
 def _assert_certificate_inputs_arrived(src, dst, c2, hosts, data_blob, cert_id, tmp_path):
-    assert rm.local_cert_index(dst, c2) == [cert_id]
+    assert certindex.read_index(dst.dir, c2) == [cert_id]
     assert dst.store.get(data_blob) == b"held-out text\n"
     for h in hosts:  # the named host commit with its history, trees and blobs
         assert dst.read_commit(h) == src.read_commit(h)

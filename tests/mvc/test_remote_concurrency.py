@@ -15,7 +15,7 @@ import torch
 from urllib3.exceptions import ProtocolError
 
 import mvc
-from mvc import remote as rm
+from mvc import certindex, remote as rm
 from mvc.errors import NonFastForward
 from mvc.objects import tree_blob_ids
 from mvc.transport import DirectoryTransport, open_transport
@@ -327,9 +327,9 @@ def _certify(repo, commit, text):
 
 
 def test_a_push_appends_to_a_certificate_index_the_remote_owner_is_appending_to(tmp_path):
-    """The owner's `mvc ci` appends its certificate line to the index without the index's lock
-    (semantic_ci.certificate.store): a push that adds certificates to the same index must append
-    in place too, not replace the file under the owner's open handle."""
+    """A writer that has the index open for appending (the owner's `mvc ci`) must not lose its
+    line: a push that adds certificates to the same index appends in place too, never replacing
+    the file under an open handle."""
     served, work = _served_and_clone(tmp_path)
     commit = served.head()
     index = os.path.join(served.dir, "certs", commit[:2], commit[2:])
@@ -341,14 +341,14 @@ def test_a_push_appends_to_a_certificate_index_the_remote_owner_is_appending_to(
     owner = open(index, "a")  # the owner's ci has opened the index and is about to write
     try:
         mine = _certify(work, commit, "pushed")
-        rm.add_local_certs(work, commit, [mine])
+        certindex.attach(work.dir, commit, [mine])
         assert rm.push(work)["certificates"] == 1
         owner.write(theirs + "\n")
     finally:
         owner.close()
-    assert set(rm.local_cert_index(mvc.Repo(served.root), commit)) == {first, mine, theirs}
+    assert set(certindex.read_index(served.dir, commit)) == {first, mine, theirs}
     clone, _ = rm.clone(served.root, str(tmp_path / "copy"))
-    assert set(rm.local_cert_index(clone, commit)) == {first, mine, theirs}
+    assert set(certindex.read_index(clone.dir, commit)) == {first, mine, theirs}
 
 
 def test_an_index_line_cut_short_stays_apart_from_the_lines_appended_after_it(tmp_path):
@@ -359,14 +359,14 @@ def test_an_index_line_cut_short_stays_apart_from_the_lines_appended_after_it(tm
     with open(index, "w") as f:
         f.write("ab12")  # a crash in the middle of writing a line
     mine = _certify(work, commit, "pushed")
-    rm.add_local_certs(work, commit, [mine])
+    certindex.attach(work.dir, commit, [mine])
     rm.push(work)
-    assert rm.local_cert_index(mvc.Repo(served.root), commit) == [mine]
-    with open(rm._cert_index_path(work, commit), "a") as f:
+    assert certindex.read_index(served.dir, commit) == [mine]
+    with open(certindex.index_path(work.dir, commit), "a") as f:
         f.write("cd34")
     other = _certify(work, commit, "fetched later")
-    rm.add_local_certs(work, commit, [other])
-    assert rm.local_cert_index(work, commit) == [mine, other]
+    certindex.attach(work.dir, commit, [other])
+    assert certindex.read_index(work.dir, commit) == [mine, other]
 
 
 def test_a_push_that_loses_to_a_delete_says_so(tmp_path):

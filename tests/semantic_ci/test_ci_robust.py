@@ -596,3 +596,15 @@ def test_all_skipped_says_no_check_ran(ci_repo):
     r = CliRunner().invoke(cli, ["ci"])
     assert r.exit_code == 0, r.output
     assert "no check ran (all skipped)" in r.stdout and "all checks passed" not in r.stdout
+
+
+def test_a_line_cut_short_in_the_index_stays_apart_from_the_next_certificate(ci_repo):
+    from mvc import certindex
+    _, c2 = two_commits(ci_repo)
+    path = certindex.index_path(ci_repo.dir, c2)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("9f3c")  # a crash in the middle of an append
+    cert = run_ci(ci_repo)["certificate"]
+    assert open(path).read().splitlines() == ["9f3c", cert]
+    assert certificate.of_commit(ci_repo, c2) == [cert]

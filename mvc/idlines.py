@@ -1,0 +1,56 @@
+"""Files of object ids, one per line (certificate indexes, a lazy clone's promise list): parsing,
+and appending under a lock file so that concurrent writers never lose a line and a line cut short
+by a crash stays apart from the next one."""
+from __future__ import annotations
+
+import os
+
+from .files import LockFile
+from .objects import is_oid
+from .store import fsync_dir
+
+
+def parse_id_lines(data: bytes | None) -> list[str]:
+    """The ids of a file's lines, in order, each once; other lines (cut short, damaged) are skipped."""
+    if not data:
+        return []
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if is_oid(line) and line not in out:
+            out.append(line)
+    return out
+
+
+def read_id_lines(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            return parse_id_lines(f.read())
+    except FileNotFoundError:
+        return []
+
+
+def append_id_lines(path: str, ids, what: str) -> list[str]:
+    """Append the ids the file lacks (under `path`.lock, fsynced; a new file's directory too);
+    returns the ids appended. `what` names the file in a lock-timeout error."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with LockFile(path + ".lock", what=what):
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raw = None
+        have = set(parse_id_lines(raw))
+        new = [i for i in dict.fromkeys(ids) if i not in have]
+        if not new:
+            return []
+        text = "".join(i + "\n" for i in new)
+        if raw and not raw.endswith(b"\n"):
+            text = "\n" + text  # a line cut short (a crash mid-write) stays apart from ours
+        with open(path, "ab") as f:
+            f.write(text.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        if raw is None:
+            fsync_dir(os.path.dirname(path))
+    return new
