@@ -487,7 +487,8 @@ class Repo:
     def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
                   component: str = "component", verify: bool = True, rehash: bool = False) -> dict:
         """Tensors of a tree object; tied tensors come back as the same tensor object."""
-        from .tensors import buffer_tensor
+        from .tensors import buffer_tensor, load_target
+        device, dtype = load_target(device, dtype)
         if isinstance(keys, str):
             raise BadInput(f"keys is a string ({keys!r}); pass a list of tensor names, e.g. [{keys!r}]")
         names = list(tree["tensors"]) if keys is None else list(keys)
@@ -521,7 +522,12 @@ class Repo:
         builder = arch_builder(arch)
         model = builder(config)
         state = self.load(rev, component)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:  # missing / unexpected keys, shapes that do not fit the config
+            detail = " ".join(str(e).split())
+            raise BadInput(f"component {component!r} does not fit its recorded arch {arch!r} and config: "
+                           f"{detail[:300]}", "load its tensors with repo.load() instead") from None
         model.eval()
         return model
 

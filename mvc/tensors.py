@@ -53,6 +53,33 @@ def tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
     return dtype, shape, memoryview(raw.numpy()).cast("B")
 
 
+def load_target(device=None, dtype=None):
+    """(torch.device or None, floating torch.dtype or None) for `repo.load(device=, dtype=)`, checked
+    before any blob is read: a device this machine cannot use, or a dtype that is not a floating
+    type (a torch.dtype or its name, e.g. "bfloat16"), is BadInput naming it."""
+    import torch
+    if dtype is not None:
+        name = dtype.removeprefix("torch.") if isinstance(dtype, str) else None
+        if name is not None:
+            dtype = getattr(torch, name, None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise BadInput(f"dtype must be a floating-point torch dtype (e.g. torch.bfloat16 or \"bfloat16\"), "
+                           f"got {name if name is not None else dtype!r}",
+                           "integer and bool tensors always keep their own dtype")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise BadInput(f"device {device!r} is not a device name ({e})", "e.g. \"cpu\" or \"cuda:0\"") from None
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError, ValueError) as e:
+            reason = str(e).splitlines()[0].split(". ")[0][:160]  # torch's first sentence
+            raise BadInput(f"device {str(device)!r} is not available here: {reason}",
+                           "load on \"cpu\", or on a device this machine has") from None
+    return device, dtype
+
+
 def buffer_tensor(buf, begin: int, end: int, dtype: str, shape):
     """A tensor over `buf[begin:end]` (zero-copy when `buf` is writable, e.g. a private mmap)."""
     import torch

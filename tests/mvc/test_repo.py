@@ -507,3 +507,28 @@ def test_newer_safetensors_dtypes_round_trip_and_diff(repo, tmp_path, st, name):
                       - t.to(torch.complex128 if dtype.is_complex else torch.float64)).abs().max())
     assert change["status"] == "changed" and change["frac_changed"] == 1.0
     assert change["max_abs_delta"] == pytest.approx(expected) and change["max_abs_delta"] > 0
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "xpu:3"}, "is not available here"),
+    ({"device": "gpu"}, "is not a device name"),
+    ({"dtype": "int8"}, "floating-point torch dtype"),
+    ({"dtype": torch.int32}, "floating-point torch dtype"),
+    ({"dtype": "halfish"}, "floating-point torch dtype"),
+])
+def test_load_refuses_a_device_or_dtype_it_cannot_use_by_name(repo, kw, match):
+    repo.commit({"m": sd()}, message="x")
+    with pytest.raises(BadInput, match=match):
+        repo.load("HEAD", "m", **kw)
+    out = repo.load("HEAD", "m", dtype="bfloat16", device="cpu")  # a dtype by name works
+    assert out["w"].dtype == torch.bfloat16 and out["step"].dtype == torch.int64
+
+
+def test_load_model_of_tensors_that_do_not_fit_the_recorded_arch_is_bad_input(repo):
+    import cores
+    core = cores.build("layercake", config="tiny", seed=0)
+    wider = cores.build("layercake", config="tiny", seed=0, d_model=2 * core.mvc_config["d_model"])
+    core.mvc_config = wider.mvc_config  # records a config its tensors do not fit
+    repo.commit({"core": core}, message="mislabelled")
+    with pytest.raises(BadInput, match="does not fit its recorded arch 'layercake'"):
+        repo.load_model("HEAD", "core")

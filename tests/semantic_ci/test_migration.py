@@ -131,3 +131,17 @@ def test_paste_gate_measures_the_host_being_pasted_into(setup):
     from semantic_ci.certificate import read
     cert = read(setup, doc["ci"]["certificate"])
     assert cert["checks"][0]["inputs"]["hosts"] == [setup.resolve("host-b~1")]  # the host before the paste
+
+
+def test_an_int8_check_of_a_brick_stored_as_int8_measures_it_as_it_is(setup, trained):
+    import bricks
+    q = bricks.quantize(trained.brick)
+    setup.commit({"core": trained.host_a, "brick/python": q}, message="int8 brick", branch="host-a-int8")
+    from semantic_ci import config
+    text = CONFIG.replace("{hosts}", "host-b").replace('mode = "bounded"', 'mode = "bounded"\nint8 = true')
+    cfg = config.parse(__import__("tomllib").loads(text), "mvc.toml")
+    with fixtures.one_thread():
+        stored = run_ci(setup, "host-a-int8", config=cfg)["checks"][0]
+        quantised_here = run_ci(setup, "host-a", config=cfg)["checks"][0]
+    assert stored["status"] == quantised_here["status"] == "passed"
+    assert stored["figures"] == quantised_here["figures"]  # the same int8 artifact, measured alike
