@@ -1,7 +1,13 @@
-"""Fixtures of the mvc tests: a real S3 API on loopback (moto's server mode) for the remote tests."""
+"""Fixtures of the mvc tests: a real S3 API on loopback (moto's server mode) for the remote tests.
+Puts this directory on sys.path (pytest runs with --import-mode=importlib) for shared helpers
+such as damage.py."""
 import logging
+import os
+import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture(scope="session")

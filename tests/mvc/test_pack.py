@@ -19,6 +19,8 @@ from mvc.objects import hash_bytes
 from mvc.pack import pack_store_of
 from mvc.pack_write import pack
 
+from damage import flip_byte
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32,
           torch.int8, torch.uint8, torch.bool]
 
@@ -199,15 +201,6 @@ def test_gc_drops_unreachable_packed_objects_after_the_grace_period(repo):
 
 
 # -- corruption ----------------------------------------------------------------------------------
-def _flip(path, pos):
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x10]))
-
-
 def test_a_corrupted_pack_byte_is_detected_and_named_by_read_and_fsck(repo):
     ids, _states = drift_history(repo, 4)
     pack(repo)
@@ -216,7 +209,7 @@ def test_a_corrupted_pack_byte_is_detected_and_named_by_read_and_fsck(repo):
     w_id = mvc.Repo(repo.root).tree(ids[1], "core")["tensors"]["w"]["id"]
     r = p.records[w_id]
     assert r.encoding == pf.XOR
-    _flip(p.path, r.offset + r.length // 2)
+    flip_byte(p.path, r.offset + r.length // 2)
     fresh = mvc.Repo(repo.root)
     with pytest.raises(CorruptObject) as e:
         fresh.load(ids[1], "core")
@@ -233,7 +226,7 @@ def test_cli_fsck_names_a_damaged_pack(in_repo):
     ids, _ = drift_history(in_repo, 2)
     pack(in_repo)
     (p,) = pack_store_of(mvc.Repo(in_repo.root).store).packs()
-    _flip(p.path, p.file_size - 40)  # inside the last entry
+    flip_byte(p.path, p.file_size - 40)  # inside the last entry
     res = CliRunner().invoke(cli, ["fsck"])
     assert res.exit_code == 1
     assert f"{p.name}.pack" in res.output
@@ -245,7 +238,7 @@ def test_a_damaged_index_is_named_and_its_objects_reported_missing(repo):
     ids, _ = drift_history(repo, 2)
     pack(repo)
     (p,) = pack_store_of(mvc.Repo(repo.root).store).packs()
-    _flip(p.idx_path, 60)
+    flip_byte(p.idx_path, 60)
     fsck = mvc.Repo(repo.root).fsck()
     assert not fsck["ok"]
     assert any(x["id"] == f"{p.name}.idx" and "checksum" in x["problem"] for x in fsck["problems"])

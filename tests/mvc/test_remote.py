@@ -22,6 +22,8 @@ from mvc.errors import CorruptObject, NonFastForward
 from mvc.objects import tree_blob_ids
 from mvc.transport import DirectoryTransport, open_transport
 
+from damage import flip_byte
+
 
 # -- the two transports ------------------------------------------------------------------------
 class DirRemote:
@@ -588,28 +590,20 @@ def test_gc_refuses_to_run_while_a_reachable_object_is_missing(tmp_path):
     assert repo.loose.has(tree)  # what the missing commit refers to is still there
 
 
-def _flip(path, at):
-    os.chmod(path, 0o644)
-    data = bytearray(open(path, "rb").read())
-    data[at] ^= 1
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def test_fsck_repair_from_restores_damaged_loose_and_packed_objects(tmp_path, monkeypatch):
     from mvc.pack_write import pack
     src = new_repo(tmp_path / "src")
     ids = [src.commit({"core": weights(i)}, message=f"c{i}") for i in range(3)]
     backup, _ = rm.clone(src.root, str(tmp_path / "backup"))
     blob = tree_blob_ids(src.read_tree(src.read_commit(ids[0])["components"]["core"]))[0]
-    _flip(src.loose.path(blob), 200)
+    flip_byte(src.loose.path(blob), 200)
     r = invoke(monkeypatch, src.root, "fsck", "--repair-from", backup.root, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["repair"]["restored"] == [blob]
     pack(mvc.Repo(src.root), full=True)
     pack_file = next(p for p in os.listdir(os.path.join(src.dir, "objects", "pack")) if p.endswith(".pack"))
-    _flip(os.path.join(src.dir, "objects", "pack", pack_file), 400)
+    flip_byte(os.path.join(src.dir, "objects", "pack", pack_file), 400)
     assert not mvc.Repo(src.root).fsck()["ok"]
     r = invoke(monkeypatch, src.root, "fsck", "--repair-from", backup.root)
     assert r.exit_code == 0, r.output
@@ -643,7 +637,7 @@ def test_repair_after_a_damaged_pack_index_or_header_takes_one_run(tmp_path, mon
         ids.append(src.commit({"core": weights(2)}, message="c2"))
         pack(src)  # a second pack: the repair's repack cannot reuse the damaged one's name
         backup, _ = rm.clone(src.root, str(tmp_path / f"backup-{at}"))
-        _flip(os.path.join(pack_dir, name + (".idx" if at == "idx" else ".pack")), 60 if at == "idx" else 10)
+        flip_byte(os.path.join(pack_dir, name + (".idx" if at == "idx" else ".pack")), 60 if at == "idx" else 10)
         r = invoke(monkeypatch, src.root, "fsck")
         assert r.exit_code == 1 and "upgrade mvc" not in r.output  # damage, not a newer format
         r = invoke(monkeypatch, src.root, "fsck", "--repair-from", backup.root)
@@ -746,7 +740,7 @@ def test_push_repair_resends_a_lost_or_damaged_loose_blob(tmp_path, damage):
     if damage == "deleted":
         os.unlink(path)
     else:
-        _flip(path, 100)
+        flip_byte(path, 100)
     plain = rm.push(src)  # trusts the remote: sends nothing
     assert plain["status"] == "up-to-date" and plain["objects_sent"] == 0
     with pytest.raises(mvc.errors.MvcError):  # the damage is real: a clone fails
@@ -782,7 +776,7 @@ def _packed_remote(tmp_path):
 
 def test_push_repair_resends_objects_of_a_damaged_pack_as_loose_copies(tmp_path):
     served, work, pack_file = _packed_remote(tmp_path)
-    _flip(pack_file, 400)
+    flip_byte(pack_file, 400)
     assert rm.push(work)["objects_sent"] == 0  # a plain push sees every object there
     with pytest.raises(CorruptObject):
         rm.clone(served.root, str(tmp_path / "broken"))
@@ -804,8 +798,8 @@ def test_push_repair_never_sends_a_local_copy_that_is_damaged_too(tmp_path):
     other = src.read_tree(src.read_commit(old)["components"]["brick/python"])["tensors"]["w1"]["id"]
     os.unlink(bare.transport().objects.path(other))  # repairable
     remote_path = bare.transport().objects.path(blob)
-    _flip(remote_path, 100)
-    _flip(src.loose.path(blob), 120)  # damaged here too
+    flip_byte(remote_path, 100)
+    flip_byte(src.loose.path(blob), 120)  # damaged here too
     remote_bad = open(remote_path, "rb").read()
     new = src.commit({"core": weights(2), "brick/python": weights(4, n=2, shape=(4, 16))}, message="three")
 
@@ -867,7 +861,7 @@ def test_push_repair_resends_certificates_and_the_inputs_they_name(tmp_path):
     assert rm.push(src)["certificates"] == 1
     t = bare.transport()
     os.unlink(t.objects.path(cert_id))
-    _flip(t.objects.path(data_blob), 3)
+    flip_byte(t.objects.path(data_blob), 3)
     assert rm.push(src)["objects_sent"] == 0
     rep = rm.push(src, repair=True)["repair"]
     assert (rep["missing"], rep["damaged"]) == ([cert_id], [data_blob])

@@ -15,6 +15,8 @@ from mvc import remote as rm
 from mvc.cli import cli
 from mvc.transport import DirectoryTransport
 
+from damage import flip_byte
+
 
 def invoke(monkeypatch, cwd, *args):
     monkeypatch.chdir(cwd)
@@ -183,14 +185,6 @@ def test_remote_commands_do_not_import_torch(tmp_path):
 
 
 # -- push --repair -----------------------------------------------------------------------------
-def _flip(path, at):
-    os.chmod(path, 0o644)
-    data = bytearray(open(path, "rb").read())
-    data[at] ^= 1
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def _files(repo, rev, out):
     repo.checkout(rev, str(out))
     return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
@@ -212,7 +206,7 @@ def _damaged_remote(tmp_path, damage):
         pack(served, full=True)
         work, _ = rm.clone(served.root, str(tmp_path / "work"))
         pack_dir = os.path.join(served.dir, "objects", "pack")
-        _flip(os.path.join(pack_dir, next(p for p in os.listdir(pack_dir) if p.endswith(".pack"))), 400)
+        flip_byte(os.path.join(pack_dir, next(p for p in os.listdir(pack_dir) if p.endswith(".pack"))), 400)
         return work, served.root, None
     work = mvc.Repo.init(tmp_path / "work")
     c1 = work.commit(_core(1), message="one")
@@ -225,7 +219,7 @@ def _damaged_remote(tmp_path, damage):
     if damage == "deleted":
         os.unlink(path)
     else:
-        _flip(path, 90)
+        flip_byte(path, 90)
     return work, url, blob
 
 
@@ -269,7 +263,7 @@ def test_push_repair_with_a_damaged_local_copy_names_it_and_exits_3(tmp_path, mo
     work, url, blob = _damaged_remote(tmp_path, "flipped")
     remote_path = DirectoryTransport(url).objects.path(blob)
     remote_bad = open(remote_path, "rb").read()
-    _flip(work.loose.path(blob), 200)
+    flip_byte(work.loose.path(blob), 200)
     r = invoke(monkeypatch, work.root, "push", "--repair")
     assert r.exit_code == 3 and "Traceback" not in r.output
     assert f"not sent: {blob}: damaged on origin" in r.stderr

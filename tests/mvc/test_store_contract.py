@@ -11,6 +11,8 @@ from mvc.errors import CorruptObject, ObjectMissing
 from mvc.objects import hash_bytes
 from mvc.store import ChainStore, LooseStore, MemoryStore
 
+from damage import flip_byte
+
 
 class StoreContract:
     """Subclasses provide `make_store(tmp_path)` and `corrupt(store, oid)`."""
@@ -84,21 +86,12 @@ class TestMemoryStore(StoreContract):
         store._objects[oid] = bytes(data)
 
 
-def _flip_file_byte(path, pos=3):
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 1]))
-
-
 class TestLooseStore(StoreContract):
     def make_store(self, tmp_path):
         return LooseStore(str(tmp_path / "objects"))
 
     def corrupt(self, store, oid):
-        _flip_file_byte(store.path(oid))
+        flip_byte(store.path(oid))
 
     def test_layout_is_b3sum_named(self, tmp_path):
         s = self.make_store(tmp_path)
@@ -122,7 +115,7 @@ class TestStampedLooseStore(TestLooseStore):
 
     def corrupt(self, store, oid):
         _stamp(store, oid)
-        _flip_file_byte(store.path(oid))
+        flip_byte(store.path(oid))
 
 
 SETTLE_NS = 50_000_000  # tests shorten the 2 s settling time; ext4's clock ticks every few ms
@@ -175,7 +168,7 @@ def test_any_change_to_a_stamped_file_forces_a_rehash(stamped, change):
     _stamp(s, oid)
     path = s.path(oid)
     if change == "flip":
-        _flip_file_byte(path)
+        flip_byte(path)
     elif change == "chmod":
         os.chmod(path, 0o400)
     elif change == "touch":  # times set back to exactly what they were: the change time still moves
@@ -200,7 +193,7 @@ def test_a_forged_stamp_fools_view_but_not_a_rehash(stamped):
     s, _ = stamped
     oid = s.put(b"weights" * 1000)
     _stamp(s, oid)
-    _flip_file_byte(s.path(oid))
+    flip_byte(s.path(oid))
     with open(s._stamp_path(oid), "wb") as f:
         f.write(store_stamp_bytes(os.stat(s.path(oid))))
     assert bytes(s.view(oid)) != b"weights" * 1000
@@ -238,7 +231,7 @@ def test_a_remembered_stamp_outlives_its_file_but_not_a_change_to_the_object(sta
     os.unlink(s._stamp_path(oid))  # e.g. removed by another process
     n = len(hashes)
     assert bytes(s.view(oid)) == b"weights" * 1000 and len(hashes) == n
-    _flip_file_byte(s.path(oid))
+    flip_byte(s.path(oid))
     with pytest.raises(CorruptObject):
         s.view(oid)
     assert len(hashes) == n + 1
@@ -295,7 +288,7 @@ class TestChainStore(StoreContract):
         return ChainStore(LooseStore(str(tmp_path / "objects")), MemoryStore())
 
     def corrupt(self, store, oid):
-        _flip_file_byte(store.primary.path(oid))
+        flip_byte(store.primary.path(oid))
 
     def test_reads_fall_through(self, tmp_path):
         mem = MemoryStore()
