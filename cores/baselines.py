@@ -76,9 +76,7 @@ def check_config(cfg: TransformerConfig) -> TransformerConfig:
         checks.integer(getattr(cfg, name), f"{what}: {name}", least)
     checks.real(cfg.lr, f"{what}: lr", above=0.0)
     checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
-    if cfg.d_model % cfg.n_head or (cfg.d_model // cfg.n_head) % 2:
-        raise ValueError(f"{what}: d_model ({cfg.d_model}) must be a multiple of n_head ({cfg.n_head}) with an even "
-                         f"head width (rotary positions rotate pairs of dimensions)")
+    checks.head_width(cfg.d_model, cfg.n_head, what)
     return cfg
 
 

@@ -50,6 +50,14 @@ def real(value, name: str, minimum: float | None = None, maximum: float | None =
     return value
 
 
+def head_width(d_model: int, n_head: int, what: str) -> None:
+    """Attention shapes: d_model splits into n_head heads of an even width (rotary positions rotate
+    pairs of dimensions)."""
+    if d_model % n_head or (d_model // n_head) % 2:
+        raise ValueError(f"{what}: d_model ({d_model}) must be a multiple of n_head ({n_head}) with an even "
+                         f"head width (rotary positions rotate pairs of dimensions)")
+
+
 def boolean(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
