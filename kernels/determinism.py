@@ -7,17 +7,23 @@ conditional-numerical-reproducibility mode (`MKL_CBWR=AUTO,STRICT`) fixes the re
 gemm whatever the thread count, at a cost of about 2% here (tiny and small LayerCake training).
 MKL reads the variable at its first BLAS call, so it must be set before any matrix product runs:
 `import kernels` does it (unless the user already set MKL_CBWR), and the `mvc` CLI does it at start.
+Strict mode covers gemm; MKL's other routines are reproducible only with a fixed thread count, and
+with MKL_DYNAMIC at its default (TRUE) MKL may use fewer threads than asked for a call (torch turns
+it off when `torch.set_num_threads` is called, which a plain `mvc run` never does). MKL_DYNAMIC=FALSE
+pins the thread count too. Why: a fresh `mvc run` process rarely (3 times in about 150 runs here)
+trained a tiny LayerCake to other last bits than the same run before, which tests/pipeline's
+kill-and-resume test caught; MKL choosing its own thread count is the likely cause, not a proven one.
 This module never imports torch at import time.
 """
 from __future__ import annotations
 
 import os
 
-BLAS_ENV = {"MKL_CBWR": "AUTO,STRICT"}
+BLAS_ENV = {"MKL_CBWR": "AUTO,STRICT", "MKL_DYNAMIC": "FALSE"}
 
 
 def pin_blas_reproducibility() -> None:
-    """Ask MKL for thread-count-independent results (a no-op where the user chose MKL_CBWR)."""
+    """Ask MKL for thread-count-independent results (each variable the user set is kept)."""
     for key, value in BLAS_ENV.items():
         os.environ.setdefault(key, value)
 

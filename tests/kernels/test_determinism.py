@@ -28,7 +28,7 @@ print(" ".join(digests))
 
 
 def run_py(code, **env):
-    full = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | env
+    full = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "MKL_DYNAMIC")} | env
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
@@ -36,8 +36,8 @@ def run_py(code, **env):
 
 def test_import_pins_thread_invariant_gemm():
     out = run_py("import kernels, os\nfrom kernels.determinism import blas_thread_invariant\n"
-                 "print(os.environ['MKL_CBWR'], blas_thread_invariant())")
-    assert out == "AUTO,STRICT True"
+                 "print(os.environ['MKL_CBWR'], os.environ['MKL_DYNAMIC'], blas_thread_invariant())")
+    assert out == "AUTO,STRICT FALSE True"
 
 
 def test_a_user_choice_of_mkl_cbwr_is_kept():
