@@ -179,6 +179,18 @@ def named_ids(value) -> set[str]:
     return set()
 
 
+def object_kind(data) -> str:
+    """"commit" or "tree" for the bytes of such an object; "blob" for anything else (tensors,
+    headers, files, data, certificates)."""
+    if bytes(data[:1]) != b"{":
+        return "blob"
+    try:
+        kind = json.loads(bytes(data)).get("type")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return "blob"
+    return kind if kind in ("commit", "tree") else "blob"
+
+
 def tree_blob_ids(tree: dict) -> list[str]:
     """Every blob id a tree refers to (tensor blobs, headers, raw files)."""
     ids = [t["id"] for t in tree["tensors"].values()]

@@ -28,7 +28,6 @@ No torch here: remotes move bytes.
 from __future__ import annotations
 
 import contextlib
-import json
 import mmap
 import os
 import re
@@ -43,7 +42,7 @@ from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, No
                      ObjectMissing, RefConflict, UnknownRevision)
 from . import certindex
 from .files import pid_alive
-from .objects import check_ref_name, decode, hash_bytes, is_oid, named_ids, tree_blob_ids
+from .objects import check_ref_name, decode, hash_bytes, is_oid, named_ids, object_kind, tree_blob_ids
 from .repo import Repo
 from .store import fsync_dir, new_object_file
 from .transport import (DAMAGED, REPAIR_HINT, LazyRemoteStore, Transport, check_endpoint, configured_remote,
@@ -897,8 +896,8 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
             data = receive(t, oid, where)
         except ObjectMissing:
             return None  # the certificate refers to it, fsck in this repository will say so
-        kind = _history_kind(data)
-        if kind is None:
+        kind = object_kind(data)
+        if kind == "blob":
             history.store(oid, data)
         return kind
 
@@ -907,17 +906,6 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
     for c, v in wanted.items():
         certindex.attach(repo.dir, c, v)
     return sum(len(v) for v in wanted.values())
-
-
-def _history_kind(data: bytes) -> str | None:
-    """"commit" or "tree" for such an object's bytes, else None (a blob)."""
-    if not data[:1] == b"{":
-        return None
-    try:
-        kind = json.loads(data).get("type")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        return None
-    return kind if kind in ("commit", "tree") else None
 
 
 # -- pull --------------------------------------------------------------------------------------

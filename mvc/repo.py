@@ -8,7 +8,6 @@ from __future__ import annotations
 import configparser
 import contextlib
 import functools
-import json
 import math
 import getpass
 import os
@@ -25,7 +24,7 @@ from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, No
                      RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
 from .files import atomic_write, hostname, shared_or_exclusive
 from .objects import (canonical_json, check_component_name, check_no_nesting, check_ref_name, commit_object,
-                      decode, encode, is_oid, named_ids, tree_blob_ids)
+                      decode, encode, is_oid, named_ids, object_kind, tree_blob_ids)
 from .refs import RefStore, utc_now
 from .store import ChainStore, LooseStore
 
@@ -818,11 +817,7 @@ class Repo:
         a big object is a blob without being read."""
         if self.store.size(oid) > SMALL_OBJECT:
             return "blob"
-        try:
-            kind = json.loads(self.store.get(oid)).get("type")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return "blob"
-        return kind if kind in ("commit", "tree") else "blob"
+        return object_kind(self.store.get(oid))
 
     def _has_locally(self, oid: str) -> bool:
         """In this repository's own stores (not merely promised by a lazy clone's remote)."""
