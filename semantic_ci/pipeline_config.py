@@ -271,18 +271,24 @@ def _check_core_config(pipeline: "Pipeline", stage: Stage) -> None:
     except KeyError:
         raise ConfigError(f"{where}.arch: unknown architecture {arch!r}",
                           f"known: {', '.join(a for a in registry.available() if 'brick' not in a)}") from None
-    config, seed = stage.get("config", "tiny"), int(stage.get("seed", 0))
+    config, seed = stage.get("config", "tiny"), core_seed(stage.settings)
     for key, overrides in (("config", {}), ("overrides", stage.get("overrides", {}))):
         if key == "overrides" and not overrides:
             break
         try:
             with torch.random.fork_rng(devices=[]), torch.device("meta"):
-                cores.build(arch, config=config, seed=seed, **overrides)
+                cores.build(arch, config=config, **seed, **overrides)
         except (ValueError, TypeError, KeyError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             raise ConfigError(f"{where}.{key}: {msg}") from None
         except Exception:  # an arch that cannot build on the meta device: the real build will tell
             return
+
+
+def core_seed(settings: dict) -> dict:
+    """The seed argument of a stage's cores.build: the stage's `seed` when it sets one; otherwise
+    none, so that a `config` table's own seed (or the preset's default, 0) is used."""
+    return {"seed": int(settings["seed"])} if "seed" in settings else {}
 
 
 def parse(doc: dict, path: str, profile: str | None = None) -> Pipeline:

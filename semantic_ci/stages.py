@@ -10,7 +10,7 @@ from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
 from .pipeline import Run, stage_info, train_stage
-from .pipeline_config import Stage
+from .pipeline_config import Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
 
@@ -65,7 +65,7 @@ class CoreJob(TrainerJob):
         import cores
         from cores.train import Trainer
         train, heldout, _ = run.stream(settings["stream"])
-        core = cores.build(settings["arch"], config=settings.get("config", "tiny"), seed=int(settings.get("seed", 0)),
+        core = cores.build(settings["arch"], config=settings.get("config", "tiny"), **core_seed(settings),
                            **settings.get("overrides", {}))
         if settings.get("init"):  # fine-tune: start from another stage's weights
             core.load_state_dict(run.repo.load(run.ref(settings["init"]), "core"))

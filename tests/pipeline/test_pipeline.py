@@ -343,3 +343,18 @@ def test_from_stage_after_a_paste_stage_reuses_its_host_branches(tmp_path, monke
     assert not {"checkpoint", "paste"} & {e["event"] for e in events}
     assert events[-1]["results"]["paste/core"] == first["results"]["paste/core"] == repo.branches()["demo/paste/core"]
     assert events[-1]["results"]["int8"] == repo.branches()["demo/int8"]
+
+
+@pytest.mark.parametrize("stage_seed,expected", [(None, 3), (5, 5)])
+def test_a_config_tables_seed_is_used_unless_the_stage_sets_one(tmp_path, stage_seed, expected):
+    root, repo = make_project(tmp_path, steps=2)
+    text = (root / "p.toml").read_text().replace('config = "tiny"', 'config = { preset = "tiny", seed = 3 }')
+    if stage_seed is not None:
+        text = text.replace("steps = 2\n", f"steps = 2\nseed = {stage_seed}\n", 1)
+    (root / "p.toml").write_text(text)
+    pipeline = load(str(root / "p.toml"))
+    core = next(s for s in pipeline.stages if s.name == "core")
+    assert core.settings.get("seed") == stage_seed
+    summary = run_pipeline(repo, pipeline, emit=lambda e: None)
+    assert summary["passed"], summary
+    assert repo.tree("demo/core", "core")["config"]["seed"] == expected
