@@ -336,9 +336,7 @@ class DirectoryTransport(Transport):
         """Whether the remote holds `oid`; an object found is freshened (its file's, or its pack's,
         modification time set to now), so that a gc there, which keeps unreachable objects younger
         than its grace period, keeps it until the push that found it has moved its branch."""
-        path = self.objects.path(oid)
-        if os.path.exists(path):
-            _freshen(path)
+        if _freshen(self.objects.path(oid)):
             return True
         hit = self.packs.lookup(oid)
         if hit is None:
@@ -404,8 +402,7 @@ class DirectoryTransport(Transport):
         which the next push re-sends. `replace` renames over a loose copy already there; a packed
         copy is left in its pack, and reads take the loose one first (see get)."""
         final = self.objects.path(oid)
-        if not replace and os.path.exists(final):
-            _freshen(final)
+        if not replace and _freshen(final):
             return
         with new_object_file(self.objects.tmp, oid, final) as f:
             fill(f)
@@ -469,14 +466,19 @@ WRITERS_LOCK = "writers.lock"  # the lock of Repo.writing (mvc.repo.WRITERS_LOCK
 FRESHEN_S = 60.0  # an object touched this recently is not touched again
 
 
-def _freshen(path: str) -> None:
-    """Set a file's modification time to now (best effort: a file of another user of a shared
-    remote may refuse it, and then only its age protects it)."""
+def _freshen(path: str) -> bool:
+    """Whether the file exists; if so its modification time is set to now (best effort: a file of
+    another user of a shared remote may refuse it, and then only its age protects it)."""
     try:
-        if time.time() - os.stat(path).st_mtime > FRESHEN_S:
-            os.utime(path)
+        st = os.stat(path)
     except OSError:
-        pass
+        return False
+    if time.time() - st.st_mtime > FRESHEN_S:
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+    return True
 
 
 def _copy_file(src, dst) -> int:
