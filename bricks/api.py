@@ -15,7 +15,7 @@ from torch import nn
 
 from bricks.common import builder, decode_delta
 from cores import checks
-from cores.abi import first_mismatch
+from cores.abi import first_mismatch, mismatch_values
 from cores.base import ByteCore, keeps_global_rng
 from kernels import batch_invariant as bi
 
@@ -64,10 +64,7 @@ def fits(host_model, brick) -> str | None:
         return f"patch_bytes mismatch: host {spec.patch_bytes}, brick {brick.patch_bytes}"
     field = first_mismatch(bs, spec)
     if field is not None:
-        top = field.split(".")[0]
-        a, b = bs.to_dict()[top], spec.to_dict()[top]
-        if field == "anchor_spec.version":
-            a, b = a.get("version"), b.get("version")
+        a, b = mismatch_values(bs, spec, field)
         return f"ABI mismatch in {field}: brick {a!r}, host {b!r}"
     shape = tuple(host_model.head.weight.shape)
     if shape != (brick.patch_bytes, brick.d_abi, 256):
@@ -77,6 +74,18 @@ def fits(host_model, brick) -> str | None:
 
 class BrickModel(ByteCore):
     """A host with a brick attached (see module docstring); ``.host``, ``.brick``, ``.enabled``."""
+
+    # read by mvc (tensors.module_state): committed whole it would be plain tensors no one can rebuild
+    mvc_commit_refusal = ("cannot commit an attached model (host + brick, from bricks.attach) as one component: "
+                          "it would record no arch or config, so it could not be rebuilt or migrated")
+
+    @property
+    def mvc_commit_hint(self) -> str:
+        """How to commit the parts instead (shown with ``mvc_commit_refusal``)."""
+        if self.host is None:
+            return 'commit the brick: repo.commit({"brick/<name>": model.brick}, message=...)'
+        return ('commit the parts: repo.commit({"core": model.host, "brick/<name>": model.brick}, message=...), '
+                'then bricks.attach_from_commit(repo, commit_id, "<name>", host) rebuilds the model')
 
     def __init__(self, host: nn.Module | None, brick: nn.Module):
         super().__init__()

@@ -9,7 +9,8 @@ Sparse bricks: loss = CE of (host logits + decoded brick delta) on domain window
 + ``general_weight`` x KL(host || host+brick) on ``general_batch`` windows of general text per step
 (``general_mode="kl"``; ``"ce"`` mixes general text into the CE instead), so the brick learns to
 leave general text alone and its router's activity gate learns to stay quiet off-domain
-+ ``balance_weight`` x the usual load-balancing term over the experts.
++ ``balance_weight`` x the usual load-balancing term over the experts. Without ``general`` there is
+no such term: a UserWarning says so (unless ``general_weight=0`` asks for none).
 Portable decoders: CE of the decoder's own logits on domain windows (the host is not used).
 
 ``state_dict()`` -> {"brick", "optimizer", "train_state"} of plain tensors (DESIGN.md section 10);
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -172,6 +174,11 @@ class BrickTrainer(CheckpointState):
         self.losses: list[float] = []
         self.last_stats: dict = {}
         self.wall = 0.0
+        if self.kind == "sparse" and self.general_stream is None and self.general_weight and self.general_batch:
+            warnings.warn("training a sparse brick without a general-text regulariser: nothing keeps it from "
+                          "changing the host's predictions on general text; pass general=<general-text bytes> "
+                          "(e.g. bricks.train(brick, host=core, data=domain, general=general_text, ...)), "
+                          "or general_weight=0 to train without one on purpose", UserWarning, stacklevel=2)
 
     # ---- schedule and data -----------------------------------------------------------------------
     def batch(self, step: int) -> torch.Tensor:

@@ -72,20 +72,42 @@ class AbiSpec:
         return hash(self.hash)
 
 
+class _Absent:
+    """Stands for an anchor-spec key that one side lacks (``<absent>`` in messages)."""
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT = _Absent()
+
+
 def first_mismatch(a: AbiSpec, b: AbiSpec) -> str | None:
     """Name of the first differing field of two specs, or None when they are equal.
 
-    Fields are checked in the order version, d_abi, patch_bytes, anchor spec, head hash; for the
-    anchor spec the name is ``anchor_spec.version`` when the versions differ, else ``anchor_spec``.
+    Fields are checked in the order version, d_abi, patch_bytes, anchor spec, head hash; inside the
+    anchor spec the name is ``anchor_spec.version`` when the versions differ, else
+    ``anchor_spec.<key>`` for the first differing key in sorted order (a key only one side has counts).
     """
     da, db = a.to_dict(), b.to_dict()
     for name in _FIELDS:
-        if da[name] == db[name]:
+        x, y = da[name], db[name]
+        if x == y:
             continue
-        if name == "anchor_spec" and da[name].get("version") != db[name].get("version"):
-            return "anchor_spec.version"
+        if name == "anchor_spec":
+            for key in sorted(set(x) | set(y), key=lambda k: (k != "version", k)):
+                if x.get(key, ABSENT) != y.get(key, ABSENT):
+                    return f"anchor_spec.{key}"
         return name
     return None
+
+
+def mismatch_values(a: AbiSpec, b: AbiSpec, name: str) -> tuple[Any, Any]:
+    """The values of field ``name`` (as ``first_mismatch`` names it) in ``a`` and ``b``;
+    ``ABSENT`` for an anchor-spec key that one side lacks."""
+    top, _, key = name.partition(".")
+    x, y = a.to_dict()[top], b.to_dict()[top]
+    return (x.get(key, ABSENT), y.get(key, ABSENT)) if key else (x, y)
 
 
 def check_compatible(ours: AbiSpec, theirs: AbiSpec) -> None:
@@ -93,8 +115,4 @@ def check_compatible(ours: AbiSpec, theirs: AbiSpec) -> None:
     name = first_mismatch(ours, theirs)
     if name is None:
         return
-    top = name.split(".")[0]
-    a, b = ours.to_dict()[top], theirs.to_dict()[top]
-    if name == "anchor_spec.version":
-        a, b = a.get("version"), b.get("version")
-    raise AbiMismatch(name, a, b)
+    raise AbiMismatch(name, *mismatch_values(ours, theirs, name))

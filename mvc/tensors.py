@@ -151,9 +151,17 @@ def _load_error_reason(e: Exception) -> str:
 
 
 def module_state(value):
-    """(state dict, arch, config, abi dict-or-None, kind-or-None) of an nn.Module or mapping."""
+    """(state dict, arch, config, abi dict-or-None, kind-or-None) of an nn.Module or mapping.
+
+    A module with a string ``mvc_commit_refusal`` (and optionally ``mvc_commit_hint``) is refused
+    with that text: it cannot be committed as one component (e.g. a host with a brick attached).
+    """
     import torch
     if isinstance(value, torch.nn.Module):
+        refusal = getattr(value, "mvc_commit_refusal", None)
+        if isinstance(refusal, str) and refusal:
+            hint = getattr(value, "mvc_commit_hint", None)
+            raise BadInput(refusal, hint if isinstance(hint, str) and hint else None)
         state = value.state_dict()
         arch = getattr(value, "mvc_arch", None)
         config = getattr(value, "mvc_config", None)

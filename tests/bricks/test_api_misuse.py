@@ -1,6 +1,7 @@
 """The public bricks API under misuse: bad options, bricks stacked or swapped, data of the wrong type,
 training that diverges, int8 of what is not a float brick. Tiny untrained hosts only."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -159,3 +160,45 @@ def test_cores_train_refuses_an_attached_model(host):
     with pytest.raises(TypeError, match="bricks.train"):
         cores.train(model, DATA, steps=1, **FAST)
     assert all(torch.equal(before[k], v) for k, v in core.state_dict().items())
+
+
+def test_committing_an_attached_model_is_refused_with_the_parts(repo):
+    """repo.commit({"model": attached}) stored the combined tensors with no arch/config, silently:
+    nothing could rebuild or migrate them. Now a BadInput showing how to commit the parts; nothing written."""
+    import mvc
+    core = cores.build("layercake", "tiny", seed=0).eval()
+    brick = bricks.build("sparse", host=core, seed=1, zero_init=False)
+    model = bricks.attach(core, brick).eval()
+    first = repo.commit({"notes": {"x": torch.zeros(2)}}, message="first")
+    objects = set(repo.store.ids())
+    with pytest.raises(mvc.errors.BadInput, match="attached model") as e:
+        repo.commit({"model": model}, message="attached")
+    assert 'repo.commit({"core": model.host, "brick/<name>": model.brick}' in e.value.hint
+    assert "attach_from_commit" in e.value.hint
+    assert repo.head() == first and [c["id"] for c in repo.log()] == [first]
+    assert set(repo.store.ids()) == objects  # not even a tensor blob
+    cid = repo.commit({"core": model.host, "brick/python": model.brick}, message="host + brick")
+    assert repo.tree(cid, "brick/python")["arch"] == "sparse-brick"
+    again = bricks.attach_from_commit(repo, cid, "python", repo.load_model(cid, "core")).eval()
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    portable = bricks.BrickModel(None, bricks.build("portable"))
+    with pytest.raises(mvc.errors.BadInput, match="attached model") as e:
+        repo.commit({"model": portable}, message="portable")
+    assert 'repo.commit({"brick/<name>": model.brick}' in e.value.hint
+
+
+def test_sparse_training_without_general_text_warns(host):
+    """A sparse brick trained without general= had no general-text regulariser, silently."""
+    with pytest.warns(UserWarning, match="without a general-text regulariser.*general=") as record:
+        bricks.train(bricks.build("sparse", host=host), host=host, data=DATA, steps=1, evaluate=False, **FAST)
+    assert sum("general-text regulariser" in str(w.message) for w in record) == 1  # once per call, not per step
+    for kwargs in ({"general": DATA[::-1]}, {"general_weight": 0.0}):  # given, or declined on purpose
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "training a sparse brick without")
+            bricks.train(bricks.build("sparse", host=host), host=host, data=DATA, steps=2, evaluate=False,
+                         **FAST, **kwargs)
+    with warnings.catch_warnings():  # portable decoders never use general text
+        warnings.filterwarnings("error", "training a sparse brick without")
+        bricks.train(bricks.build("portable"), data=DATA, steps=1, evaluate=False, **FAST)

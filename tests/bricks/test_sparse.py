@@ -1,4 +1,5 @@
 """Sparse ABI bricks: identity when zero or disabled, attach/detach, frozen host, determinism, resume."""
+import dataclasses
 import json
 
 import pytest
@@ -103,6 +104,20 @@ def test_fits_names_the_reason(host):
     assert "not a brick" in bricks.fits(host, torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="d_abi"):
         bricks.attach(legacy32, brick)
+
+
+def test_fits_names_the_anchor_spec_key(host):
+    """An anchor-spec mismatch named only ``anchor_spec``; now the key and both values."""
+    brick = bricks.build("sparse", host=host)
+    spec = host.abi_spec
+    host.abi_spec = dataclasses.replace(spec, anchor_spec={**spec.anchor_spec, "buckets": 8})
+    assert bricks.fits(host, brick) == "ABI mismatch in anchor_spec.buckets: brick 2048, host 8"
+    host.abi_spec = dataclasses.replace(spec, anchor_spec={**spec.anchor_spec, "extra": True})
+    assert bricks.fits(host, brick) == "ABI mismatch in anchor_spec.extra: brick <absent>, host True"
+    host.abi_spec = cores.build("layercake", "tiny", canonical=False).abi_spec
+    assert bricks.fits(host, brick) == "ABI mismatch in anchor_spec.version: brick 1, host 0"
+    with pytest.raises(ValueError, match=r"anchor_spec\.version"):
+        bricks.attach(host, brick)
 
 
 def test_training_freezes_the_host_and_is_deterministic(host, domain, general):

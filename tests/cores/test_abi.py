@@ -60,12 +60,37 @@ def test_first_mismatch_names_the_field():
     assert first_mismatch(a, dataclasses.replace(a, version=2)) == "version"
     assert first_mismatch(a, dataclasses.replace(a, head_hash="0" * 64)) == "head_hash"
     assert first_mismatch(a, dataclasses.replace(a, anchor_spec={**a.anchor_spec, "version": 2})) == "anchor_spec.version"
-    assert first_mismatch(a, dataclasses.replace(a, anchor_spec={**a.anchor_spec, "buckets": 8})) == "anchor_spec"
+    assert first_mismatch(a, dataclasses.replace(a, anchor_spec={**a.anchor_spec, "buckets": 8})) == "anchor_spec.buckets"
     assert first_mismatch(a, legacy_abi_spec()) == "anchor_spec.version"
     with pytest.raises(AbiMismatch) as e:
         check_compatible(a, dataclasses.replace(a, head_hash="x"))
     assert e.value.field == "head_hash" and "head_hash" in str(e.value)
     check_compatible(a, canonical_abi_spec())
+
+
+def test_first_mismatch_names_the_anchor_spec_key():
+    """Inside the anchor spec the first differing key is named (was just ``anchor_spec``)."""
+    a = canonical_abi_spec()
+    anchor = dict(a.anchor_spec)
+    two = dataclasses.replace(a, anchor_spec={**anchor, "patch_bytes": 8, "buckets": 8})
+    assert first_mismatch(a, two) == "anchor_spec.buckets"  # sorted keys: buckets before patch_bytes
+    assert first_mismatch(a, dataclasses.replace(a, anchor_spec={**anchor, "patch_bytes": 8})) == "anchor_spec.patch_bytes"
+    # the version still comes first, whatever else differs
+    assert first_mismatch(a, dataclasses.replace(a, anchor_spec={**anchor, "buckets": 8, "version": 2})) == \
+        "anchor_spec.version"
+    # a key present on one side only
+    extra = dataclasses.replace(a, anchor_spec={**anchor, "zeta": 1})
+    assert first_mismatch(a, extra) == first_mismatch(extra, a) == "anchor_spec.zeta"
+    missing = dataclasses.replace(a, anchor_spec={k: v for k, v in anchor.items() if k != "orders"})
+    assert first_mismatch(a, missing) == "anchor_spec.orders"
+    with pytest.raises(AbiMismatch) as e:
+        check_compatible(a, dataclasses.replace(a, anchor_spec={**anchor, "buckets": 8}))
+    assert (e.value.field, e.value.ours, e.value.theirs) == ("anchor_spec.buckets", 2048, 8)
+    assert "ABI mismatch in anchor_spec.buckets: 2048 != 8" in str(e.value)
+    with pytest.raises(AbiMismatch, match=r"anchor_spec\.zeta: <absent> != 1"):
+        check_compatible(a, extra)
+    with pytest.raises(AbiMismatch, match=r"anchor_spec\.version: 1 != 0"):
+        check_compatible(a, legacy_abi_spec())
 
 
 def test_legacy_cores_share_a_legacy_spec():

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from mvc.tensors import _ST_TO_TORCH, buffer_tensor, tensor_buffer
+from mvc.errors import BadInput
+from mvc.tensors import _ST_TO_TORCH, buffer_tensor, module_state, tensor_buffer
 
 
 def _sample(name: str, shape, seed: int = 0) -> torch.Tensor:
@@ -37,3 +38,22 @@ def test_buffer_tensor_shares_the_buffer():
     back = buffer_tensor(buf, 8, 8 + len(raw), "F32", (3, 4))
     buf[8:12] = torch.tensor([42.0]).numpy().tobytes()  # zero-copy: the tensor sees the change
     assert back[0, 0].item() == 42.0 and back[2, 3].item() == 11.0
+
+
+def test_module_state_refuses_a_module_that_says_why():
+    """A module with a string ``mvc_commit_refusal`` is refused with it (and ``mvc_commit_hint``), so a
+    module mvc cannot rebuild (e.g. a host with a brick attached) is not stored as bare tensors."""
+    class Refused(torch.nn.Linear):
+        mvc_commit_refusal = "cannot commit this composite as one component"
+        mvc_commit_hint = "commit its parts"
+
+    with pytest.raises(BadInput) as e:
+        module_state(Refused(2, 2))
+    assert (e.value.message, e.value.hint) == ("cannot commit this composite as one component", "commit its parts")
+    Refused.mvc_commit_hint = None
+    with pytest.raises(BadInput, match="composite") as e:
+        module_state(Refused(2, 2))
+    assert e.value.hint is None
+    Refused.mvc_commit_refusal = None  # not a string: committed as usual
+    state, *_ = module_state(Refused(2, 2))
+    assert set(state) == {"weight", "bias"}
