@@ -1,8 +1,10 @@
 """Packing: choose each object's encoding and XOR base from the commit graph and write packs atomically.
 
-`pack(repo)` moves reachable loose objects into a new pack; `pack(repo, full=True)` (what gc runs)
-rewrites every reachable object, and packed unreachable ones younger than the grace period, into
-one pack and removes the old packs. Rules:
+`pack(repo)` moves reachable loose objects into a new pack; `pack(repo, full=True)` rewrites every
+reachable object, and packed unreachable ones younger than the grace period, into one pack and
+removes the old packs. gc runs `pack(repo, full=True, geometric=True)`: it leaves the largest packs
+as they are while each holds nothing to drop and is at least twice the bytes of everything smaller,
+and rewrites only the rest (see `Packer._geometric_keep`). Rules:
 
 - The XOR base of a tensor blob is the same tensor name in the same component of the parent
   commit, at the blob's first appearance in a parents-first walk of every commit reachable from
@@ -34,6 +36,7 @@ from .pack import PACK_DIR, PackStore, pack_store_of
 from .store import fsync_dir
 
 DEFAULT_MAX_DEPTH = 8
+GEOMETRIC_FACTOR = 2             # gc keeps a pack at least this many times the bytes of all smaller ones
 TMP_PREFIX = "tmp-"
 LOCK_TIMEOUT_S = 600.0
 WRITER_CACHE_BYTES = 512 << 20   # recently read objects kept to serve as XOR bases
@@ -119,9 +122,10 @@ def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]
 class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
 
-    def __init__(self, repo, full: bool = False, grace_s: float | None = None):
+    def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False):
         self.repo = repo
         self.full = full
+        self.geometric = full and geometric
         self.grace_s = 3600.0 if grace_s is None else grace_s
         self.max_depth = repo.config_value("pack.maxDepth", DEFAULT_MAX_DEPTH)
         self.level = repo.config_value("pack.level", 1)
@@ -152,18 +156,36 @@ class Packer:
         live, _missing = repo.reachable()
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
+        self.kept_packs: list = []
+        self.fresh_check: dict[str, float] = {}
+        self.gone: set[str] = set()
         if self.full:
             now = time.time()
-            young = {oid for oid, (p, _r) in self.packed.items()
-                     if oid not in live and now - p.mtime < self.grace_s}
-            gone = [r for oid, (_p, r) in self.packed.items() if oid not in live and oid not in young]
-            self.dropped, self.dropped_bytes = len(gone), sum(r.length for r in gone)
-            targets = {oid for oid in live if oid in loose or oid in self.packed} | young
-            if len(self.old_packs) <= 1 and not self.dropped and not (targets & loose):
+            holders: dict[str, list] = {}
+            for p in self.old_packs:
+                for oid in p.records:
+                    holders.setdefault(oid, []).append(p)
+            young = {oid for oid, ps in holders.items()
+                     if oid not in live and any(now - p.mtime < self.grace_s for p in ps)}
+            gone = self.gone = {oid for oid in holders if oid not in live and oid not in young}
+            if self.geometric:
+                self.kept_packs = self._geometric_keep(gone, loose, live)
+            kept_ids = {oid for p in self.kept_packs for oid in p.records}
+            self.rolled_packs = [p for p in self.old_packs if p not in self.kept_packs]
+            self.dropped, self.dropped_bytes = len(gone), sum(self.packed[oid][1].length for oid in gone)
+            self.fresh_check = {p.name: p.mtime for p in self.rolled_packs if gone & p.records.keys()}
+            targets = ({oid for oid in live if oid in loose or oid in self.packed} | young) - kept_ids
+            if (not self.geometric and len(self.old_packs) <= 1 and not self.dropped
+                    and not (targets & loose)):
                 targets = set()  # already one pack holding exactly what should be kept
+                self.rolled_packs = []
         else:
             self.dropped = self.dropped_bytes = 0
+            self.rolled_packs = []
             targets = {oid for oid in live if oid in loose and oid not in self.packed}
+        # records that stay where they are: new XOR deltas may use them as bases
+        self.fixed = {oid: r for oid, (_p, r) in self.packed.items()} if not self.full else \
+            {oid: r for p in self.kept_packs for oid, r in p.records.items()}
         # packed elsewhere already: their loose copies go once this run is durable
         self.loose_dups = {oid for oid in loose if oid in self.packed} if not (self.full and targets) else set()
         self.loose_targets = {oid for oid in targets if oid in loose}
@@ -171,6 +193,30 @@ class Packer:
         self.targets = sorted(targets, key=lambda o: (o in self.rank, self.rank.get(o, big), o))
         self.total_bytes = sum(self.packed[o][1].size if o in self.packed else repo.loose.size(o)
                                for o in self.targets)
+
+    def _geometric_keep(self, gone: set, loose: set, live: set) -> list:
+        """The packs gc leaves as they are: the largest ones, each at least GEOMETRIC_FACTOR times
+        the bytes of everything smaller (including what must be rewritten), so an object is
+        rewritten a logarithmic number of times however many gcs run. A pack is rewritten when it
+        holds an object to drop or one that also lies loose (the loose copy may repair a damaged
+        record: it wins), and when a delta in it has its base in a pack being rewritten (kept
+        chains stay exactly as they were written, depths included)."""
+        def dirty(p) -> bool:
+            return any(oid in gone or oid in loose for oid in p.records)
+        clean = sorted((p for p in self.old_packs if not dirty(p)), key=lambda p: p.file_size, reverse=True)
+        rest = sum(p.file_size for p in self.old_packs if p not in clean)
+        rest += sum(self.repo.loose.size(oid) for oid in loose if oid in live and oid not in self.packed)
+        kept = []
+        for i, p in enumerate(clean):
+            if p.file_size < GEOMETRIC_FACTOR * (sum(q.file_size for q in clean[i + 1:]) + rest):
+                break
+            kept.append(p)
+        while True:  # removing a pack leaves the others' sizes conditions true: it still counts below them
+            ids = {oid for p in kept for oid in p.records}
+            open_ = [p for p in kept if any(r.base is not None and r.base not in ids for r in p.records.values())]
+            if not open_:
+                return kept
+            kept = [p for p in kept if p not in open_]
 
     # -- writing -----------------------------------------------------------------------------
     def run(self, progress=None, dry_run: bool = False) -> dict:
@@ -200,20 +246,41 @@ class Packer:
         for oid in sorted(self.loose_targets | self.loose_dups):
             self.repo.loose.delete(oid)
             stats["loose_removed"] += 1
-        if self.full and name:
-            for pack in self.old_packs:
-                if pack.name != name:
-                    for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
-                        try:
-                            os.unlink(path)
-                        except FileNotFoundError:
-                            pass
-                    stats["packs_removed"] += 1
-            fsync_dir(self.ps.dir)
+        if self.full and (name or not self.targets):
+            for pack in self.rolled_packs:
+                if pack.name == name:
+                    continue
+                if self._freshened(pack):  # its objects are not dropped after all
+                    back = self.gone & pack.records.keys()
+                    self.gone -= back
+                    stats["dropped"] = len(self.gone)
+                    stats["dropped_bytes"] -= sum(pack.records[oid].length for oid in back)
+                    stats["packs_left_freshened"] = stats.get("packs_left_freshened", 0) + 1
+                    continue
+                for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                stats["packs_removed"] += 1
+            if self.rolled_packs:
+                fsync_dir(self.ps.dir)
+        stats["packs_kept"] = len(self.kept_packs)
         stats["tmp_bytes"] = self._remove_stale_tmp()  # left by killed pack runs, once past the grace
         self.ps.refresh()
         stats["seconds"] = time.perf_counter() - t0
         return stats
+
+    def _freshened(self, pack) -> bool:
+        """Whether a pack holding objects this run drops was freshened since planning: a push that
+        found one of them there (`has` sets the pack's time) may be about to refer to it, so the
+        pack stays for a later gc."""
+        if pack.name not in self.fresh_check:
+            return False
+        try:
+            return os.stat(pack.path).st_mtime != self.fresh_check[pack.name]
+        except FileNotFoundError:
+            return False
 
     def _read(self, oid: str, recent: dict):
         data = recent.get(oid)
@@ -241,10 +308,7 @@ class Packer:
         base = self.base_of.get(oid)
         base_depth = None
         if base is not None:
-            if base in depth_of:
-                base_depth = depth_of[base]
-            elif not self.full and base in self.packed:
-                base_depth = self.packed[base][1].depth
+            base_depth = self._depth(base, depth_of)
         if base_depth is None or base_depth + 1 > self.max_depth:
             base = None
         base_data = self._read(base, recent) if base else None
@@ -274,7 +338,7 @@ class Packer:
                         pack, r = old
                         piece = pack.entry(r)
                         put(piece)
-                        base, depth, encoding, length, size = r.base, (depth_of[r.base] + 1 if r.base else 0), \
+                        base, depth, encoding, length, size = r.base, (self._depth(r.base, depth_of) + 1 if r.base else 0), \
                             r.encoding, r.length, r.size
                         reused += 1
                     else:
@@ -317,10 +381,18 @@ class Packer:
             self._verify_written(name, records)
         return name, records, reused
 
+    def _depth(self, base: str, depth_of: dict) -> int | None:
+        """The chain depth of `base` written earlier in this pack or in one that stays, else None."""
+        if base in depth_of:
+            return depth_of[base]
+        r = self.fixed.get(base)
+        return r.depth if r is not None else None
+
     def _reusable(self, r: pf.Record, depth_of: dict) -> bool:
         if r.encoding != pf.XOR:
             return True
-        return r.base in depth_of and depth_of[r.base] + 1 <= self.max_depth
+        depth = self._depth(r.base, depth_of)
+        return depth is not None and depth + 1 <= self.max_depth
 
     def _verify_written(self, name: str, records: list[pf.Record]) -> None:
         """Read every object back from the new pack; on any failure remove it before anything else."""
@@ -360,9 +432,11 @@ class Packer:
         return freed
 
 
-def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False) -> dict:
-    """Pack reachable loose objects (full: repack everything into one pack). Returns statistics."""
-    with Packer(repo, full=full, grace_s=grace_s) as p:
+def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
+         geometric: bool = False) -> dict:
+    """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
+    the large packs with nothing to drop, as gc does). Returns statistics."""
+    with Packer(repo, full=full, grace_s=grace_s, geometric=geometric) as p:
         return p.run(progress, dry_run=dry_run)
 
 

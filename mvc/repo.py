@@ -876,8 +876,8 @@ class Repo:
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run}
-        from .pack_write import pack  # repack every kept object into one pack, dropping unreachable ones
-        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run)
+        from .pack_write import pack  # repack kept objects (big clean packs stay), dropping unreachable ones
+        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True)
         result["removed"] += result["pack"]["dropped"]
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files

@@ -507,7 +507,9 @@ class ChainStore(ObjectStore):
         return self._read(oid, "view", verify=verify, rehash=rehash)
 
     def put(self, *buffers, oid=None):
-        if oid is not None and self.has(oid):
+        """Write to the primary store unless some store already holds the object (a packed one too)."""
+        oid = oid or hash_bytes(*buffers)
+        if self.has(oid):
             return oid
         return self.primary.put(*buffers, oid=oid)
 

@@ -12,7 +12,8 @@ from .output import byte_progress, emit_json, human_bytes, json_opt, rate, short
 
 @cli.command("pack")
 @click.option("--all", "full", is_flag=True,
-              help="Rewrite every reachable object into one pack and drop old packs (what gc does).")
+              help="Rewrite every reachable object into one pack and drop old packs (gc rewrites only "
+                   "the small packs and those holding garbage).")
 @json_opt
 def pack_cmd(full, as_json):
     """Move reachable loose objects into a pack file; object ids and history do not change.

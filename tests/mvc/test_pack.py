@@ -200,6 +200,134 @@ def test_gc_drops_unreachable_packed_objects_after_the_grace_period(repo):
     fresh.load(ids[-1], "core")
 
 
+# -- geometric gc ----------------------------------------------------------------------------------
+def pack_files(repo) -> dict:
+    """pack name -> (inode, size) of every pack in the repository."""
+    return {p.name: (os.stat(p.path).st_ino, p.file_size) for p in pack_store_of(mvc.Repo(repo.root).store).packs()}
+
+
+def test_gc_leaves_a_large_clean_pack_alone_and_rolls_up_the_small_ones(repo):
+    ids, states = drift_history(repo, 30, shape=(64, 64))
+    big = pack(mvc.Repo(repo.root))["pack"]
+    r = mvc.Repo(repo.root)
+    head = r.load(ids[-1], "core")
+    more, more_states = drift_history(r, 2, seed=1, shape=(64, 64), start={k: head[k] for k in ("w", "e", "step")})
+    small = pack(mvc.Repo(repo.root))["pack"]
+    last, last_states = drift_history(mvc.Repo(repo.root), 1, seed=2, shape=(64, 64),
+                                      start={k: more_states[-1][k] for k in ("w", "e", "step")})
+    before = pack_files(repo)
+    loose_bytes = sum(os.path.getsize(r.loose.path(o)) for o in r.loose.ids())
+    assert before[big][1] >= 2 * (before[small][1] + loose_bytes)  # what makes the big pack worth keeping
+    gc = mvc.Repo(repo.root).gc(grace_s=0)
+    after = pack_files(repo)
+    assert gc["pack"]["packs_kept"] == 1 and gc["pack"]["packs_removed"] == 1
+    assert after[big] == before[big]  # the same file: not rewritten
+    assert small not in after and len(after) == 2 and gc["pack"]["pack"] in after
+    fresh = mvc.Repo(repo.root)
+    assert not list(fresh.loose.ids())
+    for cid, s in zip(ids + more + last, states + more_states + last_states):
+        assert same(fresh.load(cid, "core"), s)
+    assert fresh.fsck()["ok"]
+    again = mvc.Repo(repo.root).gc(grace_s=0)  # nothing new: nothing rewritten
+    assert again["pack"]["pack"] is None and pack_files(repo) == after
+
+
+def test_gc_rewrites_a_large_pack_whose_deltas_rest_on_a_pack_it_rewrites(repo):
+    ids, states = drift_history(repo, 3)
+    side, _ = drift_history(mvc.Repo(repo.root), 1, seed=5, branch="side")
+    first = pack(repo)["pack"]
+    r = mvc.Repo(repo.root)
+    head = r.load(ids[-1], "core")
+    more, more_states = drift_history(r, 20, seed=1, start={k: head[k] for k in ("w", "e", "step")})
+    second = pack(mvc.Repo(repo.root))["pack"]
+    sizes = {name: size for name, (_ino, size) in pack_files(repo).items()}
+    assert sizes[second] >= 2 * sizes[first]  # by size alone the second pack would stay
+    by_name = {p.name: p for p in pack_store_of(mvc.Repo(repo.root).store).packs()}
+    assert any(rec.base in by_name[first].records for rec in by_name[second].records.values())
+    mvc.Repo(repo.root).delete_branch("side")  # the first pack now holds garbage: it is rewritten
+    import shutil
+    shutil.rmtree(os.path.join(repo.dir, "logs"))
+    os.makedirs(os.path.join(repo.dir, "logs"))
+    gc = mvc.Repo(repo.root).gc(grace_s=0)
+    assert gc["pack"]["dropped"] > 0
+    assert gc["pack"]["packs_kept"] == 0 and gc["pack"]["packs_removed"] == 2
+    fresh = mvc.Repo(repo.root)
+    assert len(pack_store_of(fresh.store).packs()) == 1
+    for cid, s in zip(ids + more, states + more_states):
+        assert same(fresh.load(cid, "core"), s)
+    assert fresh.fsck()["ok"]
+
+
+def test_gc_rewrites_a_pack_whose_damaged_record_has_a_good_loose_copy(repo):
+    ids, states = drift_history(repo, 6)
+    r = mvc.Repo(repo.root)
+    w_id = r.tree(ids[2], "core")["tensors"]["w"]["id"]
+    good = r.store.get(w_id)
+    pack(r)
+    (p,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    rec = p.records[w_id]
+    flip_byte(p.path, rec.offset + rec.length // 2)
+    mvc.Repo(repo.root).loose.put(good)  # a repair put the good bytes back loose
+    inode = os.stat(p.path).st_ino
+    gc = mvc.Repo(repo.root).gc(grace_s=0)
+    assert gc["pack"]["packs_kept"] == 0 and gc["pack"]["pack"] is not None
+    (q,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    assert os.stat(q.path).st_ino != inode  # rewritten (from the good copy: the same bytes, the same name)
+    fresh = mvc.Repo(repo.root)
+    assert not list(fresh.loose.ids())
+    for cid, s in zip(ids, states):
+        assert same(fresh.load(cid, "core"), s)
+    assert fresh.fsck()["ok"]
+
+
+def test_gc_leaves_a_pack_freshened_while_it_ran(repo):
+    """A push that found an object in a pack about to be dropped sets the pack's time: gc keeps it."""
+    from mvc.pack_write import Packer
+    ids, _states = drift_history(repo, 2)
+    side, _ = drift_history(mvc.Repo(repo.root), 2, seed=5, branch="side")
+    pack(mvc.Repo(repo.root))
+    r = mvc.Repo(repo.root)
+    r.delete_branch("side")
+    import shutil
+    shutil.rmtree(os.path.join(r.dir, "logs"))
+    os.makedirs(os.path.join(r.dir, "logs"))
+    (old,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    with Packer(mvc.Repo(repo.root), full=True, grace_s=0, geometric=True) as packer:
+        assert packer.dropped > 0
+        time.sleep(0.01)
+        os.utime(old.path)  # now: what DirectoryTransport.has does on a remote
+        assert os.stat(old.path).st_mtime != old.mtime
+        stats = packer.run()
+    assert stats["packs_left_freshened"] == 1 and stats["dropped"] == 0 and stats["dropped_bytes"] == 0
+    fresh = mvc.Repo(repo.root)
+    assert fresh.store.has(side[-1]) and fresh.load(side[-1], "core")
+    assert fresh.fsck()["ok"]
+    later = mvc.Repo(repo.root).gc(grace_s=0)  # next time nobody refreshes it: dropped
+    assert later["pack"]["dropped"] > 0 and not mvc.Repo(repo.root).store.has(side[-1])
+
+
+def test_committing_after_pack_writes_no_loose_copy_of_packed_tensors_or_headers(repo, tmp_path):
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(3)
+    frozen = {f"f{i}": torch.randn(32, 32, generator=g) for i in range(4)}
+    repo.commit({"core": {**frozen, "a": torch.zeros(8)}}, message="state dict")
+    save_file({**frozen, "a": torch.zeros(8)}, str(tmp_path / "m.safetensors"))
+    repo.commit({"file": str(tmp_path / "m.safetensors")}, message="file")
+    pack(mvc.Repo(repo.root))
+    r = mvc.Repo(repo.root)
+    assert not list(r.loose.ids())
+    r.commit({"core": {**frozen, "a": torch.ones(8)}}, message="adapter moved")
+    save_file({**frozen, "a": torch.ones(8)}, str(tmp_path / "m.safetensors"))  # same header bytes
+    r.commit({"file": str(tmp_path / "m.safetensors")}, message="file again")
+    new = set(mvc.Repo(repo.root).loose.ids())
+    kinds = {}
+    for oid in new:
+        kinds[oid] = mvc.Repo(repo.root).kind_of(oid)
+    # per commit: the commit, the changed component's tree and the one changed tensor; nothing frozen
+    assert sorted(kinds.values()).count("blob") == 1, kinds  # torch.ones(8): one blob, stored once
+    assert len(new) == 5  # 2 commits + 2 trees + 1 blob
+
+
 # -- corruption ----------------------------------------------------------------------------------
 def test_a_corrupted_pack_byte_is_detected_and_named_by_read_and_fsck(repo):
     ids, _states = drift_history(repo, 4)
