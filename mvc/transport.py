@@ -55,6 +55,7 @@ REMOTE_FORMAT = 1
 REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repair from a repository that "
                "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
+STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
 
 def remote_config_bytes() -> bytes:
@@ -327,10 +328,32 @@ class DirectoryTransport(Transport):
 
     def writing(self):
         """The repository's writers lock, shared (Repo.writing): its owner's `gc --grace` shorter
-        than the default takes it exclusively, so it waits for the push (and the push for it)."""
+        than the default takes it exclusively, so it waits for the push (and the push for it).
+        A bare remote has no owner to run gc: each push first removes the temp files that killed
+        pushes left there (untouched for STALE_TMP_S; a live push keeps writing its own)."""
         if not self.repository:
+            self._remove_stale_tmp()
             return contextlib.nullcontext()
         return shared_or_exclusive(os.path.join(self.root, WRITERS_LOCK), exclusive=False)
+
+    def _remove_stale_tmp(self) -> int:
+        """Remove temp object files older than STALE_TMP_S under objects/tmp; returns how many."""
+        removed, now = 0, time.time()
+        try:
+            names = os.listdir(self.objects.tmp)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            path = os.path.join(self.objects.tmp, name)
+            try:
+                if now - os.stat(path).st_mtime >= STALE_TMP_S:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+            except PermissionError:  # another user's file on a shared remote: theirs to clean
+                pass
+        return removed
 
     def has(self, oid):
         """Whether the remote holds `oid`; an object found is freshened (its file's, or its pack's,

@@ -4,6 +4,7 @@ transport and a process killed mid-transfer), corruption on fetch, concurrent pu
 rules, lazy clones and push --repair."""
 import json
 import os
+import time
 import shutil
 import subprocess
 import sys
@@ -934,3 +935,23 @@ def test_push_repair_checks_certificate_host_history(tmp_path):
     assert rep["missing"] == [lost]
     dst, _ = rm.clone(bare.url, str(tmp_path / "dst"))
     _assert_certificate_inputs_arrived(src, dst, c2, (h1, h2), data_blob, cert_id, tmp_path)
+
+
+def test_a_push_to_a_bare_remote_removes_temp_files_of_killed_pushes(tmp_path):
+    bare = tmp_path / "bare"
+    repo = new_repo(tmp_path / "src", None)
+    rm.add_remote(repo, "origin", str(bare))
+    repo.commit({"core": weights(1)}, message="one")
+    rm.push(repo)
+    tmp = bare / "objects" / "tmp"
+    tmp.mkdir(exist_ok=True)
+    stale, live = tmp / "ab12-stale", tmp / "cd34-live"
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y" * 10)  # a push in progress elsewhere
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    repo.commit({"core": weights(2)}, message="two")
+    rm.push(repo)
+    assert not stale.exists() and live.exists()
+    clone, _ = rm.clone(str(bare), str(tmp_path / "copy"))
+    assert clone.fsck()["ok"] and clone.head() == repo.head()
