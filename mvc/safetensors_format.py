@@ -6,6 +6,7 @@ every structural rule ourselves and refuse the file with a precise message.
 """
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from typing import NamedTuple
@@ -158,7 +159,12 @@ def build_header(entries: list[tuple[str, str, tuple[int, ...]]],
 
 def blob_prefix(dtype: str, shape: tuple[int, ...]) -> bytes:
     """The canonical header of a single-tensor blob; the blob is this prefix + the raw data."""
-    prefix, _ = build_header([(BLOB_TENSOR_NAME, dtype, tuple(shape))])
+    return _blob_prefix(dtype, tuple(shape))
+
+
+@functools.lru_cache(maxsize=4096)  # a model's tensors share a few (dtype, shape) pairs
+def _blob_prefix(dtype: str, shape: tuple[int, ...]) -> bytes:
+    prefix, _ = build_header([(BLOB_TENSOR_NAME, dtype, shape)])
     return prefix
 
 

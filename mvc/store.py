@@ -22,6 +22,7 @@ from .objects import hash_bytes, is_oid
 
 WRITE_CHUNK = 1 << 26  # bytes per write() call (the kernel caps one call near 2 GiB anyway)
 WRITE_CHUNK_MIN = 1 << 16  # smaller buffers go through the file object's buffer
+WRITEBACK_MIN_BYTES = 1 << 20  # objects this large start their disk writes early (start_writeback)
 
 
 HUGE_READ_BYTES = 2 << 20  # blobs this large are mapped with MADV_HUGEPAGE
@@ -77,8 +78,8 @@ def _too_many_open_files() -> MvcError:
                     "(repo.load(..., keys=[...]))")
 
 
-def _write_buffer(f, b) -> None:
-    """Write all of the bytes-like `b` to the file object `f` in large write() calls.
+def _write_buffer(f, b) -> int:
+    """Write all of the bytes-like `b` to the file object `f` in large write() calls; returns the count.
 
     Large writes matter for reads, not only for the write: the page cache keeps what one call
     writes in large folios, and a later mmap of the blob maps each folio in one page fault.
@@ -88,12 +89,13 @@ def _write_buffer(f, b) -> None:
     with memoryview(b) as m, m.cast("B") as view:
         if len(view) < WRITE_CHUNK_MIN:
             f.write(view)
-            return
+            return len(view)
         f.flush()
         fd, done, n = f.fileno(), 0, len(view)
         while done < n:
             with view[done:done + WRITE_CHUNK] as piece:
                 done += os.write(fd, piece)
+        return n
 
 
 class ObjectStore:
@@ -205,8 +207,10 @@ class LooseStore(ObjectStore):
         """Objects written inside the block stay in temp files until it ends; then they are fsynced
         in parallel and renamed into place, so a crash never leaves a partial object under its id.
         Nothing may point at them (refs) before the block has exited. The kernel starts writing
-        each file to disk as soon as it is complete (`start_writeback`), so the fsyncs at the end
-        mostly find the work done: a durable commit overlaps its disk writes with its copying.
+        each large file to disk as soon as it is complete (`start_writeback`), so the fsyncs at the
+        end mostly find the work done: a durable commit overlaps its disk writes with its copying.
+        A batch of SYNCFS_MIN_OBJECTS or more (a model of many small tensors) is made durable by one
+        `syncfs` before the renames and one after, instead of an fsync per file and directory.
         The batch belongs to the calling context (a ContextVar): worker threads join it by running
         in a copy of that context (`contextvars.copy_context().run`, as components does); other
         threads, e.g. another commit through the same Repo object, never do.
@@ -241,12 +245,18 @@ class LooseStore(ObjectStore):
             return
         from concurrent.futures import ThreadPoolExecutor  # only when there is something to sync
         workers = min(16, len(pending))
-        if self.fsync:
+        whole_fs = self.fsync and len(pending) >= SYNCFS_MIN_OBJECTS and syncfs(self.tmp)
+        if self.fsync and not whole_fs:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 list(pool.map(_fsync_path, pending.values()))
+        made = set()
         for oid, tmp in pending.items():
-            os.makedirs(os.path.dirname(self.path(oid)), exist_ok=True)
+            if oid[:2] not in made:
+                os.makedirs(os.path.dirname(self.path(oid)), exist_ok=True)
+                made.add(oid[:2])
             os.replace(tmp, self.path(oid))
+        if whole_fs and syncfs(self.tmp):
+            return
         if self.fsync:
             dirs = sorted({os.path.dirname(self.path(oid)) for oid in pending})
             with ThreadPoolExecutor(max_workers=min(16, len(dirs))) as pool:
@@ -362,9 +372,10 @@ class LooseStore(ObjectStore):
         try:
             with new_object_file(self.tmp, oid, None if deferred else final,
                                  self.fsync and not deferred) as f:
+                size = 0
                 for b in buffers:
-                    _write_buffer(f, b)
-                if deferred and self.fsync:
+                    size += _write_buffer(f, b)
+                if deferred and self.fsync and size >= WRITEBACK_MIN_BYTES:
                     f.flush()
                     start_writeback(f.fileno())
         except BaseException:
@@ -535,10 +546,14 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
     fsynced (if asked) and renamed to `final` (kept as a temp file when `final` is None: the caller
     renames it later). On any exception the temp file is removed, so an object is whole under its
     name or absent. The file object's `.name` is the temp path."""
-    os.makedirs(tmp_dir, exist_ok=True)
     tmp = os.path.join(tmp_dir, f"{oid[:16]}-{os.urandom(16).hex()}")
     try:
-        with open(tmp, "x+b" if readable else "xb", opener=lambda path, flags: os.open(path, flags, 0o444)) as f:
+        try:
+            f = open(tmp, "x+b" if readable else "xb", opener=_read_only_opener)
+        except FileNotFoundError:  # the first object ever written there
+            os.makedirs(tmp_dir, exist_ok=True)
+            f = open(tmp, "x+b" if readable else "xb", opener=_read_only_opener)
+        with f:
             yield f
             f.flush()
             if fsync:
@@ -552,6 +567,10 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
         except OSError:
             pass
         raise
+
+
+def _read_only_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o444)
 
 
 def _fsync_path(path: str) -> None:
@@ -571,6 +590,37 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+SYNCFS_MIN_OBJECTS = 256  # a batch this large is made durable by one syncfs, not one fsync per file
+_syncfs = None  # libc's syncfs, looked up on first use (Linux only)
+
+
+def syncfs(path: str) -> bool:
+    """Flush every dirty page and inode of the file system holding `path` (Linux syncfs(2), what
+    `sync -f` runs): one journal commit instead of one per file. False when unavailable or on
+    failure; the caller then fsyncs each file itself."""
+    global _syncfs
+    if not sys.platform.startswith("linux"):
+        return False
+    if _syncfs is None:
+        try:
+            import ctypes
+            fn = ctypes.CDLL(None, use_errno=True).syncfs
+            fn.argtypes = [ctypes.c_int]
+            _syncfs = fn
+        except (OSError, AttributeError):
+            _syncfs = False
+    if not _syncfs:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return _syncfs(fd) == 0
     finally:
         os.close(fd)
 

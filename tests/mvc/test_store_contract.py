@@ -348,7 +348,7 @@ def test_loose_batch_threads_putting_one_id_write_it_once(tmp_path, monkeypatch)
 
     def counted_write(f, b):
         writes.append(1)
-        real(f, b)
+        return real(f, b)
 
     monkeypatch.setattr(store_mod, "_write_buffer", counted_write)
     ids = []
@@ -367,18 +367,78 @@ def test_loose_batch_threads_putting_one_id_write_it_once(tmp_path, monkeypatch)
     assert s.get(ids[0]) == b"same tensor bytes" and not os.listdir(tmp_path / "objects" / "tmp")
 
 
-def test_loose_batch_starts_writeback_of_each_durable_object(tmp_path, monkeypatch):
+def test_loose_batch_starts_writeback_of_each_large_durable_object(tmp_path, monkeypatch):
     from mvc import store as store_mod
     started = []
     monkeypatch.setattr(store_mod, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
+    big = store_mod.WRITEBACK_MIN_BYTES
     durable = LooseStore(str(tmp_path / "a"))
     with durable.batch():
-        durable.put(b"x" * 1000)
-    assert started == [1000]  # the whole file was written before the kernel was asked to flush it
+        durable.put(b"x" * big)
+        durable.put(b"s" * 1000)  # small: its fsync at the end finds little to wait for anyway
+    assert started == [big]  # the whole file was written before the kernel was asked to flush it
     lazy = LooseStore(str(tmp_path / "b"), fsync=False)
     with lazy.batch():
-        lazy.put(b"y" * 10)
-    assert started == [1000]  # core.fsync=false: nothing to flush early
+        lazy.put(b"y" * big)
+    assert started == [big]  # core.fsync=false: nothing to flush early
+
+
+def _count_syncs(monkeypatch, syncfs_works=True):
+    """Record per-file fsyncs and whole-file-system syncs made by the loose store."""
+    from mvc import store as store_mod
+    calls = {"file": 0, "dir": 0, "fs": 0}
+    real_file, real_dir = store_mod._fsync_path, store_mod.fsync_dir
+
+    def fsync_file(path):
+        calls["file"] += 1
+        real_file(path)
+
+    def fsync_dir(path):
+        calls["dir"] += 1
+        real_dir(path)
+
+    def syncfs(path):
+        calls["fs"] += 1
+        return syncfs_works and os.path.isdir(path)
+
+    monkeypatch.setattr(store_mod, "_fsync_path", fsync_file)
+    monkeypatch.setattr(store_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(store_mod, "syncfs", syncfs)
+    return calls
+
+
+def test_a_large_batch_is_made_durable_by_syncfs_before_and_after_the_renames(tmp_path, monkeypatch):
+    from mvc import store as store_mod
+    calls = _count_syncs(monkeypatch)
+    s = LooseStore(str(tmp_path / "objects"))
+    n = store_mod.SYNCFS_MIN_OBJECTS
+    with s.batch():
+        ids = [s.put(f"object {i}".encode()) for i in range(n)]
+    assert calls == {"file": 0, "dir": 0, "fs": 2}
+    assert all(s.get(oid) == f"object {i}".encode() for i, oid in enumerate(ids))
+    with s.batch():  # a small batch: one fsync per file and per directory, as before
+        few = [s.put(f"few {i}".encode()) for i in range(3)]
+    assert calls["file"] == 3 and calls["dir"] == len({oid[:2] for oid in few}) and calls["fs"] == 2
+
+
+def test_without_syncfs_a_large_batch_fsyncs_each_file(tmp_path, monkeypatch):
+    from mvc import store as store_mod
+    calls = _count_syncs(monkeypatch, syncfs_works=False)
+    s = LooseStore(str(tmp_path / "objects"))
+    n = store_mod.SYNCFS_MIN_OBJECTS
+    with s.batch():
+        ids = [s.put(f"object {i}".encode()) for i in range(n)]
+    assert calls["file"] == n and calls["dir"] == len({oid[:2] for oid in ids})
+    assert all(s.get(oid) == f"object {i}".encode() for i, oid in enumerate(ids))
+
+
+def test_syncfs_syncs_a_real_file_system_or_says_it_cannot(tmp_path):
+    import sys
+
+    from mvc.store import syncfs
+    result = syncfs(str(tmp_path))
+    assert result is (sys.platform.startswith("linux"))
+    assert syncfs(str(tmp_path / "missing")) is False
 
 
 def test_start_writeback_leaves_the_file_intact(tmp_path):
