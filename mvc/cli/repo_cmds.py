@@ -514,7 +514,9 @@ def gc(dry_run, grace, as_json):
       mvc gc --grace 0      # also unreachable objects written in the last hour
 
     With a grace shorter than the default, gc first waits for commits and fetches in progress
-    and holds new ones until it is done.
+    and holds new ones until it is done. Packs: the largest ones holding nothing to drop stay as
+    they are (each at least twice the bytes of everything smaller); the rest, and reachable loose
+    objects, go into one new pack (`mvc pack --all` rewrites everything into one).
     """
     r = _repo().gc(dry_run=dry_run, grace_s=grace)
     if as_json:
@@ -529,6 +531,11 @@ def gc(dry_run, grace, as_json):
         elif p and p.get("packed"):
             click.echo(f"packed {p['packed']} objects: {human_bytes(p['bytes_before'])} -> "
                        f"{human_bytes(p['bytes_after'])} ({size_change(p['bytes_before'], p['bytes_after'])})")
+        if p and not dry_run and (p.get("packs_removed") or (p.get("pack") and p.get("packs_kept"))):
+            click.echo(f"packs: {p.get('packs_kept', 0)} kept as they were (large, nothing to drop), "
+                       f"{p.get('packs_removed', 0)} rewritten or removed")
+        if p and p.get("packs_left_freshened"):
+            click.echo(f"{p['packs_left_freshened']} packs left in place: a push found objects there while gc ran")
         if r.get("stamps_removed"):
             click.echo(f"{verb} {r['stamps_removed']} verified stamps of objects no longer stored")
         if r.get("not_fetched"):

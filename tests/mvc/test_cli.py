@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+import mvc
 from mvc.cli import cli
 
 
@@ -111,7 +112,16 @@ def test_fsck_du_gc(run, in_repo, tmp_path):
     text = run("gc", "--dry-run").stdout  # a dry run says what it would do, with no sizes it cannot know
     assert "would remove 0 objects" in text and "would pack" in text and "->" not in text
     assert "verified stamps (not counted above)" in run("du").stdout
-    oid = next(o for o in in_repo.store.ids() if in_repo.store.size(o) > 200)
+    text = run("gc").stdout
+    assert "packed 5 objects" in text and "packs:" not in text  # no packs before: none kept or removed
+    run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "b")
+    run("pack")
+    text = run("gc").stdout  # two packs of similar size: rolled into one
+    assert "packs: 0 kept as they were (large, nothing to drop), 2 rewritten or removed" in text
+    assert run("gc").stdout.count("packs:") == 0  # one pack, nothing new: nothing to say
+    in_repo = mvc.Repo(in_repo.root)
+    run("commit", _ckpt(tmp_path / "m.safetensors", 2), "-m", "c")
+    oid = next(o for o in in_repo.loose.ids() if in_repo.store.size(o) > 200)
     path = in_repo.loose.path(oid)
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:
