@@ -10,16 +10,18 @@ ABI_FIELD_ORDER = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash"
 
 
 def first_abi_difference(a: dict, b: dict, prefix: str = "") -> str | None:
-    """The first field where two recorded ABI spec dicts differ (nested: anchor_spec.version)."""
+    """The first field where two recorded ABI spec dicts differ; inside a nested one (the anchor
+    spec) its first differing key, version first (`anchor_spec.version`, `anchor_spec.n`), as
+    cores.abi.first_mismatch names them."""
     keys = [k for k in ABI_FIELD_ORDER if k in a or k in b] + sorted((set(a) | set(b)) - set(ABI_FIELD_ORDER))
     for key in keys:
         x, y = a.get(key), b.get(key)
         if x == y:
             continue
-        if isinstance(x, dict) and isinstance(y, dict):
-            if x.get("version") != y.get("version"):
-                return f"{prefix}{key}.version"
-            return f"{prefix}{key}"
+        if isinstance(x, dict) and isinstance(y, dict):  # version first, then the first differing key
+            for k in sorted(set(x) | set(y), key=lambda k: (k != "version", k)):
+                if k not in x or k not in y or x[k] != y[k]:
+                    return f"{prefix}{key}.{k}"
         return f"{prefix}{key}"
     return None
 

@@ -48,6 +48,8 @@ def test_paste_reuses_blobs_and_records_provenance(repo):
 
 @pytest.mark.parametrize("over,field", [({"d_abi": 32}, "d_abi"), ({"patch_bytes": 8}, "patch_bytes"),
                                         ({"anchor_spec": {"version": 2, "n": 3}}, "anchor_spec.version"),
+                                        ({"anchor_spec": {"version": 1, "n": 4}}, "anchor_spec.n"),
+                                        ({"anchor_spec": {"version": 1, "n": 3, "m": 0}}, "anchor_spec.m"),
                                         ({"head_hash": "x" * 8}, "head_hash")])
 def test_abi_mismatch_names_the_field_and_writes_nothing(repo, over, field):
     repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
