@@ -20,7 +20,7 @@ from collections import OrderedDict
 from . import pack_format as pf
 from .errors import ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing
 from .objects import hash_bytes
-from .store import ObjectStore
+from .store import ObjectStore, freshen_file
 
 PACK_DIR = "pack"                # under the objects directory
 DEFAULT_CACHE_BYTES = 256 << 20  # decoded delta bases kept in memory (config pack.cacheMB)
@@ -193,6 +193,15 @@ class PackStore(ObjectStore):
     # -- the ObjectStore contract ------------------------------------------------------------
     def has(self, oid):
         return self.lookup(oid) is not None
+
+    def freshen(self, oid, older_than=0.0):
+        hit = self.lookup(oid)
+        if hit is not None and freshen_file(hit[0].path, older_than):
+            return True
+        if hit is not None:  # that pack went away (a repack) after we listed it: look again
+            self.refresh()
+            hit = self._where.get(oid)
+        return hit is not None and freshen_file(hit[0].path, older_than)
 
     def get(self, oid):
         return bytes(self._read(oid))

@@ -161,19 +161,20 @@ class Packer:
         self.gone: set[str] = set()
         if self.full:
             now = time.time()
+            mtime = {p.name: _mtime(p) for p in self.old_packs}  # now, not when this process opened it
             holders: dict[str, list] = {}
             for p in self.old_packs:
                 for oid in p.records:
                     holders.setdefault(oid, []).append(p)
             young = {oid for oid, ps in holders.items()
-                     if oid not in live and any(now - p.mtime < self.grace_s for p in ps)}
+                     if oid not in live and any(now - mtime[p.name] < self.grace_s for p in ps)}
             gone = self.gone = {oid for oid in holders if oid not in live and oid not in young}
             if self.geometric:
                 self.kept_packs = self._geometric_keep(gone, loose, live)
             kept_ids = {oid for p in self.kept_packs for oid in p.records}
             self.rolled_packs = [p for p in self.old_packs if p not in self.kept_packs]
             self.dropped, self.dropped_bytes = len(gone), sum(self.packed[oid][1].length for oid in gone)
-            self.fresh_check = {p.name: p.mtime for p in self.rolled_packs if gone & p.records.keys()}
+            self.fresh_check = {p.name: mtime[p.name] for p in self.rolled_packs if gone & p.records.keys()}
             targets = ({oid for oid in live if oid in loose or oid in self.packed} | young) - kept_ids
             if (not self.geometric and len(self.old_packs) <= 1 and not self.dropped
                     and not (targets & loose)):
@@ -246,25 +247,22 @@ class Packer:
         for oid in sorted(self.loose_targets | self.loose_dups):
             self.repo.loose.delete(oid)
             stats["loose_removed"] += 1
-        if self.full and (name or not self.targets):
-            for pack in self.rolled_packs:
-                if pack.name == name:
-                    continue
-                if self._freshened(pack):  # its objects are not dropped after all
-                    back = self.gone & pack.records.keys()
-                    self.gone -= back
-                    stats["dropped"] = len(self.gone)
-                    stats["dropped_bytes"] -= sum(pack.records[oid].length for oid in back)
-                    stats["packs_left_freshened"] = stats.get("packs_left_freshened", 0) + 1
-                    continue
-                for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
-                stats["packs_removed"] += 1
-            if self.rolled_packs:
-                fsync_dir(self.ps.dir)
+        rolled = [p for p in self.rolled_packs if p.name != name] if self.full and (name or not self.targets) else []
+        if any(self._freshened(p) for p in rolled):
+            # a push found objects this run would drop (has() renewed their pack's time): leave
+            # every old pack, so nothing they hold loses a delta base; a later gc drops them
+            stats["packs_left_freshened"] = len(rolled)
+            stats["dropped"] = stats["dropped_bytes"] = 0
+            rolled = []
+        for pack in _deletion_order(rolled):
+            for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            stats["packs_removed"] += 1
+        if rolled:
+            fsync_dir(self.ps.dir)
         stats["packs_kept"] = len(self.kept_packs)
         stats["tmp_bytes"] = self._remove_stale_tmp()  # left by killed pack runs, once past the grace
         self.ps.refresh()
@@ -430,6 +428,27 @@ class Packer:
                 except FileNotFoundError:
                     pass
         return freed
+
+
+def _mtime(pack) -> float:
+    try:
+        return os.stat(pack.path).st_mtime
+    except FileNotFoundError:  # removed by another repack since we listed it
+        return pack.mtime
+
+
+def _deletion_order(packs: list) -> list:
+    """`packs` ordered so that a pack goes before the packs holding the bases of its deltas: a run
+    killed between two deletions leaves no delta whose base is gone."""
+    holder = {oid: p.name for p in packs for oid in p.records}
+    left, order = list(packs), []
+    while left:
+        needed = {holder.get(r.base) for p in left for r in p.records.values()
+                  if r.base is not None and holder.get(r.base) != p.name}
+        free = [p for p in left if p.name not in needed] or left  # a cycle: any order
+        order += free
+        left = [p for p in left if p not in free]
+    return order
 
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,

@@ -104,6 +104,13 @@ class ObjectStore:
     def has(self, oid: str) -> bool:
         raise NotImplementedError
 
+    def freshen(self, oid: str, older_than: float = 0.0) -> bool:
+        """Whether the store holds `oid`; if so, the file holding it (loose file or pack) gets its
+        modification time set to now when older than `older_than` seconds, so that a gc, which
+        keeps unreachable objects younger than its grace period, keeps it until whoever found it
+        (a commit, a push) has made a ref point at it."""
+        return self.has(oid)
+
     def get(self, oid: str) -> bytes:
         """The object's bytes, verified against its id."""
         raise NotImplementedError
@@ -267,6 +274,9 @@ class LooseStore(ObjectStore):
 
     def has(self, oid):
         return os.path.exists(self.path(oid)) or (self._pending is not None and oid in self._pending)
+
+    def freshen(self, oid, older_than=0.0):
+        return freshen_file(self.path(oid), older_than) or (self._pending is not None and oid in self._pending)
 
     def _open(self, oid) -> int:
         if self._pending and self._pending.get(oid):
@@ -518,11 +528,16 @@ class ChainStore(ObjectStore):
         return self._read(oid, "view", verify=verify, rehash=rehash)
 
     def put(self, *buffers, oid=None):
-        """Write to the primary store unless some store already holds the object (a packed one too)."""
+        """Write to the primary store unless a local store (loose or packed; not a lazy clone's
+        remote, which may drop it) already holds the object; a copy found is freshened (see
+        ObjectStore.freshen) when older than FOUND_FRESHEN_S."""
         oid = oid or hash_bytes(*buffers)
-        if self.has(oid):
+        if any(s.freshen(oid, FOUND_FRESHEN_S) for s in self.stores if not s.fetches):
             return oid
         return self.primary.put(*buffers, oid=oid)
+
+    def freshen(self, oid, older_than=0.0):
+        return any(s.freshen(oid, older_than) for s in self.stores)
 
     def size(self, oid):
         return self._read(oid, "size")
@@ -569,6 +584,23 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
         raise
 
 
+def freshen_file(path: str, older_than: float = 0.0) -> bool:
+    """Whether the file exists; if so and its modification time is more than `older_than` seconds
+    old, it is set to now (best effort: a file of another user on a shared remote may refuse it,
+    and then only its age protects it). Renewing the time of a loose blob voids its verified stamp
+    (the next read re-hashes it), hence the threshold."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if time.time() - st.st_mtime > older_than:
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+    return True
+
+
 def _read_only_opener(path: str, flags: int) -> int:
     return os.open(path, flags, 0o444)
 
@@ -594,6 +626,7 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+FOUND_FRESHEN_S = 1800.0  # half gc's default grace: a found object keeps >= 30 min to be referenced
 SYNCFS_MIN_OBJECTS = 256  # a batch this large is made durable by one syncfs, not one fsync per file
 _syncfs = None  # libc's syncfs, looked up on first use (Linux only)
 

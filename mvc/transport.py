@@ -49,7 +49,7 @@ from .files import LockFile, atomic_write, shared_or_exclusive
 from .idlines import append_id_lines, parse_id_lines
 from .objects import check_ref_name, hash_bytes, is_oid
 from .pack import PACK_DIR, PackStore
-from .store import LooseStore, ObjectStore, fsync_dir, new_object_file
+from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
 
 REMOTE_FORMAT = 1
 REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repair from a repository that "
@@ -359,13 +359,7 @@ class DirectoryTransport(Transport):
         """Whether the remote holds `oid`; an object found is freshened (its file's, or its pack's,
         modification time set to now), so that a gc there, which keeps unreachable objects younger
         than its grace period, keeps it until the push that found it has moved its branch."""
-        if _freshen(self.objects.path(oid)):
-            return True
-        hit = self.packs.lookup(oid)
-        if hit is None:
-            return False
-        _freshen(hit[0].path)
-        return True
+        return self.objects.freshen(oid, FRESHEN_S) or self.packs.freshen(oid, FRESHEN_S)
 
     def get(self, oid):
         try:
@@ -425,7 +419,7 @@ class DirectoryTransport(Transport):
         which the next push re-sends. `replace` renames over a loose copy already there; a packed
         copy is left in its pack, and reads take the loose one first (see get)."""
         final = self.objects.path(oid)
-        if not replace and _freshen(final):
+        if not replace and freshen_file(final, FRESHEN_S):
             return
         with new_object_file(self.objects.tmp, oid, final) as f:
             fill(f)
@@ -487,21 +481,6 @@ def _holds_files(root: str) -> bool:
 
 WRITERS_LOCK = "writers.lock"  # the lock of Repo.writing (mvc.repo.WRITERS_LOCK; no import upward)
 FRESHEN_S = 60.0  # an object touched this recently is not touched again
-
-
-def _freshen(path: str) -> bool:
-    """Whether the file exists; if so its modification time is set to now (best effort: a file of
-    another user of a shared remote may refuse it, and then only its age protects it)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if time.time() - st.st_mtime > FRESHEN_S:
-        try:
-            os.utime(path)
-        except OSError:
-            pass
-    return True
 
 
 def _copy_file(src, dst) -> int:

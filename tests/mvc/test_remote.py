@@ -4,12 +4,12 @@ transport and a process killed mid-transfer), corruption on fetch, concurrent pu
 rules, lazy clones and push --repair."""
 import json
 import os
-import time
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 
 import pytest
@@ -955,3 +955,38 @@ def test_a_push_to_a_bare_remote_removes_temp_files_of_killed_pushes(tmp_path):
     assert not stale.exists() and live.exists()
     clone, _ = rm.clone(str(bare), str(tmp_path / "copy"))
     assert clone.fsck()["ok"] and clone.head() == repo.head()
+
+
+def test_a_commit_in_a_lazy_clone_stores_tensors_it_only_has_promised(tmp_path):
+    """A promised blob may vanish from the remote: a commit of equal bytes must keep its own copy."""
+    owner = new_repo(tmp_path / "owner")
+    w = weights(7, n=2)
+    owner.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    owner.commit({"base": w}, message="base", branch="base")
+    rm.clone(str(tmp_path / "owner"), str(tmp_path / "lazy"), lazy=True)
+    lazy = mvc.Repo(tmp_path / "lazy")
+    cid = lazy.commit({"mine": {k: v.clone() for k, v in w.items()}}, message="my copy")
+    ids = [t["id"] for t in lazy.tree(cid, "mine")["tensors"].values()]
+    assert all(lazy.loose.has(i) for i in ids)
+    owner.delete_branch("base")
+    shutil.rmtree(os.path.join(owner.dir, "logs"))
+    os.makedirs(os.path.join(owner.dir, "logs"))
+    assert mvc.Repo(owner.root).gc(grace_s=0)["removed"] > 0
+    got = mvc.Repo(tmp_path / "lazy").load(cid, "mine")
+    assert all(torch.equal(got[k], w[k]) for k in w)
+
+
+def test_has_on_a_repository_remote_looks_again_when_a_repack_removed_the_pack_it_knew(tmp_path):
+    from mvc.pack_write import pack
+    owner = new_repo(tmp_path / "owner")
+    owner.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    side = owner.commit({"a": weights(3, n=1)}, message="side", branch="side")
+    wid = next(iter(owner.tree(side, "a")["tensors"].values()))["id"]
+    pack(owner)
+    t = DirectoryTransport(str(tmp_path / "owner"))
+    assert t.has(wid)  # the transport now knows the pack holding it
+    owner.delete_branch("side")
+    shutil.rmtree(os.path.join(owner.dir, "logs"))
+    os.makedirs(os.path.join(owner.dir, "logs"))
+    assert mvc.Repo(owner.root).gc(grace_s=0)["pack"]["dropped"] > 0  # that pack is gone, and w with it
+    assert not t.has(wid)  # not answered from the stale pack list: a push must send it again
