@@ -122,8 +122,10 @@ def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]
 class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
 
-    def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False):
+    def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
+                 protect: set[str] | None = None):
         self.repo = repo
+        self.protect = protect or set()  # unreachable objects kept whatever their age (Repo.recently_referenced)
         self.full = full
         self.geometric = full and geometric
         self.grace_s = 3600.0 if grace_s is None else grace_s
@@ -166,8 +168,8 @@ class Packer:
             for p in self.old_packs:
                 for oid in p.records:
                     holders.setdefault(oid, []).append(p)
-            young = {oid for oid, ps in holders.items()
-                     if oid not in live and any(now - mtime[p.name] < self.grace_s for p in ps)}
+            young = {oid for oid, ps in holders.items() if oid not in live and (
+                oid in self.protect or any(now - mtime[p.name] < self.grace_s for p in ps))}
             gone = self.gone = {oid for oid in holders if oid not in live and oid not in young}
             if self.geometric:
                 self.kept_packs = self._geometric_keep(gone, loose, live)
@@ -452,10 +454,10 @@ def _deletion_order(packs: list) -> list:
 
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
-         geometric: bool = False) -> dict:
+         geometric: bool = False, protect: set[str] | None = None) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
     the large packs with nothing to drop, as gc does). Returns statistics."""
-    with Packer(repo, full=full, grace_s=grace_s, geometric=geometric) as p:
+    with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect) as p:
         return p.run(progress, dry_run=dry_run)
 
 

@@ -785,6 +785,12 @@ class Repo:
             except MvcError:
                 continue
             stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named_ids(cert)]
+        self._walk(stack, seen, missing)
+        return seen, missing
+
+    def _walk(self, stack: list, seen: set, missing: list) -> None:
+        """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
+        "commit", "tree" or "any"); ids referred to but absent go to `missing` with who."""
         while stack:
             oid, who, kind = stack.pop()
             if oid in seen:
@@ -810,7 +816,33 @@ class Repo:
                 missing.append((oid, who))
             except MvcError:
                 continue  # damaged: fsck reports it
-        return seen, missing
+
+    def recently_referenced(self, live: set[str], grace: float) -> set[str]:
+        """Unreachable objects gc keeps because a commit or tree younger than `grace` refers to
+        them. A push or fetch that finds a commit or tree already present skips everything it
+        refers to, so an old blob that only such a recent object names must outlive the grace
+        too (git: "keep objects reachable from recent objects"). Pack ages are their files'."""
+        now = time.time()
+        recent = []
+        for oid in self.loose.ids():
+            if oid not in live:
+                try:
+                    if now - os.stat(self.loose.path(oid)).st_mtime < grace:
+                        recent.append(oid)
+                except FileNotFoundError:
+                    pass
+        from .pack import pack_store_of
+        packs = pack_store_of(self.store)
+        for p in packs.packs() if packs is not None else ():
+            try:
+                young = now - os.stat(p.path).st_mtime < grace
+            except FileNotFoundError:
+                continue
+            if young:
+                recent += [oid for oid in p.records if oid not in live]
+        seen = set(live)
+        self._walk([(oid, "a recent object", "any") for oid in recent], seen, [])
+        return seen - live
 
     def kind_of(self, oid: str) -> str:
         """"commit", "tree" or "blob" (tensors, headers, files, data, certificates) of a stored object;
@@ -850,10 +882,14 @@ class Repo:
             raise CorruptObject(f"{len(missing)} reachable objects are missing (e.g. {oid[:12]}, referenced by "
                                 f"{who}); gc stopped so as not to delete what they refer to",
                                 "run mvc fsck, and restore the missing objects before collecting garbage")
+        protected = self.recently_referenced(live, grace)
         now = time.time()
         removed, freed, kept_young = 0, 0, 0
         for oid in list(self.loose.ids()):
             if oid in live:
+                continue
+            if oid in protected:
+                kept_young += 1
                 continue
             try:
                 st = os.stat(self.loose.path(oid))
@@ -877,7 +913,7 @@ class Repo:
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run}
         from .pack_write import pack  # repack kept objects (big clean packs stay), dropping unreachable ones
-        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True)
+        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True, protect=protected)
         result["removed"] += result["pack"]["dropped"]
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files

@@ -413,6 +413,31 @@ def test_rolled_packs_are_deleted_dependents_first():
     assert sorted(p.name for p in _deletion_order(loop)) == ["x", "y"]  # a cycle: both, any order
 
 
+def test_gc_keeps_old_objects_that_a_recent_commit_or_tree_refers_to(repo):
+    """A push that finds a tree present sends none of its blobs: an old blob only a young,
+    unreachable tree names (a push in flight) must survive a default-grace gc with the tree."""
+    repo.set_config("gc.reflogExpire", "-100")
+    repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    w = torch.arange(64.0)
+    side = repo.commit({"a": {"w": w}}, message="old", branch="side")
+    w_id = repo.tree(side, "a")["tensors"]["w"]["id"]
+    pack(repo)
+    repo.delete_branch("side")
+    _age_packs(repo)
+    inflight = repo.commit({"a": {"w": w.clone()}, "b": {"y": torch.ones(2)}}, message="in flight",
+                           branch="incoming")
+    repo.delete_branch("incoming")  # unreachable now, but young: as if its ref were not yet written
+    _age_packs(repo)  # the commit's reuse of w renewed the pack: make it old again
+    r = mvc.Repo(repo.root)
+    res = r.gc()
+    assert res["pack"]["dropped"] > 0  # the old side commit and its tree go
+    fresh = mvc.Repo(repo.root)
+    assert not fresh.store.has(side) and fresh.store.has(inflight) and fresh.store.has(w_id)
+    assert torch.equal(fresh.load(inflight, "a")["w"], w)
+    gone = mvc.Repo(repo.root).gc(grace_s=0)  # once nothing recent refers to it, it goes
+    assert not mvc.Repo(repo.root).store.has(w_id) and gone["removed"] > 0
+
+
 # -- corruption ----------------------------------------------------------------------------------
 def test_a_corrupted_pack_byte_is_detected_and_named_by_read_and_fsck(repo):
     ids, _states = drift_history(repo, 4)
