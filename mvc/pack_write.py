@@ -414,12 +414,14 @@ class Packer:
                                 "this is a bug in mvc; please report it") from None
 
     def _remove_stale_tmp(self, dry_run: bool = False) -> int:
-        """Remove temp files of killed pack runs older than the grace period; returns their bytes."""
+        """Remove temp files of killed pack runs older than the grace period, and pack files whose
+        index was never written (a run killed between the two renames); returns their bytes."""
         now, freed = time.time(), 0
         if not os.path.isdir(self.ps.dir):  # nothing was ever packed here
             return 0
-        for n in os.listdir(self.ps.dir):
-            if n.startswith(TMP_PREFIX):
+        names = os.listdir(self.ps.dir)
+        for n in names:
+            if _unfinished(n, names):
                 p = os.path.join(self.ps.dir, n)
                 try:
                     st = os.stat(p)
@@ -513,16 +515,23 @@ def storage_usage(repo) -> dict:
             "unfinished_files": tmp_files, "unfinished_bytes": tmp_bytes}
 
 
+def _unfinished(name: str, names: list[str]) -> bool:
+    """A file in the pack directory left by a pack run that did not finish: a temp file, or a pack
+    without its index (invisible to readers: a pack is used only through its index)."""
+    return name.startswith(TMP_PREFIX) or (
+        name.startswith("pack-") and name.endswith(".pack") and name[:-5] + ".idx" not in names)
+
+
 def _unfinished_writes(repo, pack_dir: str) -> tuple[int, int]:
     """Temp files of object and pack writes that did not finish (a killed process): gc and pack
     remove them once older than the grace period."""
     files = total = 0
-    for d, keep in ((repo.loose.tmp, lambda n: True), (pack_dir, lambda n: n.startswith(TMP_PREFIX))):
+    for d, keep in ((repo.loose.tmp, lambda n, names: True), (pack_dir, _unfinished)):
         try:
             names = os.listdir(d)
         except FileNotFoundError:
             continue
-        for n in filter(keep, names):
+        for n in (n for n in names if keep(n, names)):
             try:
                 total += os.path.getsize(os.path.join(d, n))
                 files += 1

@@ -924,17 +924,19 @@ class Repo:
 
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
         """Re-hash every stored object and check everything reachable exists and is well formed."""
-        damaged, checked = [], 0
-        for oid in self.store.ids():
-            checked += 1
-            try:
-                data = self.store.view(oid, rehash=True)  # never trusts a verified stamp
-                if progress:
-                    progress(len(data))
-            except CorruptObject as e:
-                damaged.append({"id": oid, "problem": e.message})
-            except ObjectMissing:
-                continue
+        damaged, checked = [], set()
+        for store in self.store.stores:  # every copy: a read would take a good one over a damaged one
+            for oid in store.ids():
+                checked.add(oid)
+                try:
+                    data = store.view(oid, rehash=True)  # never trusts a verified stamp
+                    if progress:
+                        progress(len(data))
+                except CorruptObject as e:
+                    damaged.append({"id": oid, "problem": e.message})
+                except ObjectMissing:
+                    continue
+        checked = len(checked)
         from .pack_write import pack_problems  # damaged pack indexes and pack checksums
         damaged += pack_problems(self)
         bad = {d["id"] for d in damaged}

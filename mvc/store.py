@@ -488,8 +488,11 @@ class ChainStore(ObjectStore):
 
     def _read(self, oid, how: str, **kw):
         """Read through the stores in order; an object that moves between stores while we look
-        (a loose object packed by a concurrent `mvc pack`) is found in the next one."""
+        (a loose object packed by a concurrent `mvc pack`) is found in the next one, and so is an
+        object whose first copy is damaged (CorruptObject only when no copy verifies; fsck still
+        names the damaged one)."""
         why = None  # the reason given by a store that should have had it (a lazy clone's remote)
+        damaged: dict[int, CorruptObject] = {}  # a damaged copy: another store's good one still serves
         for i, s in enumerate(self.stores):
             if i == 0 or s.has(oid):  # the first (loose) store answers a miss as cheaply as has()
                 try:
@@ -497,13 +500,20 @@ class ChainStore(ObjectStore):
                 except ObjectMissing as e:
                     why = e if i else why
                     continue
+                except CorruptObject as e:
+                    damaged[i] = e
+                    continue
         for i, s in enumerate(self.stores):  # it may have moved behind us: one more pass
-            if why is not None and s.has(oid) and i:
+            if i in damaged or (why is not None and s.has(oid) and i):
                 continue  # asked already, and it said why not
             try:
                 return getattr(s, how)(oid, **kw)
             except ObjectMissing:
                 continue
+            except CorruptObject as e:
+                damaged[i] = e
+        if damaged:
+            raise next(iter(damaged.values()))
         raise why or ObjectMissing(f"object {oid} is missing", "run mvc fsck")
 
     def has(self, oid):

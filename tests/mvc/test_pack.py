@@ -668,3 +668,30 @@ def test_du_counts_and_pack_removes_temp_files_of_killed_writes(repo):
     os.utime(stale, (old, old))
     pack(repo)
     assert not os.path.exists(stale) and repo.du()["unfinished_files"] == 0
+    orphan = os.path.join(pack_dir, "pack-" + "cd" * 32 + ".pack")  # killed between the pack's rename
+    with open(orphan, "wb") as f:                                    # and its index's
+        f.write(b"\0" * 2048)
+    assert repo.du()["unfinished_files"] == 1 and repo.du()["unfinished_bytes"] == 2048
+    os.utime(orphan, (old, old))
+    (real,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    pack(repo)
+    assert not os.path.exists(orphan) and os.path.exists(real.path) and mvc.Repo(repo.root).fsck()["ok"]
+
+
+def test_a_damaged_loose_copy_of_a_good_packed_object_neither_breaks_reads_nor_gc(repo):
+    ids, states = drift_history(repo, 3)
+    r = mvc.Repo(repo.root)
+    w_id = r.tree(ids[1], "core")["tensors"]["w"]["id"]
+    good = r.store.get(w_id)
+    pack(r)
+    r = mvc.Repo(repo.root)
+    r.loose.put(good)  # a loose copy again (e.g. a fetch), then damaged on disk
+    flip_byte(r.loose.path(w_id), len(good) - 5)
+    fresh = mvc.Repo(repo.root)
+    assert same(fresh.load(ids[1], "core"), states[1])  # the packed copy serves
+    assert any(p["id"] == w_id for p in fresh.fsck()["problems"])  # fsck names the damaged copy
+    mvc.Repo(repo.root).gc(grace_s=0)  # rewrites from the good copy; the damaged one goes
+    fresh = mvc.Repo(repo.root)
+    assert not fresh.loose.has(w_id) and fresh.fsck()["ok"]
+    for cid, s in zip(ids, states):
+        assert same(fresh.load(cid, "core"), s)
