@@ -95,6 +95,7 @@ def test_brick_train_checks_arguments(host, kwargs, error, words):
         bricks.train(bricks.build("sparse", host=host), host=host, **settings)
 
 
+@pytest.mark.filterwarnings("ignore:training a sparse brick without a general-text regulariser")
 def test_brick_divergence_is_an_error(host):
     with pytest.raises(TrainingDiverged, match="brick training diverged at step 2"):
         bricks.train(bricks.build("sparse", host=host), host=host, data=DATA, steps=4, lr=1e30, **FAST)
