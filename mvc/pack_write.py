@@ -123,8 +123,9 @@ class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
-                 protect: set[str] | None = None):
+                 protect: set[str] | None = None, live: set[str] | None = None):
         self.repo = repo
+        self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
         self.protect = protect or set()  # unreachable objects kept whatever their age (Repo.recently_referenced)
         self.full = full
         self.geometric = full and geometric
@@ -155,7 +156,7 @@ class Packer:
         self.ps.refresh()
         self.packed = self.ps.records()
         self.old_packs = self.ps.packs()
-        live, _missing = repo.reachable()
+        live = self.live if self.live is not None else repo.reachable()[0]
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []
@@ -456,10 +457,10 @@ def _deletion_order(packs: list) -> list:
 
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
-         geometric: bool = False, protect: set[str] | None = None) -> dict:
+         geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
     the large packs with nothing to drop, as gc does). Returns statistics."""
-    with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect) as p:
+    with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live) as p:
         return p.run(progress, dry_run=dry_run)
 
 

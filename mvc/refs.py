@@ -47,6 +47,15 @@ def _read_log(path: str) -> list[dict]:
     return out
 
 
+def _entry_time(e) -> float:
+    """A reflog entry's time in seconds since the epoch; NaN when it has none readable (such an
+    entry is dropped when reflogs expire, so it compares as old)."""
+    try:
+        return time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    except (ValueError, KeyError, TypeError, OverflowError):
+        return float("nan")
+
+
 def _open_append(path: str) -> int:
     for attempt in range(10):
         try:
@@ -324,16 +333,30 @@ class RefStore:
                 entries += _read_log(path)
         return entries[::-1]
 
-    def all_reflog_ids(self) -> set[str]:
-        """Every id in any reflog, retired ones included: they keep their commits from gc."""
+    def all_reflog_ids(self, expiring_after_s: float | None = None) -> set[str]:
+        """Every id in any reflog, retired ones included: they keep their commits from gc. With
+        `expiring_after_s`, only entries that `expire_reflogs(expiring_after_s)` would keep (what a
+        gc dry run counts on)."""
+        cutoff = None if expiring_after_s is None else time.time() - expiring_after_s
         ids = set()
         for dirpath, _d, files in os.walk(os.path.join(self.root, "logs")):
             for name in files:
                 for e in _read_log(os.path.join(dirpath, name)):
+                    if cutoff is not None and not _entry_time(e) >= cutoff:
+                        continue
                     for k in ("old", "new"):
                         if isinstance(e.get(k), str) and e[k]:
                             ids.add(e[k])
         return ids
+
+    def count_expiring(self, older_than_s: float) -> int:
+        """How many reflog entries `expire_reflogs(older_than_s)` would drop now."""
+        cutoff = time.time() - older_than_s
+        n = 0
+        for dirpath, _d, files in os.walk(os.path.join(self.root, "logs")):
+            for name in files:
+                n += sum(1 for e in _read_log(os.path.join(dirpath, name)) if not _entry_time(e) >= cutoff)
+        return n
 
     def expire_reflogs(self, older_than_s: float) -> int:
         """Drop reflog entries older than the cutoff; returns how many were dropped. A live ref's
@@ -367,9 +390,8 @@ class RefStore:
         with f:
             for line in f:
                 try:
-                    e = json.loads(line)
-                    t = time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-                except (ValueError, KeyError, TypeError):
+                    t = _entry_time(json.loads(line))
+                except ValueError:
                     continue
                 if t >= cutoff:
                     keep.append(line if line.endswith("\n") else line + "\n")

@@ -763,18 +763,20 @@ class Repo:
         return out_file
 
     # -- maintenance -------------------------------------------------------------------------
-    def reachable(self, include_reflogs: bool = True) -> tuple[set[str], list[tuple[str, str]]]:
+    def reachable(self, include_reflogs: bool = True,
+                  reflog_expiry: float | None = None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
         Certificates attached by the index keep alive every object they name (data blobs,
-        baseline commits, trees), so `mvc verify` still works after `mvc gc`.
+        baseline commits, trees), so `mvc verify` still works after `mvc gc`. `reflog_expiry`:
+        count only reflog entries that expiring reflogs at that age would keep (a gc dry run).
         """
         roots = set(self.refs.list("refs/").values())
         head = self.refs.read("HEAD") if self.refs.head_target() is None else None
         if head:
             roots.add(head)
         if include_reflogs:
-            roots |= self.refs.all_reflog_ids()
+            roots |= self.refs.all_reflog_ids(reflog_expiry)
         seen: set[str] = set()
         missing = []
         stack = [(r, "a ref or reflog", "commit") for r in roots]
@@ -872,17 +874,22 @@ class Repo:
             return self._gc(dry_run, grace, expire_reflogs)
 
     def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool) -> dict:
-        expired = 0
-        if expire_reflogs and not dry_run:
+        expired, expiry = 0, None
+        if expire_reflogs:
             expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
-            expired = self.refs.expire_reflogs(expire)
-        live, missing = self.reachable()
+            if dry_run:  # count what expiring would drop, and leave the reflogs as they are
+                expired, expiry = self.refs.count_expiring(expire), expire
+            else:
+                expired = self.refs.expire_reflogs(expire)
+        live, missing = self.reachable(reflog_expiry=expiry)
         if missing:  # what a missing commit or tree refers to would look unreachable: keep all
             oid, who = missing[0]
             raise CorruptObject(f"{len(missing)} reachable objects are missing (e.g. {oid[:12]}, referenced by "
                                 f"{who}); gc stopped so as not to delete what they refer to",
                                 "run mvc fsck, and restore the missing objects before collecting garbage")
         protected = self.recently_referenced(live, grace)
+        from .pack import pack_store_of
+        packs = pack_store_of(self.store)
         now = time.time()
         removed, freed, kept_young = 0, 0, 0
         for oid in list(self.loose.ids()):
@@ -898,7 +905,8 @@ class Repo:
             if now - st.st_mtime < grace:
                 kept_young += 1
                 continue
-            removed += 1
+            if packs is None or not packs.has(oid):  # a packed copy is counted when packing drops it
+                removed += 1
             freed += st.st_size
             if not dry_run:
                 self.loose.delete(oid)
@@ -913,7 +921,8 @@ class Repo:
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run}
         from .pack_write import pack  # repack kept objects (big clean packs stay), dropping unreachable ones
-        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True, protect=protected)
+        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True, protect=protected,
+                              live=live if dry_run else None)
         result["removed"] += result["pack"]["dropped"]
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files

@@ -2,6 +2,7 @@
 import json
 import os
 import time
+import shutil
 import subprocess
 import sys
 import threading
@@ -695,3 +696,21 @@ def test_a_damaged_loose_copy_of_a_good_packed_object_neither_breaks_reads_nor_g
     assert not fresh.loose.has(w_id) and fresh.fsck()["ok"]
     for cid, s in zip(ids, states):
         assert same(fresh.load(cid, "core"), s)
+
+
+def test_gc_counts_an_unreachable_object_stored_loose_and_packed_once(repo):
+    repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    side = repo.commit({"a": {"w": torch.arange(32.0)}}, message="side", branch="side")
+    pack(repo)
+    r = mvc.Repo(repo.root)
+    r.delete_branch("side")
+    ps = pack_store_of(r.store)
+    side_objects = {oid for oid in ps.records() if oid not in r.reachable(include_reflogs=False)[0]}
+    assert side in side_objects
+    for oid in side_objects:  # loose copies too (e.g. fetched again before the branch went)
+        r.loose.put(r.store.get(oid))
+    shutil.rmtree(os.path.join(r.dir, "logs"))
+    os.makedirs(os.path.join(r.dir, "logs"))
+    res = mvc.Repo(repo.root).gc(grace_s=0)
+    assert res["removed"] == len(side_objects)
+    assert not any(mvc.Repo(repo.root).store.has(o) for o in side_objects)

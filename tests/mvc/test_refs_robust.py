@@ -156,7 +156,11 @@ def test_gc_keeps_commits_only_a_deleted_nested_branchs_reflog_holds(repo):
     assert repo.read_commit(cid)["message"] == "only on exp/a"
     assert torch.equal(repo.load(cid, "core")["w"], torch.arange(4.0)) and repo.fsck()["ok"]
     repo.set_config("gc.reflogExpire", "-1")
-    assert repo.gc(grace_s=0)["removed"] > 0
+    dry = repo.gc(grace_s=0, dry_run=True)  # counts on the reflog entries that would expire
+    assert _files(os.path.join(repo.dir, "logs", "deleted")) != []  # ... without expiring them
+    real = repo.gc(grace_s=0)
+    assert real["removed"] > 0 and dry["removed"] == real["removed"]
+    assert dry["reflog_entries_expired"] == real["reflog_entries_expired"] > 0
     assert _files(os.path.join(repo.dir, "logs", "deleted")) == []
 
 
