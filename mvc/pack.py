@@ -123,6 +123,7 @@ class PackStore(ObjectStore):
         self._names: tuple | None = None
         self._packs: dict[str, Pack] = {}
         self._where: dict[str, tuple[Pack, pf.Record]] = {}
+        self._copies: dict[str, list[tuple[Pack, pf.Record]]] = {}
         self._bases: set[str] = set()
         self.damaged: dict[str, str] = {}   # pack name -> why its index could not be used
         self.cache = _LRU(cache_bytes)
@@ -160,13 +161,17 @@ class PackStore(ObjectStore):
                         continue
                 packs[name] = pack
             where: dict[str, tuple[Pack, pf.Record]] = {}
+            copies: dict[str, list[tuple[Pack, pf.Record]]] = {}  # ids held by more than one pack
             bases = set()
             for pack in sorted(packs.values(), key=lambda p: -p.mtime):  # newest pack first
                 for oid, r in pack.records.items():
-                    where.setdefault(oid, (pack, r))
+                    first = where.setdefault(oid, (pack, r))
+                    if first[0] is not pack:
+                        copies.setdefault(oid, [first]).append((pack, r))
                     if r.base:
                         bases.add(r.base)
             self._packs, self._where, self._bases, self.damaged = packs, where, bases, damaged
+            self._copies = copies
             self._names = None if vanished else names  # None: list again on the next miss
             return True
 
@@ -266,7 +271,19 @@ class PackStore(ObjectStore):
         hit = self.lookup(oid)
         if hit is None:
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
-        pack, r = hit
+        try:
+            return self._decode_record(oid, *hit, chain, use_cache)
+        except CorruptObject as first:  # another pack's copy (packs may overlap) may still be whole
+            for pack, r in self._copies.get(oid, ()):
+                if pack is hit[0]:
+                    continue
+                try:
+                    return self._decode_record(oid, pack, r, chain, use_cache)
+                except CorruptObject:
+                    continue
+            raise first
+
+    def _decode_record(self, oid: str, pack, r, chain: tuple, use_cache: bool):
         where = f"object {oid} in {pack.name}.pack"
         base, tainted = None, False
         if r.encoding == pf.XOR:
@@ -285,7 +302,7 @@ class PackStore(ObjectStore):
         if got != oid:
             if tainted:  # a cached base was changed by whoever holds it: decode from the pack alone
                 self.cache.discard(r.base)
-                return self._decoded(oid, chain, use_cache=False)
+                return self._decode_record(oid, pack, r, chain, use_cache=False)
             raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
                                 "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
         if use_cache and oid in self._bases and hasattr(arr, "nbytes"):

@@ -402,6 +402,7 @@ class Packer:
             pack = fresh._packs.get(name) if fresh.refresh() else None
             if pack is None:
                 raise CorruptObject(f"the new pack {name} cannot be opened")
+            fresh._copies = {}  # no falling back on an old pack's copy: this pack must be whole
             for r in sorted(records, key=lambda r: r.offset):
                 fresh._where[r.oid] = (pack, pack.records[r.oid])  # read this pack's copy, not another's
                 fresh._read(r.oid)
