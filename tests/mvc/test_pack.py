@@ -54,6 +54,20 @@ def records(repo):
     return {oid: r for oid, (_p, r) in pack_store_of(mvc.Repo(repo.root).store).records().items()}
 
 
+def forget_reflogs(repo):
+    """Drop every reflog, so commits no ref holds are unreachable at once (what expiry does later)."""
+    shutil.rmtree(os.path.join(repo.dir, "logs"))
+    os.makedirs(os.path.join(repo.dir, "logs"))
+
+
+def assert_history(root, ids, states):
+    """Read by a fresh Repo, every commit's core is bit-exactly what was committed, and fsck passes."""
+    fresh = mvc.Repo(root)
+    for cid, s in zip(ids, states):
+        assert same(fresh.load(cid, "core"), s)
+    assert fresh.fsck()["ok"]
+
+
 # -- the codec -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("itemsize", [1, 2, 4])
 @pytest.mark.parametrize("n", [0, 1, 7, pack_codec.CHUNK_BYTES // 4 - 1, pack_codec.CHUNK_BYTES // 2 + 3])
@@ -116,10 +130,7 @@ def test_twenty_commit_history_every_commit_identical_after_pack_and_gc(repo):
             assert same(r.load(ids[i], "core"), states[i])
     gc = mvc.Repo(repo.root).gc(grace_s=0)
     assert gc["pack"]["pack"] is None  # one pack, nothing to drop: gc leaves it alone
-    fresh = mvc.Repo(repo.root)
-    for cid, s in zip(ids, states):
-        assert same(fresh.load(cid, "core"), s)
-    assert fresh.fsck()["ok"]
+    assert_history(repo.root, ids, states)
 
 
 def test_delta_chains_are_bounded_and_exact_at_maximum_depth(repo):
@@ -173,11 +184,8 @@ def test_incremental_packs_continue_chains_and_gc_repacks_into_one(repo):
     r = mvc.Repo(repo.root)
     gc = r.gc(grace_s=0)
     assert gc["pack"]["packs_removed"] == 2 and gc["pack"]["reused"] > 0
-    fresh = mvc.Repo(repo.root)
-    assert len(pack_store_of(fresh.store).packs()) == 1
-    for cid, s in zip(ids + more, states + more_states):
-        assert same(fresh.load(cid, "core"), s)
-    assert fresh.fsck()["ok"]
+    assert len(pack_store_of(mvc.Repo(repo.root).store).packs()) == 1
+    assert_history(repo.root, ids + more, states + more_states)
 
 
 def test_gc_drops_unreachable_packed_objects_after_the_grace_period(repo):
@@ -188,9 +196,7 @@ def test_gc_drops_unreachable_packed_objects_after_the_grace_period(repo):
     r.delete_branch("side")
     kept = r.gc(grace_s=3600, expire_reflogs=False)  # reflogs still hold the side branch
     assert kept["pack"]["dropped"] == 0
-    import shutil
-    shutil.rmtree(os.path.join(r.dir, "logs"))
-    os.makedirs(os.path.join(r.dir, "logs"))
+    forget_reflogs(r)
     young = mvc.Repo(repo.root).gc(grace_s=3600)
     assert young["pack"]["dropped"] == 0  # the pack is younger than the grace period
     old = mvc.Repo(repo.root).gc(grace_s=0)
@@ -224,11 +230,8 @@ def test_gc_leaves_a_large_clean_pack_alone_and_rolls_up_the_small_ones(repo):
     assert gc["pack"]["packs_kept"] == 1 and gc["pack"]["packs_removed"] == 1
     assert after[big] == before[big]  # the same file: not rewritten
     assert small not in after and len(after) == 2 and gc["pack"]["pack"] in after
-    fresh = mvc.Repo(repo.root)
-    assert not list(fresh.loose.ids())
-    for cid, s in zip(ids + more + last, states + more_states + last_states):
-        assert same(fresh.load(cid, "core"), s)
-    assert fresh.fsck()["ok"]
+    assert not list(mvc.Repo(repo.root).loose.ids())
+    assert_history(repo.root, ids + more + last, states + more_states + last_states)
     again = mvc.Repo(repo.root).gc(grace_s=0)  # nothing new: nothing rewritten
     assert again["pack"]["pack"] is None and pack_files(repo) == after
 
@@ -246,25 +249,26 @@ def test_gc_rewrites_a_large_pack_whose_deltas_rest_on_a_pack_it_rewrites(repo):
     by_name = {p.name: p for p in pack_store_of(mvc.Repo(repo.root).store).packs()}
     assert any(rec.base in by_name[first].records for rec in by_name[second].records.values())
     mvc.Repo(repo.root).delete_branch("side")  # the first pack now holds garbage: it is rewritten
-    import shutil
-    shutil.rmtree(os.path.join(repo.dir, "logs"))
-    os.makedirs(os.path.join(repo.dir, "logs"))
+    forget_reflogs(repo)
     gc = mvc.Repo(repo.root).gc(grace_s=0)
     assert gc["pack"]["dropped"] > 0
     assert gc["pack"]["packs_kept"] == 0 and gc["pack"]["packs_removed"] == 2
-    fresh = mvc.Repo(repo.root)
-    assert len(pack_store_of(fresh.store).packs()) == 1
-    for cid, s in zip(ids + more, states + more_states):
-        assert same(fresh.load(cid, "core"), s)
-    assert fresh.fsck()["ok"]
+    assert len(pack_store_of(mvc.Repo(repo.root).store).packs()) == 1
+    assert_history(repo.root, ids + more, states + more_states)
+
+
+def packed_history(repo, n, at):
+    """n drifting commits, packed: (ids, states, id of tensor w of commit `at`, its bytes)."""
+    ids, states = drift_history(repo, n)
+    r = mvc.Repo(repo.root)
+    w_id = r.tree(ids[at], "core")["tensors"]["w"]["id"]
+    good = r.store.get(w_id)
+    pack(r)
+    return ids, states, w_id, good
 
 
 def test_gc_rewrites_a_pack_whose_damaged_record_has_a_good_loose_copy(repo):
-    ids, states = drift_history(repo, 6)
-    r = mvc.Repo(repo.root)
-    w_id = r.tree(ids[2], "core")["tensors"]["w"]["id"]
-    good = r.store.get(w_id)
-    pack(r)
+    ids, states, w_id, good = packed_history(repo, 6, at=2)
     (p,) = pack_store_of(mvc.Repo(repo.root).store).packs()
     rec = p.records[w_id]
     flip_byte(p.path, rec.offset + rec.length // 2)
@@ -274,25 +278,27 @@ def test_gc_rewrites_a_pack_whose_damaged_record_has_a_good_loose_copy(repo):
     assert gc["pack"]["packs_kept"] == 0 and gc["pack"]["pack"] is not None
     (q,) = pack_store_of(mvc.Repo(repo.root).store).packs()
     assert os.stat(q.path).st_ino != inode  # rewritten (from the good copy: the same bytes, the same name)
-    fresh = mvc.Repo(repo.root)
-    assert not list(fresh.loose.ids())
-    for cid, s in zip(ids, states):
-        assert same(fresh.load(cid, "core"), s)
-    assert fresh.fsck()["ok"]
+    assert not list(mvc.Repo(repo.root).loose.ids())
+    assert_history(repo.root, ids, states)
+
+
+def one_pack_with_garbage(repo, side_commits=2):
+    """Two commits on main and `side_commits` on a branch then deleted with its reflog, all in one
+    pack: (main ids, their states, side ids, the pack)."""
+    ids, states = drift_history(repo, 2)
+    side, _ = drift_history(mvc.Repo(repo.root), side_commits, seed=5, branch="side")
+    pack(mvc.Repo(repo.root))
+    r = mvc.Repo(repo.root)
+    r.delete_branch("side")
+    forget_reflogs(r)
+    (old,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    return ids, states, side, old
 
 
 def test_gc_leaves_a_pack_freshened_while_it_ran(repo):
     """A push that found an object in a pack about to be dropped sets the pack's time: gc keeps it."""
     from mvc.pack_write import Packer
-    ids, _states = drift_history(repo, 2)
-    side, _ = drift_history(mvc.Repo(repo.root), 2, seed=5, branch="side")
-    pack(mvc.Repo(repo.root))
-    r = mvc.Repo(repo.root)
-    r.delete_branch("side")
-    import shutil
-    shutil.rmtree(os.path.join(r.dir, "logs"))
-    os.makedirs(os.path.join(r.dir, "logs"))
-    (old,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    _ids, _states, side, old = one_pack_with_garbage(repo)
     with Packer(mvc.Repo(repo.root), full=True, grace_s=0, geometric=True) as packer:
         assert packer.dropped > 0
         time.sleep(0.01)
@@ -680,11 +686,7 @@ def test_du_counts_and_pack_removes_temp_files_of_killed_writes(repo):
 
 
 def test_a_damaged_loose_copy_of_a_good_packed_object_neither_breaks_reads_nor_gc(repo):
-    ids, states = drift_history(repo, 3)
-    r = mvc.Repo(repo.root)
-    w_id = r.tree(ids[1], "core")["tensors"]["w"]["id"]
-    good = r.store.get(w_id)
-    pack(r)
+    ids, states, w_id, good = packed_history(repo, 3, at=1)
     r = mvc.Repo(repo.root)
     r.loose.put(good)  # a loose copy again (e.g. a fetch), then damaged on disk
     flip_byte(r.loose.path(w_id), len(good) - 5)
@@ -709,8 +711,7 @@ def test_gc_counts_an_unreachable_object_stored_loose_and_packed_once(repo):
     assert side in side_objects
     for oid in side_objects:  # loose copies too (e.g. fetched again before the branch went)
         r.loose.put(r.store.get(oid))
-    shutil.rmtree(os.path.join(r.dir, "logs"))
-    os.makedirs(os.path.join(r.dir, "logs"))
+    forget_reflogs(r)
     res = mvc.Repo(repo.root).gc(grace_s=0)
     assert res["removed"] == len(side_objects)
     assert not any(mvc.Repo(repo.root).store.has(o) for o in side_objects)
@@ -718,14 +719,7 @@ def test_gc_counts_an_unreachable_object_stored_loose_and_packed_once(repo):
 
 def test_a_damaged_record_is_read_from_another_pack_holding_the_object(repo):
     from mvc.pack_write import Packer
-    ids, states = drift_history(repo, 2)
-    side, _ = drift_history(mvc.Repo(repo.root), 1, seed=5, branch="side")
-    pack(mvc.Repo(repo.root))
-    r = mvc.Repo(repo.root)
-    r.delete_branch("side")
-    shutil.rmtree(os.path.join(r.dir, "logs"))
-    os.makedirs(os.path.join(r.dir, "logs"))
-    (old,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    ids, states, _side, old = one_pack_with_garbage(repo, side_commits=1)
     with Packer(mvc.Repo(repo.root), full=True, grace_s=0) as packer:
         time.sleep(0.01)
         os.utime(old.path)  # a push renewed it while gc ran: it stays beside the new pack
