@@ -79,6 +79,36 @@ def shared_or_exclusive(path: str, exclusive: bool):
         os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def exclusive_within(path: str, timeout_s: float):
+    """Hold `path`'s advisory lock (as `shared_or_exclusive`) exclusively if it can be had within
+    `timeout_s`; yields whether it was (True as well where flock is not available)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    got = False
+                    break
+                time.sleep(0.05)
+            except OSError:  # no flock here: as shared_or_exclusive, go on unlocked
+                got = True
+                break
+        yield got
+    finally:
+        os.close(fd)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from . import pack_format as pf
 from .errors import ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing
 from .objects import hash_bytes
-from .store import ObjectStore, freshen_file
+from .store import ObjectStore
 
 PACK_DIR = "pack"                # under the objects directory
 DEFAULT_CACHE_BYTES = 256 << 20  # decoded delta bases kept in memory (config pack.cacheMB)
@@ -200,13 +200,17 @@ class PackStore(ObjectStore):
         return self.lookup(oid) is not None
 
     def freshen(self, oid, older_than=0.0):
+        """Whether a pack holds `oid`, looked up again when the pack it was listed in has gone (a
+        repack). A pack's time is left alone: renewing it would make every unreachable object in
+        it look young, so its garbage would never age out; gc drops packed objects only under
+        the writers lock, after checking that no commit or push reached them meanwhile."""
         hit = self.lookup(oid)
-        if hit is not None and freshen_file(hit[0].path, older_than):
+        if hit is not None and os.path.exists(hit[0].path):
             return True
-        if hit is not None:  # that pack went away (a repack) after we listed it: look again
+        if hit is not None:
             self.refresh()
             hit = self._where.get(oid)
-        return hit is not None and freshen_file(hit[0].path, older_than)
+        return hit is not None and os.path.exists(hit[0].path)
 
     def get(self, oid):
         return bytes(self._read(oid))

@@ -22,6 +22,7 @@ This module works on a `Repo` passed in (it never imports repo.py) and never imp
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import time
@@ -38,6 +39,7 @@ from .store import fsync_dir
 DEFAULT_MAX_DEPTH = 8
 GEOMETRIC_FACTOR = 2             # gc keeps a pack at least this many times the bytes of all smaller ones
 TMP_PREFIX = "tmp-"
+DROP_LOCK_WAIT_S = 60.0          # how long dropping objects waits for commits and pushes in flight
 LOCK_TIMEOUT_S = 600.0
 WRITER_CACHE_BYTES = 512 << 20   # recently read objects kept to serve as XOR bases
 
@@ -123,8 +125,9 @@ class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
-                 protect: set[str] | None = None, live: set[str] | None = None):
+                 protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False):
         self.repo = repo
+        self.writers_locked = writers_locked  # the caller holds the writers lock exclusively (short-grace gc)
         self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
         self.protect = protect or set()  # unreachable objects kept whatever their age (Repo.recently_referenced)
         self.full = full
@@ -160,7 +163,6 @@ class Packer:
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []
-        self.fresh_check: dict[str, float] = {}
         self.gone: set[str] = set()
         if self.full:
             now = time.time()
@@ -177,7 +179,6 @@ class Packer:
             kept_ids = {oid for p in self.kept_packs for oid in p.records}
             self.rolled_packs = [p for p in self.old_packs if p not in self.kept_packs]
             self.dropped, self.dropped_bytes = len(gone), sum(self.packed[oid][1].length for oid in gone)
-            self.fresh_check = {p.name: mtime[p.name] for p in self.rolled_packs if gone & p.records.keys()}
             targets = ({oid for oid in live if oid in loose or oid in self.packed} | young) - kept_ids
             if (not self.geometric and len(self.old_packs) <= 1 and not self.dropped
                     and not (targets & loose)):
@@ -251,37 +252,45 @@ class Packer:
             self.repo.loose.delete(oid)
             stats["loose_removed"] += 1
         rolled = [p for p in self.rolled_packs if p.name != name] if self.full and (name or not self.targets) else []
-        if any(self._freshened(p) for p in rolled):
-            # a push found objects this run would drop (has() renewed their pack's time): leave
-            # every old pack, so nothing they hold loses a delta base; a later gc drops them
-            stats["packs_left_freshened"] = len(rolled)
-            stats["dropped"] = stats["dropped_bytes"] = 0
-            rolled = []
-        for pack in _deletion_order(rolled):
-            for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-            stats["packs_removed"] += 1
-        if rolled:
-            fsync_dir(self.ps.dir)
+        if rolled and self.gone:
+            with (contextlib.nullcontext(True) if self.writers_locked
+                  else self.repo.writers_exclusive_within(DROP_LOCK_WAIT_S)) as locked:
+                why = self._keep_old_packs(locked)
+                if why:  # leave every old pack, so nothing they hold loses a delta base; a later gc drops
+                    stats["packs_left"], stats["packs_left_why"] = len(rolled), why
+                    stats["dropped"] = stats["dropped_bytes"] = 0
+                    rolled = []
+                self._delete(rolled, stats)
+        else:
+            self._delete(rolled, stats)
         stats["packs_kept"] = len(self.kept_packs)
         stats["tmp_bytes"] = self._remove_stale_tmp()  # left by killed pack runs, once past the grace
         self.ps.refresh()
         stats["seconds"] = time.perf_counter() - t0
         return stats
 
-    def _freshened(self, pack) -> bool:
-        """Whether a pack holding objects this run drops was freshened since planning: a push that
-        found one of them there (`has` sets the pack's time) may be about to refer to it, so the
-        pack stays for a later gc."""
-        if pack.name not in self.fresh_check:
-            return False
-        try:
-            return os.stat(pack.path).st_mtime != self.fresh_check[pack.name]
-        except FileNotFoundError:
-            return False
+    def _keep_old_packs(self, locked: bool) -> str | None:
+        """Why the old packs must stay although this run drops objects from them, or None. Called
+        holding the writers lock exclusively (`locked`): no commit, fetch or push into this
+        repository is between finding an object and pointing a ref at it, so what the refs reach
+        now is final; an object this run drops that they reach again (a commit or push that reused
+        it while the pack was written) keeps the old packs."""
+        if not locked:
+            return "busy: commits or pushes held the writers lock"
+        if self.gone & self.repo.reachable()[0]:
+            return "referenced again while packing"
+        return None
+
+    def _delete(self, packs: list, stats: dict) -> None:
+        for pack in _deletion_order(packs):
+            for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            stats["packs_removed"] += 1
+        if packs:
+            fsync_dir(self.ps.dir)
 
     def _read(self, oid: str, recent: dict):
         data = recent.get(oid)
@@ -458,10 +467,12 @@ def _deletion_order(packs: list) -> list:
 
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
-         geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None) -> dict:
+         geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None,
+         writers_locked: bool = False) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
     the large packs with nothing to drop, as gc does). Returns statistics."""
-    with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live) as p:
+    with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live,
+                writers_locked=writers_locked) as p:
         return p.run(progress, dry_run=dry_run)
 
 

@@ -382,6 +382,12 @@ class Repo:
             warnings.warn(f"committed {cid[:12]}, but packing after it failed: {e}")
         return cid
 
+    def writers_exclusive_within(self, timeout_s: float):
+        """The writers lock held exclusively if it can be had within `timeout_s` (yields whether it
+        was): packing waits so for commits and fetches in flight before it drops objects."""
+        from .files import exclusive_within
+        return exclusive_within(os.path.join(self.dir, WRITERS_LOCK), timeout_s)
+
     def writing(self):
         """Held (shared) from writing new objects until a ref or index points at them: commit,
         fetch, certificates. A gc with a grace shorter than GC_GRACE_S takes it exclusively, so it
@@ -871,9 +877,9 @@ class Repo:
         exclusive = grace < GC_GRACE_S and not dry_run
         with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True) if exclusive \
                 else contextlib.nullcontext():
-            return self._gc(dry_run, grace, expire_reflogs)
+            return self._gc(dry_run, grace, expire_reflogs, exclusive)
 
-    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool) -> dict:
+    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool) -> dict:
         expired, expiry = 0, None
         if expire_reflogs:
             expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
@@ -922,7 +928,7 @@ class Repo:
                   "reflog_entries_expired": expired, "dry_run": dry_run}
         from .pack_write import pack  # repack kept objects (big clean packs stay), dropping unreachable ones
         result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True, protect=protected,
-                              live=live if dry_run else None)
+                              live=live if dry_run else None, writers_locked=exclusive)
         result["removed"] += result["pack"]["dropped"]
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files

@@ -105,10 +105,10 @@ class ObjectStore:
         raise NotImplementedError
 
     def freshen(self, oid: str, older_than: float = 0.0) -> bool:
-        """Whether the store holds `oid`; if so, the file holding it (loose file or pack) gets its
-        modification time set to now when older than `older_than` seconds, so that a gc, which
-        keeps unreachable objects younger than its grace period, keeps it until whoever found it
-        (a commit, a push) has made a ref point at it."""
+        """Whether the store holds `oid`; a loose file holding it gets its modification time set
+        to now when older than `older_than` seconds, so that a gc, which deletes unreachable loose
+        objects older than its grace period, keeps it until whoever found it (a commit, a push)
+        has made a ref point at it. Packs are not touched (see PackStore.freshen)."""
         return self.has(oid)
 
     def get(self, oid: str) -> bytes:
@@ -539,7 +539,7 @@ class ChainStore(ObjectStore):
 
     def put(self, *buffers, oid=None):
         """Write to the primary store unless a local store (loose or packed; not a lazy clone's
-        remote, which may drop it) already holds the object; a copy found is freshened (see
+        remote, which may drop it) already holds the object; a loose copy found is freshened (see
         ObjectStore.freshen) when older than FOUND_FRESHEN_S."""
         oid = oid or hash_bytes(*buffers)
         if any(s.freshen(oid, FOUND_FRESHEN_S) for s in self.stores if not s.fetches):

@@ -534,8 +534,9 @@ def gc(dry_run, grace, as_json):
         if p and not dry_run and (p.get("packs_removed") or (p.get("pack") and p.get("packs_kept"))):
             click.echo(f"packs: {p.get('packs_kept', 0)} kept as they were (large, nothing to drop), "
                        f"{p.get('packs_removed', 0)} rewritten or removed")
-        if p and p.get("packs_left_freshened"):
-            click.echo(f"{p['packs_left_freshened']} packs left in place: a push found objects there while gc ran")
+        if p and p.get("packs_left"):
+            click.echo(f"{p['packs_left']} old packs left in place ({p['packs_left_why']}); the next gc drops "
+                       "their garbage")
         if r.get("stamps_removed"):
             click.echo(f"{verb} {r['stamps_removed']} verified stamps of objects no longer stored")
         if r.get("not_fetched"):

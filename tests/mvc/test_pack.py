@@ -295,22 +295,36 @@ def one_pack_with_garbage(repo, side_commits=2):
     return ids, states, side, old
 
 
-def test_gc_leaves_a_pack_freshened_while_it_ran(repo):
-    """A push that found an object in a pack about to be dropped sets the pack's time: gc keeps it."""
+def test_gc_leaves_old_packs_when_what_it_drops_is_referenced_again_while_it_packs(repo):
+    """A commit or push that reused an object gc planned to drop, and moved a ref to it while the
+    new pack was written: gc sees it under the writers lock and deletes no old pack."""
     from mvc.pack_write import Packer
-    _ids, _states, side, old = one_pack_with_garbage(repo)
+    _ids, _states, side, _old = one_pack_with_garbage(repo)
     with Packer(mvc.Repo(repo.root), full=True, grace_s=0, geometric=True) as packer:
         assert packer.dropped > 0
-        time.sleep(0.01)
-        os.utime(old.path)  # now: what DirectoryTransport.has does on a remote
-        assert os.stat(old.path).st_mtime != old.mtime
+        mvc.Repo(repo.root).create_branch("again", side[-1])  # e.g. a push that found side there
         stats = packer.run()
-    assert stats["packs_left_freshened"] == 1 and stats["dropped"] == 0 and stats["dropped_bytes"] == 0
+    assert stats["packs_left"] == 1 and stats["packs_left_why"] == "referenced again while packing"
+    assert stats["dropped"] == 0 and stats["dropped_bytes"] == 0 and stats["packs_removed"] == 0
     fresh = mvc.Repo(repo.root)
-    assert fresh.store.has(side[-1]) and fresh.load(side[-1], "core")
-    assert fresh.fsck()["ok"]
-    later = mvc.Repo(repo.root).gc(grace_s=0)  # next time nobody refreshes it: dropped
+    assert fresh.load(side[-1], "core") and fresh.fsck()["ok"]
+    fresh.delete_branch("again")
+    forget_reflogs(fresh)
+    later = mvc.Repo(repo.root).gc(grace_s=0)  # nobody refers to it now: dropped
     assert later["pack"]["dropped"] > 0 and not mvc.Repo(repo.root).store.has(side[-1])
+    assert mvc.Repo(repo.root).fsck()["ok"]
+
+
+def test_gc_drops_nothing_while_commits_hold_the_writers_lock(repo, monkeypatch):
+    from mvc import pack_write
+    monkeypatch.setattr(pack_write, "DROP_LOCK_WAIT_S", 0.2)
+    _ids, _states, side, _old = one_pack_with_garbage(repo)
+    _age_packs(repo)  # its garbage is past the grace
+    with mvc.Repo(repo.root).writing():  # a commit between writing its objects and moving its ref
+        res = mvc.Repo(repo.root).gc()  # the default grace: gc does not wait for commits to finish
+    assert res["pack"]["dropped"] == 0 and res["pack"]["packs_left"] == 1
+    assert res["pack"]["packs_left_why"].startswith("busy")
+    assert mvc.Repo(repo.root).store.has(side[-1]) and mvc.Repo(repo.root).fsck()["ok"]
 
 
 def test_committing_after_pack_writes_no_loose_copy_of_packed_tensors_or_headers(repo, tmp_path):
@@ -342,11 +356,10 @@ def _age_packs(repo, seconds=7200):
         os.utime(os.path.join(pdir, n), (old, old))
 
 
-def test_a_pack_freshened_during_gc_keeps_the_pack_holding_its_delta_bases(repo, monkeypatch):
-    """P0 holds A, P1 holds B as a delta on A; A becomes garbage, B stays live. A push that finds an
-    object of P1 while gc runs freshens P1: gc must then delete neither (P1 would lose A)."""
+def test_a_pack_referenced_again_during_gc_keeps_the_pack_holding_its_delta_bases(repo, monkeypatch):
+    """P0 holds A, P1 holds B as a delta on A; A becomes garbage, B stays live. A push that finds
+    c2 (in P1) while gc runs and moves a ref to it: gc must then delete neither (P1 would lose A)."""
     from mvc import pack_write
-    from mvc.transport import DirectoryTransport
     repo.set_config("gc.reflogExpire", "-100")
     g = torch.Generator().manual_seed(0)
     a = torch.randn(128, 64, generator=g) * 0.02
@@ -365,23 +378,26 @@ def test_a_pack_freshened_during_gc_keeps_the_pack_holding_its_delta_bases(repo,
 
     def push_arrives(self, name, recs):
         real(self, name, recs)
-        assert DirectoryTransport(repo.root).has(c2)  # found in P1: its time is renewed
+        mvc.Repo(repo.root).create_branch("pushed", c2)  # found c2 there, sent the rest, moved its ref
 
     monkeypatch.setattr(pack_write.Packer, "_verify_written", push_arrives)
     res = mvc.Repo(repo.root).gc()["pack"]
     monkeypatch.undo()
-    assert res["packs_left_freshened"] == 2 and res["packs_removed"] == 0 and res["dropped"] == 0
+    assert res["packs_left"] == 2 and res["packs_removed"] == 0 and res["dropped"] == 0
     fresh = mvc.Repo(repo.root)
     assert torch.equal(fresh.load("new", "m")["w"], b) and torch.equal(fresh.load(c2, "m")["w"], b)
-    assert fresh.fsck()["ok"]
-    later = mvc.Repo(repo.root).gc(grace_s=0)  # nobody renews them now: dropped
+    assert torch.equal(fresh.load(c2 + "~1", "m")["w"], a) and fresh.fsck()["ok"]
+    fresh.delete_branch("pushed")
+    later = mvc.Repo(repo.root).gc(grace_s=0)  # nobody refers to them now: dropped
     assert later["pack"]["dropped"] > 0 and not mvc.Repo(repo.root).store.has(c2)
     assert mvc.Repo(repo.root).fsck()["ok"] and torch.equal(mvc.Repo(repo.root).load("new", "m")["w"], b)
 
 
-def test_a_commit_that_finds_its_objects_stored_renews_their_time(repo):
-    """gc keeps unreachable objects younger than its grace: an old packed or loose object a new
-    commit reuses must count as young until the commit's ref points at it."""
+def test_a_commit_that_finds_its_objects_stored_renews_loose_ones_and_leaves_packs_alone(repo):
+    """gc deletes unreachable loose objects older than its grace without a lock: an old loose
+    object a new commit reuses must count as young until the commit's ref points at it. A pack's
+    time is left alone, or the garbage in it would never age out (packed objects are dropped under
+    the writers lock instead)."""
     w = {"w": torch.arange(12.0)}
     side = repo.commit({"m": w}, message="side", branch="side")
     pack(repo)
@@ -392,14 +408,15 @@ def test_a_commit_that_finds_its_objects_stored_renews_their_time(repo):
     for oid in repo.loose.ids():
         os.utime(repo.loose.path(oid), (old, old))
     r = mvc.Repo(repo.root)
-    r.commit({"m": {"w": w["w"].clone()}, "n": {"v": loose_only["v"].clone()}}, message="reuse")
     (p,) = pack_store_of(r.store).packs()
-    assert time.time() - os.stat(p.path).st_mtime < 60
+    pack_time = os.stat(p.path).st_mtime
+    r.commit({"m": {"w": w["w"].clone()}, "n": {"v": loose_only["v"].clone()}}, message="reuse")
+    assert os.stat(p.path).st_mtime == pack_time
     v_id = r.tree(side2, "n")["tensors"]["v"]["id"]
-    assert time.time() - os.stat(r.loose.path(v_id)).st_mtime < 60
-    again = os.stat(p.path).st_mtime
-    mvc.Repo(repo.root).commit({"m": {"w": w["w"].clone()}}, message="once more")
-    assert os.stat(p.path).st_mtime == again  # renewed recently: left alone (verified stamps stay valid)
+    renewed = os.stat(r.loose.path(v_id)).st_mtime
+    assert time.time() - renewed < 60
+    mvc.Repo(repo.root).commit({"n": {"v": loose_only["v"].clone()}, "x": {"y": torch.ones(1)}}, message="again")
+    assert os.stat(r.loose.path(v_id)).st_mtime == renewed  # renewed recently: left alone (stamps stay valid)
     assert side  # the side branches stay reachable; the point is the times
 
 
@@ -719,11 +736,10 @@ def test_gc_counts_an_unreachable_object_stored_loose_and_packed_once(repo):
 
 def test_a_damaged_record_is_read_from_another_pack_holding_the_object(repo):
     from mvc.pack_write import Packer
-    ids, states, _side, old = one_pack_with_garbage(repo, side_commits=1)
+    ids, states, side, _old = one_pack_with_garbage(repo, side_commits=1)
     with Packer(mvc.Repo(repo.root), full=True, grace_s=0) as packer:
-        time.sleep(0.01)
-        os.utime(old.path)  # a push renewed it while gc ran: it stays beside the new pack
-        assert packer.run()["packs_left_freshened"] == 1
+        mvc.Repo(repo.root).create_branch("again", side[-1])  # referenced again: the old pack stays
+        assert packer.run()["packs_left"] == 1
     packs = pack_store_of(mvc.Repo(repo.root).store).packs()
     assert len(packs) == 2
     w_id = mvc.Repo(repo.root).tree(ids[1], "core")["tensors"]["w"]["id"]
