@@ -159,7 +159,16 @@ class Packer:
         self.ps.refresh()
         self.packed = self.ps.records()
         self.old_packs = self.ps.packs()
-        live = self.live if self.live is not None else repo.reachable()[0]
+        if self.live is not None:
+            live = self.live
+        else:
+            damaged: list = []
+            live, missing = repo.reachable(damaged=damaged)
+            if self.full and (missing or damaged):  # what they refer to would look like garbage
+                oid, who = (missing or damaged)[0]
+                raise CorruptObject(f"a reachable object is {'missing' if missing else 'damaged'} ({oid[:12]}, "
+                                    f"referenced by {who}); packing stopped so as not to drop what it refers to",
+                                    "run mvc fsck (mvc fsck --repair-from REMOTE restores it)")
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []
@@ -425,14 +434,12 @@ class Packer:
                                 "this is a bug in mvc; please report it") from None
 
     def _remove_stale_tmp(self, dry_run: bool = False) -> int:
-        """Remove temp files of killed pack runs older than the grace period, and pack files whose
-        index was never written (a run killed between the two renames); returns their bytes."""
+        """Remove temp files of killed pack runs older than the grace period; returns their bytes."""
         now, freed = time.time(), 0
         if not os.path.isdir(self.ps.dir):  # nothing was ever packed here
             return 0
-        names = os.listdir(self.ps.dir)
-        for n in names:
-            if _unfinished(n, names):
+        for n in os.listdir(self.ps.dir):
+            if n.startswith(TMP_PREFIX):
                 p = os.path.join(self.ps.dir, n)
                 try:
                     st = os.stat(p)
@@ -528,11 +535,16 @@ def storage_usage(repo) -> dict:
             "unfinished_files": tmp_files, "unfinished_bytes": tmp_bytes}
 
 
+def _index_missing(name: str, names: list[str]) -> bool:
+    """A pack file without its index (invisible to readers: a pack is used only through its index):
+    left by a pack run killed between its two renames, or an index lost. Never deleted by mvc (its
+    objects may be the only copies); du counts it, fsck names it."""
+    return name.startswith("pack-") and name.endswith(".pack") and name[:-5] + ".idx" not in names
+
+
 def _unfinished(name: str, names: list[str]) -> bool:
-    """A file in the pack directory left by a pack run that did not finish: a temp file, or a pack
-    without its index (invisible to readers: a pack is used only through its index)."""
-    return name.startswith(TMP_PREFIX) or (
-        name.startswith("pack-") and name.endswith(".pack") and name[:-5] + ".idx" not in names)
+    """A file in the pack directory that no reader uses: a temp file or a pack without its index."""
+    return name.startswith(TMP_PREFIX) or _index_missing(name, names)
 
 
 def _unfinished_writes(repo, pack_dir: str) -> tuple[int, int]:
@@ -554,5 +566,16 @@ def _unfinished_writes(repo, pack_dir: str) -> tuple[int, int]:
 
 
 def pack_problems(repo, progress=None) -> list[dict]:
-    """Damaged pack indexes and pack files, for fsck."""
-    return _store(repo).verify(progress)
+    """Damaged pack indexes and pack files, and pack files without an index, for fsck."""
+    ps = _store(repo)
+    problems = ps.verify(progress)
+    try:
+        names = os.listdir(ps.dir)
+    except FileNotFoundError:
+        return problems
+    for n in names:
+        if _index_missing(n, names):
+            problems.append({"id": n, "problem": "pack file without its index: the objects in it are invisible "
+                             "(if nothing is reported missing, a killed pack run left it and it can be deleted; "
+                             "otherwise keep it: its objects may be the only copies)"})
+    return problems

@@ -769,13 +769,14 @@ class Repo:
         return out_file
 
     # -- maintenance -------------------------------------------------------------------------
-    def reachable(self, include_reflogs: bool = True,
-                  reflog_expiry: float | None = None) -> tuple[set[str], list[tuple[str, str]]]:
+    def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
+                  damaged: list | None = None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
         Certificates attached by the index keep alive every object they name (data blobs,
         baseline commits, trees), so `mvc verify` still works after `mvc gc`. `reflog_expiry`:
         count only reflog entries that expiring reflogs at that age would keep (a gc dry run).
+        `damaged` (a list) receives the reachable commits and trees that cannot be read.
         """
         roots = set(self.refs.list("refs/").values())
         head = self.refs.read("HEAD") if self.refs.head_target() is None else None
@@ -793,12 +794,13 @@ class Repo:
             except MvcError:
                 continue
             stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named_ids(cert)]
-        self._walk(stack, seen, missing)
+        self._walk(stack, seen, missing, damaged)
         return seen, missing
 
-    def _walk(self, stack: list, seen: set, missing: list) -> None:
+    def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None) -> None:
         """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
-        "commit", "tree" or "any"); ids referred to but absent go to `missing` with who."""
+        "commit", "tree" or "any"); ids referred to but absent go to `missing` with who, commits
+        and trees that cannot be read to `damaged` (what they refer to is then not in `seen`)."""
         while stack:
             oid, who, kind = stack.pop()
             if oid in seen:
@@ -812,6 +814,8 @@ class Repo:
                 try:
                     kind = self.kind_of(oid)
                 except MvcError:
+                    if damaged is not None:
+                        damaged.append((oid, who))
                     continue  # damaged: fsck reports it
             try:
                 if kind == "commit":
@@ -823,6 +827,8 @@ class Repo:
             except ObjectMissing:
                 missing.append((oid, who))
             except MvcError:
+                if damaged is not None:
+                    damaged.append((oid, who))
                 continue  # damaged: fsck reports it
 
     def recently_referenced(self, live: set[str], grace: float) -> set[str]:
@@ -887,12 +893,15 @@ class Repo:
                 expired, expiry = self.refs.count_expiring(expire), expire
             else:
                 expired = self.refs.expire_reflogs(expire)
-        live, missing = self.reachable(reflog_expiry=expiry)
-        if missing:  # what a missing commit or tree refers to would look unreachable: keep all
-            oid, who = missing[0]
-            raise CorruptObject(f"{len(missing)} reachable objects are missing (e.g. {oid[:12]}, referenced by "
-                                f"{who}); gc stopped so as not to delete what they refer to",
-                                "run mvc fsck, and restore the missing objects before collecting garbage")
+        damaged: list = []
+        live, missing = self.reachable(reflog_expiry=expiry, damaged=damaged)
+        if missing or damaged:  # what they refer to would look unreachable: keep all
+            oid, who = (missing or damaged)[0]
+            what = "missing" if missing else "damaged"
+            raise CorruptObject(f"{len(missing or damaged)} reachable objects are {what} (e.g. {oid[:12]}, "
+                                f"referenced by {who}); gc stopped so as not to delete what they refer to",
+                                f"run mvc fsck, and restore the {what} objects (mvc fsck --repair-from REMOTE) "
+                                "before collecting garbage")
         protected = self.recently_referenced(live, grace)
         from .pack import pack_store_of
         packs = pack_store_of(self.store)
