@@ -257,7 +257,7 @@ class Packer:
                 stats["encodings"][pf.ENCODING_NAMES[r.encoding]] += 1
             stats["depth_max_written"] = max((r.depth for r in records), default=0)
         self.ps.refresh()  # this process's readers see the new pack before loose copies go
-        for oid in sorted(self.loose_targets | self.loose_dups):
+        for oid in sorted(self.loose_targets | {o for o in self.loose_dups if self._packed_copy_whole(o)}):
             self.repo.loose.delete(oid)
             stats["loose_removed"] += 1
         rolled = [p for p in self.rolled_packs if p.name != name] if self.full and (name or not self.targets) else []
@@ -300,6 +300,15 @@ class Packer:
             stats["packs_removed"] += 1
         if packs:
             fsync_dir(self.ps.dir)
+
+    def _packed_copy_whole(self, oid: str) -> bool:
+        """Whether the packed copy of an object that also lies loose decodes and verifies: if not,
+        the loose copy (perhaps a repair) is the good one and stays."""
+        try:
+            self.ps.view(oid)
+            return True
+        except MvcError:
+            return False
 
     def _read(self, oid: str, recent: dict):
         data = recent.get(oid)

@@ -699,11 +699,18 @@ def _set_aside(packs) -> None:
 
 
 def _intact(repo: Repo, oid: str) -> bool:
-    try:
-        repo.store.view(oid, rehash=True)
-        return True
-    except MvcError:
-        return False
+    """Whether the object is stored here and every local copy of it verifies (a read takes any good
+    copy, so a damaged loose copy beside a good packed one must be checked on its own)."""
+    found = False
+    for s in repo.store.stores:
+        if s.fetches or not s.has(oid):
+            continue
+        found = True
+        try:
+            s.view(oid, rehash=True)
+        except MvcError:
+            return False
+    return found
 
 
 # -- fetch -------------------------------------------------------------------------------------

@@ -614,6 +614,40 @@ def test_fsck_repair_from_restores_damaged_loose_and_packed_objects(tmp_path, mo
         assert checkout_bytes(fixed, rev, tmp_path / f"f{rev[:6]}") == checkout_bytes(backup, rev, tmp_path / f"b{rev[:6]}")
 
 
+def test_fsck_repair_from_replaces_a_damaged_loose_copy_beside_a_good_packed_one(tmp_path):
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(4)}, message="one")
+    backup, _ = rm.clone(src.root, str(tmp_path / "backup"))
+    pack(src)
+    blob = tree_blob_ids(src.read_tree(src.read_commit(cid)["components"]["core"]))[0]
+    src.loose.put(src.store.get(blob), oid=blob)  # a loose copy again, then damaged
+    flip_byte(src.loose.path(blob), 200)
+    assert not mvc.Repo(src.root).fsck()["ok"]  # reads take the packed copy; fsck names the loose one
+    res = rm.repair(mvc.Repo(src.root), backup.root)
+    assert res["ok"] and res["restored"] == [blob] and mvc.Repo(src.root).fsck()["ok"]
+
+
+def test_an_incremental_pack_keeps_a_good_loose_copy_of_a_damaged_packed_object(tmp_path):
+    from mvc.pack import pack_store_of
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    w = weights(5, n=2, shape=(64, 64))
+    cid = src.commit({"core": w}, message="one")
+    blob = tree_blob_ids(src.read_tree(src.read_commit(cid)["components"]["core"]))[0]
+    good = src.store.get(blob)
+    pack(src)
+    (p,) = pack_store_of(mvc.Repo(src.root).store).packs()
+    flip_byte(p.path, p.records[blob].offset + 10)
+    mvc.Repo(src.root).loose.put(good, oid=blob)  # e.g. a repair whose repack did not run
+    src.commit({"other": weights(6, n=1)}, message="two")
+    pack(mvc.Repo(src.root))  # moves the new loose objects; must not take the good copy with it
+    r = mvc.Repo(src.root)
+    assert r.loose.has(blob)
+    got = r.load(cid, "core")
+    assert all(torch.equal(got[k], w[k]) for k in w)
+
+
 def test_pack_lookup_sees_packs_another_thread_just_loaded(tmp_path, monkeypatch):
     from mvc.pack import pack_store_of
     from mvc.pack_write import pack
