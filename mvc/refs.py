@@ -390,10 +390,12 @@ class RefStore:
         with f:
             for line in f:
                 try:
-                    t = _entry_time(json.loads(line))
+                    e = json.loads(line)
                 except ValueError:
+                    continue  # torn (a crash mid-append): dropped, as _read_log skips it
+                if not isinstance(e, dict):
                     continue
-                if t >= cutoff:
+                if _entry_time(e) >= cutoff:
                     keep.append(line if line.endswith("\n") else line + "\n")
                 else:
                     dropped += 1

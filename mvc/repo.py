@@ -926,12 +926,17 @@ class Repo:
             if not dry_run:
                 self.loose.delete(oid)
         tmp = self.loose.tmp
-        if os.path.isdir(tmp) and not dry_run:
+        if os.path.isdir(tmp):  # temp files of killed writes
             for name in os.listdir(tmp):
                 p = os.path.join(tmp, name)
-                if now - os.stat(p).st_mtime >= grace:
-                    freed += os.stat(p).st_size
-                    os.unlink(p)
+                try:
+                    st = os.stat(p)
+                    if now - st.st_mtime >= grace:
+                        freed += st.st_size
+                        if not dry_run:
+                            os.unlink(p)
+                except FileNotFoundError:  # a commit renamed it meanwhile
+                    continue
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run}

@@ -769,3 +769,18 @@ def test_gc_and_pack_all_refuse_while_a_reachable_commit_is_damaged(repo):
     fresh = mvc.Repo(repo.root)
     for cid, s in zip(ids[:-1], states[:-1]):
         assert same(fresh.load(cid, "core"), s)
+
+
+def test_gc_dry_run_counts_temp_files_of_killed_commits_as_the_run_frees_them(repo):
+    drift_history(repo, 1)
+    tmp = mvc.Repo(repo.root).loose.tmp
+    stale = os.path.join(tmp, "ab" * 8 + "-killed")
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 5000)
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    dry = mvc.Repo(repo.root).gc(dry_run=True)
+    assert os.path.exists(stale)
+    real = mvc.Repo(repo.root).gc()
+    assert not os.path.exists(stale)
+    assert dry["bytes_freed"] == real["bytes_freed"] >= 5000

@@ -257,3 +257,15 @@ def test_reflog_expiry_waits_for_the_refs_lock(tmp_path):
     held.release()
     t.join(timeout=10)
     assert done.is_set() and refs.reflog("refs/heads/main") == []
+
+
+def test_expiring_reflogs_drops_what_count_expiring_counted(tmp_path):
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    log = tmp_path / "logs" / "refs" / "heads" / "main"
+    old = '{"old": null, "new": "%s", "time": "2001-01-01T00:00:00Z", "message": "old"}\n' % B
+    log.write_text(old + "[1, 2]\n" + '"text"\n' + log.read_text() + '{"new": "%s"}\n' % C + "{torn")
+    counted = refs.count_expiring(3600)
+    assert counted == 2  # the old entry and the one without a time; lines that are no entry do not count
+    assert refs.expire_reflogs(3600) == counted
+    assert [e["message"] for e in refs.reflog("refs/heads/main")] == ["one"]
