@@ -453,13 +453,10 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
 
     def upload(oid):
         kw = {"replace": True} if oid in plan["replace"] else {}
-        if repo.loose.has(oid):  # verified through a map of the file, then copied file to object
-            view = repo.loose.view(oid)
-            n = len(view)
-            if hasattr(view, "close"):
-                view.close()
+        if repo.loose.has(oid) and _loose_copy_whole(repo, oid):  # then copied file to object
+            n = repo.loose.size(oid)
             t.put_file(oid, repo.loose.path(oid), **kw)
-        else:  # packed or fetched on demand: verified on read
+        else:  # packed, fetched on demand, or a damaged loose copy beside a good one: verified on read
             data = repo.store.get(oid)
             n = len(data)
             t.put(oid, data, **kw)
@@ -474,6 +471,17 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
     finally:
         progress.end()
     return sent
+
+
+def _loose_copy_whole(repo: Repo, oid: str) -> bool:
+    """Whether the loose copy verifies (through a map of the file, or its verified stamp)."""
+    try:
+        view = repo.loose.view(oid)
+    except CorruptObject:
+        return False
+    if hasattr(view, "close"):
+        view.close()
+    return True
 
 
 def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, pool: Pool,

@@ -364,11 +364,18 @@ class DirectoryTransport(Transport):
     def get(self, oid):
         try:
             with open(self.objects.path(oid), "rb") as f:
-                return f.read()
+                data = f.read()
         except FileNotFoundError:
             return self._packed(oid)
+        if self.packs.has(oid) and hash_bytes(data) != oid:  # a damaged loose copy beside a packed one
+            return self._packed(oid)
+        return data
 
     def get_into(self, oid, f):
+        if self.packs.has(oid):  # loose and packed (rare): hand over whichever copy verifies
+            data = self.get(oid)
+            f.write(data)
+            return len(data)
         try:
             src = open(self.objects.path(oid), "rb")
         except FileNotFoundError:

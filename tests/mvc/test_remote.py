@@ -1024,3 +1024,22 @@ def test_has_on_a_repository_remote_looks_again_when_a_repack_removed_the_pack_i
     os.makedirs(os.path.join(owner.dir, "logs"))
     assert mvc.Repo(owner.root).gc(grace_s=0)["pack"]["dropped"] > 0  # that pack is gone, and w with it
     assert not t.has(wid)  # not answered from the stale pack list: a push must send it again
+
+
+def test_push_and_clone_take_the_good_copy_when_a_loose_copy_is_damaged_beside_a_packed_one(tmp_path):
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    w = weights(8, n=3, shape=(32, 32))
+    cid = src.commit({"core": w}, message="one")
+    pack(src)
+    blob = tree_blob_ids(src.read_tree(src.read_commit(cid)["components"]["core"]))[0]
+    src.loose.put(src.store.get(blob), oid=blob)
+    flip_byte(src.loose.path(blob), 150)
+    rm.add_remote(src, "origin", str(tmp_path / "bare"))
+    rm.push(mvc.Repo(src.root))  # sends the packed (good) copy, not the damaged file
+    pushed, _ = rm.clone(str(tmp_path / "bare"), str(tmp_path / "from-bare"))
+    assert pushed.fsck()["ok"]
+    for lazy in (False, True):  # the damaged repository itself used as a remote
+        clone, _ = rm.clone(src.root, str(tmp_path / f"c{lazy}"), lazy=lazy)
+        got = clone.load(cid, "core")
+        assert all(torch.equal(got[k], w[k]) for k in w)
