@@ -47,6 +47,7 @@ class Pack:
         with open(self.path, "rb") as f:   # FileNotFoundError: the pack went away (a repack)
             self.file_size = os.fstat(f.fileno()).st_size
             self.mtime = os.fstat(f.fileno()).st_mtime
+            self.inode = os.fstat(f.fileno()).st_ino
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.file_size else b""
         try:
             count = pf.check_pack_header(self.map, f"pack {name}.pack")
@@ -278,6 +279,8 @@ class PackStore(ObjectStore):
         try:
             return self._decode_record(oid, *hit, chain, use_cache)
         except CorruptObject as first:  # another pack's copy (packs may overlap) may still be whole
+            if self._reopen_if_replaced(hit[0]):  # a repack rewrote it under the same name
+                return self._decoded(oid, chain, use_cache)
             for pack, r in self._copies.get(oid, ()):
                 if pack is hit[0]:
                     continue
@@ -286,6 +289,22 @@ class PackStore(ObjectStore):
                 except CorruptObject:
                     continue
             raise first
+
+    def _reopen_if_replaced(self, pack: Pack) -> bool:
+        """Whether the file under `pack`'s name is another one than we mapped (a repack from good
+        copies writes a damaged pack again under its name: same checksum, same name); if so it is
+        opened afresh."""
+        try:
+            if os.stat(pack.path).st_ino == pack.inode:
+                return False
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            if self._packs.get(pack.name) is pack:
+                del self._packs[pack.name]
+                self._names = None  # decoded objects cached from it were verified: they stay good
+        self.refresh()
+        return True
 
     def _decode_record(self, oid: str, pack, r, chain: tuple, use_cache: bool):
         where = f"object {oid} in {pack.name}.pack"

@@ -172,6 +172,7 @@ class Packer:
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []
+        self._whole_packs: dict[str, bool] = {}
         self.gone: set[str] = set()
         if self.full:
             now = time.time()
@@ -301,6 +302,13 @@ class Packer:
         if packs:
             fsync_dir(self.ps.dir)
 
+    def _whole(self, pack) -> bool:
+        """Whether a pack's bytes match its checksum (asked once per pack and run)."""
+        whole = self._whole_packs.get(pack.name)
+        if whole is None:
+            whole = self._whole_packs[pack.name] = pack.verify_checksum()
+        return whole
+
     def _packed_copy_whole(self, oid: str) -> bool:
         """Whether the packed copy of an object that also lies loose decodes and verifies: if not,
         the loose copy (perhaps a repair) is the good one and stays."""
@@ -361,8 +369,18 @@ class Packer:
                 for oid in self.targets:
                     old = self.packed.get(oid)
                     # a loose copy wins over the packed one: it may be a repair of a damaged record
-                    if (self.full and old is not None and oid not in self.loose_targets
-                            and self._reusable(old[1], depth_of)):
+                    reuse = (self.full and old is not None and oid not in self.loose_targets
+                             and self._reusable(old[1], depth_of))
+                    encoded = None
+                    if reuse and not self._whole(old[0]):
+                        # its pack fails its checksum: decode the object (any good copy serves);
+                        # if that fails, copy the entry as it is (its base may be whole here)
+                        try:
+                            encoded = self._encode(oid, depth_of, recent)
+                            reuse = False
+                        except CorruptObject:
+                            pass
+                    if reuse:
                         pack, r = old
                         piece = pack.entry(r)
                         put(piece)
@@ -370,7 +388,7 @@ class Packer:
                             r.encoding, r.length, r.size
                         reused += 1
                     else:
-                        enc, base, depth, size = self._encode(oid, depth_of, recent)
+                        enc, base, depth, size = encoded or self._encode(oid, depth_of, recent)
                         for piece in enc.parts:
                             put(piece)
                         encoding, length = enc.encoding, enc.length

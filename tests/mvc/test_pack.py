@@ -274,12 +274,17 @@ def test_gc_rewrites_a_pack_whose_damaged_record_has_a_good_loose_copy(repo):
     flip_byte(p.path, rec.offset + rec.length // 2)
     mvc.Repo(repo.root).loose.put(good)  # a repair put the good bytes back loose
     inode = os.stat(p.path).st_ino
-    gc = mvc.Repo(repo.root).gc(grace_s=0)
+    reader = mvc.Repo(repo.root)  # a long-lived process that has the damaged pack mapped
+    assert same(reader.load(ids[1], "core"), states[1])
+    collector = mvc.Repo(repo.root)
+    gc = collector.gc(grace_s=0)
     assert gc["pack"]["packs_kept"] == 0 and gc["pack"]["pack"] is not None
     (q,) = pack_store_of(mvc.Repo(repo.root).store).packs()
     assert os.stat(q.path).st_ino != inode  # rewritten (from the good copy: the same bytes, the same name)
     assert not list(mvc.Repo(repo.root).loose.ids())
     assert_history(repo.root, ids, states)
+    for r in (reader, collector):  # they open the rewritten file instead of failing on the old map
+        assert same(r.load(ids[2], "core"), states[2])
 
 
 def one_pack_with_garbage(repo, side_commits=2):
@@ -750,6 +755,10 @@ def test_a_damaged_record_is_read_from_another_pack_holding_the_object(repo):
     fresh = mvc.Repo(repo.root)
     assert same(fresh.load(ids[1], "core"), states[1])  # the other pack's copy serves
     assert not mvc.Repo(repo.root).fsck()["ok"]  # the damaged pack is still named
+    res = pack(fresh, full=True)  # rewrites from the good copies (not the damaged pack's raw entries)
+    assert res["packs_removed"] >= 1 and len(pack_store_of(mvc.Repo(repo.root).store).packs()) == 1
+    assert_history(repo.root, ids, states)
+    assert same(fresh.load(ids[1], "core"), states[1])  # this process too, after the rewrite
 
 
 def test_gc_and_pack_all_refuse_while_a_reachable_commit_is_damaged(repo):
