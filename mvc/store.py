@@ -643,20 +643,13 @@ _syncfs = None  # libc's syncfs, looked up on first use (Linux only)
 
 def syncfs(path: str) -> bool:
     """Flush every dirty page and inode of the file system holding `path` (Linux syncfs(2), what
-    `sync -f` runs): one journal commit instead of one per file. False when unavailable or on
-    failure; the caller then fsyncs each file itself."""
+    `sync -f` runs): one journal commit instead of one per file. False when it cannot be trusted
+    to report a failed write (kernels before 5.8; FUSE file systems, where it reaches no daemon)
+    or fails; the caller then fsyncs each file itself."""
     global _syncfs
-    if not sys.platform.startswith("linux"):
-        return False
     if _syncfs is None:
-        try:
-            import ctypes
-            fn = ctypes.CDLL(None, use_errno=True).syncfs
-            fn.argtypes = [ctypes.c_int]
-            _syncfs = fn
-        except (OSError, AttributeError):
-            _syncfs = False
-    if not _syncfs:
+        _syncfs = _load_syncfs()
+    if not _syncfs or _on_fuse(path):
         return False
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -666,6 +659,43 @@ def syncfs(path: str) -> bool:
         return _syncfs(fd) == 0
     finally:
         os.close(fd)
+
+
+def _load_syncfs():
+    """libc's syncfs on Linux >= 5.8 (earlier kernels return 0 after a failed writeback), else False."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    if (major, minor) < (5, 8):
+        return False
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    except (OSError, AttributeError):
+        return False
+
+
+def _on_fuse(path: str) -> bool:
+    """Whether `path` lies on a FUSE mount (the longest mount point above it in /proc/self/mounts)."""
+    path = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                point = parts[1].replace("\\040", " ")
+                if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                    best, kind = point, parts[2]
+    except OSError:
+        return True  # cannot tell: do not trust syncfs
+    return kind.startswith("fuse")
 
 
 _sync_file_range = None  # libc's sync_file_range, looked up on first use (Linux only)

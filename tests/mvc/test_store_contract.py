@@ -433,11 +433,9 @@ def test_without_syncfs_a_large_batch_fsyncs_each_file(tmp_path, monkeypatch):
 
 
 def test_syncfs_syncs_a_real_file_system_or_says_it_cannot(tmp_path):
-    import sys
-
-    from mvc.store import syncfs
-    result = syncfs(str(tmp_path))
-    assert result is (sys.platform.startswith("linux"))
+    from mvc.store import _load_syncfs, _on_fuse, syncfs
+    trusted = bool(_load_syncfs()) and not _on_fuse(str(tmp_path))  # Linux >= 5.8, not FUSE
+    assert syncfs(str(tmp_path)) is trusted
     assert syncfs(str(tmp_path / "missing")) is False
 
 
@@ -514,3 +512,17 @@ def test_loading_more_mapped_blobs_than_the_open_files_limit(tmp_path, hard):
     else:  # the soft limit is raised to the hard one and the load goes on
         assert r.returncode == 0, r.stderr
         assert "loaded; limit now 4096" in r.stdout
+
+
+def test_syncfs_is_not_trusted_on_fuse_or_old_kernels(tmp_path, monkeypatch):
+    from mvc import store as store_mod
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nfoo {tmp_path}/fuse\\040dir fuse.sshfs rw 0 0\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(mounts if p == "/proc/self/mounts" else p, *a, **k))
+    (tmp_path / "fuse dir" / "x").mkdir(parents=True)
+    assert store_mod._on_fuse(str(tmp_path / "fuse dir" / "x"))
+    assert not store_mod._on_fuse(str(tmp_path))
+    monkeypatch.undo()
+    monkeypatch.setattr(store_mod.os, "uname", lambda: os.uname_result(("Linux", "h", "5.4.0-150-generic", "", "x86_64")))
+    assert store_mod._load_syncfs() is False
