@@ -226,10 +226,12 @@ class LooseStore(ObjectStore):
             yield self
             return
         pending: dict[str, str | None] = {}  # id -> temp file (None while a thread still writes it)
+        # opened before any write: syncfs through it reports every failed write since (errseq)
+        watch = _open_fs_watch(self.tmp, create=True) if self.fsync else None
         token = _BATCH.set((self, pending))
         try:
             yield self
-            self._flush(pending)
+            self._flush(pending, watch)
         except BaseException:
             for tmp in pending.values():
                 try:
@@ -240,6 +242,8 @@ class LooseStore(ObjectStore):
             raise
         finally:
             _BATCH.reset(token)
+            if watch is not None:
+                os.close(watch)
 
     @property
     def _pending(self) -> dict[str, str | None] | None:
@@ -247,12 +251,13 @@ class LooseStore(ObjectStore):
         current = _BATCH.get()
         return current[1] if current is not None and current[0] is self else None
 
-    def _flush(self, pending: dict[str, str]) -> None:
+    def _flush(self, pending: dict[str, str], watch: int | None = None) -> None:
         if not pending:
             return
         from concurrent.futures import ThreadPoolExecutor  # only when there is something to sync
         workers = min(16, len(pending))
-        whole_fs = self.fsync and len(pending) >= SYNCFS_MIN_OBJECTS and syncfs(self.tmp)
+        whole_fs = (self.fsync and watch is not None and len(pending) >= SYNCFS_MIN_OBJECTS
+                    and syncfs(self.tmp, watch))
         if self.fsync and not whole_fs:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 list(pool.map(_fsync_path, pending.values()))
@@ -262,7 +267,7 @@ class LooseStore(ObjectStore):
                 os.makedirs(os.path.dirname(self.path(oid)), exist_ok=True)
                 made.add(oid[:2])
             os.replace(tmp, self.path(oid))
-        if whole_fs and syncfs(self.tmp):
+        if whole_fs and syncfs(self.tmp, watch):
             return
         if self.fsync:
             dirs = sorted({os.path.dirname(self.path(oid)) for oid in pending})
@@ -641,24 +646,37 @@ SYNCFS_MIN_OBJECTS = 256  # a batch this large is made durable by one syncfs, no
 _syncfs = None  # libc's syncfs, looked up on first use (Linux only)
 
 
-def syncfs(path: str) -> bool:
+def syncfs(path: str, fd: int | None = None) -> bool:
     """Flush every dirty page and inode of the file system holding `path` (Linux syncfs(2), what
-    `sync -f` runs): one journal commit instead of one per file. False when it cannot be trusted
-    to report a failed write (kernels before 5.8; FUSE file systems, where it reaches no daemon)
-    or fails; the caller then fsyncs each file itself."""
+    `sync -f` runs): one journal commit instead of one per file. It reports write failures since
+    `fd` (a descriptor on that file system; default: one opened now) was opened, so open it before
+    writing. False when it cannot be trusted to report a failed write (kernels before 5.8; FUSE
+    file systems, where it reaches no daemon) or fails; the caller then fsyncs each file itself."""
     global _syncfs
     if _syncfs is None:
         _syncfs = _load_syncfs()
     if not _syncfs or _on_fuse(path):
         return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
+    own = fd is None
+    if own:
+        fd = _open_fs_watch(path)
+        if fd is None:
+            return False
     try:
         return _syncfs(fd) == 0
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
+
+
+def _open_fs_watch(path: str, create: bool = False) -> int | None:
+    """A read-only descriptor on directory `path` (created if missing and asked to), or None."""
+    try:
+        if create:
+            os.makedirs(path, exist_ok=True)
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _load_syncfs():

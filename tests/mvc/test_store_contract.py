@@ -397,8 +397,9 @@ def _count_syncs(monkeypatch, syncfs_works=True):
         calls["dir"] += 1
         real_dir(path)
 
-    def syncfs(path):
+    def syncfs(path, fd=None):
         calls["fs"] += 1
+        calls["fds"] = calls.get("fds", set()) | {fd}
         return syncfs_works and os.path.isdir(path)
 
     monkeypatch.setattr(store_mod, "_fsync_path", fsync_file)
@@ -414,6 +415,8 @@ def test_a_large_batch_is_made_durable_by_syncfs_before_and_after_the_renames(tm
     n = store_mod.SYNCFS_MIN_OBJECTS
     with s.batch():
         ids = [s.put(f"object {i}".encode()) for i in range(n)]
+    (fd,) = calls.pop("fds")  # both through one descriptor, opened when the batch began:
+    assert fd is not None     # syncfs reports the write errors of the whole batch through it
     assert calls == {"file": 0, "dir": 0, "fs": 2}
     assert all(s.get(oid) == f"object {i}".encode() for i, oid in enumerate(ids))
     with s.batch():  # a small batch: one fsync per file and per directory, as before
