@@ -72,8 +72,8 @@ def shared_or_exclusive(path: str, exclusive: bool):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         except OSError as e:  # a file system without flock (some network mounts): go on unlocked
-            warnings.warn(f"cannot lock {path} ({e.strerror}); a short-grace gc is not kept from "
-                          "racing commits here")
+            warnings.warn(f"cannot lock {path} ({e.strerror}): commits are not kept from racing a "
+                          "short-grace gc here, and gc with the default grace deletes no garbage")
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -82,11 +82,12 @@ def shared_or_exclusive(path: str, exclusive: bool):
 @contextlib.contextmanager
 def exclusive_within(path: str, timeout_s: float):
     """Hold `path`'s advisory lock (as `shared_or_exclusive`) exclusively if it can be had within
-    `timeout_s`; yields whether it was (True as well where flock is not available)."""
+    `timeout_s`; yields whether it was (False where flock is not available: what needs it is
+    left undone, e.g. gc keeps garbage there rather than race commits)."""
     try:
         import fcntl
     except ImportError:
-        yield True
+        yield False
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -101,8 +102,8 @@ def exclusive_within(path: str, timeout_s: float):
                     got = False
                     break
                 time.sleep(0.05)
-            except OSError:  # no flock here: as shared_or_exclusive, go on unlocked
-                got = True
+            except OSError:  # no flock here (some network file systems): it cannot be had
+                got = False
                 break
         yield got
     finally:

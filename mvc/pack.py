@@ -142,10 +142,11 @@ class PackStore(ObjectStore):
         """Rescan the directory; True when the set of packs changed."""
         with self._lock:
             try:
-                names = tuple(sorted(n[:-4] for n in os.listdir(self.dir)
-                                     if n.startswith("pack-") and n.endswith(".idx")))
+                listed = set(os.listdir(self.dir))
             except FileNotFoundError:
-                names = ()
+                listed = set()
+            names = tuple(sorted(n[:-4] for n in listed  # a pack is used once both files are there
+                                 if n.startswith("pack-") and n.endswith(".idx") and n[:-4] + ".pack" in listed))
             if names == self._names:
                 return False
             packs, damaged, vanished = {}, {}, False

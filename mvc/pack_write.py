@@ -125,7 +125,8 @@ class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
-                 protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False):
+                 protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
+                 lock_timeout_s: float = LOCK_TIMEOUT_S):
         self.repo = repo
         self.writers_locked = writers_locked  # the caller holds the writers lock exclusively (short-grace gc)
         self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
@@ -136,7 +137,7 @@ class Packer:
         self.max_depth = repo.config_value("pack.maxDepth", DEFAULT_MAX_DEPTH)
         self.level = repo.config_value("pack.level", 1)
         self.verify = repo.config_value("pack.verify", True)
-        self.lock = LockFile(os.path.join(repo.dir, "pack.lock"), timeout=LOCK_TIMEOUT_S, what="packing")
+        self.lock = LockFile(os.path.join(repo.dir, "pack.lock"), timeout=lock_timeout_s, what="packing")
         self.targets: list[str] = []
         self.total_bytes = 0
 
@@ -293,9 +294,17 @@ class Packer:
 
     def _delete(self, packs: list, stats: dict) -> None:
         for pack in _deletion_order(packs):
-            for path in (pack.idx_path, pack.path):  # index first: a pack without one is invisible
+            # the pack first, renamed to a temp name: a run killed here leaves an index without its
+            # pack and a temp file (both removed past the grace), never a pack without its index
+            doomed = os.path.join(self.ps.dir, f"{TMP_PREFIX}{os.urandom(16).hex()}.pack")
+            try:
+                os.replace(pack.path, doomed)
+            except FileNotFoundError:
+                doomed = None
+            for path in (pack.idx_path, doomed):
                 try:
-                    os.unlink(path)
+                    if path:
+                        os.unlink(path)
                 except FileNotFoundError:
                     pass
             stats["packs_removed"] += 1
@@ -356,6 +365,7 @@ class Packer:
     def _write(self, progress) -> tuple[str, list[pf.Record], int]:
         os.makedirs(self.ps.dir, exist_ok=True)
         tmp = os.path.join(self.ps.dir, f"{TMP_PREFIX}{os.urandom(16).hex()}.pack")
+        tmp_idx = None
         records: list[pf.Record] = []
         depth_of: dict[str, int] = {}
         recent: dict = {}
@@ -406,22 +416,27 @@ class Packer:
             name = pf.pack_name(checksum)
             final = os.path.join(self.ps.dir, name)
             os.chmod(tmp, 0o444)
-            os.replace(tmp, final + ".pack")
             index = pf.encode_index(records, checksum)
             tmp_idx = os.path.join(self.ps.dir, f"{TMP_PREFIX}{os.urandom(16).hex()}.idx")
-            tmp = tmp_idx
             with open(tmp_idx, "wb") as f:
                 f.write(index + bytes.fromhex(hash_bytes(index)))
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp_idx, 0o444)
+            # the index first: readers use a pack once both files are there, so a run killed between
+            # the renames leaves an index without its pack (no data; removed past the grace), never
+            # a pack without its index (which fsck reports as damage)
             os.replace(tmp_idx, final + ".idx")
+            tmp_idx = None
+            os.replace(tmp, final + ".pack")
             fsync_dir(self.ps.dir)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            for path in (tmp, tmp_idx):
+                try:
+                    if path:
+                        os.unlink(path)
+                except OSError:
+                    pass
             raise
         if self.verify:
             self._verify_written(name, records)
@@ -461,12 +476,14 @@ class Packer:
                                 "this is a bug in mvc; please report it") from None
 
     def _remove_stale_tmp(self, dry_run: bool = False) -> int:
-        """Remove temp files of killed pack runs older than the grace period; returns their bytes."""
+        """Remove temp files of killed pack runs, and indexes whose pack never arrived or was being
+        removed, older than the grace period; returns their bytes."""
         now, freed = time.time(), 0
         if not os.path.isdir(self.ps.dir):  # nothing was ever packed here
             return 0
-        for n in os.listdir(self.ps.dir):
-            if n.startswith(TMP_PREFIX):
+        names = os.listdir(self.ps.dir)
+        for n in names:
+            if n.startswith(TMP_PREFIX) or _pack_missing(n, names):
                 p = os.path.join(self.ps.dir, n)
                 try:
                     st = os.stat(p)
@@ -502,11 +519,11 @@ def _deletion_order(packs: list) -> list:
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
          geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None,
-         writers_locked: bool = False) -> dict:
+         writers_locked: bool = False, lock_timeout_s: float = LOCK_TIMEOUT_S) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
     the large packs with nothing to drop, as gc does). Returns statistics."""
     with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live,
-                writers_locked=writers_locked) as p:
+                writers_locked=writers_locked, lock_timeout_s=lock_timeout_s) as p:
         return p.run(progress, dry_run=dry_run)
 
 
@@ -523,9 +540,9 @@ def maybe_autopack(repo, cid: str) -> dict | None:
     if n < k:
         return None
     try:
-        return pack(repo)
+        return pack(repo, lock_timeout_s=0.0)  # never makes a commit wait for a gc
     except LockHeld:
-        return None  # another process is packing right now
+        return None  # another process is packing right now: the next commit packs
     except MvcError as e:  # the commit itself has succeeded: say so, do not fail it
         warnings.warn(f"automatic packing after commit {cid[:12]} failed: {e}")
         return None
@@ -564,14 +581,21 @@ def storage_usage(repo) -> dict:
 
 def _index_missing(name: str, names: list[str]) -> bool:
     """A pack file without its index (invisible to readers: a pack is used only through its index):
-    left by a pack run killed between its two renames, or an index lost. Never deleted by mvc (its
-    objects may be the only copies); du counts it, fsck names it."""
+    an index lost or deleted by hand (mvc writes and removes the index so that a killed run never
+    leaves this). Never deleted by mvc (its objects may be the only copies); fsck names it."""
     return name.startswith("pack-") and name.endswith(".pack") and name[:-5] + ".idx" not in names
 
 
+def _pack_missing(name: str, names: list[str]) -> bool:
+    """An index without its pack: left by a pack run killed between its two renames, or by a gc
+    killed while removing that pack. Holds no object data; readers ignore it."""
+    return name.startswith("pack-") and name.endswith(".idx") and name[:-4] + ".pack" not in names
+
+
 def _unfinished(name: str, names: list[str]) -> bool:
-    """A file in the pack directory that no reader uses: a temp file or a pack without its index."""
-    return name.startswith(TMP_PREFIX) or _index_missing(name, names)
+    """A file in the pack directory that no reader uses: a temp file, a pack without its index
+    (damage: fsck names it) or an index without its pack."""
+    return name.startswith(TMP_PREFIX) or _index_missing(name, names) or _pack_missing(name, names)
 
 
 def _unfinished_writes(repo, pack_dir: str) -> tuple[int, int]:
@@ -603,6 +627,7 @@ def pack_problems(repo, progress=None) -> list[dict]:
     for n in names:
         if _index_missing(n, names):
             problems.append({"id": n, "problem": "pack file without its index: the objects in it are invisible "
-                             "(if nothing is reported missing, a killed pack run left it and it can be deleted; "
-                             "otherwise keep it: its objects may be the only copies)"})
+                             "(mvc never leaves one, even when killed: the index was lost or removed by hand; "
+                             "keep the file, its objects may be the only copies, and restore them with "
+                             "mvc fsck --repair-from REMOTE)"})
     return problems

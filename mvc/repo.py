@@ -885,14 +885,9 @@ class Repo:
                 else contextlib.nullcontext():
             return self._gc(dry_run, grace, expire_reflogs, exclusive)
 
-    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool) -> dict:
-        expired, expiry = 0, None
-        if expire_reflogs:
-            expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
-            if dry_run:  # count what expiring would drop, and leave the reflogs as they are
-                expired, expiry = self.refs.count_expiring(expire), expire
-            else:
-                expired = self.refs.expire_reflogs(expire)
+    def _sweep_loose(self, dry_run: bool, grace: float, expiry: float | None):
+        """gc's loose phase: (live, protected, loose files deleted, objects removed, bytes freed,
+        kept young), deleting the unreachable loose objects older than the grace unless `dry_run`."""
         damaged: list = []
         live, missing = self.reachable(reflog_expiry=expiry, damaged=damaged)
         if missing or damaged:  # what they refer to would look unreachable: keep all
@@ -906,7 +901,7 @@ class Repo:
         from .pack import pack_store_of
         packs = pack_store_of(self.store)
         now = time.time()
-        removed, freed, kept_young = 0, 0, 0
+        doomed, removed, freed, kept_young = 0, 0, 0, 0
         for oid in list(self.loose.ids()):
             if oid in live:
                 continue
@@ -922,9 +917,33 @@ class Repo:
                 continue
             if packs is None or not packs.has(oid):  # a packed copy is counted when packing drops it
                 removed += 1
+            doomed += 1
             freed += st.st_size
             if not dry_run:
                 self.loose.delete(oid)
+        return live, protected, doomed, removed, freed, kept_young
+
+    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool) -> dict:
+        expired, expiry = 0, None
+        if expire_reflogs:
+            expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
+            if dry_run:  # count what expiring would drop, and leave the reflogs as they are
+                expired, expiry = self.refs.count_expiring(expire), expire
+            else:
+                expired = self.refs.expire_reflogs(expire)
+        from .pack_write import DROP_LOCK_WAIT_S
+        # deleting waits for commits, fetches and pushes in flight (they hold the lock shared from
+        # finding objects to moving their ref) and decides on what the refs reach then
+        live, protected, doomed, removed, freed, kept_young = self._sweep_loose(True, grace, expiry)
+        locked = True
+        if doomed and not dry_run:
+            with (contextlib.nullcontext(True) if exclusive
+                  else self.writers_exclusive_within(DROP_LOCK_WAIT_S)) as locked:
+                if locked:
+                    live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
+                else:  # nothing deleted: the next gc tries again
+                    removed = freed = 0
+        now = time.time()
         tmp = self.loose.tmp
         if os.path.isdir(tmp):  # temp files of killed writes
             for name in os.listdir(tmp):
@@ -940,6 +959,8 @@ class Repo:
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run}
+        if not locked:
+            result["loose_left_why"] = "busy: commits or pushes held the writers lock"
         from .pack_write import pack  # repack kept objects (big clean packs stay), dropping unreachable ones
         result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True, protect=protected,
                               live=live if dry_run else None, writers_locked=exclusive)

@@ -793,3 +793,95 @@ def test_gc_dry_run_counts_temp_files_of_killed_commits_as_the_run_frees_them(re
     real = mvc.Repo(repo.root).gc()
     assert not os.path.exists(stale)
     assert dry["bytes_freed"] == real["bytes_freed"] >= 5000
+
+
+def test_gc_deletes_loose_garbage_only_after_commits_in_flight_and_on_what_refs_reach_then(repo, monkeypatch):
+    """A push that found an old unreachable commit (and so sent nothing it refers to) moves its
+    ref while gc waits for the writers lock: gc must decide on the refs as they are then."""
+    repo.set_config("gc.reflogExpire", "-100")
+    repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    side = repo.commit({"a": {"w": torch.arange(16.0)}}, message="side", branch="side")
+    repo.delete_branch("side")
+    old = time.time() - 7200
+    for oid in repo.loose.ids():
+        os.utime(repo.loose.path(oid), (old, old))
+    real = mvc.Repo.writers_exclusive_within
+
+    def push_lands_first(self, timeout_s):
+        mvc.Repo(self.root).create_branch("pushed", side)  # the push's ref moves before gc gets the lock
+        return real(self, timeout_s)
+
+    monkeypatch.setattr(mvc.Repo, "writers_exclusive_within", push_lands_first)
+    res = mvc.Repo(repo.root).gc()
+    monkeypatch.undo()
+    assert res["removed"] == 0
+    fresh = mvc.Repo(repo.root)
+    assert torch.equal(fresh.load("pushed", "a")["w"], torch.arange(16.0)) and fresh.fsck()["ok"]
+
+
+def test_gc_deletes_no_garbage_while_commits_hold_the_writers_lock(repo, monkeypatch):
+    from mvc import pack_write
+    monkeypatch.setattr(pack_write, "DROP_LOCK_WAIT_S", 0.2)
+    repo.set_config("gc.reflogExpire", "-100")
+    repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    side = repo.commit({"a": {"w": torch.arange(16.0)}}, message="side", branch="side")
+    repo.delete_branch("side")
+    old = time.time() - 7200
+    for oid in repo.loose.ids():
+        os.utime(repo.loose.path(oid), (old, old))
+    with mvc.Repo(repo.root).writing():
+        res = mvc.Repo(repo.root).gc()
+    assert res["removed"] == 0 and res["loose_left_why"].startswith("busy") and repo.store.has(side)
+    assert mvc.Repo(repo.root).gc()["removed"] > 0 and not mvc.Repo(repo.root).store.has(side)
+
+
+def test_an_index_without_its_pack_is_ignored_and_removed_past_the_grace(repo):
+    drift_history(repo, 2)
+    pack(repo)
+    pdir = os.path.join(repo.dir, "objects", "pack")
+    (p,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    orphan = os.path.join(pdir, "pack-" + "ef" * 32 + ".idx")  # a run killed between its renames
+    shutil.copyfile(p.idx_path, orphan)
+    fresh = mvc.Repo(repo.root)
+    assert len(pack_store_of(fresh.store).packs()) == 1 and fresh.fsck()["ok"]
+    assert fresh.du()["unfinished_files"] == 1
+    pack(mvc.Repo(repo.root))
+    assert os.path.exists(orphan)  # young: a pack run may be between its renames right now
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    pack(mvc.Repo(repo.root))
+    assert not os.path.exists(orphan) and mvc.Repo(repo.root).du()["unfinished_files"] == 0
+
+
+def test_a_pack_run_killed_between_its_renames_leaves_no_pack_without_index(repo, monkeypatch):
+    from mvc import pack_write
+    ids, states = drift_history(repo, 3)
+    real, done = os.replace, []
+
+    def die_at_the_second_rename(src, dst):
+        if os.path.basename(dst).startswith("pack-"):
+            if done:
+                raise KeyboardInterrupt("killed")
+            done.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(pack_write.os, "replace", die_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        pack(mvc.Repo(repo.root))
+    monkeypatch.undo()
+    fresh = mvc.Repo(repo.root)
+    assert fresh.fsck()["ok"]  # an index alone holds no data: nothing to report
+    assert_history(repo.root, ids, states)
+
+
+def test_a_commit_does_not_wait_for_a_gc_to_pack_after_it(repo):
+    from mvc.files import LockFile
+    repo.set_config("pack.autoEvery", "1")
+    r = mvc.Repo(repo.root)
+    with LockFile(os.path.join(r.dir, "pack.lock"), what="packing"):  # a gc is packing
+        t = time.monotonic()
+        cid = r.commit({"m": {"w": torch.ones(4)}}, message="during gc")
+        assert time.monotonic() - t < 5
+    assert mvc.Repo(repo.root).loose.has(cid)  # not packed this time: the next commit packs
+    mvc.Repo(repo.root).commit({"m": {"w": torch.zeros(4)}}, message="after")
+    assert not list(mvc.Repo(repo.root).loose.ids())

@@ -529,3 +529,17 @@ def test_syncfs_is_not_trusted_on_fuse_or_old_kernels(tmp_path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(store_mod.os, "uname", lambda: os.uname_result(("Linux", "h", "5.4.0-150-generic", "", "x86_64")))
     assert store_mod._load_syncfs() is False
+
+
+def test_exclusive_within_says_no_where_flock_is_refused(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from mvc.files import exclusive_within
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with exclusive_within(str(tmp_path / "writers.lock"), 0.1) as got:
+        assert got is False  # gc then deletes nothing rather than race commits unguarded
