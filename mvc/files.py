@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import warnings
 
@@ -61,13 +62,19 @@ def shared_or_exclusive(path: str, exclusive: bool):
     """Hold an advisory lock on `path` (flock): many shared holders at once, or one exclusive.
 
     The kernel drops it when the process dies, so it can never go stale. Without flock (not
-    POSIX, or a file system that refuses it) it is a no-op."""
+    POSIX, or a file system that refuses it) it is a no-op. Asking for it exclusively while this
+    thread holds it already (e.g. gc inside `Repo.writing()`) is an error, not a wait on itself."""
     try:
         import fcntl
     except ImportError:
         yield
         return
+    key = (os.path.abspath(path), threading.get_ident())
+    if exclusive and _held_here.get(key):
+        raise LockHeld(f"this process holds {path} already (inside Repo.writing()?); it cannot also "
+                       "take it exclusively", "run gc outside the block that writes")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    _held_here[key] = _held_here.get(key, 0) + 1
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -76,7 +83,11 @@ def shared_or_exclusive(path: str, exclusive: bool):
                           "short-grace gc here, and gc with the default grace deletes no garbage")
         yield
     finally:
+        _held_here[key] -= 1
         os.close(fd)  # releases the lock
+
+
+_held_here: dict[tuple[str, int], int] = {}  # (lock path, thread) -> holds (flock is per open file)
 
 
 @contextlib.contextmanager
@@ -87,6 +98,9 @@ def exclusive_within(path: str, timeout_s: float):
     try:
         import fcntl
     except ImportError:
+        yield False
+        return
+    if _held_here.get((os.path.abspath(path), threading.get_ident())):  # it would wait for itself
         yield False
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -885,3 +885,18 @@ def test_a_commit_does_not_wait_for_a_gc_to_pack_after_it(repo):
     assert mvc.Repo(repo.root).loose.has(cid)  # not packed this time: the next commit packs
     mvc.Repo(repo.root).commit({"m": {"w": torch.zeros(4)}}, message="after")
     assert not list(mvc.Repo(repo.root).loose.ids())
+
+
+def test_gc_inside_a_block_that_writes_refuses_or_deletes_nothing_instead_of_hanging(repo):
+    from mvc.errors import LockHeld
+    one_pack_with_garbage(repo)
+    _age_packs(repo)
+    r = mvc.Repo(repo.root)
+    with r.writing():
+        t = time.monotonic()
+        with pytest.raises(LockHeld, match="holds .* already"):
+            r.gc(grace_s=0)
+        res = r.gc()  # the default grace waits for nobody: it cannot drop what it would have
+        assert res["pack"]["dropped"] == 0 and res["pack"]["packs_left_why"].startswith("busy")
+        assert time.monotonic() - t < 30
+    assert mvc.Repo(repo.root).gc()["pack"]["dropped"] > 0
