@@ -514,7 +514,8 @@ def gc(dry_run, grace, as_json):
       mvc gc --grace 0      # also unreachable objects written in the last hour
 
     With a grace shorter than the default, gc first waits for commits and fetches in progress
-    and holds new ones until it is done. Packs: the largest ones holding nothing to drop stay as
+    and holds new ones until it is done; with the default grace it waits for them (up to 60 s)
+    only before deleting, and leaves the garbage for the next gc if they do not finish. Packs: the largest ones holding nothing to drop stay as
     they are (each at least twice the bytes of everything smaller); the rest, and reachable loose
     objects, go into one new pack (`mvc pack --all` rewrites everything into one).
     """
@@ -534,6 +535,8 @@ def gc(dry_run, grace, as_json):
         if p and not dry_run and (p.get("packs_removed") or (p.get("pack") and p.get("packs_kept"))):
             click.echo(f"packs: {p.get('packs_kept', 0)} kept as they were (large, nothing to drop), "
                        f"{p.get('packs_removed', 0)} rewritten or removed")
+        if r.get("loose_left_why"):
+            click.echo(f"no loose garbage deleted ({r['loose_left_why']}); the next gc deletes it")
         if p and p.get("packs_left"):
             click.echo(f"{p['packs_left']} old packs left in place ({p['packs_left_why']}); the next gc drops "
                        "their garbage")
