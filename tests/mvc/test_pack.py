@@ -795,9 +795,9 @@ def test_gc_dry_run_counts_temp_files_of_killed_commits_as_the_run_frees_them(re
     assert dry["bytes_freed"] == real["bytes_freed"] >= 5000
 
 
-def test_gc_deletes_loose_garbage_only_after_commits_in_flight_and_on_what_refs_reach_then(repo, monkeypatch):
-    """A push that found an old unreachable commit (and so sent nothing it refers to) moves its
-    ref while gc waits for the writers lock: gc must decide on the refs as they are then."""
+def old_loose_garbage(repo) -> str:
+    """A side commit, its branch deleted with reflogs that expire at once, every loose file two
+    hours old: returns the side commit's id."""
     repo.set_config("gc.reflogExpire", "-100")
     repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
     side = repo.commit({"a": {"w": torch.arange(16.0)}}, message="side", branch="side")
@@ -805,6 +805,13 @@ def test_gc_deletes_loose_garbage_only_after_commits_in_flight_and_on_what_refs_
     old = time.time() - 7200
     for oid in repo.loose.ids():
         os.utime(repo.loose.path(oid), (old, old))
+    return side
+
+
+def test_gc_deletes_loose_garbage_only_after_commits_in_flight_and_on_what_refs_reach_then(repo, monkeypatch):
+    """A push that found an old unreachable commit (and so sent nothing it refers to) moves its
+    ref while gc waits for the writers lock: gc must decide on the refs as they are then."""
+    side = old_loose_garbage(repo)
     real = mvc.Repo.writers_exclusive_within
 
     def push_lands_first(self, timeout_s):
@@ -822,13 +829,7 @@ def test_gc_deletes_loose_garbage_only_after_commits_in_flight_and_on_what_refs_
 def test_gc_deletes_no_garbage_while_commits_hold_the_writers_lock(repo, monkeypatch):
     from mvc import pack_write
     monkeypatch.setattr(pack_write, "DROP_LOCK_WAIT_S", 0.2)
-    repo.set_config("gc.reflogExpire", "-100")
-    repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
-    side = repo.commit({"a": {"w": torch.arange(16.0)}}, message="side", branch="side")
-    repo.delete_branch("side")
-    old = time.time() - 7200
-    for oid in repo.loose.ids():
-        os.utime(repo.loose.path(oid), (old, old))
+    side = old_loose_garbage(repo)
     with mvc.Repo(repo.root).writing():
         res = mvc.Repo(repo.root).gc()
     assert res["removed"] == 0 and res["loose_left_why"].startswith("busy") and repo.store.has(side)
