@@ -23,8 +23,9 @@ calls after each phase (blobs, trees, commits) and before any ref moves. A direc
 mvc repository (with .mvc) works as a remote too: its branches move, without reflog entries.
 Its owner may collect garbage while a push is in flight, whose objects nothing references until
 the branch moves: the push holds the repository's writers lock (shared, see Repo.writing and
-`writing` below), so a gc with a short grace waits for it, and `has` freshens (touches) what it
-finds there, so a gc with the default grace keeps what the push relies on (as git does).
+`writing` below), so a gc with a short grace waits for it, and a gc with the default grace deletes
+only under that lock, deciding on what the refs reach then; `has` also renews the time of a loose
+object it finds there (packs are left alone: see PackStore.freshen).
 `put(..., replace=True)` (push --repair) renames a good copy over a damaged loose one; an object
 that only a damaged pack holds gets a loose copy, which reads take before any packed one.
 """
@@ -356,9 +357,9 @@ class DirectoryTransport(Transport):
         return removed
 
     def has(self, oid):
-        """Whether the remote holds `oid`; an object found is freshened (its file's, or its pack's,
-        modification time set to now), so that a gc there, which keeps unreachable objects younger
-        than its grace period, keeps it until the push that found it has moved its branch."""
+        """Whether the remote holds `oid`; a loose object found gets its modification time renewed,
+        so that a gc there, which keeps unreachable objects younger than its grace period, keeps it
+        until the push that found it has moved its branch (see ObjectStore.freshen)."""
         return self.objects.freshen(oid, FRESHEN_S) or self.packs.freshen(oid, FRESHEN_S)
 
     def get(self, oid):
