@@ -173,6 +173,7 @@ class Packer:
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []
+        self.young_time: float | None = None
         self._whole_packs: dict[str, bool] = {}
         self.gone: set[str] = set()
         if self.full:
@@ -188,6 +189,9 @@ class Packer:
             if self.geometric:
                 self.kept_packs = self._geometric_keep(gone, loose, live)
             kept_ids = {oid for p in self.kept_packs for oid in p.records}
+            # the garbage kept for its youth keeps its age: the new pack gets the time of the
+            # youngest pack it comes from, not now (else it would look young again at every gc)
+            self.young_time = max((mtime[p.name] for oid in young - kept_ids for p in holders[oid]), default=None)
             self.rolled_packs = [p for p in self.old_packs if p not in self.kept_packs]
             self.dropped, self.dropped_bytes = len(gone), sum(self.packed[oid][1].length for oid in gone)
             targets = ({oid for oid in live if oid in loose or oid in self.packed} | young) - kept_ids
@@ -250,6 +254,9 @@ class Packer:
         name = None
         if self.targets:
             name, records, reused = self._write(progress)
+            if self.young_time is not None and self.young_time < time.time():
+                with contextlib.suppress(OSError):
+                    os.utime(os.path.join(self.ps.dir, name + ".pack"), (self.young_time, self.young_time))
             stats["pack"] = name
             stats["reused"] = reused
             stats["bytes_before"] = sum(r.size for r in records)

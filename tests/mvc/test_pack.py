@@ -901,3 +901,18 @@ def test_gc_inside_a_block_that_writes_refuses_or_deletes_nothing_instead_of_han
         assert res["pack"]["dropped"] == 0 and res["pack"]["packs_left_why"].startswith("busy")
         assert time.monotonic() - t < 30
     assert mvc.Repo(repo.root).gc()["pack"]["dropped"] > 0
+
+
+def test_garbage_kept_for_its_youth_keeps_its_age_in_the_new_pack(repo):
+    _ids, _states, side, old = one_pack_with_garbage(repo)
+    forty_minutes_ago = time.time() - 2400
+    os.utime(old.path, (forty_minutes_ago, forty_minutes_ago))
+    drift_history(mvc.Repo(repo.root), 1, seed=9)  # something new: the repack writes a new pack
+    res = pack(mvc.Repo(repo.root), full=True)  # the side commits are young (40 min < 1 h): kept
+    assert res["dropped"] == 0 and mvc.Repo(repo.root).store.has(side[-1])
+    (new,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    assert abs(os.stat(new.path).st_mtime - forty_minutes_ago) < 5  # not "now": no second life
+    twenty_one_minutes_later = forty_minutes_ago - 1260
+    os.utime(new.path, (twenty_one_minutes_later, twenty_one_minutes_later))
+    assert mvc.Repo(repo.root).gc()["pack"]["dropped"] > 0  # 61 min old: past the grace
+    assert not mvc.Repo(repo.root).store.has(side[-1]) and mvc.Repo(repo.root).fsck()["ok"]
