@@ -162,14 +162,10 @@ class Packer:
         self.old_packs = self.ps.packs()
         if self.live is not None:
             live = self.live
+        elif self.full:  # drops what is unreachable: refuses while something reachable is damaged
+            live = repo.reachable_whole("packing")
         else:
-            damaged: list = []
-            live, missing = repo.reachable(damaged=damaged)
-            if self.full and (missing or damaged):  # what they refer to would look like garbage
-                oid, who = (missing or damaged)[0]
-                raise CorruptObject(f"a reachable object is {'missing' if missing else 'damaged'} ({oid[:12]}, "
-                                    f"referenced by {who}); packing stopped so as not to drop what it refers to",
-                                    "run mvc fsck (mvc fsck --repair-from REMOTE restores it)")
+            live = repo.reachable()[0]
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []

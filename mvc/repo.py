@@ -831,6 +831,20 @@ class Repo:
                     damaged.append((oid, who))
                 continue  # damaged: fsck reports it
 
+    def reachable_whole(self, who: str, reflog_expiry: float | None = None) -> set[str]:
+        """`reachable()`, refusing (CorruptObject) while a reachable object is missing or damaged:
+        what only it leads to would look unreachable, and `who` (gc, packing) would drop it."""
+        damaged: list = []
+        live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged)
+        if missing or damaged:
+            oid, ref = (missing or damaged)[0]
+            what = "missing" if missing else "damaged"
+            raise CorruptObject(f"{len(missing or damaged)} reachable objects are {what} (e.g. {oid[:12]}, "
+                                f"referenced by {ref}); {who} stopped so as not to delete what they refer to",
+                                f"run mvc fsck, and restore the {what} objects (mvc fsck --repair-from REMOTE) "
+                                "before collecting garbage")
+        return live
+
     def recently_referenced(self, live: set[str], grace: float) -> set[str]:
         """Unreachable objects gc keeps because a commit or tree younger than `grace` refers to
         them. A push or fetch that finds a commit or tree already present skips everything it
@@ -888,15 +902,7 @@ class Repo:
     def _sweep_loose(self, dry_run: bool, grace: float, expiry: float | None):
         """gc's loose phase: (live, protected, loose files deleted, objects removed, bytes freed,
         kept young), deleting the unreachable loose objects older than the grace unless `dry_run`."""
-        damaged: list = []
-        live, missing = self.reachable(reflog_expiry=expiry, damaged=damaged)
-        if missing or damaged:  # what they refer to would look unreachable: keep all
-            oid, who = (missing or damaged)[0]
-            what = "missing" if missing else "damaged"
-            raise CorruptObject(f"{len(missing or damaged)} reachable objects are {what} (e.g. {oid[:12]}, "
-                                f"referenced by {who}); gc stopped so as not to delete what they refer to",
-                                f"run mvc fsck, and restore the {what} objects (mvc fsck --repair-from REMOTE) "
-                                "before collecting garbage")
+        live = self.reachable_whole("gc", reflog_expiry=expiry)
         protected = self.recently_referenced(live, grace)
         from .pack import pack_store_of
         packs = pack_store_of(self.store)

@@ -772,7 +772,7 @@ def test_gc_and_pack_all_refuse_while_a_reachable_commit_is_damaged(repo):
     flip_byte(r.loose.path(ids[-1]), 20)  # the branch tip
     with pytest.raises(CorruptObject, match="reachable objects are damaged"):
         mvc.Repo(repo.root).gc()
-    with pytest.raises(CorruptObject, match="is damaged"):
+    with pytest.raises(CorruptObject, match="are damaged.*packing stopped"):
         pack(mvc.Repo(repo.root), full=True)
     assert set(mvc.Repo(repo.root).loose.ids()) == before
     fresh = mvc.Repo(repo.root)
