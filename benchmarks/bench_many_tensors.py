@@ -82,7 +82,7 @@ def main() -> None:
             med = statistics.median(ts)
             results.append({"tensors": n, "bytes_each": numel * 4, "tool": tool, "median_s": med,
                             "runs_s": ts, "vs_reference": med / ref, "per_tensor_us": med / n * 1e6})
-    print(f"| tensors x bytes | tool | median | per tensor | vs one-file save_file |")
+    print("| tensors x bytes | tool | median | per tensor | vs one-file save_file |")
     print("|---|---|---|---|---|")
     for r in results:
         print(f"| {r['tensors']} x {r['bytes_each']} B | {r['tool']} | {r['median_s']:.2f} s | "

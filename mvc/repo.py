@@ -940,15 +940,17 @@ class Repo:
         from .pack_write import DROP_LOCK_WAIT_S
         # deleting waits for commits, fetches and pushes in flight (they hold the lock shared from
         # finding objects to moving their ref) and decides on what the refs reach then
-        live, protected, doomed, removed, freed, kept_young = self._sweep_loose(True, grace, expiry)
         locked = True
-        if doomed and not dry_run:
-            with (contextlib.nullcontext(True) if exclusive
-                  else self.writers_exclusive_within(DROP_LOCK_WAIT_S)) as locked:
-                if locked:
-                    live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
-                else:  # nothing deleted: the next gc tries again
-                    removed = freed = 0
+        if exclusive and not dry_run:  # a short-grace gc holds the lock already: one sweep
+            live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
+        else:  # count first; wait for the lock only when there is something to delete
+            live, protected, doomed, removed, freed, kept_young = self._sweep_loose(True, grace, expiry)
+            if doomed and not dry_run:
+                with self.writers_exclusive_within(DROP_LOCK_WAIT_S) as locked:
+                    if locked:
+                        live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
+                    else:  # nothing deleted: the next gc tries again
+                        removed = freed = 0
         now = time.time()
         tmp = self.loose.tmp
         if os.path.isdir(tmp):  # temp files of killed writes
