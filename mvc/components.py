@@ -305,11 +305,26 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str):
     yield header
     for e in parsed.tensors:
         t = by_name[e.name]
-        view = store.view(t["id"])
-        blob = stf.parse_blob(view, f"blob {t['id'][:12]}")
+        view, blob = tensor_blob(store, t, e.name)
         if blob.end - blob.begin != e.end - e.begin:
             raise CorruptObject(f"blob {t['id'][:12]} has the wrong size for {e.name!r}")
         yield memoryview(view)[blob.begin: blob.end]
+
+
+def tensor_blob(store: ObjectStore, t: dict, name: str, **view_options):
+    """(verified bytes, parsed blob entry) of the tensor a tree entry `t` names; CorruptObject when
+    that object is not a canonical tensor blob of the entry's dtype and shape (a tree pointing at
+    the wrong object hashes right all the same: only this check catches it)."""
+    view = store.view(t["id"], **view_options)
+    try:
+        e = stf.parse_blob(view, f"blob {t['id'][:12]}")
+    except BadInput as err:
+        raise CorruptObject(f"tensor {name!r} names object {t['id'][:12]}, which is not a tensor blob "
+                            f"({err.message})", "run mvc fsck") from None
+    if e.dtype != t["dtype"] or list(e.shape) != list(t["shape"]):
+        raise CorruptObject(f"tensor {name!r} is {t['dtype']} {list(t['shape'])} in its tree, but the blob "
+                            f"it names ({t['id'][:12]}) holds {e.dtype} {list(e.shape)}", "run mvc fsck")
+    return view, e
 
 
 def _file_layout(store: ObjectStore, tree: dict, relpath: str):

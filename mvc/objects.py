@@ -8,6 +8,7 @@ import re
 import blake3
 
 from .errors import BadInput, BadName, CorruptObject, FormatTooNew, WrongObjectType
+from .safetensors_format import DTYPE_SIZES
 
 FORMAT_VERSION = 1          # of trees, commits and certificates
 HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
@@ -72,7 +73,84 @@ def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
     if fmt > FORMAT_VERSION:
         raise FormatTooNew(f"{expected_type} {oid[:12]} has format {fmt}; this mvc reads up to {FORMAT_VERSION}",
                            "upgrade mvc")
+    check = _SHAPE_CHECKS.get(expected_type)
+    if check is not None:
+        try:
+            check(obj)
+        except _Malformed as e:
+            raise CorruptObject(f"{expected_type} {oid[:12]} is malformed: {e}",
+                                "it hashes right, so it was written so: fetch it again from a good "
+                                "copy, or run mvc fsck") from None
     return obj
+
+
+class _Malformed(Exception):
+    """A field of a commit or tree that readers could not use (its text says which)."""
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise _Malformed(what)
+
+
+def _is_dict_of_str_keys(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _safe_name(name: str, what: str) -> None:
+    try:
+        check_component_name(name, what)
+    except BadName as e:
+        raise _Malformed(e.message) from None
+
+
+def _check_commit_shape(obj: dict) -> None:
+    """Every field a reader relies on, typed, so that a commit that hashes right but was built
+    wrongly (or by a hostile remote) is refused by name instead of crashing or misleading a reader:
+    component names are safe relative paths, every id is 64 lowercase hex."""
+    comps, parents = obj.get("components"), obj.get("parents")
+    _need(_is_dict_of_str_keys(comps), "'components' must map names to tree ids")
+    for name, tid in comps.items():
+        _safe_name(name, "component name")
+        _need(isinstance(tid, str) and is_oid(tid), f"component {name[:60]!r} names {str(tid)[:70]!r}, not an object id")
+    _need(isinstance(parents, list) and all(isinstance(p, str) and is_oid(p) for p in parents),
+          "'parents' must be a list of commit ids")
+    _need(len(set(parents)) == len(parents), "a parent is listed twice")
+    for key in ("message", "author", "time"):
+        _need(isinstance(obj.get(key, ""), str), f"{key!r} must be text")
+    for key in ("metrics", "provenance", "extra"):
+        _need(_is_dict_of_str_keys(obj.setdefault(key, {})), f"{key!r} must be a JSON object")
+
+
+def _check_tree_shape(obj: dict) -> None:
+    """The tensor and file maps of a tree: ids are 64 hex, dtypes known, shapes lists of sizes,
+    file paths safe relative paths, each file a safetensors file (with its header blob) or a raw one."""
+    tensors, files = obj.get("tensors"), obj.get("files")
+    _need(_is_dict_of_str_keys(tensors), "'tensors' must map names to entries")
+    _need(_is_dict_of_str_keys(files), "'files' must map paths to entries")
+    _need(isinstance(obj.setdefault("meta", {}), dict), "'meta' must be a JSON object")
+    for rel, f in files.items():
+        _safe_name(rel, "file path")
+        _need(isinstance(f, dict), f"file {rel[:60]!r} is not an entry")
+        size = f.get("size")
+        _need(type(size) is int and size >= 0, f"file {rel[:60]!r} has no valid size")
+        key = {"safetensors": "header", "raw": "id"}.get(f.get("format"))
+        _need(key is not None, f"file {rel[:60]!r} has unknown format {str(f.get('format'))[:30]!r}")
+        _need(isinstance(f.get(key), str) and is_oid(f[key]), f"file {rel[:60]!r} has no valid {key} id")
+    for name, t in tensors.items():
+        where = f"tensor {name[:60]!r}"
+        _need(isinstance(t, dict), f"{where} is not an entry")
+        _need(isinstance(t.get("id"), str) and is_oid(t["id"]), f"{where} has no valid object id")
+        _need(t.get("dtype") in DTYPE_SIZES, f"{where} has unknown dtype {str(t.get('dtype'))[:30]!r}")
+        shape = t.get("shape")
+        _need(isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape),
+              f"{where} has an invalid shape")
+        for key in ("file", "alias", "name"):
+            _need(isinstance(t.get(key, ""), str), f"{where} has a non-text {key!r}")
+        _need(t.get("file") is None or t["file"] in files, f"{where} belongs to a file the tree does not list")
+
+
+_SHAPE_CHECKS = {"commit": _check_commit_shape, "tree": _check_tree_shape}
 
 
 def is_oid(text: str) -> bool:

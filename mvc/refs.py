@@ -177,7 +177,9 @@ class RefStore:
             raise CorruptObject(f"ref {ref} holds {raw[:40]!r}, not an object id", "run mvc fsck")
         return raw
 
-    def list(self, prefix: str = "refs/") -> dict[str, str]:
+    def list(self, prefix: str = "refs/", bad: dict | None = None) -> dict[str, str]:
+        """{ref: id} under `prefix`. A ref file that does not hold an id stops the listing
+        (CorruptObject) unless `bad` (a dict) is given, which then receives {ref: problem}."""
         base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
         out = {}
         for dirpath, _dirs, files in os.walk(base):
@@ -186,7 +188,13 @@ class RefStore:
                     continue
                 full = os.path.join(dirpath, name)
                 ref = os.path.relpath(full, self.root).replace(os.sep, "/")
-                value = self.read(ref)
+                try:
+                    value = self.read(ref)
+                except CorruptObject as e:
+                    if bad is None:
+                        raise
+                    bad[ref] = e.message
+                    continue
                 if value:
                     out[ref] = value
         return dict(sorted(out.items()))

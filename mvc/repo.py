@@ -504,9 +504,7 @@ class Repo:
         for name in wanted:
             if name not in tree["tensors"]:
                 raise BadName(f"{component} has no tensor {name!r}")
-            t = tree["tensors"][name]
-            buf = self.store.view(t["id"], verify=verify, rehash=rehash)
-            e = stf.parse_blob(buf, f"blob {t['id'][:12]}")
+            buf, e = comp.tensor_blob(self.store, tree["tensors"][name], name, verify=verify, rehash=rehash)
             x = buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape)
             cast = dtype if dtype is not None and x.is_floating_point() else None  # as Module.to(dtype):
             if device is not None or cast is not None:                            # ids and masks keep theirs
@@ -609,7 +607,7 @@ class Repo:
             elif x["id"] == y["id"]:
                 tensors[tname] = {"status": "unchanged"}
             else:
-                tensors[tname] = {"status": "changed", **self._tensor_change(x, y)}
+                tensors[tname] = {"status": "changed", **self._tensor_change(tname, x, y)}
         files = {}
         fa, fb = (ta or {}).get("files", {}), (tb or {}).get("files", {})
         for rel in sorted(set(fa) | set(fb)):
@@ -623,7 +621,7 @@ class Repo:
                 "meta_changed": bool(ta and tb and {k: ta.get(k) for k in ("kind", "arch", "config", "abi")}
                                      != {k: tb.get(k) for k in ("kind", "arch", "config", "abi")})}
 
-    def _tensor_change(self, x: dict, y: dict) -> dict:
+    def _tensor_change(self, name: str, x: dict, y: dict) -> dict:
         out = {"dtype": [x["dtype"], y["dtype"]], "shape": [x["shape"], y["shape"]]}
         notes = [what for what, k in (("dtype changed", "dtype"), ("shape changed", "shape")) if x[k] != y[k]]
         if notes:
@@ -634,8 +632,7 @@ class Repo:
         from .tensors import buffer_tensor
         vals = []
         for t in (x, y):
-            buf = self.store.view(t["id"])
-            e = stf.parse_blob(buf)
+            buf, e = comp.tensor_blob(self.store, t, name)
             vals.append(buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape))
         a, b = (v.reshape(-1) for v in vals)
         n = a.numel()
@@ -770,16 +767,24 @@ class Repo:
 
     # -- maintenance -------------------------------------------------------------------------
     def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
-                  damaged: list | None = None) -> tuple[set[str], list[tuple[str, str]]]:
+                  damaged: list | None = None, bad_refs: dict | None = None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
         Certificates attached by the index keep alive every object they name (data blobs,
         baseline commits, trees), so `mvc verify` still works after `mvc gc`. `reflog_expiry`:
         count only reflog entries that expiring reflogs at that age would keep (a gc dry run).
-        `damaged` (a list) receives the reachable commits and trees that cannot be read.
+        `damaged` (a list) receives (id, who refers to it, why) for the reachable commits and trees
+        that cannot be read; `bad_refs`
+        (a dict), when given, receives {ref: problem} for ref files that do not hold an id, which
+        otherwise stop the walk (CorruptObject).
         """
-        roots = set(self.refs.list("refs/").values())
-        head = self.refs.read("HEAD") if self.refs.head_target() is None else None
+        roots = set(self.refs.list("refs/", bad=bad_refs).values())
+        try:
+            head = self.refs.read("HEAD") if self.refs.head_target() is None else None
+        except CorruptObject as e:
+            if bad_refs is None:
+                raise
+            bad_refs["HEAD"], head = e.message, None
         if head:
             roots.add(head)
         if include_reflogs:
@@ -800,7 +805,8 @@ class Repo:
     def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None) -> None:
         """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
         "commit", "tree" or "any"); ids referred to but absent go to `missing` with who, commits
-        and trees that cannot be read to `damaged` (what they refer to is then not in `seen`)."""
+        and trees that cannot be read to `damaged` with who and why (what they refer to is then
+        not in `seen`)."""
         while stack:
             oid, who, kind = stack.pop()
             if oid in seen:
@@ -813,9 +819,9 @@ class Repo:
                     continue  # absent locally but promised by a lazy remote: a blob
                 try:
                     kind = self.kind_of(oid)
-                except MvcError:
+                except MvcError as e:
                     if damaged is not None:
-                        damaged.append((oid, who))
+                        damaged.append((oid, who, e.message))
                     continue  # damaged: fsck reports it
             try:
                 if kind == "commit":
@@ -826,9 +832,9 @@ class Repo:
                     seen.update(tree_blob_ids(self.read_tree(oid)))
             except ObjectMissing:
                 missing.append((oid, who))
-            except MvcError:
+            except MvcError as e:
                 if damaged is not None:
-                    damaged.append((oid, who))
+                    damaged.append((oid, who, e.message))
                 continue  # damaged: fsck reports it
 
     def reachable_whole(self, who: str, reflog_expiry: float | None = None) -> set[str]:
@@ -837,7 +843,7 @@ class Repo:
         damaged: list = []
         live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged)
         if missing or damaged:
-            oid, ref = (missing or damaged)[0]
+            oid, ref = (missing or damaged)[0][:2]
             what = "missing" if missing else "damaged"
             raise CorruptObject(f"{len(missing or damaged)} reachable objects are {what} (e.g. {oid[:12]}, "
                                 f"referenced by {ref}); {who} stopped so as not to delete what they refer to",
@@ -983,6 +989,7 @@ class Repo:
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
         """Re-hash every stored object and check everything reachable exists and is well formed."""
         damaged, checked = [], set()
+        heads: dict[str, tuple[bytes, int]] = {}  # (safetensors prefix, size) of every blob that has one
         for store in self.store.stores:  # every copy: a read would take a good one over a damaged one
             for oid in store.ids():
                 checked.add(oid)
@@ -990,6 +997,9 @@ class Repo:
                     data = store.view(oid, rehash=True)  # never trusts a verified stamp
                     if progress:
                         progress(len(data))
+                    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+                    if 0 <= n <= 4096 and 8 + n <= len(data):
+                        heads[oid] = (bytes(data[:8 + n]), len(data))
                 except CorruptObject as e:
                     damaged.append({"id": oid, "problem": e.message})
                 except ObjectMissing:
@@ -999,9 +1009,13 @@ class Repo:
         damaged += pack_problems(self)
         bad = {d["id"] for d in damaged}
         self._cache.clear()
-        live, missing = self.reachable()
-        problems = [{"id": oid, "problem": f"missing (referenced by {who})"} for oid, who in missing]
-        for ref, oid in self.refs.list("refs/").items():
+        unreadable, bad_refs = [], {}
+        live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs)
+        problems = [{"id": ref, "problem": why} for ref, why in bad_refs.items()]
+        problems += [{"id": oid, "problem": f"missing (referenced by {who})"} for oid, who in missing]
+        problems += [{"id": oid, "problem": f"{why} (referenced by {who})"}  # hashes right, cannot be read
+                     for oid, who, why in unreadable if oid not in bad]  # (damaged ones: reported above)
+        for ref, oid in self.refs.list("refs/", bad=bad_refs).items():
             if oid in bad:
                 problems.append({"id": oid, "problem": f"{ref} points to a damaged commit"})
                 continue
@@ -1025,11 +1039,16 @@ class Repo:
                     problems.append({"id": tid, "problem": f"component {name} of commit {ref_cid[:12]}: {e.message}"})
                     continue
                 problems += [{"id": tid, "problem": f"tree of {name} in commit {ref_cid[:12]}: {p}"}
-                             for p in comp.tree_problems(self.store, tree, self._has_locally)]
+                             for p in comp.tree_problems(self.store, tree,
+                                                         lambda o: o not in bad and self._has_locally(o))]
                 for tname, t in tree["tensors"].items():
                     if not self.store.has(t["id"]):
                         problems.append({"id": t["id"], "problem": f"missing tensor {tname} of {name} "
                                                                      f"in commit {ref_cid[:12]}"})
+                    elif t["id"] not in bad and self._has_locally(t["id"]) and not _holds_tensor(heads, t):
+                        problems.append({"id": tid, "problem": f"tree of {name} in commit {ref_cid[:12]}: tensor "
+                                                              f"{tname!r} ({t['dtype']} {t['shape']}) names object "
+                                                              f"{t['id'][:12]}, which is not that tensor"})
                 for rel, f in tree["files"].items():
                     for key in ("header", "id"):
                         if f.get(key) and not self.store.has(f[key]):
@@ -1047,7 +1066,7 @@ class Repo:
         return result
 
     def _reachable_commits(self) -> list[str]:
-        roots = set(self.refs.list("refs/").values()) | self.refs.all_reflog_ids()
+        roots = set(self.refs.list("refs/", bad={}).values()) | self.refs.all_reflog_ids()  # fsck names bad refs
         out, seen, stack = [], set(), list(roots)
         while stack:
             cid = stack.pop()
@@ -1080,6 +1099,13 @@ class Repo:
                 "dedup_saved_bytes": logical - objects, "compression_saved_bytes": objects - stored,
                 "dedup_ratio": (logical / objects) if objects else None,
                 "compression_ratio": (objects / stored) if stored else None}
+
+
+def _holds_tensor(heads: dict[str, tuple[bytes, int]], t: dict) -> bool:
+    """Whether the stored object a tree's tensor entry `t` names is the canonical blob of a tensor of
+    its dtype and shape (`heads`: {id: (safetensors prefix, size)} of the stored objects)."""
+    prefix = stf.blob_prefix(t["dtype"], t["shape"])
+    return heads.get(t["id"]) == (prefix, len(prefix) + stf.DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"]))
 
 
 SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
