@@ -28,6 +28,7 @@ No torch here: remotes move bytes.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import re
@@ -225,9 +226,13 @@ def is_ancestor(repo: Repo, a: str, b: str) -> bool:
     return False
 
 
-def receive(transport: Transport, oid: str, where: str) -> bytes:
-    """An object from the remote, verified against its id (a bad one raises and is not stored)."""
-    data = transport.get(oid)
+MAX_META_BYTES = 64 << 20  # a commit, tree or certificate from a remote is refused beyond this
+
+
+def receive(transport: Transport, oid: str, where: str, max_size: int | None = None) -> bytes:
+    """An object from the remote, verified against its id (a bad one raises and is not stored);
+    one larger than `max_size` is refused before it is read."""
+    data = transport.get(oid, max_size=max_size)
     got = hash_bytes(data)
     if got != oid:
         raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
@@ -236,16 +241,17 @@ def receive(transport: Transport, oid: str, where: str) -> bytes:
     return data
 
 
-def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set) -> int:
+def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max_size: int | None = None) -> int:
     """Stream an object from the remote into the loose store: a temp file, verified against its
     id, fsynced, then renamed into place (a bad object never gets its name). The directory entry
-    is synced later with the others (see _sync_dirs); returns the object's size."""
+    is synced later with the others (see _sync_dirs); returns the object's size. An object larger
+    than `max_size` (what the tree naming it declares) is refused before it is read."""
     loose = repo.loose
     final = loose.path(oid)
     if os.path.exists(final):
         return os.path.getsize(final)
     with new_object_file(loose.tmp, oid, final, loose.fsync, readable=True) as f:
-        n = t.get_into(oid, f)
+        n = t.get_into(oid, f, max_size=max_size)
         f.flush()
         if n:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -741,6 +747,21 @@ def _blob_size_hint(tree: dict) -> dict[str, int]:
     return out
 
 
+def _blob_size_limit(tree: dict) -> dict[str, int]:
+    """The most bytes each blob of a (shape-checked) tree can have: exact for tensors and raw
+    files, the file's size (and the header limit) for a safetensors header."""
+    out = {}
+    for t in tree["tensors"].values():
+        prefix = stf.blob_prefix(t["dtype"], tuple(t["shape"]))
+        out[t["id"]] = len(prefix) + stf.DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"])
+    for f in tree["files"].values():
+        if f.get("id"):
+            out[f["id"]] = f["size"]
+        if f.get("header"):
+            out[f["header"]] = min(f["size"], 8 + stf.MAX_HEADER_BYTES)
+    return out
+
+
 def fetch(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
           transport: Transport | None = None, lazy: bool | None = None) -> dict:
     """Download what the remote's branches and tags reach and update refs/remotes/<remote>/*."""
@@ -821,10 +842,11 @@ class _History:
         self.lazy_store = lazy_store
         self.commits = self.trees = self.objects = self.bytes = self.promised = 0
         self._lock, self._dirty = threading.Lock(), set()
+        self.limits: dict[str, int] = {}  # blob id -> the most bytes a tree naming it declares
 
     def download(self, oid: str) -> None:
-        """Receive one object (verified) into the loose store."""
-        n = receive_into(self.repo, self.t, oid, self.where, self._dirty)
+        """Receive one object (verified) into the loose store, no larger than its trees declare."""
+        n = receive_into(self.repo, self.t, oid, self.where, self._dirty, self.limits.get(oid, MAX_META_BYTES))
         with self._lock:
             self.objects += 1
             self.bytes += n
@@ -849,7 +871,7 @@ class _History:
         seen = set(frontier)
         while frontier:
             missing = [c for c in frontier if not _has_commit(repo, c)]
-            for c, data in zip(missing, pool.map(lambda c: receive(t, c, where), missing)):
+            for c, data in zip(missing, pool.map(lambda c: receive(t, c, where, MAX_META_BYTES), missing)):
                 commits[c] = (decode(data, "commit", c), data)
             parents = {p for c in frontier
                        for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
@@ -859,11 +881,13 @@ class _History:
                           | set(extra_trees))
         tree_ids = [tid for tid in tree_ids if not repo.store.has(tid)]
         trees = {}
-        for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where), tree_ids)):
+        for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where, MAX_META_BYTES), tree_ids)):
             trees[tid] = (decode(data, "tree", tid), data)
         hints: dict[str, int] = {}
         for obj, _ in trees.values():
             hints.update(_blob_size_hint(obj))
+            for oid, n in _blob_size_limit(obj).items():
+                self.limits[oid] = max(n, self.limits.get(oid, 0))
         blob_ids = sorted(b for b in hints if not repo.store.has(b))
         self.objects += len(commits) + len(trees)
         self.bytes += sum(len(d) for _, d in commits.values()) + sum(len(d) for _, d in trees.values())

@@ -275,10 +275,12 @@ class LooseStore(ObjectStore):
                 list(pool.map(fsync_dir, dirs))
 
     def path(self, oid: str) -> str:
+        if not is_oid(oid):  # ids come from objects a remote sent too: never a path of their choosing
+            raise CorruptObject(f"{str(oid)[:70]!r} is not an object id (64 lowercase hex)")
         return f"{self.root}{os.sep}{oid[:2]}{os.sep}{oid[2:]}"
 
     def has(self, oid):
-        return os.path.exists(self.path(oid)) or (self._pending is not None and oid in self._pending)
+        return is_oid(oid) and (os.path.exists(self.path(oid)) or (self._pending is not None and oid in self._pending))
 
     def freshen(self, oid, older_than=0.0):
         return freshen_file(self.path(oid), older_than) or (self._pending is not None and oid in self._pending)
@@ -576,6 +578,8 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
     fsynced (if asked) and renamed to `final` (kept as a temp file when `final` is None: the caller
     renames it later). On any exception the temp file is removed, so an object is whole under its
     name or absent. The file object's `.name` is the temp path."""
+    if not is_oid(oid):
+        raise CorruptObject(f"{str(oid)[:70]!r} is not an object id (64 lowercase hex)")
     tmp = os.path.join(tmp_dir, f"{oid[:16]}-{os.urandom(16).hex()}")
     try:
         try:

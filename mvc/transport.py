@@ -85,6 +85,16 @@ def parse_ref_value(ref: str, data: bytes | None) -> str | None:
 
 
 DAMAGED = object()  # the value of a remote ref that holds no object id
+MAX_FILE_BYTES = 16 << 20  # refs, HEAD, config and certificate indexes are far smaller
+
+
+def check_size(oid_or_name: str, size: int | None, max_size: int | None, url: str) -> None:
+    """Refuse (CorruptObject) an object or file the remote holds with more bytes than the reader
+    expects, before reading it: a remote must not make mvc store or allocate unbounded data."""
+    if max_size is not None and size is not None and size > max_size:
+        what = f"object {oid_or_name[:12]}" if is_oid(oid_or_name) else oid_or_name
+        raise CorruptObject(f"{what} on remote {url} is {size} bytes, more than the {max_size} expected; "
+                            "nothing was stored", REPAIR_HINT)
 
 
 class Transport:
@@ -96,14 +106,15 @@ class Transport:
     def has(self, oid: str) -> bool:
         raise NotImplementedError
 
-    def get(self, oid: str) -> bytes:
-        """The bytes the remote holds for `oid`, unverified; ObjectMissing when absent."""
+    def get(self, oid: str, max_size: int | None = None) -> bytes:
+        """The bytes the remote holds for `oid`, unverified; ObjectMissing when absent;
+        CorruptObject (nothing read past it) when the remote holds more than `max_size` bytes."""
         raise NotImplementedError
 
-    def get_into(self, oid: str, f) -> int:
+    def get_into(self, oid: str, f, max_size: int | None = None) -> int:
         """Write the remote's bytes for `oid` (unverified) into the open file `f`; returns the count.
         Lets big objects stream to disk instead of passing through memory whole."""
-        data = self.get(oid)
+        data = self.get(oid, max_size)
         f.write(data)
         return len(data)
 
@@ -362,28 +373,30 @@ class DirectoryTransport(Transport):
         until the push that found it has moved its branch (see ObjectStore.freshen)."""
         return self.objects.freshen(oid, FRESHEN_S) or self.packs.freshen(oid, FRESHEN_S)
 
-    def get(self, oid):
+    def get(self, oid, max_size=None):
         try:
             with open(self.objects.path(oid), "rb") as f:
+                check_size(oid, os.fstat(f.fileno()).st_size, max_size, self.url)
                 data = f.read()
         except FileNotFoundError:
-            return self._packed(oid)
+            return self._packed(oid, max_size)
         if self.packs.has(oid) and hash_bytes(data) != oid:  # a damaged loose copy beside a packed one
-            return self._packed(oid)
+            return self._packed(oid, max_size)
         return data
 
-    def get_into(self, oid, f):
+    def get_into(self, oid, f, max_size=None):
         if self.packs.has(oid):  # loose and packed (rare): hand over whichever copy verifies
-            data = self.get(oid)
+            data = self.get(oid, max_size)
             f.write(data)
             return len(data)
         try:
             src = open(self.objects.path(oid), "rb")
         except FileNotFoundError:
-            data = self._packed(oid)
+            data = self._packed(oid, max_size)
             f.write(data)
             return len(data)
         with src:
+            check_size(oid, os.fstat(src.fileno()).st_size, max_size, self.url)
             return _copy_file(src, f)
 
     def digest(self, oid):
@@ -401,9 +414,11 @@ class DirectoryTransport(Transport):
         finally:
             os.close(fd)
 
-    def _packed(self, oid) -> bytes:
-        """An object not loose here: packed by `mvc pack` in a repository used as a remote."""
+    def _packed(self, oid, max_size=None) -> bytes:
+        """An object not loose here: packed by `mvc pack` in a repository used as a remote (its
+        index's size is checked before anything is decoded: a crafted entry could declare any)."""
         if self.packs.has(oid):
+            check_size(oid, self.packs.size(oid), max_size, self.url)
             try:
                 return self.packs.get(oid)
             except CorruptObject as e:  # its hint is for the repository's owner, not for us
@@ -440,6 +455,7 @@ class DirectoryTransport(Transport):
     def read_file(self, name):
         try:
             with open(self._path(name), "rb") as f:
+                check_size(name, os.fstat(f.fileno()).st_size, MAX_FILE_BYTES, self.url)
                 data = f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None, ABSENT

@@ -27,7 +27,7 @@ import threading
 from urllib.parse import urlparse
 
 from .errors import MvcError, ObjectMissing, RefConflict
-from .transport import ABSENT, REPAIR_HINT, Transport
+from .transport import ABSENT, MAX_FILE_BYTES, REPAIR_HINT, Transport, check_size
 
 MULTIPART_BYTES = 64 * 1024 * 1024
 MAX_ATTEMPTS = 5   # per request, botocore's standard retry mode
@@ -107,12 +107,12 @@ class S3Transport(Transport):
         except BotoCoreError as e:
             self._fail(e, f"checking object {oid[:12]}")
 
-    def get(self, oid):
+    def get(self, oid, max_size=None):
         buf = io.BytesIO()
-        self.get_into(oid, buf)
+        self.get_into(oid, buf, max_size)
         return buf.getvalue()
 
-    def get_into(self, oid, f):
+    def get_into(self, oid, f, max_size=None):
         """Stream the object into `f`. A body that breaks off is resumed where it stopped (a Range
         read, only while the object still has the ETag of the first response), so `f` never needs
         rewinding and nothing is written twice."""
@@ -124,7 +124,9 @@ class S3Transport(Transport):
                 extra = {"Range": f"bytes={n}-", "IfMatch": etag} if n else {}
                 r = self.client.get_object(Bucket=self.bucket, Key=self._object_key(oid), **extra)
                 etag = etag or r.get("ETag")
+                check_size(oid, n + r.get("ContentLength", 0), max_size, self.url)
                 for chunk in r["Body"].iter_chunks(1 << 20):
+                    check_size(oid, n + len(chunk), max_size, self.url)  # a length header may lie
                     f.write(chunk)
                     n += len(chunk)
                 return n
@@ -179,7 +181,10 @@ class S3Transport(Transport):
         for attempt in range(BODY_RETRIES + 1):
             try:
                 r = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
-                return r["Body"].read(), r["ETag"]
+                check_size(name, r.get("ContentLength"), MAX_FILE_BYTES, self.url)
+                data = r["Body"].read(MAX_FILE_BYTES + 1)
+                check_size(name, len(data), MAX_FILE_BYTES, self.url)
+                return data, r["ETag"]
             except ClientError as e:
                 if _code(e) in _MISSING_CODES:
                     return None, ABSENT

@@ -123,11 +123,11 @@ def test_interrupted_clone_resumes(tmp_path, monkeypatch):
     real_get = DirectoryTransport.get_into
     calls = []
 
-    def flaky(self, oid, f):
+    def flaky(self, oid, f, **kw):
         calls.append(oid)
         if len(calls) == 5:
             raise OSError(5, "simulated I/O error")
-        return real_get(self, oid, f)
+        return real_get(self, oid, f, **kw)
 
     monkeypatch.setattr(DirectoryTransport, "get_into", flaky)
     try:

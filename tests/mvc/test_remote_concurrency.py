@@ -117,12 +117,12 @@ def test_fetch_retries_when_a_branch_is_deleted_and_collected_under_it(tmp_path,
     real_get_into = DirectoryTransport.get_into
     done = []
 
-    def get_into(self, oid, f):
+    def get_into(self, oid, f, **kw):
         if not done:  # the first object read: the branch list is already taken
             done.append(oid)
             t.update_ref("refs/heads/exp", None, expected=served.refs.read("refs/heads/exp"))
             mvc.Repo(served.root).gc(grace_s=0)
-        return real_get_into(self, oid, f)
+        return real_get_into(self, oid, f, **kw)
 
     monkeypatch.setattr(DirectoryTransport, "get_into", get_into)
     clone, info = rm.clone(served.root, str(tmp_path / "copy"), jobs=1)

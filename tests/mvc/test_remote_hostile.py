@@ -1,0 +1,134 @@
+"""A remote that serves crafted objects: ids that are paths, trees naming the wrong kinds of
+objects, objects far larger than declared, a pack entry declaring a huge size. Each fetch fails
+with a clear error (CorruptObject, exit 3), reads no more than it expects, stores nothing bad and
+writes nothing outside the repository."""
+import copy
+import json
+import os
+import struct
+
+import pytest
+import torch
+
+import mvc
+from mvc import pack_format as pf
+from mvc import remote as rm
+from mvc.errors import CorruptObject
+from mvc.objects import canonical_json, hash_bytes
+
+
+def _served(tmp_path):
+    """A repository that serves as a directory remote, and a clone of it."""
+    src = mvc.Repo.init(tmp_path / "src")
+    g = torch.Generator().manual_seed(0)
+    head = src.commit({"model": {"w": torch.randn(4, 4, generator=g), "b": torch.zeros(3)}}, message="c0")
+    clone, _ = rm.clone(src.root, str(tmp_path / "clone"), jobs=1)
+    return src, clone, head
+
+
+def _put_raw(src, obj) -> str:
+    """Write bytes (or an object's canonical JSON) into the remote as a loose object, unchecked."""
+    data = obj if isinstance(obj, bytes) else canonical_json(obj)
+    oid = hash_bytes(data)
+    path = os.path.join(src.dir, "objects", oid[:2], oid[2:])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return oid
+
+
+def _sparse_object(src, oid, size):
+    path = os.path.join(src.dir, "objects", oid[:2], oid[2:])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def _evil_branch(src, head, tree_fn) -> str:
+    c = copy.deepcopy(src.read_commit(head))
+    tree = copy.deepcopy(src.read_tree(c["components"]["model"]))
+    tree_fn(tree)
+    c.update(components={"model": _put_raw(src, tree)}, parents=[head], message="evil")
+    cid = _put_raw(src, c)
+    with open(os.path.join(src.dir, "refs", "heads", "evil"), "w") as f:
+        f.write(cid + "\n")
+    return cid
+
+
+def _unchanged(clone, before):
+    assert clone.refs.list("refs/") == before
+    assert clone.fsck()["ok"]
+    assert not os.listdir(clone.loose.tmp) if os.path.isdir(clone.loose.tmp) else True
+
+
+def test_tree_ids_that_are_paths_never_reach_the_file_system(tmp_path):
+    src, clone, head = _served(tmp_path)
+    before = clone.refs.list("refs/")
+    _evil_branch(src, head, lambda t: t["tensors"]["w"].update(id="../../../../evil_payload"))
+    with pytest.raises(CorruptObject, match="malformed"):
+        rm.fetch(clone, jobs=1)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("evil")]
+    _unchanged(clone, before)
+
+
+def test_blob_larger_than_its_tree_declares_is_refused_unread(tmp_path):
+    src, clone, head = _served(tmp_path)
+    before = clone.refs.list("refs/")
+    fake = "cd" * 32
+    _sparse_object(src, fake, 200 << 20)  # 200 MB for a 4x4 float32 tensor
+    _evil_branch(src, head, lambda t: t["tensors"]["w"].update(id=fake))
+    with pytest.raises(CorruptObject, match="more than the 136 expected"):  # before: streamed, then hashed
+        rm.fetch(clone, jobs=1)
+    _unchanged(clone, before)
+
+
+def test_oversized_commit_is_refused_unread(tmp_path):
+    src, clone, head = _served(tmp_path)
+    before = clone.refs.list("refs/")
+    fake = "ab" * 32
+    _sparse_object(src, fake, rm.MAX_META_BYTES + 1)
+    with open(os.path.join(src.dir, "refs", "heads", "big"), "w") as f:
+        f.write(fake + "\n")
+    with pytest.raises(CorruptObject, match="bytes, more than"):  # before: read whole into memory
+        rm.fetch(clone, jobs=1)
+    _unchanged(clone, before)
+
+
+def test_pack_entry_declaring_a_huge_size_is_refused_before_decoding(tmp_path):
+    """A crafted pack in a repository used as a remote: its index declares 200 MB for one object;
+    nothing is decompressed or allocated for it."""
+    src, clone, head = _served(tmp_path)
+    before = clone.refs.list("refs/")
+    size = 200 << 20
+    frame = struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", size)
+    left = size
+    while left:  # zstd RLE blocks: a few bytes each for 128 KiB of output
+        n = min(left, 128 << 10)
+        left -= n
+        frame += struct.pack("<I", (0 if left else 1) | (1 << 1) | (n << 3))[:3] + b"\x00"
+    entry = pf.encode_entry_header(0, 1, size, 1) + struct.pack("<I", len(frame)) + frame
+    oid = "ab" * 32
+    body = pf.encode_pack_header(1) + entry
+    checksum = bytes.fromhex(hash_bytes(body))
+    pack_dir = os.path.join(src.dir, "objects", "pack")
+    os.makedirs(pack_dir, exist_ok=True)
+    name = pf.pack_name(checksum)
+    with open(os.path.join(pack_dir, f"{name}.pack"), "wb") as f:
+        f.write(body + checksum)
+    index = pf.encode_index([pf.Record(oid, None, pf.PACK_HEADER.size, len(entry), size, pf.GROUPED, 0)], checksum)
+    with open(os.path.join(pack_dir, f"{name}.idx"), "wb") as f:
+        f.write(index + bytes.fromhex(hash_bytes(index)))
+    with open(os.path.join(src.dir, "refs", "heads", "bomb"), "w") as f:
+        f.write(oid + "\n")
+    with pytest.raises(CorruptObject, match=f"is {size} bytes, more than"):
+        rm.fetch(clone, jobs=1)
+    _unchanged(clone, before)
+
+
+def test_oversized_ref_file_is_skipped_unread(tmp_path):
+    src, clone, head = _served(tmp_path)
+    with open(os.path.join(src.dir, "refs", "heads", "main"), "wb") as f:
+        f.truncate(32 << 20)  # before: read whole, then found not to be an id
+    with pytest.warns(UserWarning, match="refs/heads/main on remote .* bytes, more than"):
+        rm.fetch(clone, jobs=1)
+    assert clone.fsck()["ok"] and clone.refs.read("refs/heads/main") == head
