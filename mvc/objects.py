@@ -189,6 +189,7 @@ def check_component_name(name: str, what: str = "component name") -> str:
 
 MAX_SEGMENT_BYTES = 255  # the longest file name most file systems take
 MAX_REF_SEGMENT_BYTES = 200  # leaves room for the lock and temp-file names made from a ref's
+MAX_REF_BYTES = 1000  # a whole ref name: far inside PATH_MAX below any repository, and S3's 1,024-byte keys
 
 
 def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> None:
@@ -228,6 +229,8 @@ def check_ref_name(name: str) -> str:
     if is_oid(name) or (len(name) >= 6 and re.fullmatch(r"[0-9a-f]+", name)):
         raise BadName(f"invalid branch or tag name {name!r} (it looks like an object id)")
     _check_path_text(name, "branch or tag name", MAX_REF_SEGMENT_BYTES)
+    if len(name.encode("utf-8")) > MAX_REF_BYTES:
+        raise BadName(f"invalid branch or tag name {name[:40]!r}... (longer than {MAX_REF_BYTES} bytes)")
     return name
 
 

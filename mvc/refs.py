@@ -7,6 +7,7 @@ stands in the way of new refs.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -158,6 +159,10 @@ class RefStore:
                 return f.read().strip()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # a name no ref here can have (a deep repository path)
+                return None
+            raise
 
     def head_target(self) -> str | None:
         """The branch ref HEAD points to (e.g. refs/heads/main), or None when detached."""

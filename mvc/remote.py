@@ -39,8 +39,8 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from . import safetensors_format as stf
-from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NonFastForward,
-                     ObjectMissing, RefConflict, UnknownRevision)
+from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, NonFastForward,
+                     ObjectMissing, RefConflict, UnknownRevision, WrongObjectType)
 from . import certindex
 from .files import pid_alive
 from .objects import check_ref_name, decode, hash_bytes, is_oid, named_ids, object_kind, tree_blob_ids
@@ -190,6 +190,10 @@ def _permission_errors(t: Transport):
     except PermissionError as e:
         raise MvcError(f"permission denied: {e.filename or t.describe()}",
                        "check the permissions of the repository and of the remote") from None
+    except (IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:  # e.g. a ref that is a folder
+        raise MvcError(f"unexpected file layout at {e.filename2 or e.filename or t.describe()} ({e.strerror})",
+                       f"a file stands where a folder belongs or the reverse, or it was removed meanwhile; "
+                       f"check that path (the remote is {t.describe()})") from None
 
 
 def _has_commit(repo: Repo, oid: str) -> bool:
@@ -925,9 +929,14 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
     finally:
         history.sync()
     named = set()
-    for v in wanted.values():
-        for cid in v:
-            named |= named_ids(decode(repo.store.get(cid), "certificate", cid))
+    for c, v in wanted.items():
+        for cid in list(v):
+            try:
+                named |= named_ids(decode(repo.store.get(cid), "certificate", cid))
+            except (WrongObjectType, FormatTooNew) as e:  # one bad index line must not block every fetch
+                warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
+                              f"but {e.message}; skipped")
+                v.remove(cid)
     named = sorted(x for x in named if not repo.store.has(x))
 
     def fetch_named(oid):  # data is stored now; commits and trees come with their history below
@@ -943,7 +952,8 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
     kinds = dict(zip(named, pool.map(fetch_named, named)))
     history.fetch([o for o, k in kinds.items() if k == "commit"], [o for o, k in kinds.items() if k == "tree"])
     for c, v in wanted.items():
-        certindex.attach(repo.dir, c, v)
+        if v:
+            certindex.attach(repo.dir, c, v)
     return sum(len(v) for v in wanted.values())
 
 
@@ -978,7 +988,7 @@ def pull(repo: Repo, remote: str | None = None, branch: str | None = None, jobs:
         f"{branch} and {name}/{branch} have diverged ({mine} and {other} commits of their own); "
         "pull only fast-forwards",
         f"mvc has no merge: keep yours with mvc push --force {name} {branch}, or take theirs with "
-        f"mvc rollback {name}/{branch}")
+        f"mvc rollback remotes/{name}/{branch}")
 
 
 # -- clone -------------------------------------------------------------------------------------
@@ -1003,6 +1013,11 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
     path = os.path.abspath(path or default_clone_dir(norm))
     head = t.head_target() or ""
     default = head[len("refs/heads/"):] if head.startswith("refs/heads/") else "main"
+    try:
+        check_ref_name(default)
+    except BadName as e:
+        warnings.warn(f"the remote's HEAD names no valid branch ({e.message}); using main")
+        default = "main"
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         if not _resumable_clone(path, norm):
             raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")

@@ -255,9 +255,8 @@ class Repo:
             except BadName:
                 break
             if oid:
-                if ref.startswith("refs/heads/") and self.refs.read(f"refs/tags/{rev}") not in (None, oid):
-                    warnings.warn(f"{rev!r} is both a branch and a tag; using the branch (name the tag "
-                                  f"as tags/{rev})")
+                if not qualified:
+                    self._warn_if_ambiguous(rev, ref, oid)
                 return self._as_commit(self._peel(oid), rev)
         if is_oid(rev):
             if self.store.has(rev):
@@ -273,6 +272,24 @@ class Repo:
         elif re.fullmatch(r"[0-9a-f]{1,5}", rev):
             raise UnknownRevision(f"unknown revision {rev!r}", "id prefixes need at least 6 hex digits")
         raise UnknownRevision(f"unknown revision {rev!r}", "see mvc log, mvc branch and mvc tag")
+
+    def _warn_if_ambiguous(self, rev: str, ref: str, oid: str) -> None:
+        """Warn when `rev` also names another branch, tag or remote-tracking branch holding
+        another commit (a fetched tag `origin/main` would otherwise shadow refs/remotes/origin/main
+        without a word)."""
+        kinds = {"refs/heads/": "branch", "refs/tags/": "tag", "refs/remotes/": "remote-tracking branch"}
+        for prefix, kind in kinds.items():
+            other = prefix + rev
+            if other == ref:
+                continue
+            try:
+                held = self.refs.read(other)
+            except (BadName, CorruptObject):
+                continue
+            if held not in (None, oid):
+                used = next(k for p, k in kinds.items() if ref.startswith(p))
+                warnings.warn(f"{rev!r} names both a {used} and a {kind}; using the {used} (name the "
+                              f"{kind} as {other[len('refs/'):]})")
 
     def _peel(self, oid: str) -> str:
         return oid

@@ -234,7 +234,10 @@ class Transport:
             try:
                 check_full_ref(name)
                 value = self.read_ref(name)
-            except BadName:
+            except BadName as e:
+                if name.startswith(("refs/heads/", "refs/tags/")) and not name.endswith(".lock") \
+                        and "/." not in name:  # not a push's lock or temp file, nor a remote-tracking ref
+                    warnings.warn(f"skipped {name[:80]!r} on {self.describe()}: {e.message}")
                 continue
             except CorruptObject as e:
                 warnings.warn(f"{e.message} on {self.describe()}; ignored ({e.hint})")

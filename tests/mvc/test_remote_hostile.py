@@ -132,3 +132,56 @@ def test_oversized_ref_file_is_skipped_unread(tmp_path):
     with pytest.warns(UserWarning, match="refs/heads/main on remote .* bytes, more than"):
         rm.fetch(clone, jobs=1)
     assert clone.fsck()["ok"] and clone.refs.read("refs/heads/main") == head
+
+
+def test_remote_head_naming_an_invalid_branch_falls_back_to_main(tmp_path):
+    src, _clone, head = _served(tmp_path)
+    with open(os.path.join(src.dir, "HEAD"), "w") as f:
+        f.write("ref: refs/heads/../x\n")
+    with pytest.warns(UserWarning, match="HEAD names no valid branch"):  # before: the clone failed
+        clone, info = rm.clone(src.root, str(tmp_path / "second"), jobs=1)
+    assert info["branch"] == "main" and clone.resolve("main") == head
+
+
+def test_one_bad_certificate_index_line_does_not_block_fetches(tmp_path):
+    from mvc import certindex
+    src, clone, head = _served(tmp_path)
+    tree = src.read_commit(head)["components"]["model"]
+    certindex.attach(src.dir, head, [tree])  # names a tree, not a certificate
+    g = torch.Generator().manual_seed(1)
+    new = src.commit({"model": {"w": torch.randn(4, 4, generator=g)}}, message="c1")
+    with pytest.warns(UserWarning, match="is a tree, not a certificate; skipped"):  # before: every fetch failed
+        rm.fetch(clone, jobs=1)
+    assert clone.refs.read("refs/remotes/origin/main") == new
+    assert certindex.read_index(clone.dir, head) == []
+
+
+def test_push_into_a_damaged_remote_layout_is_a_clear_error(tmp_path):
+    from mvc.errors import MvcError
+    src, clone, head = _served(tmp_path)
+    remote = str(tmp_path / "bare.mvc")
+    rm.add_remote(clone, "bare", remote)
+    rm.push(clone, "bare")
+    ref = os.path.join(remote, "refs", "heads", "main")
+    os.unlink(ref)
+    os.mkdir(ref)  # a folder where the branch file belongs
+    clone.commit({"model": {"w": torch.ones(2)}}, message="next")
+    with pytest.raises(MvcError, match="unexpected file layout at .*refs/heads/main"):  # before: IsADirectoryError
+        rm.push(clone, "bare")
+
+
+def test_a_fetched_tag_shadowing_a_remote_tracking_branch_warns(tmp_path):
+    src, clone, head = _served(tmp_path)
+    other = clone.commit({"model": {"w": torch.ones(2)}}, message="local")
+    clone.tag("origin/main", other)
+    with pytest.warns(UserWarning, match="names both a tag and a remote-tracking branch"):
+        assert clone.resolve("origin/main") == other
+    assert clone.resolve("remotes/origin/main") == head
+
+
+def test_ref_names_longer_than_any_path_allows_are_refused():
+    from mvc.errors import BadName
+    from mvc.objects import check_ref_name
+    name = "/".join(chr(97 + i % 26) * 190 for i in range(22))  # every segment allowed, 4,200 bytes in all
+    with pytest.raises(BadName, match="longer than"):
+        check_ref_name(name)
