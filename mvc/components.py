@@ -5,6 +5,7 @@ which is all that is needed to rebuild the file byte for byte. Other files becom
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import mmap
 import os
@@ -414,11 +415,67 @@ def checkout_paths(trees: dict[str, dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def write_tree(store: ObjectStore, tree: dict, out_dir: str, progress: Progress | None = None) -> list[str]:
-    written = []
-    for relpath in sorted(tree["files"]):
-        check_relpath(relpath)
-        dest = os.path.join(out_dir, *relpath.split("/"))
-        write_file(store, tree, relpath, dest, progress)
-        written.append(dest)
-    return written
+def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool | None:
+    """Whether `dest` already holds exactly the bytes a checkout of `relpath` would write (None
+    when nothing is there). Compared as a stream, so a re-run checkout rewrites nothing."""
+    try:
+        st = os.stat(dest)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None  # the write reports it
+    if not stat.S_ISREG(st.st_mode) or st.st_size != tree["files"][relpath]["size"]:
+        return False
+    try:
+        with open(dest, "rb") as f:
+            for chunk in file_chunks(store, tree, relpath):
+                if f.read(len(chunk)) != chunk:
+                    return False
+            return not f.read(1)
+    except PermissionError:
+        return False
+
+
+def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: bool = False,
+                progress: Progress | None = None) -> list[str]:
+    """Write each (tree, file path in it, destination) atomically. A destination that already
+    holds other bytes (a file the user edited, another checkout) is refused before anything is
+    written, unless `force`; one that holds the same bytes is left alone. If a write fails, the
+    files and folders this call created are removed again: a failed checkout leaves nothing that
+    could pass for a complete one."""
+    differing, same = [], set()
+    for tree, relpath, dest in items:
+        held = holds_file(store, tree, relpath, dest)
+        if held:
+            same.add(dest)
+        elif held is False and not force:
+            differing.append(dest)
+    if differing:
+        raise BadInput(f"{len(differing)} file(s) to write already exist with other content, e.g. {differing[0]}",
+                       "pass --force to overwrite them, or write into another place; nothing was written")
+    created_files: list[str] = []
+    created_dirs: list[str] = []
+    try:
+        for tree, relpath, dest in items:
+            if dest in same:
+                if progress:
+                    progress(tree["files"][relpath]["size"])
+                continue
+            missing, d = [], os.path.dirname(os.path.abspath(dest))
+            while d and not os.path.lexists(d):
+                missing.append(d)
+                d = os.path.dirname(d)
+            existed = os.path.lexists(dest)
+            created_dirs += reversed(missing)
+            write_file(store, tree, relpath, dest, progress)
+            if not existed:
+                created_files.append(dest)
+    except BaseException:
+        for path in created_files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        for path in reversed(created_dirs):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only if empty: another program may have put files there meanwhile
+        raise
+    return [dest for _tree, _rel, dest in items]

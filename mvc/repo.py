@@ -756,7 +756,10 @@ class Repo:
 
     # -- checkout / export -------------------------------------------------------------------
     def checkout(self, rev: str | None, out_dir: str, components: Iterable[str] | None = None,
-                 progress: Callable[[int], None] | None = None) -> list[str]:
+                 progress: Callable[[int], None] | None = None, force: bool = False) -> list[str]:
+        """Write the components of `rev` as their original files under `out_dir/<component>/`.
+        Files already there with other content are refused (nothing is written) unless `force`;
+        files already holding the same bytes are left alone."""
         cid = self.resolve(rev)
         comps = self.read_commit(cid)["components"]
         names = list(components) if components else sorted(comps)
@@ -766,20 +769,23 @@ class Repo:
                 raise BadName(f"commit {cid[:12]} has no component {name!r}")
             check_component_name(name)
             trees[name] = self.read_tree(comps[name])
-        comp.checkout_paths(trees)  # no two files on one path: checked before anything is written
-        written = []
-        for name, tree in trees.items():
+        paths = comp.checkout_paths(trees)  # no two files on one path: checked before anything is written
+        for tree in trees.values():
             self.store.prefetch(tree_blob_ids(tree))
-            written += comp.write_tree(self.store, tree, os.path.join(out_dir, *name.split("/")), progress)
-        return written
+        items = [(trees[name], rel, os.path.join(out_dir, *path.split("/"))) for name, rel, path in paths]
+        return comp.write_files(self.store, items, force, progress)
 
-    def export(self, rev: str | None, component: str, out_file: str) -> str:
+    def export(self, rev: str | None, component: str, out_file: str, force: bool = False) -> str:
+        """Write a single-file component to `out_file` (an existing file with other content is
+        refused unless `force`)."""
         tree = self.tree(rev or "HEAD", component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
         self.store.prefetch(tree_blob_ids(tree))
-        comp.write_file(self.store, tree, next(iter(tree["files"])), out_file)
+        if os.path.isdir(out_file):
+            raise BadInput(f"cannot write {out_file}: Is a directory", "choose another output path")
+        comp.write_files(self.store, [(tree, next(iter(tree["files"])), out_file)], force)
         return out_file
 
     # -- maintenance -------------------------------------------------------------------------

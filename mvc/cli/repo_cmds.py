@@ -305,20 +305,25 @@ def _value(v) -> str:
 @click.argument("rev", default="HEAD")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Directory to write into.")
 @click.option("-c", "--component", "comps", multiple=True, help="Only this component (repeatable).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite files that exist there with other content.")
 @json_opt
-def checkout(rev, out, comps, as_json):
+def checkout(rev, out, comps, force, as_json):
     """Write the components of REV as their original files under DIR/<component>/ (refs never move).
 
+    Files already there with other content are refused (nothing is written) unless --force;
+    files already holding the same bytes are left as they are.
+
     \b
-    Example:
+    Examples:
       mvc checkout HEAD~2 -o restored/
+      mvc checkout main -o restored/ --force    # overwrite an older checkout
     """
     repo = _repo()
     cid = repo.resolve(rev)
     total = sum(f["size"] for name, tid in repo.read_commit(cid)["components"].items()
                 if not comps or name in comps for f in repo.read_tree(tid)["files"].values())
     with byte_progress(total, "checking out") as advance:
-        files = repo.checkout(cid, out, comps or None, progress=advance)
+        files = repo.checkout(cid, out, comps or None, progress=advance, force=force)
     if as_json:
         emit_json({"commit": cid, "files": files})
     else:
@@ -329,14 +334,17 @@ def checkout(rev, out, comps, as_json):
 @click.argument("rev")
 @click.argument("component")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
-def export(rev, component, out):
+@click.option("-f", "--force", is_flag=True, help="Overwrite the file if it exists with other content.")
+def export(rev, component, out, force):
     """Write one single-file COMPONENT of REV to a file.
+
+    An existing file with other content is refused unless --force.
 
     \b
     Example:
       mvc export HEAD core -o core.safetensors
     """
-    _repo().export(rev, component, out)
+    _repo().export(rev, component, out, force=force)
     click.echo(f"wrote {out}")
 
 

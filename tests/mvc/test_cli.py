@@ -330,3 +330,48 @@ def test_every_json_option_has_help_text():
                 seen.append(" ".join(path))
                 assert p.help, f"mvc {' '.join(path)} --json has no help text"
     assert {"verify", "paste brick", "pack", "log", "ci"} <= set(seen)
+
+
+def test_checkout_and_export_never_overwrite_other_content_without_force(run, tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir()
+    _ckpt(d / "model.safetensors", 0)
+    (d / "config.json").write_text('{"a": 1}\n')
+    run("commit", d, "-m", "one")
+    out = tmp_path / "out"
+    run("checkout", "HEAD", "-o", out)
+    cfg = out / "model" / "config.json"
+    weights = out / "model" / "model.safetensors"
+    inode = os.stat(weights).st_ino
+    run("checkout", "HEAD", "-o", out)  # the same bytes: nothing rewritten
+    assert os.stat(weights).st_ino == inode
+    cfg.write_text('{"a": 2, "edited": true}\n')  # the user's edit
+    r = run("checkout", "HEAD", "-o", out, code=3)
+    assert "already exist with other content" in r.stderr and str(cfg) in r.stderr
+    assert cfg.read_text() == '{"a": 2, "edited": true}\n'  # before: silently replaced
+    run("checkout", "HEAD", "-o", out, "--force")
+    assert cfg.read_text() == '{"a": 1}\n'
+    run("commit", _ckpt(tmp_path / "single.safetensors", 1), "--component", "m=" + str(tmp_path / "single.safetensors"),
+        "-m", "two")
+    target = tmp_path / "mine.safetensors"
+    target.write_bytes(b"precious")
+    r = run("export", "HEAD", "m", "-o", target, code=3)
+    assert target.read_bytes() == b"precious" and "--force" in r.stderr
+    run("export", "HEAD", "m", "-o", target, "--force")
+    assert target.read_bytes() == (tmp_path / "single.safetensors").read_bytes()
+
+
+def test_a_failed_checkout_leaves_nothing_behind(run, in_repo, tmp_path):
+    from damage import flip_byte
+    d = tmp_path / "two"
+    d.mkdir()
+    _ckpt(d / "a.safetensors", 0)
+    _ckpt(d / "b.safetensors", 1)
+    run("commit", d, "-m", "two files")
+    tree = in_repo.read_tree(in_repo.read_commit(in_repo.resolve("HEAD"))["components"]["model"])
+    blob = next(t["id"] for t in tree["tensors"].values() if t["file"] == "b.safetensors")
+    flip_byte(in_repo.loose.path(blob), pos=os.path.getsize(in_repo.loose.path(blob)) - 1)
+    out = tmp_path / "out"
+    r = run("checkout", "HEAD", "-o", out, code=3)
+    assert "corrupt" in r.stderr
+    assert not out.exists()  # before: out/model/a.safetensors was written, which looks like a checkout
