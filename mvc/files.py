@@ -200,12 +200,23 @@ class LockFile:
 
     def acquire(self) -> "LockFile":
         makedirs(os.path.dirname(self.path) or ".")
+        self._wait(take=True)
+        return self
+
+    def wait_free(self) -> None:
+        """Wait as `acquire` would (breaking a stale lock, LockHeld after the timeout) until nobody
+        holds the lock, without taking it: a writer checks so before it writes anything."""
+        self._wait(take=False)
+
+    def _wait(self, take: bool) -> None:
         deadline = time.monotonic() + self.timeout
         delay = 0.002
-        while not self._try():
+        while not (take and self._try()):
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
+                if not take:
+                    return
                 continue  # released meanwhile
             owner = self._owner()
             reason = self._stale_reason(owner, st)
@@ -218,7 +229,6 @@ class LockFile:
                                "wait for it to finish; if no mvc process is running, delete the lock file")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-        return self
 
     def release(self) -> None:
         if self.held:

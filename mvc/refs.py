@@ -205,6 +205,11 @@ class RefStore:
         return dict(sorted(out.items()))
 
     # -- writing -----------------------------------------------------------------------------
+    def wait_unlocked(self, ref: str) -> None:
+        """Return once no other writer holds `ref`'s lock (LockHeld after the usual wait), so that
+        a commit to a branch someone holds writes no objects before it fails."""
+        LockFile(self._path(ref) + ".lock", what=f"ref {ref}").wait_free()
+
     def set_symbolic(self, ref: str, target: str) -> None:
         with LockFile(self._path(ref) + ".lock", what=ref):
             atomic_write(self._path(ref), (SYMREF_PREFIX + target + "\n").encode(), self.fsync)

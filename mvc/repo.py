@@ -414,6 +414,7 @@ class Repo:
     def _write_commit(self, components, trees, remove, message, metrics, author, extra, progress, ref,
                       created_from) -> tuple[str, str]:
         new_trees = dict(trees or {})
+        self.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
         with self.loose.batch():  # every object is durable before any ref points at it
             for name, value in components.items():
                 new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))

@@ -510,3 +510,19 @@ def test_a_strided_single_element_view_commits(repo):
     x = torch.randn(1, dtype=torch.cfloat, generator=torch.Generator().manual_seed(0)).conj().imag
     c = repo.commit({"c": {"w": x}}, message="view")
     assert torch.equal(repo.load(c, "c")["w"], x)
+
+
+def test_commit_to_a_branch_another_writer_holds_writes_nothing(repo, monkeypatch):
+    import functools
+
+    from mvc import refs as refs_module
+    from mvc.errors import LockHeld
+    from mvc.files import LockFile
+    repo.commit({"core": sd()}, message="one")
+    lock = os.path.join(repo.dir, "refs", "heads", "main.lock")
+    monkeypatch.setattr(refs_module, "LockFile", functools.partial(LockFile, timeout=0.2))
+    with LockFile(lock):  # held by a live process (this one)
+        before = snapshot(repo)
+        with pytest.raises(LockHeld, match="refs/heads/main"):
+            repo.commit({"core": sd(1)}, message="two")
+        assert snapshot(repo) == before  # before: the blob, tree and commit were written first
