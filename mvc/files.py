@@ -214,7 +214,7 @@ class LockFile:
         while not (take and self._try()):
             try:
                 st = os.stat(self.path)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # (a clashing name: the update reports it)
                 if not take:
                     return
                 continue  # released meanwhile
