@@ -258,6 +258,8 @@ class Repo:
                 if not qualified:
                     self._warn_if_ambiguous(rev, ref, oid)
                 return self._as_commit(self._peel(oid), rev)
+        if re.fullmatch(r"[0-9A-F]+", rev, re.IGNORECASE):
+            rev = rev.lower()  # ids are lowercase hex; a prefix copied in capitals means the same
         if is_oid(rev):
             if self.store.has(rev):
                 return self._as_commit(rev, rev)
@@ -330,17 +332,26 @@ class Repo:
         return sorted(found)
 
     def _prefix_matches(self, prefix: str) -> list[str]:
-        commits = []
+        """The commits whose ids start with `prefix`; when none does but other objects do, the
+        revision is refused as naming a tree or blob (as a full id of one is)."""
+        commits, others = [], []
         for oid in self.ids_with_prefix(prefix):
             try:
                 if self.store.size(oid) <= SMALL_OBJECT:  # a tensor blob is not read in full
                     self.read_commit(oid)
                     commits.append(oid)
-            except (WrongObjectType, ObjectMissing):
+                else:
+                    others.append("blob")
+            except WrongObjectType as e:
+                others.append(e.got)
+            except ObjectMissing:
                 continue
             except CorruptObject as e:  # a damaged object this prefix names may be the commit meant
                 raise CorruptObject(f"revision {prefix} names a damaged object: {e.message}",
                                     "run mvc fsck") from None
+        if not commits and others:
+            raise UnknownRevision(f"revision {prefix!r} names a {' and a '.join(sorted(set(others)))}, not a commit",
+                                  "see mvc log for commit ids")
         return commits
 
     # -- committing --------------------------------------------------------------------------
@@ -735,7 +746,13 @@ class Repo:
         old = self.refs.read(ref)
         if old is None:
             raise UnknownRevision("the current branch has no commits to roll back")
-        target = self.resolve(rev) if rev else self._parent(old, "HEAD~1", 1)
+        if rev:
+            target = self.resolve(rev)
+        elif not self.read_commit(old)["parents"]:
+            raise UnknownRevision(f"nothing to roll back to: {old[:12]}, the head of {ref[len('refs/heads/'):]}, "
+                                  "is a root commit (it has no parent)", "mvc rollback REV moves it to another commit")
+        else:
+            target = self._parent(old, "HEAD~1", 1)
         self.read_commit(target)
         self.refs.update(ref, target, expected=old, message=f"rollback: to {target[:12]}",
                          author=default_author(self.root))

@@ -156,7 +156,7 @@ def log(rev, n, oneline, as_json):
         if oneline:
             out.append(f"{short(c['id'])}{deco} {c['message'].splitlines()[0] if c['message'] else ''}{ci}")
             continue
-        out.append(f"commit {c['id']}{deco}")
+        out.append(f"commit {short(c['id'])}{deco}")
         out.append(f"Author: {c['author']}")
         out.append(f"Date:   {c['time']}")
         if c["metrics"]:
@@ -203,7 +203,7 @@ def show(rev, as_json):
         emit_json(info)
         return
     con = console()
-    con.print(f"commit {info['id']}")
+    con.print(f"commit {short(info['id'])}")
     con.print(f"Author: {info['author']}\nDate:   {info['time']}")
     if info["parents"]:
         con.print("Parents: " + " ".join(short(p) for p in info["parents"]))

@@ -375,3 +375,17 @@ def test_a_failed_checkout_leaves_nothing_behind(run, in_repo, tmp_path):
     r = run("checkout", "HEAD", "-o", out, code=3)
     assert "corrupt" in r.stderr
     assert not out.exists()  # before: out/model/a.safetensors was written, which looks like a checkout
+
+
+def test_revision_messages_and_short_ids(run, in_repo, tmp_path):
+    r = run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "root", "--json")
+    cid = json.loads(r.stdout)["commit"]
+    out = run("log").stdout
+    assert f"commit {cid[:12]}" in out and cid not in out  # DESIGN: human mode shows 12-hex ids
+    assert cid not in run("show", "HEAD").stdout
+    assert run("rev-parse", cid[:8].upper()).stdout.strip() == cid  # before: unknown revision
+    tree = in_repo.read_commit(cid)["components"]["model"]
+    r = run("rev-parse", tree[:10], code=3)
+    assert "names a tree, not a commit" in r.stderr  # before: "unknown revision"
+    r = run("rollback", code=3)
+    assert "is a root commit" in r.stderr and "HEAD~1" not in r.stderr
