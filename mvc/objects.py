@@ -8,7 +8,7 @@ import re
 import blake3
 
 from .errors import BadInput, BadName, CorruptObject, FormatTooNew, WrongObjectType
-from .safetensors_format import DTYPE_SIZES
+from .safetensors_format import DTYPE_SIZES, MAX_DIM, MAX_NDIM
 
 FORMAT_VERSION = 1          # of trees, commits and certificates
 HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
@@ -143,8 +143,8 @@ def _check_tree_shape(obj: dict) -> None:
         _need(isinstance(t.get("id"), str) and is_oid(t["id"]), f"{where} has no valid object id")
         _need(t.get("dtype") in DTYPE_SIZES, f"{where} has unknown dtype {str(t.get('dtype'))[:30]!r}")
         shape = t.get("shape")
-        _need(isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape),
-              f"{where} has an invalid shape")
+        _need(isinstance(shape, list) and len(shape) <= MAX_NDIM
+              and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape), f"{where} has an invalid shape")
         for key in ("file", "alias", "name"):
             _need(isinstance(t.get(key, ""), str), f"{where} has a non-text {key!r}")
         _need(t.get("file") is None or t["file"] in files, f"{where} belongs to a file the tree does not list")

@@ -22,7 +22,9 @@ DTYPE_SIZES = {
     "I64": 8, "U64": 8, "F64": 8, "C64": 8,
 }
 SUB_BYTE_DTYPES = {"F4", "F6_E2M3", "F6_E3M2"}  # valid safetensors, packed below a byte: refused
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
+MAX_HEADER_BYTES = 100_000_000  # the reference implementation's own limit (safetensors 0.8: N > 1e8 is refused)
+MAX_DIM = (1 << 64) - 1  # a dimension is a u64 for the reference reader
+MAX_NDIM = 64  # torch holds no tensor of more dimensions
 BLOB_TENSOR_NAME = "tensor"           # fixed name inside canonical tensor blobs
 
 
@@ -53,6 +55,11 @@ def _no_duplicates(pairs):
     return out
 
 
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON (Python's parser takes them; the reference reader does not)."""
+    raise BadInput(f"{name} in safetensors header (not JSON)")
+
+
 def _numel(shape) -> int:
     n = 1
     for d in shape:
@@ -76,10 +83,8 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadInput(f"{where}: safetensors header is not UTF-8 ({e})") from None
-    if not text.startswith("{"):
-        raise BadInput(f"{where}: safetensors header is not a JSON object")
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except BadInput as e:
         raise BadInput(f"{where}: {e.message}") from None
     except ValueError as e:
@@ -100,16 +105,20 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
             raise BadInput(f"{where}: __metadata__ must map strings to strings")
     entries = []
     for name, info in doc.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise BadInput(f"{where}: tensor {name!r} must have exactly dtype, shape and data_offsets")
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            # other keys are ignored, as the reference reader ignores them (the original header
+            # bytes are kept, so a checkout still rebuilds the file exactly)
+            raise BadInput(f"{where}: tensor {name!r} must have dtype, shape and data_offsets")
         dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
         if dtype in SUB_BYTE_DTYPES:
             raise BadInput(f"{where}: tensor {name!r} has dtype {dtype}, packed below a byte, which mvc "
                            "does not store yet", "store it unpacked (e.g. as U8) for now")
         if dtype not in DTYPE_SIZES:
             raise BadInput(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise BadInput(f"{where}: tensor {name!r} has an invalid shape {shape!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
+            raise BadInput(f"{where}: tensor {name!r} has an invalid shape {str(shape)[:80]}")
+        if len(shape) > MAX_NDIM:
+            raise BadInput(f"{where}: tensor {name!r} has {len(shape)} dimensions (torch holds at most {MAX_NDIM})")
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(type(o) is int and o >= 0 for o in offs) or offs[0] > offs[1]):
             raise BadInput(f"{where}: tensor {name!r} has invalid data_offsets {offs!r}")

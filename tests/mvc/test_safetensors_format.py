@@ -113,3 +113,44 @@ def test_every_accepted_dtype_is_one_the_reference_reader_loads(dtype, tmp_path)
 def test_sub_byte_dtypes_are_refused_by_name(dtype, nbytes):
     with pytest.raises(BadInput, match=f"dtype {dtype}, packed below a byte"):
         _parse(_file({"a": {"dtype": dtype, "shape": [4], "data_offsets": [0, nbytes]}}, b"\0" * nbytes))
+
+
+def _tensor_file(header_text: str, data: bytes) -> bytes:
+    h = header_text.encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
+@pytest.mark.parametrize("text", [
+    ' {"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',        # whitespace before the object
+    '\n{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+    '{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"note":"x"}}',  # a key the reader ignores
+])
+def test_accepts_what_the_reference_reader_accepts(text, repo, tmp_path):
+    """safetensors 0.8 reads these; mvc refused them ('not a JSON object', 'exactly dtype...')."""
+    from safetensors.numpy import load_file
+    blob = _tensor_file(text, struct.pack("<2f", 1.0, 2.0))
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(blob)
+    assert list(load_file(str(path))["w"]) == [1.0, 2.0]
+    assert [t.name for t in _parse(blob).tensors] == ["w"]
+    cid = repo.commit({"m": str(path)}, message="odd")
+    repo.checkout(cid, str(tmp_path / "out"))
+    assert (tmp_path / "out" / "m" / "odd.safetensors").read_bytes() == blob  # byte for byte
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"note":NaN}}', "NaN"),
+    ('{"w":{"dtype":"F32","shape":[18446744073709551616,0],"data_offsets":[0,0]}}', "invalid shape"),
+    ('{"w":{"dtype":"F32","shape":[' + ",".join(["1"] * 65) + '],"data_offsets":[0,4]}}', "65 dimensions"),
+])
+def test_refuses_what_the_reference_reader_or_torch_cannot_read(text, match):
+    blob = _tensor_file(text, b"\0" * 8)
+    with pytest.raises(BadInput, match=match):
+        _parse(blob)
+
+
+def test_header_limit_is_the_reference_readers():
+    assert stf.MAX_HEADER_BYTES == 100_000_000  # safetensors refuses N > 1e8 ("header too large")
+    blob = struct.pack("<Q", 100_000_001) + b"{"
+    with pytest.raises(BadInput, match="absurd safetensors header size"):
+        stf.parse_header(blob, 200_000_000, "x")
