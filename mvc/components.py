@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import mmap
 import os
 import stat
@@ -199,6 +200,8 @@ class Ingest:
         if not stat.S_ISREG(st.st_mode):
             raise BadInput(f"{path} is not a regular file")
         base = relpath or os.path.basename(path)
+        if relpath is None and not base.endswith(PICKLE_SUFFIXES):  # (a directory's paths are checked
+            check_component_name(base, "file name")  # as it is listed; a .pt becomes model.safetensors)
         if base.endswith(SAFETENSORS_SUFFIX):
             self.safetensors_file(base, path)
         elif base.endswith(PICKLE_SUFFIXES) and relpath is None:
@@ -364,32 +367,127 @@ def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool]
     return problems
 
 
-def write_file(store: ObjectStore, tree: dict, relpath: str, dest: str,
-               progress: Progress | None = None) -> None:
-    """Write one file of a tree to `dest` atomically."""
-    tmp = f"{dest}.{os.urandom(4).hex()}.mvc-tmp"  # unique: two checkouts into one place do not collide
+def _output_error(dest: str, e: OSError) -> BadInput:
+    if isinstance(e, (FileExistsError, NotADirectoryError)):
+        why = "a file stands where a directory is needed"
+    elif isinstance(e, FileNotFoundError):
+        why = f"{e.strerror} (was its directory removed?)"
+    else:
+        why = e.strerror or str(e)
+    return BadInput(f"cannot write {dest or repr(dest)}: {why}",
+                    "free some space and run it again" if e.errno == errno.ENOSPC else "choose another output path")
+
+
+def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bool,
+               progress: Progress | None) -> str:
+    """The bytes of file `relpath` of `tree`, written to a new hidden temp file beside `dest`
+    (fsynced if `sync`); returns its path. Its name is short whatever `dest` is called (a file
+    name may take all 255 bytes) and unique (two checkouts into one place do not collide)."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    tmp = os.path.join(folder, f".{os.urandom(6).hex()}.mvc-tmp")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         if os.path.isdir(dest):
-            raise IsADirectoryError(21, "Is a directory", dest)
-        open(tmp, "wb").close()
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        why = {FileExistsError: "a file stands where a directory is needed",
-               NotADirectoryError: "a file stands where a directory is needed"}.get(type(e), e.strerror)
-        raise BadInput(f"cannot write {dest}: {why}", "choose another output path") from None
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", dest)
+        f = open(tmp, "xb")
+    except OSError as e:
+        raise _output_error(dest, e) from None
     try:
-        with open(tmp, "wb") as f:
+        with f:
             for chunk in file_chunks(store, tree, relpath):
                 f.write(chunk)
                 if progress:
                     progress(len(chunk))
-        os.replace(tmp, dest)
-    except FileNotFoundError as e:  # the output directory was removed while we wrote into it
-        raise BadInput(f"cannot write {dest}: {e.strerror} (was its directory removed?)") from None
-    except BaseException:
-        if os.path.exists(tmp):
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _output_error(dest, e) from None
         raise
+    return tmp
+
+
+def _refuse_links(base: str, dest: str) -> None:
+    """No symlink on the way from `base` (the user's output directory) to `dest`, nor at `dest`,
+    and nothing there but a regular file or nothing: mvc does not write through a link or replace
+    a link, device or pipe (`-o /dev/stdout` would replace the link; use `-o -`)."""
+    path = os.path.abspath(base)
+    for part in os.path.relpath(os.path.abspath(dest), path).split(os.sep):
+        path = os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise BadInput(f"{path} is a symbolic link; mvc does not write through or replace links",
+                           "remove the link, or write into another place")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise BadInput(f"{dest} is not a regular file (a device, pipe or socket); mvc does not replace it",
+                       "use -o - to write to standard output")
+
+
+def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: bool = False,
+                progress: Progress | None = None, base: str | None = None) -> list[str]:
+    """Write each (tree, file path in it, destination). A destination that already holds other
+    bytes (a file the user edited, another checkout) is refused before anything is written,
+    unless `force`; one that holds the same bytes is left alone; no link is written through
+    below `base` (default: each destination's folder). Every file is written to a temp file
+    first and the temp files are renamed into place only once all are whole: a failure (a
+    damaged blob, a full disk) leaves every destination as it was and removes what it created."""
+    differing, same = [], set()
+    for tree, relpath, dest in items:
+        _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
+        held = holds_file(store, tree, relpath, dest)
+        if held:
+            same.add(dest)
+        elif held is False and not force:
+            differing.append(dest)
+    if differing:
+        raise BadInput(f"{len(differing)} file(s) to write already exist with other content, e.g. {differing[0]}",
+                       "pass --force to overwrite them, or write into another place; nothing was written")
+    temps: list[tuple[str, str]] = []
+    created_dirs: list[str] = []
+    try:
+        for tree, relpath, dest in items:
+            if dest in same:
+                if progress:
+                    progress(tree["files"][relpath]["size"])
+                continue
+            missing, d = [], os.path.dirname(os.path.abspath(dest))
+            while d and not os.path.lexists(d):
+                missing.append(d)
+                d = os.path.dirname(d)
+            created_dirs += reversed(missing)
+            # a file replaced is synced first, so a crash cannot leave it empty; a new one need not be
+            temps.append((_temp_copy(store, tree, relpath, dest, os.path.lexists(dest), progress), dest))
+        for tmp, dest in temps:
+            os.replace(tmp, dest)
+    except BaseException as e:
+        for tmp, _dest in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # (the ones already renamed are gone from here)
+        for path in reversed(created_dirs):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only if empty: another program may have put files there meanwhile
+        if isinstance(e, OSError):
+            raise _output_error(e.filename or "", e) from None
+        raise
+    return [dest for _tree, _rel, dest in items]
+
+
+def stray_files(out_dir: str, written: list[str]) -> list[str]:
+    """Files under `out_dir` that a checkout did not write (left there by an earlier checkout)."""
+    mine = {os.path.abspath(p) for p in written}
+    out = []
+    for dirpath, _dirs, files in os.walk(out_dir):
+        for name in files:
+            path = os.path.abspath(os.path.join(dirpath, name))
+            if path not in mine and not name.endswith(".mvc-tmp"):
+                out.append(path)
+    return sorted(out)
 
 
 def checkout_paths(trees: dict[str, dict]) -> list[tuple[str, str, str]]:
@@ -434,48 +532,3 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
             return not f.read(1)
     except PermissionError:
         return False
-
-
-def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: bool = False,
-                progress: Progress | None = None) -> list[str]:
-    """Write each (tree, file path in it, destination) atomically. A destination that already
-    holds other bytes (a file the user edited, another checkout) is refused before anything is
-    written, unless `force`; one that holds the same bytes is left alone. If a write fails, the
-    files and folders this call created are removed again: a failed checkout leaves nothing that
-    could pass for a complete one."""
-    differing, same = [], set()
-    for tree, relpath, dest in items:
-        held = holds_file(store, tree, relpath, dest)
-        if held:
-            same.add(dest)
-        elif held is False and not force:
-            differing.append(dest)
-    if differing:
-        raise BadInput(f"{len(differing)} file(s) to write already exist with other content, e.g. {differing[0]}",
-                       "pass --force to overwrite them, or write into another place; nothing was written")
-    created_files: list[str] = []
-    created_dirs: list[str] = []
-    try:
-        for tree, relpath, dest in items:
-            if dest in same:
-                if progress:
-                    progress(tree["files"][relpath]["size"])
-                continue
-            missing, d = [], os.path.dirname(os.path.abspath(dest))
-            while d and not os.path.lexists(d):
-                missing.append(d)
-                d = os.path.dirname(d)
-            existed = os.path.lexists(dest)
-            created_dirs += reversed(missing)
-            write_file(store, tree, relpath, dest, progress)
-            if not existed:
-                created_files.append(dest)
-    except BaseException:
-        for path in created_files:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        for path in reversed(created_dirs):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)  # only if empty: another program may have put files there meanwhile
-        raise
-    return [dest for _tree, _rel, dest in items]

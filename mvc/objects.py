@@ -174,7 +174,10 @@ def check_component_name(name: str, what: str = "component name") -> str:
         raise BadName(f"{what} {name!r} is a {type(name).__name__}, not a string")
     if not name:
         raise BadName(f"{what} is empty")
-    if name.startswith("/") or "\\" in name:
+    if "\\" in name:
+        raise BadName(f"invalid {what} {name!r} (a backslash, which separates folders on Windows)",
+                      "rename it")
+    if name.startswith("/"):
         raise BadName(f"invalid {what} {name!r} (use relative names like core or brick/python)")
     if _CONTROL.search(name):
         raise BadName(f"invalid {what} {name!r} (control characters such as tab or newline)")

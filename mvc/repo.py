@@ -791,7 +791,12 @@ class Repo:
         for tree in trees.values():
             self.store.prefetch(tree_blob_ids(tree))
         items = [(trees[name], rel, os.path.join(out_dir, *path.split("/"))) for name, rel, path in paths]
-        return comp.write_files(self.store, items, force, progress)
+        written = comp.write_files(self.store, items, force, progress, base=out_dir)
+        stray = [p for name in trees for p in comp.stray_files(os.path.join(out_dir, *name.split("/")), written)]
+        if stray:
+            warnings.warn(f"{len(stray)} file(s) under {out_dir} are not part of {cid[:12]} (left from before), "
+                          f"e.g. {stray[0]}")
+        return written
 
     def export(self, rev: str | None, component: str, out_file: str, force: bool = False) -> str:
         """Write a single-file component to `out_file` (an existing file with other content is
@@ -801,10 +806,19 @@ class Repo:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
         self.store.prefetch(tree_blob_ids(tree))
-        if os.path.isdir(out_file):
-            raise BadInput(f"cannot write {out_file}: Is a directory", "choose another output path")
+        if not out_file or os.path.isdir(out_file) or out_file.endswith(("/", os.sep)):
+            raise BadInput(f"cannot write {out_file!r}: not a file name", "name the file to write, e.g. -o core.safetensors")
         comp.write_files(self.store, [(tree, next(iter(tree["files"])), out_file)], force)
         return out_file
+
+    def export_chunks(self, rev: str | None, component: str):
+        """The bytes of a single-file component, as chunks (for writing to a stream)."""
+        tree = self.tree(rev or "HEAD", component)
+        if len(tree["files"]) != 1:
+            raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
+                           "use mvc checkout REV -o DIR for multi-file components")
+        self.store.prefetch(tree_blob_ids(tree))
+        return comp.file_chunks(self.store, tree, next(iter(tree["files"])))
 
     # -- maintenance -------------------------------------------------------------------------
     def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
@@ -1210,8 +1224,11 @@ def _git_dir_of(path: str) -> str | None:
         if os.path.isdir(candidate):
             return candidate
         if os.path.isfile(candidate):
-            with open(candidate) as f:
-                line = f.read().strip()
+            try:  # a worktree's or submodule's `.git` file; anything else there is not git's
+                with open(candidate, encoding="utf-8", errors="replace") as f:
+                    line = f.read(4096).strip()
+            except OSError:
+                line = ""
             if line.startswith("gitdir:"):
                 return os.path.normpath(os.path.join(p, line[7:].strip()))
         parent = os.path.dirname(p)
@@ -1226,8 +1243,8 @@ def git_current_branch(root: str) -> tuple[str | None, bool]:
     if not gd:
         return None, False
     try:
-        with open(os.path.join(gd, "HEAD")) as f:
-            head = f.read().strip()
+        with open(os.path.join(gd, "HEAD"), encoding="utf-8", errors="replace") as f:
+            head = f.read(4096).strip()
     except OSError:
         return None, False
     if head.startswith("ref: refs/heads/"):

@@ -333,7 +333,8 @@ def checkout(rev, out, comps, force, as_json):
 @cli.command()
 @click.argument("rev")
 @click.argument("component")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="File to write (- for standard output).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the file if it exists with other content.")
 def export(rev, component, out, force):
     """Write one single-file COMPONENT of REV to a file.
@@ -341,9 +342,16 @@ def export(rev, component, out, force):
     An existing file with other content is refused unless --force.
 
     \b
-    Example:
+    Examples:
       mvc export HEAD core -o core.safetensors
+      mvc export HEAD core -o - | ssh host 'cat > core.safetensors'
     """
+    if out == "-":
+        sink = click.get_binary_stream("stdout")
+        for chunk in _repo().export_chunks(rev, component):
+            sink.write(chunk)
+        sink.flush()
+        return
     _repo().export(rev, component, out, force=force)
     click.echo(f"wrote {out}")
 

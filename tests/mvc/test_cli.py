@@ -389,3 +389,86 @@ def test_revision_messages_and_short_ids(run, in_repo, tmp_path):
     assert "names a tree, not a commit" in r.stderr  # before: "unknown revision"
     r = run("rollback", code=3)
     assert "is a root commit" in r.stderr and "HEAD~1" not in r.stderr
+
+
+def test_single_files_whose_names_could_not_be_checked_out_are_refused(run, in_repo, tmp_path):
+    bad = tmp_path / "back\\slash.safetensors"
+    _ckpt(bad, 0)
+    r = run("commit", bad, "-m", "x", code=3)  # before: committed, then unreadable (show/checkout failed)
+    assert "file name" in r.stderr and "backslash" in r.stderr and list(in_repo.loose.ids()) == []
+
+
+def test_a_file_name_of_255_bytes_checks_out_and_exports(run, tmp_path):
+    d = tmp_path / "dir"
+    d.mkdir()
+    long_name = "z" * 245 + ".json"
+    (d / long_name).write_text("{}")
+    _ckpt(d / "m.safetensors", 0)
+    run("commit", d, "-m", "long")
+    run("checkout", "HEAD", "-o", tmp_path / "out")  # before: the temp name passed 255 bytes (exit 4)
+    assert (tmp_path / "out" / "model" / long_name).read_text() == "{}"
+
+
+def test_output_targets_that_are_links_or_odd_paths_are_refused(run, tmp_path):
+    ck = _ckpt(tmp_path / "m.safetensors", 0)
+    run("commit", ck, "-m", "one")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model").symlink_to(elsewhere)
+    r = run("checkout", "HEAD", "-o", out, code=3)
+    assert "symbolic link" in r.stderr and os.listdir(elsewhere) == []  # before: written into elsewhere
+    link = tmp_path / "dangling.safetensors"
+    link.symlink_to(tmp_path / "nowhere")
+    r = run("export", "HEAD", "model", "-o", link, "--force", code=3)
+    assert "symbolic link" in r.stderr and os.path.islink(link)  # before: the link was replaced
+    r = run("export", "HEAD", "model", "-o", str(tmp_path / "newdir") + "/", code=3)
+    assert "not a file name" in r.stderr  # before: FileNotFoundError, exit 4
+    r = run("export", "HEAD", "model", "-o", "-")
+    assert r.stdout_bytes == ck.read_bytes()
+
+
+def test_output_errors_are_clear_and_leave_the_old_files(run, tmp_path, monkeypatch):
+    import errno
+    ck = _ckpt(tmp_path / "m.safetensors", 0)
+    run("commit", ck, "-m", "one")
+    target = tmp_path / "t.safetensors"
+    target.write_bytes(b"old")
+    real_replace = os.replace
+
+    def read_only(src, dst):
+        if str(dst) == str(target):
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    r = run("export", "HEAD", "model", "-o", target, "--force", code=3)  # before: exit 4
+    assert "Read-only file system" in r.stderr and target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".mvc-tmp")] == []
+
+
+def test_forced_checkout_over_an_older_one_is_all_or_nothing_and_names_stray_files(run, in_repo, tmp_path):
+    from damage import flip_byte
+    d = tmp_path / "shards"
+    d.mkdir()
+    for i, name in enumerate("abc"):
+        _ckpt(d / f"{name}.safetensors", i)
+    run("commit", d, "-m", "three")
+    out = tmp_path / "out"
+    run("checkout", "HEAD", "-o", out)
+    first = {p.name: p.read_bytes() for p in (out / "model").iterdir()}
+    (d / "c.safetensors").unlink()
+    _ckpt(d / "a.safetensors", 10)
+    _ckpt(d / "b.safetensors", 11)
+    run("commit", d, "-m", "two changed, one gone")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) under .* are not part of"):
+        in_repo.checkout("HEAD", str(out), force=True)
+    run("checkout", "HEAD~1", "-o", out, "--force")  # back to the first state
+    tree = in_repo.read_tree(in_repo.read_commit(in_repo.resolve("HEAD"))["components"]["model"])
+    blob = next(t["id"] for t in tree["tensors"].values() if t["file"] == "b.safetensors")
+    flip_byte(in_repo.loose.path(blob), pos=os.path.getsize(in_repo.loose.path(blob)) - 1)
+    r = run("checkout", "HEAD", "-o", out, "--force", code=3)
+    assert "corrupt" in r.stderr
+    # before: a.safetensors already held the new bytes while b and c held the old: no single revision
+    assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == first

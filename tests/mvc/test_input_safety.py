@@ -526,3 +526,10 @@ def test_commit_to_a_branch_another_writer_holds_writes_nothing(repo, monkeypatc
         with pytest.raises(LockHeld, match="refs/heads/main"):
             repo.commit({"core": sd(1)}, message="two")
         assert snapshot(repo) == before  # before: the blob, tree and commit were written first
+
+
+def test_a_non_text_git_file_above_the_repository_does_not_break_commits(tmp_path):
+    (tmp_path / ".git").write_bytes(b"\xff\xfe\x00 not a gitdir line")
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"core": sd()}, message="one")  # before: UnicodeDecodeError, exit 4
+    assert repo.read_commit(cid)["provenance"] == {}
