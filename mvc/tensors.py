@@ -4,6 +4,8 @@ torch is imported inside the functions, so modules that only move bytes never pa
 """
 from __future__ import annotations
 
+import re
+
 from .errors import BadInput
 
 _ST_TO_TORCH = {
@@ -142,9 +144,15 @@ def _load_error_reason(e: Exception) -> str:
     load with weights_only=False (which mvc never does) or its requests to file issues."""
     if isinstance(e, LookupError) or not str(e).strip():  # e.g. KeyError: 101 from random bytes
         return f"unreadable pickle data: {type(e).__name__} {str(e)[:80]}".rstrip()
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    for line in (line.strip() for line in str(e).splitlines()):
-        line = line.partition("WeightsUnpickler error:")[2].strip() if "WeightsUnpickler error:" in line else line
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # the line that names what was refused
+        reason = text.partition("WeightsUnpickler error:")[2].strip().split(". ")[0].rstrip(".")
+        m = re.search(r"GLOBAL (torch\.nn\.modules\.\S+)", reason)
+        if m:
+            return f"it holds a whole model object ({m.group(1)}), not a state dict"
+        return reason[:200]
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
+    for line in (line.strip() for line in text.splitlines()):
         if line and not line.startswith(boilerplate):
             return line.split(". ")[0].rstrip(".")[:200]
     return type(e).__name__

@@ -533,3 +533,11 @@ def test_a_non_text_git_file_above_the_repository_does_not_break_commits(tmp_pat
     repo = mvc.Repo.init(tmp_path / "r")
     cid = repo.commit({"core": sd()}, message="one")  # before: UnicodeDecodeError, exit 4
     assert repo.read_commit(cid)["provenance"] == {}
+
+
+def test_a_saved_module_is_refused_naming_what_it_holds(repo, tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(BadInput, match=r"whole model object \(torch\.nn\.modules\.linear\.Linear\)") as e:
+        repo.commit({"core": str(path)}, message="x")
+    assert "(1)" not in e.value.message  # before: torch's "(1) In PyTorch 2.6, we changed..." line
