@@ -680,16 +680,23 @@ class Repo:
             and a.dtype != torch.uint64 and b.dtype != torch.uint64
         da = (b.to(torch.int64) - a.to(torch.int64)).to(torch.float64) if exact else \
             b.to(wide) - a.to(wide)  # integers: exact differences up to 2**63
-        d = torch.where(changed, da, torch.zeros_like(da))
+        # NaN or inf on either side has no finite difference: such changes are counted apart and the
+        # figures cover the others (one NaN used to blank them for the whole tensor)
+        finite = da.isfinite()
+        d = torch.where(changed & finite, da, torch.zeros_like(da))
         a64 = a.to(wide)
         norm_a = float(torch.linalg.vector_norm(a64[a64.isfinite()]))  # of the finite weights
         out["max_abs_delta"] = float(d.abs().max())
-        out["rel_l2"] = float(torch.linalg.vector_norm(d)) / norm_a if norm_a else (0.0 if not changed.any() else None)
-        nonfinite = [k for k in ("max_abs_delta", "rel_l2") if out[k] is not None and not math.isfinite(out[k])]
-        for k in nonfinite:  # NaN or inf in the weights: no finite figure (JSON has none)
-            out[k] = None
+        out["rel_l2"] = float(torch.linalg.vector_norm(d)) / norm_a if norm_a else \
+            (0.0 if not (changed & finite).any() else None)
+        for k in ("max_abs_delta", "rel_l2"):  # finite deltas of huge weights can still overflow
+            if out[k] is not None and not math.isfinite(out[k]):
+                out[k] = None
+        nonfinite = int((changed & ~finite).sum())
         if nonfinite:
-            out["note"] = ", ".join(filter(None, [out.get("note"), "non-finite values changed"]))
+            out["nonfinite_changed"] = nonfinite
+            out["note"] = ", ".join(filter(None, [out.get("note"), f"{nonfinite} non-finite value(s) changed "
+                                                                  "(not in max |delta| and rel L2)"]))
         return out
 
     # -- branches, tags, rollback -------------------------------------------------------------

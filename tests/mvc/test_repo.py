@@ -1,6 +1,7 @@
 """The Repo API: commits, byte-exact round trips, dedup, revisions, diff, rollback, gc, fsck, du."""
 import hashlib
 import json
+import math
 import os
 import pickle
 import struct
@@ -532,3 +533,13 @@ def test_load_model_of_tensors_that_do_not_fit_the_recorded_arch_is_bad_input(re
     repo.commit({"core": core}, message="mislabelled")
     with pytest.raises(BadInput, match="does not fit its recorded arch 'layercake'"):
         repo.load_model("HEAD", "core")
+
+
+def test_diff_figures_cover_the_finite_changes_beside_a_nan(repo):
+    first = repo.commit({"m": {"w": torch.tensor([1.0, 2.0, 3.0])}}, message="a")
+    second = repo.commit({"m": {"w": torch.tensor([float("nan"), 2.0, 4.0])}}, message="b")
+    change = repo.diff(first, second)["components"]["m"]["tensors"]["w"]
+    assert change["max_abs_delta"] == 1.0  # before: None for the whole tensor
+    assert change["rel_l2"] == pytest.approx(1.0 / math.sqrt(14.0))
+    assert change["frac_changed"] == pytest.approx(2 / 3) and change["nonfinite_changed"] == 1
+    assert "1 non-finite value(s) changed" in change["note"]
