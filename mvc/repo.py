@@ -240,7 +240,7 @@ class Repo:
             log = self.refs.reflog(ref)
             n = int(m.group(2))
             if n >= len(log) or not log[n].get("new"):
-                raise UnknownRevision(f"{rev}: the reflog of {ref} has only {len(log)} entries")
+                raise UnknownRevision(f"{rev}: the reflog of {ref} has only {len(log)} entr" + ("y" if len(log) == 1 else "ies"))
             return log[n]["new"]
         if rev == "HEAD":
             oid = self.head()
@@ -374,8 +374,9 @@ class Repo:
             raise BadInput(f"component {both[0]!r} is both added and removed", "name it once")
         if not isinstance(message, str):
             raise BadInput(f"the commit message is a {type(message).__name__}, not a string")
-        if not message:
-            raise BadInput("a commit needs a message", "pass -m MSG")
+        if not message.strip():
+            raise BadInput("a commit needs a message" + (" (this one is only white space)" if message else ""),
+                           "pass -m MSG")
         metrics = {k: _plain_number(v) for k, v in (metrics or {}).items()}
         for key in metrics:
             if not isinstance(key, str) or not key:
@@ -694,6 +695,8 @@ class Repo:
                 out[k] = None
         nonfinite = int((changed & ~finite).sum())
         if nonfinite:
+            if not (changed & finite).any():  # every change is to or from NaN/inf: nothing to measure
+                out["max_abs_delta"] = out["rel_l2"] = None
             out["nonfinite_changed"] = nonfinite
             out["note"] = ", ".join(filter(None, [out.get("note"), f"{nonfinite} non-finite value(s) changed "
                                                                   "(not in max |delta| and rel L2)"]))

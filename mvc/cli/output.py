@@ -103,3 +103,8 @@ def byte_progress(total: int, label: str):
                   TimeRemainingColumn(), console=console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 file`, `2 files` (`many` for irregular plurals, e.g. entry/entries)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"

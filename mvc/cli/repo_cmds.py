@@ -12,7 +12,7 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import byte_progress, change, console, emit_json, human_bytes, json_opt, short, size_change, table
+from .output import byte_progress, change, console, emit_json, human_bytes, json_opt, plural, short, size_change, table
 
 
 def _repo() -> Repo:
@@ -327,7 +327,7 @@ def checkout(rev, out, comps, force, as_json):
     if as_json:
         emit_json({"commit": cid, "files": files})
     else:
-        click.echo(f"wrote {len(files)} files of {short(cid)} under {out}")
+        click.echo(f"wrote {plural(len(files), 'file')} of {short(cid)} under {out}")
 
 
 @cli.command()
@@ -379,7 +379,7 @@ def rollback(rev, as_json):
 
 @cli.command()
 @click.argument("branch", required=False)
-@click.option("-n", "--max-count", "n", type=click.IntRange(min=0))
+@click.option("-n", "--max-count", "n", type=click.IntRange(min=0), help="Show at most N moves (newest first).")
 @json_opt
 def reflog(branch, n, as_json):
     """List the moves of a branch's head (default: the current branch), newest first.
@@ -597,7 +597,7 @@ def fsck(as_json, remote):
     else:
         for p in r["problems"]:
             click.echo(f"damaged: {p['id']}: {p['problem']}")
-        click.echo(f"checked {r['checked']} objects: " + ("ok" if r["ok"] else f"{len(r['problems'])} problems"))
+        click.echo(f"checked {r['checked']} objects: " + ("ok" if r["ok"] else plural(len(r["problems"]), "problem")))
         if r.get("not_fetched"):
             click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone): not damage")
     if not r["ok"]:
@@ -623,7 +623,7 @@ def du(as_json):
                    f"({r.get('loose_objects', r['objects'])} loose, {r.get('packed_objects', 0)} packed)\n"
                    f"logical:     {human_bytes(r['logical_bytes'])} (every commit as plain files)\n"
                    f"after dedup: {human_bytes(r.get('object_bytes', r['stored_bytes']))} "
-                   f"({ratio(r['dedup_ratio'])}, saved {human_bytes(r.get('dedup_saved_bytes'))})\n"
+                   f"({ratio(r['dedup_ratio'])}, {_saved(r.get('dedup_saved_bytes'))})\n"
                    f"on disk:     {human_bytes(r['stored_bytes'])} "
                    f"(compression {ratio(r.get('compression_ratio'))}, saved {human_bytes(r.get('compression_saved_bytes'))})\n"
                    f"stamps:      {human_bytes(r.get('stamp_bytes', 0))} on disk for {r.get('stamps', 0)} "
@@ -631,6 +631,14 @@ def du(as_json):
         if r.get("unfinished_files"):
             click.echo(f"unfinished:  {human_bytes(r['unfinished_bytes'])} in {r['unfinished_files']} temp files of "
                        "interrupted writes (not counted above; mvc gc removes them after the grace period)")
+
+
+def _saved(n: int | None) -> str:
+    """What dedup saved; negative when commit and tree objects outweigh the tensors deduplicated
+    (a repository of a few tiny tensors)."""
+    if n is None or n >= 0:
+        return f"saved {human_bytes(n)}"
+    return f"{human_bytes(-n)} more: commit and tree objects outweigh what dedup saved"
 
 
 @cli.command("config")

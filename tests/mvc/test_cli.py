@@ -472,3 +472,14 @@ def test_forced_checkout_over_an_older_one_is_all_or_nothing_and_names_stray_fil
     assert "corrupt" in r.stderr
     # before: a.safetensors already held the new bytes while b and c held the old: no single revision
     assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == first
+
+
+def test_small_wording(run, in_repo, tmp_path):
+    ck = _ckpt(tmp_path / "m.safetensors", 0)
+    r = run("commit", ck, "-m", "\n  ", code=3)
+    assert "only white space" in r.stderr  # before: an empty one-line message was committed
+    run("commit", ck, "-m", "one")
+    assert "wrote 1 file of" in run("checkout", "HEAD", "-o", tmp_path / "out").stdout
+    du = run("du").stdout
+    assert "saved -" not in du  # tiny tensors: commit/tree objects outweigh dedup, said in words
+    assert "Show at most N moves" in run("reflog", "--help").stdout
