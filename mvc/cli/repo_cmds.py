@@ -336,7 +336,8 @@ def checkout(rev, out, comps, force, as_json):
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="File to write (- for standard output).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite the file if it exists with other content.")
-def export(rev, component, out, force):
+@json_opt
+def export(rev, component, out, force, as_json):
     """Write one single-file COMPONENT of REV to a file.
 
     An existing file with other content is refused unless --force.
@@ -352,8 +353,13 @@ def export(rev, component, out, force):
             sink.write(chunk)
         sink.flush()
         return
-    _repo().export(rev, component, out, force=force)
-    click.echo(f"wrote {out}")
+    repo = _repo()
+    cid = repo.resolve(rev)
+    repo.export(cid, component, out, force=force)
+    if as_json:
+        emit_json({"commit": cid, "component": component, "file": out, "bytes": os.path.getsize(out)})
+    else:
+        click.echo(f"wrote {out}")
 
 
 @cli.command()
@@ -444,7 +450,8 @@ def _deleted(kind: str, name: str, oid: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-def switch(name):
+@json_opt
+def switch(name, as_json):
     """Make branch NAME the current branch.
 
     \b
@@ -452,8 +459,12 @@ def switch(name):
       mvc switch experiment
       mvc branch fix HEAD~1 && mvc switch fix
     """
-    _repo().switch(name)
-    click.echo(f"Switched to branch {name}")
+    repo = _repo()
+    repo.switch(name)
+    if as_json:
+        emit_json({"branch": name, "head": repo.head()})
+    else:
+        click.echo(f"Switched to branch {name}")
 
 
 @cli.command()
@@ -672,17 +683,23 @@ def config_cmd(key, value, unset):
 
 @cli.command("rev-parse")
 @click.argument("revs", nargs=-1, required=True)
-def rev_parse(revs):
+@json_opt
+def rev_parse(revs, as_json):
     """Print the full commit id of each revision.
 
     \b
     Examples:
       mvc rev-parse HEAD
       mvc rev-parse main~2 v1.0 @{1}
+      mvc rev-parse HEAD --json     # {"HEAD": "<64 hex>"}
     """
     repo = _repo()
-    for r in revs:
-        click.echo(repo.resolve(r))
+    ids = {r: repo.resolve(r) for r in revs}
+    if as_json:
+        emit_json(ids)
+    else:
+        for r in revs:
+            click.echo(ids[r])
 
 
 @cli.command("cat-object")

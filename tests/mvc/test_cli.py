@@ -483,3 +483,14 @@ def test_small_wording(run, in_repo, tmp_path):
     du = run("du").stdout
     assert "saved -" not in du  # tiny tensors: commit/tree objects outweigh dedup, said in words
     assert "Show at most N moves" in run("reflog", "--help").stdout
+
+
+def test_rev_parse_switch_and_export_take_json(run, tmp_path):
+    ck = _ckpt(tmp_path / "m.safetensors", 0)
+    cid = json.loads(run("commit", ck, "-m", "one", "--json").stdout)["commit"]
+    assert json.loads(run("rev-parse", "HEAD", "main", "--json").stdout) == {"HEAD": cid, "main": cid}
+    run("branch", "exp")
+    assert json.loads(run("switch", "exp", "--json").stdout) == {"branch": "exp", "head": cid}
+    got = json.loads(run("export", "HEAD", "model", "-o", tmp_path / "e.safetensors", "--json").stdout)
+    assert got == {"commit": cid, "component": "model", "file": str(tmp_path / "e.safetensors"),
+                   "bytes": os.path.getsize(ck)}
