@@ -179,10 +179,23 @@ class Ingest:
         self.files[relpath] = entry
 
     def raw_file(self, relpath: str, path: str) -> None:
+        """A side file stored as one raw blob, read through a mapping (a 300 MB tokenizer or
+        .bin inside a directory no longer passes through memory whole)."""
         with open(path, "rb") as f:
-            data = f.read()
-        self.files[relpath] = {"format": "raw", "id": self.store.put(data), "size": len(data)}
-        self.progress(len(data))
+            stamp = _stamp(f.fileno())
+            size = stamp[0]
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            try:
+                with memoryview(mm) as view:
+                    oid = self.store.put(view)
+            finally:
+                if isinstance(mm, mmap.mmap):
+                    mm.close()
+            if _stamp(f.fileno()) != stamp:
+                raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
+                               "commit it again once the program writing it has finished")
+        self.files[relpath] = {"format": "raw", "id": oid, "size": size}
+        self.progress(size)
 
     def path(self, path: str, relpath: str | None = None) -> None:
         try:
@@ -214,6 +227,8 @@ class Ingest:
         entries = []
         for dirpath, dirnames, filenames in os.walk(root, onerror=_refuse_unreadable):
             dirnames[:] = sorted(d for d in dirnames if not is_reserved_segment(d))
+            # a `.git` file (a worktree's or submodule's link) is git's, as a `.git` folder is
+            filenames = [n for n in filenames if not is_reserved_segment(n)]
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
                     raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks")
@@ -300,7 +315,7 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str):
     """Yield the byte chunks that rebuild one file of a tree exactly, verifying each blob."""
     entry = tree["files"][relpath]
     if entry["format"] == "raw":
-        yield store.get(entry["id"])
+        yield memoryview(store.view(entry["id"]))  # mapped, not read whole, where the store can
         return
     header, parsed, by_name = _file_layout(store, tree, relpath)
     missing = [e.name for e in parsed.tensors if e.name not in by_name]

@@ -543,3 +543,21 @@ def test_diff_figures_cover_the_finite_changes_beside_a_nan(repo):
     assert change["rel_l2"] == pytest.approx(1.0 / math.sqrt(14.0))
     assert change["frac_changed"] == pytest.approx(2 / 3) and change["nonfinite_changed"] == 1
     assert "1 non-finite value(s) changed" in change["note"]
+
+
+def test_side_files_pass_through_mappings_not_memory(repo, tmp_path):
+    import tracemalloc
+    d = tmp_path / "model"
+    d.mkdir()
+    payload = torch.randint(0, 256, (20 << 20,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    (d / "big.bin").write_bytes(payload.numpy().tobytes())
+    (d / "sub").mkdir()
+    (d / "sub" / ".git").write_text("gitdir: ../../.git/modules/sub\n")  # a submodule's link: git's, skipped
+    tracemalloc.start()
+    cid = repo.commit({"m": str(d)}, message="side file")
+    repo.checkout(cid, str(tmp_path / "out"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < (8 << 20), peak  # before: the 20 MB file was read whole on commit and on checkout
+    assert (tmp_path / "out" / "m" / "big.bin").read_bytes() == (d / "big.bin").read_bytes()
+    assert set(repo.read_tree(repo.read_commit(cid)["components"]["m"])["files"]) == {"big.bin"}
