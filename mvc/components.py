@@ -51,6 +51,9 @@ def prefault(mm, start: int, end: int) -> None:
         pass
 
 
+RAW_MAP_MIN = 64 << 20  # side files at least this large are mapped, not read, when committed
+
+
 def default_kind(name: str) -> str:
     if name == "core" or name.startswith("core/"):
         return "core"
@@ -179,18 +182,25 @@ class Ingest:
         self.files[relpath] = entry
 
     def raw_file(self, relpath: str, path: str) -> None:
-        """A side file stored as one raw blob, read through a mapping (a 300 MB tokenizer or
-        .bin inside a directory no longer passes through memory whole)."""
+        """A side file stored as one raw blob. A large one is read through a mapping (a 300 MB
+        .bin inside a directory does not pass through memory whole); a small one is read, which
+        takes a consistent copy even if another program truncates the file meanwhile."""
         with open(path, "rb") as f:
             stamp = _stamp(f.fileno())
             size = stamp[0]
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size >= RAW_MAP_MIN else f.read()
             try:
                 with memoryview(mm) as view:
                     oid = self.store.put(view)
+            except OSError as e:
+                if e.errno != errno.EFAULT:
+                    raise
+                raise BadInput(f"{path} was cut short while it was being committed (nothing was committed)",
+                               "commit it again once the program writing it has finished") from None
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
+            size = len(mm) if not isinstance(mm, mmap.mmap) else size
             if _stamp(f.fileno()) != stamp:
                 raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
                                "commit it again once the program writing it has finished")
@@ -539,11 +549,15 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
         return None  # the write reports it
     if not stat.S_ISREG(st.st_mode) or st.st_size != tree["files"][relpath]["size"]:
         return False
+    piece = 1 << 20  # compared a piece at a time: a 10 GB tensor is never read whole
     try:
         with open(dest, "rb") as f:
             for chunk in file_chunks(store, tree, relpath):
-                if f.read(len(chunk)) != chunk:
-                    return False
+                with memoryview(chunk) as mv:
+                    for at in range(0, len(mv), piece):
+                        part = mv[at: at + piece]
+                        if f.read(len(part)) != part:
+                            return False
             return not f.read(1)
     except PermissionError:
         return False

@@ -1,6 +1,7 @@
-"""Files of object ids, one per line (certificate indexes, a lazy clone's promise list): parsing,
-and appending under a lock file so that concurrent writers never lose a line and a line cut short
-by a crash stays apart from the next one."""
+"""Files of object ids, one per line (certificate indexes, a lazy clone's promise list) or of
+`id size` lines (the sizes a lazy clone's trees declare for promised blobs): parsing, and
+appending under a lock file so that concurrent writers never lose a line and a line cut short by
+a crash stays apart from the next one."""
 from __future__ import annotations
 
 import os
@@ -30,9 +31,28 @@ def read_id_lines(path: str) -> list[str]:
         return []
 
 
+def parse_sized_lines(data: bytes | None) -> dict[str, int]:
+    """{id: size} of a file's `id size` lines (the largest where an id comes twice); others skipped."""
+    out: dict[str, int] = {}
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and is_oid(parts[0]) and parts[1].isdigit():
+            out[parts[0]] = max(int(parts[1]), out.get(parts[0], 0))
+    return out
+
+
 def append_id_lines(path: str, ids, what: str) -> list[str]:
     """Append the ids the file lacks (under `path`.lock, fsynced; a new file's directory too);
     returns the ids appended. `what` names the file in a lock-timeout error."""
+    return _append(path, {i: i for i in ids}, lambda raw: set(parse_id_lines(raw)), what)
+
+
+def append_sized_lines(path: str, sizes: dict[str, int], what: str) -> list[str]:
+    """Append `id size` lines for the ids the file lacks, as append_id_lines does."""
+    return _append(path, {i: f"{i} {n}" for i, n in sizes.items()}, lambda raw: set(parse_sized_lines(raw)), what)
+
+
+def _append(path: str, lines: dict[str, str], have_of, what: str) -> list[str]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with LockFile(path + ".lock", what=what):
         try:
@@ -40,11 +60,11 @@ def append_id_lines(path: str, ids, what: str) -> list[str]:
                 raw = f.read()
         except FileNotFoundError:
             raw = None
-        have = set(parse_id_lines(raw))
-        new = [i for i in dict.fromkeys(ids) if i not in have]
+        have = have_of(raw)
+        new = [i for i in lines if i not in have]
         if not new:
             return []
-        text = "".join(i + "\n" for i in new)
+        text = "".join(lines[i] + "\n" for i in new)
         if raw and not raw.endswith(b"\n"):
             text = "\n" + text  # a line cut short (a crash mid-write) stays apart from ours
         with open(path, "ab") as f:

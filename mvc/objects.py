@@ -8,7 +8,7 @@ import re
 import blake3
 
 from .errors import BadInput, BadName, CorruptObject, FormatTooNew, WrongObjectType
-from .safetensors_format import DTYPE_SIZES, MAX_DIM, MAX_NDIM
+from .safetensors_format import DTYPE_SIZES, MAX_DIM
 
 FORMAT_VERSION = 1          # of trees, commits and certificates
 HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
@@ -117,7 +117,7 @@ def _check_commit_shape(obj: dict) -> None:
           "'parents' must be a list of commit ids")
     _need(len(set(parents)) == len(parents), "a parent is listed twice")
     for key in ("message", "author", "time"):
-        _need(isinstance(obj.get(key, ""), str), f"{key!r} must be text")
+        _need(isinstance(obj.get(key), str), f"{key!r} must be text")
     for key in ("metrics", "provenance", "extra"):
         _need(_is_dict_of_str_keys(obj.setdefault(key, {})), f"{key!r} must be a JSON object")
 
@@ -129,8 +129,12 @@ def _check_tree_shape(obj: dict) -> None:
     _need(_is_dict_of_str_keys(tensors), "'tensors' must map names to entries")
     _need(_is_dict_of_str_keys(files), "'files' must map paths to entries")
     _need(isinstance(obj.setdefault("meta", {}), dict), "'meta' must be a JSON object")
+    _need(isinstance(obj.get("kind"), str), "'kind' must be text")
     for rel, f in files.items():
-        _safe_name(rel, "file path")
+        # only paths that would leave the checkout folder are refused here; others a checkout cannot
+        # write (a backslash, a control character) are refused by it: older mvc stored such names
+        _need(not rel.startswith("/") and all(seg not in ("", ".", "..") for seg in rel.split("/")),
+              f"file path {rel[:60]!r} would leave the checkout folder")
         _need(isinstance(f, dict), f"file {rel[:60]!r} is not an entry")
         size = f.get("size")
         _need(type(size) is int and size >= 0, f"file {rel[:60]!r} has no valid size")
@@ -143,11 +147,11 @@ def _check_tree_shape(obj: dict) -> None:
         _need(isinstance(t.get("id"), str) and is_oid(t["id"]), f"{where} has no valid object id")
         _need(t.get("dtype") in DTYPE_SIZES, f"{where} has unknown dtype {str(t.get('dtype'))[:30]!r}")
         shape = t.get("shape")
-        _need(isinstance(shape, list) and len(shape) <= MAX_NDIM
-              and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape), f"{where} has an invalid shape")
-        for key in ("file", "alias", "name"):
+        _need(isinstance(shape, list) and all(type(d) is int and 0 <= d <= MAX_DIM for d in shape),
+              f"{where} has an invalid shape")
+        for key in ("alias", "name"):
             _need(isinstance(t.get(key, ""), str), f"{where} has a non-text {key!r}")
-        _need(t.get("file") is None or t["file"] in files, f"{where} belongs to a file the tree does not list")
+        _need(isinstance(t.get("file"), str) and t["file"] in files, f"{where} belongs to no file the tree lists")
 
 
 _SHAPE_CHECKS = {"commit": _check_commit_shape, "tree": _check_tree_shape}

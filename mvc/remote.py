@@ -688,10 +688,11 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, roun
 
 
 def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: dict) -> list[str]:
+    limits = _declared_sizes(repo)
     got = []
     for oid in wanted:
         try:
-            data = receive(t, oid, where)
+            data = receive(t, oid, where, limits.get(oid))
         except MvcError as e:
             failed[oid] = e.message
             continue
@@ -700,6 +701,25 @@ def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: di
         repo.loose.put(data, oid=oid)
         got.append(oid)
     return got
+
+
+def _declared_sizes(repo: Repo) -> dict[str, int]:
+    """The most bytes each blob may have, by the readable trees of every reachable commit (what
+    a repair may read from a remote for it)."""
+    out: dict[str, int] = {}
+    seen = set()
+    for cid in repo._reachable_commits():
+        for tid in repo.read_commit(cid)["components"].values():
+            if tid in seen:
+                continue
+            seen.add(tid)
+            try:
+                tree = repo.read_tree(tid)
+            except MvcError:
+                continue
+            for oid, n in _blob_size_limit(tree).items():
+                out[oid] = max(n, out.get(oid, 0))
+    return out
 
 
 def _set_aside(packs) -> None:
@@ -896,7 +916,7 @@ class _History:
         self.objects += len(commits) + len(trees)
         self.bytes += sum(len(d) for _, d in commits.values()) + sum(len(d) for _, d in trees.values())
         if self.lazy_store is not None:
-            self.lazy_store.promise(blob_ids)
+            self.lazy_store.promise(blob_ids, self.limits)
             self.promised += len(blob_ids)
         else:
             self.progress.begin(f"fetching from {where}", len(blob_ids), sum(hints[b] for b in blob_ids))

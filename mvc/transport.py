@@ -47,7 +47,7 @@ from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
 from .files import LockFile, atomic_write, shared_or_exclusive
-from .idlines import append_id_lines, parse_id_lines
+from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid
 from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
@@ -597,6 +597,7 @@ def promisor_remote(config: configparser.ConfigParser) -> str | None:
 
 # -- lazy clones -------------------------------------------------------------------------------
 PROMISED_FILE = os.path.join("lazy", "promised")
+PROMISED_SIZES_FILE = os.path.join("lazy", "sizes")  # `id size`: the most bytes its trees declare
 
 
 class LazyRemoteStore(ObjectStore):
@@ -615,6 +616,7 @@ class LazyRemoteStore(ObjectStore):
         self._promised: set[str] | None = None
         self._promised_bytes = 0  # the size of the list when it was read
         self._transport: Transport | None = None
+        self._sizes: dict[str, int] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -648,13 +650,28 @@ class LazyRemoteStore(ObjectStore):
             self._read_promised()
         return oid in self._promised
 
-    def promise(self, ids) -> None:
-        """Record blob ids the promisor remote holds (appended under a lock, fsynced)."""
+    def promise(self, ids, sizes: dict[str, int] | None = None) -> None:
+        """Record blob ids the promisor remote holds (appended under a lock, fsynced), with the
+        most bytes their trees declare (`sizes`): a fetch later reads no more than that."""
         new = sorted(set(ids) - self.promised())
         if not new:
             return
+        if sizes:  # first, so that a promise is never without its bound
+            append_sized_lines(os.path.join(self.dir, PROMISED_SIZES_FILE),
+                               {i: sizes[i] for i in new if i in sizes}, "the lazy-clone size list")
+            self._sizes = None
         append_id_lines(self.promised_path, new, "the lazy-clone promise list")
         self._promised.update(new)
+
+    def _size_limit(self, oid: str) -> int | None:
+        """The most bytes a fetch of `oid` may read (None for promises made by an older mvc)."""
+        if self._sizes is None or oid not in self._sizes:
+            try:
+                with open(os.path.join(self.dir, PROMISED_SIZES_FILE), "rb") as f:
+                    self._sizes = parse_sized_lines(f.read())
+            except FileNotFoundError:
+                self._sizes = {}
+        return self._sizes.get(oid)
 
     def transport(self) -> Transport:
         with self._lock:
@@ -672,7 +689,7 @@ class LazyRemoteStore(ObjectStore):
         if not self._promised_now(oid):
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
         try:
-            data = self.transport().get(oid)
+            data = self.transport().get(oid, max_size=self._size_limit(oid))
         except ObjectMissing:
             if not self.transport().is_repository():
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
@@ -681,9 +698,10 @@ class LazyRemoteStore(ObjectStore):
             raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
                                 "the remote is damaged: clone from another copy, or repair it with "
                                 "mvc push --repair from a repository that has it") from None
-        except MvcError as e:
-            raise MvcError(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
-                           f"failed: {e.message}", e.hint) from None
+        except MvcError as e:  # a damaged remote copy stays a CorruptObject
+            kind = CorruptObject if isinstance(e, CorruptObject) else MvcError
+            raise kind(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
+                       f"failed: {e.message}", e.hint) from None
         got = hash_bytes(data)
         if got != oid:
             raise CorruptObject(f"object {oid} fetched from remote {self.remote} is corrupt: its content "

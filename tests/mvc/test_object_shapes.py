@@ -47,6 +47,7 @@ COMMIT_BREAKS = {
     "component id uppercase": lambda c: c.update(components={"m": OID.upper()}),
     "message not text": lambda c: c.update(message=["x"]),
     "metrics not an object": lambda c: c.update(metrics=[1]),
+    "no time": lambda c: c.pop("time"),
 }
 TREE_BREAKS = {
     "tensors is a string": lambda t: t.update(tensors="x"),
@@ -59,6 +60,8 @@ TREE_BREAKS = {
     "file path escapes": lambda t: t.update(files={"../x": {"format": "raw", "id": OID, "size": 1}}),
     "unknown file format": lambda t: t.update(files={"a": {"format": "pickle", "id": OID, "size": 1}}),
     "file without size": lambda t: t.update(files={"a": {"format": "raw", "id": OID}}),
+    "no kind": lambda t: t.pop("kind"),
+    "tensor without its file": lambda t: next(iter(t["tensors"].values())).pop("file"),
 }
 
 
@@ -151,3 +154,24 @@ def test_damaged_header_blob_is_named_alone(repo, tmp_path):
     r = _cli(repo, "fsck", "--json")
     assert r.exit_code == 1
     assert [p["id"] for p in json.loads(r.stdout)["problems"]] == [header]
+
+
+def test_history_with_file_names_older_mvc_stored_stays_readable(repo):
+    """mvc before 2026-11-22 stored a single file's name unchecked ('back\\slash.safetensors' is a
+    legal Linux name): decode reads such trees; only a checkout, which cannot write the name
+    portably, refuses them."""
+    good = _commit(repo)
+    c = repo.read_commit(good)
+    tree = json.loads(json.dumps(repo.read_tree(c["components"]["m"])))
+    (old_name, entry), = tree["files"].items()
+    tree["files"] = {"back\\slash.safetensors": entry}
+    for t in tree["tensors"].values():
+        t["file"] = "back\\slash.safetensors"
+    tid = repo.write_object(tree)
+    cid = repo.write_object({**c, "parents": [good], "components": {"m": tid}, "message": "old name"})
+    with open(os.path.join(repo.dir, "refs", "heads", "main"), "w") as f:
+        f.write(cid + "\n")
+    assert set(repo.load("HEAD", "m")) == {"w", "i"}
+    assert _cli(repo, "show", "HEAD").exit_code == 0 and _cli(repo, "fsck").exit_code == 0
+    r = _cli(repo, "checkout", "HEAD", "-o", repo.root + "/out")
+    assert r.exit_code == 3 and "unsafe file path" in r.stderr

@@ -369,14 +369,14 @@ def test_lazy_clone_fetches_the_blobs_of_a_load_in_parallel(remote, tmp_path, mo
     transport = next(s for s in lazy.store.stores if s.fetches).transport()
     real_get, lock, inflight = transport.get, threading.Lock(), {"now": 0, "most": 0, "calls": 0}
 
-    def slow_get(oid):  # a remote with latency: each get takes 50 ms
+    def slow_get(oid, **kw):  # a remote with latency: each get takes 50 ms
         with lock:
             inflight["now"] += 1
             inflight["calls"] += 1
             inflight["most"] = max(inflight["most"], inflight["now"])
         try:
             time.sleep(0.05)
-            return real_get(oid)
+            return real_get(oid, **kw)
         finally:
             with lock:
                 inflight["now"] -= 1

@@ -185,3 +185,17 @@ def test_ref_names_longer_than_any_path_allows_are_refused():
     name = "/".join(chr(97 + i % 26) * 190 for i in range(22))  # every segment allowed, 4,200 bytes in all
     with pytest.raises(BadName, match="longer than"):
         check_ref_name(name)
+
+
+def test_lazy_fetch_and_repair_read_no_more_than_the_trees_declare(tmp_path):
+    src, clone, head = _served(tmp_path)
+    tree = src.read_tree(src.read_commit(head)["components"]["model"])
+    blob = tree["tensors"]["w"]["id"]
+    lazy, _ = rm.clone(src.root, str(tmp_path / "lazy"), lazy=True, jobs=1)
+    os.unlink(os.path.join(src.dir, "objects", blob[:2], blob[2:]))
+    _sparse_object(src, blob, 200 << 20)  # the remote now serves 200 MB under the blob's id
+    with pytest.raises(CorruptObject, match="more than the 136 expected"):  # before: read whole, then hashed
+        lazy.load("HEAD", "model")
+    os.unlink(clone.loose.path(blob))  # lost here: a repair fetches it again
+    report = rm.repair(clone, "origin")
+    assert "more than the 136 expected" in report["failed"][blob]
