@@ -238,7 +238,7 @@ class Ingest:
         for dirpath, dirnames, filenames in os.walk(root, onerror=_refuse_unreadable):
             dirnames[:] = sorted(d for d in dirnames if not is_reserved_segment(d))
             # a `.git` file (a worktree's or submodule's link) is git's, as a `.git` folder is
-            filenames = [n for n in filenames if not is_reserved_segment(n)]
+            filenames = [n for n in filenames if n != ".git"]  # (other reserved names are refused below)
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
                     raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks")

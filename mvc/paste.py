@@ -93,6 +93,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     if dst_comp in host_comps and not force:
         raise MvcError(f"the host already has {dst_comp}", "pass --force to replace it, or --as NEWNAME")
     check_no_nesting(set(host_comps) | {dst_comp})
+    repo.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
     tree_id = transform(brick_tree) if transform else brick_tree_id
     comps = dict(host_comps)
     comps[dst_comp] = tree_id

@@ -379,7 +379,10 @@ class DirectoryTransport(Transport):
     def get(self, oid, max_size=None):
         try:
             with open(self.objects.path(oid), "rb") as f:
-                check_size(oid, os.fstat(f.fileno()).st_size, max_size, self.url)
+                size = os.fstat(f.fileno()).st_size
+                if max_size is not None and size > max_size and self.packs.has(oid):
+                    return self._packed(oid, max_size)  # a damaged loose copy beside a packed one
+                check_size(oid, size, max_size, self.url)
                 data = f.read()
         except FileNotFoundError:
             return self._packed(oid, max_size)

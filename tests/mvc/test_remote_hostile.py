@@ -199,3 +199,13 @@ def test_lazy_fetch_and_repair_read_no_more_than_the_trees_declare(tmp_path):
     os.unlink(clone.loose.path(blob))  # lost here: a repair fetches it again
     report = rm.repair(clone, "origin")
     assert "more than the 136 expected" in report["failed"][blob]
+
+
+def test_an_oversized_damaged_loose_copy_beside_a_packed_one_falls_back_to_the_pack(tmp_path):
+    from mvc.pack_write import pack
+    src, clone, head = _served(tmp_path)
+    pack(src)
+    blob = src.read_tree(src.read_commit(head)["components"]["model"])["tensors"]["w"]["id"]
+    _sparse_object(src, blob, 1 << 20)  # a damaged loose copy, larger than the tree declares
+    copy2, _ = rm.clone(src.root, str(tmp_path / "second"), jobs=1)  # before: refused for its size
+    assert torch.equal(copy2.load("HEAD", "model")["w"], src.load("HEAD", "model")["w"])
