@@ -10,8 +10,10 @@ import contextvars
 import errno
 import mmap
 import os
+import re
 import stat
 import sys
+import time
 import warnings
 from typing import Callable
 
@@ -490,6 +492,8 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             temps.append((_temp_copy(store, tree, relpath, dest, os.path.lexists(dest), progress), dest))
         for tmp, dest in temps:
             os.replace(tmp, dest)
+        for folder in {os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}:
+            _remove_stale_temps(folder)
     except BaseException as e:
         for tmp, _dest in temps:
             with contextlib.suppress(OSError):
@@ -501,6 +505,25 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             raise _output_error(e.filename or "", e) from None
         raise
     return [dest for _tree, _rel, dest in items]
+
+
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-tmp$")
+STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed process
+
+
+def _remove_stale_temps(folder: str) -> None:
+    """Remove temp files a killed checkout or export left in `folder` (named as _temp_copy names
+    them, older than STALE_TEMP_S: a running one's are younger)."""
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(folder) if _TEMP_NAME.match(n)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if now - os.lstat(path).st_mtime > STALE_TEMP_S:
+                os.unlink(path)
 
 
 def stray_files(out_dir: str, written: list[str]) -> list[str]:

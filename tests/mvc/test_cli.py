@@ -494,3 +494,17 @@ def test_rev_parse_switch_and_export_take_json(run, tmp_path):
     got = json.loads(run("export", "HEAD", "model", "-o", tmp_path / "e.safetensors", "--json").stdout)
     assert got == {"commit": cid, "component": "model", "file": str(tmp_path / "e.safetensors"),
                    "bytes": os.path.getsize(ck)}
+
+
+def test_temp_files_of_a_killed_checkout_are_removed_by_the_next_once_stale(run, tmp_path):
+    import time as _time
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    folder = tmp_path / "out" / "model"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".0123456789ab.mvc-tmp", folder / ".ba9876543210.mvc-tmp"
+    for p in (stale, fresh):
+        p.write_bytes(b"half a file")
+    old = _time.time() - 7200
+    os.utime(stale, (old, old))
+    run("checkout", "HEAD", "-o", tmp_path / "out")
+    assert not stale.exists() and fresh.exists()  # a running checkout's temp file is young
