@@ -79,8 +79,8 @@ def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
             check(obj)
         except _Malformed as e:
             raise CorruptObject(f"{expected_type} {oid[:12]} is malformed: {e}",
-                                "it hashes right, so it was written so: fetch it again from a good "
-                                "copy, or run mvc fsck") from None
+                                "its bytes are intact: it was written this way, by another program or a "
+                                "faulty remote; mvc fsck lists what refers to it") from None
     return obj
 
 
