@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from .errors import MvcError
 from .files import LockFile
 from .objects import is_oid
 from .store import fsync_dir
@@ -27,7 +28,7 @@ def read_id_lines(path: str) -> list[str]:
     try:
         with open(path, "rb") as f:
             return parse_id_lines(f.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # (a folder there lists nothing)
         return []
 
 
@@ -60,6 +61,8 @@ def _append(path: str, lines: dict[str, str], have_of, what: str) -> list[str]:
                 raw = f.read()
         except FileNotFoundError:
             raw = None
+        except (IsADirectoryError, NotADirectoryError):
+            raise MvcError(f"{what} ({path}) is a folder, not a file", "move it aside and run again") from None
         have = have_of(raw)
         new = [i for i in lines if i not in have]
         if not new:

@@ -82,10 +82,12 @@ def index(repo, commit: str) -> tuple[list[tuple[str, dict]], list[str]]:
     lines naming a stored certificate of this very commit. Reported (problems), never used: a
     malformed line, a missing or unreadable object, a certificate of another commit."""
     try:
-        with open(_index_path(repo, commit)) as f:
-            lines = [line.strip() for line in f]
+        with open(_index_path(repo, commit), "rb") as f:
+            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines()]
     except FileNotFoundError:
         return [], []
+    except (IsADirectoryError, NotADirectoryError):
+        return [], [f"the certificate index of {commit[:12]} is a folder, not a file (ignored)"]
     good, problems, seen = [], [], set()
     where = f"the certificate index of {commit[:12]}"
     for line in lines:
@@ -140,7 +142,37 @@ def passed(cert: dict) -> bool:
 
 
 def read(repo, cert_id: str) -> dict:
-    return decode(repo.store.get(cert_id), "certificate", cert_id)
+    """A stored certificate, shape-checked (CorruptObject names what is malformed): certificates
+    travel with pushes and fetches, so their fields are untrusted input to verify and status."""
+    cert = decode(repo.store.get(cert_id), "certificate", cert_id)
+    problem = _shape_problem(cert)
+    if problem:
+        raise CorruptObject(f"certificate {cert_id[:12]} is malformed: {problem}",
+                            "it certifies nothing; run mvc ci to certify the commit again")
+    return cert
+
+
+STATUSES = ("passed", "failed", "skipped")
+
+
+def _shape_problem(cert: dict) -> str | None:
+    """What makes a certificate unusable by its readers (None when its shape is sound)."""
+    if not (isinstance(cert.get("commit"), str) and is_oid(cert["commit"])):
+        return "'commit' is not a commit id"
+    if not isinstance(cert.get("passed"), bool):
+        return "'passed' is not true or false"
+    checks = cert.get("checks")
+    if not isinstance(checks, list):
+        return "'checks' is not a list"
+    for i, c in enumerate(checks):
+        if not isinstance(c, dict):
+            return f"check {i} is not an object"
+        if not all(isinstance(c.get(k), str) for k in ("name", "kind")) or c.get("status") not in STATUSES:
+            return f"check {i} lacks a name, kind or status"
+        for key in ("params", "figures", "thresholds", "inputs"):
+            if not isinstance(c.get(key, {}), dict):
+                return f"check {c['name'][:40]!r}: {key!r} is not an object"
+    return None
 
 
 def _certificates_with_prefix(repo, prefix: str) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import blake3
 
@@ -38,13 +39,37 @@ def read_data(repo, spec: str | None, default_bytes: int) -> tuple[bytes, str, s
         oid = spec[5:]
         return repo.store.get(oid), oid, f"blob {oid[:12]}"
     else:
-        path = spec if os.path.isabs(spec) else os.path.join(repo.root, spec)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise BadInput(f"cannot read check data {spec}: {e.strerror}") from None
+        data = _read_repository_file(repo, spec)
         if len(data) < 2:
             raise BadInput(f"check data {spec} holds fewer than 2 bytes")
         desc = spec
     return data, repo.store.put(data), desc
+
+
+MAX_DATA_BYTES = 1 << 30  # a check's data file is read whole: refuse what cannot be held
+
+
+def _read_repository_file(repo, spec: str) -> bytes:
+    """The bytes of a regular file under the repository root (not inside .mvc): a check's data is
+    stored as a blob and named in the certificate, which travels with pushes, so a path reaching
+    outside (an absolute path, '..', a symlink) must not carry other files along."""
+    root = os.path.realpath(repo.root)
+    path = os.path.realpath(spec if os.path.isabs(spec) else os.path.join(repo.root, spec))
+    inside = os.path.relpath(path, root)
+    if inside == os.pardir or inside.startswith(os.pardir + os.sep) or os.path.isabs(inside):
+        raise BadInput(f"check data {spec} is outside the repository ({root})",
+                       "keep held-out and probe data under the repository root")
+    if inside.split(os.sep)[0] == ".mvc":
+        raise BadInput(f"check data {spec} is inside the repository's .mvc folder")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: a pipe would block the open
+            raise BadInput(f"check data {spec} is not a regular file")
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise BadInput(f"check data {spec} is not a regular file")
+            if st.st_size > MAX_DATA_BYTES:
+                raise BadInput(f"check data {spec} is {st.st_size} bytes, more than {MAX_DATA_BYTES}")
+            return f.read(MAX_DATA_BYTES + 1)[:MAX_DATA_BYTES]
+    except OSError as e:
+        raise BadInput(f"cannot read check data {spec}: {e.strerror}") from None

@@ -590,3 +590,97 @@ def test_a_line_cut_short_in_the_index_stays_apart_from_the_next_certificate(ci_
     cert = run_ci(ci_repo)["certificate"]
     assert open(path).read().splitlines() == ["9f3c", cert]
     assert certificate.of_commit(ci_repo, c2) == [cert]
+
+
+# -- certificates as untrusted input (they travel with pushes and fetches) ----------------------------
+def _certified(ci_repo):
+    two_commits(ci_repo)
+    cid = run_ci(ci_repo)["certificate"]
+    return cid, certificate.read(ci_repo, cid)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c.update(checks=["x"]),
+    lambda c: c["checks"][0].pop("status"),
+    lambda c: c["checks"][0].update(figures=None),
+    lambda c: c.update(commit=123),
+    lambda c: c["checks"][0].update(params="x"),
+])
+def test_malformed_certificates_are_refused_by_name(ci_repo, edit):
+    _cid, cert = _certified(ci_repo)
+    cert = json.loads(json.dumps(cert))
+    edit(cert)
+    bad = ci_repo.write_object(cert)
+    r = CliRunner().invoke(cli, ["verify", bad])
+    assert r.exit_code == 3 and "is malformed" in r.stderr, r.output  # before: exit 4 tracebacks
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c.update(kind="bogus"),
+    lambda c: c["inputs"].update(window="abc"),
+    lambda c: c["inputs"].update(baseline="HEAD"),
+])
+def test_certificates_with_unusable_inputs_do_not_verify(ci_repo, edit):
+    _cid, cert = _certified(ci_repo)
+    cert = json.loads(json.dumps(cert))
+    edit(cert["checks"][0])
+    v = verify(ci_repo, ci_repo.write_object(cert))
+    assert not v["verified"]
+
+
+def test_a_forged_gate_or_looser_bound_does_not_verify(ci_repo):
+    c1, c2 = two_commits(ci_repo, table(1))  # the frozen check fails: the core changed
+    assert not run_ci(ci_repo)["passed"]
+    cert = certificate.read(ci_repo, certificate.of_commit(ci_repo, c2)[-1])
+    gate = {"name": "g", "kind": "gate", "status": "passed", "passed": True, "params": {}, "figures": {},
+            "thresholds": {}}
+    forged = dict(cert, checks=[gate], passed=True)
+    assert not verify(ci_repo, certificate.store(ci_repo, forged))["verified"]  # before: "verified"
+    looser = json.loads(json.dumps(cert))
+    frozen = next(c for c in looser["checks"] if c["name"] == "frozen")
+    frozen["params"]["tolerance"] = 1e9
+    frozen.update(status="passed", passed=True)
+    for c in looser["checks"]:
+        c.update(status="passed", passed=True)
+    looser["passed"] = True
+    v = verify(ci_repo, certificate.store(ci_repo, looser))
+    assert not v["verified"]  # before: verified, with a note
+    frozen_v = next(c for c in v["checks"] if c["name"] == "frozen")
+    assert any("under the bounds mvc.toml sets now" in d for d in frozen_v["diffs"])
+
+
+def test_verify_runs_no_adapter_a_certificate_names(ci_repo, tmp_path, monkeypatch):
+    _cid, cert = _certified(ci_repo)
+    cert = json.loads(json.dumps(cert))
+    for c in cert["checks"]:
+        c["inputs"]["adapter"] = "builtins:print"
+    called = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: called.append(a))
+    v = verify(ci_repo, ci_repo.write_object(cert))
+    assert not v["verified"] and not called  # before: print(state_dict, tree) ran
+    assert all("verify runs only adapters mvc.toml names" in c["diffs"][0] for c in v["checks"])
+
+
+@pytest.mark.parametrize("where", ["outside", "dotdot", "mvc", "fifo"])
+def test_check_data_must_be_a_regular_file_inside_the_repository(ci_repo, tmp_path, where):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"not for the certificate" * 10)
+    spec = {"outside": str(secret), "dotdot": os.path.relpath(secret, ci_repo.root), "mvc": ".mvc/HEAD",
+            "fifo": "pipe"}[where]
+    if where == "fifo":
+        os.mkfifo(os.path.join(ci_repo.root, "pipe"))
+    write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~1").replace('data = "heldout.txt"', f'data = "{spec}"'))
+    two_commits(ci_repo)
+    r = CliRunner().invoke(cli, ["ci", "--check", "ppl"])
+    assert r.exit_code == 3, r.output  # before: read and stored (outside, dotdot, .mvc) or hung (fifo)
+    assert ("outside the repository" in r.stderr or ".mvc folder" in r.stderr or "not a regular file" in r.stderr)
+
+
+def test_a_certificate_index_that_is_a_folder_is_named_not_a_crash(ci_repo):
+    _c1, c2 = two_commits(ci_repo)
+    os.makedirs(os.path.join(ci_repo.dir, "certs", c2[:2], c2[2:]))
+    r = CliRunner().invoke(cli, ["status"])
+    assert r.exit_code == 0 and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3 and "is a folder" in r.stderr  # before: IsADirectoryError, exit 4
+    assert CliRunner().invoke(cli, ["fsck"]).exit_code == 0
