@@ -130,6 +130,9 @@ def _check_tree_shape(obj: dict) -> None:
     _need(_is_dict_of_str_keys(files), "'files' must map paths to entries")
     _need(isinstance(obj.setdefault("meta", {}), dict), "'meta' must be a JSON object")
     _need(isinstance(obj.get("kind"), str), "'kind' must be text")
+    _need(obj.get("arch") is None or isinstance(obj["arch"], str), "'arch' must be text")
+    for key in ("config", "abi"):  # what rebuilds a model and what paste compares: objects or nothing
+        _need(obj.get(key) is None or _is_dict_of_str_keys(obj[key]), f"{key!r} must be a JSON object")
     for rel, f in files.items():
         # only paths that would leave the checkout folder are refused here; others a checkout cannot
         # write (a backslash, a control character) are refused by it: older mvc stored such names

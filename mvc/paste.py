@@ -35,9 +35,9 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
         raise AbiMismatch("the brick records no ABI spec")
     if host_abi["hash"] == brick_abi["hash"]:
         return
-    field = first_abi_difference(host_abi.get("spec") or {}, brick_abi.get("spec") or {}) or "hash"
-    hv = _field(host_abi.get("spec") or {}, field)
-    bv = _field(brick_abi.get("spec") or {}, field)
+    specs = [abi.get("spec") if isinstance(abi.get("spec"), dict) else {} for abi in (host_abi, brick_abi)]
+    field = first_abi_difference(*specs) or "hash"
+    hv, bv = (_field(spec, field) for spec in specs)
     raise AbiMismatch(f"ABI mismatch in {field}: host has {_short(hv)}, brick has {_short(bv)}",
                       "the brick was trained under a different ABI contract; retrain it on a compatible core")
 

@@ -552,8 +552,15 @@ class Repo:
         if not arch:
             raise BadInput(f"component {component!r} was committed as plain tensors (no arch recorded)",
                            "use repo.load() for its state dict")
+        from .tensors import BUILD_ERRORS, precheck_build
         builder = arch_builder(arch)
-        model = builder(config)
+        what = f"component {component!r} (arch {arch!r})"
+        precheck_build(lambda: builder(config), tree, what)
+        try:
+            model = builder(config)
+        except BUILD_ERRORS as e:
+            raise BadInput(f"{what} records a config its arch cannot build ({type(e).__name__}: {str(e)[:200]})",
+                           "the commit is damaged or was made by other code") from None
         state = self.load(rev, component)
         try:
             model.load_state_dict(state)

@@ -197,3 +197,29 @@ def is_torch_value(value) -> bool:
         return False
     return isinstance(value, (torch.nn.Module, torch.Tensor)) or (
         isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()))
+
+
+BUILD_ERRORS = (TypeError, ValueError, KeyError, OverflowError, AttributeError)
+
+
+def precheck_build(make, tree: dict, what: str) -> None:
+    """Refuse (BadInput) to build a model from a stored tree whose recorded arch config is
+    unusable or far larger than the tensors it stores: the config is untrusted (a remote may
+    send any), and a `d_model` of 1e8 would allocate tens of gigabytes before any check. `make()`
+    builds the model; it runs once on torch's meta device, which allocates nothing. A builder
+    that cannot run there is left to the real build and its load_state_dict check."""
+    import math
+
+    import torch
+    stored = sum(math.prod(t["shape"]) for t in tree["tensors"].values())
+    try:
+        with torch.device("meta"):
+            planned = sum(v.numel() for v in make().state_dict().values())
+    except BUILD_ERRORS as e:
+        raise BadInput(f"{what} records a config its arch cannot build ({type(e).__name__}: {str(e)[:200]})",
+                       "the commit is damaged or was made by other code") from None
+    except Exception:  # noqa: BLE001 (an op the meta device lacks: the real build decides)
+        return
+    if planned > 2 * stored + (1 << 20):
+        raise BadInput(f"{what} records a config of {planned:,} parameters, but stores {stored:,}",
+                       "the commit is damaged or was made by other code; load its tensors with repo.load()")

@@ -86,11 +86,19 @@ def build_from_tree(tree: dict, state: dict, adapter: str | None = None):
         raise BadInput("this component records no architecture",
                        "commit an nn.Module built by cores.build, or set ci.adapter = \"module:function\"")
     from cores import registry
+
+    from mvc.tensors import BUILD_ERRORS, precheck_build
     try:
-        model = registry.build(arch, config)
+        registry.builder(arch)
     except KeyError as e:
         raise BadInput(f"cannot build the component's recorded architecture: {e.args[0] if e.args else e}",
                        "install the package that provides it, or set ci.adapter = \"module:function\"") from None
+    precheck_build(lambda: registry.build(arch, config), tree, f"the component (arch {arch!r})")
+    try:
+        model = registry.build(arch, config)
+    except BUILD_ERRORS as e:
+        raise BadInput(f"the component (arch {arch!r}) records a config it cannot build: {str(e)[:200]}",
+                       "the commit is damaged or was made by other code") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:
@@ -123,3 +131,21 @@ class ModelCache:
         """What a certificate records of an evaluated component: commit and tree ids."""
         return {"commit": commit, "component": component,
                 "tree": self.repo.read_commit(commit)["components"][component]}
+
+
+def rebuild_stored_brick(tree: dict, state: dict, component: str):
+    """bricks.rebuild for a stored tree, whose arch and config are untrusted (BadInput, exit 3):
+    a component that is not a brick, a config its arch cannot build or far larger than its tensors."""
+    import bricks
+
+    from mvc.tensors import BUILD_ERRORS, precheck_build
+    arch, config = tree.get("arch"), tree.get("config")
+    if arch not in bricks.BUILDERS or not isinstance(config, dict):
+        raise BadInput(f"{component} is not a brick (its recorded arch is {str(arch)[:40]!r})",
+                       "paste a component committed from a brick module")
+    precheck_build(lambda: bricks.builder(arch)(config), tree, component)
+    try:
+        return bricks.rebuild(tree, state)
+    except BUILD_ERRORS as e:
+        raise BadInput(f"cannot rebuild {component}: {str(e)[:300]}",
+                       "the commit is damaged or was made by other code") from None

@@ -231,7 +231,8 @@ def _int8_transform(repo, component: str):
     def transform(tree):
         import bricks
         from mvc.components import build_tree
-        brick = bricks.rebuild(tree, repo.load_tree(tree))
+        from .models import rebuild_stored_brick
+        brick = rebuild_stored_brick(tree, repo.load_tree(tree), component)
         return repo.write_object(build_tree(repo.store, component, bricks.quantize(brick)))
     return transform
 

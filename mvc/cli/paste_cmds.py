@@ -71,7 +71,8 @@ def _int8_transform(repo, component):
     def transform(tree):
         import bricks
         from ..components import build_tree
-        brick = bricks.rebuild(tree, repo.load_tree(tree))
+        from semantic_ci.models import rebuild_stored_brick
+        brick = rebuild_stored_brick(tree, repo.load_tree(tree), component)
         try:
             small = bricks.quantize(brick)
         except ValueError as e:  # e.g. the brick is an int8 artifact already

@@ -238,3 +238,34 @@ def test_bpe_forward_checks_token_ids():
     with pytest.raises(ValueError, match=r"token_ids must hold values 0\.\.1023"):  # was an IndexError
         core(torch.full((1, 4), 1024))
     assert tuple(core(torch.full((1, 4), 1023)).shape) == (1, 4, 1024)
+
+
+# -- a stored tree's arch config is untrusted (a remote may send any) ----------------------------------
+def _core_with_config(repo, edit):
+    import json as _json
+    core = cores.build("layercake", config="tiny", seed=0)
+    cid = repo.commit({"core": core}, message="core")
+    c = repo.read_commit(cid)
+    tree = _json.loads(_json.dumps(repo.read_tree(c["components"]["core"])))
+    edit(tree)
+    tid = repo.write_object(tree)
+    repo.refs.update("refs/heads/main", repo.write_object({**c, "parents": [cid], "components": {"core": tid}}))
+    return tree
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t["config"].update(d_model=96_000_000), "records a config of .* parameters, but stores"),
+    (lambda t: t["config"].update(d_model="96"), "records a config its arch cannot build"),
+])
+def test_load_model_refuses_an_edited_config_before_allocating(repo, edit, match):
+    from mvc.errors import BadInput
+    _core_with_config(repo, edit)
+    with pytest.raises(BadInput, match=match):  # before: a 36 GB allocation / a raw TypeError (exit 4)
+        repo.load_model("HEAD", "core")
+
+
+def test_a_tree_whose_config_is_not_an_object_is_malformed(repo):
+    from mvc.errors import CorruptObject
+    _core_with_config(repo, lambda t: t.update(config="tiny"))
+    with pytest.raises(CorruptObject, match="'config' must be a JSON object"):
+        repo.load_model("HEAD", "core")
