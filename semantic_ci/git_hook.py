@@ -8,6 +8,7 @@ Exit 1 blocks the merge or push.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -46,12 +47,25 @@ def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bo
     return summary["passed"]
 
 
+def _heads_at(sha: str) -> list[str]:
+    return (_git("for-each-ref", "--points-at", sha, "--format=%(refname:short)", "refs/heads") or "").split()
+
+
 def merged_branches() -> list[str]:
     """The branches being merged. git writes MERGE_HEAD only when a merge stops; for a clean merge
-    it passes GITHEAD_<sha>=<name> in the hook's environment, which we read first."""
-    names = [v for k, v in os.environ.items() if k.startswith("GITHEAD_") and v]
-    if names:
-        return sorted(set(names))
+    it passes GITHEAD_<sha>=<name> in the hook's environment, which we read first. A merge named
+    by commit id (`git merge 5be1f8`) is mapped to the branches whose head it is; when it is none,
+    its id is returned as it is (no model branch can be found for it: the caller blocks it)."""
+    merged = {k[len("GITHEAD_"):]: v for k, v in os.environ.items() if k.startswith("GITHEAD_") and v}
+    if merged:
+        out = []
+        for sha, name in merged.items():
+            if _git("rev-parse", "--verify", "-q", f"refs/heads/{name}") or \
+                    _git("rev-parse", "--verify", "-q", f"refs/remotes/{name}"):
+                out.append(name)
+            else:  # named by id (or by a tag): the branches it heads
+                out += _heads_at(sha) or [sha]
+        return sorted(set(out))
     git_dir = (_git("rev-parse", "--git-dir") or ".git").strip()
     try:
         with open(os.path.join(git_dir, "MERGE_HEAD")) as f:
@@ -60,7 +74,7 @@ def merged_branches() -> list[str]:
         return []
     out = []
     for sha in shas:
-        out += (_git("for-each-ref", "--points-at", sha, "--format=%(refname:short)", "refs/heads") or "").split()
+        out += _heads_at(sha)
     return sorted(set(out))
 
 
@@ -75,6 +89,11 @@ def pre_merge_commit(repo) -> int:
     if cfg is None or not cfg.checks:
         con.print(f"mvc: {target} has no {cfgmod.CONFIG_FILE} with checks; merge allowed")
         return 0
+    unheaded = [n for n in names if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", n)]
+    if unheaded:
+        con.print(f"mvc: merge blocked: commit {unheaded[0][:12]} is no branch head, so no model branch "
+                  f"can be checked for it; merge the branch instead")
+        return 1
     ok = all(_check(repo, name, target, cfg, con) for name in names)
     if not ok:
         con.print(f"mvc: merge blocked: the model of {', '.join(names)} fails semantic CI against {target}")
@@ -109,8 +128,13 @@ def main(argv=None) -> int:
         print("usage: python -m semantic_ci.git_hook pre-merge-commit|pre-push", file=sys.stderr)
         return 2
     import mvc
+    where = os.getcwd()
+    if len(argv) >= 3 and argv[1] == "--mvc-root":  # the repository `hooks install` was run for,
+        top = (_git("rev-parse", "--show-toplevel") or where).strip()  # relative to the work tree
+        where = os.path.join(top, argv[2])
+        argv = [argv[0]] + argv[3:]
     try:
-        repo = mvc.Repo(os.getcwd())
+        repo = mvc.Repo(where)
     except MvcError:
         return 0  # not an mvc repository: nothing to gate
     try:

@@ -30,8 +30,12 @@ def _hooks_dir(g) -> str:
     return path if os.path.isabs(path) else os.path.join(g.working_tree_dir, path)
 
 
-def _script(name: str) -> str:
+def _script(name: str, mvc_root: str) -> str:
+    """The hook: chains to the hook it replaced, then runs semantic CI for the mvc repository at
+    `mvc_root` (relative to the git work tree: the hook runs at its top, the repository may sit
+    in a subfolder)."""
     py = shlex.quote(sys.executable)
+    root = shlex.quote(mvc_root)
     if name == "pre-push":  # git feeds the pushed refs on stdin: give both hooks a copy
         return f"""#!/bin/sh
 {MARKER}
@@ -40,7 +44,7 @@ input=$(cat)
 if [ -x "$hook_dir/{name}{CHAINED}" ]; then
     printf '%s\\n' "$input" | "$hook_dir/{name}{CHAINED}" "$@" || exit $?
 fi
-printf '%s\\n' "$input" | exec {py} -m semantic_ci.git_hook {name} "$@"
+printf '%s\\n' "$input" | exec {py} -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
 """
     return f"""#!/bin/sh
 {MARKER}
@@ -48,7 +52,7 @@ hook_dir=$(dirname "$0")
 if [ -x "$hook_dir/{name}{CHAINED}" ]; then
     "$hook_dir/{name}{CHAINED}" "$@" || exit $?
 fi
-exec {py} -m semantic_ci.git_hook {name} "$@"
+exec {py} -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
 """
 
 
@@ -76,7 +80,7 @@ def install(root: str) -> dict:
             os.replace(path, path + CHAINED)
             chained.append(name)
         with open(path, "w") as f:
-            f.write(_script(name))
+            f.write(_script(name, os.path.relpath(os.path.abspath(root), g.working_tree_dir)))
         os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     with g.config_reader("repository") as r:
         previous = r.get_value("merge", "ff", default="(unset)")

@@ -152,7 +152,8 @@ def hooks_install():
     click.echo(f"installed {', '.join(r['installed'])} in {r['hooks_dir']}")
     if r["chained"]:
         click.echo(f"existing hooks kept and chained: {', '.join(r['chained'])}")
-    click.echo("set merge.ff=false in this repository's git config (fast-forward merges skip pre-merge-commit)")
+    click.echo("set merge.ff=false in this repository's git config (fast-forward merges skip pre-merge-commit; "
+               "git merge --ff-only or --ff still would, so merge without them)")
 
 
 @hooks.command("uninstall")
