@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-from mvc.errors import CheckFailed, MvcError
+from mvc.errors import CheckFailed, MvcError, RefConflict
 
 from . import certificate
 from . import config as cfgmod
@@ -36,9 +36,15 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
         return report
     failed = ", ".join(c["name"] for c in report["checks"] if c["status"] == "failed")
     if cfg.on_fail == "rollback":
-        target = _roll_back(repo, commit, ref, f"failed {failed}")
+        branch = ref.split("/")[-1]
+        try:
+            target = _roll_back(repo, commit, ref, f"failed {failed}")
+        except RefConflict:  # another commit landed on it meanwhile: that one is not ours to undo
+            raise CheckFailed(commit, report["certificate"],
+                              f"semantic CI failed on {commit[:12]} ({failed}); {branch} was not rolled back: "
+                              f"another commit landed on it meanwhile (the failing one stays in its history)") from None
         raise CheckFailed(commit, report["certificate"],
-                          f"semantic CI failed on {commit[:12]} ({failed}); {ref.split('/')[-1]} rolled back to "
+                          f"semantic CI failed on {commit[:12]} ({failed}); {branch} rolled back to "
                           f"{target[:12] if target else '(empty)'}")
     warnings.warn(f"semantic CI failed on {commit[:12]} ({failed}); certificate {report['certificate'][:12]}")
     return report

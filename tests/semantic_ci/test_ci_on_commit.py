@@ -47,3 +47,24 @@ def test_an_mvc_toml_directory_is_a_config_error_before_writing(ci_repo):
     with pytest.raises(ConfigError, match="cannot read it"):
         ci_repo.commit({"core": {"table": t}}, message="first")
     assert ci_repo.head() is None and not _objects(ci_repo)
+
+
+def test_a_failing_commit_whose_branch_moved_on_still_reports_the_failure(ci_repo, monkeypatch):
+    from mvc.errors import CheckFailed
+    from semantic_ci import certificate
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="first")
+    write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
+    real = certificate.last_passing_ancestor
+    other = []
+
+    def another_commit_lands_first(repo, commit):  # a second writer moves the branch during CI
+        head = repo.head()
+        other.append(repo.write_object({**repo.read_commit(head), "parents": [head], "message": "other"}))
+        repo.refs.update("refs/heads/main", other[0], expected=head)
+        return real(repo, commit)
+
+    monkeypatch.setattr(certificate, "last_passing_ancestor", another_commit_lands_first)
+    with pytest.raises(CheckFailed, match="was not rolled back") as info:  # before: a bare RefConflict
+        ci_repo.commit({"core": {"table": t.flip(0)}}, message="broken")
+    assert info.value.certificate and ci_repo.head() == other[0]
