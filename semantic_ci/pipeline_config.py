@@ -36,7 +36,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from mvc.errors import ConfigError, MvcError
-from mvc.objects import check_ref_name
+from mvc.objects import check_component_name, check_ref_name
 
 from . import config as cicfg
 
@@ -247,19 +247,51 @@ def validate_environment(pipeline: "Pipeline") -> None:
             except ConfigError as e:
                 raise ConfigError(f"{path}: streams.{name}.builder: {e.message.removeprefix(path + ': ')}") from None
     for stage in pipeline.stages:
+        for key in ("brick_name", "as_name"):  # they become component names brick/<name>
+            if isinstance(stage.get(key), str):
+                try:
+                    check_component_name(f"brick/{stage.get(key)}", "brick name")
+                except MvcError as e:
+                    raise ConfigError(f"{path}: stage {stage.name}.{key}: {e.message}") from None
         if stage.kind == "train-core":
             _check_core_config(pipeline, stage)
+            fb_overrides = (stage.fallback.get("set") or {}).get("overrides")
+            if fb_overrides:
+                _check_core_config(pipeline, stage, fb_overrides, "fallback.set.overrides")
         elif stage.kind == "train-brick":
             from bricks.api import KINDS
             kind = stage.get("brick", "sparse")
             if kind not in KINDS and kind not in KINDS.values():
                 raise ConfigError(f"{path}: stage {stage.name}.brick: unknown brick kind {kind!r}",
                                   f"known: {', '.join(KINDS)}")
+            _check_brick_options(pipeline, stage, kind)
 
 
-def _check_core_config(pipeline: "Pipeline", stage: Stage) -> None:
+def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
+    """Build the stage's brick, for a tiny host, on the meta device: an unknown option or one of
+    the wrong type fails here, before any stage trains (it used to fail after the host stages)."""
+    options = stage.get("options") or {}
+    if not options:
+        return
+    import torch
+
+    import bricks
+    import cores
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            host = cores.build("layercake", config="tiny")
+            bricks.build(kind, host=host, seed=0, **options)
+    except (ValueError, TypeError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"{pipeline.path}: stage {stage.name}.options: {msg}") from None
+    except Exception:  # noqa: BLE001 (a brick that cannot build on the meta device: training will tell)
+        return
+
+
+def _check_core_config(pipeline: "Pipeline", stage: Stage, extra: dict | None = None,
+                       extra_key: str = "overrides") -> None:
     """Build the stage's core on the meta device (no memory, no RNG): an unknown arch, preset or
-    override field fails here, before anything trains."""
+    override field (or one a fallback sets, `extra`) fails here, before anything trains."""
     import torch
 
     import cores
@@ -272,7 +304,10 @@ def _check_core_config(pipeline: "Pipeline", stage: Stage) -> None:
         raise ConfigError(f"{where}.arch: unknown architecture {arch!r}",
                           f"known: {', '.join(a for a in registry.available() if 'brick' not in a)}") from None
     config, seed = stage.get("config", "tiny"), core_seed(stage.settings)
-    for key, overrides in (("config", {}), ("overrides", stage.get("overrides", {}))):
+    todo = [("config", {}), ("overrides", stage.get("overrides", {}))]
+    if extra is not None:
+        todo = [(extra_key, {**stage.get("overrides", {}), **extra})]
+    for key, overrides in todo:
         if key == "overrides" and not overrides:
             break
         try:

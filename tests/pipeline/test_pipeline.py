@@ -358,3 +358,22 @@ def test_a_config_tables_seed_is_used_unless_the_stage_sets_one(tmp_path, stage_
     summary = run_pipeline(repo, pipeline, emit=lambda e: None)
     assert summary["passed"], summary
     assert repo.tree("demo/core", "core")["config"]["seed"] == expected
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.replace('brick_name = "x"', 'brick_name = "x"\noptions = { experts = "8" }', 1),
+     r"stage brick\.options: .*experts must be an integer"),
+    (lambda t: t.replace('brick_name = "x"', 'brick_name = "x"\noptions = { foo = 1 }', 1),
+     r"stage brick\.options: unknown sparse brick options"),
+    (lambda t: t.replace('brick_name = "x"', 'brick_name = "a/../.."', 1), r"stage brick\.brick_name: invalid"),
+    (lambda t: t.replace("retries = 1 }", 'retries = 1, set = { overrides = { d_model = "x" } } }'),
+     r"stage core\.fallback\.set\.overrides: .*d_model must be an integer"),
+])
+def test_settings_are_validated_before_any_stage_trains(tmp_path, edit, match):
+    """Before: these failed only once the stages before them had trained and committed (exit 4
+    for the wrong types)."""
+    root, repo = make_project(tmp_path)
+    (root / "bad.toml").write_text(edit((root / "p.toml").read_text() + PASTE_STAGES))
+    with pytest.raises(ConfigError, match=match):
+        load(str(root / "bad.toml"))
+    assert repo.head() is None and not repo.branches()
