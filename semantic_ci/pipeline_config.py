@@ -213,12 +213,14 @@ def stream_path(pipeline: "Pipeline", spec: dict) -> str:
 
 def resolve_builder(pipeline: "Pipeline", spec: str):
     """The callable named by a stream's `builder = "module:function"` (searched next to the
-    pipeline file and in its parent, so examples/x.toml finds examples.data)."""
+    pipeline file and in its parent, so examples/x.toml finds examples.data). Those folders are
+    searched last: a folder of the user's named like an installed package (kernels, cores) must
+    not replace it. A pipeline file is code: its builders run as the user."""
     mod, _, fn = spec.partition(":")
     root = os.path.dirname(pipeline.base_dir)  # examples/x.toml -> the project root
     for p in (pipeline.base_dir, root):
         if p not in sys.path:
-            sys.path.insert(0, p)
+            sys.path.append(p)
     try:
         func = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:

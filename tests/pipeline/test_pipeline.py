@@ -377,3 +377,18 @@ def test_settings_are_validated_before_any_stage_trains(tmp_path, edit, match):
     with pytest.raises(ConfigError, match=match):
         load(str(root / "bad.toml"))
     assert repo.head() is None and not repo.branches()
+
+
+def test_a_users_folder_named_like_an_installed_package_does_not_replace_it(tmp_path):
+    root, _repo = make_project(tmp_path)
+    (root / "kernels").mkdir()
+    (root / "kernels" / "__init__.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    (root / "mydata.py").write_text("def make(n_bytes=6000, seed=0):\n    return b'the cat sat ' * 600\n")
+    text = (root / "p.toml").read_text().replace('file = "data.txt"', 'builder = "mydata:make"')
+    (root / "p.toml").write_text(text)
+    code = ("import sys; from semantic_ci.pipeline_config import load; load(sys.argv[1]); "
+            "import kernels; print(kernels.__file__)")
+    r = subprocess.run([sys.executable, "-c", code, str(root / "p.toml")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not (root / "kernels" / "__init__.py.ran").exists()  # before: the user's kernels was imported
+    assert not r.stdout.strip().startswith(str(root))
