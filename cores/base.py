@@ -47,6 +47,7 @@ class CoreBase(nn.Module):
     """Common parts of every core (see module docstring)."""
 
     mvc_arch: str = ""
+    mvc_kind: str = "core"  # what mvc records as the component's kind, whatever it is named
     block_bytes: int = 256
     default_lr: float = 1e-3
 

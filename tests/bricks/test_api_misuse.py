@@ -203,3 +203,14 @@ def test_sparse_training_without_general_text_warns(host):
     with warnings.catch_warnings():  # portable decoders never use general text
         warnings.filterwarnings("error", "training a sparse brick without")
         bricks.train(bricks.build("portable"), data=DATA, steps=1, evaluate=False, **FAST)
+
+
+def test_a_core_committed_under_a_brick_name_is_not_pasted_as_a_brick(repo, host):
+    from mvc.errors import BadInput
+    repo.commit({"core": host}, message="host")
+    repo.commit({"brick/fake": cores.build("layercake", config="tiny", seed=1)}, message="a core named brick/fake",
+                branch="src")
+    tree = repo.read_tree(repo.read_commit(repo.resolve("src"))["components"]["brick/fake"])
+    assert tree["kind"] == "core"  # before: "brick", from its name
+    with pytest.raises(BadInput, match="is a core component, not a brick"):  # before: pasted as a brick
+        repo.paste_brick("fake", "src", "main")
