@@ -64,6 +64,14 @@ def _err(source, key, what):
     return ConfigError(f"{source}: {key}: {what}")
 
 
+def _whole(source, key, value, minimum=None, maximum=None) -> int:
+    """A count (probe_bytes, window, bootstrap): 16.9 is refused, not truncated to 16."""
+    _num(source, key, value, minimum, maximum)
+    if value != int(value):
+        raise _err(source, key, f"must be a whole number, got {value!r}")
+    return int(value)
+
+
 def _num(source, key, value, minimum=None, maximum=None):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _err(source, key, f"must be a number, got {value!r}")
@@ -107,7 +115,7 @@ def parse(doc: dict, source: str = CONFIG_FILE) -> CiConfig:
     if "adapter" in ci:
         cfg.adapter = _adapter(source, "ci.adapter", ci["adapter"])
     if "probe_bytes" in ci:
-        cfg.probe_bytes = int(_num(source, "ci.probe_bytes", ci["probe_bytes"], 16, MAX_PROBE_BYTES))
+        cfg.probe_bytes = _whole(source, "ci.probe_bytes", ci["probe_bytes"], 16, MAX_PROBE_BYTES)
     if "window" in ci:
         cfg.window = int(_num(source, "ci.window", ci["window"], 8))
     checks = ci.get("checks", [])
@@ -162,7 +170,7 @@ def _check(source, where, name, kind, raw) -> Check:
     for key, least, most in (("probe_bytes", 16, MAX_PROBE_BYTES), ("window", 1, None),
                              ("bootstrap", 1, MAX_BOOTSTRAP)):
         if key in p:
-            p[key] = int(_num(source, f"{where}.{key}", p[key], least, most))
+            p[key] = _whole(source, f"{where}.{key}", p[key], least, most)
     if "int8" in p and not isinstance(p["int8"], bool):
         raise _err(source, f"{where}.int8", "must be true or false")
     if base_kind == "migration":
@@ -204,6 +212,9 @@ def preset_kind(kind: str) -> str:
             "L5": "migration", "L6": "migration", "PX": "migration"}.get(kind, kind)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load(root: str, text: str | None = None, source: str | None = None) -> CiConfig | None:
     """The CI config of a repository root (or of `text`, e.g. read from a git branch); None if absent."""
     path = os.path.join(root, CONFIG_FILE)
@@ -212,11 +223,18 @@ def load(root: str, text: str | None = None, source: str | None = None) -> CiCon
         if not os.path.exists(path):
             return None
         try:
+            if os.path.isfile(path) and os.path.getsize(path) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{source}: {os.path.getsize(path)} bytes; a CI config is far smaller")
+            if not os.path.isfile(path) and not os.path.isdir(path):  # /dev/zero through a link: never read
+                raise ConfigError(f"{source}: not a regular file")
             with open(path, "rb") as f:
-                raw = f.read()
+                raw = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as e:  # a directory, no permission: a config problem, not a bug
             raise ConfigError(f"{source}: cannot read it ({e.strerror or e})") from None
-        text = raw.decode("utf-8", errors="replace")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {e.start})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

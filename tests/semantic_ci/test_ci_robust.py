@@ -3,6 +3,7 @@ configurations, non-finite thresholds, unusable --junit paths and an edited cert
 import json
 import os
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import torch
@@ -684,3 +685,15 @@ def test_a_certificate_index_that_is_a_folder_is_named_not_a_crash(ci_repo):
     r = CliRunner().invoke(cli, ["ci"])
     assert r.exit_code == 3 and "is a folder" in r.stderr  # before: IsADirectoryError, exit 4
     assert CliRunner().invoke(cli, ["fsck"]).exit_code == 0
+
+
+@pytest.mark.parametrize("write, match", [
+    (lambda p: p.write_text(CONFIG.replace("{baseline}", "HEAD~1").replace("probe_bytes = 512", "probe_bytes = 16.9")),
+     "must be a whole number"),  # before: truncated to 16
+    (lambda p: p.write_bytes(CONFIG.replace("{baseline}", "HEAD~1").encode() + b"# \xff\xfe\n"), "not UTF-8"),
+    (lambda p: (p.unlink(), p.symlink_to("/dev/zero")), "not a regular file"),  # before: MemoryError, exit 4
+])
+def test_an_mvc_toml_that_cannot_be_meant_is_refused(ci_repo, write, match):
+    write(Path(ci_repo.root) / "mvc.toml")
+    with pytest.raises(ConfigError, match=match):
+        cfgmod.load(ci_repo.root)
