@@ -231,6 +231,7 @@ def is_ancestor(repo: Repo, a: str, b: str) -> bool:
 
 
 MAX_META_BYTES = 64 << 20  # a commit, tree or certificate from a remote is refused beyond this
+NAMED_MAX_BYTES = 1 << 30  # what a certificate names (check data: semantic CI reads at most 1 GiB)
 
 
 def receive(transport: Transport, oid: str, where: str, max_size: int | None = None) -> bytes:
@@ -961,7 +962,7 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
 
     def fetch_named(oid):  # data is stored now; commits and trees come with their history below
         try:
-            data = receive(t, oid, where)
+            data = receive(t, oid, where, NAMED_MAX_BYTES)
         except ObjectMissing:
             return None  # the certificate refers to it, fsck in this repository will say so
         kind = object_kind(data)
