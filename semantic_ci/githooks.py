@@ -82,12 +82,10 @@ def install(root: str) -> dict:
         with open(path, "w") as f:
             f.write(_script(name, os.path.relpath(os.path.abspath(root), g.working_tree_dir)))
         os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    with g.config_reader("repository") as r:
-        previous = r.get_value("merge", "ff", default="(unset)")
-    with g.config_writer("repository") as w:
-        if not w.has_option("mvc", "previousMergeFf"):
-            w.set_value("mvc", "previousMergeFf", str(previous))
-        w.set_value("merge", "ff", "false")
+    if _config(g, "--get", "mvc.previousMergeFf") is None:  # (a second install keeps the first's record)
+        _config(g, "mvc.previousMergeFf", _config(g, "--get", "merge.ff") or "(unset)")
+        _config(g, "mvc.mergeSection", "present" if _config(g, "--get-regexp", r"^merge\.") else "absent")
+    _config(g, "merge.ff", "false")
     return {"hooks_dir": hooks, "installed": list(HOOKS), "chained": chained, "merge.ff": "false"}
 
 
@@ -104,15 +102,26 @@ def uninstall(root: str) -> dict:
                 os.replace(path + CHAINED, path)
         elif os.path.exists(path + CHAINED):  # our hook was replaced by another tool's meanwhile
             kept.append(name + CHAINED)
-    with g.config_writer("repository") as w:
-        previous = w.get_value("mvc", "previousMergeFf", default=None) if w.has_section("mvc") else None
-        if previous is not None:
-            if previous == "(unset)":
-                if w.has_option("merge", "ff"):
-                    w.remove_option("merge", "ff")
-            else:
-                w.set_value("merge", "ff", previous)
-            w.remove_option("mvc", "previousMergeFf")
-            if not w.items("mvc"):
-                w.remove_section("mvc")
+    previous = _config(g, "--get", "mvc.previousMergeFf")
+    if previous is not None:
+        if previous == "(unset)":
+            _config(g, "--unset", "merge.ff")
+            if _config(g, "--get", "mvc.mergeSection") == "absent" and not _config(g, "--get-regexp", r"^merge\."):
+                _config(g, "--remove-section", "merge")  # the section install made, now empty
+        else:
+            _config(g, "merge.ff", previous)
+        for key in ("mvc.previousMergeFf", "mvc.mergeSection"):
+            _config(g, "--unset", key)
+        if not _config(g, "--get-regexp", r"^mvc\."):
+            _config(g, "--remove-section", "mvc")
     return {"removed": removed, "kept": kept}
+
+
+def _config(g, *args) -> str | None:
+    """`git config --local ARGS` through git itself, which edits the file in place (comments and
+    layout kept; GitPython's writer rewrote the whole file); None when git says there is nothing."""
+    import git
+    try:
+        return g.git.config("--local", *args)
+    except git.GitCommandError:
+        return None

@@ -149,3 +149,19 @@ def test_merges_by_commit_id_or_of_a_repository_in_a_subfolder_are_gated(tmp_pat
         attempt = git(work, "merge", "--no-edit", target, check=False)
         assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, (target, attempt.stderr)
         git(work, "merge", "--abort", check=False)
+
+
+@pytest.mark.parametrize("extra", ["", "[merge]\n\tff = only\n", "[merge]\n\tlog = true\n"])
+def test_hooks_uninstall_restores_the_git_config_exactly(tmp_path, extra):
+    from semantic_ci.githooks import install, uninstall
+    work = tmp_path / "proj"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    config = work / ".git" / "config"
+    config.write_text(config.read_text() + "# my notes: keep these\n[user]\n\tname = Me  ; inline comment\n" + extra)
+    before = config.read_bytes()
+    mvc.Repo.init(work)
+    install(str(work))
+    assert git(work, "config", "merge.ff").stdout.strip() == "false"
+    uninstall(str(work))
+    assert config.read_bytes() == before  # before: comments dropped, an empty [merge] left
