@@ -8,7 +8,6 @@ Exit 1 blocks the merge or push.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
@@ -54,17 +53,17 @@ def _heads_at(sha: str) -> list[str]:
 def merged_branches() -> list[str]:
     """The branches being merged. git writes MERGE_HEAD only when a merge stops; for a clean merge
     it passes GITHEAD_<sha>=<name> in the hook's environment, which we read first. A merge named
-    by commit id (`git merge 5be1f8`) is mapped to the branches whose head it is; when it is none,
-    its id is returned as it is (no model branch can be found for it: the caller blocks it)."""
+    by commit id (`git merge 5be1f8`) is mapped to the branches whose head it is."""
     merged = {k[len("GITHEAD_"):]: v for k, v in os.environ.items() if k.startswith("GITHEAD_") and v}
+    # (one heading no local branch, such as what `git pull` fetched, is not gated, as before)
     if merged:
         out = []
         for sha, name in merged.items():
             if _git("rev-parse", "--verify", "-q", f"refs/heads/{name}") or \
                     _git("rev-parse", "--verify", "-q", f"refs/remotes/{name}"):
                 out.append(name)
-            else:  # named by id (or by a tag): the branches it heads
-                out += _heads_at(sha) or [sha]
+            else:  # named by id (or a tag, or `git pull`'s fetched commit): the branches it heads
+                out += _heads_at(sha)
         return sorted(set(out))
     git_dir = (_git("rev-parse", "--git-dir") or ".git").strip()
     try:
@@ -89,11 +88,6 @@ def pre_merge_commit(repo) -> int:
     if cfg is None or not cfg.checks:
         con.print(f"mvc: {target} has no {cfgmod.CONFIG_FILE} with checks; merge allowed")
         return 0
-    unheaded = [n for n in names if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", n)]
-    if unheaded:
-        con.print(f"mvc: merge blocked: commit {unheaded[0][:12]} is no branch head, so no model branch "
-                  f"can be checked for it; merge the branch instead")
-        return 1
     ok = all(_check(repo, name, target, cfg, con) for name in names)
     if not ok:
         con.print(f"mvc: merge blocked: the model of {', '.join(names)} fails semantic CI against {target}")

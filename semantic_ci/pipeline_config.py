@@ -214,13 +214,14 @@ def stream_path(pipeline: "Pipeline", spec: dict) -> str:
 def resolve_builder(pipeline: "Pipeline", spec: str):
     """The callable named by a stream's `builder = "module:function"` (searched next to the
     pipeline file and in its parent, so examples/x.toml finds examples.data). Those folders are
-    searched last: a folder of the user's named like an installed package (kernels, cores) must
-    not replace it. A pipeline file is code: its builders run as the user."""
+    searched first, but mvc's own packages are imported before: a folder of the user's named like
+    one of them (kernels, cores) must not replace it. A pipeline file is code: its builders run."""
+    importlib.import_module("bricks")  # (and so cores and kernels, what a pipeline runs on) first
     mod, _, fn = spec.partition(":")
     root = os.path.dirname(pipeline.base_dir)  # examples/x.toml -> the project root
-    for p in (pipeline.base_dir, root):
+    for p in (root, pipeline.base_dir):
         if p not in sys.path:
-            sys.path.append(p)
+            sys.path.insert(0, p)
     try:
         func = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
@@ -257,9 +258,10 @@ def validate_environment(pipeline: "Pipeline") -> None:
                     raise ConfigError(f"{path}: stage {stage.name}.{key}: {e.message}") from None
         if stage.kind == "train-core":
             _check_core_config(pipeline, stage)
-            fb_overrides = (stage.fallback.get("set") or {}).get("overrides")
-            if fb_overrides:
-                _check_core_config(pipeline, stage, fb_overrides, "fallback.set.overrides")
+            fb_set = stage.fallback.get("set") or {}
+            if {"arch", "config", "overrides"} & set(fb_set):  # a retry runs with these replacing the stage's
+                _check_core_config(pipeline, Stage(stage.name, stage.kind, {**stage.settings, **fb_set}),
+                                   ".fallback.set")
         elif stage.kind == "train-brick":
             from bricks.api import KINDS
             kind = stage.get("brick", "sparse")
@@ -290,15 +292,14 @@ def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
         return
 
 
-def _check_core_config(pipeline: "Pipeline", stage: Stage, extra: dict | None = None,
-                       extra_key: str = "overrides") -> None:
+def _check_core_config(pipeline: "Pipeline", stage: Stage, suffix: str = "") -> None:
     """Build the stage's core on the meta device (no memory, no RNG): an unknown arch, preset or
-    override field (or one a fallback sets, `extra`) fails here, before anything trains."""
+    override field fails here, before anything trains (`suffix` names a fallback's settings)."""
     import torch
 
     import cores
     from cores import registry
-    where = f"{pipeline.path}: stage {stage.name}"
+    where = f"{pipeline.path}: stage {stage.name}{suffix}"
     arch = stage.get("arch")
     try:
         registry.builder(arch)
@@ -306,10 +307,7 @@ def _check_core_config(pipeline: "Pipeline", stage: Stage, extra: dict | None = 
         raise ConfigError(f"{where}.arch: unknown architecture {arch!r}",
                           f"known: {', '.join(a for a in registry.available() if 'brick' not in a)}") from None
     config, seed = stage.get("config", "tiny"), core_seed(stage.settings)
-    todo = [("config", {}), ("overrides", stage.get("overrides", {}))]
-    if extra is not None:
-        todo = [(extra_key, {**stage.get("overrides", {}), **extra})]
-    for key, overrides in todo:
+    for key, overrides in (("config", {}), ("overrides", stage.get("overrides", {}))):
         if key == "overrides" and not overrides:
             break
         try:

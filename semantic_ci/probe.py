@@ -51,10 +51,11 @@ MAX_DATA_BYTES = 1 << 30  # a check's data file is read whole: refuse what canno
 
 def _read_repository_file(repo, spec: str) -> bytes:
     """The bytes of a regular file under the repository root (not inside .mvc): a check's data is
-    stored as a blob and named in the certificate, which travels with pushes, so a path reaching
-    outside (an absolute path, '..', a symlink) must not carry other files along."""
-    root = os.path.realpath(repo.root)
-    path = os.path.realpath(spec if os.path.isabs(spec) else os.path.join(repo.root, spec))
+    stored as a blob and named in the certificate, which travels with pushes, so a path naming
+    a file outside (an absolute path, '..') must not carry other files along. (A symlink inside
+    the repository is followed: mvc.toml is the user's, as its adapters are.)"""
+    root = os.path.abspath(repo.root)  # lexically: a linked data folder inside it is the user's choice
+    path = os.path.abspath(spec if os.path.isabs(spec) else os.path.join(repo.root, spec))
     inside = os.path.relpath(path, root)
     if inside == os.pardir or inside.startswith(os.pardir + os.sep) or os.path.isabs(inside):
         raise BadInput(f"check data {spec} is outside the repository ({root})",

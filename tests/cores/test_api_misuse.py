@@ -269,3 +269,14 @@ def test_a_tree_whose_config_is_not_an_object_is_malformed(repo):
     _core_with_config(repo, lambda t: t.update(config="tiny"))
     with pytest.raises(CorruptObject, match="'config' must be a JSON object"):
         repo.load_model("HEAD", "core")
+
+
+def test_a_builder_that_cannot_run_on_the_meta_device_is_left_to_the_real_build():
+    from mvc.tensors import precheck_build
+
+    def make():  # e.g. initialised through numpy, which meta tensors refuse (TypeError)
+        if torch.empty(0).device.type == "meta":
+            raise TypeError("can't convert meta device type tensor to numpy")
+        return torch.nn.Linear(2, 2)
+
+    precheck_build(make, {"tensors": {"w": {"shape": [2, 2]}}}, "x")  # before: refused as a bad config

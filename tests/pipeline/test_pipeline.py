@@ -392,3 +392,11 @@ def test_a_users_folder_named_like_an_installed_package_does_not_replace_it(tmp_
     assert r.returncode == 0, r.stderr
     assert not (root / "kernels" / "__init__.py.ran").exists()  # before: the user's kernels was imported
     assert not r.stdout.strip().startswith(str(root))
+
+
+def test_a_fallback_is_validated_as_it_will_run_replacing_the_stages_overrides(tmp_path):
+    root, _repo = make_project(tmp_path)
+    text = (root / "p.toml").read_text().replace('config = "tiny"', 'config = "tiny"\noverrides = { n_head = 3, d_model = 96 }')
+    text = text.replace("retries = 1 }", "retries = 1, set = { overrides = { d_model = 128 } } }")
+    (root / "ok.toml").write_text(text)
+    load(str(root / "ok.toml"))  # d_model 128 with the preset's heads: valid (128 is not a multiple of 3)

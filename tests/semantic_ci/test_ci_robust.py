@@ -697,3 +697,13 @@ def test_an_mvc_toml_that_cannot_be_meant_is_refused(ci_repo, write, match):
     write(Path(ci_repo.root) / "mvc.toml")
     with pytest.raises(ConfigError, match=match):
         cfgmod.load(ci_repo.root)
+
+
+def test_check_data_through_a_linked_folder_inside_the_repository_is_read(ci_repo, tmp_path):
+    outside = tmp_path / "shared-data"
+    outside.mkdir()
+    (outside / "heldout.txt").write_bytes(HELD_OUT)
+    os.symlink(outside, os.path.join(ci_repo.root, "data"))  # e.g. a linked dataset folder
+    write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~1").replace('data = "heldout.txt"', 'data = "data/heldout.txt"'))
+    two_commits(ci_repo)
+    assert run_ci(ci_repo)["passed"]

@@ -144,8 +144,7 @@ def test_merges_by_commit_id_or_of_a_repository_in_a_subfolder_are_gated(tmp_pat
     git(work, "checkout", "-q", "main")
     r = subprocess.run([sys.executable, "-m", "mvc", "hooks", "install"], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    for target in ("feat-bad", git(work, "rev-parse", "feat-bad").stdout.strip(),
-                   git(work, "rev-parse", "feat-bad~1").stdout.strip()):  # a branch, its head's id, no head
+    for target in ("feat-bad", git(work, "rev-parse", "feat-bad").stdout.strip()):  # a branch, its head's id
         attempt = git(work, "merge", "--no-edit", target, check=False)
         assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, (target, attempt.stderr)
         git(work, "merge", "--abort", check=False)
@@ -165,3 +164,29 @@ def test_hooks_uninstall_restores_the_git_config_exactly(tmp_path, extra):
     assert git(work, "config", "merge.ff").stdout.strip() == "false"
     uninstall(str(work))
     assert config.read_bytes() == before  # before: comments dropped, an empty [merge] left
+
+
+def test_a_merged_commit_heading_no_local_branch_is_not_taken_for_one(tmp_path, monkeypatch):
+    """`git pull` passes the fetched commit's id as GITHEAD_<sha>=<sha>: it heads no local branch and
+    must not block the merge (the first fix of merges-by-id blocked every such pull)."""
+    from semantic_ci.git_hook import merged_branches
+    work = tmp_path / "w"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    (work / "a").write_text("1")
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "one")
+    git(work, "branch", "feature")
+    (work / "a").write_text("2")
+    git(work, "commit", "-qam", "two")
+    monkeypatch.chdir(work)
+    head, older = (git(work, "rev-parse", r).stdout.strip() for r in ("main", "main~1"))
+    monkeypatch.setenv(f"GITHEAD_{older}", older)  # by id: the head of 'feature' (and of main~1)
+    assert merged_branches() == ["feature"]
+    monkeypatch.delenv(f"GITHEAD_{older}")
+    git(work, "update-ref", "refs/remotes/origin/next", head)
+    git(work, "commit", "--allow-empty", "-qm", "three")
+    fetched = git(work, "rev-parse", "refs/remotes/origin/next").stdout.strip()
+    git(work, "update-ref", "refs/remotes/origin/next", git(work, "rev-parse", "HEAD").stdout.strip())
+    monkeypatch.setenv(f"GITHEAD_{fetched}", fetched)
+    assert merged_branches() == []  # heads no local branch now: not gated, as before
