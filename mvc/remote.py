@@ -754,22 +754,9 @@ def _intact(repo: Repo, oid: str) -> bool:
 
 # -- fetch -------------------------------------------------------------------------------------
 def _blob_size_hint(tree: dict) -> dict[str, int]:
-    """Expected sizes of a tree's blobs (progress totals only)."""
-    out = {}
-    for t in tree["tensors"].values():
-        n = stf.DTYPE_SIZES.get(t["dtype"], 1)
-        for d in t["shape"]:
-            n *= d
-        try:
-            out[t["id"]] = len(stf.blob_prefix(t["dtype"], tuple(t["shape"]))) + n
-        except MvcError:
-            out[t["id"]] = n
-    for f in tree["files"].values():
-        if f.get("id"):
-            out[f["id"]] = f.get("size", 0)
-        if f.get("header"):
-            out.setdefault(f["header"], 0)
-    return out
+    """Expected sizes of a tree's blobs (progress totals only: a header counts as 0)."""
+    headers = {f["header"] for f in tree["files"].values() if f.get("header")}
+    return {oid: 0 if oid in headers else n for oid, n in _blob_size_limit(tree).items()}
 
 
 def _blob_size_limit(tree: dict) -> dict[str, int]:
