@@ -67,24 +67,29 @@ def test_mvc_imports_torch_only_lazily():
 
 
 def test_mvc_internal_direction():
-    """errors <- objects <- {store, refs, tensors, components} <- repo <- cli."""
-    rank = {"errors": 0, "config": 1, "objects": 1, "safetensors_format": 1, "store": 2, "files": 2, "refs": 3,
-            "tensors": 2, "components": 3, "transport": 4, "transport_s3": 4, "pack_format": 1, "pack_codec": 1, "pack": 2, "pack_write": 4, "repo": 5, "paste": 5,
-            "remote": 6, "cli": 9}
+    """errors <- objects <- {store, refs, tensors, components} <- repo <- cli.
+
+    Every module of mvc must have a rank here (a new module is placed on purpose), and
+    `from . import x` counts as an import of x."""
+    rank = {"errors": 0, "transfer": 0, "config": 1, "objects": 1, "safetensors_format": 1, "pack_format": 1,
+            "pack_codec": 1, "store": 2, "files": 2, "tensors": 2, "pack": 2, "refs": 3, "components": 3,
+            "idlines": 3, "certindex": 4, "transport": 4, "transport_s3": 4, "pack_write": 4, "repo": 5,
+            "paste": 5, "remote": 6, "cli": 9, "__init__": 9, "__main__": 9}
     bad = []
     for path in _modules("mvc"):
         rel = path.relative_to(ROOT / "mvc")
         me = rel.parts[0].removesuffix(".py")
         if me not in rank:
+            bad.append(f"mvc/{rel} has no rank in this test")
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
-                target = node.module.split(".")[0]
-                if me == "cli" and node.level == 1:
-                    continue  # inside the cli package
-                if target in rank and rank[target] > rank[me]:
-                    bad.append(f"mvc/{rel} imports {target}")
+            if not (isinstance(node, ast.ImportFrom) and node.level >= 1):
+                continue
+            if me == "cli" and node.level == 1:
+                continue  # inside the cli package
+            targets = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            bad += [f"mvc/{rel} imports {t}" for t in targets if t in rank and rank[t] > rank[me]]
     assert not bad, bad
 
 
