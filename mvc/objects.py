@@ -13,6 +13,7 @@ from .safetensors_format import DTYPE_SIZES, MAX_DIM
 FORMAT_VERSION = 1          # of trees, commits and certificates
 HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
+SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
 
 
 def hash_bytes(*buffers, threads: bool = True) -> str:

@@ -97,7 +97,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     tree_id = transform(brick_tree) if transform else brick_tree_id
     comps = dict(host_comps)
     comps[dst_comp] = tree_id
-    from .repo import default_author, git_provenance
+    from .provenance import default_author, git_provenance
     author = default_author(repo.root)
     obj = commit_object(comps, [host], message or f"paste brick {name} from {source[:12]}" +
                         (f" as {as_name}" if as_name != name else ""), author, utc_now(), {},

@@ -1,4 +1,5 @@
-"""The repository: commits, revisions, branches, tags, loading, diff, rollback, gc, fsck and du.
+"""The repository: commits, revisions, branches, tags, loading, diff, rollback (gc, fsck and du
+are mixed in from maintenance).
 
 `Repo` is the Python API the CLI wraps. It imports torch only inside the operations that compute
 on tensors (committing in-memory tensors, load, diff).
@@ -6,25 +7,23 @@ on tensors (committing in-memory tensors, load, diff).
 from __future__ import annotations
 
 import configparser
-import contextlib
 import functools
-import math
-import getpass
 import os
 import re
 import time
 import warnings
 from typing import Callable, Iterable
 
-from . import certindex
 from . import components as comp
 from . import config as cfg
-from . import safetensors_format as stf
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NotARepository, ObjectMissing,
                      RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
-from .files import atomic_write, hostname, shared_or_exclusive
-from .objects import (canonical_json, check_component_name, check_no_nesting, check_ref_name, commit_object,
-                      decode, encode, is_oid, named_ids, object_kind, tree_blob_ids)
+from .diffs import diff_trees
+from .files import atomic_write, shared_or_exclusive
+from .maintenance import WRITERS_LOCK, Maintenance
+from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_no_nesting, check_ref_name,
+                      commit_object, decode, encode, is_oid, tree_blob_ids)
+from .provenance import default_author, git_current_branch, git_dir_of, git_provenance
 from .refs import RefStore, utc_now
 from .store import ChainStore, LooseStore
 
@@ -32,9 +31,6 @@ MVC_DIR = ".mvc"
 REPO_FORMAT = 1
 DEFAULT_BRANCH = "main"
 COMMIT_RETRIES = 20
-GC_GRACE_S = 3600.0
-WRITERS_LOCK = "writers.lock"  # see Repo.writing
-REFLOG_EXPIRE_S = 90 * 24 * 3600.0
 
 
 def find_root(start: str | os.PathLike | None = None) -> str:
@@ -50,7 +46,7 @@ def find_root(start: str | os.PathLike | None = None) -> str:
         path = parent
 
 
-class Repo:
+class Repo(Maintenance):
     """An mvc repository. `Repo(path)` finds .mvc at or above `path`; `Repo.init(path)` creates one."""
 
     def __init__(self, path: str | os.PathLike | None = None):
@@ -128,7 +124,7 @@ class Repo:
         return repo
 
     def _exclude_from_git(self) -> None:
-        git_dir = _git_dir_of(self.root)
+        git_dir = git_dir_of(self.root)
         if not git_dir:
             return
         exclude = os.path.join(git_dir, "info", "exclude")
@@ -419,7 +415,7 @@ class Repo:
 
     def writing(self):
         """Held (shared) from writing new objects until a ref or index points at them: commit,
-        fetch, certificates. A gc with a grace shorter than GC_GRACE_S takes it exclusively, so it
+        fetch, certificates. A gc with a grace shorter than maintenance.GC_GRACE_S takes it exclusively, so it
         never deletes a new object in that window; with the default grace their age protects them."""
         return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False)
 
@@ -622,92 +618,13 @@ class Repo:
             result["identical"] = False
             ta = self.read_tree(ta_id) if ta_id else None
             tb = self.read_tree(tb_id) if tb_id else None
-            result["components"][name] = self._diff_trees(ta, tb)
+            result["components"][name] = diff_trees(self.store, ta, tb)
         keys = set(ca["metrics"]) | set(cb["metrics"])
         for k in sorted(keys):
             va, vb = ca["metrics"].get(k), cb["metrics"].get(k)
             if va != vb:
                 result["metrics"][k] = {"a": va, "b": vb}
         return result
-
-    def _diff_trees(self, ta: dict | None, tb: dict | None) -> dict:
-        status = "added" if ta is None else "removed" if tb is None else "changed"
-        tens_a = ta["tensors"] if ta else {}
-        tens_b = tb["tensors"] if tb else {}
-        tensors = {}
-        for tname in sorted(set(tens_a) | set(tens_b)):
-            x, y = tens_a.get(tname), tens_b.get(tname)
-            if x is None:
-                tensors[tname] = {"status": "added", "dtype": y["dtype"], "shape": y["shape"]}
-            elif y is None:
-                tensors[tname] = {"status": "removed", "dtype": x["dtype"], "shape": x["shape"]}
-            elif x["id"] == y["id"]:
-                tensors[tname] = {"status": "unchanged"}
-            else:
-                tensors[tname] = {"status": "changed", **self._tensor_change(tname, x, y)}
-        files = {}
-        fa, fb = (ta or {}).get("files", {}), (tb or {}).get("files", {})
-        for rel in sorted(set(fa) | set(fb)):
-            x, y = fa.get(rel), fb.get(rel)
-            if x == y:
-                continue
-            files[rel] = {"status": "added" if x is None else "removed" if y is None else "changed",
-                          "size": [x and x["size"], y and y["size"]],
-                          "id": [x and (x.get("id") or x.get("header")), y and (y.get("id") or y.get("header"))]}
-        return {"status": status, "tensors": tensors, "files": files,
-                "meta_changed": bool(ta and tb and {k: ta.get(k) for k in ("kind", "arch", "config", "abi")}
-                                     != {k: tb.get(k) for k in ("kind", "arch", "config", "abi")})}
-
-    def _tensor_change(self, name: str, x: dict, y: dict) -> dict:
-        out = {"dtype": [x["dtype"], y["dtype"]], "shape": [x["shape"], y["shape"]]}
-        notes = [what for what, k in (("dtype changed", "dtype"), ("shape changed", "shape")) if x[k] != y[k]]
-        if notes:
-            out["note"] = ", ".join(notes)
-        if x["shape"] != y["shape"]:
-            return out
-        import torch
-        from .tensors import buffer_tensor
-        vals = []
-        for t in (x, y):
-            buf, e = comp.tensor_blob(self.store, t, name)
-            vals.append(buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape))
-        a, b = (v.reshape(-1) for v in vals)
-        n = a.numel()
-        if not n:
-            out.update(max_abs_delta=0.0, rel_l2=0.0, frac_changed=0.0)
-            return out
-        wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
-        if a.dtype == b.dtype:  # bit for bit, as ids compare (NaN payloads, -0.0 vs 0.0 included)
-            size = a.element_size()
-            changed = (a.view(torch.uint8).view(n, size) != b.view(torch.uint8).view(n, size)).any(dim=1)
-        else:
-            a64, b64 = a.to(wide), b.to(wide)
-            changed = (a64 != b64) & ~(a64.isnan() & b64.isnan())
-        out["frac_changed"] = float(changed.sum()) / n
-        exact = not (a.is_floating_point() or b.is_floating_point() or a.is_complex() or b.is_complex()) \
-            and a.dtype != torch.uint64 and b.dtype != torch.uint64
-        da = (b.to(torch.int64) - a.to(torch.int64)).to(torch.float64) if exact else \
-            b.to(wide) - a.to(wide)  # integers: exact differences up to 2**63
-        # NaN or inf on either side has no finite difference: such changes are counted apart and the
-        # figures cover the others (one NaN used to blank them for the whole tensor)
-        finite = da.isfinite()
-        d = torch.where(changed & finite, da, torch.zeros_like(da))
-        a64 = a.to(wide)
-        norm_a = float(torch.linalg.vector_norm(a64[a64.isfinite()]))  # of the finite weights
-        out["max_abs_delta"] = float(d.abs().max())
-        out["rel_l2"] = float(torch.linalg.vector_norm(d)) / norm_a if norm_a else \
-            (0.0 if not (changed & finite).any() else None)
-        for k in ("max_abs_delta", "rel_l2"):  # finite deltas of huge weights can still overflow
-            if out[k] is not None and not math.isfinite(out[k]):
-                out[k] = None
-        nonfinite = int((changed & ~finite).sum())
-        if nonfinite:
-            if not (changed & finite).any():  # every change is to or from NaN/inf: nothing to measure
-                out["max_abs_delta"] = out["rel_l2"] = None
-            out["nonfinite_changed"] = nonfinite
-            out["note"] = ", ".join(filter(None, [out.get("note"), f"{nonfinite} non-finite value(s) changed "
-                                                                  "(not in max |delta| and rel L2)"]))
-        return out
 
     # -- branches, tags, rollback -------------------------------------------------------------
     def create_branch(self, name: str, rev: str | None = None) -> str:
@@ -837,351 +754,6 @@ class Repo:
         self.store.prefetch(tree_blob_ids(tree))
         return comp.file_chunks(self.store, tree, next(iter(tree["files"])))
 
-    # -- maintenance -------------------------------------------------------------------------
-    def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
-                  damaged: list | None = None, bad_refs: dict | None = None) -> tuple[set[str], list[tuple[str, str]]]:
-        """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
-
-        Certificates attached by the index keep alive every object they name (data blobs,
-        baseline commits, trees), so `mvc verify` still works after `mvc gc`. `reflog_expiry`:
-        count only reflog entries that expiring reflogs at that age would keep (a gc dry run).
-        `damaged` (a list) receives (id, who refers to it, why) for the reachable commits and trees
-        that cannot be read; `bad_refs`
-        (a dict), when given, receives {ref: problem} for ref files that do not hold an id, which
-        otherwise stop the walk (CorruptObject).
-        """
-        roots = set(self.refs.list("refs/", bad=bad_refs).values())
-        try:
-            head = self.refs.read("HEAD") if self.refs.head_target() is None else None
-        except CorruptObject as e:
-            if bad_refs is None:
-                raise
-            bad_refs["HEAD"], head = e.message, None
-        if head:
-            roots.add(head)
-        if include_reflogs:
-            roots |= self.refs.all_reflog_ids(reflog_expiry)
-        seen: set[str] = set()
-        missing = []
-        stack = [(r, "a ref or reflog", "commit") for r in roots]
-        for cert_id in self.extra_roots():
-            seen.add(cert_id)
-            try:
-                cert = decode(self.store.get(cert_id), "certificate", cert_id)
-            except MvcError:
-                continue
-            stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named_ids(cert)]
-        self._walk(stack, seen, missing, damaged)
-        return seen, missing
-
-    def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None) -> None:
-        """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
-        "commit", "tree" or "any"); ids referred to but absent go to `missing` with who, commits
-        and trees that cannot be read to `damaged` with who and why (what they refer to is then
-        not in `seen`)."""
-        while stack:
-            oid, who, kind = stack.pop()
-            if oid in seen:
-                continue
-            seen.add(oid)
-            if kind == "any":  # named by a certificate: a commit, a tree or a blob
-                if not self._has_locally(oid):
-                    if not self.store.has(oid):
-                        missing.append((oid, who))
-                    continue  # absent locally but promised by a lazy remote: a blob
-                try:
-                    kind = self.kind_of(oid)
-                except MvcError as e:
-                    if damaged is not None:
-                        damaged.append((oid, who, e.message))
-                    continue  # damaged: fsck reports it
-            try:
-                if kind == "commit":
-                    c = self.read_commit(oid)
-                    stack += [(p, f"commit {oid[:12]}", "commit") for p in c["parents"]]
-                    stack += [(t, f"commit {oid[:12]} component {n}", "tree") for n, t in c["components"].items()]
-                elif kind == "tree":
-                    seen.update(tree_blob_ids(self.read_tree(oid)))
-            except ObjectMissing:
-                missing.append((oid, who))
-            except MvcError as e:
-                if damaged is not None:
-                    damaged.append((oid, who, e.message))
-                continue  # damaged: fsck reports it
-
-    def reachable_whole(self, who: str, reflog_expiry: float | None = None) -> set[str]:
-        """`reachable()`, refusing (CorruptObject) while a reachable object is missing or damaged:
-        what only it leads to would look unreachable, and `who` (gc, packing) would drop it."""
-        damaged: list = []
-        live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged)
-        if missing or damaged:
-            oid, ref = (missing or damaged)[0][:2]
-            what = "missing" if missing else "damaged"
-            raise CorruptObject(f"{len(missing or damaged)} reachable objects are {what} (e.g. {oid[:12]}, "
-                                f"referenced by {ref}); {who} stopped so as not to delete what they refer to",
-                                f"run mvc fsck, and restore the {what} objects (mvc fsck --repair-from REMOTE) "
-                                "before collecting garbage")
-        return live
-
-    def recently_referenced(self, live: set[str], grace: float) -> set[str]:
-        """Unreachable objects gc keeps because a commit or tree younger than `grace` refers to
-        them. A push or fetch that finds a commit or tree already present skips everything it
-        refers to, so an old blob that only such a recent object names must outlive the grace
-        too (git: "keep objects reachable from recent objects"). Pack ages are their files'."""
-        now = time.time()
-        recent = []
-        for oid in self.loose.ids():
-            if oid not in live:
-                try:
-                    if now - os.stat(self.loose.path(oid)).st_mtime < grace:
-                        recent.append(oid)
-                except FileNotFoundError:
-                    pass
-        from .pack import pack_store_of
-        packs = pack_store_of(self.store)
-        for p in packs.packs() if packs is not None else ():
-            try:
-                young = now - os.stat(p.path).st_mtime < grace
-            except FileNotFoundError:
-                continue
-            if young:
-                recent += [oid for oid in p.records if oid not in live]
-        seen = set(live)
-        self._walk([(oid, "a recent object", "any") for oid in recent], seen, [])
-        return seen - live
-
-    def kind_of(self, oid: str) -> str:
-        """"commit", "tree" or "blob" (tensors, headers, files, data, certificates) of a stored object;
-        a big object is a blob without being read."""
-        if self.store.size(oid) > SMALL_OBJECT:
-            return "blob"
-        return object_kind(self.store.get(oid))
-
-    def _has_locally(self, oid: str) -> bool:
-        """In this repository's own stores (not merely promised by a lazy clone's remote)."""
-        return any(s.has(oid) for s in self.store.stores if not hasattr(s, "not_fetched"))
-
-    def extra_roots(self) -> set[str]:
-        """Object ids other subsystems keep alive (certificate indexes)."""
-        return certindex.all_listed(self.dir)
-
-    def gc(self, dry_run: bool = False, grace_s: float | None = None, expire_reflogs: bool = True) -> dict:
-        """Delete loose objects unreachable from refs and reflogs and older than the grace period.
-
-        With a grace shorter than the default, gc waits for commits and fetches in progress and
-        holds new ones until it is done (see `writing`): their new objects are younger than any
-        grace but not yet referenced."""
-        grace = GC_GRACE_S if grace_s is None else grace_s
-        exclusive = grace < GC_GRACE_S and not dry_run
-        with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True) if exclusive \
-                else contextlib.nullcontext():
-            return self._gc(dry_run, grace, expire_reflogs, exclusive)
-
-    def _sweep_loose(self, dry_run: bool, grace: float, expiry: float | None):
-        """gc's loose phase: (live, protected, loose files deleted, objects removed, bytes freed,
-        kept young), deleting the unreachable loose objects older than the grace unless `dry_run`."""
-        live = self.reachable_whole("gc", reflog_expiry=expiry)
-        protected = self.recently_referenced(live, grace)
-        from .pack import pack_store_of
-        packs = pack_store_of(self.store)
-        now = time.time()
-        doomed, removed, freed, kept_young = 0, 0, 0, 0
-        for oid in list(self.loose.ids()):
-            if oid in live:
-                continue
-            if oid in protected:
-                kept_young += 1
-                continue
-            try:
-                st = os.stat(self.loose.path(oid))
-            except FileNotFoundError:
-                continue
-            if now - st.st_mtime < grace:
-                kept_young += 1
-                continue
-            if packs is None or not packs.has(oid):  # a packed copy is counted when packing drops it
-                removed += 1
-            doomed += 1
-            freed += st.st_size
-            if not dry_run:
-                self.loose.delete(oid)
-        return live, protected, doomed, removed, freed, kept_young
-
-    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool) -> dict:
-        expired, expiry = 0, None
-        if expire_reflogs:
-            expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
-            if dry_run:  # count what expiring would drop, and leave the reflogs as they are
-                expired, expiry = self.refs.count_expiring(expire), expire
-            else:
-                expired = self.refs.expire_reflogs(expire)
-        from .pack_write import DROP_LOCK_WAIT_S
-        # deleting waits for commits, fetches and pushes in flight (they hold the lock shared from
-        # finding objects to moving their ref) and decides on what the refs reach then
-        locked = True
-        if exclusive and not dry_run:  # a short-grace gc holds the lock already: one sweep
-            live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
-        else:  # count first; wait for the lock only when there is something to delete
-            live, protected, doomed, removed, freed, kept_young = self._sweep_loose(True, grace, expiry)
-            if doomed and not dry_run:
-                with self.writers_exclusive_within(DROP_LOCK_WAIT_S) as locked:
-                    if locked:
-                        live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
-                    else:  # nothing deleted: the next gc tries again
-                        removed = freed = 0
-        now = time.time()
-        tmp = self.loose.tmp
-        if os.path.isdir(tmp):  # temp files of killed writes
-            for name in os.listdir(tmp):
-                p = os.path.join(tmp, name)
-                try:
-                    st = os.stat(p)
-                    if now - st.st_mtime >= grace:
-                        freed += st.st_size
-                        if not dry_run:
-                            os.unlink(p)
-                except FileNotFoundError:  # a commit renamed it meanwhile
-                    continue
-        self._cache.clear()
-        result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
-                  "reflog_entries_expired": expired, "dry_run": dry_run}
-        if not locked:
-            result["loose_left_why"] = "busy: commits or pushes held the writers lock"
-        from .pack_write import pack  # repack kept objects (big clean packs stay), dropping unreachable ones
-        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True, protect=protected,
-                              live=live if dry_run else None, writers_locked=exclusive)
-        result["removed"] += result["pack"]["dropped"]
-        result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
-        result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
-        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
-        if lazy:  # a lazy clone: reachable blobs still on the promisor remote are not missing
-            result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
-        return result
-
-    def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
-        """Re-hash every stored object and check everything reachable exists and is well formed."""
-        damaged, checked = [], set()
-        heads: dict[str, tuple[bytes, int]] = {}  # (safetensors prefix, size) of every blob that has one
-        for store in self.store.stores:  # every copy: a read would take a good one over a damaged one
-            for oid in store.ids():
-                checked.add(oid)
-                try:
-                    data = store.view(oid, rehash=True)  # never trusts a verified stamp
-                    if progress:
-                        progress(len(data))
-                    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-                    if 0 <= n <= 4096 and 8 + n <= len(data):
-                        heads[oid] = (bytes(data[:8 + n]), len(data))
-                except CorruptObject as e:
-                    damaged.append({"id": oid, "problem": e.message})
-                except ObjectMissing:
-                    continue
-        checked = len(checked)
-        from .pack_write import pack_problems  # damaged pack indexes and pack checksums
-        damaged += pack_problems(self)
-        bad = {d["id"] for d in damaged}
-        self._cache.clear()
-        unreadable, bad_refs = [], {}
-        live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs)
-        problems = [{"id": ref, "problem": why} for ref, why in bad_refs.items()]
-        problems += [{"id": oid, "problem": f"missing (referenced by {who})"} for oid, who in missing]
-        problems += [{"id": oid, "problem": f"{why} (referenced by {who})"}  # hashes right, cannot be read
-                     for oid, who, why in unreadable if oid not in bad]  # (damaged ones: reported above)
-        for ref, oid in self.refs.list("refs/", bad=bad_refs).items():
-            if oid in bad:
-                problems.append({"id": oid, "problem": f"{ref} points to a damaged commit"})
-                continue
-            try:
-                self._as_commit(oid, ref)
-            except UnknownRevision as e:
-                problems.append({"id": oid, "problem": e.message})
-            except MvcError:
-                continue  # missing: reported above
-        # every blob of every reachable tree must exist, and every tree must check out
-        trees_seen = set()
-        for ref_cid in self._reachable_commits():
-            c = self.read_commit(ref_cid)
-            for name, tid in c["components"].items():
-                if tid in bad or tid in trees_seen or not self.store.has(tid):
-                    continue
-                trees_seen.add(tid)
-                try:
-                    tree = self.read_tree(tid)
-                except MvcError as e:
-                    problems.append({"id": tid, "problem": f"component {name} of commit {ref_cid[:12]}: {e.message}"})
-                    continue
-                problems += [{"id": tid, "problem": f"tree of {name} in commit {ref_cid[:12]}: {p}"}
-                             for p in comp.tree_problems(self.store, tree,
-                                                         lambda o: o not in bad and self._has_locally(o))]
-                for tname, t in tree["tensors"].items():
-                    if not self.store.has(t["id"]):
-                        problems.append({"id": t["id"], "problem": f"missing tensor {tname} of {name} "
-                                                                     f"in commit {ref_cid[:12]}"})
-                    elif t["id"] not in bad and self._has_locally(t["id"]) and not _holds_tensor(heads, t):
-                        problems.append({"id": tid, "problem": f"tree of {name} in commit {ref_cid[:12]}: tensor "
-                                                              f"{tname!r} ({t['dtype']} {t['shape']}) names object "
-                                                              f"{t['id'][:12]}, which is not that tensor"})
-                for rel, f in tree["files"].items():
-                    for key in ("header", "id"):
-                        if f.get(key) and not self.store.has(f[key]):
-                            problems.append({"id": f[key], "problem": f"missing file {rel} of {name}"})
-        seen_ids = set()
-        uniq = []
-        for p in damaged + problems:
-            if (p["id"], p["problem"]) not in seen_ids:
-                seen_ids.add((p["id"], p["problem"]))
-                uniq.append(p)
-        result = {"ok": not uniq, "checked": checked, "problems": uniq}
-        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
-        if lazy:  # a lazy clone: promised blobs not fetched yet are expected, not damage
-            result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
-        return result
-
-    def _reachable_commits(self) -> list[str]:
-        roots = set(self.refs.list("refs/", bad={}).values()) | self.refs.all_reflog_ids()  # fsck names bad refs
-        out, seen, stack = [], set(), list(roots)
-        while stack:
-            cid = stack.pop()
-            if cid in seen:
-                continue
-            seen.add(cid)
-            try:
-                c = self.read_commit(cid)
-            except MvcError:
-                continue
-            out.append(cid)
-            stack.extend(c["parents"])
-        return out
-
-    def du(self) -> dict:
-        """Logical bytes (every commit as plain files), object bytes (after dedup) and bytes on disk
-        (after pack compression), with what dedup and compression each saved."""
-        from .pack_write import storage_usage
-        usage = storage_usage(self)
-        objects, stored = usage["object_bytes"], usage["stored_bytes"]
-        logical = 0
-        commits = self._reachable_commits()
-        for cid in commits:
-            for tid in self.read_commit(cid)["components"].values():
-                try:
-                    logical += sum(f["size"] for f in self.read_tree(tid)["files"].values())
-                except MvcError:
-                    continue
-        return {**usage, **self.loose.stamp_usage(), "logical_bytes": logical, "commits": len(commits),
-                "dedup_saved_bytes": logical - objects, "compression_saved_bytes": objects - stored,
-                "dedup_ratio": (logical / objects) if objects else None,
-                "compression_ratio": (objects / stored) if stored else None}
-
-
-def _holds_tensor(heads: dict[str, tuple[bytes, int]], t: dict) -> bool:
-    """Whether the stored object a tree's tensor entry `t` names is the canonical blob of a tensor of
-    its dtype and shape (`heads`: {id: (safetensors prefix, size)} of the stored objects)."""
-    prefix = stf.blob_prefix(t["dtype"], t["shape"])
-    return heads.get(t["id"]) == (prefix, len(prefix) + stf.DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"]))
-
-
-SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
-
 
 @functools.lru_cache(maxsize=None)
 def _registered_hooks(group: str) -> tuple:
@@ -1212,76 +784,3 @@ def arch_builder(arch: str):
     return eps[arch].load()
 
 
-def default_author(root: str | None = None) -> str:
-    env = os.environ.get("MVC_AUTHOR")
-    if env:
-        return env
-    if root and _git_dir_of(root):
-        try:
-            import git
-            reader = git.Repo(root, search_parent_directories=True).config_reader()
-            name = reader.get_value("user", "name", "")
-            email = reader.get_value("user", "email", "")
-            if name:
-                return f"{name} <{email}>" if email else str(name)
-        except Exception:
-            pass
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = "unknown"
-    return f"{user}@{hostname()}"
-
-
-def _git_dir_of(path: str) -> str | None:
-    """The .git directory of the work tree containing `path`, found without importing GitPython."""
-    p = os.path.abspath(path)
-    while True:
-        candidate = os.path.join(p, ".git")
-        if os.path.isdir(candidate):
-            return candidate
-        if os.path.isfile(candidate):
-            try:  # a worktree's or submodule's `.git` file; anything else there is not git's
-                with open(candidate, encoding="utf-8", errors="replace") as f:
-                    line = f.read(4096).strip()
-            except OSError:
-                line = ""
-            if line.startswith("gitdir:"):
-                return os.path.normpath(os.path.join(p, line[7:].strip()))
-        parent = os.path.dirname(p)
-        if parent == p:
-            return None
-        p = parent
-
-
-def git_current_branch(root: str) -> tuple[str | None, bool]:
-    """(git's current branch name, detached?) for the work tree holding `root`; (None, False) outside git."""
-    gd = _git_dir_of(root)
-    if not gd:
-        return None, False
-    try:
-        with open(os.path.join(gd, "HEAD"), encoding="utf-8", errors="replace") as f:
-            head = f.read(4096).strip()
-    except OSError:
-        return None, False
-    if head.startswith("ref: refs/heads/"):
-        return head[len("ref: refs/heads/"):], False  # callers check it is a valid mvc name
-    return None, True
-
-
-def git_provenance(root: str) -> dict:
-    """Code provenance of the git work tree around the repository: sha, branch, dirty flag."""
-    if not _git_dir_of(root):
-        return {}
-    try:
-        import git
-        g = git.Repo(root, search_parent_directories=True)
-        try:
-            sha = g.head.commit.hexsha
-        except ValueError:
-            sha = None
-        branch = None if g.head.is_detached else g.active_branch.name
-        dirty = g.is_dirty(untracked_files=False)
-        return {"git": {"sha": sha, "branch": branch, "dirty": dirty}}
-    except Exception as e:  # git not installed or a broken repository: record why, never fail a commit
-        return {"git": {"error": type(e).__name__}}

@@ -511,7 +511,7 @@ def status(as_json):
       mvc status --json
     """
     repo = _repo()
-    from ..repo import git_current_branch
+    from ..provenance import git_current_branch
     head = repo.head()
     gb, detached = git_current_branch(repo.root)
     info = {"branch": repo.head_branch, "head": head, "git_branch": gb, "git_detached": detached,
