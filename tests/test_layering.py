@@ -86,8 +86,8 @@ def test_mvc_internal_direction():
         for node in ast.walk(tree):
             if not (isinstance(node, ast.ImportFrom) and node.level >= 1):
                 continue
-            if me == "cli" and node.level == 1:
-                continue  # inside the cli package
+            if len(rel.parts) > 1 and node.level == 1:
+                continue  # inside a subpackage (cli, remote)
             targets = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
             bad += [f"mvc/{rel} imports {t}" for t in targets if t in rank and rank[t] > rank[me]]
     assert not bad, bad

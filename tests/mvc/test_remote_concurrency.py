@@ -136,13 +136,14 @@ CLONE_KILLED_AT = textwrap.dedent("""
     import os, signal, sys
     import mvc
     from mvc import remote as rm
+    from mvc.remote import cloning
     url, dest, where = sys.argv[1:4]
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
     if where == "init":  # inside Repo.init, before its temp folder becomes .mvc
         real_rename = os.rename
         os.rename = lambda a, b, *r: die() if os.path.basename(b) == ".mvc" else real_rename(a, b, *r)
     elif where == "origin":  # after init, before the origin is configured
-        rm.add_remote = die
+        cloning.add_remote = die
     elif where == "lazy":  # the origin's url is written, its lazy mark is not
         real_set = mvc.Repo.set_config
         mvc.Repo.set_config = lambda self, k, v: die() if k.endswith(".promisor") else real_set(self, k, v)

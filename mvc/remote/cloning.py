@@ -1,0 +1,115 @@
+"""clone: a new repository from a remote (full or lazy), resumable when interrupted."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import warnings
+
+from ..errors import BadInput, BadName, MvcError
+from ..files import pid_alive
+from ..objects import check_ref_name
+from ..repo import Repo
+from ..transfer import DEFAULT_JOBS, Progress
+from ..transport import (Transport, check_endpoint, normalize_url, open_transport, promisor_remote,
+                         remote_section)
+from .config import DEFAULT_REMOTE, add_remote, list_remotes
+from .fetching import fetch
+
+
+# -- clone -------------------------------------------------------------------------------------
+def default_clone_dir(url: str) -> str:
+    tail = url.rstrip("/").split("://", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    tail = tail[:-4] if tail.endswith(".mvc") and len(tail) > 4 else tail
+    if not tail or tail in (".", ".."):
+        raise BadInput(f"cannot name a directory after {url!r}", "pass DIR")
+    return tail
+
+
+def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str | None = None,
+          jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
+          transport: Transport | None = None) -> tuple[Repo, dict]:
+    """A new repository at `path` with remote origin = `url`, its branches fetched and the remote's
+    default branch checked out as HEAD. `lazy` fetches commits and trees only. Re-running an
+    interrupted clone into the same directory resumes it."""
+    norm = normalize_url(url)
+    endpoint = check_endpoint(endpoint)
+    t = transport or open_transport(norm, endpoint, jobs)
+    t.require_repository()
+    path = os.path.abspath(path or default_clone_dir(norm))
+    head = t.head_target() or ""
+    default = head[len("refs/heads/"):] if head.startswith("refs/heads/") else "main"
+    try:
+        check_ref_name(default)
+    except BadName as e:
+        warnings.warn(f"the remote's HEAD names no valid branch ({e.message}); using main")
+        default = "main"
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        if not _resumable_clone(path, norm):
+            raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")
+    repo = _clone_setup(path, norm, endpoint, lazy, default)
+    lazy = promisor_remote(repo.config) == DEFAULT_REMOTE  # a resumed lazy clone stays lazy
+    try:
+        fetched = fetch(repo, DEFAULT_REMOTE, jobs, progress, transport=t)
+    except MvcError as e:
+        if "to resume" not in (e.hint or ""):  # S3 read failures say so already
+            e.hint = (e.hint + "; " if e.hint else "") + "run the same mvc clone again to resume"
+        raise
+    heads = {r[len("refs/remotes/origin/"):]: v for r, v in repo.refs.list("refs/remotes/origin/").items()}
+    branch = default if default in heads else ("main" if "main" in heads else min(heads, default=None))
+    if branch:
+        repo.refs.update(f"refs/heads/{branch}", heads[branch], message=f"clone: from {norm}")
+        repo.refs.set_symbolic("HEAD", f"refs/heads/{branch}")
+    return repo, {"path": repo.root, "url": norm, "branch": branch, "head": heads.get(branch), "lazy": lazy,
+                  "fetch": fetched}
+
+
+def _clone_setup(path: str, url: str, endpoint: str | None, lazy: bool, default: str) -> Repo:
+    """The repository a clone fetches into, created or (resuming) completed: remote origin = `url`
+    with its endpoint, and marked lazy when asked. Each step is redone if a killed clone did not
+    finish it (a kill between `mvc init` and the origin's configuration left a repository that the
+    next run could not resume; one between the url and the lazy mark resumed as a full clone)."""
+    repo = Repo.init(path, default_branch=default)  # an existing .mvc is opened as it is
+    if not repo.config.has_option(remote_section(DEFAULT_REMOTE), "url"):
+        add_remote(repo, DEFAULT_REMOTE, url, endpoint, promisor=lazy)
+    else:
+        if endpoint and repo.get_config(f"remote.{DEFAULT_REMOTE}.endpoint") != endpoint:
+            repo.set_config(f"remote.{DEFAULT_REMOTE}.endpoint", endpoint)
+        if lazy and promisor_remote(repo.config) != DEFAULT_REMOTE:
+            repo.set_config(f"remote.{DEFAULT_REMOTE}.promisor", "true")
+    return Repo(repo.root)  # re-open: a lazy clone reads through its promisor store
+
+
+INIT_LEFTOVER = re.compile(r"\.mvc-init-(\d+)")  # Repo.init's temp folder, renamed to .mvc when complete
+
+
+def _resumable_clone(path: str, url: str) -> bool:
+    """An earlier clone of `url` into `path` that stopped before creating its branch: a repository
+    with that origin and no branch, or what a clone killed before configuring its origin leaves
+    (mvc's own files only: an empty repository with no remote, and the temp folders of an init
+    whose process is gone, which are removed here)."""
+    if not os.path.isdir(path):
+        return False
+    entries = set(os.listdir(path))
+    leftovers = {e for e in entries if INIT_LEFTOVER.fullmatch(e)}
+    ours_only = entries - leftovers <= {".mvc"}
+    try:
+        repo = Repo(path)
+        if repo.root != os.path.abspath(path):
+            repo = None  # a parent directory's repository
+    except MvcError:
+        repo = None
+    if repo is not None and repo.branches():
+        return False
+    if repo is not None and repo.get_config("remote.origin.url") is not None:
+        ok = repo.get_config("remote.origin.url") == url
+    elif repo is not None:  # killed between init and configuring origin: nothing else is there
+        ok = ours_only and not list_remotes(repo) and not repo.refs.list("refs/") \
+            and next(iter(repo.loose.ids()), None) is None
+    else:  # killed inside init: only its temp folder
+        ok = bool(leftovers) and entries == leftovers
+    if ok and ours_only:
+        for name in leftovers:
+            if not pid_alive(int(INIT_LEFTOVER.fullmatch(name).group(1))):
+                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+    return ok

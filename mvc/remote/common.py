@@ -1,0 +1,199 @@
+"""What push, fetch, repair and clone share: the transfer thread pool, verified receipt of
+remote objects, commit-graph walks and what certificates name."""
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
+
+from .. import safetensors_format as stf
+from ..errors import CorruptObject, MvcError
+from ..objects import check_ref_name, decode, hash_bytes, named_ids
+from ..repo import Repo
+from ..store import fsync_dir, new_object_file
+from ..transport import REPAIR_HINT, LazyRemoteStore, Transport
+
+
+# -- helpers -----------------------------------------------------------------------------------
+class Pool:
+    """The thread pool of one transfer: `map` runs fn over items in parallel (results in order);
+    the first error cancels what has not started and is raised."""
+
+    def __init__(self, jobs: int):
+        self.jobs = max(1, jobs)
+        self._executor = None
+
+    def map(self, fn, items) -> list:
+        items = list(items)
+        if self.jobs == 1 or len(items) <= 1:
+            return [fn(i) for i in items]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.jobs)
+        futures = {self._executor.submit(fn, item): k for k, item in enumerate(items)}
+        results = [None] * len(items)
+        try:
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            raise
+        return results
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@contextlib.contextmanager
+def permission_errors(t: Transport):
+    """A file the user may not read or write is an error to fix, not a bug."""
+    try:
+        yield
+    except PermissionError as e:
+        raise MvcError(f"permission denied: {e.filename or t.describe()}",
+                       "check the permissions of the repository and of the remote") from None
+    except (IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:  # e.g. a ref that is a folder
+        raise MvcError(f"unexpected file layout at {e.filename2 or e.filename or t.describe()} ({e.strerror})",
+                       f"a file stands where a folder belongs or the reverse, or it was removed meanwhile; "
+                       f"check that path (the remote is {t.describe()})") from None
+
+
+def has_commit(repo: Repo, oid: str) -> bool:
+    return repo.loose.has(oid) or any(s.has(oid) for s in repo.store.stores[1:]
+                                      if not isinstance(s, LazyRemoteStore))
+
+
+def ancestors(repo: Repo, tips, stop=frozenset()) -> set[str]:
+    """Commits reachable from `tips` (local), not descending into `stop`."""
+    seen: set[str] = set()
+    stack = [t for t in tips if t not in stop]
+    while stack:
+        c = stack.pop()
+        if c in seen or c in stop:
+            continue
+        seen.add(c)
+        stack.extend(repo.read_commit(c)["parents"])
+    return seen
+
+
+def is_ancestor(repo: Repo, a: str, b: str) -> bool:
+    """Is commit `a` reachable from commit `b` (both local)?"""
+    if a == b:
+        return True
+    seen, stack = set(), [b]
+    while stack:
+        c = stack.pop()
+        if c == a:
+            return True
+        if c in seen:
+            continue
+        seen.add(c)
+        stack.extend(repo.read_commit(c)["parents"])
+    return False
+
+
+MAX_META_BYTES = 64 << 20  # a commit, tree or certificate from a remote is refused beyond this
+NAMED_MAX_BYTES = 1 << 30  # what a certificate names (check data: semantic CI reads at most 1 GiB)
+
+
+def receive(transport: Transport, oid: str, where: str, max_size: int | None = None) -> bytes:
+    """An object from the remote, verified against its id (a bad one raises and is not stored);
+    one larger than `max_size` is refused before it is read."""
+    data = transport.get(oid, max_size=max_size)
+    got = hash_bytes(data)
+    if got != oid:
+        raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
+                            "it was not stored",
+                            REPAIR_HINT)
+    return data
+
+
+def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max_size: int | None = None) -> int:
+    """Stream an object from the remote into the loose store: a temp file, verified against its
+    id, fsynced, then renamed into place (a bad object never gets its name). The directory entry
+    is synced later with the others (see sync_dirs); returns the object's size. An object larger
+    than `max_size` (what the tree naming it declares) is refused before it is read."""
+    loose = repo.loose
+    final = loose.path(oid)
+    if os.path.exists(final):
+        return os.path.getsize(final)
+    with new_object_file(loose.tmp, oid, final, loose.fsync, readable=True) as f:
+        n = t.get_into(oid, f, max_size=max_size)
+        f.flush()
+        if n:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                got = hash_bytes(mm)
+        else:
+            got = hash_bytes(b"")
+        if got != oid:
+            raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to "
+                                f"{got[:12]}; it was not stored",
+                                REPAIR_HINT)
+    dirty.add(os.path.dirname(final))
+    return n
+
+
+def sync_dirs(repo: Repo, dirty: set, pool: Pool) -> None:
+    if repo.loose.fsync and dirty:
+        dirs = sorted(dirty)
+        dirty.clear()
+        pool.map(fsync_dir, dirs)
+
+
+def cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
+    """(data blobs, commits, trees) that the certificates `cert_ids` name and this repository holds.
+    A named commit travels with its history (a migration check names host commits of other
+    branches), so that `mvc verify` and `mvc fsck` work in every clone."""
+    found: dict[str, set[str]] = {"blob": set(), "commit": set(), "tree": set()}
+    for cid in cert_ids:
+        try:
+            cert = decode(repo.store.get(cid), "certificate", cid)
+        except MvcError:
+            continue  # damaged here: fsck reports it
+        for x in named_ids(cert):
+            if x not in cert_ids and repo.store.has(x):
+                try:
+                    found[repo.kind_of(x)].add(x)
+                except MvcError:
+                    continue
+    return sorted(found["blob"]), sorted(found["commit"]), sorted(found["tree"])
+
+
+def branch_of(repo: Repo, branch: str | None) -> str:
+    branch = branch or repo.head_branch
+    if not branch:
+        raise MvcError("HEAD is detached: name the branch", "e.g. mvc push origin main")
+    check_ref_name(branch)
+    return branch
+
+
+def blob_size_hint(tree: dict) -> dict[str, int]:
+    """Expected sizes of a tree's blobs (progress totals only: a header counts as 0)."""
+    headers = {f["header"] for f in tree["files"].values() if f.get("header")}
+    return {oid: 0 if oid in headers else n for oid, n in blob_size_limit(tree).items()}
+
+
+def blob_size_limit(tree: dict) -> dict[str, int]:
+    """The most bytes each blob of a (shape-checked) tree can have: exact for tensors and raw
+    files, the file's size (and the header limit) for a safetensors header."""
+    out = {}
+    for t in tree["tensors"].values():
+        prefix = stf.blob_prefix(t["dtype"], tuple(t["shape"]))
+        out[t["id"]] = len(prefix) + stf.DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"])
+    for f in tree["files"].values():
+        if f.get("id"):
+            out[f["id"]] = f["size"]
+        if f.get("header"):
+            out[f["header"]] = min(f["size"], 8 + stf.MAX_HEADER_BYTES)
+    return out

@@ -1,0 +1,102 @@
+"""Remotes by name: listing, adding and removing them in .mvc/config and opening their transports."""
+from __future__ import annotations
+
+import os
+import re
+
+from ..errors import BadInput, BadName, ConfigError, MvcError
+from ..objects import check_ref_name
+from ..repo import Repo
+from ..transfer import DEFAULT_JOBS
+from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_transport,
+                         remote_section)
+
+DEFAULT_REMOTE = "origin"
+
+
+# -- remote configuration ----------------------------------------------------------------------
+def check_remote_name(name: str) -> str:
+    if "/" in name:
+        raise BadName(f"invalid remote name {name!r} (no '/')")
+    try:
+        check_ref_name(name)
+    except BadName:
+        raise BadName(f"invalid remote name {name!r}") from None
+    return name
+
+
+def _not_itself(repo: Repo, url: str) -> str:
+    """A directory remote must be another repository: pushing to itself would move (or delete) the
+    very branches it reads from."""
+    if "://" not in url and os.path.realpath(url) in (os.path.realpath(repo.root), os.path.realpath(repo.dir)):
+        raise BadInput(f"{url} is this repository itself", "a remote is another repository or location")
+    return url
+
+
+def list_remotes(repo: Repo) -> list[dict]:
+    out = []
+    for section in repo.config.sections():
+        m = re.fullmatch(r'remote "(.+)"', section)
+        if m and repo.config.has_option(section, "url"):
+            out.append({"name": m.group(1), "url": repo.config.get(section, "url"),
+                        "endpoint": repo.config.get(section, "endpoint", fallback=None),
+                        "lazy": repo.config.getboolean(section, "promisor", fallback=False)})
+    return sorted(out, key=lambda r: r["name"])
+
+
+def add_remote(repo: Repo, name: str, url: str, endpoint: str | None = None, promisor: bool = False) -> dict:
+    check_remote_name(name)
+    if repo.config.has_section(remote_section(name)):
+        raise BadName(f"remote {name!r} already exists", f"remove it first: mvc remote remove {name}")
+    url = _not_itself(repo, normalize_url(url))
+    endpoint = check_endpoint(endpoint)
+    repo.set_config(f"remote.{name}.url", url)
+    if endpoint:
+        repo.set_config(f"remote.{name}.endpoint", endpoint)
+    if promisor:
+        repo.set_config(f"remote.{name}.promisor", "true")
+    return {"name": name, "url": url, "endpoint": endpoint, "lazy": promisor}
+
+
+def remove_remote(repo: Repo, name: str, force: bool = False) -> dict:
+    section = remote_section(name)
+    if not repo.config.has_section(section):
+        raise ConfigError(f"no remote named {name!r}", "see mvc remote -v")
+    if repo.config.getboolean(section, "promisor", fallback=False) and not force:
+        raise MvcError(f"remote {name!r} is where this lazy clone fetches its missing blobs",
+                       "pass --force to remove it anyway")
+    for option in list(repo.config.options(section)):
+        repo.set_config(f"remote.{name}.{option}", None)
+    removed = []
+    for ref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
+        repo.refs.update(ref, None, expected=oid, message=f"remote remove {name}")
+        removed.append(ref)
+    return {"name": name, "removed_refs": removed}
+
+
+def resolve_remote(repo: Repo, remote: str | None) -> str:
+    """The remote's name (default: origin, or the only remote) or a URL given directly."""
+    if remote:
+        return remote
+    names = [r["name"] for r in list_remotes(repo)]
+    if DEFAULT_REMOTE in names or not names:
+        if not names:
+            raise ConfigError("no remote configured", "add one with mvc remote add origin URL")
+        return DEFAULT_REMOTE
+    if len(names) == 1:
+        return names[0]
+    raise ConfigError("several remotes and none is named origin", "name one: " + ", ".join(names))
+
+
+def open_remote(repo: Repo, remote: str | None, jobs: int = DEFAULT_JOBS,
+                transport: Transport | None = None) -> tuple[str | None, Transport]:
+    """(remote name or None for a plain URL, transport)."""
+    remote = resolve_remote(repo, remote)
+    if repo.config.has_section(remote_section(remote)):
+        if transport is None:
+            url, endpoint = configured_remote(repo.config, remote)
+            transport = open_transport(url, endpoint, jobs)
+        return remote, transport
+    if is_url(remote):
+        return None, transport or open_transport(_not_itself(repo, normalize_url(remote)), None, jobs)
+    raise ConfigError(f"no remote named {remote!r}", "add it with mvc remote add NAME URL, or see mvc remote -v")

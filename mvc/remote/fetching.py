@@ -1,0 +1,246 @@
+"""fetch and pull: downloading a remote's missing history (verified on receipt, stored blobs,
+then trees, then commits) and moving remote-tracking refs; pull merges by fast-forward."""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+from .. import certindex
+from ..errors import (BadName, ConfigError, FormatTooNew, MvcError, NonFastForward, ObjectMissing,
+                      UnknownRevision, WrongObjectType)
+from ..objects import decode, named_ids, object_kind
+from ..repo import Repo
+from ..transfer import DEFAULT_JOBS, Progress
+from ..transport import LazyRemoteStore, Transport, promisor_remote, promisor_store
+from .common import (MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, blob_size_hint, blob_size_limit,
+                     branch_of, has_commit, is_ancestor, permission_errors, receive, receive_into, sync_dirs)
+from .config import open_remote
+
+FETCH_ATTEMPTS = 4  # a fetch starts over when an object is gone because the remote's branches moved
+
+
+# -- fetch -------------------------------------------------------------------------------------
+def fetch(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, progress: Progress | None = None,
+          transport: Transport | None = None, lazy: bool | None = None) -> dict:
+    """Download what the remote's branches and tags reach and update refs/remotes/<remote>/*."""
+    name, t = open_remote(repo, remote, jobs, transport)
+    with Pool(jobs) as pool, permission_errors(t), repo.writing():
+        return _fetch(repo, name, t, pool, progress or Progress(), lazy)
+
+
+def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy) -> dict:
+    where = name or t.describe()
+    t.require_repository()
+    if lazy is None:
+        lazy = name is not None and promisor_remote(repo.config) == name
+    lazy_store = None
+    if lazy:
+        lazy_store = next((s for s in repo.store.stores if isinstance(s, LazyRemoteStore)), None) \
+            or promisor_store(repo)
+        if lazy_store is None:
+            raise MvcError("a lazy fetch needs a promisor remote (clone with --lazy)")
+    remote_refs = t.list_refs()
+    started = time.perf_counter()
+    history = _History(repo, t, where, pool, progress, lazy_store)
+    for attempt in range(FETCH_ATTEMPTS):
+        try:
+            history.fetch(set(remote_refs.values()))
+            certs = _fetch_certs(repo, t, where, pool, history)
+            break
+        except ObjectMissing:
+            # A branch deleted or rewritten there since we listed it may have had its history
+            # collected by the gc of the repository serving as the remote: that is no damage.
+            # What arrived is kept; fetch again what the branches reach now.
+            now = t.list_refs()
+            if now == remote_refs or attempt == FETCH_ATTEMPTS - 1:
+                raise
+            remote_refs = now
+    updated = {}
+    if name:
+        heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items() if r.startswith("refs/heads/")}
+        for branch, oid in heads.items():
+            tref = f"refs/remotes/{name}/{branch}"
+            old = repo.refs.read(tref)
+            if old != oid:
+                try:
+                    repo.refs.update(tref, oid, message=f"fetch from {where}")
+                except BadName as e:  # e.g. the remote has `a` and `a/b`: keep the other branches
+                    warnings.warn(f"skipped remote branch {branch}: {e.message}")
+                    continue
+                updated[tref] = {"old": old, "new": oid}
+        for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
+            if tref[len(f"refs/remotes/{name}/"):] not in heads:  # deleted on the remote: prune
+                repo.refs.update(tref, None, expected=oid, message=f"fetch from {where}: pruned")
+                updated[tref] = {"old": oid, "new": None}
+    tags, tag_conflicts = {}, {}
+    for r, oid in remote_refs.items():
+        if not r.startswith("refs/tags/"):
+            continue
+        mine = repo.refs.read(r)
+        if mine is None:
+            repo.refs.update(r, oid, expected=None, message=f"fetch from {where}")
+            tags[r[len("refs/tags/"):]] = oid
+        elif mine != oid:
+            tag_conflicts[r[len("refs/tags/"):]] = {"local": mine, "remote": oid}
+    return {"remote": name, "url": t.url, "lazy": bool(lazy), "refs": updated, "tags": tags,
+            "tag_conflicts": tag_conflicts, "commits": history.commits, "trees": history.trees,
+            "objects_received": history.objects, "bytes_received": history.bytes,
+            "blobs_promised": history.promised, "certificates": certs,
+            "seconds": time.perf_counter() - started}
+
+
+class _History:
+    """Downloads the history of some commits: the commits down to those local refs reach (complete
+    by construction; a commit here that no ref reaches may be the leftover of an interrupted fetch),
+    their trees, and the blobs (promised instead in a lazy clone); blobs are stored first, then
+    trees, then commits, so a commit here has its trees and a tree its blobs. Counts what arrived."""
+
+    def __init__(self, repo: Repo, t: Transport, where: str, pool: Pool, progress: Progress, lazy_store):
+        self.repo, self.t, self.where, self.pool, self.progress = repo, t, where, pool, progress
+        self.lazy_store = lazy_store
+        self.commits = self.trees = self.objects = self.bytes = self.promised = 0
+        self._lock, self._dirty = threading.Lock(), set()
+        self.limits: dict[str, int] = {}  # blob id -> the most bytes a tree naming it declares
+
+    def download(self, oid: str) -> None:
+        """Receive one object (verified) into the loose store, no larger than its trees declare."""
+        n = receive_into(self.repo, self.t, oid, self.where, self._dirty, self.limits.get(oid, MAX_META_BYTES))
+        with self._lock:
+            self.objects += 1
+            self.bytes += n
+        self.progress.advance(n)
+
+    def store(self, oid: str, data: bytes) -> None:
+        """Keep one object received (and verified) already."""
+        self.repo.loose.put(data, oid=oid)
+        with self._lock:
+            self.objects += 1
+            self.bytes += len(data)
+
+    def sync(self) -> None:
+        sync_dirs(self.repo, self._dirty, self.pool)
+
+    def fetch(self, tips, extra_trees=()) -> None:
+        """The history of `tips`, and `extra_trees` with their blobs."""
+        repo, t, where, pool = self.repo, self.t, self.where, self.pool
+        complete = set(repo.refs.list("refs/").values())
+        commits: dict[str, tuple[dict, bytes]] = {}
+        frontier = sorted(set(tips) - complete)
+        seen = set(frontier)
+        while frontier:
+            missing = [c for c in frontier if not has_commit(repo, c)]
+            for c, data in zip(missing, pool.map(lambda c: receive(t, c, where, MAX_META_BYTES), missing)):
+                commits[c] = (decode(data, "commit", c), data)
+            parents = {p for c in frontier
+                       for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
+            frontier = sorted(parents - seen - complete)
+            seen.update(frontier)
+        tree_ids = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()}
+                          | set(extra_trees))
+        tree_ids = [tid for tid in tree_ids if not repo.store.has(tid)]
+        trees = {}
+        for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where, MAX_META_BYTES), tree_ids)):
+            trees[tid] = (decode(data, "tree", tid), data)
+        hints: dict[str, int] = {}
+        for obj, _ in trees.values():
+            hints.update(blob_size_hint(obj))
+            for oid, n in blob_size_limit(obj).items():
+                self.limits[oid] = max(n, self.limits.get(oid, 0))
+        blob_ids = sorted(b for b in hints if not repo.store.has(b))
+        self.objects += len(commits) + len(trees)
+        self.bytes += sum(len(d) for _, d in commits.values()) + sum(len(d) for _, d in trees.values())
+        if self.lazy_store is not None:
+            self.lazy_store.promise(blob_ids, self.limits)
+            self.promised += len(blob_ids)
+        else:
+            self.progress.begin(f"fetching from {where}", len(blob_ids), sum(hints[b] for b in blob_ids))
+            try:
+                pool.map(self.download, blob_ids)
+            finally:
+                self.progress.end()
+                self.sync()
+        pool.map(lambda tid: repo.loose.put(trees[tid][1], oid=tid), list(trees))
+        pool.map(lambda c: repo.loose.put(commits[c][1], oid=c), list(commits))
+        self.commits += len(commits)
+        self.trees += len(trees)
+
+
+def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _History) -> int:
+    """Certificates the remote holds for commits we have, with everything they name: data blobs,
+    and named commits (with their history) and trees. The index lines come last."""
+    commits = [c for c in t.cert_index_commits() if has_commit(repo, c)]
+    if not commits:
+        return 0
+    wanted = {}
+    for c, theirs in zip(commits, pool.map(t.read_cert_index, commits)):
+        mine = certindex.read_index(repo.dir, c)
+        new = [i for i in theirs if i not in mine]
+        if new:
+            wanted[c] = new
+    ids = sorted({i for v in wanted.values() for i in v if not repo.loose.has(i)})
+    try:
+        pool.map(history.download, ids)
+    finally:
+        history.sync()
+    named = set()
+    for c, v in wanted.items():
+        for cid in list(v):
+            try:
+                named |= named_ids(decode(repo.store.get(cid), "certificate", cid))
+            except (WrongObjectType, FormatTooNew) as e:  # one bad index line must not block every fetch
+                warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
+                              f"but {e.message}; skipped")
+                v.remove(cid)
+    named = sorted(x for x in named if not repo.store.has(x))
+
+    def fetch_named(oid):  # data is stored now; commits and trees come with their history below
+        try:
+            data = receive(t, oid, where, NAMED_MAX_BYTES)
+        except ObjectMissing:
+            return None  # the certificate refers to it, fsck in this repository will say so
+        kind = object_kind(data)
+        if kind == "blob":
+            history.store(oid, data)
+        return kind
+
+    kinds = dict(zip(named, pool.map(fetch_named, named)))
+    history.fetch([o for o, k in kinds.items() if k == "commit"], [o for o, k in kinds.items() if k == "tree"])
+    for c, v in wanted.items():
+        if v:
+            certindex.attach(repo.dir, c, v)
+    return sum(len(v) for v in wanted.values())
+
+
+# -- pull --------------------------------------------------------------------------------------
+def pull(repo: Repo, remote: str | None = None, branch: str | None = None, jobs: int = DEFAULT_JOBS,
+         progress: Progress | None = None, transport: Transport | None = None) -> dict:
+    """Fetch, then fast-forward `branch` (default: the current one) to the remote's."""
+    name, t = open_remote(repo, remote, jobs, transport)
+    if name is None:
+        raise ConfigError("pull needs a configured remote", "mvc remote add NAME URL first")
+    fetched = fetch(repo, name, jobs, progress, transport=t)
+    branch = branch_of(repo, branch)
+    theirs = repo.refs.read(f"refs/remotes/{name}/{branch}")
+    if theirs is None:
+        raise UnknownRevision(f"remote {name} has no branch {branch!r}", f"push it first: mvc push {name} {branch}")
+    ref = f"refs/heads/{branch}"
+    ours = repo.refs.read(ref)
+    out = {"remote": name, "branch": branch, "old": ours, "new": theirs, "fetch": fetched}
+    if ours is None:
+        repo.refs.update(ref, theirs, expected=None, message=f"pull: created from {name}/{branch}")
+        return {**out, "status": "created"}
+    if ours == theirs:
+        return {**out, "new": ours, "status": "up-to-date"}
+    if is_ancestor(repo, ours, theirs):
+        repo.refs.update(ref, theirs, expected=ours, message=f"pull: fast-forward to {name}/{branch}")
+        return {**out, "status": "fast-forward"}
+    if is_ancestor(repo, theirs, ours):
+        return {**out, "new": ours, "status": "ahead"}
+    mine = len(ancestors(repo, [ours]) - ancestors(repo, [theirs]))
+    other = len(ancestors(repo, [theirs]) - ancestors(repo, [ours]))
+    raise NonFastForward(
+        f"{branch} and {name}/{branch} have diverged ({mine} and {other} commits of their own); "
+        "pull only fast-forwards",
+        f"mvc has no merge: keep yours with mvc push --force {name} {branch}, or take theirs with "
+        f"mvc rollback remotes/{name}/{branch}")

@@ -1,0 +1,365 @@
+"""push: sending a branch's missing commits, trees, blobs, tags and certificates to a remote
+(blobs, then trees, then commits, each phase durable before the next; the ref moves last), and
+push --repair, which re-checks everything the remote holds for the pushed history."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+from .. import certindex
+from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward, ObjectMissing, RefConflict,
+                      UnknownRevision)
+from ..objects import tree_blob_ids
+from ..repo import Repo
+from ..transfer import DEFAULT_JOBS, Progress
+from ..transport import DAMAGED, Transport
+from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, has_commit, is_ancestor,
+                     permission_errors)
+from .config import open_remote
+
+
+# -- push --------------------------------------------------------------------------------------
+class RepairIncomplete(CorruptObject):
+    """push --repair met objects the remote lacks or holds damaged whose local copy is damaged (or
+    missing) too: they were not sent, nor the trees and commits naming them, and no ref moved.
+    `result` is the push report, with the counts of what was repaired."""
+
+    def __init__(self, result: dict, where: str):
+        bad = sorted(result["repair"]["local_damaged"])
+        named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        super().__init__(f"{len(bad)} objects could not be repaired on {where}: it lacks a good copy and the "
+                         f"local copy is damaged too ({named}); they were not sent and no ref moved",
+                         "restore them here first with mvc fsck --repair-from ANOTHER-COPY, then run "
+                         "mvc push --repair again")
+        self.result = result
+
+
+def push(repo: Repo, remote: str | None = None, branch: str | None = None, force: bool = False,
+         dry_run: bool = False, delete: bool = False, jobs: int = DEFAULT_JOBS,
+         progress: Progress | None = None, transport: Transport | None = None, repair: bool = False) -> dict:
+    """Send `branch` (default: the current one) to `remote` (default: origin).
+
+    With `repair`, every object the pushed history reaches is read back from the remote and
+    re-hashed, and what is missing or damaged there is sent again (see _repair_plan); the report
+    gains a "repair" entry. RepairIncomplete when a local copy is damaged too."""
+    if repair and delete:
+        raise BadInput("push --repair and --delete do not go together", "repair the branch you keep")
+    name, t = open_remote(repo, remote, jobs, transport)
+    with Pool(jobs) as pool, permission_errors(t), \
+            (contextlib.nullcontext() if delete or dry_run else t.writing()):  # see Transport.writing
+        return _push(repo, name, t, branch, force, dry_run, delete, pool, progress or Progress(), repair)
+
+
+def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: Pool, progress: Progress,
+          repair: bool = False) -> dict:
+    where = name or t.describe()
+    branch = branch_of(repo, branch)
+    ref = f"refs/heads/{branch}"
+    tracking = f"refs/remotes/{name}/{branch}" if name else None
+    result = {"remote": name, "url": t.url, "branch": branch, "dry_run": dry_run, "forced": False,
+              "objects_sent": 0, "bytes_sent": 0, "objects_present": 0, "tags": [], "tags_skipped": {},
+              "certificates": 0}
+    if delete:
+        t.require_repository()
+        try:
+            old = t.read_ref(ref)
+        except CorruptObject:  # a damaged ref: deleting it loses nothing
+            old = DAMAGED
+        if old is None:
+            raise UnknownRevision(f"remote {where} has no branch {branch!r}")
+        old = None if old is DAMAGED else old
+        if not dry_run:
+            try:
+                t.update_ref(ref, None, expected=old, replace_damaged=True)
+            except RefConflict:
+                raise NonFastForward(f"remote branch {branch} moved while deleting it",
+                                     "fetch and look before deleting it again") from None
+            if tracking and repo.refs.read(tracking):
+                repo.refs.update(tracking, None, message=f"push --delete to {where}")
+        return {**result, "old": old, "new": None, "status": "deleted", "sent": []}
+
+    local = repo.refs.read(ref)
+    if local is None:
+        raise UnknownRevision(f"no local branch {branch!r}", "see mvc branch")
+    exists = t.is_repository()
+    if not dry_run and (not exists or t.read_file("HEAD")[0] is None):  # new, or an init cut short
+        t.init(branch)
+        exists = True
+    remote_refs = t.list_refs() if exists else {}
+    _refuse_clashing_name(ref, remote_refs, where)
+    old = remote_refs.get(ref)
+    if old == local:
+        status = "up-to-date"
+    elif old is None:
+        status = "new branch"
+    elif has_commit(repo, old) and is_ancestor(repo, old, local):
+        status = "fast-forward"
+    elif force:
+        status, result["forced"] = "forced update", True
+    else:
+        raise NonFastForward(
+            f"push to {where} rejected: remote {branch} ({old[:12]}) is not an ancestor of your {branch} "
+            f"({local[:12]})",
+            f"fetch first (mvc pull {name or 'REMOTE'} {branch}); or pass --force to overwrite the remote branch")
+
+    certs = _certs_to_push(repo, t, local, pool)
+    plan = (_repair_plan(repo, t, where, local, pool, progress) if repair
+            else _plain_plan(repo, t, local, remote_refs, certs, pool))
+    tags, skipped = _tags_to_push(repo, local, remote_refs)
+    sizes = plan["sizes"]
+    result.update(status=status, old=old, new=local, tags=sorted(tags), tags_skipped=skipped,
+                  certificates=sum(len(v) for v in certs.values()),
+                  objects_sent=len(sizes), bytes_sent=sum(sizes.values()), objects_present=plan["present"])
+    if repair:
+        result["repair"] = plan["report"]
+    if dry_run:
+        return _repaired({**result, "sent": []}, where)
+    sent = _send(repo, t, where, plan, pool, progress)
+    _repaired({**result, "sent": sent}, where)  # nothing moves while history there is incomplete
+    if old != local:
+        try:
+            t.update_ref(ref, local, expected=old, replace_damaged=force)
+        except RefConflict:
+            try:
+                now = t.read_ref(ref)
+            except MvcError:
+                now = DAMAGED
+            if now is None and old is not None:
+                how, hint = ("was deleted while pushing (a push --delete won)",
+                             "push again to create it anew, if it should not stay deleted")
+            else:
+                how, hint = ("moved while pushing (another push won)",
+                             f"run mvc pull {name or 'REMOTE'} {branch} (or mvc fetch) and push again")
+            raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
+                                 "only the branch did not move", hint) from None
+    for tag in sorted(tags):
+        try:
+            t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
+        except RefConflict:
+            result["tags"].remove(tag)
+            result["tags_skipped"][tag] = t.read_ref(f"refs/tags/{tag}")
+        except CorruptObject as e:  # a damaged tag there: the branch has moved, report it, go on
+            warnings.warn(f"tag {tag} not pushed: {e.message} (push --force replaces it)")
+            result["tags"].remove(tag)
+            result["tags_skipped"][tag] = None
+    for commit, ids in certs.items():
+        t.add_to_cert_index(commit, ids)
+    if tracking:
+        repo.refs.update(tracking, local, message=f"push to {where}")
+    return {**result, "sent": sent}
+
+
+def _refuse_clashing_name(ref: str, remote_refs: dict, where: str) -> None:
+    """A branch cannot also be a folder of branches there (`a` beside `a/b`): clones would fail."""
+    for other in remote_refs:
+        if other.startswith(ref + "/") or ref.startswith(other + "/"):
+            raise BadName(f"remote {where} has {other}, which clashes with {ref}",
+                          "a branch name cannot also be a folder of branch names; rename one of them")
+
+
+def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: dict, pool: Pool) -> dict:
+    """What a plain push sends: the objects the remote lacks ("phases": blobs with certificate
+    objects, trees, commits; "sizes" of what is sent; "present": how many were there already)."""
+    cert_ids = sorted({i for ids in certs.values() for i in ids})
+    data, commits, trees = cert_inputs(repo, cert_ids)
+    plan = _plan_push(repo, t, [local, *commits], remote_refs, pool, extra_trees=trees)
+    extra = sorted(set(cert_ids + data) - set(plan["blobs"]))
+    extra_missing = [o for o, there in zip(extra, pool.map(t.has, extra)) if not there]
+    phases = [plan["blobs"] + extra_missing, plan["trees"], plan["commits"]]
+    return {"phases": phases, "replace": set(), "sizes": {o: repo.store.size(o) for p in phases for o in p},
+            "present": plan["present"] + len(extra) - len(extra_missing)}
+
+
+def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress: Progress) -> list[str]:
+    """Upload the plan's phases in order, each made durable before the next (a tree there has its
+    blobs there, a commit its trees). Ids in plan["replace"] overwrite the remote's damaged copy."""
+    sent: list[str] = []
+
+    def upload(oid):
+        kw = {"replace": True} if oid in plan["replace"] else {}
+        if repo.loose.has(oid) and _loose_copy_whole(repo, oid):  # then copied file to object
+            n = repo.loose.size(oid)
+            t.put_file(oid, repo.loose.path(oid), **kw)
+        else:  # packed, fetched on demand, or a damaged loose copy beside a good one: verified on read
+            data = repo.store.get(oid)
+            n = len(data)
+            t.put(oid, data, **kw)
+        sent.append(oid)
+        progress.advance(n)
+
+    progress.begin(f"pushing to {where}", len(plan["sizes"]), sum(plan["sizes"].values()))
+    try:
+        for phase in plan["phases"]:
+            pool.map(upload, phase)
+            t.flush(pool.map)
+    finally:
+        progress.end()
+    return sent
+
+
+def _loose_copy_whole(repo: Repo, oid: str) -> bool:
+    """Whether the loose copy verifies (through a map of the file, or its verified stamp)."""
+    try:
+        view = repo.loose.view(oid)
+    except CorruptObject:
+        return False
+    if hasattr(view, "close"):
+        view.close()
+    return True
+
+
+def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, pool: Pool,
+               extra_trees=()) -> dict:
+    """The commits, trees and blobs the remote lacks, found by the commit graph + existence checks:
+    the history of `tips`, and `extra_trees` with their blobs."""
+    known = ancestors(repo, [v for v in set(remote_refs.values()) if has_commit(repo, v)])
+    new = ancestors(repo, tips, stop=known)
+    ordered = sorted(new)
+    there = {c for c, h in zip(ordered, pool.map(t.has, ordered)) if h}  # left by an interrupted push
+    present = len(there)
+    parents = {c: repo.read_commit(c)["parents"] for c in new}
+    base = {p for ps in parents.values() for p in ps if p not in new}
+    on_remote: set[str] = set()
+    for c in base:  # trees and blobs of the commits the new ones build on need no check
+        for tid in repo.read_commit(c)["components"].values():
+            on_remote.add(tid)
+            on_remote.update(tree_blob_ids(repo.read_tree(tid)))
+    trees = sorted(({tid for c in new for tid in repo.read_commit(c)["components"].values()}
+                    | set(extra_trees)) - on_remote)
+    tree_there = dict(zip(trees, pool.map(t.has, trees)))
+    present += sum(tree_there.values())
+    missing_trees = [tid for tid in trees if not tree_there[tid]]
+    blobs = sorted({b for tid in missing_trees for b in tree_blob_ids(repo.read_tree(tid))} - on_remote)
+    blob_there = dict(zip(blobs, pool.map(t.has, blobs)))
+    present += sum(blob_there.values())
+    return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,
+            "blobs": [b for b in blobs if not blob_there[b]], "present": present}
+
+
+def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, progress: Progress) -> dict:
+    """push --repair: every object the history of `local` reaches (commits, trees, blobs, the
+    certificates of its commits and the inputs they name) is read back from the remote and
+    re-hashed, trusting nothing there. A missing object is sent; a damaged one is sent again over
+    the bad copy (on a directory remote a loose copy, which reads take before a damaged pack's).
+    Only a local copy that re-hashes right is sent: one damaged here too goes to "local_damaged",
+    and the trees and commits naming it are held back (a tree there must have its blobs there)."""
+    ids, kinds, hints = _history_objects(repo, local)
+    progress.begin(f"verifying {where}", len(ids), sum(hints.values()))
+    try:
+        found = dict(zip(ids, pool.map(lambda oid: _check_copy(repo, t, oid, progress), ids)))
+    finally:
+        progress.end()
+    bad = {o: f"{state} on {where}, and the local copy cannot be sent: {why}"
+           for o, (state, _, why) in found.items() if why}
+    send = {o for o, (state, _, why) in found.items() if state != "ok" and not why}
+    held = _held_back(repo, bad, [o for o in ids if o in send and kinds[o] != "blob"], kinds)
+    send -= held
+    report = {"checked": len(ids), "local_damaged": bad, "held_back": sorted(held)}
+    for state in ("missing", "damaged"):
+        report[state] = sorted(o for o in send if found[o][0] == state)
+        report[f"{state}_resent"] = len(report[state])
+    report["bytes_sent"] = sum(found[o][1] for o in send)
+    phases = [[o for o in ids if o in send and kinds[o] == k] for k in ("blob", "tree", "commit")]
+    return {"phases": phases, "replace": set(report["damaged"]), "sizes": {o: found[o][1] for o in send},
+            "present": sum(state == "ok" for state, _, _ in found.values()), "report": report}
+
+
+def _history_objects(repo: Repo, local: str) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    """(ids, {id: "commit", "tree" or "blob"}, expected blob sizes) of everything a push of `local`
+    sends when the remote has nothing: certificates and the inputs they name count as blobs."""
+    reach = ancestors(repo, [local])
+    cert_ids = sorted({i for c in certindex.certified_commits(repo.dir) if c in reach
+                       for i in certindex.read_index(repo.dir, c) if repo.store.has(i)})
+    data, named_commits, named_trees = cert_inputs(repo, cert_ids)
+    commits = sorted(ancestors(repo, [local, *named_commits]))
+    trees = sorted({tid for c in commits for tid in repo.read_commit(c)["components"].values()} | set(named_trees))
+    hints: dict[str, int] = {}
+    for tid in trees:
+        hints.update(blob_size_hint(repo.read_tree(tid)))
+    kinds = {o: "blob" for o in [*hints, *cert_ids, *data]}
+    kinds.update({o: "tree" for o in trees})
+    kinds.update({o: "commit" for o in commits})
+    return sorted(kinds), kinds, hints
+
+
+def _check_copy(repo: Repo, t: Transport, oid: str, progress: Progress) -> tuple[str, int, str | None]:
+    """(state of the remote's copy: "ok", "missing" or "damaged"; the size of the local copy to
+    send; why the local copy cannot be sent, or None). The local copy is re-hashed only when the
+    remote's is not good."""
+    try:
+        got, n = t.digest(oid)
+        state = "ok" if got == oid else "damaged"
+    except ObjectMissing:
+        state, n = "missing", 0
+    except CorruptObject:  # the remote's storage says so itself (a damaged pack there)
+        state, n = "damaged", 0
+    progress.advance(n)
+    if state == "ok":
+        return state, 0, None
+    try:
+        return state, _verified_size(repo, oid), None
+    except MvcError as e:
+        return state, 0, e.message
+
+
+def _verified_size(repo: Repo, oid: str) -> int:
+    """The size of the local copy of `oid`, re-hashed now (a verified stamp is not enough here)."""
+    view = repo.store.view(oid, rehash=True)
+    try:
+        return len(view)
+    finally:
+        if hasattr(view, "close"):
+            view.close()
+
+
+def _held_back(repo: Repo, bad: dict, to_send: list[str], kinds: dict) -> set[str]:
+    """Of the trees and commits `to_send`, those naming an object that cannot be sent (or, for a
+    commit, a tree held back): sending them would leave the remote a tree without its blobs."""
+    held: set[str] = set()
+    for oid in sorted(to_send, key=lambda o: kinds[o] == "commit"):  # trees first
+        named = (tree_blob_ids(repo.read_tree(oid)) if kinds[oid] == "tree"
+                 else repo.read_commit(oid)["components"].values())
+        if any(x in bad or x in held for x in named):
+            held.add(oid)
+    return held
+
+
+def _repaired(result: dict, where: str) -> dict:
+    """The push report, or RepairIncomplete when push --repair could not send a good copy of
+    something the remote lacks."""
+    if result.get("repair", {}).get("local_damaged"):
+        raise RepairIncomplete(result, where)
+    return result
+
+
+def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict]:
+    """Local tags on the pushed history the remote lacks; tags it holds with another value are kept."""
+    candidates = {n: v for n, v in repo.tags().items() if remote_refs.get(f"refs/tags/{n}") != v}
+    if not candidates:
+        return {}, {}
+    reach = ancestors(repo, [local])
+    send, skipped = {}, {}
+    for n, v in candidates.items():
+        if v not in reach:
+            continue
+        if f"refs/tags/{n}" in remote_refs:
+            skipped[n] = remote_refs[f"refs/tags/{n}"]
+        else:
+            send[n] = v
+    return send, skipped
+
+
+def _certs_to_push(repo: Repo, t: Transport, local: str, pool: Pool) -> dict[str, list[str]]:
+    """{commit: certificate ids the remote index lacks} for certified commits of the pushed history."""
+    certified = certindex.certified_commits(repo.dir)
+    if not certified:
+        return {}
+    reach = ancestors(repo, [local])
+    commits = [c for c in certified if c in reach]
+    remote_lists = pool.map(t.read_cert_index, commits)
+    out = {}
+    for c, theirs in zip(commits, remote_lists):
+        missing = [i for i in certindex.read_index(repo.dir, c) if i not in theirs and repo.store.has(i)]
+        if missing:
+            out[c] = missing
+    return out

@@ -1,0 +1,113 @@
+"""fsck --repair-from: restoring missing or damaged local objects from a remote's good copies."""
+from __future__ import annotations
+
+import os
+
+from ..errors import MvcError
+from ..objects import is_oid
+from ..repo import Repo
+from ..store import fsync_dir
+from ..transfer import DEFAULT_JOBS
+from ..transport import Transport
+from .common import blob_size_limit, permission_errors, receive
+from .config import open_remote
+
+
+# -- repair ------------------------------------------------------------------------------------
+def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, rounds: int = 64) -> dict:
+    """Restore what `fsck` finds damaged or missing from a remote (or a clone used as one): each
+    object is downloaded, verified and written loose, replacing a damaged loose copy. Rounds repeat
+    while they restore something (a restored commit reveals the trees it needs, and so on). Loose
+    objects are read before packed ones: a full repack then rewrites the packs from the good
+    copies, and pack files whose index is unusable are moved to objects/pack/damaged/ once every
+    reachable object is whole again. Returns the fsck reports before and after."""
+    before = report = repo.fsck()
+    name, t = open_remote(repo, remote, jobs)
+    where = name or t.describe()
+    restored, failed = [], {}
+    with permission_errors(t), repo.writing():
+        for _ in range(rounds):
+            wanted = [oid for oid in sorted({p["id"] for p in report["problems"] if is_oid(p["id"])})
+                      if oid not in failed and not _intact(repo, oid)]  # e.g. a tree named for its header
+            got = _restore(repo, t, where, wanted, failed)
+            restored += got
+            if not got:
+                break
+            repo._cache.clear()
+            report = repo.fsck()
+    from ..pack import pack_store_of
+    packs = pack_store_of(repo.store)
+    if any(not is_oid(p["id"]) for p in before["problems"]) or any(packs.has(o) for o in restored):
+        from ..pack_write import pack
+        pack(repo, full=True)
+    fresh = Repo(repo.root)  # fresh readers: a rewritten pack may keep its name (same bytes)
+    after = fresh.fsck()
+    if not any(is_oid(p["id"]) for p in after["problems"]) and pack_store_of(fresh.store).damaged:
+        _set_aside(pack_store_of(fresh.store))
+        after = Repo(repo.root).fsck()
+    return {"remote": where, "before": before, "restored": restored, "failed": failed, "after": after,
+            "ok": after["ok"]}
+
+
+def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: dict) -> list[str]:
+    limits = _declared_sizes(repo)
+    got = []
+    for oid in wanted:
+        try:
+            data = receive(t, oid, where, limits.get(oid))
+        except MvcError as e:
+            failed[oid] = e.message
+            continue
+        if repo.loose.has(oid):
+            repo.loose.delete(oid)  # the damaged copy: objects are write-once, so it goes first
+        repo.loose.put(data, oid=oid)
+        got.append(oid)
+    return got
+
+
+def _declared_sizes(repo: Repo) -> dict[str, int]:
+    """The most bytes each blob may have, by the readable trees of every reachable commit (what
+    a repair may read from a remote for it)."""
+    out: dict[str, int] = {}
+    seen = set()
+    for cid in repo._reachable_commits():
+        for tid in repo.read_commit(cid)["components"].values():
+            if tid in seen:
+                continue
+            seen.add(tid)
+            try:
+                tree = repo.read_tree(tid)
+            except MvcError:
+                continue
+            for oid, n in blob_size_limit(tree).items():
+                out[oid] = max(n, out.get(oid, 0))
+    return out
+
+
+def _set_aside(packs) -> None:
+    """Move packs whose index cannot be used out of the way (kept, not deleted): every object
+    they held is readable elsewhere again."""
+    aside = os.path.join(packs.dir, "damaged")
+    os.makedirs(aside, exist_ok=True)
+    for name in list(packs.damaged):
+        for ext in (".idx", ".pack"):
+            try:
+                os.replace(os.path.join(packs.dir, name + ext), os.path.join(aside, name + ext))
+            except FileNotFoundError:
+                pass
+    fsync_dir(packs.dir)
+
+
+def _intact(repo: Repo, oid: str) -> bool:
+    """Whether the object is stored here and every local copy of it verifies (a read takes any good
+    copy, so a damaged loose copy beside a good packed one must be checked on its own)."""
+    found = False
+    for s in repo.store.stores:
+        if s.fetches or not s.has(oid):
+            continue
+        found = True
+        try:
+            s.view(oid, rehash=True)
+        except MvcError:
+            return False
+    return found
