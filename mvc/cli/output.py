@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import sys
@@ -30,12 +32,28 @@ def console(stderr: bool = False, markup: bool = False):
 
     On a terminal rich fits tables to its width; piped or redirected output (`mvc diff | grep`)
     gets a console so wide that no table cell is cut or wrapped."""
-    from rich.console import Console
-    con = Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
+    con = _console_class()(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
                   soft_wrap=True, markup=markup)
     if not con.is_terminal:
         con.width = PIPE_WIDTH
     return con
+
+
+@functools.lru_cache(maxsize=None)
+def _console_class():
+    """rich's Console, except that a closed pipe (`mvc diff | head -1`) raises BrokenPipeError,
+    which the CLI maps to exit 0 like any other closed pipe (rich exits 1 itself, and 1 means
+    "differs" or "failed" in mvc)."""
+    from rich.console import Console
+
+    class MvcConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe at exit
+            raise BrokenPipeError(errno.EPIPE, "broken pipe")
+
+    return MvcConsole
 
 
 def table(*columns: str, names=(), ids=(), title: str | None = None):

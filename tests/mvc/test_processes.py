@@ -77,3 +77,20 @@ def test_non_tensor_commands_do_not_import_torch(repo):
     """).replace("import os, sys", "import os, sys, json")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
+
+
+@pytest.mark.parametrize("args", [["diff", "HEAD~1", "HEAD", "--all"], ["show"], ["log"]])
+def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args):
+    """`mvc diff A B | head -1` must exit 0 like `mvc log | head -1`: rich's own broken-pipe
+    handling exited 1, which in mvc means "differs" (a `set -o pipefail` script misread it)."""
+    import torch
+    repo = mvc.Repo.init(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    for msg in ("a", "b"):  # output far larger than a pipe's buffer
+        repo.commit({"model": {f"layer.{i}.weight": torch.randn(4, generator=g) for i in range(3000)}}, message=msg)
+    proc = subprocess.Popen([sys.executable, "-m", "mvc", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    assert first.strip() and not proc.stderr.read().strip()
