@@ -84,3 +84,12 @@ class CheckFailed(MvcError):
         super().__init__(message or f"semantic CI failed on commit {commit[:12]}")
         self.commit = commit
         self.certificate = certificate
+
+
+class InterruptedAfterLanding(KeyboardInterrupt):
+    """Ctrl-C arrived after a commit had landed (its ref moved): the work is done and must not be
+    redone, so the message names what landed."""
+
+    def __init__(self, landed: str):
+        super().__init__(landed)
+        self.landed = landed

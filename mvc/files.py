@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import threading
 import time
 import warnings
@@ -21,6 +22,27 @@ def hostname() -> str:
         return os.uname().nodename
     import socket
     return socket.gethostname()
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) held back until the block is done, then delivered to the handler in place
+    (Python's raises KeyboardInterrupt; a training loop's own handler is called): for
+    steps that must not stop half way (a ref moved but its reflog entry cut back, or a commit
+    that landed reported as interrupted). Only the main thread receives signals; elsewhere, or
+    when Python does not own the SIGINT handler, the block runs as it is."""
+    old = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or old is None:
+        yield  # (None: a handler installed outside Python, which cannot be put back)
+        return
+    got: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        signal.raise_signal(signal.SIGINT)
 
 
 def makedirs(path: str) -> None:

@@ -13,7 +13,7 @@ import os
 import time
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict
-from .files import LockFile, atomic_write, makedirs
+from .files import LockFile, atomic_write, interrupts_deferred, makedirs
 from .objects import check_ref_name, is_oid
 from .store import fsync_dir
 
@@ -164,6 +164,13 @@ class RefStore:
                 return None
             raise
 
+    def _holds(self, ref: str, value: str | None) -> bool:
+        """Whether the ref file holds `value` now (None: absent); False when it cannot be read."""
+        try:
+            return self.read_raw(ref) == value
+        except (OSError, ValueError):
+            return False
+
     def head_target(self) -> str | None:
         """The branch ref HEAD points to (e.g. refs/heads/main), or None when detached."""
         raw = self.read_raw("HEAD")
@@ -234,9 +241,10 @@ class RefStore:
                         "another process updated it; try again")
                 entry = json.dumps({"old": old, "new": new, "time": utc_now(), "author": author,
                                     "message": message}, sort_keys=True, separators=(",", ":"))
-                self._logged_move(ref, entry.encode() + b"\n", new)
-                if new is None:
-                    self._retire_log(ref)
+                with interrupts_deferred():  # a move is whole: ref, reflog entry and their fsyncs
+                    self._logged_move(ref, entry.encode() + b"\n", new)
+                    if new is None:
+                        self._retire_log(ref)
         except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
             # another process made (or is making) a clashing ref meanwhile; nothing moved here
             if new is not None:
@@ -273,6 +281,8 @@ class RefStore:
                 else:
                     atomic_write(self._path(ref), (new + "\n").encode(), self.fsync)
             except BaseException:
+                if self._holds(ref, new):  # it moved (a failed directory fsync after): the entry stays
+                    raise
                 try:  # best effort: cut the entry off again (a log this call created goes too)
                     os.ftruncate(fd, size)
                     if not size:

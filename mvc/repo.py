@@ -16,8 +16,8 @@ from typing import Callable, Iterable
 
 from . import components as comp
 from . import config as cfg
-from .errors import (BadInput, BadName, ConfigError, CorruptObject, MvcError, NotARepository, ObjectMissing,
-                     RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
+from .errors import (BadInput, BadName, ConfigError, CorruptObject, InterruptedAfterLanding, MvcError,
+                     NotARepository, ObjectMissing, RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
 from .diffs import diff_trees
 from .files import atomic_write, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance
@@ -393,18 +393,28 @@ class Repo(Maintenance):
         parent = self.refs.read(ref)  # checked again below, after the objects are written
         self._next_components(parent if parent is not None else created_from, remove,
                               set(components) | set(trees or {}))
-        with self.writing():
-            cid, ref = self._write_commit(components, trees, remove, message, metrics, author, extra,
-                                          progress, ref, created_from)
-        if follow:  # only now: a commit that failed leaves HEAD where it was
-            self.refs.set_symbolic("HEAD", ref)
-        if run_hooks:
-            self._run_commit_hooks(cid, ref)
-        from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
         try:
-            maybe_autopack(self, cid)
-        except MvcError as e:  # the commit has landed: an error now would invite a second commit
-            warnings.warn(f"committed {cid[:12]}, but packing after it failed: {e}")
+            with self.writing():
+                cid, ref = self._write_commit(components, trees, remove, message, metrics, author, extra,
+                                              progress, ref, created_from)
+        except InterruptedAfterLanding:
+            if follow:
+                self.refs.set_symbolic("HEAD", ref)
+            raise
+        try:
+            if follow:  # only now: a commit that failed leaves HEAD where it was
+                self.refs.set_symbolic("HEAD", ref)
+            if run_hooks:
+                self._run_commit_hooks(cid, ref)
+            from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
+            try:
+                maybe_autopack(self, cid)
+            except MvcError as e:  # the commit has landed: an error now would invite a second commit
+                warnings.warn(f"committed {cid[:12]}, but packing after it failed: {e}")
+        except KeyboardInterrupt as e:  # the commit stands; what follows it (checks, packing) stopped
+            if isinstance(e, InterruptedAfterLanding):
+                raise
+            raise InterruptedAfterLanding(_landed(cid, ref)) from None
         return cid
 
     def writers_exclusive_within(self, timeout_s: float):
@@ -442,6 +452,10 @@ class Repo(Maintenance):
             except RefConflict:
                 time.sleep(0.01)
                 continue
+            except KeyboardInterrupt:  # held back while the ref moved: did it move?
+                if self.refs.read(ref) == cid:
+                    raise InterruptedAfterLanding(_landed(cid, ref)) from None
+                raise
             break
         else:
             raise RefConflict(f"could not commit to {ref}: it kept moving", "try again")
@@ -772,6 +786,10 @@ def _plain_number(value):
     if callable(item) and ((callable(numel) and numel() == 1) or size == 1):
         return item()
     return value
+
+
+def _landed(cid: str, ref: str) -> str:
+    return f"commit {cid} landed on {ref.removeprefix('refs/heads/')}"
 
 
 def arch_builder(arch: str):

@@ -34,8 +34,10 @@ class MvcGroup(click.Group):
             ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
-        except KeyboardInterrupt:
-            error("interrupted")
+        except KeyboardInterrupt as e:
+            landed = getattr(e, "landed", None)  # mvc.errors.InterruptedAfterLanding
+            error(f"interrupted after {landed}" if landed else "interrupted",
+                  "it stands: see mvc log; do not commit it again" if landed else None)
             ctx.exit(130)
         except BrokenPipeError:
             ctx.exit(0)

@@ -269,3 +269,57 @@ def test_expiring_reflogs_drops_what_count_expiring_counted(tmp_path):
     assert counted == 2  # the old entry and the one without a time; lines that are no entry do not count
     assert refs.expire_reflogs(3600) == counted
     assert [e["message"] for e in refs.reflog("refs/heads/main")] == ["one"]
+
+
+# -- Ctrl-C while a ref moves, or after a commit has landed -------------------------------------
+def _interrupt_self(*_a, **_k):
+    os.kill(os.getpid(), __import__("signal").SIGINT)
+
+
+def test_ctrl_c_while_a_ref_moves_finishes_the_move_and_says_the_commit_landed(tmp_path, monkeypatch):
+    """SIGINT in the directory fsync after the ref file was renamed used to cut the reflog entry
+    back (the ref moved, its log did not say so) and reported the landed commit as interrupted."""
+    import mvc
+    from mvc.errors import InterruptedAfterLanding
+    repo = mvc.Repo.init(tmp_path)
+    first = repo.commit({"core": {"w": torch.zeros(3)}}, message="one")
+    real = mvc.files.fsync_dir
+    ref_dir = os.path.join(repo.dir, "refs", "heads")
+    monkeypatch.setattr(mvc.files, "fsync_dir", lambda d: (_interrupt_self(), real(d)) if d == ref_dir else real(d))
+    with pytest.raises(InterruptedAfterLanding) as e:
+        repo.commit({"core": {"w": torch.ones(3)}}, message="two")
+    monkeypatch.setattr(mvc.files, "fsync_dir", real)
+    head = repo.head()
+    assert head != first and head in e.value.landed and "main" in e.value.landed
+    assert [x["new"] for x in repo.reflog("main")][:2] == [head, first]  # the move is logged
+    assert repo.fsck()["ok"]
+
+
+def test_ctrl_c_after_landing_or_before_it(tmp_path, monkeypatch):
+    import mvc
+    from mvc.errors import InterruptedAfterLanding
+    repo = mvc.Repo.init(tmp_path)
+    first = repo.commit({"core": {"w": torch.zeros(3)}}, message="one")
+    monkeypatch.setattr(mvc.Repo, "_run_commit_hooks", lambda *a: _interrupt_self())  # checks after landing
+    with pytest.raises(InterruptedAfterLanding):
+        repo.commit({"core": {"w": torch.ones(3)}}, message="two")
+    second = repo.head()
+    assert second != first
+    monkeypatch.setattr(mvc.Repo, "_run_commit_hooks", lambda *a: None)
+    monkeypatch.setattr(mvc.refs.RefStore, "wait_unlocked", lambda *a: _interrupt_self())  # before writing
+    with pytest.raises(KeyboardInterrupt) as e:
+        repo.commit({"core": {"w": torch.full((3,), 2.0)}}, message="three")
+    assert not isinstance(e.value, InterruptedAfterLanding) and repo.head() == second
+
+
+def test_cli_names_the_commit_that_landed_before_ctrl_c(tmp_path, monkeypatch):
+    import mvc
+    from safetensors.torch import save_file
+    mvc.Repo.init(tmp_path)
+    save_file({"w": torch.ones(3)}, str(tmp_path / "m.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mvc.Repo, "_run_commit_hooks", lambda *a: _interrupt_self())
+    r = CliRunner().invoke(cli, ["commit", "m.safetensors", "-m", "x"])
+    head = mvc.Repo(tmp_path).head()
+    assert r.exit_code == 130 and head
+    assert f"interrupted after commit {head} landed on main" in r.stderr and "do not commit it again" in r.stderr
