@@ -12,7 +12,8 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import byte_progress, change, console, emit_json, human_bytes, json_opt, plural, short, size_change, table
+from .output import (byte_progress, change, console, emit_json, human_bytes, json_opt, plural, short, size_change,
+                     table, warn)
 
 
 def _repo() -> Repo:
@@ -461,10 +462,30 @@ def switch(name, as_json):
     """
     repo = _repo()
     repo.switch(name)
+    follows = _git_branch_ahead_of(repo)
+    if follows:
+        warn(f"git is on branch {follows}: inside a git work tree the next commit goes to the mvc branch "
+             f"named like git's ({follows}), not to {name}; run git switch {name}, or commit with --branch {name}")
     if as_json:
-        emit_json({"branch": name, "head": repo.head()})
+        emit_json({"branch": name, "head": repo.head(), "next_commit_branch": follows or name})
     else:
         click.echo(f"Switched to branch {name}")
+
+
+def _git_branch_ahead_of(repo) -> str | None:
+    """The branch the next commit goes to when it is not mvc's current branch: git's, inside a git
+    work tree (DESIGN.md section 10); None when they agree or outside git."""
+    from ..errors import BadName
+    from ..objects import check_ref_name
+    from ..provenance import git_current_branch
+    gb, _detached = git_current_branch(repo.root)
+    if not gb or gb == repo.head_branch:
+        return None
+    try:
+        check_ref_name(gb)
+    except BadName:  # such a git branch is not followed (the commit warns)
+        return None
+    return gb
 
 
 @cli.command()
@@ -514,7 +535,9 @@ def status(as_json):
     from ..provenance import git_current_branch
     head = repo.head()
     gb, detached = git_current_branch(repo.root)
+    follows = _git_branch_ahead_of(repo)
     info = {"branch": repo.head_branch, "head": head, "git_branch": gb, "git_detached": detached,
+            "next_commit_branch": follows or repo.head_branch,
             "ci": _ci_status(repo, [head]).get(head) if head else None, "root": repo.root}
     if as_json:
         emit_json(info)
@@ -523,6 +546,8 @@ def status(as_json):
     click.echo(f"HEAD: {short(head)}" if head else "No commits yet")
     if gb or detached:
         click.echo(f"git: {'detached HEAD' if detached else 'branch ' + gb}")
+    if follows:
+        click.echo(f"the next commit goes to branch {follows} (it follows git's branch; --branch overrides)")
     if info["ci"]:
         click.echo(f"CI of HEAD: {info['ci']}")
 

@@ -508,3 +508,23 @@ def test_temp_files_of_a_killed_checkout_are_removed_by_the_next_once_stale(run,
     os.utime(stale, (old, old))
     run("checkout", "HEAD", "-o", tmp_path / "out")
     assert not stale.exists() and fresh.exists()  # a running checkout's temp file is young
+
+
+def test_switch_inside_git_says_where_the_next_commit_goes(run, in_repo):
+    """Inside a git work tree commits follow git's branch (DESIGN.md section 10): `mvc switch exp`
+    while git is on main used to say only "Switched", and the next commit went to main."""
+    import subprocess
+    git = lambda *a: subprocess.run(["git", *a], cwd=in_repo.root, check=True, capture_output=True)
+    git("init", "-q", "-b", "main")
+    in_repo.commit({"core": {"w": torch.zeros(2)}}, message="one")
+    run("branch", "exp")
+    r = run("switch", "exp")
+    assert "git is on branch main" in r.stderr and "next commit goes to the mvc branch named like git's (main)" \
+        in r.stderr and "--branch exp" in r.stderr
+    doc = json.loads(run("status", "--json").stdout)
+    assert doc["branch"] == "exp" and doc["next_commit_branch"] == "main"
+    assert "the next commit goes to branch main" in run("status").stdout
+    git("checkout", "-qb", "exp")
+    r = run("switch", "exp", "--json")
+    assert not r.stderr and json.loads(r.stdout)["next_commit_branch"] == "exp"
+    assert "next commit" not in run("status").stdout
