@@ -706,6 +706,23 @@ class Repo(Maintenance):
                          author=default_author(self.root))
         return {"branch": ref[len("refs/heads/"):], "old": old, "new": target}
 
+    def revert(self, rev: str, message: str | None = None, branch: str | None = None) -> str:
+        """A new commit whose components are those of `rev`; returns its id. Unlike `git revert`
+        (which undoes a commit), this returns to REV's weights while keeping the history in
+        between, as `rollback` does by moving the branch back."""
+        cid = self.resolve(rev)
+        target = self.read_commit(cid)["components"]
+        ref, created_from, _warn, _follow = self._target_branch(branch)
+        base = self.refs.read(ref) or created_from
+        current = self.read_commit(base)["components"] if base else {}
+        if current == target:
+            name = ref.removeprefix("refs/heads/")
+            raise BadInput(f"nothing to revert: {name} already holds the components of {rev} ({cid[:12]})",
+                           "mvc revert REV returns to REV's weights; to undo the last commit run "
+                           "mvc revert HEAD~1 (or mvc rollback)")
+        return self.commit({}, message=message or f"revert to {cid[:12]}", trees=target, branch=branch,
+                           remove=[n for n in current if n not in target])
+
     def reflog(self, branch: str | None = None) -> list[dict]:
         ref = f"refs/heads/{branch}" if branch else self.refs.head_target()
         if ref is None:

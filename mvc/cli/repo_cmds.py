@@ -796,21 +796,22 @@ def ls_tree(rev, component, as_json):
 @click.option("-m", "--message", help="Commit message.")
 @json_opt
 def revert(rev, message, as_json):
-    """Make a new commit on the current branch restoring the components of REV.
+    """Make a new commit on the current branch holding the components of REV.
+
+    Unlike `git revert`, which undoes the changes of a commit, REV names the state to return to:
+    `mvc revert HEAD~1` undoes the last commit; `mvc revert HEAD` has nothing to do. The history
+    in between stays on the branch (`mvc rollback` moves the branch back instead).
 
     \b
     Examples:
-      mvc revert HEAD~2
+      mvc revert HEAD~1                       # undo the last commit, keeping it in the history
       mvc revert v1.0 -m "back to the v1.0 weights"
     """
     repo = _repo()
-    cid = repo.resolve(rev)
-    target = repo.read_commit(cid)["components"]
-    head = repo.head()
-    current = repo.read_commit(head)["components"] if head else {}
-    new = repo.commit({}, message=message or f"revert to {short(cid)}", trees=target,
-                      remove=[n for n in current if n not in target])
+    restored = repo.resolve(rev)
+    new = repo.revert(rev, message)
     if as_json:
-        emit_json({"commit": new, "restored": cid})
+        emit_json({"commit": new, "restored": restored})
     else:
-        click.echo(f"[{repo.head_branch} {short(new)}] restored the components of {short(cid)}")
+        c = repo.read_commit(new)
+        click.echo(f"[{repo.head_branch} {short(new)}] {c['message'].splitlines()[0]}")

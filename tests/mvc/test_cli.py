@@ -528,3 +528,18 @@ def test_switch_inside_git_says_where_the_next_commit_goes(run, in_repo):
     r = run("switch", "exp", "--json")
     assert not r.stderr and json.loads(r.stdout)["next_commit_branch"] == "exp"
     assert "next commit" not in run("status").stdout
+
+
+def test_revert_returns_to_a_revisions_weights_and_refuses_a_no_op(run, in_repo):
+    one = in_repo.commit({"core": {"w": torch.zeros(2)}, "opt": {"m": torch.ones(1)}}, message="one")
+    in_repo.commit({"core": {"w": torch.ones(2)}}, message="two", remove=["opt"])
+    r = run("revert", "HEAD~1")
+    head = in_repo.head()
+    assert r.stdout.strip() == f"[main {head[:12]}] revert to {one[:12]}"  # what the commit says it is
+    assert in_repo.read_commit(head)["components"] == in_repo.read_commit(one)["components"]
+    assert len(in_repo.log()) == 3  # the bad commit stays in the history
+    r = run("revert", "HEAD", code=3)  # git's habit: nothing to do here, and nothing is written
+    assert "nothing to revert: main already holds the components of HEAD" in r.stderr
+    assert "mvc revert HEAD~1" in r.stderr and in_repo.head() == head
+    doc = json.loads(run("revert", "HEAD~1", "-m", "again", "--json").stdout)
+    assert doc["restored"] == in_repo.resolve("HEAD~2") and in_repo.read_commit(doc["commit"])["message"] == "again"
