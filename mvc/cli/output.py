@@ -84,12 +84,13 @@ def warn(message: str) -> None:
 
 
 def human_bytes(n: float | None) -> str:
+    """Decimal units (1 MB = 10**6 bytes), as the progress bars (rich) show them."""
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return f"{n:.1f} TB"
 
 

@@ -490,7 +490,7 @@ def test_rev_parse_switch_and_export_take_json(run, tmp_path):
     cid = json.loads(run("commit", ck, "-m", "one", "--json").stdout)["commit"]
     assert json.loads(run("rev-parse", "HEAD", "main", "--json").stdout) == {"HEAD": cid, "main": cid}
     run("branch", "exp")
-    assert json.loads(run("switch", "exp", "--json").stdout) == {"branch": "exp", "head": cid}
+    assert json.loads(run("switch", "exp", "--json").stdout) == {"branch": "exp", "head": cid, "next_commit_branch": "exp"}
     got = json.loads(run("export", "HEAD", "model", "-o", tmp_path / "e.safetensors", "--json").stdout)
     assert got == {"commit": cid, "component": "model", "file": str(tmp_path / "e.safetensors"),
                    "bytes": os.path.getsize(ck)}
@@ -543,3 +543,10 @@ def test_revert_returns_to_a_revisions_weights_and_refuses_a_no_op(run, in_repo)
     assert "mvc revert HEAD~1" in r.stderr and in_repo.head() == head
     doc = json.loads(run("revert", "HEAD~1", "-m", "again", "--json").stdout)
     assert doc["restored"] == in_repo.resolve("HEAD~2") and in_repo.read_commit(doc["commit"])["message"] == "again"
+
+
+def test_sizes_use_the_decimal_units_of_the_progress_bars():
+    """du said 50.0 MB for 52,432,680 bytes (MiB labelled MB) while the bar said 52.4 MB."""
+    from mvc.cli.output import human_bytes
+    assert [human_bytes(n) for n in (999, 52_432_680, 1_500, 2 * 10**12, None)] == \
+        ["999 B", "52.4 MB", "1.5 kB", "2.0 TB", "-"]
