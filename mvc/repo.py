@@ -619,8 +619,9 @@ class Repo(Maintenance):
         return {"id": cid, **{k: v for k, v in c.items() if k != "components"}, "components": comps}
 
     # -- diff --------------------------------------------------------------------------------
-    def diff(self, a: str, b: str) -> dict:
-        """Per component and tensor: added / removed / changed / unchanged, with change statistics."""
+    def diff(self, a: str, b: str, progress: Callable[[int], None] | None = None) -> dict:
+        """Per component and tensor: added / removed / changed / unchanged, with change statistics.
+        `progress` gets the bytes compared as they are (their total: `diffs.compared_bytes`)."""
         ida, idb = self.resolve(a), self.resolve(b)
         ca, cb = self.read_commit(ida), self.read_commit(idb)
         result = {"a": ida, "b": idb, "components": {}, "metrics": {}, "identical": True}
@@ -632,7 +633,7 @@ class Repo(Maintenance):
             result["identical"] = False
             ta = self.read_tree(ta_id) if ta_id else None
             tb = self.read_tree(tb_id) if tb_id else None
-            result["components"][name] = diff_trees(self.store, ta, tb)
+            result["components"][name] = diff_trees(self.store, ta, tb, progress)
         keys = set(ca["metrics"]) | set(cb["metrics"])
         for k in sorted(keys):
             va, vb = ca["metrics"].get(k), cb["metrics"].get(k)

@@ -246,7 +246,13 @@ def diff(rev_a, rev_b, exit_code, show_all, as_json):
       mvc diff main experiment --json --exit-code
       mvc diff HEAD~1 | grep q_proj
     """
-    d = _repo().diff(rev_a, rev_b)
+    repo = _repo()
+    from ..diffs import compared_bytes
+    ca, cb = (repo.read_commit(repo.resolve(r))["components"] for r in (rev_a, rev_b))
+    total = sum(compared_bytes(repo.read_tree(ca[n]), repo.read_tree(cb[n]))
+                for n in set(ca) & set(cb) if ca[n] != cb[n])
+    with byte_progress(total, "comparing") as advance:
+        d = repo.diff(rev_a, rev_b, progress=advance)
     d["metrics_changed"] = bool(d["metrics"])
     if as_json:
         emit_json(d)

@@ -565,3 +565,35 @@ def test_side_files_pass_through_mappings_not_memory(repo, tmp_path, monkeypatch
     assert peak < (8 << 20), peak  # before: the 20 MB file was read whole on commit and on checkout
     assert (tmp_path / "out" / "m" / "big.bin").read_bytes() == (d / "big.bin").read_bytes()
     assert set(repo.read_tree(repo.read_commit(cid)["components"]["m"])["files"]) == {"big.bin"}
+
+
+def test_diff_figures_do_not_depend_on_the_chunking_and_progress_adds_up(repo, monkeypatch):
+    """tensor_change compares in chunks (a 200 MB tensor took 3 GB and 6 s whole); every figure
+    must be what the whole-tensor computation gives, and progress must reach compared_bytes."""
+    import mvc.diffs
+    g = torch.Generator().manual_seed(7)
+    a = {"f": torch.randn(1000, generator=g), "h": torch.randn(333, generator=g).half(),
+         "i": torch.randint(-2**62, 2**62, (101,), generator=g), "c": torch.randn(50, generator=g, dtype=torch.complex64),
+         "z": torch.zeros(0), "n": torch.randn(64, generator=g)}
+    b = {k: v.clone() for k, v in a.items()}
+    b["f"][::7] += 0.5
+    b["f"][3], b["f"][500] = float("nan"), float("inf")
+    b["h"] = (b["h"].float() * 1.01)  # dtype change F16 -> F32
+    b["i"][::5] -= 12345
+    b["c"][::3] *= 2
+    b["n"][:] = float("nan")  # every change non-finite
+    c1 = repo.commit({"m": a}, message="a")
+    c2 = repo.commit({"m": b}, message="b")
+    whole = repo.diff(c1, c2)["components"]["m"]["tensors"]
+    monkeypatch.setattr(mvc.diffs, "CHUNK_ELEMENTS", 7)
+    seen = []
+    chunked = repo.diff(c1, c2, progress=seen.append)["components"]["m"]["tensors"]
+    assert chunked.keys() == whole.keys()
+    for name in whole:
+        for k, v in whole[name].items():
+            w = chunked[name][k]
+            assert (w == pytest.approx(v, rel=1e-12)) if isinstance(v, float) else w == v, (name, k, w, v)
+    assert whole["n"]["nonfinite_changed"] == 64 and whole["n"]["max_abs_delta"] is None
+    assert whole["f"]["nonfinite_changed"] == 2 and whole["f"]["max_abs_delta"] == pytest.approx(0.5, rel=1e-6)
+    ta, tb = repo.tree(c1, "m"), repo.tree(c2, "m")
+    assert sum(seen) == mvc.diffs.compared_bytes(ta, tb) > 0 and len(seen) > 100
