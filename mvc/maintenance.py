@@ -16,6 +16,7 @@ from . import safetensors_format as stf
 from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
 from .files import shared_or_exclusive
 from .objects import SMALL_OBJECT, decode, named_ids, object_kind, tree_blob_ids
+from .transfer import Progress
 
 GC_GRACE_S = 3600.0
 WRITERS_LOCK = "writers.lock"  # see Repo.writing
@@ -152,7 +153,8 @@ class Maintenance:
         """Object ids other subsystems keep alive (certificate indexes)."""
         return certindex.all_listed(self.dir)
 
-    def gc(self, dry_run: bool = False, grace_s: float | None = None, expire_reflogs: bool = True) -> dict:
+    def gc(self, dry_run: bool = False, grace_s: float | None = None, expire_reflogs: bool = True,
+           progress: Progress | None = None) -> dict:
         """Delete loose objects unreachable from refs and reflogs and older than the grace period.
 
         With a grace shorter than the default, gc waits for commits and fetches in progress and
@@ -162,7 +164,7 @@ class Maintenance:
         exclusive = grace < GC_GRACE_S and not dry_run
         with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True) if exclusive \
                 else contextlib.nullcontext():
-            return self._gc(dry_run, grace, expire_reflogs, exclusive)
+            return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
 
     def _sweep_loose(self, dry_run: bool, grace: float, expiry: float | None):
         """gc's loose phase: (live, protected, loose files deleted, objects removed, bytes freed,
@@ -194,7 +196,7 @@ class Maintenance:
                 self.loose.delete(oid)
         return live, protected, doomed, removed, freed, kept_young
 
-    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool) -> dict:
+    def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool, progress: Progress) -> dict:
         expired, expiry = 0, None
         if expire_reflogs:
             expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
@@ -231,12 +233,17 @@ class Maintenance:
                     continue
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
-                  "reflog_entries_expired": expired, "dry_run": dry_run}
+                  "reflog_entries_expired": expired, "dry_run": dry_run, **self._kept_by_reflogs(live)}
         if not locked:
             result["loose_left_why"] = "busy: commits or pushes held the writers lock"
-        from .pack_write import pack  # repack kept objects (big clean packs stay), dropping unreachable ones
-        result["pack"] = pack(self, full=True, grace_s=grace, dry_run=dry_run, geometric=True, protect=protected,
-                              live=live if dry_run else None, writers_locked=exclusive)
+        from .pack_write import Packer  # repack kept objects (big clean packs stay), dropping unreachable ones
+        with Packer(self, full=True, grace_s=grace, geometric=True, protect=protected,
+                    live=live if dry_run else None, writers_locked=exclusive) as p:
+            progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
+            try:
+                result["pack"] = p.run(progress.advance, dry_run=dry_run)
+            finally:
+                progress.end()
         result["removed"] += result["pack"]["dropped"]
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
@@ -244,6 +251,12 @@ class Maintenance:
         if lazy:  # a lazy clone: reachable blobs still on the promisor remote are not missing
             result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
         return result
+
+    def _kept_by_reflogs(self, live: set[str]) -> dict:
+        """What only reflog entries keep (a rolled-back checkpoint, a deleted branch): gc leaves it
+        until the entries expire (gc.reflogExpire), and says so."""
+        kept = [o for o in live - self.reachable(include_reflogs=False)[0] if self._has_locally(o)]
+        return {"kept_by_reflogs": len(kept), "kept_by_reflogs_bytes": sum(self.store.size(o) for o in kept)}
 
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
         """Re-hash every stored object and check everything reachable exists and is well formed."""

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from ..transfer import Progress
+
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 PIPE_WIDTH = 10_000  # columns of a console that is not a terminal: piped output never cuts a name or id
 ID_WIDTH = 12  # hex digits of an id in human output
@@ -127,3 +129,34 @@ def byte_progress(total: int, label: str):
 def plural(n: int, word: str, many: str | None = None) -> str:
     """`1 file`, `2 files` (`many` for irregular plurals, e.g. entry/entries)."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+class BarProgress(Progress):
+    """A rich bar on stderr (objects, bytes, bytes/s), drawn only on a TTY."""
+
+    def __init__(self):
+        self.enabled = sys.stderr.isatty()
+        self.bar = None
+
+    def begin(self, label, objects, nbytes=None):
+        if not self.enabled or not objects:
+            return
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.fields[done]}/{task.fields[objects]} objects"), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=console(stderr=True),
+                            transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=nbytes or None, done=0, objects=objects)
+        self.done = 0
+
+    def advance(self, nbytes):
+        if self.bar is not None:
+            self.done += 1  # called from worker threads; rich's Progress is thread-safe
+            self.bar.update(self.task, advance=nbytes, done=self.done)
+
+    def end(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import click
 
 from ..repo import Repo
-from ..transfer import DEFAULT_JOBS, Progress
+from ..transfer import DEFAULT_JOBS
 from .main import cli
-from .output import console, emit_json, human_bytes, json_opt, rate, short
+from .output import BarProgress, emit_json, human_bytes, json_opt, rate, short
 
 jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
                         help="Parallel transfers.")
@@ -24,37 +23,6 @@ def _rm():
     """mvc.remote, imported by the commands that use it only (it pulls in threads and transports)."""
     from .. import remote
     return remote
-
-
-class BarProgress(Progress):
-    """A rich bar on stderr (objects, bytes, bytes/s), drawn only on a TTY."""
-
-    def __init__(self):
-        self.enabled = sys.stderr.isatty()
-        self.bar = None
-
-    def begin(self, label, objects, nbytes=None):
-        if not self.enabled or not objects:
-            return
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("{task.fields[done]}/{task.fields[objects]} objects"), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(), console=console(stderr=True),
-                            transient=True)
-        self.bar.start()
-        self.task = self.bar.add_task(label, total=nbytes or None, done=0, objects=objects)
-        self.done = 0
-
-    def advance(self, nbytes):
-        if self.bar is not None:
-            self.done += 1  # called from worker threads; rich's Progress is thread-safe
-            self.bar.update(self.task, advance=nbytes, done=self.done)
-
-    def end(self):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
 
 
 # -- mvc remote --------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import (byte_progress, change, console, emit_json, human_bytes, json_opt, plural, short, size_change,
-                     table, warn)
+from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, plural, short,
+                     size_change, table, warn)
 
 
 def _repo() -> Repo:
@@ -577,13 +577,18 @@ def gc(dry_run, grace, as_json):
     they are (each at least twice the bytes of everything smaller); the rest, and reachable loose
     objects, go into one new pack (`mvc pack --all` rewrites everything into one).
     """
-    r = _repo().gc(dry_run=dry_run, grace_s=grace)
+    r = _repo().gc(dry_run=dry_run, grace_s=grace, progress=BarProgress())
     if as_json:
         emit_json(r)
     else:
         verb = "would remove" if dry_run else "removed"
         click.echo(f"{verb} {r['removed']} objects, {human_bytes(r['bytes_freed'])} "
                    f"({r['kept_recent']} recent unreachable objects kept)")
+        if r["kept_by_reflogs"]:
+            click.echo(f"kept {plural(r['kept_by_reflogs'], 'object')} ({human_bytes(r['kept_by_reflogs_bytes'])}) "
+                       "that only reflog entries reach (rolled-back commits, deleted branches), so that "
+                       "rollbacks can be undone; they go when the entries expire (gc.reflogExpire: 90 days "
+                       "unless set; mvc config gc.reflogExpire 0 expires them all at the next gc)")
         p = r.get("pack")
         if p and p.get("packed") and dry_run:  # sizes after packing are known only by packing
             click.echo(f"would pack {p['packed']} objects ({human_bytes(p['bytes_before'])})")

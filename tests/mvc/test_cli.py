@@ -550,3 +550,20 @@ def test_sizes_use_the_decimal_units_of_the_progress_bars():
     from mvc.cli.output import human_bytes
     assert [human_bytes(n) for n in (999, 52_432_680, 1_500, 2 * 10**12, None)] == \
         ["999 B", "52.4 MB", "1.5 kB", "2.0 TB", "-"]
+
+
+def test_gc_says_what_only_reflogs_keep_after_a_rollback(run, in_repo):
+    """gc after rolling back a bad checkpoint freed nothing and did not say why."""
+    in_repo.commit({"core": {"w": torch.zeros(100)}}, message="good")
+    bad = in_repo.commit({"core": {"w": torch.ones(100)}}, message="bad")
+    run("rollback")
+    doc = json.loads(run("gc", "--grace", "0", "--json").stdout)
+    bad_objects = {bad, in_repo.read_commit(bad)["components"]["core"], in_repo.tree(bad, "core")["tensors"]["w"]["id"]}
+    assert doc["removed"] == 0 and doc["kept_by_reflogs"] == len(bad_objects)
+    assert doc["kept_by_reflogs_bytes"] == sum(in_repo.store.size(o) for o in bad_objects)
+    out = run("gc", "--grace", "0").stdout
+    assert "kept 3 objects" in out and "only reflog entries reach" in out and "gc.reflogExpire 0" in out
+    run("config", "gc.reflogExpire", "0")
+    doc = json.loads(run("gc", "--grace", "0", "--json").stdout)
+    assert doc["removed"] == 3 and doc["kept_by_reflogs"] == 0
+    assert not any(mvc.Repo(in_repo.root).store.has(o) for o in bad_objects)
