@@ -132,11 +132,38 @@ def load_pickle_state_dict(path: str) -> dict:
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and set(obj) == {key} and isinstance(obj[key], dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise BadInput(f"{path} does not hold a flat mapping of names to tensors",
-                       "save model.state_dict() instead of the model object")
+    if not isinstance(obj, dict) or not obj:
+        raise BadInput(f"{path} does not hold a mapping of names to tensors but "
+                       f"{'an empty dict' if isinstance(obj, dict) else 'a ' + type(obj).__name__}",
+                       "save model.state_dict()")
+    problem = flat_state_problem(obj)
+    if problem:
+        raise BadInput(f"{path} does not hold a flat mapping of names to tensors: {problem}", NESTED_HINT)
     return obj
+
+
+NESTED_HINT = ("mvc stores flat name -> tensor mappings: commit each state dict of a training checkpoint as "
+               "its own component (-c model=... -c optimizer=...), with optimizer tensors flattened to names "
+               "like state.<i>.<key> (cores.train.flatten_optimizer_state) and plain numbers as --metric or "
+               "tensors; or keep the file as raw bytes by committing the folder holding it")
+
+
+def flat_state_problem(state: dict) -> str | None:
+    """Why `state` is not a flat mapping of string names to tensors (None when it is), naming the
+    first entry that is not: a nested dict (an optimizer state, {"model": ..., "epoch": 3}) or a
+    plain value."""
+    import torch
+    for k, v in state.items():
+        if not isinstance(k, str):
+            return f"key {k!r} is a {type(k).__name__}, not a string"
+        if isinstance(v, torch.Tensor):
+            continue
+        if isinstance(v, dict):
+            kind = "a state dict" if v and all(isinstance(x, torch.Tensor) for x in v.values()) else "a nested dict"
+            return f"entry {k!r} is {kind}, not a tensor"
+        kind = type(v).__name__
+        return f"entry {k!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} ({str(v)[:40]}), not a tensor"
+    return None
 
 
 def _load_error_reason(e: Exception) -> str:
@@ -179,11 +206,9 @@ def module_state(value):
             abi = {"hash": spec.hash, "spec": spec.to_dict() if hasattr(spec, "to_dict") else None}
         return state, arch, config, abi, getattr(value, "mvc_kind", None)
     if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise BadInput(f"state dict key {k!r} is a {type(k).__name__}, not a string")
-            if not isinstance(v, torch.Tensor):
-                raise BadInput(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        problem = flat_state_problem(value)
+        if problem:
+            raise BadInput(f"state dict {problem}", NESTED_HINT)
         return value, None, None, None, None
     raise BadInput(f"cannot commit a {type(value).__name__}",
                    "pass a state dict, an nn.Module or a file/directory path")

@@ -57,3 +57,28 @@ def test_module_state_refuses_a_module_that_says_why():
     Refused.mvc_commit_refusal = None  # not a string: committed as usual
     state, *_ = module_state(Refused(2, 2))
     assert set(state) == {"weight", "bias"}
+
+
+def test_nested_checkpoints_are_refused_with_what_to_do(tmp_path):
+    """An optimizer state or {"model": sd, "epoch": 3} got "save model.state_dict() instead of the
+    model object", which is what the user had done."""
+    import mvc
+    from mvc.errors import BadInput
+    repo = mvc.Repo.init(tmp_path / "r")
+    m = torch.nn.Linear(3, 3)
+    opt = torch.optim.Adam(m.parameters())
+    m(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    cases = {"opt.pt": (opt.state_dict(), "entry 'state' is a nested dict"),
+             "ckpt.pt": ({"model": m.state_dict(), "epoch": 3}, "entry 'model' is a state dict"),
+             "mixed.pt": ({"w": torch.ones(1), "epoch": 3}, "entry 'epoch' is an int (3)")}
+    for name, (obj, why) in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(BadInput) as e:
+            repo.commit({"c": str(tmp_path / name)}, message="x")
+        assert why in e.value.message and "flat mapping" in e.value.message
+        assert "-c optimizer=" in e.value.hint and "state.<i>.<key>" in e.value.hint
+        with pytest.raises(BadInput) as e:
+            repo.commit({"c": obj}, message="x")
+        assert why in e.value.message and "-c optimizer=" in e.value.hint
+    assert repo.head() is None  # nothing was committed
