@@ -31,6 +31,7 @@ MVC_DIR = ".mvc"
 REPO_FORMAT = 1
 DEFAULT_BRANCH = "main"
 COMMIT_RETRIES = 20
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # names torch.load files go by
 
 
 def find_root(start: str | os.PathLike | None = None) -> str:
@@ -774,7 +775,14 @@ class Repo(Maintenance):
         self.store.prefetch(tree_blob_ids(tree))
         if not out_file or os.path.isdir(out_file) or out_file.endswith(("/", os.sep)):
             raise BadInput(f"cannot write {out_file!r}: not a file name", "name the file to write, e.g. -o core.safetensors")
-        comp.write_files(self.store, [(tree, next(iter(tree["files"])), out_file)], force)
+        (relpath, entry), = tree["files"].items()
+        if entry["format"] == "safetensors" and out_file.lower().endswith(PICKLE_SUFFIXES):
+            raise BadInput(f"component {component!r} is stored as safetensors ({relpath}), and export writes "
+                           f"those bytes: {os.path.basename(out_file)} would hold safetensors under a PyTorch "
+                           "name (torch.load refuses it)",
+                           f"name the file .safetensors, or write a PyTorch file from Python: "
+                           f"torch.save(dict(mvc.Repo().load(REV, {component!r})), {os.path.basename(out_file)!r})")
+        comp.write_files(self.store, [(tree, relpath, out_file)], force)
         return out_file
 
     def export_chunks(self, rev: str | None, component: str):

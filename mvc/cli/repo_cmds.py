@@ -355,6 +355,8 @@ def export(rev, component, out, force, as_json):
       mvc export HEAD core -o - | ssh host 'cat > core.safetensors'
     """
     if out == "-":
+        if as_json:
+            raise click.UsageError("--json cannot share stdout with the file (-o -)")
         sink = click.get_binary_stream("stdout")
         for chunk in _repo().export_chunks(rev, component):
             sink.write(chunk)

@@ -567,3 +567,19 @@ def test_gc_says_what_only_reflogs_keep_after_a_rollback(run, in_repo):
     doc = json.loads(run("gc", "--grace", "0", "--json").stdout)
     assert doc["removed"] == 3 and doc["kept_by_reflogs"] == 0
     assert not any(mvc.Repo(in_repo.root).store.has(o) for o in bad_objects)
+
+
+def test_export_refuses_a_pytorch_name_for_safetensors_bytes(run, in_repo, tmp_path):
+    """`export -o back.pt` wrote safetensors bytes under a .pt name (torch.load then failed)."""
+    torch.save({"w": torch.ones(2)}, tmp_path / "sd.pt")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "vocab.bin").write_bytes(b"\x00raw")
+    run("commit", "-c", f"sd={tmp_path / 'sd.pt'}", "-c", f"tok={tmp_path / 'd'}", "-m", "x")
+    r = run("export", "HEAD", "sd", "-o", tmp_path / "back.pt", code=3)
+    assert "stored as safetensors (model.safetensors)" in r.stderr and "torch.save(dict(mvc.Repo().load(" in r.stderr
+    assert not (tmp_path / "back.pt").exists()
+    run("export", "HEAD", "sd", "-o", tmp_path / "back.safetensors")
+    run("export", "HEAD", "tok", "-o", tmp_path / "vocab.bin")  # a raw file keeps any name
+    assert (tmp_path / "vocab.bin").read_bytes() == b"\x00raw"
+    r = run("export", "HEAD", "sd", "-o", "-", "--json", code=2)
+    assert "--json cannot share stdout" in r.stderr and not r.stdout
