@@ -582,15 +582,26 @@ class Repo(Maintenance):
         model.eval()
         return model
 
-    def log(self, rev: str | None = None, n: int | None = None) -> list[dict]:
-        """Commits reachable from `rev` (default HEAD), newest first, each with its `id`."""
+    def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
+        """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with
+        `exclude`, only those not reachable from it too (git's `exclude..rev`)."""
         try:
             start = self.resolve(rev)
         except UnknownRevision:
             if rev is None and self.head() is None:
                 return []
             raise
-        out, seen, frontier = [], {start}, [start]
+        hidden: set[str] = set()
+        if exclude is not None:
+            stack = [self.resolve(exclude)]
+            while stack:
+                c = stack.pop()
+                if c not in hidden:
+                    hidden.add(c)
+                    stack.extend(self.read_commit(c)["parents"])
+        if start in hidden:
+            return []
+        out, seen, frontier = [], {start} | hidden, [start]
         while frontier and (n is None or len(out) < n):
             frontier.sort(key=lambda c: self.read_commit(c)["time"], reverse=True)
             cid = frontier.pop(0)

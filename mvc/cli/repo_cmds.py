@@ -118,9 +118,13 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
         cid = repo.commit(components, message=message, metrics=metrics,
                           branch=branch, remove=remove, progress=advance)
     c = repo.read_commit(cid)
+    unchanged = bool(c["parents"]) and repo.read_commit(c["parents"][0])["components"] == c["components"]
+    if unchanged:  # git would refuse; a checkpoint may still record new metrics, so say it only
+        warn(f"no component changed since {short(c['parents'][0])}: the commit records its message and "
+             "metrics only")
     if as_json:
         emit_json({"commit": cid, "branch": branch or repo.head_branch, "parents": c["parents"],
-                   "components": c["components"]})
+                   "components": c["components"], "unchanged": unchanged})
     else:
         click.echo(f"[{branch or repo.head_branch} {short(cid)}] {message.splitlines()[0]}")
 
@@ -133,12 +137,22 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
 def log(rev, n, oneline, as_json):
     """List commits reachable from REV (default HEAD), newest first.
 
+    A..B lists the commits B reaches and A does not (either side defaults to HEAD).
+
     \b
-    Example:
+    Examples:
       mvc log -n 10 --json
+      mvc log main..experiment      # what experiment added since it left main
     """
     repo = _repo()
-    commits = repo.log(rev, n)
+    exclude = None
+    if rev and ".." in rev:  # no branch or tag name holds ".."
+        exclude, _, rev = rev.partition("..")
+        exclude, rev = exclude or "HEAD", rev or "HEAD"
+    commits = repo.log(rev, n, exclude=exclude)
+    if not commits and not as_json:
+        click.echo("no commits" + (f" in {exclude}..{rev}" if exclude else " yet"), err=True)
+        return
     status = _ci_status(repo, [c["id"] for c in commits])
     if as_json:
         emit_json([{"id": c["id"], "parents": c["parents"], "message": c["message"], "metrics": c["metrics"],
@@ -310,7 +324,7 @@ def _value(v) -> str:
 
 @cli.command()
 @click.argument("rev", default="HEAD")
-@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Directory to write into.")
+@click.option("-o", "--output", "out", type=click.Path(), help="Directory to write into (required).")
 @click.option("-c", "--component", "comps", multiple=True, help="Only this component (repeatable).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite files that exist there with other content.")
 @json_opt
@@ -325,6 +339,9 @@ def checkout(rev, out, comps, force, as_json):
       mvc checkout HEAD~2 -o restored/
       mvc checkout main -o restored/ --force    # overwrite an older checkout
     """
+    if not out:
+        raise click.UsageError("mvc checkout writes files: name the folder with -o DIR (to make a branch the "
+                               "current one, as git checkout BRANCH does, run mvc switch BRANCH)")
     repo = _repo()
     cid = repo.resolve(rev)
     total = sum(f["size"] for name, tid in repo.read_commit(cid)["components"].items()

@@ -583,3 +583,34 @@ def test_export_refuses_a_pytorch_name_for_safetensors_bytes(run, in_repo, tmp_p
     assert (tmp_path / "vocab.bin").read_bytes() == b"\x00raw"
     r = run("export", "HEAD", "sd", "-o", "-", "--json", code=2)
     assert "--json cannot share stdout" in r.stderr and not r.stdout
+
+
+def test_a_commit_that_changes_nothing_says_so(run, tmp_path):
+    p = _ckpt(tmp_path / "m.safetensors", 0)
+    first = run("commit", p, "-m", "one", "--json")
+    assert json.loads(first.stdout)["unchanged"] is False and not first.stderr
+    again = run("commit", p, "-m", "two", "--metric", "loss=1", "--json")
+    assert json.loads(again.stdout)["unchanged"] is True
+    assert "no component changed since" in again.stderr and "metrics only" in again.stderr
+
+
+def test_log_ranges_and_git_habits_get_the_mvc_way(run, in_repo, tmp_path):
+    base = in_repo.commit({"core": {"w": torch.zeros(2)}}, message="base")
+    run("branch", "exp")
+    a = in_repo.commit({"core": {"w": torch.ones(2)}}, message="on main", branch="main")
+    e1 = in_repo.commit({"core": {"w": torch.full((2,), 2.0)}}, message="exp 1", branch="exp")
+    e2 = in_repo.commit({"core": {"w": torch.full((2,), 3.0)}}, message="exp 2", branch="exp")
+    ids = lambda r: [c["id"] for c in json.loads(run("log", r, "--json").stdout)]
+    assert ids("main..exp") == [e2, e1] and ids("exp..main") == [a] and ids("exp..exp") == []
+    assert ids("..exp") == [e2, e1]  # HEAD is main
+    assert ids(f"{base[:8]}..") == [a]
+    assert run("log", "exp..exp").stderr.strip() == "no commits in exp..exp"
+    assert "unknown revision 'nope'" in run("log", "nope..exp", code=3).stderr
+    r = run("checkout", "exp", code=2)  # git's checkout BRANCH
+    assert "-o DIR" in r.stderr and "mvc switch BRANCH" in r.stderr
+
+
+def test_log_of_an_empty_repository_says_so(run, in_repo):
+    r = run("log")
+    assert r.stdout == "" and r.stderr.strip() == "no commits yet"
+    assert json.loads(run("log", "--json").stdout) == []
