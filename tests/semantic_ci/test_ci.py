@@ -176,3 +176,31 @@ def test_cli_ci_json_exit_codes_and_junit(ci_repo, monkeypatch, tmp_path):
     assert [c["ci"] for c in log] == ["failed", "passed", None]
     r = runner.invoke(cli, ["ci", "--check", "nope"])
     assert r.exit_code == 3 and "no check named nope" in r.stderr
+
+
+def test_the_readme_ci_system_steps_work_in_a_fresh_checkout(ci_repo, monkeypatch, tmp_path):
+    """README's CI-system snippet: a git checkout holds mvc.toml and the data, not .mvc; it ran
+    `mvc fetch origin` there (not an mvc repository) and named local branches fetch never makes."""
+    from mvc import remote as rm
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="main")
+    ci_repo.create_branch("feature")
+    ci_repo.commit({"core": {"table": t}, "extra": {"x": torch.ones(2)}}, message="feature work", branch="feature")
+    rm.add_remote(ci_repo, "origin", str(tmp_path / "shared"))
+    rm.push(ci_repo, "origin", "main")
+    rm.push(ci_repo, "origin", "feature")
+    checkout = tmp_path / "runner"
+    checkout.mkdir()
+    for name in ("mvc.toml", "heldout.txt"):  # what the git checkout brings
+        (checkout / name).write_bytes(open(os.path.join(ci_repo.root, name), "rb").read())
+    monkeypatch.chdir(checkout)
+    runner = CliRunner()
+    steps = [["init", "."], ["remote", "add", "origin", str(tmp_path / "shared")], ["fetch", "origin"],
+             ["ci", "origin/feature", "--base", "origin/main", "--junit", "reports/mvc-ci.xml"]]
+    for step in steps:  # the README's steps, with GITHUB_HEAD_REF = feature
+        r = runner.invoke(cli, step)
+        assert r.exit_code == 0, (step, r.output)
+    assert "PASS" in r.stdout and 'failures="0"' in (checkout / "reports" / "mvc-ci.xml").read_text()
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    assert 'mvc ci "origin/$GITHUB_HEAD_REF" --base origin/main --junit reports/mvc-ci.xml' in readme
+    assert "mvc init ." in readme and 'mvc remote add origin "$MVC_REMOTE"' in readme
