@@ -54,6 +54,8 @@ def prefault(mm, start: int, end: int) -> None:
 
 
 RAW_MAP_MIN = 64 << 20  # side files at least this large are mapped, not read, when committed
+LINKED_FOLDER_HINT = ("a checkout could not give the link back; copy the folder with its links resolved "
+                      "(cp -rL SRC COPY, e.g. a Hugging Face hub snapshot) and commit the copy")
 
 
 def default_kind(name: str) -> str:
@@ -243,7 +245,7 @@ class Ingest:
             filenames = [n for n in filenames if n != ".git"]  # (other reserved names are refused below)
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
-                    raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks")
+                    raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks", LINKED_FOLDER_HINT)
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
@@ -254,7 +256,7 @@ class Ingest:
         for rel, full in entries:
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
-                raise BadInput(f"{full} is a symbolic link; mvc refuses symlinks")
+                raise BadInput(f"{full} is a symbolic link; mvc refuses symlinks", LINKED_FOLDER_HINT)
             if stat.S_ISREG(st.st_mode):
                 self._path(full, rel)
             else:

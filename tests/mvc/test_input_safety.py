@@ -541,3 +541,18 @@ def test_a_saved_module_is_refused_naming_what_it_holds(repo, tmp_path):
     with pytest.raises(BadInput, match=r"whole model object \(torch\.nn\.modules\.linear\.Linear\)") as e:
         repo.commit({"core": str(path)}, message="x")
     assert "(1)" not in e.value.message  # before: torch's "(1) In PyTorch 2.6, we changed..." line
+
+
+def test_a_linked_file_in_a_folder_says_how_to_commit_it(tmp_path):
+    """A Hugging Face hub snapshot is links into ../../blobs: the refusal named no way forward."""
+    import mvc
+    from mvc.errors import BadInput
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "abc").write_text("{}")
+    snap = tmp_path / "snapshots" / "main"
+    snap.mkdir(parents=True)
+    os.symlink("../../blobs/abc", snap / "config.json")
+    repo = mvc.Repo.init(tmp_path / "r")
+    with pytest.raises(BadInput) as e:
+        repo.commit({"model": str(snap)}, message="x")
+    assert "config.json is a symbolic link" in e.value.message and "cp -rL" in e.value.hint
