@@ -17,7 +17,6 @@ from .config import DEFAULT_REMOTE, add_remote, list_remotes
 from .fetching import fetch
 
 
-# -- clone -------------------------------------------------------------------------------------
 def default_clone_dir(url: str) -> str:
     tail = url.rstrip("/").split("://", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
     tail = tail[:-4] if tail.endswith(".mvc") and len(tail) > 4 else tail

@@ -16,7 +16,6 @@ from ..store import fsync_dir, new_object_file
 from ..transport import REPAIR_HINT, LazyRemoteStore, Transport
 
 
-# -- helpers -----------------------------------------------------------------------------------
 class Pool:
     """The thread pool of one transfer: `map` runs fn over items in parallel (results in order);
     the first error cancels what has not started and is raised."""

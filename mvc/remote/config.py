@@ -14,7 +14,6 @@ from ..transport import (Transport, check_endpoint, configured_remote, is_url, n
 DEFAULT_REMOTE = "origin"
 
 
-# -- remote configuration ----------------------------------------------------------------------
 def check_remote_name(name: str) -> str:
     if "/" in name:
         raise BadName(f"invalid remote name {name!r} (no '/')")

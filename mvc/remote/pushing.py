@@ -18,7 +18,6 @@ from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, ha
 from .config import open_remote
 
 
-# -- push --------------------------------------------------------------------------------------
 class RepairIncomplete(CorruptObject):
     """push --repair met objects the remote lacks or holds damaged whose local copy is damaged (or
     missing) too: they were not sent, nor the trees and commits naming them, and no ref moved.

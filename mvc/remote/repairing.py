@@ -13,7 +13,6 @@ from .common import blob_size_limit, permission_errors, receive
 from .config import open_remote
 
 
-# -- repair ------------------------------------------------------------------------------------
 def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, rounds: int = 64) -> dict:
     """Restore what `fsck` finds damaged or missing from a remote (or a clone used as one): each
     object is downloaded, verified and written loose, replacing a damaged loose copy. Rounds repeat
