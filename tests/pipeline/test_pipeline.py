@@ -266,12 +266,28 @@ def test_evaluate_certificate_verifies_on_its_branch_and_from_stage_is_checked(t
     monkeypatch.chdir(root)
     r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "nosuch"])  # fresh repository
     assert r.exit_code == 3 and "no stage named 'nosuch'" in r.stderr and "core, certify" in r.stderr, r.output
+    import threading
+    import mvc.files
+    from mvc.store import ChainStore
+    from mvc.objects import named_ids
+    from semantic_ci import certificate
+    lock, real_put, held_puts = os.path.abspath(os.path.join(repo.dir, "writers.lock")), ChainStore.put, set()
+
+    def put(self, data, *a, **k):  # which blobs were stored while the writers lock was held
+        oid = real_put(self, data, *a, **k)
+        if mvc.files._held_here.get((lock, threading.get_ident())):
+            held_puts.add(oid)
+        return oid
+    monkeypatch.setattr(ChainStore, "put", put)
     r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
     assert r.exit_code == 0, r.output
     summary = _events(r.stdout)[-1]
     certify = summary["stages"][1]
     cert_id = repo.read_commit(certify["commit"])["extra"]["pipeline"]["certificate"]
     assert certify["certificate"] == cert_id and summary["stages"][0]["certificate"]
+    for stage in summary["stages"]:  # check data a certificate names was stored under the lock
+        blobs = {o for o in named_ids(certificate.read(repo, stage["certificate"])) if repo.kind_of(o) == "blob"}
+        assert blobs <= held_puts, stage["name"]  # (a gc --grace 0 meanwhile deleted them)
     r = CliRunner().invoke(cli, ["verify", "demo/certify~1", "--json"])  # what examples/layercake.toml documents
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["certificate"] == cert_id and json.loads(r.stdout)["verified"]

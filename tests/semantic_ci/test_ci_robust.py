@@ -707,3 +707,34 @@ def test_check_data_through_a_linked_folder_inside_the_repository_is_read(ci_rep
     write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~1").replace('data = "heldout.txt"', 'data = "data/heldout.txt"'))
     two_commits(ci_repo)
     assert run_ci(ci_repo)["passed"]
+
+
+def _record_puts_and_lock(repo, monkeypatch):
+    """[(id, whether this thread held the writers lock)] of every object stored from now on."""
+    import threading
+    import mvc.files
+    from mvc.store import ChainStore
+    lock = os.path.abspath(os.path.join(repo.dir, "writers.lock"))
+    puts = []
+    real = ChainStore.put
+
+    def put(self, data, *a, **k):
+        oid = real(self, data, *a, **k)
+        puts.append((oid, bool(mvc.files._held_here.get((lock, threading.get_ident())))))
+        return oid
+    monkeypatch.setattr(ChainStore, "put", put)
+    return puts
+
+
+def test_check_data_is_stored_under_the_writers_lock(ci_repo, monkeypatch):
+    """mvc ci stored its data blobs before taking the writers lock: a gc --grace 0 meanwhile
+    deleted them, the certificate named a missing object, and every later gc stopped (exit 3)."""
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t}}, message="b")
+    puts = _record_puts_and_lock(ci_repo, monkeypatch)
+    from mvc.objects import named_ids
+    cert_id = run_ci(ci_repo)["certificate"]
+    named = set(named_ids(certificate.read(ci_repo, cert_id)))
+    data_blobs = {oid for oid, _held in puts} & named
+    assert data_blobs and all(held for oid, held in puts if oid in data_blobs), puts
