@@ -210,15 +210,54 @@ class LockFile:
             return f"left by dead process {owner['pid']}"
         return None
 
-    def _break(self, st: os.stat_result, reason: str) -> None:
-        try:  # only the file judged stale: not a fresh lock another waiter took meanwhile
-            now = os.stat(self.path)
-            if (now.st_ino, now.st_mtime_ns) != (st.st_ino, st.st_mtime_ns):
-                return
-            warnings.warn(f"breaking stale lock {self.path} {reason}")
-            os.unlink(self.path)
+    def _break(self) -> None:
+        """Remove the lock file if it is stale. Breakers take turns under a guard file and judge
+        the lock afresh while they hold it: a waiter that judged an older file stale never removes
+        a lock another waiter has taken since (check-then-unlink let two processes hold it)."""
+        guard = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.break")
+        try:
+            fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            self._clear_stale_guard(guard)
+            return  # another waiter is breaking it: look again
         except FileNotFoundError:
-            pass
+            return
+        try:
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": hostname()}).encode())
+            os.close(fd)
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                return
+            reason = self._stale_reason(self._owner(), st)
+            if reason:  # nobody else removes a stale file, and a new lock needs it gone first
+                os.unlink(self.path)
+                warnings.warn(f"broke stale lock {self.path} {reason}")
+        finally:
+            try:
+                os.unlink(guard)
+            except FileNotFoundError:
+                pass
+
+    @staticmethod
+    def _clear_stale_guard(guard: str) -> None:
+        """A guard is held for the few microseconds of a break: one older than
+        STALE_OWNERLESS_LOCK_S, or whose owner on this host is dead, was left by a killed breaker."""
+        try:
+            st = os.stat(guard)
+            with open(guard) as f:
+                owner = json.loads(f.read() or "null")
+        except (OSError, ValueError):
+            owner, st = None, None
+        if st is None:
+            return
+        dead = isinstance(owner, dict) and owner.get("host") == hostname() and \
+            isinstance(owner.get("pid"), int) and not pid_alive(owner["pid"])
+        if dead or time.time() - st.st_mtime > STALE_OWNERLESS_LOCK_S:
+            try:
+                os.unlink(guard)
+            except FileNotFoundError:
+                pass
 
     def acquire(self) -> "LockFile":
         makedirs(os.path.dirname(self.path) or ".")
@@ -241,9 +280,9 @@ class LockFile:
                     return
                 continue  # released meanwhile
             owner = self._owner()
-            reason = self._stale_reason(owner, st)
-            if reason:
-                self._break(st, reason)
+            if self._stale_reason(owner, st):
+                self._break()
+                time.sleep(0.001)  # (a guard held by another breaker: let it finish)
                 continue
             if time.monotonic() >= deadline:
                 who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"

@@ -64,3 +64,36 @@ def test_torn_reflog_line_is_skipped(tmp_path):
     with open(tmp_path / "logs" / "refs" / "heads" / "main", "a") as f:
         f.write('{"old": "trunc')
     assert [e["new"] for e in refs.reflog("refs/heads/main")] == [A]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_a_waiter_that_judged_a_lock_stale_never_removes_the_one_taken_since(tmp_path):
+    """Two waiters on a stale lock: B judged it stale, A broke it and took the lock, then B's
+    check-then-unlink removed A's live lock and both held it (two pushes 'succeeded', one was lost)."""
+    path = str(tmp_path / "main.lock")
+    with open(path, "w") as f:
+        json.dump({"pid": _dead_pid(), "host": socket.gethostname(), "time": 0}, f)
+    b = LockFile(path, timeout=0.2)
+    assert b._stale_reason(b._owner(), os.stat(path))  # B's judgement, then B is preempted
+    with pytest.warns(UserWarning, match="stale lock"):
+        a = LockFile(path).acquire()
+    b._break()  # B resumes
+    assert os.path.exists(path) and json.loads(open(path).read())["pid"] == os.getpid()
+    with pytest.raises(LockHeld):
+        b.acquire()
+    a.release()
+    assert not os.listdir(tmp_path)  # no guard file left
+
+
+def test_a_guard_left_by_a_killed_breaker_does_not_block_the_lock(tmp_path):
+    path = tmp_path / "main.lock"
+    path.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "time": 0}))
+    (tmp_path / ".main.lock.break").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    with pytest.warns(UserWarning, match="stale lock"):
+        with LockFile(str(path), timeout=2):
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not os.listdir(tmp_path)
