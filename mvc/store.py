@@ -499,19 +499,22 @@ class ChainStore(ObjectStore):
         object whose first copy is damaged (CorruptObject only when no copy verifies; fsck still
         names the damaged one)."""
         why = None  # the reason given by a store that should have had it (a lazy clone's remote)
+        refused: set[int] = set()  # stores other than the first that said it is missing, and why
         damaged: dict[int, CorruptObject] = {}  # a damaged copy: another store's good one still serves
         for i, s in enumerate(self.stores):
             if i == 0 or s.has(oid):  # the first (loose) store answers a miss as cheaply as has()
                 try:
                     return getattr(s, how)(oid, **kw)
                 except ObjectMissing as e:
-                    why = e if i else why
+                    if i:
+                        why = e
+                        refused.add(i)
                     continue
                 except CorruptObject as e:
                     damaged[i] = e
                     continue
-        for i, s in enumerate(self.stores):  # it may have moved behind us: one more pass
-            if i in damaged or (why is not None and s.has(oid) and i):
+        for i, s in enumerate(self.stores):  # it may have moved behind us (packed meanwhile): one more pass
+            if i in damaged or i in refused:
                 continue  # asked already, and it said why not
             try:
                 return getattr(s, how)(oid, **kw)
