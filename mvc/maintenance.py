@@ -102,6 +102,8 @@ class Maintenance:
         what only it leads to would look unreachable, and `who` (gc, packing) would drop it."""
         damaged: list = []
         live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged)
+        named = {oid for oid, _who in missing}
+        missing += [(oid, "a reachable tree") for oid in live if oid not in named and not self.store.has(oid)]
         if missing or damaged:
             oid, ref = (missing or damaged)[0][:2]
             what = "missing" if missing else "damaged"
@@ -175,6 +177,7 @@ class Maintenance:
         packs = pack_store_of(self.store)
         now = time.time()
         doomed, removed, freed, kept_young = 0, 0, 0, 0
+        to_delete = []
         for oid in list(self.loose.ids()):
             if oid in live:
                 continue
@@ -192,9 +195,23 @@ class Maintenance:
                 removed += 1
             doomed += 1
             freed += st.st_size
-            if not dry_run:
+            to_delete.append(oid)
+        if not dry_run:  # a gc killed half way leaves no commit without its trees, no tree without its blobs
+            for oid in sorted(to_delete, key=self._deletion_rank):
                 self.loose.delete(oid)
         return live, protected, doomed, removed, freed, kept_young
+
+    def _deletion_rank(self, oid: str) -> int:
+        """0 for commits (and certificates, other JSON), 1 for trees, 2 for blobs: gc deletes in
+        this order, so what it leaves stays closed under references at every moment."""
+        try:
+            with open(self.loose.path(oid), "rb") as f:
+                first = f.read(1)
+                if first != b"{" or os.fstat(f.fileno()).st_size > SMALL_OBJECT:
+                    return 2  # a tensor blob begins with its header length
+                return 1 if object_kind(first + f.read()) == "tree" else 0
+        except OSError:
+            return 2
 
     def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool, progress: Progress) -> dict:
         expired, expiry = 0, None

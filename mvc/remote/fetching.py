@@ -118,32 +118,51 @@ class _History:
             self.objects += 1
             self.bytes += len(data)
 
+    def _reached_by_refs(self, tips) -> set[str]:
+        """Commits local refs reach (complete by construction); empty when one cannot be read,
+        so that everything found here is looked below."""
+        try:
+            return ancestors(self.repo, [c for c in tips if has_commit(self.repo, c)])
+        except MvcError:
+            return set()
+
     def sync(self) -> None:
         sync_dirs(self.repo, self._dirty, self.pool)
 
     def fetch(self, tips, extra_trees=()) -> None:
-        """The history of `tips`, and `extra_trees` with their blobs."""
+        """The history of `tips`, and `extra_trees` with their blobs.
+
+        Only what local refs reach is complete by construction. A commit or tree here that no ref
+        reaches (left by an interrupted fetch, or by a gc killed while it deleted) may lack what it
+        refers to, so the walk looks below it rather than skipping it."""
         repo, t, where, pool = self.repo, self.t, self.where, self.pool
         complete = set(repo.refs.list("refs/").values())
+        trusted: set[str] | None = None  # what local refs reach: computed when the walk meets a commit here
         commits: dict[str, tuple[dict, bytes]] = {}
+        here: list[str] = []  # commits found here that no local ref reaches
         frontier = sorted(set(tips) - complete)
         seen = set(frontier)
         while frontier:
             missing = [c for c in frontier if not has_commit(repo, c)]
+            if trusted is None and len(missing) < len(frontier):
+                trusted = self._reached_by_refs(complete)
+            here += [c for c in frontier if c not in missing and c not in (trusted or ())]
             for c, data in zip(missing, pool.map(lambda c: receive(t, c, where, MAX_META_BYTES), missing)):
                 commits[c] = (decode(data, "commit", c), data)
-            parents = {p for c in frontier
+            parents = {p for c in frontier if c not in (trusted or ())
                        for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
-            frontier = sorted(parents - seen - complete)
+            frontier = sorted(parents - seen - complete - (trusted or set()))
             seen.update(frontier)
-        tree_ids = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()}
-                          | set(extra_trees))
-        tree_ids = [tid for tid in tree_ids if not repo.store.has(tid)]
+        wanted = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()}
+                        | {tid for c in here for tid in repo.read_commit(c)["components"].values()}
+                        | set(extra_trees))
+        tree_ids = [tid for tid in wanted if not repo.store.has(tid)]
         trees = {}
         for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where, MAX_META_BYTES), tree_ids)):
             trees[tid] = (decode(data, "tree", tid), data)
+        kept = [repo.read_tree(tid) for tid in wanted if tid not in trees]  # here already: are their blobs?
         hints: dict[str, int] = {}
-        for obj, _ in trees.values():
+        for obj in [obj for obj, _ in trees.values()] + kept:
             hints.update(blob_size_hint(obj))
             for oid, n in blob_size_limit(obj).items():
                 self.limits[oid] = max(n, self.limits.get(oid, 0))

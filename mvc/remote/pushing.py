@@ -210,8 +210,11 @@ def _loose_copy_whole(repo: Repo, oid: str) -> bool:
 def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, pool: Pool,
                extra_trees=()) -> dict:
     """The commits, trees and blobs the remote lacks, found by the commit graph + existence checks:
-    the history of `tips`, and `extra_trees` with their blobs."""
-    known = ancestors(repo, [v for v in set(remote_refs.values()) if has_commit(repo, v)])
+    the history of `tips`, and `extra_trees` with their blobs. Only what the remote's refs reach
+    is complete there by construction; below a commit or tree it holds otherwise (left by an
+    interrupted push, or by its owner's gc killed while it deleted) each object is checked."""
+    tip_commits = [v for v in set(remote_refs.values()) if has_commit(repo, v)]
+    known = ancestors(repo, tip_commits)
     new = ancestors(repo, tips, stop=known)
     ordered = sorted(new)
     there = {c for c, h in zip(ordered, pool.map(t.has, ordered)) if h}  # left by an interrupted push
@@ -219,7 +222,8 @@ def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, poo
     parents = {c: repo.read_commit(c)["parents"] for c in new}
     base = {p for ps in parents.values() for p in ps if p not in new}
     on_remote: set[str] = set()
-    for c in base:  # trees and blobs of the commits the new ones build on need no check
+    for c in base | set(tip_commits):  # trees and blobs of the commits the new ones build on, and of
+        # the remote's branch heads (often sharing a tree with a new commit), need no check
         for tid in repo.read_commit(c)["components"].values():
             on_remote.add(tid)
             on_remote.update(tree_blob_ids(repo.read_tree(tid)))
@@ -228,7 +232,7 @@ def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, poo
     tree_there = dict(zip(trees, pool.map(t.has, trees)))
     present += sum(tree_there.values())
     missing_trees = [tid for tid in trees if not tree_there[tid]]
-    blobs = sorted({b for tid in missing_trees for b in tree_blob_ids(repo.read_tree(tid))} - on_remote)
+    blobs = sorted({b for tid in trees for b in tree_blob_ids(repo.read_tree(tid))} - on_remote)
     blob_there = dict(zip(blobs, pool.map(t.has, blobs)))
     present += sum(blob_there.values())
     return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,

@@ -529,3 +529,76 @@ def test_a_lazy_read_finds_the_blob_a_concurrent_pack_moved(tmp_path, monkeypatc
     t = next(iter(repo.tree("HEAD", "core")["tensors"].values()))
     data = repo.store.view(t["id"])
     assert packed and packed[0] >= 1 and mvc.objects.hash_bytes(data) == t["id"]
+
+
+# -- garbage a killed gc left half deleted ----------------------------------------------------------
+def _drop_half_the_blobs(repo, cid):
+    """What a gc killed while it deleted (in no particular order) left: the commit and its tree
+    are still there, half of the blobs are gone."""
+    blobs = tree_blob_ids(mvc.Repo(repo.root).tree(cid, "core"))
+    for oid in blobs[::2]:
+        repo.loose.delete(oid)
+    return blobs
+
+
+def test_fetch_looks_below_a_commit_no_local_ref_reaches(tmp_path):
+    """A fetch skipped a commit found here although no ref reached it: after a killed gc its blobs
+    were half gone, the fetch moved origin/gone onto it, said ok, and fsck failed ever after."""
+    local = mvc.Repo.init(tmp_path / "local")
+    local.commit({"core": weights(0)}, message="base")
+    rm.add_remote(local, "origin", str(tmp_path / "served"))
+    rm.push(local, "origin", "main")
+    cid = local.commit({"core": weights(1, n=6)}, message="gone", branch="gone")
+    rm.push(local, "origin", "gone")
+    local.delete_branch("gone")
+    local.refs.update("refs/remotes/origin/gone", None)
+    local.refs.expire_reflogs(-1)  # nothing reaches the commit any more
+    _drop_half_the_blobs(local, cid)
+    assert local.fsck()["ok"]  # only unreachable garbage is incomplete
+    rm.fetch(local, "origin")
+    assert local.refs.read("refs/remotes/origin/gone") == cid
+    assert local.fsck()["ok"] and len(local.load("origin/gone", "core")) == 6
+
+
+def test_push_looks_below_a_commit_the_remote_holds_unreachable(tmp_path):
+    """The same on the other side: a repository served as a remote, whose gc was killed, held the
+    commit and tree but not all blobs; push skipped them and the remote's new branch was broken."""
+    local = mvc.Repo.init(tmp_path / "local")
+    local.commit({"core": weights(0)}, message="base")
+    served = mvc.Repo.init(tmp_path / "served")
+    rm.add_remote(local, "origin", served.root)
+    rm.push(local, "origin", "main")
+    cid = local.commit({"core": weights(1, n=6)}, message="exp", branch="exp")
+    rm.push(local, "origin", "exp")
+    served = mvc.Repo(served.root)
+    served.delete_branch("exp")
+    served.refs.expire_reflogs(-1)
+    _drop_half_the_blobs(served, cid)
+    assert served.fsck()["ok"]
+    rm.push(local, "origin", "exp")
+    served = mvc.Repo(served.root)
+    assert served.branches()["exp"] == cid and served.fsck()["ok"]
+    clone = rm.clone(served.root, str(tmp_path / "clone"))[0]
+    assert len(clone.load("origin/exp", "core")) == 6
+
+
+def test_gc_deletes_commits_then_trees_then_blobs_and_stops_on_a_missing_reachable_blob(tmp_path, monkeypatch):
+    """gc deleted in hex order, so a kill left commits without trees and trees without blobs; and
+    a reachable blob already missing did not stop it (only commits and trees were checked)."""
+    from mvc.errors import CorruptObject
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"core": weights(0)}, message="keep")
+    gone = repo.commit({"core": weights(1)}, message="gone", branch="gone")
+    garbage = {gone, repo.read_commit(gone)["components"]["core"], *tree_blob_ids(repo.tree(gone, "core"))}
+    repo.delete_branch("gone")
+    repo.set_config("gc.reflogExpire", "0")
+    order, real = [], repo.loose.delete
+    monkeypatch.setattr(repo.loose, "delete", lambda oid: (order.append((oid, repo.kind_of(oid))), real(oid)))
+    repo.gc(grace_s=0)
+    kinds = [k for oid, k in order if oid in garbage]
+    assert len(kinds) == len(garbage) and kinds == sorted(kinds, key=["commit", "tree", "blob"].index), kinds
+    other = mvc.Repo.init(tmp_path / "o")
+    other.commit({"core": weights(2)}, message="x")
+    other.loose.delete(next(iter(other.tree("main", "core")["tensors"].values()))["id"])
+    with pytest.raises(CorruptObject, match="reachable objects are missing"):
+        other.gc(grace_s=0)
