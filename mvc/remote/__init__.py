@@ -7,8 +7,10 @@ Only missing objects move, found without listing the remote's objects:
 - push walks the local commit graph from the branch tip down to the commits the remote's refs
   already reach, asks the remote which of the remaining commits, trees and blobs it has (one
   existence check per object, in parallel) and uploads the rest in three phases, each made
-  durable before the next: blobs, trees, commits. A tree on the remote therefore has its blobs
-  there, which is what lets an interrupted push resume by skipping what arrived. The remote ref
+  durable before the next: blobs, trees, commits, so an interrupted push resumes by skipping what
+  arrived. Only what the remote's refs reach is trusted to be complete: below any other commit or
+  tree found there (a gc killed mid-sweep leaves such garbage half deleted, though it deletes
+  commits, then trees, then blobs) every object is checked, as fetch does here. The remote ref
   moves last, by compare-and-swap. A push to a directory holding an mvc repository holds off its
   owner's gc until then (mvc.transport.DirectoryTransport.writing and has).
 - push --repair trusts nothing there: every object the pushed history reaches is read back and
