@@ -94,3 +94,20 @@ def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args):
     proc.stdout.close()  # what `head -1` does
     assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
     assert first.strip() and not proc.stderr.read().strip()
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_not_a_traceback():
+    """A SIGINT in the first ~0.1 s of any command (while it imports) printed a traceback."""
+    code = textwrap.dedent("""
+        import sys, importlib.abc
+        class Interrupt(importlib.abc.MetaPathFinder):  # Ctrl-C arrives while click is imported
+            def find_spec(self, name, path, target=None):
+                if name == "click":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Interrupt())
+        sys.argv = ["mvc", "log"]
+        from mvc.cli import main
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and proc.stderr.strip() == "error: interrupted", proc.stderr
