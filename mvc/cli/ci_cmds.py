@@ -8,7 +8,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, json_opt, short
+from .output import console, emit_json, json_opt, negative_result, short
 
 
 def _junit_option(ctx, param, value):
@@ -59,6 +59,8 @@ def ci(rev, base, names, junit, as_json):
     summary = run_ci(repo, rev, base=base, names=list(names),
                      progress=None if as_json or not sys.stderr.isatty()
                      else lambda n: click.echo(f"running {n} ...", err=True))
+    if not summary["passed"]:
+        negative_result()
     if as_json:
         emit_json(summary)
     elif junit == "-":

@@ -39,8 +39,8 @@ class MvcGroup(click.Group):
             error(f"interrupted after {landed}" if landed else "interrupted",
                   "it stands: see mvc log; do not commit it again" if landed else None)
             ctx.exit(130)
-        except BrokenPipeError:
-            ctx.exit(0)
+        except BrokenPipeError:  # the reader has all it wanted; a result decided already stands
+            ctx.exit(ctx.meta.get("mvc.exit_status", 0))
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 _debug_traceback()

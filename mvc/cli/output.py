@@ -41,6 +41,14 @@ def console(stderr: bool = False, markup: bool = False):
     return con
 
 
+def silence_stdout() -> None:
+    """Send what is still to be written to stdout to /dev/null: its reader closed the pipe, and
+    nothing more (buffered text at exit included) should raise there."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 @functools.lru_cache(maxsize=None)
 def _console_class():
     """rich's Console, except that a closed pipe (`mvc diff | head -1`) raises BrokenPipeError,
@@ -51,8 +59,7 @@ def _console_class():
     class MvcConsole(Console):
         def on_broken_pipe(self) -> None:
             self.quiet = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe at exit
+            silence_stdout()
             raise BrokenPipeError(errno.EPIPE, "broken pipe")
 
     return MvcConsole
@@ -74,6 +81,12 @@ def table(*columns: str, names=(), ids=(), title: str | None = None):
 def change(a, b) -> str:
     """`a` when both sides are equal, else `a -> b` (dtypes, shapes, sizes of a diff)."""
     return str(a) if a == b else f"{a} -> {b}"
+
+
+def negative_result() -> None:
+    """Record that the command's exit status is 1 (differs, failed, damaged) before its output is
+    printed: a reader that closes the pipe early (`| head -1`) must not turn it into 0."""
+    click.get_current_context().meta["mvc.exit_status"] = 1
 
 
 def error(what: str, hint: str | None = None) -> None:

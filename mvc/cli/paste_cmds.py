@@ -10,7 +10,7 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, error, json_opt, short
+from .output import console, emit_json, error, json_opt, negative_result, short
 
 
 @cli.group()
@@ -50,6 +50,8 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
     gate = None if no_ci else _migration_gate(repo, name, repo.resolve(source), repo.resolve(host), int8)
     r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
                          transform=transform, gate=gate, mode="int8" if int8 else "copy")
+    if not r["moved"]:
+        negative_result()
     if as_json:
         emit_json(r)
     elif r["moved"]:

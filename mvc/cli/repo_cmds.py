@@ -12,8 +12,8 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, plural, short,
-                     size_change, table, warn)
+from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt,
+                     negative_result, plural, short, size_change, table, warn)
 
 
 def _repo() -> Repo:
@@ -268,6 +268,8 @@ def diff(rev_a, rev_b, exit_code, show_all, as_json):
     with byte_progress(total, "comparing") as advance:
         d = repo.diff(rev_a, rev_b, progress=advance)
     d["metrics_changed"] = bool(d["metrics"])
+    if exit_code and not d["identical"]:
+        negative_result()
     if as_json:
         emit_json(d)
     else:
@@ -658,6 +660,8 @@ def fsck(as_json, remote):
         total = sum(repo.store.size(o) for o in repo.store.ids()) if sys.stderr.isatty() else 0
         with byte_progress(total, "checking") as advance:
             r = repo.fsck(progress=advance)
+    if not r["ok"]:
+        negative_result()
     if as_json:
         emit_json(r)
     else:

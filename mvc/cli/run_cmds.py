@@ -9,7 +9,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, error, short, table
+from .output import console, error, negative_result, short, silence_stdout, table
 
 
 class LiveView:
@@ -95,7 +95,10 @@ def run_cmd(pipeline_file, profile, from_stage, as_json):
     repo = Repo(os.getcwd())
     if as_json:
         def emit(e):
-            click.echo(json.dumps(e, sort_keys=True, default=str))
+            try:
+                click.echo(json.dumps(e, sort_keys=True, default=str))
+            except BrokenPipeError:  # the reader went away (`| head`): the run goes on, its exit
+                silence_stdout()     # status still says how it ended
         try:
             summary = run_pipeline(repo, pipeline, from_stage, emit)
         except Exception as e:  # the last line is the summary whatever happened, then the error
@@ -103,7 +106,9 @@ def run_cmd(pipeline_file, profile, from_stage, as_json):
             if partial is not None:
                 click.echo(json.dumps(partial, sort_keys=True, default=str))
             raise
-        click.echo(json.dumps(summary, sort_keys=True, default=str))
+        if not summary["passed"]:
+            negative_result()
+        emit(summary)
     else:
         with LiveView() as view:
             summary = run_pipeline(repo, pipeline, from_stage, view)

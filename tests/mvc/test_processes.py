@@ -79,10 +79,12 @@ def test_non_tensor_commands_do_not_import_torch(repo):
     assert json.loads(out) == []
 
 
-@pytest.mark.parametrize("args", [["diff", "HEAD~1", "HEAD", "--all"], ["show"], ["log"]])
-def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args):
+@pytest.mark.parametrize("args,status", [(["diff", "HEAD~1", "HEAD", "--all"], 0), (["show"], 0), (["log"], 0),
+                                         (["diff", "HEAD~1", "HEAD", "--all", "--exit-code"], 1)])
+def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args, status):
     """`mvc diff A B | head -1` must exit 0 like `mvc log | head -1`: rich's own broken-pipe
-    handling exited 1, which in mvc means "differs" (a `set -o pipefail` script misread it)."""
+    handling exited 1, which in mvc means "differs" (a `set -o pipefail` script misread it);
+    and a result decided before printing (diff --exit-code finding changes) stays 1."""
     import torch
     repo = mvc.Repo.init(tmp_path)
     g = torch.Generator().manual_seed(0)
@@ -92,7 +94,7 @@ def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args):
                             stderr=subprocess.PIPE)
     first = proc.stdout.readline()
     proc.stdout.close()  # what `head -1` does
-    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == status, proc.stderr.read().decode()
     assert first.strip() and not proc.stderr.read().strip()
 
 
