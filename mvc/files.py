@@ -231,7 +231,10 @@ class LockFile:
                 return
             reason = self._stale_reason(self._owner(), st)
             if reason:  # nobody else removes a stale file, and a new lock needs it gone first
-                os.unlink(self.path)
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:  # removed by hand (the LockHeld hint says how)
+                    return
                 warnings.warn(f"broke stale lock {self.path} {reason}")
         finally:
             try:

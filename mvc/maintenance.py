@@ -102,8 +102,9 @@ class Maintenance:
         what only it leads to would look unreachable, and `who` (gc, packing) would drop it."""
         damaged: list = []
         live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged)
-        named = {oid for oid, _who in missing}
-        missing += [(oid, "a reachable tree") for oid in live if oid not in named and not self.store.has(oid)]
+        skip = {oid for oid, _who in missing} | self.extra_roots()  # (a missing certificate: fsck names it)
+        missing += [(oid, "a reachable tree or certificate") for oid in live
+                    if oid not in skip and not self.store.has(oid)]  # blobs
         if missing or damaged:
             oid, ref = (missing or damaged)[0][:2]
             what = "missing" if missing else "damaged"
@@ -202,16 +203,22 @@ class Maintenance:
         return live, protected, doomed, removed, freed, kept_young
 
     def _deletion_rank(self, oid: str) -> int:
-        """0 for commits (and certificates, other JSON), 1 for trees, 2 for blobs: gc deletes in
-        this order, so what it leaves stays closed under references at every moment."""
+        """0 for commits, 1 for trees, 2 for everything else (blobs, JSON files among them, and
+        certificates): gc deletes in this order, so what it leaves stays closed under references
+        at every moment. Canonical commits and trees end with their "type" key, so only files that
+        look so are parsed."""
         try:
             with open(self.loose.path(oid), "rb") as f:
-                first = f.read(1)
-                if first != b"{" or os.fstat(f.fileno()).st_size > SMALL_OBJECT:
+                if f.read(2) != b'{"':
                     return 2  # a tensor blob begins with its header length
-                return 1 if object_kind(first + f.read()) == "tree" else 0
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 32))
+                if not f.read().endswith((b'"type":"commit"}', b'"type":"tree"}')):
+                    return 2
+                f.seek(0)
+                kind = object_kind(f.read())
         except OSError:
             return 2
+        return {"commit": 0, "tree": 1}.get(kind, 2)
 
     def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool, progress: Progress) -> dict:
         expired, expiry = 0, None
@@ -301,6 +308,9 @@ class Maintenance:
         unreadable, bad_refs = [], {}
         live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs)
         problems = [{"id": ref, "problem": why} for ref, why in bad_refs.items()]
+        problems += [{"id": cert, "problem": "missing (named by the certificate index; mvc fsck --repair-from "
+                                             "REMOTE restores it)"}
+                     for cert in sorted(self.extra_roots()) if not self.store.has(cert)]
         problems += [{"id": oid, "problem": f"missing (referenced by {who})"} for oid, who in missing]
         problems += [{"id": oid, "problem": f"{why} (referenced by {who})"}  # hashes right, cannot be read
                      for oid, who, why in unreadable if oid not in bad]  # (damaged ones: reported above)

@@ -783,7 +783,6 @@ class Repo(Maintenance):
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
-        self.store.prefetch(tree_blob_ids(tree))
         if not out_file or os.path.isdir(out_file) or out_file.endswith(("/", os.sep)):
             raise BadInput(f"cannot write {out_file!r}: not a file name", "name the file to write, e.g. -o core.safetensors")
         (relpath, entry), = tree["files"].items()
@@ -793,6 +792,7 @@ class Repo(Maintenance):
                            "name (torch.load refuses it)",
                            f"name the file .safetensors, or write a PyTorch file from Python: "
                            f"torch.save(dict(mvc.Repo().load(REV, {component!r})), {os.path.basename(out_file)!r})")
+        self.store.prefetch(tree_blob_ids(tree))  # (a lazy clone: only once the name is accepted)
         comp.write_files(self.store, [(tree, relpath, out_file)], force)
         return out_file
 

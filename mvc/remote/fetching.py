@@ -118,6 +118,13 @@ class _History:
             self.objects += 1
             self.bytes += len(data)
 
+    def _tree_here(self, tid: str) -> dict:
+        """A tree this repository holds; the remote's (verified) copy when the one here is damaged."""
+        try:
+            return self.repo.read_tree(tid)
+        except MvcError:
+            return decode(receive(self.t, tid, self.where, MAX_META_BYTES), "tree", tid)
+
     def _reached_by_refs(self, tips) -> set[str]:
         """Commits local refs reach (complete by construction); empty when one cannot be read,
         so that everything found here is looked below."""
@@ -160,7 +167,7 @@ class _History:
         trees = {}
         for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where, MAX_META_BYTES), tree_ids)):
             trees[tid] = (decode(data, "tree", tid), data)
-        kept = [repo.read_tree(tid) for tid in wanted if tid not in trees]  # here already: are their blobs?
+        kept = [self._tree_here(tid) for tid in wanted if tid not in trees]  # here already: are their blobs?
         hints: dict[str, int] = {}
         for obj in [obj for obj, _ in trees.values()] + kept:
             hints.update(blob_size_hint(obj))
@@ -211,7 +218,8 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
                 warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
                               f"but {e.message}; skipped")
                 v.remove(cid)
-    named = sorted(x for x in named if not repo.store.has(x))
+    here = {x: k for x in named for k in [_local_kind(repo, x)] if k}  # present: looked below as well
+    named = sorted(x for x in named if x not in here and not repo.store.has(x))
 
     def fetch_named(oid):  # data is stored now; commits and trees come with their history below
         try:
@@ -223,12 +231,23 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
             history.store(oid, data)
         return kind
 
-    kinds = dict(zip(named, pool.map(fetch_named, named)))
+    kinds = {**dict(zip(named, pool.map(fetch_named, named))), **here}
     history.fetch([o for o, k in kinds.items() if k == "commit"], [o for o, k in kinds.items() if k == "tree"])
     for c, v in wanted.items():
         if v:
             certindex.attach(repo.dir, c, v)
     return sum(len(v) for v in wanted.values())
+
+
+def _local_kind(repo: Repo, oid: str) -> str | None:
+    """The kind of an object held here (not merely promised by a lazy clone's remote); None when
+    it is not here or cannot be read."""
+    if not has_commit(repo, oid):
+        return None
+    try:
+        return repo.kind_of(oid)
+    except MvcError:
+        return None
 
 
 # -- pull --------------------------------------------------------------------------------------

@@ -222,17 +222,19 @@ def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, poo
     parents = {c: repo.read_commit(c)["parents"] for c in new}
     base = {p for ps in parents.values() for p in ps if p not in new}
     on_remote: set[str] = set()
-    for c in base | set(tip_commits):  # trees and blobs of the commits the new ones build on, and of
-        # the remote's branch heads (often sharing a tree with a new commit), need no check
+    for c in base:  # trees and blobs of the commits the new ones build on need no check
         for tid in repo.read_commit(c)["components"].values():
             on_remote.add(tid)
             on_remote.update(tree_blob_ids(repo.read_tree(tid)))
+    # trees of the remote's ref heads are complete there (a new commit often shares one)
+    tip_trees = {tid for c in tip_commits for tid in repo.read_commit(c)["components"].values()}
     trees = sorted(({tid for c in new for tid in repo.read_commit(c)["components"].values()}
                     | set(extra_trees)) - on_remote)
     tree_there = dict(zip(trees, pool.map(t.has, trees)))
     present += sum(tree_there.values())
     missing_trees = [tid for tid in trees if not tree_there[tid]]
-    blobs = sorted({b for tid in trees for b in tree_blob_ids(repo.read_tree(tid))} - on_remote)
+    unsure = [tid for tid in trees if not tree_there[tid] or tid not in tip_trees]  # look below these
+    blobs = sorted({b for tid in unsure for b in tree_blob_ids(repo.read_tree(tid))} - on_remote)
     blob_there = dict(zip(blobs, pool.map(t.has, blobs)))
     present += sum(blob_there.values())
     return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,

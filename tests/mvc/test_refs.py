@@ -97,3 +97,18 @@ def test_a_guard_left_by_a_killed_breaker_does_not_block_the_lock(tmp_path):
         with LockFile(str(path), timeout=2):
             assert json.loads(path.read_text())["pid"] == os.getpid()
     assert not os.listdir(tmp_path)
+
+
+def test_a_stale_lock_removed_by_hand_while_it_is_broken_is_no_error(tmp_path, monkeypatch):
+    path = tmp_path / "main.lock"
+    path.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "time": 0}))
+    real = LockFile._stale_reason
+
+    def judged_then_removed(self, owner, st):  # the user follows the LockHeld hint meanwhile
+        reason = real(self, owner, st)
+        if reason and path.exists():
+            path.unlink()
+        return reason
+    monkeypatch.setattr(LockFile, "_stale_reason", judged_then_removed)
+    with LockFile(str(path), timeout=2):
+        assert json.loads(path.read_text())["pid"] == os.getpid()

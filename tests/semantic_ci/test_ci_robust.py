@@ -738,3 +738,30 @@ def test_check_data_is_stored_under_the_writers_lock(ci_repo, monkeypatch):
     named = set(named_ids(certificate.read(ci_repo, cert_id)))
     data_blobs = {oid for oid, _held in puts} & named
     assert data_blobs and all(held for oid, held in puts if oid in data_blobs), puts
+
+
+def test_a_missing_certificate_is_named_by_fsck_repaired_from_a_remote_and_does_not_stop_gc(ci_repo, tmp_path,
+                                                                                         monkeypatch):
+    """fsck said ok while the certificate index named a missing certificate, and gc (checking
+    reachable blobs) then stopped blaming 'a reachable tree' with fsck's ok as a dead end."""
+    from mvc import remote as rm
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t}}, message="b")
+    cert_id = run_ci(ci_repo)["certificate"]
+    rm.add_remote(ci_repo, "origin", str(tmp_path / "backup"))
+    rm.push(ci_repo, "origin", "main")
+    ci_repo.loose.delete(cert_id)
+    r = ci_repo.fsck()
+    assert not r["ok"] and [p["id"] for p in r["problems"]] == [cert_id]
+    assert "certificate index" in r["problems"][0]["problem"]
+    ci_repo.gc(grace_s=0)  # its data is unverifiable without it: no reason to stop
+    monkeypatch.chdir(ci_repo.root)
+    out = CliRunner().invoke(cli, ["fsck", "--repair-from", "origin"])
+    assert out.exit_code == 0, out.output
+    assert ci_repo.store.has(cert_id) and mvc_repo(ci_repo).fsck()["ok"]
+
+
+def mvc_repo(repo):
+    import mvc
+    return mvc.Repo(repo.root)
