@@ -257,8 +257,10 @@ class LockFile:
         dead = isinstance(owner, dict) and owner.get("host") == hostname() and \
             isinstance(owner.get("pid"), int) and not pid_alive(owner["pid"])
         if dead or time.time() - st.st_mtime > STALE_OWNERLESS_LOCK_S:
-            try:
-                os.unlink(guard)
+            try:  # only the file judged (a live breaker's new guard differs); a narrow window remains,
+                now = os.stat(guard)  # open only when a breaker was killed holding its guard
+                if (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
+                    os.unlink(guard)
             except FileNotFoundError:
                 pass
 
