@@ -129,6 +129,7 @@ def main():
         os.environ.setdefault(var, value)
     import mvc
     from mvc import remote as rm
+    from mvc.transport import open_transport
 
     base = args.workdir or tempfile.mkdtemp(prefix="bench_remote_")
     ckpts = make_checkpoints(os.path.join(base, "ckpts"), "frozen", args.params, args.checkpoints)
@@ -176,7 +177,7 @@ def main():
 
         def s3_push(i):
             url = f"s3://{bucket}/mvc-{i}"
-            transport = rm.open_transport(url, endpoint, args.jobs)
+            transport = open_transport(url, endpoint, args.jobs)
             return url, rm.push(repo, url, "main", jobs=args.jobs, transport=transport)
         t, (s3_url, r) = best(s3_push, args.repeat)
         add("s3 (moto, loopback)", "mvc push (whole run)", r["bytes_sent"], t)
