@@ -242,7 +242,7 @@ class RefStore:
                 entry = json.dumps({"old": old, "new": new, "time": utc_now(), "author": author,
                                     "message": message}, sort_keys=True, separators=(",", ":"))
                 with interrupts_deferred():  # a move is whole: ref, reflog entry and their fsyncs
-                    self._logged_move(ref, entry.encode() + b"\n", new)
+                    self._logged_move(ref, entry.encode() + b"\n", new, old)
                     if new is None:
                         self._retire_log(ref)
         except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
@@ -255,7 +255,7 @@ class RefStore:
             if not os.path.lexists(path):  # deleted, or a failed creation: no empty folders stay
                 _prune_dirs(os.path.dirname(path), self._kind_dir(self.root, ref))
 
-    def _logged_move(self, ref: str, entry: bytes, new: str | None) -> None:
+    def _logged_move(self, ref: str, entry: bytes, new: str | None, old: str | None) -> None:
         """Append the reflog entry, then move the ref. If either fails the log is cut back to its
         old length, so the caller's error means nothing moved."""
         path = self._log_path(ref)
@@ -281,7 +281,7 @@ class RefStore:
                 else:
                     atomic_write(self._path(ref), (new + "\n").encode(), self.fsync)
             except BaseException:
-                if self._holds(ref, new):  # it moved (a failed directory fsync after): the entry stays
+                if new != old and self._holds(ref, new):  # it moved (a failed fsync after): the entry stays
                     raise
                 try:  # best effort: cut the entry off again (a log this call created goes too)
                     os.ftruncate(fd, size)
