@@ -245,7 +245,8 @@ class Ingest:
             filenames = [n for n in filenames if n != ".git"]  # (other reserved names are refused below)
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
-                    raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks", LINKED_FOLDER_HINT)
+                    raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks",
+                                   LINKED_FOLDER_HINT)
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")

@@ -16,8 +16,9 @@ from typing import Callable, Iterable
 
 from . import components as comp
 from . import config as cfg
-from .errors import (BadInput, BadName, ConfigError, CorruptObject, InterruptedAfterLanding, MvcError,
-                     NotARepository, ObjectMissing, RefConflict, UnknownRevision, AmbiguousRevision, FormatTooNew, WrongObjectType)
+from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptObject, FormatTooNew,
+                     InterruptedAfterLanding, MvcError, NotARepository, ObjectMissing, RefConflict,
+                     UnknownRevision, WrongObjectType)
 from .diffs import diff_trees
 from .files import atomic_write, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance
@@ -426,8 +427,9 @@ class Repo(Maintenance):
 
     def writing(self):
         """Held (shared) from writing new objects until a ref or index points at them: commit,
-        fetch, certificates. A gc with a grace shorter than maintenance.GC_GRACE_S takes it exclusively, so it
-        never deletes a new object in that window; with the default grace their age protects them."""
+        fetch, certificates. A gc with a grace shorter than maintenance.GC_GRACE_S takes it
+        exclusively, so it never deletes a new object in that window; with the default grace their
+        age protects them."""
         return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False)
 
     def _write_commit(self, components, trees, remove, message, metrics, author, extra, progress, ref,
