@@ -57,7 +57,7 @@ class CiConfig:
         if missing:
             raise ConfigError(f"{self.source}: no check named {', '.join(missing)}",
                               f"checks: {', '.join(known) or 'none'}")
-        return [known[n] for n in names]
+        return [known[n] for n in dict.fromkeys(names)]  # a name given twice runs once
 
 
 def _err(source, key, what):

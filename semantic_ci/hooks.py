@@ -28,7 +28,7 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
         if cfg.on_fail == "rollback":
             target = _roll_back(repo, commit, ref, "CI could not run")
             raise MvcError(f"committed {commit[:12]}, but semantic CI could not run on it ({e.message}); "
-                           f"{ref.split('/')[-1]} rolled back to {target[:12] if target else '(empty)'}",
+                           f"{ref.removeprefix('refs/heads/')} rolled back to {target[:12] if target else '(empty)'}",
                            e.hint) from None
         raise MvcError(f"committed {commit[:12]} (the branch moved), but semantic CI could not run on it: "
                        f"{e.message}", e.hint) from None
@@ -36,7 +36,7 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
         return report
     failed = ", ".join(c["name"] for c in report["checks"] if c["status"] == "failed")
     if cfg.on_fail == "rollback":
-        branch = ref.split("/")[-1]
+        branch = ref.removeprefix("refs/heads/")
         try:
             target = _roll_back(repo, commit, ref, f"failed {failed}")
         except RefConflict:  # another commit landed on it meanwhile: that one is not ours to undo

@@ -82,6 +82,10 @@ def build_from_tree(tree: dict, state: dict, adapter: str | None = None):
             raise AdapterFailed(f"adapter {adapter!r} returned {got}, not a model", ADAPTER_HINT)
         return AdapterModel(adapter, model)
     arch, config = tree.get("arch"), tree.get("config")
+    if tree.get("kind") == "brick":  # it computes on its host's ABI states, not on bytes
+        raise BadInput("this component is a brick, which runs inside a host",
+                       "check the host with it attached: component = \"core\", bricks = [\"<name>\"] "
+                       "; or use a migration check")
     if not arch:
         raise BadInput("this component records no architecture",
                        "commit an nn.Module built by cores.build, or set ci.adapter = \"module:function\"")

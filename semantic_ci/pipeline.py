@@ -379,7 +379,8 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
             except CheckFailed as e:  # mvc.toml's on-commit CI failed and rolled the branch back
                 run.emit({"event": "gate", "stage": stage.name, "passed": False, "commit": e.commit,
                           "reason": e.message})
-                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key,
+                                                   failed_at=e.commit)
                 history = _history(repo, repo.branches().get(branch), key)
                 break
             history.append(metrics)
@@ -433,13 +434,19 @@ def _history(repo, head, key) -> list[dict]:
     return out[::-1]
 
 
-def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict, job_factory, branch, key):
-    """Roll the branch back to the last passing commit and retry with the fallback settings."""
+def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict, job_factory, branch, key,
+              failed_at: str | None = None):
+    """Roll the branch back to the last passing commit and retry with the fallback settings.
+    `failed_at`: mvc.toml's on-commit CI failed that commit and rolled the branch back already
+    (rolling back again dropped the passing checkpoint it had gone back to)."""
     repo = run.repo
     head = repo.branches().get(branch)
-    target = certificate.last_passing_ancestor(repo, head) if head else None
+    if failed_at is not None:
+        target, head = head, failed_at
+    else:
+        target = certificate.last_passing_ancestor(repo, head) if head else None
     info = stage_info(repo, target)
-    if head and head != target:
+    if failed_at is None and head and head != target:
         repo.refs.update(f"refs/heads/{branch}", target, expected=head,
                          message=f"pipeline rollback: {stage.name} gate failed at {head[:12]}; back to "
                                  f"{target[:12] if target else '(start)'}")

@@ -121,8 +121,9 @@ class _Defined:
         if not changed:
             return None
         return (f"{self.config.source} now sets " + ", ".join(
-            f"{k} = {now.params[k]!r}" if k in now.params else f"{k} to its default"
-            for k in changed) + " (certificate: " + ", ".join(f"{params.get(k)!r}" for k in changed) + ")" + ": the verdict was re-derived with mvc.toml's")
+            f"{k} = {now.params[k]!r}" if k in now.params else f"{k} to its default" for k in changed)
+            + " (certificate: " + ", ".join(f"{params.get(k)!r}" for k in changed) + ")"
+            + ": the verdict was re-derived with mvc.toml's bounds")
 
     def from_pipeline(self) -> bool:
         return ": stage " in str(self.cert.get("config") or "")
@@ -189,6 +190,8 @@ def verify(repo, rev_or_cert: str) -> dict:
         out.append({"name": "(verdict)", "reproduced": False,
                     "diffs": ["the certificate's overall verdict does not follow from its checks"]})
     return {"certificate": cert_id, "commit": cert["commit"], "verified": all(c["reproduced"] for c in out),
+            "passed": cert.get("passed") is True,
+            "failed": [c.get("name") for c in checks if c.get("status") == "failed"],
             "checks": out, "index_problems": problems}
 
 

@@ -91,7 +91,8 @@ def verify(target, as_json):
     reproduce (a tampered or stale certificate), when a check cannot be re-run (a missing or
     corrupt object), when the certificate records no checks or an error instead of figures, or
     when the commit's certificate index names a missing object or a certificate of another commit
-    (such entries are never used).
+    (such entries are never used). Exit 1 when the certificate verifies but records failed checks
+    (`mvc verify REV && deploy` deploys only what passed).
 
     \b
     \b
@@ -118,13 +119,25 @@ def verify(target, as_json):
         raise MvcError("; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
                        "the certificate index was edited or damaged; remove the line or run mvc ci again")
     if not r["verified"]:
-        if any(d.startswith("re-run failed") for c in r["checks"] for d in c["diffs"]):
+        diffs = [d for c in r["checks"] for d in c["diffs"]]
+        if any(d.startswith("re-run failed") for d in diffs):
             hint = "a check could not be re-run: fix what it names (mvc fsck finds damaged objects) and verify again"
+        elif all(any(m in d for m in CONFIG_CHANGED) for d in diffs):
+            hint = ("its figures reproduce, but mvc.toml's checks or bounds changed since it was made: "
+                    "run mvc ci to certify the commit under them")
         else:
             hint = "its figures do not reproduce: it was tampered with or the models changed"
         raise MvcError(f"certificate {short(r['certificate'])} does not verify", hint)
+    if not r["passed"]:  # authentic, and it records a failure: a negative result, like mvc ci's
+        if not as_json:
+            click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: it records a "
+                       f"FAILED run ({', '.join(map(str, r['failed'])) or 'its verdict'})")
+        sys.exit(1)
     if not as_json:
-        click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified")
+        click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: its checks passed")
+
+
+CONFIG_CHANGED = ("under the bounds mvc.toml sets now", "now defines check", "does not define a check named")
 
 
 @cli.group()

@@ -416,3 +416,20 @@ def test_a_fallback_is_validated_as_it_will_run_replacing_the_stages_overrides(t
     text = text.replace("retries = 1 }", "retries = 1, set = { overrides = { d_model = 128 } } }")
     (root / "ok.toml").write_text(text)
     load(str(root / "ok.toml"))  # d_model 128 with the preset's heads: valid (128 is not a multiple of 3)
+
+
+def test_an_on_commit_rollback_is_not_rolled_back_again_by_the_pipeline(tmp_path):
+    """mvc.toml's on-commit CI (on_fail = rollback) already moved the branch back to the passing
+    checkpoint; the pipeline rolled back again from there, to nothing, and every retry restarted."""
+    root, repo = make_project(tmp_path, steps=8, retries=1)
+    (root / "mvc.toml").write_text('[ci]\non_commit = true\non_fail = "rollback"\n[[ci.checks]]\nname = "frozen"\n'
+                                   'kind = "exact-logits"\ncomponent = "core"\nbaseline = "HEAD~1"\n')
+    events = []
+    summary = run_pipeline(repo, load(str(root / "p.toml")), emit=events.append)
+    assert not summary["passed"] and "gates still failing" in str(summary.get("error"))
+    first = [e for e in events if e["event"] == "checkpoint"][0]["commit"]  # its HEAD~1 is past the root
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    assert rollbacks and all(e["to"] == first for e in rollbacks), rollbacks
+    assert repo.branches()["demo/core"] == first
+    reflog = [e["message"] for e in repo.reflog("demo/core")]
+    assert not any(m.startswith("pipeline rollback") for m in reflog), reflog

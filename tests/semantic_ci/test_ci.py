@@ -170,8 +170,13 @@ def test_cli_ci_json_exit_codes_and_junit(ci_repo, monkeypatch, tmp_path):
     ci_repo.commit({"core": {"table": bad}}, message="c")
     r = runner.invoke(cli, ["ci", "--check", "frozen"])
     assert r.exit_code == 1 and "FAIL" in r.stdout
-    r = runner.invoke(cli, ["verify", "HEAD", "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["verified"]
+    r = runner.invoke(cli, ["verify", "HEAD", "--json"])  # authentic, and a failure: exit 1 (verify && deploy)
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1 and doc["verified"] and doc["passed"] is False and doc["failed"] == ["frozen"]
+    r = runner.invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 1 and "verified: it records a FAILED run (frozen)" in r.stdout
+    r = runner.invoke(cli, ["verify", "HEAD~1"])
+    assert r.exit_code == 0 and "verified: its checks passed" in r.stdout
     log = json.loads(runner.invoke(cli, ["log", "--json"]).stdout)
     assert [c["ci"] for c in log] == ["failed", "passed", None]
     r = runner.invoke(cli, ["ci", "--check", "nope"])

@@ -765,3 +765,50 @@ def test_a_missing_certificate_is_named_by_fsck_repaired_from_a_remote_and_does_
 def mvc_repo(repo):
     import mvc
     return mvc.Repo(repo.root)
+
+
+def test_a_check_on_a_brick_component_is_a_config_error_not_a_crash(ci_repo, monkeypatch):
+    """exact-logits on `brick/python` crashed with exit 4 (a brick needs its host's ABI states)."""
+    import cores
+    import bricks
+    core = cores.build("layercake", config="tiny", seed=0)
+    brick = bricks.build("sparse", host=core)
+    ci_repo.commit({"core": core, "brick/python": brick}, message="with brick")
+    write_config(ci_repo, '[ci]\n[[ci.checks]]\nname = "b"\nkind = "exact-logits"\ncomponent = "brick/python"\n'
+                          'baseline = "HEAD"\n')
+    monkeypatch.chdir(ci_repo.root)
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3 and "is a brick, which runs inside a host" in r.stderr and 'bricks = ["<name>"]' \
+        in r.stderr, r.output
+
+
+def test_a_check_named_twice_runs_once(ci_repo, monkeypatch):
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t}}, message="b")
+    cert = certificate.read(ci_repo, run_ci(ci_repo, names=["frozen", "frozen"])["certificate"])
+    assert [c["name"] for c in cert["checks"]] == ["frozen"]
+
+
+def test_verify_says_when_only_mvc_toml_changed(ci_repo, monkeypatch):
+    """A tightened bound made verify blame tampering ('its figures do not reproduce')."""
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t * 1.01}}, message="b")
+    run_ci(ci_repo, names=["ppl"])
+    write_config(ci_repo, BASIC.replace("max_ratio = 1.05", "max_ratio = 0.5"))
+    monkeypatch.chdir(ci_repo.root)
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 3 and "figures reproduce, but mvc.toml's checks or bounds changed" in r.stderr, r.output
+    assert "re-derived with mvc.toml's bounds" in r.stdout
+
+
+def test_the_rollback_message_names_a_branch_with_a_slash_whole(ci_repo):
+    import mvc
+    write_config(ci_repo, BASIC.replace("[ci]", '[ci]\non_commit = true\non_fail = "rollback"'))
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a", branch="team/exp")
+    bad = t.clone()
+    bad[101] = 0
+    with pytest.raises(mvc.CheckFailed, match="team/exp rolled back to"):
+        ci_repo.commit({"core": {"table": bad}}, message="b", branch="team/exp")
