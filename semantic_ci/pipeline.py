@@ -415,8 +415,9 @@ def _gates_ok(run, stage, commit, history, job) -> bool:
             failed = [c["name"] + (f" ({c['note']})" if c.get("note") else "")
                       for c in certificate.read(run.repo, cert)["checks"] if c["status"] == "failed"]
             run.last_failure[stage.name] = "; ".join(failed)
-    run.emit({"event": "gate", "stage": stage.name, "commit": commit, "passed": ok, "certificate": cert or None,
-              "at_end": at_end, **({"failed": failed} if failed else {})})
+    run.emit({"event": "gate", "stage": stage.name, "commit": commit,
+              "passed": ok if cert else None,  # None: no gate was due at this checkpoint (not "passed")
+              "certificate": cert or None, "at_end": at_end, **({"failed": failed} if failed else {})})
     return ok
 
 

@@ -43,7 +43,7 @@ class LiveView:
                 row.update(step=f"{e['step']}/{e['total']}", loss=e.get("loss"), bpb=e.get("heldout_bpb"),
                            bps=e.get("bytes_per_second"), commit=e.get("commit"))
             elif kind == "gate":
-                row["gate"] = "pass" if e["passed"] else "FAIL"
+                row["gate"] = "-" if e["passed"] is None else "pass" if e["passed"] else "FAIL"
             elif kind in ("rollback", "fallback", "resume", "skip"):
                 row["status"] = kind + (f" #{e['attempt']}" if kind == "fallback" else "")
             elif kind == "stage_done":
@@ -87,34 +87,47 @@ def run_cmd(pipeline_file, profile, from_stage, as_json):
       mvc run examples/layercake.toml --profile tiny
       mvc run pipeline.toml --from-stage brick --json
     """
-    from semantic_ci.pipeline import run_pipeline
     from semantic_ci.pipeline_config import load
     pipeline = load(pipeline_file, profile)  # validated before any training starts
     if from_stage is not None:
         pipeline.stage(from_stage)  # exit 3 naming the stages there are
     repo = Repo(os.getcwd())
-    if as_json:
-        def emit(e):
-            try:
-                click.echo(json.dumps(e, sort_keys=True, default=str))
-            except BrokenPipeError:  # the reader went away (`| head`): the run goes on, its exit
-                silence_stdout()     # status still says how it ended
+
+    def emit(e):
+        try:
+            click.echo(json.dumps(e, sort_keys=True, default=str))
+        except BrokenPipeError:  # the reader went away (`| head`): the run goes on, its exit
+            silence_stdout()     # status still says how it ended
+    try:
+        summary = _run(repo, pipeline, from_stage, emit if as_json else None)
+    except KeyboardInterrupt:  # what was committed stands; the same command resumes from it
+        if as_json:
+            emit({"event": "interrupted", "resume": "run the same command again"})
+        error("interrupted", "run the same command again: it resumes from the last checkpoint, bit for bit")
+        sys.exit(130)
+    if not summary["passed"]:
+        if not as_json:
+            error(str(summary.get("error")))
+        sys.exit(1)
+
+
+def _run(repo, pipeline, from_stage, emit) -> dict:
+    """Run the pipeline with JSON Lines events (`emit`) or a live table; returns the summary."""
+    from semantic_ci.pipeline import run_pipeline
+    if emit is not None:
         try:
             summary = run_pipeline(repo, pipeline, from_stage, emit)
         except Exception as e:  # the last line is the summary whatever happened, then the error
             partial = getattr(e, "pipeline_summary", None)
             if partial is not None:
-                click.echo(json.dumps(partial, sort_keys=True, default=str))
+                emit(partial)
             raise
         if not summary["passed"]:
             negative_result()
         emit(summary)
-    else:
-        with LiveView() as view:
-            summary = run_pipeline(repo, pipeline, from_stage, view)
-        from semantic_ci.pipeline_report import render_summary
-        render_summary(repo, summary, console())
-    if not summary["passed"]:
-        if not as_json:
-            error(str(summary.get("error")))
-        sys.exit(1)
+        return summary
+    with LiveView() as view:
+        summary = run_pipeline(repo, pipeline, from_stage, view)
+    from semantic_ci.pipeline_report import render_summary
+    render_summary(repo, summary, console())
+    return summary

@@ -87,6 +87,8 @@ def test_two_stage_pipeline_commits_every_interval_and_certifies(tmp_path):
     assert cert["passed"] and [c["name"] for c in cert["checks"]] == ["roundtrip"]
     assert verify(repo, cert_id)["verified"]
     assert [e["event"] for e in events].count("checkpoint") == 2
+    gates = [e for e in events if e["event"] == "gate" and e["stage"] == "core"]
+    assert [g["passed"] for g in gates] == [None, True]  # step 4: no gate due (it said passed)
     # a re-run does no work
     before = set(repo.store.ids())
     again = []
@@ -108,7 +110,7 @@ def test_failing_gate_rolls_back_applies_fallback_then_stops(tmp_path, monkeypat
     assert events[-1]["event"] == "summary" and not events[-1]["passed"]
     # the branch sits at the last passing commit: the checkpoint before the one whose gate failed
     head = repo.branches()["demo/core"]
-    failed = [e["commit"] for e in events if e["event"] == "gate" and not e["passed"]]
+    failed = [e["commit"] for e in events if e["event"] == "gate" and e["passed"] is False]
     assert len(failed) == 2 and head not in failed
     assert repo.read_commit(failed[-1])["parents"] == [head]  # failing commits stay in history
     info = repo.read_commit(head)["extra"]["pipeline"]
@@ -187,7 +189,7 @@ def test_divergence_is_a_failed_gate_rolled_back_and_retried(tmp_path, monkeypat
     summary = events[-1]
     assert summary["event"] == "summary" and not summary["passed"] and "diverged" in summary["error"]
     assert summary["stages"][0]["status"] == "failed" and summary["stages"][0]["certificate"]
-    failed = [e for e in events if e["event"] == "gate" and not e["passed"]]
+    failed = [e for e in events if e["event"] == "gate" and e["passed"] is False]
     assert len(failed) == 2 and all("divergence gate" in e["failed"][0] for e in failed)
     m = repo.read_commit(failed[-1]["commit"])["metrics"]  # stored canonically: null, flagged
     assert m["diverged"] is True and m["loss"] is None and "loss" in m["nonfinite"]
@@ -433,3 +435,19 @@ def test_an_on_commit_rollback_is_not_rolled_back_again_by_the_pipeline(tmp_path
     assert repo.branches()["demo/core"] == first
     reflog = [e["message"] for e in repo.reflog("demo/core")]
     assert not any(m.startswith("pipeline rollback") for m in reflog), reflog
+
+
+def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path, monkeypatch):
+    """It said only 'interrupted' (or, after a checkpoint, 'do not commit it again'), and --json
+    ended without a last line saying what happened."""
+    import semantic_ci.pipeline as sp
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+
+    def interrupted(repo, pipeline, from_stage, emit):
+        emit({"event": "stage", "stage": "core"})
+        raise mvc.errors.InterruptedAfterLanding("commit x landed on demo/core")
+    monkeypatch.setattr(sp, "run_pipeline", interrupted)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 130 and "resumes from the last checkpoint" in r.stderr and "commit it again" not in r.stderr
+    assert _events(r.stdout)[-1]["event"] == "interrupted"
