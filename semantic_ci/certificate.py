@@ -53,11 +53,15 @@ def finite_figures(check: dict) -> dict:
     return out
 
 
-def make(commit: str, checks: list[dict], base: str | None, config_source: str | None) -> dict:
+def make(commit: str, checks: list[dict], base: str | None, config_source: str | None,
+         partial: bool = False) -> dict:
+    """A certificate of `checks` run on `commit`. `partial`: not the configured suite as configured
+    (some checks only, or another baseline): the commit's CI state and rollback targets ignore it."""
     import torch
     checks = [finite_figures(c) for c in checks]
     ran = [c for c in checks if c["status"] != "skipped"]
     return {"type": "certificate", "format": FORMAT_VERSION, "commit": commit, "base": base,
+            **({"partial": True} if partial else {}),
             "passed": all(c["status"] == "passed" for c in ran), "checks": checks, "time": utc_now(),
             "config": config_source,
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
@@ -130,7 +134,10 @@ def ci_state(repo, commit: str) -> tuple[str | None, list[str]]:
     good, problems = index(repo, commit)
     if not good:
         return None, problems
-    return ("passed" if passed(good[-1][1]) else "failed"), problems
+    full = [cert for _cid, cert in good if not cert.get("partial")]
+    if full:
+        return ("passed" if passed(full[-1]) else "failed"), problems
+    return ("passed" if passed(good[-1][1]) else "failed") + " (partial run)", problems
 
 
 def passed(cert: dict) -> bool:
@@ -239,12 +246,13 @@ def find(repo, rev_or_cert: str) -> tuple[str, dict]:
 
 
 def last_passing_ancestor(repo, commit: str) -> str | None:
-    """The nearest first-parent ancestor whose latest certificate passed (or that has none)."""
+    """The nearest first-parent ancestor whose latest full certificate passed (or that has none)."""
     c = repo.read_commit(commit)
     while c["parents"]:
         parent = c["parents"][0]
         good, _ = index(repo, parent)
-        if not good or passed(good[-1][1]):
+        full = [cert for _cid, cert in good if not cert.get("partial")]  # a diagnostic run judges nothing
+        if not full or passed(full[-1]):
             return parent
         c = repo.read_commit(parent)
     return None

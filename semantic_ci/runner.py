@@ -32,7 +32,8 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
             if progress:
                 progress(check.name)
             results.append(run_check(ctx, check))
-        cert = certificate.make(commit, results, base_id, _recorded_source(repo, config.source))
+        partial = base_id is not None or [c.name for c in selected] != [c.name for c in config.checks]
+        cert = certificate.make(commit, results, base_id, _recorded_source(repo, config.source), partial)
         cert_id = certificate.store(repo, cert)
     return summary(commit, cert_id, cert)
 

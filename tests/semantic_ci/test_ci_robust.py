@@ -812,3 +812,20 @@ def test_the_rollback_message_names_a_branch_with_a_slash_whole(ci_repo):
     bad[101] = 0
     with pytest.raises(mvc.CheckFailed, match="team/exp rolled back to"):
         ci_repo.commit({"core": {"table": bad}}, message="b", branch="team/exp")
+
+
+def test_a_partial_run_neither_changes_a_commits_ci_state_nor_rollback_targets(ci_repo):
+    """`mvc ci --check frozen` passing after the full suite failed made status/log say passed; a
+    diagnostic `--base` run that failed moved the next rollback past that commit."""
+    from semantic_ci.certificate import ci_state, last_passing_ancestor
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    p = ci_repo.commit({"core": {"table": t}}, message="b")
+    assert run_ci(ci_repo)["passed"]
+    other = t * 1.0001  # logits change (frozen fails), perplexity hardly (ppl passes)
+    c = ci_repo.commit({"core": {"table": other}}, message="c")
+    assert not run_ci(ci_repo)["passed"]  # frozen fails
+    assert run_ci(ci_repo, names=["ppl"])["passed"]  # a part of the suite passes
+    assert ci_state(ci_repo, c)[0] == "failed"
+    assert not run_ci(ci_repo, p, base=c, names=["frozen"])["passed"]  # a diagnostic run on p fails
+    assert ci_state(ci_repo, p)[0] == "passed" and last_passing_ancestor(ci_repo, c) == p
