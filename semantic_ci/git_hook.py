@@ -1,8 +1,10 @@
-"""What the installed git hooks run: `python -m semantic_ci.git_hook pre-merge-commit|pre-push`.
+"""What the installed git hooks run: `python -m semantic_ci.git_hook pre-merge-commit|pre-commit|pre-push`.
 
 pre-merge-commit: the model head of the branch being merged (GITHEAD_* or MERGE_HEAD) is checked
 against the target branch's model head, with mvc.toml read from the target branch's commit, so a
-feature branch cannot relax its own gate. pre-push: each pushed branch's model head is checked.
+feature branch cannot relax its own gate. pre-commit: the same for the commit that concludes a
+merge git stopped (its shell script runs this only while MERGE_HEAD exists). pre-push: each
+pushed branch's model head is checked.
 Exit 1 blocks the merge or push.
 """
 from __future__ import annotations
@@ -119,7 +121,7 @@ def pre_push(repo, stdin_text: str) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        print("usage: python -m semantic_ci.git_hook pre-merge-commit|pre-push", file=sys.stderr)
+        print("usage: python -m semantic_ci.git_hook pre-merge-commit|pre-commit|pre-push", file=sys.stderr)
         return 2
     import mvc
     where = os.getcwd()
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
     except MvcError:
         return 0  # not an mvc repository: nothing to gate
     try:
-        if argv[0] == "pre-merge-commit":
+        if argv[0] in ("pre-merge-commit", "pre-commit"):  # pre-commit: concluding a stopped merge
             return pre_merge_commit(repo)
         if argv[0] == "pre-push":
             return pre_push(repo, sys.stdin.read())

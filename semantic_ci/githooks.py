@@ -1,7 +1,11 @@
-"""Installing git hooks (pre-merge-commit, pre-push) that run semantic CI before a merge or push.
+"""Installing git hooks (pre-merge-commit, pre-commit, pre-push) that run semantic CI before a
+merge or push.
 
 Hooks chain to existing ones, call mvc through this interpreter's absolute path, and set
 `merge.ff=false` (pre-merge-commit does not run for fast-forward merges); uninstall undoes both.
+pre-commit gates the commit that concludes a merge git stopped (a conflict, or a merge the gate
+blocked, finished with `git commit` or `git merge --continue`, which run no pre-merge-commit);
+other commits pass through it at the cost of one `git rev-parse`.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import sys
 
 from mvc.errors import MvcError
 
-HOOKS = ("pre-merge-commit", "pre-push")
+HOOKS = ("pre-merge-commit", "pre-commit", "pre-push")
 MARKER = "# installed by mvc hooks install"
 CHAINED = ".mvc-chained"
 
@@ -46,13 +50,16 @@ if [ -x "$hook_dir/{name}{CHAINED}" ]; then
 fi
 printf '%s\\n' "$input" | exec {py} -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
 """
+    only_merges = ""
+    if name == "pre-commit":  # only the commit that concludes a stopped merge is gated
+        only_merges = '[ -f "$(git rev-parse --git-dir)/MERGE_HEAD" ] || exit 0\n'
     return f"""#!/bin/sh
 {MARKER}
 hook_dir=$(dirname "$0")
 if [ -x "$hook_dir/{name}{CHAINED}" ]; then
     "$hook_dir/{name}{CHAINED}" "$@" || exit $?
 fi
-exec {py} -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
+{only_merges}exec {py} -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
 """
 
 

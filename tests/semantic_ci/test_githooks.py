@@ -68,7 +68,16 @@ def test_pre_merge_hook_blocks_failing_model_and_allows_passing(tmp_path, monkey
     assert bad.returncode != 0, bad.stdout + bad.stderr
     assert "merge blocked" in bad.stderr and "FAIL" in bad.stderr
     assert git(work, "rev-parse", "HEAD").stdout.strip() == before
+    # finishing the blocked merge by hand runs no pre-merge-commit: pre-commit gates it
+    cont = subprocess.run(["git", "commit", "--no-edit"], cwd=work, capture_output=True, text=True)
+    assert cont.returncode != 0 and "merge blocked" in cont.stderr, cont.stdout + cont.stderr
+    cont = subprocess.run(["git", "merge", "--continue"], cwd=work, capture_output=True, text=True,
+                          env={**__import__("os").environ, "GIT_EDITOR": "true"})
+    assert cont.returncode != 0 and git(work, "rev-parse", "HEAD").stdout.strip() == before
     git(work, "merge", "--abort")
+    (work / "notes.txt").write_text("x\n")  # an ordinary commit passes pre-commit untouched
+    git(work, "add", "notes.txt")
+    git(work, "commit", "-qm", "notes")
 
     ok = git(work, "merge", "--no-edit", "feat-good", check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
