@@ -66,9 +66,10 @@ def _err(source, key, what):
 
 def _whole(source, key, value, minimum=None, maximum=None) -> int:
     """A count (probe_bytes, window, bootstrap): 16.9 is refused, not truncated to 16."""
-    _num(source, key, value, minimum, maximum)
-    if value != int(value):
+    _num(source, key, value)
+    if value != int(value):  # (before the bounds: 2.5 is not a count at all)
         raise _err(source, key, f"must be a whole number, got {value!r}")
+    _num(source, key, value, minimum, maximum)
     return int(value)
 
 
@@ -134,6 +135,8 @@ def parse(doc: dict, source: str = CONFIG_FILE) -> CiConfig:
             raise _err(source, f"{where}.name", "duplicate check name")
         names.add(name)
         kind = raw.get("kind")
+        if kind is None:
+            raise _err(source, f"{where}.kind", f"every check needs a kind (one of {', '.join(KINDS + PRESETS)})")
         if kind not in KINDS and kind not in PRESETS:
             raise _err(source, f"{where}.kind", f"unknown kind {kind!r} (one of {', '.join(KINDS + PRESETS)})")
         cfg.checks.append(_check(source, where, name, kind, raw))

@@ -829,3 +829,13 @@ def test_a_partial_run_neither_changes_a_commits_ci_state_nor_rollback_targets(c
     assert ci_state(ci_repo, c)[0] == "failed"
     assert not run_ci(ci_repo, p, base=c, names=["frozen"])["passed"]  # a diagnostic run on p fails
     assert ci_state(ci_repo, p)[0] == "passed" and last_passing_ancestor(ci_repo, c) == p
+
+
+@pytest.mark.parametrize("edit,match", [("probe_bytes = 2.5", "must be a whole number, got 2.5"),
+                                        ("", "every check needs a kind")])
+def test_config_messages_name_the_real_problem(tmp_path, edit, match):
+    text = '[ci]\n' + (edit + "\n" if edit else "") + '[[ci.checks]]\nname = "x"\n' + \
+        ('kind = "exact-logits"\ncomponent = "core"\n' if edit else 'component = "core"\n')
+    (tmp_path / "mvc.toml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        cfgmod.load(str(tmp_path))
