@@ -95,6 +95,10 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     check_no_nesting(set(host_comps) | {dst_comp})
     repo.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
     tree_id = transform(brick_tree) if transform else brick_tree_id
+    if host_comps.get(dst_comp) == tree_id:  # (--force of the same brick): no commit that changes nothing
+        return {"commit": host, "branch": branch, "moved": False, "unchanged": True, "ci": None,
+                "brick_tree": brick_tree_id, "installed_tree": tree_id,
+                "tensors": len(repo.read_tree(tree_id)["tensors"])}
     comps = dict(host_comps)
     comps[dst_comp] = tree_id
     from .provenance import default_author, git_provenance

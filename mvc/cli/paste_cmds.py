@@ -50,6 +50,12 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
     gate = None if no_ci else _migration_gate(repo, name, repo.resolve(source), repo.resolve(host), int8)
     r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
                          transform=transform, gate=gate, mode="int8" if int8 else "copy")
+    if r.get("unchanged"):
+        if as_json:
+            emit_json(r)
+        else:
+            click.echo(f"{r['branch']} already holds these tensors as brick/{as_name or name}: nothing to paste")
+        return
     if not r["moved"]:
         negative_result()
     if as_json:

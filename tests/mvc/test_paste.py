@@ -90,3 +90,19 @@ def test_paste_refuses_nesting_and_empty_names_before_writing(repo):
         repo.paste_brick("python", "brick-run", "host-b", as_name="")
     assert set(repo.store.ids()) == before and repo.branches()["host-b"] == r["commit"] != host
     repo.commit({"core": Part(4, "core", Spec(), 3)}, message="still commits", branch="host-b")
+
+
+def test_pasting_the_brick_a_host_already_holds_makes_no_commit(repo, monkeypatch, tmp_path):
+    """paste --force of an identical brick made a commit that changed nothing."""
+    from click.testing import CliRunner
+    from mvc.cli import cli
+    repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                message="trained", branch="brick-run")
+    repo.commit({"core": Part(4, "core", Spec(), 2)}, message="host b", branch="host-b")
+    first = repo.paste_brick("python", "brick-run", "host-b")["commit"]
+    again = repo.paste_brick("python", "brick-run", "host-b", force=True)
+    assert again["unchanged"] and again["commit"] == first and repo.branches()["host-b"] == first
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["paste", "brick", "python", "--from", "brick-run", "--into", "host-b", "--force",
+                                 "--no-ci"])
+    assert r.exit_code == 0 and "already holds these tensors" in r.stdout and repo.branches()["host-b"] == first
