@@ -234,9 +234,22 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
             raise MvcError(f"commit {commit[:12]} has no valid certificate: {problems[0]}"
                            + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
                            "run mvc ci to certify it again")
-        raise MvcError(f"commit {commit[:12]} has no certificate", "run mvc ci first")
+        recorded = _pipeline_certificate(repo, commit)
+        if recorded:  # a pipeline stage's result commit: its gates certified the commit it records
+            return recorded, read(repo, recorded), []
+        raise MvcError(f"commit {commit[:12]} has no certificate",
+                       "run mvc ci first (or mvc run, for a pipeline's stage branches)")
     cid, cert = good[-1]
     return cid, cert, problems
+
+
+def _pipeline_certificate(repo, commit: str) -> str | None:
+    """The certificate a pipeline stage's result commit records (its gates ran on the checkpoint
+    before it), when that certificate is stored here; None otherwise."""
+    extra = repo.read_commit(commit).get("extra") or {}
+    pipeline = extra.get("pipeline") if isinstance(extra, dict) else None
+    cert = pipeline.get("certificate") if isinstance(pipeline, dict) else None
+    return cert if isinstance(cert, str) and is_oid(cert) and repo.store.has(cert) else None
 
 
 def find(repo, rev_or_cert: str) -> tuple[str, dict]:

@@ -399,7 +399,10 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                                branch=branch, run_hooks=False,
                                extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key,
                                                    "attempt": attempt, "settings": settings, "status": "done",
-                                                   "step": job.trainer.step}})
+                                                   "step": job.trainer.step,
+                                                   # what its gates certified: `mvc verify <stage branch>`
+                                                   **({"certificate": run.last_certificate[stage.name]}
+                                                      if run.last_certificate.get(stage.name) else {})}})
             return done, "passed"
 
 

@@ -89,6 +89,8 @@ def test_two_stage_pipeline_commits_every_interval_and_certifies(tmp_path):
     assert [e["event"] for e in events].count("checkpoint") == 2
     gates = [e for e in events if e["event"] == "gate" and e["stage"] == "core"]
     assert [g["passed"] for g in gates] == [None, True]  # step 4: no gate due (it said passed)
+    done = repo.read_commit(repo.branches()["demo/core"])  # a stage's result records what its gates certified
+    assert done["extra"]["pipeline"]["certificate"] == gates[-1]["certificate"]
     # a re-run does no work
     before = set(repo.store.ids())
     again = []

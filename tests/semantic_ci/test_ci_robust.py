@@ -839,3 +839,17 @@ def test_config_messages_name_the_real_problem(tmp_path, edit, match):
     (tmp_path / "mvc.toml").write_text(text)
     with pytest.raises(ConfigError, match=match):
         cfgmod.load(str(tmp_path))
+
+
+def test_verify_of_a_pipeline_result_commit_uses_the_certificate_it_records(ci_repo):
+    """`mvc verify mini/host` said 'no certificate (run mvc ci first)' for a stage that passed its
+    gates: the certificate sits on the checkpoint before the stage's result commit."""
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t}}, message="b")
+    cert_id = run_ci(ci_repo)["certificate"]
+    done = ci_repo.commit({}, message="stage: done", extra={"pipeline": {"status": "done", "certificate": cert_id}})
+    assert certificate.locate(ci_repo, done)[0] == cert_id and verify(ci_repo, done)["verified"]
+    plain = ci_repo.commit({}, message="no certificate")
+    with pytest.raises(MvcError, match="has no certificate"):
+        certificate.locate(ci_repo, plain)
