@@ -145,6 +145,11 @@ def _evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at
     checks = {c.name: Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)
               for c in stage.checks}
     metrics = repo.read_commit(commit)["metrics"]
+    unknown = [g["metric"] for g in stage.gates if "metric" in g and g["metric"] not in metrics]
+    if unknown:  # a misspelt metric: said at the first checkpoint, not after every retry
+        recorded = sorted(k for k in metrics if k not in ("attempt", "diverged", "nonfinite"))
+        raise ConfigError(f"gate metric {unknown[0]!r} is not one this stage records",
+                          "it records: " + ", ".join(recorded))
     diverged = bool(metrics.get("diverged"))
     if diverged:  # a failed gate whatever the stage declares: rollback and fallback follow
         bad = metrics.get("nonfinite") or []

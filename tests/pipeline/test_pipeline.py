@@ -453,3 +453,13 @@ def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
     assert r.exit_code == 130 and "resumes from the last checkpoint" in r.stderr and "commit it again" not in r.stderr
     assert _events(r.stdout)[-1]["event"] == "interrupted"
+
+
+def test_a_misspelt_gate_metric_stops_the_stage_at_its_first_checkpoint(tmp_path, monkeypatch):
+    """A typo in a gate's metric trained every attempt of the stage before failing (exit 1)."""
+    root, repo = make_project(tmp_path, retries=2)
+    (root / "p.toml").write_text((root / "p.toml").read_text().replace('metric = "heldout_bpb"', 'metric = "heldout_bp"'))
+    monkeypatch.chdir(root)
+    r = CliRunner().invoke(cli, ["run", "p.toml"])
+    assert r.exit_code == 3 and "gate metric 'heldout_bp' is not one this stage records" in r.stderr, r.output
+    assert "heldout_bpb" in r.stderr and len(checkpoints(repo, "demo/core")) <= 1
