@@ -45,8 +45,10 @@ def run_migration(ctx: Context, check: Check) -> dict:
         except AbiMismatch as e:
             per_host[h[:12]] = {"abi": e.message}
             ok = False
-    if not ok:
-        return result(check, "failed", {"hosts": per_host}, {}, inputs, note="ABI contract mismatch")
+    if not ok:  # the note names the field, as paste does
+        first = next(iter(per_host.items()))
+        return result(check, "failed", {"hosts": per_host}, {}, inputs,
+                      note=f"ABI contract mismatch with host {first[0]}: {first[1]['abi']}")
     if mode == "copy":
         return _copy(ctx, check, source, hosts, comp, inputs)
     tree, brick = _brick(ctx, source, name, bool(check.get("int8")))

@@ -145,3 +145,13 @@ def test_an_int8_check_of_a_brick_stored_as_int8_measures_it_as_it_is(setup, tra
         quantised_here = run_ci(setup, "host-a", config=cfg)["checks"][0]
     assert stored["status"] == quantised_here["status"] == "passed"
     assert stored["figures"] == quantised_here["figures"]  # the same int8 artifact, measured alike
+
+
+def test_a_migration_check_names_the_abi_field_that_differs(setup):
+    """The check said only 'ABI contract mismatch'; paste names the field."""
+    from semantic_ci.runner import run_ci
+    with open("mvc.toml", "w") as f:
+        f.write(CONFIG.replace("{hosts}", "legacy-b").replace('source = "HEAD"', 'source = "host-a"'))
+    r = run_ci(setup, "host-a")
+    note = r["checks"][0].get("note") or ""
+    assert not r["passed"] and "ABI mismatch in anchor_spec.version" in note, r["checks"][0]
