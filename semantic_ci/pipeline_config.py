@@ -269,6 +269,8 @@ def validate_environment(pipeline: "Pipeline") -> None:
                 raise ConfigError(f"{path}: stage {stage.name}.brick: unknown brick kind {kind!r}",
                                   f"known: {', '.join(KINDS)}")
             _check_brick_options(pipeline, stage, kind)
+        elif stage.kind == "paste":
+            _check_paste_abi(pipeline, stage)
 
 
 def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
@@ -318,6 +320,55 @@ def _check_core_config(pipeline: "Pipeline", stage: Stage, suffix: str = "") -> 
             raise ConfigError(f"{where}.{key}: {msg}") from None
         except Exception:  # an arch that cannot build on the meta device: the real build will tell
             return
+
+
+def _stage_abi(pipeline: "Pipeline", ref) -> dict | None:
+    """{"hash", "spec"} of the ABI of the core a `stage:NAME` reference makes: a train-core stage,
+    or a train-brick stage's host (built on the meta device); None when it cannot be known here
+    (a revision, another stage kind, an arch that does not build on meta)."""
+    import torch
+    import cores
+    if not (isinstance(ref, str) and ref.startswith("stage:")):
+        return None
+    try:
+        stage = pipeline.stage(ref[6:])
+    except ConfigError:
+        return None
+    if stage.kind == "train-brick":
+        return _stage_abi(pipeline, stage.get("host"))
+    if stage.kind != "train-core":
+        return None
+    args = dict(config=stage.get("config", "tiny"), **core_seed(stage.settings), **(stage.get("overrides") or {}))
+    core = None
+    for device in ("meta", "cpu"):  # a legacy head's spec hashes its initial weights: those need a real build
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device(device):
+                core = cores.build(stage.get("arch"), **args)
+            break
+        except Exception:  # (its own check names what is wrong with its settings)
+            continue
+    spec = getattr(core, "abi_spec", None)
+    return {"hash": spec.hash, "spec": spec.to_dict()} if spec is not None else None
+
+
+def _check_paste_abi(pipeline: "Pipeline", stage: Stage) -> None:
+    """A paste stage whose brick's host and target host stages have other ABI contracts fails
+    here, before any stage trains (it failed after every earlier stage had trained)."""
+    from mvc.errors import AbiMismatch
+    from mvc.paste import check_abi
+    brick = _stage_abi(pipeline, stage.get("source"))
+    if brick is None:
+        return
+    for j, host in enumerate(stage.get("into") or []):
+        abi = _stage_abi(pipeline, host)
+        if abi is None:
+            continue
+        try:
+            check_abi({"abi": abi}, {"abi": brick})
+        except AbiMismatch as e:
+            raise ConfigError(f"{pipeline.path}: stage {stage.name}.into[{j}] ({host}): {e.message}",
+                              "the brick's host stage and this host stage build cores under other ABI "
+                              "contracts: compare their config and overrides") from None
 
 
 def core_seed(settings: dict) -> dict:

@@ -463,3 +463,18 @@ def test_a_misspelt_gate_metric_stops_the_stage_at_its_first_checkpoint(tmp_path
     r = CliRunner().invoke(cli, ["run", "p.toml"])
     assert r.exit_code == 3 and "gate metric 'heldout_bp' is not one this stage records" in r.stderr, r.output
     assert "heldout_bpb" in r.stderr and len(checkpoints(repo, "demo/core")) <= 1
+
+
+def test_a_paste_into_a_host_stage_of_another_abi_is_refused_before_training(tmp_path):
+    """The mismatch surfaced only at the paste stage, after every earlier stage had trained."""
+    root, repo = make_project(tmp_path)
+    legacy = ('\n[[stages]]\nname = "legacy"\nkind = "train-core"\narch = "layercake"\nconfig = "tiny"\n'
+              'stream = "text"\nsteps = 4\ncheckpoint_every = 4\nbatch_size = 4\nseq_len = 32\neval_bytes = 512\n'
+              'overrides = { canonical = false, d_abi = 32 }\n')
+    text = (root / "p.toml").read_text() + legacy + PASTE_STAGES.replace('into = ["stage:core"]', 'into = ["stage:legacy"]')
+    (root / "bad.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"stage paste\.into\[0\] \(stage:legacy\): ABI mismatch in d_abi"):
+        load(str(root / "bad.toml"))
+    (root / "good.toml").write_text((root / "p.toml").read_text() + PASTE_STAGES)
+    load(str(root / "good.toml"))  # the same ABI: accepted
+    assert repo.head() is None
