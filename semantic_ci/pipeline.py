@@ -10,8 +10,10 @@ recognised on a re-run and a changed input re-runs it.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+import warnings
 
 from mvc.errors import CheckFailed, ConfigError, MvcError
 from mvc.objects import canonical_json, hash_bytes
@@ -266,6 +268,19 @@ def result_certificate(repo, commit: str | None) -> str | None:
     return None
 
 
+def _warn_if_changed(stage: Stage, info: dict, from_stage: str) -> None:
+    """--from-stage reuses the earlier stages' results: say so when the file now sets other
+    settings for one that finished at its first attempt (a retry's settings differ by design)."""
+    recorded = info.get("settings")
+    if info.get("attempt", 0) != 0 or not isinstance(recorded, dict):
+        return
+    if json.loads(canonical_json(recorded)) != json.loads(canonical_json(stage.settings)):
+        changed = sorted(k for k in set(recorded) | set(stage.settings) if recorded.get(k) != stage.settings.get(k))
+        warnings.warn(f"--from-stage {from_stage}: stage {stage.name} finished with other settings than the file "
+                      f"sets now ({', '.join(changed[:5])}); its earlier result is used (run without --from-stage "
+                      "to redo it)")
+
+
 def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary: dict, IMPLS) -> None:
     repo = run.repo
     for stage in pipeline.stages:
@@ -280,6 +295,7 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
                                           "run without --from-stage first")
                     run.results[result] = head
                 run.results[stage.name] = head
+                _warn_if_changed(stage, stage_info(repo, head), from_stage)
                 continue
             started = True
         impl = IMPLS[stage.kind]

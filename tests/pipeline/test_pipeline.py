@@ -478,3 +478,15 @@ def test_a_paste_into_a_host_stage_of_another_abi_is_refused_before_training(tmp
     (root / "good.toml").write_text((root / "p.toml").read_text() + PASTE_STAGES)
     load(str(root / "good.toml"))  # the same ABI: accepted
     assert repo.head() is None
+
+
+def test_from_stage_says_when_it_reuses_an_earlier_stage_whose_settings_changed(tmp_path, monkeypatch):
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    assert CliRunner().invoke(cli, ["run", "p.toml"]).exit_code == 0
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "certify"])
+    assert r.exit_code == 0 and "finished with other settings" not in r.stderr, r.output
+    (root / "p.toml").write_text((root / "p.toml").read_text().replace("lr = 0.004", "lr = 0.002"))
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "certify"])
+    assert r.exit_code == 0, r.output
+    assert "stage core finished with other settings than the file sets now (lr)" in r.stderr, r.stderr
