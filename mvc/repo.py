@@ -32,7 +32,7 @@ MVC_DIR = ".mvc"
 REPO_FORMAT = 1
 DEFAULT_BRANCH = "main"
 COMMIT_RETRIES = 20
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # names torch.load files go by
+TORCH_FILE_SUFFIXES = comp.PICKLE_SUFFIXES + (".ckpt",)  # names torch.load files go by (.ckpt: Lightning)
 
 
 def find_root(start: str | os.PathLike | None = None) -> str:
@@ -788,7 +788,7 @@ class Repo(Maintenance):
         if not out_file or os.path.isdir(out_file) or out_file.endswith(("/", os.sep)):
             raise BadInput(f"cannot write {out_file!r}: not a file name", "name the file to write, e.g. -o core.safetensors")
         (relpath, entry), = tree["files"].items()
-        if entry["format"] == "safetensors" and out_file.lower().endswith(PICKLE_SUFFIXES):
+        if entry["format"] == "safetensors" and out_file.lower().endswith(TORCH_FILE_SUFFIXES):
             raise BadInput(f"component {component!r} is stored as safetensors ({relpath}), and export writes "
                            f"those bytes: {os.path.basename(out_file)} would hold safetensors under a PyTorch "
                            "name (torch.load refuses it)",
