@@ -206,8 +206,9 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
         diffs = _definition_diffs(defined, stored)
         if diffs:
             diffs[0] += ": the reason for skipping cannot be confirmed (re-run mvc ci)"
-        diffs += _recheck_skip(ctx, cert, stored)
-        return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "skipped": True}
+        redone = _recheck_skip(ctx, cert, stored)
+        return {"name": stored["name"], "reproduced": not (diffs or redone), "diffs": diffs + redone,
+                "skipped": True, "config_changed": bool(diffs) and not redone}
     if stored["kind"] != "gate" and str(stored.get("note") or "").startswith("error:"):
         return {"name": stored["name"], "reproduced": False,
                 "diffs": [f"the certificate records an error, not a measurement ({stored['note']}): "
@@ -247,6 +248,7 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     except MvcError as e:
         return {"name": stored["name"], "reproduced": False, "diffs": [f"re-run failed: {e}"]}
     diffs = _compare(stored["figures"], fresh["figures"])
+    figures_reproduce = not diffs
     notes = []
     if stored["status"] != fresh["status"]:
         if changed and stored["status"] != "passed":  # looser bounds now: its recorded failure stands
@@ -260,7 +262,8 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
         notes.append("execution envelope differs from the certificate's: exact figures may legitimately differ")
     if changed:
         notes.append(changed)
-    return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "note": "; ".join(notes) or None}
+    return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "note": "; ".join(notes) or None,
+            "config_changed": bool(diffs) and figures_reproduce and bool(changed)}  # only the bounds moved
 
 
 def _adapter_refusal(defined: "_Defined", stored: dict, params: dict) -> str | None:
