@@ -201,7 +201,8 @@ def _certificates_with_prefix(repo, prefix: str) -> list[str]:
 
 def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
     """(id, certificate, index problems): a certificate by id (or unique prefix of >= 6 hex), or the
-    latest valid one of a commit revision plus what is wrong with that commit's index. A text that
+    latest valid one of a commit revision (its latest full run; the latest partial one when no run
+    was full) plus what is wrong with that commit's index. A text that
     resolves as a commit means the commit; an ambiguous certificate prefix is an error listing them."""
     if is_oid(rev_or_cert) and repo.store.has(rev_or_cert):
         try:
@@ -239,7 +240,8 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
             return recorded, read(repo, recorded), []
         raise MvcError(f"commit {commit[:12]} has no certificate",
                        "run mvc ci first (or mvc run, for a pipeline's stage branches)")
-    cid, cert = good[-1]
+    full = [(cid, cert) for cid, cert in good if not cert.get("partial")]
+    cid, cert = (full or good)[-1]  # the latest full run judges the commit, as status and log say
     return cid, cert, problems
 
 

@@ -80,6 +80,11 @@ def bootstrap_ratio(nll_c, nll_b, count, samples: int = 1000, seed: int = 0) -> 
     return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
+# settings that pick a CPU code path for the same operations (and so the logits' last bits)
+CODE_PATH_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
+                 "DNNL_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
+
+
 def envelope(dtype: str, window: int) -> dict:
     """The execution envelope an exact figure is only meaningful inside."""
     try:
@@ -88,4 +93,5 @@ def envelope(dtype: str, window: int) -> dict:
         cap = "unknown"
     return {"torch": torch.__version__, "cpu_capability": cap, "threads": torch.get_num_threads(),
             "machine": platform.machine(), "dtype": dtype, "batch": f"1 sequence of <= {window} bytes",
-            "deterministic_env": os.environ.get("CUBLAS_WORKSPACE_CONFIG") is not None}
+            "deterministic_env": os.environ.get("CUBLAS_WORKSPACE_CONFIG") is not None,
+            "code_path_env": {k: os.environ[k] for k in CODE_PATH_ENV if k in os.environ}}

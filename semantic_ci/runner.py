@@ -6,6 +6,7 @@ import math
 import os
 
 from mvc.errors import ConfigError, MvcError
+from mvc.objects import is_oid
 
 from . import certificate
 from . import config as cfgmod
@@ -32,7 +33,7 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
             if progress:
                 progress(check.name)
             results.append(run_check(ctx, check))
-        partial = base_id is not None or [c.name for c in selected] != [c.name for c in config.checks]
+        partial = base_id is not None or {c.name for c in selected} != {c.name for c in config.checks}
         cert = certificate.make(commit, results, base_id, _recorded_source(repo, config.source), partial)
         cert_id = certificate.store(repo, cert)
     return summary(commit, cert_id, cert)
@@ -85,8 +86,22 @@ def _compare(stored: dict, fresh: dict, prefix="") -> list[str]:
     return diffs
 
 
-THRESHOLD_KEYS = ("tolerance", "max_ratio", "max_domain_ratio", "max_general_ratio", "mode")
-BOUND_KEYS = THRESHOLD_KEYS[:-1]  # numbers a verdict is judged by (the mode changes what is measured)
+def _digest_only(diffs: list[str]) -> bool:
+    """Whether only logit digests differ: the absolute bits of the logits, which another CPU code
+    path changes (AVX2 against AVX-512, another BLAS kernel) while every figure comparing two
+    models, and so the verdict, reproduces. Editing a digest changes no verdict."""
+    return bool(diffs) and all(d.split(":", 1)[0].rsplit(".", 1)[-1].endswith("digest") for d in diffs)
+
+
+def envelope_changes(stored: dict | None, fresh: dict | None) -> list[str]:
+    """'threads 2 here, 1 in the certificate' for each field of the execution envelope that differs."""
+    if not isinstance(stored, dict) or not isinstance(fresh, dict):
+        return []
+    return [f"{k} {fresh.get(k)!r} here, {stored.get(k)!r} in the certificate"
+            for k in sorted(set(stored) | set(fresh)) if stored.get(k) != fresh.get(k)]
+
+
+BOUND_KEYS = ("tolerance", "max_ratio", "max_domain_ratio", "max_general_ratio")  # what a verdict is judged by
 
 
 class _Defined:
@@ -99,8 +114,16 @@ class _Defined:
 
     @property
     def config(self) -> CiConfig | None:
+        """mvc.toml now (None when absent). One that cannot be read is an error, as for mvc ci: a
+        certificate is never judged by its own bounds because mvc.toml has a typo. A pipeline
+        stage's certificate (its checks live in the pipeline file) reads past it."""
         if self._config is False:
-            self._config = cfgmod.load(self.repo.root)
+            try:
+                self._config = cfgmod.load(self.repo.root)
+            except MvcError:
+                if not self.from_pipeline():
+                    raise
+                self._config = None
         return self._config
 
     def check(self, name: str) -> Check | None:
@@ -108,17 +131,14 @@ class _Defined:
 
     def changed_thresholds(self, stored: dict) -> str | None:
         """A note when mvc.toml now sets other bounds for a check that ran (None when the same, when
-        mvc.toml does not define it or cannot be read, or for a pipeline stage's check)."""
+        mvc.toml does not define it, or for a pipeline stage's check)."""
         if self.from_pipeline():
             return None
-        try:
-            now = self.check(stored["name"])
-        except MvcError:
-            return None
+        now = self.check(stored["name"])
         if now is None:
             return None
         params = stored.get("params") or {}
-        changed = [k for k in THRESHOLD_KEYS if _normal(now.params.get(k)) != _normal(params.get(k))]
+        changed = [k for k in BOUND_KEYS if _normal(now.params.get(k)) != _normal(params.get(k))]
         if not changed:
             return None
         return (f"{self.config.source} now sets " + ", ".join(
@@ -134,10 +154,11 @@ def _normal(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def _definition_diffs(defined: _Defined, stored: dict) -> list[str]:
-    """How a recorded check differs from the check of that name in mvc.toml now (empty when equal).
-    A check mvc.toml does not define is a difference too, unless the certificate comes from a
-    pipeline stage (its checks live in the pipeline file) or there is no mvc.toml here."""
+def _definition_diffs(defined: _Defined, stored: dict, ignore=()) -> list[str]:
+    """How a recorded check differs from the check of that name in mvc.toml now (empty when equal),
+    leaving out the parameters in `ignore`. A check mvc.toml does not define is a difference too,
+    unless the certificate comes from a pipeline stage (its checks live in the pipeline file) or
+    there is no mvc.toml here."""
     name = stored["name"]
     if defined.config is None:
         return []
@@ -152,7 +173,7 @@ def _definition_diffs(defined: _Defined, stored: dict) -> list[str]:
         diffs.append(f"kind {now.preset or now.kind!r} there, {stored.get('preset') or stored['kind']!r} in the "
                      f"certificate")
     a, b = _normal(now.params), _normal(stored.get("params") or {})
-    for key in sorted(set(a) | set(b)):
+    for key in sorted((set(a) | set(b)) - set(ignore)):
         if a.get(key) != b.get(key):
             diffs.append(f"{key} {a.get(key)!r} there, {b.get(key)!r} in the certificate")
     if diffs:
@@ -171,6 +192,7 @@ def verify(repo, rev_or_cert: str) -> dict:
     config = CiConfig(source=cert.get("config") or "certificate")
     ctx = Context(repo, cert["commit"], config, ModelCache(repo), None)
     defined = _Defined(repo, cert)
+    defined.config  # an unreadable mvc.toml stops here, before anything runs
     out = []
     if problems:  # a foreign, missing or unreadable certificate in the commit's index
         out.append({"name": "(certificate index)", "reproduced": False, "diffs": problems})
@@ -191,7 +213,8 @@ def verify(repo, rev_or_cert: str) -> dict:
         out.append({"name": "(verdict)", "reproduced": False,
                     "diffs": ["the certificate's overall verdict does not follow from its checks"]})
     return {"certificate": cert_id, "commit": cert["commit"], "verified": all(c["reproduced"] for c in out),
-            "passed": cert.get("passed") is True,
+            "passed": cert.get("passed") is True, "partial": bool(cert.get("partial")),
+            "checks_run": [c.get("name") for c in checks],
             "failed": [c.get("name") for c in checks if c.get("status") == "failed"],
             "checks": out, "index_problems": problems}
 
@@ -221,6 +244,10 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     if stored["kind"] not in DATA_KEYS:
         return {"name": stored["name"], "reproduced": False,
                 "diffs": [f"unknown check kind {stored['kind'][:40]!r}: it cannot be re-run"]}
+    # what it measured must be what mvc.toml defines now (bounds aside: those are re-applied below),
+    # and the ids it pinned must be what its revisions give from the certified commit
+    drift = _definition_diffs(defined, stored, ignore=BOUND_KEYS)
+    pinned = _pinned_revision_diffs(repo, cert, stored)
     params = dict(stored.get("params") or {})
     inputs = stored.get("inputs") or {}
     # pin every name to the ids the certificate recorded: verify never re-resolves names
@@ -248,8 +275,15 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     except MvcError as e:
         return {"name": stored["name"], "reproduced": False, "diffs": [f"re-run failed: {e}"]}
     diffs = _compare(stored["figures"], fresh["figures"])
-    figures_reproduce = not diffs
     notes = []
+    env_changes = envelope_changes(stored.get("envelope"), fresh.get("envelope"))
+    if _digest_only(diffs):  # the logits' bits, not the comparison: this machine computes them otherwise
+        notes.append("the logits differ bit for bit from the certificate's (" + ", ".join(
+            d.split(":", 1)[0] for d in diffs) + "), but every figure comparing the models and the verdict "
+            "reproduce: another CPU code path or library computes the same models' logits here"
+            + (f" ({'; '.join(env_changes)})" if env_changes else " (the recorded envelope does not show how)"))
+        diffs = []
+    figures_reproduce = not diffs
     if stored["status"] != fresh["status"]:
         if changed and stored["status"] != "passed":  # looser bounds now: its recorded failure stands
             notes.append(f"it would pass under the bounds {defined.config.source} sets now")
@@ -257,13 +291,52 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
             diffs.append(f"verdict: certificate says {stored['status']}, re-run gives {fresh['status']}"
                          + (" under the bounds mvc.toml sets now" if changed else "")
                          + (f" ({fresh['note']})" if fresh.get("note") else ""))
-    env_a, env_b = stored.get("envelope"), fresh.get("envelope")
-    if env_a and env_b and env_a != env_b:
-        notes.append("execution envelope differs from the certificate's: exact figures may legitimately differ")
+    if env_changes and not notes:
+        notes.append("execution envelope differs from the certificate's (" + "; ".join(env_changes)
+                     + "): exact figures may legitimately differ")
     if changed:
         notes.append(changed)
+    diffs = pinned + drift + diffs
     return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "note": "; ".join(notes) or None,
-            "config_changed": bool(diffs) and figures_reproduce and bool(changed)}  # only the bounds moved
+            "envelope_changes": env_changes,
+            # only mvc.toml moved (its bounds or its definition of the check): the figures reproduce
+            "config_changed": bool(diffs) and figures_reproduce and not pinned and bool(changed or drift)}
+
+
+def _pinned_revision_diffs(repo, cert: dict, stored: dict) -> list[str]:
+    """Where a check's recorded baseline (or migration source) is not the commit its revision gives
+    from the certified commit: a certificate that compared the candidate with another model than
+    its check names. Only revisions that name a fixed commit can be re-walked (HEAD-relative ones,
+    full ids); a branch or tag may have moved since, so those are taken as recorded."""
+    params, inputs = stored.get("params") or {}, stored.get("inputs") or {}
+    wanted = []
+    if isinstance(inputs.get("baseline"), dict) and "commit" in inputs["baseline"]:
+        if cert.get("base"):  # --base replaced every baseline
+            wanted.append(("baseline", "--base", cert["base"], inputs["baseline"]["commit"]))
+        elif isinstance(params.get("baseline"), str):
+            wanted.append(("baseline", params["baseline"], None, inputs["baseline"]["commit"]))
+    if stored.get("kind") == "migration" and "source" in inputs:
+        wanted.append(("source", str(params.get("source", "HEAD")), None, inputs["source"]))
+    out = []
+    for key, rev, expected, recorded in wanted:
+        if expected is None:
+            base_rev, path = split_relative(rev)
+            if base_rev == "HEAD":
+                start = cert["commit"]
+            elif is_oid(base_rev):
+                start = base_rev
+            else:
+                continue
+            try:
+                expected = walk_relative(repo, start, path)
+            except (LookupError, MvcError) as e:
+                out.append(f"{key} = {rev!r} cannot be walked from the certified commit {cert['commit'][:12]} "
+                           f"({e.message if isinstance(e, MvcError) else 'past the root commit'})")
+                continue
+        if expected != recorded:
+            out.append(f"{key} = {rev!r} is {str(expected)[:12]} from the certified commit, but the certificate "
+                       f"ran against {str(recorded)[:12]}: it does not certify what its check names")
+    return out
 
 
 def _adapter_refusal(defined: "_Defined", stored: dict, params: dict) -> str | None:
@@ -273,10 +346,7 @@ def _adapter_refusal(defined: "_Defined", stored: dict, params: dict) -> str | N
     params.pop("adapter", None)
     if not recorded:
         return None
-    try:
-        now = defined.check(stored["name"])
-    except MvcError:
-        now = None
+    now = defined.check(stored["name"])
     configured = (now.params.get("adapter") if now else None) or (defined.config.adapter if defined.config else None)
     if configured != recorded:
         return (f"the certificate names adapter {str(recorded)[:80]!r}, which mvc.toml here does not set for "

@@ -86,16 +86,22 @@ def verify(target, as_json):
     """Re-run a certificate's checks (TARGET: a commit, or a certificate id or unique prefix of at
     least 6 hex digits, as mvc ci prints) and confirm the figures.
 
-    Exact figures must reproduce bit for bit; others within a relative 1e-6; a skipped check must
-    still have its reason (its relative revision, re-walked from the recorded commit ids, goes past
-    the root commit) and the parameters mvc.toml defines for it now. Exit 3 when a figure does not
-    reproduce (a tampered or stale certificate), when a check cannot be re-run (a missing or
+    TARGET as a commit verifies its latest full run (every check of mvc.toml), or its latest
+    partial run when it has none (the output says so). Exact figures must reproduce bit for bit,
+    except the logits' digests: another CPU code path changes the logits' bits (a note says so)
+    while every figure comparing two models must still match. Other figures must agree within a
+    relative 1e-6. What a check measured must be what mvc.toml defines for it now; its bounds are
+    taken from mvc.toml. A skipped check must still have its reason (its relative revision,
+    re-walked from the recorded commit ids, goes past the root commit).
+
+    Exit 3 when a figure does not reproduce (an edited or stale certificate, or another machine's
+    arithmetic: the notes name how its execution envelope differs), when mvc.toml no longer
+    defines a check as it ran or cannot be read, when a check cannot be re-run (a missing or
     corrupt object), when the certificate records no checks or an error instead of figures, or
     when the commit's certificate index names a missing object or a certificate of another commit
     (such entries are never used). Exit 1 when the certificate verifies but records failed checks
     (`mvc verify REV && deploy` deploys only what passed).
 
-    \b
     \b
     Examples:
       mvc verify HEAD
@@ -126,16 +132,23 @@ def verify(target, as_json):
         elif all(c.get("config_changed") for c in r["checks"] if not c["reproduced"]):
             hint = ("its figures reproduce, but mvc.toml's checks or bounds changed since it was made: "
                     "run mvc ci to certify the commit under them")
+        elif any(c.get("envelope_changes") for c in r["checks"] if not c["reproduced"]):
+            hint = ("its figures do not reproduce here, and this machine computes in another execution "
+                    "envelope than the one that made it (see the notes): verify where it was made, or run "
+                    "mvc ci here to certify the commit on this machine")
         else:
-            hint = "its figures do not reproduce: it was tampered with or the models changed"
+            hint = ("its figures do not reproduce: the certificate was edited, or mvc's evaluation code "
+                    "changed since it was made; run mvc ci to certify the commit again")
         raise MvcError(f"certificate {short(r['certificate'])} does not verify", hint)
+    run = (f" (a partial run: {', '.join(map(str, r['checks_run']))} only; no full run of mvc.toml's checks "
+           "is recorded for this commit)") if r.get("partial") else ""
     if not r["passed"]:  # authentic, and it records a failure: a negative result, like mvc ci's
         if not as_json:
             click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: it records a "
-                       f"FAILED run ({', '.join(map(str, r['failed'])) or 'its verdict'})")
+                       f"FAILED run ({', '.join(map(str, r['failed'])) or 'its verdict'}){run}")
         sys.exit(1)
     if not as_json:
-        click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: its checks passed")
+        click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: its checks passed{run}")
 
 
 @cli.group()

@@ -1,0 +1,240 @@
+"""What `mvc verify` accepts as a claim: the run it picks for a commit, what a check measured against
+what mvc.toml defines now, the baseline a certificate pinned, logits whose bits another CPU code
+path changes, and check data the git hooks read from the target branch."""
+import json
+import os
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+import mvc
+from mvc.cli import cli
+from mvc.errors import ConfigError
+from semantic_ci import certificate
+from semantic_ci.git_hook import pre_push
+from semantic_ci.probe import builtin_probe
+from semantic_ci.runner import envelope_changes, run_ci, verify
+
+from ci_helpers import BASIC, HELD_OUT, trained_table, write_config
+
+
+@pytest.fixture
+def failing(ci_repo, monkeypatch):
+    """ci_repo with two commits whose frozen check fails (the core moved a little) and whose ppl
+    check passes; its full run is certified."""
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t * 1.0001}}, message="b")
+    summary = run_ci(ci_repo)
+    assert not summary["passed"] and [c["status"] for c in summary["checks"]] == ["failed", "passed"]
+    return ci_repo, summary["certificate"]
+
+
+def forged(repo, cert_id, edit) -> str:
+    cert = json.loads(json.dumps(certificate.read(repo, cert_id)))
+    edit(cert)
+    for c in cert["checks"]:
+        c.update(status="passed", passed=True)
+    cert["passed"] = True
+    return certificate.store(repo, cert)
+
+
+def frozen_of(cert):
+    return next(c for c in cert["checks"] if c["name"] == "frozen")
+
+
+def test_verify_of_a_commit_judges_its_latest_full_run_not_a_later_partial_one(failing):
+    """A passing `mvc ci --check ppl` after the full run failed made `mvc verify HEAD` exit 0."""
+    repo, _ = failing
+    assert run_ci(repo, names=["ppl"])["passed"]
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 1 and "FAILED run (frozen)" in r.stdout, r.output
+    only_partial = certificate.of_commit(repo, repo.resolve("HEAD"))[-1]
+    r = CliRunner().invoke(cli, ["verify", only_partial])  # asked for by id: said to be partial
+    assert r.exit_code == 0 and "a partial run: ppl only" in r.stdout, r.output
+    assert json.loads(CliRunner().invoke(cli, ["verify", only_partial, "--json"]).stdout)["partial"] is True
+
+
+def test_every_check_in_another_order_is_a_full_run(failing):
+    repo, _ = failing
+    cert = certificate.read(repo, run_ci(repo, names=["ppl", "frozen"])["certificate"])
+    assert not cert.get("partial")
+
+
+def test_a_check_mvc_toml_no_longer_defines_does_not_verify(failing):
+    """A renamed failing check with a loosened bound verified (judged by its own bound)."""
+    repo, cert_id = failing
+
+    def rename(cert):
+        frozen_of(cert).update(name="frozen (legacy)")
+        cert["checks"][0]["params"]["tolerance"] = 1.0
+    v = verify(repo, forged(repo, cert_id, rename))
+    assert not v["verified"]
+    legacy = next(c for c in v["checks"] if c["name"] == "frozen (legacy)")
+    assert any("does not define a check named 'frozen (legacy)'" in d for d in legacy["diffs"])
+    # an honest certificate whose check mvc.toml renamed since: said to be mvc.toml's change
+    write_config(repo, BASIC.replace('name = "ppl"', 'name = "general-ppl"'))
+    r = CliRunner().invoke(cli, ["verify", cert_id])
+    assert r.exit_code == 3 and "mvc.toml's checks or bounds changed" in r.stderr, r.output
+
+
+def test_a_check_recorded_under_another_kind_does_not_verify(failing):
+    """frozen (exact-logits, failing) re-measured honestly as a ppl-ratio check verified."""
+    repo, cert_id = failing
+    ppl = next(c for c in certificate.read(repo, cert_id)["checks"] if c["name"] == "ppl")
+
+    def relabel(cert):
+        cert["checks"][0] = dict(json.loads(json.dumps(ppl)), name="frozen")
+    v = verify(repo, forged(repo, cert_id, relabel))
+    assert not v["verified"]
+    assert any("kind 'exact-logits' there, 'ppl-ratio' in the certificate" in d for d in frozen_of(v)["diffs"])
+
+
+def test_a_baseline_that_is_not_what_head_1_gives_does_not_verify(failing):
+    """A certificate whose HEAD~1 check compared the candidate with itself verified."""
+    repo, cert_id = failing
+    head = repo.resolve("HEAD")
+
+    def self_baseline(cert):
+        frozen = frozen_of(cert)
+        frozen["inputs"]["baseline"]["commit"] = head
+        frozen["figures"].update(max_abs_delta=0.0, differing_positions=0, first_differing_offset=None,
+                                 baseline_digest=frozen["figures"]["logits_digest"])
+    v = verify(repo, forged(repo, cert_id, self_baseline))
+    assert not v["verified"]
+    diffs = frozen_of(v)["diffs"]
+    assert any("baseline = 'HEAD~1' is" in d and "does not certify what its check names" in d for d in diffs)
+    assert not frozen_of(v)["config_changed"]  # not mvc.toml's doing
+
+
+@pytest.mark.parametrize("adapter", [True, False])
+def test_an_unreadable_mvc_toml_is_an_error_not_a_silent_pass(repo, monkeypatch, adapter):
+    """With no adapter (a registry core), verify judged by the certificate's own bounds silently."""
+    import cores
+    monkeypatch.chdir(repo.root)
+    config = BASIC.replace("probe_bytes = 2048", "probe_bytes = 256")
+    if adapter:
+        repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="a")
+        repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="b")
+    else:
+        config = config.replace('adapter = "semantic_ci.adapters:bigram"', "")
+        core = cores.build("layercake", config="tiny", seed=0)
+        repo.commit({"core": core}, message="a")
+        repo.commit({"core": core}, message="b")
+    write_config(repo, config)
+    with open(os.path.join(repo.root, "heldout.txt"), "wb") as f:
+        f.write(HELD_OUT[:600])
+    cert_id = run_ci(repo)["certificate"]
+    write_config(repo, config.replace("max_ratio = 1.05", "max_ratio = 0.5") + "\n<<<<<<< HEAD\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        verify(repo, cert_id)
+    r = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert r.exit_code == 3 and "mvc.toml" in r.stderr, r.output
+
+
+def test_logits_whose_bits_differ_while_the_comparison_reproduces_verify_with_a_note(ci_repo, monkeypatch):
+    """Another CPU code path (AVX2 against AVX-512, another BLAS) changes the logits' last bits: the
+    digests differed and verify called the certificate tampered with."""
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t}}, message="b")
+    cert_id = run_ci(ci_repo)["certificate"]
+    other_bits = json.loads(json.dumps(certificate.read(ci_repo, cert_id)))
+    frozen = frozen_of(other_bits)
+    frozen["figures"].update(logits_digest="0" * 64, baseline_digest="1" * 64)
+    frozen["envelope"]["cpu_capability"] = "NO AVX"  # (the machine that made it)
+    v = verify(ci_repo, certificate.store(ci_repo, other_bits))
+    assert v["verified"], v
+    assert "logits differ bit for bit" in frozen_of(v)["note"] and "cpu_capability" in frozen_of(v)["note"]
+    # the figures comparing the two models must still reproduce
+    frozen["figures"]["differing_positions"] = 3
+    v = verify(ci_repo, certificate.store(ci_repo, other_bits))
+    assert not v["verified"] and any("differing_positions" in d for d in frozen_of(v)["diffs"])
+    r = CliRunner().invoke(cli, ["verify", certificate.store(ci_repo, other_bits)])
+    assert r.exit_code == 3 and "another execution envelope" in r.stderr, r.output
+
+
+def test_envelope_changes_name_the_fields():
+    assert envelope_changes({"threads": 1, "torch": "2"}, {"threads": 2, "torch": "2"}) == \
+        ["threads 2 here, 1 in the certificate"]
+    assert envelope_changes(None, {"threads": 2}) == []
+
+
+def git(work, *args):
+    return subprocess.run(["git", *args], cwd=work, capture_output=True, text=True, check=True).stdout
+
+
+HOOK_CONFIG = """
+[ci]
+adapter = "semantic_ci.adapters:bigram"
+window = 128
+
+[[ci.checks]]
+name = "general-ppl"
+kind = "ppl-ratio"
+component = "core"
+data = "heldout.txt"
+baseline = "main"
+max_ratio = 1.05
+"""
+
+
+def _feature_project(tmp_path, monkeypatch):
+    """A git project whose main tracks mvc.toml and heldout.txt; the mvc branch `feature` holds a
+    model trained on other text than main's held-out text (it fails main's gate)."""
+    work = tmp_path / "proj"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "config", "user.email", "t@example.com")
+    git(work, "config", "user.name", "t")
+    (work / "mvc.toml").write_text(HOOK_CONFIG)
+    (work / "heldout.txt").write_bytes(HELD_OUT)
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "project")
+    repo = mvc.Repo.init(work)
+    repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="main model")
+    git(work, "checkout", "-qb", "feature")
+    digits = bytes(b"0123456789 \n"[i % 12] for i in range(3000))
+    repo.commit({"core": {"table": trained_table(digits)}}, message="feature model")
+    return work, repo, digits
+
+
+def _push_line(work):
+    return f"refs/heads/feature {git(work, 'rev-parse', 'HEAD').strip()} refs/heads/main {'0' * 40}\n"
+
+
+def test_pre_push_measures_on_the_target_branchs_data_not_the_branchs_own(tmp_path, monkeypatch):
+    """The feature branch replaced heldout.txt with text of its own domain and its push passed."""
+    work, repo, digits = _feature_project(tmp_path, monkeypatch)
+    (work / "heldout.txt").write_bytes(digits[:1500])
+    git(work, "commit", "-qam", "our own held-out text")
+    assert pre_push(mvc.Repo(work), _push_line(work)) == 1
+    cert = certificate.read(repo, certificate.of_commit(repo, repo.resolve("feature"))[-1])
+    assert cert["checks"][0]["inputs"]["data_desc"] == "heldout.txt at main"
+    assert repo.store.get(cert["checks"][0]["inputs"]["data"]) == HELD_OUT
+
+
+def test_pre_push_refuses_gate_data_only_the_branch_tracks(tmp_path, monkeypatch, capsys):
+    work, repo, digits = _feature_project(tmp_path, monkeypatch)
+    git(work, "checkout", "-q", "main")
+    (work / "mvc.toml").write_text(HOOK_CONFIG.replace('"heldout.txt"', '"data/eval.txt"'))
+    git(work, "commit", "-qam", "gate on data/eval.txt (not committed here)")
+    git(work, "checkout", "-q", "feature")
+    (work / "data").mkdir()
+    (work / "data" / "eval.txt").write_bytes(digits[:1500])
+    git(work, "add", "data/eval.txt")
+    git(work, "commit", "-qm", "bring our own eval text")
+    from semantic_ci.git_hook import main
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(_push_line(work)))
+    assert main(["pre-push"]) == 1
+    err = capsys.readouterr().err
+    assert "data/eval.txt is not tracked at main" in err and "commit data/eval.txt there" in err
+    git(work, "rm", "-q", "--cached", "data/eval.txt")  # untracked: a local file, read as before
+    git(work, "commit", "-qm", "untrack")
+    assert pre_push(mvc.Repo(work), _push_line(work)) == 0  # the developer's own file: used as before
+    cert = certificate.read(repo, certificate.of_commit(repo, repo.resolve("feature"))[-1])
+    assert cert["checks"][0]["inputs"]["data_desc"] == "data/eval.txt"
