@@ -185,7 +185,7 @@ def read_check_data(ctx: Context, check: Check, key: str, default_bytes: int | N
     if default_bytes is None:
         default_bytes = check.get("probe_bytes", ctx.config.probe_bytes)
     try:
-        return read_data(ctx.repo, spec, default_bytes)
+        return read_data(ctx.repo, spec, default_bytes, ctx.config.files)
     except BadInput as e:
         if isinstance(spec, str) and spec.startswith("blob:"):
             raise

@@ -48,6 +48,9 @@ class CiConfig:
     probe_bytes: int = DEFAULT_PROBE_BYTES
     window: int = DEFAULT_WINDOW
     source: str = CONFIG_FILE
+    # {path as mvc.toml names it: (bytes, description)}: check data read from the git commit this
+    # config came from (the git hooks); paths not in it are read from the work tree
+    files: dict | None = None
 
     def select(self, names) -> list[Check]:
         if not names:

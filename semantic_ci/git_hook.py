@@ -1,8 +1,8 @@
 """What the installed git hooks run: `python -m semantic_ci.git_hook pre-merge-commit|pre-commit|pre-push`.
 
 pre-merge-commit: the model head of the branch being merged (GITHEAD_* or MERGE_HEAD) is checked
-against the target branch's model head, with mvc.toml read from the target branch's commit, so a
-feature branch cannot relax its own gate. pre-commit: the same for the commit that concludes a
+against the target branch's model head, with mvc.toml and the check data it names read from the
+target branch's commit, so a feature branch cannot relax its own gate or swap its held-out text. pre-commit: the same for the commit that concludes a
 merge git stopped (its shell script runs this only while MERGE_HEAD exists). pre-push: each
 pushed branch's model head is checked.
 Exit 1 blocks the merge or push.
@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from mvc.errors import MvcError
+from mvc.errors import ConfigError, MvcError
 
 from . import config as cfgmod
 from .report import render_table
@@ -30,12 +30,50 @@ def _console():
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
 
 
+def _git_bytes(*args) -> bytes | None:
+    r = subprocess.run(["git", *args], capture_output=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def _in_git(repo, path: str, top: str) -> str:
+    """A path under the mvc repository as git names it (relative to the work tree's top, '/')."""
+    return os.path.relpath(os.path.normpath(os.path.join(repo.root, path)), top).replace(os.sep, "/")
+
+
+DATA_KEYS = ("data", "probe", "domain_data", "general_data")
+
+
 def _config_at(repo, git_rev: str):
-    rel = os.path.relpath(os.path.join(repo.root, cfgmod.CONFIG_FILE), _git("rev-parse", "--show-toplevel").strip())
+    """mvc.toml as of a git revision, with the check data it names taken from that revision too:
+    a branch under test cannot swap the held-out text its gate is measured on. Data that revision
+    does not track is read from the work tree, unless git tracks it there (the branch under test
+    brought it: an error)."""
+    top = _git("rev-parse", "--show-toplevel").strip()
+    rel = _in_git(repo, cfgmod.CONFIG_FILE, top)
     text = _git("show", f"{git_rev}:{rel}")
     if text is None:
         return None
-    return cfgmod.load(repo.root, text=text, source=f"{git_rev}:{rel}")
+    cfg = cfgmod.load(repo.root, text=text, source=f"{git_rev}:{rel}")
+    files = {}
+    for check in cfg.checks:
+        for key in DATA_KEYS:
+            spec = check.params.get(key)
+            if not isinstance(spec, str) or spec == "builtin" or spec.startswith("blob:") or spec in files \
+                    or os.path.isabs(spec):
+                continue  # (an absolute path is refused when the check reads it)
+            path = _in_git(repo, spec, top)
+            if path.startswith("../"):
+                continue
+            data = _git_bytes("cat-file", "blob", f"{git_rev}:{path}")
+            if data is not None:
+                files[spec] = (data, f"{spec} at {git_rev}")
+            elif _git("ls-files", "--error-unmatch", "--", path, cwd=top) is not None:
+                raise ConfigError(f"{cfg.source}: ci.checks[{check.name}].{key}: {spec} is not tracked at "
+                                  f"{git_rev}, but the work tree's git index has it (from the branch under test)",
+                                  f"the gate's data must come from {git_rev}: commit {spec} there, or keep it "
+                                  "untracked")
+    cfg.files = files
+    return cfg
 
 
 def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bool:

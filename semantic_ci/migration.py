@@ -7,9 +7,8 @@ from mvc.errors import AbiMismatch
 from mvc.paste import check_abi
 
 from . import evaluate as ev
-from .checks import Context, compare_logits, resolve_relative, result
+from .checks import Context, compare_logits, read_check_data, resolve_relative, result
 from .config import Check
-from .probe import read_data
 
 
 def _brick(ctx: Context, source: str, name: str, int8: bool):
@@ -79,7 +78,7 @@ def _function(ctx, check, source, hosts, brick, window, inputs) -> dict:
     bit-identical on every host (it is, when every host decodes through the canonical head)."""
     import torch
     from bricks import decode_delta
-    data, data_id, desc = read_data(ctx.repo, check.get("probe"), check.get("probe_bytes", ctx.config.probe_bytes))
+    data, data_id, desc = read_check_data(ctx, check, "probe")
     inputs.update(data=data_id, data_desc=desc)
     src_host = ctx.models.get(source, "core")
 
@@ -113,7 +112,7 @@ def _function(ctx, check, source, hosts, brick, window, inputs) -> dict:
 
 def _exact(ctx, check, source, hosts, brick, window, inputs) -> dict:
     """PX: the brick's logits and PPL are identical on the source host and on every target host."""
-    data, data_id, desc = read_data(ctx.repo, check.get("domain_data"), check.get("probe_bytes", ctx.config.probe_bytes))
+    data, data_id, desc = read_check_data(ctx, check, "domain_data")
     inputs.update(domain_data=data_id, data_desc=desc)
     ref = _attached(ctx.models.get(source, "core"), brick)
     nll_ref, count = ev.model_nll(ref, data, window)
@@ -140,10 +139,10 @@ def _exact(ctx, check, source, hosts, brick, window, inputs) -> dict:
 
 def _bounded(ctx, check, hosts, brick, window, inputs) -> dict:
     """L3-L6: domain PPL ratio with/without the brick and the general PPL ratio on every host."""
-    dom, dom_id, _ = read_data(ctx.repo, check.get("domain_data"), check.get("probe_bytes", ctx.config.probe_bytes))
+    dom, dom_id, _ = read_check_data(ctx, check, "domain_data")
     gen = gen_id = None
     if check.get("general_data"):
-        gen, gen_id, _ = read_data(ctx.repo, check.get("general_data"), 0)
+        gen, gen_id, _ = read_check_data(ctx, check, "general_data", 0)
     inputs.update(domain_data=dom_id, general_data=gen_id)
     max_dom = float(check.get("max_domain_ratio", 0.75))
     max_gen = float(check.get("max_general_ratio", 1.05))

@@ -29,20 +29,20 @@ def builtin_probe(n_bytes: int) -> bytes:
     return bytes(out[:n_bytes])
 
 
-def read_data(repo, spec: str | None, default_bytes: int) -> tuple[bytes, str, str]:
-    """(bytes, blob id, description) for a check's data: a path under the repository root, a
-    `blob:<id>` reference, or the built-in probe when `spec` is None. The bytes are stored as a
-    blob so the certificate can name them and `mvc verify` can reproduce them anywhere."""
+def read_data(repo, spec: str | None, default_bytes: int, files: dict | None = None) -> tuple[bytes, str, str]:
+    """(bytes, blob id, description) for a check's data: a path under the repository root (taken
+    from `files`, {path: (bytes, description)}, when it is there), a `blob:<id>` reference, or the
+    built-in probe when `spec` is None. The bytes are stored as a blob so the certificate can name
+    them and `mvc verify` can reproduce them anywhere."""
     if spec is None or spec == "builtin":
         data, desc = builtin_probe(default_bytes), f"builtin probe ({default_bytes} bytes)"
     elif spec.startswith("blob:"):
         oid = spec[5:]
         return repo.store.get(oid), oid, f"blob {oid[:12]}"
     else:
-        data = _read_repository_file(repo, spec)
+        data, desc = files[spec] if files and spec in files else (_read_repository_file(repo, spec), spec)
         if len(data) < 2:
             raise BadInput(f"check data {spec} holds fewer than 2 bytes")
-        desc = spec
     return data, repo.store.put(data), desc
 
 
