@@ -86,6 +86,10 @@ class CheckFailed(MvcError):
         self.certificate = certificate
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler so that cleanup runs as for Ctrl-C (exit 143)."""
+
+
 class InterruptedAfterLanding(KeyboardInterrupt):
     """Ctrl-C arrived after a commit had landed (its ref moved): the work is done and must not be
     redone, so the message names what landed."""
@@ -93,3 +97,32 @@ class InterruptedAfterLanding(KeyboardInterrupt):
     def __init__(self, landed: str):
         super().__init__(landed)
         self.landed = landed
+
+
+# OSErrors the machine's state causes (not mvc's code): what to say, and what the user can do
+_ENVIRONMENT = {
+    "ENOSPC": ("no space left on device", "free some space and retry"),
+    "EDQUOT": ("disk quota exceeded", "free some space and retry"),
+    "EACCES": ("permission denied", "this needs write access there (check the owner and mode)"),
+    "EPERM": ("operation not permitted", "this needs write access there (check the owner and mode)"),
+    "EROFS": ("read-only file system", "this needs a writable file system"),
+    "EMFILE": ("too many open files", "raise the open-file limit (ulimit -n) or pass fewer jobs (-j)"),
+    "ENFILE": ("too many open files in the system", "close other programs' files or pass fewer jobs (-j)"),
+}
+
+
+def environment_error(e: OSError) -> tuple[str, str] | None:
+    """(what happened, what to do) for an OSError of the environment (a full disk, no write
+    permission, a read-only file system, the open-file limit); None for any other error."""
+    import errno
+    name = errno.errorcode.get(e.errno or 0)
+    if name not in _ENVIRONMENT:
+        return None
+    what, fix = _ENVIRONMENT[name]
+    return what + (f" at {e.filename}" if e.filename else ""), fix
+
+
+def os_error_text(e: OSError) -> str:
+    """One line for an OSError in a warning: 'no space left on device at PATH'."""
+    found = environment_error(e)
+    return found[0] if found else f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")

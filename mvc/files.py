@@ -26,23 +26,27 @@ def hostname() -> str:
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Ctrl-C (SIGINT) held back until the block is done, then delivered to the handler in place
-    (Python's raises KeyboardInterrupt; a training loop's own handler is called): for
-    steps that must not stop half way (a ref moved but its reflog entry cut back, or a commit
-    that landed reported as interrupted). Only the main thread receives signals; elsewhere, or
-    when Python does not own the SIGINT handler, the block runs as it is."""
-    old = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or old is None:
-        yield  # (None: a handler installed outside Python, which cannot be put back)
+    """Ctrl-C (SIGINT) and SIGTERM held back until the block is done, then delivered to the handler
+    in place (Python's raises KeyboardInterrupt; the CLI's SIGTERM handler raises Terminated; a
+    training loop's own handler is called; SIGTERM's default ends the process): for steps that
+    must not stop half way (a ref moved but its reflog entry cut back, or a commit that landed
+    reported as interrupted). Only the main thread receives signals; elsewhere the block runs as
+    it is, and so does a signal whose handler Python does not own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    owned = [s for s, h in old.items() if h is not None]  # None: installed outside Python
     got: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    for s in owned:
+        signal.signal(s, lambda signum, frame: got.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
-    if got:
-        signal.raise_signal(signal.SIGINT)
+        for s in owned:
+            signal.signal(s, old[s])
+    for s in dict.fromkeys(got):
+        signal.raise_signal(s)
 
 
 def makedirs(path: str) -> None:

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import time
+import warnings
 from typing import Callable
 
 from . import certindex
@@ -21,6 +23,38 @@ from .transfer import Progress
 GC_GRACE_S = 3600.0
 WRITERS_LOCK = "writers.lock"  # see Repo.writing
 REFLOG_EXPIRE_S = 90 * 24 * 3600.0
+
+
+RESERVE = "reserve"  # .mvc/reserve: room for gc's lock and log files on a full disk
+RESERVE_BYTES = 256 * 1024
+
+
+def keep_reserve(mvc_dir: str) -> None:
+    """Write .mvc/reserve (real blocks, not a sparse file) when it is missing; on a full disk gc
+    deletes it to take its locks and free the rest. Best effort: a repository works without it."""
+    path = os.path.join(mvc_dir, RESERVE)
+    if os.path.exists(path):
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(RESERVE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _release_reserve(mvc_dir: str) -> bool:
+    try:
+        os.unlink(os.path.join(mvc_dir, RESERVE))
+        return True
+    except OSError:
+        return False
 
 
 class Maintenance:
@@ -165,9 +199,21 @@ class Maintenance:
         grace but not yet referenced."""
         grace = GC_GRACE_S if grace_s is None else grace_s
         exclusive = grace < GC_GRACE_S and not dry_run
-        with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True) if exclusive \
-                else contextlib.nullcontext():
-            return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
+
+        def run():
+            with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True) if exclusive \
+                    else contextlib.nullcontext():
+                return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
+        try:
+            try:
+                return run()
+            except OSError as e:  # a full disk: even its lock files need room; the reserve gives it
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not _release_reserve(self.dir):
+                    raise
+                warnings.warn("the disk is full: gc freed the space mvc keeps in reserve to take its locks")
+                return run()
+        finally:
+            keep_reserve(self.dir)
 
     def _sweep_loose(self, dry_run: bool, grace: float, expiry: float | None):
         """gc's loose phase: (live, protected, loose files deleted, objects removed, bytes freed,
@@ -262,7 +308,7 @@ class Maintenance:
             result["loose_left_why"] = "busy: commits or pushes held the writers lock"
         from .pack_write import Packer  # repack kept objects (big clean packs stay), dropping unreachable ones
         with Packer(self, full=True, grace_s=grace, geometric=True, protect=protected,
-                    live=live if dry_run else None, writers_locked=exclusive) as p:
+                    live=live if dry_run else None, writers_locked=exclusive, dry_run=dry_run) as p:
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
                 result["pack"] = p.run(progress.advance, dry_run=dry_run)
@@ -290,12 +336,16 @@ class Maintenance:
             for oid in store.ids():
                 checked.add(oid)
                 try:
-                    data = store.view(oid, rehash=True)  # never trusts a verified stamp
+                    if hasattr(store, "check"):  # packed: large objects are hashed without being held whole
+                        data, size = store.check(oid), store.size(oid)
+                    else:
+                        data = store.view(oid, rehash=True)  # never trusts a verified stamp
+                        size = len(data)
                     if progress:
-                        progress(len(data))
+                        progress(size)
                     n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
                     if 0 <= n <= 4096 and 8 + n <= len(data):
-                        heads[oid] = (bytes(data[:8 + n]), len(data))
+                        heads[oid] = (bytes(data[:8 + n]), size)
                 except CorruptObject as e:
                     damaged.append({"id": oid, "problem": e.message})
                 except ObjectMissing:

@@ -75,6 +75,9 @@ class Pack:
         return sorted(self.records.values(), key=lambda r: r.offset)
 
 
+HEAD_BYTES = 8 + 4096  # what check() returns of an object: a tensor blob's safetensors header
+
+
 class _LRU:
     """A byte-bounded, thread-safe LRU of decoded objects (numpy arrays)."""
 
@@ -307,20 +310,25 @@ class PackStore(ObjectStore):
         self.refresh()
         return True
 
+    def _base(self, oid: str, pack, r, chain: tuple, use_cache: bool):
+        """(base bytes or None, built on a cached base?) that record `r` of `oid` decodes against."""
+        where = f"object {oid} in {pack.name}.pack"
+        if r.encoding != pf.XOR:
+            return None, False
+        if not r.base or r.base == oid or r.base in chain or len(chain) > MAX_CHAIN:
+            raise CorruptObject(f"{where} has an invalid delta base", "run mvc fsck")
+        if self.lookup(r.base) is None:
+            raise CorruptObject(f"{where} is a delta against {r.base}, which is in no pack",
+                                "run mvc fsck; a pack file may have been deleted by hand")
+        try:
+            return self._decoded(r.base, chain + (oid,), use_cache)
+        except CorruptObject as e:
+            raise CorruptObject(f"{where} cannot be read: its delta base is damaged: {e.message}",
+                                e.hint) from None
+
     def _decode_record(self, oid: str, pack, r, chain: tuple, use_cache: bool):
         where = f"object {oid} in {pack.name}.pack"
-        base, tainted = None, False
-        if r.encoding == pf.XOR:
-            if not r.base or r.base == oid or r.base in chain or len(chain) > MAX_CHAIN:
-                raise CorruptObject(f"{where} has an invalid delta base", "run mvc fsck")
-            if self.lookup(r.base) is None:
-                raise CorruptObject(f"{where} is a delta against {r.base}, which is in no pack",
-                                    "run mvc fsck; a pack file may have been deleted by hand")
-            try:
-                base, tainted = self._decoded(r.base, chain + (oid,), use_cache)
-            except CorruptObject as e:
-                raise CorruptObject(f"{where} cannot be read: its delta base is damaged: {e.message}",
-                                    e.hint) from None
+        base, tainted = self._base(oid, pack, r, chain, use_cache)
         arr = pf_decode(pack.entry(r), r.encoding, r.size, base, where)
         got = hash_bytes(arr)
         if got != oid:
@@ -332,6 +340,32 @@ class PackStore(ObjectStore):
         if use_cache and oid in self._bases and hasattr(arr, "nbytes"):
             self.cache.put(oid, arr)
         return arr, tainted
+
+    def check(self, oid: str, use_cache: bool = True) -> bytes:
+        """Verify that `oid` decodes to its id (CorruptObject names the damage) and return its first
+        bytes: a large object is hashed a batch of chunks at a time, never held whole (a blob's
+        safetensors header, as stored before its chunks); a small one is read whole."""
+        from .pack_codec import STREAM_BYTES, decode_hash
+        hit = self.lookup(oid)
+        if hit is None:
+            raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+        pack, r = hit
+        if r.size < STREAM_BYTES:
+            return bytes(memoryview(self._read(oid))[:HEAD_BYTES])
+        where = f"object {oid} in {pack.name}.pack"
+        base, tainted = self._base(oid, pack, r, (), use_cache)
+        entry = pack.entry(r)
+        got = decode_hash(entry, r.encoding, r.size, base, where)
+        if got != oid:
+            if tainted:
+                self.cache.discard(r.base)
+                return self.check(oid, use_cache=False)
+            raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
+                                "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
+        if r.encoding == pf.RAW:
+            return bytes(entry[:HEAD_BYTES])
+        h = pf.decode_entry_header(entry, r.size, where)
+        return bytes(entry[pf.ENTRY_HEADER.size: pf.ENTRY_HEADER.size + min(h.prefix_len, HEAD_BYTES)])
 
     def verify(self, progress=None) -> list[dict]:
         """Problems of the packs themselves (indexes that cannot be used, pack checksums)."""

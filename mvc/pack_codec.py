@@ -115,33 +115,53 @@ def _assemble(encoding: int, prefix, itemsize: int, chunk_elems: int, frames: li
     return Encoded(encoding, parts, sum(len(p) for p in parts))
 
 
-def encode(data, prefix_len: int = 0, itemsize: int = 1, base=None, level: int = DEFAULT_LEVEL) -> Encoded:
-    """The smallest of: raw; planes of `itemsize` bytes + zstd; XOR against `base` + planes + zstd.
+@dataclass
+class _Layout:
+    """An object cut for encoding: its bytes, the body as n x itemsize, the base's likewise."""
 
-    `data` (and `base`, an object of the same size and prefix) are bytes-like. Never larger than raw.
-    """
+    buf: np.ndarray
+    mat: np.ndarray
+    bmat: np.ndarray | None
+    itemsize: int
+    n: int
+    chunk_elems: int
+    chunks: int
+
+    def block(self, c: int, delta: bool) -> np.ndarray:
+        a, e = c * self.chunk_elems, min((c + 1) * self.chunk_elems, self.n)
+        return np.bitwise_xor(self.mat[a:e], self.bmat[a:e]) if delta else self.mat[a:e]
+
+
+def _layout(data, prefix_len: int, itemsize: int, base) -> _Layout:
     buf = np.frombuffer(data, dtype=np.uint8)
-    size = buf.size
     body = buf[prefix_len:]
     if body.size % itemsize:
         itemsize = 1
     n = body.size // itemsize
-    mat = body.reshape(n, itemsize)
     bmat = None
     if base is not None:
         bbuf = np.frombuffer(base, dtype=np.uint8)
-        if bbuf.size == size and bytes(bbuf[:prefix_len]) == bytes(buf[:prefix_len]):
+        if bbuf.size == buf.size and bytes(bbuf[:prefix_len]) == bytes(buf[:prefix_len]):
             bmat = bbuf[prefix_len:].reshape(n, itemsize)
     chunk_elems = max(1, CHUNK_BYTES // itemsize)
-    chunks = -(-n // chunk_elems)
+    return _Layout(buf, body.reshape(n, itemsize), bmat, itemsize, n, chunk_elems, -(-n // chunk_elems))
+
+
+def encode(data, prefix_len: int = 0, itemsize: int = 1, base=None, level: int = DEFAULT_LEVEL) -> Encoded:
+    """The smallest of: raw; planes of `itemsize` bytes + zstd; XOR against `base` + planes + zstd.
+
+    `data` (and `base`, an object of the same size and prefix) are bytes-like. Never larger than raw.
+    Holds the whole entry in memory: large objects go through encode_into.
+    """
+    lay = _layout(data, prefix_len, itemsize, base)
+    buf, bmat, itemsize, chunk_elems, chunks = lay.buf, lay.bmat, lay.itemsize, lay.chunk_elems, lay.chunks
+    size = buf.size
 
     def work(first, stop):
         out = []
         for c in range(first, stop):
-            a, e = c * chunk_elems, min((c + 1) * chunk_elems, n)
-            block = mat[a:e]
-            plain = _plane_frames(block, level)
-            delta = _plane_frames(np.bitwise_xor(block, bmat[a:e]), level) if bmat is not None else None
+            plain = _plane_frames(lay.block(c, False), level)
+            delta = _plane_frames(lay.block(c, True), level) if bmat is not None else None
             out.append((plain, delta))
         return out
 
@@ -159,17 +179,114 @@ def encode(data, prefix_len: int = 0, itemsize: int = 1, base=None, level: int =
     return best
 
 
-def decode(entry, encoding: int, size: int, base: np.ndarray | None, where: str) -> np.ndarray:
-    """The object bytes (a new, writable uint8 array) of one entry. Not yet verified by hash."""
-    entry = memoryview(entry)
-    if encoding == pf.RAW:
-        if len(entry) != size:
-            raise CorruptObject(f"{where} is corrupt: raw entry of {len(entry)} bytes for a {size}-byte object",
-                                "run mvc fsck")
-        return np.frombuffer(entry, dtype=np.uint8).copy()
+STREAM_BYTES = 64 << 20  # objects from this size are encoded into the pack and verified in batches
+BATCH_CHUNKS = 64  # chunks (16 MiB) encoded, decoded or hashed at a time when streaming
+SAMPLE_CHUNKS = 32  # chunks compressed both ways to choose the XOR delta for a streamed object
+
+
+def encode_into(f, data, prefix_len: int = 0, itemsize: int = 1, base=None,
+                level: int = DEFAULT_LEVEL) -> tuple[int, int]:
+    """(encoding, length) of one object encoded straight into file `f` at its position, a batch of
+    chunks at a time: what encode() gives for a large object without holding its entry (which
+    held 1.7x the largest tensor while packing). The XOR delta is chosen when it compresses a
+    sample of chunks better; an entry that would grow past raw is written raw."""
+    lay = _layout(data, prefix_len, itemsize, base)
+    size, itemsize, chunks = lay.buf.size, lay.itemsize, lay.chunks
+    delta = lay.bmat is not None and _delta_smaller(lay, level)
+    start = f.tell()
+    f.write(pf.encode_entry_header(prefix_len, itemsize, lay.chunk_elems, chunks))
+    f.write(lay.buf[:prefix_len].tobytes())
+    table_at = f.tell()
+    table = np.zeros(chunks * itemsize, dtype="<u4")
+    f.write(table.tobytes())  # filled in below, once every frame's length is known
+    length = f.tell() - start
+    for b0 in range(0, chunks, BATCH_CHUNKS):
+        if length >= size:
+            break
+
+        def work(first, stop, b0=b0):
+            return [_plane_frames(lay.block(c, delta), level) for c in range(b0 + first, b0 + stop)]
+        for c, planes in enumerate((p for part in _parallel(work, min(chunks, b0 + BATCH_CHUNKS) - b0)
+                                    for p in part), b0):
+            for k, (frame, raw) in enumerate(planes):
+                table[c * itemsize + k] = len(frame) | (pf.RAW_FLAG if raw else 0)
+                f.write(frame)
+                length += len(frame)
+    if length >= size:  # never larger than raw
+        f.seek(start)
+        f.truncate()
+        f.write(memoryview(lay.buf))
+        return pf.RAW, size
+    end = f.tell()
+    f.seek(table_at)
+    f.write(table.tobytes())
+    f.seek(end)
+    return (pf.XOR if delta else pf.GROUPED if itemsize > 1 else pf.ZSTD), length
+
+
+def _delta_smaller(lay: _Layout, level: int) -> bool:
+    """Whether XOR against the base compresses a sample of chunks, spread over the object, better."""
+    picks = sorted(set(np.linspace(0, lay.chunks - 1, min(lay.chunks, SAMPLE_CHUNKS)).astype(int).tolist()))
+
+    def work(first, stop):
+        plain = delta = 0
+        for c in picks[first:stop]:
+            plain += sum(len(fr) for fr, _raw in _plane_frames(lay.block(c, False), level))
+            delta += sum(len(fr) for fr, _raw in _plane_frames(lay.block(c, True), level))
+        return plain, delta
+    sizes = _parallel(work, len(picks))
+    return sum(d for _p, d in sizes) < sum(p for p, _d in sizes)
+
+
+@dataclass
+class _Entry:
+    """A parsed (GROUPED, ZSTD or XOR) entry: where each chunk's planes lie, and the base's body."""
+
+    entry: memoryview
+    h: object
+    starts: np.ndarray
+    lengths: np.ndarray
+    stored_raw: np.ndarray
+    n: int
+    bmat: np.ndarray | None
+    where: str
+
+    def decode_chunks(self, out: np.ndarray, c0: int, c1: int) -> None:
+        """Chunks c0..c1-1 into `out`, an (elements x itemsize) array that starts at chunk c0."""
+        h, where, base = self.h, self.where, c0 * self.h.chunk_elems
+
+        def work(first, stop):
+            dctx = _dctx()
+            for c in range(c0 + first, c0 + stop):
+                a, e = c * h.chunk_elems, min((c + 1) * h.chunk_elems, self.n)
+                m = e - a
+                for k in range(h.itemsize):
+                    frame = self.entry[self.starts[c, k]: self.starts[c, k] + self.lengths[c, k]]
+                    if self.stored_raw[c, k]:
+                        if len(frame) != m:
+                            raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} has the wrong length",
+                                                "run mvc fsck")
+                        src = np.frombuffer(frame, dtype=np.uint8)
+                    else:
+                        try:
+                            if zstandard.frame_content_size(frame) != m:
+                                raise zstandard.ZstdError("frame size does not match")
+                            src = np.frombuffer(dctx.decompress(frame), dtype=np.uint8)
+                        except zstandard.ZstdError as err:
+                            raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} does not decompress "
+                                                f"({err})", "run mvc fsck") from None
+                        if src.size != m:
+                            raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} has the wrong size",
+                                                "run mvc fsck")
+                    out[a - base:e - base, k] = src
+                if self.bmat is not None:
+                    np.bitwise_xor(out[a - base:e - base], self.bmat[a:e], out=out[a - base:e - base])
+
+        _parallel(work, c1 - c0)
+
+
+def _parse(entry, encoding: int, size: int, base, where: str) -> _Entry:
     h = pf.decode_entry_header(entry, size, where)
-    out = np.empty(size, dtype=np.uint8)
-    out[:h.prefix_len] = np.frombuffer(entry, dtype=np.uint8, count=h.prefix_len, offset=pf.ENTRY_HEADER.size)
     raw_table = np.frombuffer(entry, dtype="<u4", count=h.chunks * h.itemsize,
                               offset=pf.ENTRY_HEADER.size + h.prefix_len).reshape(h.chunks, h.itemsize)
     lengths = (raw_table & ~np.uint32(pf.RAW_FLAG)).astype(np.int64)
@@ -179,7 +296,6 @@ def decode(entry, encoding: int, size: int, base: np.ndarray | None, where: str)
         raise CorruptObject(f"{where} is corrupt: its chunk table does not match the entry length", "run mvc fsck")
     starts = (ends - lengths.reshape(-1)).reshape(h.chunks, h.itemsize)
     n = (size - h.prefix_len) // h.itemsize
-    mat = out[h.prefix_len:].reshape(n, h.itemsize)
     bmat = None
     if encoding == pf.XOR:
         if base is not None and not isinstance(base, np.ndarray):
@@ -187,33 +303,42 @@ def decode(entry, encoding: int, size: int, base: np.ndarray | None, where: str)
         if base is None or base.size != size:
             raise CorruptObject(f"{where} is an XOR delta whose base has the wrong size", "run mvc fsck")
         bmat = base[h.prefix_len:].reshape(n, h.itemsize)
+    return _Entry(entry, h, starts, lengths, stored_raw, n, bmat, where)
 
-    def work(first, stop):
-        dctx = _dctx()
-        for c in range(first, stop):
-            a, e = c * h.chunk_elems, min((c + 1) * h.chunk_elems, n)
-            m = e - a
-            for k in range(h.itemsize):
-                frame = entry[starts[c, k]: starts[c, k] + lengths[c, k]]
-                if stored_raw[c, k]:
-                    if len(frame) != m:
-                        raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} has the wrong length",
-                                            "run mvc fsck")
-                    src = np.frombuffer(frame, dtype=np.uint8)
-                else:
-                    try:
-                        if zstandard.frame_content_size(frame) != m:
-                            raise zstandard.ZstdError("frame size does not match")
-                        src = np.frombuffer(dctx.decompress(frame), dtype=np.uint8)
-                    except zstandard.ZstdError as err:
-                        raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} does not decompress ({err})",
-                                            "run mvc fsck") from None
-                    if src.size != m:
-                        raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} has the wrong size",
-                                            "run mvc fsck")
-                mat[a:e, k] = src
-            if bmat is not None:
-                np.bitwise_xor(mat[a:e], bmat[a:e], out=mat[a:e])
 
-    _parallel(work, h.chunks)
+def _raw_entry(entry: memoryview, size: int, where: str) -> memoryview:
+    if len(entry) != size:
+        raise CorruptObject(f"{where} is corrupt: raw entry of {len(entry)} bytes for a {size}-byte object",
+                            "run mvc fsck")
+    return entry
+
+
+def decode(entry, encoding: int, size: int, base: np.ndarray | None, where: str) -> np.ndarray:
+    """The object bytes (a new, writable uint8 array) of one entry. Not yet verified by hash."""
+    entry = memoryview(entry)
+    if encoding == pf.RAW:
+        return np.frombuffer(_raw_entry(entry, size, where), dtype=np.uint8).copy()
+    e = _parse(entry, encoding, size, base, where)
+    out = np.empty(size, dtype=np.uint8)
+    out[:e.h.prefix_len] = np.frombuffer(entry, dtype=np.uint8, count=e.h.prefix_len, offset=pf.ENTRY_HEADER.size)
+    e.decode_chunks(out[e.h.prefix_len:].reshape(e.n, e.h.itemsize), 0, e.h.chunks)
     return out
+
+
+def decode_hash(entry, encoding: int, size: int, base, where: str) -> str:
+    """The BLAKE3 hex of an entry's object, decoded a batch of chunks at a time (never whole)."""
+    from .objects import hash_bytes
+    entry = memoryview(entry)
+    if encoding == pf.RAW:
+        return hash_bytes(_raw_entry(entry, size, where))
+    import blake3
+    e = _parse(entry, encoding, size, base, where)
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update(entry[pf.ENTRY_HEADER.size: pf.ENTRY_HEADER.size + e.h.prefix_len])
+    batch = np.empty((min(e.n, BATCH_CHUNKS * e.h.chunk_elems), e.h.itemsize), dtype=np.uint8)
+    for c0 in range(0, e.h.chunks, BATCH_CHUNKS):
+        c1 = min(e.h.chunks, c0 + BATCH_CHUNKS)
+        rows = min(e.n, c1 * e.h.chunk_elems) - c0 * e.h.chunk_elems
+        e.decode_chunks(batch, c0, c1)
+        hasher.update(batch[:rows])
+    return hasher.hexdigest()

@@ -30,7 +30,7 @@ import warnings
 
 from . import pack_format as pf
 from . import safetensors_format as stf
-from .errors import BadInput, CorruptObject, LockHeld, MvcError
+from .errors import BadInput, CorruptObject, LockHeld, MvcError, environment_error, os_error_text
 from .files import LockFile
 from .objects import hash_bytes
 from .pack import PACK_DIR, PackStore, pack_store_of
@@ -121,13 +121,25 @@ def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]
     return rank, base_of, dtype_of
 
 
+def _recent_limit() -> int:
+    """How many objects the writer keeps at hand: each loose one is a map holding a file
+    descriptor, so a quarter of the open-file limit at most (a `ulimit -n 128` failed packing)."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    return max(4, min(256, (soft if soft > 0 else 1024) // 4))
+
+
 class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
-                 lock_timeout_s: float = LOCK_TIMEOUT_S):
+                 lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False):
         self.repo = repo
+        self.dry_run = dry_run  # writes nothing: on a read-only repository it runs without the lock
         self.writers_locked = writers_locked  # the caller holds the writers lock exclusively (short-grace gc)
         self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
         self.protect = protect or set()  # unreachable objects kept whatever their age (Repo.recently_referenced)
@@ -142,16 +154,22 @@ class Packer:
         self.total_bytes = 0
 
     def __enter__(self):
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except OSError as e:
+            if not (self.dry_run and environment_error(e)):
+                raise
+            self.lock = None  # a report on a read-only (or full) repository: nothing to guard
         try:
             self._plan()
         except BaseException:
-            self.lock.release()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc):
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self) -> None:
@@ -336,34 +354,40 @@ class Packer:
             data = self.repo.store.view(oid)
             recent[oid] = data
             self._recent_bytes += len(data)
-            while self._recent_bytes > WRITER_CACHE_BYTES and len(recent) > 1:
+            while (self._recent_bytes > WRITER_CACHE_BYTES or len(recent) > _recent_limit()) and len(recent) > 1:
                 old = recent.pop(next(iter(recent)))
                 self._recent_bytes -= len(old)
         return data
 
-    def _encode(self, oid: str, depth_of: dict, recent: dict):
-        """(Encoded, base id or None, depth, object size) for one object."""
-        from .pack_codec import GROUPED_DTYPES, encode
+    def _encode(self, oid: str, depth_of: dict, recent: dict, into=None):
+        """(encoding, length, parts, base id or None, depth, object size) for one object. With a
+        file `into`, an object of STREAM_BYTES or more is written there (parts None), a batch of
+        chunks at a time; otherwise `parts` are the entry's bytes for the caller to write."""
+        from .pack_codec import GROUPED_DTYPES, STREAM_BYTES, encode, encode_into
         data = self._read(oid, recent)
-        dtype = self.dtype_of.get(oid)
-        if dtype is None:
-            return encode(data, level=self.level), None, 0, len(data)
-        try:
-            e = stf.parse_blob(data, f"blob {oid[:12]}")
-        except BadInput:
-            return encode(data, level=self.level), None, 0, len(data)
-        itemsize = GROUPED_DTYPES.get(e.dtype, 1)
-        base = self.base_of.get(oid)
-        base_depth = None
-        if base is not None:
-            base_depth = self._depth(base, depth_of)
-        if base_depth is None or base_depth + 1 > self.max_depth:
-            base = None
+        prefix, itemsize, base, base_depth = 0, 1, None, None
+        if self.dtype_of.get(oid) is not None:
+            try:
+                e = stf.parse_blob(data, f"blob {oid[:12]}")
+            except BadInput:
+                e = None
+            if e is not None:
+                prefix, itemsize = e.begin, GROUPED_DTYPES.get(e.dtype, 1)
+                base = self.base_of.get(oid)
+                if base is not None:
+                    base_depth = self._depth(base, depth_of)
+                if base_depth is None or base_depth + 1 > self.max_depth:
+                    base = None
         base_data = self._read(base, recent) if base else None
-        enc = encode(data, e.begin, itemsize, base_data, level=self.level)
-        if enc.encoding == pf.XOR:
-            return enc, base, base_depth + 1, len(data)
-        return enc, None, 0, len(data)
+        if into is not None and len(data) >= STREAM_BYTES:
+            encoding, length = encode_into(into, data, prefix, itemsize, base_data, level=self.level)
+            parts = None
+        else:
+            enc = encode(data, prefix, itemsize, base_data, level=self.level)
+            encoding, length, parts = enc.encoding, enc.length, enc.parts
+        if encoding == pf.XOR:
+            return encoding, length, parts, base, base_depth + 1, len(data)
+        return encoding, length, parts, None, 0, len(data)
 
     def _write(self, progress) -> tuple[str, list[pf.Record], int]:
         os.makedirs(self.ps.dir, exist_ok=True)
@@ -401,10 +425,9 @@ class Packer:
                             r.encoding, r.length, r.size
                         reused += 1
                     else:
-                        enc, base, depth, size = encoded or self._encode(oid, depth_of, recent)
-                        for piece in enc.parts:
+                        encoding, length, parts, base, depth, size = encoded or self._encode(oid, depth_of, recent, f)
+                        for piece in parts or ():
                             put(piece)
-                        encoding, length = enc.encoding, enc.length
                     records.append(pf.Record(oid, base, offset, length, size, encoding, depth))
                     depth_of[oid] = depth
                     offset += length
@@ -441,6 +464,7 @@ class Packer:
                 except OSError:
                     pass
             raise
+        recent.clear()  # (decoded delta bases: not held while the pack is read back)
         if self.verify:
             self._verify_written(name, records)
         return name, records, reused
@@ -468,7 +492,7 @@ class Packer:
             fresh._copies = {}  # no falling back on an old pack's copy: this pack must be whole
             for r in sorted(records, key=lambda r: r.offset):
                 fresh._where[r.oid] = (pack, pack.records[r.oid])  # read this pack's copy, not another's
-                fresh._read(r.oid)
+                fresh.check(r.oid)
         except MvcError as e:
             for ext in (".idx", ".pack"):
                 try:
@@ -526,7 +550,7 @@ def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, 
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
     the large packs with nothing to drop, as gc does). Returns statistics."""
     with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live,
-                writers_locked=writers_locked, lock_timeout_s=lock_timeout_s) as p:
+                writers_locked=writers_locked, lock_timeout_s=lock_timeout_s, dry_run=dry_run) as p:
         return p.run(progress, dry_run=dry_run)
 
 
@@ -546,8 +570,9 @@ def maybe_autopack(repo, cid: str) -> dict | None:
         return pack(repo, lock_timeout_s=0.0)  # never makes a commit wait for a gc
     except LockHeld:
         return None  # another process is packing right now: the next commit packs
-    except MvcError as e:  # the commit itself has succeeded: say so, do not fail it
-        warnings.warn(f"automatic packing after commit {cid[:12]} failed: {e}")
+    except (MvcError, OSError) as e:  # the commit itself has succeeded: say so, do not fail it
+        warnings.warn(f"automatic packing after commit {cid[:12]} failed: "
+                      f"{os_error_text(e) if isinstance(e, OSError) else e}")
         return None
 
 

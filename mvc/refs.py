@@ -7,6 +7,7 @@ stands in the way of new refs.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import os
@@ -19,6 +20,23 @@ from .store import fsync_dir
 
 SYMREF_PREFIX = "ref: "
 RETIRED_LOGS = "deleted"  # logs/deleted/...: live refs are HEAD or refs/..., so never clash with it
+
+
+_MOVED: collections.deque = collections.deque(maxlen=6)
+
+
+def note_moved(what: str) -> None:
+    """Remember a ref (here or on a remote) this process moved: an error after it must not say
+    that nothing moved (the CLI names these)."""
+    _MOVED.append(what)
+
+
+def moved_in_this_process() -> list[str]:
+    return list(_MOVED)
+
+
+def forget_moves() -> None:
+    _MOVED.clear()
 
 
 def utc_now() -> str:
@@ -243,6 +261,7 @@ class RefStore:
                                     "message": message}, sort_keys=True, separators=(",", ":"))
                 with interrupts_deferred():  # a move is whole: ref, reflog entry and their fsyncs
                     self._logged_move(ref, entry.encode() + b"\n", new, old)
+                    note_moved(f"{ref} ({new[:12] if new else 'deleted'})")
                     if new is None:
                         self._retire_log(ref)
         except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:

@@ -18,10 +18,10 @@ from . import components as comp
 from . import config as cfg
 from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptObject, FormatTooNew,
                      InterruptedAfterLanding, MvcError, NotARepository, ObjectMissing, RefConflict,
-                     UnknownRevision, WrongObjectType)
+                     UnknownRevision, WrongObjectType, os_error_text)
 from .diffs import diff_trees
 from .files import atomic_write, shared_or_exclusive
-from .maintenance import WRITERS_LOCK, Maintenance
+from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
 from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_no_nesting, check_ref_name,
                       commit_object, decode, encode, is_oid, tree_blob_ids)
 from .provenance import default_author, git_current_branch, git_dir_of, git_provenance
@@ -114,6 +114,7 @@ class Repo(Maintenance):
             initial.write(f)
         with open(os.path.join(tmp, "HEAD"), "w") as f:
             f.write(f"ref: refs/heads/{default_branch}\n")
+        keep_reserve(tmp)
         try:
             os.rename(tmp, d)
         except OSError:
@@ -411,8 +412,9 @@ class Repo(Maintenance):
             from .pack_write import maybe_autopack  # packs when pack.autoEvery = K is configured
             try:
                 maybe_autopack(self, cid)
-            except MvcError as e:  # the commit has landed: an error now would invite a second commit
-                warnings.warn(f"committed {cid[:12]}, but packing after it failed: {e}")
+            except (MvcError, OSError) as e:  # the commit has landed: an error now would invite a second
+                warnings.warn(f"committed {cid[:12]}, but packing after it failed: "  # commit
+                              f"{os_error_text(e) if isinstance(e, OSError) else e}")
         except KeyboardInterrupt as e:  # the commit stands; what follows it (checks, packing) stopped
             if isinstance(e, InterruptedAfterLanding):
                 raise

@@ -30,6 +30,39 @@ from .errors import MvcError, ObjectMissing, RefConflict
 from .transport import ABSENT, MAX_FILE_BYTES, REPAIR_HINT, Transport, check_size
 
 MULTIPART_BYTES = 64 * 1024 * 1024
+
+
+class _BufferReader(io.RawIOBase):
+    """A seekable file over a buffer, read in place: io.BytesIO copies anything but bytes (a
+    decoded packed object, pushed from its memoryview, would be held twice)."""
+
+    def __init__(self, buf):
+        self._buf = memoryview(buf).cast("B")
+        self._pos = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b):
+        n = max(0, min(len(b), len(self._buf) - self._pos))
+        b[:n] = self._buf[self._pos: self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._buf)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+
+def _reader(data):
+    return io.BytesIO(data) if isinstance(data, bytes) else io.BufferedReader(_BufferReader(data), 1 << 20)
 MAX_ATTEMPTS = 5   # per request, botocore's standard retry mode
 BODY_RETRIES = 4   # a response body that breaks off is asked for again this many times
 RETRY_HINT = "run the command again to resume"
@@ -157,7 +190,7 @@ class S3Transport(Transport):
                 from boto3.s3.transfer import TransferConfig
                 cfg = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
                                      max_concurrency=4)
-                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._object_key(oid), Config=cfg)
+                self.client.upload_fileobj(_reader(data), self.bucket, self._object_key(oid), Config=cfg)
         except (ClientError, BotoCoreError) as e:
             self._fail(e, f"writing object {oid[:12]}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-from mvc.errors import CheckFailed, MvcError, RefConflict
+from mvc.errors import CheckFailed, MvcError, RefConflict, environment_error
 
 from . import certificate
 from . import config as cfgmod
@@ -23,7 +23,13 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
     if cfg is None or not cfg.on_commit or not cfg.checks:
         return None
     try:
-        report = run_ci(repo, commit, config=cfg)
+        try:
+            report = run_ci(repo, commit, config=cfg)
+        except OSError as e:  # a full disk while storing the certificate: CI could not run either
+            found = environment_error(e)
+            if not found:
+                raise
+            raise MvcError(found[0], found[1]) from None
     except MvcError as e:  # CI could not run (e.g. a revision in mvc.toml): the commit has landed
         if cfg.on_fail == "rollback":
             target = _roll_back(repo, commit, ref, "CI could not run")

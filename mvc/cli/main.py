@@ -1,13 +1,14 @@
 """Entry point of the `mvc` command: the group, its single error boundary and the command modules."""
 from __future__ import annotations
 
-import errno
 import os
+import signal
+import sys
 import warnings
 
 import click
 
-from ..errors import MvcError
+from ..errors import MvcError, Terminated, environment_error
 from .output import error
 
 
@@ -26,6 +27,9 @@ class MvcGroup(click.Group):
 
     def invoke(self, ctx):
         warnings.showwarning = lambda msg, *a, **k: click.echo(f"warning: {msg}", err=True)
+        refs = sys.modules.get("mvc.refs")
+        if refs:  # moves an earlier command of this process made (tests run many) are not ours
+            refs.forget_moves()
         try:
             return super().invoke(ctx)
         except MvcError as e:
@@ -36,16 +40,21 @@ class MvcGroup(click.Group):
             raise
         except KeyboardInterrupt as e:
             landed = getattr(e, "landed", None)  # mvc.errors.InterruptedAfterLanding
-            error(f"interrupted after {landed}" if landed else "interrupted",
+            how = "terminated" if isinstance(e, Terminated) or _terminated else "interrupted"
+            error(f"{how} after {landed}" if landed else how,
                   "it stands: see mvc log; do not commit it again" if landed else None)
-            ctx.exit(130)
+            ctx.exit(143 if how == "terminated" else 130)
         except BrokenPipeError:  # the reader has all it wanted; a result decided already stands
             ctx.exit(ctx.meta.get("mvc.exit_status", 0))
         except OSError as e:
-            if e.errno == errno.ENOSPC:
+            found = environment_error(e)
+            if found:  # the machine's state (a full disk, no write access, the open-file limit)
                 _debug_traceback()
-                at = f" at {e.filename}" if e.filename else ""
-                error(f"no space left on device{at}", "nothing was moved; free some space and retry")
+                from ..refs import moved_in_this_process
+                moved = moved_in_this_process()
+                done = (f"it had moved {', '.join(moved)}, which stays (see mvc reflog); the rest stopped"
+                        if moved else "nothing was moved")
+                error(found[0], f"{done}; {found[1]}")
                 ctx.exit(3)
             self._bug(ctx, e, "this is a bug in mvc")
         except Exception as e:
@@ -81,8 +90,19 @@ from . import paste_cmds  # noqa: E402,F401  (registers paste)
 from . import remote_cmds  # noqa: E402,F401  (registers remote, push, fetch, pull, clone)
 
 
+_terminated: list[int] = []
+
+
+def _on_sigterm(signum, frame):
+    _terminated.append(signum)
+    raise Terminated()
+
+
 def main(argv=None):
     from kernels.determinism import pin_blas_reproducibility  # torch-free; before any BLAS call
     pin_blas_reproducibility()
+    # SIGTERM (kill, a scheduler's stop) cleans up as Ctrl-C does: temp files beside a checkout's
+    # outputs, half-written packs; ref moves finish first (files.interrupts_deferred)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     return cli.main(args=argv, prog_name="mvc")
 

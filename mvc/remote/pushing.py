@@ -4,12 +4,14 @@ push --repair, which re-checks everything the remote holds for the pushed histor
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 
 from .. import certindex
 from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward, ObjectMissing, RefConflict,
                       UnknownRevision)
 from ..objects import tree_blob_ids
+from ..refs import note_moved
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import DAMAGED, Transport
@@ -70,6 +72,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         if not dry_run:
             try:
                 t.update_ref(ref, None, expected=old, replace_damaged=True)
+                note_moved(f"{branch} on {where} (deleted)")
             except RefConflict:
                 raise NonFastForward(f"remote branch {branch} moved while deleting it",
                                      "fetch and look before deleting it again") from None
@@ -118,6 +121,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force)
+            note_moved(f"{branch} on {where} ({local[:12]})")
         except RefConflict:
             try:
                 now = t.read_ref(ref)
@@ -134,6 +138,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     for tag in sorted(tags):
         try:
             t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
+            note_moved(f"tag {tag} on {where}")
         except RefConflict:
             result["tags"].remove(tag)
             result["tags_skipped"][tag] = t.read_ref(f"refs/tags/{tag}")
@@ -169,6 +174,10 @@ def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: 
             "present": plan["present"] + len(extra) - len(extra_missing)}
 
 
+LARGE_DECODED = 64 << 20  # packed objects from this size are decoded (held whole) one at a time
+_one_large_at_a_time = threading.Lock()
+
+
 def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress: Progress) -> list[str]:
     """Upload the plan's phases in order, each made durable before the next (a tree there has its
     blobs there, a commit its trees). Ids in plan["replace"] overwrite the remote's damaged copy."""
@@ -180,9 +189,12 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
             n = repo.loose.size(oid)
             t.put_file(oid, repo.loose.path(oid), **kw)
         else:  # packed, fetched on demand, or a damaged loose copy beside a good one: verified on read
-            data = repo.store.get(oid)
-            n = len(data)
-            t.put(oid, data, **kw)
+            # decoded once (no bytes copy); large ones one at a time: each is held whole while it goes
+            with _one_large_at_a_time if plan["sizes"].get(oid, 0) >= LARGE_DECODED else contextlib.nullcontext():
+                data = repo.store.view(oid)
+                n = len(data)
+                t.put(oid, data, **kw)
+                del data
         sent.append(oid)
         progress.advance(n)
 

@@ -1,0 +1,159 @@
+"""The machine's state as the cause of an error: a full disk after something already moved, no write
+permission, the open-file limit, SIGTERM. Each is a clear error (exit 3, or 143 for SIGTERM) that
+says truthfully what moved; gc can free space on a full disk; reports run on read-only
+repositories."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mvc
+from mvc.cli import cli
+from mvc.files import LockFile
+from mvc.refs import RefStore
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _sd(seed=0, n=4):
+    g = torch.Generator().manual_seed(seed)
+    return {f"w{i}": torch.randn(64, 64, generator=g) for i in range(n)}
+
+
+def test_a_commit_that_landed_is_not_reported_failed_when_autopacking_hits_a_full_disk(in_repo, monkeypatch):
+    """The commit landed, the CLI said 'nothing was moved' (exit 3): a retry made a second commit."""
+    import mvc.pack_write
+    in_repo.set_config("pack.autoEvery", "1")
+    monkeypatch.setattr(mvc.pack_write, "pack", _enospc)
+    from safetensors.torch import save_file
+    save_file(_sd(), "m.safetensors")
+    r = CliRunner().invoke(cli, ["commit", "m.safetensors", "-m", "one"])
+    assert r.exit_code == 0, r.output
+    assert "automatic packing after commit" in r.stderr and "no space left on device" in r.stderr
+    assert len(in_repo.log()) == 1
+
+
+def test_ci_on_commit_that_cannot_store_its_certificate_says_the_commit_landed(repo, monkeypatch):
+    import semantic_ci.hooks
+    with open(os.path.join(repo.root, "mvc.toml"), "w") as f:
+        f.write('[ci]\non_commit = true\n[[ci.checks]]\nname = "f"\nkind = "exact-logits"\n'
+                'component = "model"\nbaseline = "HEAD~1"\n')
+    monkeypatch.setattr(semantic_ci.hooks, "run_ci", _enospc)
+    with pytest.raises(mvc.MvcError, match=r"committed [0-9a-f]{12} \(the branch moved\), but semantic CI could "
+                                           r"not run on it: no space left on device"):
+        repo.commit({"model": _sd()}, message="one")
+    assert len(repo.log()) == 1
+
+
+def test_a_full_disk_after_a_ref_moved_names_the_move_instead_of_saying_nothing_moved(tmp_path, monkeypatch):
+    """push moved the remote branch, then its local tracking ref hit ENOSPC: 'nothing was moved'."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd()}, message="one")
+    monkeypatch.chdir(repo.root)
+    assert CliRunner().invoke(cli, ["remote", "add", "origin", str(tmp_path / "remote")]).exit_code == 0
+    real = RefStore.update
+
+    def tracking_fails(self, ref, *a, **k):
+        if ref.startswith("refs/remotes/"):
+            _enospc()
+        return real(self, ref, *a, **k)
+    monkeypatch.setattr(RefStore, "update", tracking_fails)
+    r = CliRunner().invoke(cli, ["push", "origin", "main"])
+    assert r.exit_code == 3, r.output
+    assert "nothing was moved" not in r.stderr
+    assert "it had moved main on" in r.stderr and "which stays" in r.stderr, r.stderr
+    assert "free some space" in r.stderr
+    # a later command of the same process does not inherit the move
+    monkeypatch.setattr(RefStore, "update", lambda *a, **k: _enospc())
+    r = CliRunner().invoke(cli, ["branch", "other"])
+    assert r.exit_code == 3 and "nothing was moved" in r.stderr, r.output
+
+
+@pytest.mark.parametrize("err,what,fix", [
+    (errno.EACCES, "permission denied at /x/refs/heads/b.lock", "needs write access"),
+    (errno.EROFS, "read-only file system at /x/refs/heads/b.lock", "writable file system"),
+    (errno.EMFILE, "too many open files", "ulimit -n"),
+])
+def test_environment_errors_are_exit_3_with_what_to_do(in_repo, monkeypatch, err, what, fix):
+    """A write command on a read-only repository (or at the open-file limit) was exit 4, 'a bug
+    in mvc', with a traceback."""
+    in_repo.commit({"model": _sd()}, message="one")
+
+    def fails(*_a, **_k):
+        raise OSError(err, os.strerror(err), "/x/refs/heads/b.lock")
+    monkeypatch.setattr(RefStore, "update", fails)
+    r = CliRunner().invoke(cli, ["branch", "b"])
+    assert r.exit_code == 3, r.output
+    assert what in r.stderr and fix in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gc_frees_space_on_a_full_disk_with_the_reserve(repo, monkeypatch):
+    """On a 100% full disk gc could not take its locks (their owner files need a block) and freed
+    nothing: exactly when a user runs it."""
+    import mvc.maintenance
+    reserve = os.path.join(repo.dir, mvc.maintenance.RESERVE)
+    assert os.path.getsize(reserve) == mvc.maintenance.RESERVE_BYTES  # written by init
+    repo.commit({"model": _sd(0)}, message="one")
+    garbage = [repo.store.put(os.urandom(5000)) for _ in range(3)]  # unreachable
+    real_try = LockFile._try
+
+    def full_until_reserve_freed(self):
+        if os.path.exists(reserve):
+            _enospc()
+        return real_try(self)
+    monkeypatch.setattr(LockFile, "_try", full_until_reserve_freed)
+    with pytest.warns(UserWarning, match="space mvc keeps in reserve"):
+        result = repo.gc(grace_s=0)
+    assert result["removed"] == 3 and not any(repo.store.has(o) for o in garbage)
+    assert os.path.getsize(reserve) == mvc.maintenance.RESERVE_BYTES  # written again after
+
+
+def test_gc_dry_run_reports_on_a_read_only_repository(repo, monkeypatch):
+    repo.commit({"model": _sd()}, message="one")
+    real = LockFile.acquire
+
+    def read_only(self, *a, **k):
+        if self.path.endswith("pack.lock"):
+            raise OSError(errno.EROFS, "Read-only file system", self.path)
+        return real(self, *a, **k)
+    monkeypatch.setattr(LockFile, "acquire", read_only)
+    assert repo.gc(dry_run=True)["dry_run"] is True
+    with pytest.raises(OSError):
+        repo.gc(grace_s=0)
+
+
+def test_packing_keeps_at_most_a_quarter_of_the_open_file_limit_at_hand(tmp_path):
+    """160 blobs of 1 MiB under `ulimit -n 128`: pack and gc ran out of descriptors (each cached
+    loose object is a map holding one)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    g = torch.Generator().manual_seed(0)
+    repo.commit({"model": {f"w{i}": torch.randn(256, 1024, generator=g) for i in range(60)}}, message="one")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)); "
+            "from mvc.cli import main; sys.argv = ['mvc', 'pack', '--json']; main()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=repo.root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["packed"] >= 60
+
+
+def test_sigterm_stops_a_command_like_ctrl_c(in_repo):
+    """SIGTERM killed mvc without running its cleanup (a checkout's temp files stayed)."""
+    in_repo.commit({"model": _sd()}, message="one")
+    lock = os.path.join(in_repo.dir, "refs", "heads", "b.lock")  # another writer holds the ref
+    with open(lock, "w") as f:
+        json.dump({"pid": os.getpid(), "host": __import__("socket").gethostname(), "time": time.time()}, f)
+    p = subprocess.Popen([sys.executable, "-m", "mvc", "branch", "b"], cwd=in_repo.root,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # waiting for the lock
+    p.send_signal(signal.SIGTERM)
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 143 and "error: terminated" in err, (p.returncode, err)
+    assert "Traceback" not in err
