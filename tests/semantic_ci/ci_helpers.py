@@ -49,3 +49,19 @@ data = "heldout.txt"
 baseline = "HEAD~1"
 max_ratio = 1.05
 """
+
+
+# the git hooks' tests: one gate against main, measured on heldout.txt
+HOOK_CONFIG = """
+[ci]
+adapter = "semantic_ci.adapters:bigram"
+window = 128
+
+[[ci.checks]]
+name = "general-ppl"
+kind = "ppl-ratio"
+component = "core"
+data = "heldout.txt"
+baseline = "main"
+max_ratio = 1.05
+"""

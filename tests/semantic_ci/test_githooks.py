@@ -9,21 +9,7 @@ import torch
 import mvc
 from semantic_ci.probe import builtin_probe
 
-from ci_helpers import HELD_OUT, trained_table
-
-CONFIG = """
-[ci]
-adapter = "semantic_ci.adapters:bigram"
-window = 128
-
-[[ci.checks]]
-name = "general-ppl"
-kind = "ppl-ratio"
-component = "core"
-data = "heldout.txt"
-baseline = "main"
-max_ratio = 1.05
-"""
+from ci_helpers import HELD_OUT, HOOK_CONFIG as CONFIG, trained_table
 
 
 def git(work, *args, check=True):

@@ -16,7 +16,7 @@ from semantic_ci.git_hook import pre_push
 from semantic_ci.probe import builtin_probe
 from semantic_ci.runner import envelope_changes, run_ci, verify
 
-from ci_helpers import BASIC, HELD_OUT, trained_table, write_config
+from ci_helpers import BASIC, HELD_OUT, HOOK_CONFIG, trained_table, write_config
 
 
 @pytest.fixture
@@ -165,21 +165,6 @@ def test_envelope_changes_name_the_fields():
 
 def git(work, *args):
     return subprocess.run(["git", *args], cwd=work, capture_output=True, text=True, check=True).stdout
-
-
-HOOK_CONFIG = """
-[ci]
-adapter = "semantic_ci.adapters:bigram"
-window = 128
-
-[[ci.checks]]
-name = "general-ppl"
-kind = "ppl-ratio"
-component = "core"
-data = "heldout.txt"
-baseline = "main"
-max_ratio = 1.05
-"""
 
 
 def _feature_project(tmp_path, monkeypatch):
