@@ -223,3 +223,19 @@ def test_pre_push_refuses_gate_data_only_the_branch_tracks(tmp_path, monkeypatch
     assert pre_push(mvc.Repo(work), _push_line(work)) == 0  # the developer's own file: used as before
     cert = certificate.read(repo, certificate.of_commit(repo, repo.resolve("feature"))[-1])
     assert cert["checks"][0]["inputs"]["data_desc"] == "data/eval.txt"
+
+
+def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_toml(ci_repo, monkeypatch):
+    """A pipeline stage's checks live in its pipeline file; mvc.toml's check of the same name is
+    another check (comparing them failed the verify of `mvc run`'s certificates)."""
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t}}, message="b")
+    cert = json.loads(json.dumps(certificate.read(ci_repo, run_ci(ci_repo)["certificate"])))
+    write_config(ci_repo, BASIC.replace('name = "frozen"\nkind = "exact-logits"',  # mvc.toml's own frozen
+                                        'name = "frozen"\nkind = "ppl-ratio"\ndata = "heldout.txt"'))
+    plain = certificate.store(ci_repo, cert)
+    staged = certificate.store(ci_repo, dict(cert, config="pipeline.toml: stage train"))
+    assert not verify(ci_repo, plain)["verified"]  # a mvc.toml certificate: its definition changed
+    assert verify(ci_repo, staged)["verified"]
