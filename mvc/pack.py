@@ -5,7 +5,8 @@ The store loads every index, maps every pack, and reads one object by its index 
 the entry (pack_codec.py), applying the XOR delta against its base (read the same way, at most
 `depth` steps), and verifies the result against the object id before returning it. Decoded objects
 that serve as a base are kept in a small LRU cache, so restoring commits in order costs one decode
-each (`_decoded` says why a cached base needs no defensive copy). A lookup that misses rescans the
+each (`_decoded` says why a cached base needs no defensive copy); a base that is not cached is
+decoded into by the delta, so reading a large delta holds one object, not two. A lookup that misses rescans the
 directory, so packs written by another process are seen, and a pack removed by a repack stays
 readable for a reader that has it mapped.
 """
@@ -94,17 +95,20 @@ class _LRU:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key, value) -> None:
+    def put(self, key, value) -> bool:
+        """Whether `value` is now held (False: larger than the whole cache, or another value is
+        already held under `key`)."""
         if value.nbytes > self.capacity:
-            return
+            return False
         with self._lock:
             if key in self._items:
-                return
+                return self._items[key] is value
             self._items[key] = value
             self._bytes += value.nbytes
             while self._bytes > self.capacity:
                 _k, old = self._items.popitem(last=False)
                 self._bytes -= old.nbytes
+        return True
 
     def discard(self, key) -> None:
         with self._lock:
@@ -267,7 +271,9 @@ class PackStore(ObjectStore):
         return self._decoded(oid)[0]
 
     def _decoded(self, oid: str, chain: tuple = (), use_cache: bool = True):
-        """(bytes, built on a cached base?) of one object, decoded from its pack and verified.
+        """(bytes, built on a cached base?, the caller's alone?) of one object, decoded from its
+        pack and verified. Bytes that are the caller's alone (neither taken from nor put in the
+        cache) may be decoded into by a delta on top of them: memory for one object, not two.
 
         A decoded object that serves as a base is cached *and* handed to the caller without a copy.
         The caller may change it, so a cached base is trusted only through the hash of what is
@@ -276,7 +282,7 @@ class PackStore(ObjectStore):
         if chain and use_cache:
             cached = self.cache.get(oid)
             if cached is not None:
-                return cached, True
+                return cached, True, False
         hit = self.lookup(oid)
         if hit is None:
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
@@ -311,10 +317,11 @@ class PackStore(ObjectStore):
         return True
 
     def _base(self, oid: str, pack, r, chain: tuple, use_cache: bool):
-        """(base bytes or None, built on a cached base?) that record `r` of `oid` decodes against."""
+        """(base bytes or None, built on a cached base?, the base ours to decode into?) that record
+        `r` of `oid` decodes against."""
         where = f"object {oid} in {pack.name}.pack"
         if r.encoding != pf.XOR:
-            return None, False
+            return None, False, False
         if not r.base or r.base == oid or r.base in chain or len(chain) > MAX_CHAIN:
             raise CorruptObject(f"{where} has an invalid delta base", "run mvc fsck")
         if self.lookup(r.base) is None:
@@ -328,8 +335,9 @@ class PackStore(ObjectStore):
 
     def _decode_record(self, oid: str, pack, r, chain: tuple, use_cache: bool):
         where = f"object {oid} in {pack.name}.pack"
-        base, tainted = self._base(oid, pack, r, chain, use_cache)
-        arr = pf_decode(pack.entry(r), r.encoding, r.size, base, where)
+        base, tainted, owned = self._base(oid, pack, r, chain, use_cache)
+        arr = pf_decode(pack.entry(r), r.encoding, r.size, base, where, into_base=owned)
+        del base
         got = hash_bytes(arr)
         if got != oid:
             if tainted:  # a cached base was changed by whoever holds it: decode from the pack alone
@@ -337,9 +345,8 @@ class PackStore(ObjectStore):
                 return self._decode_record(oid, pack, r, chain, use_cache=False)
             raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
                                 "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
-        if use_cache and oid in self._bases and hasattr(arr, "nbytes"):
-            self.cache.put(oid, arr)
-        return arr, tainted
+        shared = use_cache and oid in self._bases and hasattr(arr, "nbytes") and self.cache.put(oid, arr)
+        return arr, tainted, not shared
 
     def check(self, oid: str, use_cache: bool = True) -> bytes:
         """Verify that `oid` decodes to its id (CorruptObject names the damage) and return its first
@@ -353,7 +360,7 @@ class PackStore(ObjectStore):
         if r.size < STREAM_BYTES:
             return bytes(memoryview(self._read(oid))[:HEAD_BYTES])
         where = f"object {oid} in {pack.name}.pack"
-        base, tainted = self._base(oid, pack, r, (), use_cache)
+        base, tainted, _owned = self._base(oid, pack, r, (), use_cache)
         entry = pack.entry(r)
         got = decode_hash(entry, r.encoding, r.size, base, where)
         if got != oid:
@@ -381,13 +388,14 @@ class PackStore(ObjectStore):
         return problems
 
 
-def pf_decode(entry, encoding, size, base, where):
+def pf_decode(entry, encoding, size, base, where, into_base=False):
     """Decode one entry. Small plain entries (commits, trees, headers) are decoded without numpy,
-    so commands that only read metadata start fast; the rest go to pack_codec."""
+    so commands that only read metadata start fast; the rest go to pack_codec (`into_base`: an
+    XOR delta may be decoded into its base's buffer)."""
     if encoding == pf.RAW or (encoding == pf.ZSTD and size <= SIMPLE_DECODE_MAX):
         return _decode_simple(entry, encoding, size, where)
     from .pack_codec import decode
-    return decode(entry, encoding, size, base, where)
+    return decode(entry, encoding, size, base, where, into_base)
 
 
 def _decode_simple(entry, encoding, size, where) -> bytearray:

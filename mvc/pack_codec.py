@@ -251,15 +251,19 @@ class _Entry:
     bmat: np.ndarray | None
     where: str
 
-    def decode_chunks(self, out: np.ndarray, c0: int, c1: int) -> None:
-        """Chunks c0..c1-1 into `out`, an (elements x itemsize) array that starts at chunk c0."""
+    def decode_chunks(self, out: np.ndarray, c0: int, c1: int, in_place: bool = False) -> None:
+        """Chunks c0..c1-1 into `out`, an (elements x itemsize) array that starts at chunk c0.
+        `in_place`: `out` holds the delta's base (the whole body, c0 == 0), which is XORed with the
+        decoded delta where it lies instead of being read beside a second buffer."""
         h, where, base = self.h, self.where, c0 * self.h.chunk_elems
 
         def work(first, stop):
             dctx = _dctx()
+            scratch = np.empty((min(h.chunk_elems, self.n), h.itemsize), dtype=np.uint8) if in_place else None
             for c in range(c0 + first, c0 + stop):
                 a, e = c * h.chunk_elems, min((c + 1) * h.chunk_elems, self.n)
                 m = e - a
+                dest = scratch[:m] if in_place else out[a - base:e - base]
                 for k in range(h.itemsize):
                     frame = self.entry[self.starts[c, k]: self.starts[c, k] + self.lengths[c, k]]
                     if self.stored_raw[c, k]:
@@ -278,9 +282,11 @@ class _Entry:
                         if src.size != m:
                             raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} has the wrong size",
                                                 "run mvc fsck")
-                    out[a - base:e - base, k] = src
-                if self.bmat is not None:
-                    np.bitwise_xor(out[a - base:e - base], self.bmat[a:e], out=out[a - base:e - base])
+                    dest[:, k] = src
+                if in_place:
+                    np.bitwise_xor(out[a:e], dest, out=out[a:e])
+                elif self.bmat is not None:
+                    np.bitwise_xor(dest, self.bmat[a:e], out=dest)
 
         _parallel(work, c1 - c0)
 
@@ -313,15 +319,21 @@ def _raw_entry(entry: memoryview, size: int, where: str) -> memoryview:
     return entry
 
 
-def decode(entry, encoding: int, size: int, base: np.ndarray | None, where: str) -> np.ndarray:
-    """The object bytes (a new, writable uint8 array) of one entry. Not yet verified by hash."""
+def decode(entry, encoding: int, size: int, base, where: str, into_base: bool = False) -> np.ndarray:
+    """The object bytes (a writable uint8 array) of one entry. Not yet verified by hash.
+    `into_base`: an XOR delta is decoded into its base's own (writable) buffer, which then holds
+    the object and no longer the base: memory for one object, not two."""
     entry = memoryview(entry)
     if encoding == pf.RAW:
         return np.frombuffer(_raw_entry(entry, size, where), dtype=np.uint8).copy()
     e = _parse(entry, encoding, size, base, where)
-    out = np.empty(size, dtype=np.uint8)
+    in_place = into_base and e.bmat is not None and e.bmat.flags.writeable
+    if in_place:
+        out = base if isinstance(base, np.ndarray) else np.frombuffer(base, dtype=np.uint8)
+    else:
+        out = np.empty(size, dtype=np.uint8)
     out[:e.h.prefix_len] = np.frombuffer(entry, dtype=np.uint8, count=e.h.prefix_len, offset=pf.ENTRY_HEADER.size)
-    e.decode_chunks(out[e.h.prefix_len:].reshape(e.n, e.h.itemsize), 0, e.h.chunks)
+    e.decode_chunks(out[e.h.prefix_len:].reshape(e.n, e.h.itemsize), 0, e.h.chunks, in_place=in_place)
     return out
 
 

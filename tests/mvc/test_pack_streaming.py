@@ -104,3 +104,65 @@ def test_a_push_from_a_packed_repository_sends_views_not_copies(tmp_path, small_
     push(mvc.Repo(repo.root), str(remote), "main")
     clone, _ = clone(str(remote), str(tmp_path / "c"))
     assert all(torch.equal(clone.load(c, "core")["w"], s["w"]) for c, s in zip(ids, states))
+
+
+# -- an XOR delta is decoded into its base's buffer (reading one used to hold the base beside it) --
+def test_a_delta_decodes_into_a_writable_base_and_leaves_a_read_only_one_alone():
+    rng = np.random.default_rng(3)
+    prefix = b"H" * 16
+    base = prefix + (rng.standard_normal(30000).astype(np.float32) * 0.02).tobytes()
+    data = prefix + (np.frombuffer(base[16:], np.float32) + np.float32(1e-4)).tobytes()
+    enc = pack_codec.encode(data, 16, 4, base)
+    assert enc.encoding == pf.XOR
+    entry = b"".join(bytes(p) for p in enc.parts)
+    mine = np.frombuffer(base, np.uint8).copy()
+    out = pack_codec.decode(entry, enc.encoding, len(data), mine, "t", into_base=True)
+    assert np.shares_memory(out, mine) and out.tobytes() == data
+    out = pack_codec.decode(entry, enc.encoding, len(data), base, "t", into_base=True)  # bytes: read-only
+    assert out.tobytes() == data
+    shared = np.frombuffer(base, np.uint8).copy()
+    out = pack_codec.decode(entry, enc.encoding, len(data), shared, "t")  # not asked: base untouched
+    assert out.tobytes() == data and shared.tobytes() == base
+
+
+def _delta_store(repo, n, shape=(400, 500)):
+    ids, states = drift_history(repo, n, shape=shape)
+    pack(repo)
+    return ids, states
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 64 << 20])
+def test_delta_chains_read_back_exact_whether_their_bases_are_cached_or_decoded_into(repo, cache_bytes):
+    ids, states = _delta_store(repo, 4)
+    fresh = mvc.Repo(repo.root)
+    ps = pack_store_of(fresh.store)
+    ps.cache = type(ps.cache)(cache_bytes)
+    assert sum(r.encoding == pf.XOR for r in records(repo).values()) >= 6
+    for cid, s in list(zip(ids, states))[::-1] + list(zip(ids, states)):  # newest first, then in order
+        got = fresh.load(cid, "core")
+        assert same_bits(got, s)
+        for t in got.values():  # a caller changing what it got spoils nothing read later
+            t.view(-1).view(torch.uint8).bitwise_not_()
+    assert fresh.fsck()["ok"]
+
+
+def same_bits(a, b):
+    return a.keys() == b.keys() and all(
+        a[k].contiguous().view(-1).view(torch.uint8).equal(b[k].contiguous().view(-1).view(torch.uint8)) for k in a)
+
+
+def test_reading_a_delta_whose_base_is_not_cached_holds_one_object(repo):
+    import tracemalloc
+    _delta_store(repo, 3, shape=(1000, 1000))
+    ps = pack_store_of(mvc.Repo(repo.root).store)
+    ps.cache = type(ps.cache)(0)
+    oid, r = max(((o, r) for o, r in records(repo).items() if r.encoding == pf.XOR), key=lambda x: x[1].size)
+    assert r.size > 4_000_000
+    tracemalloc.start()
+    try:
+        data = ps.view(oid)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert hash_bytes(data) == oid
+    assert peak < 1.3 * r.size, (peak, r.size)  # the base and the object apart: 2x
