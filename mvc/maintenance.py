@@ -21,6 +21,7 @@ from .objects import SMALL_OBJECT, decode, named_ids, object_kind, tree_blob_ids
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
+FUTURE_SLACK_S = 60.0  # modification times further ahead than this were set by a clock ahead of ours
 WRITERS_LOCK = "writers.lock"  # see Repo.writing
 REFLOG_EXPIRE_S = 90 * 24 * 3600.0
 
@@ -266,8 +267,34 @@ class Maintenance:
             return 2
         return {"commit": 0, "tree": 1}.get(kind, 2)
 
+    def _restamp_future(self) -> int:
+        """Loose objects, temp files and packs whose modification time is ahead of this machine's
+        clock (written under a clock ahead of ours, or copied from such a machine) get the time of
+        now: their grace runs from now, where it would have run from the future, keeping garbage
+        for as long as the clock was ahead. Returns how many were restamped."""
+        from .pack import PACK_DIR
+        now = time.time()
+        root = self.loose.root
+        dirs = [os.path.join(root, d) for d in sorted(os.listdir(root)) if len(d) == 2] \
+            + [self.loose.tmp, os.path.join(root, PACK_DIR)]
+        restamped = 0
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime > now + FUTURE_SLACK_S:
+                        os.utime(e.path, (now, now))
+                        restamped += 1
+                except OSError:  # gone meanwhile, or not ours to touch: left as it is
+                    continue
+        return restamped
+
     def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool, progress: Progress) -> dict:
         expired, expiry = 0, None
+        restamped = 0 if dry_run else self._restamp_future()
         if expire_reflogs:
             expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
             if dry_run:  # count what expiring would drop, and leave the reflogs as they are
@@ -304,6 +331,8 @@ class Maintenance:
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run, **self._kept_by_reflogs(live)}
+        if restamped:
+            result["restamped_future_mtimes"] = restamped
         if not locked:
             result["loose_left_why"] = "busy: commits or pushes held the writers lock"
         from .pack_write import Packer  # repack kept objects (big clean packs stay), dropping unreachable ones

@@ -619,6 +619,9 @@ def gc(dry_run, grace, as_json):
         if p and not dry_run and (p.get("packs_removed") or (p.get("pack") and p.get("packs_kept"))):
             click.echo(f"packs: {p.get('packs_kept', 0)} kept as they were (large, nothing to drop), "
                        f"{p.get('packs_removed', 0)} rewritten or removed")
+        if r.get("restamped_future_mtimes"):
+            click.echo(f"{plural(r['restamped_future_mtimes'], 'file')} had modification times ahead of this "
+                       "machine's clock (written under a clock ahead of it): their grace period now runs from now")
         if r.get("loose_left_why"):
             click.echo(f"no loose garbage deleted ({r['loose_left_why']}); the next gc deletes it")
         if p and p.get("packs_left"):

@@ -401,6 +401,27 @@ def test_gc_removes_only_unreachable_old_objects(repo):
     assert set(repo.store.ids()) < live_before
 
 
+def test_gc_collects_garbage_written_under_a_clock_ahead_of_ours_one_grace_after_it_sees_it(repo, monkeypatch):
+    import time
+    repo.commit({"core": sd(0, n=32)}, message="keep")
+    repo.commit({"core": sd(1, n=32)}, message="drop", branch="tmp")
+    repo.delete_branch("tmp")
+    repo.set_config("gc.reflogExpire", "-1")
+    ahead = time.time() + 365 * 24 * 3600
+    for oid in repo.loose.ids():
+        os.utime(repo.loose.path(oid), (ahead, ahead))
+    assert repo.gc(dry_run=True)["removed"] == 0
+    assert all(os.stat(repo.loose.path(o)).st_mtime == ahead for o in repo.loose.ids())  # dry run: untouched
+    first = repo.gc()
+    assert first["removed"] == 0 and first["restamped_future_mtimes"] >= 3  # young by our clock now
+    assert all(os.stat(repo.loose.path(o)).st_mtime < time.time() + 60 for o in repo.loose.ids())
+    later = time.time() + 2 * 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    r = repo.gc()
+    assert r["removed"] >= 3 and "restamped_future_mtimes" not in r  # not kept for a year
+    assert repo.fsck()["ok"] and torch.equal(repo.load("main", "core")["w"], sd(0, n=32)["w"])
+
+
 def test_du_reports_dedup(repo):
     state = sd(0, n=64)
     for i in range(4):
