@@ -108,6 +108,11 @@ _ENVIRONMENT = {
     "EROFS": ("read-only file system", "this needs a writable file system"),
     "EMFILE": ("too many open files", "raise the open-file limit (ulimit -n) or pass fewer jobs (-j)"),
     "ENFILE": ("too many open files in the system", "close other programs' files or pass fewer jobs (-j)"),
+    "ENAMETOOLONG": ("file name too long", "use a shorter path (at most 255 bytes a name)"),
+    "ELOOP": ("too many levels of symbolic links", "check the symbolic links on that path"),
+    "ENOTDIR": ("a part of the path is not a directory", "check the path"),
+    "EISDIR": ("is a directory", "name a file there, or remove the directory"),
+    "EIO": ("input/output error", "the disk or file system reported an error: check it (dmesg) and retry"),
 }
 
 

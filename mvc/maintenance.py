@@ -199,6 +199,8 @@ class Maintenance:
         holds new ones until it is done (see `writing`): their new objects are younger than any
         grace but not yet referenced."""
         grace = GC_GRACE_S if grace_s is None else grace_s
+        if not (isinstance(grace, (int, float)) and 0 <= grace < math.inf):
+            raise MvcError(f"gc grace of {grace_s!r} seconds: it must be a finite number >= 0")
         exclusive = grace < GC_GRACE_S and not dry_run
 
         def run():

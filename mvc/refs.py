@@ -15,7 +15,7 @@ import time
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict
 from .files import LockFile, atomic_write, interrupts_deferred, makedirs
-from .objects import check_ref_name, is_oid
+from .objects import check_new_ref_name, check_ref_name, is_oid
 from .store import fsync_dir
 
 SYMREF_PREFIX = "ref: "
@@ -150,6 +150,8 @@ class RefStore:
         empty directories left there by deleted refs are removed."""
         if ref == "HEAD":
             return
+        if self.read_raw(ref) is None:  # a ref to be created
+            check_new_ref_name(ref[5:].split("/", 1)[1] if "/" in ref[5:] else ref[5:])
         parts = ref.split("/")
         for i in range(2, len(parts)):
             above = os.path.join(self.root, *parts[:i])
@@ -173,7 +175,7 @@ class RefStore:
     # -- reading -----------------------------------------------------------------------------
     def read_raw(self, ref: str) -> str | None:
         try:
-            with open(self._path(ref), encoding="utf-8") as f:
+            with open(self._path(ref), encoding="utf-8", errors="replace") as f:  # garbage stays garbage
                 return f.read().strip()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None

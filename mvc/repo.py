@@ -272,6 +272,9 @@ class Repo(Maintenance):
                                         "candidates: " + ", ".join(m[:12] for m in matches[:10]))
         elif re.fullmatch(r"[0-9a-f]{1,5}", rev):
             raise UnknownRevision(f"unknown revision {rev!r}", "id prefixes need at least 6 hex digits")
+        if ".." in rev:  # no branch or tag name holds "..": a range given where one revision goes
+            raise UnknownRevision(f"{rev!r} is a range, not a revision",
+                                  "ranges A..B are for mvc log; compare two revisions with mvc diff A B")
         raise UnknownRevision(f"unknown revision {rev!r}", "see mvc log, mvc branch and mvc tag")
 
     def _warn_if_ambiguous(self, rev: str, ref: str, oid: str) -> None:
@@ -308,9 +311,13 @@ class Repo(Maintenance):
         return oid
 
     def _ref_for_name(self, name: str) -> str:
+        """The branch or tag ref of `name`; a deleted branch whose moves are still logged (what
+        `mvc reflog NAME` lists, so its NAME@{N} selectors resolve)."""
         for ref in (f"refs/heads/{name}", f"refs/tags/{name}"):
             if self.refs.read(ref):
                 return ref
+        if self.refs.reflog(f"refs/heads/{name}"):
+            return f"refs/heads/{name}"
         raise UnknownRevision(f"unknown branch {name!r}")
 
     def _parent(self, oid: str, rev: str, n: int) -> str:
@@ -682,6 +689,10 @@ class Repo(Maintenance):
         ref = f"refs/heads/{name}"
         check_ref_name(name)
         if self.refs.read(ref) is None:
+            if self.head() is None:  # nothing to make a branch from yet
+                raise UnknownRevision(f"no branch {name!r}: this repository has no commits yet",
+                                      f"the first mvc commit creates {self.refs.head_target()[len('refs/heads/'):]}"
+                                      if self.refs.head_target() else "make a first commit with mvc commit")
             raise UnknownRevision(f"no branch {name!r}", f"create it with mvc branch {name}")
         self.refs.set_symbolic("HEAD", ref)
 
@@ -760,6 +771,7 @@ class Repo(Maintenance):
         """Write the components of `rev` as their original files under `out_dir/<component>/`.
         Files already there with other content are refused (nothing is written) unless `force`;
         files already holding the same bytes are left alone."""
+        self._refuse_output_inside_mvc(out_dir)
         cid = self.resolve(rev)
         comps = self.read_commit(cid)["components"]
         names = list(components) if components else sorted(comps)
@@ -780,9 +792,21 @@ class Repo(Maintenance):
                           f"e.g. {stray[0]}")
         return written
 
+    def _refuse_output_inside_mvc(self, out: str) -> None:
+        """Checkout and export never write into the repository's own .mvc directory (a component
+        named heads/x checked out under .mvc/refs would be a branch file)."""
+        if not out:
+            return
+        real, mine = os.path.realpath(out), os.path.realpath(self.dir)
+        if real == mine or real.startswith(mine + os.sep):
+            raise BadInput(f"cannot write to {out}: it is inside the repository's own {os.path.basename(self.dir)} "
+                           "directory, which holds its objects and refs",
+                           "write somewhere else, e.g. -o restored/")
+
     def export(self, rev: str | None, component: str, out_file: str, force: bool = False) -> str:
         """Write a single-file component to `out_file` (an existing file with other content is
         refused unless `force`)."""
+        self._refuse_output_inside_mvc(out_file)
         tree = self.tree(rev or "HEAD", component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",

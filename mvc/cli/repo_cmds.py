@@ -3,6 +3,7 @@ switch, tag, status, gc, fsck, du, config and the plumbing (rev-parse, cat-objec
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from collections import Counter
@@ -45,12 +46,17 @@ def _components_option(ctx, param, values) -> dict:
     return _pairs(values, "NAME=PATH", "core=core.safetensors")
 
 
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:nan|inf|infinity)", re.I)
+
+
 def _metric_value(raw: str):
-    for conv in (int, float):
-        try:
-            return conv(raw)
-        except ValueError:
-            continue
+    """A number written plainly (ASCII digits; NaN and inf are refused later), true/false, or
+    else the text as given: Python's int() would read 2024_01, ' 7 ' or Arabic-Indic digits."""
+    if _INT_TEXT.fullmatch(raw):
+        return int(raw)
+    if _FLOAT_TEXT.fullmatch(raw):
+        return float(raw)
     return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
@@ -146,11 +152,16 @@ def log(rev, n, oneline, as_json):
     """
     repo = _repo()
     exclude = None
+    if rev and "..." in rev:
+        raise click.BadParameter(f"{rev}: A...B (commits on either side) is not supported; "
+                                 "mvc log A..B and mvc log B..A list each side", param_hint="REV")
     if rev and ".." in rev:  # no branch or tag name holds ".."
         exclude, _, rev = rev.partition("..")
         exclude, rev = exclude or "HEAD", rev or "HEAD"
     commits = repo.log(rev, n, exclude=exclude)
     if not commits and not as_json:
+        if n == 0:  # asked for none
+            return
         click.echo("no commits" + (f" in {exclude}..{rev}" if exclude else " yet"), err=True)
         return
     status = _ci_status(repo, [c["id"] for c in commits])
@@ -581,7 +592,7 @@ def status(as_json):
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Report what would be removed.")
-@click.option("--grace", "grace", type=float, default=None,
+@click.option("--grace", "grace", type=click.FloatRange(0, 10 * 365 * 24 * 3600), default=None,
               help="Keep unreachable objects younger than this many seconds (default 3600).")
 @json_opt
 def gc(dry_run, grace, as_json):
@@ -774,8 +785,9 @@ def cat_object(oid):
       mvc cat-object HEAD
       mvc cat-object $(mvc ls-tree HEAD --json | jq -r .core)
     """
+    from ..objects import is_oid
     repo = _repo()
-    if len(oid) != 64:
+    if not is_oid(oid):  # (a 64-character branch name, or an id in capitals, is a revision too)
         oid = _any_object(repo, oid)
     data = repo.store.get(oid)
     sys.stdout.buffer.write(data)
@@ -787,7 +799,8 @@ def _any_object(repo: Repo, rev: str) -> str:
     try:
         return repo.resolve(rev)
     except UnknownRevision:
-        matches = repo.ids_with_prefix(rev) if len(rev) >= 6 and all(c in "0123456789abcdef" for c in rev) else []
+        low = rev.lower()
+        matches = repo.ids_with_prefix(low) if len(low) >= 6 and all(c in "0123456789abcdef" for c in low) else []
         if len(matches) == 1:
             return matches[0]
         if matches:

@@ -1,6 +1,7 @@
 """The CLI through CliRunner: stdout/stderr apart, exit codes, --json documents, error lines."""
 import json
 import os
+import pathlib
 
 import pytest
 import torch
@@ -614,3 +615,105 @@ def test_log_of_an_empty_repository_says_so(run, in_repo):
     r = run("log")
     assert r.stdout == "" and r.stderr.strip() == "no commits yet"
     assert json.loads(run("log", "--json").stdout) == []
+
+
+# -- a git user's journey: what a probe of the CLI found --------------------------------------------
+def test_a_ref_file_of_non_utf8_bytes_is_named_not_a_crash(run, in_repo, tmp_path):
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    (pathlib.Path(in_repo.dir) / "refs" / "heads" / "broken").write_bytes(b"\xff\xfe garbage\n")
+    r = run("fsck", code=1)
+    assert "refs/heads/broken" in r.stdout + r.stderr
+    r = run("branch", code=3)
+    assert r.stderr.startswith("error: ") and "refs/heads/broken" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_checkout_and_export_refuse_to_write_into_the_repositorys_own_directory(run, in_repo, tmp_path):
+    run("commit", "-c", f"heads/x={_ckpt(tmp_path / 'm.safetensors', 0)}", "-m", "one")
+    before = sorted(str(p) for p in pathlib.Path(in_repo.dir).rglob("*"))
+    r = run("checkout", "HEAD", "-o", ".mvc/refs", code=3)
+    assert "inside the repository's own .mvc" in r.stderr
+    run("export", "HEAD", "heads/x", "-o", ".mvc/HEAD", "--force", code=3)
+    os.symlink(pathlib.Path(in_repo.dir) / "refs", tmp_path / "sneaky")  # through a link too
+    run("checkout", "HEAD", "-o", tmp_path / "sneaky", code=3)
+    assert sorted(str(p) for p in pathlib.Path(in_repo.dir).rglob("*")) == before
+    assert run("branch").stdout.split()[:2] == ["*", "main"] and list(in_repo.refs.list("refs/heads/")) == ["refs/heads/main"]
+
+
+def test_the_reflog_selectors_of_a_deleted_branch_resolve(run, in_repo, tmp_path):
+    run("commit", _ckpt(tmp_path / "a.safetensors", 0), "-m", "base")
+    run("commit", _ckpt(tmp_path / "b.safetensors", 1), "-m", "work", "-b", "exp")
+    tip = run("rev-parse", "exp").stdout.strip()
+    run("branch", "-d", "exp")
+    listed = run("reflog", "exp").stdout.splitlines()
+    assert listed[1].startswith(tip[:12]) and "@{1}" in listed[1]
+    assert run("rev-parse", "exp@{1}").stdout.strip() == tip
+    assert "unknown branch" in run("rev-parse", "never@{1}", code=3).stderr
+
+
+@pytest.mark.parametrize("name", ["main.lock/x", "a/b.lock/c", "x.", "ABCDEF12", "DeadBeef"])
+def test_branch_names_that_would_wedge_a_lock_or_hide_an_id_prefix_are_refused(run, in_repo, tmp_path, name):
+    run("commit", _ckpt(tmp_path / "a.safetensors", 0), "-m", "one")
+    assert "invalid branch or tag name" in run("branch", name, code=3).stderr
+    run("tag", name, code=3)
+    run("commit", _ckpt(tmp_path / "b.safetensors", 1), "-m", "two")  # main is not wedged
+    assert in_repo.refs.list("refs/heads/") == {"refs/heads/main": in_repo.resolve("HEAD")}
+
+
+def test_refs_made_before_the_stricter_names_stay_readable(run, in_repo, tmp_path):
+    run("commit", _ckpt(tmp_path / "a.safetensors", 0), "-m", "one")
+    cid = in_repo.resolve("HEAD")
+    (pathlib.Path(in_repo.dir) / "refs" / "heads" / "DEADBEEF").write_text(cid + "\n")
+    assert run("rev-parse", "DEADBEEF").stdout.strip() == cid
+    run("commit", _ckpt(tmp_path / "b.safetensors", 1), "-m", "two", "-b", "DEADBEEF")  # and movable
+    assert run("rev-parse", "DEADBEEF~1").stdout.strip() == cid
+
+
+def test_output_paths_the_system_refuses_are_errors_not_bugs(run, in_repo, tmp_path):
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    long = tmp_path / ("x" * 300)
+    os.symlink("loop", tmp_path / "loop")
+    for args in (["checkout", "HEAD", "-o", long], ["export", "HEAD", "model", "-o", long],
+                 ["init", long], ["checkout", "HEAD", "-o", tmp_path / "loop" / "out"]):
+        r = run(*args, code=3)
+        assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr and "bug" not in r.stderr, args
+
+
+def test_cat_object_takes_any_revision_of_64_characters(run, in_repo, tmp_path):
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    name = "release/" + "a" * 56
+    run("branch", name)
+    cid = in_repo.resolve("HEAD")
+    want = in_repo.store.get(cid)
+    for rev in (name, cid.upper(), cid[:10].upper()):
+        assert run("cat-object", rev).stdout_bytes == want, rev
+
+
+@pytest.mark.parametrize("raw,stored", [("2024_01", "2024_01"), ("\u0663", "\u0663"), (" 7 ", " 7 "),
+                                        ("7", 7), ("-3", -3), ("2.5", 2.5), ("1e-3", 1e-3), (".5", 0.5),
+                                        ("True", True), ("0x10", "0x10")])
+def test_metrics_are_numbers_only_when_written_as_plain_numbers(run, in_repo, tmp_path, raw, stored):
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one", "--metric", f"k={raw}")
+    got = json.loads(run("show", "--json").stdout)["metrics"]["k"]
+    assert got == stored and type(got) is type(stored)
+
+
+def test_ranges_and_counts_get_their_own_messages(run, in_repo, tmp_path):
+    run("commit", _ckpt(tmp_path / "a.safetensors", 0), "-m", "one")
+    run("branch", "exp")
+    assert "is a range, not a revision" in run("diff", "HEAD..exp", code=3).stderr
+    assert "not supported" in run("log", "main...exp", code=2).stderr
+    r = run("log", "-n", "0")
+    assert r.stdout == "" and r.stderr == ""
+
+
+@pytest.mark.parametrize("grace,code", [("-5", 2), ("nan", 3), ("inf", 2)])
+def test_gc_grace_must_be_a_finite_number_of_seconds(run, in_repo, tmp_path, grace, code):
+    run("commit", _ckpt(tmp_path / "a.safetensors", 0), "-m", "one")
+    before = sorted(in_repo.store.ids())
+    run("gc", "--grace", grace, code=code)
+    assert sorted(in_repo.store.ids()) == before
+
+
+def test_switch_in_a_repository_without_commits_says_the_first_commit_makes_the_branch(run, in_repo):
+    r = run("switch", "main", code=3)
+    assert "no commits yet" in r.stderr and "the first mvc commit creates main" in r.stderr
