@@ -24,6 +24,8 @@ DTYPE_SIZES = {
 SUB_BYTE_DTYPES = {"F4", "F6_E2M3", "F6_E3M2"}  # valid safetensors, packed below a byte: refused
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's own limit (safetensors 0.8: N > 1e8 is refused)
 MAX_DIM = (1 << 64) - 1  # a dimension is a u64 for the reference reader
+MAX_TORCH_ELEMENTS = (1 << 63) - 1  # sizes and strides are int64 in torch
+MAX_JSON_DEPTH = 127  # the reference reader's JSON parser (serde_json) refuses deeper nesting
 MAX_NDIM = 64  # torch holds no tensor of more dimensions
 BLOB_TENSOR_NAME = "tensor"           # fixed name inside canonical tensor blobs
 
@@ -60,6 +62,23 @@ def _no_constant(name: str):
     raise BadInput(f"{name} in safetensors header (not JSON)")
 
 
+def _json_int(text: str) -> int:
+    if text == "-0":  # the reference reader's parser reads -0 as a float, and refuses it where an integer goes
+        raise BadInput("-0 in safetensors header (not an integer for the reference reader)")
+    return int(text)
+
+
+def _check_depth(doc) -> None:
+    """Refuse JSON nested deeper than the reference reader accepts (extra keys may nest)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise BadInput(f"safetensors header nests deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+
+
 def _numel(shape) -> int:
     n = 1
     for d in shape:
@@ -84,7 +103,8 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
     except UnicodeDecodeError as e:
         raise BadInput(f"{where}: safetensors header is not UTF-8 ({e})") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_int=_json_int)
+        _check_depth(doc)
     except BadInput as e:
         raise BadInput(f"{where}: {e.message}") from None
     except ValueError as e:
@@ -110,6 +130,8 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
             # bytes are kept, so a checkout still rebuilds the file exactly)
             raise BadInput(f"{where}: tensor {name!r} must have dtype, shape and data_offsets")
         dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str):
+            raise BadInput(f"{where}: tensor {name!r} has unknown dtype {str(dtype)[:40]}")
         if dtype in SUB_BYTE_DTYPES:
             raise BadInput(f"{where}: tensor {name!r} has dtype {dtype}, packed below a byte, which mvc "
                            "does not store yet", "store it unpacked (e.g. as U8) for now")
@@ -119,6 +141,8 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
             raise BadInput(f"{where}: tensor {name!r} has an invalid shape {str(shape)[:80]}")
         if len(shape) > MAX_NDIM:
             raise BadInput(f"{where}: tensor {name!r} has {len(shape)} dimensions (torch holds at most {MAX_NDIM})")
+        if _numel(max(d, 1) for d in shape) > MAX_TORCH_ELEMENTS:  # even with no element: its strides overflow
+            raise BadInput(f"{where}: tensor {name!r} has a shape torch cannot hold {str(shape)[:80]}")
         if (not isinstance(offs, list) or len(offs) != 2
                 or not all(type(o) is int and o >= 0 for o in offs) or offs[0] > offs[1]):
             raise BadInput(f"{where}: tensor {name!r} has invalid data_offsets {offs!r}")
@@ -151,6 +175,9 @@ def build_header(entries: list[tuple[str, str, tuple[int, ...]]],
     Returns the prefix bytes and each tensor's (begin, end) offsets in the data buffer.
     """
     parts, offsets, pos = [], [], 0
+    if any(name == "__metadata__" for name, _d, _s in entries):  # the key of the file's metadata
+        raise BadInput("a tensor cannot be named __metadata__ (safetensors keeps that key for the "
+                       "file's metadata)", "rename it")
     if metadata:
         parts.append('"__metadata__":' + json.dumps(dict(sorted(metadata.items())),
                                                       separators=(",", ":"), ensure_ascii=False))

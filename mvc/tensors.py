@@ -106,7 +106,7 @@ def find_aliases(state: dict) -> dict[str, str]:
         if t.is_nested or t.layout != torch.strided or t.is_meta or t.numel() == 0:  # refused when stored
             continue
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-               t.dtype, t.device.type)
+               t.dtype, t.device.type, t.is_conj(), t.is_neg())  # a lazy conj/neg view has other values
         if key in seen:
             aliases[name] = seen[key]
         else:
@@ -173,11 +173,14 @@ def _load_error_reason(e: Exception) -> str:
         return f"unreadable pickle data: {type(e).__name__} {str(e)[:80]}".rstrip()
     text = str(e)
     if "WeightsUnpickler error:" in text:  # the line that names what was refused
-        reason = text.partition("WeightsUnpickler error:")[2].strip().split(". ")[0].rstrip(".")
+        after = text.partition("WeightsUnpickler error:")[2].strip()
+        reason = (after.splitlines() or [""])[0].split(". ")[0].rstrip(".")  # one line of it
         m = re.search(r"GLOBAL (torch\.nn\.modules\.\S+)", reason)
         if m:
             return f"it holds a whole model object ({m.group(1)}), not a state dict"
-        return reason[:200]
+        if re.fullmatch(r"Unsupported operand \d+", reason):  # a pickle opcode torch.save never writes
+            return f"not a file written by torch.save (pickle: {reason.lower()})"
+        return reason[:200] or "unreadable pickle data"
     boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
     for line in (line.strip() for line in text.splitlines()):
         if line and not line.startswith(boilerplate):

@@ -154,3 +154,45 @@ def test_header_limit_is_the_reference_readers():
     blob = struct.pack("<Q", 100_000_001) + b"{"
     with pytest.raises(BadInput, match="absurd safetensors header size"):
         stf.parse_header(blob, 200_000_000, "x")
+
+
+# -- what a fuzzer of headers found (each crashed with exit 4 or was accepted against the reference) --
+@pytest.mark.parametrize("dtype", [["F32"], {"F32": 1}, None])
+def test_a_dtype_that_is_not_a_string_is_refused(dtype):
+    with pytest.raises(BadInput, match="unknown dtype"):
+        _parse(_file({"a": {"dtype": dtype, "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8))
+
+
+@pytest.mark.parametrize("shape", [[2 ** 63, 0], [2 ** 40, 2 ** 40, 0], [2 ** 64 - 1, 2 ** 64 - 1, 0]])
+def test_a_shape_torch_cannot_hold_is_refused_even_with_no_element(shape):
+    with pytest.raises(BadInput, match="shape torch cannot hold"):
+        _parse(_file({"a": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}, b""))
+
+
+def test_a_shape_with_no_element_that_torch_holds_is_accepted():
+    blob = _file({"a": {"dtype": "F32", "shape": [2 ** 31, 2 ** 31, 0], "data_offsets": [0, 0]}}, b"")
+    assert _parse(blob).tensors[0].shape == (2 ** 31, 2 ** 31, 0)
+
+
+@pytest.mark.parametrize("raw", [b'{"a":{"dtype":"F32","shape":[-0],"data_offsets":[0,0]}}',
+                                 b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[-0,8]}}'])
+def test_minus_zero_is_refused_as_the_reference_reader_refuses_it(raw):
+    with pytest.raises(BadInput, match="-0"):
+        _parse(_file({}, b"\0" * 8, raw_header=raw))
+
+
+def test_extra_keys_nest_no_deeper_than_the_reference_reader_accepts():
+    def blob(k):
+        return _file({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": json.loads("[" * k + "]" * k)}},
+                     b"\0" * 4)
+    _parse(blob(125))  # 127 levels in all: the deepest safe_open opens
+    with pytest.raises(BadInput, match="nests deeper"):
+        _parse(blob(126))
+    with pytest.raises(BadInput):
+        _parse(blob(900))
+
+
+def test_a_tensor_named_like_the_metadata_key_is_refused_before_anything_is_stored(repo):
+    with pytest.raises(BadInput, match="__metadata__"):
+        repo.commit({"m": {"__metadata__": torch.ones(2), "w": torch.zeros(3)}}, message="x")
+    assert not list(repo.store.ids()) and repo.head() is None

@@ -82,3 +82,26 @@ def test_nested_checkpoints_are_refused_with_what_to_do(tmp_path):
             repo.commit({"c": obj}, message="x")
         assert why in e.value.message and "-c optimizer=" in e.value.hint
     assert repo.head() is None  # nothing was committed
+
+
+def test_lazy_conjugate_and_negative_views_are_not_stored_as_ties(repo, tmp_path):
+    c = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    state = {"a": c, "b": c.conj(), "im": c.imag, "im_conj": c.conj().imag}
+    assert state["b"].is_conj() and state["im_conj"].is_neg()
+    torch.save({"a": c, "b": c.conj()}, tmp_path / "s.pt")  # (torch.save refuses c and c.imag together)
+    for source, want in ((state, state), (str(tmp_path / "s.pt"), {"a": c, "b": c.conj()})):
+        got = repo.load(repo.commit({"m": source}, message="views"), "m")
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            assert torch.equal(got[k], v.resolve_conj().resolve_neg()), k
+    tied = repo.load(repo.commit({"m": {"x": c, "y": c}}, message="tied"), "m")
+    assert tied["x"].data_ptr() == tied["y"].data_ptr()  # a real tie is still one tensor
+
+
+def test_a_plain_pickle_is_refused_in_one_line(repo, tmp_path):
+    import pickle
+    with open(tmp_path / "w.pt", "wb") as f:
+        pickle.dump({"w": torch.ones(2)}, f)
+    with pytest.raises(BadInput) as e:
+        repo.commit({"m": str(tmp_path / "w.pt")}, message="x")
+    assert "\n" not in e.value.message and "not a file written by torch.save" in e.value.message
