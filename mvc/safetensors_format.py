@@ -91,6 +91,10 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
     if file_size < 8 or len(prefix) < 8:
         raise BadInput(f"{where}: not a safetensors file (shorter than the 8-byte header length)")
     (n,) = struct.unpack("<Q", bytes(prefix[:8]))
+    lfs = b"version https://git-lfs"
+    if bytes(prefix[:len(lfs)]) == lfs[:len(prefix)]:
+        raise BadInput(f"{where}: a Git LFS pointer file, not the safetensors data it stands for",
+                       "fetch the real file first, e.g. git lfs pull")
     if n > MAX_HEADER_BYTES:
         raise BadInput(f"{where}: absurd safetensors header size {n} bytes (limit {MAX_HEADER_BYTES})")
     if 8 + n > file_size:

@@ -196,3 +196,13 @@ def test_a_tensor_named_like_the_metadata_key_is_refused_before_anything_is_stor
     with pytest.raises(BadInput, match="__metadata__"):
         repo.commit({"m": {"__metadata__": torch.ones(2), "w": torch.zeros(3)}}, message="x")
     assert not list(repo.store.ids()) and repo.head() is None
+
+
+def test_a_git_lfs_pointer_is_named_as_one(tmp_path, repo):
+    pointer = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32 + b"\nsize 12345\n")
+    with pytest.raises(BadInput, match="Git LFS pointer") as e:
+        _parse(pointer)
+    assert "git lfs pull" in e.value.hint
+    (tmp_path / "model.safetensors").write_bytes(pointer)
+    with pytest.raises(BadInput, match="Git LFS pointer"):
+        repo.commit({"m": str(tmp_path / "model.safetensors")}, message="x")
