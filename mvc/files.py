@@ -83,8 +83,11 @@ def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
         fsync_dir(d)
 
 
+LOCK_NOTICE_AFTER_S = 2.0  # a wait for a lock longer than this is announced
+
+
 @contextlib.contextmanager
-def shared_or_exclusive(path: str, exclusive: bool):
+def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
     """Hold an advisory lock on `path` (flock): many shared holders at once, or one exclusive.
 
     The kernel drops it when the process dies, so it can never go stale. Without flock (not
@@ -103,7 +106,13 @@ def shared_or_exclusive(path: str, exclusive: bool):
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:  # held the other way: say what the wait is for, then wait
+                if waiting_for:
+                    warnings.warn(f"waiting for {waiting_for}")
+                fcntl.flock(fd, mode)
         except OSError as e:  # a file system without flock (some network mounts): go on unlocked
             warnings.warn(f"cannot lock {path} ({e.strerror}): commits are not kept from racing a "
                           "short-grace gc here, and gc with the default grace deletes no garbage")
@@ -279,8 +288,10 @@ class LockFile:
         self._wait(take=False)
 
     def _wait(self, take: bool) -> None:
-        deadline = time.monotonic() + self.timeout
+        start = time.monotonic()
+        deadline = start + self.timeout
         delay = 0.002
+        told = self.timeout <= 2 * LOCK_NOTICE_AFTER_S  # short waits pass without a word
         while not (take and self._try()):
             try:
                 st = os.stat(self.path)
@@ -293,8 +304,12 @@ class LockFile:
                 self._break()
                 time.sleep(0.001)  # (a guard held by another breaker: let it finish)
                 continue
+            who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
+            if not told and time.monotonic() - start >= LOCK_NOTICE_AFTER_S:
+                told = True
+                warnings.warn(f"waiting for {self.what}: locked by {who} ({self.path}); giving up after "
+                              f"{self.timeout:.0f} s")
             if time.monotonic() >= deadline:
-                who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
                 raise LockHeld(f"{self.what} is locked by {who}: {self.path}",
                                "wait for it to finish; if no mvc process is running, delete the lock file")
             time.sleep(delay)

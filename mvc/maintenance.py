@@ -204,7 +204,9 @@ class Maintenance:
         exclusive = grace < GC_GRACE_S and not dry_run
 
         def run():
-            with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True) if exclusive \
+            with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True,
+                                     waiting_for="commits, fetches and pushes in progress to finish "
+                                                 "(a gc with a grace below the default waits for them)") if exclusive \
                     else contextlib.nullcontext():
                 return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
         try:
@@ -250,6 +252,24 @@ class Maintenance:
             for oid in sorted(to_delete, key=self._deletion_rank):
                 self.loose.delete(oid)
         return live, protected, doomed, removed, freed, kept_young
+
+    def _sweep_temp_files(self, grace: float, dry_run: bool) -> int:
+        """Bytes of temp files older than the grace in objects/tmp (left by killed writes), deleted
+        unless `dry_run`. Deleting needs the writers lock held exclusively: a commit writing for
+        longer than the grace holds it shared, and its early temp files are that old."""
+        now, freed = time.time(), 0
+        tmp = self.loose.tmp
+        for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
+            p = os.path.join(tmp, name)
+            try:
+                st = os.stat(p)
+                if now - st.st_mtime >= grace:
+                    if not dry_run:
+                        os.unlink(p)
+                    freed += st.st_size
+            except FileNotFoundError:  # a commit renamed it meanwhile
+                continue
+        return freed
 
     def _deletion_rank(self, oid: str) -> int:
         """0 for commits, 1 for trees, 2 for everything else (blobs, JSON files among them, and
@@ -309,27 +329,18 @@ class Maintenance:
         locked = True
         if exclusive and not dry_run:  # a short-grace gc holds the lock already: one sweep
             live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
+            freed += self._sweep_temp_files(grace, False)
         else:  # count first; wait for the lock only when there is something to delete
             live, protected, doomed, removed, freed, kept_young = self._sweep_loose(True, grace, expiry)
-            if doomed and not dry_run:
+            tmp_bytes = self._sweep_temp_files(grace, True)
+            if (doomed or tmp_bytes) and not dry_run:
                 with self.writers_exclusive_within(DROP_LOCK_WAIT_S) as locked:
                     if locked:
                         live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
+                        tmp_bytes = self._sweep_temp_files(grace, False)
                     else:  # nothing deleted: the next gc tries again
-                        removed = freed = 0
-        now = time.time()
-        tmp = self.loose.tmp
-        if os.path.isdir(tmp):  # temp files of killed writes
-            for name in os.listdir(tmp):
-                p = os.path.join(tmp, name)
-                try:
-                    st = os.stat(p)
-                    if now - st.st_mtime >= grace:
-                        freed += st.st_size
-                        if not dry_run:
-                            os.unlink(p)
-                except FileNotFoundError:  # a commit renamed it meanwhile
-                    continue
+                        removed = freed = tmp_bytes = 0
+            freed += tmp_bytes
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run, **self._kept_by_reflogs(live)}

@@ -94,6 +94,14 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
         raise MvcError(f"the host already has {dst_comp}", "pass --force to replace it, or --as NEWNAME")
     check_no_nesting(set(host_comps) | {dst_comp})
     repo.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
+    with repo.writing():  # from the first new object until the branch names it: a gc --grace 0 waits
+        return _install(repo, name, as_name, source, brick_tree, brick_tree_id, host, host_comps, dst_comp,
+                        branch, ref, current, message, transform, gate, mode)
+
+
+def _install(repo, name, as_name, source, brick_tree, brick_tree_id, host, host_comps, dst_comp, branch, ref,
+             current, message, transform, gate, mode) -> dict:
+    """paste_brick's writing half: the (transformed) brick, the commit, the gate, the branch move."""
     tree_id = transform(brick_tree) if transform else brick_tree_id
     if host_comps.get(dst_comp) == tree_id:  # (--force of the same brick): no commit that changes nothing
         return {"commit": host, "branch": branch, "moved": False, "unchanged": True, "ci": None,

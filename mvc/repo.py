@@ -439,7 +439,8 @@ class Repo(Maintenance):
         fetch, certificates. A gc with a grace shorter than maintenance.GC_GRACE_S takes it
         exclusively, so it never deletes a new object in that window; with the default grace their
         age protects them."""
-        return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False)
+        return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False,
+                                   waiting_for="a gc with a short grace (mvc gc --grace) to finish")
 
     def _write_commit(self, components, trees, remove, message, metrics, author, extra, progress, ref,
                       created_from) -> tuple[str, str]:

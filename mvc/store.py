@@ -252,6 +252,13 @@ class LooseStore(ObjectStore):
         return current[1] if current is not None and current[0] is self else None
 
     def _flush(self, pending: dict[str, str], watch: int | None = None) -> None:
+        try:
+            self._flush_pending(pending, watch)
+        except FileNotFoundError as e:
+            raise MvcError(f"a temporary file of this write disappeared ({e.filename}): another program "
+                           "deleted it", "no ref moved; run the command again") from None
+
+    def _flush_pending(self, pending: dict[str, str], watch: int | None) -> None:
         if not pending:
             return
         from concurrent.futures import ThreadPoolExecutor  # only when there is something to sync

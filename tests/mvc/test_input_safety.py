@@ -321,7 +321,7 @@ def test_config_values_are_stored_verbatim_and_bad_hand_edits_are_clear(repo):
 def test_short_grace_gc_waits_for_writers_and_default_gc_does_not(repo):
     import threading
     repo.commit({"core": sd()}, message="one")
-    with repo.writing():
+    with repo.writing(), pytest.warns(UserWarning, match="waiting for commits, fetches and pushes in progress"):
         fresh = repo.store.put(b"written, not referenced yet")
         quick = threading.Thread(target=repo.gc)  # default grace: the young object is safe anyway
         quick.start()
@@ -330,7 +330,7 @@ def test_short_grace_gc_waits_for_writers_and_default_gc_does_not(repo):
         eager = threading.Thread(target=lambda: repo.gc(grace_s=0))
         eager.start()
         eager.join(timeout=0.5)
-        assert eager.is_alive() and repo.store.has(fresh)  # waits while the writer is at work
+        assert eager.is_alive() and repo.store.has(fresh)  # waits (and says so) while the writer is at work
     eager.join(timeout=30)
     assert not eager.is_alive() and not repo.store.has(fresh)  # then collects what nothing names
 

@@ -836,6 +836,23 @@ def test_gc_deletes_no_garbage_while_commits_hold_the_writers_lock(repo, monkeyp
     assert mvc.Repo(repo.root).gc()["removed"] > 0 and not mvc.Repo(repo.root).store.has(side)
 
 
+def test_gc_leaves_old_temp_files_while_a_write_holds_the_writers_lock(repo, monkeypatch):
+    """A commit writing for longer than the grace owns temp files that old: gc deleted them under
+    it (the commit then died with a FileNotFoundError, exit 4). They go once no write holds the lock."""
+    from mvc import pack_write
+    monkeypatch.setattr(pack_write, "DROP_LOCK_WAIT_S", 0.2)
+    drift_history(repo, 1)
+    stale = os.path.join(mvc.Repo(repo.root).loose.tmp, "cd" * 8 + "-in-flight")
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 3000)
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    with mvc.Repo(repo.root).writing():
+        res = mvc.Repo(repo.root).gc()
+        assert os.path.exists(stale) and res["loose_left_why"].startswith("busy")
+    assert mvc.Repo(repo.root).gc()["bytes_freed"] >= 3000 and not os.path.exists(stale)
+
+
 def test_an_index_without_its_pack_is_ignored_and_removed_past_the_grace(repo):
     drift_history(repo, 2)
     pack(repo)
@@ -916,3 +933,21 @@ def test_garbage_kept_for_its_youth_keeps_its_age_in_the_new_pack(repo):
     os.utime(new.path, (twenty_one_minutes_later, twenty_one_minutes_later))
     assert mvc.Repo(repo.root).gc()["pack"]["dropped"] > 0  # 61 min old: past the grace
     assert not mvc.Repo(repo.root).store.has(side[-1]) and mvc.Repo(repo.root).fsck()["ok"]
+
+
+def test_a_commit_whose_temp_file_vanished_fails_clearly_and_moves_no_ref(repo, monkeypatch):
+    from mvc.errors import MvcError
+    from mvc import components
+    real = components.build_tree
+
+    def build_then_lose_temp_files(store, name, value, progress):
+        tree = real(store, name, value, progress)
+        for f in os.listdir(store.stores[0].tmp):
+            os.unlink(os.path.join(store.stores[0].tmp, f))  # what another program (an old gc) did
+        return tree
+    head = repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    monkeypatch.setattr(components, "build_tree", build_then_lose_temp_files)
+    with pytest.raises(MvcError, match="temporary file of this write disappeared"):
+        repo.commit({"m": {"x": torch.ones(300)}}, message="c1")
+    monkeypatch.undo()
+    assert mvc.Repo(repo.root).head() == head and mvc.Repo(repo.root).fsck()["ok"]

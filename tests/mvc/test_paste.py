@@ -106,3 +106,48 @@ def test_pasting_the_brick_a_host_already_holds_makes_no_commit(repo, monkeypatc
     r = CliRunner().invoke(cli, ["paste", "brick", "python", "--from", "brick-run", "--into", "host-b", "--force",
                                  "--no-ci"])
     assert r.exit_code == 0 and "already holds these tensors" in r.stdout and repo.branches()["host-b"] == first
+
+
+def _writers_lock_free(repo) -> bool:
+    """Whether another process could take the writers lock exclusively now (what gc --grace 0 does)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+            "except BlockingIOError:\n    print('held')")
+    out = subprocess.run([sys.executable, "-c", code, os.path.join(repo.dir, "writers.lock")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return out == "free"
+
+
+def test_paste_holds_the_writers_lock_from_its_first_object_to_the_branch_move(repo):
+    """A gc --grace 0 between paste writing its commit and moving the branch deleted the commit and
+    left the branch pointing at nothing: paste now holds the lock a short-grace gc waits for."""
+    from mvc.refs import RefStore
+    repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                message="trained", branch="brick-run")
+    repo.commit({"core": Part(4, "core", Spec(), 2)}, message="host b", branch="host-b")
+    seen = {}
+    original = RefStore.update
+
+    def update(self, ref, new, *a, **k):
+        if ref == "refs/heads/host-b":
+            seen["at_move"] = _writers_lock_free(repo)
+        return original(self, ref, new, *a, **k)
+
+    def transform(tree):
+        seen["at_transform"] = _writers_lock_free(repo)
+        return repo.write_object({**tree, "meta": {**tree.get("meta", {}), "t": 1}})
+
+    def gate(cid):
+        seen["at_gate"] = _writers_lock_free(repo)
+        return True, None
+    RefStore.update = update
+    try:
+        r = repo.paste_brick("python", "brick-run", "host-b", transform=transform, gate=gate)
+    finally:
+        RefStore.update = original
+    assert r["moved"] and seen == {"at_transform": False, "at_gate": False, "at_move": False}
+    assert _writers_lock_free(repo)  # and let go afterwards
+    assert repo.gc(grace_s=0)["removed"] == 0 and repo.fsck()["ok"]

@@ -1,5 +1,6 @@
 """Refs under adverse conditions: name/folder conflicts, deleted refs' reflogs, a full disk between
 the reflog and the ref, torn reflog lines, lock files without an owner."""
+import contextlib
 import errno
 import json
 import os
@@ -323,3 +324,57 @@ def test_cli_names_the_commit_that_landed_before_ctrl_c(tmp_path, monkeypatch):
     head = mvc.Repo(tmp_path).head()
     assert r.exit_code == 130 and head
     assert f"interrupted after commit {head} landed on main" in r.stderr and "do not commit it again" in r.stderr
+
+
+def test_a_long_wait_for_a_lock_held_by_a_live_process_is_announced(tmp_path, monkeypatch):
+    """A pack.lock whose recorded pid is a live unrelated process made gc wait 10 minutes in silence."""
+    import subprocess
+    import sys
+    from mvc import files
+    monkeypatch.setattr(files, "LOCK_NOTICE_AFTER_S", 0.05)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        path = tmp_path / "pack.lock"
+        path.write_text(json.dumps({"pid": live.pid, "host": files.hostname()}))
+        with pytest.warns(UserWarning, match=f"waiting for packing: locked by process {live.pid}"):
+            with pytest.raises(LockHeld):
+                LockFile(str(path), timeout=0.4, what="packing").acquire()
+        with warnings_as_list() as caught:  # a short wait passes without a word
+            with pytest.raises(LockHeld):
+                LockFile(str(path), timeout=0.08, what="packing").acquire()
+        assert not caught
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_an_exclusive_hold_of_the_writers_lock_says_what_it_waits_for(tmp_path):
+    import threading
+    from mvc.files import shared_or_exclusive
+    path = str(tmp_path / "writers.lock")
+    holding, release = threading.Event(), threading.Event()
+
+    def writer():
+        with shared_or_exclusive(path, exclusive=False):
+            holding.set()
+            release.wait(5)
+    t = threading.Thread(target=writer)
+    t.start()
+    holding.wait(5)
+    threading.Timer(0.3, release.set).start()
+    with pytest.warns(UserWarning, match="waiting for commits in progress"):
+        with shared_or_exclusive(path, exclusive=True, waiting_for="commits in progress"):
+            assert release.is_set()  # taken only once the writer let go
+    t.join()
+    with warnings_as_list() as caught:  # free: no word
+        with shared_or_exclusive(path, exclusive=True, waiting_for="commits in progress"):
+            pass
+    assert not caught
+
+
+@contextlib.contextmanager
+def warnings_as_list():
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
