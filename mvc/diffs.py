@@ -43,6 +43,9 @@ def diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int]
             tensors[tname] = {"status": "removed", "dtype": x["dtype"], "shape": x["shape"]}
         elif x["id"] == y["id"]:
             tensors[tname] = {"status": "unchanged"}
+            if x.get("alias") != y.get("alias"):  # same values, tied to another name or untied
+                tensors[tname]["note"] = (f"now tied to {y['alias']}" if y.get("alias") else
+                                          f"no longer tied to {x['alias']}")
         else:
             tensors[tname] = {"status": "changed", **tensor_change(store, tname, x, y, progress)}
     files = {}
@@ -55,8 +58,8 @@ def diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int]
                       "size": [x and x["size"], y and y["size"]],
                       "id": [x and (x.get("id") or x.get("header")), y and (y.get("id") or y.get("header"))]}
     return {"status": status, "tensors": tensors, "files": files,
-            "meta_changed": bool(ta and tb and {k: ta.get(k) for k in ("kind", "arch", "config", "abi")}
-                                 != {k: tb.get(k) for k in ("kind", "arch", "config", "abi")})}
+            "meta_changed": bool(ta and tb and {k: ta.get(k) for k in ("kind", "arch", "config", "abi", "meta")}
+                                 != {k: tb.get(k) for k in ("kind", "arch", "config", "abi", "meta")})}
 
 
 def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], None] | None = None) -> dict:
@@ -88,8 +91,11 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
             progress((stop - start) * step)
     out["frac_changed"] = acc.changed / n
     out["max_abs_delta"] = acc.max_abs
-    norm_a, norm_d = math.hypot(*acc.norms_a), math.hypot(*acc.norms_d)
-    out["rel_l2"] = norm_d / norm_a if norm_a else (0.0 if not acc.changed_finite else None)
+    norm_a = math.hypot(*acc.norms_a)
+    if norm_a:  # (changes measured on halves count twice: a ratio of norms that overflow on their own)
+        out["rel_l2"] = math.hypot(math.hypot(*acc.norms_d) / norm_a, 2 * (math.hypot(*acc.norms_half) / norm_a))
+    else:
+        out["rel_l2"] = 0.0 if not acc.changed_finite else None
     for k in ("max_abs_delta", "rel_l2"):  # finite deltas of huge weights can still overflow
         if out[k] is not None and not math.isfinite(out[k]):
             out[k] = None
@@ -110,36 +116,121 @@ class _ChangeSums:
         self.max_abs = 0.0
         self.norms_a: list[float] = []  # per chunk: of the finite old weights
         self.norms_d: list[float] = []  # per chunk: of the finite changes
+        self.norms_half: list[float] = []  # per chunk: of half of each change beyond float64
 
     def add(self, a, b) -> None:
         import torch
-        n = a.numel()
-        wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
-        a64 = a.to(wide)
-        if a.dtype == b.dtype:  # bit for bit, as ids compare (NaN payloads, -0.0 vs 0.0 included)
-            size = a.element_size()
-            same_size_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(size)
-            if same_size_int is not None:
-                changed = a.view(same_size_int) != b.view(same_size_int)
-            else:  # 16-byte complex128
-                changed = (a.view(torch.uint8).view(n, size) != b.view(torch.uint8).view(n, size)).any(dim=1)
+        complex_ = a.is_complex() or b.is_complex()
+        a64 = None
+        if not (a.is_floating_point() or b.is_floating_point() or complex_):  # integers, bool: exact,
+            d, changed = _int_delta(a, b)                                      # up to 2**64 - 1 apart
+        elif a.is_floating_point() != b.is_floating_point() and not complex_:  # an int <-> float change
+            d, changed = _mixed_delta(a, b)
         else:
-            b64 = b.to(wide)
-            changed = (a64 != b64) & ~(a64.isnan() & b64.isnan())
+            wide = torch.complex128 if complex_ else torch.float64
+            a64, b64 = a.to(wide), b.to(wide)  # exact for every float and complex dtype stored
+            changed = (a64 != b64) & ~(a64.isnan() & b64.isnan()) if a.dtype != b.dtype else None
+            d = b64 - a64
+        if a.dtype == b.dtype:  # bit for bit, as ids compare (NaN payloads, -0.0 vs 0.0 included)
+            changed = _bits_differ(a, b)
         n_changed = int(changed.sum())
         self.changed += n_changed
-        exact = not (a.is_floating_point() or b.is_floating_point() or a.is_complex() or b.is_complex()) \
-            and a.dtype != torch.uint64 and b.dtype != torch.uint64
-        da = (b.to(torch.int64) - a.to(torch.int64)).to(torch.float64) if exact else \
-            b.to(wide) - a64  # integers: exact differences up to 2**63
         # NaN or inf on either side has no finite difference: such changes are counted apart and the
-        # figures cover the others (one NaN used to blank them for the whole tensor)
-        measured = changed & da.isfinite()
-        n_measured = int(measured.sum())
+        # figures cover the others (one NaN used to blank them for the whole tensor). Two finite
+        # float64 values can be further apart than float64 reaches: that change is measured on
+        # halves (max |delta| then overflows, and says so; rel L2 stays finite)
+        finite_d = d.isfinite()
+        unmeasured = changed & ~finite_d
+        over = unmeasured & _finite(a) & _finite(b) if bool(unmeasured.any()) else None
+        measured = changed & finite_d
+        n_measured = int(measured.sum()) + (int(over.sum()) if over is not None else 0)
         self.changed_finite += n_measured
         self.nonfinite += n_changed - n_measured
-        d = torch.where(measured, da, torch.zeros((), dtype=da.dtype))
-        self.max_abs = max(self.max_abs, float(d.abs().max()))
-        self.norms_d.append(float(torch.linalg.vector_norm(d)))
+        zero = torch.zeros((), dtype=d.dtype)
+        kept = torch.where(measured, d, zero)
+        self.max_abs = max(self.max_abs, float(kept.abs().max()))
+        self.norms_d.append(_norm(kept))
+        if over is not None and bool(over.any()):
+            self.max_abs = math.inf
+            self.norms_half.append(_norm(torch.where(over, b.to(torch.float64) / 2 - a.to(torch.float64) / 2, zero)))
+        if a64 is None:
+            a64 = a.to(torch.complex128 if a.is_complex() else torch.float64)
         finite_a = a64.isfinite()
-        self.norms_a.append(float(torch.linalg.vector_norm(a64 if bool(finite_a.all()) else a64[finite_a])))
+        self.norms_a.append(_norm(a64 if bool(finite_a.all()) else a64[finite_a]))
+
+
+def _finite(t):
+    import torch
+    return t.isfinite() if (t.is_floating_point() or t.is_complex()) else torch.ones(t.shape, dtype=torch.bool)
+
+
+def _bits_differ(a, b):
+    """Elementwise: do two tensors of one dtype differ in any bit?"""
+    import torch
+    n, size = a.numel(), a.element_size()
+    same_size_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(size)
+    if same_size_int is not None:
+        return a.view(same_size_int) != b.view(same_size_int)
+    return (a.view(torch.uint8).view(n, size) != b.view(torch.uint8).view(n, size)).any(dim=1)  # complex128
+
+
+def _norm(t) -> float:
+    """The L2 norm of `t`; where squares overflow or underflow (float64 weights beyond 1e154 or
+    below 1e-154) it is taken again, scaled by the largest magnitude."""
+    import torch
+    if not t.numel():
+        return 0.0
+    plain = float(torch.linalg.vector_norm(t))
+    if 1e-140 < plain < math.inf:
+        return plain
+    top = float(t.abs().max())
+    if top == 0.0 or not math.isfinite(top):
+        return top
+    return top * float(torch.linalg.vector_norm(t / top))
+
+
+def _int_delta(a, b):
+    """(b - a as float64, rounded once from the exact difference; changed mask) of integer or bool
+    tensors. Both signed (or both unsigned) are subtracted as 64-bit unsigned magnitudes, which
+    hold any difference exactly; a uint64 against a signed dtype goes through long double."""
+    import numpy as np
+    import torch
+    x, y = _as_numpy(a), _as_numpy(b)
+    unsigned = (x.dtype == np.uint64, y.dtype == np.uint64)
+    if unsigned[0] != unsigned[1]:
+        return _long_double_delta(x, y)
+    kind = np.uint64 if unsigned[0] else np.int64
+    x, y = x.astype(kind, copy=False), y.astype(kind, copy=False)
+    up = y >= x
+    xu, yu = x.view(np.uint64), y.view(np.uint64)
+    with np.errstate(over="ignore"):
+        mag = np.where(up, yu - xu, xu - yu)  # modulo 2**64: exact, as |y - x| < 2**64
+    f = mag.astype(np.float64)
+    return torch.from_numpy(np.where(up, f, -f)), torch.from_numpy(mag != 0)
+
+
+def _mixed_delta(a, b):
+    """(b - a, changed) for an integer tensor against a float one, compared in long double (exact
+    for 64-bit integers and float64 where the platform's long double has a 64-bit mantissa)."""
+    return _long_double_delta(_as_numpy(a), _as_numpy(b))
+
+
+def _long_double_delta(x, y):
+    import numpy as np
+    import torch
+    xl, yl = x.astype(np.longdouble), y.astype(np.longdouble)
+    with np.errstate(over="ignore", invalid="ignore"):
+        changed = (xl != yl) & ~(np.isnan(xl) & np.isnan(yl))
+        d = (yl - xl).astype(np.float64)
+    return torch.from_numpy(d), torch.from_numpy(changed)
+
+
+def _as_numpy(t):
+    """A numpy array of `t`'s values: bool and integers as they are, floats numpy lacks (bfloat16,
+    float8) widened exactly to float32."""
+    import torch
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.to(torch.float32)
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    return t.contiguous().numpy()

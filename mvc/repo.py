@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import functools
+import json
 import os
 import re
 import time
@@ -661,7 +662,7 @@ class Repo(Maintenance):
         keys = set(ca["metrics"]) | set(cb["metrics"])
         for k in sorted(keys):
             va, vb = ca["metrics"].get(k), cb["metrics"].get(k)
-            if va != vb:
+            if json.dumps(va) != json.dumps(vb):  # true vs 1, 1 vs 1.0, -0.0 vs 0.0 differ too
                 result["metrics"][k] = {"a": va, "b": vb}
         return result
 

@@ -307,7 +307,7 @@ def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
     counts = Counter(t["status"] for t in c["tensors"].values())
     parts = [f"{v} {k}" for k, v in sorted(counts.items())] + (["metadata changed"] if c.get("meta_changed") else [])
     con.print(f"  {name}: {c['status']}" + (f" ({', '.join(parts)})" if parts else ""))
-    rows = [_tensor_row(n, t) for n, t in c["tensors"].items() if show_all or t["status"] != "unchanged"]
+    rows = [_tensor_row(n, t) for n, t in c["tensors"].items() if show_all or t["status"] != "unchanged" or t.get("note")]
     if rows:
         t = table("tensor", "status", "dtype", "shape", "max |delta|", "rel L2", "changed", names=("tensor",))
         for row in rows:

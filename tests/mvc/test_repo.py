@@ -566,6 +566,60 @@ def test_diff_figures_cover_the_finite_changes_beside_a_nan(repo):
     assert "1 non-finite value(s) changed" in change["note"]
 
 
+def _change(repo, old, new):
+    first = repo.commit({"m": {"w": old}}, message="a")
+    second = repo.commit({"m": {"w": new}}, message="b")
+    return repo.diff(first, second)["components"]["m"]["tensors"]["w"]
+
+
+def test_integer_changes_are_measured_exactly_up_to_two_to_the_64(repo):
+    """int64 differences wrapped past 2**63 and uint64 ones were taken through float64."""
+    big = 2 ** 63
+    c = _change(repo, torch.tensor([-big, 5]), torch.tensor([2 ** 62, 5]))
+    assert c["max_abs_delta"] == float(2 ** 62 + big) and c["rel_l2"] == pytest.approx((2 ** 62 + big) / math.hypot(big, 5))
+    c = _change(repo, torch.tensor([-big]), torch.tensor([big - 1]))
+    assert c["max_abs_delta"] == float(2 ** 64 - 1)
+    top = 2 ** 64 - 1
+    c = _change(repo, torch.tensor([top - 1, 7], dtype=torch.uint64), torch.tensor([top, 7], dtype=torch.uint64))
+    assert c["frac_changed"] == 0.5 and c["max_abs_delta"] == 1.0 and c["rel_l2"] == pytest.approx(1 / (top - 1))
+    c = _change(repo, torch.tensor([top, 0], dtype=torch.uint64), torch.tensor([-1, 3], dtype=torch.int64))
+    assert c["frac_changed"] == 1.0 and c["max_abs_delta"] == float(2 ** 64)  # across signedness
+    c = _change(repo, torch.tensor([3, 200], dtype=torch.uint8), torch.tensor([3, -56], dtype=torch.int8))
+    assert c["frac_changed"] == 0.5 and c["max_abs_delta"] == 256.0
+
+
+def test_an_integer_to_float_change_above_two_to_the_53_is_seen(repo):
+    c = _change(repo, torch.tensor([2 ** 53 + 1, 3]), torch.tensor([2.0 ** 53, 3.0], dtype=torch.float64))
+    assert c["frac_changed"] == 0.5 and c["max_abs_delta"] == 1.0
+    c = _change(repo, torch.tensor([1.5, 2.0], dtype=torch.bfloat16), torch.tensor([1, 2], dtype=torch.int32))
+    assert c["frac_changed"] == 0.5 and c["max_abs_delta"] == 0.5
+
+
+def test_float64_changes_beyond_float64_range_and_tiny_weights_are_measured(repo):
+    c = _change(repo, torch.tensor([1.7e308, 1.0], dtype=torch.float64), torch.tensor([-1.7e308, 2.0], dtype=torch.float64))
+    assert "nonfinite_changed" not in c and "non-finite" not in c.get("note", "")  # both sides are finite
+    assert c["max_abs_delta"] is None and c["rel_l2"] == pytest.approx(2.0)  # |delta| overflows: None, as documented
+    for v in (1e200, 1e-200):
+        c = _change(repo, torch.tensor([v, v], dtype=torch.float64), torch.tensor([2 * v, v], dtype=torch.float64))
+        assert c["rel_l2"] == pytest.approx(math.sqrt(0.5), rel=1e-12), v
+
+
+def test_a_diff_of_tying_or_untying_tensors_says_so(repo):
+    x = torch.arange(16.0).reshape(4, 4)
+    tied = repo.commit({"m": {"a": x, "b": x}}, message="tied")
+    untied = repo.commit({"m": {"a": x, "b": x.clone()}}, message="untied")
+    d = repo.diff(tied, untied)["components"]["m"]
+    assert d["status"] == "changed" and d["tensors"]["b"] == {"status": "unchanged", "note": "no longer tied to a"}
+    assert repo.diff(untied, tied)["components"]["m"]["tensors"]["b"]["note"] == "now tied to a"
+
+
+def test_metric_changes_of_type_or_sign_are_reported(repo):
+    x = {"w": torch.ones(2)}
+    a = repo.commit({"m": x}, message="a", metrics={"converged": True, "zero": -0.0, "n": 1, "same": 2.5})
+    b = repo.commit({"m": x}, message="b", metrics={"converged": 1, "zero": 0.0, "n": 1.0, "same": 2.5})
+    assert set(repo.diff(a, b)["metrics"]) == {"converged", "zero", "n"}
+
+
 def test_side_files_pass_through_mappings_not_memory(repo, tmp_path, monkeypatch):
     import tracemalloc
 
