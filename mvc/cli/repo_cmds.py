@@ -328,7 +328,18 @@ def _tensor_row(name: str, t: dict) -> list[str]:
         return "-" if v is None else f"{v:.3g}"
     frac = t.get("frac_changed")
     return [name, t["status"] + (f" ({t['note']})" if t.get("note") else ""), sides("dtype"), sides("shape"),
-            num(t.get("max_abs_delta")), num(t.get("rel_l2")), "-" if frac is None else f"{frac:.1%}"]
+            num(t.get("max_abs_delta")), num(t.get("rel_l2")), _fraction(frac)]
+
+
+def _fraction(frac) -> str:
+    """A changed fraction as a percentage that never rounds a change to 0.0% or all to 100.0%."""
+    if frac is None:
+        return "-"
+    if 0 < frac < 0.001:
+        return "<0.1%"
+    if 0.999 < frac < 1:
+        return ">99.9%"
+    return f"{frac:.1%}"
 
 
 def _value(v) -> str:

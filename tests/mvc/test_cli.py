@@ -717,3 +717,15 @@ def test_gc_grace_must_be_a_finite_number_of_seconds(run, in_repo, tmp_path, gra
 def test_switch_in_a_repository_without_commits_says_the_first_commit_makes_the_branch(run, in_repo):
     r = run("switch", "main", code=3)
     assert "no commits yet" in r.stderr and "the first mvc commit creates main" in r.stderr
+
+
+def test_diff_text_never_rounds_a_change_to_none_or_all(run, in_repo, tmp_path):
+    w = torch.zeros(5000)
+    save_file({"w": w}, tmp_path / "a.safetensors")
+    w2 = w.clone()
+    w2[0] = 1.0  # 1 of 5000 changed: 0.02%
+    save_file({"w": w2}, tmp_path / "b.safetensors")
+    run("commit", tmp_path / "a.safetensors", "-m", "a")
+    run("commit", tmp_path / "b.safetensors", "-m", "b")
+    out = run("diff", "HEAD~1", "HEAD").stdout
+    assert "<0.1%" in out and "0.0%" not in out
