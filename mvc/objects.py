@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 
 import blake3
@@ -16,11 +17,28 @@ OID_RE = re.compile(r"^[0-9a-f]{64}$")
 SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
 
 
+_forked = False  # in a child forked after hashing started: blake3's thread pool did not come along
+
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
+def new_hasher(threads: bool = True):
+    """A BLAKE3 hasher, on all cores when `threads` (and this process was not forked)."""
+    return blake3.blake3(max_threads=blake3.blake3.AUTO if threads and not _forked else 1)
+
+
 def hash_bytes(*buffers, threads: bool = True) -> str:
     """BLAKE3-256 hex of the concatenation of `buffers` (bytes-like). Large inputs are hashed on all
-    cores unless `threads` is False (callers that already keep every core busy)."""
-    total = sum(len(b) for b in buffers)
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO if threads and total >= HASH_THREADS_MIN else 1)
+    cores unless `threads` is False (callers that already keep every core busy) or this process
+    was forked (the pool's threads stay in the parent: a child waiting on them hangs)."""
+    h = new_hasher(threads and sum(len(b) for b in buffers) >= HASH_THREADS_MIN)
     for b in buffers:
         h.update(b)
     return h.hexdigest()
@@ -55,7 +73,19 @@ def canonical_json(obj) -> bytes:
 
 
 def encode(obj: dict) -> tuple[str, bytes]:
+    """(id, canonical bytes) of a JSON object. A commit or tree is checked as every reader will
+    check it (decode) first: one that no reader accepts is refused here, before it can land."""
     data = canonical_json(obj)
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind in _SHAPE_CHECKS:
+        if kind == "commit" and len(data) > SMALL_OBJECT:  # readers take anything larger for a blob
+            raise BadInput(f"this commit would take {len(data)} bytes (at most {SMALL_OBJECT}: commits "
+                           "are read as small objects)", "shorten the message and metrics; store large "
+                           "notes as a component or a file")
+        try:
+            _SHAPE_CHECKS[kind](json.loads(data))
+        except _Malformed as e:
+            raise BadInput(f"cannot write this {kind}: {e}") from None
     return hash_bytes(data), data
 
 

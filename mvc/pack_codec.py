@@ -339,13 +339,12 @@ def decode(entry, encoding: int, size: int, base, where: str, into_base: bool = 
 
 def decode_hash(entry, encoding: int, size: int, base, where: str) -> str:
     """The BLAKE3 hex of an entry's object, decoded a batch of chunks at a time (never whole)."""
-    from .objects import hash_bytes
+    from .objects import hash_bytes, new_hasher
     entry = memoryview(entry)
     if encoding == pf.RAW:
         return hash_bytes(_raw_entry(entry, size, where))
-    import blake3
     e = _parse(entry, encoding, size, base, where)
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher = new_hasher()
     hasher.update(entry[pf.ENTRY_HEADER.size: pf.ENTRY_HEADER.size + e.h.prefix_len])
     batch = np.empty((min(e.n, BATCH_CHUNKS * e.h.chunk_elems), e.h.itemsize), dtype=np.uint8)
     for c0 in range(0, e.h.chunks, BATCH_CHUNKS):

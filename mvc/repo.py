@@ -11,8 +11,10 @@ import functools
 import json
 import os
 import re
+import threading
 import time
 import warnings
+from collections import OrderedDict
 from typing import Callable, Iterable
 
 from . import components as comp
@@ -37,16 +39,18 @@ TORCH_FILE_SUFFIXES = comp.PICKLE_SUFFIXES + (".ckpt",)  # names torch.load file
 
 
 def find_root(start: str | os.PathLike | None = None) -> str:
-    """The directory holding .mvc at or above `start`."""
-    path = os.path.abspath(os.fspath(start or os.getcwd()))
-    while True:
-        if os.path.isdir(os.path.join(path, MVC_DIR)):
-            return path
-        parent = os.path.dirname(path)
-        if parent == path:
-            raise NotARepository(f"not an mvc repository (or any parent): {os.fspath(start or os.getcwd())}",
-                                 "run mvc init")
-        path = parent
+    """The directory holding .mvc at or above `start`: above it as written, else above where its
+    symbolic links lead (as the working directory is always seen)."""
+    given = os.fspath(start or os.getcwd())
+    for path in dict.fromkeys((os.path.abspath(given), os.path.realpath(given))):
+        while True:
+            if os.path.isdir(os.path.join(path, MVC_DIR)):
+                return path
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+    raise NotARepository(f"not an mvc repository (or any parent): {given}", "run mvc init")
 
 
 class Repo(Maintenance):
@@ -76,7 +80,7 @@ class Repo(Maintenance):
                                 stamps=os.path.join(self.dir, "verified"))
         self.store = ChainStore(self.loose, *self._read_stores())
         self.refs = RefStore(self.dir, fsync=fsync)
-        self._cache: dict[str, dict] = {}
+        self._cache = _ObjectCache()
 
     def _read_stores(self) -> list:
         """Stores read after the loose objects: pack files, then a lazy clone's remote."""
@@ -175,8 +179,9 @@ class Repo(Maintenance):
     def _read_obj(self, oid: str, kind: str) -> dict:
         obj = self._cache.get(oid)
         if obj is None:
-            obj = decode(self.store.get(oid), kind, oid)
-            self._cache[oid] = obj
+            data = self.store.get(oid)
+            obj = decode(data, kind, oid)
+            self._cache.put(oid, obj, len(data))
         elif obj["type"] != kind:
             raise WrongObjectType(f"object {oid[:12]} is a {obj['type']}, not a {kind}", obj["type"])
         return obj
@@ -373,9 +378,24 @@ class Repo(Maintenance):
         parent; `remove` drops components. `root=True` starts a new branch as a root commit
         instead of from HEAD's commit.
         """
-        components, remove = dict(components or {}), list(remove)
+        if components is not None and not isinstance(components, dict):
+            raise BadInput(f"components must map names to values, not a {type(components).__name__}",
+                           'e.g. repo.commit({"model": state_dict}, message=...)')
+        components, remove = dict(components or {}), [remove] if isinstance(remove, str) else list(remove)
+        for what, value, ok in (("author", author, author is None or isinstance(author, str)),
+                                ("extra", extra, extra is None or isinstance(extra, dict)),
+                                ("metrics", metrics, metrics is None or isinstance(metrics, dict)),
+                                ("branch", branch, branch is None or isinstance(branch, str)),
+                                ("trees", trees, trees is None or isinstance(trees, dict))):
+            if not ok:
+                raise BadInput(f"{what} is a {type(value).__name__}: it must be "
+                               + {"author": "a string", "branch": "a string"}.get(what, "a dict") + " or None")
         for name in list(components) + remove + list(trees or {}):
             check_component_name(name)
+        for name, tid in (trees or {}).items():  # existing trees only: a commit must be readable
+            if not (isinstance(tid, str) and is_oid(tid)):
+                raise BadInput(f"trees[{name!r}] is {str(tid)[:70]!r}, not a tree id")
+            self.read_tree(tid)
         both = sorted(set(remove) & (set(components) | set(trees or {})))
         if both:
             raise BadInput(f"component {both[0]!r} is both added and removed", "name it once")
@@ -388,12 +408,16 @@ class Repo(Maintenance):
         for key in metrics:
             if not isinstance(key, str) or not key:
                 raise BadInput(f"invalid metric name {key!r}")
+        size = 0
         for what, value in (("commit message", message), ("metrics", metrics), ("author", author or ""),
                             ("extra", extra or {})):  # refuse NaN or text that is not UTF-8 before writing
             try:
-                canonical_json(value)
+                size += len(canonical_json(value))
             except BadInput as e:
                 raise BadInput(f"{what}: {e.message}", e.hint) from None
+        if size > SMALL_OBJECT - (64 << 10):  # (the commit object's own check comes after the blobs)
+            raise BadInput(f"the message, metrics and extra take {size} bytes: a commit holds at most "
+                           f"{SMALL_OBJECT} bytes", "store large notes as a component or a file")
         ref, created_from, warn, follow = self._target_branch(branch)
         if root:
             created_from = None
@@ -598,6 +622,8 @@ class Repo(Maintenance):
     def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
         """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with
         `exclude`, only those not reachable from it too (git's `exclude..rev`)."""
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise BadInput(f"n={n!r}: the number of commits must be a whole number >= 0")
         try:
             start = self.resolve(rev)
         except UnknownRevision:
@@ -869,3 +895,40 @@ def arch_builder(arch: str):
     return eps[arch].load()
 
 
+OBJECT_CACHE_BYTES = 8 << 20  # commits and trees kept decoded, by stored size (decoded: ~5x)
+
+
+class _ObjectCache:
+    """Commits and trees a Repo has read, the most recently used kept up to a byte budget (a
+    long-lived Repo loading many commits of a large model grew without end)."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit, self._bytes = OBJECT_CACHE_BYTES if limit is None else limit, 0
+        self._items: OrderedDict[str, tuple[dict, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, oid: str) -> dict | None:
+        with self._lock:
+            hit = self._items.get(oid)
+            if hit is None:
+                return None
+            self._items.move_to_end(oid)
+            return hit[0]
+
+    def put(self, oid: str, obj: dict, size: int) -> None:
+        with self._lock:
+            if oid in self._items or size > self.limit:
+                return
+            self._items[oid] = (obj, size)
+            self._bytes += size
+            while self._bytes > self.limit:
+                _oid, (_obj, old) = self._items.popitem(last=False)
+                self._bytes -= old
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)

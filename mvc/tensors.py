@@ -201,13 +201,24 @@ def module_state(value):
             hint = getattr(value, "mvc_commit_hint", None)
             raise BadInput(refusal, hint if isinstance(hint, str) and hint else None)
         state = value.state_dict()
+        problem = flat_state_problem(state)  # e.g. a get_extra_state() value among the tensors
+        if problem:
+            raise BadInput(f"the state dict of this {type(value).__name__} {problem}", NESTED_HINT)
         arch = getattr(value, "mvc_arch", None)
         config = getattr(value, "mvc_config", None)
+        kind = getattr(value, "mvc_kind", None)
+        for attr, got, ok in (("mvc_arch", arch, arch is None or isinstance(arch, str)),
+                              ("mvc_kind", kind, kind is None or isinstance(kind, str)),
+                              ("mvc_config", config, config is None or (isinstance(config, dict)
+                                                                        and all(isinstance(k, str) for k in config)))):
+            if not ok:  # what a reader rebuilds the model from: it would refuse the tree
+                raise BadInput(f"{type(value).__name__}.{attr} is a {type(got).__name__}: it must be "
+                               + ("a dict with string keys" if attr == "mvc_config" else "a string") + " or None")
         spec = getattr(value, "abi_spec", None)
         abi = None
         if spec is not None:
             abi = {"hash": spec.hash, "spec": spec.to_dict() if hasattr(spec, "to_dict") else None}
-        return state, arch, config, abi, getattr(value, "mvc_kind", None)
+        return state, arch, config, abi, kind
     if isinstance(value, dict):
         problem = flat_state_problem(value)
         if problem:

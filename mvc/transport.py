@@ -41,14 +41,13 @@ import time
 import warnings
 from urllib.parse import unquote, urlparse
 
-import blake3
 
 from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
 from .files import LockFile, atomic_write, shared_or_exclusive
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
-from .objects import check_ref_name, hash_bytes, is_oid
+from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
 
@@ -300,7 +299,7 @@ class _HashSink:
     """A write-only file that hashes what is written (get_into's target when only the id matters)."""
 
     def __init__(self):
-        self._h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._h = new_hasher()
 
     def write(self, b) -> int:
         self._h.update(b)

@@ -10,7 +10,9 @@ from click.testing import CliRunner
 
 from mvc.cli import cli
 from mvc.errors import CorruptObject
-from mvc.objects import decode, encode
+from mvc.objects import decode
+
+from damage import forge
 
 
 def _commit(repo, seed=0):
@@ -20,8 +22,7 @@ def _commit(repo, seed=0):
 
 def _point_main_at(repo, obj: dict) -> str:
     """Store `obj` as it is (no checks on the way in) and move main to it."""
-    oid, data = encode(obj)
-    repo.store.put(data, oid=oid)
+    oid = forge(repo, obj)
     with open(os.path.join(repo.dir, "refs", "heads", "main"), "w") as f:
         f.write(oid + "\n")
     return oid
@@ -91,9 +92,8 @@ def test_malformed_tree_is_refused_by_readers_and_reported_by_fsck(repo, case):
     c = repo.read_commit(good)
     tree = json.loads(json.dumps(repo.read_tree(c["components"]["m"])))
     TREE_BREAKS[case](tree)
-    tid, data = encode(tree)
-    repo.store.put(data, oid=tid)
-    cid = repo.write_object({**c, "parents": [good], "components": {"m": tid}, "message": "bad tree"})
+    tid = forge(repo, tree)
+    cid = forge(repo, {**c, "parents": [good], "components": {"m": tid}, "message": "bad tree"})
     with open(os.path.join(repo.dir, "refs", "heads", "main"), "w") as f:
         f.write(cid + "\n")
     repo._cache.clear()
@@ -115,8 +115,8 @@ def test_tree_entry_naming_the_wrong_object_is_caught(repo, target):
     c = repo.read_commit(first)
     tree = json.loads(json.dumps(repo.read_tree(c["components"]["m"])))
     tree["tensors"]["w"]["id"] = tree["tensors"]["i"]["id"] if target != "a commit" else first
-    tid = repo.write_object(tree)
-    cid = repo.write_object({**c, "parents": [first], "components": {"m": tid}, "message": "lies"})
+    tid = forge(repo, tree)
+    cid = forge(repo, {**c, "parents": [first], "components": {"m": tid}, "message": "lies"})
     with open(os.path.join(repo.dir, "refs", "heads", "main"), "w") as f:
         f.write(cid + "\n")
     with pytest.raises(CorruptObject, match="'w'"):
@@ -167,8 +167,8 @@ def test_history_with_file_names_older_mvc_stored_stays_readable(repo):
     tree["files"] = {"back\\slash.safetensors": entry}
     for t in tree["tensors"].values():
         t["file"] = "back\\slash.safetensors"
-    tid = repo.write_object(tree)
-    cid = repo.write_object({**c, "parents": [good], "components": {"m": tid}, "message": "old name"})
+    tid = forge(repo, tree)
+    cid = forge(repo, {**c, "parents": [good], "components": {"m": tid}, "message": "old name"})
     with open(os.path.join(repo.dir, "refs", "heads", "main"), "w") as f:
         f.write(cid + "\n")
     assert set(repo.load("HEAD", "m")) == {"w", "i"}

@@ -1,0 +1,143 @@
+"""The Python API under misuse: every wrong argument is a clear MvcError that writes nothing (a
+commit no reader accepts used to land and wedge its branch), forked children, bounded caches."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mvc
+from mvc.errors import BadInput, MvcError
+
+
+def listing(repo) -> dict:
+    out = {}
+    for dirpath, _dirs, files in os.walk(repo.dir):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, repo.dir)] = fh.read()
+    return out
+
+
+def refused(repo, fn, match):
+    before = listing(repo)
+    with pytest.raises(MvcError, match=match):
+        fn()
+    after = listing(repo)
+    after.pop("writers.lock", None)
+    before.pop("writers.lock", None)
+    assert after == before
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"author": 5}, "author is a int"), ({"author": ["me"]}, "author is a list"),
+    ({"extra": [1, 2]}, "extra is a list"), ({"extra": "note"}, "extra is a str"),
+    ({"metrics": [1]}, "metrics is a list"), ({"metrics": "loss"}, "metrics is a str"),
+    ({"branch": 5}, "branch is a int"), ({"branch": b"dev"}, "branch is a bytes"),
+    ({"message": "x" * (5 << 20)}, "a commit holds at most"),
+    ({"metrics": {"notes": "y" * (5 << 20)}}, "a commit holds at most"),
+])
+def test_wrong_commit_arguments_are_refused_before_anything_is_written(repo, kwargs, match):
+    repo.commit({"m": {"w": torch.ones(3)}}, message="first")
+    args = {"message": "second", **kwargs}
+    refused(repo, lambda: repo.commit({"m": {"w": torch.zeros(3)}}, **args), match)
+    assert repo.load("main", "m")["w"].tolist() == [1.0, 1.0, 1.0] and repo.fsck()["ok"]
+
+
+def test_a_commit_or_tree_no_reader_accepts_is_refused_at_encoding():
+    from mvc.objects import commit_object, encode
+    good = commit_object({}, [], "m", "me", "2026-01-01T00:00:00Z")
+    encode(good)
+    with pytest.raises(BadInput, match="cannot write this commit: 'author' must be text"):
+        encode({**good, "author": 5})
+    with pytest.raises(BadInput, match="cannot write this tree"):
+        encode({"type": "tree", "format": 1, "kind": 3, "arch": None, "config": None, "abi": None,
+                "meta": {}, "tensors": {}, "files": {}})
+
+
+class Tagged(torch.nn.Module):
+    def __init__(self, **attrs):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+
+@pytest.mark.parametrize("attrs", [{"mvc_arch": 5}, {"mvc_config": "tiny"}, {"mvc_config": [1, 2]},
+                                   {"mvc_kind": 3}, {"mvc_config": {1: 2}}])
+def test_module_attributes_a_reader_would_refuse_are_refused_at_commit(repo, attrs):
+    repo.commit({"m": {"w": torch.ones(3)}}, message="first")
+    refused(repo, lambda: repo.commit({"core": Tagged(**attrs)}, message="x"), "must be")
+
+
+def test_a_module_with_extra_state_is_refused_clearly(repo):
+    class Extra(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def get_extra_state(self):
+            return {"step": 3}
+
+        def set_extra_state(self, state):
+            pass
+    refused(repo, lambda: repo.commit({"m": Extra()}, message="x"), "state dict of this Extra")
+
+
+def test_trees_must_name_existing_trees(repo):
+    first = repo.commit({"m": {"w": torch.ones(3)}}, message="first")
+    tree = repo.read_commit(first)["components"]["m"]
+    blob = next(iter(repo.read_tree(tree)["tensors"].values()))["id"]
+    for bad, match in (("nothex", "not a tree id"), ("ab" * 32, "missing"), (blob, "blob"), (first, "commit")):
+        refused(repo, lambda: repo.commit({}, message="x", trees={"n": bad}), match)
+    second = repo.commit({}, message="reuse", trees={"n": tree})
+    assert repo.read_commit(second)["components"]["n"] == tree
+
+
+def test_log_takes_a_whole_number_of_commits(repo):
+    repo.commit({"m": {"w": torch.ones(3)}}, message="first")
+    for n in ("2", 2.5, -1, True):
+        with pytest.raises(BadInput, match="whole number"):
+            repo.log(n=n)
+    assert len(repo.log(n=0)) == 0 and len(repo.log(n=1)) == 1
+
+
+def test_remove_given_as_one_name_removes_that_component(repo):
+    repo.commit({"core": {"w": torch.ones(3)}, "b": {"w": torch.zeros(2)}}, message="two")
+    cid = repo.commit({}, message="drop core", remove="core")  # (was taken letter by letter)
+    assert set(repo.read_commit(cid)["components"]) == {"b"}
+
+
+def test_a_forked_child_hashes_large_buffers_without_hanging(repo):
+    """blake3's thread pool does not survive fork: a child hashing >= 1 MiB waited on it forever."""
+    repo.commit({"m": {"w": torch.randn(1 << 20)}}, message="parent hashes on all cores")
+    code = ("import os, sys, torch, mvc\n"
+            "r = mvc.Repo(sys.argv[1]); r.commit({'m': {'w': torch.randn(1 << 20)}}, message='warm')\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    r.commit({'m': {'w': torch.randn(1 << 19)}}, message='child'); os._exit(0)\n"
+            "_, status = os.waitpid(pid, 0); print(os.waitstatus_to_exitcode(status))\n")
+    out = subprocess.run([sys.executable, "-c", code, repo.root], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "0", out.stderr
+    assert [c["message"] for c in mvc.Repo(repo.root).log(n=1)] == ["child"]
+
+
+def test_the_object_cache_of_a_long_lived_repo_is_bounded(repo, monkeypatch):
+    from mvc import repo as repo_mod
+    monkeypatch.setattr(repo_mod, "OBJECT_CACHE_BYTES", 64 << 10)
+    r = mvc.Repo(repo.root)
+    state = {f"layer{i}.weight": torch.zeros(2) for i in range(300)}
+    for i in range(30):
+        state["layer0.weight"] = torch.full((2,), float(i))
+        r.commit({"c": state}, message=f"step {i}")
+        r.load("HEAD", "c", keys=["layer0.weight"])
+    assert r._cache._bytes <= 64 << 10 and 0 < len(r._cache) < 30
+
+
+def test_a_repository_is_found_through_a_symlinked_directory(tmp_path):
+    mvc.Repo.init(tmp_path / "proj")
+    (tmp_path / "proj" / "runs" / "exp1").mkdir(parents=True)
+    os.symlink(tmp_path / "proj" / "runs", tmp_path / "runs")
+    assert os.path.realpath(mvc.Repo(tmp_path / "runs" / "exp1").root) == os.path.realpath(tmp_path / "proj")
