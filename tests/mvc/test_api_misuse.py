@@ -10,22 +10,14 @@ import torch
 import mvc
 from mvc.errors import BadInput, MvcError
 
-
-def listing(repo) -> dict:
-    out = {}
-    for dirpath, _dirs, files in os.walk(repo.dir):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, repo.dir)] = fh.read()
-    return out
+from test_input_safety import snapshot
 
 
 def refused(repo, fn, match):
-    before = listing(repo)
+    before = snapshot(repo)
     with pytest.raises(MvcError, match=match):
         fn()
-    after = listing(repo)
+    after = snapshot(repo)
     after.pop("writers.lock", None)
     before.pop("writers.lock", None)
     assert after == before
