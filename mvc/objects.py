@@ -275,14 +275,19 @@ def check_ref_name(name: str) -> str:
     return name
 
 
-def check_new_ref_name(name: str) -> str:
+def check_new_ref_name(name: str, mirrored: bool = False) -> str:
     """What a ref must also satisfy to be created (refs made before these rules stay readable):
     no part ends in ".lock" (a folder x.lock would sit where branch x's lock file goes), no
     trailing ".", and no hex that would hide an id prefix, in capitals either (as git refuses the
-    first two)."""
+    first two). A `mirrored` ref (remote-tracking: a remote's name, made by an older mvc maybe)
+    needs only the first."""
     check_ref_name(name)
-    if name.endswith(".") or any(seg.endswith(".lock") for seg in name.split("/")):
-        raise BadName(f"invalid branch or tag name {name!r} (a part ends in '.lock' or the name in '.')")
+    if any(seg.endswith(".lock") for seg in name.split("/")):
+        raise BadName(f"invalid branch or tag name {name!r} (a part ends in '.lock', where a lock file goes)")
+    if mirrored:
+        return name
+    if name.endswith("."):
+        raise BadName(f"invalid branch or tag name {name!r} (it ends in '.')")
     if is_oid(name.lower()) or (len(name) >= 6 and re.fullmatch(r"[0-9a-f]+", name, re.IGNORECASE)):
         raise BadName(f"invalid branch or tag name {name!r} (it looks like an object id)")
     return name

@@ -151,7 +151,8 @@ class RefStore:
         if ref == "HEAD":
             return
         if self.read_raw(ref) is None:  # a ref to be created
-            check_new_ref_name(ref[5:].split("/", 1)[1] if "/" in ref[5:] else ref[5:])
+            check_new_ref_name(ref[5:].split("/", 1)[1] if "/" in ref[5:] else ref[5:],
+                               mirrored=ref.startswith("refs/remotes/"))
         parts = ref.split("/")
         for i in range(2, len(parts)):
             above = os.path.join(self.root, *parts[:i])

@@ -1043,3 +1043,19 @@ def test_push_and_clone_take_the_good_copy_when_a_loose_copy_is_damaged_beside_a
         clone, _ = rm.clone(src.root, str(tmp_path / f"c{lazy}"), lazy=lazy)
         got = clone.load(cid, "core")
         assert all(torch.equal(got[k], w[k]) for k in w)
+
+
+def test_fetch_mirrors_remote_branches_named_before_the_stricter_rules(remote, tmp_path):
+    """New local refs may not end in '.' or be capital hex; a remote (an older mvc) may have them,
+    and their remote-tracking refs still come. A part ending '.lock' stays refused (it wedges locks)."""
+    repo = new_repo(tmp_path / "src", remote)
+    cid = repo.commit({"core": weights(1)}, message="one")
+    rm.push(repo)
+    for name in ("DEADBEEF", "v1.", "a.lock/b"):
+        _write_remote_file(remote, f"refs/heads/{name}", (cid + "\n").encode())
+    other = new_repo(tmp_path / "other", remote)
+    with pytest.warns(UserWarning, match="a.lock/b"):
+        rm.fetch(other)
+    for name in ("main", "DEADBEEF", "v1."):
+        assert other.refs.read(f"refs/remotes/origin/{name}") == cid, name
+    assert other.refs.read("refs/remotes/origin/a.lock/b") is None
