@@ -91,9 +91,9 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
             progress((stop - start) * step)
     out["frac_changed"] = acc.changed / n
     out["max_abs_delta"] = acc.max_abs
-    norm_a = math.hypot(*acc.norms_a)
-    if norm_a:  # (changes measured on halves count twice: a ratio of norms that overflow on their own)
-        out["rel_l2"] = math.hypot(math.hypot(*acc.norms_d) / norm_a, 2 * (math.hypot(*acc.norms_half) / norm_a))
+    norm_a = _combine(acc.norms_a)
+    if norm_a[0] and norm_a[1]:  # (changes measured on halves count twice)
+        out["rel_l2"] = math.hypot(_ratio(_combine(acc.norms_d), norm_a), 2 * _ratio(_combine(acc.norms_half), norm_a))
     else:
         out["rel_l2"] = 0.0 if not acc.changed_finite else None
     for k in ("max_abs_delta", "rel_l2"):  # finite deltas of huge weights can still overflow
@@ -114,9 +114,11 @@ class _ChangeSums:
     def __init__(self):
         self.changed = self.changed_finite = self.nonfinite = 0
         self.max_abs = 0.0
-        self.norms_a: list[float] = []  # per chunk: of the finite old weights
-        self.norms_d: list[float] = []  # per chunk: of the finite changes
-        self.norms_half: list[float] = []  # per chunk: of half of each change beyond float64
+        # per chunk, as (scale, norm / scale) (see _norm): norms of float64 weights near its
+        # largest values would overflow multiplied out
+        self.norms_a: list[tuple[float, float]] = []  # of the finite old weights
+        self.norms_d: list[tuple[float, float]] = []  # of the finite changes
+        self.norms_half: list[tuple[float, float]] = []  # of half of each change beyond float64
 
     def add(self, a, b) -> None:
         import torch
@@ -140,10 +142,12 @@ class _ChangeSums:
         # float64 values can be further apart than float64 reaches: that change is measured on
         # halves (max |delta| then overflows, and says so; rel L2 stays finite)
         finite_d = d.isfinite()
-        unmeasured = changed & ~finite_d
-        over = unmeasured & _finite(a) & _finite(b) if bool(unmeasured.any()) else None
         measured = changed & finite_d
-        n_measured = int(measured.sum()) + (int(over.sum()) if over is not None else 0)
+        n_measured = int(measured.sum())
+        over = None
+        if n_measured < n_changed:  # some change has no finite difference: which of them are finite?
+            over = changed & ~finite_d & _finite(a) & _finite(b)
+            n_measured += int(over.sum())
         self.changed_finite += n_measured
         self.nonfinite += n_changed - n_measured
         zero = torch.zeros((), dtype=d.dtype)
@@ -160,8 +164,14 @@ class _ChangeSums:
 
 
 def _finite(t):
+    """Elementwise finiteness, judged on the values widened to 64 bits (torch has no isfinite for
+    some float8 dtypes, and calls an e8m0 NaN finite)."""
     import torch
-    return t.isfinite() if (t.is_floating_point() or t.is_complex()) else torch.ones(t.shape, dtype=torch.bool)
+    if t.is_complex():
+        return t.to(torch.complex128).isfinite()
+    if t.is_floating_point():
+        return t.to(torch.float64).isfinite()
+    return torch.ones(t.shape, dtype=torch.bool)
 
 
 def _bits_differ(a, b):
@@ -174,19 +184,33 @@ def _bits_differ(a, b):
     return (a.view(torch.uint8).view(n, size) != b.view(torch.uint8).view(n, size)).any(dim=1)  # complex128
 
 
-def _norm(t) -> float:
-    """The L2 norm of `t`; where squares overflow or underflow (float64 weights beyond 1e154 or
-    below 1e-154) it is taken again, scaled by the largest magnitude."""
+def _norm(t) -> tuple[float, float]:
+    """The L2 norm of `t` as (scale, norm / scale). Where squares overflow or underflow (float64
+    weights beyond 1e154 or below 1e-154) it is taken again on `t` divided by its largest
+    magnitude, and that magnitude is the scale."""
     import torch
     if not t.numel():
-        return 0.0
+        return 0.0, 0.0
     plain = float(torch.linalg.vector_norm(t))
     if 1e-140 < plain < math.inf:
-        return plain
+        return plain, 1.0
     top = float(t.abs().max())
     if top == 0.0 or not math.isfinite(top):
-        return top
-    return top * float(torch.linalg.vector_norm(t / top))
+        return top, 1.0
+    return top, float(torch.linalg.vector_norm(t / top))
+
+
+def _combine(norms: list[tuple[float, float]]) -> tuple[float, float]:
+    """The norm of several chunks together, as (scale, norm / scale)."""
+    scale = max((m for m, r in norms if r), default=0.0)
+    if not scale or not math.isfinite(scale):
+        return scale, 1.0 if scale else 0.0
+    return scale, math.hypot(*(m / scale * r for m, r in norms))
+
+
+def _ratio(num: tuple[float, float], den: tuple[float, float]) -> float:
+    """num / den of two (scale, norm / scale) norms, without multiplying either out."""
+    return 0.0 if not (num[0] and num[1]) else (num[0] / den[0]) * (num[1] / den[1])
 
 
 def _int_delta(a, b):

@@ -279,8 +279,8 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
     """What a ref must also satisfy to be created (refs made before these rules stay readable):
     no part ends in ".lock" (a folder x.lock would sit where branch x's lock file goes), no
     trailing ".", and no hex that would hide an id prefix, in capitals either (as git refuses the
-    first two). A `mirrored` ref (remote-tracking: a remote's name, made by an older mvc maybe)
-    needs only the first."""
+    first two). A `mirrored` name (a remote's branch or tag, git's branch: made elsewhere, maybe
+    by an older mvc) needs only the first."""
     check_ref_name(name)
     if any(seg.endswith(".lock") for seg in name.split("/")):
         raise BadName(f"invalid branch or tag name {name!r} (a part ends in '.lock', where a lock file goes)")

@@ -150,9 +150,9 @@ class RefStore:
         empty directories left there by deleted refs are removed."""
         if ref == "HEAD":
             return
-        if self.read_raw(ref) is None:  # a ref to be created
-            check_new_ref_name(ref[5:].split("/", 1)[1] if "/" in ref[5:] else ref[5:],
-                               mirrored=ref.startswith("refs/remotes/"))
+        if self.read_raw(ref) is None:  # a ref to be created (names the user picks get stricter
+            # rules where they are picked: Repo.create_branch, tag, commit --branch, init)
+            check_new_ref_name(ref[5:].split("/", 1)[1] if "/" in ref[5:] else ref[5:], mirrored=True)
         parts = ref.split("/")
         for i in range(2, len(parts)):
             above = os.path.join(self.root, *parts[:i])

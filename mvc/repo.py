@@ -25,8 +25,8 @@ from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptO
 from .diffs import diff_trees
 from .files import atomic_write, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
-from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_no_nesting, check_ref_name,
-                      commit_object, decode, encode, is_oid, tree_blob_ids)
+from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_new_ref_name, check_no_nesting,
+                      check_ref_name, commit_object, decode, encode, is_oid, tree_blob_ids)
 from .provenance import default_author, git_current_branch, git_dir_of, git_provenance
 from .refs import RefStore, utc_now
 from .store import ChainStore, LooseStore
@@ -108,7 +108,7 @@ class Repo(Maintenance):
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent):
             raise BadInput(f"cannot create a repository at {root}: {parent} is a file")
-        check_ref_name(default_branch)
+        check_new_ref_name(default_branch)
         os.makedirs(root, exist_ok=True)
         tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
         for sub in ("objects", "refs/heads", "refs/tags", "refs/remotes", "logs"):
@@ -520,6 +520,8 @@ class Repo(Maintenance):
         head_commit = self.head()
         if branch:
             check_ref_name(branch)
+            if self.refs.read_raw(f"refs/heads/{branch}") is None:  # a branch this commit creates
+                check_new_ref_name(branch)
             return f"refs/heads/{branch}", head_commit, None, False
         git_branch, detached = git_current_branch(self.root)
         warn = None
@@ -694,7 +696,7 @@ class Repo(Maintenance):
 
     # -- branches, tags, rollback -------------------------------------------------------------
     def create_branch(self, name: str, rev: str | None = None) -> str:
-        check_ref_name(name)
+        check_new_ref_name(name)
         oid = self.resolve(rev)
         try:
             self.refs.update(f"refs/heads/{name}", oid, expected=None,
@@ -730,6 +732,8 @@ class Repo(Maintenance):
         ref = f"refs/tags/{name}"
         if self.refs.read(ref) and not force:
             raise BadName(f"tag {name!r} already exists", "pass --force to move it")
+        if self.refs.read_raw(ref) is None:
+            check_new_ref_name(name)
         self.refs.update(ref, oid, message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
         return oid
 
@@ -895,7 +899,7 @@ def arch_builder(arch: str):
     return eps[arch].load()
 
 
-OBJECT_CACHE_BYTES = 8 << 20  # commits and trees kept decoded, by stored size (decoded: ~5x)
+OBJECT_CACHE_BYTES = 16 << 20  # commits and trees kept decoded, by stored size (decoded: ~5x)
 
 
 class _ObjectCache:

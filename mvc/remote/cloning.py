@@ -8,7 +8,7 @@ import warnings
 
 from ..errors import BadInput, BadName, MvcError
 from ..files import pid_alive
-from ..objects import check_ref_name
+from ..objects import check_new_ref_name, check_ref_name
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import (Transport, check_endpoint, normalize_url, open_transport, promisor_remote,
@@ -68,6 +68,10 @@ def _clone_setup(path: str, url: str, endpoint: str | None, lazy: bool, default:
     with its endpoint, and marked lazy when asked. Each step is redone if a killed clone did not
     finish it (a kill between `mvc init` and the origin's configuration left a repository that the
     next run could not resume; one between the url and the lazy mark resumed as a full clone)."""
+    try:  # the remote's name, made by an older mvc maybe, that mvc init no longer takes: HEAD
+        check_new_ref_name(default)  # points at it once the clone has fetched it
+    except BadName:
+        default = "main"
     repo = Repo.init(path, default_branch=default)  # an existing .mvc is opened as it is
     if not repo.config.has_option(remote_section(DEFAULT_REMOTE), "url"):
         add_remote(repo, DEFAULT_REMOTE, url, endpoint, promisor=lazy)

@@ -729,3 +729,10 @@ def test_diff_text_never_rounds_a_change_to_none_or_all(run, in_repo, tmp_path):
     run("commit", tmp_path / "b.safetensors", "-m", "b")
     out = run("diff", "HEAD~1", "HEAD").stdout
     assert "<0.1%" in out and "0.0%" not in out
+
+
+@pytest.mark.parametrize("name", ["v1.", "DEADBEEF", "x.lock/y"])
+def test_init_refuses_a_default_branch_its_first_commit_could_not_make(tmp_path, name):
+    with pytest.raises(mvc.errors.BadName):
+        mvc.Repo.init(tmp_path / "r", default_branch=name)
+    assert not (tmp_path / "r" / ".mvc").exists()

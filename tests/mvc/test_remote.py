@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import mvc
 from mvc import certindex, remote as rm
 from mvc.cli import cli
-from mvc.errors import CorruptObject, NonFastForward
+from mvc.errors import BadName, CorruptObject, NonFastForward
 from mvc.objects import tree_blob_ids
 from mvc.transport import DirectoryTransport, open_transport
 
@@ -1059,3 +1059,23 @@ def test_fetch_mirrors_remote_branches_named_before_the_stricter_rules(remote, t
     for name in ("main", "DEADBEEF", "v1."):
         assert other.refs.read(f"refs/remotes/origin/{name}") == cid, name
     assert other.refs.read("refs/remotes/origin/a.lock/b") is None
+
+
+def test_tags_and_the_default_branch_of_an_older_remote_come_whatever_their_names(tmp_path):
+    """A repository made before the stricter names (tag 'v1.', 'DEADBEEF', branch 'v1.'): fetch
+    failed after downloading everything, and clone failed after fetching, half made."""
+    src = mvc.Repo.init(tmp_path / "src")
+    cid = src.commit({"core": weights(1)}, message="one")
+    for ref in ("refs/tags/v1.", "refs/tags/DEADBEEF", "refs/heads/v1."):
+        with open(os.path.join(src.dir, *ref.split("/")), "w") as f:
+            f.write(cid + "\n")
+    with open(os.path.join(src.dir, "HEAD"), "w") as f:
+        f.write("ref: refs/heads/v1.\n")
+    other = mvc.Repo.init(tmp_path / "other")
+    rm.add_remote(other, "origin", src.root)
+    rm.fetch(other)
+    assert sorted(other.tags()) == ["DEADBEEF", "v1."] and other.resolve("DEADBEEF") == cid
+    clone, info = rm.clone(src.root, str(tmp_path / "clone"))
+    assert info["branch"] == "v1." and clone.refs.head_target() == "refs/heads/v1." and clone.resolve("HEAD") == cid
+    with pytest.raises(BadName):  # mvc itself makes no such name
+        clone.create_branch("v2.")

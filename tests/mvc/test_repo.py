@@ -607,6 +607,32 @@ def test_float64_changes_beyond_float64_range_and_tiny_weights_are_measured(repo
         assert c["rel_l2"] == pytest.approx(math.sqrt(0.5), rel=1e-12), v
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz,
+                                   torch.float8_e5m2fnuz, torch.bfloat16])
+def test_a_change_to_nan_in_every_float_dtype_is_counted_apart(repo, dtype):
+    a = torch.tensor([1.0, 2.0, 0.5, 4.0]).to(dtype)
+    b = a.clone()
+    b[1], b[0] = float("nan"), 1.5
+    c = _change(repo, a, b)
+    assert c["frac_changed"] == 0.5 and c["nonfinite_changed"] == 1 and c["max_abs_delta"] == 0.5
+
+
+def test_a_nan_scale_in_e8m0_is_counted_apart():
+    """torch calls an e8m0 NaN finite: it blanked the figures of the whole tensor."""
+    import mvc.diffs
+    a = torch.tensor([127, 127, 127, 127], dtype=torch.uint8).view(torch.float8_e8m0fnu)  # 1.0 each
+    b = torch.tensor([128, 255, 127, 127], dtype=torch.uint8).view(torch.float8_e8m0fnu)  # 2.0, NaN
+    acc = mvc.diffs._ChangeSums()
+    acc.add(a, b)
+    assert (acc.changed, acc.changed_finite, acc.nonfinite, acc.max_abs) == (2, 1, 1, 1.0)
+
+
+def test_rel_l2_of_float64_weights_near_the_largest_float64(repo):
+    c = _change(repo, torch.tensor([1.7e308, 1.7e308], dtype=torch.float64),
+                torch.tensor([1.7e308, 1.0e308], dtype=torch.float64))
+    assert c["rel_l2"] == pytest.approx(0.7e308 / math.hypot(1.7e154, 1.7e154) / 1e154, rel=1e-12)
+
+
 def test_a_diff_of_tying_or_untying_tensors_says_so(repo):
     x = torch.arange(16.0).reshape(4, 4)
     tied = repo.commit({"m": {"a": x, "b": x}}, message="tied")
