@@ -108,7 +108,7 @@ _ENVIRONMENT = {
     "EROFS": ("read-only file system", "this needs a writable file system"),
     "EMFILE": ("too many open files", "raise the open-file limit (ulimit -n) or pass fewer jobs (-j)"),
     "ENFILE": ("too many open files in the system", "close other programs' files or pass fewer jobs (-j)"),
-    "ENAMETOOLONG": ("file name too long", "use a shorter path (at most 255 bytes a name)"),
+    "ENAMETOOLONG": ("file name too long", "use a shorter path (at most 255 bytes a name, 4096 in all)"),
     "ELOOP": ("too many levels of symbolic links", "check the symbolic links on that path"),
     "ENOTDIR": ("a part of the path is not a directory", "check the path"),
     "EISDIR": ("is a directory", "name a file there, or remove the directory"),

@@ -197,6 +197,7 @@ def is_oid(text: str) -> bool:
 
 RESERVED_SEGMENTS = (".git", ".mvc")  # a checkout must never write into a repository's own directory
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_C1_CONTROL = re.compile(r"[\x80-\x9f]")  # 8-bit twins of ESC sequences (CSI, OSC): refused in new names
 
 
 def is_reserved_segment(seg: str) -> bool:
@@ -225,6 +226,19 @@ def check_component_name(name: str, what: str = "component name") -> str:
         if is_reserved_segment(seg):
             raise BadName(f"invalid {what} {name!r} ({seg!r} is reserved for repositories)")
     _check_path_text(name, what)
+    return name
+
+
+def check_new_component_name(name: str, what: str = "component name") -> str:
+    """What a component name or file path must also satisfy to enter a new commit (names made
+    before these rules stay readable): no C1 control characters, and a component name of at most
+    MAX_REF_BYTES, so that its checkout path fits in a file system's path limit."""
+    check_component_name(name, what)
+    if _C1_CONTROL.search(name):
+        raise BadName(f"invalid {what} {name!r} (C1 control characters, which terminals act on)")
+    if what == "component name" and len(name.encode("utf-8")) > MAX_REF_BYTES:
+        raise BadName(f"invalid {what} {name[:40]!r}... (longer than {MAX_REF_BYTES} bytes: a checkout could "
+                      "not write its files)")
     return name
 
 
@@ -278,14 +292,16 @@ def check_ref_name(name: str) -> str:
 def check_new_ref_name(name: str, mirrored: bool = False) -> str:
     """What a ref must also satisfy to be created (refs made before these rules stay readable):
     no part ends in ".lock" (a folder x.lock would sit where branch x's lock file goes), no
-    trailing ".", and no hex that would hide an id prefix, in capitals either (as git refuses the
-    first two). A `mirrored` name (a remote's branch or tag, git's branch: made elsewhere, maybe
+    trailing ".", no hex that would hide an id prefix, in capitals either (as git refuses the
+    first two), and no C1 control characters. A `mirrored` name (a remote's branch or tag, git's branch: made elsewhere, maybe
     by an older mvc) needs only the first."""
     check_ref_name(name)
     if any(seg.endswith(".lock") for seg in name.split("/")):
         raise BadName(f"invalid branch or tag name {name!r} (a part ends in '.lock', where a lock file goes)")
     if mirrored:
         return name
+    if _C1_CONTROL.search(name):
+        raise BadName(f"invalid branch or tag name {name!r} (C1 control characters, which terminals act on)")
     if name.endswith("."):
         raise BadName(f"invalid branch or tag name {name!r} (it ends in '.')")
     if is_oid(name.lower()) or (len(name) >= 6 and re.fullmatch(r"[0-9a-f]+", name, re.IGNORECASE)):

@@ -3,7 +3,7 @@ fit checks, and a commit that reuses the brick's tree (no tensor blob is written
 from __future__ import annotations
 
 from .errors import AbiMismatch, BadInput, BadName, MvcError, RefConflict, UnknownRevision
-from .objects import check_component_name, check_no_nesting, commit_object
+from .objects import check_new_component_name, check_no_nesting, commit_object
 from .refs import utc_now
 
 ABI_FIELD_ORDER = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash")
@@ -66,7 +66,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
         raise BadName("--as names no brick (an empty name)")
     as_name = as_name or name
     src_comp, dst_comp = f"brick/{name}", f"brick/{as_name}"
-    check_component_name(dst_comp)
+    check_new_component_name(dst_comp)
     source = repo.resolve(source_rev)
     src_comps = repo.read_commit(source)["components"]
     if src_comp not in src_comps:

@@ -25,7 +25,8 @@ from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptO
 from .diffs import diff_trees
 from .files import atomic_write, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
-from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_new_ref_name, check_no_nesting,
+from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_new_component_name,
+                      check_new_ref_name, check_no_nesting,
                       check_ref_name, commit_object, decode, encode, is_oid, tree_blob_ids)
 from .provenance import default_author, git_current_branch, git_dir_of, git_provenance
 from .refs import RefStore, utc_now
@@ -390,7 +391,9 @@ class Repo(Maintenance):
             if not ok:
                 raise BadInput(f"{what} is a {type(value).__name__}: it must be "
                                + {"author": "a string", "branch": "a string"}.get(what, "a dict") + " or None")
-        for name in list(components) + remove + list(trees or {}):
+        for name in list(components) + list(trees or {}):
+            check_new_component_name(name)
+        for name in remove:  # may name a component made before the rules of new names
             check_component_name(name)
         for name, tid in (trees or {}).items():  # existing trees only: a commit must be readable
             if not (isinstance(tid, str) and is_oid(tid)):

@@ -57,8 +57,13 @@ def figure_text(check: dict) -> tuple[str, str]:
 
 
 def render_table(summary: dict, console) -> None:
-    from rich.markup import escape
+    from rich.markup import escape as markup_escape
     from rich.table import Table
+
+    from mvc.quoting import shown
+
+    def escape(text):  # names and notes come from mvc.toml and certificates: no markup, no controls
+        return markup_escape(shown(text))
     t = Table(title=f"semantic CI of {summary['commit'][:12]} (certificate {summary['certificate'][:12]})")
     for col in ("check", "kind", "figure", "threshold", "verdict"):
         t.add_column(col)

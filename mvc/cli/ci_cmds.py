@@ -8,7 +8,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, json_opt, negative_result, short
+from .output import console, emit_json, json_opt, negative_result, one_line, short, shown, warn
 
 
 def _junit_option(ctx, param, value):
@@ -116,11 +116,11 @@ def verify(target, as_json):
     else:
         for c in r["checks"]:
             mark = "reproduced" if c["reproduced"] else "NOT reproduced"
-            click.echo(f"{c['name']}: {mark}" + (" (skipped)" if c.get("skipped") else ""))
+            click.echo(f"{shown(c['name'])}: {mark}" + (" (skipped)" if c.get("skipped") else ""))
             for d in c["diffs"]:
-                click.echo(f"    {d}")
+                click.echo(f"    {one_line(d)}")
             if c.get("note"):
-                click.echo(f"    note: {c['note']}")
+                click.echo(f"    note: {one_line(c['note'])}")
     if r.get("index_problems"):
         problems = r["index_problems"]
         raise MvcError("; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
@@ -194,5 +194,5 @@ def hooks_uninstall():
     r = uninstall(Repo(os.getcwd()).root)
     click.echo(f"removed {', '.join(r['removed']) or 'nothing'}")
     for name in r.get("kept", []):
-        click.echo(f"warning: kept {name}: your original hook, chained by mvc; its hook was replaced "
-                   "by another tool meanwhile, so restore it yourself if you want it back", err=True)
+        warn(f"kept {name}: your original hook, chained by mvc; its hook was replaced "
+             "by another tool meanwhile, so restore it yourself if you want it back")

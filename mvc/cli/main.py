@@ -9,7 +9,7 @@ import warnings
 import click
 
 from ..errors import MvcError, Terminated, environment_error
-from .output import error
+from .output import error, warn
 
 
 def _print_traceback() -> None:
@@ -26,7 +26,7 @@ class MvcGroup(click.Group):
     """Maps exceptions to `error: <what> (<hint>)` and the exit codes of DESIGN.md section 4."""
 
     def invoke(self, ctx):
-        warnings.showwarning = lambda msg, *a, **k: click.echo(f"warning: {msg}", err=True)
+        warnings.showwarning = lambda msg, *a, **k: warn(msg)
         refs = sys.modules.get("mvc.refs")
         if refs:  # moves an earlier command of this process made (tests run many) are not ours
             refs.forget_moves()

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from ..quoting import one_line, shown  # noqa: F401  (the commands import them from here)
 from ..transfer import Progress
 
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
@@ -35,7 +36,7 @@ def console(stderr: bool = False, markup: bool = False):
     On a terminal rich fits tables to its width; piped or redirected output (`mvc diff | grep`)
     gets a console so wide that no table cell is cut or wrapped."""
     con = _console_class()(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
-                  soft_wrap=True, markup=markup)
+                  soft_wrap=True, markup=markup, emoji=False)
     if not con.is_terminal:
         con.width = PIPE_WIDTH
     return con
@@ -65,17 +66,39 @@ def _console_class():
     return MvcConsole
 
 
+NAME_MIN_WIDTH = 8  # a name column folds a long name, never below this many columns
+
+
 def table(*columns: str, names=(), ids=(), title: str | None = None):
-    """A rich Table of text cells: columns in `names` fold rather than cut a long name on a narrow
-    terminal; columns in `ids` always show the 12 hex digits of `short`."""
-    from rich.table import Table
-    t = Table(title=title)
+    """A rich Table of text cells: columns in `names` fold a long name on a narrow terminal, the
+    others keep their width (`ids` the 12 hex digits of `short`). A terminal too narrow for that
+    gets the table at its natural width (the terminal wraps its lines), never one with a name
+    left out or an id cut."""
+    t = _table_class()(title=title)
     for col in columns:
-        if col in ids:
-            t.add_column(col, width=ID_WIDTH, no_wrap=True)
+        if col in names:
+            t.add_column(col, overflow="fold", min_width=NAME_MIN_WIDTH)
         else:
-            t.add_column(col, overflow="fold" if col in names else "ellipsis")
+            t.add_column(col, width=ID_WIDTH if col in ids else None, no_wrap=True)
     return t
+
+
+@functools.lru_cache(maxsize=None)
+def _table_class():
+    from rich.cells import cell_len
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    class WholeTable(Table):
+        def __rich_console__(self, console, options):
+            natural = Measurement.get(console, options.update_width(PIPE_WIDTH), self).maximum
+            foldable = sum(max(0, max(map(cell_len, [str(col.header), *map(str, col.cells)])) - NAME_MIN_WIDTH)
+                           for col in self.columns if col.overflow == "fold")
+            if options.max_width < natural - foldable:
+                options = options.update_width(natural)
+            return super().__rich_console__(console, options)
+
+    return WholeTable
 
 
 def change(a, b) -> str:
@@ -91,11 +114,11 @@ def negative_result() -> None:
 
 def error(what: str, hint: str | None = None) -> None:
     """The one-line error of DESIGN.md section 4: `error: <what> (<hint>)` on stderr."""
-    click.echo(f"error: {what}" + (f" ({hint})" if hint else ""), err=True)
+    click.echo(one_line(f"error: {what}" + (f" ({hint})" if hint else "")), err=True)
 
 
-def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+def warn(message) -> None:
+    click.echo(one_line(f"warning: {message}"), err=True)
 
 
 def human_bytes(n: float | None) -> str:

@@ -10,7 +10,7 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, error, json_opt, negative_result, short
+from .output import console, emit_json, error, json_opt, negative_result, short, shown
 
 
 @cli.group()
@@ -54,14 +54,14 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
         if as_json:
             emit_json(r)
         else:
-            click.echo(f"{r['branch']} already holds these tensors as brick/{as_name or name}: nothing to paste")
+            click.echo(f"{shown(r['branch'])} already holds these tensors as brick/{as_name or name}: nothing to paste")
         return
     if not r["moved"]:
         negative_result()
     if as_json:
         emit_json(r)
     elif r["moved"]:
-        click.echo(f"[{r['branch']} {short(r['commit'])}] pasted brick {name}"
+        click.echo(f"[{shown(r['branch'])} {short(r['commit'])}] pasted brick {name}"
                    + (f" as brick/{as_name}" if as_name and as_name != name else "")
                    + f" ({r['tensors']} tensors{' as int8' if int8 else ', reused by id'})")
         if gate is None and not no_ci:

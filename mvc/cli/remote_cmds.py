@@ -9,7 +9,7 @@ import click
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
 from .main import cli
-from .output import BarProgress, emit_json, human_bytes, json_opt, rate, short
+from .output import BarProgress, emit_json, human_bytes, json_opt, one_line, rate, short, shown, warn
 
 jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
                         help="Parallel transfers.")
@@ -185,25 +185,25 @@ def _print_push(repo, r, dry_run, as_json, started):
         return
     where = r["remote"] or r["url"]
     if r["status"] == "deleted":
-        click.echo(f"{'would delete' if dry_run else 'deleted'} {where}/{r['branch']} (was {short(r['old'])})")
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {where}/{shown(r['branch'])} (was {short(r['old'])})")
         return
     if dry_run:
         if r.get("repair"):
             _print_repair(r["repair"], where, dry_run)
         click.echo(f"would send {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} to {where} "
-                   f"({r['objects_present']} already there); {r['branch']}: {r['status']}")
+                   f"({r['objects_present']} already there); {shown(r['branch'])}: {r['status']}")
         return
     click.echo(f"To {r['url']}")
     if r["status"] == "up-to-date":
-        click.echo(f"  {r['branch']}: {short(r['new'])} (up to date)")
+        click.echo(f"  {shown(r['branch'])}: {short(r['new'])} (up to date)")
     else:
         arrow = f"{short(r['old'])}..{short(r['new'])}" if r["old"] else short(r["new"])
-        click.echo(f"  {r['branch']}: {arrow} ({r['status']})")
+        click.echo(f"  {shown(r['branch'])}: {arrow} ({r['status']})")
     for tag in r["tags"]:
-        click.echo(f"  tag {tag}: {short(repo.tags().get(tag))} (new tag)")
+        click.echo(f"  tag {shown(tag)}: {short(repo.tags().get(tag))} (new tag)")
     for tag, value in r["tags_skipped"].items():
         if value is not None:  # None: damaged there, warned about already
-            click.echo(f"warning: tag {tag} differs on {where} ({short(value)}); not overwritten", err=True)
+            warn(f"tag {shown(tag)} differs on {where} ({short(value)}); not overwritten")
     if r.get("repair"):
         _print_repair(r["repair"], where, dry_run)
     certs = f"; {r['certificates']} certificates" if r["certificates"] else ""
@@ -223,7 +223,7 @@ def _print_repair(rep, where, dry_run):
     elif not rep["local_damaged"]:
         click.echo(f"verified {rep['checked']} objects on {where}: all intact")
     for oid, why in sorted(rep["local_damaged"].items()):
-        click.echo(f"not sent: {oid}: {why}", err=True)
+        click.echo(one_line(f"not sent: {oid}: {why}"), err=True)
     if rep["held_back"]:
         click.echo(f"held back {len(rep['held_back'])} trees and commits that name them (a tree there needs "
                    "its blobs there)", err=True)
@@ -257,16 +257,15 @@ def _print_fetch(r):
     for ref, change in sorted(r["refs"].items()):
         name = ref[len("refs/remotes/"):]
         if change["new"] is None:
-            click.echo(f"  {name}: deleted on {where} (pruned)")
+            click.echo(f"  {shown(name)}: deleted on {where} (pruned)")
         else:
             new = short(change["new"])
             arrow = f"{short(change['old'])}..{new}" if change["old"] else f"{new} (new)"
-            click.echo(f"  {name}: {arrow}")
+            click.echo(f"  {shown(name)}: {arrow}")
     for tag, oid in sorted(r["tags"].items()):
-        click.echo(f"  tag {tag}: {short(oid)} (new)")
+        click.echo(f"  tag {shown(tag)}: {short(oid)} (new)")
     for tag, both in sorted(r["tag_conflicts"].items()):
-        click.echo(f"warning: tag {tag} is {short(both['remote'])} on {where} but {short(both['local'])} here; "
-                   "kept yours", err=True)
+        warn(f"tag {shown(tag)} is {short(both['remote'])} on {where} but {short(both['local'])} here; kept yours")
     lazy = f"; {r['blobs_promised']} blobs left on the remote until used (lazy)" if r["lazy"] else ""
     click.echo(f"received {r['objects_received']} objects, {human_bytes(r['bytes_received'])} "
                f"({rate(r['bytes_received'], r['seconds'])}){lazy}")
@@ -296,10 +295,11 @@ def pull(remote, branch, jobs, as_json):
         emit_json(r)
         return
     _print_fetch(r["fetch"])
-    msg = {"created": f"created {r['branch']} at {short(r['new'])}",
-           "up-to-date": f"{r['branch']} is up to date",
-           "fast-forward": f"{r['branch']}: {short(r['old'])}..{short(r['new'])} (fast-forward)",
-           "ahead": f"{r['branch']} is ahead of {r['remote']}/{r['branch']}; nothing to pull (mvc push publishes it)"}
+    b = shown(r["branch"])
+    msg = {"created": f"created {b} at {short(r['new'])}",
+           "up-to-date": f"{b} is up to date",
+           "fast-forward": f"{b}: {short(r['old'])}..{short(r['new'])} (fast-forward)",
+           "ahead": f"{b} is ahead of {r['remote']}/{b}; nothing to pull (mvc push publishes it)"}
     click.echo(msg[r["status"]])
 
 
@@ -335,6 +335,6 @@ def clone(url, directory, lazy, endpoint, jobs, as_json):
     click.echo(f"received {f['objects_received']} objects, {human_bytes(f['bytes_received'])} in "
                f"{r['seconds']:.1f} s" + (f"; {f['blobs_promised']} blobs fetched on first use" if lazy else ""))
     if r["branch"]:
-        click.echo(f"HEAD is {r['branch']} at {short(r['head'])}")
+        click.echo(f"HEAD is {shown(r['branch'])} at {short(r['head'])}")
     else:
-        click.echo("warning: the remote has no branches yet (an empty repository)", err=True)
+        warn("the remote has no branches yet (an empty repository)")

@@ -14,7 +14,7 @@ from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt,
-                     negative_result, plural, short, size_change, table, warn)
+                     negative_result, plural, short, shown, size_change, table, warn)
 
 
 def _repo() -> Repo:
@@ -132,7 +132,7 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
         emit_json({"commit": cid, "branch": branch or repo.head_branch, "parents": c["parents"],
                    "components": c["components"], "unchanged": unchanged})
     else:
-        click.echo(f"[{branch or repo.head_branch} {short(cid)}] {message.splitlines()[0]}")
+        click.echo(f"[{shown(branch or repo.head_branch)} {short(cid)}] {shown(message.splitlines()[0])}")
 
 
 @cli.command()
@@ -172,25 +172,25 @@ def log(rev, n, oneline, as_json):
         return
     heads = {}
     for b, oid in repo.branches().items():
-        heads.setdefault(oid, []).append(b)
+        heads.setdefault(oid, []).append(shown(b))
     for t, oid in repo.tags().items():
-        heads.setdefault(oid, []).append(f"tag: {t}")
+        heads.setdefault(oid, []).append(f"tag: {shown(t)}")
     out = []
     for c in commits:
         deco = f" ({', '.join(heads[c['id']])})" if c["id"] in heads else ""
         ci = f" [ci: {status[c['id']]}]" if c["id"] in status else ""
         if oneline:
-            out.append(f"{short(c['id'])}{deco} {c['message'].splitlines()[0] if c['message'] else ''}{ci}")
+            out.append(f"{short(c['id'])}{deco} {shown(c['message'].splitlines()[0]) if c['message'] else ''}{ci}")
             continue
         out.append(f"commit {short(c['id'])}{deco}")
-        out.append(f"Author: {c['author']}")
-        out.append(f"Date:   {c['time']}")
+        out.append(f"Author: {shown(c['author'])}")
+        out.append(f"Date:   {shown(c['time'])}")
         if c["metrics"]:
-            out.append("Metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(c["metrics"].items())))
+            out.append("Metrics: " + _metrics_line(c["metrics"]))
         if ci:
             out.append(f"CI:     {status[c['id']]}")
         out.append("")
-        out.extend("    " + line for line in c["message"].splitlines())
+        out.extend("    " + shown(line) for line in c["message"].splitlines())
         out.append("")
     click.echo("\n".join(out))
 
@@ -230,24 +230,24 @@ def show(rev, as_json):
         return
     con = console()
     con.print(f"commit {short(info['id'])}")
-    con.print(f"Author: {info['author']}\nDate:   {info['time']}")
+    con.print(f"Author: {shown(info['author'])}\nDate:   {shown(info['time'])}")
     if info["parents"]:
         con.print("Parents: " + " ".join(short(p) for p in info["parents"]))
     if info["metrics"]:
-        con.print("Metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(info["metrics"].items())))
+        con.print("Metrics: " + _metrics_line(info["metrics"]))
     git = info["provenance"].get("git")
     if git:
-        con.print(f"Code:   git {short(git.get('sha'))} on {git.get('branch')}"
+        con.print(f"Code:   git {shown(short(git.get('sha')))} on {shown(git.get('branch'))}"
                   + (" (dirty)" if git.get("dirty") else ""))
     if info["ci"]:
         con.print(f"CI:     {info['ci']}")
-    con.print("\n    " + "\n    ".join(info["message"].splitlines()) + "\n")
+    con.print("\n    " + "\n    ".join(map(shown, info["message"].splitlines())) + "\n")
     t = table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch",
               names=("component", "arch"), ids=("tree",))
     for name, c in info["components"].items():
-        t.add_row(name, c["kind"], short(c["tree"]), str(c["tensors"]), str(c["files"]),
+        t.add_row(shown(name), shown(c["kind"]), short(c["tree"]), str(c["tensors"]), str(c["files"]),
                   human_bytes(c["bytes"]), ", ".join(f"{k}x{v}" for k, v in sorted(c["dtypes"].items())),
-                  c["arch"] or "-")
+                  shown(c["arch"] or "-"))
     con.print(t)
 
 
@@ -295,18 +295,18 @@ def _print_diff(d: dict, show_all: bool) -> None:
     for name, c in d["components"].items():
         _print_component_diff(con, name, c, show_all)
     for k, v in d["metrics"].items():
-        con.print(f"  metric {k}: {_value(v['a'])} -> {_value(v['b'])}")
+        con.print(f"  metric {shown(k)}: {shown(_value(v['a']))} -> {shown(_value(v['b']))}")
     if d["identical"]:
         con.print("  weights and files identical (metrics differ)" if d["metrics_changed"] else "  no differences")
 
 
 def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
     if c["status"] == "unchanged":
-        con.print(f"  {name}: unchanged")
+        con.print(f"  {shown(name)}: unchanged")
         return
     counts = Counter(t["status"] for t in c["tensors"].values())
     parts = [f"{v} {k}" for k, v in sorted(counts.items())] + (["metadata changed"] if c.get("meta_changed") else [])
-    con.print(f"  {name}: {c['status']}" + (f" ({', '.join(parts)})" if parts else ""))
+    con.print(f"  {shown(name)}: {c['status']}" + (f" ({', '.join(parts)})" if parts else ""))
     rows = [_tensor_row(n, t) for n, t in c["tensors"].items() if show_all or t["status"] != "unchanged" or t.get("note")]
     if rows:
         t = table("tensor", "status", "dtype", "shape", "max |delta|", "rel L2", "changed", names=("tensor",))
@@ -316,7 +316,7 @@ def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
     for rel, f in c["files"].items():
         side = {"added": lambda a, b: b, "removed": lambda a, b: a}.get(f["status"], change)
         size, oid = side(*map(human_bytes, f["size"])), side(*map(short, f["id"]))
-        con.print(f"    file {rel}: {f['status']} ({size}, {oid})")
+        con.print(f"    file {shown(rel)}: {f['status']} ({size}, {oid})")
 
 
 def _tensor_row(name: str, t: dict) -> list[str]:
@@ -327,7 +327,7 @@ def _tensor_row(name: str, t: dict) -> list[str]:
     def num(v):
         return "-" if v is None else f"{v:.3g}"
     frac = t.get("frac_changed")
-    return [name, t["status"] + (f" ({t['note']})" if t.get("note") else ""), sides("dtype"), sides("shape"),
+    return [shown(name), t["status"] + (f" ({shown(t['note'])})" if t.get("note") else ""), sides("dtype"), sides("shape"),
             num(t.get("max_abs_delta")), num(t.get("rel_l2")), _fraction(frac)]
 
 
@@ -344,6 +344,10 @@ def _fraction(frac) -> str:
 
 def _value(v) -> str:
     return "-" if v is None else str(v)
+
+
+def _metrics_line(metrics: dict) -> str:
+    return ", ".join(f"{shown(k)}={shown(v)}" for k, v in sorted(metrics.items()))
 
 
 @cli.command()
@@ -430,7 +434,7 @@ def rollback(rev, as_json):
     if as_json:
         emit_json(r)
     else:
-        click.echo(f"{r['branch']}: {short(r['old'])} -> {short(r['new'])} (undo with: mvc rollback {short(r['old'])})")
+        click.echo(f"{shown(r['branch'])}: {short(r['old'])} -> {short(r['new'])} (undo with: mvc rollback {short(r['old'])})")
 
 
 @cli.command()
@@ -451,7 +455,7 @@ def reflog(branch, n, as_json):
         emit_json(entries)
         return
     for i, e in enumerate(entries):
-        click.echo(f"{short(e['new'])} @{{{i}}}: {e['message']} ({e['time']}, was {short(e['old'])})")
+        click.echo(f"{short(e['new'])} @{{{i}}}: {shown(e['message'])} ({shown(e['time'])}, was {short(e['old'])})")
 
 
 @cli.command()
@@ -478,7 +482,7 @@ def branch(name, rev, delete, as_json):
         if as_json:
             emit_json({"branch": name, "commit": oid})
         else:
-            click.echo(f"Created branch {name} at {short(oid)}")
+            click.echo(f"Created branch {shown(name)} at {short(oid)}")
         return
     current = repo.head_branch
     branches = repo.branches()
@@ -486,16 +490,16 @@ def branch(name, rev, delete, as_json):
         emit_json({"current": current, "branches": branches})
         return
     if current and current not in branches:
-        click.echo(f"* {current} (no commits yet)")
+        click.echo(f"* {shown(current)} (no commits yet)")
     for b, oid in branches.items():
-        click.echo(f"{'*' if b == current else ' '} {b} {short(oid)}")
+        click.echo(f"{'*' if b == current else ' '} {shown(b)} {short(oid)}")
 
 
 def _deleted(kind: str, name: str, oid: str, as_json: bool) -> None:
     if as_json:
         emit_json({"deleted": name, "was": oid})
     else:
-        click.echo(f"Deleted {kind} {name} (was {short(oid)})")
+        click.echo(f"Deleted {kind} {shown(name)} (was {short(oid)})")
 
 
 @cli.command()
@@ -518,7 +522,7 @@ def switch(name, as_json):
     if as_json:
         emit_json({"branch": name, "head": repo.head(), "next_commit_branch": follows or name})
     else:
-        click.echo(f"Switched to branch {name}")
+        click.echo(f"Switched to branch {shown(name)}")
 
 
 def _git_branch_ahead_of(repo) -> str | None:
@@ -560,14 +564,14 @@ def tag(name, rev, force, delete, as_json):
         if as_json:
             emit_json({"tag": name, "commit": oid})
         else:
-            click.echo(f"Tagged {short(oid)} as {name}")
+            click.echo(f"Tagged {short(oid)} as {shown(name)}")
         return
     tags = repo.tags()
     if as_json:
         emit_json(tags)
     else:
         for t, oid in tags.items():
-            click.echo(f"{t} {short(oid)}")
+            click.echo(f"{shown(t)} {short(oid)}")
 
 
 @cli.command()
@@ -591,12 +595,12 @@ def status(as_json):
     if as_json:
         emit_json(info)
         return
-    click.echo(f"On branch {info['branch'] or '(detached)'}")
+    click.echo(f"On branch {shown(info['branch']) if info['branch'] else '(detached)'}")
     click.echo(f"HEAD: {short(head)}" if head else "No commits yet")
     if gb or detached:
-        click.echo(f"git: {'detached HEAD' if detached else 'branch ' + gb}")
+        click.echo(f"git: {'detached HEAD' if detached else 'branch ' + shown(gb)}")
     if follows:
-        click.echo(f"the next commit goes to branch {follows} (it follows git's branch; --branch overrides)")
+        click.echo(f"the next commit goes to branch {shown(follows)} (it follows git's branch; --branch overrides)")
     if info["ci"]:
         click.echo(f"CI of HEAD: {info['ci']}")
 
@@ -691,7 +695,7 @@ def fsck(as_json, remote):
         emit_json(r)
     else:
         for p in r["problems"]:
-            click.echo(f"damaged: {p['id']}: {p['problem']}")
+            click.echo(f"damaged: {p['id']}: {shown(p['problem'])}")
         click.echo(f"checked {r['checked']} objects: " + ("ok" if r["ok"] else plural(len(r["problems"]), "problem")))
         if r.get("not_fetched"):
             click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone): not damage")
@@ -840,16 +844,16 @@ def ls_tree(rev, component, as_json):
             emit_json(comps)
         else:
             for name, tid in sorted(comps.items()):
-                click.echo(f"{tid} {name}")
+                click.echo(f"{tid} {shown(name)}")
         return
     tree = repo.tree(cid, component)
     if as_json:
         emit_json(tree)
         return
     for name, t in tree["tensors"].items():
-        click.echo(f"{t['id']} {t['dtype']:>5} {str(t['shape']):>16} {name}")
+        click.echo(f"{t['id']} {t['dtype']:>5} {str(t['shape']):>16} {shown(name)}")
     for rel, f in tree["files"].items():
-        click.echo(f"{f.get('id') or f.get('header')} {f['format']:>11} {f['size']:>12} {rel}")
+        click.echo(f"{f.get('id') or f.get('header')} {f['format']:>11} {f['size']:>12} {shown(rel)}")
 
 
 @cli.command()
@@ -875,4 +879,4 @@ def revert(rev, message, as_json):
         emit_json({"commit": new, "restored": restored})
     else:
         c = repo.read_commit(new)
-        click.echo(f"[{repo.head_branch} {short(new)}] {c['message'].splitlines()[0]}")
+        click.echo(f"[{shown(repo.head_branch)} {short(new)}] {shown(c['message'].splitlines()[0])}")

@@ -206,18 +206,26 @@ def test_piped_tables_show_whole_names_and_ids(run, tmp_path):
     assert "…" not in diff + shown
 
 
-def test_tables_keep_12_hex_ids_and_fold_names_on_a_narrow_terminal():
+def test_tables_keep_12_hex_ids_and_whole_names_on_narrow_terminals():
     import io
     from rich.console import Console
     from mvc.cli.output import table
+    name = "brick/model.layers.10.self_attn.adapter"
     t = table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch",
               names=("component",), ids=("tree",))
-    t.add_row("brick/model.layers.10.self_attn.adapter", "other", "62857e056a1b", "3", "1", "392 B", "F32x2", "-")
-    out = io.StringIO()
-    Console(file=out, width=60).print(t)  # a terminal 60 columns wide: rich fits the table to it
-    rows = [line.split("│")[1:4] for line in out.getvalue().splitlines() if line.startswith("│")]
-    assert rows[0][2].strip() == "62857e056a1b"
-    assert "".join(r[0].strip() for r in rows) == "brick/model.layers.10.self_attn.adapter"
+    t.add_row(name, "other", "62857e056a1b", "3", "1", "392 B", "F32x2", "-")
+    for width in (20, 40, 60, 90):
+        out = io.StringIO()
+        Console(file=out, width=width, soft_wrap=True).print(t)  # as mvc's console on such a terminal
+        lines = out.getvalue().splitlines()
+        rows = [line.split("│")[1:5] for line in lines if line.startswith("│")]
+        assert rows[0][2].strip() == "62857e056a1b", width
+        assert "".join(r[0].strip() for r in rows) == name, width
+        assert rows[0][1].strip() == "other" and rows[0][3].strip() == "3", width
+        if width == 90:  # room for every column but the name's full width: the name folds
+            assert len(rows) > 1 and max(map(len, lines)) <= 90
+        if width < 60:  # too narrow for the table: drawn whole, the terminal wraps its lines
+            assert len(rows) == 1
 
 
 def test_diff_shows_both_shapes_side_files_and_metric_only_changes(run, tmp_path):

@@ -1,0 +1,31 @@
+"""How text that came from a user, a file or a remote (names, messages, authors, metrics, paths)
+is shown to people: control and bidirectional-override characters escaped, never passed raw."""
+from __future__ import annotations
+
+import re
+
+# what a terminal would act on or draw misleadingly: C0 and C1 controls (ESC, CSI, OSC, BEL,
+# newline, carriage return), DEL, and the bidirectional overrides that reorder a line
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_QUOTED = re.compile(r'[\\"]|' + _UNSAFE.pattern)  # what a double-quoted string escapes
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
+
+
+def _escape(ch: str) -> str:
+    return _ESCAPES.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+def shown(text) -> str:
+    """A string that came from a user, a file or a remote (a name, message, author, metric, path)
+    as human output prints it: unchanged unless it holds a control or bidirectional-override
+    character, then double-quoted with C escapes, as git quotes such paths. Nothing it holds can
+    move the cursor, retitle the terminal or forge a line of output."""
+    text = str(text)
+    if not _UNSAFE.search(text):
+        return text
+    return '"' + _QUOTED.sub(lambda m: _escape(m.group()), text) + '"'
+
+
+def one_line(text: str) -> str:
+    """An error or warning line with every unsafe character escaped (its names are quoted already)."""
+    return _UNSAFE.sub(lambda m: _escape(m.group()), text)

@@ -1,0 +1,112 @@
+"""Human output never passes text from a user, a file or a remote raw to the terminal: control and
+bidirectional-override characters are quoted, emoji codes stay text, tables keep names and ids."""
+import json
+import struct
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mvc
+from damage import forge
+from mvc.cli import cli
+from mvc.errors import BadName
+from mvc.quoting import one_line, shown
+
+RAW = ("\x1b", "\x07", "\x9b", "\x9d", "\u202e")  # ESC, BEL, CSI, OSC, right-to-left override
+
+
+@pytest.fixture
+def run(in_repo):
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        return result
+    return invoke
+
+
+def test_shown_quotes_only_text_that_needs_it():
+    assert shown("brick/python") == "brick/python" and shown("é ß 模型") == "é ß 模型"
+    assert shown('a"b\\c') == 'a"b\\c'  # no control character: printed as stored
+    assert shown("w\x1b]0;x\x07") == '"w\\x1b]0;x\\x07"'
+    assert shown('two\nlines "q" \\') == '"two\\nlines \\"q\\" \\\\"'
+    assert shown("c\u009b2J") == '"c\\x9b2J"' and shown("\u202etxt") == '"\\u202etxt"'
+    assert one_line("error: bad\npath \x1b[2J") == "error: bad\\npath \\x1b[2J"
+
+
+def _raw_safetensors(path, names):
+    """A file as a hub might hold it: tensor names with escapes and newlines (safetensors allows any text)."""
+    header = {n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)}
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"\0" * 4 * len(names))
+    return path
+
+
+def test_stored_text_reaches_the_terminal_quoted(run, tmp_path, monkeypatch):
+    evil = "w\x1b]0;PWNED\x07"
+    forged = "real\n0000000000000000000000000000000000000000000000000000000000000000   F32  [2] forged"
+    run("commit", _raw_safetensors(tmp_path / "a.safetensors", [evil, forged]), "-m", "one\x1b[2J",
+        "--metric", "loss=2.0\nCI:     passed", "--metric", "k\u009b=1")
+    p = _raw_safetensors(tmp_path / "a.safetensors", [evil, forged, "new"])
+    repo = mvc.Repo(".")
+    repo.commit({"model": str(p)}, message="two \u202eright-to-left\nsecond line\x07")
+    # an author as a remote's commit may carry it (commits made here refuse control characters)
+    repo.rollback(forge(repo, {**repo.read_commit(repo.resolve("HEAD")), "author": "mallory\nDate: forged"}))
+    outputs = {cmd: run(*cmd).stdout for cmd in [("log",), ("log", "--oneline"), ("show",), ("show", "HEAD~1"),
+                                                  ("ls-tree", "HEAD", "model"), ("diff", "HEAD~1", "HEAD"),
+                                                  ("reflog",), ("diff", "HEAD~1", "HEAD", "--all")]}
+    for cmd, out in outputs.items():
+        assert not any(c in out for c in RAW), (cmd, out)
+    log = outputs[("log",)]
+    starts = [line.split(" ")[0] for line in log.splitlines()]
+    assert starts.count("CI:") == 0 and starts.count("Date:") == 2 and starts.count("commit") == 2
+    assert '"mallory\\nDate: forged"' in log and '"loss"' not in log and '"2.0\\nCI:     passed"' in log
+    assert '"two \\u202eright-to-left"' in log and '"second line\\x07"' in log
+    listing = outputs[("ls-tree", "HEAD", "model")].splitlines()
+    assert len(listing) == 4  # three tensors and one file: the forged line stays inside its quotes
+    assert '"w\\x1b]0;PWNED\\x07"' in outputs[("ls-tree", "HEAD", "model")]
+    assert '"real\\n0000' in outputs[("diff", "HEAD~1", "HEAD", "--all")]
+    assert json.loads(run("log", "--json").stdout)[0]["author"] == "mallory\nDate: forged"  # JSON as stored
+
+
+def test_rich_emoji_codes_and_markup_stay_text(run, tmp_path):
+    from safetensors.torch import save_file
+    save_file({"blk:cat:w": torch.zeros(2)}, tmp_path / "m.safetensors")
+    run("commit", "-c", f"enc:fire:={tmp_path / 'm.safetensors'}", "-m", "ratio :100: ok [bold]x[/]",
+        "--metric", "acc:x:=1")
+    save_file({"blk:cat:w": torch.ones(2)}, tmp_path / "m.safetensors")
+    run("commit", "-c", f"enc:fire:={tmp_path / 'm.safetensors'}", "-m", "second")
+    show = run("show", "HEAD~1").stdout
+    assert "enc:fire:" in show and ":100:" in show and "acc:x:=1" in show and "[bold]x[/]" in show
+    diff = run("diff", "HEAD~1", "HEAD").stdout
+    assert "enc:fire:" in diff and "blk:cat:w" in diff
+    assert not any(e in show + diff for e in ("\U0001f525", "\U0001f4af", "\U0001f431", "\u274c"))
+
+
+def test_error_and_warning_lines_escape_what_they_echo(run, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"x")
+    (folder / "link\x1b]0;T\x07").symlink_to(folder)
+    r = run("commit", folder, "-m", "m", code=3)
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert "\x1b" not in r.stderr and "\\x1b]0;T\\x07" in r.stderr
+
+
+def test_new_names_refuse_c1_controls_and_paths_past_the_limit(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "r")
+    with pytest.raises(BadName, match="C1 control"):
+        repo.commit({"core\u009b2J": {"w": torch.zeros(1)}}, message="m")
+    with pytest.raises(BadName, match="longer than 1000 bytes"):
+        repo.commit({"/".join(["s" * 200] * 6): {"w": torch.zeros(1)}}, message="m")
+    repo.commit({"core": {"w": torch.zeros(1)}}, message="m")
+    with pytest.raises(BadName, match="C1 control"):
+        repo.create_branch("rel\u009b2J")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "w\u009d.bin").write_bytes(b"x")
+    with pytest.raises(BadName, match="C1 control"):
+        repo.commit({"model": str(folder)}, message="m")
+    assert len(repo.log()) == 1
