@@ -479,6 +479,7 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
         raise BadInput(f"{len(differing)} file(s) to write already exist with other content, e.g. {differing[0]}",
                        "pass --force to overwrite them, or write into another place; nothing was written")
     temps: list[tuple[str, str]] = []
+    renamed: list[tuple[str, bool, str | None]] = []  # (dest, replaced a file, a hard link to that file)
     created_dirs: list[str] = []
     try:
         for tree, relpath, dest in items:
@@ -494,13 +495,32 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             # a file replaced is synced first, so a crash cannot leave it empty; a new one need not be
             temps.append((_temp_copy(store, tree, relpath, dest, os.path.lexists(dest), progress), dest))
         for tmp, dest in temps:
-            os.replace(tmp, dest)
+            existed = os.path.lexists(dest)
+            backup = _link_beside(dest) if existed else None
+            try:
+                os.replace(tmp, dest)
+            except OSError as e:  # name the file the user asked for, not the temp file
+                if backup:
+                    with contextlib.suppress(OSError):
+                        os.unlink(backup)
+                raise _output_error(dest, e) from None
+            renamed.append((dest, existed, backup))
+        for _dest, _existed, backup in renamed:
+            if backup:
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
         for folder in {os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}:
             _remove_stale_temps(folder)
     except BaseException as e:
         for tmp, _dest in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)  # (the ones already renamed are gone from here)
+        for dest, existed, backup in reversed(renamed):  # the folder as it was: files replaced put
+            with contextlib.suppress(OSError):              # back, new ones removed
+                if backup:
+                    os.replace(backup, dest)
+                elif not existed:
+                    os.unlink(dest)
         for path in reversed(created_dirs):
             with contextlib.suppress(OSError):
                 os.rmdir(path)  # only if empty: another program may have put files there meanwhile
@@ -508,6 +528,17 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             raise _output_error(e.filename or "", e) from None
         raise
     return [dest for _tree, _rel, dest in items]
+
+
+def _link_beside(path: str) -> str | None:
+    """A hard link to `path` under a temp name beside it (what a failed checkout puts back), or
+    None where the file system makes none; a killed checkout's link goes as its temp files do."""
+    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.urandom(6).hex()}.mvc-tmp")
+    try:
+        os.link(path, link)
+    except OSError:
+        return None
+    return link
 
 
 _TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-tmp$")

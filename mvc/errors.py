@@ -103,8 +103,8 @@ class InterruptedAfterLanding(KeyboardInterrupt):
 _ENVIRONMENT = {
     "ENOSPC": ("no space left on device", "free some space and retry"),
     "EDQUOT": ("disk quota exceeded", "free some space and retry"),
-    "EACCES": ("permission denied", "this needs write access there (check the owner and mode)"),
-    "EPERM": ("operation not permitted", "this needs write access there (check the owner and mode)"),
+    "EACCES": ("permission denied", "check the owner and mode of that path"),
+    "EPERM": ("operation not permitted", "check the owner and mode of that path"),
     "EROFS": ("read-only file system", "this needs a writable file system"),
     "EMFILE": ("too many open files", "raise the open-file limit (ulimit -n) or pass fewer jobs (-j)"),
     "ENFILE": ("too many open files in the system", "close other programs' files or pass fewer jobs (-j)"),

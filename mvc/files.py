@@ -49,6 +49,16 @@ def interrupts_deferred():
         signal.raise_signal(s)
 
 
+def walk(top: str):
+    """os.walk that raises when a directory below `top` cannot be listed, where os.walk skips it
+    in silence (a ref or reflog in an unreadable folder would go unseen, and gc would delete the
+    commits it keeps). A missing `top`, or a folder removed meanwhile, lists nothing."""
+    def fail(err: OSError):
+        if not isinstance(err, FileNotFoundError):
+            raise err
+    return os.walk(top, onerror=fail)
+
+
 def makedirs(path: str) -> None:
     """os.makedirs, retried when a concurrent ref deletion prunes an empty parent meanwhile (a
     directory removed between its mkdir and makedirs' check is reported as FileExistsError)."""
@@ -102,7 +112,7 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
     if exclusive and _held_here.get(key):
         raise LockHeld(f"this process holds {path} already (inside Repo.writing()?); it cannot also "
                        "take it exclusively", "run gc outside the block that writes")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access; umask sets the mode
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
         try:
@@ -138,7 +148,7 @@ def exclusive_within(path: str, timeout_s: float):
     if _held_here.get((os.path.abspath(path), threading.get_ident())):  # it would wait for itself
         yield False
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # (as shared_or_exclusive opens it)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -185,7 +195,7 @@ class LockFile:
     def _try(self) -> bool:
         for attempt in range(10):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 break
             except FileExistsError:
                 return False
@@ -207,14 +217,20 @@ class LockFile:
         return True
 
     def _owner(self) -> dict | None:
+        """Who holds the lock ({"pid", "host", "time"}); None when the file names nobody. A lock
+        file we may not read is another user's: {"unreadable": True}, never judged stale."""
         try:
             with open(self.path) as f:
                 owner = json.load(f)
+        except PermissionError:
+            return {"unreadable": True}
         except (OSError, ValueError):
             return None
         return owner if isinstance(owner, dict) else None
 
     def _stale_reason(self, owner: dict | None, st: os.stat_result) -> str | None:
+        if owner and owner.get("unreadable"):
+            return None
         if owner is None:
             age = time.time() - st.st_mtime
             return f"with no owner, {age:.0f} s old" if age > STALE_OWNERLESS_LOCK_S else None
@@ -229,7 +245,7 @@ class LockFile:
         a lock another waiter has taken since (check-then-unlink let two processes hold it)."""
         guard = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.break")
         try:
-            fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             self._clear_stale_guard(guard)
             return  # another waiter is breaking it: look again
@@ -304,7 +320,8 @@ class LockFile:
                 self._break()
                 time.sleep(0.001)  # (a guard held by another breaker: let it finish)
                 continue
-            who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
+            who = ("another user's process (its lock file is not readable)" if owner and owner.get("unreadable")
+                   else f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process")
             if not told and time.monotonic() - start >= LOCK_NOTICE_AFTER_S:
                 told = True
                 warnings.warn(f"waiting for {self.what}: locked by {who} ({self.path}); giving up after "

@@ -14,7 +14,7 @@ import os
 import time
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict
-from .files import LockFile, atomic_write, interrupts_deferred, makedirs
+from .files import LockFile, atomic_write, interrupts_deferred, makedirs, walk
 from .objects import check_new_ref_name, check_ref_name, is_oid
 from .store import fsync_dir
 
@@ -33,6 +33,13 @@ def note_moved(what: str) -> None:
 
 def moved_in_this_process() -> list[str]:
     return list(_MOVED)
+
+
+def moves_so_far() -> str:
+    """What a command stopped by an error had done to refs, said for its error line."""
+    moved = moved_in_this_process()
+    return (f"it had moved {', '.join(moved)}, which stays (see mvc reflog); the rest stopped" if moved
+            else "nothing was moved")
 
 
 def forget_moves() -> None:
@@ -79,7 +86,7 @@ def _open_append(path: str) -> int:
     for attempt in range(10):
         try:
             makedirs(os.path.dirname(path))
-            return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)  # the umask decides, as for git
         except FileNotFoundError:  # a ref deletion pruned the empty directory meanwhile
             if attempt == 9:
                 raise
@@ -215,7 +222,7 @@ class RefStore:
         (CorruptObject) unless `bad` (a dict) is given, which then receives {ref: problem}."""
         base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
         out = {}
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, _dirs, files in walk(base):
             for name in files:
                 if name.endswith(".lock") or name.startswith("."):
                     continue
@@ -389,7 +396,7 @@ class RefStore:
         gc dry run counts on)."""
         cutoff = None if expiring_after_s is None else time.time() - expiring_after_s
         ids = set()
-        for dirpath, _d, files in os.walk(os.path.join(self.root, "logs")):
+        for dirpath, _d, files in walk(os.path.join(self.root, "logs")):
             for name in files:
                 for e in _read_log(os.path.join(dirpath, name)):
                     if cutoff is not None and not _entry_time(e) >= cutoff:
@@ -403,7 +410,7 @@ class RefStore:
         """How many reflog entries `expire_reflogs(older_than_s)` would drop now."""
         cutoff = time.time() - older_than_s
         n = 0
-        for dirpath, _d, files in os.walk(os.path.join(self.root, "logs")):
+        for dirpath, _d, files in walk(os.path.join(self.root, "logs")):
             for name in files:
                 n += sum(1 for e in _read_log(os.path.join(dirpath, name)) if not _entry_time(e) >= cutoff)
         return n
@@ -415,7 +422,7 @@ class RefStore:
         dropped = 0
         logs = os.path.join(self.root, "logs")
         retired = os.path.join(logs, RETIRED_LOGS)
-        for dirpath, _d, files in os.walk(logs):
+        for dirpath, _d, files in walk(logs):
             for name in files:
                 path = os.path.join(dirpath, name)
                 if path.startswith(retired + os.sep):

@@ -50,11 +50,8 @@ class MvcGroup(click.Group):
             found = environment_error(e)
             if found:  # the machine's state (a full disk, no write access, the open-file limit)
                 _debug_traceback()
-                from ..refs import moved_in_this_process
-                moved = moved_in_this_process()
-                done = (f"it had moved {', '.join(moved)}, which stays (see mvc reflog); the rest stopped"
-                        if moved else "nothing was moved")
-                error(found[0], f"{done}; {found[1]}")
+                from ..refs import moves_so_far
+                error(found[0], f"{moves_so_far()}; {found[1]}")
                 ctx.exit(3)
             self._bug(ctx, e, "this is a bug in mvc")
         except Exception as e:

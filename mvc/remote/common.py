@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from .. import safetensors_format as stf
 from ..errors import CorruptObject, MvcError
 from ..objects import check_ref_name, decode, hash_bytes, named_ids
+from ..refs import moves_so_far
 from ..repo import Repo
 from ..store import fsync_dir, new_object_file
 from ..transport import REPAIR_HINT, LazyRemoteStore, Transport
@@ -61,7 +62,7 @@ def permission_errors(t: Transport):
         yield
     except PermissionError as e:
         raise MvcError(f"permission denied: {e.filename or t.describe()}",
-                       "check the permissions of the repository and of the remote") from None
+                       f"{moves_so_far()}; check the permissions of the repository and of the remote") from None
     except (IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:  # e.g. a ref that is a folder
         raise MvcError(f"unexpected file layout at {e.filename2 or e.filename or t.describe()} ({e.strerror})",
                        f"a file stands where a folder belongs or the reverse, or it was removed meanwhile; "

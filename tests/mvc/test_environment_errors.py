@@ -79,7 +79,7 @@ def test_a_full_disk_after_a_ref_moved_names_the_move_instead_of_saying_nothing_
 
 
 @pytest.mark.parametrize("err,what,fix", [
-    (errno.EACCES, "permission denied at /x/refs/heads/b.lock", "needs write access"),
+    (errno.EACCES, "permission denied at /x/refs/heads/b.lock", "owner and mode"),
     (errno.EROFS, "read-only file system at /x/refs/heads/b.lock", "writable file system"),
     (errno.EMFILE, "too many open files", "ulimit -n"),
 ])

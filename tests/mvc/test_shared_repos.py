@@ -1,0 +1,184 @@
+"""Repositories other users share or may only read: folders and lock files we cannot read, modes
+left to the umask, checkouts that fail half way, lazy clones read without write access. Tests run
+as root in CI (which reads everything), so a denied read is simulated where it must be."""
+import errno
+import os
+import stat
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mvc
+import mvc.components
+import mvc.files
+from mvc.cli import cli
+from mvc.errors import LockHeld, MvcError
+from mvc.files import LockFile
+from mvc.refs import RefStore
+
+
+def _sd(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(16, 16, generator=g), "b": torch.randn(16, generator=g)}
+
+
+def _deny_listing(monkeypatch, *folders):
+    """os.walk (os.scandir underneath) cannot list these folders, as for another user's 0700 folder."""
+    real = os.scandir
+    denied = {os.path.realpath(f) for f in folders}
+
+    def scandir(path="."):
+        if os.path.realpath(path) in denied:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_gc_never_deletes_the_commits_of_a_branch_in_a_folder_it_cannot_list(tmp_path, monkeypatch):
+    """os.walk skipped the folder in silence: gc deleted alice/exp's commit, tree and blobs."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd(0)}, message="main")
+    kept = repo.commit({"model": _sd(1)}, message="alice's", branch="alice/exp")
+    _deny_listing(monkeypatch, os.path.join(repo.dir, "refs", "heads", "alice"),
+                  os.path.join(repo.dir, "logs", "refs", "heads", "alice"))
+    with pytest.raises(PermissionError):
+        repo.gc(grace_s=0)
+    monkeypatch.undo()
+    assert mvc.Repo(repo.root).resolve("alice/exp") == kept
+    assert mvc.Repo(repo.root).fsck()["ok"]
+    assert torch.equal(mvc.Repo(repo.root).load("alice/exp", "model")["w"], _sd(1)["w"])
+
+
+def test_an_unreadable_reflog_folder_stops_gc_too(tmp_path, monkeypatch):
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd(0)}, message="one")
+    old = repo.commit({"model": _sd(1)}, message="two")
+    repo.rollback()  # `old` is kept by the reflog only
+    _deny_listing(monkeypatch, os.path.join(repo.dir, "logs", "refs", "heads"))
+    with pytest.raises(PermissionError):
+        repo.gc(grace_s=0)
+    monkeypatch.undo()
+    assert mvc.Repo(repo.root).read_commit(old)["message"] == "two"
+
+
+def test_files_a_group_shares_take_their_mode_from_the_umask(tmp_path):
+    """writers.lock and reflogs were 0644 whatever the umask: in a group-shared repository (umask
+    002) the second user could not commit, roll back or delete a branch."""
+    old = os.umask(0o002)
+    try:
+        repo = mvc.Repo.init(tmp_path / "r")
+        repo.commit({"model": _sd(0)}, message="one")
+        repo.create_branch("feat")
+    finally:
+        os.umask(old)
+    for rel in ("writers.lock", "logs/refs/heads/main", "logs/refs/heads/feat"):
+        mode = stat.S_IMODE(os.stat(os.path.join(repo.dir, rel)).st_mode)
+        assert mode == 0o664, (rel, oct(mode))
+
+
+def test_a_lock_file_another_user_may_not_let_us_read_is_never_broken_as_ownerless(tmp_path, monkeypatch):
+    """An unreadable owner counted as 'no owner': after 5 s the live lock was broken and two
+    processes held one ref."""
+    path = tmp_path / "refs" / "heads" / "b.lock"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"pid": 1, "host": "elsewhere"}')
+    past = time.time() - 10 * mvc.files.STALE_OWNERLESS_LOCK_S
+    os.utime(path, (past, past))
+    real_open = open
+
+    def denied(file, *a, **k):
+        if os.fspath(file) == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(file, *a, **k)
+    monkeypatch.setattr(mvc.files, "open", denied, raising=False)
+    with pytest.raises(LockHeld, match="another user's process"):
+        LockFile(str(path), timeout=0.3).acquire()
+    assert path.exists()
+
+
+def _two_component_checkout(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"a": _sd(0), "b": _sd(1)}, message="one")
+    out = tmp_path / "out"
+    (out / "b").mkdir(parents=True)
+    (out / "b" / "model.safetensors").write_bytes(b"the user's own file")
+    (out / "a").mkdir()
+    (out / "a" / "model.safetensors").write_bytes(b"another file of the user's")
+    return repo, out
+
+
+def test_a_checkout_that_fails_while_renaming_puts_the_folder_back(tmp_path, monkeypatch):
+    """The files renamed before the failure stayed: a folder half old, half new."""
+    repo, out = _two_component_checkout(tmp_path)
+    (out / "a" / "model.safetensors").unlink()  # a: new file; b: replaces the user's (with --force)
+    real = os.replace
+
+    def fails_on_b(src, dst, *a, **k):
+        if str(dst).endswith(os.path.join("b", "model.safetensors")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", fails_on_b)
+    with pytest.raises(MvcError, match=r"cannot write .*b/model\.safetensors"):
+        repo.checkout("HEAD", str(out), force=True)
+    monkeypatch.undo()
+    assert not (out / "a" / "model.safetensors").exists()
+    assert (out / "b" / "model.safetensors").read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors"]  # no temp files left
+
+
+def test_a_checkout_that_fails_after_replacing_a_file_restores_it(tmp_path, monkeypatch):
+    repo, out = _two_component_checkout(tmp_path)
+    real, calls = os.replace, []
+
+    def second_fails(src, dst, *a, **k):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(MvcError):
+        repo.checkout("HEAD", str(out), force=True)
+    monkeypatch.undo()
+    assert (out / "a" / "model.safetensors").read_bytes() == b"another file of the user's"
+    assert (out / "b" / "model.safetensors").read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors", "model.safetensors"]
+
+
+def test_a_lazy_clone_this_user_may_only_read_still_loads(tmp_path, monkeypatch):
+    """Caching a fetched blob failed with EACCES, and the read failed with it."""
+    from mvc import remote as rm
+    src = mvc.Repo.init(tmp_path / "src")
+    src.set_config("remote.origin.url", str(tmp_path / "remote"))
+    src.commit({"core": _sd(3)}, message="one")
+    rm.push(src)
+    lazy, _ = rm.clone(str(tmp_path / "remote"), str(tmp_path / "lazy"), lazy=True)
+    store = next(s for s in lazy.store.stores if s.fetches)
+
+    def denied(*_a, **_k):
+        raise PermissionError(errno.EACCES, "Permission denied", "objects/tmp")
+    monkeypatch.setattr(store.cache, "put", denied)
+    state = lazy.load("HEAD", "core")
+    assert torch.equal(state["w"], _sd(3)["w"])
+    assert not any(lazy.loose.has(t["id"]) for t in lazy.tree("HEAD", "core")["tensors"].values())
+    monkeypatch.setattr(store.cache, "put", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    with pytest.raises(OSError):  # other failures still surface
+        lazy.load("HEAD", "core")
+
+
+def test_a_push_stopped_by_a_permission_error_says_the_remote_branch_moved(tmp_path, monkeypatch):
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd()}, message="one")
+    monkeypatch.chdir(repo.root)
+    assert CliRunner().invoke(cli, ["remote", "add", "pub", str(tmp_path / "remote")]).exit_code == 0
+    real = RefStore.update
+
+    def tracking_denied(self, ref, *a, **k):
+        if ref.startswith("refs/remotes/"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.path.join(repo.dir, ref))
+        return real(self, ref, *a, **k)
+    monkeypatch.setattr(RefStore, "update", tracking_denied)
+    r = CliRunner().invoke(cli, ["push", "pub", "main"])
+    assert r.exit_code == 3, r.output
+    assert "permission denied" in r.stderr and "it had moved main on pub" in r.stderr, r.stderr
