@@ -1,53 +1,217 @@
 """Who made a commit and from which code: the author string and the git work tree's sha, branch
-and dirty flag (GitPython is imported only when the repository sits inside a git work tree)."""
+and dirty flag.
+
+The git work tree is found as git finds it, without running git: upward from the mvc repository's
+real path, not entering a directory listed in GIT_CEILING_DIRECTORIES, not crossing a file-system
+boundary unless GIT_DISCOVERY_ACROSS_FILESYSTEM is true; a `.git` file (worktree, submodule,
+--separate-git-dir) leads to its git dir, and one git cannot use ends the search. Variables that
+point git elsewhere (GIT_DIR, GIT_WORK_TREE, ...) are ignored: provenance always describes the
+work tree around the mvc repository. The sha and branch are read from the git dir's files (HEAD,
+loose refs, packed-refs), so they are recorded even where git cannot run; only the dirty flag needs
+git itself (through GitPython, imported lazily and only inside a git work tree), and when git cannot
+give it the record says why (`"dirty": null, "error": ...`).
+"""
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import re
+import sys
+import threading
 
+from .errors import BadInput
 from .files import hostname
+
+# environment variables that make git use another repository, index or object store than the one
+# around the mvc repository: removed for the git processes mvc runs (GIT_CEILING_DIRECTORIES and
+# GIT_DISCOVERY_ACROSS_FILESYSTEM are read by git_work_tree itself, and harmless to git)
+REDIRECTING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+               "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE")
+_ENV_LOCK = threading.RLock()
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1: git refuses them in names and emails
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+
+
+def check_author(author: str, where: str) -> str:
+    """`author` if it is one line of printable text; else BadInput naming `where` it came from."""
+    m = _CONTROL.search(author)
+    if m:
+        raise BadInput(f"the author from {where} holds a control character ({m.group()!r} at position {m.start()})",
+                       "an author is one line of printable text, e.g. 'Ada <ada@example.org>'; "
+                       "git refuses such names too")
+    return author
 
 
 def default_author(root: str | None = None) -> str:
+    """MVC_AUTHOR, else git config's user.name <user.email> (inside a git work tree), else user@host."""
     env = os.environ.get("MVC_AUTHOR")
     if env:
-        return env
-    if root and git_dir_of(root):
-        try:
-            import git
-            reader = git.Repo(root, search_parent_directories=True).config_reader()
-            name = reader.get_value("user", "name", "")
-            email = reader.get_value("user", "email", "")
-            if name:
-                return f"{name} <{email}>" if email else str(name)
-        except Exception:
+        return check_author(env, "MVC_AUTHOR")
+    found = git_work_tree(root) if root else None
+    if found:
+        name = email = ""
+        try:  # GitPython's config reader reads the files (system, global, repository): no git binary needed
+            with plain_git_env():
+                reader = import_git().Repo(found[0]).config_reader()
+                name = str(reader.get_value("user", "name", ""))
+                email = str(reader.get_value("user", "email", ""))
+        except Exception:  # no GitPython, an unreadable config: the fallback below
             pass
+        if name:
+            check_author(name, "git config user.name")
+            check_author(email, "git config user.email")
+            return f"{name} <{email}>" if email else name
     try:
         user = getpass.getuser()
     except Exception:
         user = "unknown"
-    return f"{user}@{hostname()}"
+    return check_author(f"{user}@{hostname()}", "the user and host name")
 
 
-def git_dir_of(path: str) -> str | None:
-    """The .git directory of the work tree containing `path`, found without importing GitPython."""
-    p = os.path.abspath(path)
+# -- finding the git work tree -------------------------------------------------------------------
+def _ceilings() -> list[str]:
+    """GIT_CEILING_DIRECTORIES as git reads it: absolute entries only, resolved through symbolic
+    links unless they follow an empty entry."""
+    out, resolve = [], True
+    for entry in os.environ.get("GIT_CEILING_DIRECTORIES", "").split(os.pathsep):
+        if not entry:
+            resolve = False
+        elif os.path.isabs(entry):
+            out.append(os.path.realpath(entry) if resolve else os.path.normpath(entry))
+    return out
+
+
+def _below(path: str, top: str) -> bool:
+    """Whether `path` lies strictly below the directory `top`."""
+    return path != top and path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _env_true(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("true", "yes", "on"):
+        return True
+    try:
+        return int(value) != 0
+    except ValueError:
+        return False
+
+
+def git_common_dir(git_dir: str) -> str:
+    """Where a git dir keeps what its worktrees share (objects, refs, config, info/exclude): the
+    folder its `commondir` file names, else the git dir itself."""
+    try:
+        with open(os.path.join(git_dir, "commondir"), "rb") as f:
+            named = os.fsdecode(f.read(4096).strip())
+    except OSError:
+        return git_dir
+    return os.path.normpath(os.path.join(git_dir, named)) if named else git_dir
+
+
+def _is_git_dir(d: str) -> bool:
+    """git's own test (is_git_directory), less HEAD's contents: HEAD, and objects/ and refs/ in the
+    common dir."""
+    common = git_common_dir(d)
+    return (os.path.isfile(os.path.join(d, "HEAD")) and os.path.isdir(os.path.join(common, "objects"))
+            and os.path.isdir(os.path.join(common, "refs")))
+
+
+def _read_gitfile(path: str) -> str | None:
+    """The git dir a `.git` file names ("gitdir: PATH", relative to its folder); None when it is
+    not such a file or names no usable git dir."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError:
+        return None
+    if not data.startswith(b"gitdir: "):
+        return None
+    named = os.fsdecode(data[len(b"gitdir: "):].rstrip(b"\r\n"))  # (as git reads it)
+    if not named:
+        return None
+    gd = os.path.normpath(os.path.join(os.path.dirname(path), named))
+    return gd if _is_git_dir(gd) else None
+
+
+def git_work_tree(path: str) -> tuple[str, str] | None:
+    """(top of the git work tree around `path`, its git dir), found as git finds it (see the module
+    docstring), without running git; None outside git or when the `.git` found is unusable."""
+    p = os.path.realpath(path)
+    ceilings = [c for c in _ceilings() if _below(p, c)]  # a ceiling only stops a search from below it
+    one_fs = not _env_true("GIT_DISCOVERY_ACROSS_FILESYSTEM")
+    try:
+        device = os.stat(p).st_dev
+    except OSError:
+        return None
     while True:
         candidate = os.path.join(p, ".git")
         if os.path.isdir(candidate):
-            return candidate
-        if os.path.isfile(candidate):
-            try:  # a worktree's or submodule's `.git` file; anything else there is not git's
-                with open(candidate, encoding="utf-8", errors="replace") as f:
-                    line = f.read(4096).strip()
-            except OSError:
-                line = ""
-            if line.startswith("gitdir:"):
-                return os.path.normpath(os.path.join(p, line[7:].strip()))
+            if _is_git_dir(candidate):
+                return p, candidate
+        elif os.path.isfile(candidate):  # a worktree's, submodule's or --separate-git-dir link
+            gd = _read_gitfile(candidate)
+            return (p, gd) if gd else None  # git stops at a .git file it cannot use
         parent = os.path.dirname(p)
-        if parent == p:
+        if parent == p or not all(_below(parent, c) for c in ceilings):
             return None
+        if one_fs:
+            try:
+                if os.stat(parent).st_dev != device:
+                    return None
+            except OSError:
+                return None
         p = parent
+
+
+def git_dir_of(path: str) -> str | None:
+    """The git dir of the work tree containing `path` (see git_work_tree), or None."""
+    found = git_work_tree(path)
+    return found[1] if found else None
+
+
+# -- reading HEAD without git --------------------------------------------------------------------
+def _read_small(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode("utf-8", "surrogateescape").strip()
+    except OSError:
+        return None
+
+
+def _resolve_ref(git_dir: str, ref: str, depth: int = 0) -> str | None:
+    """The sha a ref names, from its loose file (the worktree's git dir, then the common dir) or
+    packed-refs; None when it does not exist (an unborn branch) or cannot be read."""
+    common = git_common_dir(git_dir)
+    if depth > 5 or ".." in ref.split("/"):
+        return None
+    for base in dict.fromkeys((git_dir, common)):
+        text = _read_small(os.path.join(base, *ref.split("/")))
+        if text is None:
+            continue
+        if text.startswith("ref: "):
+            return _resolve_ref(git_dir, text[5:].strip(), depth + 1)
+        return text if _SHA.fullmatch(text) else None
+    try:
+        with open(os.path.join(common, "packed-refs"), "rb") as f:
+            for line in f:
+                parts = line.decode("utf-8", "surrogateescape").split()
+                if len(parts) == 2 and parts[1] == ref and _SHA.fullmatch(parts[0]):
+                    return parts[0]
+    except OSError:
+        pass
+    return None
+
+
+def _head(git_dir: str) -> tuple[str | None, str | None, bool]:
+    """(sha, branch, detached) of a git dir's HEAD, read from its files."""
+    head = _read_small(os.path.join(git_dir, "HEAD"))
+    if head is None:
+        return None, None, False
+    if head.startswith("ref: "):
+        ref = head[5:].strip()
+        branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+        return _resolve_ref(git_dir, ref), branch, False
+    return (head if _SHA.fullmatch(head) else None), None, True
 
 
 def git_current_branch(root: str) -> tuple[str | None, bool]:
@@ -55,29 +219,73 @@ def git_current_branch(root: str) -> tuple[str | None, bool]:
     gd = git_dir_of(root)
     if not gd:
         return None, False
-    try:
-        with open(os.path.join(gd, "HEAD"), encoding="utf-8", errors="replace") as f:
-            head = f.read(4096).strip()
-    except OSError:
-        return None, False
-    if head.startswith("ref: refs/heads/"):
-        return head[len("ref: refs/heads/"):], False  # callers check it is a valid mvc name
-    return None, True
+    _sha, branch, detached = _head(gd)
+    return branch, detached  # callers check the branch is a valid mvc name
+
+
+# -- running git ----------------------------------------------------------------------------------
+def import_git():
+    """GitPython, imported so that a git binary it cannot find never fails the import
+    (GIT_PYTHON_REFRESH=quiet unless the user chose otherwise): only running git fails then."""
+    if "git" in sys.modules:
+        return sys.modules["git"]
+    with _ENV_LOCK:
+        added = "GIT_PYTHON_REFRESH" not in os.environ
+        os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+        try:
+            import git
+        finally:
+            if added:
+                os.environ.pop("GIT_PYTHON_REFRESH", None)
+    return git
+
+
+@contextlib.contextmanager
+def plain_git_env():
+    """Within it, the REDIRECTING variables are out of os.environ, so git and GitPython (which reads
+    GIT_WORK_TREE itself, and gives every git process a copy of os.environ) work on the repository
+    they are pointed at. GitPython has no way to unset a variable for one command; other threads
+    see them missing meanwhile."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.pop(k) for k in REDIRECTING if k in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
+
+
+def git_failure(e: BaseException) -> str:
+    """Why git could not be used, in a few words: 'git not found on PATH', git's own fatal message, ..."""
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "git":
+        return "GitPython is not installed"
+    if isinstance(e, ImportError):  # GitPython found no git binary (GIT_PYTHON_REFRESH=raise), ...
+        return "GitPython cannot start: " + (str(e).strip().splitlines() or ["ImportError"])[0]
+    git = sys.modules.get("git")
+    if git is not None and isinstance(e, git.GitCommandNotFound):
+        exe = git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"
+        return "git not found" + (" on PATH" if exe == "git" else f": {exe}")
+    if git is not None and isinstance(e, git.GitCommandError):
+        stderr = str(e.stderr or "")  # GitPython's "\n  stderr: '...'"
+        m = re.search(r"(?:fatal|error): ([^\n]+)", stderr[:-1] if stderr.endswith("'") else stderr)
+        return m.group(1).strip() if m else f"git exited with status {e.status}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def git_provenance(root: str) -> dict:
-    """Code provenance of the git work tree around the repository: sha, branch, dirty flag."""
-    if not git_dir_of(root):
+    """Code provenance of the git work tree around the repository: sha, branch, dirty flag; {}
+    outside git. Never fails a commit: a dirty flag git cannot give is null, with the reason."""
+    found = git_work_tree(root)
+    if not found:
         return {}
+    top, git_dir = found
+    sha, branch, _detached = _head(git_dir)
+    record = {"sha": sha, "branch": branch, "dirty": None}
     try:
-        import git
-        g = git.Repo(root, search_parent_directories=True)
-        try:
-            sha = g.head.commit.hexsha
-        except ValueError:
-            sha = None
-        branch = None if g.head.is_detached else g.active_branch.name
-        dirty = g.is_dirty(untracked_files=False)
-        return {"git": {"sha": sha, "branch": branch, "dirty": dirty}}
-    except Exception as e:  # git not installed or a broken repository: record why, never fail a commit
-        return {"git": {"error": type(e).__name__}}
+        with plain_git_env():
+            g = import_git().Repo(top)
+            g.git.rev_parse("--git-dir")  # git refusing the repository (dubious ownership) says so here;
+            record["dirty"] = bool(g.is_dirty(untracked_files=False))  # git diff would fall back to --no-index
+    except Exception as e:  # git missing or refusing (dubious ownership), a broken repository
+        record["error"] = git_failure(e)
+    return {"git": record}

@@ -28,7 +28,7 @@ from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
 from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_new_component_name,
                       check_new_ref_name, check_no_nesting,
                       check_ref_name, commit_object, decode, encode, is_oid, tree_blob_ids)
-from .provenance import default_author, git_current_branch, git_dir_of, git_provenance
+from .provenance import check_author, default_author, git_current_branch, git_provenance
 from .refs import RefStore, utc_now
 from .store import ChainStore, LooseStore
 
@@ -99,8 +99,10 @@ class Repo(Maintenance):
     def init(cls, path: str | os.PathLike = ".", default_branch: str = DEFAULT_BRANCH) -> "Repo":
         root = os.path.abspath(os.fspath(path))
         d = os.path.join(root, MVC_DIR)
-        if os.path.isdir(d):
-            return cls(root)
+        if os.path.isdir(d):  # re-initialising adds what the first init could not (git's exclude)
+            repo = cls(root)
+            repo._exclude_from_git()
+            return repo
         for p, what in ((root, "the path"), (d, MVC_DIR)):
             if os.path.lexists(p) and not os.path.isdir(p):
                 raise BadInput(f"cannot create a repository at {root}: {what} is a file")
@@ -133,17 +135,41 @@ class Repo(Maintenance):
         return repo
 
     def _exclude_from_git(self) -> None:
-        git_dir = git_dir_of(self.root)
-        if not git_dir:
+        """Inside a git work tree, make git ignore .mvc/: one anchored, gitignore-escaped line in
+        the exclude file git reads ($GIT_COMMON_DIR/info/exclude: a worktree's too), added once.
+        The file is handled as bytes (any encoding, any folder name); what stops the update is a
+        warning, never a failed init: the repository stands."""
+        from .provenance import git_common_dir, git_work_tree
+        found = git_work_tree(self.root)
+        if not found:
             return
-        exclude = os.path.join(git_dir, "info", "exclude")
-        os.makedirs(os.path.dirname(exclude), exist_ok=True)
-        lines = open(exclude).read().splitlines() if os.path.exists(exclude) else []
-        rel = os.path.relpath(self.dir, os.path.dirname(git_dir)).replace(os.sep, "/")
-        entry = "/" + rel + "/" if not rel.startswith("..") else None
-        if entry and entry not in lines and ".mvc/" not in lines:
-            with open(exclude, "a") as f:
-                f.write(("\n" if lines and lines[-1] else "") + entry + "\n")
+        top, git_dir = found
+        rel = os.path.relpath(os.path.join(os.path.realpath(self.root), MVC_DIR), top)  # (git's view)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            return
+        exclude = os.path.join(git_common_dir(git_dir), "info", "exclude")
+        shown_path = os.fsencode(exclude).decode("utf-8", "backslashreplace")
+        name = os.fsencode(rel.replace(os.sep, "/"))
+        if b"\n" in name or b"\r" in name:
+            warnings.warn(f"git will list .mvc/ as untracked: its path holds a line break, which "
+                          f"{shown_path} cannot express; move the repository or ignore it another way")
+            return
+        entry = b"/" + re.sub(rb"([\\\[\]*?!#])", rb"\\\1", name) + b"/"
+        try:
+            try:
+                with open(exclude, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                data = b""
+            lines = [line.rstrip(b"\r") for line in data.splitlines()]
+            if entry in lines or {b".mvc", b".mvc/"} & set(lines):  # (unanchored: .mvc at any depth)
+                return
+            os.makedirs(os.path.dirname(exclude), exist_ok=True)  # (inside the existing git dir)
+            with open(exclude, "ab") as f:
+                f.write((b"\n" if data and not data.endswith(b"\n") else b"") + entry + b"\n")
+        except OSError as e:
+            warnings.warn(f"could not add {entry.decode('utf-8', 'backslashreplace')} to {shown_path} "
+                          f"({os_error_text(e)}): git will list .mvc/ as untracked; add that line yourself")
 
     # -- config ------------------------------------------------------------------------------
     def get_config(self, key: str, default=None):
@@ -411,6 +437,7 @@ class Repo(Maintenance):
         for key in metrics:
             if not isinstance(key, str) or not key:
                 raise BadInput(f"invalid metric name {key!r}")
+        author = check_author(author, "the author argument") if author else default_author(self.root)
         size = 0
         for what, value in (("commit message", message), ("metrics", metrics), ("author", author or ""),
                             ("extra", extra or {})):  # refuse NaN or text that is not UTF-8 before writing
@@ -477,7 +504,6 @@ class Repo(Maintenance):
         with self.loose.batch():  # every object is durable before any ref points at it
             for name, value in components.items():
                 new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
-        author = author or default_author(self.root)
         provenance = git_provenance(self.root)
         for _attempt in range(COMMIT_RETRIES):
             parent = self.refs.read(ref)

@@ -6,32 +6,57 @@ Hooks chain to existing ones, call mvc through this interpreter's absolute path,
 pre-commit gates the commit that concludes a merge git stopped (a conflict, or a merge the gate
 blocked, finished with `git commit` or `git merge --continue`, which run no pre-merge-commit);
 other commits pass through it at the cost of one `git rev-parse`.
+
+An existing hook, a symbolic link included (even one whose target does not exist), is chained by
+renaming it, never written through; new hook files are created without following links, and a
+failed install undoes what it did. One work tree's hooks gate one mvc repository: installing for a
+second one is refused (naming the first), and uninstall removes only hooks that gate its own. The
+git work tree is the one around the mvc repository, found as mvc.provenance finds it (variables
+such as GIT_DIR are ignored); git that cannot run or refuses the repository is an MvcError.
 """
 from __future__ import annotations
 
 import os
 import shlex
-import stat
 import sys
 
-from mvc.errors import MvcError
+from mvc.errors import MvcError, os_error_text
+from mvc.provenance import git_failure, git_work_tree, import_git, plain_git_env
 
 HOOKS = ("pre-merge-commit", "pre-commit", "pre-push")
 MARKER = "# installed by mvc hooks install"
 CHAINED = ".mvc-chained"
+NEW = ".mvc-new"  # a hook being written, renamed over the hook once complete
 
 
-def _git(root):
-    import git
+def _unusable(e: BaseException) -> MvcError:
+    git = sys.modules.get("git")
+    missing = isinstance(e, ImportError) or (git is not None and isinstance(e, git.GitCommandNotFound))
+    return MvcError(f"cannot use git here: {git_failure(e)}",
+                    "install git, put it on PATH or set GIT_PYTHON_GIT_EXECUTABLE" if missing
+                    else "run git status here to see why; nothing was changed")
+
+
+def _git(root) -> tuple:
+    """(GitPython's Repo of the work tree around `root`, that work tree's top); call it within
+    plain_git_env()."""
+    found = git_work_tree(root)
+    if not found:
+        raise MvcError(f"{root} is not inside a git work tree", "git hooks need a git repository")
     try:
-        return git.Repo(root, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise MvcError(f"{root} is not inside a git work tree", "git hooks need a git repository") from None
+        return import_git().Repo(found[0]), found[0]
+    except Exception as e:  # no GitPython, a git dir GitPython cannot read
+        raise _unusable(e) from None
 
 
-def _hooks_dir(g) -> str:
-    path = g.git.rev_parse("--git-path", "hooks")
-    return path if os.path.isabs(path) else os.path.join(g.working_tree_dir, path)
+def _hooks_dir(g, top: str) -> str:
+    """Where git runs hooks from (core.hooksPath honoured); the first git command run: one git
+    cannot run, or that refuses the repository (dubious ownership), fails here, before any change."""
+    try:
+        path = g.git.rev_parse("--git-path", "hooks")
+    except Exception as e:
+        raise _unusable(e) from None
+    return path if os.path.isabs(path) else os.path.join(top, path)
 
 
 def _script(name: str, mvc_root: str) -> str:
@@ -63,72 +88,172 @@ fi
 """
 
 
-def _ours(path: str) -> bool:
+def _read_hook(path: str) -> bytes | None:
+    """The bytes of a hook that is a regular file (not a link: mvc never makes one), else None."""
     try:
-        with open(path) as f:
-            return MARKER in f.read()
-    except (OSError, UnicodeDecodeError):
-        return False
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None
+
+
+def _ours(path: str) -> bool:
+    data = _read_hook(path)
+    return data is not None and MARKER.encode() in data
+
+
+def _gated_root(path: str) -> str | None:
+    """The mvc repository (relative to the work tree's top) that mvc's hook at `path` gates; None
+    when the hook names none (one written before hooks named it)."""
+    for line in (_read_hook(path) or b"").decode("utf-8", "surrogateescape").splitlines():
+        if "semantic_ci.git_hook" not in line:
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if "--mvc-root" in words[:-1]:
+            return words[words.index("--mvc-root") + 1]
+    return None
+
+
+def _other_root(hooks: str, rel: str) -> str | None:
+    """Another mvc repository that mvc's installed hooks gate, if any."""
+    for name in HOOKS:
+        path = os.path.join(hooks, name)
+        other = _gated_root(path) if _ours(path) else None
+        if other is not None and os.path.normpath(other) != os.path.normpath(rel):
+            return other
+    return None
+
+
+def _write_new(path: str, text: str) -> str:
+    """`text` in a new executable file beside `path` (created, never opened through a link)."""
+    tmp = path + NEW
+    try:
+        os.unlink(tmp)  # a leftover of an install that was killed (a link is removed, not followed)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o755)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8", "surrogateescape"))
+        os.chmod(tmp, os.stat(tmp).st_mode | 0o111)  # executable whatever the umask (git skips others)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def install(root: str) -> dict:
-    g = _git(root)
-    hooks = _hooks_dir(g)
-    os.makedirs(hooks, exist_ok=True)
-    for name in HOOKS:  # check all before changing any: nothing is half installed
-        path = os.path.join(hooks, name)
-        if os.path.exists(path) and not _ours(path) and os.path.exists(path + CHAINED):
-            raise MvcError(f"{path} is not mvc's hook and {name}{CHAINED} (an earlier chained hook) exists too",
-                           "move one of them away; mvc never overwrites a hook it chains to")
-    chained = []
-    for name in HOOKS:
-        path = os.path.join(hooks, name)
-        if os.path.exists(path) and not _ours(path):
-            os.replace(path, path + CHAINED)
-            chained.append(name)
-        with open(path, "w") as f:
-            f.write(_script(name, os.path.relpath(os.path.abspath(root), g.working_tree_dir)))
-        os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    if _config(g, "--get", "mvc.previousMergeFf") is None:  # (a second install keeps the first's record)
-        _config(g, "mvc.previousMergeFf", _config(g, "--get", "merge.ff") or "(unset)")
-        _config(g, "mvc.mergeSection", "present" if _config(g, "--get-regexp", r"^merge\.") else "absent")
-    _config(g, "merge.ff", "false")
+    with plain_git_env():
+        g, top = _git(root)
+        hooks = _hooks_dir(g, top)
+        rel = os.path.relpath(os.path.realpath(root), top)
+        other = _other_root(hooks, rel)  # check all before changing any: nothing is half installed
+        if other is not None:
+            raise MvcError(f"the git hooks in {hooks} already gate the mvc repository {other} of this work tree",
+                           f"one work tree's hooks gate one mvc repository: run mvc hooks uninstall in "
+                           f"{os.path.join(top, other)} first")
+        for name in HOOKS:
+            path = os.path.join(hooks, name)
+            if os.path.lexists(path) and not _ours(path) and os.path.lexists(path + CHAINED):
+                raise MvcError(f"{path} is not mvc's hook and {name}{CHAINED} (an earlier chained hook) exists too",
+                               "move one of them away; mvc never overwrites a hook it chains to")
+        chained, made, done = [], [], []
+        try:
+            os.makedirs(hooks, exist_ok=True)
+            for name in HOOKS:
+                path = os.path.join(hooks, name)
+                made.append(_write_new(path, _script(name, rel)))
+                if os.path.lexists(path) and not _ours(path):  # a link is renamed itself, never followed
+                    os.replace(path, path + CHAINED)
+                    chained.append(name)
+                    done.append((name, True))
+                elif not os.path.lexists(path):
+                    done.append((name, False))
+                os.replace(made.pop(), path)
+            if _config(g, "--get", "mvc.previousMergeFf") is None:  # (a second install keeps the first's record)
+                _config(g, "mvc.previousMergeFf", _config(g, "--get", "merge.ff") or "(unset)")
+                _config(g, "mvc.mergeSection", "present" if _config(g, "--get-regexp", r"^merge\.") else "absent")
+            _config(g, "merge.ff", "false")
+        except BaseException as e:
+            for tmp in made:
+                _quietly(os.unlink, tmp)
+            for name, was_chained in reversed(done):  # undo: what was there before is back
+                path = os.path.join(hooks, name)
+                if was_chained:
+                    _quietly(os.replace, path + CHAINED, path)
+                elif _ours(path):
+                    _quietly(os.unlink, path)
+            if isinstance(e, OSError):
+                raise MvcError(f"could not install the git hooks in {hooks}: {os_error_text(e)}",
+                               "the hooks there are as they were") from None
+            git = sys.modules.get("git")
+            if git is not None and isinstance(e, git.CommandError):  # git stopped working midway
+                raise _unusable(e) from None
+            raise
     return {"hooks_dir": hooks, "installed": list(HOOKS), "chained": chained, "merge.ff": "false"}
 
 
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
 def uninstall(root: str) -> dict:
-    g = _git(root)
-    hooks = _hooks_dir(g)
-    removed, kept = [], []
-    for name in HOOKS:
-        path = os.path.join(hooks, name)
-        if _ours(path):
-            os.unlink(path)
-            removed.append(name)
-            if os.path.exists(path + CHAINED):
-                os.replace(path + CHAINED, path)
-        elif os.path.exists(path + CHAINED):  # our hook was replaced by another tool's meanwhile
-            kept.append(name + CHAINED)
-    previous = _config(g, "--get", "mvc.previousMergeFf")
-    if previous is not None:
-        if previous == "(unset)":
-            _config(g, "--unset", "merge.ff")
-            if _config(g, "--get", "mvc.mergeSection") == "absent" and not _config(g, "--get-regexp", r"^merge\."):
-                _config(g, "--remove-section", "merge")  # the section install made, now empty
-        else:
-            _config(g, "merge.ff", previous)
-        for key in ("mvc.previousMergeFf", "mvc.mergeSection"):
-            _config(g, "--unset", key)
-        if not _config(g, "--get-regexp", r"^mvc\."):
-            _config(g, "--remove-section", "mvc")
+    with plain_git_env():
+        g, top = _git(root)
+        hooks = _hooks_dir(g, top)
+        rel = os.path.relpath(os.path.realpath(root), top)
+        other = _other_root(hooks, rel)
+        if other is not None:
+            raise MvcError(f"the git hooks in {hooks} gate the mvc repository {other} of this work tree, not this one",
+                           f"run mvc hooks uninstall in {os.path.join(top, other)} to remove them")
+        removed, kept = [], []
+        for name in HOOKS:
+            path = os.path.join(hooks, name)
+            if _ours(path):
+                os.unlink(path)
+                removed.append(name)
+                if os.path.lexists(path + CHAINED):  # (a chained link is renamed back, not followed)
+                    os.replace(path + CHAINED, path)
+            elif os.path.lexists(path + CHAINED):  # our hook was replaced by another tool meanwhile
+                kept.append(name + CHAINED)
+        previous = _config(g, "--get", "mvc.previousMergeFf")
+        if previous is not None:
+            if previous == "(unset)":
+                _config(g, "--unset", "merge.ff")
+                if _config(g, "--get", "mvc.mergeSection") == "absent" and not _config(g, "--get-regexp", r"^merge\."):
+                    _config(g, "--remove-section", "merge")  # the section install made, now empty
+            else:
+                _config(g, "merge.ff", previous)
+            for key in ("mvc.previousMergeFf", "mvc.mergeSection"):
+                _config(g, "--unset", key)
+            if not _config(g, "--get-regexp", r"^mvc\."):
+                _config(g, "--remove-section", "mvc")
     return {"removed": removed, "kept": kept}
 
 
 def _config(g, *args) -> str | None:
     """`git config --local ARGS` through git itself, which edits the file in place (comments and
-    layout kept; GitPython's writer rewrote the whole file); None when git says there is nothing."""
-    import git
+    layout kept; GitPython's writer rewrote the whole file); None when git says there is nothing
+    (a --get of an unset key, an --unset or --remove-section of one not there). Any other failure
+    (a stale config.lock, a config file we may not write) is an MvcError: a merge.ff said to be set
+    must be set, or fast-forward merges would skip the gate."""
+    git = import_git()
     try:
         return g.git.config("--local", *args)
-    except git.GitCommandError:
-        return None
+    except git.GitCommandError as e:
+        nothing = {"--get": 1, "--get-regexp": 1, "--unset": 5}.get(args[0]) == e.status or \
+            (args[0] == "--remove-section" and "no such section" in str(e.stderr))
+        if nothing:
+            return None
+        raise MvcError(f"git config {' '.join(args)} failed: {git_failure(e)}",
+                       "fix what git says (a stale .git/config.lock: remove it if no git runs) and run it again") from None

@@ -175,7 +175,7 @@ def hooks_install():
     """
     from semantic_ci.githooks import install
     r = install(Repo(os.getcwd()).root)
-    click.echo(f"installed {', '.join(r['installed'])} in {r['hooks_dir']}")
+    click.echo(f"installed {', '.join(r['installed'])} in {shown(r['hooks_dir'])}")
     if r["chained"]:
         click.echo(f"existing hooks kept and chained: {', '.join(r['chained'])}")
     click.echo("set merge.ff=false in this repository's git config (fast-forward merges skip pre-merge-commit; "

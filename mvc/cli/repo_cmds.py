@@ -237,8 +237,14 @@ def show(rev, as_json):
         con.print("Metrics: " + _metrics_line(info["metrics"]))
     git = info["provenance"].get("git")
     if git:
-        con.print(f"Code:   git {shown(short(git.get('sha')))} on {shown(git.get('branch'))}"
-                  + (" (dirty)" if git.get("dirty") else ""))
+        sha, branch, dirty, why = git.get("sha"), git.get("branch"), git.get("dirty"), git.get("error")
+        if sha or branch:
+            code = (shown(short(sha)) if sha else "(no commit yet)") + (f" on {shown(branch)}" if branch
+                                                                       else " (detached HEAD)")
+            code += {True: " (dirty)", False: ""}.get(dirty, f" (dirty: unknown{': ' + shown(why) if why else ''})")
+        else:  # (sha and branch unknown: a record of an mvc that kept only the error)
+            code = f"(unknown: {shown(why or 'not recorded')})"
+        con.print(f"Code:   git {code}")
     if info["ci"]:
         con.print(f"CI:     {info['ci']}")
     con.print("\n    " + "\n    ".join(map(shown, info["message"].splitlines())) + "\n")
@@ -402,6 +408,9 @@ def export(rev, component, out, force, as_json):
     if out == "-":
         if as_json:
             raise click.UsageError("--json cannot share stdout with the file (-o -)")
+        if sys.stdout is None:  # started with stdout closed (`>&-`): there is nowhere to write
+            from ..errors import MvcError
+            raise MvcError("stdout is closed: nowhere to write the file (-o -)", "give a file: -o FILE")
         sink = click.get_binary_stream("stdout")
         for chunk in _repo().export_chunks(rev, component):
             sink.write(chunk)
@@ -805,6 +814,9 @@ def cat_object(oid):
     if not is_oid(oid):  # (a 64-character branch name, or an id in capitals, is a revision too)
         oid = _any_object(repo, oid)
     data = repo.store.get(oid)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): there is nowhere to write
+        from ..errors import MvcError
+        raise MvcError("stdout is closed: nowhere to write the object", "redirect it: mvc cat-object REV > FILE")
     sys.stdout.buffer.write(data)
 
 

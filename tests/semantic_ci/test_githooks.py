@@ -1,5 +1,8 @@
 """Real git, real `git merge`: the pre-merge-commit hook blocks a merge whose model fails semantic CI
-(even when the feature branch relaxes its own mvc.toml) and allows one that passes."""
+(even when the feature branch relaxes its own mvc.toml) and allows one that passes. Installing and
+uninstalling: chained hooks (symbolic links too), nothing half installed, one gated mvc repository
+per work tree, git that cannot run."""
+import os
 import subprocess
 import sys
 
@@ -185,3 +188,96 @@ def test_a_merged_commit_heading_no_local_branch_is_not_taken_for_one(tmp_path, 
     git(work, "update-ref", "refs/remotes/origin/next", git(work, "rev-parse", "HEAD").stdout.strip())
     monkeypatch.setenv(f"GITHEAD_{fetched}", fetched)
     assert merged_branches() == []  # heads no local branch now: not gated, as before
+
+
+def _project(tmp_path, *subs):
+    work = tmp_path / "proj"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    for sub in subs or ("",):
+        mvc.Repo.init(work / sub)
+    return work, work / ".git" / "hooks"
+
+
+@pytest.mark.parametrize("target", ["../../scripts/pre-commit", "../../nowhere/pre-commit"])
+def test_a_symlinked_hook_is_chained_by_renaming_the_link_never_written_through(tmp_path, target):
+    """Before: install wrote mvc's hook through the link into the work tree (scripts/pre-commit),
+    or crashed half installed when the link's folder was missing; uninstall deleted the link."""
+    from semantic_ci.githooks import install, uninstall
+    work, hooks = _project(tmp_path)
+    (work / "scripts").mkdir()
+    (hooks / "pre-commit").symlink_to(target)
+    r = install(str(work))
+    assert r["chained"] == ["pre-commit"]
+    assert not (work / "scripts" / "pre-commit").exists() and not (work / "nowhere").exists()
+    assert os.readlink(hooks / "pre-commit.mvc-chained") == target
+    assert not (hooks / "pre-commit").is_symlink() and "semantic_ci.git_hook" in (hooks / "pre-commit").read_text()
+    assert install(str(work))["chained"] == []  # a second install rewrites only its own hooks
+    uninstall(str(work))
+    assert os.readlink(hooks / "pre-commit") == target and not (hooks / "pre-merge-commit").exists()
+    assert not os.path.lexists(hooks / "pre-commit.mvc-chained")
+
+
+def test_a_failed_install_changes_nothing(tmp_path):
+    from semantic_ci.githooks import install
+    work, hooks = _project(tmp_path)
+    (hooks / "pre-commit").write_text("#!/bin/sh\necho mine\n")
+    (hooks / "pre-push.mvc-new").mkdir()  # the last hook's new file cannot be made
+    (hooks / "pre-push.mvc-new" / "x").write_text("")
+    before = sorted(p.name for p in hooks.iterdir())
+    with pytest.raises(mvc.errors.MvcError, match="could not install the git hooks"):
+        install(str(work))
+    assert sorted(p.name for p in hooks.iterdir()) == before
+    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\necho mine\n"
+    assert git(work, "config", "merge.ff", check=False).returncode == 1
+
+
+def test_one_work_tree_s_hooks_gate_one_mvc_repository(tmp_path, monkeypatch):
+    """Before: installing for b/ silently replaced the hooks gating a/, and uninstalling in a/
+    removed b/'s."""
+    from click.testing import CliRunner
+
+    from mvc.cli import cli
+    from semantic_ci.githooks import install, uninstall
+    work, hooks = _project(tmp_path, "a", "b")
+    install(str(work / "a"))
+    monkeypatch.chdir(work / "b")
+    r = CliRunner().invoke(cli, ["hooks", "install"])
+    assert r.exit_code == 3 and "already gate the mvc repository a " in r.output, r.output
+    assert "uninstall in " + str(work / "a") in r.output
+    assert "--mvc-root a " in (hooks / "pre-merge-commit").read_text()
+    with pytest.raises(mvc.errors.MvcError, match="gate the mvc repository a of this work tree, not this one"):
+        uninstall(str(work / "b"))
+    assert "--mvc-root a " in (hooks / "pre-push").read_text()
+    assert uninstall(str(work / "a"))["removed"] == ["pre-merge-commit", "pre-commit", "pre-push"]
+    assert install(str(work / "b"))["installed"]  # now b/ may have them
+
+
+def test_hooks_without_a_usable_git_are_an_mvc_error(tmp_path, monkeypatch):
+    """Before: GitCommandNotFound (or ImportError at GitPython's import) escaped: exit 4, a traceback."""
+    from click.testing import CliRunner
+
+    from mvc.cli import cli
+    work, hooks = _project(tmp_path)
+    (tmp_path / "nogit").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "nogit"))
+    monkeypatch.chdir(work)
+    for cmd in ("install", "uninstall"):
+        r = CliRunner().invoke(cli, ["hooks", cmd])
+        assert r.exit_code == 3 and r.output == ("error: cannot use git here: git not found on PATH "
+                                                 "(install git, put it on PATH or set GIT_PYTHON_GIT_EXECUTABLE)\n")
+    assert not (hooks / "pre-push").exists()
+
+
+def test_an_install_that_cannot_set_merge_ff_fails_and_changes_nothing(tmp_path):
+    """Before: every failure of git config counted as 'nothing there': a stale config.lock left
+    merge.ff unset while install said it was set, so fast-forward merges skipped the gate."""
+    from semantic_ci.githooks import install
+    work, hooks = _project(tmp_path)
+    (work / ".git" / "config.lock").write_text("")
+    with pytest.raises(mvc.errors.MvcError, match=r"git config .*failed: could not lock config file"):
+        install(str(work))
+    assert not any((hooks / name).exists() for name in ("pre-commit", "pre-merge-commit", "pre-push"))
+    (work / ".git" / "config.lock").unlink()
+    install(str(work))
+    assert git(work, "config", "merge.ff").stdout.strip() == "false"
