@@ -342,7 +342,11 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str):
         view, blob = tensor_blob(store, t, e.name)
         if blob.end - blob.begin != e.end - e.begin:
             raise CorruptObject(f"blob {t['id'][:12]} has the wrong size for {e.name!r}")
-        yield memoryview(view)[blob.begin: blob.end]
+        chunk = memoryview(view)[blob.begin: blob.end]
+        del view  # only the chunk holds the bytes now: released below, before the next blob decodes
+        yield chunk
+        with contextlib.suppress(BufferError):  # (a reader still exporting it keeps it alive)
+            chunk.release()  # a decoded pack object is freed here, not after the next one is made
 
 
 def tensor_blob(store: ObjectStore, t: dict, name: str, **view_options):

@@ -112,14 +112,24 @@ _ENVIRONMENT = {
     "ELOOP": ("too many levels of symbolic links", "check the symbolic links on that path"),
     "ENOTDIR": ("a part of the path is not a directory", "check the path"),
     "EISDIR": ("is a directory", "name a file there, or remove the directory"),
+    "ENOMEM": ("not enough memory", "close other programs or raise the memory limit (ulimit -v); "
+               "a smaller model or fewer jobs (-j) need less"),
     "EIO": ("input/output error", "the disk or file system reported an error: check it (dmesg) and retry"),
 }
 
 
-def environment_error(e: OSError) -> tuple[str, str] | None:
-    """(what happened, what to do) for an OSError of the environment (a full disk, no write
-    permission, a read-only file system, the open-file limit); None for any other error."""
+def environment_error(e: BaseException) -> tuple[str, str] | None:
+    """(what happened, what to do) for an error of the environment (a full disk, no write
+    permission, a read-only file system, the open-file limit, memory or threads running out); None
+    for any other error."""
     import errno
+    if isinstance(e, MemoryError):
+        return _ENVIRONMENT["ENOMEM"]
+    if isinstance(e, RuntimeError) and "can't start new thread" in str(e):
+        return ("cannot start a thread (the limit of processes or threads)",
+                "raise it (ulimit -u) or pass fewer jobs (-j)")
+    if not isinstance(e, OSError):
+        return None
     name = errno.errorcode.get(e.errno or 0)
     if name not in _ENVIRONMENT:
         return None

@@ -15,6 +15,7 @@ FORMAT_VERSION = 1          # of trees, commits and certificates
 HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
 SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
+MAX_TREE_BYTES = 64 << 20  # the largest tree a commit may hold: a remote sends no larger one
 
 
 _forked = False  # in a child forked after hashing started: blake3's thread pool did not come along
@@ -82,6 +83,11 @@ def encode(obj: dict) -> tuple[str, bytes]:
             raise BadInput(f"this commit would take {len(data)} bytes (at most {SMALL_OBJECT}: commits "
                            "are read as small objects)", "shorten the message and metrics; store large "
                            "notes as a component or a file")
+        if kind == "tree" and len(data) > MAX_TREE_BYTES:  # it would commit, push, and never clone
+            n = len(obj.get("tensors") or {}) + len(obj.get("files") or {})
+            raise BadInput(f"this component's tree would take {len(data)} bytes for {n} tensors and files "
+                           f"(at most {MAX_TREE_BYTES}: no remote would send it back)",
+                           "split it into several components (e.g. by layer range), or shorten the tensor names")
         try:
             _SHAPE_CHECKS[kind](json.loads(data))
         except _Malformed as e:

@@ -46,21 +46,21 @@ class MvcGroup(click.Group):
             ctx.exit(143 if how == "terminated" else 130)
         except BrokenPipeError:  # the reader has all it wanted; a result decided already stands
             ctx.exit(ctx.meta.get("mvc.exit_status", 0))
-        except OSError as e:
+        except (OSError, MemoryError, RuntimeError) as e:
             found = environment_error(e)
-            if found:  # the machine's state (a full disk, no write access, the open-file limit)
+            if found:  # the machine's state (a full disk, no write access, the open-file limit, memory)
                 _debug_traceback()
                 from ..refs import moves_so_far
                 error(found[0], f"{moves_so_far()}; {found[1]}")
                 ctx.exit(3)
-            self._bug(ctx, e, "this is a bug in mvc")
+            self._bug(ctx, e)
         except Exception as e:
-            self._bug(ctx, e, "this is a bug in mvc; please report it")
+            self._bug(ctx, e)
 
     @staticmethod
-    def _bug(ctx, e: BaseException, hint: str):
+    def _bug(ctx, e: BaseException):
         _print_traceback()
-        error(f"unexpected {type(e).__name__}: {e}", hint)
+        error(f"unexpected {type(e).__name__}: {e}", "this is a bug in mvc; please report it")
         ctx.exit(4)
 
 

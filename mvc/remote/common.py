@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from .. import safetensors_format as stf
 from ..errors import CorruptObject, MvcError
-from ..objects import check_ref_name, decode, hash_bytes, named_ids
+from ..objects import MAX_TREE_BYTES, check_ref_name, decode, hash_bytes, named_ids
 from ..refs import moves_so_far
 from ..repo import Repo
 from ..store import fsync_dir, new_object_file
@@ -103,7 +103,7 @@ def is_ancestor(repo: Repo, a: str, b: str) -> bool:
     return False
 
 
-MAX_META_BYTES = 64 << 20  # a commit, tree or certificate from a remote is refused beyond this
+MAX_META_BYTES = MAX_TREE_BYTES  # a commit, tree or certificate from a remote is refused beyond this
 NAMED_MAX_BYTES = 1 << 30  # what a certificate names (check data: semantic CI reads at most 1 GiB)
 
 

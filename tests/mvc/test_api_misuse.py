@@ -133,3 +133,16 @@ def test_a_repository_is_found_through_a_symlinked_directory(tmp_path):
     (tmp_path / "proj" / "runs" / "exp1").mkdir(parents=True)
     os.symlink(tmp_path / "proj" / "runs", tmp_path / "runs")
     assert os.path.realpath(mvc.Repo(tmp_path / "runs" / "exp1").root) == os.path.realpath(tmp_path / "proj")
+
+
+def test_a_tree_no_remote_would_send_back_is_refused_at_commit(repo, monkeypatch):
+    """A component of ~300k tensors made a 69 MB tree: commit and push passed, then every clone and
+    fetch refused it (remotes send trees of at most 64 MiB) and called the remote damaged."""
+    from mvc.remote import MAX_META_BYTES
+    assert MAX_META_BYTES == mvc.objects.MAX_TREE_BYTES  # one limit on both sides
+    monkeypatch.setattr(mvc.objects, "MAX_TREE_BYTES", 8 << 10)
+    first = repo.commit({"core": {"w": torch.zeros(2)}}, message="small")
+    many = {f"layers.{i}.weight": torch.full((1,), float(i)) for i in range(200)}
+    with pytest.raises(BadInput, match=r"tree would take \d+ bytes for 201 tensors and files .*split it"):
+        repo.commit({"core": many}, message="too many")
+    assert repo.resolve("HEAD") == first and len(repo.log()) == 1

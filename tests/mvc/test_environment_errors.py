@@ -96,6 +96,34 @@ def test_environment_errors_are_exit_3_with_what_to_do(in_repo, monkeypatch, err
     assert what in r.stderr and fix in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("exc,what,fix", [
+    (OSError(errno.ENOMEM, "Cannot allocate memory"), "not enough memory", "ulimit -v"),
+    (MemoryError(), "not enough memory", "ulimit -v"),
+    (RuntimeError("can't start new thread"), "cannot start a thread", "ulimit -u"),
+])
+def test_running_out_of_memory_or_threads_is_exit_3_not_a_bug(in_repo, monkeypatch, exc, what, fix):
+    """A commit under `ulimit -v` (an mmap's ENOMEM) was 'unexpected OSError ... this is a bug in mvc', exit 4."""
+    def fails(*_a, **_k):
+        raise exc
+    monkeypatch.setattr(mvc.Repo, "commit", fails)
+    from safetensors.torch import save_file
+    save_file(_sd(), "m.safetensors")
+    r = CliRunner().invoke(cli, ["commit", "m.safetensors", "-m", "one"])
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith(f"error: {what}") and fix in r.stderr and "nothing was moved" in r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_other_runtime_errors_are_still_bugs(in_repo, monkeypatch):
+    def fails(*_a, **_k):
+        raise RuntimeError("some internal state went wrong")
+    monkeypatch.setattr(mvc.Repo, "commit", fails)
+    from safetensors.torch import save_file
+    save_file(_sd(), "m.safetensors")
+    r = CliRunner().invoke(cli, ["commit", "m.safetensors", "-m", "one"])
+    assert r.exit_code == 4 and "Traceback" in r.stderr and "this is a bug in mvc" in r.stderr
+
+
 def test_gc_frees_space_on_a_full_disk_with_the_reserve(repo, monkeypatch):
     """On a 100% full disk gc could not take its locks (their owner files need a block) and freed
     nothing: exactly when a user runs it."""
