@@ -59,6 +59,22 @@ ABSENT = None  # the token of a file that does not exist
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
 
+def hash_file(f) -> str:
+    """The id of what an open (readable) file holds, mapped rather than read into memory."""
+    f.flush()
+    if not os.fstat(f.fileno()).st_size:
+        return hash_bytes(b"")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return hash_bytes(mm)
+
+
+def check_received(oid: str, got: str, where: str) -> None:
+    """An object from remote `where` whose bytes hash to `got` is refused unless that is its id."""
+    if got != oid:
+        raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
+                            "it was not stored", REPAIR_HINT)
+
+
 def remote_config_bytes() -> bytes:
     return f"[core]\nformat = {REMOTE_FORMAT}\nbare = true\n".encode()
 
@@ -377,6 +393,12 @@ class DirectoryTransport(Transport):
         return self.objects.freshen(oid, FRESHEN_S) or self.packs.freshen(oid, FRESHEN_S)
 
     def get(self, oid, max_size=None):
+        data = self._get(oid, max_size)
+        return bytes(data) if isinstance(data, memoryview) else data
+
+    def _get(self, oid, max_size=None):
+        """`get`'s bytes, or a view of the decoded pack object where it comes from a pack (no copy:
+        a clone of a packed remote holds each object once)."""
         try:
             with open(self.objects.path(oid), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -391,8 +413,8 @@ class DirectoryTransport(Transport):
         return data
 
     def get_into(self, oid, f, max_size=None):
-        if self.packs.has(oid):  # loose and packed (rare): hand over whichever copy verifies
-            data = self.get(oid, max_size)
+        if self.packs.has(oid):  # packed (or loose and packed: whichever copy verifies)
+            data = self._get(oid, max_size)
             f.write(data)
             return len(data)
         try:
@@ -420,13 +442,14 @@ class DirectoryTransport(Transport):
         finally:
             os.close(fd)
 
-    def _packed(self, oid, max_size=None) -> bytes:
-        """An object not loose here: packed by `mvc pack` in a repository used as a remote (its
-        index's size is checked before anything is decoded: a crafted entry could declare any)."""
+    def _packed(self, oid, max_size=None):
+        """An object not loose here, as a view of its decoded bytes: packed by `mvc pack` in a
+        repository used as a remote (its index's size is checked before anything is decoded: a
+        crafted entry could declare any)."""
         if self.packs.has(oid):
             check_size(oid, self.packs.size(oid), max_size, self.url)
             try:
-                return self.packs.get(oid)
+                return self.packs.view(oid)
             except CorruptObject as e:  # its hint is for the repository's owner, not for us
                 raise CorruptObject(f"{e.message} (on remote {self.url})", REPAIR_HINT
                                     + "; or repair the repository there with mvc fsck --repair-from") from None
@@ -687,12 +710,34 @@ class LazyRemoteStore(ObjectStore):
         return self._promised_now(oid)
 
     def fetch(self, oid: str) -> bytes:
-        if self.cache.has(oid):
+        """The object's bytes: downloaded into the cache first (a stream, never whole in memory),
+        or, where this user may not write the cache, read into memory and verified there."""
+        if self.cache.has(oid) or self._download(oid):
             return self.cache.get(oid)
+        data = self._from_remote(lambda t: t.get(oid, max_size=self._size_limit(oid)), oid)
+        check_received(oid, hash_bytes(data), self.remote)
+        return data
+
+    def _download(self, oid: str) -> bool:
+        """Stream `oid` from the remote into the cache, verified before it gets its name; False
+        (nothing stored) where the cache cannot be written: a clone this user may only read."""
+        cache = self.cache
+        try:
+            with new_object_file(cache.tmp, oid, cache.path(oid), cache.fsync, readable=True) as f:
+                self._from_remote(lambda t: t.get_into(oid, f, max_size=self._size_limit(oid)), oid)
+                check_received(oid, hash_file(f), self.remote)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return False
+            raise
+        return True
+
+    def _from_remote(self, read, oid: str):
+        """`read(transport)` for a promised `oid`, its failures said as a lazy clone's."""
         if not self._promised_now(oid):
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
         try:
-            data = self.transport().get(oid, max_size=self._size_limit(oid))
+            return read(self.transport())
         except ObjectMissing:
             if not self.transport().is_repository():
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
@@ -705,18 +750,6 @@ class LazyRemoteStore(ObjectStore):
             kind = CorruptObject if isinstance(e, CorruptObject) else MvcError
             raise kind(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
                        f"failed: {e.message}", e.hint) from None
-        got = hash_bytes(data)
-        if got != oid:
-            raise CorruptObject(f"object {oid} fetched from remote {self.remote} is corrupt: its content "
-                                f"hashes to {got[:12]}; it was not stored",
-                                "the remote copy is damaged: clone from another copy, or repair it with "
-                                "mvc push --repair from a repository that has it")
-        try:
-            self.cache.put(data, oid=oid)
-        except OSError as e:  # a clone this user may only read: serve the verified bytes, keep nothing
-            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
-        return data
 
     def get(self, oid):
         return self.fetch(oid)
@@ -736,19 +769,19 @@ class LazyRemoteStore(ObjectStore):
 
         def fetch(oid):
             with contextlib.suppress(MvcError):
-                self.fetch(oid)
+                self._download(oid)
 
         with ThreadPoolExecutor(max_workers=min(self.PREFETCH_JOBS, len(missing))) as pool:
             list(pool.map(fetch, missing))
 
     def view(self, oid, verify=True, rehash=False):  # fetched objects are verified as they arrive
-        if not self.cache.has(oid):
-            data = self.fetch(oid)
-            if not self.cache.has(oid):  # (a clone this user may only read caches nothing)
-                return memoryview(bytearray(data))  # (writable, as tensors made from it expect)
+        if not self.cache.has(oid) and not self._download(oid):  # a clone this user may only read:
+            return memoryview(bytearray(self.fetch(oid)))  # in memory (writable, as tensors expect)
         return self.cache.view(oid, rehash=rehash)
 
     def size(self, oid):
+        if self.cache.has(oid) or self._download(oid):
+            return self.cache.size(oid)
         return len(self.fetch(oid))
 
     def put(self, *buffers, oid=None):

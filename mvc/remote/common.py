@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from .. import safetensors_format as stf
-from ..errors import CorruptObject, MvcError
+from ..errors import MvcError
 from ..objects import MAX_TREE_BYTES, check_ref_name, decode, hash_bytes, named_ids
 from ..refs import moves_so_far
 from ..repo import Repo
 from ..store import fsync_dir, new_object_file
-from ..transport import REPAIR_HINT, LazyRemoteStore, Transport
+from ..transport import LazyRemoteStore, Transport, check_received, hash_file
 
 
 class Pool:
@@ -111,11 +110,7 @@ def receive(transport: Transport, oid: str, where: str, max_size: int | None = N
     """An object from the remote, verified against its id (a bad one raises and is not stored);
     one larger than `max_size` is refused before it is read."""
     data = transport.get(oid, max_size=max_size)
-    got = hash_bytes(data)
-    if got != oid:
-        raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
-                            "it was not stored",
-                            REPAIR_HINT)
+    check_received(oid, hash_bytes(data), where)
     return data
 
 
@@ -130,16 +125,7 @@ def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max
         return os.path.getsize(final)
     with new_object_file(loose.tmp, oid, final, loose.fsync, readable=True) as f:
         n = t.get_into(oid, f, max_size=max_size)
-        f.flush()
-        if n:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                got = hash_bytes(mm)
-        else:
-            got = hash_bytes(b"")
-        if got != oid:
-            raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to "
-                                f"{got[:12]}; it was not stored",
-                                REPAIR_HINT)
+        check_received(oid, hash_file(f), where)
     dirty.add(os.path.dirname(final))
     return n
 

@@ -367,21 +367,22 @@ def test_lazy_clone_fetches_the_blobs_of_a_load_in_parallel(remote, tmp_path, mo
     rm.push(src)
     lazy, _ = rm.clone(remote.url, str(tmp_path / "lazy"), lazy=True, endpoint=remote.endpoint)
     transport = next(s for s in lazy.store.stores if s.fetches).transport()
-    real_get, lock, inflight = transport.get, threading.Lock(), {"now": 0, "most": 0, "calls": 0}
+    real_get, lock, inflight = transport.get_into, threading.Lock(), {"now": 0, "most": 0, "calls": 0}
 
-    def slow_get(oid, **kw):  # a remote with latency: each get takes 50 ms
+    def slow_get(oid, f, **kw):  # a remote with latency: each download takes 50 ms
         with lock:
             inflight["now"] += 1
             inflight["calls"] += 1
             inflight["most"] = max(inflight["most"], inflight["now"])
         try:
             time.sleep(0.05)
-            return real_get(oid, **kw)
+            return real_get(oid, f, **kw)
         finally:
             with lock:
                 inflight["now"] -= 1
 
-    monkeypatch.setattr(transport, "get", slow_get)
+    monkeypatch.setattr(transport, "get_into", slow_get)
+    monkeypatch.setattr(transport, "get", lambda *a, **k: pytest.fail("a blob read whole into memory"))
     state = lazy.load("HEAD", "core", keys=["w1", "w2", "w3", "w4", "w5"])
     assert all(torch.equal(state[k], core[k]) for k in state)
     assert inflight["most"] > 1 and inflight["calls"] == 5  # in parallel, each wanted blob once

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import mvc
 import mvc.components
 import mvc.files
+import mvc.transport
 from mvc.cli import cli
 from mvc.errors import LockHeld, MvcError
 from mvc.files import LockFile
@@ -154,15 +155,16 @@ def test_a_lazy_clone_this_user_may_only_read_still_loads(tmp_path, monkeypatch)
     src.commit({"core": _sd(3)}, message="one")
     rm.push(src)
     lazy, _ = rm.clone(str(tmp_path / "remote"), str(tmp_path / "lazy"), lazy=True)
-    store = next(s for s in lazy.store.stores if s.fetches)
-
-    def denied(*_a, **_k):
-        raise PermissionError(errno.EACCES, "Permission denied", "objects/tmp")
-    monkeypatch.setattr(store.cache, "put", denied)
+    def denied(tmp_dir, *_a, **_k):
+        raise PermissionError(errno.EACCES, "Permission denied", tmp_dir)
+    monkeypatch.setattr(mvc.transport, "new_object_file", denied)
     state = lazy.load("HEAD", "core")
     assert torch.equal(state["w"], _sd(3)["w"])
     assert not any(lazy.loose.has(t["id"]) for t in lazy.tree("HEAD", "core")["tensors"].values())
-    monkeypatch.setattr(store.cache, "put", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+
+    def broken(tmp_dir, *_a, **_k):
+        raise OSError(errno.EIO, "Input/output error", tmp_dir)
+    monkeypatch.setattr(mvc.transport, "new_object_file", broken)
     with pytest.raises(OSError):  # other failures still surface
         lazy.load("HEAD", "core")
 
