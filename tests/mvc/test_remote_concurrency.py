@@ -517,14 +517,14 @@ def test_a_lazy_read_finds_the_blob_a_concurrent_pack_moved(tmp_path, monkeypatc
     rm.push(src)
     lazy_root = str(tmp_path / "lazy")
     rm.clone(str(tmp_path / "r.mvc"), lazy_root, lazy=True)
-    real_fetch, packed = tp.LazyRemoteStore.fetch, []
+    real_download, packed = tp.LazyRemoteStore._download, []
 
-    def fetch(self, oid):
-        data = real_fetch(self, oid)
+    def download(self, oid):
+        stored = real_download(self, oid)
         if not packed:  # `mvc pack` elsewhere, right now
             packed.append(pack(mvc.Repo(lazy_root))["packed"])
-        return data
-    monkeypatch.setattr(tp.LazyRemoteStore, "fetch", fetch)
+        return stored
+    monkeypatch.setattr(tp.LazyRemoteStore, "_download", download)
     repo = mvc.Repo(lazy_root)
     t = next(iter(repo.tree("HEAD", "core")["tensors"].values()))
     data = repo.store.view(t["id"])
