@@ -474,10 +474,12 @@ class Maintenance:
 
     def du(self) -> dict:
         """Logical bytes (every commit as plain files), object bytes (after dedup) and bytes on disk
-        (after pack compression), with what dedup and compression each saved."""
+        (after pack compression), with what dedup and compression each saved. Dedup is judged on
+        the objects commits reach; unreachable ones (garbage gc has not removed yet) are counted
+        apart."""
         from .pack_write import storage_usage
-        usage = storage_usage(self)
-        objects, stored = usage["object_bytes"], usage["stored_bytes"]
+        usage = storage_usage(self, self.reachable()[0])
+        objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]
         logical = 0
         commits = self._reachable_commits()
         for cid in commits:
@@ -487,9 +489,9 @@ class Maintenance:
                 except MvcError:
                     continue
         return {**usage, **self.loose.stamp_usage(), "logical_bytes": logical, "commits": len(commits),
-                "dedup_saved_bytes": logical - objects, "compression_saved_bytes": objects - stored,
-                "dedup_ratio": (logical / objects) if objects else None,
-                "compression_ratio": (objects / stored) if stored else None}
+                "dedup_saved_bytes": logical - objects, "dedup_ratio": (logical / objects) if objects else None,
+                "compression_saved_bytes": usage["object_bytes"] - stored,
+                "compression_ratio": (usage["object_bytes"] / stored) if stored else None}
 
 
 def holds_tensor(heads: dict[str, tuple[bytes, int]], t: dict) -> bool:

@@ -576,11 +576,12 @@ def maybe_autopack(repo, cid: str) -> dict | None:
         return None
 
 
-def storage_usage(repo) -> dict:
-    """Objects, their own bytes, and the bytes on disk (loose files, pack files and indexes)."""
+def storage_usage(repo, reachable: set[str] | None = None) -> dict:
+    """Objects, their own bytes, and the bytes on disk (loose files, pack files and indexes); with
+    the set of `reachable` ids, also how many objects and bytes are garbage (unreachable)."""
     ps = _store(repo)
     packed = ps.records()
-    object_bytes = loose_disk = loose_count = 0
+    object_bytes = loose_disk = loose_count = garbage = garbage_bytes = 0
     for oid in repo.loose.ids():
         try:
             n = repo.loose.size(oid)
@@ -590,7 +591,12 @@ def storage_usage(repo) -> dict:
         loose_disk += n
         if oid not in packed:
             object_bytes += n
+            if reachable is not None and oid not in reachable:
+                garbage, garbage_bytes = garbage + 1, garbage_bytes + n
     object_bytes += sum(r.size for _p, r in packed.values())
+    if reachable is not None:
+        unreached = [r.size for oid, (_p, r) in packed.items() if oid not in reachable]
+        garbage, garbage_bytes = garbage + len(unreached), garbage_bytes + sum(unreached)
     pack_disk = 0
     packs = ps.packs()
     for p in packs:
@@ -601,7 +607,8 @@ def storage_usage(repo) -> dict:
             pass
     count = len(packed) + sum(1 for oid in repo.loose.ids() if oid not in packed)
     tmp_files, tmp_bytes = _unfinished_writes(repo, ps.dir)
-    return {"objects": count, "object_bytes": object_bytes, "stored_bytes": loose_disk + pack_disk,
+    extra = {} if reachable is None else {"unreachable_objects": garbage, "unreachable_bytes": garbage_bytes}
+    return {**extra, "objects": count, "object_bytes": object_bytes, "stored_bytes": loose_disk + pack_disk,
             "loose_objects": loose_count, "loose_bytes": loose_disk, "packed_objects": len(packed),
             "pack_files": len(packs), "pack_bytes": pack_disk,
             "unfinished_files": tmp_files, "unfinished_bytes": tmp_bytes}

@@ -599,6 +599,25 @@ def test_du_reports_dedup_and_compression_savings_separately(repo):
         after["logical_bytes"] - after["stored_bytes"]
 
 
+def test_du_counts_garbage_apart_from_dedup(in_repo):
+    """Unreachable tensor data that gc keeps for its grace period was blamed on commit and tree
+    objects ('8.0 MB more: commit and tree objects outweigh what dedup saved')."""
+    drift_history(in_repo, 2)
+    before = mvc.Repo(in_repo.root).du()
+    dedup_line = [line for line in CliRunner().invoke(cli, ["du"]).output.splitlines() if line.startswith("after dedup")]
+    assert before["unreachable_objects"] == 0 and before["unreachable_bytes"] == 0
+    garbage = [in_repo.store.put(os.urandom(400_000)) for _ in range(3)]
+    pack(in_repo)
+    in_repo.store.put(os.urandom(300_000))  # one loose too
+    after = mvc.Repo(in_repo.root).du()
+    assert after["unreachable_objects"] == len(garbage) + 1 and after["unreachable_bytes"] == 1_500_000
+    assert after["dedup_ratio"] == before["dedup_ratio"] and after["logical_bytes"] == before["logical_bytes"]
+    res = CliRunner().invoke(cli, ["du"])
+    assert res.exit_code == 0, res.output
+    assert "garbage:     1.5 MB in 4 objects no commit reaches" in res.output
+    assert [line for line in res.output.splitlines() if line.startswith("after dedup")] == dedup_line
+
+
 def test_cli_pack_json_and_human(in_repo):
     drift_history(in_repo, 4)
     res = CliRunner().invoke(cli, ["pack", "--json"])
