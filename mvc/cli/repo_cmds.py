@@ -14,7 +14,7 @@ from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt,
-                     negative_result, plural, short, shown, size_change, table, warn)
+                     negative_result, plural, print_table, short, shown, size_change, table, warn)
 
 
 def _repo() -> Repo:
@@ -254,7 +254,7 @@ def show(rev, as_json):
         t.add_row(shown(name), shown(c["kind"]), short(c["tree"]), str(c["tensors"]), str(c["files"]),
                   human_bytes(c["bytes"]), ", ".join(f"{k}x{v}" for k, v in sorted(c["dtypes"].items())),
                   shown(c["arch"] or "-"))
-    con.print(t)
+    print_table(con, t)
 
 
 @cli.command()
@@ -318,7 +318,7 @@ def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
         t = table("tensor", "status", "dtype", "shape", "max |delta|", "rel L2", "changed", names=("tensor",))
         for row in rows:
             t.add_row(*row)
-        con.print(t)
+        print_table(con, t)
     for rel, f in c["files"].items():
         side = {"added": lambda a, b: b, "removed": lambda a, b: a}.get(f["status"], change)
         size, oid = side(*map(human_bytes, f["size"])), side(*map(short, f["id"]))
