@@ -354,6 +354,13 @@ class Maintenance:
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
                 result["pack"] = p.run(progress.advance, dry_run=dry_run)
+            except OSError as e:  # garbage in a pack goes only once its live objects are rewritten
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise MvcError(f"no space left on device to repack: the live objects of the packs that hold "
+                               f"garbage need up to {p.total_bytes / 1e6:.1f} MB to be rewritten",
+                               f"{freed / 1e6:.1f} MB of loose garbage was freed and nothing was lost; free "
+                               "that much space and run mvc gc again") from None
             finally:
                 progress.end()
         result["removed"] += result["pack"]["dropped"]

@@ -185,3 +185,23 @@ def test_sigterm_stops_a_command_like_ctrl_c(in_repo):
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 143 and "error: terminated" in err, (p.returncode, err)
     assert "Traceback" not in err
+
+
+def test_gc_on_a_full_disk_says_how_much_room_a_repack_needs(repo, monkeypatch):
+    """Packed garbage goes only once the live objects beside it are rewritten: on a full disk gc
+    said 'no space left on device (nothing was moved)' and nothing about what it needs."""
+    import mvc.pack_write
+    keep = repo.commit({"model": _sd(0)}, message="one")
+    repo.commit({"model": {"big": torch.randn(300, 300)}}, message="to drop", branch="tmp")
+    mvc.pack_write.pack(repo)
+    repo.delete_branch("tmp")
+    repo.set_config("gc.reflogExpire", "0")  # the deleted branch's commit is garbage now, in a pack
+    loose_garbage = repo.store.put(os.urandom(200_000))
+    monkeypatch.setattr(mvc.pack_write.Packer, "run", lambda *a, **k: _enospc())
+    with pytest.raises(mvc.MvcError, match=r"no space left on device to repack: .* need up to 0\.[1-9]\d* MB") as e:
+        repo.gc(grace_s=0)
+    assert "0.2 MB of loose garbage was freed and nothing was lost" in e.value.hint
+    monkeypatch.undo()
+    fresh = mvc.Repo(repo.root)
+    assert not fresh.loose.has(loose_garbage) and fresh.resolve("HEAD") == keep and fresh.fsck()["ok"]
+    assert fresh.gc(grace_s=0)["bytes_freed"] > 250_000  # with room, the packed garbage goes
