@@ -412,6 +412,9 @@ def _output_error(dest: str, e: OSError) -> BadInput:
                     "free some space and run it again" if e.errno == errno.ENOSPC else "choose another output path")
 
 
+WRITE_PIECE = 64 << 20  # checkout and export write (and report progress) this much at a time
+
+
 def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bool,
                progress: Progress | None) -> str:
     """The bytes of file `relpath` of `tree`, written to a new hidden temp file beside `dest`
@@ -429,9 +432,11 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bo
     try:
         with f:
             for chunk in file_chunks(store, tree, relpath):
-                f.write(chunk)
-                if progress:
-                    progress(len(chunk))
+                with memoryview(chunk) as mv:  # in pieces: a bar moves through a 10 GB tensor too
+                    for at in range(0, len(mv), WRITE_PIECE):
+                        f.write(mv[at: at + WRITE_PIECE])
+                        if progress:
+                            progress(min(WRITE_PIECE, len(mv) - at))
             if sync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -864,9 +864,10 @@ class Repo(Maintenance):
                            "directory, which holds its objects and refs",
                            "write somewhere else, e.g. -o restored/")
 
-    def export(self, rev: str | None, component: str, out_file: str, force: bool = False) -> str:
+    def export(self, rev: str | None, component: str, out_file: str, force: bool = False,
+               progress: Callable[[int], None] | None = None) -> str:
         """Write a single-file component to `out_file` (an existing file with other content is
-        refused unless `force`)."""
+        refused unless `force`); `progress(nbytes)` is called as bytes are written."""
         self._refuse_output_inside_mvc(out_file)
         tree = self.tree(rev or "HEAD", component)
         if len(tree["files"]) != 1:
@@ -882,7 +883,7 @@ class Repo(Maintenance):
                            f"name the file .safetensors, or write a PyTorch file from Python: "
                            f"torch.save(dict(mvc.Repo().load(REV, {component!r})), {os.path.basename(out_file)!r})")
         self.store.prefetch(tree_blob_ids(tree))  # (a lazy clone: only once the name is accepted)
-        comp.write_files(self.store, [(tree, relpath, out_file)], force)
+        comp.write_files(self.store, [(tree, relpath, out_file)], force, progress)
         return out_file
 
     def export_chunks(self, rev: str | None, component: str):

@@ -418,7 +418,9 @@ def export(rev, component, out, force, as_json):
         return
     repo = _repo()
     cid = repo.resolve(rev)
-    repo.export(cid, component, out, force=force)
+    size = sum(f["size"] for f in repo.tree(cid, component)["files"].values())
+    with byte_progress(size, "exporting") as advance:
+        repo.export(cid, component, out, force=force, progress=advance)
     if as_json:
         emit_json({"commit": cid, "component": component, "file": out, "bytes": os.path.getsize(out)})
     else:

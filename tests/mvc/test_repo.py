@@ -701,3 +701,18 @@ def test_diff_figures_do_not_depend_on_the_chunking_and_progress_adds_up(repo, m
     assert whole["f"]["nonfinite_changed"] == 2 and whole["f"]["max_abs_delta"] == pytest.approx(0.5, rel=1e-6)
     ta, tb = repo.tree(c1, "m"), repo.tree(c2, "m")
     assert sum(seen) == mvc.diffs.compared_bytes(ta, tb) > 0 and len(seen) > 100
+
+
+def test_export_and_checkout_report_progress_within_a_large_tensor(tmp_path, monkeypatch):
+    """Progress moved once per tensor: a 2.5 GB tensor showed 0 bytes for its whole write (export had no bar)."""
+    import mvc.components
+    monkeypatch.setattr(mvc.components, "WRITE_PIECE", 1000)
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"core": {"w": torch.zeros(1000), "b": torch.ones(10)}}, message="one")
+    steps = []
+    repo.export("HEAD", "core", str(tmp_path / "core.safetensors"), progress=steps.append)
+    assert max(steps) <= 1000 and sum(steps) == (tmp_path / "core.safetensors").stat().st_size
+    steps.clear()
+    repo.checkout("HEAD", str(tmp_path / "out"), progress=steps.append)
+    assert max(steps) <= 1000 and sum(steps) == (tmp_path / "core.safetensors").stat().st_size
+    assert (tmp_path / "out" / "core" / "model.safetensors").read_bytes() == (tmp_path / "core.safetensors").read_bytes()
