@@ -641,6 +641,7 @@ class Repo(Maintenance):
             raise BadInput(f"{what} records a config its arch cannot build ({type(e).__name__}: {str(e)[:200]})",
                            "the commit is damaged or was made by other code") from None
         state = self.load(rev, component)
+        _match_stored_dtypes(model, state)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:  # missing / unexpected keys, shapes that do not fit the config
@@ -902,6 +903,21 @@ def _registered_hooks(group: str) -> tuple:
     distributions: ~3 ms, which a training loop committing often would pay twice per commit)."""
     from importlib.metadata import entry_points
     return tuple(ep.load() for ep in entry_points(group=group))
+
+
+def _match_stored_dtypes(model, state: dict) -> None:
+    """Give the freshly built `model` the floating dtypes its committed tensors have (it is built
+    in the default dtype, and load_state_dict would upcast a bfloat16 model into it, silently): one
+    stored dtype casts the whole model, buffers that are not stored included; mixed ones go tensor
+    by tensor."""
+    floating = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(floating) == 1:
+        model.to(floating.pop())
+        return
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        stored = state.get(name)
+        if stored is not None and t.is_floating_point() and stored.is_floating_point() and t.dtype != stored.dtype:
+            t.data = t.data.to(stored.dtype)
 
 
 def _plain_number(value):

@@ -183,3 +183,23 @@ def test_legacy_core_has_no_anchor_loss():
     assert "anchor" not in stats
     _, stats = cores.build("layercake", "tiny", seed=0).training_loss(window)
     assert stats["anchor"] > 0
+
+
+def test_a_core_committed_in_bfloat16_comes_back_in_bfloat16(tmp_path):
+    """load_model built the core in float32 and load_state_dict upcast the stored bfloat16 tensors:
+    a silent change of dtype and logits (max |diff| 0.008)."""
+    import mvc
+    repo = mvc.Repo.init(tmp_path / "r")
+    core = cores.build("layercake", "tiny", seed=0).to(torch.bfloat16).eval()
+    repo.commit({"core": core}, message="bf16")
+    back = repo.load_model("HEAD", "core")
+    assert {v.dtype for v in back.state_dict().values() if v.is_floating_point()} == {torch.bfloat16}
+    x = _ids(1, 17)
+    with torch.no_grad():
+        assert torch.equal(back(x), core(x))
+    mixed = cores.build("layercake", "tiny", seed=1).to(torch.bfloat16).eval()
+    first = next(n for n, p in mixed.named_parameters() if p.dim() == 1)  # one tensor kept in float32
+    mixed.get_parameter(first).data = mixed.get_parameter(first).data.float()
+    repo.commit({"core": mixed}, message="mixed")
+    back = repo.load_model("HEAD", "core")
+    assert {n: p.dtype for n, p in back.named_parameters()} == {n: p.dtype for n, p in mixed.named_parameters()}
