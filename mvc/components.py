@@ -161,7 +161,7 @@ class Ingest:
         from .tensors import find_aliases, tensor_buffer
         aliases = find_aliases(state)
         names = sorted(n for n in state if n not in aliases)
-        buffers = {n: tensor_buffer(state[n]) for n in names}
+        buffers = {n: tensor_buffer(state[n], n) for n in names}
         for alias, target in aliases.items():  # the file holds every name, tied ones as copies
             buffers[alias] = buffers[target]
         try:

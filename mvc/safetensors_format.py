@@ -26,7 +26,7 @@ MAX_HEADER_BYTES = 100_000_000  # the reference implementation's own limit (safe
 MAX_DIM = (1 << 64) - 1  # a dimension is a u64 for the reference reader
 MAX_TORCH_ELEMENTS = (1 << 63) - 1  # sizes and strides are int64 in torch
 MAX_JSON_DEPTH = 127  # the reference reader's JSON parser (serde_json) refuses deeper nesting
-MAX_NDIM = 64  # torch holds no tensor of more dimensions
+MAX_NDIM = 64  # the most dimensions mvc stores (read and written alike: a header may not claim thousands)
 BLOB_TENSOR_NAME = "tensor"           # fixed name inside canonical tensor blobs
 
 
@@ -144,7 +144,7 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
         if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
             raise BadInput(f"{where}: tensor {name!r} has an invalid shape {str(shape)[:80]}")
         if len(shape) > MAX_NDIM:
-            raise BadInput(f"{where}: tensor {name!r} has {len(shape)} dimensions (torch holds at most {MAX_NDIM})")
+            raise BadInput(f"{where}: tensor {name!r} has {len(shape)} dimensions (mvc stores at most {MAX_NDIM})")
         if _numel(max(d, 1) for d in shape) > MAX_TORCH_ELEMENTS:  # even with no element: its strides overflow
             raise BadInput(f"{where}: tensor {name!r} has a shape torch cannot hold {str(shape)[:80]}")
         if (not isinstance(offs, list) or len(offs) != 2
@@ -186,6 +186,9 @@ def build_header(entries: list[tuple[str, str, tuple[int, ...]]],
         parts.append('"__metadata__":' + json.dumps(dict(sorted(metadata.items())),
                                                       separators=(",", ":"), ensure_ascii=False))
     for name, dtype, shape in entries:
+        if len(shape) > MAX_NDIM:  # no reader would take it back
+            raise BadInput(f"tensor {name!r} has {len(shape)} dimensions (mvc stores at most {MAX_NDIM})",
+                           "reshape it to fewer dimensions before committing")
         size = _numel(shape) * DTYPE_SIZES[dtype]
         offsets.append((pos, pos + size))
         parts.append(json.dumps(name, ensure_ascii=False) + ":" + json.dumps(

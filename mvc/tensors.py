@@ -31,11 +31,36 @@ def st_dtype(t) -> str:
         raise BadInput(f"tensor dtype {t.dtype} cannot be stored in safetensors") from None
 
 
-def tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
-    """(safetensors dtype, shape, little-endian bytes) of a tensor, without copying when possible."""
+def tensor_buffer(t, name: str | None = None) -> tuple[str, tuple[int, ...], memoryview]:
+    """(safetensors dtype, shape, little-endian bytes) of a tensor, without copying when possible;
+    BadInput naming tensor `name` for one that has no plain data to store."""
+    where = "a tensor" if name is None else f"tensor {name!r}"
+    try:
+        return _tensor_buffer(t)
+    except BadInput as e:
+        raise BadInput(f"{where}: {e.message}", e.hint) from None
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:  # a tensor subclass without
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]  # storage of its own
+        raise BadInput(f"{where} is a {type(t).__name__} with no plain data to store ({reason})",
+                       _no_data_hint(t)) from None
+
+
+def _no_data_hint(t) -> str:
+    kind = type(t).__name__
+    if kind == "DTensor":
+        return "gather it first: state = {k: v.full_tensor() for k, v in state.items()}"
+    if "Uninitialized" in kind:
+        return "a lazy module's parameters exist once it has run: call the model on one input first"
+    return "convert it to a plain tensor first (e.g. torch.Tensor(t) or t.clone().as_subclass(torch.Tensor))"
+
+
+def _tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
     import torch
     if not isinstance(t, torch.Tensor):
         raise BadInput(f"expected a tensor, got {type(t).__name__}")
+    if isinstance(t, torch.nn.parameter.UninitializedTensorMixin):
+        raise BadInput("an uninitialized parameter (of a lazy module) has no data yet",
+                       _no_data_hint(t))
     if t.is_nested:
         raise BadInput("a nested tensor cannot be stored in safetensors", "store its components as tensors")
     if t.layout != torch.strided:
@@ -103,10 +128,13 @@ def find_aliases(state: dict) -> dict[str, str]:
     aliases = {}
     for name in sorted(state):
         t = state[name]
-        if t.is_nested or t.layout != torch.strided or t.is_meta or t.numel() == 0:  # refused when stored
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-               t.dtype, t.device.type, t.is_conj(), t.is_neg())  # a lazy conj/neg view has other values
+        try:
+            if t.is_nested or t.layout != torch.strided or t.is_meta or t.numel() == 0:  # refused when stored
+                continue
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                   t.dtype, t.device.type, t.is_conj(), t.is_neg())  # a lazy conj/neg view has other values
+        except (RuntimeError, ValueError, TypeError, NotImplementedError):  # no storage of its own
+            continue  # (a DTensor, a lazy module's parameter): tensor_buffer refuses it by name
         if key in seen:
             aliases[name] = seen[key]
         else:
@@ -181,8 +209,9 @@ def _load_error_reason(e: Exception) -> str:
         if re.fullmatch(r"Unsupported operand \d+", reason):  # a pickle opcode torch.save never writes
             return f"not a file written by torch.save (pickle: {reason.lower()})"
         return reason[:200] or "unreadable pickle data"
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
+    boilerplate = ("Check the documentation", "Please file an issue", "In PyTorch 2.6", "(1)", "(2)")
     for line in (line.strip() for line in text.splitlines()):
+        line = line.removeprefix("Weights only load failed").lstrip(". ").replace("``", "")  # (its reason may follow)
         if line and not line.startswith(boilerplate):
             return line.split(". ")[0].rstrip(".")[:200]
     return type(e).__name__
@@ -195,6 +224,8 @@ def module_state(value):
     with that text: it cannot be committed as one component (e.g. a host with a brick attached).
     """
     import torch
+    if isinstance(value, torch.nn.Module) and isinstance(getattr(value, "_orig_mod", None), torch.nn.Module):
+        value = value._orig_mod  # torch.compile's wrapper: the model's own names, arch and config
     if isinstance(value, torch.nn.Module):
         refusal = getattr(value, "mvc_commit_refusal", None)
         if isinstance(refusal, str) and refusal:
@@ -216,6 +247,9 @@ def module_state(value):
                                + ("a dict with string keys" if attr == "mvc_config" else "a string") + " or None")
         spec = getattr(value, "abi_spec", None)
         abi = None
+        if spec is not None and not isinstance(getattr(spec, "hash", None), str):
+            raise BadInput(f"{type(value).__name__}.abi_spec is a {type(spec).__name__} without a text .hash",
+                           "set abi_spec to an ABI spec (cores.abi.AbiSpec) or None")
         if spec is not None:
             abi = {"hash": spec.hash, "spec": spec.to_dict() if hasattr(spec, "to_dict") else None}
         return state, arch, config, abi, kind

@@ -146,3 +146,11 @@ def test_a_tree_no_remote_would_send_back_is_refused_at_commit(repo, monkeypatch
     with pytest.raises(BadInput, match=r"tree would take \d+ bytes for 201 tensors and files .*split it"):
         repo.commit({"core": many}, message="too many")
     assert repo.resolve("HEAD") == first and len(repo.log()) == 1
+
+
+def test_a_tensor_of_more_dimensions_than_any_reader_takes_is_refused_at_commit(repo):
+    """A 65-dimension tensor committed, then every load called its blob corrupt and fsck failed."""
+    repo.commit({"core": {"w": torch.zeros([2] + [1] * 63)}}, message="64 dimensions are fine")
+    refused(repo, lambda: repo.commit({"core": {"w": torch.zeros([2] + [1] * 64)}}, message="65"),
+            r"tensor 'w' has 65 dimensions \(mvc stores at most 64\)")
+    assert repo.load("HEAD", "core")["w"].dim() == 64 and repo.fsck()["ok"]

@@ -105,3 +105,58 @@ def test_a_plain_pickle_is_refused_in_one_line(repo, tmp_path):
     with pytest.raises(BadInput) as e:
         repo.commit({"m": str(tmp_path / "w.pt")}, message="x")
     assert "\n" not in e.value.message and "not a file written by torch.save" in e.value.message
+
+
+def test_the_reason_torch_gives_for_refusing_a_file_is_kept():
+    """The reason on torch's first line ('Weights only load failed. <reason>') was dropped, and its
+    advert for weights_only=False quoted instead."""
+    from mvc.tensors import _load_error_reason
+    text = ("Weights only load failed. ``torch.nested`` and ``torch._dynamo`` must be imported to load nested "
+            "jagged tensors (NJTs)\n In PyTorch 2.6, we changed the default value of the `weights_only` argument "
+            "in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` "
+            "will likely succeed, but it can result in arbitrary code execution.\n")
+    reason = _load_error_reason(RuntimeError(text))
+    assert "nested jagged tensors (NJTs)" in reason and "weights_only" not in reason and "``" not in reason
+
+
+class _NoStorage(torch.Tensor):
+    """A wrapper subclass with no storage of its own (as DTensor and FakeTensor are)."""
+    @staticmethod
+    def __new__(cls, elem):
+        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(f"{func} is not supported here")
+
+
+@pytest.mark.parametrize("make,match,hint", [
+    (lambda: {"w": torch.ones(2), "sharded": _NoStorage(torch.ones(3))},
+     r"tensor 'sharded' is a _NoStorage with no plain data to store", "plain tensor"),
+    (lambda: torch.nn.LazyLinear(3), r"tensor '(weight|bias)': an uninitialized parameter", "call the model"),
+    (lambda: {"m": torch.empty(2, device="meta")}, r"tensor 'm': a tensor on the meta device", None),
+])
+def test_tensors_without_plain_data_are_refused_by_name(repo, make, match, hint):
+    """Un-run lazy modules, DTensors and other wrapper subclasses crashed the commit with torch's
+    own ValueError/RuntimeError (exit 4); refusals did not say which tensor."""
+    with pytest.raises(BadInput, match=match) as e:
+        repo.commit({"core": make()}, message="x")
+    assert hint is None or hint in e.value.hint
+    assert repo.log() == []
+
+
+def test_a_compiled_model_commits_as_the_model_it_wraps(repo):
+    import cores
+    core = cores.build("layercake", "tiny", seed=0).eval()
+    cid = repo.commit({"core": torch.compile(core)}, message="compiled")
+    assert set(repo.load(cid, "core")) == set(core.state_dict())  # not `_orig_mod.*`
+    x = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(repo.load_model(cid, "core")(x), core(x))
+
+
+def test_an_abi_spec_that_is_not_one_is_refused(repo):
+    m = torch.nn.Linear(2, 2)
+    m.abi_spec = "v1"
+    with pytest.raises(BadInput, match=r"Linear.abi_spec is a str without a text .hash"):
+        repo.commit({"core": m}, message="x")
