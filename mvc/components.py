@@ -305,7 +305,7 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
     """The tree object (a dict) for component `name` from a path, state dict or module."""
     check_new_component_name(name)
     ing = Ingest(store, progress)
-    arch = config = abi = None
+    arch = config = abi = meta = None
     kind = None
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
@@ -316,13 +316,17 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
                            "commit model files, not repository internals")
         ing.path(path)
     else:
-        from .tensors import module_state
-        state, arch, config, abi, kind = module_state(value)
-        if not state:
-            raise BadInput(f"component {name!r} has no tensors")
+        from .tensors import module_state, optimizer_state
+        optimizer = optimizer_state(value)
+        if optimizer is not None:  # an optimizer before its first step has no tensors yet: still stored
+            (state, meta), kind = optimizer, "optimizer"
+        else:
+            state, arch, config, abi, kind = module_state(value)
+            if not state:
+                raise BadInput(f"component {name!r} has no tensors")
         ing.state_dict(MEMORY_FILE, state)
     return tree_object(kind or default_kind(name), ing.tensors(), ing.files, arch=arch, config=config,
-                       abi=abi)
+                       abi=abi, meta=meta)
 
 
 # -- writing trees back out ------------------------------------------------------------------

@@ -651,6 +651,21 @@ class Repo(Maintenance):
         model.eval()
         return model
 
+    def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
+        """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
+        for `optimizer.load_state_dict`: its tensors and the param groups its tree records."""
+        groups = self.tree(rev or "HEAD", component).get("meta", {}).get("param_groups")
+        if not isinstance(groups, list):
+            raise BadInput(f"component {component!r} records no param groups (it was committed as flat tensors)",
+                           "load its tensors with repo.load() and take the settings from your training code")
+        state: dict[int, dict] = {}
+        for name, t in self.load(rev, component).items():
+            _, i, key = name.split(".", 2) if name.count(".") >= 2 else ("", name, "")
+            if not (name.startswith("state.") and i.isdigit() and key):
+                raise BadInput(f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)")
+            state.setdefault(int(i), {})[key] = t
+        return {"state": state, "param_groups": groups}
+
     def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
         """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with
         `exclude`, only those not reachable from it too (git's `exclude..rev`)."""

@@ -171,9 +171,43 @@ def load_pickle_state_dict(path: str) -> dict:
 
 
 NESTED_HINT = ("mvc stores flat name -> tensor mappings: commit each state dict of a training checkpoint as "
-               "its own component (-c model=... -c optimizer=...), with optimizer tensors flattened to names "
-               "like state.<i>.<key> (cores.train.flatten_optimizer_state) and plain numbers as --metric or "
-               "tensors; or keep the file as raw bytes by committing the folder holding it")
+               "its own component (-c model=... -c optimizer=...; an optimizer.state_dict() may be committed as "
+               "it is) and plain numbers as --metric or tensors; or keep the file as raw bytes by committing "
+               "the folder holding it")
+
+
+def optimizer_state(value) -> tuple[dict, dict] | None:
+    """(tensors, tree metadata) of a torch optimizer's `state_dict()` ({"state": {i: {key: value}},
+    "param_groups": [...]}), stored as DESIGN.md section 10 says: state tensors named
+    `state.<i>.<key>` (plain numbers as 0-dim tensors), param groups in the tree's metadata; None
+    for anything else."""
+    import torch
+    if not (isinstance(value, dict) and set(value) == {"state", "param_groups"}
+            and isinstance(value["state"], dict) and isinstance(value["param_groups"], list)):
+        return None
+    flat = {}
+    for i, per in value["state"].items():
+        if not isinstance(per, dict):
+            raise BadInput(f"optimizer state {i!r} is a {type(per).__name__}, not a dict of its values")
+        for key, v in per.items():
+            try:
+                flat[f"state.{i}.{key}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise BadInput(f"optimizer state {i}.{key} is a {type(v).__name__} ({str(v)[:40]}), "
+                               "neither a tensor nor a number") from None
+    return flat, {"param_groups": [_jsonable(g) for g in value["param_groups"]]}
+
+
+def _jsonable(value):
+    """Param-group settings as JSON: tuples (betas) as lists, 0-dim tensors (a tensor lr) as numbers."""
+    import torch
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return value.item()
+    return value
 
 
 def flat_state_problem(state: dict) -> str | None:
@@ -254,6 +288,8 @@ def module_state(value):
             abi = {"hash": spec.hash, "spec": spec.to_dict() if hasattr(spec, "to_dict") else None}
         return state, arch, config, abi, kind
     if isinstance(value, dict):
+        if optimizer_state(value) is not None:
+            return value, None, None, None, None  # (build_tree flattens it)
         problem = flat_state_problem(value)
         if problem:
             raise BadInput(f"state dict {problem}", NESTED_HINT)

@@ -28,8 +28,9 @@ class TrainerJob:
         torch.manual_seed(int(settings.get("seed", 0)))
 
     def components(self) -> dict:
-        sd = self.trainer.state_dict()
-        return {self.model_component: self.model(), "optimizer": sd["optimizer"], "train_state": sd["train_state"]}
+        sd = self.trainer.state_dict()  # the optimizer as it is: mvc records its param groups too
+        return {self.model_component: self.model(), "optimizer": self.trainer.opt.state_dict(),
+                "train_state": sd["train_state"]}
 
     def model(self):
         return self.trainer.checkpoint_model()

@@ -160,3 +160,29 @@ def test_an_abi_spec_that_is_not_one_is_refused(repo):
     m.abi_spec = "v1"
     with pytest.raises(BadInput, match=r"Linear.abi_spec is a str without a text .hash"):
         repo.commit({"core": m}, message="x")
+
+
+def test_an_optimizer_state_dict_commits_with_its_param_groups(repo):
+    """DESIGN.md section 10: state tensors as state.<i>.<key>, param groups in tree metadata. An
+    optimizer.state_dict() was refused (nested), and no route recorded lr, betas or weight decay."""
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW([{"params": [model.weight], "lr": 1e-3}, {"params": [model.bias], "weight_decay": 0.0}],
+                            lr=3e-4, betas=(0.8, 0.95))
+    before = repo.commit({"optimizer": opt.state_dict()}, message="step 0: no state yet")
+    assert repo.load_optimizer(before)["state"] == {}
+    for _ in range(2):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+    cid = repo.commit({"optimizer": opt.state_dict()}, message="step 2")
+    tree = repo.tree(cid, "optimizer")
+    assert tree["kind"] == "optimizer" and set(tree["tensors"]) == {
+        f"state.{i}.{k}" for i in (0, 1) for k in ("step", "exp_avg", "exp_avg_sq")}
+    assert [g["lr"] for g in tree["meta"]["param_groups"]] == [1e-3, 3e-4]
+    again = torch.optim.AdamW([{"params": [model.weight]}, {"params": [model.bias]}], lr=1.0)
+    again.load_state_dict(repo.load_optimizer(cid))
+    want, got = opt.state_dict(), again.state_dict()
+    assert [(g["lr"], tuple(g["betas"]), g["weight_decay"]) for g in got["param_groups"]] == \
+        [(g["lr"], g["betas"], g["weight_decay"]) for g in want["param_groups"]]
+    assert all(torch.equal(got["state"][i][k], want["state"][i][k]) for i in want["state"] for k in want["state"][i])
+    with pytest.raises(BadInput, match="records no param groups"):
+        repo.load_optimizer(repo.commit({"optimizer": {"state.0.step": torch.tensor(1.0)}}, message="flat"))
