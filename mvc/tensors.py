@@ -171,9 +171,9 @@ def load_pickle_state_dict(path: str) -> dict:
 
 
 NESTED_HINT = ("mvc stores flat name -> tensor mappings: commit each state dict of a training checkpoint as "
-               "its own component (-c model=... -c optimizer=...; an optimizer.state_dict() may be committed as "
-               "it is) and plain numbers as --metric or tensors; or keep the file as raw bytes by committing "
-               "the folder holding it")
+               "its own component (-c model=... -c optimizer=...; from Python an optimizer.state_dict() "
+               "commits as it is: repo.commit({'optimizer': opt.state_dict()})) and plain numbers as --metric "
+               "or tensors; or keep the file as raw bytes by committing the folder holding it")
 
 
 def optimizer_state(value) -> tuple[dict, dict] | None:

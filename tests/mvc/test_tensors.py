@@ -77,7 +77,9 @@ def test_nested_checkpoints_are_refused_with_what_to_do(tmp_path):
         with pytest.raises(BadInput) as e:
             repo.commit({"c": str(tmp_path / name)}, message="x")
         assert why in e.value.message and "flat mapping" in e.value.message
-        assert "-c optimizer=" in e.value.hint and "state.<i>.<key>" in e.value.hint
+        assert "-c optimizer=" in e.value.hint and "repo.commit({'optimizer': opt.state_dict()})" in e.value.hint
+        if name == "opt.pt":
+            continue  # in memory, an optimizer's state dict commits as it is (test_an_optimizer_state_dict_...)
         with pytest.raises(BadInput) as e:
             repo.commit({"c": obj}, message="x")
         assert why in e.value.message and "-c optimizer=" in e.value.hint
