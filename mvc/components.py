@@ -369,30 +369,39 @@ def tensor_blob(store: ObjectStore, t: dict, name: str, **view_options):
     return view, e
 
 
-def _file_layout(store: ObjectStore, tree: dict, relpath: str):
-    """(header bytes, parsed header, {tensor name in the file: tree entry}) of a safetensors file."""
+def _file_layout(store: ObjectStore, tree: dict, relpath: str, parsed_headers: dict | None = None):
+    """(header bytes, parsed header, {tensor name in the file: tree entry}) of a safetensors file;
+    `parsed_headers` ({(header id, file size): (bytes, parsed)}) keeps what one run parsed."""
     entry = tree["files"][relpath]
-    header = store.get(entry["header"])
-    if len(header) < 8:
-        raise CorruptObject(f"header blob {entry['header'][:12]} of {relpath} is truncated")
-    try:
-        parsed = stf.parse_header(header, entry["size"], f"stored header of {relpath}")
-    except (BadInput, ValueError) as e:
-        raise CorruptObject(f"stored header of {relpath} is unreadable: {e}") from None
+    key = (entry["header"], entry["size"])
+    if parsed_headers is not None and key in parsed_headers:
+        header, parsed = parsed_headers[key]
+    else:
+        header = store.get(entry["header"])
+        if len(header) < 8:
+            raise CorruptObject(f"header blob {entry['header'][:12]} of {relpath} is truncated")
+        try:
+            parsed = stf.parse_header(header, entry["size"], f"stored header of {relpath}")
+        except (BadInput, ValueError) as e:
+            raise CorruptObject(f"stored header of {relpath} is unreadable: {e}") from None
+        if parsed_headers is not None:
+            parsed_headers[key] = header, parsed
     by_name = {t.get("name", k): t for k, t in tree["tensors"].items() if t["file"] == relpath}
     return header, parsed, by_name
 
 
-def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool]) -> list[str]:
+def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool],
+                  parsed_headers: dict | None = None) -> list[str]:
     """What would stop a checkout of this tree, beyond missing or damaged objects: a safetensors
     file whose header names a tensor the tree has no entry for, or one of another dtype or shape.
-    Only headers for which `present(id)` holds are read (a lazy clone fetches nothing for this)."""
+    Only headers for which `present(id)` holds are read (a lazy clone fetches nothing for this);
+    `parsed_headers` lets many trees sharing one header (checkpoints of one model) parse it once."""
     problems = []
     for relpath, entry in sorted(tree["files"].items()):
         if entry.get("format") != "safetensors" or not present(entry["header"]):
             continue
         try:
-            _header, parsed, by_name = _file_layout(store, tree, relpath)
+            _header, parsed, by_name = _file_layout(store, tree, relpath, parsed_headers)
         except CorruptObject as e:
             problems.append(e.message)
             continue

@@ -62,7 +62,8 @@ class Maintenance:
     """reachable, gc, fsck and du of a `Repo`."""
 
     def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
-                  damaged: list | None = None, bad_refs: dict | None = None) -> tuple[set[str], list[tuple[str, str]]]:
+                  damaged: list | None = None, bad_refs: dict | None = None,
+                  refs_only: set | None = None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
         Certificates attached by the index keep alive every object they name (data blobs,
@@ -71,7 +72,8 @@ class Maintenance:
         `damaged` (a list) receives (id, who refers to it, why) for the reachable commits and trees
         that cannot be read; `bad_refs`
         (a dict), when given, receives {ref: problem} for ref files that do not hold an id, which
-        otherwise stop the walk (CorruptObject).
+        otherwise stop the walk (CorruptObject). `refs_only` (a set), when given, receives what is
+        reachable without the reflogs, found on the way (what only reflogs keep is the difference).
         """
         roots = set(self.refs.list("refs/", bad=bad_refs).values())
         try:
@@ -82,11 +84,10 @@ class Maintenance:
             bad_refs["HEAD"], head = e.message, None
         if head:
             roots.add(head)
-        if include_reflogs:
-            roots |= self.refs.all_reflog_ids(reflog_expiry)
+        logged = self.refs.all_reflog_ids(reflog_expiry) - roots if include_reflogs else set()
         seen: set[str] = set()
         missing = []
-        stack = [(r, "a ref or reflog", "commit") for r in roots]
+        stack = [(r, "a ref", "commit") for r in roots]
         for cert_id in self.extra_roots():
             seen.add(cert_id)
             try:
@@ -95,6 +96,9 @@ class Maintenance:
                 continue
             stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named_ids(cert)]
         self._walk(stack, seen, missing, damaged)
+        if refs_only is not None:
+            refs_only.update(seen)
+        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged)
         return seen, missing
 
     def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None) -> None:
@@ -132,11 +136,11 @@ class Maintenance:
                     damaged.append((oid, who, e.message))
                 continue  # damaged: fsck reports it
 
-    def reachable_whole(self, who: str, reflog_expiry: float | None = None) -> set[str]:
+    def reachable_whole(self, who: str, reflog_expiry: float | None = None, refs_only: set | None = None) -> set[str]:
         """`reachable()`, refusing (CorruptObject) while a reachable object is missing or damaged:
         what only it leads to would look unreachable, and `who` (gc, packing) would drop it."""
         damaged: list = []
-        live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged)
+        live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged, refs_only=refs_only)
         skip = {oid for oid, _who in missing} | self.extra_roots()  # (a missing certificate: fsck names it)
         missing += [(oid, "a reachable tree or certificate") for oid in live
                     if oid not in skip and not self.store.has(oid)]  # blobs
@@ -221,9 +225,11 @@ class Maintenance:
             keep_reserve(self.dir)
 
     def _sweep_loose(self, dry_run: bool, grace: float, expiry: float | None):
-        """gc's loose phase: (live, protected, loose files deleted, objects removed, bytes freed,
-        kept young), deleting the unreachable loose objects older than the grace unless `dry_run`."""
-        live = self.reachable_whole("gc", reflog_expiry=expiry)
+        """gc's loose phase: (live, what refs reach without the reflogs, protected, loose files
+        deleted, objects removed, bytes freed, kept young), deleting the unreachable loose objects
+        older than the grace unless `dry_run`."""
+        by_refs: set[str] = set()
+        live = self.reachable_whole("gc", reflog_expiry=expiry, refs_only=by_refs)
         protected = self.recently_referenced(live, grace)
         from .pack import pack_store_of
         packs = pack_store_of(self.store)
@@ -251,7 +257,7 @@ class Maintenance:
         if not dry_run:  # a gc killed half way leaves no commit without its trees, no tree without its blobs
             for oid in sorted(to_delete, key=self._deletion_rank):
                 self.loose.delete(oid)
-        return live, protected, doomed, removed, freed, kept_young
+        return live, by_refs, protected, doomed, removed, freed, kept_young
 
     def _sweep_temp_files(self, grace: float, dry_run: bool) -> int:
         """Bytes of temp files older than the grace in objects/tmp (left by killed writes), deleted
@@ -328,29 +334,31 @@ class Maintenance:
         # finding objects to moving their ref) and decides on what the refs reach then
         locked = True
         if exclusive and not dry_run:  # a short-grace gc holds the lock already: one sweep
-            live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
+            live, by_refs, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
             freed += self._sweep_temp_files(grace, False)
         else:  # count first; wait for the lock only when there is something to delete
-            live, protected, doomed, removed, freed, kept_young = self._sweep_loose(True, grace, expiry)
+            live, by_refs, protected, doomed, removed, freed, kept_young = self._sweep_loose(True, grace, expiry)
             tmp_bytes = self._sweep_temp_files(grace, True)
             if (doomed or tmp_bytes) and not dry_run:
                 with self.writers_exclusive_within(DROP_LOCK_WAIT_S) as locked:
                     if locked:
-                        live, protected, doomed, removed, freed, kept_young = self._sweep_loose(False, grace, expiry)
+                        live, by_refs, protected, doomed, removed, freed, kept_young = self._sweep_loose(
+                            False, grace, expiry)
                         tmp_bytes = self._sweep_temp_files(grace, False)
                     else:  # nothing deleted: the next gc tries again
                         removed = freed = tmp_bytes = 0
             freed += tmp_bytes
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
-                  "reflog_entries_expired": expired, "dry_run": dry_run, **self._kept_by_reflogs(live)}
+                  "reflog_entries_expired": expired, "dry_run": dry_run, **self._kept_by_reflogs(live, by_refs)}
         if restamped:
             result["restamped_future_mtimes"] = restamped
         if not locked:
             result["loose_left_why"] = "busy: commits or pushes held the writers lock"
         from .pack_write import Packer  # repack kept objects (big clean packs stay), dropping unreachable ones
         with Packer(self, full=True, grace_s=grace, geometric=True, protect=protected,
-                    live=live if dry_run else None, writers_locked=exclusive, dry_run=dry_run) as p:
+                    live=live if dry_run or exclusive else None,  # (refs cannot move while gc holds the
+                    writers_locked=exclusive, dry_run=dry_run) as p:  # writers lock: what they reach stands)
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
                 result["pack"] = p.run(progress.advance, dry_run=dry_run)
@@ -371,10 +379,10 @@ class Maintenance:
             result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
         return result
 
-    def _kept_by_reflogs(self, live: set[str]) -> dict:
+    def _kept_by_reflogs(self, live: set[str], by_refs: set[str]) -> dict:
         """What only reflog entries keep (a rolled-back checkpoint, a deleted branch): gc leaves it
         until the entries expire (gc.reflogExpire), and says so."""
-        kept = [o for o in live - self.reachable(include_reflogs=False)[0] if self._has_locally(o)]
+        kept = [o for o in live - by_refs if self._has_locally(o)]
         return {"kept_by_reflogs": len(kept), "kept_by_reflogs_bytes": sum(self.store.size(o) for o in kept)}
 
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
@@ -424,7 +432,7 @@ class Maintenance:
             except MvcError:
                 continue  # missing: reported above
         # every blob of every reachable tree must exist, and every tree must check out
-        trees_seen = set()
+        trees_seen, parsed_headers = set(), {}
         for ref_cid in self._reachable_commits():
             c = self.read_commit(ref_cid)
             for name, tid in c["components"].items():
@@ -438,7 +446,8 @@ class Maintenance:
                     continue
                 problems += [{"id": tid, "problem": f"tree of {name} in commit {ref_cid[:12]}: {p}"}
                              for p in comp.tree_problems(self.store, tree,
-                                                         lambda o: o not in bad and self._has_locally(o))]
+                                                         lambda o: o not in bad and self._has_locally(o),
+                                                         parsed_headers)]
                 for tname, t in tree["tensors"].items():
                     if not self.store.has(t["id"]):
                         problems.append({"id": t["id"], "problem": f"missing tensor {tname} of {name} "

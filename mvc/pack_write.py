@@ -85,9 +85,11 @@ def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]
     base_of: dict[str, str] = {}
     dtype_of: dict[str, str] = {}
     done_trees: set[str] = set()
+    previous: dict[str, dict] = {}  # the trees of the commit before: mostly the next one's parent's
     from .pack_codec import GROUPED_DTYPES
     for cid in commits_parents_first(repo):
         c = repo.read_commit(cid)
+        decoded: dict[str, dict] = {}
         parent = None
         if c["parents"]:
             try:
@@ -99,13 +101,13 @@ def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]
                 continue
             done_trees.add(tid)
             try:
-                tree = repo.read_tree(tid)
+                tree = decoded[tid] = repo.read_tree(tid)
             except MvcError:
                 continue
             ptree = None
             if parent and parent.get(name) and parent[name] != tid:
                 try:
-                    ptree = repo.read_tree(parent[name])
+                    ptree = previous.get(parent[name]) or repo.read_tree(parent[name])
                 except MvcError:
                     ptree = None
             for tname, t in tree["tensors"].items():
@@ -118,6 +120,7 @@ def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]
                 if (pt and "alias" not in pt and pt["id"] != oid and pt["dtype"] == t["dtype"]
                         and pt["shape"] == t["shape"] and t["dtype"] in GROUPED_DTYPES):
                     base_of[oid] = pt["id"]
+        previous = decoded
     return rank, base_of, dtype_of
 
 
