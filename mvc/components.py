@@ -347,10 +347,9 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str):
         if blob.end - blob.begin != e.end - e.begin:
             raise CorruptObject(f"blob {t['id'][:12]} has the wrong size for {e.name!r}")
         chunk = memoryview(view)[blob.begin: blob.end]
-        del view  # only the chunk holds the bytes now: released below, before the next blob decodes
-        yield chunk
-        with contextlib.suppress(BufferError):  # (a reader still exporting it keeps it alive)
-            chunk.release()  # a decoded pack object is freed here, not after the next one is made
+        del view  # the chunk alone holds the bytes: a reader that drops it before asking for the
+        yield chunk  # next one (as the writers here do) frees a decoded pack object before the
+        del chunk  # next one is made
 
 
 def tensor_blob(store: ObjectStore, t: dict, name: str, **view_options):
@@ -450,6 +449,7 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bo
                         f.write(mv[at: at + WRITE_PIECE])
                         if progress:
                             progress(min(WRITE_PIECE, len(mv) - at))
+                del chunk  # (see file_chunks)
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -637,6 +637,7 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
                         part = mv[at: at + piece]
                         if f.read(len(part)) != part:
                             return False
+                del chunk  # (see file_chunks)
             return not f.read(1)
     except PermissionError:
         return False

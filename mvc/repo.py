@@ -922,17 +922,19 @@ def _registered_hooks(group: str) -> tuple:
 
 def _match_stored_dtypes(model, state: dict) -> None:
     """Give the freshly built `model` the floating dtypes its committed tensors have (it is built
-    in the default dtype, and load_state_dict would upcast a bfloat16 model into it, silently): one
-    stored dtype casts the whole model, buffers that are not stored included; mixed ones go tensor
-    by tensor."""
+    in the default dtype, and load_state_dict would upcast a bfloat16 model into it, silently),
+    tensor by tensor. What was not committed (non-persistent buffers) follows the model only from
+    the default dtype, and only when every committed floating tensor has one dtype (a model cast
+    as a whole): a buffer its builder made float64 or complex (rotary frequencies) keeps that."""
+    import torch
     floating = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(floating) == 1:
-        model.to(floating.pop())
-        return
+    whole = floating.pop() if len(floating) == 1 else None
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
         stored = state.get(name)
-        if stored is not None and t.is_floating_point() and stored.is_floating_point() and t.dtype != stored.dtype:
-            t.data = t.data.to(stored.dtype)
+        want = stored.dtype if stored is not None and stored.is_floating_point() else \
+            whole if stored is None and t.dtype == torch.get_default_dtype() else None
+        if want is not None and t.is_floating_point() and t.dtype != want:
+            t.data = t.data.to(want)
 
 
 def _plain_number(value):

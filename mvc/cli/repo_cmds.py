@@ -414,6 +414,7 @@ def export(rev, component, out, force, as_json):
         sink = click.get_binary_stream("stdout")
         for chunk in _repo().export_chunks(rev, component):
             sink.write(chunk)
+            del chunk  # before the next blob is decoded (see components.file_chunks)
         sink.flush()
         return
     repo = _repo()

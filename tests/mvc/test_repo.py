@@ -485,6 +485,30 @@ def test_load_model_rebuilds_from_recorded_arch(repo, monkeypatch):
     assert torch.equal(rebuilt(x), m(x))
 
 
+def test_load_model_keeps_the_dtypes_of_buffers_that_were_not_committed(repo, monkeypatch):
+    """Casting the rebuilt model as a whole took the imaginary part of complex rotary frequencies
+    (a non-persistent buffer) and turned float64 buffers into float32."""
+    class Rotary(torch.nn.Module):
+        mvc_arch = "rotary-test"
+
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.register_buffer("freqs", torch.polar(torch.ones(4), torch.arange(4.0)), persistent=False)
+            self.register_buffer("scale64", torch.full((4,), 1 / 3, dtype=torch.float64), persistent=False)
+            self.register_buffer("mask", torch.ones(4), persistent=False)
+            self.mvc_config = {}
+
+    monkeypatch.setattr("mvc.repo.arch_builder", lambda arch: (lambda cfg: Rotary()) if arch == "rotary-test" else None)
+    for dtype in (torch.float32, torch.bfloat16):
+        m = Rotary().to(dtype)
+        repo.commit({"core": m}, message=str(dtype))
+        back = repo.load_model("HEAD", "core")
+        assert back.lin.weight.dtype == dtype and torch.equal(back.lin.weight, m.lin.weight)
+        assert back.freqs.dtype == torch.complex64 and torch.equal(back.freqs, Rotary().freqs)
+        assert back.scale64.dtype == torch.float64 and back.mask.dtype == dtype  # made in the default dtype
+
+
 def test_git_provenance_and_branch_following(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
