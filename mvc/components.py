@@ -569,7 +569,8 @@ STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed pr
 
 def _remove_stale_temps(folder: str) -> None:
     """Remove temp files a killed checkout or export left in `folder` (named as _temp_copy names
-    them, older than STALE_TEMP_S: a running one's are younger)."""
+    them, older than STALE_TEMP_S: a running one's are younger). Age counts from the last change
+    of the file or of its links: a running checkout's backup link of an old file is new."""
     now = time.time()
     try:
         names = [n for n in os.listdir(folder) if _TEMP_NAME.match(n)]
@@ -578,7 +579,8 @@ def _remove_stale_temps(folder: str) -> None:
     for name in names:
         path = os.path.join(folder, name)
         with contextlib.suppress(OSError):
-            if now - os.lstat(path).st_mtime > STALE_TEMP_S:
+            st = os.lstat(path)
+            if now - max(st.st_mtime, st.st_ctime) > STALE_TEMP_S:
                 os.unlink(path)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -49,13 +50,17 @@ def interrupts_deferred():
         signal.raise_signal(s)
 
 
-def walk(top: str):
-    """os.walk that raises when a directory below `top` cannot be listed, where os.walk skips it
-    in silence (a ref or reflog in an unreadable folder would go unseen, and gc would delete the
-    commits it keeps). A missing `top`, or a folder removed meanwhile, lists nothing."""
+def walk(top: str, strict: bool = True):
+    """os.walk that raises when a directory below `top` cannot be listed (`strict`: a ref or
+    reflog in an unreadable folder would go unseen, and gc would delete the commits it keeps), or
+    warns that it skips it (a reader: one user's private folder in a shared repository must not
+    stop everyone's `mvc log`). A missing `top`, or a folder removed meanwhile, lists nothing."""
     def fail(err: OSError):
-        if not isinstance(err, FileNotFoundError):
+        if isinstance(err, FileNotFoundError):
+            return
+        if strict:
             raise err
+        warnings.warn(f"skipped {err.filename}: cannot read it ({err.strerror})")
     return os.walk(top, onerror=fail)
 
 
@@ -112,7 +117,7 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
     if exclusive and _held_here.get(key):
         raise LockHeld(f"this process holds {path} already (inside Repo.writing()?); it cannot also "
                        "take it exclusively", "run gc outside the block that writes")
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access; umask sets the mode
+    fd = _open_lock_file(path)
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
         try:
@@ -148,7 +153,7 @@ def exclusive_within(path: str, timeout_s: float):
     if _held_here.get((os.path.abspath(path), threading.get_ident())):  # it would wait for itself
         yield False
         return
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # (as shared_or_exclusive opens it)
+    fd = _open_lock_file(path)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -167,6 +172,18 @@ def exclusive_within(path: str, timeout_s: float):
         yield got
     finally:
         os.close(fd)
+
+
+def _open_lock_file(path: str) -> int:
+    """The file flock locks: opened for writing (NFS refuses an exclusive lock on a read-only
+    descriptor), or read-only where we may not write it (another user's, in a shared repository:
+    local file systems lock it all the same). Created with the mode the umask allows, as git does."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        return os.open(path, os.O_RDONLY)
 
 
 def pid_alive(pid: int) -> bool:

@@ -75,7 +75,7 @@ class Maintenance:
         otherwise stop the walk (CorruptObject). `refs_only` (a set), when given, receives what is
         reachable without the reflogs, found on the way (what only reflogs keep is the difference).
         """
-        roots = set(self.refs.list("refs/", bad=bad_refs).values())
+        roots = set(self.refs.list("refs/", bad=bad_refs, strict=True).values())
         try:
             head = self.refs.read("HEAD") if self.refs.head_target() is None else None
         except CorruptObject as e:
@@ -473,7 +473,7 @@ class Maintenance:
         return result
 
     def _reachable_commits(self) -> list[str]:
-        roots = set(self.refs.list("refs/", bad={}).values()) | self.refs.all_reflog_ids()  # fsck names bad refs
+        roots = set(self.refs.list("refs/", bad={}, strict=True).values()) | self.refs.all_reflog_ids()  # fsck names bad refs
         out, seen, stack = [], set(), list(roots)
         while stack:
             cid = stack.pop()
@@ -494,7 +494,7 @@ class Maintenance:
         the objects commits reach; unreachable ones (garbage gc has not removed yet) are counted
         apart."""
         from .pack_write import storage_usage
-        usage = storage_usage(self, self.reachable()[0])
+        usage = storage_usage(self, self.reachable(bad_refs={})[0])  # (fsck names a damaged ref)
         objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]
         logical = 0
         commits = self._reachable_commits()

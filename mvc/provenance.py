@@ -29,17 +29,18 @@ from .files import hostname
 REDIRECTING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE")
 _ENV_LOCK = threading.RLock()
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1: git refuses them in names and emails
+_LINE_BREAK = re.compile("[\x00\n\r]")  # what would end an author's line (other controls are shown escaped)
 _SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 
 
 def check_author(author: str, where: str) -> str:
-    """`author` if it is one line of printable text; else BadInput naming `where` it came from."""
-    m = _CONTROL.search(author)
+    """`author` if it is one line (no line break or NUL: it could forge lines of a log); else
+    BadInput naming `where` it came from. Other control characters are kept, and human output
+    shows them escaped (mvc.quoting)."""
+    m = _LINE_BREAK.search(author)
     if m:
-        raise BadInput(f"the author from {where} holds a control character ({m.group()!r} at position {m.start()})",
-                       "an author is one line of printable text, e.g. 'Ada <ada@example.org>'; "
-                       "git refuses such names too")
+        raise BadInput(f"the author from {where} holds a line break or NUL ({m.group()!r} at position {m.start()})",
+                       "an author is one line of text, e.g. 'Ada <ada@example.org>'")
     return author
 
 

@@ -217,12 +217,14 @@ class RefStore:
             raise CorruptObject(f"ref {ref} holds {raw[:40]!r}, not an object id", "run mvc fsck")
         return raw
 
-    def list(self, prefix: str = "refs/", bad: dict | None = None) -> dict[str, str]:
+    def list(self, prefix: str = "refs/", bad: dict | None = None, strict: bool = False) -> dict[str, str]:
         """{ref: id} under `prefix`. A ref file that does not hold an id stops the listing
-        (CorruptObject) unless `bad` (a dict) is given, which then receives {ref: problem}."""
+        (CorruptObject) unless `bad` (a dict) is given, which then receives {ref: problem}. A
+        folder that cannot be read is skipped with a warning, or, `strict` (what gc keeps must
+        count every ref), stops the listing."""
         base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
         out = {}
-        for dirpath, _dirs, files in walk(base):
+        for dirpath, _dirs, files in walk(base, strict):
             for name in files:
                 if name.endswith(".lock") or name.startswith("."):
                     continue

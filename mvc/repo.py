@@ -417,10 +417,10 @@ class Repo(Maintenance):
             if not ok:
                 raise BadInput(f"{what} is a {type(value).__name__}: it must be "
                                + {"author": "a string", "branch": "a string"}.get(what, "a dict") + " or None")
-        for name in list(components) + list(trees or {}):
+        for name in components:
             check_new_component_name(name)
-        for name in remove:  # may name a component made before the rules of new names
-            check_component_name(name)
+        for name in remove + list(trees or {}):  # existing components, maybe named before the rules
+            check_component_name(name)            # of new names (revert passes a commit's trees)
         for name, tid in (trees or {}).items():  # existing trees only: a commit must be readable
             if not (isinstance(tid, str) and is_oid(tid)):
                 raise BadInput(f"trees[{name!r}] is {str(tid)[:70]!r}, not a tree id")

@@ -36,7 +36,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from mvc.errors import ConfigError, MvcError
-from mvc.objects import check_component_name, check_ref_name
+from mvc.objects import check_component_name, check_new_ref_name
 
 from . import config as cicfg
 
@@ -181,7 +181,7 @@ def _check_settings(err, where: str, kind: str, settings: dict, streams: dict) -
             raise err(f"{where}.{key}", f"must be a finite number, got {settings[key]!r}")
     if "branch" in settings:
         try:
-            check_ref_name(settings["branch"])
+            check_new_ref_name(settings["branch"])
         except Exception:
             raise err(f"{where}.branch", f"{settings['branch']!r} cannot name a branch") from None
     for key in ("stream", "general_stream", "k0_stream"):
@@ -456,7 +456,7 @@ def _pipeline_name(meta: dict, err) -> str:
     if not isinstance(name, str) or not name:
         raise err("pipeline.name", "a pipeline needs a name")
     try:
-        check_ref_name(name)
+        check_new_ref_name(name)
     except Exception:
         raise err("pipeline.name", f"{name!r} cannot name a branch") from None
     for key in meta:
@@ -502,7 +502,7 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
         raise err(where, "duplicate stage name")
     seen.add(sname)
     try:
-        check_ref_name(f"{name}/{sname}")
+        check_new_ref_name(f"{name}/{sname}")
     except Exception:
         raise err(f"{where}.name", f"{sname!r} cannot name a branch") from None
     kind = raw.get("kind")
@@ -534,7 +534,7 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
             raise err(f"{where}.into", "names a host twice (each host gets a branch <pipeline>/<stage>/<host>)")
         for j, branch in enumerate(host_branches):
             try:
-                check_ref_name(branch)
+                check_new_ref_name(branch)
             except MvcError:
                 raise err(f"{where}.into[{j}]", f"{into[j]!r} cannot name a branch ({branch!r})") from None
     checks_cfg = cicfg.parse({"ci": {"checks": raw.get("checks", [])}}, f"{path}: {where}") \

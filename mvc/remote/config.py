@@ -5,7 +5,7 @@ import os
 import re
 
 from ..errors import BadInput, BadName, ConfigError, MvcError
-from ..objects import check_ref_name
+from ..objects import check_new_ref_name
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
 from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_transport,
@@ -18,7 +18,7 @@ def check_remote_name(name: str) -> str:
     if "/" in name:
         raise BadName(f"invalid remote name {name!r} (no '/')")
     try:
-        check_ref_name(name)
+        check_new_ref_name(name)  # (a C1 control or a trailing '.' too: it names refs/remotes/NAME/)
     except BadName:
         raise BadName(f"invalid remote name {name!r}") from None
     return name

@@ -184,3 +184,62 @@ def test_a_push_stopped_by_a_permission_error_says_the_remote_branch_moved(tmp_p
     r = CliRunner().invoke(cli, ["push", "pub", "main"])
     assert r.exit_code == 3, r.output
     assert "permission denied" in r.stderr and "it had moved main on pub" in r.stderr, r.stderr
+
+
+def test_a_concurrent_checkout_never_sweeps_away_a_running_one_s_backup(tmp_path):
+    """The backup link of a file older than an hour looked like a stale temp file (same name
+    pattern, the old file's mtime): another checkout into the folder deleted it, and a failure of
+    the first one could then not put the user's file back."""
+    from mvc.components import _link_beside, _remove_stale_temps
+    old = tmp_path / "model.safetensors"
+    old.write_bytes(b"the user's file")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    backup = _link_beside(str(old))
+    _remove_stale_temps(str(tmp_path))
+    assert os.path.exists(backup) and open(backup, "rb").read() == b"the user's file"
+
+
+def test_du_reports_on_a_repository_with_a_damaged_ref(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd()}, message="one")
+    with open(os.path.join(repo.dir, "refs", "heads", "broken"), "w") as f:
+        f.write("not an id\n")
+    r = mvc.Repo(repo.root).du()
+    assert r["commits"] == 1 and r["unreachable_objects"] == 0
+
+
+def test_readers_skip_a_ref_folder_they_cannot_list_with_a_warning(tmp_path, monkeypatch):
+    """Making gc strict made every `mvc log` and `mvc branch` fail in a shared repository where one
+    user's branch folder is private."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    main = repo.commit({"model": _sd(0)}, message="main")
+    repo.commit({"model": _sd(1)}, message="alice's", branch="alice/exp")
+    _deny_listing(monkeypatch, os.path.join(repo.dir, "refs", "heads", "alice"))
+    fresh = mvc.Repo(repo.root)
+    with pytest.warns(UserWarning, match=r"skipped .*alice: cannot read it"):
+        assert fresh.branches() == {"main": main}
+    assert [c["id"] for c in fresh.log()] == [main]
+    with pytest.raises(PermissionError):  # what gc keeps must count every ref
+        fresh.gc(grace_s=0)
+
+
+def test_the_writers_lock_is_opened_for_writing_where_it_can_be(tmp_path, monkeypatch):
+    """NFS refuses an exclusive flock on a read-only descriptor (EBADF): opened read-only, a
+    short-grace gc ran unlocked beside commits, and a default-grace gc deleted no garbage."""
+    import fcntl
+    real = fcntl.flock
+
+    def nfs_flock(fd, op):
+        if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd, op)
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd(0)}, message="one")
+    garbage = repo.store.put(os.urandom(5000))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "cannot lock ...: commits are not kept from racing" would fail it
+        repo.gc(grace_s=0)
+    assert not repo.loose.has(garbage)

@@ -110,3 +110,32 @@ def test_new_names_refuse_c1_controls_and_paths_past_the_limit(tmp_path):
     with pytest.raises(BadName, match="C1 control"):
         repo.commit({"model": str(folder)}, message="m")
     assert len(repo.log()) == 1
+
+
+def test_components_named_before_the_new_name_rules_still_work(tmp_path):
+    """revert passes a commit's trees back to commit(), which refused their old names (a C1
+    control) as if they were new: a commit from an older mvc could not be reverted to."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"core": {"w": torch.zeros(2)}}, message="one")
+    head = repo.read_commit(repo.resolve("HEAD"))
+    old = forge(repo, {**head, "components": {"core\u009b": head["components"]["core"]},
+                       "parents": [repo.resolve("HEAD")], "message": "an older mvc's name"})
+    repo.rollback(old)
+    repo.commit({"core": {"w": torch.ones(2)}}, message="two")
+    back = repo.revert(old)
+    assert repo.read_commit(back)["components"]["core\u009b"] == head["components"]["core"]
+    repo.commit({"core": {"w": torch.ones(3)}}, message="rename it", remove=["core\u009b"])
+    assert "core\u009b" not in repo.read_commit(repo.resolve("HEAD"))["components"]
+
+
+def test_pipeline_and_remote_names_follow_the_rules_of_new_branch_names(tmp_path):
+    from mvc.remote.config import check_remote_name
+    from semantic_ci.pipeline_config import load
+    p = tmp_path / "p.toml"
+    (tmp_path / "data.txt").write_text("some text " * 50)
+    p.write_text('[pipeline]\nname = "demo"\n[streams.text]\nfile = "data.txt"\n[[stages]]\nname = "core\u009b"\n'
+                 'kind = "train-core"\narch = "layercake"\nconfig = "tiny"\nstream = "text"\nsteps = 4\n')
+    with pytest.raises(mvc.MvcError, match="cannot name a branch"):  # before: trained, then failed
+        load(str(p))
+    with pytest.raises(BadName, match="invalid remote name"):
+        check_remote_name("origin\u009b")
