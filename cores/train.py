@@ -196,15 +196,19 @@ class CheckpointState:
         return out
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
         return {
             self.model_key: {k: v.detach().clone() for k, v in self.checkpoint_model().state_dict().items()},
             "optimizer": {k: v.detach().clone() for k, v in
                           flatten_optimizer_state(self.opt.state_dict()["state"]).items()},
-            "train_state": {"step": i64(self.step), "data_pos": i64(self.data_pos), "seed": i64(self.seed),
-                            "total_steps": i64(self.total_steps), "rng.trainer": self.gen.get_state(),
-                            "rng.torch": torch.get_rng_state()},
+            "train_state": self.train_state(),
         }
+
+    def train_state(self) -> dict[str, torch.Tensor]:
+        """Step, data position, seed, step budget (int64) and the RNG states (uint8)."""
+        i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
+        return {"step": i64(self.step), "data_pos": i64(self.data_pos), "seed": i64(self.seed),
+                "total_steps": i64(self.total_steps), "rng.trainer": self.gen.get_state(),
+                "rng.torch": torch.get_rng_state()}
 
     def load_state_dict(self, sd: dict[str, dict[str, torch.Tensor]]) -> None:
         ts = sd["train_state"]

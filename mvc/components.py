@@ -228,7 +228,7 @@ class Ingest:
             raise BadInput(f"{path} is not a regular file")
         base = relpath or os.path.basename(path)
         if relpath is None and not base.endswith(PICKLE_SUFFIXES):  # (a directory's paths are checked
-            check_new_component_name(base, "file name")  # as it is listed; a .pt becomes model.safetensors)
+            check_new_component_name(base, "file name", None)  # as it is listed; a .pt becomes model.safetensors)
         if base.endswith(SAFETENSORS_SUFFIX):
             self.safetensors_file(base, path)
         elif base.endswith(PICKLE_SUFFIXES) and relpath is None:
@@ -250,7 +250,7 @@ class Ingest:
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
-                check_new_component_name(rel, "file path")  # what a checkout could not write back
+                check_new_component_name(rel, "file path", None)  # what a checkout could not write back
                 entries.append((rel, full))
         if not entries:
             raise BadInput(f"{root} holds no files to commit")

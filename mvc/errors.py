@@ -123,7 +123,8 @@ def environment_error(e: BaseException) -> tuple[str, str] | None:
     permission, a read-only file system, the open-file limit, memory or threads running out); None
     for any other error."""
     import errno
-    if isinstance(e, MemoryError):
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and any(
+            s in str(e) for s in ("can't allocate memory", "out of memory"))):  # torch's allocators say so
         return _ENVIRONMENT["ENOMEM"]
     if isinstance(e, RuntimeError) and "can't start new thread" in str(e):
         return ("cannot start a thread (the limit of processes or threads)",

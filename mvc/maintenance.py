@@ -365,10 +365,10 @@ class Maintenance:
             except OSError as e:  # garbage in a pack goes only once its live objects are rewritten
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise MvcError(f"no space left on device to repack: the live objects of the packs that hold "
-                               f"garbage need up to {p.total_bytes / 1e6:.1f} MB to be rewritten",
+                raise MvcError(f"no space left on device to repack: the objects it rewrites (to drop "
+                               f"garbage from packs, or to pack loose ones) need up to {p.total_bytes / 1e6:.1f} MB",
                                f"{freed / 1e6:.1f} MB of loose garbage was freed and nothing was lost; free "
-                               "that much space and run mvc gc again") from None
+                               f"{p.total_bytes / 1e6:.1f} MB and run mvc gc again") from None
             finally:
                 progress.end()
         result["removed"] += result["pack"]["dropped"]

@@ -235,22 +235,22 @@ def check_component_name(name: str, what: str = "component name") -> str:
     return name
 
 
-def check_new_component_name(name: str, what: str = "component name") -> str:
-    """What a component name or file path must also satisfy to enter a new commit (names made
-    before these rules stay readable): no C1 control characters, and a component name of at most
-    MAX_REF_BYTES, so that its checkout path fits in a file system's path limit."""
-    check_component_name(name, what)
-    if _C1_CONTROL.search(name):
-        raise BadName(f"invalid {what} {name!r} (C1 control characters, which terminals act on)")
-    if what == "component name" and len(name.encode("utf-8")) > MAX_REF_BYTES:
-        raise BadName(f"invalid {what} {name[:40]!r}... (longer than {MAX_REF_BYTES} bytes: a checkout could "
-                      "not write its files)")
-    return name
-
-
 MAX_SEGMENT_BYTES = 255  # the longest file name most file systems take
 MAX_REF_SEGMENT_BYTES = 200  # leaves room for the lock and temp-file names made from a ref's
 MAX_REF_BYTES = 1000  # a whole ref name: far inside PATH_MAX below any repository, and S3's 1,024-byte keys
+
+
+def check_new_component_name(name: str, what: str = "component name", max_bytes: int | None = MAX_REF_BYTES) -> str:
+    """What a component name (or, `max_bytes` None, a file path) must also satisfy to enter a new
+    commit (names made before these rules stay readable): no C1 control characters, and at most
+    `max_bytes`, so that a checkout path fits in a file system's path limit."""
+    check_component_name(name, what)
+    if _C1_CONTROL.search(name):
+        raise BadName(f"invalid {what} {name!r} (C1 control characters, which terminals act on)")
+    if max_bytes is not None and len(name.encode("utf-8")) > max_bytes:
+        raise BadName(f"invalid {what} {name[:40]!r}... (longer than {max_bytes} bytes: a checkout could "
+                      "not write its files)")
+    return name
 
 
 def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 # what a terminal would act on or draw misleadingly: C0 and C1 controls (ESC, CSI, OSC, BEL,
-# newline, carriage return), DEL, and the bidirectional overrides that reorder a line
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# newline, carriage return), DEL, and the bidirectional embeddings, overrides and isolates that
+# reorder a line (the plain marks LRM, RLM and ALM are ordinary in Hebrew and Arabic text)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _QUOTED = re.compile(r'[\\"]|' + _UNSAFE.pattern)  # what a double-quoted string escapes
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
 
@@ -18,10 +19,11 @@ def _escape(ch: str) -> str:
 def shown(text) -> str:
     """A string that came from a user, a file or a remote (a name, message, author, metric, path)
     as human output prints it: unchanged unless it holds a control or bidirectional-override
-    character, then double-quoted with C escapes, as git quotes such paths. Nothing it holds can
-    move the cursor, retitle the terminal or forge a line of output."""
+    character (or starts with a double quote), then double-quoted with C escapes, as git quotes
+    such paths. Nothing it holds can move the cursor, retitle the terminal or forge a line of
+    output, and no two texts print alike: only a quoted one starts with a double quote."""
     text = str(text)
-    if not _UNSAFE.search(text):
+    if not _UNSAFE.search(text) and not text.startswith('"'):
         return text
     return '"' + _QUOTED.sub(lambda m: _escape(m.group()), text) + '"'
 

@@ -664,7 +664,8 @@ class Repo(Maintenance):
             if not (name.startswith("state.") and i.isdigit() and key):
                 raise BadInput(f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)")
             state.setdefault(int(i), {})[key] = t
-        return {"state": state, "param_groups": groups}
+        from .tensors import setting_value
+        return {"state": state, "param_groups": [setting_value(g) for g in groups]}
 
     def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
         """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with

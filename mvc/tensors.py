@@ -198,15 +198,32 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     return flat, {"param_groups": [_jsonable(g) for g in value["param_groups"]]}
 
 
+TENSOR_SETTING = "__tensor__"  # how a param-group setting that is a 0-dim tensor (an lr) is recorded
+
+
 def _jsonable(value):
-    """Param-group settings as JSON: tuples (betas) as lists, 0-dim tensors (a tensor lr) as numbers."""
+    """Param-group settings as JSON: tuples (betas) as lists, a 0-dim tensor (a tensor lr) as
+    {TENSOR_SETTING: its value, "dtype": its dtype}, which `setting_value` turns back into one."""
     import torch
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, torch.Tensor) and value.dim() == 0:
-        return value.item()
+        return {TENSOR_SETTING: value.item(), "dtype": str(value.dtype).removeprefix("torch.")}
+    return value
+
+
+def setting_value(value):
+    """A recorded param-group setting as the optimizer had it (the inverse of _jsonable, but for
+    tuples, which optimizers take as lists)."""
+    import torch
+    if isinstance(value, dict):
+        if set(value) == {TENSOR_SETTING, "dtype"} and isinstance(getattr(torch, str(value["dtype"]), None), torch.dtype):
+            return torch.tensor(value[TENSOR_SETTING], dtype=getattr(torch, value["dtype"]))
+        return {k: setting_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [setting_value(v) for v in value]
     return value
 
 
@@ -258,7 +275,7 @@ def module_state(value):
     with that text: it cannot be committed as one component (e.g. a host with a brick attached).
     """
     import torch
-    if isinstance(value, torch.nn.Module) and isinstance(getattr(value, "_orig_mod", None), torch.nn.Module):
+    if type(value).__name__ == "OptimizedModule" and isinstance(getattr(value, "_orig_mod", None), torch.nn.Module):
         value = value._orig_mod  # torch.compile's wrapper: the model's own names, arch and config
     if isinstance(value, torch.nn.Module):
         refusal = getattr(value, "mvc_commit_refusal", None)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from mvc.errors import ConfigError, MvcError
+from mvc.quoting import shown
 
 from . import config as cfgmod
 from .report import render_table
@@ -26,8 +27,15 @@ def _git(*args, cwd=None) -> str | None:
 
 
 def _console():
+    """Markup on for the CI table's verdicts; names printed go through _said."""
     from rich.console import Console
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), emoji=False, highlight=False)
+
+
+def _said(name: str) -> str:
+    """A branch or file name as the hook prints it: control characters quoted, no rich markup."""
+    from rich.markup import escape
+    return escape(shown(name))
 
 
 def _git_bytes(*args) -> bytes | None:
@@ -78,7 +86,7 @@ def _config_at(repo, git_rev: str):
 
 def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bool:
     if candidate_branch not in repo.branches():
-        con.print(f"mvc: git branch {candidate_branch} has no model branch; nothing to check")
+        con.print(f"mvc: git branch {_said(candidate_branch)} has no model branch; nothing to check")
         return True
     base = repo.branches().get(base_branch) if base_branch and base_branch != candidate_branch else None
     summary = run_ci(repo, candidate_branch, base=base, config=cfg)
@@ -126,11 +134,12 @@ def pre_merge_commit(repo) -> int:
         return 0
     cfg = _config_at(repo, "HEAD")
     if cfg is None or not cfg.checks:
-        con.print(f"mvc: {target} has no {cfgmod.CONFIG_FILE} with checks; merge allowed")
+        con.print(f"mvc: {_said(target)} has no {cfgmod.CONFIG_FILE} with checks; merge allowed")
         return 0
     ok = all(_check(repo, name, target, cfg, con) for name in names)
     if not ok:
-        con.print(f"mvc: merge blocked: the model of {', '.join(names)} fails semantic CI against {target}")
+        con.print(f"mvc: merge blocked: the model of {', '.join(map(_said, names))} fails semantic CI against "
+                  f"{_said(target)}")
     return 0 if ok else 1
 
 

@@ -2,6 +2,8 @@
 in the seed note's shape (claim, evidence object id, result) for the figures we measured."""
 from __future__ import annotations
 
+from mvc.quoting import one_line, shown
+
 from . import certificate
 from .report import figure_text
 
@@ -33,7 +35,8 @@ def certificate_rows(repo, summary: dict) -> list[dict]:
 
 def render_summary(repo, summary: dict, con) -> None:
     from rich.table import Table
-    t = Table(title=f"pipeline {summary['pipeline']}" + (f" (profile {summary['profile']})" if summary["profile"] else ""))
+    t = Table(title=f"pipeline {shown(summary['pipeline'])}"
+              + (f" (profile {shown(summary['profile'])})" if summary["profile"] else ""))
     for col in ("stage", "status", "commit", "seconds", "key metrics"):
         t.add_column(col)
     for st in summary["stages"]:
@@ -42,8 +45,8 @@ def render_summary(repo, summary: dict, con) -> None:
                          for k, v in m.items() if k in ("loss", "heldout_bpb", "steps", "params", "compression_params",
                                                         "compression_dense_params", "compression_ratio"))
         status = st["status"] + (" (optional)" if st.get("optional") else "")
-        t.add_row(st["stage"], status, (st.get("commit") or "-")[:12], str(st.get("seconds", "")),
-                  keym or st.get("reason", ""))
+        t.add_row(shown(st["stage"]), status, (st.get("commit") or "-")[:12], str(st.get("seconds", "")),
+                  one_line(keym or st.get("reason", "")))
     con.print(t)
     rows = certificate_rows(repo, summary)
     if rows:
@@ -51,5 +54,5 @@ def render_summary(repo, summary: dict, con) -> None:
         for col in ("claim", "evidence", "result", "threshold", "verdict"):
             ct.add_column(col)
         for r in rows:
-            ct.add_row(r["claim"], r["evidence"][:12], r["result"], r["threshold"], r["verdict"])
+            ct.add_row(shown(r["claim"]), r["evidence"][:12], r["result"], r["threshold"], r["verdict"])
         con.print(ct)

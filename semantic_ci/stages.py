@@ -28,9 +28,8 @@ class TrainerJob:
         torch.manual_seed(int(settings.get("seed", 0)))
 
     def components(self) -> dict:
-        sd = self.trainer.state_dict()  # the optimizer as it is: mvc records its param groups too
-        return {self.model_component: self.model(), "optimizer": self.trainer.opt.state_dict(),
-                "train_state": sd["train_state"]}
+        return {self.model_component: self.model(),  # the optimizer as it is: mvc records its param groups
+                "optimizer": self.trainer.opt.state_dict(), "train_state": self.trainer.train_state()}
 
     def model(self):
         return self.trainer.checkpoint_model()

@@ -59,7 +59,7 @@ def ci(rev, base, names, junit, as_json):
     repo = Repo(os.getcwd())
     summary = run_ci(repo, rev, base=base, names=list(names),
                      progress=None if as_json or not sys.stderr.isatty()
-                     else lambda n: click.echo(f"running {n} ...", err=True))
+                     else lambda n: click.echo(f"running {shown(n)} ...", err=True))
     if not summary["passed"]:
         negative_result()
     if as_json:

@@ -56,9 +56,9 @@ def _list(verbose, as_json):
     for r in remotes:
         if verbose:
             extra = (f" (endpoint {r['endpoint']})" if r["endpoint"] else "") + (" [lazy]" if r["lazy"] else "")
-            click.echo(f"{r['name']}\t{r['url']}{extra}")
+            click.echo(f"{shown(r['name'])}\t{shown(r['url'])}{one_line(extra)}")
         else:
-            click.echo(r["name"])
+            click.echo(shown(r["name"]))
 
 
 @remote.command("list")
@@ -92,7 +92,8 @@ def remote_add(name, url, endpoint, as_json):
     if as_json:
         emit_json(r)
     else:
-        click.echo(f"added remote {r['name']}: {r['url']}" + (f" (endpoint {r['endpoint']})" if r["endpoint"] else ""))
+        click.echo(f"added remote {shown(r['name'])}: {shown(r['url'])}"
+                   + (f" (endpoint {shown(r['endpoint'])})" if r["endpoint"] else ""))
 
 
 @remote.command("remove")
@@ -111,7 +112,7 @@ def remote_remove(name, force, as_json):
     if as_json:
         emit_json(r)
     else:
-        click.echo(f"removed remote {name} ({len(r['removed_refs'])} remote-tracking refs)")
+        click.echo(f"removed remote {shown(name)} ({len(r['removed_refs'])} remote-tracking refs)")
 
 
 # -- push / fetch / pull / clone ---------------------------------------------------------------
@@ -183,7 +184,7 @@ def _print_push(repo, r, dry_run, as_json, started):
     if as_json:
         emit_json(r)
         return
-    where = r["remote"] or r["url"]
+    where = shown(r["remote"] or r["url"])
     if r["status"] == "deleted":
         click.echo(f"{'would delete' if dry_run else 'deleted'} {where}/{shown(r['branch'])} (was {short(r['old'])})")
         return
@@ -193,7 +194,7 @@ def _print_push(repo, r, dry_run, as_json, started):
         click.echo(f"would send {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} to {where} "
                    f"({r['objects_present']} already there); {shown(r['branch'])}: {r['status']}")
         return
-    click.echo(f"To {r['url']}")
+    click.echo(f"To {shown(r['url'])}")
     if r["status"] == "up-to-date":
         click.echo(f"  {shown(r['branch'])}: {short(r['new'])} (up to date)")
     else:
@@ -253,7 +254,7 @@ def fetch(remote, jobs, as_json):
 
 
 def _print_fetch(r):
-    where = r["remote"] or r["url"]
+    where = shown(r["remote"] or r["url"])
     for ref, change in sorted(r["refs"].items()):
         name = ref[len("refs/remotes/"):]
         if change["new"] is None:
@@ -299,7 +300,7 @@ def pull(remote, branch, jobs, as_json):
     msg = {"created": f"created {b} at {short(r['new'])}",
            "up-to-date": f"{b} is up to date",
            "fast-forward": f"{b}: {short(r['old'])}..{short(r['new'])} (fast-forward)",
-           "ahead": f"{b} is ahead of {r['remote']}/{b}; nothing to pull (mvc push publishes it)"}
+           "ahead": f"{b} is ahead of {shown(r['remote'])}/{b}; nothing to pull (mvc push publishes it)"}
     click.echo(msg[r["status"]])
 
 
@@ -331,7 +332,7 @@ def clone(url, directory, lazy, endpoint, jobs, as_json):
         emit_json(r)
         return
     f = r["fetch"]
-    click.echo(f"cloned {r['url']} into {r['path']}" + (" (lazy)" if lazy else ""))
+    click.echo(f"cloned {shown(r['url'])} into {shown(r['path'])}" + (" (lazy)" if lazy else ""))
     click.echo(f"received {f['objects_received']} objects, {human_bytes(f['bytes_received'])} in "
                f"{r['seconds']:.1f} s" + (f"; {f['blobs_promised']} blobs fetched on first use" if lazy else ""))
     if r["branch"]:

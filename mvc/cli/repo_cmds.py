@@ -707,7 +707,7 @@ def fsck(as_json, remote):
         emit_json(r)
     else:
         for p in r["problems"]:
-            click.echo(f"damaged: {p['id']}: {shown(p['problem'])}")
+            click.echo(f"damaged: {shown(p['id'])}: {shown(p['problem'])}")
         click.echo(f"checked {r['checked']} objects: " + ("ok" if r["ok"] else plural(len(r["problems"]), "problem")))
         if r.get("not_fetched"):
             click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone): not damage")

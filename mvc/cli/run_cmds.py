@@ -9,7 +9,7 @@ import click
 
 from ..repo import Repo
 from .main import cli
-from .output import console, error, negative_result, short, silence_stdout, table
+from .output import console, error, negative_result, one_line, short, shown, silence_stdout, table
 
 
 class LiveView:
@@ -26,7 +26,7 @@ class LiveView:
         t = table("stage", "status", "step", "loss", "held-out bpb", "bytes/s", "commit", "gate", title="mvc run",
                   names=("stage",), ids=("commit",))
         for name, r in self.rows.items():
-            t.add_row(name, r.get("status", ""), str(r.get("step", "")),
+            t.add_row(shown(name), r.get("status", ""), str(r.get("step", "")),
                       f"{r['loss']:.4f}" if isinstance(r.get("loss"), float) else "",
                       f"{r['bpb']:.4f}" if isinstance(r.get("bpb"), float) else "",
                       f"{r.get('bps', 0):,}" if r.get("bps") else "", short(r.get("commit")), r.get("gate", ""))
@@ -53,7 +53,7 @@ class LiveView:
         if self.live:
             self.live.update(self._table())
         elif e["event"] not in ("stream",):
-            self.con.print(_line(e))
+            self.con.print(one_line(_line(e)))
 
     def __enter__(self):
         if self.live:

@@ -99,6 +99,8 @@ def test_environment_errors_are_exit_3_with_what_to_do(in_repo, monkeypatch, err
 @pytest.mark.parametrize("exc,what,fix", [
     (OSError(errno.ENOMEM, "Cannot allocate memory"), "not enough memory", "ulimit -v"),
     (MemoryError(), "not enough memory", "ulimit -v"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 4000000000 bytes. Error code 12 (Cannot allocate memory)"), "not enough memory", "ulimit -v"),
     (RuntimeError("can't start new thread"), "cannot start a thread", "ulimit -u"),
 ])
 def test_running_out_of_memory_or_threads_is_exit_3_not_a_bug(in_repo, monkeypatch, exc, what, fix):

@@ -188,3 +188,18 @@ def test_an_optimizer_state_dict_commits_with_its_param_groups(repo):
     assert all(torch.equal(got["state"][i][k], want["state"][i][k]) for i in want["state"] for k in want["state"][i])
     with pytest.raises(BadInput, match="records no param groups"):
         repo.load_optimizer(repo.commit({"optimizer": {"state.0.step": torch.tensor(1.0)}}, message="flat"))
+
+
+def test_a_tensor_learning_rate_comes_back_as_a_tensor(repo):
+    """A 0-dim tensor setting (lr=torch.tensor(...), for capturable/fused Adam) came back a float:
+    the resumed optimizer took another code path and was not bit-exact."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), betas=(0.9, 0.99))
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    back = repo.load_optimizer(repo.commit({"optimizer": opt.state_dict()}, message="x"))
+    lr = back["param_groups"][0]["lr"]
+    assert isinstance(lr, torch.Tensor) and lr.dtype == torch.float32 and torch.equal(lr, torch.tensor(0.01))
+    again = torch.optim.Adam(model.parameters(), lr=torch.tensor(1.0))
+    again.load_state_dict(back)
+    assert torch.equal(again.param_groups[0]["lr"], torch.tensor(0.01))

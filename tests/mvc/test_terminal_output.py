@@ -34,6 +34,9 @@ def test_shown_quotes_only_text_that_needs_it():
     assert shown('two\nlines "q" \\') == '"two\\nlines \\"q\\" \\\\"'
     assert shown("c\u009b2J") == '"c\\x9b2J"' and shown("\u202etxt") == '"\\u202etxt"'
     assert one_line("error: bad\npath \x1b[2J") == "error: bad\\npath \\x1b[2J"
+    # no two texts print alike: a text typed to look quoted is quoted itself
+    assert shown('"x\\x1b[2J"') == '"\\"x\\\\x1b[2J\\""' != shown("x\x1b[2J") == '"x\\x1b[2J"'
+    assert shown("שלום\u200fעולם") == "שלום\u200fעולם"  # a right-to-left mark is ordinary text
 
 
 def _raw_safetensors(path, names):
@@ -139,3 +142,16 @@ def test_pipeline_and_remote_names_follow_the_rules_of_new_branch_names(tmp_path
         load(str(p))
     with pytest.raises(BadName, match="invalid remote name"):
         check_remote_name("origin\u009b")
+
+
+def test_remote_urls_and_stage_names_reach_the_terminal_quoted(run, tmp_path):
+    url = str(tmp_path / "remote\u202e\x1b]0;t\x07")
+    out = run("remote", "add", "origin", url).stdout + run("remote", "-v").stdout
+    assert not any(c in out for c in RAW) and '\\u202e\\x1b]0;t\\x07"' in out
+    from mvc.cli.run_cmds import LiveView, _line
+    from mvc.quoting import one_line
+    line = one_line(_line({"event": "stage", "stage": "core\u202e\x1b[2J"}))
+    assert not any(c in line for c in RAW) and "core\\u202e\\x1b[2J" in line
+    view = LiveView()
+    view.rows["core\u202e"] = {"status": "running"}
+    assert '"core\\u202e"' in "".join(str(c) for c in view._table().columns[0].cells)
