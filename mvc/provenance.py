@@ -51,14 +51,7 @@ def default_author(root: str | None = None) -> str:
         return check_author(env, "MVC_AUTHOR")
     found = git_work_tree(root) if root else None
     if found:
-        name = email = ""
-        try:  # GitPython's config reader reads the files (system, global, repository): no git binary needed
-            with plain_git_env():
-                reader = import_git().Repo(found[0]).config_reader()
-                name = str(reader.get_value("user", "name", ""))
-                email = str(reader.get_value("user", "email", ""))
-        except Exception:  # no GitPython, an unreadable config: the fallback below
-            pass
+        name, email = (_git_config(*found, key) for key in ("user.name", "user.email"))
         if name:
             check_author(name, "git config user.name")
             check_author(email, "git config user.email")
@@ -241,12 +234,42 @@ def import_git():
     return git
 
 
+def git_env(top: str, git_dir: str) -> dict[str, str]:
+    """What a git command run for the work tree around the mvc repository is given on top of
+    os.environ (which is never changed: other threads run on): the REDIRECTING variables the
+    environment sets, pointed back at that work tree. Unset ones stay unset, so git still checks
+    who owns the repository (safe.directory) as it does for one it discovers."""
+    common = git_common_dir(git_dir)
+    own = {"GIT_DIR": git_dir, "GIT_WORK_TREE": top, "GIT_INDEX_FILE": os.path.join(git_dir, "index"),
+           "GIT_COMMON_DIR": common, "GIT_OBJECT_DIRECTORY": os.path.join(common, "objects"),
+           "GIT_ALTERNATE_OBJECT_DIRECTORIES": "", "GIT_NAMESPACE": ""}
+    return {k: v for k, v in own.items() if k in os.environ}
+
+
+def _git_config(top: str, git_dir: str, key: str) -> str:
+    """git config's value of `key` for that work tree ("" when unset): through git, else, where git
+    cannot run, read from the config files by GitPython's parser."""
+    try:
+        return str(import_git().Git(top).config("--get", key, env=git_env(top, git_dir)))
+    except Exception as e:
+        git = sys.modules.get("git")
+        if git is None or not isinstance(e, git.GitCommandNotFound):
+            return ""  # unset (git exits 1), or git refusing the repository: no author from it
+    try:
+        xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        files = [f for f in ("/etc/gitconfig", os.path.join(xdg, "git", "config"), os.path.expanduser("~/.gitconfig"),
+                             os.path.join(git_common_dir(git_dir), "config")) if os.path.isfile(f)]
+        section, _, option = key.rpartition(".")
+        return str(import_git().GitConfigParser(files, read_only=True).get_value(section, option, ""))
+    except Exception:  # no GitPython, an unreadable config
+        return ""
+
+
 @contextlib.contextmanager
 def plain_git_env():
-    """Within it, the REDIRECTING variables are out of os.environ, so git and GitPython (which reads
-    GIT_WORK_TREE itself, and gives every git process a copy of os.environ) work on the repository
-    they are pointed at. GitPython has no way to unset a variable for one command; other threads
-    see them missing meanwhile."""
+    """Within it, the REDIRECTING variables are out of os.environ, so that GitPython's Repo (which
+    reads GIT_DIR and GIT_WORK_TREE itself) works on the repository it is given: for the `mvc
+    hooks` commands, one thread in a short process. Library code passes git_env() per command."""
     with _ENV_LOCK:
         saved = {k: os.environ.pop(k) for k in REDIRECTING if k in os.environ}
         try:
@@ -282,11 +305,10 @@ def git_provenance(root: str) -> dict:
     top, git_dir = found
     sha, branch, _detached = _head(git_dir)
     record = {"sha": sha, "branch": branch, "dirty": None}
-    try:
-        with plain_git_env():
-            g = import_git().Repo(top)
-            g.git.rev_parse("--git-dir")  # git refusing the repository (dubious ownership) says so here;
-            record["dirty"] = bool(g.is_dirty(untracked_files=False))  # git diff would fall back to --no-index
+    try:  # changes to tracked files, staged or not (untracked files are not scanned)
+        status = import_git().Git(top).status("--porcelain", "--untracked-files=no",  # (without refreshing
+                                              env={**git_env(top, git_dir), "GIT_OPTIONAL_LOCKS": "0"})  # git's index)
+        record["dirty"] = bool(status.strip())
     except Exception as e:  # git missing or refusing (dubious ownership), a broken repository
         record["error"] = git_failure(e)
     return {"git": record}

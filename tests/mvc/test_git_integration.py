@@ -183,6 +183,29 @@ def test_git_dir_in_the_environment_does_not_mix_two_repositories(tmp_path, monk
     assert os.environ["GIT_DIR"] == str(b / ".git")  # (the caller's environment is left as it was)
 
 
+def test_provenance_never_changes_the_process_environment_meanwhile(tmp_path, monkeypatch):
+    """GIT_DIR & co. were popped from os.environ for the length of every commit's git call: other
+    threads (and the processes they start) saw them missing."""
+    import threading
+    a = new_git(tmp_path / "A")
+    monkeypatch.setenv("GIT_DIR", str(a / ".git"))
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.add(os.environ.get("GIT_DIR"))
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        for _ in range(5):
+            assert provenance.git_provenance(str(a))["git"]["dirty"] is False
+            provenance.default_author(str(a))
+    finally:
+        stop.set()
+        t.join()
+    assert seen == {str(a / ".git")}
+
+
 def test_sha_and_branch_are_read_from_packed_refs_and_worktrees(tmp_path):
     main = new_git(tmp_path / "main")
     git(main, "pack-refs", "--all")
