@@ -553,9 +553,9 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
 
 
 def _link_beside(path: str) -> str | None:
-    """A hard link to `path` under a temp name beside it (what a failed checkout puts back), or
+    """A hard link to `path` under a backup name beside it (what a failed checkout puts back), or
     None where the file system makes none; a killed checkout's link goes as its temp files do."""
-    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.urandom(6).hex()}.mvc-tmp")
+    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.urandom(6).hex()}.mvc-bak")
     try:
         os.link(path, link)
     except OSError:
@@ -563,14 +563,14 @@ def _link_beside(path: str) -> str | None:
     return link
 
 
-_TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-tmp$")
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-(tmp|bak)$")
 STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed process
 
 
 def _remove_stale_temps(folder: str) -> None:
     """Remove temp files a killed checkout or export left in `folder` (named as _temp_copy names
-    them, older than STALE_TEMP_S: a running one's are younger). Age counts from the last change
-    of the file or of its links: a running checkout's backup link of an old file is new."""
+    them, older than STALE_TEMP_S: a running one's are younger). A backup link's age counts from
+    its making (the change time of the file's links): it links to a file that may be years old."""
     now = time.time()
     try:
         names = [n for n in os.listdir(folder) if _TEMP_NAME.match(n)]
@@ -580,7 +580,7 @@ def _remove_stale_temps(folder: str) -> None:
         path = os.path.join(folder, name)
         with contextlib.suppress(OSError):
             st = os.lstat(path)
-            if now - max(st.st_mtime, st.st_ctime) > STALE_TEMP_S:
+            if now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime) > STALE_TEMP_S:
                 os.unlink(path)
 
 
@@ -591,7 +591,7 @@ def stray_files(out_dir: str, written: list[str]) -> list[str]:
     for dirpath, _dirs, files in os.walk(out_dir):
         for name in files:
             path = os.path.abspath(os.path.join(dirpath, name))
-            if path not in mine and not name.endswith(".mvc-tmp"):
+            if path not in mine and not _TEMP_NAME.match(name):
                 out.append(path)
     return sorted(out)
 
