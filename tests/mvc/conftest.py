@@ -10,6 +10,21 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+@pytest.fixture
+def run(in_repo):
+    """The CLI through CliRunner in a fresh repository: run(*args, code=0) asserts the exit code."""
+    from click.testing import CliRunner
+
+    from mvc.cli import cli
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        return result
+    return invoke
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """An S3 server on a free port of 127.0.0.1, started once per session and stopped afterwards."""

@@ -12,17 +12,6 @@ import mvc
 from mvc.cli import cli
 
 
-@pytest.fixture
-def run(in_repo):
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-    return invoke
-
-
 def _ckpt(path, seed):
     g = torch.Generator().manual_seed(seed)
     save_file({"w": torch.randn(8, 8, generator=g), "b": torch.zeros(8)}, path)

@@ -54,8 +54,15 @@ def test_ci_on_commit_that_cannot_store_its_certificate_says_the_commit_landed(r
     assert len(repo.log()) == 1
 
 
-def test_a_full_disk_after_a_ref_moved_names_the_move_instead_of_saying_nothing_moved(tmp_path, monkeypatch):
-    """push moved the remote branch, then its local tracking ref hit ENOSPC: 'nothing was moved'."""
+def _denied(*_a, **_k):
+    raise PermissionError(errno.EACCES, "Permission denied", "refs/remotes/origin/main")
+
+
+@pytest.mark.parametrize("fails,what", [(_enospc, "free some space"), (_denied, "permission denied")])
+def test_a_full_disk_after_a_ref_moved_names_the_move_instead_of_saying_nothing_moved(tmp_path, monkeypatch,
+                                                                                      fails, what):
+    """push moved the remote branch, then its local tracking ref hit ENOSPC (or EACCES, which the
+    remote code reports itself): 'nothing was moved'."""
     repo = mvc.Repo.init(tmp_path / "r")
     repo.commit({"model": _sd()}, message="one")
     monkeypatch.chdir(repo.root)
@@ -64,14 +71,14 @@ def test_a_full_disk_after_a_ref_moved_names_the_move_instead_of_saying_nothing_
 
     def tracking_fails(self, ref, *a, **k):
         if ref.startswith("refs/remotes/"):
-            _enospc()
+            fails()
         return real(self, ref, *a, **k)
     monkeypatch.setattr(RefStore, "update", tracking_fails)
     r = CliRunner().invoke(cli, ["push", "origin", "main"])
     assert r.exit_code == 3, r.output
     assert "nothing was moved" not in r.stderr
     assert "it had moved main on" in r.stderr and "which stays" in r.stderr, r.stderr
-    assert "free some space" in r.stderr
+    assert what in r.stderr
     # a later command of the same process does not inherit the move
     monkeypatch.setattr(RefStore, "update", lambda *a, **k: _enospc())
     r = CliRunner().invoke(cli, ["branch", "other"])

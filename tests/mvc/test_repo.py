@@ -501,7 +501,8 @@ def test_load_model_keeps_the_dtypes_of_buffers_that_were_not_committed(repo, mo
 
     monkeypatch.setattr("mvc.repo.arch_builder", lambda arch: (lambda cfg: Rotary()) if arch == "rotary-test" else None)
     for dtype in (torch.float32, torch.bfloat16):
-        m = Rotary().to(dtype)
+        m = Rotary()
+        m.lin.to(dtype)  # (the buffers are not committed: the builder's come back)
         repo.commit({"core": m}, message=str(dtype))
         back = repo.load_model("HEAD", "core")
         assert back.lin.weight.dtype == dtype and torch.equal(back.lin.weight, m.lin.weight)

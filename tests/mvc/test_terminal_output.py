@@ -5,26 +5,13 @@ import struct
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import mvc
 from damage import forge
-from mvc.cli import cli
 from mvc.errors import BadName
 from mvc.quoting import one_line, shown
 
 RAW = ("\x1b", "\x07", "\x9b", "\x9d", "\u202e")  # ESC, BEL, CSI, OSC, right-to-left override
-
-
-@pytest.fixture
-def run(in_repo):
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-    return invoke
 
 
 def test_shown_quotes_only_text_that_needs_it():
