@@ -636,9 +636,9 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
             for chunk in file_chunks(store, tree, relpath):
                 with memoryview(chunk) as mv:
                     for at in range(0, len(mv), piece):
-                        part = mv[at: at + piece]
-                        if f.read(len(part)) != part:
-                            return False
+                        with mv[at: at + piece] as part:  # (released: nothing outlives the chunk)
+                            if f.read(len(part)) != part:
+                                return False
                 del chunk  # (see file_chunks)
             return not f.read(1)
     except PermissionError:

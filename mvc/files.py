@@ -183,7 +183,10 @@ def _open_lock_file(path: str) -> int:
     except OSError as e:
         if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        return os.open(path, os.O_RDONLY)
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # not there, and not ours to make: the first error says why
+            raise e from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -239,11 +239,24 @@ def git_env(top: str, git_dir: str) -> dict[str, str]:
     os.environ (which is never changed: other threads run on): the REDIRECTING variables the
     environment sets, pointed back at that work tree. Unset ones stay unset, so git still checks
     who owns the repository (safe.directory) as it does for one it discovers."""
+    if "GIT_DIR" in os.environ:  # git checks who owns a repository it discovers, not one GIT_DIR names
+        _check_owner(top)
     common = git_common_dir(git_dir)
     own = {"GIT_DIR": git_dir, "GIT_WORK_TREE": top, "GIT_INDEX_FILE": os.path.join(git_dir, "index"),
            "GIT_COMMON_DIR": common, "GIT_OBJECT_DIRECTORY": os.path.join(common, "objects"),
            "GIT_ALTERNATE_OBJECT_DIRECTORIES": "", "GIT_NAMESPACE": ""}
     return {k: v for k, v in own.items() if k in os.environ}
+
+
+def _check_owner(top: str) -> None:
+    """git's safe.directory rule, for when mvc names the repository (GIT_DIR) and git would not
+    check: a work tree owned by another user is refused (its config could run commands, e.g.
+    core.fsmonitor). safe.directory settings are not read: such a repository gets no dirty flag."""
+    uid = os.geteuid()
+    if uid == 0 and os.environ.get("SUDO_UID", "").isdigit():
+        uid = int(os.environ["SUDO_UID"])  # (as git does under sudo)
+    if os.stat(top).st_uid != uid:
+        raise BadInput(f"detected dubious ownership in repository at '{top}' (owned by another user)")
 
 
 def _git_config(top: str, git_dir: str, key: str) -> str:
@@ -256,11 +269,8 @@ def _git_config(top: str, git_dir: str, key: str) -> str:
         if git is None or not isinstance(e, git.GitCommandNotFound):
             return ""  # unset (git exits 1), or git refusing the repository: no author from it
     try:
-        xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-        files = [f for f in ("/etc/gitconfig", os.path.join(xdg, "git", "config"), os.path.expanduser("~/.gitconfig"),
-                             os.path.join(git_common_dir(git_dir), "config")) if os.path.isfile(f)]
-        section, _, option = key.rpartition(".")
-        return str(import_git().GitConfigParser(files, read_only=True).get_value(section, option, ""))
+        section, _, option = key.rpartition(".")  # GitPython reads the system, user and repository
+        return str(import_git().Repo(top).config_reader().get_value(section, option, ""))  # files, includes too
     except Exception:  # no GitPython, an unreadable config
         return ""
 
@@ -284,6 +294,8 @@ def git_failure(e: BaseException) -> str:
         return "GitPython is not installed"
     if isinstance(e, ImportError):  # GitPython found no git binary (GIT_PYTHON_REFRESH=raise), ...
         return "GitPython cannot start: " + (str(e).strip().splitlines() or ["ImportError"])[0]
+    if isinstance(e, BadInput):
+        return e.message
     git = sys.modules.get("git")
     if git is not None and isinstance(e, git.GitCommandNotFound):
         exe = git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git"

@@ -417,10 +417,17 @@ class Repo(Maintenance):
             if not ok:
                 raise BadInput(f"{what} is a {type(value).__name__}: it must be "
                                + {"author": "a string", "branch": "a string"}.get(what, "a dict") + " or None")
-        for name in components:
-            check_new_component_name(name)
         for name in remove + list(trees or {}):  # existing components, maybe named before the rules
             check_component_name(name)            # of new names (revert passes a commit's trees)
+        if trees:  # a name the branch holds already may predate them; others are new names
+            ref, created_from, _warn, _follow = self._target_branch(branch)
+            head = self.refs.read(ref) or created_from
+            held = set(self.read_commit(head)["components"]) if head else set()
+            components_named = [*components, *(n for n in trees if n not in held)]
+        else:
+            components_named = list(components)
+        for name in components_named:
+            check_new_component_name(name)
         for name, tid in (trees or {}).items():  # existing trees only: a commit must be readable
             if not (isinstance(tid, str) and is_oid(tid)):
                 raise BadInput(f"trees[{name!r}] is {str(tid)[:70]!r}, not a tree id")

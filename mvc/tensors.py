@@ -206,6 +206,9 @@ def _jsonable(value):
     {TENSOR_SETTING: its value, "dtype": its dtype}, which `setting_value` turns back into one."""
     import torch
     if isinstance(value, dict):
+        if TENSOR_SETTING in value:
+            raise BadInput(f"a param-group setting uses the key {TENSOR_SETTING!r}, which records tensor settings",
+                           "rename that key")
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
@@ -219,7 +222,8 @@ def setting_value(value):
     tuples, which optimizers take as lists)."""
     import torch
     if isinstance(value, dict):
-        if set(value) == {TENSOR_SETTING, "dtype"} and isinstance(getattr(torch, str(value["dtype"]), None), torch.dtype):
+        if (set(value) == {TENSOR_SETTING, "dtype"} and isinstance(value[TENSOR_SETTING], (int, float))
+                and isinstance(getattr(torch, str(value["dtype"]), None), torch.dtype)):
             return torch.tensor(value[TENSOR_SETTING], dtype=getattr(torch, value["dtype"]))
         return {k: setting_value(v) for k, v in value.items()}
     if isinstance(value, list):

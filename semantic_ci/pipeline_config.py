@@ -36,7 +36,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from mvc.errors import ConfigError, MvcError
-from mvc.objects import check_component_name, check_new_ref_name
+from mvc.objects import check_component_name, check_new_ref_name, check_ref_name
 
 from . import config as cicfg
 
@@ -456,7 +456,7 @@ def _pipeline_name(meta: dict, err) -> str:
     if not isinstance(name, str) or not name:
         raise err("pipeline.name", "a pipeline needs a name")
     try:
-        check_new_ref_name(name)
+        check_ref_name(name)  # (only the first part of its branches: those are checked whole below)
     except Exception:
         raise err("pipeline.name", f"{name!r} cannot name a branch") from None
     for key in meta:

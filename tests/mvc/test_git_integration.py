@@ -320,3 +320,35 @@ def test_binary_output_to_a_closed_stdout_is_a_clean_error(tmp_path, monkeypatch
     code = cli.main(args, standalone_mode=False)
     err = capsys.readouterr().err
     assert code == 3 and err.startswith("error: stdout is closed") and err.count("\n") == 1, err  # before: exit 4
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_an_exported_git_dir_never_runs_another_user_s_repository_config(tmp_path, monkeypatch):
+    """Pointing GIT_DIR back at the work tree made git skip its ownership check: `git status` ran
+    the core.fsmonitor command of a repository another user owns."""
+    work = new_git(tmp_path / "g")
+    marker = tmp_path / "ran"
+    hook = tmp_path / "fsmonitor.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    git(work, "config", "core.fsmonitor", str(hook))
+    repo = mvc.Repo.init(work)
+    os.chown(work, 12345, 12345)
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere" / ".git"))
+    try:
+        prov = provenance.git_provenance(repo.root)["git"]
+        assert provenance.default_author(repo.root).endswith("@" + mvc.files.hostname())  # no config read
+    finally:
+        os.chown(work, 0, 0)
+    assert not marker.exists() and prov["dirty"] is None and "dubious ownership" in prov["error"]
+
+
+def test_the_author_is_read_through_includes_when_git_cannot_run(tmp_path, monkeypatch):
+    work = new_git(tmp_path / "g")
+    (tmp_path / "who.inc").write_text("[user]\n\tname = Included\n\temail = inc@x\n")
+    git(work, "config", f"includeIf.gitdir:{work}/.path", str(tmp_path / "who.inc"))  # (needs the repository)
+    empty = tmp_path / "nogit"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("MVC_AUTHOR", raising=False)
+    assert provenance.default_author(str(work)) == "Included <inc@x>"

@@ -223,3 +223,18 @@ def test_the_writers_lock_is_opened_for_writing_where_it_can_be(tmp_path, monkey
         warnings.simplefilter("error")  # "cannot lock ...: commits are not kept from racing" would fail it
         repo.gc(grace_s=0)
     assert not repo.loose.has(garbage)
+
+
+def test_a_lock_file_that_cannot_be_made_reports_why(tmp_path, monkeypatch):
+    """In a repository the user may not write, with no writers.lock yet, the read-only fallback
+    found no file: 'unexpected FileNotFoundError ... a bug in mvc' (exit 4) instead of EACCES."""
+    from mvc.files import _open_lock_file
+    real = os.open
+
+    def denied(path, flags, *a):
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real(path, flags, *a)
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(PermissionError):
+        _open_lock_file(str(tmp_path / "writers.lock"))

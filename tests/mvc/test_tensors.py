@@ -203,3 +203,12 @@ def test_a_tensor_learning_rate_comes_back_as_a_tensor(repo):
     again = torch.optim.Adam(model.parameters(), lr=torch.tensor(1.0))
     again.load_state_dict(back)
     assert torch.equal(again.param_groups[0]["lr"], torch.tensor(0.01))
+
+
+def test_a_setting_shaped_like_a_recorded_tensor_is_refused_not_misread(repo):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.param_groups[0]["custom"] = {"__tensor__": "x", "dtype": "float32"}
+    with pytest.raises(BadInput, match="uses the key '__tensor__'"):
+        repo.commit({"optimizer": opt.state_dict()}, message="x")
+    assert repo.log() == []

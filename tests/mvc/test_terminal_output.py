@@ -23,7 +23,7 @@ def test_shown_quotes_only_text_that_needs_it():
     assert one_line("error: bad\npath \x1b[2J") == "error: bad\\npath \\x1b[2J"
     # no two texts print alike: a text typed to look quoted is quoted itself
     assert shown('"x\\x1b[2J"') == '"\\"x\\\\x1b[2J\\""' != shown("x\x1b[2J") == '"x\\x1b[2J"'
-    assert shown("שלום\u200fעולם") == "שלום\u200fעולם"  # a right-to-left mark is ordinary text
+    assert shown("main\u200e") == '"main\\u200e"' and shown("ma\u200bin") == '"ma\\u200bin"'  # invisible marks
 
 
 def _raw_safetensors(path, names):
@@ -142,3 +142,25 @@ def test_remote_urls_and_stage_names_reach_the_terminal_quoted(run, tmp_path):
     view = LiveView()
     view.rows["core\u202e"] = {"status": "running"}
     assert '"core\\u202e"' in "".join(str(c) for c in view._table().columns[0].cells)
+
+
+def test_names_that_are_only_a_part_of_a_branch_keep_the_old_rules(tmp_path):
+    """The new-branch rules (no capital hex, no trailing '.') were applied to remote and pipeline
+    names, which are only the first part of the branches they make: 'DEADBEEF' and 'v2.' stopped."""
+    from mvc.remote.config import check_remote_name
+    assert check_remote_name("DEADBEEF") == "DEADBEEF" and check_remote_name("v2.") == "v2."
+    from semantic_ci.pipeline_config import load
+    (tmp_path / "data.txt").write_text("some text " * 50)
+    p = tmp_path / "p.toml"
+    p.write_text('[pipeline]\nname = "DEADBEEF"\n[streams.text]\nfile = "data.txt"\n[[stages]]\nname = "core"\n'
+                 'kind = "train-core"\narch = "layercake"\nconfig = "tiny"\nstream = "text"\nsteps = 4\n')
+    assert load(str(p)).name == "DEADBEEF"
+
+
+def test_trees_under_new_names_follow_the_new_name_rules(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"core": {"w": torch.zeros(2)}}, message="one")
+    tid = repo.read_commit(repo.resolve("HEAD"))["components"]["core"]
+    with pytest.raises(BadName, match="C1 control"):
+        repo.commit({}, trees={"evil\u009b31m": tid}, message="x")
+    assert repo.commit({}, trees={"copy": tid}, message="a new, well-named component")
