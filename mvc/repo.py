@@ -397,13 +397,16 @@ class Repo(Maintenance):
     def commit(self, components: dict | None = None, message: str = "", metrics: dict | None = None,
                branch: str | None = None, remove: Iterable[str] = (), author: str | None = None,
                extra: dict | None = None, progress: Callable[[int], None] | None = None,
-               trees: dict[str, str] | None = None, run_hooks: bool = True, root: bool = False) -> str:
+               trees: dict[str, str] | None = None, run_hooks: bool = True, root: bool = False,
+               trees_from_history: bool = False) -> str:
         """Commit components onto a branch; returns the new commit id (64 hex).
 
         `components` maps names to a state dict, an nn.Module or a file/directory path; `trees`
         maps names to existing tree ids (used by paste). Components not named carry over from the
         parent; `remove` drops components. `root=True` starts a new branch as a root commit
-        instead of from HEAD's commit.
+        instead of from HEAD's commit. New names follow the rules of new names; `trees` names the
+        branch holds already, or all of them with `trees_from_history` (a revert restoring a
+        commit's components), only those a reader takes (names older mvc allowed stay usable).
         """
         if components is not None and not isinstance(components, dict):
             raise BadInput(f"components must map names to values, not a {type(components).__name__}",
@@ -419,7 +422,7 @@ class Repo(Maintenance):
                                + {"author": "a string", "branch": "a string"}.get(what, "a dict") + " or None")
         for name in remove + list(trees or {}):  # existing components, maybe named before the rules
             check_component_name(name)            # of new names (revert passes a commit's trees)
-        if trees:  # a name the branch holds already may predate them; others are new names
+        if trees and not trees_from_history:  # a name the branch holds may predate them; others are new
             ref, created_from, _warn, _follow = self._target_branch(branch)
             head = self.refs.read(ref) or created_from
             held = set(self.read_commit(head)["components"]) if head else set()
@@ -834,7 +837,7 @@ class Repo(Maintenance):
                            "mvc revert REV returns to REV's weights; to undo the last commit run "
                            "mvc revert HEAD~1 (or mvc rollback)")
         return self.commit({}, message=message or f"revert to {cid[:12]}", trees=target, branch=branch,
-                           remove=[n for n in current if n not in target])
+                           remove=[n for n in current if n not in target], trees_from_history=True)
 
     def reflog(self, branch: str | None = None) -> list[dict]:
         ref = f"refs/heads/{branch}" if branch else self.refs.head_target()

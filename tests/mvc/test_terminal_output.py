@@ -116,6 +116,8 @@ def test_components_named_before_the_new_name_rules_still_work(tmp_path):
     assert repo.read_commit(back)["components"]["core\u009b"] == head["components"]["core"]
     repo.commit({"core": {"w": torch.ones(3)}}, message="rename it", remove=["core\u009b"])
     assert "core\u009b" not in repo.read_commit(repo.resolve("HEAD"))["components"]
+    again = repo.revert(back)  # the old name is not on the branch any more: restored all the same
+    assert "core\u009b" in repo.read_commit(again)["components"]
 
 
 def test_pipeline_and_remote_names_follow_the_rules_of_new_branch_names(tmp_path):
