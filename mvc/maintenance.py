@@ -17,7 +17,7 @@ from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
 from .files import shared_or_exclusive
-from .objects import SMALL_OBJECT, decode, named_ids, object_kind, tree_blob_ids
+from .objects import SMALL_OBJECT, certificate_refs, object_kind, tree_blob_ids
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
@@ -91,10 +91,10 @@ class Maintenance:
         for cert_id in self.extra_roots():
             seen.add(cert_id)
             try:
-                cert = decode(self.store.get(cert_id), "certificate", cert_id)
+                named = certificate_refs(self.store.get(cert_id), cert_id)
             except MvcError:
                 continue
-            stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named_ids(cert)]
+            stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named]
         self._walk(stack, seen, missing, damaged)
         if refs_only is not None:
             refs_only.update(seen)
@@ -494,7 +494,13 @@ class Maintenance:
         the objects commits reach; unreachable ones (garbage gc has not removed yet) are counted
         apart."""
         from .pack_write import storage_usage
-        usage = storage_usage(self, self.reachable(bad_refs={})[0])  # (fsck names a damaged ref)
+        damaged: list = []  # (fsck names a damaged ref or object; an unreadable one hides what it names)
+        live = self.reachable(bad_refs={}, damaged=damaged)[0]
+        if damaged:
+            oid, _who, why = damaged[0]
+            warnings.warn(f"{len(damaged)} reachable commits or trees cannot be read (e.g. {oid[:12]}: {why}): "
+                          "what they name is not counted, and garbage is not told apart")
+        usage = {"unreachable_objects": 0, "unreachable_bytes": 0, **storage_usage(self, None if damaged else live)}
         objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]
         logical = 0
         commits = self._reachable_commits()

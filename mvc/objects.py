@@ -341,6 +341,16 @@ def named_ids(value) -> set[str]:
     return set()
 
 
+def certificate_refs(data, oid: str) -> set[str]:
+    """Every object id a stored certificate names. One of a newer format than this mvc reads is
+    not understood, but what it names is kept all the same (gc must not delete it, a push must
+    send it): its ids are found in its JSON whatever its shape. MvcError for one that is damaged."""
+    try:
+        return named_ids(decode(data, "certificate", oid))
+    except FormatTooNew:
+        return named_ids(json.loads(data))
+
+
 def object_kind(data) -> str:
     """"commit" or "tree" for the bytes of such an object; "blob" for anything else (tensors,
     headers, files, data, certificates)."""

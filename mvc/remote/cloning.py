@@ -6,7 +6,7 @@ import re
 import shutil
 import warnings
 
-from ..errors import BadInput, BadName, MvcError
+from ..errors import BadInput, BadName, FormatTooNew, MvcError
 from ..files import pid_alive
 from ..objects import check_new_ref_name, check_ref_name
 from ..repo import Repo
@@ -43,13 +43,18 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
     except BadName as e:
         warnings.warn(f"the remote's HEAD names no valid branch ({e.message}); using main")
         default = "main"
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        if not _resumable_clone(path, norm):
-            raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")
+    resuming = os.path.exists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+    if resuming and not _resumable_clone(path, norm):
+        raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")
+    made = not os.path.exists(path)
     repo = _clone_setup(path, norm, endpoint, lazy, default)
     lazy = promisor_remote(repo.config) == DEFAULT_REMOTE  # a resumed lazy clone stays lazy
     try:
         fetched = fetch(repo, DEFAULT_REMOTE, jobs, progress, transport=t)
+    except FormatTooNew:  # no retry helps: this clone leaves nothing behind
+        if not resuming:
+            shutil.rmtree(path if made else repo.dir, ignore_errors=True)
+        raise
     except MvcError as e:
         if "to resume" not in (e.hint or ""):  # S3 read failures say so already
             e.hint = (e.hint + "; " if e.hint else "") + "run the same mvc clone again to resume"

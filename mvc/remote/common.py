@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from .. import safetensors_format as stf
 from ..errors import MvcError
-from ..objects import MAX_TREE_BYTES, check_ref_name, decode, hash_bytes, named_ids
+from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes
 from ..refs import moves_so_far
 from ..repo import Repo
 from ..store import fsync_dir, new_object_file
@@ -144,10 +144,10 @@ def cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
     found: dict[str, set[str]] = {"blob": set(), "commit": set(), "tree": set()}
     for cid in cert_ids:
         try:
-            cert = decode(repo.store.get(cid), "certificate", cid)
+            named = certificate_refs(repo.store.get(cid), cid)
         except MvcError:
             continue  # damaged here: fsck reports it
-        for x in named_ids(cert):
+        for x in named:
             if x not in cert_ids and repo.store.has(x):
                 try:
                     found[repo.kind_of(x)].add(x)

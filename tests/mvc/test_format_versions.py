@@ -1,0 +1,74 @@
+"""Objects of a newer format than this mvc reads (DESIGN.md section 3): a clear error where they
+must be read, and never a loss: what they name stays alive and travels, a clone leaves nothing."""
+import json
+import os
+
+import pytest
+import torch
+
+import mvc
+from mvc import certindex
+from mvc import remote as rm
+from mvc.transport import open_transport
+from mvc.errors import FormatTooNew
+from mvc.objects import canonical_json, hash_bytes
+
+from damage import forge
+
+
+def _newer_certificate(repo, names: str) -> str:
+    head = repo.resolve("HEAD")
+    cert = {"type": "certificate", "format": 2, "commit": head, "passed": True,
+            "checks": [{"name": "x", "status": "passed", "data": names}], "what_v2_adds": {"more": [names]}}
+    data = canonical_json(cert)
+    cid = repo.store.put(data, oid=hash_bytes(data))
+    certindex.attach(repo.dir, head, [cid])
+    return cid
+
+
+def test_gc_keeps_and_push_sends_what_a_newer_certificate_names(tmp_path):
+    """gc deleted the data a format-2 certificate names (it could not decode it, so rooted
+    nothing), and push sent the certificate without that data."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    blob = repo.store.put(b"held-out data only the certificate names")
+    cert = _newer_certificate(repo, blob)
+    repo.gc(grace_s=0)
+    assert repo.store.has(blob) and repo.store.has(cert)
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    rm.push(repo)
+    remote = open_transport(str(tmp_path / "remote"))
+    assert remote.has(blob) and remote.has(cert)
+
+
+def test_du_says_when_a_commit_it_cannot_read_hides_what_it_names(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    head = repo.read_commit(repo.resolve("HEAD"))
+    newer = forge(repo, {**head, "format": 2, "parents": [repo.resolve("HEAD")]})
+    repo.refs.update("refs/heads/main", newer, message="what a newer mvc committed")
+    with pytest.warns(UserWarning, match="cannot be read .*has format 2.*garbage is not told apart"):
+        r = mvc.Repo(repo.root).du()
+    assert r["unreachable_objects"] == 0  # nothing called garbage that the newer commit may name
+
+
+def test_a_clone_that_meets_a_newer_format_leaves_nothing_behind(tmp_path):
+    src = mvc.Repo.init(tmp_path / "src")
+    src.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    rm.add_remote(src, "origin", str(tmp_path / "remote"))
+    rm.push(src)
+    head = src.resolve("HEAD")
+    data = canonical_json({**json.loads(src.store.get(head)), "format": 2, "parents": [head]})
+    newer = hash_bytes(data)
+    t = open_transport(str(tmp_path / "remote"))
+    t.put(newer, data)
+    t.flush()
+    with open(tmp_path / "remote" / "refs" / "heads" / "main", "w") as f:
+        f.write(newer + "\n")
+    with pytest.raises(FormatTooNew) as e:
+        rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists() and "resume" not in (e.value.hint or "")
+    (tmp_path / "empty").mkdir()  # a folder the user made: kept, without a repository in it
+    with pytest.raises(FormatTooNew):
+        rm.clone(str(tmp_path / "remote"), str(tmp_path / "empty"))
+    assert os.listdir(tmp_path / "empty") == []
