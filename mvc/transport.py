@@ -714,6 +714,10 @@ class LazyRemoteStore(ObjectStore):
         or, where this user may not write the cache, read into memory and verified there."""
         if self.cache.has(oid) or self._download(oid):
             return self.cache.get(oid)
+        return self._in_memory(oid)
+
+    def _in_memory(self, oid: str) -> bytes:
+        """`oid` read from the remote into memory and verified (a cache we may not write)."""
         data = self._from_remote(lambda t: t.get(oid, max_size=self._size_limit(oid)), oid)
         check_received(oid, hash_bytes(data), self.remote)
         return data
@@ -776,13 +780,13 @@ class LazyRemoteStore(ObjectStore):
 
     def view(self, oid, verify=True, rehash=False):  # fetched objects are verified as they arrive
         if not self.cache.has(oid) and not self._download(oid):  # a clone this user may only read:
-            return memoryview(bytearray(self.fetch(oid)))  # in memory (writable, as tensors expect)
+            return memoryview(bytearray(self._in_memory(oid)))  # in memory (writable, as tensors expect)
         return self.cache.view(oid, rehash=rehash)
 
     def size(self, oid):
         if self.cache.has(oid) or self._download(oid):
             return self.cache.size(oid)
-        return len(self.fetch(oid))
+        return len(self._in_memory(oid))
 
     def put(self, *buffers, oid=None):
         raise MvcError("a lazy clone's remote store is read-only (this is a bug in mvc)")

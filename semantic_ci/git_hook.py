@@ -14,10 +14,9 @@ import subprocess
 import sys
 
 from mvc.errors import ConfigError, MvcError
-from mvc.quoting import shown
 
 from . import config as cfgmod
-from .report import render_table
+from .report import as_text as _said, render_table
 from .runner import run_ci
 
 
@@ -30,12 +29,6 @@ def _console():
     """Markup on for the CI table's verdicts; names printed go through _said."""
     from rich.console import Console
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), emoji=False, highlight=False)
-
-
-def _said(name: str) -> str:
-    """A branch or file name as the hook prints it: control characters quoted, no rich markup."""
-    from rich.markup import escape
-    return escape(shown(name))
 
 
 def _git_bytes(*args) -> bytes | None:

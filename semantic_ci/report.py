@@ -56,14 +56,17 @@ def figure_text(check: dict) -> tuple[str, str]:
     return check.get("note") or "-", "-"
 
 
-def render_table(summary: dict, console) -> None:
-    from rich.markup import escape as markup_escape
-    from rich.table import Table
+def as_text(text) -> str:
+    """Text from mvc.toml, certificates or git (names, notes, branches) for a console that reads
+    rich markup: control characters quoted, brackets escaped."""
+    from rich.markup import escape
 
     from mvc.quoting import shown
+    return escape(shown(text))
 
-    def escape(text):  # names and notes come from mvc.toml and certificates: no markup, no controls
-        return markup_escape(shown(text))
+
+def render_table(summary: dict, console) -> None:
+    from rich.table import Table
     t = Table(title=f"semantic CI of {summary['commit'][:12]} (certificate {summary['certificate'][:12]})")
     for col in ("check", "kind", "figure", "threshold", "verdict"):
         t.add_column(col)
@@ -71,11 +74,11 @@ def render_table(summary: dict, console) -> None:
         verdict = {"passed": "[green]PASS[/]", "failed": "[red]FAIL[/]", "skipped": "[yellow]skipped[/]"}[c["status"]]
         fig, th = figure_text(c)
         kind = c["kind"] + (f" ({c['preset']})" if c.get("preset") else "")
-        t.add_row(escape(c["name"]), escape(kind), escape(fig), escape(th), verdict)  # "[nan, nan]" is no markup
+        t.add_row(as_text(c["name"]), as_text(kind), as_text(fig), as_text(th), verdict)  # "[nan, nan]" is no markup
     console.print(t)
     for c in summary["checks"]:
         if c.get("note"):
-            console.print(f"  {escape(c['name'])}: {escape(c['note'])}")
+            console.print(f"  {as_text(c['name'])}: {as_text(c['note'])}")
     if not summary["passed"]:
         console.print("[red]semantic CI failed[/]")
     elif all(c["status"] == "skipped" for c in summary["checks"]):
