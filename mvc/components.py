@@ -13,13 +13,15 @@ import os
 import re
 import stat
 import sys
+import threading
 import time
 import warnings
 from typing import Callable
 
 from . import safetensors_format as stf
 from .errors import BadInput, CorruptObject
-from .objects import check_new_component_name, check_relpath, hash_bytes, is_reserved_segment, tree_object
+from .objects import (HASH_THREADS_MIN, check_new_component_name, check_relpath, hash_bytes, is_reserved_segment,
+                      new_hasher, tree_object)
 from .store import ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -27,6 +29,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 MEMORY_FILE = "model.safetensors"
 
 Progress = Callable[[int], None]
+PIECE = 64 << 20  # commits hash, and checkouts write, a large tensor this much at a time: bars move within it
 STORE_WORKERS = 4  # threads hashing and copying tensors at once (capped by the core count)
 
 
@@ -73,9 +76,46 @@ class Ingest:
 
     def __init__(self, store: ObjectStore, progress: Progress | None = None):
         self.store = store
-        self.progress = progress or (lambda n: None)
+        self._progress = progress
+        self._progress_lock = threading.Lock()  # worker threads report; callers' callbacks need not be thread-safe
         self.entries: list[tuple[str, str, dict]] = []  # (file, tensor name in it, tree entry)
         self.files: dict[str, dict] = {}
+
+    def progress(self, nbytes: int) -> None:
+        if self._progress and nbytes:
+            with self._progress_lock:
+                self._progress(nbytes)
+
+    def _put_blob(self, prefix: bytes, data, threads: bool = True, mm=None, at: int = 0) -> str:
+        """Hash `prefix` + `data` and store it; returns its id. Progress hears of `data`'s bytes:
+        a blob of more than one PIECE reports half of them piece by piece as it is hashed (each
+        piece of a file mapping `mm`, where `data` starts at offset `at`, read in one call first:
+        see prefault) and half as it is written, so a bar moves through a 10 GB tensor too."""
+        n = len(data)
+        if n <= PIECE:
+            prefault(mm, at, at + n)
+            oid = self.store.put(prefix, data, oid=hash_bytes(prefix, data, threads=threads))
+            self.progress(n)
+            return oid
+        told = 0
+
+        def tell(k: int) -> None:
+            nonlocal told
+            k = min(k, n - told)
+            told += k
+            self.progress(k)
+
+        h = new_hasher(threads and n >= HASH_THREADS_MIN)
+        h.update(prefix)
+        for lo in range(0, n, PIECE):
+            hi = min(n, lo + PIECE)
+            prefault(mm, at + lo, at + hi)
+            with data[lo:hi] as piece:
+                h.update(piece)
+            tell((hi - lo) // 2)
+        oid = self.store.put(prefix, data, oid=h.hexdigest(), progress=lambda k: tell(k // 2))
+        tell(n - told)
+        return oid
 
     def _add_tensor(self, relpath: str, name: str, oid: str, dtype: str, shape, **extra) -> None:
         self.entries.append((relpath, name, {"id": oid, "dtype": dtype, "shape": list(shape),
@@ -118,6 +158,7 @@ class Ingest:
                 with memoryview(mm) as view:
                     with view[: header.data_start] as head:
                         header_id = self.store.put(head)
+                    self.progress(header.data_start)  # the bar's total is the file's size
                     self._store_tensors(relpath, header, mm, view)
             finally:
                 if isinstance(mm, mmap.mmap):
@@ -136,11 +177,8 @@ class Ingest:
 
         def store(e) -> str:
             start, end = header.data_start + e.begin, header.data_start + e.end
-            prefix = stf.blob_prefix(e.dtype, e.shape)
-            prefault(mm, start, end)
             with view[start:end] as data:
-                oid = hash_bytes(prefix, data, threads=spare_cores)
-                return self.store.put(prefix, data, oid=oid)
+                return self._put_blob(stf.blob_prefix(e.dtype, e.shape), data, spare_cores, mm, start)
 
         tensors = header.tensors
         cores = os.cpu_count() or 1
@@ -151,9 +189,8 @@ class Ingest:
             # each task runs in a copy of this thread's context: it joins this commit's store batch
             done = {e.name: pool.submit(contextvars.copy_context().run, store, e)
                     for e in sorted(tensors, key=lambda e: e.begin - e.end)}
-            for e in tensors:  # the tree and the progress follow the file's order
+            for e in tensors:  # the tree follows the file's order
                 self._add_tensor(relpath, e.name, done[e.name].result(), e.dtype, e.shape)
-                self.progress(e.end - e.begin)
         finally:  # on an error or Ctrl-C, tensors not yet started are dropped, not written
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -172,16 +209,16 @@ class Ingest:
         total = len(prefix)
         for n in names:
             dtype, shape, buf = buffers[n]
-            oid = self.store.put(stf.blob_prefix(dtype, shape), buf)
+            oid = self._put_blob(stf.blob_prefix(dtype, shape), buf)
             self._add_tensor(relpath, n, oid, dtype, shape)
             total += len(buf)
-            self.progress(len(buf))
         if aliases:  # tied tensors: stored once, recorded as aliases of their first name
             ids = {name: e["id"] for _rel, name, e in self.entries if _rel == relpath}
             for alias, target in aliases.items():
                 dtype, shape, buf = buffers[alias]
                 self._add_tensor(relpath, alias, ids[target], dtype, shape, alias=target)
                 total += len(buf)
+                self.progress(len(buf))  # (input_bytes counts every name)
         entry = {"format": "safetensors", "header": header_id, "size": total}
         self.files[relpath] = entry
 
@@ -195,7 +232,7 @@ class Ingest:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size >= RAW_MAP_MIN else f.read()
             try:
                 with memoryview(mm) as view:
-                    oid = self.store.put(view)
+                    oid = self._put_blob(b"", view, mm=mm)
             except OSError as e:
                 if e.errno != errno.EFAULT:
                     raise
@@ -209,7 +246,6 @@ class Ingest:
                 raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
                                "commit it again once the program writing it has finished")
         self.files[relpath] = {"format": "raw", "id": oid, "size": size}
-        self.progress(size)
 
     def path(self, path: str, relpath: str | None = None) -> None:
         try:
@@ -424,9 +460,6 @@ def _output_error(dest: str, e: OSError) -> BadInput:
                     "free some space and run it again" if e.errno == errno.ENOSPC else "choose another output path")
 
 
-WRITE_PIECE = 64 << 20  # checkout and export write (and report progress) this much at a time
-
-
 def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bool,
                progress: Progress | None) -> str:
     """The bytes of file `relpath` of `tree`, written to a new hidden temp file beside `dest`
@@ -445,10 +478,10 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bo
         with f:
             for chunk in file_chunks(store, tree, relpath):
                 with memoryview(chunk) as mv:  # in pieces: a bar moves through a 10 GB tensor too
-                    for at in range(0, len(mv), WRITE_PIECE):
-                        f.write(mv[at: at + WRITE_PIECE])
+                    for at in range(0, len(mv), PIECE):
+                        f.write(mv[at: at + PIECE])
                         if progress:
-                            progress(min(WRITE_PIECE, len(mv) - at))
+                            progress(min(PIECE, len(mv) - at))
                 del chunk  # (see file_chunks)
             if sync:
                 f.flush()

@@ -78,8 +78,9 @@ def _too_many_open_files() -> MvcError:
                     "(repo.load(..., keys=[...]))")
 
 
-def _write_buffer(f, b) -> int:
+def _write_buffer(f, b, progress=None) -> int:
     """Write all of the bytes-like `b` to the file object `f` in large write() calls; returns the count.
+    `progress(n)`, when given, hears of each call's bytes as they are written.
 
     Large writes matter for reads, not only for the write: the page cache keeps what one call
     writes in large folios, and a later mmap of the blob maps each folio in one page fault.
@@ -89,13 +90,24 @@ def _write_buffer(f, b) -> int:
     with memoryview(b) as m, m.cast("B") as view:
         if len(view) < WRITE_CHUNK_MIN:
             f.write(view)
+            if progress:
+                progress(len(view))
             return len(view)
         f.flush()
         fd, done, n = f.fileno(), 0, len(view)
         while done < n:
             with view[done:done + WRITE_CHUNK] as piece:
-                done += os.write(fd, piece)
+                wrote = os.write(fd, piece)
+            done += wrote
+            if progress:
+                progress(wrote)
         return n
+
+
+def _report_all(progress, buffers) -> None:
+    """Tell `progress` of the whole object at once (a store that found it held, or keeps it in memory)."""
+    if progress:
+        progress(sum(memoryview(b).nbytes for b in buffers))
 
 
 class ObjectStore:
@@ -122,8 +134,10 @@ class ObjectStore:
         stamp instead of re-hashing it (see LooseStore); `rehash=True` always re-hashes."""
         return self.get(oid)
 
-    def put(self, *buffers, oid: str | None = None) -> str:
-        """Store the concatenation of `buffers`; returns its id. Idempotent."""
+    def put(self, *buffers, oid: str | None = None, progress=None) -> str:
+        """Store the concatenation of `buffers`; returns its id. Idempotent. `progress(n)`, when
+        given, hears of the object's bytes as they are written, all at once when the store already
+        held the object: the counts always add up to the object's size."""
         raise NotImplementedError
 
     fetches = False  # True for stores that bring objects from far away (see prefetch)
@@ -164,10 +178,11 @@ class MemoryStore(ObjectStore):
         _verify(oid, data, "memory store")
         return data
 
-    def put(self, *buffers, oid=None):
+    def put(self, *buffers, oid=None, progress=None):
         data = b"".join(bytes(b) for b in buffers)
         oid = oid or hash_bytes(data)
         self._objects.setdefault(oid, data)
+        _report_all(progress, buffers)
         return oid
 
     def size(self, oid):
@@ -383,13 +398,14 @@ class LooseStore(ObjectStore):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
-    def put(self, *buffers, oid=None):
+    def put(self, *buffers, oid=None, progress=None):
         oid = oid or hash_bytes(*buffers)
         final = self.path(oid)
         pending = self._pending
         deferred = pending is not None  # batch(): fsync + rename happen at its end
         with self._claim:
             if os.path.exists(final) or (deferred and oid in pending):
+                _report_all(progress, buffers)
                 return oid
             if deferred:
                 pending[oid] = None  # claimed: another thread putting the same id returns here
@@ -398,7 +414,7 @@ class LooseStore(ObjectStore):
                                  self.fsync and not deferred) as f:
                 size = 0
                 for b in buffers:
-                    size += _write_buffer(f, b)
+                    size += _write_buffer(f, b, progress)
                 if deferred and self.fsync and size >= WRITEBACK_MIN_BYTES:
                     f.flush()
                     start_writeback(f.fileno())
@@ -554,14 +570,15 @@ class ChainStore(ObjectStore):
     def view(self, oid, verify=True, rehash=False):
         return self._read(oid, "view", verify=verify, rehash=rehash)
 
-    def put(self, *buffers, oid=None):
+    def put(self, *buffers, oid=None, progress=None):
         """Write to the primary store unless a local store (loose or packed; not a lazy clone's
         remote, which may drop it) already holds the object; a loose copy found is freshened (see
         ObjectStore.freshen) when older than FOUND_FRESHEN_S."""
         oid = oid or hash_bytes(*buffers)
         if any(s.freshen(oid, FOUND_FRESHEN_S) for s in self.stores if not s.fetches):
+            _report_all(progress, buffers)
             return oid
-        return self.primary.put(*buffers, oid=oid)
+        return self.primary.put(*buffers, oid=oid, progress=progress)
 
     def freshen(self, oid, older_than=0.0):
         return any(s.freshen(oid, older_than) for s in self.stores)

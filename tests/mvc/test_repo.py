@@ -160,13 +160,13 @@ def test_file_rewritten_during_commit_is_refused_nothing_written(repo, tmp_path,
     os.utime(path, ns=(10**9, 10**9))  # written a while ago: the rewrite below gets a new mtime
     real_put, calls = repo.store.primary.put, []
 
-    def put_then_rewrite(*buffers, oid=None):  # a training loop rewrites the file mid-commit
+    def put_then_rewrite(*buffers, **kw):  # a training loop rewrites the file mid-commit
         calls.append(1)
         if len(calls) == 2:
             with open(path, "r+b") as f:
                 f.seek(os.path.getsize(path) - 4)
                 f.write(b"\x00\x00\x80\x3f")
-        return real_put(*buffers, oid=oid)
+        return real_put(*buffers, **kw)
 
     monkeypatch.setattr(repo.store.primary, "put", put_then_rewrite)
     with pytest.raises(BadInput, match="changed while it was being committed"):
@@ -731,7 +731,7 @@ def test_diff_figures_do_not_depend_on_the_chunking_and_progress_adds_up(repo, m
 def test_export_and_checkout_report_progress_within_a_large_tensor(tmp_path, monkeypatch):
     """Progress moved once per tensor: a 2.5 GB tensor showed 0 bytes for its whole write (export had no bar)."""
     import mvc.components
-    monkeypatch.setattr(mvc.components, "WRITE_PIECE", 1000)
+    monkeypatch.setattr(mvc.components, "PIECE", 1000)
     repo = mvc.Repo.init(tmp_path / "r")
     repo.commit({"core": {"w": torch.zeros(1000), "b": torch.ones(10)}}, message="one")
     steps = []
@@ -741,3 +741,31 @@ def test_export_and_checkout_report_progress_within_a_large_tensor(tmp_path, mon
     repo.checkout("HEAD", str(tmp_path / "out"), progress=steps.append)
     assert max(steps) <= 1000 and sum(steps) == (tmp_path / "core.safetensors").stat().st_size
     assert (tmp_path / "out" / "core" / "model.safetensors").read_bytes() == (tmp_path / "core.safetensors").read_bytes()
+
+
+def test_commit_reports_progress_within_a_large_tensor(tmp_path, monkeypatch):
+    """Commit progress moved once per tensor: a 2.5 GB tensor held the bar still for its whole hash
+    and write, then jumped. It moves per piece hashed and per piece written, adds up to what the
+    CLI's bar expects (input_bytes), and a blob already stored still completes the bar."""
+    import mvc.components
+    import mvc.store
+    monkeypatch.setattr(mvc.components, "PIECE", 4096, raising=False)
+    monkeypatch.setattr(mvc.store, "WRITE_CHUNK", 4096)
+    monkeypatch.setattr(mvc.store, "WRITE_CHUNK_MIN", 1024)
+    repo = mvc.Repo.init(tmp_path / "r")
+    path = tmp_path / "big.safetensors"
+    save_file({"big": torch.randn(64 * 1024, generator=torch.Generator().manual_seed(0)),
+               "small": torch.ones(10)}, str(path))
+    steps = []
+    repo.commit({"core": str(path)}, message="one", progress=steps.append)
+    assert sum(steps) == mvc.components.input_bytes(str(path)) == path.stat().st_size
+    assert len(steps) > 100 and max(steps) <= 4096
+    steps.clear()
+    repo.commit({"core": str(path)}, message="again: every blob is stored already", progress=steps.append)
+    assert sum(steps) == path.stat().st_size
+    steps.clear()
+    state = {"w": torch.randn(16 * 1024, generator=torch.Generator().manual_seed(1))}
+    state["tied"] = state["w"]
+    repo.commit({"sd": state}, message="state dict", progress=steps.append)
+    assert len(steps) > 16 and sum(steps) == mvc.components.input_bytes(state)  # (the tied name: at once)
+    assert torch.equal(repo.load("HEAD", "sd")["tied"], state["w"])

@@ -346,9 +346,9 @@ def test_loose_batch_threads_putting_one_id_write_it_once(tmp_path, monkeypatch)
     writes, gate = [], threading.Barrier(4)
     real = store_mod._write_buffer
 
-    def counted_write(f, b):
+    def counted_write(f, b, *rest):
         writes.append(1)
-        return real(f, b)
+        return real(f, b, *rest)
 
     monkeypatch.setattr(store_mod, "_write_buffer", counted_write)
     ids = []
