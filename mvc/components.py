@@ -305,7 +305,7 @@ def _refuse_unreadable(err: OSError):
     raise BadInput(f"{err.filename}: cannot read this directory ({err.strerror})", "nothing was committed")
 
 
-def _inside_repository_dir(path: str) -> bool:
+def inside_repository_dir(path: str) -> bool:
     """True for a path in (or equal to) the `.mvc` directory of a repository."""
     p = os.path.realpath(path)
     while True:
@@ -347,7 +347,7 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
         path = os.fspath(value)
         if not os.path.lexists(path):
             raise BadInput(f"{path}: no such file or directory")
-        if _inside_repository_dir(path):
+        if inside_repository_dir(path):
             raise BadInput(f"{path} is inside an mvc repository's own .mvc directory",
                            "commit model files, not repository internals")
         ing.path(path)

@@ -66,6 +66,8 @@ def canonical_json(obj) -> bytes:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except TypeError as e:  # e.g. a tensor or numpy scalar among the values
         raise BadInput(f"cannot store this value: {e}", "use numbers, strings, lists and dicts") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise BadInput(f"cannot store this value: {str(e)[:120]}", "store such a number as text") from None
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a name that was not UTF-8

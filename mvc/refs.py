@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import time
+import warnings
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict
 from .files import LockFile, atomic_write, interrupts_deferred, makedirs, walk
@@ -220,8 +221,9 @@ class RefStore:
     def list(self, prefix: str = "refs/", bad: dict | None = None, strict: bool = False) -> dict[str, str]:
         """{ref: id} under `prefix`. A ref file that does not hold an id stops the listing
         (CorruptObject) unless `bad` (a dict) is given, which then receives {ref: problem}. A
-        folder that cannot be read is skipped with a warning, or, `strict` (what gc keeps must
-        count every ref), stops the listing."""
+        folder that cannot be read, or a file whose name no ref may have (a stray file, which mvc
+        never writes), is skipped with a warning, or, `strict` (what gc keeps must count every
+        ref), stops the listing."""
         base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
         out = {}
         for dirpath, _dirs, files in walk(base, strict):
@@ -232,10 +234,15 @@ class RefStore:
                 ref = os.path.relpath(full, self.root).replace(os.sep, "/")
                 try:
                     value = self.read(ref)
-                except CorruptObject as e:
-                    if bad is None:
-                        raise
-                    bad[ref] = e.message
+                except (CorruptObject, BadName) as e:
+                    problem = e.message if isinstance(e, CorruptObject) else \
+                        f"a file whose name no ref may have ({e.message}); rename it or move it out of refs/"
+                    if bad is not None:
+                        bad[ref] = problem
+                    elif isinstance(e, CorruptObject) or strict:
+                        raise CorruptObject(f"{full}: {problem}") if isinstance(e, BadName) else e
+                    else:
+                        warnings.warn(f"skipped {full}: {problem}")
                     continue
                 if value:
                     out[ref] = value

@@ -106,6 +106,9 @@ class Repo(Maintenance):
         for p, what in ((root, "the path"), (d, MVC_DIR)):
             if os.path.lexists(p) and not os.path.isdir(p):
                 raise BadInput(f"cannot create a repository at {root}: {what} is a file")
+        if comp.inside_repository_dir(root):  # its refs/ would hold a folder that no ref name fits
+            raise BadInput(f"cannot create a repository at {root}: it is inside the .mvc folder of another",
+                           "choose a folder outside it")
         parent = os.path.dirname(root)
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
@@ -252,27 +255,30 @@ class Repo(Maintenance):
         rev = "HEAD" if rev is None else str(rev).strip()
         if not rev:
             raise UnknownRevision("empty revision")
-        m = re.fullmatch(r"(.*?)((?:~\d*|\^\d*)+)", rev)
+        m = re.fullmatch(r"(.*?)((?:~[0-9]*|\^[0-9]*)+)", rev)  # (ASCII digits only, as git)
         if m and m.group(1):
             oid = self.resolve(m.group(1))
-            for op, num in re.findall(r"([~^])(\d*)", m.group(2)):
-                n = int(num) if num else 1
+            for op, num in re.findall(r"([~^])([0-9]*)", m.group(2)):
+                n = _rev_count(num, rev) if num else 1
                 if op == "~":
                     for _ in range(n):
                         oid = self._parent(oid, rev, 1)
                 else:
                     oid = self._parent(oid, rev, n) if n else oid
             return oid
-        m = re.fullmatch(r"(.*)@\{(\d+)\}", rev)
+        m = re.fullmatch(r"(.*)@\{([0-9]+)\}", rev)
         if m:
             base = m.group(1) or "HEAD"
             ref = self.refs.head_target() if base == "HEAD" else self._ref_for_name(base)
             if not ref:
                 raise UnknownRevision(f"{rev}: HEAD is detached; name a branch, e.g. main@{{{m.group(2)}}}")
             log = self.refs.reflog(ref)
-            n = int(m.group(2))
-            if n >= len(log) or not log[n].get("new"):
+            n = _rev_count(m.group(2), rev)
+            if n >= len(log):
                 raise UnknownRevision(f"{rev}: the reflog of {ref} has only {len(log)} entr" + ("y" if len(log) == 1 else "ies"))
+            if not log[n].get("new"):
+                raise UnknownRevision(f"{rev}: entry {n} of the reflog of {ref} is its deletion: it points to no commit",
+                                      f"mvc reflog {ref.removeprefix('refs/heads/')} lists the commits it held")
             return log[n]["new"]
         if rev == "HEAD":
             oid = self.head()
@@ -443,7 +449,7 @@ class Repo(Maintenance):
         if not message.strip():
             raise BadInput("a commit needs a message" + (" (this one is only white space)" if message else ""),
                            "pass -m MSG")
-        metrics = {k: _plain_number(v) for k, v in (metrics or {}).items()}
+        metrics = _plain_number(metrics or {})
         for key in metrics:
             if not isinstance(key, str) or not key:
                 raise BadInput(f"invalid metric name {key!r}")
@@ -557,7 +563,7 @@ class Repo(Maintenance):
         ref once the commit has landed: inside git, mvc's branch follows git's)."""
         head_target = self.refs.head_target()
         head_commit = self.head()
-        if branch:
+        if branch is not None:  # ("" is a bad name, not "the current branch")
             check_ref_name(branch)
             if self.refs.read_raw(f"refs/heads/{branch}") is None:  # a branch this commit creates
                 check_new_ref_name(branch)
@@ -567,6 +573,8 @@ class Repo(Maintenance):
         if git_branch:
             try:
                 check_ref_name(git_branch)
+                if self.refs.read_raw(f"refs/heads/{git_branch}") is None:  # a branch this commit creates
+                    check_new_ref_name(git_branch)  # (e.g. hex in capitals: it would hide an id prefix)
                 ref = f"refs/heads/{git_branch}"
                 return ref, head_commit, None, head_target != ref
             except BadName as e:
@@ -605,7 +613,7 @@ class Repo(Maintenance):
         are verified either way. ``rehash=True`` re-hashes every blob, stamped or not, as
         `mvc fsck` does. ``dtype`` converts floating-point tensors only (integer and bool tensors
         keep theirs, as with ``Module.to(dtype)``)."""
-        return self.load_tree(self.tree(rev or "HEAD", component), keys, device, dtype, component, verify,
+        return self.load_tree(self.tree("HEAD" if rev is None else rev, component), keys, device, dtype, component, verify,
                               rehash)
 
     def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
@@ -636,7 +644,7 @@ class Repo(Maintenance):
 
     def load_model(self, rev: str | None, component: str = "core"):
         """Rebuild the nn.Module committed as `component` through its arch's `mvc.archs` entry point."""
-        tree = self.tree(rev or "HEAD", component)
+        tree = self.tree("HEAD" if rev is None else rev, component)
         arch, config = tree.get("arch"), tree.get("config")
         if not arch:
             raise BadInput(f"component {component!r} was committed as plain tensors (no arch recorded)",
@@ -664,7 +672,7 @@ class Repo(Maintenance):
     def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
         for `optimizer.load_state_dict`: its tensors and the param groups its tree records."""
-        groups = self.tree(rev or "HEAD", component).get("meta", {}).get("param_groups")
+        groups = self.tree("HEAD" if rev is None else rev, component).get("meta", {}).get("param_groups")
         if not isinstance(groups, list):
             raise BadInput(f"component {component!r} records no param groups (it was committed as flat tensors)",
                            "load its tensors with repo.load() and take the settings from your training code")
@@ -810,7 +818,7 @@ class Repo(Maintenance):
         old = self.refs.read(ref)
         if old is None:
             raise UnknownRevision("the current branch has no commits to roll back")
-        if rev:
+        if rev is not None:
             target = self.resolve(rev)
         elif not self.read_commit(old)["parents"]:
             raise UnknownRevision(f"nothing to roll back to: {old[:12]}, the head of {ref[len('refs/heads/'):]}, "
@@ -896,7 +904,7 @@ class Repo(Maintenance):
         """Write a single-file component to `out_file` (an existing file with other content is
         refused unless `force`); `progress(nbytes)` is called as bytes are written."""
         self._refuse_output_inside_mvc(out_file)
-        tree = self.tree(rev or "HEAD", component)
+        tree = self.tree("HEAD" if rev is None else rev, component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
@@ -915,7 +923,7 @@ class Repo(Maintenance):
 
     def export_chunks(self, rev: str | None, component: str):
         """The bytes of a single-file component, as chunks (for writing to a stream)."""
-        tree = self.tree(rev or "HEAD", component)
+        tree = self.tree("HEAD" if rev is None else rev, component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
@@ -948,14 +956,30 @@ def _match_stored_dtypes(model, state: dict) -> None:
             t.data = t.data.to(want)
 
 
-def _plain_number(value):
+def _rev_count(digits: str, rev: str) -> int:
+    """N of REV~N, REV^N or REV@{N} (no history is a billion commits deep)."""
+    if len(digits) > 9:
+        raise UnknownRevision(f"{rev[:40]!r}: {digits[:12]}... is too large a count")
+    return int(digits)
+
+
+def _plain_number(value, path: str = "metrics"):
     """A metric given as a one-element tensor or numpy scalar (`loss.item()` forgotten) as the
-    Python number it holds; other values unchanged (canonical_json judges them)."""
+    Python number it holds, in lists and dicts too; other values unchanged (canonical_json judges
+    them)."""
+    if isinstance(value, dict):
+        return {k: _plain_number(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_number(v, f"{path}[{i}]") for i, v in enumerate(value)]
     item = getattr(value, "item", None)
     size = getattr(value, "size", None)
     numel = getattr(value, "numel", None)
     if callable(item) and ((callable(numel) and numel() == 1) or size == 1):
-        return item()
+        try:
+            return item()
+        except (RuntimeError, ValueError, TypeError) as e:  # e.g. a tensor on the meta device
+            raise BadInput(f"{path}: {type(value).__name__} holds no number to store ({str(e)[:80]})",
+                           "give metrics as Python numbers, e.g. loss.item()") from None
     return value
 
 

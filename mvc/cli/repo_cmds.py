@@ -54,7 +54,10 @@ def _metric_value(raw: str):
     """A number written plainly (ASCII digits; NaN and inf are refused later), true/false, or
     else the text as given: Python's int() would read 2024_01, ' 7 ' or Arabic-Indic digits."""
     if _INT_TEXT.fullmatch(raw):
-        return int(raw)
+        try:
+            return int(raw)
+        except ValueError:  # more than 4300 digits
+            raise BadInput(f"metric value {raw[:20]}... has {len(raw)} digits: a number holds at most 4300") from None
     if _FLOAT_TEXT.fullmatch(raw):
         return float(raw)
     return {"true": True, "false": False}.get(raw.lower(), raw)

@@ -154,3 +154,57 @@ def test_a_tensor_of_more_dimensions_than_any_reader_takes_is_refused_at_commit(
     refused(repo, lambda: repo.commit({"core": {"w": torch.zeros([2] + [1] * 64)}}, message="65"),
             r"tensor 'w' has 65 dimensions \(mvc stores at most 64\)")
     assert repo.load("HEAD", "core")["w"].dim() == 64 and repo.fsck()["ok"]
+
+
+def test_an_empty_revision_or_branch_is_refused_never_taken_for_the_default(repo):
+    """rollback("") moved the branch back one commit, load("") read HEAD and commit(branch="")
+    landed on the current branch, while resolve("") refused: "" is a bad revision everywhere."""
+    c1 = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    c2 = repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
+    for call in (lambda: repo.rollback(""), lambda: repo.load("", "m"), lambda: repo.load_model("", "m"),
+                 lambda: repo.commit({"m": {"w": torch.full((3,), 2.0)}}, message="x", branch="")):
+        refused(repo, call, "empty revision|invalid branch or tag name ''")
+    assert repo.resolve("HEAD") == c2 and repo.log("main")[-1]["id"] == c1
+
+
+@pytest.mark.parametrize("rev", ["HEAD~\u0661", "HEAD^\u0661", "main@{\u0661}", "HEAD~" + "9" * 5000,
+                                 "main@{" + "1" * 5000 + "}"])
+def test_revision_counts_take_plain_ascii_digits_of_sane_length(repo, rev):
+    """Arabic-Indic digits resolved (HEAD~١ was HEAD~1; git refuses them), and a count of more
+    than 4300 digits escaped as a raw ValueError (exit 4, "a bug in mvc")."""
+    repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
+    with pytest.raises(mvc.UnknownRevision):
+        repo.resolve(rev)
+
+
+def test_metrics_are_unwrapped_at_any_depth_and_huge_numbers_are_refused_clearly(repo):
+    """`{"x": tensor(1.)}` was stored but `{"x": {"y": tensor(1.)}}` refused; a meta tensor's
+    .item() and an integer of 5000 digits escaped as raw RuntimeError / ValueError."""
+    import numpy as np
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one",
+                      metrics={"a": {"b": torch.tensor(0.5)}, "c": [np.float32(2.0), torch.tensor([3])]})
+    assert repo.read_commit(cid)["metrics"] == {"a": {"b": 0.5}, "c": [2.0, 3]}
+    refused(repo, lambda: repo.commit({"m": {"w": torch.zeros(3)}}, message="x",
+                                      metrics={"loss": {"x": torch.empty((), device="meta")}}),
+            r"metrics.loss.x: Tensor holds no number")
+    refused(repo, lambda: repo.commit({"m": {"w": torch.zeros(3)}}, message="x", metrics={"n": 10 ** 5000}),
+            "cannot store this value")
+
+
+def test_no_repository_is_made_inside_another_ones_dot_mvc(repo, tmp_path):
+    """`cd .mvc/refs/tags && mvc init` made a repository whose .mvc folder then sat among the
+    outer repository's tags: log, fsck, gc, tag and du of the outer one failed."""
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    for inner in (os.path.join(repo.dir, "refs", "tags"), os.path.join(repo.dir, "objects", "zz"),
+                  repo.dir):
+        refused(repo, lambda: mvc.Repo.init(inner), "inside the .mvc folder of another")
+    assert repo.tags() == {} and repo.log()[0]["id"] == cid and repo.fsck()["ok"]
+
+
+def test_a_deleted_branch_at_reflog_entry_zero_says_it_was_deleted(repo):
+    repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    repo.create_branch("x")
+    repo.delete_branch("x")
+    with pytest.raises(mvc.UnknownRevision, match="entry 0 of the reflog of refs/heads/x is its deletion"):
+        repo.resolve("x@{0}")

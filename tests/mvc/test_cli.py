@@ -52,6 +52,21 @@ def test_errors_are_one_line_with_exit_3(run):
     assert "no such file" in r.stderr
 
 
+def test_empty_revisions_and_huge_numbers_are_bad_input_exit_3(run, tmp_path):
+    """`mvc rollback ""` moved the branch back one commit and `mvc commit -b ""` landed on the
+    current branch; a count or metric of 5000 digits crashed as "a bug in mvc" (exit 4)."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "a")
+    run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "b")
+    head = json.loads(run("log", "-n", "1", "--json").stdout)[0]["id"]
+    assert "empty revision" in run("rollback", "", code=3).stderr
+    assert "invalid branch or tag name ''" in run("commit", tmp_path / "m.safetensors", "-m", "c", "-b", "",
+                                                   code=3).stderr
+    assert "too large a count" in run("log", "HEAD~" + "9" * 5000, code=3).stderr
+    assert "5000 digits" in run("commit", tmp_path / "m.safetensors", "-m", "c", "--metric", "k=" + "9" * 5000,
+                                code=3).stderr
+    assert json.loads(run("log", "-n", "1", "--json").stdout)[0]["id"] == head
+
+
 def test_usage_error_exit_2(run):
     run("commit", code=2)  # -m missing
     run("log", "-n", "-1", code=2)

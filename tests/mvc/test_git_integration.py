@@ -352,3 +352,16 @@ def test_the_author_is_read_through_includes_when_git_cannot_run(tmp_path, monke
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.delenv("MVC_AUTHOR", raising=False)
     assert provenance.default_author(str(work)) == "Included <inc@x>"
+
+
+def test_a_git_branch_that_would_hide_an_id_prefix_is_not_made_an_mvc_branch(tmp_path):
+    """Git branch `5F5A965A` (hex in capitals) became mvc branch 5F5A965A, and resolve() then took
+    that branch for what mvc documents as an id prefix; lower-case hex was already refused."""
+    work = new_git(tmp_path / "w")
+    repo = mvc.Repo.init(work)
+    first = repo.commit({"m": model(tmp_path / "a.safetensors")}, message="one")
+    prefix = first[:8].upper()
+    git(work, "switch", "-q", "-c", prefix)
+    with pytest.warns(UserWarning, match="cannot be an mvc branch"):
+        repo.commit({"m": model(tmp_path / "b.safetensors", 8)}, message="two")
+    assert list(repo.branches()) == ["main"] and repo.resolve(prefix) == first

@@ -378,3 +378,26 @@ def warnings_as_list():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield caught
+
+
+def test_a_stray_file_under_refs_is_skipped_by_readers_reported_by_fsck_and_stops_gc(tmp_path, monkeypatch):
+    """A file mvc never writes (`refs/heads/old name`: a branch renamed by hand) made log, branch,
+    fsck, gc and du fail with "invalid branch or tag name". Readers skip it with a warning; fsck
+    names it; gc stops (it may hold the only ref to commits) and says what to do."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    repo.create_branch("gone")
+    repo.commit({"m": {"w": torch.zeros(3)}}, message="only 'old name' will hold this", branch="gone")
+    os.rename(os.path.join(repo.dir, "refs", "heads", "gone"), os.path.join(repo.dir, "refs", "heads", "old name"))
+    with pytest.warns(UserWarning, match="skipped .*old name: a file whose name no ref may have"):
+        assert repo.branches() == {"main": cid}
+    monkeypatch.chdir(repo.root)
+    out = CliRunner().invoke(cli, ["log"])
+    assert out.exit_code == 0 and f"commit {cid[:12]} (main)" in out.stdout
+    assert "warning: skipped" in out.stderr and "old name" in out.stderr
+    report = repo.fsck()
+    assert not report["ok"] and [p["id"] for p in report["problems"]] == ["refs/heads/old name"]
+    before = sorted(repo.store.ids())
+    with pytest.raises(mvc.CorruptObject, match="old name: a file whose name no ref may have.*rename it"):
+        repo.gc(grace_s=0)
+    assert sorted(repo.store.ids()) == before
