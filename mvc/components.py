@@ -20,6 +20,7 @@ from typing import Callable
 
 from . import safetensors_format as stf
 from .errors import BadInput, CorruptObject
+from .interrupts import interrupts_deferred
 from .objects import (HASH_THREADS_MIN, check_new_component_name, check_relpath, hash_bytes, is_reserved_segment,
                       new_hasher, tree_object)
 from .store import ObjectStore
@@ -31,6 +32,10 @@ MEMORY_FILE = "model.safetensors"
 Progress = Callable[[int], None]
 PIECE = 64 << 20  # commits hash, and checkouts write, a large tensor this much at a time: bars move within it
 STORE_WORKERS = 4  # threads hashing and copying tensors at once (capped by the core count)
+
+
+class _Stopped(Exception):
+    """Raised in a storing thread once its commit has failed or been interrupted."""
 
 
 def _stamp(fd: int) -> tuple[int, int, int, int]:
@@ -78,10 +83,13 @@ class Ingest:
         self.store = store
         self._progress = progress
         self._progress_lock = threading.Lock()  # worker threads report; callers' callbacks need not be thread-safe
+        self._stopping = threading.Event()  # set when the commit fails or is interrupted: workers stop
         self.entries: list[tuple[str, str, dict]] = []  # (file, tensor name in it, tree entry)
         self.files: dict[str, dict] = {}
 
     def progress(self, nbytes: int) -> None:
+        if self._stopping.is_set():  # (raised in a worker: its write is undone; see _store_tensors)
+            raise _Stopped()
         if self._progress and nbytes:
             with self._progress_lock:
                 self._progress(nbytes)
@@ -191,8 +199,12 @@ class Ingest:
                     for e in sorted(tensors, key=lambda e: e.begin - e.end)}
             for e in tensors:  # the tree follows the file's order
                 self._add_tensor(relpath, e.name, done[e.name].result(), e.dtype, e.shape)
-        finally:  # on an error or Ctrl-C, tensors not yet started are dropped, not written
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # an error or Ctrl-C: tensors not yet started are dropped, and those
+            self._stopping.set()  # being stored stop at their next piece (their temp files go)
+            raise
+        finally:  # no worker may outlive this (they use the file's mapping and the store's batch),
+            with interrupts_deferred():  # not even on a second Ctrl-C
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def state_dict(self, relpath: str, state: dict, metadata: dict | None = None) -> None:
         from .tensors import find_aliases, tensor_buffer
@@ -466,7 +478,7 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bo
     (fsynced if `sync`); returns its path. Its name is short whatever `dest` is called (a file
     name may take all 255 bytes) and unique (two checkouts into one place do not collide)."""
     folder = os.path.dirname(os.path.abspath(dest))
-    tmp = os.path.join(folder, f".{os.urandom(6).hex()}.mvc-tmp")
+    tmp = os.path.join(folder, f".{os.getpid()}-{os.urandom(6).hex()}.mvc-tmp")
     try:
         os.makedirs(folder, exist_ok=True)
         if os.path.isdir(dest):
@@ -588,7 +600,7 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
 def _link_beside(path: str) -> str | None:
     """A hard link to `path` under a backup name beside it (what a failed checkout puts back), or
     None where the file system makes none; a killed checkout's link goes as its temp files do."""
-    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.urandom(6).hex()}.mvc-bak")
+    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.getpid()}-{os.urandom(6).hex()}.mvc-bak")
     try:
         os.link(path, link)
     except OSError:
@@ -596,24 +608,30 @@ def _link_beside(path: str) -> str | None:
     return link
 
 
-_TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-(tmp|bak)$")
+_TEMP_NAME = re.compile(r"^\.(?:([0-9]+)-)?[0-9a-f]{12}\.mvc-(tmp|bak)$")  # (older mvc: no pid)
 STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed process
+DEAD_OWNER_TEMP_S = 10.0  # ... and one this old whose process is gone (another host's: still writing it)
 
 
 def _remove_stale_temps(folder: str) -> None:
     """Remove temp files a killed checkout or export left in `folder` (named as _temp_copy names
-    them, older than STALE_TEMP_S: a running one's are younger). A backup link's age counts from
-    its making (the change time of the file's links): it links to a file that may be years old."""
+    them): those of a process that is gone, untouched for DEAD_OWNER_TEMP_S (a full copy of a
+    model file each: a checkout run again after a kill -9 must not leave them), and any older than
+    STALE_TEMP_S (a process of another host sharing the folder writes its own: they are younger,
+    whatever its pid means here). A backup link's age counts from its making (the change time of
+    the file's links): it links to a file that may be years old."""
+    from .files import pid_alive
     now = time.time()
     try:
-        names = [n for n in os.listdir(folder) if _TEMP_NAME.match(n)]
+        names = [(n, m) for n in os.listdir(folder) if (m := _TEMP_NAME.match(n))]
     except OSError:
         return
-    for name in names:
+    for name, m in names:
         path = os.path.join(folder, name)
         with contextlib.suppress(OSError):
             st = os.lstat(path)
-            if now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime) > STALE_TEMP_S:
+            age = now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime)
+            if age > STALE_TEMP_S or (m.group(1) and age > DEAD_OWNER_TEMP_S and not pid_alive(int(m.group(1)))):
                 os.unlink(path)
 
 

@@ -5,7 +5,7 @@ import contextlib
 import errno
 import json
 import os
-import signal
+import re
 import threading
 import time
 import warnings
@@ -23,31 +23,6 @@ def hostname() -> str:
         return os.uname().nodename
     import socket
     return socket.gethostname()
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Ctrl-C (SIGINT) and SIGTERM held back until the block is done, then delivered to the handler
-    in place (Python's raises KeyboardInterrupt; the CLI's SIGTERM handler raises Terminated; a
-    training loop's own handler is called; SIGTERM's default ends the process): for steps that
-    must not stop half way (a ref moved but its reflog entry cut back, or a commit that landed
-    reported as interrupted). Only the main thread receives signals; elsewhere the block runs as
-    it is, and so does a signal whose handler Python does not own."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    owned = [s for s, h in old.items() if h is not None]  # None: installed outside Python
-    got: list[int] = []
-    for s in owned:
-        signal.signal(s, lambda signum, frame: got.append(signum))
-    try:
-        yield
-    finally:
-        for s in owned:
-            signal.signal(s, old[s])
-    for s in dict.fromkeys(got):
-        signal.raise_signal(s)
 
 
 def walk(top: str, strict: bool = True):
@@ -73,6 +48,14 @@ def makedirs(path: str) -> None:
         except (FileNotFoundError, FileExistsError):
             if attempt == 9:
                 raise
+
+
+_ATOMIC_TEMP = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")
+
+
+def is_atomic_temp(name: str) -> bool:
+    """Whether a file name is that of atomic_write's temp file (one a killed writer leaves)."""
+    return bool(_ATOMIC_TEMP.fullmatch(name))
 
 
 def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:

@@ -16,7 +16,7 @@ from . import certindex
 from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
-from .files import shared_or_exclusive
+from .files import is_atomic_temp, shared_or_exclusive
 from .objects import SMALL_OBJECT, certificate_refs, object_kind, tree_blob_ids
 from .transfer import Progress
 
@@ -28,6 +28,7 @@ REFLOG_EXPIRE_S = 90 * 24 * 3600.0
 
 RESERVE = "reserve"  # .mvc/reserve: room for gc's lock and log files on a full disk
 RESERVE_BYTES = 256 * 1024
+ATOMIC_TEMP_MIN_AGE_S = 60.0  # a ref/reflog/HEAD/config temp file this old belongs to a killed write
 
 
 def keep_reserve(mvc_dir: str) -> None:
@@ -260,16 +261,25 @@ class Maintenance:
         return live, by_refs, protected, doomed, removed, freed, kept_young
 
     def _sweep_temp_files(self, grace: float, dry_run: bool) -> int:
-        """Bytes of temp files older than the grace in objects/tmp (left by killed writes), deleted
+        """Bytes of temp files older than the grace in objects/tmp (left by killed writes), and of
+        the temp files a killed ref, reflog, HEAD or config write left (older than the grace and
+        ATOMIC_TEMP_MIN_AGE_S: such a write lasts milliseconds, and takes no writers lock), deleted
         unless `dry_run`. Deleting needs the writers lock held exclusively: a commit writing for
         longer than the grace holds it shared, and its early temp files are that old."""
-        now, freed = time.time(), 0
+        now = time.time()
         tmp = self.loose.tmp
-        for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
-            p = os.path.join(tmp, name)
+        candidates = [(os.path.join(tmp, name), grace) for name in (os.listdir(tmp) if os.path.isdir(tmp) else ())]
+        small_grace = max(grace, ATOMIC_TEMP_MIN_AGE_S)
+        candidates += [(os.path.join(self.dir, name), small_grace) for name in os.listdir(self.dir)
+                       if is_atomic_temp(name)]
+        for top in ("refs", "logs"):
+            for dirpath, _dirs, files in os.walk(os.path.join(self.dir, top)):
+                candidates += [(os.path.join(dirpath, name), small_grace) for name in files if is_atomic_temp(name)]
+        freed = 0
+        for p, age in candidates:
             try:
                 st = os.stat(p)
-                if now - st.st_mtime >= grace:
+                if now - st.st_mtime >= age:
                     if not dry_run:
                         os.unlink(p)
                     freed += st.st_size

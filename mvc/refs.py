@@ -15,7 +15,8 @@ import time
 import warnings
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict
-from .files import LockFile, atomic_write, interrupts_deferred, makedirs, walk
+from .files import LockFile, atomic_write, is_atomic_temp, makedirs, walk
+from .interrupts import interrupts_deferred
 from .objects import check_new_ref_name, check_ref_name, is_oid
 from .store import fsync_dir
 
@@ -421,7 +422,8 @@ class RefStore:
         n = 0
         for dirpath, _d, files in walk(os.path.join(self.root, "logs")):
             for name in files:
-                n += sum(1 for e in _read_log(os.path.join(dirpath, name)) if not _entry_time(e) >= cutoff)
+                if not is_atomic_temp(name):  # (a killed rewrite's: gc deletes it, see expire_reflogs)
+                    n += sum(1 for e in _read_log(os.path.join(dirpath, name)) if not _entry_time(e) >= cutoff)
         return n
 
     def expire_reflogs(self, older_than_s: float) -> int:
@@ -433,6 +435,8 @@ class RefStore:
         retired = os.path.join(logs, RETIRED_LOGS)
         for dirpath, _d, files in walk(logs):
             for name in files:
+                if is_atomic_temp(name):  # a killed rewrite's temp file: gc deletes it once it is old
+                    continue  # (until then all_reflog_ids counts it: it keeps only what the log kept)
                 path = os.path.join(dirpath, name)
                 if path.startswith(retired + os.sep):
                     dropped += self._expire_log(path, cutoff, retired)

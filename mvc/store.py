@@ -17,6 +17,7 @@ import time
 from typing import Iterator
 
 from .errors import CorruptObject, MvcError, ObjectMissing
+from .interrupts import interrupts_deferred
 from .objects import hash_bytes, is_oid
 
 
@@ -248,12 +249,13 @@ class LooseStore(ObjectStore):
             yield self
             self._flush(pending, watch)
         except BaseException:
-            for tmp in pending.values():
-                try:
-                    if tmp:
-                        os.unlink(tmp)
-                except OSError:
-                    pass
+            with interrupts_deferred():  # a second Ctrl-C must not leave temp files behind
+                for tmp in list(pending.values()):
+                    try:
+                        if tmp:
+                            os.unlink(tmp)
+                    except OSError:
+                        pass
             raise
         finally:
             _BATCH.reset(token)

@@ -46,7 +46,7 @@ from urllib.parse import unquote, urlparse
 from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
-from .files import LockFile, atomic_write, shared_or_exclusive, walk
+from .files import LockFile, atomic_write, is_atomic_temp, shared_or_exclusive, walk
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
@@ -524,10 +524,11 @@ class DirectoryTransport(Transport):
 
 
 def _holds_files(root: str) -> bool:
-    """Whether a directory holds any file but lock files. Folders alone are what an init in
-    progress, or one killed before it wrote the config, leaves: the next init completes it."""
+    """Whether a directory holds any file but lock files and the temp file of a config being
+    written. Those are what an init in progress, or one killed before its config was in place,
+    leaves: the next init completes it."""
     for _dirpath, _dirs, files in os.walk(root):
-        if any(not f.endswith(".lock") for f in files):
+        if any(not f.endswith(".lock") and not (f.startswith(".config.") and is_atomic_temp(f)) for f in files):
             return True
     return False
 

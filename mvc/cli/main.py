@@ -22,6 +22,27 @@ def _debug_traceback() -> None:
         _print_traceback()
 
 
+def _output_failed(e: OSError) -> bool:
+    """Whether `e` came from printing (click.echo, rich), e.g. `> /dev/full`, rather than from the
+    repository or an output file: it is then not the repository's disk that is full."""
+    tb = e.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if (module == "click.utils" and tb.tb_frame.f_code.co_name == "echo") or module.startswith("rich."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _tolerant_output() -> None:
+    """Text this terminal's encoding cannot show (a commit message's ✓ under PYTHONIOENCODING=ascii)
+    is printed as an escape, not a crash: click picks its own writer, rich writes to the stream."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 class MvcGroup(click.Group):
     """Maps exceptions to `error: <what> (<hint>)` and the exit codes of DESIGN.md section 4."""
 
@@ -39,14 +60,30 @@ class MvcGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt as e:
+            from ..refs import moved_in_this_process
             landed = getattr(e, "landed", None)  # mvc.errors.InterruptedAfterLanding
+            moved = moved_in_this_process()  # e.g. a commit that landed, then a signal while it printed
             how = "terminated" if isinstance(e, Terminated) or _terminated else "interrupted"
-            error(f"{how} after {landed}" if landed else how,
-                  "it stands: see mvc log; do not commit it again" if landed else None)
+            if landed:
+                error(f"{how} after {landed}", "it stands: see mvc log; do not commit it again")
+            elif moved:
+                error(f"{how} after moving {', '.join(moved)}", "that stands: see mvc log and mvc reflog; "
+                                                               "do not run the command again blindly")
+            else:
+                error(how)
             ctx.exit(143 if how == "terminated" else 130)
         except BrokenPipeError:  # the reader has all it wanted; a result decided already stands
             ctx.exit(ctx.meta.get("mvc.exit_status", 0))
+        except UnicodeEncodeError as e:  # a name this locale cannot spell (LC_ALL=C without UTF-8 mode)
+            _debug_traceback()
+            error(f"{e.object[e.start:e.end]!r} cannot be written in this locale's encoding ({e.encoding})",
+                  "use a UTF-8 locale, e.g. LC_ALL=C.UTF-8, or PYTHONUTF8=1")
+            ctx.exit(3)
         except (OSError, MemoryError, RuntimeError) as e:
+            if isinstance(e, OSError) and _output_failed(e):
+                from ..refs import moves_so_far
+                error(f"cannot print the output: {e.strerror or e}", f"{moves_so_far()}; what it printed is lost")
+                ctx.exit(3)
             found = environment_error(e)
             if found:  # the machine's state (a full disk, no write access, the open-file limit, memory)
                 _debug_traceback()
@@ -101,5 +138,15 @@ def main(argv=None):
     # SIGTERM (kill, a scheduler's stop) cleans up as Ctrl-C does: temp files beside a checkout's
     # outputs, half-written packs; ref moves finish first (files.interrupts_deferred)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    return cli.main(args=argv, prog_name="mvc")
+    _tolerant_output()
+    try:
+        return cli.main(args=argv, prog_name="mvc")
+    finally:  # the outcome is decided and said: a late Ctrl-C or SIGTERM (while the interpreter
+        while True:  # waits for worker threads, say) must not kill it silently or print a traceback
+            try:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:  # (one arrived just now: ignore it too)
+                continue
 

@@ -22,6 +22,23 @@ ID_WIDTH = 12  # hex digits of an id in human output
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON document with full ids.")
 
 
+def _message(ctx, param, values):
+    """The paragraphs of -m given once or more, joined as git joins them; an empty one is a usage
+    error, as a missing -m is (exit 2)."""
+    if not values:
+        return None
+    text = "\n\n".join(values)
+    if not text.strip():
+        raise click.BadParameter("the message is empty" + (" (only white space)" if text else ""))
+    return text
+
+
+def message_opt(required: bool = False):
+    """-m/--message: repeatable, each one a paragraph (`-m subject -m body`)."""
+    return click.option("-m", "--message", multiple=True, required=required, callback=_message,
+                        help="Commit message (repeatable: each -m is a paragraph).")
+
+
 def short(oid: str | None) -> str:
     return oid[:ID_WIDTH] if oid else "-"
 

@@ -10,7 +10,7 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, error, json_opt, negative_result, short, shown
+from .output import console, emit_json, error, json_opt, message_opt, negative_result, short, shown
 
 
 @cli.group()
@@ -29,7 +29,7 @@ def paste():
 @click.option("--into", "host", required=True, help="Host branch (or revision with --branch).")
 @click.option("--branch", help="Commit onto this branch (new, or at the host revision).")
 @click.option("--as", "as_name", help="Install as brick/NEWNAME.")
-@click.option("-m", "--message", help="Commit message.")
+@message_opt()
 @click.option("--int8", is_flag=True, help="Install the int8 artifact of the brick (writes the quantised blobs).")
 @click.option("--force", is_flag=True, help="Replace an existing brick of that name on the host.")
 @click.option("--no-ci", is_flag=True, help="Do not run the migration checks configured for this brick.")

@@ -13,7 +13,7 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt,
+from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, message_opt,
                      negative_result, plural, print_table, short, shown, size_change, table, warn)
 
 
@@ -101,7 +101,7 @@ def init(path, as_json):
 @click.argument("path", required=False, type=click.Path(exists=False))
 @click.option("-c", "--component", "comps", multiple=True, metavar="NAME=PATH", callback=_components_option,
               help="Commit PATH as component NAME (repeatable).")
-@click.option("-m", "--message", required=True, help="Commit message.")
+@message_opt(required=True)
 @click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", callback=_metrics_option,
               help="Record a metric (repeatable); VALUE is a number, true/false or text.")
 @click.option("--branch", "-b", help="Commit onto this branch (created when new); HEAD does not move.")
@@ -879,7 +879,7 @@ def ls_tree(rev, component, as_json):
 
 @cli.command()
 @click.argument("rev")
-@click.option("-m", "--message", help="Commit message.")
+@message_opt()
 @json_opt
 def revert(rev, message, as_json):
     """Make a new commit on the current branch holding the components of REV.

@@ -91,9 +91,27 @@ def _clone_setup(path: str, url: str, endpoint: str | None, lazy: bool, default:
 INIT_LEFTOVER = re.compile(r"\.mvc-init-(\d+)")  # Repo.init's temp folder, renamed to .mvc when complete
 
 
+def _only_the_clones_branch(repo: Repo, path: str, url: str) -> bool:
+    """No branch, or only the one a clone makes, still where the clone put it while HEAD is not
+    on it yet (a clone killed while it set HEAD up): nothing of the user's is there that a resumed
+    clone could move. A finished clone of `url` is BadInput saying so."""
+    branches = repo.branches()
+    if not branches:
+        return True
+    if len(branches) > 1:
+        return False
+    (name, oid), = branches.items()
+    if repo.refs.read(f"refs/remotes/{DEFAULT_REMOTE}/{name}") != oid:
+        return False
+    if repo.refs.head_target() == f"refs/heads/{name}" and repo.get_config("remote.origin.url") == url:
+        raise BadInput(f"destination {path} already holds a clone of {url}", "mvc pull there brings it up to date")
+    return True
+
+
 def _resumable_clone(path: str, url: str) -> bool:
-    """An earlier clone of `url` into `path` that stopped before creating its branch: a repository
-    with that origin and no branch, or what a clone killed before configuring its origin leaves
+    """An earlier clone of `url` into `path` that stopped before it was done: a repository with
+    that origin and no branch but the one the clone makes, still where the clone put it (it may
+    have been killed while it set HEAD up), or what a clone killed before configuring its origin leaves
     (mvc's own files only: an empty repository with no remote, and the temp folders of an init
     whose process is gone, which are removed here)."""
     if not os.path.isdir(path):
@@ -107,7 +125,7 @@ def _resumable_clone(path: str, url: str) -> bool:
             repo = None  # a parent directory's repository
     except MvcError:
         repo = None
-    if repo is not None and repo.branches():
+    if repo is not None and not _only_the_clones_branch(repo, path, url):
         return False
     if repo is not None and repo.get_config("remote.origin.url") is not None:
         ok = repo.get_config("remote.origin.url") == url

@@ -489,8 +489,9 @@ def test_forced_checkout_over_an_older_one_is_all_or_nothing_and_names_stray_fil
 
 def test_small_wording(run, in_repo, tmp_path):
     ck = _ckpt(tmp_path / "m.safetensors", 0)
-    r = run("commit", ck, "-m", "\n  ", code=3)
+    r = run("commit", ck, "-m", "\n  ", code=2)  # a usage error, as a missing -m is
     assert "only white space" in r.stderr  # before: an empty one-line message was committed
+    assert "the message is empty" in run("commit", ck, "-m", "", code=2).stderr
     run("commit", ck, "-m", "one")
     assert "wrote 1 file of" in run("checkout", "HEAD", "-o", tmp_path / "out").stdout
     du = run("du").stdout
@@ -521,6 +522,31 @@ def test_temp_files_of_a_killed_checkout_are_removed_by_the_next_once_stale(run,
     os.utime(stale, (old, old))
     run("checkout", "HEAD", "-o", tmp_path / "out")
     assert not stale.exists() and fresh.exists()  # a running checkout's temp file is young
+
+
+
+def test_temp_files_of_a_checkout_killed_just_now_go_with_the_next_checkout(run, tmp_path):
+    """A checkout -o DIR --force killed by kill -9 left hidden full copies of model files
+    (`.mvc-tmp`) and backup links (`.mvc-bak`) that a re-run left for an hour. Those of a process
+    that is gone go once untouched for a few seconds; a live process's stay, however old."""
+    import subprocess as _sp
+    import sys as _sys
+    import time as _time
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    folder = tmp_path / "out" / "model"
+    folder.mkdir(parents=True)
+    gone = _sp.run([_sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    dead = folder / f".{dead_pid}-0123456789ab.mvc-tmp"
+    dead_now = folder / f".{dead_pid}-0123456789ad.mvc-tmp"  # still being written, maybe, on another host
+    live = folder / f".{os.getpid()}-ba9876543210.mvc-tmp"
+    for p in (dead, dead_now, live):
+        p.write_bytes(b"a whole model file")
+    a_minute_ago = _time.time() - 60
+    for p in (dead, live):
+        os.utime(p, (a_minute_ago, a_minute_ago))
+    run("checkout", "HEAD", "-o", tmp_path / "out")
+    assert not dead.exists() and dead_now.exists() and live.exists()
 
 
 def test_switch_inside_git_says_where_the_next_commit_goes(run, in_repo):
@@ -765,3 +791,27 @@ def test_long_tables_print_as_aligned_plain_lines(run, tmp_path, monkeypatch):
     assert [r.split()[0] for r in rows] == names and all(r.split()[1] == "changed" for r in rows)
     assert "│" not in "".join(out) and out[header].index("status") == rows[0].index("changed")
     assert "│" in run("show").stdout  # short tables are still drawn
+
+
+def test_each_message_option_is_a_paragraph_as_in_git(run, tmp_path):
+    """`-m subject -m body` kept only "body", without a word."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "subject", "-m", "body\nmore")
+    assert json.loads(run("log", "--json").stdout)[0]["message"] == "subject\n\nbody\nmore"
+    run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "two")
+    run("revert", "HEAD~1", "-m", "back", "-m", "why")
+    assert json.loads(run("log", "-n", "1", "--json").stdout)[0]["message"] == "back\n\nwhy"
+
+
+def test_ctrl_c_after_a_commit_landed_says_what_landed(run, tmp_path, monkeypatch):
+    """A signal arriving after repo.commit returned (while the CLI printed) said only "error:
+    interrupted": a wrapper retrying on 130 would commit twice."""
+    from mvc.cli import repo_cmds
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    monkeypatch.setattr(repo_cmds, "short", interrupted)  # Ctrl-C while the commit line prints
+    r = run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "two", code=130)
+    head = mvc.Repo(".").resolve("HEAD")
+    assert r.stderr.strip() == (f"error: interrupted after moving refs/heads/main ({head[:12]}) (that stands: see "
+                                "mvc log and mvc reflog; do not run the command again blindly)")

@@ -1,6 +1,7 @@
 """Real processes: kill -9 during commits leaves a consistent repository; concurrent committers lose
 nothing; commands that do not compute on tensors never import torch."""
 import json
+import os
 import random
 import signal
 import subprocess
@@ -113,3 +114,44 @@ def test_ctrl_c_while_the_command_starts_is_one_line_not_a_traceback():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130 and proc.stderr.strip() == "error: interrupted", proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_to_a_full_device_is_not_called_a_full_repository_disk(tmp_path):
+    """`mvc commit ... > /dev/full` landed, then said "no space left on device (...; free some
+    space and retry)", inviting a second commit of the same checkpoint."""
+    import torch
+    from safetensors.torch import save_file
+    repo = mvc.Repo.init(tmp_path)
+    save_file({"w": torch.ones(4)}, str(tmp_path / "m.safetensors"))
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "mvc", "commit", "m.safetensors", "-m", "one"], cwd=tmp_path,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    head = mvc.Repo(tmp_path).resolve("HEAD")
+    assert proc.returncode == 3 and proc.stderr.strip() == (
+        f"error: cannot print the output: No space left on device (it had moved refs/heads/main ({head[:12]}), "
+        "which stays (see mvc reflog); the rest stopped; what it printed is lost)"), proc.stderr
+    assert repo.log()[0]["message"] == "one"
+
+
+def test_text_the_terminal_cannot_encode_is_escaped_and_unspellable_names_are_bad_input(tmp_path):
+    """Under PYTHONIOENCODING=ascii, `mvc show` of a message holding "\u2713" crashed (exit 4, a
+    traceback); under a C locale without UTF-8 mode, checking out a file named with "\u00e8" did too."""
+    import os as _os
+
+    import torch
+    repo = mvc.Repo.init(tmp_path)
+    repo.commit({"model": {"w": torch.ones(2)}}, message="ok \u2713")
+    env = {**_os.environ, "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, "-m", "mvc", "show"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "ok \\u2713" in proc.stdout, proc.stderr
+    env = {**_os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("LANG", None)
+    from safetensors.torch import save_file
+    (tmp_path / "d").mkdir()
+    save_file({"w": torch.ones(2)}, str(tmp_path / "d" / "mod\u00e8le.safetensors"))
+    repo.commit({"dir": str(tmp_path / "d")}, message="a name in UTF-8")
+    proc = subprocess.run([sys.executable, "-m", "mvc", "checkout", "HEAD", "-o", "out"],
+                          cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 3 and b"cannot be written in this locale's encoding" in proc.stderr, proc.stderr

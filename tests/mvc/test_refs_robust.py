@@ -401,3 +401,27 @@ def test_a_stray_file_under_refs_is_skipped_by_readers_reported_by_fsck_and_stop
     with pytest.raises(mvc.CorruptObject, match="old name: a file whose name no ref may have.*rename it"):
         repo.gc(grace_s=0)
     assert sorted(repo.store.ids()) == before
+
+
+def test_gc_deletes_the_temp_files_of_killed_ref_reflog_and_head_writes_once_they_are_old(tmp_path):
+    """A gc, rollback, branch -d or clone killed between writing a temp file and renaming it left
+    `.NAME.<16 hex>.tmp` under logs/, refs/ or .mvc for good (reflog expiry even rewrote such a
+    file as if it were a reflog). gc deletes them once older than a minute (and its grace); a
+    younger one may belong to a write in progress, and stays."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    log_line = (tmp_path / "r" / ".mvc" / "logs" / "refs" / "heads" / "main").read_bytes()
+    old = [os.path.join(repo.dir, "logs", "refs", "heads", ".main.0123456789abcdef.tmp"),
+           os.path.join(repo.dir, "refs", "heads", ".main.fedcba9876543210.tmp"),
+           os.path.join(repo.dir, ".HEAD.00112233445566ff.tmp")]
+    young = os.path.join(repo.dir, "refs", "tags", ".v1.aaaaaaaaaaaaaaaa.tmp")
+    for p in old + [young]:
+        with open(p, "wb") as f:
+            f.write(log_line)
+    hour_ago = time.time() - 3600
+    for p in old:
+        os.utime(p, (hour_ago, hour_ago))
+    assert repo.gc(grace_s=0, expire_reflogs=True)["bytes_freed"] >= 3 * len(log_line)
+    assert not any(os.path.exists(p) for p in old) and os.path.exists(young)
+    assert not [f for f in os.listdir(os.path.dirname(old[0])) if f.startswith("..")]  # never rewritten
+    assert repo.fsck()["ok"] and repo.log()[0]["message"] == "one"

@@ -992,6 +992,28 @@ def test_a_push_to_a_bare_remote_removes_temp_files_of_killed_pushes(tmp_path):
     assert clone.fsck()["ok"] and clone.head() == repo.head()
 
 
+def test_a_first_push_killed_while_writing_the_remote_config_is_completed_by_the_next(tmp_path):
+    """A first push killed between writing the remote's config to its temp file and renaming it
+    left `.config.<16 hex>.tmp`: every later push refused the location as "not empty and not an
+    mvc repository", and nothing removed the file."""
+    bare = tmp_path / "bare"
+    for sub in ("objects", "refs/heads", "refs/tags"):
+        (bare / sub).mkdir(parents=True)
+    (bare / ".config.0123456789abcdef.tmp").write_text("[core]\n")
+    repo = new_repo(tmp_path / "src", None)
+    rm.add_remote(repo, "origin", str(bare))
+    repo.commit({"core": weights(1)}, message="one")
+    rm.push(repo)
+    clone, _ = rm.clone(str(bare), str(tmp_path / "copy"))
+    assert clone.head() == repo.head() and clone.fsck()["ok"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".notes.0123456789abcdef.tmp").write_text("not ours")  # only the config's temp name is excused
+    rm.add_remote(repo, "other", str(other))
+    with pytest.raises(mvc.errors.BadInput, match="not empty and is not an mvc repository"):
+        rm.push(repo, "other")
+
+
 def test_a_commit_in_a_lazy_clone_stores_tensors_it_only_has_promised(tmp_path):
     """A promised blob may vanish from the remote: a commit of equal bytes must keep its own copy."""
     owner = new_repo(tmp_path / "owner")

@@ -141,7 +141,7 @@ def test_interrupted_clone_resumes(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert mvc.Repo(tmp_path / "c").head() == src.head() and mvc.Repo(tmp_path / "c").fsck()["ok"]
     r = invoke(monkeypatch, tmp_path, "clone", str(tmp_path / "r.mvc"), "c")
-    assert r.exit_code == 3 and "not empty" in r.stderr
+    assert r.exit_code == 3 and "already holds a clone of" in r.stderr and "mvc pull there" in r.stderr
 
 
 def test_push_from_a_lazy_clone_to_another_remote_fetches_what_it_lacks(tmp_path):

@@ -147,6 +147,8 @@ CLONE_KILLED_AT = textwrap.dedent("""
     elif where == "lazy":  # the origin's url is written, its lazy mark is not
         real_set = mvc.Repo.set_config
         mvc.Repo.set_config = lambda self, k, v: die() if k.endswith(".promisor") else real_set(self, k, v)
+    elif where == "head":  # its branch is made, HEAD is not pointed at it yet
+        mvc.refs.RefStore.set_symbolic = die
     rm.clone(url, dest, lazy=True)
 """)
 
@@ -167,6 +169,24 @@ def test_a_clone_killed_while_setting_up_resumes(tmp_path, where):
     assert clone.fsck()["ok"] and sorted(os.listdir(dest)) == [".mvc"]
 
 
+def test_a_clone_run_again_over_a_finished_one_says_so(tmp_path):
+    """A clone killed while it pointed HEAD at its branch (HEAD already named it) was complete, but
+    running it again said "already exists and is not empty (clone into a new directory)"."""
+    served = mvc.Repo.init(tmp_path / "served")
+    served.commit({"core": weights(1)}, message="one")
+    dest = tmp_path / "copy"
+    proc = subprocess.run([sys.executable, "-c", CLONE_KILLED_AT, served.root, str(dest), "head"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    with pytest.raises(mvc.errors.BadInput, match="already holds a clone of .*mvc pull there"):
+        rm.clone(served.root, str(dest), lazy=True)
+    copy = mvc.Repo(dest)
+    assert copy.head() == served.head() and copy.fsck()["ok"]
+    copy.refs.set_symbolic("HEAD", "refs/heads/unborn")  # killed with its branch made, HEAD not on it yet
+    again, info = rm.clone(served.root, str(dest), lazy=True)
+    assert again.refs.head_target() == "refs/heads/main" and info["head"] == served.head()
+
+
 def test_clone_still_refuses_a_directory_holding_anything_else(tmp_path):
     served = mvc.Repo.init(tmp_path / "served")
     served.commit({"core": weights(1)}, message="one")
@@ -174,10 +194,13 @@ def test_clone_still_refuses_a_directory_holding_anything_else(tmp_path):
     (tmp_path / "own" / "notes.txt").write_text("mine")
     other = mvc.Repo.init(tmp_path / "other")
     other.commit({"core": weights(2)}, message="mine")
-    for dest in (own.root, other.root):
+    mine, _ = rm.clone(served.root, str(tmp_path / "cloned"))  # then committed to: its branch is the user's
+    mine.commit({"core": weights(3)}, message="my own work")
+    for dest in (own.root, other.root, mine.root):
         with pytest.raises(mvc.errors.BadInput, match="already exists and is not empty"):
             rm.clone(served.root, dest)
     assert (tmp_path / "own" / "notes.txt").read_text() == "mine" and mvc.Repo(other.root).head()
+    assert mvc.Repo(mine.root).log()[0]["message"] == "my own work"
 
 
 # -- S3: transient failures --------------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""Holding Ctrl-C and SIGTERM back while a step that must not stop half way runs."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) and SIGTERM held back until the block is done, then delivered to the handler
+    in place (Python's raises KeyboardInterrupt; the CLI's SIGTERM handler raises Terminated; a
+    training loop's own handler is called; SIGTERM's default ends the process): for steps that
+    must not stop half way (a ref moved but its reflog entry cut back, or a commit that landed
+    reported as interrupted). Only the main thread receives signals; elsewhere the block runs as
+    it is, and so does a signal whose handler Python does not own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    owned = [s for s, h in old.items() if h is not None]  # None: installed outside Python
+    got: list[int] = []
+    for s in owned:
+        signal.signal(s, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s in owned:
+            signal.signal(s, old[s])
+    for s in dict.fromkeys(got):
+        signal.raise_signal(s)
