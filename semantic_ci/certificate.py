@@ -216,6 +216,8 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
         raise
     except UnknownRevision:
         text = rev_or_cert.strip().lower()
+        if text == "head" or "~" in text or "^" in text or "@{" in text:
+            raise  # revision syntax, e.g. HEAD of a repository with no commits: its own message
         if not re.fullmatch(r"[0-9a-f]{6,63}", text):
             hint = "id prefixes need at least 6 hex digits" if re.fullmatch(r"[0-9a-f]{1,5}", text) else \
                 "see mvc log for commits; mvc ci prints certificate ids"

@@ -853,3 +853,11 @@ def test_verify_of_a_pipeline_result_commit_uses_the_certificate_it_records(ci_r
     plain = ci_repo.commit({}, message="no certificate")
     with pytest.raises(MvcError, match="has no certificate"):
         certificate.locate(ci_repo, plain)
+
+
+def test_verify_in_a_repository_without_commits_says_so(repo, monkeypatch):
+    """`mvc verify` of an empty repository said "'HEAD' is neither a commit nor a certificate"."""
+    monkeypatch.chdir(repo.root)
+    for args in (["verify"], ["verify", "HEAD~1"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 3 and r.stderr.startswith("error: HEAD has no commits yet"), r.stderr
