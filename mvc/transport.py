@@ -214,6 +214,7 @@ class Transport:
                 with contextlib.suppress(RefConflict):
                     self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
             return
+        self.refuse_nested()
         if self.holds_files() and not self.is_repository():  # (re-checked: a concurrent init)
             raise BadInput(f"remote {self.describe()} is not empty and is not an mvc repository",
                            "use an empty or new location")
@@ -231,6 +232,19 @@ class Transport:
     def check_conditional_writes(self) -> None:
         """Called once `init` has created the config: refuse a storage whose conditional writes do
         not hold (refs could not move safely). Directories hold them by construction."""
+
+    def enclosing_repository(self) -> str | None:
+        """The location of an mvc repository that this location lies inside (its refs/tags/x, say),
+        or None."""
+        return None
+
+    def refuse_nested(self) -> None:
+        """A new remote inside another one's layout would read to that one as refs and objects it
+        does not hold (its clones failed as "damaged"): refused."""
+        outer = self.enclosing_repository()
+        if outer is not None:
+            raise BadInput(f"remote {self.describe()} lies inside the mvc repository at {outer}",
+                           "push to a location outside it")
 
     def head_target(self) -> str | None:
         data, _ = self.read_file("HEAD")
@@ -347,9 +361,23 @@ class DirectoryTransport(Transport):
     def _path(self, name: str) -> str:
         return os.path.join(self.root, *name.split("/"))
 
+    def enclosing_repository(self):
+        d = os.path.dirname(self.root)
+        while True:
+            if os.path.basename(d) == ".mvc" or all(
+                    check(os.path.join(d, sub)) for check, sub in ((os.path.isfile, "config"),
+                                                                   (os.path.isdir, "objects"), (os.path.isdir, "refs"))):
+                return d
+            parent = os.path.dirname(d)
+            if parent == d:
+                return None
+            d = parent
+
     def init(self, default_branch: str) -> None:
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise BadInput(f"remote {self.url} is a file, not a directory")
+        if not os.path.exists(self._path("config")):
+            self.refuse_nested()  # (before any folder of the layout is made)
         if os.path.isdir(self.root) and not os.path.exists(self._path("config")) and _holds_files(self.root):
             raise BadInput(f"remote directory {self.url} is not empty and is not an mvc repository",
                            "use an empty or new directory")

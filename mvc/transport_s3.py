@@ -84,15 +84,19 @@ class S3Transport(Transport):
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.endpoint = endpoint
-        session = _session(boto3)
         custom = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(max_pool_connections=max(10, 2 * jobs),
                         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
                         connect_timeout=10, read_timeout=120,
                         s3={"addressing_style": "path"} if custom else {})
-        with _SESSION_LOCK:  # creating clients is not thread-safe; using them is
-            self.client = session.client("s3", endpoint_url=endpoint,
-                                         region_name=session.region_name or "us-east-1", config=config)
+        from botocore.exceptions import BotoCoreError
+        try:  # credentials are resolved here: a missing profile or half a key pair fails now
+            session = _session(boto3)
+            with _SESSION_LOCK:  # creating clients is not thread-safe; using them is
+                self.client = session.client("s3", endpoint_url=endpoint,
+                                             region_name=session.region_name or "us-east-1", config=config)
+        except BotoCoreError as e:
+            self._fail(e, "setting up S3 access")
 
     def describe(self) -> str:
         return self.url + (f" (endpoint {self.endpoint})" if self.endpoint else "")
@@ -106,9 +110,12 @@ class S3Transport(Transport):
     # -- error mapping ------------------------------------------------------------------------
     def _fail(self, e: Exception, what: str):
         from botocore import exceptions as bx
-        if isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        if isinstance(e, bx.NoCredentialsError):
             raise MvcError(f"no AWS credentials for {self.url}",
                            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or configure ~/.aws/credentials") from None
+        if isinstance(e, (bx.PartialCredentialsError, bx.ProfileNotFound)):
+            raise MvcError(f"the AWS credentials for {self.url} are incomplete: {e}",
+                           "check AWS_PROFILE, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and ~/.aws/credentials") from None
         if isinstance(e, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
             raise MvcError(f"cannot reach S3 for {self.describe()} while {what}: {e}",
                            "check the endpoint (mvc remote -v) and the network, and run the command again "
@@ -279,14 +286,35 @@ class S3Transport(Transport):
 
     # -- layout -------------------------------------------------------------------------------
     def check_conditional_writes(self) -> None:
-        """A second create of the config just made must be refused (If-None-Match honoured)."""
+        """A second create of the config just made must be refused (If-None-Match honoured), and so
+        must a replacement naming an ETag it does not have (If-Match honoured: every branch move
+        relies on it; a server ignoring it let two concurrent pushes both succeed, one lost)."""
         from .transport import remote_config_bytes
-        try:
-            self.cas_file("config", remote_config_bytes(), ABSENT)
-        except RefConflict:
-            return
-        raise MvcError(f"the S3 server of {self.describe()} ignores conditional writes (If-None-Match)",
-                       "refs cannot move safely there: use AWS S3, a recent MinIO, or a directory remote")
+        for header, token in (("If-None-Match", ABSENT), ("If-Match", '"00000000000000000000000000000000"')):
+            try:
+                self.cas_file("config", remote_config_bytes(), token)  # (the same bytes, if it lands)
+            except RefConflict:
+                continue
+            raise MvcError(f"the S3 server of {self.describe()} ignores conditional writes ({header})",
+                           "refs cannot move safely there: use AWS S3, a recent MinIO, or a directory remote")
+
+    def enclosing_repository(self):
+        """A parent prefix holding an mvc remote's config and HEAD (checked at a remote's creation)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        parts = self.prefix.split("/") if self.prefix else []
+        for n in range(len(parts) - 1, -1, -1):
+            parent = "/".join(parts[:n])
+            try:
+                for name in ("config", "HEAD"):
+                    self.client.head_object(Bucket=self.bucket, Key=f"{parent}/{name}" if parent else name)
+            except ClientError as e:
+                if _code(e) in _MISSING_CODES:
+                    continue
+                self._fail(e, "checking the locations above it")
+            except BotoCoreError as e:
+                self._fail(e, "checking the locations above it")
+            return f"s3://{self.bucket}/{parent}"
+        return None
 
 
 def _session(boto3):

@@ -262,7 +262,7 @@ def _print_fetch(r):
         else:
             new = short(change["new"])
             arrow = f"{short(change['old'])}..{new}" if change["old"] else f"{new} (new)"
-            click.echo(f"  {shown(name)}: {arrow}")
+            click.echo(f"  {shown(name)}: {arrow}" + (" (forced update: not a descendant)" if change.get("forced") else ""))
     for tag, oid in sorted(r["tags"].items()):
         click.echo(f"  tag {shown(tag)}: {short(oid)} (new)")
     for tag, both in sorted(r["tag_conflicts"].items()):

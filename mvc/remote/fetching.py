@@ -69,6 +69,8 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
                     warnings.warn(f"skipped remote branch {branch}: {e.message}")
                     continue
                 updated[tref] = {"old": old, "new": oid}
+                if old is not None and repo.store.has(old) and not is_ancestor(repo, old, oid):
+                    updated[tref]["forced"] = True  # rewritten there (a rollback, a forced push)
         for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
             if tref[len(f"refs/remotes/{name}/"):] not in heads:  # deleted on the remote: prune
                 repo.refs.update(tref, None, expected=oid, message=f"fetch from {where}: pruned")

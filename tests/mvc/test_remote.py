@@ -486,6 +486,44 @@ def test_s3_init_refuses_a_server_that_ignores_conditional_writes(s3_endpoint, a
     with pytest.raises(MvcError, match="ignores conditional writes"):
         lax.init("main")
     assert lax.head_target() is None  # refused before HEAD was written
+    lax2 = S3Remote(s3_endpoint).transport()  # honours If-None-Match, drops If-Match: two concurrent
+    real2 = lax2.client.put_object  # pushes both "succeeded" and one commit was lost
+    monkeypatch.setattr(lax2.client, "put_object",
+                        lambda **kw: real2(**{k: v for k, v in kw.items() if k != "IfMatch"}))
+    with pytest.raises(MvcError, match=r"ignores conditional writes \(If-Match\)"):
+        lax2.init("main")
+    assert lax2.head_target() is None
+
+
+@pytest.mark.parametrize("inner", ["refs/tags", "objects/ab", "refs/heads/x"])
+def test_no_remote_is_made_inside_another_remotes_layout(remote, tmp_path, inner):
+    """A push to OUTER/refs/tags made a remote there: OUTER then listed a tag refs/heads/main whose
+    commit it lacked, and every clone of OUTER failed as "damaged"."""
+    repo = new_repo(tmp_path / "src", remote)
+    repo.commit({"core": weights(1)}, message="one")
+    rm.push(repo)
+    rm.add_remote(repo, "nested", f"{remote.url}/{inner}", remote.endpoint)
+    with pytest.raises(mvc.errors.BadInput, match="lies inside the mvc repository at"):
+        rm.push(repo, "nested")
+    clone, _ = rm.clone(remote.url, str(tmp_path / "copy"), endpoint=remote.endpoint)
+    assert clone.head() == repo.head() and clone.fsck()["ok"]
+    assert set(remote.transport().list_refs()) == {"refs/heads/main"}
+
+
+def test_s3_credentials_that_are_incomplete_are_a_clear_error(tmp_path, aws_env, s3_endpoint, monkeypatch):
+    """Half a key pair or a missing profile crashed (exit 4) while the S3 client was made."""
+    import mvc.transport_s3 as s3mod
+    remote = S3Remote(s3_endpoint)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setattr(s3mod, "_SESSION", None)  # (one session per process, which caches credentials)
+    with pytest.raises(mvc.MvcError, match="credentials for .* are incomplete"):
+        open_transport(remote.url, remote.endpoint)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    monkeypatch.setattr(s3mod, "_SESSION", None)
+    with pytest.raises(mvc.MvcError, match="credentials for .* are incomplete"):
+        open_transport(remote.url, remote.endpoint)
+    monkeypatch.setattr(s3mod, "_SESSION", None)
 
 
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
@@ -1102,3 +1140,24 @@ def test_tags_and_the_default_branch_of_an_older_remote_come_whatever_their_name
     assert info["branch"] == "v1." and clone.refs.head_target() == "refs/heads/v1." and clone.resolve("HEAD") == cid
     with pytest.raises(BadName):  # mvc itself makes no such name
         clone.create_branch("v2.")
+
+
+def test_fetch_marks_a_tracking_branch_that_moved_back_as_forced(remote, tmp_path, monkeypatch):
+    """After the remote's main was rolled back and force-pushed, fetch printed `old..new` as for a
+    fast-forward: nothing said that commits left the branch (git says "forced update")."""
+    repo = new_repo(tmp_path / "src", remote)
+    c1 = repo.commit({"core": weights(1)}, message="one")
+    c2 = repo.commit({"core": weights(2)}, message="two")
+    rm.push(repo)
+    other, _ = rm.clone(remote.url, str(tmp_path / "other"), endpoint=remote.endpoint)
+    repo.rollback(c1)
+    rm.push(repo, force=True)
+    c3 = repo.commit({"core": weights(3)}, message="three")
+    rm.push(repo)
+    monkeypatch.chdir(other.root)
+    r = CliRunner().invoke(cli, ["fetch"])
+    assert r.exit_code == 0 and f"origin/main: {c2[:12]}..{c3[:12]} (forced update" in r.stdout, r.output
+    repo.commit({"core": weights(4)}, message="four")
+    rm.push(repo)
+    got = json.loads(CliRunner().invoke(cli, ["fetch", "--json"]).stdout)["refs"]["refs/remotes/origin/main"]
+    assert got["old"] == c3 and "forced" not in got  # a fast-forward is not marked
