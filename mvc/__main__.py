@@ -1,4 +1,4 @@
 """`python -m mvc` runs the command line."""
-from mvc.cli import main
+from mvc.cli import entry
 
-main()
+entry()

@@ -195,8 +195,9 @@ class Ingest:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="mvc-store")
         try:
             # each task runs in a copy of this thread's context: it joins this commit's store batch
-            done = {e.name: pool.submit(contextvars.copy_context().run, store, e)
-                    for e in sorted(tensors, key=lambda e: e.begin - e.end)}
+            with interrupts_deferred():  # a Ctrl-C inside submit() could start a thread the pool
+                done = {e.name: pool.submit(contextvars.copy_context().run, store, e)  # never records
+                        for e in sorted(tensors, key=lambda e: e.begin - e.end)}  # (shutdown would not wait)
             for e in tensors:  # the tree follows the file's order
                 self._add_tensor(relpath, e.name, done[e.name].result(), e.dtype, e.shape)
         except BaseException:  # an error or Ctrl-C: tensors not yet started are dropped, and those
@@ -478,7 +479,7 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bo
     (fsynced if `sync`); returns its path. Its name is short whatever `dest` is called (a file
     name may take all 255 bytes) and unique (two checkouts into one place do not collide)."""
     folder = os.path.dirname(os.path.abspath(dest))
-    tmp = os.path.join(folder, f".{os.getpid()}-{os.urandom(6).hex()}.mvc-tmp")
+    tmp = os.path.join(folder, f".{os.urandom(6).hex()}.mvc-tmp")
     try:
         os.makedirs(folder, exist_ok=True)
         if os.path.isdir(dest):
@@ -600,7 +601,7 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
 def _link_beside(path: str) -> str | None:
     """A hard link to `path` under a backup name beside it (what a failed checkout puts back), or
     None where the file system makes none; a killed checkout's link goes as its temp files do."""
-    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.getpid()}-{os.urandom(6).hex()}.mvc-bak")
+    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.urandom(6).hex()}.mvc-bak")
     try:
         os.link(path, link)
     except OSError:
@@ -608,30 +609,24 @@ def _link_beside(path: str) -> str | None:
     return link
 
 
-_TEMP_NAME = re.compile(r"^\.(?:([0-9]+)-)?[0-9a-f]{12}\.mvc-(tmp|bak)$")  # (older mvc: no pid)
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-(tmp|bak)$")
 STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed process
-DEAD_OWNER_TEMP_S = 10.0  # ... and one this old whose process is gone (another host's: still writing it)
 
 
 def _remove_stale_temps(folder: str) -> None:
     """Remove temp files a killed checkout or export left in `folder` (named as _temp_copy names
-    them): those of a process that is gone, untouched for DEAD_OWNER_TEMP_S (a full copy of a
-    model file each: a checkout run again after a kill -9 must not leave them), and any older than
-    STALE_TEMP_S (a process of another host sharing the folder writes its own: they are younger,
-    whatever its pid means here). A backup link's age counts from its making (the change time of
-    the file's links): it links to a file that may be years old."""
-    from .files import pid_alive
+    them, older than STALE_TEMP_S: a running one's are younger). A backup link's age counts from
+    its making (the change time of the file's links): it links to a file that may be years old."""
     now = time.time()
     try:
-        names = [(n, m) for n in os.listdir(folder) if (m := _TEMP_NAME.match(n))]
+        names = [n for n in os.listdir(folder) if _TEMP_NAME.match(n)]
     except OSError:
         return
-    for name, m in names:
+    for name in names:
         path = os.path.join(folder, name)
         with contextlib.suppress(OSError):
             st = os.lstat(path)
-            age = now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime)
-            if age > STALE_TEMP_S or (m.group(1) and age > DEAD_OWNER_TEMP_S and not pid_alive(int(m.group(1)))):
+            if now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime) > STALE_TEMP_S:
                 os.unlink(path)
 
 

@@ -28,7 +28,8 @@ REFLOG_EXPIRE_S = 90 * 24 * 3600.0
 
 RESERVE = "reserve"  # .mvc/reserve: room for gc's lock and log files on a full disk
 RESERVE_BYTES = 256 * 1024
-ATOMIC_TEMP_MIN_AGE_S = 60.0  # a ref/reflog/HEAD/config temp file this old belongs to a killed write
+ATOMIC_TEMP_MIN_AGE_S = 3600.0  # a ref/reflog/HEAD/config temp file this old belongs to a killed write
+# (judged by its mtime: a writer stalled in fsync, or a file server's clock behind, must not lose it)
 
 
 def keep_reserve(mvc_dir: str) -> None:
@@ -263,7 +264,7 @@ class Maintenance:
     def _sweep_temp_files(self, grace: float, dry_run: bool) -> int:
         """Bytes of temp files older than the grace in objects/tmp (left by killed writes), and of
         the temp files a killed ref, reflog, HEAD or config write left (older than the grace and
-        ATOMIC_TEMP_MIN_AGE_S: such a write lasts milliseconds, and takes no writers lock), deleted
+        ATOMIC_TEMP_MIN_AGE_S, whatever the grace: such a write takes no writers lock), deleted
         unless `dry_run`. Deleting needs the writers lock held exclusively: a commit writing for
         longer than the grace holds it shared, and its early temp files are that old."""
         now = time.time()

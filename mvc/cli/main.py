@@ -75,6 +75,8 @@ class MvcGroup(click.Group):
         except BrokenPipeError:  # the reader has all it wanted; a result decided already stands
             ctx.exit(ctx.meta.get("mvc.exit_status", 0))
         except UnicodeEncodeError as e:  # a name this locale cannot spell (LC_ALL=C without UTF-8 mode)
+            if e.encoding.lower().replace("-", "") in ("utf8", "utf16", "utf32"):
+                self._bug(ctx, e)  # (not the locale's doing)
             _debug_traceback()
             error(f"{e.object[e.start:e.end]!r} cannot be written in this locale's encoding ({e.encoding})",
                   "use a UTF-8 locale, e.g. LC_ALL=C.UTF-8, or PYTHONUTF8=1")
@@ -136,17 +138,24 @@ def main(argv=None):
     from kernels.determinism import pin_blas_reproducibility  # torch-free; before any BLAS call
     pin_blas_reproducibility()
     # SIGTERM (kill, a scheduler's stop) cleans up as Ctrl-C does: temp files beside a checkout's
-    # outputs, half-written packs; ref moves finish first (files.interrupts_deferred)
+    # outputs, half-written packs; ref moves finish first (interrupts.interrupts_deferred)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _tolerant_output()
+    return cli.main(args=argv, prog_name="mvc")
+
+
+def entry():
+    """The `mvc` command (console script, `python -m mvc`): main(), after which a late Ctrl-C or
+    SIGTERM (while the interpreter waits for worker threads, say) is ignored: the outcome is
+    decided and said, and must not turn into a silent kill or a traceback. (main() itself leaves
+    the signal handlers of a process that calls it in place.)"""
     try:
-        return cli.main(args=argv, prog_name="mvc")
-    finally:  # the outcome is decided and said: a late Ctrl-C or SIGTERM (while the interpreter
-        while True:  # waits for worker threads, say) must not kill it silently or print a traceback
+        main()
+    finally:
+        while True:
             try:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_IGN)
                 break
             except KeyboardInterrupt:  # (one arrived just now: ignore it too)
                 continue
-

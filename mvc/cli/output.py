@@ -23,13 +23,14 @@ json_opt = click.option("--json", "as_json", is_flag=True, help="Print one JSON 
 
 
 def _message(ctx, param, values):
-    """The paragraphs of -m given once or more, joined as git joins them; an empty one is a usage
-    error, as a missing -m is (exit 2)."""
-    if not values:
-        return None
-    text = "\n\n".join(values)
+    """The paragraphs of -m given once or more, joined as git joins them. An empty one is a usage
+    error where a message is required, as a missing -m is (exit 2); where the command has a
+    default message (revert, paste) it means that default, as in the Python API."""
+    text = "\n\n".join(values or ())
     if not text.strip():
-        raise click.BadParameter("the message is empty" + (" (only white space)" if text else ""))
+        if param.required:
+            raise click.BadParameter("the message is empty" + (" (only white space)" if text else ""))
+        return None
     return text
 
 

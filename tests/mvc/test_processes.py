@@ -155,3 +155,20 @@ def test_text_the_terminal_cannot_encode_is_escaped_and_unspellable_names_are_ba
     proc = subprocess.run([sys.executable, "-m", "mvc", "checkout", "HEAD", "-o", "out"],
                           cwd=tmp_path, env=env, capture_output=True, timeout=60)
     assert proc.returncode == 3 and b"cannot be written in this locale's encoding" in proc.stderr, proc.stderr
+
+
+def test_main_called_in_process_leaves_ctrl_c_working():
+    """main() ignored SIGINT and SIGTERM once it returned (meant for the exiting `mvc` command):
+    a notebook or wrapper calling it could no longer be stopped, nor could its children."""
+    code = textwrap.dedent("""
+        import signal
+        from mvc.cli import main
+        before = signal.getsignal(signal.SIGINT)
+        try:
+            main(["--version"])
+        except SystemExit:
+            pass
+        print(signal.getsignal(signal.SIGINT) is before)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "True", proc.stderr
