@@ -56,6 +56,7 @@ REMOTE_FORMAT = 1
 REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repair from a repository that "
                "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
+LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs"})  # what a remote's layout holds
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
 
@@ -234,8 +235,9 @@ class Transport:
         not hold (refs could not move safely). Directories hold them by construction."""
 
     def enclosing_repository(self) -> str | None:
-        """The location of an mvc repository that this location lies inside (its refs/tags/x, say),
-        or None."""
+        """The location of an mvc repository whose layout this location lies inside (its
+        refs/tags/x, say: a folder LAYOUT_NAMES names), or None. (Beside the layout, e.g.
+        REMOTE/project, is not inside it.)"""
         return None
 
     def refuse_nested(self) -> None:
@@ -364,9 +366,10 @@ class DirectoryTransport(Transport):
     def enclosing_repository(self):
         d = os.path.dirname(self.root)
         while True:
-            if os.path.basename(d) == ".mvc" or all(
+            below = os.path.relpath(self.root, d).split(os.sep)[0]
+            if os.path.basename(d) == ".mvc" or (below in LAYOUT_NAMES and all(
                     check(os.path.join(d, sub)) for check, sub in ((os.path.isfile, "config"),
-                                                                   (os.path.isdir, "objects"), (os.path.isdir, "refs"))):
+                                                                   (os.path.isdir, "objects"), (os.path.isdir, "refs")))):
                 return d
             parent = os.path.dirname(d)
             if parent == d:

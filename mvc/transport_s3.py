@@ -299,10 +299,14 @@ class S3Transport(Transport):
                            "refs cannot move safely there: use AWS S3, a recent MinIO, or a directory remote")
 
     def enclosing_repository(self):
-        """A parent prefix holding an mvc remote's config and HEAD (checked at a remote's creation)."""
+        """A parent prefix holding an mvc remote's config and HEAD, this prefix lying inside its
+        layout (checked once, when a remote is created here)."""
         from botocore.exceptions import BotoCoreError, ClientError
+        from .transport import LAYOUT_NAMES
         parts = self.prefix.split("/") if self.prefix else []
         for n in range(len(parts) - 1, -1, -1):
+            if parts[n] not in LAYOUT_NAMES:  # beside a layout (REMOTE/project), not inside it
+                continue
             parent = "/".join(parts[:n])
             try:
                 for name in ("config", "HEAD"):

@@ -505,8 +505,11 @@ def test_no_remote_is_made_inside_another_remotes_layout(remote, tmp_path, inner
     rm.add_remote(repo, "nested", f"{remote.url}/{inner}", remote.endpoint)
     with pytest.raises(mvc.errors.BadInput, match="lies inside the mvc repository at"):
         rm.push(repo, "nested")
-    clone, _ = rm.clone(remote.url, str(tmp_path / "copy"), endpoint=remote.endpoint)
-    assert clone.head() == repo.head() and clone.fsck()["ok"]
+    rm.add_remote(repo, "beside", f"{remote.url}/project", remote.endpoint)  # beside the layout: fine
+    rm.push(repo, "beside")
+    for url in (remote.url, f"{remote.url}/project"):
+        clone, _ = rm.clone(url, str(tmp_path / f"copy{len(url)}"), endpoint=remote.endpoint)
+        assert clone.head() == repo.head() and clone.fsck()["ok"]
     assert set(remote.transport().list_refs()) == {"refs/heads/main"}
 
 
