@@ -84,7 +84,7 @@ class MvcGroup(click.Group):
         except (OSError, MemoryError, RuntimeError) as e:
             if isinstance(e, OSError) and _output_failed(e):
                 from ..refs import moves_so_far
-                error(f"cannot print the output: {e.strerror or e}", f"{moves_so_far()}; what it printed is lost")
+                error(f"cannot write to standard output: {e.strerror or e}", f"{moves_so_far()}; what it printed is lost")
                 ctx.exit(3)
             found = environment_error(e)
             if found:  # the machine's state (a full disk, no write access, the open-file limit, memory)
