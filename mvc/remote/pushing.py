@@ -4,6 +4,7 @@ push --repair, which re-checks everything the remote holds for the pushed histor
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import warnings
 
@@ -185,10 +186,8 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
 
     def upload(oid):
         kw = {"replace": True} if oid in plan["replace"] else {}
-        if repo.loose.has(oid) and _loose_copy_whole(repo, oid):  # then copied file to object
-            n = repo.loose.size(oid)
-            t.put_file(oid, repo.loose.path(oid), **kw)
-        else:  # packed, fetched on demand, or a damaged loose copy beside a good one: verified on read
+        n = _send_loose(repo, t, oid, kw) if repo.loose.has(oid) else None
+        if n is None:  # packed, fetched on demand, or a damaged loose copy beside a good one: verified on read
             # decoded once (no bytes copy); large ones one at a time: each is held whole while it goes
             with _one_large_at_a_time if plan["sizes"].get(oid, 0) >= LARGE_DECODED else contextlib.nullcontext():
                 data = repo.store.view(oid)
@@ -206,6 +205,25 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
     finally:
         progress.end()
     return sent
+
+
+def _send_loose(repo: Repo, t: Transport, oid: str, kw: dict) -> int | None:
+    """Send the loose copy of `oid` file to object; its size, or None where it is damaged, or went
+    into a pack meanwhile (mvc pack or gc, which take no lock a push holds): then the caller sends
+    it from wherever the store finds it."""
+    path = repo.loose.path(oid)
+    try:
+        if not _loose_copy_whole(repo, oid):
+            return None
+        n = repo.loose.size(oid)
+        t.put_file(oid, path, **kw)
+        return n
+    except ObjectMissing:
+        return None
+    except FileNotFoundError:
+        if os.path.exists(path):  # (not the local file: something at the remote)
+            raise
+        return None
 
 
 def _loose_copy_whole(repo: Repo, oid: str) -> bool:

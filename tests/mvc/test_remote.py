@@ -1164,3 +1164,34 @@ def test_fetch_marks_a_tracking_branch_that_moved_back_as_forced(remote, tmp_pat
     rm.push(repo)
     got = json.loads(CliRunner().invoke(cli, ["fetch", "--json"]).stdout)["refs"]["refs/remotes/origin/main"]
     assert got["old"] == c3 and "forced" not in got  # a fast-forward is not marked
+
+
+@pytest.mark.parametrize("when", ["before reading it", "before sending the file"])
+def test_a_push_sends_an_object_packed_while_it_was_being_sent(tmp_path, monkeypatch, when):
+    """`mvc pack` or gc moving a loose object into a pack while a push sent it failed the push
+    ("object ... is missing (run mvc fsck)", or "unexpected file layout"): nothing was damaged."""
+    from mvc.pack_write import pack
+    from mvc.remote import pushing
+    repo = new_repo(tmp_path / "src", None)
+    rm.add_remote(repo, "origin", str(tmp_path / "bare"))
+    repo.commit({"core": weights(1)}, message="one")
+    packed = []
+
+    def pack_once():
+        if not packed:
+            packed.append(pack(mvc.Repo(repo.root)))  # another process's mvc pack, at this instant
+
+    if when == "before reading it":
+        real = pushing._loose_copy_whole
+        monkeypatch.setattr(pushing, "_loose_copy_whole", lambda r, oid: (pack_once(), real(r, oid))[1])
+    else:
+        real_put_file = DirectoryTransport.put_file
+
+        def put_file(self, oid, path, **kw):
+            pack_once()
+            return real_put_file(self, oid, path, **kw)
+        monkeypatch.setattr(DirectoryTransport, "put_file", put_file)
+    rm.push(repo)
+    assert packed and not list(repo.loose.ids())  # it did move everything into a pack meanwhile
+    clone, _ = rm.clone(str(tmp_path / "bare"), str(tmp_path / "copy"))
+    assert clone.head() == repo.head() and clone.fsck()["ok"]
