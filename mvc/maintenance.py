@@ -270,12 +270,12 @@ class Maintenance:
         now = time.time()
         tmp = self.loose.tmp
         candidates = [(os.path.join(tmp, name), grace) for name in (os.listdir(tmp) if os.path.isdir(tmp) else ())]
-        small_grace = max(grace, ATOMIC_TEMP_MIN_AGE_S)
-        candidates += [(os.path.join(self.dir, name), small_grace) for name in os.listdir(self.dir)
+        ref_grace = max(grace, ATOMIC_TEMP_MIN_AGE_S)
+        candidates += [(os.path.join(self.dir, name), ref_grace) for name in os.listdir(self.dir)
                        if is_atomic_temp(name)]
         for top in ("refs", "logs"):
             for dirpath, _dirs, files in os.walk(os.path.join(self.dir, top)):
-                candidates += [(os.path.join(dirpath, name), small_grace) for name in files if is_atomic_temp(name)]
+                candidates += [(os.path.join(dirpath, name), ref_grace) for name in files if is_atomic_temp(name)]
         freed = 0
         for p, age in candidates:
             try:

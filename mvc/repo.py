@@ -227,8 +227,8 @@ class Repo(Maintenance):
         self.store.put(data, oid=oid)
         return oid
 
-    def tree(self, rev: str, component: str) -> dict:
-        cid = self.resolve(rev)
+    def tree(self, rev: str | None, component: str) -> dict:
+        cid = self.resolve(rev)  # (None: HEAD)
         comps = self.read_commit(cid)["components"]
         if component not in comps:
             raise BadName(f"commit {cid[:12]} has no component {component!r}",
@@ -613,7 +613,7 @@ class Repo(Maintenance):
         are verified either way. ``rehash=True`` re-hashes every blob, stamped or not, as
         `mvc fsck` does. ``dtype`` converts floating-point tensors only (integer and bool tensors
         keep theirs, as with ``Module.to(dtype)``)."""
-        return self.load_tree(self.tree("HEAD" if rev is None else rev, component), keys, device, dtype, component, verify,
+        return self.load_tree(self.tree(rev, component), keys, device, dtype, component, verify,
                               rehash)
 
     def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
@@ -644,7 +644,7 @@ class Repo(Maintenance):
 
     def load_model(self, rev: str | None, component: str = "core"):
         """Rebuild the nn.Module committed as `component` through its arch's `mvc.archs` entry point."""
-        tree = self.tree("HEAD" if rev is None else rev, component)
+        tree = self.tree(rev, component)
         arch, config = tree.get("arch"), tree.get("config")
         if not arch:
             raise BadInput(f"component {component!r} was committed as plain tensors (no arch recorded)",
@@ -672,7 +672,7 @@ class Repo(Maintenance):
     def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
         for `optimizer.load_state_dict`: its tensors and the param groups its tree records."""
-        groups = self.tree("HEAD" if rev is None else rev, component).get("meta", {}).get("param_groups")
+        groups = self.tree(rev, component).get("meta", {}).get("param_groups")
         if not isinstance(groups, list):
             raise BadInput(f"component {component!r} records no param groups (it was committed as flat tensors)",
                            "load its tensors with repo.load() and take the settings from your training code")
@@ -904,7 +904,7 @@ class Repo(Maintenance):
         """Write a single-file component to `out_file` (an existing file with other content is
         refused unless `force`); `progress(nbytes)` is called as bytes are written."""
         self._refuse_output_inside_mvc(out_file)
-        tree = self.tree("HEAD" if rev is None else rev, component)
+        tree = self.tree(rev, component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
@@ -923,7 +923,7 @@ class Repo(Maintenance):
 
     def export_chunks(self, rev: str | None, component: str):
         """The bytes of a single-file component, as chunks (for writing to a stream)."""
-        tree = self.tree("HEAD" if rev is None else rev, component)
+        tree = self.tree(rev, component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
