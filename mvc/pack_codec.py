@@ -185,11 +185,12 @@ SAMPLE_CHUNKS = 32  # chunks compressed both ways to choose the XOR delta for a 
 
 
 def encode_into(f, data, prefix_len: int = 0, itemsize: int = 1, base=None,
-                level: int = DEFAULT_LEVEL) -> tuple[int, int]:
+                level: int = DEFAULT_LEVEL, progress=None) -> tuple[int, int]:
     """(encoding, length) of one object encoded straight into file `f` at its position, a batch of
     chunks at a time: what encode() gives for a large object without holding its entry (which
     held 1.7x the largest tensor while packing). The XOR delta is chosen when it compresses a
-    sample of chunks better; an entry that would grow past raw is written raw."""
+    sample of chunks better; an entry that would grow past raw is written raw. `progress(n)` is
+    called after each batch with the object bytes it covered; the calls add up to the object's size."""
     lay = _layout(data, prefix_len, itemsize, base)
     size, itemsize, chunks = lay.buf.size, lay.itemsize, lay.chunks
     delta = lay.bmat is not None and _delta_smaller(lay, level)
@@ -200,6 +201,7 @@ def encode_into(f, data, prefix_len: int = 0, itemsize: int = 1, base=None,
     table = np.zeros(chunks * itemsize, dtype="<u4")
     f.write(table.tobytes())  # filled in below, once every frame's length is known
     length = f.tell() - start
+    reported = 0
     for b0 in range(0, chunks, BATCH_CHUNKS):
         if length >= size:
             break
@@ -212,6 +214,12 @@ def encode_into(f, data, prefix_len: int = 0, itemsize: int = 1, base=None,
                 table[c * itemsize + k] = len(frame) | (pf.RAW_FLAG if raw else 0)
                 f.write(frame)
                 length += len(frame)
+        if progress:
+            done = prefix_len + min(lay.n, (b0 + BATCH_CHUNKS) * lay.chunk_elems) * itemsize
+            progress(done - reported)
+            reported = done
+    if progress and size > reported:
+        progress(size - reported)
     if length >= size:  # never larger than raw
         f.seek(start)
         f.truncate()

@@ -362,10 +362,11 @@ class Packer:
                 self._recent_bytes -= len(old)
         return data
 
-    def _encode(self, oid: str, depth_of: dict, recent: dict, into=None):
+    def _encode(self, oid: str, depth_of: dict, recent: dict, into=None, progress=None):
         """(encoding, length, parts, base id or None, depth, object size) for one object. With a
         file `into`, an object of STREAM_BYTES or more is written there (parts None), a batch of
-        chunks at a time; otherwise `parts` are the entry's bytes for the caller to write."""
+        chunks at a time, reporting its bytes to `progress` as it goes; otherwise `parts` are the
+        entry's bytes for the caller to write (and to report)."""
         from .pack_codec import GROUPED_DTYPES, STREAM_BYTES, encode, encode_into
         data = self._read(oid, recent)
         prefix, itemsize, base, base_depth = 0, 1, None, None
@@ -383,7 +384,8 @@ class Packer:
                     base = None
         base_data = self._read(base, recent) if base else None
         if into is not None and len(data) >= STREAM_BYTES:
-            encoding, length = encode_into(into, data, prefix, itemsize, base_data, level=self.level)
+            encoding, length = encode_into(into, data, prefix, itemsize, base_data, level=self.level,
+                                           progress=progress)
             parts = None
         else:
             enc = encode(data, prefix, itemsize, base_data, level=self.level)
@@ -428,13 +430,14 @@ class Packer:
                             r.encoding, r.length, r.size
                         reused += 1
                     else:
-                        encoding, length, parts, base, depth, size = encoded or self._encode(oid, depth_of, recent, f)
+                        encoding, length, parts, base, depth, size = \
+                            encoded or self._encode(oid, depth_of, recent, f, progress)
                         for piece in parts or ():
                             put(piece)
                     records.append(pf.Record(oid, base, offset, length, size, encoding, depth))
                     depth_of[oid] = depth
                     offset += length
-                    if progress:
+                    if progress and (reuse or parts is not None):  # (a streamed one reported as it went)
                         progress(size)
                 f.flush()
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as written:

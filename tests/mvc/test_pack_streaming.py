@@ -61,6 +61,17 @@ def test_a_history_packed_by_streaming_reads_back_bit_exact(repo, small_stream):
     assert len(big) >= 8  # every drifting tensor took the streaming path
 
 
+def test_packing_reports_progress_within_a_streamed_object(repo, small_stream):
+    """A large tensor moved the pack bar once, after its whole encode: now once per batch."""
+    big = torch.randn(40000, generator=torch.Generator().manual_seed(3))
+    repo.commit({"core": {"big": big, "small": torch.ones(3)}}, message="one")
+    calls = []
+    result = pack(mvc.Repo(repo.root), progress=calls.append)
+    assert sum(calls) == result["bytes_before"] == sum(r.size for r in records(repo).values())
+    streamed = 160000 + 100  # the big blob: its data and header, in batches of 2 x 1024 bytes
+    assert len(calls) > streamed // 2048 and max(calls) <= 2048 + 100
+
+
 def test_fsck_finds_damage_inside_a_streamed_entry(repo, small_stream):
     drift_history(repo, 2, shape=(96, 80))
     pack(repo)
