@@ -257,7 +257,8 @@ class Packer:
 
     # -- writing -----------------------------------------------------------------------------
     def run(self, progress=None, dry_run: bool = False) -> dict:
-        """Write the pack and remove what it replaces; `dry_run` only reports the plan."""
+        """Write the pack and remove what it replaces; `dry_run` only reports the plan. `progress(nbytes,
+        objects)` is called as objects are written: objects 0 for a batch of a large object's bytes."""
         t0 = time.perf_counter()
         stats = {"full": self.full, "packed": len(self.targets), "bytes_before": 0, "bytes_after": 0,
                  "encodings": {name: 0 for name in pf.ENCODING_NAMES.values()}, "reused": 0,
@@ -431,14 +432,15 @@ class Packer:
                         reused += 1
                     else:
                         encoding, length, parts, base, depth, size = \
-                            encoded or self._encode(oid, depth_of, recent, f, progress)
+                            encoded or self._encode(oid, depth_of, recent, f,
+                                                    progress and (lambda n: progress(n, 0)))
                         for piece in parts or ():
                             put(piece)
                     records.append(pf.Record(oid, base, offset, length, size, encoding, depth))
                     depth_of[oid] = depth
                     offset += length
-                    if progress and (reuse or parts is not None):  # (a streamed one reported as it went)
-                        progress(size)
+                    if progress:  # (a streamed object reported its bytes as it went)
+                        progress(size if reuse or parts is not None else 0, 1)
                 f.flush()
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as written:
                     checksum = bytes.fromhex(hash_bytes(written))  # all cores, unlike piecewise updates

@@ -11,8 +11,8 @@ class Progress:
     def begin(self, label: str, objects: int, nbytes: int | None = None) -> None:
         pass
 
-    def advance(self, nbytes: int) -> None:
-        """One object of `nbytes` moved."""
+    def advance(self, nbytes: int, objects: int = 1) -> None:
+        """`nbytes` moved, completing `objects` objects (0: a part of a large one)."""
 
     def end(self) -> None:
         pass

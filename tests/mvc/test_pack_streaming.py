@@ -66,10 +66,29 @@ def test_packing_reports_progress_within_a_streamed_object(repo, small_stream):
     big = torch.randn(40000, generator=torch.Generator().manual_seed(3))
     repo.commit({"core": {"big": big, "small": torch.ones(3)}}, message="one")
     calls = []
-    result = pack(mvc.Repo(repo.root), progress=calls.append)
-    assert sum(calls) == result["bytes_before"] == sum(r.size for r in records(repo).values())
+    result = pack(mvc.Repo(repo.root), progress=lambda n, objects: calls.append((n, objects)))
+    sizes = [n for n, _k in calls]
+    assert sum(sizes) == result["bytes_before"] == sum(r.size for r in records(repo).values())
+    assert sum(k for _n, k in calls) == result["packed"]  # objects are counted once each
     streamed = 160000 + 100  # the big blob: its data and header, in batches of 2 x 1024 bytes
-    assert len(calls) > streamed // 2048 and max(calls) <= 2048 + 100
+    assert len(calls) > streamed // 2048 and max(sizes) <= 2048 + 100
+
+
+def test_gc_counts_each_repacked_object_once_while_a_large_one_moves_its_bar(repo, small_stream):
+    from mvc.transfer import Progress
+
+    class Record(Progress):
+        def begin(self, label, objects, nbytes=None):
+            self.planned, self.calls = (objects, nbytes), []
+
+        def advance(self, nbytes, objects=1):
+            self.calls.append((nbytes, objects))
+    big = torch.randn(40000, generator=torch.Generator().manual_seed(4))
+    repo.commit({"core": {"big": big, "small": torch.ones(3)}}, message="one")
+    seen = Record()
+    repo.gc(progress=seen)
+    assert len(seen.calls) > 20  # the big blob moved the bar batch by batch
+    assert (sum(k for _n, k in seen.calls), sum(n for n, _k in seen.calls)) == seen.planned
 
 
 def test_fsck_finds_damage_inside_a_streamed_entry(repo, small_stream):
