@@ -57,9 +57,27 @@ def diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int]
         files[rel] = {"status": "added" if x is None else "removed" if y is None else "changed",
                       "size": [x and x["size"], y and y["size"]],
                       "id": [x and (x.get("id") or x.get("header")), y and (y.get("id") or y.get("header"))]}
-    return {"status": status, "tensors": tensors, "files": files,
-            "meta_changed": bool(ta and tb and {k: ta.get(k) for k in ("kind", "arch", "config", "abi", "meta")}
-                                 != {k: tb.get(k) for k in ("kind", "arch", "config", "abi", "meta")})}
+    fields = meta_fields(ta, tb) if ta and tb else []
+    return {"status": status, "tensors": tensors, "files": files, "meta_changed": bool(fields),
+            "meta_fields": fields}
+
+
+META_KEYS = ("kind", "arch", "config", "abi", "meta")  # a tree's model metadata
+
+
+def meta_fields(ta: dict, tb: dict) -> list[str]:
+    """The metadata fields that differ between two trees: `arch`, `abi`, ..., and for the dict
+    fields (config, meta) the keys that differ, as `config.d_model`."""
+    fields = []
+    for k in META_KEYS:
+        x, y = ta.get(k), tb.get(k)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            fields += [f"{k}.{sub}" for sub in sorted(set(x) | set(y), key=str) if x.get(sub) != y.get(sub)]
+        else:
+            fields.append(k)
+    return fields
 
 
 def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], None] | None = None) -> dict:
@@ -96,15 +114,21 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
         out["rel_l2"] = math.hypot(_ratio(_combine(acc.norms_d), norm_a), 2 * _ratio(_combine(acc.norms_half), norm_a))
     else:
         out["rel_l2"] = 0.0 if not acc.changed_finite else None
+    notes = [out.get("note")]
     for k in ("max_abs_delta", "rel_l2"):  # finite deltas of huge weights can still overflow
         if out[k] is not None and not math.isfinite(out[k]):
             out[k] = None
+            notes.append(f"{'max |delta|' if k == 'max_abs_delta' else 'rel L2'} overflows float64")
     if acc.nonfinite:
         if not acc.changed_finite:  # every change is to or from NaN/inf: nothing to measure
             out["max_abs_delta"] = out["rel_l2"] = None
         out["nonfinite_changed"] = acc.nonfinite
-        out["note"] = ", ".join(filter(None, [out.get("note"), f"{acc.nonfinite} non-finite value(s) changed "
-                                                              "(not in max |delta| and rel L2)"]))
+        bits = f", {acc.nan_bits} of them NaN to NaN with other sign or payload bits" if acc.nan_bits else ""
+        notes.append(f"{acc.nonfinite} non-finite value(s) changed{bits} (not in max |delta| and rel L2)")
+        if acc.nan_bits:
+            out["nan_bits_changed"] = acc.nan_bits
+    if any(notes):
+        out["note"] = ", ".join(filter(None, notes))
     return out
 
 
@@ -112,7 +136,7 @@ class _ChangeSums:
     """What `tensor_change` adds up over the chunks of a tensor pair."""
 
     def __init__(self):
-        self.changed = self.changed_finite = self.nonfinite = 0
+        self.changed = self.changed_finite = self.nonfinite = self.nan_bits = 0
         self.max_abs = 0.0
         # per chunk, as (scale, norm / scale) (see _norm): norms of float64 weights near its
         # largest values would overflow multiplied out
@@ -131,7 +155,7 @@ class _ChangeSums:
         else:
             wide = torch.complex128 if complex_ else torch.float64
             a64, b64 = a.to(wide), b.to(wide)  # exact for every float and complex dtype stored
-            changed = (a64 != b64) & ~(a64.isnan() & b64.isnan()) if a.dtype != b.dtype else None
+            changed = _values_differ(a64, b64) if a.dtype != b.dtype else None
             d = b64 - a64
         if a.dtype == b.dtype:  # bit for bit, as ids compare (NaN payloads, -0.0 vs 0.0 included)
             changed = _bits_differ(a, b)
@@ -150,6 +174,8 @@ class _ChangeSums:
             n_measured += int(over.sum())
         self.changed_finite += n_measured
         self.nonfinite += n_changed - n_measured
+        if n_changed > n_measured and a.dtype == b.dtype and (a.is_floating_point() or complex_):
+            self.nan_bits += int((changed & _nan(a) & _nan(b)).sum())  # NaN to a NaN of other sign or payload
         zero = torch.zeros((), dtype=d.dtype)
         kept = torch.where(measured, d, zero)
         self.max_abs = max(self.max_abs, float(kept.abs().max()))
@@ -161,6 +187,22 @@ class _ChangeSums:
             a64 = a.to(torch.complex128 if a.is_complex() else torch.float64)
         finite_a = a64.isfinite()
         self.norms_a.append(_norm(a64 if bool(finite_a.all()) else a64[finite_a]))
+
+
+def _values_differ(a, b):
+    """Elementwise, for two tensors of one wide dtype: do the values differ? A NaN equals a NaN;
+    complex values are compared part by part (torch calls one NaN when either part is)."""
+    import torch
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
+        return ((a != b) & ~(a.isnan() & b.isnan())).any(dim=-1)
+    return (a != b) & ~(a.isnan() & b.isnan())
+
+
+def _nan(t):
+    """Elementwise: is the value NaN (complex: either part), judged widened to 64 bits."""
+    import torch
+    return t.to(torch.complex128 if t.is_complex() else torch.float64).isnan()
 
 
 def _finite(t):

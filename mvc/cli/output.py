@@ -160,7 +160,7 @@ def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+        if abs(round(n, 0 if unit == "B" else 1)) < 1000 or unit == "TB":  # 999,992 B: 1.0 MB, not 1000.0 kB
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"

@@ -314,7 +314,9 @@ def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
         con.print(f"  {shown(name)}: unchanged")
         return
     counts = Counter(t["status"] for t in c["tensors"].values())
-    parts = [f"{v} {k}" for k, v in sorted(counts.items())] + (["metadata changed"] if c.get("meta_changed") else [])
+    meta = c.get("meta_fields") or []
+    parts = [f"{v} {k}" for k, v in sorted(counts.items())] + (
+        [f"metadata changed: {', '.join(map(shown, meta))}"] if meta else [])
     con.print(f"  {shown(name)}: {c['status']}" + (f" ({', '.join(parts)})" if parts else ""))
     rows = [_tensor_row(n, t) for n, t in c["tensors"].items() if show_all or t["status"] != "unchanged" or t.get("note")]
     if rows:

@@ -565,6 +565,7 @@ def test_sizes_use_the_decimal_units_of_the_progress_bars():
     from mvc.cli.output import human_bytes
     assert [human_bytes(n) for n in (999, 52_432_680, 1_500, 2 * 10**12, None)] == \
         ["999 B", "52.4 MB", "1.5 kB", "2.0 TB", "-"]
+    assert [human_bytes(n) for n in (999_992, 999_949, 999.6)] == ["1.0 MB", "999.9 kB", "1.0 kB"]  # not 1000.0 kB
 
 
 def test_gc_says_what_only_reflogs_keep_after_a_rollback(run, in_repo):

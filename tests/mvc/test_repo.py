@@ -627,9 +627,51 @@ def test_float64_changes_beyond_float64_range_and_tiny_weights_are_measured(repo
     c = _change(repo, torch.tensor([1.7e308, 1.0], dtype=torch.float64), torch.tensor([-1.7e308, 2.0], dtype=torch.float64))
     assert "nonfinite_changed" not in c and "non-finite" not in c.get("note", "")  # both sides are finite
     assert c["max_abs_delta"] is None and c["rel_l2"] == pytest.approx(2.0)  # |delta| overflows: None, as documented
+    assert "max |delta| overflows float64" in c["note"]  # (it showed as "-", as if not measured)
     for v in (1e200, 1e-200):
         c = _change(repo, torch.tensor([v, v], dtype=torch.float64), torch.tensor([2 * v, v], dtype=torch.float64))
         assert c["rel_l2"] == pytest.approx(math.sqrt(0.5), rel=1e-12), v
+
+
+def test_a_complex_part_turned_nan_counts_as_a_change_across_dtypes(repo):
+    """torch calls a complex value NaN when either part is: 7+nan*j -> nan compared 'equal'."""
+    c = _change(repo, torch.tensor([complex(7, math.nan), complex(math.nan, 5), 1], dtype=torch.complex64),
+                torch.tensor([math.nan, math.nan, 1.0]))
+    assert c["frac_changed"] == pytest.approx(2 / 3) and c["nonfinite_changed"] == 2
+    c = _change(repo, torch.tensor([complex(math.nan, 0), 1], dtype=torch.complex64),
+                torch.tensor([math.nan, 1.0], dtype=torch.float64))
+    assert c["frac_changed"] == 0.0  # the same values: NaN + 0j as a real NaN
+
+
+def test_a_nan_that_only_changes_its_sign_bit_is_named_so(repo):
+    nan = torch.tensor([math.nan])
+    a, b = torch.cat([-nan, torch.ones(1)]), torch.cat([nan, torch.ones(1)])
+    assert a.view(torch.int32)[0] != b.view(torch.int32)[0]
+    c = _change(repo, a, b)
+    assert c["frac_changed"] == 0.5 and c["nonfinite_changed"] == 1 and c["nan_bits_changed"] == 1
+    assert "1 of them NaN to NaN with other sign or payload bits" in c["note"]
+    c = _change(repo, torch.tensor([1.0, 2.0]), torch.tensor([math.nan, 2.0]))
+    assert "nan_bits_changed" not in c and "NaN to NaN" not in c["note"]
+
+
+def test_diff_names_the_metadata_fields_that_changed(repo, monkeypatch):
+    """It said only 'metadata changed' when a model's arch or a config key changed."""
+    from click.testing import CliRunner
+    from mvc.cli.main import cli
+
+    def net(width):
+        m = torch.nn.Linear(2, 2)
+        m.mvc_arch, m.mvc_config = "tests:Net", {"width": width, "depth": 2}
+        return m
+    plain = repo.commit({"core": net(4).state_dict()}, message="a")
+    wide = repo.commit({"core": net(4)}, message="b")
+    wider = repo.commit({"core": net(8)}, message="c")
+    assert repo.diff(plain, wide)["components"]["core"]["meta_fields"] == ["arch", "config"]
+    c = repo.diff(wide, wider)["components"]["core"]
+    assert c["meta_changed"] and c["meta_fields"] == ["config.width"]
+    monkeypatch.chdir(repo.root)
+    out = CliRunner().invoke(cli, ["diff", wide, wider]).stdout
+    assert "metadata changed: config.width" in out
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz,
