@@ -117,6 +117,10 @@ class ObjectStore:
     def has(self, oid: str) -> bool:
         raise NotImplementedError
 
+    def holds(self, oid: str) -> bool:
+        """Whether a put of `oid` would find it stored and write nothing."""
+        return self.has(oid)
+
     def freshen(self, oid: str, older_than: float = 0.0) -> bool:
         """Whether the store holds `oid`; a loose file holding it gets its modification time set
         to now when older than `older_than` seconds, so that a gc, which deletes unreachable loose
@@ -553,6 +557,9 @@ class ChainStore(ObjectStore):
 
     def has(self, oid):
         return any(s.has(oid) for s in self.stores)
+
+    def holds(self, oid):
+        return any(s.has(oid) for s in self.stores if not s.fetches)  # (as put judges, without freshening)
 
     def prefetch(self, ids):
         """Pass the ids no earlier store holds to the stores that fetch (none in most repositories)."""

@@ -6,6 +6,7 @@ import os
 import pickle
 import struct
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -172,6 +173,46 @@ def test_file_rewritten_during_commit_is_refused_nothing_written(repo, tmp_path,
     with pytest.raises(BadInput, match="changed while it was being committed"):
         repo.commit({"model": str(path)}, message="racy")
     assert repo.head() is None and not list(repo.store.ids())
+
+
+_TRUNCATE_MID_COMMIT = r"""
+import os, sys
+import torch
+from safetensors.torch import save_file
+import mvc, mvc.components as C, mvc.store as S
+from mvc.errors import BadInput
+phase, d = sys.argv[1], sys.argv[2]
+path = os.path.join(d, "w.safetensors")
+save_file({"big": torch.randn(1 << 20), "small": torch.ones(8)}, path)
+repo = mvc.Repo.init(os.path.join(d, "repo"))
+cut = lambda: os.truncate(path, 0)  # a trainer saving its next checkpoint under the same name
+if phase == "hash":  # before the big tensor's first read
+    real = C.pread_exact
+    C.pread_exact = lambda fd, buf, at: (len(buf) > 1000 and cut(), real(fd, buf, at))[1]
+else:  # hashed; cut before it is written (mapped first: EFAULT) or while written (the write: EFAULT)
+    real_holds = S.ChainStore.holds
+    S.ChainStore.holds = lambda self, oid: (cut(), real_holds(self, oid))[1]
+    if phase == "write":
+        C.prefault = lambda mm, start, end: None
+try:
+    repo.commit({"core": path}, message="racy")
+except BadInput as e:
+    tmp = os.path.join(repo.dir, "objects", "tmp")
+    print("refused:", e.message, "| head:", repo.head(), "| objects:", len(list(repo.store.ids())),
+          "| temp files:", len(os.listdir(tmp)) if os.path.isdir(tmp) else 0)
+"""
+
+
+@pytest.mark.parametrize("phase", ["hash", "map", "write"])
+def test_a_file_truncated_while_committed_is_refused_not_a_crash(tmp_path, phase):
+    """A mapping read past its file's end kills the process (SIGBUS): a checkpoint truncated while
+    it was committed (torch.save / save_file rewriting it in place) killed mvc with no message."""
+    r = subprocess.run([sys.executable, "-c", _TRUNCATE_MID_COMMIT, phase, str(tmp_path)],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])  # -7: SIGBUS
+    assert "was cut short while it was being committed" in r.stdout
+    assert "head: None | objects: 0 | temp files: 0" in r.stdout, r.stdout
 
 
 def test_an_error_in_a_storing_thread_fails_the_commit_and_writes_nothing(repo, tmp_path, monkeypatch):
@@ -791,7 +832,9 @@ def test_commit_reports_progress_within_a_large_tensor(tmp_path, monkeypatch):
     CLI's bar expects (input_bytes), and a blob already stored still completes the bar."""
     import mvc.components
     import mvc.store
-    monkeypatch.setattr(mvc.components, "PIECE", 4096, raising=False)
+    for name in ("PIECE", "HASH_READ", "HASH_READ_THREADED"):  # (a file's tensors are hashed from reads)
+        monkeypatch.setattr(mvc.components, name, 4096)
+    monkeypatch.setattr(mvc.components, "READ_WHOLE", 1024)
     monkeypatch.setattr(mvc.store, "WRITE_CHUNK", 4096)
     monkeypatch.setattr(mvc.store, "WRITE_CHUNK_MIN", 1024)
     repo = mvc.Repo.init(tmp_path / "r")
