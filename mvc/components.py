@@ -318,6 +318,9 @@ class Ingest:
             self._path(path, relpath)
         except PermissionError as e:
             raise BadInput(f"{e.filename or path}: permission denied", "nothing was committed") from None
+        except (FileNotFoundError, NotADirectoryError) as e:  # (a missing input is refused before this)
+            raise BadInput(f"{e.filename or path} was removed while it was being committed (nothing was "
+                           "committed)", CUT_SHORT_HINT) from None
 
     def _path(self, path: str, relpath: str | None) -> None:
         st = os.lstat(path)

@@ -215,6 +215,25 @@ def test_a_file_truncated_while_committed_is_refused_not_a_crash(tmp_path, phase
     assert "head: None | objects: 0 | temp files: 0" in r.stdout, r.stdout
 
 
+def test_a_file_removed_while_its_folder_is_committed_is_refused(repo, tmp_path, monkeypatch):
+    """A trainer pruning an old shard while the folder was committed: exit 4, 'a bug in mvc'."""
+    from mvc import components
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    for name in ("a", "b"):
+        save_file({name: torch.ones(2)}, str(d / f"{name}.safetensors"))
+    real = components.Ingest._path
+
+    def remove_b_first(self, path, relpath):
+        if relpath == "a.safetensors" and (d / "b.safetensors").exists():  # listed, not yet read
+            os.unlink(d / "b.safetensors")
+        return real(self, path, relpath)
+    monkeypatch.setattr(components.Ingest, "_path", remove_b_first)
+    with pytest.raises(BadInput, match="b.safetensors was removed while it was being committed"):
+        repo.commit({"m": str(d)}, message="racy")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
 def test_an_error_in_a_storing_thread_fails_the_commit_and_writes_nothing(repo, tmp_path, monkeypatch):
     from mvc import components
     path = tmp_path / "ckpt.safetensors"
