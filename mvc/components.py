@@ -594,7 +594,12 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     differing, same = [], set()
     for tree, relpath, dest in items:
         _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
-        held = holds_file(store, tree, relpath, dest)
+        try:
+            held = holds_file(store, tree, relpath, dest)
+        except BadInput:  # unreadable: --force replaces it unread
+            if not force:
+                raise
+            held = False
         if held:
             same.add(dest)
         elif held is False and not force:
@@ -620,6 +625,9 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             temps.append((_temp_copy(store, tree, relpath, dest, os.path.lexists(dest), progress), dest))
         for tmp, dest in temps:
             existed = os.path.lexists(dest)
+            if existed:  # modes are not committed: a file replaced keeps its own (a 0600 one stays private)
+                with contextlib.suppress(OSError):
+                    os.chmod(tmp, stat.S_IMODE(os.lstat(dest).st_mode))
             backup = _link_beside(dest) if existed else None
             try:
                 os.replace(tmp, dest)
@@ -690,7 +698,8 @@ def stray_files(out_dir: str, written: list[str]) -> list[str]:
     """Files under `out_dir` that a checkout did not write (left there by an earlier checkout)."""
     mine = {os.path.abspath(p) for p in written}
     out = []
-    for dirpath, _dirs, files in os.walk(out_dir):
+    for dirpath, dirs, files in os.walk(out_dir):
+        dirs[:] = [d for d in dirs if not is_reserved_segment(d)]  # (.git, .mvc: never committed)
         for name in files:
             path = os.path.abspath(os.path.join(dirpath, name))
             if path not in mine and not _TEMP_NAME.match(name):
@@ -744,4 +753,6 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
                 del chunk  # (see file_chunks)
             return not f.read(1)
     except PermissionError:
-        return False
+        raise BadInput(f"cannot read {dest} to compare it with the file a checkout writes there "
+                       "(permission denied)", "pass --force to replace it, or write into another place; "
+                       "nothing was written") from None

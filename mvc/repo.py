@@ -867,10 +867,11 @@ class Repo(Maintenance):
         """Write the components of `rev` as their original files under `out_dir/<component>/`.
         Files already there with other content are refused (nothing is written) unless `force`;
         files already holding the same bytes are left alone."""
+        out_dir = os.fspath(out_dir)
         self._refuse_output_inside_mvc(out_dir)
         cid = self.resolve(rev)
         comps = self.read_commit(cid)["components"]
-        names = list(components) if components else sorted(comps)
+        names = [components] if isinstance(components, str) else list(components) if components else sorted(comps)
         trees = {}
         for name in names:
             if name not in comps:
@@ -889,20 +890,22 @@ class Repo(Maintenance):
         return written
 
     def _refuse_output_inside_mvc(self, out: str) -> None:
-        """Checkout and export never write into the repository's own .mvc directory (a component
-        named heads/x checked out under .mvc/refs would be a branch file)."""
+        """Checkout and export never write into the .mvc directory of this or any repository (a
+        component named heads/x checked out under .mvc/refs would be a branch file)."""
         if not out:
             return
         real, mine = os.path.realpath(out), os.path.realpath(self.dir)
-        if real == mine or real.startswith(mine + os.sep):
-            raise BadInput(f"cannot write to {out}: it is inside the repository's own {os.path.basename(self.dir)} "
-                           "directory, which holds its objects and refs",
+        own = real == mine or real.startswith(mine + os.sep)
+        if own or comp.inside_repository_dir(out):
+            where = f"the repository's own {os.path.basename(self.dir)}" if own else "another repository's .mvc"
+            raise BadInput(f"cannot write to {out}: it is inside {where} directory, which holds its objects and refs",
                            "write somewhere else, e.g. -o restored/")
 
     def export(self, rev: str | None, component: str, out_file: str, force: bool = False,
                progress: Callable[[int], None] | None = None) -> str:
         """Write a single-file component to `out_file` (an existing file with other content is
         refused unless `force`); `progress(nbytes)` is called as bytes are written."""
+        out_file = os.fspath(out_file)
         self._refuse_output_inside_mvc(out_file)
         tree = self.tree(rev, component)
         if len(tree["files"]) != 1:

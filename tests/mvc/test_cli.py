@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import stat
 
 import pytest
 import torch
@@ -652,6 +653,63 @@ def test_checkout_and_export_refuse_to_write_into_the_repositorys_own_directory(
     run("checkout", "HEAD", "-o", tmp_path / "sneaky", code=3)
     assert sorted(str(p) for p in pathlib.Path(in_repo.dir).rglob("*")) == before
     assert run("branch").stdout.split()[:2] == ["*", "main"] and list(in_repo.refs.list("refs/heads/")) == ["refs/heads/main"]
+
+
+def test_checkout_and_export_refuse_to_write_into_another_repositorys_mvc(run, in_repo, tmp_path):
+    """Only the repository's own .mvc was protected: a checkout into another's refs/heads wrote a
+    safetensors file as a branch there (its log, branch and fsck then failed)."""
+    run("commit", "-c", f"x={_ckpt(tmp_path / 'm.safetensors', 0)}", "-m", "one")
+    other = mvc.Repo.init(tmp_path / "other")
+    before = sorted(str(p) for p in pathlib.Path(other.dir).rglob("*"))
+    assert "inside another repository's .mvc" in run("checkout", "HEAD", "-o", f"{other.dir}/refs/heads", code=3).stderr
+    run("export", "HEAD", "x", "-o", f"{other.dir}/HEAD", "--force", code=3)
+    assert sorted(str(p) for p in pathlib.Path(other.dir).rglob("*")) == before
+
+
+def test_checkout_over_a_file_it_cannot_read_says_so(run, in_repo, tmp_path, monkeypatch):
+    """An unreadable file already there was reported as holding 'other content'."""
+    import builtins
+    run("commit", "-c", f"x={_ckpt(tmp_path / 'm.safetensors', 0)}", "-m", "one")
+    run("checkout", "HEAD", "-o", tmp_path / "out")
+    target = str(tmp_path / "out" / "x" / "m.safetensors")
+    real_open = builtins.open
+
+    def deny(path, *a, **kw):  # (the tests run as root: chmod 000 would not stop the read)
+        if not isinstance(path, int) and os.fspath(path) == target:
+            raise PermissionError(13, "Permission denied", target)
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(builtins, "open", deny)
+    r = run("checkout", "HEAD", "-o", tmp_path / "out", code=3)
+    assert f"cannot read {target}" in r.stderr and "permission denied" in r.stderr and "other content" not in r.stderr
+    run("checkout", "HEAD", "-o", tmp_path / "out", "--force")  # replaced unread
+    monkeypatch.undo()
+    assert (tmp_path / "out" / "x" / "m.safetensors").read_bytes() == (tmp_path / "m.safetensors").read_bytes()
+
+
+def test_a_file_replaced_by_a_forced_checkout_keeps_its_mode(run, in_repo, tmp_path):
+    """A private 0600 file replaced with --force came back 0644 (modes are not committed)."""
+    run("commit", "-c", f"x={_ckpt(tmp_path / 'm.safetensors', 0)}", "-m", "one")
+    dest = tmp_path / "out" / "x" / "m.safetensors"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"mine")
+    dest.chmod(0o600)
+    run("checkout", "HEAD", "-o", tmp_path / "out", "--force")
+    assert dest.read_bytes() == (tmp_path / "m.safetensors").read_bytes()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+
+
+def test_the_leftover_warning_of_a_checkout_skips_git_folders(run, in_repo, tmp_path):
+    """A committed git clone of a model, checked out over itself, called every git object a leftover."""
+    model = tmp_path / "llama"
+    model.mkdir()
+    _ckpt(model / "w.safetensors", 0)
+    (model / ".git").mkdir()
+    (model / ".git" / "config").write_text("[core]\n")
+    run("commit", "-c", f"llama={model}", "-m", "one")
+    r = run("checkout", "HEAD", "-o", tmp_path)
+    assert "left from before" not in r.stderr
+    (model / "old.bin").write_bytes(b"x")
+    assert "1 file(s)" in run("checkout", "HEAD", "-o", tmp_path).stderr  # a real leftover still is
 
 
 def test_the_reflog_selectors_of_a_deleted_branch_resolve(run, in_repo, tmp_path):

@@ -830,6 +830,15 @@ def test_diff_figures_do_not_depend_on_the_chunking_and_progress_adds_up(repo, m
     assert sum(seen) == mvc.diffs.compared_bytes(ta, tb) > 0 and len(seen) > 100
 
 
+def test_checkout_and_export_take_path_objects_and_a_single_component_name(repo, tmp_path):
+    """export(Path) raised AttributeError; checkout(components="core") read it letter by letter."""
+    cid = repo.commit({"core": {"w": torch.ones(3)}, "other": {"v": torch.zeros(2)}}, message="one")
+    out = repo.export(cid, "core", tmp_path / "core.safetensors")
+    assert torch.equal(load_file(out)["w"], torch.ones(3))
+    written = repo.checkout(cid, tmp_path / "co", components="core")
+    assert [os.path.relpath(p, tmp_path / "co") for p in written] == [os.path.join("core", "model.safetensors")]
+
+
 def test_export_and_checkout_report_progress_within_a_large_tensor(tmp_path, monkeypatch):
     """Progress moved once per tensor: a 2.5 GB tensor showed 0 bytes for its whole write (export had no bar)."""
     import mvc.components
