@@ -208,6 +208,7 @@ def verify(repo, rev_or_cert: str) -> dict:
             out.append({"name": stored["name"], "reproduced": False,
                         "diffs": [f"the certificate's recorded parameters or inputs cannot be used "
                                   f"({type(e).__name__}: {str(e)[:120]}): it does not verify"]})
+    out += _unconfirmed(defined, cert, checks)
     consistent = cert.get("passed") == all(c["status"] == "passed" for c in checks if c["status"] != "skipped")
     if not consistent:
         out.append({"name": "(verdict)", "reproduced": False,
@@ -217,6 +218,30 @@ def verify(repo, rev_or_cert: str) -> dict:
             "checks_run": [c.get("name") for c in checks],
             "failed": [c.get("name") for c in checks if c.get("status") == "failed"],
             "checks": out, "index_problems": problems}
+
+
+def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
+    """What a certificate claims that verify cannot confirm from mvc.toml: with no mvc.toml here,
+    the bounds its checks were judged by are its own (a looser bound could have been written in);
+    a full run must record every check mvc.toml defines (one left out, or a partial run passed off
+    as full, would certify a commit whose failing check is missing). A pipeline stage's
+    certificate is judged by its recorded gates and checks."""
+    if defined.from_pipeline():
+        return []
+    if defined.config is None:
+        return [{"name": "(bounds)", "reproduced": False,
+                 "diffs": ["there is no mvc.toml here: the bounds this certificate judged its checks by are "
+                           "its own claim, which verify does not take on trust"],
+                 "hint": "verify where the repository's mvc.toml is (its git work tree), which sets the bounds"}]
+    if cert.get("partial"):
+        return []
+    recorded = {c.get("name") for c in checks if isinstance(c, dict)}
+    missing = [c.name for c in defined.config.checks if c.name not in recorded]
+    if not missing:
+        return []
+    return [{"name": "(coverage)", "reproduced": False, "config_changed": True,  # (or the certificate was edited)
+             "diffs": [f"{defined.config.source} defines {', '.join(map(repr, missing))}, which this full run "
+                       "does not record: a full run records every check mvc.toml defines"]}]
 
 
 DATA_KEYS = {"exact-logits": {"data": "probe"}, "ppl-ratio": {"data": "data"},
@@ -237,6 +262,10 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
                 "diffs": [f"the certificate records an error, not a measurement ({stored['note']}): "
                           f"re-run mvc ci"]}
     if stored["kind"] == "gate":
+        if not defined.from_pipeline():
+            return {"name": stored["name"], "reproduced": False,
+                    "diffs": ["a training gate, which only mvc run's pipeline stages record, in a certificate that "
+                              "is not a stage's: it certifies nothing"]}
         from .pipeline import recheck_gate
         diffs = recheck_gate(repo, cert["commit"], stored)
         return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs,

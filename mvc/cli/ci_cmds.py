@@ -127,11 +127,15 @@ def verify(target, as_json):
                        "the certificate index was edited or damaged; remove the line or run mvc ci again")
     if not r["verified"]:
         diffs = [d for c in r["checks"] for d in c["diffs"]]
-        if any(d.startswith("re-run failed") for d in diffs):
+        hints = [c["hint"] for c in r["checks"] if not c["reproduced"] and c.get("hint")]
+        if hints:
+            hint = hints[0]
+        elif any(d.startswith("re-run failed") for d in diffs):
             hint = "a check could not be re-run: fix what it names (mvc fsck finds damaged objects) and verify again"
         elif all(c.get("config_changed") for c in r["checks"] if not c["reproduced"]):
-            hint = ("its figures reproduce, but mvc.toml's checks or bounds changed since it was made: "
-                    "run mvc ci to certify the commit under them")
+            hint = ("its figures reproduce, but mvc.toml's checks or bounds are not those the certificate "
+                    "records (mvc.toml changed since it was made, or the certificate was edited): run mvc ci "
+                    "to certify the commit under them")
         elif any(c.get("envelope_changes") for c in r["checks"] if not c["reproduced"]):
             hint = ("its figures do not reproduce here, and this machine computes in another execution "
                     "envelope than the one that made it (see the notes): verify where it was made, or run "

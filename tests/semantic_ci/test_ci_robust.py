@@ -505,8 +505,10 @@ def test_genuine_skip_verifies_and_a_changed_check_is_reported(ci_repo):
     assert not v["verified"]
     frozen = next(c for c in v["checks"] if c["name"] == "frozen")
     assert any("mvc.toml now defines" in d for d in frozen["diffs"])
-    os.remove(os.path.join(ci_repo.root, "mvc.toml"))  # a clone without mvc.toml: ids only
-    assert verify(ci_repo, cid)["verified"]
+    os.remove(os.path.join(ci_repo.root, "mvc.toml"))  # a clone without mvc.toml: the figures
+    v = verify(ci_repo, cid)                             # reproduce, but its bounds are its own claim
+    assert not v["verified"] and all(c["reproduced"] for c in v["checks"] if c["name"] != "(bounds)")
+    assert [c["name"] for c in v["checks"] if not c["reproduced"]] == ["(bounds)"]
     # a check that ran: new bounds in mvc.toml are reported, the figures still reproduce
     write_config(ci_repo, CONFIG.replace("{baseline}", "HEAD~1"))
     ci_repo.commit({"core": {"table": table()}}, message="second", metrics={"x": 2})
@@ -799,7 +801,7 @@ def test_verify_says_when_only_mvc_toml_changed(ci_repo, monkeypatch):
     write_config(ci_repo, BASIC.replace("max_ratio = 1.05", "max_ratio = 0.5"))
     monkeypatch.chdir(ci_repo.root)
     r = CliRunner().invoke(cli, ["verify", "HEAD"])
-    assert r.exit_code == 3 and "figures reproduce, but mvc.toml's checks or bounds changed" in r.stderr, r.output
+    assert r.exit_code == 3 and "figures reproduce, but mvc.toml's checks or bounds are not those" in r.stderr, r.output
     assert "re-derived with mvc.toml's bounds" in r.stdout
 
 

@@ -2,6 +2,7 @@
 independently seeded host, the legacy negative control (tensors copied exactly) is caught, the
 portable decoder is exact on every host, and paste refuses when its migration gate fails."""
 import json
+import os
 
 import pytest
 import torch
@@ -78,6 +79,8 @@ def test_canonical_brick_transfers_and_legacy_control_is_caught(setup):
     la = setup.tree("legacy-a", "brick/python")["tensors"]
     assert all(torch.equal(setup.load("legacy-a", "brick/python")[k], trained_tensor)
                for k, trained_tensor in fixtures.legacy_pair().brick.state_dict().items() if k in la)
+    with open(os.path.join(setup.root, "mvc.toml"), "w") as f:  # (verify takes the bounds from mvc.toml)
+        f.write(CONFIG.replace("{hosts}", "host-b"))
     with fixtures.one_thread():
         assert verify(setup, good["certificate"])["verified"]
 

@@ -63,6 +63,36 @@ def test_every_check_in_another_order_is_a_full_run(failing):
     assert not cert.get("partial")
 
 
+def test_a_full_run_that_leaves_out_a_failing_check_does_not_verify(failing):
+    """A certificate with its failing check deleted (or a partial run with 'partial' removed)
+    verified: verify re-ran only the checks it lists."""
+    repo, cert_id = failing
+
+    def drop_frozen(cert):
+        cert["checks"] = [c for c in cert["checks"] if c["name"] != "frozen"]
+    v = verify(repo, forged(repo, cert_id, drop_frozen))
+    assert not v["verified"] and [c["name"] for c in v["checks"] if not c["reproduced"]] == ["(coverage)"]
+    assert "defines 'frozen', which this full run does not record" in v["checks"][-1]["diffs"][0]
+    partial = certificate.read(repo, run_ci(repo, names=["ppl"])["certificate"])
+    assert verify(repo, certificate.store(repo, partial))["verified"]  # said to be partial: fine
+    del partial["partial"]
+    r = CliRunner().invoke(cli, ["verify", certificate.store(repo, partial)])
+    assert r.exit_code == 3 and "(coverage): NOT reproduced" in r.stdout, r.output
+
+
+def test_a_training_gate_in_a_certificate_of_mvc_ci_certifies_nothing(failing):
+    """A certificate whose only check was a made-up gate verified (gates were checked against the
+    commit's metrics only, whatever certificate held them)."""
+    repo, cert_id = failing
+
+    def gate_only(cert):
+        cert["checks"] = [{"name": name, "kind": "gate", "params": {"gate": {"divergence": True}},
+                           "status": "passed", "figures": {}, "inputs": {}} for name in ("frozen", "ppl")]
+    v = verify(repo, forged(repo, cert_id, gate_only))
+    assert not v["verified"]
+    assert all("certifies nothing" in c["diffs"][0] for c in v["checks"] if c["name"] in ("frozen", "ppl"))
+
+
 def test_a_check_mvc_toml_no_longer_defines_does_not_verify(failing):
     """A renamed failing check with a loosened bound verified (judged by its own bound)."""
     repo, cert_id = failing
@@ -77,7 +107,7 @@ def test_a_check_mvc_toml_no_longer_defines_does_not_verify(failing):
     # an honest certificate whose check mvc.toml renamed since: said to be mvc.toml's change
     write_config(repo, BASIC.replace('name = "ppl"', 'name = "general-ppl"'))
     r = CliRunner().invoke(cli, ["verify", cert_id])
-    assert r.exit_code == 3 and "mvc.toml's checks or bounds changed" in r.stderr, r.output
+    assert r.exit_code == 3 and "mvc.toml's checks or bounds are not those" in r.stderr, r.output
 
 
 def test_a_check_recorded_under_another_kind_does_not_verify(failing):
