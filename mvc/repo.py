@@ -856,10 +856,17 @@ class Repo(Maintenance):
             raise UnknownRevision(f"no branch {branch!r}", "see mvc branch")
         return log
 
-    def paste_brick(self, name: str, source_rev: str, host_rev: str, **kwargs) -> dict:
-        """Install brick `name` of `source_rev` into the host branch (see mvc.paste.paste_brick)."""
+    def paste_brick(self, name: str, source_rev: str, host_rev: str, run_hooks: bool = True, **kwargs) -> dict:
+        """Install brick `name` of `source_rev` into the host branch (see mvc.paste.paste_brick).
+        As a commit does, a paste that moves its branch runs mvc.toml's on-commit checks
+        (`run_hooks`), and an mvc.toml that cannot be read refuses it before anything is written."""
         from .paste import paste_brick
-        return paste_brick(self, name, source_rev, host_rev, **kwargs)
+        if run_hooks:
+            self._hooks("mvc.pre_commit")
+        r = paste_brick(self, name, source_rev, host_rev, **kwargs)
+        if run_hooks and r.get("moved"):
+            self._run_commit_hooks(r["commit"], f"refs/heads/{r['branch']}")
+        return r
 
     # -- checkout / export -------------------------------------------------------------------
     def checkout(self, rev: str | None, out_dir: str, components: Iterable[str] | None = None,

@@ -32,7 +32,8 @@ def paste():
 @message_opt()
 @click.option("--int8", is_flag=True, help="Install the int8 artifact of the brick (writes the quantised blobs).")
 @click.option("--force", is_flag=True, help="Replace an existing brick of that name on the host.")
-@click.option("--no-ci", is_flag=True, help="Do not run the migration checks configured for this brick.")
+@click.option("--no-ci", is_flag=True, help="Do not run the migration checks configured for this brick, nor "
+              "mvc.toml's on-commit checks.")
 @json_opt
 def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, no_ci, as_json):
     """Install brick NAME from --from into the host: checks the ABI contract (naming the differing
@@ -49,7 +50,7 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
     transform = _int8_transform(repo, f"brick/{as_name or name}") if int8 else None
     gate = None if no_ci else _migration_gate(repo, name, repo.resolve(source), repo.resolve(host), int8)
     r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
-                         transform=transform, gate=gate, mode="int8" if int8 else "copy")
+                         transform=transform, gate=gate, mode="int8" if int8 else "copy", run_hooks=not no_ci)
     if r.get("unchanged"):
         if as_json:
             emit_json(r)

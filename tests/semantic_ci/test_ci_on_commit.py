@@ -68,3 +68,27 @@ def test_a_failing_commit_whose_branch_moved_on_still_reports_the_failure(ci_rep
     with pytest.raises(CheckFailed, match="was not rolled back") as info:  # before: a bare RefConflict
         ci_repo.commit({"core": {"table": t.flip(0)}}, message="broken")
     assert info.value.certificate and ci_repo.head() == other[0]
+
+
+def test_a_paste_runs_the_on_commit_checks_as_a_commit_does(tmp_path):
+    """`mvc paste` landed its commit with no certificate and no rollback under on_commit = true."""
+    import bricks
+    import cores
+    import mvc
+    from mvc.errors import CheckFailed
+    from semantic_ci import certificate
+    repo = mvc.Repo.init(tmp_path)
+    a = cores.build("layercake", config="tiny", seed=0)
+    repo.commit({"core": a}, message="host a")
+    repo.commit({"brick/python": bricks.build("sparse", host=a, seed=0)}, message="brick", branch="brick-run")
+    host_b = repo.commit({"core": cores.build("layercake", config="tiny", seed=1)}, message="host b",
+                         branch="host-b", root=True)
+    write_config(repo, '[ci]\non_commit = true\non_fail = "rollback"\nprobe_bytes = 256\nwindow = 64\n\n'
+                       '[[ci.checks]]\nname = "same-core-as-main"\nkind = "exact-logits"\ncomponent = "core"\n'
+                       'baseline = "main"\n')  # fails on every host-b commit: its core is not main's
+    with pytest.raises(CheckFailed, match="rolled back"):
+        repo.paste_brick("python", "brick-run", "host-b")
+    pasted = {e["new"] for e in repo.reflog("host-b")} - {host_b}  # (the paste, then the rollback)
+    assert repo.branches()["host-b"] == host_b and len(pasted) == 1 and certificate.of_commit(repo, pasted.pop())
+    r = repo.paste_brick("python", "brick-run", "host-b", run_hooks=False)  # (--no-ci)
+    assert r["moved"] and repo.branches()["host-b"] == r["commit"]
