@@ -10,7 +10,8 @@ from mvc.objects import is_oid
 
 from . import certificate
 from . import config as cfgmod
-from .checks import BadRevision, Context, PastRoot, resolve_check_rev, run_check, split_relative, walk_relative
+from .checks import (BadRevision, Context, PastRoot, resolve_check_rev, resolve_relative, run_check, split_relative,
+                     walk_relative)
 from .config import Check, CiConfig
 from .models import ModelCache
 
@@ -25,7 +26,7 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
         raise ConfigError(f"{config.source} defines no checks", "add [[ci.checks]] tables to its [ci] section")
     selected = config.select(names)
     commit = repo.resolve(rev)
-    base_id = repo.resolve(base) if base else None
+    base_id = resolve_relative(repo, base, commit) if base else None  # HEAD~1: the candidate's parent, as in mvc.toml
     ctx = Context(repo, commit, config, ModelCache(repo), base_id)
     results = []
     with repo.writing():  # from storing check data to the certificate naming it: a gc --grace 0 waits

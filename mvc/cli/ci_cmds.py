@@ -26,8 +26,9 @@ def _junit_option(ctx, param, value):
 
 @cli.command()
 @click.argument("rev", required=False)
-@click.option("--base", help="Baseline revision for every check (overrides mvc.toml); it must resolve (a "
-              "relative baseline in mvc.toml past the root commit skips its check instead).")
+@click.option("--base", help="Baseline revision for every check (overrides mvc.toml); HEAD means REV, as in "
+              "mvc.toml (HEAD~1: REV's parent). It must resolve (a relative baseline in mvc.toml past the "
+              "root commit skips its check instead).")
 @click.option("--check", "names", multiple=True, help="Run only this check (repeatable).")
 @click.option("--junit", metavar="PATH", callback=_junit_option,
               help="Also write a JUnit XML report to PATH (written atomically; missing parent directories "

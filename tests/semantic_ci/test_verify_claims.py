@@ -269,3 +269,14 @@ def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_
     staged = certificate.store(ci_repo, dict(cert, config="pipeline.toml: stage train"))
     assert not verify(ci_repo, plain)["verified"]  # a mvc.toml certificate: its definition changed
     assert verify(ci_repo, staged)["verified"]
+
+
+def test_a_head_relative_base_means_the_candidates_parent(ci_repo):
+    """`mvc ci <two> --base HEAD~1` compared <two> with the repository's HEAD~1 (its own child)."""
+    t = trained_table(builtin_probe(3000))
+    one = ci_repo.commit({"core": {"table": t}}, message="one")
+    two = ci_repo.commit({"core": {"table": t * 0.9}}, message="two")
+    ci_repo.commit({"core": {"table": t * 0.8}}, message="three")
+    cert = certificate.read(ci_repo, run_ci(ci_repo, two, base="HEAD~1")["certificate"])
+    assert cert["base"] == one
+    assert certificate.read(ci_repo, run_ci(ci_repo, two, base="main")["certificate"])["base"] == ci_repo.resolve("main")
