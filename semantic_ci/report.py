@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from xml.sax.saxutils import quoteattr
 
@@ -96,15 +97,15 @@ def junit_xml(summary: dict) -> str:
         body = ""
         if c["status"] == "failed":
             failures += 1
-            body = f"<failure message={quoteattr(f'{fig} (threshold {th})')}/>"
+            body = f"<failure message={_attr(f'{fig} (threshold {th})')}/>"
         elif c["status"] == "skipped":
             skipped += 1
-            body = f"<skipped message={quoteattr(c.get('note') or '')}/>"
-        cases.append(f'  <testcase classname="mvc.ci.{c["kind"]}" name={quoteattr(c["name"])}>{body}'
+            body = f"<skipped message={_attr(c.get('note') or '')}/>"
+        cases.append(f'  <testcase classname="mvc.ci.{c["kind"]}" name={_attr(c["name"])}>{body}'
                      f"<system-out>{_xml_text(fig)}</system-out></testcase>")
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name="mvc-semantic-ci" '
             f'tests="{len(cases)}" failures="{failures}" skipped="{skipped}" '
-            f'id={quoteattr(summary["certificate"])}>\n' + "\n".join(cases) + "\n</testsuite>\n")
+            f'id={_attr(summary["certificate"])}>\n' + "\n".join(cases) + "\n</testsuite>\n")
 
 
 def junit_target_problem(path: str) -> str | None:
@@ -140,5 +141,18 @@ def write_junit(summary: dict, path: str) -> None:
     atomic_write(os.path.abspath(path), junit_xml(summary).encode("utf-8"))
 
 
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # no XML 1.0 document holds these
+
+
+def _xml_safe(s: str) -> str:
+    """`s` with the characters XML 1.0 cannot hold (control characters, e.g. an ESC in a check
+    name, lone surrogates) replaced by U+FFFD: parsers reject a report that has them."""
+    return _NOT_XML.sub("\ufffd", str(s))
+
+
+def _attr(s: str) -> str:
+    return quoteattr(_xml_safe(s))
+
+
 def _xml_text(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _xml_safe(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -863,3 +863,15 @@ def test_verify_in_a_repository_without_commits_says_so(repo, monkeypatch):
     for args in (["verify"], ["verify", "HEAD~1"]):
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 3 and r.stderr.startswith("error: HEAD has no commits yet"), r.stderr
+
+
+def test_a_junit_report_parses_whatever_characters_a_check_name_holds():
+    """An ESC in a check name (or a note) made a report that XML parsers reject."""
+    import xml.etree.ElementTree as ET
+
+    from semantic_ci.report import junit_xml
+    check = {"name": "ppl\x1b[1m & <b>", "kind": "ppl-ratio", "status": "skipped", "note": "past \x00 root\ud800",
+             "figures": {"ratio": 1.0}, "thresholds": {"max_ratio": 1.05}}
+    root = ET.fromstring(junit_xml({"certificate": "c" * 64, "checks": [check]}).encode("utf-8", "surrogatepass"))
+    case = root.find("testcase")
+    assert case.get("name") == "ppl\ufffd[1m & <b>" and case.find("skipped").get("message") == "past \ufffd root\ufffd"
