@@ -80,10 +80,13 @@ class CheckFailed(MvcError):
 
     exit_code = 1
 
-    def __init__(self, commit: str, certificate: str | None, message: str | None = None):
+    def __init__(self, commit: str, certificate: str | None, message: str | None = None,
+                 rolled_back: bool = False, branch_head: str | None = None):
         super().__init__(message or f"semantic CI failed on commit {commit[:12]}")
         self.commit = commit
         self.certificate = certificate
+        self.rolled_back = rolled_back  # the branch moved back to `branch_head` (None: no commit)
+        self.branch_head = branch_head
 
 
 class Terminated(KeyboardInterrupt):

@@ -51,7 +51,7 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
                               f"another commit landed on it meanwhile (the failing one stays in its history)") from None
         raise CheckFailed(commit, report["certificate"],
                           f"semantic CI failed on {commit[:12]} ({failed}); {branch} rolled back to "
-                          f"{target[:12] if target else '(empty)'}")
+                          f"{target[:12] if target else '(empty)'}", rolled_back=True, branch_head=target)
     warnings.warn(f"semantic CI failed on {commit[:12]} ({failed}); certificate {report['certificate'][:12]}")
     return report
 

@@ -48,6 +48,21 @@ def emit_json(doc) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=True, allow_nan=False))
 
 
+@contextlib.contextmanager
+def json_when_ci_fails(as_json: bool):
+    """With --json, a commit (or revert, paste) that mvc.toml's on-commit checks failed still prints
+    a document before its exit 1: the commit landed, with a certificate, and its branch may have
+    been rolled back."""
+    from ..errors import CheckFailed
+    try:
+        yield
+    except CheckFailed as e:
+        if as_json:
+            emit_json({"commit": e.commit, "certificate": e.certificate, "ci_passed": False, "error": e.message,
+                       "rolled_back": e.rolled_back, **({"branch_head": e.branch_head} if e.rolled_back else {})})
+        raise
+
+
 def console(stderr: bool = False, markup: bool = False):
     """A rich console; text is printed as given (no markup) unless a renderer asks for markup.
 

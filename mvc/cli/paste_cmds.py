@@ -10,7 +10,8 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import console, emit_json, error, json_opt, message_opt, negative_result, short, shown
+from .output import (console, emit_json, error, json_opt, json_when_ci_fails, message_opt, negative_result, short,
+                     shown)
 
 
 @cli.group()
@@ -49,8 +50,9 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
         raise click.BadParameter("an empty name", param_hint="--as")
     transform = _int8_transform(repo, f"brick/{as_name or name}") if int8 else None
     gate = None if no_ci else _migration_gate(repo, name, repo.resolve(source), repo.resolve(host), int8)
-    r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
-                         transform=transform, gate=gate, mode="int8" if int8 else "copy", run_hooks=not no_ci)
+    with json_when_ci_fails(as_json):
+        r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
+                             transform=transform, gate=gate, mode="int8" if int8 else "copy", run_hooks=not no_ci)
     if r.get("unchanged"):
         if as_json:
             emit_json(r)

@@ -13,8 +13,8 @@ import click
 from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
-from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, message_opt,
-                     negative_result, plural, print_table, short, shown, size_change, table, warn)
+from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
+                     message_opt, negative_result, plural, print_table, short, shown, size_change, table, warn)
 
 
 def _repo() -> Repo:
@@ -123,7 +123,7 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
     components = _commit_components(path, comps, remove)
     from ..components import input_bytes
     total = sum(input_bytes(p) for p in components.values())
-    with byte_progress(total, "committing") as advance:
+    with byte_progress(total, "committing") as advance, json_when_ci_fails(as_json):
         cid = repo.commit(components, message=message, metrics=metrics,
                           branch=branch, remove=remove, progress=advance)
     c = repo.read_commit(cid)
@@ -897,7 +897,8 @@ def revert(rev, message, as_json):
     """
     repo = _repo()
     restored = repo.resolve(rev)
-    new = repo.revert(rev, message)
+    with json_when_ci_fails(as_json):
+        new = repo.revert(rev, message)
     if as_json:
         emit_json({"commit": new, "restored": restored})
     else:

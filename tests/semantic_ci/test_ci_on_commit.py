@@ -92,3 +92,29 @@ def test_a_paste_runs_the_on_commit_checks_as_a_commit_does(tmp_path):
     assert repo.branches()["host-b"] == host_b and len(pasted) == 1 and certificate.of_commit(repo, pasted.pop())
     r = repo.paste_brick("python", "brick-run", "host-b", run_hooks=False)  # (--no-ci)
     assert r["moved"] and repo.branches()["host-b"] == r["commit"]
+
+
+@pytest.mark.parametrize("command", ["commit", "revert"])
+def test_json_commands_print_a_document_when_the_on_commit_checks_fail(ci_repo, monkeypatch, tmp_path, command):
+    """`mvc commit --json` / `mvc revert --json` printed nothing when CI failed and rolled back."""
+    import json
+
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from mvc.cli import cli
+    from semantic_ci import certificate
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
+    broken = ci_repo.commit({"core": {"table": t.flip(0)}}, message="broken")  # (no CI yet)
+    write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
+    ci_repo.rollback(first)
+    monkeypatch.chdir(ci_repo.root)
+    save_file({"table": t.flip(0).contiguous()}, str(tmp_path / "core.safetensors"))
+    args = (["commit", "-c", f"core={tmp_path / 'core.safetensors'}", "-m", "again"] if command == "commit"
+            else ["revert", broken])
+    r = CliRunner().invoke(cli, args + ["--json"])
+    assert r.exit_code == 1 and "rolled back" in r.stderr, r.output
+    doc = json.loads(r.stdout)
+    assert doc["rolled_back"] and doc["branch_head"] == first == ci_repo.head() and not doc["ci_passed"]
+    assert certificate.read(ci_repo, doc["certificate"])["commit"] == doc["commit"] != first
