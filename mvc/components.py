@@ -73,7 +73,7 @@ def prefault(mm, start: int, end: int) -> None:
 
 READ_WHOLE = 1 << 20  # a mapped blob up to this size is read into memory (one pread) and stored from there
 HASH_READ = 1 << 20  # a larger one is hashed from pread pieces of this size (they stay in the CPU cache),
-HASH_READ_THREADED = 4 << 20  # or of this size when hashed on every core
+HASH_READ_THREADED = 8 << 20  # or of this size when hashed on every core (4 MiB: 1.5x slower on 2 cores)
 
 
 def pread_exact(fd: int, buf, at: int) -> None:

@@ -793,7 +793,7 @@ def test_side_files_pass_through_mappings_not_memory(repo, tmp_path, monkeypatch
     repo.checkout(cid, str(tmp_path / "out"))  # compares the file already there, a piece at a time
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < (8 << 20), peak  # before: the 20 MB file was read whole on commit and on checkout
+    assert peak < (12 << 20), peak  # before: the 20 MB file was read whole on commit and on checkout
     assert (tmp_path / "out" / "m" / "big.bin").read_bytes() == (d / "big.bin").read_bytes()
     assert set(repo.read_tree(repo.read_commit(cid)["components"]["m"])["files"]) == {"big.bin"}
 
