@@ -109,14 +109,16 @@ _ENVIRONMENT = {
     "EACCES": ("permission denied", "check the owner and mode of that path"),
     "EPERM": ("operation not permitted", "check the owner and mode of that path"),
     "EROFS": ("read-only file system", "this needs a writable file system"),
-    "EMFILE": ("too many open files", "raise the open-file limit (ulimit -n) or pass fewer jobs (-j)"),
-    "ENFILE": ("too many open files in the system", "close other programs' files or pass fewer jobs (-j)"),
+    "EMFILE": ("too many open files", "raise the open-file limit (ulimit -n), or pass fewer jobs "
+               "(-j of push, fetch, clone)"),
+    "ENFILE": ("too many open files in the system", "close other programs' files, or pass fewer jobs "
+               "(-j of push, fetch, clone)"),
     "ENAMETOOLONG": ("file name too long", "use a shorter path (at most 255 bytes a name, 4096 in all)"),
     "ELOOP": ("too many levels of symbolic links", "check the symbolic links on that path"),
     "ENOTDIR": ("a part of the path is not a directory", "check the path"),
     "EISDIR": ("is a directory", "name a file there, or remove the directory"),
     "ENOMEM": ("not enough memory", "close other programs or raise the memory limit (ulimit -v); "
-               "a smaller model or fewer jobs (-j) need less"),
+               "a smaller model, or fewer jobs (-j of push, fetch, clone), needs less"),
     "EIO": ("input/output error", "the disk or file system reported an error: check it (dmesg) and retry"),
 }
 
@@ -131,7 +133,7 @@ def environment_error(e: BaseException) -> tuple[str, str] | None:
         return _ENVIRONMENT["ENOMEM"]
     if isinstance(e, RuntimeError) and "can't start new thread" in str(e):
         return ("cannot start a thread (the limit of processes or threads)",
-                "raise it (ulimit -u) or pass fewer jobs (-j)")
+                "raise it (ulimit -u), or pass fewer jobs (-j of push, fetch, clone)")
     if not isinstance(e, OSError):
         return None
     name = errno.errorcode.get(e.errno or 0)

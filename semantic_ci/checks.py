@@ -31,6 +31,9 @@ class Context:
 def resolve_relative(repo, rev: str, candidate: str) -> str:
     """Resolve a baseline revision with HEAD meaning the candidate (HEAD~1 is its parent)."""
     m = re.fullmatch(r"HEAD(.*)", rev)
+    if m and m.group(1).startswith("@"):  # (it read "<candidate id>@{1}": 'not a branch name')
+        raise UnknownRevision("HEAD means the commit checked here, which has no reflog of its own",
+                              "name a branch's reflog entry (main@{1}) or a relative revision (HEAD~1)")
     return repo.resolve(candidate + m.group(1)) if m else repo.resolve(rev)
 
 

@@ -121,7 +121,7 @@ def parse(doc: dict, source: str = CONFIG_FILE) -> CiConfig:
     if "probe_bytes" in ci:
         cfg.probe_bytes = _whole(source, "ci.probe_bytes", ci["probe_bytes"], 16, MAX_PROBE_BYTES)
     if "window" in ci:
-        cfg.window = int(_num(source, "ci.window", ci["window"], 8))
+        cfg.window = _whole(source, "ci.window", ci["window"], 1)  # (as a check's own window: 128.7 refused)
     checks = ci.get("checks", [])
     if not isinstance(checks, list):
         raise _err(source, "ci.checks", "must be an array of tables ([[ci.checks]])")
@@ -242,7 +242,7 @@ def load(root: str, text: str | None = None, source: str | None = None) -> CiCon
         except UnicodeDecodeError as e:
             raise ConfigError(f"{source}: not UTF-8 text (byte {e.start})") from None
     try:
-        doc = tomllib.loads(text)
+        doc = tomllib.loads(text.removeprefix("\ufeff"))  # (an editor's byte-order mark: not TOML)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML ({e})") from None
     return parse(doc, source)

@@ -480,7 +480,8 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
         last = run.last_failure.get(stage.name)
         raise PipelineFailed(f"stage {stage.name}: gates still failing after {attempt + 1} attempt(s)"
                              + (f" (last: {last})" if last else "")
-                             + f"; branch {branch} left at {target[:12] if target else '(start)'}")
+                             + (f"; branch {branch} left at {target[:12]}" if target else
+                                f"; branch {branch} removed (no commit of it passed; mvc reflog {branch} lists them)"))
     fb = stage.fallback
     new = dict(settings)
     if "lr_scale" in fb:

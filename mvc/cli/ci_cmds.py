@@ -169,10 +169,15 @@ def hooks():
 
 @hooks.command("install")
 def hooks_install():
-    """Install pre-merge-commit and pre-push hooks (chaining existing ones); sets merge.ff=false.
+    """Install pre-merge-commit, pre-push and pre-commit hooks (chaining existing ones); sets
+    merge.ff=false.
 
-    pre-merge-commit does not run for fast-forward merges, so merges always create a merge commit
-    while the hooks are installed (`mvc hooks uninstall` restores the previous setting).
+    pre-merge-commit and pre-push run mvc ci on the merged model before a merge or push;
+    pre-commit runs it only for the commit that concludes a merge git stopped (a conflict, or a
+    blocked merge finished with `git commit`); other commits pass straight to a pre-commit hook
+    of your own, which stays chained. pre-merge-commit does not run for fast-forward merges, so
+    merges always create a merge commit while the hooks are installed (`mvc hooks uninstall`
+    restores the previous setting and your own hooks).
 
     \b
     Example:

@@ -85,7 +85,7 @@ def test_finite_figures_is_idempotent_and_only_fails_passed_checks():
 def test_misspelt_baseline_is_an_error_naming_key_and_revision(ci_repo):
     c1, c2 = two_commits(ci_repo)
     tree = ci_repo.read_commit(c2)["components"]["core"]
-    for rev in ("nosuch", "nosuch~1", tree, "HEAD^2"):
+    for rev in ("nosuch", "nosuch~1", tree, "HEAD^2", "HEAD@{1}"):  # (HEAD@{1}: "not a branch name")
         write_config(ci_repo, CONFIG.replace("{baseline}", rev))
         with pytest.raises(ConfigError, match=r"ci\.checks\[frozen\]\.baseline: revision") as info:
             run_ci(ci_repo)
@@ -875,3 +875,22 @@ def test_a_junit_report_parses_whatever_characters_a_check_name_holds():
     root = ET.fromstring(junit_xml({"certificate": "c" * 64, "checks": [check]}).encode("utf-8", "surrogatepass"))
     case = root.find("testcase")
     assert case.get("name") == "ppl\ufffd[1m & <b>" and case.find("skipped").get("message") == "past \ufffd root\ufffd"
+
+
+@pytest.mark.parametrize("value", ["128.7", "0", "nan"])
+def test_a_top_level_window_is_a_whole_count_as_a_checks_own_is(tmp_path, value):
+    """[ci] window = 128.7 was truncated to 128 where a check's window = 128.7 is refused."""
+    (tmp_path / "mvc.toml").write_text(f"[ci]\nwindow = {value}\n[[ci.checks]]\nname = 'x'\nkind = 'exact-logits'\n"
+                                       "baseline = 'HEAD~1'\n")
+    with pytest.raises(ConfigError, match=r"ci\.window: must be"):
+        cfgmod.load(str(tmp_path))
+    (tmp_path / "mvc.toml").write_text("[ci]\nwindow = 4\n[[ci.checks]]\nname = 'x'\nkind = 'exact-logits'\n"
+                                       "baseline = 'HEAD~1'\n")
+    assert cfgmod.load(str(tmp_path)).window == 4
+
+
+def test_an_mvc_toml_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """'Invalid statement (at line 1, column 1)' for a file an editor saved with a BOM."""
+    (tmp_path / "mvc.toml").write_bytes(b"\xef\xbb\xbf[ci]\nwindow = 64\n[[ci.checks]]\nname = 'x'\n"
+                                        b"kind = 'exact-logits'\nbaseline = 'HEAD~1'\n")
+    assert cfgmod.load(str(tmp_path)).window == 64
