@@ -189,6 +189,30 @@ def _check_settings(err, where: str, kind: str, settings: dict, streams: dict) -
             raise err(f"{where}.{key}", f"no stream {settings[key]!r} (have: {', '.join(streams) or 'none'})")
 
 
+COMPRESS_METHODS = {"harmonic": "components", "meta": None, "lowrank": "rank"}  # -> its own budget key
+
+
+def _check_kind_settings(err, where: str, kind: str, settings: dict) -> None:
+    """What a compress or k0 stage would refuse once the stages before it had trained: a compress
+    stage's method, budget and layer patterns' type; a k0 stage's blend share. `settings` are a
+    stage's own, or those a fallback runs with (its `set` over them)."""
+    if kind == "k0" and "blend" in settings and not 0 <= settings["blend"] <= 1:
+        raise err(f"{where}.blend", f"must lie in [0, 1] (the share of K0 in a blended row), got {settings['blend']!r}")
+    if kind != "compress":
+        return
+    method = settings.get("method", "harmonic")
+    if method not in COMPRESS_METHODS:
+        raise err(f"{where}.method", f"unknown method {method!r} (known: {', '.join(COMPRESS_METHODS)})")
+    own = COMPRESS_METHODS[method]
+    if own and own not in settings and "ratio" not in settings:
+        raise err(f"{where}.{own}", f"a {method} compression needs a budget: {own} or ratio")
+    layers = settings.get("layers")
+    if layers is not None and not (isinstance(layers, str) and layers) and not (
+            isinstance(layers, list) and layers and all(isinstance(x, str) and x for x in layers)):
+        raise err(f"{where}.layers", f"must be a layer name or pattern, or a non-empty list of them, got "
+                                     f"{_type_name(layers)}")
+
+
 def _check_stage_ref(err, where: str, value, results: list[str]) -> None:
     if isinstance(value, str) and value.startswith("stage:") and value[6:] not in results:
         raise err(where, f"{value} must name an earlier stage (earlier: {', '.join(results) or 'none'})")
@@ -271,6 +295,10 @@ def validate_environment(pipeline: "Pipeline") -> None:
             _check_brick_options(pipeline, stage, kind)
         elif stage.kind == "paste":
             _check_paste_abi(pipeline, stage)
+        elif stage.kind == "k0":
+            _check_k0_source(pipeline, stage)
+        elif stage.kind == "compress":
+            _check_compress_layers(pipeline, stage)
 
 
 def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
@@ -322,10 +350,11 @@ def _check_core_config(pipeline: "Pipeline", stage: Stage, suffix: str = "") -> 
             return
 
 
-def _stage_abi(pipeline: "Pipeline", ref) -> dict | None:
-    """{"hash", "spec"} of the ABI of the core a `stage:NAME` reference makes: a train-core stage,
-    or a train-brick stage's host (built on the meta device); None when it cannot be known here
-    (a revision, another stage kind, an arch that does not build on meta)."""
+def _stage_core(pipeline: "Pipeline", ref, through: tuple = ("train-brick",)):
+    """The core a `stage:NAME` reference makes, as a train-core stage builds it (on the meta
+    device where it can); None when it cannot be known here (a revision, another stage kind).
+    `through`: stage kinds that stand for the core of the stage they name (a train-brick stage
+    for its host; a compress or k0 stage for its source, whose byte embedding it keeps)."""
     import torch
     import cores
     if not (isinstance(ref, str) and ref.startswith("stage:")):
@@ -334,8 +363,8 @@ def _stage_abi(pipeline: "Pipeline", ref) -> dict | None:
         stage = pipeline.stage(ref[6:])
     except ConfigError:
         return None
-    if stage.kind == "train-brick":
-        return _stage_abi(pipeline, stage.get("host"))
+    if stage.kind in through:
+        return _stage_core(pipeline, stage.get("host" if stage.kind == "train-brick" else "source"), through)
     if stage.kind != "train-core":
         return None
     args = dict(config=stage.get("config", "tiny"), **core_seed(stage.settings), **(stage.get("overrides") or {}))
@@ -347,8 +376,39 @@ def _stage_abi(pipeline: "Pipeline", ref) -> dict | None:
             break
         except Exception:  # (its own check names what is wrong with its settings)
             continue
-    spec = getattr(core, "abi_spec", None)
+    return core
+
+
+def _stage_abi(pipeline: "Pipeline", ref) -> dict | None:
+    """{"hash", "spec"} of the ABI of the core a `stage:NAME` reference makes (see _stage_core)."""
+    spec = getattr(_stage_core(pipeline, ref), "abi_spec", None)
     return {"hash": spec.hash, "spec": spec.to_dict()} if spec is not None else None
+
+
+def _check_k0_source(pipeline: "Pipeline", stage: Stage) -> None:
+    """K0 blends into a LayerCake core's byte embedding: a source stage making another arch
+    failed with an AttributeError once every earlier stage had trained."""
+    source = stage.get("source")
+    core = _stage_core(pipeline, source, through=("compress", "k0"))
+    if core is not None and not hasattr(core, "byte_emb"):
+        raise ConfigError(f"{pipeline.path}: stage {stage.name}.source: {source} makes a {type(core).__name__}, "
+                          "which has no byte embedding for K0 to blend into", "K0 works on LayerCake cores")
+
+
+def _check_compress_layers(pipeline: "Pipeline", stage: Stage) -> None:
+    """Each of a compress stage's layer patterns must name a layer of its source's core (one
+    that names none was found only after the earlier stages had trained). Known only for a
+    source that a train-core stage (through k0 stages) makes: a compressed core's layers differ."""
+    from cores.convert import linear_names
+    layers = stage.get("layers")
+    core = _stage_core(pipeline, stage.get("source"), through=("k0",)) if layers else None
+    if core is None:
+        return
+    for pattern in [layers] if isinstance(layers, str) else layers:
+        if not linear_names(core, include=[pattern]):
+            raise ConfigError(f"{pipeline.path}: stage {stage.name}.layers: {pattern!r} names no linear layer of "
+                              f"{stage.get('source')}'s core",
+                              "its linear layers: " + ", ".join(linear_names(core)[:12]))
 
 
 def _check_paste_abi(pipeline: "Pipeline", stage: Stage) -> None:
@@ -557,6 +617,9 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
         _check_gate(f"{where}.gates[{j}]", g, check_names, err)
     fb = raw.get("fallback", {})
     _check_fallback(where, kind, fb, streams, err)
+    _check_kind_settings(err, where, kind, settings)
+    if fb.get("set"):
+        _check_kind_settings(err, f"{where}.fallback.set", kind, {**settings, **fb["set"]})
     return Stage(sname, kind, settings, gates, fb, checks_cfg.checks)
 
 

@@ -9,7 +9,7 @@ from . import certificate
 from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
-from .pipeline import Run, stage_info, train_stage
+from .pipeline import Run, StageError, stage_info, train_stage
 from .pipeline_config import Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
@@ -124,6 +124,9 @@ class K0Job(TrainerJob):
         core = build_from_tree(repo.tree(source, "core"), repo.load(source, "core"))
         train, heldout, _ = run.stream(settings["stream"])
         k0_data = run.stream(settings["k0_stream"])[0] if settings.get("k0_stream") else train
+        if not hasattr(core, "byte_emb"):  # (a stage source is checked when the file is read)
+            raise StageError(f"{source[:12]} holds a {type(core).__name__}, which has no byte embedding for K0 "
+                             "to blend into", "K0 works on LayerCake cores")
         emb = core.byte_emb.weight
         new, report = blend(emb.detach(), k0_embeddings(k0_data, emb.shape[1]),
                             ratio=float(settings.get("blend", 0.3)), threshold=float(settings.get("threshold", 0.5)))

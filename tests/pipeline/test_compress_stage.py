@@ -1,12 +1,14 @@
 """Issue 9 through the pipeline: a compression stage at a tiny budget fails its PPL-ratio gate,
 rolls back and applies the fallback (here: the low-rank reference at a mild ratio), which passes;
 the compressed core is committed with its arch so it can be rebuilt."""
+import pytest
 import torch
 
 import mvc
+from mvc.errors import ConfigError
 from semantic_ci.models import build_from_tree
 from semantic_ci.pipeline import run_pipeline
-from semantic_ci.pipeline_config import parse
+from semantic_ci.pipeline_config import parse, validate_environment
 
 WORDS = "the cat sat on a mat and the dog ran to it while a bird sang".split()
 
@@ -52,3 +54,44 @@ def test_compression_gate_fails_then_fallback_passes(tmp_path):
     assert model(x).shape == (1, 16, 256)
     m = repo.read_commit(summary["results"]["l1"])["metrics"]
     assert m["compression_dense_params"] > m["compression_params"] > 0
+
+
+def _with(stage_edit=None, extra_stage=None):
+    import copy
+    doc = copy.deepcopy(DOC)
+    if stage_edit:
+        stage_edit(doc["stages"][1])
+    if extra_stage:
+        doc["stages"].append(extra_stage)
+    return doc
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: s.update(method="svd"), r"stage l1\.method: unknown method 'svd'"),
+    (lambda s: s.pop("components"), r"stage l1\.components: a harmonic compression needs a budget"),
+    (lambda s: s.update(layers=5), r"stage l1\.layers: must be a layer name or pattern"),
+    (lambda s: s.update(layers=["out", "nope"]), r"stage l1\.layers: 'nope' names no linear layer"),
+    (lambda s: s["fallback"]["set"].pop("ratio"), r"stage l1\.fallback\.set\.rank: a lowrank compression needs"),
+])
+def test_compress_settings_are_validated_before_any_stage_trains(tmp_path, edit, match):
+    """These failed once the dense stage had trained (layers = 5: exit 4, a TypeError in fnmatch)."""
+    (tmp_path / "data.txt").write_text(" ".join(WORDS * 50))
+    with pytest.raises(ConfigError, match=match):
+        validate_environment(parse(_with(edit), str(tmp_path / "p.toml")))
+
+
+@pytest.mark.parametrize("arch, match", [("layercake", None), ("byte-transformer", r"k0\.source: .*no byte embedding")])
+def test_a_k0_stage_on_a_core_without_a_byte_embedding_is_refused_before_training(tmp_path, arch, match):
+    (tmp_path / "data.txt").write_text(" ".join(WORDS * 50))
+    doc = _with(lambda s: s.pop("layers"),  # (every linear layer: whatever the arch names them)
+                {"name": "k0", "kind": "k0", "source": "stage:l1", "stream": "text", "steps": 1, "blend": 0.3})
+    doc["stages"][0]["arch"] = arch
+    pipeline = parse(doc, str(tmp_path / "p.toml"))
+    if match is None:
+        validate_environment(pipeline)
+    else:
+        with pytest.raises(ConfigError, match=match):
+            validate_environment(pipeline)
+    doc["stages"][2]["blend"] = 2.0
+    with pytest.raises(ConfigError, match=r"k0\.blend: must lie in \[0, 1\]"):
+        parse(doc, str(tmp_path / "p.toml"))
