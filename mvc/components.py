@@ -584,8 +584,10 @@ def _refuse_links(base: str, dest: str) -> None:
 
 
 def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: bool = False,
-                progress: Progress | None = None, base: str | None = None) -> list[str]:
-    """Write each (tree, file path in it, destination). A destination that already holds other
+                progress: Progress | None = None, base: str | None = None,
+                unchanged: list | None = None) -> list[str]:
+    """Write each (tree, file path in it, destination); returns every destination, and adds to
+    `unchanged` those that already held the bytes and were left alone. A destination that already holds other
     bytes (a file the user edited, another checkout) is refused before anything is written,
     unless `force`; one that holds the same bytes is left alone; no link is written through
     below `base` (default: each destination's folder). Every file is written to a temp file
@@ -659,6 +661,8 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
         if isinstance(e, OSError):
             raise _output_error(e.filename or "", e) from None
         raise
+    if unchanged is not None:
+        unchanged += [dest for _tree, _rel, dest in items if dest in same]
     return [dest for _tree, _rel, dest in items]
 
 

@@ -870,10 +870,12 @@ class Repo(Maintenance):
 
     # -- checkout / export -------------------------------------------------------------------
     def checkout(self, rev: str | None, out_dir: str, components: Iterable[str] | None = None,
-                 progress: Callable[[int], None] | None = None, force: bool = False) -> list[str]:
-        """Write the components of `rev` as their original files under `out_dir/<component>/`.
-        Files already there with other content are refused (nothing is written) unless `force`;
-        files already holding the same bytes are left alone."""
+                 progress: Callable[[int], None] | None = None, force: bool = False,
+                 unchanged: list | None = None) -> list[str]:
+        """Write the components of `rev` as their original files under `out_dir/<component>/`;
+        returns their paths. Files already there with other content are refused (nothing is
+        written) unless `force`; files already holding the same bytes are left alone (and added
+        to `unchanged` when it is given)."""
         out_dir = os.fspath(out_dir)
         self._refuse_output_inside_mvc(out_dir)
         cid = self.resolve(rev)
@@ -889,7 +891,7 @@ class Repo(Maintenance):
         for tree in trees.values():
             self.store.prefetch(tree_blob_ids(tree))
         items = [(trees[name], rel, os.path.join(out_dir, *path.split("/"))) for name, rel, path in paths]
-        written = comp.write_files(self.store, items, force, progress, base=out_dir)
+        written = comp.write_files(self.store, items, force, progress, base=out_dir, unchanged=unchanged)
         stray = [p for name in trees for p in comp.stray_files(os.path.join(out_dir, *name.split("/")), written)]
         if stray:
             warnings.warn(f"{len(stray)} file(s) under {out_dir} are not part of {cid[:12]} (left from before), "
@@ -909,9 +911,10 @@ class Repo(Maintenance):
                            "write somewhere else, e.g. -o restored/")
 
     def export(self, rev: str | None, component: str, out_file: str, force: bool = False,
-               progress: Callable[[int], None] | None = None) -> str:
+               progress: Callable[[int], None] | None = None, unchanged: list | None = None) -> str:
         """Write a single-file component to `out_file` (an existing file with other content is
-        refused unless `force`); `progress(nbytes)` is called as bytes are written."""
+        refused unless `force`; one holding the same bytes is left alone, and added to
+        `unchanged` when it is given); `progress(nbytes)` is called as bytes are written."""
         out_file = os.fspath(out_file)
         self._refuse_output_inside_mvc(out_file)
         tree = self.tree(rev, component)
@@ -928,7 +931,7 @@ class Repo(Maintenance):
                            f"name the file .safetensors, or write a PyTorch file from Python: "
                            f"torch.save(dict(mvc.Repo().load(REV, {component!r})), {os.path.basename(out_file)!r})")
         self.store.prefetch(tree_blob_ids(tree))  # (a lazy clone: only once the name is accepted)
-        comp.write_files(self.store, [(tree, relpath, out_file)], force, progress)
+        comp.write_files(self.store, [(tree, relpath, out_file)], force, progress, unchanged=unchanged)
         return out_file
 
     def export_chunks(self, rev: str | None, component: str):

@@ -312,7 +312,8 @@ def pull(remote, branch, jobs, as_json):
 @jobs_opt
 @json_opt
 def clone(url, directory, lazy, endpoint, jobs, as_json):
-    """Copy the repository at URL into DIRECTORY (default: the URL's last part) with remote origin.
+    """Copy the repository at URL into DIRECTORY (default: the URL's last part, less a `.mvc`
+    suffix, as git drops `.git`: models.mvc -> models) with remote origin.
 
     With --lazy only commits and trees are copied; tensor blobs are fetched from origin the first
     time something reads them (load, checkout, CI) and cached. Re-running an interrupted clone

@@ -385,12 +385,16 @@ def checkout(rev, out, comps, force, as_json):
     cid = repo.resolve(rev)
     total = sum(f["size"] for name, tid in repo.read_commit(cid)["components"].items()
                 if not comps or name in comps for f in repo.read_tree(tid)["files"].values())
+    same: list[str] = []
     with byte_progress(total, "checking out") as advance:
-        files = repo.checkout(cid, out, comps or None, progress=advance, force=force)
+        files = repo.checkout(cid, out, comps or None, progress=advance, force=force, unchanged=same)
     if as_json:
-        emit_json({"commit": cid, "files": files})
+        emit_json({"commit": cid, "files": files, "unchanged": same})
+    elif len(same) == len(files):
+        click.echo(f"nothing to write: the {plural(len(files), 'file')} of {short(cid)} under {out} already hold its bytes")
     else:
-        click.echo(f"wrote {plural(len(files), 'file')} of {short(cid)} under {out}")
+        click.echo(f"wrote {plural(len(files) - len(same), 'file')} of {short(cid)} under {out}"
+                   + (f" ({len(same)} already up to date)" if same else ""))
 
 
 @cli.command()
@@ -425,12 +429,14 @@ def export(rev, component, out, force, as_json):
     repo = _repo()
     cid = repo.resolve(rev)
     size = sum(f["size"] for f in repo.tree(cid, component)["files"].values())
+    same: list[str] = []
     with byte_progress(size, "exporting") as advance:
-        repo.export(cid, component, out, force=force, progress=advance)
+        repo.export(cid, component, out, force=force, progress=advance, unchanged=same)
     if as_json:
-        emit_json({"commit": cid, "component": component, "file": out, "bytes": os.path.getsize(out)})
+        emit_json({"commit": cid, "component": component, "file": out, "bytes": os.path.getsize(out),
+                   "unchanged": bool(same)})
     else:
-        click.echo(f"wrote {out}")
+        click.echo(f"{out} already holds these bytes: left as it was" if same else f"wrote {out}")
 
 
 @cli.command()

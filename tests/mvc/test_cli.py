@@ -488,6 +488,26 @@ def test_forced_checkout_over_an_older_one_is_all_or_nothing_and_names_stray_fil
     assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == first
 
 
+def test_a_checkout_or_export_that_finds_its_files_in_place_says_so(run, in_repo, tmp_path):
+    """A second checkout said 'wrote 1 file' and left the file untouched (as it should)."""
+    model = tmp_path / "m"
+    model.mkdir()
+    _ckpt(model / "a.safetensors", 0)
+    (model / "config.json").write_text("{}")
+    run("commit", model, "-m", "one")
+    assert "wrote 2 files of" in run("checkout", "HEAD", "-o", tmp_path / "out").stdout
+    assert "nothing to write: the 2 files of" in run("checkout", "HEAD", "-o", tmp_path / "out").stdout
+    (tmp_path / "out" / "model" / "config.json").write_text('{"edited": 1}')
+    r = run("checkout", "HEAD", "-o", tmp_path / "out", "--force")
+    assert "wrote 1 file of" in r.stdout and "(1 already up to date)" in r.stdout
+    doc = json.loads(run("checkout", "HEAD", "-o", tmp_path / "out", "--json").stdout)
+    assert len(doc["files"]) == 2 and sorted(doc["unchanged"]) == sorted(doc["files"])
+    run("commit", "-c", f"x={_ckpt(tmp_path / 'x.safetensors', 1)}", "-m", "two")
+    assert run("export", "HEAD", "x", "-o", tmp_path / "x.out").stdout.startswith("wrote")
+    assert "left as it was" in run("export", "HEAD", "x", "-o", tmp_path / "x.out").stdout
+    assert json.loads(run("export", "HEAD", "x", "-o", tmp_path / "x.out", "--json").stdout)["unchanged"] is True
+
+
 def test_small_wording(run, in_repo, tmp_path):
     ck = _ckpt(tmp_path / "m.safetensors", 0)
     r = run("commit", ck, "-m", "\n  ", code=2)  # a usage error, as a missing -m is
