@@ -528,7 +528,7 @@ def test_rev_parse_switch_and_export_take_json(run, tmp_path):
     assert json.loads(run("switch", "exp", "--json").stdout) == {"branch": "exp", "head": cid, "next_commit_branch": "exp"}
     got = json.loads(run("export", "HEAD", "model", "-o", tmp_path / "e.safetensors", "--json").stdout)
     assert got == {"commit": cid, "component": "model", "file": str(tmp_path / "e.safetensors"),
-                   "bytes": os.path.getsize(ck)}
+                   "bytes": os.path.getsize(ck), "unchanged": False}
 
 
 def test_temp_files_of_a_killed_checkout_are_removed_by_the_next_once_stale(run, tmp_path):
