@@ -108,3 +108,6 @@ def build_from_config(config: dict) -> Int8Brick:
     float arch with placeholder tensors (load the committed state dict into it)."""
     base = builder(config["base_arch"])(config["base_config"])
     return Int8Brick(base, int(config.get("min_numel", MIN_NUMEL))).eval()
+
+
+build_from_config.made_by = "bricks.quantize(brick)"  # from a trained float brick: no presets (registry)

@@ -104,3 +104,6 @@ class PortableDecoder(nn.Module):
 def build_from_config(config: dict) -> PortableDecoder:
     """Entry point ``mvc.archs: portable-brick``: rebuild from a recorded ``mvc_config``."""
     return PortableDecoder(dict(config))
+
+
+build_from_config.made_by = "bricks.build('portable')"  # a brick, not a core: no presets (registry)

@@ -204,3 +204,6 @@ class SparseBrick(nn.Module):
 def build_from_config(config: dict) -> SparseBrick:
     """Entry point ``mvc.archs: sparse-brick``: rebuild from a recorded ``mvc_config``."""
     return SparseBrick(dict(config))
+
+
+build_from_config.made_by = "bricks.build('sparse', host=core)"  # no presets: it is sized to a host (registry)

@@ -82,6 +82,8 @@ def measure(host, brick, domain: bytes, general: bytes | None = None, window_byt
 def max_logit_diff(models, data: bytes, window_bytes: int = 256, max_windows: int = 8) -> float:
     """Largest |logit difference| between ``models`` (e.g. one brick attached to several hosts) on the
     first ``max_windows`` windows of ``data``, each evaluated exactly (eval mode, per sequence)."""
+    checks.integer(window_bytes, "window_bytes", 1)  # 0 was a ZeroDivisionError below
+    checks.integer(max_windows, "max_windows", 1)
     n = min(max_windows, len(data) // window_bytes)
     if n < 1 or len(models) < 2:
         raise ValueError("max_logit_diff: need two models and at least one full window of data")
@@ -106,6 +108,11 @@ class BrickTrainer(CheckpointState):
 
     def checkpoint_model(self):
         return self.brick
+
+    def resume_settings(self) -> dict[str, int]:
+        """The shared settings, and the general-text batches' size and data length (0: none)."""
+        general = 0 if self.general_train is None else len(self.general_train)
+        return {**super().resume_settings(), "general_batch": self.general_batch, "general_bytes": general}
 
     def __init__(self, brick, host, data: bytes, *, steps: int, seed: int = 0, general: bytes | None = None,
                  batch_size: int = 16, general_batch: int | None = None, seq_len: int | None = None,
@@ -164,7 +171,7 @@ class BrickTrainer(CheckpointState):
         self.stream = bytes_to_tensor(self.train_bytes)
         self.general_stream = bytes_to_tensor(self.general_train) if self.general_train is not None else None
         for name, s in (("domain", self.stream), ("general", self.general_stream)):
-            if s is not None and s.numel() < self.seq_len + 2:
+            if s is not None and s.numel() < self.seq_len + 1:  # one whole window is enough (_windows: offset 0)
                 raise ValueError(f"{name} training data too short: {s.numel()} bytes for windows of "
                                  f"{self.seq_len + 1}; give more data or a smaller seq_len")
         self.opt = adamw(brick.parameters(), self.lr, weight_decay)

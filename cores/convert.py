@@ -374,28 +374,24 @@ def convert(model: nn.Module, kind: str, layers: list[str] | str | None = None, 
             lr: float = 0.05, freeze_centres: bool = False, seed: int = 0, inplace: bool = False) -> nn.Module:
     """Replace the chosen linear layers of ``model`` by ``kind`` layers fitted to them.
 
-    ``layers``: names or glob patterns (default: every nn.Linear; for ``kind="meta"`` every L1 layer
-    if the model has any, else every nn.Linear). Budget: ``n_components`` (L1, and
-    the intermediate L1 of an L2 fit from a dense layer) or ``rank`` (low-rank), each an int or a
-    {layer: int} dict, or ``ratio`` (target compression of the layer's weights). ``n_meta``: L2
-    meta-components (8, 16, 32). Layers that are already L1 may be converted to L2 (``kind="meta"``)
-    with no budget. ``calib``: a byte stream; when given, layers are fitted on activation least
-    squares with input statistics recorded from the unconverted model. Returns the converted model
-    (a deep copy unless ``inplace``), with ``mvc_arch = "compressed"`` (module docstring).
+    ``layers``: a name or glob pattern or a list of them, each of which must match a layer (default
+    None: every nn.Linear; for ``kind="meta"`` every L1 layer if the model has any, else every
+    nn.Linear). Budget: ``n_components`` (L1, and the intermediate L1 of an L2 fit from a dense
+    layer) or ``rank`` (low-rank), each an int or a {layer: int} dict, or ``ratio`` (target
+    compression of the layer's weights). ``n_meta``: L2 meta-components (8, 16, 32). Layers that
+    are already L1 may be converted to L2 (``kind="meta"``) with no budget. ``calib``: a byte stream;
+    when given, layers are fitted on activation least squares with input statistics recorded from
+    the unconverted model. Returns the converted model (a deep copy unless ``inplace``), with
+    ``mvc_arch = "compressed"`` (module docstring).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown conversion kind {kind!r} (choose from {', '.join(KINDS)})")
     _check_budget(ratio, n_components, rank, n_meta, steps, lr, seed, calib_bytes)
+    if calib is not None:
+        calib = checks.as_bytes(calib, "calib")
+    names = _select_layers(model, kind, layers)  # the copy has the same names
     if not inplace:
         model = copy.deepcopy(model)
-    patterns = [layers] if isinstance(layers, str) else layers
-    if patterns:
-        names = linear_names(model, include=patterns)
-    else:  # every nn.Linear; for L2, every L1 layer when there are any
-        names = [n for n, m in model.named_modules() if isinstance(m, HarmonicLinear)] if kind == "meta" else []
-        names = names or linear_names(model, structured=False)
-    if not names:
-        raise ValueError(f"no linear layers match {layers!r}")
     stats = calibration_stats(model, calib, names, max_bytes=calib_bytes) if calib is not None else {}
     base_arch, base_config, specs = _base_of(model)
     for name in names:
@@ -410,6 +406,30 @@ def convert(model: nn.Module, kind: str, layers: list[str] | str | None = None, 
     model.mvc_arch = ARCH
     model.mvc_config = {"base_arch": base_arch, "base_config": base_config, "layers": specs}
     return model
+
+
+def _select_layers(model: nn.Module, kind: str, layers) -> list[str]:
+    """The names ``convert`` replaces. Every pattern of ``layers`` must match a layer: a typo would
+    otherwise leave its layer dense without a word, and an empty list would mean all of them."""
+    if layers is None:  # every nn.Linear; for L2, every L1 layer when there are any
+        names = [n for n, m in model.named_modules() if isinstance(m, HarmonicLinear)] if kind == "meta" else []
+        names = names or linear_names(model, structured=False)
+        if not names:
+            raise ValueError(f"the model has no linear layers to convert ({type(model).__name__})")
+        return names
+    patterns = [layers] if isinstance(layers, str) else layers
+    if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"layers must be a layer name or glob pattern or a list of them (or None for every "
+                        f"linear layer), got {type(layers).__name__} {layers!r}")
+    if not patterns:
+        raise ValueError("layers is empty: pass layers=None to convert every linear layer")
+    candidates = linear_names(model)
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in candidates)]
+    if unmatched:
+        raise ValueError(f"no linear layers match {', '.join(map(repr, unmatched))} in layers "
+                         f"(the model's linear layers: {', '.join(candidates[:8])}"
+                         f"{', ...' if len(candidates) > 8 else ''})")
+    return linear_names(model, include=patterns)
 
 
 def _check_budget(ratio, n_components, rank, n_meta, steps, lr, seed, calib_bytes) -> None:
@@ -490,6 +510,9 @@ def build_from_config(config: dict) -> nn.Module:
     model.mvc_arch = ARCH
     model.mvc_config = copy.deepcopy(dict(config))
     return model
+
+
+build_from_config.made_by = "cores.convert.convert(core, kind, ...)"  # from a trained core: no presets (registry)
 
 
 def set_trainable(model: nn.Module, mode: str = "all", *, train_rest: bool = True) -> int:

@@ -5,6 +5,10 @@ built-in table (so tests work without an installed distribution), then the ``mvc
 entry-point group, whose values are callables ``build(config: dict) -> nn.Module``. mvc's storage
 layer rebuilds committed models through that same group without importing this package.
 
+Some archs are made by other code (a converted core by ``cores.convert.convert``, bricks by
+``bricks.build``) and only rebuilt here from the ``mvc_config`` they record: their builders carry a
+``made_by`` attribute saying how to make one, and ``cores.build`` refuses them a preset name.
+
 Every module built here carries ``mvc_arch`` (str) and ``mvc_config`` (a complete, JSON-serialisable
 dict: preset, seed, overrides and every resolved field), so ``build(m.mvc_arch, m.mvc_config)``
 rebuilds the same architecture.
@@ -28,6 +32,13 @@ BUILTIN: dict[str, str] = {
 _registered: dict[str, Callable[[dict], nn.Module]] = {}
 
 
+class UnknownArch(ValueError, KeyError):
+    """No builder for an arch name: a ValueError (a bad argument, as everywhere in cores) that
+    stays a KeyError for callers that caught the lookup failure as one."""
+
+    __str__ = ValueError.__str__  # KeyError's would quote the whole message
+
+
 def register(arch: str, builder: Callable[[dict], nn.Module]) -> None:
     """Register a builder for ``arch`` in this process (overrides built-ins and entry points)."""
     _registered[arch] = builder
@@ -39,7 +50,7 @@ def _load(target: str) -> Callable[[dict], nn.Module]:
 
 
 def builder(arch: str) -> Callable[[dict], nn.Module]:
-    """The builder callable for ``arch``; KeyError naming the known archs when there is none."""
+    """The builder callable for ``arch``; ``UnknownArch`` naming the known archs when there is none."""
     if arch in _registered:
         return _registered[arch]
     if arch in BUILTIN:
@@ -47,8 +58,22 @@ def builder(arch: str) -> Callable[[dict], nn.Module]:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == arch:
             return ep.load()
-    raise KeyError(f"unknown arch {arch!r} (known: {', '.join(available())}; third-party archs register "
-                   f"through the {ENTRY_POINT_GROUP!r} entry-point group)")
+    named, made = [], []
+    for name in available():
+        try:
+            how = made_by(name)
+        except Exception:  # a third-party entry point that fails to load: listed as it is
+            how = None
+        (made if how else named).append(name)
+    rebuilt = f"; rebuilt only from a recorded mvc_config: {', '.join(made)}" if made else ""
+    raise UnknownArch(f"unknown arch {arch!r} (known: {', '.join(named)}{rebuilt}; third-party archs register "
+                      f"through the {ENTRY_POINT_GROUP!r} entry-point group)")
+
+
+def made_by(arch: str) -> str | None:
+    """How a model of ``arch`` is made when it is not built from a preset (its builder's ``made_by``),
+    else None."""
+    return getattr(builder(arch), "made_by", None)
 
 
 def available() -> list[str]:
@@ -76,6 +101,10 @@ def build_named(name: str, config: str | dict = "tiny", seed: int | None = None,
     """
     if not isinstance(name, str):
         raise TypeError(f"arch name must be a string, got {type(name).__name__} {name!r}")
+    how = made_by(name)
+    if how and not isinstance(config, dict):  # its builder needs fields no preset has (base model, host ABI)
+        raise ValueError(f"arch {name!r} has no presets: such a model is made by {how}, and "
+                         f"cores.build({name!r}, model.mvc_config) rebuilds one from the config it records")
     if isinstance(config, dict):
         return build(name, {**config, **({} if seed is None else {"seed": seed}), **overrides})
     return build(name, {"preset": config, "seed": 0 if seed is None else seed, "overrides": overrides})

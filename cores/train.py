@@ -9,11 +9,13 @@ plain tensors, the components of a training checkpoint (DESIGN.md section 10):
 - ``core``: the model's state dict;
 - ``optimizer``: AdamW state flattened to ``state.<i>.<key>`` (param groups are rebuilt from the
   trainer's own settings; ``optimizer_meta()`` gives them for metadata);
-- ``train_state``: ``step``, ``data_pos``, ``seed``, ``total_steps`` (int64) and the RNG states
-  ``rng.trainer``, ``rng.torch`` (uint8).
+- ``train_state``: ``step``, ``data_pos`` and the settings a resume must share (``resume_settings``:
+  ``seed``, ``total_steps``, ``batch_size``, ``seq_len``, ``data_bytes``, the training data's length),
+  all int64, and the RNG states ``rng.trainer``, ``rng.torch`` (uint8).
 
 ``Trainer(...).load_state_dict(sd)`` followed by ``run()`` continues exactly where the saved run was:
-same losses, same weights, bit for bit (same settings and data required; checked).
+same losses, same weights, bit for bit (same settings and data required; the settings and the data's
+length are checked, a differing one is a ValueError naming it).
 ``train(core, data, steps=...)`` is the one-call form; it trains in place and returns metrics.
 """
 from __future__ import annotations
@@ -123,8 +125,8 @@ class CheckpointState:
     wall-clock budget, and the checkpoint (model + optimizer + RNG + step + data position as flat
     tensor dicts, restored bit-exactly). Subclasses provide `step_loss(step) -> (loss, stats)`,
     name their model's component (`model_key`) and hold `opt`, `gen`, `step`, `data_pos`, `seed`,
-    `total_steps`, `lr`, `warmup`, `min_lr_frac`, `grad_clip`, `batch_size`, `seq_len`, `wall`,
-    `wall_seconds`, `progress`, `losses`, `last_stats`."""
+    `total_steps`, `lr`, `warmup`, `min_lr_frac`, `grad_clip`, `batch_size`, `seq_len`, `train_bytes`,
+    `wall`, `wall_seconds`, `progress`, `losses`, `last_stats`."""
 
     model_key = "core"
     progress_label = "train"
@@ -203,19 +205,25 @@ class CheckpointState:
             "train_state": self.train_state(),
         }
 
+    def resume_settings(self) -> dict[str, int]:
+        """The settings that decide the batches and the schedule: a resume must have the same ones.
+        ``data_bytes`` (the training data's length) stands in for the data, which is not recorded."""
+        return {"seed": self.seed, "total_steps": self.total_steps, "batch_size": self.batch_size,
+                "seq_len": self.seq_len, "data_bytes": len(self.train_bytes)}
+
     def train_state(self) -> dict[str, torch.Tensor]:
-        """Step, data position, seed, step budget (int64) and the RNG states (uint8)."""
+        """Step, data position, the resume settings (int64) and the RNG states (uint8)."""
         i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
-        return {"step": i64(self.step), "data_pos": i64(self.data_pos), "seed": i64(self.seed),
-                "total_steps": i64(self.total_steps), "rng.trainer": self.gen.get_state(),
-                "rng.torch": torch.get_rng_state()}
+        return {"step": i64(self.step), "data_pos": i64(self.data_pos),
+                **{name: i64(v) for name, v in self.resume_settings().items()},
+                "rng.trainer": self.gen.get_state(), "rng.torch": torch.get_rng_state()}
 
     def load_state_dict(self, sd: dict[str, dict[str, torch.Tensor]]) -> None:
         ts = sd["train_state"]
-        for name, mine in (("seed", self.seed), ("total_steps", self.total_steps)):
-            if int(ts[name]) != mine:
+        for name, mine in self.resume_settings().items():
+            if name in ts and int(ts[name]) != mine:  # absent from states saved before it was recorded
                 raise ValueError(f"training state mismatch: saved {name}={int(ts[name])}, this trainer has {mine} "
-                                 f"(resume with the same settings)")
+                                 f"(resume with the same settings and data)")
         self.checkpoint_model().load_state_dict(sd[self.model_key])
         opt_sd = self.opt.state_dict()
         opt_sd["state"] = unflatten_optimizer_state(sd["optimizer"])
@@ -260,11 +268,13 @@ class Trainer(CheckpointState):
             self.train_bytes, self.heldout = data, eval_data
         core.prepare(self.train_bytes)
         self.stream = core.stream_units(self.train_bytes)  # (N,) long
-        self.bytes_per_unit = len(self.train_bytes) / max(1, self.stream.numel())
+        n_units = self.stream.numel()
+        # no units (1 byte, all held out): nothing to measure, count in bytes so the check below refuses it
+        self.bytes_per_unit = len(self.train_bytes) / n_units if n_units else 1.0
         self.seq_len = int(seq_len or getattr(core, "block_bytes", 256))
         self.seq_units = max(2, round(self.seq_len / self.bytes_per_unit))
-        if self.stream.numel() < self.seq_units + 2:
-            raise ValueError(f"training data too short: {self.stream.numel()} units for windows of "
+        if n_units < self.seq_units + 1:  # one whole window is enough: batch() then draws offset 0
+            raise ValueError(f"training data too short: {n_units} units for windows of "
                              f"{self.seq_units + 1}; give more data or a smaller seq_len")
         self.opt = adamw(core.parameters(), self.lr, weight_decay)
         self.gen = torch.Generator().manual_seed(self.seed)  # for stochastic layers; saved and restored

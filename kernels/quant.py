@@ -7,16 +7,30 @@ dequantisation is q * scale_c in float32. Round-trip error per element is at mos
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 QMAX = 127
 
 
-def _channel_view(w: torch.Tensor, axis: int) -> torch.Tensor:
-    """(C, rest) float32 view of ``w`` with the channel axis first."""
+def _axis(axis, ndim: int, fn: str) -> int:
+    """``axis`` as 0 .. ndim-1 (a negative axis counts from the end, as in torch): the reshapes
+    below index the shape with it, where -1 would pick the wrong dimensions."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{fn}: axis must be an integer, got {type(axis).__name__} {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{fn}: axis {axis} is out of range for a {ndim}-dimensional tensor "
+                         f"(allowed: {-ndim} .. {ndim - 1})")
+    return int(axis) % ndim
+
+
+def _channel_view(w: torch.Tensor, axis: int, fn: str) -> tuple[torch.Tensor, int]:
+    """(C, rest) float32 view of ``w`` with the channel axis first, and that axis as 0 .. ndim-1."""
     if w.dim() == 0:
         raise ValueError("quantize_int8: expected a tensor with at least one dimension")
-    return w.detach().to(torch.float32).movedim(axis, 0).reshape(w.shape[axis], -1)
+    axis = _axis(axis, w.dim(), fn)
+    return w.detach().to(torch.float32).movedim(axis, 0).reshape(w.shape[axis], -1), axis
 
 
 def _check_finite(flat: torch.Tensor, name: str) -> None:
@@ -31,8 +45,9 @@ def _check_finite(flat: torch.Tensor, name: str) -> None:
 def quantize_int8(w: torch.Tensor, axis: int = 0, name: str = "the tensor") -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise ``w`` -> (q int8 with w's shape, scale float32 of shape (w.shape[axis],)).
 
-    ValueError when ``w`` holds NaN or infinity (``name`` says which tensor)."""
-    flat = _channel_view(w, axis)  # (C, N)
+    ValueError when ``w`` holds NaN or infinity (``name`` says which tensor). A negative ``axis``
+    counts from the end."""
+    flat, axis = _channel_view(w, axis, "quantize_int8")  # (C, N)
     _check_finite(flat, name)
     amax = flat.abs().amax(dim=1)  # (C,) max is exact, order-free
     scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
@@ -44,6 +59,7 @@ def quantize_int8(w: torch.Tensor, axis: int = 0, name: str = "the tensor") -> t
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, axis: int = 0) -> torch.Tensor:
     """Inverse of ``quantize_int8``: float32 tensor of q's shape."""
+    axis = _axis(axis, q.dim(), "dequantize_int8")
     shape = [1] * q.dim()
     shape[axis] = -1
     return q.to(torch.float32) * scale.to(torch.float32).reshape(shape)
@@ -51,7 +67,7 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, axis: int = 0) -> torc
 
 def quantize_int8_reference(w: torch.Tensor, axis: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain-loop twin of ``quantize_int8`` (one channel, one element at a time)."""
-    flat = _channel_view(w, axis)
+    flat, axis = _channel_view(w, axis, "quantize_int8_reference")
     _check_finite(flat, "the tensor")
     q = torch.zeros(flat.shape, dtype=torch.int8)
     scales = torch.zeros(flat.shape[0], dtype=torch.float32)

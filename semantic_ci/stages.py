@@ -38,8 +38,10 @@ class TrainerJob:
         repo = self.run.repo
         sd = {self.trainer.model_key: repo.load(commit, self.model_component),
               "optimizer": repo.load(commit, "optimizer"), "train_state": dict(repo.load(commit, "train_state"))}
-        if not keep_schedule:  # a fallback continues from this state with new settings
-            sd["train_state"]["total_steps"] = torch.tensor(self.trainer.total_steps, dtype=torch.int64)
+        if not keep_schedule:  # a fallback continues from this state with new settings (the seed stays)
+            for name, value in self.trainer.resume_settings().items():
+                if name != "seed":
+                    sd["train_state"][name] = torch.tensor(value, dtype=torch.int64)
         self.trainer.load_state_dict({k: {n: t.clone() for n, t in v.items()} for k, v in sd.items()})
 
     def metrics(self) -> dict:

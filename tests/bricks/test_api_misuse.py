@@ -95,6 +95,24 @@ def test_brick_train_checks_arguments(host, kwargs, error, words):
         bricks.train(bricks.build("sparse", host=host), host=host, **settings)
 
 
+@pytest.mark.parametrize("window, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError)])
+def test_max_logit_diff_checks_window_bytes(host, window, error):
+    dec = bricks.build("portable", hidden=8, d_embed=8)
+    models = [bricks.attach(host, dec), bricks.attach(host, dec)]
+    with pytest.raises(error, match="window_bytes"):  # 0 was a ZeroDivisionError
+        bricks.max_logit_diff(models, DATA[:600], window_bytes=window)
+
+
+def test_brick_data_of_exactly_one_window_trains():
+    """A window is seq_len + 1 bytes: data that long trains (the check asked for one byte more)."""
+    dec = bricks.build("portable", hidden=8, d_embed=8)
+    t = bricks.BrickTrainer(dec, None, DATA[:9], steps=1, batch_size=2, seq_len=8, eval_data=DATA[:100])
+    assert torch.equal(t.batch(0), torch.tensor([list(DATA[:9])] * 2))
+    assert math.isfinite(t.run()[0])
+    with pytest.raises(ValueError, match="8 bytes for windows of 9"):
+        bricks.BrickTrainer(dec, None, DATA[:8], steps=1, seq_len=8, eval_data=DATA[:100])
+
+
 @pytest.mark.filterwarnings("ignore:training a sparse brick without a general-text regulariser")
 def test_brick_divergence_is_an_error(host):
     with pytest.raises(TrainingDiverged, match="brick training diverged at step 2"):

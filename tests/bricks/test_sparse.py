@@ -157,6 +157,15 @@ def test_trainer_resume_is_bit_exact(host, domain, general):
     other.total_steps = 9
     with pytest.raises(ValueError, match="total_steps"):
         other.load_state_dict(saved)
+    for name, value in (("batch_size", 8), ("seq_len", 64), ("general_batch", 3)):  # were not checked
+        _, other = trainer()
+        setattr(other, name, value)
+        with pytest.raises(ValueError, match=f"saved {name}="):
+            other.load_state_dict(saved)
+    _, other = trainer()
+    other.general_train = None  # no general text: the brick would train on other batches
+    with pytest.raises(ValueError, match="saved general_bytes="):
+        other.load_state_dict(saved)
 
 
 def test_trainer_metrics_evaluate_both_streams(host, domain, general):

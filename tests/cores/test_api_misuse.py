@@ -119,6 +119,7 @@ def test_cores_follow_their_device(arch):
     (torch.tensor(list(DATA[:500])), TypeError, "tensor"),
     ([1, 2, 3], TypeError, "list"),
     (b"", ValueError, "empty"),  # was a ZeroDivisionError
+    (b"a", ValueError, "too short: 0 units"),  # was a ZeroDivisionError (the held-out byte left none)
 ])
 def test_train_checks_data(data, error, words):
     with pytest.raises(error, match=words):
@@ -219,6 +220,20 @@ def test_convert_checks_budgets(kind, kwargs, error, field):
     from cores.convert import convert
     with pytest.raises(error, match=field):
         convert(cores.build("layercake"), kind, "blocks.0.mlp.fc", **kwargs)
+
+
+@pytest.mark.parametrize("layers, kwargs, error, words", [
+    (["blocks.0.mlp.fc", "blocks.0.mlp.projj"], {}, ValueError, "'blocks.0.mlp.projj'"),  # was ignored
+    (["blocks.9.*", "nothing"], {}, ValueError, "'blocks.9.\\*', 'nothing'"),  # each one is named
+    ([], {}, ValueError, "layers=None"),             # converted every layer, as None does
+    (5, {}, TypeError, "layers must be"),            # was "'int' object is not iterable"
+    ([5], {}, TypeError, "layers must be"),
+    ("blocks.0.mlp.fc", {"calib": "text " * 40}, TypeError, "calib must be bytes"),  # was "string argument ..."
+])
+def test_convert_checks_layers_and_calib(layers, kwargs, error, words):
+    from cores.convert import convert
+    with pytest.raises(error, match=words):
+        convert(cores.build("layercake"), "lowrank", layers, rank=2, **kwargs)
 
 
 def test_abi_spec_from_dict_names_missing_fields():

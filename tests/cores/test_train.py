@@ -45,6 +45,45 @@ def test_resume_refuses_other_settings(text):
         other.load_state_dict(t.state_dict())
 
 
+@pytest.mark.parametrize("change, field", [
+    ({"batch_size": 8}, "batch_size"),
+    ({"seq_len": 32}, "seq_len"),
+    ({"data": b"x" * 500}, "data_bytes"),  # other data: its length is what is recorded
+])
+def test_resume_refuses_other_batches_or_data(text, change, field):
+    """Each setting that decides the batches is recorded and checked (only seed and total_steps were)."""
+    _, t = _trainer(text, 4)
+    t.run(1)
+    kw = {"steps": 4, "seed": 0, "batch_size": 4, "seq_len": 64, "progress": False, **change}
+    other = Trainer(cores.build("layercake", "tiny", seed=0), kw.pop("data", text), **kw)
+    with pytest.raises(ValueError, match=f"saved {field}="):
+        other.load_state_dict(t.state_dict())
+
+
+def test_resume_loads_a_state_saved_before_the_settings_were_recorded(text):
+    _, ta = _trainer(text, 4)
+    losses = ta.run()
+    _, tb = _trainer(text, 4)
+    first = tb.run(2)
+    state = tb.state_dict()
+    for name in ("batch_size", "seq_len", "data_bytes"):
+        del state["train_state"][name]
+    _, tc = _trainer(text, 4)
+    tc.load_state_dict(state)
+    assert first + tc.run() == losses
+
+
+def test_data_of_exactly_one_window_trains():
+    """A window is seq_units + 1 units: data that long has one offset (0) and trains; one unit less is
+    refused (the check asked for one unit more than a window: "3 units for windows of 3")."""
+    core = cores.build("layercake", "tiny", seed=0)
+    t = Trainer(core, b"abc", steps=1, seq_len=2, batch_size=2, eval_data=b"xyz")
+    assert t.seq_units == 2 and torch.equal(t.batch(0), torch.tensor([list(b"abc")] * 2))
+    assert math.isfinite(t.run()[0])
+    with pytest.raises(ValueError, match="2 units for windows of 3"):
+        Trainer(core, b"ab", steps=1, seq_len=2, eval_data=b"xyz")
+
+
 def test_same_seed_same_weights_and_batches_differ_by_seed(text):
     ca, ta = _trainer(text, 3)
     cb, tb = _trainer(text, 3)

@@ -1,4 +1,5 @@
 """int8 per-output-channel quantisation: bounded round trip, reference parity, state dicts."""
+import pytest
 import torch
 
 from kernels.quant import (dequantize_int8, dequantize_state_dict, quantize_int8, quantize_int8_reference,
@@ -35,6 +36,29 @@ def test_zero_channel_and_other_axis():
     q1, s1 = quantize_int8(w, axis=1)
     assert s1.shape == (6,)
     assert torch.all((dequantize_int8(q1, s1, axis=1) - w).abs() <= s1[None, :] / 2 + 1e-7)
+
+
+def test_negative_axis_counts_from_the_end():
+    """axis=-1 was a reshape RuntimeError (the shape was sliced with the negative index)."""
+    w = _w((3, 4, 5), 6)
+    for axis in (-1, -2, -3):
+        q, s = quantize_int8(w, axis=axis)
+        qp, sp = quantize_int8(w, axis=axis + 3)
+        assert torch.equal(q, qp) and torch.equal(s, sp)
+        qr, sr = quantize_int8_reference(w, axis=axis)
+        assert torch.equal(qr, qp) and torch.equal(sr, sp)
+        assert torch.equal(dequantize_int8(q, s, axis=axis), dequantize_int8(qp, sp, axis=axis + 3))
+
+
+@pytest.mark.parametrize("axis, error", [(2, ValueError), (-3, ValueError), (1.0, TypeError), (True, TypeError)])
+def test_axis_out_of_range_is_refused(axis, error):
+    w = _w((4, 6), 7)
+    for fn in (quantize_int8, quantize_int8_reference):
+        with pytest.raises(error, match="axis"):
+            fn(w, axis=axis)
+    q, s = quantize_int8(w)
+    with pytest.raises(error, match="axis"):
+        dequantize_int8(q, s, axis=axis)
 
 
 def test_state_dict_round_trip():
