@@ -42,7 +42,7 @@ def run_migration(ctx: Context, check: Check) -> dict:
         try:
             check_abi(ctx.repo.tree(h, "core"), ctx.repo.tree(source, comp))
         except AbiMismatch as e:
-            per_host[h[:12]] = {"abi": e.message}
+            per_host[h] = {"abi": e.message}
             ok = False
     if not ok:  # the note names the field, as paste does
         first = next(iter(per_host.items()))
@@ -67,7 +67,7 @@ def _copy(ctx, check, source, hosts, comp, inputs) -> dict:
         comps = ctx.repo.read_commit(h)["components"]
         ids = {k: t["id"] for k, t in ctx.repo.read_tree(comps[comp])["tensors"].items()} if comp in comps else src_ids
         same = ids == src_ids
-        figs["hosts"][h[:12]] = {"tensor_ids_equal": same, "installed": comp in comps}
+        figs["hosts"][h] = {"tensor_ids_equal": same, "installed": comp in comps}
         ok &= same
     figs["tensor_ids_equal"] = ok
     return result(check, "passed" if ok else "failed", figs, {"tensor_ids_equal": True}, inputs)
@@ -101,7 +101,7 @@ def _function(ctx, check, source, hosts, brick, window, inputs) -> dict:
         out = outputs(ctx.models.get(h, "core"))
         same = out.shape == ref.shape and torch.equal(out.view(torch.int32), ref.view(torch.int32))
         delta = float((out.double() - ref.double()).abs().max()) if out.shape == ref.shape else None
-        figs["hosts"][h[:12]] = {"identical": same, "max_abs_delta": delta}
+        figs["hosts"][h] = {"identical": same, "max_abs_delta": delta}
         all_equal &= same
     figs["identical"] = all_equal
     figs["max_abs_delta"] = max((v["max_abs_delta"] or 0.0) for v in figs["hosts"].values()) if hosts else 0.0
@@ -129,7 +129,7 @@ def _exact(ctx, check, source, hosts, brick, window, inputs) -> dict:
         equal = cmp["differing_positions"] == 0
         all_equal &= equal
         worst_delta = max(worst_delta, cmp["max_abs_delta"] or 0.0)
-        figs["hosts"][h[:12]] = {"ppl": ppl, "ppl_ratio": ratio, "max_abs_delta": cmp["max_abs_delta"],
+        figs["hosts"][h] = {"ppl": ppl, "ppl_ratio": ratio, "max_abs_delta": cmp["max_abs_delta"],
                                  "differing_positions": cmp["differing_positions"], "logits_digest": cmp["logits_digest"]}
     figs.update(max_abs_delta=worst_delta, identical=all_equal, worst_ppl_ratio=max(ratios) if ratios else 1.0)
     passed = all_equal and all(r == 1.0 for r in ratios)
@@ -161,7 +161,7 @@ def _bounded(ctx, check, hosts, brick, window, inputs) -> dict:
             ppl_b, _ = ev.ppl_bpb(nll_b, count)
             row[f"{label}_ppl_host"], row[f"{label}_ppl_with_brick"] = ppl_h, ppl_b
             row[f"{label}_ratio"] = ppl_b / ppl_h
-        figs["hosts"][h[:12]] = row
+        figs["hosts"][h] = row
         worst_dom = _worst(worst_dom, row["domain_ratio"])
         worst_gen = _worst(worst_gen, row.get("general_ratio", 0.0))
     figs["worst_domain_ratio"] = worst_dom

@@ -83,6 +83,13 @@ def test_canonical_brick_transfers_and_legacy_control_is_caught(setup):
         f.write(CONFIG.replace("{hosts}", "host-b"))
     with fixtures.one_thread():
         assert verify(setup, good["certificate"])["verified"]
+    assert list(g["figures"]["hosts"]) == [setup.resolve("host-b")]  # full ids (they were 12 hex)
+    from semantic_ci import certificate
+    old = certificate.read(setup, good["certificate"])  # as an older mvc wrote it: hosts by 12 hex
+    for c in old["checks"]:
+        c["figures"]["hosts"] = {h[:12]: v for h, v in c["figures"]["hosts"].items()}
+    with fixtures.one_thread():
+        assert verify(setup, certificate.store(setup, old))["verified"]
 
 
 def test_portable_decoder_is_exact_across_hosts(setup, trained):
