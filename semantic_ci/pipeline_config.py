@@ -615,12 +615,31 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
         raise err(f"{where}.gates", "must be an array of tables")
     for j, g in enumerate(gates):
         _check_gate(f"{where}.gates[{j}]", g, check_names, err)
+        _check_gate_metric(f"{where}.gates[{j}]", kind, g, err)
     fb = raw.get("fallback", {})
     _check_fallback(where, kind, fb, streams, err)
     _check_kind_settings(err, where, kind, settings)
     if fb.get("set"):
         _check_kind_settings(err, f"{where}.fallback.set", kind, {**settings, **fb["set"]})
     return Stage(sname, kind, settings, gates, fb, checks_cfg.checks)
+
+
+# What a core's training checkpoint records (cores.train.Trainer.metrics, with the pipeline's
+# `attempt`), and the prefixes of the metrics a stage kind adds: a gate naming another metric was
+# found only at the first checkpoint, once it had trained (tests/pipeline tie this to Trainer.metrics).
+CORE_METRICS = frozenset({"steps", "loss", "loss_last10", "bytes_seen", "wall_seconds", "batch_size", "seq_len", "lr",
+                          "params", "seed", "bytes_per_second", "heldout_bpb", "heldout_bytes", "eval_seconds",
+                          "attempt"})
+METRIC_PREFIXES = {"train-core": ("last_",), "compress": ("last_", "compression_"), "k0": ("last_", "k0_")}
+
+
+def _check_gate_metric(gw: str, kind: str, g: dict, err) -> None:
+    metric = g.get("metric")
+    if kind in METRIC_PREFIXES and isinstance(metric, str) and metric not in CORE_METRICS \
+            and not metric.startswith(METRIC_PREFIXES[kind]):
+        raise err(f"{gw}.metric", f"{metric!r} is not a metric a {kind} stage records (it records: "
+                                  f"{', '.join(sorted(CORE_METRICS - {'attempt'}))}, and "
+                                  f"{', '.join(p + '*' for p in METRIC_PREFIXES[kind])})")
 
 
 def _check_gate(gw: str, g, check_names: set, err) -> None:

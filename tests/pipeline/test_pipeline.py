@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import cores
 import mvc
 from mvc.cli import cli
 from mvc.errors import ConfigError
@@ -493,3 +494,24 @@ def test_from_stage_says_when_it_reuses_an_earlier_stage_whose_settings_changed(
     r = CliRunner().invoke(cli, ["run", "p.toml", "--from-stage", "certify"])
     assert r.exit_code == 0, r.output
     assert "stage core finished with other settings than the file sets now (lr)" in r.stderr, r.stderr
+
+
+def test_a_gate_metric_no_stage_records_is_refused_before_training(tmp_path):
+    """A typo (heldout_bpbb) was found once the first checkpoint had trained and been committed."""
+    root, repo = make_project(tmp_path)
+    (root / "bad.toml").write_text((root / "p.toml").read_text().replace('metric = "heldout_bpb"',
+                                                                         'metric = "heldout_bpbb"'))
+    with pytest.raises(ConfigError, match=r"stage core\.gates\[0\]\.metric: 'heldout_bpbb' is not a metric"):
+        load(str(root / "bad.toml"))
+    assert repo.head() is None
+
+
+def test_the_metrics_gates_may_name_are_those_a_core_trainer_records():
+    from cores.train import Trainer
+    from semantic_ci.pipeline_config import CORE_METRICS, METRIC_PREFIXES
+    data = " ".join(TEXT_WORDS * 40).encode()
+    t = Trainer(cores.build("layercake", config="tiny"), data, steps=1, batch_size=2, seq_len=32, eval_bytes=256,
+                progress=False)
+    t.run()
+    recorded = set(t.metrics(evaluate=True)) | {"attempt"}
+    assert {m for m in recorded if not m.startswith(METRIC_PREFIXES["train-core"])} == CORE_METRICS
