@@ -29,11 +29,10 @@ class Context:
 
 
 def resolve_relative(repo, rev: str, candidate: str) -> str:
-    """Resolve a baseline revision with HEAD meaning the candidate (HEAD~1 is its parent)."""
-    m = re.fullmatch(r"HEAD(.*)", rev)
-    if m and m.group(1).startswith("@"):  # (it read "<candidate id>@{1}": 'not a branch name')
-        raise UnknownRevision("HEAD means the commit checked here, which has no reflog of its own",
-                              "name a branch's reflog entry (main@{1}) or a relative revision (HEAD~1)")
+    """Resolve a baseline revision with HEAD meaning the candidate (HEAD~1 is its parent). Only
+    HEAD and HEAD~N / HEAD^N are the candidate's: HEAD@{1} (the branch's reflog) and a branch
+    named HEADS resolve as names (they read "<candidate id>@{1}" and "<candidate id>S")."""
+    m = re.fullmatch(r"HEAD((?:[~^][0-9]*)*)", rev)
     return repo.resolve(candidate + m.group(1)) if m else repo.resolve(rev)
 
 

@@ -27,6 +27,9 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
     selected = config.select(names)
     commit = repo.resolve(rev)
     base_id = resolve_relative(repo, base, commit) if base else None  # HEAD~1: the candidate's parent, as in mvc.toml
+    if base_id is not None and base_id == commit:
+        raise ConfigError(f"--base {base} is {commit[:12]}, the commit checked: every check would compare it "
+                          "with itself", "HEAD means REV here, as in mvc.toml: --base HEAD~1 is its parent")
     ctx = Context(repo, commit, config, ModelCache(repo), base_id)
     results = []
     with repo.writing():  # from storing check data to the certificate naming it: a gc --grace 0 waits

@@ -506,3 +506,25 @@ def test_the_metrics_gates_may_name_are_those_a_core_trainer_records():
     t.run()
     recorded = set(t.metrics(evaluate=True)) | {"attempt"}
     assert {m for m in recorded if not m.startswith(METRIC_PREFIXES["train-core"])} == CORE_METRICS
+
+
+def test_a_paste_stage_leaves_mvc_tomls_on_commit_checks_to_its_own_checks(tmp_path, monkeypatch):
+    """`Repo.paste_brick` runs the on-commit hooks as a commit does; the pipeline's paste stage must
+    not (its own checks judge it; a failing hook aborted the run outside the stage machinery)."""
+    import mvc.repo
+    from mvc.errors import CheckFailed
+    root, repo = make_project(tmp_path, steps=4)
+    (root / "p.toml").write_text((root / "p.toml").read_text() + PASTE_STAGES)
+    (root / "mvc.toml").write_text('[ci]\n[[ci.checks]]\nname = "x"\nkind = "exact-logits"\nbaseline = "HEAD~1"\n')
+    refs = []
+
+    def failing_on_paste(repo_, commit, ref):
+        refs.append(ref)
+        if "/paste/" in ref:
+            raise CheckFailed(commit, None, "semantic CI failed (simulated)")
+    real = mvc.repo._registered_hooks
+    monkeypatch.setattr(mvc.repo, "_registered_hooks",
+                        lambda group: [failing_on_paste] if group == "mvc.post_commit" else real(group))
+    summary = run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    assert summary["passed"], summary
+    assert refs and not any("/paste/" in r for r in refs)  # (the checkpoints' commits still ran them)

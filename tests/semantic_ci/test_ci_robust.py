@@ -85,7 +85,7 @@ def test_finite_figures_is_idempotent_and_only_fails_passed_checks():
 def test_misspelt_baseline_is_an_error_naming_key_and_revision(ci_repo):
     c1, c2 = two_commits(ci_repo)
     tree = ci_repo.read_commit(c2)["components"]["core"]
-    for rev in ("nosuch", "nosuch~1", tree, "HEAD^2", "HEAD@{1}"):  # (HEAD@{1}: "not a branch name")
+    for rev in ("nosuch", "nosuch~1", tree, "HEAD^2", "HEADS"):  # (HEADS was read as "<candidate id>S")
         write_config(ci_repo, CONFIG.replace("{baseline}", rev))
         with pytest.raises(ConfigError, match=r"ci\.checks\[frozen\]\.baseline: revision") as info:
             run_ci(ci_repo)

@@ -280,3 +280,9 @@ def test_a_head_relative_base_means_the_candidates_parent(ci_repo):
     cert = certificate.read(ci_repo, run_ci(ci_repo, two, base="HEAD~1")["certificate"])
     assert cert["base"] == one
     assert certificate.read(ci_repo, run_ci(ci_repo, two, base="main")["certificate"])["base"] == ci_repo.resolve("main")
+    # only HEAD~N / HEAD^N are the candidate's: a reflog entry and a branch named HEADS stay names
+    assert certificate.read(ci_repo, run_ci(ci_repo, two, base="HEAD@{2}")["certificate"])["base"] == one
+    ci_repo.create_branch("HEADS", one)
+    assert certificate.read(ci_repo, run_ci(ci_repo, two, base="HEADS")["certificate"])["base"] == one
+    with pytest.raises(ConfigError, match="every check would compare it with itself"):
+        run_ci(ci_repo, two, base="HEAD")  # HEAD means REV: a vacuous pass before
