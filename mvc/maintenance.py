@@ -372,7 +372,7 @@ class Maintenance:
                     writers_locked=exclusive, dry_run=dry_run) as p:  # writers lock: what they reach stands)
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
-                result["pack"] = p.run(progress.advance, dry_run=dry_run)
+                result["pack"] = p.run(progress.advance, dry_run=dry_run, partial=progress.advance_bytes)
             except OSError as e:  # garbage in a pack goes only once its live objects are rewritten
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise

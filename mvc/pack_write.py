@@ -256,9 +256,10 @@ class Packer:
             kept = [p for p in kept if p not in open_]
 
     # -- writing -----------------------------------------------------------------------------
-    def run(self, progress=None, dry_run: bool = False) -> dict:
-        """Write the pack and remove what it replaces; `dry_run` only reports the plan. `progress(nbytes,
-        objects)` is called as objects are written: objects 0 for a batch of a large object's bytes."""
+    def run(self, progress=None, dry_run: bool = False, partial=None) -> dict:
+        """Write the pack and remove what it replaces; `dry_run` only reports the plan.
+        `progress(nbytes)` is called once an object is written; `partial(nbytes)`, when given, as a
+        large object's batches are encoded (its `progress` call then carries only the rest)."""
         t0 = time.perf_counter()
         stats = {"full": self.full, "packed": len(self.targets), "bytes_before": 0, "bytes_after": 0,
                  "encodings": {name: 0 for name in pf.ENCODING_NAMES.values()}, "reused": 0,
@@ -271,7 +272,7 @@ class Packer:
             return stats
         name = None
         if self.targets:
-            name, records, reused = self._write(progress)
+            name, records, reused = self._write(progress, partial)
             if self.young_time is not None and self.young_time < time.time():
                 with contextlib.suppress(OSError):
                     os.utime(os.path.join(self.ps.dir, name + ".pack"), (self.young_time, self.young_time))
@@ -395,7 +396,7 @@ class Packer:
             return encoding, length, parts, base, base_depth + 1, len(data)
         return encoding, length, parts, None, 0, len(data)
 
-    def _write(self, progress) -> tuple[str, list[pf.Record], int]:
+    def _write(self, progress, partial=None) -> tuple[str, list[pf.Record], int]:
         os.makedirs(self.ps.dir, exist_ok=True)
         tmp = os.path.join(self.ps.dir, f"{TMP_PREFIX}{os.urandom(16).hex()}.pack")
         tmp_idx = None
@@ -404,12 +405,18 @@ class Packer:
         recent: dict = {}
         self._recent_bytes = 0
         reused = 0
+        told = [0]  # bytes of the current object told to `partial`
+
+        def part(n: int) -> None:
+            told[0] += n
+            partial(n)
         try:
             with open(tmp, "w+b") as f:
                 put = f.write
                 put(pf.encode_pack_header(len(self.targets)))
                 offset = pf.PACK_HEADER.size
                 for oid in self.targets:
+                    told[0] = 0
                     old = self.packed.get(oid)
                     # a loose copy wins over the packed one: it may be a repair of a damaged record
                     reuse = (self.full and old is not None and oid not in self.loose_targets
@@ -432,15 +439,14 @@ class Packer:
                         reused += 1
                     else:
                         encoding, length, parts, base, depth, size = \
-                            encoded or self._encode(oid, depth_of, recent, f,
-                                                    progress and (lambda n: progress(n, 0)))
+                            encoded or self._encode(oid, depth_of, recent, f, part if partial else None)
                         for piece in parts or ():
                             put(piece)
                     records.append(pf.Record(oid, base, offset, length, size, encoding, depth))
                     depth_of[oid] = depth
                     offset += length
-                    if progress:  # (a streamed object reported its bytes as it went)
-                        progress(size if reuse or parts is not None else 0, 1)
+                    if progress:
+                        progress(size - told[0])
                 f.flush()
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as written:
                     checksum = bytes.fromhex(hash_bytes(written))  # all cores, unlike piecewise updates
@@ -554,12 +560,12 @@ def _deletion_order(packs: list) -> list:
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
          geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None,
-         writers_locked: bool = False, lock_timeout_s: float = LOCK_TIMEOUT_S) -> dict:
+         writers_locked: bool = False, lock_timeout_s: float = LOCK_TIMEOUT_S, partial=None) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
     the large packs with nothing to drop, as gc does). Returns statistics."""
     with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live,
                 writers_locked=writers_locked, lock_timeout_s=lock_timeout_s, dry_run=dry_run) as p:
-        return p.run(progress, dry_run=dry_run)
+        return p.run(progress, dry_run=dry_run, partial=partial)
 
 
 def maybe_autopack(repo, cid: str) -> dict | None:

@@ -11,8 +11,11 @@ class Progress:
     def begin(self, label: str, objects: int, nbytes: int | None = None) -> None:
         pass
 
-    def advance(self, nbytes: int, objects: int = 1) -> None:
-        """`nbytes` moved, completing `objects` objects (0: a part of a large one)."""
+    def advance(self, nbytes: int) -> None:
+        """One object of `nbytes` moved (less what `advance_bytes` told of it already)."""
+
+    def advance_bytes(self, nbytes: int) -> None:
+        """`nbytes` of a large object moved, before its `advance` (a pack's encode of a big tensor)."""
 
     def end(self) -> None:
         pass

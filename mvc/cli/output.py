@@ -199,17 +199,16 @@ def size_change(before: int, after: int) -> str:
 
 @contextlib.contextmanager
 def byte_progress(total: int, label: str):
-    """Yields advance(nbytes, objects=1) (objects: not counted here); shows a rich bar with bytes/s
-    on a TTY for large jobs only."""
+    """Yields advance(nbytes); shows a rich bar with bytes/s on a TTY for large jobs only."""
     if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
-        yield lambda n, objects=1: None
+        yield lambda n: None
         return
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=total)
-        yield lambda n, objects=1: bar.advance(task, n)
+        yield lambda n: bar.advance(task, n)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -237,10 +236,14 @@ class BarProgress(Progress):
         self.task = self.bar.add_task(label, total=nbytes or None, done=0, objects=objects)
         self.done = 0
 
-    def advance(self, nbytes, objects=1):
+    def advance(self, nbytes):
         if self.bar is not None:
-            self.done += objects  # called from worker threads; rich's Progress is thread-safe
+            self.done += 1  # called from worker threads; rich's Progress is thread-safe
             self.bar.update(self.task, advance=nbytes, done=self.done)
+
+    def advance_bytes(self, nbytes):
+        if self.bar is not None:
+            self.bar.update(self.task, advance=nbytes)
 
     def end(self):
         if self.bar is not None:

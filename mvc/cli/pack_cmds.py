@@ -33,7 +33,7 @@ def pack_cmd(full, as_json):
     repo = Repo(os.getcwd())
     with Packer(repo, full=full) as packer:
         with byte_progress(packer.total_bytes, "packing") as advance:
-            r = packer.run(progress=advance)
+            r = packer.run(progress=advance, partial=advance)
     if as_json:
         emit_json(r)
         return

@@ -65,13 +65,16 @@ def test_packing_reports_progress_within_a_streamed_object(repo, small_stream):
     """A large tensor moved the pack bar once, after its whole encode: now once per batch."""
     big = torch.randn(40000, generator=torch.Generator().manual_seed(3))
     repo.commit({"core": {"big": big, "small": torch.ones(3)}}, message="one")
-    calls = []
-    result = pack(mvc.Repo(repo.root), progress=lambda n, objects: calls.append((n, objects)))
-    sizes = [n for n, _k in calls]
-    assert sum(sizes) == result["bytes_before"] == sum(r.size for r in records(repo).values())
-    assert sum(k for _n, k in calls) == result["packed"]  # objects are counted once each
+    done, parts = [], []
+    result = pack(mvc.Repo(repo.root), progress=done.append, partial=parts.append)
+    assert sum(done) + sum(parts) == result["bytes_before"] == sum(r.size for r in records(repo).values())
+    assert len(done) == result["packed"]  # objects are counted once each
     streamed = 160000 + 100  # the big blob: its data and header, in batches of 2 x 1024 bytes
-    assert len(calls) > streamed // 2048 and max(sizes) <= 2048 + 100
+    assert len(parts) > streamed // 2048 and max(parts + done) <= 2048 + 100
+    whole = []  # without `partial` (a one-argument callable, as before) an object's bytes come with it
+    repo.commit({"core": {"big": big + 1, "small": torch.ones(3)}}, message="two")
+    again = pack(mvc.Repo(repo.root), progress=whole.append)
+    assert again["packed"] and len(whole) == again["packed"] and sum(whole) == again["bytes_before"]
 
 
 def test_gc_counts_each_repacked_object_once_while_a_large_one_moves_its_bar(repo, small_stream):
@@ -79,16 +82,27 @@ def test_gc_counts_each_repacked_object_once_while_a_large_one_moves_its_bar(rep
 
     class Record(Progress):
         def begin(self, label, objects, nbytes=None):
-            self.planned, self.calls = (objects, nbytes), []
+            self.planned, self.objects, self.parts = (objects, nbytes), [], []
 
-        def advance(self, nbytes, objects=1):
-            self.calls.append((nbytes, objects))
+        def advance(self, nbytes):
+            self.objects.append(nbytes)
+
+        def advance_bytes(self, nbytes):
+            self.parts.append(nbytes)
+
+    class OldStyle(Progress):  # written to advance(nbytes) alone: still works
+        def advance(self, nbytes):
+            self.total = getattr(self, "total", 0) + nbytes
     big = torch.randn(40000, generator=torch.Generator().manual_seed(4))
     repo.commit({"core": {"big": big, "small": torch.ones(3)}}, message="one")
     seen = Record()
     repo.gc(progress=seen)
-    assert len(seen.calls) > 20  # the big blob moved the bar batch by batch
-    assert (sum(k for _n, k in seen.calls), sum(n for n, _k in seen.calls)) == seen.planned
+    assert len(seen.parts) > 20  # the big blob moved the bar batch by batch
+    assert (len(seen.objects), sum(seen.objects) + sum(seen.parts)) == seen.planned
+    repo.commit({"core": {"big": big + 1, "small": torch.ones(3)}}, message="two")
+    old = OldStyle()
+    repo.gc(progress=old)
+    assert old.total > 160000
 
 
 def test_fsck_finds_damage_inside_a_streamed_entry(repo, small_stream):
