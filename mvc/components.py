@@ -76,9 +76,16 @@ HASH_READ = 1 << 20  # a larger one is hashed from pread pieces of this size (th
 HASH_READ_THREADED = 8 << 20  # or of this size when hashed on every core (4 MiB: 1.5x slower on 2 cores)
 
 
-def pread_exact(fd: int, buf, at: int) -> None:
-    """Fill the writable buffer `buf` from file offset `at`; raises _CutShort at the file's end."""
+def pread_exact(fd: int, buf, at: int, mm=None) -> None:
+    """Fill the writable buffer `buf` from file offset `at`; raises _CutShort at the file's end.
+    Without os.preadv (not POSIX) the bytes are copied from the file's mapping `mm` instead: there a
+    file that is mapped cannot be truncated."""
     done, n = 0, len(buf)
+    if not hasattr(os, "preadv"):
+        if mm is None or at + n > len(mm):
+            raise _CutShort()
+        buf[:] = mm[at:at + n]
+        return
     while done < n:
         got = os.preadv(fd, [buf[done:]], at + done)
         if got <= 0:
@@ -134,7 +141,7 @@ class Ingest:
         n = len(data)
         if fd is not None and n <= READ_WHOLE:
             data = bytearray(n)
-            pread_exact(fd, memoryview(data), at)
+            pread_exact(fd, memoryview(data), at, mm)
             fd = None
         if fd is None and n <= PIECE:
             oid = self.store.put(prefix, data, oid=hash_bytes(prefix, data, threads=threads))
@@ -161,7 +168,7 @@ class Ingest:
             with memoryview(bytearray(min(n, step))) as buf:
                 for lo in range(0, n, step):
                     with buf[:min(step, n - lo)] as piece:
-                        pread_exact(fd, piece, at + lo)
+                        pread_exact(fd, piece, at + lo, mm)
                         h.update(piece)
                     tell(min(step, n - lo) // 2)
         oid = h.hexdigest()
