@@ -17,8 +17,10 @@ from .models import ModelCache
 
 
 def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, config: CiConfig | None = None,
-           progress=None) -> dict:
-    """Run the checks of mvc.toml (or `config`) on `rev`; store and return the certificate summary."""
+           progress=None, partial: bool = False) -> dict:
+    """Run the checks of mvc.toml (or `config`) on `rev`; store and return the certificate summary.
+    The certificate is partial (not mvc.toml's suite as it defines it) when asked, with a `base`,
+    or when `names` leave checks out."""
     config = config or cfgmod.load(repo.root)
     if config is None:
         raise ConfigError(f"no {cfgmod.CONFIG_FILE} in {repo.root}", "add a [ci] table with [[ci.checks]]")
@@ -37,7 +39,7 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
             if progress:
                 progress(check.name)
             results.append(run_check(ctx, check))
-        partial = base_id is not None or {c.name for c in selected} != {c.name for c in config.checks}
+        partial = partial or base_id is not None or {c.name for c in selected} != {c.name for c in config.checks}
         cert = certificate.make(commit, results, base_id, _recorded_source(repo, config.source), partial)
         cert_id = certificate.store(repo, cert)
     return summary(commit, cert_id, cert)

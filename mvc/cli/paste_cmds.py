@@ -109,6 +109,7 @@ def _migration_gate(repo, name, source, host, int8):
         from semantic_ci.runner import run_ci
         sub = cfgmod.CiConfig(checks=checks, adapter=cfg.adapter, probe_bytes=cfg.probe_bytes, window=cfg.window,
                               source=cfg.source)
-        summary = run_ci(repo, cid, config=sub)
+        summary = run_ci(repo, cid, config=sub, partial=True)  # (a sub-suite, measured on this paste's own brick
+        # and host: never the commit's full run of mvc.toml's checks)
         return summary["passed"], summary
     return gate

@@ -141,6 +141,7 @@ def test_paste_gate_measures_the_host_being_pasted_into(setup):
     from semantic_ci.certificate import read
     cert = read(setup, doc["ci"]["certificate"])
     assert cert["checks"][0]["inputs"]["hosts"] == [setup.resolve("host-b~1")]  # the host before the paste
+    assert cert["partial"]  # a sub-suite on this paste's brick and host: never the commit's full run
 
 
 def test_an_int8_check_of_a_brick_stored_as_int8_measures_it_as_it_is(setup, trained):
