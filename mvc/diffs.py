@@ -175,7 +175,7 @@ class _ChangeSums:
         self.changed_finite += n_measured
         self.nonfinite += n_changed - n_measured
         if n_changed > n_measured and a.dtype == b.dtype and (a.is_floating_point() or complex_):
-            self.nan_bits += int((changed & _nan(a) & _nan(b)).sum())  # NaN to a NaN of other sign or payload
+            self.nan_bits += int((changed & _only_nan_bits(a, b)).sum())
         zero = torch.zeros((), dtype=d.dtype)
         kept = torch.where(measured, d, zero)
         self.max_abs = max(self.max_abs, float(kept.abs().max()))
@@ -199,10 +199,18 @@ def _values_differ(a, b):
     return (a != b) & ~(a.isnan() & b.isnan())
 
 
-def _nan(t):
-    """Elementwise: is the value NaN (complex: either part), judged widened to 64 bits."""
+def _only_nan_bits(a, b):
+    """Elementwise, for two tensors of one float or complex dtype: is each part either NaN on both
+    sides or equal, with some part NaN on both (a NaN that changed only its sign or payload bits;
+    nan+1j -> nan+2j is a real change). Judged widened to 64 bits."""
     import torch
-    return t.to(torch.complex128 if t.is_complex() else torch.float64).isnan()
+    a, b = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in (a, b))
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
+    else:
+        a, b = a.unsqueeze(-1), b.unsqueeze(-1)
+    both_nan = a.isnan() & b.isnan()
+    return ((a == b) | both_nan).all(dim=-1) & both_nan.any(dim=-1)
 
 
 def _finite(t):

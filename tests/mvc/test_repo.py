@@ -729,6 +729,12 @@ def test_a_nan_that_only_changes_its_sign_bit_is_named_so(repo):
     assert "1 of them NaN to NaN with other sign or payload bits" in c["note"]
     c = _change(repo, torch.tensor([1.0, 2.0]), torch.tensor([math.nan, 2.0]))
     assert "nan_bits_changed" not in c and "NaN to NaN" not in c["note"]
+    c = _change(repo, torch.tensor([complex(math.nan, 1)], dtype=torch.complex64),  # a real change of
+                torch.tensor([complex(math.nan, 2)], dtype=torch.complex64))     # its imaginary part
+    assert c["frac_changed"] == 1.0 and "nan_bits_changed" not in c
+    c = _change(repo, torch.tensor([complex(math.nan, 1)], dtype=torch.complex64),
+                torch.tensor([complex(-math.nan, 1)], dtype=torch.complex64))
+    assert c["nan_bits_changed"] == 1
 
 
 def test_diff_names_the_metadata_fields_that_changed(repo, monkeypatch):
