@@ -189,7 +189,9 @@ def _check_settings(err, where: str, kind: str, settings: dict, streams: dict) -
             raise err(f"{where}.{key}", f"no stream {settings[key]!r} (have: {', '.join(streams) or 'none'})")
 
 
-COMPRESS_METHODS = {"harmonic": "components", "meta": None, "lowrank": "rank"}  # -> its own budget key
+# compress method -> the setting that is its own budget (else `ratio`); "meta" needs none on a core
+# already compressed to L1 layers (stage:<a compress stage>), which it converts to L2
+COMPRESS_BUDGET = {"harmonic": "components", "meta": "components", "lowrank": "rank"}
 
 
 def _check_kind_settings(err, where: str, kind: str, settings: dict) -> None:
@@ -201,10 +203,10 @@ def _check_kind_settings(err, where: str, kind: str, settings: dict) -> None:
     if kind != "compress":
         return
     method = settings.get("method", "harmonic")
-    if method not in COMPRESS_METHODS:
-        raise err(f"{where}.method", f"unknown method {method!r} (known: {', '.join(COMPRESS_METHODS)})")
-    own = COMPRESS_METHODS[method]
-    if own and own not in settings and "ratio" not in settings:
+    if method not in COMPRESS_BUDGET:
+        raise err(f"{where}.method", f"unknown method {method!r} (known: {', '.join(COMPRESS_BUDGET)})")
+    own = COMPRESS_BUDGET[method]
+    if method != "meta" and own not in settings and "ratio" not in settings:  # (meta: see _check_compress)
         raise err(f"{where}.{own}", f"a {method} compression needs a budget: {own} or ratio")
     layers = settings.get("layers")
     if layers is not None and not (isinstance(layers, str) and layers) and not (
@@ -298,7 +300,7 @@ def validate_environment(pipeline: "Pipeline") -> None:
         elif stage.kind == "k0":
             _check_k0_source(pipeline, stage)
         elif stage.kind == "compress":
-            _check_compress_layers(pipeline, stage)
+            _check_compress(pipeline, stage)
 
 
 def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
@@ -395,20 +397,27 @@ def _check_k0_source(pipeline: "Pipeline", stage: Stage) -> None:
                           "which has no byte embedding for K0 to blend into", "K0 works on LayerCake cores")
 
 
-def _check_compress_layers(pipeline: "Pipeline", stage: Stage) -> None:
-    """Each of a compress stage's layer patterns must name a layer of its source's core (one
-    that names none was found only after the earlier stages had trained). Known only for a
-    source that a train-core stage (through k0 stages) makes: a compressed core's layers differ."""
+def _check_compress(pipeline: "Pipeline", stage: Stage) -> None:
+    """What a compress stage's source decides, checked for its own settings and for those a
+    fallback runs with: each layer pattern must name a layer of the source's core, and a "meta"
+    compression of a dense core needs a budget (both were found only after the earlier stages had
+    trained). The source's core is known when a train-core stage (through k0 stages) makes it;
+    a compressed core's layers differ."""
     from cores.convert import linear_names
-    layers = stage.get("layers")
-    core = _stage_core(pipeline, stage.get("source"), through=("k0",)) if layers else None
-    if core is None:
-        return
-    for pattern in [layers] if isinstance(layers, str) else layers:
-        if not linear_names(core, include=[pattern]):
-            raise ConfigError(f"{pipeline.path}: stage {stage.name}.layers: {pattern!r} names no linear layer of "
-                              f"{stage.get('source')}'s core",
-                              "its linear layers: " + ", ".join(linear_names(core)[:12]))
+    source = stage.get("source")
+    core = _stage_core(pipeline, source, through=("k0",))  # None: a revision, or compressed already
+    runs = [("", stage.settings)] + ([(".fallback.set", {**stage.settings, **stage.fallback["set"]})]
+                                     if stage.fallback.get("set") else [])
+    for suffix, settings in runs:
+        where = f"{pipeline.path}: stage {stage.name}{suffix}"
+        if settings.get("method") == "meta" and core is not None and not {"components", "ratio"} & set(settings):
+            raise ConfigError(f"{where}.components: a meta compression of {source}'s dense core needs a budget: "
+                              "components or ratio", "it needs none only on a compressed core's L1 layers")
+        layers = settings.get("layers")
+        for pattern in ([layers] if isinstance(layers, str) else layers or []) if core is not None else []:
+            if not linear_names(core, include=[pattern]):
+                raise ConfigError(f"{where}.layers: {pattern!r} names no linear layer of {source}'s core",
+                                  "its linear layers: " + ", ".join(linear_names(core)[:12]))
 
 
 def _check_paste_abi(pipeline: "Pipeline", stage: Stage) -> None:

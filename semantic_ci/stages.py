@@ -10,7 +10,7 @@ from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
 from .pipeline import Run, StageError, stage_info, train_stage
-from .pipeline_config import Stage, core_seed
+from .pipeline_config import COMPRESS_BUDGET, Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
 
@@ -87,7 +87,7 @@ class CompressJob(TrainerJob):
         dense = build_from_tree(repo.tree(source, "core"), repo.load(source, "core"))
         train, heldout, _ = run.stream(settings["stream"])
         method = settings.get("method", "harmonic")
-        own = "rank" if method == "lowrank" else "components"  # the method's own budget wins over ratio
+        own = COMPRESS_BUDGET[method]  # the method's own budget wins over ratio
         if own in settings:
             budget = {"rank" if own == "rank" else "n_components": settings[own]}
         else:

@@ -72,6 +72,9 @@ def _with(stage_edit=None, extra_stage=None):
     (lambda s: s.update(layers=5), r"stage l1\.layers: must be a layer name or pattern"),
     (lambda s: s.update(layers=["out", "nope"]), r"stage l1\.layers: 'nope' names no linear layer"),
     (lambda s: s["fallback"]["set"].pop("ratio"), r"stage l1\.fallback\.set\.rank: a lowrank compression needs"),
+    (lambda s: (s.update(method="meta"), s.pop("components")), r"stage l1\.components: a meta compression of "
+                                                                r"stage:dense's dense core needs a budget"),
+    (lambda s: s["fallback"]["set"].update(layers=["nope.*"]), r"stage l1\.fallback\.set\.layers: 'nope\.\*' names"),
 ])
 def test_compress_settings_are_validated_before_any_stage_trains(tmp_path, edit, match):
     """These failed once the dense stage had trained (layers = 5: exit 4, a TypeError in fnmatch)."""
