@@ -89,6 +89,17 @@ class CheckFailed(MvcError):
         self.branch_head = branch_head
 
 
+class CiDidNotRun(MvcError):
+    """A commit landed but mvc.toml's on-commit checks could not run on it (exit 3); with
+    on_fail = "rollback" its branch moved back to `branch_head`."""
+
+    def __init__(self, commit: str, message: str, hint: str | None = None, rolled_back: bool = False,
+                 branch_head: str | None = None):
+        super().__init__(message, hint)
+        self.commit, self.certificate = commit, None
+        self.rolled_back, self.branch_head = rolled_back, branch_head
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by the CLI's handler so that cleanup runs as for Ctrl-C (exit 143)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-from mvc.errors import CheckFailed, MvcError, RefConflict, environment_error
+from mvc.errors import CheckFailed, CiDidNotRun, MvcError, RefConflict, environment_error
 
 from . import certificate
 from . import config as cfgmod
@@ -33,11 +33,11 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
     except MvcError as e:  # CI could not run (e.g. a revision in mvc.toml): the commit has landed
         if cfg.on_fail == "rollback":
             target = _roll_back(repo, commit, ref, "CI could not run")
-            raise MvcError(f"committed {commit[:12]}, but semantic CI could not run on it ({e.message}); "
-                           f"{ref.removeprefix('refs/heads/')} rolled back to {target[:12] if target else '(empty)'}",
-                           e.hint) from None
-        raise MvcError(f"committed {commit[:12]} (the branch moved), but semantic CI could not run on it: "
-                       f"{e.message}", e.hint) from None
+            raise CiDidNotRun(commit, f"committed {commit[:12]}, but semantic CI could not run on it ({e.message}); "
+                              f"{ref.removeprefix('refs/heads/')} rolled back to {target[:12] if target else '(empty)'}",
+                              e.hint, rolled_back=True, branch_head=target) from None
+        raise CiDidNotRun(commit, f"committed {commit[:12]} (the branch moved), but semantic CI could not run on it: "
+                          f"{e.message}", e.hint) from None
     if report["passed"]:
         return report
     failed = ", ".join(c["name"] for c in report["checks"] if c["status"] == "failed")

@@ -50,16 +50,17 @@ def emit_json(doc) -> None:
 
 @contextlib.contextmanager
 def json_when_ci_fails(as_json: bool):
-    """With --json, a commit (or revert, paste) that mvc.toml's on-commit checks failed still prints
-    a document before its exit 1: the commit landed, with a certificate, and its branch may have
-    been rolled back."""
-    from ..errors import CheckFailed
+    """With --json, a commit (or revert, paste) that mvc.toml's on-commit checks failed (exit 1) or
+    could not run on (exit 3) still prints a document: the commit landed (with a certificate when
+    the checks ran), and its branch may have been rolled back."""
+    from ..errors import CheckFailed, CiDidNotRun
     try:
         yield
-    except CheckFailed as e:
+    except (CheckFailed, CiDidNotRun) as e:
         if as_json:
-            emit_json({"commit": e.commit, "certificate": e.certificate, "ci_passed": False, "error": e.message,
-                       "rolled_back": e.rolled_back, **({"branch_head": e.branch_head} if e.rolled_back else {})})
+            emit_json({"commit": e.commit, "certificate": e.certificate, "ci_passed": False,
+                       "ci_ran": isinstance(e, CheckFailed), "error": e.message, "rolled_back": e.rolled_back,
+                       **({"branch_head": e.branch_head} if e.rolled_back else {})})
         raise
 
 

@@ -390,7 +390,7 @@ def checkout(rev, out, comps, force, as_json):
         files = repo.checkout(cid, out, comps or None, progress=advance, force=force, unchanged=same)
     if as_json:
         emit_json({"commit": cid, "files": files, "unchanged": same})
-    elif len(same) == len(files):
+    elif same and len(same) == len(files):
         click.echo(f"nothing to write: the {plural(len(files), 'file')} of {short(cid)} under {out} already hold its bytes")
     else:
         click.echo(f"wrote {plural(len(files) - len(same), 'file')} of {short(cid)} under {out}"

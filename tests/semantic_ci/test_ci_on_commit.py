@@ -118,3 +118,23 @@ def test_json_commands_print_a_document_when_the_on_commit_checks_fail(ci_repo, 
     doc = json.loads(r.stdout)
     assert doc["rolled_back"] and doc["branch_head"] == first == ci_repo.head() and not doc["ci_passed"]
     assert certificate.read(ci_repo, doc["certificate"])["commit"] == doc["commit"] != first
+
+
+def test_commit_json_prints_a_document_when_the_on_commit_checks_cannot_run(ci_repo, monkeypatch, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from mvc.cli import cli
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
+    write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n")
+                 .replace('baseline = "HEAD~1"', 'baseline = "nosuch"', 1))
+    monkeypatch.chdir(ci_repo.root)
+    save_file({"table": (t + 1).contiguous()}, str(tmp_path / "core.safetensors"))
+    r = CliRunner().invoke(cli, ["commit", "-c", f"core={tmp_path / 'core.safetensors'}", "-m", "x", "--json"])
+    assert r.exit_code == 3 and "could not run" in r.stderr, r.output
+    doc = json.loads(r.stdout)
+    assert not doc["ci_ran"] and doc["certificate"] is None and doc["rolled_back"] and doc["branch_head"] == first
+    assert ci_repo.read_commit(doc["commit"])["parents"] == [first] and ci_repo.head() == first
