@@ -97,7 +97,9 @@ def verify(target, as_json):
 
     Exit 3 when a figure does not reproduce (an edited or stale certificate, or another machine's
     arithmetic: the notes name how its execution envelope differs), when mvc.toml no longer
-    defines a check as it ran or cannot be read, when a check cannot be re-run (a missing or
+    defines a check as it ran or cannot be read, when there is no mvc.toml here (the bounds would
+    be the certificate's own claim), when a full run lacks a check mvc.toml defines, when a
+    training gate appears outside a pipeline stage's certificate, when a check cannot be re-run (a missing or
     corrupt object), when the certificate records no checks or an error instead of figures, or
     when the commit's certificate index names a missing object or a certificate of another commit
     (such entries are never used). Exit 1 when the certificate verifies but records failed checks
