@@ -110,6 +110,7 @@ def envelope_changes(stored: dict | None, fresh: dict | None) -> list[str]:
 
 
 BOUND_KEYS = ("tolerance", "max_ratio", "max_domain_ratio", "max_general_ratio")  # what a verdict is judged by
+PASTE_GATE_KEYS = ("source", "hosts", "int8", "paste_gate")  # what mvc paste's gate sets on a migration check
 
 
 class _Defined:
@@ -284,7 +285,12 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     # what it measured must be what mvc.toml defines now (bounds aside: those are re-applied below),
     # and the ids it pinned must be what its revisions give from the certified commit
     # (a pipeline stage's checks live in its pipeline file: a same-named check in mvc.toml is another)
-    drift = [] if defined.from_pipeline() else _definition_diffs(defined, stored, ignore=BOUND_KEYS)
+    paste_gate = stored["kind"] == "migration" and (stored.get("params") or {}).get("paste_gate") is True
+    drift = [] if defined.from_pipeline() else _definition_diffs(
+        defined, stored, ignore=BOUND_KEYS + (PASTE_GATE_KEYS if paste_gate else ()))
+    if paste_gate and not cert.get("partial"):
+        drift.append("a paste gate's run (measured on the paste's own brick and host) is partial: it does not "
+                     "stand for mvc.toml's checks")
     pinned = _pinned_revision_diffs(repo, cert, stored)
     params = dict(stored.get("params") or {})
     inputs = stored.get("inputs") or {}

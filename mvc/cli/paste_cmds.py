@@ -100,7 +100,7 @@ def _migration_gate(repo, name, source, host, int8):
 
     from semantic_ci import config as cfgmod
     cfg = cfgmod.load(repo.root)
-    checks = [replace(c, params={**c.params, "source": source, "hosts": [host], "int8": int8})
+    checks = [replace(c, params={**c.params, "source": source, "hosts": [host], "int8": int8, "paste_gate": True})
               for c in (cfg.checks if cfg else []) if c.kind == "migration" and c.get("brick") == name]
     if not checks:
         return None

@@ -138,10 +138,15 @@ def test_paste_gate_measures_the_host_being_pasted_into(setup):
     doc = json.loads(r.stdout)
     check = doc["ci"]["checks"][0]
     assert doc["moved"] and check["status"] == "passed"
-    from semantic_ci.certificate import read
-    cert = read(setup, doc["ci"]["certificate"])
+    from semantic_ci import certificate
+    cert = certificate.read(setup, doc["ci"]["certificate"])
     assert cert["checks"][0]["inputs"]["hosts"] == [setup.resolve("host-b~1")]  # the host before the paste
     assert cert["partial"]  # a sub-suite on this paste's brick and host: never the commit's full run
+    with fixtures.one_thread():  # it verifies (it did not: its source and hosts are not mvc.toml's)
+        assert verify(setup, doc["ci"]["certificate"])["verified"]
+        del cert["partial"]  # ... but not as a full run
+        v = verify(setup, certificate.store(setup, cert))
+    assert not v["verified"] and any("paste gate" in d for c in v["checks"] for d in c["diffs"])
 
 
 def test_an_int8_check_of_a_brick_stored_as_int8_measures_it_as_it_is(setup, trained):
