@@ -10,12 +10,13 @@ plain tensors, the components of a training checkpoint (DESIGN.md section 10):
 - ``optimizer``: AdamW state flattened to ``state.<i>.<key>`` (param groups are rebuilt from the
   trainer's own settings; ``optimizer_meta()`` gives them for metadata);
 - ``train_state``: ``step``, ``data_pos`` and the settings a resume must share (``resume_settings``:
-  ``seed``, ``total_steps``, ``batch_size``, ``seq_len``, ``data_bytes``, the training data's length),
+  ``seed``, ``total_steps``, ``batch_size``, ``seq_len``, ``data_bytes`` and ``data_crc``, the
+  training data's length and CRC-32),
   all int64, and the RNG states ``rng.trainer``, ``rng.torch`` (uint8).
 
 ``Trainer(...).load_state_dict(sd)`` followed by ``run()`` continues exactly where the saved run was:
 same losses, same weights, bit for bit (same settings and data required; the settings and the data's
-length are checked, a differing one is a ValueError naming it).
+length and CRC-32 are checked, a differing one is a ValueError naming it).
 ``train(core, data, steps=...)`` is the one-call form; it trains in place and returns metrics.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import math
 import sys
 import time
+import zlib
 
 import numpy as np
 import torch
@@ -207,9 +209,13 @@ class CheckpointState:
 
     def resume_settings(self) -> dict[str, int]:
         """The settings that decide the batches and the schedule: a resume must have the same ones.
-        ``data_bytes`` (the training data's length) stands in for the data, which is not recorded."""
+        ``data_bytes`` and ``data_crc`` (the training data's length and CRC-32, taken once) stand in
+        for the data, which is not recorded: other data of the same length (a fixed-size shard) is
+        told apart too."""
+        if getattr(self, "_data_crc", None) is None:
+            self._data_crc = zlib.crc32(self.train_bytes)
         return {"seed": self.seed, "total_steps": self.total_steps, "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "data_bytes": len(self.train_bytes)}
+                "seq_len": self.seq_len, "data_bytes": len(self.train_bytes), "data_crc": self._data_crc}
 
     def train_state(self) -> dict[str, torch.Tensor]:
         """Step, data position, the resume settings (int64) and the RNG states (uint8)."""

@@ -48,12 +48,14 @@ def test_resume_refuses_other_settings(text):
 @pytest.mark.parametrize("change, field", [
     ({"batch_size": 8}, "batch_size"),
     ({"seq_len": 32}, "seq_len"),
-    ({"data": b"x" * 500}, "data_bytes"),  # other data: its length is what is recorded
+    ({"data": b"x" * 500}, "data_bytes"),  # other data: its length and CRC-32 are recorded
+    ("reversed", "data_crc"),  # the same length (a fixed-size shard of other text)
 ])
 def test_resume_refuses_other_batches_or_data(text, change, field):
     """Each setting that decides the batches is recorded and checked (only seed and total_steps were)."""
     _, t = _trainer(text, 4)
     t.run(1)
+    change = {"data": text[::-1]} if change == "reversed" else change
     kw = {"steps": 4, "seed": 0, "batch_size": 4, "seq_len": 64, "progress": False, **change}
     other = Trainer(cores.build("layercake", "tiny", seed=0), kw.pop("data", text), **kw)
     with pytest.raises(ValueError, match=f"saved {field}="):
@@ -66,7 +68,7 @@ def test_resume_loads_a_state_saved_before_the_settings_were_recorded(text):
     _, tb = _trainer(text, 4)
     first = tb.run(2)
     state = tb.state_dict()
-    for name in ("batch_size", "seq_len", "data_bytes"):
+    for name in ("batch_size", "seq_len", "data_bytes", "data_crc"):
         del state["train_state"][name]
     _, tc = _trainer(text, 4)
     tc.load_state_dict(state)
