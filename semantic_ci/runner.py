@@ -224,6 +224,7 @@ def verify(repo, rev_or_cert: str) -> dict:
                     "diffs": ["the certificate's overall verdict does not follow from its checks"]})
     return {"certificate": cert_id, "commit": cert["commit"], "verified": all(c["reproduced"] for c in out),
             "passed": cert.get("passed") is True, "partial": bool(cert.get("partial")),
+            "full_run_recorded": any(not c.get("partial") for _cid, c in certificate.index(repo, cert["commit"])[0]),
             "checks_run": [c.get("name") for c in checks],
             "failed": [c.get("name") for c in checks if c.get("status") == "failed"],
             "checks": out, "index_problems": problems}
