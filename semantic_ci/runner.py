@@ -394,8 +394,9 @@ def _adapter_refusal(defined: "_Defined", stored: dict, params: dict) -> str | N
     now = defined.check(stored["name"])
     configured = (now.params.get("adapter") if now else None) or (defined.config.adapter if defined.config else None)
     if configured != recorded:
-        return (f"the certificate names adapter {str(recorded)[:80]!r}, which mvc.toml here does not set for "
-                f"this check: verify runs only adapters mvc.toml names")
+        where = "mvc.toml here does not set for this check" if defined.config else "no mvc.toml here names"
+        return (f"the certificate names adapter {str(recorded)[:80]!r}, which {where}: verify runs only "
+                f"adapters mvc.toml names")
     params["adapter"] = configured
     return None
 

@@ -662,6 +662,10 @@ def test_verify_runs_no_adapter_a_certificate_names(ci_repo, tmp_path, monkeypat
     v = verify(ci_repo, ci_repo.write_object(cert))
     assert not v["verified"] and not called  # before: print(state_dict, tree) ran
     assert all("verify runs only adapters mvc.toml names" in c["diffs"][0] for c in v["checks"])
+    assert all("which mvc.toml here does not set for this check" in c["diffs"][0] for c in v["checks"])
+    os.remove(os.path.join(ci_repo.root, "mvc.toml"))  # (it said mvc.toml "does not set" it: there is none)
+    v = verify(ci_repo, ci_repo.write_object(cert))
+    assert not called and all("which no mvc.toml here names" in c["diffs"][0] for c in v["checks"] if c["name"] != "(bounds)")
 
 
 @pytest.mark.parametrize("where", ["outside", "dotdot", "mvc", "fifo"])
