@@ -75,29 +75,35 @@ class ConfigError(MvcError):
     pass
 
 
-class CheckFailed(MvcError):
+class OnCommitCi(MvcError):
+    """A commit landed, and mvc.toml's on-commit checks failed on it or could not run: `commit`,
+    the `certificate` of the checks when they ran, and whether its branch was `rolled_back` to
+    `branch_head` (None: no commit)."""
+
+    def __init__(self, commit: str, certificate: str | None, message: str, hint: str | None = None,
+                 rolled_back: bool = False, branch_head: str | None = None):
+        super().__init__(message, hint)
+        self.commit, self.certificate = commit, certificate
+        self.rolled_back, self.branch_head = rolled_back, branch_head
+
+
+class CheckFailed(OnCommitCi):
     """A semantic-CI gate failed on a commit (raised by repo.commit with on_fail = "rollback")."""
 
     exit_code = 1
 
     def __init__(self, commit: str, certificate: str | None, message: str | None = None,
                  rolled_back: bool = False, branch_head: str | None = None):
-        super().__init__(message or f"semantic CI failed on commit {commit[:12]}")
-        self.commit = commit
-        self.certificate = certificate
-        self.rolled_back = rolled_back  # the branch moved back to `branch_head` (None: no commit)
-        self.branch_head = branch_head
+        super().__init__(commit, certificate, message or f"semantic CI failed on commit {commit[:12]}",
+                         rolled_back=rolled_back, branch_head=branch_head)
 
 
-class CiDidNotRun(MvcError):
-    """A commit landed but mvc.toml's on-commit checks could not run on it (exit 3); with
-    on_fail = "rollback" its branch moved back to `branch_head`."""
+class CiDidNotRun(OnCommitCi):
+    """The on-commit checks could not run on a commit that landed (exit 3)."""
 
     def __init__(self, commit: str, message: str, hint: str | None = None, rolled_back: bool = False,
                  branch_head: str | None = None):
-        super().__init__(message, hint)
-        self.commit, self.certificate = commit, None
-        self.rolled_back, self.branch_head = rolled_back, branch_head
+        super().__init__(commit, None, message, hint, rolled_back, branch_head)
 
 
 class Terminated(KeyboardInterrupt):

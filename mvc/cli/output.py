@@ -53,10 +53,10 @@ def json_when_ci_fails(as_json: bool):
     """With --json, a commit (or revert, paste) that mvc.toml's on-commit checks failed (exit 1) or
     could not run on (exit 3) still prints a document: the commit landed (with a certificate when
     the checks ran), and its branch may have been rolled back."""
-    from ..errors import CheckFailed, CiDidNotRun
+    from ..errors import CheckFailed, OnCommitCi
     try:
         yield
-    except (CheckFailed, CiDidNotRun) as e:
+    except OnCommitCi as e:
         if as_json:
             emit_json({"commit": e.commit, "certificate": e.certificate, "ci_passed": False,
                        "ci_ran": isinstance(e, CheckFailed), "error": e.message, "rolled_back": e.rolled_back,
