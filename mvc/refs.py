@@ -11,6 +11,7 @@ import collections
 import errno
 import json
 import os
+import re
 import time
 import warnings
 
@@ -19,6 +20,8 @@ from .files import LockFile, atomic_write, is_atomic_temp, makedirs, walk
 from .interrupts import interrupts_deferred
 from .objects import check_new_ref_name, check_ref_name, is_oid
 from .store import fsync_dir
+
+_KIND = re.compile(r"[A-Za-z0-9_-]+")  # the part after refs/ (heads, tags, remotes, ...)
 
 SYMREF_PREFIX = "ref: "
 RETIRED_LOGS = "deleted"  # logs/deleted/...: live refs are HEAD or refs/..., so never clash with it
@@ -139,7 +142,10 @@ class RefStore:
         if ref != "HEAD":
             if not ref.startswith("refs/"):
                 raise BadName(f"not a full ref name: {ref!r}")
-            check_ref_name(ref[5:].split("/", 1)[1] if "/" in ref[5:] else ref[5:])
+            kind, _, name = ref[5:].partition("/")
+            if name and not _KIND.fullmatch(kind):  # refs/../config is no ref
+                raise BadName(f"not a ref name: {ref!r}")
+            check_ref_name(name or kind)
         return os.path.join(self.root, *ref.split("/"))
 
     def _log_path(self, ref: str) -> str:

@@ -425,3 +425,15 @@ def test_gc_deletes_the_temp_files_of_killed_ref_reflog_and_head_writes_once_the
     assert not any(os.path.exists(p) for p in old) and os.path.exists(young)
     assert not [f for f in os.listdir(os.path.dirname(old[0])) if f.startswith("..")]  # never rewritten
     assert repo.fsck()["ok"] and repo.log()[0]["message"] == "one"
+
+
+@pytest.mark.parametrize("ref", ["refs/../config", "refs/../HEAD", "refs/.x/main", "refs/x y/main"])
+def test_a_full_ref_name_cannot_leave_the_refs_folder(tmp_path, ref):
+    """refs/../config read .mvc/config as a ref (and quoted its text in the error)."""
+    refs = RefStore(str(tmp_path))
+    (tmp_path / "config").write_text("[core]\nformat = 1\n")
+    (tmp_path / "HEAD").write_text("ref: refs/heads/main\n")
+    with pytest.raises(BadName, match="not a ref name"):
+        refs.read(ref)
+    with pytest.raises(BadName):
+        refs.update(ref, A, None)
