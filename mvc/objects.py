@@ -285,6 +285,8 @@ def check_relpath(path: str) -> str:
 
 
 def check_ref_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise BadName(f"a branch or tag name must be text, not {type(name).__name__} ({name!r:.40})")
     if (not name or name == "HEAD" or name.startswith(("-", "/")) or name.endswith(("/", ".lock")) or ".." in name
             or any(c in name for c in " ~^:?*[\\@{}") or _CONTROL.search(name) or "//" in name
             or any(seg.startswith(".") for seg in name.split("/"))):

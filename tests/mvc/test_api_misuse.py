@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mvc
-from mvc.errors import BadInput, MvcError
+from mvc.errors import BadInput, BadName, MvcError
 
 from test_input_safety import snapshot
 
@@ -208,3 +208,14 @@ def test_a_deleted_branch_at_reflog_entry_zero_says_it_was_deleted(repo):
     repo.delete_branch("x")
     with pytest.raises(mvc.UnknownRevision, match="entry 0 of the reflog of refs/heads/x is its deletion"):
         repo.resolve("x@{0}")
+
+
+@pytest.mark.parametrize("call", ["create_branch", "tag", "switch", "init"])
+def test_a_name_that_is_not_text_is_a_clear_error(repo, tmp_path, call):
+    """A non-str name raised AttributeError ('int' object has no attribute 'startswith')."""
+    repo.commit({"m": {"w": torch.zeros(2)}}, message="x")
+    with pytest.raises(BadName, match="must be text, not int"):
+        if call == "init":
+            mvc.Repo.init(str(tmp_path / "other"), default_branch=5)
+        else:
+            getattr(repo, call)(5)
