@@ -97,6 +97,16 @@ def encode(obj: dict) -> tuple[str, bytes]:
     return hash_bytes(data), data
 
 
+def json_copy(value):
+    """A deep copy of a decoded object (dicts, lists and plain values): what the API hands out of
+    an object a Repo keeps cached, so that changing it changes nothing the Repo reads later."""
+    if type(value) is dict:
+        return {k: json_copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [json_copy(v) for v in value]
+    return value
+
+
 def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
     """Parse a JSON object of `expected_type`, refusing other kinds and newer formats."""
     try:

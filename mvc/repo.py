@@ -27,7 +27,7 @@ from .files import atomic_write, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
 from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_new_component_name,
                       check_new_ref_name, check_no_nesting,
-                      check_ref_name, commit_object, decode, encode, is_oid, tree_blob_ids)
+                      check_ref_name, commit_object, decode, encode, is_oid, json_copy, tree_blob_ids)
 from .provenance import check_author, default_author, git_current_branch, git_provenance
 from .refs import RefStore, utc_now
 from .store import ChainStore, LooseStore
@@ -216,11 +216,16 @@ class Repo(Maintenance):
             raise WrongObjectType(f"object {oid[:12]} is a {obj['type']}, not a {kind}", obj["type"])
         return obj
 
-    def read_commit(self, oid: str) -> dict:
+    def _commit(self, oid: str) -> dict:  # (the cached object itself: for reading only)
         return self._read_obj(oid, "commit")
 
+    def read_commit(self, oid: str) -> dict:
+        """The commit object `oid` (a copy of the cached one: changing it changes nothing)."""
+        return json_copy(self._read_obj(oid, "commit"))
+
     def read_tree(self, oid: str) -> dict:
-        return self._read_obj(oid, "tree")
+        """The tree object `oid` (a copy of the cached one: changing it changes nothing)."""
+        return json_copy(self._read_obj(oid, "tree"))
 
     def write_object(self, obj: dict) -> str:
         oid, data = encode(obj)
@@ -228,12 +233,16 @@ class Repo(Maintenance):
         return oid
 
     def tree(self, rev: str | None, component: str) -> dict:
+        """The tree of `component` in `rev` (a copy: changing it changes nothing)."""
+        return json_copy(self._tree(rev, component))
+
+    def _tree(self, rev: str | None, component: str) -> dict:  # (cached: for reading only)
         cid = self.resolve(rev)  # (None: HEAD)
-        comps = self.read_commit(cid)["components"]
+        comps = self._commit(cid)["components"]
         if component not in comps:
             raise BadName(f"commit {cid[:12]} has no component {component!r}",
                           f"it has: {', '.join(sorted(comps)) or 'none'}")
-        return self.read_tree(comps[component])
+        return self._read_obj(comps[component], "tree")
 
     # -- revisions ---------------------------------------------------------------------------
     @property
@@ -343,7 +352,7 @@ class Repo(Maintenance):
         try:
             if self.store.size(oid) > SMALL_OBJECT:
                 raise WrongObjectType(f"object {oid[:12]} is a blob, not a commit", "blob")
-            self.read_commit(oid)
+            self._commit(oid)
         except WrongObjectType as e:
             raise UnknownRevision(f"revision {rev[:12] if is_oid(rev) else rev!r} names a {e.got}, not a commit",
                                   "see mvc log for commit ids") from None
@@ -360,7 +369,7 @@ class Repo(Maintenance):
         raise UnknownRevision(f"unknown branch {name!r}")
 
     def _parent(self, oid: str, rev: str, n: int) -> str:
-        parents = self.read_commit(oid)["parents"]
+        parents = self._commit(oid)["parents"]
         if len(parents) < n:
             raise UnknownRevision(f"{rev}: commit {oid[:12]} has no parent {n}" if n > 1
                                   else f"{rev}: commit {oid[:12]} has no parent (it is a root commit)")
@@ -383,7 +392,7 @@ class Repo(Maintenance):
         for oid in self.ids_with_prefix(prefix):
             try:
                 if self.store.size(oid) <= SMALL_OBJECT:  # a tensor blob is not read in full
-                    self.read_commit(oid)
+                    self._commit(oid)
                     commits.append(oid)
                 else:
                     others.append("blob")
@@ -431,7 +440,7 @@ class Repo(Maintenance):
         if trees and not trees_from_history:  # a name the branch holds may predate them; others are new
             ref, created_from, _warn, _follow = self._target_branch(branch)
             head = self.refs.read(ref) or created_from
-            held = set(self.read_commit(head)["components"]) if head else set()
+            held = set(self._commit(head)["components"]) if head else set()
             components_named = [*components, *(n for n in trees if n not in held)]
         else:
             components_named = list(components)
@@ -440,7 +449,7 @@ class Repo(Maintenance):
         for name, tid in (trees or {}).items():  # existing trees only: a commit must be readable
             if not (isinstance(tid, str) and is_oid(tid)):
                 raise BadInput(f"trees[{name!r}] is {str(tid)[:70]!r}, not a tree id")
-            self.read_tree(tid)
+            self._read_obj(tid, "tree")
         both = sorted(set(remove) & (set(components) | set(trees or {})))
         if both:
             raise BadInput(f"component {both[0]!r} is both added and removed", "name it once")
@@ -547,7 +556,7 @@ class Repo(Maintenance):
     def _next_components(self, base: str | None, remove: list[str], added) -> dict[str, str]:
         """The parent's components minus `remove`; refuses removing what is not there, an empty
         commit, and names that nest (`a` and `a/b` would check out into each other)."""
-        comps = dict(self.read_commit(base)["components"]) if base else {}
+        comps = dict(self._commit(base)["components"]) if base else {}
         for name in remove:
             if name not in comps:
                 raise BadName(f"cannot remove {name!r}: the parent commit has no such component")
@@ -613,7 +622,7 @@ class Repo(Maintenance):
         are verified either way. ``rehash=True`` re-hashes every blob, stamped or not, as
         `mvc fsck` does. ``dtype`` converts floating-point tensors only (integer and bool tensors
         keep theirs, as with ``Module.to(dtype)``)."""
-        return self.load_tree(self.tree(rev, component), keys, device, dtype, component, verify,
+        return self.load_tree(self._tree(rev, component), keys, device, dtype, component, verify,
                               rehash)
 
     def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
@@ -703,15 +712,15 @@ class Repo(Maintenance):
                 c = stack.pop()
                 if c not in hidden:
                     hidden.add(c)
-                    stack.extend(self.read_commit(c)["parents"])
+                    stack.extend(self._commit(c)["parents"])
         if start in hidden:
             return []
         out, seen, frontier = [], {start} | hidden, [start]
         while frontier and (n is None or len(out) < n):
-            frontier.sort(key=lambda c: self.read_commit(c)["time"], reverse=True)
+            frontier.sort(key=lambda c: self._commit(c)["time"], reverse=True)
             cid = frontier.pop(0)
-            c = self.read_commit(cid)
-            out.append({"id": cid, **c})
+            c = self._commit(cid)
+            out.append({"id": cid, **json_copy(c)})
             for p in c["parents"]:
                 if p not in seen:
                     seen.add(p)
@@ -720,10 +729,10 @@ class Repo(Maintenance):
 
     def show(self, rev: str | None = None) -> dict:
         cid = self.resolve(rev)
-        c = self.read_commit(cid)
+        c = self._commit(cid)
         comps = {}
         for name, tid in sorted(c["components"].items()):
-            t = self.read_tree(tid)
+            t = self._read_obj(tid, "tree")
             dtypes: dict[str, int] = {}
             nbytes = 0
             for ten in t["tensors"].values():
@@ -733,14 +742,14 @@ class Repo(Maintenance):
             comps[name] = {"tree": tid, "kind": t["kind"], "arch": t.get("arch"), "tensors": len(t["tensors"]),
                            "files": len(t["files"]), "bytes": nbytes, "dtypes": dtypes,
                            "abi": (t.get("abi") or {}).get("hash")}
-        return {"id": cid, **{k: v for k, v in c.items() if k != "components"}, "components": comps}
+        return {"id": cid, **{k: json_copy(v) for k, v in c.items() if k != "components"}, "components": comps}
 
     # -- diff --------------------------------------------------------------------------------
     def diff(self, a: str, b: str, progress: Callable[[int], None] | None = None) -> dict:
         """Per component and tensor: added / removed / changed / unchanged, with change statistics.
         `progress` gets the bytes compared as they are (their total: `diffs.compared_bytes`)."""
         ida, idb = self.resolve(a), self.resolve(b)
-        ca, cb = self.read_commit(ida), self.read_commit(idb)
+        ca, cb = self._commit(ida), self._commit(idb)
         result = {"a": ida, "b": idb, "components": {}, "metrics": {}, "identical": True}
         for name in sorted(set(ca["components"]) | set(cb["components"])):
             ta_id, tb_id = ca["components"].get(name), cb["components"].get(name)
@@ -820,12 +829,12 @@ class Repo(Maintenance):
             raise UnknownRevision("the current branch has no commits to roll back")
         if rev is not None:
             target = self.resolve(rev)
-        elif not self.read_commit(old)["parents"]:
+        elif not self._commit(old)["parents"]:
             raise UnknownRevision(f"nothing to roll back to: {old[:12]}, the head of {ref[len('refs/heads/'):]}, "
                                   "is a root commit (it has no parent)", "mvc rollback REV moves it to another commit")
         else:
             target = self._parent(old, "HEAD~1", 1)
-        self.read_commit(target)
+        self._commit(target)
         self.refs.update(ref, target, expected=old, message=f"rollback: to {target[:12]}",
                          author=default_author(self.root))
         return {"branch": ref[len("refs/heads/"):], "old": old, "new": target}
@@ -835,10 +844,10 @@ class Repo(Maintenance):
         (which undoes a commit), this returns to REV's weights while keeping the history in
         between, as `rollback` does by moving the branch back."""
         cid = self.resolve(rev)
-        target = self.read_commit(cid)["components"]
+        target = self._commit(cid)["components"]
         ref, created_from, _warn, _follow = self._target_branch(branch)
         base = self.refs.read(ref) or created_from
-        current = self.read_commit(base)["components"] if base else {}
+        current = self._commit(base)["components"] if base else {}
         if current == target:
             name = ref.removeprefix("refs/heads/")
             raise BadInput(f"nothing to revert: {name} already holds the components of {rev} ({cid[:12]})",
@@ -879,14 +888,14 @@ class Repo(Maintenance):
         out_dir = os.fspath(out_dir)
         self._refuse_output_inside_mvc(out_dir)
         cid = self.resolve(rev)
-        comps = self.read_commit(cid)["components"]
+        comps = self._commit(cid)["components"]
         names = [components] if isinstance(components, str) else list(components) if components else sorted(comps)
         trees = {}
         for name in names:
             if name not in comps:
                 raise BadName(f"commit {cid[:12]} has no component {name!r}")
             check_component_name(name)
-            trees[name] = self.read_tree(comps[name])
+            trees[name] = self._read_obj(comps[name], "tree")
         paths = comp.checkout_paths(trees)  # no two files on one path: checked before anything is written
         for tree in trees.values():
             self.store.prefetch(tree_blob_ids(tree))
@@ -917,7 +926,7 @@ class Repo(Maintenance):
         `unchanged` when it is given); `progress(nbytes)` is called as bytes are written."""
         out_file = os.fspath(out_file)
         self._refuse_output_inside_mvc(out_file)
-        tree = self.tree(rev, component)
+        tree = self._tree(rev, component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
@@ -936,7 +945,7 @@ class Repo(Maintenance):
 
     def export_chunks(self, rev: str | None, component: str):
         """The bytes of a single-file component, as chunks (for writing to a stream)."""
-        tree = self.tree(rev, component)
+        tree = self._tree(rev, component)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")

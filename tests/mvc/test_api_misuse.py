@@ -219,3 +219,23 @@ def test_a_name_that_is_not_text_is_a_clear_error(repo, tmp_path, call):
             mvc.Repo.init(str(tmp_path / "other"), default_branch=5)
         else:
             getattr(repo, call)(5)
+
+
+def test_what_the_api_returns_can_be_changed_without_changing_history(repo):
+    """log(), show(), read_commit(), read_tree() and tree() handed out the Repo's cached objects:
+    popping a component from a log entry made the next commit drop it from its parent."""
+    first = repo.commit({"core": {"w": torch.ones(3)}, "optimizer": {"state.0.exp_avg": torch.zeros(3)}},
+                        message="checkpoint", metrics={"loss": 2.0})
+    entry = repo.log()[0]
+    entry["components"].pop("optimizer")
+    entry["metrics"]["loss"] = 99.0
+    entry["parents"].append("x")
+    shown = repo.show("HEAD")
+    shown["metrics"]["loss"] = 98.0
+    repo.read_commit(first)["components"].clear()
+    repo.read_tree(repo.read_commit(first)["components"]["core"])["tensors"].clear()
+    repo.tree("HEAD", "core")["tensors"].pop("w")
+    second = repo.commit({"brick/x": {"b": torch.ones(2)}}, message="add brick")
+    assert set(mvc.Repo(repo.root).read_commit(second)["components"]) == {"core", "optimizer", "brick/x"}
+    assert repo.log(n=2)[1]["metrics"] == {"loss": 2.0} and repo.log(n=2)[1]["parents"] == []
+    assert torch.equal(repo.load(first, "core")["w"], torch.ones(3))
