@@ -681,16 +681,19 @@ class Repo(Maintenance):
     def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
         for `optimizer.load_state_dict`: its tensors and the param groups its tree records."""
-        groups = self.tree(rev, component).get("meta", {}).get("param_groups")
+        meta = self.tree(rev, component).get("meta", {})
+        groups, keys = meta.get("param_groups"), meta.get("state_keys")  # (keys: a state keyed by names)
         if not isinstance(groups, list):
             raise BadInput(f"component {component!r} records no param groups (it was committed as flat tensors)",
                            "load its tensors with repo.load() and take the settings from your training code")
-        state: dict[int, dict] = {}
+        if keys is not None and not isinstance(keys, list):
+            raise CorruptObject(f"component {component!r} records state_keys that are not a list")
+        state: dict[int | str, dict] = {}
         for name, t in self.load(rev, component).items():
             _, i, key = name.split(".", 2) if name.count(".") >= 2 else ("", name, "")
-            if not (name.startswith("state.") and i.isdigit() and key):
+            if not (name.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
                 raise BadInput(f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)")
-            state.setdefault(int(i), {})[key] = t
+            state.setdefault(int(i) if keys is None else keys[int(i)], {})[key] = t
         from .tensors import setting_value
         return {"state": state, "param_groups": [setting_value(g) for g in groups]}
 

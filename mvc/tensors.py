@@ -180,22 +180,32 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     """(tensors, tree metadata) of a torch optimizer's `state_dict()` ({"state": {i: {key: value}},
     "param_groups": [...]}), stored as DESIGN.md section 10 says: state tensors named
     `state.<i>.<key>` (plain numbers as 0-dim tensors), param groups in the tree's metadata; None
-    for anything else."""
+    for anything else. A state keyed by parameter names (torch.distributed.checkpoint's
+    get_optimizer_state_dict) is stored by position, its keys listed in the metadata as
+    `state_keys`, which load_optimizer maps back."""
     import torch
     if not (isinstance(value, dict) and set(value) == {"state", "param_groups"}
             and isinstance(value["state"], dict) and isinstance(value["param_groups"], list)):
         return None
+    keys = list(value["state"])
+    named = not all(type(k) is int for k in keys)
+    for k in keys if named else ():
+        if type(k) is not str:
+            raise BadInput(f"optimizer state key {k!r} is a {type(k).__name__}, neither a parameter index nor a name")
     flat = {}
-    for i, per in value["state"].items():
+    for pos, (i, per) in enumerate(value["state"].items()):
         if not isinstance(per, dict):
             raise BadInput(f"optimizer state {i!r} is a {type(per).__name__}, not a dict of its values")
         for key, v in per.items():
             try:
-                flat[f"state.{i}.{key}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+                flat[f"state.{pos if named else i}.{key}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
             except (TypeError, ValueError, RuntimeError):
                 raise BadInput(f"optimizer state {i}.{key} is a {type(v).__name__} ({str(v)[:40]}), "
                                "neither a tensor nor a number") from None
-    return flat, {"param_groups": [_jsonable(g) for g in value["param_groups"]]}
+    meta = {"param_groups": [_jsonable(g) for g in value["param_groups"]]}
+    if named:
+        meta["state_keys"] = keys
+    return flat, meta
 
 
 TENSOR_SETTING = "__tensor__"  # how a param-group setting that is a 0-dim tensor (an lr) is recorded

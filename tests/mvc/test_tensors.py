@@ -190,6 +190,32 @@ def test_an_optimizer_state_dict_commits_with_its_param_groups(repo):
         repo.load_optimizer(repo.commit({"optimizer": {"state.0.step": torch.tensor(1.0)}}, message="flat"))
 
 
+def test_an_optimizer_state_keyed_by_parameter_names_round_trips(repo):
+    """torch.distributed.checkpoint's get_optimizer_state_dict keys the state by parameter names
+    ("0.weight", with dots): it committed, then load_optimizer refused the commit it made. String
+    keys that look like indices ("0") came back as ints."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    named = get_optimizer_state_dict(model, opt)
+    assert "0.weight" in named["state"]
+    back = repo.load_optimizer(repo.commit({"optimizer": named}, message="named"))
+    assert list(back["state"]) == list(named["state"])
+    assert all(torch.equal(back["state"][p][k], named["state"][p][k]) for p in named["state"] for k in named["state"][p])
+    again = torch.optim.Adam(model.parameters(), lr=1.0)
+    set_optimizer_state_dict(model, again, back)
+    assert again.param_groups[0]["lr"] == 1e-3
+    assert all(torch.equal(again.state[p]["exp_avg"], opt.state[p]["exp_avg"]) for p in model.parameters())
+    texts = {"state": {"0": {"step": torch.tensor(1.0)}, "1": {"step": torch.tensor(2.0)}},
+             "param_groups": [{"params": ["0", "1"], "lr": 0.1}]}
+    assert list(repo.load_optimizer(repo.commit({"optimizer": texts}, message="str keys"))["state"]) == ["0", "1"]
+    with pytest.raises(BadInput, match=r"optimizer state key \(0, 1\) is a tuple"):
+        repo.commit({"optimizer": {"state": {(0, 1): {"step": 1.0}}, "param_groups": []}}, message="x")
+
+
 def test_a_tensor_learning_rate_comes_back_as_a_tensor(repo):
     """A 0-dim tensor setting (lr=torch.tensor(...), for capturable/fused Adam) came back a float:
     the resumed optimizer took another code path and was not bit-exact."""
