@@ -680,7 +680,8 @@ class Repo(Maintenance):
 
     def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
-        for `optimizer.load_state_dict`: its tensors and the param groups its tree records."""
+        for `optimizer.load_state_dict`: its tensors and the param groups its tree records. A state
+        keyed by parameter names (torch.distributed.checkpoint's) comes back keyed by those names."""
         meta = self.tree(rev, component).get("meta", {})
         groups, keys = meta.get("param_groups"), meta.get("state_keys")  # (keys: a state keyed by names)
         if not isinstance(groups, list):
