@@ -989,14 +989,20 @@ def _rev_count(digits: str, rev: str) -> int:
     return int(digits)
 
 
-def _plain_number(value, path: str = "metrics"):
+METRICS_MAX_DEPTH = 32  # nesting of dicts and lists in metrics (deeper: a value that contains itself?)
+
+
+def _plain_number(value, path: str = "metrics", depth: int = 0):
     """A metric given as a one-element tensor or numpy scalar (`loss.item()` forgotten) as the
     Python number it holds, in lists and dicts too; other values unchanged (canonical_json judges
     them)."""
+    if isinstance(value, (dict, list, tuple)) and depth >= METRICS_MAX_DEPTH:
+        raise BadInput(f"{path[:80]}...: metrics nest deeper than {METRICS_MAX_DEPTH} levels",
+                       "does a value contain itself? give metrics as plain numbers, text and small dicts")
     if isinstance(value, dict):
-        return {k: _plain_number(v, f"{path}.{k}") for k, v in value.items()}
+        return {k: _plain_number(v, f"{path}.{k}", depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain_number(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_plain_number(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     item = getattr(value, "item", None)
     size = getattr(value, "size", None)
     numel = getattr(value, "numel", None)

@@ -23,6 +23,19 @@ def refused(repo, fn, match):
     assert after == before
 
 
+def _self_containing():
+    d = {"loss": 1.0}
+    d["again"] = d
+    return d
+
+
+def _nested(depth):  # (a RecursionError before the depth limit)
+    v = 1.0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"author": 5}, "author is a int"), ({"author": ["me"]}, "author is a list"),
     ({"extra": [1, 2]}, "extra is a list"), ({"extra": "note"}, "extra is a str"),
@@ -30,6 +43,8 @@ def refused(repo, fn, match):
     ({"branch": 5}, "branch is a int"), ({"branch": b"dev"}, "branch is a bytes"),
     ({"message": "x" * (5 << 20)}, "a commit holds at most"),
     ({"metrics": {"notes": "y" * (5 << 20)}}, "a commit holds at most"),
+    ({"metrics": _self_containing()}, "metrics nest deeper than 32 levels"),
+    ({"metrics": {"deep": _nested(600)}}, "metrics nest deeper than 32 levels"),
 ])
 def test_wrong_commit_arguments_are_refused_before_anything_is_written(repo, kwargs, match):
     repo.commit({"m": {"w": torch.ones(3)}}, message="first")
