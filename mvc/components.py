@@ -19,7 +19,7 @@ import warnings
 from typing import Callable
 
 from . import safetensors_format as stf
-from .errors import BadInput, CorruptObject
+from .errors import BadInput, ChangedWhileStored, CorruptObject
 from .interrupts import interrupts_deferred
 from .objects import (HASH_THREADS_MIN, check_new_component_name, check_relpath, hash_bytes, is_reserved_segment,
                       new_hasher, tree_object)
@@ -138,13 +138,13 @@ class Ingest:
         read with pread and stored from memory; a large one is hashed from pread pieces and, when
         new, written from the mapping by the kernel, which reports a truncation as EFAULT. Either
         way a file cut short raises _CutShort (a file changed in place is caught by its stamp)."""
-        n = len(data)
+        n, in_memory = len(data), fd is None  # (memory another thread may write: rechecked as written)
         if fd is not None and n <= READ_WHOLE:
             data = bytearray(n)
             pread_exact(fd, memoryview(data), at, mm)
             fd = None
         if fd is None and n <= PIECE:
-            oid = self.store.put(prefix, data, oid=hash_bytes(prefix, data, threads=threads))
+            oid = self.store.put(prefix, data, oid=hash_bytes(prefix, data, threads=threads), recheck=in_memory)
             self.progress(n)
             return oid
         told = 0
@@ -176,7 +176,7 @@ class Ingest:
             for lo in range(0, n, PIECE):
                 prefault(mm, at + lo, at + min(n, lo + PIECE))
         try:
-            oid = self.store.put(prefix, data, oid=oid, progress=lambda k: tell(k // 2))
+            oid = self.store.put(prefix, data, oid=oid, progress=lambda k: tell(k // 2), recheck=in_memory)
         except OSError as e:
             if fd is not None and e.errno == errno.EFAULT:  # the mapping lost its end while written
                 raise _CutShort() from None
@@ -283,7 +283,12 @@ class Ingest:
         total = len(prefix)
         for n in names:
             dtype, shape, buf = buffers[n]
-            oid = self._put_blob(stf.blob_prefix(dtype, shape), buf)
+            try:
+                oid = self._put_blob(stf.blob_prefix(dtype, shape), buf)
+            except ChangedWhileStored:
+                raise ChangedWhileStored(f"tensor {n!r} changed while it was being committed (nothing was committed)",
+                                         "is another thread training it? commit between steps, or a copy "
+                                         "(e.g. {k: v.clone() for k, v in model.state_dict().items()})") from None
             self._add_tensor(relpath, n, oid, dtype, shape)
             total += len(buf)
         if aliases:  # tied tensors: stored once, recorded as aliases of their first name

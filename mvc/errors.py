@@ -59,6 +59,11 @@ class BadName(BadInput):
     pass
 
 
+class ChangedWhileStored(BadInput):
+    """Memory being stored changed before it was all written (another thread writing a tensor
+    that is being committed): the object is not stored."""
+
+
 class FormatTooNew(MvcError):
     pass
 

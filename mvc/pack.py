@@ -227,7 +227,7 @@ class PackStore(ObjectStore):
     def view(self, oid, verify=True, rehash=False):  # decoded objects are always verified
         return memoryview(self._read(oid))
 
-    def put(self, *buffers, oid=None, progress=None):
+    def put(self, *buffers, oid=None, progress=None, recheck=False):
         raise MvcError("the pack store is read-only", "objects are written loose and packed by mvc pack")
 
     def size(self, oid):

@@ -16,14 +16,15 @@ import threading
 import time
 from typing import Iterator
 
-from .errors import CorruptObject, MvcError, ObjectMissing
+from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
 from .interrupts import interrupts_deferred
-from .objects import hash_bytes, is_oid
+from .objects import hash_bytes, is_oid, new_hasher
 
 
 WRITE_CHUNK = 1 << 26  # bytes per write() call (the kernel caps one call near 2 GiB anyway)
 WRITE_CHUNK_MIN = 1 << 16  # smaller buffers go through the file object's buffer
 WRITEBACK_MIN_BYTES = 1 << 20  # objects this large start their disk writes early (start_writeback)
+RECHECK_PIECE = 1 << 20  # a put with recheck copies, hashes and writes this much at a time
 
 
 HUGE_READ_BYTES = 2 << 20  # blobs this large are mapped with MADV_HUGEPAGE
@@ -79,9 +80,10 @@ def _too_many_open_files() -> MvcError:
                     "(repo.load(..., keys=[...]))")
 
 
-def _write_buffer(f, b, progress=None) -> int:
+def _write_buffer(f, b, progress=None, hasher=None) -> int:
     """Write all of the bytes-like `b` to the file object `f` in large write() calls; returns the count.
-    `progress(n)`, when given, hears of each call's bytes as they are written.
+    `progress(n)`, when given, hears of each call's bytes as they are written. With a `hasher`,
+    each piece is copied aside, hashed and written from the copy (see ObjectStore.put's `recheck`).
 
     Large writes matter for reads, not only for the write: the page cache keeps what one call
     writes in large folios, and a later mmap of the blob maps each folio in one page fault.
@@ -89,6 +91,8 @@ def _write_buffer(f, b, progress=None) -> int:
     64 KiB when a loaded component is read, ~10x the faults of safetensors' load_file on a file
     written in one piece (`load_rate` in benchmarks/bench_store.py prints both counts)."""
     with memoryview(b) as m, m.cast("B") as view:
+        if hasher is not None:
+            return _write_copies(f, view, progress, hasher)
         if len(view) < WRITE_CHUNK_MIN:
             f.write(view)
             if progress:
@@ -103,6 +107,33 @@ def _write_buffer(f, b, progress=None) -> int:
             if progress:
                 progress(wrote)
         return n
+
+
+def _write_copies(f, view, progress, hasher) -> int:
+    """_write_buffer for memory that may change meanwhile: what is hashed is what is written."""
+    n = len(view)
+    if n < WRITE_CHUNK_MIN:
+        piece = bytes(view)
+        hasher.update(piece)
+        f.write(piece)
+        if progress:
+            progress(n)
+        return n
+    f.flush()
+    fd = f.fileno()
+    with memoryview(bytearray(min(n, RECHECK_PIECE))) as scratch:
+        for lo in range(0, n, RECHECK_PIECE):
+            k = min(RECHECK_PIECE, n - lo)
+            with scratch[:k] as piece:
+                piece[:] = view[lo:lo + k]
+                hasher.update(piece)
+                done = 0
+                while done < k:
+                    with piece[done:] as rest:
+                        done += os.write(fd, rest)
+            if progress:
+                progress(k)
+    return n
 
 
 def _report_all(progress, buffers) -> None:
@@ -139,10 +170,13 @@ class ObjectStore:
         stamp instead of re-hashing it (see LooseStore); `rehash=True` always re-hashes."""
         return self.get(oid)
 
-    def put(self, *buffers, oid: str | None = None, progress=None) -> str:
+    def put(self, *buffers, oid: str | None = None, progress=None, recheck: bool = False) -> str:
         """Store the concatenation of `buffers`; returns its id. Idempotent. `progress(n)`, when
         given, hears of the object's bytes as they are written, all at once when the store already
-        held the object: the counts always add up to the object's size."""
+        held the object: the counts always add up to the object's size. `recheck`: the buffers
+        are memory that may change meanwhile (a tensor another thread writes), so the bytes are
+        hashed again as they are written and ChangedWhileStored is raised, nothing stored, when
+        they are not `oid`'s."""
         raise NotImplementedError
 
     fetches = False  # True for stores that bring objects from far away (see prefetch)
@@ -159,6 +193,11 @@ class ObjectStore:
 
     def delete(self, oid: str) -> None:
         raise NotImplementedError
+
+
+def _changed(oid: str) -> ChangedWhileStored:
+    return ChangedWhileStored(f"the bytes of object {oid[:12]} changed while they were stored (nothing was stored)",
+                              "is another thread writing that memory? store a copy")
 
 
 def _verify(oid: str, data, where: str) -> None:
@@ -183,8 +222,10 @@ class MemoryStore(ObjectStore):
         _verify(oid, data, "memory store")
         return data
 
-    def put(self, *buffers, oid=None, progress=None):
+    def put(self, *buffers, oid=None, progress=None, recheck=False):
         data = b"".join(bytes(b) for b in buffers)
+        if recheck and oid and hash_bytes(data) != oid:
+            raise _changed(oid)
         oid = oid or hash_bytes(data)
         self._objects.setdefault(oid, data)
         _report_all(progress, buffers)
@@ -404,7 +445,7 @@ class LooseStore(ObjectStore):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
-    def put(self, *buffers, oid=None, progress=None):
+    def put(self, *buffers, oid=None, progress=None, recheck=False):
         oid = oid or hash_bytes(*buffers)
         final = self.path(oid)
         pending = self._pending
@@ -418,9 +459,11 @@ class LooseStore(ObjectStore):
         try:
             with new_object_file(self.tmp, oid, None if deferred else final,
                                  self.fsync and not deferred) as f:
-                size = 0
+                size, hasher = 0, new_hasher(False) if recheck else None
                 for b in buffers:
-                    size += _write_buffer(f, b, progress)
+                    size += _write_buffer(f, b, progress, hasher)
+                if hasher is not None and hasher.hexdigest() != oid:
+                    raise _changed(oid)
                 if deferred and self.fsync and size >= WRITEBACK_MIN_BYTES:
                     f.flush()
                     start_writeback(f.fileno())
@@ -579,7 +622,7 @@ class ChainStore(ObjectStore):
     def view(self, oid, verify=True, rehash=False):
         return self._read(oid, "view", verify=verify, rehash=rehash)
 
-    def put(self, *buffers, oid=None, progress=None):
+    def put(self, *buffers, oid=None, progress=None, recheck=False):
         """Write to the primary store unless a local store (loose or packed; not a lazy clone's
         remote, which may drop it) already holds the object; a loose copy found is freshened (see
         ObjectStore.freshen) when older than FOUND_FRESHEN_S."""
@@ -587,7 +630,7 @@ class ChainStore(ObjectStore):
         if any(s.freshen(oid, FOUND_FRESHEN_S) for s in self.stores if not s.fetches):
             _report_all(progress, buffers)
             return oid
-        return self.primary.put(*buffers, oid=oid, progress=progress)
+        return self.primary.put(*buffers, oid=oid, progress=progress, recheck=recheck)
 
     def freshen(self, oid, older_than=0.0):
         return any(s.freshen(oid, older_than) for s in self.stores)

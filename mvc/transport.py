@@ -820,7 +820,7 @@ class LazyRemoteStore(ObjectStore):
             return self.cache.size(oid)
         return len(self._in_memory(oid))
 
-    def put(self, *buffers, oid=None, progress=None):
+    def put(self, *buffers, oid=None, progress=None, recheck=False):
         raise MvcError("a lazy clone's remote store is read-only (this is a bug in mvc)")
 
     def ids(self):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mvc.errors import CorruptObject, ObjectMissing
+from mvc.errors import ChangedWhileStored, CorruptObject, ObjectMissing
 from mvc.objects import hash_bytes
 from mvc.store import ChainStore, LooseStore, MemoryStore
 
@@ -34,6 +34,18 @@ class StoreContract:
         s = self.make_store(tmp_path)
         a, b = s.put(b"x" * 100), s.put(b"x" * 100)
         assert a == b and list(s.ids()).count(a) == 1
+
+    @pytest.mark.parametrize("size", [100, 3 << 20])  # one write; copied and written piece by piece
+    def test_put_with_recheck_stores_what_it_hashed_or_nothing(self, tmp_path, size):
+        s = self.make_store(tmp_path)
+        data = bytearray(os.urandom(size))
+        hashed = hash_bytes(b"head", data)
+        data[-1] ^= 1  # changed after it was hashed (another thread's write)
+        with pytest.raises(ChangedWhileStored, match="changed while they were stored"):
+            s.put(b"head", data, oid=hashed, recheck=True)
+        assert list(s.ids()) == []
+        now = hash_bytes(b"head", data)
+        assert s.put(b"head", data, oid=now, recheck=True) == now and s.get(now) == b"head" + data
 
     def test_missing_object(self, tmp_path):
         s = self.make_store(tmp_path)

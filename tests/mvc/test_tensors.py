@@ -238,3 +238,32 @@ def test_a_setting_shaped_like_a_recorded_tensor_is_refused_not_misread(repo):
     with pytest.raises(BadInput, match="uses the key '__tensor__'"):
         repo.commit({"optimizer": opt.state_dict()}, message="x")
     assert repo.log() == []
+
+
+@pytest.mark.parametrize("numel,piece", [(1000, None), (1 << 20, 1 << 16)])  # one write; piece by piece
+def test_a_tensor_changed_while_it_is_committed_is_refused_and_nothing_is_stored(repo, monkeypatch, numel, piece):
+    """Another thread training a tensor that repo.commit stores: the blob was hashed, then written
+    from the changed memory, and stored under an id its bytes do not hash to (fsck damage, and
+    objects are write-once: a later commit of those bytes found the bad file)."""
+    import os
+
+    import mvc.components
+    from mvc.errors import ChangedWhileStored
+    if piece:
+        monkeypatch.setattr(mvc.components, "PIECE", piece)  # the large-tensor path, at test size
+    w = torch.zeros(numel)
+    real = type(repo.store).put
+
+    def put(self, *buffers, **kw):  # a training step lands between hashing and writing
+        if kw.get("recheck") and any(memoryview(b).nbytes >= w.nbytes for b in buffers):
+            w.add_(1)
+        return real(self, *buffers, **kw)
+
+    monkeypatch.setattr(type(repo.store), "put", put)
+    with pytest.raises(ChangedWhileStored, match="tensor 'w' changed while it was being committed"):
+        repo.commit({"model": {"b": torch.ones(2), "w": w}}, message="x")
+    monkeypatch.undo()
+    assert repo.log() == [] and repo.fsck()["ok"]
+    assert [f for _d, _s, fs in os.walk(os.path.join(repo.dir, "objects")) for f in fs] == []
+    cid = repo.commit({"model": {"b": torch.ones(2), "w": w}}, message="between steps")
+    assert torch.equal(repo.load(cid, "model", rehash=True)["w"], w)
