@@ -6,8 +6,14 @@ Compares, on the same state dicts in the same run, `repo.commit` (durable, the d
 file, one fsync; mvc writes one content-addressed blob per tensor, which is what dedups them).
 Each case runs `--rounds` times, interleaved; the table gives medians. Prints a table, writes JSON.
 
+A second table loads each case back: `repo.load` (one mapped or read blob per tensor) against
+`safetensors.torch.load_file` of one file holding the same tensors, touching one element of each
+tensor; "same Repo" reuses a Repo that loaded it before (its tree decoded, its blobs' verified
+stamps known), "new Repo" opens the repository again (decodes the tree, re-hashes blobs under 1 MiB).
+
     python benchmarks/bench_many_tensors.py                  # 20,000 x 16 B and 2,000 x 64 KiB
     python benchmarks/bench_many_tensors.py --rounds 3 --cases 20000x4
+    python benchmarks/bench_many_tensors.py --cases 100x500000     # 100 x 2 MB: loads at bandwidth
 """
 from __future__ import annotations
 
@@ -54,6 +60,32 @@ def run_mvc(work: str, sd: dict, fsync: bool) -> float:
     return time.perf_counter() - t
 
 
+def touch(tensors: dict) -> float:
+    return sum(float(t.view(-1)[0]) for t in tensors.values() if t.numel())
+
+
+def load_times(work: str, sd: dict, rounds: int) -> dict:
+    """Median seconds of each way of loading `sd` back, interleaved, after one untimed warm-up."""
+    from safetensors.torch import load_file, save_file
+    path = os.path.join(work, "model.safetensors")
+    save_file(sd, path)
+    repo = mvc.Repo.init(os.path.join(work, "repo"))
+    repo.commit({"model": sd}, message="many tensors")
+    time.sleep(2.5)  # files changed less than 2 s before they are hashed get no verified stamp
+    ways = {"load_file (one file)": lambda: touch(load_file(path)),
+            "repo.load, same Repo": lambda: touch(repo.load("HEAD", "model")),
+            "repo.load, new Repo": lambda: touch(mvc.Repo(repo.root).load("HEAD", "model"))}
+    times = {way: [] for way in ways}
+    for fn in ways.values():
+        fn()
+    for _ in range(rounds):
+        for way, fn in ways.items():
+            t = time.perf_counter()
+            fn()
+            times[way].append(time.perf_counter() - t)
+    return {way: statistics.median(ts) for way, ts in times.items()}
+
+
 TOOLS = {"safetensors save_file + fsync (one file)": lambda w, sd: run_save_file(w, sd),
          "mvc repo.commit (durable)": lambda w, sd: run_mvc(w, sd, True),
          "mvc repo.commit, core.fsync false": lambda w, sd: run_mvc(w, sd, False)}
@@ -87,7 +119,23 @@ def main() -> None:
     for r in results:
         print(f"| {r['tensors']} x {r['bytes_each']} B | {r['tool']} | {r['median_s']:.2f} s | "
               f"{r['per_tensor_us']:.0f} us | {r['vs_reference']:.1f}x |")
-    print("wrote", write_report({"results": results, "rounds": args.rounds}, args.out))
+    loads = []
+    for case in args.cases.split(","):
+        n, numel = (int(x) for x in case.split("x"))
+        work = tempfile.mkdtemp(prefix="mvc-bench-many-")
+        try:
+            got = load_times(work, state(n, numel, seed=0), args.rounds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        ref = got["load_file (one file)"]
+        loads += [{"tensors": n, "bytes_each": numel * 4, "way": way, "median_s": t, "vs_load_file": t / ref}
+                  for way, t in got.items()]
+    print("\n| tensors x bytes | load | median | vs load_file |")
+    print("|---|---|---|---|")
+    for r in loads:
+        print(f"| {r['tensors']} x {r['bytes_each']} B | {r['way']} | {r['median_s'] * 1e3:.1f} ms | "
+              f"{r['vs_load_file']:.2f}x |")
+    print("wrote", write_report({"results": results, "loads": loads, "rounds": args.rounds}, args.out))
 
 
 if __name__ == "__main__":
