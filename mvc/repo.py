@@ -105,15 +105,15 @@ class Repo(Maintenance):
             return repo
         for p, what in ((root, "the path"), (d, MVC_DIR)):
             if os.path.lexists(p) and not os.path.isdir(p):
-                raise BadInput(f"cannot create a repository at {root}: {what} is a file")
+                _refuse_init_at(root, p, what)
         if comp.inside_repository_dir(root):  # its refs/ would hold a folder that no ref name fits
             raise BadInput(f"cannot create a repository at {root}: it is inside the .mvc folder of another",
                            "choose a folder outside it")
         parent = os.path.dirname(root)
-        while not os.path.exists(parent):
+        while not os.path.lexists(parent):  # (a symbolic link to nothing is there, and no folder)
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent):
-            raise BadInput(f"cannot create a repository at {root}: {parent} is a file")
+            _refuse_init_at(root, parent, parent)
         check_new_ref_name(default_branch)
         os.makedirs(root, exist_ok=True)
         tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
@@ -980,6 +980,15 @@ def _match_stored_dtypes(model, state: dict) -> None:
             whole if stored is None and t.dtype == torch.get_default_dtype() else None
         if want is not None and t.is_floating_point() and t.dtype != want:
             t.data = t.data.to(want)
+
+
+def _refuse_init_at(root: str, path: str, what: str):
+    """BadInput: `path`, on the way to the repository at `root`, is there but is no folder (a file,
+    or a symbolic link to nothing, where makedirs would fail with a bare FileNotFoundError)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise BadInput(f"cannot create a repository at {root}: {what} is a symbolic link to "
+                       f"{os.readlink(path)}, which does not exist", "create its target, or remove the link")
+    raise BadInput(f"cannot create a repository at {root}: {what} is a file")
 
 
 def _rev_count(digits: str, rev: str) -> int:

@@ -872,3 +872,16 @@ def test_ctrl_c_after_a_commit_landed_says_what_landed(run, tmp_path, monkeypatc
     head = mvc.Repo(".").resolve("HEAD")
     assert r.stderr.strip() == (f"error: interrupted after moving refs/heads/main ({head[:12]}) (that stands: see "
                                 "mvc log and mvc reflog; do not run the command again blindly)")
+
+
+def test_init_and_clone_through_a_dangling_symlink_name_the_link(run, in_repo, tmp_path):
+    """makedirs under a symbolic link to nothing raised FileNotFoundError (exit 4); init of the link
+    itself said "the path is a file"."""
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    for args in (["init", tmp_path / "dangling"], ["init", tmp_path / "dangling" / "x"],
+                 ["clone", in_repo.root, tmp_path / "dangling" / "y"]):
+        err = run(*args, code=3).stderr
+        assert err.startswith("error: cannot create a repository at ") and err.count("\n") == 1, err
+        assert f"is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
+        assert "(create its target, or remove the link)" in err
+    assert not (tmp_path / "gone").exists()
