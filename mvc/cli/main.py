@@ -9,7 +9,10 @@ import warnings
 import click
 
 from ..errors import MvcError, Terminated, environment_error
-from .output import error, warn
+from .output import error, stand_in_for_closed_stdout, warn, write_stdout
+
+# the printers whose OSError is a failure to print (click.echo, write_stdout); rich's modules too
+_PRINTERS = {("click.utils", "echo"), (write_stdout.__module__, write_stdout.__name__)}
 
 
 def _print_traceback() -> None:
@@ -23,12 +26,13 @@ def _debug_traceback() -> None:
 
 
 def _output_failed(e: OSError) -> bool:
-    """Whether `e` came from printing (click.echo, rich), e.g. `> /dev/full`, rather than from the
-    repository or an output file: it is then not the repository's disk that is full."""
+    """Whether `e` came from printing (click.echo, rich, write_stdout), e.g. `> /dev/full` or a
+    closed stdout, rather than from the repository or an output file: it is then not the
+    repository's disk that is full."""
     tb = e.__traceback__
     while tb is not None:
         module = tb.tb_frame.f_globals.get("__name__", "")
-        if (module == "click.utils" and tb.tb_frame.f_code.co_name == "echo") or module.startswith("rich."):
+        if (module, tb.tb_frame.f_code.co_name) in _PRINTERS or module.startswith("rich."):
             return True
         tb = tb.tb_next
     return False
@@ -51,6 +55,7 @@ class MvcGroup(click.Group):
         refs = sys.modules.get("mvc.refs")
         if refs:  # moves an earlier command of this process made (tests run many) are not ours
             refs.forget_moves()
+        stand_in_for_closed_stdout()
         try:
             return super().invoke(ctx)
         except MvcError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import io
 import json
 import os
 import sys
@@ -82,6 +83,33 @@ def silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
+
+
+def write_stdout(data) -> None:
+    """Bytes to standard output, flushed (cat-object, export -o -). A failure to write (`>
+    /dev/full`, a closed stdout) is raised from here, where the CLI's error boundary knows it for
+    output (as it knows click.echo and rich), not for the repository's disk."""
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+class _ClosedStdout(io.RawIOBase):
+    """What a write to the standard output of a process started without one (`mvc log >&-`) meets."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b):
+        raise OSError(errno.EBADF, "it is closed")
+
+
+def stand_in_for_closed_stdout() -> None:
+    """Python sets sys.stdout to None when file descriptor 1 is closed, and click.echo then prints
+    nothing: a command would exit 0 with its output lost. A stream whose writes fail takes its
+    place, so that every printer fails as on `> /dev/full` ("cannot write to standard output")."""
+    if sys.stdout is None:
+        sys.stdout = io.TextIOWrapper(_ClosedStdout(), encoding="utf-8", write_through=True)
 
 
 @functools.lru_cache(maxsize=None)

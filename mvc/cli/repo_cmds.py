@@ -14,7 +14,8 @@ from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
-                     message_opt, negative_result, plural, print_table, short, shown, size_change, table, warn)
+                     message_opt, negative_result, plural, print_table, short, shown, size_change, table, warn,
+                     write_stdout)
 
 
 def _repo() -> Repo:
@@ -417,14 +418,9 @@ def export(rev, component, out, force, as_json):
     if out == "-":
         if as_json:
             raise click.UsageError("--json cannot share stdout with the file (-o -)")
-        if sys.stdout is None:  # started with stdout closed (`>&-`): there is nowhere to write
-            from ..errors import MvcError
-            raise MvcError("stdout is closed: nowhere to write the file (-o -)", "give a file: -o FILE")
-        sink = click.get_binary_stream("stdout")
         for chunk in _repo().export_chunks(rev, component):
-            sink.write(chunk)
+            write_stdout(chunk)
             del chunk  # before the next blob is decoded (see components.file_chunks)
-        sink.flush()
         return
     repo = _repo()
     cid = repo.resolve(rev)
@@ -830,11 +826,7 @@ def cat_object(oid):
     repo = _repo()
     if not is_oid(oid):  # (a 64-character branch name, or an id in capitals, is a revision too)
         oid = _any_object(repo, oid)
-    data = repo.store.get(oid)
-    if sys.stdout is None:  # started with stdout closed (`>&-`): there is nowhere to write
-        from ..errors import MvcError
-        raise MvcError("stdout is closed: nowhere to write the object", "redirect it: mvc cat-object REV > FILE")
-    sys.stdout.buffer.write(data)
+    write_stdout(repo.store.get(oid))
 
 
 def _any_object(repo: Repo, rev: str) -> str:

@@ -134,6 +134,21 @@ def test_output_to_a_full_device_is_not_called_a_full_repository_disk(tmp_path):
     assert repo.log()[0]["message"] == "one"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["cat-object", "HEAD"], ["export", "HEAD", "m", "-o", "-"], ["log"]])
+def test_binary_output_to_a_full_device_is_said_as_text_output_is(tmp_path, args):
+    """cat-object and export -o - write bytes past click.echo: `> /dev/full` said "no space left on
+    device (...; free some space and retry)", as if the repository's disk were full."""
+    import torch
+    repo = mvc.Repo.init(tmp_path)
+    repo.commit({"m": {"w": torch.ones(4)}}, message="one")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "mvc", *args], cwd=tmp_path, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 3 and proc.stderr == ("error: cannot write to standard output: No space left on "
+                                                    "device (nothing was moved; what it printed is lost)\n")
+
+
 def test_text_the_terminal_cannot_encode_is_escaped_and_unspellable_names_are_bad_input(tmp_path):
     """Under PYTHONIOENCODING=ascii, `mvc show` of a message holding "\u2713" crashed (exit 4, a
     traceback); under a C locale without UTF-8 mode, checking out a file named with "\u00e8" did too."""
