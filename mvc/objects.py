@@ -45,18 +45,35 @@ def hash_bytes(*buffers, threads: bool = True) -> str:
     return h.hexdigest()
 
 
-def _check_finite(value, path="value"):
+def _non_finite(value, path: str) -> tuple[str, float] | None:
+    """(where, value) of the first NaN or infinity inside a JSON value, None when there is none;
+    BadInput for a dict key that is no string."""
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise BadInput(f"{path} is {value}: NaN and infinity cannot be stored (canonical JSON)")
-    elif isinstance(value, dict):
-        for k, v in value.items():
+        return None if math.isfinite(value) else (path, value)
+    items = ()
+    if isinstance(value, dict):
+        for k in value:
             if not isinstance(k, str):
                 raise BadInput(f"{path} has a non-string key {k!r}")
-            _check_finite(v, f"{path}.{k}")
+        items = ((f"{path}.{k}", v) for k, v in value.items())
     elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_finite(v, f"{path}[{i}]")
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return next(filter(None, (_non_finite(v, p) for p, v in items)), None)
+
+
+def _check_finite(value, path="value"):
+    found = _non_finite(value, path)
+    if found:
+        raise BadInput(f"{found[0]} is {found[1]}: NaN and infinity cannot be stored (canonical JSON)")
+
+
+def check_metric(name: str, value) -> None:
+    """BadInput naming the metric when its value holds NaN or infinity, which a commit (JSON)
+    cannot store: a diverged run's loss is recorded as text."""
+    found = _non_finite(value, repr(name))
+    if found:
+        raise BadInput(f"metric {found[0]} is {found[1]}: metrics are JSON numbers, which have no NaN or "
+                       "infinity", 'record it as text instead, e.g. "diverged"')
 
 
 def canonical_json(obj) -> bytes:

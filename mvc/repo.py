@@ -25,8 +25,8 @@ from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptO
 from .diffs import diff_trees
 from .files import atomic_write, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
-from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_new_component_name,
-                      check_new_ref_name, check_no_nesting,
+from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_metric,
+                      check_new_component_name, check_new_ref_name, check_no_nesting,
                       check_ref_name, commit_object, decode, encode, is_oid, json_copy, tree_blob_ids)
 from .provenance import check_author, default_author, git_current_branch, git_provenance
 from .refs import RefStore, utc_now
@@ -462,6 +462,7 @@ class Repo(Maintenance):
         for key in metrics:
             if not isinstance(key, str) or not key:
                 raise BadInput(f"invalid metric name {key!r}")
+            check_metric(key, metrics[key])
         author = check_author(author, "the author argument") if author else default_author(self.root)
         size = 0
         for what, value in (("commit message", message), ("metrics", metrics), ("author", author or ""),

@@ -39,8 +39,16 @@ def _pairs(values, what: str, example: str) -> dict:
 
 
 def _metrics_option(ctx, param, values) -> dict:
-    """--metric KEY=VALUE: VALUE is read as an int, a float, true/false, or else kept as text."""
-    return {k: _metric_value(v) for k, v in _pairs(values, "KEY=VALUE", "loss=2.31").items()}
+    """--metric KEY=VALUE: VALUE is read as an int, a float, true/false, or else kept as text;
+    nan, inf and numbers too large for a float are a usage error (JSON has no such numbers)."""
+    from ..objects import check_metric
+    metrics = {k: _metric_value(v) for k, v in _pairs(values, "KEY=VALUE", "loss=2.31").items()}
+    for k, v in metrics.items():
+        try:
+            check_metric(k, v)
+        except BadInput as e:
+            raise click.BadParameter(f"{e.message} (record it as text instead, e.g. {k}=diverged)") from None
+    return metrics
 
 
 def _components_option(ctx, param, values) -> dict:
@@ -52,7 +60,7 @@ _FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?
 
 
 def _metric_value(raw: str):
-    """A number written plainly (ASCII digits; NaN and inf are refused later), true/false, or
+    """A number written plainly (ASCII digits; NaN and inf are refused by the caller), true/false, or
     else the text as given: Python's int() would read 2024_01, ' 7 ' or Arabic-Indic digits."""
     if _INT_TEXT.fullmatch(raw):
         try:

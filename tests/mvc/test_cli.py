@@ -885,3 +885,14 @@ def test_init_and_clone_through_a_dangling_symlink_name_the_link(run, in_repo, t
         assert f"is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
         assert "(create its target, or remove the link)" in err
     assert not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("value,shown", [("nan", "nan"), ("-inf", "-inf"), ("1e400", "inf")])
+def test_a_metric_that_is_not_a_finite_number_is_a_usage_error(run, in_repo, tmp_path, value, shown):
+    """--metric loss=nan exited 3 with "metrics: value.loss is nan ... (canonical JSON)"."""
+    r = run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "x", "--metric", f"loss={value}", code=2)
+    assert r.stderr.endswith(f"Invalid value for '--metric': metric 'loss' is {shown}: metrics are JSON numbers, "
+                             "which have no NaN or infinity (record it as text instead, e.g. loss=diverged)\n")
+    assert in_repo.head() is None
+    run("commit", tmp_path / "m.safetensors", "-m", "x", "--metric", "loss=diverged")
+    assert in_repo.log()[0]["metrics"] == {"loss": "diverged"}

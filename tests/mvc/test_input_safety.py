@@ -94,6 +94,16 @@ def test_bad_metrics_or_message_are_refused_before_the_weights_are_stored(repo, 
     assert snapshot(repo) == before
 
 
+@pytest.mark.parametrize("metrics,where", [({"loss": float("nan")}, "'loss' is nan"),
+                                           ({"curve": [1.0, float("-inf")]}, "'curve'[1] is -inf")])
+def test_a_metric_that_is_not_finite_is_named_with_what_to_do(repo, metrics, where):
+    """The refusal said "metrics: value.loss is nan: ... (canonical JSON)", mvc's inner wording."""
+    with pytest.raises(BadInput) as e:
+        repo.commit({"core": sd()}, message="m", metrics=metrics)
+    assert str(e.value) == (f"metric {where}: metrics are JSON numbers, which have no NaN or infinity "
+                            '(record it as text instead, e.g. "diverged")')
+
+
 # -- revisions --------------------------------------------------------------------------------
 def test_revisions_must_name_commits(repo):
     cid = repo.commit({"core": sd()}, message="one")
