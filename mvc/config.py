@@ -5,7 +5,8 @@ repository unusable; reading goes through the same parsers, so a hand-edited bad
 ConfigError instead of a crash. Section and key names are case-insensitive, as in git (configparser
 lowercases option names; split_key lowercases the section), a subsection (`remote.NAME.url`) is not.
 In the sections mvc owns (core, gc, pack) a key mvc does not know is refused, so a typo is not
-stored silently; other sections (remote.NAME, user notes, plugins) are free-form.
+stored, read or unset silently (one a hand-edited file holds can still be read and unset); other
+sections (remote.NAME, user notes, plugins) are free-form.
 """
 from __future__ import annotations
 
@@ -91,17 +92,26 @@ def parse(key: str, raw: str):
         raise ConfigError(f"config {key} = {raw!r} is invalid ({e})", f"set it with mvc config {key} VALUE") from None
 
 
+def check_key(key: str) -> str:
+    """The spelling of `key` mvc uses; ConfigError for a key mvc does not know in one of its own
+    sections (a typo: `core.fsnyc`), with a did-you-mean hint. Setting, reading and unsetting such a
+    key all refuse it, so that a typo is never taken for an unset key."""
+    key = canonical(key)
+    section = key.partition(".")[0].lower()
+    if key not in _CANONICAL.values() and section in OWNED_SECTIONS:
+        close = difflib.get_close_matches(key.lower(), list(_CANONICAL), n=1)
+        hint = (f"did you mean {_CANONICAL[close[0]]}?" if close else
+                f"{section} keys: {', '.join(k for k in _CANONICAL.values() if k.partition('.')[0] == section)}")
+        raise ConfigError(f"unknown config key {key!r}", hint)
+    return key
+
+
 def check_setting(key: str, value: str) -> None:
     """Refuse a `mvc config KEY VALUE` that mvc could not use."""
     key = canonical(key)
     if key in READ_ONLY:
         raise ConfigError(f"config {key} cannot be set", READ_ONLY[key])
-    section = key.partition(".")[0].lower()
-    if key not in KNOWN and section in OWNED_SECTIONS:
-        close = difflib.get_close_matches(key.lower(), [k.lower() for k in KNOWN], n=1)
-        hint = (f"did you mean {_CANONICAL[close[0]]}?" if close else
-                f"{section} keys: {', '.join(k for k in KNOWN if k.partition('.')[0] == section)}")
-        raise ConfigError(f"unknown config key {key!r}", hint)
+    check_key(key)
     if "\n" in value or "\r" in value:
         raise ConfigError(f"config {key}: a value is one line")
     parse(key, value)

@@ -178,6 +178,8 @@ class Repo(Maintenance):
     def get_config(self, key: str, default=None):
         """The raw text of `key` (or `default`); see config_value for a checked, typed value."""
         section, name = cfg.split_key(key)
+        if not self.config.has_option(section, name):
+            cfg.check_key(key)  # a typo is an error, not an unset key
         return self.config.get(section, name, fallback=default)
 
     def config_value(self, key: str, default):
@@ -191,6 +193,8 @@ class Repo(Maintenance):
             cfg.check_setting(key, str(value))
         elif cfg.canonical(key) in cfg.READ_ONLY:
             raise ConfigError(f"config {cfg.canonical(key)} cannot be unset", cfg.READ_ONLY[cfg.canonical(key)])
+        elif not self.config.has_option(section, name):
+            cfg.check_key(key)  # a typo is an error, not a key already unset
         if value is None:
             if self.config.has_option(section, name):
                 self.config.remove_option(section, name)

@@ -172,13 +172,21 @@ def test_config_keys_are_case_insensitive_and_typos_in_mvc_sections_are_refused(
     r = run("config", "core.fsnyc", "false", code=3)
     assert r.stderr.strip() == "error: unknown config key 'core.fsnyc' (did you mean core.fsync?)"
     assert "did you mean gc.reflogExpire?" in run("config", "gc.reflogexpires", "1", code=3).stderr
-    assert mvc.Repo(in_repo.root).get_config("core.fsnyc") is None
+    # reading or unsetting it is refused too: a typo is not an unset key (read: exit 1, unset: exit 0 before)
+    assert run("config", "core.fsnyc", code=3).stderr == r.stderr
+    assert run("config", "--unset", "core.fsnyc", code=3).stderr == r.stderr
+    with pytest.raises(mvc.errors.ConfigError, match="did you mean core.fsync"):
+        mvc.Repo(in_repo.root).get_config("core.fsnyc")
     # other sections stay free-form; a subsection keeps its case
     run("config", "user.note", "hello")
     run("config", "remote.Origin.url", "/somewhere")
     assert run("config", "remote.Origin.url").stdout.strip() == "/somewhere"
     run("config", "remote.origin.url", code=1)
-    run("config", "--unset", "core.fsnyc")  # unsetting a hand-edited typo stays possible
+    path = os.path.join(in_repo.dir, "config")
+    pathlib.Path(path).write_text(pathlib.Path(path).read_text().replace("[core]\n", "[core]\nfsnyc = false\n", 1))
+    assert run("config", "core.fsnyc").stdout == "false\n"  # a hand-edited typo can be read and unset
+    run("config", "--unset", "core.fsnyc")
+    run("config", "core.fsnyc", code=3)
     r = run("config", "--unset", "Core.Format", code=3)  # the repository could not be opened again
     assert r.stderr.startswith("error: config core.format cannot be unset")
     assert mvc.Repo(in_repo.root).get_config("core.format") is not None
