@@ -15,6 +15,7 @@ import difflib
 import re
 
 from .errors import ConfigError
+from .objects import check_remote_name
 
 
 def _bool(raw: str) -> bool:
@@ -112,6 +113,9 @@ def check_setting(key: str, value: str) -> None:
     if key in READ_ONLY:
         raise ConfigError(f"config {key} cannot be set", READ_ONLY[key])
     check_key(key)
+    head, _, rest = key.partition(".")
+    if head.lower() == "remote" and "." in rest:  # remote.NAME.url: a name `mvc remote add` takes
+        check_remote_name(rest.rpartition(".")[0])
     if "\n" in value or "\r" in value:
         raise ConfigError(f"config {key}: a value is one line")
     parse(key, value)

@@ -346,6 +346,18 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
     return name
 
 
+def check_remote_name(name: str) -> str:
+    if "/" in name:
+        raise BadName(f"invalid remote name {name!r} (no '/')")
+    try:
+        check_ref_name(name)  # one part of refs/remotes/NAME/..., never a revision of its own
+    except BadName:
+        raise BadName(f"invalid remote name {name!r}") from None
+    if _C1_CONTROL.search(name):
+        raise BadName(f"invalid remote name {name!r} (C1 control characters, which terminals act on)")
+    return name
+
+
 def tree_object(kind: str, tensors: dict, files: dict, arch=None, config=None, abi=None,
                 meta=None) -> dict:
     return {"type": "tree", "format": FORMAT_VERSION, "kind": kind, "arch": arch, "config": config,

@@ -5,25 +5,13 @@ import os
 import re
 
 from ..errors import BadInput, BadName, ConfigError, MvcError
-from ..objects import check_ref_name
+from ..objects import check_remote_name  # noqa: F401  (mvc.remote exports it from here)
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
 from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_transport,
                          remote_section)
 
 DEFAULT_REMOTE = "origin"
-
-
-def check_remote_name(name: str) -> str:
-    if "/" in name:
-        raise BadName(f"invalid remote name {name!r} (no '/')")
-    try:
-        check_ref_name(name)  # one part of refs/remotes/NAME/..., never a revision of its own
-    except BadName:
-        raise BadName(f"invalid remote name {name!r}") from None
-    if any("\x80" <= c <= "\x9f" for c in name):
-        raise BadName(f"invalid remote name {name!r} (C1 control characters, which terminals act on)")
-    return name
 
 
 def _not_itself(repo: Repo, url: str) -> str:

@@ -50,6 +50,18 @@ def test_remote_add_list_remove(in_repo, tmp_path, monkeypatch):
     assert r.exit_code == 3 and "no remote named" in r.stderr
 
 
+@pytest.mark.parametrize("name", ["bad name", "HEAD", "a/b"])
+def test_config_refuses_remote_names_remote_add_refuses(in_repo, tmp_path, monkeypatch, name):
+    """`mvc config 'remote.bad name.url' URL` was stored: fetch then failed on a branch name the user
+    never typed, and remote HEAD made refs/remotes/HEAD/main."""
+    added = invoke(monkeypatch, in_repo.root, "remote", "add", name, tmp_path / "shared.mvc")
+    r = invoke(monkeypatch, in_repo.root, "config", f"remote.{name}.url", tmp_path / "shared.mvc")
+    assert added.exit_code == r.exit_code == 3 and r.stderr == added.stderr
+    assert r.stderr.startswith(f"error: invalid remote name {name!r}")
+    assert rm.list_remotes(mvc.Repo(in_repo.root)) == []
+    assert invoke(monkeypatch, in_repo.root, "config", "remote.origin.url", tmp_path / "shared.mvc").exit_code == 0
+
+
 def test_credentials_are_never_written_to_the_config(in_repo, monkeypatch):
     for args in (["remote", "add", "a", "s3://KEY:SECRET@bucket/p"],
                  ["remote", "add", "b", "s3://bucket/p", "--endpoint", "http://user:pw@127.0.0.1:9000"]):
