@@ -232,6 +232,7 @@ def is_oid(text: str) -> bool:
 
 RESERVED_SEGMENTS = (".git", ".mvc")  # a checkout must never write into a repository's own directory
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+QUALIFIERS = ("heads/", "tags/", "remotes/", "refs/")  # a revision starting so names its ref by kind
 _C1_CONTROL = re.compile(r"[\x80-\x9f]")  # 8-bit twins of ESC sequences (CSI, OSC): refused in new names
 
 
@@ -330,7 +331,8 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
     """What a ref must also satisfy to be created (refs made before these rules stay readable):
     no part ends in ".lock" (a folder x.lock would sit where branch x's lock file goes), no
     trailing ".", no hex that would hide an id prefix, in capitals either (as git refuses the
-    first two), and no C1 control characters. A `mirrored` name (a remote's branch or tag, git's branch: made elsewhere, maybe
+    first two), no C1 control characters, and no start that revisions read as a qualifier
+    (`tags/v1` as a branch: `mvc rev-parse tags/v1` gives tag v1). A `mirrored` name (a remote's branch or tag, git's branch: made elsewhere, maybe
     by an older mvc) needs only the first."""
     check_ref_name(name)
     if any(seg.endswith(".lock") for seg in name.split("/")):
@@ -341,6 +343,10 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
         raise BadName(f"invalid branch or tag name {name!r} (C1 control characters, which terminals act on)")
     if name.endswith("."):
         raise BadName(f"invalid branch or tag name {name!r} (it ends in '.')")
+    if name.startswith(QUALIFIERS):  # branch tags/v1 would hide behind tag v1 (or shadow it, unqualified)
+        raise BadName(f"invalid branch or tag name {name!r}: a revision that starts with "
+                      f"{name.split('/')[0]}/ names a branch, tag or ref by its full name",
+                      f"choose a name that does not start with {', '.join(QUALIFIERS[:-1])} or {QUALIFIERS[-1]}")
     if is_oid(name.lower()) or (len(name) >= 6 and re.fullmatch(r"[0-9a-f]+", name, re.IGNORECASE)):
         raise BadName(f"invalid branch or tag name {name!r} (it looks like an object id)")
     return name

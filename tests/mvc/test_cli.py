@@ -904,3 +904,15 @@ def test_a_metric_that_is_not_a_finite_number_is_a_usage_error(run, in_repo, tmp
     assert in_repo.head() is None
     run("commit", tmp_path / "m.safetensors", "-m", "x", "--metric", "loss=diverged")
     assert in_repo.log()[0]["metrics"] == {"loss": "diverged"}
+
+
+@pytest.mark.parametrize("kind,name", [("branch", "tags/v1"), ("tag", "heads/main"), ("branch", "remotes/o/x"),
+                                       ("tag", "refs/heads/x")])
+def test_new_names_that_revisions_read_as_qualified_are_refused(run, in_repo, tmp_path, kind, name):
+    """Branch tags/v1 beside tag v1: `mvc rev-parse tags/v1` silently gave the tag."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    r = run(kind, name, code=3)
+    assert r.stderr == (f"error: invalid branch or tag name {name!r}: a revision that starts with {name.split('/')[0]}/ "
+                        "names a branch, tag or ref by its full name (choose a name that does not start with heads/, "
+                        "tags/, remotes/ or refs/)\n")
+    assert list(in_repo.branches()) == ["main"] and in_repo.tags() == {}
