@@ -797,16 +797,36 @@ class Repo(Maintenance):
         self.refs.update(ref, None, expected=oid, message="branch: deleted", author=default_author(self.root))
         return oid
 
-    def switch(self, name: str) -> None:
+    def switch(self, name: str) -> bool:
+        """Make branch `name` the current one; False when it is already (in a repository without
+        commits too, where the first commit makes it). A revision that names no branch (an id,
+        HEAD~1, a tag) is refused with what to do instead: mvc has no detached HEAD."""
         ref = f"refs/heads/{name}"
-        check_ref_name(name)
+        if ref == self.refs.head_target():
+            return False
+        try:
+            check_ref_name(name)
+        except BadName:
+            self._refuse_detached_head(name)
+            raise
         if self.refs.read(ref) is None:
+            self._refuse_detached_head(name)
             if self.head() is None:  # nothing to make a branch from yet
                 raise UnknownRevision(f"no branch {name!r}: this repository has no commits yet",
                                       f"the first mvc commit creates {self.refs.head_target()[len('refs/heads/'):]}"
                                       if self.refs.head_target() else "make a first commit with mvc commit")
             raise UnknownRevision(f"no branch {name!r}", f"create it with mvc branch {name}")
         self.refs.set_symbolic("HEAD", ref)
+        return True
+
+    def _refuse_detached_head(self, rev: str) -> None:
+        """MvcError when `rev`, which names no branch, is a revision: switch takes branches only."""
+        try:
+            self.resolve(rev)
+        except MvcError:
+            return
+        raise MvcError(f"{rev!r} names a commit, not a branch: mvc has no detached HEAD",
+                       f"make a branch there and switch to it: mvc branch NAME {rev} && mvc switch NAME")
 
     def tag(self, name: str, rev: str | None = None, force: bool = False) -> str:
         check_ref_name(name)
@@ -866,7 +886,10 @@ class Repo(Maintenance):
                            remove=[n for n in current if n not in target], trees_from_history=True)
 
     def reflog(self, branch: str | None = None) -> list[dict]:
-        ref = f"refs/heads/{branch}" if branch else self.refs.head_target()
+        """The moves of `branch` (None or HEAD: the current branch), newest first."""
+        if branch == "HEAD":
+            branch = None
+        ref = f"refs/heads/{branch}" if branch is not None else self.refs.head_target()
         if ref is None:
             raise MvcError("HEAD is detached", "name a branch")
         log = self.refs.reflog(ref)

@@ -121,7 +121,7 @@ def _push_args(repo: Repo, remote: str | None, branch: str | None, delete: bool 
     if remote and branch is None:
         rm = _rm()
         names = {r["name"] for r in rm.list_remotes(repo)}
-        if remote not in names and not rm.is_url(remote) and (delete or remote in repo.branches()):
+        if remote not in names and not rm.is_url(remote) and (delete or remote in repo.branches() or remote == "HEAD"):
             return None, remote
     return remote, branch
 
@@ -138,7 +138,7 @@ def _push_args(repo: Repo, remote: str | None, branch: str | None, delete: bool 
 @jobs_opt
 @json_opt
 def push(remote, branch, force, dry_run, delete, repair, jobs, as_json):
-    """Send BRANCH (default: the current branch) to REMOTE (default: origin).
+    """Send BRANCH (default, or HEAD: the current branch) to REMOTE (default: origin).
 
     Only objects the remote lacks move; an interrupted push resumes where it stopped. Tags on the
     pushed history and certificates of its commits travel with it. A remote branch that is not an
@@ -278,7 +278,7 @@ def _print_fetch(r):
 @jobs_opt
 @json_opt
 def pull(remote, branch, jobs, as_json):
-    """Fetch REMOTE, then fast-forward BRANCH (default: the current branch) to REMOTE/BRANCH.
+    """Fetch REMOTE, then fast-forward BRANCH (default, or HEAD: the current branch) to REMOTE/BRANCH.
 
     Pull only fast-forwards: when both sides have commits of their own it stops and says what to
     do (mvc has no merge).

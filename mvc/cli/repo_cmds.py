@@ -469,7 +469,7 @@ def rollback(rev, as_json):
 @click.option("-n", "--max-count", "n", type=click.IntRange(min=0), help="Show at most N moves (newest first).")
 @json_opt
 def reflog(branch, n, as_json):
-    """List the moves of a branch's head (default: the current branch), newest first.
+    """List the moves of a branch's head (default, or HEAD: the current branch), newest first.
 
     \b
     Examples:
@@ -541,7 +541,7 @@ def switch(name, as_json):
       mvc branch fix HEAD~1 && mvc switch fix
     """
     repo = _repo()
-    repo.switch(name)
+    moved = repo.switch(name)
     follows = _git_branch_ahead_of(repo)
     if follows:
         warn(f"git is on branch {follows}: inside a git work tree the next commit goes to the mvc branch "
@@ -549,7 +549,7 @@ def switch(name, as_json):
     if as_json:
         emit_json({"branch": name, "head": repo.head(), "next_commit_branch": follows or name})
     else:
-        click.echo(f"Switched to branch {shown(name)}")
+        click.echo(f"Switched to branch {shown(name)}" if moved else f"Already on {shown(name)}")
 
 
 def _git_branch_ahead_of(repo) -> str | None:

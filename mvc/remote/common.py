@@ -157,7 +157,8 @@ def cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
 
 
 def branch_of(repo: Repo, branch: str | None) -> str:
-    branch = branch or repo.head_branch
+    """`branch`, or the current branch when it is None or HEAD (`mvc push origin HEAD`)."""
+    branch = repo.head_branch if branch is None or branch == "HEAD" else branch
     if not branch:
         raise MvcError("HEAD is detached: name the branch", "e.g. mvc push origin main")
     check_ref_name(branch)

@@ -816,8 +816,32 @@ def test_gc_grace_must_be_a_finite_number_of_seconds(run, in_repo, tmp_path, gra
 
 
 def test_switch_in_a_repository_without_commits_says_the_first_commit_makes_the_branch(run, in_repo):
-    r = run("switch", "main", code=3)
+    r = run("switch", "other", code=3)
     assert "no commits yet" in r.stderr and "the first mvc commit creates main" in r.stderr
+    # the current branch is no error there ("no branch 'main'" before): the first commit makes it
+    assert run("switch", "main").stdout == "Already on main\n"
+    assert json.loads(run("switch", "main", "--json").stdout)["branch"] == "main" and in_repo.head_branch == "main"
+
+
+def test_switch_to_a_commit_says_mvc_has_no_detached_head(run, in_repo, tmp_path):
+    """`mvc switch <id>` and `mvc switch HEAD~1` said "invalid branch or tag name"."""
+    for seed in (0, 1):
+        run("commit", _ckpt(tmp_path / "m.safetensors", seed), "-m", str(seed))
+    run("tag", "v1", "HEAD~1")
+    cid = in_repo.resolve("HEAD~1")
+    for rev in (cid, cid[:12], "HEAD~1", "v1"):
+        assert run("switch", rev, code=3).stderr == (
+            f"error: {rev!r} names a commit, not a branch: mvc has no detached HEAD (make a branch there and "
+            f"switch to it: mvc branch NAME {rev} && mvc switch NAME)\n")
+    assert in_repo.head_branch == "main"
+    assert "no branch 'nope'" in run("switch", "nope", code=3).stderr
+
+
+def test_reflog_head_is_the_current_branch(run, in_repo, tmp_path):
+    """`mvc reflog HEAD` said "invalid branch or tag name 'HEAD'"."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    assert run("reflog", "HEAD").stdout == run("reflog").stdout != ""
+    assert in_repo.reflog("HEAD") == in_repo.reflog("main")
 
 
 def test_diff_text_never_rounds_a_change_to_none_or_all(run, in_repo, tmp_path):

@@ -120,6 +120,17 @@ def test_push_to_a_url_and_push_branch_shorthand(in_repo, tmp_path, monkeypatch)
     assert DirectoryTransport(str(tmp_path / "o.mvc")).read_ref("refs/heads/exp") == cid
 
 
+def test_push_and_pull_of_head_mean_the_current_branch(in_repo, tmp_path, monkeypatch):
+    """`mvc push origin HEAD` said "invalid branch or tag name 'HEAD'"."""
+    cid = in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    rm.add_remote(in_repo, "origin", str(tmp_path / "o.mvc"))
+    for args in (["push", "origin", "HEAD"], ["push", "HEAD"], ["pull", "origin", "HEAD"]):
+        r = invoke(monkeypatch, in_repo.root, *args)
+        assert r.exit_code == 0 and "HEAD" not in r.stdout, (args, r.output)
+    assert DirectoryTransport(str(tmp_path / "o.mvc")).read_ref("refs/heads/main") == cid
+    assert json.loads(invoke(monkeypatch, in_repo.root, "push", "origin", "HEAD", "--json").stdout)["branch"] == "main"
+
+
 def test_an_mvc_repository_can_be_a_remote(tmp_path):
     a = mvc.Repo.init(tmp_path / "a")
     cid = a.commit({"core": {"w": torch.ones(4)}}, message="one")
