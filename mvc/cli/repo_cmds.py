@@ -504,7 +504,7 @@ def branch(name, rev, delete, as_json):
         if not name:
             raise click.UsageError("mvc branch -d NAME")
         return _deleted("branch", name, repo.delete_branch(name), as_json)
-    if name:
+    if name is not None:  # ("" is a bad name, not a listing)
         oid = repo.create_branch(name, rev)
         if as_json:
             emit_json({"branch": name, "commit": oid})
@@ -586,7 +586,7 @@ def tag(name, rev, force, delete, as_json):
         if not name:
             raise click.UsageError("name the tag to delete: mvc tag -d NAME")
         return _deleted("tag", name, repo.delete_tag(name), as_json)
-    if name:
+    if name is not None:  # ("" is a bad name, not a listing)
         oid = repo.tag(name, rev, force)
         if as_json:
             emit_json({"tag": name, "commit": oid})

@@ -940,3 +940,13 @@ def test_new_names_that_revisions_read_as_qualified_are_refused(run, in_repo, tm
                         "names a branch, tag or ref by its full name (choose a name that does not start with heads/, "
                         "tags/, remotes/ or refs/)\n")
     assert list(in_repo.branches()) == ["main"] and in_repo.tags() == {}
+
+
+@pytest.mark.parametrize("args", [["branch", ""], ["branch", "", "HEAD~1"], ["tag", ""], ["tag", "", "HEAD~1"]])
+def test_an_empty_branch_or_tag_name_is_refused_not_a_listing(run, in_repo, tmp_path, args):
+    """`mvc branch ""` listed the branches (exit 0), as if no name were given."""
+    for seed in (0, 1):
+        run("commit", _ckpt(tmp_path / "m.safetensors", seed), "-m", str(seed))
+    r = run(*args, code=3)
+    assert r.stdout == "" and r.stderr == "error: invalid branch or tag name ''\n"
+    assert list(in_repo.branches()) == ["main"] and in_repo.tags() == {}
