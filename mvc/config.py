@@ -22,24 +22,31 @@ def _bool(raw: str) -> bool:
     value = {"true": True, "yes": True, "on": True, "1": True,
              "false": False, "no": False, "off": False, "0": False}.get(raw.strip().lower())
     if value is None:
-        raise ValueError("not true or false")
+        raise ValueError("it takes true or false")
     return value
 
 
-def _number(low: float):
+def _number(low: float, unit: str):
     def parse(raw: str) -> float:
-        value = float(raw)
+        try:
+            value = float(raw)
+        except ValueError:  # (Python's "could not convert string to float" names no fix)
+            value = float("nan")
         if not value >= low or value == float("inf"):  # also refuses NaN
-            raise ValueError("not a finite number" + (f" >= {low:g}" if low > float("-inf") else ""))
+            raise ValueError("it takes a finite number" + (f" >= {low:g}" if low > float("-inf") else "")
+                             + f" of {unit}")
         return value
     return parse
 
 
 def _integer(low: int):
     def parse(raw: str) -> int:
-        value = int(raw)
+        try:
+            value = int(raw)
+        except ValueError:  # (Python's "invalid literal for int() with base 10")
+            value = low - 1
         if value < low:
-            raise ValueError(f"not an integer >= {low}")
+            raise ValueError(f"it takes a whole number >= {low}")
         return value
     return parse
 
@@ -47,11 +54,11 @@ def _integer(low: int):
 # key -> parser of its text value; other keys may be set freely (remotes, user notes)
 KNOWN = {
     "core.fsync": _bool,
-    "gc.reflogExpire": _number(float("-inf")),  # seconds; <= 0 expires every entry
+    "gc.reflogExpire": _number(float("-inf"), "seconds"),  # <= 0 expires every entry
     "pack.autoEvery": _integer(0),
     "pack.maxDepth": _integer(0),
     "pack.level": _integer(-7),
-    "pack.cacheMB": _number(0),
+    "pack.cacheMB": _number(0, "MB"),
     "pack.verify": _bool,
 }
 READ_ONLY = {"core.format": "it is set by mvc init and names the repository's on-disk format"}
@@ -90,7 +97,7 @@ def parse(key: str, raw: str):
     try:
         return parser(raw)
     except ValueError as e:
-        raise ConfigError(f"config {key} = {raw!r} is invalid ({e})", f"set it with mvc config {key} VALUE") from None
+        raise ConfigError(f"config {key} = {raw!r} is invalid: {e}", f"set it with mvc config {key} VALUE") from None
 
 
 def check_key(key: str) -> str:

@@ -950,3 +950,14 @@ def test_an_empty_branch_or_tag_name_is_refused_not_a_listing(run, in_repo, tmp_
     r = run(*args, code=3)
     assert r.stdout == "" and r.stderr == "error: invalid branch or tag name ''\n"
     assert list(in_repo.branches()) == ["main"] and in_repo.tags() == {}
+
+
+@pytest.mark.parametrize("key,value,takes", [("gc.reflogExpire", "abc", "a finite number of seconds"),
+                                             ("pack.cacheMB", "lots", "a finite number >= 0 of MB"),
+                                             ("pack.level", "x", "a whole number >= -7"),
+                                             ("core.fsync", "maybe", "true or false")])
+def test_a_config_value_mvc_cannot_read_says_what_the_key_takes(run, in_repo, key, value, takes):
+    """gc.reflogExpire abc said Python's "could not convert string to float: 'abc'"."""
+    assert run("config", key, value, code=3).stderr == (f"error: config {key} = {value!r} is invalid: it takes {takes} "
+                                                        f"(set it with mvc config {key} VALUE)\n")
+    run("config", key, code=1)
