@@ -227,13 +227,13 @@ class Ingest:
                 with memoryview(mm) as view:
                     self._store_tensors(relpath, header, f.fileno(), mm, view)
             except _CutShort:
-                raise BadInput(f"{path} was cut short while it was being committed (nothing was committed)",
+                raise BadInput(f"{path} was cut short while it was being committed: nothing was committed",
                                CUT_SHORT_HINT) from None
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
             if _stamp(f.fileno()) != stamp:  # each tensor is hashed, then written: two reads of the file
-                raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
+                raise BadInput(f"{path} changed while it was being committed: nothing was committed",
                                CUT_SHORT_HINT)
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
 
@@ -314,14 +314,14 @@ class Ingest:
                 with memoryview(mm) as view:
                     oid = self._put_blob(b"", view, fd=f.fileno() if mapped else None, mm=mm)
             except _CutShort:
-                raise BadInput(f"{path} was cut short while it was being committed (nothing was committed)",
+                raise BadInput(f"{path} was cut short while it was being committed: nothing was committed",
                                CUT_SHORT_HINT) from None
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
             size = len(mm) if not isinstance(mm, mmap.mmap) else size
             if _stamp(f.fileno()) != stamp:
-                raise BadInput(f"{path} changed while it was being committed (nothing was committed)",
+                raise BadInput(f"{path} changed while it was being committed: nothing was committed",
                                CUT_SHORT_HINT)
         self.files[relpath] = {"format": "raw", "id": oid, "size": size}
 
@@ -331,8 +331,8 @@ class Ingest:
         except PermissionError as e:
             raise BadInput(f"{e.filename or path}: permission denied", "nothing was committed") from None
         except (FileNotFoundError, NotADirectoryError) as e:  # (a missing input is refused before this)
-            raise BadInput(f"{e.filename or path} was removed while it was being committed (nothing was "
-                           "committed)", CUT_SHORT_HINT) from None
+            raise BadInput(f"{e.filename or path} was removed while it was being committed: nothing was "
+                           "committed", CUT_SHORT_HINT) from None
 
     def _path(self, path: str, relpath: str | None) -> None:
         st = os.lstat(path)
@@ -383,7 +383,7 @@ class Ingest:
 
 def _refuse_unreadable(err: OSError):
     """os.walk's error hook: a directory that cannot be listed fails the commit, never drops files."""
-    raise BadInput(f"{err.filename}: cannot read this directory ({err.strerror})", "nothing was committed")
+    raise BadInput(f"{err.filename}: cannot read this directory: {err.strerror}", "nothing was committed")
 
 
 def inside_repository_dir(path: str) -> bool:
@@ -477,8 +477,8 @@ def tensor_blob(store: ObjectStore, t: dict, name: str, **view_options):
     try:
         e = stf.parse_blob(view, f"blob {t['id'][:12]}")
     except BadInput as err:
-        raise CorruptObject(f"tensor {name!r} names object {t['id'][:12]}, which is not a tensor blob "
-                            f"({err.message})", "run mvc fsck") from None
+        raise CorruptObject(f"tensor {name!r} names object {t['id'][:12]}, which is not a tensor blob: "
+                            f"{err.message}", "run mvc fsck") from None
     if e.dtype != t["dtype"] or list(e.shape) != list(t["shape"]):
         raise CorruptObject(f"tensor {name!r} is {t['dtype']} {list(t['shape'])} in its tree, but the blob "
                             f"it names ({t['id'][:12]}) holds {e.dtype} {list(e.shape)}", "run mvc fsck")
@@ -739,7 +739,7 @@ def checkout_paths(trees: dict[str, dict]) -> list[tuple[str, str, str]]:
             other = files.get(path) or dirs.get(path) or next((files[d] for d in parents if d in files), None)
             if other is not None:
                 raise BadInput(f"components {other!r} and {name!r} both write {path} or a directory above it",
-                               "check them out one at a time (mvc checkout REV -c NAME)")
+                               "check them out one at a time with mvc checkout REV -c NAME")
             files[path] = name
             dirs.update((d, name) for d in parents)
             out.append((name, relpath, path))
@@ -769,6 +769,6 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
                 del chunk  # (see file_chunks)
             return not f.read(1)
     except PermissionError:
-        raise BadInput(f"cannot read {dest} to compare it with the file a checkout writes there "
-                       "(permission denied)", "pass --force to replace it, or write into another place; "
+        raise BadInput(f"cannot read {dest} to compare it with the file a checkout writes there: "
+                       "permission denied", "pass --force to replace it, or write into another place; "
                        "nothing was written") from None

@@ -131,17 +131,17 @@ _ENVIRONMENT = {
     "EACCES": ("permission denied", "check the owner and mode of that path"),
     "EPERM": ("operation not permitted", "check the owner and mode of that path"),
     "EROFS": ("read-only file system", "this needs a writable file system"),
-    "EMFILE": ("too many open files", "raise the open-file limit (ulimit -n), or pass fewer jobs "
-               "(-j of push, fetch, clone)"),
+    "EMFILE": ("too many open files", "raise the open-file limit with ulimit -n, or pass fewer jobs "
+               "with -j of push, fetch or clone"),
     "ENFILE": ("too many open files in the system", "close other programs' files, or pass fewer jobs "
-               "(-j of push, fetch, clone)"),
-    "ENAMETOOLONG": ("file name too long", "use a shorter path (at most 255 bytes a name, 4096 in all)"),
+               "with -j of push, fetch or clone"),
+    "ENAMETOOLONG": ("file name too long", "use a shorter path: at most 255 bytes a name, 4096 in all"),
     "ELOOP": ("too many levels of symbolic links", "check the symbolic links on that path"),
     "ENOTDIR": ("a part of the path is not a directory", "check the path"),
     "EISDIR": ("is a directory", "name a file there, or remove the directory"),
-    "ENOMEM": ("not enough memory", "close other programs or raise the memory limit (ulimit -v); "
-               "a smaller model, or fewer jobs (-j of push, fetch, clone), needs less"),
-    "EIO": ("input/output error", "the disk or file system reported an error: check it (dmesg) and retry"),
+    "ENOMEM": ("not enough memory", "close other programs or raise the memory limit with ulimit -v; "
+               "a smaller model, or fewer jobs with -j of push, fetch or clone, needs less"),
+    "EIO": ("input/output error", "the disk or file system reported an error: check it, e.g. with dmesg, and retry"),
 }
 
 
@@ -154,8 +154,8 @@ def environment_error(e: BaseException) -> tuple[str, str] | None:
             s in str(e) for s in ("can't allocate memory", "out of memory"))):  # torch's allocators say so
         return _ENVIRONMENT["ENOMEM"]
     if isinstance(e, RuntimeError) and "can't start new thread" in str(e):
-        return ("cannot start a thread (the limit of processes or threads)",
-                "raise it (ulimit -u), or pass fewer jobs (-j of push, fetch, clone)")
+        return ("cannot start a thread: the limit of processes or threads is reached",
+                "raise it with ulimit -u, or pass fewer jobs with -j of push, fetch or clone")
     if not isinstance(e, OSError):
         return None
     name = errno.errorcode.get(e.errno or 0)

@@ -151,7 +151,7 @@ class Maintenance:
             what = "missing" if missing else "damaged"
             raise CorruptObject(f"{len(missing or damaged)} reachable objects are {what} (e.g. {oid[:12]}, "
                                 f"referenced by {ref}); {who} stopped so as not to delete what they refer to",
-                                f"run mvc fsck, and restore the {what} objects (mvc fsck --repair-from REMOTE) "
+                                f"run mvc fsck, and restore the {what} objects with mvc fsck --repair-from REMOTE "
                                 "before collecting garbage")
         return live
 

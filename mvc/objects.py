@@ -99,14 +99,14 @@ def encode(obj: dict) -> tuple[str, bytes]:
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind in _SHAPE_CHECKS:
         if kind == "commit" and len(data) > SMALL_OBJECT:  # readers take anything larger for a blob
-            raise BadInput(f"this commit would take {len(data)} bytes (at most {SMALL_OBJECT}: commits "
-                           "are read as small objects)", "shorten the message and metrics; store large "
+            raise BadInput(f"this commit would take {len(data)} bytes, and at most {SMALL_OBJECT} are "
+                           "read as a commit", "shorten the message and metrics; store large "
                            "notes as a component or a file")
         if kind == "tree" and len(data) > MAX_TREE_BYTES:  # it would commit, push, and never clone
             n = len(obj.get("tensors") or {}) + len(obj.get("files") or {})
             raise BadInput(f"this component's tree would take {len(data)} bytes for {n} tensors and files "
-                           f"(at most {MAX_TREE_BYTES}: no remote would send it back)",
-                           "split it into several components (e.g. by layer range), or shorten the tensor names")
+                           f"of at most {MAX_TREE_BYTES} that a remote would send back",
+                           "split it into several components, e.g. by layer range, or shorten the tensor names")
         try:
             _SHAPE_CHECKS[kind](json.loads(data))
         except _Malformed as e:
@@ -250,7 +250,7 @@ def check_component_name(name: str, what: str = "component name") -> str:
     if not name:
         raise BadName(f"{what} is empty")
     if "\\" in name:
-        raise BadName(f"invalid {what} {name!r} (a backslash, which separates folders on Windows)",
+        raise BadName(f"invalid {what} {name!r}: a backslash separates folders on Windows",
                       "rename it")
     if name.startswith("/"):
         raise BadName(f"invalid {what} {name!r} (use relative names like core or brick/python)")

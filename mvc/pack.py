@@ -54,7 +54,7 @@ class Pack:
             count = pf.check_pack_header(self.map, f"pack {name}.pack")
         except FormatTooNew:  # a newer mvc's pack, or a flipped bit: the name (its checksum) tells
             if self.file_size >= pf.TRAILER_BYTES and not self.verify_checksum():
-                raise CorruptObject(f"pack {name}.pack is corrupt: its header is damaged (checksum mismatch)",
+                raise CorruptObject(f"pack {name}.pack is corrupt: its header is damaged, its checksum does not match",
                                     "mvc fsck --repair-from REMOTE restores its objects from a remote or clone")
             raise
         if count != len(records) or bytes(self.map[-pf.TRAILER_BYTES:]) != self.checksum:
@@ -427,7 +427,7 @@ def _decode_simple(entry, encoding, size, where) -> bytearray:
             else:
                 chunk = dctx.decompress(frame)
         except zstandard.ZstdError as err:
-            raise CorruptObject(f"{where} is corrupt: chunk {c} does not decompress ({err})", "run mvc fsck") from None
+            raise CorruptObject(f"{where} is corrupt: chunk {c} does not decompress: {err}", "run mvc fsck") from None
         if len(chunk) != m:
             raise CorruptObject(f"{where} is corrupt: chunk {c} has the wrong size", "run mvc fsck")
         out += chunk

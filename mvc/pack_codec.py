@@ -285,8 +285,8 @@ class _Entry:
                                 raise zstandard.ZstdError("frame size does not match")
                             src = np.frombuffer(dctx.decompress(frame), dtype=np.uint8)
                         except zstandard.ZstdError as err:
-                            raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} does not decompress "
-                                                f"({err})", "run mvc fsck") from None
+                            raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} does not decompress: "
+                                                f"{err}", "run mvc fsck") from None
                         if src.size != m:
                             raise CorruptObject(f"{where} is corrupt: chunk {c} plane {k} has the wrong size",
                                                 "run mvc fsck")

@@ -77,7 +77,7 @@ def encode_pack_header(count: int) -> bytes:
 def check_pack_header(data, where: str) -> int:
     """The object count of a pack whose first bytes are `data`."""
     if len(data) < PACK_HEADER.size + TRAILER_BYTES:
-        raise CorruptObject(f"{where} is truncated ({len(data)} bytes)", "run mvc fsck")
+        raise CorruptObject(f"{where} is truncated: {len(data)} bytes", "run mvc fsck")
     magic, version, count = PACK_HEADER.unpack_from(data, 0)
     if magic != PACK_MAGIC:
         raise CorruptObject(f"{where} is not an mvc pack file", "run mvc fsck")

@@ -29,7 +29,7 @@ def first_abi_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 def check_abi(host_tree: dict, brick_tree: dict) -> None:
     host_abi, brick_abi = host_tree.get("abi") or {}, brick_tree.get("abi") or {}
     if not host_abi.get("hash"):
-        raise AbiMismatch("the host records no ABI spec (it is not a canonical-ABI core)",
+        raise AbiMismatch("the host records no ABI spec: it is not a canonical-ABI core",
                           "paste bricks into cores built by cores.build(\"layercake\", ...)")
     if not brick_abi.get("hash"):
         raise AbiMismatch("the brick records no ABI spec")

@@ -39,7 +39,7 @@ def check_author(author: str, where: str) -> str:
     shows them escaped (mvc.quoting)."""
     m = _LINE_BREAK.search(author)
     if m:
-        raise BadInput(f"the author from {where} holds a line break or NUL ({m.group()!r} at position {m.start()})",
+        raise BadInput(f"the author from {where} holds a line break or NUL: {m.group()!r} at position {m.start()}",
                        "an author is one line of text, e.g. 'Ada <ada@example.org>'")
     return author
 

@@ -31,8 +31,9 @@ _MOVED: collections.deque = collections.deque(maxlen=6)
 
 
 def note_moved(what: str) -> None:
-    """Remember a ref (here or on a remote) this process moved: an error after it must not say
-    that nothing moved (the CLI names these)."""
+    """Remember a ref (here or on a remote) this process moved, said as what it did ("moved
+    refs/heads/main to <id>", "deleted ..."): an error after it must not say that nothing moved
+    (the CLI names these)."""
     _MOVED.append(what)
 
 
@@ -43,7 +44,7 @@ def moved_in_this_process() -> list[str]:
 def moves_so_far() -> str:
     """What a command stopped by an error had done to refs, said for its error line."""
     moved = moved_in_this_process()
-    return (f"it had moved {', '.join(moved)}, which stays (see mvc reflog); the rest stopped" if moved
+    return (f"it had {', '.join(moved)}, which stays: see mvc reflog; the rest stopped" if moved
             else "nothing was moved")
 
 
@@ -287,7 +288,7 @@ class RefStore:
                                     "message": message}, sort_keys=True, separators=(",", ":"))
                 with interrupts_deferred():  # a move is whole: ref, reflog entry and their fsyncs
                     self._logged_move(ref, entry.encode() + b"\n", new, old)
-                    note_moved(f"{ref} ({new[:12] if new else 'deleted'})")
+                    note_moved(f"moved {ref} to {new[:12]}" if new else f"deleted {ref}")
                     if new is None:
                         self._retire_log(ref)
         except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
@@ -295,7 +296,7 @@ class RefStore:
             if new is not None:
                 self._check_free(ref)
             raise MvcError(f"could not update {ref}: a ref with a clashing name was being written "
-                           f"({e.strerror}: {e.filename})", "try again") from e
+                           f"at {e.filename}: {e.strerror}", "try again") from e
         finally:
             if not os.path.lexists(path):  # deleted, or a failed creation: no empty folders stay
                 _prune_dirs(os.path.dirname(path), self._kind_dir(self.root, ref))

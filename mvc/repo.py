@@ -65,12 +65,12 @@ class Repo(Maintenance):
             self.config.read(os.path.join(self.dir, "config"))
             fmt = self.config.getint("core", "format", fallback=None)
         except (configparser.Error, ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{self.dir}/config is unreadable ({str(e).splitlines()[0]})",
+            raise ConfigError(f"{self.dir}/config is unreadable: {str(e).splitlines()[0]}",
                               "fix the file by hand; core.format = 1 is required") from None
         if fmt is None:
             raise NotARepository(f"{self.dir} has no readable config", "is it an mvc repository?")
         if fmt > REPO_FORMAT:
-            raise FormatTooNew(f"repository format {fmt} is newer than this mvc understands ({REPO_FORMAT})",
+            raise FormatTooNew(f"repository format {fmt} is newer than this mvc understands, {REPO_FORMAT}",
                                "upgrade mvc")
         try:
             fsync = cfg.parse("core.fsync", self.config.get("core", "fsync", fallback="true"))
@@ -661,7 +661,7 @@ class Repo(Maintenance):
         tree = self.tree(rev, component)
         arch, config = tree.get("arch"), tree.get("config")
         if not arch:
-            raise BadInput(f"component {component!r} was committed as plain tensors (no arch recorded)",
+            raise BadInput(f"component {component!r} was committed as plain tensors, with no arch recorded",
                            "use repo.load() for its state dict")
         from .tensors import BUILD_ERRORS, precheck_build
         builder = arch_builder(arch)
@@ -670,7 +670,7 @@ class Repo(Maintenance):
         try:
             model = builder(config)
         except BUILD_ERRORS as e:
-            raise BadInput(f"{what} records a config its arch cannot build ({type(e).__name__}: {str(e)[:200]})",
+            raise BadInput(f"{what} records a config its arch cannot build: {type(e).__name__}: {str(e)[:200]}",
                            "the commit is damaged or was made by other code") from None
         state = self.load(rev, component)
         _match_stored_dtypes(model, state)
@@ -690,7 +690,7 @@ class Repo(Maintenance):
         meta = self.tree(rev, component).get("meta", {})
         groups, keys = meta.get("param_groups"), meta.get("state_keys")  # (keys: a state keyed by names)
         if not isinstance(groups, list):
-            raise BadInput(f"component {component!r} records no param groups (it was committed as flat tensors)",
+            raise BadInput(f"component {component!r} records no param groups: it was committed as flat tensors",
                            "load its tensors with repo.load() and take the settings from your training code")
         if keys is not None and not isinstance(keys, list):
             raise CorruptObject(f"component {component!r} records state_keys that are not a list")
@@ -860,7 +860,7 @@ class Repo(Maintenance):
             target = self.resolve(rev)
         elif not self._commit(old)["parents"]:
             raise UnknownRevision(f"nothing to roll back to: {old[:12]}, the head of {ref[len('refs/heads/'):]}, "
-                                  "is a root commit (it has no parent)", "mvc rollback REV moves it to another commit")
+                                  "is a root commit, with no parent", "mvc rollback REV moves it to another commit")
         else:
             target = self._parent(old, "HEAD~1", 1)
         self._commit(target)
@@ -879,9 +879,9 @@ class Repo(Maintenance):
         current = self._commit(base)["components"] if base else {}
         if current == target:
             name = ref.removeprefix("refs/heads/")
-            raise BadInput(f"nothing to revert: {name} already holds the components of {rev} ({cid[:12]})",
+            raise BadInput(f"nothing to revert: {name} already holds the components of {rev}, {cid[:12]}",
                            "mvc revert REV returns to REV's weights; to undo the last commit run "
-                           "mvc revert HEAD~1 (or mvc rollback)")
+                           "mvc revert HEAD~1 or mvc rollback")
         return self.commit({}, message=message or f"revert to {cid[:12]}", trees=target, branch=branch,
                            remove=[n for n in current if n not in target], trees_from_history=True)
 
@@ -968,7 +968,7 @@ class Repo(Maintenance):
         if entry["format"] == "safetensors" and out_file.lower().endswith(TORCH_FILE_SUFFIXES):
             raise BadInput(f"component {component!r} is stored as safetensors ({relpath}), and export writes "
                            f"those bytes: {os.path.basename(out_file)} would hold safetensors under a PyTorch "
-                           "name (torch.load refuses it)",
+                           "name, which torch.load refuses",
                            f"name the file .safetensors, or write a PyTorch file from Python: "
                            f"torch.save(dict(mvc.Repo().load(REV, {component!r})), {os.path.basename(out_file)!r})")
         self.store.prefetch(tree_blob_ids(tree))  # (a lazy clone: only once the name is accepted)
@@ -1047,7 +1047,7 @@ def _plain_number(value, path: str = "metrics", depth: int = 0):
         try:
             return item()
         except (RuntimeError, ValueError, TypeError) as e:  # e.g. a tensor on the meta device
-            raise BadInput(f"{path}: {type(value).__name__} holds no number to store ({str(e)[:80]})",
+            raise BadInput(f"{path}: {type(value).__name__} holds no number to store: {str(e)[:80]}",
                            "give metrics as Python numbers, e.g. loss.item()") from None
     return value
 
@@ -1062,7 +1062,7 @@ def arch_builder(arch: str):
     eps = {ep.name: ep for ep in entry_points(group="mvc.archs")}
     if arch not in eps:
         raise BadInput(f"no model architecture {arch!r} is registered",
-                       "install the package that provides it (entry point group mvc.archs)")
+                       "install the package that provides it, in the entry point group mvc.archs")
     return eps[arch].load()
 
 

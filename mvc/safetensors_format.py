@@ -138,7 +138,7 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
             raise BadInput(f"{where}: tensor {name!r} has unknown dtype {str(dtype)[:40]}")
         if dtype in SUB_BYTE_DTYPES:
             raise BadInput(f"{where}: tensor {name!r} has dtype {dtype}, packed below a byte, which mvc "
-                           "does not store yet", "store it unpacked (e.g. as U8) for now")
+                           "does not store yet", "store it unpacked for now, e.g. as U8")
         if dtype not in DTYPE_SIZES:
             raise BadInput(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
@@ -180,14 +180,14 @@ def build_header(entries: list[tuple[str, str, tuple[int, ...]]],
     """
     parts, offsets, pos = [], [], 0
     if any(name == "__metadata__" for name, _d, _s in entries):  # the key of the file's metadata
-        raise BadInput("a tensor cannot be named __metadata__ (safetensors keeps that key for the "
-                       "file's metadata)", "rename it")
+        raise BadInput("a tensor cannot be named __metadata__: safetensors keeps that key for the "
+                       "file's metadata", "rename it")
     if metadata:
         parts.append('"__metadata__":' + json.dumps(dict(sorted(metadata.items())),
                                                       separators=(",", ":"), ensure_ascii=False))
     for name, dtype, shape in entries:
         if len(shape) > MAX_NDIM:  # no reader would take it back
-            raise BadInput(f"tensor {name!r} has {len(shape)} dimensions (mvc stores at most {MAX_NDIM})",
+            raise BadInput(f"tensor {name!r} has {len(shape)} dimensions, and mvc stores at most {MAX_NDIM}",
                            "reshape it to fewer dimensions before committing")
         size = _numel(shape) * DTYPE_SIZES[dtype]
         offsets.append((pos, pos + size))

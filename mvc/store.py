@@ -74,10 +74,10 @@ def raise_open_files_limit() -> bool:
 def _too_many_open_files() -> MvcError:
     import resource
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return MvcError(f"too many open files (this process may open {soft}): every blob of "
+    return MvcError(f"too many open files, of the {soft} this process may open: every blob of "
                     f"{VIEW_MAP_MIN >> 20} MiB or more that is loaded stays mapped, holding one while its "
-                    "tensor lives", "raise the limit (ulimit -n), or load fewer tensors at once "
-                    "(repo.load(..., keys=[...]))")
+                    "tensor lives", "raise the limit with ulimit -n, or load fewer tensors at once "
+                    "with repo.load(..., keys=[...])")
 
 
 def _write_buffer(f, b, progress=None, hasher=None) -> int:
@@ -203,7 +203,7 @@ def _changed(oid: str) -> ChangedWhileStored:
 def _verify(oid: str, data, where: str) -> None:
     got = hash_bytes(data)
     if got != oid:
-        raise CorruptObject(f"object {oid} is corrupt: its content hashes to {got[:12]} ({where})",
+        raise CorruptObject(f"object {oid} is corrupt: its content hashes to {got[:12]}, in {where}",
                             "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
 
 

@@ -41,7 +41,7 @@ def tensor_buffer(t, name: str | None = None) -> tuple[str, tuple[int, ...], mem
         raise BadInput(f"{where}: {e.message}", e.hint) from None
     except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:  # a tensor subclass without
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]  # storage of its own
-        raise BadInput(f"{where} is a {type(t).__name__} with no plain data to store ({reason})",
+        raise BadInput(f"{where} is a {type(t).__name__} with no plain data to store: {reason}",
                        _no_data_hint(t)) from None
 
 
@@ -97,7 +97,7 @@ def load_target(device=None, dtype=None):
         try:
             device = torch.device(device)
         except (RuntimeError, TypeError, ValueError) as e:
-            raise BadInput(f"device {device!r} is not a device name ({e})", "e.g. \"cpu\" or \"cuda:0\"") from None
+            raise BadInput(f"device {device!r} is not a device name: {e}", "e.g. \"cpu\" or \"cuda:0\"") from None
         try:
             torch.empty(0, device=device)
         except (RuntimeError, AssertionError, ValueError) as e:
@@ -154,7 +154,7 @@ def load_pickle_state_dict(path: str) -> dict:
     except PermissionError:
         raise
     except Exception as e:  # untrusted bytes: whatever the unpickler trips on, the file is refused
-        raise BadInput(f"refusing to import {path}: not a plain tensor checkpoint ({_load_error_reason(e)})",
+        raise BadInput(f"refusing to import {path}: not a plain tensor checkpoint: {_load_error_reason(e)}",
                        "mvc loads .pt/.bin files with weights_only=True and never runs pickled code; "
                        "save a state dict, or convert to safetensors") from None
     for key in ("state_dict", "model"):
@@ -314,7 +314,7 @@ def module_state(value):
         abi = None
         if spec is not None and not isinstance(getattr(spec, "hash", None), str):
             raise BadInput(f"{type(value).__name__}.abi_spec is a {type(spec).__name__} without a text .hash",
-                           "set abi_spec to an ABI spec (cores.abi.AbiSpec) or None")
+                           "set abi_spec to an ABI spec, a cores.abi.AbiSpec, or None")
         if spec is not None:
             abi = {"hash": spec.hash, "spec": spec.to_dict() if hasattr(spec, "to_dict") else None}
         return state, arch, config, abi, kind

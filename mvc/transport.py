@@ -97,7 +97,7 @@ def parse_ref_value(ref: str, data: bytes | None) -> str | None:
         return None
     if not is_oid(text):
         raise CorruptObject(f"remote ref {ref} holds {text[:40]!r}, not an object id",
-                            "push with --force to replace it (a branch: or push --delete to remove it)")
+                            "push with --force to replace it, or a branch with push --delete to remove it")
     return text
 
 
@@ -482,7 +482,7 @@ class DirectoryTransport(Transport):
             try:
                 return self.packs.view(oid)
             except CorruptObject as e:  # its hint is for the repository's owner, not for us
-                raise CorruptObject(f"{e.message} (on remote {self.url})", REPAIR_HINT
+                raise CorruptObject(f"{e.message}, on remote {self.url}", REPAIR_HINT
                                     + "; or repair the repository there with mvc fsck --repair-from") from None
         raise ObjectMissing(f"object {oid} is missing on remote {self.url}", REPAIR_HINT)
 

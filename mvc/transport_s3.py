@@ -118,7 +118,7 @@ class S3Transport(Transport):
                            "check AWS_PROFILE, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and ~/.aws/credentials") from None
         if isinstance(e, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
             raise MvcError(f"cannot reach S3 for {self.describe()} while {what}: {e}",
-                           "check the endpoint (mvc remote -v) and the network, and run the command again "
+                           "check the endpoint with mvc remote -v and the network, and run the command again "
                            "to resume") from None
         if isinstance(e, bx.ClientError):
             code = _code(e)
@@ -126,7 +126,7 @@ class S3Transport(Transport):
                 raise MvcError(f"S3 bucket {self.bucket!r} does not exist",
                                f"create it first, e.g. aws s3 mb s3://{self.bucket}") from None
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise MvcError(f"access denied while {what} on {self.url} ({code})",
+                raise MvcError(f"access denied while {what} on {self.url}: {code}",
                                "check the AWS credentials and the bucket policy") from None
             raise MvcError(f"S3 error while {what} on {self.url}: {code}: {e}",
                            RETRY_HINT if _transient(e) else None) from None
@@ -177,8 +177,8 @@ class S3Transport(Transport):
                 if n and code in ("InvalidRange", "416"):
                     return n  # the body was whole after all; the caller's hash check decides
                 if n and code in _CONFLICT_CODES:
-                    raise MvcError(f"object {oid[:12]} on {self.url} was replaced while it was read "
-                                   "(a push --repair?)", RETRY_HINT) from None
+                    raise MvcError(f"object {oid[:12]} on {self.url} was replaced while it was read, "
+                                   "by a push --repair maybe", RETRY_HINT) from None
                 self._fail(e, what)
             except BotoCoreError as e:
                 if _body_broke(e) and broken < BODY_RETRIES and (etag or not n):
@@ -295,7 +295,7 @@ class S3Transport(Transport):
                 self.cas_file("config", remote_config_bytes(), token)  # (the same bytes, if it lands)
             except RefConflict:
                 continue
-            raise MvcError(f"the S3 server of {self.describe()} ignores conditional writes ({header})",
+            raise MvcError(f"the S3 server of {self.describe()} ignores conditional writes: {header}",
                            "refs cannot move safely there: use AWS S3, a recent MinIO, or a directory remote")
 
     def enclosing_repository(self):

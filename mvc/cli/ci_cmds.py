@@ -74,7 +74,7 @@ def ci(rev, base, names, junit, as_json):
             write_junit(summary, junit)
         except OSError as e:
             raise MvcError(f"cannot write the JUnit report {junit}: {e.strerror or e}",
-                           f"the checks ran ({'passed' if summary['passed'] else 'failed'}) and certificate "
+                           f"the checks ran and {'passed' if summary['passed'] else 'failed'}, and certificate "
                            f"{short(summary['certificate'])} was stored") from None
     if not summary["passed"]:
         sys.exit(1)

@@ -72,7 +72,7 @@ class MvcGroup(click.Group):
             if landed:
                 error(f"{how} after {landed}", "it stands: see mvc log; do not commit it again")
             elif moved:
-                error(f"{how} after moving {', '.join(moved)}", "that stands: see mvc log and mvc reflog; "
+                error(f"{how} after it had {', '.join(moved)}", "that stands: see mvc log and mvc reflog; "
                                                                "do not run the command again blindly")
             else:
                 error(how)
@@ -83,7 +83,7 @@ class MvcGroup(click.Group):
             if e.encoding.lower().replace("-", "") in ("utf8", "utf16", "utf32"):
                 self._bug(ctx, e)  # (not the locale's doing)
             _debug_traceback()
-            error(f"{e.object[e.start:e.end]!r} cannot be written in this locale's encoding ({e.encoding})",
+            error(f"{e.object[e.start:e.end]!r} cannot be written in this locale's encoding, {e.encoding}",
                   "use a UTF-8 locale, e.g. LC_ALL=C.UTF-8, or PYTHONUTF8=1")
             ctx.exit(3)
         except (OSError, MemoryError, RuntimeError) as e:

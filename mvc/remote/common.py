@@ -63,9 +63,9 @@ def permission_errors(t: Transport):
         raise MvcError(f"permission denied: {e.filename or t.describe()}",
                        f"{moves_so_far()}; check the permissions of the repository and of the remote") from None
     except (IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:  # e.g. a ref that is a folder
-        raise MvcError(f"unexpected file layout at {e.filename2 or e.filename or t.describe()} ({e.strerror})",
+        raise MvcError(f"unexpected file layout at {e.filename2 or e.filename or t.describe()}: {e.strerror}",
                        f"a file stands where a folder belongs or the reverse, or it was removed meanwhile; "
-                       f"check that path (the remote is {t.describe()})") from None
+                       f"check that path; the remote is {t.describe()}") from None
 
 
 def has_commit(repo: Repo, oid: str) -> bool:

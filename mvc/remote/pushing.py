@@ -73,7 +73,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         if not dry_run:
             try:
                 t.update_ref(ref, None, expected=old, replace_damaged=True)
-                note_moved(f"{branch} on {where} (deleted)")
+                note_moved(f"deleted {branch} on {where}")
             except RefConflict:
                 raise NonFastForward(f"remote branch {branch} moved while deleting it",
                                      "fetch and look before deleting it again") from None
@@ -101,9 +101,9 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         status, result["forced"] = "forced update", True
     else:
         raise NonFastForward(
-            f"push to {where} rejected: remote {branch} ({old[:12]}) is not an ancestor of your {branch} "
-            f"({local[:12]})",
-            f"fetch first (mvc pull {name or 'REMOTE'} {branch}); or pass --force to overwrite the remote branch")
+            f"push to {where} rejected: remote {branch} at {old[:12]} is not an ancestor of your {branch} "
+            f"at {local[:12]}",
+            f"fetch first with mvc pull {name or 'REMOTE'} {branch}, or pass --force to overwrite the remote branch")
 
     certs = _certs_to_push(repo, t, local, pool)
     plan = (_repair_plan(repo, t, where, local, pool, progress) if repair
@@ -122,7 +122,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force)
-            note_moved(f"{branch} on {where} ({local[:12]})")
+            note_moved(f"moved {branch} on {where} to {local[:12]}")
         except RefConflict:
             try:
                 now = t.read_ref(ref)
@@ -133,13 +133,13 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                              "push again to create it anew, if it should not stay deleted")
             else:
                 how, hint = ("moved while pushing (another push won)",
-                             f"run mvc pull {name or 'REMOTE'} {branch} (or mvc fetch) and push again")
+                             f"run mvc pull {name or 'REMOTE'} {branch}, or mvc fetch, and push again")
             raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
                                  "only the branch did not move", hint) from None
     for tag in sorted(tags):
         try:
             t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
-            note_moved(f"tag {tag} on {where}")
+            note_moved(f"made tag {tag} on {where}")
         except RefConflict:
             result["tags"].remove(tag)
             result["tags_skipped"][tag] = t.read_ref(f"refs/tags/{tag}")

@@ -129,8 +129,8 @@ def test_output_to_a_full_device_is_not_called_a_full_repository_disk(tmp_path):
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     head = mvc.Repo(tmp_path).resolve("HEAD")
     assert proc.returncode == 3 and proc.stderr.strip() == (
-        f"error: cannot write to standard output: No space left on device (it had moved refs/heads/main ({head[:12]}), "
-        "which stays (see mvc reflog); the rest stopped; what it printed is lost)"), proc.stderr
+        f"error: cannot write to standard output: No space left on device (it had moved refs/heads/main to {head[:12]}, "
+        "which stays: see mvc reflog; the rest stopped; what it printed is lost)"), proc.stderr
     assert repo.log()[0]["message"] == "one"
 
 

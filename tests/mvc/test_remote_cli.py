@@ -131,6 +131,22 @@ def test_push_and_pull_of_head_mean_the_current_branch(in_repo, tmp_path, monkey
     assert json.loads(invoke(monkeypatch, in_repo.root, "push", "origin", "HEAD", "--json").stdout)["branch"] == "main"
 
 
+def test_a_rejected_push_is_one_error_with_one_hint_in_brackets(in_repo, tmp_path, monkeypatch):
+    """It read "... your main (id) (fetch first (mvc pull origin main); or pass --force ...)"."""
+    rm.add_remote(in_repo, "origin", str(tmp_path / "o.mvc"))
+    in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    assert invoke(monkeypatch, in_repo.root, "push").exit_code == 0
+    in_repo.create_branch("side")  # the remote's main moves to a commit made on another branch
+    theirs = in_repo.commit({"core": {"w": torch.zeros(4)}}, message="theirs", branch="side")
+    DirectoryTransport(str(tmp_path / "o.mvc")).update_ref("refs/heads/main", theirs,
+                                                           expected=in_repo.resolve("main"))
+    ours = in_repo.commit({"core": {"w": torch.full((4,), 2.0)}}, message="ours")
+    r = invoke(monkeypatch, in_repo.root, "push")
+    assert r.exit_code == 3 and r.stderr == (
+        f"error: push to origin rejected: remote main at {theirs[:12]} is not an ancestor of your main at "
+        f"{ours[:12]} (fetch first with mvc pull origin main, or pass --force to overwrite the remote branch)\n")
+
+
 def test_an_mvc_repository_can_be_a_remote(tmp_path):
     a = mvc.Repo.init(tmp_path / "a")
     cid = a.commit({"core": {"w": torch.ones(4)}}, message="one")

@@ -166,3 +166,31 @@ def test_trees_under_new_names_follow_the_new_name_rules(tmp_path):
     with pytest.raises(BadName, match="C1 control"):
         repo.commit({}, trees={"evil\u009b31m": tid}, message="x")
     assert repo.commit({}, trees={"copy": tid}, message="a new, well-named component")
+
+
+def test_no_error_message_ends_in_brackets_where_a_hint_follows():
+    """`error: <what> (<hint>)` read "... is a root commit (it has no parent) (mvc rollback REV ...)":
+    a message raised with a hint must not end in a bracketed aside of its own (source scan)."""
+    import ast
+    import pathlib
+    root = pathlib.Path(mvc.__file__).parent
+    errors = {n for n, c in vars(mvc.errors).items() if isinstance(c, type) and issubclass(c, mvc.errors.MvcError)}
+    errors.add("error")  # (mvc.cli.output.error)
+
+    def text(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.JoinedStr):
+            return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        return None
+    bad = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or len(node.args) + len(node.keywords) < 2 or not node.args:
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            what = text(node.args[0])
+            if name in errors and what and what.rstrip().endswith(")") \
+                    and (len(node.args) > 1 or any(k.arg == "hint" for k in node.keywords)):
+                bad.append(f"{path.relative_to(root)}:{node.lineno}: {what[-60:]!r}")
+    assert not bad, bad
