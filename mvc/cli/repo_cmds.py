@@ -2,6 +2,7 @@
 switch, tag, status, gc, fsck, du, config and the plumbing (rev-parse, cat-object, ls-tree)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -363,11 +364,17 @@ def _fraction(frac) -> str:
 
 
 def _value(v) -> str:
-    return "-" if v is None else str(v)
+    """A metric of one side of a diff: "-" where that side has none."""
+    return "-" if v is None else _metric_text(v)
+
+
+def _metric_text(v) -> str:
+    """A metric value as JSON spells it (true, null, [1, 2]), text as it is: not Python's True."""
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
 def _metrics_line(metrics: dict) -> str:
-    return ", ".join(f"{shown(k)}={shown(v)}" for k, v in sorted(metrics.items()))
+    return ", ".join(f"{shown(k)}={shown(_metric_text(v))}" for k, v in sorted(metrics.items()))
 
 
 @cli.command()

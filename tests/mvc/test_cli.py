@@ -962,3 +962,14 @@ def test_a_config_value_mvc_cannot_read_says_what_the_key_takes(run, in_repo, ke
     assert run("config", key, value, code=3).stderr == (f"error: config {key} = {value!r} is invalid: it takes {takes} "
                                                         f"(set it with mvc config {key} VALUE)\n")
     run("config", key, code=1)
+
+
+def test_metrics_print_as_json_spells_them(run, in_repo, tmp_path):
+    """--metric ok=true showed as ok=True (Python's spelling) in log, show and diff."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "a", "--metric", "ok=false")
+    in_repo.commit({}, message="b", metrics={"ok": True, "none": None, "curve": [1.5, True], "note": "fine"})
+    assert "Metrics: curve=[1.5, true], none=null, note=fine, ok=true" in run("log", "-n", "1").stdout
+    assert "Metrics: curve=[1.5, true], none=null, note=fine, ok=true" in run("show").stdout
+    out = run("diff", "HEAD~1", "HEAD").stdout
+    assert "metric ok: false -> true" in out and "metric note: - -> fine" in out
+    assert "True" not in out + run("log").stdout
