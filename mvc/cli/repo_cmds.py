@@ -639,9 +639,20 @@ def status(as_json):
         click.echo(f"CI of HEAD: {info['ci']}")
 
 
+class _Seconds(click.FloatRange):
+    """click.FloatRange, which lets NaN through (every comparison with it is false): refused as
+    infinity is, a usage error (exit 2)."""
+
+    def convert(self, value, param, ctx):
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Report what would be removed.")
-@click.option("--grace", "grace", type=click.FloatRange(0, 10 * 365 * 24 * 3600), default=None,
+@click.option("--grace", "grace", type=_Seconds(0, 10 * 365 * 24 * 3600), default=None,
               help="Keep unreachable objects younger than this many seconds (default 3600).")
 @json_opt
 def gc(dry_run, grace, as_json):
