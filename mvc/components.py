@@ -286,7 +286,7 @@ class Ingest:
             try:
                 oid = self._put_blob(stf.blob_prefix(dtype, shape), buf)
             except ChangedWhileStored:
-                raise ChangedWhileStored(f"tensor {n!r} changed while it was being committed (nothing was committed)",
+                raise ChangedWhileStored(f"tensor {n!r} changed while it was being committed: nothing was committed",
                                          "is another thread training it? commit between steps, or a copy "
                                          "(e.g. {k: v.clone() for k, v in model.state_dict().items()})") from None
             self._add_tensor(relpath, n, oid, dtype, shape)

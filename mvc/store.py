@@ -196,7 +196,7 @@ class ObjectStore:
 
 
 def _changed(oid: str) -> ChangedWhileStored:
-    return ChangedWhileStored(f"the bytes of object {oid[:12]} changed while they were stored (nothing was stored)",
+    return ChangedWhileStored(f"the bytes of object {oid[:12]} changed while they were stored: nothing was stored",
                               "is another thread writing that memory? store a copy")
 
 
