@@ -39,14 +39,15 @@ def _number(low: float, unit: str):
     return parse
 
 
-def _integer(low: int):
+def _integer(low: int, high: int | None = None):
     def parse(raw: str) -> int:
         try:
             value = int(raw)
         except ValueError:  # (Python's "invalid literal for int() with base 10")
             value = low - 1
-        if value < low:
-            raise ValueError(f"it takes a whole number >= {low}")
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"it takes a whole number from {low} to {high}" if high is not None
+                             else f"it takes a whole number >= {low}")
         return value
     return parse
 
@@ -57,7 +58,7 @@ KNOWN = {
     "gc.reflogExpire": _number(float("-inf"), "seconds"),  # <= 0 expires every entry
     "pack.autoEvery": _integer(0),
     "pack.maxDepth": _integer(0),
-    "pack.level": _integer(-7),
+    "pack.level": _integer(-7, 22),  # zstd's levels (22 its highest)
     "pack.cacheMB": _number(0, "MB"),
     "pack.verify": _bool,
 }
@@ -125,4 +126,9 @@ def check_setting(key: str, value: str) -> None:
         check_remote_name(rest.rpartition(".")[0])
     if "\n" in value or "\r" in value:
         raise ConfigError(f"config {key}: a value is one line")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # (bytes a path may hold on Linux, which argv gives as surrogates)
+        raise ConfigError(f"config {key}: the value is not UTF-8 text", "the config file is UTF-8: "
+                          "for a remote, use a path whose name is UTF-8 (rename it, or link to it)") from None
     parse(key, value)

@@ -958,13 +958,23 @@ def test_an_empty_branch_or_tag_name_is_refused_not_a_listing(run, in_repo, tmp_
 
 @pytest.mark.parametrize("key,value,takes", [("gc.reflogExpire", "abc", "a finite number of seconds"),
                                              ("pack.cacheMB", "lots", "a finite number >= 0 of MB"),
-                                             ("pack.level", "x", "a whole number >= -7"),
+                                             ("pack.level", "x", "a whole number from -7 to 22"),
+                                             ("pack.level", "99", "a whole number from -7 to 22"),
+                                             ("pack.maxDepth", "x", "a whole number >= 0"),
                                              ("core.fsync", "maybe", "true or false")])
 def test_a_config_value_mvc_cannot_read_says_what_the_key_takes(run, in_repo, key, value, takes):
     """gc.reflogExpire abc said Python's "could not convert string to float: 'abc'"."""
     assert run("config", key, value, code=3).stderr == (f"error: config {key} = {value!r} is invalid: it takes {takes} "
                                                         f"(set it with mvc config {key} VALUE)\n")
     run("config", key, code=1)
+
+
+def test_a_config_value_that_is_not_utf8_is_refused(run, in_repo):
+    """A remote path holding a byte that is not UTF-8 (legal on Linux; argv hands it over as a
+    surrogate) crashed writing the config file: UnicodeEncodeError, exit 4."""
+    r = run("remote", "add", "origin", "/tmp/rem\udcff", code=3)
+    assert r.stderr.startswith("error: config remote.origin.url: the value is not UTF-8 text (")
+    assert "remote" not in open(os.path.join(in_repo.dir, "config")).read()
 
 
 def test_metrics_print_as_json_spells_them(run, in_repo, tmp_path):
