@@ -672,7 +672,7 @@ class Repo(Maintenance):
         except BUILD_ERRORS as e:
             raise BadInput(f"{what} records a config its arch cannot build: {type(e).__name__}: {str(e)[:200]}",
                            "the commit is damaged or was made by other code") from None
-        state = self.load(rev, component)
+        state = self.load_tree(tree, component=component)  # (the tree read above: `rev` may move meanwhile)
         _match_stored_dtypes(model, state)
         try:
             model.load_state_dict(state)
@@ -687,7 +687,8 @@ class Repo(Maintenance):
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
         for `optimizer.load_state_dict`: its tensors and the param groups its tree records. A state
         keyed by parameter names (torch.distributed.checkpoint's) comes back keyed by those names."""
-        meta = self.tree(rev, component).get("meta", {})
+        tree = self.tree(rev, component)
+        meta = tree.get("meta", {})
         groups, keys = meta.get("param_groups"), meta.get("state_keys")  # (keys: a state keyed by names)
         if not isinstance(groups, list):
             raise BadInput(f"component {component!r} records no param groups: it was committed as flat tensors",
@@ -695,7 +696,7 @@ class Repo(Maintenance):
         if keys is not None and not isinstance(keys, list):
             raise CorruptObject(f"component {component!r} records state_keys that are not a list")
         state: dict[int | str, dict] = {}
-        for name, t in self.load(rev, component).items():
+        for name, t in self.load_tree(tree, component=component).items():
             _, i, key = name.split(".", 2) if name.count(".") >= 2 else ("", name, "")
             if not (name.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
                 raise BadInput(f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)")
@@ -1076,10 +1077,13 @@ class _ObjectCache:
     def __init__(self, limit: int | None = None):
         self.limit, self._bytes = OBJECT_CACHE_BYTES if limit is None else limit, 0
         self._items: OrderedDict[str, tuple[dict, int]] = OrderedDict()
+        self._big: tuple[str, dict] | None = None  # the last object larger than the whole budget
         self._lock = threading.Lock()
 
     def get(self, oid: str) -> dict | None:
         with self._lock:
+            if self._big and self._big[0] == oid:
+                return self._big[1]
             hit = self._items.get(oid)
             if hit is None:
                 return None
@@ -1087,8 +1091,14 @@ class _ObjectCache:
             return hit[0]
 
     def put(self, oid: str, obj: dict, size: int) -> None:
+        """Keep `obj`, dropping the least recently used beyond the budget. The last object larger
+        than the whole budget (a tree of ~120,000 tensors) has a place of its own, so that loading
+        from it again does not read and decode it again."""
         with self._lock:
-            if oid in self._items or size > self.limit:
+            if size > self.limit:
+                self._big = (oid, obj)
+                return
+            if oid in self._items:
                 return
             self._items[oid] = (obj, size)
             self._bytes += size
@@ -1099,7 +1109,7 @@ class _ObjectCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-            self._bytes = 0
+            self._big, self._bytes = None, 0
 
     def __len__(self) -> int:
         return len(self._items)

@@ -143,6 +143,21 @@ def test_the_object_cache_of_a_long_lived_repo_is_bounded(repo, monkeypatch):
     assert r._cache._bytes <= 64 << 10 and 0 < len(r._cache) < 30
 
 
+def test_a_tree_larger_than_the_object_cache_is_read_once(repo, monkeypatch):
+    """A tree above the cache's whole budget (~120,000 tensors at 16 MiB) was never cached: each
+    load of one tensor read, hashed and decoded the whole tree again."""
+    from mvc import repo as repo_mod
+    monkeypatch.setattr(repo_mod, "OBJECT_CACHE_BYTES", 4 << 10)
+    repo.commit({"c": {f"layer{i}.weight": torch.zeros(2) for i in range(300)}}, message="big tree")
+    r = mvc.Repo(repo.root)
+    reads = []
+    real_get = type(r.store).get
+    monkeypatch.setattr(type(r.store), "get", lambda self, oid: reads.append(oid) or real_get(self, oid))
+    for _ in range(3):
+        assert r.load("HEAD", "c", keys=["layer7.weight"])["layer7.weight"].tolist() == [0.0, 0.0]
+    assert len(reads) == 2  # the commit and the tree, once
+
+
 def test_a_repository_is_found_through_a_symlinked_directory(tmp_path):
     mvc.Repo.init(tmp_path / "proj")
     (tmp_path / "proj" / "runs" / "exp1").mkdir(parents=True)
