@@ -523,7 +523,7 @@ def test_loading_more_mapped_blobs_than_the_open_files_limit(tmp_path, hard):
                        capture_output=True, text=True, timeout=120)
     if hard == 64:  # nothing to raise: a clear error, not a traceback
         assert r.returncode == 3, r.stderr
-        assert "too many open files (this process may open 64)" in r.stdout and "ulimit -n" in r.stdout
+        assert "too many open files, of the 64 this process may open" in r.stdout and "ulimit -n" in r.stdout
     else:  # the soft limit is raised to the hard one and the load goes on
         assert r.returncode == 0, r.stderr
         assert "loaded; limit now 4096" in r.stdout
