@@ -142,7 +142,14 @@ class Maintenance:
         """`reachable()`, refusing (CorruptObject) while a reachable object is missing or damaged:
         what only it leads to would look unreachable, and `who` (gc, packing) would drop it."""
         damaged: list = []
-        live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged, refs_only=refs_only)
+        bad_refs: dict = {}
+        live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged, bad_refs=bad_refs,
+                                       refs_only=refs_only)
+        if bad_refs:
+            ref, why = next(iter(bad_refs.items()))
+            more = f"; mvc fsck names {len(bad_refs) - 1} more" if len(bad_refs) > 1 else ""
+            raise CorruptObject(f"{who} stopped, deleting nothing: {os.path.join(self.dir, *ref.split('/'))}: {why}",
+                                f"it may be the only ref to some commits{more}")
         skip = {oid for oid, _who in missing} | self.extra_roots()  # (a missing certificate: fsck names it)
         missing += [(oid, "a reachable tree or certificate") for oid in live
                     if oid not in skip and not self.store.has(oid)]  # blobs

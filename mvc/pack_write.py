@@ -185,8 +185,8 @@ class Packer:
             live = self.live
         elif self.full:  # drops what is unreachable: refuses while something reachable is damaged
             live = repo.reachable_whole("packing")
-        else:
-            live = repo.reachable()[0]
+        else:  # deletes nothing: a ref file that holds no id is skipped (history_bases warns of it)
+            live = repo.reachable(bad_refs={})[0]
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []

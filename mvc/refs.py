@@ -61,6 +61,14 @@ def _retired_stamp(ns: int) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
+def repair_hint(ref: str) -> str:
+    """How the user mends a ref file that holds no id (what fsck and the errors about it say)."""
+    for prefix, command in (("refs/heads/", "mvc branch -d"), ("refs/tags/", "mvc tag -d")):
+        if ref.startswith(prefix):
+            return f"{command} {ref[len(prefix):]} deletes it; or write the commit id it should hold into it"
+    return "delete the file, or write the commit id it should hold into it"
+
+
 def _read_log(path: str) -> list[dict]:
     """Entries oldest first; torn or unparsable lines (a crash mid-append) are skipped."""
     try:
@@ -208,6 +216,14 @@ class RefStore:
         except (OSError, ValueError):
             return False
 
+    def held(self, ref: str) -> tuple[str | None, str | None]:
+        """(the id `ref` holds, None) or, for a file that holds no id, (None, the text it holds);
+        (None, None) when there is no such ref. A symbolic ref is not followed."""
+        raw = self.read_raw(ref)
+        if raw is None or is_oid(raw):
+            return raw, None
+        return None, raw
+
     def head_target(self) -> str | None:
         """The branch ref HEAD points to (e.g. refs/heads/main), or None when detached."""
         raw = self.read_raw("HEAD")
@@ -223,15 +239,15 @@ class RefStore:
         if raw.startswith(SYMREF_PREFIX):
             return self.read(raw[len(SYMREF_PREFIX):])
         if not is_oid(raw):
-            raise CorruptObject(f"ref {ref} holds {raw[:40]!r}, not an object id", "run mvc fsck")
+            raise CorruptObject(f"ref {ref} holds {raw[:40]!r}, not an object id", repair_hint(ref))
         return raw
 
     def list(self, prefix: str = "refs/", bad: dict | None = None, strict: bool = False) -> dict[str, str]:
-        """{ref: id} under `prefix`. A ref file that does not hold an id stops the listing
-        (CorruptObject) unless `bad` (a dict) is given, which then receives {ref: problem}. A
-        folder that cannot be read, or a file whose name no ref may have (a stray file, which mvc
-        never writes), is skipped with a warning, or, `strict` (what gc keeps must count every
-        ref), stops the listing."""
+        """{ref: id} under `prefix`. A ref file that does not hold an id, a folder that cannot be
+        read, or a file whose name no ref may have (a stray file, which mvc never writes), is
+        skipped with a warning, or, `strict` (what gc keeps must count every ref), stops the
+        listing (CorruptObject). `bad` (a dict), when given, receives {ref: problem} for the
+        first two kinds instead (no warning, and no stop)."""
         base = os.path.join(self.root, *prefix.rstrip("/").split("/"))
         out = {}
         for dirpath, _dirs, files in walk(base, strict):
@@ -243,12 +259,12 @@ class RefStore:
                 try:
                     value = self.read(ref)
                 except (CorruptObject, BadName) as e:
-                    problem = e.message if isinstance(e, CorruptObject) else \
+                    problem = str(e) if isinstance(e, CorruptObject) else \
                         f"a file whose name no ref may have ({e.message}); rename it or move it out of refs/"
                     if bad is not None:
                         bad[ref] = problem
-                    elif isinstance(e, CorruptObject) or strict:
-                        raise CorruptObject(f"{full}: {problem}") if isinstance(e, BadName) else e
+                    elif strict:
+                        raise e if isinstance(e, CorruptObject) else CorruptObject(f"{full}: {problem}")
                     else:
                         warnings.warn(f"skipped {full}: {problem}")
                     continue
@@ -268,7 +284,9 @@ class RefStore:
 
     def update(self, ref: str, new: str | None, expected: str | None | object = ..., message: str = "",
                author: str = "") -> None:
-        """Move `ref` to `new` (None deletes) if it still holds `expected` (... skips the check)."""
+        """Move `ref` to `new` (None deletes) if it still holds `expected` (... skips the check).
+        A ref file that holds no id can be deleted: `expected` is then the text it holds (see
+        `held`), and its reflog entry says what that was."""
         if ref == "HEAD":
             target = self.head_target()
             if target:
@@ -278,12 +296,15 @@ class RefStore:
             self._check_free(ref)  # before the lock: taking it creates directories
         try:
             with LockFile(path + ".lock", what=f"ref {ref}"):
-                old = self.read(ref)
-                if expected is not ... and old != expected:
+                old, junk = self.held(ref) if new is None else (self.read(ref), None)
+                if expected is not ... and (old if junk is None else junk) != expected:
+                    now = old or (repr(junk[:40]) if junk is not None else "(none)")
                     raise RefConflict(
-                        f"{ref} moved to {old[:12] if old else '(none)'} while expecting "
+                        f"{ref} moved to {now[:12] if old else now} while expecting "
                         f"{expected[:12] if expected else '(none)'}",
                         "another process updated it; try again")
+                if junk is not None:  # (the log names ids only: gc counts every id in it)
+                    message = f"{message} (it held {junk[:40]!r}, not an id)"
                 entry = json.dumps({"old": old, "new": new, "time": utc_now(), "author": author,
                                     "message": message}, sort_keys=True, separators=(",", ":"))
                 with interrupts_deferred():  # a move is whole: ref, reflog entry and their fsyncs

@@ -788,15 +788,25 @@ class Repo(Maintenance):
             raise BadName(f"branch {name!r} already exists") from None
         return oid
 
-    def delete_branch(self, name: str) -> str:
+    def delete_branch(self, name: str) -> str | None:
+        """Remove branch `name`; returns the commit it named (None for a ref file that held no id,
+        which is deleted all the same)."""
         ref = f"refs/heads/{name}"
-        oid = self.refs.read(ref)
-        if oid is None:
+        oid, junk = self._held_ref(ref)
+        if oid is None and junk is None:
             raise UnknownRevision(f"no branch {name!r}")
         if self.refs.head_target() == ref:
             raise MvcError(f"cannot delete the current branch {name!r}", "switch to another branch first")
-        self.refs.update(ref, None, expected=oid, message="branch: deleted", author=default_author(self.root))
+        self.refs.update(ref, None, expected=oid if junk is None else junk, message="branch: deleted",
+                         author=default_author(self.root))
         return oid
+
+    def _held_ref(self, ref: str) -> tuple[str | None, str | None]:
+        """RefStore.held, warning about a ref file that holds no id (a deletion removes it)."""
+        oid, junk = self.refs.held(ref)
+        if junk is not None:
+            warnings.warn(f"{ref} held {junk[:40]!r}, not a commit id")
+        return oid, junk
 
     def switch(self, name: str) -> bool:
         """Make branch `name` the current one; False when it is already (in a repository without
@@ -840,13 +850,15 @@ class Repo(Maintenance):
         self.refs.update(ref, oid, message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
         return oid
 
-    def delete_tag(self, name: str) -> str:
-        """Remove tag `name`; returns the commit it named (its reflog keeps it from gc a while)."""
+    def delete_tag(self, name: str) -> str | None:
+        """Remove tag `name`; returns the commit it named (its reflog keeps it from gc a while;
+        None for a ref file that held no id, which is deleted all the same)."""
         ref = f"refs/tags/{name}"
-        oid = self.refs.read(ref)
-        if oid is None:
+        oid, junk = self._held_ref(ref)
+        if oid is None and junk is None:
             raise UnknownRevision(f"no tag {name!r}", "see mvc tag")
-        self.refs.update(ref, None, expected=oid, message="tag: deleted", author=default_author(self.root))
+        self.refs.update(ref, None, expected=oid if junk is None else junk, message="tag: deleted",
+                         author=default_author(self.root))
         return oid
 
     def rollback(self, rev: str | None = None) -> dict:

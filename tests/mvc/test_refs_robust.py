@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import time
+import warnings
 
 import pytest
 import torch
@@ -437,3 +438,43 @@ def test_a_full_ref_name_cannot_leave_the_refs_folder(tmp_path, ref):
         refs.read(ref)
     with pytest.raises(BadName):
         refs.update(ref, A, None)
+
+
+def test_a_ref_file_holding_no_id_is_skipped_by_listings_deleted_by_branch_d_and_stops_gc(tmp_path, monkeypatch):
+    """`deadbeef` in refs/heads/exp (a script's short id) made log, branch, tag and pack of every
+    branch fail, and `mvc branch -d exp` could not remove it. Listings skip it with a warning;
+    branch -d and tag -d delete it (logged); gc still stops, deleting nothing, until then."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    first = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    cid = repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
+    repo.create_branch("exp", "HEAD~1")
+    repo.tag("v1")
+    (tmp_path / "r" / ".mvc" / "refs" / "heads" / "exp").write_text("deadbeef\n")
+    (tmp_path / "r" / ".mvc" / "refs" / "tags" / "v1").write_text("junk\n")
+    monkeypatch.chdir(repo.root)
+    runner = CliRunner()
+    for args, shows, skipped in (
+            (["log", "main", "--oneline"], f"{cid[:12]} (main) two", "holds 'junk', not an object id (mvc tag -d v1"),
+            (["branch"], "* main", "holds 'deadbeef', not an object id (mvc branch -d exp"),
+            (["tag"], "", "(mvc tag -d v1 deletes it"), (["pack"], "packed", "(mvc branch -d exp deletes it")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # (each command of this process warns again)
+            r = runner.invoke(cli, args)
+        assert r.exit_code == 0 and shows in r.stdout, (args, r.output)
+        assert "warning: skipped" in r.stderr and skipped in r.stderr, (args, r.stderr)
+    assert [p["id"] for p in repo.fsck()["problems"]] == ["refs/heads/exp", "refs/tags/v1"]
+    before = sorted(repo.store.ids())
+    with pytest.raises(mvc.CorruptObject, match="gc stopped, deleting nothing: .*exp: ref refs/heads/exp holds 'deadbeef'"):
+        repo.gc(grace_s=0)
+    assert sorted(repo.store.ids()) == before
+    r = runner.invoke(cli, ["branch", "-d", "exp"])
+    assert r.exit_code == 0 and "Deleted branch exp (was -)" in r.stdout, r.output
+    assert "held 'deadbeef', not a commit id" in r.stderr
+    assert runner.invoke(cli, ["tag", "-d", "v1"]).exit_code == 0
+    assert not os.path.exists(tmp_path / "r" / ".mvc" / "refs" / "heads" / "exp")
+    assert [e["message"] for e in repo.refs.reflog("refs/heads/exp")] == [
+        "branch: deleted (it held 'deadbeef', not an id)", "branch: created from HEAD~1"]
+    assert repo.fsck()["ok"] and repo.gc(grace_s=0)["removed"] == 0
+    assert repo.refs.all_reflog_ids() >= {first, cid}
+    with pytest.raises(mvc.UnknownRevision):
+        repo.delete_branch("exp")
