@@ -69,22 +69,36 @@ def repair_hint(ref: str) -> str:
     return "delete the file, or write the commit id it should hold into it"
 
 
-def _read_log(path: str) -> list[dict]:
-    """Entries oldest first; torn or unparsable lines (a crash mid-append) are skipped."""
+def _read_log(path: str, checked: bool = True) -> list[dict]:
+    """Entries oldest first; torn or unparsable lines (a crash mid-append) are skipped, and so,
+    with a warning, are entries of another shape than mvc writes (a hand edit, another program),
+    unless not `checked` (what gc counts: every id an entry names keeps its commit)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return []
-    out = []
+    out, odd = [], 0
     for line in lines:
         try:
             e = json.loads(line)
         except ValueError:
             continue
-        if isinstance(e, dict):
+        if checked and not _well_formed(e):
+            odd += 1
+        elif isinstance(e, dict):
             out.append(e)
+    if odd:
+        warnings.warn(f"skipped {odd} malformed entr{'y' if odd == 1 else 'ies'} of reflog {path}")
     return out
+
+
+def _well_formed(e) -> bool:
+    """Whether a parsed reflog line is an entry as update() writes it (author is optional:
+    older mvc wrote none)."""
+    return (isinstance(e, dict) and all(e.get(k) is None or (isinstance(e[k], str) and is_oid(e[k])) for k in ("old", "new"))
+            and "new" in e and isinstance(e.get("time"), str) and isinstance(e.get("message"), str)
+            and isinstance(e.get("author", ""), str))
 
 
 def _entry_time(e) -> float:
@@ -436,7 +450,7 @@ class RefStore:
         ids = set()
         for dirpath, _d, files in walk(os.path.join(self.root, "logs")):
             for name in files:
-                for e in _read_log(os.path.join(dirpath, name)):
+                for e in _read_log(os.path.join(dirpath, name), checked=False):
                     if cutoff is not None and not _entry_time(e) >= cutoff:
                         continue
                     for k in ("old", "new"):
@@ -451,7 +465,8 @@ class RefStore:
         for dirpath, _d, files in walk(os.path.join(self.root, "logs")):
             for name in files:
                 if not is_atomic_temp(name):  # (a killed rewrite's: gc deletes it, see expire_reflogs)
-                    n += sum(1 for e in _read_log(os.path.join(dirpath, name)) if not _entry_time(e) >= cutoff)
+                    n += sum(1 for e in _read_log(os.path.join(dirpath, name), checked=False)
+                             if not _entry_time(e) >= cutoff)
         return n
 
     def expire_reflogs(self, older_than_s: float) -> int:

@@ -273,6 +273,29 @@ def test_expiring_reflogs_drops_what_count_expiring_counted(tmp_path):
     assert [e["message"] for e in refs.reflog("refs/heads/main")] == ["one"]
 
 
+def test_reflog_entries_of_another_shape_are_skipped_with_a_warning_and_still_keep_their_ids(tmp_path, monkeypatch):
+    """A reflog line that is JSON but not an entry ("new": 5, no "message", a list) made `mvc
+    reflog` and `mvc rollback @{0}` crash (exit 4). They are skipped with a warning, as torn lines
+    are; an id such an entry names still keeps its commit from gc."""
+    import mvc
+    repo = mvc.Repo.init(tmp_path / "r")
+    first = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    second = repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
+    log = tmp_path / "r" / ".mvc" / "logs" / "refs" / "heads" / "main"
+    odd = [{"old": None, "new": 5, "time": "2026-01-01T00:00:00Z", "message": "m", "author": ""},
+           {"old": None, "new": C, "time": "2026-01-01T00:00:00Z"}, [1, 2]]
+    with open(log, "a") as f:
+        f.writelines(json.dumps(e) + "\n" for e in odd)
+    with pytest.warns(UserWarning, match="skipped 3 malformed entries of reflog .*main"):
+        assert [e["message"] for e in repo.reflog("main")] == ["commit: two", "commit: one"]
+    assert C in repo.refs.all_reflog_ids()
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["reflog"])
+    assert r.exit_code == 0 and f"{second[:12]} @{{0}}: commit: two" in r.stdout, r.output
+    r = CliRunner().invoke(cli, ["rollback", "@{1}"])
+    assert r.exit_code == 0 and repo.head() == first, r.output
+
+
 # -- Ctrl-C while a ref moves, or after a commit has landed -------------------------------------
 def _interrupt_self(*_a, **_k):
     os.kill(os.getpid(), __import__("signal").SIGINT)
