@@ -208,9 +208,9 @@ class PackStore(ObjectStore):
     def has(self, oid):
         return self.lookup(oid) is not None
 
-    def freshen(self, oid, older_than=0.0):
+    def freshen(self, oid, older_than=0.0, size=None):
         """Whether a pack holds `oid`, looked up again when the pack it was listed in has gone (a
-        repack). A pack's time is left alone: renewing it would make every unreachable object in
+        repack); its entry is trusted whatever `size` (its index was verified). A pack's time is left alone: renewing it would make every unreachable object in
         it look young, so its garbage would never age out; gc drops packed objects only under
         the writers lock, after checking that no commit or push reached them meanwhile."""
         hit = self.lookup(oid)

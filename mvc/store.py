@@ -11,6 +11,7 @@ import contextvars
 import errno
 import mmap
 import os
+import stat
 import sys
 import threading
 import time
@@ -136,10 +137,14 @@ def _write_copies(f, view, progress, hasher) -> int:
     return n
 
 
+def _nbytes(buffers) -> int:
+    return sum(memoryview(b).nbytes for b in buffers)
+
+
 def _report_all(progress, buffers) -> None:
     """Tell `progress` of the whole object at once (a store that found it held, or keeps it in memory)."""
     if progress:
-        progress(sum(memoryview(b).nbytes for b in buffers))
+        progress(_nbytes(buffers))
 
 
 class ObjectStore:
@@ -152,11 +157,12 @@ class ObjectStore:
         """Whether a put of `oid` would find it stored and write nothing."""
         return self.has(oid)
 
-    def freshen(self, oid: str, older_than: float = 0.0) -> bool:
+    def freshen(self, oid: str, older_than: float = 0.0, size: int | None = None) -> bool:
         """Whether the store holds `oid`; a loose file holding it gets its modification time set
         to now when older than `older_than` seconds, so that a gc, which deletes unreachable loose
         objects older than its grace period, keeps it until whoever found it (a commit, a push)
-        has made a ref point at it. Packs are not touched (see PackStore.freshen)."""
+        has made a ref point at it. Packs are not touched (see PackStore.freshen). A loose file
+        of another `size` than the object's (cut short by a crash or a bad disk) does not hold it."""
         return self.has(oid)
 
     def get(self, oid: str) -> bytes:
@@ -198,6 +204,11 @@ class ObjectStore:
 def _changed(oid: str) -> ChangedWhileStored:
     return ChangedWhileStored(f"the bytes of object {oid[:12]} changed while they were stored: nothing was stored",
                               "is another thread writing that memory? store a copy")
+
+
+def _not_a_file(oid: str, path: str) -> CorruptObject:
+    return CorruptObject(f"object {oid} is damaged: {path} is not a regular file",
+                         "move it aside; mvc fsck --repair-from REMOTE restores the object from a remote or clone")
 
 
 def _verify(oid: str, data, where: str) -> None:
@@ -351,16 +362,32 @@ class LooseStore(ObjectStore):
     def has(self, oid):
         return is_oid(oid) and (os.path.exists(self.path(oid)) or (self._pending is not None and oid in self._pending))
 
-    def freshen(self, oid, older_than=0.0):
-        return freshen_file(self.path(oid), older_than) or (self._pending is not None and oid in self._pending)
+    def freshen(self, oid, older_than=0.0, size=None):
+        return (self._whole(oid, size) and freshen_file(self.path(oid), older_than)) or \
+            (self._pending is not None and oid in self._pending)
+
+    def _whole(self, oid: str, size: int | None) -> bool:
+        """False when the object's file is there with another size than `size` (damaged: a put
+        writes it anew); CorruptObject when its path is no regular file, which a put cannot replace."""
+        try:
+            st = os.stat(self.path(oid))
+        except OSError:
+            return True  # (absent: nothing to tell)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_file(oid, self.path(oid))
+        return size is None or st.st_size == size
 
     def _open(self, oid) -> int:
         if self._pending and self._pending.get(oid):
             return os.open(self._pending[oid], os.O_RDONLY)
         try:
-            return os.open(self.path(oid), os.O_RDONLY)
+            fd = os.open(self.path(oid), os.O_RDONLY)
         except FileNotFoundError:
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory (a botched restore), a pipe
+            os.close(fd)
+            raise _not_a_file(oid, self.path(oid))
+        return fd
 
     def get(self, oid):
         with open(self._open(oid), "rb") as f:
@@ -451,9 +478,9 @@ class LooseStore(ObjectStore):
         pending = self._pending
         deferred = pending is not None  # batch(): fsync + rename happen at its end
         with self._claim:
-            if os.path.exists(final) or (deferred and oid in pending):
+            if (deferred and oid in pending) or (os.path.exists(final) and self._whole(oid, _nbytes(buffers))):
                 _report_all(progress, buffers)
-                return oid
+                return oid  # (a file of another size, cut short, is written anew and renamed over)
             if deferred:
                 pending[oid] = None  # claimed: another thread putting the same id returns here
         try:
@@ -627,13 +654,13 @@ class ChainStore(ObjectStore):
         remote, which may drop it) already holds the object; a loose copy found is freshened (see
         ObjectStore.freshen) when older than FOUND_FRESHEN_S."""
         oid = oid or hash_bytes(*buffers)
-        if any(s.freshen(oid, FOUND_FRESHEN_S) for s in self.stores if not s.fetches):
+        if any(s.freshen(oid, FOUND_FRESHEN_S, _nbytes(buffers)) for s in self.stores if not s.fetches):
             _report_all(progress, buffers)
             return oid
         return self.primary.put(*buffers, oid=oid, progress=progress, recheck=recheck)
 
-    def freshen(self, oid, older_than=0.0):
-        return any(s.freshen(oid, older_than) for s in self.stores)
+    def freshen(self, oid, older_than=0.0, size=None):
+        return any(s.freshen(oid, older_than, size) for s in self.stores)
 
     def size(self, oid):
         return self._read(oid, "size")

@@ -1,4 +1,5 @@
 """One contract suite for every object store (memory, loose, chain); other stores join by subclassing."""
+import contextlib
 import contextvars
 import mmap
 import os
@@ -309,6 +310,45 @@ class TestChainStore(StoreContract):
         assert s.has(oid) and s.get(oid) == b"in the second store"
         new = s.put(b"new")
         assert s.primary.has(new) and not mem.has(new)
+
+
+@pytest.mark.parametrize("how", ["loose", "batch", "chain"])
+@pytest.mark.parametrize("left", [0, 5])
+def test_a_put_rewrites_a_loose_file_cut_short(tmp_path, how, left):
+    """A loose object file cut short (0 bytes after a crash on a non-journaling file system, a
+    bad disk) was kept by every later put of those bytes: a commit deduplicated onto it, exit 0,
+    and could not be checked out. A file of another size than the object is written anew."""
+    loose = LooseStore(str(tmp_path / "objects"))
+    data = os.urandom(1000)
+    oid = loose.put(data)
+    path = loose.path(oid)
+    os.chmod(path, 0o644)
+    os.truncate(path, left)
+    store = ChainStore(loose, MemoryStore()) if how == "chain" else loose
+    with loose.batch() if how == "batch" else contextlib.nullcontext():
+        assert store.put(data) == oid
+    assert loose.get(oid) == data and os.stat(path).st_size == 1000
+    assert sorted(os.listdir(tmp_path / "objects" / "tmp")) == []
+
+
+def test_an_object_path_that_is_a_directory_is_named_as_damage(repo):
+    """`objects/ab/cdef...` a directory (a botched restore) said `error: is a directory at 3` and
+    stopped fsck (exit 3). Reads and puts name the object and its path; fsck lists it (exit 1)."""
+    cid = repo.commit({"m": {"w": __import__("torch").ones(3)}}, message="one")
+    path = repo.loose.path(cid)
+    data = open(path, "rb").read()
+    os.chmod(path, 0o644)
+    os.unlink(path)
+    os.mkdir(path)
+    repo._cache.clear()
+    for read in (repo.loose.get, repo.loose.view, repo.read_commit):
+        with pytest.raises(CorruptObject, match=f"object {cid} is damaged: {path} is not a regular file"):
+            read(cid)
+    with pytest.raises(CorruptObject, match="not a regular file"):
+        repo.store.put(data)  # (it cannot be written over)
+    report = repo.fsck()
+    assert not report["ok"] and report["problems"][0] == {
+        "id": cid, "problem": f"object {cid} is damaged: {path} is not a regular file"}
 
 
 def test_loose_batch_keeps_objects_in_temp_until_flushed(tmp_path):
