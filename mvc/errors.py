@@ -142,6 +142,8 @@ _ENVIRONMENT = {
     "ENOMEM": ("not enough memory", "close other programs or raise the memory limit with ulimit -v; "
                "a smaller model, or fewer jobs with -j of push, fetch or clone, needs less"),
     "EIO": ("input/output error", "the disk or file system reported an error: check it, e.g. with dmesg, and retry"),
+    "EFBIG": ("file too large", "a file-size limit stopped the write: raise it with ulimit -f, or keep the "
+              "repository on a file system that allows files this large"),
 }
 
 

@@ -322,8 +322,14 @@ class RefStore:
                 entry = json.dumps({"old": old, "new": new, "time": utc_now(), "author": author,
                                     "message": message}, sort_keys=True, separators=(",", ":"))
                 with interrupts_deferred():  # a move is whole: ref, reflog entry and their fsyncs
-                    self._logged_move(ref, entry.encode() + b"\n", new, old)
-                    note_moved(f"moved {ref} to {new[:12]}" if new else f"deleted {ref}")
+                    moved = f"moved {ref} to {new[:12]}" if new else f"deleted {ref}"
+                    try:
+                        self._logged_move(ref, entry.encode() + b"\n", new, old)
+                    except BaseException:
+                        if new != old and self._holds(ref, new):  # a sync after the move failed:
+                            note_moved(moved)  # the error must not say that nothing moved
+                        raise
+                    note_moved(moved)
                     if new is None:
                         self._retire_log(ref)
         except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:

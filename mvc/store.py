@@ -738,15 +738,24 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+# what fsync of a directory fails with on a file system that cannot sync directories (some network
+# and FUSE file systems; PostgreSQL ignores the first two there too): nothing to make durable
+_NO_DIR_FSYNC = {errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
 def fsync_dir(path: str) -> None:
+    """Make the renames into directory `path` durable. Any other failure than a file system that
+    cannot sync directories (an I/O error) is raised, naming the directory: what was renamed
+    there may not survive a crash, so no ref may point at it as if it would."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
+        return  # (removed meanwhile, or not ours to read: nothing we could sync)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno not in _NO_DIR_FSYNC:
+            raise OSError(e.errno, f"{e.strerror} (syncing the directory)", path) from None
     finally:
         os.close(fd)
 

@@ -103,6 +103,52 @@ def test_environment_errors_are_exit_3_with_what_to_do(in_repo, monkeypatch, err
     assert what in r.stderr and fix in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_file_size_limit_is_exit_3_with_what_to_do_and_leaves_nothing(in_repo, tmp_path):
+    """EFBIG (`ulimit -f`, a file system's largest file) was exit 4, 'a bug in mvc', with a
+    traceback. Python ignores SIGXFSZ, so the write fails with EFBIG instead of killing mvc."""
+    in_repo.commit({"model": _sd(n=1)}, message="one")
+    from safetensors.torch import save_file
+    save_file({"w": torch.randn(256, 256)}, str(tmp_path / "big.safetensors"))
+    import resource
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100 << 10, 100 << 10))  # noqa: E731
+    r = subprocess.run([sys.executable, "-m", "mvc", "commit", str(tmp_path / "big.safetensors"), "-m", "big"],
+                       cwd=in_repo.root, capture_output=True, text=True, preexec_fn=limit,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.startswith("error: file too large (nothing was moved;") and "ulimit -f" in r.stderr
+    assert "Traceback" not in r.stderr and len(in_repo.log()) == 1 and in_repo.fsck()["ok"]
+    assert os.listdir(os.path.join(in_repo.dir, "objects", "tmp")) == []
+
+
+@pytest.mark.parametrize("where,err,code", [("objects", errno.EIO, 3), ("refs", errno.EIO, 3),
+                                            ("objects", errno.EINVAL, 0), ("refs", errno.ENOTSUP, 0)])
+def test_a_failed_directory_fsync_is_an_error_unless_the_file_system_cannot_sync_directories(
+        in_repo, monkeypatch, where, err, code):
+    """An EIO from the fsync of a directory that a commit's objects or its ref were renamed into was
+    ignored (exit 0): after a crash the ref could name objects that never reached the disk. A file
+    system that cannot sync directories (EINVAL, ENOTSUP) is still no error."""
+    first = in_repo.commit({"model": _sd(n=1)}, message="one")
+    real = os.fsync
+
+    def fsync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}") and f"/.mvc/{where}/" in os.readlink(f"/proc/self/fd/{fd}") + "/":
+            raise OSError(err, os.strerror(err))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    from safetensors.torch import save_file
+    save_file(_sd(seed=1, n=1), "m.safetensors")
+    r = CliRunner().invoke(cli, ["commit", "m.safetensors", "-m", "two"])
+    monkeypatch.setattr(os, "fsync", real)
+    assert r.exit_code == code, r.output
+    if code == 0:
+        return
+    assert r.stderr.startswith(f"error: input/output error at {in_repo.dir}/{where}") and "dmesg" in r.stderr
+    if where == "objects":  # before the ref moved: it did not
+        assert "nothing was moved" in r.stderr and in_repo.head() == first
+    else:  # the ref moved, then its directory's sync failed: the error says so
+        assert f"it had moved refs/heads/main ({in_repo.head()[:12]})" in r.stderr and in_repo.head() != first
+
+
 @pytest.mark.parametrize("exc,what,fix", [
     (OSError(errno.ENOMEM, "Cannot allocate memory"), "not enough memory", "ulimit -v"),
     (MemoryError(), "not enough memory", "ulimit -v"),
