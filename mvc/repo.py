@@ -77,8 +77,12 @@ class Repo(Maintenance):
         except ConfigError as e:  # durable by default: a bad value must not stop `mvc config` fixing it
             warnings.warn(f"{e.message}; writing durably (fsync) meanwhile")
             fsync = True
-        self.loose = LooseStore(os.path.join(self.dir, "objects"), fsync=fsync,
-                                stamps=os.path.join(self.dir, "verified"))
+        objects = os.path.join(self.dir, "objects")
+        if not os.path.isdir(objects):  # (mvc never removes it: every object would be gone)
+            raise CorruptObject(f"this repository is damaged: {objects} is "
+                                f"{'not a directory' if os.path.lexists(objects) else 'missing'}",
+                                "restore it from a backup, or clone the repository again from a remote")
+        self.loose = LooseStore(objects, fsync=fsync, stamps=os.path.join(self.dir, "verified"))
         self.store = ChainStore(self.loose, *self._read_stores())
         self.refs = RefStore(self.dir, fsync=fsync)
         self._cache = _ObjectCache()

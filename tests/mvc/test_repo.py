@@ -380,6 +380,29 @@ def test_not_a_repository(tmp_path):
         mvc.Repo(tmp_path)
 
 
+@pytest.mark.parametrize("damage", ["missing", "file"])
+def test_a_repository_without_its_objects_folder_is_damaged_not_a_bug(repo, monkeypatch, damage):
+    """`.mvc/objects` gone: gc crashed (FileNotFoundError, exit 4); a file there: commit blamed
+    "the program writing" its input. Opening the repository says it is damaged (exit 3)."""
+    import shutil
+    from click.testing import CliRunner
+    from mvc.cli import cli
+    repo.commit({"core": sd(0)}, message="one")
+    objects = os.path.join(repo.dir, "objects")
+    shutil.rmtree(objects)
+    if damage == "file":
+        open(objects, "w").close()
+    with pytest.raises(CorruptObject, match=f"this repository is damaged: {objects} is "
+                                            f"{'missing' if damage == 'missing' else 'not a directory'}"):
+        mvc.Repo(repo.root)
+    monkeypatch.chdir(repo.root)
+    save_file(sd(1), "m.safetensors")
+    for args in (["gc"], ["commit", "m.safetensors", "-m", "two"], ["fsck"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 3 and r.stderr.startswith("error: this repository is damaged:"), (args, r.output)
+        assert "clone the repository again" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
 def test_repo_found_upward(repo):
     sub = os.path.join(repo.root, "a", "b")
     os.makedirs(sub)
