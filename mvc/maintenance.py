@@ -432,6 +432,9 @@ class Maintenance:
         self._cache.clear()
         unreadable, bad_refs = [], {}
         live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs)
+        head = self.refs.head_problem()
+        if head:
+            bad_refs["HEAD"] = head  # (in place of what the walk said of a detached HEAD)
         problems = [{"id": ref, "problem": why} for ref, why in bad_refs.items()]
         problems += [{"id": cert, "problem": "missing (named by the certificate index; mvc fsck --repair-from "
                                              "REMOTE restores it)"}

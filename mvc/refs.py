@@ -238,6 +238,25 @@ class RefStore:
             return raw, None
         return None, raw
 
+    def head_problem(self) -> str | None:
+        """What is wrong with HEAD (fsck names it), or None: it must name a branch
+        (`ref: refs/heads/NAME`, which may have no commits yet) or hold a commit id (detached)."""
+        raw = self.read_raw("HEAD")
+        if raw is not None and raw.startswith(SYMREF_PREFIX):
+            target = raw[len(SYMREF_PREFIX):]
+            try:
+                if target.startswith("refs/heads/"):
+                    self._path(target)
+                    return None
+            except BadName:
+                pass
+            what = f"names {target[:60]!r}, not a branch"
+        elif raw is not None and is_oid(raw):
+            return None
+        else:
+            what = "is missing" if raw is None else f"holds {raw[:40]!r}, neither a branch nor a commit id"
+        return f"HEAD {what} (mvc switch BRANCH repairs it)"
+
     def head_target(self) -> str | None:
         """The branch ref HEAD points to (e.g. refs/heads/main), or None when detached."""
         raw = self.read_raw("HEAD")

@@ -501,3 +501,24 @@ def test_a_ref_file_holding_no_id_is_skipped_by_listings_deleted_by_branch_d_and
     assert repo.refs.all_reflog_ids() >= {first, cid}
     with pytest.raises(mvc.UnknownRevision):
         repo.delete_branch("exp")
+
+
+@pytest.mark.parametrize("head,problem", [
+    ("", "HEAD holds '', neither a branch nor a commit id"),
+    ("ref: refs/heads/../../../evil\n", "HEAD names 'refs/heads/../../../evil', not a branch"),
+    ("ref: refs/tags/v1\n", "HEAD names 'refs/tags/v1', not a branch"),
+    (None, "HEAD is missing")])
+def test_fsck_names_a_damaged_head_and_switch_repairs_it(tmp_path, monkeypatch, head, problem):
+    """An empty HEAD (log then said 'no commits yet') or one naming `refs/heads/../../../evil`
+    passed fsck (exit 0). fsck names it (exit 1) and says that `mvc switch BRANCH` repairs it."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    path = tmp_path / "r" / ".mvc" / "HEAD"
+    path.unlink() if head is None else path.write_text(head)
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["fsck"])
+    assert r.exit_code == 1 and f"damaged: HEAD: {problem} (mvc switch BRANCH repairs it)" in r.stdout, r.output
+    assert CliRunner().invoke(cli, ["switch", "main"]).exit_code == 0
+    assert repo.fsck()["ok"] and repo.head() == cid
+    path.write_text(cid + "\n")  # a detached HEAD is no damage
+    assert repo.fsck()["ok"]
