@@ -242,32 +242,51 @@ class LockFile:
             return f"left by dead process {owner['pid']}"
         return None
 
-    def _break(self) -> None:
-        """Remove the lock file if it is stale. Breakers take turns under a guard file and judge
-        the lock afresh while they hold it: a waiter that judged an older file stale never removes
-        a lock another waiter has taken since (check-then-unlink let two processes hold it)."""
+    def stale(self, min_age_s: float = 0.0) -> str | None:
+        """Why the lock file is stale (see the class), when it is and is older than `min_age_s`
+        seconds; None while it is held, or when there is none. (gc and fsck look for those that
+        killed writers left on refs no command touches again.)"""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if time.time() - st.st_mtime < min_age_s:
+            return None
+        return self._stale_reason(self._owner(), st)
+
+    def break_stale(self) -> bool:
+        """Remove the lock file if it is stale, judged afresh as a waiter does; whether it did."""
+        return self._break()
+
+    def _break(self) -> bool:
+        """Remove the lock file if it is stale (with a warning); whether it did. Breakers take
+        turns under a guard file and judge the lock afresh while they hold it: a waiter that judged
+        an older file stale never removes a lock another waiter has taken since (check-then-unlink
+        let two processes hold it)."""
         guard = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.break")
         try:
             fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             self._clear_stale_guard(guard)
-            return  # another waiter is breaking it: look again
+            return False  # another waiter is breaking it: look again
         except FileNotFoundError:
-            return
+            return False
         try:
             os.write(fd, json.dumps({"pid": os.getpid(), "host": hostname()}).encode())
             os.close(fd)
             try:
                 st = os.stat(self.path)
             except FileNotFoundError:
-                return
+                return False
             reason = self._stale_reason(self._owner(), st)
             if reason:  # nobody else removes a stale file, and a new lock needs it gone first
                 try:
                     os.unlink(self.path)
                 except FileNotFoundError:  # removed by hand (the LockHeld hint says how)
-                    return
+                    return False
                 warnings.warn(f"broke stale lock {self.path} {reason}")
+                return True
+            return False
         finally:
             try:
                 os.unlink(guard)

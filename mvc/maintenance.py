@@ -16,7 +16,7 @@ from . import certindex
 from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
-from .files import is_atomic_temp, shared_or_exclusive
+from .files import LockFile, is_atomic_temp, shared_or_exclusive
 from .objects import SMALL_OBJECT, certificate_refs, object_kind, tree_blob_ids
 from .transfer import Progress
 
@@ -295,6 +295,22 @@ class Maintenance:
                 continue
         return freed
 
+    def _stale_ref_locks(self, min_age_s: float = 0.0) -> list[tuple[LockFile, str]]:
+        """(lock, why it is stale) for the lock files of refs and HEAD that killed writers left
+        (LockFile's rules: a dead owner on this host, or none after a while), older than
+        `min_age_s`. A later move of the same ref breaks such a lock; one of a ref no command
+        touches again (a `branch -d` killed before it removed its lock) stays until gc."""
+        paths = [os.path.join(self.dir, "HEAD.lock")]
+        for dirpath, _dirs, files in os.walk(os.path.join(self.dir, "refs")):
+            paths += [os.path.join(dirpath, name) for name in sorted(files) if name.endswith(".lock")]
+        found = []
+        for path in paths:
+            lock = LockFile(path)
+            why = lock.stale(min_age_s)
+            if why:
+                found.append((lock, why))
+        return found
+
     def _deletion_rank(self, oid: str) -> int:
         """0 for commits, 1 for trees, 2 for everything else (blobs, JSON files among them, and
         certificates): gc deletes in this order, so what it leaves stays closed under references
@@ -341,6 +357,7 @@ class Maintenance:
     def _gc(self, dry_run: bool, grace: float, expire_reflogs: bool, exclusive: bool, progress: Progress) -> dict:
         expired, expiry = 0, None
         restamped = 0 if dry_run else self._restamp_future()
+        stale_locks = sum(lock.break_stale() for lock, _why in self._stale_ref_locks(grace)) if not dry_run else 0
         if expire_reflogs:
             expire = self.config_value("gc.reflogExpire", REFLOG_EXPIRE_S)
             if dry_run:  # count what expiring would drop, and leave the reflogs as they are
@@ -371,6 +388,8 @@ class Maintenance:
                   "reflog_entries_expired": expired, "dry_run": dry_run, **self._kept_by_reflogs(live, by_refs)}
         if restamped:
             result["restamped_future_mtimes"] = restamped
+        if stale_locks:
+            result["stale_locks_removed"] = stale_locks
         if not locked:
             result["loose_left_why"] = "busy: commits or pushes held the writers lock"
         from .pack_write import Packer  # repack kept objects (big clean packs stay), dropping unreachable ones
@@ -481,6 +500,8 @@ class Maintenance:
                     for key in ("header", "id"):
                         if f.get(key) and not self.store.has(f[key]):
                             problems.append({"id": f[key], "problem": f"missing file {rel} of {name}"})
+        for lock, why in self._stale_ref_locks():  # no damage: the next move of its ref, or gc, removes it
+            warnings.warn(f"stale lock file {lock.path} ({why}): mvc gc removes it once older than its grace")
         seen_ids = set()
         uniq = []
         for p in damaged + problems:

@@ -522,3 +522,29 @@ def test_fsck_names_a_damaged_head_and_switch_repairs_it(tmp_path, monkeypatch, 
     assert repo.fsck()["ok"] and repo.head() == cid
     path.write_text(cid + "\n")  # a detached HEAD is no damage
     assert repo.fsck()["ok"]
+
+
+def test_gc_removes_ref_lock_files_of_dead_writers_older_than_its_grace_and_fsck_names_them(tmp_path):
+    """`mvc branch -d exp` killed after the ref was gone but before its lock was removed left
+    refs/heads/exp.lock for good: no later command touches that ref, and neither gc nor fsck
+    looked. fsck names it (a warning, no damage); gc removes it once older than its grace, never
+    a lock a live process holds."""
+    import subprocess
+    import sys
+    from mvc.files import hostname
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    heads = tmp_path / "r" / ".mvc" / "refs" / "heads"
+    (heads / "exp.lock").write_text(json.dumps({"pid": dead.pid, "host": hostname(), "time": time.time()}))
+    (heads / "live.lock").write_text(json.dumps({"pid": os.getpid(), "host": hostname(), "time": time.time()}))
+    with pytest.warns(UserWarning, match=f"stale lock file .*exp.lock \\(left by dead process {dead.pid}\\)"):
+        assert repo.fsck()["ok"]
+    assert "stale_locks_removed" not in repo.gc() and (heads / "exp.lock").exists()  # younger than the grace
+    with pytest.warns(UserWarning, match="broke stale lock .*exp.lock"):
+        assert repo.gc(grace_s=0)["stale_locks_removed"] == 1
+    assert sorted(os.listdir(heads)) == ["live.lock", "main"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert repo.fsck()["ok"]
