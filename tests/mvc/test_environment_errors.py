@@ -146,7 +146,7 @@ def test_a_failed_directory_fsync_is_an_error_unless_the_file_system_cannot_sync
     if where == "objects":  # before the ref moved: it did not
         assert "nothing was moved" in r.stderr and in_repo.head() == first
     else:  # the ref moved, then its directory's sync failed: the error says so
-        assert f"it had moved refs/heads/main ({in_repo.head()[:12]})" in r.stderr and in_repo.head() != first
+        assert f"it had moved refs/heads/main to {in_repo.head()[:12]}" in r.stderr and in_repo.head() != first
 
 
 @pytest.mark.parametrize("exc,what,fix", [
