@@ -8,6 +8,7 @@ from typing import Callable
 
 from . import components as comp
 from . import safetensors_format as stf
+from .objects import gc_paused
 
 
 CHUNK_ELEMENTS = 1 << 22  # compared at a time: float64 temporaries of 32 MB, whatever the tensor's size
@@ -30,7 +31,13 @@ def compared_bytes(ta: dict | None, tb: dict | None) -> int:
 def diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int], None] | None = None) -> dict:
     """Two trees of one component compared: per tensor added / removed / changed / unchanged (with
     change figures), per file added / removed / changed, and whether the model metadata changed.
-    `progress` gets the bytes compared as they are."""
+    `progress` gets the bytes compared as they are. The result shares no list or dict with the
+    trees (a Repo's cached ones)."""
+    with gc_paused():  # (an entry per tensor: collections over torch's heap took half of mvc diff)
+        return _diff_trees(store, ta, tb, progress)
+
+
+def _diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int], None] | None) -> dict:
     status = "added" if ta is None else "removed" if tb is None else "changed"
     tens_a = ta["tensors"] if ta else {}
     tens_b = tb["tensors"] if tb else {}
@@ -38,9 +45,9 @@ def diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int]
     for tname in sorted(set(tens_a) | set(tens_b)):
         x, y = tens_a.get(tname), tens_b.get(tname)
         if x is None:
-            tensors[tname] = {"status": "added", "dtype": y["dtype"], "shape": y["shape"]}
+            tensors[tname] = {"status": "added", "dtype": y["dtype"], "shape": list(y["shape"])}
         elif y is None:
-            tensors[tname] = {"status": "removed", "dtype": x["dtype"], "shape": x["shape"]}
+            tensors[tname] = {"status": "removed", "dtype": x["dtype"], "shape": list(x["shape"])}
         elif x["id"] == y["id"]:
             tensors[tname] = {"status": "unchanged"}
             if x.get("alias") != y.get("alias"):  # same values, tied to another name or untied
@@ -84,7 +91,7 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
     """dtype and shape of a changed tensor and, when the shapes agree, the fraction of elements
     changed, max |delta| and the L2 norm of the change relative to the old tensor. Compared in
     chunks of CHUNK_ELEMENTS, so memory stays bounded whatever the tensor's size."""
-    out = {"dtype": [x["dtype"], y["dtype"]], "shape": [x["shape"], y["shape"]]}
+    out = {"dtype": [x["dtype"], y["dtype"]], "shape": [list(x["shape"]), list(y["shape"])]}
     notes = [what for what, k in (("dtype changed", "dtype"), ("shape changed", "shape")) if x[k] != y[k]]
     if notes:
         out["note"] = ", ".join(notes)

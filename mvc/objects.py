@@ -1,6 +1,8 @@
 """Object ids, canonical JSON and the tree/commit/certificate object shapes (pure data, no I/O)."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
@@ -124,10 +126,26 @@ def json_copy(value):
     return value
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic collector off meanwhile, for work that allocates an object per tensor of a
+    large tree (decoding it, diffing it) and makes no cycles: the collections those allocations
+    set off, each over every object of the process (torch's heap included), took as long as the
+    work itself."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
     """Parse a JSON object of `expected_type`, refusing other kinds and newer formats."""
     try:
-        obj = json.loads(data)
+        with gc_paused():
+            obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):  # the bytes hashed right: a blob
         raise WrongObjectType(f"object {oid[:12]} is a blob, not a {expected_type}", "blob") from None
     if not isinstance(obj, dict) or obj.get("type") != expected_type:

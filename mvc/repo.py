@@ -771,14 +771,14 @@ class Repo(Maintenance):
                 result["components"][name] = {"status": "unchanged", "tensors": {}, "files": {}}
                 continue
             result["identical"] = False
-            ta = self.read_tree(ta_id) if ta_id else None
-            tb = self.read_tree(tb_id) if tb_id else None
+            ta = self._read_obj(ta_id, "tree") if ta_id else None
+            tb = self._read_obj(tb_id, "tree") if tb_id else None
             result["components"][name] = diff_trees(self.store, ta, tb, progress)
         keys = set(ca["metrics"]) | set(cb["metrics"])
         for k in sorted(keys):
             va, vb = ca["metrics"].get(k), cb["metrics"].get(k)
             if json.dumps(va) != json.dumps(vb):  # true vs 1, 1 vs 1.0, -0.0 vs 0.0 differ too
-                result["metrics"][k] = {"a": va, "b": vb}
+                result["metrics"][k] = {"a": json_copy(va), "b": json_copy(vb)}
         return result
 
     # -- branches, tags, rollback -------------------------------------------------------------

@@ -269,3 +269,24 @@ def test_what_the_api_returns_can_be_changed_without_changing_history(repo):
     assert set(mvc.Repo(repo.root).read_commit(second)["components"]) == {"core", "optimizer", "brick/x"}
     assert repo.log(n=2)[1]["metrics"] == {"loss": 2.0} and repo.log(n=2)[1]["parents"] == []
     assert torch.equal(repo.load(first, "core")["w"], torch.ones(3))
+    repo.diff(first, second)["components"]["brick/x"]["tensors"]["b"]["shape"].append(9)
+    assert repo.tree(second, "brick/x")["tensors"]["b"]["shape"] == [2]
+
+
+def test_diff_and_decode_pause_the_cyclic_collector_and_restore_its_state(repo):
+    import gc
+
+    from mvc.objects import gc_paused
+    a = repo.commit({"m": {"w": torch.zeros(2)}}, message="a")
+    b = repo.commit({"m": {"w": torch.ones(2)}}, message="b")
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert repo.diff(a, b)["components"]["m"]["tensors"]["w"]["status"] == "changed"
+        assert not gc.isenabled()  # (a caller's choice stands)
+    finally:
+        gc.enable()
+    repo.diff(a, b)
+    assert gc.isenabled()
