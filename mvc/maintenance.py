@@ -130,7 +130,7 @@ class Maintenance:
                     stack += [(p, f"commit {oid[:12]}", "commit") for p in c["parents"]]
                     stack += [(t, f"commit {oid[:12]} component {n}", "tree") for n, t in c["components"].items()]
                 elif kind == "tree":
-                    seen.update(tree_blob_ids(self.read_tree(oid)))
+                    seen.update(tree_blob_ids(self.read_tree(oid, shared=True)))
             except ObjectMissing:
                 missing.append((oid, who))
             except MvcError as e:
@@ -480,7 +480,7 @@ class Maintenance:
                     continue
                 trees_seen.add(tid)
                 try:
-                    tree = self.read_tree(tid)
+                    tree = self.read_tree(tid, shared=True)
                 except MvcError as e:
                     problems.append({"id": tid, "problem": f"component {name} of commit {ref_cid[:12]}: {e.message}"})
                     continue
@@ -549,7 +549,7 @@ class Maintenance:
         for cid in commits:
             for tid in self.read_commit(cid)["components"].values():
                 try:
-                    logical += sum(f["size"] for f in self.read_tree(tid)["files"].values())
+                    logical += sum(f["size"] for f in self.read_tree(tid, shared=True)["files"].values())
                 except MvcError:
                     continue
         return {**usage, **self.loose.stamp_usage(), "logical_bytes": logical, "commits": len(commits),

@@ -101,13 +101,13 @@ def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]
                 continue
             done_trees.add(tid)
             try:
-                tree = decoded[tid] = repo.read_tree(tid)
+                tree = decoded[tid] = repo.read_tree(tid, shared=True)
             except MvcError:
                 continue
             ptree = None
             if parent and parent.get(name) and parent[name] != tid:
                 try:
-                    ptree = previous.get(parent[name]) or repo.read_tree(parent[name])
+                    ptree = previous.get(parent[name]) or repo.read_tree(parent[name], shared=True)
                 except MvcError:
                     ptree = None
             for tname, t in tree["tensors"].items():

@@ -231,9 +231,12 @@ class Repo(Maintenance):
         """The commit object `oid` (a copy of the cached one: changing it changes nothing)."""
         return json_copy(self._read_obj(oid, "commit"))
 
-    def read_tree(self, oid: str) -> dict:
-        """The tree object `oid` (a copy of the cached one: changing it changes nothing)."""
-        return json_copy(self._read_obj(oid, "tree"))
+    def read_tree(self, oid: str, shared: bool = False) -> dict:
+        """The tree object `oid`: a copy of the cached one (changing it changes nothing), or with
+        `shared` the cached object itself, for callers that only read it (mvc's walks over every
+        tree of a history: gc, pack, push, where copying 20,000-tensor trees would double the work)."""
+        obj = self._read_obj(oid, "tree")
+        return obj if shared else json_copy(obj)
 
     def write_object(self, obj: dict) -> str:
         oid, data = encode(obj)

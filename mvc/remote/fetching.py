@@ -123,7 +123,7 @@ class _History:
     def _tree_here(self, tid: str) -> dict:
         """A tree this repository holds; the remote's (verified) copy when the one here is damaged."""
         try:
-            return self.repo.read_tree(tid)
+            return self.repo.read_tree(tid, shared=True)
         except MvcError:
             return decode(receive(self.t, tid, self.where, MAX_META_BYTES), "tree", tid)
 

@@ -255,7 +255,7 @@ def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, poo
     for c in base:  # trees and blobs of the commits the new ones build on need no check
         for tid in repo.read_commit(c)["components"].values():
             on_remote.add(tid)
-            on_remote.update(tree_blob_ids(repo.read_tree(tid)))
+            on_remote.update(tree_blob_ids(repo.read_tree(tid, shared=True)))
     # trees of the remote's ref heads are complete there (a new commit often shares one)
     tip_trees = {tid for c in tip_commits for tid in repo.read_commit(c)["components"].values()}
     trees = sorted(({tid for c in new for tid in repo.read_commit(c)["components"].values()}
@@ -264,7 +264,7 @@ def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, poo
     present += sum(tree_there.values())
     missing_trees = [tid for tid in trees if not tree_there[tid]]
     unsure = [tid for tid in trees if not tree_there[tid] or tid not in tip_trees]  # look below these
-    blobs = sorted({b for tid in unsure for b in tree_blob_ids(repo.read_tree(tid))} - on_remote)
+    blobs = sorted({b for tid in unsure for b in tree_blob_ids(repo.read_tree(tid, shared=True))} - on_remote)
     blob_there = dict(zip(blobs, pool.map(t.has, blobs)))
     present += sum(blob_there.values())
     return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,
@@ -310,7 +310,7 @@ def _history_objects(repo: Repo, local: str) -> tuple[list[str], dict[str, str],
     trees = sorted({tid for c in commits for tid in repo.read_commit(c)["components"].values()} | set(named_trees))
     hints: dict[str, int] = {}
     for tid in trees:
-        hints.update(blob_size_hint(repo.read_tree(tid)))
+        hints.update(blob_size_hint(repo.read_tree(tid, shared=True)))
     kinds = {o: "blob" for o in [*hints, *cert_ids, *data]}
     kinds.update({o: "tree" for o in trees})
     kinds.update({o: "commit" for o in commits})
@@ -352,7 +352,7 @@ def _held_back(repo: Repo, bad: dict, to_send: list[str], kinds: dict) -> set[st
     commit, a tree held back): sending them would leave the remote a tree without its blobs."""
     held: set[str] = set()
     for oid in sorted(to_send, key=lambda o: kinds[o] == "commit"):  # trees first
-        named = (tree_blob_ids(repo.read_tree(oid)) if kinds[oid] == "tree"
+        named = (tree_blob_ids(repo.read_tree(oid, shared=True)) if kinds[oid] == "tree"
                  else repo.read_commit(oid)["components"].values())
         if any(x in bad or x in held for x in named):
             held.add(oid)

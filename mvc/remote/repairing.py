@@ -75,7 +75,7 @@ def _declared_sizes(repo: Repo) -> dict[str, int]:
                 continue
             seen.add(tid)
             try:
-                tree = repo.read_tree(tid)
+                tree = repo.read_tree(tid, shared=True)
             except MvcError:
                 continue
             for oid, n in blob_size_limit(tree).items():
