@@ -293,7 +293,7 @@ def diff(rev_a, rev_b, exit_code, show_all, as_json):
     repo = _repo()
     from ..diffs import compared_bytes
     ca, cb = (repo.read_commit(repo.resolve(r))["components"] for r in (rev_a, rev_b))
-    total = sum(compared_bytes(repo.read_tree(ca[n]), repo.read_tree(cb[n]))
+    total = sum(compared_bytes(repo.read_tree(ca[n], shared=True), repo.read_tree(cb[n], shared=True))
                 for n in set(ca) & set(cb) if ca[n] != cb[n])
     with byte_progress(total, "comparing") as advance:
         d = repo.diff(rev_a, rev_b, progress=advance)
@@ -400,7 +400,7 @@ def checkout(rev, out, comps, force, as_json):
     repo = _repo()
     cid = repo.resolve(rev)
     total = sum(f["size"] for name, tid in repo.read_commit(cid)["components"].items()
-                if not comps or name in comps for f in repo.read_tree(tid)["files"].values())
+                if not comps or name in comps for f in repo.read_tree(tid, shared=True)["files"].values())
     same: list[str] = []
     with byte_progress(total, "checking out") as advance:
         files = repo.checkout(cid, out, comps or None, progress=advance, force=force, unchanged=same)
