@@ -224,12 +224,11 @@ class Repo(Maintenance):
             raise WrongObjectType(f"object {oid[:12]} is a {obj['type']}, not a {kind}", obj["type"])
         return obj
 
-    def _commit(self, oid: str) -> dict:  # (the cached object itself: for reading only)
-        return self._read_obj(oid, "commit")
-
-    def read_commit(self, oid: str) -> dict:
-        """The commit object `oid` (a copy of the cached one: changing it changes nothing)."""
-        return json_copy(self._read_obj(oid, "commit"))
+    def read_commit(self, oid: str, shared: bool = False) -> dict:
+        """The commit object `oid`: a copy of the cached one (changing it changes nothing), or
+        with `shared` the cached object itself, for callers that only read it (see read_tree)."""
+        obj = self._read_obj(oid, "commit")
+        return obj if shared else json_copy(obj)
 
     def read_tree(self, oid: str, shared: bool = False) -> dict:
         """The tree object `oid`: a copy of the cached one (changing it changes nothing), or with
@@ -243,17 +242,14 @@ class Repo(Maintenance):
         self.store.put(data, oid=oid)
         return oid
 
-    def tree(self, rev: str | None, component: str) -> dict:
-        """The tree of `component` in `rev` (a copy: changing it changes nothing)."""
-        return json_copy(self._tree(rev, component))
-
-    def _tree(self, rev: str | None, component: str) -> dict:  # (cached: for reading only)
+    def tree(self, rev: str | None, component: str, shared: bool = False) -> dict:
+        """The tree of `component` in `rev` (a copy, or the cached object with `shared`: see read_tree)."""
         cid = self.resolve(rev)  # (None: HEAD)
-        comps = self._commit(cid)["components"]
+        comps = self.read_commit(cid, shared=True)["components"]
         if component not in comps:
             raise BadName(f"commit {cid[:12]} has no component {component!r}",
                           f"it has: {', '.join(sorted(comps)) or 'none'}")
-        return self._read_obj(comps[component], "tree")
+        return self.read_tree(comps[component], shared=shared)
 
     # -- revisions ---------------------------------------------------------------------------
     @property
@@ -363,7 +359,7 @@ class Repo(Maintenance):
         try:
             if self.store.size(oid) > SMALL_OBJECT:
                 raise WrongObjectType(f"object {oid[:12]} is a blob, not a commit", "blob")
-            self._commit(oid)
+            self.read_commit(oid, shared=True)
         except WrongObjectType as e:
             raise UnknownRevision(f"revision {rev[:12] if is_oid(rev) else rev!r} names a {e.got}, not a commit",
                                   "see mvc log for commit ids") from None
@@ -380,7 +376,7 @@ class Repo(Maintenance):
         raise UnknownRevision(f"unknown branch {name!r}")
 
     def _parent(self, oid: str, rev: str, n: int) -> str:
-        parents = self._commit(oid)["parents"]
+        parents = self.read_commit(oid, shared=True)["parents"]
         if len(parents) < n:
             raise UnknownRevision(f"{rev}: commit {oid[:12]} has no parent {n}" if n > 1
                                   else f"{rev}: commit {oid[:12]} has no parent (it is a root commit)")
@@ -403,7 +399,7 @@ class Repo(Maintenance):
         for oid in self.ids_with_prefix(prefix):
             try:
                 if self.store.size(oid) <= SMALL_OBJECT:  # a tensor blob is not read in full
-                    self._commit(oid)
+                    self.read_commit(oid, shared=True)
                     commits.append(oid)
                 else:
                     others.append("blob")
@@ -451,7 +447,7 @@ class Repo(Maintenance):
         if trees and not trees_from_history:  # a name the branch holds may predate them; others are new
             ref, created_from, _warn, _follow = self._target_branch(branch)
             head = self.refs.read(ref) or created_from
-            held = set(self._commit(head)["components"]) if head else set()
+            held = set(self.read_commit(head, shared=True)["components"]) if head else set()
             components_named = [*components, *(n for n in trees if n not in held)]
         else:
             components_named = list(components)
@@ -460,7 +456,7 @@ class Repo(Maintenance):
         for name, tid in (trees or {}).items():  # existing trees only: a commit must be readable
             if not (isinstance(tid, str) and is_oid(tid)):
                 raise BadInput(f"trees[{name!r}] is {str(tid)[:70]!r}, not a tree id")
-            self._read_obj(tid, "tree")
+            self.read_tree(tid, shared=True)
         both = sorted(set(remove) & (set(components) | set(trees or {})))
         if both:
             raise BadInput(f"component {both[0]!r} is both added and removed", "name it once")
@@ -568,7 +564,7 @@ class Repo(Maintenance):
     def _next_components(self, base: str | None, remove: list[str], added) -> dict[str, str]:
         """The parent's components minus `remove`; refuses removing what is not there, an empty
         commit, and names that nest (`a` and `a/b` would check out into each other)."""
-        comps = dict(self._commit(base)["components"]) if base else {}
+        comps = dict(self.read_commit(base, shared=True)["components"]) if base else {}
         for name in remove:
             if name not in comps:
                 raise BadName(f"cannot remove {name!r}: the parent commit has no such component")
@@ -634,7 +630,7 @@ class Repo(Maintenance):
         are verified either way. ``rehash=True`` re-hashes every blob, stamped or not, as
         `mvc fsck` does. ``dtype`` converts floating-point tensors only (integer and bool tensors
         keep theirs, as with ``Module.to(dtype)``)."""
-        return self.load_tree(self._tree(rev, component), keys, device, dtype, component, verify,
+        return self.load_tree(self.tree(rev, component, shared=True), keys, device, dtype, component, verify,
                               rehash)
 
     def load_tree(self, tree: dict, keys: Iterable[str] | None = None, device=None, dtype=None,
@@ -665,7 +661,7 @@ class Repo(Maintenance):
 
     def load_model(self, rev: str | None, component: str = "core"):
         """Rebuild the nn.Module committed as `component` through its arch's `mvc.archs` entry point."""
-        tree = self.tree(rev, component)
+        tree = self.tree(rev, component, shared=True)
         arch, config = tree.get("arch"), tree.get("config")
         if not arch:
             raise BadInput(f"component {component!r} was committed as plain tensors, with no arch recorded",
@@ -673,9 +669,9 @@ class Repo(Maintenance):
         from .tensors import BUILD_ERRORS, precheck_build
         builder = arch_builder(arch)
         what = f"component {component!r} (arch {arch!r})"
-        precheck_build(lambda: builder(config), tree, what)
+        precheck_build(lambda: builder(json_copy(config)), tree, what)  # (a builder may change its config)
         try:
-            model = builder(config)
+            model = builder(json_copy(config))
         except BUILD_ERRORS as e:
             raise BadInput(f"{what} records a config its arch cannot build: {type(e).__name__}: {str(e)[:200]}",
                            "the commit is damaged or was made by other code") from None
@@ -694,8 +690,8 @@ class Repo(Maintenance):
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
         for `optimizer.load_state_dict`: its tensors and the param groups its tree records. A state
         keyed by parameter names (torch.distributed.checkpoint's) comes back keyed by those names."""
-        tree = self.tree(rev, component)
-        meta = tree.get("meta", {})
+        tree = self.tree(rev, component, shared=True)
+        meta = json_copy(tree.get("meta", {}))
         groups, keys = meta.get("param_groups"), meta.get("state_keys")  # (keys: a state keyed by names)
         if not isinstance(groups, list):
             raise BadInput(f"component {component!r} records no param groups: it was committed as flat tensors",
@@ -729,14 +725,14 @@ class Repo(Maintenance):
                 c = stack.pop()
                 if c not in hidden:
                     hidden.add(c)
-                    stack.extend(self._commit(c)["parents"])
+                    stack.extend(self.read_commit(c, shared=True)["parents"])
         if start in hidden:
             return []
         out, seen, frontier = [], {start} | hidden, [start]
         while frontier and (n is None or len(out) < n):
-            frontier.sort(key=lambda c: self._commit(c)["time"], reverse=True)
+            frontier.sort(key=lambda c: self.read_commit(c, shared=True)["time"], reverse=True)
             cid = frontier.pop(0)
-            c = self._commit(cid)
+            c = self.read_commit(cid, shared=True)
             out.append({"id": cid, **json_copy(c)})
             for p in c["parents"]:
                 if p not in seen:
@@ -746,10 +742,10 @@ class Repo(Maintenance):
 
     def show(self, rev: str | None = None) -> dict:
         cid = self.resolve(rev)
-        c = self._commit(cid)
+        c = self.read_commit(cid, shared=True)
         comps = {}
         for name, tid in sorted(c["components"].items()):
-            t = self._read_obj(tid, "tree")
+            t = self.read_tree(tid, shared=True)
             dtypes: dict[str, int] = {}
             nbytes = 0
             for ten in t["tensors"].values():
@@ -766,7 +762,7 @@ class Repo(Maintenance):
         """Per component and tensor: added / removed / changed / unchanged, with change statistics.
         `progress` gets the bytes compared as they are (their total: `diffs.compared_bytes`)."""
         ida, idb = self.resolve(a), self.resolve(b)
-        ca, cb = self._commit(ida), self._commit(idb)
+        ca, cb = self.read_commit(ida, shared=True), self.read_commit(idb, shared=True)
         result = {"a": ida, "b": idb, "components": {}, "metrics": {}, "identical": True}
         for name in sorted(set(ca["components"]) | set(cb["components"])):
             ta_id, tb_id = ca["components"].get(name), cb["components"].get(name)
@@ -774,8 +770,8 @@ class Repo(Maintenance):
                 result["components"][name] = {"status": "unchanged", "tensors": {}, "files": {}}
                 continue
             result["identical"] = False
-            ta = self._read_obj(ta_id, "tree") if ta_id else None
-            tb = self._read_obj(tb_id, "tree") if tb_id else None
+            ta = self.read_tree(ta_id, shared=True) if ta_id else None
+            tb = self.read_tree(tb_id, shared=True) if tb_id else None
             result["components"][name] = diff_trees(self.store, ta, tb, progress)
         keys = set(ca["metrics"]) | set(cb["metrics"])
         for k in sorted(keys):
@@ -878,12 +874,12 @@ class Repo(Maintenance):
             raise UnknownRevision("the current branch has no commits to roll back")
         if rev is not None:
             target = self.resolve(rev)
-        elif not self._commit(old)["parents"]:
+        elif not self.read_commit(old, shared=True)["parents"]:
             raise UnknownRevision(f"nothing to roll back to: {old[:12]}, the head of {ref[len('refs/heads/'):]}, "
                                   "is a root commit, with no parent", "mvc rollback REV moves it to another commit")
         else:
             target = self._parent(old, "HEAD~1", 1)
-        self._commit(target)
+        self.read_commit(target, shared=True)
         self.refs.update(ref, target, expected=old, message=f"rollback: to {target[:12]}",
                          author=default_author(self.root))
         return {"branch": ref[len("refs/heads/"):], "old": old, "new": target}
@@ -893,10 +889,10 @@ class Repo(Maintenance):
         (which undoes a commit), this returns to REV's weights while keeping the history in
         between, as `rollback` does by moving the branch back."""
         cid = self.resolve(rev)
-        target = self._commit(cid)["components"]
+        target = self.read_commit(cid, shared=True)["components"]
         ref, created_from, _warn, _follow = self._target_branch(branch)
         base = self.refs.read(ref) or created_from
-        current = self._commit(base)["components"] if base else {}
+        current = self.read_commit(base, shared=True)["components"] if base else {}
         if current == target:
             name = ref.removeprefix("refs/heads/")
             raise BadInput(f"nothing to revert: {name} already holds the components of {rev}, {cid[:12]}",
@@ -940,14 +936,14 @@ class Repo(Maintenance):
         out_dir = os.fspath(out_dir)
         self._refuse_output_inside_mvc(out_dir)
         cid = self.resolve(rev)
-        comps = self._commit(cid)["components"]
+        comps = self.read_commit(cid, shared=True)["components"]
         names = [components] if isinstance(components, str) else list(components) if components else sorted(comps)
         trees = {}
         for name in names:
             if name not in comps:
                 raise BadName(f"commit {cid[:12]} has no component {name!r}")
             check_component_name(name)
-            trees[name] = self._read_obj(comps[name], "tree")
+            trees[name] = self.read_tree(comps[name], shared=True)
         paths = comp.checkout_paths(trees)  # no two files on one path: checked before anything is written
         for tree in trees.values():
             self.store.prefetch(tree_blob_ids(tree))
@@ -978,7 +974,7 @@ class Repo(Maintenance):
         `unchanged` when it is given); `progress(nbytes)` is called as bytes are written."""
         out_file = os.fspath(out_file)
         self._refuse_output_inside_mvc(out_file)
-        tree = self._tree(rev, component)
+        tree = self.tree(rev, component, shared=True)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
@@ -997,7 +993,7 @@ class Repo(Maintenance):
 
     def export_chunks(self, rev: str | None, component: str):
         """The bytes of a single-file component, as chunks (for writing to a stream)."""
-        tree = self._tree(rev, component)
+        tree = self.tree(rev, component, shared=True)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
