@@ -106,8 +106,8 @@ def encode(obj: dict) -> tuple[str, bytes]:
                            "notes as a component or a file")
         if kind == "tree" and len(data) > MAX_TREE_BYTES:  # it would commit, push, and never clone
             n = len(obj.get("tensors") or {}) + len(obj.get("files") or {})
-            raise BadInput(f"this component's tree would take {len(data)} bytes for {n} tensors and files "
-                           f"of at most {MAX_TREE_BYTES} that a remote would send back",
+            raise BadInput(f"this component's tree would take {len(data)} bytes for {n} tensors and files; "
+                           f"a remote sends back trees of at most {MAX_TREE_BYTES} bytes",
                            "split it into several components, e.g. by layer range, or shorten the tensor names")
         try:
             _SHAPE_CHECKS[kind](json.loads(data))

@@ -70,7 +70,7 @@ class Repo(Maintenance):
         if fmt is None:
             raise NotARepository(f"{self.dir} has no readable config", "is it an mvc repository?")
         if fmt > REPO_FORMAT:
-            raise FormatTooNew(f"repository format {fmt} is newer than this mvc understands, {REPO_FORMAT}",
+            raise FormatTooNew(f"repository format {fmt} is newer than format {REPO_FORMAT}, the newest this mvc reads",
                                "upgrade mvc")
         try:
             fsync = cfg.parse("core.fsync", self.config.get("core", "fsync", fallback="true"))
@@ -794,29 +794,33 @@ class Repo(Maintenance):
     def delete_branch(self, name: str) -> str | None:
         """Remove branch `name`; returns the commit it named (None for a ref file that held no id,
         which is deleted all the same)."""
-        ref = f"refs/heads/{name}"
-        oid, junk = self._held_ref(ref)
-        if oid is None and junk is None:
-            raise UnknownRevision(f"no branch {name!r}")
-        if self.refs.head_target() == ref:
+        if self.refs.head_target() == f"refs/heads/{name}":
             raise MvcError(f"cannot delete the current branch {name!r}", "switch to another branch first")
-        self.refs.update(ref, None, expected=oid if junk is None else junk, message="branch: deleted",
+        return self._delete_ref("branch", name, None)
+
+    def _delete_ref(self, kind: str, name: str, hint: str | None) -> str | None:
+        """Delete refs/heads/NAME or refs/tags/NAME whatever it holds (warning about a file that
+        holds no id); the commit it named, or None."""
+        ref = f"refs/{'heads' if kind == 'branch' else 'tags'}/{name}"
+        oid, junk = self.refs.held(ref)
+        if oid is None and junk is None:
+            raise UnknownRevision(f"no {kind} {name!r}", hint)
+        if junk is not None:
+            warnings.warn(f"{ref} held {junk[:40]!r}, not a commit id")
+        self.refs.update(ref, None, expected=oid if junk is None else junk, message=f"{kind}: deleted",
                          author=default_author(self.root))
         return oid
 
-    def _held_ref(self, ref: str) -> tuple[str | None, str | None]:
-        """RefStore.held, warning about a ref file that holds no id (a deletion removes it)."""
-        oid, junk = self.refs.held(ref)
-        if junk is not None:
-            warnings.warn(f"{ref} held {junk[:40]!r}, not a commit id")
-        return oid, junk
-
     def switch(self, name: str) -> bool:
-        """Make branch `name` the current one; False when it is already (in a repository without
-        commits too, where the first commit makes it). A revision that names no branch (an id,
-        HEAD~1, a tag) is refused with what to do instead: mvc has no detached HEAD."""
+        """Make branch `name` the current one; False when it is already. `HEAD` means the current
+        branch. In a repository without branches (no commits yet) any new name is taken: the first
+        commit creates it (and a damaged HEAD is mended so). A revision that names no branch (an
+        id, HEAD~1, a tag) is refused with what to do instead: mvc has no detached HEAD."""
+        current = self.refs.head_target()
+        if name == "HEAD" and current and current.startswith("refs/heads/"):
+            name = current[len("refs/heads/"):]
         ref = f"refs/heads/{name}"
-        if ref == self.refs.head_target():
+        if ref == current:
             return False
         try:
             check_ref_name(name)
@@ -825,11 +829,9 @@ class Repo(Maintenance):
             raise
         if self.refs.read(ref) is None:
             self._refuse_detached_head(name)
-            if self.head() is None:  # nothing to make a branch from yet
-                raise UnknownRevision(f"no branch {name!r}: this repository has no commits yet",
-                                      f"the first mvc commit creates {self.refs.head_target()[len('refs/heads/'):]}"
-                                      if self.refs.head_target() else "make a first commit with mvc commit")
-            raise UnknownRevision(f"no branch {name!r}", f"create it with mvc branch {name}")
+            if self.branches():
+                raise UnknownRevision(f"no branch {name!r}", f"create it with mvc branch {name}")
+            check_new_ref_name(name)  # (the branch the first commit creates)
         self.refs.set_symbolic("HEAD", ref)
         return True
 
@@ -856,13 +858,7 @@ class Repo(Maintenance):
     def delete_tag(self, name: str) -> str | None:
         """Remove tag `name`; returns the commit it named (its reflog keeps it from gc a while;
         None for a ref file that held no id, which is deleted all the same)."""
-        ref = f"refs/tags/{name}"
-        oid, junk = self._held_ref(ref)
-        if oid is None and junk is None:
-            raise UnknownRevision(f"no tag {name!r}", "see mvc tag")
-        self.refs.update(ref, None, expected=oid if junk is None else junk, message="tag: deleted",
-                         author=default_author(self.root))
-        return oid
+        return self._delete_ref("tag", name, "see mvc tag")
 
     def rollback(self, rev: str | None = None) -> dict:
         """Move the current branch to `rev` (default: its parent); recorded in the reflog."""

@@ -540,7 +540,9 @@ def _deleted(kind: str, name: str, oid: str, as_json: bool) -> None:
 @click.argument("name")
 @json_opt
 def switch(name, as_json):
-    """Make branch NAME the current branch.
+    """Make branch NAME the current branch (mvc has no detached HEAD: to work from a commit,
+    make a branch there). In a repository without commits, NAME is the branch the first commit
+    creates; this also mends a damaged HEAD.
 
     \b
     Examples:
@@ -549,6 +551,7 @@ def switch(name, as_json):
     """
     repo = _repo()
     moved = repo.switch(name)
+    name = repo.head_branch or name  # (HEAD: the current branch)
     follows = _git_branch_ahead_of(repo)
     if follows:
         warn(f"git is on branch {follows}: inside a git work tree the next commit goes to the mvc branch "

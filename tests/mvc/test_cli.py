@@ -821,12 +821,16 @@ def test_gc_grace_must_be_a_finite_number_of_seconds(run, in_repo, tmp_path, gra
     assert sorted(in_repo.store.ids()) == before
 
 
-def test_switch_in_a_repository_without_commits_says_the_first_commit_makes_the_branch(run, in_repo):
-    r = run("switch", "other", code=3)
-    assert "no commits yet" in r.stderr and "the first mvc commit creates main" in r.stderr
+def test_switch_in_a_repository_without_commits_picks_the_branch_the_first_commit_makes(run, in_repo, tmp_path):
     # the current branch is no error there ("no branch 'main'" before): the first commit makes it
     assert run("switch", "main").stdout == "Already on main\n"
     assert json.loads(run("switch", "main", "--json").stdout)["branch"] == "main" and in_repo.head_branch == "main"
+    assert run("switch", "other").stdout == "Switched to branch other\n" and in_repo.head_branch == "other"
+    assert run("switch", "HEAD").stdout == "Already on other\n"
+    assert "invalid branch or tag name 'tags/x'" in run("switch", "tags/x", code=3).stderr
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "first")
+    assert in_repo.branches() == {"other": in_repo.head()}
+    assert "no branch 'main'" in run("switch", "main", code=3).stderr
 
 
 def test_switch_to_a_commit_says_mvc_has_no_detached_head(run, in_repo, tmp_path):
