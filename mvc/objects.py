@@ -379,6 +379,9 @@ def check_remote_name(name: str) -> str:
         raise BadName(f"invalid remote name {name!r}") from None
     if _C1_CONTROL.search(name):
         raise BadName(f"invalid remote name {name!r} (C1 control characters, which terminals act on)")
+    if f"{name}/" in QUALIFIERS:  # remote heads: heads/main would still mean the local branch main
+        raise BadName(f"invalid remote name {name!r}: a revision that starts with {name}/ names a ref by its kind",
+                      "choose another name, e.g. origin")
     return name
 
 

@@ -292,8 +292,10 @@ class RefStore:
                 try:
                     value = self.read(ref)
                 except (CorruptObject, BadName) as e:
-                    problem = str(e) if isinstance(e, CorruptObject) else \
-                        f"a file whose name no ref may have ({e.message}); rename it or move it out of refs/"
+                    if isinstance(e, CorruptObject):  # (its hint says how to mend it: part of the problem)
+                        problem = f"{e.message}; {e.hint}" if e.hint else e.message
+                    else:
+                        problem = f"a file whose name no ref may have ({e.message}); rename it or move it out of refs/"
                     if bad is not None:
                         bad[ref] = problem
                     elif strict:

@@ -477,9 +477,9 @@ def test_a_ref_file_holding_no_id_is_skipped_by_listings_deleted_by_branch_d_and
     monkeypatch.chdir(repo.root)
     runner = CliRunner()
     for args, shows, skipped in (
-            (["log", "main", "--oneline"], f"{cid[:12]} (main) two", "holds 'junk', not an object id (mvc tag -d v1"),
-            (["branch"], "* main", "holds 'deadbeef', not an object id (mvc branch -d exp"),
-            (["tag"], "", "(mvc tag -d v1 deletes it"), (["pack"], "packed", "(mvc branch -d exp deletes it")):
+            (["log", "main", "--oneline"], f"{cid[:12]} (main) two", "holds 'junk', not an object id; mvc tag -d v1"),
+            (["branch"], "* main", "holds 'deadbeef', not an object id; mvc branch -d exp"),
+            (["tag"], "", "; mvc tag -d v1 deletes it"), (["pack"], "packed", "; mvc branch -d exp deletes it")):
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # (each command of this process warns again)
             r = runner.invoke(cli, args)

@@ -50,7 +50,7 @@ def test_remote_add_list_remove(in_repo, tmp_path, monkeypatch):
     assert r.exit_code == 3 and "no remote named" in r.stderr
 
 
-@pytest.mark.parametrize("name", ["bad name", "HEAD", "a/b"])
+@pytest.mark.parametrize("name", ["bad name", "HEAD", "a/b", "heads", "tags", "remotes", "refs"])
 def test_config_refuses_remote_names_remote_add_refuses(in_repo, tmp_path, monkeypatch, name):
     """`mvc config 'remote.bad name.url' URL` was stored: fetch then failed on a branch name the user
     never typed, and remote HEAD made refs/remotes/HEAD/main."""
