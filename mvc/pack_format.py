@@ -100,22 +100,71 @@ def encode_index(records: list[Record], pack_checksum: bytes) -> bytes:
     return b"".join(parts)
 
 
-def decode_index(data: bytes, where: str) -> tuple[bytes, list[Record]]:
-    """(pack checksum, records) of an index whose trailer has already been verified."""
-    if len(data) < IDX_HEADER.size:
+def check_index(data, where: str, trailer: bool = True) -> tuple[int, bytes]:
+    """(record count, pack checksum) of an index `data` (a whole file, or without its trailer) whose
+    size matches its header; the records themselves are neither read nor verified here."""
+    tail = TRAILER_BYTES if trailer else 0
+    if len(data) < IDX_HEADER.size + tail:
         raise CorruptObject(f"{where} is truncated", "run mvc fsck")
     magic, version, count, checksum = IDX_HEADER.unpack_from(data, 0)
     if magic != IDX_MAGIC:
         raise CorruptObject(f"{where} is not an mvc pack index", "run mvc fsck")
     _check_version(version, where)
-    if len(data) != IDX_HEADER.size + count * RECORD.size:
-        raise CorruptObject(f"{where} holds {len(data)} bytes, not {count} records", "run mvc fsck")
+    if len(data) != IDX_HEADER.size + count * RECORD.size + tail:
+        raise CorruptObject(f"{where} holds {len(data) - tail} bytes, not {count} records", "run mvc fsck")
+    return count, checksum
+
+
+def _record(fields) -> Record:
+    oid, base, offset, length, size, encoding, depth = fields
+    return Record(oid.hex(), None if base == NO_BASE else base.hex(), offset, length, size, encoding, depth)
+
+
+def record_at(data, i: int) -> Record:
+    """Record `i` of an index (`data`: the whole index file), as stored: not checked."""
+    return _record(RECORD.unpack_from(data, IDX_HEADER.size + i * RECORD.size))
+
+
+def lower_bound(data, key: bytes, lo: int, hi: int) -> int:
+    """The first record in [lo, hi) (records sorted by id) whose id is not below `key`: a binary
+    search that reads log2(hi - lo) ids of the index and decodes none of its records."""
+    start, step, n = IDX_HEADER.size, RECORD.size, len(key)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        at = start + mid * step
+        if data[at: at + n] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def find_record(data, key: bytes, lo: int, hi: int) -> int | None:
+    """The position in [lo, hi) of the record whose id is `key` (32 bytes), or None."""
+    i = lower_bound(data, key, lo, hi)
+    at = IDX_HEADER.size + i * RECORD.size
+    return i if i < hi and data[at: at + 32] == key else None
+
+
+def oid_at(data, i: int) -> str:
+    at = IDX_HEADER.size + i * RECORD.size
+    return data[at: at + 32].hex()
+
+
+def decode_index(data: bytes, where: str) -> tuple[bytes, list[Record]]:
+    """(pack checksum, records) of an index (without its trailer, which has been verified), every
+    record checked to be sorted and of a known encoding."""
+    _count, checksum = check_index(data, where, trailer=False)
     records = []
-    for oid, base, offset, length, size, encoding, depth in RECORD.iter_unpack(data[IDX_HEADER.size:]):
+    previous = b""
+    for fields in RECORD.iter_unpack(memoryview(data)[IDX_HEADER.size:]):
+        oid, encoding = fields[0], fields[5]
         if encoding not in ENCODING_NAMES:
             raise CorruptObject(f"{where}: object {oid.hex()} has unknown encoding {encoding}", "run mvc fsck")
-        records.append(Record(oid.hex(), None if base == NO_BASE else base.hex(), offset, length, size,
-                              encoding, depth))
+        if oid <= previous:
+            raise CorruptObject(f"{where}: its records are not sorted by id", "run mvc fsck")
+        previous = oid
+        records.append(_record(fields))
     return checksum, records
 
 
