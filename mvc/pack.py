@@ -1,7 +1,10 @@
 """The read side of packed storage: `PackStore`, a read-only object store over the pack files.
 
 Packs live in `.mvc/objects/pack/` as `pack-<checksum>.pack` + `.idx` (layout: pack_format.py).
-The store loads every index, maps every pack, and reads one object by its index record: it decodes
+The store maps every index and pack, finds an object's record by a binary search of the index (no
+index is decoded whole or hashed to open it: lookups cost O(log n) whatever the pack's size; fsck,
+gc and pack hash and check every index, see `check_indexes`), and reads one object by its record,
+whose fields are checked against the pack before its entry is read: it decodes
 the entry (pack_codec.py), applying the XOR delta against its base (read the same way, at most
 `depth` steps), and verifies the result against the object id before returning it. Decoded objects
 that serve as a base are kept in a small LRU cache, so restoring commits in order costs one decode
@@ -12,6 +15,7 @@ readable for a reader that has it mapped.
 """
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import struct
@@ -27,24 +31,35 @@ PACK_DIR = "pack"                # under the objects directory
 DEFAULT_CACHE_BYTES = 256 << 20  # decoded delta bases kept in memory (config pack.cacheMB)
 MAX_CHAIN = 255                  # refuses cycles and absurd chains in a damaged index
 SIMPLE_DECODE_MAX = 1 << 20      # plain entries up to this size are decoded without numpy
+RECENT_LOOKUPS = 4096            # records found kept by id (reading one object looks it up ~3 times)
 
 
 class Pack:
-    """One pack file and its index: records by id, the mapped pack bytes."""
+    """One pack file and its index, both mapped. Opening one reads the headers only (O(1)); a
+    lookup binary-searches the index's sorted records and decodes the one it finds, so its cost
+    does not grow with the pack. The whole index is hashed and decoded only by `load_records`
+    (fsck, gc, pack and du: what reads every record anyway)."""
 
     def __init__(self, directory: str, name: str):
         self.name = name
         self.idx_path = os.path.join(directory, name + ".idx")
         self.path = os.path.join(directory, name + ".pack")
+        self.where = where = f"pack index {name}.idx"
         with open(self.idx_path, "rb") as f:
-            data = f.read()
-        where = f"pack index {name}.idx"
-        if len(data) < pf.TRAILER_BYTES or hash_bytes(data[:-pf.TRAILER_BYTES]) != data[-pf.TRAILER_BYTES:].hex():
-            raise CorruptObject(f"{where} is corrupt: its checksum does not match",
-                                "mvc fsck --repair-from REMOTE restores its objects from a remote or clone; then remove this pack's files")
-        self.checksum, records = pf.decode_index(data[:-pf.TRAILER_BYTES], where)
-        if pf.pack_name(self.checksum) != name:
-            raise CorruptObject(f"{where} belongs to {pf.pack_name(self.checksum)}, not to {name}", "run mvc fsck")
+            st = os.fstat(f.fileno())
+            n, self.idx_inode = st.st_size, st.st_ino
+            self.idx = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if n else b""
+        self._records: dict[str, pf.Record] | None = None  # every record, once load_records ran
+        self._base_keys = None                               # see is_base
+        self._fanout: list = [None] * 257  # where the ids starting with byte b start, once sought
+        try:
+            self.count, self.checksum = pf.check_index(self.idx, where)
+            if pf.pack_name(self.checksum) != name:
+                raise CorruptObject(f"{where} belongs to {pf.pack_name(self.checksum)}, not to {name}", "run mvc fsck")
+        except MvcError:  # a newer mvc's index, or damage: its checksum tells which
+            if not self.index_checksum_matches():
+                raise self._index_corrupt() from None
+            raise
         with open(self.path, "rb") as f:   # FileNotFoundError: the pack went away (a repack)
             self.file_size = os.fstat(f.fileno()).st_size
             self.mtime = os.fstat(f.fileno()).st_mtime
@@ -57,16 +72,101 @@ class Pack:
                 raise CorruptObject(f"pack {name}.pack is corrupt: its header is damaged, its checksum does not match",
                                     "mvc fsck --repair-from REMOTE restores its objects from a remote or clone")
             raise
-        if count != len(records) or bytes(self.map[-pf.TRAILER_BYTES:]) != self.checksum:
+        if count != self.count or bytes(self.map[-pf.TRAILER_BYTES:]) != self.checksum:
             raise CorruptObject(f"pack {name}.pack does not match its index", "run mvc fsck")
-        end = self.file_size - pf.TRAILER_BYTES
-        for r in records:
-            if r.offset < pf.PACK_HEADER.size or r.offset + r.length > end:
-                raise CorruptObject(f"{where}: object {r.oid} lies outside the pack", "run mvc fsck")
-        self.records = {r.oid: r for r in records}
+
+    def _index_corrupt(self) -> CorruptObject:
+        return CorruptObject(f"{self.where} is corrupt: its checksum does not match",
+                             "mvc fsck --repair-from REMOTE restores its objects from a remote or clone; "
+                             "then remove this pack's files")
+
+    def index_checksum_matches(self) -> bool:
+        idx = self.idx
+        return len(idx) >= pf.TRAILER_BYTES and \
+            hash_bytes(memoryview(idx)[:-pf.TRAILER_BYTES]) == bytes(idx[-pf.TRAILER_BYTES:]).hex()
+
+    def load_records(self) -> dict[str, pf.Record]:
+        """Every record by id, after hashing the whole index against its trailer and checking every
+        record (sorted, known encodings, inside the pack); CorruptObject says what is wrong. Kept
+        until the pack is closed: for the commands that read every record (fsck, gc, pack)."""
+        if self._records is None:
+            if not self.index_checksum_matches():
+                raise self._index_corrupt()
+            _checksum, records = pf.decode_index(memoryview(self.idx)[:-pf.TRAILER_BYTES], self.where)
+            for r in records:
+                self._check(r)
+            self._records = {r.oid: r for r in records}
+        return self._records
+
+    @property
+    def records(self) -> dict[str, pf.Record]:
+        return self.load_records()
+
+    def find(self, oid: str) -> pf.Record | None:
+        """The record of `oid` (a binary search of the index), or None. Its fields are checked when
+        its entry is read (`entry`); the object it decodes to, against its id."""
+        if self._records is not None:
+            return self._records.get(oid)
+        try:
+            key = bytes.fromhex(oid)
+        except (ValueError, TypeError):
+            return None
+        if len(key) != 32:
+            return None
+        b = key[0]
+        lo, hi = self._fanout[b], self._fanout[b + 1]
+        i = pf.find_record(self.idx, key, self._first(b) if lo is None else lo,
+                           self._first(b + 1) if hi is None else hi)
+        return None if i is None else pf.record_at(self.idx, i)
+
+    def _first(self, byte: int) -> int:
+        """The first record whose id's first byte is not below `byte` (0..256), as git's fanout
+        table says: sought once by a binary search, so a lookup searches 1/256 of the index."""
+        at = self._fanout[byte]
+        if at is None:
+            at = self._fanout[byte] = self.count if byte == 256 else \
+                pf.lower_bound(self.idx, bytes([byte]), 0, self.count)
+        return at
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Ids starting with `prefix`, sorted: a binary search, then the matches (ids are lowercase
+        hex; another prefix matches none)."""
+        if len(prefix) > 64 or prefix.strip("0123456789abcdef"):
+            return []
+        i = pf.lower_bound(self.idx, bytes.fromhex(prefix[: len(prefix) // 2 * 2]), 0, self.count)
+        found = []
+        for i in range(i, self.count):
+            oid = pf.oid_at(self.idx, i)
+            if oid.startswith(prefix):
+                found.append(oid)
+            elif oid > prefix:  # sorted: no match lies further
+                break
+        return found
+
+    def _check(self, r: pf.Record) -> None:
+        """CorruptObject unless record `r` names an entry inside the pack in a known encoding."""
+        if r.encoding not in pf.ENCODING_NAMES:
+            raise CorruptObject(f"{self.where}: object {r.oid} has unknown encoding {r.encoding}", "run mvc fsck")
+        if r.offset < pf.PACK_HEADER.size or r.offset + r.length > self.file_size - pf.TRAILER_BYTES:
+            raise CorruptObject(f"{self.where}: object {r.oid} lies outside the pack", "run mvc fsck")
 
     def entry(self, r: pf.Record) -> memoryview:
+        self._check(r)
         return memoryview(self.map)[r.offset: r.offset + r.length]
+
+    def is_base(self, oid: str) -> bool:
+        """Whether some XOR delta in this pack may have `oid` as its base (false positives only:
+        the base ids' first 8 bytes, sorted, read from the index on first use: 8 bytes a delta)."""
+        keys = self._base_keys
+        if keys is None:
+            import numpy as np
+            rows = np.frombuffer(self.idx, dtype=np.uint8, count=self.count * pf.RECORD.size,
+                                 offset=pf.IDX_HEADER.size).reshape(self.count, pf.RECORD.size)
+            firsts = np.ascontiguousarray(rows[:, 32:40]).view(">u8").reshape(-1).astype(np.uint64)
+            keys = self._base_keys = memoryview(np.unique(firsts[firsts != 0]))  # (no base: zeros)
+        key = int(oid[:16], 16)
+        i = bisect.bisect_left(keys, key)
+        return i < len(keys) and keys[i] == key
 
     def verify_checksum(self) -> bool:
         return hash_bytes(memoryview(self.map)[: self.file_size - pf.TRAILER_BYTES]) == self.checksum.hex()
@@ -130,10 +230,11 @@ class PackStore(ObjectStore):
         self._lock = threading.RLock()
         self._names: tuple | None = None
         self._packs: dict[str, Pack] = {}
-        self._where: dict[str, tuple[Pack, pf.Record]] = {}
-        self._copies: dict[str, list[tuple[Pack, pf.Record]]] = {}
-        self._bases: set[str] = set()
+        self._order: tuple[Pack, ...] = ()  # newest pack first: lookups take the first copy
+        self._pinned: Pack | None = None     # looked up first, no other copy read (a new pack's check)
+        self._recent: dict[str, tuple[Pack, pf.Record]] = {}  # the last lookups (a read makes several)
         self.damaged: dict[str, str] = {}   # pack name -> why its index could not be used
+        self._bad_indexes: dict[str, tuple[int, str]] = {}  # name -> (inode, why): check_indexes found
         self.cache = _LRU(cache_bytes)
 
     @classmethod
@@ -159,6 +260,14 @@ class PackStore(ObjectStore):
             packs, damaged, vanished = {}, {}, False
             for name in names:
                 pack = self._packs.get(name)
+                if pack is None and name in self._bad_indexes:  # the same damaged index: skipped
+                    try:
+                        if os.stat(os.path.join(self.dir, name + ".idx")).st_ino == self._bad_indexes[name][0]:
+                            damaged[name] = self._bad_indexes[name][1]
+                            continue
+                    except FileNotFoundError:
+                        pass
+                    del self._bad_indexes[name]
                 if pack is None:
                     try:
                         pack = Pack(self.dir, name)
@@ -169,40 +278,89 @@ class PackStore(ObjectStore):
                         damaged[name] = e.message
                         continue
                 packs[name] = pack
-            where: dict[str, tuple[Pack, pf.Record]] = {}
-            copies: dict[str, list[tuple[Pack, pf.Record]]] = {}  # ids held by more than one pack
-            bases = set()
-            for pack in sorted(packs.values(), key=lambda p: -p.mtime):  # newest pack first
-                for oid, r in pack.records.items():
-                    first = where.setdefault(oid, (pack, r))
-                    if first[0] is not pack:
-                        copies.setdefault(oid, [first]).append((pack, r))
-                    if r.base:
-                        bases.add(r.base)
-            self._packs, self._where, self._bases, self.damaged = packs, where, bases, damaged
-            self._copies = copies
+            self._packs, self.damaged, self._recent = packs, damaged, {}
+            self._order = tuple(sorted(packs.values(), key=lambda p: -p.mtime))
             self._names = None if vanished else names  # None: list again on the next miss
             return True
 
+    def check_indexes(self) -> None:
+        """Hash and decode every index not yet checked (what fsck, gc, pack and du read anyway); a
+        pack whose index fails is set aside in `damaged`, as one that cannot be opened is."""
+        with self._lock:
+            bad = {}
+            for name, pack in self._packs.items():
+                try:
+                    pack.load_records()
+                except CorruptObject as e:
+                    bad[name] = e.message
+                    self._bad_indexes[name] = (pack.idx_inode, e.message)
+            if bad:
+                self._packs = {n: p for n, p in self._packs.items() if n not in bad}
+                self._order = tuple(p for p in self._order if p.name not in bad)
+                self._recent = {}
+                self.damaged = {**self.damaged, **bad}
+
     def packs(self) -> list[Pack]:
+        """Every usable pack, its index checked whole (`check_indexes`)."""
         self.refresh()
+        self.check_indexes()
         return list(self._packs.values())
 
+    def pin(self, pack: Pack) -> None:
+        """Read `pack`'s copy of every object it holds, never another pack's (a new pack's check)."""
+        self._pinned, self._recent = pack, {}
+
+    def _find(self, oid: str) -> tuple[Pack, pf.Record] | None:
+        hit = self._recent.get(oid)
+        if hit is None:
+            hit = self._search(oid)
+            if hit is not None:
+                if len(self._recent) >= RECENT_LOOKUPS:
+                    self._recent = {}
+                self._recent[oid] = hit
+        return hit
+
+    def _search(self, oid: str) -> tuple[Pack, pf.Record] | None:
+        pinned = self._pinned
+        if pinned is not None:
+            r = pinned.find(oid)
+            if r is not None:
+                return pinned, r
+        for pack in self._order:
+            r = pack.find(oid)
+            if r is not None:
+                return pack, r
+        return None
+
+    def _copies(self, oid: str, but: Pack) -> list[tuple[Pack, pf.Record]]:
+        """The other packs' records of `oid` (packs may overlap), newest first."""
+        if self._pinned is not None:
+            return []  # a new pack is checked alone: no falling back on an old pack's copy
+        found = []
+        for pack in self._order:
+            r = pack.find(oid) if pack is not but else None
+            if r is not None:
+                found.append((pack, r))
+        return found
+
     def lookup(self, oid: str) -> tuple[Pack, pf.Record] | None:
-        hit = self._where.get(oid)
+        hit = self._find(oid)
         for _ in range(3):  # a repack may replace packs between our listing and our reads
             if hit is not None:
                 break
             changed = self.refresh()
-            hit = self._where.get(oid)  # read again even when unchanged: another thread may have
-            if not changed:             # refreshed while this one waited for the lock
+            hit = self._find(oid)  # read again even when unchanged: another thread may have
+            if not changed:        # refreshed while this one waited for the lock
                 break
         return hit
 
     def records(self) -> dict[str, tuple[Pack, pf.Record]]:
-        """Every packed object: id -> (pack, record)."""
-        self.refresh()
-        return dict(self._where)
+        """Every packed object: id -> (pack, record), the newest pack's where packs overlap."""
+        where: dict[str, tuple[Pack, pf.Record]] = {}
+        for pack in sorted(self.packs(), key=lambda p: -p.mtime):
+            for oid, r in pack.records.items():
+                where.setdefault(oid, (pack, r))
+        return where
 
     # -- the ObjectStore contract ------------------------------------------------------------
     def has(self, oid):
@@ -218,7 +376,7 @@ class PackStore(ObjectStore):
             return True
         if hit is not None:
             self.refresh()
-            hit = self._where.get(oid)
+            hit = self._find(oid)
         return hit is not None and os.path.exists(hit[0].path)
 
     def get(self, oid):
@@ -237,9 +395,8 @@ class PackStore(ObjectStore):
         return hit[1].size
 
     def ids(self):
-        self.refresh()
         seen = set()
-        for pack in list(self._packs.values()):
+        for pack in self.packs():
             for r in pack.ordered():
                 if r.oid not in seen:
                     seen.add(r.oid)
@@ -247,7 +404,7 @@ class PackStore(ObjectStore):
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         self.refresh()
-        return sorted(o for o in self._where if o.startswith(prefix))
+        return sorted({o for pack in self._order for o in pack.ids_with_prefix(prefix)})
 
     def delete(self, oid):
         """Packed objects are removed by a repack (mvc gc), never one by one."""
@@ -291,9 +448,7 @@ class PackStore(ObjectStore):
         except CorruptObject as first:  # another pack's copy (packs may overlap) may still be whole
             if self._reopen_if_replaced(hit[0]):  # a repack rewrote it under the same name
                 return self._decoded(oid, chain, use_cache)
-            for pack, r in self._copies.get(oid, ()):
-                if pack is hit[0]:
-                    continue
+            for pack, r in self._copies(oid, hit[0]):
                 try:
                     return self._decode_record(oid, pack, r, chain, use_cache)
                 except CorruptObject:
@@ -345,8 +500,15 @@ class PackStore(ObjectStore):
                 return self._decode_record(oid, pack, r, chain, use_cache=False)
             raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
                                 "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
-        shared = use_cache and oid in self._bases and hasattr(arr, "nbytes") and self.cache.put(oid, arr)
+        shared = use_cache and hasattr(arr, "nbytes") and self._is_base(oid) and self.cache.put(oid, arr)
         return arr, tainted, not shared
+
+    def _is_base(self, oid: str) -> bool:
+        """Whether a delta in some pack may decode against `oid` (then it is worth caching)."""
+        for pack in self._order:
+            if pack.is_base(oid):
+                return True
+        return False
 
     def check(self, oid: str, use_cache: bool = True) -> bytes:
         """Verify that `oid` decodes to its id (CorruptObject names the damage) and return its first
@@ -377,12 +539,13 @@ class PackStore(ObjectStore):
     def verify(self, progress=None) -> list[dict]:
         """Problems of the packs themselves (indexes that cannot be used, pack checksums)."""
         self.refresh()
+        self.check_indexes()
         problems = [{"id": f"{name}.idx", "problem": why} for name, why in sorted(self.damaged.items())]
         for pack in sorted(self._packs.values(), key=lambda p: p.name):
             if not pack.verify_checksum():
                 problems.append({"id": f"{pack.name}.pack",
                                  "problem": f"pack file is corrupt: its checksum does not match "
-                                            f"({len(pack.records)} objects in it)"})
+                                            f"({pack.count} objects in it)"})
             if progress:
                 progress(pack.file_size)
         return problems

@@ -503,9 +503,10 @@ class Packer:
             pack = fresh._packs.get(name) if fresh.refresh() else None
             if pack is None:
                 raise CorruptObject(f"the new pack {name} cannot be opened")
-            fresh._copies = {}  # no falling back on an old pack's copy: this pack must be whole
+            if pack.records != {r.oid: r for r in records}:  # its index hashed and decoded whole
+                raise CorruptObject(f"the index of the new pack {name} does not list what was written")
+            fresh.pin(pack)  # read this pack's copy, never another's
             for r in sorted(records, key=lambda r: r.offset):
-                fresh._where[r.oid] = (pack, pack.records[r.oid])  # read this pack's copy, not another's
                 fresh.check(r.oid)
         except MvcError as e:
             for ext in (".idx", ".pack"):
