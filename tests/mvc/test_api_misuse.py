@@ -173,7 +173,7 @@ def test_a_tree_no_remote_would_send_back_is_refused_at_commit(repo, monkeypatch
     monkeypatch.setattr(mvc.objects, "MAX_TREE_BYTES", 8 << 10)
     first = repo.commit({"core": {"w": torch.zeros(2)}}, message="small")
     many = {f"layers.{i}.weight": torch.full((1,), float(i)) for i in range(200)}
-    with pytest.raises(BadInput, match=r"tree would take \d+ bytes for 201 tensors and files .*split it"):
+    with pytest.raises(BadInput, match=r"tree would take \d+ bytes for 201 tensors and files; a remote sends back .*split it"):
         repo.commit({"core": many}, message="too many")
     assert repo.resolve("HEAD") == first and len(repo.log()) == 1
 

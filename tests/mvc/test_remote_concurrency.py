@@ -675,7 +675,7 @@ def test_a_push_reads_no_tree_of_the_remotes_tags(tmp_path, monkeypatch):
     work.commit({"m": {**base, "step": torch.tensor([-1])}}, message="new")
     again = mvc.Repo(work.root)
     reads, real = [], again.read_tree
-    monkeypatch.setattr(again, "read_tree", lambda tid: (reads.append(tid), real(tid))[1])
+    monkeypatch.setattr(again, "read_tree", lambda tid, **kw: (reads.append(tid), real(tid, **kw))[1])
     rm.push(again)
     assert rm.clone(str(tmp_path / "remote"), str(tmp_path / "check"))[0].head() == again.head()
     assert len(reads) <= 3, len(reads)
