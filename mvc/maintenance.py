@@ -77,6 +77,11 @@ class Maintenance:
         otherwise stop the walk (CorruptObject). `refs_only` (a set), when given, receives what is
         reachable without the reflogs, found on the way (what only reflogs keep is the difference).
         """
+        from .pack import pack_store_of
+        packs = pack_store_of(self.store)
+        if packs is not None:  # every index hashed and checked first (a walk reads every object's
+            packs.refresh()    # kind; an index that fails is set aside: its objects count as missing)
+            packs.check_indexes()
         roots = set(self.refs.list("refs/", bad=bad_refs, strict=True).values())
         try:
             head = self.refs.read("HEAD") if self.refs.head_target() is None else None
@@ -156,11 +161,23 @@ class Maintenance:
         if missing or damaged:
             oid, ref = (missing or damaged)[0][:2]
             what = "missing" if missing else "damaged"
+            aside = self._packs_set_aside()
             raise CorruptObject(f"{len(missing or damaged)} reachable objects are {what} (e.g. {oid[:12]}, "
-                                f"referenced by {ref}); {who} stopped so as not to delete what they refer to",
+                                f"referenced by {ref}){aside}; {who} stopped so as not to delete what they refer to",
                                 f"run mvc fsck, and restore the {what} objects with mvc fsck --repair-from REMOTE "
                                 "before collecting garbage")
         return live
+
+    def _packs_set_aside(self) -> str:
+        """', and N pack indexes are damaged, e.g. NAME.idx' when packs were set aside (their
+        objects may be the missing ones), else ''."""
+        from .pack import pack_store_of
+        packs = pack_store_of(self.store)
+        damaged = sorted(packs.damaged) if packs is not None else []
+        if not damaged:
+            return ""
+        return (f", and {len(damaged)} pack {'index is' if len(damaged) == 1 else 'indexes are'} damaged, "
+                f"e.g. {damaged[0]}.idx")
 
     def recently_referenced(self, live: set[str], grace: float) -> set[str]:
         """Unreachable objects gc keeps because a commit or tree younger than `grace` refers to
@@ -537,12 +554,17 @@ class Maintenance:
         apart."""
         from .pack_write import storage_usage
         damaged: list = []  # (fsck names a damaged ref or object; an unreadable one hides what it names)
-        live = self.reachable(bad_refs={}, damaged=damaged)[0]
-        if damaged:
-            oid, _who, why = damaged[0]
-            warnings.warn(f"{len(damaged)} reachable commits or trees cannot be read (e.g. {oid[:12]}: {why}): "
-                          "what they name is not counted, and garbage is not told apart")
-        usage = {"unreachable_objects": 0, "unreachable_bytes": 0, **storage_usage(self, None if damaged else live)}
+        live, missing = self.reachable(bad_refs={}, damaged=damaged)
+        if damaged or missing:
+            oid, _who, *why = (damaged or missing)[0]
+            what = f"cannot be read (e.g. {oid[:12]}: {why[0]})" if damaged else f"are missing (e.g. {oid[:12]})"
+            warnings.warn(f"{len(damaged) + len(missing)} reachable commits or trees {what}"
+                          f"{self._packs_set_aside()}: what they name is not counted, and garbage is not told apart; "
+                          "mvc fsck names them")
+        elif self._packs_set_aside():
+            warnings.warn(f"the objects of packs set aside are not counted{self._packs_set_aside()}; mvc fsck names them")
+        usage = {"unreachable_objects": 0, "unreachable_bytes": 0,
+                 **storage_usage(self, None if damaged or missing else live)}
         objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]
         logical = 0
         commits = self._reachable_commits()

@@ -154,6 +154,20 @@ class Pack:
         self._check(r)
         return memoryview(self.map)[r.offset: r.offset + r.length]
 
+    def checked_size(self, r: pf.Record) -> int:
+        """The object size record `r` gives, once it agrees with its entry (a raw entry's length,
+        or the chunk count of an encoded one's header): CorruptObject otherwise. The size decides
+        whether an object is read to learn its kind (commit, tree or blob), so a flipped bit in it
+        must not pass unread, as the rest of a record does until its object is decoded."""
+        entry = self.entry(r)
+        if r.encoding == pf.RAW:
+            if r.length != r.size:
+                raise CorruptObject(f"{self.where}: object {r.oid} has a size that does not match its entry",
+                                    "run mvc fsck")
+        else:
+            pf.decode_entry_header(entry, r.size, f"{self.where}: object {r.oid}")
+        return r.size
+
     def is_base(self, oid: str) -> bool:
         """Whether some XOR delta in this pack may have `oid` as its base (false positives only:
         the base ids' first 8 bytes, sorted, read from the index on first use: 8 bytes a delta)."""
@@ -392,7 +406,15 @@ class PackStore(ObjectStore):
         hit = self.lookup(oid)
         if hit is None:
             raise ObjectMissing(f"object {oid} is missing")
-        return hit[1].size
+        try:
+            return hit[0].checked_size(hit[1])
+        except CorruptObject as first:  # another pack's copy may agree with itself (as in _decoded)
+            for pack, r in self._copies(oid, hit[0]):
+                try:
+                    return pack.checked_size(r)
+                except CorruptObject:
+                    continue
+            raise first
 
     def ids(self):
         seen = set()

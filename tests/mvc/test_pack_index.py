@@ -143,3 +143,30 @@ def test_id_prefix_lookups_match_a_scan_of_every_id(repo):
     fresh = pack_store_of(mvc.Repo(repo.root).store)  # no index decoded whole
     for prefix in prefixes:
         assert fresh.ids_with_prefix(prefix) == [o for o in every if o.startswith(prefix)], prefix
+
+
+def test_a_flipped_size_field_is_damage_not_a_blob_and_gc_deletes_nothing(repo):
+    """A record's size, trusted unread, said whether an object is read to learn its kind: a flipped
+    bit made a commit 'a blob' (log, show and checkout refused it), and gc, walking a certificate's
+    commit as a blob, deleted a tensor only that commit reached."""
+    first = repo.commit({"m": {"w": torch.zeros(4)}}, message="one")
+    second = repo.commit({"m": {"w": torch.ones(4)}}, message="two")
+    pack(repo)
+    p = the_pack(repo)
+    at = record_at(p, second) + 80  # the record's size field (id, base, offset, length, size, ...)
+    with open(p.idx_path, "r+b") as f:
+        f.seek(at + 5)
+        byte = f.read(1)
+        f.seek(at + 5)
+        f.write(bytes([byte[0] ^ 1]))  # + 1 TiB: far more than a commit's 4 MiB
+    r = mvc.Repo(repo.root)
+    for read in (lambda: r.resolve(second), lambda: r.resolve(second[:8]), r.log):  # (not "names a blob")
+        with pytest.raises(CorruptObject, match=f"object {second}(: | in pack-.*: )entry header does not match"):
+            read()
+    assert r.resolve(first) == first
+    before = sorted(os.listdir(os.path.dirname(p.idx_path)))
+    with pytest.raises(CorruptObject, match=r"reachable objects are missing .*, and 1 pack index is damaged"):
+        r.gc(grace_s=0)
+    assert sorted(os.listdir(os.path.dirname(p.idx_path))) == before
+    with pytest.warns(UserWarning, match="pack index is damaged"):
+        mvc.Repo(repo.root).du()
