@@ -78,7 +78,8 @@ def test_a_damaged_index_record_fails_its_own_read_clearly_and_the_rest_read(rep
     assert not fsck["ok"]
     assert any(x["id"] == f"{p.name}.idx" and "checksum" in x["problem"] for x in fsck["problems"])
     gc = mvc.Repo(repo.root)
-    gc.gc(grace_s=0)  # gc hashes every index: it leaves the damaged pack as it is, for a repair
+    with pytest.raises(CorruptObject, match=f"1 pack index is damaged, e.g. {p.name}.idx; gc stopped"):
+        gc.gc(grace_s=0)  # gc hashes every index first: what the damaged one lists is missing to it
     assert os.path.exists(p.idx_path) and os.path.exists(p.path)
 
 
