@@ -186,9 +186,10 @@ def run_mvc(work, ckpts, fsync=True):
     return {"commit_s": total, "stored_bytes": du(os.path.join(work, ".mvc", "objects")), "restore_s": restore}
 
 
-def run_mvc_api(work, ckpts, fsync=True):
+def run_mvc_api(work, ckpts, fsync=True, in_memory=False):
     """The same commits through the Python API in one process, as a training loop or `mvc run`
-    makes them (no interpreter start-up per commit)."""
+    makes them (no interpreter start-up per commit): of the checkpoint files, or, `in_memory`, of
+    their state dicts, read untimed before each commit (a training loop's `model.state_dict()`)."""
     sys.path.insert(0, ROOT)
     import mvc
     repo = mvc.Repo.init(work)
@@ -196,8 +197,12 @@ def run_mvc_api(work, ckpts, fsync=True):
         repo.set_config("core.fsync", "false")
         repo = mvc.Repo(work)
         assert not repo.loose.fsync
-    total = sum(timed(lambda: repo.commit({"model": p}, message=f"ckpt {i}", author="bench"))
-                for i, p in enumerate(ckpts))
+    if in_memory:
+        from safetensors.torch import load_file
+    total = 0.0
+    for i, p in enumerate(ckpts):
+        value = {k: v.clone() for k, v in load_file(p).items()} if in_memory else p  # (not mapped: in memory)
+        total += timed(lambda: repo.commit({"model": value}, message=f"ckpt {i}", author="bench"))
     return {"commit_s": total, "stored_bytes": du(os.path.join(work, ".mvc", "objects")),
             "restore_s": timed(lambda: repo.checkout(f"HEAD~{len(ckpts) - 1}", os.path.join(work, "restored")))}
 
@@ -303,6 +308,8 @@ RUNNERS = {  # tool -> runner(work, ckpts, args); durable mvc rows fsync, as DES
     "mvc (no fsync)": lambda w, c, a: run_mvc(w, c, fsync=False),
     "mvc (python api)": lambda w, c, a: run_mvc_api(w, c),
     "mvc (python api) no fsync": lambda w, c, a: run_mvc_api(w, c, fsync=False),
+    "mvc (python api, state dict)": lambda w, c, a: run_mvc_api(w, c, in_memory=True),
+    "mvc (python api, state dict) no fsync": lambda w, c, a: run_mvc_api(w, c, fsync=False, in_memory=True),
 }
 
 

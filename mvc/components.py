@@ -238,30 +238,37 @@ class Ingest:
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
 
     def _store_tensors(self, relpath: str, header, fd: int, mm, view) -> None:
-        """One blob per tensor of a parsed safetensors file. A few worker threads each take a whole
-        tensor, hash it on one core and write it into the store (both release the GIL), biggest
-        tensors first, so that on 2 cores no tensor's hashing waits behind another's writing
-        (the `mvc (python api)` rows of benchmarks/bench_store.py measure it against `cp`)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        def store(e) -> str:
+        """One blob per tensor of a parsed safetensors file, stored by _put_all."""
+        def put(e, spare_cores: bool) -> str:
             start, end = header.data_start + e.begin, header.data_start + e.end
             with view[start:end] as data:
                 return self._put_blob(stf.blob_prefix(e.dtype, e.shape), data, spare_cores, fd, mm, start)
 
-        tensors = header.tensors
+        for e, oid in self._put_all(header.tensors, lambda e: e.end - e.begin, put):
+            self._add_tensor(relpath, e.name, oid, e.dtype, e.shape)
+
+    def _put_all(self, items: list, nbytes, put) -> list:
+        """[(item, id)] in the order of `items`, each stored by `put(item, spare_cores)`. A few
+        worker threads each take a whole tensor, hash it on one core and write it into the store
+        (both release the GIL), biggest tensors first, so that on 2 cores no tensor's hashing
+        waits behind another's writing (the `mvc (python api)` rows of benchmarks/bench_store.py
+        measure it against `cp`, for files and for state dicts in memory). `spare_cores`: cores
+        are left over for hashing one item on several (one big tensor)."""
+        from concurrent.futures import ThreadPoolExecutor
         cores = os.cpu_count() or 1
-        workers = max(1, min(len(tensors), cores, STORE_WORKERS))
-        spare_cores = workers < cores  # e.g. one big tensor: hash it on every core
+        workers = max(1, min(len(items), cores, STORE_WORKERS))
+        spare_cores = workers < cores
         pool = ThreadPoolExecutor(workers, thread_name_prefix="mvc-store")
         try:
-            # each task runs in a copy of this thread's context: it joins this commit's store batch
-            with interrupts_deferred():  # a Ctrl-C inside submit() could start a thread the pool
-                done = {e.name: pool.submit(contextvars.copy_context().run, store, e)  # never records
-                        for e in sorted(tensors, key=lambda e: e.begin - e.end)}  # (shutdown would not wait)
-            for e in tensors:  # the tree follows the file's order
-                self._add_tensor(relpath, e.name, done[e.name].result(), e.dtype, e.shape)
-        except BaseException:  # an error or Ctrl-C: tensors not yet started are dropped, and those
+            # each task runs in a copy of this thread's context: it joins this commit's store batch.
+            # (Deferred: a Ctrl-C inside submit() could start a thread the pool never records, and
+            # shutdown would not wait for it.)
+            biggest_first = sorted(range(len(items)), key=lambda i: -nbytes(items[i]))
+            with interrupts_deferred():
+                done = {i: pool.submit(contextvars.copy_context().run, put, items[i], spare_cores)
+                        for i in biggest_first}
+            return [(x, done[i].result()) for i, x in enumerate(items)]
+        except BaseException:  # an error or Ctrl-C: items not yet started are dropped, and those
             self._stopping.set()  # being stored stop at their next piece (their temp files go)
             raise
         finally:  # no worker may outlive this (they use the file's mapping and the store's batch),
@@ -281,14 +288,18 @@ class Ingest:
             raise BadInput("tensor names and metadata must be valid UTF-8 text") from None
         header_id = self.store.put(prefix)
         total = len(prefix)
-        for n in names:
+
+        def put(n: str, spare_cores: bool) -> str:
             dtype, shape, buf = buffers[n]
             try:
-                oid = self._put_blob(stf.blob_prefix(dtype, shape), buf)
+                return self._put_blob(stf.blob_prefix(dtype, shape), buf, spare_cores)
             except ChangedWhileStored:
                 raise ChangedWhileStored(f"tensor {n!r} changed while it was being committed: nothing was committed",
                                          "is another thread training it? commit between steps, or a copy "
                                          "(e.g. {k: v.clone() for k, v in model.state_dict().items()})") from None
+
+        for n, oid in self._put_all(names, lambda n: len(buffers[n][2]), put):
+            dtype, shape, buf = buffers[n]
             self._add_tensor(relpath, n, oid, dtype, shape)
             total += len(buf)
         if aliases:  # tied tensors: stored once, recorded as aliases of their first name
