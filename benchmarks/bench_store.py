@@ -308,8 +308,8 @@ RUNNERS = {  # tool -> runner(work, ckpts, args); durable mvc rows fsync, as DES
     "mvc (no fsync)": lambda w, c, a: run_mvc(w, c, fsync=False),
     "mvc (python api)": lambda w, c, a: run_mvc_api(w, c),
     "mvc (python api) no fsync": lambda w, c, a: run_mvc_api(w, c, fsync=False),
-    "mvc (python api, state dict)": lambda w, c, a: run_mvc_api(w, c, in_memory=True),
-    "mvc (python api, state dict) no fsync": lambda w, c, a: run_mvc_api(w, c, fsync=False, in_memory=True),
+    "mvc (python api) state dict": lambda w, c, a: run_mvc_api(w, c, in_memory=True),
+    "mvc (python api) state dict no fsync": lambda w, c, a: run_mvc_api(w, c, fsync=False, in_memory=True),
 }
 
 
