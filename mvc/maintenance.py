@@ -561,8 +561,8 @@ class Maintenance:
             warnings.warn(f"{len(damaged) + len(missing)} reachable commits or trees {what}"
                           f"{self._packs_set_aside()}: what they name is not counted, and garbage is not told apart; "
                           "mvc fsck names them")
-        elif self._packs_set_aside():
-            warnings.warn(f"the objects of packs set aside are not counted{self._packs_set_aside()}; mvc fsck names them")
+        elif aside := self._packs_set_aside():
+            warnings.warn(f"the objects of packs set aside are not counted{aside}; mvc fsck names them")
         usage = {"unreachable_objects": 0, "unreachable_bytes": 0,
                  **storage_usage(self, None if damaged or missing else live)}
         objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]

@@ -325,13 +325,14 @@ class PackStore(ObjectStore):
         self._pinned, self._recent = pack, {}
 
     def _find(self, oid: str) -> tuple[Pack, pf.Record] | None:
-        hit = self._recent.get(oid)
+        recent = self._recent  # (a refresh meanwhile replaces it: this search's hit goes into the old one)
+        hit = recent.get(oid)
         if hit is None:
             hit = self._search(oid)
             if hit is not None:
-                if len(self._recent) >= RECENT_LOOKUPS:
-                    self._recent = {}
-                self._recent[oid] = hit
+                if len(recent) >= RECENT_LOOKUPS:
+                    recent = self._recent = {}
+                recent[oid] = hit
         return hit
 
     def _search(self, oid: str) -> tuple[Pack, pf.Record] | None:
@@ -382,16 +383,22 @@ class PackStore(ObjectStore):
 
     def freshen(self, oid, older_than=0.0, size=None):
         """Whether a pack holds `oid`, looked up again when the pack it was listed in has gone (a
-        repack); its entry is trusted whatever `size` (its index was verified). A pack's time is left alone: renewing it would make every unreachable object in
-        it look young, so its garbage would never age out; gc drops packed objects only under
-        the writers lock, after checking that no commit or push reached them meanwhile."""
+        repack), with a record that agrees with its entry (and with `size`, when given): a put
+        that finds a damaged record writes a loose copy rather than count on it. A pack's time is
+        left alone: renewing it would make every unreachable object in it look young, so its
+        garbage would never age out; gc drops packed objects only under the writers lock, after
+        checking that no commit or push reached them meanwhile."""
         hit = self.lookup(oid)
-        if hit is not None and os.path.exists(hit[0].path):
-            return True
-        if hit is not None:
+        if hit is not None and not os.path.exists(hit[0].path):
             self.refresh()
             hit = self._find(oid)
-        return hit is not None and os.path.exists(hit[0].path)
+        if hit is None or not os.path.exists(hit[0].path):
+            return False
+        try:
+            held = hit[0].checked_size(hit[1])
+        except CorruptObject:
+            return False
+        return size is None or held == size
 
     def get(self, oid):
         return bytes(self._read(oid))
@@ -430,13 +437,6 @@ class PackStore(ObjectStore):
 
     def delete(self, oid):
         """Packed objects are removed by a repack (mvc gc), never one by one."""
-
-    def stored_size(self, oid: str) -> int:
-        """Bytes the object's entry takes in its pack."""
-        hit = self.lookup(oid)
-        if hit is None:
-            raise ObjectMissing(f"object {oid} is missing")
-        return hit[1].length
 
     # -- decoding ----------------------------------------------------------------------------
     def _read(self, oid: str):

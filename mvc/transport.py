@@ -478,8 +478,8 @@ class DirectoryTransport(Transport):
         repository used as a remote (its index's size is checked before anything is decoded: a
         crafted entry could declare any)."""
         if self.packs.has(oid):
-            check_size(oid, self.packs.size(oid), max_size, self.url)
             try:
+                check_size(oid, self.packs.size(oid), max_size, self.url)
                 return self.packs.view(oid)
             except CorruptObject as e:  # its hint is for the repository's owner, not for us
                 raise CorruptObject(f"{e.message}, on remote {self.url}", REPAIR_HINT

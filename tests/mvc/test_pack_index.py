@@ -171,3 +171,26 @@ def test_a_flipped_size_field_is_damage_not_a_blob_and_gc_deletes_nothing(repo):
     assert sorted(os.listdir(os.path.dirname(p.idx_path))) == before
     with pytest.warns(UserWarning, match="pack index is damaged"):
         mvc.Repo(repo.root).du()
+
+
+def test_a_put_writes_a_loose_copy_rather_than_count_on_a_damaged_packed_record(repo):
+    """With indexes no longer checked whole on open, a put of bytes a pack holds trusted the
+    record: a flipped offset made the new commit that counted on it unreadable."""
+    w = torch.arange(1000, dtype=torch.float32)
+    repo.commit({"core": {"w": w}}, message="one")
+    pack(repo)
+    p = the_pack(repo)
+    w_id = mvc.Repo(repo.root).tree("HEAD", "core")["tensors"]["w"]["id"]
+    flip_byte(p.idx_path, record_at(p, w_id) + 64 + 7, 0x40)  # its offset's high byte: far outside
+    cid = mvc.Repo(repo.root).commit({"core": {"w": w.clone(), "b": torch.ones(3)}}, message="two")
+    assert torch.equal(mvc.Repo(repo.root).load(cid, "core")["w"], w)
+
+
+def test_a_damaged_record_on_a_directory_remote_is_said_to_be_there(repo):
+    from mvc.transport import DirectoryTransport
+    cid = repo.commit({"core": {"w": torch.arange(1000, dtype=torch.float32)}}, message="one")
+    pack(repo)
+    p = the_pack(repo)
+    flip_byte(p.idx_path, record_at(p, cid) + 64 + 7, 0x40)
+    with pytest.raises(CorruptObject, match="lies outside the pack, on remote REMOTE-URL"):
+        DirectoryTransport(repo.root, url="REMOTE-URL").get(cid, max_size=1 << 20)
