@@ -413,12 +413,20 @@ class PackStore(ObjectStore):
         hit = self.lookup(oid)
         if hit is None:
             raise ObjectMissing(f"object {oid} is missing")
+        return self._from_any_copy(oid, hit, lambda pack, r: pack.checked_size(r), lambda: self.size(oid))
+
+    def _from_any_copy(self, oid: str, hit: tuple, read, again):
+        """`read(pack, record)` of `hit`; when that copy is damaged, `again()` if a repack rewrote
+        its pack under the same name meanwhile, else `read` of another pack's copy of `oid` (packs
+        may overlap); the first CorruptObject when every copy is damaged."""
         try:
-            return hit[0].checked_size(hit[1])
-        except CorruptObject as first:  # another pack's copy may agree with itself (as in _decoded)
+            return read(*hit)
+        except CorruptObject as first:
+            if self._reopen_if_replaced(hit[0]):
+                return again()
             for pack, r in self._copies(oid, hit[0]):
                 try:
-                    return pack.checked_size(r)
+                    return read(pack, r)
                 except CorruptObject:
                     continue
             raise first
@@ -465,17 +473,8 @@ class PackStore(ObjectStore):
         hit = self.lookup(oid)
         if hit is None:
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
-        try:
-            return self._decode_record(oid, *hit, chain, use_cache)
-        except CorruptObject as first:  # another pack's copy (packs may overlap) may still be whole
-            if self._reopen_if_replaced(hit[0]):  # a repack rewrote it under the same name
-                return self._decoded(oid, chain, use_cache)
-            for pack, r in self._copies(oid, hit[0]):
-                try:
-                    return self._decode_record(oid, pack, r, chain, use_cache)
-                except CorruptObject:
-                    continue
-            raise first
+        return self._from_any_copy(oid, hit, lambda pack, r: self._decode_record(oid, pack, r, chain, use_cache),
+                                   lambda: self._decoded(oid, chain, use_cache))
 
     def _reopen_if_replaced(self, pack: Pack) -> bool:
         """Whether the file under `pack`'s name is another one than we mapped (a repack from good
