@@ -9,7 +9,7 @@ Each case runs `--rounds` times, interleaved; the table gives medians. Prints a 
 A second table loads each case back: `repo.load` (one mapped or read blob per tensor) against
 `safetensors.torch.load_file` of one file holding the same tensors, touching one element of each
 tensor; "same Repo" reuses a Repo that loaded it before (its tree decoded, its blobs' verified
-stamps known), "new Repo" opens the repository again (decodes the tree, re-hashes blobs under 1 MiB).
+stamps known), "new Repo" opens the repository again (decodes the tree, re-hashes blobs under 64 KiB).
 
     python benchmarks/bench_many_tensors.py                  # 20,000 x 16 B and 2,000 x 64 KiB
     python benchmarks/bench_many_tensors.py --rounds 3 --cases 20000x4

@@ -15,6 +15,7 @@ import stat
 import sys
 import threading
 import time
+import weakref
 from typing import Iterator
 
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
@@ -29,7 +30,9 @@ RECHECK_PIECE = 1 << 20  # a put with recheck copies, hashes and writes this muc
 
 
 HUGE_READ_BYTES = 2 << 20  # blobs this large are mapped with MADV_HUGEPAGE
-VIEW_MAP_MIN = 1 << 20  # smaller objects are read into memory: a live map holds a file descriptor
+VIEW_MAP_MIN = 64 << 10  # smaller objects are read into memory (they read faster than they map)
+VIEW_MAP_ALWAYS = 1 << 20  # objects this large are always mapped; smaller ones only while descriptors are plenty
+VIEW_MAP_FDS_MAX = 16384  # a live map holds a file descriptor (and a kernel map: at most ~65,000 a process)
 _MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
@@ -72,11 +75,33 @@ def raise_open_files_limit() -> bool:
     return True
 
 
+_MID_MAPS: set = set()  # weak references to the live maps of blobs under VIEW_MAP_ALWAYS
+
+
+def _map_mid(fd: int):
+    """A private map of a blob under VIEW_MAP_ALWAYS bytes, or None when this process holds
+    maps of such blobs on half of its open-files limit (or VIEW_MAP_FDS_MAX): each map holds a
+    descriptor while it lives, and the rest are left to large blobs and to the program itself."""
+    import resource
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    budget = VIEW_MAP_FDS_MAX if soft == resource.RLIM_INFINITY else min(soft // 2, VIEW_MAP_FDS_MAX)
+    if len(_MID_MAPS) >= budget:
+        return None
+    try:
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        return None  # the program holds the descriptors: read it instead
+    _MID_MAPS.add(weakref.ref(mm, _MID_MAPS.discard))
+    return mm
+
+
 def _too_many_open_files() -> MvcError:
     import resource
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return MvcError(f"too many open files, of the {soft} this process may open: every blob of "
-                    f"{VIEW_MAP_MIN >> 20} MiB or more that is loaded stays mapped, holding one while its "
+                    f"{VIEW_MAP_ALWAYS >> 20} MiB or more that is loaded stays mapped, holding one while its "
                     "tensor lives", "raise the limit with ulimit -n, or load fewer tensors at once "
                     "with repo.load(..., keys=[...])")
 
@@ -414,10 +439,10 @@ class LooseStore(ObjectStore):
         fd = self._open(oid)
         try:
             st = os.fstat(fd)
-            if st.st_size < VIEW_MAP_MIN:
-                data = _read_small(fd, st.st_size)
-            else:
+            if st.st_size >= VIEW_MAP_ALWAYS:
                 data = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            elif st.st_size < VIEW_MAP_MIN or (data := _map_mid(fd)) is None:
+                data = _read_small(fd, st.st_size)
             if st.st_size >= HUGE_READ_BYTES:
                 _ask_large_folios(data)
             if verify and (rehash or not self._stamped(oid, st)):
@@ -574,7 +599,7 @@ class LooseStore(ObjectStore):
 
 
 STAMP_SETTLE_NS = 2_000_000_000  # coarse file-system clocks tick at most every 2 s (FAT); ext4 ~4 ms
-STAMP_MIN_BYTES = 1 << 20  # smaller objects re-hash faster than a stamp file is read (kept in memory only)
+STAMP_MIN_BYTES = 64 << 10  # smaller objects re-hash about as fast as a stamp file is read (kept in memory only)
 KNOWN_STAMPS_MAX = 1 << 17  # stamps one process remembers (about 20 MB at most)
 
 

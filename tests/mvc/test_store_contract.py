@@ -537,11 +537,24 @@ def test_small_views_are_read_and_hold_no_file_descriptor(tmp_path):
     assert hash_bytes(s.view(ids[0])) == ids[0]
 
 
+def test_mid_sized_views_are_private_maps_verified_like_reads(tmp_path):
+    s = LooseStore(str(tmp_path / "o"))
+    body = os.urandom(64 << 10)  # a 64 KiB blob (e.g. a 128 x 128 float32 matrix)
+    oid = s.put(body)
+    v = s.view(oid)
+    assert isinstance(v, mmap.mmap) and v[:] == body  # mapped, not read
+    v[0] ^= 1  # a private map: the object file is untouched
+    assert hash_bytes(s.view(oid)) == oid and (tmp_path / "o" / oid[:2] / oid[2:]).read_bytes() == body
+    flip_byte(s.path(oid), len(body) // 2)
+    with pytest.raises(CorruptObject):
+        s.view(oid)
+
+
 _MANY_VIEWS = """
 import resource, sys, torch, mvc, mvc.store
 from mvc.errors import MvcError
 soft, hard = map(int, sys.argv[2:4])
-mvc.store.VIEW_MAP_MIN = 0  # map every blob: each live one holds a descriptor
+mvc.store.VIEW_MAP_MIN = mvc.store.VIEW_MAP_ALWAYS = 0  # map every blob: each live one holds a descriptor
 repo = mvc.Repo.init(sys.argv[1])
 repo.commit({"m": {f"t{i}": torch.full((16,), float(i)) for i in range(200)}}, message="x")
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -567,6 +580,39 @@ def test_loading_more_mapped_blobs_than_the_open_files_limit(tmp_path, hard):
     else:  # the soft limit is raised to the hard one and the load goes on
         assert r.returncode == 0, r.stderr
         assert "loaded; limit now 4096" in r.stdout
+
+
+_MID_VIEWS = """
+import os, resource, sys, torch, mvc, mvc.store
+soft = int(sys.argv[2])
+n = 120
+repo = mvc.Repo.init(sys.argv[1])
+repo.commit({"m": {f"t{i}": torch.full((128, 128), float(i)) for i in range(n)}}, message="x")  # 64 KiB each
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+before = len(os.listdir("/proc/self/fd"))
+state = repo.load("HEAD", "m")
+assert all(float(state[f"t{i}"][-1, -1]) == i for i in range(n))
+print(len(os.listdir("/proc/self/fd")) - before, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize("soft", [64, 4096])
+def test_mid_sized_blobs_are_mapped_only_while_descriptors_are_plenty(tmp_path, soft):
+    """Blobs from VIEW_MAP_MIN up to VIEW_MAP_ALWAYS load as private maps (zero-copy, lazily paged
+    in), each holding a descriptor while it lives; once such maps hold half of the process's limit
+    the rest are read into memory, so a load never takes the last descriptors and never needs the
+    limit raised for them."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _MID_VIEWS, str(tmp_path / "r"), str(soft)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    held, limit = map(int, r.stdout.split())
+    assert limit == soft  # not raised
+    if soft == 64:
+        assert held == 32  # mapped until they held half the limit, then read
+    else:
+        assert held == 120  # every blob mapped
 
 
 def test_syncfs_is_not_trusted_on_fuse_or_old_kernels(tmp_path, monkeypatch):
