@@ -41,6 +41,29 @@ def test_gc_keeps_and_push_sends_what_a_newer_certificate_names(tmp_path):
     assert remote.has(blob) and remote.has(cert)
 
 
+def test_gc_keeps_and_push_sends_the_blobs_of_a_big_tree_only_a_certificate_names(tmp_path, monkeypatch):
+    """A tree larger than SMALL_OBJECT (a component of ~25,000 tensors) was taken for a blob: gc
+    kept the tree a certificate names and deleted its tensors, and push sent it without them."""
+    from mvc import maintenance
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    gone = repo.commit({"model": {"a": torch.arange(3.0), "b": torch.ones(4)}}, message="two")
+    tree = repo.read_commit(gone)["components"]["model"]
+    blobs = [t["id"] for t in repo.read_tree(tree)["tensors"].values()]
+    repo.rollback("HEAD~1")
+    cert = _newer_certificate(repo, tree)  # attached to commit one, naming two's tree
+    repo.set_config("gc.reflogExpire", "0")  # nothing but the certificate reaches the tree now
+    monkeypatch.setattr(maintenance, "SMALL_OBJECT", 200)  # this tree counts as a big one
+    assert repo.store.size(tree) > 200
+    mvc.Repo(repo.root).gc(grace_s=0)
+    assert not repo.store.has(gone)
+    assert repo.store.has(cert) and repo.store.has(tree) and all(repo.store.has(b) for b in blobs)
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    rm.push(repo)
+    remote = open_transport(str(tmp_path / "remote"))
+    assert remote.has(tree) and all(remote.has(b) for b in blobs)
+
+
 def test_du_says_when_a_commit_it_cannot_read_hides_what_it_names(tmp_path):
     repo = mvc.Repo.init(tmp_path / "r")
     repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
