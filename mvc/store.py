@@ -599,7 +599,7 @@ class LooseStore(ObjectStore):
 
 
 STAMP_SETTLE_NS = 2_000_000_000  # coarse file-system clocks tick at most every 2 s (FAT); ext4 ~4 ms
-STAMP_MIN_BYTES = 64 << 10  # smaller objects re-hash about as fast as a stamp file is read (kept in memory only)
+STAMP_MIN_BYTES = 1 << 20  # smaller objects re-hash faster than a stamp file is written and read (kept in memory only)
 KNOWN_STAMPS_MAX = 1 << 17  # stamps one process remembers (about 20 MB at most)
 
 
