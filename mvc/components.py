@@ -12,7 +12,6 @@ import mmap
 import os
 import re
 import stat
-import sys
 import threading
 import time
 import warnings
@@ -23,7 +22,7 @@ from .errors import BadInput, ChangedWhileStored, CorruptObject
 from .interrupts import interrupts_deferred
 from .objects import (HASH_THREADS_MIN, check_new_component_name, check_relpath, hash_bytes, is_reserved_segment,
                       new_hasher, tree_object)
-from .store import ObjectStore
+from .store import FileSpan, ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -45,30 +44,14 @@ class _CutShort(Exception):
 CUT_SHORT_HINT = "commit it again once the program writing it has finished"
 
 
+def _changed_file(path: str) -> ChangedWhileStored:
+    return ChangedWhileStored(f"{path} changed while it was being committed: nothing was committed", CUT_SHORT_HINT)
+
+
 def _stamp(fd: int) -> tuple[int, int, int, int]:
     """What changes when a file is written: size, modification and change times, inode."""
     st = os.fstat(fd)
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
-
-
-def prefault(mm, start: int, end: int) -> None:
-    """Map `mm[start:end]` in one kernel call before it is written out (Linux >= 5.14; a no-op
-    elsewhere). Writing from a fresh shared mapping otherwise takes a page fault every few pages:
-    88 MB written in 99-146 ms through faults vs 37-81 ms after one populate call (2.6 ms) here.
-    Raises _CutShort when the range lies past the file's end (the file was truncated)."""
-    if _MADV_POPULATE_READ is None or not isinstance(mm, mmap.mmap) or end <= start:
-        return
-    first = start - start % mmap.PAGESIZE
-    try:
-        mm.madvise(_MADV_POPULATE_READ, first, end - first)
-    except OSError as e:  # older kernel (EINVAL) or no madvise here: the write faults instead
-        if e.errno == errno.EFAULT:  # (what a read there would die of: SIGBUS)
-            raise _CutShort() from None
-    except ValueError:
-        pass
 
 
 READ_WHOLE = 1 << 20  # a mapped blob up to this size is read into memory (one pread) and stored from there
@@ -136,8 +119,10 @@ class Ingest:
         never reads it through the mapping, since another program may truncate the file meanwhile
         and a read of a mapping past its file's end kills the process (SIGBUS). A small blob is
         read with pread and stored from memory; a large one is hashed from pread pieces and, when
-        new, written from the mapping by the kernel, which reports a truncation as EFAULT. Either
-        way a file cut short raises _CutShort (a file changed in place is caught by its stamp)."""
+        new, read again in pieces and hashed as it is written (FileSpan), so that another program
+        writing the file meanwhile cannot leave an object whose bytes are not its id's. Either way
+        a file cut short raises _CutShort; one changed meanwhile raises ChangedWhileStored, or is
+        caught by its stamp."""
         n, in_memory = len(data), fd is None  # (memory another thread may write: rechecked as written)
         if fd is not None and n <= READ_WHOLE:
             data = bytearray(n)
@@ -172,15 +157,9 @@ class Ingest:
                         h.update(piece)
                     tell(min(step, n - lo) // 2)
         oid = h.hexdigest()
-        if fd is not None and not self.store.holds(oid):  # to be written: map it first (see prefault)
-            for lo in range(0, n, PIECE):
-                prefault(mm, at + lo, at + min(n, lo + PIECE))
-        try:
-            oid = self.store.put(prefix, data, oid=oid, progress=lambda k: tell(k // 2), recheck=in_memory)
-        except OSError as e:
-            if fd is not None and e.errno == errno.EFAULT:  # the mapping lost its end while written
-                raise _CutShort() from None
-            raise
+        if fd is not None:  # read again, in pieces, hashed as written (see FileSpan)
+            data = FileSpan(lambda piece, where: pread_exact(fd, piece, where, mm), at, n)
+        oid = self.store.put(prefix, data, oid=oid, progress=lambda k: tell(k // 2), recheck=True)
         tell(n - told)
         return oid
 
@@ -229,12 +208,13 @@ class Ingest:
             except _CutShort:
                 raise BadInput(f"{path} was cut short while it was being committed: nothing was committed",
                                CUT_SHORT_HINT) from None
+            except ChangedWhileStored:
+                raise _changed_file(path) from None
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
             if _stamp(f.fileno()) != stamp:  # each tensor is hashed, then written: two reads of the file
-                raise BadInput(f"{path} changed while it was being committed: nothing was committed",
-                               CUT_SHORT_HINT)
+                raise _changed_file(path)
         self.files[relpath] = {"format": "safetensors", "header": header_id, "size": size}
 
     def _store_tensors(self, relpath: str, header, fd: int, mm, view) -> None:
@@ -327,13 +307,14 @@ class Ingest:
             except _CutShort:
                 raise BadInput(f"{path} was cut short while it was being committed: nothing was committed",
                                CUT_SHORT_HINT) from None
+            except ChangedWhileStored:
+                raise _changed_file(path) from None
             finally:
                 if isinstance(mm, mmap.mmap):
                     mm.close()
             size = len(mm) if not isinstance(mm, mmap.mmap) else size
             if _stamp(f.fileno()) != stamp:
-                raise BadInput(f"{path} changed while it was being committed: nothing was committed",
-                               CUT_SHORT_HINT)
+                raise _changed_file(path)
         self.files[relpath] = {"format": "raw", "id": oid, "size": size}
 
     def path(self, path: str, relpath: str | None = None) -> None:

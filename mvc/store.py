@@ -116,9 +116,11 @@ def _write_buffer(f, b, progress=None, hasher=None) -> int:
     Blobs copied with copy_file_range (as `cp` does) were cached in 64 KiB folios: one fault per
     64 KiB when a loaded component is read, ~10x the faults of safetensors' load_file on a file
     written in one piece (`load_rate` in benchmarks/bench_store.py prints both counts)."""
+    if isinstance(b, FileSpan):
+        return _write_copies(f, len(b), b.fill, progress, hasher)
     with memoryview(b) as m, m.cast("B") as view:
         if hasher is not None:
-            return _write_copies(f, view, progress, hasher)
+            return _write_copies(f, len(view), _copier(view), progress, hasher)
         if len(view) < WRITE_CHUNK_MIN:
             f.write(view)
             if progress:
@@ -135,24 +137,19 @@ def _write_buffer(f, b, progress=None, hasher=None) -> int:
         return n
 
 
-def _write_copies(f, view, progress, hasher) -> int:
-    """_write_buffer for memory that may change meanwhile: what is hashed is what is written."""
-    n = len(view)
-    if n < WRITE_CHUNK_MIN:
-        piece = bytes(view)
-        hasher.update(piece)
-        f.write(piece)
-        if progress:
-            progress(n)
-        return n
+def _write_copies(f, n: int, fill, progress, hasher) -> int:
+    """_write_buffer for bytes that may change meanwhile: `fill(piece, lo)` copies bytes
+    [lo, lo + len(piece)) into private memory, which is hashed and written: what is hashed is what
+    is written."""
     f.flush()
     fd = f.fileno()
     with memoryview(bytearray(min(n, RECHECK_PIECE))) as scratch:
         for lo in range(0, n, RECHECK_PIECE):
             k = min(RECHECK_PIECE, n - lo)
             with scratch[:k] as piece:
-                piece[:] = view[lo:lo + k]
-                hasher.update(piece)
+                fill(piece, lo)
+                if hasher is not None:
+                    hasher.update(piece)
                 done = 0
                 while done < k:
                     with piece[done:] as rest:
@@ -162,8 +159,38 @@ def _write_copies(f, view, progress, hasher) -> int:
     return n
 
 
+def _copier(view):
+    """`fill` for _write_copies over memory."""
+    def fill(piece, lo: int) -> None:
+        piece[:] = view[lo:lo + len(piece)]
+    return fill
+
+
+class FileSpan:
+    """`size` bytes of an open file from offset `at`, as a buffer for `ObjectStore.put`: read
+    piece by piece with `read(piece, offset)` (e.g. pread) into private memory and written from
+    there, never through a mapping of the file (a read past the end of a mapping whose file another
+    program truncated kills the process). With `recheck` each piece is hashed as written, so the
+    object holds what was hashed even while another program writes the file: writes through a
+    shared mapping into pages already dirty move no file time, so no stat check sees them."""
+
+    def __init__(self, read, at: int, size: int):
+        self.read, self.at, self.size = read, at, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def fill(self, piece, lo: int) -> None:
+        self.read(piece, self.at + lo)
+
+    def __bytes__(self) -> bytes:
+        buf = bytearray(self.size)
+        self.fill(memoryview(buf), 0)
+        return bytes(buf)
+
+
 def _nbytes(buffers) -> int:
-    return sum(memoryview(b).nbytes for b in buffers)
+    return sum(len(b) if isinstance(b, FileSpan) else memoryview(b).nbytes for b in buffers)
 
 
 def _report_all(progress, buffers) -> None:

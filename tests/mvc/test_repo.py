@@ -175,6 +175,29 @@ def test_file_rewritten_during_commit_is_refused_nothing_written(repo, tmp_path,
     assert repo.head() is None and not list(repo.store.ids())
 
 
+def test_a_change_no_file_time_shows_is_caught_as_the_tensor_is_written(repo, tmp_path, monkeypatch):
+    """A program writing the file through a shared mapping (pages already dirty move no file time)
+    between mvc's hash of a large tensor and its write: the object was stored under an id its
+    bytes do not hash to (fsck damage, which later commits of the true bytes deduplicated onto)."""
+    import mvc.components as C
+    path = tmp_path / "ckpt.safetensors"
+    save_file({"big": torch.randn(1 << 19), "small": torch.ones(8)}, str(path))  # 2 MiB: hashed, then written
+    monkeypatch.setattr(C, "_stamp", lambda fd: (os.fstat(fd).st_size, 0, 0, 0))  # no time the stat check sees moves
+    real_put = repo.store.primary.put
+
+    def rewrite_then_put(*buffers, **kw):
+        if sum(len(b) for b in buffers) > (1 << 20):  # the big tensor, hashed already
+            with open(path, "r+b") as f:
+                f.seek(os.path.getsize(path) - 100)
+                f.write(b"\x7f" * 4)
+        return real_put(*buffers, **kw)
+
+    monkeypatch.setattr(repo.store.primary, "put", rewrite_then_put)
+    with pytest.raises(BadInput, match="ckpt.safetensors changed while it was being committed"):
+        repo.commit({"model": str(path)}, message="racy")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
 _TRUNCATE_MID_COMMIT = r"""
 import os, sys
 import torch
@@ -189,11 +212,10 @@ cut = lambda: os.truncate(path, 0)  # a trainer saving its next checkpoint under
 if phase == "hash":  # before the big tensor's first read
     real = C.pread_exact
     C.pread_exact = lambda fd, buf, at, mm=None: (len(buf) > 1000 and cut(), real(fd, buf, at, mm))[1]
-else:  # hashed; cut before it is written (mapped first: EFAULT) or while written (the write: EFAULT)
-    real_holds = S.ChainStore.holds
-    S.ChainStore.holds = lambda self, oid: (cut(), real_holds(self, oid))[1]
-    if phase == "write":
-        C.prefault = lambda mm, start, end: None
+else:  # hashed; cut as it is read again to be written, before its first piece or after it
+    real_fill = S.FileSpan.fill
+    first = 0 if phase == "write" else 1 << 20
+    S.FileSpan.fill = lambda self, piece, lo: (lo == first and cut(), real_fill(self, piece, lo))[1]
 try:
     repo.commit({"core": path}, message="racy")
 except BadInput as e:
@@ -203,7 +225,7 @@ except BadInput as e:
 """
 
 
-@pytest.mark.parametrize("phase", ["hash", "map", "write"])
+@pytest.mark.parametrize("phase", ["hash", "write", "written"])
 def test_a_file_truncated_while_committed_is_refused_not_a_crash(tmp_path, phase):
     """A mapping read past its file's end kills the process (SIGBUS): a checkpoint truncated while
     it was committed (torch.save / save_file rewriting it in place) killed mvc with no message."""
@@ -910,6 +932,7 @@ def test_commit_reports_progress_within_a_large_tensor(tmp_path, monkeypatch):
         monkeypatch.setattr(mvc.components, name, 4096)
     monkeypatch.setattr(mvc.components, "READ_WHOLE", 1024)
     monkeypatch.setattr(mvc.store, "WRITE_CHUNK", 4096)
+    monkeypatch.setattr(mvc.store, "RECHECK_PIECE", 4096)  # (a file's new blobs are written in pieces hashed again)
     monkeypatch.setattr(mvc.store, "WRITE_CHUNK_MIN", 1024)
     repo = mvc.Repo.init(tmp_path / "r")
     path = tmp_path / "big.safetensors"

@@ -506,25 +506,6 @@ def test_start_writeback_leaves_the_file_intact(tmp_path):
     assert p.read_bytes() == b"abc" * 5000
 
 
-def test_prefault_accepts_any_range_and_changes_nothing(tmp_path, monkeypatch):
-    import mmap
-
-    from mvc import components
-    body = bytes(range(256)) * 64  # 16 KiB: several pages
-    p = tmp_path / "f"
-    p.write_bytes(body)
-    with open(p, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        for start, end in ((0, len(body)), (4097, 9000), (len(body) - 1, len(body)), (10, 10)):
-            components.prefault(mm, start, end)  # unaligned starts are aligned down, not refused
-        assert mm[:] == body
-        monkeypatch.setattr(components, "_MADV_POPULATE_READ", 9999)  # an advice the kernel refuses
-        components.prefault(mm, 0, len(body))  # (as an old kernel refuses MADV_POPULATE_READ)
-        assert mm[:] == body
-        mm.close()
-    components.prefault(b"not a mapping", 0, 10)  # plain buffers: nothing to do
-
-
 # -- views hold no file descriptor for small objects; many large ones raise the process limit ------
 def test_small_views_are_read_and_hold_no_file_descriptor(tmp_path):
     s = LooseStore(str(tmp_path / "o"))
