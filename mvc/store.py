@@ -15,7 +15,6 @@ import stat
 import sys
 import threading
 import time
-import weakref
 from typing import Iterator
 
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
@@ -75,26 +74,24 @@ def raise_open_files_limit() -> bool:
     return True
 
 
-_MID_MAPS: set = set()  # weak references to the live maps of blobs under VIEW_MAP_ALWAYS
-
-
 def _map_mid(fd: int):
-    """A private map of a blob under VIEW_MAP_ALWAYS bytes, or None when this process holds
-    maps of such blobs on half of its open-files limit (or VIEW_MAP_FDS_MAX): each map holds a
-    descriptor while it lives, and the rest are left to large blobs and to the program itself."""
+    """A private map of a blob under VIEW_MAP_ALWAYS bytes, or None (read it instead) once the
+    process holds half of its open-files limit (or VIEW_MAP_FDS_MAX): each live map holds a
+    descriptor, and the rest are left to large blobs and to the program itself. The lowest free
+    descriptor tells how many are held (below it, all are)."""
     import resource
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     budget = VIEW_MAP_FDS_MAX if soft == resource.RLIM_INFINITY else min(soft // 2, VIEW_MAP_FDS_MAX)
-    if len(_MID_MAPS) >= budget:
-        return None
     try:
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        lowest_free = os.dup(fd)
+        os.close(lowest_free)
+        if lowest_free >= budget:
+            return None
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
     except OSError as e:
-        if e.errno != errno.EMFILE:
-            raise
-        return None  # the program holds the descriptors: read it instead
-    _MID_MAPS.add(weakref.ref(mm, _MID_MAPS.discard))
-    return mm
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # descriptors or kernel maps run out
+            return None
+        raise
 
 
 def _too_many_open_files() -> MvcError:
