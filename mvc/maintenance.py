@@ -24,7 +24,7 @@ GC_GRACE_S = 3600.0
 FUTURE_SLACK_S = 60.0  # modification times further ahead than this were set by a clock ahead of ours
 WRITERS_LOCK = "writers.lock"  # see Repo.writing
 REFLOG_EXPIRE_S = 90 * 24 * 3600.0
-COMMIT_END, TREE_END = b'"type":"commit"}', b'"type":"tree"}'  # canonical JSON: keys sorted, "type" last
+
 
 RESERVE = "reserve"  # .mvc/reserve: room for gc's lock and log files on a full disk
 RESERVE_BYTES = 256 * 1024
@@ -208,15 +208,18 @@ class Maintenance:
 
     def kind_of(self, oid: str) -> str:
         """"commit", "tree" or "blob" (tensors, headers, files, data, certificates) of a stored object.
-        One larger than SMALL_OBJECT (a tree of many tensors) is read only when it ends as canonical
-        commits and trees do; none larger than MAX_TREE_BYTES is made."""
+        One larger than SMALL_OBJECT (a tree of many tensors) is read whole only when its first and
+        last bytes are a JSON object's (a peek, unverified); none larger than MAX_TREE_BYTES is made."""
         size = self.store.size(oid)
         if size <= SMALL_OBJECT:
             return object_kind(self.store.get(oid))
         if size > MAX_TREE_BYTES:
             return "blob"
-        data = self.store.view(oid)
-        return object_kind(data) if bytes(data[-len(COMMIT_END):]).endswith((COMMIT_END, TREE_END)) else "blob"
+        peek = self.store.view(oid, verify=False)
+        if bytes(peek[:1]) != b"{" or not bytes(peek[-64:]).rstrip().endswith(b"}"):
+            return "blob"
+        del peek
+        return object_kind(self.store.view(oid))
 
     def _has_locally(self, oid: str) -> bool:
         """In this repository's own stores (not merely promised by a lazy clone's remote)."""
@@ -343,7 +346,7 @@ class Maintenance:
                 if f.read(2) != b'{"':
                     return 2  # a tensor blob begins with its header length
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 32))
-                if not f.read().endswith((COMMIT_END, TREE_END)):
+                if not f.read().endswith((b'"type":"commit"}', b'"type":"tree"}')):
                     return 2
                 f.seek(0)
                 kind = object_kind(f.read())

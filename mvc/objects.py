@@ -151,6 +151,11 @@ def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
     if not isinstance(obj, dict) or obj.get("type") != expected_type:
         got = obj.get("type") if isinstance(obj, dict) else type(obj).__name__
         raise WrongObjectType(f"object {oid[:12]} is a {got}, not a {expected_type}", str(got))
+    return _checked(obj, expected_type, oid)
+
+
+def _checked(obj: dict, expected_type: str, oid: str) -> dict:
+    """`obj` (of type `expected_type`) when this mvc can read it: FormatTooNew or CorruptObject otherwise."""
     fmt = obj.get("format")
     if not isinstance(fmt, int):
         raise CorruptObject(f"{expected_type} {oid[:12]} has no format version")
@@ -422,15 +427,26 @@ def certificate_refs(data, oid: str) -> set[str]:
 
 
 def object_kind(data) -> str:
-    """"commit" or "tree" for the bytes of such an object; "blob" for anything else (tensors,
-    headers, files, data, certificates)."""
+    """"commit" or "tree" for the bytes of such an object (of a newer format too); "blob" for
+    anything else (tensors, headers, files, data, certificates), JSON data that only says it is a
+    commit or a tree included (a held-out file a certificate names may say anything)."""
     if bytes(data[:1]) != b"{":
         return "blob"
     try:
-        kind = json.loads(bytes(data)).get("type")
-    except (ValueError, UnicodeDecodeError, AttributeError):
+        with gc_paused():
+            obj = json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return "blob"
-    return kind if kind in ("commit", "tree") else "blob"
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    if kind not in _SHAPE_CHECKS:
+        return "blob"
+    try:
+        _checked(obj, kind, "?")
+    except FormatTooNew:
+        return kind  # (a newer mvc's: its readers say so)
+    except CorruptObject:
+        return "blob"
+    return kind
 
 
 def tree_blob_ids(tree: dict) -> list[str]:

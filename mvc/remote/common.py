@@ -8,7 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from .. import safetensors_format as stf
-from ..errors import MvcError
+from ..errors import MvcError, ObjectMissing
 from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes
 from ..refs import moves_so_far
 from ..repo import Repo
@@ -151,8 +151,8 @@ def cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
             if x not in cert_ids and repo.store.has(x):
                 try:
                     found[repo.kind_of(x)].add(x)
-                except MvcError:
-                    continue
+                except ObjectMissing:
+                    continue  # (gone since has(): fsck says so; a damaged one is refused, as push refuses damage)
     return sorted(found["blob"]), sorted(found["commit"]), sorted(found["tree"])
 
 

@@ -10,7 +10,7 @@ import mvc
 from mvc import certindex
 from mvc import remote as rm
 from mvc.transport import open_transport
-from mvc.errors import FormatTooNew
+from mvc.errors import CorruptObject, FormatTooNew
 from mvc.objects import canonical_json, hash_bytes
 
 from damage import forge
@@ -62,6 +62,64 @@ def test_gc_keeps_and_push_sends_the_blobs_of_a_big_tree_only_a_certificate_name
     rm.push(repo)
     remote = open_transport(str(tmp_path / "remote"))
     assert remote.has(tree) and all(remote.has(b) for b in blobs)
+
+
+def _certified_data(tmp_path, data: bytes, big: bool, monkeypatch):
+    """A repository whose only certificate names one data blob; with `big`, objects over 100 bytes
+    count as larger than SMALL_OBJECT (as a 5 MiB held-out file would)."""
+    from mvc import maintenance
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    blob = repo.store.put(data)
+    cert = _newer_certificate(repo, blob)
+    if big:
+        monkeypatch.setattr(maintenance, "SMALL_OBJECT", 100)
+    return repo, blob, cert
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small", "big"])
+@pytest.mark.parametrize("data", [
+    b'{"rows":[1,2,3],"type":"tree"}',  # JSON data that only says it is a tree
+    b'{"format":1,"type":"commit","note":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past the parser's depth
+], ids=["says-tree", "deep"])
+def test_json_data_a_certificate_names_stays_a_blob(tmp_path, monkeypatch, data, big):
+    """A held-out JSON file that says "type": "tree" was read as a tree: gc and push stopped
+    on a damaged tree, fsck named damage; one nested too deeply crashed them (RecursionError)."""
+    repo, blob, cert = _certified_data(tmp_path, data, big, monkeypatch)
+    assert repo.kind_of(blob) == "blob"
+    assert repo.fsck()["ok"]
+    mvc.Repo(repo.root).gc(grace_s=0)  # (packs: the data is read back from the pack as well)
+    assert repo.store.get(blob) == data and mvc.Repo(repo.root).kind_of(blob) == "blob"
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    rm.push(repo)
+    assert open_transport(str(tmp_path / "remote")).get(blob) == data
+
+
+def test_a_big_tree_written_another_way_is_still_walked(tmp_path, monkeypatch):
+    """A tree that hashes right but is not canonical (another tool's spacing) named only by a
+    certificate: gc kept the tree and deleted its tensors."""
+    from mvc import maintenance
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    gone = repo.commit({"model": {"a": torch.arange(3.0), "b": torch.ones(4)}}, message="two")
+    tree = repo.read_tree(repo.read_commit(gone)["components"]["model"])
+    repo.rollback("HEAD~1")
+    spaced = repo.store.put(json.dumps(tree, indent=1).encode())
+    _newer_certificate(repo, spaced)
+    repo.set_config("gc.reflogExpire", "0")
+    monkeypatch.setattr(maintenance, "SMALL_OBJECT", 100)
+    mvc.Repo(repo.root).gc(grace_s=0)
+    assert all(repo.store.has(t["id"]) for t in tree["tensors"].values())
+
+
+def test_push_refuses_a_damaged_object_a_certificate_names(tmp_path, monkeypatch):
+    """It was left out silently: the remote got the certificate without its data."""
+    from damage import flip_byte
+    repo, blob, cert = _certified_data(tmp_path, b"held-out text " * 20, False, monkeypatch)
+    flip_byte(repo.loose.path(blob), 5)
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    with pytest.raises(CorruptObject, match=blob[:12]):
+        rm.push(repo)
 
 
 def test_du_says_when_a_commit_it_cannot_read_hides_what_it_names(tmp_path):
