@@ -327,7 +327,7 @@ class Ingest:
                            "committed", CUT_SHORT_HINT) from None
 
     def _path(self, path: str, relpath: str | None) -> None:
-        st = os.lstat(path)
+        st = os.lstat(path.rstrip(os.sep) or path)  # (a trailing slash would follow a link to a folder)
         if stat.S_ISLNK(st.st_mode):
             raise BadInput(f"{path} is a symbolic link; mvc refuses symlinks",
                            "commit the file it points to")
@@ -336,11 +336,12 @@ class Ingest:
         if not stat.S_ISREG(st.st_mode):
             raise BadInput(f"{path} is not a regular file")
         base = relpath or os.path.basename(path)
-        if relpath is None and not base.endswith(PICKLE_SUFFIXES):  # (a directory's paths are checked
+        suffix = base.lower()  # (MODEL.PT is a .pt file, as export takes it)
+        if relpath is None and not suffix.endswith(PICKLE_SUFFIXES):  # (a directory's paths are checked
             check_new_component_name(base, "file name", None)  # as it is listed; a .pt becomes model.safetensors)
-        if base.endswith(SAFETENSORS_SUFFIX):
+        if suffix.endswith(SAFETENSORS_SUFFIX):
             self.safetensors_file(base, path)
-        elif base.endswith(PICKLE_SUFFIXES) and relpath is None:
+        elif suffix.endswith(PICKLE_SUFFIXES) and relpath is None:
             from .tensors import load_pickle_state_dict
             self.state_dict(MEMORY_FILE, load_pickle_state_dict(path))
         else:
@@ -361,16 +362,18 @@ class Ingest:
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 check_new_component_name(rel, "file path", None)  # what a checkout could not write back
                 entries.append((rel, full))
-        if not entries:
-            raise BadInput(f"{root} holds no files to commit")
+        files, special = [], []
         for rel, full in entries:
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 raise BadInput(f"{full} is a symbolic link; mvc refuses symlinks", LINKED_FOLDER_HINT)
-            if stat.S_ISREG(st.st_mode):
-                self._path(full, rel)
-            else:
-                warnings.warn(f"skipped {full}: not a regular file (a pipe, socket or device)")
+            (files if stat.S_ISREG(st.st_mode) else special).append((rel, full))
+        if not files:
+            raise BadInput(f"{root} holds no files to commit" + (": only pipes, sockets or devices" if special else ""))
+        for _rel, full in special:
+            warnings.warn(f"skipped {full}: not a regular file (a pipe, socket or device)")
+        for rel, full in files:
+            self._path(full, rel)
 
 
 def _refuse_unreadable(err: OSError):

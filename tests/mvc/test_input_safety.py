@@ -224,6 +224,43 @@ def test_a_pipe_in_a_directory_is_skipped_with_a_warning(repo, tmp_path):
     assert list(repo.tree(cid, "model")["files"]) == ["a.safetensors"]
 
 
+def test_a_directory_of_pipes_only_is_refused_not_an_empty_component(repo, tmp_path):
+    """It committed as a component of no files, replacing the component's earlier content."""
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"a": torch.ones(4)}, str(d / "a.safetensors"))
+    first = repo.commit({"model": str(d)}, message="one")
+    os.unlink(d / "a.safetensors")
+    os.mkfifo(d / "pipe")
+    with pytest.raises(BadInput, match="holds no files to commit: only pipes, sockets or devices"):
+        repo.commit({"model": str(d)}, message="x")
+    assert repo.head() == first
+
+
+def test_upper_case_suffixes_are_read_as_what_they_name(repo, tmp_path):
+    """MODEL.PT and Model.SAFETENSORS were stored as opaque files (no tensors, no weights_only
+    import, no header check), while export took the same suffixes in any case."""
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "MODEL.PT")
+    save_file({"v": torch.ones(3)}, str(tmp_path / "Model.SAFETENSORS"))
+    cid = repo.commit({"pt": str(tmp_path / "MODEL.PT"), "st": str(tmp_path / "Model.SAFETENSORS")}, message="x")
+    assert torch.equal(repo.load(cid, "pt")["w"], torch.arange(4.0))
+    assert torch.equal(repo.load(cid, "st")["v"], torch.ones(3))
+    (tmp_path / "BAD.SAFETENSORS").write_bytes(b"\x10" + bytes(7) + b"not json")
+    with pytest.raises(BadInput):
+        repo.commit({"bad": str(tmp_path / "BAD.SAFETENSORS")}, message="x")
+
+
+def test_a_link_to_a_folder_is_refused_with_a_trailing_slash_too(repo, tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"a": torch.ones(4)}, str(d / "a.safetensors"))
+    os.symlink(d, tmp_path / "link")
+    for path in (str(tmp_path / "link"), str(tmp_path / "link") + "/"):
+        with pytest.raises(BadInput, match="is a symbolic link"):
+            repo.commit({"model": path}, message="x")
+    assert repo.head() is None
+
+
 def test_committing_the_repository_directory_itself_is_refused(repo):
     repo.commit({"core": sd()}, message="one")
     before = snapshot(repo)
