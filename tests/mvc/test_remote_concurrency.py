@@ -638,8 +638,10 @@ def test_gc_deletion_rank_reads_commits_and_trees_only(tmp_path):
     cid = repo.commit({"model": str(folder)}, message="x")
     tree = repo.tree(cid, "model")
     side = tree["files"]["config.json"]["id"]
-    big_tree = repo.loose.put(_json.dumps({"tensors": {f"t{i}": "x" * 40 for i in range(120_000)}, "type": "tree"},
-                                          sort_keys=True, separators=(",", ":")).encode())
+    entry = {"id": "0" * 64, "dtype": "F32", "shape": [1], "file": "model.safetensors"}
+    big_tree = repo.loose.put(_json.dumps(
+        {"format": 1, "type": "tree", "kind": "other", "files": {"model.safetensors": tree["files"]["config.json"]},
+         "tensors": {f"t{i}": entry for i in range(50_000)}}, sort_keys=True, separators=(",", ":")).encode())
     assert os.path.getsize(repo.loose.path(big_tree)) > mvc.objects.SMALL_OBJECT
     ranks = {oid: repo._deletion_rank(oid) for oid in (cid, repo.read_commit(cid)["components"]["model"], side,
                                                         big_tree)}
