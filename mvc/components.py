@@ -251,7 +251,7 @@ class Ingest:
         except BaseException:  # an error or Ctrl-C: items not yet started are dropped, and those
             self._stopping.set()  # being stored stop at their next piece (their temp files go)
             raise
-        finally:  # no worker may outlive this (they use the file's mapping and the store's batch),
+        finally:  # no worker may outlive this (they use the file's descriptor and the store's batch),
             with interrupts_deferred():  # not even on a second Ctrl-C
                 pool.shutdown(wait=True, cancel_futures=True)
 
@@ -293,9 +293,10 @@ class Ingest:
         self.files[relpath] = entry
 
     def raw_file(self, relpath: str, path: str) -> None:
-        """A side file stored as one raw blob. A large one is read through a mapping (a 300 MB
-        .bin inside a directory does not pass through memory whole); a small one is read, which
-        takes a consistent copy even if another program truncates the file meanwhile."""
+        """A side file stored as one raw blob. A large one is hashed and stored piece by piece
+        (a 300 MB .bin inside a directory does not pass through memory whole, see _put_blob); a
+        small one is read whole, which takes a consistent copy even if another program truncates
+        the file meanwhile."""
         with open(path, "rb") as f:
             stamp = _stamp(f.fileno())
             size = stamp[0]

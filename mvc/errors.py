@@ -60,8 +60,8 @@ class BadName(BadInput):
 
 
 class ChangedWhileStored(BadInput):
-    """Memory being stored changed before it was all written (another thread writing a tensor
-    that is being committed): the object is not stored."""
+    """Bytes being stored changed before they were all written (another thread writing a tensor
+    that is being committed, another program writing a file being committed): nothing is stored."""
 
 
 class FormatTooNew(MvcError):

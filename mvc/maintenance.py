@@ -208,17 +208,19 @@ class Maintenance:
 
     def kind_of(self, oid: str) -> str:
         """"commit", "tree" or "blob" (tensors, headers, files, data, certificates) of a stored object.
-        One larger than SMALL_OBJECT (a tree of many tensors) is read whole only when its first and
-        last bytes are a JSON object's (a peek, unverified); none larger than MAX_TREE_BYTES is made."""
+        One larger than SMALL_OBJECT (a tree of many tensors) is read whole only when a peek
+        (unverified) finds a JSON object that may say it is one; none larger than MAX_TREE_BYTES is made."""
         size = self.store.size(oid)
         if size <= SMALL_OBJECT:
             return object_kind(self.store.get(oid))
         if size > MAX_TREE_BYTES:
             return "blob"
         peek = self.store.view(oid, verify=False)
-        if bytes(peek[:1]) != b"{" or not bytes(peek[-64:]).rstrip().endswith(b"}"):
+        find = getattr(peek, "find", None) or bytes(peek).find  # (a map searches in place)
+        if (bytes(peek[:1]) != b"{" or not bytes(peek[-64:]).rstrip().endswith(b"}")
+                or find(b'"type"') < 0 or (find(b'"tree"') < 0 and find(b'"commit"') < 0)):
             return "blob"
-        del peek
+        del peek, find
         return object_kind(self.store.view(oid))
 
     def _has_locally(self, oid: str) -> bool:

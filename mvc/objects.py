@@ -432,13 +432,16 @@ def object_kind(data) -> str:
     commit or a tree included (a held-out file a certificate names may say anything)."""
     if bytes(data[:1]) != b"{":
         return "blob"
+    raw = bytes(data)
+    if b'"type"' not in raw or (b'"tree"' not in raw and b'"commit"' not in raw):
+        return "blob"  # (no parse of a large JSON data file that cannot say it is one)
     try:
         with gc_paused():
-            obj = json.loads(bytes(data))
+            obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return "blob"
     kind = obj.get("type") if isinstance(obj, dict) else None
-    if kind not in _SHAPE_CHECKS:
+    if not isinstance(kind, str) or kind not in _SHAPE_CHECKS:
         return "blob"
     try:
         _checked(obj, kind, "?")

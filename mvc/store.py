@@ -15,6 +15,7 @@ import stat
 import sys
 import threading
 import time
+import weakref
 from typing import Iterator
 
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
@@ -74,24 +75,35 @@ def raise_open_files_limit() -> bool:
     return True
 
 
+_MID_MAPS: set = set()  # weak references to this process's live maps of blobs under VIEW_MAP_ALWAYS
+
+
 def _map_mid(fd: int):
-    """A private map of a blob under VIEW_MAP_ALWAYS bytes, or None (read it instead) once the
-    process holds half of its open-files limit (or VIEW_MAP_FDS_MAX): each live map holds a
-    descriptor, and the rest are left to large blobs and to the program itself. The lowest free
-    descriptor tells how many are held (below it, all are)."""
-    import resource
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    budget = VIEW_MAP_FDS_MAX if soft == resource.RLIM_INFINITY else min(soft // 2, VIEW_MAP_FDS_MAX)
+    """A private map of a blob under VIEW_MAP_ALWAYS bytes, or None (read it instead) when the
+    process holds half of its open-files limit (or VIEW_MAP_FDS_MAX) or mvc's own such maps a
+    quarter: each live map holds a descriptor, and the rest are left to large blobs and to the
+    program itself. The lowest free descriptor says how many are held at least (below it, all
+    are); the program's may lie above holes, which the count of mvc's maps bounds."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except ImportError:  # (no descriptor limits to keep to)
+        soft = -1
+    budget = VIEW_MAP_FDS_MAX if soft < 0 else min(soft // 2, VIEW_MAP_FDS_MAX)  # (RLIM_INFINITY is -1)
+    if len(_MID_MAPS) >= budget // 2:
+        return None
     try:
         lowest_free = os.dup(fd)
         os.close(lowest_free)
         if lowest_free >= budget:
             return None
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
     except OSError as e:
         if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # descriptors or kernel maps run out
             return None
         raise
+    _MID_MAPS.add(weakref.ref(mm, _MID_MAPS.discard))
+    return mm
 
 
 def _too_many_open_files() -> MvcError:
@@ -104,9 +116,10 @@ def _too_many_open_files() -> MvcError:
 
 
 def _write_buffer(f, b, progress=None, hasher=None) -> int:
-    """Write all of the bytes-like `b` to the file object `f` in large write() calls; returns the count.
-    `progress(n)`, when given, hears of each call's bytes as they are written. With a `hasher`,
-    each piece is copied aside, hashed and written from the copy (see ObjectStore.put's `recheck`).
+    """Write all of the bytes-like `b` (or FileSpan) to the file object `f` in large write() calls;
+    returns the count. `progress(n)`, when given, hears of each call's bytes as they are written.
+    With a `hasher` (or a FileSpan), each piece is copied aside, hashed and written from the copy
+    (see ObjectStore.put's `recheck`).
 
     Large writes matter for reads, not only for the write: the page cache keeps what one call
     writes in large folios, and a later mmap of the blob maps each folio in one page fault.
@@ -138,6 +151,15 @@ def _write_copies(f, n: int, fill, progress, hasher) -> int:
     """_write_buffer for bytes that may change meanwhile: `fill(piece, lo)` copies bytes
     [lo, lo + len(piece)) into private memory, which is hashed and written: what is hashed is what
     is written."""
+    if n < WRITE_CHUNK_MIN:  # (through the file object's buffer, as _write_buffer writes small ones)
+        piece = bytearray(n)
+        fill(memoryview(piece), 0)
+        if hasher is not None:
+            hasher.update(piece)
+        f.write(piece)
+        if progress:
+            progress(n)
+        return n
     f.flush()
     fd = f.fileno()
     with memoryview(bytearray(min(n, RECHECK_PIECE))) as scratch:
@@ -164,7 +186,8 @@ def _copier(view):
 
 
 class FileSpan:
-    """`size` bytes of an open file from offset `at`, as a buffer for `ObjectStore.put`: read
+    """`size` bytes of an open file from offset `at`, as a buffer for `ObjectStore.put` (with its
+    `oid`: put does not hash a FileSpan to find one): read
     piece by piece with `read(piece, offset)` (e.g. pread) into private memory and written from
     there, never through a mapping of the file (a read past the end of a mapping whose file another
     program truncated kills the process). With `recheck` each piece is hashed as written, so the
@@ -202,10 +225,6 @@ class ObjectStore:
     def has(self, oid: str) -> bool:
         raise NotImplementedError
 
-    def holds(self, oid: str) -> bool:
-        """Whether a put of `oid` would find it stored and write nothing."""
-        return self.has(oid)
-
     def freshen(self, oid: str, older_than: float = 0.0, size: int | None = None) -> bool:
         """Whether the store holds `oid`; a loose file holding it gets its modification time set
         to now when older than `older_than` seconds, so that a gc, which deletes unreachable loose
@@ -228,10 +247,11 @@ class ObjectStore:
     def put(self, *buffers, oid: str | None = None, progress=None, recheck: bool = False) -> str:
         """Store the concatenation of `buffers`; returns its id. Idempotent. `progress(n)`, when
         given, hears of the object's bytes as they are written, all at once when the store already
-        held the object: the counts always add up to the object's size. `recheck`: the buffers
-        are memory that may change meanwhile (a tensor another thread writes), so the bytes are
-        hashed again as they are written and ChangedWhileStored is raised, nothing stored, when
-        they are not `oid`'s."""
+        held the object: the counts always add up to the object's size. A buffer may be a FileSpan
+        (bytes of a file, read as they are written). `recheck`: the buffers may change meanwhile
+        (a tensor another thread writes, a file another program writes), so the bytes are hashed
+        again as they are written and ChangedWhileStored is raised, nothing stored, when they are
+        not `oid`'s."""
         raise NotImplementedError
 
     fetches = False  # True for stores that bring objects from far away (see prefetch)
@@ -676,9 +696,6 @@ class ChainStore(ObjectStore):
 
     def has(self, oid):
         return any(s.has(oid) for s in self.stores)
-
-    def holds(self, oid):
-        return any(s.has(oid) for s in self.stores if not s.fetches)  # (as put judges, without freshening)
 
     def prefetch(self, ids):
         """Pass the ids no earlier store holds to the stores that fetch (none in most repositories)."""

@@ -8,7 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from .. import safetensors_format as stf
-from ..errors import MvcError, ObjectMissing
+from ..errors import CorruptObject, MvcError, ObjectMissing
 from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes
 from ..refs import moves_so_far
 from ..repo import Repo
@@ -152,7 +152,9 @@ def cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
                 try:
                     found[repo.kind_of(x)].add(x)
                 except ObjectMissing:
-                    continue  # (gone since has(): fsck says so; a damaged one is refused, as push refuses damage)
+                    continue  # (gone since has(): fsck says so)
+                except CorruptObject:
+                    found["blob"].add(x)  # damaged here: a push refuses to send it, push --repair names it
     return sorted(found["blob"]), sorted(found["commit"]), sorted(found["tree"])
 
 

@@ -81,7 +81,9 @@ def _certified_data(tmp_path, data: bytes, big: bool, monkeypatch):
 @pytest.mark.parametrize("data", [
     b'{"rows":[1,2,3],"type":"tree"}',  # JSON data that only says it is a tree
     b'{"format":1,"type":"commit","note":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past the parser's depth
-], ids=["says-tree", "deep"])
+    b'{"rows":[1],"type":["tree","commit"]}',  # a "type" that is no name at all
+    b'{"rows":[1],"type":{"tree":"commit"}}',
+], ids=["says-tree", "deep", "type-list", "type-dict"])
 def test_json_data_a_certificate_names_stays_a_blob(tmp_path, monkeypatch, data, big):
     """A held-out JSON file that says "type": "tree" was read as a tree: gc and push stopped
     on a damaged tree, fsck named damage; one nested too deeply crashed them (RecursionError)."""
@@ -120,6 +122,29 @@ def test_push_refuses_a_damaged_object_a_certificate_names(tmp_path, monkeypatch
     rm.add_remote(repo, "origin", str(tmp_path / "remote"))
     with pytest.raises(CorruptObject, match=blob[:12]):
         rm.push(repo)
+
+
+def test_gc_ranks_deeply_nested_json_with_the_blobs(tmp_path):
+    """gc orders deletions commits, trees, then blobs: ranking JSON nested past the parser's depth
+    that ends as a tree does crashed gc (RecursionError)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    deep = repo.store.put(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b',"type":"tree"}')
+    assert repo._deletion_rank(deep) == 2
+
+
+def test_push_repair_names_a_damaged_object_a_certificate_names_and_repairs_the_rest(tmp_path, monkeypatch):
+    from damage import flip_byte
+    repo, blob, cert = _certified_data(tmp_path, b"held-out text " * 20, False, monkeypatch)
+    w = repo.tree("HEAD", "model")["tensors"]["w"]["id"]
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    rm.push(repo)
+    remote = open_transport(str(tmp_path / "remote"))
+    os.unlink(remote.objects.path(w))  # lost on the remote: push --repair sends it again
+    os.unlink(remote.objects.path(blob))  # lost there too, and
+    flip_byte(repo.loose.path(blob), 5)  # damaged here: named, not sent
+    with pytest.raises(rm.RepairIncomplete) as e:
+        rm.push(mvc.Repo(repo.root), repair=True)
+    assert blob in e.value.result["repair"]["local_damaged"] and remote.has(w)
 
 
 def test_du_says_when_a_commit_it_cannot_read_hides_what_it_names(tmp_path):
