@@ -17,7 +17,8 @@ from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
 from .files import LockFile, is_atomic_temp, shared_or_exclusive
-from .objects import MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, object_kind, tree_blob_ids
+from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, object_kind,
+                      tree_blob_ids)
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
@@ -218,7 +219,7 @@ class Maintenance:
         peek = self.store.view(oid, verify=False)
         find = getattr(peek, "find", None) or bytes(peek).find  # (a map searches in place)
         if (bytes(peek[:1]) != b"{" or not bytes(peek[-64:]).rstrip().endswith(b"}")
-                or find(b'"type"') < 0 or (find(b'"tree"') < 0 and find(b'"commit"') < 0)):
+                or not may_say_commit_or_tree(find)):
             return "blob"
         del peek, find
         return object_kind(self.store.view(oid))

@@ -426,6 +426,11 @@ def certificate_refs(data, oid: str) -> set[str]:
         return named_ids(json.loads(data))
 
 
+def may_say_commit_or_tree(find) -> bool:
+    """Whether bytes whose `find` method is given hold the words a commit or tree says it is with."""
+    return find(b'"type"') >= 0 and (find(b'"tree"') >= 0 or find(b'"commit"') >= 0)
+
+
 def object_kind(data) -> str:
     """"commit" or "tree" for the bytes of such an object (of a newer format too); "blob" for
     anything else (tensors, headers, files, data, certificates), JSON data that only says it is a
@@ -433,7 +438,7 @@ def object_kind(data) -> str:
     if bytes(data[:1]) != b"{":
         return "blob"
     raw = bytes(data)
-    if b'"type"' not in raw or (b'"tree"' not in raw and b'"commit"' not in raw):
+    if not may_say_commit_or_tree(raw.find):
         return "blob"  # (no parse of a large JSON data file that cannot say it is one)
     try:
         with gc_paused():

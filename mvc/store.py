@@ -186,13 +186,13 @@ def _copier(view):
 
 
 class FileSpan:
-    """`size` bytes of an open file from offset `at`, as a buffer for `ObjectStore.put` (with its
-    `oid`: put does not hash a FileSpan to find one): read
-    piece by piece with `read(piece, offset)` (e.g. pread) into private memory and written from
-    there, never through a mapping of the file (a read past the end of a mapping whose file another
-    program truncated kills the process). With `recheck` each piece is hashed as written, so the
-    object holds what was hashed even while another program writes the file: writes through a
-    shared mapping into pages already dirty move no file time, so no stat check sees them."""
+    """`size` bytes of an open file from offset `at`, as a buffer for `ObjectStore.put` (given
+    its `oid`: put does not hash a FileSpan to find one): read piece by piece with
+    `read(piece, offset)` (e.g. pread) into private memory and written from there, never through
+    a mapping of the file (a read past the end of a mapping whose file another program truncated
+    kills the process). With `recheck` each piece is hashed as written, so the object holds what
+    was hashed even while another program writes the file: writes through a shared mapping into
+    pages already dirty move no file time, so no stat check sees them."""
 
     def __init__(self, read, at: int, size: int):
         self.read, self.at, self.size = read, at, size
