@@ -7,6 +7,7 @@ stands in the way of new refs.
 """
 from __future__ import annotations
 
+import calendar
 import collections
 import errno
 import json
@@ -105,7 +106,7 @@ def _entry_time(e) -> float:
     """A reflog entry's time in seconds since the epoch; NaN when it has none readable (such an
     entry is dropped when reflogs expire, so it compares as old)."""
     try:
-        return time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        return calendar.timegm(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ"))  # (UTC: no zone, no DST)
     except (ValueError, KeyError, TypeError, OverflowError):
         return float("nan")
 

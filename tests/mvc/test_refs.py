@@ -112,3 +112,19 @@ def test_a_stale_lock_removed_by_hand_while_it_is_broken_is_no_error(tmp_path, m
     monkeypatch.setattr(LockFile, "_stale_reason", judged_then_removed)
     with LockFile(str(path), timeout=2):
         assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/zoneinfo/Australia/Sydney"), reason="no time zone data")
+def test_reflog_times_read_the_same_in_a_zone_on_summer_time(monkeypatch):
+    """Entries read an hour old in a zone on daylight saving time (mktime applies DST, the
+    correction by time.timezone did not), so gc.reflogExpire let gc delete commits an hour early."""
+    import time
+    from mvc.refs import _entry_time
+    entry = {"time": "2026-01-15T00:00:00Z"}  # January: summer time in Sydney
+    monkeypatch.setenv("TZ", "Australia/Sydney")
+    time.tzset()
+    try:
+        assert _entry_time(entry) == 1768435200
+    finally:
+        monkeypatch.undo()
+        time.tzset()
