@@ -589,9 +589,10 @@ class LooseStore(ObjectStore):
         if not os.path.isdir(self.root):
             return
         for d in sorted(os.listdir(self.root)):
-            if len(d) != 2:
+            sub = os.path.join(self.root, d)
+            if len(d) != 2 or not os.path.isdir(sub):  # (a stray file "zz" is no object folder)
                 continue
-            for name in sorted(os.listdir(os.path.join(self.root, d))):
+            for name in sorted(os.listdir(sub)):
                 if is_oid(d + name):
                     yield d + name
 

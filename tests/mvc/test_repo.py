@@ -508,6 +508,20 @@ def test_fsck_reports_missing_objects(repo):
     assert not r["ok"] and any(p["id"] == tid and "missing" in p["problem"] for p in r["problems"])
 
 
+def test_a_stray_file_with_a_folder_name_in_objects_is_ignored(repo):
+    """A file named like an object folder ("zz", "ab") stopped fsck, du, gc and pack: "a part of
+    the path is not a directory"."""
+    repo.commit({"core": sd()}, message="x")
+    objects = os.path.join(repo.dir, "objects")
+    for name in ("zz", "ab"):
+        with open(os.path.join(objects, name), "w") as f:
+            f.write("not an object folder")
+    assert repo.fsck()["ok"]
+    assert repo.du()["commits"] == 1
+    repo.gc(grace_s=0)
+    assert repo.fsck()["ok"] and torch.equal(repo.load("HEAD", "core")["w"], sd()["w"])
+
+
 def test_gc_removes_only_unreachable_old_objects(repo):
     repo.commit({"core": sd(0, n=32)}, message="keep")
     repo.commit({"core": sd(1, n=32)}, message="drop", branch="tmp")
