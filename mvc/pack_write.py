@@ -406,6 +406,7 @@ class Packer:
         self._recent_bytes = 0
         reused = 0
         told = [0]  # bytes of the current object told to `partial`
+        damaged: list[str] = []  # entries copied as they are from packs failing their checksum
 
         def part(n: int) -> None:
             told[0] += n
@@ -429,7 +430,7 @@ class Packer:
                             encoded = self._encode(oid, depth_of, recent)
                             reuse = False
                         except CorruptObject:
-                            pass
+                            damaged.append(oid)
                     if reuse:
                         pack, r = old
                         piece = pack.entry(r)
@@ -480,7 +481,7 @@ class Packer:
             raise
         recent.clear()  # (decoded delta bases: not held while the pack is read back)
         if self.verify:
-            self._verify_written(name, records)
+            self._verify_written(name, records, damaged)
         return name, records, reused
 
     def _depth(self, base: str, depth_of: dict) -> int | None:
@@ -496,8 +497,10 @@ class Packer:
         depth = self._depth(r.base, depth_of)
         return depth is not None and depth + 1 <= self.max_depth
 
-    def _verify_written(self, name: str, records: list[pf.Record]) -> None:
-        """Read every object back from the new pack; on any failure remove it before anything else."""
+    def _verify_written(self, name: str, records: list[pf.Record], damaged: list[str]) -> None:
+        """Read every object back from the new pack; on any failure remove it before anything else.
+        `damaged`: entries copied unread from packs failing their checksum (no other copy decoded):
+        when one of them fails, the damage is on disk, not packing's."""
         fresh = PackStore(self.ps.dir, cache_bytes=self.ps.cache.capacity)
         try:
             pack = fresh._packs.get(name) if fresh.refresh() else None
@@ -514,6 +517,12 @@ class Packer:
                     os.unlink(os.path.join(self.ps.dir, name + ext))
                 except FileNotFoundError:
                     pass
+            if damaged:  # (copied unread: the new pack fails on them or on deltas built on them)
+                more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+                raise CorruptObject(f"packing stopped, the packs stay as they were: object {damaged[0]}{more} is "
+                                    "damaged in its pack and no other copy reads whole", "mvc fsck names what "
+                                    "refers to it; mvc fsck --repair-from REMOTE restores it from a remote or "
+                                    "clone") from None
             raise CorruptObject(f"packing failed verification, nothing was removed: {e.message}",
                                 "this is a bug in mvc; please report it") from None
 
