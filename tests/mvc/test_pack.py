@@ -381,8 +381,8 @@ def test_a_pack_referenced_again_during_gc_keeps_the_pack_holding_its_delta_base
     _age_packs(repo)
     real = pack_write.Packer._verify_written
 
-    def push_arrives(self, name, recs):
-        real(self, name, recs)
+    def push_arrives(self, name, recs, damaged):
+        real(self, name, recs, damaged)
         mvc.Repo(repo.root).create_branch("pushed", c2)  # found c2 there, sent the rest, moved its ref
 
     monkeypatch.setattr(pack_write.Packer, "_verify_written", push_arrives)
