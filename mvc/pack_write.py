@@ -210,7 +210,8 @@ class Packer:
             # youngest pack it comes from, not now (else it would look young again at every gc)
             self.young_time = max((mtime[p.name] for oid in young - kept_ids for p in holders[oid]), default=None)
             self.rolled_packs = [p for p in self.old_packs if p not in self.kept_packs]
-            self.dropped, self.dropped_bytes = len(gone), sum(self.packed[oid][1].length for oid in gone)
+            self.dropped = len(gone)  # (what the disk frees: each entry and its index record)
+            self.dropped_bytes = sum(self.packed[oid][1].length + pf.RECORD.size for oid in gone)
             targets = ({oid for oid in live if oid in loose or oid in self.packed} | young) - kept_ids
             if (not self.geometric and len(self.old_packs) <= 1 and not self.dropped
                     and not (targets & loose)):
@@ -623,10 +624,15 @@ def storage_usage(repo, reachable: set[str] | None = None) -> dict:
         garbage, garbage_bytes = garbage + len(unreached), garbage_bytes + sum(unreached)
     pack_disk = 0
     packs = ps.packs()
-    for p in packs:
-        pack_disk += p.file_size
-        try:
-            pack_disk += os.path.getsize(p.idx_path)
+    try:
+        names = os.listdir(ps.dir)
+    except FileNotFoundError:
+        names = []
+    for path in [q for p in packs for q in (p.path, p.idx_path)] + [
+            os.path.join(ps.dir, name + ext) for name in ps.damaged for ext in (".pack", ".idx")] + [
+            os.path.join(ps.dir, n) for n in names if _index_missing(n, names)]:
+        try:  # (packs set aside, their index damaged or lost, take their room on disk too)
+            pack_disk += os.path.getsize(path)
         except FileNotFoundError:
             pass
     count = len(packed) + sum(1 for oid in repo.loose.ids() if oid not in packed)
@@ -652,9 +658,9 @@ def _pack_missing(name: str, names: list[str]) -> bool:
 
 
 def _unfinished(name: str, names: list[str]) -> bool:
-    """A file in the pack directory that no reader uses: a temp file, a pack without its index
-    (damage: fsck names it) or an index without its pack."""
-    return name.startswith(TMP_PREFIX) or _index_missing(name, names) or _pack_missing(name, names)
+    """A file in the pack directory that a killed write left and gc removes: a temp file or an
+    index without its pack (not a pack without its index: damage, which fsck names and mvc keeps)."""
+    return name.startswith(TMP_PREFIX) or _pack_missing(name, names)
 
 
 def _unfinished_writes(repo, pack_dir: str) -> tuple[int, int]:
