@@ -437,6 +437,7 @@ class Maintenance:
             finally:
                 progress.end()
         result["removed"] += result["pack"]["dropped"]
+        result["kept_recent"] += result["pack"]["kept_young"]  # (unreachable ones packed, kept for their youth)
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
         lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]

@@ -191,6 +191,7 @@ class Packer:
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []
         self.young_time: float | None = None
+        self.kept_young = 0
         self._whole_packs: dict[str, bool] = {}
         self.gone: set[str] = set()
         if self.full:
@@ -203,6 +204,7 @@ class Packer:
             young = {oid for oid, ps in holders.items() if oid not in live and (
                 oid in self.protect or any(now - mtime[p.name] < self.grace_s for p in ps))}
             gone = self.gone = {oid for oid in holders if oid not in live and oid not in young}
+            self.kept_young = len(young)  # (unreachable, kept for their youth: gc reports them)
             if self.geometric:
                 self.kept_packs = self._geometric_keep(gone, loose, live)
             kept_ids = {oid for p in self.kept_packs for oid in p.records}
@@ -265,8 +267,8 @@ class Packer:
         stats = {"full": self.full, "packed": len(self.targets), "bytes_before": 0, "bytes_after": 0,
                  "encodings": {name: 0 for name in pf.ENCODING_NAMES.values()}, "reused": 0,
                  "pack": None, "loose_removed": 0, "packs_removed": 0, "dropped": self.dropped,
-                 "dropped_bytes": self.dropped_bytes, "max_depth": self.max_depth, "seconds": 0.0,
-                 "dry_run": dry_run}
+                 "dropped_bytes": self.dropped_bytes, "kept_young": self.kept_young, "max_depth": self.max_depth,
+                 "seconds": 0.0, "dry_run": dry_run}
         if dry_run:
             stats["bytes_before"] = self.total_bytes
             stats["tmp_bytes"] = self._remove_stale_tmp(dry_run=True)

@@ -1053,3 +1053,13 @@ def test_gc_reports_the_bytes_a_pack_drop_frees_on_disk(repo):
     before = _disk(repo)
     r = mvc.Repo(repo.root).gc(grace_s=0)
     assert r["pack"]["dropped"] > 0 and r["bytes_freed"] == before - _disk(repo)
+
+
+def test_gc_counts_young_packed_garbage_among_what_it_keeps(repo):
+    """Unreachable objects kept in a young pack were reported as 0 recent objects kept."""
+    drift_history(repo, 2)
+    pack(repo)
+    repo.rollback()
+    forget_reflogs(repo)
+    r = mvc.Repo(repo.root).gc()  # default grace: the pack is young
+    assert r["removed"] == 0 and r["kept_recent"] == mvc.Repo(repo.root).du()["unreachable_objects"] > 0
