@@ -66,7 +66,7 @@ class Maintenance:
 
     def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
                   damaged: list | None = None, bad_refs: dict | None = None,
-                  refs_only: set | None = None) -> tuple[set[str], list[tuple[str, str]]]:
+                  refs_only: set | None = None, commits: set | None = None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
         Certificates attached by the index keep alive every object they name (data blobs,
@@ -77,6 +77,7 @@ class Maintenance:
         (a dict), when given, receives {ref: problem} for ref files that do not hold an id, which
         otherwise stop the walk (CorruptObject). `refs_only` (a set), when given, receives what is
         reachable without the reflogs, found on the way (what only reflogs keep is the difference).
+        `commits` (a set), when given, receives the reachable commits read on the way.
         """
         from .pack import pack_store_of
         packs = pack_store_of(self.store)
@@ -103,13 +104,14 @@ class Maintenance:
             except MvcError:
                 continue
             stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named]
-        self._walk(stack, seen, missing, damaged)
+        self._walk(stack, seen, missing, damaged, commits)
         if refs_only is not None:
             refs_only.update(seen)
-        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged)
+        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged, commits)
         return seen, missing
 
-    def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None) -> None:
+    def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None,
+              commits: set | None = None) -> None:
         """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
         "commit", "tree" or "any"); ids referred to but absent go to `missing` with who, commits
         and trees that cannot be read to `damaged` with who and why (what they refer to is then
@@ -133,6 +135,8 @@ class Maintenance:
             try:
                 if kind == "commit":
                     c = self.read_commit(oid)
+                    if commits is not None:
+                        commits.add(oid)
                     stack += [(p, f"commit {oid[:12]}", "commit") for p in c["parents"]]
                     stack += [(t, f"commit {oid[:12]} component {n}", "tree") for n, t in c["components"].items()]
                 elif kind == "tree":
@@ -566,7 +570,8 @@ class Maintenance:
         apart."""
         from .pack_write import storage_usage
         damaged: list = []  # (fsck names a damaged ref or object; an unreadable one hides what it names)
-        live, missing = self.reachable(bad_refs={}, damaged=damaged)
+        commits: set[str] = set()  # (those certificates name included, with their history)
+        live, missing = self.reachable(bad_refs={}, damaged=damaged, commits=commits)
         if damaged or missing:
             oid, _who, *why = (damaged or missing)[0]
             what = f"cannot be read (e.g. {oid[:12]}: {why[0]})" if damaged else f"are missing (e.g. {oid[:12]})"
@@ -579,7 +584,6 @@ class Maintenance:
                  **storage_usage(self, None if damaged or missing else live)}
         objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]
         logical = 0
-        commits = self._reachable_commits()
         for cid in commits:
             for tid in self.read_commit(cid)["components"].values():
                 try:

@@ -147,6 +147,22 @@ def test_push_repair_names_a_damaged_object_a_certificate_names_and_repairs_the_
     assert blob in e.value.result["repair"]["local_damaged"] and remote.has(w)
 
 
+def test_du_counts_commits_only_a_certificate_keeps(tmp_path):
+    """A baseline commit a certificate names, on a branch since deleted: du counted its objects
+    in the bytes after dedup but not its commit nor its files in the logical bytes."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    base = repo.commit({"model": {"w": torch.ones(4096)}}, message="baseline", branch="b")
+    _newer_certificate(repo, base)
+    repo.delete_branch("b")
+    repo.set_config("gc.reflogExpire", "0")
+    mvc.Repo(repo.root).gc(grace_s=0)
+    du = mvc.Repo(repo.root).du()
+    files = sum(f["size"] for c in (repo.resolve("HEAD"), base)
+                for f in repo.read_tree(repo.read_commit(c)["components"]["model"])["files"].values())
+    assert du["commits"] == 2 and du["logical_bytes"] == files
+
+
 def test_du_says_when_a_commit_it_cannot_read_hides_what_it_names(tmp_path):
     repo = mvc.Repo.init(tmp_path / "r")
     repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
