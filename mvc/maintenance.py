@@ -482,8 +482,8 @@ class Maintenance:
         damaged += pack_problems(self)
         bad = {d["id"] for d in damaged}
         self._cache.clear()
-        unreadable, bad_refs = [], {}
-        live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs)
+        unreadable, bad_refs, commits = [], {}, set()
+        live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs, commits=commits)
         head = self.refs.head_problem()
         if head:
             bad_refs["HEAD"] = head  # (in place of what the walk said of a detached HEAD)
@@ -506,7 +506,7 @@ class Maintenance:
                 continue  # missing: reported above
         # every blob of every reachable tree must exist, and every tree must check out
         trees_seen, parsed_headers = set(), {}
-        for ref_cid in self._reachable_commits():
+        for ref_cid in sorted(commits):  # (the walk above found them, those certificates name included)
             c = self.read_commit(ref_cid)
             for name, tid in c["components"].items():
                 if tid in bad or tid in trees_seen or not self.store.has(tid):
