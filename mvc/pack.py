@@ -50,6 +50,7 @@ class Pack:
             n, self.idx_inode = st.st_size, st.st_ino
             self.idx = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if n else b""
         self._records: dict[str, pf.Record] | None = None  # every record, once load_records ran
+        self._sum_ok = False  # whether the whole index has hashed to its trailer (index_sound)
         self._base_keys = None                               # see is_base
         self._fanout: list = [None] * 257  # where the ids starting with byte b start, once sought
         try:
@@ -85,12 +86,19 @@ class Pack:
         return len(idx) >= pf.TRAILER_BYTES and \
             hash_bytes(memoryview(idx)[:-pf.TRAILER_BYTES]) == bytes(idx[-pf.TRAILER_BYTES:]).hex()
 
+    def index_sound(self) -> bool:
+        """Whether the whole index hashes to its trailer (hashed once: a binary search reads a few
+        ids, so a flipped bit in one would hide its object rather than show as damage)."""
+        if not self._sum_ok:
+            self._sum_ok = self.index_checksum_matches()
+        return self._sum_ok
+
     def load_records(self) -> dict[str, pf.Record]:
         """Every record by id, after hashing the whole index against its trailer and checking every
         record (sorted, known encodings, inside the pack); CorruptObject says what is wrong. Kept
         until the pack is closed: for the commands that read every record (fsck, gc, pack)."""
         if self._records is None:
-            if not self.index_checksum_matches():
+            if not self.index_sound():
                 raise self._index_corrupt()
             _checksum, records = pf.decode_index(memoryview(self.idx)[:-pf.TRAILER_BYTES], self.where)
             for r in records:
@@ -320,6 +328,22 @@ class PackStore(ObjectStore):
         self.check_indexes()
         return list(self._packs.values())
 
+    def damaged_indexes(self) -> list[str]:
+        """The names of the packs whose index is damaged: set aside, or failing its checksum (each
+        hashed once; a pack still serves the records it finds, but a flipped bit in an id would
+        hide that object from the binary search)."""
+        return sorted(self.damaged) + sorted(p.name for p in self._order if not p.index_sound())
+
+    def missing(self, oid: str) -> MvcError:
+        """The error for `oid` found in no pack: CorruptObject when a pack's index is damaged (its
+        records may hide the object), else ObjectMissing."""
+        bad = self.damaged_indexes()
+        if bad:
+            return CorruptObject(f"object {oid} is in no pack's index, and pack index {bad[0]}.idx is damaged: "
+                                 "the object may be in that pack",
+                                 "mvc fsck --repair-from REMOTE restores its objects from a remote or clone")
+        return ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+
     def pin(self, pack: Pack) -> None:
         """Read `pack`'s copy of every object it holds, never another pack's (a new pack's check)."""
         self._pinned, self._recent = pack, {}
@@ -412,7 +436,7 @@ class PackStore(ObjectStore):
     def size(self, oid):
         hit = self.lookup(oid)
         if hit is None:
-            raise ObjectMissing(f"object {oid} is missing")
+            raise self.missing(oid)
         return self._from_any_copy(oid, hit, lambda pack, r: pack.checked_size(r), lambda: self.size(oid))
 
     def _from_any_copy(self, oid: str, hit: tuple, read, again):
@@ -472,7 +496,7 @@ class PackStore(ObjectStore):
                 return cached, True, False
         hit = self.lookup(oid)
         if hit is None:
-            raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+            raise self.missing(oid)
         return self._from_any_copy(oid, hit, lambda pack, r: self._decode_record(oid, pack, r, chain, use_cache),
                                    lambda: self._decoded(oid, chain, use_cache))
 
@@ -538,7 +562,7 @@ class PackStore(ObjectStore):
         from .pack_codec import STREAM_BYTES, decode_hash
         hit = self.lookup(oid)
         if hit is None:
-            raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
+            raise self.missing(oid)
         pack, r = hit
         if r.size < STREAM_BYTES:
             return bytes(memoryview(self._read(oid))[:HEAD_BYTES])

@@ -317,7 +317,7 @@ class Repo(Maintenance):
         if is_oid(rev):
             if self.store.has(rev):
                 return self._as_commit(rev, rev)
-            raise UnknownRevision(f"unknown revision {rev[:12]}...: no such object")
+            raise UnknownRevision(f"unknown revision {rev[:12]}...: no such object", self._packs_damaged_hint())
         if re.fullmatch(r"[0-9a-f]{6,63}", rev):
             matches = self._prefix_matches(rev)
             if len(matches) == 1:
@@ -352,6 +352,12 @@ class Repo(Maintenance):
 
     def _peel(self, oid: str) -> str:
         return oid
+
+    def _packs_damaged_hint(self) -> str | None:
+        """A hint naming a pack set aside for a damaged index (it may hold what was not found)."""
+        from .pack import pack_store_of
+        bad = [] if (packs := pack_store_of(self.store)) is None else packs.damaged_indexes()
+        return f"pack index {bad[0]}.idx is damaged and may hold it: run mvc fsck" if bad else None
 
     def _as_commit(self, oid: str, rev: str) -> str:
         """`oid` if it is a commit: a revision naming a tree or a tensor blob is refused here, so

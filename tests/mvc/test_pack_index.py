@@ -9,7 +9,7 @@ import torch
 
 import mvc
 from mvc import pack as pack_module, pack_format as pf
-from mvc.errors import CorruptObject
+from mvc.errors import CorruptObject, ObjectMissing, UnknownRevision
 from mvc.objects import hash_bytes
 from mvc.pack import pack_store_of
 from mvc.pack_write import pack
@@ -127,6 +127,22 @@ def test_fsck_names_an_index_whose_records_are_out_of_order(repo):
     rewrite_index(p, swap)  # a binary search may miss its objects: only a whole check sees why
     problems = mvc.Repo(repo.root).fsck()["problems"]
     assert any(x["id"] == f"{p.name}.idx" and "not sorted" in x["problem"] for x in problems)
+
+
+def test_an_object_a_flipped_index_id_hides_is_damage_naming_the_index_not_missing(repo):
+    ids, states = drift_history(repo, 3)
+    pack(repo)
+    p = the_pack(repo)
+    with pytest.raises(ObjectMissing, match="is missing"):  # while the index is sound
+        mvc.Repo(repo.root).read_commit(hash_bytes(b"in no pack"))
+    flip_byte(p.idx_path, record_at(p, ids[-1]) + 20, 0x01)  # the head commit's id, in its record
+    fresh = mvc.Repo(repo.root)
+    assert same(fresh.load(ids[0], "core"), states[0])  # the records it finds still serve
+    with pytest.raises(CorruptObject, match=f"{ids[-1]} is in no pack's index, and pack index {p.name}.idx is damaged"):
+        fresh.log()  # (it said "object ... is missing")
+    with pytest.raises(UnknownRevision, match=f"no such object.*pack index {p.name}.idx is damaged and may hold it"):
+        fresh.resolve(ids[-1])
+    assert not fresh.store.has(ids[-1]) and fresh.store.has(ids[0])
 
 
 def test_id_prefix_lookups_match_a_scan_of_every_id(repo):
