@@ -82,7 +82,7 @@ class Maintenance:
         from .pack import pack_store_of
         packs = pack_store_of(self.store)
         if packs is not None:  # every index hashed and checked first (a walk reads every object's
-            packs.refresh()    # kind; an index that fails is set aside: its objects count as missing)
+            packs.refresh()    # kind; an index that fails is set aside: its objects read as damage naming it)
             packs.check_indexes()
         roots = set(self.refs.list("refs/", bad=bad_refs, strict=True).values())
         try:
@@ -567,7 +567,8 @@ class Maintenance:
         """Logical bytes (every commit as plain files), object bytes (after dedup) and bytes on disk
         (after pack compression), with what dedup and compression each saved. Dedup is judged on
         the objects commits reach; unreachable ones (garbage gc has not removed yet) are counted
-        apart."""
+        apart. In a lazy clone, reachable blobs not fetched yet count after dedup by the sizes their
+        trees give (`not_fetched`, `not_fetched_bytes`), so the ratio is the origin's."""
         from .pack_write import storage_usage
         damaged: list = []  # (fsck names a damaged ref or object; an unreadable one hides what it names)
         commits: set[str] = set()  # (those certificates name included, with their history)
@@ -583,17 +584,42 @@ class Maintenance:
         usage = {"unreachable_objects": 0, "unreachable_bytes": 0,
                  **storage_usage(self, None if damaged or missing else live)}
         objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]
-        logical = 0
+        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
+        logical, sizes = 0, {}
         for cid in commits:
             for tid in self.read_commit(cid)["components"].values():
                 try:
-                    logical += sum(f["size"] for f in self.read_tree(tid, shared=True)["files"].values())
+                    tree = self.read_tree(tid, shared=True)
                 except MvcError:
                     continue
+                logical += sum(f["size"] for f in tree["files"].values())
+                if lazy:
+                    sizes.update(blob_sizes(tree))
+        if lazy:  # a lazy clone: what commits reach counts after dedup, fetched or not (sizes from trees)
+            unfetched = lazy[0].not_fetched(live, self.store.stores)
+            usage["not_fetched"], usage["not_fetched_bytes"] = len(unfetched), sum(sizes.get(o, 0) for o in unfetched)
+            objects += usage["not_fetched_bytes"]
         return {**usage, **self.loose.stamp_usage(), "logical_bytes": logical, "commits": len(commits),
                 "dedup_saved_bytes": logical - objects, "dedup_ratio": (logical / objects) if objects else None,
                 "compression_saved_bytes": usage["object_bytes"] - stored,
                 "compression_ratio": (usage["object_bytes"] / stored) if stored else None}
+
+
+def blob_sizes(tree: dict) -> dict[str, int]:
+    """{blob id: size} of the blobs a tree names, from the tree alone (a tensor blob is its canonical
+    header and data; a stored safetensors header is its file less its tensors' data)."""
+    sizes, data = {}, {}
+    for t in tree["tensors"].values():
+        n = stf.DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"])
+        sizes[t["id"]] = len(stf.blob_prefix(t["dtype"], t["shape"])) + n
+        if t.get("file") is not None:
+            data[t["file"]] = data.get(t["file"], 0) + n
+    for relpath, f in tree["files"].items():
+        if f.get("id"):
+            sizes[f["id"]] = f["size"]
+        if f.get("header"):
+            sizes[f["header"]] = f["size"] - data.get(relpath, 0)
+    return sizes
 
 
 def holds_tensor(heads: dict[str, tuple[bytes, int]], t: dict) -> bool:

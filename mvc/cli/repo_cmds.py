@@ -769,7 +769,7 @@ def du(as_json):
         click.echo(f"{r['commits']} commits, {r['objects']} objects "
                    f"({r.get('loose_objects', r['objects'])} loose, {r.get('packed_objects', 0)} packed)\n"
                    f"logical:     {human_bytes(r['logical_bytes'])} (every commit as plain files)\n"
-                   f"after dedup: {human_bytes(r['object_bytes'] - r['unreachable_bytes'])} "
+                   f"after dedup: {human_bytes(r['object_bytes'] - r['unreachable_bytes'] + r.get('not_fetched_bytes', 0))} "
                    f"({ratio(r['dedup_ratio'])}, {_saved(r.get('dedup_saved_bytes'))})\n"
                    f"on disk:     {human_bytes(r['stored_bytes'])} "
                    f"(compression {ratio(r.get('compression_ratio'))}, saved {human_bytes(r.get('compression_saved_bytes'))})\n"
@@ -778,6 +778,9 @@ def du(as_json):
         if r["unreachable_objects"]:
             click.echo(f"garbage:     {human_bytes(r['unreachable_bytes'])} in {plural(r['unreachable_objects'], 'object')} "
                        "no commit reaches (in 'on disk', not in 'after dedup'; mvc gc removes them after the grace period)")
+        if r.get("not_fetched"):
+            click.echo(f"not fetched: {human_bytes(r['not_fetched_bytes'])} in {plural(r['not_fetched'], 'reachable blob')} "
+                       "(lazy clone: in 'after dedup', from their trees' sizes; not in 'on disk')")
         if r.get("unfinished_files"):
             click.echo(f"unfinished:  {human_bytes(r['unfinished_bytes'])} in {r['unfinished_files']} temp files of "
                        "interrupted writes (not counted above; mvc gc removes them after the grace period)")

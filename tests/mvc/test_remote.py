@@ -413,6 +413,30 @@ def test_lazy_clone_names_the_remote_when_it_lacks_a_blob(tmp_path):
         lazy.load("HEAD", "core")
 
 
+def test_du_in_a_lazy_clone_counts_unfetched_blobs_by_their_trees_sizes(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    src = new_repo(tmp_path / "src")
+    (tmp_path / "hf").mkdir()
+    save_file({"a": torch.ones(5, 3), "b": torch.arange(7)}, str(tmp_path / "hf" / "model.safetensors"),
+              metadata={"k": "v"})
+    (tmp_path / "hf" / "config.json").write_text('{"n": 1}')
+    for i in range(3):
+        src.commit({"core": weights(i % 2, n=3), "hf": str(tmp_path / "hf")}, message=f"c{i}")
+    bare = DirRemote(tmp_path)
+    rm.push(src, bare.url)
+    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    want, du = src.du(), lazy.du()
+    held = lambda r: r["object_bytes"] - r["unreachable_bytes"] + r.get("not_fetched_bytes", 0)  # noqa: E731
+    assert du["not_fetched"] == lazy.fsck()["not_fetched"] > 0 and "not_fetched" not in want
+    assert du["logical_bytes"] == want["logical_bytes"] and held(du) == held(want)  # (it was 8x off)
+    assert du["dedup_ratio"] == want["dedup_ratio"] and du["dedup_saved_bytes"] == want["dedup_saved_bytes"]
+    lazy.load("HEAD", "core")
+    after = mvc.Repo(lazy.root).du()
+    assert 0 < after["not_fetched"] < du["not_fetched"] and held(after) == held(want)
+    r = invoke(monkeypatch, lazy.root, "du")
+    assert r.exit_code == 0 and f"in {after['not_fetched']} reachable blobs (lazy clone" in r.stdout
+
+
 def test_delete_branch_and_fetch_prunes_it(remote, tmp_path, monkeypatch):
     repo = new_repo(tmp_path / "src", remote)
     repo.commit({"core": weights(1)}, message="one")
