@@ -67,6 +67,7 @@ def _tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
         raise BadInput(f"a {t.layout} tensor cannot be stored in safetensors", "convert it with .to_dense()")
     if t.device.type == "meta":
         raise BadInput("a tensor on the meta device has no data to store")
+    _check_storage_holds(t)
     t = t.detach().resolve_conj().resolve_neg()  # lazy conjugate/negative views: materialise them
     if t.device.type != "cpu":
         t = t.cpu()
@@ -78,6 +79,20 @@ def _tensor_buffer(t) -> tuple[str, tuple[int, ...], memoryview]:
         return dtype, shape, memoryview(b"")
     raw = flat.view(torch.uint8) if flat.element_size() > 1 or flat.dtype != torch.uint8 else flat
     return dtype, shape, memoryview(raw.numpy()).cast("B")
+
+
+def _check_storage_holds(t) -> None:
+    """BadInput when `t`'s storage is too small for its elements: one freed or shrunk in place
+    (FSDP frees unsharded parameters so) would hand over whatever memory lies past it."""
+    if t.numel() == 0:
+        return
+    last = t.storage_offset() + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+    need, held = (last + 1) * t.element_size(), t.untyped_storage().nbytes()
+    if held < need:
+        raise BadInput(f"its storage holds {held} bytes, and its {t.numel()} elements need {need}: the "
+                       "storage was freed or shrunk (e.g. by FSDP, which frees unsharded parameters)",
+                       "store it while its storage holds the data: gather the full parameters first, "
+                       "e.g. with FSDP's summon_full_params or a full state dict")
 
 
 def load_target(device=None, dtype=None):
@@ -179,7 +194,7 @@ NESTED_HINT = ("mvc stores flat name -> tensor mappings: commit each state dict 
 def optimizer_state(value) -> tuple[dict, dict] | None:
     """(tensors, tree metadata) of a torch optimizer's `state_dict()` ({"state": {i: {key: value}},
     "param_groups": [...]}), stored as DESIGN.md section 10 says: state tensors named
-    `state.<i>.<key>` (plain numbers as 0-dim tensors), param groups in the tree's metadata; None
+    `state.<i>.<key>` (plain numbers as 0-dim tensors, floats float64), param groups in the tree's metadata; None
     for anything else. A state keyed by parameter names (torch.distributed.checkpoint's
     get_optimizer_state_dict) is stored by position, its keys listed in the metadata as
     `state_keys`, which load_optimizer maps back."""
@@ -198,7 +213,8 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
             raise BadInput(f"optimizer state {i!r} is a {type(per).__name__}, not a dict of its values")
         for key, v in per.items():
             try:
-                flat[f"state.{pos if named else i}.{key}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+                flat[f"state.{pos if named else i}.{key}"] = v if isinstance(v, torch.Tensor) else \
+                    torch.tensor(v, dtype=torch.float64 if isinstance(v, float) else None)  # (float32 rounds 0.1)
             except (TypeError, ValueError, RuntimeError):
                 raise BadInput(f"optimizer state {i}.{key} is a {type(v).__name__} ({str(v)[:40]}), "
                                "neither a tensor nor a number") from None

@@ -147,6 +147,26 @@ def test_tensors_without_plain_data_are_refused_by_name(repo, make, match, hint)
     assert repo.log() == []
 
 
+@pytest.mark.parametrize("keep", [0, 400])
+def test_a_tensor_whose_storage_was_freed_is_refused_not_read_past_its_end(repo, keep):
+    """FSDP frees unsharded parameters by resizing their storage to 0: such a tensor committed the
+    heap memory past its storage (a different 'model' each run) and fsck passed."""
+    t = torch.full((1000,), 7.0)
+    t.untyped_storage().resize_(keep)
+    lin = torch.nn.Linear(10, 100)
+    lin.weight.untyped_storage().resize_(keep)
+    for state in ({"ok": torch.ones(3), "w": t}, lin):
+        with pytest.raises(BadInput, match=fr"tensor '(w|weight)': its storage holds {keep} bytes, and its 1000 "
+                                           r"elements need 4000: the storage was freed") as e:
+            repo.commit({"core": state}, message="x")
+        assert "summon_full_params" in e.value.hint
+    assert repo.log() == [] and not list(repo.loose.ids())
+    whole = torch.arange(12.0)  # views within their storage (offsets, strides) are stored as before
+    views = {"tail": whole[8:], "strided": whole[::3], "t": whole.reshape(3, 4).t()}
+    back = repo.load(repo.commit({"core": views}, message="views"), "core")
+    assert all(torch.equal(back[k], v) for k, v in views.items())
+
+
 def test_a_compiled_model_commits_as_the_model_it_wraps(repo):
     import cores
     core = cores.build("layercake", "tiny", seed=0).eval()
@@ -214,6 +234,16 @@ def test_an_optimizer_state_keyed_by_parameter_names_round_trips(repo):
     assert list(repo.load_optimizer(repo.commit({"optimizer": texts}, message="str keys"))["state"]) == ["0", "1"]
     with pytest.raises(BadInput, match=r"optimizer state key \(0, 1\) is a tuple"):
         repo.commit({"optimizer": {"state": {(0, 1): {"step": 1.0}}, "param_groups": []}}, message="x")
+
+
+def test_plain_float_optimizer_state_comes_back_exactly(repo):
+    """Plain numbers became 0-dim float32 tensors: 0.1 came back 0.10000000149011612."""
+    w = torch.ones(2)
+    state = {"state": {0: {"exp_avg": w, "scale": 0.1, "third": 1 / 3, "count": 2 ** 62 + 1, "on": True}},
+             "param_groups": [{"params": [0], "lr": 0.1}]}
+    back = repo.load_optimizer(repo.commit({"optimizer": state}, message="x"))["state"][0]
+    assert back["scale"].item() == 0.1 and back["third"].item() == 1 / 3 and back["scale"].dtype == torch.float64
+    assert back["count"].item() == 2 ** 62 + 1 and back["on"].item() is True
 
 
 def test_a_tensor_learning_rate_comes_back_as_a_tensor(repo):
