@@ -20,11 +20,13 @@ def _escape(ch: str) -> str:
 def shown(text) -> str:
     """A string that came from a user, a file or a remote (a name, message, author, metric, path)
     as human output prints it: unchanged unless it holds a control or bidirectional-override
-    character (or starts with a double quote), then double-quoted with C escapes, as git quotes
-    such paths. Nothing it holds can move the cursor, retitle the terminal or forge a line of
-    output, and no two texts print alike: only a quoted one starts with a double quote."""
+    character, is empty, starts or ends with white space (invisible in a column: "a " would print
+    as "a") or starts with a double quote, then double-quoted with C escapes, as git quotes such
+    paths. Nothing it holds can move the cursor, retitle the terminal or forge a line of output,
+    and no two texts print alike: only a quoted one starts with a double quote."""
     text = str(text)
-    if not _UNSAFE.search(text) and not text.startswith('"'):
+    if text and not _UNSAFE.search(text) and not text.startswith('"') \
+            and not text[0].isspace() and not text[-1].isspace():
         return text
     return '"' + _QUOTED.sub(lambda m: _escape(m.group()), text) + '"'
 

@@ -90,7 +90,7 @@ def _check_storage_holds(t) -> None:
     need, held = (last + 1) * t.element_size(), t.untyped_storage().nbytes()
     if held < need:
         raise BadInput(f"its storage holds {held} bytes, and its {t.numel()} elements need {need}: the "
-                       "storage was freed or shrunk (e.g. by FSDP, which frees unsharded parameters)",
+                       "storage was freed or shrunk, as FSDP does to unsharded parameters",
                        "store it while its storage holds the data: gather the full parameters first, "
                        "e.g. with FSDP's summon_full_params or a full state dict")
 

@@ -24,6 +24,8 @@ def test_shown_quotes_only_text_that_needs_it():
     # no two texts print alike: a text typed to look quoted is quoted itself
     assert shown('"x\\x1b[2J"') == '"\\"x\\\\x1b[2J\\""' != shown("x\x1b[2J") == '"x\\x1b[2J"'
     assert shown("main\u200e") == '"main\\u200e"' and shown("ma\u200bin") == '"ma\\u200bin"'  # invisible marks
+    # blanks at either end print as nothing in a column ("a " as "a"), and the empty name as no name
+    assert [shown(t) for t in ("a", "a ", " a", "", "a b", "\u3000a")] == ["a", '"a "', '" a"', '""', "a b", '"\u3000a"']
 
 
 def _raw_safetensors(path, names):
