@@ -756,10 +756,14 @@ class LazyRemoteStore(ObjectStore):
 
     def _download(self, oid: str) -> bool:
         """Stream `oid` from the remote into the cache, verified before it gets its name; False
-        (nothing stored) where the cache cannot be written: a clone this user may only read."""
+        (nothing stored) where the cache cannot be written: a clone this user may only read. The
+        writers lock is held shared meanwhile, as a fetch holds it: a gc with a short grace would
+        otherwise delete the temp file being written."""
         cache = self.cache
         try:
-            with new_object_file(cache.tmp, oid, cache.path(oid), cache.fsync, readable=True) as f:
+            with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False,
+                                     waiting_for="a gc with a short grace (mvc gc --grace) to finish"), \
+                    new_object_file(cache.tmp, oid, cache.path(oid), cache.fsync, readable=True) as f:
                 self._from_remote(lambda t: t.get_into(oid, f, max_size=self._size_limit(oid)), oid)
                 check_received(oid, hash_file(f), self.remote)
         except OSError as e:

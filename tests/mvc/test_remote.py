@@ -413,6 +413,34 @@ def test_lazy_clone_names_the_remote_when_it_lacks_a_blob(tmp_path):
         lazy.load("HEAD", "core")
 
 
+def test_a_lazy_download_holds_the_writers_lock_shared_so_a_short_grace_gc_waits(tmp_path, monkeypatch):
+    """gc --grace 0 (writers lock exclusive) deleted the temp file of a blob a lazy load was
+    downloading, and the load failed with a raw FileNotFoundError (exit 4 from checkout)."""
+    import fcntl
+    src = new_repo(tmp_path / "src")
+    core = weights(1, n=3)
+    src.commit({"core": core}, message="one")
+    bare = DirRemote(tmp_path)
+    rm.push(src, bare.url)
+    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    lock_path = os.path.join(lazy.dir, "writers.lock")
+    seen = []
+    real = DirectoryTransport.get_into
+
+    def get_into(self, oid, f, max_size=None):
+        with open(lock_path, "a") as other:  # what gc would try: the lock exclusively
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("held")
+        return real(self, oid, f, max_size)
+    monkeypatch.setattr(DirectoryTransport, "get_into", get_into)
+    state = mvc.Repo(lazy.root).load("HEAD", "core")
+    assert all(torch.equal(state[k], core[k]) for k in core)
+    assert seen and set(seen) == {"held"}
+
+
 def test_du_in_a_lazy_clone_counts_unfetched_blobs_by_their_trees_sizes(tmp_path, monkeypatch):
     from safetensors.torch import save_file
     src = new_repo(tmp_path / "src")
