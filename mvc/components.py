@@ -354,6 +354,10 @@ class Ingest:
             dirnames[:] = sorted(d for d in dirnames if not is_reserved_segment(d))
             # a `.git` file (a worktree's or submodule's link) is git's, as a `.git` folder is
             filenames = [n for n in filenames if n != ".git"]  # (other reserved names are refused below)
+            for name in [n for n in filenames if _TEMP_NAME.match(n)]:  # never part of a model
+                filenames.remove(name)
+                warnings.warn(f"skipped {os.path.join(dirpath, name)}: a temp file a killed mvc checkout or export "
+                              "left (the next checkout into this folder removes it once it is an hour old)")
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
                     raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks",
@@ -619,6 +623,7 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
                        "pass --force to overwrite them, or write into another place; nothing was written")
     temps: list[tuple[str, str]] = []
     renamed: list[tuple[str, bool, str | None]] = []  # (dest, replaced a file, a hard link to that file)
+    installed = False
     created_dirs: list[str] = []
     try:
         for tree, relpath, dest in items:
@@ -633,27 +638,19 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             created_dirs += reversed(missing)
             # a file replaced is synced first, so a crash cannot leave it empty; a new one need not be
             temps.append((_temp_copy(store, tree, relpath, dest, os.path.lexists(dest), progress), dest))
-        for tmp, dest in temps:
-            existed = os.path.lexists(dest)
-            if existed:  # modes are not committed: a file replaced keeps its own (a 0600 one stays private)
-                with contextlib.suppress(OSError):
-                    os.chmod(tmp, stat.S_IMODE(os.lstat(dest).st_mode))
-            backup = _link_beside(dest) if existed else None
-            try:
-                os.replace(tmp, dest)
-            except OSError as e:  # name the file the user asked for, not the temp file
+        with interrupts_deferred():  # renames, then backups removed: a Ctrl-C amid them would
+            for tmp, dest in temps:  # put back only the files whose backup was still there
+                renamed.append((dest, *_install(tmp, dest, force)))
+            installed = True  # (from here on, the new files stand whatever happens)
+            for _dest, _existed, backup in renamed:
                 if backup:
                     with contextlib.suppress(OSError):
                         os.unlink(backup)
-                raise _output_error(dest, e) from None
-            renamed.append((dest, existed, backup))
-        for _dest, _existed, backup in renamed:
-            if backup:
-                with contextlib.suppress(OSError):
-                    os.unlink(backup)
-        for folder in {os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}:
-            _remove_stale_temps(folder)
+            for folder in {os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}:
+                _remove_stale_temps(folder)
     except BaseException as e:
+        if installed:
+            raise
         for tmp, _dest in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)  # (the ones already renamed are gone from here)
@@ -672,6 +669,43 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     if unchanged is not None:
         unchanged += [dest for _tree, _rel, dest in items if dest in same]
     return [dest for _tree, _rel, dest in items]
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _install(tmp: str, dest: str, force: bool) -> tuple[bool, str | None]:
+    """Put the whole temp file `tmp` in place as `dest`; returns (whether it replaced a file, a
+    hard link to that file kept as its backup). Without `force` `dest` was absent when checked: it
+    is linked into place, which fails rather than replace a file another checkout or program put
+    there meanwhile (BadInput); a file system without hard links gets a rename."""
+    if not force:
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            raise BadInput(f"{dest} appeared while this checkout was writing (another checkout into the same "
+                           "place?): it was left as it is", "nothing was written; run it again, or pass --force "
+                           "to overwrite it") from None
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise _output_error(dest, e) from None
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False, None
+    existed = os.path.lexists(dest)
+    if existed:  # modes are not committed: a file replaced keeps its own (a 0600 one stays private)
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, stat.S_IMODE(os.lstat(dest).st_mode))
+    backup = _link_beside(dest) if existed else None
+    try:
+        os.replace(tmp, dest)
+    except OSError as e:  # name the file the user asked for, not the temp file
+        if backup:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
+        raise _output_error(dest, e) from None
+    return existed, backup
 
 
 def _link_beside(path: str) -> str | None:

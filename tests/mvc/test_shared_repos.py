@@ -144,6 +144,74 @@ def test_a_checkout_that_fails_after_replacing_a_file_restores_it(tmp_path, monk
     assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors", "model.safetensors"]
 
 
+def test_a_file_that_appears_while_a_checkout_writes_is_refused_not_replaced(tmp_path, monkeypatch):
+    """Without --force a destination was checked once, before minutes of writing: a file the user
+    (or a second checkout into the same folder) put there meanwhile was replaced, its bytes lost."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"a": _sd(0), "b": _sd(1)}, message="one")
+    out = tmp_path / "out"
+    real, calls = os.link, []
+
+    def user_writes_b_first(src, dst, *a, **k):
+        calls.append(dst)
+        if str(dst).endswith(os.path.join("b", "model.safetensors")):
+            with open(dst, "wb") as f:
+                f.write(b"the user's file, written meanwhile")
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "link", user_writes_b_first)
+    with pytest.raises(MvcError, match=r"b/model\.safetensors appeared while this checkout was writing") as e:
+        repo.checkout("HEAD", str(out))
+    monkeypatch.undo()
+    assert "--force" in e.value.hint and len(calls) == 2
+    assert (out / "b" / "model.safetensors").read_bytes() == b"the user's file, written meanwhile"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["b", "b/model.safetensors"]
+    repo.checkout("HEAD", str(tmp_path / "again"))  # (a folder of its own: written as before)
+    assert mvc.components.stray_files(str(tmp_path / "again"), []) == sorted(
+        str(tmp_path / "again" / c / "model.safetensors") for c in "ab")
+
+
+def test_a_killed_checkout_s_temp_files_are_not_committed_with_its_folder(tmp_path):
+    """A checkout killed (SIGKILL) left whole temp copies and backup links in the output, which a
+    commit of that folder stored as the model's own files, and every later checkout wrote back."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"m": _sd(0)}, message="one")
+    repo.checkout("HEAD", str(tmp_path / "out"))
+    folder = tmp_path / "out" / "m"
+    for name in (".0123456789ab.mvc-tmp", ".ba9876543210.mvc-bak"):
+        (folder / name).write_bytes(b"half a file")
+    (folder / ".not-ours.mvc-tmp").write_bytes(b"a user's file")  # (not a name mvc gives)
+    with pytest.warns(UserWarning, match=r"skipped .*\.0123456789ab\.mvc-tmp: a temp file a killed mvc checkout"):
+        cid = repo.commit({"m": str(folder)}, message="from the folder")
+    assert sorted(repo.tree(cid, "m")["files"]) == [".not-ours.mvc-tmp", "model.safetensors"]
+
+
+@pytest.mark.parametrize("when", ["renaming", "removing backups"])
+def test_ctrl_c_amid_a_checkout_s_renames_leaves_the_whole_new_checkout(tmp_path, monkeypatch, when):
+    """A Ctrl-C while the backups of replaced files were removed put back only those whose backup
+    was still there: a folder half of one revision, half of the other, said to be interrupted."""
+    import signal
+    repo, out = _two_component_checkout(tmp_path)
+    repo.commit({"a": _sd(2), "b": _sd(3)}, message="two")
+    fresh = tmp_path / "fresh"
+    repo.checkout("HEAD", str(fresh))
+    name, real = ("replace", os.replace) if when == "renaming" else ("unlink", os.unlink)
+
+    def ctrl_c_once(path, *a, **k):
+        real(path, *a, **k)
+        if (when == "renaming" or str(path).endswith(".mvc-bak")) and not hits:
+            hits.append(path)
+            signal.raise_signal(signal.SIGINT)
+    hits = []
+    monkeypatch.setattr(os, name, ctrl_c_once)
+    with pytest.raises(KeyboardInterrupt):
+        repo.checkout("HEAD", str(out), force=True)
+    monkeypatch.undo()
+    assert hits
+    for c in "ab":  # the rename and clean-up steps ran whole, then the interrupt came
+        assert (out / c / "model.safetensors").read_bytes() == (fresh / c / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors", "model.safetensors"]
+
+
 def test_a_lazy_clone_this_user_may_only_read_still_loads(tmp_path, monkeypatch):
     """Caching a fetched blob failed with EACCES, and the read failed with it."""
     from mvc import remote as rm
