@@ -33,7 +33,12 @@ def resolve_relative(repo, rev: str, candidate: str) -> str:
     HEAD and HEAD~N / HEAD^N are the candidate's: HEAD@{1} (the branch's reflog) and a branch
     named HEADS resolve as names (they read "<candidate id>@{1}" and "<candidate id>S")."""
     m = re.fullmatch(r"HEAD((?:[~^][0-9]*)*)", rev)
-    return repo.resolve(candidate + m.group(1)) if m else repo.resolve(rev)
+    if not m:
+        return repo.resolve(rev)
+    try:
+        return repo.resolve(candidate + m.group(1))
+    except UnknownRevision as e:  # said of what was written, not of "<candidate id>~5"
+        raise type(e)(e.message.replace(candidate + m.group(1), rev), e.hint) from None
 
 
 class BadRevision(ConfigError):

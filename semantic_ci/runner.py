@@ -1,11 +1,12 @@
 """Running the configured checks on a commit and verifying stored certificates."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 
-from mvc.errors import ConfigError, MvcError
+from mvc.errors import ConfigError, MvcError, UnknownRevision
 from mvc.objects import is_oid
 
 from . import certificate
@@ -28,7 +29,11 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
         raise ConfigError(f"{config.source} defines no checks", "add [[ci.checks]] tables to its [ci] section")
     selected = config.select(names)
     commit = repo.resolve(rev)
-    base_id = resolve_relative(repo, base, commit) if base else None  # HEAD~1: the candidate's parent, as in mvc.toml
+    try:
+        base_id = resolve_relative(repo, base, commit) if base else None  # HEAD~1: the candidate's parent, as in mvc.toml
+    except UnknownRevision as e:
+        raise type(e)(f"--base {e.message}" if e.message.startswith(f"{base}:") else f"--base {base}: {e.message}",
+                      e.hint) from None
     if base_id is not None and base_id == commit:
         raise ConfigError(f"--base {base} is {commit[:12]}, the commit checked: every check would compare it "
                           "with itself", "HEAD means REV here, as in mvc.toml: --base HEAD~1 is its parent")
@@ -117,9 +122,10 @@ class _Defined:
     """The checks mvc.toml defines at verify time (read once, when first needed): what a recorded
     check's parameters are compared with, since a certificate's own parameters can be edited."""
 
-    def __init__(self, repo, cert: dict):
-        self.repo, self.cert = repo, cert
+    def __init__(self, repo, cert: dict, cert_id: str | None = None):
+        self.repo, self.cert, self.cert_id = repo, cert, cert_id
         self._config: CiConfig | None | bool = False
+        self._pipeline: bool | None = None
 
     @property
     def config(self) -> CiConfig | None:
@@ -156,7 +162,40 @@ class _Defined:
             + ": the verdict was re-derived with mvc.toml's bounds")
 
     def from_pipeline(self) -> bool:
-        return ": stage " in str(self.cert.get("config") or "")
+        """Whether this is a pipeline stage's certificate: its `config` names a stage, and a commit
+        that stage made says so too (the commit's id covers what it says): the checkpoint its gates
+        certify, or an evaluate stage's commit naming the certificate. A certificate cannot pass
+        for a stage's, judged by its own bounds, by saying it is one."""
+        if self._pipeline is None:
+            said = str(self.cert.get("config") or "").rpartition(": stage ")
+            self._pipeline = bool(said[1]) and _stage_made(self.repo, said[2], self.cert.get("commit"), self.cert_id)
+        return self._pipeline
+
+
+def _stage_made(repo, stage: str, commit, cert_id: str | None) -> bool:
+    """Whether pipeline stage `stage` made `commit`, or a commit on a branch's history that names
+    certificate `cert_id` as its own."""
+    def stage_info(cid):
+        try:
+            extra = repo.read_commit(cid, shared=True).get("extra") or {}
+        except (MvcError, TypeError):
+            return {}
+        info = extra.get("pipeline") if isinstance(extra, dict) else None
+        return info if isinstance(info, dict) and info.get("stage") == stage else {}
+
+    if is_oid(commit) and stage_info(commit):
+        return True
+    seen, todo = set(), list(set(repo.branches().values()))
+    while todo and cert_id:
+        cid = todo.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        if stage_info(cid).get("certificate") == cert_id:
+            return True
+        with contextlib.suppress(MvcError):
+            todo += repo.read_commit(cid, shared=True)["parents"]
+    return False
 
 
 def _normal(value):
@@ -200,7 +239,7 @@ def verify(repo, rev_or_cert: str) -> dict:
     cert_id, cert, problems = certificate.locate(repo, rev_or_cert)
     config = CiConfig(source=cert.get("config") or "certificate")
     ctx = Context(repo, cert["commit"], config, ModelCache(repo), None)
-    defined = _Defined(repo, cert)
+    defined = _Defined(repo, cert, cert_id)
     defined.config  # an unreadable mvc.toml stops here, before anything runs
     out = []
     if problems:  # a foreign, missing or unreadable certificate in the commit's index

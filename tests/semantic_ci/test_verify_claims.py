@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import mvc
 from mvc.cli import cli
-from mvc.errors import ConfigError
+from mvc.errors import ConfigError, UnknownRevision
 from semantic_ci import certificate
 from semantic_ci.git_hook import pre_push
 from semantic_ci.probe import builtin_probe
@@ -262,7 +262,7 @@ def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_
     monkeypatch.chdir(ci_repo.root)
     t = trained_table(builtin_probe(3000))
     ci_repo.commit({"core": {"table": t}}, message="a")
-    ci_repo.commit({"core": {"table": t}}, message="b")
+    ci_repo.commit({"core": {"table": t}}, message="b", extra={"pipeline": {"name": "p", "stage": "train"}})
     cert = json.loads(json.dumps(certificate.read(ci_repo, run_ci(ci_repo)["certificate"])))
     write_config(ci_repo, BASIC.replace('name = "frozen"\nkind = "exact-logits"',  # mvc.toml's own frozen
                                         'name = "frozen"\nkind = "ppl-ratio"\ndata = "heldout.txt"'))
@@ -270,6 +270,8 @@ def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_
     staged = certificate.store(ci_repo, dict(cert, config="pipeline.toml: stage train"))
     assert not verify(ci_repo, plain)["verified"]  # a mvc.toml certificate: its definition changed
     assert verify(ci_repo, staged)["verified"]
+    other = certificate.store(ci_repo, dict(cert, config="pipeline.toml: stage other"))
+    assert not verify(ci_repo, other)["verified"]  # a stage the commit does not name: mvc.toml's rules
 
 
 def test_a_head_relative_base_means_the_candidates_parent(ci_repo):
@@ -287,3 +289,6 @@ def test_a_head_relative_base_means_the_candidates_parent(ci_repo):
     assert certificate.read(ci_repo, run_ci(ci_repo, two, base="HEADS")["certificate"])["base"] == one
     with pytest.raises(ConfigError, match="every check would compare it with itself"):
         run_ci(ci_repo, two, base="HEAD")  # HEAD means REV: a vacuous pass before
+    with pytest.raises(UnknownRevision, match=f"^--base HEAD~5: commit {one[:12]} has no parent") as e:
+        run_ci(ci_repo, two, base="HEAD~5")  # (it named "<the candidate's id>~5")
+    assert two not in str(e.value)
