@@ -184,7 +184,7 @@ class RefStore:
         return BadName(f"cannot create {ref}: it conflicts with existing {other}",
                        "a name cannot also be a folder of names; pick another name or delete that one")
 
-    def _check_free(self, ref: str) -> None:
+    def check_free(self, ref: str) -> None:
         """Refuse `ref` when its file would clash with other refs (`feature` vs `feature/x`);
         empty directories left there by deleted refs are removed."""
         if ref == "HEAD":
@@ -329,7 +329,7 @@ class RefStore:
                 return self.update(target, new, expected, message, author)
         path = self._path(ref)
         if new is not None:
-            self._check_free(ref)  # before the lock: taking it creates directories
+            self.check_free(ref)  # before the lock: taking it creates directories
         try:
             with LockFile(path + ".lock", what=f"ref {ref}"):
                 old, junk = self.held(ref) if new is None else (self.read(ref), None)
@@ -357,7 +357,7 @@ class RefStore:
         except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
             # another process made (or is making) a clashing ref meanwhile; nothing moved here
             if new is not None:
-                self._check_free(ref)
+                self.check_free(ref)
             raise MvcError(f"could not update {ref}: a ref with a clashing name was being written "
                            f"at {e.filename}: {e.strerror}", "try again") from e
         finally:

@@ -242,6 +242,7 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
     summary = {"event": "summary", "pipeline": pipeline.name, "profile": pipeline.profile, "stages": [],
                "passed": True}
     try:
+        _check_branches_free(run, pipeline)
         _run_stages(run, pipeline, from_stage, started, summary, IMPLS)
     except Exception as e:
         summary["passed"] = False
@@ -251,6 +252,19 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
         raise
     summary["results"] = dict(run.results)
     return summary
+
+
+def _check_branches_free(run: Run, pipeline: Pipeline) -> None:
+    """Every branch the stages commit to exists or can be made: one that clashes with an existing
+    branch (`host-b` against `host-b/main`) or with another stage's is refused before the first
+    stage trains, not after the stages before it have."""
+    names = [b for stage in pipeline.stages for b in run.branches(stage).values()]
+    for b in names:
+        clash = next((o for o in names if o.startswith(b + "/")), None)
+        if clash:
+            raise ConfigError(f"{pipeline.path}: stage branches {b!r} and {clash!r} clash: a name cannot also be "
+                              "a folder of names", "set another branch for one of the stages")
+        run.repo.refs.check_free(f"refs/heads/{b}")
 
 
 def result_certificate(repo, commit: str | None) -> str | None:

@@ -65,8 +65,8 @@ def test_cli_branch_conflict_is_one_error_line_exit_3(in_repo):
 def test_clash_made_after_the_check_is_still_a_clear_error(tmp_path, monkeypatch):
     refs = RefStore(str(tmp_path))
     refs.update("refs/heads/feature/x", A, expected=None)
-    real, calls = refs._check_free, []
-    monkeypatch.setattr(refs, "_check_free", lambda ref: calls.append(ref) if not calls else real(ref))
+    real, calls = refs.check_free, []
+    monkeypatch.setattr(refs, "check_free", lambda ref: calls.append(ref) if not calls else real(ref))
     with pytest.raises(BadName, match="conflicts with existing refs/heads/feature/x"):
         refs.update("refs/heads/feature", B, expected=None)  # as if feature/x was made just now
     assert len(calls) == 1 and refs.list() == {"refs/heads/feature/x": A}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import cores
 import mvc
 from mvc.cli import cli
-from mvc.errors import ConfigError
+from mvc.errors import ConfigError, MvcError
 from semantic_ci import certificate
 from semantic_ci.pipeline import run_pipeline
 from semantic_ci.pipeline_config import load
@@ -468,6 +468,25 @@ def test_a_misspelt_gate_metric_is_refused_before_anything_trains(tmp_path, monk
     r = CliRunner().invoke(cli, ["run", "p.toml"])
     assert r.exit_code == 3 and "gates[0].metric: 'heldout_bp' is not a metric a train-core stage" in r.stderr, r.output
     assert "heldout_bpb" in r.stderr and repo.head() is None and not repo.branches()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (None, r"cannot create refs/heads/demo/certify: it conflicts with existing refs/heads/demo/certify/old"),
+    (lambda t: t.replace('source = "stage:core"', 'source = "stage:core"\nbranch = "demo/core/eval"'),
+     r"stage branches 'demo/core' and 'demo/core/eval' clash"),
+])
+def test_stage_branches_that_clash_are_refused_before_anything_trains(tmp_path, edit, match):
+    """A stage branch clashing with an existing branch (or another stage's) was found when that stage
+    committed, after the stages before it had trained."""
+    root, repo = make_project(tmp_path)
+    if edit is None:
+        repo.commit({"x": {"t": torch.ones(2)}}, message="a user's branch", branch="demo/certify/old")
+    else:
+        (root / "p.toml").write_text(edit((root / "p.toml").read_text()))
+    before = repo.branches()
+    with pytest.raises(MvcError, match=match):
+        run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    assert repo.branches() == before  # (the core stage trained and committed first)
 
 
 def test_a_paste_into_a_host_stage_of_another_abi_is_refused_before_training(tmp_path):
