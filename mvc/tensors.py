@@ -4,6 +4,7 @@ torch is imported inside the functions, so modules that only move bytes never pa
 """
 from __future__ import annotations
 
+import os
 import re
 
 from .errors import BadInput
@@ -169,9 +170,14 @@ def load_pickle_state_dict(path: str) -> dict:
     except PermissionError:
         raise
     except Exception as e:  # untrusted bytes: whatever the unpickler trips on, the file is refused
+        if _looks_like_safetensors(path):
+            raise BadInput(f"refusing to import {path}: it is a safetensors file, not a torch.save pickle",
+                           "rename it to .safetensors, or keep it as raw bytes by committing the folder "
+                           "holding it") from None
         raise BadInput(f"refusing to import {path}: not a plain tensor checkpoint: {_load_error_reason(e)}",
                        "mvc loads .pt/.bin files with weights_only=True and never runs pickled code; "
-                       "save a state dict, or convert to safetensors") from None
+                       "save a state dict, or convert to safetensors; a file that is no checkpoint is kept "
+                       "as raw bytes by committing the folder holding it") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and set(obj) == {key} and isinstance(obj[key], dict):
             obj = obj[key]
@@ -183,6 +189,17 @@ def load_pickle_state_dict(path: str) -> dict:
     if problem:
         raise BadInput(f"{path} does not hold a flat mapping of names to tensors: {problem}", NESTED_HINT)
     return obj
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """Whether a file starts as a safetensors file does (a header length, then a JSON object)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
 
 
 NESTED_HINT = ("mvc stores flat name -> tensor mappings: commit each state dict of a training checkpoint as "

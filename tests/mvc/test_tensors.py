@@ -109,6 +109,21 @@ def test_a_plain_pickle_is_refused_in_one_line(repo, tmp_path):
     assert "\n" not in e.value.message and "not a file written by torch.save" in e.value.message
 
 
+def test_a_bin_file_that_is_no_pickle_is_refused_saying_what_it_is_and_how_to_keep_it(repo, tmp_path):
+    """Safetensors bytes under a .bin name read as "pickle: unsupported operand 56", and no refusal
+    said how to keep such a file (a tokenizer's .bin) as bytes."""
+    from safetensors.torch import save_file
+    save_file({"w": torch.ones(4)}, str(tmp_path / "weights.bin"))
+    (tmp_path / "vocab.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(BadInput, match="weights.bin: it is a safetensors file, not a torch.save pickle") as e:
+        repo.commit({"m": str(tmp_path / "weights.bin")}, message="x")
+    assert "rename it to .safetensors" in e.value.hint
+    with pytest.raises(BadInput, match="vocab.bin: not a plain tensor checkpoint") as e:
+        repo.commit({"m": str(tmp_path / "vocab.bin")}, message="x")
+    assert "committing the folder holding it" in e.value.hint
+    assert repo.log() == []
+
+
 def test_the_reason_torch_gives_for_refusing_a_file_is_kept():
     """The reason on torch's first line ('Weights only load failed. <reason>') was dropped, and its
     advert for weights_only=False quoted instead."""
