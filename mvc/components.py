@@ -532,7 +532,12 @@ def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool]
 
 def _output_error(dest: str, e: OSError) -> BadInput:
     if isinstance(e, (FileExistsError, NotADirectoryError)):
-        why = "a file stands where a directory is needed"
+        d = os.path.dirname(dest)
+        while d and os.path.dirname(d) != d and not os.path.lexists(d):
+            d = os.path.dirname(d)  # (the nearest that is there)
+        in_the_way = d if d and os.path.lexists(d) and not os.path.isdir(d) else None
+        why = (f"{in_the_way} is a file where the checkout needs a folder: remove it if an older checkout left it"
+               if in_the_way else "a file stands where a directory is needed")
     elif isinstance(e, FileNotFoundError):
         why = f"{e.strerror} (was its directory removed?)"
     else:

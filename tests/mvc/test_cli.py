@@ -381,6 +381,9 @@ def test_checkout_and_export_never_overwrite_other_content_without_force(run, tm
     assert target.read_bytes() == b"precious" and "--force" in r.stderr
     run("export", "HEAD", "m", "-o", target, "--force")
     assert target.read_bytes() == (tmp_path / "single.safetensors").read_bytes()
+    (tmp_path / "blocked").write_bytes(b"a file where a folder goes")  # (it said only "a file stands ...")
+    r = run("checkout", "HEAD", "-o", tmp_path / "blocked" / "deeper", "--force", code=3)
+    assert f"{tmp_path / 'blocked'} is a file where the checkout needs a folder" in r.stderr
 
 
 def test_a_failed_checkout_leaves_nothing_behind(run, in_repo, tmp_path):
