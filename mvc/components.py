@@ -18,7 +18,7 @@ import warnings
 from typing import Callable
 
 from . import safetensors_format as stf
-from .errors import BadInput, ChangedWhileStored, CorruptObject
+from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding
 from .interrupts import interrupts_deferred
 from .objects import (HASH_THREADS_MIN, check_new_component_name, check_relpath, hash_bytes, is_reserved_segment,
                       new_hasher, tree_object)
@@ -654,7 +654,10 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             for folder in {os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}:
                 _remove_stale_temps(folder)
     except BaseException as e:
-        if installed:
+        if installed:  # (a Ctrl-C held back while the files went into place)
+            if isinstance(e, KeyboardInterrupt) and not isinstance(e, InterruptedAfterLanding):
+                raise InterruptedAfterLanding(f"writing all {len(items)} files", "they stand: the output is "
+                                              "complete") from None
             raise
         for tmp, _dest in temps:
             with contextlib.suppress(OSError):

@@ -116,12 +116,13 @@ class Terminated(KeyboardInterrupt):
 
 
 class InterruptedAfterLanding(KeyboardInterrupt):
-    """Ctrl-C arrived after a commit had landed (its ref moved): the work is done and must not be
-    redone, so the message names what landed."""
+    """Ctrl-C arrived after a commit had landed (its ref moved), or a checkout's files were all in
+    place: the work is done and must not be redone, so the message names what landed (and `hint`
+    what to do, when not a commit's)."""
 
-    def __init__(self, landed: str):
+    def __init__(self, landed: str, hint: str | None = None):
         super().__init__(landed)
-        self.landed = landed
+        self.landed, self.hint = landed, hint
 
 
 # OSErrors the machine's state causes (not mvc's code): what to say, and what the user can do

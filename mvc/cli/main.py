@@ -70,7 +70,7 @@ class MvcGroup(click.Group):
             moved = moved_in_this_process()  # e.g. a commit that landed, then a signal while it printed
             how = "terminated" if isinstance(e, Terminated) or _terminated else "interrupted"
             if landed:
-                error(f"{how} after {landed}", "it stands: see mvc log; do not commit it again")
+                error(f"{how} after {landed}", getattr(e, "hint", None) or "it stands: see mvc log; do not commit it again")
             elif moved:
                 error(f"{how} after it had {', '.join(moved)}", "that stands: see mvc log and mvc reflog; "
                                                                "do not run the command again blindly")

@@ -203,10 +203,10 @@ def test_ctrl_c_amid_a_checkout_s_renames_leaves_the_whole_new_checkout(tmp_path
             signal.raise_signal(signal.SIGINT)
     hits = []
     monkeypatch.setattr(os, name, ctrl_c_once)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as e:
         repo.checkout("HEAD", str(out), force=True)
     monkeypatch.undo()
-    assert hits
+    assert hits and e.value.landed == "writing all 2 files" and "complete" in e.value.hint  # (not "interrupted")
     for c in "ab":  # the rename and clean-up steps ran whole, then the interrupt came
         assert (out / c / "model.safetensors").read_bytes() == (fresh / c / "model.safetensors").read_bytes()
     assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors", "model.safetensors"]
