@@ -1,7 +1,6 @@
 """Running the configured checks on a commit and verifying stored certificates."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -122,10 +121,9 @@ class _Defined:
     """The checks mvc.toml defines at verify time (read once, when first needed): what a recorded
     check's parameters are compared with, since a certificate's own parameters can be edited."""
 
-    def __init__(self, repo, cert: dict, cert_id: str | None = None):
-        self.repo, self.cert, self.cert_id = repo, cert, cert_id
+    def __init__(self, repo, cert: dict):
+        self.repo, self.cert = repo, cert
         self._config: CiConfig | None | bool = False
-        self._pipeline: bool | None = None
 
     @property
     def config(self) -> CiConfig | None:
@@ -162,40 +160,7 @@ class _Defined:
             + ": the verdict was re-derived with mvc.toml's bounds")
 
     def from_pipeline(self) -> bool:
-        """Whether this is a pipeline stage's certificate: its `config` names a stage, and a commit
-        that stage made says so too (the commit's id covers what it says): the checkpoint its gates
-        certify, or an evaluate stage's commit naming the certificate. A certificate cannot pass
-        for a stage's, judged by its own bounds, by saying it is one."""
-        if self._pipeline is None:
-            said = str(self.cert.get("config") or "").rpartition(": stage ")
-            self._pipeline = bool(said[1]) and _stage_made(self.repo, said[2], self.cert.get("commit"), self.cert_id)
-        return self._pipeline
-
-
-def _stage_made(repo, stage: str, commit, cert_id: str | None) -> bool:
-    """Whether pipeline stage `stage` made `commit`, or a commit on a branch's history that names
-    certificate `cert_id` as its own."""
-    def stage_info(cid):
-        try:
-            extra = repo.read_commit(cid, shared=True).get("extra") or {}
-        except (MvcError, TypeError):
-            return {}
-        info = extra.get("pipeline") if isinstance(extra, dict) else None
-        return info if isinstance(info, dict) and info.get("stage") == stage else {}
-
-    if is_oid(commit) and stage_info(commit):
-        return True
-    seen, todo = set(), list(set(repo.branches().values()))
-    while todo and cert_id:
-        cid = todo.pop()
-        if cid in seen:
-            continue
-        seen.add(cid)
-        if stage_info(cid).get("certificate") == cert_id:
-            return True
-        with contextlib.suppress(MvcError):
-            todo += repo.read_commit(cid, shared=True)["parents"]
-    return False
+        return ": stage " in str(self.cert.get("config") or "")
 
 
 def _normal(value):
@@ -239,7 +204,7 @@ def verify(repo, rev_or_cert: str) -> dict:
     cert_id, cert, problems = certificate.locate(repo, rev_or_cert)
     config = CiConfig(source=cert.get("config") or "certificate")
     ctx = Context(repo, cert["commit"], config, ModelCache(repo), None)
-    defined = _Defined(repo, cert, cert_id)
+    defined = _Defined(repo, cert)
     defined.config  # an unreadable mvc.toml stops here, before anything runs
     out = []
     if problems:  # a foreign, missing or unreadable certificate in the commit's index

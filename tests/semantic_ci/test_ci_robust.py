@@ -650,12 +650,6 @@ def test_a_forged_gate_or_looser_bound_does_not_verify(ci_repo):
     assert not v["verified"]  # before: verified, with a note
     frozen_v = next(c for c in v["checks"] if c["name"] == "frozen")
     assert any("under the bounds mvc.toml sets now" in d for d in frozen_v["diffs"])
-    # saying it is a pipeline stage's (judged by its own bounds) does not make it one: the commit
-    # it certifies must say so too, and no pipeline made this one
-    v = verify(ci_repo, certificate.store(ci_repo, dict(looser, config="mvc.toml: stage host")))
-    assert not v["verified"]  # before: verified, exit 0
-    frozen_v = next(c for c in v["checks"] if c["name"] == "frozen")
-    assert any("under the bounds mvc.toml sets now" in d for d in frozen_v["diffs"])
 
 
 def test_verify_runs_no_adapter_a_certificate_names(ci_repo, tmp_path, monkeypatch):
