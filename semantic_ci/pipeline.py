@@ -259,6 +259,10 @@ def _check_branches_free(run: Run, pipeline: Pipeline) -> None:
     branch (`host-b` against `host-b/main`) or with another stage's is refused before the first
     stage trains, not after the stages before it have."""
     names = [b for stage in pipeline.stages for b in run.branches(stage).values()]
+    twice = next((b for i, b in enumerate(names) if b in names[:i]), None)
+    if twice:
+        raise ConfigError(f"{pipeline.path}: two stages commit to branch {twice!r}: each would take the other's "
+                          "head for its own and start again", "set another branch for one of the stages")
     for b in names:
         clash = next((o for o in names if o.startswith(b + "/")), None)
         if clash:

@@ -474,6 +474,8 @@ def test_a_misspelt_gate_metric_is_refused_before_anything_trains(tmp_path, monk
     (None, r"cannot create refs/heads/demo/certify: it conflicts with existing refs/heads/demo/certify/old"),
     (lambda t: t.replace('source = "stage:core"', 'source = "stage:core"\nbranch = "demo/core/eval"'),
      r"stage branches 'demo/core' and 'demo/core/eval' clash"),
+    (lambda t: t.replace('source = "stage:core"', 'source = "stage:core"\nbranch = "demo/core"'),
+     r"two stages commit to branch 'demo/core'"),  # (every re-run trained the core stage again)
 ])
 def test_stage_branches_that_clash_are_refused_before_anything_trains(tmp_path, edit, match):
     """A stage branch clashing with an existing branch (or another stage's) was found when that stage
