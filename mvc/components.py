@@ -682,6 +682,11 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
 _NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
+def _appeared(dest: str) -> BadInput:
+    return BadInput(f"{dest} appeared while this checkout was writing (another checkout into the same place?): "
+                    "it was left as it is", "nothing was written; run it again, or pass --force to overwrite it")
+
+
 def _install(tmp: str, dest: str, force: bool) -> tuple[bool, str | None]:
     """Put the whole temp file `tmp` in place as `dest`; returns (whether it replaced a file, a
     hard link to that file kept as its backup). Without `force` `dest` was absent when checked: it
@@ -691,12 +696,12 @@ def _install(tmp: str, dest: str, force: bool) -> tuple[bool, str | None]:
         try:
             os.link(tmp, dest)
         except FileExistsError:
-            raise BadInput(f"{dest} appeared while this checkout was writing (another checkout into the same "
-                           "place?): it was left as it is", "nothing was written; run it again, or pass --force "
-                           "to overwrite it") from None
+            raise _appeared(dest) from None
         except OSError as e:
             if e.errno not in _NO_HARD_LINKS:
                 raise _output_error(dest, e) from None
+            if os.path.lexists(dest):  # (no hard links here: a rename, checked first)
+                raise _appeared(dest) from None
         else:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -185,6 +185,27 @@ def test_a_killed_checkout_s_temp_files_are_not_committed_with_its_folder(tmp_pa
     assert sorted(repo.tree(cid, "m")["files"]) == [".not-ours.mvc-tmp", "model.safetensors"]
 
 
+def test_without_hard_links_a_file_that_appeared_is_still_refused(tmp_path, monkeypatch):
+    """Where the file system makes no hard links the new file is renamed into place: it replaced a
+    file that appeared meanwhile (no backup link either: its bytes were gone)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"a": _sd(0)}, message="one")
+    dest = tmp_path / "out" / "a" / "model.safetensors"
+
+    def no_links_and_a_user(src, dst, *a, **k):
+        with open(dst, "wb") as f:
+            f.write(b"the user's file")
+        raise PermissionError(errno.EPERM, "Operation not permitted", dst)
+    monkeypatch.setattr(os, "link", no_links_and_a_user)
+    with pytest.raises(MvcError, match="appeared while this checkout was writing"):
+        repo.checkout("HEAD", str(tmp_path / "out"))
+    assert dest.read_bytes() == b"the user's file"
+    dest.unlink()
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EPERM, "no links")))
+    repo.checkout("HEAD", str(tmp_path / "out"))  # no links, nothing in the way: renamed into place
+    assert torch.equal(mvc.Repo(tmp_path / "r").load("HEAD", "a")["w"], _sd(0)["w"]) and dest.stat().st_size > 0
+
+
 @pytest.mark.parametrize("when", ["renaming", "removing backups"])
 def test_ctrl_c_amid_a_checkout_s_renames_leaves_the_whole_new_checkout(tmp_path, monkeypatch, when):
     """A Ctrl-C while the backups of replaced files were removed put back only those whose backup
