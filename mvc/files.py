@@ -123,6 +123,14 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
 _held_here: dict[tuple[str, int], int] = {}  # (lock path, thread) -> holds (flock is per open file)
 
 
+def held_in_process(path: str) -> bool:
+    """Whether a thread of this process holds `path`'s lock (`shared_or_exclusive`) now. A step
+    inside such a hold needs no second one: where flock is emulated by POSIX locks (NFS), closing
+    a second descriptor of the file would release the process's first hold too."""
+    path = os.path.abspath(path)
+    return any(n > 0 for (p, _thread), n in list(_held_here.items()) if p == path)
+
+
 @contextlib.contextmanager
 def exclusive_within(path: str, timeout_s: float):
     """Hold `path`'s advisory lock (as `shared_or_exclusive`) exclusively if it can be had within

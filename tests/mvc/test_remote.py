@@ -423,12 +423,12 @@ def test_a_lazy_download_holds_the_writers_lock_shared_so_a_short_grace_gc_waits
     bare = DirRemote(tmp_path)
     rm.push(src, bare.url)
     lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
-    lock_path = os.path.join(lazy.dir, "writers.lock")
+    lock_path = [os.path.join(lazy.dir, "writers.lock")]
     seen = []
     real = DirectoryTransport.get_into
 
     def get_into(self, oid, f, max_size=None):
-        with open(lock_path, "a") as other:  # what gc would try: the lock exclusively
+        with open(lock_path[0], "a") as other:  # what gc would try: the lock exclusively
             try:
                 fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 seen.append("free")
@@ -439,6 +439,15 @@ def test_a_lazy_download_holds_the_writers_lock_shared_so_a_short_grace_gc_waits
     state = mvc.Repo(lazy.root).load("HEAD", "core")
     assert all(torch.equal(state[k], core[k]) for k in core)
     assert seen and set(seen) == {"held"}
+    # inside a hold of this process's (a paste, a gate) no second descriptor is opened: where flock
+    # is emulated by POSIX locks (NFS), closing it would have dropped the outer hold
+    again, _ = rm.clone(bare.url, str(tmp_path / "lazy2"), lazy=True)
+    opened, seen[:], lock_path[0] = [], [], os.path.join(again.dir, "writers.lock")
+    real_open = mvc.files._open_lock_file
+    monkeypatch.setattr(mvc.files, "_open_lock_file", lambda p: opened.append(p) or real_open(p))
+    with again.writing():
+        state = again.load("HEAD", "core")
+    assert len(opened) == 1 and set(seen) == {"held"} and all(torch.equal(state[k], core[k]) for k in core)
 
 
 def test_du_in_a_lazy_clone_counts_unfetched_blobs_by_their_trees_sizes(tmp_path, monkeypatch):
