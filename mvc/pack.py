@@ -50,7 +50,7 @@ class Pack:
             n, self.idx_inode = st.st_size, st.st_ino
             self.idx = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if n else b""
         self._records: dict[str, pf.Record] | None = None  # every record, once load_records ran
-        self._sum_ok = False  # whether the whole index has hashed to its trailer (index_sound)
+        self._sum_ok: bool | None = None  # whether the whole index hashes to its trailer (index_sound)
         self._base_keys = None                               # see is_base
         self._fanout: list = [None] * 257  # where the ids starting with byte b start, once sought
         try:
@@ -89,7 +89,7 @@ class Pack:
     def index_sound(self) -> bool:
         """Whether the whole index hashes to its trailer (hashed once: a binary search reads a few
         ids, so a flipped bit in one would hide its object rather than show as damage)."""
-        if not self._sum_ok:
+        if self._sum_ok is None:
             self._sum_ok = self.index_checksum_matches()
         return self._sum_ok
 

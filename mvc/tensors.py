@@ -87,8 +87,12 @@ def _check_storage_holds(t) -> None:
     (FSDP frees unsharded parameters so) would hand over whatever memory lies past it."""
     if t.numel() == 0:
         return
+    try:
+        held = t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError):
+        return  # (no storage to measure, e.g. a lazy device's: what follows says whether it has data)
     last = t.storage_offset() + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
-    need, held = (last + 1) * t.element_size(), t.untyped_storage().nbytes()
+    need = (last + 1) * t.element_size()
     if held < need:
         raise BadInput(f"its storage holds {held} bytes, and its {t.numel()} elements need {need}: the "
                        "storage was freed or shrunk, as FSDP does to unsharded parameters",
