@@ -18,7 +18,7 @@ from . import safetensors_format as stf
 from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
 from .files import LockFile, is_atomic_temp, shared_or_exclusive
 from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, object_kind,
-                      tree_blob_ids)
+                      tree_blob_ids, tree_blob_sizes)
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
@@ -594,7 +594,7 @@ class Maintenance:
                     continue
                 logical += sum(f["size"] for f in tree["files"].values())
                 if lazy:
-                    sizes.update(blob_sizes(tree))
+                    sizes.update(tree_blob_sizes(tree))
         if lazy:  # a lazy clone: what commits reach counts after dedup, fetched or not (sizes from trees)
             unfetched = lazy[0].not_fetched(live, self.store.stores)
             usage["not_fetched"], usage["not_fetched_bytes"] = len(unfetched), sum(sizes.get(o, 0) for o in unfetched)
@@ -603,23 +603,6 @@ class Maintenance:
                 "dedup_saved_bytes": logical - objects, "dedup_ratio": (logical / objects) if objects else None,
                 "compression_saved_bytes": usage["object_bytes"] - stored,
                 "compression_ratio": (usage["object_bytes"] / stored) if stored else None}
-
-
-def blob_sizes(tree: dict) -> dict[str, int]:
-    """{blob id: size} of the blobs a tree names, from the tree alone (a tensor blob is its canonical
-    header and data; a stored safetensors header is its file less its tensors' data)."""
-    sizes, data = {}, {}
-    for t in tree["tensors"].values():
-        n = stf.DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"])
-        sizes[t["id"]] = len(stf.blob_prefix(t["dtype"], t["shape"])) + n
-        if t.get("file") is not None:
-            data[t["file"]] = data.get(t["file"], 0) + n
-    for relpath, f in tree["files"].items():
-        if f.get("id"):
-            sizes[f["id"]] = f["size"]
-        if f.get("header"):
-            sizes[f["header"]] = f["size"] - data.get(relpath, 0)
-    return sizes
 
 
 def holds_tensor(heads: dict[str, tuple[bytes, int]], t: dict) -> bool:

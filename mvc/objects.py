@@ -466,3 +466,24 @@ def tree_blob_ids(tree: dict) -> list[str]:
         if f.get("id"):
             ids.append(f["id"])
     return ids
+
+
+def tree_blob_sizes(tree: dict, exact_headers: bool = True) -> dict[str, int]:
+    """{blob id: size} of the blobs a (shape-checked) tree names, from the tree alone: exact for
+    tensors (canonical header and data) and raw files; a stored safetensors header is its file less
+    its tensors' data, or, without `exact_headers`, a bound that holds whatever the tree's numbers
+    say (the file's size and the header limit: for trees a remote sends)."""
+    from .safetensors_format import MAX_HEADER_BYTES, blob_prefix
+    sizes, data = {}, {}
+    for t in tree["tensors"].values():
+        n = DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"])
+        sizes[t["id"]] = len(blob_prefix(t["dtype"], tuple(t["shape"]))) + n
+        if t.get("file") is not None:
+            data[t["file"]] = data.get(t["file"], 0) + n
+    for relpath, f in tree["files"].items():
+        if f.get("id"):
+            sizes[f["id"]] = f["size"]
+        if f.get("header"):
+            sizes[f["header"]] = f["size"] - data.get(relpath, 0) if exact_headers else \
+                min(f["size"], 8 + MAX_HEADER_BYTES)
+    return sizes

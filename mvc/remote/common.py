@@ -3,13 +3,11 @@ remote objects, commit-graph walks and what certificates name."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
-from .. import safetensors_format as stf
 from ..errors import CorruptObject, MvcError, ObjectMissing
-from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes
+from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes, tree_blob_sizes
 from ..refs import moves_so_far
 from ..repo import Repo
 from ..store import fsync_dir, new_object_file
@@ -174,15 +172,5 @@ def blob_size_hint(tree: dict) -> dict[str, int]:
 
 
 def blob_size_limit(tree: dict) -> dict[str, int]:
-    """The most bytes each blob of a (shape-checked) tree can have: exact for tensors and raw
-    files, the file's size (and the header limit) for a safetensors header."""
-    out = {}
-    for t in tree["tensors"].values():
-        prefix = stf.blob_prefix(t["dtype"], tuple(t["shape"]))
-        out[t["id"]] = len(prefix) + stf.DTYPE_SIZES[t["dtype"]] * math.prod(t["shape"])
-    for f in tree["files"].values():
-        if f.get("id"):
-            out[f["id"]] = f["size"]
-        if f.get("header"):
-            out[f["header"]] = min(f["size"], 8 + stf.MAX_HEADER_BYTES)
-    return out
+    """The most bytes each blob of a (shape-checked) tree can have (see tree_blob_sizes)."""
+    return tree_blob_sizes(tree, exact_headers=False)
