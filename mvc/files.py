@@ -90,7 +90,10 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
 
     The kernel drops it when the process dies, so it can never go stale. Without flock (not
     POSIX, or a file system that refuses it) it is a no-op. Asking for it exclusively while this
-    thread holds it already (e.g. gc inside `Repo.writing()`) is an error, not a wait on itself."""
+    thread holds it already (e.g. gc inside `Repo.writing()`) is an error, not a wait on itself.
+    Shared holds of one process (nested, or in several threads: a lazy load's downloads inside a
+    paste) share one descriptor, locked by the first and closed by the last: where flock is
+    emulated by POSIX locks (NFS), closing any descriptor of the file drops every hold of the process."""
     try:
         import fcntl
     except ImportError:
@@ -100,35 +103,54 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
     if exclusive and _held_here.get(key):
         raise LockHeld(f"this process holds {path} already (inside Repo.writing()?); it cannot also "
                        "take it exclusively", "run gc outside the block that writes")
-    fd = _open_lock_file(path)
+    if exclusive:
+        fd = _open_lock_file(path)
+        hold = None
+    else:
+        with _shared_guard:  # (a first hold waits for an exclusive one here: so would the others)
+            hold = _shared_holds.get(key[0])
+            if hold is None:
+                fd = _open_lock_file(path)
+                try:
+                    _flock(fcntl, fd, fcntl.LOCK_SH, path, waiting_for)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                hold = _shared_holds[key[0]] = [fd, 0]
+            hold[1] += 1
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
-        try:
-            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            except BlockingIOError:  # held the other way: say what the wait is for, then wait
-                if waiting_for:
-                    warnings.warn(f"waiting for {waiting_for}")
-                fcntl.flock(fd, mode)
-        except OSError as e:  # a file system without flock (some network mounts): go on unlocked
-            warnings.warn(f"cannot lock {path} ({e.strerror}): commits are not kept from racing a "
-                          "short-grace gc here, and gc with the default grace deletes no garbage")
+        if exclusive:
+            _flock(fcntl, fd, fcntl.LOCK_EX, path, waiting_for)
         yield
     finally:
         _held_here[key] -= 1
-        os.close(fd)  # releases the lock
+        if hold is None:
+            os.close(fd)  # releases the lock
+        else:
+            with _shared_guard:
+                hold[1] -= 1
+                if hold[1] == 0:
+                    del _shared_holds[key[0]]
+                    os.close(hold[0])  # releases the process's shared hold
+
+
+def _flock(fcntl, fd: int, mode: int, path: str, waiting_for: str) -> None:
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:  # held the other way: say what the wait is for, then wait
+            if waiting_for:
+                warnings.warn(f"waiting for {waiting_for}")
+            fcntl.flock(fd, mode)
+    except OSError as e:  # a file system without flock (some network mounts): go on unlocked
+        warnings.warn(f"cannot lock {path} ({e.strerror}): commits are not kept from racing a "
+                      "short-grace gc here, and gc with the default grace deletes no garbage")
 
 
 _held_here: dict[tuple[str, int], int] = {}  # (lock path, thread) -> holds (flock is per open file)
-
-
-def held_in_process(path: str) -> bool:
-    """Whether a thread of this process holds `path`'s lock (`shared_or_exclusive`) now. A step
-    inside such a hold needs no second one: where flock is emulated by POSIX locks (NFS), closing
-    a second descriptor of the file would release the process's first hold too."""
-    path = os.path.abspath(path)
-    return any(n > 0 for (p, _thread), n in list(_held_here.items()) if p == path)
+_shared_holds: dict[str, list] = {}  # lock path -> [descriptor, holds] of this process's shared holds
+_shared_guard = threading.Lock()
 
 
 @contextlib.contextmanager

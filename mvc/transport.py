@@ -46,7 +46,7 @@ from urllib.parse import unquote, urlparse
 from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
-from .files import LockFile, atomic_write, held_in_process, is_atomic_temp, shared_or_exclusive, walk
+from .files import LockFile, atomic_write, is_atomic_temp, shared_or_exclusive, walk
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
@@ -761,9 +761,8 @@ class LazyRemoteStore(ObjectStore):
         otherwise delete the temp file being written."""
         cache = self.cache
         try:
-            lock = os.path.join(self.dir, WRITERS_LOCK)
-            with contextlib.nullcontext() if held_in_process(lock) else shared_or_exclusive(
-                    lock, exclusive=False, waiting_for="a gc with a short grace (mvc gc --grace) to finish"), \
+            with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False,
+                                     waiting_for="a gc with a short grace (mvc gc --grace) to finish"), \
                     new_object_file(cache.tmp, oid, cache.path(oid), cache.fsync, readable=True) as f:
                 self._from_remote(lambda t: t.get_into(oid, f, max_size=self._size_limit(oid)), oid)
                 check_received(oid, hash_file(f), self.remote)

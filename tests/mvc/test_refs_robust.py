@@ -396,6 +396,46 @@ def test_an_exclusive_hold_of_the_writers_lock_says_what_it_waits_for(tmp_path):
     assert not caught
 
 
+def test_shared_holds_of_one_process_share_one_descriptor_held_until_the_last_lets_go(tmp_path, monkeypatch):
+    """Each hold opened and closed a descriptor of its own: where flock is emulated by POSIX locks
+    (NFS), closing a nested or another thread's one dropped every hold of the process."""
+    import fcntl
+    import threading
+    import mvc.files
+    from mvc.files import shared_or_exclusive
+    path = str(tmp_path / "writers.lock")
+    opened, real_open = [], mvc.files._open_lock_file
+    monkeypatch.setattr(mvc.files, "_open_lock_file", lambda p: opened.append(p) or real_open(p))
+
+    def exclusive_is_free() -> bool:  # what a gc in another process would find
+        with open(path, "a") as other:
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+    inner_done, outer_may_end = threading.Event(), threading.Event()
+
+    def other_thread():
+        with shared_or_exclusive(path, exclusive=False):
+            inner_done.set()
+            outer_may_end.wait(5)
+    with shared_or_exclusive(path, exclusive=False):
+        with shared_or_exclusive(path, exclusive=False):  # nested
+            pass
+        t = threading.Thread(target=other_thread)
+        t.start()
+        inner_done.wait(5)
+        assert not exclusive_is_free()
+    assert not exclusive_is_free()  # the other thread still holds it
+    outer_may_end.set()
+    t.join()
+    assert exclusive_is_free() and len(opened) == 1
+    with shared_or_exclusive(path, exclusive=False):  # a new first hold: a new descriptor
+        assert not exclusive_is_free()
+    assert len(opened) == 2
+
+
 @contextlib.contextmanager
 def warnings_as_list():
     import warnings
