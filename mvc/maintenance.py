@@ -232,6 +232,12 @@ class Maintenance:
         """In this repository's own stores (not merely promised by a lazy clone's remote)."""
         return any(s.has(oid) for s in self.store.stores if not hasattr(s, "not_fetched"))
 
+    def _not_fetched(self, ids) -> list[str] | None:
+        """Of `ids`, those a lazy clone's remote promises and no local store holds; None for a
+        repository that is no lazy clone."""
+        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
+        return lazy[0].not_fetched(ids, self.store.stores) if lazy else None
+
     def extra_roots(self) -> set[str]:
         """Object ids other subsystems keep alive (certificate indexes)."""
         return certindex.all_listed(self.dir)
@@ -444,9 +450,8 @@ class Maintenance:
         result["kept_recent"] += result["pack"]["kept_young"]  # (unreachable ones packed, kept for their youth)
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
-        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
-        if lazy:  # a lazy clone: reachable blobs still on the promisor remote are not missing
-            result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
+        if (unfetched := self._not_fetched(live)) is not None:  # reachable blobs still on the promisor
+            result["not_fetched"] = len(unfetched)                  # remote are not missing
         return result
 
     def _kept_by_reflogs(self, live: set[str], by_refs: set[str]) -> dict:
@@ -542,9 +547,8 @@ class Maintenance:
                 seen_ids.add((p["id"], p["problem"]))
                 uniq.append(p)
         result = {"ok": not uniq, "checked": checked, "problems": uniq}
-        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
-        if lazy:  # a lazy clone: promised blobs not fetched yet are expected, not damage
-            result["not_fetched"] = len(lazy[0].not_fetched(live, self.store.stores))
+        if (unfetched := self._not_fetched(live)) is not None:  # expected, not damage
+            result["not_fetched"] = len(unfetched)
         return result
 
     def _reachable_commits(self) -> list[str]:
@@ -584,7 +588,7 @@ class Maintenance:
         usage = {"unreachable_objects": 0, "unreachable_bytes": 0,
                  **storage_usage(self, None if damaged or missing else live)}
         objects, stored = usage["object_bytes"] - usage["unreachable_bytes"], usage["stored_bytes"]
-        lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
+        unfetched = self._not_fetched(live)
         logical, sizes = 0, {}
         for cid in commits:
             for tid in self.read_commit(cid)["components"].values():
@@ -593,10 +597,9 @@ class Maintenance:
                 except MvcError:
                     continue
                 logical += sum(f["size"] for f in tree["files"].values())
-                if lazy:
+                if unfetched:
                     sizes.update(tree_blob_sizes(tree))
-        if lazy:  # a lazy clone: what commits reach counts after dedup, fetched or not (sizes from trees)
-            unfetched = lazy[0].not_fetched(live, self.store.stores)
+        if unfetched is not None:  # a lazy clone: what commits reach counts after dedup, fetched or not
             usage["not_fetched"], usage["not_fetched_bytes"] = len(unfetched), sum(sizes.get(o, 0) for o in unfetched)
             objects += usage["not_fetched_bytes"]
         return {**usage, **self.loose.stamp_usage(), "logical_bytes": logical, "commits": len(commits),
