@@ -82,21 +82,18 @@ def _map_mid(fd: int):
     """A private map of a blob under VIEW_MAP_ALWAYS bytes, or None (read it instead) when the
     process holds half of its open-files limit (or VIEW_MAP_FDS_MAX) or mvc's own such maps a
     quarter: each live map holds a descriptor, and the rest are left to large blobs and to the
-    program itself. The lowest free descriptor says how many are held at least (below it, all
-    are); the program's may lie above holes, which the count of mvc's maps bounds."""
+    program itself. `fd`, just opened, is the lowest descriptor that was free, which says how many
+    are held at least (below it, all are); the program's may lie above holes, which the count of
+    mvc's maps bounds."""
     try:
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except ImportError:  # (no descriptor limits to keep to)
         soft = -1
     budget = VIEW_MAP_FDS_MAX if soft < 0 else min(soft // 2, VIEW_MAP_FDS_MAX)  # (RLIM_INFINITY is -1)
-    if len(_MID_MAPS) >= budget // 2:
+    if len(_MID_MAPS) >= budget // 2 or fd >= budget:
         return None
     try:
-        lowest_free = os.dup(fd)
-        os.close(lowest_free)
-        if lowest_free >= budget:
-            return None
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
     except OSError as e:
         if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # descriptors or kernel maps run out
@@ -348,7 +345,7 @@ class LooseStore(ObjectStore):
         self.stamps = stamps
         self.tmp = os.path.join(root, "tmp")
         self._claim = threading.Lock()  # threads of one commit may put the same new id at once
-        self._known: dict[str, bytes] = {}  # id -> verified stamp already read or written here
+        self._known: dict[str, tuple] = {}  # id -> verified stamp (_stamp_key) already read or written here
 
     @contextlib.contextmanager
     def batch(self):
@@ -446,20 +443,23 @@ class LooseStore(ObjectStore):
             raise _not_a_file(oid, self.path(oid))
         return size is None or st.st_size == size
 
-    def _open(self, oid) -> int:
+    def _open(self, oid) -> tuple[int, os.stat_result]:
+        """(descriptor, its stat) of the object's file (or of its pending temp file in a batch)."""
         if self._pending and self._pending.get(oid):
-            return os.open(self._pending[oid], os.O_RDONLY)
+            fd = os.open(self._pending[oid], os.O_RDONLY)
+            return fd, os.fstat(fd)
         try:
             fd = os.open(self.path(oid), os.O_RDONLY)
         except FileNotFoundError:
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory (a botched restore), a pipe
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a directory (a botched restore), a pipe
             os.close(fd)
             raise _not_a_file(oid, self.path(oid))
-        return fd
+        return fd, st
 
     def get(self, oid):
-        with open(self._open(oid), "rb") as f:
+        with open(self._open(oid)[0], "rb") as f:
             data = f.read()
         _verify(oid, data, self.path(oid))
         return data
@@ -480,9 +480,8 @@ class LooseStore(ObjectStore):
             raise _too_many_open_files() from None
 
     def _view(self, oid, verify, rehash):
-        fd = self._open(oid)
+        fd, st = self._open(oid)
         try:
-            st = os.fstat(fd)
             if st.st_size >= VIEW_MAP_ALWAYS:
                 data = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
             elif st.st_size < VIEW_MAP_MIN or (data := _map_mid(fd)) is None:
@@ -504,14 +503,14 @@ class LooseStore(ObjectStore):
     def _stamped(self, oid: str, st: os.stat_result) -> bool:
         if not self.stamps:
             return False
-        stamp = _stamp_bytes(st)
+        stamp = _stamp_key(st)
         if self._known.get(oid) == stamp:  # verified earlier by this process
             return True
         if st.st_size < STAMP_MIN_BYTES:
             return False
         try:
             with open(self._stamp_path(oid), "rb") as f:
-                if f.read(200) != stamp:
+                if f.read(200) != _stamp_bytes(stamp):
                     return False
         except OSError:
             return False
@@ -520,9 +519,9 @@ class LooseStore(ObjectStore):
 
     def _stamp(self, oid: str, before: os.stat_result, after: os.stat_result, hashed_at: int) -> None:
         """Record that the file, as `before` describes it, hashed to its id (best effort)."""
-        stamp = _stamp_bytes(before)
+        stamp = _stamp_key(before)
         if (not self.stamps
-                or stamp != _stamp_bytes(after)  # changed while it was hashed
+                or stamp != _stamp_key(after)  # changed while it was hashed
                 or hashed_at - before.st_ctime_ns < STAMP_SETTLE_NS):
             return
         if len(self._known) >= KNOWN_STAMPS_MAX:
@@ -535,7 +534,7 @@ class LooseStore(ObjectStore):
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "xb") as f:
-                f.write(stamp)
+                f.write(_stamp_bytes(stamp))
             os.replace(tmp, path)  # readers see the old stamp or the new one, never half of one
         except OSError:  # a read-only repository or a full disk: the next read re-hashes
             with contextlib.suppress(OSError):
@@ -648,8 +647,14 @@ STAMP_MIN_BYTES = 1 << 20  # smaller objects re-hash faster than a stamp file is
 KNOWN_STAMPS_MAX = 1 << 17  # stamps one process remembers (about 20 MB at most)
 
 
-def _stamp_bytes(st: os.stat_result) -> bytes:
-    return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {st.st_dev}".encode()
+def _stamp_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What a verified stamp records of a file: size, modification and change times, inode, device."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
+def _stamp_bytes(key: tuple) -> bytes:
+    """A stamp as its file holds it."""
+    return " ".join(map(str, key)).encode()
 
 
 class ChainStore(ObjectStore):

@@ -477,7 +477,7 @@ def test_repeated_loads_trust_verified_stamps_and_fsck_never_does(repo, monkeypa
         f.seek(-3, os.SEEK_END)
         f.write(b"\x7f")
     with open(repo.loose._stamp_path(tid), "wb") as f:
-        f.write(store_mod._stamp_bytes(os.stat(path)))
+        f.write(store_mod._stamp_bytes(store_mod._stamp_key(os.stat(path))))
     r = repo.fsck()
     assert not r["ok"] and [p["id"] for p in r["problems"]] == [tid]
     with pytest.raises(CorruptObject, match=tid):

@@ -215,8 +215,8 @@ def test_a_forged_stamp_fools_view_but_not_a_rehash(stamped):
 
 
 def store_stamp_bytes(st):
-    from mvc.store import _stamp_bytes
-    return _stamp_bytes(st)
+    from mvc.store import _stamp_bytes, _stamp_key
+    return _stamp_bytes(_stamp_key(st))
 
 
 def test_small_objects_get_no_stamp_file_but_the_process_remembers_them(stamped, monkeypatch):
