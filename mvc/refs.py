@@ -476,7 +476,11 @@ class RefStore:
         gc dry run counts on)."""
         cutoff = None if expiring_after_s is None else time.time() - expiring_after_s
         ids = set()
-        for dirpath, _d, files in walk(os.path.join(self.root, "logs")):
+        logs = os.path.join(self.root, "logs")
+        for dirpath, dirs, files in walk(logs):
+            if dirpath == logs and RETIRED_LOGS in dirs:  # retired logs last: a log that a deletion
+                dirs.remove(RETIRED_LOGS)                 # retires while the live ones are read is
+                dirs.append(RETIRED_LOGS)                 # found there (listed when it is reached)
             for name in files:
                 for e in _read_log(os.path.join(dirpath, name), checked=False):
                     if cutoff is not None and not _entry_time(e) >= cutoff:

@@ -134,6 +134,32 @@ def test_deleted_refs_log_is_retired_and_frees_the_name(tmp_path):
     assert refs.all_reflog_ids() == {A, B, C}
 
 
+
+def test_a_log_retired_while_the_reflogs_are_read_still_keeps_its_ids(tmp_path, monkeypatch):
+    """gc's roots: a branch deleted while all_reflog_ids walks logs/ moves its log from the live
+    folders to logs/deleted; whatever order the file system lists them in, the log is read in one
+    place or the other (deleted/ is walked last), never missed."""
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/old", A, expected=None)
+    refs.update("refs/heads/old", None, expected=A)  # logs/deleted exists already
+    refs.update("refs/heads/exp", B, expected=None)
+    real_walk, real_read = mvc.refs.walk, mvc.refs._read_log
+    retired = []
+
+    def deleted_listed_first(top, strict=True):
+        for dirpath, dirs, files in real_walk(top, strict):
+            dirs.sort(key=lambda d: d != "deleted")
+            yield dirpath, dirs, files
+
+    def read_log(path, **kw):
+        if not retired and os.path.basename(path) == "exp":  # the deletion lands as its log is reached
+            retired.append(refs.update("refs/heads/exp", None, expected=B))
+        return real_read(path, **kw)
+
+    monkeypatch.setattr(mvc.refs, "walk", deleted_listed_first)
+    monkeypatch.setattr(mvc.refs, "_read_log", read_log)
+    assert refs.all_reflog_ids() == {A, B} and retired and refs.list() == {}
+
 def test_stale_logs_left_by_older_mvc_are_retired_not_crashed_on(tmp_path):
     refs = RefStore(str(tmp_path))
     entry = json.dumps({"old": None, "new": A, "time": "2024-01-01T00:00:00Z", "message": "old"}) + "\n"
