@@ -854,11 +854,17 @@ class Repo(Maintenance):
         check_ref_name(name)
         oid = self.resolve(rev)
         ref = f"refs/tags/{name}"
-        if self.refs.read(ref) and not force:
-            raise BadName(f"tag {name!r} already exists", "pass --force to move it")
-        if self.refs.read_raw(ref) is None:
+        now, junk = self.refs.held(ref)
+        exists = BadName(f"tag {name!r} already exists", "pass --force to move it")
+        if now and not force:
+            raise exists
+        if now is None and junk is None:
             check_new_ref_name(name)
-        self.refs.update(ref, oid, message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
+        try:  # without --force, only over what was read: a tag another writer makes meanwhile stays
+            self.refs.update(ref, oid, **({} if force else {"expected": junk}),
+                             message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
+        except RefConflict:
+            raise exists from None
         return oid
 
     def delete_tag(self, name: str) -> str | None:
@@ -1039,7 +1045,7 @@ def _refuse_init_at(root: str, path: str, what: str):
 
 def _rev_count(digits: str, rev: str) -> int:
     """N of REV~N, REV^N or REV@{N} (no history is a billion commits deep)."""
-    if len(digits) > 9:
+    if len(digits.lstrip("0")) > 9:
         raise UnknownRevision(f"{rev[:40]!r}: {digits[:12]}... is too large a count")
     return int(digits)
 

@@ -325,6 +325,32 @@ def test_revisions(repo):
         repo.resolve(ids[0][:4])
     repo.tag("v1", "HEAD~2")
     assert repo.resolve("v1") == ids[1]
+    # a count is its value: leading zeros do not make it "too large" (git reads HEAD~0001 as HEAD~1)
+    assert repo.resolve("HEAD~0000000001") == repo.resolve("HEAD^00000000001") == ids[2]
+    assert repo.resolve("main@{00000000000}") == ids[3]
+    with pytest.raises(UnknownRevision, match="too large a count"):
+        repo.resolve("HEAD~1000000000")
+
+
+def test_a_tag_made_meanwhile_by_another_writer_is_not_moved_without_force(repo):
+    """tag() checks that the tag is new, then moves the ref only over what it read (compare and
+    swap): another writer's tag made between the two is refused like an existing one."""
+    one = repo.commit({"core": sd(1)}, message="one")
+    two = repo.commit({"core": sd(2)}, message="two")
+    other = mvc.Repo(repo.root)
+    real = repo.refs.update
+
+    def update(ref, *a, **k):
+        if ref == "refs/tags/release" and not other.tags():
+            other.tag("release", one)
+        return real(ref, *a, **k)
+
+    repo.refs.update = update
+    with pytest.raises(BadName, match="tag 'release' already exists"):
+        repo.tag("release", two)
+    assert mvc.Repo(repo.root).tags() == {"release": one}
+    repo.tag("release", two, force=True)
+    assert mvc.Repo(repo.root).tags() == {"release": two}
 
 
 def test_log_order_and_limit(repo):
