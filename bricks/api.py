@@ -168,6 +168,10 @@ def rebuild(tree: dict, state: dict) -> nn.Module:
     if tree.get("kind") not in (None, "brick"):
         raise ValueError(f"rebuild: component kind is {tree.get('kind')!r}, not 'brick'")
     brick = builder(arch)(config)
+    for name, t in [*brick.named_parameters(), *brick.named_buffers()]:  # the dtypes it was committed in:
+        stored = state.get(name)                                            # load_state_dict would upcast a
+        if stored is not None and stored.is_floating_point() and t.is_floating_point():  # bfloat16 brick
+            t.data = t.data.to(stored.dtype)
     try:
         brick.load_state_dict(dict(state))
     except RuntimeError as e:  # missing / unexpected tensors or other shapes: the tree and its tensors disagree

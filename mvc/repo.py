@@ -672,7 +672,7 @@ class Repo(Maintenance):
         if not arch:
             raise BadInput(f"component {component!r} was committed as plain tensors, with no arch recorded",
                            "use repo.load() for its state dict")
-        from .tensors import BUILD_ERRORS, precheck_build
+        from .tensors import BUILD_ERRORS, match_stored_dtypes, precheck_build
         builder = arch_builder(arch)
         what = f"component {component!r} (arch {arch!r})"
         precheck_build(lambda: builder(json_copy(config)), tree, what)  # (a builder may change its config)
@@ -682,7 +682,7 @@ class Repo(Maintenance):
             raise BadInput(f"{what} records a config its arch cannot build: {type(e).__name__}: {str(e)[:200]}",
                            "the commit is damaged or was made by other code") from None
         state = self.load_tree(tree, component=component)  # (the tree read above: `rev` may move meanwhile)
-        _match_stored_dtypes(model, state)
+        match_stored_dtypes(model, state)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:  # missing / unexpected keys, shapes that do not fit the config
@@ -1015,23 +1015,6 @@ def _registered_hooks(group: str) -> tuple:
     distributions: ~3 ms, which a training loop committing often would pay twice per commit)."""
     from importlib.metadata import entry_points
     return tuple(ep.load() for ep in entry_points(group=group))
-
-
-def _match_stored_dtypes(model, state: dict) -> None:
-    """Give the freshly built `model` the floating dtypes its committed tensors have (it is built
-    in the default dtype, and load_state_dict would upcast a bfloat16 model into it, silently),
-    tensor by tensor. What was not committed (non-persistent buffers) follows the model only from
-    the default dtype, and only when every committed floating tensor has one dtype (a model cast
-    as a whole): a buffer its builder made float64 or complex (rotary frequencies) keeps that."""
-    import torch
-    floating = {t.dtype for t in state.values() if t.is_floating_point()}
-    whole = floating.pop() if len(floating) == 1 else None
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        stored = state.get(name)
-        want = stored.dtype if stored is not None and stored.is_floating_point() else \
-            whole if stored is None and t.dtype == torch.get_default_dtype() else None
-        if want is not None and t.is_floating_point() and t.dtype != want:
-            t.data = t.data.to(want)
 
 
 def _refuse_init_at(root: str, path: str, what: str):

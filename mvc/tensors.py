@@ -379,6 +379,23 @@ def is_torch_value(value) -> bool:
 BUILD_ERRORS = (TypeError, ValueError, KeyError, OverflowError, AttributeError)
 
 
+def match_stored_dtypes(model, state: dict) -> None:
+    """Give the freshly built `model` the floating dtypes its committed tensors have (it is built
+    in the default dtype, and load_state_dict would upcast a bfloat16 model into it, silently),
+    tensor by tensor. What was not committed (non-persistent buffers) follows the model only from
+    the default dtype, and only when every committed floating tensor has one dtype (a model cast
+    as a whole): a buffer its builder made float64 or complex (rotary frequencies) keeps that."""
+    import torch
+    floating = {t.dtype for t in state.values() if t.is_floating_point()}
+    whole = floating.pop() if len(floating) == 1 else None
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        stored = state.get(name)
+        want = stored.dtype if stored is not None and stored.is_floating_point() else \
+            whole if stored is None and t.dtype == torch.get_default_dtype() else None
+        if want is not None and t.is_floating_point() and t.dtype != want:
+            t.data = t.data.to(want)
+
+
 def precheck_build(make, tree: dict, what: str) -> None:
     """Refuse (BadInput) to build a model from a stored tree whose recorded arch config is
     unusable or far larger than the tensors it stores: the config is untrusted (a remote may

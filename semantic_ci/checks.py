@@ -138,8 +138,8 @@ def compare_logits(model_a, model_b, data: bytes, window: int) -> dict:
     for off, chunk in ev.windows(data, window):
         la, lb = ev.window_logits(model_a, chunk), ev.window_logits(model_b, chunk)
         dtype = str(la.dtype).replace("torch.", "")
-        dig_a.update(la.numpy().tobytes())
-        dig_b.update(lb.numpy().tobytes())
+        dig_a.update(_bits(la).numpy().tobytes())  # (the raw bytes: numpy has no bfloat16)
+        dig_b.update(_bits(lb).numpy().tobytes())
         if la.shape != lb.shape or la.dtype != lb.dtype:
             return {"max_abs_delta": None, "differing_positions": None, "first_differing_offset": off,
                     "note": f"logit shapes/dtypes differ: {tuple(la.shape)} {la.dtype} vs {tuple(lb.shape)} {lb.dtype}",

@@ -91,7 +91,7 @@ def build_from_tree(tree: dict, state: dict, adapter: str | None = None):
                        "commit an nn.Module built by cores.build, or set ci.adapter = \"module:function\"")
     from cores import registry
 
-    from mvc.tensors import BUILD_ERRORS, precheck_build
+    from mvc.tensors import BUILD_ERRORS, match_stored_dtypes, precheck_build
     try:
         registry.builder(arch)
     except KeyError as e:
@@ -103,6 +103,7 @@ def build_from_tree(tree: dict, state: dict, adapter: str | None = None):
     except BUILD_ERRORS as e:
         raise BadInput(f"the component (arch {arch!r}) records a config it cannot build: {str(e)[:200]}",
                        "the commit is damaged or was made by other code") from None
+    match_stored_dtypes(model, state)  # evaluated in the dtypes it was committed in, as repo.load_model builds it
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as e:

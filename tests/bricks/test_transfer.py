@@ -52,3 +52,20 @@ def test_int8_brick_transfers_like_the_float_brick(trained):
         rf = _ratio(host, trained.brick, trained.domain_eval)
         rq = _ratio(host, q, trained.domain_eval)
         assert rq < 0.5 and abs(rq - rf) < 0.1 * rf + 0.01, (rf, rq)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "portable"])
+def test_a_brick_comes_back_from_a_commit_in_the_dtype_it_was_committed_in(host, repo, kind):
+    """A bfloat16 brick is rebuilt in bfloat16 (load_state_dict alone would upcast it into the
+    float32 module its builder makes): attached from the commit, its logits are the committed ones."""
+    host = host.to(torch.bfloat16)
+    brick = (bricks.build("sparse", host=host, zero_init=False) if kind == "sparse"
+             else bricks.build("portable")).to(torch.bfloat16).eval()
+    cid = repo.commit({"core": host, "brick/x": brick}, message=kind)
+    rebuilt = bricks.rebuild(repo.tree(cid, "brick/x"), repo.load(cid, "brick/x"))
+    assert {p.dtype for p in rebuilt.parameters()} == {torch.bfloat16}
+    x = torch.randint(0, 256, (2, 23), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = bricks.attach(host, brick).eval()(x)
+        got = bricks.attach_from_commit(repo, cid, "x", repo.load_model(cid, "core")).eval()(x)
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)

@@ -898,3 +898,26 @@ def test_an_mvc_toml_saved_with_a_byte_order_mark_is_read(tmp_path):
     (tmp_path / "mvc.toml").write_bytes(b"\xef\xbb\xbf[ci]\nwindow = 64\n[[ci.checks]]\nname = 'x'\n"
                                         b"kind = 'exact-logits'\nbaseline = 'HEAD~1'\n")
     assert cfgmod.load(str(tmp_path)).window == 64
+
+
+def test_a_core_is_checked_in_the_dtype_it_was_committed_in(ci_repo):
+    """exact-logits between a float32 commit and a bfloat16 commit of the same (bfloat16-exact)
+    weights: the bfloat16 core is evaluated in bfloat16, as repo.load_model rebuilds it (it was
+    evaluated upcast into float32, and the check reported identical logits). The certificate
+    verifies (figures and digests reproduce)."""
+    import cores
+    f32 = cores.build("layercake", config="tiny", seed=0).to(torch.bfloat16).to(torch.float32)
+    ci_repo.commit({"core": f32}, message="float32")
+    ci_repo.commit({"core": f32.to(torch.bfloat16)}, message="bfloat16")
+    write_config(ci_repo, '[ci]\nprobe_bytes = 256\nwindow = 128\n[[ci.checks]]\nname = "frozen"\n'
+                          'kind = "exact-logits"\ncomponent = "core"\nbaseline = "HEAD~1"\n')
+    r = run_ci(ci_repo)
+    [check] = certificate.read(ci_repo, r["certificate"])["checks"]
+    assert check["status"] == "failed" and check["figures"]["dtype"] == "bfloat16"
+    assert check["figures"]["note"].startswith("logit shapes/dtypes differ")
+    assert verify(ci_repo, "HEAD")["verified"]
+    ci_repo.commit({"core": f32.to(torch.bfloat16)}, message="bfloat16 again")  # bfloat16 against bfloat16
+    [check] = certificate.read(ci_repo, run_ci(ci_repo)["certificate"])["checks"]
+    figures = check["figures"]
+    assert check["status"] == "passed" and figures["dtype"] == "bfloat16" and figures["differing_positions"] == 0
+    assert figures["logits_digest"] == figures["baseline_digest"] and verify(ci_repo, "HEAD")["verified"]
