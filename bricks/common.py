@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import numbers
 from typing import Callable
 
 import torch
@@ -32,8 +33,18 @@ def builder(arch: str) -> Callable[[dict], nn.Module]:
 
 
 def json_config(cfg: dict) -> dict:
-    """A deep copy of ``cfg`` through JSON (refuses what JSON cannot hold)."""
-    return json.loads(json.dumps(cfg, sort_keys=True, allow_nan=False))
+    """A deep copy of ``cfg`` through JSON: numpy numbers become ints and floats; what JSON cannot
+    hold is a TypeError naming it."""
+    return json.loads(json.dumps(cfg, sort_keys=True, allow_nan=False, default=_plain_number))
+
+
+def _plain_number(value):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"a brick config holds {type(value).__name__} {str(value)[:60]!r}, which is no JSON value "
+                    "(numbers, strings, booleans, lists and dicts of them)")
 
 
 def seeded_normal(shape, std: float, g: torch.Generator) -> torch.Tensor:

@@ -299,6 +299,8 @@ def train(brick, host=None, data: bytes = b"", steps: int = 100, seed: int = 0, 
     trainer = BrickTrainer(brick, host, data, steps=steps, seed=seed, general=general, progress=progress, **kwargs)
     if evaluate:
         check_eval_data(trainer.heldout, trainer.eval_bytes, "eval_data")
+        if trainer.general_heldout is not None and trainer.host is not None:  # (measured on the host only)
+            check_eval_data(trainer.general_heldout, trainer.eval_bytes, "general_eval")
     trainer.run(stop_on_nonfinite=True)
     check_finite_run("brick training", trainer, lambda: trainer.metrics(evaluate=False))
     return trainer.metrics(evaluate=evaluate)

@@ -70,21 +70,22 @@ def make_config(presets: dict, preset: str, seed: int, **overrides) -> Transform
 def check_config(cfg: TransformerConfig) -> TransformerConfig:
     """Types and ranges of every field (see cores/checks.py); the vocabulary is checked by each arch."""
     what = "transformer config"
-    checks.seed(cfg.seed, f"{what}: seed")
+    plain = {"seed": checks.seed(cfg.seed, f"{what}: seed")}  # (numpy numbers become int / float: JSON values)
     for name, least in (("vocab_size", 1), ("d_model", 1), ("n_layer", 0), ("n_head", 1), ("mlp_ratio", 1),
                         ("block_bytes", 2)):
-        checks.integer(getattr(cfg, name), f"{what}: {name}", least)
-    checks.real(cfg.lr, f"{what}: lr", above=0.0)
-    checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
+        plain[name] = checks.integer(getattr(cfg, name), f"{what}: {name}", least)
+    plain["lr"] = checks.real(cfg.lr, f"{what}: lr", above=0.0)
+    plain["rope_base"] = checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
     checks.head_width(cfg.d_model, cfg.n_head, what)
-    return cfg
+    return dataclasses.replace(cfg, **plain)
 
 
 class _Shared:
     def _setup(self, arch: str, cfg: TransformerConfig, overrides: dict | None) -> None:
         self.cfg = cfg
         self.mvc_arch = arch
-        self.mvc_config = {**dataclasses.asdict(cfg), "overrides": dict(overrides or {})}
+        self.mvc_config = {**dataclasses.asdict(cfg),  # (overrides as the checked config holds them: plain values)
+                           "overrides": {k: getattr(cfg, k, v) for k, v in (overrides or {}).items()}}
         self.block_bytes, self.default_lr = cfg.block_bytes, cfg.lr
         self.gpt = TokenTransformer(cfg.vocab_size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.mlp_ratio,
                                     cfg.rope_base, cfg.seed)

@@ -127,19 +127,19 @@ def check_config(cfg: LayerCakeConfig) -> LayerCakeConfig:
     """Every field of a layercake config has the right type and lies in its allowed range, else a
     TypeError / ValueError naming the field (see cores/checks.py)."""
     what = "layercake config"
-    checks.seed(cfg.seed, f"{what}: seed")
+    plain = {"seed": checks.seed(cfg.seed, f"{what}: seed")}  # (numpy numbers become int / float: JSON values)
     for name, least in _INT_MIN.items():
-        checks.integer(getattr(cfg, name), f"{what}: {name}", least)
+        plain[name] = checks.integer(getattr(cfg, name), f"{what}: {name}", least)
     for name in _BOOL:
         checks.boolean(getattr(cfg, name), f"{what}: {name}")
     for name, choices in _CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise ValueError(f"{what}: {name} must be one of {', '.join(map(repr, choices))}, got {getattr(cfg, name)!r}")
-    checks.real(cfg.lr, f"{what}: lr", above=0.0)
-    checks.real(cfg.anchor_weight, f"{what}: anchor_weight", minimum=0.0)
-    checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
+    plain["lr"] = checks.real(cfg.lr, f"{what}: lr", above=0.0)
+    plain["anchor_weight"] = checks.real(cfg.anchor_weight, f"{what}: anchor_weight", minimum=0.0)
+    plain["rope_base"] = checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
     checks.head_width(cfg.d_model, cfg.n_head, what)
-    return cfg
+    return dataclasses.replace(cfg, **plain)
 
 
 def make_config(preset: str = "tiny", seed: int = 0, **overrides) -> LayerCakeConfig:
@@ -202,7 +202,8 @@ class LayerCakeCore(ByteCore):
         if cfg.patch_bytes != 4:
             raise ValueError("LayerCake cores use fixed four-byte patches (patch_bytes=4)")
         self.cfg = cfg
-        self.mvc_config = {**dataclasses.asdict(cfg), "overrides": dict(overrides or {})}
+        self.mvc_config = {**dataclasses.asdict(cfg),  # (overrides as the checked config holds them: plain values)
+                           "overrides": {k: getattr(cfg, k, v) for k, v in (overrides or {}).items()}}
         self.block_bytes, self.default_lr = cfg.block_bytes, cfg.lr
         pb, C, D, A = cfg.patch_bytes, cfg.d_model, cfg.d_local, cfg.d_abi
         # patch encoder + patch model

@@ -63,7 +63,7 @@ def check_eval_data(heldout: bytes, eval_bytes: int | None, name: str) -> None:
     n = len(heldout[:eval_bytes] if eval_bytes else heldout)
     if n < 2:
         raise ValueError(f"{name}: the held-out data has {n} byte(s) to evaluate on, need at least 2 "
-                         f"(give more data or eval_data, or pass evaluate=False)")
+                         f"(give more data or {name}, or pass evaluate=False)")
 
 
 def check_schedule(steps, seed, batch_size, lr, warmup, min_lr_frac, weight_decay, grad_clip,

@@ -232,3 +232,28 @@ def test_a_core_committed_under_a_brick_name_is_not_pasted_as_a_brick(repo, host
     assert tree["kind"] == "core"  # before: "brick", from its name
     with pytest.raises(BadInput, match="is a core component, not a brick"):  # before: pasted as a brick
         repo.paste_brick("fake", "src", "main")
+
+
+def test_general_held_out_data_too_short_to_measure_is_refused_before_training(host):
+    """Like the domain's: general_eval (or general text whose held-out tail is) under 2 bytes is
+    refused naming it, and the brick is left as it was (it was trained, then the measure failed)."""
+    brick = bricks.build("sparse", host=host, seed=0)
+    before = {k: v.clone() for k, v in brick.state_dict().items()}
+    with pytest.raises(ValueError, match="general_eval: the held-out data has 1 byte"):
+        bricks.train(brick, host=host, data=DATA, general=DATA, general_eval=b"x", **{**FAST, "steps": 2})
+    assert all(torch.equal(before[k], v) for k, v in brick.state_dict().items())
+
+
+def test_numpy_numbers_in_configs_are_stored_as_plain_json_values(repo):
+    """numpy integers and floats pass the config checks: they are kept as ints and floats, so the
+    core and brick commit (their configs are JSON) and rebuild the same."""
+    import numpy as np
+    core = cores.build("layercake", "tiny", d_model=np.int64(96), lr=np.float32(0.002))
+    assert type(core.mvc_config["d_model"]) is int and type(core.mvc_config["overrides"]["d_model"]) is int
+    assert type(core.mvc_config["lr"]) is float
+    brick = bricks.build("sparse", host=core, rank=np.int64(4))
+    assert type(brick.mvc_config["rank"]) is int
+    cid = repo.commit({"core": core, "brick/x": brick}, message="numpy sizes")
+    assert repo.load_model(cid, "core").mvc_config == core.mvc_config
+    with pytest.raises(TypeError, match="a brick config holds object"):
+        bricks.build("portable", hidden=object())
