@@ -39,6 +39,17 @@ def walk(top: str, strict: bool = True):
     return os.walk(top, onerror=fail)
 
 
+def prune_empty_dirs(path: str, stop: str) -> None:
+    """Remove `path` and its parents below `stop` while they are empty (left by deleted refs)."""
+    path, stop = os.path.normpath(path), os.path.normpath(stop)
+    while path.startswith(stop + os.sep):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        path = os.path.dirname(path)
+
+
 def makedirs(path: str) -> None:
     """os.makedirs, retried when a concurrent ref deletion prunes an empty parent meanwhile (a
     directory removed between its mkdir and makedirs' check is reported as FileExistsError)."""

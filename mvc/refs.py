@@ -17,7 +17,7 @@ import time
 import warnings
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict
-from .files import LockFile, atomic_write, is_atomic_temp, makedirs, walk
+from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, walk
 from .interrupts import interrupts_deferred
 from .objects import check_new_ref_name, check_ref_name, is_oid
 from .store import fsync_dir
@@ -124,17 +124,6 @@ def _open_append(path: str) -> int:
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
-
-
-def _prune_dirs(path: str, stop: str) -> None:
-    """Remove `path` and its parents below `stop` while they are empty (left by deleted refs)."""
-    path, stop = os.path.normpath(path), os.path.normpath(stop)
-    while path.startswith(stop + os.sep):
-        try:
-            os.rmdir(path)
-        except OSError:
-            return
-        path = os.path.dirname(path)
 
 
 def _prune_tree(top: str) -> None:
@@ -362,7 +351,7 @@ class RefStore:
                            f"at {e.filename}: {e.strerror}", "try again") from e
         finally:
             if not os.path.lexists(path):  # deleted, or a failed creation: no empty folders stay
-                _prune_dirs(os.path.dirname(path), self._kind_dir(self.root, ref))
+                prune_empty_dirs(os.path.dirname(path), self._kind_dir(self.root, ref))
 
     def _logged_move(self, ref: str, entry: bytes, new: str | None, old: str | None) -> None:
         """Append the reflog entry, then move the ref. If either fails the log is cut back to its
@@ -397,7 +386,7 @@ class RefStore:
                     if not size:
                         os.unlink(path)
                         logs = os.path.join(self.root, "logs")
-                        _prune_dirs(os.path.dirname(path), self._kind_dir(logs, ref))
+                        prune_empty_dirs(os.path.dirname(path), self._kind_dir(logs, ref))
                 except OSError:
                     pass
                 raise
@@ -449,7 +438,7 @@ class RefStore:
                 fsync_dir(os.path.dirname(src))
         except OSError:
             return
-        _prune_dirs(os.path.dirname(src), self._kind_dir(logs, ref))
+        prune_empty_dirs(os.path.dirname(src), self._kind_dir(logs, ref))
 
     def _retired_logs(self, ref: str) -> list[str]:
         """Paths of the retired reflogs of `ref`, oldest first."""
@@ -546,7 +535,7 @@ class RefStore:
                     dropped += 1
         if not keep and path.startswith(retired + os.sep):
             os.unlink(path)  # nothing left of a deleted ref's history
-            _prune_dirs(os.path.dirname(path), retired)
+            prune_empty_dirs(os.path.dirname(path), retired)
         else:
             atomic_write(path, "".join(keep).encode(), self.fsync)
         return dropped

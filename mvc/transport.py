@@ -46,7 +46,7 @@ from urllib.parse import unquote, urlparse
 from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
-from .files import LockFile, atomic_write, is_atomic_temp, shared_or_exclusive, walk
+from .files import LockFile, atomic_write, is_atomic_temp, prune_empty_dirs, shared_or_exclusive, walk
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
@@ -201,6 +201,11 @@ class Transport:
         if not self.is_repository():
             raise MvcError(f"no mvc repository at {self.describe()}",
                            "check the URL; a first mvc push creates it")
+
+    def lazy_clone_origin(self) -> str | None:
+        """Where the repository serving as this remote fetches its blobs from, when it is a lazy
+        clone (it may lack blobs it has not fetched: no damage); None otherwise."""
+        return None
 
     def holds_files(self) -> bool:
         """Whether anything at all is stored at this remote's location."""
@@ -484,7 +489,22 @@ class DirectoryTransport(Transport):
             except CorruptObject as e:  # its hint is for the repository's owner, not for us
                 raise CorruptObject(f"{e.message}, on remote {self.url}", REPAIR_HINT
                                     + "; or repair the repository there with mvc fsck --repair-from") from None
+        lazy = self.lazy_clone_origin()
+        if lazy is not None:  # not fetched there yet: no damage
+            raise ObjectMissing(f"object {oid} is not on remote {self.url}, a lazy clone that has not fetched it",
+                                f"clone from its origin, {lazy}")
         raise ObjectMissing(f"object {oid} is missing on remote {self.url}", REPAIR_HINT)
+
+    def lazy_clone_origin(self) -> str | None:
+        if not self.repository:
+            return None
+        config = new_config_parser()
+        try:
+            config.read(os.path.join(self.root, "config"))
+        except configparser.Error:
+            return None
+        name = promisor_remote(config)
+        return None if name is None else config.get(remote_section(name), "url", fallback=name)
 
     def put(self, oid, data, replace=False):
         self._write(oid, lambda f: f.write(data), replace)
@@ -534,7 +554,12 @@ class DirectoryTransport(Transport):
                 except FileNotFoundError:
                     pass
             else:
+                with contextlib.suppress(OSError):  # an empty folder an older mvc's deletion left
+                    os.rmdir(path)
                 atomic_write(path, data)
+        parts = name.split("/")
+        if data is None and len(parts) > 3 and parts[0] == "refs":  # refs/heads/a/b: no empty a/ stays
+            prune_empty_dirs(os.path.dirname(path), self._path("/".join(parts[:2])))  # in ref a's way
 
     def add_to_cert_index(self, commit, ids, retries=20):
         """Append the ids the index lacks, in place, under the index's lock (mvc.idlines), as the
@@ -782,7 +807,7 @@ class LazyRemoteStore(ObjectStore):
             if not self.transport().is_repository():
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
                                     f"({self.transport().describe()}) is gone or is no mvc repository",
-                                    f"check the path, or mvc remote remove/add {self.remote}") from None
+                                    f"if it moved: mvc config remote.{self.remote}.url NEW_URL") from None
             raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
                                 "the remote is damaged: clone from another copy, or repair it with "
                                 "mvc push --repair from a repository that has it") from None

@@ -6,7 +6,7 @@ import re
 import shutil
 import warnings
 
-from ..errors import BadInput, BadName, FormatTooNew, MvcError
+from ..errors import BadInput, BadName, FormatTooNew, MvcError, ObjectMissing
 from ..files import pid_alive
 from ..objects import check_new_ref_name, check_ref_name
 from ..repo import Repo
@@ -56,6 +56,8 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
             shutil.rmtree(path if made else repo.dir, ignore_errors=True)
         raise
     except MvcError as e:
+        if isinstance(e, ObjectMissing) and t.lazy_clone_origin():
+            raise  # a blob the lazy clone serving as the remote has not fetched: no retry brings it
         if "to resume" not in (e.hint or ""):  # S3 read failures say so already
             e.hint = (e.hint + "; " if e.hint else "") + "run the same mvc clone again to resume"
         raise

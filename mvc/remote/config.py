@@ -53,7 +53,8 @@ def remove_remote(repo: Repo, name: str, force: bool = False) -> dict:
         raise ConfigError(f"no remote named {name!r}", "see mvc remote -v")
     if repo.config.getboolean(section, "promisor", fallback=False) and not force:
         raise MvcError(f"remote {name!r} is where this lazy clone fetches its missing blobs",
-                       "pass --force to remove it anyway")
+                       f"if it moved: mvc config remote.{name}.url NEW_URL; --force removes it anyway, and "
+                       "blobs not fetched yet can then no longer be had")
     for option in list(repo.config.options(section)):
         repo.set_config(f"remote.{name}.{option}", None)
     removed = []

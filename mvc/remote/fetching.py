@@ -59,6 +59,10 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
     updated = {}
     if name:
         heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items() if r.startswith("refs/heads/")}
+        for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():  # first: a branch `a/b` deleted
+            if tref[len(f"refs/remotes/{name}/"):] not in heads:         # there frees the name `a` here
+                repo.refs.update(tref, None, expected=oid, message=f"fetch from {where}: pruned")
+                updated[tref] = {"old": oid, "new": None}
         for branch, oid in heads.items():
             tref = f"refs/remotes/{name}/{branch}"
             old = repo.refs.read(tref)
@@ -71,17 +75,17 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
                 updated[tref] = {"old": old, "new": oid}
                 if old is not None and repo.store.has(old) and not is_ancestor(repo, old, oid):
                     updated[tref]["forced"] = True  # rewritten there (a rollback, a forced push)
-        for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
-            if tref[len(f"refs/remotes/{name}/"):] not in heads:  # deleted on the remote: prune
-                repo.refs.update(tref, None, expected=oid, message=f"fetch from {where}: pruned")
-                updated[tref] = {"old": oid, "new": None}
     tags, tag_conflicts = {}, {}
     for r, oid in remote_refs.items():
         if not r.startswith("refs/tags/"):
             continue
         mine = repo.refs.read(r)
         if mine is None:
-            repo.refs.update(r, oid, expected=None, message=f"fetch from {where}")
+            try:
+                repo.refs.update(r, oid, expected=None, message=f"fetch from {where}")
+            except BadName as e:  # a tag here named `a` and one there `a/b`: keep the other tags
+                warnings.warn(f"skipped remote tag {r[len('refs/tags/'):]}: {e.message}")
+                continue
             tags[r[len("refs/tags/"):]] = oid
         elif mine != oid:
             tag_conflicts[r[len("refs/tags/"):]] = {"local": mine, "remote": oid}

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 import uuid
+import warnings
 
 import pytest
 import torch
@@ -413,6 +414,36 @@ def test_lazy_clone_names_the_remote_when_it_lacks_a_blob(tmp_path):
         lazy.load("HEAD", "core")
 
 
+
+def test_a_lazy_clone_whose_remote_moved_says_how_to_repoint_it(tmp_path):
+    """The hint was `mvc remote remove/add origin`, which drops the lazy mark (fsck then calls
+    every unfetched blob damage); pointing the remote's url elsewhere keeps the clone working."""
+    src = new_repo(tmp_path / "src")
+    core = weights(1, n=2)
+    src.commit({"core": core}, message="one")
+    bare = DirRemote(tmp_path)
+    rm.push(src, bare.url)
+    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    os.rename(bare.url, str(tmp_path / "moved.mvc"))
+    with pytest.raises(mvc.errors.ObjectMissing, match="is gone or is no mvc repository") as e:
+        lazy.load("HEAD", "core")
+    assert e.value.hint == "if it moved: mvc config remote.origin.url NEW_URL"
+    lazy.set_config("remote.origin.url", str(tmp_path / "moved.mvc"))  # (mvc config remote.origin.url ...)
+    state = mvc.Repo(lazy.root).load("HEAD", "core")
+    assert all(torch.equal(state[k], core[k]) for k in core)
+
+
+def test_cloning_a_lazy_clone_names_the_blobs_it_has_not_fetched_not_damage(tmp_path):
+    src = new_repo(tmp_path / "src")
+    src.commit({"core": weights(1, n=2)}, message="one")
+    bare = DirRemote(tmp_path)
+    rm.push(src, bare.url)
+    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    assert lazy.fsck()["ok"]
+    with pytest.raises(mvc.errors.ObjectMissing, match="a lazy clone that has not fetched it") as e:
+        rm.clone(lazy.root, str(tmp_path / "again"))
+    assert e.value.hint == f"clone from its origin, {bare.url}"  # (no "damaged", no "run it again to resume")
+
 def test_a_lazy_download_holds_the_writers_lock_shared_so_a_short_grace_gc_waits(tmp_path, monkeypatch):
     """gc --grace 0 (writers lock exclusive) deleted the temp file of a blob a lazy load was
     downloading, and the load failed with a raw FileNotFoundError (exit 4 from checkout)."""
@@ -638,6 +669,56 @@ def test_fetch_skips_a_remote_branch_that_cannot_exist_beside_another(tmp_path, 
         rm.fetch(other)
     assert other.refs.read("refs/remotes/origin/main") == cid
 
+
+
+def test_a_branch_name_freed_on_the_remote_can_be_taken_by_a_folder_and_back(remote, tmp_path):
+    """Deleting a/b there left the folder a/ (a directory remote): pushing `a` failed. A fetch made
+    origin/a before it pruned origin/a/b (skipped as a clash, then "no branch a"). A push of a/b
+    beside a stale origin/a failed after moving the remote branch, saying nothing moved."""
+    src = new_repo(tmp_path / "src", remote)
+    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    src.create_branch("a/b")
+    rm.push(src)
+    rm.push(src, branch="a/b")
+    other, _ = rm.clone(remote.url, str(tmp_path / "other"), endpoint=remote.endpoint)
+    rm.push(src, branch="a/b", delete=True)
+    src.delete_branch("a/b")
+    src.create_branch("a")
+    assert rm.push(src, branch="a")["status"] == "new branch"
+    fetched = rm.fetch(other)
+    assert fetched["refs"] == {"refs/remotes/origin/a/b": {"old": cid, "new": None},
+                               "refs/remotes/origin/a": {"old": None, "new": cid}}
+    third, _ = rm.clone(remote.url, str(tmp_path / "third"), endpoint=remote.endpoint)  # tracks origin/a
+    rm.push(src, branch="a", delete=True)
+    third.create_branch("a/b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rm.push(third, branch="a/b")["status"] == "new branch"
+    assert third.refs.list("refs/remotes/origin/") == {"refs/remotes/origin/main": cid, "refs/remotes/origin/a/b": cid}
+    assert remote.transport().list_refs() == {"refs/heads/main": cid, "refs/heads/a/b": cid}
+
+
+def test_tags_that_clash_with_a_tag_there_are_skipped_not_a_crash_or_a_blocked_fetch(remote, tmp_path):
+    """A tag `rel/1` pushed beside a tag `rel` there: exit 4 on a directory remote (after the
+    branch moved), both kept on S3, after which every clone and fetch failed. A local tag `rel`
+    blocked every fetch of a remote holding `rel/1`."""
+    src = new_repo(tmp_path / "src", remote)
+    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    src.tag("rel")
+    rm.push(src)
+    src.delete_tag("rel")
+    src.tag("rel/1")
+    cid2 = src.commit({"core": weights(2, n=2)}, message="two")
+    with pytest.warns(UserWarning, match="tag rel/1 not pushed: the remote has refs/tags/rel, which clashes"):
+        pushed = rm.push(src)
+    assert pushed["new"] == cid2 and pushed["tags"] == [] and pushed["tags_skipped"] == {"rel/1": None}
+    assert remote.transport().list_refs() == {"refs/heads/main": cid2, "refs/tags/rel": cid}
+    here = new_repo(tmp_path / "here", remote)  # a remote with `rel/1`, a repository with a tag `rel`
+    here.commit({"core": weights(3, n=2)}, message="mine")
+    here.tag("rel/1")
+    with pytest.warns(UserWarning, match="skipped remote tag rel: .*rel/1"):
+        fetched = rm.fetch(here)
+    assert fetched["refs"] == {"refs/remotes/origin/main": {"old": None, "new": cid2}} and fetched["tags"] == {}
 
 def test_a_damaged_remote_ref_blocks_nothing_else_and_push_can_replace_or_delete_it(remote, tmp_path):
     repo = new_repo(tmp_path / "src", remote)
