@@ -408,7 +408,7 @@ class DirectoryTransport(Transport):
         removed, now = 0, time.time()
         try:
             names = os.listdir(self.objects.tmp)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no remote yet, or a file in its place (init says so)
             return 0
         for name in names:
             path = os.path.join(self.objects.tmp, name)

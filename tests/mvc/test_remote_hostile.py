@@ -175,6 +175,16 @@ def test_push_into_a_damaged_remote_layout_is_a_clear_error(tmp_path):
     assert rm.push(clone, "bare")["new"] == clone.head() and os.path.isfile(ref)
 
 
+
+def test_pushing_to_a_file_says_it_is_a_file(tmp_path):
+    """The clean-up of a bare remote's stale temp files ran first and failed on objects/tmp
+    ("unexpected file layout ... Not a directory"), hiding init's own message."""
+    src, clone, head = _served(tmp_path)
+    (tmp_path / "afile").write_text("hi\n")
+    with pytest.raises(mvc.errors.BadInput, match="remote .*afile is a file, not a directory"):
+        rm.push(clone, str(tmp_path / "afile"))
+    assert (tmp_path / "afile").read_text() == "hi\n"
+
 def test_a_fetched_tag_shadowing_a_remote_tracking_branch_warns(tmp_path):
     src, clone, head = _served(tmp_path)
     other = clone.commit({"model": {"w": torch.ones(2)}}, message="local")
