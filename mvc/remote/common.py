@@ -6,7 +6,7 @@ import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
-from ..errors import CorruptObject, MvcError, ObjectMissing
+from ..errors import CorruptObject, MvcError, ObjectMissing, WrongObjectType
 from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes, tree_blob_sizes
 from ..refs import moves_so_far
 from ..repo import Repo
@@ -67,8 +67,16 @@ def permission_errors(t: Transport):
 
 
 def has_commit(repo: Repo, oid: str) -> bool:
-    return repo.loose.has(oid) or any(s.has(oid) for s in repo.store.stores[1:]
-                                      if not isinstance(s, LazyRemoteStore))
+    """Whether this repository holds `oid` as a commit (not through a lazy clone's remote: a
+    commit is never promised). An id of a tree or blob here, which a damaged ref there may name, is not."""
+    if not (repo.loose.has(oid) or any(s.has(oid) for s in repo.store.stores[1:]
+                                       if not isinstance(s, LazyRemoteStore))):
+        return False
+    try:
+        repo.read_commit(oid, shared=True)
+    except WrongObjectType:
+        return False
+    return True
 
 
 def ancestors(repo: Repo, tips, stop=frozenset()) -> set[str]:

@@ -57,10 +57,16 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
                 raise
             remote_refs = now
     updated = {}
+    damaged = {r for r, v in remote_refs.items() if v in history.not_commits}
+    for r in sorted(damaged):  # like a ref file that holds no id: one bad entry blocks nothing else
+        warnings.warn(f"skipped remote ref {r} on {where}: {history.not_commits[remote_refs[r]]} (the remote is "
+                      "damaged; push --force there replaces it)")
     if name:
-        heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items() if r.startswith("refs/heads/")}
+        heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items()
+                 if r.startswith("refs/heads/") and r not in damaged}
         for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():  # first: a branch `a/b` deleted
-            if tref[len(f"refs/remotes/{name}/"):] not in heads:         # there frees the name `a` here
+            gone = tref[len(f"refs/remotes/{name}/"):]                    # there frees the name `a` here
+            if gone not in heads and f"refs/heads/{gone}" not in damaged:
                 repo.refs.update(tref, None, expected=oid, message=f"fetch from {where}: pruned")
                 updated[tref] = {"old": oid, "new": None}
         for branch, oid in heads.items():
@@ -77,7 +83,7 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
                     updated[tref]["forced"] = True  # rewritten there (a rollback, a forced push)
     tags, tag_conflicts = {}, {}
     for r, oid in remote_refs.items():
-        if not r.startswith("refs/tags/"):
+        if not r.startswith("refs/tags/") or r in damaged:
             continue
         mine = repo.refs.read(r)
         if mine is None:
@@ -108,6 +114,7 @@ class _History:
         self.commits = self.trees = self.objects = self.bytes = self.promised = 0
         self._lock, self._dirty = threading.Lock(), set()
         self.limits: dict[str, int] = {}  # blob id -> the most bytes a tree naming it declares
+        self.not_commits: dict[str, str] = {}  # tips that name no commit (a tree, a blob) -> what they are
 
     def download(self, oid: str) -> None:
         """Receive one object (verified) into the loose store, no larger than its trees declare."""
@@ -161,7 +168,13 @@ class _History:
                 trusted = self._reached_by_refs(complete)
             here += [c for c in frontier if c not in missing and c not in (trusted or ())]
             for c, data in zip(missing, pool.map(lambda c: receive(t, c, where, MAX_META_BYTES), missing)):
-                commits[c] = (decode(data, "commit", c), data)
+                try:
+                    commits[c] = (decode(data, "commit", c), data)
+                except WrongObjectType as e:
+                    if c not in tips:  # a parent: the history there is damaged
+                        raise
+                    self.not_commits[c] = e.message  # a damaged ref there: its refs are skipped
+            frontier = [c for c in frontier if c not in self.not_commits]
             parents = {p for c in frontier if c not in (trusted or ())
                        for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
             frontier = sorted(parents - seen - complete - (trusted or set()))

@@ -670,6 +670,23 @@ def test_fetch_skips_a_remote_branch_that_cannot_exist_beside_another(tmp_path, 
     assert other.refs.read("refs/remotes/origin/main") == cid
 
 
+def test_a_remote_ref_naming_a_tree_is_skipped_not_a_block_on_every_clone_fetch_and_push(remote, tmp_path):
+    """A damaged remote ref holding a tree's id failed every clone, fetch and push ("object .. is
+    a tree, not a commit"), as a ref holding no id at all does not: it is skipped with a warning."""
+    repo = new_repo(tmp_path / "src", remote)
+    cid = repo.commit({"core": weights(1, n=2)}, message="one")
+    rm.push(repo)
+    tree = repo.read_commit(cid)["components"]["core"]
+    _write_remote_file(remote, "refs/heads/junk", (tree + "\n").encode())
+    with pytest.warns(UserWarning, match=f"skipped remote ref refs/heads/junk on origin: object {tree[:12]} is a tree"):
+        clone, info = rm.clone(remote.url, str(tmp_path / "clone"), endpoint=remote.endpoint)
+    assert info["branch"] == "main" and clone.refs.list("refs/remotes/") == {"refs/remotes/origin/main": cid}
+    cid2 = repo.commit({"core": weights(2, n=2)}, message="two")
+    assert rm.push(repo)["new"] == cid2  # (the tree is here too: it is no commit either)
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/junk"):
+        fetched = rm.fetch(clone)
+    assert fetched["refs"] == {"refs/remotes/origin/main": {"old": cid, "new": cid2}} and clone.fsck()["ok"]
+
 
 def test_a_branch_name_freed_on_the_remote_can_be_taken_by_a_folder_and_back(remote, tmp_path):
     """Deleting a/b there left the folder a/ (a directory remote): pushing `a` failed. A fetch made
