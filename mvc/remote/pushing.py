@@ -158,10 +158,8 @@ def _track(repo: Repo, name: str, tracking: str, local: str, where: str) -> None
     """Move the tracking ref of a pushed branch. A tracking ref in its way (origin/a, for a push of
     a/b) names a branch the remote no longer has (the push checked that none clashes there): it is
     pruned, as a fetch would. Any other failure is a warning: the remote branch has moved."""
-    prefix = f"refs/remotes/{name}/"
-    stale = _clashing(tracking, repo.refs.list(prefix))
     try:
-        if stale:
+        for stale in _clashing(tracking, repo.refs.list(f"refs/remotes/{name}/")):
             repo.refs.update(stale, None, message=f"push to {where}: pruned (gone there)")
         repo.refs.update(tracking, local, message=f"push to {where}")
     except MvcError as e:
@@ -171,15 +169,15 @@ def _track(repo: Repo, name: str, tracking: str, local: str, where: str) -> None
 
 def _refuse_clashing_name(ref: str, remote_refs: dict, where: str) -> None:
     """A branch cannot also be a folder of branches there (`a` beside `a/b`): clones would fail."""
-    other = _clashing(ref, remote_refs)
-    if other:
-        raise BadName(f"remote {where} has {other}, which clashes with {ref}",
+    clash = _clashing(ref, remote_refs)
+    if clash:
+        raise BadName(f"remote {where} has {clash[0]}, which clashes with {ref}",
                       "a branch name cannot also be a folder of branch names; rename one of them")
 
 
-def _clashing(ref: str, remote_refs: dict) -> str | None:
-    """A ref there that `ref` cannot stand beside (`a` and `a/b`), or None."""
-    return next((o for o in remote_refs if o.startswith(ref + "/") or ref.startswith(o + "/")), None)
+def _clashing(ref: str, refs) -> list[str]:
+    """The refs of `refs` that `ref` cannot stand beside (`a` and `a/b`)."""
+    return sorted(o for o in refs if o.startswith(ref + "/") or ref.startswith(o + "/"))
 
 
 def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: dict, pool: Pool) -> dict:
@@ -402,7 +400,7 @@ def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict
         if ref in remote_refs:
             skipped[n] = remote_refs[ref]
         elif clash:  # `rel/1` beside a tag `rel` there: clones could not hold both
-            warnings.warn(f"tag {n} not pushed: the remote has {clash}, which clashes with it (a tag name "
+            warnings.warn(f"tag {n} not pushed: the remote has {clash[0]}, which clashes with it (a tag name "
                           "cannot also be a folder of tag names)")
             skipped[n] = None
         else:
