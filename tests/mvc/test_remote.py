@@ -402,28 +402,30 @@ def test_lazy_clone_rejects_a_corrupt_blob_on_first_use(remote, tmp_path):
     assert not lazy.loose.has(bad)
 
 
-def test_lazy_clone_names_the_remote_when_it_lacks_a_blob(tmp_path):
+def _lazy_clone(tmp_path, core: dict):
+    """(source repository, its bare directory remote, a lazy clone of it) of one commit of `core`."""
     src = new_repo(tmp_path / "src")
-    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    src.commit({"core": core}, message="one")
     bare = DirRemote(tmp_path)
     rm.push(src, bare.url)
     lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    return src, bare, lazy
+
+
+def test_lazy_clone_names_the_remote_when_it_lacks_a_blob(tmp_path):
+    src, bare, lazy = _lazy_clone(tmp_path, weights(1, n=2))
+    cid = src.head()
     gone = src.read_tree(src.read_commit(cid)["components"]["core"])["tensors"]["w1"]["id"]
     os.unlink(DirectoryTransport(bare.url).objects.path(gone))
     with pytest.raises(mvc.errors.ObjectMissing, match="remote origin does not have it"):
         lazy.load("HEAD", "core")
 
 
-
 def test_a_lazy_clone_whose_remote_moved_says_how_to_repoint_it(tmp_path):
     """The hint was `mvc remote remove/add origin`, which drops the lazy mark (fsck then calls
     every unfetched blob damage); pointing the remote's url elsewhere keeps the clone working."""
-    src = new_repo(tmp_path / "src")
     core = weights(1, n=2)
-    src.commit({"core": core}, message="one")
-    bare = DirRemote(tmp_path)
-    rm.push(src, bare.url)
-    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    _src, bare, lazy = _lazy_clone(tmp_path, core)
     os.rename(bare.url, str(tmp_path / "moved.mvc"))
     with pytest.raises(mvc.errors.ObjectMissing, match="is gone or is no mvc repository") as e:
         lazy.load("HEAD", "core")
@@ -434,26 +436,19 @@ def test_a_lazy_clone_whose_remote_moved_says_how_to_repoint_it(tmp_path):
 
 
 def test_cloning_a_lazy_clone_names_the_blobs_it_has_not_fetched_not_damage(tmp_path):
-    src = new_repo(tmp_path / "src")
-    src.commit({"core": weights(1, n=2)}, message="one")
-    bare = DirRemote(tmp_path)
-    rm.push(src, bare.url)
-    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    _src, bare, lazy = _lazy_clone(tmp_path, weights(1, n=2))
     assert lazy.fsck()["ok"]
     with pytest.raises(mvc.errors.ObjectMissing, match="a lazy clone that has not fetched it") as e:
         rm.clone(lazy.root, str(tmp_path / "again"))
     assert e.value.hint == f"clone from its origin, {bare.url}"  # (no "damaged", no "run it again to resume")
 
+
 def test_a_lazy_download_holds_the_writers_lock_shared_so_a_short_grace_gc_waits(tmp_path, monkeypatch):
     """gc --grace 0 (writers lock exclusive) deleted the temp file of a blob a lazy load was
     downloading, and the load failed with a raw FileNotFoundError (exit 4 from checkout)."""
     import fcntl
-    src = new_repo(tmp_path / "src")
     core = weights(1, n=3)
-    src.commit({"core": core}, message="one")
-    bare = DirRemote(tmp_path)
-    rm.push(src, bare.url)
-    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    _src, bare, lazy = _lazy_clone(tmp_path, core)
     lock_path = [os.path.join(lazy.dir, "writers.lock")]
     seen = []
     real = DirectoryTransport.get_into
