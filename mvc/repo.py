@@ -119,7 +119,11 @@ class Repo(Maintenance):
         if not os.path.isdir(parent):
             _refuse_init_at(root, parent, parent)
         check_new_ref_name(default_branch)
-        os.makedirs(root, exist_ok=True)
+        try:
+            os.makedirs(root, exist_ok=True)
+        except (FileNotFoundError, NotADirectoryError) as e:  # a folder that cannot hold folders (/proc/...)
+            raise BadInput(f"cannot create a repository at {root}: cannot make the folder {e.filename or root} "
+                           f"({e.strerror})", "choose a folder on an ordinary file system") from None
         tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
         for sub in ("objects", "refs/heads", "refs/tags", "refs/remotes", "logs"):
             os.makedirs(os.path.join(tmp, sub), exist_ok=True)

@@ -21,7 +21,7 @@ def _print_traceback() -> None:
 
 
 def _debug_traceback() -> None:
-    if os.environ.get("MVC_DEBUG"):
+    if os.environ.get("MVC_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off"):
         _print_traceback()
 
 

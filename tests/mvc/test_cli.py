@@ -53,6 +53,14 @@ def test_errors_are_one_line_with_exit_3(run):
     assert "no such file" in r.stderr
 
 
+@pytest.mark.parametrize("value, shown", [("0", False), ("false", False), ("", False), ("1", True), ("yes", True)])
+def test_mvc_debug_shows_the_traceback_only_when_set_to_a_true_value(run, monkeypatch, value, shown):
+    """MVC_DEBUG=0 turned tracebacks on (any non-empty value did)."""
+    monkeypatch.setenv("MVC_DEBUG", value)
+    r = run("show", "nope", code=3)
+    assert ("Traceback" in r.stderr) == shown and r.stderr.splitlines()[-1].startswith("error: unknown revision")
+
+
 def test_empty_revisions_and_huge_numbers_are_bad_input_exit_3(run, tmp_path):
     """`mvc rollback ""` moved the branch back one commit and `mvc commit -b ""` landed on the
     current branch; a count or metric of 5000 digits crashed as "a bug in mvc" (exit 4)."""
@@ -930,6 +938,14 @@ def test_init_and_clone_through_a_dangling_symlink_name_the_link(run, in_repo, t
         assert f"is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
         assert "(create its target, or remove the link)" in err
     assert not (tmp_path / "gone").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_init_where_no_folder_can_be_made_is_an_error_not_a_bug(run):
+    """makedirs under /proc fails with ENOENT, which no check before it foresees: exit 4 with a traceback."""
+    err = run("init", "/proc/self/no-such/models", code=3).stderr
+    assert err.startswith("error: cannot create a repository at /proc/self/no-such/models: cannot make the folder ")
+    assert "Traceback" not in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("value,shown", [("nan", "nan"), ("-inf", "-inf"), ("1e400", "inf")])
