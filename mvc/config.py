@@ -69,7 +69,8 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def new_parser() -> configparser.ConfigParser:
-    """No %-interpolation: values are stored and read back verbatim."""
+    """No %-interpolation: values are read back as stored (white space at either end, which
+    configparser drops, is refused when a value is set)."""
     return configparser.ConfigParser(interpolation=None)
 
 
@@ -126,6 +127,10 @@ def check_setting(key: str, value: str) -> None:
         check_remote_name(rest.rpartition(".")[0])
     if "\n" in value or "\r" in value:
         raise ConfigError(f"config {key}: a value is one line")
+    if value != value.strip():  # the config file's reader drops it: another value would be used
+        raise ConfigError(f"config {key}: the value {value!r} starts or ends with white space, which the "
+                          "config file cannot keep", "for a remote, use a path whose name does not (rename it, "
+                          "or link to it)")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # (bytes a path may hold on Linux, which argv gives as surrogates)

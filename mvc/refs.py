@@ -67,6 +67,8 @@ def repair_hint(ref: str) -> str:
     for prefix, command in (("refs/heads/", "mvc branch -d"), ("refs/tags/", "mvc tag -d")):
         if ref.startswith(prefix):
             return f"{command} {ref[len(prefix):]} deletes it; or write the commit id it should hold into it"
+    if ref == "HEAD":
+        return "mvc switch BRANCH repairs it"
     return "delete the file, or write the commit id it should hold into it"
 
 
@@ -248,9 +250,10 @@ class RefStore:
         return f"HEAD {what} (mvc switch BRANCH repairs it)"
 
     def head_target(self) -> str | None:
-        """The branch ref HEAD points to (e.g. refs/heads/main), or None when detached."""
+        """The branch ref HEAD points to (e.g. refs/heads/main), or None when detached, or when it
+        names a ref that is no branch (a damaged HEAD: commit and rollback must not move a tag)."""
         raw = self.read_raw("HEAD")
-        if raw and raw.startswith(SYMREF_PREFIX):
+        if raw and raw.startswith(SYMREF_PREFIX + "refs/heads/"):
             return raw[len(SYMREF_PREFIX):]
         return None
 

@@ -122,8 +122,8 @@ class Repo(Maintenance):
         try:
             os.makedirs(root, exist_ok=True)
         except (FileNotFoundError, NotADirectoryError) as e:  # a folder that cannot hold folders (/proc/...)
-            raise BadInput(f"cannot create a repository at {root}: cannot make the folder {e.filename or root} "
-                           f"({e.strerror})", "choose a folder on an ordinary file system") from None
+            raise BadInput(f"cannot create a repository at {root}: the folder {e.filename or root} cannot be made: "
+                           f"{e.strerror}", "choose a folder on an ordinary file system") from None
         tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
         for sub in ("objects", "refs/heads", "refs/tags", "refs/remotes", "logs"):
             os.makedirs(os.path.join(tmp, sub), exist_ok=True)
@@ -259,7 +259,7 @@ class Repo(Maintenance):
     @property
     def head_branch(self) -> str | None:
         target = self.refs.head_target()
-        return target[len("refs/heads/"):] if target and target.startswith("refs/heads/") else None
+        return target[len("refs/heads/"):] if target else None
 
     def head(self) -> str | None:
         return self.refs.read("HEAD")
@@ -917,11 +917,13 @@ class Repo(Maintenance):
         """The moves of `branch` (None or HEAD: the current branch), newest first."""
         if branch == "HEAD":
             branch = None
+        if branch is not None:
+            check_ref_name(branch)  # ("" is a bad name, not "the current branch")
         ref = f"refs/heads/{branch}" if branch is not None else self.refs.head_target()
         if ref is None:
             raise MvcError("HEAD is detached", "name a branch")
         log = self.refs.reflog(ref)
-        if branch and not log and self.refs.read(ref) is None:
+        if branch is not None and not log and self.refs.read(ref) is None:
             raise UnknownRevision(f"no branch {branch!r}", "see mvc branch")
         return log
 

@@ -104,7 +104,7 @@ def init(path, as_json):
     if as_json:
         emit_json({"path": repo.root, "created": not existed})
     else:
-        click.echo(("Reinitialized existing" if existed else "Initialized empty") + f" mvc repository in {repo.dir}")
+        click.echo(("Reinitialized existing" if existed else "Initialized empty") + f" mvc repository in {shown(repo.dir)}")
 
 
 @cli.command()
@@ -407,9 +407,10 @@ def checkout(rev, out, comps, force, as_json):
     if as_json:
         emit_json({"commit": cid, "files": files, "unchanged": same})
     elif same and len(same) == len(files):
-        click.echo(f"nothing to write: the {plural(len(files), 'file')} of {short(cid)} under {out} already hold its bytes")
+        click.echo(f"nothing to write: the {plural(len(files), 'file')} of {short(cid)} under {shown(out)} already "
+                   "hold its bytes")
     else:
-        click.echo(f"wrote {plural(len(files) - len(same), 'file')} of {short(cid)} under {out}"
+        click.echo(f"wrote {plural(len(files) - len(same), 'file')} of {short(cid)} under {shown(out)}"
                    + (f" ({len(same)} already up to date)" if same else ""))
 
 
@@ -447,7 +448,7 @@ def export(rev, component, out, force, as_json):
         emit_json({"commit": cid, "component": component, "file": out, "bytes": os.path.getsize(out),
                    "unchanged": bool(same)})
     else:
-        click.echo(f"{out} already holds these bytes: left as it was" if same else f"wrote {out}")
+        click.echo(f"{shown(out)} already holds these bytes: left as it was" if same else f"wrote {shown(out)}")
 
 
 @cli.command()
@@ -484,12 +485,15 @@ def reflog(branch, n, as_json):
       mvc reflog experiment --json
       mvc rollback @{2}       # the branch as it was two moves ago
     """
-    entries = _repo().reflog(branch)[:n]
+    repo = _repo()
+    entries = repo.reflog(branch)[:n]
     if as_json:
         emit_json(entries)
         return
+    label = "" if branch in (None, "HEAD", repo.head_branch) else branch  # what @{N} resolves against
     for i, e in enumerate(entries):
-        click.echo(f"{short(e['new'])} @{{{i}}}: {shown(e['message'])} ({shown(e['time'])}, was {short(e['old'])})")
+        click.echo(f"{short(e['new'])} {shown(label) if label else ''}@{{{i}}}: {shown(e['message'])} "
+                   f"({shown(e['time'])}, was {short(e['old'])})")
 
 
 @cli.command()

@@ -944,7 +944,7 @@ def test_init_and_clone_through_a_dangling_symlink_name_the_link(run, in_repo, t
 def test_init_where_no_folder_can_be_made_is_an_error_not_a_bug(run):
     """makedirs under /proc fails with ENOENT, which no check before it foresees: exit 4 with a traceback."""
     err = run("init", "/proc/self/no-such/models", code=3).stderr
-    assert err.startswith("error: cannot create a repository at /proc/self/no-such/models: cannot make the folder ")
+    assert err.startswith("error: cannot create a repository at /proc/self/no-such/models: the folder ")
     assert "Traceback" not in err and err.count("\n") == 1
 
 
@@ -1011,3 +1011,62 @@ def test_metrics_print_as_json_spells_them(run, in_repo, tmp_path):
     out = run("diff", "HEAD~1", "HEAD").stdout
     assert "metric ok: false -> true" in out and "metric note: - -> fine" in out
     assert "True" not in out + run("log").stdout
+
+
+def test_config_values_with_white_space_at_either_end_are_refused(run, in_repo, tmp_path):
+    """configparser drops it on reading: "  padded  " came back "padded", and a remote added as
+    '/x/rem ' was pushed into '/x/rem', another folder."""
+    err = run("config", "user.note", "  padded  ", code=3).stderr
+    assert "config user.note: the value '  padded  ' starts or ends with white space" in err
+    err = run("remote", "add", "o", str(tmp_path / "rem "), code=3).stderr
+    assert "starts or ends with white space" in err and "rename it, or link to it" in err
+    assert in_repo.get_config("user.note") is None and "o" not in run("remote").stdout
+    run("config", "user.note", "in between  spaces")
+    assert mvc.Repo(in_repo.root).get_config("user.note") == "in between  spaces"
+
+
+def test_reflog_of_another_branch_labels_its_entries_with_its_name(run, in_repo, tmp_path):
+    """`@{N}` beside another branch's entries resolves in the current branch's reflog: another
+    commit. The label carries the branch (git's exp@{N}), which resolves to the commit shown."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    run("branch", "exp")
+    run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "two", "--branch", "exp")
+    lines = run("reflog", "exp").stdout.splitlines()
+    assert [line.split()[1] for line in lines] == ["exp@{0}:", "exp@{1}:"]
+    for line in lines:
+        shown_id, label = line.split()[:2]
+        assert in_repo.resolve(label.rstrip(":")).startswith(shown_id)
+    assert [line.split()[1] for line in run("reflog").stdout.splitlines()] == ["@{0}:"]  # the current branch
+    err = run("reflog", "", code=3).stderr  # was exit 0 and nothing, as if a branch had never moved
+    assert err.startswith("error: ") and "branch" in err
+
+
+def test_a_head_naming_a_tag_is_no_branch_to_commit_or_roll_back(run, in_repo, tmp_path):
+    """HEAD damaged to `ref: refs/tags/v1`: rollback and commit moved the tag (fsck names such a
+    HEAD); they refuse as for a detached HEAD, and mvc switch repairs it. A HEAD holding no id
+    at all points at mvc switch too (the hint was "delete the file", after which fsck fails)."""
+    first = json.loads(run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one", "--json").stdout)["commit"]
+    second = json.loads(run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "two", "--json").stdout)["commit"]
+    run("tag", "v1")
+    head = os.path.join(in_repo.dir, "HEAD")
+    with open(head, "w") as f:
+        f.write("ref: refs/tags/v1\n")
+    assert "HEAD is detached" in run("rollback", code=3).stderr
+    assert "HEAD is detached" in run("commit", _ckpt(tmp_path / "m.safetensors", 2), "-m", "x", code=3).stderr
+    assert in_repo.tags() == {"v1": second} and in_repo.branches() == {"main": second}
+    run("switch", "main")
+    assert run("rollback", "--json").stdout and in_repo.branches()["main"] == first
+    with open(head, "w") as f:
+        f.write("garbage\n")
+    assert run("log", code=3).stderr.rstrip().endswith("(mvc switch BRANCH repairs it)")
+
+
+def test_output_paths_are_quoted_in_human_output(run, in_repo, tmp_path):
+    """A path holding a line break or a terminal escape was printed raw by init, checkout and
+    export: it could forge an `error:` line or retitle the terminal."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one")
+    odd = str(tmp_path / "out\nerror: forged\x1b]0;PWNED\x07")
+    for args in (["export", "HEAD", "model", "-o", odd + ".safetensors"], ["checkout", "HEAD", "-o", odd],
+                 ["init", odd + "-repo"]):
+        out = run(*args).stdout
+        assert out.count("\n") == 1 and "\x1b" not in out and "\\x1b]0;PWNED\\x07" in out, (args, out)
