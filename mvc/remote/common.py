@@ -74,8 +74,10 @@ def has_commit(repo: Repo, oid: str) -> bool:
         return False
     try:
         repo.read_commit(oid, shared=True)
-    except WrongObjectType:
+    except (WrongObjectType, ObjectMissing):  # (ObjectMissing: deleted by a gc meanwhile)
         return False
+    except CorruptObject:
+        return True  # here, but damaged: what reads it says so
     return True
 
 
