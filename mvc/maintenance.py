@@ -86,7 +86,8 @@ class Maintenance:
             packs.check_indexes()
         roots = set(self.refs.list("refs/", bad=bad_refs, strict=True).values())
         try:
-            head = self.refs.read("HEAD") if self.refs.head_target() is None else None
+            symbolic = (self.refs.read_raw("HEAD") or "").startswith("ref:")  # (one naming no branch: fsck says so)
+            head = None if symbolic else self.refs.read("HEAD")
         except CorruptObject as e:
             if bad_refs is None:
                 raise

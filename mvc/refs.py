@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import collections
 import errno
+import itertools
 import json
 import os
 import re
@@ -126,6 +127,11 @@ def _open_append(path: str) -> int:
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
+
+
+def _walk_later(make):
+    """The walk `make()` returns, made only when iteration reaches it."""
+    yield from make()
 
 
 def _prune_tree(top: str) -> None:
@@ -469,10 +475,12 @@ class RefStore:
         cutoff = None if expiring_after_s is None else time.time() - expiring_after_s
         ids = set()
         logs = os.path.join(self.root, "logs")
-        for dirpath, dirs, files in walk(logs):
-            if dirpath == logs and RETIRED_LOGS in dirs:  # retired logs last: a log that a deletion
-                dirs.remove(RETIRED_LOGS)                 # retires while the live ones are read is
-                dirs.append(RETIRED_LOGS)                 # found there (listed when it is reached)
+        retired = os.path.join(logs, RETIRED_LOGS)
+        # retired logs last: a log that a deletion retires while the live ones are read is found
+        # there (listed when reached; walked on its own when the deletion made the folder meanwhile)
+        for dirpath, dirs, files in itertools.chain(walk(logs), _walk_later(lambda: walk(retired))):
+            if dirpath == logs and RETIRED_LOGS in dirs:
+                dirs.remove(RETIRED_LOGS)
             for name in files:
                 for e in _read_log(os.path.join(dirpath, name), checked=False):
                     if cutoff is not None and not _entry_time(e) >= cutoff:

@@ -46,7 +46,7 @@ from urllib.parse import unquote, urlparse
 from .config import new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
                      ObjectMissing, RefConflict)
-from .files import LockFile, atomic_write, is_atomic_temp, prune_empty_dirs, shared_or_exclusive, walk
+from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, shared_or_exclusive, walk
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
@@ -543,7 +543,7 @@ class DirectoryTransport(Transport):
 
     def cas_file(self, name, data, token):
         path = self._path(name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        makedirs(os.path.dirname(path))  # (retried: a deletion of a sibling ref may prune a parent meanwhile)
         with LockFile(path + ".lock", what=f"{name} on remote {self.url}"):
             current, _ = self.read_file(name)
             if current != token:

@@ -66,11 +66,15 @@ def permission_errors(t: Transport):
                        f"check that path; the remote is {t.describe()}") from None
 
 
+def holds(repo: Repo, oid: str) -> bool:
+    """Whether this repository holds `oid`, of any kind (not merely promised by a lazy clone's remote)."""
+    return repo.loose.has(oid) or any(s.has(oid) for s in repo.store.stores[1:] if not isinstance(s, LazyRemoteStore))
+
+
 def has_commit(repo: Repo, oid: str) -> bool:
-    """Whether this repository holds `oid` as a commit (not through a lazy clone's remote: a
-    commit is never promised). An id of a tree or blob here, which a damaged ref there may name, is not."""
-    if not (repo.loose.has(oid) or any(s.has(oid) for s in repo.store.stores[1:]
-                                       if not isinstance(s, LazyRemoteStore))):
+    """Whether this repository holds `oid` as a commit. An id of a tree or blob here, which a
+    damaged ref there may name, is not."""
+    if not holds(repo, oid):
         return False
     try:
         repo.read_commit(oid, shared=True)

@@ -14,7 +14,7 @@ from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import LazyRemoteStore, Transport, promisor_remote, promisor_store
 from .common import (MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, blob_size_hint, blob_size_limit,
-                     branch_of, has_commit, is_ancestor, permission_errors, receive, receive_into, sync_dirs)
+                     branch_of, has_commit, holds, is_ancestor, permission_errors, receive, receive_into, sync_dirs)
 from .config import open_remote
 
 FETCH_ATTEMPTS = 4  # a fetch starts over when an object is gone because the remote's branches moved
@@ -261,7 +261,7 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
 def _local_kind(repo: Repo, oid: str) -> str | None:
     """The kind of an object held here (not merely promised by a lazy clone's remote); None when
     it is not here or cannot be read."""
-    if not has_commit(repo, oid):
+    if not holds(repo, oid):
         return None
     try:
         return repo.kind_of(oid)

@@ -1059,6 +1059,9 @@ def test_a_head_naming_a_tag_is_no_branch_to_commit_or_roll_back(run, in_repo, t
     with open(head, "w") as f:
         f.write("garbage\n")
     assert run("log", code=3).stderr.rstrip().endswith("(mvc switch BRANCH repairs it)")
+    with open(head, "w") as f:
+        f.write("ref: garbage\n")  # fsck names it (it stopped at "not a full ref name")
+    assert "HEAD names 'garbage', not a branch" in run("fsck", code=1).stdout
 
 
 def test_output_paths_are_quoted_in_human_output(run, in_repo, tmp_path):
