@@ -168,6 +168,8 @@ def rebuild(tree: dict, state: dict) -> nn.Module:
     if tree.get("kind") not in (None, "brick"):
         raise ValueError(f"rebuild: component kind is {tree.get('kind')!r}, not 'brick'")
     brick = builder(arch)(config)
+    # (mvc.tensors.match_stored_dtypes, which bricks may not import, for modules without
+    # non-persistent buffers: a brick has none)
     for name, t in [*brick.named_parameters(), *brick.named_buffers()]:  # the dtypes it was committed in:
         stored = state.get(name)                                            # load_state_dict would upcast a
         if stored is not None and stored.is_floating_point() and t.is_floating_point():  # bfloat16 brick

@@ -827,7 +827,7 @@ class Repo(Maintenance):
         commit creates it (and a damaged HEAD is mended so). A revision that names no branch (an
         id, HEAD~1, a tag) is refused with what to do instead: mvc has no detached HEAD."""
         current = self.refs.head_target()
-        if name == "HEAD" and current and current.startswith("refs/heads/"):
+        if name == "HEAD" and current:  # (head_target names branches only)
             name = current[len("refs/heads/"):]
         ref = f"refs/heads/{name}"
         if ref == current:
@@ -865,7 +865,7 @@ class Repo(Maintenance):
         if now is None and junk is None:
             check_new_ref_name(name)
         try:  # without --force, only over what was read: a tag another writer makes meanwhile stays
-            self.refs.update(ref, oid, **({} if force else {"expected": junk}),
+            self.refs.update(ref, oid, **({} if force else {"expected": None}),  # (over a junk file: CorruptObject)
                              message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
         except RefConflict:
             raise exists from None
