@@ -813,6 +813,7 @@ def config_cmd(key, value, unset):
     Examples:
       mvc config core.fsync
       mvc config pack.autoEvery 50
+      mvc config remote.origin.url ../moved-remote   # stored as an absolute path
       mvc config --unset pack.autoEvery
     """
     repo = _repo()
@@ -824,7 +825,8 @@ def config_cmd(key, value, unset):
             sys.exit(1)
         click.echo(v)
     else:
-        repo.set_config(key, value)
+        from ..remote import config_value
+        repo.set_config(key, config_value(repo, key, value))
 
 
 @cli.command("rev-parse")

@@ -22,6 +22,15 @@ def _not_itself(repo: Repo, url: str) -> str:
     return url
 
 
+def config_value(repo: Repo, key: str, value: str) -> str:
+    """What `mvc config KEY VALUE` stores: a remote's url as `mvc remote add` stores it (an absolute
+    path, never this repository itself); other values as given."""
+    head, _, rest = key.partition(".")
+    if head.lower() == "remote" and rest.rpartition(".")[2].lower() == "url" and "." in rest:
+        return _not_itself(repo, normalize_url(value))
+    return value
+
+
 def list_remotes(repo: Repo) -> list[dict]:
     out = []
     for section in repo.config.sections():

@@ -62,6 +62,22 @@ def test_config_refuses_remote_names_remote_add_refuses(in_repo, tmp_path, monke
     assert invoke(monkeypatch, in_repo.root, "config", "remote.origin.url", tmp_path / "shared.mvc").exit_code == 0
 
 
+def test_config_stores_a_remote_url_as_remote_add_does(in_repo, tmp_path, monkeypatch):
+    """`mvc config remote.NAME.url ../moved` (the hint a lazy clone gives when its remote moved) kept
+    the relative path as typed: a command run from a subfolder then looked for the remote there."""
+    os.makedirs(os.path.join(in_repo.root, "sub"))
+    r = invoke(monkeypatch, os.path.join(in_repo.root, "sub"), "config", "remote.origin.url", "../../moved.mvc")
+    assert r.exit_code == 0, r.output
+    assert mvc.Repo(in_repo.root).get_config("remote.origin.url") == os.path.abspath(
+        os.path.join(in_repo.root, "..", "moved.mvc"))
+    for url, says in ((in_repo.root, "is this repository itself"), ("s3://KEY:SECRET@bucket/p", "credentials")):
+        r = invoke(monkeypatch, in_repo.root, "config", "remote.origin.url", url)
+        assert r.exit_code == 3 and says in r.stderr
+    assert "SECRET" not in open(os.path.join(in_repo.dir, "config")).read()
+    assert invoke(monkeypatch, in_repo.root, "config", "remote.origin.note", "../kept as typed").exit_code == 0
+    assert mvc.Repo(in_repo.root).get_config("remote.origin.note") == "../kept as typed"
+
+
 def test_credentials_are_never_written_to_the_config(in_repo, monkeypatch):
     for args in (["remote", "add", "a", "s3://KEY:SECRET@bucket/p"],
                  ["remote", "add", "b", "s3://bucket/p", "--endpoint", "http://user:pw@127.0.0.1:9000"]):
