@@ -59,8 +59,10 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
     updated = {}
     damaged = {r for r, v in remote_refs.items() if v in history.not_commits}
     for r in sorted(damaged):  # like a ref file that holds no id: one bad entry blocks nothing else
+        mend = ("push --force there replaces it" if r.startswith("refs/heads/") else
+                f"a push never moves a tag there: remove {r} from it by hand")
         warnings.warn(f"skipped remote ref {r} on {where}: {history.not_commits[remote_refs[r]]} (the remote is "
-                      "damaged; push --force there replaces it)")
+                      f"damaged; {mend})")
     if name:
         heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items()
                  if r.startswith("refs/heads/") and r not in damaged}

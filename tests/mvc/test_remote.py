@@ -678,9 +678,14 @@ def test_a_remote_ref_naming_a_tree_is_skipped_not_a_block_on_every_clone_fetch_
     assert info["branch"] == "main" and clone.refs.list("refs/remotes/") == {"refs/remotes/origin/main": cid}
     cid2 = repo.commit({"core": weights(2, n=2)}, message="two")
     assert rm.push(repo)["new"] == cid2  # (the tree is here too: it is no commit either)
-    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/junk"):
+    _write_remote_file(remote, "refs/tags/junk", (tree + "\n").encode())
+    with pytest.warns(UserWarning) as caught:
         fetched = rm.fetch(clone)
     assert fetched["refs"] == {"refs/remotes/origin/main": {"old": cid, "new": cid2}} and clone.fsck()["ok"]
+    said = sorted(str(w.message) for w in caught if "skipped remote ref" in str(w.message))
+    assert len(said) == 2 and said[0].startswith("skipped remote ref refs/heads/junk")
+    assert said[0].endswith("push --force there replaces it)")  # (a tag: push moves none, --force or not)
+    assert said[1].endswith("a push never moves a tag there: remove refs/tags/junk from it by hand)")
 
 
 def test_a_branch_name_freed_on_the_remote_can_be_taken_by_a_folder_and_back(remote, tmp_path):
