@@ -239,6 +239,21 @@ class RefStore:
     def head_problem(self) -> str | None:
         """What is wrong with HEAD (fsck names it), or None: it must name a branch
         (`ref: refs/heads/NAME`, which may have no commits yet) or hold a commit id (detached)."""
+        damage = self._head_damage()
+        return f"{damage} (mvc switch BRANCH repairs it)" if damage else None
+
+    def head_branch_ref(self, cannot: str, hint: str) -> str:
+        """The branch ref HEAD names, for a command that needs one; MvcError when HEAD is detached
+        ("HEAD is detached: <cannot>", `hint`) or damaged (what is wrong with it, and the repair)."""
+        ref = self.head_target()
+        if ref is not None:
+            return ref
+        damage = self._head_damage()
+        if damage:
+            raise MvcError(f"{damage}: {cannot}", "mvc switch BRANCH repairs it")
+        raise MvcError(f"HEAD is detached: {cannot}", hint)
+
+    def _head_damage(self) -> str | None:
         raw = self.read_raw("HEAD")
         if raw is not None and raw.startswith(SYMREF_PREFIX):
             target = raw[len(SYMREF_PREFIX):]
@@ -253,7 +268,7 @@ class RefStore:
             return None
         else:
             what = "is missing" if raw is None else f"holds {raw[:40]!r}, neither a branch nor a commit id"
-        return f"HEAD {what} (mvc switch BRANCH repairs it)"
+        return f"HEAD {what}"
 
     def head_target(self) -> str | None:
         """The branch ref HEAD points to (e.g. refs/heads/main), or None when detached, or when it

@@ -291,7 +291,9 @@ class Repo(Maintenance):
             base = m.group(1) or "HEAD"
             ref = self.refs.head_target() if base == "HEAD" else self._ref_for_name(base)
             if not ref:
-                raise UnknownRevision(f"{rev}: HEAD is detached; name a branch, e.g. main@{{{m.group(2)}}}")
+                damage = self.refs.head_problem()
+                raise UnknownRevision(f"{rev}: {damage}" if damage else
+                                      f"{rev}: HEAD is detached; name a branch, e.g. main@{{{m.group(2)}}}")
             log = self.refs.reflog(ref)
             n = _rev_count(m.group(2), rev)
             if n >= len(log):
@@ -608,9 +610,9 @@ class Repo(Maintenance):
                 warn = f"git branch {git_branch!r} cannot be an mvc branch ({e.message})"
         elif detached:
             warn = "git HEAD is detached"
-        if head_target is None:
-            raise MvcError("HEAD is detached: mvc does not know which branch to commit to",
-                           "pass --branch NAME or mvc switch BRANCH")
+        if head_target is None:  # (raises: HEAD is detached, or damaged)
+            head_target = self.refs.head_branch_ref("mvc does not know which branch to commit to",
+                                                    "pass --branch NAME or mvc switch BRANCH")
         if warn:
             warn += f"; committing to the current mvc branch {head_target[len('refs/heads/'):]}"
         return head_target, head_commit, warn, False
@@ -878,9 +880,7 @@ class Repo(Maintenance):
 
     def rollback(self, rev: str | None = None) -> dict:
         """Move the current branch to `rev` (default: its parent); recorded in the reflog."""
-        ref = self.refs.head_target()
-        if ref is None:
-            raise MvcError("HEAD is detached: nothing to roll back", "mvc switch BRANCH first")
+        ref = self.refs.head_branch_ref("nothing to roll back", "mvc switch BRANCH first")
         old = self.refs.read(ref)
         if old is None:
             raise UnknownRevision("the current branch has no commits to roll back")
@@ -919,9 +919,8 @@ class Repo(Maintenance):
             branch = None
         if branch is not None:
             check_ref_name(branch)  # ("" is a bad name, not "the current branch")
-        ref = f"refs/heads/{branch}" if branch is not None else self.refs.head_target()
-        if ref is None:
-            raise MvcError("HEAD is detached", "name a branch")
+        ref = (f"refs/heads/{branch}" if branch is not None else
+               self.refs.head_branch_ref("it has no reflog of its own", "name a branch"))
         log = self.refs.reflog(ref)
         if branch is not None and not log and self.refs.read(ref) is None:
             raise UnknownRevision(f"no branch {branch!r}", "see mvc branch")

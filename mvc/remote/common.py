@@ -172,9 +172,8 @@ def cert_inputs(repo: Repo, cert_ids) -> tuple[list[str], list[str], list[str]]:
 
 def branch_of(repo: Repo, branch: str | None) -> str:
     """`branch`, or the current branch when it is None or HEAD (`mvc push origin HEAD`)."""
-    branch = repo.head_branch if branch is None or branch == "HEAD" else branch
-    if not branch:
-        raise MvcError("HEAD is detached: name the branch", "e.g. mvc push origin main")
+    if branch is None or branch == "HEAD":
+        return repo.refs.head_branch_ref("name the branch", "e.g. mvc push origin main")[len("refs/heads/"):]
     check_ref_name(branch)
     return branch
 

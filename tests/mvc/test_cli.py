@@ -1043,16 +1043,21 @@ def test_reflog_of_another_branch_labels_its_entries_with_its_name(run, in_repo,
 
 def test_a_head_naming_a_tag_is_no_branch_to_commit_or_roll_back(run, in_repo, tmp_path):
     """HEAD damaged to `ref: refs/tags/v1`: rollback and commit moved the tag (fsck names such a
-    HEAD); they refuse as for a detached HEAD, and mvc switch repairs it. A HEAD holding no id
-    at all points at mvc switch too (the hint was "delete the file", after which fsck fails)."""
+    HEAD); they refuse, saying what is wrong with HEAD (they said "HEAD is detached"), and mvc switch
+    repairs it. A HEAD holding no id at all points at mvc switch too (the hint was "delete the
+    file", after which fsck fails)."""
     first = json.loads(run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "one", "--json").stdout)["commit"]
     second = json.loads(run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "two", "--json").stdout)["commit"]
     run("tag", "v1")
     head = os.path.join(in_repo.dir, "HEAD")
     with open(head, "w") as f:
         f.write("ref: refs/tags/v1\n")
-    assert "HEAD is detached" in run("rollback", code=3).stderr
-    assert "HEAD is detached" in run("commit", _ckpt(tmp_path / "m.safetensors", 2), "-m", "x", code=3).stderr
+    said = [run("rollback", code=3).stderr, run("commit", _ckpt(tmp_path / "m.safetensors", 2), "-m", "x", code=3).stderr,
+            run("reflog", code=3).stderr, run("rev-parse", "@{1}", code=3).stderr,
+            run("push", str(tmp_path / "elsewhere.mvc"), code=3).stderr]
+    for err in said:
+        assert "HEAD names 'refs/tags/v1', not a branch" in err and "detached" not in err
+        assert err.rstrip().endswith("(mvc switch BRANCH repairs it)")
     assert in_repo.tags() == {"v1": second} and in_repo.branches() == {"main": second}
     run("switch", "main")
     assert run("rollback", "--json").stdout and in_repo.branches()["main"] == first
