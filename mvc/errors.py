@@ -35,6 +35,10 @@ class CorruptObject(MvcError):
     pass
 
 
+class TooLarge(CorruptObject):
+    """A remote object or file larger than its reader expects (refused before it is read)."""
+
+
 class WrongObjectType(CorruptObject):
     """A well-formed object of another kind than asked for (e.g. a tree id given as a commit)."""
 

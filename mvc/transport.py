@@ -44,8 +44,8 @@ from urllib.parse import unquote, urlparse
 
 
 from .config import new_parser as new_config_parser
-from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError,
-                     ObjectMissing, RefConflict)
+from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing,
+                     RefConflict, TooLarge)
 from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, shared_or_exclusive, walk
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
@@ -106,11 +106,11 @@ MAX_FILE_BYTES = 16 << 20  # refs, HEAD, config and certificate indexes are far 
 
 
 def check_size(oid_or_name: str, size: int | None, max_size: int | None, url: str) -> None:
-    """Refuse (CorruptObject) an object or file the remote holds with more bytes than the reader
+    """Refuse (TooLarge) an object or file the remote holds with more bytes than the reader
     expects, before reading it: a remote must not make mvc store or allocate unbounded data."""
     if max_size is not None and size is not None and size > max_size:
         what = f"object {oid_or_name[:12]}" if is_oid(oid_or_name) else oid_or_name
-        raise CorruptObject(f"{what} on remote {url} is {size} bytes, more than the {max_size} expected; "
+        raise TooLarge(f"{what} on remote {url} is {size} bytes, more than the {max_size} expected; "
                             "nothing was stored", REPAIR_HINT)
 
 

@@ -7,7 +7,7 @@ import time
 import warnings
 
 from .. import certindex
-from ..errors import (BadName, ConfigError, FormatTooNew, MvcError, NonFastForward, ObjectMissing,
+from ..errors import (BadName, ConfigError, FormatTooNew, MvcError, NonFastForward, ObjectMissing, TooLarge,
                       UnknownRevision, WrongObjectType)
 from ..objects import decode, named_ids, object_kind
 from ..repo import Repo
@@ -151,6 +151,21 @@ class _History:
     def sync(self) -> None:
         sync_dirs(self.repo, self._dirty, self.pool)
 
+    def _commit_or_not(self, oid: str, tips) -> tuple[dict, bytes] | str:
+        """(commit, its bytes), or for a tip that names another kind of object (a damaged ref there)
+        what it is. A parent that is no commit is damaged history: that raises."""
+        try:
+            data = receive(self.t, oid, self.where, MAX_META_BYTES)
+            return decode(data, "commit", oid), data
+        except WrongObjectType as e:
+            if oid not in tips:
+                raise
+            return e.message
+        except TooLarge:  # (a blob, most likely: it is not read to find out)
+            if oid not in tips:
+                raise
+            return f"object {oid[:12]} is larger than any commit"
+
     def fetch(self, tips, extra_trees=()) -> None:
         """The history of `tips`, and `extra_trees` with their blobs.
 
@@ -169,13 +184,11 @@ class _History:
             if trusted is None and len(missing) < len(frontier):
                 trusted = self._reached_by_refs(complete)
             here += [c for c in frontier if c not in missing and c not in (trusted or ())]
-            for c, data in zip(missing, pool.map(lambda c: receive(t, c, where, MAX_META_BYTES), missing)):
-                try:
-                    commits[c] = (decode(data, "commit", c), data)
-                except WrongObjectType as e:
-                    if c not in tips:  # a parent: the history there is damaged
-                        raise
-                    self.not_commits[c] = e.message  # a damaged ref there: its refs are skipped
+            for c, got in zip(missing, pool.map(lambda c: self._commit_or_not(c, tips), missing)):
+                if isinstance(got, str):
+                    self.not_commits[c] = got  # a damaged ref there: its refs are skipped
+                else:
+                    commits[c] = got
             frontier = [c for c in frontier if c not in self.not_commits]
             parents = {p for c in frontier if c not in (trusted or ())
                        for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}

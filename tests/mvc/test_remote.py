@@ -688,6 +688,23 @@ def test_a_remote_ref_naming_a_tree_is_skipped_not_a_block_on_every_clone_fetch_
     assert said[1].endswith("a push never moves a tag there: remove refs/tags/junk from it by hand)")
 
 
+def test_a_remote_ref_naming_an_object_larger_than_any_commit_is_skipped(remote, tmp_path, monkeypatch):
+    """A remote branch naming a big blob (over the size a commit may have) failed every fetch and
+    clone, as a ref naming a tree did: it is skipped with a warning, unread."""
+    from mvc.remote import fetching
+    monkeypatch.setattr(fetching, "MAX_META_BYTES", 16 << 10)  # (64 MiB in truth: a tiny stand-in)
+    repo = new_repo(tmp_path / "src", remote)
+    cid = repo.commit({"core": weights(1, n=2), "big": {"w": torch.arange(8192, dtype=torch.float32)}}, message="one")
+    rm.push(repo)
+    blob = repo.read_tree(repo.read_commit(cid)["components"]["big"])["tensors"]["w"]["id"]
+    assert len(repo.store.get(blob)) > 16 << 10
+    _write_remote_file(remote, "refs/heads/junk", (blob + "\n").encode())
+    with pytest.warns(UserWarning, match=f"skipped remote ref refs/heads/junk on origin: object {blob[:12]} is "
+                                         "larger than any commit"):
+        clone, info = rm.clone(remote.url, str(tmp_path / "clone"), endpoint=remote.endpoint)
+    assert clone.refs.list("refs/remotes/") == {"refs/remotes/origin/main": cid} and clone.fsck()["ok"]
+
+
 def test_a_branch_name_freed_on_the_remote_can_be_taken_by_a_folder_and_back(remote, tmp_path):
     """Deleting a/b there left the folder a/ (a directory remote): pushing `a` failed. A fetch made
     origin/a before it pruned origin/a/b (skipped as a clash, then "no branch a"). A push of a/b

@@ -83,13 +83,22 @@ def test_blob_larger_than_its_tree_declares_is_refused_unread(tmp_path):
 
 
 def test_oversized_commit_is_refused_unread(tmp_path):
+    """A branch tip larger than any commit is skipped unread (before: read whole into memory; then a
+    failed fetch, which made every branch wait on the damaged one); an oversized parent fails."""
     src, clone, head = _served(tmp_path)
     before = clone.refs.list("refs/")
     fake = "ab" * 32
     _sparse_object(src, fake, rm.MAX_META_BYTES + 1)
     with open(os.path.join(src.dir, "refs", "heads", "big"), "w") as f:
         f.write(fake + "\n")
-    with pytest.raises(CorruptObject, match="bytes, more than"):  # before: read whole into memory
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/big on .*larger than any commit"):
+        rm.fetch(clone, jobs=1)
+    _unchanged(clone, before)
+    child = copy.deepcopy(src.read_commit(head))
+    child.update(parents=[fake], message="on an oversized parent")
+    with open(os.path.join(src.dir, "refs", "heads", "big"), "w") as f:
+        f.write(_put_raw(src, child) + "\n")
+    with pytest.raises(CorruptObject, match="bytes, more than"):
         rm.fetch(clone, jobs=1)
     _unchanged(clone, before)
 
