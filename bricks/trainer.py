@@ -187,6 +187,12 @@ class BrickTrainer(CheckpointState):
                           "(e.g. bricks.train(brick, host=core, data=domain, general=general_text, ...)), "
                           "or general_weight=0 to train without one on purpose", UserWarning, stacklevel=2)
 
+    def check_evaluable(self) -> None:
+        """Refuse (ValueError), before any training, held-out data too short for ``metrics``."""
+        check_eval_data(self.heldout, self.eval_bytes, "eval_data")
+        if self.general_heldout is not None and self.host is not None:  # (measured on the host only)
+            check_eval_data(self.general_heldout, self.eval_bytes, "general_eval")
+
     # ---- schedule and data -----------------------------------------------------------------------
     def batch(self, step: int) -> torch.Tensor:
         """Domain windows of ``step``: (batch_size, seq_len + 1) bytes."""
@@ -298,9 +304,7 @@ def train(brick, host=None, data: bytes = b"", steps: int = 100, seed: int = 0, 
     """
     trainer = BrickTrainer(brick, host, data, steps=steps, seed=seed, general=general, progress=progress, **kwargs)
     if evaluate:
-        check_eval_data(trainer.heldout, trainer.eval_bytes, "eval_data")
-        if trainer.general_heldout is not None and trainer.host is not None:  # (measured on the host only)
-            check_eval_data(trainer.general_heldout, trainer.eval_bytes, "general_eval")
+        trainer.check_evaluable()
     trainer.run(stop_on_nonfinite=True)
     check_finite_run("brick training", trainer, lambda: trainer.metrics(evaluate=False))
     return trainer.metrics(evaluate=evaluate)

@@ -58,12 +58,21 @@ def check_finite_run(what: str, trainer, metrics_fn) -> None:
                            metrics_fn())
 
 
+class HeldOutTooShort(ValueError):
+    """Held-out data too short to measure (fewer than 2 bytes): ``name`` is the argument it came
+    from (eval_data, general_eval), ``size`` the bytes it had."""
+
+    def __init__(self, name: str, size: int):
+        self.name, self.size = name, size
+        super().__init__(f"{name}: the held-out data has {size} byte(s) to evaluate on, need at least 2 "
+                         f"(give more data or {name}, or pass evaluate=False)")
+
+
 def check_eval_data(heldout: bytes, eval_bytes: int | None, name: str) -> None:
-    """Refuse, before any training, held-out data too short to measure (fewer than 2 bytes)."""
+    """Refuse (HeldOutTooShort), before any training, held-out data too short to measure."""
     n = len(heldout[:eval_bytes] if eval_bytes else heldout)
     if n < 2:
-        raise ValueError(f"{name}: the held-out data has {n} byte(s) to evaluate on, need at least 2 "
-                         f"(give more data or {name}, or pass evaluate=False)")
+        raise HeldOutTooShort(name, n)
 
 
 def check_schedule(steps, seed, batch_size, lr, warmup, min_lr_frac, weight_decay, grad_clip,
@@ -303,6 +312,10 @@ class Trainer(CheckpointState):
     def step_loss(self, step: int) -> tuple[torch.Tensor, dict]:
         return self.core.training_loss(self.batch(step))
 
+    def check_evaluable(self) -> None:
+        """Refuse (ValueError), before any training, a held-out tail too short for ``evaluate``."""
+        check_eval_data(self.heldout, self.eval_bytes, "eval_data")
+
     def evaluate(self, data: bytes | None = None) -> float:
         """Held-out bits per byte (default: the held-out tail, capped at ``eval_bytes``), in windows
         of the training ``seq_len`` bytes."""
@@ -350,7 +363,7 @@ def train(core, data: bytes, steps: int, seed: int = 0, *, batch_size: int = 16,
     trainer = Trainer(core, data, steps=steps, seed=seed, batch_size=batch_size, seq_len=seq_len, lr=lr,
                       wall_seconds=wall_seconds, progress=progress, eval_data=eval_data, **kwargs)
     if evaluate:
-        check_eval_data(trainer.heldout, trainer.eval_bytes, "eval_data")
+        trainer.check_evaluable()
     trainer.run(stop_on_nonfinite=True)
     check_finite_run("training", trainer, lambda: trainer.metrics(evaluate=False))
     return trainer.metrics(evaluate=evaluate)

@@ -334,7 +334,7 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
             summary["error"] = e.message
             break
         except Exception as e:  # recorded in the summary, then raised (exit 3 for mvc errors, 4 for bugs)
-            if isinstance(e, MvcError) and not e.message.startswith(f"stage {stage.name}:"):
+            if isinstance(e, MvcError) and f"stage {stage.name}:" not in e.message:  # (or "FILE: stage NAME:")
                 e.message = f"stage {stage.name}: {e.message}"  # the error line names the stage
             what = str(e) if isinstance(e, MvcError) else f"unexpected {type(e).__name__}: {e}"
             summary["stages"].append({"stage": stage.name, "status": "error", "reason": what, "branch": branch,
@@ -370,10 +370,18 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
         run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
         return head, "unchanged"
     build_job = job_factory
+    from cores.train import HeldOutTooShort
 
     def job_factory(settings):  # builders refuse bad options/overrides with ValueError: the file's fault
         try:
-            return build_job(settings)
+            job = build_job(settings)
+            job.trainer.check_evaluable()  # (every checkpoint is measured: refused before it trains)
+            return job
+        except HeldOutTooShort as e:
+            which = "general-text " if e.name == "general_eval" else ""
+            raise StageError(f"{run.pipeline.path}: stage {stage.name}: its {which}held-out data has {e.size} "
+                             "byte(s) to measure, need at least 2", "give the stream more data, hold out more of "
+                             "it with streams.NAME.holdout, or raise the stage's eval_bytes") from e
         except ValueError as e:
             raise StageError(f"{run.pipeline.path}: stage {stage.name}: cannot build its model or trainer ({e})",
                              "check the stage's options, overrides and sizes") from e

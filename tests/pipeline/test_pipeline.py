@@ -549,3 +549,20 @@ def test_a_paste_stage_leaves_mvc_tomls_on_commit_checks_to_its_own_checks(tmp_p
     summary = run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
     assert summary["passed"], summary
     assert refs and not any("/paste/" in r for r in refs)  # (the checkpoints' commits still ran them)
+
+
+@pytest.mark.parametrize("edit, stage, branch", [
+    (lambda t: t.replace("holdout = 0.1", "holdout = 0.00001", 1), "core", "demo/core"),
+    (lambda t: (t + PASTE_STAGES).replace("eval_bytes = 256", "eval_bytes = 1", 1), "brick", "demo/brick"),
+])
+def test_held_out_data_too_short_to_measure_is_refused_before_the_stage_trains(tmp_path, edit, stage, branch):
+    """A held-out tail of one byte (a tiny holdout fraction; eval_bytes = 1) was found out only when
+    the stage's first checkpoint was measured, after it had trained (bricks.train and cores.train
+    refuse it up front; the pipeline builds its trainers itself)."""
+    root, repo = make_project(tmp_path)
+    (root / "short.toml").write_text(edit((root / "p.toml").read_text()))
+    with pytest.raises(MvcError, match=rf"short.toml: stage {stage}: its held-out data has 1 byte\(s\) to measure, "
+                                       r"need at least 2 \(") as e:
+        run_pipeline(repo, load(str(root / "short.toml")), emit=lambda e: None)
+    assert not e.value.message.startswith(f"stage {stage}: ") and "eval_bytes" in e.value.hint  # (named once)
+    assert branch not in repo.branches()
