@@ -705,19 +705,27 @@ class Repo(Maintenance):
         tree = self.tree(rev, component, shared=True)
         meta = json_copy(tree.get("meta", {}))
         groups, keys = meta.get("param_groups"), meta.get("state_keys")  # (keys: a state keyed by names)
+        tuples, plain = meta.get("tuple_settings", []), meta.get("plain_state", [])  # (what JSON and tensors change)
         if not isinstance(groups, list):
             raise BadInput(f"component {component!r} records no param groups: it was committed as flat tensors",
                            "load its tensors with repo.load() and take the settings from your training code")
-        if keys is not None and not isinstance(keys, list):
-            raise CorruptObject(f"component {component!r} records state_keys that are not a list")
+        for what, v in (("state_keys", keys), ("tuple_settings", tuples), ("plain_state", plain)):
+            if v is not None and not isinstance(v, list):
+                raise CorruptObject(f"component {component!r} records {what} that are not a list")
+        plain = set(plain)
         state: dict[int | str, dict] = {}
         for name, t in self.load_tree(tree, component=component).items():
             _, i, key = name.split(".", 2) if name.count(".") >= 2 else ("", name, "")
             if not (name.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
                 raise BadInput(f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)")
-            state.setdefault(int(i) if keys is None else keys[int(i)], {})[key] = t
+            state.setdefault(int(i) if keys is None else keys[int(i)], {})[key] = t.item() if name in plain else t
         from .tensors import setting_value
-        return {"state": state, "param_groups": [setting_value(g) for g in groups]}
+        groups = [setting_value(g) for g in groups]
+        for g, names in zip(groups, tuples):
+            for k in names if isinstance(g, dict) and isinstance(names, list) else ():
+                if isinstance(g.get(k), list):
+                    g[k] = tuple(g[k])
+        return {"state": state, "param_groups": groups}
 
     def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
         """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with

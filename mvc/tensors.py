@@ -215,10 +215,12 @@ NESTED_HINT = ("mvc stores flat name -> tensor mappings: commit each state dict 
 def optimizer_state(value) -> tuple[dict, dict] | None:
     """(tensors, tree metadata) of a torch optimizer's `state_dict()` ({"state": {i: {key: value}},
     "param_groups": [...]}), stored as DESIGN.md section 10 says: state tensors named
-    `state.<i>.<key>` (plain numbers as 0-dim tensors, floats float64), param groups in the tree's metadata; None
-    for anything else. A state keyed by parameter names (torch.distributed.checkpoint's
-    get_optimizer_state_dict) is stored by position, its keys listed in the metadata as
-    `state_keys`, which load_optimizer maps back."""
+    `state.<i>.<key>`, param groups in the tree's metadata; None for anything else. Plain numbers
+    in the state are stored as 0-dim tensors (floats float64), their names listed as
+    `plain_state`; settings that are tuples (betas) as lists, their keys listed per group as
+    `tuple_settings`: load_optimizer gives both back as they were. A state keyed by parameter
+    names (torch.distributed.checkpoint's get_optimizer_state_dict) is stored by position, its
+    keys listed in the metadata as `state_keys`, which load_optimizer maps back."""
     import torch
     if not (isinstance(value, dict) and set(value) == {"state", "param_groups"}
             and isinstance(value["state"], dict) and isinstance(value["param_groups"], list)):
@@ -228,18 +230,28 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     for k in keys if named else ():
         if type(k) is not str:
             raise BadInput(f"optimizer state key {k!r} is a {type(k).__name__}, neither a parameter index nor a name")
-    flat = {}
+    flat, plain = {}, []
     for pos, (i, per) in enumerate(value["state"].items()):
         if not isinstance(per, dict):
             raise BadInput(f"optimizer state {i!r} is a {type(per).__name__}, not a dict of its values")
         for key, v in per.items():
+            name = f"state.{pos if named else i}.{key}"
+            if isinstance(v, torch.Tensor):
+                flat[name] = v
+                continue
             try:
-                flat[f"state.{pos if named else i}.{key}"] = v if isinstance(v, torch.Tensor) else \
-                    torch.tensor(v, dtype=torch.float64 if isinstance(v, float) else None)  # (float32 rounds 0.1)
+                flat[name] = torch.tensor(v, dtype=torch.float64 if isinstance(v, float) else None)  # (float32 rounds 0.1)
             except (TypeError, ValueError, RuntimeError):
                 raise BadInput(f"optimizer state {i}.{key} is a {type(v).__name__} ({str(v)[:40]}), "
                                "neither a tensor nor a number") from None
+            plain.append(name)
     meta = {"param_groups": [_jsonable(g) for g in value["param_groups"]]}
+    tuples = [sorted(str(k) for k, v in g.items() if isinstance(v, tuple)) if isinstance(g, dict) else []
+              for g in value["param_groups"]]
+    if any(tuples):
+        meta["tuple_settings"] = tuples
+    if plain:
+        meta["plain_state"] = sorted(plain)
     if named:
         meta["state_keys"] = keys
     return flat, meta
@@ -266,7 +278,7 @@ def _jsonable(value):
 
 def setting_value(value):
     """A recorded param-group setting as the optimizer had it (the inverse of _jsonable, but for
-    tuples, which optimizers take as lists)."""
+    tuples: `tuple_settings` names those, see optimizer_state)."""
     import torch
     if isinstance(value, dict):
         if (set(value) == {TENSOR_SETTING, "dtype"} and isinstance(value[TENSOR_SETTING], (int, float))

@@ -251,14 +251,38 @@ def test_an_optimizer_state_keyed_by_parameter_names_round_trips(repo):
         repo.commit({"optimizer": {"state": {(0, 1): {"step": 1.0}}, "param_groups": []}}, message="x")
 
 
-def test_plain_float_optimizer_state_comes_back_exactly(repo):
-    """Plain numbers became 0-dim float32 tensors: 0.1 came back 0.10000000149011612."""
-    w = torch.ones(2)
-    state = {"state": {0: {"exp_avg": w, "scale": 0.1, "third": 1 / 3, "count": 2 ** 62 + 1, "on": True}},
-             "param_groups": [{"params": [0], "lr": 0.1}]}
-    back = repo.load_optimizer(repo.commit({"optimizer": state}, message="x"))["state"][0]
-    assert back["scale"].item() == 0.1 and back["third"].item() == 1 / 3 and back["scale"].dtype == torch.float64
-    assert back["count"].item() == 2 ** 62 + 1 and back["on"].item() is True
+def test_plain_numbers_in_optimizer_state_come_back_as_they_were(repo):
+    """Plain numbers became 0-dim float32 tensors: 0.1 came back 0.10000000149011612. Then 0-dim
+    tensors: optimizer.load_state_dict casts those to the parameter's dtype (3 -> tensor(3.),
+    0.1 -> float32), where it keeps a plain number as it is."""
+    model = torch.nn.Linear(2, 1)
+    state = {"state": {0: {"exp_avg": torch.ones(1, 2), "scale": 0.1, "third": 1 / 3, "count": 2 ** 62 + 1,
+                           "on": True}}, "param_groups": [{"params": [0, 1], "lr": 0.1}]}
+    back = repo.load_optimizer(repo.commit({"optimizer": state}, message="x"))
+    got = back["state"][0]
+    assert {k: (type(v), v) for k, v in got.items() if k != "exp_avg"} == {
+        "scale": (float, 0.1), "third": (float, 1 / 3), "count": (int, 2 ** 62 + 1), "on": (bool, True)}
+    assert isinstance(got["exp_avg"], torch.Tensor) and torch.equal(got["exp_avg"], torch.ones(1, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    opt.load_state_dict(back)
+    assert opt.state[model.weight]["scale"] == 0.1 and opt.state[model.weight]["count"] == 2 ** 62 + 1
+
+
+def test_tuple_settings_of_an_optimizer_come_back_as_tuples(repo):
+    """Adam's betas, Rprop's etas and step_sizes came back as lists (JSON has no tuples): the resumed
+    optimizer's state_dict() differed from the one committed."""
+    model = torch.nn.Linear(3, 2)
+    groups = lambda: [{"params": [model.weight]}, {"params": [model.bias]}]  # noqa: E731
+    for opt in (torch.optim.Adam([{"params": [model.weight]}, {"params": [model.bias], "betas": (0.5, 0.6)}],
+                                 betas=(0.8, 0.95)),
+                torch.optim.Rprop(groups(), etas=(0.4, 1.3), step_sizes=(1e-6, 40))):
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+        again = type(opt)(groups(), lr=1.0)
+        again.load_state_dict(repo.load_optimizer(repo.commit({"optimizer": opt.state_dict()}, message="x")))
+        assert [{k: v for k, v in g.items() if k != "params"} for g in again.state_dict()["param_groups"]] == \
+            [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+        assert all(type(v) is tuple for g in again.param_groups for v in (g.get("betas"), g.get("etas")) if v)
 
 
 def test_a_tensor_learning_rate_comes_back_as_a_tensor(repo):
