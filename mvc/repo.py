@@ -68,6 +68,9 @@ class Repo(Maintenance):
             raise ConfigError(f"{self.dir}/config is unreadable: {str(e).splitlines()[0]}",
                               "fix the file by hand; core.format = 1 is required") from None
         if fmt is None:
+            if os.path.isfile(os.path.join(self.dir, "config")):
+                raise ConfigError(f"{self.dir}/config sets no core.format",
+                                  "fix the file by hand: its [core] section needs format = 1")
             raise NotARepository(f"{self.dir} has no readable config", "is it an mvc repository?")
         if fmt > REPO_FORMAT:
             raise FormatTooNew(f"repository format {fmt} is newer than format {REPO_FORMAT}, the newest this mvc reads",

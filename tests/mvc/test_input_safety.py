@@ -365,6 +365,21 @@ def test_config_values_are_stored_verbatim_and_bad_hand_edits_are_clear(repo):
     assert mvc.Repo(repo.root).loose.fsync is False
 
 
+def test_a_config_without_core_format_is_named(repo):
+    """A hand edit that dropped `format = 1` read as "has no readable config (is it an mvc
+    repository?)": the file is there and readable; what it lacks is named."""
+    from mvc.errors import ConfigError, NotARepository
+    path = os.path.join(repo.dir, "config")
+    with open(path, "w") as f:
+        f.write("[core]\nfsync = true\n")
+    with pytest.raises(ConfigError, match="config sets no core.format") as e:
+        mvc.Repo(repo.root)
+    assert "format = 1" in e.value.hint
+    os.remove(path)
+    with pytest.raises(NotARepository, match="has no readable config"):
+        mvc.Repo(repo.root)
+
+
 def test_short_grace_gc_waits_for_writers_and_default_gc_does_not(repo):
     import threading
     repo.commit({"core": sd()}, message="one")
