@@ -1002,7 +1002,8 @@ class Repo(Maintenance):
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
-        if not out_file or os.path.isdir(out_file) or out_file.endswith(("/", os.sep)):
+        if (not out_file or os.path.isdir(out_file) or out_file.endswith(("/", os.sep))
+                or os.path.basename(out_file) in (".", "..")):  # (nd/. with nd missing: a folder all the same)
             raise BadInput(f"cannot write {out_file!r}: not a file name", "name the file to write, e.g. -o core.safetensors")
         (relpath, entry), = tree["files"].items()
         if entry["format"] == "safetensors" and out_file.lower().endswith(TORCH_FILE_SUFFIXES):

@@ -459,6 +459,9 @@ def test_output_targets_that_are_links_or_odd_paths_are_refused(run, tmp_path):
     assert "symbolic link" in r.stderr and os.path.islink(link)  # before: the link was replaced
     r = run("export", "HEAD", "model", "-o", str(tmp_path / "newdir") + "/", code=3)
     assert "not a file name" in r.stderr  # before: FileNotFoundError, exit 4
+    for name in (".", ".."):  # before: "No such file or directory (was its directory removed?)"
+        r = run("export", "HEAD", "model", "-o", os.path.join(str(tmp_path / "newdir"), name), code=3)
+        assert "not a file name" in r.stderr and not (tmp_path / "newdir").exists()
     r = run("export", "HEAD", "model", "-o", "-")
     assert r.stdout_bytes == ck.read_bytes()
 
