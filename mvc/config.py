@@ -74,6 +74,48 @@ def new_parser() -> configparser.ConfigParser:
     return configparser.ConfigParser(interpolation=None)
 
 
+def state(parser: configparser.ConfigParser) -> dict:
+    """{section: {option: value}} of a parsed config, to compare two of them."""
+    return {sec: dict(parser.items(sec, raw=True)) for sec in parser.sections()}
+
+
+def edited_text(text: str, section: str, option: str, value: str | None) -> str:
+    """`text` (the config file) with `option` of `section` set to `value` (None: removed), every
+    other line as it was: comments, order and layout a hand edit gave it stay (configparser's
+    write drops them). A section whose last option is removed goes, with its comments. The caller
+    checks the result parses as intended (a layout this line editor misreads is rewritten whole)."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    header = configparser.ConfigParser.SECTCRE
+    starts = [i for i, line in enumerate(lines) if not line[:1].isspace() and header.match(line.strip())]
+    begin = next((i for i in starts if header.match(lines[i].strip()).group("header") == section), None)
+    new_line = [] if value is None else [f"{option} = {value}\n"]
+    if begin is None:  # (a readable file holds a section once: configparser refuses repeats)
+        gap = "\n" if lines and lines[-1].strip() and new_line else ""
+        return "".join(lines) + (f"{gap}[{section}]\n{new_line[0]}" if new_line else "")
+    end = next((i for i in starts if i > begin), len(lines))
+    for i in range(begin + 1, end):
+        m = configparser.ConfigParser.OPTCRE.match(lines[i])
+        if _is_option(lines[i]) and m and m.group("option").strip().lower() == option.lower():
+            j = i + 1
+            while j < end and lines[j][:1].isspace() and lines[j].strip():
+                j += 1  # (its continuation lines)
+            lines[i:j] = new_line
+            end -= j - i - len(new_line)
+            if not any(_is_option(x) for x in lines[begin + 1:end]):
+                del lines[begin:end]  # an empty section is dropped, as configparser would
+            return "".join(lines)
+    if new_line:
+        last = max(i for i in range(begin, end) if lines[i].strip())
+        lines[last + 1:last + 1] = new_line
+    return "".join(lines)
+
+
+def _is_option(line: str) -> bool:
+    return bool(line.strip()) and not line.lstrip().startswith(("#", ";")) and not line[:1].isspace()
+
+
 def split_key(key: str) -> tuple[str, str]:
     """`section.name` or `section.sub.name` -> (INI section, option); refuses what INI cannot hold."""
     section, _, name = key.rpartition(".")

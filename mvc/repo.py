@@ -199,26 +199,50 @@ class Repo(Maintenance):
         return default if raw is None else cfg.parse(key, raw)
 
     def set_config(self, key: str, value: str | None) -> None:
+        """Set `key` to `value` (None: unset it) in .mvc/config. The file is edited in place, as it
+        is now (a hand edit made since this Repo read it stays, and so do comments and layout)."""
         section, name = cfg.split_key(key)
+        value = None if value is None else str(value)
+        path = os.path.join(self.dir, "config")
+        config, text = self.config, None
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            config = cfg.new_parser()
+            config.read_string(text)
+        except (OSError, UnicodeDecodeError, configparser.Error):  # unreadable now: from what was read
+            config, text = self.config, None
         if value is not None:
-            cfg.check_setting(key, str(value))
+            cfg.check_setting(key, value)
         elif cfg.canonical(key) in cfg.READ_ONLY:
             raise ConfigError(f"config {cfg.canonical(key)} cannot be unset", cfg.READ_ONLY[cfg.canonical(key)])
-        elif not self.config.has_option(section, name):
+        elif not config.has_option(section, name):
             cfg.check_key(key)  # a typo is an error, not a key already unset
         if value is None:
-            if self.config.has_option(section, name):
-                self.config.remove_option(section, name)
-                if not self.config.options(section):
-                    self.config.remove_section(section)
+            if config.has_option(section, name):
+                config.remove_option(section, name)
+                if not config.options(section):
+                    config.remove_section(section)
         else:
-            if not self.config.has_section(section):
-                self.config.add_section(section)
-            self.config.set(section, name, str(value))
-        import io
-        buf = io.StringIO()
-        self.config.write(buf)
-        atomic_write(os.path.join(self.dir, "config"), buf.getvalue().encode())
+            if not config.has_section(section):
+                config.add_section(section)
+            config.set(section, name, value)
+        if text is not None:
+            text = cfg.edited_text(text, section, name, value)
+            check = cfg.new_parser()
+            try:
+                check.read_string(text)
+            except configparser.Error:
+                text = None
+            if text is not None and cfg.state(check) != cfg.state(config):  # a layout the editor misread
+                text = None
+        if text is None:  # the whole file, from what was read (comments are lost)
+            import io
+            buf = io.StringIO()
+            config.write(buf)
+            text = buf.getvalue()
+        atomic_write(path, text.encode())
+        self.config = config
 
     # -- objects -----------------------------------------------------------------------------
     def _read_obj(self, oid: str, kind: str) -> dict:

@@ -365,6 +365,52 @@ def test_config_values_are_stored_verbatim_and_bad_hand_edits_are_clear(repo):
     assert mvc.Repo(repo.root).loose.fsync is False
 
 
+def test_setting_a_config_value_keeps_the_files_comments_and_layout(repo):
+    """configparser rewrote the whole file: a hand-written comment or a blank line was lost on the
+    next `mvc config KEY VALUE` (git keeps them)."""
+    path = os.path.join(repo.dir, "config")
+    with open(path, "w") as f:
+        f.write("[core]\nformat = 1\n; fsync costs a little, keeps commits whole\nfsync = true\n\n# the team's remote\n"
+                "[remote \"origin\"]\nurl = /srv/models\n\n[notes]\nowner = ana\n")
+    repo.set_config("core.fsync", "false")
+    repo.set_config("pack.autoEvery", "7")
+    repo.set_config("notes.owner", None)  # (its section goes, as before)
+    repo.set_config("remote.origin.endpoint", "http://127.0.0.1:9000")
+    with open(path) as f:
+        text = f.read()
+    assert text == ("[core]\nformat = 1\n; fsync costs a little, keeps commits whole\nfsync = false\n\n"
+                    "# the team's remote\n[remote \"origin\"]\nurl = /srv/models\nendpoint = http://127.0.0.1:9000\n\n"
+                    "[pack]\nautoEvery = 7\n")
+    again = mvc.Repo(repo.root)
+    assert (again.loose.fsync, again.get_config("pack.autoEvery"), again.get_config("notes.owner")) == (False, "7", None)
+    with open(path, "a") as f:
+        f.write("[late]\nadded = by hand after the repository was opened\n")
+    again.set_config("core.fsync", "true")  # (it wrote what it had read when opened: the hand edit was lost)
+    assert mvc.Repo(repo.root).get_config("late.added") == "by hand after the repository was opened"
+    assert mvc.Repo(repo.root).loose.fsync and again.get_config("late.added")
+
+
+@pytest.mark.parametrize("before, key, value, after", [
+    ("[core]\nformat = 1\n[user]\nnote = a\n  second line\n  third\nx = 1", "user.note", "b",
+     "[core]\nformat = 1\n[user]\nnote = b\nx = 1\n"),  # continuation lines go with it; a last line without \n
+    ("[core]\nformat = 1\n[user]\nName: ana\n", "user.name", "bo", "[core]\nformat = 1\n[user]\nname = bo\n"),
+    ("[core]\nformat = 1\n\n[user]\n; who\nname = ana\n# end\n", "user.name", None, "[core]\nformat = 1\n\n"),
+    ("[core]\nformat = 1\n# trailing\n", "core.fsync", "false", "[core]\nformat = 1\n# trailing\nfsync = false\n"),
+])
+def test_the_config_line_editor(repo, before, key, value, after):
+    with open(os.path.join(repo.dir, "config"), "w") as f:
+        f.write(before)
+    repo.set_config(key, value)
+    assert open(os.path.join(repo.dir, "config")).read() == after
+
+
+def test_a_config_edit_that_would_not_read_back_as_meant_rewrites_the_file(repo, monkeypatch):
+    import mvc.config
+    monkeypatch.setattr(mvc.config, "edited_text", lambda text, *a: text + "[core]\n")  # (a duplicate section)
+    repo.set_config("pack.autoEvery", "3")
+    assert mvc.Repo(repo.root).get_config("pack.autoEvery") == "3"
+
+
 def test_a_config_without_core_format_is_named(repo):
     """A hand edit that dropped `format = 1` read as "has no readable config (is it an mvc
     repository?)": the file is there and readable; what it lacks is named."""
