@@ -76,6 +76,8 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     brick_tree = repo.read_tree(brick_tree_id)
     if brick_tree.get("kind") != "brick":
         raise BadInput(f"{src_comp} of {source[:12]} is a {brick_tree.get('kind')} component, not a brick")
+    if branch is None and host_rev == "HEAD":  # the current branch
+        host_rev = repo.refs.head_branch_ref("name the host branch", "e.g. --into main")[len("refs/heads/"):]
     if branch is None:
         if host_rev not in repo.branches():
             raise UnknownRevision(f"{host_rev!r} is not a branch", "paste into a branch head, or pass --branch NAME")

@@ -27,7 +27,7 @@ def paste():
 @paste.command("brick")
 @click.argument("name")
 @click.option("--from", "source", required=True, help="Revision that holds brick/NAME.")
-@click.option("--into", "host", required=True, help="Host branch (or revision with --branch).")
+@click.option("--into", "host", required=True, help="Host branch (HEAD: the current branch), or a revision with --branch.")
 @click.option("--branch", help="Commit onto this branch (new, or at the host revision).")
 @click.option("--as", "as_name", help="Install as brick/NEWNAME.")
 @message_opt()

@@ -1,6 +1,7 @@
 """Paste at the storage level: ABI contract from recorded specs, fit checks, tree reuse."""
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -75,6 +76,19 @@ def test_paste_refusals(repo):
     # a gate that fails leaves the branch where it was
     r = repo.paste_brick("python", "src", "host", gate=lambda cid: (False, {"why": "ci"}))
     assert not r["moved"] and repo.branches()["host"] != r["commit"]
+
+
+def test_paste_into_head_is_into_the_current_branch(repo):
+    """--into HEAD was refused ("'HEAD' is not a branch"), as revisions elsewhere take HEAD."""
+    repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                message="trained", branch="brick-run")
+    host = repo.commit({"core": Part(4, "core", Spec(), 2)}, message="host")
+    r = repo.paste_brick("python", "brick-run", "HEAD")
+    assert r["branch"] == repo.head_branch == "main" and repo.read_commit(repo.head())["parents"] == [host]
+    with open(os.path.join(repo.dir, "HEAD"), "w") as f:
+        f.write(host + "\n")  # detached: no branch to move
+    with pytest.raises(MvcError, match="HEAD is detached: name the host branch"):
+        repo.paste_brick("python", "brick-run", "HEAD", as_name="py2")
 
 
 def test_paste_refuses_nesting_and_empty_names_before_writing(repo):
