@@ -109,6 +109,9 @@ class Repo(Maintenance):
         if os.path.isdir(d):  # re-initialising adds what the first init could not (git's exclude)
             repo = cls(root)
             repo._exclude_from_git()
+            if default_branch != DEFAULT_BRANCH and repo.head_branch != default_branch:
+                warnings.warn(f"{root} is a repository already: default_branch={default_branch!r} ignored "
+                              "(mvc branch and mvc switch make and change branches)", stacklevel=2)
             return repo
         for p, what in ((root, "the path"), (d, MVC_DIR)):
             if os.path.lexists(p) and not os.path.isdir(p):

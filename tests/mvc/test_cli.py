@@ -887,6 +887,18 @@ def test_init_refuses_a_default_branch_its_first_commit_could_not_make(tmp_path,
     assert not (tmp_path / "r" / ".mvc").exists()
 
 
+def test_init_of_an_existing_repository_says_that_a_default_branch_given_is_ignored(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "r", default_branch="trunk")
+    with pytest.warns(UserWarning, match="is a repository already: default_branch='dev' ignored"):
+        again = mvc.Repo.init(tmp_path / "r", default_branch="dev")
+    assert again.head_branch == repo.head_branch == "trunk"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mvc.Repo.init(tmp_path / "r", default_branch="trunk")  # (what it is: nothing ignored)
+        mvc.Repo.init(tmp_path / "r")
+
+
 def test_long_tables_print_as_aligned_plain_lines(run, tmp_path, monkeypatch):
     """rich drew ~0.5 ms a row: a diff of 10k changed tensors spent 5 s of its 8 s on the table."""
     import mvc.cli.output
