@@ -83,7 +83,7 @@ def test_two_stage_pipeline_commits_every_interval_and_certifies(tmp_path):
     assert set(repo.read_commit(cps[0]["id"])["components"]) == {"core", "optimizer", "train_state"}
     assert int(repo.load(cps[0]["id"], "train_state")["step"]) == 8
     opt = repo.load_optimizer(cps[0]["id"])  # its param groups are recorded with its tensors
-    assert opt["param_groups"] and all("lr" in g and isinstance(g["betas"], list) for g in opt["param_groups"])
+    assert opt["param_groups"] and all("lr" in g and isinstance(g["betas"], tuple) for g in opt["param_groups"])
     assert set(repo.load(cps[0]["id"], "optimizer")) == {f"state.{i}.{k}" for i, per in opt["state"].items() for k in per}
     assert "heldout_bpb" in cps[0]["metrics"]
     # the evaluate stage certified the core's result and the certificate verifies
