@@ -157,12 +157,6 @@ def git_work_tree(path: str) -> tuple[str, str] | None:
         p = parent
 
 
-def git_dir_of(path: str) -> str | None:
-    """The git dir of the work tree containing `path` (see git_work_tree), or None."""
-    found = git_work_tree(path)
-    return found[1] if found else None
-
-
 # -- reading HEAD without git --------------------------------------------------------------------
 def _read_small(path: str) -> str | None:
     try:
@@ -196,11 +190,17 @@ def _resolve_ref(git_dir: str, ref: str, depth: int = 0) -> str | None:
     return None
 
 
-def _head(git_dir: str) -> tuple[str | None, str | None, bool]:
-    """(sha, branch, detached) of a git dir's HEAD, read from its files."""
+REFTABLE_HEAD = "ref: refs/heads/.invalid"  # what a reftable repository's HEAD file holds (refs are elsewhere)
+
+
+def _head(git_dir: str, top: str | None = None) -> tuple[str | None, str | None, bool]:
+    """(sha, branch, detached) of a git dir's HEAD, read from its files; a reftable repository's
+    (git >= 2.45 --ref-format=reftable), whose files hold a placeholder, from git itself."""
     head = _read_small(os.path.join(git_dir, "HEAD"))
     if head is None:
         return None, None, False
+    if head == REFTABLE_HEAD:
+        return _head_from_git(top or os.path.dirname(git_dir), git_dir)
     if head.startswith("ref: "):
         ref = head[5:].strip()
         branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
@@ -208,12 +208,28 @@ def _head(git_dir: str) -> tuple[str | None, str | None, bool]:
     return (head if _SHA.fullmatch(head) else None), None, True
 
 
+def _head_from_git(top: str, git_dir: str) -> tuple[str | None, str | None, bool]:
+    """(sha, branch, detached) of HEAD as git says; (None, None, False) when git cannot tell."""
+    try:
+        g = import_git().Git(top)
+        env = git_env(top, git_dir)
+        ref = g.symbolic_ref("-q", "HEAD", env=env, with_extended_output=True)
+        sha = g.rev_parse("-q", "--verify", "HEAD", env=env, with_extended_output=True)
+    except Exception:  # git missing, too old for reftable, refusing the repository
+        return None, None, False
+    ref_out = ref[1].strip() if ref[0] == 0 else ""
+    sha_out = sha[1].strip() if sha[0] == 0 and _SHA.fullmatch(sha[1].strip()) else None
+    if ref_out.startswith("refs/heads/"):
+        return sha_out, ref_out[len("refs/heads/"):], False
+    return sha_out, None, sha_out is not None
+
+
 def git_current_branch(root: str) -> tuple[str | None, bool]:
     """(git's current branch name, detached?) for the work tree holding `root`; (None, False) outside git."""
-    gd = git_dir_of(root)
-    if not gd:
+    found = git_work_tree(root)
+    if not found:
         return None, False
-    _sha, branch, detached = _head(gd)
+    _sha, branch, detached = _head(found[1], found[0])
     return branch, detached  # callers check the branch is a valid mvc name
 
 
@@ -302,8 +318,8 @@ def git_failure(e: BaseException) -> str:
         return "git not found" + (" on PATH" if exe == "git" else f": {exe}")
     if git is not None and isinstance(e, git.GitCommandError):
         stderr = str(e.stderr or "")  # GitPython's "\n  stderr: '...'"
-        m = re.search(r"(?:fatal|error): ([^\n]+)", stderr[:-1] if stderr.endswith("'") else stderr)
-        return m.group(1).strip() if m else f"git exited with status {e.status}"
+        m = re.search(r"(?:fatal|error): ([^\n]+(?:\n[ \t]+[^\n]+)*)", stderr[:-1] if stderr.endswith("'") else stderr)
+        return " ".join(m.group(1).split()) if m else f"git exited with status {e.status}"  # (with its indented lines)
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
@@ -315,7 +331,7 @@ def git_provenance(root: str) -> dict:
     if not found:
         return {}
     top, git_dir = found
-    sha, branch, _detached = _head(git_dir)
+    sha, branch, _detached = _head(git_dir, top)
     record = {"sha": sha, "branch": branch, "dirty": None}
     try:  # changes to tracked files, staged or not (untracked files are not scanned)
         status = import_git().Git(top).status("--porcelain", "--untracked-files=no",  # (without refreshing

@@ -216,6 +216,36 @@ def test_sha_and_branch_are_read_from_packed_refs_and_worktrees(tmp_path):
     assert provenance.git_provenance(str(tmp_path / "wt"))["git"] == {"sha": sha, "branch": "feat", "dirty": False}
 
 
+def test_a_reftable_repository_s_head_is_asked_of_git_not_read_as_its_placeholder(tmp_path, monkeypatch):
+    """A reftable repository (git >= 2.45 --ref-format=reftable) keeps `ref: refs/heads/.invalid`
+    in .git/HEAD: provenance recorded branch '.invalid' and commit warned that it cannot be an mvc
+    branch. The placeholder is recognised and git is asked; a git too old to read the repository
+    (this machine's) gives no sha or branch, not the placeholder's."""
+    work = new_git(tmp_path / "g")
+    git(work, "config", "core.repositoryformatversion", "1")
+    git(work, "config", "extensions.refStorage", "reftable")
+    (work / ".git" / "HEAD").write_text("ref: refs/heads/.invalid\n")
+    got = provenance.git_provenance(str(work))["git"]
+    assert (got["sha"], got["branch"]) == (None, None)
+    assert got["error"] == "unknown repository extension found: refstorage"  # (git's next line was cut off)
+    assert provenance.git_current_branch(str(work)) == (None, False)
+    sha = "ab" * 20
+
+    class Git:  # git that reads reftable
+        def __init__(self, top):
+            pass
+
+        def symbolic_ref(self, *args, **kw):
+            return 0, "refs/heads/feature", ""
+
+        def rev_parse(self, *args, **kw):
+            return 0, sha + "\n", ""
+
+    monkeypatch.setattr(provenance, "import_git", lambda: type("git", (), {"Git": Git}))
+    assert provenance.git_current_branch(str(work)) == ("feature", False)
+    assert provenance._head(str(work / ".git"), str(work)) == (sha, "feature", False)
+
+
 # -- git that cannot run ---------------------------------------------------------------------------
 def test_without_git_provenance_keeps_sha_branch_and_says_why_dirty_is_unknown(tmp_path, monkeypatch):
     work = new_git(tmp_path / "g")
