@@ -49,7 +49,8 @@ def _config_at(repo, git_rev: str):
     a branch under test cannot swap the held-out text its gate is measured on. Data that revision
     does not track is read from the work tree, unless git tracks it there (the branch under test
     brought it: an error)."""
-    top = _git("rev-parse", "--show-toplevel").strip()
+    here = _git("rev-parse", "--show-toplevel").strip()  # the work tree merging (a linked one, maybe)
+    top = (_git("rev-parse", "--show-toplevel", cwd=repo.root) or here).strip()  # the mvc repository's
     rel = _in_git(repo, cfgmod.CONFIG_FILE, top)
     text = _git("show", f"{git_rev}:{rel}")
     if text is None:
@@ -68,7 +69,7 @@ def _config_at(repo, git_rev: str):
             data = _git_bytes("cat-file", "blob", f"{git_rev}:{path}")
             if data is not None:
                 files[spec] = (data, f"{spec} at {git_rev}")
-            elif _git("ls-files", "--error-unmatch", "--", path, cwd=top) is not None:
+            elif _git("ls-files", "--error-unmatch", "--", path, cwd=here) is not None:
                 raise ConfigError(f"{cfg.source}: ci.checks[{check.name}].{key}: {spec} is not tracked at "
                                   f"{git_rev}, but the work tree's git index has it (from the branch under test)",
                                   f"the gate's data must come from {git_rev}: commit {spec} there, or keep it "
@@ -99,9 +100,9 @@ def merged_branches() -> list[str]:
     # (one heading no local branch, such as what `git pull` fetched, is not gated, as before)
     if merged:
         out = []
-        for sha, name in merged.items():
-            if _git("rev-parse", "--verify", "-q", f"refs/heads/{name}") or \
-                    _git("rev-parse", "--verify", "-q", f"refs/remotes/{name}"):
+        for sha, name in merged.items():  # (a name exactly: `feat^0` is a revision of feat, no branch)
+            if _git("show-ref", "--verify", "-q", f"refs/heads/{name}") is not None or \
+                    _git("show-ref", "--verify", "-q", f"refs/remotes/{name}") is not None:
                 out.append(name)
             else:  # named by id (or a tag, or `git pull`'s fetched commit): the branches it heads
                 out += _heads_at(sha)
@@ -136,26 +137,46 @@ def pre_merge_commit(repo) -> int:
     return 0 if ok else 1
 
 
+def pushed_branches(local_ref: str, local_sha: str) -> list[str]:
+    """The branches whose model a push line sends: its branch (`git push origin feat:main`), the
+    current branch for HEAD (`git push origin HEAD:main`), else (an id, a tag) the branches whose
+    head the pushed commit is, as for a merge by id."""
+    if local_ref.startswith("refs/heads/"):
+        return [local_ref[len("refs/heads/"):]]
+    if local_ref == "HEAD":
+        current = (_git("symbolic-ref", "--short", "-q", "HEAD") or "").strip()
+        if current:
+            return [current]
+    return _heads_at(local_sha)
+
+
 def pre_push(repo, stdin_text: str) -> int:
     con = _console()
     ok = True
     for line in stdin_text.splitlines():
         parts = line.split()
-        if len(parts) != 4 or not parts[0].startswith("refs/heads/"):
-            continue
+        if len(parts) != 4 or not parts[2].startswith("refs/heads/"):
+            continue  # (a tag, a note: no branch there moves)
         local_ref, local_sha, remote_ref, _remote_sha = parts
         if set(local_sha) == {"0"}:
             continue  # a deletion
-        branch = local_ref[len("refs/heads/"):]
-        target = remote_ref[len("refs/heads/"):] if remote_ref.startswith("refs/heads/") else None
-        cfg = (_config_at(repo, target) if target and _git("rev-parse", "--verify", "-q", target) else None) \
+        target = remote_ref[len("refs/heads/"):]
+        cfg = (_config_at(repo, target) if _git("rev-parse", "--verify", "-q", target) else None) \
             or _config_at(repo, local_sha)
         if cfg is None or not cfg.checks:
             continue
-        ok = _check(repo, branch, target, cfg, con) and ok
+        branches = pushed_branches(local_ref, local_sha)
+        if not branches:
+            con.print(f"mvc: the commit pushed to {_said(target)} is no branch head; nothing to check")
+        for branch in branches:
+            ok = _check(repo, branch, target, cfg, con) and ok
     if not ok:
         con.print("mvc: push blocked by semantic CI")
     return 0 if ok else 1
+
+
+def _what(argv) -> str:
+    return "push" if argv and argv[0] == "pre-push" else "merge"
 
 
 def main(argv=None) -> int:
@@ -164,15 +185,27 @@ def main(argv=None) -> int:
         print("usage: python -m semantic_ci.git_hook pre-merge-commit|pre-commit|pre-push", file=sys.stderr)
         return 2
     import mvc
-    where = os.getcwd()
+    from mvc.errors import NotARepository
+    from mvc.repo import MVC_DIR
+    where, installed_at = os.getcwd(), None
     if len(argv) >= 3 and argv[1] == "--mvc-root":  # the repository `hooks install` was run for,
         top = (_git("rev-parse", "--show-toplevel") or where).strip()  # relative to the work tree
         where = os.path.join(top, argv[2])
         argv = [argv[0]] + argv[3:]
+    if len(argv) >= 3 and argv[1] == "--mvc-path":  # and where it was then: a linked work tree
+        installed_at = argv[2]                       # (git worktree add) has no .mvc of its own
+        argv = [argv[0]] + argv[3:]
+    if installed_at and not os.path.isdir(os.path.join(where, MVC_DIR)):
+        where = installed_at
     try:
         repo = mvc.Repo(where)
-    except MvcError:
-        return 0  # not an mvc repository: nothing to gate
+    except NotARepository:
+        print(f"mvc: no mvc repository at {where}; nothing to gate", file=sys.stderr)
+        return 0
+    except MvcError as e:  # one that cannot be read must not open the gate
+        print(f"error: the mvc repository gating this {_what(argv)} cannot be opened: {e}", file=sys.stderr)
+        print(f"mvc: {_what(argv)} blocked (git's --no-verify skips the gate)", file=sys.stderr)
+        return 1
     try:
         if argv[0] in ("pre-merge-commit", "pre-commit"):  # pre-commit: concluding a stopped merge
             return pre_merge_commit(repo)

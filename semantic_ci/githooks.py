@@ -59,12 +59,14 @@ def _hooks_dir(g, top: str) -> str:
     return path if os.path.isabs(path) else os.path.join(top, path)
 
 
-def _script(name: str, mvc_root: str) -> str:
+def _script(name: str, mvc_root: str, mvc_path: str) -> str:
     """The hook: chains to the hook it replaced, then runs semantic CI for the mvc repository at
     `mvc_root` (relative to the git work tree: the hook runs at its top, the repository may sit
-    in a subfolder)."""
+    in a subfolder), or at `mvc_path` where it was installed, for a work tree that has none there
+    (a linked one: `git worktree add`). Python runs with -P: the work tree's top, which holds
+    the merged branch's files, is not searched for modules (they could replace the gate's own)."""
     py = shlex.quote(sys.executable)
-    root = shlex.quote(mvc_root)
+    root = f"{shlex.quote(mvc_root)} --mvc-path {shlex.quote(mvc_path)}"
     if name == "pre-push":  # git feeds the pushed refs on stdin: give both hooks a copy
         return f"""#!/bin/sh
 {MARKER}
@@ -73,7 +75,7 @@ input=$(cat)
 if [ -x "$hook_dir/{name}{CHAINED}" ]; then
     printf '%s\\n' "$input" | "$hook_dir/{name}{CHAINED}" "$@" || exit $?
 fi
-printf '%s\\n' "$input" | exec {py} -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
+printf '%s\\n' "$input" | exec {py} -P -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
 """
     only_merges = ""
     if name == "pre-commit":  # only the commit that concludes a stopped merge is gated
@@ -84,7 +86,7 @@ hook_dir=$(dirname "$0")
 if [ -x "$hook_dir/{name}{CHAINED}" ]; then
     "$hook_dir/{name}{CHAINED}" "$@" || exit $?
 fi
-{only_merges}exec {py} -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
+{only_merges}exec {py} -P -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
 """
 
 
@@ -169,7 +171,7 @@ def install(root: str) -> dict:
             os.makedirs(hooks, exist_ok=True)
             for name in HOOKS:
                 path = os.path.join(hooks, name)
-                made.append(_write_new(path, _script(name, rel)))
+                made.append(_write_new(path, _script(name, rel, os.path.realpath(root))))
                 if os.path.lexists(path) and not _ours(path):  # a link is renamed itself, never followed
                     os.replace(path, path + CHAINED)
                     chained.append(name)

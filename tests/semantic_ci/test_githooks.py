@@ -148,6 +148,84 @@ def test_merges_by_commit_id_or_of_a_repository_in_a_subfolder_are_gated(tmp_pat
         git(work, "merge", "--abort", check=False)
 
 
+def _gated_project(tmp_path):
+    """A git work tree with an mvc repository at its top: main's model passes, feat-bad's fails;
+    mvc's hooks installed."""
+    work = tmp_path / "proj"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    (work / "mvc.toml").write_text(CONFIG)
+    (work / "heldout.txt").write_bytes(HELD_OUT)
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "project")
+    repo = mvc.Repo.init(work)
+    good = trained_table(builtin_probe(3000))
+    repo.commit({"core": {"table": good}}, message="main model")
+    git(work, "checkout", "-qb", "feat-bad")
+    repo.commit({"core": {"table": good[torch.randperm(256, generator=torch.Generator().manual_seed(0))]}},
+                message="broken")
+    (work / "a.txt").write_text("1\n")
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "bad change")
+    git(work, "checkout", "-q", "main")
+    r = subprocess.run([sys.executable, "-m", "mvc", "hooks", "install"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return work, repo
+
+
+@pytest.mark.slow
+def test_the_gate_is_not_bypassed_by_how_a_merge_or_push_is_written_or_where_it_runs(tmp_path):
+    """Each of these let feat-bad's failing model through: a merge of `feat-bad^0` (taken for a
+    branch name, which has no model branch), `git push origin HEAD:main` (the hook skipped local
+    ref HEAD), a merge in a linked work tree (no .mvc there: nothing to gate), and a feature branch
+    bringing its own semantic_ci/git_hook.py (python -m put the work tree's top first on sys.path)."""
+    work, repo = _gated_project(tmp_path)
+    before = git(work, "rev-parse", "main").stdout.strip()
+    attempt = git(work, "merge", "--no-edit", "feat-bad^0", check=False)
+    assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, attempt.stdout + attempt.stderr
+    git(work, "merge", "--abort", check=False)
+
+    git(tmp_path, "init", "-q", "--bare", "remote.git")
+    git(work, "remote", "add", "origin", str(tmp_path / "remote.git"))
+    git(work, "push", "-q", "origin", "main")
+    git(work, "checkout", "-q", "feat-bad")
+    for spec in ("HEAD:main", "feat-bad:main"):
+        pushed = git(work, "push", "origin", spec, check=False)
+        assert pushed.returncode != 0 and "push blocked" in pushed.stderr, (spec, pushed.stderr)
+    assert git(tmp_path / "remote.git", "rev-parse", "main").stdout.strip() == before
+    git(work, "checkout", "-q", "main")
+
+    git(work, "worktree", "add", "-q", str(tmp_path / "linked"), "-b", "side", "main")
+    attempt = git(tmp_path / "linked", "merge", "--no-edit", "feat-bad", check=False)
+    assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, attempt.stdout + attempt.stderr
+    git(tmp_path / "linked", "merge", "--abort", check=False)
+
+    git(work, "checkout", "-q", "feat-bad")
+    (work / "semantic_ci").mkdir()
+    (work / "semantic_ci" / "__init__.py").write_text("")
+    (work / "semantic_ci" / "git_hook.py").write_text("raise SystemExit(0)\n")  # "the gate passed"
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "bring a gate of its own")
+    git(work, "checkout", "-q", "main")
+    attempt = git(work, "merge", "--no-edit", "feat-bad", check=False)
+    assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, attempt.stdout + attempt.stderr
+    assert git(work, "rev-parse", "main").stdout.strip() == before
+
+
+def test_a_repository_the_hook_cannot_open_blocks_rather_than_opens_the_gate(tmp_path, monkeypatch, capsys):
+    """Any error opening the mvc repository (here a format newer than this mvc reads) was taken for
+    "not an mvc repository: nothing to gate", and every merge went through."""
+    from semantic_ci.git_hook import main
+    work, _hooks = _project(tmp_path)
+    monkeypatch.chdir(work)
+    config = work / ".mvc" / "config"
+    config.write_text(config.read_text().replace("format = 1", "format = 99"))
+    assert main(["pre-merge-commit", "--mvc-root", "."]) == 1
+    assert "merge blocked" in capsys.readouterr().err
+    assert main(["pre-merge-commit", "--mvc-root", "../elsewhere"]) == 0  # no repository there: nothing to gate
+    assert "no mvc repository" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra", ["", "[merge]\n\tff = only\n", "[merge]\n\tlog = true\n"])
 def test_hooks_uninstall_restores_the_git_config_exactly(tmp_path, extra):
     from semantic_ci.githooks import install, uninstall
