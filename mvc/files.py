@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import warnings
+from typing import Callable
 
 from .errors import LockHeld
 from .store import fsync_dir
@@ -69,8 +70,9 @@ def is_atomic_temp(name: str) -> bool:
     return bool(_ATOMIC_TEMP.fullmatch(name))
 
 
-def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
-    """Write `data` to `path` so that readers see the old or the new content, never a mix."""
+def atomic_write(path: str, data: bytes, fsync: bool = True, placed: Callable[[], None] | None = None) -> None:
+    """Write `data` to `path` so that readers see the old or the new content, never a mix;
+    `placed()` is called once the new content is in place (a failed sync after it still raises)."""
     d = os.path.dirname(path) or "."
     makedirs(d)
     # 16 hex digits: unique enough, and short, as retired reflog names come close to NAME_MAX
@@ -88,6 +90,8 @@ def atomic_write(path: str, data: bytes, fsync: bool = True) -> None:
         except OSError:
             pass
         raise
+    if placed is not None:
+        placed()
     if fsync:
         fsync_dir(d)
 

@@ -32,22 +32,23 @@ RETIRED_LOGS = "deleted"  # logs/deleted/...: live refs are HEAD or refs/..., so
 _MOVED: collections.deque = collections.deque(maxlen=6)
 
 
-def note_moved(what: str) -> None:
+def note_moved(what: str, logged: bool = True) -> None:
     """Remember a ref (here or on a remote) this process moved, said as what it did ("moved
-    refs/heads/main to <id>", "deleted ..."): an error after it must not say that nothing moved
-    (the CLI names these)."""
-    _MOVED.append(what)
+    refs/heads/main to <id>", "deleted ..."), or another change that stands (`logged=False`: one no
+    reflog records, as HEAD switched or a config value set): an error after it must not say that
+    nothing moved (the CLI names these)."""
+    _MOVED.append((what, logged))
 
 
 def moved_in_this_process() -> list[str]:
-    return list(_MOVED)
+    return [what for what, _logged in _MOVED]
 
 
 def moves_so_far() -> str:
     """What a command stopped by an error had done to refs, said for its error line."""
     moved = moved_in_this_process()
-    return (f"it had {', '.join(moved)}, which stays: see mvc reflog; the rest stopped" if moved
-            else "nothing was moved")
+    see = ": see mvc reflog" if any(logged for _what, logged in _MOVED) else ""
+    return f"it had {', '.join(moved)}, which stays{see}; the rest stopped" if moved else "nothing was moved"
 
 
 def forget_moves() -> None:
@@ -329,7 +330,8 @@ class RefStore:
 
     def set_symbolic(self, ref: str, target: str) -> None:
         with LockFile(self._path(ref) + ".lock", what=ref):
-            atomic_write(self._path(ref), (SYMREF_PREFIX + target + "\n").encode(), self.fsync)
+            atomic_write(self._path(ref), (SYMREF_PREFIX + target + "\n").encode(), self.fsync,
+                         placed=lambda: note_moved(f"pointed {ref} at {target}", logged=False))
 
     def update(self, ref: str, new: str | None, expected: str | None | object = ..., message: str = "",
                author: str = "") -> None:

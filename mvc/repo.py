@@ -29,7 +29,7 @@ from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_
                       check_new_component_name, check_new_ref_name, check_no_nesting,
                       check_ref_name, commit_object, decode, encode, is_oid, json_copy, tree_blob_ids)
 from .provenance import check_author, default_author, git_current_branch, git_provenance
-from .refs import RefStore, utc_now
+from .refs import RefStore, note_moved, utc_now
 from .store import ChainStore, LooseStore
 
 MVC_DIR = ".mvc"
@@ -244,7 +244,8 @@ class Repo(Maintenance):
             buf = io.StringIO()
             config.write(buf)
             text = buf.getvalue()
-        atomic_write(path, text.encode())
+        atomic_write(path, text.encode(), placed=lambda: note_moved(f"set {key} in .mvc/config" if value is not None
+                                                                   else f"unset {key} in .mvc/config", logged=False))
         self.config = config
 
     # -- objects -----------------------------------------------------------------------------

@@ -149,6 +149,30 @@ def test_a_failed_directory_fsync_is_an_error_unless_the_file_system_cannot_sync
         assert f"it had moved refs/heads/main to {in_repo.head()[:12]}" in r.stderr and in_repo.head() != first
 
 
+@pytest.mark.parametrize("args, said, done", [
+    (["switch", "other"], "it had pointed HEAD at refs/heads/other, which stays; the rest stopped",
+     lambda r: r.head_branch == "other"),
+    (["config", "pack.autoEvery", "5"], "it had set pack.autoEvery in .mvc/config, which stays; the rest stopped",
+     lambda r: r.get_config("pack.autoEvery") == "5"),
+])
+def test_a_failed_sync_after_head_or_the_config_was_replaced_says_that_it_was(in_repo, monkeypatch, args, said, done):
+    """switch and config said "nothing was moved" when the sync of .mvc failed after the new HEAD or
+    config file was in place (they stand, and are in no reflog)."""
+    in_repo.commit({"model": _sd(n=1)}, message="one")
+    in_repo.create_branch("other")
+    real = os.fsync
+
+    def fsync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}") == in_repo.dir:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    r = CliRunner().invoke(cli, args)
+    monkeypatch.setattr(os, "fsync", real)
+    assert r.exit_code == 3 and said in r.stderr and "nothing was moved" not in r.stderr, r.stderr
+    assert done(mvc.Repo(in_repo.root))
+
+
 @pytest.mark.parametrize("exc,what,fix", [
     (OSError(errno.ENOMEM, "Cannot allocate memory"), "not enough memory", "ulimit -v"),
     (MemoryError(), "not enough memory", "ulimit -v"),
