@@ -278,7 +278,9 @@ class LayerCakeCore(ByteCore):
             ids = torch.cat([ids, self._ngram_ids(x) + table.shape[0]], dim=-1)
             table = torch.cat([table, self.ngram.weight])
         z = F.embedding_bag(ids.view(B * T, -1), table, mode="sum").view(B, T, -1)  # (B, T, D)
-        z = z + patches_to_bytes(ctx, T, self.bos_ctx.view(1, 1, -1)) + self.pos_emb[j]
+        # (F.embedding, not pos_emb[j]: indexing's backward accumulates repeated rows across threads
+        # in varying order, so training on 2 threads ended at other weights on every run)
+        z = z + patches_to_bytes(ctx, T, self.bos_ctx.view(1, 1, -1)) + F.embedding(j, self.pos_emb)
         for blk in self.local_blocks:
             z = blk(z)
         logits = self.out(self.local_norm(z))  # (B, T, 256)

@@ -86,6 +86,21 @@ def test_exact_across_thread_counts_and_runs(core, restore_threads):
     assert torch.equal(core(x[3:4]), ref)
 
 
+def test_training_gradients_are_the_same_bits_on_every_run(restore_threads):
+    """pos_emb[j] (repeated rows) accumulated its gradient across threads in varying order: on 2
+    threads the small core's pos_emb gradient differed between identical backward passes, and
+    cores.train ended at other weights on every run."""
+    core = cores.build("layercake", "small", seed=0)
+    x = _ids(8, 257)
+    grads = []
+    for threads in (1, 2, 2, 2):
+        torch.set_num_threads(threads)
+        core.zero_grad(set_to_none=True)
+        core.training_loss(x)[0].backward()
+        grads.append(core.pos_emb.grad.clone())
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])
+
+
 def test_switch_off_still_close(core):
     x = _mixed_batch()
     with bi.enabled(False):
