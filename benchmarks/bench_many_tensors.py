@@ -28,7 +28,8 @@ import tempfile
 import time
 
 import torch
-from results_io import write_report  # benchmarks/ is sys.path[0] when a script runs
+from bench_args import cases, positive_int  # benchmarks/ is sys.path[0] when a script runs
+from results_io import write_report
 
 import mvc
 
@@ -85,6 +86,9 @@ def load_times(work: str, sd: dict, rounds: int) -> dict:
     times = {way: [] for way in ways}
     for fn in ways.values():
         fn()
+    got = repo.load("HEAD", "model")  # (untimed) what is timed must be what was stored
+    if set(got) != set(sd) or not all(torch.equal(got[k], sd[k]) for k in sd):
+        raise SystemExit("repo.load did not give back the tensors committed: the timings would mean nothing")
     for _ in range(rounds):
         for way, fn in ways.items():
             untimed.get(way, lambda: None)()  # (the first load after a commit re-hashes and stamps)
@@ -101,14 +105,13 @@ TOOLS = {"safetensors save_file + fsync (one file)": lambda w, sd: run_save_file
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default="20000x4,2000x16384", help="comma-separated COUNTxNUMEL (float32)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cases", type=cases, default="20000x4,2000x16384", help="comma-separated COUNTxNUMEL (float32)")
+    ap.add_argument("--rounds", type=positive_int, default=5)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_many_tensors.json"))
     ap.add_argument("--loads-only", action="store_true", help="skip the commit table")
     args = ap.parse_args()
     results = []
-    for case in ([] if args.loads_only else args.cases.split(",")):
-        n, numel = (int(x) for x in case.split("x"))
+    for n, numel in ([] if args.loads_only else args.cases):
         sd = state(n, numel, seed=0)
         times = {tool: [] for tool in TOOLS}
         for _ in range(args.rounds):
@@ -130,8 +133,7 @@ def main() -> None:
         print(f"| {r['tensors']} x {r['bytes_each']} B | {r['tool']} | {r['median_s']:.2f} s | "
               f"{r['per_tensor_us']:.0f} us | {r['vs_reference']:.1f}x |")
     loads = []
-    for case in args.cases.split(","):
-        n, numel = (int(x) for x in case.split("x"))
+    for n, numel in args.cases:
         work = tempfile.mkdtemp(prefix="mvc-bench-many-")
         try:
             got = load_times(work, state(n, numel, seed=0), args.rounds)

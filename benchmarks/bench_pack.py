@@ -26,7 +26,8 @@ import tempfile
 import time
 
 import numpy as np
-from results_io import write_report  # benchmarks/ is sys.path[0] when a script runs
+from bench_args import positive_int  # benchmarks/ is sys.path[0] when a script runs
+from results_io import write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -163,7 +164,7 @@ def print_table(results: dict) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=float, default=22e6)
-    ap.add_argument("--checkpoints", type=int, default=10)
+    ap.add_argument("--checkpoints", type=positive_int, default=10)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_pack.json"))
     args = ap.parse_args()

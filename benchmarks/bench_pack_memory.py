@@ -21,7 +21,8 @@ import tempfile
 import time
 
 import numpy as np
-from results_io import write_report  # benchmarks/ is sys.path[0] when a script runs
+from bench_args import positive_int  # benchmarks/ is sys.path[0] when a script runs
+from results_io import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -85,7 +86,7 @@ def write_tensor(path: str, mb: int, drift: int) -> int:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mb", type=int, default=400)
+    ap.add_argument("--mb", type=positive_int, default=400)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "pack_memory.json"))
     args = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="mvc-packmem-")

@@ -21,7 +21,8 @@ import tempfile
 import time
 
 import numpy as np
-from results_io import write_report  # benchmarks/ is sys.path[0] when a script runs
+from bench_args import positive_int  # benchmarks/ is sys.path[0] when a script runs
+from results_io import write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -172,7 +173,7 @@ def run_dvc(work, ckpts, dvc):
 
 
 def run_mvc(work, ckpts, fsync=True):
-    env = dict(os.environ, MVC_AUTHOR="bench")
+    env = dict(os.environ, MVC_AUTHOR="bench", PYTHONPATH=ROOT)  # (this checkout's mvc, as the API rows use)
     sh(MVC + ["init", work], env=env)
     if not fsync:  # like cp, git-lfs and dvc, which leave flushing to the kernel
         sh(MVC + ["config", "core.fsync", "false"], cwd=work, env=env)
@@ -240,7 +241,7 @@ def load_rate(work, ckpt, rounds=7) -> dict:
     Medians of `rounds` interleaved runs."""
     import resource
     sys.path.insert(0, ROOT)
-    import torch  # noqa: F401
+    import torch
     from safetensors.torch import load_file
     import mvc
     from mvc import store
@@ -257,7 +258,12 @@ def load_rate(work, ckpt, rounds=7) -> dict:
         return t, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
     time.sleep(store.STAMP_SETTLE_NS / 1e9)  # files written moments ago are not stamped
+    if repo.loose.stamps:  # (the restore before may have stamped them)
+        shutil.rmtree(repo.loose.stamps, ignore_errors=True)
     out = {"mvc_load_first_s": run(lambda: repo.load(rev, "model"))[0]}
+    got, want = repo.load(rev, "model"), load_file(ckpt)  # (untimed) both ways give the same tensors
+    if set(got) != set(want) or not all(torch.equal(got[k], want[k]) for k in want):
+        raise SystemExit("repo.load and load_file disagree: the timings would mean nothing")
     ways = {"mvc_load_s": lambda: repo.load(rev, "model"),
             "mvc_load_rehash_s": lambda: repo.load(rev, "model", rehash=True),
             "mvc_load_unverified_s": lambda: repo.load(rev, "model", verify=False),
@@ -316,9 +322,9 @@ RUNNERS = {  # tool -> runner(work, ckpts, args); durable mvc rows fsync, as DES
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=float, default=22e6)
-    ap.add_argument("--checkpoints", type=int, default=10)
+    ap.add_argument("--checkpoints", type=positive_int, default=10)
     ap.add_argument("--tools", default=",".join(RUNNERS))
-    ap.add_argument("--rounds", type=int, default=5, help="runs of each quick tool (median reported)")
+    ap.add_argument("--rounds", type=positive_int, default=5, help="runs of each quick tool (median reported)")
     ap.add_argument("--dvc", default=shutil.which("dvc") or "/tmp/dvcenv/bin/dvc")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_store.json"))
