@@ -169,13 +169,14 @@ def check_setting(key: str, value: str) -> None:
         check_remote_name(rest.rpartition(".")[0])
     if "\n" in value or "\r" in value:
         raise ConfigError(f"config {key}: a value is one line")
+    remote_url = head.lower() == "remote" and rest.rpartition(".")[2].lower() == "url"
     if value != value.strip():  # the config file's reader drops it: another value would be used
         raise ConfigError(f"config {key}: the value {value!r} starts or ends with white space, which the "
-                          "config file cannot keep", "for a remote, use a path whose name does not (rename it, "
-                          "or link to it)")
+                          "config file cannot keep", "use a path without white space at either end of its "
+                          "name: rename it, or link to it" if remote_url else None)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # (bytes a path may hold on Linux, which argv gives as surrogates)
-        raise ConfigError(f"config {key}: the value is not UTF-8 text", "the config file is UTF-8: "
-                          "for a remote, use a path whose name is UTF-8 (rename it, or link to it)") from None
+        raise ConfigError(f"config {key}: the value is not UTF-8 text", "the config file is UTF-8: use a path "
+                          "whose name is UTF-8: rename it, or link to it" if remote_url else None) from None
     parse(key, value)

@@ -1033,6 +1033,7 @@ def test_config_values_with_white_space_at_either_end_are_refused(run, in_repo, 
     '/x/rem ' was pushed into '/x/rem', another folder."""
     err = run("config", "user.note", "  padded  ", code=3).stderr
     assert "config user.note: the value '  padded  ' starts or ends with white space" in err
+    assert "remote" not in err and err.count("(") == 0  # (the remote's hint, nested parentheses, was given)
     err = run("remote", "add", "o", str(tmp_path / "rem "), code=3).stderr
     assert "starts or ends with white space" in err and "rename it, or link to it" in err
     assert in_repo.get_config("user.note") is None and "o" not in run("remote").stdout
