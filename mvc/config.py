@@ -95,6 +95,9 @@ def edited_text(text: str, section: str, option: str, value: str | None) -> str:
         gap = "\n" if lines and lines[-1].strip() and new_line else ""
         return "".join(lines) + (f"{gap}[{section}]\n{new_line[0]}" if new_line else "")
     end = next((i for i in starts if i > begin), len(lines))
+    if end < len(lines):  # comments and blank lines just above the next header belong to that section
+        while end - 1 > begin and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(("#", ";"))):
+            end -= 1
     for i in range(begin + 1, end):
         m = configparser.ConfigParser.OPTCRE.match(lines[i])
         if _is_option(lines[i]) and m and m.group("option").strip().lower() == option.lower():
@@ -105,6 +108,8 @@ def edited_text(text: str, section: str, option: str, value: str | None) -> str:
             end -= j - i - len(new_line)
             if not any(_is_option(x) for x in lines[begin + 1:end]):
                 del lines[begin:end]  # an empty section is dropped, as configparser would
+                if 0 < begin < len(lines) and not lines[begin - 1].strip() and not lines[begin].strip():
+                    del lines[begin]  # (one blank line between the sections it stood between)
             return "".join(lines)
     if new_line:
         last = max(i for i in range(begin, end) if lines[i].strip())
@@ -158,6 +163,12 @@ def check_key(key: str) -> str:
     return key
 
 
+def is_remote_url(key: str) -> bool:
+    """Whether `key` is a remote's url (remote.NAME.url), which is stored normalised."""
+    head, _, rest = key.partition(".")
+    return head.lower() == "remote" and "." in rest and rest.rpartition(".")[2].lower() == "url"
+
+
 def check_setting(key: str, value: str) -> None:
     """Refuse a `mvc config KEY VALUE` that mvc could not use."""
     key = canonical(key)
@@ -169,7 +180,7 @@ def check_setting(key: str, value: str) -> None:
         check_remote_name(rest.rpartition(".")[0])
     if "\n" in value or "\r" in value:
         raise ConfigError(f"config {key}: a value is one line")
-    remote_url = head.lower() == "remote" and rest.rpartition(".")[2].lower() == "url"
+    remote_url = is_remote_url(key)
     if value != value.strip():  # the config file's reader drops it: another value would be used
         raise ConfigError(f"config {key}: the value {value!r} starts or ends with white space, which the "
                           "config file cannot keep", "use a path without white space at either end of its "

@@ -213,8 +213,8 @@ def _head_from_git(top: str, git_dir: str) -> tuple[str | None, str | None, bool
     try:
         g = import_git().Git(top)
         env = git_env(top, git_dir)
-        ref = g.symbolic_ref("-q", "HEAD", env=env, with_extended_output=True)
-        sha = g.rev_parse("-q", "--verify", "HEAD", env=env, with_extended_output=True)
+        ref = g.symbolic_ref("-q", "HEAD", env=env, with_extended_output=True, with_exceptions=False)
+        sha = g.rev_parse("-q", "--verify", "HEAD", env=env, with_extended_output=True, with_exceptions=False)
     except Exception:  # git missing, too old for reftable, refusing the repository
         return None, None, False
     ref_out = ref[1].strip() if ref[0] == 0 else ""

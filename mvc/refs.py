@@ -44,10 +44,15 @@ def moved_in_this_process() -> list[str]:
     return [what for what, _logged in _MOVED]
 
 
+def moves_logged() -> bool:
+    """Whether a change this process made is one a reflog records (a ref moved)."""
+    return any(logged for _what, logged in _MOVED)
+
+
 def moves_so_far() -> str:
     """What a command stopped by an error had done to refs, said for its error line."""
     moved = moved_in_this_process()
-    see = ": see mvc reflog" if any(logged for _what, logged in _MOVED) else ""
+    see = ": see mvc reflog" if moves_logged() else ""
     return f"it had {', '.join(moved)}, which stays{see}; the rest stopped" if moved else "nothing was moved"
 
 

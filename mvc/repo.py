@@ -54,6 +54,14 @@ def find_root(start: str | os.PathLike | None = None) -> str:
     raise NotARepository(f"not an mvc repository (or any parent): {given}", "run mvc init")
 
 
+def _opens(path: str) -> bool:
+    try:
+        with open(path, "rb"):
+            return True
+    except OSError:
+        return False
+
+
 class Repo(Maintenance):
     """An mvc repository. `Repo(path)` finds .mvc at or above `path`; `Repo.init(path)` creates one."""
 
@@ -68,7 +76,7 @@ class Repo(Maintenance):
             raise ConfigError(f"{self.dir}/config is unreadable: {str(e).splitlines()[0]}",
                               "fix the file by hand; core.format = 1 is required") from None
         if fmt is None:
-            if os.path.isfile(os.path.join(self.dir, "config")):
+            if _opens(os.path.join(self.dir, "config")):  # (configparser skips a file it cannot open)
                 raise ConfigError(f"{self.dir}/config sets no core.format",
                                   "fix the file by hand: its [core] section needs format = 1")
             raise NotARepository(f"{self.dir} has no readable config", "is it an mvc repository?")
@@ -103,13 +111,13 @@ class Repo(Maintenance):
 
     # -- creation ----------------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str | os.PathLike = ".", default_branch: str = DEFAULT_BRANCH) -> "Repo":
+    def init(cls, path: str | os.PathLike = ".", default_branch: str | None = None) -> "Repo":
         root = os.path.abspath(os.fspath(path))
         d = os.path.join(root, MVC_DIR)
         if os.path.isdir(d):  # re-initialising adds what the first init could not (git's exclude)
             repo = cls(root)
             repo._exclude_from_git()
-            if default_branch != DEFAULT_BRANCH and repo.head_branch != default_branch:
+            if default_branch is not None and repo.head_branch != default_branch:
                 warnings.warn(f"{root} is a repository already: default_branch={default_branch!r} ignored "
                               "(mvc branch and mvc switch make and change branches)", stacklevel=2)
             return repo
@@ -124,6 +132,7 @@ class Repo(Maintenance):
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent):
             _refuse_init_at(root, parent, parent)
+        default_branch = DEFAULT_BRANCH if default_branch is None else default_branch
         check_new_ref_name(default_branch)
         try:
             os.makedirs(root, exist_ok=True)
@@ -201,11 +210,23 @@ class Repo(Maintenance):
         raw = self.get_config(key)
         return default if raw is None else cfg.parse(key, raw)
 
+    def checked_remote_url(self, url: str) -> str:
+        """A remote's url as the config stores it: an absolute path or s3://bucket/prefix, never
+        credentials (BadInput), and never this repository itself (pushing to it would move the very
+        branches it reads from)."""
+        from .transport import normalize_url
+        url = normalize_url(url)
+        if "://" not in url and os.path.realpath(url) in (os.path.realpath(self.root), os.path.realpath(self.dir)):
+            raise BadInput(f"{url} is this repository itself", "a remote is another repository or location")
+        return url
+
     def set_config(self, key: str, value: str | None) -> None:
         """Set `key` to `value` (None: unset it) in .mvc/config. The file is edited in place, as it
         is now (a hand edit made since this Repo read it stays, and so do comments and layout)."""
         section, name = cfg.split_key(key)
         value = None if value is None else str(value)
+        if value is not None and cfg.is_remote_url(key):
+            value = self.checked_remote_url(value)
         path = os.path.join(self.dir, "config")
         config, text = self.config, None
         try:
@@ -213,8 +234,11 @@ class Repo(Maintenance):
                 text = f.read()
             config = cfg.new_parser()
             config.read_string(text)
-        except (OSError, UnicodeDecodeError, configparser.Error):  # unreadable now: from what was read
+        except OSError:  # cannot be read now: written whole from what was read
             config, text = self.config, None
+        except (UnicodeDecodeError, configparser.Error) as e:  # a hand edit broke it: it is not overwritten
+            raise ConfigError(f"{path} is unreadable: {str(e).splitlines()[0]}",
+                              "fix the file by hand; nothing was changed") from None
         if value is not None:
             cfg.check_setting(key, value)
         elif cfg.canonical(key) in cfg.READ_ONLY:

@@ -244,7 +244,8 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
             except (TypeError, ValueError, RuntimeError):
                 raise BadInput(f"optimizer state {i}.{key} is a {type(v).__name__} ({str(v)[:40]}), "
                                "neither a tensor nor a number") from None
-            plain.append(name)
+            if isinstance(v, (bool, int, float)):  # (a list of numbers stays a tensor)
+                plain.append(name)
     meta = {"param_groups": [_jsonable(g) for g in value["param_groups"]]}
     tuples = [sorted(str(k) for k, v in g.items() if isinstance(v, tuple)) if isinstance(g, dict) else []
               for g in value["param_groups"]]

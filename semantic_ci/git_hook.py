@@ -20,9 +20,18 @@ from .report import as_text as _said, render_table
 from .runner import run_ci
 
 
-def _git(*args, cwd=None) -> str | None:
-    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def _git(*args, cwd=None, env=None) -> str | None:
+    r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
     return r.stdout if r.returncode == 0 else None
+
+
+def _repo_top(repo) -> str | None:
+    """The top of the work tree holding the mvc repository, found from it (not from the GIT_DIR
+    git gives a hook: in a linked work tree that names the linked one)."""
+    from mvc.provenance import REDIRECTING
+    env = {k: v for k, v in os.environ.items() if k not in REDIRECTING}
+    top = _git("rev-parse", "--show-toplevel", cwd=repo.root, env=env)
+    return top.strip() if top else None
 
 
 def _console():
@@ -50,7 +59,7 @@ def _config_at(repo, git_rev: str):
     does not track is read from the work tree, unless git tracks it there (the branch under test
     brought it: an error)."""
     here = _git("rev-parse", "--show-toplevel").strip()  # the work tree merging (a linked one, maybe)
-    top = (_git("rev-parse", "--show-toplevel", cwd=repo.root) or here).strip()  # the mvc repository's
+    top = _repo_top(repo) or here  # the mvc repository's
     rel = _in_git(repo, cfgmod.CONFIG_FILE, top)
     text = _git("show", f"{git_rev}:{rel}")
     if text is None:
@@ -195,8 +204,8 @@ def main(argv=None) -> int:
     if len(argv) >= 3 and argv[1] == "--mvc-path":  # and where it was then: a linked work tree
         installed_at = argv[2]                       # (git worktree add) has no .mvc of its own
         argv = [argv[0]] + argv[3:]
-    if installed_at and not os.path.isdir(os.path.join(where, MVC_DIR)):
-        where = installed_at
+    if installed_at and os.path.isdir(os.path.join(installed_at, MVC_DIR)):
+        where = installed_at  # (in a linked work tree, a .mvc the merged branch brought is not it)
     try:
         repo = mvc.Repo(where)
     except NotARepository:

@@ -65,14 +65,15 @@ class MvcGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt as e:
-            from ..refs import moved_in_this_process
+            from ..refs import moved_in_this_process, moves_logged
             landed = getattr(e, "landed", None)  # mvc.errors.InterruptedAfterLanding
             moved = moved_in_this_process()  # e.g. a commit that landed, then a signal while it printed
             how = "terminated" if isinstance(e, Terminated) or _terminated else "interrupted"
             if landed:
                 error(f"{how} after {landed}", getattr(e, "hint", None) or "it stands: see mvc log; do not commit it again")
             elif moved:
-                error(f"{how} after it had {', '.join(moved)}", "that stands: see mvc log and mvc reflog; "
+                error(f"{how} after it had {', '.join(moved)}", "that stands" + (": see mvc log and mvc reflog"
+                                                                                 if moves_logged() else "") + "; "
                                                                "do not run the command again blindly")
             else:
                 error(how)

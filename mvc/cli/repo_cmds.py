@@ -825,8 +825,7 @@ def config_cmd(key, value, unset):
             sys.exit(1)
         click.echo(v)
     else:
-        from ..remote import config_value
-        repo.set_config(key, config_value(repo, key, value))
+        repo.set_config(key, value)
 
 
 @cli.command("rev-parse")

@@ -36,13 +36,13 @@ from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import is_url
 from .cloning import clone, default_clone_dir
 from .common import MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, is_ancestor, receive
-from .config import (DEFAULT_REMOTE, add_remote, check_remote_name, config_value, list_remotes, open_remote,
+from .config import (DEFAULT_REMOTE, add_remote, check_remote_name, list_remotes, open_remote,
                      remove_remote, resolve_remote)
 from .fetching import fetch, pull
 from .pushing import RepairIncomplete, push
 from .repairing import repair
 
 __all__ = ["DEFAULT_JOBS", "DEFAULT_REMOTE", "MAX_META_BYTES", "NAMED_MAX_BYTES", "Pool", "Progress",
-           "RepairIncomplete", "add_remote", "ancestors", "check_remote_name", "clone", "config_value", "default_clone_dir",
+           "RepairIncomplete", "add_remote", "ancestors", "check_remote_name", "clone", "default_clone_dir",
            "fetch", "is_ancestor", "is_url", "list_remotes", "open_remote", "pull", "push", "receive",
            "remove_remote", "repair", "resolve_remote"]

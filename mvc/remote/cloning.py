@@ -9,7 +9,7 @@ import warnings
 from ..errors import BadInput, BadName, FormatTooNew, MvcError, ObjectMissing
 from ..files import pid_alive
 from ..objects import check_new_ref_name, check_ref_name
-from ..repo import Repo
+from ..repo import MVC_DIR, Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import (Transport, check_endpoint, normalize_url, open_transport, promisor_remote,
                          remote_section)
@@ -79,7 +79,8 @@ def _clone_setup(path: str, url: str, endpoint: str | None, lazy: bool, default:
         check_new_ref_name(default)  # points at it once the clone has fetched it
     except BadName:
         default = "main"
-    repo = Repo.init(path, default_branch=default)  # an existing .mvc is opened as it is
+    resumed = os.path.isdir(os.path.join(path, MVC_DIR))  # (an existing .mvc is opened as it is)
+    repo = Repo.init(path, default_branch=None if resumed else default)
     if not repo.config.has_option(remote_section(DEFAULT_REMOTE), "url"):
         add_remote(repo, DEFAULT_REMOTE, url, endpoint, promisor=lazy)
     else:

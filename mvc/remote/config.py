@@ -1,34 +1,16 @@
 """Remotes by name: listing, adding and removing them in .mvc/config and opening their transports."""
 from __future__ import annotations
 
-import os
 import re
 
-from ..errors import BadInput, BadName, ConfigError, MvcError
+from ..errors import BadName, ConfigError, MvcError
 from ..objects import check_remote_name  # noqa: F401  (mvc.remote exports it from here)
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
-from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_transport,
+from ..transport import (Transport, check_endpoint, configured_remote, is_url, open_transport,
                          remote_section)
 
 DEFAULT_REMOTE = "origin"
-
-
-def _not_itself(repo: Repo, url: str) -> str:
-    """A directory remote must be another repository: pushing to itself would move (or delete) the
-    very branches it reads from."""
-    if "://" not in url and os.path.realpath(url) in (os.path.realpath(repo.root), os.path.realpath(repo.dir)):
-        raise BadInput(f"{url} is this repository itself", "a remote is another repository or location")
-    return url
-
-
-def config_value(repo: Repo, key: str, value: str) -> str:
-    """What `mvc config KEY VALUE` stores: a remote's url as `mvc remote add` stores it (an absolute
-    path, never this repository itself); other values as given."""
-    head, _, rest = key.partition(".")
-    if head.lower() == "remote" and rest.rpartition(".")[2].lower() == "url" and "." in rest:
-        return _not_itself(repo, normalize_url(value))
-    return value
 
 
 def list_remotes(repo: Repo) -> list[dict]:
@@ -46,7 +28,7 @@ def add_remote(repo: Repo, name: str, url: str, endpoint: str | None = None, pro
     check_remote_name(name)
     if repo.config.has_section(remote_section(name)):
         raise BadName(f"remote {name!r} already exists", f"remove it first: mvc remote remove {name}")
-    url = _not_itself(repo, normalize_url(url))
+    url = repo.checked_remote_url(url)
     endpoint = check_endpoint(endpoint)
     repo.set_config(f"remote.{name}.url", url)
     if endpoint:
@@ -97,5 +79,5 @@ def open_remote(repo: Repo, remote: str | None, jobs: int = DEFAULT_JOBS,
             transport = open_transport(url, endpoint, jobs)
         return remote, transport
     if is_url(remote):
-        return None, transport or open_transport(_not_itself(repo, normalize_url(remote)), None, jobs)
+        return None, transport or open_transport(repo.checked_remote_url(remote), None, jobs)
     raise ConfigError(f"no remote named {remote!r}", "add it with mvc remote add NAME URL, or see mvc remote -v")

@@ -889,8 +889,9 @@ def test_init_refuses_a_default_branch_its_first_commit_could_not_make(tmp_path,
 
 def test_init_of_an_existing_repository_says_that_a_default_branch_given_is_ignored(tmp_path):
     repo = mvc.Repo.init(tmp_path / "r", default_branch="trunk")
-    with pytest.warns(UserWarning, match="is a repository already: default_branch='dev' ignored"):
-        again = mvc.Repo.init(tmp_path / "r", default_branch="dev")
+    for name in ("dev", "main"):  # ("main", the default name, given explicitly was not said to be ignored)
+        with pytest.warns(UserWarning, match=f"is a repository already: default_branch='{name}' ignored"):
+            again = mvc.Repo.init(tmp_path / "r", default_branch=name)
     assert again.head_branch == repo.head_branch == "trunk"
     import warnings
     with warnings.catch_warnings():

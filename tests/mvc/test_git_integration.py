@@ -244,6 +244,8 @@ def test_a_reftable_repository_s_head_is_asked_of_git_not_read_as_its_placeholde
     monkeypatch.setattr(provenance, "import_git", lambda: type("git", (), {"Git": Git}))
     assert provenance.git_current_branch(str(work)) == ("feature", False)
     assert provenance._head(str(work / ".git"), str(work)) == (sha, "feature", False)
+    Git.symbolic_ref = lambda self, *a, **kw: (1, "", "") if kw.get("with_exceptions") is False else 1 / 0
+    assert provenance._head(str(work / ".git"), str(work)) == (sha, None, True)  # detached (git exits 1)
 
 
 # -- git that cannot run ---------------------------------------------------------------------------

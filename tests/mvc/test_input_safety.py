@@ -396,12 +396,28 @@ def test_setting_a_config_value_keeps_the_files_comments_and_layout(repo):
     ("[core]\nformat = 1\n[user]\nName: ana\n", "user.name", "bo", "[core]\nformat = 1\n[user]\nname = bo\n"),
     ("[core]\nformat = 1\n\n[user]\n; who\nname = ana\n# end\n", "user.name", None, "[core]\nformat = 1\n\n"),
     ("[core]\nformat = 1\n# trailing\n", "core.fsync", "false", "[core]\nformat = 1\n# trailing\nfsync = false\n"),
+    # a comment above a header is that section's: kept when the section before goes, not split from it
+    ("[core]\nformat = 1\n[pack]\nautoEvery = 5\n\n# who\n[user]\nname = a\n", "pack.autoEvery", None,
+     "[core]\nformat = 1\n\n# who\n[user]\nname = a\n"),
+    ("[core]\nformat = 1\n[pack]\nautoEvery = 5\n\n# who\n[user]\nname = a\n", "pack.level", "3",
+     "[core]\nformat = 1\n[pack]\nautoEvery = 5\nlevel = 3\n\n# who\n[user]\nname = a\n"),
 ])
 def test_the_config_line_editor(repo, before, key, value, after):
     with open(os.path.join(repo.dir, "config"), "w") as f:
         f.write(before)
     repo.set_config(key, value)
     assert open(os.path.join(repo.dir, "config")).read() == after
+
+
+def test_a_config_a_hand_edit_broke_since_the_repo_was_opened_is_not_overwritten(repo):
+    from mvc.errors import ConfigError
+    path = os.path.join(repo.dir, "config")
+    broken = open(path).read() + "[user]\nname = a\nname = b\n# mine\n"  # (a duplicate option)
+    with open(path, "w") as f:
+        f.write(broken)
+    with pytest.raises(ConfigError, match="config is unreadable"):
+        repo.set_config("pack.autoEvery", "3")  # (it wrote what it had read at open over the edit)
+    assert open(path).read() == broken
 
 
 def test_a_config_edit_that_would_not_read_back_as_meant_rewrites_the_file(repo, monkeypatch):

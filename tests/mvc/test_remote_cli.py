@@ -76,6 +76,11 @@ def test_config_stores_a_remote_url_as_remote_add_does(in_repo, tmp_path, monkey
     assert "SECRET" not in open(os.path.join(in_repo.dir, "config")).read()
     assert invoke(monkeypatch, in_repo.root, "config", "remote.origin.note", "../kept as typed").exit_code == 0
     assert mvc.Repo(in_repo.root).get_config("remote.origin.note") == "../kept as typed"
+    monkeypatch.chdir(in_repo.root)  # the Python API stores it the same way (only the command did)
+    in_repo.set_config("remote.api.url", "../api.mvc")
+    assert in_repo.get_config("remote.api.url") == os.path.abspath(os.path.join(in_repo.root, "..", "api.mvc"))
+    with pytest.raises(mvc.errors.BadInput, match="credentials"):
+        in_repo.set_config("remote.api.url", "s3://KEY:SECRET@bucket/p")
 
 
 def test_credentials_are_never_written_to_the_config(in_repo, monkeypatch):

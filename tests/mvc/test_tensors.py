@@ -266,6 +266,9 @@ def test_plain_numbers_in_optimizer_state_come_back_as_they_were(repo):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     opt.load_state_dict(back)
     assert opt.state[model.weight]["scale"] == 0.1 and opt.state[model.weight]["count"] == 2 ** 62 + 1
+    listed = {"state": {0: {"history": [1.0, 2.0, 3.0]}}, "param_groups": [{"params": [0], "lr": 0.1}]}
+    got = repo.load_optimizer(repo.commit({"optimizer": listed}, message="a list"))["state"][0]["history"]
+    assert torch.equal(got, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))  # (a list stays a tensor)
 
 
 def test_tuple_settings_of_an_optimizer_come_back_as_tuples(repo):
