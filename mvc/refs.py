@@ -246,7 +246,7 @@ class RefStore:
         """What is wrong with HEAD (fsck names it), or None: it must name a branch
         (`ref: refs/heads/NAME`, which may have no commits yet) or hold a commit id (detached)."""
         damage = self._head_damage()
-        return f"{damage} (mvc switch BRANCH repairs it)" if damage else None
+        return f"{damage} ({repair_hint('HEAD')})" if damage else None
 
     def head_branch_ref(self, cannot: str, hint: str) -> str:
         """The branch ref HEAD names, for a command that needs one; MvcError when HEAD is detached
@@ -256,7 +256,7 @@ class RefStore:
             return ref
         damage = self._head_damage()
         if damage:
-            raise MvcError(f"{damage}: {cannot}", "mvc switch BRANCH repairs it")
+            raise MvcError(f"{damage}: {cannot}", repair_hint("HEAD"))
         raise MvcError(f"HEAD is detached: {cannot}", hint)
 
     def _head_damage(self) -> str | None:

@@ -28,9 +28,9 @@ def add_remote(repo: Repo, name: str, url: str, endpoint: str | None = None, pro
     check_remote_name(name)
     if repo.config.has_section(remote_section(name)):
         raise BadName(f"remote {name!r} already exists", f"remove it first: mvc remote remove {name}")
-    url = repo.checked_remote_url(url)
     endpoint = check_endpoint(endpoint)
-    repo.set_config(f"remote.{name}.url", url)
+    repo.set_config(f"remote.{name}.url", url)  # (stored as Repo.checked_remote_url makes it)
+    url = repo.get_config(f"remote.{name}.url")
     if endpoint:
         repo.set_config(f"remote.{name}.endpoint", endpoint)
     if promisor:
