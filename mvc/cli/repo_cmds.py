@@ -630,13 +630,16 @@ def status(as_json):
     head = repo.head()
     gb, detached = git_current_branch(repo.root)
     follows = _git_branch_ahead_of(repo)
-    info = {"branch": repo.head_branch, "head": head, "git_branch": gb, "git_detached": detached,
-            "next_commit_branch": follows or repo.head_branch,
+    info = {"branch": repo.head_branch, "head": head, "head_problem": repo.refs.head_problem(),
+            "git_branch": gb, "git_detached": detached, "next_commit_branch": follows or repo.head_branch,
             "ci": _ci_status(repo, [head]).get(head) if head else None, "root": repo.root}
     if as_json:
         emit_json(info)
         return
-    click.echo(f"On branch {shown(info['branch']) if info['branch'] else '(detached)'}")
+    if info["head_problem"]:  # (e.g. HEAD naming a tag: not a detached HEAD, a damaged one)
+        click.echo(f"Not on a branch: {info['head_problem']}")
+    else:
+        click.echo(f"On branch {shown(info['branch']) if info['branch'] else '(detached)'}")
     click.echo(f"HEAD: {short(head)}" if head else "No commits yet")
     if gb or detached:
         click.echo(f"git: {'detached HEAD' if detached else 'branch ' + shown(gb)}")

@@ -167,6 +167,17 @@ def test_status_and_config(run, tmp_path):
     run("config", "nope.key", code=1)
 
 
+def test_status_names_a_head_that_names_a_tag_as_damaged_not_detached(run, in_repo, tmp_path):
+    run("commit", _ckpt(tmp_path / "a.safetensors", 0), "-m", "one")
+    run("tag", "v1")
+    pathlib.Path(in_repo.dir, "HEAD").write_text("ref: refs/tags/v1\n")
+    out = run("status").stdout
+    assert out.startswith("Not on a branch: HEAD names 'refs/tags/v1', not a branch") and "(detached)" not in out
+    assert "mvc switch" in out.splitlines()[0]  # (the repair)
+    s = json.loads(run("status", "--json").stdout)
+    assert s["branch"] is None and s["head_problem"].startswith("HEAD names 'refs/tags/v1'")
+
+
 def test_config_keys_are_case_insensitive_and_typos_in_mvc_sections_are_refused(run, in_repo):
     import mvc
     # reading ignores case (configparser lowercases option names), so setting checks known keys the same way
