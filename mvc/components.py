@@ -538,6 +538,9 @@ def _output_error(dest: str, e: OSError) -> BadInput:
         in_the_way = d if d and os.path.lexists(d) and not os.path.isdir(d) else None
         why = (f"{in_the_way} is a file where the checkout needs a folder: remove it if an older checkout left it"
                if in_the_way else "a file stands where a directory is needed")
+    elif isinstance(e, IsADirectoryError):
+        return BadInput(f"cannot write {dest}: a folder stands there, where the checkout writes a file",
+                        "mvc does not remove folders, --force neither: remove it, or choose another output path")
     elif isinstance(e, FileNotFoundError):
         why = f"{e.strerror} (was its directory removed?)"
     else:

@@ -403,6 +403,11 @@ def test_checkout_and_export_never_overwrite_other_content_without_force(run, tm
     (tmp_path / "blocked").write_bytes(b"a file where a folder goes")  # (it said only "a file stands ...")
     r = run("checkout", "HEAD", "-o", tmp_path / "blocked" / "deeper", "--force", code=3)
     assert f"{tmp_path / 'blocked'} is a file where the checkout needs a folder" in r.stderr
+    (out / "m" / "single.safetensors").mkdir(parents=True)  # a folder where a file goes: not removed
+    (out / "m" / "single.safetensors" / "keep").write_bytes(b"mine")
+    r = run("checkout", "HEAD", "-o", out, "--force", code=3)
+    assert "a folder stands there, where the checkout writes a file" in r.stderr and "Is a directory" not in r.stderr
+    assert (out / "m" / "single.safetensors" / "keep").read_bytes() == b"mine"
 
 
 def test_a_failed_checkout_leaves_nothing_behind(run, in_repo, tmp_path):
