@@ -40,6 +40,13 @@ def walk(top: str, strict: bool = True):
     return os.walk(top, onerror=fail)
 
 
+def physical_path(path: str) -> str:
+    """`path` with each ".." resolved as the kernel does, after the links before it (os.path.abspath
+    folds "L/.." away as text, naming another folder than the one written to when L is a link),
+    so that checks made along the path see the folders a write goes through. Unchanged without "..". """
+    return os.path.realpath(path) if ".." in path.replace(os.sep, "/").split("/") else path
+
+
 def prune_empty_dirs(path: str, stop: str) -> None:
     """Remove `path` and its parents below `stop` while they are empty (left by deleted refs)."""
     path, stop = os.path.normpath(path), os.path.normpath(stop)

@@ -23,7 +23,7 @@ from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptO
                      InterruptedAfterLanding, MvcError, NotARepository, ObjectMissing, RefConflict,
                      UnknownRevision, WrongObjectType, os_error_text)
 from .diffs import diff_trees
-from .files import atomic_write, shared_or_exclusive
+from .files import atomic_write, physical_path, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
 from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_metric,
                       check_new_component_name, check_new_ref_name, check_no_nesting,
@@ -1009,7 +1009,7 @@ class Repo(Maintenance):
         returns their paths. Files already there with other content are refused (nothing is
         written) unless `force`; files already holding the same bytes are left alone (and added
         to `unchanged` when it is given)."""
-        out_dir = os.fspath(out_dir)
+        out_dir = physical_path(os.fspath(out_dir))
         self._refuse_output_inside_mvc(out_dir)
         cid = self.resolve(rev)
         comps = self.read_commit(cid, shared=True)["components"]
@@ -1049,6 +1049,9 @@ class Repo(Maintenance):
         refused unless `force`; one holding the same bytes is left alone, and added to
         `unchanged` when it is given); `progress(nbytes)` is called as bytes are written."""
         out_file = os.fspath(out_file)
+        folder, name = os.path.split(out_file)
+        if name not in ("", ".", "..") and physical_path(folder) != folder:  # (refused below: not a file name)
+            out_file = os.path.join(physical_path(folder), name)
         self._refuse_output_inside_mvc(out_file)
         tree = self.tree(rev, component, shared=True)
         if len(tree["files"]) != 1:

@@ -478,6 +478,23 @@ def test_output_targets_that_are_links_or_odd_paths_are_refused(run, tmp_path):
     for name in (".", ".."):  # before: "No such file or directory (was its directory removed?)"
         r = run("export", "HEAD", "model", "-o", os.path.join(str(tmp_path / "newdir"), name), code=3)
         assert "not a file name" in r.stderr and not (tmp_path / "newdir").exists()
+    # "L/.." after a link L is the link target's parent for the kernel, not out/ as os.path.abspath
+    # folds it: the link checks must see the folders written to (before: written through, exit 0)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "model").symlink_to(elsewhere)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "L").symlink_to(tmp_path / "real" / "sub")
+    r = run("checkout", "HEAD", "-o", f"{work}/L/..", code=3)
+    assert "symbolic link" in r.stderr and os.listdir(elsewhere) == [] and sorted(os.listdir(work)) == ["L"]
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "real" / "e.safetensors").symlink_to(victim)
+    r = run("export", "HEAD", "model", "-o", f"{work}/L/../e.safetensors", "--force", code=3)
+    assert "symbolic link" in r.stderr and (tmp_path / "real" / "e.safetensors").is_symlink()
+    assert victim.read_bytes() == b"keep"
+    run("export", "HEAD", "model", "-o", f"{work}/L/../new.safetensors")
+    assert (tmp_path / "real" / "new.safetensors").read_bytes() == ck.read_bytes()
     r = run("export", "HEAD", "model", "-o", "-")
     assert r.stdout_bytes == ck.read_bytes()
 
