@@ -48,6 +48,18 @@ def _changed_file(path: str) -> ChangedWhileStored:
     return ChangedWhileStored(f"{path} changed while it was being committed: nothing was committed", CUT_SHORT_HINT)
 
 
+def _same_file(path: str, fd: int | None, listed: os.stat_result | None, st: os.stat_result | None = None) -> None:
+    """Refuse a file that is not the one listed (`fd` open on it, or `st` its lstat): the paths are
+    read one after the other, and a folder or file on the way replaced meanwhile by a link would
+    otherwise be read through, from outside the committed directory."""
+    if listed is None:
+        return
+    st = os.fstat(fd) if st is None else st
+    if (st.st_dev, st.st_ino) != (listed.st_dev, listed.st_ino):
+        raise BadInput(f"{path} was replaced while it was being committed (not the file listed): nothing was "
+                       "committed", CUT_SHORT_HINT)
+
+
 def _stamp(fd: int) -> tuple[int, int, int, int]:
     """What changes when a file is written: size, modification and change times, inode."""
     st = os.fstat(fd)
@@ -187,9 +199,10 @@ class Ingest:
             out[key] = {**entry, "name": name}
         return out
 
-    def safetensors_file(self, relpath: str, path: str) -> None:
+    def safetensors_file(self, relpath: str, path: str, listed: os.stat_result | None = None) -> None:
         with open(path, "rb") as f:
             stamp = _stamp(f.fileno())
+            _same_file(path, f.fileno(), listed)
             size = stamp[0]
             head8 = f.read(8)
             if len(head8) < 8:
@@ -292,13 +305,14 @@ class Ingest:
         entry = {"format": "safetensors", "header": header_id, "size": total}
         self.files[relpath] = entry
 
-    def raw_file(self, relpath: str, path: str) -> None:
+    def raw_file(self, relpath: str, path: str, listed: os.stat_result | None = None) -> None:
         """A side file stored as one raw blob. A large one is hashed and stored piece by piece
         (a 300 MB .bin inside a directory does not pass through memory whole, see _put_blob); a
         small one is read whole, which takes a consistent copy even if another program truncates
         the file meanwhile."""
         with open(path, "rb") as f:
             stamp = _stamp(f.fileno())
+            _same_file(path, f.fileno(), listed)
             size = stamp[0]
             mapped = size >= RAW_MAP_MIN
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if mapped else f.read()
@@ -327,8 +341,11 @@ class Ingest:
             raise BadInput(f"{e.filename or path} was removed while it was being committed: nothing was "
                            "committed", CUT_SHORT_HINT) from None
 
-    def _path(self, path: str, relpath: str | None) -> None:
+    def _path(self, path: str, relpath: str | None, listed: os.stat_result | None = None) -> None:
+        """Commit the file or directory at `path`; a directory's file comes with the `lstat` its
+        listing took (`listed`), which the file opened must match."""
         st = os.lstat(path.rstrip(os.sep) or path)  # (a trailing slash would follow a link to a folder)
+        _same_file(path, None, listed, st)
         if stat.S_ISLNK(st.st_mode):
             raise BadInput(f"{path} is a symbolic link; mvc refuses symlinks",
                            "commit the file it points to")
@@ -341,12 +358,12 @@ class Ingest:
         if relpath is None and not suffix.endswith(PICKLE_SUFFIXES):  # (a directory's paths are checked
             check_new_component_name(base, "file name", None)  # as it is listed; a .pt becomes model.safetensors)
         if suffix.endswith(SAFETENSORS_SUFFIX):
-            self.safetensors_file(base, path)
+            self.safetensors_file(base, path, st)
         elif suffix.endswith(PICKLE_SUFFIXES) and relpath is None:
             from .tensors import load_pickle_state_dict
             self.state_dict(MEMORY_FILE, load_pickle_state_dict(path))
         else:
-            self.raw_file(base, path)
+            self.raw_file(base, path, st)
 
     def directory(self, root: str) -> None:
         entries = []
@@ -372,13 +389,13 @@ class Ingest:
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 raise BadInput(f"{full} is a symbolic link; mvc refuses symlinks", LINKED_FOLDER_HINT)
-            (files if stat.S_ISREG(st.st_mode) else special).append((rel, full))
+            (files if stat.S_ISREG(st.st_mode) else special).append((rel, full, st))
         if not files:
             raise BadInput(f"{root} holds no files to commit" + (": only pipes, sockets or devices" if special else ""))
-        for _rel, full in special:
+        for _rel, full, _st in special:
             warnings.warn(f"skipped {full}: not a regular file (a pipe, socket or device)")
-        for rel, full in files:
-            self._path(full, rel)
+        for rel, full, st in files:
+            self._path(full, rel, st)
 
 
 def _refuse_unreadable(err: OSError):

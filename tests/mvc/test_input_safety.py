@@ -680,3 +680,28 @@ def test_a_linked_file_in_a_folder_says_how_to_commit_it(tmp_path):
     with pytest.raises(BadInput) as e:
         repo.commit({"model": str(snap)}, message="x")
     assert "config.json is a symbolic link" in e.value.message and "cp -rL" in e.value.hint
+
+
+def test_a_folder_replaced_by_a_link_during_a_directory_commit_is_not_read_through(tmp_path, monkeypatch):
+    """The folder is listed first and its files read afterwards, by path: a folder swapped meanwhile
+    for a link to elsewhere was read through (probe h5: outside bytes committed, exit 0)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "passwd").write_bytes(b"SECRET from outside the committed folder\n")
+    d = tmp_path / "model"
+    (d / "zzz").mkdir(parents=True)
+    (d / "aaa.bin").write_bytes(b"stored first")
+    (d / "zzz" / "passwd").write_bytes(b"harmless\n")
+    repo = mvc.Repo.init(tmp_path / "r")
+    stored = components.Ingest.raw_file
+
+    def raw_file(self, relpath, path, *args):
+        if relpath == "aaa.bin":  # after the listing, before zzz/passwd is read
+            os.rename(d / "zzz", tmp_path / "zzz.moved")
+            os.symlink(outside, d / "zzz")
+        return stored(self, relpath, path, *args)
+
+    monkeypatch.setattr(components.Ingest, "raw_file", raw_file)
+    with pytest.raises(BadInput, match="zzz/passwd was replaced while it was being committed"):
+        repo.commit({"model": str(d)}, message="x")
+    assert repo.head() is None
