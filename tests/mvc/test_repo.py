@@ -263,10 +263,10 @@ def test_a_file_removed_while_its_folder_is_committed_is_refused(repo, tmp_path,
         save_file({name: torch.ones(2)}, str(d / f"{name}.safetensors"))
     real = components.Ingest._path
 
-    def remove_b_first(self, path, relpath):
+    def remove_b_first(self, path, relpath, *listed):
         if relpath == "a.safetensors" and (d / "b.safetensors").exists():  # listed, not yet read
             os.unlink(d / "b.safetensors")
-        return real(self, path, relpath)
+        return real(self, path, relpath, *listed)
     monkeypatch.setattr(components.Ingest, "_path", remove_b_first)
     with pytest.raises(BadInput, match="b.safetensors was removed while it was being committed"):
         repo.commit({"m": str(d)}, message="racy")
