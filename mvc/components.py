@@ -20,8 +20,8 @@ from typing import Callable
 from . import safetensors_format as stf
 from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding
 from .interrupts import interrupts_deferred
-from .objects import (HASH_THREADS_MIN, check_new_component_name, check_relpath, hash_bytes, is_reserved_segment,
-                      new_hasher, tree_object)
+from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, hash_bytes,
+                      is_reserved_segment, new_hasher, tree_object)
 from .store import FileSpan, ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -368,7 +368,12 @@ class Ingest:
     def directory(self, root: str) -> None:
         entries = []
         for dirpath, dirnames, filenames in os.walk(root, onerror=_refuse_unreadable):
-            dirnames[:] = sorted(d for d in dirnames if not is_reserved_segment(d))
+            dirnames[:] = sorted(d for d in dirnames if d not in RESERVED_SEGMENTS)  # (git's and mvc's own)
+            for d in dirnames:  # .Git, .mvc. and the like: other folders here, but .git for a checkout
+                if is_reserved_segment(d):  # on a case-insensitive or Windows file system
+                    raise BadInput(f"{os.path.join(dirpath, d)}: a folder named {d!r} cannot be committed: a "
+                                   "checkout on a case-insensitive file system would write it as "
+                                   f"{d.lower().rstrip('. ')}", "rename it (only folders named exactly .git and .mvc are skipped)")
             # a `.git` file (a worktree's or submodule's link) is git's, as a `.git` folder is
             filenames = [n for n in filenames if n != ".git"]  # (other reserved names are refused below)
             for name in [n for n in filenames if _TEMP_NAME.match(n)]:  # never part of a model
