@@ -108,7 +108,7 @@ def init(path, as_json):
 
 
 @cli.command()
-@click.argument("path", required=False, type=click.Path(exists=False))
+@click.argument("path", required=False, type=click.Path(exists=False, readable=False))  # (unreadable: exit 3, as -c)
 @click.option("-c", "--component", "comps", multiple=True, metavar="NAME=PATH", callback=_components_option,
               help="Commit PATH as component NAME (repeatable).")
 @message_opt(required=True)

@@ -744,6 +744,23 @@ def test_checkout_and_export_refuse_to_write_into_another_repositorys_mvc(run, i
     assert sorted(str(p) for p in pathlib.Path(other.dir).rglob("*")) == before
 
 
+def test_an_unreadable_input_exits_3_given_as_path_or_as_component(run, in_repo, tmp_path, monkeypatch):
+    """click's readable check made `mvc commit PATH` a usage error (exit 2); -c NAME=PATH exits 3."""
+    import builtins
+    target = str(_ckpt(tmp_path / "m.safetensors", 0))
+    real_open, real_access = builtins.open, os.access
+
+    def deny(path, *a, **kw):  # (the tests run as root: chmod 000 would not stop the read)
+        if not isinstance(path, int) and os.fspath(path) == target:
+            raise PermissionError(13, "Permission denied", target)
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(builtins, "open", deny)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == target else real_access(p, mode, **kw))
+    for args in ((target,), ("-c", f"model={target}")):
+        r = run("commit", *args, "-m", "x", code=3)
+        assert r.stderr == f"error: {target}: permission denied (nothing was committed)\n"
+
+
 def test_checkout_over_a_file_it_cannot_read_says_so(run, in_repo, tmp_path, monkeypatch):
     """An unreadable file already there was reported as holding 'other content'."""
     import builtins
