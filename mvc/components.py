@@ -553,10 +553,13 @@ def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool]
 
 
 def _output_error(dest: str, e: OSError) -> BadInput:
+    d = os.path.dirname(dest)
+    while d and os.path.dirname(d) != d and not os.path.lexists(d):
+        d = os.path.dirname(d)  # (the nearest folder on the way that is there)
+    if os.path.islink(d) and not os.path.exists(d):  # (-o naming a link to nothing)
+        return BadInput(f"cannot write {dest}: {d} is a symbolic link to {os.readlink(d)}, which does not exist",
+                        "create its target, or remove the link")
     if isinstance(e, (FileExistsError, NotADirectoryError)):
-        d = os.path.dirname(dest)
-        while d and os.path.dirname(d) != d and not os.path.lexists(d):
-            d = os.path.dirname(d)  # (the nearest that is there)
         in_the_way = d if d and os.path.lexists(d) and not os.path.isdir(d) else None
         why = (f"{in_the_way} is a file where the checkout needs a folder: remove it if an older checkout left it"
                if in_the_way else "a file stands where a directory is needed")

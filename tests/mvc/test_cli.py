@@ -495,6 +495,12 @@ def test_output_targets_that_are_links_or_odd_paths_are_refused(run, tmp_path):
     assert victim.read_bytes() == b"keep"
     run("export", "HEAD", "model", "-o", f"{work}/L/../new.safetensors")
     assert (tmp_path / "real" / "new.safetensors").read_bytes() == ck.read_bytes()
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing-target")  # said "(was its directory removed?)"
+    for args in (("checkout", "HEAD", "-o", tmp_path / "dangling"),
+                 ("export", "HEAD", "model", "-o", tmp_path / "dangling" / "m.safetensors")):
+        r = run(*args, code=3)
+        assert f"{tmp_path / 'dangling'} is a symbolic link to {tmp_path / 'missing-target'}, which does not exist" \
+            in r.stderr and not (tmp_path / "missing-target").exists()
     r = run("export", "HEAD", "model", "-o", "-")
     assert r.stdout_bytes == ck.read_bytes()
 
