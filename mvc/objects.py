@@ -233,6 +233,10 @@ def _check_tree_shape(obj: dict) -> None:
         key = {"safetensors": "header", "raw": "id"}.get(f.get("format"))
         _need(key is not None, f"file {rel[:60]!r} has unknown format {str(f.get('format'))[:30]!r}")
         _need(isinstance(f.get(key), str) and is_oid(f[key]), f"file {rel[:60]!r} has no valid {key} id")
+    for rel in files:  # (a checkout could not write both "sub" and "sub/x")
+        segs = rel.split("/")
+        folder = next((d for d in ("/".join(segs[:i]) for i in range(1, len(segs))) if d in files), None)
+        _need(folder is None, f"file path {rel[:60]!r} is below {folder!s:.60}, a file of the tree too")
     for name, t in tensors.items():
         where = f"tensor {name[:60]!r}"
         _need(isinstance(t, dict), f"{where} is not an entry")

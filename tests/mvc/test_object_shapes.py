@@ -63,6 +63,8 @@ TREE_BREAKS = {
     "file without size": lambda t: t.update(files={"a": {"format": "raw", "id": OID}}),
     "no kind": lambda t: t.pop("kind"),
     "tensor without its file": lambda t: next(iter(t["tensors"].values())).pop("file"),
+    "a file below a file": lambda t: t["files"].update({"a": {"format": "raw", "id": OID, "size": 1},
+                                                        "a/b": {"format": "raw", "id": OID, "size": 1}}),
 }
 
 
