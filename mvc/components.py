@@ -22,6 +22,7 @@ from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfte
 from .interrupts import interrupts_deferred
 from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, hash_bytes,
                       is_reserved_segment, new_hasher, tree_object)
+from .output_folders import OutputFolders
 from .store import FileSpan, ObjectStore
 
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -574,18 +575,18 @@ def _output_error(dest: str, e: OSError) -> BadInput:
                     "free some space and run it again" if e.errno == errno.ENOSPC else "choose another output path")
 
 
-def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bool,
+def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: int, sync: bool,
                progress: Progress | None) -> str:
-    """The bytes of file `relpath` of `tree`, written to a new hidden temp file beside `dest`
-    (fsynced if `sync`); returns its path. Its name is short whatever `dest` is called (a file
-    name may take all 255 bytes) and unique (two checkouts into one place do not collide)."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    tmp = os.path.join(folder, f".{os.urandom(6).hex()}.mvc-tmp")
+    """The bytes of file `relpath` of `tree`, written to a new hidden temp file beside `dest`, in
+    the open `folder` (fsynced if `sync`); returns its name there. The name is short whatever `dest`
+    is called (a file name may take all 255 bytes) and unique (two checkouts into one place do not
+    collide)."""
+    tmp = f".{os.urandom(6).hex()}.mvc-tmp"
     try:
-        os.makedirs(folder, exist_ok=True)
-        if os.path.isdir(dest):
+        if _lexists(os.path.basename(dest), folder) and stat.S_ISDIR(os.lstat(os.path.basename(dest),
+                                                                                dir_fd=folder).st_mode):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", dest)
-        f = open(tmp, "xb")
+        f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder), "wb")
     except OSError as e:
         raise _output_error(dest, e) from None
     try:
@@ -602,11 +603,19 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, sync: bo
                 os.fsync(f.fileno())
     except BaseException as e:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=folder)
         if isinstance(e, OSError):
             raise _output_error(dest, e) from None
         raise
     return tmp
+
+
+def _lexists(name: str, folder: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _refuse_links(base: str, dest: str) -> None:
@@ -654,49 +663,64 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     if differing:
         raise BadInput(f"{len(differing)} file(s) to write already exist with other content, e.g. {differing[0]}",
                        "pass --force to overwrite them, or write into another place; nothing was written")
-    temps: list[tuple[str, str]] = []
-    renamed: list[tuple[str, bool, str | None]] = []  # (dest, replaced a file, a hard link to that file)
+    with OutputFolders() as folders:
+        return _write_new(store, items, force, progress, base, same, folders, unchanged)
+
+
+def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bool, progress: Progress | None,
+               base: str | None, same: set, folders: OutputFolders, unchanged: list | None) -> list[str]:
+    """write_files once the destinations are checked: each file not in `same` through a temp file
+    in its folder, opened by `folders` (below `base`, no link followed), then all put in place."""
+    def folder_of(dest: str) -> int:
+        folder = os.path.dirname(os.path.abspath(dest))
+        return folders.open(folder, base if base is not None else folder)
+
+    temps: list[tuple[str, str, int]] = []  # (temp file name, dest, its folder)
+    renamed: list[tuple[str, int, bool, str | None]] = []  # (dest, its folder, replaced a file, backup link name)
     installed = False
-    created_dirs: list[str] = []
     try:
+        fds = {}
+        for _tree, _relpath, dest in items:  # (each folder opened, or made, before anything is written)
+            try:
+                fds[dest] = folder_of(dest)
+            except OSError as e:
+                raise _output_error(dest, e) from None
         for tree, relpath, dest in items:
             if dest in same:
                 if progress:
                     progress(tree["files"][relpath]["size"])
                 continue
-            missing, d = [], os.path.dirname(os.path.abspath(dest))
-            while d and not os.path.lexists(d):
-                missing.append(d)
-                d = os.path.dirname(d)
-            created_dirs += reversed(missing)
+            fd = fds[dest]
             # a file replaced is synced first, so a crash cannot leave it empty; a new one need not be
-            temps.append((_temp_copy(store, tree, relpath, dest, os.path.lexists(dest), progress), dest))
+            sync = _lexists(os.path.basename(dest), fd)
+            temps.append((_temp_copy(store, tree, relpath, dest, fd, sync, progress), dest, fd))
         with interrupts_deferred():  # renames, then backups removed: a Ctrl-C amid them would
-            for tmp, dest in temps:  # put back only the files whose backup was still there
-                renamed.append((dest, *_install(tmp, dest, force)))
+            for tmp, dest, fd in temps:  # put back only the files whose backup was still there
+                renamed.append((dest, fd, *_install(tmp, dest, fd, force)))
             installed = True  # (from here on, the new files stand whatever happens)
-            for _dest, _existed, backup in renamed:
+            for _dest, fd, _existed, backup in renamed:
                 if backup:
                     with contextlib.suppress(OSError):
-                        os.unlink(backup)
-            for folder in {os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}:
-                _remove_stale_temps(folder)
+                        os.unlink(backup, dir_fd=fd)
+            for fd in set(fds.values()):
+                _remove_stale_temps(fd)
     except BaseException as e:
         if installed:  # (a Ctrl-C held back while the files went into place)
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, InterruptedAfterLanding):
                 raise InterruptedAfterLanding(f"writing all {len(items)} files", "they stand: the output is "
                                               "complete") from None
             raise
-        for tmp, _dest in temps:
+        for tmp, _dest, fd in temps:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)  # (the ones already renamed are gone from here)
-        for dest, existed, backup in reversed(renamed):  # the folder as it was: files replaced put
-            with contextlib.suppress(OSError):              # back, new ones removed
+                os.unlink(tmp, dir_fd=fd)  # (the ones already renamed are gone from here)
+        for dest, fd, existed, backup in reversed(renamed):  # the folder as it was: files replaced
+            name = os.path.basename(dest)                      # put back, new ones removed
+            with contextlib.suppress(OSError):
                 if backup:
-                    os.replace(backup, dest)
+                    os.replace(backup, name, src_dir_fd=fd, dst_dir_fd=fd)
                 elif not existed:
-                    os.unlink(dest)
-        for path in reversed(created_dirs):
+                    os.unlink(name, dir_fd=fd)
+        for path in reversed(folders.created):
             with contextlib.suppress(OSError):
                 os.rmdir(path)  # only if empty: another program may have put files there meanwhile
         if isinstance(e, OSError):
@@ -715,46 +739,49 @@ def _appeared(dest: str) -> BadInput:
                     "it was left as it is", "nothing was written; run it again, or pass --force to overwrite it")
 
 
-def _install(tmp: str, dest: str, force: bool) -> tuple[bool, str | None]:
-    """Put the whole temp file `tmp` in place as `dest`; returns (whether it replaced a file, a
-    hard link to that file kept as its backup). Without `force` `dest` was absent when checked: it
-    is linked into place, which fails rather than replace a file another checkout or program put
-    there meanwhile (BadInput); a file system without hard links gets a rename."""
+def _install(tmp: str, dest: str, folder: int, force: bool) -> tuple[bool, str | None]:
+    """Put the whole temp file `tmp` (a name in the open `folder`) in place as `dest`, also in it;
+    returns (whether it replaced a file, the name of a hard link to that file kept as its backup).
+    Without `force` `dest` was absent when checked: it is linked into place, which fails rather
+    than replace a file another checkout or program put there meanwhile (BadInput); a file system
+    without hard links gets a rename."""
+    name = os.path.basename(dest)
     if not force:
         try:
-            os.link(tmp, dest)
+            os.link(tmp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
         except FileExistsError:
             raise _appeared(dest) from None
         except OSError as e:
             if e.errno not in _NO_HARD_LINKS:
                 raise _output_error(dest, e) from None
-            if os.path.lexists(dest):  # (no hard links here: a rename, checked first)
+            if _lexists(name, folder):  # (no hard links here: a rename, checked first)
                 raise _appeared(dest) from None
         else:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=folder)
             return False, None
-    existed = os.path.lexists(dest)
+    existed = _lexists(name, folder)
     if existed:  # modes are not committed: a file replaced keeps its own (a 0600 one stays private)
         with contextlib.suppress(OSError):
-            os.chmod(tmp, stat.S_IMODE(os.lstat(dest).st_mode))
-    backup = _link_beside(dest) if existed else None
+            os.chmod(tmp, stat.S_IMODE(os.lstat(name, dir_fd=folder).st_mode), dir_fd=folder)
+    backup = _link_beside(name, folder) if existed else None
     try:
-        os.replace(tmp, dest)
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except OSError as e:  # name the file the user asked for, not the temp file
         if backup:
             with contextlib.suppress(OSError):
-                os.unlink(backup)
+                os.unlink(backup, dir_fd=folder)
         raise _output_error(dest, e) from None
     return existed, backup
 
 
-def _link_beside(path: str) -> str | None:
-    """A hard link to `path` under a backup name beside it (what a failed checkout puts back), or
-    None where the file system makes none; a killed checkout's link goes as its temp files do."""
-    link = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.urandom(6).hex()}.mvc-bak")
+def _link_beside(name: str, folder: int) -> str | None:
+    """The name of a hard link to file `name` of the open `folder`, made beside it as its backup
+    (what a failed checkout puts back), or None where the file system makes none; a killed
+    checkout's link goes as its temp files do."""
+    link = f".{os.urandom(6).hex()}.mvc-bak"
     try:
-        os.link(path, link)
+        os.link(name, link, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
     except OSError:
         return None
     return link
@@ -764,21 +791,21 @@ _TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-(tmp|bak)$")
 STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed process
 
 
-def _remove_stale_temps(folder: str) -> None:
-    """Remove temp files a killed checkout or export left in `folder` (named as _temp_copy names
-    them, older than STALE_TEMP_S: a running one's are younger). A backup link's age counts from
-    its making (the change time of the file's links): it links to a file that may be years old."""
+def _remove_stale_temps(folder: int) -> None:
+    """Remove temp files a killed checkout or export left in the open `folder` (named as
+    _temp_copy names them, older than STALE_TEMP_S: a running one's are younger). A backup link's
+    age counts from its making (the change time of the file's links): it links to a file that may
+    be years old."""
     now = time.time()
     try:
         names = [n for n in os.listdir(folder) if _TEMP_NAME.match(n)]
     except OSError:
         return
     for name in names:
-        path = os.path.join(folder, name)
         with contextlib.suppress(OSError):
-            st = os.lstat(path)
+            st = os.lstat(name, dir_fd=folder)
             if now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime) > STALE_TEMP_S:
-                os.unlink(path)
+                os.unlink(name, dir_fd=folder)
 
 
 def stray_files(out_dir: str, written: list[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Damage for the mvc tests: flip one bit of a byte in a (read-only) object, pack or index file."""
+"""Damage for the mvc tests: flip one bit of a byte in a (read-only) object, pack or index file;
+forge an object; name the file a patched *at system call (dir_fd=...) acts on."""
 import os
 
 
@@ -18,3 +19,12 @@ def forge(repo, obj: dict) -> str:
     from mvc.objects import canonical_json, hash_bytes
     data = canonical_json(obj)
     return repo.store.put(data, oid=hash_bytes(data))
+
+
+def at_path(name, dir_fd=None) -> str:
+    """The path an `os` call given `name` and `dir_fd` (as checkout's writes are) acts on, for a
+    test patching os.replace or os.link to fail or race on one file (Linux: /proc/self/fd)."""
+    name = os.fspath(name)
+    if dir_fd is None:
+        return name
+    return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)

@@ -507,16 +507,17 @@ def test_output_targets_that_are_links_or_odd_paths_are_refused(run, tmp_path):
 
 def test_output_errors_are_clear_and_leave_the_old_files(run, tmp_path, monkeypatch):
     import errno
+    from damage import at_path
     ck = _ckpt(tmp_path / "m.safetensors", 0)
     run("commit", ck, "-m", "one")
     target = tmp_path / "t.safetensors"
     target.write_bytes(b"old")
     real_replace = os.replace
 
-    def read_only(src, dst):
-        if str(dst) == str(target):
+    def read_only(src, dst, **kw):
+        if at_path(dst, kw.get("dst_dir_fd")) == str(target):
             raise OSError(errno.EROFS, "Read-only file system", str(dst))
-        return real_replace(src, dst)
+        return real_replace(src, dst, **kw)
 
     monkeypatch.setattr(os, "replace", read_only)
     r = run("export", "HEAD", "model", "-o", target, "--force", code=3)  # before: exit 4

@@ -13,6 +13,7 @@ import mvc
 import mvc.components
 import mvc.files
 import mvc.transport
+from damage import at_path
 from mvc.errors import LockHeld, MvcError
 from mvc.files import LockFile
 
@@ -114,7 +115,7 @@ def test_a_checkout_that_fails_while_renaming_puts_the_folder_back(tmp_path, mon
     real = os.replace
 
     def fails_on_b(src, dst, *a, **k):
-        if str(dst).endswith(os.path.join("b", "model.safetensors")):
+        if at_path(dst, k.get("dst_dir_fd")).endswith(os.path.join("b", "model.safetensors")):
             raise PermissionError(errno.EACCES, "Permission denied", str(dst))
         return real(src, dst, *a, **k)
     monkeypatch.setattr(os, "replace", fails_on_b)
@@ -154,8 +155,8 @@ def test_a_file_that_appears_while_a_checkout_writes_is_refused_not_replaced(tmp
 
     def user_writes_b_first(src, dst, *a, **k):
         calls.append(dst)
-        if str(dst).endswith(os.path.join("b", "model.safetensors")):
-            with open(dst, "wb") as f:
+        if at_path(dst, k.get("dst_dir_fd")).endswith(os.path.join("b", "model.safetensors")):
+            with open(at_path(dst, k.get("dst_dir_fd")), "wb") as f:
                 f.write(b"the user's file, written meanwhile")
         return real(src, dst, *a, **k)
     monkeypatch.setattr(os, "link", user_writes_b_first)
@@ -193,7 +194,7 @@ def test_without_hard_links_a_file_that_appeared_is_still_refused(tmp_path, monk
     dest = tmp_path / "out" / "a" / "model.safetensors"
 
     def no_links_and_a_user(src, dst, *a, **k):
-        with open(dst, "wb") as f:
+        with open(at_path(dst, k.get("dst_dir_fd")), "wb") as f:
             f.write(b"the user's file")
         raise PermissionError(errno.EPERM, "Operation not permitted", dst)
     monkeypatch.setattr(os, "link", no_links_and_a_user)
@@ -264,9 +265,13 @@ def test_a_concurrent_checkout_never_sweeps_away_a_running_one_s_backup(tmp_path
     old.write_bytes(b"the user's file")
     past = time.time() - 7200
     os.utime(old, (past, past))
-    backup = _link_beside(str(old))
-    _remove_stale_temps(str(tmp_path))
-    assert os.path.exists(backup) and open(backup, "rb").read() == b"the user's file"
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        backup = tmp_path / _link_beside(old.name, folder)
+        _remove_stale_temps(folder)
+    finally:
+        os.close(folder)
+    assert backup.read_bytes() == b"the user's file"
 
 
 def test_du_reports_on_a_repository_with_a_damaged_ref(tmp_path):
@@ -327,3 +332,43 @@ def test_a_lock_file_that_cannot_be_made_reports_why(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", denied)
     with pytest.raises(PermissionError):
         _open_lock_file(str(tmp_path / "writers.lock"))
+
+
+@pytest.mark.parametrize("when", ["while writing", "before its folder is opened"])
+def test_a_folder_replaced_by_a_link_during_a_checkout_is_never_written_through(tmp_path, monkeypatch, when):
+    """The links on the way were checked once, before writing; then files were made by path: a
+    folder swapped meanwhile for a link to elsewhere got the checkout's file (probe h5). Folders
+    are now opened without following links and written relative to their descriptors."""
+    from mvc import components, output_folders
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.ones(3)}, "model2": {"w": torch.zeros(3)}}, message="one")
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    (out / "model2").mkdir(parents=True)
+    outside.mkdir()
+
+    def swap():
+        os.rename(out / "model2", tmp_path / "moved")
+        os.symlink(outside, out / "model2")
+
+    if when == "while writing":
+        real = components._temp_copy
+
+        def temp_copy(store, tree, relpath, dest, *a):
+            if "model2" not in dest and not (out / "model2").is_symlink():
+                swap()
+            return real(store, tree, relpath, dest, *a)
+        monkeypatch.setattr(components, "_temp_copy", temp_copy)
+        repo.checkout("HEAD", str(out))  # (written into the folder it opened, wherever that went)
+        assert (tmp_path / "moved" / "model.safetensors").exists()
+    else:
+        real = output_folders.OutputFolders.open
+
+        def open_(self, folder, root):
+            if folder.endswith("model2") and not (out / "model2").is_symlink():
+                swap()
+            return real(self, folder, root)
+        monkeypatch.setattr(output_folders.OutputFolders, "open", open_)
+        with pytest.raises(MvcError, match=r"model2 is a symbolic link; mvc does not write through"):
+            repo.checkout("HEAD", str(out))
+        assert sorted(os.listdir(out)) == ["model2"]  # (model/ made for the checkout, removed again)
+    assert os.listdir(outside) == []
