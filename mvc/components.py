@@ -808,16 +808,18 @@ def _remove_stale_temps(folder: int) -> None:
                 os.unlink(name, dir_fd=folder)
 
 
-def stray_files(out_dir: str, written: list[str]) -> list[str]:
-    """Files under `out_dir` that a checkout did not write (left there by an earlier checkout)."""
-    mine = {os.path.abspath(p) for p in written}
-    out = []
-    for dirpath, dirs, files in os.walk(out_dir):
-        dirs[:] = [d for d in dirs if not is_reserved_segment(d)]  # (.git, .mvc: never committed)
-        for name in files:
-            path = os.path.abspath(os.path.join(dirpath, name))
-            if path not in mine and not _TEMP_NAME.match(name):
-                out.append(path)
+def stray_files(folders: list[str], written: list[str]) -> list[str]:
+    """Files under `folders` (a checkout's component folders) that the checkout did not write
+    (left there by an earlier checkout)."""
+    mine = {os.path.abspath(p) for p in written}  # (once for all folders: a checkout of thousands
+    out = []                                        # of components took time quadratic in them)
+    for folder in folders:
+        for dirpath, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not is_reserved_segment(d)]  # (.git, .mvc: never committed)
+            for name in files:
+                path = os.path.abspath(os.path.join(dirpath, name))
+                if path not in mine and not _TEMP_NAME.match(name):
+                    out.append(path)
     return sorted(out)
 
 

@@ -1025,7 +1025,7 @@ class Repo(Maintenance):
             self.store.prefetch(tree_blob_ids(tree))
         items = [(trees[name], rel, os.path.join(out_dir, *path.split("/"))) for name, rel, path in paths]
         written = comp.write_files(self.store, items, force, progress, base=out_dir, unchanged=unchanged)
-        stray = [p for name in trees for p in comp.stray_files(os.path.join(out_dir, *name.split("/")), written)]
+        stray = comp.stray_files([os.path.join(out_dir, *name.split("/")) for name in trees], written)
         if stray:
             warnings.warn(f"{len(stray)} file(s) under {out_dir} are not part of {cid[:12]} (left from before), "
                           f"e.g. {stray[0]}")

@@ -167,7 +167,7 @@ def test_a_file_that_appears_while_a_checkout_writes_is_refused_not_replaced(tmp
     assert (out / "b" / "model.safetensors").read_bytes() == b"the user's file, written meanwhile"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["b", "b/model.safetensors"]
     repo.checkout("HEAD", str(tmp_path / "again"))  # (a folder of its own: written as before)
-    assert mvc.components.stray_files(str(tmp_path / "again"), []) == sorted(
+    assert mvc.components.stray_files([str(tmp_path / "again")], []) == sorted(
         str(tmp_path / "again" / c / "model.safetensors") for c in "ab")
 
 
