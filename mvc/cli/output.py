@@ -8,13 +8,16 @@ import io
 import json
 import os
 import sys
+import threading
+import time
 
 import click
 
 from ..quoting import one_line, shown  # noqa: F401  (the commands import them from here)
 from ..transfer import Progress
 
-PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # a job this large shows its bar at once; a smaller one
+PROGRESS_AFTER_S = 1.0                 # once it has run this long
 PIPE_WIDTH = 10_000  # columns of a console that is not a terminal: piped output never cuts a name or id
 ID_WIDTH = 12  # hex digits of an id in human output
 
@@ -228,16 +231,43 @@ def size_change(before: int, after: int) -> str:
 
 @contextlib.contextmanager
 def byte_progress(total: int, label: str):
-    """Yields advance(nbytes); shows a rich bar with bytes/s on a TTY for large jobs only."""
-    if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+    """Yields advance(nbytes); on a TTY, a rich bar with bytes/s: from the start for a job of
+    PROGRESS_MIN_BYTES or more, and for a smaller one (many small tensors) once it has run for
+    PROGRESS_AFTER_S (DESIGN.md section 4: progress on anything that may take over a second)."""
+    if total <= 0 or not sys.stderr.isatty():
         yield lambda n: None
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+    shown_at = time.monotonic() + (0.0 if total >= PROGRESS_MIN_BYTES else PROGRESS_AFTER_S)
+    state = {"bar": None, "task": None, "done": 0}
+    lock = threading.Lock()  # (commits advance from worker threads)
+
+    def show():
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn(), console=console(stderr=True), transient=True)
+        bar.start()
+        state["task"] = bar.add_task(label, total=total, completed=state["done"])
+        state["bar"] = bar
+
+    def advance(n: int) -> None:
+        bar = state["bar"]
+        if bar is not None:
+            bar.advance(state["task"], n)
+            return
+        with lock:
+            if state["bar"] is not None:
+                state["bar"].advance(state["task"], n)
+                return
+            state["done"] += n
+            if time.monotonic() >= shown_at:
+                show()
+
+    try:
+        yield advance
+    finally:
+        if state["bar"] is not None:
+            state["bar"].stop()
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

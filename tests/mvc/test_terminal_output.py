@@ -1,7 +1,9 @@
 """Human output never passes text from a user, a file or a remote raw to the terminal: control and
 bidirectional-override characters are quoted, emoji codes stay text, tables keep names and ids."""
+import io
 import json
 import struct
+import sys
 
 import pytest
 import torch
@@ -196,3 +198,28 @@ def test_no_error_message_ends_in_brackets_where_a_hint_follows():
                     and (len(node.args) > 1 or any(k.arg == "hint" for k in node.keywords)):
                 bad.append(f"{path.relative_to(root)}:{node.lineno}: {what[-60:]!r}")
     assert not bad, bad
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("total,pause,shown", [(1000, 0.6, True), (1000, 0.0, False), (64 << 20, 0.0, True)])
+def test_a_bar_shows_for_a_large_job_at_once_and_for_a_small_one_that_runs_long(monkeypatch, total, pause, shown):
+    """A commit of 40,000 tiny tensors ran for seconds without a bar: it showed for 32 MB or more
+    only (probe h6). DESIGN.md section 4: progress on anything that may take over a second."""
+    import time
+    from mvc.cli import output
+    err = _Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(output, "PROGRESS_AFTER_S", 0.5)
+    with output.byte_progress(total, "counting") as advance:
+        advance(total // 2)
+        time.sleep(pause)
+        advance(total - total // 2)
+    assert ("counting" in err.getvalue()) == shown
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: never a bar
+    with output.byte_progress(64 << 20, "counting") as advance:
+        advance(64 << 20)
+    assert sys.stderr.getvalue() == ""
