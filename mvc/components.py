@@ -470,11 +470,18 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
 
 
 # -- writing trees back out ------------------------------------------------------------------
-def file_chunks(store: ObjectStore, tree: dict, relpath: str):
-    """Yield the byte chunks that rebuild one file of a tree exactly, verifying each blob."""
+def file_chunks(store: ObjectStore, tree: dict, relpath: str, whole: bool = False):
+    """Yield the byte chunks that rebuild one file of a tree exactly, verifying each blob. A large
+    packed blob comes a batch at a time (see ObjectStore.pieces: each chunk good until the next is
+    asked for, a damaged blob's CorruptObject raised after its last chunk) unless `whole` (every
+    blob decoded and verified before any of its bytes is handed out, for a reader that cannot take
+    them back, such as standard output)."""
     entry = tree["files"][relpath]
     if entry["format"] == "raw":
-        yield memoryview(store.view(entry["id"]))  # mapped, not read whole, where the store can
+        if whole:
+            yield memoryview(store.view(entry["id"]))  # mapped, not read whole, where the store can
+        else:
+            yield from store.pieces(entry["id"])
         return
     header, parsed, by_name = _file_layout(store, tree, relpath)
     missing = [e.name for e in parsed.tensors if e.name not in by_name]
@@ -483,13 +490,47 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str):
     yield header
     for e in parsed.tensors:
         t = by_name[e.name]
-        view, blob = tensor_blob(store, t, e.name)
-        if blob.end - blob.begin != e.end - e.begin:
-            raise CorruptObject(f"blob {t['id'][:12]} has the wrong size for {e.name!r}")
-        chunk = memoryview(view)[blob.begin: blob.end]
-        del view  # the chunk alone holds the bytes: a reader that drops it before asking for the
-        yield chunk  # next one (as the writers here do) frees a decoded pack object before the
-        del chunk  # next one is made
+        if whole:
+            view, blob = tensor_blob(store, t, e.name)
+            _check_body_size(t, e, blob)
+            chunk = memoryview(view)[blob.begin: blob.end]
+            del view  # the chunk alone holds the bytes: a reader that drops it before asking for the
+            yield chunk  # next one (as the writers here do) frees a decoded pack object before the
+            del chunk  # next one is made
+        else:
+            yield from tensor_pieces(store, t, e)
+
+
+def _check_body_size(t: dict, e: stf.TensorEntry, blob: stf.TensorEntry) -> None:
+    if blob.end - blob.begin != e.end - e.begin:
+        raise CorruptObject(f"blob {t['id'][:12]} has the wrong size for {e.name!r}")
+
+
+def tensor_pieces(store: ObjectStore, t: dict, e: stf.TensorEntry):
+    """The data bytes of the tensor blob tree entry `t` names, for the tensor `e` of a file's
+    header, in pieces as store.pieces hands them out (a large packed blob a batch at a time),
+    once the blob's own header has been checked as tensor_blob checks it."""
+    oid, head, blob = t["id"], bytearray(), None
+    size = store.size(oid)
+    need = 8  # (then the whole header: 8 + its length)
+    for piece in store.pieces(oid):
+        mv, at = memoryview(piece).cast("B"), 0
+        while blob is None and at < len(mv):
+            take = min(len(mv) - at, need - len(head))
+            head += mv[at: at + take]
+            at += take
+            if len(head) == 8 and need == 8:
+                n = int.from_bytes(head, "little")
+                need = 8 + n if 8 + n <= min(size, 8 + stf.MAX_HEADER_BYTES) else 8
+            if len(head) == need:
+                blob = _parsed_blob(t, e.name, bytes(head), size)
+                if blob.begin != need or blob.end != size:
+                    raise CorruptObject(f"blob {oid[:12]} of {e.name!r} is not a canonical tensor blob")
+                _check_body_size(t, e, blob)
+        if blob is not None and at < len(mv):
+            yield mv[at:]
+    if blob is None:
+        raise CorruptObject(f"blob {oid[:12]} of {e.name!r} is shorter than its header")
 
 
 def tensor_blob(store: ObjectStore, t: dict, name: str, **view_options):
@@ -497,15 +538,21 @@ def tensor_blob(store: ObjectStore, t: dict, name: str, **view_options):
     that object is not a canonical tensor blob of the entry's dtype and shape (a tree pointing at
     the wrong object hashes right all the same: only this check catches it)."""
     view = store.view(t["id"], **view_options)
+    return view, _parsed_blob(t, name, view, len(view))
+
+
+def _parsed_blob(t: dict, name: str, data, size: int) -> stf.TensorEntry:
+    """The entry of blob `data` (its first bytes; `size` long) that tree entry `t` names, checked
+    against the entry's dtype and shape."""
     try:
-        e = stf.parse_blob(view, f"blob {t['id'][:12]}")
+        e = stf.parse_blob(data, f"blob {t['id'][:12]}", size)
     except BadInput as err:
         raise CorruptObject(f"tensor {name!r} names object {t['id'][:12]}, which is not a tensor blob: "
                             f"{err.message}", "run mvc fsck") from None
     if e.dtype != t["dtype"] or list(e.shape) != list(t["shape"]):
         raise CorruptObject(f"tensor {name!r} is {t['dtype']} {list(t['shape'])} in its tree, but the blob "
                             f"it names ({t['id'][:12]}) holds {e.dtype} {list(e.shape)}", "run mvc fsck")
-    return view, e
+    return e
 
 
 def _file_layout(store: ObjectStore, tree: dict, relpath: str, parsed_headers: dict | None = None):

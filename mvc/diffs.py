@@ -98,23 +98,20 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
         out["note"] = ", ".join(notes)
     if x["shape"] != y["shape"]:
         return out
-    from .tensors import buffer_tensor
-    vals = []
-    for t in (x, y):
-        buf, e = comp.tensor_blob(store, t, name)
-        vals.append(buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape))
-    a, b = (v.reshape(-1) for v in vals)
-    n = a.numel()
+    n = math.prod(x["shape"])
     if not n:
         out.update(max_abs_delta=0.0, rel_l2=0.0, frac_changed=0.0)
         return out
     acc = _ChangeSums()
-    step = a.element_size() + b.element_size()
-    for start in range(0, n, CHUNK_ELEMENTS):
-        stop = min(n, start + CHUNK_ELEMENTS)
-        acc.add(a[start:stop], b[start:stop])
+    step = stf.DTYPE_SIZES[x["dtype"]] + stf.DTYPE_SIZES[y["dtype"]]
+    sides = [_element_chunks(store, t, name, n) for t in (x, y)]
+    for a, b in zip(*sides):
+        acc.add(a, b)
         if progress:
-            progress((stop - start) * step)
+            progress(a.numel() * step)
+    for side in sides:  # drained: a streamed blob is verified once its last piece has passed
+        for _none in side:  # (its size was checked: no element is left)
+            pass
     out["frac_changed"] = acc.changed / n
     out["max_abs_delta"] = acc.max_abs
     norm_a = _combine(acc.norms_a)
@@ -138,6 +135,33 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
     if any(notes):
         out["note"] = ", ".join(filter(None, notes))
     return out
+
+
+def _element_chunks(store, t: dict, name: str, n: int):
+    """The `n` elements of the tensor tree entry `t` names, as 1-D tensors of CHUNK_ELEMENTS (the
+    last may be shorter). A mapped or small blob is sliced; a large packed one is decoded a batch
+    at a time into one reused buffer (each chunk good until the next is asked for), not whole."""
+    from .tensors import buffer_tensor
+    if not store.streams(t["id"]):
+        buf, e = comp.tensor_blob(store, t, name)
+        flat = buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape).reshape(-1)
+        for start in range(0, n, CHUNK_ELEMENTS):
+            yield flat[start: start + CHUNK_ELEMENTS]
+        return
+    size = stf.DTYPE_SIZES[t["dtype"]]
+    chunk, filled = bytearray(min(n, CHUNK_ELEMENTS) * size), 0
+    entry = stf.TensorEntry(name, t["dtype"], tuple(t["shape"]), 0, n * size)
+    for piece in comp.tensor_pieces(store, t, entry):
+        at = 0
+        while at < len(piece):
+            take = min(len(chunk) - filled, len(piece) - at)
+            chunk[filled: filled + take] = piece[at: at + take]
+            filled, at = filled + take, at + take
+            if filled == len(chunk):
+                yield buffer_tensor(chunk, 0, filled, t["dtype"], [filled // size])
+                filled = 0
+    if filled:
+        yield buffer_tensor(chunk, 0, filled, t["dtype"], [filled // size])
 
 
 class _ChangeSums:

@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 from . import pack_format as pf
 from .errors import ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing
-from .objects import hash_bytes
+from .objects import hash_bytes, new_hasher
 from .store import ObjectStore
 
 PACK_DIR = "pack"                # under the objects directory
@@ -543,8 +543,7 @@ class PackStore(ObjectStore):
             if tainted:  # a cached base was changed by whoever holds it: decode from the pack alone
                 self.cache.discard(r.base)
                 return self._decode_record(oid, pack, r, chain, use_cache=False)
-            raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
-                                "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
+            raise _decodes_wrong(where, got)
         shared = use_cache and hasattr(arr, "nbytes") and self._is_base(oid) and self.cache.put(oid, arr)
         return arr, tainted, not shared
 
@@ -554,6 +553,31 @@ class PackStore(ObjectStore):
             if pack.is_base(oid):
                 return True
         return False
+
+    def streams(self, oid):
+        from .pack_codec import STREAM_BYTES
+        hit = self.lookup(oid)
+        return hit is not None and hit[1].size >= STREAM_BYTES
+
+    def pieces(self, oid):
+        """A large object decoded a batch of chunks at a time (see pack_codec.decode_pieces) and
+        hashed as it passes; CorruptObject after the last batch when it is not `oid`. Its delta
+        base is decoded afresh, not taken from the cache (a holder may have changed a cached base,
+        and what was handed out cannot be taken back to decode again). A small one: its view."""
+        from .pack_codec import decode_pieces
+        if not self.streams(oid):
+            yield self.view(oid)
+            return
+        pack, r = self.lookup(oid)
+        where = f"object {oid} in {pack.name}.pack"
+        base, _tainted, _owned = self._base(oid, pack, r, (), use_cache=False)
+        hasher = new_hasher()
+        for piece in decode_pieces(pack.entry(r), r.encoding, r.size, base, where):
+            hasher.update(piece)
+            yield piece
+        got = hasher.hexdigest()
+        if got != oid:
+            raise _decodes_wrong(where, got)
 
     def check(self, oid: str, use_cache: bool = True) -> bytes:
         """Verify that `oid` decodes to its id (CorruptObject names the damage) and return its first
@@ -574,8 +598,7 @@ class PackStore(ObjectStore):
             if tainted:
                 self.cache.discard(r.base)
                 return self.check(oid, use_cache=False)
-            raise CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
-                                "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
+            raise _decodes_wrong(where, got)
         if r.encoding == pf.RAW:
             return bytes(entry[:HEAD_BYTES])
         h = pf.decode_entry_header(entry, r.size, where)
@@ -594,6 +617,11 @@ class PackStore(ObjectStore):
             if progress:
                 progress(pack.file_size)
         return problems
+
+
+def _decodes_wrong(where: str, got: str) -> CorruptObject:
+    return CorruptObject(f"{where} is corrupt: it decodes to content hashing to {got[:12]}",
+                         "run mvc fsck; mvc fsck --repair-from REMOTE restores it from a remote or clone that has it")
 
 
 def pf_decode(entry, encoding, size, base, where, into_base=False):

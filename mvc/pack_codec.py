@@ -345,19 +345,30 @@ def decode(entry, encoding: int, size: int, base, where: str, into_base: bool = 
     return out
 
 
-def decode_hash(entry, encoding: int, size: int, base, where: str) -> str:
-    """The BLAKE3 hex of an entry's object, decoded a batch of chunks at a time (never whole)."""
-    from .objects import hash_bytes, new_hasher
+def decode_pieces(entry, encoding: int, size: int, base, where: str):
+    """An entry's object bytes in order, a batch of chunks at a time (never whole): the prefix,
+    then each batch in one buffer that the next batch overwrites (use each piece before asking
+    for the next). Not verified by hash: the caller hashes what passes."""
     entry = memoryview(entry)
     if encoding == pf.RAW:
-        return hash_bytes(_raw_entry(entry, size, where))
+        yield _raw_entry(entry, size, where)
+        return
     e = _parse(entry, encoding, size, base, where)
-    hasher = new_hasher()
-    hasher.update(entry[pf.ENTRY_HEADER.size: pf.ENTRY_HEADER.size + e.h.prefix_len])
+    yield entry[pf.ENTRY_HEADER.size: pf.ENTRY_HEADER.size + e.h.prefix_len]
     batch = np.empty((min(e.n, BATCH_CHUNKS * e.h.chunk_elems), e.h.itemsize), dtype=np.uint8)
     for c0 in range(0, e.h.chunks, BATCH_CHUNKS):
         c1 = min(e.h.chunks, c0 + BATCH_CHUNKS)
         rows = min(e.n, c1 * e.h.chunk_elems) - c0 * e.h.chunk_elems
         e.decode_chunks(batch, c0, c1)
-        hasher.update(batch[:rows])
+        yield memoryview(batch[:rows]).cast("B")
+
+
+def decode_hash(entry, encoding: int, size: int, base, where: str) -> str:
+    """The BLAKE3 hex of an entry's object, decoded a batch of chunks at a time (never whole)."""
+    from .objects import hash_bytes, new_hasher
+    if encoding == pf.RAW:
+        return hash_bytes(_raw_entry(memoryview(entry), size, where))
+    hasher = new_hasher()
+    for piece in decode_pieces(entry, encoding, size, base, where):
+        hasher.update(piece)
     return hasher.hexdigest()

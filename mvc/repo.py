@@ -1072,13 +1072,14 @@ class Repo(Maintenance):
         return out_file
 
     def export_chunks(self, rev: str | None, component: str):
-        """The bytes of a single-file component, as chunks (for writing to a stream)."""
+        """The bytes of a single-file component, as chunks (for writing to a stream: each blob is
+        verified before any of its bytes is handed out, a large packed one decoded whole)."""
         tree = self.tree(rev, component, shared=True)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
         self.store.prefetch(tree_blob_ids(tree))
-        return comp.file_chunks(self.store, tree, next(iter(tree["files"])))
+        return comp.file_chunks(self.store, tree, next(iter(tree["files"])), whole=True)
 
 
 @functools.lru_cache(maxsize=None)

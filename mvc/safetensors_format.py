@@ -215,21 +215,23 @@ _BLOB_ENTRIES: dict[tuple[bytes, int], TensorEntry] = {}  # (header bytes, blob 
 _BLOB_ENTRIES_MAX = 4096
 
 
-def parse_blob(data: bytes | memoryview, where: str = "tensor blob") -> TensorEntry:
+def parse_blob(data: bytes | memoryview, where: str = "tensor blob", size: int | None = None) -> TensorEntry:
     """Parse a canonical tensor blob; returns its entry with offsets relative to the blob start.
+    `data` is the whole blob, or its first bytes (its header at least) with `size` its length.
 
     A blob's entry depends only on its header bytes and its size, and blobs of one dtype and
     shape share a header: parses are remembered by (header, size), which takes the JSON parse
     out of every load of a known shape (it was the largest cost of a load with stamps)."""
+    size = len(data) if size is None else size
     key = None
     if len(data) >= 8:
         n = int.from_bytes(data[:8], "little")
-        if n <= MAX_HEADER_BYTES and 8 + n <= len(data):
-            key = (bytes(data[:8 + n]), len(data))
+        if n <= MAX_HEADER_BYTES and 8 + n <= min(len(data), size):
+            key = (bytes(data[:8 + n]), size)
             hit = _BLOB_ENTRIES.get(key)
             if hit is not None:
                 return hit
-    header = parse_header(data, len(data), where)
+    header = parse_header(data, size, where)
     if len(header.tensors) != 1 or header.metadata is not None:
         raise BadInput(f"{where}: not a canonical single-tensor blob")
     e = header.tensors[0]

@@ -241,6 +241,18 @@ class ObjectStore:
         stamp instead of re-hashing it (see LooseStore); `rehash=True` always re-hashes."""
         return self.get(oid)
 
+    def pieces(self, oid: str):
+        """The object's bytes in order, as one or more buffers. A store that decodes objects (a
+        pack) hands a large one out a batch at a time, each buffer good until the next is asked
+        for, and raises CorruptObject after the last when they do not hash to `oid`: a reader
+        acts on them once the iteration has ended (a checkout renames its temp file then).
+        Others hand out the verified view."""
+        yield self.view(oid)
+
+    def streams(self, oid: str) -> bool:
+        """Whether `pieces(oid)` decodes the object a batch at a time (see PackStore)."""
+        return False
+
     def put(self, *buffers, oid: str | None = None, progress=None, recheck: bool = False) -> str:
         """Store the concatenation of `buffers`; returns its id. Idempotent. `progress(n)`, when
         given, hears of the object's bytes as they are written, all at once when the store already
@@ -720,6 +732,24 @@ class ChainStore(ObjectStore):
 
     def view(self, oid, verify=True, rehash=False):
         return self._read(oid, "view", verify=verify, rehash=rehash)
+
+    def _streaming(self, oid) -> ObjectStore | None:
+        """The store that streams `oid` when no loose copy is there (a loose file is mapped)."""
+        if self.primary.has(oid):
+            return None
+        return next((s for s in self.stores[1:] if s.streams(oid)), None)
+
+    def streams(self, oid):
+        return self._streaming(oid) is not None
+
+    def pieces(self, oid):
+        """From a pack that streams it (see _streaming); otherwise the view, read through the
+        stores as `view` is."""
+        store = self._streaming(oid)
+        if store is not None:
+            yield from store.pieces(oid)
+        else:
+            yield self.view(oid)
 
     def put(self, *buffers, oid=None, progress=None, recheck=False):
         """Write to the primary store unless a local store (loose or packed; not a lazy clone's

@@ -266,3 +266,61 @@ def test_a_directory_remote_sends_a_packed_object_without_copying_it(tmp_path):
     assert sink.hexdigest() == oid and n > 4_000_000
     assert peak < 1.3 * n, (peak, n)
     assert hash_bytes(t.get(oid)) == oid and isinstance(t.get(oid), bytes)
+
+
+# -- checkout, export and diff read a large packed object a batch at a time (they decoded it whole) --
+def _no_whole_decode_of_streamed(monkeypatch):
+    from mvc.pack import PackStore
+    real = PackStore._read
+
+    def read(self, oid):
+        if self.size(oid) >= pack_codec.STREAM_BYTES:
+            pytest.fail(f"{oid[:12]} ({self.size(oid)} bytes) was decoded whole")
+        return real(self, oid)
+    monkeypatch.setattr(PackStore, "_read", read)
+
+
+def test_checkout_export_and_diff_stream_large_packed_objects(tmp_path, small_stream, monkeypatch):
+    repo = mvc.Repo.init(tmp_path / "r")
+    g = torch.Generator().manual_seed(5)
+    one = {"big": torch.randn(300, 100, generator=g), "other": torch.randn(40, 100, generator=g).half()}
+    two = {"big": one["big"] + 1e-3, "other": one["other"]}  # big: an XOR delta once packed
+    ids = [repo.commit({"core": s}, message=f"c{i}") for i, s in enumerate((one, two))]
+    expected_diff = repo.diff(ids[0], ids[1])
+    repo.checkout(ids[1], str(tmp_path / "loose"))
+    pack(repo, full=True)
+    fresh = mvc.Repo(repo.root)
+    bigs = [fresh.tree(c, "core")["tensors"]["big"]["id"] for c in ids]
+    assert all(fresh.store.streams(oid) and not fresh.store.primary.has(oid) for oid in bigs)  # packed, not loose
+    assert records(repo)[bigs[1]].encoding == pf.XOR
+    _no_whole_decode_of_streamed(monkeypatch)
+    fresh.checkout(ids[1], str(tmp_path / "packed"))
+    fresh.export(ids[0], "core", str(tmp_path / "first.safetensors"))
+    monkeypatch.undo()
+    loose_file = tmp_path / "loose" / "core" / "model.safetensors"
+    assert (tmp_path / "packed" / "core" / "model.safetensors").read_bytes() == loose_file.read_bytes()
+    first = tmp_path / "first.safetensors"
+    from safetensors.torch import load_file
+    assert all(torch.equal(load_file(str(first))[k], one[k]) for k in one)
+    _no_whole_decode_of_streamed(monkeypatch)
+    got = fresh.diff(ids[0], ids[1])
+    assert got == expected_diff and got["components"]["core"]["tensors"]["big"]["status"] == "changed"
+
+
+def test_a_damaged_streamed_object_fails_checkout_and_diff_after_its_last_batch(tmp_path, small_stream):
+    repo = mvc.Repo.init(tmp_path / "r")
+    big = torch.randn(300, 100, generator=torch.Generator().manual_seed(6))
+    ids = [repo.commit({"core": {"big": big * k}}, message=f"c{k}") for k in (1, 2)]
+    pack(repo, full=True)
+    r = max(records(repo).values(), key=lambda r: r.size)
+    (p,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    os.chmod(p.path, 0o644)
+    flip_byte(p.path, r.offset + r.length - 10)  # in its last chunk: every batch before it passes
+    fresh = mvc.Repo(repo.root)
+    out = tmp_path / "out"
+    damaged = next(c for c in ids if r.oid in [t["id"] for t in fresh.tree(c, "core")["tensors"].values()])
+    with pytest.raises(mvc.errors.CorruptObject, match=f"{r.oid}.*is corrupt"):
+        fresh.checkout(damaged, str(out))
+    assert not out.exists()  # nothing written, the temp file removed, the folders made removed again
+    with pytest.raises(mvc.errors.CorruptObject, match="is corrupt"):
+        fresh.diff(ids[0], ids[1])
