@@ -43,6 +43,8 @@ class _CutShort(Exception):
 
 
 CUT_SHORT_HINT = "commit it again once the program writing it has finished"
+TRAINING_HINT = ("is another thread training it? commit between steps, or a copy "
+                 "(e.g. {k: v.clone() for k, v in model.state_dict().items()})")
 
 
 def _changed_file(path: str) -> ChangedWhileStored:
@@ -59,6 +61,16 @@ def _same_file(path: str, fd: int | None, listed: os.stat_result | None, st: os.
     if (st.st_dev, st.st_ino) != (listed.st_dev, listed.st_ino):
         raise BadInput(f"{path} was replaced while it was being committed (not the file listed): nothing was "
                        "committed", CUT_SHORT_HINT)
+
+
+def _version_of(t) -> int | None:
+    """A tensor's version counter, which every in-place operation on it (or on a view sharing it,
+    as a state dict's detached parameters do) increments; None where it has none (an inference
+    tensor, something that is not a tensor)."""
+    try:
+        return t._version
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _stamp(fd: int) -> tuple[int, int, int, int]:
@@ -273,6 +285,7 @@ class Ingest:
         from .tensors import find_aliases, tensor_buffer
         aliases = find_aliases(state)
         names = sorted(n for n in state if n not in aliases)
+        versions = {n: _version_of(state[n]) for n in names}  # (before any buffer is taken)
         buffers = {n: tensor_buffer(state[n], n) for n in names}
         for alias, target in aliases.items():  # the file holds every name, tied ones as copies
             buffers[alias] = buffers[target]
@@ -289,10 +302,17 @@ class Ingest:
                 return self._put_blob(stf.blob_prefix(dtype, shape), buf, spare_cores)
             except ChangedWhileStored:
                 raise ChangedWhileStored(f"tensor {n!r} changed while it was being committed: nothing was committed",
-                                         "is another thread training it? commit between steps, or a copy "
-                                         "(e.g. {k: v.clone() for k, v in model.state_dict().items()})") from None
+                                         TRAINING_HINT) from None
 
-        for n, oid in self._put_all(names, lambda n: len(buffers[n][2]), put):
+        stored = self._put_all(names, lambda n: len(buffers[n][2]), put)
+        # each blob is checked as it is written; an in-place write to a tensor already stored or not
+        # yet begun (the next optimizer step) would mix two steps in one model: the versions tell
+        changed = [n for n in names if versions[n] is not None and _version_of(state[n]) != versions[n]]
+        if changed:
+            raise ChangedWhileStored(f"tensor {changed[0]!r} changed while the component was being committed"
+                                     + (f" ({len(changed)} tensors did)" if len(changed) > 1 else "")
+                                     + ": nothing was committed", TRAINING_HINT)
+        for n, oid in stored:
             dtype, shape, buf = buffers[n]
             self._add_tensor(relpath, n, oid, dtype, shape)
             total += len(buf)

@@ -339,3 +339,31 @@ def test_a_tensor_changed_while_it_is_committed_is_refused_and_nothing_is_stored
     assert [f for _d, _s, fs in os.walk(os.path.join(repo.dir, "objects")) for f in fs] == []
     cid = repo.commit({"model": {"b": torch.ones(2), "w": w}}, message="between steps")
     assert torch.equal(repo.load(cid, "model", rehash=True)["w"], w)
+
+
+def test_a_step_between_two_tensors_blobs_is_refused_not_a_model_of_two_steps(repo, monkeypatch):
+    """Each blob is checked as it is written, so a step landing after one tensor was stored and
+    before the next began made a commit of two optimizer steps without a word (probe h7)."""
+    import mvc.components
+    from mvc.errors import ChangedWhileStored
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    real, stored = mvc.components.Ingest._put_blob, []
+
+    def put_blob(self, *a, **kw):
+        oid = real(self, *a, **kw)
+        stored.append(oid)
+        if len(stored) == 1:  # the trainer's step, after the first blob and before the others
+            model(torch.ones(1, 4)).sum().backward()
+            opt.step()
+        return oid
+    monkeypatch.setattr(mvc.components.Ingest, "_put_blob", put_blob)
+    monkeypatch.setattr(mvc.components, "STORE_WORKERS", 1)  # (one blob after the other)
+    with pytest.raises(ChangedWhileStored, match="changed while the component was being committed .4 tensors did."):
+        repo.commit({"core": model}, message="mid-step")
+    assert repo.log() == []
+    monkeypatch.undo()
+    with torch.inference_mode():  # inference tensors have no version counter: committed as they are
+        frozen = {"w": torch.ones(3)}
+    cid = repo.commit({"core": model, "frozen": frozen}, message="between steps")
+    assert torch.equal(repo.load(cid, "core")["0.weight"], model[0].weight.detach())
