@@ -10,6 +10,7 @@ import configparser
 import functools
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -605,7 +606,15 @@ class Repo(Maintenance):
             for name, value in components.items():
                 new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
         provenance = git_provenance(self.root)
-        for _attempt in range(COMMIT_RETRIES):
+        with _branch_turn(self.dir, ref):
+            return self._land_commit(new_trees, remove, message, metrics, author, extra, ref, created_from,
+                                     provenance)
+
+    def _land_commit(self, new_trees, remove, message, metrics, author, extra, ref, created_from,
+                     provenance) -> tuple[str, str]:
+        """The commit object on the branch's current head, and the branch moved to it by compare-
+        and-swap, again on the new head when another process moved it meanwhile."""
+        for attempt in range(COMMIT_RETRIES):
             parent = self.refs.read(ref)
             base = parent if parent is not None else created_from
             comps = self._next_components(base, remove, new_trees)
@@ -616,8 +625,8 @@ class Repo(Maintenance):
             try:
                 self.refs.update(ref, cid, expected=parent, message=f"commit: {message.splitlines()[0]}",
                                  author=author)
-            except RefConflict:
-                time.sleep(0.01)
+            except RefConflict:  # (another process: waits spread out, so that two do not collide again)
+                time.sleep(random.uniform(0.005, 0.01 * (attempt + 1)))
                 continue
             except KeyboardInterrupt:  # held back while the ref moved: did it move?
                 if self.refs.read(ref) == cid:
@@ -1080,6 +1089,20 @@ class Repo(Maintenance):
                            "use mvc checkout REV -o DIR for multi-file components")
         self.store.prefetch(tree_blob_ids(tree))
         return comp.file_chunks(self.store, tree, next(iter(tree["files"])), whole=True)
+
+
+_BRANCH_TURNS: dict[tuple[str, str], threading.Lock] = {}
+_BRANCH_TURNS_GUARD = threading.Lock()
+
+
+def _branch_turn(mvc_dir: str, ref: str) -> threading.Lock:
+    """The lock threads of this process take in turn to commit onto one branch of a repository:
+    the ref's compare-and-swap retries on a moved head, and among many threads one could lose
+    every retry (16 threads: a few commits of 240 failed with RefConflict). Other processes still
+    meet at the compare-and-swap."""
+    key = (os.path.realpath(mvc_dir), ref)
+    with _BRANCH_TURNS_GUARD:
+        return _BRANCH_TURNS.setdefault(key, threading.Lock())
 
 
 @functools.lru_cache(maxsize=None)

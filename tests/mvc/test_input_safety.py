@@ -3,6 +3,7 @@ revisions naming non-commits, unreadable inputs, odd tensors, and checks that ru
 import json
 import os
 import struct
+import time
 import warnings
 
 import pytest
@@ -569,6 +570,42 @@ def test_two_threads_committing_through_one_repo_object(repo):
     fresh = mvc.Repo(repo.root)
     assert len(fresh.log("a")) == 6 and len(fresh.log("b")) == 6 and fresh.fsck()["ok"]
     assert not os.listdir(os.path.join(repo.dir, "objects", "tmp"))
+
+
+def test_threads_committing_to_one_branch_take_turns_and_none_is_refused(repo, monkeypatch):
+    """Each thread read the head, wrote its commit and swapped the ref, retrying on a moved head
+    20 times: among 16 threads some lost every retry (RefConflict, probe h7). They take turns now."""
+    import threading
+    from mvc.refs import RefStore
+    real, inside, most, errors = RefStore.update, [0], [0], []
+    guard = threading.Lock()
+
+    def update(self, *a, **kw):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.002)  # (a slow disk: the window another thread's swap would fall into)
+            return real(self, *a, **kw)
+        finally:
+            with guard:
+                inside[0] -= 1
+    monkeypatch.setattr(RefStore, "update", update)
+
+    def work(k):
+        try:
+            for i in range(5):
+                repo.commit({f"c{k}": {"w": torch.full((4,), float(i))}}, message=f"{k}.{i}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and most[0] == 1
+    log = repo.log()
+    assert len(log) == 40 and len(log[0]["components"]) == 8  # every commit, each on the one before
 
 
 @pytest.mark.parametrize("a,b,expect", [
