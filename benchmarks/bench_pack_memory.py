@@ -1,4 +1,4 @@
-"""Peak private memory of packing, fsck, export and push with one large tensor, next to what
+"""Peak private memory of packing, fsck, export, push and diff with one large tensor, next to what
 reading the same file into memory holds (the reference: one copy).
 
 Each command runs as its own `python -m mvc` process; its resident anonymous memory (RssAnon,
@@ -95,18 +95,20 @@ def main(argv=None) -> dict:
         mvc = [sys.executable, "-m", "mvc"]
         subprocess.run(mvc + ["init", repo], env=ENV, check=True, capture_output=True)
         size_mb = write_tensor(src, args.mb, 0) / 1e6
-        ref_s, ref_mb = peak_anon_mb([sys.executable, "-c", "import sys; data = open(sys.argv[1], 'rb').read()",
-                                      src], work)
+        ref_s, ref_mb = peak_anon_mb([sys.executable, "-c", "import sys, time; data = open(sys.argv[1], 'rb').read(); "
+                                      "time.sleep(0.2)", src], work)  # (held a moment: sampled every 20 ms)
         rows = [("reference: read the file (one copy)", ref_s, ref_mb)]
         for step in (0, 1):
             write_tensor(src, args.mb, step)
             subprocess.run(mvc + ["commit", src, "-m", f"step {step}"], cwd=repo, env=ENV, check=True,
                            capture_output=True)
             what = "" if step == 0 else ", 2nd commit (XOR delta)"
-            for label, cmd in [("mvc pack", ["pack"]), ("mvc fsck (packed)", ["fsck"]),
-                               ("mvc export (packed)", ["export", "HEAD", "model", "-o",
-                                                        os.path.join(work, f"e{step}.st")]),
-                               ("mvc push (packed, dir remote)", ["push", os.path.join(work, "remote"), "main"])]:
+            commands = [("mvc pack", ["pack"]), ("mvc fsck (packed)", ["fsck"]),
+                        ("mvc export (packed)", ["export", "HEAD", "model", "-o", os.path.join(work, f"e{step}.st")]),
+                        ("mvc push (packed, dir remote)", ["push", os.path.join(work, "remote"), "main"])]
+            if step:
+                commands.append(("mvc diff HEAD~1 HEAD (both packed)", ["diff", "HEAD~1", "HEAD"]))
+            for label, cmd in commands:
                 seconds, mb = peak_anon_mb(mvc + cmd, repo)
                 rows.append((label + what, seconds, mb))
         os.remove(src)
