@@ -8,7 +8,8 @@ stands in the way of new refs.
 from __future__ import annotations
 
 import calendar
-import collections
+import contextlib
+import contextvars
 import errno
 import itertools
 import json
@@ -29,24 +30,39 @@ SYMREF_PREFIX = "ref: "
 RETIRED_LOGS = "deleted"  # logs/deleted/...: live refs are HEAD or refs/..., so never clash with it
 
 
-_MOVED: collections.deque = collections.deque(maxlen=6)
+# the last changes that stand, of this thread (a thread starts with none): another thread's commit
+# or an earlier API call is not what an error here should name
+_MOVED: contextvars.ContextVar[tuple] = contextvars.ContextVar("mvc_moved", default=())
+_MOVES_KEPT = 6
 
 
 def note_moved(what: str, logged: bool = True) -> None:
-    """Remember a ref (here or on a remote) this process moved, said as what it did ("moved
+    """Remember a ref (here or on a remote) this thread moved, said as what it did ("moved
     refs/heads/main to <id>", "deleted ..."), or another change that stands (`logged=False`: one no
     reflog records, as HEAD switched or a config value set): an error after it must not say that
     nothing moved (the CLI names these)."""
-    _MOVED.append((what, logged))
+    _MOVED.set((_MOVED.get() + ((what, logged),))[-_MOVES_KEPT:])
+
+
+@contextlib.contextmanager
+def moves_scope():
+    """Within it, moves_so_far names the changes made within it only (an API call's own, not those
+    of earlier calls); afterwards they count for whoever is outside, as before."""
+    outer = _MOVED.get()
+    _MOVED.set(())
+    try:
+        yield
+    finally:
+        _MOVED.set((outer + _MOVED.get())[-_MOVES_KEPT:])
 
 
 def moved_in_this_process() -> list[str]:
-    return [what for what, _logged in _MOVED]
+    return [what for what, _logged in _MOVED.get()]
 
 
 def moves_logged() -> bool:
-    """Whether a change this process made is one a reflog records (a ref moved)."""
-    return any(logged for _what, logged in _MOVED)
+    """Whether a change this thread made is one a reflog records (a ref moved)."""
+    return any(logged for _what, logged in _MOVED.get())
 
 
 def moves_so_far() -> str:
@@ -57,7 +73,7 @@ def moves_so_far() -> str:
 
 
 def forget_moves() -> None:
-    _MOVED.clear()
+    _MOVED.set(())
 
 
 def utc_now() -> str:

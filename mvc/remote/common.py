@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from ..errors import CorruptObject, MvcError, ObjectMissing, WrongObjectType
 from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes, tree_blob_sizes
-from ..refs import moves_so_far
+from ..refs import moves_scope, moves_so_far
 from ..repo import Repo
 from ..store import fsync_dir, new_object_file
 from ..transport import LazyRemoteStore, Transport, check_received, hash_file
@@ -54,16 +54,18 @@ class Pool:
 
 @contextlib.contextmanager
 def permission_errors(t: Transport):
-    """A file the user may not read or write is an error to fix, not a bug."""
-    try:
-        yield
-    except PermissionError as e:
-        raise MvcError(f"permission denied: {e.filename or t.describe()}",
-                       f"{moves_so_far()}; check the permissions of the repository and of the remote") from None
-    except (IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:  # e.g. a ref that is a folder
-        raise MvcError(f"unexpected file layout at {e.filename2 or e.filename or t.describe()}: {e.strerror}",
-                       f"a file stands where a folder belongs or the reverse, or it was removed meanwhile; "
-                       f"check that path; the remote is {t.describe()}") from None
+    """A file the user may not read or write is an error to fix, not a bug (naming what this
+    operation, not an earlier one, had moved)."""
+    with moves_scope():
+        try:
+            yield
+        except PermissionError as e:
+            raise MvcError(f"permission denied: {e.filename or t.describe()}",
+                           f"{moves_so_far()}; check the permissions of the repository and of the remote") from None
+        except (IsADirectoryError, NotADirectoryError, FileNotFoundError) as e:  # e.g. a ref that is a folder
+            raise MvcError(f"unexpected file layout at {e.filename2 or e.filename or t.describe()}: {e.strerror}",
+                           f"a file stands where a folder belongs or the reverse, or it was removed meanwhile; "
+                           f"check that path; the remote is {t.describe()}") from None
 
 
 def holds(repo: Repo, oid: str) -> bool:

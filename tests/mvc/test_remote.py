@@ -1371,3 +1371,26 @@ def test_a_push_sends_an_object_packed_while_it_was_being_sent(tmp_path, monkeyp
     assert packed and not list(repo.loose.ids())  # it did move everything into a pack meanwhile
     clone, _ = rm.clone(str(tmp_path / "bare"), str(tmp_path / "copy"))
     assert clone.head() == repo.head() and clone.fsck()["ok"]
+
+
+def test_an_api_call_s_error_names_only_what_it_moved_not_other_threads_or_earlier_calls(tmp_path, monkeypatch):
+    """The list of moves behind "it had moved ..." was process-wide, cleared by the CLI only: a
+    fetch refused for permissions named a background thread's commit and an earlier add_remote
+    as its own moves (probe h7)."""
+    remote = mvc.Repo.init(tmp_path / "remote")
+    remote.commit({"m": {"w": torch.zeros(2)}}, message="there")
+    repo = mvc.Repo.init(tmp_path / "local")
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    t = threading.Thread(target=lambda: repo.commit({"m": {"w": torch.ones(2)}}, message="background"))
+    t.start()
+    t.join()
+    repo.commit({"m": {"w": torch.full((2,), 2.0)}}, message="an earlier call in this thread")
+
+    def denied(self, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "remote" / ".mvc" / "refs"))
+    monkeypatch.setattr(DirectoryTransport, "list_refs", denied)
+    with pytest.raises(mvc.MvcError) as e:
+        rm.fetch(repo, "origin")
+    assert e.value.hint.startswith("nothing was moved;")
+    from mvc.refs import moved_in_this_process
+    assert moved_in_this_process()[-1].startswith("moved refs/heads/main")  # (kept for the caller)
