@@ -18,7 +18,7 @@ import warnings
 from typing import Callable
 
 from . import safetensors_format as stf
-from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding
+from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding, MvcError
 from .interrupts import interrupts_deferred
 from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, hash_bytes,
                       is_reserved_segment, new_hasher, tree_object)
@@ -620,7 +620,11 @@ def tree_problems(store: ObjectStore, tree: dict, present: Callable[[str], bool]
     return problems
 
 
-def _output_error(dest: str, e: OSError) -> BadInput:
+def _output_error(dest: str, e: OSError) -> BadInput | OSError:
+    """What to raise for `e`, met writing `dest`: a BadInput naming what is wrong with the output
+    path, or `e` itself for what is not the path's doing (the open-file limit: the CLI says so)."""
+    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return e
     d = os.path.dirname(dest)
     while d and os.path.dirname(d) != d and not os.path.lexists(d):
         d = os.path.dirname(d)  # (the nearest folder on the way that is there)
@@ -738,18 +742,17 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
                base: str | None, same: set, folders: OutputFolders, unchanged: list | None) -> list[str]:
     """write_files once the destinations are checked: each file not in `same` through a temp file
     in its folder, opened by `folders` (below `base`, no link followed), then all put in place."""
-    def folder_of(dest: str) -> int:
+    def folder_of(dest: str) -> int:  # (good until the next call: see OutputFolders)
         folder = os.path.dirname(os.path.abspath(dest))
         return folders.open(folder, base if base is not None else folder)
 
-    temps: list[tuple[str, str, int]] = []  # (temp file name, dest, its folder)
-    renamed: list[tuple[str, int, bool, str | None]] = []  # (dest, its folder, replaced a file, backup link name)
+    temps: list[tuple[str, str]] = []  # (temp file name in dest's folder, dest)
+    renamed: list[tuple[str, bool, str | None]] = []  # (dest, replaced a file, backup link name beside it)
     installed = False
     try:
-        fds = {}
         for _tree, _relpath, dest in items:  # (each folder opened, or made, before anything is written)
             try:
-                fds[dest] = folder_of(dest)
+                folder_of(dest)
             except OSError as e:
                 raise _output_error(dest, e) from None
         for tree, relpath, dest in items:
@@ -757,32 +760,34 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
                 if progress:
                     progress(tree["files"][relpath]["size"])
                 continue
-            fd = fds[dest]
+            fd = folder_of(dest)
             # a file replaced is synced first, so a crash cannot leave it empty; a new one need not be
             sync = _lexists(os.path.basename(dest), fd)
-            temps.append((_temp_copy(store, tree, relpath, dest, fd, sync, progress), dest, fd))
+            temps.append((_temp_copy(store, tree, relpath, dest, fd, sync, progress), dest))
         with interrupts_deferred():  # renames, then backups removed: a Ctrl-C amid them would
-            for tmp, dest, fd in temps:  # put back only the files whose backup was still there
-                renamed.append((dest, fd, *_install(tmp, dest, fd, force)))
+            for tmp, dest in temps:  # put back only the files whose backup was still there
+                renamed.append((dest, *_install(tmp, dest, folder_of(dest), force)))
             installed = True  # (from here on, the new files stand whatever happens)
-            for _dest, fd, _existed, backup in renamed:
+            for dest, _existed, backup in renamed:
                 if backup:
-                    with contextlib.suppress(OSError):
-                        os.unlink(backup, dir_fd=fd)
-            for fd in set(fds.values()):
-                _remove_stale_temps(fd)
+                    with contextlib.suppress(OSError, MvcError):
+                        os.unlink(backup, dir_fd=folder_of(dest))
+            for dest in {os.path.dirname(os.path.abspath(d)): d for _t, _r, d in items}.values():
+                with contextlib.suppress(OSError, MvcError):
+                    _remove_stale_temps(folder_of(dest))
     except BaseException as e:
         if installed:  # (a Ctrl-C held back while the files went into place)
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, InterruptedAfterLanding):
                 raise InterruptedAfterLanding(f"writing all {len(items)} files", "they stand: the output is "
                                               "complete") from None
             raise
-        for tmp, _dest, fd in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=fd)  # (the ones already renamed are gone from here)
-        for dest, fd, existed, backup in reversed(renamed):  # the folder as it was: files replaced
-            name = os.path.basename(dest)                      # put back, new ones removed
-            with contextlib.suppress(OSError):
+        for tmp, dest in temps:
+            with contextlib.suppress(OSError, MvcError):
+                os.unlink(tmp, dir_fd=folder_of(dest))  # (the ones already renamed are gone from here)
+        for dest, existed, backup in reversed(renamed):  # the folder as it was: files replaced put
+            name = os.path.basename(dest)                  # back, new ones removed
+            with contextlib.suppress(OSError, MvcError):
+                fd = folder_of(dest)
                 if backup:
                     os.replace(backup, name, src_dir_fd=fd, dst_dir_fd=fd)
                 elif not existed:
@@ -864,10 +869,16 @@ def _remove_stale_temps(folder: int) -> None:
     age counts from its making (the change time of the file's links): it links to a file that may
     be years old."""
     now = time.time()
+    try:  # (listed through a readable descriptor: `folder` may be an O_PATH one)
+        listing = os.open(".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), dir_fd=folder)
+    except OSError:
+        return  # (a folder that may be written but not listed)
     try:
-        names = [n for n in os.listdir(folder) if _TEMP_NAME.match(n)]
+        names = [n for n in os.listdir(listing) if _TEMP_NAME.match(n)]
     except OSError:
         return
+    finally:
+        os.close(listing)
     for name in names:
         with contextlib.suppress(OSError):
             st = os.lstat(name, dir_fd=folder)

@@ -3,6 +3,7 @@ left to the umask, checkouts that fail half way, lazy clones read without write 
 as root in CI (which reads everything), so a denied read is simulated where it must be."""
 import errno
 import os
+import shutil
 import stat
 import time
 
@@ -372,3 +373,55 @@ def test_a_folder_replaced_by_a_link_during_a_checkout_is_never_written_through(
             repo.checkout("HEAD", str(out))
         assert sorted(os.listdir(out)) == ["model2"]  # (model/ made for the checkout, removed again)
     assert os.listdir(outside) == []
+
+
+def test_a_checkout_of_many_folders_keeps_few_descriptors_open(tmp_path, monkeypatch):
+    """Every output folder was held open to the end: a model of a few hundred folders failed with
+    'Too many open files' (review). A few are kept; one opened again must be the same folder."""
+    from mvc import output_folders
+    monkeypatch.setattr(output_folders, "OPEN_MAX", 3)
+    src = tmp_path / "model"
+    for i in range(12):
+        (src / f"layer{i}" / "sub").mkdir(parents=True)
+        (src / f"layer{i}" / "sub" / "w.bin").write_bytes(bytes([i]) * 10)
+        (src / f"layer{i}" / "cfg.json").write_text(str(i))
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"m": str(src)}, message="many folders")
+    before = len(os.listdir("/proc/self/fd"))
+    repo.checkout("HEAD", str(tmp_path / "out"))
+    assert len(os.listdir("/proc/self/fd")) == before  # (none left open)
+    for i in range(12):
+        assert (tmp_path / "out" / "m" / f"layer{i}" / "sub" / "w.bin").read_bytes() == bytes([i]) * 10
+    real = output_folders.OutputFolders._open_below
+
+    def swapped(self, parent, folder):  # the second time layer0 is opened, it is another folder
+        if folder.endswith("layer0") and folder in self._ids:
+            os.rename(folder, folder + ".moved")
+            os.mkdir(folder)
+        return real(self, parent, folder)
+    monkeypatch.setattr(output_folders.OutputFolders, "_open_below", swapped)
+    with pytest.raises(MvcError, match="layer0 was replaced by another folder while the checkout wrote"):
+        repo.checkout("HEAD", str(tmp_path / "out2"))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to drop the override of file modes")
+def test_an_export_into_a_folder_that_may_be_written_but_not_listed(tmp_path):
+    """A drop box (mode 0333): files are made by name, which needs write and search only; opening
+    the folder to write relative to it needed read permission too (review)."""
+    import subprocess
+    import sys
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd(0)}, message="one")
+    box = tmp_path / "box"
+    box.mkdir(mode=0o333)
+    os.chmod(box, 0o333)
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
+    r = subprocess.run(drop + [sys.executable, "-m", "mvc", "export", "HEAD", "model", "-o", str(box / "m.safetensors")],
+                       cwd=repo.root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    os.chmod(box, 0o755)
+    assert torch.equal(mvc.Repo(repo.root).load("HEAD", "model")["w"], _sd(0)["w"])
+    assert (box / "m.safetensors").stat().st_size > 0
