@@ -646,13 +646,17 @@ def _output_error(dest: str, e: OSError) -> BadInput | OSError:
                     "free some space and run it again" if e.errno == errno.ENOSPC else "choose another output path")
 
 
-def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: int, sync: bool,
-               progress: Progress | None) -> str:
-    """The bytes of file `relpath` of `tree`, written to a new hidden temp file beside `dest`, in
-    the open `folder` (fsynced if `sync`); returns its name there. The name is short whatever `dest`
-    is called (a file name may take all 255 bytes) and unique (two checkouts into one place do not
-    collide)."""
-    tmp = f".{os.urandom(6).hex()}.mvc-tmp"
+def _temp_name() -> str:
+    """A new temp file's name: short whatever the file it becomes is called (a file name may take
+    all 255 bytes) and unique (two checkouts into one place do not collide)."""
+    return f".{os.urandom(6).hex()}.mvc-tmp"
+
+
+def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: int, tmp: str, sync: bool,
+               progress: Progress | None) -> None:
+    """The bytes of file `relpath` of `tree`, written to the new temp file `tmp` beside `dest`, in
+    the open `folder` (fsynced if `sync`). The caller knows the name before the file is made, so
+    that a signal handled just after it was made, or just after this returns, leaves nothing."""
     try:
         if _lexists(os.path.basename(dest), folder) and stat.S_ISDIR(os.lstat(os.path.basename(dest),
                                                                                 dir_fd=folder).st_mode):
@@ -678,7 +682,6 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: 
         if isinstance(e, OSError):
             raise _output_error(dest, e) from None
         raise
-    return tmp
 
 
 def _lexists(name: str, folder: int) -> bool:
@@ -763,7 +766,9 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
             fd = folder_of(dest)
             # a file replaced is synced first, so a crash cannot leave it empty; a new one need not be
             sync = _lexists(os.path.basename(dest), fd)
-            temps.append((_temp_copy(store, tree, relpath, dest, fd, sync, progress), dest))
+            tmp = _temp_name()
+            temps.append((tmp, dest))  # (before it is made: see _temp_copy)
+            _temp_copy(store, tree, relpath, dest, fd, tmp, sync, progress)
         with interrupts_deferred():  # renames, then backups removed: a Ctrl-C amid them would
             for tmp, dest in temps:  # put back only the files whose backup was still there
                 renamed.append((dest, *_install(tmp, dest, folder_of(dest), force)))
@@ -865,7 +870,7 @@ STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed pr
 
 def _remove_stale_temps(folder: int) -> None:
     """Remove temp files a killed checkout or export left in the open `folder` (named as
-    _temp_copy names them, older than STALE_TEMP_S: a running one's are younger). A backup link's
+    _temp_name names them, older than STALE_TEMP_S: a running one's are younger). A backup link's
     age counts from its making (the change time of the file's links): it links to a file that may
     be years old."""
     now = time.time()

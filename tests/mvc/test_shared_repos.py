@@ -425,3 +425,23 @@ def test_an_export_into_a_folder_that_may_be_written_but_not_listed(tmp_path):
     os.chmod(box, 0o755)
     assert torch.equal(mvc.Repo(repo.root).load("HEAD", "model")["w"], _sd(0)["w"])
     assert (box / "m.safetensors").stat().st_size > 0
+
+
+def test_a_signal_handled_just_after_a_temp_file_is_written_leaves_nothing(tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM arriving while a temp file was written is handled at the next bytecode,
+    just after _temp_copy returned and before its name was recorded for the cleanup: one hidden
+    .mvc-tmp file (and its folder) stayed in the output (probe h8: 6 of 10 interrupted checkouts)."""
+    from mvc import components
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"a": _sd(0), "b": _sd(1)}, message="one")
+    real, calls = components._temp_copy, []
+
+    def temp_copy(*a, **kw):
+        real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # (the signal, handled as the write returns)
+    monkeypatch.setattr(components, "_temp_copy", temp_copy)
+    with pytest.raises(KeyboardInterrupt):
+        repo.checkout("HEAD", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # no temp file, no folder made for it
