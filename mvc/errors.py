@@ -116,7 +116,23 @@ class CiDidNotRun(OnCommitCi):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised by the CLI's handler so that cleanup runs as for Ctrl-C (exit 143)."""
+    """SIGTERM (a scheduler's stop) or SIGHUP (the terminal closed), raised by the CLI's handler so
+    that cleanup runs as for Ctrl-C; the exit status is 128 + the signal's number (143, 129)."""
+
+    def __init__(self, signum: int = 15):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interruption(e: BaseException, signum: int | None = None) -> tuple[str, int]:
+    """(what stopped a command, its exit status) for a KeyboardInterrupt `e`, or for the signal
+    `signum` a handler saw when `e` is another interruption raised during the cleanup."""
+    signum = getattr(e, "signum", None) or signum
+    if signum == 1:
+        return "hung up (the terminal closed)", 129
+    if signum:
+        return "terminated", 128 + signum
+    return "interrupted", 130
 
 
 class InterruptedAfterLanding(KeyboardInterrupt):

@@ -1,4 +1,4 @@
-"""Holding Ctrl-C and SIGTERM back while a step that must not stop half way runs."""
+"""Holding Ctrl-C, SIGTERM and SIGHUP back while a step that must not stop half way runs."""
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +6,12 @@ import signal
 import threading
 
 
+_HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Ctrl-C (SIGINT) and SIGTERM held back until the block is done, then delivered to the handler
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP held back until the block is done, then delivered to the handler
     in place (Python's raises KeyboardInterrupt; the CLI's SIGTERM handler raises Terminated; a
     training loop's own handler is called; SIGTERM's default ends the process): for steps that
     must not stop half way (a ref moved but its reflog entry cut back, or a commit that landed
@@ -17,7 +20,7 @@ def interrupts_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, *_HANGUP)}
     owned = [s for s, h in old.items() if h is not None]  # None: installed outside Python
     got: list[int] = []
     for s in owned:

@@ -1,6 +1,7 @@
 """Entry point of the `mvc` command: the group, its single error boundary and the command modules."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -8,7 +9,7 @@ import warnings
 
 import click
 
-from ..errors import MvcError, Terminated, environment_error
+from ..errors import MvcError, Terminated, environment_error, interruption
 from .output import error, stand_in_for_closed_stdout, warn, write_stdout
 
 # the printers whose OSError is a failure to print (click.echo, write_stdout); rich's modules too
@@ -68,16 +69,20 @@ class MvcGroup(click.Group):
             from ..refs import moved_in_this_process, moves_logged
             landed = getattr(e, "landed", None)  # mvc.errors.InterruptedAfterLanding
             moved = moved_in_this_process()  # e.g. a commit that landed, then a signal while it printed
-            how = "terminated" if isinstance(e, Terminated) or _terminated else "interrupted"
-            if landed:
-                error(f"{how} after {landed}", getattr(e, "hint", None) or "it stands: see mvc log; do not commit it again")
-            elif moved:
-                error(f"{how} after it had {', '.join(moved)}", "that stands" + (": see mvc log and mvc reflog"
-                                                                                 if moves_logged() else "") + "; "
-                                                               "do not run the command again blindly")
-            else:
-                error(how)
-            ctx.exit(143 if how == "terminated" else 130)
+            how, status = interruption(e, stop_signal())
+            resumes = ctx.meta.get("mvc.resumes")  # a command that picks up where it stopped says so
+            with contextlib.suppress(OSError):  # (a hangup: the terminal may be gone)
+                if landed:
+                    error(f"{how} after {landed}", getattr(e, "hint", None) or "it stands: see mvc log; do not commit it again")
+                elif resumes:
+                    error(how, resumes)
+                elif moved:
+                    error(f"{how} after it had {', '.join(moved)}", "that stands" + (": see mvc log and mvc reflog"
+                                                                                     if moves_logged() else "") + "; "
+                                                                   "do not run the command again blindly")
+                else:
+                    error(how)
+            ctx.exit(status)
         except BrokenPipeError:  # the reader has all it wanted; a result decided already stands
             ctx.exit(ctx.meta.get("mvc.exit_status", 0))
         except UnicodeEncodeError as e:  # a name this locale cannot spell (LC_ALL=C without UTF-8 mode)
@@ -124,6 +129,23 @@ def cli():
     """
 
 
+_terminated: list[int] = []
+
+
+def stop_signal() -> int | None:
+    """The last SIGTERM or SIGHUP this process's handler saw (a KeyboardInterrupt raised while the
+    cleanup ran still ends the command as that signal asks), or None."""
+    return _terminated[-1] if _terminated else None
+
+
+def _on_sigterm(signum, frame):
+    _terminated.append(signum)
+    raise Terminated(signum)
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 from . import repo_cmds  # noqa: E402,F401  (registers commands)
 from . import pack_cmds  # noqa: E402,F401  (registers pack)
 from . import ci_cmds  # noqa: E402,F401  (registers ci, verify, hooks)
@@ -132,20 +154,14 @@ from . import paste_cmds  # noqa: E402,F401  (registers paste)
 from . import remote_cmds  # noqa: E402,F401  (registers remote, push, fetch, pull, clone)
 
 
-_terminated: list[int] = []
-
-
-def _on_sigterm(signum, frame):
-    _terminated.append(signum)
-    raise Terminated()
-
-
 def main(argv=None):
     from kernels.determinism import pin_blas_reproducibility  # torch-free; before any BLAS call
     pin_blas_reproducibility()
-    # SIGTERM (kill, a scheduler's stop) cleans up as Ctrl-C does: temp files beside a checkout's
-    # outputs, half-written packs; ref moves finish first (interrupts.interrupts_deferred)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM (kill, a scheduler's stop) and SIGHUP (the terminal closed) clean up as Ctrl-C does:
+    # temp files beside a checkout's outputs, half-written packs; ref moves finish first
+    # (interrupts.interrupts_deferred)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_sigterm)
     _tolerant_output()
     return cli.main(args=argv, prog_name="mvc")
 
@@ -160,7 +176,7 @@ def entry():
     finally:
         while True:
             try:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in (signal.SIGINT, *STOP_SIGNALS):
                     signal.signal(sig, signal.SIG_IGN)
                 break
             except KeyboardInterrupt:  # (one arrived just now: ignore it too)

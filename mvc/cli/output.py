@@ -93,8 +93,25 @@ def write_stdout(data) -> None:
     /dev/full`, a closed stdout) is raised from here, where the CLI's error boundary knows it for
     output (as it knows click.echo and rich), not for the repository's disk."""
     out = sys.stdout.buffer
-    out.write(data)
+    with memoryview(data) as mv, mv.cast("B") as left:
+        while left:  # a large write may be cut short (a pipe whose reader left, a signal): the
+            left = left[out.write(left):]  # rest goes again, and a closed pipe raises then
     out.flush()
+
+
+def stream_stdout(chunks, what: str) -> None:
+    """Write a data stream (`what`: a file's or an object's bytes) to standard output. A reader that
+    closes the pipe before its end (an ssh session that dropped, `| head -c`) is an error (exit 3),
+    not exit 0 as for a listing whose reader has all it wanted."""
+    try:
+        for chunk in chunks:
+            write_stdout(chunk)
+            del chunk  # before the next blob is decoded (see components.file_chunks)
+    except BrokenPipeError:
+        silence_stdout()
+        from ..errors import MvcError
+        raise MvcError(f"cannot write to standard output: its reader closed it before the end of {what}",
+                       "what it received is incomplete") from None
 
 
 class _ClosedStdout(io.RawIOBase):

@@ -327,6 +327,8 @@ def clone(url, directory, lazy, endpoint, jobs, as_json):
     """
     started = time.perf_counter()
     rm = _rm()
+    click.get_current_context().meta["mvc.resumes"] = ("the same mvc clone resumes it; what it fetched so far stays "
+                                                       "(remove the folder to give it up)")
     repo, r = rm.clone(url, directory, lazy=lazy, endpoint=endpoint, jobs=jobs, progress=BarProgress())
     r["seconds"] = time.perf_counter() - started
     if as_json:

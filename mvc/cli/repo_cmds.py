@@ -15,8 +15,8 @@ from ..errors import BadInput
 from ..repo import Repo
 from .main import cli
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
-                     message_opt, negative_result, plural, print_table, short, shown, size_change, table, warn,
-                     write_stdout)
+                     message_opt, negative_result, plural, print_table, short, shown, size_change, stream_stdout,
+                     table, warn)
 
 
 def _repo() -> Repo:
@@ -434,9 +434,7 @@ def export(rev, component, out, force, as_json):
     if out == "-":
         if as_json:
             raise click.UsageError("--json cannot share stdout with the file (-o -)")
-        for chunk in _repo().export_chunks(rev, component):
-            write_stdout(chunk)
-            del chunk  # before the next blob is decoded (see components.file_chunks)
+        stream_stdout(_repo().export_chunks(rev, component), f"component {component}")
         return
     repo = _repo()
     cid = repo.resolve(rev)
@@ -866,7 +864,7 @@ def cat_object(oid):
     repo = _repo()
     if not is_oid(oid):  # (a 64-character branch name, or an id in capitals, is a revision too)
         oid = _any_object(repo, oid)
-    write_stdout(repo.store.get(oid))
+    stream_stdout([repo.store.get(oid)], f"object {oid[:12]}")
 
 
 def _any_object(repo: Repo, rev: str) -> str:

@@ -1,14 +1,16 @@
 """`mvc run PIPELINE`: drive a training pipeline with a live view or JSON Lines events."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 
 import click
 
+from ..errors import interruption
 from ..repo import Repo
-from .main import cli
+from .main import cli, stop_signal
 from .output import console, error, negative_result, one_line, short, shown, silence_stdout, table
 
 
@@ -100,11 +102,13 @@ def run_cmd(pipeline_file, profile, from_stage, as_json):
             silence_stdout()     # status still says how it ended
     try:
         summary = _run(repo, pipeline, from_stage, emit if as_json else None)
-    except KeyboardInterrupt:  # what was committed stands; the same command resumes from it
+    except KeyboardInterrupt as e:  # what was committed stands; the same command resumes from it
+        how, status = interruption(e, stop_signal())  # (a scheduler's SIGTERM: 143, as for every command)
         if as_json:
-            emit({"event": "interrupted", "resume": "run the same command again"})
-        error("interrupted", "run the same command again: it resumes from the last checkpoint, bit for bit")
-        sys.exit(130)
+            emit({"event": "interrupted", "how": how, "resume": "run the same command again"})
+        with contextlib.suppress(OSError):  # (a hangup: the terminal may be gone)
+            error(how, "run the same command again: it resumes from the last checkpoint, bit for bit")
+        sys.exit(status)
     if not summary["passed"]:
         if not as_json:
             error(str(summary.get("error")))

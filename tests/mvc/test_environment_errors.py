@@ -251,8 +251,11 @@ def test_packing_keeps_at_most_a_quarter_of_the_open_file_limit_at_hand(tmp_path
     assert json.loads(r.stdout)["packed"] >= 60
 
 
-def test_sigterm_stops_a_command_like_ctrl_c(in_repo):
-    """SIGTERM killed mvc without running its cleanup (a checkout's temp files stayed)."""
+@pytest.mark.parametrize("sig,status,said", [(signal.SIGTERM, 143, "error: terminated"),
+                                             (signal.SIGHUP, 129, "error: hung up (the terminal closed)")])
+def test_sigterm_stops_a_command_like_ctrl_c(in_repo, sig, status, said):
+    """SIGTERM killed mvc without running its cleanup (a checkout's temp files stayed); so did
+    SIGHUP, a closed terminal or ssh session (probe h8: temp files in the output, .mvc and packs)."""
     in_repo.commit({"model": _sd()}, message="one")
     lock = os.path.join(in_repo.dir, "refs", "heads", "b.lock")  # another writer holds the ref
     with open(lock, "w") as f:
@@ -260,9 +263,9 @@ def test_sigterm_stops_a_command_like_ctrl_c(in_repo):
     p = subprocess.Popen([sys.executable, "-m", "mvc", "branch", "b"], cwd=in_repo.root,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)  # waiting for the lock
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     _out, err = p.communicate(timeout=30)
-    assert p.returncode == 143 and "error: terminated" in err, (p.returncode, err)
+    assert p.returncode == status and said in err, (p.returncode, err)
     assert "Traceback" not in err
 
 

@@ -99,6 +99,23 @@ def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args, status
     assert first.strip() and not proc.stderr.read().strip()
 
 
+@pytest.mark.parametrize("args", [["export", "HEAD", "model", "-o", "-"], ["cat-object", "BLOB"]])
+def test_a_reader_closing_the_pipe_before_a_data_stream_ends_is_a_failure(tmp_path, args):
+    """`mvc export -o - | ssh ...` whose reader went away exited 0: a file cut short is not a
+    listing whose reader had all it wanted (probe h8). A large write cut short by the closed pipe
+    was also taken as whole (BufferedWriter.write returns a short count instead of raising)."""
+    import torch
+    repo = mvc.Repo.init(tmp_path)
+    repo.commit({"model": {"w": torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))}}, message="a")
+    args = [repo.tree("HEAD", "model")["tensors"]["w"]["id"] if a == "BLOB" else a for a in args]
+    proc = subprocess.Popen([sys.executable, "-m", "mvc", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(1000)) == 1000
+    proc.stdout.close()  # what `head -c 1000` does
+    assert proc.wait(timeout=60) == 3
+    assert proc.stderr.read().decode().startswith("error: cannot write to standard output: its reader closed it")
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line_not_a_traceback():
     """A SIGINT in the first ~0.1 s of any command (while it imports) printed a traceback."""
     code = textwrap.dedent("""

@@ -341,3 +341,20 @@ def test_push_repair_help_and_usage(in_repo, monkeypatch):
     assert r.exit_code == 0 and "--repair" in r.stdout and "mvc push origin main --repair" in r.stdout
     r = invoke(monkeypatch, in_repo.root, "push", "--delete", "--repair", "main")
     assert r.exit_code == 2 and "do not go together" in r.stderr
+
+
+def test_an_interrupted_clone_says_the_same_clone_resumes_it(tmp_path, monkeypatch):
+    """It said 'interrupted after it had set remote.origin.url ... do not run the command again
+    blindly', where `mvc clone --help` says a re-run resumes it, as it does (probe h8)."""
+    from mvc.refs import note_moved
+    remote = mvc.Repo.init(tmp_path / "remote")
+    remote.commit({"m": {"w": torch.ones(2)}}, message="one")
+
+    def interrupted(url, directory, **kw):
+        note_moved("set remote.origin.url in .mvc/config", logged=False)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rm, "clone", interrupted)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["clone", str(tmp_path / "remote"), "c"])
+    assert r.exit_code == 130 and r.stderr.startswith("error: interrupted (the same mvc clone resumes it")
+    assert "blindly" not in r.stderr

@@ -459,6 +459,23 @@ def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path, monkeypatch):
     assert _events(r.stdout)[-1]["event"] == "interrupted"
 
 
+def test_a_scheduler_s_sigterm_during_a_run_exits_143_not_as_ctrl_c(tmp_path, monkeypatch):
+    """`mvc run` took every KeyboardInterrupt, SIGTERM's Terminated too, for a Ctrl-C: exit 130,
+    'interrupted', where every other command exits 143, 'terminated' (probe h8): a wrapper that
+    requeues preempted jobs on 143 could not tell a scheduler's stop from a user's Ctrl-C."""
+    import semantic_ci.pipeline as sp
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+
+    def terminated(repo, pipeline, from_stage, emit):
+        emit({"event": "stage", "stage": "core"})
+        raise mvc.errors.Terminated(15)
+    monkeypatch.setattr(sp, "run_pipeline", terminated)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 143 and r.stderr.startswith("error: terminated (") and "resumes" in r.stderr
+    assert _events(r.stdout)[-1] == {"event": "interrupted", "how": "terminated", "resume": "run the same command again"}
+
+
 def test_a_misspelt_gate_metric_is_refused_before_anything_trains(tmp_path, monkeypatch):
     """A typo in a gate's metric trained every attempt of the stage before failing (exit 1), then
     stopped the stage at its first checkpoint; now the file is refused as it is read."""
