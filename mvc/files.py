@@ -43,8 +43,15 @@ def walk(top: str, strict: bool = True):
 def physical_path(path: str) -> str:
     """`path` with each ".." resolved as the kernel does, after the links before it (os.path.abspath
     folds "L/.." away as text, naming another folder than the one written to when L is a link),
-    so that checks made along the path see the folders a write goes through. Unchanged without "..". """
-    return os.path.realpath(path) if ".." in path.replace(os.sep, "/").split("/") else path
+    so that checks made along the path see the folders a write goes through. Only the part up to
+    the last ".." is resolved: what follows is checked as given (a link to nothing stays a link to
+    nothing, and is refused). Unchanged without "..". """
+    parts = path.replace(os.sep, "/").split("/")
+    if ".." not in parts:
+        return path
+    last = len(parts) - 1 - parts[::-1].index("..")
+    head = os.path.realpath("/".join(parts[: last + 1]) or "/")
+    return os.path.join(head, *parts[last + 1:]) if parts[last + 1:] else head
 
 
 def prune_empty_dirs(path: str, stop: str) -> None:

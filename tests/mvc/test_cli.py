@@ -497,7 +497,9 @@ def test_output_targets_that_are_links_or_odd_paths_are_refused(run, tmp_path):
     assert (tmp_path / "real" / "new.safetensors").read_bytes() == ck.read_bytes()
     (tmp_path / "dangling").symlink_to(tmp_path / "missing-target")  # said "(was its directory removed?)"
     for args in (("checkout", "HEAD", "-o", tmp_path / "dangling"),
-                 ("export", "HEAD", "model", "-o", tmp_path / "dangling" / "m.safetensors")):
+                 ("export", "HEAD", "model", "-o", tmp_path / "dangling" / "m.safetensors"),
+                 ("checkout", "HEAD", "-o", f"{work}/../dangling"),  # (a '..' before it: it was followed)
+                 ("export", "HEAD", "model", "-o", f"{work}/../dangling/m.safetensors")):
         r = run(*args, code=3)
         assert f"{tmp_path / 'dangling'} is a symbolic link to {tmp_path / 'missing-target'}, which does not exist" \
             in r.stderr and not (tmp_path / "missing-target").exists()
