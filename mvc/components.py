@@ -63,6 +63,28 @@ def _same_file(path: str, fd: int | None, listed: os.stat_result | None, st: os.
                        "committed", CUT_SHORT_HINT)
 
 
+def _refuse_changed(state: dict, versions: dict, names: list[str]) -> None:
+    """ChangedWhileStored when a tensor of `names` was written in place since `versions` were read."""
+    changed = [n for n in names if versions[n] is not None and _version_of(state[n]) != versions[n]]
+    if changed:
+        raise ChangedWhileStored(f"tensor {changed[0]!r} changed while the component was being committed"
+                                 + (f" ({len(changed)} tensors did)" if len(changed) > 1 else "")
+                                 + ": nothing was committed", TRAINING_HINT)
+
+
+def _shares_memory(t, buf) -> bool:
+    """Whether `buf` (tensor_buffer's bytes of tensor `t`) is `t`'s own memory rather than a copy."""
+    if not len(buf):
+        return False
+    try:
+        import numpy as np
+        at = np.frombuffer(buf, dtype=np.uint8).ctypes.data
+        storage = t.untyped_storage()
+        return t.device.type == "cpu" and storage.data_ptr() <= at < storage.data_ptr() + storage.nbytes()
+    except (AttributeError, RuntimeError, TypeError, ValueError, NotImplementedError):
+        return True  # (cannot tell: checked as if it were, which refuses rather than mixes)
+
+
 def _version_of(t) -> int | None:
     """A tensor's version counter, which every in-place operation on it (or on a view sharing it,
     as a state dict's detached parameters do) increments; None where it has none (an inference
@@ -287,6 +309,10 @@ class Ingest:
         names = sorted(n for n in state if n not in aliases)
         versions = {n: _version_of(state[n]) for n in names}  # (before any buffer is taken)
         buffers = {n: tensor_buffer(state[n], n) for n in names}
+        # a step while the buffers were taken mixes steps among the copies (a GPU tensor's, a
+        # transposed one's); after this, only the tensors stored from their own memory count
+        _refuse_changed(state, versions, names)
+        own = [n for n in names if _shares_memory(state[n], buffers[n][2])]
         for alias, target in aliases.items():  # the file holds every name, tied ones as copies
             buffers[alias] = buffers[target]
         try:
@@ -307,11 +333,7 @@ class Ingest:
         stored = self._put_all(names, lambda n: len(buffers[n][2]), put)
         # each blob is checked as it is written; an in-place write to a tensor already stored or not
         # yet begun (the next optimizer step) would mix two steps in one model: the versions tell
-        changed = [n for n in names if versions[n] is not None and _version_of(state[n]) != versions[n]]
-        if changed:
-            raise ChangedWhileStored(f"tensor {changed[0]!r} changed while the component was being committed"
-                                     + (f" ({len(changed)} tensors did)" if len(changed) > 1 else "")
-                                     + ": nothing was committed", TRAINING_HINT)
+        _refuse_changed(state, versions, own)
         for n, oid in stored:
             dtype, shape, buf = buffers[n]
             self._add_tensor(relpath, n, oid, dtype, shape)

@@ -363,6 +363,17 @@ def test_a_step_between_two_tensors_blobs_is_refused_not_a_model_of_two_steps(re
         repo.commit({"core": model}, message="mid-step")
     assert repo.log() == []
     monkeypatch.undo()
+    w = torch.arange(12.0).reshape(3, 4)
+    snapshot = w.t().clone()
+
+    def step_on_the_copied_one(self, *a, **kw):  # w.t() is stored from a copy taken before
+        oid = real(self, *a, **kw)
+        w.add_(1)
+        return oid
+    monkeypatch.setattr(mvc.components.Ingest, "_put_blob", step_on_the_copied_one)
+    cid = repo.commit({"t": {"wt": w.t(), "b": torch.ones(2)}}, message="a snapshot taken whole")  # (review)
+    assert torch.equal(repo.load(cid, "t")["wt"], snapshot)
+    monkeypatch.undo()
     with torch.inference_mode():  # inference tensors have no version counter: committed as they are
         frozen = {"w": torch.ones(3)}
     cid = repo.commit({"core": model, "frozen": frozen}, message="between steps")
