@@ -543,6 +543,17 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str, whole: bool = Fals
             yield from tensor_pieces(store, t, e)
 
 
+def streamed_else_whole(run: Callable[[bool], object]):
+    """run(whole=False) and, should a large packed object read a batch at a time prove damaged
+    (CorruptObject, after its last batch), run(whole=True): a whole read takes another good copy
+    where there is one (another pack, a pack rewritten meanwhile), as every other read does, or
+    raises. `run` starts afresh each time (a file it writes is emptied first)."""
+    try:
+        return run(False)
+    except CorruptObject:
+        return run(True)
+
+
 def _check_body_size(t: dict, e: stf.TensorEntry, blob: stf.TensorEntry) -> None:
     if blob.end - blob.begin != e.end - e.begin:
         raise CorruptObject(f"blob {t['id'][:12]} has the wrong size for {e.name!r}")
@@ -686,15 +697,20 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: 
         f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder), "wb")
     except OSError as e:
         raise _output_error(dest, e) from None
+    def write(whole: bool) -> None:
+        f.seek(0)
+        f.truncate()
+        for chunk in file_chunks(store, tree, relpath, whole):
+            with memoryview(chunk) as mv:  # in pieces: a bar moves through a 10 GB tensor too
+                for at in range(0, len(mv), PIECE):
+                    f.write(mv[at: at + PIECE])
+                    if progress:
+                        progress(min(PIECE, len(mv) - at))
+            del chunk  # (see file_chunks)
+
     try:
         with f:
-            for chunk in file_chunks(store, tree, relpath):
-                with memoryview(chunk) as mv:  # in pieces: a bar moves through a 10 GB tensor too
-                    for at in range(0, len(mv), PIECE):
-                        f.write(mv[at: at + PIECE])
-                        if progress:
-                            progress(min(PIECE, len(mv) - at))
-                del chunk  # (see file_chunks)
+            streamed_else_whole(write)
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -963,9 +979,10 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
     if not stat.S_ISREG(st.st_mode) or st.st_size != tree["files"][relpath]["size"]:
         return False
     piece = 1 << 20  # compared a piece at a time: a 10 GB tensor is never read whole
-    try:
+
+    def compare(whole: bool) -> bool:
         with open(dest, "rb") as f:
-            for chunk in file_chunks(store, tree, relpath):
+            for chunk in file_chunks(store, tree, relpath, whole):
                 with memoryview(chunk) as mv:
                     for at in range(0, len(mv), piece):
                         with mv[at: at + piece] as part:  # (released: nothing outlives the chunk)
@@ -973,6 +990,8 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
                                 return False
                 del chunk  # (see file_chunks)
             return not f.read(1)
+    try:
+        return streamed_else_whole(compare)
     except PermissionError:
         raise BadInput(f"cannot read {dest} to compare it with the file a checkout writes there: "
                        "permission denied", "pass --force to replace it, or write into another place; "

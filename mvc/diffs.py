@@ -102,16 +102,20 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
     if not n:
         out.update(max_abs_delta=0.0, rel_l2=0.0, frac_changed=0.0)
         return out
-    acc = _ChangeSums()
     step = stf.DTYPE_SIZES[x["dtype"]] + stf.DTYPE_SIZES[y["dtype"]]
-    sides = [_element_chunks(store, t, name, n) for t in (x, y)]
-    for a, b in zip(*sides):
-        acc.add(a, b)
-        if progress:
-            progress(a.numel() * step)
-    for side in sides:  # drained: a streamed blob is verified once its last piece has passed
-        for _none in side:  # (its size was checked: no element is left)
-            pass
+
+    def sums(whole: bool) -> _ChangeSums:
+        acc = _ChangeSums()
+        sides = [_element_chunks(store, t, name, n, whole) for t in (x, y)]
+        for a, b in zip(*sides):
+            acc.add(a, b)
+            if progress:
+                progress(a.numel() * step)
+        for side in sides:  # drained: a streamed blob is verified once its last piece has passed
+            for _none in side:  # (its size was checked: no element is left)
+                pass
+        return acc
+    acc = comp.streamed_else_whole(sums)
     out["frac_changed"] = acc.changed / n
     out["max_abs_delta"] = acc.max_abs
     norm_a = _combine(acc.norms_a)
@@ -137,12 +141,13 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
     return out
 
 
-def _element_chunks(store, t: dict, name: str, n: int):
+def _element_chunks(store, t: dict, name: str, n: int, whole: bool = False):
     """The `n` elements of the tensor tree entry `t` names, as 1-D tensors of CHUNK_ELEMENTS (the
     last may be shorter). A mapped or small blob is sliced; a large packed one is decoded a batch
-    at a time into one reused buffer (each chunk good until the next is asked for), not whole."""
+    at a time into one reused buffer (each chunk good until the next is asked for), not whole,
+    unless `whole`."""
     from .tensors import buffer_tensor
-    if not store.streams(t["id"]):
+    if whole or not store.streams(t["id"]):
         buf, e = comp.tensor_blob(store, t, name)
         flat = buffer_tensor(buf, e.begin, e.end, e.dtype, e.shape).reshape(-1)
         for start in range(0, n, CHUNK_ELEMENTS):

@@ -564,11 +564,12 @@ class PackStore(ObjectStore):
         hashed as it passes; CorruptObject after the last batch when it is not `oid`. Its delta
         base is decoded afresh, not taken from the cache (a holder may have changed a cached base,
         and what was handed out cannot be taken back to decode again). A small one: its view."""
-        from .pack_codec import decode_pieces
-        if not self.streams(oid):
-            yield self.view(oid)
+        from .pack_codec import STREAM_BYTES, decode_pieces
+        hit = self.lookup(oid)
+        if hit is None or hit[1].size < STREAM_BYTES:
+            yield self.view(oid)  # (which says it is missing, if it is)
             return
-        pack, r = self.lookup(oid)
+        pack, r = hit
         where = f"object {oid} in {pack.name}.pack"
         base, _tainted, _owned = self._base(oid, pack, r, (), use_cache=False)
         hasher = new_hasher()

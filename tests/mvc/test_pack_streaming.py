@@ -324,3 +324,33 @@ def test_a_damaged_streamed_object_fails_checkout_and_diff_after_its_last_batch(
     assert not out.exists()  # nothing written, the temp file removed, the folders made removed again
     with pytest.raises(mvc.errors.CorruptObject, match="is corrupt"):
         fresh.diff(ids[0], ids[1])
+
+
+def test_a_damaged_streamed_copy_falls_back_to_another_pack_s_good_one(tmp_path, small_stream):
+    """A streamed read used the copy the index lookup found, and failed where every other read
+    (load, the checkout before) took the good copy another pack holds (review)."""
+    import shutil
+    big = torch.randn(300, 100, generator=torch.Generator().manual_seed(6))
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"core": {"big": big}}, message="one")
+    pack(repo, full=True)
+    other = mvc.Repo.init(tmp_path / "r2")  # packs may overlap: a second one holding the same blob
+    other.commit({"core": {"big": big, "x": torch.ones(5)}}, message="other")
+    pack(other, full=True)
+    (q,) = pack_store_of(mvc.Repo(other.root).store).packs()
+    (p,) = pack_store_of(mvc.Repo(repo.root).store).packs()
+    for ext in (".pack", ".idx"):
+        shutil.copyfile(q.path[:-5] + ext, os.path.join(os.path.dirname(p.path), q.name + ext))
+    oid = repo.tree(cid, "core")["tensors"]["big"]["id"]
+    found, r = pack_store_of(mvc.Repo(repo.root).store).lookup(oid)
+    os.chmod(found.path, 0o644)
+    flip_byte(found.path, r.offset + r.length - 10)
+    fresh = mvc.Repo(repo.root)
+    fresh.checkout(cid, str(tmp_path / "out"))
+    fresh.export(cid, "core", str(tmp_path / "e.safetensors"))
+    from safetensors.torch import load_file
+    assert torch.equal(load_file(str(tmp_path / "out" / "core" / "model.safetensors"))["big"], big)
+    assert torch.equal(load_file(str(tmp_path / "e.safetensors"))["big"], big)
+    assert fresh.diff(cid, cid)["components"]["core"]["status"] == "unchanged"
+    two = fresh.commit({"core": {"big": big + 1}}, message="two")
+    assert fresh.diff(cid, two)["components"]["core"]["tensors"]["big"]["frac_changed"] == 1.0
