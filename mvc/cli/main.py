@@ -161,7 +161,8 @@ def main(argv=None):
     # temp files beside a checkout's outputs, half-written packs; ref moves finish first
     # (interrupts.interrupts_deferred)
     for sig in STOP_SIGNALS:
-        signal.signal(sig, _on_sigterm)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # (`nohup mvc ...` ignores SIGHUP: it stays so)
+            signal.signal(sig, _on_sigterm)
     _tolerant_output()
     return cli.main(args=argv, prog_name="mvc")
 

@@ -287,3 +287,22 @@ def test_gc_on_a_full_disk_says_how_much_room_a_repack_needs(repo, monkeypatch):
     fresh = mvc.Repo(repo.root)
     assert not fresh.loose.has(loose_garbage) and fresh.resolve("HEAD") == keep and fresh.fsck()["ok"]
     assert fresh.gc(grace_s=0)["bytes_freed"] > 250_000  # with room, the packed garbage goes
+
+
+def test_nohup_keeps_mvc_running_through_a_hangup(in_repo):
+    """`nohup mvc ...` ignores SIGHUP; a handler installed over that would end the command."""
+    in_repo.commit({"model": _sd()}, message="one")
+    lock = os.path.join(in_repo.dir, "refs", "heads", "b.lock")  # another writer holds the ref a while
+    with open(lock, "w") as f:
+        json.dump({"pid": os.getpid(), "host": __import__("socket").gethostname(), "time": time.time()}, f)
+    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); sys.argv = ['mvc', 'branch', 'b']; "
+            "from mvc.cli import main; main()")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=in_repo.root, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # waiting for the lock
+    p.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    os.unlink(lock)  # the other writer is done: the branch is made
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, (p.returncode, err)
+    assert "b" in mvc.Repo(in_repo.root).branches()
