@@ -783,9 +783,13 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
                base: str | None, same: set, folders: OutputFolders, unchanged: list | None) -> list[str]:
     """write_files once the destinations are checked: each file not in `same` through a temp file
     in its folder, opened by `folders` (below `base`, no link followed), then all put in place."""
+    # absolute once: a relative path made absolute at each use would change with the working
+    # directory (a callback or another thread calling os.chdir), temp files one place, renames another
+    folder_paths = {dest: os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}
+    root = os.path.abspath(base) if base is not None else None
+
     def folder_of(dest: str) -> int:  # (good until the next call: see OutputFolders)
-        folder = os.path.dirname(os.path.abspath(dest))
-        return folders.open(folder, base if base is not None else folder)
+        return folders.open(folder_paths[dest], root or folder_paths[dest])
 
     temps: list[tuple[str, str]] = []  # (temp file name in dest's folder, dest)
     renamed: list[tuple[str, bool, str | None]] = []  # (dest, replaced a file, backup link name beside it)
@@ -815,7 +819,7 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
                 if backup:
                     with contextlib.suppress(OSError, MvcError):
                         os.unlink(backup, dir_fd=folder_of(dest))
-            for dest in {os.path.dirname(os.path.abspath(d)): d for _t, _r, d in items}.values():
+            for dest in {folder_paths[d]: d for _t, _r, d in items}.values():
                 with contextlib.suppress(OSError, MvcError):
                     _remove_stale_temps(folder_of(dest))
     except BaseException as e:
@@ -856,10 +860,11 @@ def _appeared(dest: str) -> BadInput:
 
 def _install(tmp: str, dest: str, folder: int, force: bool) -> tuple[bool, str | None]:
     """Put the whole temp file `tmp` (a name in the open `folder`) in place as `dest`, also in it;
-    returns (whether it replaced a file, the name of a hard link to that file kept as its backup).
-    Without `force` `dest` was absent when checked: it is linked into place, which fails rather
-    than replace a file another checkout or program put there meanwhile (BadInput); a file system
-    without hard links gets a rename."""
+    returns (whether it replaced a file, the name of that file's backup beside it: a hard link,
+    or the file itself renamed aside where the file system makes no hard links). Without `force`
+    `dest` was absent when checked: it is linked into place, which fails rather than replace a
+    file another checkout or program put there meanwhile (BadInput); a file system without hard
+    links gets a rename."""
     name = os.path.basename(dest)
     if not force:
         try:
@@ -879,27 +884,38 @@ def _install(tmp: str, dest: str, folder: int, force: bool) -> tuple[bool, str |
     if existed:  # modes are not committed: a file replaced keeps its own (a 0600 one stays private)
         with contextlib.suppress(OSError):
             os.chmod(tmp, stat.S_IMODE(os.lstat(name, dir_fd=folder).st_mode), dir_fd=folder)
-    backup = _link_beside(name, folder) if existed else None
+    backup, aside = _backup_beside(name, folder) if existed else (None, False)
     try:
         os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except OSError as e:  # name the file the user asked for, not the temp file
         if backup:
             with contextlib.suppress(OSError):
-                os.unlink(backup, dir_fd=folder)
+                if aside:
+                    os.replace(backup, name, src_dir_fd=folder, dst_dir_fd=folder)
+                else:
+                    os.unlink(backup, dir_fd=folder)
         raise _output_error(dest, e) from None
     return existed, backup
 
 
-def _link_beside(name: str, folder: int) -> str | None:
-    """The name of a hard link to file `name` of the open `folder`, made beside it as its backup
-    (what a failed checkout puts back), or None where the file system makes none; a killed
-    checkout's link goes as its temp files do."""
-    link = f".{os.urandom(6).hex()}.mvc-bak"
+def _backup_beside(name: str, folder: int) -> tuple[str | None, bool]:
+    """(the name of a backup of file `name` of the open `folder`, made beside it, that a failed
+    checkout puts back; whether the file itself was renamed aside for it). A hard link where the
+    file system makes them (a killed checkout's link goes as its temp files do); else the file is
+    renamed aside (vfat, exFAT: a backup left by a killed checkout is then the only copy, and is
+    kept); None where neither can be made."""
+    backup = f".{os.urandom(6).hex()}.mvc-bak"
     try:
-        os.link(name, link, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        os.link(name, backup, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        return backup, False
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            return None, False
+    try:
+        os.rename(name, backup, src_dir_fd=folder, dst_dir_fd=folder)
     except OSError:
-        return None
-    return link
+        return None, False
+    return backup, True
 
 
 _TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-(tmp|bak)$")
@@ -910,7 +926,8 @@ def _remove_stale_temps(folder: int) -> None:
     """Remove temp files a killed checkout or export left in the open `folder` (named as
     _temp_name names them, older than STALE_TEMP_S: a running one's are younger). A backup link's
     age counts from its making (the change time of the file's links): it links to a file that may
-    be years old."""
+    be years old. A backup no other name links to (a file renamed aside) is kept: it may be the
+    only copy of a file a killed checkout was replacing."""
     now = time.time()
     try:  # (listed through a readable descriptor: `folder` may be an O_PATH one)
         listing = os.open(".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), dir_fd=folder)
@@ -925,6 +942,8 @@ def _remove_stale_temps(folder: int) -> None:
     for name in names:
         with contextlib.suppress(OSError):
             st = os.lstat(name, dir_fd=folder)
+            if name.endswith(".mvc-bak") and st.st_nlink < 2:
+                continue  # (no other name links to it: a file renamed aside, the only copy)
             if now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime) > STALE_TEMP_S:
                 os.unlink(name, dir_fd=folder)
 

@@ -16,7 +16,7 @@ from .errors import BadInput
 # O_PATH (Linux) opens a folder that may be written but not listed (a drop box, mode 0333), as
 # creating a file by name needs; elsewhere a folder is opened for reading
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-OPEN_MAX = 32  # descriptors kept open at once
+OPEN_MAX = 8  # descriptors kept open at once (files go in path order: one folder after the other)
 
 
 class OutputFolders:
@@ -39,7 +39,17 @@ class OutputFolders:
 
     def open(self, folder: str, root: str) -> int:
         """A descriptor of `folder`, made if missing; the folders from `root` (the output
-        directory, followed and made as a path) down to it are opened without following links."""
+        directory, followed and made as a path) down to it are opened without following links.
+        At the open-file limit the folders held open are closed and it is tried once more."""
+        try:
+            return self._open(folder, root)
+        except OSError as e:
+            if e.errno != errno.EMFILE or not self._fds:
+                raise
+            self.__exit__()
+            return self._open(folder, root)
+
+    def _open(self, folder: str, root: str) -> int:
         folder, root = os.path.abspath(folder), os.path.abspath(root)
         fd = self._fds.get(folder)
         if fd is not None:
@@ -48,7 +58,7 @@ class OutputFolders:
         if folder == root or not folder.startswith(root.rstrip(os.sep) + os.sep):
             fd = self._open_root(folder)
         else:
-            parent = self.open(os.path.dirname(folder), root)
+            parent = self._open(os.path.dirname(folder), root)
             fd = self._open_below(parent, folder)
         try:
             st = os.fstat(fd)

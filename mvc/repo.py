@@ -1018,7 +1018,10 @@ class Repo(Maintenance):
         returns their paths. Files already there with other content are refused (nothing is
         written) unless `force`; files already holding the same bytes are left alone (and added
         to `unchanged` when it is given)."""
-        out_dir = physical_path(os.fspath(out_dir))
+        out_dir = _output_path(out_dir)
+        if not out_dir:  # (the checks below would take "" for no path at all)
+            raise BadInput("the output folder is an empty path", "name a folder, e.g. '.' or 'restored'")
+        out_dir = physical_path(out_dir)
         self._refuse_output_inside_mvc(out_dir)
         cid = self.resolve(rev)
         comps = self.read_commit(cid, shared=True)["components"]
@@ -1057,7 +1060,7 @@ class Repo(Maintenance):
         """Write a single-file component to `out_file` (an existing file with other content is
         refused unless `force`; one holding the same bytes is left alone, and added to
         `unchanged` when it is given); `progress(nbytes)` is called as bytes are written."""
-        out_file = os.fspath(out_file)
+        out_file = _output_path(out_file)
         folder, name = os.path.split(out_file)
         if name not in ("", ".", "..") and physical_path(folder) != folder:  # (refused below: not a file name)
             out_file = os.path.join(physical_path(folder), name)
@@ -1089,6 +1092,16 @@ class Repo(Maintenance):
                            "use mvc checkout REV -o DIR for multi-file components")
         self.store.prefetch(tree_blob_ids(tree))
         return comp.file_chunks(self.store, tree, next(iter(tree["files"])), whole=True)
+
+
+def _output_path(path) -> str:
+    """An output path given to checkout or export, as text (bytes are decoded as the file system
+    encodes names: physical_path and the checks work on text)."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise BadInput(f"the output path is a {type(path).__name__}, not a path",
+                       "give a str or pathlib.Path") from None
 
 
 _BRANCH_TURNS: dict[tuple[str, str], threading.Lock] = {}

@@ -19,6 +19,11 @@ import weakref
 from typing import Iterator
 
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
+
+try:  # (imported now: importing it once the open-file limit is reached needs a descriptor itself)
+    import resource
+except ImportError:  # (no descriptor limits to keep to: Windows)
+    resource = None
 from .interrupts import interrupts_deferred
 from .objects import hash_bytes, is_oid, new_hasher
 
@@ -63,7 +68,8 @@ def raise_open_files_limit() -> bool:
     """Raise this process's soft limit on open files to its hard limit (each live map of a large
     blob holds a descriptor: a component of many large tensors needs one per tensor). False when
     there is nothing to raise."""
-    import resource
+    if resource is None:
+        return False
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft >= target:
@@ -85,11 +91,7 @@ def _map_mid(fd: int):
     program itself. `fd`, just opened, is the lowest descriptor that was free, which says how many
     are held at least (below it, all are); the program's may lie above holes, which the count of
     mvc's maps bounds."""
-    try:
-        import resource
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except ImportError:  # (no descriptor limits to keep to)
-        soft = -1
+    soft = -1 if resource is None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     budget = VIEW_MAP_FDS_MAX if soft < 0 else min(soft // 2, VIEW_MAP_FDS_MAX)  # (RLIM_INFINITY is -1)
     if len(_MID_MAPS) >= budget // 2 or fd >= budget:
         return None
@@ -104,8 +106,7 @@ def _map_mid(fd: int):
 
 
 def _too_many_open_files() -> MvcError:
-    import resource
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource is not None else "?"
     return MvcError(f"too many open files, of the {soft} this process may open: every blob of "
                     f"{VIEW_MAP_ALWAYS >> 20} MiB or more that is loaded stays mapped, holding one while its "
                     "tensor lives", "raise the limit with ulimit -n, or load fewer tensors at once "

@@ -261,14 +261,14 @@ def test_a_concurrent_checkout_never_sweeps_away_a_running_one_s_backup(tmp_path
     """The backup link of a file older than an hour looked like a stale temp file (same name
     pattern, the old file's mtime): another checkout into the folder deleted it, and a failure of
     the first one could then not put the user's file back."""
-    from mvc.components import _link_beside, _remove_stale_temps
+    from mvc.components import _backup_beside, _remove_stale_temps
     old = tmp_path / "model.safetensors"
     old.write_bytes(b"the user's file")
     past = time.time() - 7200
     os.utime(old, (past, past))
     folder = os.open(tmp_path, os.O_RDONLY)
     try:
-        backup = tmp_path / _link_beside(old.name, folder)
+        backup = tmp_path / _backup_beside(old.name, folder)[0]
         _remove_stale_temps(folder)
     finally:
         os.close(folder)
@@ -445,3 +445,61 @@ def test_a_signal_handled_just_after_a_temp_file_is_written_leaves_nothing(tmp_p
     with pytest.raises(KeyboardInterrupt):
         repo.checkout("HEAD", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # no temp file, no folder made for it
+
+
+def test_a_forced_checkout_without_hard_links_that_fails_puts_the_old_files_back(tmp_path, monkeypatch):
+    """Where the file system makes no hard links (vfat, exFAT) a replaced file had no backup: a
+    forced checkout failing at its second rename left the folder half old, half new (probe h11).
+    The old file is renamed aside instead, and put back."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    c1 = repo.commit({"a": _sd(0), "b": _sd(1)}, message="one")
+    c2 = repo.commit({"a": _sd(2), "b": _sd(3)}, message="two")
+    out = tmp_path / "out"
+    repo.checkout(c1, str(out))
+    before = {n: (out / n / "model.safetensors").read_bytes() for n in "ab"}
+    monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EPERM, "no links")))
+    real, calls = os.replace, []
+
+    def second_fails(src, dst, *a, **k):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(MvcError):
+        repo.checkout(c2, str(out), force=True)
+    monkeypatch.setattr(os, "replace", real)
+    assert {n: (out / n / "model.safetensors").read_bytes() for n in "ab"} == before
+    assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors", "model.safetensors"]
+    repo.checkout(c2, str(out), force=True)  # (and with no failure: replaced, no backup left)
+    assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors", "model.safetensors"]
+    assert torch.equal(mvc.Repo(repo.root).load(c2, "a")["w"], _sd(2)["w"])
+
+
+def test_checkout_output_paths_empty_bytes_and_a_working_directory_that_changes(tmp_path, monkeypatch):
+    """'' skipped the check that keeps a checkout out of .mvc; bytes paths were a bare TypeError;
+    a relative path made absolute at each use split a checkout whose callback changed the working
+    directory (temp files in one place, renames in another) (probe h11)."""
+    from mvc.errors import BadInput
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"a": _sd(0), "b": _sd(1)}, message="one")
+    monkeypatch.chdir(os.path.join(repo.dir, "refs"))
+    before = sorted(os.listdir("."))
+    with pytest.raises(BadInput, match="the output folder is an empty path"):
+        repo.checkout("HEAD", "")
+    assert sorted(os.listdir(".")) == before and "a" not in before
+    monkeypatch.chdir(tmp_path)
+    repo.checkout("HEAD", os.fsencode("bytes-out"))
+    repo.export("HEAD", "a", os.fsencode(str(tmp_path / "a.safetensors")))
+    assert (tmp_path / "bytes-out" / "b" / "model.safetensors").exists() and (tmp_path / "a.safetensors").exists()
+    with pytest.raises(BadInput, match="the output path is a int, not a path"):
+        repo.checkout("HEAD", 5)
+    (tmp_path / "elsewhere").mkdir()
+    moved = []
+
+    def progress(n):
+        if not moved:
+            moved.append(os.getcwd())
+            os.chdir(tmp_path / "elsewhere")
+    repo.checkout("HEAD", "rel-out", progress=progress)
+    assert sorted(os.listdir(tmp_path / "rel-out")) == ["a", "b"] and os.listdir(tmp_path / "elsewhere") == []
