@@ -334,13 +334,20 @@ class PackStore(ObjectStore):
         hide that object from the binary search)."""
         return sorted(self.damaged) + sorted(p.name for p in self._order if not p.index_sound())
 
+    def set_aside(self) -> str | None:
+        """What is wrong with the first pack that is set aside or whose index fails its checksum
+        (a truncated .pack, a damaged .idx: it may hold an object not found), said for an error."""
+        bad = self.damaged_indexes()
+        if not bad:
+            return None
+        return f"pack {bad[0]} cannot be used ({self.damaged.get(bad[0]) or 'its index is damaged'})"
+
     def missing(self, oid: str) -> MvcError:
         """The error for `oid` found in no pack: CorruptObject when a pack's index is damaged (its
         records may hide the object), else ObjectMissing."""
-        bad = self.damaged_indexes()
-        if bad:
-            return CorruptObject(f"object {oid} is in no pack's index, and pack index {bad[0]}.idx is damaged: "
-                                 "the object may be in that pack",
+        why = self.set_aside()
+        if why:
+            return CorruptObject(f"object {oid} is in no usable pack, and {why}: the object may be in that pack",
                                  "mvc fsck --repair-from REMOTE restores its objects from a remote or clone")
         return ObjectMissing(f"object {oid} is missing", "run mvc fsck")
 

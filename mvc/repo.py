@@ -416,10 +416,10 @@ class Repo(Maintenance):
         return oid
 
     def _packs_damaged_hint(self) -> str | None:
-        """A hint naming a pack set aside for a damaged index (it may hold what was not found)."""
+        """A hint naming a pack set aside as damaged (it may hold what was not found)."""
         from .pack import pack_store_of
-        bad = [] if (packs := pack_store_of(self.store)) is None else packs.damaged_indexes()
-        return f"pack index {bad[0]}.idx is damaged and may hold it: run mvc fsck" if bad else None
+        why = None if (packs := pack_store_of(self.store)) is None else packs.set_aside()
+        return f"{why} and may hold it: run mvc fsck" if why else None
 
     def _as_commit(self, oid: str, rev: str) -> str:
         """`oid` if it is a commit: a revision naming a tree or a tensor blob is refused here, so

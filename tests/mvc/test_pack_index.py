@@ -138,11 +138,25 @@ def test_an_object_a_flipped_index_id_hides_is_damage_naming_the_index_not_missi
     flip_byte(p.idx_path, record_at(p, ids[-1]) + 20, 0x01)  # the head commit's id, in its record
     fresh = mvc.Repo(repo.root)
     assert same(fresh.load(ids[0], "core"), states[0])  # the records it finds still serve
-    with pytest.raises(CorruptObject, match=f"{ids[-1]} is in no pack's index, and pack index {p.name}.idx is damaged"):
+    with pytest.raises(CorruptObject, match=f"{ids[-1]} is in no usable pack, and pack {p.name} cannot be used "
+                                            r"\(its index is damaged\)"):
         fresh.log()  # (it said "object ... is missing")
-    with pytest.raises(UnknownRevision, match=f"no such object.*pack index {p.name}.idx is damaged and may hold it"):
+    with pytest.raises(UnknownRevision, match=f"no such object.*pack {p.name} cannot be used .* and may hold it"):
         fresh.resolve(ids[-1])
     assert not fresh.store.has(ids[-1]) and fresh.store.has(ids[0])
+
+
+def test_a_truncated_pack_is_named_not_its_sound_index(repo):
+    """A .pack cut short was said to have a damaged .idx (probe h10)."""
+    ids, _states = drift_history(repo, 2)
+    pack(repo)
+    p = the_pack(repo)
+    os.chmod(p.path, 0o644)
+    os.truncate(p.path, os.path.getsize(p.path) - 1)
+    with pytest.raises(CorruptObject, match=f"pack {p.name} cannot be used .pack {p.name}.pack does not match "
+                                            "its index.: the object may be in that pack") as e:
+        mvc.Repo(repo.root).log()
+    assert ".idx is damaged" not in e.value.message
 
 
 def test_id_prefix_lookups_match_a_scan_of_every_id(repo):
