@@ -763,7 +763,7 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     for tree, relpath, dest in items:
         _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
         try:
-            held = holds_file(store, tree, relpath, dest)
+            held = holds_file(store, tree, relpath, dest, verified=not force)
         except BadInput:  # unreadable: --force replaces it unread
             if not force:
                 raise
@@ -986,9 +986,12 @@ def checkout_paths(trees: dict[str, dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool | None:
+def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str, verified: bool = True) -> bool | None:
     """Whether `dest` already holds exactly the bytes a checkout of `relpath` would write (None
-    when nothing is there). Compared as a stream, so a re-run checkout rewrites nothing."""
+    when nothing is there). Compared as a stream, so a re-run checkout rewrites nothing. A blob
+    streamed from a pack is verified only after its last piece: `verified` reads on past a
+    difference, so that a damaged object is said to be damaged, not the file to hold other bytes
+    (a forced checkout, which reads it all again to write it, need not)."""
     try:
         st = os.stat(dest)
     except (FileNotFoundError, NotADirectoryError):
@@ -1000,15 +1003,19 @@ def holds_file(store: ObjectStore, tree: dict, relpath: str, dest: str) -> bool 
     piece = 1 << 20  # compared a piece at a time: a 10 GB tensor is never read whole
 
     def compare(whole: bool) -> bool:
+        differs = False
         with open(dest, "rb") as f:
             for chunk in file_chunks(store, tree, relpath, whole):
                 with memoryview(chunk) as mv:
-                    for at in range(0, len(mv), piece):
+                    for at in range(0, 0 if differs else len(mv), piece):
                         with mv[at: at + piece] as part:  # (released: nothing outlives the chunk)
                             if f.read(len(part)) != part:
-                                return False
+                                if whole or not verified:
+                                    return False
+                                differs = True
+                                break
                 del chunk  # (see file_chunks)
-            return not f.read(1)
+            return not differs and not f.read(1)
     try:
         return streamed_else_whole(compare)
     except PermissionError:

@@ -311,6 +311,8 @@ def test_a_damaged_streamed_object_fails_checkout_and_diff_after_its_last_batch(
     repo = mvc.Repo.init(tmp_path / "r")
     big = torch.randn(300, 100, generator=torch.Generator().manual_seed(6))
     ids = [repo.commit({"core": {"big": big * k}}, message=f"c{k}") for k in (1, 2)]
+    for cid in ids:  # checkouts made while it was sound
+        repo.checkout(cid, str(tmp_path / f"before-{cid[:6]}"))
     pack(repo, full=True)
     r = max(records(repo).values(), key=lambda r: r.size)
     (p,) = pack_store_of(mvc.Repo(repo.root).store).packs()
@@ -322,6 +324,8 @@ def test_a_damaged_streamed_object_fails_checkout_and_diff_after_its_last_batch(
     with pytest.raises(mvc.errors.CorruptObject, match=f"{r.oid}.*is corrupt"):
         fresh.checkout(damaged, str(out))
     assert not out.exists()  # nothing written, the temp file removed, the folders made removed again
+    with pytest.raises(mvc.errors.CorruptObject, match=f"{r.oid}.*is corrupt"):  # (probe h10: it said the
+        fresh.checkout(damaged, str(tmp_path / f"before-{damaged[:6]}"))  # sound file held other content)
     with pytest.raises(mvc.errors.CorruptObject, match="is corrupt"):
         fresh.diff(ids[0], ids[1])
 
