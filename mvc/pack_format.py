@@ -175,11 +175,11 @@ def encode_entry_header(prefix_len: int, itemsize: int, chunk_elems: int, chunks
 def decode_entry_header(entry, size: int, where: str) -> EntryHeader:
     """Parse and check an entry header against the object's size (from the index)."""
     if len(entry) < ENTRY_HEADER.size:
-        raise CorruptObject(f"{where}: entry is truncated")
+        raise CorruptObject(f"{where}: entry is truncated", "run mvc fsck")
     prefix_len, itemsize, _reserved, chunk_elems, chunks = ENTRY_HEADER.unpack_from(entry, 0)
     h = EntryHeader(prefix_len, itemsize, chunk_elems, chunks)
     data_len = size - prefix_len
     if (itemsize == 0 or chunk_elems == 0 or data_len < 0 or data_len % itemsize
             or chunks != -(-(data_len // itemsize) // chunk_elems) or len(entry) < h.body_offset):
-        raise CorruptObject(f"{where}: entry header does not match the object's size")
+        raise CorruptObject(f"{where}: entry header does not match the object's size", "run mvc fsck")
     return h
