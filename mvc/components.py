@@ -421,8 +421,10 @@ class Ingest:
             filenames = [n for n in filenames if n != ".git"]  # (other reserved names are refused below)
             for name in [n for n in filenames if _TEMP_NAME.match(n)]:  # never part of a model
                 filenames.remove(name)
-                warnings.warn(f"skipped {os.path.join(dirpath, name)}: a temp file a killed mvc checkout or export "
-                              "left (the next checkout into this folder removes it once it is an hour old)")
+                warnings.warn(f"skipped {os.path.join(dirpath, name)}: " + (
+                    "a file a killed mvc checkout had renamed aside to replace it (it is kept: rename it back "
+                    "if that file is missing)" if name.endswith(".mvc-old") else "a temp file a killed mvc "
+                    "checkout or export left (the next checkout into this folder removes it once it is an hour old)"))
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
                     raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks",
@@ -541,6 +543,23 @@ def file_chunks(store: ObjectStore, tree: dict, relpath: str, whole: bool = Fals
             del chunk  # next one is made
         else:
             yield from tensor_pieces(store, t, e)
+
+
+class ProgressOnce:
+    """A progress callback for work `streamed_else_whole` may run twice: after `restart()` the
+    bytes are reported only past what an earlier try reported (a bar never overshoots)."""
+
+    def __init__(self, progress: Callable[[int], None] | None):
+        self.progress, self.reported, self.passed = progress, 0, 0
+
+    def restart(self) -> None:
+        self.passed = 0
+
+    def __call__(self, nbytes: int) -> None:
+        self.passed += nbytes
+        if self.progress and self.passed > self.reported:
+            self.progress(self.passed - self.reported)
+            self.reported = self.passed
 
 
 def streamed_else_whole(run: Callable[[bool], object]):
@@ -697,15 +716,17 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: 
         f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder), "wb")
     except OSError as e:
         raise _output_error(dest, e) from None
+    once = ProgressOnce(progress)
+
     def write(whole: bool) -> None:
         f.seek(0)
         f.truncate()
+        once.restart()
         for chunk in file_chunks(store, tree, relpath, whole):
             with memoryview(chunk) as mv:  # in pieces: a bar moves through a 10 GB tensor too
                 for at in range(0, len(mv), PIECE):
                     f.write(mv[at: at + PIECE])
-                    if progress:
-                        progress(min(PIECE, len(mv) - at))
+                    once(min(PIECE, len(mv) - at))
             del chunk  # (see file_chunks)
 
     try:
@@ -900,25 +921,25 @@ def _install(tmp: str, dest: str, folder: int, force: bool) -> tuple[bool, str |
 
 def _backup_beside(name: str, folder: int) -> tuple[str | None, bool]:
     """(the name of a backup of file `name` of the open `folder`, made beside it, that a failed
-    checkout puts back; whether the file itself was renamed aside for it). A hard link where the
-    file system makes them (a killed checkout's link goes as its temp files do); else the file is
-    renamed aside (vfat, exFAT: a backup left by a killed checkout is then the only copy, and is
-    kept); None where neither can be made."""
-    backup = f".{os.urandom(6).hex()}.mvc-bak"
+    checkout puts back; whether the file itself was renamed aside for it). A hard link
+    (`.*.mvc-bak`) where the file system makes them: a killed checkout's link goes as its temp
+    files do; else the file renamed aside (`.*.mvc-old`; vfat, exFAT): one a killed checkout
+    leaves may be the only copy of that file, and is kept. None where neither can be made."""
+    stem = f".{os.urandom(6).hex()}.mvc-"
     try:
-        os.link(name, backup, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
-        return backup, False
+        os.link(name, stem + "bak", src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        return stem + "bak", False
     except OSError as e:
         if e.errno not in _NO_HARD_LINKS:
             return None, False
     try:
-        os.rename(name, backup, src_dir_fd=folder, dst_dir_fd=folder)
+        os.rename(name, stem + "old", src_dir_fd=folder, dst_dir_fd=folder)
     except OSError:
         return None, False
-    return backup, True
+    return stem + "old", True
 
 
-_TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-(tmp|bak)$")
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{12}\.mvc-(tmp|bak|old)$")
 STALE_TEMP_S = 3600.0  # a checkout's temp file this old was left by a killed process
 
 
@@ -926,8 +947,8 @@ def _remove_stale_temps(folder: int) -> None:
     """Remove temp files a killed checkout or export left in the open `folder` (named as
     _temp_name names them, older than STALE_TEMP_S: a running one's are younger). A backup link's
     age counts from its making (the change time of the file's links): it links to a file that may
-    be years old. A backup no other name links to (a file renamed aside) is kept: it may be the
-    only copy of a file a killed checkout was replacing."""
+    be years old. A file renamed aside (`.mvc-old`) is kept: it may be the only copy of a file a
+    killed checkout was replacing."""
     now = time.time()
     try:  # (listed through a readable descriptor: `folder` may be an O_PATH one)
         listing = os.open(".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), dir_fd=folder)
@@ -941,9 +962,9 @@ def _remove_stale_temps(folder: int) -> None:
         os.close(listing)
     for name in names:
         with contextlib.suppress(OSError):
+            if name.endswith(".mvc-old"):
+                continue  # (a file renamed aside: maybe the only copy of what it was replacing)
             st = os.lstat(name, dir_fd=folder)
-            if name.endswith(".mvc-bak") and st.st_nlink < 2:
-                continue  # (no other name links to it: a file renamed aside, the only copy)
             if now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime) > STALE_TEMP_S:
                 os.unlink(name, dir_fd=folder)
 

@@ -103,14 +103,15 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
         out.update(max_abs_delta=0.0, rel_l2=0.0, frac_changed=0.0)
         return out
     step = stf.DTYPE_SIZES[x["dtype"]] + stf.DTYPE_SIZES[y["dtype"]]
+    once = comp.ProgressOnce(progress)
 
     def sums(whole: bool) -> _ChangeSums:
         acc = _ChangeSums()
+        once.restart()
         sides = [_element_chunks(store, t, name, n, whole) for t in (x, y)]
         for a, b in zip(*sides):
             acc.add(a, b)
-            if progress:
-                progress(a.numel() * step)
+            once(a.numel() * step)
         for side in sides:  # drained: a streamed blob is verified once its last piece has passed
             for _none in side:  # (its size was checked: no element is left)
                 pass

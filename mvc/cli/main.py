@@ -93,6 +93,11 @@ class MvcGroup(click.Group):
                   "use a UTF-8 locale, e.g. LC_ALL=C.UTF-8, or PYTHONUTF8=1")
             ctx.exit(3)
         except (OSError, MemoryError, RuntimeError) as e:
+            if isinstance(e, OSError) and stop_signal() is not None:  # (SIGHUP: the terminal is gone,
+                how, status = interruption(e, stop_signal())        # and writing to it fails on the way out)
+                with contextlib.suppress(OSError):
+                    error(how)
+                ctx.exit(status)
             if isinstance(e, OSError) and _output_failed(e):
                 from ..refs import moves_so_far
                 error(f"cannot write to standard output: {e.strerror or e}", f"{moves_so_far()}; what it printed is lost")
@@ -155,6 +160,7 @@ from . import remote_cmds  # noqa: E402,F401  (registers remote, push, fetch, pu
 
 
 def main(argv=None):
+    _terminated.clear()  # (a signal an earlier call of main in this process saw is not this one's)
     from kernels.determinism import pin_blas_reproducibility  # torch-free; before any BLAS call
     pin_blas_reproducibility()
     # SIGTERM (kill, a scheduler's stop) and SIGHUP (the terminal closed) clean up as Ctrl-C does:

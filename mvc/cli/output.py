@@ -284,7 +284,8 @@ def byte_progress(total: int, label: str):
         yield advance
     finally:
         if state["bar"] is not None:
-            state["bar"].stop()
+            with contextlib.suppress(OSError):  # (a closed terminal: the hangup that ends the command)
+                state["bar"].stop()
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -323,5 +324,6 @@ class BarProgress(Progress):
 
     def end(self):
         if self.bar is not None:
-            self.bar.stop()
+            with contextlib.suppress(OSError):  # (a closed terminal: the hangup that ends the command)
+                self.bar.stop()
             self.bar = None

@@ -327,9 +327,10 @@ def clone(url, directory, lazy, endpoint, jobs, as_json):
     """
     started = time.perf_counter()
     rm = _rm()
-    click.get_current_context().meta["mvc.resumes"] = ("the same mvc clone resumes it; what it fetched so far stays "
-                                                       "(remove the folder to give it up)")
+    meta = click.get_current_context().meta
+    meta["mvc.resumes"] = "the same mvc clone resumes it; what it fetched so far stays (remove the folder to give it up)"
     repo, r = rm.clone(url, directory, lazy=lazy, endpoint=endpoint, jobs=jobs, progress=BarProgress())
+    del meta["mvc.resumes"]  # (done: a signal from here on interrupts a clone that stands)
     r["seconds"] = time.perf_counter() - started
     if as_json:
         emit_json(r)

@@ -350,7 +350,9 @@ def test_a_damaged_streamed_copy_falls_back_to_another_pack_s_good_one(tmp_path,
     os.chmod(found.path, 0o644)
     flip_byte(found.path, r.offset + r.length - 10)
     fresh = mvc.Repo(repo.root)
-    fresh.checkout(cid, str(tmp_path / "out"))
+    counted = []
+    fresh.checkout(cid, str(tmp_path / "out"), progress=counted.append)
+    assert sum(counted) == (tmp_path / "out" / "core" / "model.safetensors").stat().st_size  # (not twice)
     fresh.export(cid, "core", str(tmp_path / "e.safetensors"))
     from safetensors.torch import load_file
     assert torch.equal(load_file(str(tmp_path / "out" / "core" / "model.safetensors"))["big"], big)

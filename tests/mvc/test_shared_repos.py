@@ -503,3 +503,18 @@ def test_checkout_output_paths_empty_bytes_and_a_working_directory_that_changes(
             os.chdir(tmp_path / "elsewhere")
     repo.checkout("HEAD", "rel-out", progress=progress)
     assert sorted(os.listdir(tmp_path / "rel-out")) == ["a", "b"] and os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_stale_backup_links_are_swept_and_files_renamed_aside_are_kept(tmp_path, monkeypatch):
+    """A killed forced checkout's backup link outlives the name it linked (one link left): it was
+    kept for ever, taken for a file renamed aside (review). Those now have their own suffix."""
+    from mvc import components
+    for name in (".0123456789ab.mvc-bak", ".0123456789ab.mvc-old", ".0123456789ab.mvc-tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(components, "STALE_TEMP_S", -1.0)  # (all of them old enough)
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        components._remove_stale_temps(folder)
+    finally:
+        os.close(folder)
+    assert sorted(os.listdir(tmp_path)) == [".0123456789ab.mvc-old"]

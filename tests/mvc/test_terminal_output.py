@@ -223,3 +223,25 @@ def test_a_bar_shows_for_a_large_job_at_once_and_for_a_small_one_that_runs_long(
     with output.byte_progress(64 << 20, "counting") as advance:
         advance(64 << 20)
     assert sys.stderr.getvalue() == ""
+
+
+def test_a_bar_on_a_terminal_that_closed_lets_the_hangup_end_the_command(monkeypatch):
+    """Stopping the bar wrote to the closed terminal: its EIO replaced the hangup's Terminated, and
+    the command exited 1 with a traceback instead of 129 (review)."""
+    from mvc.cli import output
+    from mvc.errors import Terminated
+
+    class Gone(_Terminal):
+        closed_now = False
+
+        def write(self, s):
+            if self.closed_now:
+                raise OSError(5, "Input/output error")
+            return super().write(s)
+    err = Gone()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(Terminated):
+        with output.byte_progress(64 << 20, "checking out") as advance:
+            advance(1 << 20)
+            err.closed_now = True
+            raise Terminated(1)
