@@ -128,8 +128,9 @@ def test_a_checkout_that_fails_while_renaming_puts_the_folder_back(tmp_path, mon
     assert sorted(p.name for p in out.rglob("*")) == ["a", "b", "model.safetensors"]  # no temp files left
 
 
-def test_a_checkout_that_fails_after_replacing_a_file_restores_it(tmp_path, monkeypatch):
-    repo, out = _two_component_checkout(tmp_path)
+def _fail_the_second_replace(monkeypatch):
+    """os.replace fails (EIO) on its second call: a checkout's second file cannot be put in place.
+    Returns the real os.replace."""
     real, calls = os.replace, []
 
     def second_fails(src, dst, *a, **k):
@@ -138,6 +139,12 @@ def test_a_checkout_that_fails_after_replacing_a_file_restores_it(tmp_path, monk
             raise OSError(errno.EIO, "Input/output error", str(dst))
         return real(src, dst, *a, **k)
     monkeypatch.setattr(os, "replace", second_fails)
+    return real
+
+
+def test_a_checkout_that_fails_after_replacing_a_file_restores_it(tmp_path, monkeypatch):
+    repo, out = _two_component_checkout(tmp_path)
+    _fail_the_second_replace(monkeypatch)
     with pytest.raises(MvcError):
         repo.checkout("HEAD", str(out), force=True)
     monkeypatch.undo()
@@ -458,14 +465,7 @@ def test_a_forced_checkout_without_hard_links_that_fails_puts_the_old_files_back
     repo.checkout(c1, str(out))
     before = {n: (out / n / "model.safetensors").read_bytes() for n in "ab"}
     monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EPERM, "no links")))
-    real, calls = os.replace, []
-
-    def second_fails(src, dst, *a, **k):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError(errno.EIO, "Input/output error", str(dst))
-        return real(src, dst, *a, **k)
-    monkeypatch.setattr(os, "replace", second_fails)
+    real = _fail_the_second_replace(monkeypatch)
     with pytest.raises(MvcError):
         repo.checkout(c2, str(out), force=True)
     monkeypatch.setattr(os, "replace", real)
