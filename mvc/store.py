@@ -19,14 +19,13 @@ import weakref
 from typing import Iterator
 
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
+from .interrupts import interrupts_deferred
+from .objects import hash_bytes, is_oid, new_hasher
 
 try:  # (imported now: importing it once the open-file limit is reached needs a descriptor itself)
     import resource
 except ImportError:  # (no descriptor limits to keep to: Windows)
     resource = None
-from .interrupts import interrupts_deferred
-from .objects import hash_bytes, is_oid, new_hasher
-
 
 WRITE_CHUNK = 1 << 26  # bytes per write() call (the kernel caps one call near 2 GiB anyway)
 WRITE_CHUNK_MIN = 1 << 16  # smaller buffers go through the file object's buffer
