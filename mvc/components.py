@@ -710,9 +710,9 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: 
     the open `folder` (fsynced if `sync`). The caller knows the name before the file is made, so
     that a signal handled just after it was made, or just after this returns, leaves nothing."""
     try:
-        if _lexists(os.path.basename(dest), folder) and stat.S_ISDIR(os.lstat(os.path.basename(dest),
-                                                                                dir_fd=folder).st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", dest)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(os.path.basename(dest), dir_fd=folder).st_mode):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", dest)
         f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder), "wb")
     except OSError as e:
         raise _output_error(dest, e) from None
@@ -809,11 +809,14 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
     folder_paths = {dest: os.path.dirname(os.path.abspath(dest)) for _t, _r, dest in items}
     root = os.path.abspath(base) if base is not None else None
 
-    def folder_of(dest: str) -> int:  # (good until the next call: see OutputFolders)
-        return folders.open(folder_paths[dest], root or folder_paths[dest])
+    def open_folder(path: str) -> int:  # (good until the next call: see OutputFolders)
+        return folders.open(path, root or path)
+
+    def folder_of(dest: str) -> int:
+        return open_folder(folder_paths[dest])
 
     temps: list[tuple[str, str]] = []  # (temp file name in dest's folder, dest)
-    renamed: list[tuple[str, bool, str | None]] = []  # (dest, replaced a file, backup link name beside it)
+    renamed: list[tuple[str, bool, str | None]] = []  # (dest, replaced a file, its backup's name beside it)
     installed = False
     try:
         for _tree, _relpath, dest in items:  # (each folder opened, or made, before anything is written)
@@ -840,9 +843,9 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
                 if backup:
                     with contextlib.suppress(OSError, MvcError):
                         os.unlink(backup, dir_fd=folder_of(dest))
-            for dest in {folder_paths[d]: d for _t, _r, d in items}.values():
+            for path in dict.fromkeys(folder_paths.values()):
                 with contextlib.suppress(OSError, MvcError):
-                    _remove_stale_temps(folder_of(dest))
+                    _remove_stale_temps(open_folder(path))
     except BaseException as e:
         if installed:  # (a Ctrl-C held back while the files went into place)
             if isinstance(e, KeyboardInterrupt) and not isinstance(e, InterruptedAfterLanding):
@@ -955,15 +958,13 @@ def _remove_stale_temps(folder: int) -> None:
     except OSError:
         return  # (a folder that may be written but not listed)
     try:
-        names = [n for n in os.listdir(listing) if _TEMP_NAME.match(n)]
+        names = [n for n in os.listdir(listing) if _TEMP_NAME.match(n) and not n.endswith(".mvc-old")]
     except OSError:
         return
     finally:
         os.close(listing)
     for name in names:
         with contextlib.suppress(OSError):
-            if name.endswith(".mvc-old"):
-                continue  # (a file renamed aside: maybe the only copy of what it was replacing)
             st = os.lstat(name, dir_fd=folder)
             if now - (st.st_ctime if name.endswith(".mvc-bak") else st.st_mtime) > STALE_TEMP_S:
                 os.unlink(name, dir_fd=folder)

@@ -90,8 +90,8 @@ def meta_fields(ta: dict, tb: dict) -> list[str]:
 def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], None] | None = None) -> dict:
     """dtype and shape of a changed tensor and, when the shapes agree, the fraction of elements
     changed, max |delta| and the L2 norm of the change relative to the old tensor. Compared in
-    chunks of CHUNK_ELEMENTS: two loose objects (mapped) take bounded memory whatever their size;
-    a packed object is decoded whole first (the pack store has no streaming reader yet)."""
+    chunks of CHUNK_ELEMENTS, so memory stays bounded whatever the tensor's size: a loose object is
+    mapped, a large packed one decoded a batch at a time (an XOR delta's base is decoded whole)."""
     out = {"dtype": [x["dtype"], y["dtype"]], "shape": [list(x["shape"]), list(y["shape"])]}
     notes = [what for what, k in (("dtype changed", "dtype"), ("shape changed", "shape")) if x[k] != y[k]]
     if notes:

@@ -56,7 +56,7 @@ def moves_scope():
         _MOVED.set((outer + _MOVED.get())[-_MOVES_KEPT:])
 
 
-def moved_in_this_process() -> list[str]:
+def moves_of_this_thread() -> list[str]:
     return [what for what, _logged in _MOVED.get()]
 
 
@@ -67,7 +67,7 @@ def moves_logged() -> bool:
 
 def moves_so_far() -> str:
     """What a command stopped by an error had done to refs, said for its error line."""
-    moved = moved_in_this_process()
+    moved = moves_of_this_thread()
     see = ": see mvc reflog" if moves_logged() else ""
     return f"it had {', '.join(moved)}, which stays{see}; the rest stopped" if moved else "nothing was moved"
 

@@ -66,9 +66,9 @@ class MvcGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt as e:
-            from ..refs import moved_in_this_process, moves_logged
+            from ..refs import moves_of_this_thread, moves_logged
             landed = getattr(e, "landed", None)  # mvc.errors.InterruptedAfterLanding
-            moved = moved_in_this_process()  # e.g. a commit that landed, then a signal while it printed
+            moved = moves_of_this_thread()  # e.g. a commit that landed, then a signal while it printed
             how, status = interruption(e, stop_signal())
             resumes = ctx.meta.get("mvc.resumes")  # a command that picks up where it stopped says so
             with contextlib.suppress(OSError):  # (a hangup: the terminal may be gone)

@@ -1392,5 +1392,5 @@ def test_an_api_call_s_error_names_only_what_it_moved_not_other_threads_or_earli
     with pytest.raises(mvc.MvcError) as e:
         rm.fetch(repo, "origin")
     assert e.value.hint.startswith("nothing was moved;")
-    from mvc.refs import moved_in_this_process
-    assert moved_in_this_process()[-1].startswith("moved refs/heads/main")  # (kept for the caller)
+    from mvc.refs import moves_of_this_thread
+    assert moves_of_this_thread()[-1].startswith("moved refs/heads/main")  # (kept for the caller)
