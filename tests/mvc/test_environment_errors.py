@@ -306,3 +306,16 @@ def test_nohup_keeps_mvc_running_through_a_hangup(in_repo):
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 0, (p.returncode, err)
     assert "b" in mvc.Repo(in_repo.root).branches()
+
+
+def test_the_python_api_raises_the_file_systems_oserror_with_its_path_and_leaves_nothing(repo, tmp_path):
+    """README's contract for Python callers: a refusal of the file system is the OSError open() would
+    raise, naming the path, and no half-written file stays."""
+    cid = repo.commit({"model": _sd(n=2)}, message="m")
+    outside = tmp_path / "out"
+    outside.mkdir()
+    with pytest.raises(OSError) as e:
+        repo.checkout(cid, outside / ("x" * 300))
+    assert e.value.errno == errno.ENAMETOOLONG and "x" * 300 in str(e.value.filename)
+    assert not isinstance(e.value, mvc.MvcError)
+    assert list(outside.iterdir()) == []
