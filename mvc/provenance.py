@@ -44,6 +44,13 @@ def check_author(author: str, where: str) -> str:
     return author
 
 
+def _utf8_escaped(text: str) -> str:
+    """Text git read as bytes (a branch name, a config value: git takes any bytes) with the bytes
+    that are not UTF-8 written as backslash escapes (b'caf\\xe9' -> 'caf\\\\xe9'): mvc records UTF-8
+    only, and a commit must not fail over what git holds."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def default_author(root: str | None = None) -> str:
     """MVC_AUTHOR, else git config's user.name <user.email> (inside a git work tree), else user@host."""
     env = os.environ.get("MVC_AUTHOR")
@@ -51,7 +58,7 @@ def default_author(root: str | None = None) -> str:
         return check_author(env, "MVC_AUTHOR")
     found = git_work_tree(root) if root else None
     if found:
-        name, email = (_git_config(*found, key) for key in ("user.name", "user.email"))
+        name, email = (_utf8_escaped(_git_config(*found, key)) for key in ("user.name", "user.email"))
         if name:
             check_author(name, "git config user.name")
             check_author(email, "git config user.email")
@@ -332,6 +339,8 @@ def git_provenance(root: str) -> dict:
         return {}
     top, git_dir = found
     sha, branch, _detached = _head(git_dir, top)
+    if branch is not None:
+        branch = _utf8_escaped(branch)
     record = {"sha": sha, "branch": branch, "dirty": None}
     try:  # changes to tracked files, staged or not (untracked files are not scanned)
         status = import_git().Git(top).status("--porcelain", "--untracked-files=no",  # (without refreshing

@@ -7,8 +7,11 @@ import re
 # what a terminal would act on or draw misleadingly: C0 and C1 controls (ESC, CSI, OSC, BEL,
 # newline, carriage return), DEL, the bidirectional marks, embeddings, overrides and isolates that
 # reorder a line, and invisible characters that would make two names print alike (zero-width
-# space, word joiner, byte-order mark; the joiners emoji and Indic scripts need are left alone)
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+# space, word joiner, byte-order mark; the joiners emoji and Indic scripts need are left alone), and
+# lone surrogates: the bytes of a path argument that is not UTF-8, which a strict UTF-8 stdout
+# (en_US.UTF-8) cannot write at all
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+                     "\ud800-\udfff]")
 _QUOTED = re.compile(r'[\\"]|' + _UNSAFE.pattern)  # what a double-quoted string escapes
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
 

@@ -37,7 +37,8 @@ def _repo_top(repo) -> str | None:
 def _console():
     """Markup on for the CI table's verdicts; names printed go through _said."""
     from rich.console import Console
-    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), emoji=False, highlight=False)
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), emoji=False, highlight=False,
+                   soft_wrap=True)  # (a table wider than the terminal is wrapped by it, not cut)
 
 
 def _git_bytes(*args) -> bytes | None:

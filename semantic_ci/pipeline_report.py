@@ -34,11 +34,10 @@ def certificate_rows(repo, summary: dict) -> list[dict]:
 
 
 def render_summary(repo, summary: dict, con) -> None:
-    from rich.table import Table
-    t = Table(title=f"pipeline {shown(summary['pipeline'])}"
+    from mvc.cli.output import table  # (a narrow terminal folds names and figures, never cuts them or ids)
+    t = table("stage", "status", "commit", "seconds", "key metrics", names=("stage", "key metrics"), ids=("commit",),
+              title=f"pipeline {shown(summary['pipeline'])}"
               + (f" (profile {shown(summary['profile'])})" if summary["profile"] else ""))
-    for col in ("stage", "status", "commit", "seconds", "key metrics"):
-        t.add_column(col)
     for st in summary["stages"]:
         m = st.get("metrics", {})
         keym = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -50,9 +49,8 @@ def render_summary(repo, summary: dict, con) -> None:
     con.print(t)
     rows = certificate_rows(repo, summary)
     if rows:
-        ct = Table(title="certificate (our measured figures; mvc verify re-checks each evidence id)")
-        for col in ("claim", "evidence", "result", "threshold", "verdict"):
-            ct.add_column(col)
+        ct = table("claim", "evidence", "result", "threshold", "verdict", names=("claim", "result", "threshold"),
+                   ids=("evidence",), title="certificate (our measured figures; mvc verify re-checks each evidence id)")
         for r in rows:
             ct.add_row(shown(r["claim"]), r["evidence"][:12], r["result"], r["threshold"], r["verdict"])
         con.print(ct)

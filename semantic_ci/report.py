@@ -67,10 +67,9 @@ def as_text(text) -> str:
 
 
 def render_table(summary: dict, console) -> None:
-    from rich.table import Table
-    t = Table(title=f"semantic CI of {summary['commit'][:12]} (certificate {summary['certificate'][:12]})")
-    for col in ("check", "kind", "figure", "threshold", "verdict"):
-        t.add_column(col)
+    from mvc.cli.output import table  # (a narrow terminal folds names and figures, never cuts them)
+    t = table("check", "kind", "figure", "threshold", "verdict", names=("check", "figure", "threshold"),
+              title=f"semantic CI of {summary['commit'][:12]} (certificate {summary['certificate'][:12]})")
     for c in summary["checks"]:
         verdict = {"passed": "[green]PASS[/]", "failed": "[red]FAIL[/]", "skipped": "[yellow]skipped[/]"}[c["status"]]
         fig, th = figure_text(c)

@@ -147,13 +147,13 @@ def verify(target, as_json):
             hint = ("its figures do not reproduce: the certificate was edited, or mvc's evaluation code "
                     "changed since it was made; run mvc ci to certify the commit again")
         raise MvcError(f"certificate {short(r['certificate'])} does not verify", hint)
-    run = (f" (a partial run: {', '.join(map(str, r['checks_run']))} only"
+    run = (f" (a partial run: {', '.join(map(shown, r['checks_run']))} only"
            + ("" if r.get("full_run_recorded") else "; no full run of mvc.toml's checks is recorded for this commit")
            + ")") if r.get("partial") else ""
     if not r["passed"]:  # authentic, and it records a failure: a negative result, like mvc ci's
         if not as_json:
             click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: it records a "
-                       f"FAILED run ({', '.join(map(str, r['failed'])) or 'its verdict'}){run}")
+                       f"FAILED run ({', '.join(map(shown, r['failed'])) or 'its verdict'}){run}")
         sys.exit(1)
     if not as_json:
         click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: its checks passed{run}")

@@ -401,3 +401,16 @@ def test_a_git_branch_that_would_hide_an_id_prefix_is_not_made_an_mvc_branch(tmp
     with pytest.warns(UserWarning, match="cannot be an mvc branch"):
         repo.commit({"m": model(tmp_path / "b.safetensors", 8)}, message="two")
     assert list(repo.branches()) == ["main"] and repo.resolve(prefix) == first
+
+
+def test_a_git_branch_and_user_name_that_are_not_utf8_are_recorded_escaped(tmp_path):
+    """git takes any bytes in a branch name or user.name (made in a Latin-1 terminal): every mvc
+    commit there failed (exit 3, 'names, messages and metadata must be UTF-8'), blaming the user."""
+    work = new_git(tmp_path / "g")
+    git(work, "checkout", "-q", "-b", b"caf\xe9")
+    git(work, "config", "user.name", b"J\xf6rg")
+    repo = mvc.Repo.init(work)
+    repo.commit({"m": model(work / "m.safetensors")}, message="x")
+    entry = repo.log()[0]
+    assert entry["author"].startswith("J\\xf6rg")
+    assert mvc.Repo(work).show("HEAD")["provenance"]["git"]["branch"] == "caf\\xe9"

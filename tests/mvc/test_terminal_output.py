@@ -25,6 +25,7 @@ def test_shown_quotes_only_text_that_needs_it():
     assert one_line("error: bad\npath \x1b[2J") == "error: bad\\npath \\x1b[2J"
     # no two texts print alike: a text typed to look quoted is quoted itself
     assert shown('"x\\x1b[2J"') == '"\\"x\\\\x1b[2J\\""' != shown("x\x1b[2J") == '"x\\x1b[2J"'
+    assert shown("out\udcfe") == '"out\\udcfe"'  # a path argument's byte that is not UTF-8
     assert shown("main\u200e") == '"main\\u200e"' and shown("ma\u200bin") == '"ma\\u200bin"'  # invisible marks
     # blanks at either end print as nothing in a column ("a " as "a"), and the empty name as no name
     assert [shown(t) for t in ("a", "a ", " a", "", "a b", "\u3000a")] == ["a", '"a "', '" a"', '""', "a b", '"\u3000a"']
@@ -63,6 +64,21 @@ def test_stored_text_reaches_the_terminal_quoted(run, tmp_path, monkeypatch):
     assert '"w\\x1b]0;PWNED\\x07"' in outputs[("ls-tree", "HEAD", "model")]
     assert '"real\\n0000' in outputs[("diff", "HEAD~1", "HEAD", "--all")]
     assert json.loads(run("log", "--json").stdout)[0]["author"] == "mallory\nDate: forged"  # JSON as stored
+
+
+def test_a_path_argument_that_is_not_utf8_is_printed_quoted_on_a_strict_utf8_stdout(tmp_path):
+    """A strict UTF-8 stdout (en_US.UTF-8; C.UTF-8 is lenient) cannot write a lone surrogate: the
+    checkout wrote its files, then failed printing its confirmation (exit 4, a traceback)."""
+    import os
+    import subprocess
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"m": {"w": torch.ones(2)}}, message="x")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    r = subprocess.run([sys.executable, "-m", "mvc", "checkout", "HEAD", "-o", b"out\xfe"], cwd=tmp_path / "r",
+                       env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith(b' under "out\\udcfe"\n')
+    assert (tmp_path / "r" / os.fsdecode(b"out\xfe") / "m" / "model.safetensors").is_file()
 
 
 def test_rich_emoji_codes_and_markup_stay_text(run, tmp_path):
@@ -245,3 +261,34 @@ def test_a_bar_on_a_terminal_that_closed_lets_the_hangup_end_the_command(monkeyp
             advance(1 << 20)
             err.closed_now = True
             raise Terminated(1)
+
+
+def _console_text(render, width: int) -> str:
+    from rich.console import Console
+    con = Console(file=io.StringIO(), width=width, color_system=None, markup=True, soft_wrap=True)  # as mvc's
+    render(con)
+    return con.file.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 40, 20])
+def test_ci_and_pipeline_tables_fold_names_and_never_cut_a_verdict_or_id(width):
+    """They cut cells with an ellipsis: on 80 columns two checks 'general-ppl-holdout-check-a'
+    and '-b' both read 'general-ppl-hold…', one PASS and one FAIL; narrower, verdicts ('F…') and
+    ids were cut too."""
+    from semantic_ci.pipeline_report import render_summary
+    from semantic_ci.report import render_table
+    checks = [{"name": f"general-ppl-holdout-check-{x}", "kind": "exact-logits", "status": s, "note": None,
+               "figures": {"max_abs_delta": 5.29, "differing_positions": 2047}, "thresholds": {"tolerance": 0}}
+              for x, s in (("a", "passed"), ("b", "failed"))]
+    summary = {"commit": "c" * 64, "certificate": "d" * 64, "passed": False, "checks": checks}
+    text = _console_text(lambda con: render_table(summary, con), width)
+    first_column = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert "…" not in text and "PASS" in text and "FAIL" in text
+    assert "general-ppl-holdout-check-ageneral-ppl-holdout-check-b" in first_column  # folded, whole
+    run = {"pipeline": "p", "profile": None,
+           "stages": [{"stage": "pretrain-the-general-core", "status": "done", "commit": "e" * 64, "seconds": 1.5,
+                       "metrics": {"loss": 1.2345}}]}
+    import types
+    repo = types.SimpleNamespace(read_commit=lambda _id: {"extra": {}})  # (no certificate to list)
+    text = _console_text(lambda con: render_summary(repo, run, con), width)
+    assert "…" not in text and "e" * 12 in text and "done" in text

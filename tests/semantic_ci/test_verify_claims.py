@@ -290,3 +290,20 @@ def test_a_head_relative_base_means_the_candidates_parent(ci_repo):
     with pytest.raises(UnknownRevision, match=f"^--base HEAD~5: commit {one[:12]} has no parent") as e:
         run_ci(ci_repo, two, base="HEAD~5")  # (it named "<the candidate's id>~5")
     assert two not in str(e.value)
+
+
+def test_verify_names_the_checks_of_its_verdict_quoted(ci_repo, monkeypatch):
+    """A check name from mvc.toml holding ESC/CR/BEL reached the terminal raw in verify's last line
+    (it could erase that line and print its own); every other line shows it quoted."""
+    name = "b\x1b[2K\rforged\x07"
+    write_config(ci_repo, BASIC.replace('name = "frozen"', 'name = "b\\u001b[2K\\rforged\\u0007"'))
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t * 1.0001}}, message="b")
+    for args in ([], ["--check", name]):
+        assert CliRunner().invoke(cli, ["ci", *args]).exit_code == 1
+        r = CliRunner().invoke(cli, ["verify", "HEAD" if not args else certificate.of_commit(
+            ci_repo, ci_repo.resolve("HEAD"))[-1]])
+        assert r.exit_code == 1 and '"b\\x1b[2K\\rforged\\x07"' in r.stdout, r.output
+        assert not set(r.stdout) & set("\x1b\r\x07"), r.stdout
