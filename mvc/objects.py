@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import sys
 
 import blake3
 
@@ -91,7 +92,17 @@ def canonical_json(obj) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a name that was not UTF-8
         raise BadInput(f"text {text[max(0, e.start - 20):e.end + 20]!r} is not valid Unicode",
-                       "names, messages and metadata must be UTF-8") from None
+                       "names, messages and metadata must be UTF-8" + _locale_hint()) from None
+
+
+def _locale_hint() -> str:
+    """Where this process reads its arguments in another encoding than UTF-8 (LC_ALL=C without
+    Python's UTF-8 mode), what the user typed as UTF-8 arrives as undecodable bytes: say so."""
+    encoding = sys.getfilesystemencoding()
+    if encoding.replace("-", "").lower() == "utf8":
+        return ""
+    return (f"; this process reads its arguments as {encoding}, not UTF-8: run it in a UTF-8 locale, "
+            "e.g. LC_ALL=C.UTF-8, or with PYTHONUTF8=1")
 
 
 def encode(obj: dict) -> tuple[str, bytes]:
@@ -315,7 +326,7 @@ def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> No
     try:
         segs = [seg.encode("utf-8") for seg in name.split("/")]
     except UnicodeEncodeError:
-        raise BadName(f"invalid {what} {name!r} (not valid UTF-8)") from None
+        raise BadName(f"invalid {what} {name!r} (not valid UTF-8{_locale_hint()})") from None
     if any(len(seg) > limit for seg in segs):
         raise BadName(f"invalid {what} {name[:40]!r}... (a part longer than {limit} bytes)")
 

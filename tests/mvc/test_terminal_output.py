@@ -292,3 +292,17 @@ def test_ci_and_pipeline_tables_fold_names_and_never_cut_a_verdict_or_id(width):
     repo = types.SimpleNamespace(read_commit=lambda _id: {"extra": {}})  # (no certificate to list)
     text = _console_text(lambda con: render_summary(repo, run, con), width)
     assert "…" not in text and "e" * 12 in text and "done" in text
+
+
+@pytest.mark.parametrize("fs_encoding, named", [("utf-8", False), ("ascii", True)])
+def test_text_that_is_not_utf8_names_a_locale_that_is_not(repo, monkeypatch, fs_encoding, named):
+    """Under LC_ALL=C without Python's UTF-8 mode a message typed as UTF-8 arrives as undecodable
+    bytes: the error blamed the text, not the locale."""
+    from mvc.errors import BadInput
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: fs_encoding)
+    with pytest.raises(BadInput) as e:
+        repo.commit({"m": {"w": torch.ones(1)}}, message="h\udcc3\udca9llo")
+    with pytest.raises(BadName) as e2:
+        repo.create_branch("br\udcc3\udca4")
+    for err in (e.value, e2.value):
+        assert ("LC_ALL=C.UTF-8" in str(err)) is named and (f"as {fs_encoding}" in str(err)) is named
