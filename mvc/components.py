@@ -148,6 +148,8 @@ class Ingest:
         self._stopping = threading.Event()  # set when the commit fails or is interrupted: workers stop
         self.entries: list[tuple[str, str, dict]] = []  # (file, tensor name in it, tree entry)
         self.files: dict[str, dict] = {}
+        self.meta: dict | None = None  # (an optimizer state imported from a .pt file: its param groups)
+        self.kind: str | None = None
 
     def progress(self, nbytes: int) -> None:
         if self._stopping.is_set():  # (raised in a worker: its write is undone; see _store_tensors)
@@ -403,8 +405,12 @@ class Ingest:
         if suffix.endswith(SAFETENSORS_SUFFIX):
             self.safetensors_file(base, path, st)
         elif suffix.endswith(PICKLE_SUFFIXES) and relpath is None:
-            from .tensors import load_pickle_state_dict
-            self.state_dict(MEMORY_FILE, load_pickle_state_dict(path))
+            from .tensors import load_pickle_state_dict, optimizer_state
+            state = load_pickle_state_dict(path)
+            optimizer = optimizer_state(state)  # a torch.save(optimizer.state_dict()): as from memory
+            if optimizer is not None:
+                (state, self.meta), self.kind = optimizer, "optimizer"
+            self.state_dict(MEMORY_FILE, state)
         else:
             self.raw_file(base, path, st)
 
@@ -499,6 +505,7 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
             raise BadInput(f"{path} is inside an mvc repository's own .mvc directory",
                            "commit model files, not repository internals")
         ing.path(path)
+        meta, kind = ing.meta, ing.kind
     else:
         from .tensors import module_state, optimizer_state
         optimizer = optimizer_state(value)

@@ -1074,11 +1074,14 @@ class Repo(Maintenance):
             raise BadInput(f"cannot write {out_file!r}: not a file name", "name the file to write, e.g. -o core.safetensors")
         (relpath, entry), = tree["files"].items()
         if entry["format"] == "safetensors" and out_file.lower().endswith(TORCH_FILE_SUFFIXES):
+            optimizer = isinstance(tree.get("meta"), dict) and isinstance(tree["meta"].get("param_groups"), list)
+            loader = (f"mvc.Repo().load_optimizer(REV, {component!r})" if optimizer  # (param groups included)
+                      else f"dict(mvc.Repo().load(REV, {component!r}))")
             raise BadInput(f"component {component!r} is stored as safetensors ({relpath}), and export writes "
                            f"those bytes: {os.path.basename(out_file)} would hold safetensors under a PyTorch "
                            "name, which torch.load refuses",
                            f"name the file .safetensors, or write a PyTorch file from Python: "
-                           f"torch.save(dict(mvc.Repo().load(REV, {component!r})), {os.path.basename(out_file)!r})")
+                           f"torch.save({loader}, {os.path.basename(out_file)!r})")
         self.store.prefetch(tree_blob_ids(tree))  # (a lazy clone: only once the name is accepted)
         comp.write_files(self.store, [(tree, relpath, out_file)], force, progress, unchanged=unchanged)
         return out_file

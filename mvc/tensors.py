@@ -185,6 +185,8 @@ def load_pickle_state_dict(path: str) -> dict:
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and set(obj) == {key} and isinstance(obj[key], dict):
             obj = obj[key]
+    if optimizer_state(obj) is not None:  # an optimizer.state_dict(): stored as from memory
+        return obj
     if not isinstance(obj, dict) or not obj:
         raise BadInput(f"{path} does not hold a mapping of names to tensors but "
                        f"{'an empty dict' if isinstance(obj, dict) else 'a ' + type(obj).__name__}",
@@ -239,8 +241,11 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
             if isinstance(v, torch.Tensor):
                 flat[name] = v
                 continue
-            try:
-                flat[name] = torch.tensor(v, dtype=torch.float64 if isinstance(v, float) else None)  # (float32 rounds 0.1)
+            if _holds(v, complex):  # (torch.tensor makes complex64 of it, and C128 is not stored: it would round)
+                raise BadInput(f"optimizer state {i}.{key} holds a complex number ({str(v)[:40]}), which would be "
+                               "rounded to complex64", "store it as a complex64 tensor, or as two floats")
+            try:  # floats, alone or in a list, as float64: torch's default float32 rounds 0.1
+                flat[name] = torch.tensor(v, dtype=torch.float64 if _holds(v, float) else None)
             except (TypeError, ValueError, RuntimeError):
                 raise BadInput(f"optimizer state {i}.{key} is a {type(v).__name__} ({str(v)[:40]}), "
                                "neither a tensor nor a number") from None
@@ -256,6 +261,13 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     if named:
         meta["state_keys"] = keys
     return flat, meta
+
+
+def _holds(value, kind) -> bool:
+    """Whether a number, or a (nested) list or tuple of them, holds one of type `kind`."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds(v, kind) for v in value)
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 TENSOR_SETTING = "__tensor__"  # how a param-group setting that is a 0-dim tensor (an lr) is recorded

@@ -685,6 +685,19 @@ def test_export_refuses_a_pytorch_name_for_safetensors_bytes(run, in_repo, tmp_p
     assert (tmp_path / "vocab.bin").read_bytes() == b"\x00raw"
     r = run("export", "HEAD", "sd", "-o", "-", "--json", code=2)
     assert "--json cannot share stdout" in r.stderr and not r.stdout
+    model = torch.nn.Linear(2, 1)  # an optimizer's state: the hint's file must load into an optimizer
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    run("commit", "-c", f"optimizer={tmp_path / 'opt.pt'}", "-m", "optimizer")  # (it was refused)
+    r = run("export", "HEAD", "optimizer", "-o", tmp_path / "opt-back.pt", code=3)
+    hint = r.stderr.split("write a PyTorch file from Python: ")[1].rstrip(")\n")
+    assert hint.startswith("torch.save(mvc.Repo().load_optimizer(REV, 'optimizer')")
+    again = torch.optim.SGD(model.parameters(), lr=1.0)
+    again.load_state_dict(eval(hint.split("torch.save(")[1].rsplit(", ", 1)[0].replace("mvc.Repo()", "in_repo")
+                               .replace("REV", "'HEAD'")))
+    assert torch.equal(again.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
 
 
 def test_a_commit_that_changes_nothing_says_so(run, tmp_path):

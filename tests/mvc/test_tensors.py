@@ -69,8 +69,12 @@ def test_nested_checkpoints_are_refused_with_what_to_do(tmp_path):
     opt = torch.optim.Adam(m.parameters())
     m(torch.ones(1, 3)).sum().backward()
     opt.step()
-    cases = {"opt.pt": (opt.state_dict(), "entry 'state' is a nested dict"),
-             "ckpt.pt": ({"model": m.state_dict(), "epoch": 3}, "entry 'model' is a state dict"),
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")  # an optimizer's state dict commits as in memory
+    cid = repo.commit({"optimizer": str(tmp_path / "opt.pt")}, message="x", branch="opt")
+    back = repo.load_optimizer(cid)
+    assert back["param_groups"] == opt.state_dict()["param_groups"]
+    assert all(torch.equal(back["state"][i][k], v) for i, per in opt.state_dict()["state"].items() for k, v in per.items())
+    cases = {"ckpt.pt": ({"model": m.state_dict(), "epoch": 3}, "entry 'model' is a state dict"),
              "mixed.pt": ({"w": torch.ones(1), "epoch": 3}, "entry 'epoch' is an int (3)")}
     for name, (obj, why) in cases.items():
         torch.save(obj, tmp_path / name)
@@ -78,8 +82,6 @@ def test_nested_checkpoints_are_refused_with_what_to_do(tmp_path):
             repo.commit({"c": str(tmp_path / name)}, message="x")
         assert why in e.value.message and "flat mapping" in e.value.message
         assert "-c optimizer=" in e.value.hint and "repo.commit({'optimizer': opt.state_dict()})" in e.value.hint
-        if name == "opt.pt":
-            continue  # in memory, an optimizer's state dict commits as it is (test_an_optimizer_state_dict_...)
         with pytest.raises(BadInput) as e:
             repo.commit({"c": obj}, message="x")
         assert why in e.value.message and "-c optimizer=" in e.value.hint
@@ -269,6 +271,12 @@ def test_plain_numbers_in_optimizer_state_come_back_as_they_were(repo):
     listed = {"state": {0: {"history": [1.0, 2.0, 3.0]}}, "param_groups": [{"params": [0], "lr": 0.1}]}
     got = repo.load_optimizer(repo.commit({"optimizer": listed}, message="a list"))["state"][0]["history"]
     assert torch.equal(got, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))  # (a list stays a tensor)
+    listed["state"][0]["history"] = [3, 0.1, 0.2, 1e-300]  # lists of floats were rounded to float32
+    got = repo.load_optimizer(repo.commit({"optimizer": listed}, message="floats"))["state"][0]["history"]
+    assert got.dtype == torch.float64 and got.tolist() == [3.0, 0.1, 0.2, 1e-300]
+    listed["state"][0]["history"] = [1 + 0.1j]  # (complex64 would round it, complex128 is not stored)
+    with pytest.raises(BadInput, match="complex"):
+        repo.commit({"optimizer": listed}, message="complex")
 
 
 def test_tuple_settings_of_an_optimizer_come_back_as_tuples(repo):
