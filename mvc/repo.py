@@ -228,6 +228,9 @@ class Repo(Maintenance):
         value = None if value is None else str(value)
         if value is not None and cfg.is_remote_url(key):
             value = self.checked_remote_url(value)
+        elif value is not None and section.startswith('remote "') and name.lower() == "endpoint":
+            from .transport import check_endpoint  # never credentials, as mvc remote add --endpoint
+            value = check_endpoint(value) or value
         path = os.path.join(self.dir, "config")
         config, text = self.config, None
         try:

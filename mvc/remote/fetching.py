@@ -165,6 +165,12 @@ class _History:
             if oid not in tips:
                 raise
             return f"object {oid[:12]} is larger than any commit"
+        except ObjectMissing:
+            # a ref there naming no object is damaged as one naming a tree is, unless the ref
+            # moved since it was listed (its history collected meanwhile): then fetch starts over
+            if oid not in tips or oid not in set(self.t.list_refs().values()):
+                raise
+            return f"object {oid[:12]} is not there"
 
     def fetch(self, tips, extra_trees=()) -> None:
         """The history of `tips`, and `extra_trees` with their blobs.
@@ -239,10 +245,22 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
         if new:
             wanted[c] = new
     ids = sorted({i for v in wanted.values() for i in v if not repo.loose.has(i)})
+
+    def download(oid):  # one index line naming what the remote lacks must not block every fetch
+        try:
+            history.download(oid)
+            return True
+        except ObjectMissing:
+            return False
     try:
-        pool.map(history.download, ids)
+        gone = {i for i, ok in zip(ids, pool.map(download, ids)) if not ok}
     finally:
         history.sync()
+    for c, v in wanted.items():
+        for cid in [i for i in v if i in gone]:
+            warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
+                          "but does not hold it; skipped")
+            v.remove(cid)
     named = set()
     for c, v in wanted.items():
         for cid in list(v):

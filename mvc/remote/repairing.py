@@ -9,7 +9,7 @@ from ..repo import Repo
 from ..store import fsync_dir
 from ..transfer import DEFAULT_JOBS
 from ..transport import Transport
-from .common import blob_size_limit, permission_errors, receive
+from .common import MAX_META_BYTES, NAMED_MAX_BYTES, blob_size_limit, permission_errors, receive
 from .config import open_remote
 
 
@@ -53,7 +53,7 @@ def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: di
     got = []
     for oid in wanted:
         try:
-            data = receive(t, oid, where, limits.get(oid))
+            data = receive(t, oid, where, limits.get(oid, MAX_META_BYTES))  # (a commit, tree or certificate)
         except MvcError as e:
             failed[oid] = e.message
             continue
@@ -67,7 +67,14 @@ def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: di
 def _declared_sizes(repo: Repo) -> dict[str, int]:
     """The most bytes each blob may have, by the readable trees of every reachable commit (what
     a repair may read from a remote for it)."""
+    from .. import certindex
+    from ..objects import certificate_refs
     out: dict[str, int] = {}
+    for cid in certindex.all_listed(repo.dir):  # what certificates name: check data up to NAMED_MAX_BYTES
+        try:
+            out.update({x: NAMED_MAX_BYTES for x in certificate_refs(repo.store.get(cid), cid)})
+        except MvcError:
+            continue
     seen = set()
     for cid in repo._reachable_commits():
         for tid in repo.read_commit(cid)["components"].values():

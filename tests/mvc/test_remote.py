@@ -705,6 +705,22 @@ def test_a_remote_ref_naming_an_object_larger_than_any_commit_is_skipped(remote,
     assert clone.refs.list("refs/remotes/") == {"refs/remotes/origin/main": cid} and clone.fsck()["ok"]
 
 
+def test_a_remote_ref_naming_a_missing_object_is_skipped_not_a_block_on_every_clone(remote, tmp_path):
+    """A remote half-copied (refs before objects) had a branch naming a commit it lacks: every clone
+    and fetch failed (exit 3, 'run the same mvc clone again to resume', which never helps)."""
+    repo = new_repo(tmp_path / "src", remote)
+    cid = repo.commit({"core": weights(1, n=2)}, message="one")
+    rm.push(repo)
+    _write_remote_file(remote, "refs/heads/junk", ("ab" * 32 + "\n").encode())
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/junk on origin: object abababababab is not there"):
+        clone, info = rm.clone(remote.url, str(tmp_path / "clone"), endpoint=remote.endpoint)
+    assert clone.refs.list("refs/remotes/") == {"refs/remotes/origin/main": cid} and clone.fsck()["ok"]
+    cid2 = repo.commit({"core": weights(2, n=2)}, message="two")
+    rm.push(repo)
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/junk"):
+        assert rm.fetch(clone)["refs"] == {"refs/remotes/origin/main": {"old": cid, "new": cid2}}
+
+
 def test_a_branch_name_freed_on_the_remote_can_be_taken_by_a_folder_and_back(remote, tmp_path):
     """Deleting a/b there left the folder a/ (a directory remote): pushing `a` failed. A fetch made
     origin/a before it pruned origin/a/b (skipped as a clash, then "no branch a"). A push of a/b
@@ -830,6 +846,31 @@ def test_fsck_repair_from_restores_damaged_loose_and_packed_objects(tmp_path, mo
     assert fixed.fsck()["ok"]
     for rev in ids:
         assert checkout_bytes(fixed, rev, tmp_path / f"f{rev[:6]}") == checkout_bytes(backup, rev, tmp_path / f"b{rev[:6]}")
+
+
+def test_repair_refuses_a_commit_or_tree_over_the_size_limit_unread(tmp_path, monkeypatch):
+    """Repair read a lost tree from the remote with no bound (fetch refuses one over 64 MiB unread):
+    a damaged remote holding a huge file under that id was read whole into memory."""
+    from mvc.remote import repairing
+    from mvc.transport import DirectoryTransport
+    monkeypatch.setattr(repairing, "MAX_META_BYTES", 4096)  # (64 MiB in truth: a tiny stand-in)
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    remote = str(tmp_path / "remote.mvc")
+    rm.push(src, remote)
+    tid = src.read_commit(cid)["components"]["core"]
+    os.chmod(src.loose.path(tid), 0o644)
+    os.unlink(src.loose.path(tid))
+    there = DirectoryTransport(remote).objects.path(tid)
+    os.chmod(there, 0o644)
+    with open(there, "wb") as f:
+        f.truncate(1 << 20)
+    asked = []
+    get = DirectoryTransport.get
+    monkeypatch.setattr(DirectoryTransport, "get", lambda self, oid, max_size=None: (
+        asked.append(max_size), get(self, oid, max_size))[1])
+    failed = rm.repair(src, remote)["failed"]
+    assert tid in failed and asked and all(a is not None and a <= 4096 for a in asked)
 
 
 def test_fsck_repair_from_replaces_a_damaged_loose_copy_beside_a_good_packed_one(tmp_path):

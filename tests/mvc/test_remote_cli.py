@@ -88,6 +88,11 @@ def test_credentials_are_never_written_to_the_config(in_repo, monkeypatch):
                  ["remote", "add", "b", "s3://bucket/p", "--endpoint", "http://user:pw@127.0.0.1:9000"]):
         r = invoke(monkeypatch, in_repo.root, *args)
         assert r.exit_code == 3 and "credentials are never stored" in r.stderr
+    invoke(monkeypatch, in_repo.root, "remote", "add", "s3r", "s3://bucket/p")
+    for key, value in (("remote.s3r.endpoint", "http://AKIA:SECRET@127.0.0.1:9000"),  # (config stored it)
+                       ("remote.s3r.url", "s3://KEY:SECRET@bucket/p")):
+        r = invoke(monkeypatch, in_repo.root, "config", key, value)
+        assert r.exit_code == 3 and "credentials are never stored" in r.stderr, r.output
     assert "SECRET" not in open(os.path.join(in_repo.dir, "config")).read()
     r = invoke(monkeypatch, in_repo.root, "remote", "add", "c", "http://example.com/models")
     assert r.exit_code == 3 and "unsupported remote URL" in r.stderr

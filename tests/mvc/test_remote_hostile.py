@@ -165,6 +165,19 @@ def test_one_bad_certificate_index_line_does_not_block_fetches(tmp_path):
     assert certindex.read_index(clone.dir, head) == []
 
 
+def test_a_certificate_index_line_naming_what_the_remote_lacks_does_not_block_fetches(tmp_path):
+    from mvc import certindex
+    src, clone, head = _served(tmp_path)
+    certindex.attach(src.dir, head, ["cd" * 32])  # a certificate the remote does not hold
+    g = torch.Generator().manual_seed(1)
+    new = src.commit({"model": {"w": torch.randn(4, 4, generator=g)}}, message="c1")
+    with pytest.warns(UserWarning, match=f"lists cdcdcdcdcdcd among the certificates of commit {head[:12]}, but "
+                                         "does not hold it; skipped"):  # before: every fetch failed (exit 3)
+        rm.fetch(clone, jobs=1)
+    assert clone.refs.read("refs/remotes/origin/main") == new
+    assert certindex.read_index(clone.dir, head) == []
+
+
 def test_push_into_a_damaged_remote_layout_is_a_clear_error(tmp_path):
     from mvc.errors import MvcError
     src, clone, head = _served(tmp_path)
