@@ -81,6 +81,8 @@ def check_metric(name: str, value) -> None:
 
 def canonical_json(obj) -> bytes:
     """Sorted keys, no spaces, UTF-8, no NaN/Infinity."""
+    if nests_deeper(obj, MAX_JSON_DEPTH):  # (a recursion error below, a reader's later)
+        raise BadInput(f"cannot store this value: it nests deeper than {MAX_JSON_DEPTH} levels of dicts and lists")
     _check_finite(obj)
     try:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -204,11 +206,30 @@ def _safe_name(name: str, what: str) -> None:
         raise _Malformed(e.message) from None
 
 
+MAX_JSON_DEPTH = 64  # nesting of dicts and lists an object may have: readers recurse through it
+
+
+def nests_deeper(value, limit: int) -> bool:
+    """Whether dicts, lists and tuples nest more than `limit` levels in `value` (found level by level,
+    without recursion; a value that contains itself nests without end)."""
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [x for v in level for x in (v.values() if isinstance(v, dict) else v) if isinstance(x, _CONTAINERS)]
+    return False
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
 def _check_commit_shape(obj: dict) -> None:
     """Every field a reader relies on, typed, so that a commit that hashes right but was built
     wrongly (or by a hostile remote) is refused by name instead of crashing or misleading a reader:
     component names are safe relative paths, every id is 64 lowercase hex."""
     comps, parents = obj.get("components"), obj.get("parents")
+    _need(not nests_deeper(obj, MAX_JSON_DEPTH), f"it nests deeper than {MAX_JSON_DEPTH} levels")
     _need(_is_dict_of_str_keys(comps), "'components' must map names to tree ids")
     for name, tid in comps.items():
         _safe_name(name, "component name")
@@ -226,6 +247,7 @@ def _check_tree_shape(obj: dict) -> None:
     """The tensor and file maps of a tree: ids are 64 hex, dtypes known, shapes lists of sizes,
     file paths safe relative paths, each file a safetensors file (with its header blob) or a raw one."""
     tensors, files = obj.get("tensors"), obj.get("files")
+    _need(not nests_deeper(obj, MAX_JSON_DEPTH), f"it nests deeper than {MAX_JSON_DEPTH} levels")
     _need(_is_dict_of_str_keys(tensors), "'tensors' must map names to entries")
     _need(_is_dict_of_str_keys(files), "'files' must map paths to entries")
     _need(isinstance(obj.setdefault("meta", {}), dict), "'meta' must be a JSON object")

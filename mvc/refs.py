@@ -27,6 +27,7 @@ from .store import fsync_dir
 _KIND = re.compile(r"[A-Za-z0-9_-]+")  # the part after refs/ (heads, tags, remotes, ...)
 
 SYMREF_PREFIX = "ref: "
+SYMREF_MAX_DEPTH = 5  # as git
 RETIRED_LOGS = "deleted"  # logs/deleted/...: live refs are HEAD or refs/..., so never clash with it
 
 
@@ -302,11 +303,18 @@ class RefStore:
 
     def read(self, ref: str) -> str | None:
         """The id a ref holds (following HEAD's symbolic link), or None when unborn/missing."""
-        raw = self.read_raw(ref)
-        if raw is None or raw == "":
-            return None
-        if raw.startswith(SYMREF_PREFIX):
-            return self.read(raw[len(SYMREF_PREFIX):])
+        seen = []
+        while True:
+            raw = self.read_raw(ref)
+            if raw is None or raw == "":
+                return None
+            if not raw.startswith(SYMREF_PREFIX):
+                break
+            seen.append(ref)
+            ref = raw[len(SYMREF_PREFIX):]
+            if ref in seen or len(seen) > SYMREF_MAX_DEPTH:  # (a loop would recurse without end)
+                raise CorruptObject(f"ref {seen[0]} is a loop of symbolic refs ({' -> '.join(seen + [ref])[:200]})",
+                                    repair_hint(seen[0]))
         if not is_oid(raw):
             raise CorruptObject(f"ref {ref} holds {raw[:40]!r}, not an object id", repair_hint(ref))
         return raw

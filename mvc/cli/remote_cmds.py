@@ -200,8 +200,9 @@ def _print_push(repo, r, dry_run, as_json, started):
     else:
         arrow = f"{short(r['old'])}..{short(r['new'])}" if r["old"] else short(r["new"])
         click.echo(f"  {shown(r['branch'])}: {arrow} ({r['status']})")
+    local_tags = repo.tags() if r["tags"] else {}  # (once: per tag it read every tag, O(T^2))
     for tag in r["tags"]:
-        click.echo(f"  tag {shown(tag)}: {short(repo.tags().get(tag))} (new tag)")
+        click.echo(f"  tag {shown(tag)}: {short(local_tags.get(tag))} (new tag)")
     for tag, value in r["tags_skipped"].items():
         if value is not None:  # None: damaged there, warned about already
             warn(f"tag {shown(tag)} differs on {where} ({short(value)}); not overwritten")

@@ -38,6 +38,15 @@ def _cli(repo, *args):
 
 
 OID = "ab" * 32
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 COMMIT_BREAKS = {
     "components is a list": lambda c: c.update(components=[OID]),
     "no parents": lambda c: c.pop("parents"),
@@ -49,6 +58,7 @@ COMMIT_BREAKS = {
     "message not text": lambda c: c.update(message=["x"]),
     "metrics not an object": lambda c: c.update(metrics=[1]),
     "no time": lambda c: c.pop("time"),
+    "extra nests 600 deep": lambda c: c.update(extra=_nested(600)),  # (clone took it; then log, fsck: exit 4)
 }
 TREE_BREAKS = {
     "tensors is a string": lambda t: t.update(tensors="x"),
@@ -63,9 +73,22 @@ TREE_BREAKS = {
     "file without size": lambda t: t.update(files={"a": {"format": "raw", "id": OID}}),
     "no kind": lambda t: t.pop("kind"),
     "tensor without its file": lambda t: next(iter(t["tensors"].values())).pop("file"),
+    "meta nests 600 deep": lambda t: t.update(meta=_nested(600)),
     "a file below a file": lambda t: t["files"].update({"a": {"format": "raw", "id": OID, "size": 1},
                                                         "a/b": {"format": "raw", "id": OID, "size": 1}}),
 }
+
+
+@pytest.mark.parametrize("depth", [65, 5000])
+def test_values_nesting_too_deep_are_refused_before_anything_is_written(repo, depth):
+    """Readers recurse through commits and trees: nesting past 64 levels is refused (5,000 levels
+    raised a raw RecursionError from the API)."""
+    from mvc.errors import BadInput
+    before = sorted(repo.store.ids())
+    with pytest.raises(BadInput, match="nests deeper than 64 levels"):
+        repo.commit({"m": {"w": torch.ones(2)}}, message="x", extra={"deep": _nested(depth - 1)})
+    assert sorted(repo.store.ids()) == before and repo.head() is None
+    repo.commit({"m": {"w": torch.ones(2)}}, message="x", extra={"deep": _nested(61)})  # 64 levels in all: kept
 
 
 @pytest.mark.parametrize("case", sorted(COMMIT_BREAKS))

@@ -617,3 +617,36 @@ def test_gc_removes_ref_lock_files_of_dead_writers_older_than_its_grace_and_fsck
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert repo.fsck()["ok"]
+
+
+@pytest.mark.parametrize("loop", [{"heads/loop": "heads/loop"}, {"heads/a": "heads/b", "heads/b": "heads/a"}])
+def test_a_loop_of_symbolic_refs_is_named_damage_not_a_recursion_error(tmp_path, monkeypatch, loop):
+    """`ref: refs/heads/loop` in refs/heads/loop (or two refs naming each other) made every command
+    list refs, fsck included, fail with RecursionError (exit 4): it is damage that fsck names,
+    listings skip and branch -d removes."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    for ref, target in loop.items():
+        (tmp_path / "r" / ".mvc" / "refs" / ref).write_text(f"ref: refs/{target}\n")
+    monkeypatch.chdir(repo.root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        r = CliRunner().invoke(cli, ["branch"])
+    assert r.exit_code == 0 and f"* main {cid[:12]}" in r.stdout and "is a loop of symbolic refs" in r.stderr
+    problems = {p["id"]: p["problem"] for p in repo.fsck()["problems"]}
+    assert set(problems) == {f"refs/{ref}" for ref in loop}
+    for ref, said in problems.items():
+        assert f"ref {ref} is a loop of symbolic refs ({ref} -> " in said and f"mvc branch -d {ref[11:]} deletes" in said
+    for ref in loop:
+        assert CliRunner().invoke(cli, ["branch", "-d", ref[6:]]).exit_code == 0
+    assert repo.fsck()["ok"]
+
+
+def test_a_head_naming_itself_is_named_with_the_repair(tmp_path, monkeypatch):
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    (tmp_path / "r" / ".mvc" / "HEAD").write_text("ref: HEAD\n")
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["log"])
+    assert r.exit_code == 3 and "HEAD" in r.stderr and "mvc switch BRANCH repairs it" in r.stderr, r.output
+    assert CliRunner().invoke(cli, ["switch", "main"]).exit_code == 0 and repo.head() == cid
