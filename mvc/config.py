@@ -57,6 +57,7 @@ KNOWN = {
     "core.fsync": _bool,
     "gc.reflogExpire": _number(float("-inf"), "seconds"),  # <= 0 expires every entry
     "pack.autoEvery": _integer(0),
+    "pack.autoPackLimit": _integer(0),
     "pack.maxDepth": _integer(0),
     "pack.level": _integer(-7, 22),  # zstd's levels (22 its highest)
     "pack.cacheMB": _number(0, "MB"),

@@ -23,6 +23,7 @@ This module works on a `Repo` passed in (it never imports repo.py) and never imp
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import time
@@ -37,6 +38,7 @@ from .pack import PACK_DIR, PackStore, pack_store_of
 from .store import fsync_dir
 
 DEFAULT_MAX_DEPTH = 8
+AUTO_PACK_LIMIT = 50              # automatic packing merges packs past this many (git's gc.autoPackLimit); 0: never
 GEOMETRIC_FACTOR = 2             # gc keeps a pack at least this many times the bytes of all smaller ones
 TMP_PREFIX = "tmp-"
 DROP_LOCK_WAIT_S = 60.0          # how long dropping objects waits for commits and pushes in flight
@@ -582,7 +584,9 @@ def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, 
 
 
 def maybe_autopack(repo, cid: str) -> dict | None:
-    """Pack when `pack.autoEvery = K` is set and K first-parent commits up to `cid` are loose."""
+    """Pack when `pack.autoEvery = K` is set and K first-parent commits up to `cid` are loose; then,
+    past `pack.autoPackLimit` packs (each lookup of an object asks every pack), merge the small
+    ones as gc does, keeping every object (unreachable ones too: what to drop is gc's call)."""
     k = repo.config_value("pack.autoEvery", 0)
     if k <= 0:
         return None
@@ -594,7 +598,11 @@ def maybe_autopack(repo, cid: str) -> dict | None:
     if n < k:
         return None
     try:
-        return pack(repo, lock_timeout_s=0.0)  # never makes a commit wait for a gc
+        stats = pack(repo, lock_timeout_s=0.0)  # never makes a commit wait for a gc
+        limit = repo.config_value("pack.autoPackLimit", AUTO_PACK_LIMIT)
+        if limit and len(_store(repo).packs()) > limit:  # merge the small packs, as gc would, dropping
+            pack(repo, full=True, geometric=True, grace_s=math.inf, lock_timeout_s=0.0)  # nothing (gc's job)
+        return stats
     except LockHeld:
         return None  # another process is packing right now: the next commit packs
     except (MvcError, OSError) as e:  # the commit itself has succeeded: say so, do not fail it
