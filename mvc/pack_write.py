@@ -147,7 +147,9 @@ class Packer:
         self.dry_run = dry_run  # writes nothing: on a read-only repository it runs without the lock
         self.writers_locked = writers_locked  # the caller holds the writers lock exclusively (short-grace gc)
         self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
-        self.protect = protect or set()  # unreachable objects kept whatever their age (Repo.recently_referenced)
+        # unreachable objects kept whatever their age (Repo.recently_referenced); None: a full
+        # repack finds them itself, as gc does (`mvc pack --all`, a repair's repack)
+        self.protect = protect
         self.full = full
         self.geometric = full and geometric
         self.grace_s = 3600.0 if grace_s is None else grace_s
@@ -189,6 +191,8 @@ class Packer:
             live = repo.reachable_whole("packing")
         else:  # deletes nothing: a ref file that holds no id is skipped (history_bases warns of it)
             live = repo.reachable(bad_refs={})[0]
+        if self.protect is None:
+            self.protect = repo.recently_referenced(live, self.grace_s) if self.full else set()
         loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo)
         self.kept_packs: list = []
@@ -600,8 +604,9 @@ def maybe_autopack(repo, cid: str) -> dict | None:
     try:
         stats = pack(repo, lock_timeout_s=0.0)  # never makes a commit wait for a gc
         limit = repo.config_value("pack.autoPackLimit", AUTO_PACK_LIMIT)
-        if limit and len(_store(repo).packs()) > limit:  # merge the small packs, as gc would, dropping
-            pack(repo, full=True, geometric=True, grace_s=math.inf, lock_timeout_s=0.0)  # nothing (gc's job)
+        if limit and len(_store(repo).packs()) > limit:  # merge the small packs as gc would, dropping
+            pack(repo, full=True, geometric=True, grace_s=math.inf, protect=set(),  # nothing (that is gc's
+                 lock_timeout_s=0.0)                                              # job): all are young
         return stats
     except LockHeld:
         return None  # another process is packing right now: the next commit packs

@@ -20,7 +20,7 @@ from mvc.objects import hash_bytes
 from mvc.pack import pack_store_of
 from mvc.pack_write import pack
 
-from damage import flip_byte
+from damage import flip_byte, forge
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32,
           torch.int8, torch.uint8, torch.bool]
@@ -465,6 +465,27 @@ def test_gc_keeps_old_objects_that_a_recent_commit_or_tree_refers_to(repo):
     assert torch.equal(fresh.load(inflight, "a")["w"], w)
     gone = mvc.Repo(repo.root).gc(grace_s=0)  # once nothing recent refers to it, it goes
     assert not mvc.Repo(repo.root).store.has(w_id) and gone["removed"] > 0
+
+
+def test_pack_all_keeps_old_objects_that_a_recent_commit_or_tree_refers_to(repo, run, monkeypatch):
+    """gc kept them; `mvc pack --all` (and a repair's repack) dropped them: a fetch that found the
+    old tree present sent none of its blobs, and the commit it brought then lacked them."""
+    repo.set_config("gc.reflogExpire", "-100")
+    repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
+    w = torch.arange(64.0)
+    side = repo.commit({"a": {"w": w}}, message="old", branch="side")
+    w_id = repo.tree(side, "a")["tensors"]["w"]["id"]
+    pack(repo)
+    repo.delete_branch("side")
+    repo.gc()  # (its reflog expires: unreachable now)
+    _age_packs(repo)
+    # a commit a fetch wrote, whose ref is not written yet: young, unreachable
+    inflight = forge(repo, {**repo.read_commit(side), "parents": [], "message": "in flight"})
+    monkeypatch.chdir(repo.root)
+    assert json.loads(run("pack", "--all", "--json").stdout)["dropped"] > 0  # (the old side commit)
+    fresh = mvc.Repo(repo.root)
+    assert not fresh.store.has(side) and fresh.store.has(w_id)
+    assert torch.equal(fresh.load(inflight, "a")["w"], w)
 
 
 # -- corruption ----------------------------------------------------------------------------------
