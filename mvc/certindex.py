@@ -34,7 +34,7 @@ def certified_commits(mvc_dir: str) -> list[str]:
 
 
 def all_listed(mvc_dir: str) -> set[str]:
-    """Every id any index lists (roots that keep certificates alive through gc)."""
+    """Every id any index lists (of every certified commit, reachable or not)."""
     return {i for c in certified_commits(mvc_dir) for i in read_index(mvc_dir, c)}
 
 

@@ -17,8 +17,8 @@ from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
 from .files import LockFile, is_atomic_temp, shared_or_exclusive
-from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, object_kind,
-                      tree_blob_ids, tree_blob_sizes)
+from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, named_ids,
+                      object_kind, tree_blob_ids, tree_blob_sizes)
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
@@ -69,8 +69,9 @@ class Maintenance:
                   refs_only: set | None = None, commits: set | None = None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
-        Certificates attached by the index keep alive every object they name (data blobs,
-        baseline commits, trees), so `mvc verify` still works after `mvc gc`. `reflog_expiry`:
+        A reached commit's certificates (its certificate index) are reached with it, and every
+        object they name (data blobs, baseline commits, trees), so `mvc verify` works after `mvc
+        gc`; a commit nothing else reaches is not kept by its certificates. `reflog_expiry`:
         count only reflog entries that expiring reflogs at that age would keep (a gc dry run).
         `damaged` (a list) receives (id, who refers to it, why) for the reachable commits and trees
         that cannot be read; `bad_refs`
@@ -97,30 +98,35 @@ class Maintenance:
         logged = self.refs.all_reflog_ids(reflog_expiry) - roots if include_reflogs else set()
         seen: set[str] = set()
         missing = []
-        stack = [(r, "a ref", "commit") for r in roots]
-        for cert_id in self.extra_roots():
-            seen.add(cert_id)
-            try:
-                named = certificate_refs(self.store.get(cert_id), cert_id)
-            except MvcError:
-                continue
-            stack += [(o, f"certificate {cert_id[:12]}", "any") for o in named]
-        self._walk(stack, seen, missing, damaged, commits)
+        certified = set(certindex.certified_commits(self.dir))
+        self._walk([(r, "a ref", "commit") for r in roots], seen, missing, damaged, commits, certified)
         if refs_only is not None:
             refs_only.update(seen)
-        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged, commits)
+        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged, commits, certified)
         return seen, missing
 
     def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None,
-              commits: set | None = None) -> None:
+              commits: set | None = None, certified: set | None = None) -> None:
         """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
-        "commit", "tree" or "any"); ids referred to but absent go to `missing` with who, commits
-        and trees that cannot be read to `damaged` with who and why (what they refer to is then
-        not in `seen`)."""
+        "commit", "tree" or "any"), a commit's certificates and what they name included (of the
+        commits in `certified`, those with a certificate index: all when None); ids referred to but
+        absent go to `missing` with who, commits and trees that cannot be read to `damaged` with
+        who and why (what they refer to is then not in `seen`)."""
+        if certified is None:
+            certified = set(certindex.certified_commits(self.dir))
         while stack:
             oid, who, kind = stack.pop()
             if oid in seen:
                 continue
+            if kind == "named":  # an id a commit's extra holds (any text may look like one): what is
+                if not self._has_locally(oid):  # here is kept with the commit, a certificate with
+                    continue                    # what it names (the result a pipeline stage records)
+                try:
+                    kind = self.kind_of(oid)
+                    if kind == "blob" and self.store.size(oid) <= SMALL_OBJECT:
+                        stack += self._certificate_named(oid)
+                except MvcError:
+                    pass
             seen.add(oid)
             if kind == "any":  # named by a certificate: a commit, a tree or a blob
                 if not self._has_locally(oid):
@@ -140,6 +146,9 @@ class Maintenance:
                         commits.add(oid)
                     stack += [(p, f"commit {oid[:12]}", "commit") for p in c["parents"]]
                     stack += [(t, f"commit {oid[:12]} component {n}", "tree") for n, t in c["components"].items()]
+                    if oid in certified:
+                        stack += self._certificates_of(oid, seen)
+                    stack += [(o, f"commit {oid[:12]} extra", "named") for o in named_ids(c["extra"])]
                 elif kind == "tree":
                     seen.update(tree_blob_ids(self.read_tree(oid, shared=True)))
             except ObjectMissing:
@@ -148,6 +157,24 @@ class Maintenance:
                 if damaged is not None:
                     damaged.append((oid, who, e.message))
                 continue  # damaged: fsck reports it
+
+    def _certificates_of(self, commit: str, seen: set) -> list:
+        """The certificates the index lists for `commit`, added to `seen`, and what each names, to
+        walk (a certificate that is missing or damaged names nothing: fsck reports it)."""
+        stack = []
+        for cert_id in certindex.read_index(self.dir, commit):
+            seen.add(cert_id)
+            stack += self._certificate_named(cert_id)
+        return stack
+
+    def _certificate_named(self, cert_id: str) -> list:
+        """What certificate `cert_id` names, to walk; nothing when it is missing, damaged or no
+        certificate."""
+        try:
+            named = certificate_refs(self.store.get(cert_id), cert_id)
+        except MvcError:
+            return []
+        return [(o, f"certificate {cert_id[:12]}", "any") for o in named]
 
     def reachable_whole(self, who: str, reflog_expiry: float | None = None, refs_only: set | None = None) -> set[str]:
         """`reachable()`, refusing (CorruptObject) while a reachable object is missing or damaged:
@@ -161,7 +188,7 @@ class Maintenance:
             more = f"; mvc fsck names {len(bad_refs) - 1} more" if len(bad_refs) > 1 else ""
             raise CorruptObject(f"{who} stopped, deleting nothing: {os.path.join(self.dir, *ref.split('/'))}: {why}",
                                 f"it may be the only ref to some commits{more}")
-        skip = {oid for oid, _who in missing} | self.extra_roots()  # (a missing certificate: fsck names it)
+        skip = {oid for oid, _who in missing} | certindex.all_listed(self.dir)  # (a missing certificate: fsck names it)
         missing += [(oid, "a reachable tree or certificate") for oid in live
                     if oid not in skip and not self.store.has(oid)]  # blobs
         if missing or damaged:
@@ -238,10 +265,6 @@ class Maintenance:
         repository that is no lazy clone."""
         lazy = [s for s in self.store.stores if hasattr(s, "not_fetched")]
         return lazy[0].not_fetched(ids, self.store.stores) if lazy else None
-
-    def extra_roots(self) -> set[str]:
-        """Object ids other subsystems keep alive (certificate indexes)."""
-        return certindex.all_listed(self.dir)
 
     def gc(self, dry_run: bool = False, grace_s: float | None = None, expire_reflogs: bool = True,
            progress: Progress | None = None) -> dict:
@@ -451,9 +474,26 @@ class Maintenance:
         result["kept_recent"] += result["pack"]["kept_young"]  # (unreachable ones packed, kept for their youth)
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
+        if not dry_run:
+            result["certificate_indexes_removed"] = self._prune_certificate_indexes(grace)
         if (unfetched := self._not_fetched(live)) is not None:  # reachable blobs still on the promisor
             result["not_fetched"] = len(unfetched)                  # remote are not missing
         return result
+
+    def _prune_certificate_indexes(self, grace: float) -> int:
+        """Delete the certificate indexes of commits gc removed (older than the grace: an index
+        being written for a commit that is arriving stays); returns how many."""
+        now, removed = time.time(), 0
+        for commit in certindex.certified_commits(self.dir):
+            path = certindex.index_path(self.dir, commit)
+            try:
+                if self.store.has(commit) or now - os.stat(path).st_mtime < grace:
+                    continue
+                os.unlink(path)
+            except OSError:  # gone meanwhile, or not ours to remove: the next gc tries again
+                continue
+            removed += 1
+        return removed
 
     def _kept_by_reflogs(self, live: set[str], by_refs: set[str]) -> dict:
         """What only reflog entries keep (a rolled-back checkpoint, a deleted branch): gc leaves it
@@ -494,9 +534,11 @@ class Maintenance:
         if head:
             bad_refs["HEAD"] = head  # (in place of what the walk said of a detached HEAD)
         problems = [{"id": ref, "problem": why} for ref, why in bad_refs.items()]
+        listed = {cert for c in commits & set(certindex.certified_commits(self.dir))
+                  for cert in certindex.read_index(self.dir, c)}  # (of the commits refs and reflogs reach)
         problems += [{"id": cert, "problem": "missing (named by the certificate index; mvc fsck --repair-from "
                                              "REMOTE restores it)"}
-                     for cert in sorted(self.extra_roots()) if not self.store.has(cert)]
+                     for cert in sorted(listed) if not self.store.has(cert)]
         problems += [{"id": oid, "problem": f"missing (referenced by {who})"} for oid, who in missing]
         problems += [{"id": oid, "problem": f"{why} (referenced by {who})"}  # hashes right, cannot be read
                      for oid, who, why in unreadable if oid not in bad]  # (damaged ones: reported above)

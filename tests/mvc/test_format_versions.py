@@ -194,3 +194,49 @@ def test_a_clone_that_meets_a_newer_format_leaves_nothing_behind(tmp_path):
     with pytest.raises(FormatTooNew):
         rm.clone(str(tmp_path / "remote"), str(tmp_path / "empty"))
     assert os.listdir(tmp_path / "empty") == []
+
+
+def test_a_certificate_does_not_keep_its_own_commit_once_nothing_else_does(tmp_path):
+    """Every index line was a gc root, and a certificate names its commit: a certified checkpoint on
+    a deleted branch (CI runs on every commit) was kept for ever, reflogs expired or not."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    gone = repo.commit({"model": {"w": torch.randn(4096)}}, message="experiment", branch="exp")
+    blob = repo.store.put(b"held-out data the experiment's certificate names")
+    head = repo.resolve("HEAD")
+    cert = {"type": "certificate", "format": 1, "commit": gone, "passed": True,
+            "checks": [{"name": "x", "status": "passed", "data": blob, "baseline": head}]}
+    data = canonical_json(cert)
+    cert_id = repo.store.put(data, oid=hash_bytes(data))
+    certindex.attach(repo.dir, gone, [cert_id])
+    tensor = repo.read_tree(repo.read_commit(gone)["components"]["model"])["tensors"]["w"]["id"]
+    repo.delete_branch("exp")
+    kept = mvc.Repo(repo.root).gc(grace_s=0)  # the deleted branch's reflog still reaches it
+    assert kept["removed"] == 0 and all(repo.store.has(o) for o in (gone, tensor, cert_id, blob))
+    repo.set_config("gc.reflogExpire", "0")
+    freed = mvc.Repo(repo.root).gc(grace_s=0)
+    fresh = mvc.Repo(repo.root)
+    assert not any(fresh.store.has(o) for o in (gone, tensor, cert_id, blob))
+    assert freed["certificate_indexes_removed"] == 1 and certindex.certified_commits(repo.dir) == []
+    assert fresh.fsck()["ok"] and fresh.du()["commits"] == 1 and fresh.resolve("HEAD") == head
+
+
+def test_a_certificate_a_reachable_commit_names_in_its_extra_keeps_what_it_names(tmp_path):
+    """A pipeline's evaluate stage records its certificate in its result commit's extra; the
+    certificate's own commit (an earlier stage's result) may lose its branch: the result commit
+    keeps the certificate and what it names. Ids in extra that name nothing here are no damage."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    target = repo.commit({"model": {"w": torch.randn(64)}}, message="trained", branch="train")
+    blob = repo.store.put(b"held-out data")
+    data = canonical_json({"type": "certificate", "format": 1, "commit": target, "passed": True,
+                           "checks": [{"name": "x", "status": "passed", "data": blob}]})
+    cert_id = repo.store.put(data, oid=hash_bytes(data))
+    certindex.attach(repo.dir, target, [cert_id])
+    repo.commit({}, message="evaluated", branch="eval",
+                extra={"pipeline": {"certificate": cert_id, "key": "ef" * 32}})  # (key: a hash, no object)
+    repo.delete_branch("train")
+    repo.set_config("gc.reflogExpire", "0")
+    mvc.Repo(repo.root).gc(grace_s=0)
+    fresh = mvc.Repo(repo.root)
+    assert all(fresh.store.has(o) for o in (target, cert_id, blob)) and fresh.fsck()["ok"]
