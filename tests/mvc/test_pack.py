@@ -442,16 +442,22 @@ def test_rolled_packs_are_deleted_dependents_first():
     assert sorted(p.name for p in _deletion_order(loop)) == ["x", "y"]  # a cycle: both, any order
 
 
-def test_gc_keeps_old_objects_that_a_recent_commit_or_tree_refers_to(repo):
-    """A push that finds a tree present sends none of its blobs: an old blob only a young,
-    unreachable tree names (a push in flight) must survive a default-grace gc with the tree."""
+def _old_packed_side_commit(repo):
+    """(the commit, its tensor, the tensor's id) of a branch `side`, packed and deleted; reflogs
+    expire at the next gc."""
     repo.set_config("gc.reflogExpire", "-100")
     repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
     w = torch.arange(64.0)
     side = repo.commit({"a": {"w": w}}, message="old", branch="side")
-    w_id = repo.tree(side, "a")["tensors"]["w"]["id"]
     pack(repo)
     repo.delete_branch("side")
+    return side, w, repo.tree(side, "a")["tensors"]["w"]["id"]
+
+
+def test_gc_keeps_old_objects_that_a_recent_commit_or_tree_refers_to(repo):
+    """A push that finds a tree present sends none of its blobs: an old blob only a young,
+    unreachable tree names (a push in flight) must survive a default-grace gc with the tree."""
+    side, w, w_id = _old_packed_side_commit(repo)
     _age_packs(repo)
     inflight = repo.commit({"a": {"w": w.clone()}, "b": {"y": torch.ones(2)}}, message="in flight",
                            branch="incoming")
@@ -470,13 +476,7 @@ def test_gc_keeps_old_objects_that_a_recent_commit_or_tree_refers_to(repo):
 def test_pack_all_keeps_old_objects_that_a_recent_commit_or_tree_refers_to(repo, run, monkeypatch):
     """gc kept them; `mvc pack --all` (and a repair's repack) dropped them: a fetch that found the
     old tree present sent none of its blobs, and the commit it brought then lacked them."""
-    repo.set_config("gc.reflogExpire", "-100")
-    repo.commit({"m": {"x": torch.zeros(3)}}, message="c0")
-    w = torch.arange(64.0)
-    side = repo.commit({"a": {"w": w}}, message="old", branch="side")
-    w_id = repo.tree(side, "a")["tensors"]["w"]["id"]
-    pack(repo)
-    repo.delete_branch("side")
+    side, w, w_id = _old_packed_side_commit(repo)
     repo.gc()  # (its reflog expires: unreachable now)
     _age_packs(repo)
     # a commit a fetch wrote, whose ref is not written yet: young, unreachable
