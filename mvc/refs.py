@@ -313,8 +313,8 @@ class RefStore:
             seen.append(ref)
             ref = raw[len(SYMREF_PREFIX):]
             if ref in seen or len(seen) > SYMREF_MAX_DEPTH:  # (a loop would recurse without end)
-                raise CorruptObject(f"ref {seen[0]} is a loop of symbolic refs ({' -> '.join(seen + [ref])[:200]})",
-                                    repair_hint(seen[0]))
+                what = "is a loop of symbolic refs" if ref in seen else f"follows more than {SYMREF_MAX_DEPTH} symbolic refs"
+                raise CorruptObject(f"ref {seen[0]} {what}: {' -> '.join(seen + [ref])[:200]}", repair_hint(seen[0]))
         if not is_oid(raw):
             raise CorruptObject(f"ref {ref} holds {raw[:40]!r}, not an object id", repair_hint(ref))
         return raw

@@ -636,7 +636,7 @@ def test_a_loop_of_symbolic_refs_is_named_damage_not_a_recursion_error(tmp_path,
     problems = {p["id"]: p["problem"] for p in repo.fsck()["problems"]}
     assert set(problems) == {f"refs/{ref}" for ref in loop}
     for ref, said in problems.items():
-        assert f"ref {ref} is a loop of symbolic refs ({ref} -> " in said and f"mvc branch -d {ref[11:]} deletes" in said
+        assert f"ref {ref} is a loop of symbolic refs: {ref} -> " in said and f"mvc branch -d {ref[11:]} deletes" in said
     for ref in loop:
         assert CliRunner().invoke(cli, ["branch", "-d", ref[6:]]).exit_code == 0
     assert repo.fsck()["ok"]
@@ -650,3 +650,14 @@ def test_a_head_naming_itself_is_named_with_the_repair(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["log"])
     assert r.exit_code == 3 and "HEAD" in r.stderr and "mvc switch BRANCH repairs it" in r.stderr, r.output
     assert CliRunner().invoke(cli, ["switch", "main"]).exit_code == 0 and repo.head() == cid
+
+
+def test_a_chain_of_symbolic_refs_deeper_than_git_follows_is_named_as_such(tmp_path):
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    heads = tmp_path / "r" / ".mvc" / "refs" / "heads"
+    for i in range(7):
+        (heads / f"s{i}").write_text(f"ref: refs/heads/s{i + 1}\n" if i < 6 else cid + "\n")
+    assert repo.refs.read("refs/heads/s2") == cid  # 4 deep: followed
+    with pytest.raises(mvc.CorruptObject, match="ref refs/heads/s0 follows more than 5 symbolic refs: refs/heads/s0 -> "):
+        repo.refs.read("refs/heads/s0")
