@@ -40,6 +40,7 @@ import shutil
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlparse
 
 
@@ -57,6 +58,7 @@ REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repai
                "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
 LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs"})  # what a remote's layout holds
+REF_READ_JOBS = 16  # refs a listing reads at once (each a request on S3)
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
 
@@ -267,19 +269,24 @@ class Transport:
         """Branches and tags; a ref holding no object id is left out with a warning, so that one
         damaged ref does not block the others."""
         out = {}
-        for name in self.list_files("refs/"):
+        names = self.list_files("refs/")
+
+        def read(name):  # (each read a round trip on S3: several at once)
             try:
                 check_full_ref(name)
-                value = self.read_ref(name)
-            except BadName as e:
+                return self.read_ref(name), None
+            except (BadName, CorruptObject) as e:
+                return None, e
+        with ThreadPoolExecutor(max_workers=max(1, min(REF_READ_JOBS, len(names)))) as pool:
+            read_back = list(pool.map(read, names))
+        for name, (value, e) in zip(names, read_back):
+            if isinstance(e, BadName):
                 if name.startswith(("refs/heads/", "refs/tags/")) and not name.endswith(".lock") \
                         and "/." not in name:  # not a push's lock or temp file, nor a remote-tracking ref
                     warnings.warn(f"skipped {name[:80]!r} on {self.describe()}: {e.message}")
-                continue
-            except CorruptObject as e:
+            elif e is not None:
                 warnings.warn(f"{e.message} on {self.describe()}; ignored ({e.hint})")
-                continue
-            if value:
+            elif value:
                 out[name] = value
         return dict(sorted(out.items()))
 

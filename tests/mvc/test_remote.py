@@ -627,6 +627,39 @@ def _write_remote_file(remote, name, data: bytes):
         remote.client.put_object(Bucket=remote.bucket, Key=f"team/models/{name}", Body=data)
 
 
+def test_listing_a_remote_reads_its_refs_several_at_once_and_keeps_their_order(remote, tmp_path, monkeypatch):
+    """Refs were read one at a time: on S3 each is a request, so a remote of 1,000 tags took 1,000
+    round trips before a fetch began. A damaged one is still skipped with a warning."""
+    import threading
+    import time
+    from mvc import transport as tmod
+    repo = new_repo(tmp_path / "src", remote)
+    cid = repo.commit({"core": weights(1, n=1)}, message="one")
+    for i in range(12):
+        repo.tag(f"v{i:02d}")
+    rm.push(repo)
+    _write_remote_file(remote, "refs/tags/v99", b"junk\n")
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    read_ref = tmod.Transport.read_ref
+
+    def slow(self, ref):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)  # (a request's latency)
+        try:
+            return read_ref(self, ref)
+        finally:
+            with lock:
+                state["now"] -= 1
+    monkeypatch.setattr(tmod.Transport, "read_ref", slow)
+    with pytest.warns(UserWarning, match="refs/tags/v99"):
+        refs = remote.transport().list_refs()
+    assert list(refs) == ["refs/heads/main"] + [f"refs/tags/v{i:02d}" for i in range(12)]
+    assert set(refs.values()) == {cid} and state["most"] > 1
+
+
 def test_clone_of_a_packed_repository_is_byte_exact(tmp_path):
     from mvc.pack_write import pack
     src = new_repo(tmp_path / "src")
