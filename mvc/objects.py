@@ -178,6 +178,7 @@ def _checked(obj: dict, expected_type: str, oid: str) -> dict:
     check = _SHAPE_CHECKS.get(expected_type)
     if check is not None:
         try:
+            _need(not nests_deeper(obj, READ_JSON_DEPTH), f"it nests deeper than {READ_JSON_DEPTH} levels")
             check(obj)
         except _Malformed as e:
             raise CorruptObject(f"{expected_type} {oid[:12]} is malformed: {e}",
@@ -206,13 +207,14 @@ def _safe_name(name: str, what: str) -> None:
         raise _Malformed(e.message) from None
 
 
-MAX_JSON_DEPTH = 64  # nesting of dicts and lists an object may have: readers recurse through it
+MAX_JSON_DEPTH = 64  # nesting of dicts and lists a new object may have: readers recurse through it
+READ_JSON_DEPTH = 256  # what a stored commit or tree may have (an older mvc wrote deeper than 64)
 
 
 def nests_deeper(value, limit: int) -> bool:
     """Whether dicts, lists and tuples nest more than `limit` levels in `value` (found level by level,
     without recursion; a value that contains itself nests without end)."""
-    level, depth = [value], 0
+    level, depth = ([value] if isinstance(value, _CONTAINERS) else []), 0
     while level:
         depth += 1
         if depth > limit:
@@ -229,7 +231,6 @@ def _check_commit_shape(obj: dict) -> None:
     wrongly (or by a hostile remote) is refused by name instead of crashing or misleading a reader:
     component names are safe relative paths, every id is 64 lowercase hex."""
     comps, parents = obj.get("components"), obj.get("parents")
-    _need(not nests_deeper(obj, MAX_JSON_DEPTH), f"it nests deeper than {MAX_JSON_DEPTH} levels")
     _need(_is_dict_of_str_keys(comps), "'components' must map names to tree ids")
     for name, tid in comps.items():
         _safe_name(name, "component name")
@@ -247,7 +248,6 @@ def _check_tree_shape(obj: dict) -> None:
     """The tensor and file maps of a tree: ids are 64 hex, dtypes known, shapes lists of sizes,
     file paths safe relative paths, each file a safetensors file (with its header blob) or a raw one."""
     tensors, files = obj.get("tensors"), obj.get("files")
-    _need(not nests_deeper(obj, MAX_JSON_DEPTH), f"it nests deeper than {MAX_JSON_DEPTH} levels")
     _need(_is_dict_of_str_keys(tensors), "'tensors' must map names to entries")
     _need(_is_dict_of_str_keys(files), "'files' must map paths to entries")
     _need(isinstance(obj.setdefault("meta", {}), dict), "'meta' must be a JSON object")

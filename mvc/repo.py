@@ -26,9 +26,10 @@ from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptO
 from .diffs import diff_trees
 from .files import atomic_write, physical_path, shared_or_exclusive
 from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
-from .objects import (SMALL_OBJECT, canonical_json, check_component_name, check_metric,
+from .objects import (MAX_JSON_DEPTH, SMALL_OBJECT, canonical_json, check_component_name, check_metric,
                       check_new_component_name, check_new_ref_name, check_no_nesting,
-                      check_ref_name, commit_object, decode, encode, is_oid, json_copy, tree_blob_ids)
+                      check_ref_name, commit_object, decode, encode, is_oid, json_copy, nests_deeper,
+                      tree_blob_ids)
 from .provenance import check_author, default_author, git_current_branch, git_provenance
 from .refs import RefStore, note_moved, utc_now
 from .store import ChainStore, LooseStore
@@ -549,6 +550,8 @@ class Repo(Maintenance):
                 size += len(canonical_json(value))
             except BadInput as e:
                 raise BadInput(f"{what}: {e.message}", e.hint) from None
+        if extra and nests_deeper(extra, MAX_JSON_DEPTH - 1):  # (in the commit, a level below its top)
+            raise BadInput(f"extra nests deeper than {MAX_JSON_DEPTH - 1} levels of dicts and lists")
         if size > SMALL_OBJECT - (64 << 10):  # (the commit object's own check comes after the blobs)
             raise BadInput(f"the message, metrics and extra take {size} bytes: a commit holds at most "
                            f"{SMALL_OBJECT} bytes", "store large notes as a component or a file")

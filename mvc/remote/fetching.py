@@ -7,8 +7,8 @@ import time
 import warnings
 
 from .. import certindex
-from ..errors import (BadName, ConfigError, FormatTooNew, MvcError, NonFastForward, ObjectMissing, TooLarge,
-                      UnknownRevision, WrongObjectType)
+from ..errors import (BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, NonFastForward, ObjectMissing,
+                      TooLarge, UnknownRevision, WrongObjectType)
 from ..objects import decode, named_ids, object_kind
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
@@ -198,6 +198,11 @@ class _History:
             frontier = [c for c in frontier if c not in self.not_commits]
             parents = {p for c in frontier if c not in (trusted or ())
                        for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
+            for p in sorted(parents & set(self.not_commits)):  # a skipped tip that other history needs
+                raise ObjectMissing(f"commit {p} on remote {where} ({self.not_commits[p]}) is the parent of "
+                                    "commits a branch there reaches",
+                                    "the remote is damaged: fetch from another copy, or mvc push --repair "
+                                    "from a repository that has the history whole")
             frontier = sorted(parents - seen - complete - (trusted or set()))
             seen.update(frontier)
         wanted = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()}
@@ -246,20 +251,22 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
             wanted[c] = new
     ids = sorted({i for v in wanted.values() for i in v if not repo.loose.has(i)})
 
-    def download(oid):  # one index line naming what the remote lacks must not block every fetch
+    def download(oid):  # one index line naming what the remote lacks or holds damaged must not block every fetch
         try:
             history.download(oid)
-            return True
+            return None
         except ObjectMissing:
-            return False
+            return "does not hold it"
+        except CorruptObject as e:  # (its bytes do not hash to its id, or too large to be one)
+            return f"holds it damaged ({e.message})"
     try:
-        gone = {i for i, ok in zip(ids, pool.map(download, ids)) if not ok}
+        gone = {i: why for i, why in zip(ids, pool.map(download, ids)) if why}
     finally:
         history.sync()
     for c, v in wanted.items():
         for cid in [i for i in v if i in gone]:
             warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
-                          "but does not hold it; skipped")
+                          f"but {gone[cid]}; skipped")
             v.remove(cid)
     named = set()
     for c, v in wanted.items():

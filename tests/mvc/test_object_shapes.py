@@ -59,6 +59,7 @@ COMMIT_BREAKS = {
     "metrics not an object": lambda c: c.update(metrics=[1]),
     "no time": lambda c: c.pop("time"),
     "extra nests 600 deep": lambda c: c.update(extra=_nested(600)),  # (clone took it; then log, fsck: exit 4)
+    "extra nests 300 deep": lambda c: c.update(extra=_nested(300)),
 }
 TREE_BREAKS = {
     "tensors is a string": lambda t: t.update(tensors="x"),
@@ -85,10 +86,24 @@ def test_values_nesting_too_deep_are_refused_before_anything_is_written(repo, de
     raised a raw RecursionError from the API)."""
     from mvc.errors import BadInput
     before = sorted(repo.store.ids())
-    with pytest.raises(BadInput, match="nests deeper than 64 levels"):
+    with pytest.raises(BadInput, match="extra.* nests deeper than 6[34] levels"):
         repo.commit({"m": {"w": torch.ones(2)}}, message="x", extra={"deep": _nested(depth - 1)})
     assert sorted(repo.store.ids()) == before and repo.head() is None
     repo.commit({"m": {"w": torch.ones(2)}}, message="x", extra={"deep": _nested(61)})  # 64 levels in all: kept
+    with pytest.raises(BadInput, match="extra nests deeper than 63 levels"):  # 65 in all: named, nothing written
+        repo.commit({"m": {"w": torch.ones(3)}}, message="x", extra={"deep": _nested(62)})
+    from mvc.objects import canonical_json
+    assert canonical_json(5) == b"5" and canonical_json(None) == b"null"  # (a scalar nests nothing)
+
+
+def test_history_an_older_mvc_wrote_nesting_past_the_write_limit_stays_readable(repo):
+    """Readers take up to 256 levels: an older mvc wrote commits nesting 70 deep, which must not
+    turn into damage (log, fsck and gc refused the repository)."""
+    good = _commit(repo)
+    deep = _point_main_at(repo, {**repo.read_commit(good), "parents": [good], "extra": {"d": _nested(70)}})
+    repo._cache.clear()
+    assert [c["id"] for c in repo.log()] == [deep, good] and repo.fsck()["ok"]
+    assert _cli(repo, "log").exit_code == 0
 
 
 @pytest.mark.parametrize("case", sorted(COMMIT_BREAKS))

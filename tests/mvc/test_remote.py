@@ -754,6 +754,27 @@ def test_a_remote_ref_naming_a_missing_object_is_skipped_not_a_block_on_every_cl
         assert rm.fetch(clone)["refs"] == {"refs/remotes/origin/main": {"old": cid, "new": cid2}}
 
 
+
+def test_a_skipped_ref_s_missing_commit_that_a_branch_needs_as_a_parent_fails_the_clone(remote, tmp_path):
+    """The branch naming the lost commit was skipped, and its child's history then took the lost
+    commit as seen: the clone exited 0 with a history its log, fsck and gc could not read."""
+    from mvc.transport import DirectoryTransport
+    repo = new_repo(tmp_path / "src", remote)
+    lost = repo.commit({"core": weights(1, n=2)}, message="one")
+    repo.create_branch("old")
+    repo.commit({"core": weights(2, n=2)}, message="two")
+    rm.push(repo)
+    rm.push(repo, branch="old")
+    if remote.kind == "dir":
+        path = DirectoryTransport(remote.url).objects.path(lost)
+        os.chmod(path, 0o644)
+        os.unlink(path)
+    else:
+        remote.client.delete_object(Bucket=remote.bucket, Key=f"team/models/objects/{lost[:2]}/{lost[2:]}")
+    with pytest.raises(mvc.errors.ObjectMissing, match=f"commit {lost} on remote .* is the parent of commits"):
+        rm.clone(remote.url, str(tmp_path / "clone"), endpoint=remote.endpoint)
+
+
 def test_a_branch_name_freed_on_the_remote_can_be_taken_by_a_folder_and_back(remote, tmp_path):
     """Deleting a/b there left the folder a/ (a directory remote): pushing `a` failed. A fetch made
     origin/a before it pruned origin/a/b (skipped as a clash, then "no branch a"). A push of a/b

@@ -16,6 +16,8 @@ from mvc import remote as rm
 from mvc.errors import CorruptObject
 from mvc.objects import canonical_json, hash_bytes
 
+from damage import flip_byte
+
 
 def _served(tmp_path):
     """A repository that serves as a directory remote, and a clone of it."""
@@ -169,13 +171,20 @@ def test_a_certificate_index_line_naming_what_the_remote_lacks_does_not_block_fe
     from mvc import certindex
     src, clone, head = _served(tmp_path)
     certindex.attach(src.dir, head, ["cd" * 32])  # a certificate the remote does not hold
+    damaged = src.store.put(b'{"type":"certificate"}')  # and one it holds damaged
+    flip_byte(src.loose.path(damaged), 3)
+    certindex.attach(src.dir, head, [damaged])
     g = torch.Generator().manual_seed(1)
     new = src.commit({"model": {"w": torch.randn(4, 4, generator=g)}}, message="c1")
-    with pytest.warns(UserWarning, match=f"lists cdcdcdcdcdcd among the certificates of commit {head[:12]}, but "
-                                         "does not hold it; skipped"):  # before: every fetch failed (exit 3)
+    with pytest.warns(UserWarning) as caught:  # before: every fetch failed (exit 3)
         rm.fetch(clone, jobs=1)
+    said = sorted(str(w.message) for w in caught)
+    assert any(f"lists cdcdcdcdcdcd among the certificates of commit {head[:12]}, but does not hold it; skipped"
+               in m for m in said)
+    assert any(f"lists {damaged[:12]} among the certificates of commit {head[:12]}, but holds it damaged" in m
+               for m in said)
     assert clone.refs.read("refs/remotes/origin/main") == new
-    assert certindex.read_index(clone.dir, head) == []
+    assert certindex.read_index(clone.dir, head) == [] and not clone.store.has(damaged)
 
 
 def test_push_into_a_damaged_remote_layout_is_a_clear_error(tmp_path):
