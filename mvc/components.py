@@ -21,7 +21,7 @@ from . import safetensors_format as stf
 from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding, MvcError
 from .interrupts import interrupts_deferred
 from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, hash_bytes,
-                      is_reserved_segment, new_hasher, tree_object)
+                      is_reserved_segment, new_hasher, tree_blob_ids, tree_object)
 from .output_folders import OutputFolders
 from .store import FileSpan, ObjectStore
 
@@ -787,6 +787,10 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     below `base` (default: each destination's folder). Every file is written to a temp file
     first and the temp files are renamed into place only once all are whole: a failure (a
     damaged blob, a full disk) leaves every destination as it was and removes what it created."""
+    if not force:  # a file of another size refuses before a lazy clone downloads anything
+        _refuse_other_content([dest for tree, relpath, dest in items if _size_of(dest) not in (
+            None, tree["files"][relpath]["size"])])
+    _prefetch(store, [tree for tree, relpath, dest in items if _size_of(dest) is not None])  # (to compare)
     differing, same = [], set()
     for tree, relpath, dest in items:
         _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
@@ -800,11 +804,30 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
             same.add(dest)
         elif held is False and not force:
             differing.append(dest)
+    _refuse_other_content(differing)
+    _prefetch(store, [tree for tree, relpath, dest in items if dest not in same])  # what is written
+    with OutputFolders() as folders:
+        return _write_new(store, items, force, progress, base, same, folders, unchanged)
+
+
+def _size_of(path: str) -> int | None:
+    """The size of the regular file at `path` (not followed if a link), None for anything else."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _refuse_other_content(differing: list[str]) -> None:
     if differing:
         raise BadInput(f"{len(differing)} file(s) to write already exist with other content, e.g. {differing[0]}",
                        "pass --force to overwrite them, or write into another place; nothing was written")
-    with OutputFolders() as folders:
-        return _write_new(store, items, force, progress, base, same, folders, unchanged)
+
+
+def _prefetch(store: ObjectStore, trees: list[dict]) -> None:
+    """Have a lazy clone fetch the blobs of `trees` at once (a store that fetches nothing ignores it)."""
+    store.prefetch(oid for tree in {id(t): t for t in trees}.values() for oid in tree_blob_ids(tree))
 
 
 def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bool, progress: Progress | None,

@@ -429,7 +429,9 @@ class Repo(Maintenance):
         """`oid` if it is a commit: a revision naming a tree or a tensor blob is refused here, so
         that no branch or tag can be made to point at one."""
         try:
-            if self.store.size(oid) > SMALL_OBJECT:
+            stores = self.store.stores
+            if (any(s.fetches and s.has(oid) for s in stores) and not any(s.has(oid) for s in stores if not s.fetches)) \
+                    or self.store.size(oid) > SMALL_OBJECT:  # (a lazy clone promises blobs only: not downloaded)
                 raise WrongObjectType(f"object {oid[:12]} is a blob, not a commit", "blob")
             self.read_commit(oid, shared=True)
         except WrongObjectType as e:
@@ -1039,8 +1041,6 @@ class Repo(Maintenance):
             check_component_name(name)
             trees[name] = self.read_tree(comps[name], shared=True)
         paths = comp.checkout_paths(trees)  # no two files on one path: checked before anything is written
-        for tree in trees.values():
-            self.store.prefetch(tree_blob_ids(tree))
         items = [(trees[name], rel, os.path.join(out_dir, *path.split("/"))) for name, rel, path in paths]
         written = comp.write_files(self.store, items, force, progress, base=out_dir, unchanged=unchanged)
         stray = comp.stray_files([os.path.join(out_dir, *name.split("/")) for name in trees], written)
@@ -1088,7 +1088,6 @@ class Repo(Maintenance):
                            "name, which torch.load refuses",
                            f"name the file .safetensors, or write a PyTorch file from Python: "
                            f"torch.save({loader}, {os.path.basename(out_file)!r})")
-        self.store.prefetch(tree_blob_ids(tree))  # (a lazy clone: only once the name is accepted)
         comp.write_files(self.store, [(tree, relpath, out_file)], force, progress, unchanged=unchanged)
         return out_file
 

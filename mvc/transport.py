@@ -815,6 +815,12 @@ class LazyRemoteStore(ObjectStore):
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
                                     f"({self.transport().describe()}) is gone or is no mvc repository",
                                     f"if it moved: mvc config remote.{self.remote}.url NEW_URL") from None
+            origin = self.transport().lazy_clone_origin()
+            if origin is not None:  # a lazy clone of a lazy clone: no damage, not fetched there either
+                raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone), and remote {self.remote} "
+                                    f"({self.transport().describe()}) is a lazy clone that has not fetched it either",
+                                    f"load it there first, or fetch from its origin: mvc config "
+                                    f"remote.{self.remote}.url {origin}") from None
             raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
                                 "the remote is damaged: clone from another copy, or repair it with "
                                 "mvc push --repair from a repository that has it") from None

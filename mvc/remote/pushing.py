@@ -11,12 +11,12 @@ import warnings
 from .. import certindex
 from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward, ObjectMissing, RefConflict,
                       UnknownRevision)
-from ..objects import tree_blob_ids
+from ..objects import tree_blob_ids, tree_blob_sizes
 from ..refs import note_moved
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import DAMAGED, Transport
-from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, has_commit, is_ancestor,
+from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, has_commit, holds, is_ancestor,
                      permission_errors)
 from .config import open_remote
 
@@ -29,6 +29,14 @@ class RepairIncomplete(CorruptObject):
     def __init__(self, result: dict, where: str):
         bad = sorted(result["repair"]["local_damaged"])
         named = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        unfetched = result["repair"].get("not_fetched", [])
+        if unfetched and len(unfetched) == len(bad):  # a lazy clone never had them: no damage here
+            super().__init__(f"{len(bad)} objects could not be repaired on {where}: it lacks them, and this lazy "
+                             f"clone never fetched them ({named}); they were not sent and no ref moved",
+                             "run mvc push --repair from a repository that holds them (a full clone, or "
+                             "the repository they were pushed from)")
+            self.result = result
+            return
         super().__init__(f"{len(bad)} objects could not be repaired on {where}: it lacks a good copy and the "
                          f"local copy is damaged too ({named}); they were not sent and no ref moved",
                          "restore them here first with mvc fsck --repair-from ANOTHER-COPY, then run "
@@ -189,7 +197,9 @@ def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: 
     extra = sorted(set(cert_ids + data) - set(plan["blobs"]))
     extra_missing = [o for o, there in zip(extra, pool.map(t.has, extra)) if not there]
     phases = [plan["blobs"] + extra_missing, plan["trees"], plan["commits"]]
-    return {"phases": phases, "replace": set(), "sizes": {o: repo.store.size(o) for p in phases for o in p},
+    declared = plan["declared"]  # a lazy clone's unfetched blobs are sized by their trees, not downloaded
+    sizes = {o: declared[o] if o in declared and not holds(repo, o) else repo.store.size(o) for p in phases for o in p}
+    return {"phases": phases, "replace": set(), "sizes": sizes,
             "present": plan["present"] + len(extra) - len(extra_missing)}
 
 
@@ -282,11 +292,14 @@ def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, poo
     present += sum(tree_there.values())
     missing_trees = [tid for tid in trees if not tree_there[tid]]
     unsure = [tid for tid in trees if not tree_there[tid] or tid not in tip_trees]  # look below these
-    blobs = sorted({b for tid in unsure for b in tree_blob_ids(repo.read_tree(tid, shared=True))} - on_remote)
+    declared: dict[str, int] = {}
+    for tid in unsure:
+        declared.update(tree_blob_sizes(repo.read_tree(tid, shared=True)))
+    blobs = sorted(set(declared) - on_remote)
     blob_there = dict(zip(blobs, pool.map(t.has, blobs)))
     present += sum(blob_there.values())
     return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,
-            "blobs": [b for b in blobs if not blob_there[b]], "present": present}
+            "blobs": [b for b in blobs if not blob_there[b]], "present": present, "declared": declared}
 
 
 def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, progress: Progress) -> dict:
@@ -307,7 +320,8 @@ def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, p
     send = {o for o, (state, _, why) in found.items() if state != "ok" and not why}
     held = _held_back(repo, bad, [o for o in ids if o in send and kinds[o] != "blob"], kinds)
     send -= held
-    report = {"checked": len(ids), "local_damaged": bad, "held_back": sorted(held)}
+    report = {"checked": len(ids), "local_damaged": bad, "held_back": sorted(held),
+              "not_fetched": sorted(o for o in bad if not holds(repo, o))}  # (a lazy clone's, not damage)
     for state in ("missing", "damaged"):
         report[state] = sorted(o for o in send if found[o][0] == state)
         report[f"{state}_resent"] = len(report[state])

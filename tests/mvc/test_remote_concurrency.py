@@ -692,3 +692,61 @@ def test_export_refuses_a_pytorch_name_before_a_lazy_clone_downloads_anything(tm
     with pytest.raises(BadInput, match="PyTorch name"):
         lazy.export("HEAD", "core", str(tmp_path / "core.pt"))
     assert set(lazy.loose.ids()) == before
+
+
+def _lazy_of(tmp_path, n=6):
+    """(origin, a lazy clone of it) of two commits of `core`."""
+    src = mvc.Repo.init(tmp_path / "src")
+    src.commit({"core": weights(0, n=n)}, message="one")
+    src.commit({"core": {**weights(0, n=n), "w0": torch.ones(16, 16)}}, message="two")
+    return src, rm.clone(src.root, str(tmp_path / "lazy"), lazy=True)[0]
+
+
+def test_a_refused_checkout_or_export_downloads_nothing_and_a_push_plan_reads_no_blob(tmp_path):
+    """A destination of another size was refused only after every blob was downloaded; a push's plan
+    (and --dry-run) downloaded every unfetched blob to learn its size; a revision naming one did too."""
+    from mvc.errors import BadInput, UnknownRevision
+    _src, lazy = _lazy_of(tmp_path)
+    before = set(lazy.loose.ids())
+    (tmp_path / "out" / "core").mkdir(parents=True)
+    (tmp_path / "out" / "core" / "model.safetensors").write_bytes(b"my own notes")
+    with pytest.raises(BadInput, match="already exist with other content"):
+        lazy.checkout("HEAD", str(tmp_path / "out"))
+    assert set(lazy.loose.ids()) == before  # nothing downloaded
+    (tmp_path / "core.safetensors").write_bytes(b"x")
+    with pytest.raises(BadInput, match="already exist with other content"):
+        lazy.export("HEAD", "core", str(tmp_path / "core.safetensors"))
+    assert set(lazy.loose.ids()) == before
+    blob = tree_blob_ids(lazy.tree("HEAD", "core"))[0]
+    with pytest.raises(UnknownRevision, match="names a blob, not a commit"):
+        lazy.resolve(blob)
+    assert set(lazy.loose.ids()) == before
+    rm.add_remote(lazy, "third", str(tmp_path / "third.mvc"))
+    plan = rm.push(lazy, "third", dry_run=True)
+    assert plan["dry_run"] and set(lazy.loose.ids()) == before
+    lazy.export("HEAD", "core", str(tmp_path / "fresh.safetensors"))  # (and what is accepted still is)
+    assert set(lazy.loose.ids()) > before
+
+
+def test_repairs_and_lazy_clones_of_lazy_clones_say_what_was_never_fetched(tmp_path):
+    """A lazy clone's push --repair called blobs it never fetched 'damaged too' (its hint, fsck
+    --repair-from, restored nothing); a lazy clone of a lazy clone called the blobs its remote never
+    fetched damage on the remote."""
+    from mvc.errors import ObjectMissing
+    from mvc.remote.pushing import RepairIncomplete
+    src, lazy = _lazy_of(tmp_path)
+    second = rm.clone(lazy.root, str(tmp_path / "second"), lazy=True)[0]
+    with pytest.raises(ObjectMissing, match="is a lazy clone that has not fetched it either") as e:
+        second.load("HEAD", "core")
+    assert "damaged" not in str(e.value) and src.root in e.value.hint
+    origin = DirectoryTransport(str(tmp_path / "origin.mvc"))
+    rm.add_remote(src, "bare", origin.root)
+    rm.push(src, "bare")
+    lazy2 = rm.clone(origin.root, str(tmp_path / "lazy2"), lazy=True)[0]
+    blob = tree_blob_ids(lazy2.tree("HEAD", "core"))[1]
+    path = origin.objects.path(blob)
+    os.chmod(path, 0o644)
+    os.unlink(path)  # the remote loses a blob this lazy clone never fetched
+    with pytest.raises(RepairIncomplete, match="this lazy clone never fetched them") as e:
+        rm.push(lazy2, repair=True)
+    assert "damaged too" not in str(e.value) and "from a repository that holds them" in e.value.hint
