@@ -239,10 +239,21 @@ class _History:
 
 def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _History) -> int:
     """Certificates the remote holds for commits we have, with everything they name: data blobs,
-    and named commits (with their history) and trees. The index lines come last."""
-    commits = [c for c in t.cert_index_commits() if has_commit(repo, c)]
-    if not commits:
-        return 0
+    and named commits (with their history) and trees, and then the certificates of those commits
+    in turn (gc keeps them with the commits: `mvc verify` of one must work here too)."""
+    listed = t.cert_index_commits()
+    done: set[str] = set()
+    total = 0
+    while True:
+        commits = [c for c in listed if c not in done and has_commit(repo, c)]
+        if not commits:
+            return total
+        done.update(commits)
+        total += _fetch_certs_of(repo, t, where, pool, history, commits)
+
+
+def _fetch_certs_of(repo: Repo, t: Transport, where: str, pool: Pool, history: _History, commits: list) -> int:
+    """The certificates the remote holds for `commits`, with everything they name. The index lines come last."""
     wanted = {}
     for c, theirs in zip(commits, pool.map(t.read_cert_index, commits)):
         mine = certindex.read_index(repo.dir, c)

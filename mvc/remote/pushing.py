@@ -334,7 +334,7 @@ def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, p
 def _history_objects(repo: Repo, local: str) -> tuple[list[str], dict[str, str], dict[str, int]]:
     """(ids, {id: "commit", "tree" or "blob"}, expected blob sizes) of everything a push of `local`
     sends when the remote has nothing: certificates and the inputs they name count as blobs."""
-    reach = ancestors(repo, [local])
+    reach = _certified_history(repo, local, set(certindex.certified_commits(repo.dir)))
     cert_ids = sorted({i for c in certindex.certified_commits(repo.dir) if c in reach
                        for i in certindex.read_index(repo.dir, c) if repo.store.has(i)})
     data, named_commits, named_trees = cert_inputs(repo, cert_ids)
@@ -422,12 +422,27 @@ def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict
     return send, skipped
 
 
+def _certified_history(repo: Repo, local: str, certified: set) -> set[str]:
+    """The history of `local` and of every commit its commits' certificates name, with theirs in
+    turn (what gc walks with them): their certificates travel, so `mvc verify` works in a clone."""
+    reach = ancestors(repo, [local])
+    done: set[str] = set()
+    while True:
+        todo = (certified & reach) - done
+        if not todo:
+            return reach
+        done |= todo
+        ids = {i for c in todo for i in certindex.read_index(repo.dir, c) if repo.store.has(i)}
+        named = [c for c in cert_inputs(repo, ids)[1] if c not in reach]
+        reach |= ancestors(repo, named, stop=reach)
+
+
 def _certs_to_push(repo: Repo, t: Transport, local: str, pool: Pool) -> dict[str, list[str]]:
     """{commit: certificate ids the remote index lacks} for certified commits of the pushed history."""
     certified = certindex.certified_commits(repo.dir)
     if not certified:
         return {}
-    reach = ancestors(repo, [local])
+    reach = _certified_history(repo, local, set(certified))
     commits = [c for c in certified if c in reach]
     remote_lists = pool.map(t.read_cert_index, commits)
     out = {}

@@ -1489,3 +1489,28 @@ def test_an_api_call_s_error_names_only_what_it_moved_not_other_threads_or_earli
     assert e.value.hint.startswith("nothing was moved;")
     from mvc.refs import moves_of_this_thread
     assert moves_of_this_thread()[-1].startswith("moved refs/heads/main")  # (kept for the caller)
+
+
+def test_the_certificates_of_a_commit_a_pushed_certificate_names_travel_too(tmp_path):
+    """gc keeps a baseline commit a certificate names with that commit's own certificates; push sent
+    the baseline (with its history) but not its certificates, and fetch skipped them: in a clone
+    `mvc verify` of the baseline exited 3 where the source's exited 0."""
+    from mvc import certindex
+    from mvc.objects import canonical_json, hash_bytes
+
+    def certify(repo, commit, **named):
+        data = canonical_json({"type": "certificate", "format": 1, "commit": commit, "passed": True,
+                               "checks": [{"name": "x", "status": "passed", **named}]})
+        cid = repo.store.put(data, oid=hash_bytes(data))
+        certindex.attach(repo.dir, commit, [cid])
+        return cid
+    src = new_repo(tmp_path / "src")
+    base = src.commit({"core": weights(1, n=2)}, message="baseline", branch="a")
+    base_cert = certify(src, base)
+    head = src.commit({"core": weights(2, n=2)}, message="candidate", branch="b", root=True)
+    certify(src, head, baseline=base)
+    rm.add_remote(src, "origin", str(tmp_path / "remote.mvc"))
+    rm.push(src, branch="b")
+    clone, _ = rm.clone(str(tmp_path / "remote.mvc"), str(tmp_path / "clone"))
+    assert clone.store.has(base) and certindex.read_index(clone.dir, base) == [base_cert]
+    assert clone.store.has(base_cert) and clone.fsck()["ok"]

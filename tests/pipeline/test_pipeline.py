@@ -583,3 +583,36 @@ def test_held_out_data_too_short_to_measure_is_refused_before_the_stage_trains(t
         run_pipeline(repo, load(str(root / "short.toml")), emit=lambda e: None)
     assert not e.value.message.startswith(f"stage {stage}: ") and "eval_bytes" in e.value.hint  # (named once)
     assert branch not in repo.branches()
+
+
+def test_a_run_killed_between_a_failed_gate_and_its_rollback_fails_the_stage_on_resume(tmp_path, monkeypatch):
+    """The resume took 'the head has a certificate' for 'its gates passed': it marked the stage
+    '(gates passed)' on the failing checkpoint and exit 0, and later stages trained on it."""
+    root, repo = make_project(tmp_path, steps=4, max_bpb=0.5, retries=0)  # (no model this small gets there)
+    monkeypatch.chdir(root)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 1, r.output
+    failed_at = next(e["from"] for e in _events(r.stdout) if e.get("event") == "rollback")
+    repo.refs.update("refs/heads/demo/core", failed_at, message="as a kill before the rollback leaves it")
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 1, r.output
+    core = next(s for s in _events(r.stdout)[-1]["stages"] if s["stage"] == "core")
+    assert core["status"] != "passed"
+    head = mvc.Repo(root).branches().get("demo/core")  # (rolled back past its first checkpoint: gone)
+    assert head is None or "(gates passed)" not in mvc.Repo(root).read_commit(head)["message"]
+
+
+def test_a_run_killed_after_its_last_gates_passed_resumes_to_a_verifiable_result(tmp_path, monkeypatch):
+    """Resumed after the last checkpoint's gates passed but before the done commit, the stage's
+    result named no certificate: mvc verify of the stage branch exited 3 (an unbroken run: 0)."""
+    root, repo = make_project(tmp_path, steps=4)
+    monkeypatch.chdir(root)
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 0, r.output
+    done = repo.resolve("demo/core")
+    last = repo.read_commit(done)["parents"][0]  # the gated checkpoint below the done commit
+    repo.refs.update("refs/heads/demo/core", last, message="as a kill before the done commit leaves it")
+    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["verify", "demo/core"])
+    assert r.exit_code == 0 and "verified: its checks passed" in r.stdout, r.output
