@@ -256,8 +256,8 @@ def _fetch_certs_of(repo: Repo, t: Transport, where: str, pool: Pool, history: _
     """The certificates the remote holds for `commits`, with everything they name. The index lines come last."""
     wanted = {}
     for c, theirs in zip(commits, pool.map(t.read_cert_index, commits)):
-        mine = certindex.read_index(repo.dir, c)
-        new = [i for i in theirs if i not in mine]
+        mine = certindex.read_index(repo.dir, c)  # (a line here whose certificate is gone is fetched again:
+        new = [i for i in theirs if i not in mine or not repo.store.has(i)]  # an index gc had not yet pruned)
         if new:
             wanted[c] = new
     ids = sorted({i for v in wanted.values() for i in v if not repo.loose.has(i)})

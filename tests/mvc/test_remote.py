@@ -1514,3 +1514,23 @@ def test_the_certificates_of_a_commit_a_pushed_certificate_names_travel_too(tmp_
     clone, _ = rm.clone(str(tmp_path / "remote.mvc"), str(tmp_path / "clone"))
     assert clone.store.has(base) and certindex.read_index(clone.dir, base) == [base_cert]
     assert clone.store.has(base_cert) and clone.fsck()["ok"]
+
+
+def test_a_fetch_brings_back_a_certificate_an_index_here_lists_but_no_longer_holds(tmp_path):
+    """An index gc had not pruned yet (younger than the grace) outlived its certificate: a fetch of
+    that commit again took the line for 'already here' and never downloaded the certificate."""
+    from mvc import certindex
+    from mvc.objects import canonical_json, hash_bytes
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    data = canonical_json({"type": "certificate", "format": 1, "commit": cid, "passed": True, "checks": []})
+    cert = src.store.put(data, oid=hash_bytes(data))
+    certindex.attach(src.dir, cid, [cert])
+    clone, _ = rm.clone(src.root, str(tmp_path / "clone"))
+    path = clone.loose.path(cert)
+    os.chmod(path, 0o644)
+    os.unlink(path)
+    assert not mvc.Repo(clone.root).fsck()["ok"]
+    src.commit({"core": weights(2, n=2)}, message="two")
+    rm.fetch(clone)
+    assert mvc.Repo(clone.root).store.has(cert) and mvc.Repo(clone.root).fsck()["ok"]
