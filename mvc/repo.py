@@ -1190,6 +1190,7 @@ def arch_builder(arch: str):
     return eps[arch].load()
 
 
+BIG_KEPT = 2  # a diff reads two large trees
 OBJECT_CACHE_BYTES = 16 << 20  # commits and trees kept decoded, by stored size (decoded: ~5x)
 
 
@@ -1200,13 +1201,13 @@ class _ObjectCache:
     def __init__(self, limit: int | None = None):
         self.limit, self._bytes = OBJECT_CACHE_BYTES if limit is None else limit, 0
         self._items: OrderedDict[str, tuple[dict, int]] = OrderedDict()
-        self._big: tuple[str, dict] | None = None  # the last object larger than the whole budget
+        self._big: OrderedDict[str, dict] = OrderedDict()  # the last BIG_KEPT objects over half the budget
         self._lock = threading.Lock()
 
     def get(self, oid: str) -> dict | None:
         with self._lock:
-            if self._big and self._big[0] == oid:
-                return self._big[1]
+            if oid in self._big:
+                return self._big[oid]
             hit = self._items.get(oid)
             if hit is None:
                 return None
@@ -1214,12 +1215,15 @@ class _ObjectCache:
             return hit[0]
 
     def put(self, oid: str, obj: dict, size: int) -> None:
-        """Keep `obj`, dropping the least recently used beyond the budget. The last object larger
-        than the whole budget (a tree of ~120,000 tensors) has a place of its own, so that loading
-        from it again does not read and decode it again."""
+        """Keep `obj`, dropping the least recently used beyond the budget. The last two objects
+        larger than half the budget (trees of ~50,000 tensors or more) have places of their own, so
+        that loading from one again, or a diff of two, does not read and decode them again."""
         with self._lock:
-            if size > self.limit:
-                self._big = (oid, obj)
+            if size > self.limit // 2:
+                self._big[oid] = obj
+                self._big.move_to_end(oid)
+                while len(self._big) > BIG_KEPT:
+                    self._big.popitem(last=False)
                 return
             if oid in self._items:
                 return
@@ -1232,7 +1236,8 @@ class _ObjectCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-            self._big, self._bytes = None, 0
+            self._big.clear()
+            self._bytes = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._big)

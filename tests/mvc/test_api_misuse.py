@@ -135,7 +135,7 @@ def test_the_object_cache_of_a_long_lived_repo_is_bounded(repo, monkeypatch):
     from mvc import repo as repo_mod
     monkeypatch.setattr(repo_mod, "OBJECT_CACHE_BYTES", 64 << 10)
     r = mvc.Repo(repo.root)
-    state = {f"layer{i}.weight": torch.zeros(2) for i in range(300)}
+    state = {f"layer{i}.weight": torch.zeros(2) for i in range(120)}  # (trees under half the budget)
     for i in range(30):
         state["layer0.weight"] = torch.full((2,), float(i))
         r.commit({"c": state}, message=f"step {i}")
@@ -290,3 +290,24 @@ def test_diff_and_decode_pause_the_cyclic_collector_and_restore_its_state(repo):
         gc.enable()
     repo.diff(a, b)
     assert gc.isenabled()
+
+
+def test_a_diff_of_two_trees_each_over_half_the_object_cache_reads_each_once(repo, monkeypatch):
+    """Two trees of ~60,000 tensors (9.8 MB each) did not fit the 16 MiB cache together: mvc diff read
+    and decoded each twice (its progress pass, then the diff), a second of a five-second diff."""
+    from mvc import repo as repo_mod
+    monkeypatch.setattr(repo_mod, "OBJECT_CACHE_BYTES", 64 << 10)
+    state = {f"layer{i}.weight": torch.zeros(2) for i in range(300)}
+    a = repo.commit({"c": state}, message="a")
+    state["layer0.weight"] = torch.ones(2)
+    b = repo.commit({"c": state}, message="b")
+    r = mvc.Repo(repo.root)
+    trees = {r.read_commit(c)["components"]["c"] for c in (a, b)}
+    assert all(r.store.size(t) > 32 << 10 for t in trees)
+    reads = []
+    real_get = type(r.store).get
+    monkeypatch.setattr(type(r.store), "get", lambda self, oid: reads.append(oid) or real_get(self, oid))
+    for _ in range(2):
+        tensors = r.diff(a, b)["components"]["c"]["tensors"]
+        assert [n for n, t in tensors.items() if t["status"] == "changed"] == ["layer0.weight"]
+    assert sorted(o for o in reads if o in trees) == sorted(trees)
