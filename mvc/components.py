@@ -787,13 +787,14 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     below `base` (default: each destination's folder). Every file is written to a temp file
     first and the temp files are renamed into place only once all are whole: a failure (a
     damaged blob, a full disk) leaves every destination as it was and removes what it created."""
+    for _tree, _relpath, dest in items:
+        _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
     if not force:  # a file of another size refuses before a lazy clone downloads anything
         _refuse_other_content([dest for tree, relpath, dest in items if _size_of(dest) not in (
             None, tree["files"][relpath]["size"])])
     _prefetch(store, [tree for tree, relpath, dest in items if _size_of(dest) is not None])  # (to compare)
     differing, same = [], set()
     for tree, relpath, dest in items:
-        _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
         try:
             held = holds_file(store, tree, relpath, dest, verified=not force)
         except BadInput:  # unreadable: --force replaces it unread

@@ -398,12 +398,14 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
         if not gated:  # killed between the commit and its gates
             if not _gates_ok(run, stage, head, history, job):
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                history = _history(repo, repo.branches().get(branch), key)
         else:  # killed after its gates ran (before the rollback of a failing one, or before the done commit)
             cid, cert = gated[-1]
             run.last_certificate[stage.name] = cid
             if not certificate.passed(cert):
                 run.last_failure[stage.name] = "; ".join(c["name"] for c in cert["checks"] if c["status"] == "failed")
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                history = _history(repo, repo.branches().get(branch), key)
     else:
         attempt, settings = 0, dict(stage.settings)
         job = job_factory(settings)

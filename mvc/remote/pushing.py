@@ -321,7 +321,7 @@ def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, p
     held = _held_back(repo, bad, [o for o in ids if o in send and kinds[o] != "blob"], kinds)
     send -= held
     report = {"checked": len(ids), "local_damaged": bad, "held_back": sorted(held),
-              "not_fetched": sorted(o for o in bad if not holds(repo, o))}  # (a lazy clone's, not damage)
+              "not_fetched": sorted(repo._not_fetched(bad) or [])}  # (a lazy clone's, not damage)
     for state in ("missing", "damaged"):
         report[state] = sorted(o for o in send if found[o][0] == state)
         report[f"{state}_resent"] = len(report[state])

@@ -750,3 +750,9 @@ def test_repairs_and_lazy_clones_of_lazy_clones_say_what_was_never_fetched(tmp_p
     with pytest.raises(RepairIncomplete, match="this lazy clone never fetched them") as e:
         rm.push(lazy2, repair=True)
     assert "damaged too" not in str(e.value) and "from a repository that holds them" in e.value.hint
+    lost = src.loose.path(blob)  # a repository that is no lazy clone loses the blob too
+    os.chmod(lost, 0o644)
+    os.unlink(lost)
+    with pytest.raises(RepairIncomplete, match="the local copy is damaged too") as e:
+        rm.push(src, "bare", repair=True)
+    assert "lazy clone" not in str(e.value) and "fsck --repair-from" in e.value.hint

@@ -518,3 +518,18 @@ def test_stale_backup_links_are_swept_and_files_renamed_aside_are_kept(tmp_path,
     finally:
         os.close(folder)
     assert sorted(os.listdir(tmp_path)) == [".0123456789ab.mvc-old"]
+
+
+def test_a_linked_component_folder_holding_another_file_is_named_as_a_link_first(tmp_path):
+    """The size check that spares a lazy clone its downloads ran before the link check: the user was
+    told to pass --force, which then failed on the link."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    cid = repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "model.safetensors").write_bytes(b"other")
+    (tmp_path / "out").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "out" / "core")
+    for force in (False, True):
+        with pytest.raises(MvcError, match="core is a symbolic link; mvc does not write through"):
+            repo.checkout(cid, str(tmp_path / "out"), force=force)
+    assert (tmp_path / "elsewhere" / "model.safetensors").read_bytes() == b"other"

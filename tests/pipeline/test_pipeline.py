@@ -616,3 +616,28 @@ def test_a_run_killed_after_its_last_gates_passed_resumes_to_a_verifiable_result
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["verify", "demo/core"])
     assert r.exit_code == 0 and "verified: its checks passed" in r.stdout, r.output
+
+
+def test_a_retry_after_a_resumed_rollback_gates_on_the_history_an_unbroken_run_has(tmp_path, monkeypatch):
+    """The resume's rollback kept the failing checkpoint's metrics in the retry's history: its gates
+    (a plateau gate reads the history) saw what an uninterrupted run had dropped."""
+    from semantic_ci import pipeline as pl
+    calls = []
+    real = pl._evaluate_gates
+
+    def spy(run, stage, commit, history, at_end):
+        info = run.repo.read_commit(commit)["extra"]["pipeline"]
+        calls.append((info["attempt"], info["step"], len(history)))
+        return real(run, stage, commit, history, at_end)
+    monkeypatch.setattr(pl, "_evaluate_gates", spy)
+    root, repo = make_project(tmp_path, steps=8, max_bpb=0.01, retries=1)
+    monkeypatch.chdir(root)
+    assert CliRunner().invoke(cli, ["run", "p.toml", "--json"]).exit_code == 1
+    unbroken = [c for c in calls if c[0] == 1]
+    failed_at = next(cid for e in repo.reflog("demo/core") for cid in (e.get("new"), e.get("old"))
+                     if cid and repo.read_commit(cid)["extra"].get("pipeline", {}).get("attempt") == 0
+                     and repo.read_commit(cid)["extra"]["pipeline"].get("step") == 8)  # attempt 0's failing end
+    repo.refs.update("refs/heads/demo/core", failed_at, message="as a kill before the rollback leaves it")
+    calls.clear()
+    assert CliRunner().invoke(cli, ["run", "p.toml", "--json"]).exit_code == 1
+    assert unbroken and [c for c in calls if c[0] == 1] == unbroken
