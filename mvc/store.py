@@ -360,7 +360,7 @@ class LooseStore(ObjectStore):
         self._known: dict[str, tuple] = {}  # id -> verified stamp (_stamp_key) already read or written here
 
     @contextlib.contextmanager
-    def batch(self):
+    def batch(self, keep_whole: bool = False):
         """Objects written inside the block stay in temp files until it ends; then they are fsynced
         in parallel and renamed into place, so a crash never leaves a partial object under its id.
         Nothing may point at them (refs) before the block has exited. The kernel starts writing
@@ -370,7 +370,9 @@ class LooseStore(ObjectStore):
         `syncfs` before the renames and one after, instead of an fsync per file and directory.
         The batch belongs to the calling context (a ContextVar): worker threads join it by running
         in a copy of that context (`contextvars.copy_context().run`, as components does); other
-        threads, e.g. another commit through the same Repo object, never do.
+        threads, e.g. another commit through the same Repo object, never do. With `keep_whole`, an
+        error (not an interrupt) raised in the block still makes the objects already written whole
+        durable, for a transfer run again to resume from.
         """
         if self._pending is not None:
             yield self
@@ -380,7 +382,12 @@ class LooseStore(ObjectStore):
         watch = _open_fs_watch(self.tmp, create=True) if self.fsync else None
         token = _BATCH.set((self, pending))
         try:
-            yield self
+            try:
+                yield self
+            except Exception:
+                if keep_whole:
+                    self._flush({oid: tmp for oid, tmp in pending.items() if tmp}, watch)
+                raise
             self._flush(pending, watch)
         except BaseException:
             with interrupts_deferred():  # a second Ctrl-C must not leave temp files behind
@@ -401,6 +408,12 @@ class LooseStore(ObjectStore):
         """The pending objects of this context's batch on this store, or None outside one."""
         current = _BATCH.get()
         return current[1] if current is not None and current[0] is self else None
+
+    def batch_slots(self) -> dict[str, str | None] | None:
+        """This context's batch as {id: temp file}, for worker threads that write verified temp
+        files of their own (a fetch): an entry added is renamed into place, made durable with the
+        others, when the batch ends. None outside a batch."""
+        return self._pending
 
     def _flush(self, pending: dict[str, str], watch: int | None = None) -> None:
         try:

@@ -58,6 +58,7 @@ REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repai
                "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
 LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs"})  # what a remote's layout holds
+BATCHED_BELOW = 1 << 20  # objects smaller than this are made durable a phase at a time, larger ones one by one
 REF_READ_JOBS = 16  # refs a listing reads at once (each a request on S3)
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
@@ -169,6 +170,13 @@ class Transport:
 
     def flush(self, parallel_map=map) -> None:
         """Make every object put so far durable (called before a ref may point at them)."""
+
+    @contextlib.contextmanager
+    def phase(self):
+        """A block of puts (one phase of a push) whose small objects may be made durable together
+        when it ends, as a commit's are (a directory remote: one syncfs); on an error, what was
+        put whole is still kept. Where there is nothing to batch (S3), a plain block."""
+        yield
 
     def writing(self):
         """A context a push holds from before it lists the remote's refs until its refs and
@@ -371,6 +379,16 @@ class DirectoryTransport(Transport):
         self.objects = LooseStore(os.path.join(path, "objects"), fsync=True)
         self.packs = PackStore(os.path.join(path, "objects", PACK_DIR))  # a repository's `mvc pack`
         self._dirty: set[str] = set()  # object directories whose new entries await fsync
+        self._slots: dict | None = None  # the open phase's batch of small objects (LooseStore.batch_slots)
+
+    @contextlib.contextmanager
+    def phase(self):
+        with self.objects.batch(keep_whole=True):
+            self._slots = self.objects.batch_slots()
+            try:
+                yield
+            finally:
+                self._slots = None
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, *name.split("/"))
@@ -531,8 +549,23 @@ class DirectoryTransport(Transport):
         final = self.objects.path(oid)
         if not replace and freshen_file(final, FRESHEN_S):
             return
-        with new_object_file(self.objects.tmp, oid, final) as f:
+        slots = self._slots
+        with new_object_file(self.objects.tmp, oid, None, fsync=False) as f:
             fill(f)
+            f.flush()
+            batched = slots is not None and f.tell() < BATCHED_BELOW
+            if not batched:
+                os.fsync(f.fileno())
+        if batched:  # made durable and renamed with the others when the phase ends
+            slots[oid] = f.name
+            return
+        try:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(f.name, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(f.name)
+            raise
         self._dirty.add(os.path.dirname(final))
 
     def flush(self, parallel_map=map):

@@ -128,18 +128,43 @@ def receive(transport: Transport, oid: str, where: str, max_size: int | None = N
     return data
 
 
-def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max_size: int | None = None) -> int:
+BATCH_BYTES = 64 << 20  # at most this much of a transfer is lost (left in temp files) when it is killed -9
+BATCH_OBJECTS = 4096
+
+
+def batches(ids: list[str], sizes: dict[str, int]):
+    """`ids` in consecutive runs of at most BATCH_BYTES (by `sizes`) and BATCH_OBJECTS objects: what
+    one batch makes durable at once."""
+    run, total = [], 0
+    for oid in ids:
+        if run and (total + sizes[oid] > BATCH_BYTES or len(run) >= BATCH_OBJECTS):
+            yield run
+            run, total = [], 0
+        run.append(oid)
+        total += sizes[oid]
+    if run:
+        yield run
+
+
+def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max_size: int | None = None,
+                 pending: dict | None = None) -> int:
     """Stream an object from the remote into the loose store: a temp file, verified against its
     id, fsynced, then renamed into place (a bad object never gets its name). The directory entry
     is synced later with the others (see sync_dirs); returns the object's size. An object larger
-    than `max_size` (what the tree naming it declares) is refused before it is read."""
+    than `max_size` (what the tree naming it declares) is refused before it is read. With the
+    `pending` map of a loose-store batch (LooseStore.batch), the verified temp file joins it
+    instead: the batch makes all of them durable at once and renames them when it ends."""
     loose = repo.loose
     final = loose.path(oid)
     if os.path.exists(final):
         return os.path.getsize(final)
-    with new_object_file(loose.tmp, oid, final, loose.fsync, readable=True) as f:
+    with new_object_file(loose.tmp, oid, None if pending is not None else final,
+                         loose.fsync and pending is None, readable=True) as f:
         n = t.get_into(oid, f, max_size=max_size)
         check_received(oid, hash_file(f), where)
+    if pending is not None:
+        pending[oid] = f.name
+        return n
     dirty.add(os.path.dirname(final))
     return n
 

@@ -12,8 +12,8 @@ from ..errors import (BadName, ConfigError, CorruptObject, FormatTooNew, MvcErro
 from ..objects import decode, named_ids, object_kind
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
-from ..transport import LazyRemoteStore, Transport, promisor_remote, promisor_store
-from .common import (MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, blob_size_hint, blob_size_limit,
+from ..transport import BATCHED_BELOW, LazyRemoteStore, Transport, promisor_remote, promisor_store
+from .common import (MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, batches, blob_size_hint, blob_size_limit,
                      branch_of, has_commit, holds, is_ancestor, permission_errors, receive, receive_into, sync_dirs)
 from .config import open_remote
 
@@ -118,9 +118,11 @@ class _History:
         self.limits: dict[str, int] = {}  # blob id -> the most bytes a tree naming it declares
         self.not_commits: dict[str, str] = {}  # tips that name no commit (a tree, a blob) -> what they are
 
-    def download(self, oid: str) -> None:
-        """Receive one object (verified) into the loose store, no larger than its trees declare."""
-        n = receive_into(self.repo, self.t, oid, self.where, self._dirty, self.limits.get(oid, MAX_META_BYTES))
+    def download(self, oid: str, pending: dict | None = None) -> None:
+        """Receive one object (verified) into the loose store, no larger than its trees declare
+        (into the `pending` map of a loose-store batch when given: durable when the batch ends)."""
+        n = receive_into(self.repo, self.t, oid, self.where, self._dirty, self.limits.get(oid, MAX_META_BYTES),
+                         pending)
         with self._lock:
             self.objects += 1
             self.bytes += n
@@ -227,12 +229,18 @@ class _History:
         else:
             self.progress.begin(f"fetching from {where}", len(blob_ids), sum(hints[b] for b in blob_ids))
             try:
-                pool.map(self.download, blob_ids)
+                pool.map(self.download, [b for b in blob_ids if hints[b] >= BATCHED_BELOW])  # each durable alone
+                for chunk in batches([b for b in blob_ids if hints[b] < BATCHED_BELOW], hints):
+                    with repo.loose.batch(keep_whole=True):  # small ones made durable together, as a commit's
+                        pending = repo.loose.batch_slots()
+                        pool.map(lambda b: self.download(b, pending), chunk)
             finally:
                 self.progress.end()
                 self.sync()
-        pool.map(lambda tid: repo.loose.put(trees[tid][1], oid=tid), list(trees))
-        pool.map(lambda c: repo.loose.put(commits[c][1], oid=c), list(commits))
+        for kind in (trees, commits):  # trees once their blobs are durable, commits once their trees are
+            with repo.loose.batch():
+                for oid, (_obj, data) in kind.items():
+                    repo.loose.put(data, oid=oid)
         self.commits += len(commits)
         self.trees += len(trees)
 

@@ -16,8 +16,8 @@ from ..refs import note_moved
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import DAMAGED, Transport
-from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, has_commit, holds, is_ancestor,
-                     permission_errors)
+from .common import (Pool, ancestors, batches, blob_size_hint, branch_of, cert_inputs, has_commit, holds,
+                     is_ancestor, permission_errors)
 from .config import open_remote
 
 
@@ -228,7 +228,9 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
     progress.begin(f"pushing to {where}", len(plan["sizes"]), sum(plan["sizes"].values()))
     try:
         for phase in plan["phases"]:
-            pool.map(upload, phase)
+            for batch in batches(phase, plan["sizes"]):
+                with t.phase():  # (small objects made durable together)
+                    pool.map(upload, batch)
             t.flush(pool.map)
     finally:
         progress.end()

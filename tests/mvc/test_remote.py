@@ -240,8 +240,8 @@ def test_push_killed_mid_transfer_resumes(remote, tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, repo.root, "6"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == -9, proc.stderr
-    there = remote.object_ids()
-    assert 1 <= len(there) <= 6
+    there = remote.object_ids()  # (a directory remote makes small objects durable a batch at a time: a kill
+    assert (0 if remote.kind == "dir" else 1) <= len(there) <= 6  # -9 drops the batch it was writing)
     counting = Counting(remote.transport())
     rm.push(repo, transport=counting)
     assert not there & set(counting.put_ids)
@@ -1534,3 +1534,47 @@ def test_a_fetch_brings_back_a_certificate_an_index_here_lists_but_no_longer_hol
     src.commit({"core": weights(2, n=2)}, message="two")
     rm.fetch(clone)
     assert mvc.Repo(clone.root).store.has(cert) and mvc.Repo(clone.root).fsck()["ok"]
+
+
+def test_a_push_and_a_clone_make_small_objects_durable_a_batch_at_a_time(tmp_path, monkeypatch):
+    """Each object sent or received had its own fsync (2,003 objects: 2,267 fsyncs to push, 2,274 to
+    clone; half of their time for a component of many small tensors), where a commit makes a batch
+    durable with one syncfs."""
+    from mvc import store as store_mod
+    src = new_repo(tmp_path / "src")
+    src.commit({"core": {f"w{i}": torch.full((4,), float(i)) for i in range(300)}}, message="many")
+    rm.add_remote(src, "origin", str(tmp_path / "r.mvc"))
+    syncs, fsyncs = [], []
+    monkeypatch.setattr(store_mod, "syncfs", lambda *a: syncs.append(a) or True)  # (where the kernel has it)
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    rm.push(src)
+    assert len(fsyncs) < 50 and syncs, (len(fsyncs), len(syncs))
+    fsyncs.clear()
+    clone, _ = rm.clone(str(tmp_path / "r.mvc"), str(tmp_path / "c"))
+    assert len(fsyncs) < 50, len(fsyncs)
+    assert clone.fsck()["ok"] and torch.equal(clone.load("HEAD", "core")["w299"], torch.full((4,), 299.0))
+    assert not os.listdir(tmp_path / "r.mvc" / "objects" / "tmp") and not os.listdir(clone.loose.tmp)
+
+
+def test_an_interrupted_push_keeps_what_it_sent_whole(tmp_path, monkeypatch):
+    """Small objects are made durable a batch at a time; an error half way must not drop those sent
+    whole before it (the push run again sends only the rest)."""
+    from mvc.transport import DirectoryTransport
+    src = new_repo(tmp_path / "src")
+    src.commit({"core": {f"w{i}": torch.full((4,), float(i)) for i in range(40)}}, message="many")
+    rm.add_remote(src, "origin", str(tmp_path / "r.mvc"))
+    real_write, calls = DirectoryTransport._write, []
+
+    def flaky(self, oid, fill, replace=False):
+        calls.append(oid)
+        if len(calls) == 20:
+            raise OSError(5, "simulated I/O error")
+        return real_write(self, oid, fill, replace)
+    monkeypatch.setattr(DirectoryTransport, "_write", flaky)
+    with pytest.raises(OSError):
+        rm.push(src, jobs=1)
+    monkeypatch.setattr(DirectoryTransport, "_write", real_write)
+    there = DirectoryTransport(str(tmp_path / "r.mvc"))
+    assert sum(there.has(o) for o in calls[:19]) == 19 and not os.listdir(there.objects.tmp)
+    assert rm.push(src)["objects_sent"] < 40
