@@ -58,7 +58,7 @@ REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repai
                "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
 LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs"})  # what a remote's layout holds
-BATCHED_BELOW = 1 << 20  # objects smaller than this are made durable a phase at a time, larger ones one by one
+BATCHED_BELOW = 1 << 20  # objects smaller than this are made durable a batch at a time, larger ones one by one
 REF_READ_JOBS = 16  # refs a listing reads at once (each a request on S3)
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
@@ -173,9 +173,9 @@ class Transport:
 
     @contextlib.contextmanager
     def phase(self):
-        """A block of puts (one phase of a push) whose small objects may be made durable together
-        when it ends, as a commit's are (a directory remote: one syncfs); on an error, what was
-        put whole is still kept. Where there is nothing to batch (S3), a plain block."""
+        """A block of puts (a batch of one phase of a push) whose small objects may be made durable
+        together when it ends, as a commit's are (a directory remote: one syncfs); on an error, what
+        was put whole is still kept. Where there is nothing to batch (S3), a plain block."""
         yield
 
     def writing(self):
