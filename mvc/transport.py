@@ -52,13 +52,13 @@ from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
+from .transfer import BATCHED_BELOW, batches
 
 REMOTE_FORMAT = 1
 REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repair from a repository that "
                "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
 LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs"})  # what a remote's layout holds
-BATCHED_BELOW = 1 << 20  # objects smaller than this are made durable a batch at a time, larger ones one by one
 REF_READ_JOBS = 16  # refs a listing reads at once (each a request on S3)
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
@@ -819,23 +819,30 @@ class LazyRemoteStore(ObjectStore):
         check_received(oid, hash_bytes(data), self.remote)
         return data
 
-    def _download(self, oid: str) -> bool:
+    def _download(self, oid: str, slots: dict | None = None) -> bool:
         """Stream `oid` from the remote into the cache, verified before it gets its name; False
         (nothing stored) where the cache cannot be written: a clone this user may only read. The
         writers lock is held shared meanwhile, as a fetch holds it: a gc with a short grace would
-        otherwise delete the temp file being written."""
+        otherwise delete the temp file being written. With the `slots` of a cache batch (prefetch,
+        which holds that lock), the verified temp file joins the batch instead."""
         cache = self.cache
         try:
-            with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False,
-                                     waiting_for="a gc with a short grace (mvc gc --grace) to finish"), \
-                    new_object_file(cache.tmp, oid, cache.path(oid), cache.fsync, readable=True) as f:
+            with (contextlib.nullcontext() if slots is not None else self._writers_shared()), \
+                    new_object_file(cache.tmp, oid, None if slots is not None else cache.path(oid),
+                                    cache.fsync and slots is None, readable=True) as f:
                 self._from_remote(lambda t: t.get_into(oid, f, max_size=self._size_limit(oid)), oid)
                 check_received(oid, hash_file(f), self.remote)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 return False
             raise
+        if slots is not None:
+            slots[oid] = f.name
         return True
+
+    def _writers_shared(self):
+        return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False,
+                                   waiting_for="a gc with a short grace (mvc gc --grace) to finish")
 
     def _from_remote(self, read, oid: str):
         """`read(transport)` for a promised `oid`, its failures said as a lazy clone's."""
@@ -878,12 +885,25 @@ class LazyRemoteStore(ObjectStore):
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        def fetch(oid):
+        def fetch(oid, slots=None):
             with contextlib.suppress(MvcError):
-                self._download(oid)
+                self._download(oid, slots)
 
+        sizes = {oid: self._size_limit(oid) or BATCHED_BELOW for oid in missing}
+        small = [oid for oid in missing if sizes[oid] < BATCHED_BELOW]
         with ThreadPoolExecutor(max_workers=min(self.PREFETCH_JOBS, len(missing))) as pool:
-            list(pool.map(fetch, missing))
+            list(pool.map(fetch, [oid for oid in missing if sizes[oid] >= BATCHED_BELOW]))  # each durable alone
+            if not small:
+                return
+            try:
+                with self._writers_shared():
+                    for batch in batches(small, sizes):  # made durable together, as a fetch's (one syncfs)
+                        with self.cache.batch(keep_whole=True):
+                            slots = self.cache.batch_slots()
+                            list(pool.map(lambda oid: fetch(oid, slots), batch))
+            except OSError as e:  # a clone this user may only read: each read then fetches into memory
+                if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
 
     def view(self, oid, verify=True, rehash=False):  # fetched objects are verified as they arrive
         if not self.cache.has(oid) and not self._download(oid):  # a clone this user may only read:

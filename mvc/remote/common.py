@@ -128,24 +128,6 @@ def receive(transport: Transport, oid: str, where: str, max_size: int | None = N
     return data
 
 
-BATCH_BYTES = 64 << 20  # at most this much of a transfer is lost (left in temp files) when it is killed -9
-BATCH_OBJECTS = 4096
-
-
-def batches(ids: list[str], sizes: dict[str, int]):
-    """`ids` in consecutive runs of at most BATCH_BYTES (by `sizes`) and BATCH_OBJECTS objects: what
-    one batch makes durable at once."""
-    run, total = [], 0
-    for oid in ids:
-        if run and (total + sizes[oid] > BATCH_BYTES or len(run) >= BATCH_OBJECTS):
-            yield run
-            run, total = [], 0
-        run.append(oid)
-        total += sizes[oid]
-    if run:
-        yield run
-
-
 def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max_size: int | None = None,
                  pending: dict | None = None) -> int:
     """Stream an object from the remote into the loose store: a temp file, verified against its

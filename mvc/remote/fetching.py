@@ -11,9 +11,9 @@ from ..errors import (BadName, ConfigError, CorruptObject, FormatTooNew, MvcErro
                       TooLarge, UnknownRevision, WrongObjectType)
 from ..objects import decode, named_ids, object_kind
 from ..repo import Repo
-from ..transfer import DEFAULT_JOBS, Progress
-from ..transport import BATCHED_BELOW, LazyRemoteStore, Transport, promisor_remote, promisor_store
-from .common import (MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, batches, blob_size_hint, blob_size_limit,
+from ..transfer import BATCHED_BELOW, DEFAULT_JOBS, Progress, batches
+from ..transport import LazyRemoteStore, Transport, promisor_remote, promisor_store
+from .common import (MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, blob_size_hint, blob_size_limit,
                      branch_of, has_commit, holds, is_ancestor, permission_errors, receive, receive_into, sync_dirs)
 from .config import open_remote
 

@@ -14,10 +14,10 @@ from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward
 from ..objects import tree_blob_ids, tree_blob_sizes
 from ..refs import note_moved
 from ..repo import Repo
-from ..transfer import DEFAULT_JOBS, Progress
+from ..transfer import DEFAULT_JOBS, Progress, batches
 from ..transport import DAMAGED, Transport
-from .common import (Pool, ancestors, batches, blob_size_hint, branch_of, cert_inputs, has_commit, holds,
-                     is_ancestor, permission_errors)
+from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, has_commit, holds, is_ancestor,
+                     permission_errors)
 from .config import open_remote
 
 
