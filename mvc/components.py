@@ -789,10 +789,11 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     damaged blob, a full disk) leaves every destination as it was and removes what it created."""
     for _tree, _relpath, dest in items:
         _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
+    there = {dest: _size_of(dest) for _tree, _relpath, dest in items}
     if not force:  # a file of another size refuses before a lazy clone downloads anything
-        _refuse_other_content([dest for tree, relpath, dest in items if _size_of(dest) not in (
+        _refuse_other_content([dest for tree, relpath, dest in items if there[dest] not in (
             None, tree["files"][relpath]["size"])])
-    _prefetch(store, [tree for tree, relpath, dest in items if _size_of(dest) is not None])  # (to compare)
+    _prefetch(store, [tree for tree, _relpath, dest in items if there[dest] is not None])  # (to compare)
     differing, same = [], set()
     for tree, relpath, dest in items:
         try:

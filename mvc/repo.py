@@ -429,9 +429,8 @@ class Repo(Maintenance):
         """`oid` if it is a commit: a revision naming a tree or a tensor blob is refused here, so
         that no branch or tag can be made to point at one."""
         try:
-            stores = self.store.stores
-            if (any(s.fetches and s.has(oid) for s in stores) and not any(s.has(oid) for s in stores if not s.fetches)) \
-                    or self.store.size(oid) > SMALL_OBJECT:  # (a lazy clone promises blobs only: not downloaded)
+            if self._not_fetched([oid]) or self.store.size(oid) > SMALL_OBJECT:  # (a lazy clone promises
+                                                                                   # blobs only: not downloaded)
                 raise WrongObjectType(f"object {oid[:12]} is a blob, not a commit", "blob")
             self.read_commit(oid, shared=True)
         except WrongObjectType as e:

@@ -21,6 +21,7 @@ from typing import Iterator
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
 from .interrupts import interrupts_deferred
 from .objects import hash_bytes, is_oid, new_hasher
+from .transfer import BATCHED_BELOW, batches
 
 try:  # (imported now: importing it once the open-file limit is reached needs a descriptor itself)
     import resource
@@ -414,6 +415,17 @@ class LooseStore(ObjectStore):
         files of their own (a fetch): an entry added is renamed into place, made durable with the
         others, when the batch ends. None outside a batch."""
         return self._pending
+
+    def receive_in_batches(self, ids: list[str], sizes: dict[str, int], receive, parallel_map) -> None:
+        """`receive(id, slots)` for each of `ids` through `parallel_map`: those of BATCHED_BELOW
+        bytes or more (by `sizes`) with slots None, each durable on its own; the smaller ones into
+        the slots of batches (transfer.batches) made durable together, keeping what arrived whole
+        when one fails. A kill loses at most the batch being written."""
+        list(parallel_map(lambda oid: receive(oid, None), [o for o in ids if sizes[o] >= BATCHED_BELOW]))
+        for run in batches([o for o in ids if sizes[o] < BATCHED_BELOW], sizes):
+            with self.batch(keep_whole=True):
+                slots = self.batch_slots()
+                list(parallel_map(lambda oid: receive(oid, slots), run))
 
     def _flush(self, pending: dict[str, str], watch: int | None = None) -> None:
         try:

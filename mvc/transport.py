@@ -52,7 +52,7 @@ from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
 from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
-from .transfer import BATCHED_BELOW, batches
+from .transfer import BATCHED_BELOW
 
 REMOTE_FORMAT = 1
 REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repair from a repository that "
@@ -532,41 +532,35 @@ class DirectoryTransport(Transport):
         return None if name is None else config.get(remote_section(name), "url", fallback=name)
 
     def put(self, oid, data, replace=False):
-        self._write(oid, lambda f: f.write(data), replace)
+        with memoryview(data) as m:
+            size = m.nbytes
+        self._write(oid, lambda f: f.write(data), replace, size)
 
     def put_file(self, oid, path, replace=False):
         """A kernel-side copy of a local object file."""
         def copy(f):
             with open(path, "rb") as src:
                 _copy_file(src, f)
-        self._write(oid, copy, replace)
+        self._write(oid, copy, replace, os.path.getsize(path))
 
-    def _write(self, oid, fill, replace=False) -> None:
+    def _write(self, oid, fill, replace=False, size=None) -> None:
         """Temp file, fsync, rename: an object is whole under its name or absent. The directory
         entries are synced together in flush(): until then a power loss can only drop whole objects,
-        which the next push re-sends. `replace` renames over a loose copy already there; a packed
-        copy is left in its pack, and reads take the loose one first (see get)."""
+        which the next push re-sends. Within a phase, an object under BATCHED_BELOW bytes is left
+        in its temp file for the phase's batch to make durable and rename. `replace` renames over a
+        loose copy already there; a packed copy is left in its pack, and reads take the loose one
+        first (see get)."""
         final = self.objects.path(oid)
         if not replace and freshen_file(final, FRESHEN_S):
             return
         slots = self._slots
-        with new_object_file(self.objects.tmp, oid, None, fsync=False) as f:
+        batched = slots is not None and size is not None and size < BATCHED_BELOW
+        with new_object_file(self.objects.tmp, oid, None if batched else final, fsync=not batched) as f:
             fill(f)
-            f.flush()
-            batched = slots is not None and f.tell() < BATCHED_BELOW
-            if not batched:
-                os.fsync(f.fileno())
-        if batched:  # made durable and renamed with the others when the phase ends
+        if batched:
             slots[oid] = f.name
-            return
-        try:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.replace(f.name, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(f.name)
-            raise
-        self._dirty.add(os.path.dirname(final))
+        else:
+            self._dirty.add(os.path.dirname(final))
 
     def flush(self, parallel_map=map):
         dirs, self._dirty = self._dirty, set()
@@ -889,18 +883,11 @@ class LazyRemoteStore(ObjectStore):
             with contextlib.suppress(MvcError):
                 self._download(oid, slots)
 
-        sizes = {oid: self._size_limit(oid) or BATCHED_BELOW for oid in missing}
-        small = [oid for oid in missing if sizes[oid] < BATCHED_BELOW]
+        sizes = {oid: self._size_limit(oid) or BATCHED_BELOW for oid in missing}  # (unknown: one by one)
         with ThreadPoolExecutor(max_workers=min(self.PREFETCH_JOBS, len(missing))) as pool:
-            list(pool.map(fetch, [oid for oid in missing if sizes[oid] >= BATCHED_BELOW]))  # each durable alone
-            if not small:
-                return
             try:
-                with self._writers_shared():
-                    for batch in batches(small, sizes):  # made durable together, as a fetch's (one syncfs)
-                        with self.cache.batch(keep_whole=True):
-                            slots = self.cache.batch_slots()
-                            list(pool.map(lambda oid: fetch(oid, slots), batch))
+                with self._writers_shared():  # (held once for the batches; a large blob takes it again)
+                    self.cache.receive_in_batches(missing, sizes, fetch, pool.map)
             except OSError as e:  # a clone this user may only read: each read then fetches into memory
                 if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise

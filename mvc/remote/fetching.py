@@ -11,7 +11,7 @@ from ..errors import (BadName, ConfigError, CorruptObject, FormatTooNew, MvcErro
                       TooLarge, UnknownRevision, WrongObjectType)
 from ..objects import decode, named_ids, object_kind
 from ..repo import Repo
-from ..transfer import BATCHED_BELOW, DEFAULT_JOBS, Progress, batches
+from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import LazyRemoteStore, Transport, promisor_remote, promisor_store
 from .common import (MAX_META_BYTES, NAMED_MAX_BYTES, Pool, ancestors, blob_size_hint, blob_size_limit,
                      branch_of, has_commit, holds, is_ancestor, permission_errors, receive, receive_into, sync_dirs)
@@ -229,11 +229,8 @@ class _History:
         else:
             self.progress.begin(f"fetching from {where}", len(blob_ids), sum(hints[b] for b in blob_ids))
             try:
-                pool.map(self.download, [b for b in blob_ids if hints[b] >= BATCHED_BELOW])  # each durable alone
-                for chunk in batches([b for b in blob_ids if hints[b] < BATCHED_BELOW], hints):
-                    with repo.loose.batch(keep_whole=True):  # small ones made durable together, as a commit's
-                        pending = repo.loose.batch_slots()
-                        pool.map(lambda b: self.download(b, pending), chunk)
+                repo.loose.receive_in_batches(blob_ids, hints, self.download, pool.map)  # (small ones as a
+                                                                                         # commit's: one syncfs)
             finally:
                 self.progress.end()
                 self.sync()

@@ -1566,11 +1566,11 @@ def test_an_interrupted_push_keeps_what_it_sent_whole(tmp_path, monkeypatch):
     rm.add_remote(src, "origin", str(tmp_path / "r.mvc"))
     real_write, calls = DirectoryTransport._write, []
 
-    def flaky(self, oid, fill, replace=False):
+    def flaky(self, oid, fill, replace=False, size=None):
         calls.append(oid)
         if len(calls) == 20:
             raise OSError(5, "simulated I/O error")
-        return real_write(self, oid, fill, replace)
+        return real_write(self, oid, fill, replace, size)
     monkeypatch.setattr(DirectoryTransport, "_write", flaky)
     with pytest.raises(OSError):
         rm.push(src, jobs=1)
