@@ -758,12 +758,14 @@ def _lexists(name: str, folder: int) -> bool:
     return True
 
 
-def _refuse_links(base: str, dest: str) -> None:
-    """No symlink on the way from `base` (the user's output directory) to `dest`, nor at `dest`,
-    and nothing there but a regular file or nothing: mvc does not write through a link or replace
-    a link, device or pipe (`-o /dev/stdout` would replace the link; use `-o -`)."""
+def _refuse_unwritable_path(base: str, dest: str) -> None:
+    """No symlink on the way from `base` (the user's output directory) to `dest`, nor at `dest`;
+    folders on the way (or nothing), and a regular file at `dest` (or nothing): mvc does not write
+    through a link or replace a link, device, pipe or folder (`-o /dev/stdout` would replace the
+    link; use `-o -`). Checked before a lazy clone downloads anything for the files."""
     path = os.path.abspath(base)
-    for part in os.path.relpath(os.path.abspath(dest), path).split(os.sep):
+    parts = os.path.relpath(os.path.abspath(dest), path).split(os.sep)
+    for i, part in enumerate(parts):
         path = os.path.join(path, part)
         try:
             st = os.lstat(path)
@@ -772,7 +774,11 @@ def _refuse_links(base: str, dest: str) -> None:
         if stat.S_ISLNK(st.st_mode):
             raise BadInput(f"{path} is a symbolic link; mvc does not write through or replace links",
                            "remove the link, or write into another place")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            raise _output_error(dest, NotADirectoryError(errno.ENOTDIR, "Not a directory", path))
+    if stat.S_ISDIR(st.st_mode):
+        raise _output_error(dest, IsADirectoryError(errno.EISDIR, "Is a directory", dest))
+    if not stat.S_ISREG(st.st_mode):
         raise BadInput(f"{dest} is not a regular file (a device, pipe or socket); mvc does not replace it",
                        "use -o - to write to standard output")
 
@@ -788,7 +794,7 @@ def write_files(store: ObjectStore, items: list[tuple[dict, str, str]], force: b
     first and the temp files are renamed into place only once all are whole: a failure (a
     damaged blob, a full disk) leaves every destination as it was and removes what it created."""
     for _tree, _relpath, dest in items:
-        _refuse_links(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
+        _refuse_unwritable_path(base if base is not None else os.path.dirname(os.path.abspath(dest)), dest)
     there = {dest: _size_of(dest) for _tree, _relpath, dest in items}
     if not force:  # a file of another size refuses before a lazy clone downloads anything
         _refuse_other_content([dest for tree, relpath, dest in items if there[dest] not in (

@@ -774,3 +774,24 @@ def test_a_lazy_load_makes_small_blobs_durable_a_batch_at_a_time(tmp_path, monke
     assert all(torch.equal(got[f"w{i}"], torch.full((4,), float(i))) for i in range(300))
     assert mvc.Repo(lazy.root).fsck()["ok"] and not os.listdir(lazy.loose.tmp)
     assert len(set(lazy.loose.ids())) > 300  # fetched and kept
+
+
+@pytest.mark.parametrize("case", ["folder where a file goes", "file where a component folder goes"])
+def test_a_checkout_refuses_a_path_in_the_way_before_a_lazy_clone_downloads_anything(tmp_path, case):
+    """A folder where a file goes, or a file where a folder goes, was refused only when the folders
+    were opened, after every blob of the checkout had been downloaded."""
+    from mvc.errors import BadInput
+    _src, lazy = _lazy_of(tmp_path)
+    before = set(lazy.loose.ids())
+    out = tmp_path / "out"
+    if case == "folder where a file goes":
+        (out / "core" / "model.safetensors").mkdir(parents=True)
+        match = "a folder stands there"
+    else:
+        out.mkdir()
+        (out / "core").write_bytes(b"in the way")
+        match = "is a file where the checkout needs a folder"
+    for force in (False, True):
+        with pytest.raises(BadInput, match=match):
+            lazy.checkout("HEAD", str(out), force=force)
+        assert set(lazy.loose.ids()) == before  # nothing downloaded
