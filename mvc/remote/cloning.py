@@ -47,7 +47,12 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
     if resuming and not _resumable_clone(path, norm):
         raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")
     made = not os.path.exists(path)
-    repo = _clone_setup(path, norm, endpoint, lazy, default)
+    try:
+        repo = _clone_setup(path, norm, endpoint, lazy, default)
+    except MvcError:  # (a url the config cannot hold): a new clone leaves nothing behind
+        if not resuming:
+            shutil.rmtree(path if made else os.path.join(path, MVC_DIR), ignore_errors=True)
+        raise
     lazy = promisor_remote(repo.config) == DEFAULT_REMOTE  # a resumed lazy clone stays lazy
     try:
         fetched = fetch(repo, DEFAULT_REMOTE, jobs, progress, transport=t)

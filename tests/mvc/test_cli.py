@@ -1028,6 +1028,18 @@ def test_init_and_clone_through_a_dangling_symlink_name_the_link(run, in_repo, t
     assert not (tmp_path / "gone").exists()
 
 
+def test_a_clone_whose_url_the_config_cannot_hold_leaves_nothing(run, tmp_path):
+    """A clone from a folder whose name is not UTF-8 exited 3 but left an empty repository behind
+    (and in a directory the user made for it, an empty .mvc), which the next clone called "not empty"."""
+    source = os.path.join(os.fsencode(tmp_path), b"src\xff").decode(errors="surrogateescape")
+    mvc.Repo.init(source)
+    (tmp_path / "mine").mkdir()
+    for target in (tmp_path / "new", tmp_path / "mine"):
+        err = run("clone", source, target, code=3).stderr
+        assert "the value is not UTF-8 text" in err
+    assert not (tmp_path / "new").exists() and os.listdir(tmp_path / "mine") == []
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_init_where_no_folder_can_be_made_is_an_error_not_a_bug(run):
     """makedirs under /proc fails with ENOENT, which no check before it foresees: exit 4 with a traceback."""
