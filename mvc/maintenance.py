@@ -461,6 +461,7 @@ class Maintenance:
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
                 result["pack"] = p.run(progress.advance, dry_run=dry_run, partial=progress.advance_bytes)
+                packed_dropped = p.gone
             except OSError as e:  # garbage in a pack goes only once its live objects are rewritten
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -474,26 +475,45 @@ class Maintenance:
         result["kept_recent"] += result["pack"]["kept_young"]  # (unreachable ones packed, kept for their youth)
         result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
-        if not dry_run:
-            result["certificate_indexes_removed"] = self._prune_certificate_indexes(grace)
+        result["certificate_indexes_removed"] = (  # (a dry run counts those it would remove)
+            self._prune_certificate_indexes(grace, self.store.has) if not dry_run else self._prune_certificate_indexes(
+                grace, self._stays_after_gc(live, protected, packed_dropped, grace), delete=False))
         if (unfetched := self._not_fetched(live)) is not None:  # reachable blobs still on the promisor
             result["not_fetched"] = len(unfetched)                  # remote are not missing
         return result
 
-    def _prune_certificate_indexes(self, grace: float) -> int:
-        """Delete the certificate indexes of commits gc removed (older than the grace: an index
-        being written for a commit that is arriving stays); returns how many."""
+    def _prune_certificate_indexes(self, grace: float, stays: Callable[[str], bool], delete: bool = True) -> int:
+        """Delete (unless not `delete`: only count) the certificate indexes of commits gc removed,
+        those `stays` says are not there (older than the grace: an index being written for a commit
+        that is arriving stays); returns how many."""
         now, removed = time.time(), 0
         for commit in certindex.certified_commits(self.dir):
             path = certindex.index_path(self.dir, commit)
             try:
-                if self.store.has(commit) or now - os.stat(path).st_mtime < grace:
+                if stays(commit) or now - os.stat(path).st_mtime < grace:
                     continue
-                os.unlink(path)
+                if delete:
+                    os.unlink(path)
             except OSError:  # gone meanwhile, or not ours to remove: the next gc tries again
                 continue
             removed += 1
         return removed
+
+    def _stays_after_gc(self, live: set[str], protected: set[str], packed_dropped: set[str],
+                        grace: float) -> Callable[[str], bool]:
+        """For a dry run: whether an object would still be here after the gc it plans (reachable,
+        referenced or written within the grace, or packed where the repack keeps it)."""
+        from .pack import pack_store_of
+        packs, now = pack_store_of(self.store), time.time()
+
+        def stays(oid: str) -> bool:
+            if oid in live or oid in protected:
+                return True
+            with contextlib.suppress(OSError):
+                if now - os.stat(self.loose.path(oid)).st_mtime < grace:
+                    return True
+            return packs is not None and packs.has(oid) and oid not in packed_dropped
+        return stays
 
     def _kept_by_reflogs(self, live: set[str], by_refs: set[str]) -> dict:
         """What only reflog entries keep (a rolled-back checkpoint, a deleted branch): gc leaves it

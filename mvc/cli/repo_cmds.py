@@ -708,6 +708,9 @@ def gc(dry_run, grace, as_json):
                        "their garbage")
         if r.get("stamps_removed"):
             click.echo(f"{verb} {r['stamps_removed']} verified stamps of objects no longer stored")
+        if r.get("certificate_indexes_removed"):
+            click.echo(f"{verb} {plural(r['certificate_indexes_removed'], 'certificate index', 'certificate indexes')} "
+                       "(of the commits removed)")
         if r.get("not_fetched"):
             click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone)")
 

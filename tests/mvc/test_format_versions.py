@@ -196,7 +196,8 @@ def test_a_clone_that_meets_a_newer_format_leaves_nothing_behind(tmp_path):
     assert os.listdir(tmp_path / "empty") == []
 
 
-def test_a_certificate_does_not_keep_its_own_commit_once_nothing_else_does(tmp_path):
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_certificate_does_not_keep_its_own_commit_once_nothing_else_does(tmp_path, packed):
     """Every index line was a gc root, and a certificate names its commit: a certified checkpoint on
     a deleted branch (CI runs on every commit) was kept for ever, reflogs expired or not."""
     repo = mvc.Repo.init(tmp_path / "r")
@@ -213,7 +214,15 @@ def test_a_certificate_does_not_keep_its_own_commit_once_nothing_else_does(tmp_p
     repo.delete_branch("exp")
     kept = mvc.Repo(repo.root).gc(grace_s=0)  # the deleted branch's reflog still reaches it
     assert kept["removed"] == 0 and all(repo.store.has(o) for o in (gone, tensor, cert_id, blob))
+    if packed:
+        from mvc.pack_write import Packer
+        with Packer(mvc.Repo(repo.root), full=True) as packer:  # (mvc pack --all)
+            packer.run()
+        assert not repo.loose.has(gone)
+    assert mvc.Repo(repo.root).gc(grace_s=0, dry_run=True)["certificate_indexes_removed"] == 0  # (reflog)
     repo.set_config("gc.reflogExpire", "0")
+    plan = mvc.Repo(repo.root).gc(grace_s=0, dry_run=True)  # a dry run counted no index (it left the key out)
+    assert plan["certificate_indexes_removed"] == 1 and certindex.certified_commits(repo.dir) == [gone]
     freed = mvc.Repo(repo.root).gc(grace_s=0)
     fresh = mvc.Repo(repo.root)
     assert not any(fresh.store.has(o) for o in (gone, tensor, cert_id, blob))
