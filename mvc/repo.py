@@ -356,6 +356,8 @@ class Repo(Maintenance):
                                       f"{rev}: HEAD is detached; name a branch, e.g. main@{{{m.group(2)}}}")
             log = self.refs.reflog(ref)
             n = _rev_count(m.group(2), rev)
+            if n == 0 and not log and (current := self.refs.read(ref)):
+                return current  # (its reflog expired, or was never kept: @{0} is where it is, as in git)
             if n >= len(log):
                 raise UnknownRevision(f"{rev}: the reflog of {ref} has only {len(log)} entr" + ("y" if len(log) == 1 else "ies"))
             if not log[n].get("new"):

@@ -328,6 +328,11 @@ def test_revisions(repo):
     # a count is its value: leading zeros do not make it "too large" (git reads HEAD~0001 as HEAD~1)
     assert repo.resolve("HEAD~0000000001") == repo.resolve("HEAD^00000000001") == ids[2]
     assert repo.resolve("main@{00000000000}") == ids[3]
+    repo.set_config("gc.reflogExpire", "0")
+    repo.gc(grace_s=0)  # the reflog expires: @{0} is where the branch is (it said "only 0 entries"), as git 2.43+
+    assert repo.refs.reflog("refs/heads/main") == [] and repo.resolve("main@{0}") == repo.resolve("@{0}") == ids[3]
+    with pytest.raises(UnknownRevision, match="has only 0 entries"):
+        repo.resolve("main@{1}")
     with pytest.raises(UnknownRevision, match="too large a count"):
         repo.resolve("HEAD~1000000000")
 
