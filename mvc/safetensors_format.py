@@ -86,6 +86,15 @@ def _numel(shape) -> int:
     return n
 
 
+def _refuse_pytorch_checkpoint(prefix: bytes | memoryview, where: str) -> None:
+    """A torch.save file (a zip archive, or a bare pickle of the legacy format) named like a
+    safetensors file: say what it is, not only that its first 8 bytes are no header length."""
+    zipped, pickled = bytes(prefix[:4]) == b"PK\x03\x04", bytes(prefix[:1]) == b"\x80" and prefix[1] in range(2, 6)
+    if zipped or pickled:
+        raise BadInput(f"{where}: a PyTorch checkpoint (torch.save's zip or pickle format), not a safetensors file",
+                       "name it .pt or .bin and commit it again: mvc reads it with torch.load(weights_only=True)")
+
+
 def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file") -> Header:
     """Validate a safetensors header. `prefix` holds at least the first 8 + N bytes."""
     if file_size < 8 or len(prefix) < 8:
@@ -95,6 +104,8 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
     if bytes(prefix[:len(lfs)]) == lfs[:len(prefix)]:
         raise BadInput(f"{where}: a Git LFS pointer file, not the safetensors data it stands for",
                        "fetch the real file first, e.g. git lfs pull")
+    if n > MAX_HEADER_BYTES or 8 + n > file_size:
+        _refuse_pytorch_checkpoint(prefix, where)
     if n > MAX_HEADER_BYTES:
         raise BadInput(f"{where}: absurd safetensors header size {n} bytes (limit {MAX_HEADER_BYTES})")
     if 8 + n > file_size:

@@ -64,6 +64,16 @@ def test_refuses_absurd_header_size_and_garbage():
         _parse(_file({}, b"", b"{\xff}"))
 
 
+@pytest.mark.parametrize("zipped", [True, False])
+def test_a_pytorch_checkpoint_named_safetensors_is_named_for_what_it_is(tmp_path, zipped):
+    """torch.save's file under a .safetensors name was refused as an "absurd header size"."""
+    path = tmp_path / "model.safetensors"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(BadInput, match="a PyTorch checkpoint .* not a safetensors file") as e:
+        _parse(path.read_bytes())
+    assert "name it .pt or .bin" in e.value.hint
+
+
 def test_canonical_blob_is_deterministic_and_loadable():
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     prefix = stf.blob_prefix("F32", (2, 3))
