@@ -616,6 +616,13 @@ def test_s3_credentials_that_are_incomplete_are_a_clear_error(tmp_path, aws_env,
     monkeypatch.setattr(s3mod, "_SESSION", None)
 
 
+def test_an_invalid_s3_bucket_name_is_not_called_worth_a_retry(tmp_path, aws_env, s3_endpoint):
+    """botocore refuses the name before sending anything; mvc hinted "run the command again to resume"."""
+    with pytest.raises(mvc.MvcError, match="names no valid bucket: 'Bad_Bucket!'") as e:
+        open_transport("s3://Bad_Bucket!/models", s3_endpoint).require_repository()
+    assert "resume" not in e.value.hint and "3-63 lower-case letters" in e.value.hint
+
+
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
 def _write_remote_file(remote, name, data: bytes):
     if remote.kind == "dir":
