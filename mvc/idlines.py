@@ -16,12 +16,12 @@ def parse_id_lines(data: bytes | None) -> list[str]:
     """The ids of a file's lines, in order, each once; other lines (cut short, damaged) are skipped."""
     if not data:
         return []
-    out = []
+    out: dict[str, None] = {}  # (a dict: ordered, and a line already seen is found at once)
     for line in data.decode("utf-8", "replace").splitlines():
         line = line.strip()
-        if is_oid(line) and line not in out:
-            out.append(line)
-    return out
+        if is_oid(line):
+            out[line] = None
+    return list(out)
 
 
 def read_id_lines(path: str) -> list[str]:
