@@ -56,6 +56,9 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
     lazy = promisor_remote(repo.config) == DEFAULT_REMOTE  # a resumed lazy clone stays lazy
     try:
         fetched = fetch(repo, DEFAULT_REMOTE, jobs, progress, transport=t)
+        if f"refs/heads/{default}" in fetched["skipped_newer"]:  # (another branch alone is no clone of it)
+            raise FormatTooNew(f"the default branch {default} of {norm} is of a newer format than this mvc reads",
+                               "upgrade mvc")
     except FormatTooNew:  # no retry helps: this clone leaves nothing behind
         if not resuming:
             shutil.rmtree(path if made else repo.dir, ignore_errors=True)

@@ -9,7 +9,7 @@ import warnings
 from .. import certindex
 from ..errors import (BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, NonFastForward, ObjectMissing,
                       TooLarge, UnknownRevision, WrongObjectType)
-from ..objects import decode, named_ids, object_kind
+from ..objects import certificate_refs, decode, object_kind
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import LazyRemoteStore, Transport, promisor_remote, promisor_store
@@ -61,8 +61,9 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
     for r in sorted(damaged):  # like a ref file that holds no id: one bad entry blocks nothing else
         mend = ("push --force there replaces it" if r.startswith("refs/heads/") else
                 f"a push never moves a tag there: remove {r} from it by hand")
-        warnings.warn(f"skipped remote ref {r} on {where}: {history.not_commits[remote_refs[r]]} (the remote is "
-                      f"damaged; {mend})")
+        why = ("a newer mvc wrote it: upgrade mvc to fetch it" if remote_refs[r] in history.newer else
+               f"the remote is damaged; {mend}")
+        warnings.warn(f"skipped remote ref {r} on {where}: {history.not_commits[remote_refs[r]]} ({why})")
     if name:
         heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items()
                  if r.startswith("refs/heads/") and r not in damaged}
@@ -101,6 +102,7 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             "tag_conflicts": tag_conflicts, "commits": history.commits, "trees": history.trees,
             "objects_received": history.objects, "bytes_received": history.bytes,
             "blobs_promised": history.promised, "certificates": certs,
+            "skipped_newer": sorted(r for r in damaged if remote_refs[r] in history.newer),
             "seconds": time.perf_counter() - started}
 
 
@@ -117,6 +119,7 @@ class _History:
         self._lock, self._dirty = threading.Lock(), set()
         self.limits: dict[str, int] = {}  # blob id -> the most bytes a tree naming it declares
         self.not_commits: dict[str, str] = {}  # tips that name no commit (a tree, a blob) -> what they are
+        self.newer: set[str] = set()  # those of them that are commits of a newer format than this mvc reads
 
     def download(self, oid: str, pending: dict | None = None) -> None:
         """Receive one object (verified) into the loose store, no larger than its trees declare
@@ -162,6 +165,11 @@ class _History:
         except WrongObjectType as e:
             if oid not in tips:
                 raise
+            return e.message
+        except FormatTooNew as e:  # a newer mvc's commit at a tip: its ref is skipped, the others fetched
+            if oid not in tips:
+                raise
+            self.newer.add(oid)
             return e.message
         except TooLarge:  # (a blob, most likely: it is not read to find out)
             if oid not in tips:
@@ -287,9 +295,9 @@ def _fetch_certs_of(repo: Repo, t: Transport, where: str, pool: Pool, history: _
     named = set()
     for c, v in wanted.items():
         for cid in list(v):
-            try:
-                named |= named_ids(decode(repo.store.get(cid), "certificate", cid))
-            except (WrongObjectType, FormatTooNew) as e:  # one bad index line must not block every fetch
+            try:  # (a newer mvc's certificate is kept, with what it names, as gc and push keep it)
+                named |= certificate_refs(repo.store.get(cid), cid)
+            except MvcError as e:  # one bad index line must not block every fetch
                 warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
                               f"but {e.message}; skipped")
                 v.remove(cid)

@@ -249,3 +249,53 @@ def test_a_certificate_a_reachable_commit_names_in_its_extra_keeps_what_it_names
     mvc.Repo(repo.root).gc(grace_s=0)
     fresh = mvc.Repo(repo.root)
     assert all(fresh.store.has(o) for o in (target, cert_id, blob)) and fresh.fsck()["ok"]
+
+
+def _pushed(tmp_path):
+    """(a repository of one commit pushed to a directory remote, that remote's transport)."""
+    src = mvc.Repo.init(tmp_path / "src")
+    src.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    rm.add_remote(src, "origin", str(tmp_path / "remote"))
+    rm.push(src)
+    return src, open_transport(str(tmp_path / "remote"))
+
+
+def _put_on(t, obj) -> str:
+    data = canonical_json(obj)
+    oid = hash_bytes(data)
+    t.put(oid, data)
+    t.flush()
+    return oid
+
+
+def test_fetch_keeps_a_newer_certificate_and_skips_one_without_a_format(tmp_path):
+    """A format-2 certificate was downloaded, left out of the index and its data not fetched (gc
+    then deleted it, and a push from the clone dropped it); one with no integer format failed the
+    whole clone, with the hint to run it again."""
+    src, t = _pushed(tmp_path)
+    head = src.resolve("HEAD")
+    blob = src.store.put(b"held-out data only the newer certificate names")
+    newer = _newer_certificate(src, blob)
+    rm.push(src)
+    bad = _put_on(t, {"type": "certificate", "format": "1", "commit": head, "passed": True, "checks": []})
+    with open(tmp_path / "remote" / "certs" / head[:2] / head[2:], "a") as f:
+        f.write(bad + "\n")
+    with pytest.warns(UserWarning, match=f"{bad[:12]} among the certificates .* skipped"):
+        clone = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))[0]
+    assert certindex.read_index(clone.dir, head) == [newer] and clone.store.has(blob)
+    clone.gc(grace_s=0)
+    assert clone.store.has(newer) and clone.store.has(blob)
+
+
+def test_a_branch_of_a_newer_format_is_skipped_and_the_others_fetched(tmp_path):
+    """One branch whose tip a newer mvc wrote failed every clone and fetch of the remote, naming
+    neither the remote nor the branch."""
+    src, t = _pushed(tmp_path)
+    head = src.resolve("HEAD")
+    newer = _put_on(t, {**json.loads(src.store.get(head)), "format": 2, "parents": [head], "message": "v2"})
+    os.makedirs(tmp_path / "remote" / "refs" / "heads", exist_ok=True)
+    (tmp_path / "remote" / "refs" / "heads" / "next").write_text(newer + "\n")
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/next on .*format 2.*upgrade mvc to fetch it"):
+        clone, result = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
+    assert clone.branches() == {"main": head} and result["fetch"]["skipped_newer"] == ["refs/heads/next"]
+    assert set(clone.refs.list("refs/remotes/")) == {"refs/remotes/origin/main"} and clone.fsck()["ok"]
