@@ -15,7 +15,7 @@ from typing import Callable
 from . import certindex
 from . import components as comp
 from . import safetensors_format as stf
-from .errors import CorruptObject, MvcError, ObjectMissing, UnknownRevision
+from .errors import CorruptObject, FormatTooNew, MvcError, ObjectMissing, UnknownRevision
 from .files import LockFile, is_atomic_temp, shared_or_exclusive
 from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, named_ids,
                       object_kind, tree_blob_ids, tree_blob_sizes)
@@ -66,7 +66,8 @@ class Maintenance:
 
     def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
                   damaged: list | None = None, bad_refs: dict | None = None,
-                  refs_only: set | None = None, commits: set | None = None) -> tuple[set[str], list[tuple[str, str]]]:
+                  refs_only: set | None = None, commits: set | None = None,
+                  newer: set | None = None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
         A reached commit's certificates (its certificate index) are reached with it, and every
@@ -78,7 +79,8 @@ class Maintenance:
         (a dict), when given, receives {ref: problem} for ref files that do not hold an id, which
         otherwise stop the walk (CorruptObject). `refs_only` (a set), when given, receives what is
         reachable without the reflogs, found on the way (what only reflogs keep is the difference).
-        `commits` (a set), when given, receives the reachable commits read on the way.
+        `commits` (a set), when given, receives the reachable commits read on the way. `newer` (a
+        set), when given, receives those of `damaged` that are intact but of a newer format.
         """
         from .pack import pack_store_of
         packs = pack_store_of(self.store)
@@ -99,14 +101,14 @@ class Maintenance:
         seen: set[str] = set()
         missing = []
         certified = set(certindex.certified_commits(self.dir))
-        self._walk([(r, "a ref", "commit") for r in roots], seen, missing, damaged, commits, certified)
+        self._walk([(r, "a ref", "commit") for r in roots], seen, missing, damaged, commits, certified, newer)
         if refs_only is not None:
             refs_only.update(seen)
-        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged, commits, certified)
+        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged, commits, certified, newer)
         return seen, missing
 
     def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None,
-              commits: set | None = None, certified: set | None = None) -> None:
+              commits: set | None = None, certified: set | None = None, newer: set | None = None) -> None:
         """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
         "commit", "tree" or "any"), a commit's certificates and what they name included (of the
         commits in `certified`, those with a certificate index: all when None); ids referred to but
@@ -156,6 +158,8 @@ class Maintenance:
             except MvcError as e:
                 if damaged is not None:
                     damaged.append((oid, who, e.message))
+                if newer is not None and isinstance(e, FormatTooNew):
+                    newer.add(oid)
                 continue  # damaged: fsck reports it
 
     def _certificates_of(self, commit: str, seen: set) -> list:
@@ -181,8 +185,9 @@ class Maintenance:
         what only it leads to would look unreachable, and `who` (gc, packing) would drop it."""
         damaged: list = []
         bad_refs: dict = {}
+        newer: set[str] = set()
         live, missing = self.reachable(reflog_expiry=reflog_expiry, damaged=damaged, bad_refs=bad_refs,
-                                       refs_only=refs_only)
+                                       refs_only=refs_only, newer=newer)
         if bad_refs:
             ref, why = next(iter(bad_refs.items()))
             more = f"; mvc fsck names {len(bad_refs) - 1} more" if len(bad_refs) > 1 else ""
@@ -191,6 +196,11 @@ class Maintenance:
         skip = {oid for oid, _who in missing} | certindex.all_listed(self.dir)  # (a missing certificate: fsck names it)
         missing += [(oid, "a reachable tree or certificate") for oid in live
                     if oid not in skip and not self.store.has(oid)]  # blobs
+        if damaged and not missing and all(oid in newer for oid, _who, _why in damaged):
+            oid, ref, why = damaged[0]
+            raise FormatTooNew(f"{who} stopped, deleting nothing: {len(damaged)} reachable objects are of a newer "
+                               f"format than this mvc reads (e.g. {why}, referenced by {ref}), and what they "
+                               "refer to cannot be told apart from garbage", "upgrade mvc to collect garbage here")
         if missing or damaged:
             oid, ref = (missing or damaged)[0][:2]
             what = "missing" if missing else "damaged"
@@ -548,8 +558,8 @@ class Maintenance:
         damaged += pack_problems(self)
         bad = {d["id"] for d in damaged}
         self._cache.clear()
-        unreadable, bad_refs, commits = [], {}, set()
-        live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs, commits=commits)
+        unreadable, bad_refs, commits, newer = [], {}, set(), set()
+        live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs, commits=commits, newer=newer)
         head = self.refs.head_problem()
         if head:
             bad_refs["HEAD"] = head  # (in place of what the walk said of a detached HEAD)
@@ -561,7 +571,9 @@ class Maintenance:
                      for cert in sorted(listed) if not self.store.has(cert)]
         problems += [{"id": oid, "problem": f"missing (referenced by {who})"} for oid, who in missing]
         problems += [{"id": oid, "problem": f"{why} (referenced by {who})"}  # hashes right, cannot be read
-                     for oid, who, why in unreadable if oid not in bad]  # (damaged ones: reported above)
+                     for oid, who, why in unreadable if oid not in bad and oid not in newer]  # (damaged: above)
+        newer_format = [{"id": oid, "problem": f"{why} (referenced by {who})"}
+                        for oid, who, why in unreadable if oid in newer - bad]
         for ref, oid in self.refs.list("refs/", bad=bad_refs).items():
             if oid in bad:
                 problems.append({"id": oid, "problem": f"{ref} points to a damaged commit"})
@@ -574,10 +586,11 @@ class Maintenance:
                 continue  # missing: reported above
         # every blob of every reachable tree must exist, and every tree must check out
         trees_seen, parsed_headers = set(), {}
+        unread = bad | newer
         for ref_cid in sorted(commits):  # (the walk above found them, those certificates name included)
             c = self.read_commit(ref_cid)
             for name, tid in c["components"].items():
-                if tid in bad or tid in trees_seen or not self.store.has(tid):
+                if tid in unread or tid in trees_seen or not self.store.has(tid):
                     continue
                 trees_seen.add(tid)
                 try:
@@ -609,7 +622,9 @@ class Maintenance:
             if (p["id"], p["problem"]) not in seen_ids:
                 seen_ids.add((p["id"], p["problem"]))
                 uniq.append(p)
-        result = {"ok": not uniq, "checked": checked, "problems": uniq}
+        result = {"ok": not uniq and not newer_format, "checked": checked, "problems": uniq}
+        if newer_format:  # intact, but neither they nor what they refer to could be checked
+            result["newer_format"] = newer_format
         if (unfetched := self._not_fetched(live)) is not None:  # expected, not damage
             result["not_fetched"] = len(unfetched)
         return result

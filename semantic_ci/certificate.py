@@ -12,7 +12,8 @@ import re
 import socket
 
 from mvc import certindex
-from mvc.errors import AmbiguousRevision, CorruptObject, MvcError, ObjectMissing, UnknownRevision, WrongObjectType
+from mvc.errors import (AmbiguousRevision, CorruptObject, FormatTooNew, MvcError, ObjectMissing, UnknownRevision,
+                        WrongObjectType)
 from mvc.objects import FORMAT_VERSION, decode, is_oid
 from mvc.refs import utc_now
 
@@ -81,10 +82,14 @@ def store(repo, cert: dict) -> str:
     return cid
 
 
-def index(repo, commit: str) -> tuple[list[tuple[str, dict]], list[str]]:
+NEWER_FORMAT = "a certificate of a newer format than this mvc reads"  # (a problem that upgrading mvc solves)
+
+
+def index(repo, commit: str, newer: list | None = None) -> tuple[list[tuple[str, dict]], list[str]]:
     """([(certificate id, certificate)] in index order, problems) for a commit's index. Kept: the
     lines naming a stored certificate of this very commit. Reported (problems), never used: a
-    malformed line, a missing or unreadable object, a certificate of another commit."""
+    malformed line, a missing or unreadable object, a certificate of another commit, one of a
+    newer format (`newer`, a list, receives for each how many kept certificates precede it)."""
     try:
         with open(_index_path(repo, commit), "rb") as f:
             lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines()]
@@ -106,6 +111,11 @@ def index(repo, commit: str) -> tuple[list[tuple[str, dict]], list[str]]:
             continue
         try:
             cert = read(repo, line)
+        except FormatTooNew as e:
+            problems.append(f"{where} names {line[:12]}, {NEWER_FORMAT} ({e.message})")
+            if newer is not None:
+                newer.append(len(good))
+            continue
         except MvcError as e:
             problems.append(f"{where} names {line[:12]}, which is not a readable certificate ({e.message})")
             continue
@@ -131,13 +141,16 @@ def of_commit(repo, commit: str) -> list[str]:
 def ci_state(repo, commit: str) -> tuple[str | None, list[str]]:
     """("passed" | "failed" | None, problems): the verdict of the commit's latest valid certificate
     and what is wrong with its index (for `mvc status` / `mvc log`; no torch import)."""
-    good, problems = index(repo, commit)
+    newer: list[int] = []
+    good, problems = index(repo, commit, newer)
+    full = [i for i, (_cid, cert) in enumerate(good) if not cert.get("partial")]
+    latest = full[-1] if full else len(good) - 1
+    if newer and max(newer) > latest:  # a newer mvc certified it since: its verdict is not known here
+        return "unknown (a newer certificate format: upgrade mvc)", problems
     if not good:
         return None, problems
-    full = [cert for _cid, cert in good if not cert.get("partial")]
-    if full:
-        return ("passed" if passed(full[-1]) else "failed"), problems
-    return ("passed" if passed(good[-1][1]) else "failed") + " (partial run)", problems
+    verdict = "passed" if passed(good[latest][1]) else "failed"
+    return verdict if full else verdict + " (partial run)", problems
 
 
 def passed(cert: dict) -> bool:

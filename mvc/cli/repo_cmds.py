@@ -11,7 +11,7 @@ from collections import Counter
 
 import click
 
-from ..errors import BadInput
+from ..errors import BadInput, MvcError
 from ..repo import Repo
 from .main import cli
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
@@ -745,18 +745,25 @@ def fsck(as_json, remote):
         total = sum(repo.store.size(o) for o in repo.store.ids()) if sys.stderr.isatty() else 0
         with byte_progress(total, "checking") as advance:
             r = repo.fsck(progress=advance)
-    if not r["ok"]:
+    newer = r.get("newer_format", [])
+    if r["problems"]:
         negative_result()
     if as_json:
         emit_json(r)
     else:
         for p in r["problems"]:
             click.echo(f"damaged: {shown(p['id'])}: {shown(p['problem'])}")
-        click.echo(f"checked {r['checked']} objects: " + ("ok" if r["ok"] else plural(len(r["problems"]), "problem")))
+        for p in newer:
+            click.echo(f"newer format: {shown(p['id'])}: {shown(p['problem'])}")
+        click.echo(f"checked {r['checked']} objects: " + ("ok" if not r["problems"] else plural(len(r["problems"]), "problem"))
+                   + (f", {len(newer)} of a newer format not checked" if newer else ""))
         if r.get("not_fetched"):
             click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone): not damage")
-    if not r["ok"]:
+    if r["problems"]:
         sys.exit(1)
+    if newer:  # intact, unread: not damage, not a clean bill either
+        raise MvcError(f"{plural(len(newer), 'reachable object')} of a newer format than this mvc reads, and what "
+                       "they refer to, could not be checked", "upgrade mvc to check them")
 
 
 @cli.command()

@@ -299,3 +299,51 @@ def test_a_branch_of_a_newer_format_is_skipped_and_the_others_fetched(tmp_path):
         clone, result = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
     assert clone.branches() == {"main": head} and result["fetch"]["skipped_newer"] == ["refs/heads/next"]
     assert set(clone.refs.list("refs/remotes/")) == {"refs/remotes/origin/main"} and clone.fsck()["ok"]
+
+
+def test_fsck_and_gc_tell_a_newer_format_apart_from_damage(run, in_repo):
+    """fsck called an intact format-2 commit damaged (exit 1, the tree twice), and gc's refusal
+    hinted fsck --repair-from, which has nothing to repair."""
+    repo = in_repo
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    head = repo.read_commit(repo.resolve("HEAD"))
+    newer = forge(repo, {**head, "format": 2, "parents": [repo.resolve("HEAD")]})
+    repo.refs.update("refs/heads/main", newer, message="what a newer mvc committed")
+    r = mvc.Repo(repo.root).fsck()
+    assert not r["ok"] and r["problems"] == [] and [p["id"] for p in r["newer_format"]] == [newer]
+    out = run("fsck", code=3)
+    assert out.stdout.count("newer format: ") == 1 and "damaged" not in out.stdout
+    assert "could not be checked (upgrade mvc to check them)" in out.stderr
+    with pytest.raises(FormatTooNew, match="gc stopped, deleting nothing: 1 reachable objects are of a newer") as e:
+        mvc.Repo(repo.root).gc(grace_s=0)
+    assert e.value.hint == "upgrade mvc to collect garbage here"
+    flip = forge(repo, {**head, "message": "a damaged one beside it"})
+    os.chmod(repo.loose.path(flip), 0o644)
+    with open(repo.loose.path(flip), "r+b") as f:
+        f.seek(5)
+        f.write(b"#")
+    repo.refs.update("refs/heads/other", flip, message="x")
+    assert run("fsck", code=1).stdout.count("newer format: ") == 1  # damage found: exit 1 still
+
+
+def test_ci_state_of_a_commit_a_newer_mvc_certified_last_is_unknown(tmp_path):
+    """An older mvc showed the verdict of the last certificate it could read: a newer failed one
+    after an older passed one read "passed" in status and log."""
+    from semantic_ci.certificate import ci_state
+    repo = mvc.Repo.init(tmp_path / "r")
+    head = repo.resolve(repo.commit({"model": {"w": torch.zeros(2)}}, message="one"))
+
+    def certify(fmt, passed):
+        cert = {"type": "certificate", "format": fmt, "commit": head, "base": None, "passed": passed,
+                "checks": [{"name": "x", "kind": "exact-logits", "status": "passed" if passed else "failed",
+                            "params": {}, "figures": {"max": 0.0}, "thresholds": {}, "inputs": {}}],
+                "time": "2026-01-01T00:00:00Z", "config": None, "environment": {}}
+        data = canonical_json(cert)
+        certindex.attach(repo.dir, head, [repo.store.put(data, oid=hash_bytes(data))])
+    certify(1, True)
+    assert ci_state(repo, head) == ("passed", [])
+    certify(2, False)
+    state, problems = ci_state(repo, head)
+    assert state.startswith("unknown") and "newer format" in problems[0]
+    certify(1, False)
+    assert ci_state(repo, head)[0] == "failed"
