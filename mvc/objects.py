@@ -170,8 +170,10 @@ def decode(data: bytes, expected_type: str, oid: str = "?") -> dict:
 def _checked(obj: dict, expected_type: str, oid: str) -> dict:
     """`obj` (of type `expected_type`) when this mvc can read it: FormatTooNew or CorruptObject otherwise."""
     fmt = obj.get("format")
-    if not isinstance(fmt, int):
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
         raise CorruptObject(f"{expected_type} {oid[:12]} has no format version")
+    if fmt < 1:
+        raise CorruptObject(f"{expected_type} {oid[:12]} has format {fmt}, a format no mvc writes")
     if fmt > FORMAT_VERSION:
         raise FormatTooNew(f"{expected_type} {oid[:12]} has format {fmt}; this mvc reads up to {FORMAT_VERSION}",
                            "upgrade mvc")

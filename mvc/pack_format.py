@@ -86,6 +86,8 @@ def check_pack_header(data, where: str) -> int:
 
 
 def _check_version(version: int, where: str) -> None:
+    if version < 1:
+        raise CorruptObject(f"{where} has pack format {version}, a format no mvc writes", "run mvc fsck")
     if version > PACK_VERSION:
         raise FormatTooNew(f"{where} has pack format {version}; this mvc reads up to {PACK_VERSION}",
                            "upgrade mvc")

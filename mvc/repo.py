@@ -82,6 +82,9 @@ class Repo(Maintenance):
                 raise ConfigError(f"{self.dir}/config sets no core.format",
                                   "fix the file by hand: its [core] section needs format = 1")
             raise NotARepository(f"{self.dir} has no readable config", "is it an mvc repository?")
+        if fmt < 1:
+            raise ConfigError(f"{self.dir}/config sets core.format = {fmt}, a format no mvc writes",
+                              "fix the file by hand: its [core] section needs format = 1")
         if fmt > REPO_FORMAT:
             raise FormatTooNew(f"repository format {fmt} is newer than format {REPO_FORMAT}, the newest this mvc reads",
                                "upgrade mvc")

@@ -202,6 +202,9 @@ class Transport:
         except (configparser.Error, ValueError, UnicodeDecodeError):
             raise CorruptObject(f"{self.describe()}: the remote's config is unreadable",
                                 "is this an mvc remote?") from None
+        if fmt < 1:
+            raise CorruptObject(f"{self.describe()}: the remote's config sets format {fmt}, a format no mvc writes",
+                                "is this an mvc remote?")
         if fmt > REMOTE_FORMAT:
             raise FormatTooNew(f"remote {self.describe()} has format {fmt}; this mvc reads up to "
                                f"{REMOTE_FORMAT}", "upgrade mvc")

@@ -347,3 +347,31 @@ def test_ci_state_of_a_commit_a_newer_mvc_certified_last_is_unknown(tmp_path):
     assert state.startswith("unknown") and "newer format" in problems[0]
     certify(1, False)
     assert ci_state(repo, head)[0] == "failed"
+
+
+@pytest.mark.parametrize("fmt", [0, -1, True])
+def test_a_format_no_mvc_writes_is_refused_not_read_as_format_1(tmp_path, fmt):
+    """core.format 0 or -1, a remote's format 0, pack format 0 and commits of format 0 or true
+    were all read as format 1."""
+    from mvc import pack_format as pf
+    from mvc.errors import ConfigError
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    odd = forge(repo, {**repo.read_commit(repo.resolve("HEAD")), "format": fmt})
+    with pytest.raises(CorruptObject, match="has no format version|a format no mvc writes"):
+        repo.read_commit(odd)
+    if fmt is True:
+        return
+    if fmt == 0:  # (a pack's version is unsigned)
+        header = bytearray(pf.encode_pack_header(0) + bytes(pf.TRAILER_BYTES))
+        header[8:12] = bytes(4)
+        with pytest.raises(CorruptObject, match="pack format 0, a format no mvc writes"):
+            pf.check_pack_header(bytes(header), "x.pack")
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    rm.push(repo)
+    for config in (tmp_path / "remote" / "config", tmp_path / "r" / ".mvc" / "config"):
+        config.write_text(config.read_text().replace("format = 1", f"format = {fmt}"))
+    with pytest.raises(ConfigError, match=f"core.format = {fmt}, a format no mvc writes"):
+        mvc.Repo(tmp_path / "r")
+    with pytest.raises(CorruptObject, match=f"sets format {fmt}, a format no mvc writes"):
+        open_transport(str(tmp_path / "remote")).require_repository()
