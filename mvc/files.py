@@ -16,6 +16,7 @@ from .store import fsync_dir
 
 # A lock file with no readable owner this old cannot be a writer between create and write: stale.
 STALE_OWNERLESS_LOCK_S = 5.0
+FUTURE_SLACK_S = 60.0  # times (of files, of reflog entries) this far ahead were set by a clock ahead of ours
 
 
 def hostname() -> str:

@@ -16,13 +16,12 @@ from . import certindex
 from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, FormatTooNew, MvcError, ObjectMissing, UnknownRevision
-from .files import LockFile, is_atomic_temp, shared_or_exclusive
+from .files import FUTURE_SLACK_S, LockFile, is_atomic_temp, shared_or_exclusive
 from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, named_ids,
                       object_kind, tree_blob_ids, tree_blob_sizes)
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
-FUTURE_SLACK_S = 60.0  # modification times further ahead than this were set by a clock ahead of ours
 WRITERS_LOCK = "writers.lock"  # see Repo.writing
 REFLOG_EXPIRE_S = 90 * 24 * 3600.0
 

@@ -19,7 +19,7 @@ import time
 import warnings
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict
-from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, walk
+from .files import FUTURE_SLACK_S, LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, walk
 from .interrupts import interrupts_deferred
 from .objects import check_new_ref_name, check_ref_name, is_oid
 from .store import fsync_dir
@@ -135,6 +135,27 @@ def _entry_time(e) -> float:
         return calendar.timegm(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ"))  # (UTC: no zone, no DST)
     except (ValueError, KeyError, TypeError, OverflowError):
         return float("nan")
+
+
+def _ages(entries: list, now: float) -> list[float]:
+    """The time each entry of a reflog (in append order) counts as for expiry: its own, but never
+    ahead of `now` (a clock that ran ahead: such an entry is restamped when reflogs expire, and
+    ages from then) nor older than an entry appended before it (a clock that went back: entries
+    go oldest first, a log only loses a prefix, and a commit made minutes ago is not "a year old").
+    NaN for an entry with no readable time (dropped)."""
+    out, newest = [], float("-inf")
+    for e in entries:
+        t = _entry_time(e)
+        if t == t:
+            newest = max(newest, min(t, now))
+            t = newest
+        out.append(t)
+    return out
+
+
+def _cutoff(older_than_s: float) -> float:
+    """Entries counting as older than this expire (every one when `older_than_s` <= 0)."""
+    return time.time() - older_than_s if older_than_s > 0 else float("inf")
 
 
 def _open_append(path: str) -> int:
@@ -518,8 +539,8 @@ class RefStore:
         """Every id in any reflog, retired ones included: they keep their commits from gc. With
         `expiring_after_s`, only entries that `expire_reflogs(expiring_after_s)` would keep (what a
         gc dry run counts on)."""
-        cutoff = None if expiring_after_s is None else time.time() - expiring_after_s
-        ids = set()
+        cutoff = None if expiring_after_s is None else _cutoff(expiring_after_s)
+        ids, now = set(), time.time()
         logs = os.path.join(self.root, "logs")
         retired = os.path.join(logs, RETIRED_LOGS)
         # retired logs last: a log that a deletion retires while the live ones are read is found
@@ -528,8 +549,9 @@ class RefStore:
             if dirpath == logs and RETIRED_LOGS in dirs:
                 dirs.remove(RETIRED_LOGS)
             for name in files:
-                for e in _read_log(os.path.join(dirpath, name), checked=False):
-                    if cutoff is not None and not _entry_time(e) >= cutoff:
+                entries = _read_log(os.path.join(dirpath, name), checked=False)
+                for e, age in zip(entries, _ages(entries, now)):
+                    if cutoff is not None and not age >= cutoff:
                         continue
                     for k in ("old", "new"):
                         if isinstance(e.get(k), str) and e[k]:
@@ -538,19 +560,20 @@ class RefStore:
 
     def count_expiring(self, older_than_s: float) -> int:
         """How many reflog entries `expire_reflogs(older_than_s)` would drop now."""
-        cutoff = time.time() - older_than_s
+        cutoff, now = _cutoff(older_than_s), time.time()
         n = 0
         for dirpath, _d, files in walk(os.path.join(self.root, "logs")):
             for name in files:
                 if not is_atomic_temp(name):  # (a killed rewrite's: gc deletes it, see expire_reflogs)
-                    n += sum(1 for e in _read_log(os.path.join(dirpath, name), checked=False)
-                             if not _entry_time(e) >= cutoff)
+                    n += sum(1 for age in _ages(_read_log(os.path.join(dirpath, name), checked=False), now)
+                             if not age >= cutoff)
         return n
 
     def expire_reflogs(self, older_than_s: float) -> int:
-        """Drop reflog entries older than the cutoff; returns how many were dropped. A live ref's
-        log is rewritten under that ref's lock, so a move appending to it meanwhile is kept."""
-        cutoff = time.time() - older_than_s
+        """Drop reflog entries older than the cutoff (by `_ages`); returns how many were dropped. A
+        live ref's log is rewritten under that ref's lock, so a move appending to it meanwhile is
+        kept. An entry dated ahead of the clock is restamped now, to age from now on."""
+        cutoff = _cutoff(older_than_s)
         dropped = 0
         logs = os.path.join(self.root, "logs")
         retired = os.path.join(logs, RETIRED_LOGS)
@@ -573,7 +596,7 @@ class RefStore:
         return dropped
 
     def _expire_log(self, path: str, cutoff: float, retired: str) -> int:
-        keep, dropped = [], 0
+        read, keep, dropped = [], [], 0
         try:
             f = open(path, encoding="utf-8", errors="replace")
         except FileNotFoundError:
@@ -584,12 +607,16 @@ class RefStore:
                     e = json.loads(line)
                 except ValueError:
                     continue  # torn (a crash mid-append): dropped, as _read_log skips it
-                if not isinstance(e, dict):
-                    continue
-                if _entry_time(e) >= cutoff:
-                    keep.append(line if line.endswith("\n") else line + "\n")
-                else:
-                    dropped += 1
+                if isinstance(e, dict):
+                    read.append((line, e))
+        now = time.time()
+        for (line, e), age in zip(read, _ages([e for _line, e in read], now)):
+            if not age >= cutoff:
+                dropped += 1
+                continue
+            if _entry_time(e) > now + FUTURE_SLACK_S:  # written under a clock that ran ahead
+                line = json.dumps({**e, "time": utc_now()})
+            keep.append(line if line.endswith("\n") else line + "\n")
         if not keep and path.startswith(retired + os.sep):
             os.unlink(path)  # nothing left of a deleted ref's history
             prune_empty_dirs(os.path.dirname(path), retired)

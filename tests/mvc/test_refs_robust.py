@@ -302,6 +302,44 @@ def test_expiring_reflogs_drops_what_count_expiring_counted(tmp_path):
     assert [e["message"] for e in refs.reflog("refs/heads/main")] == ["one"]
 
 
+def _log_at(refs, tmp_path, times):
+    """refs/heads/main's reflog made of entries A, B, C... at the given epoch seconds, in order
+    (and, when the branch is new, the entry of its creation after them)."""
+    ids = [A, B, C][:len(times)]
+    log = tmp_path / "logs" / "refs" / "heads" / "main"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(json.dumps({"old": None, "new": oid, "message": f"m{i}", "time": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))}) + "\n" for i, (oid, t) in enumerate(zip(ids, times))))
+    if refs.read("refs/heads/main") is None:
+        refs.update("refs/heads/main", ids[-1], expected=None, message="x")
+
+
+def test_a_reflog_entry_dated_ahead_of_the_clock_expires_like_the_others(tmp_path):
+    """An entry written under a clock 10 years ahead survived gc.reflogExpire 0 while the entries
+    after it went (main@{0} then named it), and with the default expiry would have stayed ten years."""
+    refs = RefStore(str(tmp_path))
+    now = time.time()
+    _log_at(refs, tmp_path, [now - 60, now + 10 * 365 * 86400])
+    assert refs.count_expiring(90 * 86400) == 0 and refs.expire_reflogs(90 * 86400) == 0
+    entry = refs.reflog("refs/heads/main")[1]  # (newest first)
+    assert entry["message"] == "m1" and abs(mvc.refs._entry_time(entry) - now) < 600  # restamped: ages from now
+    assert refs.count_expiring(0) == 3 and refs.expire_reflogs(0) == 3 and refs.reflog("refs/heads/main") == []
+
+
+def test_reflog_entries_written_while_the_clock_was_behind_are_not_older_than_those_before(tmp_path):
+    """A commit rolled back minutes ago, while the clock was two years behind, was expired by the
+    next default gc (its entries looked two years old) and deleted."""
+    refs = RefStore(str(tmp_path))
+    now = time.time()
+    behind = now - 2 * 365 * 86400
+    _log_at(refs, tmp_path, [now - 60, behind, behind])
+    assert refs.count_expiring(90 * 86400) == 0 and {A, B, C} <= refs.all_reflog_ids(90 * 86400)
+    assert refs.expire_reflogs(90 * 86400) == 0 and len(refs.reflog("refs/heads/main")) == 4
+    _log_at(refs, tmp_path, [behind, now - 60, behind])  # only a prefix goes
+    assert refs.count_expiring(90 * 86400) == 1 and refs.expire_reflogs(90 * 86400) == 1
+    assert [e["message"] for e in refs.reflog("refs/heads/main")][::-1] == ["m1", "m2"]
+
+
 def test_reflog_entries_of_another_shape_are_skipped_with_a_warning_and_still_keep_their_ids(tmp_path, monkeypatch):
     """A reflog line that is JSON but not an entry ("new": 5, no "message", a list) made `mvc
     reflog` and `mvc rollback @{0}` crash (exit 4). They are skipped with a warning, as torn lines
