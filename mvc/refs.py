@@ -86,6 +86,14 @@ def _retired_stamp(ns: int) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
+def _stamp_ns(stamp: str) -> int | None:
+    """The nanoseconds a `_retired_stamp` stands for; None for other text."""
+    try:
+        return calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S")) * 10**9 + int(stamp[16:25])
+    except (ValueError, OverflowError):
+        return None
+
+
 def repair_hint(ref: str) -> str:
     """How the user mends a ref file that holds no id (what fsck and the errors about it say)."""
     for prefix, command in (("refs/heads/", "mvc branch -d"), ("refs/tags/", "mvc tag -d")):
@@ -504,6 +512,9 @@ class RefStore:
             return
         ns = time.time_ns()
         base = os.path.join(logs, RETIRED_LOGS, *ref.split("/"))
+        for earlier in self._retired_logs(ref)[-1:]:  # after it, whatever the clock says: they go in
+            last = _stamp_ns(earlier[len(base) + 1:])  # name order (a clock that ran ahead named it)
+            ns = max(ns, last + 1) if last is not None else ns
         try:
             makedirs(os.path.dirname(base))
             while os.path.lexists(f"{base}@{_retired_stamp(ns)}"):

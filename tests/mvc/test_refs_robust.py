@@ -699,3 +699,18 @@ def test_a_chain_of_symbolic_refs_deeper_than_git_follows_is_named_as_such(tmp_p
     assert repo.refs.read("refs/heads/s2") == cid  # 4 deep: followed
     with pytest.raises(mvc.CorruptObject, match="ref refs/heads/s0 follows more than 5 symbolic refs: refs/heads/s0 -> "):
         repo.refs.read("refs/heads/s0")
+
+
+def test_a_branch_deleted_under_a_clock_ahead_does_not_pass_for_its_later_incarnation(tmp_path, monkeypatch):
+    """Retired reflogs were named by the clock: one retired while it ran 10 years ahead sorted after
+    a later deletion, so `mvc reflog feat` and feat@{N} showed the older incarnation as the newer."""
+    refs = RefStore(str(tmp_path))
+    real_ns = time.time_ns
+    monkeypatch.setattr(mvc.refs.time, "time_ns", lambda: real_ns() + 10 * 365 * 86400 * 10**9)
+    refs.update("refs/heads/feat", A, expected=None, message="first")
+    refs.update("refs/heads/feat", None, expected=A, message="deleted")
+    monkeypatch.setattr(mvc.refs.time, "time_ns", real_ns)
+    refs.update("refs/heads/feat", B, expected=None, message="second")
+    refs.update("refs/heads/feat", None, expected=B, message="deleted")
+    assert [e["message"] for e in refs.reflog("refs/heads/feat")][:2] == ["deleted", "second"]
+    assert [e["new"] for e in refs.reflog("refs/heads/feat")][:2] == [None, B]
