@@ -232,6 +232,20 @@ def _open_lock_file(path: str) -> int:
             raise e from None
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, as "<boot id>:<clock ticks since boot>" (Linux); None where it
+    cannot be told. A live process with another start than a lock records reuses a dead one's pid
+    (a restarted container's job is pid 1 again)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = f.read().rsplit(")", 1)[1].split()[19]  # (starttime: field 22, the name may hold spaces)
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{ticks}"
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -245,8 +259,9 @@ def pid_alive(pid: int) -> bool:
 class LockFile:
     """`with LockFile(path):` holds `path` (created with O_EXCL) until the block ends.
 
-    Waits up to `timeout` seconds for another holder; a lock left by a dead process on this host,
-    or one without a readable owner older than STALE_OWNERLESS_LOCK_S, is broken with a warning.
+    Waits up to `timeout` seconds for another holder; a lock left by a dead process on this host
+    (whose pid may be another process's now: process_start tells them apart), or one without a
+    readable owner older than STALE_OWNERLESS_LOCK_S, is broken with a warning.
     """
 
     def __init__(self, path: str, timeout: float = 10.0, what: str = "the repository"):
@@ -266,7 +281,8 @@ class LockFile:
                 if attempt == 9:
                     raise
                 makedirs(os.path.dirname(self.path) or ".")
-        owner = json.dumps({"pid": os.getpid(), "host": hostname(), "time": time.time()}).encode()
+        owner = json.dumps({"pid": os.getpid(), "host": hostname(), "time": time.time(),
+                            "start": process_start(os.getpid())}).encode()
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(owner)
@@ -280,7 +296,7 @@ class LockFile:
         return True
 
     def _owner(self) -> dict | None:
-        """Who holds the lock ({"pid", "host", "time"}); None when the file names nobody. A lock
+        """Who holds the lock ({"pid", "host", "time", "start"}); None when the file names nobody. A lock
         file we may not read is another user's: {"unreadable": True}, never judged stale."""
         try:
             with open(self.path) as f:
@@ -297,9 +313,11 @@ class LockFile:
         if owner is None:
             age = time.time() - st.st_mtime
             return f"with no owner, {age:.0f} s old" if age > STALE_OWNERLESS_LOCK_S else None
-        if (owner.get("host") == hostname() and isinstance(owner.get("pid"), int)
-                and not pid_alive(owner["pid"])):
-            return f"left by dead process {owner['pid']}"
+        if owner.get("host") == hostname() and isinstance(owner.get("pid"), int):
+            if not pid_alive(owner["pid"]):
+                return f"left by dead process {owner['pid']}"
+            if isinstance(owner.get("start"), str) and process_start(owner["pid"]) not in (owner["start"], None):
+                return f"left by dead process {owner['pid']} (its pid is another process's now)"
         return None
 
     def stale(self, min_age_s: float = 0.0) -> str | None:

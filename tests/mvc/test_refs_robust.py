@@ -714,3 +714,27 @@ def test_a_branch_deleted_under_a_clock_ahead_does_not_pass_for_its_later_incarn
     refs.update("refs/heads/feat", None, expected=B, message="deleted")
     assert [e["message"] for e in refs.reflog("refs/heads/feat")][:2] == ["deleted", "second"]
     assert [e["new"] for e in refs.reflog("refs/heads/feat")][:2] == [None, B]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process start times come from Linux's /proc")
+def test_a_lock_whose_pid_another_process_took_since_is_stale(tmp_path):
+    """A lock left by a killed process whose pid a live process has now (a restarted container's
+    job is pid 1 again) was never judged stale: every command waited and failed with LockHeld."""
+    from mvc.files import hostname, process_start
+    path = str(tmp_path / "main.lock")
+    lock = LockFile(path)
+    with lock:
+        assert json.loads(open(path).read())["start"] == process_start(os.getpid())
+        assert lock.stale() is None  # held by this very process
+    boot, _ticks = process_start(os.getpid()).split(":")
+    for start, stale in ((process_start(os.getpid()), False), (f"{boot}:1", True), ("another-boot:5", True)):
+        with open(path, "w") as f:
+            json.dump({"pid": os.getpid(), "host": hostname(), "time": time.time(), "start": start}, f)
+        assert bool(LockFile(path).stale()) is stale, start
+    refs = RefStore(str(tmp_path / "r"))
+    os.makedirs(tmp_path / "r" / "refs" / "heads")
+    with open(tmp_path / "r" / "refs" / "heads" / "main.lock", "w") as f:
+        json.dump({"pid": os.getpid(), "host": hostname(), "time": time.time(), "start": f"{boot}:1"}, f)
+    with pytest.warns(UserWarning, match="its pid is another process's now"):
+        refs.update("refs/heads/main", A, expected=None, message="one")
+    assert refs.read("refs/heads/main") == A
