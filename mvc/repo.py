@@ -367,6 +367,9 @@ class Repo(Maintenance):
                 raise UnknownRevision(f"{rev}: entry {n} of the reflog of {ref} is its deletion: it points to no commit",
                                       f"mvc reflog {ref.removeprefix('refs/heads/')} lists the commits it held")
             return log[n]["new"]
+        if re.fullmatch(r".*@\{[^}]*\}", rev):  # (no ref name holds "@{")
+            raise UnknownRevision(f"{rev}: mvc reads NAME@{{N}}, the place of a branch N moves ago; dates and "
+                                  "@{-N} are not supported", "mvc reflog NAME lists the moves, with their times")
         if rev == "HEAD":
             oid = self.head()
             if oid is None:

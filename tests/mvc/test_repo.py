@@ -333,6 +333,9 @@ def test_revisions(repo):
     assert repo.refs.reflog("refs/heads/main") == [] and repo.resolve("main@{0}") == repo.resolve("@{0}") == ids[3]
     with pytest.raises(UnknownRevision, match="has only 0 entries"):
         repo.resolve("main@{1}")
+    for rev in ("main@{yesterday}", "@{-1}", "main@{2026-01-01}"):  # (they read as a misspelt name)
+        with pytest.raises(UnknownRevision, match="mvc reads NAME@{N}, .* dates and @{-N} are not supported"):
+            repo.resolve(rev)
     with pytest.raises(UnknownRevision, match="too large a count"):
         repo.resolve("HEAD~1000000000")
 
