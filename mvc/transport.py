@@ -368,6 +368,22 @@ class _HashSink:
         return self._h.hexdigest()
 
 
+def _file_system_now(folder: str) -> float:
+    """The time the file system at `folder` gives a file made now (this machine's clock where no
+    file can be made there)."""
+    probe = os.path.join(folder, f".now-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return time.time()
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
 class DirectoryTransport(Transport):
     """A remote in a directory: a bare layout, or an mvc repository (its .mvc directory is used)."""
 
@@ -432,12 +448,15 @@ class DirectoryTransport(Transport):
         return shared_or_exclusive(os.path.join(self.root, WRITERS_LOCK), exclusive=False)
 
     def _remove_stale_tmp(self) -> int:
-        """Remove temp object files older than STALE_TMP_S under objects/tmp; returns how many."""
-        removed, now = 0, time.time()
+        """Remove temp object files older than STALE_TMP_S under objects/tmp; returns how many. Their
+        age is told by the file system's clock (a file server's, for a shared remote), not this
+        machine's: one running an hour ahead would delete a live push's temp files."""
+        removed = 0
         try:
             names = os.listdir(self.objects.tmp)
         except (FileNotFoundError, NotADirectoryError):  # no remote yet, or a file in its place (init says so)
             return 0
+        now = _file_system_now(self.objects.tmp)
         for name in names:
             path = os.path.join(self.objects.tmp, name)
             try:

@@ -795,3 +795,23 @@ def test_a_checkout_refuses_a_path_in_the_way_before_a_lazy_clone_downloads_anyt
         with pytest.raises(BadInput, match=match):
             lazy.checkout("HEAD", str(out), force=force)
         assert set(lazy.loose.ids()) == before  # nothing downloaded
+
+
+def test_a_push_from_a_clock_ahead_leaves_another_pushs_temp_files_alone(tmp_path, monkeypatch):
+    """A bare remote's stale temp files were judged by this machine's clock: a push from one running
+    two hours ahead deleted the temp file of a push in flight from another machine."""
+    import mvc.transport as transport
+    remote = DirectoryTransport(str(tmp_path / "remote.mvc"))
+    remote.init("main")
+    live = os.path.join(remote.objects.tmp, "0" * 16 + "-inflight")
+    os.makedirs(remote.objects.tmp, exist_ok=True)
+    with open(live, "wb") as f:
+        f.write(b"half an object")
+    stale = os.path.join(remote.objects.tmp, "1" * 16 + "-killed")
+    with open(stale, "wb") as f:
+        f.write(b"left by a killed push")
+    os.utime(stale, (time.time() - 2 * transport.STALE_TMP_S,) * 2)
+    real = time.time
+    monkeypatch.setattr(transport.time, "time", lambda: real() + 2 * 3600)
+    assert remote._remove_stale_tmp() == 1
+    assert os.listdir(remote.objects.tmp) == [os.path.basename(live)]  # (the clock probe's file is gone too)
