@@ -349,8 +349,8 @@ class RefStore:
         return raw
 
     def list(self, prefix: str = "refs/", bad: dict | None = None, strict: bool = False) -> dict[str, str]:
-        """{ref: id} under `prefix`. A ref file that does not hold an id, a folder that cannot be
-        read, or a file whose name no ref may have (a stray file, which mvc never writes), is
+        """{ref: id} under `prefix`. A ref file that does not hold an id or cannot be read, a folder
+        that cannot be read, or a file whose name no ref may have (a stray file, which mvc never writes), is
         skipped with a warning, or, `strict` (what gc keeps must count every ref), stops the
         listing (CorruptObject). `bad` (a dict), when given, receives {ref: problem} for the
         first two kinds instead (no warning, and no stop)."""
@@ -364,15 +364,17 @@ class RefStore:
                 ref = os.path.relpath(full, self.root).replace(os.sep, "/")
                 try:
                     value = self.read(ref)
-                except (CorruptObject, BadName) as e:
+                except (CorruptObject, BadName, PermissionError) as e:
                     if isinstance(e, CorruptObject):  # (its hint says how to mend it: part of the problem)
                         problem = f"{e.message}; {e.hint}" if e.hint else e.message
+                    elif isinstance(e, PermissionError):  # (another user's private branch on a shared repository)
+                        problem = "permission denied: another user's ref this user may not read"
                     else:
                         problem = f"a file whose name no ref may have ({e.message}); rename it or move it out of refs/"
                     if bad is not None:
                         bad[ref] = problem
                     elif strict:
-                        raise e if isinstance(e, CorruptObject) else CorruptObject(f"{full}: {problem}")
+                        raise e if not isinstance(e, BadName) else CorruptObject(f"{full}: {problem}")
                     else:
                         warnings.warn(f"skipped {full}: {problem}")
                     continue

@@ -738,3 +738,24 @@ def test_a_lock_whose_pid_another_process_took_since_is_stale(tmp_path):
     with pytest.warns(UserWarning, match="its pid is another process's now"):
         refs.update("refs/heads/main", A, expected=None, message="one")
     assert refs.read("refs/heads/main") == A
+
+
+def test_a_ref_this_user_may_not_read_is_skipped_by_listings_and_stops_gc(tmp_path, monkeypatch):
+    """On a shared repository, a branch another member made with umask 077 stopped `mvc log` and
+    `mvc branch` for everyone (permission denied); an unreadable ref folder was already skipped."""
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    refs.update("refs/heads/private", B, expected=None, message="two")
+    real = RefStore.read
+
+    def read(self, ref, *a, **kw):
+        if ref == "refs/heads/private":
+            raise PermissionError(13, "Permission denied", str(tmp_path / "refs" / "heads" / "private"))
+        return real(self, ref, *a, **kw)
+    monkeypatch.setattr(RefStore, "read", read)
+    with pytest.warns(UserWarning, match="skipped .*private: permission denied"):
+        assert refs.list() == {"refs/heads/main": A}
+    bad = {}
+    assert refs.list(bad=bad) == {"refs/heads/main": A} and "permission denied" in bad["refs/heads/private"]
+    with pytest.raises(PermissionError):  # what gc keeps counts every ref: it stops
+        refs.list(strict=True)
