@@ -185,6 +185,9 @@ def environment_error(e: BaseException) -> tuple[str, str] | None:
     if name not in _ENVIRONMENT:
         return None
     what, fix = _ENVIRONMENT[name]
+    if e.filename and e.filename2:  # a rename: the folder refusing may be the destination's (another
+        return (f"{what} moving {e.filename} to {e.filename2}",  # user's folder on a shared repository)
+                "check the owner and mode of both folders" if name in ("EACCES", "EPERM") else fix)
     return what + (f" at {e.filename}" if e.filename else ""), fix
 
 

@@ -103,6 +103,15 @@ def test_environment_errors_are_exit_3_with_what_to_do(in_repo, monkeypatch, err
     assert what in r.stderr and fix in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_refused_rename_names_both_paths():
+    """A rename refused by the destination's folder (another member's objects/xx on a shared
+    repository) named only the temp file, whose folder was writable."""
+    from mvc.errors import environment_error
+    e = PermissionError(errno.EACCES, "Permission denied", "/r/.mvc/objects/tmp/abc", None, "/r/.mvc/objects/ab/cd")
+    assert environment_error(e) == ("permission denied moving /r/.mvc/objects/tmp/abc to /r/.mvc/objects/ab/cd",
+                                    "check the owner and mode of both folders")
+
+
 def test_a_file_size_limit_is_exit_3_with_what_to_do_and_leaves_nothing(in_repo, tmp_path):
     """EFBIG (`ulimit -f`, a file system's largest file) was exit 4, 'a bug in mvc', with a
     traceback. Python ignores SIGXFSZ, so the write fails with EFBIG instead of killing mvc."""
