@@ -465,14 +465,14 @@ class Packer:
                 os.fsync(f.fileno())
             name = pf.pack_name(checksum)
             final = os.path.join(self.ps.dir, name)
-            os.chmod(tmp, 0o444)
+            _read_only(tmp)
             index = pf.encode_index(records, checksum)
             tmp_idx = os.path.join(self.ps.dir, f"{TMP_PREFIX}{os.urandom(16).hex()}.idx")
             with open(tmp_idx, "wb") as f:
                 f.write(index + bytes.fromhex(hash_bytes(index)))
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp_idx, 0o444)
+            _read_only(tmp_idx)
             # the index first: readers use a pack once both files are there, so a run killed between
             # the renames leaves an index without its pack (no data; removed past the grace), never
             # a pack without its index (which fsck reports as damage)
@@ -711,3 +711,9 @@ def pack_problems(repo, progress=None) -> list[dict]:
                              "keep the file, its objects may be the only copies, and restore them with "
                              "mvc fsck --repair-from REMOTE)"})
     return problems
+
+
+def _read_only(path: str) -> None:
+    """Take the write permission off a file, keeping the rest of the mode the umask gave it (as a
+    loose object has: a umask of 077 keeps packs private too)."""
+    os.chmod(path, os.stat(path).st_mode & 0o444)

@@ -78,6 +78,23 @@ def test_files_a_group_shares_take_their_mode_from_the_umask(tmp_path):
         assert mode == 0o664, (rel, oct(mode))
 
 
+def test_pack_files_take_their_read_permissions_from_the_umask(tmp_path):
+    """Packs and their indexes were 0444 whatever the umask (loose objects 0400 under umask 077):
+    world-readable under umask 027."""
+    from mvc.pack_write import Packer
+    old = os.umask(0o077)
+    try:
+        repo = mvc.Repo.init(tmp_path / "r")
+        repo.commit({"model": _sd(0)}, message="one")
+        with Packer(mvc.Repo(repo.root), full=True) as packer:
+            packer.run()
+    finally:
+        os.umask(old)
+    packs = [n for n in os.listdir(os.path.join(repo.dir, "objects", "pack")) if n.endswith((".pack", ".idx"))]
+    assert len(packs) == 2
+    assert {stat.S_IMODE(os.stat(os.path.join(repo.dir, "objects", "pack", n)).st_mode) for n in packs} == {0o400}
+
+
 def test_a_lock_file_another_user_may_not_let_us_read_is_never_broken_as_ownerless(tmp_path, monkeypatch):
     """An unreadable owner counted as 'no owner': after 5 s the live lock was broken and two
     processes held one ref."""
