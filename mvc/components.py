@@ -711,6 +711,15 @@ def _temp_name() -> str:
     return f".{os.urandom(6).hex()}.mvc-tmp"
 
 
+class _ReadFailed(Exception):
+    """An OSError reading the repository while a checkout writes a file (raised as itself once the
+    temp files are gone; an OSError writing is said as the output path's problem)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
 def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: int, tmp: str, sync: bool,
                progress: Progress | None) -> None:
     """The bytes of file `relpath` of `tree`, written to the new temp file `tmp` beside `dest`, in
@@ -729,7 +738,14 @@ def _temp_copy(store: ObjectStore, tree: dict, relpath: str, dest: str, folder: 
         f.seek(0)
         f.truncate()
         once.restart()
-        for chunk in file_chunks(store, tree, relpath, whole):
+        chunks = file_chunks(store, tree, relpath, whole)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except OSError as e:  # reading the repository (an object this user may not read): not
+                raise _ReadFailed(e) from None  # the output path's fault
             with memoryview(chunk) as mv:  # in pieces: a bar moves through a 10 GB tensor too
                 for at in range(0, len(mv), PIECE):
                     f.write(mv[at: at + PIECE])
@@ -904,6 +920,8 @@ def _write_new(store: ObjectStore, items: list[tuple[dict, str, str]], force: bo
         for path in reversed(folders.created):
             with contextlib.suppress(OSError):
                 os.rmdir(path)  # only if empty: another program may have put files there meanwhile
+        if isinstance(e, _ReadFailed):
+            raise e.error from None
         if isinstance(e, OSError):
             raise _output_error(e.filename or "", e) from None
         raise

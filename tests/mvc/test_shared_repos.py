@@ -17,6 +17,7 @@ import mvc.transport
 from damage import at_path
 from mvc.errors import LockHeld, MvcError
 from mvc.files import LockFile
+from mvc.objects import tree_blob_ids
 
 
 def _sd(seed=0):
@@ -93,6 +94,31 @@ def test_pack_files_take_their_read_permissions_from_the_umask(tmp_path):
     packs = [n for n in os.listdir(os.path.join(repo.dir, "objects", "pack")) if n.endswith((".pack", ".idx"))]
     assert len(packs) == 2
     assert {stat.S_IMODE(os.stat(os.path.join(repo.dir, "objects", "pack", n)).st_mode) for n in packs} == {0o400}
+
+
+def test_an_object_this_user_may_not_read_is_not_blamed_on_the_output_path(tmp_path, monkeypatch):
+    """A blob another member stored with umask 077 made checkout and export say 'cannot write
+    OUTPUT: permission denied (choose another output path)' of a writable output folder."""
+    from mvc.store import LooseStore
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": _sd(0)}, message="one")
+    blob = tree_blob_ids(repo.tree("HEAD", "model"))[0]
+    real = {name: getattr(LooseStore, name) for name in ("view", "pieces")}
+
+    def denied(name):
+        def read(self, oid, *a, **k):
+            if oid == blob:
+                raise PermissionError(errno.EACCES, "Permission denied", self.path(oid))
+            return real[name](self, oid, *a, **k)
+        return read
+    for name in real:
+        monkeypatch.setattr(LooseStore, name, denied(name))
+    for write in (lambda: repo.checkout("HEAD", str(tmp_path / "out")),
+                  lambda: repo.export("HEAD", "model", str(tmp_path / "m.safetensors"))):
+        with pytest.raises(PermissionError) as e:
+            write()
+        assert e.value.filename == repo.loose.path(blob)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.safetensors").exists()
 
 
 def test_a_lock_file_another_user_may_not_let_us_read_is_never_broken_as_ownerless(tmp_path, monkeypatch):
