@@ -57,9 +57,13 @@ def find_root(start: str | os.PathLike | None = None) -> str:
 
 
 def _opens(path: str) -> bool:
+    """Whether the file at `path` opens; PermissionError (naming it) when this user may not read
+    it: another user's repository is no reason to ask whether it is one."""
     try:
         with open(path, "rb"):
             return True
+    except PermissionError:
+        raise
     except OSError:
         return False
 

@@ -13,6 +13,7 @@ import torch
 import mvc
 import mvc.components
 import mvc.files
+import mvc.repo
 import mvc.transport
 from damage import at_path
 from mvc.errors import LockHeld, MvcError
@@ -119,6 +120,25 @@ def test_an_object_this_user_may_not_read_is_not_blamed_on_the_output_path(tmp_p
             write()
         assert e.value.filename == repo.loose.path(blob)
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_repository_whose_config_this_user_may_not_read_says_so(tmp_path, monkeypatch):
+    """Another user's private repository (.mvc 0700, or its config 0600) was answered 'has no
+    readable config (is it an mvc repository?)'."""
+    import builtins
+    import configparser
+    repo = mvc.Repo.init(tmp_path / "r")
+    config = os.path.join(repo.dir, "config")
+
+    def denied(file, *a, **k):
+        if os.fspath(file) == config:
+            raise PermissionError(errno.EACCES, "Permission denied", config)
+        return builtins.open(file, *a, **k)
+    monkeypatch.setattr(configparser, "open", denied, raising=False)
+    monkeypatch.setattr(mvc.repo, "open", denied, raising=False)
+    with pytest.raises(PermissionError) as e:
+        mvc.Repo(repo.root)
+    assert e.value.filename == config
 
 
 def test_a_lock_file_another_user_may_not_let_us_read_is_never_broken_as_ownerless(tmp_path, monkeypatch):
