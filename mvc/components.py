@@ -51,6 +51,14 @@ def _changed_file(path: str) -> ChangedWhileStored:
     return ChangedWhileStored(f"{path} changed while it was being committed: nothing was committed", CUT_SHORT_HINT)
 
 
+def _within(filename, path: str) -> bool:
+    """Whether an error's `filename` is `path` or below it (or names no file: taken as the input's)."""
+    if filename is None:
+        return True
+    filename, path = os.path.abspath(os.fsdecode(filename)), os.path.abspath(path)
+    return filename == path or filename.startswith(path.rstrip(os.sep) + os.sep)
+
+
 def _same_file(path: str, fd: int | None, listed: os.stat_result | None, st: os.stat_result | None = None) -> None:
     """Refuse a file that is not the one listed (`fd` open on it, or `st` its lstat): the paths are
     read one after the other, and a folder or file on the way replaced meanwhile by a link would
@@ -380,11 +388,13 @@ class Ingest:
     def path(self, path: str, relpath: str | None = None) -> None:
         try:
             self._path(path, relpath)
-        except PermissionError as e:
-            raise BadInput(f"{e.filename or path}: permission denied", "nothing was committed") from None
-        except (FileNotFoundError, NotADirectoryError) as e:  # (a missing input is refused before this)
+        except (PermissionError, FileNotFoundError, NotADirectoryError) as e:
+            if not _within(e.filename, path):  # the repository's own files (its temp folder): not the input's
+                raise
+            if isinstance(e, PermissionError):
+                raise BadInput(f"{e.filename or path}: permission denied", "nothing was committed") from None
             raise BadInput(f"{e.filename or path} was removed while it was being committed: nothing was "
-                           "committed", CUT_SHORT_HINT) from None
+                           "committed", CUT_SHORT_HINT) from None  # (a missing input is refused before this)
 
     def _path(self, path: str, relpath: str | None, listed: os.stat_result | None = None) -> None:
         """Commit the file or directory at `path`; a directory's file comes with the `lstat` its

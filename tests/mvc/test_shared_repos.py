@@ -141,6 +141,33 @@ def test_a_repository_whose_config_this_user_may_not_read_says_so(tmp_path, monk
     assert e.value.filename == config
 
 
+def test_a_repository_this_user_may_not_write_is_not_called_bad_input(tmp_path, monkeypatch):
+    """Committing a file into another user's repository raised BadInput('<.mvc temp file>:
+    permission denied'), as if the input were unreadable; a state dict got the PermissionError."""
+    from safetensors.torch import save_file
+
+    from mvc.errors import BadInput
+    from mvc.store import LooseStore
+    repo = mvc.Repo.init(tmp_path / "r")
+    save_file(_sd(1), str(tmp_path / "m.safetensors"))
+
+    def denied(self, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(self.tmp, "abc"))
+    monkeypatch.setattr(LooseStore, "put", denied)
+    with pytest.raises(PermissionError) as e:
+        repo.commit({"model": str(tmp_path / "m.safetensors")}, message="x")
+    assert not isinstance(e.value, BadInput) and e.value.filename.startswith(repo.loose.tmp)
+    monkeypatch.undo()
+
+    def unreadable(path, *a, **k):  # (the input's own refusal still is BadInput)
+        if os.fspath(path) == str(tmp_path / "m.safetensors"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return open(path, *a, **k)
+    monkeypatch.setattr(mvc.components, "open", unreadable, raising=False)
+    with pytest.raises(BadInput, match="m.safetensors: permission denied"):
+        mvc.Repo(repo.root).commit({"model": str(tmp_path / "m.safetensors")}, message="x")
+
+
 def test_a_lock_file_another_user_may_not_let_us_read_is_never_broken_as_ownerless(tmp_path, monkeypatch):
     """An unreadable owner counted as 'no owner': after 5 s the live lock was broken and two
     processes held one ref."""
