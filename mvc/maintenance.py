@@ -19,6 +19,7 @@ from .errors import CorruptObject, FormatTooNew, MvcError, ObjectMissing, Unknow
 from .files import FUTURE_SLACK_S, LockFile, is_atomic_temp, shared_or_exclusive
 from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, named_ids,
                       object_kind, tree_blob_ids, tree_blob_sizes)
+from .refs import note_moved
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
@@ -435,6 +436,8 @@ class Maintenance:
                 expired, expiry = self.refs.count_expiring(expire), expire
             else:
                 expired = self.refs.expire_reflogs(expire)
+                if expired:  # (an error later says what gc had done: not "nothing was moved")
+                    note_moved(f"expired {expired} reflog entries", logged=False)
         from .pack_write import DROP_LOCK_WAIT_S
         # deleting waits for commits, fetches and pushes in flight (they hold the lock shared from
         # finding objects to moving their ref) and decides on what the refs reach then
@@ -454,6 +457,8 @@ class Maintenance:
                     else:  # nothing deleted: the next gc tries again
                         removed = freed = tmp_bytes = 0
             freed += tmp_bytes
+        if doomed and locked and not dry_run:
+            note_moved(f"deleted {doomed} unreachable loose objects", logged=False)
         self._cache.clear()
         result = {"removed": removed, "bytes_freed": freed, "kept_recent": kept_young,
                   "reflog_entries_expired": expired, "dry_run": dry_run, **self._kept_by_reflogs(live, by_refs)}

@@ -103,6 +103,21 @@ def test_environment_errors_are_exit_3_with_what_to_do(in_repo, monkeypatch, err
     assert what in r.stderr and fix in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_gc_stopped_by_the_file_system_says_what_it_had_deleted(in_repo, monkeypatch):
+    """A gc that had expired reflog entries and deleted garbage, then failed writing its pack
+    (another member's objects/pack folder), said 'nothing was moved'."""
+    from mvc.pack_write import Packer
+    in_repo.commit({"model": _sd(0)}, message="one")
+    in_repo.commit({"model": _sd(1)}, message="two")
+    in_repo.rollback("HEAD~1")
+    in_repo.set_config("gc.reflogExpire", "0")
+    monkeypatch.setattr(Packer, "run", lambda *a, **k: _denied())
+    r = CliRunner().invoke(cli, ["gc", "--grace", "0"])
+    assert r.exit_code == 3, r.output
+    assert "nothing was moved" not in r.stderr and "expired 3 reflog entries" in r.stderr, r.stderr
+    assert "deleted 6 unreachable loose objects" in r.stderr, r.stderr
+
+
 def test_a_refused_rename_names_both_paths():
     """A rename refused by the destination's folder (another member's objects/xx on a shared
     repository) named only the temp file, whose folder was writable."""
