@@ -141,7 +141,7 @@ def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_
 def _evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_end: bool) -> tuple[bool, str]:
     repo = run.repo
     results = []
-    ctx = Context(repo, commit, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
+    ctx = Context(repo, commit, CiConfig(source=_gates_source(run, stage)), ModelCache(repo))
     from .config import Check
     from .stages import resolve_stage_refs
     checks = {c.name: Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)
@@ -189,7 +189,7 @@ def _evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at
         results += [run_check(ctx, checks[n]) for n in stage.get("every_checkpoint_checks") if n in checks]
     if not results:
         return True, ""
-    cert = certificate.make(commit, results, None, f"{run.pipeline.path}: stage {stage.name}")
+    cert = certificate.make(commit, results, None, _gates_source(run, stage))
     return cert["passed"], certificate.store(repo, cert)
 
 
@@ -393,8 +393,9 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
         job.restore(head)
         run.emit({"event": "resume", "stage": stage.name, "step": job.trainer.step, "commit": head})
         history = _history(repo, head, key)
-        source = f"{run.pipeline.path}: stage {stage.name}"
-        gated = [(cid, c) for cid, c in certificate.index(repo, head)[0] if c.get("config") == source]
+        ours = f": stage {stage.name}"  # (how _gates_source ends: the file may be named another way this run)
+        gated = [(cid, c) for cid, c in certificate.index(repo, head)[0]
+                 if isinstance(c.get("config"), str) and c["config"].endswith(ours)]
         if not gated:  # killed between the commit and its gates
             if not _gates_ok(run, stage, head, history, job):
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
@@ -461,6 +462,11 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                                                    **({"certificate": run.last_certificate[stage.name]}
                                                       if run.last_certificate.get(stage.name) else {})}})
             return done, "passed"
+
+
+def _gates_source(run, stage) -> str:
+    """What a stage's gate certificates record as their configuration: "PIPELINE FILE: stage NAME"."""
+    return f"{run.pipeline.path}: stage {stage.name}"
 
 
 def _gates_ok(run, stage, commit, history, job) -> bool:

@@ -602,9 +602,12 @@ def test_a_run_killed_between_a_failed_gate_and_its_rollback_fails_the_stage_on_
     assert head is None or "(gates passed)" not in mvc.Repo(root).read_commit(head)["message"]
 
 
-def test_a_run_killed_after_its_last_gates_passed_resumes_to_a_verifiable_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("again", ["p.toml", "./p.toml"])
+def test_a_run_killed_after_its_last_gates_passed_resumes_to_a_verifiable_result(tmp_path, monkeypatch, again):
     """Resumed after the last checkpoint's gates passed but before the done commit, the stage's
-    result named no certificate: mvc verify of the stage branch exited 3 (an unbroken run: 0)."""
+    result named no certificate: mvc verify of the stage branch exited 3 (an unbroken run: 0).
+    The pipeline file named another way on the re-run made the resume run the gates again."""
+    from semantic_ci import certificate
     root, repo = make_project(tmp_path, steps=4)
     monkeypatch.chdir(root)
     r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
@@ -612,8 +615,9 @@ def test_a_run_killed_after_its_last_gates_passed_resumes_to_a_verifiable_result
     done = repo.resolve("demo/core")
     last = repo.read_commit(done)["parents"][0]  # the gated checkpoint below the done commit
     repo.refs.update("refs/heads/demo/core", last, message="as a kill before the done commit leaves it")
-    r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
+    r = CliRunner().invoke(cli, ["run", again, "--json"])
     assert r.exit_code == 0, r.output
+    assert len(certificate.of_commit(repo, last)) == 1  # its gates ran once
     r = CliRunner().invoke(cli, ["verify", "demo/core"])
     assert r.exit_code == 0 and "verified: its checks passed" in r.stdout, r.output
 
