@@ -2,8 +2,10 @@
 
 `mvc config KEY VALUE` refuses a value mvc could not use later, so that no setting can make the
 repository unusable; reading goes through the same parsers, so a hand-edited bad value is a clear
-ConfigError instead of a crash. Section and key names are case-insensitive, as in git (configparser
-lowercases option names; split_key lowercases the section), a subsection (`remote.NAME.url`) is not.
+ConfigError instead of a crash. Keys given to mvc are case-insensitive, as in git (configparser
+lowercases option names; split_key lowercases the section), a subsection (`remote.NAME.url`) is not;
+in the file, section names are the lower-case ones mvc writes (a hand-written [Core] is another
+section, and a config without [core] format is refused by name).
 In the sections mvc owns (core, gc, pack) a key mvc does not know is refused, so a typo is not
 stored, read or unset silently (one a hand-edited file holds can still be read and unset); other
 sections (remote.NAME, user notes, plugins) are free-form.
