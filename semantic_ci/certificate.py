@@ -83,6 +83,7 @@ def store(repo, cert: dict) -> str:
 
 
 NEWER_FORMAT = "a certificate of a newer format than this mvc reads"  # (a problem that upgrading mvc solves)
+NEWER_HINT = "upgrade mvc to read the certificates a newer mvc wrote (never remove their lines)"
 
 
 def index(repo, commit: str, newer: list | None = None) -> tuple[list[tuple[str, dict]], list[str]]:
@@ -138,19 +139,28 @@ def of_commit(repo, commit: str) -> list[str]:
     return [cid for cid, _ in index(repo, commit)[0]]
 
 
-def ci_state(repo, commit: str) -> tuple[str | None, list[str]]:
-    """("passed" | "failed" | None, problems): the verdict of the commit's latest valid certificate
-    and what is wrong with its index (for `mvc status` / `mvc log`; no torch import)."""
+def _judge(repo, commit: str) -> tuple[dict | None, bool, list[str]]:
+    """(the certificate that judges the commit: its latest full run, else its latest partial one,
+    or None; whether one of a newer format may judge it instead (after its latest full run, or
+    with no full run: it may be one), the index's problems)."""
     newer: list[int] = []
     good, problems = index(repo, commit, newer)
     full = [i for i, (_cid, cert) in enumerate(good) if not cert.get("partial")]
-    latest = full[-1] if full else len(good) - 1
-    if newer and max(newer) > latest:  # a newer mvc certified it since: its verdict is not known here
+    unknown = bool(newer) and (not full or max(newer) > full[-1])
+    return (good[full[-1] if full else -1][1] if good else None), unknown, problems
+
+
+def ci_state(repo, commit: str) -> tuple[str | None, list[str]]:
+    """(state, problems): "passed" or "failed" (with " (partial run)" when only partial runs judge
+    it), "unknown (...)" when a certificate of a newer format may judge it, None with no
+    certificate; and what is wrong with its index (for `mvc status` / `mvc log`; no torch import)."""
+    judge, unknown, problems = _judge(repo, commit)
+    if unknown:
         return "unknown (a newer certificate format: upgrade mvc)", problems
-    if not good:
+    if judge is None:
         return None, problems
-    verdict = "passed" if passed(good[latest][1]) else "failed"
-    return verdict if full else verdict + " (partial run)", problems
+    verdict = "passed" if passed(judge) else "failed"
+    return verdict + (" (partial run)" if judge.get("partial") else ""), problems
 
 
 def passed(cert: dict) -> bool:
@@ -249,7 +259,7 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
         if problems:
             raise MvcError(f"commit {commit[:12]} has no valid certificate: {problems[0]}"
                            + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
-                           "run mvc ci to certify it again")
+                           NEWER_HINT if all(NEWER_FORMAT in p for p in problems) else "run mvc ci to certify it again")
         recorded = _pipeline_certificate(repo, commit)
         if recorded:  # a pipeline stage's result commit: its gates certified the commit it records
             return recorded, read(repo, recorded), []
@@ -276,13 +286,13 @@ def find(repo, rev_or_cert: str) -> tuple[str, dict]:
 
 
 def last_passing_ancestor(repo, commit: str) -> str | None:
-    """The nearest first-parent ancestor whose latest full certificate passed (or that has none)."""
+    """The nearest first-parent ancestor whose latest full certificate passed (or that has none; one
+    a certificate of a newer format may judge is passed over: its verdict is not known here)."""
     c = repo.read_commit(commit)
     while c["parents"]:
         parent = c["parents"][0]
-        good, _ = index(repo, parent)
-        full = [cert for _cid, cert in good if not cert.get("partial")]  # a diagnostic run judges nothing
-        if not full or passed(full[-1]):
+        judge, unknown, _ = _judge(repo, parent)  # (a diagnostic, partial run judges nothing here)
+        if not unknown and (judge is None or judge.get("partial") or passed(judge)):
             return parent
         c = repo.read_commit(parent)
     return None

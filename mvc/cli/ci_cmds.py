@@ -126,10 +126,9 @@ def verify(target, as_json):
                 click.echo(f"    note: {one_line(c['note'])}")
     if r.get("index_problems"):
         problems = r["index_problems"]
-        from semantic_ci.certificate import NEWER_FORMAT
+        from semantic_ci.certificate import NEWER_FORMAT, NEWER_HINT
         raise MvcError("; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
-                       "upgrade mvc to read the certificates a newer mvc wrote (never remove their lines)"
-                       if all(NEWER_FORMAT in p for p in problems) else
+                       NEWER_HINT if all(NEWER_FORMAT in p for p in problems) else
                        "the certificate index was edited or damaged; remove the line or run mvc ci again")
     if not r["verified"]:
         diffs = [d for c in r["checks"] for d in c["diffs"]]

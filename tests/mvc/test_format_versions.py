@@ -326,27 +326,43 @@ def test_fsck_and_gc_tell_a_newer_format_apart_from_damage(run, in_repo):
     assert run("fsck", code=1).stdout.count("newer format: ") == 1  # damage found: exit 1 still
 
 
+def _certify(repo, commit, fmt, passed, partial=False):
+    cert = {"type": "certificate", "format": fmt, "commit": commit, "base": None, "passed": passed,
+            "checks": [{"name": "x", "kind": "exact-logits", "status": "passed" if passed else "failed",
+                        "params": {}, "figures": {"max": 0.0}, "thresholds": {}, "inputs": {}}],
+            "time": "2026-01-01T00:00:00Z", "config": None, "environment": {}, **({"partial": True} if partial else {})}
+    data = canonical_json(cert)
+    certindex.attach(repo.dir, commit, [repo.store.put(data, oid=hash_bytes(data))])
+
+
 def test_ci_state_of_a_commit_a_newer_mvc_certified_last_is_unknown(tmp_path):
     """An older mvc showed the verdict of the last certificate it could read: a newer failed one
-    after an older passed one read "passed" in status and log."""
-    from semantic_ci.certificate import ci_state
+    after an older passed one read "passed" in status and log; a partial run's verdict stood
+    although the newer certificate before it may be a full run, which outranks it; and a rollback
+    target could be a commit a newer mvc had failed."""
+    from semantic_ci.certificate import ci_state, last_passing_ancestor
     repo = mvc.Repo.init(tmp_path / "r")
     head = repo.resolve(repo.commit({"model": {"w": torch.zeros(2)}}, message="one"))
-
-    def certify(fmt, passed):
-        cert = {"type": "certificate", "format": fmt, "commit": head, "base": None, "passed": passed,
-                "checks": [{"name": "x", "kind": "exact-logits", "status": "passed" if passed else "failed",
-                            "params": {}, "figures": {"max": 0.0}, "thresholds": {}, "inputs": {}}],
-                "time": "2026-01-01T00:00:00Z", "config": None, "environment": {}}
-        data = canonical_json(cert)
-        certindex.attach(repo.dir, head, [repo.store.put(data, oid=hash_bytes(data))])
-    certify(1, True)
+    _certify(repo, head, 1, True)
     assert ci_state(repo, head) == ("passed", [])
-    certify(2, False)
+    _certify(repo, head, 2, False)
     state, problems = ci_state(repo, head)
     assert state.startswith("unknown") and "newer format" in problems[0]
-    certify(1, False)
+    child = repo.commit({"model": {"w": torch.ones(2)}}, message="two")
+    assert last_passing_ancestor(repo, child) is None  # (its only ancestor's verdict is not known)
+    _certify(repo, head, 1, False)
     assert ci_state(repo, head)[0] == "failed"
+    other = repo.resolve(repo.commit({"model": {"w": torch.full((2,), 2.0)}}, message="three"))
+    _certify(repo, other, 2, False)
+    _certify(repo, other, 1, True, partial=True)
+    assert ci_state(repo, other)[0].startswith("unknown")
+
+
+def test_verify_of_a_commit_only_a_newer_mvc_certified_asks_to_upgrade(run, in_repo):
+    head = in_repo.resolve(in_repo.commit({"model": {"w": torch.zeros(2)}}, message="one"))
+    _certify(in_repo, head, 2, True)
+    err = run("verify", "HEAD", code=3).stderr
+    assert "a certificate of a newer format" in err and "(upgrade mvc to read the certificates" in err
 
 
 @pytest.mark.parametrize("fmt", [0, -1, True])
