@@ -17,7 +17,7 @@ from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, FormatTooNew, MvcError, ObjectMissing, UnknownRevision
 from .files import FUTURE_SLACK_S, LockFile, is_atomic_temp, shared_or_exclusive
-from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, may_say_commit_or_tree, named_ids,
+from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, decode, may_say_commit_or_tree, named_ids,
                       object_kind, tree_blob_ids, tree_blob_sizes)
 from .refs import note_moved
 from .transfer import Progress
@@ -173,12 +173,17 @@ class Maintenance:
 
     def _certificate_named(self, cert_id: str) -> list:
         """What certificate `cert_id` names, to walk; nothing when it is missing, damaged or no
-        certificate."""
+        certificate. Of one of a newer format, every id-like text is kept when it is here, and
+        not missed when it is not (this mvc cannot tell its ids from other hex, a checksum)."""
         try:
-            named = certificate_refs(self.store.get(cert_id), cert_id)
+            data = self.store.get(cert_id)
+            try:
+                named, kind = named_ids(decode(data, "certificate", cert_id)), "any"
+            except FormatTooNew:
+                named, kind = certificate_refs(data, cert_id), "named"
         except MvcError:
             return []
-        return [(o, f"certificate {cert_id[:12]}", "any") for o in named]
+        return [(o, f"certificate {cert_id[:12]}", kind) for o in named]
 
     def reachable_whole(self, who: str, reflog_expiry: float | None = None, refs_only: set | None = None) -> set[str]:
         """`reachable()`, refusing (CorruptObject) while a reachable object is missing or damaged:

@@ -41,6 +41,19 @@ def test_gc_keeps_and_push_sends_what_a_newer_certificate_names(tmp_path):
     assert remote.has(blob) and remote.has(cert)
 
 
+def test_hex_a_newer_certificate_holds_that_names_nothing_here_is_no_damage(tmp_path):
+    """Every 64-hex text of a certificate this mvc cannot read was taken for an object id it
+    needs: a checksum in a newer mvc's certificate made fsck report it missing and gc refuse."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    blob = repo.store.put(b"held-out data the newer certificate names")
+    _newer_certificate(repo, blob)
+    _newer_certificate(repo, "5" * 64)  # (a checksum, say: no object of this repository)
+    assert mvc.Repo(repo.root).fsck()["ok"]
+    repo.gc(grace_s=0)
+    assert repo.store.has(blob)
+
+
 def test_gc_keeps_and_push_sends_the_blobs_of_a_big_tree_only_a_certificate_names(tmp_path, monkeypatch):
     """A tree larger than SMALL_OBJECT (a component of ~25,000 tensors) was taken for a blob: gc
     kept the tree a certificate names and deleted its tensors, and push sent it without them."""
