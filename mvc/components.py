@@ -790,6 +790,16 @@ def _refuse_unwritable_path(base: str, dest: str) -> None:
     through a link or replace a link, device, pipe or folder (`-o /dev/stdout` would replace the
     link; use `-o -`). Checked before a lazy clone downloads anything for the files."""
     path = os.path.abspath(base)
+    there = path  # the output directory, or the nearest folder above it that is there, may be a
+    while os.path.dirname(there) != there:  # link (the user named it), but must be a folder
+        try:
+            if not stat.S_ISDIR(os.stat(there).st_mode):
+                raise _output_error(dest, NotADirectoryError(errno.ENOTDIR, "Not a directory", there))
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            there = os.path.dirname(there)
+        except OSError:
+            break
     parts = os.path.relpath(os.path.abspath(dest), path).split(os.sep)
     for i, part in enumerate(parts):
         path = os.path.join(path, part)

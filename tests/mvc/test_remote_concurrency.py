@@ -776,24 +776,31 @@ def test_a_lazy_load_makes_small_blobs_durable_a_batch_at_a_time(tmp_path, monke
     assert len(set(lazy.loose.ids())) > 300  # fetched and kept
 
 
-@pytest.mark.parametrize("case", ["folder where a file goes", "file where a component folder goes"])
+@pytest.mark.parametrize("case", ["folder where a file goes", "file where a component folder goes",
+                                  "file where the output folder goes", "file above export's folder"])
 def test_a_checkout_refuses_a_path_in_the_way_before_a_lazy_clone_downloads_anything(tmp_path, case):
-    """A folder where a file goes, or a file where a folder goes, was refused only when the folders
-    were opened, after every blob of the checkout had been downloaded."""
+    """A folder where a file goes, or a file where a folder goes (-o's folder itself, or one above
+    it), was refused only when the folders were opened, after every blob had been downloaded."""
     from mvc.errors import BadInput
     _src, lazy = _lazy_of(tmp_path)
     before = set(lazy.loose.ids())
     out = tmp_path / "out"
+    write = lambda force: lazy.checkout("HEAD", str(out), force=force)  # noqa: E731
+    match = "is a file where the checkout needs a folder"
     if case == "folder where a file goes":
         (out / "core" / "model.safetensors").mkdir(parents=True)
         match = "a folder stands there"
-    else:
+    elif case == "file where a component folder goes":
         out.mkdir()
         (out / "core").write_bytes(b"in the way")
-        match = "is a file where the checkout needs a folder"
+    else:
+        out.write_bytes(b"in the way")
+        if case == "file above export's folder":
+            write = lambda force: lazy.export("HEAD", "core", str(out / "sub" / "x.safetensors"),  # noqa: E731
+                                             force=force)
     for force in (False, True):
         with pytest.raises(BadInput, match=match):
-            lazy.checkout("HEAD", str(out), force=force)
+            write(force)
         assert set(lazy.loose.ids()) == before  # nothing downloaded
 
 
