@@ -203,7 +203,8 @@ class Maintenance:
                     if oid not in skip and not self.store.has(oid)]  # blobs
         if damaged and not missing and all(oid in newer for oid, _who, _why in damaged):
             oid, ref, why = damaged[0]
-            raise FormatTooNew(f"{who} stopped, deleting nothing: {len(damaged)} reachable objects are of a newer "
+            are = "1 reachable object is" if len(damaged) == 1 else f"{len(damaged)} reachable objects are"
+            raise FormatTooNew(f"{who} stopped, deleting nothing: {are} of a newer "
                                f"format than this mvc reads (e.g. {why}, referenced by {ref}), and what they "
                                "refer to cannot be told apart from garbage", "upgrade mvc to collect garbage here")
         if missing or damaged:

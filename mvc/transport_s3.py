@@ -133,8 +133,8 @@ class S3Transport(Transport):
         if isinstance(e, bx.ParamValidationError):  # (no request was sent: running it again fails again)
             if "Invalid bucket name" in str(e):
                 raise MvcError(f"the S3 url {self.url} names no valid bucket: {self.bucket!r}",
-                               "a bucket name is 3-63 lower-case letters, digits, dots and hyphens; fix the url "
-                               "(mvc remote -v shows it)") from None
+                               "a bucket name is 3-63 lower-case letters, digits, dots and hyphens: fix the "
+                               "url") from None
             raise MvcError(f"S3 refused a request while {what} on {self.url}: {e}") from None
         if isinstance(e, bx.BotoCoreError):
             raise MvcError(f"S3 error while {what} on {self.url}: {e}", RETRY_HINT) from None

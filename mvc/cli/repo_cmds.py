@@ -710,7 +710,7 @@ def gc(dry_run, grace, as_json):
             click.echo(f"{verb} {r['stamps_removed']} verified stamps of objects no longer stored")
         if r.get("certificate_indexes_removed"):
             click.echo(f"{verb} {plural(r['certificate_indexes_removed'], 'certificate index', 'certificate indexes')} "
-                       "(of the commits removed)")
+                       "(of commits no longer stored)")
         if r.get("not_fetched"):
             click.echo(f"{r['not_fetched']} reachable blobs are not fetched yet (lazy clone)")
 
@@ -720,7 +720,8 @@ def gc(dry_run, grace, as_json):
 @click.option("--repair-from", "remote", metavar="REMOTE",
               help="Restore damaged or missing objects from this remote (name or URL), then check again.")
 def fsck(as_json, remote):
-    """Re-hash every object and check every reachable object; exit 1 on damage.
+    """Re-hash every object and check every reachable object; exit 1 on damage (3 when only objects
+    of a newer format than this mvc reads stand in the way).
 
     With --repair-from, each damaged or missing object the remote has is downloaded, verified
     and stored again (packs are rewritten from the good copies); the exit status is that of the

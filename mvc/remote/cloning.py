@@ -47,11 +47,14 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
     if resuming and not _resumable_clone(path, norm):
         raise BadInput(f"destination {path} already exists and is not empty", "clone into a new directory")
     made = not os.path.exists(path)
+    top = path  # the outermost folder the clone makes (a clone into new/a/b makes new and a too)
+    while made and not os.path.lexists(os.path.dirname(top)) and os.path.dirname(top) != top:
+        top = os.path.dirname(top)
     try:
         repo = _clone_setup(path, norm, endpoint, lazy, default)
     except MvcError:  # (a url the config cannot hold): a new clone leaves nothing behind
         if not resuming:
-            shutil.rmtree(path if made else os.path.join(path, MVC_DIR), ignore_errors=True)
+            shutil.rmtree(top if made else os.path.join(path, MVC_DIR), ignore_errors=True)
         raise
     lazy = promisor_remote(repo.config) == DEFAULT_REMOTE  # a resumed lazy clone stays lazy
     try:

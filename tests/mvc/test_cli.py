@@ -1034,7 +1034,7 @@ def test_a_clone_whose_url_the_config_cannot_hold_leaves_nothing(run, tmp_path):
     source = os.path.join(os.fsencode(tmp_path), b"src\xff").decode(errors="surrogateescape")
     mvc.Repo.init(source)
     (tmp_path / "mine").mkdir()
-    for target in (tmp_path / "new", tmp_path / "mine"):
+    for target in (tmp_path / "new" / "a" / "b", tmp_path / "mine"):  # (the folders a clone makes go too)
         err = run("clone", source, target, code=3).stderr
         assert "the value is not UTF-8 text" in err
     assert not (tmp_path / "new").exists() and os.listdir(tmp_path / "mine") == []

@@ -327,7 +327,7 @@ def test_fsck_and_gc_tell_a_newer_format_apart_from_damage(run, in_repo):
     out = run("fsck", code=3)
     assert out.stdout.count("newer format: ") == 1 and "damaged" not in out.stdout
     assert "could not be checked (upgrade mvc to check them)" in out.stderr
-    with pytest.raises(FormatTooNew, match="gc stopped, deleting nothing: 1 reachable objects are of a newer") as e:
+    with pytest.raises(FormatTooNew, match="gc stopped, deleting nothing: 1 reachable object is of a newer") as e:
         mvc.Repo(repo.root).gc(grace_s=0)
     assert e.value.hint == "upgrade mvc to collect garbage here"
     flip = forge(repo, {**head, "message": "a damaged one beside it"})
