@@ -220,6 +220,14 @@ class S3Transport(Transport):
                 self.client.upload_file(path, self.bucket, self._object_key(oid), Config=cfg)
         except (ClientError, BotoCoreError) as e:
             self._fail(e, f"writing object {oid[:12]}")
+        except Exception as e:  # boto3 wraps a multipart upload's failure (S3UploadFailedError)
+            from boto3.exceptions import S3UploadFailedError
+            if not isinstance(e, S3UploadFailedError):
+                raise
+            cause = e.__context__
+            if isinstance(cause, (ClientError, BotoCoreError)):
+                self._fail(cause, f"writing object {oid[:12]}")
+            raise MvcError(f"S3 error while writing object {oid[:12]} on {self.url}: {e}", RETRY_HINT) from None
 
     # -- mutable files ------------------------------------------------------------------------
     def read_file(self, name):

@@ -623,6 +623,29 @@ def test_an_invalid_s3_bucket_name_is_not_called_worth_a_retry(tmp_path, aws_env
     assert "resume" not in e.value.hint and "3-63 lower-case letters" in e.value.hint
 
 
+def test_a_failed_multipart_upload_is_an_s3_error_not_a_bug(tmp_path, aws_env, s3_endpoint, monkeypatch):
+    """boto3 wraps a multipart upload's failure in S3UploadFailedError, which was not caught:
+    pushing a loose object of 64 MiB or more to a failing S3 was exit 4 with a traceback."""
+    import mvc.transport_s3 as s3mod
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+    t = S3Remote(s3_endpoint).transport()
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 10)
+    monkeypatch.setattr(s3mod, "MULTIPART_BYTES", 5)
+
+    def fails(*_a, **_k):
+        try:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow"},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart")
+        except ClientError as e:
+            raise S3UploadFailedError(f"Failed to upload: {e}") from e
+    monkeypatch.setattr(t.client, "upload_file", fails)
+    with pytest.raises(mvc.MvcError, match="writing object") as e:
+        t.put_file("a" * 64, str(big))
+    assert "run the command again to resume" in e.value.hint
+
+
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
 def _write_remote_file(remote, name, data: bytes):
     if remote.kind == "dir":
