@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from urllib.parse import urlparse
 
 from .errors import MvcError, ObjectMissing, RefConflict
@@ -68,6 +69,7 @@ BODY_RETRIES = 4   # a response body that breaks off is asked for again this man
 RETRY_HINT = "run the command again to resume"
 _SESSION = None
 _SESSION_LOCK = threading.Lock()
+CONFLICT_RETRIES = 3  # a conditional write answered 409 (another one in flight on the key) is tried again
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -254,7 +256,14 @@ class S3Transport(Transport):
         try:
             if data is not None:
                 cond = {"IfNoneMatch": "*"} if token is ABSENT else {"IfMatch": token}
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **cond)
+                for attempt in range(CONFLICT_RETRIES + 1):
+                    try:  # a 409 is a conditional write in flight on the same key: S3 asks for a retry
+                        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **cond)
+                        break
+                    except ClientError as e:
+                        if _code(e) not in ("ConditionalRequestConflict", "409") or attempt == CONFLICT_RETRIES:
+                            raise
+                        time.sleep(0.2 * (attempt + 1))
             elif token is not ABSENT:
                 self._delete(key, token, name)
             elif self.read_file(name)[0] is not None:

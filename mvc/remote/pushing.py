@@ -81,10 +81,11 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         if not dry_run:
             try:
                 t.update_ref(ref, None, expected=old, replace_damaged=True)
-                note_moved(f"deleted {branch} on {where}")
             except RefConflict:
-                raise NonFastForward(f"remote branch {branch} moved while deleting it",
-                                     "fetch and look before deleting it again") from None
+                if _now(t, ref) is not None:  # (gone: this delete landed, its answer was lost, and a retry
+                    raise NonFastForward(f"remote branch {branch} moved while deleting it",  # found it gone)
+                                         "fetch and look before deleting it again") from None
+            note_moved(f"deleted {branch} on {where}")
             if tracking and repo.refs.read(tracking):
                 repo.refs.update(tracking, None, message=f"push --delete to {where}")
         return {**result, "old": old, "new": None, "status": "deleted", "sent": []}
@@ -130,36 +131,46 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force)
-            note_moved(f"moved {branch} on {where} to {local[:12]}")
         except RefConflict:
-            try:
-                now = t.read_ref(ref)
-            except MvcError:
-                now = DAMAGED
-            if now is None and old is not None:
-                how, hint = ("was deleted while pushing (a push --delete won)",
-                             "push again to create it anew, if it should not stay deleted")
-            else:
-                how, hint = ("moved while pushing (another push won)",
-                             f"run mvc pull {name or 'REMOTE'} {branch}, or mvc fetch, and push again")
-            raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
-                                 "only the branch did not move", hint) from None
+            now = _now(t, ref)  # where we moved it: this write landed and its answer was lost (a retry of it
+            if now != local:    # then met its own result), or another push sent the same commit: pushed
+                if now is None and old is not None:
+                    how, hint = ("was deleted while pushing (a push --delete won)",
+                                 "push again to create it anew, if it should not stay deleted")
+                else:
+                    how, hint = ("moved while pushing (another push won)",
+                                 f"run mvc pull {name or 'REMOTE'} {branch}, or mvc fetch, and push again")
+                raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
+                                     "only the branch did not move", hint) from None
+        note_moved(f"moved {branch} on {where} to {local[:12]}")
     for tag in sorted(tags):
         try:
             t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
-            note_moved(f"made tag {tag} on {where}")
         except RefConflict:
-            result["tags"].remove(tag)
-            result["tags_skipped"][tag] = t.read_ref(f"refs/tags/{tag}")
+            if (there := _now(t, f"refs/tags/{tag}")) != tags[tag]:  # (the same id: it landed all the same)
+                result["tags"].remove(tag)
+                result["tags_skipped"][tag] = None if there is DAMAGED else there
+                continue
         except CorruptObject as e:  # a damaged tag there: the branch has moved, report it, go on
             warnings.warn(f"tag {tag} not pushed: {e.message} (push --force replaces it)")
             result["tags"].remove(tag)
             result["tags_skipped"][tag] = None
+            continue
+        note_moved(f"made tag {tag} on {where}")
     for commit, ids in certs.items():
         t.add_to_cert_index(commit, ids)
     if tracking:
         _track(repo, name, tracking, local, where)
     return {**result, "sent": sent}
+
+
+def _now(t: Transport, ref: str):
+    """What `ref` holds on the remote now, after a compare-and-swap failed: an id, None, or
+    DAMAGED where it cannot be read."""
+    try:
+        return t.read_ref(ref)
+    except MvcError:
+        return DAMAGED
 
 
 def _track(repo: Repo, name: str, tracking: str, local: str, where: str) -> None:

@@ -646,6 +646,54 @@ def test_a_failed_multipart_upload_is_an_s3_error_not_a_bug(tmp_path, aws_env, s
     assert "run the command again to resume" in e.value.hint
 
 
+class LostAnswers(Counting):
+    """A transport whose ref updates land but answer as conflicts (a 500 or a reset after the write,
+    retried by the client with the same condition, which then fails against its own result)."""
+
+    def update_ref(self, ref, new, expected, replace_damaged=False):
+        from mvc.errors import RefConflict
+        self.inner.update_ref(ref, new, expected, replace_damaged)
+        raise RefConflict(f"{ref} on the remote changed meanwhile", "fetch and try again")
+
+
+def test_a_push_whose_ref_writes_landed_but_answered_as_conflicts_is_pushed(tmp_path, remote):
+    """The branch held the pushed commit, yet push said 'rejected: another push won' (exit 3), moved
+    no tracking ref and pushed no tag; push --delete said the branch moved; a tag that landed was
+    reported as differing (with our own id)."""
+    repo = new_repo(tmp_path / "r", remote)
+    head = repo.commit({"m": weights(0)}, message="one")
+    repo.tag("v1")
+    result = rm.push(repo, transport=LostAnswers(remote.transport()))
+    assert result["status"] == "new branch" and result["tags"] == ["v1"] and not result["tags_skipped"]
+    assert repo.refs.read("refs/remotes/origin/main") == head
+    assert remote.transport().list_refs() == {"refs/heads/main": head, "refs/tags/v1": head}
+    repo.create_branch("side")
+    rm.push(repo, branch="side")
+    assert rm.push(repo, branch="side", delete=True, transport=LostAnswers(remote.transport()))["status"] == "deleted"
+    assert "refs/heads/side" not in remote.transport().list_refs()
+
+
+def test_a_conditional_write_answered_409_is_tried_again(tmp_path, aws_env, s3_endpoint, monkeypatch):
+    """S3 answers 409 ConditionalRequestConflict while another conditional write on the key is in
+    flight, and asks for a retry; mvc called it 'another push won' without moving the ref."""
+    import mvc.transport_s3 as s3mod
+    from botocore.exceptions import ClientError
+    from mvc.transport import ABSENT
+    monkeypatch.setattr(s3mod.time, "sleep", lambda s: None)
+    t = S3Remote(s3_endpoint).transport()
+    real, calls = t.client.put_object, []
+
+    def busy_once(**kw):
+        calls.append(kw["Key"])
+        if len(calls) == 1:
+            raise ClientError({"Error": {"Code": "ConditionalRequestConflict", "Message": "busy"},
+                               "ResponseMetadata": {"HTTPStatusCode": 409}}, "PutObject")
+        return real(**kw)
+    monkeypatch.setattr(t.client, "put_object", busy_once)
+    t.cas_file("refs/heads/main", b"a" * 64 + b"\n", ABSENT)
+    assert len(calls) == 2 and t.read_file("refs/heads/main")[0] == b"a" * 64 + b"\n"
+
+
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
 def _write_remote_file(remote, name, data: bytes):
     if remote.kind == "dir":
