@@ -227,9 +227,12 @@ class Transport:
     def init(self, default_branch: str) -> None:
         """Create the bare layout when missing (idempotent; safe against a concurrent init).
         A location holding other data is refused: mvc never mixes its layout into it. A HEAD that
-        an init killed after writing the config did not write is written now."""
+        an init killed after writing the config did not write is written now. HEAD comes last, once
+        the storage's conditional writes are checked: an init that stopped before it (a failed
+        check, a kill) checks them again."""
         if self.is_repository():
             if self.read_file("HEAD")[0] is None:
+                self.check_conditional_writes()
                 with contextlib.suppress(RefConflict):
                     self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
             return
@@ -237,20 +240,17 @@ class Transport:
         if self.holds_files() and not self.is_repository():  # (re-checked: a concurrent init)
             raise BadInput(f"remote {self.describe()} is not empty and is not an mvc repository",
                            "use an empty or new location")
-        try:
-            self.cas_file("config", remote_config_bytes(), ABSENT)
-        except RefConflict:
-            pass  # created meanwhile by another pusher
-        else:
-            self.check_conditional_writes()
+        with contextlib.suppress(RefConflict):  # (created meanwhile by another pusher, or this write landed
+            self.cas_file("config", remote_config_bytes(), ABSENT)  # and its answer was lost)
+        self.check_conditional_writes()
         try:
             self.cas_file("HEAD", f"ref: refs/heads/{default_branch}\n".encode(), ABSENT)
         except RefConflict:
             pass
 
     def check_conditional_writes(self) -> None:
-        """Called once `init` has created the config: refuse a storage whose conditional writes do
-        not hold (refs could not move safely). Directories hold them by construction."""
+        """Called by `init` once the config is there, before HEAD: refuse a storage whose conditional
+        writes do not hold (refs could not move safely). Directories hold them by construction."""
 
     def enclosing_repository(self) -> str | None:
         """The location of an mvc repository whose layout this location lies inside (its

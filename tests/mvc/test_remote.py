@@ -573,6 +573,9 @@ def test_s3_init_refuses_a_server_that_ignores_conditional_writes(s3_endpoint, a
     with pytest.raises(MvcError, match="ignores conditional writes"):
         lax.init("main")
     assert lax.head_target() is None  # refused before HEAD was written
+    with pytest.raises(MvcError, match="ignores conditional writes"):  # the next push checked nothing (the
+        lax.init("main")                                               # config was there), and moved refs
+    assert lax.head_target() is None
     lax2 = S3Remote(s3_endpoint).transport()  # honours If-None-Match, drops If-Match: two concurrent
     real2 = lax2.client.put_object  # pushes both "succeeded" and one commit was lost
     monkeypatch.setattr(lax2.client, "put_object",
