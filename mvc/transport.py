@@ -276,9 +276,10 @@ class Transport:
         data, _ = self.read_file(check_full_ref(ref))
         return parse_ref_value(ref, data)
 
-    def list_refs(self) -> dict[str, str]:
+    def list_refs(self, unreadable: set | None = None) -> dict[str, str]:
         """Branches and tags; a ref holding no object id is left out with a warning, so that one
-        damaged ref does not block the others."""
+        damaged ref does not block the others (`unreadable`, a set, receives its name: it is there,
+        and a fetch must not take it for deleted)."""
         out = {}
         names = self.list_files("refs/")
 
@@ -297,6 +298,8 @@ class Transport:
                     warnings.warn(f"skipped {name[:80]!r} on {self.describe()}: {e.message}")
             elif e is not None:
                 warnings.warn(f"{e.message} on {self.describe()}; ignored ({e.hint})")
+                if unreadable is not None:
+                    unreadable.add(name)
             elif value:
                 out[name] = value
         return dict(sorted(out.items()))

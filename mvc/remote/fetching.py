@@ -40,7 +40,8 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             or promisor_store(repo)
         if lazy_store is None:
             raise MvcError("a lazy fetch needs a promisor remote (clone with --lazy)")
-    remote_refs = t.list_refs()
+    unreadable: set[str] = set()  # refs there that hold no id: their tracking refs stay as they are
+    remote_refs = t.list_refs(unreadable)
     started = time.perf_counter()
     history = _History(repo, t, where, pool, progress, lazy_store)
     for attempt in range(FETCH_ATTEMPTS):
@@ -52,10 +53,11 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             # A branch deleted or rewritten there since we listed it may have had its history
             # collected by the gc of the repository serving as the remote: that is no damage.
             # What arrived is kept; fetch again what the branches reach now.
-            now = t.list_refs()
+            unreadable_now: set[str] = set()
+            now = t.list_refs(unreadable_now)
             if now == remote_refs or attempt == FETCH_ATTEMPTS - 1:
                 raise
-            remote_refs = now
+            remote_refs, unreadable = now, unreadable_now
     updated = {}
     damaged = {r for r, v in remote_refs.items() if v in history.not_commits}
     for r in sorted(damaged):  # like a ref file that holds no id: one bad entry blocks nothing else
@@ -67,9 +69,10 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
     if name:
         heads = {r[len("refs/heads/"):]: v for r, v in remote_refs.items()
                  if r.startswith("refs/heads/") and r not in damaged}
+        there = damaged | unreadable  # (refs that are there, but fetched nothing: not pruned)
         for tref, oid in repo.refs.list(f"refs/remotes/{name}/").items():  # first: a branch `a/b` deleted
             gone = tref[len(f"refs/remotes/{name}/"):]                    # there frees the name `a` here
-            if gone not in heads and f"refs/heads/{gone}" not in damaged:
+            if gone not in heads and f"refs/heads/{gone}" not in there:
                 repo.refs.update(tref, None, expected=oid, message=f"fetch from {where}: pruned")
                 updated[tref] = {"old": oid, "new": None}
         for branch, oid in heads.items():

@@ -697,6 +697,23 @@ def test_a_conditional_write_answered_409_is_tried_again(tmp_path, aws_env, s3_e
     assert len(calls) == 2 and t.read_file("refs/heads/main")[0] == b"a" * 64 + b"\n"
 
 
+def test_fetch_keeps_the_tracking_ref_of_a_remote_ref_it_cannot_read(tmp_path, remote):
+    """A remote ref holding no id (damaged there, or read short) was left out of the listing, and
+    fetch took it for deleted: it pruned origin/side, so commits only it reached became garbage."""
+    src = new_repo(tmp_path / "src", remote)
+    src.commit({"m": weights(0)}, message="one")
+    side = src.commit({"m": weights(1)}, message="side", branch="side")
+    rm.push(src)
+    rm.push(src, branch="side")
+    work = rm.clone(remote.url, str(tmp_path / "work"), endpoint=remote.endpoint)[0]
+    assert work.refs.read("refs/remotes/origin/side") == side
+    _write_remote_file(remote, "refs/heads/side", b"garbage\n")
+    with pytest.warns(UserWarning, match="refs/heads/side"):
+        result = rm.fetch(mvc.Repo(work.root))
+    assert "refs/remotes/origin/side" not in result["refs"]
+    assert mvc.Repo(work.root).refs.read("refs/remotes/origin/side") == side
+
+
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
 def _write_remote_file(remote, name, data: bytes):
     if remote.kind == "dir":
