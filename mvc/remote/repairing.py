@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import MvcError
+from ..errors import CorruptObject, MvcError, ObjectMissing
 from ..objects import is_oid
 from ..repo import Repo
 from ..store import fsync_dir
@@ -54,8 +54,8 @@ def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: di
     for oid in wanted:
         try:
             data = receive(t, oid, where, limits.get(oid, MAX_META_BYTES))  # (a commit, tree or certificate)
-        except MvcError as e:
-            failed[oid] = e.message
+        except (ObjectMissing, CorruptObject) as e:  # not there, or damaged there too; a remote that
+            failed[oid] = e.message                  # cannot be read (the network, credentials) stops it
             continue
         if repo.loose.has(oid):
             repo.loose.delete(oid)  # the damaged copy: objects are write-once, so it goes first

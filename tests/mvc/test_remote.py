@@ -1025,6 +1025,27 @@ def test_repair_refuses_a_commit_or_tree_over_the_size_limit_unread(tmp_path, mo
     assert tid in failed and asked and all(a is not None and a <= 4096 for a in asked)
 
 
+def test_fsck_repair_from_a_remote_it_cannot_read_says_why(tmp_path, monkeypatch):
+    """A remote that could not be read (the network, credentials, a missing bucket) was reported as
+    'restored 0 objects; 2 not available there' (exit 1), no reason and no retry hint."""
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(1, n=2)}, message="one")
+    remote = str(tmp_path / "remote.mvc")
+    rm.push(src, remote)
+    tid = src.read_commit(cid)["components"]["core"]
+    os.chmod(src.loose.path(tid), 0o644)
+    os.unlink(src.loose.path(tid))
+
+    def unreachable(self, oid, max_size=None):
+        raise mvc.MvcError(f"cannot reach {remote}", "check the network, and run the command again to resume")
+    monkeypatch.setattr(DirectoryTransport, "get", unreachable)
+    with pytest.raises(mvc.MvcError, match="cannot reach") as e:
+        rm.repair(src, remote)
+    assert "run the command again" in e.value.hint
+    monkeypatch.undo()
+    assert rm.repair(mvc.Repo(src.root), remote)["ok"]
+
+
 def test_fsck_repair_from_replaces_a_damaged_loose_copy_beside_a_good_packed_one(tmp_path):
     from mvc.pack_write import pack
     src = new_repo(tmp_path / "src")
