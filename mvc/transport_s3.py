@@ -168,6 +168,7 @@ class S3Transport(Transport):
         what = f"reading object {oid[:12]}"
         n, etag, broken = 0, None, 0
         while True:
+            r = None
             try:
                 extra = {"Range": f"bytes={n}-", "IfMatch": etag} if n else {}
                 r = self.client.get_object(Bucket=self.bucket, Key=self._object_key(oid), **extra)
@@ -189,8 +190,8 @@ class S3Transport(Transport):
                                    "by a push --repair maybe", RETRY_HINT) from None
                 self._fail(e, what)
             except BotoCoreError as e:
-                if _body_broke(e) and broken < BODY_RETRIES and (etag or not n):
-                    broken += 1
+                if _body_broke(e) and r is not None and broken < BODY_RETRIES and (etag or not n):
+                    broken += 1  # (a request that got no response was retried by botocore already)
                     continue
                 self._fail(e, what)
 
@@ -235,6 +236,7 @@ class S3Transport(Transport):
     def read_file(self, name):
         from botocore.exceptions import BotoCoreError, ClientError
         for attempt in range(BODY_RETRIES + 1):
+            r = None
             try:
                 r = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
                 check_size(name, r.get("ContentLength"), MAX_FILE_BYTES, self.url)
@@ -246,8 +248,8 @@ class S3Transport(Transport):
                     return None, ABSENT
                 self._fail(e, f"reading {name}")
             except BotoCoreError as e:
-                if _body_broke(e) and attempt < BODY_RETRIES:
-                    continue  # a small file: read it whole again
+                if _body_broke(e) and r is not None and attempt < BODY_RETRIES:
+                    continue  # a small file whose body broke off: read it whole again
                 self._fail(e, f"reading {name}")
 
     def cas_file(self, name, data, token):

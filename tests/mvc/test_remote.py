@@ -714,6 +714,25 @@ def test_fetch_keeps_the_tracking_ref_of_a_remote_ref_it_cannot_read(tmp_path, r
     assert mvc.Repo(work.root).refs.read("refs/remotes/origin/side") == side
 
 
+def test_a_request_that_times_out_is_not_retried_on_top_of_botocores_retries(tmp_path, aws_env, s3_endpoint,
+                                                                              monkeypatch):
+    """A read timeout before any response counted as a body that broke off: 5 requests on top of
+    botocore's 6 tries each, 30 in all (about an hour at the 120 s read timeout) for one object."""
+    from botocore.exceptions import ReadTimeoutError
+    t = S3Remote(s3_endpoint).transport()
+    calls = []
+
+    def stuck(**kw):
+        calls.append(kw["Key"])
+        raise ReadTimeoutError(endpoint_url=s3_endpoint)
+    monkeypatch.setattr(t.client, "get_object", stuck)
+    with pytest.raises(mvc.MvcError, match="cannot reach S3"):
+        t.get("a" * 64)
+    with pytest.raises(mvc.MvcError, match="cannot reach S3"):
+        t.read_file("HEAD")
+    assert len(calls) == 2
+
+
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
 def _write_remote_file(remote, name, data: bytes):
     if remote.kind == "dir":
