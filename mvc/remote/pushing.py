@@ -143,22 +143,30 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                 raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
                                      "only the branch did not move", hint) from None
         note_moved(f"moved {branch} on {where} to {local[:12]}")
-    for tag in sorted(tags):
-        try:
-            t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
-        except RefConflict:
-            if (there := _now(t, f"refs/tags/{tag}")) != tags[tag]:  # (the same id: it landed all the same)
+    try:
+        for tag in sorted(tags):
+            try:
+                t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
+            except RefConflict:
+                if (there := _now(t, f"refs/tags/{tag}")) != tags[tag]:  # (the same id: it landed all the same)
+                    result["tags"].remove(tag)
+                    result["tags_skipped"][tag] = None if there is DAMAGED else there
+                    continue
+            except CorruptObject as e:  # a damaged tag there: the branch has moved, report it, go on
+                warnings.warn(f"tag {tag} not pushed: {e.message} (push --force replaces it)")
                 result["tags"].remove(tag)
-                result["tags_skipped"][tag] = None if there is DAMAGED else there
+                result["tags_skipped"][tag] = None
                 continue
-        except CorruptObject as e:  # a damaged tag there: the branch has moved, report it, go on
-            warnings.warn(f"tag {tag} not pushed: {e.message} (push --force replaces it)")
-            result["tags"].remove(tag)
-            result["tags_skipped"][tag] = None
-            continue
-        note_moved(f"made tag {tag} on {where}")
-    for commit, ids in certs.items():
-        t.add_to_cert_index(commit, ids)
+            note_moved(f"made tag {tag} on {where}")
+        for commit, ids in certs.items():
+            t.add_to_cert_index(commit, ids)
+    except MvcError as e:  # (an OSError says what moved through the CLI: see refs.note_moved)
+        if old != local:  # the branch moved there: its tracking ref follows, and the error says so
+            if tracking:
+                _track(repo, name, tracking, local, where)
+            e.message += f"; the push had moved {branch} on {where} to {local[:12]}, which stays"
+            e.hint = e.hint or "the same push again sends the rest"
+        raise
     if tracking:
         _track(repo, name, tracking, local, where)
     return {**result, "sent": sent}

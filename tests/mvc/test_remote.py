@@ -21,7 +21,7 @@ import mvc
 from mvc import certindex, remote as rm
 from mvc.cli import cli
 from mvc.errors import BadName, CorruptObject, NonFastForward
-from mvc.objects import tree_blob_ids
+from mvc.objects import canonical_json, hash_bytes, tree_blob_ids
 from mvc.transport import DirectoryTransport, open_transport
 
 from damage import flip_byte
@@ -731,6 +731,30 @@ def test_a_request_that_times_out_is_not_retried_on_top_of_botocores_retries(tmp
     with pytest.raises(mvc.MvcError, match="cannot reach S3"):
         t.read_file("HEAD")
     assert len(calls) == 2
+
+
+def test_an_error_after_the_remote_branch_moved_says_so_and_moves_the_tracking_ref(tmp_path, remote, monkeypatch):
+    """A certificate index write that failed after the branch had moved there said only 'S3 error
+    while updating certs/...' and left origin/main behind."""
+    repo = new_repo(tmp_path / "r", remote)
+    head = repo.commit({"m": weights(0)}, message="one")
+    blob = repo.store.put(b"held-out data")
+    cert = canonical_json({"type": "certificate", "format": 1, "commit": head, "base": None, "passed": True,
+                           "checks": [{"name": "x", "kind": "exact-logits", "status": "passed", "params": {},
+                                       "figures": {}, "thresholds": {}, "inputs": {"data": blob}}],
+                           "time": "2026-01-01T00:00:00Z", "config": None, "environment": {}})
+    certindex.attach(repo.dir, head, [repo.store.put(cert, oid=hash_bytes(cert))])
+    t = remote.transport()
+
+    def fails(*_a, **_k):
+        raise mvc.MvcError("S3 error while updating certs", "run the command again to resume")
+    monkeypatch.setattr(t, "add_to_cert_index", fails)
+    with pytest.raises(mvc.MvcError, match=f"the push had moved main on origin to {head[:12]}, which stays"):
+        rm.push(repo, transport=t)
+    assert repo.refs.read("refs/remotes/origin/main") == head
+    monkeypatch.undo()
+    rm.push(mvc.Repo(repo.root))  # the rest goes
+    assert certindex.read_index(rm.clone(remote.url, str(tmp_path / "c"), endpoint=remote.endpoint)[0].dir, head)
 
 
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
