@@ -42,6 +42,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlparse
+from typing import Callable
 
 
 from .config import new_parser as new_config_parser
@@ -77,6 +78,29 @@ def check_received(oid: str, got: str, where: str) -> None:
     if got != oid:
         raise CorruptObject(f"object {oid} on remote {where} is corrupt: its content hashes to {got[:12]}; "
                             "it was not stored", REPAIR_HINT)
+
+
+def received(read: Callable[[], bytes], oid: str, where: str) -> bytes:
+    """`read()`'s bytes of object `oid` from remote `where`, verified; read once more when they do
+    not hash to the id (damaged in transit: the remote's copy may be good) before the remote's copy
+    is called damaged."""
+    data = read()
+    if hash_bytes(data) != oid:
+        data = read()
+        check_received(oid, hash_bytes(data), where)
+    return data
+
+
+def received_into(read_into: Callable[[object], int], f, oid: str, where: str) -> int:
+    """`read_into(f)` of object `oid` from remote `where` into the empty file `f`, verified as
+    `received` verifies (emptied and read once more)."""
+    n = read_into(f)
+    if hash_file(f) != oid:
+        f.seek(0)
+        f.truncate()
+        n = read_into(f)
+        check_received(oid, hash_file(f), where)
+    return n
 
 
 def remote_config_bytes() -> bytes:
@@ -834,9 +858,8 @@ class LazyRemoteStore(ObjectStore):
 
     def _in_memory(self, oid: str) -> bytes:
         """`oid` read from the remote into memory and verified (a cache we may not write)."""
-        data = self._from_remote(lambda t: t.get(oid, max_size=self._size_limit(oid)), oid)
-        check_received(oid, hash_bytes(data), self.remote)
-        return data
+        return received(lambda: self._from_remote(lambda t: t.get(oid, max_size=self._size_limit(oid)), oid),
+                        oid, self.remote)
 
     def _download(self, oid: str, slots: dict | None = None) -> bool:
         """Stream `oid` from the remote into the cache, verified before it gets its name; False
@@ -849,8 +872,8 @@ class LazyRemoteStore(ObjectStore):
             with (contextlib.nullcontext() if slots is not None else self._writers_shared()), \
                     new_object_file(cache.tmp, oid, None if slots is not None else cache.path(oid),
                                     cache.fsync and slots is None, readable=True) as f:
-                self._from_remote(lambda t: t.get_into(oid, f, max_size=self._size_limit(oid)), oid)
-                check_received(oid, hash_file(f), self.remote)
+                received_into(lambda out: self._from_remote(
+                    lambda t: t.get_into(oid, out, max_size=self._size_limit(oid)), oid), f, oid, self.remote)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 return False

@@ -7,11 +7,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 
 from ..errors import CorruptObject, MvcError, ObjectMissing, WrongObjectType
-from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, hash_bytes, tree_blob_sizes
+from ..objects import MAX_TREE_BYTES, certificate_refs, check_ref_name, tree_blob_sizes
 from ..refs import moves_scope, moves_so_far
 from ..repo import Repo
 from ..store import fsync_dir, new_object_file
-from ..transport import LazyRemoteStore, Transport, check_received, hash_file
+from ..transport import LazyRemoteStore, Transport, received, received_into
 
 
 class Pool:
@@ -123,9 +123,7 @@ NAMED_MAX_BYTES = 1 << 30  # what a certificate names (check data: semantic CI r
 def receive(transport: Transport, oid: str, where: str, max_size: int | None = None) -> bytes:
     """An object from the remote, verified against its id (a bad one raises and is not stored);
     one larger than `max_size` is refused before it is read."""
-    data = transport.get(oid, max_size=max_size)
-    check_received(oid, hash_bytes(data), where)
-    return data
+    return received(lambda: transport.get(oid, max_size=max_size), oid, where)
 
 
 def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max_size: int | None = None,
@@ -142,8 +140,7 @@ def receive_into(repo: Repo, t: Transport, oid: str, where: str, dirty: set, max
         return os.path.getsize(final)
     with new_object_file(loose.tmp, oid, None if pending is not None else final,
                          loose.fsync and pending is None, readable=True) as f:
-        n = t.get_into(oid, f, max_size=max_size)
-        check_received(oid, hash_file(f), where)
+        n = received_into(lambda out: t.get_into(oid, out, max_size=max_size), f, oid, where)
     if pending is not None:
         pending[oid] = f.name
         return n

@@ -757,6 +757,43 @@ def test_an_error_after_the_remote_branch_moved_says_so_and_moves_the_tracking_r
     assert certindex.read_index(rm.clone(remote.url, str(tmp_path / "c"), endpoint=remote.endpoint)[0].dir, head)
 
 
+class DamagedOnce(Counting):
+    """A transport whose first read of each object arrives with one byte flipped (in transit)."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.seen = set()
+
+    def _flip(self, oid, data: bytes) -> bytes:
+        if oid in self.seen or not data:
+            return data
+        self.seen.add(oid)
+        return bytes([data[0] ^ 1]) + data[1:]
+
+    def get(self, oid, max_size=None):
+        return self._flip(oid, self.inner.get(oid, max_size=max_size))
+
+    def get_into(self, oid, f, max_size=None):
+        data = self._flip(oid, self.inner.get(oid, max_size=max_size))
+        f.write(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_an_object_damaged_in_transit_once_is_read_again_not_called_damage_there(tmp_path, remote, lazy):
+    """One flipped byte in a response (no checksum header) stopped the clone: 'the remote is damaged
+    (mvc push --repair)', though the remote's copy was good."""
+    src = new_repo(tmp_path / "src", remote)
+    head = src.commit({"m": weights(0)}, message="one")
+    rm.push(src)
+    clone = rm.clone(remote.url, str(tmp_path / "c"), lazy=lazy, endpoint=remote.endpoint,
+                     transport=DamagedOnce(remote.transport()))[0]
+    if lazy:
+        store = next(s for s in clone.store.stores if hasattr(s, "_transport"))
+        store._transport = DamagedOnce(remote.transport())
+    assert torch.equal(clone.load(head, "m")["w0"], weights(0)["w0"]) and clone.fsck()["ok"]
+
+
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
 def _write_remote_file(remote, name, data: bytes):
     if remote.kind == "dir":
