@@ -363,11 +363,14 @@ def _body_broke(e) -> bool:
 
 
 def _transient(e) -> bool:
-    """A ClientError worth running the command again for (throttling, a server error)."""
+    """A ClientError worth running the command again for (throttling, a server error; not one
+    saying the server lacks what was asked, 501 NotImplemented, which a retry meets again)."""
     code = _code(e)
-    status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    status = int(getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in ("NotImplemented", "501") or status in (501, 505):
+        return False
     return code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-                    "ServiceUnavailable", "503", "500") or int(status) >= 500
+                    "ServiceUnavailable", "503", "500") or status >= 500
 
 
 def _code(e) -> str:

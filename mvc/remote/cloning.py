@@ -6,7 +6,7 @@ import re
 import shutil
 import warnings
 
-from ..errors import BadInput, BadName, FormatTooNew, MvcError, ObjectMissing
+from ..errors import BadInput, BadName, CorruptObject, FormatTooNew, MvcError, ObjectMissing
 from ..files import pid_alive
 from ..objects import check_new_ref_name, check_ref_name
 from ..repo import MVC_DIR, Repo
@@ -70,7 +70,10 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
         if isinstance(e, ObjectMissing) and t.lazy_clone_origin():
             raise  # a blob the lazy clone serving as the remote has not fetched: no retry brings it
         if "to resume" not in (e.hint or ""):  # S3 read failures say so already
-            e.hint = (e.hint + "; " if e.hint else "") + "run the same mvc clone again to resume"
+            again = ("once the remote is repaired, the same mvc clone resumes"  # (damage there: a retry
+                     if isinstance(e, (ObjectMissing, CorruptObject)) else     # alone meets it again)
+                     "run the same mvc clone again to resume")
+            e.hint = (e.hint + "; " if e.hint else "") + again
         raise
     heads = {r[len("refs/remotes/origin/"):]: v for r, v in repo.refs.list("refs/remotes/origin/").items()}
     branch = default if default in heads else ("main" if "main" in heads else min(heads, default=None))

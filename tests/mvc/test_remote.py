@@ -794,6 +794,30 @@ def test_an_object_damaged_in_transit_once_is_read_again_not_called_damage_there
     assert torch.equal(clone.load(head, "m")["w0"], weights(0)["w0"]) and clone.fsck()["ok"]
 
 
+def test_retry_hints_only_where_a_retry_can_help(tmp_path):
+    """A 501 NotImplemented was hinted 'run the command again to resume', and a clone of a remote
+    lacking an object 'run the same mvc clone again to resume', which alone meets it again."""
+    from botocore.exceptions import ClientError
+    from mvc.transport_s3 import _transient
+
+    def error(code, status):
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    assert _transient(error("SlowDown", 503)) and _transient(error("InternalError", 500))
+    assert not _transient(error("NotImplemented", 501)) and not _transient(error("AccessDenied", 403))
+    src = new_repo(tmp_path / "src")
+    src.commit({"m": weights(0)}, message="one")
+    remote = str(tmp_path / "remote.mvc")
+    rm.push(src, remote)
+    blob = tree_blob_ids(src.tree("HEAD", "m"))[0]
+    path = DirectoryTransport(remote).objects.path(blob)
+    os.chmod(path, 0o644)
+    os.unlink(path)
+    with pytest.raises(mvc.MvcError) as e:
+        rm.clone(remote, str(tmp_path / "c"))
+    assert "once the remote is repaired, the same mvc clone resumes" in e.value.hint
+    assert "run the same mvc clone again" not in e.value.hint
+
+
 # -- robustness: packed sources, clashing and damaged refs, foreign data, repair ---------------
 def _write_remote_file(remote, name, data: bytes):
     if remote.kind == "dir":
