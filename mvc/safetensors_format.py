@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import struct
 from typing import NamedTuple
 
@@ -48,13 +49,23 @@ class Header(NamedTuple):
         return 8 + self.header_len
 
 
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise BadInput(f"duplicate key {key!r} in safetensors header")
-        out[key] = value
-    return out
+class _Object(dict):
+    """A JSON object of a header, the last value of a repeated key kept (as the reference reader
+    keeps it) and the repeated keys in `repeated`: refused where the reference reader refuses them
+    (a tensor entry's fields) or would silently pick one (tensor names), taken anywhere else."""
+
+    def __init__(self, pairs):
+        super().__init__()
+        self.repeated = []
+        for key, value in pairs:
+            if key in self:
+                self.repeated.append(key)
+            self[key] = value
+
+
+def _refuse_repeated(obj) -> None:
+    if isinstance(obj, _Object) and obj.repeated:
+        raise BadInput(f"duplicate key {obj.repeated[0]!r} in safetensors header")
 
 
 def _no_constant(name: str):
@@ -62,10 +73,22 @@ def _no_constant(name: str):
     raise BadInput(f"{name} in safetensors header (not JSON)")
 
 
-def _json_int(text: str) -> int:
-    if text == "-0":  # the reference reader's parser reads -0 as a float, and refuses it where an integer goes
-        raise BadInput("-0 in safetensors header (not an integer for the reference reader)")
-    return int(text)
+def _json_int(text: str) -> int | float:
+    if text == "-0":  # the reference reader's parser reads -0 as a float: refused where an integer goes
+        return -0.0
+    value = int(text)
+    try:  # (past 64 bits the reference reader's parser reads a number as a float: it must fit one)
+        float(value)
+    except OverflowError:
+        raise BadInput("a number out of range in safetensors header (the reference reader refuses it)") from None
+    return value
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: Python takes it as infinity, the reference reader refuses it
+        raise BadInput("a number out of range in safetensors header (the reference reader refuses it)")
+    return value
 
 
 def _check_depth(doc) -> None:
@@ -118,7 +141,8 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
     except UnicodeDecodeError as e:
         raise BadInput(f"{where}: safetensors header is not UTF-8 ({e})") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_int=_json_int)
+        doc = json.loads(text, object_pairs_hook=_Object, parse_constant=_no_constant, parse_int=_json_int,
+                         parse_float=_json_float)
         _check_depth(doc)
     except BadInput as e:
         raise BadInput(f"{where}: {e.message}") from None
@@ -128,6 +152,13 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
         raise BadInput(f"{where}: safetensors header nests too deeply") from None
     if not isinstance(doc, dict):
         raise BadInput(f"{where}: safetensors header is not a JSON object")
+    try:
+        _refuse_repeated(doc)  # (a tensor name twice; __metadata__ twice)
+        for name, value in doc.items():  # a field twice in a tensor entry (a key twice in __metadata__,
+            if name != "__metadata__":   # or in an extra key's object, is taken: the last one, as there)
+                _refuse_repeated(value)
+    except BadInput as e:
+        raise BadInput(f"{where}: {e.message}") from None
     try:  # JSON escapes can spell lone surrogates, which are not text (the reference reader refuses them)
         json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

@@ -216,3 +216,42 @@ def test_a_git_lfs_pointer_is_named_as_one(tmp_path, repo):
     (tmp_path / "model.safetensors").write_bytes(pointer)
     with pytest.raises(BadInput, match="Git LFS pointer"):
         repo.commit({"m": str(tmp_path / "model.safetensors")}, message="x")
+
+
+def _reference_accepts(blob: bytes) -> bool:
+    try:
+        load(blob)
+    except Exception:  # (the reference reader's errors are of several types)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("extra,accepted", [
+    (b'1e400', False), (b'-1e400', False), (b'1' + b'0' * 400, False),  # out of a float's range
+    (b'1.8e308', False), (b'1e308', True), (b'18446744073709551616', True),  # (past 64 bits: a float)
+    (b'-0', True), (b'[-0, 0.5]', True),  # -0 is refused only where an integer goes
+    (b'{"z": 1, "z": 2}', True),  # a repeated key in an extra key's object: the last one, as there
+])
+def test_numbers_and_repeated_keys_outside_the_fields_are_judged_as_the_reference_reader_does(extra, accepted):
+    """1e400 (or a 400-digit integer) in an extra key was accepted (Python reads it as infinity, the
+    reference reader refuses it); -0 and a repeated key there were refused (the reference takes them)."""
+    blob = _file({}, b"\0" * 4, raw_header=b'{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + extra + b"}}")
+    assert _reference_accepts(blob) is accepted
+    if accepted:
+        assert _parse(blob).tensors[0].name == "t"
+    else:
+        with pytest.raises(BadInput, match="out of range"):
+            _parse(blob)
+
+
+def test_repeated_keys_are_refused_in_names_and_fields_and_taken_in_metadata():
+    entry = b'{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+    metadata = _file({}, b"\0" * 4, raw_header=b'{"__metadata__":{"k":"a","k":"b"},"t":' + entry + b"}")
+    assert _reference_accepts(metadata) and _parse(metadata).metadata == {"k": "b"}
+    field = _file({}, b"\0" * 4, raw_header=b'{"t":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}}')
+    assert not _reference_accepts(field)
+    with pytest.raises(BadInput, match="duplicate key 'dtype'"):
+        _parse(field)
+    name = _file({}, b"\0" * 8, raw_header=b'{"t":' + entry + b',"t":' + entry.replace(b"0,4", b"4,8") + b"}")
+    with pytest.raises(BadInput, match="duplicate key 't'"):  # (the reference keeps one: a tensor lost)
+        _parse(name)
