@@ -51,21 +51,24 @@ class Header(NamedTuple):
 
 class _Object(dict):
     """A JSON object of a header, the last value of a repeated key kept (as the reference reader
-    keeps it) and the repeated keys in `repeated`: refused where the reference reader refuses them
-    (a tensor entry's fields) or would silently pick one (tensor names), taken anywhere else."""
+    keeps it) and the repeated keys with the values they replaced in `replaced`: refused where the
+    reference reader refuses them (the dtype, shape or data_offsets of a tensor entry) or would
+    silently pick one (tensor names), taken anywhere else (its other checks see every value)."""
 
     def __init__(self, pairs):
         super().__init__()
-        self.repeated = []
+        self.replaced: list[tuple[str, object]] = []
         for key, value in pairs:
             if key in self:
-                self.repeated.append(key)
+                self.replaced.append((key, self[key]))
             self[key] = value
 
 
-def _refuse_repeated(obj) -> None:
-    if isinstance(obj, _Object) and obj.repeated:
-        raise BadInput(f"duplicate key {obj.repeated[0]!r} in safetensors header")
+def _refuse_repeated(obj, keys=None) -> None:
+    """A repeated key of `obj` (of `keys` only, when given) is refused."""
+    for key, _value in getattr(obj, "replaced", ()):
+        if keys is None or key in keys:
+            raise BadInput(f"duplicate key {key!r} in safetensors header")
 
 
 def _no_constant(name: str):
@@ -154,9 +157,9 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
         raise BadInput(f"{where}: safetensors header is not a JSON object")
     try:
         _refuse_repeated(doc)  # (a tensor name twice; __metadata__ twice)
-        for name, value in doc.items():  # a field twice in a tensor entry (a key twice in __metadata__,
-            if name != "__metadata__":   # or in an extra key's object, is taken: the last one, as there)
-                _refuse_repeated(value)
+        for name, value in doc.items():  # a field twice in a tensor entry (another key twice, in it, in
+            if name != "__metadata__":   # __metadata__ or in an extra key's object, is taken: the last one)
+                _refuse_repeated(value, ("dtype", "shape", "data_offsets"))
     except BadInput as e:
         raise BadInput(f"{where}: {e.message}") from None
     try:  # JSON escapes can spell lone surrogates, which are not text (the reference reader refuses them)
@@ -165,8 +168,8 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
         raise BadInput(f"{where}: safetensors header holds an invalid Unicode escape (a lone surrogate)") from None
     metadata = doc.pop("__metadata__", None)
     if metadata is not None:
-        if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        if not isinstance(metadata, dict) or not all(  # (a value a repeated key replaced is checked too)
+            isinstance(k, str) and isinstance(v, str) for k, v in [*metadata.items(), *metadata.replaced]
         ):
             raise BadInput(f"{where}: __metadata__ must map strings to strings")
     entries = []

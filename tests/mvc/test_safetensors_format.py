@@ -245,9 +245,18 @@ def test_numbers_and_repeated_keys_outside_the_fields_are_judged_as_the_referenc
 
 
 def test_repeated_keys_are_refused_in_names_and_fields_and_taken_in_metadata():
+    """(A key repeated in the metadata is taken, but every value it had must be text: the reference
+    reader checks each as it reads; an extra key repeated in an entry is taken too.)"""
     entry = b'{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
     metadata = _file({}, b"\0" * 4, raw_header=b'{"__metadata__":{"k":"a","k":"b"},"t":' + entry + b"}")
     assert _reference_accepts(metadata) and _parse(metadata).metadata == {"k": "b"}
+    for earlier in (b"1", b"null"):
+        odd = _file({}, b"\0" * 4, raw_header=b'{"__metadata__":{"k":' + earlier + b',"k":"b"},"t":' + entry + b"}")
+        assert not _reference_accepts(odd)
+        with pytest.raises(BadInput, match="__metadata__ must map strings to strings"):
+            _parse(odd)
+    extra = _file({}, b"\0" * 4, raw_header=entry[:-1].join([b'{"t":', b',"x":1,"x":2}}']))
+    assert _reference_accepts(extra) and _parse(extra).tensors[0].name == "t"
     field = _file({}, b"\0" * 4, raw_header=b'{"t":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}}')
     assert not _reference_accepts(field)
     with pytest.raises(BadInput, match="duplicate key 'dtype'"):
