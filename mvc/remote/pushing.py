@@ -82,7 +82,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
             try:
                 t.update_ref(ref, None, expected=old, replace_damaged=True)
             except RefConflict:
-                if _now(t, ref) is not None:  # (gone: this delete landed, its answer was lost, and a retry
+                if _now(t, ref, where) is not None:  # (gone: this delete landed, its answer was lost, and a retry
                     raise NonFastForward(f"remote branch {branch} moved while deleting it",  # found it gone)
                                          "fetch and look before deleting it again") from None
             note_moved(f"deleted {branch} on {where}")
@@ -132,7 +132,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force)
         except RefConflict:
-            now = _now(t, ref)  # where we moved it: this write landed and its answer was lost (a retry of it
+            now = _now(t, ref, where)  # where we moved it: this write landed and its answer was lost (a retry of it
             if now != local:    # then met its own result), or another push sent the same commit: pushed
                 if now is None and old is not None:
                     how, hint = ("was deleted while pushing (a push --delete won)",
@@ -143,12 +143,14 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                 raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
                                      "only the branch did not move", hint) from None
         note_moved(f"moved {branch} on {where} to {local[:12]}")
+    if tracking:  # (at once: the branch is there now, whatever happens to the tags and certificates)
+        _track(repo, name, tracking, local, where)
     try:
         for tag in sorted(tags):
             try:
                 t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
             except RefConflict:
-                if (there := _now(t, f"refs/tags/{tag}")) != tags[tag]:  # (the same id: it landed all the same)
+                if (there := _now(t, f"refs/tags/{tag}", where)) != tags[tag]:  # (the same id: it landed)
                     result["tags"].remove(tag)
                     result["tags_skipped"][tag] = None if there is DAMAGED else there
                     continue
@@ -161,24 +163,25 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         for commit, ids in certs.items():
             t.add_to_cert_index(commit, ids)
     except MvcError as e:  # (an OSError says what moved through the CLI: see refs.note_moved)
-        if old != local:  # the branch moved there: its tracking ref follows, and the error says so
-            if tracking:
-                _track(repo, name, tracking, local, where)
+        if old != local:
             e.message += f"; the push had moved {branch} on {where} to {local[:12]}, which stays"
             e.hint = e.hint or "the same push again sends the rest"
         raise
-    if tracking:
-        _track(repo, name, tracking, local, where)
     return {**result, "sent": sent}
 
 
-def _now(t: Transport, ref: str):
+def _now(t: Transport, ref: str, where: str):
     """What `ref` holds on the remote now, after a compare-and-swap failed: an id, None, or
-    DAMAGED where it cannot be read."""
+    DAMAGED where it holds no id. A read that fails (the network: the fault that lost the write's
+    answer, maybe) cannot tell whether the write landed, and says so."""
     try:
         return t.read_ref(ref)
-    except MvcError:
+    except CorruptObject:
         return DAMAGED
+    except MvcError as e:
+        raise MvcError(f"cannot tell whether the write of {ref} on {where} landed: it was answered as a conflict, "
+                       f"and reading it back failed ({e.message})",
+                       f"mvc fetch {where} shows where it stands; push again if it did not land") from None
 
 
 def _track(repo: Repo, name: str, tracking: str, local: str, where: str) -> None:

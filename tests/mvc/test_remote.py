@@ -637,16 +637,22 @@ def test_a_failed_multipart_upload_is_an_s3_error_not_a_bug(tmp_path, aws_env, s
     big.write_bytes(b"x" * 10)
     monkeypatch.setattr(s3mod, "MULTIPART_BYTES", 5)
 
-    def fails(*_a, **_k):
-        try:
-            raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow"},
-                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "UploadPart")
-        except ClientError as e:
-            raise S3UploadFailedError(f"Failed to upload: {e}") from e
-    monkeypatch.setattr(t.client, "upload_file", fails)
-    with pytest.raises(mvc.MvcError, match="writing object") as e:
+    def fails(code, status):
+        def upload(*_a, **_k):
+            try:
+                raise ClientError({"Error": {"Code": code, "Message": code},
+                                   "ResponseMetadata": {"HTTPStatusCode": status}}, "UploadPart")
+            except ClientError as e:  # (boto3 raises it without `from`: the ClientError is its context)
+                raise S3UploadFailedError(f"Failed to upload: {e}")
+        return upload
+    monkeypatch.setattr(t.client, "upload_file", fails("SlowDown", 503))
+    with pytest.raises(mvc.MvcError, match="S3 error while writing object") as e:
         t.put_file("a" * 64, str(big))
     assert "run the command again to resume" in e.value.hint
+    monkeypatch.setattr(t.client, "upload_file", fails("AccessDenied", 403))
+    with pytest.raises(mvc.MvcError, match="access denied while writing object") as e:  # (mapped as the
+        t.put_file("a" * 64, str(big))                                                   # ClientError is)
+    assert "credentials" in e.value.hint
 
 
 class LostAnswers(Counting):
@@ -674,6 +680,35 @@ def test_a_push_whose_ref_writes_landed_but_answered_as_conflicts_is_pushed(tmp_
     rm.push(repo, branch="side")
     assert rm.push(repo, branch="side", delete=True, transport=LostAnswers(remote.transport()))["status"] == "deleted"
     assert "refs/heads/side" not in remote.transport().list_refs()
+
+
+def test_a_push_that_cannot_read_back_a_ref_after_a_lost_answer_says_it_cannot_tell(tmp_path, remote):
+    """When the read back failed too (the same network fault), push said another push won and the
+    branch did not move, though it held our commit."""
+    class Unreadable(LostAnswers):
+        def read_ref(self, ref):
+            raise mvc.MvcError("cannot reach the remote", "run the command again to resume")
+    repo = new_repo(tmp_path / "r", remote)
+    repo.commit({"m": weights(0)}, message="one")
+    with pytest.raises(mvc.MvcError, match="cannot tell whether the write of refs/heads/main on origin landed") as e:
+        rm.push(repo, transport=Unreadable(remote.transport()))
+    assert "another push won" not in str(e.value) and "mvc fetch origin shows where it stands" in e.value.hint
+
+
+def test_the_tracking_ref_follows_the_remote_branch_whatever_fails_after_it(tmp_path, remote):
+    """A file-system error (or Ctrl-C) writing a tag after the branch had moved left origin/main
+    behind: only an MvcError moved it."""
+    class TagsFail(Counting):
+        def update_ref(self, ref, new, expected, replace_damaged=False):
+            if ref.startswith("refs/tags/"):
+                raise PermissionError(13, "Permission denied", ref)
+            return self.inner.update_ref(ref, new, expected, replace_damaged)
+    repo = new_repo(tmp_path / "r", remote)
+    head = repo.commit({"m": weights(0)}, message="one")
+    repo.tag("v1")
+    with pytest.raises(mvc.MvcError, match="permission denied"):  # (push names what moved before it)
+        rm.push(repo, transport=TagsFail(remote.transport()))
+    assert repo.refs.read("refs/remotes/origin/main") == head
 
 
 def test_a_conditional_write_answered_409_is_tried_again(tmp_path, aws_env, s3_endpoint, monkeypatch):
