@@ -21,7 +21,7 @@ from typing import Iterator
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
 from .interrupts import interrupts_deferred
 from .objects import hash_bytes, is_oid, new_hasher
-from .transfer import BATCHED_BELOW, SMALL_PER_TASK, batches
+from .transfer import BATCHED_BELOW, batches
 
 try:  # (imported now: importing it once the open-file limit is reached needs a descriptor itself)
     import resource
@@ -425,10 +425,7 @@ class LooseStore(ObjectStore):
         for run in batches([o for o in ids if sizes[o] < BATCHED_BELOW], sizes):
             with self.batch(keep_whole=True):
                 slots = self.batch_slots()
-                # a few small objects to a task: a task each cost more than a tiny object's read
-                step = max(1, min(SMALL_PER_TASK, len(run) // 64))
-                list(parallel_map(lambda group: [receive(oid, slots) for oid in group],
-                                  [run[i:i + step] for i in range(0, len(run), step)]))
+                list(parallel_map(lambda oid: receive(oid, slots), run))
 
     def _flush(self, pending: dict[str, str], watch: int | None = None) -> None:
         try:

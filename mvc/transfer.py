@@ -7,7 +7,6 @@ DEFAULT_JOBS = 8
 BATCHED_BELOW = 1 << 20  # objects smaller than this are made durable a batch at a time, larger ones one by one
 BATCH_BYTES = 64 << 20  # at most this much of a transfer is lost (left in temp files) when it is killed -9
 BATCH_OBJECTS = 4096
-SMALL_PER_TASK = 32  # batched objects a worker task receives together (a task each cost more than a tiny read)
 
 
 def batches(ids: list[str], sizes: dict[str, int]):
