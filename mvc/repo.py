@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import functools
+import heapq
 import json
 import os
 import random
@@ -66,6 +67,17 @@ def _opens(path: str) -> bool:
         raise
     except OSError:
         return False
+
+
+class _Newest:
+    """A commit of log's frontier: the heap gives the newest first, then the first one found."""
+    __slots__ = ("time", "seq", "cid")
+
+    def __init__(self, time: str, seq: int, cid: str):
+        self.time, self.seq, self.cid = time, seq, cid
+
+    def __lt__(self, other: "_Newest") -> bool:
+        return self.time > other.time or (self.time == other.time and self.seq < other.seq)
 
 
 class Repo(Maintenance):
@@ -831,16 +843,16 @@ class Repo(Maintenance):
                     stack.extend(self.read_commit(c, shared=True)["parents"])
         if start in hidden:
             return []
-        out, seen, frontier = [], {start} | hidden, [start]
-        while frontier and (n is None or len(out) < n):
-            frontier.sort(key=lambda c: self.read_commit(c, shared=True)["time"], reverse=True)
-            cid = frontier.pop(0)
+        out, seen = [], {start} | hidden
+        frontier = [_Newest(self.read_commit(start, shared=True)["time"], 0, start)]  # (a heap: newest first, and
+        while frontier and (n is None or len(out) < n):                         # the first found of equal times)
+            cid = heapq.heappop(frontier).cid
             c = self.read_commit(cid, shared=True)
             out.append({"id": cid, **json_copy(c)})
             for p in c["parents"]:
                 if p not in seen:
                     seen.add(p)
-                    frontier.append(p)
+                    heapq.heappush(frontier, _Newest(self.read_commit(p, shared=True)["time"], len(seen), p))
         return out
 
     def show(self, rev: str | None = None) -> dict:
