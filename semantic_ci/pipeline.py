@@ -131,6 +131,38 @@ def stage_info(repo, commit: str | None) -> dict:
     return repo.read_commit(commit).get("extra", {}).get("pipeline", {})
 
 
+FINISHED_SEARCH = 1000  # commits of others (a user's paste onto a stage branch) looked past for a stage's own
+
+
+def stage_commit(repo, head: str | None, stage_name: str) -> str | None:
+    """The newest commit of stage `stage_name` on a branch whose tip is `head`: the tip, or the first
+    one below commits the stage did not make (a user's commit on its branch, a paste into a host
+    branch), which are kept; None when the branch holds none of its commits there."""
+    c = head
+    for _ in range(FINISHED_SEARCH):
+        if not c:
+            return None
+        if stage_info(repo, c).get("stage") == stage_name:
+            return c
+        parents = repo.read_commit(c)["parents"]
+        c = parents[0] if parents else None
+    return None
+
+
+def finished(run, stage, branch: str, key: str) -> str | None:
+    """The commit that finished `stage` on `branch` with these inputs (`key`), if one did: a re-run
+    skips the stage (a commit made on its branch since stays, and the stage's result is its own)."""
+    repo = run.repo
+    head = repo.branches().get(branch)
+    own = stage_commit(repo, head, stage.name)
+    info = stage_info(repo, own)
+    if info.get("key") != key or info.get("status") != "done":
+        return None
+    run.emit({"event": "skip", "stage": stage.name, "commit": own, "reason": "inputs unchanged",
+              **({"kept": head} if own != head else {})})
+    return own
+
+
 # -- gates ------------------------------------------------------------------------------------------
 def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_end: bool) -> tuple[bool, str]:
     """Evaluate the gates due at this commit, store them as a certificate; (passed, certificate id)."""
@@ -307,7 +339,7 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
             if stage.name != from_stage:
                 # the results a full run records, in its order (a paste stage's hosts, then its own)
                 for result, result_branch in run.branches(stage).items():
-                    head = repo.branches().get(result_branch)
+                    head = stage_commit(repo, repo.branches().get(result_branch), stage.name)  # (its own result)
                     if stage_info(repo, head).get("status") != "done":
                         raise ConfigError(f"--from-stage {from_stage}: earlier stage {stage.name} has not finished",
                                           "run without --from-stage first")
@@ -364,11 +396,11 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
     repo = run.repo
     branch = run.branch(stage)
     key = run.key(stage, inputs)
+    done = finished(run, stage, branch, key)
+    if done is not None:
+        return done, "unchanged"
     head = repo.branches().get(branch)
     info = stage_info(repo, head)
-    if info.get("key") == key and info.get("status") == "done":
-        run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
-        return head, "unchanged"
     build_job = job_factory
     from cores.train import HeldOutTooShort
 
@@ -410,6 +442,14 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
     else:
         attempt, settings = 0, dict(stage.settings)
         job = job_factory(settings)
+        if head is not None and head != start_commit:  # the branch starts over
+            if not stage_info(repo, head):  # a commit the pipeline did not make (a user's): never dropped unasked
+                raise StageError(f"{run.pipeline.path}: stage {stage.name} starts over (its inputs or settings "
+                                 f"changed), but branch {branch} holds commits the pipeline did not make (its tip "
+                                 f"is {head[:12]})", f"keep them on a branch of their own (mvc branch NAME "
+                                 f"{head[:12]}), then mvc branch -d {branch}, and run again")
+            run.emit({"event": "restart", "stage": stage.name, "branch": branch, "old": head,
+                      "reason": "its inputs or settings changed"})
         if head is not None and start_commit is not None and head != start_commit:
             repo.refs.update(f"refs/heads/{branch}", start_commit, message=f"pipeline: restart {stage.name}")
         elif head is None and start_commit is not None:

@@ -9,7 +9,7 @@ from . import certificate
 from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
-from .pipeline import Run, StageError, stage_info, train_stage
+from .pipeline import Run, StageError, finished, stage_info, train_stage
 from .pipeline_config import COMPRESS_BUDGET, Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
@@ -198,12 +198,7 @@ def _done(run: Run, stage: Stage, branch: str, key: str, message: str, extra: di
 
 
 def _unchanged(run: Run, stage: Stage, branch: str, key: str) -> str | None:
-    head = run.repo.branches().get(branch)
-    info = stage_info(run.repo, head)
-    if info.get("key") == key and info.get("status") == "done":
-        run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
-        return head
-    return None
+    return finished(run, stage, branch, key)
 
 
 def paste(run: Run, stage: Stage):
@@ -284,12 +279,11 @@ def evaluate(run: Run, stage: Stage):
     target = run.ref(source)
     branch = run.branch(stage)
     key = run.key(stage, {"target": target, "refs": {k: v for k, v in run.results.items()}})
+    done = finished(run, stage, branch, key)
+    if done is not None:
+        run.last_certificate[stage.name] = stage_info(repo, done).get("certificate")
+        return done, "unchanged"
     head = repo.branches().get(branch)
-    info = stage_info(repo, head)
-    if info.get("key") == key and info.get("status") == "done":
-        run.last_certificate[stage.name] = info.get("certificate")
-        run.emit({"event": "skip", "stage": stage.name, "commit": head, "reason": "inputs unchanged"})
-        return head, "unchanged"
     ctx = Context(repo, target, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
     with repo.writing():  # from storing check data to the certificate naming it: a gc --grace 0 waits
         checks = [Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)

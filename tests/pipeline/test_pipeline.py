@@ -103,6 +103,32 @@ def test_two_stage_pipeline_commits_every_interval_and_certifies(tmp_path):
     assert "checkpoint" not in [e["event"] for e in again] and set(repo.store.ids()) == before
 
 
+def test_a_rerun_keeps_a_users_commit_on_a_stage_branch_and_never_drops_it_unasked(tmp_path):
+    """A commit made on a finished stage's branch (a paste into a host branch) made the re-run take the
+    stage for unfinished: it reset the branch (the commit left only in a retired reflog) and retrained,
+    saying nothing."""
+    root, repo = make_project(tmp_path)
+    summary = run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    done = summary["results"]["core"]
+    mine = repo.commit({"notes": {"w": torch.ones(2)}}, message="my own work on the stage branch", branch="demo/core")
+    again = []
+    summary2 = run_pipeline(repo, load(str(root / "p.toml")), emit=again.append)
+    assert [s["status"] for s in summary2["stages"]] == ["unchanged", "unchanged"]
+    assert summary2["results"]["core"] == done and repo.branches()["demo/core"] == mine
+    assert {"event": "skip", "stage": "core", "commit": done, "reason": "inputs unchanged", "kept": mine} in again
+    (root / "p2.toml").write_text((root / "p.toml").read_text().replace("steps = 8", "steps = 4"))
+    with pytest.raises(MvcError, match="stage core starts over .* but branch demo/core holds commits the "
+                                       "pipeline did not make") as e:
+        run_pipeline(repo, load(str(root / "p2.toml")), emit=lambda e: None)
+    assert f"mvc branch NAME {mine[:12]}" in e.value.hint and repo.branches()["demo/core"] == mine
+    repo.delete_branch("demo/core")  # as the hint says (after keeping them)
+    assert run_pipeline(repo, load(str(root / "p2.toml")), emit=lambda e: None)["passed"]
+    old, events = repo.branches()["demo/core"], []
+    assert run_pipeline(repo, load(str(root / "p.toml")), emit=events.append)["passed"]  # only its own commits
+    assert {"event": "restart", "stage": "core", "branch": "demo/core", "old": old,  # on it: it starts over,
+            "reason": "its inputs or settings changed"} in events                     # and says so
+
+
 def test_failing_gate_rolls_back_applies_fallback_then_stops(tmp_path, monkeypatch):
     root, repo = make_project(tmp_path, steps=8, max_bpb=0.01, retries=1)
     monkeypatch.chdir(root)
