@@ -41,6 +41,22 @@ def _number(low: float, unit: str):
     return parse
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(raw: str) -> float:
+    """Seconds, written as a number of seconds or with a unit: 90d, 12h, 30m, 2w, 45s (<= 0: none)."""
+    text = raw.strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        value = float("nan")
+    if not value == value or value in (float("inf"), float("-inf")):
+        raise ValueError("it takes a duration: a number of seconds, or one with a unit (s, m, h, d, w), e.g. 90d")
+    return value
+
+
 def _integer(low: int, high: int | None = None):
     def parse(raw: str) -> int:
         try:
@@ -57,7 +73,7 @@ def _integer(low: int, high: int | None = None):
 # key -> parser of its text value; other keys may be set freely (remotes, user notes)
 KNOWN = {
     "core.fsync": _bool,
-    "gc.reflogExpire": _number(float("-inf"), "seconds"),  # <= 0 expires every entry
+    "gc.reflogExpire": _duration,  # <= 0 expires every entry
     "pack.autoEvery": _integer(0),
     "pack.autoPackLimit": _integer(0),
     "pack.maxDepth": _integer(0),

@@ -687,7 +687,7 @@ def gc(dry_run, grace, as_json):
         if r["kept_by_reflogs"]:
             click.echo(f"kept {plural(r['kept_by_reflogs'], 'object')} ({human_bytes(r['kept_by_reflogs_bytes'])}) "
                        "that only reflog entries reach (rolled-back commits, deleted branches), so that "
-                       "rollbacks can be undone; they go when the entries expire (gc.reflogExpire: 90 days "
+                       "rollbacks can be undone; they go when the entries expire (gc.reflogExpire: 90d "
                        "unless set; mvc config gc.reflogExpire 0 expires them all at the next gc)")
         p = r.get("pack")
         if p and p.get("packed") and dry_run:  # sizes after packing are known only by packing
@@ -819,11 +819,13 @@ def config_cmd(key, value, unset):
 
     Names are case-insensitive (a subsection, as in remote.NAME.url, is not). In mvc's own
     sections (core, gc, pack) an unknown key or a value mvc cannot use is refused; other
-    sections are free-form. Exit 1 when reading a key that is not set.
+    sections are free-form. Exit 1 when reading a key that is not set. gc.reflogExpire is a
+    duration: seconds, or with a unit (90d, 12h, 30m, 2w); 0 or less expires every entry.
 
     \b
     Examples:
       mvc config core.fsync
+      mvc config gc.reflogExpire 30d
       mvc config pack.autoEvery 50
       mvc config remote.origin.url ../moved-remote   # stored as an absolute path
       mvc config --unset pack.autoEvery

@@ -1081,7 +1081,8 @@ def test_an_empty_branch_or_tag_name_is_refused_not_a_listing(run, in_repo, tmp_
     assert list(in_repo.branches()) == ["main"] and in_repo.tags() == {}
 
 
-@pytest.mark.parametrize("key,value,takes", [("gc.reflogExpire", "abc", "a finite number of seconds"),
+@pytest.mark.parametrize("key,value,takes", [("gc.reflogExpire", "abc", "a duration: a number of seconds, or one "
+                                                                        "with a unit (s, m, h, d, w), e.g. 90d"),
                                              ("pack.cacheMB", "lots", "a finite number >= 0 of MB"),
                                              ("pack.level", "x", "a whole number from -7 to 22"),
                                              ("pack.level", "99", "a whole number from -7 to 22"),
@@ -1179,3 +1180,18 @@ def test_output_paths_are_quoted_in_human_output(run, in_repo, tmp_path):
                  ["init", odd + "-repo"]):
         out = run(*args).stdout
         assert out.count("\n") == 1 and "\x1b" not in out and "\\x1b]0;PWNED\\x07" in out, (args, out)
+
+
+def test_reflog_expiry_takes_a_unit_and_a_bare_number_is_seconds(run, in_repo):
+    """`mvc config gc.reflogExpire 90` meant 90 seconds while every text a user saw spoke of days:
+    a rolled-back checkpoint went at the next gc. A duration may now name its unit."""
+    from mvc.config import parse
+    assert [parse("gc.reflogExpire", v) for v in ("90d", "12h", "30m", "2w", "45s", "90", "0")] == \
+        [90 * 86400, 12 * 3600, 1800, 14 * 86400, 45, 90, 0]
+    run("config", "gc.reflogExpire", "30d")
+    in_repo.commit({"m": {"w": torch.zeros(2)}}, message="one")
+    gone = in_repo.commit({"m": {"w": torch.ones(2)}}, message="two")
+    in_repo.rollback()
+    run("gc", "--grace", "0")
+    assert mvc.Repo(in_repo.root).store.has(gone)  # 30 days, not 30 seconds
+    assert "gc.reflogExpire 30d" in run("config", "--help").stdout
