@@ -828,11 +828,13 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
         if final is not None:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # (os.write and fsync name no file: a full
+            e.filename = tmp                               # disk is said with the path it hit)
         raise
 
 

@@ -139,7 +139,9 @@ def test_a_file_size_limit_is_exit_3_with_what_to_do_and_leaves_nothing(in_repo,
                        cwd=in_repo.root, capture_output=True, text=True, preexec_fn=limit,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 3, r.stderr
-    assert r.stderr.startswith("error: file too large (nothing was moved;") and "ulimit -f" in r.stderr
+    tmp = os.path.join(in_repo.dir, "objects", "tmp")
+    assert r.stderr.startswith(f"error: file too large at {tmp}{os.sep}") and "ulimit -f" in r.stderr  # (its path)
+    assert "(nothing was moved;" in r.stderr
     assert "Traceback" not in r.stderr and len(in_repo.log()) == 1 and in_repo.fsck()["ok"]
     assert os.listdir(os.path.join(in_repo.dir, "objects", "tmp")) == []
 
@@ -343,3 +345,20 @@ def test_the_python_api_raises_the_file_systems_oserror_with_its_path_and_leaves
     assert e.value.errno == errno.ENAMETOOLONG and "x" * 300 in str(e.value.filename)
     assert not isinstance(e.value, mvc.MvcError)
     assert list(outside.iterdir()) == []
+
+
+def test_a_full_disk_while_an_object_is_written_is_an_oserror_with_its_path(repo, monkeypatch):
+    """os.write names no file: repo.commit raised OSError(28) with no path, though the README says
+    the file system's refusals come with their path."""
+    import mvc.store
+    real = os.write
+
+    def full(fd, data):
+        if len(data) > 4096:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+    monkeypatch.setattr(mvc.store.os, "write", full)
+    with pytest.raises(OSError) as e:
+        repo.commit({"model": {"w": torch.zeros(1 << 20)}}, message="big")
+    assert e.value.errno == errno.ENOSPC and e.value.filename.startswith(repo.loose.tmp)
+    assert not os.listdir(repo.loose.tmp) and repo.head() is None
