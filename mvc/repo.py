@@ -389,7 +389,7 @@ class Repo(Maintenance):
         if rev == "HEAD":
             oid = self.head()
             if oid is None:
-                raise UnknownRevision("HEAD has no commits yet", "make a first commit with mvc commit")
+                raise UnknownRevision("HEAD has no commits yet", self.no_commits_hint())
             return oid
         qualified = [rev] if rev.startswith("refs/") else [f"refs/{rev}"] \
             if rev.startswith(("heads/", "tags/", "remotes/")) else []
@@ -821,6 +821,15 @@ class Repo(Maintenance):
                 if isinstance(g.get(k), list):
                     g[k] = tuple(g[k])
         return {"state": state, "param_groups": groups}
+
+    def no_commits_hint(self) -> str:
+        """What to do when HEAD's branch has no commits: commit, or switch to a branch that has some
+        (a commit --branch, or a pipeline, put them there)."""
+        others = sorted(self.branches())
+        if not others:
+            return "make a first commit with mvc commit"
+        named = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        return f"branches with commits: {named}; mvc switch NAME, or mvc log NAME"
 
     def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
         """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with

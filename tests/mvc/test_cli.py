@@ -1195,3 +1195,14 @@ def test_reflog_expiry_takes_a_unit_and_a_bare_number_is_seconds(run, in_repo):
     run("gc", "--grace", "0")
     assert mvc.Repo(in_repo.root).store.has(gone)  # 30 days, not 30 seconds
     assert "gc.reflogExpire 30d" in run("config", "--help").stdout
+
+
+def test_no_commits_yet_names_the_branches_that_have_some(run, in_repo):
+    """After `mvc commit ... --branch imports` (or a pipeline run) in a new repository, log, status
+    and show said only that there are no commits yet."""
+    assert run("log").stderr.strip() == "no commits yet"  # (none anywhere: as before)
+    in_repo.commit({"m": {"w": torch.zeros(2)}}, message="import", branch="imports")
+    hint = "branches with commits: imports; mvc switch NAME, or mvc log NAME"
+    assert run("log").stderr.strip() == f"no commits yet on main ({hint})"
+    assert f"No commits yet on it ({hint})" in run("status").stdout
+    assert run("show", code=3).stderr.strip() == f"error: HEAD has no commits yet ({hint})"
