@@ -180,7 +180,7 @@ def _now(t: Transport, ref: str, where: str):
         return DAMAGED
     except MvcError as e:
         raise MvcError(f"cannot tell whether the write of {ref} on {where} landed: it was answered as a conflict, "
-                       f"and reading it back failed ({e.message})",
+                       f"and reading it back failed: {e.message}",
                        f"mvc fetch {where} shows where it stands; push again if it did not land") from None
 
 
