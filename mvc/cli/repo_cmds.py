@@ -188,6 +188,8 @@ def log(rev, n, oneline, as_json):
     heads = {}
     for b, oid in repo.branches().items():
         heads.setdefault(oid, []).append(shown(b))
+    for r, oid in repo.refs.list("refs/remotes/").items():  # (what fetch brought: origin/NAME)
+        heads.setdefault(oid, []).append(shown(r[len("refs/remotes/"):]))
     for t, oid in repo.tags().items():
         heads.setdefault(oid, []).append(f"tag: {shown(t)}")
     out = []
@@ -500,17 +502,25 @@ def reflog(branch, n, as_json):
 @click.argument("name", required=False)
 @click.argument("rev", required=False)
 @click.option("-d", "--delete", "delete", is_flag=True, help="Delete branch NAME.")
+@click.option("-r", "--remotes", "remotes", is_flag=True, help="List the remote-tracking branches (origin/NAME).")
+@click.option("-a", "--all", "list_all", is_flag=True, help="List local and remote-tracking branches.")
 @json_opt
-def branch(name, rev, delete, as_json):
+def branch(name, rev, delete, remotes, list_all, as_json):
     """List branches, create NAME at REV (default HEAD), or delete one with -d.
+
+    Remote-tracking branches (what mvc fetch brought: origin/NAME) are listed with -r, or with
+    the local ones with -a.
 
     \b
     Examples:
       mvc branch
+      mvc branch -a
       mvc branch experiment HEAD~2
       mvc branch -d experiment
     """
     repo = _repo()
+    if (remotes or list_all) and (name is not None or delete):
+        raise click.UsageError("-r and -a list branches: they take no NAME and no -d")
     if delete:
         if not name:
             raise click.UsageError("mvc branch -d NAME")
@@ -523,14 +533,18 @@ def branch(name, rev, delete, as_json):
             click.echo(f"Created branch {shown(name)} at {short(oid)}")
         return
     current = repo.head_branch
-    branches = repo.branches()
+    branches = {} if remotes else repo.branches()
+    tracking = {r[len("refs/remotes/"):]: oid for r, oid in repo.refs.list("refs/remotes/").items()} \
+        if remotes or list_all else {}
     if as_json:
-        emit_json({"current": current, "branches": branches})
+        emit_json({"current": current, "branches": branches, **({"remotes": tracking} if remotes or list_all else {})})
         return
-    if current and current not in branches:
+    if current and current not in branches and not remotes:
         click.echo(f"* {shown(current)} (no commits yet)")
     for b, oid in branches.items():
         click.echo(f"{'*' if b == current else ' '} {shown(b)} {short(oid)}")
+    for b, oid in tracking.items():
+        click.echo(f"  {shown(b)} {short(oid)}")
 
 
 def _deleted(kind: str, name: str, oid: str, as_json: bool) -> None:

@@ -1206,3 +1206,18 @@ def test_no_commits_yet_names_the_branches_that_have_some(run, in_repo):
     assert run("log").stderr.strip() == f"no commits yet on main ({hint})"
     assert f"No commits yet on it ({hint})" in run("status").stdout
     assert run("show", code=3).stderr.strip() == f"error: HEAD has no commits yet ({hint})"
+
+
+def test_fetched_branches_are_listed_and_labelled(run, in_repo, tmp_path):
+    """Remote-tracking branches (origin/NAME) were in no listing: branch -r and -a were unknown
+    options, and log labelled no commit with them."""
+    from mvc import remote as rm
+    head = in_repo.commit({"m": {"w": torch.zeros(2)}}, message="one")
+    rm.add_remote(in_repo, "origin", str(tmp_path / "remote"))
+    rm.push(in_repo)
+    assert run("branch", "-r").stdout == f"  origin/main {head[:12]}\n"
+    assert run("branch", "-a").stdout == f"* main {head[:12]}\n  origin/main {head[:12]}\n"
+    assert json.loads(run("branch", "-a", "--json").stdout)["remotes"] == {"origin/main": head}
+    assert "origin/main" not in json.dumps(json.loads(run("branch", "--json").stdout))
+    assert f"{head[:12]} (main, origin/main) one" in run("log", "--oneline").stdout
+    assert "take no NAME" in run("branch", "-r", "x", code=2).stderr
