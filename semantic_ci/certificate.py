@@ -264,7 +264,7 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
         if recorded:  # a pipeline stage's result commit: its gates certified the commit it records
             return recorded, read(repo, recorded), []
         raise MvcError(f"commit {commit[:12]} has no certificate",
-                       "run mvc ci first (or mvc run, for a pipeline's stage branches)")
+                       "run mvc ci first, or mvc run for a pipeline's stage branches")
     full = [(cid, cert) for cid, cert in good if not cert.get("partial")]
     cid, cert = (full or good)[-1]  # the latest full run judges the commit, as status and log say
     return cid, cert, problems

@@ -68,7 +68,9 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
                    + (f" as brick/{as_name}" if as_name and as_name != name else "")
                    + f" ({r['tensors']} tensors{' as int8' if int8 else ', reused by id'})")
         if gate is None and not no_ci:
-            click.echo("no migration checks are configured for this brick in mvc.toml; none ran", err=True)
+            click.echo("no migration checks are configured for this brick in mvc.toml; none ran"
+                       if os.path.exists(os.path.join(repo.root, "mvc.toml")) else
+                       "no mvc.toml: no migration checks ran", err=True)
     if r.get("ci") and not as_json:
         from semantic_ci.report import render_table
         render_table(r["ci"], console(markup=True))

@@ -192,7 +192,7 @@ def _print_push(repo, r, dry_run, as_json, started):
         if r.get("repair"):
             _print_repair(r["repair"], where, dry_run)
         click.echo(f"would send {r['objects_sent']} objects, {human_bytes(r['bytes_sent'])} to {where} "
-                   f"({r['objects_present']} already there); {shown(r['branch'])}: {r['status']}")
+                   f"({r['objects_present']} already there); {shown(r['branch'])}: {r['status'].replace('-', ' ')}")
         return
     click.echo(f"To {shown(r['url'])}")
     if r["status"] == "up-to-date":

@@ -799,7 +799,7 @@ def du(as_json):
         emit_json(r)
     else:
         ratio = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
-        click.echo(f"{r['commits']} commits, {r['objects']} objects "
+        click.echo(f"{plural(r['commits'], 'commit')}, {plural(r['objects'], 'object')} "
                    f"({r.get('loose_objects', r['objects'])} loose, {r.get('packed_objects', 0)} packed)\n"
                    f"logical:     {human_bytes(r['logical_bytes'])} (every commit as plain files)\n"
                    f"after dedup: {human_bytes(r['object_bytes'] - r['unreachable_bytes'] + r.get('not_fetched_bytes', 0))} "
@@ -827,7 +827,7 @@ def _saved(n: int | None) -> str:
     return f"{human_bytes(-n)} more: commit and tree objects outweigh what dedup saved"
 
 
-@cli.command("config")
+@cli.command("config", context_settings={"ignore_unknown_options": True})  # (a VALUE of -1 is a value)
 @click.argument("key")
 @click.argument("value", required=False)
 @click.option("--unset", is_flag=True, help="Remove KEY.")

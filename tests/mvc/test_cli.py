@@ -1221,3 +1221,11 @@ def test_fetched_branches_are_listed_and_labelled(run, in_repo, tmp_path):
     assert "origin/main" not in json.dumps(json.loads(run("branch", "--json").stdout))
     assert f"{head[:12]} (main, origin/main) one" in run("log", "--oneline").stdout
     assert "take no NAME" in run("branch", "-r", "x", code=2).stderr
+
+
+def test_small_words_of_the_day(run, in_repo):
+    """mvc du said '1 commits'; a negative config value needed `--` (click took -1 for an option)."""
+    in_repo.commit({"m": {"w": torch.zeros(2)}}, message="one")
+    assert run("du").stdout.startswith("1 commit, ")
+    run("config", "gc.reflogExpire", "-1")
+    assert run("config", "gc.reflogExpire").stdout == "-1\n"
