@@ -1140,12 +1140,8 @@ def test_fsck_repair_from_restores_damaged_loose_and_packed_objects(tmp_path, mo
         assert checkout_bytes(fixed, rev, tmp_path / f"f{rev[:6]}") == checkout_bytes(backup, rev, tmp_path / f"b{rev[:6]}")
 
 
-def test_repair_refuses_a_commit_or_tree_over_the_size_limit_unread(tmp_path, monkeypatch):
-    """Repair read a lost tree from the remote with no bound (fetch refuses one over 64 MiB unread):
-    a damaged remote holding a huge file under that id was read whole into memory."""
-    from mvc.remote import repairing
-    from mvc.transport import DirectoryTransport
-    monkeypatch.setattr(repairing, "MAX_META_BYTES", 4096)  # (64 MiB in truth: a tiny stand-in)
+def _pushed_then_tree_lost(tmp_path):
+    """(a repository pushed to a directory remote, that remote's path, the id of the tree it then lost)."""
     src = new_repo(tmp_path / "src")
     cid = src.commit({"core": weights(1, n=2)}, message="one")
     remote = str(tmp_path / "remote.mvc")
@@ -1153,6 +1149,16 @@ def test_repair_refuses_a_commit_or_tree_over_the_size_limit_unread(tmp_path, mo
     tid = src.read_commit(cid)["components"]["core"]
     os.chmod(src.loose.path(tid), 0o644)
     os.unlink(src.loose.path(tid))
+    return src, remote, tid
+
+
+def test_repair_refuses_a_commit_or_tree_over_the_size_limit_unread(tmp_path, monkeypatch):
+    """Repair read a lost tree from the remote with no bound (fetch refuses one over 64 MiB unread):
+    a damaged remote holding a huge file under that id was read whole into memory."""
+    from mvc.remote import repairing
+    from mvc.transport import DirectoryTransport
+    monkeypatch.setattr(repairing, "MAX_META_BYTES", 4096)  # (64 MiB in truth: a tiny stand-in)
+    src, remote, tid = _pushed_then_tree_lost(tmp_path)
     there = DirectoryTransport(remote).objects.path(tid)
     os.chmod(there, 0o644)
     with open(there, "wb") as f:
@@ -1168,13 +1174,7 @@ def test_repair_refuses_a_commit_or_tree_over_the_size_limit_unread(tmp_path, mo
 def test_fsck_repair_from_a_remote_it_cannot_read_says_why(tmp_path, monkeypatch):
     """A remote that could not be read (the network, credentials, a missing bucket) was reported as
     'restored 0 objects; 2 not available there' (exit 1), no reason and no retry hint."""
-    src = new_repo(tmp_path / "src")
-    cid = src.commit({"core": weights(1, n=2)}, message="one")
-    remote = str(tmp_path / "remote.mvc")
-    rm.push(src, remote)
-    tid = src.read_commit(cid)["components"]["core"]
-    os.chmod(src.loose.path(tid), 0o644)
-    os.unlink(src.loose.path(tid))
+    src, remote, _tid = _pushed_then_tree_lost(tmp_path)
 
     def unreachable(self, oid, max_size=None):
         raise mvc.MvcError(f"cannot reach {remote}", "check the network, and run the command again to resume")
