@@ -141,6 +141,13 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
     if unchanged:  # git would refuse; a checkpoint may still record new metrics, so say it only
         warn(f"no component changed since {short(c['parents'][0])}: the commit records its message and "
              "metrics only")
+    elif c["parents"]:  # weights replaced by what holds none (mvc commit notes.txt): likely a slip, said once
+        before = repo.read_commit(c["parents"][0])["components"]
+        for name in sorted(set(components) & set(before)):
+            n = len(repo.read_tree(before[name], shared=True)["tensors"])
+            if n and not repo.read_tree(c["components"][name], shared=True)["tensors"]:
+                warn(f"component {shown(name)} held {plural(n, 'tensor')} and now holds none (only files): "
+                     f"mvc rollback undoes this commit")
     if as_json:
         emit_json({"commit": cid, "branch": branch or repo.head_branch, "parents": c["parents"],
                    "components": c["components"], "unchanged": unchanged})

@@ -1229,3 +1229,12 @@ def test_small_words_of_the_day(run, in_repo):
     assert run("du").stdout.startswith("1 commit, ")
     run("config", "gc.reflogExpire", "-1")
     assert run("config", "gc.reflogExpire").stdout == "-1\n"
+
+
+def test_committing_a_file_without_tensors_over_weights_says_so(run, in_repo, tmp_path):
+    """`mvc commit notes.txt -m x` replaced component model (its tensors) by a text file, silently."""
+    run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "weights")
+    (tmp_path / "notes.txt").write_text("remember to tune the lr")
+    r = run("commit", tmp_path / "notes.txt", "-m", "oops")
+    assert "component model held 2 tensors and now holds none (only files): mvc rollback undoes" in r.stderr
+    assert "holds none" not in run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "weights again").stderr
