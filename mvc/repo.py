@@ -858,6 +858,8 @@ class Repo(Maintenance):
             cid = heapq.heappop(frontier).cid
             c = self.read_commit(cid, shared=True)
             out.append({"id": cid, **json_copy(c)})
+            if n is not None and len(out) >= n:
+                break  # (the parents of the last one listed are not read)
             for p in c["parents"]:
                 if p not in seen:
                     seen.add(p)

@@ -805,6 +805,9 @@ class ChainStore(ObjectStore):
             s.delete(oid)
 
 
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only a write meets
+
+
 @contextlib.contextmanager
 def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = True, readable: bool = False):
     """Yield a fresh temp file for object `oid`; when the block ends normally it is flushed,
@@ -833,8 +836,8 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.filename is None:  # (os.write and fsync name no file: a full
-            e.filename = tmp                               # disk is said with the path it hit)
+        if isinstance(e, OSError) and e.filename is None and e.errno in _WRITE_ERRNOS:  # (os.write and fsync
+            e.filename = tmp  # name no file: a full disk is said with the path it hit; a read's error is not ours)
         raise
 
 

@@ -834,7 +834,7 @@ def _saved(n: int | None) -> str:
     return f"{human_bytes(-n)} more: commit and tree objects outweigh what dedup saved"
 
 
-@cli.command("config", context_settings={"ignore_unknown_options": True})  # (a VALUE of -1 is a value)
+@cli.command("config")
 @click.argument("key")
 @click.argument("value", required=False)
 @click.option("--unset", is_flag=True, help="Remove KEY.")
@@ -844,7 +844,8 @@ def config_cmd(key, value, unset):
     Names are case-insensitive (a subsection, as in remote.NAME.url, is not). In mvc's own
     sections (core, gc, pack) an unknown key or a value mvc cannot use is refused; other
     sections are free-form. Exit 1 when reading a key that is not set. gc.reflogExpire is a
-    duration: seconds, or with a unit (90d, 12h, 30m, 2w); 0 or less expires every entry.
+    duration: seconds, or with a unit (90d, 12h, 30m, 2w); 0 or less expires every entry (a
+    negative VALUE follows --: mvc config gc.reflogExpire -- -1).
 
     \b
     Examples:

@@ -10,7 +10,7 @@ import warnings
 
 from .. import certindex
 from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward, ObjectMissing, RefConflict,
-                      UnknownRevision)
+                      UnknownRevision, os_error_text)
 from ..objects import tree_blob_ids, tree_blob_sizes
 from ..refs import note_moved
 from ..repo import Repo
@@ -192,8 +192,9 @@ def _track(repo: Repo, name: str, tracking: str, local: str, where: str) -> None
         for stale in _clashing(tracking, repo.refs.list(f"refs/remotes/{name}/")):
             repo.refs.update(stale, None, message=f"push to {where}: pruned (gone there)")
         repo.refs.update(tracking, local, message=f"push to {where}")
-    except MvcError as e:
-        warnings.warn(f"pushed, but {tracking} was not moved to {local[:12]}: {e.message} (mvc fetch {name} "
+    except (MvcError, OSError) as e:  # (a full disk here must not stop the tags and certificates there)
+        why = e.message if isinstance(e, MvcError) else os_error_text(e)
+        warnings.warn(f"pushed, but {tracking} was not moved to {local[:12]}: {why} (mvc fetch {name} "
                       "updates it)")
 
 

@@ -1224,11 +1224,13 @@ def test_fetched_branches_are_listed_and_labelled(run, in_repo, tmp_path):
 
 
 def test_small_words_of_the_day(run, in_repo):
-    """mvc du said '1 commits'; a negative config value needed `--` (click took -1 for an option)."""
+    """mvc du said '1 commits'. (A negative config value follows `--`: taking unknown options as
+    values stored typos such as --json as a remote's url.)"""
     in_repo.commit({"m": {"w": torch.zeros(2)}}, message="one")
     assert run("du").stdout.startswith("1 commit, ")
-    run("config", "gc.reflogExpire", "-1")
+    run("config", "gc.reflogExpire", "--", "-1")
     assert run("config", "gc.reflogExpire").stdout == "-1\n"
+    assert "No such option" in run("config", "remote.origin.url", "--json", code=2).stderr
 
 
 def test_committing_a_file_without_tensors_over_weights_says_so(run, in_repo, tmp_path):

@@ -711,6 +711,25 @@ def test_the_tracking_ref_follows_the_remote_branch_whatever_fails_after_it(tmp_
     assert repo.refs.read("refs/remotes/origin/main") == head
 
 
+def test_a_tracking_ref_that_cannot_be_moved_stops_no_tag_or_certificate(tmp_path, remote, monkeypatch):
+    """Once the tracking ref moved before the tags, a full disk writing it stopped the push there: the
+    tag was never sent."""
+    from mvc.refs import RefStore
+    repo = new_repo(tmp_path / "r", remote)
+    head = repo.commit({"m": weights(0)}, message="one")
+    repo.tag("v1")
+    real = RefStore.update
+
+    def full(self, ref, *a, **k):
+        if ref.startswith("refs/remotes/"):
+            raise OSError(28, "No space left on device")
+        return real(self, ref, *a, **k)
+    monkeypatch.setattr(RefStore, "update", full)
+    with pytest.warns(UserWarning, match="pushed, but refs/remotes/origin/main was not moved .* no space left"):
+        result = rm.push(repo)
+    assert result["tags"] == ["v1"] and remote.transport().list_refs()["refs/tags/v1"] == head
+
+
 def test_a_conditional_write_answered_409_is_tried_again(tmp_path, aws_env, s3_endpoint, monkeypatch):
     """S3 answers 409 ConditionalRequestConflict while another conditional write on the key is in
     flight, and asks for a retry; mvc called it 'another push won' without moving the ref."""

@@ -1046,3 +1046,14 @@ def test_log_of_merges_is_newest_first_and_the_first_found_of_equal_times(repo):
     repo.refs.update("refs/heads/main", merge, message="a merge another tool made")
     order = [c["message"] for c in repo.log()]
     assert order == ["merge", "side 4", "side 0", "side 2", "side 3", "side 1", "base"]
+
+
+def test_log_n_reads_no_parent_of_the_last_commit_it_lists(repo):
+    """With the heap, log -n 1 read every parent of the commit it listed (all 4,000 of a merge), and
+    failed when one was missing."""
+    repo.commit({"core": sd(0)}, message="one")
+    parent = repo.resolve("HEAD")
+    repo.commit({"core": sd(1)}, message="two")
+    os.chmod(repo.loose.path(parent), 0o644)
+    os.unlink(repo.loose.path(parent))
+    assert [c["message"] for c in mvc.Repo(repo.root).log(n=1)] == ["two"]
