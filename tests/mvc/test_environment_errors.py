@@ -58,11 +58,12 @@ def _denied(*_a, **_k):
     raise PermissionError(errno.EACCES, "Permission denied", "refs/remotes/origin/main")
 
 
-@pytest.mark.parametrize("fails,what", [(_enospc, "free some space"), (_denied, "permission denied")])
+@pytest.mark.parametrize("fails,what", [(_enospc, "no space left on device"), (_denied, "permission denied")])
 def test_a_full_disk_after_a_ref_moved_names_the_move_instead_of_saying_nothing_moved(tmp_path, monkeypatch,
                                                                                       fails, what):
-    """push moved the remote branch, then its local tracking ref hit ENOSPC (or EACCES, which the
-    remote code reports itself): 'nothing was moved'."""
+    """push moved the remote branch, then its local tracking ref hit ENOSPC (or EACCES): it said
+    'nothing was moved'. The push stands (its tags and certificates go too): a warning says the
+    tracking ref did not move, and why."""
     repo = mvc.Repo.init(tmp_path / "r")
     repo.commit({"model": _sd()}, message="one")
     monkeypatch.chdir(repo.root)
@@ -75,10 +76,9 @@ def test_a_full_disk_after_a_ref_moved_names_the_move_instead_of_saying_nothing_
         return real(self, ref, *a, **k)
     monkeypatch.setattr(RefStore, "update", tracking_fails)
     r = CliRunner().invoke(cli, ["push", "origin", "main"])
-    assert r.exit_code == 3, r.output
+    assert r.exit_code == 0, r.output
     assert "nothing was moved" not in r.stderr
-    assert "it had moved main on" in r.stderr and "which stays" in r.stderr, r.stderr
-    assert what in r.stderr
+    assert "pushed, but refs/remotes/origin/main was not moved" in r.stderr and what in r.stderr, r.stderr
     # a later command of the same process does not inherit the move
     monkeypatch.setattr(RefStore, "update", lambda *a, **k: _enospc())
     r = CliRunner().invoke(cli, ["branch", "other"])
