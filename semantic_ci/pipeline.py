@@ -149,6 +149,27 @@ def stage_commit(repo, head: str | None, stage_name: str) -> str | None:
     return None
 
 
+def start_over(run, stage, branch: str, key: str, to: str | None) -> None:
+    """Before a stage moves `branch` to `to` (None: deletes it) to do its work anew: stop when the
+    branch ends in commits the pipeline did not make above the stage's own (a user's, which would
+    leave the branch), naming them; else say that it starts over from the tip it had."""
+    repo = run.repo
+    head = repo.branches().get(branch)
+    if head is None or head == to:
+        return
+    own = stage_commit(repo, head, stage.name)
+    if own is not None and own != head:
+        info = stage_info(repo, own)
+        why = (f"a killed run's checkpoint {own[:12]} lies below them" if info.get("key") == key
+               and info.get("status") == "checkpoint" else "the stage starts over: its inputs or settings changed")
+        raise StageError(f"{run.pipeline.path}: stage {stage.name}: branch {branch} ends in commits the pipeline "
+                         f"did not make (its tip is {head[:12]}) above the stage's own {own[:12]}; {why}",
+                         f"keep them on a branch of their own (mvc branch NAME {head[:12]}), move {branch} back to "
+                         f"{own[:12]} (mvc switch {branch}; mvc rollback {own[:12]}), and run again")
+    run.emit({"event": "restart", "stage": stage.name, "branch": branch, "old": head,
+              "reason": "its inputs or settings changed"})
+
+
 def finished(run, stage, branch: str, key: str) -> str | None:
     """The commit that finished `stage` on `branch` with these inputs (`key`), if one did: a re-run
     skips the stage (a commit made on its branch since stays, and the stage's result is its own)."""
@@ -442,14 +463,7 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
     else:
         attempt, settings = 0, dict(stage.settings)
         job = job_factory(settings)
-        if head is not None and head != start_commit:  # the branch starts over
-            if not stage_info(repo, head):  # a commit the pipeline did not make (a user's): never dropped unasked
-                raise StageError(f"{run.pipeline.path}: stage {stage.name} starts over (its inputs or settings "
-                                 f"changed), but branch {branch} holds commits the pipeline did not make (its tip "
-                                 f"is {head[:12]})", f"keep them on a branch of their own (mvc branch NAME "
-                                 f"{head[:12]}), then mvc branch -d {branch}, and run again")
-            run.emit({"event": "restart", "stage": stage.name, "branch": branch, "old": head,
-                      "reason": "its inputs or settings changed"})
+        start_over(run, stage, branch, key, start_commit)
         if head is not None and start_commit is not None and head != start_commit:
             repo.refs.update(f"refs/heads/{branch}", start_commit, message=f"pipeline: restart {stage.name}")
         elif head is None and start_commit is not None:

@@ -9,7 +9,7 @@ from . import certificate
 from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
-from .pipeline import Run, StageError, finished, stage_info, train_stage
+from .pipeline import Run, StageError, finished, stage_info, start_over, train_stage
 from .pipeline_config import COMPRESS_BUDGET, Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
@@ -213,6 +213,7 @@ def paste(run: Run, stage: Stage):
         key = run.key(stage, {"source": source, "host": host})
         done = _unchanged(run, stage, branch, key)
         if done is None:
+            start_over(run, stage, branch, key, host)
             repo.refs.update(f"refs/heads/{branch}", host, message=f"pipeline: {stage.name} into {label}")
             transform = None
             if stage.get("int8"):
@@ -250,6 +251,7 @@ def int8(run: Run, stage: Stage):
     done = _unchanged(run, stage, branch, key)
     if done:
         return done, "unchanged"
+    start_over(run, stage, branch, key, source)
     repo.refs.update(f"refs/heads/{branch}", source, message=f"pipeline: {stage.name}")
     tree = repo.tree(source, f"brick/{name}")
     tid = _int8_transform(repo, f"brick/{as_name}")(tree)
@@ -283,6 +285,7 @@ def evaluate(run: Run, stage: Stage):
     if done is not None:
         run.last_certificate[stage.name] = stage_info(repo, done).get("certificate")
         return done, "unchanged"
+    start_over(run, stage, branch, key, target)  # (before its checks run: nothing of someone's is dropped)
     head = repo.branches().get(branch)
     ctx = Context(repo, target, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
     with repo.writing():  # from storing check data to the certificate naming it: a gc --grace 0 waits

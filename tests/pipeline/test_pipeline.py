@@ -117,16 +117,30 @@ def test_a_rerun_keeps_a_users_commit_on_a_stage_branch_and_never_drops_it_unask
     assert summary2["results"]["core"] == done and repo.branches()["demo/core"] == mine
     assert {"event": "skip", "stage": "core", "commit": done, "reason": "inputs unchanged", "kept": mine} in again
     (root / "p2.toml").write_text((root / "p.toml").read_text().replace("steps = 8", "steps = 4"))
-    with pytest.raises(MvcError, match="stage core starts over .* but branch demo/core holds commits the "
-                                       "pipeline did not make") as e:
+    with pytest.raises(MvcError, match=f"stage core: branch demo/core ends in commits the pipeline did not make "
+                                       f".* above the stage's own {done[:12]}; the stage starts over") as e:
         run_pipeline(repo, load(str(root / "p2.toml")), emit=lambda e: None)
     assert f"mvc branch NAME {mine[:12]}" in e.value.hint and repo.branches()["demo/core"] == mine
-    repo.delete_branch("demo/core")  # as the hint says (after keeping them)
-    assert run_pipeline(repo, load(str(root / "p2.toml")), emit=lambda e: None)["passed"]
-    old, events = repo.branches()["demo/core"], []
-    assert run_pipeline(repo, load(str(root / "p.toml")), emit=events.append)["passed"]  # only its own commits
-    assert {"event": "restart", "stage": "core", "branch": "demo/core", "old": old,  # on it: it starts over,
-            "reason": "its inputs or settings changed"} in events                     # and says so
+    repo.create_branch("mine", mine)  # as the hint says: keep them, move the stage branch back
+    repo.switch("demo/core")
+    repo.rollback(done)
+    events = []
+    assert run_pipeline(repo, load(str(root / "p2.toml")), emit=events.append)["passed"]  # only its own
+    assert {"event": "restart", "stage": "core", "branch": "demo/core", "old": done,     # commits on it:
+            "reason": "its inputs or settings changed"} in events                       # it starts over
+    assert repo.branches()["mine"] == mine
+
+
+def test_an_evaluate_stage_never_drops_a_users_commit_either(tmp_path):
+    """Paste, int8 and evaluate stages moved their branch to start over whatever sat on it."""
+    root, repo = make_project(tmp_path)
+    run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    mine = repo.commit({"notes": {"w": torch.ones(2)}}, message="mine", branch="demo/certify")
+    (root / "p2.toml").write_text((root / "p.toml").read_text().replace("steps = 8", "steps = 4"))
+    with pytest.raises(MvcError, match="stage certify: branch demo/certify ends in commits the pipeline did not "
+                                       "make"):
+        run_pipeline(repo, load(str(root / "p2.toml")), emit=lambda e: None)
+    assert repo.branches()["demo/certify"] == mine
 
 
 def test_failing_gate_rolls_back_applies_fallback_then_stops(tmp_path, monkeypatch):
