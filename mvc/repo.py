@@ -825,11 +825,15 @@ class Repo(Maintenance):
     def no_commits_hint(self) -> str:
         """What to do when HEAD's branch has no commits: commit, or switch to a branch that has some
         (a commit --branch, or a pipeline, put them there)."""
+        def listed(names):
+            return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         others = sorted(self.branches())
-        if not others:
-            return "make a first commit with mvc commit"
-        named = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        return f"branches with commits: {named}; mvc switch NAME, or mvc log NAME"
+        if others:
+            return f"branches with commits: {listed(others)}; mvc switch NAME, or mvc log NAME"
+        fetched = sorted(r[len("refs/remotes/"):] for r in self.refs.list("refs/remotes/"))
+        if fetched:  # (a repository made to fetch a team's remote, as in a CI system)
+            return f"fetched branches: {listed(fetched)}; mvc branch NAME origin/NAME makes one here"
+        return "make a first commit with mvc commit"
 
     def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
         """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with

@@ -182,7 +182,7 @@ def log(rev, n, oneline, as_json):
     if not commits and not as_json:
         if n == 0:  # asked for none
             return
-        others = repo.branches() and rev in (None, "HEAD") and repo.head_branch
+        others = rev in (None, "HEAD") and repo.head_branch and (repo.branches() or repo.refs.list("refs/remotes/"))
         click.echo(f"no commits in {exclude}..{rev}" if exclude else "no commits yet" + (
             f" on {shown(repo.head_branch)} ({repo.no_commits_hint()})" if others else ""), err=True)
         return
@@ -662,7 +662,7 @@ def status(as_json):
     else:
         click.echo(f"On branch {shown(info['branch']) if info['branch'] else '(detached)'}")
     click.echo(f"HEAD: {short(head)}" if head else "No commits yet" + (
-        f" on it ({repo.no_commits_hint()})" if repo.branches() else ""))
+        f" on it ({repo.no_commits_hint()})" if repo.branches() or repo.refs.list("refs/remotes/") else ""))
     if gb or detached:
         click.echo(f"git: {'detached HEAD' if detached else 'branch ' + shown(gb)}")
     if follows:

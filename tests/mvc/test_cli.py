@@ -1240,3 +1240,18 @@ def test_committing_a_file_without_tensors_over_weights_says_so(run, in_repo, tm
     r = run("commit", tmp_path / "notes.txt", "-m", "oops")
     assert "component model held 2 tensors and now holds none (only files): mvc rollback undoes" in r.stderr
     assert "holds none" not in run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "weights again").stderr
+
+
+def test_no_commits_yet_names_fetched_branches_too(run, in_repo, tmp_path):
+    """In a repository made to fetch a team's remote (the README's CI steps), show said only 'make a
+    first commit'."""
+    from mvc import remote as rm
+    team = mvc.Repo.init(tmp_path / "team")
+    team.commit({"m": {"w": torch.zeros(2)}}, message="one")
+    rm.add_remote(team, "origin", str(tmp_path / "remote"))
+    rm.push(team)
+    run("remote", "add", "origin", tmp_path / "remote")
+    run("fetch")
+    assert "(fetched branches: origin/main; mvc branch NAME origin/NAME makes one here)" in \
+        run("show", code=3).stderr
+    assert "fetched branches: origin/main" in run("log").stderr
