@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import warnings
 import re
 
 from .errors import ConfigError
@@ -209,4 +210,7 @@ def check_setting(key: str, value: str) -> None:
     except UnicodeEncodeError:  # (bytes a path may hold on Linux, which argv gives as surrogates)
         raise ConfigError(f"config {key}: the value is not UTF-8 text", "the config file is UTF-8: use a path "
                           "whose name is UTF-8: rename it, or link to it" if remote_url else None) from None
-    parse(key, value)
+    parsed = parse(key, value)
+    if key == "gc.reflogExpire" and value.strip()[-1:].isdigit() and 0 < parsed < 86400:
+        warnings.warn(f"gc.reflogExpire {value} is {value} seconds (a duration with no unit); for days write "
+                      f"{value}d")

@@ -120,8 +120,8 @@ class S3Transport(Transport):
                            "check AWS_PROFILE, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and ~/.aws/credentials") from None
         if isinstance(e, (bx.ConnectionError, bx.HTTPClientError, bx.IncompleteReadError)):
             raise MvcError(f"cannot reach S3 for {self.describe()} while {what}: {e}",
-                           "check the endpoint (a server other than AWS needs --endpoint URL; mvc remote -v shows a "
-                           "remote's) and the network, and run the command again "
+                           "check the endpoint (a server other than AWS needs one: --endpoint URL of clone or remote "
+                           "add; mvc remote -v shows a remote's) and the network, and run the command again "
                            "to resume") from None
         if isinstance(e, bx.ClientError):
             code = _code(e)

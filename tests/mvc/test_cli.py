@@ -3,6 +3,7 @@ import json
 import os
 import pathlib
 import stat
+import time
 
 import pytest
 import torch
@@ -1188,12 +1189,22 @@ def test_reflog_expiry_takes_a_unit_and_a_bare_number_is_seconds(run, in_repo):
     from mvc.config import parse
     assert [parse("gc.reflogExpire", v) for v in ("90d", "12h", "30m", "2w", "45s", "90", "0")] == \
         [90 * 86400, 12 * 3600, 1800, 14 * 86400, 45, 90, 0]
-    run("config", "gc.reflogExpire", "30d")
     in_repo.commit({"m": {"w": torch.zeros(2)}}, message="one")
     gone = in_repo.commit({"m": {"w": torch.ones(2)}}, message="two")
     in_repo.rollback()
+    log = os.path.join(in_repo.dir, "logs", "refs", "heads", "main")
+    hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    with open(log) as f:
+        entries = [json.loads(line) for line in f]
+    with open(log, "w") as f:  # (every move an hour old)
+        f.writelines(json.dumps({**e, "time": hour_ago}) + "\n" for e in entries)
+    run("config", "gc.reflogExpire", "30d")
     run("gc", "--grace", "0")
-    assert mvc.Repo(in_repo.root).store.has(gone)  # 30 days, not 30 seconds
+    assert mvc.Repo(in_repo.root).store.has(gone)  # 30 days keep an hour-old entry
+    assert "is 30 seconds (a duration with no unit); for days write 30d" in \
+        run("config", "gc.reflogExpire", "30").stderr
+    run("gc", "--grace", "0")
+    assert not mvc.Repo(in_repo.root).store.has(gone)  # 30 seconds do not
     assert "gc.reflogExpire 30d" in run("config", "--help").stdout
 
 

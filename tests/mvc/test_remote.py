@@ -785,7 +785,7 @@ def test_a_request_that_times_out_is_not_retried_on_top_of_botocores_retries(tmp
     with pytest.raises(mvc.MvcError, match="cannot reach S3") as e:
         t.read_file("HEAD")
     assert len(calls) == 2
-    assert "a server other than AWS needs --endpoint URL" in e.value.hint  # (a clone has no remote -v yet)
+    assert "a server other than AWS needs one: --endpoint URL of clone" in e.value.hint  # (a clone: no remote yet)
 
 
 def test_an_error_after_the_remote_branch_moved_says_so_and_moves_the_tracking_ref(tmp_path, remote, monkeypatch):
