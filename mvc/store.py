@@ -113,6 +113,18 @@ def _too_many_open_files() -> MvcError:
                     "with repo.load(..., keys=[...])")
 
 
+@contextlib.contextmanager
+def _named(path):
+    """An OSError of the writes within, which name no file (os.write, flush, fsync: a full disk, an
+    I/O error), is said with `path`, the file written; errors of anything else carry their own."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and isinstance(path, str):
+            e.filename = path
+        raise
+
+
 def _write_buffer(f, b, progress=None, hasher=None) -> int:
     """Write all of the bytes-like `b` (or FileSpan) to the file object `f` in large write() calls;
     returns the count. `progress(n)`, when given, hears of each call's bytes as they are written.
@@ -130,14 +142,16 @@ def _write_buffer(f, b, progress=None, hasher=None) -> int:
         if hasher is not None:
             return _write_copies(f, len(view), _copier(view), progress, hasher)
         if len(view) < WRITE_CHUNK_MIN:
-            f.write(view)
+            with _named(f.name):
+                f.write(view)
             if progress:
                 progress(len(view))
             return len(view)
-        f.flush()
+        with _named(f.name):
+            f.flush()
         fd, done, n = f.fileno(), 0, len(view)
         while done < n:
-            with view[done:done + WRITE_CHUNK] as piece:
+            with view[done:done + WRITE_CHUNK] as piece, _named(f.name):
                 wrote = os.write(fd, piece)
             done += wrote
             if progress:
@@ -154,11 +168,13 @@ def _write_copies(f, n: int, fill, progress, hasher) -> int:
         fill(memoryview(piece), 0)
         if hasher is not None:
             hasher.update(piece)
-        f.write(piece)
+        with _named(f.name):
+            f.write(piece)
         if progress:
             progress(n)
         return n
-    f.flush()
+    with _named(f.name):
+        f.flush()
     fd = f.fileno()
     with memoryview(bytearray(min(n, RECHECK_PIECE))) as scratch:
         for lo in range(0, n, RECHECK_PIECE):
@@ -169,7 +185,7 @@ def _write_copies(f, n: int, fill, progress, hasher) -> int:
                     hasher.update(piece)
                 done = 0
                 while done < k:
-                    with piece[done:] as rest:
+                    with piece[done:] as rest, _named(f.name):  # (fill's reads of a source are not this)
                         done += os.write(fd, rest)
             if progress:
                 progress(k)
@@ -805,9 +821,6 @@ class ChainStore(ObjectStore):
             s.delete(oid)
 
 
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # what only a write meets
-
-
 @contextlib.contextmanager
 def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = True, readable: bool = False):
     """Yield a fresh temp file for object `oid`; when the block ends normally it is flushed,
@@ -825,19 +838,18 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
             f = open(tmp, "x+b" if readable else "xb", opener=_read_only_opener)
         with f:
             yield f
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
+            with _named(tmp):
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
         if final is not None:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)
-    except BaseException as e:
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.filename is None and e.errno in _WRITE_ERRNOS:  # (os.write and fsync
-            e.filename = tmp  # name no file: a full disk is said with the path it hit; a read's error is not ours)
         raise
 
 

@@ -158,6 +158,12 @@ def start_over(run, stage, branch: str, key: str, to: str | None) -> None:
     if head is None or head == to:
         return
     own = stage_commit(repo, head, stage.name)
+    # none of the stage's own commits: a user's branch under the stage's name, unless its tip is a start
+    # the pipeline put there that has moved on since (a brick branch at a host commit below the new one)
+    if own is None and not stage_info(repo, head) and not _below(repo, head, to):
+        raise StageError(f"{run.pipeline.path}: stage {stage.name}: branch {branch} holds commits the pipeline "
+                         f"did not make (its tip is {head[:12]})", f"keep them on a branch of their own (mvc "
+                         f"branch NAME {head[:12]}), then mvc branch -d {branch}, and run again")
     if own is not None and own != head:
         info = stage_info(repo, own)
         why = (f"a killed run's checkpoint {own[:12]} lies below them" if info.get("key") == key
@@ -165,9 +171,22 @@ def start_over(run, stage, branch: str, key: str, to: str | None) -> None:
         raise StageError(f"{run.pipeline.path}: stage {stage.name}: branch {branch} ends in commits the pipeline "
                          f"did not make (its tip is {head[:12]}) above the stage's own {own[:12]}; {why}",
                          f"keep them on a branch of their own (mvc branch NAME {head[:12]}), move {branch} back to "
-                         f"{own[:12]} (mvc switch {branch}; mvc rollback {own[:12]}), and run again")
+                         f"{own[:12]} (mvc switch {branch}; mvc rollback {own[:12]}; then mvc switch back), and run "
+                         "again")
     run.emit({"event": "restart", "stage": stage.name, "branch": branch, "old": head,
               "reason": "its inputs or settings changed"})
+
+
+def _below(repo, commit: str, tip: str | None) -> bool:
+    """Whether `commit` is `tip` or on its first-parent line (looked down FINISHED_SEARCH commits)."""
+    for _ in range(FINISHED_SEARCH):
+        if tip is None:
+            return False
+        if tip == commit:
+            return True
+        parents = repo.read_commit(tip)["parents"]
+        tip = parents[0] if parents else None
+    return False
 
 
 def finished(run, stage, branch: str, key: str) -> str | None:

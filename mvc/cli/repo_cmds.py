@@ -142,17 +142,28 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
         warn(f"no component changed since {short(c['parents'][0])}: the commit records its message and "
              "metrics only")
     elif c["parents"]:  # weights replaced by what holds none (mvc commit notes.txt): likely a slip, said once
-        before = repo.read_commit(c["parents"][0])["components"]
-        for name in sorted(set(components) & set(before)):
-            n = len(repo.read_tree(before[name], shared=True)["tensors"])
-            if n and not repo.read_tree(c["components"][name], shared=True)["tensors"]:
-                warn(f"component {shown(name)} held {plural(n, 'tensor')} and now holds none (only files): "
-                     f"mvc rollback undoes this commit")
+        landed = branch or repo.head_branch
+        undo = "mvc rollback" if landed == repo.head_branch else f"mvc switch {shown(landed)}; mvc rollback"
+        for name, n in _emptied(repo, c["parents"][0], cid, components):
+            warn(f"component {shown(name)} held {plural(n, 'tensor')} and now holds none (only files): "
+                 f"{undo} undoes this commit")
     if as_json:
         emit_json({"commit": cid, "branch": branch or repo.head_branch, "parents": c["parents"],
                    "components": c["components"], "unchanged": unchanged})
     else:
         click.echo(f"[{shown(branch or repo.head_branch)} {short(cid)}] {shown(message.splitlines()[0])}")
+
+
+def _emptied(repo: Repo, parent: str, cid: str, names) -> list[tuple[str, int]]:
+    """(component, tensors it held) of `names` that held tensors in `parent` and hold none in `cid`;
+    nothing when a tree cannot be read (the commit stands: this is only a warning)."""
+    try:
+        before, after = repo.read_commit(parent)["components"], repo.read_commit(cid)["components"]
+        return [(name, n) for name in sorted(set(names) & set(before))
+                if (n := len(repo.read_tree(before[name], shared=True)["tensors"]))
+                and not repo.read_tree(after[name], shared=True)["tensors"]]
+    except MvcError:
+        return []
 
 
 @cli.command()

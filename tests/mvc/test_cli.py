@@ -1201,7 +1201,7 @@ def test_reflog_expiry_takes_a_unit_and_a_bare_number_is_seconds(run, in_repo):
     run("config", "gc.reflogExpire", "30d")
     run("gc", "--grace", "0")
     assert mvc.Repo(in_repo.root).store.has(gone)  # 30 days keep an hour-old entry
-    assert "is 30 seconds (a duration with no unit); for days write 30d" in \
+    assert "is 30 seconds (a duration with no unit); if you meant days, write 30d" in \
         run("config", "gc.reflogExpire", "30").stderr
     run("gc", "--grace", "0")
     assert not mvc.Repo(in_repo.root).store.has(gone)  # 30 seconds do not
@@ -1251,6 +1251,13 @@ def test_committing_a_file_without_tensors_over_weights_says_so(run, in_repo, tm
     r = run("commit", tmp_path / "notes.txt", "-m", "oops")
     assert "component model held 2 tensors and now holds none (only files): mvc rollback undoes" in r.stderr
     assert "holds none" not in run("commit", _ckpt(tmp_path / "m.safetensors", 1), "-m", "weights again").stderr
+    run("branch", "exp")
+    r = run("commit", "-c", f"model={tmp_path / 'notes.txt'}", "-m", "oops", "--branch", "exp")
+    assert "mvc switch exp; mvc rollback undoes this commit" in r.stderr  # (a rollback moves HEAD's branch)
+    tree = in_repo.read_commit(in_repo.resolve("HEAD"))["components"]["model"]
+    os.chmod(in_repo.loose.path(tree), 0o644)
+    os.unlink(in_repo.loose.path(tree))  # a damaged parent: the commit lands, the check is skipped
+    assert run("commit", tmp_path / "notes.txt", "-m", "again").stdout.startswith("[main ")
 
 
 def test_no_commits_yet_names_fetched_branches_too(run, in_repo, tmp_path):

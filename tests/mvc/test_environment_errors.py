@@ -347,18 +347,19 @@ def test_the_python_api_raises_the_file_systems_oserror_with_its_path_and_leaves
     assert list(outside.iterdir()) == []
 
 
-def test_a_full_disk_while_an_object_is_written_is_an_oserror_with_its_path(repo, monkeypatch):
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
+def test_a_full_disk_while_an_object_is_written_is_an_oserror_with_its_path(repo, monkeypatch, err):
     """os.write names no file: repo.commit raised OSError(28) with no path, though the README says
-    the file system's refusals come with their path."""
+    the file system's refusals come with their path (an I/O error writing it too)."""
     import mvc.store
     real = os.write
 
     def full(fd, data):
         if len(data) > 4096:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(err, os.strerror(err))
         return real(fd, data)
     monkeypatch.setattr(mvc.store.os, "write", full)
     with pytest.raises(OSError) as e:
         repo.commit({"model": {"w": torch.zeros(1 << 20)}}, message="big")
-    assert e.value.errno == errno.ENOSPC and e.value.filename.startswith(repo.loose.tmp)
+    assert e.value.errno == err and e.value.filename.startswith(repo.loose.tmp)
     assert not os.listdir(repo.loose.tmp) and repo.head() is None

@@ -143,6 +143,16 @@ def test_an_evaluate_stage_never_drops_a_users_commit_either(tmp_path):
     assert repo.branches()["demo/certify"] == mine
 
 
+def test_a_users_branch_under_a_stage_branchs_name_is_never_taken_over(tmp_path):
+    """A branch that holds only a user's commits (made under the stage's branch name, or a stage
+    renamed onto it) was deleted and remade by the run: its commits left the branch."""
+    root, repo = make_project(tmp_path)
+    mine = repo.commit({"notes": {"w": torch.ones(2)}}, message="mine", branch="demo/core")
+    with pytest.raises(MvcError, match="stage core: branch demo/core holds commits the pipeline did not make"):
+        run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    assert repo.branches()["demo/core"] == mine
+
+
 def test_failing_gate_rolls_back_applies_fallback_then_stops(tmp_path, monkeypatch):
     root, repo = make_project(tmp_path, steps=8, max_bpb=0.01, retries=1)
     monkeypatch.chdir(root)
