@@ -134,19 +134,21 @@ def stage_info(repo, commit: str | None) -> dict:
 FINISHED_SEARCH = 1000  # commits of others (a user's paste onto a stage branch) looked past for a stage's own
 
 
+def _first_parents(repo, tip: str | None):
+    """`tip` and the commits of its first-parent line, FINISHED_SEARCH at most."""
+    for _ in range(FINISHED_SEARCH):
+        if not tip:
+            return
+        yield tip
+        parents = repo.read_commit(tip)["parents"]
+        tip = parents[0] if parents else None
+
+
 def stage_commit(repo, head: str | None, stage_name: str) -> str | None:
     """The newest commit of stage `stage_name` on a branch whose tip is `head`: the tip, or the first
     one below commits the stage did not make (a user's commit on its branch, a paste into a host
     branch), which are kept; None when the branch holds none of its commits there."""
-    c = head
-    for _ in range(FINISHED_SEARCH):
-        if not c:
-            return None
-        if stage_info(repo, c).get("stage") == stage_name:
-            return c
-        parents = repo.read_commit(c)["parents"]
-        c = parents[0] if parents else None
-    return None
+    return next((c for c in _first_parents(repo, head) if stage_info(repo, c).get("stage") == stage_name), None)
 
 
 def start_over(run, stage, branch: str, key: str, to: str | None) -> None:
@@ -160,7 +162,7 @@ def start_over(run, stage, branch: str, key: str, to: str | None) -> None:
     own = stage_commit(repo, head, stage.name)
     # none of the stage's own commits: a user's branch under the stage's name, unless its tip is a start
     # the pipeline put there that has moved on since (a brick branch at a host commit below the new one)
-    if own is None and not stage_info(repo, head) and not _below(repo, head, to):
+    if own is None and not stage_info(repo, head) and head not in _first_parents(repo, to):
         raise StageError(f"{run.pipeline.path}: stage {stage.name}: branch {branch} holds commits the pipeline "
                          f"did not make (its tip is {head[:12]})", f"keep them on a branch of their own (mvc "
                          f"branch NAME {head[:12]}), then mvc branch -d {branch}, and run again")
@@ -175,18 +177,6 @@ def start_over(run, stage, branch: str, key: str, to: str | None) -> None:
                          "again")
     run.emit({"event": "restart", "stage": stage.name, "branch": branch, "old": head,
               "reason": "its inputs or settings changed"})
-
-
-def _below(repo, commit: str, tip: str | None) -> bool:
-    """Whether `commit` is `tip` or on its first-parent line (looked down FINISHED_SEARCH commits)."""
-    for _ in range(FINISHED_SEARCH):
-        if tip is None:
-            return False
-        if tip == commit:
-            return True
-        parents = repo.read_commit(tip)["parents"]
-        tip = parents[0] if parents else None
-    return False
 
 
 def finished(run, stage, branch: str, key: str) -> str | None:
