@@ -211,6 +211,6 @@ def check_setting(key: str, value: str) -> None:
         raise ConfigError(f"config {key}: the value is not UTF-8 text", "the config file is UTF-8: use a path "
                           "whose name is UTF-8: rename it, or link to it" if remote_url else None) from None
     parsed = parse(key, value)
-    if key == "gc.reflogExpire" and value.strip()[-1:].isdigit() and 0 < parsed <= 3650:  # (a count of days?)
+    if key == "gc.reflogExpire" and value.strip()[-1:].isdigit() and 0 < parsed <= 1000:  # (a count of days?)
         warnings.warn(f"gc.reflogExpire {value} is {value} seconds (a duration with no unit); if you meant days, "
                       f"write {value}d")

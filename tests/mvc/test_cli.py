@@ -1206,6 +1206,7 @@ def test_reflog_expiry_takes_a_unit_and_a_bare_number_is_seconds(run, in_repo):
     run("gc", "--grace", "0")
     assert not mvc.Repo(in_repo.root).store.has(gone)  # 30 seconds do not
     assert "gc.reflogExpire 30d" in run("config", "--help").stdout
+    assert run("config", "gc.reflogExpire", "3600").stderr == ""  # (an hour in seconds: no days suggested)
 
 
 def test_no_commits_yet_names_the_branches_that_have_some(run, in_repo):
