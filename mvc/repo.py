@@ -637,6 +637,9 @@ class Repo(Maintenance):
             for name, value in components.items():
                 new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
         provenance = git_provenance(self.root)
+        if provenance.get("git", {}).get("error"):  # (recorded as dirty: null; said, so that it can be mended)
+            warnings.warn(f"git could not say whether the work tree is dirty ({provenance['git']['error']}): the "
+                          "commit records dirty: null")
         with _branch_turn(self.dir, ref):
             return self._land_commit(new_trees, remove, message, metrics, author, extra, ref, created_from,
                                      provenance)

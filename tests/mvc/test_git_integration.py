@@ -306,9 +306,12 @@ def test_a_repository_git_refuses_is_recorded_with_git_s_reason(tmp_path):
     os.chown(work, 12345, 12345)
     try:
         prov = provenance.git_provenance(repo.root)["git"]
+        with pytest.warns(UserWarning, match="git could not say whether the work tree is dirty .*dubious ownership"):
+            cid = repo.commit({"m": model(tmp_path / "m.safetensors")}, message="x")  # (it was recorded silently)
     finally:
         os.chown(work, 0, 0)
     assert prov["dirty"] is None and "dubious ownership" in prov["error"] and prov["sha"]
+    assert repo.read_commit(cid)["provenance"]["git"]["dirty"] is None
 
 
 # -- authors ---------------------------------------------------------------------------------------
