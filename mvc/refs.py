@@ -18,7 +18,7 @@ import re
 import time
 import warnings
 
-from .errors import BadName, CorruptObject, MvcError, RefConflict
+from .errors import BadName, CorruptObject, MvcError, RefConflict, os_error_text
 from .files import FUTURE_SLACK_S, LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, walk
 from .interrupts import interrupts_deferred
 from .objects import check_new_ref_name, check_ref_name, is_oid
@@ -525,7 +525,11 @@ class RefStore:
             if self.fsync:
                 fsync_dir(os.path.dirname(base))
                 fsync_dir(os.path.dirname(src))
-        except OSError:
+        except OSError as e:
+            if os.path.lexists(src):  # (not moved: a branch made again under that name would go on from it)
+                warnings.warn(f"the reflog of deleted {ref} stays at {src} ({os_error_text(e)}): a branch made "
+                              f"again under that name would list its entries; move it into "
+                              f"{os.path.join(logs, RETIRED_LOGS)} by hand")
             return
         prune_empty_dirs(os.path.dirname(src), self._kind_dir(logs, ref))
 

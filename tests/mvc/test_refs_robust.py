@@ -759,3 +759,20 @@ def test_a_ref_this_user_may_not_read_is_skipped_by_listings_and_stops_gc(tmp_pa
     assert refs.list(bad=bad) == {"refs/heads/main": A} and "permission denied" in bad["refs/heads/private"]
     with pytest.raises(PermissionError):  # what gc keeps counts every ref: it stops
         refs.list(strict=True)
+
+
+def test_a_deleted_branchs_reflog_that_cannot_be_moved_is_said(tmp_path, monkeypatch):
+    """When the log could not be moved to logs/deleted (a sticky folder holding another user's file),
+    branch -d said nothing, and a branch made again under that name listed the old entries."""
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/feat", A, expected=None, message="one")
+    real = os.rename
+
+    def refused(src, dst, *a, **k):
+        if "deleted" in str(dst):
+            raise PermissionError(13, "Permission denied", src, None, dst)
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(mvc.refs.os, "rename", refused)
+    with pytest.warns(UserWarning, match="the reflog of deleted refs/heads/feat stays at .*permission denied"):
+        refs.update("refs/heads/feat", None, expected=A, message="deleted")
+    assert refs.read("refs/heads/feat") is None
