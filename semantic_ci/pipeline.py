@@ -188,7 +188,7 @@ def finished(run, stage, branch: str, key: str) -> str | None:
     info = stage_info(repo, own)
     if info.get("key") != key or info.get("status") != "done":
         return None
-    run.emit({"event": "skip", "stage": stage.name, "commit": own, "reason": "inputs unchanged",
+    run.emit({"event": "skip", "stage": stage.name, "branch": branch, "commit": own, "reason": "inputs unchanged",
               **({"kept": head} if own != head else {})})
     return own
 

@@ -115,7 +115,8 @@ def test_a_rerun_keeps_a_users_commit_on_a_stage_branch_and_never_drops_it_unask
     summary2 = run_pipeline(repo, load(str(root / "p.toml")), emit=again.append)
     assert [s["status"] for s in summary2["stages"]] == ["unchanged", "unchanged"]
     assert summary2["results"]["core"] == done and repo.branches()["demo/core"] == mine
-    assert {"event": "skip", "stage": "core", "commit": done, "reason": "inputs unchanged", "kept": mine} in again
+    assert {"event": "skip", "stage": "core", "branch": "demo/core", "commit": done, "reason": "inputs unchanged",
+            "kept": mine} in again  # (the branch names the host of a paste stage's skip)
     (root / "p2.toml").write_text((root / "p.toml").read_text().replace("steps = 8", "steps = 4"))
     with pytest.raises(MvcError, match=f"stage core: branch demo/core ends in commits the pipeline did not make "
                                        f".* above the stage's own {done[:12]}; the stage starts over") as e:
