@@ -826,8 +826,12 @@ class Repo(Maintenance):
         return {"state": state, "param_groups": groups}
 
     def no_commits_hint(self) -> str:
-        """What to do when HEAD's branch has no commits: commit, or switch to a branch that has some
-        (a commit --branch, or a pipeline, put them there)."""
+        """What to do when HEAD's branch has no commits: commit, or go where commits are."""
+        return self.commits_elsewhere() or "make a first commit with mvc commit"
+
+    def commits_elsewhere(self) -> str | None:
+        """Where the commits are when HEAD's branch has none (other branches, which a commit --branch
+        or a pipeline made, or fetched ones) and how to get there; None when there are none."""
         def listed(names):
             return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         others = sorted(self.branches())
@@ -836,7 +840,7 @@ class Repo(Maintenance):
         fetched = sorted(r[len("refs/remotes/"):] for r in self.refs.list("refs/remotes/"))
         if fetched:  # (a repository made to fetch a team's remote, as in a CI system)
             return f"fetched branches: {listed(fetched)}; mvc branch NAME origin/NAME makes one here"
-        return "make a first commit with mvc commit"
+        return None
 
     def log(self, rev: str | None = None, n: int | None = None, exclude: str | None = None) -> list[dict]:
         """Commits reachable from `rev` (default HEAD), newest first, each with its `id`; with

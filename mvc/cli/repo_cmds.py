@@ -193,9 +193,9 @@ def log(rev, n, oneline, as_json):
     if not commits and not as_json:
         if n == 0:  # asked for none
             return
-        others = rev in (None, "HEAD") and repo.head_branch and (repo.branches() or repo.refs.list("refs/remotes/"))
+        elsewhere = repo.commits_elsewhere() if rev in (None, "HEAD") and repo.head_branch else None
         click.echo(f"no commits in {exclude}..{rev}" if exclude else "no commits yet" + (
-            f" on {shown(repo.head_branch)} ({repo.no_commits_hint()})" if others else ""), err=True)
+            f" on {shown(repo.head_branch)} ({elsewhere})" if elsewhere else ""), err=True)
         return
     status = _ci_status(repo, [c["id"] for c in commits])
     if as_json:
@@ -672,8 +672,8 @@ def status(as_json):
         click.echo(f"Not on a branch: {info['head_problem']}")
     else:
         click.echo(f"On branch {shown(info['branch']) if info['branch'] else '(detached)'}")
-    click.echo(f"HEAD: {short(head)}" if head else "No commits yet" + (
-        f" on it ({repo.no_commits_hint()})" if repo.branches() or repo.refs.list("refs/remotes/") else ""))
+    elsewhere = None if head else repo.commits_elsewhere()
+    click.echo(f"HEAD: {short(head)}" if head else "No commits yet" + (f" on it ({elsewhere})" if elsewhere else ""))
     if gb or detached:
         click.echo(f"git: {'detached HEAD' if detached else 'branch ' + shown(gb)}")
     if follows:
