@@ -169,9 +169,7 @@ class _History:
             if oid not in tips:
                 raise
             return e.message
-        except FormatTooNew as e:  # a newer mvc's commit at a tip: its ref is skipped, the others fetched
-            if oid not in tips:
-                raise
+        except FormatTooNew as e:  # a newer mvc's commit: the refs reaching it are skipped, the others fetched
             self.newer.add(oid)
             return e.message
         except TooLarge:  # (a blob, most likely: it is not read to find out)
@@ -184,6 +182,30 @@ class _History:
             if oid not in tips or oid not in set(self.t.list_refs().values()):
                 raise
             return f"object {oid[:12]} is not there"
+
+    def _leave_out_newer(self, tips, commits: dict) -> None:
+        """Leave out of `commits` those whose history holds an object a newer mvc wrote (a commit, or
+        a tree one names): nothing is stored that this mvc could not read whole. The tips among them
+        are skipped as a newer tip is, naming the object (their refs are not moved; the others are)."""
+        below: dict[str, str] = {}  # left-out commit -> the newer object its history holds
+
+        def newer_in(c: str) -> str | None:
+            obj = commits[c][0]
+            return next((x for x in [*obj["components"].values(), *obj["parents"]] if x in self.newer),
+                        None) or next((below[p] for p in obj["parents"] if p in below), None)
+
+        changed = True
+        while changed:  # (to a fixed point: a child is left out once a parent is)
+            changed = False
+            for c in commits:
+                if c not in below and (x := newer_in(c)):
+                    below[c] = x
+                    changed = True
+        for c, x in below.items():
+            del commits[c]
+            if c in tips:
+                self.newer.add(c)
+                self.not_commits[c] = f"its history holds an object of a newer format ({self.not_commits[x]})"
 
     def fetch(self, tips, extra_trees=()) -> None:
         """The history of `tips`, and `extra_trees` with their blobs.
@@ -205,26 +227,38 @@ class _History:
             here += [c for c in frontier if c not in missing and c not in (trusted or ())]
             for c, got in zip(missing, pool.map(lambda c: self._commit_or_not(c, tips), missing)):
                 if isinstance(got, str):
-                    self.not_commits[c] = got  # a damaged ref there: its refs are skipped
+                    self.not_commits[c] = got  # a damaged ref there (or a newer mvc's commit): skipped
                 else:
                     commits[c] = got
             frontier = [c for c in frontier if c not in self.not_commits]
             parents = {p for c in frontier if c not in (trusted or ())
                        for p in (commits[c][0] if c in commits else repo.read_commit(c))["parents"]}
-            for p in sorted(parents & set(self.not_commits)):  # a skipped tip that other history needs
+            for p in sorted(parents & set(self.not_commits) - self.newer):  # a skipped tip other history needs
                 raise ObjectMissing(f"commit {p} on remote {where} ({self.not_commits[p]}) is the parent of "
                                     "commits a branch there reaches",
                                     "the remote is damaged: fetch from another copy, or mvc push --repair "
                                     "from a repository that has the history whole")
             frontier = sorted(parents - seen - complete - (trusted or set()))
             seen.update(frontier)
-        wanted = sorted({tid for obj, _ in commits.values() for tid in obj["components"].values()}
-                        | {tid for c in here for tid in repo.read_commit(c)["components"].values()}
-                        | set(extra_trees))
+
+        def trees_wanted():  # (those of a newer format left out)
+            return sorted(({tid for obj, _ in commits.values() for tid in obj["components"].values()}
+                           | {tid for c in here for tid in repo.read_commit(c)["components"].values()}
+                           | set(extra_trees)) - self.newer)
+
+        wanted = trees_wanted()
         tree_ids = [tid for tid in wanted if not repo.store.has(tid)]
         trees = {}
         for tid, data in zip(tree_ids, pool.map(lambda x: receive(t, x, where, MAX_META_BYTES), tree_ids)):
-            trees[tid] = (decode(data, "tree", tid), data)
+            try:
+                trees[tid] = (decode(data, "tree", tid), data)
+            except FormatTooNew as e:
+                self.newer.add(tid)
+                self.not_commits[tid] = e.message
+        if self.newer:
+            self._leave_out_newer(tips, commits)
+            wanted = trees_wanted()
+            trees = {tid: v for tid, v in trees.items() if tid in wanted}
         kept = [self._tree_here(tid) for tid in wanted if tid not in trees]  # here already: are their blobs?
         hints: dict[str, int] = {}
         for obj in [obj for obj, _ in trees.values()] + kept:

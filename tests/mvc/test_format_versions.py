@@ -314,6 +314,33 @@ def test_a_branch_of_a_newer_format_is_skipped_and_the_others_fetched(tmp_path):
     assert set(clone.refs.list("refs/remotes/")) == {"refs/remotes/origin/main"} and clone.fsck()["ok"]
 
 
+@pytest.mark.parametrize("where", ["tree", "parent"])
+def test_a_branch_whose_history_holds_a_newer_object_is_skipped_and_the_others_fetched(tmp_path, where):
+    """A format-1 commit naming a newer mvc's tree (or on top of a newer mvc's commit) failed the
+    whole fetch: every branch of the remote, not only that one."""
+    src, t = _pushed(tmp_path)
+    head = src.resolve("HEAD")
+    commit = json.loads(src.store.get(head))
+    if where == "tree":
+        tree = json.loads(src.store.get(commit["components"]["model"]))
+        newer = _put_on(t, {**tree, "format": 2})
+        tip = _put_on(t, {**commit, "parents": [head], "components": {"model": newer}, "message": "v2 tree"})
+    else:
+        newer = _put_on(t, {**commit, "format": 2, "parents": [head], "message": "v2"})
+        tip = _put_on(t, {**commit, "parents": [newer], "message": "on top of v2"})
+    os.makedirs(tmp_path / "remote" / "refs" / "heads", exist_ok=True)
+    (tmp_path / "remote" / "refs" / "heads" / "next").write_text(tip + "\n")
+    with pytest.warns(UserWarning, match=f"skipped remote ref refs/heads/next on .*{newer[:12]} has format 2.*"
+                                         "upgrade mvc to fetch it"):
+        clone, result = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
+    assert clone.branches() == {"main": head} and result["fetch"]["skipped_newer"] == ["refs/heads/next"]
+    assert not clone.store.has(tip) and not clone.store.has(newer) and clone.fsck()["ok"]
+    src.commit({"model": {"w": torch.ones(2)}}, message="two")  # and the others go on being fetched
+    rm.push(src)
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/next"):
+        assert rm.fetch(clone)["refs"]["refs/remotes/origin/main"]["new"] == src.resolve("HEAD")
+
+
 def test_fsck_and_gc_tell_a_newer_format_apart_from_damage(run, in_repo):
     """fsck called an intact format-2 commit damaged (exit 1, the tree twice), and gc's refusal
     hinted fsck --repair-from, which has nothing to repair."""
