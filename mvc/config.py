@@ -17,7 +17,7 @@ import difflib
 import warnings
 import re
 
-from .errors import ConfigError
+from .errors import ConfigError, FormatTooNew
 from .objects import check_remote_name
 
 
@@ -83,6 +83,10 @@ KNOWN = {
     "pack.verify": _bool,
 }
 READ_ONLY = {"core.format": "it is set by mvc init and names the repository's on-disk format"}
+# Extensions (`[extensions]` NAME = VALUE) this mvc implements: none yet. A later mvc that adds a
+# feature older ones must not meet (they would misread it) names it there; an mvc that does not
+# implement it refuses the repository or remote, whatever the value (git's extensions.* rule).
+KNOWN_EXTENSIONS: frozenset[str] = frozenset()
 _CANONICAL = {k.lower(): k for k in (*KNOWN, *READ_ONLY)}  # any spelling -> the spelling above
 OWNED_SECTIONS = frozenset(k.partition(".")[0] for k in _CANONICAL)  # core, gc, pack
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -183,6 +187,16 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_extensions(parser: configparser.ConfigParser, where: str) -> None:
+    """FormatTooNew when the config `parser` read names an extension this mvc does not implement
+    (its section in any case: a newer mvc's `[Extensions]` must not slip by as another section)."""
+    unknown = sorted({key for section in parser.sections() if section.lower() == "extensions"
+                      for key in parser[section] if key not in parser.defaults()} - KNOWN_EXTENSIONS)
+    if unknown:
+        raise FormatTooNew(f"{where} uses the extension{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}, "
+                           "which this mvc does not implement (a newer mvc wrote it)", "upgrade mvc")
+
+
 def is_remote_url(key: str) -> bool:
     """Whether `key` is a remote's url (remote.NAME.url), which is stored normalised."""
     head, _, rest = key.partition(".")
@@ -194,6 +208,9 @@ def check_setting(key: str, value: str) -> None:
     key = canonical(key)
     if key in READ_ONLY:
         raise ConfigError(f"config {key} cannot be set", READ_ONLY[key])
+    if key.partition(".")[0].lower() == "extensions":
+        raise ConfigError(f"config {key} cannot be set", "extensions are written by the mvc that implements "
+                          "them: an mvc that does not refuses the repository")
     check_key(key)
     head, _, rest = key.partition(".")
     if head.lower() == "remote" and "." in rest:  # remote.NAME.url: a name `mvc remote add` takes

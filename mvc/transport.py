@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlparse
 from typing import Callable
 
 
-from .config import new_parser as new_config_parser
+from .config import check_extensions, new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing,
                      RefConflict, TooLarge)
 from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, shared_or_exclusive, walk
@@ -232,6 +232,7 @@ class Transport:
         if fmt > REMOTE_FORMAT:
             raise FormatTooNew(f"remote {self.describe()} has format {fmt}; this mvc reads up to "
                                f"{REMOTE_FORMAT}", "upgrade mvc")
+        check_extensions(cfg, f"remote {self.describe()}")
         return True
 
     def require_repository(self) -> None:

@@ -431,3 +431,25 @@ def test_a_format_no_mvc_writes_is_refused_not_read_as_format_1(tmp_path, fmt):
         mvc.Repo(tmp_path / "r")
     with pytest.raises(CorruptObject, match=f"sets format {fmt}, a format no mvc writes"):
         open_transport(str(tmp_path / "remote")).require_repository()
+
+
+def test_an_extension_this_mvc_does_not_implement_is_refused_in_a_repository_and_a_remote(tmp_path, run, in_repo):
+    """A newer mvc may mark a repository or remote with `[extensions]` (a feature an older mvc
+    would misread, without bumping core.format): this mvc must refuse it, whatever its value and
+    however the section is spelled, and `mvc config` must not set one."""
+    repo = in_repo
+    repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
+    rm.add_remote(repo, "origin", str(tmp_path / "remote"))
+    rm.push(repo)
+    out = run("config", "extensions.bundles", "true", code=3)
+    assert "cannot be set" in out.stderr and "[extensions]" not in (tmp_path / "remote" / "config").read_text()
+    config = tmp_path / "remote" / "config"
+    config.write_text(config.read_text() + "[Extensions]\nbundles = false\n")
+    with pytest.raises(FormatTooNew, match="uses the extension bundles, which this mvc does not implement"):
+        open_transport(str(tmp_path / "remote")).require_repository()
+    own = os.path.join(repo.dir, "config")
+    with open(own, "a") as f:
+        f.write("[extensions]\nbundles = true\nzeta = 1\n")
+    out = run("log", code=3)
+    assert "uses the extensions bundles, zeta, which this mvc does not implement" in out.stderr
+    assert "upgrade mvc" in out.stderr
