@@ -55,6 +55,8 @@ class PastRoot(Exception):
         self.record = record
 
 
+DATA_KEYS = ("probe", "data", "domain_data", "general_data")  # check settings naming the data they read
+
 _RELATIVE = re.compile(r"(.*?)((?:~\d*|\^\d*)+)")
 
 
@@ -320,7 +322,7 @@ def run_migration(ctx: Context, check: Check) -> dict:
     _require_component(ctx, check, source, "source", "brick", brick if brick.startswith("brick/") else f"brick/{brick}")
     for i, host in enumerate(hosts):
         _require_component(ctx, check, host, "host", f"hosts[{i}]", "core")
-    for key in ("domain_data", "general_data", "probe"):
+    for key in ("domain_data", "general_data", "probe"):  # (its DATA_KEYS)
         spec = check.get(key)
         if spec and spec != "builtin" and not spec.startswith("blob:"):
             read_check_data(ctx, check, key, 0)

@@ -5,8 +5,9 @@ and no work for a stage whose inputs (content ids + settings) already produced a
 Every stage owns the branch `<pipeline>/<stage>` (a paste stage one per host,
 `<pipeline>/<stage>/<host>`: `stage_branches`). Commits carry `extra.pipeline` = {stage, key,
 attempt, settings, status: "checkpoint" | "done", step}. The key hashes the stage's settings, the
-ids of its input streams and the result commits of the stages it reads, so a finished stage is
-recognised on a re-run and a changed input re-runs it.
+ids of its input streams, the result commits of the stages it reads and what its checks read (data
+content ids, the commits their revisions name), so a finished stage is recognised on a re-run and a
+changed input re-runs it.
 """
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from mvc.errors import CheckFailed, ConfigError, MvcError
 from mvc.objects import canonical_json, hash_bytes
 
 from . import certificate
-from .checks import Context, result as check_result, run_check
+from .checks import DATA_KEYS, Context, result as check_result, run_check, split_relative
 from .config import CiConfig
 from .models import ModelCache
 from .pipeline_config import Pipeline, Stage, resolve_builder, stage_branches, stream_path
+from .probe import read_repository_file
+
+REVISION_KEYS = ("baseline", "source", "hosts")  # check settings naming commits
 
 
 class PipelineFailed(MvcError):
@@ -120,9 +124,40 @@ class Run:
         return list(self.branches(stage).values())[-1]
 
     def key(self, stage: Stage, inputs: dict) -> str:
+        read = self._checks_read(stage)
         return hash_bytes(canonical_json({"kind": stage.kind, "settings": stage.settings, "gates": stage.gates,
                                           "fallback": stage.fallback, "inputs": inputs,
-                                          "checks": [[c.name, c.kind, c.params] for c in stage.checks]}))
+                                          "checks": [[c.name, c.kind, c.params] for c in stage.checks],
+                                          **({"checks_read": read} if read else {})}))
+
+    def _checks_read(self, stage: Stage) -> dict:
+        """What the stage's checks read beyond their settings as written: the content id of each data
+        file and stream held-out tail, the commit of each revision not relative to the commit checked
+        (`main`, not `HEAD~2`). A changed file or a moved branch runs the stage again; the key held
+        only their names, and kept a certificate of other data. (Unreadable: left to the check.)"""
+        out = {}
+        for c in stage.checks:
+            for k, v in c.params.items():
+                ids = [self._read_id(k, x) for x in (v if isinstance(v, list) else [v])]
+                if any(ids):
+                    out[f"{c.name}.{k}"] = ids if isinstance(v, list) else ids[0]
+        return out
+
+    def _read_id(self, key: str, value) -> str | None:
+        if not isinstance(value, str) or value.startswith("stage:"):  # (stage results: in the inputs)
+            return None
+        try:
+            if key in DATA_KEYS:
+                if value.startswith("stream:"):
+                    return hash_bytes(self.stream(value[7:])[1])
+                if value.startswith("blob:") or value == "builtin":
+                    return None
+                return hash_bytes(read_repository_file(self.repo, value))
+            if key in REVISION_KEYS and split_relative(value)[0] != "HEAD":
+                return self.repo.resolve(value)
+        except (MvcError, OSError):
+            return None
+        return None
 
 
 def stage_info(repo, commit: str | None) -> dict:

@@ -40,7 +40,7 @@ def read_data(repo, spec: str | None, default_bytes: int, files: dict | None = N
         oid = spec[5:]
         return repo.store.get(oid), oid, f"blob {oid[:12]}"
     else:
-        data, desc = files[spec] if files and spec in files else (_read_repository_file(repo, spec), spec)
+        data, desc = files[spec] if files and spec in files else (read_repository_file(repo, spec), spec)
         if len(data) < 2:
             raise BadInput(f"check data {spec} holds fewer than 2 bytes")
     return data, repo.store.put(data), desc
@@ -49,7 +49,7 @@ def read_data(repo, spec: str | None, default_bytes: int, files: dict | None = N
 MAX_DATA_BYTES = 1 << 30  # a check's data file is read whole: refuse what cannot be held
 
 
-def _read_repository_file(repo, spec: str) -> bytes:
+def read_repository_file(repo, spec: str) -> bytes:
     """The bytes of a regular file under the repository root (not inside .mvc): a check's data is
     stored as a blob and named in the certificate, which travels with pushes, so a path naming
     a file outside (an absolute path, '..') must not carry other files along. (A symlink inside

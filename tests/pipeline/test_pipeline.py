@@ -359,6 +359,37 @@ def test_evaluate_certificate_verifies_on_its_branch_and_from_stage_is_checked(t
     assert [s["status"] for s in again["stages"]] == ["unchanged"] and again["stages"][0]["certificate"] == cert_id
 
 
+def test_a_stage_whose_check_data_or_baseline_changed_runs_its_checks_again(tmp_path):
+    """The stage key hashed a check's data path and revision as written: after the file's bytes
+    changed (or the baseline branch moved) a re-run said "unchanged" and kept a certificate of
+    other data (probe h36)."""
+    root, repo = make_project(tmp_path)
+    text = (root / "p.toml").read_text().replace(
+        'name = "roundtrip"\nkind = "L2"\ncomponent = "core"\nprobe_bytes = 256',
+        'name = "ratio"\nkind = "ppl-ratio"\ncomponent = "core"\nbaseline = "ref"\ndata = "held.txt"\n'
+        "max_ratio = 100.0\nbootstrap = 10")
+    assert 'baseline = "ref"' in text
+    (root / "p.toml").write_text(text)
+    (root / "held.txt").write_text("the cat sat on a mat " * 20)
+    for seed in (0, 1):
+        repo.commit({"core": cores.build("layercake", config="tiny", seed=seed)}, message=f"ref {seed}", branch="ref")
+
+    def certify():
+        summary = run_pipeline(repo, load(str(root / "p.toml")))
+        stage = summary["stages"][1]
+        check = certificate.read(repo, stage["certificate"])["checks"][0]
+        return stage["status"], check["inputs"]["data"], check["inputs"]["baseline"]
+
+    status, data, baseline = certify()
+    assert status == "passed" and certify() == ("unchanged", data, baseline)
+    (root / "held.txt").write_text("a bird sang while the dog ran " * 20)
+    status, new_data, same_baseline = certify()
+    assert status == "passed" and new_data != data and same_baseline == baseline
+    repo.refs.update("refs/heads/ref", repo.resolve("ref~1"), message="the baseline moves")
+    status, _, moved = certify()
+    assert status == "passed" and moved != baseline
+
+
 PASTE_STAGES = """
 [[stages]]
 name = "brick"
