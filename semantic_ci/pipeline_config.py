@@ -660,6 +660,15 @@ def _check_gate(gw: str, g, check_names: set, err) -> None:
     for key in ("max", "min", "plateau"):  # finite: thresholds are stored in canonical JSON
         if key in g and (not _is_number(g[key]) or not math.isfinite(g[key])):
             raise err(f"{gw}.{key}", f"must be a finite number, got {g[key]!r}")
+    kinds = [k for k in ("metric", "plateau", "check") if k in g]
+    if len(kinds) > 1:  # (one of them was evaluated, the others dropped unsaid: a check never ran)
+        raise err(gw, f"a gate is one of metric, plateau or check, not {' and '.join(kinds)} (write a gate "
+                      "for each)")
+    for key, owner in (("max", "metric"), ("min", "metric"), ("patience", "plateau")):
+        if key in g and owner not in g:
+            raise err(f"{gw}.{key}", f"belongs to a {owner} gate" + (f", not a {kinds[0]} gate" if kinds else ""))
+    if "max" in g and "min" in g and g["min"] > g["max"]:
+        raise err(gw, f"min {g['min']} is above max {g['max']}: the gate can never pass")
     if "metric" in g:
         if not isinstance(g["metric"], str) or not g["metric"]:
             raise err(f"{gw}.metric", f"must be a metric name, got {g['metric']!r}")

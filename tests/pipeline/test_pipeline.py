@@ -284,6 +284,12 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
     (lambda t: t + '\n[[stages]]\nname = "p"\nkind = "paste"\nsource = "stage:core"\nbrick_name = "x"\n'
                    'into = ["core~1"]\n', "stage p.into[0]: 'core~1' cannot name a branch ('demo/p/core~1')"),
     (lambda t: t.replace("retries = 1 }", "retries = 1, set = { lr = \"fast\" } }"), "stage core.fallback.set.lr"),
+    # a gate of two kinds ran one of them, and the check it named then ran nowhere (probe h36)
+    (lambda t: t.replace('max = 8.0 }', 'max = 8.0, plateau = 2.0 }'),
+     "stage core.gates[0]: a gate is one of metric, plateau or check, not metric and plateau"),
+    (lambda t: t.replace('max = 8.0 }', 'max = 8.0 }, { plateau = 2.0, min = 1.0 }'),
+     "stage core.gates[1].min: belongs to a metric gate, not a plateau gate"),
+    (lambda t: t.replace('max = 8.0 }', 'max = 8.0, min = 9.0 }'), "stage core.gates[0]: min 9.0 is above max 8.0"),
 ]
 
 
