@@ -23,7 +23,7 @@ from . import certificate
 from .checks import DATA_KEYS, Context, result as check_result, run_check, split_relative
 from .config import CiConfig
 from .models import ModelCache
-from .pipeline_config import Pipeline, Stage, resolve_builder, stage_branches, stream_path
+from .pipeline_config import Pipeline, Stage, resolve_builder, stage_branches, stage_source, stream_path
 from .probe import read_repository_file
 
 REVISION_KEYS = ("baseline", "source", "hosts")  # check settings naming commits
@@ -238,7 +238,7 @@ def evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_
 def _evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at_end: bool) -> tuple[bool, str]:
     repo = run.repo
     results = []
-    ctx = Context(repo, commit, CiConfig(source=_gates_source(run, stage)), ModelCache(repo))
+    ctx = Context(repo, commit, CiConfig(source=certificate_source(run, stage)), ModelCache(repo))
     from .config import Check
     from .stages import resolve_stage_refs
     checks = {c.name: Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)
@@ -286,7 +286,7 @@ def _evaluate_gates(run: Run, stage: Stage, commit: str, history: list[dict], at
         results += [run_check(ctx, checks[n]) for n in stage.get("every_checkpoint_checks") if n in checks]
     if not results:
         return True, ""
-    cert = certificate.make(commit, results, None, _gates_source(run, stage))
+    cert = certificate.make(commit, results, None, certificate_source(run, stage))
     return cert["passed"], certificate.store(repo, cert)
 
 
@@ -490,7 +490,7 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
         job.restore(head)
         run.emit({"event": "resume", "stage": stage.name, "step": job.trainer.step, "commit": head})
         history = _history(repo, head, key)
-        ours = f": stage {stage.name}"  # (how _gates_source ends: the file may be named another way this run)
+        ours = f": stage {stage.name}"  # (how certificate_source ends: the file may be named another way this run)
         gated = [(cid, c) for cid, c in certificate.index(repo, head)[0]
                  if isinstance(c.get("config"), str) and c["config"].endswith(ours)]
         if not gated:  # killed between the commit and its gates
@@ -562,9 +562,9 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
             return done, "passed"
 
 
-def _gates_source(run, stage) -> str:
-    """What a stage's gate certificates record as their configuration: "PIPELINE FILE: stage NAME"."""
-    return f"{run.pipeline.path}: stage {stage.name}"
+def certificate_source(run, stage) -> str:
+    """What a stage's certificates record as their configuration: "PIPELINE FILE: stage NAME"."""
+    return stage_source(run.pipeline, stage.name, run.repo.root)
 
 
 def _gates_ok(run, stage, commit, history, job) -> bool:

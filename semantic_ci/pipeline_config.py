@@ -91,6 +91,38 @@ class Pipeline:
         raise ConfigError(f"{self.path}: no stage named {name!r}", f"stages: {', '.join(s.name for s in self.stages)}")
 
 
+STAGE_MARK = ": stage "  # how a stage's certificates name their definition: "FILE[ (profile P)]: stage NAME"
+
+
+def stage_source(pipeline: Pipeline, stage_name: str, root: str) -> str:
+    """What a stage's certificates record as their configuration: the pipeline file (relative to
+    the repository root `root` when inside it, where `mvc verify` reads it), its profile, the stage."""
+    path = os.path.abspath(pipeline.path)
+    inside = os.path.relpath(path, os.path.abspath(root))
+    shown = path if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
+    profile = f" (profile {pipeline.profile})" if pipeline.profile else ""
+    return f"{shown}{profile}{STAGE_MARK}{stage_name}"
+
+
+def defined_stage(source: str, root: str) -> tuple[Stage | None, str]:
+    """The stage a certificate's configuration (`stage_source`) names, as its pipeline file defines it
+    now; (None, why) when it cannot be read there. The file's shapes and values are checked, not what
+    it names outside itself (its streams and builders: verify re-runs from recorded ids)."""
+    file, _, name = source.rpartition(STAGE_MARK)
+    profile = None
+    if file.endswith(")") and " (profile " in file:
+        file, _, profile = file[:-1].rpartition(" (profile ")
+    path = file if os.path.isabs(file) else os.path.join(root, file)
+    try:
+        with open(path, "rb") as f:
+            pipeline = parse(tomllib.load(f), file, profile)
+        return pipeline.stage(name), file
+    except (OSError, ConfigError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        why = e.message if isinstance(e, ConfigError) else (
+            f"{file}: cannot read it ({e.strerror or e})" if isinstance(e, OSError) else f"{file}: invalid TOML ({e})")
+        return None, why
+
+
 def _deep_merge(base: dict, over: dict) -> dict:
     """Profile overrides: tables merge key by key; arrays of named tables (checks) merge by name."""
     out = copy.deepcopy(base)

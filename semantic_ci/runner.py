@@ -124,6 +124,27 @@ class _Defined:
     def __init__(self, repo, cert: dict):
         self.repo, self.cert = repo, cert
         self._config: CiConfig | None | bool = False
+        self._stage: tuple | None = None
+
+    @property
+    def stage(self):
+        """A pipeline stage's certificate: the stage as its pipeline file (read from the repository
+        root) defines it now, or None when it cannot be read here (`stage_problem` says why)."""
+        if self._stage is None:
+            from .pipeline_config import defined_stage
+            self._stage = defined_stage(str(self.cert.get("config")), self.repo.root)
+        return self._stage[0]
+
+    @property
+    def stage_problem(self) -> str:
+        return "" if self.stage is not None else self._stage[1]
+
+    @property
+    def source(self) -> str:
+        """Where the checks that judge this certificate are defined: mvc.toml, or the pipeline file."""
+        if self.from_pipeline():
+            return self._stage[1] if self.stage is not None else "the pipeline file"
+        return self.config.source
 
     @property
     def config(self) -> CiConfig | None:
@@ -140,13 +161,14 @@ class _Defined:
         return self._config
 
     def check(self, name: str) -> Check | None:
+        """The check of that name mvc.toml (a pipeline stage's certificate: its stage) defines now."""
+        if self.from_pipeline():
+            return next((c for c in self.stage.checks if c.name == name), None) if self.stage else None
         return next((c for c in self.config.checks if c.name == name), None) if self.config else None
 
     def changed_thresholds(self, stored: dict) -> str | None:
-        """A note when mvc.toml now sets other bounds for a check that ran (None when the same, when
-        mvc.toml does not define it, or for a pipeline stage's check)."""
-        if self.from_pipeline():
-            return None
+        """A note when mvc.toml (or the stage's pipeline file) now sets other bounds for a check that
+        ran (None when the same, or when it does not define the check)."""
         now = self.check(stored["name"])
         if now is None:
             return None
@@ -154,13 +176,33 @@ class _Defined:
         changed = [k for k in BOUND_KEYS if _normal(now.params.get(k)) != _normal(params.get(k))]
         if not changed:
             return None
-        return (f"{self.config.source} now sets " + ", ".join(
+        return (f"{self.source} now sets " + ", ".join(
             f"{k} = {now.params[k]!r}" if k in now.params else f"{k} to its default" for k in changed)
             + " (certificate: " + ", ".join(f"{params.get(k)!r}" for k in changed) + ")"
-            + ": the verdict was re-derived with mvc.toml's bounds")
+            + f": the verdict was re-derived with {'the pipeline file' if self.from_pipeline() else 'mvc.toml'}'s "
+              "bounds")
 
     def from_pipeline(self) -> bool:
-        return ": stage " in str(self.cert.get("config") or "")
+        from .pipeline_config import STAGE_MARK
+        return STAGE_MARK in str(self.cert.get("config") or "")
+
+    def stage_gate_diffs(self, stored: dict) -> tuple[dict | None, list[str]]:
+        """A recorded training gate against the stage's gates now: (the gate to judge it by, diffs).
+        A gate of the same metric (or the plateau gate) with other bounds judges it, with a note; one
+        the stage no longer has cannot be confirmed (a certificate's gate can be edited)."""
+        gate = (stored.get("params") or {}).get("gate")
+        if not isinstance(gate, dict) or "divergence" in gate or self.stage is None:
+            return gate, []
+        now = [g for g in self.stage.gates if _normal(g) == _normal(gate)]
+        if now:
+            return gate, []
+        same = [g for g in self.stage.gates if ("metric" in g and g.get("metric") == gate.get("metric"))
+                or ("plateau" in g and "plateau" in gate)]
+        if len(same) == 1:
+            return same[0], [f"{self.source} now sets this gate as {_normal(same[0])!r} (certificate: "
+                             f"{_normal(gate)!r}): the verdict was re-derived with the pipeline file's bounds"]
+        return None, [f"{self.source} defines no such gate for stage {self.stage.name} now: the recorded gate "
+                      "cannot be confirmed"]
 
 
 def _normal(value):
@@ -173,19 +215,20 @@ def _definition_diffs(defined: _Defined, stored: dict, ignore=()) -> list[str]:
     unless the certificate comes from a pipeline stage (its checks live in the pipeline file) or
     there is no mvc.toml here."""
     name = stored["name"]
-    if defined.config is None:
+    if (defined.stage if defined.from_pipeline() else defined.config) is None:
         return []
     now = defined.check(name)
-    source = defined.config.source
+    source = defined.source
     if now is None:
-        if defined.from_pipeline():
-            return []
-        return [f"{source} does not define a check named {name!r}: the recorded parameters cannot be confirmed"]
+        return [f"{source} does not define a check named {name!r}" + (f" for stage {defined.stage.name}" if
+                defined.from_pipeline() else "") + ": the recorded parameters cannot be confirmed"]
     diffs = []
     if (now.kind, now.preset) != (stored["kind"], stored.get("preset")):
         diffs.append(f"kind {now.preset or now.kind!r} there, {stored.get('preset') or stored['kind']!r} in the "
                      f"certificate")
     a, b = _normal(now.params), _normal(stored.get("params") or {})
+    if defined.from_pipeline():  # (a stage's check records the ids its `stage:` and `stream:` gave: its
+        a, b = {}, {}            # bounds are re-applied; what it measured is pinned by the recorded ids)
     for key in sorted((set(a) | set(b)) - set(ignore)):
         if a.get(key) != b.get(key):
             diffs.append(f"{key} {a.get(key)!r} there, {b.get(key)!r} in the certificate")
@@ -239,9 +282,15 @@ def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
     the bounds its checks were judged by are its own (a looser bound could have been written in);
     a full run must record every check mvc.toml defines (one left out, or a partial run passed off
     as full, would certify a commit whose failing check is missing). A pipeline stage's
-    certificate is judged by its recorded gates and checks."""
+    certificate is judged by its pipeline file's stage: it must be readable here."""
     if defined.from_pipeline():
-        return []
+        if defined.stage is not None:
+            return []
+        return [{"name": "(bounds)", "reproduced": False,
+                 "diffs": [f"the stage's pipeline file cannot be read here ({defined.stage_problem}): the bounds "
+                           "this certificate judged its checks and gates by are its own claim, which verify does "
+                           "not take on trust"],
+                 "hint": "verify from the repository root of the work tree that holds the pipeline file"}]
     if defined.config is None:
         return [{"name": "(bounds)", "reproduced": False,
                  "diffs": ["there is no mvc.toml here: the bounds this certificate judged its checks by are "
@@ -281,9 +330,14 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
                     "diffs": ["a training gate, which only mvc run's pipeline stages record, in a certificate that "
                               "is not a stage's: it certifies nothing"]}
         from .pipeline import recheck_gate
-        diffs = recheck_gate(repo, cert["commit"], stored)
+        gate, changed = defined.stage_gate_diffs(stored)
+        if gate is None:
+            return {"name": stored["name"], "reproduced": False, "diffs": changed, "config_changed": True}
+        diffs = recheck_gate(repo, cert["commit"], {**stored, "params": {**(stored.get("params") or {}),
+                                                                          "gate": gate}})
         return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs,
-                "note": "recorded training gate: checked against the commit's metrics"}
+                "note": "; ".join(["recorded training gate: checked against the commit's metrics", *changed]),
+                **({"config_changed": True} if changed and diffs else {})}
     if stored["kind"] not in DATA_KEYS:
         return {"name": stored["name"], "reproduced": False,
                 "diffs": [f"unknown check kind {stored['kind'][:40]!r}: it cannot be re-run"]}
@@ -291,8 +345,7 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     # and the ids it pinned must be what its revisions give from the certified commit
     # (a pipeline stage's checks live in its pipeline file: a same-named check in mvc.toml is another)
     paste_gate = stored["kind"] == "migration" and (stored.get("params") or {}).get("paste_gate") is True
-    drift = [] if defined.from_pipeline() else _definition_diffs(
-        defined, stored, ignore=BOUND_KEYS + (PASTE_GATE_KEYS if paste_gate else ()))
+    drift = _definition_diffs(defined, stored, ignore=BOUND_KEYS + (PASTE_GATE_KEYS if paste_gate else ()))
     if paste_gate and not cert.get("partial"):
         drift.append("a paste gate's run (measured on the paste's own brick and host) is partial: it does not "
                      "stand for mvc.toml's checks")

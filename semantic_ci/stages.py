@@ -9,7 +9,7 @@ from . import certificate
 from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
-from .pipeline import Run, StageError, finished, stage_info, start_over, train_stage
+from .pipeline import Run, StageError, certificate_source, finished, stage_info, start_over, train_stage
 from .pipeline_config import COMPRESS_BUDGET, Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
@@ -287,13 +287,13 @@ def evaluate(run: Run, stage: Stage):
         return done, "unchanged"
     start_over(run, stage, branch, key, target)  # (before its checks run: nothing of someone's is dropped)
     head = repo.branches().get(branch)
-    ctx = Context(repo, target, CiConfig(source=f"{run.pipeline.path}: stage {stage.name}"), ModelCache(repo))
+    ctx = Context(repo, target, CiConfig(source=certificate_source(run, stage)), ModelCache(repo))
     with repo.writing():  # from storing check data to the certificate naming it: a gc --grace 0 waits
         checks = [Check(c.name, c.kind, {k: resolve_stage_refs(run, v) for k, v in c.params.items()}, c.preset)
                   for c in stage.checks]
         with torch.random.fork_rng(devices=[]):
             results = [run_check(ctx, c) for c in checks]
-        cert = certificate.make(target, results, None, f"{run.pipeline.path}: stage {stage.name}")
+        cert = certificate.make(target, results, None, certificate_source(run, stage))
         cert_id = certificate.store(repo, cert)
     run.last_certificate[stage.name] = cert_id
     run.emit({"event": "gate", "stage": stage.name, "commit": target, "passed": cert["passed"], "certificate": cert_id})

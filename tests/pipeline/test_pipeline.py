@@ -396,6 +396,30 @@ def test_a_stage_whose_check_data_or_baseline_changed_runs_its_checks_again(tmp_
     assert status == "passed" and moved != baseline
 
 
+def test_a_stages_gate_certificate_is_judged_by_the_gates_its_pipeline_file_sets(tmp_path, monkeypatch):
+    """A gate recorded in a stage's certificate was checked against its own recorded bounds: a gate
+    edited looser (and its verdict flipped) verified, and so did one the pipeline file no longer sets."""
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    summary = run_pipeline(repo, load("p.toml"))
+    cert_id = summary["stages"][0]["certificate"]
+    cert = certificate.read(repo, cert_id)
+    assert cert["config"] == "p.toml: stage core" and verify(repo, cert_id)["verified"]
+    bpb = next(c for c in cert["checks"] if c["name"] == "heldout_bpb gate")["figures"]["value"]
+    text = (root / "p.toml").read_text()
+    (root / "p.toml").write_text(text.replace("max = 8.0", f"max = {bpb / 2}"))  # the file's bound now fails it
+    r = verify(repo, cert_id)
+    gate = next(c for c in r["checks"] if c["name"] == "heldout_bpb gate")
+    assert not r["verified"] and "re-derived with the pipeline file's bounds" in gate["note"], gate
+    (root / "p.toml").write_text(text.replace('metric = "heldout_bpb", max = 8.0', 'metric = "loss", max = 8.0'))
+    gate = next(c for c in verify(repo, cert_id)["checks"] if c["name"] == "heldout_bpb gate")
+    assert not gate["reproduced"] and "defines no such gate for stage core now" in gate["diffs"][0]
+    (root / "p.toml").write_text(text)
+    os.makedirs(root / "sub")
+    monkeypatch.chdir(root / "sub")  # (read from the repository root, wherever verify runs)
+    assert verify(repo, cert_id)["verified"]
+
+
 PASTE_STAGES = """
 [[stages]]
 name = "brick"

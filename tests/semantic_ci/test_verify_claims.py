@@ -268,8 +268,72 @@ def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_
                                         'name = "frozen"\nkind = "ppl-ratio"\ndata = "heldout.txt"'))
     plain = certificate.store(ci_repo, cert)
     staged = certificate.store(ci_repo, dict(cert, config="pipeline.toml: stage train"))
+    write_file(ci_repo, "pipeline.toml", STAGE_PIPELINE.format(max_ratio=1.05))
     assert not verify(ci_repo, plain)["verified"]  # a mvc.toml certificate: its definition changed
     assert verify(ci_repo, staged)["verified"]
+
+
+def write_file(repo, name: str, text: str) -> None:
+    with open(os.path.join(repo.root, name), "w") as f:
+        f.write(text)
+
+
+STAGE_PIPELINE = """
+[pipeline]
+name = "p"
+
+[[stages]]
+name = "train"
+kind = "evaluate"
+
+[[stages.checks]]
+name = "frozen"
+kind = "exact-logits"
+component = "core"
+baseline = "HEAD~1"
+
+[[stages.checks]]
+name = "ppl"
+kind = "ppl-ratio"
+component = "core"
+data = "heldout.txt"
+baseline = "HEAD~1"
+max_ratio = {max_ratio}
+"""
+
+
+def test_a_certificate_labelled_a_pipeline_stages_is_judged_by_that_stage_in_its_pipeline_file(ci_repo, monkeypatch):
+    """A stage's certificate verified by its own bounds: relabelling a failing mvc ci certificate as
+    a stage's ("pipeline.toml: stage train"), its bound loosened and its verdict flipped, verified
+    (probe h36). Now the stage's pipeline file, read from the repository root, sets the bounds; one
+    that cannot be read there confirms nothing."""
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t * 0.9}}, message="b")
+    frozen = 'name = "frozen"\nkind = "exact-logits"\ncomponent = "core"\nbaseline = "HEAD~1"\n'
+    assert frozen in BASIC and frozen in STAGE_PIPELINE
+    write_config(ci_repo, BASIC.replace(frozen, 'name = "ppl0"\nkind = "ppl-ratio"\ncomponent = "core"\n'
+                                        'baseline = "HEAD~1"\nmax_ratio = 100.0\n').replace("max_ratio = 1.05",
+                                                                                        "max_ratio = 0.5"))
+    honest = certificate.read(ci_repo, run_ci(ci_repo)["certificate"])
+    assert not honest["passed"] and [c["status"] for c in honest["checks"]] == ["passed", "failed"]
+    forged = json.loads(json.dumps(honest))
+    forged.update(config="pipeline.toml: stage train", passed=True)
+    forged["checks"][1].update(status="passed", passed=True, thresholds={"max_ratio": 100.0})
+    forged["checks"][1]["params"]["max_ratio"] = 100.0
+    cid = certificate.store(ci_repo, forged)
+    r = verify(ci_repo, cid)
+    assert not r["verified"] and any("cannot be read here" in d for c in r["checks"] for d in c["diffs"])
+    stage = STAGE_PIPELINE.replace(frozen, 'name = "ppl0"\nkind = "ppl-ratio"\ncomponent = "core"\n'
+                                           'baseline = "HEAD~1"\nmax_ratio = 100.0\n')
+    write_file(ci_repo, "pipeline.toml", stage.format(max_ratio=0.5))
+    r = verify(ci_repo, cid)
+    ppl = next(c for c in r["checks"] if c["name"] == "ppl")
+    assert not r["verified"] and not ppl["reproduced"], r
+    assert any("re-derived with the pipeline file's bounds" in d for d in ppl["diffs"] + [ppl.get("note", "")])
+    write_file(ci_repo, "pipeline.toml", stage.format(max_ratio=100.0))
+    assert verify(ci_repo, cid)["verified"]  # (what the file says is what judges it)
 
 
 def test_a_head_relative_base_means_the_candidates_parent(ci_repo):
