@@ -641,6 +641,8 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
     checks_cfg = cicfg.parse({"ci": {"checks": raw.get("checks", [])}}, f"{path}: {where}") \
         if raw.get("checks") else cicfg.CiConfig()
     check_names = {c.name for c in checks_cfg.checks}
+    if kind == "evaluate" and not check_names:  # (its certificate, of no checks, certified nothing: verify
+        raise err(f"{where}.checks", "an evaluate stage needs at least one check")  # refused it after it passed)
     for c in checks_cfg.checks:
         for key, value in c.params.items():
             _check_refs_in(err, f"{where}.checks.{c.name}.{key}", value, results, streams)

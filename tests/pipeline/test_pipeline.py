@@ -290,6 +290,8 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
     (lambda t: t.replace('max = 8.0 }', 'max = 8.0 }, { plateau = 2.0, min = 1.0 }'),
      "stage core.gates[1].min: belongs to a metric gate, not a plateau gate"),
     (lambda t: t.replace('max = 8.0 }', 'max = 8.0, min = 9.0 }'), "stage core.gates[0]: min 9.0 is above max 8.0"),
+    (lambda t: t[:t.index("[[stages.checks]]")],  # it passed, certifying its target by no checks
+     "stage certify.checks: an evaluate stage needs at least one check"),
 ]
 
 
