@@ -38,7 +38,10 @@ def read_data(repo, spec: str | None, default_bytes: int, files: dict | None = N
         data, desc = builtin_probe(default_bytes), f"builtin probe ({default_bytes} bytes)"
     elif spec.startswith("blob:"):
         oid = spec[5:]
-        return repo.store.get(oid), oid, f"blob {oid[:12]}"
+        data = repo.store.get(oid)
+        if len(data) < 2:  # (no window to measure: a check of it compared nothing and passed)
+            raise BadInput(f"check data {spec} holds fewer than 2 bytes")
+        return data, oid, f"blob {oid[:12]}"
     else:
         data, desc = files[spec] if files and spec in files else (read_repository_file(repo, spec), spec)
         if len(data) < 2:

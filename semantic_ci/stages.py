@@ -268,7 +268,12 @@ def resolve_stage_refs(run: Run, value):
     if isinstance(value, str) and value.startswith("stage:"):
         return run.ref(value)
     if isinstance(value, str) and value.startswith("stream:"):
-        return "blob:" + run.repo.store.put(run.stream(value[7:])[1])
+        held_out = run.stream(value[7:])[1]
+        if len(held_out) < 2:  # (a check of one byte measures nothing)
+            raise StageError(f"{run.pipeline.path}: {value}: the stream's held-out part, which checks read, is "
+                             f"{len(held_out)} byte", f"give the stream more data, or hold out more of it "
+                             f"with streams.{value[7:]}.holdout")
+        return "blob:" + run.repo.store.put(held_out)
     if isinstance(value, list):
         return [resolve_stage_refs(run, v) for v in value]
     return value

@@ -422,6 +422,19 @@ def test_a_stages_gate_certificate_is_judged_by_the_gates_its_pipeline_file_sets
     assert verify(repo, cert_id)["verified"]
 
 
+def test_a_check_reading_a_stream_whose_held_out_part_is_one_byte_is_refused(tmp_path):
+    """A check's `stream:NAME` data is the stream's held-out part, max(1, n * holdout) bytes: one
+    byte made exact-logits compare nothing and pass (probe h36)."""
+    root, repo = make_project(tmp_path)
+    text = (root / "p.toml").read_text()
+    (root / "tiny.txt").write_text("the cat sat on the mat")
+    text = text.replace("[[stages]]", '[streams.tiny]\nfile = "tiny.txt"\nholdout = 0.05\n\n[[stages]]', 1)
+    (root / "p.toml").write_text(text.replace("probe_bytes = 256", 'probe = "stream:tiny"'))
+    with pytest.raises(MvcError, match="stream:tiny: the stream's held-out part, which checks read, is 1 byte"):
+        run_pipeline(repo, load(str(root / "p.toml")))
+    assert "demo/certify" not in repo.branches()
+
+
 PASTE_STAGES = """
 [[stages]]
 name = "brick"

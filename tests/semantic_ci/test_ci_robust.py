@@ -921,3 +921,17 @@ def test_a_core_is_checked_in_the_dtype_it_was_committed_in(ci_repo):
     figures = check["figures"]
     assert check["status"] == "passed" and figures["dtype"] == "bfloat16" and figures["differing_positions"] == 0
     assert figures["logits_digest"] == figures["baseline_digest"] and verify(ci_repo, "HEAD")["verified"]
+
+
+def test_check_data_of_one_byte_is_refused_however_it_is_named(ci_repo, monkeypatch):
+    """A `blob:` probe of one byte skipped the two-byte check a file gets: exact-logits compared no
+    window and passed two different models, L1 crashed (exit 4) (probe h36)."""
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t * 0.5}}, message="b")
+    one = ci_repo.store.put(b"x")
+    write_config(ci_repo, BASIC.replace('baseline = "HEAD~1"\n', f'baseline = "HEAD~1"\nprobe = "blob:{one}"\n', 1))
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3 and "holds fewer than 2 bytes" in r.stderr, r.output
+    assert certificate.index(ci_repo, ci_repo.resolve("HEAD"))[0] == []
