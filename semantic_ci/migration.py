@@ -28,7 +28,7 @@ def _attached(host, brick):
 
 
 def run_migration(ctx: Context, check: Check) -> dict:
-    name = check.get("brick")
+    name = check.get("brick").removeprefix("brick/")  # (the setting may name the component whole)
     mode = check.get("mode", "bounded")
     window = check.get("window", ctx.config.window)
     # checks.run_migration has refused unknown revisions, a source without the brick and hosts

@@ -92,12 +92,13 @@ def test_canonical_brick_transfers_and_legacy_control_is_caught(setup):
         assert verify(setup, certificate.store(setup, old))["verified"]
 
 
-def test_portable_decoder_is_exact_across_hosts(setup, trained):
+@pytest.mark.parametrize("name", ["python-exact", "brick/python-exact"])  # (the component's whole name
+def test_portable_decoder_is_exact_across_hosts(setup, trained, name):       # crashed, exit 4: probe h36)
     decoder = bricks.build("portable", seed=0)
     setup.commit({"brick/python-exact": decoder}, message="portable", branch="host-a")
     from semantic_ci import config
     cfg = config.parse({"ci": {"window": 64, "checks": [
-        {"name": "px", "kind": "PX", "brick": "python-exact", "source": "HEAD", "hosts": ["host-b"],
+        {"name": "px", "kind": "PX", "brick": name, "source": "HEAD", "hosts": ["host-b"],
          "domain_data": "domain.txt", "probe_bytes": 512}]}}, "mvc.toml")
     with fixtures.one_thread():
         r = run_ci(setup, "host-a", config=cfg)
