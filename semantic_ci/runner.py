@@ -232,9 +232,30 @@ def _definition_diffs(defined: _Defined, stored: dict, ignore=()) -> list[str]:
     for key in sorted((set(a) | set(b)) - set(ignore)):
         if a.get(key) != b.get(key):
             diffs.append(f"{key} {a.get(key)!r} there, {b.get(key)!r} in the certificate")
+    if not defined.from_pipeline():
+        diffs += _default_diffs(defined.config, now, stored)
     if diffs:
         return [f"{source} now defines check {name!r} differently (" + "; ".join(diffs) + ")"]
     return []
+
+
+def _default_diffs(config: CiConfig, now: Check, stored: dict) -> list[str]:
+    """What a check takes from mvc.toml's [ci] table rather than its own (the window, the size of
+    the built-in probe) against what the certificate recorded measuring: a [ci] change alters what
+    the check measures as much as one to the check's own table does."""
+    inputs = stored.get("inputs") if isinstance(stored.get("inputs"), dict) else {}
+    out = []
+    window = now.params.get("window", config.window)
+    if "window" in inputs and inputs["window"] != window:
+        out.append(f"window {window!r} there, {inputs['window']!r} in the certificate")
+    from mvc.objects import hash_bytes
+    from .probe import builtin_probe
+    size = now.params.get("probe_bytes", config.probe_bytes)
+    for input_key, param_key in DATA_KEYS.get(stored.get("kind"), {}).items():
+        if now.params.get(param_key, "builtin") == "builtin" and is_oid(str(inputs.get(input_key))) \
+                and inputs[input_key] != hash_bytes(builtin_probe(size)):
+            out.append(f"{param_key}: the built-in probe of {size} bytes there, other data in the certificate")
+    return out
 
 
 def verify(repo, rev_or_cert: str) -> dict:

@@ -935,3 +935,21 @@ def test_check_data_of_one_byte_is_refused_however_it_is_named(ci_repo, monkeypa
     r = CliRunner().invoke(cli, ["ci"])
     assert r.exit_code == 3 and "holds fewer than 2 bytes" in r.stderr, r.output
     assert certificate.index(ci_repo, ci_repo.resolve("HEAD"))[0] == []
+
+
+@pytest.mark.parametrize("change", ["probe_bytes = 512\nwindow = 128", "probe_bytes = 512\nwindow = 64",
+                                    "probe_bytes = 1024\nwindow = 128"])
+def test_verify_compares_what_a_check_takes_from_the_ci_table(ci_repo, change):
+    """[ci] probe_bytes and window decide the probe a check measures and its windows, but only the
+    check's own table was compared: a certificate made under other [ci] defaults verified (h36)."""
+    config = CONFIG.replace("{baseline}", "HEAD~1")
+    assert "probe_bytes = 512\nwindow = 128" in config
+    ci_repo.commit({"core": {"table": table()}}, message="a")
+    ci_repo.commit({"core": {"table": table() * 1.01}}, message="b")
+    run_ci(ci_repo, names=["frozen", "ppl"])
+    write_config(ci_repo, config.replace("probe_bytes = 512\nwindow = 128", change))
+    r = verify(ci_repo, "HEAD")
+    frozen = next(c for c in r["checks"] if c["name"] == "frozen")
+    assert r["verified"] == (change == "probe_bytes = 512\nwindow = 128"), r["checks"]
+    if not r["verified"]:
+        assert "now defines check 'frozen' differently" in frozen["diffs"][0] and frozen["config_changed"]
