@@ -93,6 +93,10 @@ def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bo
         con.print(f"mvc: git branch {_said(candidate_branch)} has no model branch; nothing to check")
         return True
     base = repo.branches().get(base_branch) if base_branch and base_branch != candidate_branch else None
+    if base is not None and base == repo.branches()[candidate_branch]:  # (run_ci refuses comparing a model
+        con.print(f"mvc: model branches {_said(candidate_branch)} and {_said(base_branch)} hold the same "
+                  "commit; nothing to check")                        # with itself: the merge was blocked)
+        return True
     summary = run_ci(repo, candidate_branch, base=base, config=cfg)
     render_table(summary, con)
     return summary["passed"]

@@ -339,3 +339,30 @@ def test_an_install_that_cannot_set_merge_ff_fails_and_changes_nothing(tmp_path)
     (work / ".git" / "config.lock").unlink()
     install(str(work))
     assert git(work, "config", "merge.ff").stdout.strip() == "false"
+
+
+@pytest.mark.slow
+def test_merging_a_code_only_branch_whose_model_is_mains_passes(tmp_path, monkeypatch):
+    """An mvc branch heading the same commit as the target (a code-only git branch, or `mvc branch
+    feature main`) blocked the merge with run_ci's error about a --base the user never gave (h36)."""
+    work = tmp_path / "proj"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    git(work, "init", "-q", "-b", "main")
+    (work / "mvc.toml").write_text(CONFIG)
+    (work / "heldout.txt").write_bytes(HELD_OUT)
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "project")
+    repo = mvc.Repo.init(work)
+    repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="main model")
+    repo.create_branch("code-only", "main")
+    git(work, "checkout", "-qb", "code-only")
+    (work / "train.py").write_text("v = 2\n")
+    git(work, "add", "train.py")
+    git(work, "commit", "-qm", "code change")
+    git(work, "checkout", "-q", "main")
+    r = subprocess.run([sys.executable, "-m", "mvc", "hooks", "install"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    merged = git(work, "merge", "--no-edit", "code-only", check=False)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert "hold the same commit; nothing to check" in merged.stdout + merged.stderr
