@@ -56,11 +56,13 @@ def _short(v):
 
 def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | None = None,
                 message: str | None = None, force: bool = False, branch: str | None = None,
-                host_component: str = "core", transform=None, gate=None, mode: str = "copy") -> dict:
+                host_component: str = "core", transform=None, gate=None, mode: str = "copy",
+                extra: dict | None = None) -> dict:
     """Install `brick/<name>` of `source_rev` into the host branch as `brick/<as_name>`.
 
     `transform(tree) -> tree id` rewrites the brick (int8); `gate(commit id) -> (ok, info)` runs
-    before the branch moves (semantic CI): on failure the branch stays where it was.
+    before the branch moves (semantic CI): on failure the branch stays where it was. `extra`: more
+    of the commit's `extra` beside its `paste` record (a pipeline's own bookkeeping).
     """
     if as_name is not None and not as_name:
         raise BadName("--as names no brick (an empty name)")
@@ -98,11 +100,11 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     repo.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
     with repo.writing():  # from the first new object until the branch names it: a gc --grace 0 waits
         return _install(repo, name, as_name, source, brick_tree, brick_tree_id, host, host_comps, dst_comp,
-                        branch, ref, current, message, transform, gate, mode)
+                        branch, ref, current, message, transform, gate, mode, extra or {})
 
 
 def _install(repo, name, as_name, source, brick_tree, brick_tree_id, host, host_comps, dst_comp, branch, ref,
-             current, message, transform, gate, mode) -> dict:
+             current, message, transform, gate, mode, extra) -> dict:
     """paste_brick's writing half: the (transformed) brick, the commit, the gate, the branch move."""
     tree_id = transform(brick_tree) if transform else brick_tree_id
     if host_comps.get(dst_comp) == tree_id:  # (--force of the same brick): no commit that changes nothing
@@ -116,8 +118,9 @@ def _install(repo, name, as_name, source, brick_tree, brick_tree_id, host, host_
     obj = commit_object(comps, [host], message or f"paste brick {name} from {source[:12]}" +
                         (f" as {as_name}" if as_name != name else ""), author, utc_now(), {},
                         git_provenance(repo.root),
-                        {"paste": {"source": source, "brick": name, "as": as_name, "brick_tree": brick_tree_id,
-                                   "installed_tree": tree_id, "mode": mode, "host": host}})
+                        {**extra, "paste": {"source": source, "brick": name, "as": as_name,
+                                            "brick_tree": brick_tree_id, "installed_tree": tree_id, "mode": mode,
+                                            "host": host}})
     cid = repo.write_object(obj)
     info = None
     if gate is not None:

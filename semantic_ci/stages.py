@@ -193,8 +193,14 @@ def train_brick(run: Run, stage: Stage):
 
 def _done(run: Run, stage: Stage, branch: str, key: str, message: str, extra: dict | None = None) -> str:
     return run.repo.commit({}, message=message, branch=branch, run_hooks=False,
-                           extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key,
-                                               "status": "done", **(extra or {})}})
+                           extra=_bookkeeping(run, stage, key, "done", extra))
+
+
+def _bookkeeping(run: Run, stage: Stage, key: str, status: str, extra: dict | None = None) -> dict:
+    """A stage commit's `extra`: which pipeline and stage made it ("work": a paste or int8 commit
+    below its "done" one, which a run killed between them finds as its own, not a user's)."""
+    return {"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key, "status": status,
+                         **(extra or {})}}
 
 
 def _unchanged(run: Run, stage: Stage, branch: str, key: str) -> str | None:
@@ -221,7 +227,8 @@ def paste(run: Run, stage: Stage):
             # (run_hooks=False: the stage's own checks and gates judge the paste, as for its other
             # bookkeeping commits; mvc.toml's on-commit CI would roll the host branch back under it)
             r = repo.paste_brick(name, source, branch, as_name=stage.get("as_name"), transform=transform,
-                                 mode="int8" if stage.get("int8") else "copy", force=True, run_hooks=False)
+                                 mode="int8" if stage.get("int8") else "copy", force=True, run_hooks=False,
+                                 extra=_bookkeeping(run, stage, key, "work"))
             run.emit({"event": "paste", "stage": stage.name, "host": label, "commit": r["commit"]})
             done = _done(run, stage, branch, key, f"{stage.name}: pasted {name} into {label}", {"host": host})
             status = "passed"
@@ -258,7 +265,8 @@ def int8(run: Run, stage: Stage):
     q_bytes = sum(f["size"] for f in repo.read_tree(tid)["files"].values())
     f_bytes = sum(f["size"] for f in tree["files"].values())
     repo.commit({}, trees={f"brick/{as_name}": tid}, message=f"{stage.name}: int8 artifact of {name}",
-                branch=branch, run_hooks=False, metrics={"artifact_bytes": q_bytes, "float_bytes": f_bytes})
+                branch=branch, run_hooks=False, metrics={"artifact_bytes": q_bytes, "float_bytes": f_bytes},
+                extra=_bookkeeping(run, stage, key, "work"))
     return _done(run, stage, branch, key, f"{stage.name}: done"), "passed"
 
 

@@ -496,6 +496,31 @@ def test_from_stage_after_a_paste_stage_reuses_its_host_branches(tmp_path, monke
     assert events[-1]["results"]["int8"] == repo.branches()["demo/int8"]
 
 
+def test_a_run_killed_between_a_paste_or_int8_commit_and_its_done_commit_resumes(tmp_path, monkeypatch):
+    """The paste and int8 commits carried no pipeline record: a run killed just after one found it
+    on the stage's branch as a user's commit and refused to go on (probe h36)."""
+    from semantic_ci import stages
+    root, repo = make_project(tmp_path, steps=2)
+    text = (root / "p.toml").read_text()
+    (root / "p.toml").write_text(text[:text.index("[[stages]]\nname = \"certify\"")] + PASTE_STAGES)
+    real, killed = stages._done, []
+
+    def kill_once(run, stage, *a, **k):
+        if stage.kind in ("paste", "int8") and stage.kind not in killed:
+            killed.append(stage.kind)
+            raise KeyboardInterrupt
+        return real(run, stage, *a, **k)
+    monkeypatch.setattr(stages, "_done", kill_once)
+    for kind in ("paste", "int8"):  # (the second run resumes the paste, then is killed in int8)
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(repo, load(str(root / "p.toml")))
+        assert killed[-1] == kind
+    summary = run_pipeline(repo, load(str(root / "p.toml")))
+    assert summary["passed"] and [s["status"] for s in summary["stages"]] == ["unchanged", "unchanged",
+                                                                               "unchanged", "passed"]
+    assert "brick/x-int8" in repo.read_commit(repo.branches()["demo/int8"])["components"]
+
+
 @pytest.mark.parametrize("stage_seed,expected", [(None, 3), (5, 5)])
 def test_a_config_tables_seed_is_used_unless_the_stage_sets_one(tmp_path, stage_seed, expected):
     root, repo = make_project(tmp_path, steps=2)
