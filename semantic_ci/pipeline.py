@@ -340,6 +340,7 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
                "passed": True}
     try:
         _check_branches_free(run, pipeline)
+        _check_revisions(run, pipeline, from_stage)
         _run_stages(run, pipeline, from_stage, started, summary, IMPLS)
     except Exception as e:
         summary["passed"] = False
@@ -366,6 +367,30 @@ def _check_branches_free(run: Run, pipeline: Pipeline) -> None:
             raise ConfigError(f"{pipeline.path}: stage branches {b!r} and {clash!r} clash: a name cannot also be "
                               "a folder of names", "set another branch for one of the stages")
         run.repo.refs.check_free(f"refs/heads/{b}")
+
+
+def _check_revisions(run: Run, pipeline: Pipeline, from_stage: str | None) -> None:
+    """Every revision the stages that will run name (not `stage:NAME`, not relative to the commit a
+    check measures, not a branch a stage makes) resolves: a misspelt host was found only after the
+    stages before it had trained."""
+    made = {b for stage in pipeline.stages for b in run.branches(stage).values()}
+    names = [s.name for s in pipeline.stages]
+    for stage in pipeline.stages[names.index(from_stage) if from_stage else 0:]:
+        named = [(key, stage.get(key)) for key in ("host", "source", "init")]
+        named += [(f"into[{i}]", v) for i, v in enumerate(stage.get("into") or [])]
+        named += [(f"checks.{c.name}.{key}", v) for c in stage.checks for key in REVISION_KEYS
+                  for v in (c.params.get(key) if isinstance(c.params.get(key), list) else [c.params.get(key)])]
+        for key, value in named:
+            if not isinstance(value, str) or value.startswith("stage:"):
+                continue
+            base = split_relative(value)[0]
+            if (key.startswith("checks.") and base == "HEAD") or base in made:
+                continue
+            try:
+                run.repo.resolve(value)
+            except MvcError as e:
+                raise ConfigError(f"{pipeline.path}: stage {stage.name}.{key}: revision {value!r} does not resolve "
+                                  f"({e.message})", "fix the revision; see mvc log, mvc branch and mvc tag") from None
 
 
 def result_certificate(repo, commit: str | None) -> str | None:

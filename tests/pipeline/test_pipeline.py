@@ -555,6 +555,23 @@ def test_settings_are_validated_before_any_stage_trains(tmp_path, edit, match):
     assert repo.head() is None and not repo.branches()
 
 
+@pytest.mark.parametrize("host, error", [("mian", "stage brick.host: revision 'mian' does not resolve"),
+                                         ("demo/core", None)])  # (a branch an earlier stage makes)
+def test_revisions_are_resolved_before_any_stage_trains(tmp_path, host, error):
+    """A misspelt host of a later stage was found only after the stages before it had trained (h36)."""
+    root, repo = make_project(tmp_path, steps=2)
+    text = (root / "p.toml").read_text()
+    text = text[:text.index('[[stages]]\nname = "certify"')] + PASTE_STAGES.replace('host = "stage:core"',
+                                                                                    f'host = "{host}"')
+    (root / "p.toml").write_text(text)
+    if error is None:
+        assert run_pipeline(repo, load(str(root / "p.toml")))["passed"]
+        return
+    with pytest.raises(ConfigError, match=error):
+        run_pipeline(repo, load(str(root / "p.toml")))
+    assert repo.head() is None and not repo.branches()
+
+
 def test_a_users_folder_named_like_an_installed_package_does_not_replace_it(tmp_path):
     root, _repo = make_project(tmp_path)
     (root / "kernels").mkdir()
