@@ -540,9 +540,9 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
         elif head is not None and start_commit is None:
             repo.refs.update(f"refs/heads/{branch}", None, message=f"pipeline: restart {stage.name}")
         history = []
-    every = int(settings.get("checkpoint_every") or job.trainer.total_steps)
     while True:
-        t = job.trainer
+        t = job.trainer  # (each attempt's interval: a fallback may set another, as a resumed retry reads it)
+        every = int(settings.get("checkpoint_every") or t.total_steps)
         while t.step < t.total_steps:
             t0 = time.perf_counter()
             t.run(min(every, t.total_steps - t.step))

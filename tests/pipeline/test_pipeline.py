@@ -176,6 +176,17 @@ def test_failing_gate_rolls_back_applies_fallback_then_stops(tmp_path, monkeypat
     assert [e["message"].split(":")[0] for e in repo.reflog("demo/core")[:3]].count("pipeline rollback") == 1
 
 
+def test_a_fallback_that_sets_checkpoint_every_checkpoints_its_retry_at_that_interval(tmp_path):
+    """The interval was read once, before the first attempt: the retry recorded checkpoint_every = 1
+    and committed every 4 steps (a resumed retry, reading its settings back, every step) (h36)."""
+    root, repo = make_project(tmp_path, steps=4)
+    text = (root / "p.toml").read_text().replace('metric = "heldout_bpb", max = 8.0', 'metric = "attempt", min = 1')
+    (root / "p.toml").write_text(text.replace("retries = 1 }", "retries = 1, set = { checkpoint_every = 1 } }"))
+    assert run_pipeline(repo, load(str(root / "p.toml")))["passed"]
+    steps = [(c["extra"]["pipeline"]["attempt"], c["extra"]["pipeline"]["step"]) for c in checkpoints(repo, "demo/core")]
+    assert sorted(steps) == [(1, n) for n in range(1, 9)], steps  # (attempt 0's step 4: rolled back)
+
+
 def test_malformed_pipeline_names_file_stage_and_key(tmp_path):
     root, repo = make_project(tmp_path)
     text = (root / "p.toml").read_text()
