@@ -109,6 +109,17 @@ def _stamp(fd: int) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+def _map_read_only(f, path: str, stamp: tuple):
+    """The whole file `f` (of `stamp`'s size) mapped read-only; a file emptied or cut since its stamp
+    was taken is ChangedWhileStored (mmap's ValueError named no file)."""
+    try:
+        return mmap.mmap(f.fileno(), stamp[0], access=mmap.ACCESS_READ)
+    except ValueError:
+        if _stamp(f.fileno()) != stamp:
+            raise _changed_file(path) from None
+        raise
+
+
 READ_WHOLE = 1 << 20  # a mapped blob up to this size is read into memory (one pread) and stored from there
 HASH_READ = 1 << 20  # a larger one is hashed from pread pieces of this size (they stay in the CPU cache),
 HASH_READ_THREADED = 8 << 20  # or of this size when hashed on every core (4 MiB: 1.5x slower on 2 cores)
@@ -251,13 +262,17 @@ class Ingest:
             size = stamp[0]
             head8 = f.read(8)
             if len(head8) < 8:
+                if size >= 8:  # (the size said it was there)
+                    raise _changed_file(path)
                 raise BadInput(f"{path}: not a safetensors file (shorter than 8 bytes)")
             n = int.from_bytes(head8, "little")
             if n > stf.MAX_HEADER_BYTES or 8 + n > size:
                 stf.parse_header(head8, size, path)  # raises the precise error
             prefix = head8 + f.read(n)
+            if len(prefix) < 8 + n:  # (the size said it was there)
+                raise _changed_file(path)
             header = stf.parse_header(prefix, size, path)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            mm = _map_read_only(f, path, stamp) if size else b""
             try:
                 header_id = self.store.put(prefix[: header.data_start])
                 self.progress(header.data_start)  # the bar's total is the file's size
@@ -368,7 +383,7 @@ class Ingest:
             _same_file(path, f.fileno(), listed)
             size = stamp[0]
             mapped = size >= RAW_MAP_MIN
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if mapped else f.read()
+            mm = _map_read_only(f, path, stamp) if mapped else f.read()
             try:
                 with memoryview(mm) as view:
                     oid = self._put_blob(b"", view, fd=f.fileno() if mapped else None, mm=mm)
@@ -416,7 +431,17 @@ class Ingest:
             self.safetensors_file(base, path, st)
         elif suffix.endswith(PICKLE_SUFFIXES) and relpath is None:
             from .tensors import load_pickle_state_dict, optimizer_state
-            state = load_pickle_state_dict(path)
+            with open(path, "rb") as f:  # (torch.load reads its zip directory, then each tensor: a save
+                stamp = _stamp(f.fileno())  # over the file meanwhile gave a mix of two checkpoints)
+                _same_file(path, f.fileno(), st)
+                try:
+                    state = load_pickle_state_dict(path, f)
+                except Exception:
+                    if _stamp(f.fileno()) != stamp:  # (a refusal of what it read then: not the file's fault)
+                        raise _changed_file(path) from None
+                    raise
+                if _stamp(f.fileno()) != stamp:
+                    raise _changed_file(path)
             optimizer = optimizer_state(state)  # a torch.save(optimizer.state_dict()): as from memory
             if optimizer is not None:
                 (state, self.meta), self.kind = optimizer, "optimizer"

@@ -330,8 +330,8 @@ def _mixed_delta(a, b):
 def _long_double_delta(x, y):
     import numpy as np
     import torch
-    xl, yl = x.astype(np.longdouble), y.astype(np.longdouble)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # (a signalling NaN raises "invalid" as it is cast)
+        xl, yl = x.astype(np.longdouble), y.astype(np.longdouble)
         changed = (xl != yl) & ~(np.isnan(xl) & np.isnan(yl))
         d = (yl - xl).astype(np.float64)
     return torch.from_numpy(d), torch.from_numpy(changed)

@@ -162,15 +162,16 @@ def find_aliases(state: dict) -> dict[str, str]:
     return aliases
 
 
-def load_pickle_state_dict(path: str) -> dict:
-    """Import a PyTorch .pt/.bin file as a flat state dict with torch.load(weights_only=True)."""
+def load_pickle_state_dict(path: str, f=None) -> dict:
+    """Import a PyTorch .pt/.bin file as a flat state dict with torch.load(weights_only=True) (from
+    the open binary file `f` of `path` when given)."""
     import warnings
 
     import torch
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols and storages: not for users
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            obj = torch.load(path if f is None else f, map_location="cpu", weights_only=True, mmap=False)
     except PermissionError:
         raise
     except Exception as e:  # untrusted bytes: whatever the unpickler trips on, the file is refused

@@ -175,6 +175,45 @@ def test_file_rewritten_during_commit_is_refused_nothing_written(repo, tmp_path,
     assert repo.head() is None and not list(repo.store.ids())
 
 
+def test_a_pt_file_saved_over_while_torch_load_reads_it_is_refused(repo, tmp_path, monkeypatch):
+    """torch.load reads the zip directory, then each tensor: a torch.save over the file meanwhile
+    was committed as a mix of two checkpoints (probe h35). The file is stamped around the load."""
+    path = tmp_path / "last.pt"
+    torch.save({"a": torch.zeros(64), "b": torch.zeros(64)}, str(path))
+    os.utime(path, ns=(10**9, 10**9))  # written a while ago: the save below gets a new mtime
+    real_load = torch.load
+
+    def load_while_saved_over(f, *a, **k):  # the training loop's next save lands mid-read
+        obj = real_load(f, *a, **k)
+        torch.save({"a": torch.ones(64), "b": torch.ones(64)}, str(path))
+        return obj
+
+    monkeypatch.setattr(torch, "load", load_while_saved_over)
+    with pytest.raises(BadInput, match="last.pt changed while it was being committed"):
+        repo.commit({"model": str(path)}, message="racy")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
+@pytest.mark.parametrize("keep", [0, 20])  # emptied; cut inside the header
+def test_a_safetensors_file_cut_after_it_was_opened_is_refused_by_name(repo, tmp_path, monkeypatch, keep):
+    """A file cut between the stat of its size and the read of its header (or the mapping of its
+    data) raised Python's ValueError, exit 4 with a traceback (probe h35)."""
+    import mvc.components as C
+    path = tmp_path / "ckpt.safetensors"
+    save_file({"a": torch.ones(64), "b": torch.zeros(64)}, str(path))
+    os.utime(path, ns=(10**9, 10**9))
+    real_same = C._same_file
+
+    def same_then_cut(path_, fd, *a, **k):  # (checked on the open file right after its stamp is taken)
+        real_same(path_, fd, *a, **k)
+        if fd is not None:
+            os.truncate(path, keep)
+    monkeypatch.setattr(C, "_same_file", same_then_cut)
+    with pytest.raises(BadInput, match="ckpt.safetensors changed while it was being committed"):
+        repo.commit({"model": str(path)}, message="racy")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
 def test_a_change_no_file_time_shows_is_caught_as_the_tensor_is_written(repo, tmp_path, monkeypatch):
     """A program writing the file through a shared mapping (pages already dirty move no file time)
     between mvc's hash of a large tensor and its write: the object was stored under an id its
@@ -791,6 +830,14 @@ def test_an_integer_to_float_change_above_two_to_the_53_is_seen(repo):
     assert c["frac_changed"] == 0.5 and c["max_abs_delta"] == 1.0
     c = _change(repo, torch.tensor([1.5, 2.0], dtype=torch.bfloat16), torch.tensor([1, 2], dtype=torch.int32))
     assert c["frac_changed"] == 0.5 and c["max_abs_delta"] == 0.5
+
+
+def test_a_signalling_nan_against_an_integer_tensor_is_diffed_without_numpy_noise(repo, recwarn):
+    """numpy's "invalid value encountered in cast" reached the user: the cast to long double of a
+    signalling NaN ran outside the errstate block (probe h35)."""
+    snan = torch.tensor([0x7F800001, 0], dtype=torch.int32).view(torch.float32)
+    c = _change(repo, snan, torch.tensor([1, 0], dtype=torch.int32))
+    assert c["frac_changed"] == 0.5 and not [w for w in recwarn if "encountered" in str(w.message)]
 
 
 def test_float64_changes_beyond_float64_range_and_tiny_weights_are_measured(repo):
