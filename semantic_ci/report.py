@@ -24,26 +24,43 @@ def _fmt4(v) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else _fmt(v)
 
 
+def _against(v, *bounds, fmt=_fmt) -> str:
+    """`v` as `fmt` writes it, with more digits where that would show it equal to one of `bounds`
+    while it is not (a ratio of 1.0500004 failing `<= 1.05` printed as 1.05)."""
+    text = fmt(v)
+    number = (int, float)
+    for bound in bounds:
+        if isinstance(v, float) and isinstance(bound, number) and not isinstance(bound, bool) and v != bound \
+                and text == fmt(bound):
+            for digits in range(7, 18):  # (17 significant digits tell any two floats apart)
+                text = f"{v:.{digits}g}"
+                if float(text) != bound:
+                    break
+    return text
+
+
 def figure_text(check: dict) -> tuple[str, str]:
     figs, th = check["figures"], check["thresholds"]
     if check["kind"] == "exact-logits" and figs:
-        f = f"max|d|={_fmt(figs.get('max_abs_delta'))}, {figs.get('differing_positions')} positions differ"
+        f = (f"max|d|={_against(figs.get('max_abs_delta'), th.get('tolerance'))}, "
+             f"{figs.get('differing_positions')} positions differ")
         if figs.get("first_differing_offset") is not None:
             f += f", first at byte {figs['first_differing_offset']}"
         return f, f"tolerance {_fmt(th.get('tolerance'))}"
     if check["kind"] == "ppl-ratio" and figs:
-        return (f"ratio {_fmt(figs.get('ratio'))} (95% {_fmt(figs.get('ratio_ci95'))}), bpb {_fmt(figs.get('bpb'))} vs "
+        return (f"ratio {_against(figs.get('ratio'), th.get('max_ratio'))} (95% {_fmt(figs.get('ratio_ci95'))}), "
+                f"bpb {_fmt(figs.get('bpb'))} vs "
                 f"{_fmt(figs.get('baseline_bpb'))}", f"<= {_fmt(th.get('max_ratio'))}")
     if check["kind"] == "gate" and figs:
         if "value" in figs:
-            return f"{_fmt(figs['value'])}", ", ".join(f"{k} {_fmt(v)}" for k, v in th.items())
+            return _against(figs["value"], *th.values()), ", ".join(f"{k} {_fmt(v)}" for k, v in th.items())
         return f"recent losses {_fmt(figs.get('recent_losses'))}", f"plateau above {_fmt(th.get('plateau_above'))}"
     if check["kind"] == "migration" and figs:
         n = len(figs.get("hosts", {}))
         if "worst_domain_ratio" in figs:
-            text = f"domain ratio {_fmt4(figs['worst_domain_ratio'])}"
+            text = f"domain ratio {_against(figs['worst_domain_ratio'], th.get('max_domain_ratio'), fmt=_fmt4)}"
             if "worst_general_ratio" in figs:
-                text += f", general {_fmt4(figs['worst_general_ratio'])}"
+                text += f", general {_against(figs['worst_general_ratio'], th.get('max_general_ratio'), fmt=_fmt4)}"
             bound = f"<= {_fmt(th.get('max_domain_ratio'))}" + (
                 f" / {_fmt(th['max_general_ratio'])}" if "max_general_ratio" in th else "")
             return text + f" (worst of {n} hosts)", bound

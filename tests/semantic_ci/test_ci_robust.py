@@ -953,3 +953,20 @@ def test_verify_compares_what_a_check_takes_from_the_ci_table(ci_repo, change):
     assert r["verified"] == (change == "probe_bytes = 512\nwindow = 128"), r["checks"]
     if not r["verified"]:
         assert "now defines check 'frozen' differently" in frozen["diffs"][0] and frozen["config_changed"]
+
+
+@pytest.mark.parametrize("kind, figures, thresholds, shown", [
+    ("ppl-ratio", {"ratio": 1.0500004, "ratio_ci95": [1.0, 1.1], "bpb": 2.0, "baseline_bpb": 1.9},
+     {"max_ratio": 1.05}, "ratio 1.0500004 "),
+    ("exact-logits", {"max_abs_delta": 1.0000001e-6, "differing_positions": 3}, {"tolerance": 1e-6}, "max|d|=1.0000001e-06"),
+    ("gate", {"value": 2.3000001}, {"max": 2.3}, "2.3000001"),
+    ("migration", {"worst_domain_ratio": 0.75004, "hosts": {"a": {}}}, {"max_domain_ratio": 0.75}, "domain ratio 0.75004"),
+    ("ppl-ratio", {"ratio": 1.2, "ratio_ci95": [1.1, 1.3], "bpb": 2.0, "baseline_bpb": 1.9},
+     {"max_ratio": 1.05}, "ratio 1.2 "),
+])
+def test_a_failing_figure_is_never_shown_equal_to_its_bound(kind, figures, thresholds, shown):
+    """Rounded to 6 digits (4 for migration ratios) as its bound is, a ratio of 1.0500004 failing
+    `<= 1.05` was shown as "ratio 1.05 ... <= 1.05 FAIL" (probe h34)."""
+    from semantic_ci.report import figure_text
+    text, _bound = figure_text({"kind": kind, "figures": figures, "thresholds": thresholds})
+    assert shown in text, text
