@@ -832,6 +832,18 @@ def test_an_integer_to_float_change_above_two_to_the_53_is_seen(repo):
     assert c["frac_changed"] == 0.5 and c["max_abs_delta"] == 0.5
 
 
+def test_a_change_with_no_relative_figure_or_no_magnitude_says_why(repo):
+    """rel L2 of a tensor whose old values are all zero was null with no note (every other null
+    figure has one); a change only between 0.0 and -0.0 showed as changed with max |delta| 0 (h34)."""
+    c = _change(repo, torch.zeros(4), torch.tensor([0.0, 0.0, 0.0, 1e-3]))
+    assert c["rel_l2"] is None and "rel L2 undefined: the old (finite) values are all zero" in c["note"]
+    c = _change(repo, torch.tensor([0.0, 1.0, 2.0]), torch.tensor([-0.0, 1.0, 2.0]))
+    assert c["frac_changed"] == pytest.approx(1 / 3) and c["max_abs_delta"] == 0.0
+    assert "1 value(s) changed only between 0.0 and -0.0" in c["note"]
+    c = _change(repo, torch.tensor([0.0, 1.0]), torch.tensor([-0.0, 3.0]))
+    assert "note" not in c and c["max_abs_delta"] == 2.0
+
+
 def test_a_signalling_nan_against_an_integer_tensor_is_diffed_without_numpy_noise(repo, recwarn):
     """numpy's "invalid value encountered in cast" reached the user: the cast to long double of a
     signalling NaN ran outside the errstate block (probe h35)."""
