@@ -69,7 +69,11 @@ def _metric_value(raw: str):
         except ValueError:  # more than 4300 digits
             raise BadInput(f"metric value {raw[:20]}... has {len(raw)} digits: a number holds at most 4300") from None
     if _FLOAT_TEXT.fullmatch(raw):
-        return float(raw)
+        value = float(raw)
+        if value == 0 and any(c in "123456789" for c in raw.lower().partition("e")[0]):
+            raise click.BadParameter(f"metric value {raw} is too small for a float (it would be stored as 0): "
+                                     "the smallest is about 5e-324", param_hint="--metric")
+        return value
     return {"true": True, "false": False}.get(raw.lower(), raw)
 
 

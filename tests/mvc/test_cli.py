@@ -1060,6 +1060,16 @@ def test_a_metric_that_is_not_a_finite_number_is_a_usage_error(run, in_repo, tmp
     assert in_repo.log()[0]["metrics"] == {"loss": "diverged"}
 
 
+@pytest.mark.parametrize("value", ["1e-400", "-2e-324"])
+def test_a_metric_too_small_for_a_float_is_a_usage_error_not_zero(run, in_repo, tmp_path, value):
+    """--metric lr=1e-400 was stored as 0.0 while 1e400 was refused (probe h34)."""
+    r = run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "x", "--metric", f"lr={value}", code=2)
+    assert f"metric value {value} is too small for a float (it would be stored as 0)" in r.stderr
+    assert in_repo.head() is None
+    run("commit", tmp_path / "m.safetensors", "-m", "x", "--metric", "lr=0e-400", "--metric", "b=5e-324")
+    assert in_repo.log()[0]["metrics"] == {"lr": 0.0, "b": 5e-324}
+
+
 @pytest.mark.parametrize("kind,name", [("branch", "tags/v1"), ("tag", "heads/main"), ("branch", "remotes/o/x"),
                                        ("tag", "refs/heads/x")])
 def test_new_names_that_revisions_read_as_qualified_are_refused(run, in_repo, tmp_path, kind, name):
