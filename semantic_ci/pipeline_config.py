@@ -31,6 +31,7 @@ import copy
 import importlib
 import math
 import os
+import stat
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class Pipeline:
         raise ConfigError(f"{self.path}: no stage named {name!r}", f"stages: {', '.join(s.name for s in self.stages)}")
 
 
+MAX_PIPELINE_BYTES = 1 << 20  # what verify reads of the pipeline file a certificate names
 STAGE_MARK = ": stage "  # how a stage's certificates name their definition: "FILE[ (profile P)]: stage NAME"
 
 
@@ -113,9 +115,11 @@ def defined_stage(source: str, root: str) -> tuple[Stage | None, str]:
     if file.endswith(")") and " (profile " in file:
         file, _, profile = file[:-1].rpartition(" (profile ")
     path = file if os.path.isabs(file) else os.path.join(root, file)
-    try:
+    try:  # (a certificate is a claim from anywhere: what it names may be a pipe, a device, a huge file)
+        if not stat.S_ISREG(os.stat(path).st_mode) or os.path.getsize(path) > MAX_PIPELINE_BYTES:
+            return None, f"{file}: not a pipeline file (not a regular file of at most {MAX_PIPELINE_BYTES} bytes)"
         with open(path, "rb") as f:
-            pipeline = parse(tomllib.load(f), file, profile)
+            pipeline = parse(tomllib.loads(f.read(MAX_PIPELINE_BYTES).decode("utf-8")), file, profile)
         return pipeline.stage(name), file
     except (OSError, ConfigError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         why = e.message if isinstance(e, ConfigError) else (

@@ -334,6 +334,10 @@ def test_a_certificate_labelled_a_pipeline_stages_is_judged_by_that_stage_in_its
     assert any("re-derived with the pipeline file's bounds" in d for d in ppl["diffs"] + [ppl.get("note", "")])
     write_file(ci_repo, "pipeline.toml", stage.format(max_ratio=100.0))
     assert verify(ci_repo, cid)["verified"]  # (what the file says is what judges it)
+    os.mkfifo(os.path.join(ci_repo.root, "pipe.toml"))  # what a certificate names is never blocked on or
+    for named in ("/dev/zero", "pipe.toml"):              # read without end
+        r = verify(ci_repo, certificate.store(ci_repo, dict(forged, config=f"{named}: stage train")))
+        assert not r["verified"] and any("not a pipeline file" in d for c in r["checks"] for d in c["diffs"])
 
 
 def test_a_head_relative_base_means_the_candidates_parent(ci_repo):
