@@ -194,7 +194,7 @@ def check_extensions(parser: configparser.ConfigParser, where: str) -> None:
                       for key in parser[section] if key not in parser.defaults()} - KNOWN_EXTENSIONS)
     if unknown:
         raise FormatTooNew(f"{where} uses the extension{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}, "
-                           "which this mvc does not implement (a newer mvc wrote it)", "upgrade mvc")
+                           "which this mvc does not implement: a newer mvc wrote it", "upgrade mvc")
 
 
 def is_remote_url(key: str) -> bool:
