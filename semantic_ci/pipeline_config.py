@@ -43,6 +43,11 @@ from . import config as cicfg
 
 STAGE_KINDS = ("train-core", "train-brick", "paste", "int8", "evaluate", "compress", "k0")
 COMMON_KEYS = {"name", "kind", "gates", "fallback", "checks", "branch", "every_checkpoint_checks", "optional"}
+# what only some kinds evaluate: paste and int8 stages run no checks or gates (nor retry), an
+# evaluate stage runs its checks once (no gates, no retry); set there, they were accepted and ignored
+NOT_EVALUATED = {"paste": {"gates", "checks", "fallback", "every_checkpoint_checks"},
+                 "int8": {"gates", "checks", "fallback", "every_checkpoint_checks"},
+                 "evaluate": {"gates", "fallback", "every_checkpoint_checks"}}
 TRAIN_KEYS = {"steps", "wall_seconds", "checkpoint_every", "lr", "batch_size", "seq_len", "seed", "stream",
               "eval_bytes"}
 KIND_KEYS = {
@@ -615,6 +620,10 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
         raise err(f"{where}.kind", f"unknown stage kind {kind!r} ({', '.join(STAGE_KINDS)})")
     allowed = COMMON_KEYS | KIND_KEYS[kind]
     for key in raw:
+        if key in NOT_EVALUATED.get(kind, ()):
+            raise err(f"{where}.{key}", f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} stage does not evaluate "
+                                        f"{key}: they would never run" +
+                      (" (put its checks in an evaluate stage after it)" if kind in ("paste", "int8") else ""))
         if key not in allowed:
             raise err(f"{where}.{key}", f"unknown key for a {kind} stage (known: {', '.join(sorted(allowed))})")
     settings = {k: v for k, v in raw.items() if k not in ("gates", "fallback", "checks")}

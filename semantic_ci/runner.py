@@ -182,6 +182,14 @@ class _Defined:
             + f": the verdict was re-derived with {'the pipeline file' if self.from_pipeline() else 'mvc.toml'}'s "
               "bounds")
 
+    def commit_stage_info(self) -> dict:
+        """The pipeline record (extra.pipeline) of the certified commit; {} when it has none."""
+        try:
+            info = self.repo.read_commit(self.cert["commit"]).get("extra", {}).get("pipeline", {})
+        except MvcError:
+            return {}
+        return info if isinstance(info, dict) else {}
+
     def from_pipeline(self) -> bool:
         from .pipeline_config import STAGE_MARK
         return STAGE_MARK in str(self.cert.get("config") or "")
@@ -227,16 +235,22 @@ def _definition_diffs(defined: _Defined, stored: dict, ignore=()) -> list[str]:
         diffs.append(f"kind {now.preset or now.kind!r} there, {stored.get('preset') or stored['kind']!r} in the "
                      f"certificate")
     a, b = _normal(now.params), _normal(stored.get("params") or {})
-    if defined.from_pipeline():  # (a stage's check records the ids its `stage:` and `stream:` gave: its
-        a, b = {}, {}            # bounds are re-applied; what it measured is pinned by the recorded ids)
+    if defined.from_pipeline():  # a stage's check records the ids its `stage:` and `stream:` gave: those
+        ignore = set(ignore) | {k for k, v in a.items() if _names_stage_or_stream(v)}  # settings alone
     for key in sorted((set(a) | set(b)) - set(ignore)):
         if a.get(key) != b.get(key):
             diffs.append(f"{key} {a.get(key)!r} there, {b.get(key)!r} in the certificate")
-    if not defined.from_pipeline():
-        diffs += _default_diffs(defined.config, now, stored)
+    diffs += _default_diffs(CiConfig() if defined.from_pipeline() else defined.config, now, stored)
     if diffs:
         return [f"{source} now defines check {name!r} differently (" + "; ".join(diffs) + ")"]
     return []
+
+
+def _names_stage_or_stream(value) -> bool:
+    """Whether a stage check's setting names a `stage:` result or a `stream:` (recorded resolved)."""
+    if isinstance(value, list):
+        return any(_names_stage_or_stream(v) for v in value)
+    return isinstance(value, str) and value.startswith(("stage:", "stream:"))
 
 
 def _default_diffs(config: CiConfig, now: Check, stored: dict) -> list[str]:
@@ -306,7 +320,9 @@ def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
     certificate is judged by its pipeline file's stage: it must be readable here."""
     if defined.from_pipeline():
         if defined.stage is not None:
-            return []
+            missing = _stage_coverage(defined, cert, checks)
+            return [{"name": "(coverage)", "reproduced": False, "config_changed": True, "diffs": missing}] \
+                if missing else []
         return [{"name": "(bounds)", "reproduced": False,
                  "diffs": [f"the stage's pipeline file cannot be read here ({defined.stage_problem}): the bounds "
                            "this certificate judged its checks and gates by are its own claim, which verify does "
@@ -326,6 +342,48 @@ def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
     return [{"name": "(coverage)", "reproduced": False, "config_changed": True,  # (or the certificate was edited)
              "diffs": [f"{defined.config.source} defines {', '.join(map(repr, missing))}, which this full run "
                        "does not record: a full run records every check mvc.toml defines"]}]
+
+
+def _gate_name(gate: dict) -> str:
+    """The name a recorded gate result has (pipeline._evaluate_gates)."""
+    return gate["check"] if "check" in gate else f"{gate['metric']} gate" if "metric" in gate else "plateau gate"
+
+
+def _stage_coverage(defined: "_Defined", cert: dict, checks: list) -> list[str]:
+    """What the stage defines that its certificate must record and does not: an evaluate stage's
+    every check; a training stage's gates due at every checkpoint (`at = "checkpoint"`, plateau,
+    every_checkpoint_checks), and once the stage ended (a certificate recording anything due only
+    at the end, or of a checkpoint at the stage's last step) every gate and check. A gate may not be
+    recorded more often than the stage sets it (a failing one edited into a copy of a passing one)."""
+    from collections import Counter
+    stage = defined.stage
+    recorded = [c for c in checks if isinstance(c, dict)]
+    names = Counter(c.get("name") for c in recorded)
+    gates = [(c.get("params") or {}).get("gate") for c in recorded if c.get("kind") == "gate"]
+    if stage.kind == "evaluate":
+        required = [c.name for c in stage.checks]
+    else:
+        diverged = any(isinstance(g, dict) and "divergence" in g for g in gates)
+        run = [g for g in stage.gates if not (diverged and "check" in g)]  # (a diverged model runs no checks)
+        always = [_gate_name(g) for g in run if g.get("at") == "checkpoint" or "plateau" in g]
+        always += [] if diverged else list(stage.get("every_checkpoint_checks") or [])
+        at_end = [_gate_name(g) for g in run] + ([] if diverged else [
+            c.name for c in stage.checks if c.name not in {g.get("check") for g in stage.gates}])
+        info = defined.commit_stage_info()
+        settings = info.get("settings") if isinstance(info.get("settings"), dict) else {}
+        ended = bool(set(names) - set(always) - {"divergence gate"}) or (
+            "wall_seconds" not in settings and isinstance(settings.get("steps"), int)
+            and isinstance(info.get("step"), int) and info["step"] >= settings["steps"])
+        required = at_end if ended else always
+    missing = sorted((Counter(required) - names).elements())
+    out = [f"{defined.source} defines {', '.join(map(repr, missing))} for stage {stage.name}, which this "
+           "certificate does not record"] if missing else []
+    defined_gates = Counter(json.dumps(g, sort_keys=True) for g in stage.gates)
+    copies = [g for g, n in Counter(json.dumps(g, sort_keys=True) for g in gates if isinstance(g, dict)).items()
+              if g in defined_gates and n > defined_gates[g]]
+    if copies:
+        out.append(f"the certificate records the gate {copies[0]} more often than stage {stage.name} sets it")
+    return out
 
 
 DATA_KEYS = {"exact-logits": {"data": "probe"}, "ppl-ratio": {"data": "data"},
@@ -409,10 +467,10 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     figures_reproduce = not diffs
     if stored["status"] != fresh["status"]:
         if changed and stored["status"] != "passed":  # looser bounds now: its recorded failure stands
-            notes.append(f"it would pass under the bounds {defined.config.source} sets now")
+            notes.append(f"it would pass under the bounds {defined.source} sets now")
         else:
             diffs.append(f"verdict: certificate says {stored['status']}, re-run gives {fresh['status']}"
-                         + (" under the bounds mvc.toml sets now" if changed else "")
+                         + (f" under the bounds {defined.source} sets now" if changed else "")
                          + (f" ({fresh['note']})" if fresh.get("note") else ""))
     if env_changes and not notes:
         notes.append("execution envelope differs from the certificate's (" + "; ".join(env_changes)
@@ -470,9 +528,12 @@ def _adapter_refusal(defined: "_Defined", stored: dict, params: dict) -> str | N
     if not recorded:
         return None
     now = defined.check(stored["name"])
-    configured = (now.params.get("adapter") if now else None) or (defined.config.adapter if defined.config else None)
+    staged = defined.from_pipeline()  # (a stage's check takes no adapter from mvc.toml's [ci])
+    configured = (now.params.get("adapter") if now else None) or (
+        defined.config.adapter if defined.config and not staged else None)
     if configured != recorded:
-        where = "mvc.toml here does not set for this check" if defined.config else "no mvc.toml here names"
+        where = (f"{defined.source} does not set for this check" if staged else
+                 "mvc.toml here does not set for this check" if defined.config else "no mvc.toml here names")
         return (f"the certificate names adapter {str(recorded)[:80]!r}, which {where}: verify runs only "
                 f"adapters mvc.toml names")
     params["adapter"] = configured

@@ -303,6 +303,12 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
     (lambda t: t.replace('max = 8.0 }', 'max = 8.0, min = 9.0 }'), "stage core.gates[0]: min 9.0 is above max 8.0"),
     (lambda t: t[:t.index("[[stages.checks]]")],  # it passed, certifying its target by no checks
      "stage certify.checks: an evaluate stage needs at least one check"),
+    # accepted and never evaluated (probe h37)
+    (lambda t: t + '\n[[stages]]\nname = "p"\nkind = "paste"\nsource = "stage:core"\nbrick_name = "x"\n'
+                   'into = ["stage:core"]\ngates = [{ metric = "loss", max = 1.0 }]\n',
+     "stage p.gates: a paste stage does not evaluate gates: they would never run"),
+    (lambda t: t.replace('source = "stage:core"\n', 'source = "stage:core"\nfallback = { retries = 2 }\n'),
+     "stage certify.fallback: an evaluate stage does not evaluate fallback"),
 ]
 
 
@@ -444,6 +450,29 @@ def test_a_check_reading_a_stream_whose_held_out_part_is_one_byte_is_refused(tmp
     with pytest.raises(MvcError, match="stream:tiny: the stream's held-out part, which checks read, is 1 byte"):
         run_pipeline(repo, load(str(root / "p.toml")))
     assert "demo/certify" not in repo.branches()
+
+
+def test_a_gate_certificate_missing_a_gate_or_holding_one_twice_does_not_verify(tmp_path, monkeypatch):
+    """Only bounds were compared: a stage's final gate certificate with a gate left out verified, as did
+    one whose failing gate was edited into a copy of another on the same metric (probe h37)."""
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    text = (root / "p.toml").read_text().replace('max = 8.0 }', 'max = 8.0 }, { metric = "heldout_bpb", max = 9.0 }')
+    (root / "p.toml").write_text(text)
+    cert_id = run_pipeline(repo, load("p.toml"))["stages"][0]["certificate"]
+    cert = certificate.read(repo, cert_id)
+    assert [c["name"] for c in cert["checks"]] == ["heldout_bpb gate"] * 2 and verify(repo, cert_id)["verified"]
+    dropped = json.loads(json.dumps(cert))
+    del dropped["checks"][0]
+    r = verify(repo, certificate.store(repo, dropped))
+    assert not r["verified"] and "defines 'heldout_bpb gate' for stage core, which this certificate does not " \
+        "record" in next(c for c in r["checks"] if c["name"] == "(coverage)")["diffs"][0]
+    copied = json.loads(json.dumps(cert))
+    copied["checks"][0] = copied["checks"][1]
+    r = verify(repo, certificate.store(repo, copied))
+    assert not r["verified"] and "more often than stage core sets it" in str(r["checks"])
+    step4 = checkpoints(repo, "demo/core")[-1]["id"]  # (mid-training: no gate was due, no certificate)
+    assert certificate.of_commit(repo, step4) == []
 
 
 PASTE_STAGES = """

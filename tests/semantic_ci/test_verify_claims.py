@@ -263,6 +263,7 @@ def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_
     t = trained_table(builtin_probe(3000))
     ci_repo.commit({"core": {"table": t}}, message="a")
     ci_repo.commit({"core": {"table": t}}, message="b")
+    write_config(ci_repo, AS_A_STAGE_RUNS)  # (a stage's checks take no [ci] defaults)
     cert = json.loads(json.dumps(certificate.read(ci_repo, run_ci(ci_repo)["certificate"])))
     write_config(ci_repo, BASIC.replace('name = "frozen"\nkind = "exact-logits"',  # mvc.toml's own frozen
                                         'name = "frozen"\nkind = "ppl-ratio"\ndata = "heldout.txt"'))
@@ -270,7 +271,14 @@ def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_
     staged = certificate.store(ci_repo, dict(cert, config="pipeline.toml: stage train"))
     write_file(ci_repo, "pipeline.toml", STAGE_PIPELINE.format(max_ratio=1.05))
     assert not verify(ci_repo, plain)["verified"]  # a mvc.toml certificate: its definition changed
-    assert verify(ci_repo, staged)["verified"]
+    v = verify(ci_repo, staged)
+    assert v["verified"], v["checks"]
+
+
+ADAPTER_LINE = 'adapter = "semantic_ci.adapters:bigram"\n'
+# a stage's checks take nothing from [ci]: each names its adapter, and the window and probe are the defaults
+AS_A_STAGE_RUNS = BASIC.replace("probe_bytes = 2048\nwindow = 128\n", "").replace(ADAPTER_LINE, "").replace(
+    'component = "core"\n', 'component = "core"\n' + ADAPTER_LINE)
 
 
 def write_file(repo, name: str, text: str) -> None:
@@ -290,12 +298,14 @@ kind = "evaluate"
 name = "frozen"
 kind = "exact-logits"
 component = "core"
+adapter = "semantic_ci.adapters:bigram"
 baseline = "HEAD~1"
 
 [[stages.checks]]
 name = "ppl"
 kind = "ppl-ratio"
 component = "core"
+adapter = "semantic_ci.adapters:bigram"
 data = "heldout.txt"
 baseline = "HEAD~1"
 max_ratio = {max_ratio}
@@ -311,11 +321,11 @@ def test_a_certificate_labelled_a_pipeline_stages_is_judged_by_that_stage_in_its
     t = trained_table(builtin_probe(3000))
     ci_repo.commit({"core": {"table": t}}, message="a")
     ci_repo.commit({"core": {"table": t * 0.9}}, message="b")
-    frozen = 'name = "frozen"\nkind = "exact-logits"\ncomponent = "core"\nbaseline = "HEAD~1"\n'
-    assert frozen in BASIC and frozen in STAGE_PIPELINE
-    write_config(ci_repo, BASIC.replace(frozen, 'name = "ppl0"\nkind = "ppl-ratio"\ncomponent = "core"\n'
-                                        'baseline = "HEAD~1"\nmax_ratio = 100.0\n').replace("max_ratio = 1.05",
-                                                                                        "max_ratio = 0.5"))
+    frozen = 'name = "frozen"\nkind = "exact-logits"\ncomponent = "core"\n' + ADAPTER_LINE + 'baseline = "HEAD~1"\n'
+    ppl0 = 'name = "ppl0"\nkind = "ppl-ratio"\ncomponent = "core"\n' + ADAPTER_LINE + \
+        'baseline = "HEAD~1"\nmax_ratio = 100.0\n'
+    assert frozen in AS_A_STAGE_RUNS and frozen in STAGE_PIPELINE
+    write_config(ci_repo, AS_A_STAGE_RUNS.replace(frozen, ppl0).replace("max_ratio = 1.05", "max_ratio = 0.5"))
     honest = certificate.read(ci_repo, run_ci(ci_repo)["certificate"])
     assert not honest["passed"] and [c["status"] for c in honest["checks"]] == ["passed", "failed"]
     forged = json.loads(json.dumps(honest))
@@ -325,8 +335,7 @@ def test_a_certificate_labelled_a_pipeline_stages_is_judged_by_that_stage_in_its
     cid = certificate.store(ci_repo, forged)
     r = verify(ci_repo, cid)
     assert not r["verified"] and any("cannot be read here" in d for c in r["checks"] for d in c["diffs"])
-    stage = STAGE_PIPELINE.replace(frozen, 'name = "ppl0"\nkind = "ppl-ratio"\ncomponent = "core"\n'
-                                           'baseline = "HEAD~1"\nmax_ratio = 100.0\n')
+    stage = STAGE_PIPELINE.replace(frozen, ppl0)
     write_file(ci_repo, "pipeline.toml", stage.format(max_ratio=0.5))
     r = verify(ci_repo, cid)
     ppl = next(c for c in r["checks"] if c["name"] == "ppl")
@@ -375,3 +384,39 @@ def test_verify_names_the_checks_of_its_verdict_quoted(ci_repo, monkeypatch):
             ci_repo, ci_repo.resolve("HEAD"))[-1]])
         assert r.exit_code == 1 and '"b\\x1b[2K\\rforged\\x07"' in r.stdout, r.output
         assert not set(r.stdout) & set("\x1b\r\x07"), r.stdout
+
+
+def test_a_stage_certificate_must_record_what_its_stage_defines_as_the_stage_defines_it(ci_repo, monkeypatch):
+    """Judged by its stage, a certificate was only compared by bounds: one with its failing check
+    left out verified, as did one whose check measured other data than the stage names; and a
+    failed one under a bound loosened since crashed verify where there is no mvc.toml (probe h37)."""
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t * 0.9}}, message="b")
+    with open(os.path.join(ci_repo.root, "other.txt"), "wb") as f:
+        f.write(HELD_OUT[::-1])
+    write_config(ci_repo, AS_A_STAGE_RUNS.replace("max_ratio = 1.05", "max_ratio = 100.0"))
+    cert = json.loads(json.dumps(certificate.read(ci_repo, run_ci(ci_repo)["certificate"])))
+    assert [c["status"] for c in cert["checks"]] == ["failed", "passed"]  # frozen fails: the core changed
+    write_file(ci_repo, "pipeline.toml", STAGE_PIPELINE.format(max_ratio=100.0))
+    os.remove(os.path.join(ci_repo.root, "mvc.toml"))
+    staged = dict(cert, config="pipeline.toml: stage train")
+    r = verify(ci_repo, certificate.store(ci_repo, staged))
+    assert r["verified"] and not r["passed"], r["checks"]  # the authentic one
+    dropped = dict(staged, checks=cert["checks"][1:], passed=True)
+    r = verify(ci_repo, certificate.store(ci_repo, dropped))
+    coverage = next(c for c in r["checks"] if c["name"] == "(coverage)")
+    assert not r["verified"] and "defines 'frozen' for stage train, which this certificate does not record" in \
+        coverage["diffs"][0]
+    measured_elsewhere = json.loads(json.dumps(staged))
+    measured_elsewhere["checks"][1]["params"]["data"] = "other.txt"
+    r = verify(ci_repo, certificate.store(ci_repo, measured_elsewhere))
+    ppl = next(c for c in r["checks"] if c["name"] == "ppl")
+    assert not r["verified"] and "data 'heldout.txt' there, 'other.txt' in the certificate" in ppl["diffs"][0]
+    write_file(ci_repo, "pipeline.toml", STAGE_PIPELINE.format(max_ratio=100.0).replace(
+        'baseline = "HEAD~1"\n\n', 'baseline = "HEAD~1"\ntolerance = 1e9\n\n', 1))
+    assert "tolerance = 1e9" in open(os.path.join(ci_repo.root, "pipeline.toml")).read()
+    r = verify(ci_repo, certificate.store(ci_repo, staged))  # (there is no mvc.toml: it crashed)
+    frozen = next(c for c in r["checks"] if c["name"] == "frozen")
+    assert "it would pass under the bounds pipeline.toml sets now" in frozen["note"], frozen
