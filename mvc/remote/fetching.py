@@ -106,6 +106,7 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             "objects_received": history.objects, "bytes_received": history.bytes,
             "blobs_promised": history.promised, "certificates": certs,
             "skipped_newer": sorted(r for r in damaged if remote_refs[r] in history.newer),
+            "skipped": sorted(damaged),
             "seconds": time.perf_counter() - started}
 
 
@@ -195,9 +196,9 @@ class _History:
                         None) or next((below[p] for p in obj["parents"] if p in below), None)
 
         changed = True
-        while changed:  # (to a fixed point: a child is left out once a parent is)
-            changed = False
-            for c in commits:
+        while changed:  # (to a fixed point: a child is left out once a parent is; parents first, as the
+            changed = False  # walk went down from the tips: one pass for a line of history)
+            for c in reversed(list(commits)):
                 if c not in below and (x := newer_in(c)):
                     below[c] = x
                     changed = True
@@ -329,11 +330,12 @@ def _fetch_certs_of(repo: Repo, t: Transport, where: str, pool: Pool, history: _
             warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
                           f"but {gone[cid]}; skipped")
             v.remove(cid)
-    named = set()
+    named, names = set(), {}
     for c, v in wanted.items():
         for cid in list(v):
             try:  # (a newer mvc's certificate is kept, with what it names, as gc and push keep it)
-                named |= certificate_refs(repo.store.get(cid), cid)
+                names[cid] = certificate_refs(repo.store.get(cid), cid)
+                named |= names[cid]
             except MvcError as e:  # one bad index line must not block every fetch
                 warnings.warn(f"remote {where} lists {cid[:12]} among the certificates of commit {c[:12]}, "
                               f"but {e.message}; skipped")
@@ -354,6 +356,12 @@ def _fetch_certs_of(repo: Repo, t: Transport, where: str, pool: Pool, history: _
     kinds = {**dict(zip(named, pool.map(fetch_named, named))), **here}
     history.fetch([o for o, k in kinds.items() if k == "commit"], [o for o, k in kinds.items() if k == "tree"])
     for c, v in wanted.items():
+        for cid in list(v):  # one naming what the fetch left out (a newer mvc's history): not attached,
+            left = sorted(x for x in names[cid] if x in history.not_commits)  # so a later fetch tries again
+            if left:
+                warnings.warn(f"skipped certificate {cid[:12]} of commit {c[:12]} from {where}: it names "
+                              f"{left[0][:12]}, which was not fetched ({history.not_commits[left[0]]})")
+                v.remove(cid)
         if v:
             certindex.attach(repo.dir, c, v)
     return sum(len(v) for v in wanted.values())
@@ -379,6 +387,12 @@ def pull(repo: Repo, remote: str | None = None, branch: str | None = None, jobs:
         raise ConfigError("pull needs a configured remote", "mvc remote add NAME URL first")
     fetched = fetch(repo, name, jobs, progress, transport=t)
     branch = branch_of(repo, branch)
+    if f"refs/heads/{branch}" in fetched["skipped"]:  # (its tracking ref did not move: not "up to date")
+        newer = f"refs/heads/{branch}" in fetched["skipped_newer"]
+        raise (FormatTooNew if newer else CorruptObject)(
+            f"remote {name}'s branch {branch} was not fetched: " + (
+                "its history holds what a newer mvc wrote" if newer else "it names no commit there"),
+            "upgrade mvc" if newer else f"the remote is damaged: mvc push --force {name} {branch} from a good copy")
     theirs = repo.refs.read(f"refs/remotes/{name}/{branch}")
     if theirs is None:
         raise UnknownRevision(f"remote {name} has no branch {branch!r}", f"push it first: mvc push {name} {branch}")

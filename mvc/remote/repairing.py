@@ -23,6 +23,7 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, roun
     before = report = repo.fsck()
     name, t = open_remote(repo, remote, jobs)
     where = name or t.describe()
+    t.require_repository()  # (a remote of a newer format or extension: "upgrade mvc", not "damaged")
     restored, failed = [], {}
     with permission_errors(t), repo.writing():
         for _ in range(rounds):

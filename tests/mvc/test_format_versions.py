@@ -447,9 +447,50 @@ def test_an_extension_this_mvc_does_not_implement_is_refused_in_a_repository_and
     config.write_text(config.read_text() + "[Extensions]\nbundles = false\n")
     with pytest.raises(FormatTooNew, match="uses the extension bundles, which this mvc does not implement"):
         open_transport(str(tmp_path / "remote")).require_repository()
+    with pytest.raises(FormatTooNew, match="uses the extension bundles"):  # (repair read from it regardless: h38)
+        rm.repair(repo, "origin")
     own = os.path.join(repo.dir, "config")
     with open(own, "a") as f:
         f.write("[extensions]\nbundles = true\nzeta = 1\n")
     out = run("log", code=3)
     assert "uses the extensions bundles, zeta, which this mvc does not implement" in out.stderr
     assert "upgrade mvc" in out.stderr
+
+
+@pytest.mark.parametrize("names", ["history", "tree", "commit"])
+def test_a_certificate_naming_what_a_newer_mvc_wrote_is_skipped_not_attached_without_it(tmp_path, names):
+    """A certificate naming a commit whose history holds a newer object (or a newer tree or commit)
+    was attached although what it names was left out: fsck then called it missing, gc refused to
+    run, and a fetch after upgrading never brought it (the index line was there) (probe h38)."""
+    src, t = _pushed(tmp_path)
+    head = src.resolve("HEAD")
+    commit = json.loads(src.store.get(head))
+    if names == "history":
+        named = _put_on(t, {**commit, "parents": [_put_on(t, {**commit, "format": 2, "parents": [head]})]})
+    elif names == "tree":
+        named = _put_on(t, {**json.loads(src.store.get(commit["components"]["model"])), "format": 2})
+    else:
+        named = _put_on(t, {**commit, "format": 2, "parents": [head], "message": "v2"})
+    cert = _put_on(t, {"type": "certificate", "format": 1, "commit": head, "passed": True,
+                       "checks": [{"name": "x", "status": "passed", "baseline": named}]})
+    os.makedirs(tmp_path / "remote" / "certs" / head[:2], exist_ok=True)
+    with open(tmp_path / "remote" / "certs" / head[:2] / head[2:], "a") as f:
+        f.write(cert + "\n")
+    with pytest.warns(UserWarning, match=f"skipped certificate {cert[:12]} of commit {head[:12]} .* names "):
+        clone = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))[0]
+    assert certindex.read_index(clone.dir, head) == [] and clone.fsck()["ok"]
+    clone.gc(grace_s=0)
+
+
+def test_pull_of_a_branch_fetch_skipped_says_so_instead_of_up_to_date(tmp_path):
+    """origin's main moved onto a newer mvc's commit: pull said "main is up to date", exit 0 (h38)."""
+    src, t = _pushed(tmp_path)
+    head = src.resolve("HEAD")
+    commit = json.loads(src.store.get(head))
+    clone = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))[0]
+    tip = _put_on(t, {**commit, "parents": [_put_on(t, {**commit, "format": 2, "parents": [head]})]})
+    (tmp_path / "remote" / "refs" / "heads" / "main").write_text(tip + "\n")
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/main"):
+        with pytest.raises(FormatTooNew, match="remote origin's branch main was not fetched: its history holds"):
+            rm.pull(clone)
+    assert clone.branches() == {"main": head}
