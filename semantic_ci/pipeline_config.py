@@ -107,29 +107,41 @@ def stage_source(pipeline: Pipeline, stage_name: str, root: str) -> str:
     path = os.path.abspath(pipeline.path)
     inside = os.path.relpath(path, os.path.abspath(root))
     shown = path if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
-    profile = f" (profile {pipeline.profile})" if pipeline.profile else ""
-    return f"{shown}{profile}{STAGE_MARK}{stage_name}"
+    return f"{shown} ({f'profile {pipeline.profile}' if pipeline.profile else NO_PROFILE}){STAGE_MARK}{stage_name}"
 
 
-def defined_stage(source: str, root: str) -> tuple[Stage | None, str]:
+NO_PROFILE = "no profile"
+
+
+def defined_stages(source: str, root: str) -> tuple[list[Stage], str]:
     """The stage a certificate's configuration (`stage_source`) names, as its pipeline file defines it
-    now; (None, why) when it cannot be read there. The file's shapes and values are checked, not what
-    it names outside itself (its streams and builders: verify re-runs from recorded ids)."""
+    now: ([stage], file), or ([], why) when it cannot be read there. The file's shapes and values are
+    checked, not what it names outside itself (its streams and builders: verify re-runs from
+    recorded ids). A label an older mvc wrote ("FILE: stage NAME") says nothing of the profile the
+    run used: the stage as each profile defines it is given (none first), for verify to pick the
+    one the certificate's bounds were set by (any of them is a definition the user's file holds)."""
     file, _, name = source.rpartition(STAGE_MARK)
-    profile = None
-    if file.endswith(")") and " (profile " in file:
+    profiles: list[str | None] | None = [None]
+    if file.endswith(f" ({NO_PROFILE})"):
+        file = file[:-len(NO_PROFILE) - 3]
+    elif file.endswith(")") and " (profile " in file:
         file, _, profile = file[:-1].rpartition(" (profile ")
+        profiles = [profile]
+    else:
+        profiles = None  # (an older mvc's label)
     path = file if os.path.isabs(file) else os.path.join(root, file)
     try:  # (a certificate is a claim from anywhere: what it names may be a pipe, a device, a huge file)
         if not stat.S_ISREG(os.stat(path).st_mode) or os.path.getsize(path) > MAX_PIPELINE_BYTES:
-            return None, f"{file}: not a pipeline file (not a regular file of at most {MAX_PIPELINE_BYTES} bytes)"
+            return [], f"{file}: not a pipeline file (not a regular file of at most {MAX_PIPELINE_BYTES} bytes)"
         with open(path, "rb") as f:
-            pipeline = parse(tomllib.loads(f.read(MAX_PIPELINE_BYTES).decode("utf-8")), file, profile)
-        return pipeline.stage(name), file
+            doc = tomllib.loads(f.read(MAX_PIPELINE_BYTES).decode("utf-8"))
+        if profiles is None:
+            profiles = [None, *(doc.get("profile") if isinstance(doc.get("profile"), dict) else ())]
+        return [parse(doc, file, profile).stage(name) for profile in profiles], file
     except (OSError, ConfigError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         why = e.message if isinstance(e, ConfigError) else (
             f"{file}: cannot read it ({e.strerror or e})" if isinstance(e, OSError) else f"{file}: invalid TOML ({e})")
-        return None, why
+        return [], why
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

@@ -131,9 +131,28 @@ class _Defined:
         """A pipeline stage's certificate: the stage as its pipeline file (read from the repository
         root) defines it now, or None when it cannot be read here (`stage_problem` says why)."""
         if self._stage is None:
-            from .pipeline_config import defined_stage
-            self._stage = defined_stage(str(self.cert.get("config")), self.repo.root)
+            from .pipeline_config import defined_stages
+            stages, where = defined_stages(str(self.cert.get("config")), self.repo.root)
+            self._stage = (next((s for s in stages if self._sets_bounds(s)), stages[0] if stages else None), where)
         return self._stage[0]
+
+    def _sets_bounds(self, stage) -> bool:
+        """Whether `stage` sets the bounds and gates the certificate recorded (which of the stages an
+        older mvc's label may stand for, one per profile of the file, it was made by)."""
+        gates = [_normal(g) for g in stage.gates]
+        for c in self.cert.get("checks") or []:
+            params = c.get("params") if isinstance(c, dict) else None
+            if not isinstance(params, dict):
+                return False
+            if c.get("kind") == "gate":
+                gate = params.get("gate")
+                if not (isinstance(gate, dict) and ("divergence" in gate or _normal(gate) in gates)):
+                    return False
+                continue
+            now = next((x for x in stage.checks if x.name == c.get("name")), None)
+            if now is None or any(_normal(now.params.get(k)) != _normal(params.get(k)) for k in BOUND_KEYS):
+                return False
+        return True
 
     @property
     def stage_problem(self) -> str:

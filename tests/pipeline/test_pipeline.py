@@ -423,7 +423,7 @@ def test_a_stages_gate_certificate_is_judged_by_the_gates_its_pipeline_file_sets
     summary = run_pipeline(repo, load("p.toml"))
     cert_id = summary["stages"][0]["certificate"]
     cert = certificate.read(repo, cert_id)
-    assert cert["config"] == "p.toml: stage core" and verify(repo, cert_id)["verified"]
+    assert cert["config"] == "p.toml (no profile): stage core" and verify(repo, cert_id)["verified"]
     bpb = next(c for c in cert["checks"] if c["name"] == "heldout_bpb gate")["figures"]["value"]
     text = (root / "p.toml").read_text()
     (root / "p.toml").write_text(text.replace("max = 8.0", f"max = {bpb / 2}"))  # the file's bound now fails it
@@ -473,6 +473,23 @@ def test_a_gate_certificate_missing_a_gate_or_holding_one_twice_does_not_verify(
     assert not r["verified"] and "more often than stage core sets it" in str(r["checks"])
     step4 = checkpoints(repo, "demo/core")[-1]["id"]  # (mid-training: no gate was due, no certificate)
     assert certificate.of_commit(repo, step4) == []
+
+
+def test_a_certificate_an_older_mvc_labelled_without_its_profile_is_judged_by_that_profile(tmp_path, monkeypatch):
+    """Labels of an older mvc ("p.toml: stage core") do not say which profile the run used: verify
+    judged such a certificate by the stage without one, and a run with --profile no longer verified
+    (a re-run kept it: the stage was unchanged) (review h37)."""
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    text = (root / "p.toml").read_text().replace("max = 8.0", "max = 0.01")
+    (root / "p.toml").write_text(text + '\n[profile.loose.stages.core]\ngates = [{ metric = "heldout_bpb", max = 100.0 }]\n')
+    cert_id = run_pipeline(repo, load("p.toml", "loose"))["stages"][0]["certificate"]
+    cert = certificate.read(repo, cert_id)
+    assert cert["config"] == "p.toml (profile loose): stage core" and verify(repo, cert_id)["verified"]
+    older = certificate.store(repo, dict(cert, config="p.toml: stage core"))
+    assert verify(repo, older)["verified"]
+    no_profile = certificate.store(repo, dict(cert, config="p.toml (no profile): stage core"))
+    assert not verify(repo, no_profile)["verified"]  # (judged by the stage without a profile: max 0.01)
 
 
 PASTE_STAGES = """
