@@ -22,6 +22,7 @@ import contextlib
 import math
 import time
 import warnings
+import zlib
 
 import numpy as np
 import torch
@@ -110,9 +111,13 @@ class BrickTrainer(CheckpointState):
         return self.brick
 
     def resume_settings(self) -> dict[str, int]:
-        """The shared settings, and the general-text batches' size and data length (0: none)."""
+        """The shared settings, and the general-text batches' size, data length (0: none) and CRC-32
+        (other general text of the same length changed the batches unsaid)."""
         general = 0 if self.general_train is None else len(self.general_train)
-        return {**super().resume_settings(), "general_batch": self.general_batch, "general_bytes": general}
+        if getattr(self, "_general_crc", None) is None:
+            self._general_crc = 0 if self.general_train is None else zlib.crc32(self.general_train)
+        return {**super().resume_settings(), "general_batch": self.general_batch, "general_bytes": general,
+                "general_crc": self._general_crc}
 
     def __init__(self, brick, host, data: bytes, *, steps: int, seed: int = 0, general: bytes | None = None,
                  batch_size: int = 16, general_batch: int | None = None, seq_len: int | None = None,

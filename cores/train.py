@@ -131,6 +131,9 @@ def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
                              lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+RECENT_LOSSES = 10  # the losses a checkpoint keeps (metrics' loss_last10)
+
+
 class CheckpointState:
     """What every trainer shares: the schedule, the optimizer step loop with its progress bar and
     wall-clock budget, and the checkpoint (model + optimizer + RNG + step + data position as flat
@@ -227,11 +230,16 @@ class CheckpointState:
                 "seq_len": self.seq_len, "data_bytes": len(self.train_bytes), "data_crc": self._data_crc}
 
     def train_state(self) -> dict[str, torch.Tensor]:
-        """Step, data position, the resume settings (int64) and the RNG states (uint8)."""
+        """Step, data position, the resume settings (int64), the RNG states (uint8) and the last
+        RECENT_LOSSES losses (float64: loss_last10, which a plateau gate reads, is the same after a
+        resume as in an unbroken run) and the wall time spent (a wall_seconds budget and bytes per
+        second count it after a resume; the one entry that differs between runs)."""
         i64 = lambda v: torch.tensor(int(v), dtype=torch.int64)  # noqa: E731
         return {"step": i64(self.step), "data_pos": i64(self.data_pos),
                 **{name: i64(v) for name, v in self.resume_settings().items()},
-                "rng.trainer": self.gen.get_state(), "rng.torch": torch.get_rng_state()}
+                "rng.trainer": self.gen.get_state(), "rng.torch": torch.get_rng_state(),
+                "recent_losses": torch.tensor(self.losses[-RECENT_LOSSES:], dtype=torch.float64),
+                "wall_seconds": torch.tensor(float(self.wall), dtype=torch.float64)}
 
     def load_state_dict(self, sd: dict[str, dict[str, torch.Tensor]]) -> None:
         ts = sd["train_state"]
@@ -246,6 +254,10 @@ class CheckpointState:
         self.step, self.data_pos = int(ts["step"]), int(ts["data_pos"])
         self.gen.set_state(ts["rng.trainer"])
         torch.set_rng_state(ts["rng.torch"])
+        if "recent_losses" in ts:  # (absent from states saved before they were recorded)
+            self.losses = [float(v) for v in ts["recent_losses"].to(torch.float64).reshape(-1)]
+        if "wall_seconds" in ts:
+            self.wall = max(0.0, float(ts["wall_seconds"]))
 
     def optimizer_meta(self) -> list[dict]:
         """JSON-able param groups (without the parameter tensors) for checkpoint metadata."""

@@ -166,6 +166,10 @@ def test_trainer_resume_is_bit_exact(host, domain, general):
     other.general_train = None  # no general text: the brick would train on other batches
     with pytest.raises(ValueError, match="saved general_bytes="):
         other.load_state_dict(saved)
+    _, other = trainer()  # other general text of the same length: only its length was checked (h40)
+    other.general_train = other.general_train[::-1]
+    with pytest.raises(ValueError, match="saved general_crc="):
+        other.load_state_dict(saved)
 
 
 def test_trainer_metrics_evaluate_both_streams(host, domain, general):

@@ -36,8 +36,12 @@ def test_resume_is_bit_identical(text):
     assert first + second == losses_a
     sa, sc = core_a.state_dict(), core_c2.state_dict()
     assert all(torch.equal(sa[k], sc[k]) for k in sa)
+    # what metrics report goes on across the resume: loss_last10 averaged only the steps since it
+    # (a plateau gate reads it), and the wall time restarted at 0 (a wall_seconds budget with it) (h40)
+    ma, mc = ta.metrics(evaluate=False), tc.metrics(evaluate=False)
+    assert mc["loss_last10"] == ma["loss_last10"] and tc.wall >= float(saved["train_state"]["wall_seconds"]) > 0
     # a state saved before the batch settings and the data's length and CRC were recorded still loads
-    for name in ("batch_size", "seq_len", "data_bytes", "data_crc"):
+    for name in ("batch_size", "seq_len", "data_bytes", "data_crc", "recent_losses", "wall_seconds"):
         del older["train_state"][name]
     _, td = _trainer(text, 6)
     td.load_state_dict(older)

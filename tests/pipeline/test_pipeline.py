@@ -231,10 +231,10 @@ def test_sigkill_and_resume_gives_bit_identical_weights(tmp_path):
     a = mvc.Repo(ref_root).load("demo/core", "core")
     b = mvc.Repo(root).load("demo/core", "core")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    for component in ("optimizer", "train_state"):  # train_state: step, data position and RNG states
+    for component in ("optimizer", "train_state"):  # train_state: step, data position, RNG states, losses
         oa = mvc.Repo(ref_root).load("demo/core", component)
         ob = mvc.Repo(root).load("demo/core", component)
-        assert set(oa) == set(ob) and all(torch.equal(oa[k], ob[k]) for k in oa), component
+        assert set(oa) == set(ob) and all(torch.equal(oa[k], ob[k]) for k in oa if k != "wall_seconds"), component
 
 
 # -- robustness: divergence, bad files, stage errors, --from-stage, the evaluate stage's certificate --------
