@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from cores import checks
+from cores.base import keeps_global_rng
 from kernels.harmonic import HarmonicLinear, MetaHarmonicLinear, gaussian_profiles
 from kernels.lowrank import LowRankLinear
 
@@ -231,6 +232,8 @@ def solve_amplitudes(W: torch.Tensor, R: torch.Tensor, C: torch.Tensor, sigma: t
     diag = RR_diag * CSC_diag
     lam = ridge * float(diag.mean().clamp_min(1e-300))
     K = R.shape[0]
+    if not bool(rhs.any()):  # (a zero weight, or zero calibration inputs: the iteration below divided by 0)
+        return torch.zeros_like(rhs)
     if K <= DIRECT_SOLVE_MAX:
         G = (R @ R.t()) * (CS @ C.t()) + lam * torch.eye(K, dtype=W.dtype)
         try:
@@ -251,12 +254,12 @@ def solve_amplitudes(W: torch.Tensor, R: torch.Tensor, C: torch.Tensor, sigma: t
     rz = float(r @ z)
     r0 = float(rhs.norm()) or 1.0
     for _ in range(cg_iters):
+        if float(r.norm()) <= cg_tol * r0:  # (a zero right-hand side: solved before the first step,
+            break                           # whose step length would divide by zero)
         Ap = matvec(p)
         alpha = rz / float(p @ Ap)
         a = a + alpha * p
         r = r - alpha * Ap
-        if float(r.norm()) <= cg_tol * r0:
-            break
         z = r * M
         rz_new = float(r @ z)
         p = z + (rz_new / rz) * p
@@ -390,6 +393,7 @@ def convert(model: nn.Module, kind: str, layers: list[str] | str | None = None, 
     if calib is not None:
         calib = checks.as_bytes(calib, "calib")
     names = _select_layers(model, kind, layers)  # the copy has the same names
+    _check_layer_budgets(model, kind, names, ratio, n_components, rank)  # (before any layer is replaced)
     if not inplace:
         model = copy.deepcopy(model)
     stats = calibration_stats(model, calib, names, max_bytes=calib_bytes) if calib is not None else {}
@@ -450,6 +454,30 @@ def _check_budget(ratio, n_components, rank, n_meta, steps, lr, seed, calib_byte
     checks.integer(calib_bytes, "calib_bytes", 2)
 
 
+def _check_layer_budgets(model: nn.Module, kind: str, names: list[str], ratio, n_components, rank) -> None:
+    """Every selected layer can be converted with the budget given, checked before any is replaced:
+    an `inplace` conversion stopped at a layer a {layer: budget} dict missed left the model half
+    converted under its old architecture. A dict key naming no selected layer is refused too."""
+    budget = rank if kind == "lowrank" else n_components
+    word = "rank" if kind == "lowrank" else "n_components"
+    if isinstance(budget, dict):
+        stray = sorted(set(budget) - set(names))
+        if stray:
+            raise ValueError(f"{word} names {', '.join(map(repr, stray))}, which is not a layer being converted "
+                             f"(converted: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+    for name in names:
+        mod = model.get_submodule(name)
+        if kind == "meta" and isinstance(mod, HarmonicLinear):
+            continue
+        if not isinstance(mod, nn.Linear):
+            raise ValueError(f"layer {name!r} is a {type(mod).__name__}; only nn.Linear layers (and L1 layers, "
+                             f"to L2) can be converted")
+        if _per_layer(budget, name) is None and not ratio:
+            raise ValueError(f"layer {name!r}: {'low-rank' if kind == 'lowrank' else 'harmonic'} conversion needs "
+                             f"{word}= or ratio=" + (" (a per-layer dict must name this layer)"
+                                                     if isinstance(budget, dict) else ""))
+
+
 def _base_of(model: nn.Module) -> tuple[str | None, dict | None, dict]:
     arch = getattr(model, "mvc_arch", None)
     config = getattr(model, "mvc_config", None)
@@ -480,6 +508,7 @@ def _convert_one(mod, kind, name, *, ratio, n_components, rank, n_meta, sigma, s
     return MetaHarmonicLinear.from_harmonic(l1, n_meta)
 
 
+@keeps_global_rng  # (nn.Linear draws its initial weights from torch's global generator)
 @torch.no_grad()
 def materialise(model: nn.Module) -> nn.Module:
     """A deep copy with every structured layer replaced by an nn.Linear holding its materialised

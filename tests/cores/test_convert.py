@@ -173,6 +173,29 @@ def test_solve_amplitudes_recovers_known_amplitudes_direct_and_cg(monkeypatch):
     monkeypatch.setattr(cv, "DIRECT_SOLVE_MAX", 4)  # force the conjugate-gradient path
     assert torch.allclose(cv.solve_amplitudes(W, R, C), a, atol=1e-6)
     assert torch.allclose(cv.solve_amplitudes(W, R, C, sigma), a, atol=1e-6)
+    assert torch.equal(cv.solve_amplitudes(W * 0, R, C), torch.zeros(K, dtype=torch.float64))  # (h40: it divided
+    assert torch.equal(cv.solve_amplitudes(W, R, C, sigma * 0), torch.zeros(K, dtype=torch.float64))  # by zero)
+
+
+def test_an_inplace_conversion_a_budget_misses_changes_nothing_and_materialise_keeps_the_rng():
+    """A {layer: rank} dict missing a selected layer was found in the loop, after earlier layers had
+    been replaced: the model was left half converted under its old architecture, and the message
+    did not name the layer; materialise drew from torch's global generator (probe h40)."""
+    core = cores.build("layercake", config="tiny", seed=0)
+    names = cv.linear_names(core, include="blocks.*.mlp.*")
+    before = {k: v.clone() for k, v in core.state_dict().items()}
+    with pytest.raises(ValueError, match=f"layer '{names[-1]}': low-rank conversion needs rank= "):
+        cv.convert(core, "lowrank", names, rank={n: 2 for n in names[:-1]}, inplace=True)
+    with pytest.raises(ValueError, match="rank names 'blocks.9.mlp.fc', which is not a layer being converted"):
+        cv.convert(core, "lowrank", names, rank={**{n: 2 for n in names}, "blocks.9.mlp.fc": 2}, inplace=True)
+    assert core.mvc_arch == "layercake" and set(core.state_dict()) == set(before)
+    assert all(torch.equal(core.state_dict()[k], v) for k, v in before.items())
+    conv = cv.convert(core, "lowrank", names, rank=2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    cv.materialise(conv)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_calibration_stats_and_activation_least_squares(trained):
