@@ -1317,6 +1317,22 @@ def test_a_lazy_clone_whose_remote_is_gone_says_so(tmp_path):
         lazy.load("HEAD", "core")
 
 
+def test_a_lazy_clone_reading_what_a_newer_mvc_wrote_on_its_remote_says_upgrade_not_damaged(tmp_path):
+    """A promisor remote a newer mvc marked (an [extensions] entry, say another object encoding):
+    a blob that does not hash to its id there was called damaged (review h38)."""
+    src = new_repo(tmp_path / "src")
+    src.commit({"core": weights(1, n=2)}, message="one")
+    bare = DirRemote(tmp_path)
+    rm.push(src, bare.url)
+    lazy, _ = rm.clone(bare.url, str(tmp_path / "lazy"), lazy=True)
+    for oid in tree_blob_ids(src.read_tree(src.read_commit(src.resolve("HEAD"))["components"]["core"])):
+        bare.corrupt(oid)
+    with open(os.path.join(bare.url, "config"), "a") as f:
+        f.write("[extensions]\nobjectformat = blake4\n")
+    with pytest.raises(mvc.errors.FormatTooNew, match="uses the extension objectformat"):
+        lazy.load("HEAD", "core")
+
+
 def test_an_autopack_failure_after_the_commit_landed_is_a_warning(tmp_path):
     repo = new_repo(tmp_path / "src")
     with open(os.path.join(repo.dir, "config"), "a") as f:
