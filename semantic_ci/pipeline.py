@@ -318,9 +318,21 @@ def recheck_gate(repo, commit: str, stored: dict) -> list[str]:
         if value != stored["figures"].get("value"):
             diffs.append(f"value: certificate says {stored['figures'].get('value')!r}, the commit records {value!r}")
         ok = value is not None and ("max" not in gate or value <= gate["max"]) and ("min" not in gate or value >= gate["min"])
-    else:
+    else:  # the losses it judged are the checkpoints' recorded metrics (the certificate's own are a claim)
         f = stored["figures"]
-        ok = not plateau_stuck(f.get("recent_losses") or [], f.get("best_before"), gate)
+        key = (repo.read_commit(commit).get("extra", {}).get("pipeline") or {}).get("key")
+        history = _history(repo, commit, key) if key else []
+        k = gate.get("patience", 3)
+        losses = [h.get("loss_last10", h.get("loss")) for h in history[-k:]]
+        best_before = min((v for v in (h.get("loss_last10", h.get("loss")) for h in history[:-k]) if v is not None),
+                          default=None)
+        if history and (losses != f.get("recent_losses") or best_before != f.get("best_before")):
+            diffs.append(f"recent losses: certificate says {f.get('recent_losses')!r} (best before "
+                         f"{f.get('best_before')!r}), the checkpoints record {losses!r} (best before {best_before!r})")
+        elif not history:
+            diffs.append("the certified commit is no checkpoint of a pipeline stage: its plateau gate's losses "
+                         "cannot be re-checked")
+        ok = not plateau_stuck(losses, best_before, gate)
     if ok != (stored["status"] == "passed"):
         diffs.append(f"verdict: certificate says {stored['status']}, its figures say {'passed' if ok else 'failed'}")
     return diffs

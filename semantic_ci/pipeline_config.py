@@ -135,12 +135,20 @@ def defined_stages(source: str, root: str) -> tuple[list[Stage], str]:
             return [], f"{file}: not a pipeline file (not a regular file of at most {MAX_PIPELINE_BYTES} bytes)"
         with open(path, "rb") as f:
             doc = tomllib.loads(f.read(MAX_PIPELINE_BYTES).decode("utf-8"))
-        if profiles is None:
-            profiles = [None, *(doc.get("profile") if isinstance(doc.get("profile"), dict) else ())]
-        return [parse(doc, file, profile).stage(name) for profile in profiles], file
-    except (OSError, ConfigError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        if profiles is not None:
+            return [parse(doc, file, profiles[0]).stage(name)], file
+        stages, why = [], None  # (an older label: a profile that cannot be read, or lacks the stage,
+        for profile in [None, *(doc.get("profile") if isinstance(doc.get("profile"), dict) else ())]:
+            try:                # is not the one the run used)
+                stages.append(parse(doc, file, profile).stage(name))
+            except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as e:
+                why = why or (e.message if isinstance(e, ConfigError) else f"{file}: {e}")
+        return (stages, file) if stages else ([], why)
+    except (OSError, ConfigError, tomllib.TOMLDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
         why = e.message if isinstance(e, ConfigError) else (
-            f"{file}: cannot read it ({e.strerror or e})" if isinstance(e, OSError) else f"{file}: invalid TOML ({e})")
+            f"{file}: cannot read it ({e.strerror or e})" if isinstance(e, OSError) else
+            f"{file}: invalid TOML ({e})" if isinstance(e, (tomllib.TOMLDecodeError, UnicodeDecodeError)) else
+            f"{file}: cannot be read as a pipeline file ({e})")
         return [], why
 
 
@@ -161,7 +169,8 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _named_tables(v) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(t, dict) and "name" in t for t in v)
+    return isinstance(v, list) and bool(v) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                                   for t in v)
 
 
 def load(path: str, profile: str | None = None) -> Pipeline:

@@ -137,8 +137,9 @@ class _Defined:
         return self._stage[0]
 
     def _sets_bounds(self, stage) -> bool:
-        """Whether `stage` sets the bounds and gates the certificate recorded (which of the stages an
-        older mvc's label may stand for, one per profile of the file, it was made by)."""
+        """Whether `stage` defines the checks and gates the certificate recorded as it recorded them
+        (which of the stages an older mvc's label may stand for, one per profile of the file, it was
+        made by): their kinds, settings (those naming `stage:`/`stream:` aside) and gates."""
         gates = [_normal(g) for g in stage.gates]
         for c in self.cert.get("checks") or []:
             params = c.get("params") if isinstance(c, dict) else None
@@ -150,7 +151,11 @@ class _Defined:
                     return False
                 continue
             now = next((x for x in stage.checks if x.name == c.get("name")), None)
-            if now is None or any(_normal(now.params.get(k)) != _normal(params.get(k)) for k in BOUND_KEYS):
+            if now is None or (now.kind, now.preset) != (c.get("kind"), c.get("preset")):
+                return False
+            mine, theirs = _normal(now.params), _normal(params)
+            if any(mine.get(k) != theirs.get(k) for k in set(mine) | set(theirs)
+                   if not _names_stage_or_stream(mine.get(k))):
                 return False
         return True
 
@@ -208,6 +213,23 @@ class _Defined:
         except MvcError:
             return {}
         return info if isinstance(info, dict) else {}
+
+    def commit_diverged(self) -> bool:
+        """Whether the certified checkpoint diverged (its metrics say so)."""
+        try:
+            return bool(self.repo.read_commit(self.cert["commit"])["metrics"].get("diverged"))
+        except MvcError:
+            return False
+
+    def commit_ended(self) -> bool:
+        """Whether the certified checkpoint is its stage's last: the trainer's state it records has
+        reached its total steps (a wall-clock stop sets the total to the step reached; a retry's or
+        a compress stage's total is its own). True when that cannot be read: all is then required."""
+        try:
+            ts = self.repo.load(self.cert["commit"], "train_state")
+            return int(ts["step"]) >= int(ts["total_steps"])
+        except (MvcError, KeyError, TypeError, ValueError, RuntimeError):
+            return True
 
     def from_pipeline(self) -> bool:
         from .pipeline_config import STAGE_MARK
@@ -363,9 +385,12 @@ def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
                        "does not record: a full run records every check mvc.toml defines"]}]
 
 
-def _gate_name(gate: dict) -> str:
-    """The name a recorded gate result has (pipeline._evaluate_gates)."""
-    return gate["check"] if "check" in gate else f"{gate['metric']} gate" if "metric" in gate else "plateau gate"
+def _gate_name(gate) -> str | None:
+    """The name a recorded gate result has (pipeline._evaluate_gates); None for no gate."""
+    if not isinstance(gate, dict):
+        return None
+    return ("divergence gate" if "divergence" in gate else gate["check"] if "check" in gate else
+            f"{gate['metric']} gate" if "metric" in gate else "plateau gate" if "plateau" in gate else None)
 
 
 def _stage_coverage(defined: "_Defined", cert: dict, checks: list) -> list[str]:
@@ -379,24 +404,24 @@ def _stage_coverage(defined: "_Defined", cert: dict, checks: list) -> list[str]:
     recorded = [c for c in checks if isinstance(c, dict)]
     names = Counter(c.get("name") for c in recorded)
     gates = [(c.get("params") or {}).get("gate") for c in recorded if c.get("kind") == "gate"]
+    check_names = {c.name for c in stage.checks}
+    out = [f"the certificate records {c.get('name')!r} as a {c.get('kind')}, which stage {stage.name} does not"
+           for c in recorded if (c.get("kind") == "gate") != (c.get("name") not in check_names)
+           or (c.get("kind") == "gate" and c.get("name") != _gate_name((c.get("params") or {}).get("gate")))]
     if stage.kind == "evaluate":
         required = [c.name for c in stage.checks]
     else:
-        diverged = any(isinstance(g, dict) and "divergence" in g for g in gates)
+        diverged = defined.commit_diverged()  # (the commit's metrics say so, not the certificate's entries)
         run = [g for g in stage.gates if not (diverged and "check" in g)]  # (a diverged model runs no checks)
         always = [_gate_name(g) for g in run if g.get("at") == "checkpoint" or "plateau" in g]
         always += [] if diverged else list(stage.get("every_checkpoint_checks") or [])
         at_end = [_gate_name(g) for g in run] + ([] if diverged else [
             c.name for c in stage.checks if c.name not in {g.get("check") for g in stage.gates}])
-        info = defined.commit_stage_info()
-        settings = info.get("settings") if isinstance(info.get("settings"), dict) else {}
-        ended = bool(set(names) - set(always) - {"divergence gate"}) or (
-            "wall_seconds" not in settings and isinstance(settings.get("steps"), int)
-            and isinstance(info.get("step"), int) and info["step"] >= settings["steps"])
-        required = at_end if ended else always
+        ended = bool(set(names) - set(always) - {"divergence gate"}) or defined.commit_ended()
+        required = (at_end if ended else always) + (["divergence gate"] if diverged else [])
     missing = sorted((Counter(required) - names).elements())
-    out = [f"{defined.source} defines {', '.join(map(repr, missing))} for stage {stage.name}, which this "
-           "certificate does not record"] if missing else []
+    out += [f"{defined.source} defines {', '.join(map(repr, missing))} for stage {stage.name}, which this "
+            "certificate does not record"] if missing else []
     defined_gates = Counter(json.dumps(g, sort_keys=True) for g in stage.gates)
     copies = [g for g, n in Counter(json.dumps(g, sort_keys=True) for g in gates if isinstance(g, dict)).items()
               if g in defined_gates and n > defined_gates[g]]
@@ -442,7 +467,8 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     # what it measured must be what mvc.toml defines now (bounds aside: those are re-applied below),
     # and the ids it pinned must be what its revisions give from the certified commit
     # (a pipeline stage's checks live in its pipeline file: a same-named check in mvc.toml is another)
-    paste_gate = stored["kind"] == "migration" and (stored.get("params") or {}).get("paste_gate") is True
+    paste_gate = stored["kind"] == "migration" and (stored.get("params") or {}).get("paste_gate") is True \
+        and not defined.from_pipeline()  # (no stage makes one: mvc paste's gate is exempt, not a stage's check)
     drift = _definition_diffs(defined, stored, ignore=BOUND_KEYS + (PASTE_GATE_KEYS if paste_gate else ()))
     if paste_gate and not cert.get("partial"):
         drift.append("a paste gate's run (measured on the paste's own brick and host) is partial: it does not "

@@ -490,6 +490,53 @@ def test_a_certificate_an_older_mvc_labelled_without_its_profile_is_judged_by_th
     assert verify(repo, older)["verified"]
     no_profile = certificate.store(repo, dict(cert, config="p.toml (no profile): stage core"))
     assert not verify(repo, no_profile)["verified"]  # (judged by the stage without a profile: max 0.01)
+    # a profile that changes a check's other settings (not a bound) is the one picked for its certificate
+    (root / "p.toml").write_text(text + '\n[profile.fast.stages.core]\ngates = [{ metric = "heldout_bpb", max = 100.0 }]\n'
+                                 '\n[[profile.fast.stages.certify.checks]]\nname = "roundtrip"\nprobe_bytes = 128\n')
+    summary = run_pipeline(repo, load("p.toml", "fast"))
+    certify = certificate.read(repo, summary["stages"][1]["certificate"])
+    older = certificate.store(repo, dict(certify, config="p.toml: stage certify"))
+    assert verify(repo, older)["verified"]
+    # a broken profile is skipped for an older label, and refused (no traceback) when named (h39)
+    (root / "p.toml").write_text((root / "p.toml").read_text() +
+                                 '\n[[profile.big.stages.certify.checks]]\nname = ["x"]\n[profile.old.stages.gone]\n'
+                                 'steps = 3\n')
+    assert verify(repo, older)["verified"]
+    r = verify(repo, certificate.store(repo, dict(certify, config="p.toml (profile big): stage certify")))
+    assert not r["verified"] and "cannot be read here" in str(r["checks"])
+
+
+def test_forged_stage_certificates_that_coverage_by_name_let_through_do_not_verify(tmp_path, monkeypatch):
+    """Coverage counted entries by name and took "diverged" and "ended" from the certificate itself:
+    a passing divergence gate in place of checks, a gate entry under a check's name, a final
+    certificate of a wall_seconds stage cut to its every-checkpoint gates, and a plateau gate whose
+    recorded losses were edited all verified (review h39)."""
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    text = (root / "p.toml").read_text().replace(
+        'max = 8.0 }]', 'max = 8.0 }, { plateau = 100.0, patience = 1 }]\nwall_seconds = 1000.0').replace(
+        'fallback = {', '[[stages.checks]]\nname = "rt"\nkind = "L2"\ncomponent = "core"\nprobe_bytes = 256\n'
+                        'window = 64\n\n[stages.fallback]\n#', 1)
+    text = text.replace("#lr_scale = 0.5, extra_steps = 4, retries = 1 }", "lr_scale = 0.5\nextra_steps = 4\nretries = 1")
+    (root / "p.toml").write_text(text)
+    summary = run_pipeline(repo, load("p.toml"))
+    assert summary["passed"], summary
+    core_id, certify_id = summary["stages"][0]["certificate"], summary["stages"][1]["certificate"]
+    core, certify = certificate.read(repo, core_id), certificate.read(repo, certify_id)
+    assert [c["name"] for c in core["checks"]] == ["heldout_bpb gate", "plateau gate", "rt"]
+    assert verify(repo, core_id)["verified"] and verify(repo, certify_id)["verified"]
+
+    def forged(cert, checks):
+        return verify(repo, certificate.store(repo, dict(json.loads(json.dumps(cert)), checks=checks)))
+    divergence = {**core["checks"][0], "name": "roundtrip", "params": {"gate": {"divergence": True}},
+                  "figures": {"value": "diverged", "nonfinite": []}, "thresholds": {"metrics": "finite"}}
+    assert not forged(certify, [divergence])["verified"]  # (a gate entry under an evaluate stage's check)
+    assert not forged(core, [core["checks"][1]])["verified"]  # (a final certificate cut to its plateau gate)
+    assert not forged(core, [{**core["checks"][0], "name": "rt"}, *core["checks"][1:2]])["verified"]
+    plateau = json.loads(json.dumps(core["checks"][1]))
+    plateau["figures"]["recent_losses"] = [0.01]
+    r = forged(core, [core["checks"][0], plateau, core["checks"][2]])
+    assert not r["verified"] and "the checkpoints record" in str(r["checks"])
 
 
 PASTE_STAGES = """
