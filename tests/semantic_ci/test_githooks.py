@@ -19,18 +19,25 @@ def git(work, *args, check=True):
     return subprocess.run(["git", *args], cwd=work, capture_output=True, text=True, check=check)
 
 
-@pytest.mark.slow
-def test_pre_merge_hook_blocks_failing_model_and_allows_passing(tmp_path, monkeypatch):
+def _work_tree(tmp_path, monkeypatch, **files):
+    """A git work tree (the current folder) whose first commit holds mvc.toml, heldout.txt and
+    `files`, with an mvc repository in it."""
     work = tmp_path / "proj"
     work.mkdir()
     monkeypatch.chdir(work)
     git(work, "init", "-q", "-b", "main")
     (work / "mvc.toml").write_text(CONFIG)
     (work / "heldout.txt").write_bytes(HELD_OUT)
-    (work / "train.py").write_text("v = 1\n")
+    for name, text in files.items():
+        (work / name).write_text(text)
     git(work, "add", ".")
     git(work, "commit", "-qm", "project")
-    repo = mvc.Repo.init(work)
+    return work, mvc.Repo.init(work)
+
+
+@pytest.mark.slow
+def test_pre_merge_hook_blocks_failing_model_and_allows_passing(tmp_path, monkeypatch):
+    work, repo = _work_tree(tmp_path, monkeypatch, **{"train.py": "v = 1\n"})
     good = trained_table(builtin_probe(3000))
     main_model = repo.commit({"core": {"table": good}}, message="main model")
 
@@ -345,15 +352,7 @@ def test_an_install_that_cannot_set_merge_ff_fails_and_changes_nothing(tmp_path)
 def test_merging_a_code_only_branch_whose_model_is_mains_passes(tmp_path, monkeypatch):
     """An mvc branch heading the same commit as the target (a code-only git branch, or `mvc branch
     feature main`) blocked the merge with run_ci's error about a --base the user never gave (h36)."""
-    work = tmp_path / "proj"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    git(work, "init", "-q", "-b", "main")
-    (work / "mvc.toml").write_text(CONFIG)
-    (work / "heldout.txt").write_bytes(HELD_OUT)
-    git(work, "add", ".")
-    git(work, "commit", "-qm", "project")
-    repo = mvc.Repo.init(work)
+    work, repo = _work_tree(tmp_path, monkeypatch)
     repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="main model")
     repo.create_branch("code-only", "main")
     git(work, "checkout", "-qb", "code-only")
