@@ -335,8 +335,10 @@ class RefStore:
         seen = []
         while True:
             raw = self.read_raw(ref)
-            if raw is None or raw == "":
+            if raw is None:
                 return None
+            if raw == "":  # (mvc never writes one: a write a crash cut short, which must not read as unborn)
+                raise CorruptObject(f"ref {ref} is an empty file, not an object id", repair_hint(ref))
             if not raw.startswith(SYMREF_PREFIX):
                 break
             seen.append(ref)

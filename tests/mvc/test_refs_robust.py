@@ -776,3 +776,17 @@ def test_a_deleted_branchs_reflog_that_cannot_be_moved_is_said(tmp_path, monkeyp
     with pytest.warns(UserWarning, match="the reflog of deleted refs/heads/feat stays at .*permission denied"):
         refs.update("refs/heads/feat", None, expected=A, message="deleted")
     assert refs.read("refs/heads/feat") is None
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \n"])
+def test_an_empty_ref_file_is_damage_not_an_unborn_branch(tmp_path, text):
+    """An empty refs/heads/main (a write a crash cut short where data is not journalled) read as a
+    branch with no commits: fsck ok, and the next commit a root commit cutting main off its history
+    (probe h41)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    first = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    (tmp_path / "r" / ".mvc" / "refs" / "heads" / "main").write_text(text)
+    assert [p["id"] for p in repo.fsck()["problems"]] == ["refs/heads/main"]
+    with pytest.raises(mvc.CorruptObject, match="ref refs/heads/main is an empty file"):
+        repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
+    assert repo.refs.read_raw("refs/heads/main") == "" and repo.store.has(first)
