@@ -445,7 +445,7 @@ class RefStore:
         """Append the reflog entry, then move the ref. If either fails the log is cut back to its
         old length, so the caller's error means nothing moved."""
         path = self._log_path(ref)
-        self._clear_log_path(ref)
+        self._clear_log_path(ref, creating=old is None and new is not None and not os.path.lexists(self._path(ref)))
         fd = _open_append(path)
         try:
             size = os.fstat(fd).st_size
@@ -481,9 +481,13 @@ class RefStore:
         finally:
             os.close(fd)
 
-    def _clear_log_path(self, ref: str) -> None:
+    def _clear_log_path(self, ref: str, creating: bool = False) -> None:
         """Retire reflogs of deleted refs that older mvc left in place where this ref's log goes
-        (`logs/refs/heads/feature` as a file, or as a folder holding `feature/x`)."""
+        (`logs/refs/heads/feature` as a file, or as a folder holding `feature/x`), and, when the ref
+        is being created, its own old log (a delete killed between removing the ref file and
+        retiring its log: the new branch's reflog went on with the old one's entries)."""
+        if creating and os.path.isfile(self._log_path(ref)):
+            self._retire_log(ref)
         logs = os.path.join(self.root, "logs")
         parts = ref.split("/")
         for i in range(2, len(parts)):

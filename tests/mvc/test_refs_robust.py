@@ -307,11 +307,12 @@ def _log_at(refs, tmp_path, times):
     (and, when the branch is new, the entry of its creation after them)."""
     ids = [A, B, C][:len(times)]
     log = tmp_path / "logs" / "refs" / "heads" / "main"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("".join(json.dumps({"old": None, "new": oid, "message": f"m{i}", "time": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))}) + "\n" for i, (oid, t) in enumerate(zip(ids, times))))
-    if refs.read("refs/heads/main") is None:
+    created = ""
+    if refs.read("refs/heads/main") is None:  # (first: a creation retires a log found in its place)
         refs.update("refs/heads/main", ids[-1], expected=None, message="x")
+        created = log.read_text()
+    log.write_text("".join(json.dumps({"old": None, "new": oid, "message": f"m{i}", "time": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))}) + "\n" for i, (oid, t) in enumerate(zip(ids, times))) + created)
 
 
 def test_a_reflog_entry_dated_ahead_of_the_clock_expires_like_the_others(tmp_path):
@@ -790,3 +791,23 @@ def test_an_empty_ref_file_is_damage_not_an_unborn_branch(tmp_path, text):
     with pytest.raises(mvc.CorruptObject, match="ref refs/heads/main is an empty file"):
         repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
     assert repo.refs.read_raw("refs/heads/main") == "" and repo.store.has(first)
+
+
+def test_a_branch_made_again_after_a_delete_killed_before_its_log_was_retired_starts_a_new_reflog(tmp_path,
+                                                                                                  monkeypatch):
+    """branch -d removes the ref file, then retires its log: a kill in between left the log in
+    place, and a branch made again under that name went on with it (exp@{2} named a commit the new
+    branch never held) (probe h41)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    one = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    two = repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
+    repo.create_branch("exp", one)
+    repo.refs.update("refs/heads/exp", two, expected=one, message="moved")
+    monkeypatch.setattr(RefStore, "_retire_log", lambda self, ref: None)  # (the kill)
+    repo.delete_branch("exp")
+    monkeypatch.undo()
+    assert os.path.isfile(tmp_path / "r" / ".mvc" / "logs" / "refs" / "heads" / "exp")
+    repo.create_branch("exp", two)
+    assert [e["new"] for e in repo.reflog("exp")] == [two]
+    retired = list((tmp_path / "r" / ".mvc" / "logs" / "deleted" / "refs" / "heads").glob("exp@*"))
+    assert len(retired) == 1 and one in retired[0].read_text()  # (kept, as a deleted branch's log is)
