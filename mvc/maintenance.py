@@ -46,11 +46,19 @@ def keep_reserve(mvc_dir: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError:
+    except BaseException as e:  # (a Ctrl-C too: nothing else ever removed it; gc sweeps a kill's)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if not isinstance(e, OSError):
+            raise
+
+
+def _is_reserve_temp(name: str) -> bool:
+    """Whether `name` (in .mvc) is a reserve file's temp copy a killed keep_reserve left."""
+    head, _, tail = name.partition(".")
+    return head == RESERVE and tail.endswith(".tmp") and tail[:-4].isdigit()
 
 
 def _release_reserve(mvc_dir: str) -> bool:
@@ -357,7 +365,7 @@ class Maintenance:
         candidates = [(os.path.join(tmp, name), grace) for name in (os.listdir(tmp) if os.path.isdir(tmp) else ())]
         ref_grace = max(grace, ATOMIC_TEMP_MIN_AGE_S)
         candidates += [(os.path.join(self.dir, name), ref_grace) for name in os.listdir(self.dir)
-                       if is_atomic_temp(name)]
+                       if is_atomic_temp(name) or _is_reserve_temp(name)]
         for top in ("refs", "logs"):
             for dirpath, _dirs, files in os.walk(os.path.join(self.dir, top)):
                 candidates += [(os.path.join(dirpath, name), ref_grace) for name in files if is_atomic_temp(name)]

@@ -466,11 +466,13 @@ class Repo(Maintenance):
     def _ref_for_name(self, name: str) -> str:
         """The branch or tag ref of `name`; a deleted branch whose moves are still logged (what
         `mvc reflog NAME` lists, so its NAME@{N} selectors resolve)."""
-        for ref in (f"refs/heads/{name}", f"refs/tags/{name}"):
+        qualified = name if name.startswith("refs/") else f"refs/{name}" \
+            if name.startswith(("heads/", "tags/", "remotes/")) else None  # (heads/main@{1}, as git reads it)
+        for ref in ([qualified] if qualified else [f"refs/heads/{name}", f"refs/tags/{name}"]):
             if self.refs.read(ref):
                 return ref
-        if self.refs.reflog(f"refs/heads/{name}"):
-            return f"refs/heads/{name}"
+        if self.refs.reflog(qualified or f"refs/heads/{name}"):
+            return qualified or f"refs/heads/{name}"
         raise UnknownRevision(f"unknown branch {name!r}")
 
     def _parent(self, oid: str, rev: str, n: int) -> str:

@@ -811,3 +811,38 @@ def test_a_branch_made_again_after_a_delete_killed_before_its_log_was_retired_st
     assert [e["new"] for e in repo.reflog("exp")] == [two]
     retired = list((tmp_path / "r" / ".mvc" / "logs" / "deleted" / "refs" / "heads").glob("exp@*"))
     assert len(retired) == 1 and one in retired[0].read_text()  # (kept, as a deleted branch's log is)
+
+
+def test_reflog_selectors_take_qualified_names(tmp_path):
+    """heads/main and refs/heads/main resolve, but heads/main@{1} was an unknown branch (h41)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    one = repo.commit({"m": {"w": torch.ones(3)}}, message="one")
+    repo.commit({"m": {"w": torch.zeros(3)}}, message="two")
+    repo.tag("v1", one)
+    for name in ("main@{1}", "heads/main@{1}", "refs/heads/main@{1}"):
+        assert repo.resolve(name) == one, name
+    assert repo.resolve("tags/v1@{0}") == one
+    with pytest.raises(mvc.errors.UnknownRevision, match="unknown branch 'heads/nope'"):
+        repo.resolve("heads/nope@{1}")
+
+
+def test_a_reserve_write_interrupted_leaves_no_temp_file_and_gc_sweeps_a_killed_ones(tmp_path, monkeypatch):
+    """keep_reserve removed its temp copy only on OSError: a Ctrl-C left 256 KiB that nothing ever
+    removed, not even gc --grace 0 (probe h41)."""
+    from mvc import maintenance
+    repo = mvc.Repo.init(tmp_path / "r")
+    os.unlink(os.path.join(repo.dir, maintenance.RESERVE))
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        maintenance.keep_reserve(repo.dir)
+    monkeypatch.undo()
+    assert not [n for n in os.listdir(repo.dir) if n.startswith("reserve")]
+    killed = os.path.join(repo.dir, "reserve.12345.tmp")  # (what a kill -9 leaves)
+    with open(killed, "wb") as f:
+        f.write(bytes(1000))
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
+    repo.gc(grace_s=0)
+    assert not os.path.exists(killed) and os.path.exists(os.path.join(repo.dir, maintenance.RESERVE))
