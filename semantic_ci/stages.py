@@ -42,6 +42,10 @@ class TrainerJob:
             for name, value in self.trainer.resume_settings().items():
                 if name != "seed":
                     sd["train_state"][name] = torch.tensor(value, dtype=torch.int64)
+        elif self.settings.get("wall_seconds") and "total_steps" in sd["train_state"]:
+            saved = int(sd["train_state"]["total_steps"])  # (its wall-clock budget ran out there: the run
+            if int(sd["train_state"]["step"]) == saved < self.trainer.total_steps:  # set the total to the step
+                self.trainer.total_steps = saved                                  # reached; resuming crashed)
         self.trainer.load_state_dict({k: {n: t.clone() for n, t in v.items()} for k, v in sd.items()})
 
     def metrics(self) -> dict:

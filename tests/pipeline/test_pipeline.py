@@ -539,6 +539,30 @@ def test_forged_stage_certificates_that_coverage_by_name_let_through_do_not_veri
     assert not r["verified"] and "the checkpoints record" in str(r["checks"])
 
 
+def test_a_wall_clock_stage_killed_before_its_done_commit_resumes(tmp_path, monkeypatch):
+    """A stage stopped by its wall_seconds budget records the step reached as its total; resumed
+    after a kill before its done commit, the trainer refused that state (exit 4) (review h42)."""
+    root, repo = make_project(tmp_path, steps=100000)
+    text = (root / "p.toml").read_text().replace("checkpoint_every = 4", "checkpoint_every = 2\nwall_seconds = 0.3")
+    (root / "p.toml").write_text(text)
+    real = repo.commit
+
+    def killed_at_done(*a, **k):  # (the done commit of the core stage: the kill)
+        if "done (gates passed)" in k.get("message", ""):
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(repo, "commit", killed_at_done)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(repo, load(str(root / "p.toml")))
+    monkeypatch.undo()
+    step = repo.read_commit(repo.branches()["demo/core"])["extra"]["pipeline"]["step"]
+    assert step < 100000
+    summary = run_pipeline(repo, load(str(root / "p.toml")))
+    assert summary["passed"], summary
+    done = repo.read_commit(repo.branches()["demo/core"])
+    assert done["extra"]["pipeline"]["status"] == "done" and done["metrics"]["steps"] == step
+
+
 PASTE_STAGES = """
 [[stages]]
 name = "brick"
