@@ -563,6 +563,21 @@ def test_a_wall_clock_stage_killed_before_its_done_commit_resumes(tmp_path, monk
     assert done["extra"]["pipeline"]["status"] == "done" and done["metrics"]["steps"] == step
 
 
+def test_a_fallback_ending_where_it_rolls_back_to_gates_that_checkpoint_as_the_stages_end(tmp_path):
+    """A retry whose total steps the rollback had already reached trained nothing and wrote "done
+    (gates passed)" on a checkpoint whose end gates never ran (they would fail), naming the failed
+    certificate of the commit rolled back from (review h42)."""
+    root, repo = make_project(tmp_path, steps=8, max_bpb=0.01)
+    text = (root / "p.toml").read_text().replace("fallback = { lr_scale = 0.5, extra_steps = 4, retries = 1 }",
+                                                 "fallback = { retries = 1, set = { steps = 4 } }")
+    assert "set = { steps = 4 }" in text
+    (root / "p.toml").write_text(text)
+    summary = run_pipeline(repo, load(str(root / "p.toml")))
+    assert not summary["passed"] and summary["stages"][0]["status"] == "failed", summary
+    kept = repo.log("demo/core") if "demo/core" in repo.branches() else []  # (rolled back past its first)
+    assert all(c["extra"]["pipeline"]["status"] != "done" for c in kept)
+
+
 PASTE_STAGES = """
 [[stages]]
 name = "brick"
