@@ -574,7 +574,8 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                 metrics.update(diverged=True, nonfinite=nonfinite)
             metrics["attempt"] = attempt
             extra = {"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key, "attempt": attempt,
-                                  "settings": settings, "status": "checkpoint", "step": t.step}}
+                                  "settings": settings, "status": "checkpoint", "step": t.step,
+                                  "gates": stage.gates}}  # (verify binds a certificate's label to them)
             try:
                 cid = repo.commit(job.components(), message=f"{stage.name}: step {t.step}", metrics=metrics,
                                   branch=branch, extra=extra, root=start_commit is None)

@@ -73,6 +73,7 @@ class Stage:
     gates: list[dict] = field(default_factory=list)
     fallback: dict = field(default_factory=dict)
     checks: list = field(default_factory=list)   # semantic_ci.config.Check, inline
+    pipeline_name: str = ""  # (set where a stage is read alone: defined_stages)
 
     def get(self, key, default=None):
         return self.settings.get(key, default)
@@ -113,6 +114,11 @@ def stage_source(pipeline: Pipeline, stage_name: str, root: str) -> str:
 NO_PROFILE = "no profile"
 
 
+def _named(stage: Stage, pipeline_name: str) -> Stage:
+    stage.pipeline_name = pipeline_name  # (what verify binds a certificate's commit to)
+    return stage
+
+
 def defined_stages(source: str, root: str) -> tuple[list[Stage], str]:
     """The stage a certificate's configuration (`stage_source`) names, as its pipeline file defines it
     now: ([stage], file), or ([], why) when it cannot be read there. The file's shapes and values are
@@ -136,11 +142,13 @@ def defined_stages(source: str, root: str) -> tuple[list[Stage], str]:
         with open(path, "rb") as f:
             doc = tomllib.loads(f.read(MAX_PIPELINE_BYTES).decode("utf-8"))
         if profiles is not None:
-            return [parse(doc, file, profiles[0]).stage(name)], file
+            pipeline = parse(doc, file, profiles[0])
+            return [_named(pipeline.stage(name), pipeline.name)], file
         stages, why = [], None  # (an older label: a profile that cannot be read, or lacks the stage,
         for profile in [None, *(doc.get("profile") if isinstance(doc.get("profile"), dict) else ())]:
             try:                # is not the one the run used)
-                stages.append(parse(doc, file, profile).stage(name))
+                pipeline = parse(doc, file, profile)
+                stages.append(_named(pipeline.stage(name), pipeline.name))
             except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as e:
                 why = why or (e.message if isinstance(e, ConfigError) else f"{file}: {e}")
         return (stages, file) if stages else ([], why)

@@ -361,7 +361,7 @@ def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
     certificate is judged by its pipeline file's stage: it must be readable here."""
     if defined.from_pipeline():
         if defined.stage is not None:
-            missing = _stage_coverage(defined, cert, checks)
+            missing = _stage_binding(defined, cert) + _stage_coverage(defined, cert, checks)
             return [{"name": "(coverage)", "reproduced": False, "config_changed": True, "diffs": missing}] \
                 if missing else []
         return [{"name": "(bounds)", "reproduced": False,
@@ -383,6 +383,45 @@ def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
     return [{"name": "(coverage)", "reproduced": False, "config_changed": True,  # (or the certificate was edited)
              "diffs": [f"{defined.config.source} defines {', '.join(map(repr, missing))}, which this full run "
                        "does not record: a full run records every check mvc.toml defines"]}]
+
+
+def _stage_binding(defined: "_Defined", cert: dict) -> list[str]:
+    """A stage's certificate must be of what that stage made: a training stage's of one of its own
+    checkpoints, made with the settings the labelled profile sets (those a fallback changes aside);
+    an evaluate stage's of a commit its branch records it certified. A certificate relabelled to
+    another stage or profile (a looser one), or put on a commit no pipeline made, judged itself."""
+    from .pipeline import FINISHED_SEARCH
+    from .pipeline_config import stage_branches
+    stage, commit = defined.stage, cert.get("commit")
+    if stage.kind == "evaluate":
+        branch = stage_branches(stage.pipeline_name, stage).get(stage.name)
+        tip = defined.repo.branches().get(branch) if branch else None
+        for _ in range(FINISHED_SEARCH):
+            if not tip:
+                break
+            c = defined.repo.read_commit(tip)
+            info = (c.get("extra") or {}).get("pipeline") or {}
+            if info.get("stage") == stage.name and info.get("target") == commit:
+                return []
+            tip = c["parents"][0] if c["parents"] else None
+        return [f"branch {branch} holds no run of evaluate stage {stage.name} certifying {str(commit)[:12]}: "
+                "a certificate of it cannot be that stage's"]
+    info = defined.commit_stage_info()
+    if (info.get("stage"), info.get("name"), info.get("status")) != (stage.name, stage.pipeline_name, "checkpoint"):
+        return [f"commit {str(commit)[:12]} is no checkpoint of stage {stage.name} of pipeline "
+                f"{stage.pipeline_name}: a certificate of it cannot be that stage's"]
+    settings = info.get("settings") if isinstance(info.get("settings"), dict) else {}
+    free = {"lr", "steps", *((stage.fallback or {}).get("set") or {})}  # (what a retry may change)
+    other = sorted(k for k in set(settings) | set(stage.settings) if k not in free
+                   and _normal(settings.get(k)) != _normal(stage.settings.get(k)))
+    if "gates" in info and _normal(info["gates"]) != _normal(stage.gates):  # (recorded since this check)
+        other.append("gates")
+        settings, stage_settings = {**settings, "gates": info["gates"]}, {**stage.settings, "gates": stage.gates}
+    else:
+        stage_settings = stage.settings
+    return [f"commit {str(commit)[:12]} was trained with other settings than {defined.source} sets for stage "
+            f"{stage.name} (" + ", ".join(f"{k} {stage_settings.get(k)!r} there, {settings.get(k)!r} in the commit"
+                                          for k in other[:3]) + ")"] if other else []
 
 
 def _gate_name(gate) -> str | None:

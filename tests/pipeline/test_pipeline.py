@@ -578,6 +578,21 @@ def test_a_fallback_ending_where_it_rolls_back_to_gates_that_checkpoint_as_the_s
     assert all(c["extra"]["pipeline"]["status"] != "done" for c in kept)
 
 
+def test_a_stage_certificate_relabelled_to_another_stage_does_not_verify(tmp_path, monkeypatch):
+    """The label chose the judge: a certificate moved to another stage (or put on a commit no stage
+    made) was judged by that stage's bounds (review h42)."""
+    root, repo = make_project(tmp_path)
+    monkeypatch.chdir(root)
+    summary = run_pipeline(repo, load("p.toml"))
+    core, certify = (certificate.read(repo, s["certificate"]) for s in summary["stages"])
+    r = verify(repo, certificate.store(repo, dict(core, config="p.toml (no profile): stage certify")))
+    assert not r["verified"] and "holds no run of evaluate stage certify certifying" in str(r["checks"])
+    r = verify(repo, certificate.store(repo, dict(certify, config="p.toml (no profile): stage core")))
+    assert not r["verified"] and "is no checkpoint of stage core of pipeline demo" in str(r["checks"])
+    assert verify(repo, summary["stages"][0]["certificate"])["verified"]
+    assert verify(repo, summary["stages"][1]["certificate"])["verified"]
+
+
 PASTE_STAGES = """
 [[stages]]
 name = "brick"
