@@ -683,6 +683,9 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
     checks_cfg = cicfg.parse({"ci": {"checks": raw.get("checks", [])}}, f"{path}: {where}") \
         if raw.get("checks") else cicfg.CiConfig()
     check_names = {c.name for c in checks_cfg.checks}
+    for c in checks_cfg.checks:  # (gate results are recorded as "<metric> gate", "plateau gate"...)
+        if c.name.endswith(" gate"):
+            raise err(f"{where}.checks.{c.name}", "a check's name may not end in ' gate' (the names of gate results)")
     if kind == "evaluate" and not check_names:  # (its certificate, of no checks, certified nothing: verify
         raise err(f"{where}.checks", "an evaluate stage needs at least one check")  # refused it after it passed)
     for c in checks_cfg.checks:

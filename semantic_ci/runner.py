@@ -346,6 +346,7 @@ def verify(repo, rev_or_cert: str) -> dict:
         out.append({"name": "(verdict)", "reproduced": False,
                     "diffs": ["the certificate's overall verdict does not follow from its checks"]})
     return {"certificate": cert_id, "commit": cert["commit"], "verified": all(c["reproduced"] for c in out),
+            "stage": str(cert.get("config")) if defined.from_pipeline() else None,  # (what judged it, if a stage)
             "passed": cert.get("passed") is True, "partial": bool(cert.get("partial")),
             "full_run_recorded": any(not c.get("partial") for _cid, c in certificate.index(repo, cert["commit"])[0]),
             "checks_run": [c.get("name") for c in checks],

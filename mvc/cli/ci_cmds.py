@@ -137,6 +137,10 @@ def verify(target, as_json):
             hint = hints[0]
         elif any(d.startswith("re-run failed") for d in diffs):
             hint = "a check could not be re-run: fix what it names (mvc fsck finds damaged objects) and verify again"
+        elif all(c.get("config_changed") for c in r["checks"] if not c["reproduced"]) and r.get("stage"):
+            hint = (f"its figures reproduce, but the pipeline stage it names ({r['stage']}) does not define "
+                    "what it records (the pipeline file changed since it was made, or the certificate was "
+                    "edited): mvc run certifies the stage's result again")
         elif all(c.get("config_changed") for c in r["checks"] if not c["reproduced"]):
             hint = ("its figures reproduce, but mvc.toml's checks or bounds are not those the certificate "
                     "records (mvc.toml changed since it was made, or the certificate was edited): run mvc ci "

@@ -309,6 +309,8 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
      "stage p.gates: a paste stage does not evaluate gates: they would never run"),
     (lambda t: t.replace('source = "stage:core"\n', 'source = "stage:core"\nfallback = { retries = 2 }\n'),
      "stage certify.fallback: an evaluate stage does not evaluate fallback"),
+    (lambda t: t.replace('name = "roundtrip"', 'name = "loss gate"'),  # (a gate result's name: verify
+     "stage certify.checks.loss gate: a check's name may not end in ' gate'"),  # told them apart by name, h42)
 ]
 
 
@@ -589,6 +591,12 @@ def test_a_stage_certificate_relabelled_to_another_stage_does_not_verify(tmp_pat
     assert not r["verified"] and "holds no run of evaluate stage certify certifying" in str(r["checks"])
     r = verify(repo, certificate.store(repo, dict(certify, config="p.toml (no profile): stage core")))
     assert not r["verified"] and "is no checkpoint of stage core of pipeline demo" in str(r["checks"])
+    text = (root / "p.toml").read_text()
+    (root / "p.toml").write_text(text.replace("max = 8.0", "max = 0.001"))  # (its hint named mvc.toml: h42)
+    out = CliRunner().invoke(cli, ["verify", summary["stages"][0]["certificate"]])
+    assert out.exit_code == 3 and "the pipeline stage it names (p.toml (no profile): stage core)" in out.stderr
+    assert "mvc.toml" not in out.stderr, out.output
+    (root / "p.toml").write_text(text)
     assert verify(repo, summary["stages"][0]["certificate"])["verified"]
     assert verify(repo, summary["stages"][1]["certificate"])["verified"]
 
