@@ -133,7 +133,9 @@ class _Defined:
         if self._stage is None:
             from .pipeline_config import defined_stages
             stages, where = defined_stages(str(self.cert.get("config")), self.repo.root)
-            self._stage = (next((s for s in stages if self._sets_bounds(s)), stages[0] if stages else None), where)
+            fits = [s for s in stages if self._sets_bounds(s)]  # (an older label: the profile that made it)
+            made = [s for s in fits if not _stage_binding(self, self.cert, s, where)]
+            self._stage = ((made or fits or stages or [None])[0], where)
         return self._stage[0]
 
     def _sets_bounds(self, stage) -> bool:
@@ -386,27 +388,15 @@ def _unconfirmed(defined: "_Defined", cert: dict, checks: list) -> list[dict]:
                        "does not record: a full run records every check mvc.toml defines"]}]
 
 
-def _stage_binding(defined: "_Defined", cert: dict) -> list[str]:
-    """A stage's certificate must be of what that stage made: a training stage's of one of its own
-    checkpoints, made with the settings the labelled profile sets (those a fallback changes aside);
-    an evaluate stage's of a commit its branch records it certified. A certificate relabelled to
-    another stage or profile (a looser one), or put on a commit no pipeline made, judged itself."""
-    from .pipeline import FINISHED_SEARCH
-    from .pipeline_config import stage_branches
-    stage, commit = defined.stage, cert.get("commit")
+def _stage_binding(defined: "_Defined", cert: dict, stage=None, source: str | None = None) -> list[str]:
+    """A training stage's certificate must be of one of that stage's own checkpoints, made with the
+    settings and gates the labelled profile sets (those a fallback changes aside): one relabelled to
+    another stage or a looser profile, or put on a commit no pipeline made, judged itself. (An
+    evaluate stage's target is any commit its `source` named: it is not bound; a failed run writes no
+    record of it, and a later run moves the stage's branch on.)"""
+    stage, commit = stage or defined.stage, cert.get("commit")
     if stage.kind == "evaluate":
-        branch = stage_branches(stage.pipeline_name, stage).get(stage.name)
-        tip = defined.repo.branches().get(branch) if branch else None
-        for _ in range(FINISHED_SEARCH):
-            if not tip:
-                break
-            c = defined.repo.read_commit(tip)
-            info = (c.get("extra") or {}).get("pipeline") or {}
-            if info.get("stage") == stage.name and info.get("target") == commit:
-                return []
-            tip = c["parents"][0] if c["parents"] else None
-        return [f"branch {branch} holds no run of evaluate stage {stage.name} certifying {str(commit)[:12]}: "
-                "a certificate of it cannot be that stage's"]
+        return []
     info = defined.commit_stage_info()
     if (info.get("stage"), info.get("name"), info.get("status")) != (stage.name, stage.pipeline_name, "checkpoint"):
         return [f"commit {str(commit)[:12]} is no checkpoint of stage {stage.name} of pipeline "
@@ -420,9 +410,9 @@ def _stage_binding(defined: "_Defined", cert: dict) -> list[str]:
         settings, stage_settings = {**settings, "gates": info["gates"]}, {**stage.settings, "gates": stage.gates}
     else:
         stage_settings = stage.settings
-    return [f"commit {str(commit)[:12]} was trained with other settings than {defined.source} sets for stage "
-            f"{stage.name} (" + ", ".join(f"{k} {stage_settings.get(k)!r} there, {settings.get(k)!r} in the commit"
-                                          for k in other[:3]) + ")"] if other else []
+    return [f"commit {str(commit)[:12]} was trained with other settings than {source or defined.source} sets for "
+            f"stage {stage.name} (" + ", ".join(f"{k} {stage_settings.get(k)!r} there, {settings.get(k)!r} in the "
+                                                "commit" for k in other[:3]) + ")"] if other else []
 
 
 def _gate_name(gate) -> str | None:
@@ -447,7 +437,8 @@ def _stage_coverage(defined: "_Defined", cert: dict, checks: list) -> list[str]:
     check_names = {c.name for c in stage.checks}
     out = [f"the certificate records {c.get('name')!r} as a {c.get('kind')}, which stage {stage.name} does not"
            for c in recorded if (c.get("kind") == "gate") != (c.get("name") not in check_names)
-           or (c.get("kind") == "gate" and c.get("name") != _gate_name((c.get("params") or {}).get("gate")))]
+           or (c.get("kind") == "gate" and (stage.kind == "evaluate"  # (an evaluate stage runs no gates)
+                                            or c.get("name") != _gate_name((c.get("params") or {}).get("gate"))))]
     if stage.kind == "evaluate":
         required = [c.name for c in stage.checks]
     else:

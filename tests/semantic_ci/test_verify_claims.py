@@ -270,7 +270,6 @@ def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_
     plain = certificate.store(ci_repo, cert)
     staged = certificate.store(ci_repo, dict(cert, config="pipeline.toml: stage train"))
     write_file(ci_repo, "pipeline.toml", STAGE_PIPELINE.format(max_ratio=1.05))
-    as_stage_run(ci_repo, cert["commit"])
     assert not verify(ci_repo, plain)["verified"]  # a mvc.toml certificate: its definition changed
     v = verify(ci_repo, staged)
     assert v["verified"], v["checks"]
@@ -280,13 +279,6 @@ ADAPTER_LINE = 'adapter = "semantic_ci.adapters:bigram"\n'
 # a stage's checks take nothing from [ci]: each names its adapter, and the window and probe are the defaults
 AS_A_STAGE_RUNS = BASIC.replace("probe_bytes = 2048\nwindow = 128\n", "").replace(ADAPTER_LINE, "").replace(
     'component = "core"\n', 'component = "core"\n' + ADAPTER_LINE)
-
-
-def as_stage_run(repo, target: str) -> None:
-    """What an evaluate stage `train` of pipeline `p` records having certified `target` (its branch
-    p/train: verify binds a stage's certificate to it)."""
-    repo.commit({}, message="train: certified", branch="p/train", run_hooks=False, root=False,
-                extra={"pipeline": {"name": "p", "stage": "train", "status": "done", "target": target}})
 
 
 def write_file(repo, name: str, text: str) -> None:
@@ -338,7 +330,6 @@ def test_a_certificate_labelled_a_pipeline_stages_is_judged_by_that_stage_in_its
     assert not honest["passed"] and [c["status"] for c in honest["checks"]] == ["passed", "failed"]
     forged = json.loads(json.dumps(honest))
     forged.update(config="pipeline.toml: stage train", passed=True)
-    as_stage_run(ci_repo, forged["commit"])
     forged["checks"][1].update(status="passed", passed=True, thresholds={"max_ratio": 100.0})
     forged["checks"][1]["params"]["max_ratio"] = 100.0
     cid = certificate.store(ci_repo, forged)
@@ -411,7 +402,6 @@ def test_a_stage_certificate_must_record_what_its_stage_defines_as_the_stage_def
     write_file(ci_repo, "pipeline.toml", STAGE_PIPELINE.format(max_ratio=100.0))
     os.remove(os.path.join(ci_repo.root, "mvc.toml"))
     staged = dict(cert, config="pipeline.toml: stage train")
-    as_stage_run(ci_repo, cert["commit"])
     r = verify(ci_repo, certificate.store(ci_repo, staged))
     assert r["verified"] and not r["passed"], r["checks"]  # the authentic one
     dropped = dict(staged, checks=cert["checks"][1:], passed=True)
