@@ -427,8 +427,10 @@ def _stage_coverage(defined: "_Defined", cert: dict, checks: list) -> list[str]:
     """What the stage defines that its certificate must record and does not: an evaluate stage's
     every check; a training stage's gates due at every checkpoint (`at = "checkpoint"`, plateau,
     every_checkpoint_checks), and once the stage ended (a certificate recording anything due only
-    at the end, or of a checkpoint at the stage's last step) every gate and check. A gate may not be
-    recorded more often than the stage sets it (a failing one edited into a copy of a passing one)."""
+    at the end, or of the checkpoint whose trainer state reached its total) every gate and check,
+    the checks left out where the commit's metrics say it diverged. Each entry must carry its own
+    name and kind, and a gate may not be recorded more often than the stage sets it (a failing one
+    edited into a copy of a passing one)."""
     from collections import Counter
     stage = defined.stage
     recorded = [c for c in checks if isinstance(c, dict)]
