@@ -521,7 +521,6 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                              "check the stage's options, overrides and sizes") from e
     fb = stage.fallback
     retries = int(fb.get("retries", 0))
-    fell_back = False  # (a retry that resumes at or past its total: its result is gated as the stage's end)
     if info.get("key") == key and info.get("status") == "checkpoint":
         attempt, settings = info["attempt"], info["settings"]
         job = job_factory(settings)
@@ -533,14 +532,14 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                  if isinstance(c.get("config"), str) and c["config"].endswith(ours)]
         if not gated:  # killed between the commit and its gates
             if not _gates_ok(run, stage, head, history, job):
-                fell_back, (attempt, settings, job) = True, _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
                 history = _history(repo, repo.branches().get(branch), key)
         else:  # killed after its gates ran (before the rollback of a failing one, or before the done commit)
             cid, cert = gated[-1]
             run.last_certificate[stage.name] = cid
             if not certificate.passed(cert):
                 run.last_failure[stage.name] = "; ".join(c["name"] for c in cert["checks"] if c["status"] == "failed")
-                fell_back, (attempt, settings, job) = True, _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
                 history = _history(repo, repo.branches().get(branch), key)
     else:
         attempt, settings = 0, dict(stage.settings)
@@ -556,14 +555,6 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
     while True:
         t = job.trainer  # (each attempt's interval: a fallback may set another, as a resumed retry reads it)
         every = int(settings.get("checkpoint_every") or t.total_steps)
-        if fell_back and t.step >= t.total_steps:  # a fallback whose budget ends where it rolled back to:
-            fell_back, head = False, repo.branches()[branch]  # that checkpoint ends the stage, gated as its end
-            if not _gates_ok(run, stage, head, history, job):  # (it was done, its end gates never run)
-                fell_back, (attempt, settings, job) = True, _fallback(run, stage, attempt, retries, settings,
-                                                                      job_factory, branch, key)
-                history = _history(repo, repo.branches().get(branch), key)
-                continue
-        fell_back = False
         while t.step < t.total_steps:
             t0 = time.perf_counter()
             t.run(min(every, t.total_steps - t.step))
@@ -582,7 +573,7 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
             except CheckFailed as e:  # mvc.toml's on-commit CI failed and rolled the branch back
                 run.emit({"event": "gate", "stage": stage.name, "passed": False, "commit": e.commit,
                           "reason": e.message})
-                fell_back, (attempt, settings, job) = True, _fallback(run, stage, attempt, retries, settings, job_factory, branch, key,
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key,
                                                    failed_at=e.commit)
                 history = _history(repo, repo.branches().get(branch), key)
                 break
@@ -593,7 +584,7 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                                                 max(time.perf_counter() - t0, 1e-9)),
                       "commit": cid, "attempt": attempt, **({"diverged": True} if nonfinite else {})})
             if not _gates_ok(run, stage, cid, history, job):
-                fell_back, (attempt, settings, job) = True, _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
                 history = _history(repo, repo.branches().get(branch), key)
                 break
         else:
@@ -682,4 +673,8 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
         job.restore(target, keep_schedule=False)
     run.emit({"event": "fallback", "stage": stage.name, "attempt": attempt + 1,
               "changes": {k: new[k] for k in new if new.get(k) != settings.get(k)}})
+    if job.trainer.step >= job.trainer.total_steps:  # a retry whose total the rollback already reached: that
+        # checkpoint ends the stage, gated as its end (it became "done" with its end gates never run)
+        if not _gates_ok(run, stage, target, _history(repo, target, key), job):
+            return _fallback(run, stage, attempt + 1, retries, new, job_factory, branch, key)
     return attempt + 1, new, job

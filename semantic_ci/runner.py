@@ -133,12 +133,12 @@ class _Defined:
         if self._stage is None:
             from .pipeline_config import defined_stages
             stages, where = defined_stages(str(self.cert.get("config")), self.repo.root)
-            fits = [s for s in stages if self._sets_bounds(s)]  # (an older label: the profile that made it)
+            fits = [s for s in stages if self._defines_as_recorded(s)]  # (an older label: the profile that made it)
             made = [s for s in fits if not _stage_binding(self, self.cert, s, where)]
             self._stage = ((made or fits or stages or [None])[0], where)
         return self._stage[0]
 
-    def _sets_bounds(self, stage) -> bool:
+    def _defines_as_recorded(self, stage) -> bool:
         """Whether `stage` defines the checks and gates the certificate recorded as it recorded them
         (which of the stages an older mvc's label may stand for, one per profile of the file, it was
         made by): their kinds, settings (those naming `stage:`/`stream:` aside) and gates."""
@@ -261,10 +261,10 @@ def _normal(value):
 
 
 def _definition_diffs(defined: _Defined, stored: dict, ignore=()) -> list[str]:
-    """How a recorded check differs from the check of that name in mvc.toml now (empty when equal),
-    leaving out the parameters in `ignore`. A check mvc.toml does not define is a difference too,
-    unless the certificate comes from a pipeline stage (its checks live in the pipeline file) or
-    there is no mvc.toml here."""
+    """How a recorded check differs from the check of that name in mvc.toml (a stage's certificate:
+    its stage in the pipeline file) now, empty when equal, leaving out the parameters in `ignore`
+    (and a stage check's settings naming `stage:`/`stream:`, recorded resolved). A check that is not
+    defined there is a difference too, unless there is no mvc.toml (or pipeline file) to read."""
     name = stored["name"]
     if (defined.stage if defined.from_pipeline() else defined.config) is None:
         return []

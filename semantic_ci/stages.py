@@ -207,10 +207,6 @@ def _bookkeeping(run: Run, stage: Stage, key: str, status: str, extra: dict | No
                          **(extra or {})}}
 
 
-def _unchanged(run: Run, stage: Stage, branch: str, key: str) -> str | None:
-    return finished(run, stage, branch, key)
-
-
 def paste(run: Run, stage: Stage):
     """Paste a brick into each host on a branch <pipeline>/<stage>/<host>; results stage/<host>."""
     repo = run.repo
@@ -221,7 +217,7 @@ def paste(run: Run, stage: Stage):
         label = result[len(stage.name) + 1:]
         host = run.ref(h)
         key = run.key(stage, {"source": source, "host": host})
-        done = _unchanged(run, stage, branch, key)
+        done = finished(run, stage, branch, key)
         if done is None:
             start_over(run, stage, branch, key, host)
             repo.refs.update(f"refs/heads/{branch}", host, message=f"pipeline: {stage.name} into {label}")
@@ -259,7 +255,7 @@ def int8(run: Run, stage: Stage):
     as_name = stage.get("as_name") or f"{name}-int8"
     branch = run.branch(stage)
     key = run.key(stage, {"source": source})
-    done = _unchanged(run, stage, branch, key)
+    done = finished(run, stage, branch, key)
     if done:
         return done, "unchanged"
     start_over(run, stage, branch, key, source)
