@@ -269,24 +269,11 @@ def _roundtrip(ctx: Context, model, component, bricks, adapter):
     return rebuilt
 
 
-def _exp(x: float) -> float:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
-
-
-def _ppl_bpb(nll, count) -> tuple[float, float]:
-    """ev.ppl_bpb that gives inf instead of raising OverflowError for a diverged model."""
-    mean = float(nll.sum() / count.sum())
-    return _exp(mean), mean / math.log(2)
-
-
 def ppl_figures(cand, base, data: bytes, window: int, samples: int) -> dict:
     nll_c, count = ev.model_nll(cand, data, window)
     nll_b, _ = ev.model_nll(base, data, window)
-    ppl_c, bpb_c = _ppl_bpb(nll_c, count)
-    ppl_b, bpb_b = _ppl_bpb(nll_b, count)
+    ppl_c, bpb_c = ev.ppl_bpb(nll_c, count)
+    ppl_b, bpb_b = ev.ppl_bpb(nll_b, count)
     with np.errstate(all="ignore"):  # NaN / inf NLLs (a diverged model) give NaN / inf figures
         if np.isfinite(nll_c).all() and np.isfinite(nll_b).all():
             try:
@@ -295,7 +282,7 @@ def ppl_figures(cand, base, data: bytes, window: int, samples: int) -> dict:
                 lo = hi = math.inf
         else:
             lo = hi = math.nan
-    return {"ppl": ppl_c, "baseline_ppl": ppl_b, "ratio": ppl_c / ppl_b, "bpb": bpb_c, "baseline_bpb": bpb_b,
+    return {"ppl": ppl_c, "baseline_ppl": ppl_b, "ratio": ev.ppl_ratio(nll_c, nll_b, count), "bpb": bpb_c, "baseline_bpb": bpb_b,
             "ratio_ci95": [lo, hi], "bytes": int(count.sum()), "windows": int(len(count))}
 
 

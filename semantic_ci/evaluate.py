@@ -58,6 +58,15 @@ def ppl_bpb(nll: np.ndarray, count: np.ndarray) -> tuple[float, float]:
     return _exp(mean), mean / math.log(2)
 
 
+def ppl_ratio(nll_a: np.ndarray, nll_b: np.ndarray, count: np.ndarray) -> float:
+    """PPL(a) / PPL(b). Where both perplexities overflow float64 (mean NLL above ~709 nats per
+    byte) the ratio still has a value: exp of the difference of the mean NLLs."""
+    ppl_a, ppl_b = ppl_bpb(nll_a, count)[0], ppl_bpb(nll_b, count)[0]
+    if math.isinf(ppl_a) and math.isinf(ppl_b):
+        return _exp(float((nll_a.sum() - nll_b.sum()) / count.sum()))  # NaN where a sum is NaN or inf
+    return ppl_a / ppl_b
+
+
 def _exp(x: float) -> float:
     """exp that gives inf for a diverged model's huge loss instead of raising OverflowError."""
     try:

@@ -124,7 +124,7 @@ def _exact(ctx, check, source, hosts, brick, window, inputs) -> dict:
         cmp = compare_logits(model, ref, data, window)
         nll, _ = ev.model_nll(model, data, window)
         ppl, _ = ev.ppl_bpb(nll, count)
-        ratio = ppl / ppl_ref
+        ratio = ev.ppl_ratio(nll, nll_ref, count)
         ratios.append(ratio)
         equal = cmp["differing_positions"] == 0
         all_equal &= equal
@@ -160,7 +160,7 @@ def _bounded(ctx, check, hosts, brick, window, inputs) -> dict:
             ppl_h, _ = ev.ppl_bpb(nll_h, count)
             ppl_b, _ = ev.ppl_bpb(nll_b, count)
             row[f"{label}_ppl_host"], row[f"{label}_ppl_with_brick"] = ppl_h, ppl_b
-            row[f"{label}_ratio"] = ppl_b / ppl_h
+            row[f"{label}_ratio"] = ev.ppl_ratio(nll_b, nll_h, count)
         figs["hosts"][h] = row
         worst_dom = _worst(worst_dom, row["domain_ratio"])
         worst_gen = _worst(worst_gen, row.get("general_ratio", 0.0))

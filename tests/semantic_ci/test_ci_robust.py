@@ -971,3 +971,17 @@ def test_a_failing_figure_is_never_shown_equal_to_its_bound(kind, figures, thres
     from semantic_ci.report import figure_text
     text, _bound = figure_text({"kind": kind, "figures": figures, "thresholds": thresholds})
     assert shown in text, text
+
+
+# -- a ratio of two perplexities that both overflow float64 still has its value ----------------------
+def test_ppl_ratio_of_two_overflowing_perplexities_is_finite():
+    from semantic_ci.checks import ppl_figures
+
+    def scaled(scale):  # a bigram model whose logits put every wrong byte far below the right one
+        t = table() * scale
+        return lambda ids: t[ids]
+    figs = ppl_figures(scaled(1001.0), scaled(1000.0), HELD_OUT[:600], 128, 20)
+    assert figs["bpb"] * 0.6931 > 709 and figs["baseline_bpb"] * 0.6931 > 709  # both PPLs overflow
+    assert figs["ppl"] == figs["baseline_ppl"] == float("inf")
+    per_byte = (figs["bpb"] - figs["baseline_bpb"]) * 0.6931471805599453
+    assert figs["ratio"] == pytest.approx(2.718281828459045 ** per_byte, rel=1e-9) and figs["ratio"] > 1
