@@ -573,8 +573,9 @@ class RefStore:
                 dirs.remove(RETIRED_LOGS)
             for name in files:
                 entries = _read_log(os.path.join(dirpath, name), checked=False)
+                expires = cutoff is not None and not is_atomic_temp(name)  # (expire_reflogs leaves a temp be)
                 for e, age in zip(entries, _ages(entries, now)):
-                    if cutoff is not None and not age >= cutoff:
+                    if expires and not age >= cutoff:
                         continue
                     for k in ("old", "new"):
                         if isinstance(e.get(k), str) and e[k]:

@@ -195,6 +195,22 @@ def test_gc_keeps_commits_only_a_deleted_nested_branchs_reflog_holds(repo):
     assert _files(os.path.join(repo.dir, "logs", "deleted")) == []
 
 
+
+def test_gc_dry_run_counts_a_killed_reflog_rewrites_temp_as_gc_does(repo):
+    """expire_reflogs leaves a killed rewrite's temp file as it is (gc deletes it once old): its
+    entries keep their commits through this gc, in the dry run's count too."""
+    repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    cid = repo.commit({"core": {"w": torch.arange(4.0)}}, message="two")
+    repo.rollback()
+    log = os.path.join(repo.dir, "logs", "refs", "heads", "main")
+    os.rename(log, os.path.join(os.path.dirname(log), ".main.0123456789abcdef.tmp"))  # a killed rewrite's
+    repo.set_config("gc.reflogExpire", "-1")
+    dry = repo.gc(grace_s=0, dry_run=True)
+    real = repo.gc(grace_s=0)
+    assert repo.read_commit(cid)["message"] == "two"  # the temp's entries kept it ...
+    assert dry["removed"] == real["removed"] == 0  # ... and the dry run said so
+
+
 # -- 3. the reflog and the ref move together -----------------------------------------------------
 def test_failed_reflog_append_moves_nothing_and_tears_nothing(tmp_path, monkeypatch):
     refs = RefStore(str(tmp_path))
