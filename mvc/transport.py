@@ -20,7 +20,8 @@ ETag is the token).
 Directory objects are written to objects/tmp, fsynced and renamed, so an object is whole under
 its name or absent; the new directory entries are synced together by `flush`, which the pusher
 calls after each phase (blobs, trees, commits) and before any ref moves. A directory holding an
-mvc repository (with .mvc) works as a remote too: its branches move, without reflog entries.
+mvc repository (with .mvc) works as a remote too: its branches move as its owner's do, with reflog
+entries (a deleted branch's reflog is retired, so the owner's gc keeps its commits for a while).
 Its owner may collect garbage while a push is in flight, whose objects nothing references until
 the branch moves: the push holds the repository's writers lock (shared, see Repo.writing and
 `writing` below), so a gc with a short grace waits for it, and a gc with the default grace deletes
@@ -52,6 +53,7 @@ from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
+from .refs import RefStore
 from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
 from .transfer import BATCHED_BELOW
 
@@ -129,6 +131,11 @@ def parse_ref_value(ref: str, data: bytes | None) -> str | None:
 
 
 DAMAGED = object()  # the value of a remote ref that holds no object id
+
+
+def _moved_there(ref: str, current: str | None, expected: str | None) -> RefConflict:
+    return RefConflict(f"remote {ref} is {current[:12] if current else '(none)'}, expected "
+                       f"{expected[:12] if expected else '(none)'}", "fetch and try again")
 MAX_FILE_BYTES = 16 << 20  # refs, HEAD, config and certificate indexes are far smaller
 
 
@@ -329,9 +336,11 @@ class Transport:
                 out[name] = value
         return dict(sorted(out.items()))
 
-    def update_ref(self, ref: str, new: str | None, expected: str | None, replace_damaged: bool = False) -> None:
+    def update_ref(self, ref: str, new: str | None, expected: str | None, replace_damaged: bool = False,
+                   message: str = "", author: str = "") -> None:
         """Move `ref` to `new` (None deletes it) only if it still holds `expected`; a ref holding
-        no object id is replaced only with `replace_damaged`."""
+        no object id is replaced only with `replace_damaged`. `message` and `author` make the
+        reflog entry where the remote keeps reflogs (a repository's: see DirectoryTransport)."""
         check_full_ref(ref)
         data, token = self.read_file(ref)
         try:
@@ -341,8 +350,7 @@ class Transport:
                 raise
             current = DAMAGED
         if current is not DAMAGED and current != expected:
-            raise RefConflict(f"remote {ref} is {current[:12] if current else '(none)'}, expected "
-                              f"{expected[:12] if expected else '(none)'}", "fetch and try again")
+            raise _moved_there(ref, current, expected)
         self.cas_file(ref, None if new is None else (new + "\n").encode(), token)
 
     # -- certificate indexes ------------------------------------------------------------------
@@ -644,6 +652,30 @@ class DirectoryTransport(Transport):
         parts = name.split("/")
         if data is None and len(parts) > 3 and parts[0] == "refs":  # refs/heads/a/b: no empty a/ stays
             prune_empty_dirs(os.path.dirname(path), self._path("/".join(parts[:2])))  # in ref a's way
+
+    def update_ref(self, ref, new, expected, replace_damaged=False, message="", author=""):
+        """In a repository, a move through its RefStore: under the same lock as its owner's moves,
+        with a reflog entry, and a deleted branch's reflog retired (its commits stay safe from the
+        owner's gc until the entries expire, as for a move made there)."""
+        if not self.repository:
+            return super().update_ref(ref, new, expected, replace_damaged)
+        check_full_ref(ref)
+        refs = RefStore(self.root)
+        current, junk = refs.held(ref)
+        if junk is not None:  # no id there (an empty file counts as none, as parse_ref_value reads it)
+            if junk and not replace_damaged:
+                parse_ref_value(ref, junk.encode())  # (raises CorruptObject, naming what it holds)
+            if junk or expected is None:
+                refs.update(ref, None, expected=junk, message=f"{message}: replaced a damaged ref", author=author)
+            current = None
+        if current != expected and junk is None:
+            raise _moved_there(ref, current, expected)
+        if new is None and current is None:
+            return
+        try:
+            refs.update(ref, new, expected=current, message=message, author=author)
+        except RefConflict:  # moved by someone else since it was read above
+            raise _moved_there(ref, refs.read_raw(ref), expected) from None
 
     def add_to_cert_index(self, commit, ids, retries=20):
         """Append the ids the index lacks, in place, under the index's lock (mvc.idlines), as the

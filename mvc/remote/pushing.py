@@ -12,6 +12,7 @@ from .. import certindex
 from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward, ObjectMissing, RefConflict,
                       UnknownRevision, os_error_text)
 from ..objects import tree_blob_ids, tree_blob_sizes
+from ..provenance import default_author
 from ..refs import note_moved
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress, batches
@@ -80,7 +81,8 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         old = None if old is DAMAGED else old
         if not dry_run:
             try:
-                t.update_ref(ref, None, expected=old, replace_damaged=True)
+                t.update_ref(ref, None, expected=old, replace_damaged=True, message="push --delete",
+                             author=default_author(repo.root))
             except RefConflict:
                 if _now(t, ref, where) is not None:  # (gone: this delete landed, its answer was lost, and a retry
                     raise NonFastForward(f"remote branch {branch} moved while deleting it",  # found it gone)
@@ -127,10 +129,12 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     if dry_run:
         return _repaired({**result, "sent": []}, where)
     sent = _send(repo, t, where, plan, pool, progress)
+    author = default_author(repo.root)  # (of the moves: a repository remote's reflog names who pushed)
     _repaired({**result, "sent": sent}, where)  # nothing moves while history there is incomplete
     if old != local:
         try:
-            t.update_ref(ref, local, expected=old, replace_damaged=force)
+            t.update_ref(ref, local, expected=old, replace_damaged=force,
+                         message=f"push: {status}", author=author)
         except RefConflict:
             now = _now(t, ref, where)  # where we moved it: this write landed and its answer was lost (a retry of it
             if now != local:    # then met its own result), or another push sent the same commit: pushed
@@ -148,7 +152,8 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     try:
         for tag in sorted(tags):
             try:
-                t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force)
+                t.update_ref(f"refs/tags/{tag}", tags[tag], expected=None, replace_damaged=force,
+                             message="push: tag", author=author)
             except RefConflict:
                 if (there := _now(t, f"refs/tags/{tag}", where)) != tags[tag]:  # (the same id: it landed)
                     result["tags"].remove(tag)

@@ -108,10 +108,10 @@ class Counting:
         with open(path, "rb") as f:
             self.put(oid, f.read(), **kw)
 
-    def update_ref(self, ref, new, expected, replace_damaged=False):
+    def update_ref(self, ref, new, expected, replace_damaged=False, **kw):
         if self.barrier is not None and ref.startswith("refs/heads/"):
             self.barrier.wait(timeout=30)
-        return self.inner.update_ref(ref, new, expected, replace_damaged)
+        return self.inner.update_ref(ref, new, expected, replace_damaged, **kw)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -659,9 +659,9 @@ class LostAnswers(Counting):
     """A transport whose ref updates land but answer as conflicts (a 500 or a reset after the write,
     retried by the client with the same condition, which then fails against its own result)."""
 
-    def update_ref(self, ref, new, expected, replace_damaged=False):
+    def update_ref(self, ref, new, expected, replace_damaged=False, **kw):
         from mvc.errors import RefConflict
-        self.inner.update_ref(ref, new, expected, replace_damaged)
+        self.inner.update_ref(ref, new, expected, replace_damaged, **kw)
         raise RefConflict(f"{ref} on the remote changed meanwhile", "fetch and try again")
 
 
@@ -699,10 +699,10 @@ def test_the_tracking_ref_follows_the_remote_branch_whatever_fails_after_it(tmp_
     """A file-system error (or Ctrl-C) writing a tag after the branch had moved left origin/main
     behind: only an MvcError moved it."""
     class TagsFail(Counting):
-        def update_ref(self, ref, new, expected, replace_damaged=False):
+        def update_ref(self, ref, new, expected, replace_damaged=False, **kw):
             if ref.startswith("refs/tags/"):
                 raise PermissionError(13, "Permission denied", ref)
-            return self.inner.update_ref(ref, new, expected, replace_damaged)
+            return self.inner.update_ref(ref, new, expected, replace_damaged, **kw)
     repo = new_repo(tmp_path / "r", remote)
     head = repo.commit({"m": weights(0)}, message="one")
     repo.tag("v1")
@@ -1872,3 +1872,37 @@ def test_an_interrupted_push_keeps_what_it_sent_whole(tmp_path, monkeypatch):
     there = DirectoryTransport(str(tmp_path / "r.mvc"))
     assert sum(there.has(o) for o in calls[:19]) == 19 and not os.listdir(there.objects.tmp)
     assert rm.push(src)["objects_sent"] < 40
+
+
+def test_pushes_into_a_repository_remote_are_in_its_reflogs_and_keep_history_from_its_gc(tmp_path, monkeypatch):
+    """A branch that a push moves or deletes in a repository (not a bare remote) is logged there as its
+    owner's moves are: a forced push's overwritten commit and a deleted branch's commits stay reachable
+    from its reflogs, so the owner's gc keeps them (and `mvc rollback` there can take them back)."""
+    monkeypatch.setenv("MVC_AUTHOR", "pusher <p@example.org>")
+    owner = new_repo(tmp_path / "owner")
+    owner.commit({"m": {"x": torch.zeros(3)}}, message="owner's")
+    dev, _ = rm.clone(str(tmp_path / "owner"), str(tmp_path / "dev"))
+    first = dev.commit({"m": weights(1, n=1)}, message="first", branch="exp")
+    rm.push(dev, branch="exp")
+    rewritten = dev.commit({"m": weights(2, n=1)}, message="rewritten", branch="other")  # (not above first)
+    dev.refs.update("refs/heads/exp", rewritten, message="rewrite")
+    rm.push(dev, branch="exp", force=True)
+    owner = mvc.Repo(owner.root)
+    log = owner.refs.reflog("refs/heads/exp")
+    assert [(e["old"], e["new"]) for e in log] == [(first, rewritten), (None, first)]
+    assert log[0]["message"] == "push: forced update" and log[0]["author"] == "pusher <p@example.org>"
+    rm.push(dev, branch="exp", delete=True)
+    assert "refs/heads/exp" not in owner.refs.list()
+    _age_objects(owner.dir, 7200)
+    owner.gc()  # the default grace: objects older than it go unless a ref or reflog reaches them
+    assert owner.read_commit(first)["message"] == "first" and owner.read_commit(rewritten)["message"] == "rewritten"
+    assert owner.fsck()["ok"]
+    retired = owner.refs.reflog("refs/heads/exp")  # (retired with the branch: what `mvc reflog exp` shows)
+    assert [(e["old"], e["new"], e["message"]) for e in retired[:1]] == [(rewritten, None, "push --delete")]
+
+
+def _age_objects(mvc_dir, seconds):
+    past = time.time() - seconds
+    for dirpath, _dirs, files in os.walk(os.path.join(mvc_dir, "objects")):
+        for f in files:
+            os.utime(os.path.join(dirpath, f), (past, past))

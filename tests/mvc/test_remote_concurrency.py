@@ -38,11 +38,11 @@ class Hooked:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def update_ref(self, ref, new, expected, replace_damaged=False):
+    def update_ref(self, ref, new, expected, replace_damaged=False, **kw):
         if not self.fired and ref.startswith("refs/heads/"):
             self.fired = True
             self.before_ref(ref)
-        return self.inner.update_ref(ref, new, expected, replace_damaged)
+        return self.inner.update_ref(ref, new, expected, replace_damaged, **kw)
 
 
 def _served_and_clone(tmp_path):
@@ -112,7 +112,8 @@ def test_fetch_retries_when_a_branch_is_deleted_and_collected_under_it(tmp_path,
     served, work = _served_and_clone(tmp_path)
     main = served.head()
     work.commit({"core": weights(5), "extra": weights(6)}, message="exp", branch="exp")
-    rm.push(work, branch="exp")  # a pushed branch has no reflog there: deleted, it is garbage
+    rm.push(work, branch="exp")
+    served.set_config("gc.reflogExpire", "-1")  # (the owner's gc expires every reflog entry: deleted, it is garbage)
     t = DirectoryTransport(served.root)
     real_get_into = DirectoryTransport.get_into
     done = []
