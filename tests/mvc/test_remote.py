@@ -1906,3 +1906,23 @@ def _age_objects(mvc_dir, seconds):
     for dirpath, _dirs, files in os.walk(os.path.join(mvc_dir, "objects")):
         for f in files:
             os.utime(os.path.join(dirpath, f), (past, past))
+
+
+@pytest.mark.parametrize("junk", [b"garbage\n", b""])
+def test_a_damaged_branch_in_a_repository_remote_is_replaced_by_a_forced_push_and_logged(tmp_path, junk):
+    owner = new_repo(tmp_path / "owner")
+    owner.commit({"m": {"x": torch.zeros(3)}}, message="owner's")
+    dev, _ = rm.clone(str(tmp_path / "owner"), str(tmp_path / "dev"))
+    head = dev.commit({"m": weights(1, n=1)}, message="dev's", branch="exp")
+    (tmp_path / "owner" / ".mvc" / "refs" / "heads" / "exp").write_bytes(junk)
+    if junk:  # (an empty file reads as no branch there, as on a bare remote)
+        with pytest.raises(CorruptObject, match="not an object id"):
+            rm.push(dev, branch="exp")
+        assert (tmp_path / "owner" / ".mvc" / "refs" / "heads" / "exp").read_bytes() == junk
+    rm.push(dev, branch="exp", force=True)
+    owner = mvc.Repo(owner.root)
+    assert owner.refs.read("refs/heads/exp") == head and owner.fsck()["ok"]
+    assert [(e["old"], e["new"]) for e in owner.refs.reflog("refs/heads/exp")] == [(None, head)]
+    retired = [open(os.path.join(d, f)).read() for d, _, fs in os.walk(os.path.join(owner.dir, "logs", "deleted"))
+               for f in fs]  # (the damaged ref's removal: logged, and retired as a deletion's log is)
+    assert any("replaced a damaged ref" in text for text in retired)
