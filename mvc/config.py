@@ -161,8 +161,9 @@ def canonical(key: str) -> str:
     return _CANONICAL.get(key.lower(), key)
 
 
-def parse(key: str, raw: str):
-    """The value of a known key (raw text for others); ConfigError names the key and the problem."""
+def parse(key: str, raw: str, hint: bool = True):
+    """The value of a known key (raw text for others); ConfigError names the key and the problem
+    (with how to set it anew, unless `hint` is False: a value being set, whose fix is in the error)."""
     key = canonical(key)
     parser = KNOWN.get(key)
     if parser is None:
@@ -170,7 +171,8 @@ def parse(key: str, raw: str):
     try:
         return parser(raw)
     except ValueError as e:
-        raise ConfigError(f"config {key} = {raw!r} is invalid: {e}", f"set it with mvc config {key} VALUE") from None
+        raise ConfigError(f"config {key} = {raw!r} is invalid: {e}",
+                          f"set it with mvc config {key} VALUE" if hint else None) from None
 
 
 def check_key(key: str) -> str:
@@ -227,7 +229,7 @@ def check_setting(key: str, value: str) -> None:
     except UnicodeEncodeError:  # (bytes a path may hold on Linux, which argv gives as surrogates)
         raise ConfigError(f"config {key}: the value is not UTF-8 text", "the config file is UTF-8: use a path "
                           "whose name is UTF-8: rename it, or link to it" if remote_url else None) from None
-    parsed = parse(key, value)
+    parsed = parse(key, value, hint=False)
     if key == "gc.reflogExpire" and value.strip()[-1:].isdigit() and 0 < parsed <= 1000:  # (a count of days?)
         warnings.warn(f"gc.reflogExpire {value} is {value} seconds (a duration with no unit); if you meant days, "
                       f"write {value}d")

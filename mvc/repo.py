@@ -1085,7 +1085,8 @@ class Repo(Maintenance):
         trees = {}
         for name in names:
             if name not in comps:
-                raise BadName(f"commit {cid[:12]} has no component {name!r}")
+                raise BadName(f"commit {cid[:12]} has no component {name!r}",
+                              f"it has: {', '.join(sorted(comps)) or 'none'}")
             check_component_name(name)
             trees[name] = self.read_tree(comps[name], shared=True)
         paths = comp.checkout_paths(trees)  # no two files on one path: checked before anything is written

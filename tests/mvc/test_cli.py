@@ -1100,10 +1100,19 @@ def test_an_empty_branch_or_tag_name_is_refused_not_a_listing(run, in_repo, tmp_
                                              ("pack.maxDepth", "x", "a whole number >= 0"),
                                              ("core.fsync", "maybe", "true or false")])
 def test_a_config_value_mvc_cannot_read_says_what_the_key_takes(run, in_repo, key, value, takes):
-    """gc.reflogExpire abc said Python's "could not convert string to float: 'abc'"."""
-    assert run("config", key, value, code=3).stderr == (f"error: config {key} = {value!r} is invalid: it takes {takes} "
-                                                        f"(set it with mvc config {key} VALUE)\n")
+    """gc.reflogExpire abc said Python's "could not convert string to float: 'abc'". Setting one has no
+    hint (it said to run the command just run); a hand-edited one read back says how to set it."""
+    assert run("config", key, value, code=3).stderr == f"error: config {key} = {value!r} is invalid: it takes {takes}\n"
     run("config", key, code=1)
+    section, _, name = key.partition(".")
+    path = os.path.join(in_repo.dir, "config")
+    text = open(path).read()
+    text = (text.replace(f"[{section}]\n", f"[{section}]\n{name} = {value}\n") if f"[{section}]\n" in text
+            else text + f"[{section}]\n{name} = {value}\n")  # (a hand edit)
+    open(path, "w").write(text)
+    with pytest.raises(mvc.MvcError) as e:
+        mvc.Repo(in_repo.root).config_value(key, None)
+    assert e.value.hint == f"set it with mvc config {key} VALUE"
 
 
 def test_a_config_value_that_is_not_utf8_is_refused(run, in_repo):
@@ -1284,3 +1293,10 @@ def test_no_commits_yet_names_fetched_branches_too(run, in_repo, tmp_path):
     assert "(fetched branches: origin/main; mvc branch NAME origin/NAME makes one here)" in \
         run("show", code=3).stderr
     assert "fetched branches: origin/main" in run("log").stderr
+
+
+def test_checkout_of_a_component_the_commit_lacks_lists_those_it_has(run, in_repo, tmp_path):
+    run("commit", "-c", f"core={_ckpt(tmp_path / 'a.safetensors', 0)}", "-c", f"brick/py={_ckpt(tmp_path / 'b.safetensors', 1)}",
+        "-m", "two")
+    r = run("checkout", "HEAD", "-o", str(tmp_path / "out"), "-c", "nope", code=3)
+    assert r.stderr.endswith("has no component 'nope' (it has: brick/py, core)\n") and not (tmp_path / "out").exists()
