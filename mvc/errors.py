@@ -102,8 +102,8 @@ class CheckFailed(OnCommitCi):
     exit_code = 1
 
     def __init__(self, commit: str, certificate: str | None, message: str | None = None,
-                 rolled_back: bool = False, branch_head: str | None = None):
-        super().__init__(commit, certificate, message or f"semantic CI failed on commit {commit[:12]}",
+                 rolled_back: bool = False, branch_head: str | None = None, hint: str | None = None):
+        super().__init__(commit, certificate, message or f"semantic CI failed on commit {commit[:12]}", hint,
                          rolled_back=rolled_back, branch_head=branch_head)
 
 

@@ -1010,8 +1010,8 @@ class Repo(Maintenance):
         """Move the current branch to `rev` (default: its parent); recorded in the reflog."""
         ref = self.refs.head_branch_ref("nothing to roll back", "mvc switch BRANCH first")
         old = self.refs.read(ref)
-        if old is None:
-            raise UnknownRevision("the current branch has no commits to roll back")
+        if old is None and rev is None:  # (with REV, an emptied branch can go back: CI's rollback empties one)
+            raise UnknownRevision("the current branch has no commits to roll back", "mvc rollback REV moves it to one")
         if rev is not None:
             target = self.resolve(rev)
         elif not self.read_commit(old, shared=True)["parents"]:

@@ -34,7 +34,7 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
         if cfg.on_fail == "rollback":
             target = _roll_back(repo, commit, ref, "CI could not run")
             raise CiDidNotRun(commit, f"committed {commit[:12]}, but semantic CI could not run on it ({e.message}); "
-                              f"{ref.removeprefix('refs/heads/')} rolled back to {target[:12] if target else '(empty)'}",
+                              f"{ref.removeprefix('refs/heads/')} {_back_to(target)}; {_undo_hint(repo, ref, commit)}",
                               e.hint, rolled_back=True, branch_head=target) from None
         raise CiDidNotRun(commit, f"committed {commit[:12]} (the branch moved), but semantic CI could not run on it: "
                           f"{e.message}", e.hint) from None
@@ -50,10 +50,23 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
                               f"semantic CI failed on {commit[:12]} ({failed}); {branch} was not rolled back: "
                               f"another commit landed on it meanwhile (the failing one stays in its history)") from None
         raise CheckFailed(commit, report["certificate"],
-                          f"semantic CI failed on {commit[:12]} ({failed}); {branch} rolled back to "
-                          f"{target[:12] if target else '(empty)'}", rolled_back=True, branch_head=target)
+                          f"semantic CI failed on {commit[:12]} ({failed}); {branch} {_back_to(target)}",
+                          rolled_back=True, branch_head=target,
+                          hint=_undo_hint(repo, ref, commit))
     warnings.warn(f"semantic CI failed on {commit[:12]} ({failed}); certificate {report['certificate'][:12]}")
     return report
+
+
+def _back_to(target: str | None) -> str:
+    return f"rolled back to {target[:12]}" if target else "rolled back to no commit: it is empty now"
+
+
+def _undo_hint(repo, ref: str, commit: str) -> str:
+    """How to take the branch back to the commit CI rolled it back from."""
+    undo = f"mvc rollback {commit[:12]}"
+    if repo.refs.head_target() != ref:
+        undo = f"mvc switch {ref.removeprefix('refs/heads/')}, then {undo}"
+    return f"to keep it all the same: {undo}"
 
 
 def _roll_back(repo, commit: str, ref: str, why: str) -> str | None:

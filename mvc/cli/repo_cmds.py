@@ -493,7 +493,8 @@ def rollback(rev, as_json):
     if as_json:
         emit_json(r)
     else:
-        click.echo(f"{shown(r['branch'])}: {short(r['old'])} -> {short(r['new'])} (undo with: mvc rollback {short(r['old'])})")
+        undo = f"undo with: mvc rollback {short(r['old'])}" if r["old"] else "it had no commit"
+        click.echo(f"{shown(r['branch'])}: {short(r['old'])} -> {short(r['new'])} ({undo})")
 
 
 @cli.command()

@@ -138,3 +138,27 @@ def test_commit_json_prints_a_document_when_the_on_commit_checks_cannot_run(ci_r
     doc = json.loads(r.stdout)
     assert not doc["ci_ran"] and doc["certificate"] is None and doc["rolled_back"] and doc["branch_head"] == first
     assert ci_repo.read_commit(doc["commit"])["parents"] == [first] and ci_repo.head() == first
+
+
+def test_a_branch_ci_emptied_goes_back_with_rollback_rev_as_the_error_says(ci_repo):
+    """After on_fail = "rollback" emptied a branch (CI failed on its first commit), `mvc rollback <id>`
+    said "the current branch has no commits to roll back": every move could be undone but this one."""
+    write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n")
+                 .replace('baseline = "HEAD~1"', 'baseline = "nosuch"', 1))
+    with pytest.raises(MvcError, match="rolled back to no commit: it is empty now") as info:
+        ci_repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="first")
+    commit = info.value.commit
+    assert ci_repo.head() is None and f"; to keep it all the same: mvc rollback {commit[:12]}" in info.value.message
+    with pytest.raises(MvcError, match="no commits to roll back"):
+        ci_repo.rollback()  # (no REV: nothing to go back from)
+    assert ci_repo.rollback(commit[:12]) == {"branch": "main", "old": None, "new": commit}
+    assert ci_repo.head() == commit and ci_repo.reflog()[0]["message"] == f"rollback: to {commit[:12]}"
+
+
+def test_rollback_of_an_empty_branch_to_a_commit_prints_no_undo_to_nothing(ci_repo, monkeypatch):
+    from click.testing import CliRunner
+    from mvc.cli import cli
+    cid = ci_repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="kept", branch="other")
+    monkeypatch.chdir(ci_repo.root)
+    r = CliRunner().invoke(cli, ["rollback", cid[:12]])
+    assert r.exit_code == 0 and r.stdout == f"main: - -> {cid[:12]} (it had no commit)\n"

@@ -817,8 +817,9 @@ def test_the_rollback_message_names_a_branch_with_a_slash_whole(ci_repo):
     ci_repo.commit({"core": {"table": t}}, message="a", branch="team/exp")
     bad = t.clone()
     bad[101] = 0
-    with pytest.raises(mvc.CheckFailed, match="team/exp rolled back to"):
+    with pytest.raises(mvc.CheckFailed, match="team/exp rolled back to") as info:
         ci_repo.commit({"core": {"table": bad}}, message="b", branch="team/exp")
+    assert info.value.hint == f"to keep it all the same: mvc switch team/exp, then mvc rollback {info.value.commit[:12]}"
 
 
 def test_a_partial_run_neither_changes_a_commits_ci_state_nor_rollback_targets(ci_repo):
