@@ -26,6 +26,7 @@ class Context:
     config: CiConfig
     models: ModelCache
     base: str | None = None   # --base: overrides every check's baseline
+    moved: tuple[str, str] | None = None  # on-commit CI: (branch, its commit before the candidate landed)
 
 
 def resolve_relative(repo, rev: str, candidate: str) -> str:
@@ -99,12 +100,31 @@ def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
         base = resolve_relative(ctx.repo, base_rev, ctx.commit)
     except UnknownRevision as e:
         raise bad(e) from None
+    if ctx.moved and base == ctx.commit and base_rev in _branch_spellings(ctx.moved[0]):
+        base = ctx.moved[1]  # the branch the candidate was committed to: as it was before (not the candidate)
     try:
         return walk_relative(ctx.repo, base, path)
     except LookupError as e:
         raise PastRoot({"key": key, "revision": rev, "from": base, "path": path, "root": e.args[0]}) from None
     except UnknownRevision as e:
         raise bad(e) from None
+
+
+def _branch_spellings(branch: str) -> tuple[str, ...]:
+    return branch, f"heads/{branch}", f"refs/heads/{branch}"
+
+
+def _self_comparison(ctx: Context, check: Check, out: dict) -> dict:
+    """A note on a result whose baseline, named otherwise than by HEAD, is the candidate itself (a
+    check of main's tip against main): it compared the model with itself, which always passes."""
+    base = (out.get("inputs") or {}).get("baseline")
+    rev = check.get("baseline")
+    if ctx.base or not isinstance(base, dict) or base.get("commit") != ctx.commit or not isinstance(rev, str) \
+            or split_relative(rev)[0] == "HEAD":
+        return out
+    note = (f"baseline {rev!r} is the checked commit {ctx.commit[:12]} itself: the check compared it with itself "
+            "(name the commit to compare with, e.g. HEAD~1, or a tag)")
+    return {**out, "note": f"{out['note']}; {note}" if out.get("note") else note}
 
 
 def result(check: Check, status: str, figures=None, thresholds=None, inputs=None, env=None, note=None) -> dict:
@@ -353,4 +373,4 @@ def run_check(ctx: Context, check: Check) -> dict:
         raise _named(check, e)
     except OverflowError as e:  # a diverged model's figure left the float range
         return result(check, "failed", note=f"a figure is not finite (overflow: {e})")
-    return finite_figures(out)
+    return finite_figures(_self_comparison(ctx, check, out))

@@ -17,10 +17,11 @@ from .models import ModelCache
 
 
 def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, config: CiConfig | None = None,
-           progress=None, partial: bool = False) -> dict:
+           progress=None, partial: bool = False, moved: tuple[str, str] | None = None) -> dict:
     """Run the checks of mvc.toml (or `config`) on `rev`; store and return the certificate summary.
     The certificate is partial (not mvc.toml's suite as it defines it) when asked, with a `base`,
-    or when `names` leave checks out."""
+    or when `names` leave checks out. `moved` (on-commit CI: the branch `rev` was just committed
+    to, and its commit before) makes a baseline naming that branch mean it as it was before."""
     config = config or cfgmod.load(repo.root)
     if config is None:
         raise ConfigError(f"no {cfgmod.CONFIG_FILE} in {repo.root}", "add a [ci] table with [[ci.checks]]")
@@ -36,7 +37,7 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
     if base_id is not None and base_id == commit:
         raise ConfigError(f"--base {base} is {commit[:12]}, the commit checked: every check would compare it "
                           "with itself", "HEAD means REV here, as in mvc.toml: --base HEAD~1 is its parent")
-    ctx = Context(repo, commit, config, ModelCache(repo), base_id)
+    ctx = Context(repo, commit, config, ModelCache(repo), base_id, moved)
     results = []
     with repo.writing():  # from storing check data to the certificate naming it: a gc --grace 0 waits
         for check in selected:

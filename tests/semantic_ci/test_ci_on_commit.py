@@ -162,3 +162,29 @@ def test_rollback_of_an_empty_branch_to_a_commit_prints_no_undo_to_nothing(ci_re
     monkeypatch.chdir(ci_repo.root)
     r = CliRunner().invoke(cli, ["rollback", cid[:12]])
     assert r.exit_code == 0 and r.stdout == f"main: - -> {cid[:12]} (it had no commit)\n"
+
+
+def test_on_commit_a_baseline_naming_the_branch_committed_to_is_that_branch_before_the_commit(ci_repo):
+    """The README's mvc.toml (baseline = "main", on_commit = true): on-commit CI runs once main has
+    moved, so a commit to main was compared with itself (ratio 1.0) and a far worse model passed."""
+    from mvc.errors import CheckFailed
+    from semantic_ci import certificate
+    from semantic_ci.runner import run_ci, verify
+    from ci_helpers import HOOK_CONFIG, write_held_out
+    write_held_out(ci_repo)
+    good = ci_repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="good")
+    write_config(ci_repo, HOOK_CONFIG.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
+    worse = trained_table(builtin_probe(3000)).flip(0)  # every row another byte's: far worse
+    with pytest.raises(CheckFailed, match="general-ppl") as info:
+        ci_repo.commit({"core": {"table": worse}}, message="worse")
+    assert ci_repo.head() == good
+    cert = certificate.read(ci_repo, info.value.certificate)
+    (check,) = cert["checks"]
+    assert check["inputs"]["baseline"]["commit"] == good and check["figures"]["ratio"] > 1.05
+    assert check["params"]["baseline"] == "main" and "note" not in check
+    assert verify(ci_repo, info.value.certificate)["verified"]
+    # run by hand on main's tip, `main` is the commit itself: the result says so
+    write_config(ci_repo, HOOK_CONFIG)
+    report = run_ci(ci_repo, "main")
+    assert "'main' is the checked commit" in report["checks"][0]["note"] and report["passed"]
+    assert verify(ci_repo, report["certificate"])["verified"]
