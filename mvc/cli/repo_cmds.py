@@ -151,11 +151,16 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
         for name, n in _emptied(repo, c["parents"][0], cid, components):
             warn(f"component {shown(name)} held {plural(n, 'tensor')} and now holds none (only files): "
                  f"{undo} undoes this commit")
+    certs = _certificates(repo, cid)  # (mvc.toml's on-commit checks ran: what they made of it)
+    state = _ci_status(repo, [cid]).get(cid) if certs else None
     if as_json:
         emit_json({"commit": cid, "branch": branch or repo.head_branch, "parents": c["parents"],
-                   "components": c["components"], "unchanged": unchanged})
+                   "components": c["components"], "unchanged": unchanged, "ci_ran": bool(certs),
+                   "ci_passed": state == "passed" if certs else None, "certificate": certs[-1] if certs else None})
     else:
         click.echo(f"[{shown(branch or repo.head_branch)} {short(cid)}] {shown(message.splitlines()[0])}")
+        if certs:
+            click.echo(f"semantic CI {state}: certificate {short(certs[-1])} (mvc verify {short(certs[-1])} re-runs it)")
 
 
 def _emptied(repo: Repo, parent: str, cid: str, names) -> list[tuple[str, int]]:
@@ -234,6 +239,15 @@ def log(rev, n, oneline, as_json):
     click.echo("\n".join(out))
 
 
+def _certificates(repo: Repo, cid: str) -> list[str]:
+    """The ids of a commit's certificates, oldest first (read from the certificate index, no torch)."""
+    from ..certindex import index_path
+    if not os.path.exists(index_path(repo.dir, cid)):
+        return []
+    from semantic_ci.certificate import of_commit
+    return of_commit(repo, cid)
+
+
 def _ci_status(repo: Repo, ids) -> dict:
     """CI verdicts of commits that have a certificate (read from the certificate index, no torch)."""
     from ..certindex import CERTS_DIR, index_path
@@ -264,6 +278,7 @@ def show(rev, as_json):
     repo = _repo()
     info = repo.show(rev)
     info["ci"] = _ci_status(repo, [info["id"]]).get(info["id"])
+    info["certificates"] = _certificates(repo, info["id"]) if info["ci"] else []
     if as_json:
         emit_json(info)
         return
@@ -285,7 +300,9 @@ def show(rev, as_json):
             code = f"(unknown: {shown(why or 'not recorded')})"
         con.print(f"Code:   git {code}")
     if info["ci"]:
-        con.print(f"CI:     {info['ci']}")
+        certs = info["certificates"]
+        con.print(f"CI:     {info['ci']}" + (f" (certificate{'s' if len(certs) > 1 else ''} "
+                                             f"{', '.join(short(x) for x in certs)})" if certs else ""))
     con.print("\n    " + "\n    ".join(map(shown, info["message"].splitlines())) + "\n")
     t = table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch",
               names=("component", "arch"), ids=("tree",))

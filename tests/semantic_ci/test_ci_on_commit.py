@@ -188,3 +188,33 @@ def test_on_commit_a_baseline_naming_the_branch_committed_to_is_that_branch_befo
     report = run_ci(ci_repo, "main")
     assert "'main' is the checked commit" in report["checks"][0]["note"] and report["passed"]
     assert verify(ci_repo, report["certificate"])["verified"]
+
+
+@pytest.mark.parametrize("on_fail,passes", [("rollback", True), ("report", False)])
+def test_commit_says_what_the_on_commit_checks_made_of_it_when_they_do_not_stop_it(ci_repo, monkeypatch, tmp_path,
+                                                                                  on_fail, passes):
+    """A passing on-commit run (or a failing one under on_fail = "report") left no trace in `mvc commit`
+    (--json had no ci keys) nor in `mvc show`: the certificate's id was nowhere to be seen."""
+    import json
+
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from mvc.cli import cli
+    from semantic_ci import certificate
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="first")
+    write_config(ci_repo, BASIC.replace("[ci]\n", f"[ci]\non_commit = true\non_fail = \"{on_fail}\"\n"))
+    monkeypatch.chdir(ci_repo.root)
+    save_file({"table": (t if passes else t.flip(0)).contiguous()}, str(tmp_path / "core.safetensors"))
+    r = CliRunner().invoke(cli, ["commit", "-c", f"core={tmp_path / 'core.safetensors'}", "-m", "x", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["ci_ran"] and doc["ci_passed"] is passes and certificate.of_commit(ci_repo, doc["commit"]) == [doc["certificate"]]
+    shown = json.loads(CliRunner().invoke(cli, ["show", "--json"]).stdout)
+    assert shown["certificates"] == [doc["certificate"]] and shown["ci"] == ("passed" if passes else "failed")
+    text = CliRunner().invoke(cli, ["show"]).stdout
+    assert f"CI:     {shown['ci']} (certificate {doc['certificate'][:12]})" in text
+    r = CliRunner().invoke(cli, ["commit", "-c", f"core={tmp_path / 'core.safetensors'}", "-m", "y"])  # (= x)
+    cert = certificate.of_commit(ci_repo, ci_repo.head())[0]
+    assert r.stdout.splitlines()[1] == f"semantic CI passed: certificate {cert[:12]} (mvc verify {cert[:12]} re-runs it)"
