@@ -316,7 +316,7 @@ def _default_diffs(config: CiConfig, now: Check, stored: dict) -> list[str]:
     return out
 
 
-def verify(repo, rev_or_cert: str) -> dict:
+def verify(repo, rev_or_cert: str, progress=None) -> dict:
     """Re-run every check of a certificate from its recorded ids and compare the figures.
 
     A skipped check must still have its reason: its relative revision, re-walked from the recorded
@@ -337,6 +337,8 @@ def verify(repo, rev_or_cert: str) -> dict:
                     "diffs": ["the certificate records no checks: it certifies nothing"]})
         checks = []
     for stored in checks:
+        if progress and isinstance(stored, dict):
+            progress(str(stored.get("name")))
         try:
             out.append(_verify_check(repo, ctx, cert, defined, stored))
         except (TypeError, ValueError, LookupError, AttributeError) as e:  # fields forged or edited

@@ -24,6 +24,13 @@ def _junit_option(ctx, param, value):
     return value
 
 
+def _progress_lines(as_json: bool, verb: str):
+    """A line on stderr as each check starts, on a terminal (checks run for seconds to minutes each)."""
+    if as_json or not sys.stderr.isatty():
+        return None
+    return lambda name: click.echo(f"{verb} {shown(name)} ...", err=True)
+
+
 @cli.command()
 @click.argument("rev", required=False)
 @click.option("--base", help="Baseline revision for every check (overrides mvc.toml); HEAD means REV, as in "
@@ -58,9 +65,7 @@ def ci(rev, base, names, junit, as_json):
     from semantic_ci.report import junit_xml, render_table, write_junit
     from semantic_ci.runner import run_ci
     repo = Repo(os.getcwd())
-    summary = run_ci(repo, rev, base=base, names=list(names),
-                     progress=None if as_json or not sys.stderr.isatty()
-                     else lambda n: click.echo(f"running {shown(n)} ...", err=True))
+    summary = run_ci(repo, rev, base=base, names=list(names), progress=_progress_lines(as_json, "running"))
     if not summary["passed"]:
         negative_result()
     if as_json:
@@ -113,7 +118,7 @@ def verify(target, as_json):
     from mvc.errors import MvcError
     from semantic_ci.runner import verify as run_verify
     repo = Repo(os.getcwd())
-    r = run_verify(repo, target)
+    r = run_verify(repo, target, progress=_progress_lines(as_json, "re-running"))
     if as_json:
         emit_json(r)
     else:

@@ -210,3 +210,26 @@ def test_the_readme_ci_system_steps_work_in_a_fresh_checkout(ci_repo, monkeypatc
     readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
     assert 'mvc ci "origin/$GITHUB_HEAD_REF" --base origin/main --junit reports/mvc-ci.xml' in readme
     assert "mvc init ." in readme and 'mvc remote add origin "$MVC_REMOTE"' in readme
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_ci_and_verify_say_which_check_runs_on_a_terminal(ci_repo, monkeypatch, terminal):
+    """`mvc verify` printed nothing until every check had re-run (31-47 s of silence for the README's
+    checks), where `mvc ci` names each check as it starts."""
+    import types
+
+    from mvc.cli import ci_cmds
+    write_config(ci_repo, BASIC)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t.clone()}}, message="b")
+    monkeypatch.setattr(ci_cmds, "sys", types.SimpleNamespace(stderr=types.SimpleNamespace(isatty=lambda: terminal),
+                                                              exit=__import__("sys").exit))
+    monkeypatch.chdir(ci_repo.root)
+    ran = CliRunner().invoke(cli, ["ci"])
+    checked = CliRunner().invoke(cli, ["verify", "HEAD"])
+    assert ran.exit_code == checked.exit_code == 0, ran.output + checked.output
+    lines = ["running frozen ...", "running ppl ..."] if terminal else []
+    assert ran.stderr.splitlines() == lines
+    assert checked.stderr.splitlines() == [x.replace("running", "re-running") for x in lines]
+    assert json.loads(CliRunner().invoke(cli, ["verify", "HEAD", "--json"]).stdout)["verified"]
