@@ -921,14 +921,22 @@ class Repo(Maintenance):
         return result
 
     # -- branches, tags, rollback -------------------------------------------------------------
-    def create_branch(self, name: str, rev: str | None = None) -> str:
-        check_new_ref_name(name)
+    def create_branch(self, name: str, rev: str | None = None, force: bool = False) -> str:
+        """Make branch `name` at `rev` (default HEAD); with `force`, move it there if it exists (not
+        the current branch: `rollback` moves that one). The move is in its reflog."""
+        ref = f"refs/heads/{name}"
+        now = self.refs.read(ref) if force else None  # (a ref holding no id: CorruptObject, naming it)
+        if now is None:
+            check_new_ref_name(name)
+        elif self.refs.head_target() == ref:
+            raise MvcError(f"cannot force-move the current branch {name!r}", f"mvc rollback {rev or 'HEAD'} moves it")
         oid = self.resolve(rev)
         try:
-            self.refs.update(f"refs/heads/{name}", oid, expected=None,
-                             message=f"branch: created from {rev or 'HEAD'}", author=default_author(self.root))
+            self.refs.update(ref, oid, expected=now, author=default_author(self.root),
+                             message=f"branch: {'reset to' if now else 'created from'} {rev or 'HEAD'}")
         except RefConflict:
-            raise BadName(f"branch {name!r} already exists") from None
+            raise (BadName(f"branch {name!r} already exists", "pass --force to move it") if now is None else
+                   MvcError(f"branch {name!r} moved while moving it", "look at mvc branch and try again")) from None
         return oid
 
     def delete_branch(self, name: str) -> str | None:

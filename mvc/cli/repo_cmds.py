@@ -544,31 +544,39 @@ def reflog(branch, n, as_json):
 @click.option("-d", "--delete", "delete", is_flag=True, help="Delete branch NAME.")
 @click.option("-r", "--remotes", "remotes", is_flag=True, help="List the remote-tracking branches (origin/NAME).")
 @click.option("-a", "--all", "list_all", is_flag=True, help="List local and remote-tracking branches.")
+@click.option("-f", "--force", is_flag=True, help="Move NAME to REV if it exists (not the current branch: see rollback).")
 @json_opt
-def branch(name, rev, delete, remotes, list_all, as_json):
+def branch(name, rev, delete, remotes, list_all, force, as_json):
     """List branches, create NAME at REV (default HEAD), or delete one with -d.
 
     Remote-tracking branches (what mvc fetch brought: origin/NAME) are listed with -r, or with
-    the local ones with -a.
+    the local ones with -a. With -f an existing branch moves to REV; the move is in its reflog.
 
     \b
     Examples:
       mvc branch
       mvc branch -a
       mvc branch experiment HEAD~2
+      mvc branch -f experiment main     # move it (undo: mvc branch -f experiment <old id>)
       mvc branch -d experiment
     """
     repo = _repo()
-    if (remotes or list_all) and (name is not None or delete):
-        raise click.UsageError("-r and -a list branches: they take no NAME and no -d")
+    if (remotes or list_all) and (name is not None or delete or force):
+        raise click.UsageError("-r and -a list branches: they take no NAME, -d or -f")
     if delete:
-        if not name:
-            raise click.UsageError("mvc branch -d NAME")
+        if not name or force:
+            raise click.UsageError("mvc branch -d NAME (without -f)")
         return _deleted("branch", name, repo.delete_branch(name), as_json)
+    if force and name is None:
+        raise click.UsageError("mvc branch -f NAME [REV]")
     if name is not None:  # ("" is a bad name, not a listing)
-        oid = repo.create_branch(name, rev)
+        old = repo.branches().get(name) if force else None
+        oid = repo.create_branch(name, rev, force=force)
         if as_json:
-            emit_json({"branch": name, "commit": oid})
+            emit_json({"branch": name, "commit": oid, **({"old": old} if force else {})})
+        elif old:
+            click.echo(f"Moved branch {shown(name)} from {short(old)} to {short(oid)} (undo with: mvc branch -f "
+                       f"{shown(name)} {short(old)})")
         else:
             click.echo(f"Created branch {shown(name)} at {short(oid)}")
         return

@@ -1300,3 +1300,25 @@ def test_checkout_of_a_component_the_commit_lacks_lists_those_it_has(run, in_rep
         "-m", "two")
     r = run("checkout", "HEAD", "-o", str(tmp_path / "out"), "-c", "nope", code=3)
     assert r.stderr.endswith("has no component 'nope' (it has: brick/py, core)\n") and not (tmp_path / "out").exists()
+
+
+def test_branch_force_moves_an_existing_branch_but_not_the_current_one(run, in_repo, tmp_path):
+    """A branch that is not the current one could only be moved by switching to it and rolling back;
+    `mvc branch NAME REV` on it said "already exists" with no way on."""
+    for seed in (0, 1):
+        run("commit", _ckpt(tmp_path / "m.safetensors", seed), "-m", str(seed))
+    first, second = in_repo.resolve("HEAD~1"), in_repo.resolve("HEAD")
+    run("branch", "exp", "HEAD~1")
+    assert run("branch", "exp", code=3).stderr == "error: branch 'exp' already exists (pass --force to move it)\n"
+    r = run("branch", "-f", "exp")
+    assert r.stdout == f"Moved branch exp from {first[:12]} to {second[:12]} (undo with: mvc branch -f exp {first[:12]})\n"
+    assert in_repo.branches()["exp"] == second and in_repo.reflog("exp")[0]["message"] == "branch: reset to HEAD"
+    doc = json.loads(run("branch", "-f", "exp", first[:12], "--json").stdout)
+    assert doc == {"branch": "exp", "commit": first, "old": second} and in_repo.branches()["exp"] == first
+    assert run("branch", "-f", "main", "exp", code=3).stderr == ("error: cannot force-move the current branch 'main' "
+                                                                "(mvc rollback exp moves it)\n")
+    assert in_repo.branches() == {"main": second, "exp": first}
+    json.loads(run("branch", "-f", "new", "--json").stdout)  # (a branch that does not exist: made)
+    assert in_repo.branches()["new"] == second
+    run("branch", "-f", code=2)
+    run("branch", "-d", "exp", "-f", code=2)
