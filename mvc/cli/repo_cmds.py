@@ -467,7 +467,10 @@ def checkout(rev, out, comps, force, as_json):
 def export(rev, component, out, force, as_json):
     """Write one single-file COMPONENT of REV to a file.
 
-    An existing file with other content is refused unless --force.
+    An existing file with other content is refused unless --force. The file holds what was
+    committed (for a model committed from Python, its tensors): an arch, config and ABI the commit
+    records stay in the commit, so a file committed back with `mvc commit` records none (and
+    load_model, semantic CI and paste need them): branch from the commit instead of re-importing.
 
     \b
     Examples:
