@@ -948,9 +948,10 @@ class LazyRemoteStore(ObjectStore):
                                     f"({self.transport().describe()}) is a lazy clone that has not fetched it either",
                                     f"load it there first, or fetch from its origin: mvc config "
                                     f"remote.{self.remote}.url {origin}") from None
-            raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it",
-                                "the remote is damaged: clone from another copy, or repair it with "
-                                "mvc push --repair from a repository that has it") from None
+            raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it: "
+                                "its gc may have collected a branch deleted or rewritten there, or it is damaged",
+                                "fetch from another copy that has it, or mvc push --repair from a repository "
+                                "that has it") from None
         except MvcError as e:  # a damaged remote copy stays a CorruptObject
             kind = CorruptObject if isinstance(e, CorruptObject) else MvcError
             raise kind(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "

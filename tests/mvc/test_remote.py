@@ -417,8 +417,10 @@ def test_lazy_clone_names_the_remote_when_it_lacks_a_blob(tmp_path):
     cid = src.head()
     gone = src.read_tree(src.read_commit(cid)["components"]["core"])["tensors"]["w1"]["id"]
     os.unlink(DirectoryTransport(bare.url).objects.path(gone))
-    with pytest.raises(mvc.errors.ObjectMissing, match="remote origin does not have it"):
+    with pytest.raises(mvc.errors.ObjectMissing, match="remote origin does not have it") as e:
         lazy.load("HEAD", "core")
+    assert "gc may have collected a branch deleted or rewritten there, or it is damaged" in e.value.message
+    assert e.value.hint.startswith("fetch from another copy that has it")  # (not "the remote is damaged")
 
 
 def test_a_lazy_clone_whose_remote_moved_says_how_to_repoint_it(tmp_path):
