@@ -128,6 +128,27 @@ def _read_log(path: str, checked: bool = True) -> list[dict]:
     return out
 
 
+def _unfinished(e: dict, current: str | None) -> bool:
+    """Whether reflog entry `e`, the last of its log, is a move that did not happen: it moves the ref
+    away from the value the ref still holds (the entry is written first; a process killed before
+    the ref file moved leaves it)."""
+    return e.get("old") == current and e.get("new") != current
+
+
+def _last_line(fd: int, size: int) -> tuple[int, bytes] | None:
+    """(offset, bytes) of the last whole line of a log `size` long (None: empty, or it ends torn)."""
+    if not size:
+        return None
+    start = max(0, size - 65536)
+    tail = os.pread(fd, size - start, start)
+    if not tail.endswith(b"\n"):
+        return None
+    cut = tail.rfind(b"\n", 0, len(tail) - 1) + 1
+    if cut == 0 and start:  # (a line longer than the tail read: not one mvc writes)
+        return None
+    return start + cut, tail[cut:]
+
+
 def _well_formed(e) -> bool:
     """Whether a parsed reflog line is an entry as update() writes it (author is optional:
     older mvc wrote none)."""
@@ -449,6 +470,15 @@ class RefStore:
         fd = _open_append(path)
         try:
             size = os.fstat(fd).st_size
+            junk = old is None and os.path.lexists(self._path(ref))  # (a ref file holding no id: not judged)
+            last = None if junk else _last_line(fd, size)
+            try:
+                unfinished = last is not None and _unfinished(json.loads(last[1]), old)
+            except (ValueError, AttributeError):
+                unfinished = False
+            if unfinished:  # its writer was killed between the entry and the ref (whose lock we broke)
+                os.ftruncate(fd, last[0])
+                size = last[0]
             try:
                 if size:
                     os.lseek(fd, size - 1, os.SEEK_SET)
@@ -553,7 +583,10 @@ class RefStore:
         """Entries newest first (torn lines skipped). A live ref shows its own log only; a deleted
         ref with no new log shows its retired logs, so its last commits can still be found."""
         entries = _read_log(self._log_path(ref))
-        if not entries and self.read_raw(ref) is None:
+        current = self.read_raw(ref)
+        if entries and (current is None or is_oid(current)) and _unfinished(entries[-1], current):
+            entries.pop()  # a move that was logged but has not happened (in flight, or its process killed)
+        if not entries and current is None:
             for path in self._retired_logs(ref):
                 entries += _read_log(path)
         return entries[::-1]

@@ -862,3 +862,45 @@ def test_a_reserve_write_interrupted_leaves_no_temp_file_and_gc_sweeps_a_killed_
     os.utime(killed, (time.time() - 7200, time.time() - 7200))
     repo.gc(grace_s=0)
     assert not os.path.exists(killed) and os.path.exists(os.path.join(repo.dir, maintenance.RESERVE))
+
+
+KILLED_IN_REF_WRITE = """
+import os, sys
+import mvc, mvc.refs
+repo = mvc.Repo(sys.argv[1])
+die = lambda *a, **k: os.kill(os.getpid(), 9)  # killed after the reflog entry, before the ref file changes
+mvc.refs.atomic_write = die
+real_unlink = os.unlink
+os.unlink = lambda p, *a, **k: die() if str(p).endswith(os.path.join("refs", "heads", "exp")) else real_unlink(p, *a, **k)
+repo.{call}
+"""
+
+
+@pytest.mark.parametrize("call,kept", [("rollback()", 2), ("delete_branch('exp')", 1)])
+def test_a_move_killed_between_its_reflog_entry_and_its_ref_is_not_in_the_reflog(repo, call, kept):
+    """The entry is written first: a kill -9 before the ref file moved left an entry for a move that
+    never happened. main@{0} named the commit main was not at, and after the next move @{1} was the
+    phantom's target, so `mvc rollback @{1}` did not go back to where main had been."""
+    import subprocess
+    import sys
+    c1 = repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    c2 = repo.commit({"core": {"w": torch.arange(4.0)}}, message="two")
+    repo.create_branch("exp")
+    ref = "refs/heads/main" if "rollback" in call else "refs/heads/exp"
+    log = os.path.join(repo.dir, "logs", *ref.split("/"))
+    before = open(log, "rb").read()
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_REF_WRITE.format(call=call), repo.root])
+    assert proc.returncode == -9 and repo.refs.read(ref) == c2
+    assert len(open(log, "rb").read()) > len(before)  # the killed move's entry is there
+    assert repo.refs.reflog(ref)[0]["new"] == c2  # ... and not shown
+    assert repo.resolve(ref[len("refs/heads/"):] + "@{0}") == c2
+    assert len(repo.refs.reflog(ref)) == kept
+    if "rollback" in call:
+        assert repo.resolve("main@{1}") == c1
+        c3 = repo.commit({"core": {"w": torch.zeros(4)}}, message="three")  # (it breaks the dead owner's lock)
+        assert open(log, "rb").read().startswith(before) and [e["new"] for e in repo.refs.reflog(ref)] == [c3, c2, c1]
+        assert repo.resolve("main@{1}") == c2
+    else:
+        repo.delete_branch("exp")
+        assert [(e["old"], e["new"]) for e in repo.refs.reflog(ref)] == [(c2, None), (None, c2)]
+    assert repo.fsck()["ok"]
