@@ -1071,9 +1071,10 @@ def _remove_stale_temps(folder: int) -> None:
                 os.unlink(name, dir_fd=folder)
 
 
-def stray_files(folders: list[str], written: list[str]) -> list[str]:
+def stray_files(folders: list[str], written: list[str], temps: list | None = None) -> list[str]:
     """Files under `folders` (a checkout's component folders) that the checkout did not write
-    (left there by an earlier checkout)."""
+    (left there by an earlier checkout); the temp files of other checkouts (a killed one's, or one
+    running now) go to `temps` instead, as (path, size)."""
     mine = {os.path.abspath(p) for p in written}  # (once for all folders: a checkout of thousands
     out = []                                        # of components took time quadratic in them)
     for folder in folders:
@@ -1081,8 +1082,13 @@ def stray_files(folders: list[str], written: list[str]) -> list[str]:
             dirs[:] = [d for d in dirs if not is_reserved_segment(d)]  # (.git, .mvc: never committed)
             for name in files:
                 path = os.path.abspath(os.path.join(dirpath, name))
-                if path not in mine and not _TEMP_NAME.match(name):
+                if path in mine:
+                    continue
+                if not _TEMP_NAME.match(name):
                     out.append(path)
+                elif temps is not None and not name.endswith(".mvc-old"):  # (.mvc-old: see _remove_stale_temps)
+                    with contextlib.suppress(OSError):
+                        temps.append((path, os.lstat(path).st_size))
     return sorted(out)
 
 

@@ -1100,10 +1100,15 @@ class Repo(Maintenance):
         paths = comp.checkout_paths(trees)  # no two files on one path: checked before anything is written
         items = [(trees[name], rel, os.path.join(out_dir, *path.split("/"))) for name, rel, path in paths]
         written = comp.write_files(self.store, items, force, progress, base=out_dir, unchanged=unchanged)
-        stray = comp.stray_files([os.path.join(out_dir, *name.split("/")) for name in trees], written)
+        temps: list = []
+        stray = comp.stray_files([os.path.join(out_dir, *name.split("/")) for name in trees], written, temps)
         if stray:
             warnings.warn(f"{len(stray)} file(s) under {out_dir} are not part of {cid[:12]} (left from before), "
                           f"e.g. {stray[0]}")
+        if temps:
+            warnings.warn(f"{len(temps)} temp file(s) of another checkout or export ({sum(n for _, n in temps):,} bytes) "
+                          f"are under {out_dir}, e.g. {temps[0][0]}: a killed one's, or one running now; a checkout "
+                          f"there removes those over {comp.STALE_TEMP_S / 3600:g} hour old, or delete them")
         return written
 
     def _refuse_output_inside_mvc(self, out: str) -> None:

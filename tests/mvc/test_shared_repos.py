@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import time
+import warnings
 
 import pytest
 import torch
@@ -282,6 +283,26 @@ def test_a_killed_checkout_s_temp_files_are_not_committed_with_its_folder(tmp_pa
     with pytest.warns(UserWarning, match=r"skipped .*\.0123456789ab\.mvc-tmp: a temp file a killed mvc checkout"):
         cid = repo.commit({"m": str(folder)}, message="from the folder")
     assert sorted(repo.tree(cid, "m")["files"]) == [".not-ours.mvc-tmp", "model.safetensors"]
+
+
+def test_a_checkout_names_the_temp_files_a_killed_one_left_in_its_folders(tmp_path):
+    """A killed checkout's full-size temp copies stayed invisible (dot names), for an hour or for good,
+    and the next checkout there said only "wrote N files"."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.commit({"m": _sd(0)}, message="one")
+    folder = tmp_path / "out" / "m"
+    folder.mkdir(parents=True)
+    (folder / ".0123456789ab.mvc-tmp").write_bytes(b"x" * 1000)  # (young: a killed or a running checkout's)
+    (folder / ".ba9876543210.mvc-old").write_bytes(b"kept aside")  # (a replaced file's only copy: not named)
+    with pytest.warns(UserWarning, match=r"1 temp file\(s\) of another checkout or export \(1,000 bytes\) are under "
+                                         r".*\.0123456789ab\.mvc-tmp: a killed one's, or one running now"):
+        repo.checkout("HEAD", str(tmp_path / "out"))
+    old = time.time() - 7200
+    os.utime(folder / ".0123456789ab.mvc-tmp", (old, old))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        repo.checkout("HEAD", str(tmp_path / "out"), force=True)  # (removes it: over an hour old)
+    assert sorted(os.listdir(folder)) == [".ba9876543210.mvc-old", "model.safetensors"]
 
 
 def test_without_hard_links_a_file_that_appeared_is_still_refused(tmp_path, monkeypatch):
