@@ -922,22 +922,37 @@ class Repo(Maintenance):
 
     # -- branches, tags, rollback -------------------------------------------------------------
     def create_branch(self, name: str, rev: str | None = None, force: bool = False) -> str:
-        """Make branch `name` at `rev` (default HEAD); with `force`, move it there if it exists (not
-        the current branch: `rollback` moves that one). The move is in its reflog."""
+        """Make branch `name` at `rev` (default HEAD); returns its commit. With `force`, an existing
+        branch moves there (see `force_branch`)."""
+        if force:
+            return self.force_branch(name, rev)["new"]
+        check_new_ref_name(name)
+        oid = self.resolve(rev)
+        try:
+            self.refs.update(f"refs/heads/{name}", oid, expected=None,
+                             message=f"branch: created from {rev or 'HEAD'}", author=default_author(self.root))
+        except RefConflict:
+            raise BadName(f"branch {name!r} already exists", "pass --force to move it") from None
+        return oid
+
+    def force_branch(self, name: str, rev: str | None = None) -> dict:
+        """Move branch `name` to `rev` (default HEAD), making it if it does not exist; not the current
+        branch (`rollback` moves that one). The move is in its reflog. {"branch", "old", "new"}."""
         ref = f"refs/heads/{name}"
-        now = self.refs.read(ref) if force else None  # (a ref holding no id: CorruptObject, naming it)
+        now = self.refs.read(ref)  # (a ref holding no id: CorruptObject, naming it)
         if now is None:
             check_new_ref_name(name)
         elif self.refs.head_target() == ref:
-            raise MvcError(f"cannot force-move the current branch {name!r}", f"mvc rollback {rev or 'HEAD'} moves it")
+            raise MvcError(f"cannot force-move the current branch {name!r}",
+                           f"mvc rollback {rev} moves it" if rev else "mvc rollback REV moves it")
         oid = self.resolve(rev)
         try:
             self.refs.update(ref, oid, expected=now, author=default_author(self.root),
                              message=f"branch: {'reset to' if now else 'created from'} {rev or 'HEAD'}")
         except RefConflict:
-            raise (BadName(f"branch {name!r} already exists", "pass --force to move it") if now is None else
-                   MvcError(f"branch {name!r} moved while moving it", "look at mvc branch and try again")) from None
-        return oid
+            raise MvcError(f"branch {name!r} was {'moved' if now else 'made'} by another process meanwhile",
+                           "look at mvc branch and try again") from None
+        return {"branch": name, "old": now, "new": oid}
 
     def delete_branch(self, name: str) -> str | None:
         """Remove branch `name`; returns the commit it named (None for a ref file that held no id,

@@ -665,10 +665,11 @@ class DirectoryTransport(Transport):
         if junk is not None:  # no id there (an empty file counts as none, as parse_ref_value reads it)
             if junk and not replace_damaged:
                 parse_ref_value(ref, junk.encode())  # (raises CorruptObject, naming what it holds)
-            if junk or expected is None:
-                refs.update(ref, None, expected=junk, message=f"{message}: replaced a damaged ref", author=author)
+            if not junk and expected is not None:
+                raise _moved_there(ref, None, expected)
+            refs.update(ref, None, expected=junk, message=f"{message}: replaced a damaged ref", author=author)
             current = None
-        if current != expected and junk is None:
+        elif current != expected:
             raise _moved_there(ref, current, expected)
         if new is None and current is None:
             return

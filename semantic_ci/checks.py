@@ -100,7 +100,7 @@ def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
         base = resolve_relative(ctx.repo, base_rev, ctx.commit)
     except UnknownRevision as e:
         raise bad(e) from None
-    if ctx.moved and base == ctx.commit and base_rev in _branch_spellings(ctx.moved[0]):
+    if key == "baseline" and not path and ctx.moved and base == ctx.commit and base_rev in _branch_spellings(ctx.moved[0]):
         base = ctx.moved[1]  # the branch the candidate was committed to: as it was before (not the candidate)
     try:
         return walk_relative(ctx.repo, base, path)

@@ -60,15 +60,15 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
 
 
 def _back_to(target: str | None) -> str:
-    return f"rolled back to {target[:12]}" if target else "rolled back to no commit: it is empty now"
+    return f"rolled back to {target[:12]}" if target else "rolled back to no commit: none of its commits passed"
 
 
 def _undo_hint(repo, ref: str, commit: str) -> str:
-    """How to take the branch back to the commit CI rolled it back from."""
-    undo = f"mvc rollback {commit[:12]}"
-    if repo.refs.head_target() != ref:
-        undo = f"mvc switch {ref.removeprefix('refs/heads/')}, then {undo}"
-    return f"to keep it all the same: {undo}"
+    """How to move the branch back to the commit CI rolled it back from (the current branch with
+    rollback; another, which the rollback may have deleted, with branch -f)."""
+    undo = (f"mvc rollback {commit[:12]}" if repo.refs.head_target() == ref else
+            f"mvc branch -f {ref.removeprefix('refs/heads/')} {commit[:12]}")
+    return f"to keep the commit anyway: {undo}"
 
 
 def _roll_back(repo, commit: str, ref: str, why: str) -> str | None:

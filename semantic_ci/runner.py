@@ -21,7 +21,8 @@ def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, co
     """Run the checks of mvc.toml (or `config`) on `rev`; store and return the certificate summary.
     The certificate is partial (not mvc.toml's suite as it defines it) when asked, with a `base`,
     or when `names` leave checks out. `moved` (on-commit CI: the branch `rev` was just committed
-    to, and its commit before) makes a baseline naming that branch mean it as it was before."""
+    to, and its commit before) makes a baseline naming that branch (by its bare name: `main~1` is
+    walked from the candidate's branch as it is) mean it as it was before."""
     config = config or cfgmod.load(repo.root)
     if config is None:
         raise ConfigError(f"no {cfgmod.CONFIG_FILE} in {repo.root}", "add a [ci] table with [[ci.checks]]")

@@ -9,6 +9,7 @@ import click
 
 from ..errors import BadInput
 from ..repo import Repo
+from .ci_state import echo_on_commit_ci, on_commit_ci
 from .main import cli
 from .output import (console, emit_json, error, json_opt, json_when_ci_fails, message_opt, negative_result, short,
                      shown)
@@ -61,12 +62,14 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
         return
     if not r["moved"]:
         negative_result()
+    ci = on_commit_ci(repo, r["commit"]) if r["moved"] else {}  # (certificates of the pasted commit)
     if as_json:
-        emit_json(r)
+        emit_json({**r, **ci})
     elif r["moved"]:
         click.echo(f"[{shown(r['branch'])} {short(r['commit'])}] pasted brick {name}"
                    + (f" as brick/{as_name}" if as_name and as_name != name else "")
                    + f" ({r['tensors']} tensors{' as int8' if int8 else ', reused by id'})")
+        echo_on_commit_ci(ci)
         if gate is None and not no_ci:
             click.echo("no migration checks are configured for this brick in mvc.toml; none ran"
                        if os.path.exists(os.path.join(repo.root, "mvc.toml")) else

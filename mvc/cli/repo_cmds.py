@@ -6,7 +6,6 @@ import json
 import os
 import re
 import sys
-import warnings
 from collections import Counter
 
 import click
@@ -14,6 +13,7 @@ import click
 from ..errors import BadInput, MvcError
 from ..repo import Repo
 from .main import cli
+from .ci_state import ci_states, commit_certificates, echo_on_commit_ci, on_commit_ci
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
                      message_opt, negative_result, plural, print_table, short, shown, size_change, stream_stdout,
                      table, warn)
@@ -151,16 +151,13 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
         for name, n in _emptied(repo, c["parents"][0], cid, components):
             warn(f"component {shown(name)} held {plural(n, 'tensor')} and now holds none (only files): "
                  f"{undo} undoes this commit")
-    certs = _certificates(repo, cid)  # (mvc.toml's on-commit checks ran: what they made of it)
-    state = _ci_status(repo, [cid]).get(cid) if certs else None
+    ci = on_commit_ci(repo, cid)
     if as_json:
         emit_json({"commit": cid, "branch": branch or repo.head_branch, "parents": c["parents"],
-                   "components": c["components"], "unchanged": unchanged, "ci_ran": bool(certs),
-                   "ci_passed": state == "passed" if certs else None, "certificate": certs[-1] if certs else None})
+                   "components": c["components"], "unchanged": unchanged, **ci})
     else:
         click.echo(f"[{shown(branch or repo.head_branch)} {short(cid)}] {shown(message.splitlines()[0])}")
-        if certs:
-            click.echo(f"semantic CI {state}: certificate {short(certs[-1])} (mvc verify {short(certs[-1])} re-runs it)")
+        echo_on_commit_ci(ci)
 
 
 def _emptied(repo: Repo, parent: str, cid: str, names) -> list[tuple[str, int]]:
@@ -206,7 +203,7 @@ def log(rev, n, oneline, as_json):
         click.echo(f"no commits in {exclude}..{rev}" if exclude else "no commits yet" + (
             f" on {shown(repo.head_branch)} ({elsewhere})" if elsewhere else ""), err=True)
         return
-    status = _ci_status(repo, [c["id"] for c in commits])
+    status = ci_states(repo, [c["id"] for c in commits])
     if as_json:
         emit_json([{"id": c["id"], "parents": c["parents"], "message": c["message"], "metrics": c["metrics"],
                     "components": c["components"], "author": c["author"], "time": c["time"],
@@ -239,32 +236,6 @@ def log(rev, n, oneline, as_json):
     click.echo("\n".join(out))
 
 
-def _certificates(repo: Repo, cid: str) -> list[str]:
-    """The ids of a commit's certificates, oldest first (read from the certificate index, no torch)."""
-    from ..certindex import index_path
-    if not os.path.exists(index_path(repo.dir, cid)):
-        return []
-    from semantic_ci.certificate import of_commit
-    return of_commit(repo, cid)
-
-
-def _ci_status(repo: Repo, ids) -> dict:
-    """CI verdicts of commits that have a certificate (read from the certificate index, no torch)."""
-    from ..certindex import CERTS_DIR, index_path
-    out = {}
-    if not os.path.isdir(os.path.join(repo.dir, CERTS_DIR)):
-        return out
-    from semantic_ci.certificate import ci_state  # the index is checked, not trusted (no torch)
-    for cid in ids:
-        if os.path.exists(index_path(repo.dir, cid)):
-            state, problems = ci_state(repo, cid)
-            for p in problems:
-                warnings.warn(p)
-            if state or problems:
-                out[cid] = state or "unknown"
-    return out
-
-
 @cli.command()
 @click.argument("rev", default="HEAD")
 @json_opt
@@ -277,8 +248,8 @@ def show(rev, as_json):
     """
     repo = _repo()
     info = repo.show(rev)
-    info["ci"] = _ci_status(repo, [info["id"]]).get(info["id"])
-    info["certificates"] = _certificates(repo, info["id"]) if info["ci"] else []
+    info["ci"] = ci_states(repo, [info["id"]]).get(info["id"])
+    info["certificates"] = commit_certificates(repo, info["id"]) if info["ci"] else []
     if as_json:
         emit_json(info)
         return
@@ -573,10 +544,13 @@ def branch(name, rev, delete, remotes, list_all, force, as_json):
     if force and name is None:
         raise click.UsageError("mvc branch -f NAME [REV]")
     if name is not None:  # ("" is a bad name, not a listing)
-        old = repo.branches().get(name) if force else None
-        oid = repo.create_branch(name, rev, force=force)
+        if force:
+            moved = repo.force_branch(name, rev)
+            old, oid = moved["old"], moved["new"]
+        else:
+            old, oid = None, repo.create_branch(name, rev)
         if as_json:
-            emit_json({"branch": name, "commit": oid, **({"old": old} if force else {})})
+            emit_json({"branch": name, "commit": oid, "old": old})
         elif old:
             click.echo(f"Moved branch {shown(name)} from {short(old)} to {short(oid)} (undo with: mvc branch -f "
                        f"{shown(name)} {short(old)})")
@@ -697,7 +671,7 @@ def status(as_json):
     follows = _git_branch_ahead_of(repo)
     info = {"branch": repo.head_branch, "head": head, "head_problem": repo.refs.head_problem(),
             "git_branch": gb, "git_detached": detached, "next_commit_branch": follows or repo.head_branch,
-            "ci": _ci_status(repo, [head]).get(head) if head else None, "root": repo.root}
+            "ci": ci_states(repo, [head]).get(head) if head else None, "root": repo.root}
     if as_json:
         emit_json(info)
         return
@@ -1017,8 +991,10 @@ def revert(rev, message, as_json):
     restored = repo.resolve(rev)
     with json_when_ci_fails(as_json):
         new = repo.revert(rev, message)
+    ci = on_commit_ci(repo, new)
     if as_json:
-        emit_json({"commit": new, "restored": restored})
+        emit_json({"commit": new, "restored": restored, **ci})
     else:
         c = repo.read_commit(new)
         click.echo(f"[{shown(repo.head_branch)} {short(new)}] {shown(c['message'].splitlines()[0])}")
+        echo_on_commit_ci(ci)

@@ -1317,8 +1317,10 @@ def test_branch_force_moves_an_existing_branch_but_not_the_current_one(run, in_r
     assert doc == {"branch": "exp", "commit": first, "old": second} and in_repo.branches()["exp"] == first
     assert run("branch", "-f", "main", "exp", code=3).stderr == ("error: cannot force-move the current branch 'main' "
                                                                 "(mvc rollback exp moves it)\n")
-    assert in_repo.branches() == {"main": second, "exp": first}
-    json.loads(run("branch", "-f", "new", "--json").stdout)  # (a branch that does not exist: made)
+    assert run("branch", "-f", "main", code=3).stderr.endswith("(mvc rollback REV moves it)\n")
+    assert json.loads(run("branch", "made", "--json").stdout) == {"branch": "made", "commit": second, "old": None}
+    assert in_repo.branches() == {"main": second, "exp": first, "made": second}
+    assert json.loads(run("branch", "-f", "new", "--json").stdout)["old"] is None  # (one that did not exist: made)
     assert in_repo.branches()["new"] == second
     run("branch", "-f", code=2)
     run("branch", "-d", "exp", "-f", code=2)

@@ -1928,3 +1928,7 @@ def test_a_damaged_branch_in_a_repository_remote_is_replaced_by_a_forced_push_an
     retired = [open(os.path.join(d, f)).read() for d, _, fs in os.walk(os.path.join(owner.dir, "logs", "deleted"))
                for f in fs]  # (the damaged ref's removal: logged, and retired as a deletion's log is)
     assert any("replaced a damaged ref" in text for text in retired)
+    (tmp_path / "owner" / ".mvc" / "refs" / "heads" / "exp").write_bytes(b"")  # emptied after a pusher read it:
+    from mvc.errors import RefConflict                                          # moved meanwhile, as on a bare remote
+    with pytest.raises(RefConflict, match=f"remote refs/heads/exp is \\(none\\), expected {head[:12]}"):
+        DirectoryTransport(str(tmp_path / "owner")).update_ref("refs/heads/exp", head, expected=head)

@@ -125,7 +125,7 @@ def test_on_commit_rollback_moves_branch_back(ci_repo):
     assert ci_repo.reflog()[0]["message"].startswith("ci rollback")
     assert certificate.read(ci_repo, info.value.certificate)["passed"] is False
     assert ci_repo.resolve("HEAD~1") == c1
-    assert info.value.hint == f"to keep it all the same: mvc rollback {info.value.commit[:12]}"
+    assert info.value.hint == f"to keep the commit anyway: mvc rollback {info.value.commit[:12]}"
 
 
 def test_on_commit_report_mode_warns_and_keeps_commit(ci_repo):

@@ -145,10 +145,10 @@ def test_a_branch_ci_emptied_goes_back_with_rollback_rev_as_the_error_says(ci_re
     said "the current branch has no commits to roll back": every move could be undone but this one."""
     write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n")
                  .replace('baseline = "HEAD~1"', 'baseline = "nosuch"', 1))
-    with pytest.raises(MvcError, match="rolled back to no commit: it is empty now") as info:
+    with pytest.raises(MvcError, match="rolled back to no commit: none of its commits passed") as info:
         ci_repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="first")
     commit = info.value.commit
-    assert ci_repo.head() is None and f"; to keep it all the same: mvc rollback {commit[:12]}" in info.value.message
+    assert ci_repo.head() is None and f"; to keep the commit anyway: mvc rollback {commit[:12]}" in info.value.message
     with pytest.raises(MvcError, match="no commits to roll back"):
         ci_repo.rollback()  # (no REV: nothing to go back from)
     assert ci_repo.rollback(commit[:12]) == {"branch": "main", "old": None, "new": commit}
@@ -203,7 +203,7 @@ def test_commit_says_what_the_on_commit_checks_made_of_it_when_they_do_not_stop_
     from mvc.cli import cli
     from semantic_ci import certificate
     t = trained_table(builtin_probe(3000))
-    ci_repo.commit({"core": {"table": t}}, message="first")
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
     write_config(ci_repo, BASIC.replace("[ci]\n", f"[ci]\non_commit = true\non_fail = \"{on_fail}\"\n"))
     monkeypatch.chdir(ci_repo.root)
     save_file({"table": (t if passes else t.flip(0)).contiguous()}, str(tmp_path / "core.safetensors"))
@@ -218,3 +218,25 @@ def test_commit_says_what_the_on_commit_checks_made_of_it_when_they_do_not_stop_
     r = CliRunner().invoke(cli, ["commit", "-c", f"core={tmp_path / 'core.safetensors'}", "-m", "y"])  # (= x)
     cert = certificate.of_commit(ci_repo, ci_repo.head())[0]
     assert r.stdout.splitlines()[1] == f"semantic CI passed: certificate {cert[:12]} (mvc verify {cert[:12]} re-runs it)"
+    if not passes:  # (report: a revert to the first state fails the frozen check, and lands)
+        r = CliRunner().invoke(cli, ["revert", first, "--json"])
+        doc = json.loads(r.stdout)
+        assert r.exit_code == 0 and doc["ci_ran"] and doc["ci_passed"] is False and doc["restored"] == first
+        assert certificate.of_commit(ci_repo, doc["commit"]) == [doc["certificate"]]
+
+
+def test_only_a_bare_baseline_name_means_the_branch_before_the_commit(ci_repo):
+    """`main~1` stays the candidate's parent on a commit to main (it became the grandparent, and on
+    main's second commit a skip), and a migration's source or hosts naming main stay main as it is."""
+    from semantic_ci.checks import Context, resolve_check_rev
+    from semantic_ci.config import Check, CiConfig
+    from semantic_ci.models import ModelCache
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
+    second = ci_repo.commit({"core": {"table": t + 1}}, message="second")
+    ctx = Context(ci_repo, second, CiConfig(source="mvc.toml"), ModelCache(ci_repo), None, ("main", first))
+    check = Check(name="c", kind="migration", params={})
+    assert resolve_check_rev(ctx, check, "baseline", "main") == first
+    assert resolve_check_rev(ctx, check, "baseline", "main~1") == first  # (from main as it is: the parent)
+    assert resolve_check_rev(ctx, check, "source", "main") == second
+    assert resolve_check_rev(ctx, check, "hosts[0]", "refs/heads/main") == second

@@ -819,7 +819,19 @@ def test_the_rollback_message_names_a_branch_with_a_slash_whole(ci_repo):
     bad[101] = 0
     with pytest.raises(mvc.CheckFailed, match="team/exp rolled back to") as info:
         ci_repo.commit({"core": {"table": bad}}, message="b", branch="team/exp")
-    assert info.value.hint == f"to keep it all the same: mvc switch team/exp, then mvc rollback {info.value.commit[:12]}"
+    assert info.value.hint == f"to keep the commit anyway: mvc branch -f team/exp {info.value.commit[:12]}"
+    # the hint works, also where the rollback deleted the branch (none of its commits passed)
+    ci_repo.create_branch("team/exp", info.value.commit[:12], force=True)
+    assert ci_repo.branches()["team/exp"] == info.value.commit
+    write_config(ci_repo, BASIC.replace("[ci]", '[ci]\non_commit = true\non_fail = "rollback"')
+                 .replace('baseline = "HEAD~1"', 'baseline = "main"', 1))
+    ci_repo.commit({"core": {"table": t}}, message="main's")
+    with pytest.raises(mvc.CheckFailed, match="other rolled back to no commit: none of its commits passed") as info:
+        ci_repo.commit({"core": {"table": bad}}, message="other's", branch="other", root=True)
+    assert "other" not in ci_repo.branches()
+    assert info.value.hint == f"to keep the commit anyway: mvc branch -f other {info.value.commit[:12]}"
+    ci_repo.create_branch("other", info.value.commit[:12], force=True)
+    assert ci_repo.branches()["other"] == info.value.commit
 
 
 def test_a_partial_run_neither_changes_a_commits_ci_state_nor_rollback_targets(ci_repo):

@@ -139,6 +139,7 @@ def test_paste_gate_measures_the_host_being_pasted_into(setup):
     doc = json.loads(r.stdout)
     check = doc["ci"]["checks"][0]
     assert doc["moved"] and check["status"] == "passed"
+    assert doc["ci_ran"] and doc["ci_passed"] is True and doc["certificate"] == doc["ci"]["certificate"]
     from semantic_ci import certificate
     cert = certificate.read(setup, doc["ci"]["certificate"])
     assert cert["checks"][0]["inputs"]["hosts"] == [setup.resolve("host-b~1")]  # the host before the paste
