@@ -703,10 +703,13 @@ class Repo(Maintenance):
         if git_branch:
             try:
                 check_ref_name(git_branch)
-                if self.refs.read_raw(f"refs/heads/{git_branch}") is None:  # a branch this commit creates
-                    check_new_ref_name(git_branch)  # (e.g. hex in capitals: it would hide an id prefix)
                 ref = f"refs/heads/{git_branch}"
-                return ref, head_commit, None, head_target != ref
+                if self.refs.read_raw(ref) is None:  # a branch this commit creates
+                    check_new_ref_name(git_branch)  # (e.g. hex in capitals: it would hide an id prefix)
+                    if head_commit and head_target:  # (from mvc's HEAD, which git's fork point may not be)
+                        warn = (f"mvc branch {git_branch} is new: it starts from {head_target.removeprefix('refs/heads/')} "
+                                f"({head_commit[:12]}), mvc's current branch")
+                return ref, head_commit, warn, head_target != ref
             except BadName as e:
                 warn = f"git branch {git_branch!r} cannot be an mvc branch ({e.message})"
         elif detached:
@@ -717,6 +720,16 @@ class Repo(Maintenance):
         if warn:
             warn += f"; committing to the current mvc branch {head_target[len('refs/heads/'):]}"
         return head_target, head_commit, warn, False
+
+    def _refuse_git_branch_mismatch(self, head_ref: str, what: str) -> None:
+        """In a git work tree whose branch is not mvc's current one (after git checkout OTHER, until
+        the next mvc commit moves HEAD there), commits go to git's branch while HEAD names mvc's:
+        a rollback or revert would act on the one and commit to (or be expected on) the other."""
+        ref, _from, _warn, follow = self._target_branch(None)
+        if follow and ref != head_ref:
+            ours, git = head_ref.removeprefix("refs/heads/"), ref.removeprefix("refs/heads/")
+            raise MvcError(f"cannot {what}: mvc's current branch is {ours}, but commits here go to {git} (git's "
+                           "current branch)", f"mvc switch {git} first, or git checkout {ours}")
 
     def _run_commit_hooks(self, cid: str, ref: str) -> None:
         """Call post-commit hooks registered by other packages (semantic CI) via entry points."""
@@ -1032,6 +1045,7 @@ class Repo(Maintenance):
     def rollback(self, rev: str | None = None) -> dict:
         """Move the current branch to `rev` (default: its parent); recorded in the reflog."""
         ref = self.refs.head_branch_ref("nothing to roll back", "mvc switch BRANCH first")
+        self._refuse_git_branch_mismatch(ref, "roll back")
         old = self.refs.read(ref)
         if old is None and rev is None:  # (with REV, an emptied branch can go back: CI's rollback empties one)
             raise UnknownRevision("the current branch has no commits to roll back", "mvc rollback REV moves it to one")
@@ -1051,9 +1065,11 @@ class Repo(Maintenance):
         """A new commit whose components are those of `rev`; returns its id. Unlike `git revert`
         (which undoes a commit), this returns to REV's weights while keeping the history in
         between, as `rollback` does by moving the branch back."""
+        ref, created_from, _warn, _follow = self._target_branch(branch)
+        if branch is None and self.refs.head_target():
+            self._refuse_git_branch_mismatch(self.refs.head_target(), "revert")  # (REV's HEAD would be the other's)
         cid = self.resolve(rev)
         target = self.read_commit(cid, shared=True)["components"]
-        ref, created_from, _warn, _follow = self._target_branch(branch)
         base = self.refs.read(ref) or created_from
         current = self.read_commit(base, shared=True)["components"] if base else {}
         if current == target:

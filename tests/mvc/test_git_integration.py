@@ -417,3 +417,39 @@ def test_a_git_branch_and_user_name_that_are_not_utf8_are_recorded_escaped(tmp_p
     entry = repo.log()[0]
     assert entry["author"].startswith("J\\xf6rg")
     assert mvc.Repo(work).show("HEAD")["provenance"]["git"]["branch"] == "caf\\xe9"
+
+
+def test_rollback_and_revert_refuse_while_git_and_mvc_name_other_branches(tmp_path):
+    """After `git checkout main` (no mvc commit since), mvc's HEAD still named feat: `mvc revert HEAD~1`
+    gave main a feature model (HEAD~1 was feat's) and `mvc rollback` moved feat, not main."""
+    work = new_git(tmp_path / "w")
+    repo = mvc.Repo.init(work)
+    main1 = repo.commit({"m": model(tmp_path / "a.safetensors", 4)}, message="main 1")
+    git(work, "switch", "-q", "-c", "feat")
+    repo.commit({"m": model(tmp_path / "b.safetensors", 5)}, message="feat 1")
+    feat2 = repo.commit({"m": model(tmp_path / "c.safetensors", 6)}, message="feat 2")
+    git(work, "switch", "-q", "main")
+    before = repo.branches()
+    for call, what in ((lambda: repo.rollback(), "roll back"), (lambda: repo.revert("HEAD~1"), "revert")):
+        with pytest.raises(mvc.MvcError, match=f"cannot {what}: mvc's current branch is feat, but commits here go "
+                                               "to main") as e:
+            call()
+        assert e.value.hint == "mvc switch main first, or git checkout feat"
+    assert repo.branches() == before == {"main": main1, "feat": feat2}
+    repo.switch("main")
+    assert repo.rollback(main1)["branch"] == "main"  # (they agree again)
+    assert repo.revert(feat2) and repo.branches()["main"] != main1 and repo.branches()["feat"] == feat2
+
+
+def test_a_new_git_branch_s_first_commit_says_which_mvc_branch_it_starts_from(tmp_path):
+    """mvc's HEAD (feat) was the start of feat2, which git forked from main: its commit said nothing."""
+    work = new_git(tmp_path / "w")
+    repo = mvc.Repo.init(work)
+    repo.commit({"m": model(tmp_path / "a.safetensors", 4)}, message="main 1")
+    git(work, "switch", "-q", "-c", "feat")
+    feat = repo.commit({"m": model(tmp_path / "b.safetensors", 5)}, message="feat 1")
+    git(work, "switch", "-q", "main")
+    git(work, "switch", "-q", "-c", "feat2")
+    with pytest.warns(UserWarning, match=f"mvc branch feat2 is new: it starts from feat \\({feat[:12]}\\), mvc's current"):
+        repo.commit({"x": model(tmp_path / "c.safetensors", 6)}, message="feat2 1")
+    assert repo.read_commit(repo.branches()["feat2"])["parents"] == [feat]
