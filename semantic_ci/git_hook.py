@@ -59,8 +59,10 @@ def _config_at(repo, git_rev: str):
     a branch under test cannot swap the held-out text its gate is measured on. Data that revision
     does not track is read from the work tree, unless git tracks it there (the branch under test
     brought it: an error)."""
-    here = _git("rev-parse", "--show-toplevel").strip()  # the work tree merging (a linked one, maybe)
-    top = _repo_top(repo) or here  # the mvc repository's
+    here = (_git("rev-parse", "--show-toplevel") or "").strip() or None  # the work tree merging (a linked
+    top = _repo_top(repo) or here  # one, maybe; none in a bare repository), and the mvc repository's
+    if top is None:
+        return None  # (no work tree: nothing of this repository's to gate)
     rel = _in_git(repo, cfgmod.CONFIG_FILE, top)
     text = _git("show", f"{git_rev}:{rel}")
     if text is None:
@@ -88,16 +90,39 @@ def _config_at(repo, git_rev: str):
     return cfg
 
 
+def _model_of(repo, git_branch: str) -> tuple[str, str] | None:
+    """(name, commit) of the model branch of a git branch: the mvc branch of that name, else the
+    remote-tracking one (`git merge origin/feat` after mvc fetch: origin/feat), else the one of the
+    git branch's upstream (a local feat tracking origin/feat, with no mvc branch feat here)."""
+    local = repo.branches()
+    if git_branch in local:
+        return git_branch, local[git_branch]
+    names = [git_branch]
+    upstream = (_git("rev-parse", "--abbrev-ref", "--symbolic-full-name", f"{git_branch}@{{upstream}}") or "").strip()
+    if upstream.startswith("refs/remotes/"):
+        upstream = upstream[len("refs/remotes/"):]
+    if upstream and upstream not in names:
+        names.append(upstream)
+    for name in names:
+        oid = repo.refs.read(f"refs/remotes/{name}")
+        if oid:
+            return name, oid
+    return None
+
+
 def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bool:
-    if candidate_branch not in repo.branches():
+    model = _model_of(repo, candidate_branch)
+    if model is None:
         con.print(f"mvc: git branch {_said(candidate_branch)} has no model branch; nothing to check")
         return True
+    name, head = model
+    if name != candidate_branch:
+        con.print(f"mvc: the model of git branch {_said(candidate_branch)} is mvc's {_said(name)}")
     base = repo.branches().get(base_branch) if base_branch and base_branch != candidate_branch else None
-    if base is not None and base == repo.branches()[candidate_branch]:  # (run_ci refuses comparing a model
-        con.print(f"mvc: model branches {_said(candidate_branch)} and {_said(base_branch)} hold the same "
-                  "commit; nothing to check")                        # with itself: the merge was blocked)
+    if base is not None and base == head:  # (run_ci refuses comparing a model with itself: the merge was blocked)
+        con.print(f"mvc: model branches {_said(name)} and {_said(base_branch)} hold the same commit; nothing to check")
         return True
-    summary = run_ci(repo, candidate_branch, base=base, config=cfg)
+    summary = run_ci(repo, head, base=base, config=cfg)
     render_table(summary, con)
     return summary["passed"]
 
@@ -201,6 +226,9 @@ def main(argv=None) -> int:
     import mvc
     from mvc.errors import NotARepository
     from mvc.repo import MVC_DIR
+    if (_git("rev-parse", "--is-bare-repository") or "").strip() == "true":
+        print(f"mvc: a bare git repository has no models to gate; {_what(argv)} allowed", file=sys.stderr)
+        return 0
     where, installed_at = os.getcwd(), None
     if len(argv) >= 3 and argv[1] == "--mvc-root":  # the repository `hooks install` was run for,
         top = (_git("rev-parse", "--show-toplevel") or where).strip()  # relative to the work tree

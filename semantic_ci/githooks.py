@@ -2,7 +2,9 @@
 merge or push.
 
 Hooks chain to existing ones, call mvc through this interpreter's absolute path, and set
-`merge.ff=false` (pre-merge-commit does not run for fast-forward merges); uninstall undoes both.
+`merge.ff=false` (pre-merge-commit does not run for fast-forward merges); uninstall undoes both (a
+merge.ff the user set since stays). They go only into the repository's own git folder: a
+core.hooksPath elsewhere (shared by other repositories, or tracked in the work tree) is refused.
 pre-commit gates the commit that concludes a merge git stopped (a conflict, or a merge the gate
 blocked, finished with `git commit` or `git merge --continue`, which run no pre-merge-commit);
 other commits pass through it at the cost of one `git rev-parse`.
@@ -151,10 +153,30 @@ def _write_new(path: str, text: str) -> str:
     return tmp
 
 
+def _refuse_foreign_hooks_dir(g, top: str, hooks: str) -> None:
+    """mvc's hooks go only into this repository's own git folder: a core.hooksPath outside it is
+    shared by other repositories (a user-wide one: they would all run this repository's gate, and
+    another install or an uninstall there would re-point or remove it) or tracked in the work tree
+    (the hooks, which name this machine's paths, would be committed)."""
+    try:
+        common = g.git.rev_parse("--git-common-dir")
+    except Exception as e:
+        raise _unusable(e) from None
+    common = os.path.realpath(common if os.path.isabs(common) else os.path.join(top, common))
+    real = os.path.realpath(hooks)
+    if real != common and not real.startswith(common + os.sep):
+        raise MvcError(f"git runs hooks from {hooks} (core.hooksPath), outside this repository's git folder "
+                       f"{common}: a hooks folder other repositories share, or one the work tree tracks",
+                       "mvc installs its hooks only into the repository's own; point a hook of yours at "
+                       "python -m semantic_ci.git_hook pre-merge-commit|pre-commit|pre-push, or unset "
+                       "core.hooksPath for this repository")
+
+
 def install(root: str) -> dict:
     with plain_git_env():
         g, top = _git(root)
         hooks = _hooks_dir(g, top)
+        _refuse_foreign_hooks_dir(g, top, hooks)
         rel = os.path.relpath(os.path.realpath(root), top)
         other = _other_root(hooks, rel)  # check all before changing any: nothing is half installed
         if other is not None:
@@ -229,6 +251,13 @@ def uninstall(root: str) -> dict:
             elif os.path.lexists(path + CHAINED):  # our hook was replaced by another tool meanwhile
                 kept.append(name + CHAINED)
         previous = _config(g, "--get", "mvc.previousMergeFf")
+        now = _config(g, "--get", "merge.ff")
+        if previous is not None and now not in (None, "false"):  # set by the user since: theirs stays
+            previous = None
+            for key in ("mvc.previousMergeFf", "mvc.mergeSection"):
+                _config(g, "--unset", key)
+            if not _config(g, "--get-regexp", r"^mvc\."):
+                _config(g, "--remove-section", "mvc")
         if previous is not None:
             if previous == "(unset)":
                 _config(g, "--unset", "merge.ff")

@@ -365,3 +365,63 @@ def test_merging_a_code_only_branch_whose_model_is_mains_passes(tmp_path, monkey
     merged = git(work, "merge", "--no-edit", "code-only", check=False)
     assert merged.returncode == 0, merged.stdout + merged.stderr
     assert "hold the same commit; nothing to check" in merged.stdout + merged.stderr
+
+
+@pytest.mark.slow
+def test_a_merge_of_a_teammate_s_branch_is_gated_on_its_remote_tracking_model(tmp_path):
+    """`git merge origin/feat-bad` (after git fetch and mvc fetch), or of a local branch tracking it,
+    found no mvc branch feat-bad here ("no model branch; nothing to check") and merged a failing model,
+    which mvc held all along as origin/feat-bad."""
+    work, repo = _gated_project(tmp_path)
+    bad = repo.branches()["feat-bad"]
+    repo.refs.update("refs/remotes/origin/feat-bad", bad)  # (as mvc fetch leaves it)
+    repo.switch("main")
+    repo.delete_branch("feat-bad")
+    git(work, "remote", "add", "origin", str(tmp_path / "teammates.git"))
+    git(work, "update-ref", "refs/remotes/origin/feat-bad", "feat-bad")  # (as git fetch leaves it)
+    git(work, "branch", "-q", "-D", "feat-bad")
+    git(work, "branch", "-q", "--track", "review", "origin/feat-bad")
+    before = git(work, "rev-parse", "main").stdout.strip()
+    for name in ("origin/feat-bad", "review"):
+        attempt = git(work, "merge", "--no-edit", name, check=False)
+        assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, (name, attempt.stdout + attempt.stderr)
+        assert "is mvc's origin/feat-bad" in attempt.stderr or name == "origin/feat-bad"
+        git(work, "merge", "--abort", check=False)
+    assert git(work, "rev-parse", "main").stdout.strip() == before
+
+
+def test_the_hook_run_in_a_bare_repository_allows_and_does_not_crash(tmp_path):
+    """A pre-push from a bare repository (mvc's hooks in a hooks folder it shares) raised AttributeError
+    (no work tree: `git rev-parse --show-toplevel` failed) and blocked the push."""
+    git(tmp_path, "init", "-q", "--bare", "mirror.git")
+    repo = mvc.Repo.init(tmp_path / "proj")
+    r = subprocess.run([sys.executable, "-m", "semantic_ci.git_hook", "pre-push", "--mvc-path", repo.root],
+                       cwd=tmp_path / "mirror.git", input="refs/heads/main " + "1" * 40 + " refs/heads/main " + "0" * 40,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "a bare git repository has no models to gate; push allowed" in r.stderr
+
+
+@pytest.mark.parametrize("where", ["shared", "tracked"])
+def test_install_refuses_a_hooks_folder_outside_the_repository_s_git_folder(tmp_path, monkeypatch, where):
+    """A user-wide core.hooksPath made every repository of the user run this one's gate (and a second
+    project's install re-pointed it, its uninstall removed it); a tracked one (.githooks) got hooks
+    naming this machine's paths, ready to be committed."""
+    work, repo = _work_tree(tmp_path, monkeypatch)
+    hooks = tmp_path / "shared-hooks" if where == "shared" else work / ".githooks"
+    hooks.mkdir()
+    (hooks / "pre-push").write_text("#!/bin/sh\nexit 0\n")
+    git(work, "config", "core.hooksPath", str(hooks))
+    r = subprocess.run([sys.executable, "-m", "mvc", "hooks", "install"], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 3 and "outside this repository's git folder" in r.stderr, r.stderr
+    assert sorted(os.listdir(hooks)) == ["pre-push"] and git(work, "config", "merge.ff", check=False).returncode == 1
+
+
+def test_uninstall_leaves_a_merge_ff_the_user_set_since_install(tmp_path, monkeypatch):
+    work, repo = _work_tree(tmp_path, monkeypatch)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mvc", "hooks", *a], cwd=work, capture_output=True, text=True)
+    assert run("install").returncode == 0 and git(work, "config", "merge.ff").stdout.strip() == "false"
+    git(work, "config", "merge.ff", "only")
+    assert run("uninstall").returncode == 0
+    assert git(work, "config", "merge.ff").stdout.strip() == "only"  # (it was unset before install: restored to that)
+    assert git(work, "config", "--get-regexp", "^mvc\\.", check=False).returncode == 1
