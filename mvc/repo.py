@@ -54,7 +54,37 @@ def find_root(start: str | os.PathLike | None = None) -> str:
             if parent == path:
                 break
             path = parent
-    raise NotARepository(f"not an mvc repository (or any parent): {given}", "run mvc init")
+    main = _main_work_tree_repository(given)
+    raise NotARepository(f"not an mvc repository (or any parent): {given}",
+                         f"this is a linked git work tree (git worktree add) of the one holding the mvc repository "
+                         f"{main}: run mvc there (mvc init here would make a second, separate one)" if main
+                         else "run mvc init")
+
+
+def _main_work_tree_repository(path: str) -> str | None:
+    """For a path in a linked git work tree, the mvc repository (the folder holding .mvc) of its
+    main work tree at or above the same place, if there is one."""
+    from .provenance import git_work_tree
+    found = git_work_tree(path)
+    if not found:
+        return None
+    top, git_dir = found
+    try:
+        with open(os.path.join(git_dir, "commondir"), encoding="utf-8") as f:
+            common = f.read().strip()
+    except OSError:
+        return None  # (not a linked work tree)
+    common = os.path.realpath(common if os.path.isabs(common) else os.path.join(git_dir, common))
+    if os.path.basename(common) != ".git":
+        return None  # (a bare repository's work trees: no main work tree)
+    main_top = os.path.dirname(common)
+    here = os.path.join(main_top, os.path.relpath(os.path.realpath(path), os.path.realpath(top)))
+    while True:
+        if os.path.isdir(os.path.join(here, MVC_DIR)):
+            return here
+        if os.path.realpath(here) == main_top or os.path.dirname(here) == here:
+            return None
+        here = os.path.dirname(here)
 
 
 def _opens(path: str) -> bool:

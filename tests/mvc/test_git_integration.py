@@ -453,3 +453,20 @@ def test_a_new_git_branch_s_first_commit_says_which_mvc_branch_it_starts_from(tm
     with pytest.warns(UserWarning, match=f"mvc branch feat2 is new: it starts from feat \\({feat[:12]}\\), mvc's current"):
         repo.commit({"x": model(tmp_path / "c.safetensors", 6)}, message="feat2 1")
     assert repo.read_commit(repo.branches()["feat2"])["parents"] == [feat]
+
+
+def test_in_a_linked_work_tree_the_error_names_the_main_work_tree_s_repository(tmp_path, monkeypatch):
+    """`mvc log` in a `git worktree add` tree said "(run mvc init)": following it split the model
+    history into a second repository."""
+    work = new_git(tmp_path / "w")
+    (work / "models").mkdir()
+    mvc.Repo.init(work / "models")
+    git(work, "worktree", "add", "-q", str(tmp_path / "linked"), "-b", "side")
+    (tmp_path / "linked" / "models").mkdir()
+    monkeypatch.chdir(tmp_path / "linked" / "models")
+    r = CliRunner().invoke(cli, ["log"])
+    assert r.exit_code == 3 and "not an mvc repository" in r.stderr
+    assert f"linked git work tree (git worktree add) of the one holding the mvc repository {work / 'models'}" in r.stderr
+    plain = new_git(tmp_path / "plain")
+    monkeypatch.chdir(plain)
+    assert CliRunner().invoke(cli, ["log"]).stderr.endswith("(run mvc init)\n")
