@@ -758,8 +758,8 @@ class Repo(Maintenance):
         ref, _from, _warn, follow = self._target_branch(None)
         if follow and ref != head_ref:
             ours, git = head_ref.removeprefix("refs/heads/"), ref.removeprefix("refs/heads/")
-            raise MvcError(f"cannot {what}: mvc's current branch is {ours}, but commits here go to {git} (git's "
-                           "current branch)", f"mvc switch {git} first, or git checkout {ours}")
+            raise MvcError(f"cannot {what}: mvc's current branch is {ours}, but commits here go to {git}, git's "
+                           "current branch", f"mvc switch {git} first, or git checkout {ours}")
 
     def _run_commit_hooks(self, cid: str, ref: str) -> None:
         """Call post-commit hooks registered by other packages (semantic CI) via entry points."""
