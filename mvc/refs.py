@@ -137,16 +137,17 @@ def _unfinished(e: dict, current: str | None) -> bool:
 
 def _last_line(fd: int, size: int) -> tuple[int, bytes] | None:
     """(offset, bytes) of the last whole line of a log `size` long (None: empty, or it ends torn)."""
-    if not size:
+    if not size or os.pread(fd, 1, size - 1) != b"\n":
         return None
-    start = max(0, size - 65536)
-    tail = os.pread(fd, size - start, start)
-    if not tail.endswith(b"\n"):
-        return None
-    cut = tail.rfind(b"\n", 0, len(tail) - 1) + 1
-    if cut == 0 and start:  # (a line longer than the tail read: not one mvc writes)
-        return None
-    return start + cut, tail[cut:]
+    start = size - 1
+    while start > 0:  # back to the newline before it, 64 KiB at a time (a commit message may be long)
+        begin = max(0, start - 65536)
+        at = os.pread(fd, start - begin, begin).rfind(b"\n")
+        if at >= 0:
+            start = begin + at + 1
+            break
+        start = begin
+    return start, os.pread(fd, size - start, start)
 
 
 def _well_formed(e) -> bool:
@@ -466,19 +467,11 @@ class RefStore:
         """Append the reflog entry, then move the ref. If either fails the log is cut back to its
         old length, so the caller's error means nothing moved."""
         path = self._log_path(ref)
+        self._cut_unfinished(ref, old)
         self._clear_log_path(ref, creating=old is None and new is not None and not os.path.lexists(self._path(ref)))
         fd = _open_append(path)
         try:
             size = os.fstat(fd).st_size
-            junk = old is None and os.path.lexists(self._path(ref))  # (a ref file holding no id: not judged)
-            last = None if junk else _last_line(fd, size)
-            try:
-                unfinished = last is not None and _unfinished(json.loads(last[1]), old)
-            except (ValueError, AttributeError):
-                unfinished = False
-            if unfinished:  # its writer was killed between the entry and the ref (whose lock we broke)
-                os.ftruncate(fd, last[0])
-                size = last[0]
             try:
                 if size:
                     os.lseek(fd, size - 1, os.SEEK_SET)
@@ -510,6 +503,34 @@ class RefStore:
                 raise
         finally:
             os.close(fd)
+
+    def _cut_unfinished(self, ref: str, old: str | None) -> None:
+        """Cut the last entry of the ref's log when it is a move that did not happen (see _unfinished:
+        its writer was killed between the entry and the ref file, and we hold the lock it left); a
+        log left empty goes. A ref file holding no id is not judged."""
+        if old is None and os.path.lexists(self._path(ref)):
+            return
+        path = self._log_path(ref)
+        try:
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return  # (no log, or one that is not a plain file: left as it is)
+        try:
+            last = _last_line(fd, os.fstat(fd).st_size)
+            try:
+                unfinished = last is not None and _unfinished(json.loads(last[1]), old)
+            except (ValueError, AttributeError):
+                unfinished = False
+            if not unfinished:
+                return
+            os.ftruncate(fd, last[0])
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if last[0] == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _clear_log_path(self, ref: str, creating: bool = False) -> None:
         """Retire reflogs of deleted refs that older mvc left in place where this ref's log goes

@@ -751,15 +751,29 @@ class Repo(Maintenance):
             warn += f"; committing to the current mvc branch {head_target[len('refs/heads/'):]}"
         return head_target, head_commit, warn, False
 
-    def _refuse_git_branch_mismatch(self, head_ref: str, what: str) -> None:
+    def git_branch_elsewhere(self) -> str | None:
         """In a git work tree whose branch is not mvc's current one (after git checkout OTHER, until
-        the next mvc commit moves HEAD there), commits go to git's branch while HEAD names mvc's:
-        a rollback or revert would act on the one and commit to (or be expected on) the other."""
+        the next mvc commit moves HEAD there), the mvc branch commits go to now (git's); else None."""
+        head_ref = self.refs.head_target()
+        if head_ref is None:  # (detached: the callers say so themselves)
+            return None
         ref, _from, _warn, follow = self._target_branch(None)
-        if follow and ref != head_ref:
-            ours, git = head_ref.removeprefix("refs/heads/"), ref.removeprefix("refs/heads/")
-            raise MvcError(f"cannot {what}: mvc's current branch is {ours}, but commits here go to {git}, git's "
-                           "current branch", f"mvc switch {git} first, or git checkout {ours}")
+        return ref.removeprefix("refs/heads/") if follow and ref != head_ref else None
+
+    def _refuse_git_branch_mismatch(self, what: str, new_ok: bool = False) -> None:
+        """A rollback or revert on mvc's current branch while commits go to git's other one would act
+        on the one and commit to (or be expected on) the other. `new_ok`: git's branch has no mvc
+        branch yet, and would start from mvc's current one (a revert lands there coherently)."""
+        git = self.git_branch_elsewhere()
+        if git is None:
+            return
+        exists = self.refs.read_raw(f"refs/heads/{git}") is not None
+        if new_ok and not exists:
+            return
+        ours = self.refs.head_target().removeprefix("refs/heads/")
+        switch = f"mvc switch {git}" if exists else f"mvc branch {git}; mvc switch {git}"
+        raise MvcError(f"cannot {what}: mvc's current branch is {ours}, but commits here go to {git}, git's "
+                       "current branch", f"{switch} first, or git checkout {ours}")
 
     def _run_commit_hooks(self, cid: str, ref: str) -> None:
         """Call post-commit hooks registered by other packages (semantic CI) via entry points."""
@@ -1075,7 +1089,7 @@ class Repo(Maintenance):
     def rollback(self, rev: str | None = None) -> dict:
         """Move the current branch to `rev` (default: its parent); recorded in the reflog."""
         ref = self.refs.head_branch_ref("nothing to roll back", "mvc switch BRANCH first")
-        self._refuse_git_branch_mismatch(ref, "roll back")
+        self._refuse_git_branch_mismatch("roll back")
         old = self.refs.read(ref)
         if old is None and rev is None:  # (with REV, an emptied branch can go back: CI's rollback empties one)
             raise UnknownRevision("the current branch has no commits to roll back", "mvc rollback REV moves it to one")
@@ -1096,8 +1110,8 @@ class Repo(Maintenance):
         (which undoes a commit), this returns to REV's weights while keeping the history in
         between, as `rollback` does by moving the branch back."""
         ref, created_from, _warn, _follow = self._target_branch(branch)
-        if branch is None and self.refs.head_target():
-            self._refuse_git_branch_mismatch(self.refs.head_target(), "revert")  # (REV's HEAD would be the other's)
+        if branch is None:
+            self._refuse_git_branch_mismatch("revert", new_ok=True)  # (REV's HEAD would be the other's)
         cid = self.resolve(rev)
         target = self.read_commit(cid, shared=True)["components"]
         base = self.refs.read(ref) or created_from
@@ -1168,8 +1182,8 @@ class Repo(Maintenance):
                           f"e.g. {stray[0]}")
         if temps:
             warnings.warn(f"{len(temps)} temp file(s) of another checkout or export ({sum(n for _, n in temps):,} bytes) "
-                          f"are under {out_dir}, e.g. {temps[0][0]}: a killed one's, or one running now; a checkout "
-                          f"there removes those over {comp.STALE_TEMP_S / 3600:g} hour old, or delete them")
+                          f"are under {out_dir}, e.g. {temps[0][0]}: a killed one's, or one running now; delete "
+                          "them when no mvc checkout or export writes there")
         return written
 
     def _refuse_output_inside_mvc(self, out: str) -> None:

@@ -10,6 +10,7 @@ Exit 1 blocks the merge or push.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -98,11 +99,9 @@ def _model_of(repo, git_branch: str) -> tuple[str, str] | None:
     if git_branch in local:
         return git_branch, local[git_branch]
     names = [git_branch]
-    upstream = (_git("rev-parse", "--abbrev-ref", "--symbolic-full-name", f"{git_branch}@{{upstream}}") or "").strip()
-    if upstream.startswith("refs/remotes/"):
-        upstream = upstream[len("refs/remotes/"):]
-    if upstream and upstream not in names:
-        names.append(upstream)
+    upstream = (_git("rev-parse", "--symbolic-full-name", f"{git_branch}@{{upstream}}") or "").strip()
+    if upstream.startswith("refs/remotes/") and upstream.endswith("/" + git_branch):  # (its remote twin only:
+        names.append(upstream[len("refs/remotes/"):])  # not origin/main, which `checkout -b feat origin/main` tracks)
     for name in names:
         oid = repo.refs.read(f"refs/remotes/{name}")
         if oid:
@@ -152,10 +151,24 @@ def merged_branches() -> list[str]:
             shas = [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         return []
+    named = _remote_branches_merged(git_dir)  # (what GITHEAD_* named, as far as git's message says)
     out = []
     for sha in shas:
         out += _heads_at(sha)
+        out += [n for n in named if (_git("rev-parse", "-q", "--verify", f"refs/remotes/{n}") or "").strip() == sha]
     return sorted(set(out))
+
+
+def _remote_branches_merged(git_dir: str) -> list[str]:
+    """The remote-tracking branches a stopped merge names in MERGE_MSG ("Merge remote-tracking
+    branch 'origin/feat'"), as GITHEAD_* named them to the pre-merge-commit hook."""
+    try:
+        with open(os.path.join(git_dir, "MERGE_MSG"), encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError:
+        return []
+    m = re.match(r"Merge remote-tracking branch(?:es)? (.*)", first)
+    return re.findall(r"'([^']+)'", m.group(1)) if m else []
 
 
 def pre_merge_commit(repo) -> int:

@@ -66,8 +66,11 @@ def _back_to(target: str | None) -> str:
 def _undo_hint(repo, ref: str, commit: str) -> str:
     """How to move the branch back to the commit CI rolled it back from (the current branch with
     rollback; another, which the rollback may have deleted, with branch -f)."""
-    undo = (f"mvc rollback {commit[:12]}" if repo.refs.head_target() == ref else
-            f"mvc branch -f {ref.removeprefix('refs/heads/')} {commit[:12]}")
+    branch = ref.removeprefix("refs/heads/")
+    undo = f"mvc branch -f {branch} {commit[:12]}"
+    if repo.refs.head_target() == ref:  # (rollback refuses while git's branch is another: check it out first)
+        undo = f"mvc rollback {commit[:12]}" if repo.git_branch_elsewhere() is None else \
+            f"git checkout {branch}, then mvc rollback {commit[:12]}"
     return f"to keep the commit anyway: {undo}"
 
 

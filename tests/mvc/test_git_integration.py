@@ -470,3 +470,19 @@ def test_in_a_linked_work_tree_the_error_names_the_main_work_tree_s_repository(t
     plain = new_git(tmp_path / "plain")
     monkeypatch.chdir(plain)
     assert CliRunner().invoke(cli, ["log"]).stderr.endswith("(run mvc init)\n")
+
+
+def test_on_a_git_branch_mvc_has_not_yet_rollback_says_how_to_make_it_and_revert_starts_it(tmp_path):
+    work = new_git(tmp_path / "w")
+    repo = mvc.Repo.init(work)
+    first = repo.commit({"m": model(tmp_path / "a.safetensors", 4)}, message="main 1")
+    repo.commit({"m": model(tmp_path / "b.safetensors", 5)}, message="main 2")
+    git(work, "switch", "-q", "-c", "exp")
+    with pytest.raises(mvc.MvcError, match="commits here go to exp") as e:
+        repo.rollback()
+    assert e.value.hint == "mvc branch exp; mvc switch exp first, or git checkout main"
+    with pytest.raises(mvc.MvcError, match="--into HEAD is mvc's current branch main, but commits here go to exp"):
+        repo.paste_brick("python", "main", "HEAD")
+    with pytest.warns(UserWarning, match="mvc branch exp is new: it starts from main"):
+        cid = repo.revert("HEAD~1")  # (exp starts from main, whose HEAD~1 REV names: coherent)
+    assert repo.branches()["exp"] == cid and repo.read_commit(cid)["components"] == repo.read_commit(first)["components"]

@@ -904,3 +904,34 @@ def test_a_move_killed_between_its_reflog_entry_and_its_ref_is_not_in_the_reflog
         repo.delete_branch("exp")
         assert [(e["old"], e["new"]) for e in repo.refs.reflog(ref)] == [(c2, None), (None, c2)]
     assert repo.fsck()["ok"]
+
+
+def _killed_entry(tmp_path, ref, old, new, message="killed"):
+    """What a move killed between its reflog entry and its ref file leaves: the entry alone."""
+    log = tmp_path / "logs" / ref
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(json.dumps({"old": old, "new": new, "time": "2026-01-01T00:00:00Z", "author": "",
+                            "message": message}) + "\n")
+
+
+def test_a_killed_creation_s_entry_is_cut_not_retired_with_the_log(tmp_path):
+    """A creation killed before its ref file existed: the next creation retired the whole log, the
+    phantom with it, and once the branch was deleted `reflog` listed a commit it never held."""
+    refs = RefStore(str(tmp_path))
+    _killed_entry(tmp_path, "refs/heads/x", None, A)
+    assert refs.reflog("refs/heads/x") == []
+    refs.update("refs/heads/x", B, expected=None, message="made")
+    assert [(e["old"], e["new"]) for e in refs.reflog("refs/heads/x")] == [(None, B)]
+    refs.update("refs/heads/x", None, expected=B, message="gone")
+    assert A not in refs.all_reflog_ids() and [e["new"] for e in refs.reflog("refs/heads/x")] == [None, B]
+
+
+def test_a_killed_move_with_a_long_message_is_cut_too(tmp_path):
+    """A 70,000-character message made an entry longer than the tail read: it was not cut."""
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    _killed_entry(tmp_path, "refs/heads/main", A, B, message="m" * 70_000)
+    refs.update("refs/heads/main", C, expected=A, message="two")
+    assert [(e["old"], e["new"]) for e in refs.reflog("refs/heads/main")] == [(A, C), (None, A)]
+    assert B not in refs.all_reflog_ids()

@@ -295,7 +295,8 @@ def test_a_checkout_names_the_temp_files_a_killed_one_left_in_its_folders(tmp_pa
     (folder / ".0123456789ab.mvc-tmp").write_bytes(b"x" * 1000)  # (young: a killed or a running checkout's)
     (folder / ".ba9876543210.mvc-old").write_bytes(b"kept aside")  # (a replaced file's only copy: not named)
     with pytest.warns(UserWarning, match=r"1 temp file\(s\) of another checkout or export \(1,000 bytes\) are under "
-                                         r".*\.0123456789ab\.mvc-tmp: a killed one's, or one running now"):
+                                         r".*\.0123456789ab\.mvc-tmp: a killed one's, or one running now; "
+                                         r"delete them when no mvc checkout or export writes there"):
         repo.checkout("HEAD", str(tmp_path / "out"))
     old = time.time() - 7200
     os.utime(folder / ".0123456789ab.mvc-tmp", (old, old))

@@ -240,3 +240,22 @@ def test_only_a_bare_baseline_name_means_the_branch_before_the_commit(ci_repo):
     assert resolve_check_rev(ctx, check, "baseline", "main~1") == first  # (from main as it is: the parent)
     assert resolve_check_rev(ctx, check, "source", "main") == second
     assert resolve_check_rev(ctx, check, "hosts[0]", "refs/heads/main") == second
+
+
+def test_the_rollback_hint_works_while_git_s_branch_is_another(ci_repo):
+    """The hint said `mvc rollback C`, which refuses while git's branch is not mvc's current one."""
+    import subprocess
+    from mvc.errors import CheckFailed
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "i"], ["branch", "feat"]):
+        subprocess.run(["git", *args], cwd=ci_repo.root, check=True, capture_output=True, env=env)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="first")
+    ci_repo.create_branch("feat")
+    ci_repo.switch("feat")  # (mvc's HEAD: feat; git's branch: main)
+    assert ci_repo.git_branch_elsewhere() == "main"
+    write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
+    with pytest.raises(CheckFailed) as info:
+        ci_repo.commit({"core": {"table": t.flip(0)}}, message="bad", branch="feat")
+    assert info.value.hint == f"to keep the commit anyway: git checkout feat, then mvc rollback {info.value.commit[:12]}"

@@ -380,14 +380,26 @@ def test_a_merge_of_a_teammate_s_branch_is_gated_on_its_remote_tracking_model(tm
     git(work, "remote", "add", "origin", str(tmp_path / "teammates.git"))
     git(work, "update-ref", "refs/remotes/origin/feat-bad", "feat-bad")  # (as git fetch leaves it)
     git(work, "branch", "-q", "-D", "feat-bad")
-    git(work, "branch", "-q", "--track", "review", "origin/feat-bad")
     before = git(work, "rev-parse", "main").stdout.strip()
-    for name in ("origin/feat-bad", "review"):
+    git(work, "branch", "-q", "--track", "feat-bad", "origin/feat-bad")  # (a local twin tracking it)
+    for name in ("origin/feat-bad", "feat-bad"):
         attempt = git(work, "merge", "--no-edit", name, check=False)
         assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, (name, attempt.stdout + attempt.stderr)
         assert "is mvc's origin/feat-bad" in attempt.stderr or name == "origin/feat-bad"
+        concluded = git(work, "commit", "--no-edit", check=False)  # (pre-commit: MERGE_HEAD and MERGE_MSG)
+        assert concluded.returncode != 0 and "merge blocked" in concluded.stderr, (name, concluded.stderr)
         git(work, "merge", "--abort", check=False)
     assert git(work, "rev-parse", "main").stdout.strip() == before
+    # a branch started from origin/main tracks it: that is no model of the branch's own
+    repo.refs.update("refs/remotes/origin/main", bad)
+    git(work, "update-ref", "refs/remotes/origin/main", "main")
+    git(work, "checkout", "-q", "-b", "code-only", "origin/main")
+    (work / "b.txt").write_text("code\n")
+    git(work, "add", "b.txt")
+    git(work, "commit", "-qm", "code only")
+    git(work, "checkout", "-q", "main")
+    merged = git(work, "merge", "--no-edit", "code-only", check=False)
+    assert merged.returncode == 0 and "no model branch; nothing to check" in merged.stderr, merged.stderr
 
 
 def test_the_hook_run_in_a_bare_repository_allows_and_does_not_crash(tmp_path):
