@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (1 is fastest on a shared box)")
     ap.add_argument("--cache", default=None, help="directory keeping trained hosts between runs (default: none)")
     ap.add_argument("--skip-adapter", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/bench_bricks.json")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_bricks.json"))
     ap.add_argument("--table-from", default=None, metavar="JSON", help="only print the tables of a saved report")
     args = ap.parse_args(argv)
     if args.table_from:

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from bench_args import positive_int  # (benchmarks/ is sys.path[0] when a script runs)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -54,8 +56,8 @@ def forward_seconds(model, data: bytes, window: int, rounds: int = 3) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiers", default="small,15m")
-    ap.add_argument("--probe-bytes", type=int, default=65536)
-    ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--probe-bytes", type=positive_int, default=65536)
+    ap.add_argument("--window", type=positive_int, default=1024)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_ci.json"))
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="bench_ci_")

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads for training, fitting and evaluation")
     ap.add_argument("--latency-threads", type=int, default=1)
     ap.add_argument("--core-cache", default=None, help="load the trained core from / save it to this file")
-    ap.add_argument("--out", default="benchmarks/results/bench_compression.json")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_compression.json"))
     args = ap.parse_args(argv)
     global LATENCY_THREADS
     LATENCY_THREADS = args.latency_threads

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--set", action="append", default=[], metavar="ARCH.FIELD=VALUE",
                     help="override one config field of one model (repeatable), e.g. bpe-transformer.lr=0.004")
-    ap.add_argument("--out", default="benchmarks/results/bench_cores.json")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_cores.json"))
     args = ap.parse_args(argv)
     archs = args.archs.split(",")
     overrides = parse_overrides(args.set)

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+from bench_args import positive_int  # (benchmarks/ is sys.path[0] when a script runs)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
@@ -45,8 +47,8 @@ def measure(path: str, what: str, runs: int) -> tuple[float, float]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objects", type=int, nargs="+", default=[10000, 100000])
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--objects", type=positive_int, nargs="+", default=[10000, 100000])
+    ap.add_argument("--runs", type=positive_int, default=5)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_pack_index.json"))
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="bench_pack_index_")

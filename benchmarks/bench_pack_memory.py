@@ -85,7 +85,7 @@ def write_tensor(path: str, mb: int, drift: int) -> int:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=positive_int, default=400)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "pack_memory.json"))
     args = ap.parse_args(argv)
