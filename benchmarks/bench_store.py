@@ -264,6 +264,7 @@ def load_rate(work, ckpt, rounds=7) -> dict:
     got, want = repo.load(rev, "model"), load_file(ckpt)  # (untimed) both ways give the same tensors
     if set(got) != set(want) or not all(torch.equal(got[k], want[k]) for k in want):
         raise SystemExit("repo.load and load_file disagree: the timings would mean nothing")
+    del got, want  # (their mapped pages would stay in memory: the "cold" rounds would read no disk)
     ways = {"mvc_load_s": lambda: repo.load(rev, "model"),
             "mvc_load_rehash_s": lambda: repo.load(rev, "model", rehash=True),
             "mvc_load_unverified_s": lambda: repo.load(rev, "model", verify=False),
