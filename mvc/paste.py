@@ -71,8 +71,9 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     check_new_component_name(dst_comp)
     if branch is None and host_rev == "HEAD" and (git := repo.git_branch_elsewhere()) is not None:
         ours = repo.refs.head_target().removeprefix("refs/heads/")  # (commits go to git's branch: which is meant?)
+        into = f"--into {git}" if git in repo.branches() else f"--into {ours} --branch {git}"
         raise MvcError(f"--into HEAD is mvc's current branch {ours}, but commits here go to {git}, git's "
-                       "current branch", f"name the host branch: --into {git} or --into {ours}")
+                       "current branch", f"name the host branch: {into}, or --into {ours}")
     source = repo.resolve(source_rev)
     src_comps = repo.read_commit(source)["components"]
     if src_comp not in src_comps:

@@ -512,9 +512,9 @@ class RefStore:
             return
         path = self._log_path(ref)
         try:
-            fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, os.O_RDWR)  # (through a link, as the append that follows goes)
         except OSError:
-            return  # (no log, or one that is not a plain file: left as it is)
+            return  # (no log, or one that cannot be opened: left as it is)
         try:
             last = _last_line(fd, os.fstat(fd).st_size)
             try:

@@ -10,7 +10,6 @@ Exit 1 blocks the merge or push.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
@@ -91,17 +90,25 @@ def _config_at(repo, git_rev: str):
     return cfg
 
 
-def _model_of(repo, git_branch: str) -> tuple[str, str] | None:
+def _upstream(git_branch: str) -> str | None:
+    """The remote-tracking branch (origin/NAME) a git branch tracks, if any."""
+    full = (_git("rev-parse", "--symbolic-full-name", f"{git_branch}@{{upstream}}") or "").strip()
+    return full[len("refs/remotes/"):] if full.startswith("refs/remotes/") else None
+
+
+def _model_of(repo, git_branch: str, target: str | None = None) -> tuple[str, str] | None:
     """(name, commit) of the model branch of a git branch: the mvc branch of that name, else the
     remote-tracking one (`git merge origin/feat` after mvc fetch: origin/feat), else the one of the
-    git branch's upstream (a local feat tracking origin/feat, with no mvc branch feat here)."""
+    git branch's upstream (a local review branch tracking origin/feat, with no mvc branch here),
+    unless that is the target's own (`checkout -b feat origin/main` tracks main's model, not one of
+    feat's)."""
     local = repo.branches()
     if git_branch in local:
         return git_branch, local[git_branch]
     names = [git_branch]
-    upstream = (_git("rev-parse", "--symbolic-full-name", f"{git_branch}@{{upstream}}") or "").strip()
-    if upstream.startswith("refs/remotes/") and upstream.endswith("/" + git_branch):  # (its remote twin only:
-        names.append(upstream[len("refs/remotes/"):])  # not origin/main, which `checkout -b feat origin/main` tracks)
+    upstream = _upstream(git_branch)
+    if upstream and not (target and (upstream == _upstream(target) or upstream.split("/", 1)[-1] == target)):
+        names.append(upstream)
     for name in names:
         oid = repo.refs.read(f"refs/remotes/{name}")
         if oid:
@@ -110,7 +117,7 @@ def _model_of(repo, git_branch: str) -> tuple[str, str] | None:
 
 
 def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bool:
-    model = _model_of(repo, candidate_branch)
+    model = _model_of(repo, candidate_branch, base_branch)
     if model is None:
         con.print(f"mvc: git branch {_said(candidate_branch)} has no model branch; nothing to check")
         return True
@@ -126,8 +133,11 @@ def _check(repo, candidate_branch: str, base_branch: str | None, cfg, con) -> bo
     return summary["passed"]
 
 
-def _heads_at(sha: str) -> list[str]:
-    return (_git("for-each-ref", "--points-at", sha, "--format=%(refname:short)", "refs/heads") or "").split()
+def _heads_at(sha: str, where: str = "refs/heads") -> list[str]:
+    """The branches (or, with refs/remotes, the remote-tracking branches: origin/NAME) `sha` heads."""
+    prefix = where + "/"
+    return [r[len(prefix):] for r in (_git("for-each-ref", "--points-at", sha, "--format=%(refname)", where)
+                                      or "").split() if r.startswith(prefix) and not r.endswith("/HEAD")]
 
 
 def merged_branches() -> list[str]:
@@ -143,7 +153,7 @@ def merged_branches() -> list[str]:
                     _git("show-ref", "--verify", "-q", f"refs/remotes/{name}") is not None:
                 out.append(name)
             else:  # named by id (or a tag, or `git pull`'s fetched commit): the branches it heads
-                out += _heads_at(sha)
+                out += _heads_at(sha) + _heads_at(sha, "refs/remotes")
         return sorted(set(out))
     git_dir = (_git("rev-parse", "--git-dir") or ".git").strip()
     try:
@@ -151,24 +161,10 @@ def merged_branches() -> list[str]:
             shas = [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         return []
-    named = _remote_branches_merged(git_dir)  # (what GITHEAD_* named, as far as git's message says)
     out = []
-    for sha in shas:
-        out += _heads_at(sha)
-        out += [n for n in named if (_git("rev-parse", "-q", "--verify", f"refs/remotes/{n}") or "").strip() == sha]
+    for sha in shas:  # (no names here: the branches, local or remote-tracking, each commit heads)
+        out += _heads_at(sha) + _heads_at(sha, "refs/remotes")
     return sorted(set(out))
-
-
-def _remote_branches_merged(git_dir: str) -> list[str]:
-    """The remote-tracking branches a stopped merge names in MERGE_MSG ("Merge remote-tracking
-    branch 'origin/feat'"), as GITHEAD_* named them to the pre-merge-commit hook."""
-    try:
-        with open(os.path.join(git_dir, "MERGE_MSG"), encoding="utf-8", errors="replace") as f:
-            first = f.readline()
-    except OSError:
-        return []
-    m = re.match(r"Merge remote-tracking branch(?:es)? (.*)", first)
-    return re.findall(r"'([^']+)'", m.group(1)) if m else []
 
 
 def pre_merge_commit(repo) -> int:

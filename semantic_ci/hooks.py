@@ -68,9 +68,13 @@ def _undo_hint(repo, ref: str, commit: str) -> str:
     rollback; another, which the rollback may have deleted, with branch -f)."""
     branch = ref.removeprefix("refs/heads/")
     undo = f"mvc branch -f {branch} {commit[:12]}"
-    if repo.refs.head_target() == ref:  # (rollback refuses while git's branch is another: check it out first)
-        undo = f"mvc rollback {commit[:12]}" if repo.git_branch_elsewhere() is None else \
-            f"git checkout {branch}, then mvc rollback {commit[:12]}"
+    if repo.refs.head_target() == ref:  # (the current branch: rollback, which refuses while git's is another,
+        git = repo.git_branch_elsewhere()  # and then branch -f, from git's branch made current)
+        if git is None:
+            undo = f"mvc rollback {commit[:12]}"
+        else:
+            switch = f"mvc switch {git}" if git in repo.branches() else f"mvc branch {git}; mvc switch {git}"
+            undo = f"{switch}; {undo}"
     return f"to keep the commit anyway: {undo}"
 
 

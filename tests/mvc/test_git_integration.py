@@ -481,8 +481,9 @@ def test_on_a_git_branch_mvc_has_not_yet_rollback_says_how_to_make_it_and_revert
     with pytest.raises(mvc.MvcError, match="commits here go to exp") as e:
         repo.rollback()
     assert e.value.hint == "mvc branch exp; mvc switch exp first, or git checkout main"
-    with pytest.raises(mvc.MvcError, match="--into HEAD is mvc's current branch main, but commits here go to exp"):
+    with pytest.raises(mvc.MvcError, match="--into HEAD is mvc's current branch main, but commits here go to exp") as e:
         repo.paste_brick("python", "main", "HEAD")
+    assert e.value.hint == "name the host branch: --into main --branch exp, or --into main"  # (no mvc branch exp)
     with pytest.warns(UserWarning, match="mvc branch exp is new: it starts from main"):
         cid = repo.revert("HEAD~1")  # (exp starts from main, whose HEAD~1 REV names: coherent)
     assert repo.branches()["exp"] == cid and repo.read_commit(cid)["components"] == repo.read_commit(first)["components"]

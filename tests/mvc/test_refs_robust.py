@@ -935,3 +935,16 @@ def test_a_killed_move_with_a_long_message_is_cut_too(tmp_path):
     refs.update("refs/heads/main", C, expected=A, message="two")
     assert [(e["old"], e["new"]) for e in refs.reflog("refs/heads/main")] == [(A, C), (None, A)]
     assert B not in refs.all_reflog_ids()
+
+
+def test_a_killed_move_is_cut_from_a_reflog_that_is_a_link(tmp_path):
+    """The cut refused to open a linked log while the append went through the link: the entry stayed."""
+    refs = RefStore(str(tmp_path))
+    refs.update("refs/heads/main", A, expected=None, message="one")
+    log = tmp_path / "logs" / "refs" / "heads" / "main"
+    os.rename(log, tmp_path / "elsewhere.log")
+    os.symlink(tmp_path / "elsewhere.log", log)
+    _killed_entry(tmp_path, "refs/heads/main", A, B)
+    refs.update("refs/heads/main", C, expected=A, message="two")
+    assert [(e["old"], e["new"]) for e in refs.reflog("refs/heads/main")] == [(A, C), (None, A)]
+    assert B not in refs.all_reflog_ids()

@@ -258,4 +258,7 @@ def test_the_rollback_hint_works_while_git_s_branch_is_another(ci_repo):
     write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
     with pytest.raises(CheckFailed) as info:
         ci_repo.commit({"core": {"table": t.flip(0)}}, message="bad", branch="feat")
-    assert info.value.hint == f"to keep the commit anyway: git checkout feat, then mvc rollback {info.value.commit[:12]}"
+    assert info.value.hint == f"to keep the commit anyway: mvc switch main; mvc branch -f feat {info.value.commit[:12]}"
+    ci_repo.switch("main")  # (the hint, followed)
+    ci_repo.force_branch("feat", info.value.commit[:12])
+    assert ci_repo.branches()["feat"] == info.value.commit

@@ -382,11 +382,12 @@ def test_a_merge_of_a_teammate_s_branch_is_gated_on_its_remote_tracking_model(tm
     git(work, "branch", "-q", "-D", "feat-bad")
     before = git(work, "rev-parse", "main").stdout.strip()
     git(work, "branch", "-q", "--track", "feat-bad", "origin/feat-bad")  # (a local twin tracking it)
-    for name in ("origin/feat-bad", "feat-bad"):
-        attempt = git(work, "merge", "--no-edit", name, check=False)
+    git(work, "branch", "-q", "--track", "review", "origin/feat-bad")  # (and a review branch)
+    for name in ("origin/feat-bad", "feat-bad", "review"):
+        attempt = git(work, "merge", "-m", "my own words", name, check=False)
         assert attempt.returncode != 0 and "merge blocked" in attempt.stderr, (name, attempt.stdout + attempt.stderr)
         assert "is mvc's origin/feat-bad" in attempt.stderr or name == "origin/feat-bad"
-        concluded = git(work, "commit", "--no-edit", check=False)  # (pre-commit: MERGE_HEAD and MERGE_MSG)
+        concluded = git(work, "commit", "--no-edit", check=False)  # (pre-commit: only MERGE_HEAD's commit)
         assert concluded.returncode != 0 and "merge blocked" in concluded.stderr, (name, concluded.stderr)
         git(work, "merge", "--abort", check=False)
     assert git(work, "rev-parse", "main").stdout.strip() == before
