@@ -131,12 +131,13 @@ def parse_ref_value(ref: str, data: bytes | None) -> str | None:
 
 
 DAMAGED = object()  # the value of a remote ref that holds no object id
+MAX_FILE_BYTES = 16 << 20  # refs, HEAD, config and certificate indexes are far smaller
 
 
 def _moved_there(ref: str, current: str | None, expected: str | None) -> RefConflict:
+    """The error of a remote ref that no longer holds what the mover read."""
     return RefConflict(f"remote {ref} is {current[:12] if current else '(none)'}, expected "
                        f"{expected[:12] if expected else '(none)'}", "fetch and try again")
-MAX_FILE_BYTES = 16 << 20  # refs, HEAD, config and certificate indexes are far smaller
 
 
 def check_size(oid_or_name: str, size: int | None, max_size: int | None, url: str) -> None:
