@@ -586,7 +586,8 @@ def test_a_stray_file_with_a_folder_name_in_objects_is_ignored(repo):
     the path is not a directory"."""
     repo.commit({"core": sd()}, message="x")
     objects = os.path.join(repo.dir, "objects")
-    for name in ("zz", "ab"):
+    free = next(f"{i:02x}" for i in range(256) if not os.path.exists(os.path.join(objects, f"{i:02x}")))
+    for name in ("zz", free):  # (a hex name no object of this commit uses: its id changes with the time)
         with open(os.path.join(objects, name), "w") as f:
             f.write("not an object folder")
     assert repo.fsck()["ok"]
