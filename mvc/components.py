@@ -31,6 +31,8 @@ MEMORY_FILE = "model.safetensors"
 
 Progress = Callable[[int], None]
 PIECE = 64 << 20  # commits hash, and checkouts write, a large tensor this much at a time: bars move within it
+RUN_BYTES = 1 << 20  # items stored by one worker hand-off: up to this many bytes ...
+RUN_ITEMS = 64  # ... or this many items
 STORE_WORKERS = 4  # threads hashing and copying tensors at once (capped by the core count)
 
 
@@ -302,25 +304,41 @@ class Ingest:
 
     def _put_all(self, items: list, nbytes, put) -> list:
         """[(item, id)] in the order of `items`, each stored by `put(item, spare_cores)`. A few
-        worker threads each take a whole tensor, hash it on one core and write it into the store
-        (both release the GIL), biggest tensors first, so that on 2 cores no tensor's hashing
-        waits behind another's writing (the `mvc (python api)` rows of benchmarks/bench_store.py
-        measure it against `cp`, for files and for state dicts in memory). `spare_cores`: cores
-        are left over for hashing one item on several (one big tensor)."""
-        from concurrent.futures import ThreadPoolExecutor
+        worker threads each take a run of items, biggest first: a tensor of RUN_BYTES or more alone,
+        smaller ones up to RUN_BYTES or RUN_ITEMS together (one hand-off per run: per item, the
+        threads' wake-ups cost more than storing 16 bytes). Each item is hashed on one core and
+        written into the store (both release the GIL), so that on 2 cores no tensor's hashing waits
+        behind another's writing (the `mvc (python api)` rows of benchmarks/bench_store.py measure it
+        against `cp`, for files and for state dicts in memory; benchmarks/bench_many_tensors.py the
+        small ones). `spare_cores`: cores are left over for hashing one item on several. The first
+        error stops the others at their next piece, whichever run it comes from."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+        runs, run, size = [], [], 0
+        for i in sorted(range(len(items)), key=lambda i: -nbytes(items[i])):
+            run.append(i)
+            size += nbytes(items[i])
+            if size >= RUN_BYTES or len(run) >= RUN_ITEMS:
+                runs.append(run)
+                run, size = [], 0
+        if run:
+            runs.append(run)
         cores = os.cpu_count() or 1
-        workers = max(1, min(len(items), cores, STORE_WORKERS))
+        workers = max(1, min(len(runs), cores, STORE_WORKERS))
         spare_cores = workers < cores
+
+        def put_run(run: list) -> list:
+            return [put(items[i], spare_cores) for i in run]
         pool = ThreadPoolExecutor(workers, thread_name_prefix="mvc-store")
         try:
             # each task runs in a copy of this thread's context: it joins this commit's store batch.
             # (Deferred: a Ctrl-C inside submit() could start a thread the pool never records, and
             # shutdown would not wait for it.)
-            biggest_first = sorted(range(len(items)), key=lambda i: -nbytes(items[i]))
             with interrupts_deferred():
-                done = {i: pool.submit(contextvars.copy_context().run, put, items[i], spare_cores)
-                        for i in biggest_first}
-            return [(x, done[i].result()) for i, x in enumerate(items)]
+                futures = {pool.submit(contextvars.copy_context().run, put_run, r): r for r in runs}
+            ids = {}
+            for f in as_completed(futures):  # (as they finish: a failure raises at once)
+                ids.update(zip(futures[f], f.result()))
+            return [(x, ids[i]) for i, x in enumerate(items)]
         except BaseException:  # an error or Ctrl-C: items not yet started are dropped, and those
             self._stopping.set()  # being stored stop at their next piece (their temp files go)
             raise

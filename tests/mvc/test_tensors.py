@@ -386,3 +386,29 @@ def test_a_step_between_two_tensors_blobs_is_refused_not_a_model_of_two_steps(re
         frozen = {"w": torch.ones(3)}
     cid = repo.commit({"core": model, "frozen": frozen}, message="between steps")
     assert torch.equal(repo.load(cid, "core")["0.weight"], model[0].weight.detach())
+
+
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="one worker thread stores one run at a time")
+@pytest.mark.parametrize("order", ["small first", "big first"])
+def test_an_item_failing_in_a_commit_stops_a_big_one_being_stored_at_once(tmp_path, order):
+    """Items are stored a run at a time, biggest first; the first failure (a tensor changed during the
+    commit, say) must stop a big tensor's store at its next piece, not after it was written whole."""
+    import time
+    from mvc.components import Ingest
+    from mvc.store import LooseStore
+    ing = Ingest(LooseStore(str(tmp_path), fsync=False))
+    pieces = []
+
+    def put(item, spare_cores):
+        if item == "small":
+            time.sleep(0.05)
+            raise ValueError("tensor changed")
+        for k in range(100):  # a big tensor: 100 pieces, progress after each (which raises once stopped)
+            time.sleep(0.02)
+            ing.progress(1)
+            pieces.append(k)
+        return "id"
+    items = ["small", "big"] if order == "small first" else ["big", "small"]
+    with pytest.raises(ValueError, match="tensor changed"):
+        ing._put_all(items, lambda x: 10 if x == "small" else 500 << 20, put)
+    assert len(pieces) < 50  # (stopped: 2 s of pieces otherwise)
