@@ -64,19 +64,14 @@ def find_root(start: str | os.PathLike | None = None) -> str:
 def _main_work_tree_repository(path: str) -> str | None:
     """For a path in a linked git work tree, the mvc repository (the folder holding .mvc) of its
     main work tree at or above the same place, if there is one."""
-    from .provenance import git_work_tree
+    from .provenance import git_common_dir, git_work_tree
     found = git_work_tree(path)
     if not found:
         return None
     top, git_dir = found
-    try:
-        with open(os.path.join(git_dir, "commondir"), encoding="utf-8") as f:
-            common = f.read().strip()
-    except OSError:
-        return None  # (not a linked work tree)
-    common = os.path.realpath(common if os.path.isabs(common) else os.path.join(git_dir, common))
-    if os.path.basename(common) != ".git":
-        return None  # (a bare repository's work trees: no main work tree)
+    common = os.path.realpath(git_common_dir(git_dir))
+    if common == os.path.realpath(git_dir) or os.path.basename(common) != ".git":
+        return None  # (not a linked work tree; or a bare repository's, which has no main work tree)
     main_top = os.path.dirname(common)
     here = os.path.join(main_top, os.path.relpath(os.path.realpath(path), os.path.realpath(top)))
     while True:
@@ -978,11 +973,8 @@ class Repo(Maintenance):
         return result
 
     # -- branches, tags, rollback -------------------------------------------------------------
-    def create_branch(self, name: str, rev: str | None = None, force: bool = False) -> str:
-        """Make branch `name` at `rev` (default HEAD); returns its commit. With `force`, an existing
-        branch moves there (see `force_branch`)."""
-        if force:
-            return self.force_branch(name, rev)["new"]
+    def create_branch(self, name: str, rev: str | None = None) -> str:
+        """Make branch `name` at `rev` (default HEAD); returns its commit (`force_branch` moves one)."""
         check_new_ref_name(name)
         oid = self.resolve(rev)
         try:

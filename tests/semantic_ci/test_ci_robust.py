@@ -821,7 +821,7 @@ def test_the_rollback_message_names_a_branch_with_a_slash_whole(ci_repo):
         ci_repo.commit({"core": {"table": bad}}, message="b", branch="team/exp")
     assert info.value.hint == f"to keep the commit anyway: mvc branch -f team/exp {info.value.commit[:12]}"
     # the hint works, also where the rollback deleted the branch (none of its commits passed)
-    ci_repo.create_branch("team/exp", info.value.commit[:12], force=True)
+    ci_repo.force_branch("team/exp", info.value.commit[:12])
     assert ci_repo.branches()["team/exp"] == info.value.commit
     write_config(ci_repo, BASIC.replace("[ci]", '[ci]\non_commit = true\non_fail = "rollback"')
                  .replace('baseline = "HEAD~1"', 'baseline = "main"', 1))
@@ -830,7 +830,7 @@ def test_the_rollback_message_names_a_branch_with_a_slash_whole(ci_repo):
         ci_repo.commit({"core": {"table": bad}}, message="other's", branch="other", root=True)
     assert "other" not in ci_repo.branches()
     assert info.value.hint == f"to keep the commit anyway: mvc branch -f other {info.value.commit[:12]}"
-    ci_repo.create_branch("other", info.value.commit[:12], force=True)
+    ci_repo.force_branch("other", info.value.commit[:12])
     assert ci_repo.branches()["other"] == info.value.commit
 
 
