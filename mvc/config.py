@@ -5,7 +5,7 @@ repository unusable; reading goes through the same parsers, so a hand-edited bad
 ConfigError instead of a crash. Keys given to mvc are case-insensitive, as in git (configparser
 lowercases option names; split_key lowercases the section), a subsection (`remote.NAME.url`) is not;
 in the file, section names are the lower-case ones mvc writes (a hand-written [Core] is another
-section, and a config without [core] format is refused by name).
+section, which opening the repository warns of; a config without [core] format is refused by name).
 In the sections mvc owns (core, gc, pack) a key mvc does not know is refused, so a typo is not
 stored, read or unset silently (one a hand-edited file holds can still be read and unset); other
 sections (remote.NAME, user notes, plugins) are free-form.
@@ -197,6 +197,17 @@ def check_extensions(parser: configparser.ConfigParser, where: str) -> None:
     if unknown:
         raise FormatTooNew(f"{where} uses the extension{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}, "
                            "which this mvc does not implement: a newer mvc wrote it", "upgrade mvc")
+
+
+def warn_miscased_sections(parser: configparser.ConfigParser, where: str) -> None:
+    """Warn of a section of mvc's own spelled in another case (`[Core]`, `[PACK]`): mvc reads only
+    the lower-case ones, so its keys would be ignored without a word."""
+    for section in parser.sections():
+        head = section.partition(" ")[0]
+        if head.lower() in OWNED_SECTIONS | {"remote"} and head != head.lower():
+            right = head.lower() + section[len(head):]
+            warnings.warn(f"{where}: section [{section}] is not read (mvc reads [{right}]); "
+                          f"rename it to [{right}] or set its keys with mvc config")
 
 
 def is_remote_url(key: str) -> bool:

@@ -130,6 +130,7 @@ class Repo(Maintenance):
             raise FormatTooNew(f"repository format {fmt} is newer than format {REPO_FORMAT}, the newest this mvc reads",
                                "upgrade mvc")
         cfg.check_extensions(self.config, f"the repository {self.root}")
+        cfg.warn_miscased_sections(self.config, f"{self.dir}/config")
         try:
             fsync = cfg.parse("core.fsync", self.config.get("core", "fsync", fallback="true"))
         except ConfigError as e:  # durable by default: a bad value must not stop `mvc config` fixing it

@@ -752,3 +752,22 @@ def test_a_folder_a_checkout_would_write_as_git_is_refused_not_dropped(tmp_path,
     (d / folder).rmdir()
     repo.commit({"model": str(d)}, message="x")  # .git itself: skipped, as DESIGN.md says
     assert set(repo.tree("HEAD", "model")["files"]) == {"ok.bin"}
+
+
+def test_a_section_of_mvcs_own_in_another_case_is_named_not_silently_ignored(repo):
+    """`[Core]` or `[Remote "x"]` written by hand is another INI section, which mvc never reads:
+    its keys (fsync = false, a remote's url) were ignored without a word."""
+    with open(os.path.join(repo.dir, "config"), "a") as f:
+        f.write('\n[Core]\nfsync = false\n\n[Remote "x"]\nurl = /somewhere\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mvc.Repo(repo.root)
+    said = [str(w.message) for w in caught]
+    assert any("[Core] is not read (mvc reads [core])" in m for m in said), said
+    assert any('[Remote "x"] is not read (mvc reads [remote "x"])' in m for m in said), said
+    with open(os.path.join(repo.dir, "config"), "w") as f:
+        f.write('[core]\nformat = 1\n[user-notes]\nX = 1\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mvc.Repo(repo.root).set_config("pack.level", "3")  # (sections mvc writes, and others: no warning)
+        mvc.Repo(repo.root)
