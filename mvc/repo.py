@@ -1222,13 +1222,19 @@ class Repo(Maintenance):
         return out_file
 
     def export_chunks(self, rev: str | None, component: str):
-        """The bytes of a single-file component, as chunks (for writing to a stream: each blob is
-        verified before any of its bytes is handed out, a large packed one decoded whole)."""
+        """The bytes of a single-file component, as chunks, for writing to a stream, which cannot take
+        back what it was given: every blob is read and verified before the first chunk (a damaged or
+        missing one raises with nothing handed out; the verified stamps, or this process's memory of
+        small blobs, spare the loose ones a second hash), and again as its chunks go out (a large
+        packed one decoded whole)."""
         tree = self.tree(rev, component, shared=True)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
                            "use mvc checkout REV -o DIR for multi-file components")
-        self.store.prefetch(tree_blob_ids(tree))
+        ids = tree_blob_ids(tree)
+        self.store.prefetch(ids)
+        for oid in dict.fromkeys(ids):
+            self.store.view(oid)  # (dropped at once: a decoded packed blob is not held for the stream)
         return comp.file_chunks(self.store, tree, next(iter(tree["files"])), whole=True)
 
 

@@ -508,6 +508,26 @@ def test_output_targets_that_are_links_or_odd_paths_are_refused(run, tmp_path):
     assert r.stdout_bytes == ck.read_bytes()
 
 
+def test_export_to_stdout_of_a_damaged_or_missing_blob_writes_nothing(run, tmp_path):
+    """A stream cannot take bytes back: `mvc export ... -o - | ssh host 'cat > f'` wrote the header
+    and the tensors before the damaged one, leaving a cut file there (its exit status lost in the
+    pipe). Every blob is verified before the first byte now."""
+    from damage import flip_byte
+    g = torch.Generator().manual_seed(3)
+    ck = tmp_path / "m.safetensors"
+    save_file({"a": torch.randn(64, generator=g), "z": torch.randn(64, generator=g)}, ck)
+    run("commit", ck, "-m", "one")
+    repo = mvc.Repo()
+    tree = repo.tree("HEAD", "model")
+    last = tree["tensors"]["z"]["id"]  # (the file's last tensor: safetensors orders same-dtype ones by name)
+    flip_byte(repo.loose.path(last), pos=200)
+    r = run("export", "HEAD", "model", "-o", "-", code=3)
+    assert r.stdout_bytes == b"" and last[:12] in r.stderr
+    os.remove(repo.loose.path(last))
+    r = run("export", "HEAD", "model", "-o", "-", code=3)
+    assert r.stdout_bytes == b"" and "missing" in r.stderr
+
+
 def test_output_errors_are_clear_and_leave_the_old_files(run, tmp_path, monkeypatch):
     import errno
     from damage import at_path
