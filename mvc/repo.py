@@ -867,12 +867,33 @@ class Repo(Maintenance):
             if v is not None and not isinstance(v, list):
                 raise CorruptObject(f"component {component!r} records {what} that are not a list")
         plain = set(plain)
+        sequences, parts = _recorded_sequences(meta.get("sequence_state", {}), component)
         state: dict[int | str, dict] = {}
+        filled: dict[str, list] = {}  # a sequence of tensors -> its items (None where it had None)
         for name, t in self.load_tree(tree, component=component).items():
-            _, i, key = name.split(".", 2) if name.count(".") >= 2 else ("", name, "")
-            if not (name.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
+            whole = parts.get(name, (name, None))[0]
+            _, i, key = whole.split(".", 2) if whole.count(".") >= 2 else ("", whole, "")
+            if not (whole.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
                 raise BadInput(f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)")
-            state.setdefault(int(i) if keys is None else keys[int(i)], {})[key] = t.item() if name in plain else t
+            per = state.setdefault(int(i) if keys is None else keys[int(i)], {})
+            if name in parts:
+                filled.setdefault(whole, [None] * sequences[whole]["length"])[parts[name][1]] = t
+            elif name in sequences:  # a list or tuple of numbers, stored as one tensor
+                per[key] = t.tolist() if sequences[name]["type"] == "list" else _as_tuple(t.tolist())
+            else:
+                per[key] = t.item() if name in plain else t
+        for whole, spec in sequences.items():  # sequences of tensors: whole, as list or tuple
+            if "length" not in spec:
+                continue
+            items = filled.get(whole, [None] * spec["length"])  # (one of Nones alone has no tensor)
+            if any(x is None for j, x in enumerate(items) if j not in spec["none"]):
+                raise CorruptObject(f"component {component!r} lacks items of the optimizer state {whole!r}")
+            _, i, key = whole.split(".", 2) if whole.count(".") >= 2 else ("", "", "")
+            if not (whole.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
+                raise CorruptObject(f"component {component!r} records a sequence_state entry {whole!r}, "
+                                    "not an optimizer state name (state.<i>.<key>)")
+            state.setdefault(int(i) if keys is None else keys[int(i)], {})[key] = \
+                tuple(items) if spec["type"] == "tuple" else items
         from .tensors import setting_value
         groups = [setting_value(g) for g in groups]
         for g, names in zip(groups, tuples):
@@ -1236,6 +1257,31 @@ class Repo(Maintenance):
         for oid in dict.fromkeys(ids):
             self.store.view(oid)  # (dropped at once: a decoded packed blob is not held for the stream)
         return comp.file_chunks(self.store, tree, next(iter(tree["files"])), whole=True)
+
+
+def _recorded_sequences(recorded, component: str) -> tuple[dict, dict]:
+    """The `sequence_state` an optimizer tree records (see tensors.optimizer_state), checked, and
+    {tensor name: (the sequence's name, its position)} of the tensors of sequences of tensors."""
+    def bad(why: str):
+        return CorruptObject(f"component {component!r} records a sequence_state {why}")
+    if not isinstance(recorded, dict):
+        raise bad("that is not a dict")
+    parts = {}
+    for name, spec in recorded.items():
+        if not (isinstance(spec, dict) and spec.get("type") in ("list", "tuple")):
+            raise bad(f"entry for {name!r} that names no list or tuple")
+        if "length" in spec:
+            n, nones = spec["length"], spec.get("none")
+            if not (type(n) is int and 0 <= n and isinstance(nones, list)
+                    and all(type(j) is int and 0 <= j < n for j in nones)):
+                raise bad(f"entry for {name!r} with no valid length and None positions")
+            parts.update({f"{name}.{j}": (name, j) for j in range(n) if j not in nones})
+    return recorded, parts
+
+
+def _as_tuple(value):
+    """A loaded list of numbers as the tuple it was (its nested lists as tuples too)."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 def _output_path(path) -> str:

@@ -220,10 +220,14 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     "param_groups": [...]}), stored as DESIGN.md section 10 says: state tensors named
     `state.<i>.<key>`, param groups in the tree's metadata; None for anything else. Plain numbers
     in the state are stored as 0-dim tensors (floats float64), their names listed as
-    `plain_state`; settings that are tuples (betas) as lists, their keys listed per group as
-    `tuple_settings`: load_optimizer gives both back as they were. A state keyed by parameter
-    names (torch.distributed.checkpoint's get_optimizer_state_dict) is stored by position, its
-    keys listed in the metadata as `state_keys`, which load_optimizer maps back."""
+    `plain_state`; a list or tuple of numbers as one tensor, and a list or tuple of tensors (and
+    Nones: LBFGS's history) as `state.<i>.<key>.<j>` per tensor, both recorded under
+    `sequence_state` ({name: {"type": "list" | "tuple"}, plus "length" and "none" positions for a
+    sequence of tensors}); settings that are tuples (betas) as lists, their keys listed per group
+    as `tuple_settings`: load_optimizer gives all of them back as they were (the numbers of one
+    sequence as one type: a list mixing ints and floats comes back as floats). A state keyed by
+    parameter names (torch.distributed.checkpoint's get_optimizer_state_dict) is stored by
+    position, its keys listed in the metadata as `state_keys`, which load_optimizer maps back."""
     import torch
     if not (isinstance(value, dict) and set(value) == {"state", "param_groups"}
             and isinstance(value["state"], dict) and isinstance(value["param_groups"], list)):
@@ -233,25 +237,49 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     for k in keys if named else ():
         if type(k) is not str:
             raise BadInput(f"optimizer state key {k!r} is a {type(k).__name__}, neither a parameter index nor a name")
-    flat, plain = {}, []
+    flat, plain, sequences = {}, [], {}
+
+    def put(name: str, t, i, key) -> None:
+        if name in flat:  # (a key "a.0" beside a list "a")
+            raise BadInput(f"optimizer state {i}.{key} would be stored as {name!r}, which another value of the "
+                           "state takes", "rename one of the two state keys")
+        flat[name] = t
+
     for pos, (i, per) in enumerate(value["state"].items()):
         if not isinstance(per, dict):
             raise BadInput(f"optimizer state {i!r} is a {type(per).__name__}, not a dict of its values")
         for key, v in per.items():
             name = f"state.{pos if named else i}.{key}"
             if isinstance(v, torch.Tensor):
-                flat[name] = v
+                put(name, v, i, key)
                 continue
+            seq = "tuple" if isinstance(v, tuple) else "list" if isinstance(v, list) else None
+            if seq and v and all(x is None or isinstance(x, torch.Tensor) for x in v):  # (or all None)
+                for j, x in enumerate(v):
+                    if x is not None:
+                        put(f"{name}.{j}", x, i, key)
+                sequences[name] = {"type": seq, "length": len(v), "none": [j for j, x in enumerate(v) if x is None]}
+                continue
+            if seq and any(x is None or isinstance(x, torch.Tensor) for x in v):
+                other = next(x for x in v if not (x is None or isinstance(x, torch.Tensor)))
+                raise BadInput(f"optimizer state {i}.{key} is a {seq} mixing tensors or Nones with {_kind(other)} "
+                               f"({_short(other)})", "mvc stores a list of tensors (and Nones) or a list of numbers")
             if _holds(v, complex):  # (torch.tensor makes complex64 of it, and C128 is not stored: it would round)
-                raise BadInput(f"optimizer state {i}.{key} holds a complex number ({str(v)[:40]}), which would be "
+                raise BadInput(f"optimizer state {i}.{key} holds a complex number ({_short(v)}), which would be "
                                "rounded to complex64", "store it as a complex64 tensor, or as two floats")
             try:  # floats, alone or in a list, as float64: torch's default float32 rounds 0.1
-                flat[name] = torch.tensor(v, dtype=torch.float64 if _holds(v, float) else None)
-            except (TypeError, ValueError, RuntimeError):
-                raise BadInput(f"optimizer state {i}.{key} is a {type(v).__name__} ({str(v)[:40]}), "
-                               "neither a tensor nor a number") from None
-            if isinstance(v, (bool, int, float)):  # (a list of numbers stays a tensor)
+                put(name, torch.tensor(v, dtype=torch.float64 if _holds(v, float) else None), i, key)
+            except (TypeError, ValueError, RuntimeError, OverflowError):
+                what = ("a whole number outside int64's range" if isinstance(v, int) else
+                        "not one tensor's worth of numbers (ragged, or holding other values)" if seq else
+                        "neither a tensor nor a number, nor a list of them")
+                raise BadInput(f"optimizer state {i}.{key} is {_kind(v)} ({_short(v)}), {what}",
+                               "store it as a tensor (a float64 one for a large number), or keep it out of the "
+                               "optimizer's state: mvc stores tensors, numbers and lists of either") from None
+            if isinstance(v, (bool, int, float)):
                 plain.append(name)
+            elif seq:
+                sequences[name] = {"type": seq}
     meta = {"param_groups": [_jsonable(g) for g in value["param_groups"]]}
     tuples = [sorted(str(k) for k, v in g.items() if isinstance(v, tuple)) if isinstance(g, dict) else []
               for g in value["param_groups"]]
@@ -259,9 +287,26 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
         meta["tuple_settings"] = tuples
     if plain:
         meta["plain_state"] = sorted(plain)
+    if sequences:
+        meta["sequence_state"] = sequences
     if named:
         meta["state_keys"] = keys
     return flat, meta
+
+
+def _kind(v) -> str:
+    """'a list', 'an int', ... of a value, for messages."""
+    name = type(v).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _short(v) -> str:
+    """A value's repr cut to about 40 characters with its brackets kept (not str(v)[:40])."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxlist = r.maxtuple = r.maxdict = 3
+    r.maxother = r.maxlong = r.maxstring = 40
+    return r.repr(v)
 
 
 def _holds(value, kind) -> bool:

@@ -270,13 +270,59 @@ def test_plain_numbers_in_optimizer_state_come_back_as_they_were(repo):
     assert opt.state[model.weight]["scale"] == 0.1 and opt.state[model.weight]["count"] == 2 ** 62 + 1
     listed = {"state": {0: {"history": [1.0, 2.0, 3.0]}}, "param_groups": [{"params": [0], "lr": 0.1}]}
     got = repo.load_optimizer(repo.commit({"optimizer": listed}, message="a list"))["state"][0]["history"]
-    assert torch.equal(got, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))  # (a list stays a tensor)
+    assert type(got) is list and got == [1.0, 2.0, 3.0]
     listed["state"][0]["history"] = [3, 0.1, 0.2, 1e-300]  # lists of floats were rounded to float32
     got = repo.load_optimizer(repo.commit({"optimizer": listed}, message="floats"))["state"][0]["history"]
-    assert got.dtype == torch.float64 and got.tolist() == [3.0, 0.1, 0.2, 1e-300]
+    assert got == [3.0, 0.1, 0.2, 1e-300] and all(type(x) is float for x in got)  # (one type: floats)
     listed["state"][0]["history"] = [1 + 0.1j]  # (complex64 would round it, complex128 is not stored)
     with pytest.raises(BadInput, match="complex"):
         repo.commit({"optimizer": listed}, message="complex")
+
+
+def test_lists_and_tuples_in_optimizer_state_come_back_as_they_were(repo):
+    """A list or tuple of numbers came back as a tensor (an optimizer calling .append on it broke
+    later), and LBFGS's state (lists of tensors, `al` holding Nones) was refused with a cut message
+    ('([tensor(5.9e-08), tensor(1.2e-06),)')."""
+    state = {"state": {0: {"step": 3, "history": [0.5, 0.25], "window": (1, 2), "seen": [], "grid": ((1, 2), (3, 4)),
+                           "dirs": [torch.ones(2), torch.zeros(2)], "al": [None, torch.full((1,), 2.0), None],
+                           "empty": (None, None)}},
+             "param_groups": [{"params": [0], "lr": 0.1}]}
+    got = repo.load_optimizer(repo.commit({"optimizer": state}, message="lists"))["state"][0]
+    assert {k: (type(v), v) for k, v in got.items() if k not in ("dirs", "al")} == {
+        "step": (int, 3), "history": (list, [0.5, 0.25]), "window": (tuple, (1, 2)), "seen": (list, []),
+        "grid": (tuple, ((1, 2), (3, 4))), "empty": (tuple, (None, None))}
+    assert type(got["dirs"]) is list and [x.tolist() for x in got["dirs"]] == [[1.0, 1.0], [0.0, 0.0]]
+    assert got["al"][0] is None and got["al"][2] is None and got["al"][1].tolist() == [2.0]
+    # LBFGS resumes where it stopped: the same next step as the optimizer that was committed
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(3, 1), torch.randn(8, 3)
+
+    def closure(m, opt):
+        def f():
+            opt.zero_grad()
+            loss = (m(x) ** 2).mean()
+            loss.backward()
+            return loss
+        return f
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3, history_size=4)
+    for _ in range(2):
+        opt.step(closure(model, opt))
+    twin = torch.nn.Linear(3, 1)
+    twin.load_state_dict(model.state_dict())
+    opt2 = torch.optim.LBFGS(twin.parameters(), lr=0.5, max_iter=3, history_size=4)
+    opt2.load_state_dict(repo.load_optimizer(repo.commit({"optimizer": opt.state_dict()}, message="lbfgs")))
+    opt.step(closure(model, opt))
+    opt2.step(closure(twin, opt2))
+    assert torch.equal(model.weight, twin.weight) and torch.equal(model.bias, twin.bias)
+    with pytest.raises(BadInput, match=r"mixing tensors or Nones with a str \('x'\)"):
+        repo.commit({"optimizer": {"state": {0: {"m": [torch.ones(1), "x"]}}, "param_groups": []}}, message="x")
+    with pytest.raises(BadInput, match="outside int64's range"):
+        repo.commit({"optimizer": {"state": {0: {"n": 2 ** 64}}, "param_groups": []}}, message="x")
+    with pytest.raises(BadInput, match=r"\{'k': 1\}\), neither a tensor"):
+        repo.commit({"optimizer": {"state": {0: {"d": {"k": 1}}}, "param_groups": []}}, message="x")
+    with pytest.raises(BadInput, match="which another value of the state takes"):
+        repo.commit({"optimizer": {"state": {0: {"a": [torch.ones(1)], "a.0": torch.ones(1)}}, "param_groups": []}},
+                    message="x")
 
 
 def test_tuple_settings_of_an_optimizer_come_back_as_tuples(repo):
