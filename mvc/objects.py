@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 
 import blake3
 
@@ -356,14 +357,29 @@ def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> No
 
 
 def check_no_nesting(names) -> None:
-    """Component names must not nest (`a` beside `a/b`): a checkout writes `a/b` inside `a`."""
-    names = set(names)
-    for b in sorted(names):
+    """Component names must not nest (`a` beside `a/b`): a checkout writes `a/b` inside `a`; nor
+    differ only in case or Unicode form (`core` beside `Core`, or `café` in NFC and NFD): a
+    checkout on a case-insensitive or normalizing file system (macOS, Windows) writes both into
+    one folder. (Compared folded, so `Core` beside `core/x` nests as well.)"""
+    folded: dict[str, str] = {}
+    for name in sorted(set(names)):
+        same = folded.setdefault(_folded(name), name)
+        if same != name:
+            raise BadName(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on "
+                          "a case-insensitive file system (macOS, Windows) would write both into one folder",
+                          "pick names that differ in more than case")
+    for b in sorted(folded):
         segs = b.split("/")
         for a in ("/".join(segs[:i]) for i in range(1, len(segs))):
-            if a in names:
+            if a in folded:
+                a, b = folded[a], folded[b]
                 raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
                               "pick names that are not directories of one another")
+
+
+def _folded(name: str) -> str:
+    """A name as case-insensitive, normalizing file systems compare names."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def check_relpath(path: str) -> str:

@@ -66,6 +66,21 @@ def test_nesting_component_names_are_refused_before_anything_is_written(repo):
     repo.commit({"a-b": sd(1), "ab": sd(2)}, message="siblings that only share a prefix are fine")
 
 
+def test_component_names_differing_only_in_case_or_unicode_form_are_refused(repo):
+    """`core` beside `Core` (or `café` in NFC beside NFD) were committed: a checkout on macOS or
+    Windows writes both into one folder, one component's files over the other's."""
+    repo.commit({"core": sd()}, message="one")
+    before = snapshot(repo)
+    with pytest.raises(BadName, match="'Core' and 'core' differ only in case"):
+        repo.commit({"Core": sd(1)}, message="case")
+    with pytest.raises(BadName, match="differ only in case or Unicode form"):
+        repo.commit({"caf\u00e9": sd(1), "cafe\u0301": sd(2)}, message="nfc and nfd")
+    with pytest.raises(BadName, match="'core' and 'CORE/x' nest"):
+        repo.commit({"CORE/x": sd(1)}, message="nests when folded")
+    assert snapshot(repo) == before
+    repo.commit({"core-2": sd(1), "Straße": sd(2)}, message="names that differ in more than case are fine")
+
+
 def test_checkout_refuses_components_writing_the_same_path():
     tree = {"files": {"b/c.safetensors": {}}}
     with pytest.raises(BadInput, match="both write"):
