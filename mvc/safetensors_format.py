@@ -94,15 +94,32 @@ def _json_float(text: str) -> float:
     return value
 
 
-def _check_depth(doc) -> None:
-    """Refuse JSON nested deeper than the reference reader accepts (extra keys may nest)."""
+def _check_values(doc) -> None:
+    """Refuse JSON nested deeper than the reference reader accepts (extra keys may nest) and text
+    holding a lone surrogate (JSON escapes can spell one; it is not text, and the reference reader
+    refuses it), in every key and value, those a repeated key replaced included."""
     stack = [(doc, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, (dict, list)):
+        if isinstance(value, str):
+            _refuse_surrogates(value)
+        elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 raise BadInput(f"safetensors header nests deeper than {MAX_JSON_DEPTH} levels")
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+            if isinstance(value, dict):
+                pairs = [*value.items(), *getattr(value, "replaced", ())]
+                for key, _v in pairs:
+                    _refuse_surrogates(key)
+                stack.extend((v, depth + 1) for _k, v in pairs)
+            else:
+                stack.extend((v, depth + 1) for v in value)
+
+
+def _refuse_surrogates(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput("safetensors header holds an invalid Unicode escape (a lone surrogate)") from None
 
 
 def _numel(shape) -> int:
@@ -146,7 +163,7 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
     try:
         doc = json.loads(text, object_pairs_hook=_Object, parse_constant=_no_constant, parse_int=_json_int,
                          parse_float=_json_float)
-        _check_depth(doc)
+        _check_values(doc)
     except BadInput as e:
         raise BadInput(f"{where}: {e.message}") from None
     except ValueError as e:
@@ -162,10 +179,6 @@ def parse_header(prefix: bytes | memoryview, file_size: int, where: str = "file"
                 _refuse_repeated(value, ("dtype", "shape", "data_offsets"))
     except BadInput as e:
         raise BadInput(f"{where}: {e.message}") from None
-    try:  # JSON escapes can spell lone surrogates, which are not text (the reference reader refuses them)
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadInput(f"{where}: safetensors header holds an invalid Unicode escape (a lone surrogate)") from None
     metadata = doc.pop("__metadata__", None)
     if metadata is not None:
         if not isinstance(metadata, dict) or not all(  # (a value a repeated key replaced is checked too)
