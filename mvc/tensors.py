@@ -232,11 +232,20 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     if not (isinstance(value, dict) and set(value) == {"state", "param_groups"}
             and isinstance(value["state"], dict) and isinstance(value["param_groups"], list)):
         return None
+    from .objects import MAX_JSON_DEPTH, nests_deeper
     keys = list(value["state"])
     named = not all(type(k) is int for k in keys)
     for k in keys if named else ():
-        if type(k) is not str:
-            raise BadInput(f"optimizer state key {k!r} is a {type(k).__name__}, neither a parameter index nor a name")
+        if type(k) is not str and type(k) is not int:
+            raise BadInput(f"optimizer state key {_short(k)} is {_kind(k)}, neither a parameter index nor a name")
+    if named and any(type(k) is int for k in keys):
+        raise BadInput(f"the optimizer state's keys mix parameter indices and names "
+                       f"({_short(next(k for k in keys if type(k) is int))} and "
+                       f"{_short(next(k for k in keys if type(k) is str))})", "key every parameter's state one way")
+    for what, v in (("state nests", value["state"]), ("param groups nest", value["param_groups"])):
+        if nests_deeper(v, MAX_JSON_DEPTH):  # (the walks below recurse: a deep one was a RecursionError)
+            raise BadInput(f"the optimizer's {what} deeper than {MAX_JSON_DEPTH} levels of lists and dicts",
+                           "mvc stores tensors, numbers and lists of them")
     flat, plain, sequences = {}, [], {}
 
     def put(name: str, t, i, key) -> None:

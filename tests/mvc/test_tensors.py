@@ -320,6 +320,16 @@ def test_lists_and_tuples_in_optimizer_state_come_back_as_they_were(repo):
         repo.commit({"optimizer": {"state": {0: {"n": 2 ** 64}}, "param_groups": []}}, message="x")
     with pytest.raises(BadInput, match=r"\{'k': 1\}\), neither a tensor"):
         repo.commit({"optimizer": {"state": {0: {"d": {"k": 1}}}, "param_groups": []}}, message="x")
+    deep = 0.5
+    for _ in range(3000):  # (torch.load takes it; the walks recursed: RecursionError, exit 4, h53)
+        deep = [deep]
+    with pytest.raises(BadInput, match="state nests deeper than 64 levels"):
+        repo.commit({"optimizer": {"state": {0: {"v": deep}}, "param_groups": []}}, message="x")
+    with pytest.raises(BadInput, match="param groups nest deeper than 64 levels"):
+        repo.commit({"optimizer": {"state": {}, "param_groups": [{"params": [], "x": deep}]}}, message="x")
+    with pytest.raises(BadInput, match=r"keys mix parameter indices and names \(0 and '1'\)"):
+        repo.commit({"optimizer": {"state": {0: {"m": torch.ones(1)}, "1": {"m": torch.ones(1)}},
+                                   "param_groups": []}}, message="x")
     with pytest.raises(BadInput, match="which another value of the state takes"):
         repo.commit({"optimizer": {"state": {0: {"a": [torch.ones(1)], "a.0": torch.ones(1)}}, "param_groups": []}},
                     message="x")
