@@ -11,8 +11,10 @@ changed input re-runs it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
 import warnings
 
@@ -352,8 +354,11 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
                "passed": True}
     try:
         _check_branches_free(run, pipeline)
-        _check_revisions(run, pipeline, from_stage)
-        _run_stages(run, pipeline, from_stage, started, summary, IMPLS)
+        with contextlib.ExitStack() as held:
+            for lock in _branch_locks(run, pipeline):
+                held.enter_context(lock)
+            _check_revisions(run, pipeline, from_stage)
+            _run_stages(run, pipeline, from_stage, started, summary, IMPLS)
     except Exception as e:
         summary["passed"] = False
         summary.setdefault("error", str(e) if isinstance(e, MvcError) else f"unexpected {type(e).__name__}: {e}")
@@ -362,6 +367,19 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
         raise
     summary["results"] = dict(run.results)
     return summary
+
+
+def _branch_locks(run: Run, pipeline: Pipeline) -> list:
+    """A lock per branch the stages commit to (`.mvc/locks/run/BRANCH.lock`), held for the whole
+    run: a second run of the pipeline (the same command in another terminal, or one with changed
+    settings, which starts a stage over) committed onto the same branches at once, each taking the
+    other's checkpoints for its parents. Not waited for: the second run is refused, naming the
+    first; one a killed run left on this host is broken."""
+    from mvc.files import LockFile
+    branches = sorted({b for stage in pipeline.stages for b in run.branches(stage).values()})
+    return [LockFile(os.path.join(run.repo.dir, "locks", "run", *b.split("/")) + ".lock", timeout=0,
+                     what=f"branch {b} (a run of pipeline {pipeline.name} or another pipeline committing to it)")
+            for b in branches]
 
 
 def _check_branches_free(run: Run, pipeline: Pipeline) -> None:

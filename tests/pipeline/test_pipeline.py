@@ -843,6 +843,31 @@ def test_stage_branches_that_clash_are_refused_before_anything_trains(tmp_path, 
     assert repo.branches() == before  # (the core stage trained and committed first)
 
 
+def test_a_second_run_while_one_runs_is_refused_and_a_killed_runs_lock_is_broken(tmp_path):
+    """Two runs of one pipeline at once (the same command in two terminals) both committed onto its
+    stage branches, each taking the other's checkpoints for its parents; with changed settings
+    the second started the stage over under the first, and both reported "passed" (h55)."""
+    from mvc.errors import LockHeld
+    from mvc.files import hostname, process_start
+    root, repo = make_project(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = os.path.join(repo.dir, "locks", "run", "demo", "certify.lock")
+        os.makedirs(os.path.dirname(lock))
+        with open(lock, "w") as f:  # as a running `mvc run` of the pipeline holds it
+            json.dump({"pid": other.pid, "host": hostname(), "time": 0, "start": process_start(other.pid)}, f)
+        with pytest.raises(LockHeld, match=f"branch demo/certify .* is locked by process {other.pid}"):
+            run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+        assert repo.branches() == {}  # refused before anything trained
+    finally:
+        other.kill()
+        other.wait()
+    with pytest.warns(UserWarning, match="broke stale lock .*certify.lock left by dead process"):
+        summary = run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    assert summary["passed"] and set(repo.branches()) >= {"demo/core", "demo/certify"}
+    assert not [f for _d, _s, files in os.walk(os.path.join(repo.dir, "locks")) for f in files]  # released
+
+
 def test_a_paste_into_a_host_stage_of_another_abi_is_refused_before_training(tmp_path):
     """The mismatch surfaced only at the paste stage, after every earlier stage had trained."""
     root, repo = make_project(tmp_path)
