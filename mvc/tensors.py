@@ -239,9 +239,9 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
         if type(k) is not str and type(k) is not int:
             raise BadInput(f"optimizer state key {_short(k)} is {_kind(k)}, neither a parameter index nor a name")
     if named and any(type(k) is int for k in keys):
-        raise BadInput(f"the optimizer state's keys mix parameter indices and names "
-                       f"({_short(next(k for k in keys if type(k) is int))} and "
-                       f"{_short(next(k for k in keys if type(k) is str))})", "key every parameter's state one way")
+        raise BadInput(f"the optimizer state's keys mix parameter indices and names, e.g. "
+                       f"{_short(next(k for k in keys if type(k) is int))} and "
+                       f"{_short(next(k for k in keys if type(k) is str))}", "key every parameter's state one way")
     for what, v in (("state nests", value["state"]), ("param groups nest", value["param_groups"])):
         if nests_deeper(v, MAX_JSON_DEPTH):  # (the walks below recurse: a deep one was a RecursionError)
             raise BadInput(f"the optimizer's {what} deeper than {MAX_JSON_DEPTH} levels of lists and dicts",
@@ -271,8 +271,8 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
                 continue
             if seq and any(x is None or isinstance(x, torch.Tensor) for x in v):
                 other = next(x for x in v if not (x is None or isinstance(x, torch.Tensor)))
-                raise BadInput(f"optimizer state {i}.{key} is a {seq} mixing tensors or Nones with {_kind(other)} "
-                               f"({_short(other)})", "mvc stores a list of tensors (and Nones) or a list of numbers")
+                raise BadInput(f"optimizer state {i}.{key} is a {seq} mixing tensors or Nones with {_kind(other)}: "
+                               f"{_short(other)}", "mvc stores a list of tensors (and Nones) or a list of numbers")
             if _holds(v, complex):  # (torch.tensor makes complex64 of it, and C128 is not stored: it would round)
                 raise BadInput(f"optimizer state {i}.{key} holds a complex number ({_short(v)}), which would be "
                                "rounded to complex64", "store it as a complex64 tensor, or as two floats")
