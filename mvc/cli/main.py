@@ -63,6 +63,8 @@ class MvcGroup(click.Group):
             _debug_traceback()
             error(str(e))
             ctx.exit(e.exit_code)
+        except click.UsageError as e:
+            _usage_error(e)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt as e:
@@ -112,11 +114,29 @@ class MvcGroup(click.Group):
         except Exception as e:
             self._bug(ctx, e)
 
+    def make_context(self, *args, **kwargs):
+        try:  # (mvc's own options and arguments: `mvc --bogus`)
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            _usage_error(e)
+
     @staticmethod
     def _bug(ctx, e: BaseException):
         _print_traceback()
         error(f"unexpected {type(e).__name__}: {e}", "this is a bug in mvc; please report it")
         ctx.exit(4)
+
+
+def _usage_error(e: click.UsageError):
+    """A usage error (an unknown option or command, a bad value) as DESIGN.md section 4's one line,
+    `error: <what> (see mvc CMD --help)`, exit 2, instead of click's usage block; `mvc` alone
+    still shows the help."""
+    if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())) or e.ctx is None:
+        raise e
+    what = " ".join(e.format_message().split())
+    what = what[:-1] if what.endswith(".") and not what.endswith("..") else what
+    error(what, None if what.endswith(")") else f"see {e.ctx.command_path} --help")
+    sys.exit(e.exit_code)
 
 
 @click.group(cls=MvcGroup, context_settings={"help_option_names": ["-h", "--help"]})

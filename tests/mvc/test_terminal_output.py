@@ -306,3 +306,22 @@ def test_text_that_is_not_utf8_names_a_locale_that_is_not(repo, monkeypatch, fs_
         repo.create_branch("br\udcc3\udca4")
     for err in (e.value, e2.value):
         assert ("LC_ALL=C.UTF-8" in str(err)) is named and (f"as {fs_encoding}" in str(err)) is named
+
+
+@pytest.mark.parametrize("args, line", [
+    (["log", "--bogus"], "error: No such option '--bogus' (see mvc log --help)"),
+    (["log", "--jsn"], "error: No such option '--jsn'. Did you mean '--json'? (see mvc log --help)"),
+    (["nosuch"], "error: No such command 'nosuch' (see mvc --help)"),
+    (["--bogus"], "error: No such option '--bogus' (see mvc --help)"),
+    (["commit"], "error: Missing option '-m' / '--message' (see mvc commit --help)"),
+])
+def test_usage_errors_are_one_error_line_with_exit_2(args, line):
+    """DESIGN.md section 4: errors are one line `error: <what> (<hint>)`; a usage error printed
+    click's three-line block (Usage: ..., Try ..., Error: ...) (h55)."""
+    from click.testing import CliRunner
+
+    from mvc.cli import cli
+    r = CliRunner().invoke(cli, args, prog_name="mvc")
+    assert r.exit_code == 2 and r.stderr == line + "\n" and r.stdout == ""
+    r = CliRunner().invoke(cli, [])  # `mvc` alone still shows the help
+    assert "Commands:" in r.stdout + r.stderr and "error:" not in r.stdout + r.stderr
