@@ -289,6 +289,9 @@ def _roundtrip(ctx: Context, model, component, bricks, adapter):
     return rebuilt
 
 
+MIN_INTERVAL_WINDOWS = 10  # fewer windows than this: a ppl-ratio's bootstrap interval is noted as weak
+
+
 def ppl_figures(cand, base, data: bytes, window: int, samples: int) -> dict:
     nll_c, count = ev.model_nll(cand, data, window)
     nll_b, _ = ev.model_nll(base, data, window)
@@ -313,9 +316,13 @@ def run_ppl_ratio(ctx: Context, check: Check) -> dict:
     figs = ppl_figures(p.candidate, p.baseline_model(ctx), p.data, p.window, check.get("bootstrap", 1000))
     max_ratio = float(check.get("max_ratio", 1.05))
     passed = figs["ratio"] <= max_ratio
-    note = None
+    notes = []
+    if figs["windows"] < MIN_INTERVAL_WINDOWS:  # (one window: an interval of zero width, which looked certain)
+        notes.append(f"only {figs['windows']} window{'s' if figs['windows'] != 1 else ''} of {p.window} bytes: the "
+                     "95% interval resamples too few to mean much; use more held-out data or a smaller window")
     if figs["ratio_ci95"][0] <= max_ratio < figs["ratio_ci95"][1]:
-        note = "the 95% interval straddles the bound: use more held-out data for a stable verdict"
+        notes.append("the 95% interval straddles the bound: use more held-out data for a stable verdict")
+    note = "; ".join(notes) or None
     return result(check, "passed" if passed else "failed", figs, {"max_ratio": max_ratio}, p.inputs(ctx),
                   ev.envelope("float32", p.window), note)
 

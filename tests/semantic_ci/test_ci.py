@@ -74,6 +74,19 @@ def test_ppl_ratio_passes_small_change_fails_damage(ci_repo):
     assert ppl["figures"]["ppl"] == pytest.approx(by_hand, rel=1e-9)
 
 
+def test_a_ppl_ratio_over_too_few_windows_says_its_interval_means_little(ci_repo):
+    """A window as long as the held-out data gave one window and a "95% interval" of zero width,
+    [0.985398, 0.985398], which looked more certain than any (h55)."""
+    ci_repo.commit({"core": {"table": trained_table(builtin_probe(3000))}}, message="good")
+    ci_repo.commit({"core": {"table": trained_table(builtin_probe(3000), smoothing=0.55)}}, message="other")
+    ppl = run_ci(ci_repo, names=["ppl"])["checks"][0]
+    assert ppl["figures"]["windows"] >= 10 and not (ppl.get("note") or "").startswith("only")
+    write_config(ci_repo, BASIC.replace("window = 128", f"window = {len(HELD_OUT)}"))
+    ppl = run_ci(ci_repo, names=["ppl"])["checks"][0]
+    assert ppl["figures"]["windows"] == 1 and ppl["note"].startswith(
+        f"only 1 window of {len(HELD_OUT)} bytes: the 95% interval resamples too few")
+
+
 def test_first_commit_baseline_is_skipped_not_failed(ci_repo):
     ci_repo.commit({"core": {"table": trained_table(b"abc" * 100)}}, message="first")
     r = run_ci(ci_repo)
