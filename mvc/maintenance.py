@@ -551,27 +551,41 @@ class Maintenance:
 
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
         """Re-hash every stored object and check everything reachable exists and is well formed."""
-        damaged, checked = [], set()
+        damaged, listed = [], set()
         heads: dict[str, tuple[bytes, int]] = {}  # (safetensors prefix, size) of every blob that has one
+
+        def check(store, oid) -> None:
+            try:
+                if hasattr(store, "check"):  # packed: large objects are hashed without being held whole
+                    data, size = store.check(oid), store.size(oid)
+                else:
+                    data = store.view(oid, rehash=True)  # never trusts a verified stamp
+                    size = len(data)
+                if progress:
+                    progress(size)
+                n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+                if 0 <= n <= 4096 and 8 + n <= len(data):
+                    heads[oid] = (bytes(data[:8 + n]), size)
+            except CorruptObject as e:
+                damaged.append({"id": oid, "problem": e.message})
+            except ObjectMissing:
+                pass
+
+        def check_late(oid) -> None:
+            """Check an object stored after the listing, as the listing would have (its header is
+            needed to judge the tensor a tree names it as; it was no damage)."""
+            listed.add(oid)
+            held = [st for st in self.store.stores if not hasattr(st, "not_fetched") and st.has(oid)]
+            before = len(damaged)
+            for store in held:
+                check(store, oid)
+            if len(damaged) > before:
+                bad.add(oid)
+
         for store in self.store.stores:  # every copy: a read would take a good one over a damaged one
             for oid in store.ids():
-                checked.add(oid)
-                try:
-                    if hasattr(store, "check"):  # packed: large objects are hashed without being held whole
-                        data, size = store.check(oid), store.size(oid)
-                    else:
-                        data = store.view(oid, rehash=True)  # never trusts a verified stamp
-                        size = len(data)
-                    if progress:
-                        progress(size)
-                    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-                    if 0 <= n <= 4096 and 8 + n <= len(data):
-                        heads[oid] = (bytes(data[:8 + n]), size)
-                except CorruptObject as e:
-                    damaged.append({"id": oid, "problem": e.message})
-                except ObjectMissing:
-                    continue
-        checked = len(checked)
+                listed.add(oid)
+                check(store, oid)
         from .pack_write import pack_problems  # damaged pack indexes and pack checksums
         damaged += pack_problems(self)
         bad = {d["id"] for d in damaged}
@@ -621,6 +635,8 @@ class Maintenance:
                                                          lambda o: o not in bad and self._has_locally(o),
                                                          parsed_headers)]
                 for tname, t in tree["tensors"].items():
+                    if t["id"] not in listed and self._has_locally(t["id"]):
+                        check_late(t["id"])  # stored after the listing: a commit or fetch landed meanwhile
                     if not self.store.has(t["id"]):
                         problems.append({"id": t["id"], "problem": f"missing tensor {tname} of {name} "
                                                                      f"in commit {ref_cid[:12]}"})
@@ -640,7 +656,7 @@ class Maintenance:
             if (p["id"], p["problem"]) not in seen_ids:
                 seen_ids.add((p["id"], p["problem"]))
                 uniq.append(p)
-        result = {"ok": not uniq and not newer_format, "checked": checked, "problems": uniq}
+        result = {"ok": not uniq and not newer_format, "checked": len(listed), "problems": uniq}
         if newer_format:  # intact, but neither they nor what they refer to could be checked
             result["newer_format"] = newer_format
         if (unfetched := self._not_fetched(live)) is not None:  # expected, not damage
