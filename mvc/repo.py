@@ -998,12 +998,25 @@ class Repo(Maintenance):
     def create_branch(self, name: str, rev: str | None = None) -> str:
         """Make branch `name` at `rev` (default HEAD); returns its commit (`force_branch` moves one)."""
         check_new_ref_name(name)
+        with self._moving_ref():
+            oid = self._live_commit(rev)
+            try:
+                self.refs.update(f"refs/heads/{name}", oid, expected=None,
+                                 message=f"branch: created from {rev or 'HEAD'}", author=default_author(self.root))
+            except RefConflict:
+                raise BadName(f"branch {name!r} already exists", "pass --force to move it") from None
+        return oid
+
+    def _moving_ref(self):
+        """Held (the writers lock, shared) while a branch or tag is pointed at a commit no ref may
+        reach (an old id from the reflog, another branch's): a gc deciding what is live meanwhile
+        would delete it under the new ref. gc with a short grace waits for it, or it for gc."""
+        return self.writing()
+
+    def _live_commit(self, rev: str | None) -> str:
+        """The commit `rev` names, read (so one a gc deleted before the lock was taken is refused)."""
         oid = self.resolve(rev)
-        try:
-            self.refs.update(f"refs/heads/{name}", oid, expected=None,
-                             message=f"branch: created from {rev or 'HEAD'}", author=default_author(self.root))
-        except RefConflict:
-            raise BadName(f"branch {name!r} already exists", "pass --force to move it") from None
+        self.read_commit(oid, shared=True)
         return oid
 
     def force_branch(self, name: str, rev: str | None = None) -> dict:
@@ -1016,13 +1029,14 @@ class Repo(Maintenance):
         elif self.refs.head_target() == ref:
             raise MvcError(f"cannot force-move the current branch {name!r}",
                            f"mvc rollback {rev} moves it" if rev else "mvc rollback REV moves it")
-        oid = self.resolve(rev)
-        try:
-            self.refs.update(ref, oid, expected=now, author=default_author(self.root),
-                             message=f"branch: {'reset to' if now else 'created from'} {rev or 'HEAD'}")
-        except RefConflict:
-            raise MvcError(f"branch {name!r} was {'moved' if now else 'made'} by another process meanwhile",
-                           "look at mvc branch and try again") from None
+        with self._moving_ref():
+            oid = self._live_commit(rev)
+            try:
+                self.refs.update(ref, oid, expected=now, author=default_author(self.root),
+                                 message=f"branch: {'reset to' if now else 'created from'} {rev or 'HEAD'}")
+            except RefConflict:
+                raise MvcError(f"branch {name!r} was {'moved' if now else 'made'} by another process meanwhile",
+                               "look at mvc branch and try again") from None
         return {"branch": name, "old": now, "new": oid}
 
     def delete_branch(self, name: str) -> str | None:
@@ -1088,11 +1102,13 @@ class Repo(Maintenance):
             raise exists
         if now is None and junk is None:
             check_new_ref_name(name)
-        try:  # without --force, only over what was read: a tag another writer makes meanwhile stays
-            self.refs.update(ref, oid, **({} if force else {"expected": None}),  # (over a junk file: CorruptObject)
-                             message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
-        except RefConflict:
-            raise exists from None
+        with self._moving_ref():
+            oid = self._live_commit(oid)
+            try:  # without --force, only over what was read: a tag another writer makes meanwhile stays
+                self.refs.update(ref, oid, **({} if force else {"expected": None}),  # (over a junk file: CorruptObject)
+                                 message=f"tag: {rev or 'HEAD'}", author=default_author(self.root))
+            except RefConflict:
+                raise exists from None
         return oid
 
     def delete_tag(self, name: str) -> str | None:
@@ -1107,16 +1123,17 @@ class Repo(Maintenance):
         old = self.refs.read(ref)
         if old is None and rev is None:  # (with REV, an emptied branch can go back: CI's rollback empties one)
             raise UnknownRevision("the current branch has no commits to roll back", "mvc rollback REV moves it to one")
-        if rev is not None:
-            target = self.resolve(rev)
-        elif not self.read_commit(old, shared=True)["parents"]:
-            raise UnknownRevision(f"nothing to roll back to: {old[:12]}, the head of {ref[len('refs/heads/'):]}, "
-                                  "is a root commit, with no parent", "mvc rollback REV moves it to another commit")
-        else:
-            target = self._parent(old, "HEAD~1", 1)
-        self.read_commit(target, shared=True)
-        self.refs.update(ref, target, expected=old, message=f"rollback: to {target[:12]}",
-                         author=default_author(self.root))
+        with self._moving_ref():
+            if rev is not None:
+                target = self.resolve(rev)
+            elif not self.read_commit(old, shared=True)["parents"]:
+                raise UnknownRevision(f"nothing to roll back to: {old[:12]}, the head of {ref[len('refs/heads/'):]}, "
+                                      "is a root commit, with no parent", "mvc rollback REV moves it to another commit")
+            else:
+                target = self._parent(old, "HEAD~1", 1)
+            self.read_commit(target, shared=True)
+            self.refs.update(ref, target, expected=old, message=f"rollback: to {target[:12]}",
+                             author=default_author(self.root))
         return {"branch": ref[len("refs/heads/"):], "old": old, "new": target}
 
     def revert(self, rev: str, message: str | None = None, branch: str | None = None) -> str:

@@ -204,3 +204,30 @@ def test_main_called_in_process_leaves_ctrl_c_working():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip().splitlines()[-1] == "True", proc.stderr
+
+
+def test_a_branch_made_at_an_unreachable_commit_while_gc_deletes_it_waits_and_is_refused(repo, monkeypatch):
+    """`mvc branch rescue <id>` run while a gc decided what is live and deleted the rest made a
+    branch naming a deleted commit (fsck: missing, referenced by a ref; h54). Ref moves now hold
+    the writers lock shared, as commits do: the branch waits for the gc and is refused after it."""
+    import torch
+
+    from mvc.maintenance import Maintenance
+    repo.commit({"m": {"w": torch.zeros(4)}}, message="root")
+    gone = repo.commit({"m": {"w": torch.ones(4)}}, message="garbage", branch="x")
+    repo.delete_branch("x")
+    repo.set_config("gc.reflogExpire", "0")  # (its reflog entries expire at this gc)
+    real, procs = Maintenance.recently_referenced, []
+
+    def branch_meanwhile(self, live, grace):  # gc has walked refs and reflogs; it deletes next
+        if gone not in live and not procs:
+            procs.append(subprocess.Popen([sys.executable, "-m", "mvc", "branch", "rescue", gone], cwd=repo.root,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            time.sleep(2.0)  # (before: the branch landed meanwhile)
+        return real(self, live, grace)
+    monkeypatch.setattr(Maintenance, "recently_referenced", branch_meanwhile)
+    repo.gc(grace_s=0)
+    _out, err = procs[0].communicate(timeout=120)
+    assert procs[0].returncode == 3 and gone[:12] in err, err
+    assert "rescue" not in mvc.Repo(repo.root).branches()
+    assert mvc.Repo(repo.root).fsck()["ok"]
