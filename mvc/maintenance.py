@@ -551,7 +551,7 @@ class Maintenance:
 
     def fsck(self, progress: Callable[[int], None] | None = None) -> dict:
         """Re-hash every stored object and check everything reachable exists and is well formed."""
-        damaged, listed = [], set()
+        damaged, seen = [], set()  # (seen: every object listed, and those checked late)
         heads: dict[str, tuple[bytes, int]] = {}  # (safetensors prefix, size) of every blob that has one
 
         def check(store, oid) -> None:
@@ -574,7 +574,7 @@ class Maintenance:
         def check_late(oid) -> None:
             """Check an object stored after the listing, as the listing would have (its header is
             needed to judge the tensor a tree names it as; it was no damage)."""
-            listed.add(oid)
+            seen.add(oid)
             held = [st for st in self.store.stores if not hasattr(st, "not_fetched") and st.has(oid)]
             before = len(damaged)
             for store in held:
@@ -584,7 +584,7 @@ class Maintenance:
 
         for store in self.store.stores:  # every copy: a read would take a good one over a damaged one
             for oid in store.ids():
-                listed.add(oid)
+                seen.add(oid)
                 check(store, oid)
         from .pack_write import pack_problems  # damaged pack indexes and pack checksums
         damaged += pack_problems(self)
@@ -635,7 +635,7 @@ class Maintenance:
                                                          lambda o: o not in bad and self._has_locally(o),
                                                          parsed_headers)]
                 for tname, t in tree["tensors"].items():
-                    if t["id"] not in listed and self._has_locally(t["id"]):
+                    if t["id"] not in seen and self._has_locally(t["id"]):
                         check_late(t["id"])  # stored after the listing: a commit or fetch landed meanwhile
                     if not self.store.has(t["id"]):
                         problems.append({"id": t["id"], "problem": f"missing tensor {tname} of {name} "
@@ -656,7 +656,7 @@ class Maintenance:
             if (p["id"], p["problem"]) not in seen_ids:
                 seen_ids.add((p["id"], p["problem"]))
                 uniq.append(p)
-        result = {"ok": not uniq and not newer_format, "checked": len(listed), "problems": uniq}
+        result = {"ok": not uniq and not newer_format, "checked": len(seen), "problems": uniq}
         if newer_format:  # intact, but neither they nor what they refer to could be checked
             result["newer_format"] = newer_format
         if (unfetched := self._not_fetched(live)) is not None:  # expected, not damage

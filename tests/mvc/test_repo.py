@@ -591,6 +591,15 @@ def test_fsck_during_a_commit_does_not_call_the_new_commits_tensors_damaged(repo
     monkeypatch.setattr(pw, "pack_problems", then_commit)
     res = repo.fsck()
     assert res["ok"], res["problems"]
+    monkeypatch.setattr(pw, "pack_problems", real)
+    hashed = []
+    loose_view = type(repo.loose).view
+    monkeypatch.setattr(type(repo.loose), "view", lambda self, oid, *a, **k: hashed.append(oid) or loose_view(
+        self, oid, *a, **k))
+    res = repo.fsck()  # (each object hashed once, and counted: h57 found every tensor hashed twice)
+    assert res["ok"] and res["checked"] == len(set(repo.store.ids())) == len(set(hashed))
+    assert sorted(hashed) == sorted(set(hashed))
+    monkeypatch.setattr(type(repo.loose), "view", loose_view)
 
     def then_commit_damaged(r, *a, **k):
         cid = other.commit({"model": {"w": torch.full((4, 4), 2.0)}}, message="landed damaged")
