@@ -15,7 +15,8 @@ import blake3
 from .errors import BadInput, BadName, CorruptObject, FormatTooNew, WrongObjectType
 from .safetensors_format import DTYPE_SIZES, MAX_DIM
 
-FORMAT_VERSION = 1          # of trees, commits and certificates
+FORMAT_VERSION = 2          # the newest format of trees, commits and certificates this mvc reads
+WRITE_FORMAT = 1            # what it writes, unless an object needs more: see tree_object
 HASH_THREADS_MIN = 1 << 20  # buffers at least this large are hashed on all cores
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
 SMALL_OBJECT = 4 << 20  # commits, trees and certificates are far smaller than this
@@ -447,13 +448,19 @@ def check_remote_name(name: str) -> str:
 
 def tree_object(kind: str, tensors: dict, files: dict, arch=None, config=None, abi=None,
                 meta=None) -> dict:
-    return {"type": "tree", "format": FORMAT_VERSION, "kind": kind, "arch": arch, "config": config,
-            "abi": abi, "meta": meta or {}, "tensors": tensors, "files": files}
+    """A tree in the oldest format that holds it: 1, or 2 for an optimizer state holding lists of
+    tensors (`sequence_state` entries with a length: an mvc reading format 1 only would take their
+    items `state.<i>.<key>.<j>` for keys `<key>.<j>`, a misread; it refuses format 2 instead)."""
+    meta = meta or {}
+    sequences = meta.get("sequence_state") if isinstance(meta, dict) else None
+    fmt = 2 if isinstance(sequences, dict) and any("length" in v for v in sequences.values()) else WRITE_FORMAT
+    return {"type": "tree", "format": fmt, "kind": kind, "arch": arch, "config": config,
+            "abi": abi, "meta": meta, "tensors": tensors, "files": files}
 
 
 def commit_object(components: dict, parents: list, message: str, author: str, time: str,
                   metrics=None, provenance=None, extra=None) -> dict:
-    return {"type": "commit", "format": FORMAT_VERSION, "components": dict(components),
+    return {"type": "commit", "format": WRITE_FORMAT, "components": dict(components),
             "parents": list(parents), "message": message, "author": author, "time": time,
             "metrics": metrics or {}, "provenance": provenance or {}, "extra": extra or {}}
 

@@ -867,7 +867,7 @@ class Repo(Maintenance):
             if v is not None and not isinstance(v, list):
                 raise CorruptObject(f"component {component!r} records {what} that are not a list")
         plain = set(plain)
-        sequences, parts = _recorded_sequences(meta.get("sequence_state", {}), component)
+        sequences, parts = _recorded_sequences(meta.get("sequence_state", {}), component, tree["tensors"])
         state: dict[int | str, dict] = {}
         filled: dict[str, list] = {}  # a sequence of tensors -> its items (None where it had None)
         for name, t in self.load_tree(tree, component=component).items():
@@ -886,8 +886,6 @@ class Repo(Maintenance):
             if "length" not in spec:
                 continue
             items = filled.get(whole, [None] * spec["length"])  # (one of Nones alone has no tensor)
-            if any(x is None for j, x in enumerate(items) if j not in spec["none"]):
-                raise CorruptObject(f"component {component!r} lacks items of the optimizer state {whole!r}")
             _, i, key = whole.split(".", 2) if whole.count(".") >= 2 else ("", "", "")
             if not (whole.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
                 raise CorruptObject(f"component {component!r} records a sequence_state entry {whole!r}, "
@@ -1276,23 +1274,34 @@ class Repo(Maintenance):
         return comp.file_chunks(self.store, tree, next(iter(tree["files"])), whole=True)
 
 
-def _recorded_sequences(recorded, component: str) -> tuple[dict, dict]:
-    """The `sequence_state` an optimizer tree records (see tensors.optimizer_state), checked, and
-    {tensor name: (the sequence's name, its position)} of the tensors of sequences of tensors."""
+def _recorded_sequences(recorded, component: str, names) -> tuple[dict, dict]:
+    """The `sequence_state` an optimizer tree records (see tensors.optimizer_state), checked against
+    the tree's tensor `names`, and {tensor name: (the sequence's name, its position)} of the items
+    of sequences of tensors. A length the tree's items and None positions do not fill exactly is
+    refused (a forged one must not make a list of a trillion Nones)."""
     def bad(why: str):
         return CorruptObject(f"component {component!r} records a sequence_state {why}")
     if not isinstance(recorded, dict):
         raise bad("that is not a dict")
-    parts = {}
     for name, spec in recorded.items():
         if not (isinstance(spec, dict) and spec.get("type") in ("list", "tuple")):
             raise bad(f"entry for {name!r} that names no list or tuple")
+        if "length" in spec and not (type(spec["length"]) is int and isinstance(spec.get("none"), list)
+                                     and all(type(j) is int for j in spec["none"])):
+            raise bad(f"entry for {name!r} with no valid length and None positions")
+    parts, filled = {}, {}
+    for tname in names:
+        whole, _, j = tname.rpartition(".")
+        if "length" in recorded.get(whole, {}) and j.isdigit() and str(int(j)) == j:
+            parts[tname] = (whole, int(j))
+            filled.setdefault(whole, set()).add(int(j))
+    for name, spec in recorded.items():
         if "length" in spec:
-            n, nones = spec["length"], spec.get("none")
-            if not (type(n) is int and 0 <= n and isinstance(nones, list)
-                    and all(type(j) is int and 0 <= j < n for j in nones)):
-                raise bad(f"entry for {name!r} with no valid length and None positions")
-            parts.update({f"{name}.{j}": (name, j) for j in range(n) if j not in nones})
+            have, nones = filled.get(name, set()), set(spec["none"])
+            every = have | nones  # (distinct positions: they fill 0..length-1 exactly when all lie there)
+            if have & nones or len(every) != spec["length"] or any(not 0 <= j < spec["length"] for j in every):
+                raise bad(f"entry for {name!r} whose length {spec['length']} its items and None positions "
+                          "do not fill exactly")
     return recorded, parts
 
 

@@ -271,8 +271,12 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
                 continue
             if seq and any(x is None or isinstance(x, torch.Tensor) for x in v):
                 other = next(x for x in v if not (x is None or isinstance(x, torch.Tensor)))
-                raise BadInput(f"optimizer state {i}.{key} is a {seq} mixing tensors or Nones with {_kind(other)}: "
-                               f"{_short(other)}", "mvc stores a list of tensors (and Nones) or a list of numbers")
+                raise BadInput(f"optimizer state {i}.{key} is a {seq} mixing tensors or Nones with {_kind(other)}, "
+                               f"{_short(other)}, which mvc does not store",
+                               "it stores lists of tensors, with Nones, or lists of numbers")
+            if seq and _holds(v, torch.Tensor):  # (torch.tensor would turn 1-element ones into numbers)
+                raise BadInput(f"optimizer state {i}.{key} is a {seq} holding tensors in nested lists, which mvc "
+                               "does not store", "it stores flat lists of tensors: flatten or stack them")
             if _holds(v, complex):  # (torch.tensor makes complex64 of it, and C128 is not stored: it would round)
                 raise BadInput(f"optimizer state {i}.{key} holds a complex number ({_short(v)}), which would be "
                                "rounded to complex64", "store it as a complex64 tensor, or as two floats")

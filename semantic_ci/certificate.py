@@ -14,7 +14,7 @@ import socket
 from mvc import certindex
 from mvc.errors import (AmbiguousRevision, CorruptObject, FormatTooNew, MvcError, ObjectMissing, UnknownRevision,
                         WrongObjectType)
-from mvc.objects import FORMAT_VERSION, decode, is_oid
+from mvc.objects import WRITE_FORMAT, decode, is_oid
 from mvc.refs import utc_now
 
 # Canonical JSON has no NaN/Infinity: a non-finite figure is stored as one of these strings.
@@ -61,7 +61,7 @@ def make(commit: str, checks: list[dict], base: str | None, config_source: str |
     import torch
     checks = [finite_figures(c) for c in checks]
     ran = [c for c in checks if c["status"] != "skipped"]
-    return {"type": "certificate", "format": FORMAT_VERSION, "commit": commit, "base": base,
+    return {"type": "certificate", "format": WRITE_FORMAT, "commit": commit, "base": base,
             **({"partial": True} if partial else {}),
             "passed": all(c["status"] == "passed" for c in ran), "checks": checks, "time": utc_now(),
             "config": config_source,

@@ -18,7 +18,7 @@ from damage import forge
 
 def _newer_certificate(repo, names: str) -> str:
     head = repo.resolve("HEAD")
-    cert = {"type": "certificate", "format": 2, "commit": head, "passed": True,
+    cert = {"type": "certificate", "format": 3, "commit": head, "passed": True,
             "checks": [{"name": "x", "status": "passed", "data": names}], "what_v2_adds": {"more": [names]}}
     data = canonical_json(cert)
     cid = repo.store.put(data, oid=hash_bytes(data))
@@ -180,9 +180,9 @@ def test_du_says_when_a_commit_it_cannot_read_hides_what_it_names(tmp_path):
     repo = mvc.Repo.init(tmp_path / "r")
     repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
     head = repo.read_commit(repo.resolve("HEAD"))
-    newer = forge(repo, {**head, "format": 2, "parents": [repo.resolve("HEAD")]})
+    newer = forge(repo, {**head, "format": 3, "parents": [repo.resolve("HEAD")]})
     repo.refs.update("refs/heads/main", newer, message="what a newer mvc committed")
-    with pytest.warns(UserWarning, match="cannot be read .*has format 2.*garbage is not told apart"):
+    with pytest.warns(UserWarning, match="cannot be read .*has format 3.*garbage is not told apart"):
         r = mvc.Repo(repo.root).du()
     assert r["unreachable_objects"] == 0  # nothing called garbage that the newer commit may name
 
@@ -193,7 +193,7 @@ def test_a_clone_that_meets_a_newer_format_leaves_nothing_behind(tmp_path):
     rm.add_remote(src, "origin", str(tmp_path / "remote"))
     rm.push(src)
     head = src.resolve("HEAD")
-    data = canonical_json({**json.loads(src.store.get(head)), "format": 2, "parents": [head]})
+    data = canonical_json({**json.loads(src.store.get(head)), "format": 3, "parents": [head]})
     newer = hash_bytes(data)
     t = open_transport(str(tmp_path / "remote"))
     t.put(newer, data)
@@ -305,10 +305,10 @@ def test_a_branch_of_a_newer_format_is_skipped_and_the_others_fetched(tmp_path):
     neither the remote nor the branch."""
     src, t = _pushed(tmp_path)
     head = src.resolve("HEAD")
-    newer = _put_on(t, {**json.loads(src.store.get(head)), "format": 2, "parents": [head], "message": "v2"})
+    newer = _put_on(t, {**json.loads(src.store.get(head)), "format": 3, "parents": [head], "message": "v2"})
     os.makedirs(tmp_path / "remote" / "refs" / "heads", exist_ok=True)
     (tmp_path / "remote" / "refs" / "heads" / "next").write_text(newer + "\n")
-    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/next on .*format 2.*upgrade mvc to fetch it"):
+    with pytest.warns(UserWarning, match="skipped remote ref refs/heads/next on .*format 3.*upgrade mvc to fetch it"):
         clone, result = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
     assert clone.branches() == {"main": head} and result["fetch"]["skipped_newer"] == ["refs/heads/next"]
     assert set(clone.refs.list("refs/remotes/")) == {"refs/remotes/origin/main"} and clone.fsck()["ok"]
@@ -323,14 +323,14 @@ def test_a_branch_whose_history_holds_a_newer_object_is_skipped_and_the_others_f
     commit = json.loads(src.store.get(head))
     if where == "tree":
         tree = json.loads(src.store.get(commit["components"]["model"]))
-        newer = _put_on(t, {**tree, "format": 2})
+        newer = _put_on(t, {**tree, "format": 3})
         tip = _put_on(t, {**commit, "parents": [head], "components": {"model": newer}, "message": "v2 tree"})
     else:
-        newer = _put_on(t, {**commit, "format": 2, "parents": [head], "message": "v2"})
+        newer = _put_on(t, {**commit, "format": 3, "parents": [head], "message": "v2"})
         tip = _put_on(t, {**commit, "parents": [newer], "message": "on top of v2"})
     os.makedirs(tmp_path / "remote" / "refs" / "heads", exist_ok=True)
     (tmp_path / "remote" / "refs" / "heads" / "next").write_text(tip + "\n")
-    with pytest.warns(UserWarning, match=f"skipped remote ref refs/heads/next on .*{newer[:12]} has format 2.*"
+    with pytest.warns(UserWarning, match=f"skipped remote ref refs/heads/next on .*{newer[:12]} has format 3.*"
                                          "upgrade mvc to fetch it"):
         clone, result = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
     assert clone.branches() == {"main": head} and result["fetch"]["skipped_newer"] == ["refs/heads/next"]
@@ -347,7 +347,7 @@ def test_fsck_and_gc_tell_a_newer_format_apart_from_damage(run, in_repo):
     repo = in_repo
     repo.commit({"model": {"w": torch.zeros(2)}}, message="one")
     head = repo.read_commit(repo.resolve("HEAD"))
-    newer = forge(repo, {**head, "format": 2, "parents": [repo.resolve("HEAD")]})
+    newer = forge(repo, {**head, "format": 3, "parents": [repo.resolve("HEAD")]})
     repo.refs.update("refs/heads/main", newer, message="what a newer mvc committed")
     r = mvc.Repo(repo.root).fsck()
     assert not r["ok"] and r["problems"] == [] and [p["id"] for p in r["newer_format"]] == [newer]
@@ -385,7 +385,7 @@ def test_ci_state_of_a_commit_a_newer_mvc_certified_last_is_unknown(tmp_path):
     head = repo.resolve(repo.commit({"model": {"w": torch.zeros(2)}}, message="one"))
     _certify(repo, head, 1, True)
     assert ci_state(repo, head) == ("passed", [])
-    _certify(repo, head, 2, False)
+    _certify(repo, head, 3, False)
     state, problems = ci_state(repo, head)
     assert state.startswith("unknown") and "newer format" in problems[0]
     child = repo.commit({"model": {"w": torch.ones(2)}}, message="two")
@@ -393,14 +393,14 @@ def test_ci_state_of_a_commit_a_newer_mvc_certified_last_is_unknown(tmp_path):
     _certify(repo, head, 1, False)
     assert ci_state(repo, head)[0] == "failed"
     other = repo.resolve(repo.commit({"model": {"w": torch.full((2,), 2.0)}}, message="three"))
-    _certify(repo, other, 2, False)
+    _certify(repo, other, 3, False)
     _certify(repo, other, 1, True, partial=True)
     assert ci_state(repo, other)[0].startswith("unknown")
 
 
 def test_verify_of_a_commit_only_a_newer_mvc_certified_asks_to_upgrade(run, in_repo):
     head = in_repo.resolve(in_repo.commit({"model": {"w": torch.zeros(2)}}, message="one"))
-    _certify(in_repo, head, 2, True)
+    _certify(in_repo, head, 3, True)
     err = run("verify", "HEAD", code=3).stderr
     assert "a certificate of a newer format" in err and "(upgrade mvc to read the certificates" in err
 
@@ -466,11 +466,11 @@ def test_a_certificate_naming_what_a_newer_mvc_wrote_is_skipped_not_attached_wit
     head = src.resolve("HEAD")
     commit = json.loads(src.store.get(head))
     if names == "history":
-        named = _put_on(t, {**commit, "parents": [_put_on(t, {**commit, "format": 2, "parents": [head]})]})
+        named = _put_on(t, {**commit, "parents": [_put_on(t, {**commit, "format": 3, "parents": [head]})]})
     elif names == "tree":
-        named = _put_on(t, {**json.loads(src.store.get(commit["components"]["model"])), "format": 2})
+        named = _put_on(t, {**json.loads(src.store.get(commit["components"]["model"])), "format": 3})
     else:
-        named = _put_on(t, {**commit, "format": 2, "parents": [head], "message": "v2"})
+        named = _put_on(t, {**commit, "format": 3, "parents": [head], "message": "v2"})
     cert = _put_on(t, {"type": "certificate", "format": 1, "commit": head, "passed": True,
                        "checks": [{"name": "x", "status": "passed", "baseline": named}]})
     os.makedirs(tmp_path / "remote" / "certs" / head[:2], exist_ok=True)
@@ -488,7 +488,7 @@ def test_pull_of_a_branch_fetch_skipped_says_so_instead_of_up_to_date(tmp_path):
     head = src.resolve("HEAD")
     commit = json.loads(src.store.get(head))
     clone = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))[0]
-    tip = _put_on(t, {**commit, "parents": [_put_on(t, {**commit, "format": 2, "parents": [head]})]})
+    tip = _put_on(t, {**commit, "parents": [_put_on(t, {**commit, "format": 3, "parents": [head]})]})
     (tmp_path / "remote" / "refs" / "heads" / "main").write_text(tip + "\n")
     with pytest.warns(UserWarning, match="skipped remote ref refs/heads/main"):
         with pytest.raises(FormatTooNew, match="remote origin's branch main was not fetched: its history holds"):

@@ -314,7 +314,7 @@ def test_lists_and_tuples_in_optimizer_state_come_back_as_they_were(repo):
     opt.step(closure(model, opt))
     opt2.step(closure(twin, opt2))
     assert torch.equal(model.weight, twin.weight) and torch.equal(model.bias, twin.bias)
-    with pytest.raises(BadInput, match=r"mixing tensors or Nones with a str: 'x'"):
+    with pytest.raises(BadInput, match=r"mixing tensors or Nones with a str, 'x', which mvc does not store"):
         repo.commit({"optimizer": {"state": {0: {"m": [torch.ones(1), "x"]}}, "param_groups": []}}, message="x")
     with pytest.raises(BadInput, match="outside int64's range"):
         repo.commit({"optimizer": {"state": {0: {"n": 2 ** 64}}, "param_groups": []}}, message="x")
@@ -330,6 +330,9 @@ def test_lists_and_tuples_in_optimizer_state_come_back_as_they_were(repo):
     with pytest.raises(BadInput, match=r"keys mix parameter indices and names, e.g. 0 and '1'"):
         repo.commit({"optimizer": {"state": {0: {"m": torch.ones(1)}, "1": {"m": torch.ones(1)}},
                                    "param_groups": []}}, message="x")
+    with pytest.raises(BadInput, match="holding tensors in nested lists"):  # (they came back as numbers: h57)
+        repo.commit({"optimizer": {"state": {0: {"m": [[torch.ones(1)], [torch.zeros(1)]]}}, "param_groups": []}},
+                    message="x")
     with pytest.raises(BadInput, match="which another value of the state takes"):
         repo.commit({"optimizer": {"state": {0: {"a": [torch.ones(1)], "a.0": torch.ones(1)}}, "param_groups": []}},
                     message="x")
@@ -468,3 +471,28 @@ def test_an_item_failing_in_a_commit_stops_a_big_one_being_stored_at_once(tmp_pa
     with pytest.raises(ValueError, match="tensor changed"):
         ing._put_all(items, lambda x: 10 if x == "small" else 500 << 20, put)
     assert len(pieces) < 50  # (stopped: 2 s of pieces otherwise)
+
+
+def test_a_tree_holding_lists_of_tensors_is_format_2_and_forged_lengths_are_refused(repo, monkeypatch):
+    """An mvc reading format 1 only took the items `state.0.al.1` of a list for keys `al.1`, a
+    misread (DESIGN.md section 3: a newer format is refused, never misread); and a forged length
+    of 10**12 made load_optimizer build a list of a trillion Nones (h57)."""
+    import mvc.objects
+    from damage import forge
+    from mvc.errors import CorruptObject, FormatTooNew
+    cid = repo.commit({"optimizer": {"state": {0: {"al": [None, torch.ones(1)]}}, "param_groups": []}}, message="x")
+    tree = repo.tree(cid, "optimizer")
+    assert tree["format"] == 2 and repo.read_commit(cid)["format"] == 1
+    numbers = repo.commit({"optimizer": {"state": {0: {"h": [0.5]}}, "param_groups": []}}, message="numbers")
+    assert repo.tree(numbers, "optimizer")["format"] == 1  # (read as before by any mvc: a tensor)
+    with monkeypatch.context() as m:
+        m.setattr(mvc.objects, "FORMAT_VERSION", 1)  # an mvc reading format 1 only
+        with pytest.raises(FormatTooNew, match="has format 2; this mvc reads up to 1"):
+            mvc.Repo(repo.root).load_optimizer(cid)
+    for spec in ({"type": "list", "length": 10 ** 12, "none": [0]}, {"type": "list", "length": 1, "none": []},
+                 {"type": "list", "length": 3, "none": [0, 5]}, {"type": "list", "length": 2, "none": [0, 1]},
+                 {"type": "list", "length": "2", "none": [0]}):
+        forged = forge(repo, {**tree, "meta": {**tree["meta"], "sequence_state": {"state.0.al": spec}}})
+        bad = repo.commit({}, trees={"optimizer": forged}, message="forged")
+        with pytest.raises(CorruptObject, match="sequence_state"):
+            mvc.Repo(repo.root).load_optimizer(bad)
