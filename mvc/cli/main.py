@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import warnings
@@ -48,8 +49,32 @@ def _tolerant_output() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
-class MvcGroup(click.Group):
+class _NamesItsContext:
+    """Gives a usage error its command's context: click's parser raises some (`-n` with no value)
+    with none, and `_usage_error` names the command's --help from it."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if e.ctx is None:
+                e.ctx = ctx
+            raise
+
+
+class MvcCommand(_NamesItsContext, click.Command):
+    pass
+
+
+class MvcSubGroup(_NamesItsContext, click.Group):
+    """A group under mvc (remote, hooks, paste): its commands name their context too."""
+    command_class = MvcCommand
+
+
+class MvcGroup(_NamesItsContext, click.Group):
     """Maps exceptions to `error: <what> (<hint>)` and the exit codes of DESIGN.md section 4."""
+    command_class = MvcCommand
+    group_class = MvcSubGroup
 
     def invoke(self, ctx):
         warnings.showwarning = lambda msg, *a, **k: warn(msg)
@@ -135,6 +160,9 @@ def _usage_error(e: click.UsageError):
         raise e
     what = " ".join(e.format_message().split())
     what = what[:-1] if what.endswith(".") and not what.endswith("..") else what
+    aside = re.fullmatch(r"(Got unexpected extra arguments?) \(([^()]*)\)", what)  # (in the hint's place)
+    if aside:
+        what = f"{aside[1]}: {aside[2]}"
     error(what, None if what.endswith(")") else f"see {e.ctx.command_path} --help")
     sys.exit(e.exit_code)
 

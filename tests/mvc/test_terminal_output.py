@@ -314,6 +314,11 @@ def test_text_that_is_not_utf8_names_a_locale_that_is_not(repo, monkeypatch, fs_
     (["nosuch"], "error: No such command 'nosuch' (see mvc --help)"),
     (["--bogus"], "error: No such option '--bogus' (see mvc --help)"),
     (["commit"], "error: Missing option '-m' / '--message' (see mvc commit --help)"),
+    # (raised by click's parser with no context: they were click's block still, h57)
+    (["log", "-n"], "error: Option '-n' requires an argument (see mvc log --help)"),
+    (["--version=3"], "error: Option '--version' does not take a value (see mvc --help)"),
+    (["remote", "add"], "error: Missing argument 'NAME' (see mvc remote add --help)"),
+    (["log", "a", "b", "c"], "error: Got unexpected extra arguments: b c (see mvc log --help)"),
 ])
 def test_usage_errors_are_one_error_line_with_exit_2(args, line):
     """DESIGN.md section 4: errors are one line `error: <what> (<hint>)`; a usage error printed
