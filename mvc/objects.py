@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import unicodedata
+import warnings
 
 import blake3
 
@@ -357,18 +358,25 @@ def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> No
         raise BadName(f"invalid {what} {name[:40]!r}... (a part longer than {limit} bytes)")
 
 
-def check_no_nesting(names) -> None:
+def check_no_nesting(names, new=None) -> None:
     """Component names must not nest (`a` beside `a/b`): a checkout writes `a/b` inside `a`; nor
     differ only in case or Unicode form (`core` beside `Core`, or `café` in NFC and NFD): a
     checkout on a case-insensitive or normalizing file system (macOS, Windows) writes both into
-    one folder. (Compared folded, so `Core` beside `core/x` nests as well.)"""
+    one folder. (Compared folded, so `Core` beside `core/x` nests as well.) With `new` (the names
+    being added), two such names already there (an older mvc took them) are warned of, not
+    refused: every commit on that branch would be."""
+    new = set(names) if new is None else set(new)
     folded: dict[str, str] = {}
     for name in sorted(set(names)):
         same = folded.setdefault(_folded(name), name)
-        if same != name:
+        if same != name and (same in new or name in new):
             raise BadName(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on "
                           "a case-insensitive file system (macOS, Windows) would write both into one folder",
                           "pick names that differ in more than case")
+        if same != name:
+            warnings.warn(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on a "
+                          f"case-insensitive file system (macOS, Windows) writes both into one folder; remove one "
+                          f"with mvc commit --remove {name}")
     for b in sorted(folded):
         segs = b.split("/")
         for a in ("/".join(segs[:i]) for i in range(1, len(segs))):

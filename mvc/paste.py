@@ -101,7 +101,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     check_abi(repo.read_tree(host_comps[host_component]), brick_tree)
     if dst_comp in host_comps and not force:
         raise MvcError(f"the host already has {dst_comp}", "pass --force to replace it, or --as NEWNAME")
-    check_no_nesting(set(host_comps) | {dst_comp})
+    check_no_nesting(set(host_comps) | {dst_comp}, new={dst_comp} - set(host_comps))
     repo.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
     with repo.writing():  # from the first new object until the branch names it: a gc --grace 0 waits
         return _install(repo, name, as_name, source, brick_tree, brick_tree_id, host, host_comps, dst_comp,

@@ -711,7 +711,7 @@ class Repo(Maintenance):
         names = set(comps) | set(added)
         if not names:
             raise BadInput("nothing to commit: no components")
-        check_no_nesting(names)
+        check_no_nesting(names, new=set(added) - set(comps))  # (names the parent has already: warned of)
         return comps
 
     def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None, bool]:

@@ -79,6 +79,16 @@ def test_component_names_differing_only_in_case_or_unicode_form_are_refused(repo
         repo.commit({"CORE/x": sd(1)}, message="nests when folded")
     assert snapshot(repo) == before
     repo.commit({"core-2": sd(1), "Straße": sd(2)}, message="names that differ in more than case are fine")
+    # two already there (an older mvc took them): every commit was refused, now it is warned of (h57)
+    from damage import forge
+    head = repo.read_commit(repo.resolve("HEAD"))
+    old = forge(repo, {**head, "components": {**head["components"], "CORE": head["components"]["core"]},
+                       "parents": [repo.resolve("HEAD")]})
+    repo.refs.update("refs/heads/main", old, message="an older mvc's commit")
+    with pytest.warns(UserWarning, match="'CORE' and 'core' differ only in case.*mvc commit --remove core"):
+        repo.commit({"optimizer": sd(3), "core": sd(4)}, message="adds another, rewrites one of the two")
+    repo.commit({}, remove=["CORE"], message="drops one")
+    assert set(repo.read_commit(repo.resolve("HEAD"))["components"]) == {"core", "core-2", "Straße", "optimizer"}
 
 
 def test_checkout_refuses_components_writing_the_same_path():
