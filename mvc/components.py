@@ -20,8 +20,8 @@ from typing import Callable
 from . import safetensors_format as stf
 from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding, MvcError
 from .interrupts import interrupts_deferred
-from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, hash_bytes,
-                      is_reserved_segment, new_hasher, tree_blob_ids, tree_object)
+from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, folded_name,
+                      hash_bytes, is_reserved_segment, new_hasher, tree_blob_ids, tree_object)
 from .output_folders import OutputFolders
 from .store import FileSpan, ObjectStore
 
@@ -493,6 +493,13 @@ class Ingest:
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 check_new_component_name(rel, "file path", None)  # what a checkout could not write back
                 entries.append((rel, full))
+        same: dict[str, str] = {}
+        for rel, _full in entries:  # (as component names: a checkout on macOS or Windows writes one over the other)
+            other = same.setdefault(folded_name(rel), rel)
+            if other != rel:
+                raise BadInput(f"{root}: files {other!r} and {rel!r} differ only in case or Unicode form: a "
+                               "checkout on a case-insensitive file system (macOS, Windows) would write one over "
+                               "the other", "rename one of them")
         files, special = [], []
         for rel, full in entries:
             st = os.lstat(full)

@@ -368,7 +368,7 @@ def check_no_nesting(names, new=None) -> None:
     new = set(names) if new is None else set(new)
     folded: dict[str, str] = {}
     for name in sorted(set(names)):
-        same = folded.setdefault(_folded(name), name)
+        same = folded.setdefault(folded_name(name), name)
         if same != name and (same in new or name in new):
             raise BadName(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on "
                           "a case-insensitive file system (macOS, Windows) would write both into one folder",
@@ -386,8 +386,8 @@ def check_no_nesting(names, new=None) -> None:
                               "pick names that are not directories of one another")
 
 
-def _folded(name: str) -> str:
-    """A name as case-insensitive, normalizing file systems compare names."""
+def folded_name(name: str) -> str:
+    """A name (or path) as case-insensitive, normalizing file systems (macOS, Windows) compare them."""
     return unicodedata.normalize("NFC", name).casefold()
 
 

@@ -240,6 +240,19 @@ def test_unreadable_file_is_a_clear_error(repo, tmp_path, monkeypatch):
     assert repo.head() is None
 
 
+def test_files_of_a_folder_differing_only_in_case_are_refused(repo, tmp_path):
+    """A folder holding w.bin and W.bin (or a name in NFC and NFD) was committed: a checkout on
+    macOS or Windows writes one over the other (h57)."""
+    for a, b in (("w.bin", "W.bin"), ("sub/caf\u00e9.txt", "sub/cafe\u0301.txt")):
+        d = tmp_path / f"m{len(a)}"
+        for name in (a, b):
+            (d / name).parent.mkdir(parents=True, exist_ok=True)
+            (d / name).write_bytes(name.encode())
+        with pytest.raises(BadInput, match="differ only in case or Unicode form"):
+            repo.commit({"model": str(d)}, message="x")
+    assert repo.head() is None and not list(repo.store.ids())
+
+
 def test_a_pipe_in_a_directory_is_skipped_with_a_warning(repo, tmp_path):
     d = tmp_path / "m"
     d.mkdir()
