@@ -286,11 +286,13 @@ class LockFile:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(owner)
-        except BaseException:
+        except BaseException as e:
             try:  # an ownerless lock could never be broken: remove it (full disk, interrupt)
                 os.unlink(self.path)
             except OSError:
                 pass
+            if isinstance(e, OSError) and e.filename is None:  # (a full disk: say where)
+                e.filename = self.path
             raise
         self.held = True
         return True

@@ -480,13 +480,15 @@ class Packer:
             tmp_idx = None
             os.replace(tmp, final + ".pack")
             fsync_dir(self.ps.dir)
-        except BaseException:
+        except BaseException as e:
             for path in (tmp, tmp_idx):
                 try:
                     if path:
                         os.unlink(path)
                 except OSError:
                     pass
+            if isinstance(e, OSError) and e.filename is None:  # (a full disk: say which file it was writing)
+                e.filename = tmp_idx or tmp
             raise
         recent.clear()  # (decoded delta bases: not held while the pack is read back)
         if self.verify:

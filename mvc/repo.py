@@ -188,21 +188,21 @@ class Repo(Maintenance):
             raise BadInput(f"cannot create a repository at {root}: the folder {e.filename or root} cannot be made: "
                            f"{e.strerror}", "choose a folder on an ordinary file system") from None
         tmp = os.path.join(root, f".mvc-init-{os.getpid()}")
-        for sub in ("objects", "refs/heads", "refs/tags", "refs/remotes", "logs"):
-            os.makedirs(os.path.join(tmp, sub), exist_ok=True)
-        initial = cfg.new_parser()
-        initial["core"] = {"format": str(REPO_FORMAT)}
-        with open(os.path.join(tmp, "config"), "w") as f:
-            initial.write(f)
-        with open(os.path.join(tmp, "HEAD"), "w") as f:
-            f.write(f"ref: refs/heads/{default_branch}\n")
-        keep_reserve(tmp)
-        try:
+        try:  # built aside and renamed into place: a failure (a full disk) leaves neither .mvc nor it
+            for sub in ("objects", "refs/heads", "refs/tags", "refs/remotes", "logs"):
+                os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+            initial = cfg.new_parser()
+            initial["core"] = {"format": str(REPO_FORMAT)}
+            with open(os.path.join(tmp, "config"), "w") as f:
+                initial.write(f)
+            with open(os.path.join(tmp, "HEAD"), "w") as f:
+                f.write(f"ref: refs/heads/{default_branch}\n")
+            keep_reserve(tmp)
             os.rename(tmp, d)
-        except OSError:
+        except BaseException:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.isdir(d):
+            if not os.path.isdir(d):  # (another init won the race: use its repository)
                 raise
         repo = cls(root)
         repo._exclude_from_git()

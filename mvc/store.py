@@ -836,12 +836,17 @@ def new_object_file(tmp_dir: str, oid: str, final: str | None, fsync: bool = Tru
         except FileNotFoundError:  # the first object ever written there
             os.makedirs(tmp_dir, exist_ok=True)
             f = open(tmp, "x+b" if readable else "xb", opener=_read_only_opener)
-        with f:
+        try:
             yield f
-            with _named(tmp):
+            with _named(tmp):  # (the close too: it flushes what a failed flush left, and its error is said)
                 f.flush()
                 if fsync:
                     os.fsync(f.fileno())
+                f.close()
+        except BaseException:
+            with contextlib.suppress(OSError):  # (a close that flushes again must not replace the error)
+                f.close()
+            raise
         if final is not None:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)

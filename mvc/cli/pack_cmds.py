@@ -1,10 +1,12 @@
 """Pack command: `mvc pack` moves loose objects into a compressed pack (byte grouping, XOR deltas)."""
 from __future__ import annotations
 
+import errno
 import os
 
 import click
 
+from ..errors import MvcError
 from ..repo import Repo
 from .main import cli
 from .output import byte_progress, emit_json, human_bytes, json_opt, rate, short, size_change
@@ -33,7 +35,15 @@ def pack_cmd(full, as_json):
     repo = Repo(os.getcwd())
     with Packer(repo, full=full) as packer:
         with byte_progress(packer.total_bytes, "packing") as advance:
-            r = packer.run(progress=advance, partial=advance)
+            try:
+                r = packer.run(progress=advance, partial=advance)
+            except OSError as e:  # (as gc says it: how much room packing needs)
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise MvcError(f"no space left on device to pack ({e.filename or repo.dir}): the pack it writes "
+                               f"needs up to {human_bytes(packer.total_bytes)}",
+                               f"nothing was lost; free {human_bytes(packer.total_bytes)} and run mvc pack again") \
+                    from None
     if as_json:
         emit_json(r)
         return

@@ -363,3 +363,50 @@ def test_a_full_disk_while_an_object_is_written_is_an_oserror_with_its_path(repo
         repo.commit({"model": {"w": torch.zeros(1 << 20)}}, message="big")
     assert e.value.errno == err and e.value.filename.startswith(repo.loose.tmp)
     assert not os.listdir(repo.loose.tmp) and repo.head() is None
+
+
+def test_a_full_disk_while_a_small_object_or_a_lock_is_written_names_the_file(repo, monkeypatch):
+    """A small object is written through the file's buffer: its flush failed (named), then the
+    close flushed again and its nameless error replaced the named one, so a commit of small
+    tensors, a lock or a pack on a full disk said 'no space left on device' with no path (h59)."""
+    import io
+
+    import mvc.store
+
+    class FullDisk(io.BufferedWriter):  # a file whose buffered bytes never reach a full disk
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            try:
+                self.flush()
+            finally:
+                self.raw.close()
+
+    def full_open(path, mode="r", *a, opener=None, **k):
+        fd = opener(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL) if opener else os.open(path, os.O_WRONLY | os.O_CREAT)
+        return FullDisk(io.FileIO(fd, "wb"))
+    monkeypatch.setattr(mvc.store, "open", full_open, raising=False)
+    with pytest.raises(OSError) as e:
+        repo.commit({"model": {"w": torch.zeros(4)}}, message="small")
+    assert e.value.errno == errno.ENOSPC and str(e.value.filename).startswith(repo.loose.tmp)
+    assert not os.listdir(repo.loose.tmp) and repo.head() is None
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: FullDisk(io.FileIO(fd, "wb")))
+    lock = os.path.join(repo.dir, "x.lock")
+    with pytest.raises(OSError) as e:
+        LockFile(lock).acquire()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == lock and not os.path.exists(lock)
+
+
+def test_an_init_that_fails_half_way_leaves_no_temp_folder(tmp_path, monkeypatch):
+    """`mvc init` on a full disk left DIR/.mvc-init-<pid> beside a later repository for good: the
+    folder was removed only when the final rename failed (h59)."""
+    import mvc.repo
+    monkeypatch.setattr(mvc.repo, "keep_reserve", _enospc)
+    with pytest.raises(OSError):
+        mvc.Repo.init(tmp_path / "r")
+    assert os.listdir(tmp_path / "r") == []
+    monkeypatch.undo()
+    mvc.Repo.init(tmp_path / "r")
+    assert os.listdir(tmp_path / "r") == [".mvc"]
