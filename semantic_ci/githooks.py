@@ -286,5 +286,18 @@ def _config(g, *args) -> str | None:
             (args[0] == "--remove-section" and "no such section" in str(e.stderr))
         if nothing:
             return None
-        raise MvcError(f"git config {' '.join(args)} failed: {git_failure(e)}",
-                       "fix what git says (a stale .git/config.lock: remove it if no git runs) and run it again") from None
+        said = str(e.stderr)
+        hint = ("a stale .git/config.lock: remove it if no git runs, then run it again" if "could not lock" in said
+                else "free some space on the disk and run it again" if "space" in said.lower() or _disk_full(g)
+                else "fix what git says and run it again")
+        raise MvcError(f"git config {' '.join(args)} failed: {git_failure(e)}", hint) from None
+
+
+def _disk_full(g) -> bool:
+    """Whether the disk of the repository's git folder has (almost) no room left: git says only
+    that it failed to write its new config file."""
+    import shutil
+    try:
+        return shutil.disk_usage(g.git_dir).free < 1 << 20
+    except (OSError, AttributeError):
+        return False

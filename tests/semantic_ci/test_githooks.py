@@ -5,6 +5,7 @@ per work tree, git that cannot run."""
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -340,10 +341,26 @@ def test_an_install_that_cannot_set_merge_ff_fails_and_changes_nothing(tmp_path)
     from semantic_ci.githooks import install
     work, hooks = _project(tmp_path)
     (work / ".git" / "config.lock").write_text("")
-    with pytest.raises(mvc.errors.MvcError, match=r"git config .*failed: could not lock config file"):
+    with pytest.raises(mvc.errors.MvcError, match=r"git config .*failed: could not lock config file") as e:
         install(str(work))
+    assert e.value.hint.startswith("a stale .git/config.lock")
     assert not any((hooks / name).exists() for name in ("pre-commit", "pre-merge-commit", "pre-push"))
     (work / ".git" / "config.lock").unlink()
+    import semantic_ci.githooks as gh  # a full disk: git says only that it failed to write (h59)
+    git_module = gh.import_git()
+    real = git_module.cmd.Git._call_process
+
+    def full_disk(self, method, *args, **kwargs):
+        if method == "config" and "--get" not in args:
+            raise git_module.GitCommandError(["git", "config"], 255,
+                                             b"error: failed to write new configuration file .git/config.lock")
+        return real(self, method, *args, **kwargs)
+    with mock.patch.object(gh, "_disk_full", lambda g: True), \
+            mock.patch.object(git_module.cmd.Git, "_call_process", full_disk):
+        with pytest.raises(mvc.errors.MvcError) as e:
+            install(str(work))
+    assert e.value.hint == "free some space on the disk and run it again"
+    assert not any((hooks / name).exists() for name in ("pre-commit", "pre-merge-commit", "pre-push"))
     install(str(work))
     assert git(work, "config", "merge.ff").stdout.strip() == "false"
 
