@@ -3,7 +3,7 @@ fit checks, and a commit that reuses the brick's tree (no tensor blob is written
 from __future__ import annotations
 
 from .errors import AbiMismatch, BadInput, BadName, MvcError, RefConflict, UnknownRevision
-from .objects import check_new_component_name, check_no_nesting, commit_object
+from .objects import canonical_json, check_new_component_name, check_no_nesting, commit_object, hash_bytes
 from .refs import utc_now
 
 ABI_FIELD_ORDER = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash")
@@ -33,6 +33,14 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
                           "paste bricks into cores built by cores.build(\"layercake\", ...)")
     if not brick_abi.get("hash"):
         raise AbiMismatch("the brick records no ABI spec")
+    _check_record(host_abi, "host")
+    _check_record(brick_abi, "brick")
+    config = brick_tree.get("config")
+    built = config.get("abi_spec") if isinstance(config, dict) else None
+    if built is not None and isinstance(brick_abi.get("spec"), dict) and built != brick_abi["spec"]:
+        raise AbiMismatch("the brick's config builds another ABI than the one its tree records",
+                          "the tree was edited or written by another program: export the brick from its "
+                          "training run again")
     if host_abi["hash"] == brick_abi["hash"]:
         return
     specs = [abi.get("spec") if isinstance(abi.get("spec"), dict) else {} for abi in (host_abi, brick_abi)]
@@ -40,6 +48,23 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
     hv, bv = (_field(spec, field) for spec in specs)
     raise AbiMismatch(f"ABI mismatch in {field}: host has {_short(hv)}, brick has {_short(bv)}",
                       "the brick was trained under a different ABI contract; retrain it on a compatible core")
+
+
+def _check_record(abi: dict, who: str) -> None:
+    """A recorded ABI's hash must be that of the spec recorded beside it (as cores.abi hashes a
+    spec: BLAKE3 of its canonical JSON): paste compares hashes, and an edited record would let a
+    brick that cannot fit land."""
+    spec = abi.get("spec")
+    if not isinstance(spec, dict):
+        return  # (a record of the hash alone: nothing to check it against)
+    try:
+        actual = hash_bytes(canonical_json(spec))
+    except MvcError:
+        actual = None
+    if actual != abi["hash"]:
+        raise AbiMismatch(f"the {who}'s recorded ABI hash {str(abi['hash'])[:12]} is not the hash of the spec "
+                          "recorded beside it", "the tree was edited or written by another program: commit the "
+                          f"{who} again from the model")
 
 
 def _field(spec: dict, path: str):

@@ -849,6 +849,11 @@ class Repo(Maintenance):
             detail = " ".join(str(e).split())
             raise BadInput(f"component {component!r} does not fit its recorded arch {arch!r} and config: "
                            f"{detail[:300]}", "load its tensors with repo.load() instead") from None
+        spec, recorded = getattr(model, "abi_spec", None), (tree.get("abi") or {}).get("hash")
+        if recorded and spec is not None and getattr(spec, "hash", recorded) != recorded:
+            raise CorruptObject(f"{what} records ABI {recorded[:12]}, but its config builds ABI {spec.hash[:12]}",
+                                "the tree was edited or written by another program: paste and CI would trust "
+                                "the record; rebuild the model and commit it again")
         model.eval()
         return model
 

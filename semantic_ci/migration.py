@@ -3,7 +3,7 @@ committed) and check bounded transfer (domain and general PPL ratios with/withou
 exact transfer (bit-identical logits and PPL ratio 1.0 on every host) or an exact copy (L0)."""
 from __future__ import annotations
 
-from mvc.errors import AbiMismatch
+from mvc.errors import AbiMismatch, BadInput
 from mvc.paste import check_abi
 
 from . import evaluate as ev
@@ -13,9 +13,11 @@ from .config import Check
 
 def _brick(ctx: Context, source: str, name: str, int8: bool):
     import bricks
+
+    from .models import rebuild_stored_brick
     comp = f"brick/{name}"
     tree = ctx.repo.tree(source, comp)
-    brick = bricks.rebuild(tree, ctx.repo.load(source, comp))
+    brick = rebuild_stored_brick(tree, ctx.repo.load(source, comp), comp)  # (untrusted: BadInput, not a crash)
     if int8 and not brick.mvc_arch.endswith("-int8"):  # an int8 artifact already: measured as it is
         brick = bricks.quantize(brick)
     brick.eval()
@@ -24,7 +26,11 @@ def _brick(ctx: Context, source: str, name: str, int8: bool):
 
 def _attached(host, brick):
     import bricks
-    return bricks.attach(host, brick).eval()
+    try:
+        return bricks.attach(host, brick).eval()
+    except ValueError as e:  # (stored records that passed check_abi, yet do not fit: edited or another program's)
+        raise BadInput(f"the brick does not attach to the host: {str(e)[:300]}",
+                       "the commit is damaged or was made by other code") from None
 
 
 def run_migration(ctx: Context, check: Check) -> dict:

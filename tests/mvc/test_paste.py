@@ -1,8 +1,8 @@
 """Paste at the storage level: ABI contract from recorded specs, fit checks, tree reuse."""
-import hashlib
 import json
 import os
 
+import blake3
 import pytest
 import torch
 
@@ -18,8 +18,8 @@ class Spec:
         return self.d
 
     @property
-    def hash(self):
-        return hashlib.sha256(json.dumps(self.d, sort_keys=True).encode()).hexdigest()
+    def hash(self):  # (as cores.abi hashes a spec: paste checks a record's hash against its spec)
+        return blake3.blake3(json.dumps(self.d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class Part(torch.nn.Module):
@@ -165,3 +165,24 @@ def test_paste_holds_the_writers_lock_from_its_first_object_to_the_branch_move(r
     assert r["moved"] and seen == {"at_transform": False, "at_gate": False, "at_move": False}
     assert _writers_lock_free(repo)  # and let go afterwards
     assert repo.gc(grace_s=0)["removed"] == 0 and repo.fsck()["ok"]
+
+
+def test_a_recorded_abi_that_its_spec_or_config_does_not_back_is_refused(repo):
+    """paste compared the recorded hashes only: an edited record (a d_abi=32 brick's abi replaced
+    with the host's) landed, and only attaching later refused it (h58)."""
+    from damage import forge
+    src = repo.commit({"brick/python": Part(3, "brick", Spec(d_abi=32), 1)}, message="trained", branch="brick-run")
+    repo.commit({"core": Part(4, "core", Spec(), 2)}, message="host b", branch="host-b")
+    tree = repo.tree(src, "brick/python")
+    host_abi = repo.tree("host-b", "core")["abi"]
+    before = set(repo.store.ids())
+    for edited, why in (({**tree, "abi": {**host_abi, "spec": tree["abi"]["spec"]}}, "is not the hash of the spec"),
+                        ({**tree, "abi": host_abi, "config": {"abi_spec": tree["abi"]["spec"]}},
+                         "config builds another ABI than the one its tree records")):
+        tid = forge(repo, edited)
+        repo.commit({}, trees={"brick/python": tid}, message="edited", branch="brick-run")
+        with pytest.raises(AbiMismatch, match=why):
+            repo.paste_brick("python", "brick-run", "host-b")
+        assert repo.read_commit(repo.resolve("host-b"))["message"] == "host b"
+    assert set(repo.store.ids()) - before <= {repo.resolve("brick-run"), repo.resolve("brick-run~1")} | {
+        t for c in ("brick-run", "brick-run~1") for t in repo.read_commit(repo.resolve(c))["components"].values()}

@@ -173,3 +173,27 @@ def test_a_migration_check_names_the_abi_field_that_differs(setup):
     r = run_ci(setup, "host-a")
     note = r["checks"][0].get("note") or ""
     assert not r["passed"] and "ABI mismatch in anchor_spec.version" in note, r["checks"][0]
+
+
+def test_stored_records_that_do_not_rebuild_or_attach_are_errors_not_crashes(setup):
+    """A brick tree whose config no longer fits its tensors, or a legacy host whose tree claims the
+    canonical ABI, made the migration check (mvc ci, paste's gate) crash with exit 4 (h58);
+    load_model now refuses a core whose config builds another ABI than its tree records."""
+    from mvc.errors import BadInput, CorruptObject
+    from mvc.objects import canonical_json, hash_bytes
+
+    def forge(repo, obj):  # (an edited tree, as another program could store it)
+        data = canonical_json(obj)
+        return repo.store.put(data, oid=hash_bytes(data))
+    brick = setup.tree("host-a", "brick/python")
+    edited = forge(setup, {**brick, "config": {**brick["config"], "rnn": brick["config"]["rnn"] * 2}})
+    setup.commit({}, trees={"brick/python": edited}, message="edited brick", branch="host-a")
+    with pytest.raises(BadInput, match="cannot rebuild brick/python"):
+        _check(setup, "host-a", "host-b")
+    legacy = setup.tree("legacy-b", "core")
+    forged = forge(setup, {**legacy, "abi": setup.tree("host-b", "core")["abi"]})
+    setup.commit({}, trees={"core": forged}, message="claims the canonical ABI", branch="legacy-b")
+    with pytest.raises(CorruptObject, match="records ABI .*, but its config builds ABI"):
+        setup.load_model("legacy-b", "core")
+    with pytest.raises((BadInput, CorruptObject)):
+        _check(setup, "host-a~1", "legacy-b")
