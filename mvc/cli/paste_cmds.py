@@ -50,7 +50,7 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
     if as_name is not None and not as_name.strip():
         raise click.BadParameter("an empty name", param_hint="--as")
     transform = _int8_transform(repo, f"brick/{as_name or name}") if int8 else None
-    gate = None if no_ci else _migration_gate(repo, name, repo.resolve(source), repo.resolve(host), int8)
+    gate = None if no_ci else _migration_gate(repo, name, int8)
     with json_when_ci_fails(as_json):
         r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
                              transform=transform, gate=gate, mode="int8" if int8 else "copy", run_hooks=not no_ci)
@@ -97,22 +97,26 @@ def _int8_transform(repo, component):
     return transform
 
 
-def _migration_gate(repo, name, source, host, int8):
+def _migration_gate(repo, name, int8):
     """A gate running mvc.toml's migration checks for brick NAME before the paste commit lands,
-    measured on what is being pasted: the brick of `source` (as int8 with --int8) on the target
-    `host` (mvc.toml's own hosts are for `mvc ci`)."""
+    measured on what is being pasted: the brick of the paste's source (as int8 with --int8) on the
+    host it is pasted onto (mvc.toml's own hosts are for `mvc ci`), both read from the paste commit
+    (resolved before the paste, a branch that moved meanwhile was measured, not the one pasted on)."""
     from dataclasses import replace
 
     from semantic_ci import config as cfgmod
     cfg = cfgmod.load(repo.root)
-    checks = [replace(c, params={**c.params, "source": source, "hosts": [host], "int8": int8, "paste_gate": True})
-              for c in (cfg.checks if cfg else []) if c.kind == "migration" and c.get("brick") == name]
+    checks = [c for c in (cfg.checks if cfg else []) if c.kind == "migration" and c.get("brick") == name]
     if not checks:
         return None
 
     def gate(cid):
         from semantic_ci.runner import run_ci
-        sub = cfgmod.CiConfig(checks=checks, adapter=cfg.adapter, probe_bytes=cfg.probe_bytes, window=cfg.window,
+        commit = repo.read_commit(cid)
+        source, host = commit["extra"]["paste"]["source"], commit["parents"][0]
+        measured = [replace(c, params={**c.params, "source": source, "hosts": [host], "int8": int8,
+                                       "paste_gate": True}) for c in checks]
+        sub = cfgmod.CiConfig(checks=measured, adapter=cfg.adapter, probe_bytes=cfg.probe_bytes, window=cfg.window,
                               source=cfg.source)
         summary = run_ci(repo, cid, config=sub, partial=True)  # (a sub-suite, measured on this paste's own brick
         # and host: never the commit's full run of mvc.toml's checks)

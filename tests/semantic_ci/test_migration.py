@@ -197,3 +197,26 @@ def test_stored_records_that_do_not_rebuild_or_attach_are_errors_not_crashes(set
         setup.load_model("legacy-b", "core")
     with pytest.raises((BadInput, CorruptObject)):
         _check(setup, "host-a~1", "legacy-b")
+
+
+def test_the_paste_gate_measures_the_host_the_paste_lands_on_when_its_branch_moved(setup, trained, monkeypatch):
+    """The CLI resolved --into for the gate before paste resolved the branch again: a commit landing
+    on host-b in between got the paste on top while the gate (and the pasted commit's certificate)
+    measured the brick on the core before it (h58)."""
+    import mvc
+    with open("mvc.toml", "w") as f:
+        f.write(CONFIG.replace("{hosts}", "legacy-b"))
+    real = mvc.Repo.paste_brick
+
+    def racing(self, *a, **k):  # another writer commits onto host-b meanwhile
+        mvc.Repo(setup.root).commit({"core": trained.host_a}, message="another core", branch="host-b")
+        return real(self, *a, **k)
+    monkeypatch.setattr(mvc.Repo, "paste_brick", racing)
+    with fixtures.one_thread():
+        r = CliRunner().invoke(cli, ["paste", "brick", "python", "--from", "host-a", "--into", "host-b", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    parent = setup.read_commit(doc["commit"])["parents"][0]
+    assert setup.read_commit(parent)["message"] == "another core"
+    from semantic_ci import certificate
+    assert certificate.read(setup, doc["ci"]["certificate"])["checks"][0]["inputs"]["hosts"] == [parent]
