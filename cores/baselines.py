@@ -74,7 +74,7 @@ def check_config(cfg: TransformerConfig) -> TransformerConfig:
     for name, least in (("vocab_size", 1), ("d_model", 1), ("n_layer", 0), ("n_head", 1), ("mlp_ratio", 1),
                         ("block_bytes", 2)):
         plain[name] = checks.integer(getattr(cfg, name), f"{what}: {name}", least)
-    plain["lr"] = checks.real(cfg.lr, f"{what}: lr", above=0.0)
+    plain["lr"] = checks.real(cfg.lr, f"{what}: lr", above=0.0, maximum=checks.MAX_LR)
     plain["rope_base"] = checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
     checks.head_width(cfg.d_model, cfg.n_head, what)
     return dataclasses.replace(cfg, **plain)

@@ -13,6 +13,7 @@ import numbers
 import torch
 
 SEED_MAX = 2 ** 63 - 1
+MAX_LR = 1e6  # far above any rate that trains; 1e39 overflowed float32 inside the optimizer's step
 
 
 def integer(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -449,7 +449,7 @@ def _check_budget(ratio, n_components, rank, n_meta, steps, lr, seed, calib_byte
             checks.integer(value, name, 1)
     checks.integer(n_meta, "n_meta", 1)
     checks.integer(steps, "steps", 0)
-    checks.real(lr, "lr", above=0.0)
+    checks.real(lr, "lr", above=0.0, maximum=checks.MAX_LR)
     checks.seed(seed)
     checks.integer(calib_bytes, "calib_bytes", 2)
 

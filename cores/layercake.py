@@ -135,7 +135,7 @@ def check_config(cfg: LayerCakeConfig) -> LayerCakeConfig:
     for name, choices in _CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise ValueError(f"{what}: {name} must be one of {', '.join(map(repr, choices))}, got {getattr(cfg, name)!r}")
-    plain["lr"] = checks.real(cfg.lr, f"{what}: lr", above=0.0)
+    plain["lr"] = checks.real(cfg.lr, f"{what}: lr", above=0.0, maximum=checks.MAX_LR)
     plain["anchor_weight"] = checks.real(cfg.anchor_weight, f"{what}: anchor_weight", minimum=0.0)
     plain["rope_base"] = checks.real(cfg.rope_base, f"{what}: rope_base", above=0.0)
     checks.head_width(cfg.d_model, cfg.n_head, what)

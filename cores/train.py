@@ -82,7 +82,7 @@ def check_schedule(steps, seed, batch_size, lr, warmup, min_lr_frac, weight_deca
     checks.seed(seed)
     checks.integer(batch_size, "batch_size", 1)
     if lr is not None:
-        checks.real(lr, "lr", minimum=0.0)
+        checks.real(lr, "lr", minimum=0.0, maximum=checks.MAX_LR)
     if warmup is not None:
         checks.integer(warmup, "warmup", 0)
     checks.real(min_lr_frac, "min_lr_frac", 0.0, 1.0)

@@ -28,6 +28,7 @@ FAST = dict(batch_size=2, seq_len=32, progress=False)
     ({"block_bytes": 0}, "block_bytes"),
     ({"canonical": "no"}, "canonical"),  # a truthy string built a canonical core
     ({"lr": float("nan")}, "lr"),
+    ({"lr": 1e39}, "lr must be <= 1000000"),  # built, then its first step overflowed float32 (h58)
     ({"anchor_weight": float("nan")}, "anchor_weight"),  # NaN > 0 is False: the anchor loss was dropped
     ({"rope_base": 0.0}, "rope_base"),  # NaN rotary tables
     ({"ngram_buckets": -3}, "ngram_buckets"),
@@ -135,6 +136,7 @@ def test_train_checks_data(data, error, words):
     ({"lr": float("inf")}, ValueError, "lr"),  # trained to NaN weights and returned
     ({"lr": float("nan")}, ValueError, "lr"),
     ({"lr": -1.0}, ValueError, "lr"),
+    ({"lr": 1e39}, ValueError, "lr must be <= 1000000"),
     ({"weight_decay": float("nan")}, ValueError, "weight_decay"),
     ({"grad_clip": float("nan")}, ValueError, "grad_clip"),
     ({"warmup": -1}, ValueError, "warmup"),
