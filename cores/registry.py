@@ -85,12 +85,39 @@ def available() -> list[str]:
 
 def build(arch: str, config: dict) -> nn.Module:
     """Build ``arch`` from a config dict (typically a module's ``mvc_config``)."""
-    model = builder(arch)(dict(config))
+    make = builder(arch)
+    _check_fits_in_memory(arch, make, config)
+    model = make(dict(config))
     if not getattr(model, "mvc_arch", None):
         model.mvc_arch = arch
     if getattr(model, "mvc_config", None) is None:
         model.mvc_config = dict(config)
     return model
+
+
+def _check_fits_in_memory(arch: str, make, config: dict) -> None:
+    """ValueError when the parameters ``config`` asks for exceed this machine's memory, found by a
+    build on torch's meta device (which allocates nothing): `vocab_size=10**9` or
+    `ngram_buckets=10**12` failed inside torch's allocator, naming no setting (or, with the memory,
+    allocated hundreds of GB). A builder that cannot build on the meta device is left to the build."""
+    import os
+
+    import torch
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # (not POSIX)
+        return
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            sizes = {k: (v.numel() * v.element_size(), tuple(v.shape)) for k, v in make(dict(config)).state_dict().items()}
+    except Exception:  # noqa: BLE001 (a bad setting: the real build names it)
+        return
+    total = sum(n for n, _ in sizes.values())
+    if total > memory:
+        name, (_, shape) = max(sizes.items(), key=lambda kv: kv[1][0])
+        raise ValueError(f"{arch}: this config's parameters take {total / 1e9:,.1f} GB, more than this machine's "
+                         f"{memory / 1e9:,.1f} GB of memory (the largest, {name}, has shape {list(shape)}): "
+                         "check the sizes it sets")
 
 
 def build_named(name: str, config: str | dict = "tiny", seed: int | None = None, **overrides) -> nn.Module:
