@@ -28,6 +28,9 @@ def first_abi_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 
 def check_abi(host_tree: dict, brick_tree: dict) -> None:
     host_abi, brick_abi = host_tree.get("abi") or {}, brick_tree.get("abi") or {}
+    config = brick_tree.get("config")
+    if isinstance(config, dict) and config.get("host_independent") is True:
+        return  # a portable decoder, trained on no core, attaches to any host (as bricks.fits says)
     if not host_abi.get("hash"):
         raise AbiMismatch("the host records no ABI spec: it is not a canonical-ABI core",
                           "paste bricks into cores built by cores.build(\"layercake\", ...)")
@@ -35,7 +38,6 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
         raise AbiMismatch("the brick records no ABI spec")
     _check_record(host_abi, "host")
     _check_record(brick_abi, "brick")
-    config = brick_tree.get("config")
     built = config.get("abi_spec") if isinstance(config, dict) else None
     if built is not None and isinstance(brick_abi.get("spec"), dict) and built != brick_abi["spec"]:
         raise AbiMismatch("the brick's config builds another ABI than the one its tree records",

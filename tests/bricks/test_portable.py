@@ -72,3 +72,15 @@ def test_training_is_deterministic_and_learns(streams):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert metrics[0]["domain_bpb"] == metrics[1]["domain_bpb"]
     assert metrics[0]["domain_bpb"] < 8.0
+
+
+def test_paste_takes_a_portable_decoder_into_any_host_as_attach_does(decoder, repo):
+    """bricks.fits and attach take a portable decoder on a legacy (non-canonical) core, with
+    bit-identical logits, but paste refused it on the ABI contract ('retrain it on a compatible
+    core'), which a decoder trained on no core has none of (h58)."""
+    legacy = cores.build("layercake", config="tiny", seed=1, canonical=False)
+    assert bricks.fits(legacy, decoder) is None
+    repo.commit({"brick/python": decoder}, message="decoder", branch="dec")
+    repo.commit({"core": legacy}, message="legacy host", branch="legacy")
+    r = repo.paste_brick("python", "dec", "legacy")
+    assert r["moved"] and "brick/python" in repo.read_commit(r["commit"])["components"]
