@@ -334,17 +334,18 @@ class Maintenance:
         for oid in list(self.loose.ids()):
             if oid in live:
                 continue
+            packed = packs is not None and packs.has(oid)  # (a packed copy is counted by packing: kept or dropped)
             if oid in protected:
-                kept_young += 1
+                kept_young += not packed
                 continue
             try:
                 st = os.stat(self.loose.path(oid))
             except FileNotFoundError:
                 continue
             if now - st.st_mtime < grace:
-                kept_young += 1
+                kept_young += not packed
                 continue
-            if packs is None or not packs.has(oid):  # a packed copy is counted when packing drops it
+            if not packed:
                 removed += 1
             doomed += 1
             freed += st.st_size
@@ -501,7 +502,8 @@ class Maintenance:
                 progress.end()
         result["removed"] += result["pack"]["dropped"]
         result["kept_recent"] += result["pack"]["kept_young"]  # (unreachable ones packed, kept for their youth)
-        result["bytes_freed"] += result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
+        result["bytes_freed"] += (result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
+                                  + result["pack"].get("overhead_freed", 0))
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
         result["certificate_indexes_removed"] = (  # (a dry run counts those it would remove)
             self._prune_certificate_indexes(grace, self.store.has) if not dry_run else self._prune_certificate_indexes(

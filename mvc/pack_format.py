@@ -27,6 +27,7 @@ TRAILER_BYTES = 32
 
 PACK_HEADER = struct.Struct("<8sII")          # magic, version, object count
 IDX_HEADER = struct.Struct("<8sII32s")        # magic, version, record count, pack checksum
+PACK_OVERHEAD = PACK_HEADER.size + IDX_HEADER.size + 2 * TRAILER_BYTES  # a pack's and its index's bytes beyond records
 RECORD = struct.Struct("<32s32sQQQBB6x")      # id, base id (zeros: none), offset, length, size,
 #                                               encoding, delta depth
 ENTRY_HEADER = struct.Struct("<IBBII")        # prefix_len, itemsize, reserved, chunk_elems, chunks

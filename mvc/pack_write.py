@@ -222,7 +222,8 @@ class Packer:
             self.dropped_bytes = sum(self.packed[oid][1].length + pf.RECORD.size for oid in gone)
             targets = ({oid for oid in live if oid in loose or oid in self.packed} | young) - kept_ids
             if (not self.geometric and len(self.old_packs) <= 1 and not self.dropped
-                    and not (targets & loose)):
+                    and not (targets & loose)
+                    and all(r.depth <= self.max_depth for p in self.old_packs for r in p.records.values())):
                 targets = set()  # already one pack holding exactly what should be kept
                 self.rolled_packs = []
         else:
@@ -278,6 +279,7 @@ class Packer:
         if dry_run:
             stats["bytes_before"] = self.total_bytes
             stats["tmp_bytes"] = self._remove_stale_tmp(dry_run=True)
+            stats["overhead_freed"] = pf.PACK_OVERHEAD * max(0, len(self.rolled_packs) - bool(self.targets))
             return stats
         name = None
         if self.targets:
@@ -309,6 +311,7 @@ class Packer:
                 self._delete(rolled, stats)
         else:
             self._delete(rolled, stats)
+        stats["overhead_freed"] = pf.PACK_OVERHEAD * max(0, len(rolled) - bool(name))  # (packs merged into one)
         stats["packs_kept"] = len(self.kept_packs)
         stats["tmp_bytes"] = self._remove_stale_tmp()  # left by killed pack runs, once past the grace
         self.ps.refresh()
