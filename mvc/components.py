@@ -493,25 +493,39 @@ class Ingest:
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 check_new_component_name(rel, "file path", None)  # what a checkout could not write back
                 entries.append((rel, full))
-        same: dict[str, str] = {}
-        for rel, _full in entries:  # (as component names: a checkout on macOS or Windows writes one over the other)
-            other = same.setdefault(folded_name(rel), rel)
-            if other != rel:
-                raise BadInput(f"{root}: files {other!r} and {rel!r} differ only in case or Unicode form: a "
-                               "checkout on a case-insensitive file system (macOS, Windows) would write one over "
-                               "the other", "rename one of them")
         files, special = [], []
         for rel, full in entries:
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 raise BadInput(f"{full} is a symbolic link; mvc refuses symlinks", LINKED_FOLDER_HINT)
             (files if stat.S_ISREG(st.st_mode) else special).append((rel, full, st))
+        _refuse_case_clashes(root, [rel for rel, _full, _st in files])
         if not files:
             raise BadInput(f"{root} holds no files to commit" + (": only pipes, sockets or devices" if special else ""))
         for _rel, full, _st in special:
             warnings.warn(f"skipped {full}: not a regular file (a pipe, socket or device)")
         for rel, full, st in files:
             self._path(full, rel, st)
+
+
+def _refuse_case_clashes(root: str, paths: list[str]) -> None:
+    """Refuse file paths of a folder that clash where case is ignored (macOS, Windows), as such
+    component names are: `w.bin` beside `W.bin` (one written over the other), or a file `a`
+    beside a folder `A/` (the file where the folder must be)."""
+    same: dict[str, str] = {}
+    for rel in paths:
+        other = same.setdefault(folded_name(rel), rel)
+        if other != rel:
+            raise BadInput(f"{root}: files {other!r} and {rel!r} differ only in case or Unicode form: a checkout "
+                           "on a case-insensitive file system (macOS, Windows) would write one over the other",
+                           "rename one of them")
+    for folded, rel in same.items():
+        segs = folded.split("/")
+        for up in ("/".join(segs[:i]) for i in range(1, len(segs))):
+            if up in same:
+                raise BadInput(f"{root}: the file {same[up]!r} and the folder of {rel!r} differ only in case or "
+                               "Unicode form: a checkout on a case-insensitive file system (macOS, Windows) cannot "
+                               "write both", "rename one of them")
 
 
 def _refuse_unreadable(err: OSError):

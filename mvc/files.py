@@ -99,11 +99,13 @@ def atomic_write(path: str, data: bytes, fsync: bool = True, placed: Callable[[]
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:  # a failed write (full disk, path taken by a directory) leaves no temp file behind
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # (a full disk: write, flush and fsync name none)
+            e.filename = path
         raise
     if placed is not None:
         placed()

@@ -358,13 +358,13 @@ def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> No
         raise BadName(f"invalid {what} {name[:40]!r}... (a part longer than {limit} bytes)")
 
 
-def check_no_nesting(names, new=None) -> None:
+def check_no_nesting(names, new=None, quiet: bool = False) -> None:
     """Component names must not nest (`a` beside `a/b`): a checkout writes `a/b` inside `a`; nor
     differ only in case or Unicode form (`core` beside `Core`, or `café` in NFC and NFD): a
     checkout on a case-insensitive or normalizing file system (macOS, Windows) writes both into
     one folder. (Compared folded, so `Core` beside `core/x` nests as well.) With `new` (the names
     being added), two such names already there (an older mvc took them) are warned of, not
-    refused: every commit on that branch would be."""
+    refused: every commit on that branch would be (`quiet`: nor warned of, for a check made again later)."""
     new = set(names) if new is None else set(new)
     folded: dict[str, str] = {}
     for name in sorted(set(names)):
@@ -373,17 +373,24 @@ def check_no_nesting(names, new=None) -> None:
             raise BadName(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on "
                           "a case-insensitive file system (macOS, Windows) would write both into one folder",
                           "pick names that differ in more than case")
-        if same != name:
+        if same != name and not quiet:
             warnings.warn(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on a "
                           f"case-insensitive file system (macOS, Windows) writes both into one folder; remove one "
                           f"with mvc commit --remove {name}")
-    for b in sorted(folded):
-        segs = b.split("/")
-        for a in ("/".join(segs[:i]) for i in range(1, len(segs))):
-            if a in folded:
-                a, b = folded[a], folded[b]
-                raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
+    for fb in sorted(folded):
+        segs = fb.split("/")
+        for fa in ("/".join(segs[:i]) for i in range(1, len(segs))):
+            if fa not in folded:
+                continue
+            a, b = folded[fa], folded[fb]
+            exact = b.startswith(a + "/")  # (nesting as written was always refused; `Core` beside `core/x`
+            if exact or a in new or b in new:  # only on a case-insensitive file system: as above)
+                raise BadName(f"components {a!r} and {b!r} nest" + ("" if exact else " where case is ignored "
+                              "(macOS, Windows)") + f": {b!r} would be checked out inside {a!r}",
                               "pick names that are not directories of one another")
+            if not quiet:
+                warnings.warn(f"components {a!r} and {b!r} nest where case is ignored (macOS, Windows): a checkout "
+                              f"there writes {b!r} inside {a!r}; remove one with mvc commit --remove {b}")
 
 
 def folded_name(name: str) -> str:

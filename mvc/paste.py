@@ -29,8 +29,11 @@ def first_abi_difference(a: dict, b: dict, prefix: str = "") -> str | None:
 def check_abi(host_tree: dict, brick_tree: dict) -> None:
     host_abi, brick_abi = host_tree.get("abi") or {}, brick_tree.get("abi") or {}
     config = brick_tree.get("config")
-    if isinstance(config, dict) and config.get("host_independent") is True:
-        return  # a portable decoder, trained on no core, attaches to any host (as bricks.fits says)
+    base = config.get("base_arch") if isinstance(config, dict) else None  # (an int8 brick: of what arch)
+    if brick_tree.get("arch") == "portable-brick" or (brick_tree.get("arch") == "portable-brick-int8"
+                                                       and base == "portable-brick"):
+        return  # a portable decoder, trained on no core, attaches to any host (as bricks.fits says): the
+        # arch it rebuilds through decides, not a config flag (bricks/portable.py, bricks/int8.py)
     if not host_abi.get("hash"):
         raise AbiMismatch("the host records no ABI spec: it is not a canonical-ABI core",
                           "paste bricks into cores built by cores.build(\"layercake\", ...)")

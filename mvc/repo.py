@@ -199,11 +199,13 @@ class Repo(Maintenance):
                 f.write(f"ref: refs/heads/{default_branch}\n")
             keep_reserve(tmp)
             os.rename(tmp, d)
-        except BaseException:
+        except BaseException as e:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.isdir(d):  # (another init won the race: use its repository)
-                raise
+            if isinstance(e, OSError) and e.filename is None:  # (a full disk: say where)
+                e.filename = tmp
+            if not isinstance(e, Exception) or not os.path.isdir(d):  # (another init won the race: use its
+                raise                                                  # repository, unless interrupted)
         repo = cls(root)
         repo._exclude_from_git()
         return repo
@@ -618,7 +620,7 @@ class Repo(Maintenance):
             self._hooks("mvc.pre_commit")  # e.g. an invalid mvc.toml refuses the commit here
         parent = self.refs.read(ref)  # checked again below, after the objects are written
         self._next_components(parent if parent is not None else created_from, remove,
-                              set(components) | set(trees or {}))
+                              set(components) | set(trees or {}), quiet=True)  # (warned of when it lands)
         try:
             with self.writing():
                 cid, ref = self._write_commit(components, trees, remove, message, metrics, author, extra,
@@ -700,7 +702,7 @@ class Repo(Maintenance):
             raise RefConflict(f"could not commit to {ref}: it kept moving", "try again")
         return cid, ref
 
-    def _next_components(self, base: str | None, remove: list[str], added) -> dict[str, str]:
+    def _next_components(self, base: str | None, remove: list[str], added, quiet: bool = False) -> dict[str, str]:
         """The parent's components minus `remove`; refuses removing what is not there, an empty
         commit, and names that nest (`a` and `a/b` would check out into each other)."""
         comps = dict(self.read_commit(base, shared=True)["components"]) if base else {}
@@ -711,7 +713,7 @@ class Repo(Maintenance):
         names = set(comps) | set(added)
         if not names:
             raise BadInput("nothing to commit: no components")
-        check_no_nesting(names, new=set(added) - set(comps))  # (names the parent has already: warned of)
+        check_no_nesting(names, new=set(added) - set(comps), quiet=quiet)  # (names the parent has: warned of)
         return comps
 
     def _target_branch(self, branch: str | None) -> tuple[str, str | None, str | None, bool]:

@@ -163,6 +163,9 @@ def _usage_error(e: click.UsageError):
     aside = re.fullmatch(r"(Got unexpected extra arguments?) \(([^()]*)\)", what)  # (in the hint's place)
     if aside:
         what = f"{aside[1]}: {aside[2]}"
+    guess = re.fullmatch(r"(.*?)\.? \((Did you mean one of|Possible options): ([^()]*)\)", what)
+    if guess:  # "No such command 'instal'. (Did you mean one of: 'install', 'uninstall'?)"
+        what = f"{guess[1]}: {'did you mean one of' if guess[2].startswith('Did') else 'possible options'} {guess[3]}"
     error(what, None if what.endswith(")") else f"see {e.ctx.command_path} --help")
     sys.exit(e.exit_code)
 

@@ -84,3 +84,15 @@ def test_paste_takes_a_portable_decoder_into_any_host_as_attach_does(decoder, re
     repo.commit({"core": legacy}, message="legacy host", branch="legacy")
     r = repo.paste_brick("python", "dec", "legacy")
     assert r["moved"] and "brick/python" in repo.read_commit(r["commit"])["components"]
+    repo.commit({"brick/small": bricks.quantize(decoder)}, message="int8 decoder", branch="dec")  # (h60)
+    assert repo.paste_brick("small", "dec", "legacy")["moved"]
+    # its arch decides, not a config flag: a sparse brick whose tree claims host_independent is checked
+    from mvc.errors import AbiMismatch
+    from mvc.objects import canonical_json, hash_bytes
+    canonical = cores.build("layercake", config="tiny", seed=2)
+    repo.commit({"brick/sparse": bricks.build("sparse", host=canonical)}, message="sparse", branch="sp")
+    tree = repo.tree("sp", "brick/sparse")
+    data = canonical_json({**tree, "config": {**tree["config"], "host_independent": True}})
+    repo.commit({}, trees={"brick/sparse": repo.store.put(data, oid=hash_bytes(data))}, message="edited", branch="sp")
+    with pytest.raises(AbiMismatch, match="ABI mismatch in"):
+        repo.paste_brick("sparse", "sp", "legacy")

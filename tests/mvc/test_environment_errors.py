@@ -410,3 +410,18 @@ def test_an_init_that_fails_half_way_leaves_no_temp_folder(tmp_path, monkeypatch
     monkeypatch.undo()
     mvc.Repo.init(tmp_path / "r")
     assert os.listdir(tmp_path / "r") == [".mvc"]
+
+
+def test_a_full_disk_while_a_ref_or_config_file_is_written_names_it(repo, monkeypatch):
+    """atomic_write (refs, reflogs, HEAD, the config) let a full disk's nameless error through:
+    `mvc config` and `mvc branch` said "no space left on device" with no path (h60)."""
+    from mvc.files import atomic_write
+    monkeypatch.setattr(os, "fsync", _enospc)
+    target = os.path.join(repo.dir, "somefile")
+    with pytest.raises(OSError) as e:
+        atomic_write(target, b"x")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == target
+    assert [n for n in os.listdir(repo.dir) if n.startswith(".somefile")] == []
+    with pytest.raises(OSError) as e:
+        repo.set_config("pack.level", "3")
+    assert e.value.filename == os.path.join(repo.dir, "config")

@@ -2,6 +2,7 @@
 revisions naming non-commits, unreadable inputs, odd tensors, and checks that run before any write."""
 import json
 import os
+import shutil
 import struct
 import time
 import warnings
@@ -89,6 +90,17 @@ def test_component_names_differing_only_in_case_or_unicode_form_are_refused(repo
         repo.commit({"optimizer": sd(3), "core": sd(4)}, message="adds another, rewrites one of the two")
     repo.commit({}, remove=["CORE"], message="drops one")
     assert set(repo.read_commit(repo.resolve("HEAD"))["components"]) == {"core", "core-2", "Straße", "optimizer"}
+    head = repo.read_commit(repo.resolve("HEAD"))  # `Optimizer/x` beside `optimizer` nests where case is ignored
+    old = forge(repo, {**head, "components": {**head["components"], "Optimizer/x": head["components"]["core"]},
+                       "parents": [repo.resolve("HEAD")]})
+    repo.refs.update("refs/heads/main", old, expected=repo.resolve("HEAD"), message="an older mvc's commit")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        repo.commit({"more": sd(5)}, message="unrelated")
+    assert [str(w.message).split(" (")[0] for w in caught] == [  # (once: it was said twice)
+        "components 'optimizer' and 'Optimizer/x' nest where case is ignored"]
+    with pytest.raises(BadName, match="'core-2' and 'CORE-2/y' nest where case is ignored"):
+        repo.commit({"CORE-2/y": sd(6)}, message="a new name that nests so")
 
 
 def test_checkout_refuses_components_writing_the_same_path():
@@ -243,13 +255,14 @@ def test_unreadable_file_is_a_clear_error(repo, tmp_path, monkeypatch):
 def test_files_of_a_folder_differing_only_in_case_are_refused(repo, tmp_path):
     """A folder holding w.bin and W.bin (or a name in NFC and NFD) was committed: a checkout on
     macOS or Windows writes one over the other (h57)."""
-    for a, b in (("w.bin", "W.bin"), ("sub/caf\u00e9.txt", "sub/cafe\u0301.txt")):
+    for a, b in (("w.bin", "W.bin"), ("sub/caf\u00e9.txt", "sub/cafe\u0301.txt"), ("a", "A/x")):
         d = tmp_path / f"m{len(a)}"
         for name in (a, b):
             (d / name).parent.mkdir(parents=True, exist_ok=True)
             (d / name).write_bytes(name.encode())
         with pytest.raises(BadInput, match="differ only in case or Unicode form"):
             repo.commit({"model": str(d)}, message="x")
+        shutil.rmtree(d)
     assert repo.head() is None and not list(repo.store.ids())
 
 

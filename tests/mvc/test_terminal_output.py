@@ -319,6 +319,8 @@ def test_text_that_is_not_utf8_names_a_locale_that_is_not(repo, monkeypatch, fs_
     (["--version=3"], "error: Option '--version' does not take a value (see mvc --help)"),
     (["remote", "add"], "error: Missing argument 'NAME' (see mvc remote add --help)"),
     (["log", "a", "b", "c"], "error: Got unexpected extra arguments: b c (see mvc log --help)"),
+    (["hooks", "instal"], "error: No such command 'instal': did you mean one of 'install', 'uninstall'? "
+                          "(see mvc hooks --help)"),
 ])
 def test_usage_errors_are_one_error_line_with_exit_2(args, line):
     """DESIGN.md section 4: errors are one line `error: <what> (<hint>)`; a usage error printed
