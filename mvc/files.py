@@ -104,8 +104,8 @@ def atomic_write(path: str, data: bytes, fsync: bool = True, placed: Callable[[]
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.filename is None:  # (a full disk: write, flush and fsync name none)
-            e.filename = path
+        if isinstance(e, OSError) and e.filename in (None, tmp):  # (a full disk names none; the temp is gone)
+            e.filename, e.filename2 = path, None
         raise
     if placed is not None:
         placed()

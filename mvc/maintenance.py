@@ -503,7 +503,7 @@ class Maintenance:
         result["removed"] += result["pack"]["dropped"]
         result["kept_recent"] += result["pack"]["kept_young"]  # (unreachable ones packed, kept for their youth)
         result["bytes_freed"] += (result["pack"]["dropped_bytes"] + result["pack"].get("tmp_bytes", 0)
-                                  + result["pack"].get("overhead_freed", 0))
+                                  + result["pack"].get("overhead_freed", 0) + result["pack"].get("duplicate_bytes", 0))
         result["stamps_removed"] = self.loose.prune_stamps(dry_run=dry_run)  # after packing emptied files
         result["certificate_indexes_removed"] = (  # (a dry run counts those it would remove)
             self._prune_certificate_indexes(grace, self.store.has) if not dry_run else self._prune_certificate_indexes(

@@ -360,37 +360,41 @@ def _check_path_text(name: str, what: str, limit: int = MAX_SEGMENT_BYTES) -> No
 
 def check_no_nesting(names, new=None, quiet: bool = False) -> None:
     """Component names must not nest (`a` beside `a/b`): a checkout writes `a/b` inside `a`; nor
-    differ only in case or Unicode form (`core` beside `Core`, or `café` in NFC and NFD): a
-    checkout on a case-insensitive or normalizing file system (macOS, Windows) writes both into
-    one folder. (Compared folded, so `Core` beside `core/x` nests as well.) With `new` (the names
-    being added), two such names already there (an older mvc took them) are warned of, not
-    refused: every commit on that branch would be (`quiet`: nor warned of, for a check made again later)."""
+    differ only in case or Unicode form (`core` beside `Core`, or `café` in NFC and NFD), nor nest
+    once so folded (`Core` beside `core/x`): a checkout on a file system that ignores case or
+    Unicode form (macOS; Windows for case) writes both into one folder. With `new` (the names
+    being added), such a pair a parent already holds (an older mvc took them) is warned of, not
+    refused: every commit on that branch would be (`quiet`: nor warned of, for a check made
+    again later). Names that nest as written are always refused."""
+    names = sorted(set(names))
     new = set(names) if new is None else set(new)
-    folded: dict[str, str] = {}
-    for name in sorted(set(names)):
-        same = folded.setdefault(folded_name(name), name)
-        if same != name and (same in new or name in new):
-            raise BadName(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on "
-                          "a case-insensitive file system (macOS, Windows) would write both into one folder",
-                          "pick names that differ in more than case")
-        if same != name and not quiet:
-            warnings.warn(f"components {same!r} and {name!r} differ only in case or Unicode form: a checkout on a "
-                          f"case-insensitive file system (macOS, Windows) writes both into one folder; remove one "
-                          f"with mvc commit --remove {name}")
-    for fb in sorted(folded):
+    hint = "pick names that differ in more than case or Unicode form"
+
+    def clash(a: str, b: str, what: str, why: str) -> None:
+        if a in new or b in new:
+            raise BadName(f"components {a!r} and {b!r} {what}: {why}",
+                          "pick names that are not directories of one another" if "nest" in what else hint)
+        if not quiet:
+            warnings.warn(f"components {a!r} and {b!r} {what}: {why}; remove one with mvc commit --remove {b}")
+
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(folded_name(name), []).append(name)
+    for group in groups.values():
+        for other in group[1:]:
+            clash(group[0], other, "differ only in case or Unicode form", "a checkout on macOS (or, for case, "
+                  "Windows) writes both into one folder")
+    for fb in sorted(groups):
         segs = fb.split("/")
         for fa in ("/".join(segs[:i]) for i in range(1, len(segs))):
-            if fa not in folded:
-                continue
-            a, b = folded[fa], folded[fb]
-            exact = b.startswith(a + "/")  # (nesting as written was always refused; `Core` beside `core/x`
-            if exact or a in new or b in new:  # only on a case-insensitive file system: as above)
-                raise BadName(f"components {a!r} and {b!r} nest" + ("" if exact else " where case is ignored "
-                              "(macOS, Windows)") + f": {b!r} would be checked out inside {a!r}",
-                              "pick names that are not directories of one another")
-            if not quiet:
-                warnings.warn(f"components {a!r} and {b!r} nest where case is ignored (macOS, Windows): a checkout "
-                              f"there writes {b!r} inside {a!r}; remove one with mvc commit --remove {b}")
+            pairs = [(a, b) for a in groups.get(fa, ()) for b in groups[fb]]
+            exact = next(((a, b) for a, b in pairs if b.startswith(a + "/")), None)
+            if exact:  # (nesting as written was always refused)
+                raise BadName(f"components {exact[0]!r} and {exact[1]!r} nest: {exact[1]!r} would be checked out "
+                              f"inside {exact[0]!r}", "pick names that are not directories of one another")
+            for a, b in pairs:
+                clash(a, b, "nest where case or Unicode form is ignored", f"a checkout on macOS (or, for case, "
+                      f"Windows) writes {b!r} inside {a!r}")
 
 
 def folded_name(name: str) -> str:

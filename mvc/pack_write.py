@@ -200,6 +200,7 @@ class Packer:
         self.kept_young = 0
         self._whole_packs: dict[str, bool] = {}
         self.gone: set[str] = set()
+        self.dropped_bytes = self.dup_bytes = 0
         if self.full:
             now = time.time()
             mtime = {p.name: _mtime(p) for p in self.old_packs}  # now, not when this process opened it
@@ -218,16 +219,26 @@ class Packer:
             # youngest pack it comes from, not now (else it would look young again at every gc)
             self.young_time = max((mtime[p.name] for oid in young - kept_ids for p in holders[oid]), default=None)
             self.rolled_packs = [p for p in self.old_packs if p not in self.kept_packs]
-            self.dropped = len(gone)  # (what the disk frees: each entry and its index record)
-            self.dropped_bytes = sum(self.packed[oid][1].length + pf.RECORD.size for oid in gone)
+            self.dropped = len(gone)
             targets = ({oid for oid in live if oid in loose or oid in self.packed} | young) - kept_ids
             if (not self.geometric and len(self.old_packs) <= 1 and not self.dropped
                     and not (targets & loose)
                     and all(r.depth <= self.max_depth for p in self.old_packs for r in p.records.values())):
                 targets = set()  # already one pack holding exactly what should be kept
                 self.rolled_packs = []
+            # what the disk frees: every copy of a dropped object in the packs rewritten (each entry and
+            # its index record), and all but one copy of those kept (a gc that had to leave its old
+            # packs, writers being busy, stored each live object twice)
+            seen: set[str] = set()
+            for p in self.rolled_packs:
+                for oid, r in p.records.items():
+                    if oid in gone:
+                        self.dropped_bytes += r.length + pf.RECORD.size
+                    elif oid in seen:
+                        self.dup_bytes += r.length + pf.RECORD.size
+                    seen.add(oid)
         else:
-            self.dropped = self.dropped_bytes = 0
+            self.dropped = 0
             self.rolled_packs = []
             targets = {oid for oid in live if oid in loose and oid not in self.packed}
         # records that stay where they are: new XOR deltas may use them as bases
@@ -236,6 +247,8 @@ class Packer:
         # packed elsewhere already: their loose copies go once this run is durable
         self.loose_dups = {oid for oid in loose if oid in self.packed} if not (self.full and targets) else set()
         self.loose_targets = {oid for oid in targets if oid in loose}
+        self.dup_bytes += sum(_size(repo.loose, oid) for oid in  # (loose copies of packed objects: deleted)
+                              (self.loose_dups | self.loose_targets) & set(self.packed))
         big = len(self.rank) + 1
         self.targets = sorted(targets, key=lambda o: (o in self.rank, self.rank.get(o, big), o))
         self.total_bytes = sum(self.packed[o][1].size if o in self.packed else repo.loose.size(o)
@@ -246,10 +259,11 @@ class Packer:
         the bytes of everything smaller (including what must be rewritten), so an object is
         rewritten a logarithmic number of times however many gcs run. A pack is rewritten when it
         holds an object to drop or one that also lies loose (the loose copy may repair a damaged
-        record: it wins), and when a delta in it has its base in a pack being rewritten (kept
-        chains stay exactly as they were written, depths included)."""
+        record: it wins), when a chain in it is deeper than pack.maxDepth (lowered since), and when
+        a delta in it has its base in a pack being rewritten (kept chains stay exactly as they were
+        written, depths included)."""
         def dirty(p) -> bool:
-            return any(oid in gone or oid in loose for oid in p.records)
+            return any(oid in gone or oid in loose or r.depth > self.max_depth for oid, r in p.records.items())
         clean = sorted((p for p in self.old_packs if not dirty(p)), key=lambda p: p.file_size, reverse=True)
         rest = sum(p.file_size for p in self.old_packs if p not in clean)
         rest += sum(self.repo.loose.size(oid) for oid in loose if oid in live and oid not in self.packed)
@@ -274,7 +288,8 @@ class Packer:
         stats = {"full": self.full, "packed": len(self.targets), "bytes_before": 0, "bytes_after": 0,
                  "encodings": {name: 0 for name in pf.ENCODING_NAMES.values()}, "reused": 0,
                  "pack": None, "loose_removed": 0, "packs_removed": 0, "dropped": self.dropped,
-                 "dropped_bytes": self.dropped_bytes, "kept_young": self.kept_young, "max_depth": self.max_depth,
+                 "dropped_bytes": self.dropped_bytes, "duplicate_bytes": self.dup_bytes,
+                 "kept_young": self.kept_young, "max_depth": self.max_depth,
                  "seconds": 0.0, "dry_run": dry_run}
         if dry_run:
             stats["bytes_before"] = self.total_bytes
@@ -306,12 +321,13 @@ class Packer:
                 why = self._keep_old_packs(locked)
                 if why:  # leave every old pack, so nothing they hold loses a delta base; a later gc drops
                     stats["packs_left"], stats["packs_left_why"] = len(rolled), why
-                    stats["dropped"] = stats["dropped_bytes"] = 0
+                    stats["dropped"] = stats["dropped_bytes"] = stats["duplicate_bytes"] = 0
                     rolled = []
                 self._delete(rolled, stats)
         else:
             self._delete(rolled, stats)
-        stats["overhead_freed"] = pf.PACK_OVERHEAD * max(0, len(rolled) - bool(name))  # (packs merged into one)
+        made = bool(name) and name not in {p.name for p in self.old_packs}  # (the same content: the same pack)
+        stats["overhead_freed"] = pf.PACK_OVERHEAD * max(0, len(rolled) - made)  # (packs merged into one)
         stats["packs_kept"] = len(self.kept_packs)
         stats["tmp_bytes"] = self._remove_stale_tmp()  # left by killed pack runs, once past the grace
         self.ps.refresh()
@@ -590,6 +606,13 @@ def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, 
     with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live,
                 writers_locked=writers_locked, lock_timeout_s=lock_timeout_s, dry_run=dry_run) as p:
         return p.run(progress, dry_run=dry_run, partial=partial)
+
+
+def _size(store, oid: str) -> int:
+    try:
+        return store.size(oid)
+    except MvcError:  # (gone meanwhile)
+        return 0
 
 
 def maybe_autopack(repo, cid: str) -> dict | None:

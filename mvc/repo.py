@@ -202,8 +202,8 @@ class Repo(Maintenance):
         except BaseException as e:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) and e.filename is None:  # (a full disk: say where)
-                e.filename = tmp
+            if isinstance(e, OSError) and (e.filename is None or str(e.filename).startswith(tmp)):
+                e.filename, e.filename2 = d, None  # (a full disk: say where; the temp folder is gone)
             if not isinstance(e, Exception) or not os.path.isdir(d):  # (another init won the race: use its
                 raise                                                  # repository, unless interrupted)
         repo = cls(root)

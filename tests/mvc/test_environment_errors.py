@@ -425,3 +425,9 @@ def test_a_full_disk_while_a_ref_or_config_file_is_written_names_it(repo, monkey
     with pytest.raises(OSError) as e:
         repo.set_config("pack.level", "3")
     assert e.value.filename == os.path.join(repo.dir, "config")
+    monkeypatch.undo()  # a refused replace names the file written, not the temp file (gone by then: h62)
+    monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(PermissionError(
+        errno.EACCES, "Permission denied", a, None, b)))
+    with pytest.raises(OSError) as e:
+        atomic_write(target, b"x")
+    assert e.value.filename == target and e.value.filename2 is None

@@ -97,9 +97,9 @@ def test_component_names_differing_only_in_case_or_unicode_form_are_refused(repo
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         repo.commit({"more": sd(5)}, message="unrelated")
-    assert [str(w.message).split(" (")[0] for w in caught] == [  # (once: it was said twice)
-        "components 'optimizer' and 'Optimizer/x' nest where case is ignored"]
-    with pytest.raises(BadName, match="'core-2' and 'CORE-2/y' nest where case is ignored"):
+    assert [str(w.message).split(":")[0] for w in caught] == [  # (once: it was said twice)
+        "components 'optimizer' and 'Optimizer/x' nest where case or Unicode form is ignored"]
+    with pytest.raises(BadName, match="'core-2' and 'CORE-2/y' nest where case or Unicode form is ignored"):
         repo.commit({"CORE-2/y": sd(6)}, message="a new name that nests so")
 
 
@@ -833,3 +833,13 @@ def test_a_section_of_mvcs_own_in_another_case_is_named_not_silently_ignored(rep
         warnings.simplefilter("error")
         mvc.Repo(repo.root).set_config("pack.level", "3")  # (sections mvc writes, and others: no warning)
         mvc.Repo(repo.root)
+
+
+def test_a_nesting_refusal_names_the_names_that_nest_as_written():
+    """Beside `A/x` and `a/x` (an older mvc's), a new `a` was refused as nesting `A/x` only where
+    case is ignored, though it nests `a/x` as written; NFC beside NFD was called a case clash (h62)."""
+    from mvc.objects import check_no_nesting
+    with pytest.raises(BadName, match="components 'a' and 'a/x' nest: 'a/x' would be checked out inside 'a'"):
+        check_no_nesting(["A/x", "a/x", "a"], new={"a"}, quiet=True)
+    with pytest.raises(BadName, match="nest where case or Unicode form is ignored: a checkout on macOS"):
+        check_no_nesting(["caf\u00e9", "cafe\u0301/x"], new={"cafe\u0301/x"})
