@@ -104,8 +104,9 @@ def atomic_write(path: str, data: bytes, fsync: bool = True, placed: Callable[[]
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.filename in (None, tmp):  # (a full disk names none; the temp is gone)
-            e.filename, e.filename2 = path, None
+        if isinstance(e, OSError) and e.filename in (None, tmp):  # (a full disk names none; the temp is gone:
+            refused = e.errno in (errno.EACCES, errno.EPERM)      # the folder refuses a file, or the file failed)
+            e.filename, e.filename2 = (d if refused else path), None
         raise
     if placed is not None:
         placed()

@@ -398,8 +398,9 @@ def check_no_nesting(names, new=None, quiet: bool = False) -> None:
 
 
 def folded_name(name: str) -> str:
-    """A name (or path) as case-insensitive, normalizing file systems (macOS, Windows) compare them."""
-    return unicodedata.normalize("NFC", name).casefold()
+    """A name (or path) as case-insensitive, normalizing file systems (macOS, Windows) compare them:
+    NFC and simple lower case (not casefold's `ß` = `ss`, which they keep apart)."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def check_relpath(path: str) -> str:

@@ -228,8 +228,8 @@ class Packer:
                 self.rolled_packs = []
             # what the disk frees: every copy of a dropped object in the packs rewritten (each entry and
             # its index record), and all but one copy of those kept (a gc that had to leave its old
-            # packs, writers being busy, stored each live object twice)
-            seen: set[str] = set()
+            # packs, writers being busy, stored each live object twice; a pack kept holds the one)
+            seen: set[str] = set(kept_ids)
             for p in self.rolled_packs:
                 for oid, r in p.records.items():
                     if oid in gone:
@@ -247,8 +247,9 @@ class Packer:
         # packed elsewhere already: their loose copies go once this run is durable
         self.loose_dups = {oid for oid in loose if oid in self.packed} if not (self.full and targets) else set()
         self.loose_targets = {oid for oid in targets if oid in loose}
-        self.dup_bytes += sum(_size(repo.loose, oid) for oid in  # (loose copies of packed objects: deleted)
-                              (self.loose_dups | self.loose_targets) & set(self.packed))
+        self.loose_dup_bytes = sum(_size(repo.loose, oid) for oid in  # (loose copies of packed objects: deleted;
+                                   (self.loose_dups | self.loose_targets) & set(self.packed) & live)  # gc's
+        # sweep counts those of garbage)
         big = len(self.rank) + 1
         self.targets = sorted(targets, key=lambda o: (o in self.rank, self.rank.get(o, big), o))
         self.total_bytes = sum(self.packed[o][1].size if o in self.packed else repo.loose.size(o)
@@ -288,7 +289,7 @@ class Packer:
         stats = {"full": self.full, "packed": len(self.targets), "bytes_before": 0, "bytes_after": 0,
                  "encodings": {name: 0 for name in pf.ENCODING_NAMES.values()}, "reused": 0,
                  "pack": None, "loose_removed": 0, "packs_removed": 0, "dropped": self.dropped,
-                 "dropped_bytes": self.dropped_bytes, "duplicate_bytes": self.dup_bytes,
+                 "dropped_bytes": self.dropped_bytes, "duplicate_bytes": self.dup_bytes + self.loose_dup_bytes,
                  "kept_young": self.kept_young, "max_depth": self.max_depth,
                  "seconds": 0.0, "dry_run": dry_run}
         if dry_run:
@@ -321,7 +322,8 @@ class Packer:
                 why = self._keep_old_packs(locked)
                 if why:  # leave every old pack, so nothing they hold loses a delta base; a later gc drops
                     stats["packs_left"], stats["packs_left_why"] = len(rolled), why
-                    stats["dropped"] = stats["dropped_bytes"] = stats["duplicate_bytes"] = 0
+                    stats["dropped"] = stats["dropped_bytes"] = 0
+                    stats["duplicate_bytes"] = self.loose_dup_bytes  # (the loose copies went all the same)
                     rolled = []
                 self._delete(rolled, stats)
         else:

@@ -203,7 +203,8 @@ class Repo(Maintenance):
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError) and (e.filename is None or str(e.filename).startswith(tmp)):
-                e.filename, e.filename2 = d, None  # (a full disk: say where; the temp folder is gone)
+                e.filename, e.filename2 = (root if e.filename == tmp else d), None  # (the temp folder is gone:
+                # the folder that refused it, or the repository being made)
             if not isinstance(e, Exception) or not os.path.isdir(d):  # (another init won the race: use its
                 raise                                                  # repository, unless interrupted)
         repo = cls(root)

@@ -430,4 +430,4 @@ def test_a_full_disk_while_a_ref_or_config_file_is_written_names_it(repo, monkey
         errno.EACCES, "Permission denied", a, None, b)))
     with pytest.raises(OSError) as e:
         atomic_write(target, b"x")
-    assert e.value.filename == target and e.value.filename2 is None
+    assert e.value.filename == repo.dir and e.value.filename2 is None  # (permission: the folder refuses: h63)

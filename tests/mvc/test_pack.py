@@ -1186,3 +1186,43 @@ def test_gc_after_a_gc_that_left_its_packs_counts_the_copies_it_frees(repo, monk
     planned = mvc.Repo(repo.root).gc(grace_s=0, dry_run=True)["bytes_freed"]
     freed = mvc.Repo(repo.root).gc(grace_s=0)["bytes_freed"]
     assert planned == freed == before - mvc.Repo(repo.root).du()["stored_bytes"]
+
+
+def test_gc_counts_the_copies_of_a_pack_it_removes_that_a_kept_pack_also_holds(repo, monkeypatch):
+    """A busy gc wrote a large pack N of the live objects and left a small pack G; the next gc kept N
+    and removed G, whose live entries were copies N holds: bytes_freed left them out (h63)."""
+    import mvc.pack_write as pw
+    monkeypatch.setattr(pw, "DROP_LOCK_WAIT_S", 0.2)
+    w = lambda i, n: torch.randn(n, n, generator=torch.Generator().manual_seed(i))  # noqa: E731
+
+    def age():
+        old = time.time() - 7200
+        for folder, _dirs, files in os.walk(os.path.join(repo.dir, "objects")):
+            for name in files:
+                os.utime(os.path.join(folder, name), (old, old))
+    repo.commit({"m": {"w": w(0, 8)}}, message="c0")
+    repo.commit({"m": {"w": w(1, 8)}}, message="c1")
+    pack(repo)  # the small pack G
+    repo.rollback("HEAD~1")
+    repo.set_config("gc.reflogExpire", "0")
+    repo.commit({"m": {"w": w(0, 8)}, "big": {"b": w(5, 64)}}, message="c2, loose and large")
+    held, go = threading.Event(), threading.Event()
+
+    def writer():
+        with mvc.Repo(repo.root).writing():
+            go.set()
+            held.wait()
+    t = threading.Thread(target=writer)
+    t.start()
+    go.wait()
+    age()
+    try:
+        assert mvc.Repo(repo.root).gc()["pack"].get("packs_left")  # N written, G left
+    finally:
+        held.set()
+        t.join()
+    age()
+    before = mvc.Repo(repo.root).du()["stored_bytes"]
+    planned = mvc.Repo(repo.root).gc(dry_run=True)["bytes_freed"]
+    freed = mvc.Repo(repo.root).gc()["bytes_freed"]
+    assert planned == freed and abs(before - mvc.Repo(repo.root).du()["stored_bytes"] - freed) <= 4
