@@ -717,7 +717,10 @@ def gc(dry_run, grace, as_json):
     and holds new ones until it is done; with the default grace it waits for them (up to 60 s)
     only before deleting, and leaves the garbage for the next gc if they do not finish. Packs: the largest ones holding nothing to drop stay as
     they are (each at least twice the bytes of everything smaller); the rest, and reachable loose
-    objects, go into one new pack (`mvc pack --all` rewrites everything into one).
+    objects, go into one new pack (`mvc pack --all` rewrites everything into one); a pack
+    holding chains deeper than pack.maxDepth is rewritten too. Bytes freed count the garbage and
+    the extra copies removed (not what packing loose objects saves); a dry run's figure can differ
+    where packed objects are encoded anew.
     """
     r = _repo().gc(dry_run=dry_run, grace_s=grace, progress=BarProgress())
     if as_json:
