@@ -508,8 +508,8 @@ class Packer:
                         os.unlink(path)
                 except OSError:
                     pass
-            if isinstance(e, OSError) and e.filename is None:  # (a full disk: say which file it was writing)
-                e.filename = tmp_idx or tmp
+            if isinstance(e, OSError) and e.filename in (None, tmp, tmp_idx):  # (a full disk: say where; the
+                e.filename, e.filename2 = self.ps.dir, None                  # temp files are removed)
             raise
         recent.clear()  # (decoded delta bases: not held while the pack is read back)
         if self.verify:
