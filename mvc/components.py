@@ -20,7 +20,7 @@ from typing import Callable
 from . import safetensors_format as stf
 from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding, MvcError
 from .interrupts import interrupts_deferred
-from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, folded_name,
+from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, folded_clashes,
                       hash_bytes, is_reserved_segment, new_hasher, tree_blob_ids, tree_object)
 from .output_folders import OutputFolders
 from .store import FileSpan, ObjectStore
@@ -509,23 +509,15 @@ class Ingest:
 
 
 def _refuse_case_clashes(root: str, paths: list[str]) -> None:
-    """Refuse file paths of a folder that clash where case is ignored (macOS, Windows), as such
-    component names are: `w.bin` beside `W.bin` (one written over the other), or a file `a`
-    beside a folder `A/` (the file where the folder must be)."""
-    same: dict[str, str] = {}
-    for rel in paths:
-        other = same.setdefault(folded_name(rel), rel)
-        if other != rel:
-            raise BadInput(f"{root}: files {other!r} and {rel!r} differ only in case or Unicode form: a checkout "
-                           "on a case-insensitive file system (macOS, Windows) would write one over the other",
-                           "rename one of them")
-    for folded, rel in same.items():
-        segs = folded.split("/")
-        for up in ("/".join(segs[:i]) for i in range(1, len(segs))):
-            if up in same:
-                raise BadInput(f"{root}: the file {same[up]!r} and the folder of {rel!r} differ only in case or "
-                               "Unicode form: a checkout on a case-insensitive file system (macOS, Windows) cannot "
-                               "write both", "rename one of them")
+    """Refuse file paths of a folder that clash where case or Unicode form is ignored (macOS,
+    Windows), as such component names are (objects.folded_clashes): `w.bin` beside `W.bin` (one
+    written over the other), or a file `a` beside a folder `A/` (the file where the folder must be)."""
+    for a, b, kind in folded_clashes(paths):
+        same = kind == "same"
+        what = f"files {a!r} and {b!r}" if same else f"the file {a!r} and the folder of {b!r}"
+        raise BadInput(f"{root}: {what} differ only in case or Unicode form: a checkout on a case-insensitive file "
+                       f"system (macOS, Windows) {'would write one over the other' if same else 'cannot write both'}",
+                       "rename one of them")
 
 
 def _refuse_unreadable(err: OSError):

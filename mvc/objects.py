@@ -366,7 +366,6 @@ def check_no_nesting(names, new=None, quiet: bool = False) -> None:
     being added), such a pair a parent already holds (an older mvc took them) is warned of, not
     refused: every commit on that branch would be (`quiet`: nor warned of, for a check made
     again later). Names that nest as written are always refused."""
-    names = sorted(set(names))
     new = set(names) if new is None else set(new)
     hint = "pick names that differ in more than case or Unicode form"
 
@@ -377,24 +376,35 @@ def check_no_nesting(names, new=None, quiet: bool = False) -> None:
         if not quiet:
             warnings.warn(f"components {a!r} and {b!r} {what}: {why}; remove one with mvc commit --remove {b}")
 
+    for a, b, kind in folded_clashes(names):
+        if kind == "same":
+            clash(a, b, "differ only in case or Unicode form", "a checkout on macOS (or, for case, Windows) "
+                  "writes both into one folder")
+        elif kind == "nests":  # (nesting as written was always refused)
+            raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
+                          "pick names that are not directories of one another")
+        else:
+            clash(a, b, "nest where case or Unicode form is ignored", f"a checkout on macOS (or, for case, "
+                  f"Windows) writes {b!r} inside {a!r}")
+
+
+def folded_clashes(paths):
+    """(a, b, kind) for the slash paths that clash where case or Unicode form is ignored: "same"
+    (`core`, `Core`), "nests" (`a`, `a/x`: as written), "nests-folded" (`Core`, `core/x`). A pair
+    that nests as written comes before those that nest only folded."""
     groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(folded_name(name), []).append(name)
+    for path in sorted(set(paths)):
+        groups.setdefault(folded_name(path), []).append(path)
     for group in groups.values():
         for other in group[1:]:
-            clash(group[0], other, "differ only in case or Unicode form", "a checkout on macOS (or, for case, "
-                  "Windows) writes both into one folder")
+            yield group[0], other, "same"
     for fb in sorted(groups):
         segs = fb.split("/")
         for fa in ("/".join(segs[:i]) for i in range(1, len(segs))):
             pairs = [(a, b) for a in groups.get(fa, ()) for b in groups[fb]]
-            exact = next(((a, b) for a, b in pairs if b.startswith(a + "/")), None)
-            if exact:  # (nesting as written was always refused)
-                raise BadName(f"components {exact[0]!r} and {exact[1]!r} nest: {exact[1]!r} would be checked out "
-                              f"inside {exact[0]!r}", "pick names that are not directories of one another")
-            for a, b in pairs:
-                clash(a, b, "nest where case or Unicode form is ignored", f"a checkout on macOS (or, for case, "
-                      f"Windows) writes {b!r} inside {a!r}")
+            exact = [(a, b) for a, b in pairs if b.startswith(a + "/")]
+            for a, b in exact or pairs:
+                yield a, b, "nests" if exact else "nests-folded"
 
 
 def folded_name(name: str) -> str:

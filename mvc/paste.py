@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .errors import AbiMismatch, BadInput, BadName, MvcError, RefConflict, UnknownRevision
 from .objects import canonical_json, check_new_component_name, check_no_nesting, commit_object, hash_bytes
+from .quoting import short_repr
 from .refs import utc_now
 
 ABI_FIELD_ORDER = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash")
@@ -51,7 +52,7 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
     specs = [abi.get("spec") if isinstance(abi.get("spec"), dict) else {} for abi in (host_abi, brick_abi)]
     field = first_abi_difference(*specs) or "hash"
     hv, bv = (_field(spec, field) for spec in specs)
-    raise AbiMismatch(f"ABI mismatch in {field}: host has {_short(hv)}, brick has {_short(bv)}",
+    raise AbiMismatch(f"ABI mismatch in {field}: host has {short_repr(hv)}, brick has {short_repr(bv)}",
                       "the brick was trained under a different ABI contract; retrain it on a compatible core")
 
 
@@ -77,11 +78,6 @@ def _field(spec: dict, path: str):
     for part in path.split("."):
         cur = cur.get(part) if isinstance(cur, dict) else None
     return cur
-
-
-def _short(v):
-    s = repr(v)
-    return s if len(s) <= 40 else s[:37] + "..."
 
 
 def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | None = None,

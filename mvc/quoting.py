@@ -37,3 +37,13 @@ def shown(text) -> str:
 def one_line(text: str) -> str:
     """An error or warning line with every unsafe character escaped (its names are quoted already)."""
     return _UNSAFE.sub(lambda m: _escape(m.group()), text)
+
+
+def short_repr(value, width: int = 40) -> str:
+    """A value's repr for a message, cut to about `width` characters with its brackets kept
+    (reprlib: `[tensor(1.), tensor(2.), ...]`, not a slice ending mid-element)."""
+    import reprlib
+    r = reprlib.Repr()
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 3
+    r.maxother = r.maxlong = r.maxstring = width
+    return r.repr(value)

@@ -875,31 +875,33 @@ class Repo(Maintenance):
             if v is not None and not isinstance(v, list):
                 raise CorruptObject(f"component {component!r} records {what} that are not a list")
         plain = set(plain)
-        sequences, parts = _recorded_sequences(meta.get("sequence_state", {}), component, tree["tensors"])
+        sequences = meta.get("sequence_state", {})
+        parts = _recorded_sequences(sequences, component, tree["tensors"])
         state: dict[int | str, dict] = {}
+
+        def slot(name: str, error) -> tuple[dict, str]:
+            """(the per-parameter dict, the key) a name `state.<i>.<key>` goes to; `error()` raised otherwise."""
+            _, i, key = name.split(".", 2) if name.count(".") >= 2 else ("", "", "")
+            if not (name.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
+                raise error()
+            return state.setdefault(int(i) if keys is None else keys[int(i)], {}), key
         filled: dict[str, list] = {}  # a sequence of tensors -> its items (None where it had None)
         for name, t in self.load_tree(tree, component=component).items():
-            whole = parts.get(name, (name, None))[0]
-            _, i, key = whole.split(".", 2) if whole.count(".") >= 2 else ("", whole, "")
-            if not (whole.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
-                raise BadInput(f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)")
-            per = state.setdefault(int(i) if keys is None else keys[int(i)], {})
+            per, key = slot(parts.get(name, (name, None))[0], lambda: BadInput(
+                f"component {component!r} holds {name!r}, not an optimizer state tensor (state.<i>.<key>)"))
             if name in parts:
-                filled.setdefault(whole, [None] * sequences[whole]["length"])[parts[name][1]] = t
+                filled.setdefault(parts[name][0], [None] * sequences[parts[name][0]]["length"])[parts[name][1]] = t
             elif name in sequences:  # a list or tuple of numbers, stored as one tensor
                 per[key] = t.tolist() if sequences[name]["type"] == "list" else _as_tuple(t.tolist())
             else:
                 per[key] = t.item() if name in plain else t
         for whole, spec in sequences.items():  # sequences of tensors: whole, as list or tuple
-            if "length" not in spec:
-                continue
-            items = filled.get(whole, [None] * spec["length"])  # (one of Nones alone has no tensor)
-            _, i, key = whole.split(".", 2) if whole.count(".") >= 2 else ("", "", "")
-            if not (whole.startswith("state.") and i.isdigit() and key and (keys is None or int(i) < len(keys))):
-                raise CorruptObject(f"component {component!r} records a sequence_state entry {whole!r}, "
-                                    "not an optimizer state name (state.<i>.<key>)")
-            state.setdefault(int(i) if keys is None else keys[int(i)], {})[key] = \
-                tuple(items) if spec["type"] == "tuple" else items
+            if "length" in spec:
+                items = filled.get(whole, [None] * spec["length"])  # (one of Nones alone has no tensor)
+                per, key = slot(whole, lambda: CorruptObject(
+                    f"component {component!r} records a sequence_state entry {whole!r}, not an optimizer state "
+                    "name (state.<i>.<key>)"))
+                per[key] = tuple(items) if spec["type"] == "tuple" else items
         from .tensors import setting_value
         groups = [setting_value(g) for g in groups]
         for g, names in zip(groups, tuples):
@@ -1004,7 +1006,7 @@ class Repo(Maintenance):
     def create_branch(self, name: str, rev: str | None = None) -> str:
         """Make branch `name` at `rev` (default HEAD); returns its commit (`force_branch` moves one)."""
         check_new_ref_name(name)
-        with self._moving_ref():
+        with self.writing():
             oid = self._live_commit(rev)
             try:
                 self.refs.update(f"refs/heads/{name}", oid, expected=None,
@@ -1013,14 +1015,11 @@ class Repo(Maintenance):
                 raise BadName(f"branch {name!r} already exists", "pass --force to move it") from None
         return oid
 
-    def _moving_ref(self):
-        """Held (the writers lock, shared) while a branch or tag is pointed at a commit no ref may
-        reach (an old id from the reflog, another branch's): a gc deciding what is live meanwhile
-        would delete it under the new ref. gc with a short grace waits for it, or it for gc."""
-        return self.writing()
-
     def _live_commit(self, rev: str | None) -> str:
-        """The commit `rev` names, read (so one a gc deleted before the lock was taken is refused)."""
+        """The commit `rev` names, read, for a branch or tag to point at. Called inside `writing()`
+        (as branch, tag and rollback move refs): the commit may be one no ref reaches (an old id from
+        the reflog), which a gc deciding what is live meanwhile would delete under the new ref; gc
+        with a short grace waits for the lock, and one that went before is refused here."""
         oid = self.resolve(rev)
         self.read_commit(oid, shared=True)
         return oid
@@ -1035,7 +1034,7 @@ class Repo(Maintenance):
         elif self.refs.head_target() == ref:
             raise MvcError(f"cannot force-move the current branch {name!r}",
                            f"mvc rollback {rev} moves it" if rev else "mvc rollback REV moves it")
-        with self._moving_ref():
+        with self.writing():
             oid = self._live_commit(rev)
             try:
                 self.refs.update(ref, oid, expected=now, author=default_author(self.root),
@@ -1108,7 +1107,7 @@ class Repo(Maintenance):
             raise exists
         if now is None and junk is None:
             check_new_ref_name(name)
-        with self._moving_ref():
+        with self.writing():
             oid = self._live_commit(oid)
             try:  # without --force, only over what was read: a tag another writer makes meanwhile stays
                 self.refs.update(ref, oid, **({} if force else {"expected": None}),  # (over a junk file: CorruptObject)
@@ -1129,7 +1128,7 @@ class Repo(Maintenance):
         old = self.refs.read(ref)
         if old is None and rev is None:  # (with REV, an emptied branch can go back: CI's rollback empties one)
             raise UnknownRevision("the current branch has no commits to roll back", "mvc rollback REV moves it to one")
-        with self._moving_ref():
+        with self.writing():
             if rev is not None:
                 target = self.resolve(rev)
             elif not self.read_commit(old, shared=True)["parents"]:
@@ -1282,10 +1281,10 @@ class Repo(Maintenance):
         return comp.file_chunks(self.store, tree, next(iter(tree["files"])), whole=True)
 
 
-def _recorded_sequences(recorded, component: str, names) -> tuple[dict, dict]:
-    """The `sequence_state` an optimizer tree records (see tensors.optimizer_state), checked against
-    the tree's tensor `names`, and {tensor name: (the sequence's name, its position)} of the items
-    of sequences of tensors. A length the tree's items and None positions do not fill exactly is
+def _recorded_sequences(recorded, component: str, names) -> dict:
+    """{tensor name: (the sequence's name, its position)} of the items of sequences of tensors, from
+    the `sequence_state` an optimizer tree records (see tensors.optimizer_state), checked against
+    the tree's tensor `names`. A length the tree's items and None positions do not fill exactly is
     refused (a forged one must not make a list of a trillion Nones)."""
     def bad(why: str):
         return CorruptObject(f"component {component!r} records a sequence_state {why}")
@@ -1310,7 +1309,7 @@ def _recorded_sequences(recorded, component: str, names) -> tuple[dict, dict]:
             if have & nones or len(every) != spec["length"] or any(not 0 <= j < spec["length"] for j in every):
                 raise bad(f"entry for {name!r} whose length {spec['length']} its items and None positions "
                           "do not fill exactly")
-    return recorded, parts
+    return parts
 
 
 def _as_tuple(value):

@@ -8,6 +8,7 @@ import os
 import re
 
 from .errors import BadInput
+from .quoting import short_repr
 
 _ST_TO_TORCH = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64",
@@ -237,11 +238,11 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     named = not all(type(k) is int for k in keys)
     for k in keys if named else ():
         if type(k) is not str and type(k) is not int:
-            raise BadInput(f"optimizer state key {_short(k)} is {_kind(k)}, neither a parameter index nor a name")
+            raise BadInput(f"optimizer state key {short_repr(k)} is {_kind(k)}, neither a parameter index nor a name")
     if named and any(type(k) is int for k in keys):
         raise BadInput(f"the optimizer state's keys mix parameter indices and names, e.g. "
-                       f"{_short(next(k for k in keys if type(k) is int))} and "
-                       f"{_short(next(k for k in keys if type(k) is str))}", "key every parameter's state one way")
+                       f"{short_repr(next(k for k in keys if type(k) is int))} and "
+                       f"{short_repr(next(k for k in keys if type(k) is str))}", "key every parameter's state one way")
     for what, v in (("state nests", value["state"]), ("param groups nest", value["param_groups"])):
         if nests_deeper(v, MAX_JSON_DEPTH):  # (the walks below recurse: a deep one was a RecursionError)
             raise BadInput(f"the optimizer's {what} deeper than {MAX_JSON_DEPTH} levels of lists and dicts",
@@ -272,13 +273,13 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
             if seq and any(x is None or isinstance(x, torch.Tensor) for x in v):
                 other = next(x for x in v if not (x is None or isinstance(x, torch.Tensor)))
                 raise BadInput(f"optimizer state {i}.{key} is a {seq} mixing tensors or Nones with {_kind(other)}, "
-                               f"{_short(other)}, which mvc does not store",
+                               f"{short_repr(other)}, which mvc does not store",
                                "it stores lists of tensors, with Nones, or lists of numbers")
             if seq and _holds(v, torch.Tensor):  # (torch.tensor would turn 1-element ones into numbers)
                 raise BadInput(f"optimizer state {i}.{key} is a {seq} holding tensors in nested lists, which mvc "
                                "does not store", "it stores flat lists of tensors: flatten or stack them")
             if _holds(v, complex):  # (torch.tensor makes complex64 of it, and C128 is not stored: it would round)
-                raise BadInput(f"optimizer state {i}.{key} holds a complex number ({_short(v)}), which would be "
+                raise BadInput(f"optimizer state {i}.{key} holds a complex number ({short_repr(v)}), which would be "
                                "rounded to complex64", "store it as a complex64 tensor, or as two floats")
             try:  # floats, alone or in a list, as float64: torch's default float32 rounds 0.1
                 put(name, torch.tensor(v, dtype=torch.float64 if _holds(v, float) else None), i, key)
@@ -286,7 +287,7 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
                 what = ("a whole number outside int64's range" if isinstance(v, int) else
                         "not one tensor's worth of numbers (ragged, or holding other values)" if seq else
                         "neither a tensor nor a number, nor a list of them")
-                raise BadInput(f"optimizer state {i}.{key} is {_kind(v)} ({_short(v)}), {what}",
+                raise BadInput(f"optimizer state {i}.{key} is {_kind(v)} ({short_repr(v)}), {what}",
                                "store it as a tensor (a float64 one for a large number), or keep it out of the "
                                "optimizer's state: mvc stores tensors, numbers and lists of either") from None
             if isinstance(v, (bool, int, float)):
@@ -311,15 +312,6 @@ def _kind(v) -> str:
     """'a list', 'an int', ... of a value, for messages."""
     name = type(v).__name__
     return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
-
-
-def _short(v) -> str:
-    """A value's repr cut to about 40 characters with its brackets kept (not str(v)[:40])."""
-    import reprlib
-    r = reprlib.Repr()
-    r.maxlist = r.maxtuple = r.maxdict = 3
-    r.maxother = r.maxlong = r.maxstring = 40
-    return r.repr(v)
 
 
 def _holds(value, kind) -> bool:
