@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import threading
@@ -115,6 +116,15 @@ def atomic_write(path: str, data: bytes, fsync: bool = True, placed: Callable[[]
 
 
 LOCK_NOTICE_AFTER_S = 2.0  # a wait for a lock longer than this is announced
+GATE_WAIT_S = 30.0  # a new shared holder waits this long at most behind a waiting exclusive one
+
+
+def _gate_path(path: str) -> str:
+    """The turnstile beside the lock at `path`: flock gives a waiting exclusive locker no priority,
+    so a stream of overlapping shared holds (commits) would starve it (gc --grace 0). An exclusive
+    locker holds the gate while it waits; a new shared holder passes through it first."""
+    stem, ext = os.path.splitext(path)  # (writers.lock -> writers-gate.lock: a lock file, as readers of
+    return f"{stem}-gate{ext}"           # a repository's folders expect)
 
 
 @contextlib.contextmanager
@@ -143,6 +153,7 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
         with _shared_guard:  # (a first hold waits for an exclusive one here: so would the others)
             hold = _shared_holds.get(key[0])
             if hold is None:
+                _pass_gate(fcntl, path, waiting_for)
                 fd = _open_lock_file(path)
                 try:
                     _flock(fcntl, fd, fcntl.LOCK_SH, path, waiting_for)
@@ -154,7 +165,8 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
         if exclusive:
-            _flock(fcntl, fd, fcntl.LOCK_EX, path, waiting_for)
+            with _gate_held(fcntl, path, math.inf):  # (new shared holders wait behind it)
+                _flock(fcntl, fd, fcntl.LOCK_EX, path, waiting_for)
         yield
     finally:
         _held_here[key] -= 1
@@ -166,6 +178,70 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
                 if hold[1] == 0:
                     del _shared_holds[key[0]]
                     os.close(hold[0])  # releases the process's shared hold
+
+
+def _pass_gate(fcntl, path: str, waiting_for: str) -> None:
+    """Wait while an exclusive locker waits for `path` (it holds the gate), at most GATE_WAIT_S: a
+    process holding the lock shared may run another that wants it too (it would wait on the exclusive
+    one, which waits on it); it then goes in as it would without the gate. Where the gate cannot be
+    opened or locked (another user's read-only repository, no flock) there is no gate."""
+    try:
+        gate = _open_lock_file(_gate_path(path))
+    except OSError:
+        return
+    try:
+        fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if waiting_for:
+            warnings.warn(f"waiting for {waiting_for}")
+        deadline = time.monotonic() + GATE_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            try:
+                fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+    except OSError:
+        pass
+    finally:
+        os.close(gate)
+
+
+@contextlib.contextmanager
+def _gate_held(fcntl, path: str, timeout_s: float):
+    """Hold the gate of the lock at `path` exclusively (waiting at most `timeout_s`) while an
+    exclusive hold of the lock is being waited for; yields whether it was had (new shared holders
+    wait behind it). No gate (it cannot be opened or locked) yields True: the lock alone decides."""
+    try:
+        gate = _open_lock_file(_gate_path(path))
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = True
+        except BlockingIOError:  # another exclusive locker waits: behind it
+            if math.isinf(timeout_s):
+                fcntl.flock(gate, fcntl.LOCK_EX)
+                got = True
+            else:
+                got, deadline = False, time.monotonic() + timeout_s
+                while not got and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    try:
+                        fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        got = True
+                    except BlockingIOError:
+                        pass
+        except OSError:  # (no flock on the gate: the lock alone decides)
+            got = True
+        yield got
+    finally:
+        os.close(gate)  # releases the gate
 
 
 def _flock(fcntl, fd: int, mode: int, path: str, waiting_for: str) -> None:
@@ -202,19 +278,19 @@ def exclusive_within(path: str, timeout_s: float):
     fd = _open_lock_file(path)
     try:
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                got = True
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    got = False
+        got = False
+        with _gate_held(fcntl, path, timeout_s) as gated:  # (new shared holders wait behind it)
+            while gated:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    got = True
                     break
-                time.sleep(0.05)
-            except OSError:  # no flock here (some network file systems): it cannot be had
-                got = False
-                break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.05)
+                except OSError:  # no flock here (some network file systems): it cannot be had
+                    break
         yield got
     finally:
         os.close(fd)
