@@ -472,7 +472,8 @@ def test_a_lazy_download_holds_the_writers_lock_shared_so_a_short_grace_gc_waits
     again, _ = rm.clone(bare.url, str(tmp_path / "lazy2"), lazy=True)
     opened, seen[:], lock_path[0] = [], [], os.path.join(again.dir, "writers.lock")
     real_open = mvc.files._open_lock_file
-    monkeypatch.setattr(mvc.files, "_open_lock_file", lambda p: opened.append(p) or real_open(p))
+    monkeypatch.setattr(mvc.files, "_open_lock_file",  # (the lock's own descriptors; not its gate's)
+                        lambda p: (opened.append(p) if p == lock_path[0] else None) or real_open(p))
     with again.writing():
         state = again.load("HEAD", "core")
     assert len(opened) == 1 and set(seen) == {"held"} and all(torch.equal(state[k], core[k]) for k in core)

@@ -76,7 +76,7 @@ def test_files_a_group_shares_take_their_mode_from_the_umask(tmp_path):
         repo.create_branch("feat")
     finally:
         os.umask(old)
-    for rel in ("writers.lock", "logs/refs/heads/main", "logs/refs/heads/feat"):
+    for rel in ("writers.lock", "writers-gate.lock", "logs/refs/heads/main", "logs/refs/heads/feat"):
         mode = stat.S_IMODE(os.stat(os.path.join(repo.dir, rel)).st_mode)
         assert mode == 0o664, (rel, oct(mode))
 
