@@ -1198,6 +1198,10 @@ class Repo(Maintenance):
             raise BadInput("the output folder is an empty path", "name a folder, e.g. '.' or 'restored'")
         out_dir = physical_path(out_dir)
         self._refuse_output_inside_mvc(out_dir)
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # (-o naming the user's own model file)
+            raise BadInput(f"cannot check out into {out_dir}: it is a file, and checkout writes a folder (one "
+                           "folder per component)", "name a folder; mvc export REV COMPONENT -o FILE writes one "
+                           "component as one file")
         cid = self.resolve(rev)
         comps = self.read_commit(cid, shared=True)["components"]
         names = [components] if isinstance(components, str) else list(components) if components else sorted(comps)

@@ -422,7 +422,7 @@ def checkout(rev, out, comps, force, as_json):
         emit_json({"commit": cid, "files": files, "unchanged": same})
     elif same and len(same) == len(files):
         click.echo(f"nothing to write: the {plural(len(files), 'file')} of {short(cid)} under {shown(out)} already "
-                   "hold its bytes")
+                   + ("holds" if len(files) == 1 else "hold") + " its bytes")
     else:
         click.echo(f"wrote {plural(len(files) - len(same), 'file')} of {short(cid)} under {shown(out)}"
                    + (f" ({len(same)} already up to date)" if same else ""))

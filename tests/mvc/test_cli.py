@@ -594,6 +594,19 @@ def test_a_checkout_or_export_that_finds_its_files_in_place_says_so(run, in_repo
     assert json.loads(run("export", "HEAD", "x", "-o", tmp_path / "x.out", "--json").stdout)["unchanged"] is True
 
 
+def test_checkout_into_a_file_says_that_it_writes_a_folder_and_names_export(run, in_repo, tmp_path):
+    """`mvc checkout HEAD -o model.safetensors` (checkout taken for export) was told "model.safetensors
+    is a file where the checkout needs a folder: remove it if an older checkout left it": the advice
+    was to delete the user's own model file."""
+    ck = _ckpt(tmp_path / "m.safetensors", 0)
+    run("commit", ck, "-m", "one")
+    before = ck.read_bytes()
+    r = run("checkout", "HEAD", "-o", ck, code=3)
+    assert "it is a file, and checkout writes a folder" in r.stderr and "mvc export REV COMPONENT -o FILE" in r.stderr
+    assert "remove it" not in r.stderr and ck.read_bytes() == before
+    assert "checkout writes a folder" in run("checkout", "HEAD", "-o", os.devnull, code=3).stderr
+
+
 def test_small_wording(run, in_repo, tmp_path):
     ck = _ckpt(tmp_path / "m.safetensors", 0)
     r = run("commit", ck, "-m", "\n  ", code=2)  # a usage error, as a missing -m is
@@ -601,6 +614,8 @@ def test_small_wording(run, in_repo, tmp_path):
     assert "the message is empty" in run("commit", ck, "-m", "", code=2).stderr
     run("commit", ck, "-m", "one")
     assert "wrote 1 file of" in run("checkout", "HEAD", "-o", tmp_path / "out").stdout
+    assert "nothing to write: the 1 file of" in run("checkout", "HEAD", "-o", tmp_path / "out").stdout
+    assert "already holds its bytes" in run("checkout", "HEAD", "-o", tmp_path / "out").stdout  # (not "hold")
     du = run("du").stdout
     assert "saved -" not in du  # tiny tensors: commit/tree objects outweigh dedup, said in words
     assert "Show at most N moves" in run("reflog", "--help").stdout
