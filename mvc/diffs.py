@@ -42,8 +42,12 @@ def _diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int
     tens_a = ta["tensors"] if ta else {}
     tens_b = tb["tensors"] if tb else {}
     tensors = {}
-    for tname in sorted(set(tens_a) | set(tens_b)):
-        x, y = tens_a.get(tname), tens_b.get(tname)
+    was = _rekeyed(tens_a, tens_b)
+    now = {a: b for b, a in was.items()}
+    for tname in sorted((set(tens_a) - set(now)) | set(tens_b)):
+        x, y = tens_a.get(was.get(tname, tname)), tens_b.get(tname)
+        if x is not None and x.get("alias") in now:  # (tied to a tensor whose key changed: in b's names)
+            x = dict(x, alias=now[x["alias"]])
         if x is None:
             tensors[tname] = {"status": "added", "dtype": y["dtype"], "shape": list(y["shape"])}
         elif y is None:
@@ -55,6 +59,9 @@ def _diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int
                                           f"no longer tied to {x['alias']}")
         else:
             tensors[tname] = {"status": "changed", **tensor_change(store, tname, x, y, progress)}
+        if tname in was:
+            tensors[tname]["was"] = was[tname]
+            tensors[tname]["note"] = ", ".join(filter(None, [f"was {was[tname]}", tensors[tname].get("note")]))
     files = {}
     fa, fb = (ta or {}).get("files", {}), (tb or {}).get("files", {})
     for rel in sorted(set(fa) | set(fb)):
@@ -67,6 +74,17 @@ def _diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int
     fields = meta_fields(ta, tb) if ta and tb else []
     return {"status": status, "tensors": tensors, "files": files, "meta_changed": bool(fields),
             "meta_fields": fields}
+
+
+def _rekeyed(tens_a: dict, tens_b: dict) -> dict[str, str]:
+    """{key in b: key in a} for the tensors of a folder's files whose key changed while they stayed
+    the same tensor of the same file: a name a second file also holds is keyed `file:name` (adding
+    b.safetensors beside a.safetensors, both holding `w`, makes a's `w` into `a.safetensors:w`),
+    which is no removal of `w`."""
+    def place(t: dict, key: str):
+        return (t["file"], t.get("name", key)) if "file" in t else None
+    gone = {place(t, k): k for k, t in tens_a.items() if k not in tens_b and place(t, k)}
+    return {k: gone[p] for k, t in tens_b.items() if k not in tens_a and (p := place(t, k)) in gone}
 
 
 META_KEYS = ("kind", "arch", "config", "abi", "meta")  # a tree's model metadata

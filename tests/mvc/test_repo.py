@@ -984,6 +984,27 @@ def test_a_diff_of_tying_or_untying_tensors_says_so(repo):
     assert repo.diff(untied, tied)["components"]["m"]["tensors"]["b"]["note"] == "now tied to a"
 
 
+def test_a_tensor_whose_key_changed_when_another_file_took_its_name_is_not_reported_removed(repo, tmp_path):
+    """Adding b.safetensors (also holding `w`) beside a.safetensors keys a's `w` as `a.safetensors:w`:
+    the diff said `w` was removed, and added again, though a.safetensors had not changed."""
+    from safetensors.torch import save_file
+    d = tmp_path / "m"
+    d.mkdir()
+    save_file({"w": torch.ones(3), "u": torch.ones(2)}, d / "a.safetensors")
+    one = repo.commit({"hf": str(d)}, message="one")
+    save_file({"w": torch.zeros(3)}, d / "b.safetensors")
+    two = repo.commit({"hf": str(d)}, message="two")
+    t = repo.diff(one, two)["components"]["hf"]["tensors"]
+    assert t == {"a.safetensors:w": {"status": "unchanged", "was": "w", "note": "was w"},
+                 "b.safetensors:w": {"status": "added", "dtype": "F32", "shape": [3]},
+                 "u": {"status": "unchanged"}}
+    save_file({"w": torch.full((3,), 2.0), "u": torch.ones(2)}, d / "a.safetensors")
+    three = repo.commit({"hf": str(d)}, message="three")
+    back = repo.diff(three, one)["components"]["hf"]["tensors"]  # (and the other way: the key goes back)
+    assert back["w"]["status"] == "changed" and back["w"]["was"] == "a.safetensors:w"
+    assert back["w"]["max_abs_delta"] == 1.0 and back["b.safetensors:w"]["status"] == "removed"
+
+
 def test_metric_changes_of_type_or_sign_are_reported(repo):
     x = {"w": torch.ones(2)}
     a = repo.commit({"m": x}, message="a", metrics={"converged": True, "zero": -0.0, "n": 1, "same": 2.5})
