@@ -32,10 +32,19 @@ class Context:
 def resolve_relative(repo, rev: str, candidate: str) -> str:
     """Resolve a baseline revision with HEAD meaning the candidate (HEAD~1 is its parent). Only
     HEAD and HEAD~N / HEAD^N are the candidate's: HEAD@{1} (the branch's reflog) and a branch
-    named HEADS resolve as names (they read "<candidate id>@{1}" and "<candidate id>S")."""
+    named HEADS resolve as names (they read "<candidate id>@{1}" and "<candidate id>S"). A branch
+    name this repository lacks is the fetched REMOTE/name when one remote's is here (origin's,
+    of several): mvc.toml names `host-b`, a CI system's fresh repository holds origin/host-b."""
     m = re.fullmatch(r"HEAD((?:[~^][0-9]*)*)", rev)
     if not m:
-        return repo.resolve(rev)
+        try:
+            return repo.resolve(rev)
+        except UnknownRevision:
+            name, walk = split_relative(rev)
+            fetched = _fetched_branch(repo, name)
+            if fetched is None:
+                raise
+            return repo.resolve(fetched + walk)
     try:
         return repo.resolve(candidate + m.group(1))
     except UnknownRevision as e:  # said of what was written, not of "<candidate id>~5"
@@ -108,6 +117,14 @@ def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
         raise PastRoot({"key": key, "revision": rev, "from": base, "path": path, "root": e.args[0]}) from None
     except UnknownRevision as e:
         raise bad(e) from None
+
+
+def _fetched_branch(repo, name: str) -> str | None:
+    """`REMOTE/name`, the remote-tracking branch of that name (origin's, if several remotes' are
+    here), or None."""
+    found = {r.split("/", 3)[2]: r for r in repo.refs.list("refs/remotes/") if r.split("/", 3)[3:] == [name]}
+    ref = found.get("origin") or (next(iter(found.values())) if len(found) == 1 else None)
+    return ref[len("refs/remotes/"):] if ref else None
 
 
 def _branch_spellings(branch: str) -> tuple[str, ...]:

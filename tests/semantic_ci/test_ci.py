@@ -225,6 +225,44 @@ def test_the_readme_ci_system_steps_work_in_a_fresh_checkout(ci_repo, monkeypatc
     assert "mvc init ." in readme and 'mvc remote add origin "$MVC_REMOTE"' in readme
 
 
+def test_a_branch_mvc_toml_names_is_the_fetched_one_in_a_repository_without_it(ci_repo, monkeypatch, tmp_path):
+    """The README's CI-system steps with mvc.toml naming a branch (a migration check's hosts =
+    ["host-b"], a baseline = "release"): the fresh repository holds only origin/release, and every
+    check stopped with "revision 'release' does not resolve". A branch of the repository's own wins."""
+    from mvc import remote as rm
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="release")
+    ci_repo.create_branch("release")
+    ci_repo.commit({"core": {"table": t.clone()}}, message="main")
+    ci_repo.create_branch("feature")
+    feature = ci_repo.commit({"core": {"table": t}, "x": {"x": torch.ones(2)}}, message="feature", branch="feature")
+    rm.add_remote(ci_repo, "origin", str(tmp_path / "shared"))
+    for b in ("main", "feature", "release"):
+        rm.push(ci_repo, "origin", b)
+    runner_dir = tmp_path / "runner"
+    runner_dir.mkdir()
+    config = BASIC.replace('baseline = "HEAD~1"\n\n', 'baseline = "release"\n\n', 1).replace(
+        'baseline = "HEAD~1"\nmax', 'baseline = "release~0"\nmax', 1)
+    assert config.count('"release') == 2
+    (runner_dir / "mvc.toml").write_text(config)
+    (runner_dir / "heldout.txt").write_bytes(open(os.path.join(ci_repo.root, "heldout.txt"), "rb").read())
+    monkeypatch.chdir(runner_dir)
+    runner = CliRunner()
+    for step in (["init", "."], ["remote", "add", "origin", str(tmp_path / "shared")], ["fetch", "origin"]):
+        assert runner.invoke(cli, step).exit_code == 0
+    r = runner.invoke(cli, ["ci", "origin/feature", "--json"])
+    assert r.exit_code == 0, r.output
+    here = mvc.Repo(".")
+
+    def baselines(doc):
+        return {c["inputs"]["baseline"]["commit"] for c in certificate.read(here, doc["certificate"])["checks"]}
+    doc = json.loads(r.stdout)
+    assert doc["commit"] == feature and baselines(doc) == {first}
+    other = here.commit({"core": {"table": t * 2}}, message="a release of this repository's own", branch="release")
+    r = runner.invoke(cli, ["ci", "origin/feature", "--json"])
+    assert baselines(json.loads(r.stdout)) == {other}
+
+
 @pytest.mark.parametrize("terminal", [True, False])
 def test_ci_and_verify_say_which_check_runs_on_a_terminal(ci_repo, monkeypatch, terminal):
     """`mvc verify` printed nothing until every check had re-run (31-47 s of silence for the README's
