@@ -1199,8 +1199,8 @@ class Repo(Maintenance):
         out_dir = physical_path(out_dir)
         self._refuse_output_inside_mvc(out_dir)
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # (-o naming the user's own model file)
-            raise BadInput(f"cannot check out into {out_dir}: it is a file, and checkout writes a folder (one "
-                           "folder per component)", "name a folder; mvc export REV COMPONENT -o FILE writes one "
+            raise BadInput(f"cannot check out into {out_dir}: it is a file, and checkout writes a folder, "
+                           "one folder per component", "name a folder; mvc export REV COMPONENT -o FILE writes one "
                            "component as one file")
         cid = self.resolve(rev)
         comps = self.read_commit(cid, shared=True)["components"]

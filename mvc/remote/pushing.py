@@ -111,10 +111,17 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     elif force:
         status, result["forced"] = "forced update", True
     else:
+        remote = name or "REMOTE"
+        known = has_commit(repo, old)  # (else the remote moved since the last fetch: behind or diverged?)
+        behind = known and is_ancestor(repo, local, old)
         raise NonFastForward(
             f"push to {where} rejected: remote {branch} at {old[:12]} is not an ancestor of your {branch} "
-            f"at {local[:12]}",
-            f"fetch first with mvc pull {name or 'REMOTE'} {branch}, or pass --force to overwrite the remote branch")
+            f"at {local[:12]}" + (": the two have diverged" if known and not behind else ""),
+            f"yours is behind it: mvc pull {remote} {branch} brings it here" if behind else
+            f"mvc pull {remote} {branch} fast-forwards yours if it is behind, and says if they have diverged"
+            if not known else
+            f"mvc has no merge: keep yours with mvc push --force {remote} {branch}, or take theirs with "
+            f"mvc fetch {remote}, then mvc rollback remotes/{remote}/{branch} on {branch}")
 
     certs = _certs_to_push(repo, t, local, pool)
     plan = (_repair_plan(repo, t, where, local, pool, progress) if repair

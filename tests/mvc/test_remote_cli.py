@@ -170,7 +170,26 @@ def test_a_rejected_push_is_one_error_with_one_hint_in_brackets(in_repo, tmp_pat
     r = invoke(monkeypatch, in_repo.root, "push")
     assert r.exit_code == 3 and r.stderr == (
         f"error: push to origin rejected: remote main at {theirs[:12]} is not an ancestor of your main at "
-        f"{ours[:12]} (fetch first with mvc pull origin main, or pass --force to overwrite the remote branch)\n")
+        f"{ours[:12]}: the two have diverged (mvc has no merge: keep yours with mvc push --force origin main, "
+        "or take theirs with mvc fetch origin, then mvc rollback remotes/origin/main on main)\n")
+
+
+def test_a_rejected_push_advises_what_works_behind_diverged_or_not_known(in_repo, tmp_path, monkeypatch):
+    """The hint was always "fetch first with mvc pull origin main", which fails ("pull only
+    fast-forwards") when the two have diverged."""
+    rm.add_remote(in_repo, "origin", str(tmp_path / "o.mvc"))
+    in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    assert invoke(monkeypatch, in_repo.root, "push").exit_code == 0
+    other, _ = rm.clone(str(tmp_path / "o.mvc"), str(tmp_path / "other"))
+    theirs = other.commit({"core": {"w": torch.full((4,), 5.0)}}, message="theirs")  # not known here
+    assert invoke(monkeypatch, other.root, "push").exit_code == 0
+    r = invoke(monkeypatch, in_repo.root, "push")
+    assert r.exit_code == 3 and theirs[:12] in r.stderr and "diverged:" not in r.stderr
+    assert "(mvc pull origin main fast-forwards yours if it is behind, and says if they have diverged)" in r.stderr
+    assert invoke(monkeypatch, in_repo.root, "fetch").exit_code == 0
+    r = invoke(monkeypatch, in_repo.root, "push")  # known now, and ours lies below it
+    assert r.exit_code == 3 and "(yours is behind it: mvc pull origin main brings it here)" in r.stderr
+    assert invoke(monkeypatch, in_repo.root, "pull").exit_code == 0 and in_repo.head() == theirs
 
 
 def test_an_mvc_repository_can_be_a_remote(tmp_path):
