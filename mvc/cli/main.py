@@ -155,9 +155,16 @@ class MvcGroup(_NamesItsContext, click.Group):
 def _usage_error(e: click.UsageError):
     """A usage error (an unknown option or command, a bad value) as DESIGN.md section 4's one line,
     `error: <what> (see mvc CMD --help)`, exit 2, instead of click's usage block; `mvc` alone
-    still shows the help."""
-    if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())) or e.ctx is None:
+    prints its help (on stdout, exit 0), a group alone (`mvc paste`) names its commands."""
+    if e.ctx is None:
         raise e
+    if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        if e.ctx.parent is None:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        error(f"{e.ctx.command_path} needs a command: {', '.join(e.ctx.command.list_commands(e.ctx))}",
+              f"see {e.ctx.command_path} --help")
+        sys.exit(e.exit_code)
     what = " ".join(e.format_message().split())
     what = what[:-1] if what.endswith(".") and not what.endswith("..") else what
     aside = re.fullmatch(r"(Got unexpected extra arguments?) \(([^()]*)\)", what)  # (in the hint's place)

@@ -330,5 +330,16 @@ def test_usage_errors_are_one_error_line_with_exit_2(args, line):
     from mvc.cli import cli
     r = CliRunner().invoke(cli, args, prog_name="mvc")
     assert r.exit_code == 2 and r.stderr == line + "\n" and r.stdout == ""
-    r = CliRunner().invoke(cli, [])  # `mvc` alone still shows the help
-    assert "Commands:" in r.stdout + r.stderr and "error:" not in r.stdout + r.stderr
+    r = CliRunner().invoke(cli, [], prog_name="mvc")  # `mvc` alone shows the help, as asked for
+    assert r.exit_code == 0 and "Commands:" in r.stdout and r.stderr == ""
+
+
+@pytest.mark.parametrize("group,commands", [("paste", "brick"), ("hooks", "install, uninstall")])
+def test_a_group_alone_is_one_error_line_naming_its_commands(group, commands):
+    """`mvc paste` printed its whole help on stderr (exit 2), no `error:` line (h66)."""
+    from click.testing import CliRunner
+
+    from mvc.cli import cli
+    r = CliRunner().invoke(cli, [group], prog_name="mvc")
+    assert r.exit_code == 2 and r.stdout == "" and \
+        r.stderr == f"error: mvc {group} needs a command: {commands} (see mvc {group} --help)\n"
