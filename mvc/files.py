@@ -150,10 +150,11 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
         fd = _open_lock_file(path)
         hold = None
     else:
+        if key[0] not in _shared_holds:  # a first hold: behind a waiting exclusive one (not under the guard,
+            _pass_gate(fcntl, path, waiting_for)  # which other threads' releases, of other locks too, take)
         with _shared_guard:  # (a first hold waits for an exclusive one here: so would the others)
             hold = _shared_holds.get(key[0])
             if hold is None:
-                _pass_gate(fcntl, path, waiting_for)
                 fd = _open_lock_file(path)
                 try:
                     _flock(fcntl, fd, fcntl.LOCK_SH, path, waiting_for)
