@@ -57,6 +57,18 @@ def moves_scope():
         _MOVED.set((outer + _MOVED.get())[-_MOVES_KEPT:])
 
 
+@contextlib.contextmanager
+def moves_said_elsewhere():
+    """Within it, moves noted are dropped: a repository serving as a remote moves its refs with
+    its own RefStore, and the push says what moved there ("moved main on origin"), not the
+    remote's RefStore ("moved refs/heads/main", read as a ref of this repository)."""
+    outer = _MOVED.get()
+    try:
+        yield
+    finally:
+        _MOVED.set(outer)
+
+
 def moves_of_this_thread() -> list[str]:
     return [what for what, _logged in _MOVED.get()]
 

@@ -53,7 +53,7 @@ from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
-from .refs import RefStore
+from .refs import RefStore, moves_said_elsewhere
 from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
 from .transfer import BATCHED_BELOW
 
@@ -661,6 +661,10 @@ class DirectoryTransport(Transport):
         if not self.repository:
             return super().update_ref(ref, new, expected, replace_damaged)
         check_full_ref(ref)
+        with moves_said_elsewhere():  # (the push or fetch says what moved on the remote)
+            self._update_repository_ref(ref, new, expected, replace_damaged, message, author)
+
+    def _update_repository_ref(self, ref, new, expected, replace_damaged, message, author):
         refs = RefStore(self.root)
         current, junk = refs.held(ref)
         if junk is not None:  # no id there (an empty file counts as none, as parse_ref_value reads it)
@@ -752,13 +756,20 @@ def normalize_url(url: str) -> str:
                            "use the standard AWS environment variables or ~/.aws/credentials")
         if not parsed.netloc:
             raise BadInput(f"{url}: an S3 URL looks like s3://bucket/prefix")
+        if "?" in url or "#" in url:  # (a URL's query and fragment: s3://b/exp#1 and #2 were one prefix, exp)
+            raise BadInput(f"{url}: an S3 remote's prefix may not hold '?' or '#'", "name a prefix without them")
         return url.rstrip("/")
     raise BadInput(f"unsupported remote URL {url!r}", "use a directory path, file://PATH or s3://bucket/prefix")
 
 
-def check_endpoint(endpoint: str | None) -> str | None:
+def check_endpoint(endpoint: str | None, url: str | None = None) -> str | None:
+    """`endpoint` as stored (an http(s) URL with no credentials), None for none; refused beside a
+    `url` that is no S3 one (a directory remote has no endpoint: it would be kept and ignored)."""
     if not endpoint:
         return None
+    if url is not None and not url.startswith("s3://"):
+        raise BadInput(f"--endpoint is for S3 remotes (s3://bucket/prefix); {url} is a directory",
+                       "leave --endpoint out")
     parsed = urlparse(endpoint)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise BadInput(f"endpoint {endpoint!r} is not an http(s) URL", "e.g. --endpoint http://127.0.0.1:9000")
@@ -781,12 +792,17 @@ def remote_section(name: str) -> str:
     return f'remote "{name}"'
 
 
-def configured_remote(config: configparser.ConfigParser, name: str) -> tuple[str, str | None]:
-    """(url, endpoint) of remote `name` from a repository config."""
+def configured_remote(config: configparser.ConfigParser, name: str, root: str) -> tuple[str, str | None]:
+    """(url, endpoint) of remote `name` from the config of the repository at `root`. A relative
+    path (written by hand: mvc remote add stores absolute ones) is relative to `root`, as git's
+    are to the work tree's top, wherever the command runs."""
     section = remote_section(name)
     if not config.has_option(section, "url"):
         raise ConfigError(f"no remote named {name!r}", "add one with mvc remote add NAME URL")
-    return config.get(section, "url"), config.get(section, "endpoint", fallback=None)
+    url = config.get(section, "url")
+    if not urlparse(url).scheme and url.strip() and not os.path.isabs(os.path.expanduser(url)):
+        url = os.path.join(root, url)
+    return url, config.get(section, "endpoint", fallback=None)
 
 
 def promisor_remote(config: configparser.ConfigParser) -> str | None:
@@ -877,7 +893,7 @@ class LazyRemoteStore(ObjectStore):
     def transport(self) -> Transport:
         with self._lock:
             if self._transport is None:
-                url, endpoint = configured_remote(self.config, self.remote)
+                url, endpoint = configured_remote(self.config, self.remote, os.path.dirname(self.dir))
                 self._transport = open_transport(url, endpoint)
             return self._transport
 

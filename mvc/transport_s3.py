@@ -297,18 +297,18 @@ class S3Transport(Transport):
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                             Prefix=self.key(prefix)):
-                out.extend(o["Key"][len(base):] for o in page.get("Contents", []))
+                out.extend(o["Key"][len(base):] for o in page.get("Contents", []) if not _folder_marker(o))
         except (ClientError, BotoCoreError) as e:
             self._fail(e, f"listing {prefix}")
         return sorted(out)
 
     def holds_files(self) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
-        try:
-            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1)
+        try:  # (past the folder markers a console's "Create folder" leaves: a few at most)
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=100)
         except (ClientError, BotoCoreError) as e:
             self._fail(e, "listing")
-        return bool(page.get("Contents"))
+        return any(not _folder_marker(o) for o in page.get("Contents", [])) or bool(page.get("IsTruncated"))
 
     # -- layout -------------------------------------------------------------------------------
     def check_conditional_writes(self) -> None:
@@ -380,3 +380,9 @@ def _code(e) -> str:
     if not code:
         code = str(getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
     return code
+
+
+def _folder_marker(listed: dict) -> bool:
+    """Whether a listed key is the empty `name/` object an S3 console's "Create folder" makes: no
+    file of a remote's layout (it made an empty prefix look like a non-mvc folder)."""
+    return listed["Key"].endswith("/") and not listed.get("Size")

@@ -129,7 +129,8 @@ def _push_args(repo: Repo, remote: str | None, branch: str | None, delete: bool 
 @cli.command()
 @click.argument("remote", required=False)
 @click.argument("branch", required=False)
-@click.option("-f", "--force", is_flag=True, help="Overwrite the remote branch even if it is not an ancestor.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the remote branch even if it is not an ancestor (with --delete: delete "
+                                                "the current branch of a repository serving as the remote).")
 @click.option("-n", "--dry-run", is_flag=True, help="Only report how many objects and bytes would move.")
 @click.option("-d", "--delete", is_flag=True, help="Delete BRANCH on the remote.")
 @click.option("--repair", is_flag=True,

@@ -18,9 +18,12 @@ from .fetching import fetch
 
 
 def default_clone_dir(url: str) -> str:
-    tail = url.rstrip("/").split("://", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+    """The folder `mvc clone URL` makes: the URL's last part less `.mvc` (team.mvc: team), that of
+    the repository around it for a repository's own .mvc (/x/b/.mvc: b, as git clone /x/b/.git)."""
+    parts = url.rstrip("/").split("://", 1)[-1].rstrip("/").rsplit("/", 2)
+    tail = parts[-2] if parts[-1] == ".mvc" and len(parts) > 1 else parts[-1]
     tail = tail[:-4] if tail.endswith(".mvc") and len(tail) > 4 else tail
-    if not tail or tail in (".", ".."):
+    if not tail or tail in (".", "..", ".mvc"):
         raise BadInput(f"cannot name a directory after {url!r}", "pass DIR")
     return tail
 
@@ -32,7 +35,7 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
     default branch checked out as HEAD. `lazy` fetches commits and trees only. Re-running an
     interrupted clone into the same directory resumes it."""
     norm = normalize_url(url)
-    endpoint = check_endpoint(endpoint)
+    endpoint = check_endpoint(endpoint, norm)
     t = transport or open_transport(norm, endpoint, jobs)
     t.require_repository()
     path = os.path.abspath(path or default_clone_dir(norm))
@@ -62,6 +65,11 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
         if f"refs/heads/{default}" in fetched["skipped_newer"]:  # (another branch alone is no clone of it)
             raise FormatTooNew(f"the default branch {default} of {norm} is of a newer format than this mvc reads",
                                "upgrade mvc")
+        bad = [r[len("refs/heads/"):] for r in fetched["skipped"] if r.startswith("refs/heads/")]
+        if bad and not repo.refs.list("refs/remotes/origin/"):  # (not "an empty repository": a damaged one)
+            raise CorruptObject(f"no branch of {norm} could be fetched: {', '.join(bad)} "
+                                f"name{'s' if len(bad) == 1 else ''} no commit there",
+                                "the remote is damaged: mvc push --force BRANCH there from a good copy")
     except FormatTooNew:  # no retry helps: this clone leaves nothing behind
         if not resuming:
             shutil.rmtree(path if made else repo.dir, ignore_errors=True)

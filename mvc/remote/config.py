@@ -7,7 +7,7 @@ from ..errors import BadName, ConfigError, MvcError
 from ..objects import check_remote_name  # noqa: F401  (mvc.remote exports it from here)
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
-from ..transport import (Transport, check_endpoint, configured_remote, is_url, open_transport,
+from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_transport,
                          remote_section)
 
 DEFAULT_REMOTE = "origin"
@@ -28,7 +28,7 @@ def add_remote(repo: Repo, name: str, url: str, endpoint: str | None = None, pro
     check_remote_name(name)
     if repo.config.has_section(remote_section(name)):
         raise BadName(f"remote {name!r} already exists", f"remove it first: mvc remote remove {name}")
-    endpoint = check_endpoint(endpoint)
+    endpoint = check_endpoint(endpoint, normalize_url(url))
     repo.set_config(f"remote.{name}.url", url)  # (stored as Repo.checked_remote_url makes it)
     url = repo.get_config(f"remote.{name}.url")
     if endpoint:
@@ -75,7 +75,7 @@ def open_remote(repo: Repo, remote: str | None, jobs: int = DEFAULT_JOBS,
     remote = resolve_remote(repo, remote)
     if repo.config.has_section(remote_section(remote)):
         if transport is None:
-            url, endpoint = configured_remote(repo.config, remote)
+            url, endpoint = configured_remote(repo.config, remote, repo.root)
             transport = open_transport(url, endpoint, jobs)
         return remote, transport
     if is_url(remote):

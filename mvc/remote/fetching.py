@@ -25,6 +25,9 @@ def fetch(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, progr
           transport: Transport | None = None, lazy: bool | None = None) -> dict:
     """Download what the remote's branches and tags reach and update refs/remotes/<remote>/*."""
     name, t = open_remote(repo, remote, jobs, transport)
+    if name is None:  # (what it fetched no ref would hold: the next gc would delete it)
+        raise ConfigError("fetch needs a configured remote: remote-tracking branches (NAME/BRANCH) keep what "
+                          "it fetches", f"mvc remote add NAME {remote} first, or mvc clone {remote}")
     with Pool(jobs) as pool, permission_errors(t), repo.writing():
         return _fetch(repo, name, t, pool, progress or Progress(), lazy)
 

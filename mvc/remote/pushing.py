@@ -79,10 +79,17 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         if old is None:
             raise UnknownRevision(f"remote {where} has no branch {branch!r}")
         old = None if old is DAMAGED else old
+        if getattr(t, "repository", False) and not force and t.head_target() == ref:  # (as git's denyDeleteCurrent)
+            raise MvcError(f"refusing to delete {branch} on {where}: it is the current branch of the repository "
+                           "there, whose next commit would start a new history", "its owner can switch to "
+                           "another branch first; or pass --force to delete it all the same")
         if not dry_run:
             try:
                 t.update_ref(ref, None, expected=old, replace_damaged=True, message="push --delete",
                              author=default_author(repo.root))
+            except KeyboardInterrupt:
+                _note_if_landed(t, ref, where, None, f"deleted {branch} on {where}")
+                raise
             except RefConflict:
                 if _now(t, ref, where) is not None:  # (gone: this delete landed, its answer was lost, and a retry
                     raise NonFastForward(f"remote branch {branch} moved while deleting it",  # found it gone)
@@ -118,7 +125,8 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
             f"push to {where} rejected: remote {branch} at {old[:12]} is not an ancestor of your {branch} "
             f"at {local[:12]}" + (": the two have diverged" if known and not behind else ""),
             f"yours is behind it: mvc pull {remote} {branch} brings it here" if behind else
-            f"mvc pull {remote} {branch} fast-forwards yours if it is behind, and says if they have diverged"
+            f"mvc pull {remote} {branch} fetches it and fast-forwards yours if it is behind, or says that they "
+            "have diverged"
             if not known else
             f"mvc has no merge: keep yours with mvc push --force {remote} {branch}, or take theirs with "
             f"mvc fetch {remote}, then mvc rollback remotes/{remote}/{branch} on {branch}")
@@ -142,6 +150,11 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force,
                          message=f"push: {status}", author=author)
+        except KeyboardInterrupt:
+            if _note_if_landed(t, ref, where, local, f"moved {branch} on {where} to {local[:12]}") and tracking:
+                with contextlib.suppress(MvcError, OSError):
+                    _track(repo, name, tracking, local, where)
+            raise
         except RefConflict:
             now = _now(t, ref, where)  # where we moved it: this write landed and its answer was lost (a retry of it
             if now != local:    # then met its own result), or another push sent the same commit: pushed
@@ -149,7 +162,9 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                     how, hint = ("was deleted while pushing (a push --delete won)",
                                  "push again to create it anew, if it should not stay deleted")
                 else:
-                    how, hint = ("moved while pushing (another push won)",
+                    how, hint = (f"moved to {now[:12] if now else 'nothing'} while pushing" + (
+                                     ": a commit or push there won" if getattr(t, "repository", False)
+                                     else ": another push won"),
                                  f"run mvc pull {name or 'REMOTE'} {branch}, or mvc fetch, and push again")
                 raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
                                      "only the branch did not move", hint) from None
@@ -180,6 +195,18 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
             e.hint = e.hint or "the same push again sends the rest"
         raise
     return {**result, "sent": sent}
+
+
+def _note_if_landed(t: Transport, ref: str, where: str, new: str | None, what: str) -> bool:
+    """After an interrupt as the remote's `ref` was moving to `new`: whether it got there (noted as
+    `what`, so the error does not hide that it did)."""
+    try:
+        landed = _now(t, ref, where) == new
+    except (MvcError, OSError):
+        return False
+    if landed:
+        note_moved(what)
+    return landed
 
 
 def _now(t: Transport, ref: str, where: str):

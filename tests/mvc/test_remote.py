@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import mvc
 from mvc import certindex, remote as rm
 from mvc.cli import cli
-from mvc.errors import BadName, CorruptObject, NonFastForward
+from mvc.errors import BadInput, BadName, CorruptObject, NonFastForward
 from mvc.objects import canonical_json, hash_bytes, tree_blob_ids
 from mvc.transport import DirectoryTransport, open_transport
 
@@ -320,7 +320,7 @@ def test_non_fast_forward_push_is_refused_without_force(remote, tmp_path, monkey
     c3 = repo.commit({"core": weights(3)}, message="rewritten")
     r = invoke(monkeypatch, repo.root, "push")
     assert r.exit_code == 3
-    assert "rejected" in r.stderr and "--force" in r.stderr and "pull" in r.stderr
+    assert "rejected" in r.stderr and "--force" in r.stderr and "rollback remotes/origin/main" in r.stderr
     assert remote.transport().read_ref("refs/heads/main") == c2
     r = invoke(monkeypatch, repo.root, "push", "--force", "--json")
     assert r.exit_code == 0, r.output
@@ -1933,3 +1933,30 @@ def test_a_damaged_branch_in_a_repository_remote_is_replaced_by_a_forced_push_an
     from mvc.errors import RefConflict                                          # moved meanwhile, as on a bare remote
     with pytest.raises(RefConflict, match=f"remote refs/heads/exp is \\(none\\), expected {head[:12]}"):
         DirectoryTransport(str(tmp_path / "owner")).update_ref("refs/heads/exp", head, expected=head)
+
+
+def test_an_s3_url_with_a_query_or_fragment_is_refused(in_repo):
+    """s3://bkt/exp#1 and s3://bkt/exp#2 were both the prefix `exp` (urlparse took the rest as a
+    fragment): a push to one landed where the other fetched from."""
+    for url in ("s3://bkt/exp#1", "s3://bkt/exp?x=1"):
+        with pytest.raises(BadInput, match="may not hold '\\?' or '#'"):
+            rm.add_remote(in_repo, "e", url)
+        with pytest.raises(BadInput, match="may not hold"):
+            open_transport(url)
+    assert rm.list_remotes(in_repo) == []
+
+
+def test_an_s3_consoles_folder_markers_are_no_files_of_a_remote(tmp_path, aws_env, s3_endpoint):
+    """The empty `team/models/` key an S3 console's "Create folder" makes stopped the first push:
+    "remote ... is not empty and is not an mvc repository"."""
+    s3 = S3Remote(s3_endpoint)
+    for key in ("team/", "team/models/"):
+        s3.client.put_object(Bucket=s3.bucket, Key=key, Body=b"")
+    repo = mvc.Repo.init(tmp_path / "a")
+    cid = repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    rm.add_remote(repo, "origin", s3.url, endpoint=s3_endpoint)
+    assert rm.push(repo, "origin", "main")["status"] == "new branch"
+    s3.client.put_object(Bucket=s3.bucket, Key="team/models/refs/heads/", Body=b"")  # (one under refs too)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert s3.transport().list_refs() == {"refs/heads/main": cid}

@@ -185,7 +185,8 @@ def test_a_rejected_push_advises_what_works_behind_diverged_or_not_known(in_repo
     assert invoke(monkeypatch, other.root, "push").exit_code == 0
     r = invoke(monkeypatch, in_repo.root, "push")
     assert r.exit_code == 3 and theirs[:12] in r.stderr and "diverged:" not in r.stderr
-    assert "(mvc pull origin main fast-forwards yours if it is behind, and says if they have diverged)" in r.stderr
+    assert "(mvc pull origin main fetches it and fast-forwards yours if it is behind, or says that they have " \
+        "diverged)" in r.stderr
     assert invoke(monkeypatch, in_repo.root, "fetch").exit_code == 0
     r = invoke(monkeypatch, in_repo.root, "push")  # known now, and ours lies below it
     assert r.exit_code == 3 and "(yours is behind it: mvc pull origin main brings it here)" in r.stderr
@@ -402,3 +403,128 @@ def test_push_reports_new_tags_reading_each_ref_a_bounded_number_of_times(tmp_pa
         assert r.exit_code == 0 and r.stdout.count("(new tag)") == n, r.output
         counts.append(len(reads))
     assert counts[1] < 6 * counts[0], counts  # (4x the tags: 16x the reads before)
+
+
+# -- h64: remotes as a demanding user meets them ---------------------------------------------------
+def test_a_relative_remote_url_in_the_config_is_relative_to_the_repository(in_repo, tmp_path, monkeypatch):
+    """`url = ../models.mvc` written by hand was taken relative to where the command ran: a push
+    from a subfolder made a new remote inside the work tree, said so as a success, and moved
+    origin/main to it."""
+    cid = in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    rm.add_remote(in_repo, "origin", str(tmp_path / "models.mvc"))
+    config = os.path.join(in_repo.dir, "config")
+    with open(config) as f:
+        text = f.read()
+    with open(config, "w") as f:
+        f.write(text.replace(str(tmp_path / "models.mvc"), "../models.mvc"))
+    sub = os.path.join(in_repo.root, "sub")
+    os.makedirs(sub)
+    assert invoke(monkeypatch, sub, "push").exit_code == 0
+    assert not os.path.exists(os.path.join(in_repo.root, "models.mvc"))
+    assert DirectoryTransport(str(tmp_path / "models.mvc")).read_ref("refs/heads/main") == cid
+    fetched = json.loads(invoke(monkeypatch, sub, "fetch", "--json").stdout)
+    assert fetched["refs"] == {}  # (the same remote from anywhere: nothing new, nothing forced)
+
+
+def test_push_delete_refuses_the_current_branch_of_a_repository_remote_without_force(tmp_path, monkeypatch):
+    """`mvc push --delete origin main` into a repository left its owner on a branch with no commits:
+    the owner's next commit started a new history (git refuses: denyDeleteCurrent)."""
+    owner = mvc.Repo.init(tmp_path / "owner")
+    first = owner.commit({"core": {"w": torch.ones(4)}}, message="one")
+    owner.create_branch("side")
+    mine, _ = rm.clone(owner.root, str(tmp_path / "mine"))
+    r = invoke(monkeypatch, mine.root, "push", "--delete", "origin", "main")
+    assert r.exit_code == 3 and "refusing to delete main on origin: it is the current branch" in r.stderr
+    assert mvc.Repo(owner.root).branches()["main"] == first
+    assert invoke(monkeypatch, mine.root, "push", "--delete", "origin", "side").exit_code == 0  # not current
+    assert invoke(monkeypatch, mine.root, "push", "--delete", "origin", "main", "--force").exit_code == 0
+    assert "main" not in mvc.Repo(owner.root).branches()
+
+
+def test_clone_of_a_repositorys_own_mvc_folder_is_named_after_the_repository(tmp_path, monkeypatch):
+    """`mvc clone /x/b/.mvc` (the form push prints: "To /x/b/.mvc") made ./.mvc/.mvc, and the folder
+    it ran in was then no readable repository."""
+    b = mvc.Repo.init(tmp_path / "b")
+    cid = b.commit({"core": {"w": torch.ones(4)}}, message="one")
+    work = tmp_path / "work"
+    work.mkdir()
+    r = invoke(monkeypatch, work, "clone", os.path.join(b.root, ".mvc"))
+    assert r.exit_code == 0, r.output
+    assert mvc.Repo(str(work / "b")).head() == cid and not (work / ".mvc").exists()
+
+
+def test_a_clone_whose_remote_branches_are_all_damaged_fails_instead_of_calling_it_empty(tmp_path, monkeypatch):
+    """The clone exited 0 with "the remote has no branches yet (an empty repository)"."""
+    a = mvc.Repo.init(tmp_path / "a")
+    a.commit({"core": {"w": torch.ones(4)}}, message="one")
+    rm.add_remote(a, "origin", str(tmp_path / "r.mvc"))
+    rm.push(a, "origin", "main")
+    with open(tmp_path / "r.mvc" / "refs" / "heads" / "main", "w") as f:
+        f.write("ab" * 32 + "\n")  # names a commit the remote lacks
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["clone", str(tmp_path / "r.mvc"), "c"])
+    assert r.exit_code == 3 and "no branch of" in r.stderr and "main names no commit there" in r.stderr
+    assert "empty repository" not in r.output
+
+
+def test_fetch_of_a_plain_url_is_refused_as_nothing_would_keep_what_it_fetched(in_repo, tmp_path, monkeypatch):
+    """`mvc fetch URL` said "received N objects" and named nothing: no ref held them, so the next gc
+    --grace 0 deleted them."""
+    other = mvc.Repo.init(tmp_path / "other")
+    other.commit({"core": {"w": torch.ones(4)}}, message="theirs")
+    before = sorted(in_repo.store.ids())
+    r = invoke(monkeypatch, in_repo.root, "fetch", other.root)
+    assert r.exit_code == 3 and "fetch needs a configured remote" in r.stderr and "mvc remote add NAME" in r.stderr
+    assert sorted(in_repo.store.ids()) == before
+
+
+def test_an_endpoint_is_refused_beside_a_directory_remote(in_repo, tmp_path, monkeypatch):
+    """`remote add NAME DIR --endpoint URL` stored an endpoint nothing would use."""
+    r = invoke(monkeypatch, in_repo.root, "remote", "add", "o", str(tmp_path / "d.mvc"), "--endpoint", "http://h:9000")
+    assert r.exit_code == 3 and "--endpoint is for S3 remotes" in r.stderr
+    assert "o" not in invoke(monkeypatch, in_repo.root, "remote").stdout.split()
+    in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    rm.add_remote(in_repo, "origin", str(tmp_path / "d.mvc"))
+    rm.push(in_repo, "origin", "main")
+    r = invoke(monkeypatch, tmp_path, "clone", str(tmp_path / "d.mvc"), "c", "--endpoint", "http://h:9000")
+    assert r.exit_code == 3 and "--endpoint is for S3 remotes" in r.stderr and not (tmp_path / "c").exists()
+
+
+def test_a_push_losing_to_the_owners_commit_does_not_blame_another_push(tmp_path, monkeypatch):
+    from mvc.transport import DirectoryTransport as DT
+    owner = mvc.Repo.init(tmp_path / "owner")
+    owner.commit({"core": {"w": torch.ones(4)}}, message="one")
+    mine, _ = rm.clone(owner.root, str(tmp_path / "mine"))
+    mine.commit({"core": {"w": torch.zeros(4)}}, message="mine")
+    real = DT.update_ref
+    theirs = []
+
+    def update_ref(self, ref, *a, **k):  # the owner commits as the push moves the branch
+        if not theirs:
+            theirs.append(mvc.Repo(owner.root).commit({"core": {"w": torch.full((4,), 3.0)}}, message="owner's"))
+        return real(self, ref, *a, **k)
+    monkeypatch.setattr(DT, "update_ref", update_ref)
+    r = invoke(monkeypatch, mine.root, "push")
+    assert r.exit_code == 3 and f"moved to {theirs[0][:12]} while pushing: a commit or push there won" in r.stderr
+
+
+def test_an_interrupt_as_a_push_moves_the_remote_branch_says_that_it_moved(tmp_path, monkeypatch):
+    """Ctrl-C reaching a push as the remote's ref was written said only "interrupted" (bare remote),
+    or "moved refs/heads/main" (a repository remote's own note, read as a ref here)."""
+    from mvc.transport import DirectoryTransport as DT
+    for kind in ("bare", "repository"):
+        a = mvc.Repo.init(tmp_path / kind / "a")
+        cid = a.commit({"core": {"w": torch.ones(4)}}, message="one")
+        url = str(tmp_path / kind / "r.mvc") if kind == "bare" else mvc.Repo.init(tmp_path / kind / "owner").root
+        rm.add_remote(a, "origin", url)
+        real = DT.update_ref
+
+        def update_ref(self, *args, **kw):
+            real(self, *args, **kw)
+            raise KeyboardInterrupt  # (after the write: its answer lost)
+        monkeypatch.setattr(DT, "update_ref", update_ref)
+        r = invoke(monkeypatch, a.root, "push", "origin", "main")
+        monkeypatch.setattr(DT, "update_ref", real)
+        assert r.exit_code == 130, r.output
+        assert f"moved main on origin to {cid[:12]}" in r.stderr and "moved refs/heads/main" not in r.stderr
+        assert a.refs.read("refs/remotes/origin/main") == cid
