@@ -25,6 +25,7 @@ import io
 import os
 import threading
 import time
+import warnings
 from urllib.parse import urlparse
 
 from .errors import MvcError, ObjectMissing, RefConflict
@@ -64,7 +65,10 @@ class _BufferReader(io.RawIOBase):
 
 def _reader(data):
     return io.BytesIO(data) if isinstance(data, bytes) else io.BufferedReader(_BufferReader(data), 1 << 20)
+
+
 MAX_ATTEMPTS = 5   # per request, botocore's standard retry mode
+READ_TIMEOUT_S = 30  # a server silent this long is asked again (said once; 120 s kept a silent one quiet ~10 min)
 BODY_RETRIES = 4   # a response body that breaks off is asked for again this many times
 RETRY_HINT = "run the command again to resume"
 _SESSION = None
@@ -89,7 +93,7 @@ class S3Transport(Transport):
         custom = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(max_pool_connections=max(10, 2 * jobs),
                         retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-                        connect_timeout=10, read_timeout=120,
+                        connect_timeout=10, read_timeout=READ_TIMEOUT_S,
                         s3={"addressing_style": "path"} if custom else {})
         from botocore.exceptions import BotoCoreError
         try:  # credentials are resolved here: a missing profile or half a key pair fails now
@@ -99,6 +103,16 @@ class S3Transport(Transport):
                                              region_name=session.region_name or "us-east-1", config=config)
         except BotoCoreError as e:
             self._fail(e, "setting up S3 access")
+        self._retry_said = False
+        self.client.meta.events.register("needs-retry.s3", self._say_retry)
+
+    def _say_retry(self, attempts=None, caught_exception=None, **_kw) -> None:
+        """Say (once) that a request failed and is being tried again: a server that accepts
+        connections and never answers was minutes of silence."""
+        if caught_exception is not None and not self._retry_said and (attempts or 0) < MAX_ATTEMPTS:
+            self._retry_said = True
+            warnings.warn(f"{self.describe()}: {type(caught_exception).__name__}: "
+                          f"{str(caught_exception)[:160]}; trying again (up to {MAX_ATTEMPTS} attempts a request)")
 
     def describe(self) -> str:
         return self.url + (f" (endpoint {self.endpoint})" if self.endpoint else "")

@@ -1960,3 +1960,33 @@ def test_an_s3_consoles_folder_markers_are_no_files_of_a_remote(tmp_path, aws_en
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert s3.transport().list_refs() == {"refs/heads/main": cid}
+
+
+def test_an_s3_server_that_never_answers_is_said_at_its_first_retry(tmp_path, aws_env, monkeypatch):
+    """A server that accepts connections and never answers kept mvc silent for minutes (120 s a read,
+    5 attempts a request): the first retry is said now."""
+    import socket
+
+    import mvc.transport_s3 as s3mod
+    monkeypatch.setattr(s3mod, "READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(s3mod, "MAX_ATTEMPTS", 2)
+    server, held = socket.socket(), []
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])  # accepted, never answered
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        t = open_transport("s3://bucket/models", f"http://127.0.0.1:{server.getsockname()[1]}")
+        with pytest.warns(UserWarning, match="ReadTimeoutError.*trying again"):
+            with pytest.raises(mvc.errors.MvcError):
+                t.read_file("config")
+    finally:
+        server.close()
+        for c in held:
+            c.close()
