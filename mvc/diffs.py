@@ -20,8 +20,9 @@ def compared_bytes(ta: dict | None, tb: dict | None) -> int:
     if not ta or not tb:
         return 0
     total = 0
+    now = {a: b for b, a in _rekeyed(ta["tensors"], tb["tensors"]).items()}  # (paired as _diff_trees pairs them)
     for name, x in ta["tensors"].items():
-        y = tb["tensors"].get(name)
+        y = tb["tensors"].get(now.get(name, name))
         if y is not None and x["id"] != y["id"] and x["shape"] == y["shape"]:
             n = math.prod(x["shape"])
             total += n * (stf.DTYPE_SIZES[x["dtype"]] + stf.DTYPE_SIZES[y["dtype"]])
@@ -43,11 +44,8 @@ def _diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int
     tens_b = tb["tensors"] if tb else {}
     tensors = {}
     was = _rekeyed(tens_a, tens_b)
-    now = {a: b for b, a in was.items()}
-    for tname in sorted((set(tens_a) - set(now)) | set(tens_b)):
-        x, y = tens_a.get(was.get(tname, tname)), tens_b.get(tname)
-        if x is not None and x.get("alias") in now:  # (tied to a tensor whose key changed: in b's names)
-            x = dict(x, alias=now[x["alias"]])
+    for tname in sorted((set(tens_a) - set(was.values())) | set(tens_b)):
+        x, y = tens_a.get(was.get(tname, tname)), tens_b.get(tname)  # (ties: single-file trees, whose keys stay)
         if x is None:
             tensors[tname] = {"status": "added", "dtype": y["dtype"], "shape": list(y["shape"])}
         elif y is None:

@@ -116,13 +116,15 @@ def atomic_write(path: str, data: bytes, fsync: bool = True, placed: Callable[[]
 
 
 LOCK_NOTICE_AFTER_S = 2.0  # a wait for a lock longer than this is announced
-GATE_WAIT_S = 30.0  # a new shared holder waits this long at most behind a waiting exclusive one
+GATE_WAIT_S = 30.0  # an exclusive waiter holds new shared holders back this long at most (see _gate_path)
+_POLL_S = 0.05
 
 
 def _gate_path(path: str) -> str:
     """The turnstile beside the lock at `path`: flock gives a waiting exclusive locker no priority,
     so a stream of overlapping shared holds (commits) would starve it (gc --grace 0). An exclusive
-    locker holds the gate while it waits; a new shared holder passes through it first."""
+    locker holds the gate while it waits, GATE_WAIT_S at most (a long holder keeps it waiting
+    anyway: new holders then go in again); a new shared holder passes through the gate first."""
     stem, ext = os.path.splitext(path)  # (writers.lock -> writers-gate.lock: a lock file, as readers of
     return f"{stem}-gate{ext}"           # a repository's folders expect)
 
@@ -151,7 +153,8 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
         hold = None
     else:
         if key[0] not in _shared_holds:  # a first hold: behind a waiting exclusive one (not under the guard,
-            _pass_gate(fcntl, path, waiting_for)  # which other threads' releases, of other locks too, take)
+            if _pass_gate(fcntl, path, waiting_for):  # which other threads' releases, of other locks too, take)
+                waiting_for = ""  # (said once)
         with _shared_guard:  # (a first hold waits for an exclusive one here: so would the others)
             hold = _shared_holds.get(key[0])
             if hold is None:
@@ -165,9 +168,9 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
             hold[1] += 1
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
-        if exclusive:
-            with _gate_held(fcntl, path, math.inf):  # (new shared holders wait behind it)
-                _flock(fcntl, fd, fcntl.LOCK_EX, path, waiting_for)
+        if exclusive and _take_exclusive(fcntl, fd, path, math.inf, waiting_for) is None:
+            warnings.warn(f"cannot lock {path}: commits are not kept from racing a short-grace gc here, "
+                          "and gc with the default grace deletes no garbage")
         yield
     finally:
         _held_here[key] -= 1
@@ -181,68 +184,73 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
                     os.close(hold[0])  # releases the process's shared hold
 
 
-def _pass_gate(fcntl, path: str, waiting_for: str) -> None:
-    """Wait while an exclusive locker waits for `path` (it holds the gate), at most GATE_WAIT_S: a
-    process holding the lock shared may run another that wants it too (it would wait on the exclusive
-    one, which waits on it); it then goes in as it would without the gate. Where the gate cannot be
-    opened or locked (another user's read-only repository, no flock) there is no gate."""
+def _pass_gate(fcntl, path: str, waiting_for: str) -> bool:
+    """Wait while an exclusive locker waits for `path` (it holds the gate); returns whether it
+    waited (and said so). At most GATE_WAIT_S, besides the waiter's own bound: a process holding
+    the lock shared may run another that wants it too (it would wait on the exclusive one, which
+    waits on it); it then goes in as it would without the gate. Where the gate cannot be opened or
+    locked (another user's read-only repository, no flock) there is no gate."""
     try:
         gate = _open_lock_file(_gate_path(path))
     except OSError:
-        return
+        return False
     try:
-        fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if _try_flock(fcntl, gate, fcntl.LOCK_SH) is not False:
+            return False
         if waiting_for:
             warnings.warn(f"waiting for {waiting_for}")
         deadline = time.monotonic() + GATE_WAIT_S
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            try:
-                fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                continue
-            except OSError:
-                break
-    except OSError:
-        pass
+        while time.monotonic() < deadline and _try_flock(fcntl, gate, fcntl.LOCK_SH) is False:
+            time.sleep(_POLL_S / 2)
+        return bool(waiting_for)
     finally:
         os.close(gate)
 
 
-@contextlib.contextmanager
-def _gate_held(fcntl, path: str, timeout_s: float):
-    """Hold the gate of the lock at `path` exclusively (waiting at most `timeout_s`) while an
-    exclusive hold of the lock is being waited for; yields whether it was had (new shared holders
-    wait behind it). No gate (it cannot be opened or locked) yields True: the lock alone decides."""
+def _try_flock(fcntl, fd: int, mode: int) -> bool | None:
+    """flock without waiting: True (had), False (held the other way), None (no flock here)."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+
+
+def _take_exclusive(fcntl, fd: int, path: str, timeout_s: float, waiting_for: str = "") -> bool | None:
+    """Lock `fd` (the lock file at `path`) exclusively within `timeout_s` (math.inf: until had):
+    True, False (not within it) or None (no flock here). Holds the gate meanwhile, GATE_WAIT_S at
+    most, so that new shared holders wait and those in flight drain; says what it waits for once."""
+    start = time.monotonic()
     try:
         gate = _open_lock_file(_gate_path(path))
     except OSError:
-        yield True
-        return
+        gate = None
+    have_gate, said = False, False
     try:
-        try:
-            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            got = True
-        except BlockingIOError:  # another exclusive locker waits: behind it
-            if math.isinf(timeout_s):
-                fcntl.flock(gate, fcntl.LOCK_EX)
-                got = True
-            else:
-                got, deadline = False, time.monotonic() + timeout_s
-                while not got and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    try:
-                        fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        got = True
-                    except BlockingIOError:
-                        pass
-        except OSError:  # (no flock on the gate: the lock alone decides)
-            got = True
-        yield got
+        while True:
+            waited = time.monotonic() - start
+            if gate is not None and not have_gate and waited < min(GATE_WAIT_S, timeout_s):
+                have_gate = _try_flock(fcntl, gate, fcntl.LOCK_EX)
+                if have_gate is None:  # (no flock on the gate: the lock alone decides)
+                    os.close(gate)
+                    gate, have_gate = None, False
+            elif have_gate and waited >= GATE_WAIT_S:  # a long holder: new ones go in again meanwhile
+                os.close(gate)
+                gate, have_gate = None, False
+            got = _try_flock(fcntl, fd, fcntl.LOCK_EX)
+            if got is not False:
+                return got
+            if waited >= timeout_s:
+                return False
+            if waiting_for and not said:
+                warnings.warn(f"waiting for {waiting_for}")
+                said = True
+            time.sleep(_POLL_S)
     finally:
-        os.close(gate)  # releases the gate
+        if gate is not None:
+            os.close(gate)  # releases the gate
 
 
 def _flock(fcntl, fd: int, mode: int, path: str, waiting_for: str) -> None:
@@ -278,21 +286,7 @@ def exclusive_within(path: str, timeout_s: float):
         return
     fd = _open_lock_file(path)
     try:
-        deadline = time.monotonic() + timeout_s
-        got = False
-        with _gate_held(fcntl, path, timeout_s) as gated:  # (new shared holders wait behind it)
-            while gated:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    got = True
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        break
-                    time.sleep(0.05)
-                except OSError:  # no flock here (some network file systems): it cannot be had
-                    break
-        yield got
+        yield bool(_take_exclusive(fcntl, fd, path, timeout_s))  # (no flock here: it cannot be had)
     finally:
         os.close(fd)
 

@@ -659,7 +659,7 @@ class Repo(Maintenance):
         exclusively, so it never deletes a new object in that window; with the default grace their
         age protects them."""
         return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False,
-                                   waiting_for="a gc with a short grace (mvc gc --grace) to finish")
+                                   waiting_for="a gc or pack that is deleting objects to finish")
 
     def _write_commit(self, components, trees, remove, message, metrics, author, extra, progress, ref,
                       created_from) -> tuple[str, str]:
@@ -1198,10 +1198,13 @@ class Repo(Maintenance):
             raise BadInput("the output folder is an empty path", "name a folder, e.g. '.' or 'restored'")
         out_dir = physical_path(out_dir)
         self._refuse_output_inside_mvc(out_dir)
-        if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # (-o naming the user's own model file)
+        blocker = _file_at_or_above(out_dir)
+        if blocker == out_dir:  # (-o naming the user's own model file)
             raise BadInput(f"cannot check out into {out_dir}: it is a file, and checkout writes a folder, "
                            "one folder per component", "name a folder; mvc export REV COMPONENT -o FILE writes one "
                            "component as one file")
+        if blocker:  # (never "remove it": the file is one the user named)
+            raise BadInput(f"cannot check out into {out_dir}: {blocker} is a file, not a folder", "name a folder")
         cid = self.resolve(rev)
         comps = self.read_commit(cid, shared=True)["components"]
         names = [components] if isinstance(components, str) else list(components) if components else sorted(comps)
@@ -1248,6 +1251,10 @@ class Repo(Maintenance):
         if name not in ("", ".", "..") and physical_path(folder) != folder:  # (refused below: not a file name)
             out_file = os.path.join(physical_path(folder), name)
         self._refuse_output_inside_mvc(out_file)
+        blocker = _file_at_or_above(os.path.dirname(out_file))
+        if blocker:  # (-o model.safetensors/x: never "remove it", the file is one the user named)
+            raise BadInput(f"cannot export to {out_file}: {blocker} is a file, not a folder",
+                           "name a file in a folder")
         tree = self.tree(rev, component, shared=True)
         if len(tree["files"]) != 1:
             raise BadInput(f"component {component!r} holds {len(tree['files'])} files",
@@ -1393,6 +1400,18 @@ def _plain_number(value, path: str = "metrics", depth: int = 0):
             raise BadInput(f"{path}: {type(value).__name__} holds no number to store: {str(e)[:80]}",
                            "give metrics as Python numbers, e.g. loss.item()") from None
     return value
+
+
+def _file_at_or_above(path: str) -> str | None:
+    """The nearest path at or above `path` that exists, when it is a file (or a link to one), not a
+    folder: part of an output path the user gave. None otherwise (a link to nothing: said where
+    the write fails)."""
+    while path and not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return path if path and os.path.exists(path) and not os.path.isdir(path) else None
 
 
 def _landed(cid: str, ref: str) -> str:

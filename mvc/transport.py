@@ -947,7 +947,7 @@ class LazyRemoteStore(ObjectStore):
 
     def _writers_shared(self):
         return shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=False,
-                                   waiting_for="a gc with a short grace (mvc gc --grace) to finish")
+                                   waiting_for="a gc or pack that is deleting objects to finish")
 
     def _from_remote(self, read, oid: str):
         """`read(transport)` for a promised `oid`, its failures said as a lazy clone's."""

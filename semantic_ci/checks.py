@@ -39,12 +39,15 @@ def resolve_relative(repo, rev: str, candidate: str) -> str:
     if not m:
         try:
             return repo.resolve(rev)
-        except UnknownRevision:
+        except UnknownRevision as e:
             name, walk = split_relative(rev)
-            fetched = _fetched_branch(repo, name)
-            if fetched is None:
+            fetched = _fetched_branches(repo, name)
+            if not fetched:
                 raise
-            return repo.resolve(fetched + walk)
+            if len(fetched) > 1 and "origin" not in fetched:
+                raise UnknownRevision(f"no branch {name!r} here, and several remotes' were fetched: "
+                                      f"{', '.join(sorted(fetched.values()))}", "name one of them") from e
+            return repo.resolve((fetched.get("origin") or next(iter(fetched.values()))) + walk)
     try:
         return repo.resolve(candidate + m.group(1))
     except UnknownRevision as e:  # said of what was written, not of "<candidate id>~5"
@@ -119,12 +122,10 @@ def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
         raise bad(e) from None
 
 
-def _fetched_branch(repo, name: str) -> str | None:
-    """`REMOTE/name`, the remote-tracking branch of that name (origin's, if several remotes' are
-    here), or None."""
-    found = {r.split("/", 3)[2]: r for r in repo.refs.list("refs/remotes/") if r.split("/", 3)[3:] == [name]}
-    ref = found.get("origin") or (next(iter(found.values())) if len(found) == 1 else None)
-    return ref[len("refs/remotes/"):] if ref else None
+def _fetched_branches(repo, name: str) -> dict[str, str]:
+    """{remote: "REMOTE/name"} for the remote-tracking branches named `name`."""
+    return {r.split("/", 3)[2]: r[len("refs/remotes/"):] for r in repo.refs.list("refs/remotes/")
+            if r.split("/", 3)[3:] == [name]}
 
 
 def _branch_spellings(branch: str) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from mvc.errors import CheckFailed, ConfigError, MvcError
 from mvc.objects import canonical_json, hash_bytes
 
 from . import certificate
-from .checks import DATA_KEYS, Context, result as check_result, run_check, split_relative
+from .checks import DATA_KEYS, Context, resolve_relative, result as check_result, run_check, split_relative
 from .config import CiConfig
 from .models import ModelCache
 from .pipeline_config import Pipeline, Stage, resolve_builder, stage_branches, stage_source, stream_path
@@ -155,8 +155,8 @@ class Run:
                 if value.startswith("blob:") or value == "builtin":
                     return None
                 return hash_bytes(read_repository_file(self.repo, value))
-            if key in REVISION_KEYS and split_relative(value)[0] != "HEAD":
-                return self.repo.resolve(value)
+            if key in REVISION_KEYS and split_relative(value)[0] != "HEAD":  # (a check's: as the check reads it)
+                return resolve_relative(self.repo, value, "")
         except (MvcError, OSError):
             return None
         return None
@@ -416,8 +416,8 @@ def _check_revisions(run: Run, pipeline: Pipeline, from_stage: str | None) -> No
             base = split_relative(value)[0]
             if (key.startswith("checks.") and base == "HEAD") or base in made:
                 continue
-            try:
-                run.repo.resolve(value)
+            try:  # (a check's revision as the check reads it: a branch here, else origin's fetched one)
+                resolve_relative(run.repo, value, "") if key.startswith("checks.") else run.repo.resolve(value)
             except MvcError as e:
                 raise ConfigError(f"{pipeline.path}: stage {stage.name}.{key}: revision {value!r} does not resolve "
                                   f"({e.message})", "fix the revision; see mvc log, mvc branch and mvc tag") from None

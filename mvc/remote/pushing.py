@@ -124,12 +124,13 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
         raise NonFastForward(
             f"push to {where} rejected: remote {branch} at {old[:12]} is not an ancestor of your {branch} "
             f"at {local[:12]}" + (": the two have diverged" if known and not behind else ""),
-            f"yours is behind it: mvc pull {remote} {branch} brings it here" if behind else
+            f"yours is behind it: mvc pull {remote} {branch} brings it here; after a rollback, mvc push --force "
+            f"{remote} {branch} moves it back to yours" if behind else
             f"mvc pull {remote} {branch} fetches it and fast-forwards yours if it is behind, or says that they "
             "have diverged"
             if not known else
             f"mvc has no merge: keep yours with mvc push --force {remote} {branch}, or take theirs with "
-            f"mvc fetch {remote}, then mvc rollback remotes/{remote}/{branch} on {branch}")
+            f"mvc fetch {remote}, then mvc rollback {remote}/{branch} with {branch} checked out")
 
     certs = _certs_to_push(repo, t, local, pool)
     plan = (_repair_plan(repo, t, where, local, pool, progress) if repair

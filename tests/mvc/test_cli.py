@@ -403,7 +403,7 @@ def test_checkout_and_export_never_overwrite_other_content_without_force(run, tm
     assert target.read_bytes() == (tmp_path / "single.safetensors").read_bytes()
     (tmp_path / "blocked").write_bytes(b"a file where a folder goes")  # (it said only "a file stands ...")
     r = run("checkout", "HEAD", "-o", tmp_path / "blocked" / "deeper", "--force", code=3)
-    assert f"{tmp_path / 'blocked'} is a file where the checkout needs a folder" in r.stderr
+    assert f"{tmp_path / 'blocked'} is a file, not a folder" in r.stderr
     (out / "m" / "single.safetensors").mkdir(parents=True)  # a folder where a file goes: not removed
     (out / "m" / "single.safetensors" / "keep").write_bytes(b"mine")
     r = run("checkout", "HEAD", "-o", out, "--force", code=3)
@@ -605,6 +605,10 @@ def test_checkout_into_a_file_says_that_it_writes_a_folder_and_names_export(run,
     assert "it is a file, and checkout writes a folder" in r.stderr and "mvc export REV COMPONENT -o FILE" in r.stderr
     assert "remove it" not in r.stderr and ck.read_bytes() == before
     assert "checkout writes a folder" in run("checkout", "HEAD", "-o", os.devnull, code=3).stderr
+    for args in (["checkout", "HEAD", "-o", ck / "out"], ["export", "HEAD", "model", "-o", ck / "x.safetensors"]):
+        r = run(*args, code=3)  # a path under the user's file: said so, and still no "remove it"
+        assert f"{ck} is a file, not a folder" in r.stderr and "remove it" not in r.stderr, r.stderr
+    assert ck.read_bytes() == before
 
 
 def test_small_wording(run, in_repo, tmp_path):

@@ -389,9 +389,9 @@ def test_output_paths_blocked_by_a_file_are_clear_errors(repo, tmp_path):
     blocker.write_text("keep me")
     with pytest.raises(BadInput, match="cannot check out into .*afile: it is a file"):
         repo.checkout(cid, str(blocker))
-    with pytest.raises(BadInput, match="cannot write"):
+    with pytest.raises(BadInput, match="cannot check out into .*sub: .*afile is a file, not a folder"):
         repo.checkout(cid, str(blocker / "sub"))
-    with pytest.raises(BadInput, match="cannot write"):
+    with pytest.raises(BadInput, match="cannot export to .*x.safetensors: .*afile is a file, not a folder"):
         repo.export(cid, "core", str(blocker / "x.safetensors"))
     (tmp_path / "adir").mkdir()
     with pytest.raises(BadInput, match="cannot write"):

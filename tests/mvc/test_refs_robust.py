@@ -607,6 +607,82 @@ def test_a_shared_holder_waits_behind_a_waiting_exclusive_one_only_so_long(tmp_p
     assert got_exclusive.is_set()
 
 
+def test_an_exclusive_waiter_holds_new_shared_holders_back_for_gate_wait_s_at_most(tmp_path, monkeypatch):
+    """Behind one long holder, a gc held every new commit back for the whole GATE_WAIT_S, one commit
+    after another (h68): the bound is now the waiter's, once; new holders then go in again."""
+    import threading
+    import mvc.files
+    from mvc.files import shared_or_exclusive
+    monkeypatch.setattr(mvc.files, "GATE_WAIT_S", 1.0)
+    path = str(tmp_path / "writers.lock")
+    release, got = threading.Event(), threading.Event()
+
+    def gc():
+        with shared_or_exclusive(path, exclusive=True):
+            got.set()
+    with shared_or_exclusive(path, exclusive=False):  # the long holder (this process)
+        t = threading.Thread(target=gc)
+        t.start()
+        time.sleep(0.2)
+        started = time.time()
+        commits = _shared_holder(path, 0.05, 2.0)  # (its own wait at the gate would be 30 s)
+        try:
+            ins = [float(line.split()[1]) for line in iter(commits.stdout.readline, "") if line.startswith("in")]
+            assert commits.wait(30) == 0
+        finally:
+            commits.kill()
+            commits.wait()
+            commits.stdout.close()
+        assert not got.is_set()  # the gc still waits for the long holder
+    t.join(10)
+    assert got.is_set()
+    assert ins[0] - started < 2.5, ins[0] - started  # behind the gc's 1 s (less the 0.2 s it waited first)
+    assert len(ins) > 10 and max(b - a for a, b in zip(ins, ins[1:])) < 0.5  # then one after another
+
+
+def test_a_second_exclusive_waiter_and_a_shared_one_say_what_they_wait_for_once(tmp_path):
+    """A second gc waited at the gate without a word; a commit that waited at the gate and then at
+    the lock said "waiting for ..." twice (h68)."""
+    import threading
+    from mvc.files import shared_or_exclusive
+    path = str(tmp_path / "writers.lock")
+    holder = _shared_holder(path, 1.0, 0)  # another process's commit, 1 s
+    assert holder.stdout.readline().startswith("in")
+    first_waits = threading.Event()
+
+    def first_gc():
+        first_waits.set()
+        with shared_or_exclusive(path, exclusive=True):
+            time.sleep(0.5)
+    try:
+        t = threading.Thread(target=first_gc)
+        with warnings_as_list() as caught:
+            t.start()
+            first_waits.wait(5)
+            time.sleep(0.2)  # (the first holds the gate now)
+            with shared_or_exclusive(path, exclusive=True, waiting_for="the first gc"):
+                pass
+        assert [str(w.message) for w in caught] == ["waiting for the first gc"]
+        t.join(10)
+        t = threading.Thread(target=first_gc)
+        again = _shared_holder(path, 1.0, 0)
+        assert again.stdout.readline().startswith("in")
+        with warnings_as_list() as caught:
+            t.start()
+            first_waits.wait(5)
+            time.sleep(0.2)
+            with shared_or_exclusive(path, exclusive=False, waiting_for="a gc"):  # gate, then the lock
+                pass
+        assert [str(w.message) for w in caught] == ["waiting for a gc"]
+        t.join(10)
+        assert again.wait(10) == 0
+        again.stdout.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
 @contextlib.contextmanager
 def warnings_as_list():
     import warnings

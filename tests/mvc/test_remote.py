@@ -320,7 +320,7 @@ def test_non_fast_forward_push_is_refused_without_force(remote, tmp_path, monkey
     c3 = repo.commit({"core": weights(3)}, message="rewritten")
     r = invoke(monkeypatch, repo.root, "push")
     assert r.exit_code == 3
-    assert "rejected" in r.stderr and "--force" in r.stderr and "rollback remotes/origin/main" in r.stderr
+    assert "rejected" in r.stderr and "--force" in r.stderr and "rollback origin/main" in r.stderr
     assert remote.transport().read_ref("refs/heads/main") == c2
     r = invoke(monkeypatch, repo.root, "push", "--force", "--json")
     assert r.exit_code == 0, r.output

@@ -171,7 +171,10 @@ def test_a_rejected_push_is_one_error_with_one_hint_in_brackets(in_repo, tmp_pat
     assert r.exit_code == 3 and r.stderr == (
         f"error: push to origin rejected: remote main at {theirs[:12]} is not an ancestor of your main at "
         f"{ours[:12]}: the two have diverged (mvc has no merge: keep yours with mvc push --force origin main, "
-        "or take theirs with mvc fetch origin, then mvc rollback remotes/origin/main on main)\n")
+        "or take theirs with mvc fetch origin, then mvc rollback origin/main with main checked out)\n")
+    assert invoke(monkeypatch, in_repo.root, "fetch").exit_code == 0  # the hint's commands run as written
+    assert invoke(monkeypatch, in_repo.root, "rollback", "origin/main").exit_code == 0
+    assert in_repo.head() == theirs
 
 
 def test_a_rejected_push_advises_what_works_behind_diverged_or_not_known(in_repo, tmp_path, monkeypatch):
@@ -189,7 +192,8 @@ def test_a_rejected_push_advises_what_works_behind_diverged_or_not_known(in_repo
         "diverged)" in r.stderr
     assert invoke(monkeypatch, in_repo.root, "fetch").exit_code == 0
     r = invoke(monkeypatch, in_repo.root, "push")  # known now, and ours lies below it
-    assert r.exit_code == 3 and "(yours is behind it: mvc pull origin main brings it here)" in r.stderr
+    assert r.exit_code == 3 and "(yours is behind it: mvc pull origin main brings it here; after a rollback, " \
+        "mvc push --force origin main moves it back to yours)" in r.stderr
     assert invoke(monkeypatch, in_repo.root, "pull").exit_code == 0 and in_repo.head() == theirs
 
 

@@ -799,6 +799,7 @@ def test_a_checkout_refuses_a_path_in_the_way_before_a_lazy_clone_downloads_anyt
         if case == "file where the output folder goes":  # (-o naming a file: checkout writes a folder)
             match = "it is a file, and checkout writes a folder"
         if case == "file above export's folder":
+            match = "out is a file, not a folder"
             write = lambda force: lazy.export("HEAD", "core", str(out / "sub" / "x.safetensors"),  # noqa: E731
                                              force=force)
     for force in (False, True):

@@ -1000,8 +1000,10 @@ def test_a_tensor_whose_key_changed_when_another_file_took_its_name_is_not_repor
                  "u": {"status": "unchanged"}}
     save_file({"w": torch.full((3,), 2.0), "u": torch.ones(2)}, d / "a.safetensors")
     three = repo.commit({"hf": str(d)}, message="three")
-    back = repo.diff(three, one)["components"]["hf"]["tensors"]  # (and the other way: the key goes back)
+    seen = []
+    back = repo.diff(three, one, progress=seen.append)["components"]["hf"]["tensors"]  # (the key goes back)
     assert back["w"]["status"] == "changed" and back["w"]["was"] == "a.safetensors:w"
+    assert sum(seen) == mvc.diffs.compared_bytes(repo.tree(three, "hf"), repo.tree(one, "hf")) == 24  # (the bar's total)
     assert back["w"]["max_abs_delta"] == 1.0 and back["b.safetensors:w"]["status"] == "removed"
 
 

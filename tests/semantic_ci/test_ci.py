@@ -2,6 +2,7 @@
 verify, tampering, on-commit rollback and the CLI."""
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -231,6 +232,7 @@ def test_a_branch_mvc_toml_names_is_the_fetched_one_in_a_repository_without_it(c
     check stopped with "revision 'release' does not resolve". A branch of the repository's own wins."""
     from mvc import remote as rm
     t = trained_table(builtin_probe(3000))
+    root = ci_repo.commit({"core": {"table": t}}, message="root")
     first = ci_repo.commit({"core": {"table": t}}, message="release")
     ci_repo.create_branch("release")
     ci_repo.commit({"core": {"table": t.clone()}}, message="main")
@@ -242,7 +244,7 @@ def test_a_branch_mvc_toml_names_is_the_fetched_one_in_a_repository_without_it(c
     runner_dir = tmp_path / "runner"
     runner_dir.mkdir()
     config = BASIC.replace('baseline = "HEAD~1"\n\n', 'baseline = "release"\n\n', 1).replace(
-        'baseline = "HEAD~1"\nmax', 'baseline = "release~0"\nmax', 1)
+        'baseline = "HEAD~1"\nmax', 'baseline = "release~1"\nmax', 1)
     assert config.count('"release') == 2
     (runner_dir / "mvc.toml").write_text(config)
     (runner_dir / "heldout.txt").write_bytes(open(os.path.join(ci_repo.root, "heldout.txt"), "rb").read())
@@ -257,10 +259,26 @@ def test_a_branch_mvc_toml_names_is_the_fetched_one_in_a_repository_without_it(c
     def baselines(doc):
         return {c["inputs"]["baseline"]["commit"] for c in certificate.read(here, doc["certificate"])["checks"]}
     doc = json.loads(r.stdout)
-    assert doc["commit"] == feature and baselines(doc) == {first}
+    assert doc["commit"] == feature and baselines(doc) == {first, root}  # (release~1: below origin's release)
+    from semantic_ci.checks import resolve_relative
+    from semantic_ci.pipeline import _check_revisions
+    stage = types.SimpleNamespace(name="s", checks=cfgmod.load(here.root).checks, get=lambda key: None)
+    _check_revisions(types.SimpleNamespace(repo=here, branches=lambda s: {}),  # a pipeline's pre-flight agrees
+                     types.SimpleNamespace(stages=[stage], path="p.toml"), None)
+    rm.add_remote(here, "upstream", str(tmp_path / "shared"))
+    rm.fetch(here, "upstream")  # origin's is taken of two; of two others, neither
+    assert resolve_relative(here, "release", feature) == first
+    here.refs.update("refs/remotes/origin/release", None)
+    rm.add_remote(here, "third", str(tmp_path / "shared"))
+    rm.fetch(here, "third")
+    with pytest.raises(mvc.errors.UnknownRevision, match="several remotes' were fetched: third/release, "
+                                                         "upstream/release"):
+        resolve_relative(here, "release", feature)
+    here.create_branch("release", first)
     other = here.commit({"core": {"table": t * 2}}, message="a release of this repository's own", branch="release")
     r = runner.invoke(cli, ["ci", "origin/feature", "--json"])
-    assert baselines(json.loads(r.stdout)) == {other}
+    assert r.exit_code in (0, 1), r.output
+    assert baselines(json.loads(r.stdout)) == {other, first}  # (a branch of its own wins)
 
 
 @pytest.mark.parametrize("terminal", [True, False])
