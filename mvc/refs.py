@@ -243,6 +243,7 @@ class RefStore:
     def __init__(self, root: str, fsync: bool = True):
         self.root = root
         self.fsync = fsync
+        self._newest_retired: dict[str, dict[str, str]] = {}  # folder of retired logs -> {leaf: newest stamp}
 
     # -- paths -------------------------------------------------------------------------------
     def _path(self, ref: str) -> str:
@@ -583,14 +584,16 @@ class RefStore:
             return
         ns = time.time_ns()
         base = os.path.join(logs, RETIRED_LOGS, *ref.split("/"))
-        for earlier in self._retired_logs(ref)[-1:]:  # after it, whatever the clock says: they go in
-            last = _stamp_ns(earlier[len(base) + 1:])  # name order (a clock that ran ahead named it)
-            ns = max(ns, last + 1) if last is not None else ns
+        folder, leaf = os.path.split(base)
+        newest = self._newest_retired_stamps(folder)
+        last = _stamp_ns(newest[leaf]) if leaf in newest else None  # after it, whatever the clock says: they
+        ns = max(ns, last + 1) if last is not None else ns     # go in name order (a clock that ran ahead named it)
         try:
-            makedirs(os.path.dirname(base))
+            makedirs(folder)
             while os.path.lexists(f"{base}@{_retired_stamp(ns)}"):
                 ns += 1
             os.rename(src, f"{base}@{_retired_stamp(ns)}")
+            newest[leaf] = _retired_stamp(ns)
             if self.fsync:
                 fsync_dir(os.path.dirname(base))
                 fsync_dir(os.path.dirname(src))
@@ -601,6 +604,22 @@ class RefStore:
                               f"{os.path.join(logs, RETIRED_LOGS)} by hand")
             return
         prune_empty_dirs(os.path.dirname(src), self._kind_dir(logs, ref))
+
+    def _newest_retired_stamps(self, folder: str) -> dict[str, str]:
+        """{leaf: its newest retired log's stamp} of a folder of retired logs, listed once per RefStore:
+        listing it for each deletion made deleting N refs (remote remove, fetch pruning) N^2 / 2."""
+        newest = self._newest_retired.get(folder)
+        if newest is None:
+            newest = self._newest_retired[folder] = {}
+            try:
+                names = os.listdir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
+            for name in names:
+                leaf, at, stamp = name.rpartition("@")  # (stamps are fixed width: name order is time order)
+                if at and _stamp_ns(stamp) is not None and stamp > newest.get(leaf, ""):
+                    newest[leaf] = stamp
+        return newest
 
     def _retired_logs(self, ref: str) -> list[str]:
         """Paths of the retired reflogs of `ref`, oldest first."""

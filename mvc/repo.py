@@ -32,6 +32,7 @@ from .objects import (MAX_JSON_DEPTH, SMALL_OBJECT, canonical_json, check_compon
                       check_ref_name, commit_object, decode, encode, is_oid, json_copy, nests_deeper,
                       tree_blob_ids)
 from .provenance import check_author, default_author, git_current_branch, git_provenance
+from .quoting import short_repr
 from .refs import RefStore, note_moved, utc_now
 from .store import ChainStore, LooseStore
 
@@ -384,10 +385,10 @@ class Repo(Maintenance):
         rev = "HEAD" if rev is None else str(rev).strip()
         if not rev:
             raise UnknownRevision("empty revision")
-        m = re.fullmatch(r"(.*?)((?:~[0-9]*|\^[0-9]*)+)", rev)  # (ASCII digits only, as git)
-        if m and m.group(1):
-            oid = self.resolve(m.group(1))
-            for op, num in re.findall(r"([~^])([0-9]*)", m.group(2)):
+        base, walk = _split_walk(rev)
+        if walk:
+            oid = self.resolve(base)
+            for op, num in re.findall(r"([~^])([0-9]*)", walk):
                 n = _rev_count(num, rev) if num else 1
                 if op == "~":
                     for _ in range(n):
@@ -446,11 +447,11 @@ class Repo(Maintenance):
                 raise AmbiguousRevision(f"ambiguous revision {rev}: {len(matches)} commits match",
                                         "candidates: " + ", ".join(m[:12] for m in matches[:10]))
         elif re.fullmatch(r"[0-9a-f]{1,5}", rev):
-            raise UnknownRevision(f"unknown revision {rev!r}", "id prefixes need at least 6 hex digits")
+            raise UnknownRevision(f"unknown revision {short_repr(rev, 80)}", "id prefixes need at least 6 hex digits")
         if ".." in rev:  # no branch or tag name holds "..": a range given where one revision goes
-            raise UnknownRevision(f"{rev!r} is a range, not a revision",
+            raise UnknownRevision(f"{short_repr(rev, 80)} is a range, not a revision",
                                   "ranges A..B are for mvc log; compare two revisions with mvc diff A B")
-        raise UnknownRevision(f"unknown revision {rev!r}", "see mvc log, mvc branch and mvc tag")
+        raise UnknownRevision(f"unknown revision {short_repr(rev, 80)}", "see mvc log, mvc branch and mvc tag")
 
     def _warn_if_ambiguous(self, rev: str, ref: str, oid: str) -> None:
         """Warn when `rev` also names another branch, tag or remote-tracking branch holding
@@ -1400,6 +1401,17 @@ def _plain_number(value, path: str = "metrics", depth: int = 0):
             raise BadInput(f"{path}: {type(value).__name__} holds no number to store: {str(e)[:80]}",
                            "give metrics as Python numbers, e.g. loss.item()") from None
     return value
+
+
+def _split_walk(rev: str) -> tuple[str, str]:
+    """("main", "~2^") for "main~2^": the revision and its trailing walk of ~N and ^N (ASCII digits,
+    as git); (rev, "") without one. A scan from the end: a regex with a lazy prefix took quadratic
+    time to refuse a long run of ~ followed by anything else (h67)."""
+    i = len(rev)
+    while i and rev[i - 1] in "~^0123456789":
+        i -= 1
+    ops = [j for j in range(i, len(rev)) if rev[j] in "~^"]
+    return (rev[:ops[0]], rev[ops[0]:]) if ops and ops[0] else (rev, "")
 
 
 def _file_at_or_above(path: str) -> str | None:

@@ -136,6 +136,27 @@ def test_deleted_refs_log_is_retired_and_frees_the_name(tmp_path):
 
 
 
+def test_deleting_many_refs_lists_the_retired_logs_once_and_keeps_their_order(tmp_path, monkeypatch):
+    """Each deletion listed (and sorted) every retired log of its folder to find the ref's newest:
+    deleting N refs (mvc remote remove, fetch pruning) took N^2 / 2 (h67: 30 s for 10k refs)."""
+    refs = RefStore(str(tmp_path), fsync=False)
+    for i in range(50):
+        refs.update(f"refs/heads/b{i}", A, expected=None, message="made")
+    refs.update("refs/heads/b0", None, expected=A, message="first life")
+    refs.update("refs/heads/b0", B, expected=None, message="second life")
+    listed, real = [], os.listdir
+    monkeypatch.setattr(os, "listdir", lambda d=".": listed.append(d) or real(d))
+    again = RefStore(str(tmp_path), fsync=False)
+    for i in range(50):
+        again.update(f"refs/heads/b{i}", None, expected=B if i == 0 else A, message="gone")
+    deleted = os.path.join(str(tmp_path), "logs", "deleted", "refs", "heads")
+    assert listed.count(deleted) == 1
+    monkeypatch.setattr(os, "listdir", real)
+    lives = again._retired_logs("refs/heads/b0")  # (oldest first: the second life's log after the first's)
+    assert len(lives) == 2 and lives[0] < lives[1]
+    assert [e["new"] for e in again.reflog("refs/heads/b0")] == [None, B, None, A]
+
+
 @pytest.mark.parametrize("deleted_before", [True, False])
 def test_a_log_retired_while_the_reflogs_are_read_still_keeps_its_ids(tmp_path, monkeypatch, deleted_before):
     """gc's roots: a branch deleted while all_reflog_ids walks logs/ moves its log from the live

@@ -3,6 +3,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import pickle
 import struct
 import subprocess
@@ -377,6 +378,13 @@ def test_revisions(repo):
             repo.resolve(rev)
     with pytest.raises(UnknownRevision, match="too large a count"):
         repo.resolve("HEAD~1000000000")
+    bad = "HEAD" + "~" * 200_000 + "x"  # took minutes to refuse (a lazy regex prefix, h67); said whole
+    start = time.perf_counter()
+    with pytest.raises(UnknownRevision) as e:
+        repo.resolve(bad)
+    assert time.perf_counter() - start < 2 and len(e.value.message) < 120 and "..." in e.value.message
+    repo.create_branch("x1", "HEAD~1")  # (digits end a name; ~ and ^ begin the walk)
+    assert repo.resolve("x1~1^") == ids[0] and repo.resolve("x1") == ids[2]
 
 
 def test_a_tag_made_meanwhile_by_another_writer_is_not_moved_without_force(repo):
