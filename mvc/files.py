@@ -116,15 +116,17 @@ def atomic_write(path: str, data: bytes, fsync: bool = True, placed: Callable[[]
 
 
 LOCK_NOTICE_AFTER_S = 2.0  # a wait for a lock longer than this is announced
-GATE_WAIT_S = 30.0  # an exclusive waiter holds new shared holders back this long at most (see _gate_path)
+GATE_WAIT_S = 30.0  # an exclusive waiter holds new shared holders back this long at a time (see _gate_path)
+GATE_PAUSE_S = 1.0  # and then lets them in this long before it holds them back again
 _POLL_S = 0.05
 
 
 def _gate_path(path: str) -> str:
     """The turnstile beside the lock at `path`: flock gives a waiting exclusive locker no priority,
     so a stream of overlapping shared holds (commits) would starve it (gc --grace 0). An exclusive
-    locker holds the gate while it waits, GATE_WAIT_S at most (a long holder keeps it waiting
-    anyway: new holders then go in again); a new shared holder passes through the gate first."""
+    locker holds the gate while it waits, GATE_WAIT_S at a time with GATE_PAUSE_S between (a long
+    holder keeps it waiting anyway: new holders go in meanwhile); a new shared holder passes through
+    the gate first."""
     stem, ext = os.path.splitext(path)  # (writers.lock -> writers-gate.lock: a lock file, as readers of
     return f"{stem}-gate{ext}"           # a repository's folders expect)
 
@@ -220,29 +222,34 @@ def _try_flock(fcntl, fd: int, mode: int) -> bool | None:
 
 def _take_exclusive(fcntl, fd: int, path: str, timeout_s: float, waiting_for: str = "") -> bool | None:
     """Lock `fd` (the lock file at `path`) exclusively within `timeout_s` (math.inf: until had):
-    True, False (not within it) or None (no flock here). Holds the gate meanwhile, GATE_WAIT_S at
-    most, so that new shared holders wait and those in flight drain; says what it waits for once."""
+    True, False (not within it) or None (no flock here). Holds the gate meanwhile, so that new
+    shared holders wait and those in flight drain: GATE_WAIT_S at a time, then opens it for
+    GATE_PAUSE_S (a long holder keeps this waiter waiting anyway: the held-back ones go in) and
+    takes it again (else a stream of overlapping holds would starve it once more, as without a
+    gate). Says what it waits for once."""
     start = time.monotonic()
     try:
         gate = _open_lock_file(_gate_path(path))
     except OSError:
         gate = None
-    have_gate, said = False, False
+    have_gate, said, turn = False, False, start  # (turn: when the gate was last taken or opened)
     try:
         while True:
-            waited = time.monotonic() - start
-            if gate is not None and not have_gate and waited < min(GATE_WAIT_S, timeout_s):
+            now = time.monotonic()
+            if gate is not None and not have_gate and (turn == start or now - turn >= GATE_PAUSE_S):
                 have_gate = _try_flock(fcntl, gate, fcntl.LOCK_EX)
                 if have_gate is None:  # (no flock on the gate: the lock alone decides)
                     os.close(gate)
                     gate, have_gate = None, False
-            elif have_gate and waited >= GATE_WAIT_S:  # a long holder: new ones go in again meanwhile
-                os.close(gate)
-                gate, have_gate = None, False
+                elif have_gate:
+                    turn = now
+            elif have_gate and now - turn >= GATE_WAIT_S:  # held back long enough: open it a while
+                fcntl.flock(gate, fcntl.LOCK_UN)
+                have_gate, turn = False, now
             got = _try_flock(fcntl, fd, fcntl.LOCK_EX)
             if got is not False:
                 return got
-            if waited >= timeout_s:
+            if now - start >= timeout_s:
                 return False
             if waiting_for and not said:
                 warnings.warn(f"waiting for {waiting_for}")
@@ -272,10 +279,10 @@ _shared_guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def exclusive_within(path: str, timeout_s: float):
+def exclusive_within(path: str, timeout_s: float, waiting_for: str = ""):
     """Hold `path`'s advisory lock (as `shared_or_exclusive`) exclusively if it can be had within
-    `timeout_s`; yields whether it was (False where flock is not available: what needs it is
-    left undone, e.g. gc keeps garbage there rather than race commits)."""
+    `timeout_s` (saying once what it waits for); yields whether it was (False where flock is not
+    available: what needs it is left undone, e.g. gc keeps garbage there rather than race commits)."""
     try:
         import fcntl
     except ImportError:
@@ -286,7 +293,7 @@ def exclusive_within(path: str, timeout_s: float):
         return
     fd = _open_lock_file(path)
     try:
-        yield bool(_take_exclusive(fcntl, fd, path, timeout_s))  # (no flock here: it cannot be had)
+        yield bool(_take_exclusive(fcntl, fd, path, timeout_s, waiting_for))  # (no flock here: it cannot be had)
     finally:
         os.close(fd)
 

@@ -652,7 +652,9 @@ class Repo(Maintenance):
         """The writers lock held exclusively if it can be had within `timeout_s` (yields whether it
         was): packing waits so for commits and fetches in flight before it drops objects."""
         from .files import exclusive_within
-        return exclusive_within(os.path.join(self.dir, WRITERS_LOCK), timeout_s)
+        return exclusive_within(os.path.join(self.dir, WRITERS_LOCK), timeout_s,
+                                f"commits, fetches and pushes in progress to finish (up to {timeout_s:.0f} s; "
+                                "else unreachable objects are left for the next gc)")
 
     def writing(self):
         """Held (shared) from writing new objects until a ref or index points at them: commit,

@@ -635,8 +635,9 @@ def test_an_exclusive_waiter_holds_new_shared_holders_back_for_gate_wait_s_at_mo
     import mvc.files
     from mvc.files import shared_or_exclusive
     monkeypatch.setattr(mvc.files, "GATE_WAIT_S", 1.0)
+    monkeypatch.setattr(mvc.files, "GATE_PAUSE_S", 1.0)
     path = str(tmp_path / "writers.lock")
-    release, got = threading.Event(), threading.Event()
+    got = threading.Event()
 
     def gc():
         with shared_or_exclusive(path, exclusive=True):
@@ -658,7 +659,41 @@ def test_an_exclusive_waiter_holds_new_shared_holders_back_for_gate_wait_s_at_mo
     t.join(10)
     assert got.is_set()
     assert ins[0] - started < 2.5, ins[0] - started  # behind the gc's 1 s (less the 0.2 s it waited first)
-    assert len(ins) > 10 and max(b - a for a, b in zip(ins, ins[1:])) < 0.5  # then one after another
+    assert len(ins) > 10 and max(b - a for a, b in zip(ins, ins[1:])) < 1.6  # then 1 s at most at a time
+
+
+def test_an_exclusive_waiter_past_a_long_holder_is_not_starved_by_the_stream_after_it(tmp_path, monkeypatch):
+    """Once its gate time had run out behind a long holder, the waiter let the gate go for good: the
+    overlapping commits after the long holder starved it again (h69). It takes the gate again."""
+    import threading
+    import mvc.files
+    from mvc.files import shared_or_exclusive
+    monkeypatch.setattr(mvc.files, "GATE_WAIT_S", 0.5)
+    monkeypatch.setattr(mvc.files, "GATE_PAUSE_S", 0.3)
+    path = str(tmp_path / "writers.lock")
+    had = []
+
+    def gc():
+        with shared_or_exclusive(path, exclusive=True):
+            had.append(time.time())
+    streams = []
+    try:
+        with shared_or_exclusive(path, exclusive=False):  # the long holder: 2 s
+            t = threading.Thread(target=gc)
+            t.start()
+            for offset in (0, 0.15):  # overlapping commits in two processes, for 10 s
+                time.sleep(offset)
+                streams.append(_shared_holder(path, 0.3, 10))
+            time.sleep(2)
+            left = time.time()
+        t.join(30)
+        assert had and had[0] - left < 4, had and had[0] - left  # (not when the streams end, 10 s on)
+        assert all(p.poll() is None for p in streams)
+    finally:
+        for p in streams:
+            p.kill()
+            p.wait()
+            p.stdout.close()
 
 
 def test_a_second_exclusive_waiter_and_a_shared_one_say_what_they_wait_for_once(tmp_path):
@@ -698,6 +733,24 @@ def test_a_second_exclusive_waiter_and_a_shared_one_say_what_they_wait_for_once(
         t.join(10)
         assert again.wait(10) == 0
         again.stdout.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_bounded_exclusive_wait_says_what_it_waits_for(tmp_path):
+    """A default-grace gc (and pack's drops) waited up to 60 s without a word, holding back commits
+    that each said "waiting for a gc or pack ..." (h69)."""
+    from mvc.files import exclusive_within
+    path = str(tmp_path / "writers.lock")
+    holder = _shared_holder(path, 0.6, 0)
+    try:
+        assert holder.stdout.readline().startswith("in")
+        with warnings_as_list() as caught:
+            with exclusive_within(path, 10, "the commits") as got:
+                assert got
+        assert [str(w.message) for w in caught] == ["waiting for the commits"]
     finally:
         holder.kill()
         holder.wait()
