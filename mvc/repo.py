@@ -280,8 +280,9 @@ class Repo(Maintenance):
         if value is not None and cfg.is_remote_url(key):
             value = self.checked_remote_url(value)
         elif value is not None and section.startswith('remote "') and name.lower() == "endpoint":
-            from .transport import check_endpoint  # never credentials, as mvc remote add --endpoint
-            value = check_endpoint(value) or value
+            from .transport import check_endpoint  # never credentials, and S3's only, as mvc remote add --endpoint
+            url = self.config.get(section, "url", fallback=None)
+            value = check_endpoint(value, url if url is not None and not url.startswith("s3://") else None) or value
         path = os.path.join(self.dir, "config")
         config, text = self.config, None
         try:

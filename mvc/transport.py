@@ -429,8 +429,8 @@ class DirectoryTransport(Transport):
         if os.path.isdir(os.path.join(path, ".mvc")):
             path = os.path.join(path, ".mvc")
         self.root = path
-        # a repository's .mvc (its owner may run gc there), not a bare remote
-        self.repository = os.path.basename(path) == ".mvc"
+        # a repository's .mvc (its owner may run gc there), not a bare remote; also through a link to it
+        self.repository = os.path.basename(path) == ".mvc" or os.path.basename(os.path.realpath(path)) == ".mvc"
         self.url = url or path
         self.objects = LooseStore(os.path.join(path, "objects"), fsync=True)
         self.packs = PackStore(os.path.join(path, "objects", PACK_DIR))  # a repository's `mvc pack`
@@ -747,6 +747,9 @@ def normalize_url(url: str) -> str:
     if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
         raise BadInput(f"{url}: a file URL names a path on this machine (file:///PATH), not on host "
                        f"{parsed.netloc!r}")
+    if parsed.scheme == "file" and (parsed.query or parsed.fragment or url.endswith(("?", "#"))):
+        raise BadInput(f"{url}: a file URL's path may not hold '?' or '#' (they would cut it there)",
+                       "name the folder as a plain path, or spell them %3F and %23")
     if parsed.scheme in ("", "file"):
         path = unquote(parsed.path) if parsed.scheme == "file" else url
         return os.path.abspath(os.path.expanduser(path))
@@ -800,8 +803,11 @@ def configured_remote(config: configparser.ConfigParser, name: str, root: str) -
     if not config.has_option(section, "url"):
         raise ConfigError(f"no remote named {name!r}", "add one with mvc remote add NAME URL")
     url = config.get(section, "url")
-    if not urlparse(url).scheme and url.strip() and not os.path.isabs(os.path.expanduser(url)):
-        url = os.path.join(root, url)
+    parsed = urlparse(url)
+    path = unquote(parsed.path) if parsed.scheme == "file" and parsed.netloc in ("", "localhost") else \
+        url if not parsed.scheme else None  # (file:../x too)
+    if path and path.strip() and not os.path.isabs(os.path.expanduser(path)):
+        url = os.path.normpath(os.path.join(root, path))  # (as normalize_url's abspath writes paths)
     return url, config.get(section, "endpoint", fallback=None)
 
 

@@ -41,8 +41,8 @@ def resolve_relative(repo, rev: str, candidate: str) -> str:
             return repo.resolve(rev)
         except UnknownRevision as e:
             name, walk = split_relative(rev)
-            fetched = _fetched_branches(repo, name)
-            if not fetched:
+            fetched = _fetched_branches(repo, name) if not _resolves(repo, name) else None
+            if not fetched:  # (host-b~2 past a local host-b's root is no reason to read origin's)
                 raise
             if len(fetched) > 1 and "origin" not in fetched:
                 raise UnknownRevision(f"no branch {name!r} here, and several remotes' were fetched: "
@@ -120,6 +120,14 @@ def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
         raise PastRoot({"key": key, "revision": rev, "from": base, "path": path, "root": e.args[0]}) from None
     except UnknownRevision as e:
         raise bad(e) from None
+
+
+def _resolves(repo, rev: str) -> bool:
+    try:
+        repo.resolve(rev)
+        return True
+    except UnknownRevision:
+        return False
 
 
 def _fetched_branches(repo, name: str) -> dict[str, str]:

@@ -65,9 +65,10 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
         if f"refs/heads/{default}" in fetched["skipped_newer"]:  # (another branch alone is no clone of it)
             raise FormatTooNew(f"the default branch {default} of {norm} is of a newer format than this mvc reads",
                                "upgrade mvc")
-        bad = [r[len("refs/heads/"):] for r in fetched["skipped"] if r.startswith("refs/heads/")]
+        bad = [r[len("refs/heads/"):] for r in fetched["skipped"] + fetched["unreadable"]
+               if r.startswith("refs/heads/")]
         if bad and not repo.refs.list("refs/remotes/origin/"):  # (not "an empty repository": a damaged one)
-            raise CorruptObject(f"no branch of {norm} could be fetched: {', '.join(bad)} "
+            raise CorruptObject(f"no branch of {norm} could be fetched: {', '.join(sorted(bad))} "
                                 f"name{'s' if len(bad) == 1 else ''} no commit there",
                                 "the remote is damaged: mvc push --force BRANCH there from a good copy")
     except FormatTooNew:  # no retry helps: this clone leaves nothing behind

@@ -18,7 +18,7 @@ def list_remotes(repo: Repo) -> list[dict]:
     for section in repo.config.sections():
         m = re.fullmatch(r'remote "(.+)"', section)
         if m and repo.config.has_option(section, "url"):
-            out.append({"name": m.group(1), "url": repo.config.get(section, "url"),
+            out.append({"name": m.group(1), "url": configured_remote(repo.config, m.group(1), repo.root)[0],
                         "endpoint": repo.config.get(section, "endpoint", fallback=None),
                         "lazy": repo.config.getboolean(section, "promisor", fallback=False)})
     return sorted(out, key=lambda r: r["name"])

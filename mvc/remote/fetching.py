@@ -109,7 +109,7 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             "objects_received": history.objects, "bytes_received": history.bytes,
             "blobs_promised": history.promised, "certificates": certs,
             "skipped_newer": sorted(r for r in damaged if remote_refs[r] in history.newer),
-            "skipped": sorted(damaged),
+            "skipped": sorted(damaged), "unreadable": sorted(unreadable),
             "seconds": time.perf_counter() - started}
 
 

@@ -88,7 +88,9 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                 t.update_ref(ref, None, expected=old, replace_damaged=True, message="push --delete",
                              author=default_author(repo.root))
             except KeyboardInterrupt:
-                _note_if_landed(t, ref, where, None, f"deleted {branch} on {where}")
+                if _note_if_landed(t, ref, where, None, f"deleted {branch} on {where}") and tracking:
+                    with contextlib.suppress(MvcError, OSError):
+                        repo.refs.update(tracking, None, message=f"push --delete to {where}")
                 raise
             except RefConflict:
                 if _now(t, ref, where) is not None:  # (gone: this delete landed, its answer was lost, and a retry

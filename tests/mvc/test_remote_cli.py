@@ -457,14 +457,16 @@ def test_clone_of_a_repositorys_own_mvc_folder_is_named_after_the_repository(tmp
     assert mvc.Repo(str(work / "b")).head() == cid and not (work / ".mvc").exists()
 
 
-def test_a_clone_whose_remote_branches_are_all_damaged_fails_instead_of_calling_it_empty(tmp_path, monkeypatch):
+@pytest.mark.parametrize("content", ["ab" * 32 + "\n", "garbage\n"])  # (a missing commit; no id at all: h69)
+def test_a_clone_whose_remote_branches_are_all_damaged_fails_instead_of_calling_it_empty(tmp_path, monkeypatch,
+                                                                                          content):
     """The clone exited 0 with "the remote has no branches yet (an empty repository)"."""
     a = mvc.Repo.init(tmp_path / "a")
     a.commit({"core": {"w": torch.ones(4)}}, message="one")
     rm.add_remote(a, "origin", str(tmp_path / "r.mvc"))
     rm.push(a, "origin", "main")
     with open(tmp_path / "r.mvc" / "refs" / "heads" / "main", "w") as f:
-        f.write("ab" * 32 + "\n")  # names a commit the remote lacks
+        f.write(content)
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(cli, ["clone", str(tmp_path / "r.mvc"), "c"])
     assert r.exit_code == 3 and "no branch of" in r.stderr and "main names no commit there" in r.stderr
@@ -532,3 +534,61 @@ def test_an_interrupt_as_a_push_moves_the_remote_branch_says_that_it_moved(tmp_p
         assert r.exit_code == 130, r.output
         assert f"moved main on origin to {cid[:12]}" in r.stderr and "moved refs/heads/main" not in r.stderr
         assert a.refs.read("refs/remotes/origin/main") == cid
+
+
+def test_relative_file_urls_and_remote_v_are_the_repositorys_and_file_urls_are_not_cut(in_repo, tmp_path,
+                                                                                      monkeypatch):
+    """`url = file:../r` was still taken from where the command ran, and `mvc remote -v` showed a
+    relative url as written; file:///d/exp#1 and #2 were one remote, /d/exp (h69)."""
+    cid = in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    with open(os.path.join(in_repo.dir, "config"), "a") as f:
+        f.write('\n[remote "origin"]\nurl = file:../r.mvc\n[remote "plain"]\nurl = ../p.mvc\n')
+    sub = os.path.join(in_repo.root, "sub")
+    os.makedirs(sub)
+    assert invoke(monkeypatch, sub, "push", "origin", "main").exit_code == 0
+    parent = os.path.dirname(in_repo.root)
+    assert DirectoryTransport(os.path.join(parent, "r.mvc")).read_ref("refs/heads/main") == cid
+    assert not os.path.exists(os.path.join(in_repo.root, "r.mvc"))
+    listed = {r["name"]: r["url"] for r in json.loads(invoke(monkeypatch, sub, "remote", "--json").stdout)}
+    assert listed == {"origin": os.path.join(parent, "r.mvc"), "plain": os.path.join(parent, "p.mvc")}
+    for url in ("file:///d/exp#1", "file:///d/exp?x"):
+        r = invoke(monkeypatch, in_repo.root, "remote", "add", "cut", url)
+        assert r.exit_code == 3 and "may not hold '?' or '#'" in r.stderr
+
+
+def test_an_endpoint_set_with_config_on_a_directory_remote_is_refused(in_repo, tmp_path, monkeypatch):
+    rm.add_remote(in_repo, "origin", str(tmp_path / "d.mvc"))
+    r = invoke(monkeypatch, in_repo.root, "config", "remote.origin.endpoint", "http://h:9000")
+    assert r.exit_code == 3 and "--endpoint is for S3 remotes" in r.stderr
+    assert in_repo.__class__(in_repo.root).get_config("remote.origin.endpoint") is None
+
+
+def test_push_delete_refuses_a_repositorys_current_branch_through_a_link_to_its_mvc(tmp_path, monkeypatch):
+    """Reached through a symbolic link to its .mvc, a repository was taken for a bare remote: its
+    current branch was deleted without --force, and its refs moved without its RefStore (h69)."""
+    owner = mvc.Repo.init(tmp_path / "owner")
+    first = owner.commit({"core": {"w": torch.ones(4)}}, message="one")
+    os.symlink(owner.dir, tmp_path / "link")
+    mine, _ = rm.clone(str(tmp_path / "link"), str(tmp_path / "mine"))
+    r = invoke(monkeypatch, mine.root, "push", "--delete", "origin", "main")
+    assert r.exit_code == 3 and "it is the current branch" in r.stderr
+    assert mvc.Repo(owner.root).branches()["main"] == first
+
+
+def test_an_interrupt_as_push_delete_lands_removes_the_tracking_ref_too(tmp_path, monkeypatch):
+    from mvc.transport import DirectoryTransport as DT
+    a = mvc.Repo.init(tmp_path / "a")
+    a.commit({"core": {"w": torch.ones(4)}}, message="one")
+    a.create_branch("feat")
+    rm.add_remote(a, "origin", str(tmp_path / "r.mvc"))
+    rm.push(a, "origin", "main")
+    rm.push(a, "origin", "feat")
+    real = DT.update_ref
+
+    def update_ref(self, *args, **kw):
+        real(self, *args, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(DT, "update_ref", update_ref)
+    r = invoke(monkeypatch, a.root, "push", "--delete", "origin", "feat")
+    assert r.exit_code == 130 and "deleted feat on origin" in r.stderr
+    assert a.refs.read("refs/remotes/origin/feat") is None

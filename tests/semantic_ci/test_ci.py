@@ -279,6 +279,8 @@ def test_a_branch_mvc_toml_names_is_the_fetched_one_in_a_repository_without_it(c
     r = runner.invoke(cli, ["ci", "origin/feature", "--json"])
     assert r.exit_code in (0, 1), r.output
     assert baselines(json.loads(r.stdout)) == {other, first}  # (a branch of its own wins)
+    with pytest.raises(mvc.errors.UnknownRevision, match="no parent"):  # past its root: not a fetched one's ~3
+        resolve_relative(here, "release~3", feature)
 
 
 @pytest.mark.parametrize("terminal", [True, False])
