@@ -171,8 +171,7 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
         if exclusive and _take_exclusive(fcntl, fd, path, math.inf, waiting_for) is None:
-            warnings.warn(f"cannot lock {path}: commits are not kept from racing a short-grace gc here, "
-                          "and gc with the default grace deletes no garbage")
+            _say_unlocked(path, "no flock on this file system")
         yield
     finally:
         _held_here[key] -= 1
@@ -269,8 +268,12 @@ def _flock(fcntl, fd: int, mode: int, path: str, waiting_for: str) -> None:
                 warnings.warn(f"waiting for {waiting_for}")
             fcntl.flock(fd, mode)
     except OSError as e:  # a file system without flock (some network mounts): go on unlocked
-        warnings.warn(f"cannot lock {path} ({e.strerror}): commits are not kept from racing a "
-                      "short-grace gc here, and gc with the default grace deletes no garbage")
+        _say_unlocked(path, e.strerror)
+
+
+def _say_unlocked(path: str, why: str | None) -> None:
+    warnings.warn(f"cannot lock {path} ({why}): commits are not kept from racing a short-grace gc here, "
+                  "and gc with the default grace deletes no garbage")
 
 
 _held_here: dict[tuple[str, int], int] = {}  # (lock path, thread) -> holds (flock is per open file)

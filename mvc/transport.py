@@ -747,9 +747,10 @@ def normalize_url(url: str) -> str:
     if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
         raise BadInput(f"{url}: a file URL names a path on this machine (file:///PATH), not on host "
                        f"{parsed.netloc!r}")
-    if parsed.scheme == "file" and (parsed.query or parsed.fragment or url.endswith(("?", "#"))):
-        raise BadInput(f"{url}: a file URL's path may not hold '?' or '#' (they would cut it there)",
-                       "name the folder as a plain path, or spell them %3F and %23")
+    if parsed.scheme in ("file", "s3") and ("?" in url or "#" in url):  # (s3://b/exp#1 and #2 were one prefix)
+        plain = ", or as a plain path" if parsed.scheme == "file" else ""
+        raise BadInput(f"{url}: a remote's {parsed.scheme} URL may not hold '?' or '#', where a URL's path ends",
+                       f"name it without them{plain}")
     if parsed.scheme in ("", "file"):
         path = unquote(parsed.path) if parsed.scheme == "file" else url
         return os.path.abspath(os.path.expanduser(path))
@@ -759,8 +760,6 @@ def normalize_url(url: str) -> str:
                            "use the standard AWS environment variables or ~/.aws/credentials")
         if not parsed.netloc:
             raise BadInput(f"{url}: an S3 URL looks like s3://bucket/prefix")
-        if "?" in url or "#" in url:  # (a URL's query and fragment: s3://b/exp#1 and #2 were one prefix, exp)
-            raise BadInput(f"{url}: an S3 remote's prefix may not hold '?' or '#'", "name a prefix without them")
         return url.rstrip("/")
     raise BadInput(f"unsupported remote URL {url!r}", "use a directory path, file://PATH or s3://bucket/prefix")
 
@@ -771,8 +770,8 @@ def check_endpoint(endpoint: str | None, url: str | None = None) -> str | None:
     if not endpoint:
         return None
     if url is not None and not url.startswith("s3://"):
-        raise BadInput(f"--endpoint is for S3 remotes (s3://bucket/prefix); {url} is a directory",
-                       "leave --endpoint out")
+        raise BadInput(f"an endpoint is for S3 remotes (s3://bucket/prefix); {url} is a directory",
+                       "leave the endpoint out")
     parsed = urlparse(endpoint)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise BadInput(f"endpoint {endpoint!r} is not an http(s) URL", "e.g. --endpoint http://127.0.0.1:9000")

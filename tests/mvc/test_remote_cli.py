@@ -487,13 +487,13 @@ def test_fetch_of_a_plain_url_is_refused_as_nothing_would_keep_what_it_fetched(i
 def test_an_endpoint_is_refused_beside_a_directory_remote(in_repo, tmp_path, monkeypatch):
     """`remote add NAME DIR --endpoint URL` stored an endpoint nothing would use."""
     r = invoke(monkeypatch, in_repo.root, "remote", "add", "o", str(tmp_path / "d.mvc"), "--endpoint", "http://h:9000")
-    assert r.exit_code == 3 and "--endpoint is for S3 remotes" in r.stderr
+    assert r.exit_code == 3 and "an endpoint is for S3 remotes" in r.stderr
     assert "o" not in invoke(monkeypatch, in_repo.root, "remote").stdout.split()
     in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
     rm.add_remote(in_repo, "origin", str(tmp_path / "d.mvc"))
     rm.push(in_repo, "origin", "main")
     r = invoke(monkeypatch, tmp_path, "clone", str(tmp_path / "d.mvc"), "c", "--endpoint", "http://h:9000")
-    assert r.exit_code == 3 and "--endpoint is for S3 remotes" in r.stderr and not (tmp_path / "c").exists()
+    assert r.exit_code == 3 and "an endpoint is for S3 remotes" in r.stderr and not (tmp_path / "c").exists()
 
 
 def test_a_push_losing_to_the_owners_commit_does_not_blame_another_push(tmp_path, monkeypatch):
@@ -559,7 +559,7 @@ def test_relative_file_urls_and_remote_v_are_the_repositorys_and_file_urls_are_n
 def test_an_endpoint_set_with_config_on_a_directory_remote_is_refused(in_repo, tmp_path, monkeypatch):
     rm.add_remote(in_repo, "origin", str(tmp_path / "d.mvc"))
     r = invoke(monkeypatch, in_repo.root, "config", "remote.origin.endpoint", "http://h:9000")
-    assert r.exit_code == 3 and "--endpoint is for S3 remotes" in r.stderr
+    assert r.exit_code == 3 and "an endpoint is for S3 remotes" in r.stderr
     assert in_repo.__class__(in_repo.root).get_config("remote.origin.endpoint") is None
 
 
