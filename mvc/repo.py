@@ -386,7 +386,7 @@ class Repo(Maintenance):
         rev = "HEAD" if rev is None else str(rev).strip()
         if not rev:
             raise UnknownRevision("empty revision")
-        base, walk = _split_walk(rev)
+        base, walk = split_walk(rev)
         if walk:
             oid = self.resolve(base)
             for op, num in re.findall(r"([~^])([0-9]*)", walk):
@@ -1406,7 +1406,7 @@ def _plain_number(value, path: str = "metrics", depth: int = 0):
     return value
 
 
-def _split_walk(rev: str) -> tuple[str, str]:
+def split_walk(rev: str) -> tuple[str, str]:
     """("main", "~2^") for "main~2^": the revision and its trailing walk of ~N and ^N (ASCII digits,
     as git); (rev, "") without one. A scan from the end: a regex with a lazy prefix took quadratic
     time to refuse a long run of ~ followed by anything else (h67)."""
