@@ -438,7 +438,7 @@ def test_setting_a_config_value_keeps_the_files_comments_and_layout(repo):
     path = os.path.join(repo.dir, "config")
     with open(path, "w") as f:
         f.write("[core]\nformat = 1\n; fsync costs a little, keeps commits whole\nfsync = true\n\n# the team's remote\n"
-                "[remote \"origin\"]\nurl = /srv/models\n\n[notes]\nowner = ana\n")
+                "[remote \"origin\"]\nurl = s3://team/models\n\n[notes]\nowner = ana\n")
     repo.set_config("core.fsync", "false")
     repo.set_config("pack.autoEvery", "7")
     repo.set_config("notes.owner", None)  # (its section goes, as before)
@@ -446,7 +446,7 @@ def test_setting_a_config_value_keeps_the_files_comments_and_layout(repo):
     with open(path) as f:
         text = f.read()
     assert text == ("[core]\nformat = 1\n; fsync costs a little, keeps commits whole\nfsync = false\n\n"
-                    "# the team's remote\n[remote \"origin\"]\nurl = /srv/models\nendpoint = http://127.0.0.1:9000\n\n"
+                    "# the team's remote\n[remote \"origin\"]\nurl = s3://team/models\nendpoint = http://127.0.0.1:9000\n\n"
                     "[pack]\nautoEvery = 7\n")
     again = mvc.Repo(repo.root)
     assert (again.loose.fsync, again.get_config("pack.autoEvery"), again.get_config("notes.owner")) == (False, "7", None)
