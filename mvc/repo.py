@@ -279,6 +279,11 @@ class Repo(Maintenance):
         value = None if value is None else str(value)
         if value is not None and cfg.is_remote_url(key):
             value = self.checked_remote_url(value)
+            endpoint = self.config.get(section, "endpoint", fallback=None)
+            if endpoint and not value.startswith("s3://"):  # (kept, and ignored, beside a directory)
+                remote = section[len('remote "'):-1]
+                raise BadInput(f"remote {remote} has an endpoint ({endpoint}), which is for S3 remotes; "
+                               f"{value} is a directory", f"mvc config --unset remote.{remote}.endpoint first")
         elif value is not None and section.startswith('remote "') and name.lower() == "endpoint":
             from .transport import check_endpoint  # never credentials, and S3's only, as mvc remote add --endpoint
             url = self.config.get(section, "url", fallback=None)

@@ -37,6 +37,7 @@ import contextlib
 import errno
 import mmap
 import os
+import re
 import shutil
 import threading
 import time
@@ -103,6 +104,21 @@ def received_into(read_into: Callable[[object], int], f, oid: str, where: str) -
         n = read_into(f)
         check_received(oid, hash_file(f), where)
     return n
+
+
+def _repository_layout(path: str) -> bool:
+    """Whether the layout at `path` is a repository's .mvc, not a bare remote: by its name, or by
+    its config, which a bare remote's says (`bare = true`): a .mvc reached through a link, or one
+    that is itself a link to another disk, is still its owner's."""
+    if ".mvc" in (os.path.basename(path), os.path.basename(os.path.realpath(path))):
+        return True
+    try:
+        with open(os.path.join(path, "config"), encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return False
+    return re.search(r"^\s*\[core\]", text, re.M) is not None and \
+        re.search(r"^\s*bare\s*=\s*true\s*$", text, re.M | re.I) is None
 
 
 def remote_config_bytes() -> bytes:
@@ -429,8 +445,8 @@ class DirectoryTransport(Transport):
         if os.path.isdir(os.path.join(path, ".mvc")):
             path = os.path.join(path, ".mvc")
         self.root = path
-        # a repository's .mvc (its owner may run gc there), not a bare remote; also through a link to it
-        self.repository = os.path.basename(path) == ".mvc" or os.path.basename(os.path.realpath(path)) == ".mvc"
+        # a repository's .mvc (its owner may run gc there), not a bare remote
+        self.repository = _repository_layout(path)
         self.url = url or path
         self.objects = LooseStore(os.path.join(path, "objects"), fsync=True)
         self.packs = PackStore(os.path.join(path, "objects", PACK_DIR))  # a repository's `mvc pack`
@@ -744,6 +760,9 @@ def normalize_url(url: str) -> str:
     parsed = urlparse(url)
     if not url.strip():
         raise BadInput("the remote URL is empty", "use a directory path, file:///PATH or s3://bucket/prefix")
+    if parsed.scheme and (parsed.username or parsed.password or "@" in parsed.netloc):  # (before any message
+        raise BadInput("credentials are never stored in the repository config",        # that shows the URL)
+                       "use the standard AWS environment variables or ~/.aws/credentials")
     if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
         raise BadInput(f"{url}: a file URL names a path on this machine (file:///PATH), not on host "
                        f"{parsed.netloc!r}")
@@ -755,12 +774,9 @@ def normalize_url(url: str) -> str:
         path = unquote(parsed.path) if parsed.scheme == "file" else url
         return os.path.abspath(os.path.expanduser(path))
     if parsed.scheme == "s3":
-        if parsed.username or parsed.password or "@" in parsed.netloc:
-            raise BadInput("credentials are never stored in the repository config",
-                           "use the standard AWS environment variables or ~/.aws/credentials")
         if not parsed.netloc:
             raise BadInput(f"{url}: an S3 URL looks like s3://bucket/prefix")
-        return url.rstrip("/")
+        return "s3://" + url.split("://", 1)[1].rstrip("/")  # (S3://: the scheme as mvc compares it)
     raise BadInput(f"unsupported remote URL {url!r}", "use a directory path, file://PATH or s3://bucket/prefix")
 
 
@@ -804,7 +820,9 @@ def configured_remote(config: configparser.ConfigParser, name: str, root: str) -
     url = config.get(section, "url")
     parsed = urlparse(url)
     path = unquote(parsed.path) if parsed.scheme == "file" and parsed.netloc in ("", "localhost") else \
-        url if not parsed.scheme else None  # (file:../x too)
+        url if not parsed.scheme else None  # (file:../x too; one with ? or # is left whole: refused on use)
+    if parsed.scheme == "file" and ("?" in url or "#" in url):
+        path = None
     if path and path.strip() and not os.path.isabs(os.path.expanduser(path)):
         url = os.path.normpath(os.path.join(root, path))  # (as normalize_url's abspath writes paths)
     return url, config.get(section, "endpoint", fallback=None)

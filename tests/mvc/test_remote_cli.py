@@ -592,3 +592,42 @@ def test_an_interrupt_as_push_delete_lands_removes_the_tracking_ref_too(tmp_path
     r = invoke(monkeypatch, a.root, "push", "--delete", "origin", "feat")
     assert r.exit_code == 130 and "deleted feat on origin" in r.stderr
     assert a.refs.read("refs/remotes/origin/feat") is None
+
+
+def test_remote_urls_hand_written_or_spelt_otherwise_are_refused_or_read_as_meant(in_repo, tmp_path, monkeypatch):
+    """h70: `file:../a#b` in the config was read as ../a; S3://b/p was pushed to a folder named S3:;
+    s3://KEY:SECRET@b/p?x printed the secret; an endpoint stayed beside a url set to a directory
+    later."""
+    in_repo.commit({"core": {"w": torch.ones(4)}}, message="one")
+    with open(os.path.join(in_repo.dir, "config"), "a") as f:
+        f.write('\n[remote "cut"]\nurl = file:../a#b\n')
+    r = invoke(monkeypatch, in_repo.root, "push", "cut", "main")
+    assert r.exit_code == 3 and "may not hold '?' or '#'" in r.stderr
+    assert not os.path.exists(os.path.join(os.path.dirname(in_repo.root), "a"))
+    from mvc.transport import normalize_url
+    assert normalize_url("S3://bucket/p/") == "s3://bucket/p"
+    r = invoke(monkeypatch, in_repo.root, "remote", "add", "s", "s3://KEY:SECRET@bucket/p?x=1")
+    assert r.exit_code == 3 and "credentials are never stored" in r.stderr and "SECRET" not in r.output
+    assert invoke(monkeypatch, in_repo.root, "remote", "add", "y", "s3://bucket/p", "--endpoint",
+                  "http://127.0.0.1:9000").exit_code == 0
+    r = invoke(monkeypatch, in_repo.root, "config", "remote.y.url", str(tmp_path / "d"))
+    assert r.exit_code == 3 and "mvc config --unset remote.y.endpoint first" in r.stderr
+    assert invoke(monkeypatch, in_repo.root, "config", "--unset", "remote.y.endpoint").exit_code == 0
+    assert invoke(monkeypatch, in_repo.root, "config", "remote.y.url", str(tmp_path / "d")).exit_code == 0
+
+
+def test_a_repository_whose_mvc_folder_is_a_link_is_a_repository_remote(tmp_path, monkeypatch):
+    """owner/.mvc -> /data/store: reached as /data/store it was taken for a bare remote (h70)."""
+    import shutil
+    owner = mvc.Repo.init(tmp_path / "owner")
+    first = owner.commit({"core": {"w": torch.ones(4)}}, message="one")
+    shutil.move(owner.dir, tmp_path / "store")
+    os.symlink(tmp_path / "store", os.path.join(owner.root, ".mvc"))
+    assert DirectoryTransport(str(tmp_path / "store")).repository
+    mine, _ = rm.clone(str(tmp_path / "store"), str(tmp_path / "mine"))
+    r = invoke(monkeypatch, mine.root, "push", "--delete", "origin", "main")
+    assert r.exit_code == 3 and "it is the current branch" in r.stderr
+    assert mvc.Repo(owner.root).branches()["main"] == first
+    bare = DirectoryTransport(str(tmp_path / "bare.mvc"))
+    bare.init("main")
+    assert not bare.repository
