@@ -132,7 +132,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
             "have diverged"
             if not known else
             f"mvc has no merge: keep yours with mvc push --force {remote} {branch}, or take theirs with "
-            f"mvc fetch {remote}, then mvc rollback {remote}/{branch} with {branch} checked out")
+            f"mvc fetch {remote}, then, on {branch}, mvc rollback {remote}/{branch}")
 
     certs = _certs_to_push(repo, t, local, pool)
     plan = (_repair_plan(repo, t, where, local, pool, progress) if repair

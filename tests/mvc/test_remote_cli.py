@@ -171,7 +171,7 @@ def test_a_rejected_push_is_one_error_with_one_hint_in_brackets(in_repo, tmp_pat
     assert r.exit_code == 3 and r.stderr == (
         f"error: push to origin rejected: remote main at {theirs[:12]} is not an ancestor of your main at "
         f"{ours[:12]}: the two have diverged (mvc has no merge: keep yours with mvc push --force origin main, "
-        "or take theirs with mvc fetch origin, then mvc rollback origin/main with main checked out)\n")
+        "or take theirs with mvc fetch origin, then, on main, mvc rollback origin/main)\n")
     assert invoke(monkeypatch, in_repo.root, "fetch").exit_code == 0  # the hint's commands run as written
     assert invoke(monkeypatch, in_repo.root, "rollback", "origin/main").exit_code == 0
     assert in_repo.head() == theirs
