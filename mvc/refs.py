@@ -93,6 +93,9 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+_RETIRED_STAMP = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{9}Z")  # what _retired_stamp writes
+
+
 def _retired_stamp(ns: int) -> str:
     """Fixed width, so that names sort in time order."""
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
@@ -616,9 +619,9 @@ class RefStore:
             except (FileNotFoundError, NotADirectoryError):
                 names = []
             for name in names:
-                leaf, at, stamp = name.rpartition("@")  # (stamps are fixed width: name order is time order)
-                if at and _stamp_ns(stamp) is not None and stamp > newest.get(leaf, ""):
-                    newest[leaf] = stamp
+                leaf, at, stamp = name.rpartition("@")  # (stamps are fixed width: name order is time order;
+                if at and stamp > newest.get(leaf, "") and _RETIRED_STAMP.fullmatch(stamp):  # a strptime of each
+                    newest[leaf] = stamp                                                # was ~10 us a name)
         return newest
 
     def _retired_logs(self, ref: str) -> list[str]:
