@@ -75,7 +75,7 @@ class Maintenance:
     def reachable(self, include_reflogs: bool = True, reflog_expiry: float | None = None,
                   damaged: list | None = None, bad_refs: dict | None = None,
                   refs_only: set | None = None, commits: set | None = None,
-                  newer: set | None = None) -> tuple[set[str], list[tuple[str, str]]]:
+                  newer: set | None = None, stop_at=None) -> tuple[set[str], list[tuple[str, str]]]:
         """(ids of every object reachable from refs/reflogs, [(missing id, who refers to it)]).
 
         A reached commit's certificates (its certificate index) are reached with it, and every
@@ -89,6 +89,8 @@ class Maintenance:
         reachable without the reflogs, found on the way (what only reflogs keep is the difference).
         `commits` (a set), when given, receives the reachable commits read on the way. `newer` (a
         set), when given, receives those of `damaged` that are intact but of a newer format.
+        `stop_at(id)`, when given, names commits the walk does not enter (only their certificates
+        are walked): what an incremental pack need not look past.
         """
         from .pack import pack_store_of
         packs = pack_store_of(self.store)
@@ -109,14 +111,17 @@ class Maintenance:
         seen: set[str] = set()
         missing = []
         certified = set(certindex.certified_commits(self.dir))
-        self._walk([(r, "a ref", "commit") for r in roots], seen, missing, damaged, commits, certified, newer)
+        self._walk([(r, "a ref", "commit") for r in roots], seen, missing, damaged, commits, certified, newer,
+                   stop_at)
         if refs_only is not None:
             refs_only.update(seen)
-        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged, commits, certified, newer)
+        self._walk([(r, "a reflog", "commit") for r in logged], seen, missing, damaged, commits, certified, newer,
+                   stop_at)
         return seen, missing
 
     def _walk(self, stack: list, seen: set, missing: list, damaged: list | None = None,
-              commits: set | None = None, certified: set | None = None, newer: set | None = None) -> None:
+              commits: set | None = None, certified: set | None = None, newer: set | None = None,
+              stop_at=None) -> None:
         """Add to `seen` everything reachable from `stack` ((id, who refers to it, kind) with kind
         "commit", "tree" or "any"), a commit's certificates and what they name included (of the
         commits in `certified`, those with a certificate index: all when None); ids referred to but
@@ -149,6 +154,10 @@ class Maintenance:
                     if damaged is not None:
                         damaged.append((oid, who, e.message))
                     continue  # damaged: fsck reports it
+            if kind == "commit" and stop_at is not None and stop_at(oid):
+                if oid in certified:
+                    stack += self._certificates_of(oid, seen)
+                continue
             try:
                 if kind == "commit":
                     c = self.read_commit(oid)
@@ -486,7 +495,8 @@ class Maintenance:
         from .pack_write import Packer  # repack kept objects (big clean packs stay), dropping unreachable ones
         with Packer(self, full=True, grace_s=grace, geometric=True, protect=protected,
                     live=live if dry_run or exclusive else None,  # (refs cannot move while gc holds the
-                    writers_locked=exclusive, dry_run=dry_run) as p:  # writers lock: what they reach stands)
+                    writers_locked=exclusive, dry_run=dry_run,  # writers lock: what they reach stands)
+                    drop_wait_s=None if locked else 0.0) as p:  # (waited in vain once: one more try, no second wait)
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
                 result["pack"] = p.run(progress.advance, dry_run=dry_run, partial=progress.advance_bytes)

@@ -55,8 +55,9 @@ def _store(repo) -> PackStore:
     return ps if ps is not None else PackStore(_pack_dir(repo))
 
 
-def commits_parents_first(repo) -> list[str]:
-    """Every commit reachable from refs, reflogs and a detached HEAD; parents before children."""
+def commits_parents_first(repo, stop_at=None) -> list[str]:
+    """Every commit reachable from refs, reflogs and a detached HEAD; parents before children.
+    `stop_at(id)`, when given, names commits left out and not looked past."""
     roots = set(repo.refs.list("refs/").values()) | repo.refs.all_reflog_ids()
     head = repo.refs.read("HEAD")
     if head:
@@ -72,6 +73,8 @@ def commits_parents_first(repo) -> list[str]:
             if cid in state:
                 continue
             state.add(cid)
+            if stop_at is not None and stop_at(cid):
+                continue
             try:
                 c = repo.read_commit(cid)
             except MvcError:
@@ -81,15 +84,16 @@ def commits_parents_first(repo) -> list[str]:
     return order
 
 
-def history_bases(repo) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
-    """(first-appearance rank of each tensor blob, its XOR base candidate, its dtype)."""
+def history_bases(repo, stop_at=None) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
+    """(first-appearance rank of each tensor blob, its XOR base candidate, its dtype); of the
+    commits `commits_parents_first(repo, stop_at)` lists."""
     rank: dict[str, int] = {}
     base_of: dict[str, str] = {}
     dtype_of: dict[str, str] = {}
     done_trees: set[str] = set()
     previous: dict[str, dict] = {}  # the trees of the commit before: mostly the next one's parent's
     from .pack_codec import GROUPED_DTYPES
-    for cid in commits_parents_first(repo):
+    for cid in commits_parents_first(repo, stop_at):
         c = repo.read_commit(cid)
         decoded: dict[str, dict] = {}
         parent = None
@@ -138,14 +142,25 @@ def _recent_limit() -> int:
 
 
 class Packer:
-    """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry."""
+    """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry.
+
+    `recent_only` (not with `full`): the walk for loose objects does not look past commits already
+    packed (and not also loose), so its cost follows what is new, not the history (automatic
+    packing after each commit). What it misses, a loose object only a packed commit reaches (a
+    blob fetched later from a lazy remote, an object once damaged and repaired), stays loose for
+    the next `mvc pack` or gc; a packed commit's certificates are still looked at."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
-                 lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False):
+                 lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False, recent_only: bool = False,
+                 drop_wait_s: float | None = None):
+        if recent_only and full:
+            raise ValueError("a full repack walks the whole history")
         self.repo = repo
+        self.recent_only = recent_only
         self.dry_run = dry_run  # writes nothing: on a read-only repository it runs without the lock
         self.writers_locked = writers_locked  # the caller holds the writers lock exclusively (short-grace gc)
+        self.drop_wait_s = drop_wait_s  # how long dropping waits for that lock (None: DROP_LOCK_WAIT_S)
         self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
         # unreachable objects kept whatever their age (Repo.recently_referenced); None: a full
         # repack finds them itself, as gc does (`mvc pack --all`, a repair's repack)
@@ -185,16 +200,20 @@ class Packer:
         self.ps.refresh()
         self.packed = self.ps.records()
         self.old_packs = self.ps.packs()
+        stop_at = None
+        if self.recent_only:  # (listed before the walk here: a commit landing meanwhile waits for the next run)
+            loose_then = set(repo.loose.ids())
+            stop_at = lambda oid: oid in self.packed and oid not in loose_then  # noqa: E731
         if self.live is not None:
             live = self.live
         elif self.full:  # drops what is unreachable: refuses while something reachable is damaged
             live = repo.reachable_whole("packing")
         else:  # deletes nothing: a ref file that holds no id is skipped (history_bases warns of it)
-            live = repo.reachable(bad_refs={})[0]
+            live = repo.reachable(bad_refs={}, stop_at=stop_at)[0]
         if self.protect is None:
             self.protect = repo.recently_referenced(live, self.grace_s) if self.full else set()
-        loose = set(repo.loose.ids())
-        self.rank, self.base_of, self.dtype_of = history_bases(repo)
+        loose = loose_then if self.recent_only else set(repo.loose.ids())
+        self.rank, self.base_of, self.dtype_of = history_bases(repo, stop_at)
         self.kept_packs: list = []
         self.young_time: float | None = None
         self.kept_young = 0
@@ -318,7 +337,8 @@ class Packer:
         rolled = [p for p in self.rolled_packs if p.name != name] if self.full and (name or not self.targets) else []
         if rolled and self.gone:
             with (contextlib.nullcontext(True) if self.writers_locked
-                  else self.repo.writers_exclusive_within(DROP_LOCK_WAIT_S)) as locked:
+                  else self.repo.writers_exclusive_within(
+                      DROP_LOCK_WAIT_S if self.drop_wait_s is None else self.drop_wait_s)) as locked:
                 why = self._keep_old_packs(locked)
                 if why:  # leave every old pack, so nothing they hold loses a delta base; a later gc drops
                     stats["packs_left"], stats["packs_left_why"] = len(rolled), why
@@ -602,11 +622,13 @@ def _deletion_order(packs: list) -> list:
 
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
          geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None,
-         writers_locked: bool = False, lock_timeout_s: float = LOCK_TIMEOUT_S, partial=None) -> dict:
+         writers_locked: bool = False, lock_timeout_s: float = LOCK_TIMEOUT_S, partial=None,
+         recent_only: bool = False) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
-    the large packs with nothing to drop, as gc does). Returns statistics."""
+    the large packs with nothing to drop, as gc does; recent_only: see `Packer`). Returns statistics."""
     with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live,
-                writers_locked=writers_locked, lock_timeout_s=lock_timeout_s, dry_run=dry_run) as p:
+                writers_locked=writers_locked, lock_timeout_s=lock_timeout_s, dry_run=dry_run,
+                recent_only=recent_only) as p:
         return p.run(progress, dry_run=dry_run, partial=partial)
 
 
@@ -632,7 +654,7 @@ def maybe_autopack(repo, cid: str) -> dict | None:
     if n < k:
         return None
     try:
-        stats = pack(repo, lock_timeout_s=0.0)  # never makes a commit wait for a gc
+        stats = pack(repo, lock_timeout_s=0.0, recent_only=True)  # never makes a commit wait for a gc
         limit = repo.config_value("pack.autoPackLimit", AUTO_PACK_LIMIT)
         if limit and len(_store(repo).packs()) > limit:  # merge the small packs as gc would, dropping
             pack(repo, full=True, geometric=True, grace_s=math.inf, protect=set(),  # nothing (that is gc's

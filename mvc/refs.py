@@ -662,7 +662,7 @@ class RefStore:
             for name in files:
                 entries = _read_log(os.path.join(dirpath, name), checked=False)
                 expires = cutoff is not None and not is_atomic_temp(name)  # (expire_reflogs leaves a temp be)
-                for e, age in zip(entries, _ages(entries, now)):
+                for e, age in zip(entries, _ages(entries, now) if expires else itertools.repeat(None)):
                     if expires and not age >= cutoff:
                         continue
                     for k in ("old", "new"):
