@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import warnings
 
@@ -71,6 +72,12 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
             raise CorruptObject(f"no branch of {norm} could be fetched: {', '.join(sorted(bad))} "
                                 f"name{'s' if len(bad) == 1 else ''} no commit there",
                                 "the remote is damaged: mvc push --force BRANCH there from a good copy")
+        if default in bad:  # (checking out another branch instead gave the user what they did not ask for)
+            other = min(r[len("refs/remotes/origin/"):] for r in repo.refs.list("refs/remotes/origin/"))
+            raise CorruptObject(f"the default branch {default} of {norm} names no commit there: nothing was "
+                                f"checked out (its other branches were fetched)",
+                                f"to use one: cd {shlex.quote(path)} && mvc branch {shlex.quote(other)} "
+                                f"{shlex.quote('origin/' + other)} && mvc switch {shlex.quote(other)}")
     except FormatTooNew:  # no retry helps: this clone leaves nothing behind
         if not resuming:
             shutil.rmtree(path if made else repo.dir, ignore_errors=True)

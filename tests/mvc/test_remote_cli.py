@@ -473,6 +473,34 @@ def test_a_clone_whose_remote_branches_are_all_damaged_fails_instead_of_calling_
     assert "empty repository" not in r.output
 
 
+def test_a_clone_whose_default_branch_is_damaged_fails_and_says_how_to_use_another(tmp_path, monkeypatch):
+    """The clone checked out another branch (exit 0, a fetch warning above): the user got a model
+    they had not asked for."""
+    a = mvc.Repo.init(tmp_path / "a")
+    a.commit({"core": {"w": torch.ones(4)}}, message="one")
+    side = a.commit({"core": {"w": torch.zeros(4)}}, message="side", branch="side")
+    rm.add_remote(a, "origin", str(tmp_path / "r.mvc"))
+    rm.push(a, "origin", "main")
+    rm.push(a, "origin", "side")
+    with open(tmp_path / "r.mvc" / "refs" / "heads" / "main", "w") as f:
+        f.write("ab" * 32 + "\n")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["clone", str(tmp_path / "r.mvc"), "c"])
+    assert r.exit_code == 3 and "the default branch main of" in r.stderr and "nothing was checked out" in r.stderr
+    assert "mvc branch side origin/side && mvc switch side" in r.stderr
+    c = mvc.Repo(str(tmp_path / "c"))
+    assert not c.branches() and c.refs.read("refs/remotes/origin/side") == side
+    monkeypatch.chdir(tmp_path / "c")  # the hint's commands work as written
+    assert CliRunner().invoke(cli, ["branch", "side", "origin/side"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["switch", "side"]).exit_code == 0
+    assert mvc.Repo(str(tmp_path / "c")).head() == side
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(cli, ["clone", str(tmp_path / "r.mvc"), "d"]).exit_code == 3
+    rm.push(a, "origin", "main", force=True)  # once the remote is repaired, the same clone resumes
+    r = CliRunner().invoke(cli, ["clone", str(tmp_path / "r.mvc"), "d"])
+    assert r.exit_code == 0 and mvc.Repo(str(tmp_path / "d")).head() == a.branches()["main"]
+
+
 def test_fetch_of_a_plain_url_is_refused_as_nothing_would_keep_what_it_fetched(in_repo, tmp_path, monkeypatch):
     """`mvc fetch URL` said "received N objects" and named nothing: no ref held them, so the next gc
     --grace 0 deleted them."""
