@@ -38,6 +38,7 @@ import errno
 import mmap
 import os
 import re
+import shlex
 import shutil
 import threading
 import time
@@ -54,6 +55,7 @@ from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
+from .quoting import shown
 from .refs import RefStore, moves_said_elsewhere
 from .store import LooseStore, ObjectStore, freshen_file, fsync_dir, new_object_file
 from .transfer import BATCHED_BELOW
@@ -828,6 +830,20 @@ def configured_remote(config: configparser.ConfigParser, name: str, root: str) -
     return url, config.get(section, "endpoint", fallback=None)
 
 
+def open_configured_remote(config: configparser.ConfigParser, name: str, root: str, jobs: int = 8) -> Transport:
+    """The transport of remote `name` of the repository at `root`. A URL with '?' or '#' (which an
+    older mvc let in, reading it cut there) is refused saying what that mvc used."""
+    url, endpoint = configured_remote(config, name, root)
+    parsed = urlparse(url)
+    if parsed.scheme in ("file", "s3") and ("?" in url or "#" in url):
+        used = re.split(r"[?#]", url, maxsplit=1)[0].rstrip("/")
+        normalize_url(used)  # (credentials are refused before any message shows the URL)
+        raise BadInput(f"remote {shown(name)}'s URL in the config, {shown(url)}, holds '?' or '#': an older mvc read "
+                       f"it as {shown(used)}, where what it pushed lies",
+                       f"mvc config remote.{name}.url {shlex.quote(used)} keeps using that; or point it elsewhere")
+    return open_transport(url, endpoint, jobs)
+
+
 def promisor_remote(config: configparser.ConfigParser) -> str | None:
     for section in config.sections():
         if section.startswith('remote "') and config.getboolean(section, "promisor", fallback=False):
@@ -916,8 +932,7 @@ class LazyRemoteStore(ObjectStore):
     def transport(self) -> Transport:
         with self._lock:
             if self._transport is None:
-                url, endpoint = configured_remote(self.config, self.remote, os.path.dirname(self.dir))
-                self._transport = open_transport(url, endpoint)
+                self._transport = open_configured_remote(self.config, self.remote, os.path.dirname(self.dir))
             return self._transport
 
     def has(self, oid):

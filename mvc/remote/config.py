@@ -7,8 +7,8 @@ from ..errors import BadName, ConfigError, MvcError
 from ..objects import check_remote_name  # noqa: F401  (mvc.remote exports it from here)
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
-from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_transport,
-                         remote_section)
+from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_configured_remote,
+                         open_transport, remote_section)
 
 DEFAULT_REMOTE = "origin"
 
@@ -75,8 +75,7 @@ def open_remote(repo: Repo, remote: str | None, jobs: int = DEFAULT_JOBS,
     remote = resolve_remote(repo, remote)
     if repo.config.has_section(remote_section(remote)):
         if transport is None:
-            url, endpoint = configured_remote(repo.config, remote, repo.root)
-            transport = open_transport(url, endpoint, jobs)
+            transport = open_configured_remote(repo.config, remote, repo.root, jobs)
         return remote, transport
     if is_url(remote):
         return None, transport or open_transport(repo.checked_remote_url(remote), None, jobs)

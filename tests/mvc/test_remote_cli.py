@@ -584,6 +584,20 @@ def test_relative_file_urls_and_remote_v_are_the_repositorys_and_file_urls_are_n
         assert r.exit_code == 3 and "may not hold '?' or '#'" in r.stderr
 
 
+def test_a_configured_s3_url_with_a_fragment_says_where_an_older_mvc_pushed(in_repo, monkeypatch, aws_env):
+    """An older mvc took s3://b/exp#1 as s3://b/exp; the refusal of such a config (every fetch, push
+    and lazy read) gave no hint that the data lies under s3://b/exp, nor how to keep using it."""
+    with open(os.path.join(in_repo.dir, "config"), "a") as f:
+        f.write('\n[remote "origin"]\nurl = s3://b/exp#1\n[remote "secret"]\nurl = s3://KEY:SECRET@b/exp#1\n')
+    r = invoke(monkeypatch, in_repo.root, "fetch")
+    assert r.exit_code == 3 and "an older mvc read it as s3://b/exp," in r.stderr
+    assert "mvc config remote.origin.url s3://b/exp keeps using that" in r.stderr
+    r = invoke(monkeypatch, in_repo.root, "fetch", "secret")
+    assert r.exit_code == 3 and "credentials are never stored" in r.stderr and "SECRET" not in r.output
+    assert invoke(monkeypatch, in_repo.root, "config", "remote.origin.url", "s3://b/exp").exit_code == 0
+    assert in_repo.__class__(in_repo.root).get_config("remote.origin.url") == "s3://b/exp"
+
+
 def test_an_endpoint_set_with_config_on_a_directory_remote_is_refused(in_repo, tmp_path, monkeypatch):
     rm.add_remote(in_repo, "origin", str(tmp_path / "d.mvc"))
     r = invoke(monkeypatch, in_repo.root, "config", "remote.origin.endpoint", "http://h:9000")
@@ -630,7 +644,8 @@ def test_remote_urls_hand_written_or_spelt_otherwise_are_refused_or_read_as_mean
     with open(os.path.join(in_repo.dir, "config"), "a") as f:
         f.write('\n[remote "cut"]\nurl = file:../a#b\n')
     r = invoke(monkeypatch, in_repo.root, "push", "cut", "main")
-    assert r.exit_code == 3 and "may not hold '?' or '#'" in r.stderr
+    assert r.exit_code == 3 and "holds '?' or '#': an older mvc read it as file:../a" in r.stderr
+    assert "mvc config remote.cut.url file:../a keeps using that" in r.stderr
     assert not os.path.exists(os.path.join(os.path.dirname(in_repo.root), "a"))
     from mvc.transport import normalize_url
     assert normalize_url("S3://bucket/p/") == "s3://bucket/p"
