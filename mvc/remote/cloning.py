@@ -75,7 +75,7 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
         if default in bad:  # (checking out another branch instead gave the user what they did not ask for)
             other = min(r[len("refs/remotes/origin/"):] for r in repo.refs.list("refs/remotes/origin/"))
             raise CorruptObject(f"the default branch {default} of {norm} names no commit there: nothing was "
-                                f"checked out (its other branches were fetched)",
+                                f"checked out; its other branches were fetched",
                                 f"to use one: cd {shlex.quote(path)} && mvc branch {shlex.quote(other)} "
                                 f"{shlex.quote('origin/' + other)} && mvc switch {shlex.quote(other)}")
     except FormatTooNew:  # no retry helps: this clone leaves nothing behind
