@@ -1232,6 +1232,10 @@ class Repo(Maintenance):
         if stray:
             warnings.warn(f"{len(stray)} file(s) under {out_dir} are not part of {cid[:12]} (left from before), "
                           f"e.g. {stray[0]}")
+        stale = comp.stale_component_folders(out_dir, list(trees)) if not components else []
+        if stale:  # (a checkout of some components only leaves the others' folders be, as asked)
+            warnings.warn(f"{len(stale)} folder(s) under {out_dir} hold model files but are no component of "
+                          f"{cid[:12]} (left from an earlier checkout?), e.g. {stale[0]}")
         if temps:
             warnings.warn(f"{len(temps)} temp file(s) of another checkout or export ({sum(n for _, n in temps):,} bytes) "
                           f"are under {out_dir}, e.g. {temps[0][0]}: a killed one's, or one running now; delete "

@@ -855,6 +855,22 @@ def test_a_file_replaced_by_a_forced_checkout_keeps_its_mode(run, in_repo, tmp_p
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
 
 
+def test_a_checkout_names_folders_left_by_components_the_commit_lacks(run, in_repo, tmp_path):
+    """A checkout of a commit without `optimizer` left out/optimizer from an earlier checkout
+    without a word: a loader reading the folder took the old optimizer state (h65 01)."""
+    core, opt, brick = (_ckpt(tmp_path / f"{n}.safetensors", i) for i, n in enumerate(("core", "opt", "brick")))
+    run("commit", "-c", f"core={core}", "-c", f"optimizer={opt}", "-c", f"brick/python={brick}", "-m", "all")
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "readme.txt").write_text("mine")  # the user's own folder, no model files: never named
+    assert "no component" not in run("checkout", "HEAD", "-o", out).stderr
+    run("commit", "--remove", "optimizer", "--remove", "brick/python", "-m", "core only")
+    r = run("checkout", "HEAD", "-o", out)
+    assert "2 folder(s) under" in r.stderr and "no component of" in r.stderr
+    assert f"e.g. {out / 'brick' / 'python'}" in r.stderr
+    assert "no component" not in run("checkout", "HEAD", "-o", out, "-c", "core").stderr  # as asked
+
+
 def test_the_leftover_warning_of_a_checkout_skips_git_folders(run, in_repo, tmp_path):
     """A committed git clone of a model, checked out over itself, called every git object a leftover."""
     model = tmp_path / "llama"
