@@ -1123,27 +1123,39 @@ def stray_files(folders: list[str], written: list[str], temps: list | None = Non
     return sorted(out)
 
 
-MODEL_FILE_SUFFIXES = (".safetensors", ".safetensors.index.json", ".pt", ".bin")
+# files a folder of model weights holds; a bare `.bin` only beside a Hugging Face config or index
+# (token data is `.bin` too, e.g. nanoGPT's train.bin)
+MODEL_FILE_SUFFIXES = (SAFETENSORS_SUFFIX, ".pt", ".pth", ".ckpt", ".gguf")
 STALE_SCAN_DEPTH, STALE_SCAN_FOLDERS = 3, 2000  # how far a checkout looks for other components' folders
+
+
+def _holds_model_files(files: list[str]) -> bool:
+    lower = [f.lower() for f in files]
+    return any(f.endswith(MODEL_FILE_SUFFIXES) for f in lower) or (
+        any(f.endswith(".bin") for f in lower) and any(f == "config.json" or f.endswith(".index.json") for f in lower))
 
 
 def stale_component_folders(out_dir: str, names: list[str]) -> list[str]:
     """Folders under `out_dir` (a checkout of components `names`), outside every component's
     folder, that directly hold model files: what an earlier checkout of a commit with another
-    component left (a checkout writes only the components it has). Looks STALE_SCAN_DEPTH levels
-    down and at STALE_SCAN_FOLDERS folders at most (the output folder may be a whole project)."""
+    component left (a checkout writes only the components it has), a folder above a nested
+    component (`brick` when the commit has `brick/python`) included. Looks STALE_SCAN_DEPTH
+    levels down and at STALE_SCAN_FOLDERS folders at most (the output folder may be a whole project)."""
     comps = {tuple(n.split("/")) for n in names}
     above = {c[:i] for c in comps for i in range(1, len(c))}
     out, seen = [], 0
     for dirpath, dirs, files in os.walk(out_dir):
-        rel = tuple(os.path.relpath(dirpath, out_dir).split(os.sep)) if dirpath != out_dir else ()
-        if rel and rel not in above and any(f.endswith(MODEL_FILE_SUFFIXES) for f in files):
-            out.append(dirpath)
-            dirs[:] = []
-            continue
         seen += 1
+        if seen > STALE_SCAN_FOLDERS:
+            break
+        rel = tuple(os.path.relpath(dirpath, out_dir).split(os.sep)) if dirpath != out_dir else ()
+        if rel and _holds_model_files(files):
+            out.append(dirpath)
+            if rel not in above:  # (what is below it is named with it)
+                dirs[:] = []
+                continue
         dirs[:] = [d for d in sorted(dirs) if not is_reserved_segment(d) and rel + (d,) not in comps
-                   and len(rel) < STALE_SCAN_DEPTH and seen < STALE_SCAN_FOLDERS]
+                   and len(rel) < STALE_SCAN_DEPTH]
     return out
 
 

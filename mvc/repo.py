@@ -1235,7 +1235,8 @@ class Repo(Maintenance):
         stale = comp.stale_component_folders(out_dir, list(trees)) if not components else []
         if stale:  # (a checkout of some components only leaves the others' folders be, as asked)
             warnings.warn(f"{len(stale)} folder(s) under {out_dir} hold model files but are no component of "
-                          f"{cid[:12]} (left from an earlier checkout?), e.g. {stale[0]}")
+                          f"{cid[:12]} (left from an earlier checkout?), e.g. {stale[0]}; checking out "
+                          "named components (-c NAME) skips this look")
         if temps:
             warnings.warn(f"{len(temps)} temp file(s) of another checkout or export ({sum(n for _, n in temps):,} bytes) "
                           f"are under {out_dir}, e.g. {temps[0][0]}: a killed one's, or one running now; delete "

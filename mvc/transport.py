@@ -838,10 +838,23 @@ def open_configured_remote(config: configparser.ConfigParser, name: str, root: s
     if parsed.scheme in ("file", "s3") and ("?" in url or "#" in url):
         used = re.split(r"[?#]", url, maxsplit=1)[0].rstrip("/")
         normalize_url(used)  # (credentials are refused before any message shows the URL)
+        if parsed.scheme == "file":  # (as the repository reads a relative one: the hint's command
+            used = configured_remote_path(used, root)  # may run in a subfolder)
         raise BadInput(f"remote {shown(name)}'s URL in the config, {shown(url)}, holds '?' or '#': an older mvc read "
-                       f"it as {shown(used)}, where what it pushed lies",
-                       f"mvc config remote.{name}.url {shlex.quote(used)} keeps using that; or point it elsewhere")
+                       f"it cut there, as {shown(used)}, where what it pushed lies",
+                       f"{set_url_command(name, shlex.quote(used))} keeps using that; or point it elsewhere")
     return open_transport(url, endpoint, jobs)
+
+
+def configured_remote_path(file_url: str, root: str) -> str:
+    """The absolute path a file: URL of the config of the repository at `root` names."""
+    path = unquote(urlparse(file_url).path)
+    return os.path.normpath(os.path.join(root, os.path.expanduser(path)))
+
+
+def set_url_command(name: str, url: str) -> str:
+    """The command that points remote `name` at `url` (a placeholder or a quoted URL), as a hint gives it."""
+    return f"mvc config {shlex.quote(f'remote.{name}.url')} {url}"
 
 
 def promisor_remote(config: configparser.ConfigParser) -> str | None:
@@ -997,13 +1010,13 @@ class LazyRemoteStore(ObjectStore):
             if not self.transport().is_repository():
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
                                     f"({self.transport().describe()}) is gone or is no mvc repository",
-                                    f"if it moved: mvc config remote.{self.remote}.url NEW_URL") from None
+                                    f"if it moved: {set_url_command(self.remote, 'NEW_URL')}") from None
             origin = self.transport().lazy_clone_origin()
             if origin is not None:  # a lazy clone of a lazy clone: no damage, not fetched there either
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone), and remote {self.remote} "
                                     f"({self.transport().describe()}) is a lazy clone that has not fetched it either",
-                                    f"load it there first, or fetch from its origin: mvc config "
-                                    f"remote.{self.remote}.url {origin}") from None
+                                    f"load it there first, or fetch from its origin: "
+                                    f"{set_url_command(self.remote, shlex.quote(origin))}") from None
             raise ObjectMissing(f"object {oid} is not fetched yet and remote {self.remote} does not have it: "
                                 "its gc may have collected a branch deleted or rewritten there, or it is damaged",
                                 "fetch from another copy that has it, or mvc push --repair from a repository "

@@ -66,18 +66,20 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
         if f"refs/heads/{default}" in fetched["skipped_newer"]:  # (another branch alone is no clone of it)
             raise FormatTooNew(f"the default branch {default} of {norm} is of a newer format than this mvc reads",
                                "upgrade mvc")
-        bad = [r[len("refs/heads/"):] for r in fetched["skipped"] + fetched["unreadable"]
-               if r.startswith("refs/heads/")]
-        if bad and not repo.refs.list("refs/remotes/origin/"):  # (not "an empty repository": a damaged one)
+        heads_only = lambda refs: [r[len("refs/heads/"):] for r in refs if r.startswith("refs/heads/")]  # noqa: E731
+        newer = heads_only(fetched["skipped_newer"])
+        bad = [b for b in heads_only(fetched["skipped"] + fetched["unreadable"]) if b not in newer]
+        if (bad or newer) and not repo.refs.list("refs/remotes/origin/"):  # (not "an empty repository")
+            if not bad:
+                raise FormatTooNew(f"every branch of {norm} is of a newer format than this mvc reads", "upgrade mvc")
+            also = (f"; {', '.join(newer)} {'is' if len(newer) == 1 else 'are'} of a newer format than this mvc "
+                    "reads: upgrade mvc for those") if newer else ""
             raise CorruptObject(f"no branch of {norm} could be fetched: {', '.join(sorted(bad))} "
-                                f"name{'s' if len(bad) == 1 else ''} no commit there",
+                                f"name{'s' if len(bad) == 1 else ''} no commit there{also}",
                                 "the remote is damaged: mvc push --force BRANCH there from a good copy")
         if default in bad:  # (checking out another branch instead gave the user what they did not ask for)
-            other = min(r[len("refs/remotes/origin/"):] for r in repo.refs.list("refs/remotes/origin/"))
             raise CorruptObject(f"the default branch {default} of {norm} names no commit there: nothing was "
-                                f"checked out; its other branches were fetched",
-                                f"to use one: cd {shlex.quote(path)} && mvc branch {shlex.quote(other)} "
-                                f"{shlex.quote('origin/' + other)} && mvc switch {shlex.quote(other)}")
+                                f"checked out; its other branches were fetched", _use_another(repo, path))
     except FormatTooNew:  # no retry helps: this clone leaves nothing behind
         if not resuming:
             shutil.rmtree(path if made else repo.dir, ignore_errors=True)
@@ -93,11 +95,31 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
         raise
     heads = {r[len("refs/remotes/origin/"):]: v for r, v in repo.refs.list("refs/remotes/origin/").items()}
     branch = default if default in heads else ("main" if "main" in heads else min(heads, default=None))
+    if branch and branch != default and head == f"refs/heads/{default}":  # (left naming a branch deleted there)
+        warnings.warn(f"the remote's HEAD names branch {default}, which it does not have: checked out {branch}")
     if branch:
         repo.refs.update(f"refs/heads/{branch}", heads[branch], message=f"clone: from {norm}")
         repo.refs.set_symbolic("HEAD", f"refs/heads/{branch}")
     return repo, {"path": repo.root, "url": norm, "branch": branch, "head": heads.get(branch), "lazy": lazy,
                   "fetch": fetched}
+
+
+def _use_another(repo: Repo, path: str) -> str:
+    """How to use one of the branches a clone fetched (main when there is one), as commands to run."""
+    names = sorted(r[len("refs/remotes/origin/"):] for r in repo.refs.list("refs/remotes/origin/"))
+    fine = [n for n in names if _new_branch_name(n)]  # (a name an older mvc made may be no new branch's)
+    other = "main" if "main" in fine else (fine or [None])[0]
+    mine = shlex.quote(other) if other else "NAME"
+    return (f"to use one: cd {shlex.quote(path)} && mvc branch {mine} {shlex.quote('origin/' + (other or names[0]))} "
+            f"&& mvc switch {mine}")
+
+
+def _new_branch_name(name: str) -> bool:
+    try:
+        check_new_ref_name(name)
+        return True
+    except BadName:
+        return False
 
 
 def _clone_setup(path: str, url: str, endpoint: str | None, lazy: bool, default: str) -> Repo:

@@ -8,7 +8,7 @@ from ..objects import check_remote_name  # noqa: F401  (mvc.remote exports it fr
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
 from ..transport import (Transport, check_endpoint, configured_remote, is_url, normalize_url, open_configured_remote,
-                         open_transport, remote_section)
+                         open_transport, remote_section, set_url_command)
 
 DEFAULT_REMOTE = "origin"
 
@@ -44,7 +44,7 @@ def remove_remote(repo: Repo, name: str, force: bool = False) -> dict:
         raise ConfigError(f"no remote named {name!r}", "see mvc remote -v")
     if repo.config.getboolean(section, "promisor", fallback=False) and not force:
         raise MvcError(f"remote {name!r} is where this lazy clone fetches its missing blobs",
-                       f"if it moved: mvc config remote.{name}.url NEW_URL; --force removes it anyway, and "
+                       f"if it moved: {set_url_command(name, 'NEW_URL')}; --force removes it anyway, and "
                        "blobs not fetched yet can then no longer be had")
     for option in list(repo.config.options(section)):
         repo.set_config(f"remote.{name}.{option}", None)

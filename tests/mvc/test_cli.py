@@ -871,6 +871,28 @@ def test_a_checkout_names_folders_left_by_components_the_commit_lacks(run, in_re
     assert "no component" not in run("checkout", "HEAD", "-o", out, "-c", "core").stderr  # as asked
 
 
+def test_stale_component_folders_above_nested_ones_other_suffixes_and_a_bounded_look(tmp_path, monkeypatch):
+    """h74: `brick/brick.safetensors` left when `brick` became `brick/python` was not named, nor a
+    `.pth` component's folder; token data (`train.bin`) was taken for a model; the folder bound
+    stopped only the look below, not beside."""
+    from mvc import components as comp
+    out = tmp_path / "out"
+    for rel in ("brick/python/w.safetensors", "brick/brick.safetensors", "llama/original/consolidated.00.PTH",
+                "data/train.bin", "hf/pytorch_model.bin", "hf/config.json", "core/w.safetensors"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"x")
+    found = comp.stale_component_folders(str(out), ["core", "brick/python"])
+    assert sorted(os.path.relpath(p, out) for p in found) == ["brick", "hf", os.path.join("llama", "original")]
+    for i in range(30):
+        (out / "many" / f"d{i}").mkdir(parents=True)
+    listed = []
+    real_walk = os.walk
+    monkeypatch.setattr(comp.os, "walk", lambda top: ((listed.append(d) or (d, ds, fs)) for d, ds, fs in real_walk(top)))
+    monkeypatch.setattr(comp, "STALE_SCAN_FOLDERS", 10)
+    comp.stale_component_folders(str(out), ["core"])
+    assert len(listed) <= 11
+
+
 def test_the_leftover_warning_of_a_checkout_skips_git_folders(run, in_repo, tmp_path):
     """A committed git clone of a model, checked out over itself, called every git object a leftover."""
     model = tmp_path / "llama"
