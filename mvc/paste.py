@@ -3,8 +3,9 @@ fit checks, and a commit that reuses the brick's tree (no tensor blob is written
 from __future__ import annotations
 
 from .errors import AbiMismatch, BadInput, BadName, MvcError, RefConflict, UnknownRevision
-from .objects import canonical_json, check_new_component_name, check_no_nesting, commit_object, hash_bytes
-from .quoting import short_repr
+from .objects import (canonical_json, check_new_component_name, check_new_ref_name, check_no_nesting, commit_object,
+                      hash_bytes)
+from .quoting import short_repr, shown
 from .refs import utc_now
 
 ABI_FIELD_ORDER = ("version", "d_abi", "patch_bytes", "anchor_spec", "head_hash")
@@ -38,8 +39,14 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
     if not host_abi.get("hash"):
         raise AbiMismatch("the host records no ABI spec: it is not a canonical-ABI core",
                           "paste bricks into cores built by cores.build(\"layercake\", ...)")
+    if host_tree.get("kind") not in (None, "core"):  # (a brick committed as `core` records its host's ABI)
+        raise AbiMismatch(f"the host component is a {shown(host_tree.get('kind'))}, not a core",
+                          "paste into a commit whose core component is a core")
     if not brick_abi.get("hash"):
-        raise AbiMismatch("the brick records no ABI spec")
+        raise AbiMismatch("the brick records no ABI spec, arch or config: it was committed as plain tensors "
+                          "(from a file)" if not brick_tree.get("arch") else "the brick records no ABI spec",
+                          "commit the brick from Python, repo.commit({'brick/NAME': brick}), so that its arch, "
+                          "config and ABI are recorded")
     _check_record(host_abi, "host")
     _check_record(brick_abi, "brick")
     built = config.get("abi_spec") if isinstance(config, dict) else None
@@ -51,7 +58,8 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
         return
     specs = [abi.get("spec") if isinstance(abi.get("spec"), dict) else {} for abi in (host_abi, brick_abi)]
     field = first_abi_difference(*specs) or "hash"
-    hv, bv = (_field(spec, field) for spec in specs)
+    hv, bv = (_field(spec, field) for spec in specs) if field != "hash" else \
+        (str(host_abi["hash"])[:12], str(brick_abi["hash"])[:12])
     raise AbiMismatch(f"ABI mismatch in {field}: host has {short_repr(hv)}, brick has {short_repr(bv)}",
                       "the brick was trained under a different ABI contract; retrain it on a compatible core")
 
@@ -111,6 +119,9 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
         raise BadInput(f"{src_comp} of {source[:12]} is a {brick_tree.get('kind')} component, not a brick")
     if branch is None and host_rev == "HEAD":  # the current branch
         host_rev = repo.refs.head_branch_ref("name the host branch", "e.g. --into main")[len("refs/heads/"):]
+        if host_rev not in repo.branches():
+            raise UnknownRevision(f"the current branch {host_rev} has no commits yet: there is no host to paste into",
+                                  "commit a core first, or name a branch that has one: --into BRANCH")
     if branch is None:
         if host_rev not in repo.branches():
             raise UnknownRevision(f"{host_rev!r} is not a branch", "paste into a branch head, or pass --branch NAME")
@@ -118,6 +129,8 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     host = repo.resolve(host_rev)
     ref = f"refs/heads/{branch}"
     current = repo.refs.read(ref)
+    if current is None:
+        check_new_ref_name(branch)  # (as mvc branch does: heads/x, tags/v1, x. cannot be named later)
     if current is not None and current != host:
         raise MvcError(f"branch {branch} is at {current[:12]}, not at the host {host[:12]}",
                        "paste into the branch head, or name a new branch with --branch")

@@ -91,8 +91,11 @@ def _int8_transform(repo, component):
         brick = rebuild_stored_brick(tree, repo.load_tree(tree), component)
         try:
             small = bricks.quantize(brick)
-        except ValueError as e:  # e.g. the brick is an int8 artifact already
-            raise BadInput(f"cannot make an int8 artifact of {component}: {e}", "paste it without --int8") from None
+        except ValueError as e:  # e.g. the brick is an int8 artifact already, or its weights are not finite
+            hint = "paste it without --int8" if "int8 artifact already" in str(e) else \
+                "paste a brick from a checkpoint whose weights are finite (this one's training diverged)" \
+                if "non-finite" in str(e) else None
+            raise BadInput(f"cannot make an int8 artifact of {component}: {e}", hint) from None
         return repo.write_object(build_tree(repo.store, component, small))
     return transform
 

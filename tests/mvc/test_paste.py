@@ -186,3 +186,44 @@ def test_a_recorded_abi_that_its_spec_or_config_does_not_back_is_refused(repo):
         assert repo.read_commit(repo.resolve("host-b"))["message"] == "host b"
     assert set(repo.store.ids()) - before <= {repo.resolve("brick-run"), repo.resolve("brick-run~1")} | {
         t for c in ("brick-run", "brick-run~1") for t in repo.read_commit(repo.resolve(c))["components"].values()}
+
+
+def test_paste_refuses_hosts_and_branches_it_could_not_use_and_says_why(repo):
+    """h73: a brick committed as `core` was taken for a host; `--branch heads/x` made a branch no
+    revision could name; `--into HEAD` on an unborn branch said "'main' is not a branch"; a brick
+    committed from a file was refused with no hint; two hash-only records said "host has None"."""
+    from mvc.errors import BadName
+    repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                message="trained", branch="brick-run")
+    with pytest.raises(UnknownRevision, match="the current branch main has no commits yet"):  # (HEAD: main, unborn)
+        repo.paste_brick("python", "brick-run", "HEAD")
+    repo.commit({"core": Part(4, "brick", Spec(), 2)}, message="a brick as core", branch="host-brick")
+    before = set(repo.store.ids())
+    with pytest.raises(AbiMismatch, match="the host component is a brick, not a core"):
+        repo.paste_brick("python", "brick-run", "host-brick")
+    with pytest.raises(BadName):
+        repo.paste_brick("python", "brick-run", "brick-run", branch="heads/x")
+    assert set(repo.store.ids()) == before and "heads/x" not in repo.branches()
+    repo.commit({"core": Part(4, "core", Spec()), "brick/plain": {"w": torch.ones(3)}}, message="file brick",
+                branch="plain")
+    with pytest.raises(AbiMismatch, match="committed as plain tensors") as e:
+        repo.paste_brick("plain", "plain", "brick-run")
+    assert "repo.commit" in e.value.hint
+
+
+def test_an_abi_mismatch_of_hash_only_records_shows_the_hashes(repo):
+    from mvc.objects import commit_object
+    from mvc.refs import utc_now
+    src = repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
+                      message="trained", branch="brick-run")
+    host = repo.commit({"core": Part(4, "core", Spec(d_abi=32), 2)}, message="other", branch="host-x")
+    comps = {}
+    for who, cid in (("core", host), ("brick/python", src)):
+        t = repo.read_tree(repo.read_commit(cid)["components"][who])
+        t["abi"] = {"hash": t["abi"]["hash"]}  # (a record of the hash alone)
+        comps[who] = repo.write_object(t)
+    cid = repo.write_object(commit_object(comps, [src], "hash-only", "x", utc_now()))
+    repo.refs.update("refs/heads/h", cid, message="t", author="x")
+    with pytest.raises(AbiMismatch) as e:
+        repo.paste_brick("python", "h", "h", branch="h2")
+    assert "ABI mismatch in hash" in e.value.message and "None" not in e.value.message

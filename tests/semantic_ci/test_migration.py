@@ -220,3 +220,17 @@ def test_the_paste_gate_measures_the_host_the_paste_lands_on_when_its_branch_mov
     assert setup.read_commit(parent)["message"] == "another core"
     from semantic_ci import certificate
     assert certificate.read(setup, doc["ci"]["certificate"])["checks"][0]["inputs"]["hosts"] == [parent]
+
+
+def test_an_int8_paste_of_a_brick_with_non_finite_weights_does_not_advise_pasting_it_anyway(setup, trained):
+    """The hint was "paste it without --int8" (written for int8 artifacts): for a diverged brick (h73 06)."""
+    import copy
+    br = copy.deepcopy(trained.brick)
+    with torch.no_grad():
+        for p in br.parameters():
+            p.fill_(float("nan"))
+    setup.commit({"core": trained.host_a, "brick/python": br}, message="diverged", branch="diverged")
+    r = CliRunner().invoke(cli, ["paste", "brick", "python", "--from", "diverged", "--into", "host-b", "--int8",
+                                 "--no-ci"])
+    assert r.exit_code == 3 and "non-finite" in r.stderr and "without --int8" not in r.stderr
+    assert "a checkpoint whose weights are finite" in r.stderr
