@@ -458,6 +458,21 @@ def build_from_config(config: dict) -> LayerCakeCore:
     return core
 
 
+def abi_spec_of(config: dict):
+    """The ABI spec the core ``build_from_config(config)`` builds has, without building it (what
+    mvc checks a commit's ABI record against before pasting a brick into the core)."""
+    config = dict(config)
+    preset = config.pop("preset", "tiny")
+    seed = checks.seed(config.pop("seed", 0))
+    fields = {**dict(config.pop("overrides", {}) or {}), **config}
+    _refuse_named_fields(fields)
+    cfg = make_config(preset, seed, **fields)
+    return canonical_abi_spec(cfg.d_abi, cfg.patch_bytes) if cfg.canonical else legacy_abi_spec(cfg.d_abi, cfg.patch_bytes)
+
+
+build_from_config.abi_spec_of = abi_spec_of
+
+
 def _refuse_named_fields(fields: dict) -> None:
     """``preset`` and ``seed`` are arguments of their own, never field overrides."""
     for key, how in (("preset", "config="), ("seed", "seed=")):

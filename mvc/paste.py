@@ -28,7 +28,11 @@ def first_abi_difference(a: dict, b: dict, prefix: str = "") -> str | None:
     return None
 
 
-def check_abi(host_tree: dict, brick_tree: dict) -> None:
+def check_abi(host_tree: dict, brick_tree: dict, built_hash=None) -> None:
+    """AbiMismatch unless the brick's recorded ABI is the host's. Each record must be whole (its
+    hash that of the spec beside it) and agree with what its config builds: the brick's config
+    holds the spec it was trained under (an int8 brick's, in its base config); the host's is
+    rebuilt by `built_hash(tree)` when given (None: cannot be told)."""
     host_abi, brick_abi = host_tree.get("abi") or {}, brick_tree.get("abi") or {}
     config = brick_tree.get("config")
     base = config.get("base_arch") if isinstance(config, dict) else None  # (an int8 brick: of what arch)
@@ -49,11 +53,17 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
                           "config and ABI are recorded")
     _check_record(host_abi, "host")
     _check_record(brick_abi, "brick")
-    built = config.get("abi_spec") if isinstance(config, dict) else None
-    if built is not None and isinstance(brick_abi.get("spec"), dict) and built != brick_abi["spec"]:
+    built = _config_abi_spec(config)
+    if built is not None and (built != brick_abi["spec"] if isinstance(brick_abi.get("spec"), dict)
+                              else _spec_hash(built) != brick_abi["hash"]):
         raise AbiMismatch("the brick's config builds another ABI than the one its tree records",
                           "the tree was edited or written by another program: export the brick from its "
                           "training run again")
+    host_built = built_hash(host_tree) if built_hash is not None else None
+    if host_built is not None and host_built != host_abi["hash"]:
+        raise AbiMismatch(f"the host's config builds ABI {host_built[:12]}, but its tree records ABI "
+                          f"{str(host_abi['hash'])[:12]}", "the tree was edited, or the core's abi_spec was "
+                          "changed before it was committed: commit the core again as built")
     if host_abi["hash"] == brick_abi["hash"]:
         return
     specs = [abi.get("spec") if isinstance(abi.get("spec"), dict) else {} for abi in (host_abi, brick_abi)]
@@ -64,6 +74,23 @@ def check_abi(host_tree: dict, brick_tree: dict) -> None:
                       "the brick was trained under a different ABI contract; retrain it on a compatible core")
 
 
+def _config_abi_spec(config) -> dict | None:
+    """The ABI spec a brick's config records (an int8 brick's, in the config of its float base)."""
+    if not isinstance(config, dict):
+        return None
+    spec = config.get("abi_spec")
+    if spec is None and isinstance(config.get("base_config"), dict):
+        spec = config["base_config"].get("abi_spec")
+    return spec if isinstance(spec, dict) else None
+
+
+def _spec_hash(spec: dict) -> str | None:
+    try:
+        return hash_bytes(canonical_json(spec))
+    except MvcError:
+        return None
+
+
 def _check_record(abi: dict, who: str) -> None:
     """A recorded ABI's hash must be that of the spec recorded beside it (as cores.abi hashes a
     spec: BLAKE3 of its canonical JSON): paste compares hashes, and an edited record would let a
@@ -71,11 +98,7 @@ def _check_record(abi: dict, who: str) -> None:
     spec = abi.get("spec")
     if not isinstance(spec, dict):
         return  # (a record of the hash alone: nothing to check it against)
-    try:
-        actual = hash_bytes(canonical_json(spec))
-    except MvcError:
-        actual = None
-    if actual != abi["hash"]:
+    if _spec_hash(spec) != abi["hash"]:
         raise AbiMismatch(f"the {who}'s recorded ABI hash {str(abi['hash'])[:12]} is not the hash of the spec "
                           "recorded beside it", "the tree was edited or written by another program: commit the "
                           f"{who} again from the model")
@@ -137,7 +160,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     host_comps = repo.read_commit(host)["components"]
     if host_component not in host_comps:
         raise BadName(f"host {host[:12]} has no {host_component!r} component")
-    check_abi(repo.read_tree(host_comps[host_component]), brick_tree)
+    check_abi(repo.read_tree(host_comps[host_component]), brick_tree, repo.built_abi_hash)
     if dst_comp in host_comps and not force:
         raise MvcError(f"the host already has {dst_comp}", "pass --force to replace it, or --as NEWNAME")
     check_no_nesting(set(host_comps) | {dst_comp}, new={dst_comp} - set(host_comps))

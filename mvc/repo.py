@@ -869,6 +869,23 @@ class Repo(Maintenance):
         model.eval()
         return model
 
+    def built_abi_hash(self, tree: dict) -> str | None:
+        """The ABI hash of the model a tree's arch and config build, as the arch's builder tells it
+        without building (its `abi_spec_of(config)`), or None when it cannot be told here (no arch,
+        one not installed or without `abi_spec_of`, a config it refuses). Paste checks records by it."""
+        arch, config = tree.get("arch"), tree.get("config")
+        if not isinstance(arch, str) or not isinstance(config, dict):
+            return None
+        try:
+            spec_of = getattr(arch_builder(arch), "abi_spec_of", None)
+        except (MvcError, ImportError):
+            return None
+        try:
+            got = getattr(spec_of(json_copy(config)), "hash", None) if callable(spec_of) else None
+        except Exception:  # noqa: BLE001 (a config this arch cannot build: load_model says what)
+            return None
+        return got if isinstance(got, str) else None
+
     def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
         for `optimizer.load_state_dict`: its tensors and the param groups its tree records. A state

@@ -234,3 +234,33 @@ def test_an_int8_paste_of_a_brick_with_non_finite_weights_does_not_advise_pastin
                                  "--no-ci"])
     assert r.exit_code == 3 and "non-finite" in r.stderr and "without --int8" not in r.stderr
     assert "a checkpoint whose weights are finite" in r.stderr
+
+
+def test_paste_checks_abi_records_against_what_the_configs_build(setup, trained):
+    """h73 01/02: a legacy core whose abi_spec was set to the canonical one before the commit took a
+    canonical brick (load_model then refused the result); an int8 brick or a hash-only record
+    claiming the canonical ABI was pasted on its word."""
+    import copy
+    from mvc.errors import AbiMismatch
+    from mvc.objects import commit_object
+    from mvc.refs import utc_now
+    leg = copy.deepcopy(trained.legacy_b)
+    leg.abi_spec = trained.host_a.abi_spec
+    setup.commit({"core": leg}, message="legacy claiming canonical", branch="claims")
+    with pytest.raises(AbiMismatch, match="the host's config builds ABI .*, but its tree records ABI"):
+        setup.paste_brick("python", "host-a", "claims")
+    canon = setup.tree("host-b", "core")["abi"]
+    lc = setup.commit({"core": trained.legacy_a, "brick/lq": bricks.quantize(trained.legacy_brick),
+                       "brick/l": trained.legacy_brick}, message="legacy bricks", branch="legacy-run")
+    comps = dict(setup.read_commit(lc)["components"])
+    for name, abi in (("brick/lq", canon), ("brick/l", {"hash": canon["hash"]})):
+        t = setup.read_tree(comps[name])
+        t["abi"] = abi
+        comps[name] = setup.write_object(t)
+    cid = setup.write_object(commit_object(comps, [lc], "edited", "x", utc_now()))
+    setup.refs.update("refs/heads/legacy-run", cid, expected=lc, message="edit", author="x")
+    before = setup.branches()["host-b"]
+    for name in ("lq", "l"):
+        with pytest.raises(AbiMismatch, match="the brick's config builds another ABI"):
+            setup.paste_brick(name, "legacy-run", "host-b", run_hooks=False)
+    assert setup.branches()["host-b"] == before
