@@ -47,8 +47,8 @@ def check_abi(host_tree: dict, brick_tree: dict, built_hash=None) -> None:
         raise AbiMismatch(f"the host component is a {shown(host_tree.get('kind'))}, not a core",
                           "paste into a commit whose core component is a core")
     if not brick_abi.get("hash"):
-        raise AbiMismatch("the brick records no ABI spec, arch or config: it was committed as plain tensors "
-                          "(from a file)" if not brick_tree.get("arch") else "the brick records no ABI spec",
+        raise AbiMismatch("the brick records no ABI spec, arch or config: it was committed as plain tensors, "
+                          "from a file" if not brick_tree.get("arch") else "the brick records no ABI spec",
                           "commit the brick from Python, repo.commit({'brick/NAME': brick}), so that its arch, "
                           "config and ABI are recorded")
     _check_record(host_abi, "host")
