@@ -147,8 +147,9 @@ class Packer:
     `recent_only` (not with `full`): the walk for loose objects does not look past commits already
     packed (and not also loose), so its cost follows what is new, not the history (automatic
     packing after each commit). What it misses, a loose object only a packed commit reaches (a
-    blob fetched later from a lazy remote, an object once damaged and repaired), stays loose for
-    the next `mvc pack` or gc; a packed commit's certificates are still looked at."""
+    blob fetched later from a lazy remote, a certificate attached to an older commit, an object
+    once damaged and repaired), stays loose for the next `mvc pack` or gc; the certificates of the
+    packed commits where the walk stops are looked at."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
@@ -201,7 +202,7 @@ class Packer:
         self.packed = self.ps.records()
         self.old_packs = self.ps.packs()
         stop_at = None
-        if self.recent_only:  # (listed before the walk here: a commit landing meanwhile waits for the next run)
+        if self.recent_only:  # where the walk stops; what it packs is listed again after it (below)
             loose_then = set(repo.loose.ids())
             stop_at = lambda oid: oid in self.packed and oid not in loose_then  # noqa: E731
         if self.live is not None:
@@ -212,7 +213,10 @@ class Packer:
             live = repo.reachable(bad_refs={}, stop_at=stop_at)[0]
         if self.protect is None:
             self.protect = repo.recently_referenced(live, self.grace_s) if self.full else set()
-        loose = loose_then if self.recent_only else set(repo.loose.ids())
+        # listed after the walk: whatever a commit it reached names was written before that commit's ref
+        # moved (a listing made before the walk, one folder at a time, could hold such a commit and
+        # miss its blobs: packed alone, later walks would stop at it and leave them loose)
+        loose = set(repo.loose.ids())
         self.rank, self.base_of, self.dtype_of = history_bases(repo, stop_at)
         self.kept_packs: list = []
         self.young_time: float | None = None

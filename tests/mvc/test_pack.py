@@ -1325,3 +1325,30 @@ def test_gc_dry_run_counts_an_old_loose_copy_of_packed_garbage_once(repo):
     planned = mvc.Repo(repo.root).gc(dry_run=True)["bytes_freed"]
     freed = mvc.Repo(repo.root).gc()["bytes_freed"]
     assert planned == freed == before - mvc.Repo(repo.root).du()["stored_bytes"]
+
+
+def test_automatic_packing_never_packs_a_commit_without_the_objects_it_names(repo, monkeypatch):
+    """h71: the loose objects were listed (one folder at a time) before the walk; a commit landing
+    from another process while the listing ran could be listed without its blobs, be packed alone,
+    and every later automatic pack stopped at it, leaving its blobs loose."""
+    from mvc import store as mstore
+    drift_history(repo, 2)
+    pack(repo)
+    repo.set_config("pack.autoEvery", "1")
+    a, other = mvc.Repo(repo.root), mvc.Repo(repo.root)
+    real, landed = mstore.LooseStore.ids, {}
+
+    def ids(self):  # the other writer's commit lands half way through a listing
+        names = sorted(n for n in os.listdir(self.root) if len(n) == 2)
+        for k, d in enumerate(names):
+            if self is a.loose and not landed and k == len(names) // 2:
+                landed["cid"] = other.commit({"core": {"x": torch.arange(64.0)}}, message="b", branch="b")
+            yield from (d + n for n in sorted(os.listdir(os.path.join(self.root, d))))
+    monkeypatch.setattr(mstore.LooseStore, "ids", ids)
+    drift_history(a, 1, seed=3)
+    monkeypatch.undo()
+    assert landed
+    drift_history(mvc.Repo(repo.root), 2, seed=4)  # later automatic packs
+    r = mvc.Repo(repo.root)
+    live = r.reachable()[0]
+    assert not [o for o in r.loose.ids() if o in live] and r.fsck()["ok"]
