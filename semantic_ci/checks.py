@@ -303,6 +303,8 @@ def _roundtrip(ctx: Context, model, component, bricks, adapter):
     """Rebuild the candidate from its own state dict (a save/load round trip)."""
     from .models import build_from_tree
     tree = ctx.repo.tree(ctx.commit, component)
+    for _ in bricks or ():  # (the candidate has its bricks attached: the core is the innermost host)
+        model = getattr(model, "host", model)
     state = {k: v.clone() for k, v in model.state_dict().items()} if hasattr(model, "state_dict") else \
         ctx.repo.load(ctx.commit, component)
     rebuilt = build_from_tree(tree, state, adapter)

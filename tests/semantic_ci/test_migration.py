@@ -264,3 +264,14 @@ def test_paste_checks_abi_records_against_what_the_configs_build(setup, trained)
         with pytest.raises(AbiMismatch, match="the brick's config builds another ABI"):
             setup.paste_brick(name, "legacy-run", "host-b", run_hooks=False)
     assert setup.branches()["host-b"] == before
+
+
+def test_a_round_trip_check_of_a_core_with_its_brick_measures_it(setup):
+    """h72: an exact-logits round trip with `bricks` rebuilt the core from the brick-attached
+    model's state dict and called the healthy commit damaged (exit 3)."""
+    from semantic_ci import config
+    cfg = config.parse({"ci": {"window": 64, "checks": [
+        {"name": "rt", "kind": "L2", "component": "core", "bricks": ["python"], "probe_bytes": 512}]}}, "mvc.toml")
+    r = run_ci(setup, "host-a", config=cfg)
+    rt = r["checks"][0]
+    assert rt["status"] == "passed", rt
