@@ -168,7 +168,27 @@ def passed(cert: dict) -> bool:
     failed (a certificate whose verdict contradicts its checks was edited: it does not pass)."""
     checks = cert.get("checks")
     return (cert.get("passed") is True and isinstance(checks, list) and bool(checks)
-            and all(isinstance(c, dict) and c.get("status") in ("passed", "skipped") for c in checks))
+            and all(isinstance(c, dict) and c.get("status") in ("passed", "skipped") for c in checks)
+            and not any(_contradicts_its_figures(c) for c in checks))
+
+
+def _contradicts_its_figures(check: dict) -> bool:
+    """Whether a check recorded as passed holds figures that break its own recorded bound (an
+    edit: a ppl ratio above its max_ratio, logits that differ beyond their tolerance). Judged from
+    the record alone, without torch, for what `mvc status`, `mvc log` and on-commit rollback read."""
+    if check.get("status") != "passed":
+        return False
+    figs, bounds = check.get("figures"), check.get("thresholds")
+    if not isinstance(figs, dict) or not isinstance(bounds, dict):
+        return False
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if check.get("kind") == "ppl-ratio" and num(bounds.get("max_ratio")):
+        return not (num(figs.get("ratio")) and figs["ratio"] <= bounds["max_ratio"])
+    if check.get("kind") == "exact-logits" and num(bounds.get("tolerance")):
+        if bounds["tolerance"] == 0:
+            return figs.get("differing_positions") != 0
+        return not (num(figs.get("max_abs_delta")) and figs["max_abs_delta"] <= bounds["tolerance"])
+    return False
 
 
 def read(repo, cert_id: str) -> dict:

@@ -52,7 +52,7 @@ TRAIN_KEYS = {"steps", "wall_seconds", "checkpoint_every", "lr", "batch_size", "
               "eval_bytes"}
 KIND_KEYS = {
     "train-core": TRAIN_KEYS | {"arch", "config", "overrides", "init"},
-    "train-brick": TRAIN_KEYS | {"host", "brick", "brick_name", "options", "general_stream", "general_mix"},
+    "train-brick": TRAIN_KEYS | {"host", "brick", "brick_name", "options", "general_stream"},
     "paste": {"source", "brick_name", "into", "int8", "as_name"},
     "int8": {"source", "brick_name", "as_name"},
     "evaluate": {"source"},
@@ -207,7 +207,8 @@ TABLE_KEYS = ("overrides", "options")
 BOOL_KEYS = ("int8", "freeze_centres", "optional")
 POSITIVE_INT_KEYS = ("steps", "checkpoint_every", "batch_size", "seq_len", "eval_bytes", "rank", "components",
                      "meta_components", "recovery_steps")
-NUMBER_KEYS = ("ratio", "blend", "threshold", "general_mix")
+NUMBER_KEYS = ("ratio", "blend", "threshold")
+MAX_COUNT = 1 << 40  # steps, sizes and retries above this are typos (and steps + extra_steps overflowed int64)
 
 
 def _type_name(v) -> str:
@@ -242,6 +243,8 @@ def _check_settings(err, where: str, kind: str, settings: dict, streams: dict) -
         if key in settings and (isinstance(settings[key], bool) or not isinstance(settings[key], int)
                                 or settings[key] < (0 if key == "seed" else 1)):
             raise err(f"{where}.{key}", f"must be a positive integer, got {settings[key]!r}")
+        if key in POSITIVE_INT_KEYS and key in settings and settings[key] > MAX_COUNT:
+            raise err(f"{where}.{key}", f"must be at most {MAX_COUNT:,}, got {settings[key]!r}")
     for key in ("lr", "wall_seconds"):
         if key in settings and (not _is_number(settings[key]) or not settings[key] > 0
                                 or not math.isfinite(settings[key])):
@@ -775,6 +778,8 @@ def _check_fallback(where: str, kind: str, fb, streams: dict, err) -> None:
     for key in ("retries", "extra_steps"):
         if key in fb and (isinstance(fb[key], bool) or not isinstance(fb[key], int) or fb[key] < 0):
             raise err(f"{where}.fallback.{key}", f"must be a non-negative integer, got {fb[key]!r}")
+        if key in fb and fb[key] > MAX_COUNT:
+            raise err(f"{where}.fallback.{key}", f"must be at most {MAX_COUNT:,}, got {fb[key]!r}")
     if "lr_scale" in fb and (not _is_number(fb["lr_scale"]) or not 0 < fb["lr_scale"] < math.inf):
         raise err(f"{where}.fallback.lr_scale", f"must be a positive number, got {fb['lr_scale']!r}")
     if "set" in fb:

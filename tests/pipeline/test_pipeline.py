@@ -276,6 +276,13 @@ def test_divergence_is_a_failed_gate_rolled_back_and_retried(tmp_path, monkeypat
 
 
 BAD_FILES = [  # (what to change in the pipeline text, the key the error must name)
+    # steps + extra_steps overflowed int64 when a gate failed: exit 4 after training (h72 05)
+    (lambda t: t.replace("extra_steps = 4", "extra_steps = 9223372036854775000"),
+     "stage core.fallback.extra_steps: must be at most 1,099,511,627,776"),
+    (lambda t: t.replace("steps = 8", "steps = 9223372036854775000", 1), "stage core.steps: must be at most"),
+    # accepted and never read: every value trained the same brick (h72 04)
+    (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\n'
+                   'brick_name = "x"\nstream = "text"\nsteps = 2\ngeneral_mix = 0.5\n', "stage b.general_mix"),
     (lambda t: t.replace('[pipeline]\nname = "demo"', "pipeline = 3"), "pipeline: must be a table"),
     (lambda t: "streams = 3\n" + t.replace('[streams.text]\nfile = "data.txt"\nholdout = 0.1', ""),
      "streams: must be a table"),

@@ -125,6 +125,23 @@ def test_certificate_verifies_and_tampering_is_rejected(ci_repo, monkeypatch):
         verify(ci_repo, r["certificate"])
 
 
+def test_a_certificate_whose_figures_break_its_own_bounds_does_not_count_as_passed(ci_repo):
+    """h72 06: a certificate edited to call a check passed while its own ratio is above its own
+    max_ratio read as "CI: passed" in mvc status / log, and on-commit rollback took it so."""
+    import copy
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t.clone()}}, message="b", metrics={"x": 1})
+    cert = certificate.read(ci_repo, run_ci(ci_repo)["certificate"])
+    assert certificate.passed(cert)
+    for kind, edit in (("ppl-ratio", lambda c: c["figures"].update(ratio=c["thresholds"]["max_ratio"] * 1.1)),
+                       ("ppl-ratio", lambda c: c["figures"].update(ratio=float("nan"))),
+                       ("exact-logits", lambda c: c["figures"].update(differing_positions=3))):
+        forged = copy.deepcopy(cert)
+        edit(next(c for c in forged["checks"] if c["kind"] == kind and c["status"] == "passed"))
+        assert not certificate.passed(forged), kind
+
+
 def test_on_commit_rollback_moves_branch_back(ci_repo):
     write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
     t = trained_table(builtin_probe(3000))
