@@ -559,11 +559,34 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
                      + "): exact figures may legitimately differ")
     if changed:
         notes.append(changed)
+    notes += _data_changed_since(repo, defined.check(stored["name"]), stored)
     diffs = pinned + drift + diffs
     return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "note": "; ".join(notes) or None,
             "envelope_changes": env_changes,
             # only mvc.toml moved (its bounds or its definition of the check): the figures reproduce
             "config_changed": bool(diffs) and figures_reproduce and not pinned and bool(changed or drift)}
+
+
+def _data_changed_since(repo, now: Check | None, stored: dict) -> list[str]:
+    """Notes naming the data files the check's definition names that no longer hold the bytes the
+    certificate measured (verify re-runs on the recorded bytes, so a certificate still reproduces
+    after its data file changed; what it says then is about other data than the file holds now)."""
+    from mvc.objects import hash_bytes
+    from .probe import read_repository_file
+    inputs, out = stored.get("inputs") or {}, []
+    for input_key, param_key in DATA_KEYS[stored["kind"]].items():
+        spec = now.params.get(param_key) if now is not None else None
+        if not (isinstance(spec, str) and isinstance(inputs.get(input_key), str)) or spec.startswith("blob:") \
+                or spec == "builtin":
+            continue
+        try:
+            held = hash_bytes(read_repository_file(repo, spec))
+        except MvcError:
+            continue  # (gone or unreadable: the re-run used the recorded blob; mvc ci would say why)
+        if held != inputs[input_key]:
+            out.append(f"{spec} now holds other bytes ({held[:12]}) than this check measured "
+                       f"({inputs[input_key][:12]}): the certificate speaks for those; mvc ci certifies the file as it is")
+    return out
 
 
 def _pinned_revision_diffs(repo, cert: dict, stored: dict) -> list[str]:

@@ -142,6 +142,21 @@ def test_a_certificate_whose_figures_break_its_own_bounds_does_not_count_as_pass
         assert not certificate.passed(forged), kind
 
 
+def test_verify_notes_a_data_file_that_no_longer_holds_what_the_check_measured(ci_repo):
+    """h72 01: a certificate whose check had measured other bytes than mvc.toml's data file holds
+    verified without a word ("its checks passed"); it still reproduces on its recorded bytes."""
+    from ci_helpers import write_held_out
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    ci_repo.commit({"core": {"table": t.clone()}}, message="b", metrics={"x": 1})
+    run_ci(ci_repo)
+    assert not any("now holds other bytes" in (c.get("note") or "") for c in verify(ci_repo, "HEAD")["checks"])
+    write_held_out(ci_repo, HELD_OUT[::-1])
+    v = verify(ci_repo, "HEAD")
+    ppl = next(c for c in v["checks"] if c["name"] == "ppl")
+    assert v["verified"] and "heldout.txt now holds other bytes" in ppl["note"]
+
+
 def test_on_commit_rollback_moves_branch_back(ci_repo):
     write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
     t = trained_table(builtin_probe(3000))
