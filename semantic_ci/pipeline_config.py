@@ -368,7 +368,9 @@ def validate_environment(pipeline: "Pipeline") -> None:
                 raise ConfigError(f"{path}: stage {stage.name}.brick: unknown brick kind {kind!r}",
                                   f"known: {', '.join(KINDS)}")
             _check_brick_options(pipeline, stage, kind)
-        elif stage.kind == "paste":
+        if stage.kind in ("paste", "int8"):
+            _check_source_brick(pipeline, stage)
+        if stage.kind == "paste":
             _check_paste_abi(pipeline, stage)
         elif stage.kind == "k0":
             _check_k0_source(pipeline, stage)
@@ -491,6 +493,31 @@ def _check_compress(pipeline: "Pipeline", stage: Stage) -> None:
             if not linear_names(core, include=[pattern]):
                 raise ConfigError(f"{where}.layers: {pattern!r} names no linear layer of {source}'s core",
                                   "its linear layers: " + ", ".join(linear_names(core)[:12]))
+
+
+def stage_brick(pipeline: "Pipeline", ref) -> str | None:
+    """The brick a `stage:NAME` reference's commits hold: a train-brick stage's brick_name, an
+    int8 stage's as_name (else its brick_name); None when it cannot be known here."""
+    if not (isinstance(ref, str) and ref.startswith("stage:")):
+        return None
+    try:
+        source = pipeline.stage(ref[6:])
+    except ConfigError:
+        return None
+    if source.kind == "train-brick":
+        return source.get("brick_name")
+    if source.kind == "int8":
+        return source.get("as_name") or source.get("brick_name")
+    return None
+
+
+def _check_source_brick(pipeline: "Pipeline", stage: Stage) -> None:
+    """A paste or int8 stage's brick_name must be the brick its source stage makes (one that was
+    not failed once every earlier stage had trained, and left the stage's branch behind)."""
+    made = stage_brick(pipeline, stage.get("source"))
+    if made is not None and stage.get("brick_name") != made:
+        raise ConfigError(f"{pipeline.path}: stage {stage.name}.brick_name: {stage.get('source')} makes brick "
+                          f"{made!r}, not {stage.get('brick_name')!r}", f"brick_name = \"{made}\"")
 
 
 def _check_paste_abi(pipeline: "Pipeline", stage: Stage) -> None:

@@ -280,6 +280,10 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
     (lambda t: t.replace("extra_steps = 4", "extra_steps = 9223372036854775000"),
      "stage core.fallback.extra_steps: must be at most 1,099,511,627,776"),
     (lambda t: t.replace("steps = 8", "steps = 9223372036854775000", 1), "stage core.steps: must be at most"),
+    # found after the earlier stages had trained, leaving the stage's branch behind (h72 03)
+    (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\n'
+                   'brick_name = "x"\nstream = "text"\nsteps = 2\n\n[[stages]]\nname = "q"\nkind = "int8"\n'
+                   'source = "stage:b"\nbrick_name = "y"\n', "stage q.brick_name: stage:b makes brick 'x', not 'y'"),
     # accepted and never read: every value trained the same brick (h72 04)
     (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\n'
                    'brick_name = "x"\nstream = "text"\nsteps = 2\ngeneral_mix = 0.5\n', "stage b.general_mix"),
