@@ -188,6 +188,29 @@ class Maintenance:
             stack += self._certificate_named(cert_id)
         return stack
 
+    def reach_loose_certificates(self, ids, seen: set, stop_at=None) -> None:
+        """Add to `seen` the certificates among loose objects `ids` (not in it yet) and what they
+        name: an incremental walk that stops at packed commits misses those attached to older
+        ones (`mvc ci HEAD~3`, fetched ones). Only small objects opening with '{' are read."""
+        found = []
+        for oid in ids:
+            if oid in seen:
+                continue
+            try:
+                if os.path.getsize(self.loose.path(oid)) > SMALL_OBJECT:
+                    continue
+                with open(self.loose.path(oid), "rb") as f:
+                    if f.read(1) != b"{":
+                        continue
+                decode(self.loose.get(oid), "certificate", oid)
+            except FormatTooNew:
+                pass  # (a newer mvc's certificate: what it names is kept all the same)
+            except (MvcError, OSError):
+                continue
+            seen.add(oid)
+            found += self._certificate_named(oid)
+        self._walk(found, seen, [], stop_at=stop_at)
+
     def _certificate_named(self, cert_id: str) -> list:
         """What certificate `cert_id` names, to walk; nothing when it is missing, damaged or no
         certificate. Of one of a newer format, every id-like text is kept when it is here, and
@@ -496,7 +519,8 @@ class Maintenance:
         with Packer(self, full=True, grace_s=grace, geometric=True, protect=protected,
                     live=live if dry_run or exclusive else None,  # (refs cannot move while gc holds the
                     writers_locked=exclusive, dry_run=dry_run,  # writers lock: what they reach stands)
-                    drop_wait_s=None if locked else 0.0) as p:  # (waited in vain once: one more try, no second wait)
+                    quiet_wait=not locked) as p:  # (it said it waits, in vain: the packs wait again, quietly,
+            # holding the gate, so that commits in flight drain: h71 found a single try lost to them every time)
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
                 result["pack"] = p.run(progress.advance, dry_run=dry_run, partial=progress.advance_bytes)

@@ -147,21 +147,21 @@ class Packer:
     `recent_only` (not with `full`): the walk for loose objects does not look past commits already
     packed (and not also loose), so its cost follows what is new, not the history (automatic
     packing after each commit). What it misses, a loose object only a packed commit reaches (a
-    blob fetched later from a lazy remote, a certificate attached to an older commit, an object
-    once damaged and repaired), stays loose for the next `mvc pack` or gc; the certificates of the
-    packed commits where the walk stops are looked at."""
+    blob fetched later from a lazy remote, an object once damaged and repaired), stays loose for
+    the next `mvc pack` or gc; loose certificates (of older commits too) and what they name are
+    packed with the rest."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
                  lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False, recent_only: bool = False,
-                 drop_wait_s: float | None = None):
+                 quiet_wait: bool = False):
         if recent_only and full:
             raise ValueError("a full repack walks the whole history")
         self.repo = repo
         self.recent_only = recent_only
         self.dry_run = dry_run  # writes nothing: on a read-only repository it runs without the lock
         self.writers_locked = writers_locked  # the caller holds the writers lock exclusively (short-grace gc)
-        self.drop_wait_s = drop_wait_s  # how long dropping waits for that lock (None: DROP_LOCK_WAIT_S)
+        self.quiet_wait = quiet_wait  # dropping waits for that lock without saying so (gc said it once)
         self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
         # unreachable objects kept whatever their age (Repo.recently_referenced); None: a full
         # repack finds them itself, as gc does (`mvc pack --all`, a repair's repack)
@@ -217,6 +217,9 @@ class Packer:
         # moved (a listing made before the walk, one folder at a time, could hold such a commit and
         # miss its blobs: packed alone, later walks would stop at it and leave them loose)
         loose = set(repo.loose.ids())
+        if self.recent_only:  # (certificates of older, packed commits: the walk stopped above them)
+            live = set(live)
+            repo.reach_loose_certificates(sorted(loose - live), live, stop_at)
         self.rank, self.base_of, self.dtype_of = history_bases(repo, stop_at)
         self.kept_packs: list = []
         self.young_time: float | None = None
@@ -341,8 +344,7 @@ class Packer:
         rolled = [p for p in self.rolled_packs if p.name != name] if self.full and (name or not self.targets) else []
         if rolled and self.gone:
             with (contextlib.nullcontext(True) if self.writers_locked
-                  else self.repo.writers_exclusive_within(
-                      DROP_LOCK_WAIT_S if self.drop_wait_s is None else self.drop_wait_s)) as locked:
+                  else self.repo.writers_exclusive_within(DROP_LOCK_WAIT_S, self.quiet_wait)) as locked:
                 why = self._keep_old_packs(locked)
                 if why:  # leave every old pack, so nothing they hold loses a delta base; a later gc drops
                     stats["packs_left"], stats["packs_left_why"] = len(rolled), why
