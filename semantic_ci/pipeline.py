@@ -212,8 +212,9 @@ def start_over(run, stage, branch: str, key: str, to: str | None) -> None:
                          f"keep them on a branch of their own (mvc branch NAME {head[:12]}), move {branch} back to "
                          f"{own[:12]} (mvc switch {branch}; mvc rollback {own[:12]}; then mvc switch back), and run "
                          "again")
+    same = own is not None and stage_info(repo, own).get("key") == key  # (the same work, left unfinished)
     run.emit({"event": "restart", "stage": stage.name, "branch": branch, "old": head,
-              "reason": "its inputs or settings changed"})
+              "reason": "a killed run left it unfinished" if same else "its inputs or settings changed"})
 
 
 def finished(run, stage, branch: str, key: str) -> str | None:
