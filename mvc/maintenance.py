@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import os
+import stat
 import time
 import warnings
 from typing import Callable
@@ -197,15 +199,22 @@ class Maintenance:
             if oid in seen:
                 continue
             try:
-                if os.path.getsize(self.loose.path(oid)) > SMALL_OBJECT:
+                st = os.stat(self.loose.path(oid))
+                if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_OBJECT:  # (a pipe would block the open)
                     continue
                 with open(self.loose.path(oid), "rb") as f:
                     if f.read(1) != b"{":
                         continue
-                decode(self.loose.get(oid), "certificate", oid)
-            except FormatTooNew:
-                pass  # (a newer mvc's certificate: what it names is kept all the same)
-            except (MvcError, OSError):
+                data = self.loose.get(oid)
+                try:
+                    commit = decode(data, "certificate", oid)["commit"]
+                except FormatTooNew:  # (a newer mvc's certificate: what it names is kept all the same)
+                    commit = json.loads(data).get("commit")
+            except (MvcError, OSError, ValueError, AttributeError):
+                continue
+            # the certificate of a commit that is reachable (reached, or packed where the walk stopped):
+            # one of a commit nothing reaches is garbage, with what it names (gc's to drop, loose)
+            if not isinstance(commit, str) or not (commit in seen or (stop_at is not None and stop_at(commit))):
                 continue
             seen.add(oid)
             found += self._certificate_named(oid)
@@ -519,8 +528,8 @@ class Maintenance:
         with Packer(self, full=True, grace_s=grace, geometric=True, protect=protected,
                     live=live if dry_run or exclusive else None,  # (refs cannot move while gc holds the
                     writers_locked=exclusive, dry_run=dry_run,  # writers lock: what they reach stands)
-                    quiet_wait=not locked) as p:  # (it said it waits, in vain: the packs wait again, quietly,
-            # holding the gate, so that commits in flight drain: h71 found a single try lost to them every time)
+                    wait_again=not locked) as p:  # (it waited in vain: the packs wait again, holding the gate, so
+            # that commits in flight drain: h71 found a single try lost to them every time)
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)
             try:
                 result["pack"] = p.run(progress.advance, dry_run=dry_run, partial=progress.advance_bytes)

@@ -154,14 +154,14 @@ class Packer:
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
                  lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False, recent_only: bool = False,
-                 quiet_wait: bool = False):
+                 wait_again: bool = False):
         if recent_only and full:
             raise ValueError("a full repack walks the whole history")
         self.repo = repo
         self.recent_only = recent_only
         self.dry_run = dry_run  # writes nothing: on a read-only repository it runs without the lock
         self.writers_locked = writers_locked  # the caller holds the writers lock exclusively (short-grace gc)
-        self.quiet_wait = quiet_wait  # dropping waits for that lock without saying so (gc said it once)
+        self.wait_again = wait_again  # a gc's second wait for that lock (its first, for loose objects, was in vain)
         self.live = live  # what is reachable, when the caller knows better (a gc dry run's reflog expiry)
         # unreachable objects kept whatever their age (Repo.recently_referenced); None: a full
         # repack finds them itself, as gc does (`mvc pack --all`, a repair's repack)
@@ -344,7 +344,7 @@ class Packer:
         rolled = [p for p in self.rolled_packs if p.name != name] if self.full and (name or not self.targets) else []
         if rolled and self.gone:
             with (contextlib.nullcontext(True) if self.writers_locked
-                  else self.repo.writers_exclusive_within(DROP_LOCK_WAIT_S, self.quiet_wait)) as locked:
+                  else self.repo.writers_exclusive_within(DROP_LOCK_WAIT_S, self.wait_again)) as locked:
                 why = self._keep_old_packs(locked)
                 if why:  # leave every old pack, so nothing they hold loses a delta base; a later gc drops
                     stats["packs_left"], stats["packs_left_why"] = len(rolled), why

@@ -654,14 +654,15 @@ class Repo(Maintenance):
             raise InterruptedAfterLanding(_landed(cid, ref)) from None
         return cid
 
-    def writers_exclusive_within(self, timeout_s: float, quiet: bool = False):
+    def writers_exclusive_within(self, timeout_s: float, again: bool = False):
         """The writers lock held exclusively if it can be had within `timeout_s` (yields whether it
-        was): packing waits so for commits and fetches in flight before it drops objects. `quiet`:
-        without saying so (a gc saying it waits a second time, for its packs)."""
+        was): packing waits so for commits and fetches in flight before it drops objects. `again`:
+        a gc's second wait (for its packs, after the loose sweep's), said as such."""
         from .files import exclusive_within
-        return exclusive_within(os.path.join(self.dir, WRITERS_LOCK), timeout_s,
-                                "" if quiet else f"commits, fetches and pushes in progress to finish (up to "
-                                f"{timeout_s:.0f} s; else unreachable objects are left for the next gc)")
+        what = (f"them once more, to drop garbage from packs (up to {timeout_s:.0f} s more)" if again else
+                f"commits, fetches and pushes in progress to finish (up to {timeout_s:.0f} s; else unreachable "
+                "objects are left for the next gc)")
+        return exclusive_within(os.path.join(self.dir, WRITERS_LOCK), timeout_s, what)
 
     def writing(self):
         """Held (shared) from writing new objects until a ref or index points at them: commit,

@@ -729,6 +729,25 @@ def test_automatic_packing_packs_a_certificate_attached_to_a_packed_commit(repo)
     assert {blob, cert_id} <= set(records(repo))
 
 
+def test_automatic_packing_leaves_a_certificate_of_a_commit_nothing_reaches_loose(repo):
+    """h75: every loose certificate was taken as reachable: one of a deleted branch's commit was
+    packed, and with it that commit, its trees and blobs (garbage kept a grace period longer)."""
+    from mvc import certindex
+    from mvc.objects import canonical_json
+    drift_history(repo, 2)
+    pack(repo)
+    side = repo.commit({"core": {"s": torch.arange(32.0)}}, message="side", branch="side")
+    cert = canonical_json({"type": "certificate", "format": 3, "commit": side, "passed": True, "checks": []})
+    cert_id = repo.store.put(cert, oid=hash_bytes(cert))
+    certindex.attach(repo.dir, side, [cert_id])
+    repo.delete_branch("side")
+    forget_reflogs(repo)
+    repo.set_config("pack.autoEvery", "1")
+    drift_history(mvc.Repo(repo.root), 1, seed=5)
+    packed = set(records(repo))
+    assert side not in packed and cert_id not in packed
+
+
 def test_bad_pack_config_is_a_clear_error(repo):
     drift_history(repo, 1)
     with pytest.raises(MvcError, match="pack.maxDepth = 'deep' is invalid"):
@@ -934,10 +953,10 @@ def test_gc_deletes_no_garbage_while_commits_hold_the_writers_lock(repo, monkeyp
     assert mvc.Repo(repo.root).gc()["removed"] > 0 and not mvc.Repo(repo.root).store.has(side)
 
 
-def test_a_busy_default_gc_says_it_waits_for_the_writers_lock_once_not_once_per_step(repo, monkeypatch):
+def test_a_busy_default_gc_says_what_each_of_its_two_waits_for_the_writers_lock_is_for(repo, monkeypatch):
     """A default gc with loose and packed garbage waited DROP_LOCK_WAIT_S for busy writers before
-    the loose sweep, then as long again before dropping from packs, saying "waiting for" twice. (It
-    still waits twice: one try for the packs lost to a stream of commits every time, h71.)"""
+    the loose sweep, then as long again before dropping from packs, printing the same notice twice.
+    (It still waits twice: one try for the packs lost to a stream of commits every time, h71.)"""
     import threading
     import warnings
     from mvc import pack_write
@@ -967,22 +986,22 @@ def test_a_busy_default_gc_says_it_waits_for_the_writers_lock_once_not_once_per_
     finally:
         done.set()
         t.join()
-    waits = [w for w in caught if "waiting for" in str(w.message)]
-    assert len(waits) == 1, [str(w.message) for w in waits]
+    waits = [str(w.message) for w in caught if "waiting for" in str(w.message)]
+    assert len(waits) == 2 and "to finish" in waits[0] and "once more, to drop garbage from packs" in waits[1], waits
     assert res["loose_left_why"].startswith("busy") and res["pack"]["packs_left_why"].startswith("busy")
     assert mvc.Repo(repo.root).store.has(side)
-    # the writer finishes while the packs wait (quietly) for the lock: they drop their garbage
+    # the writer finishes while the packs wait for the lock: they drop their garbage
     holding.clear(), done.clear()
     t = threading.Thread(target=writer)
     t.start()
     real = mvc.Repo.writers_exclusive_within
 
-    def finish_on_the_quiet_wait(self, timeout_s, quiet=False):
-        if quiet:
+    def finish_on_the_second_wait(self, timeout_s, again=False):
+        if again:
             done.set()
             t.join()
-        return real(self, timeout_s, quiet)
-    monkeypatch.setattr(mvc.Repo, "writers_exclusive_within", finish_on_the_quiet_wait)
+        return real(self, timeout_s, again)
+    monkeypatch.setattr(mvc.Repo, "writers_exclusive_within", finish_on_the_second_wait)
     try:
         assert holding.wait(10)
         with warnings.catch_warnings(record=True) as caught:
