@@ -427,6 +427,17 @@ def _check_core_config(pipeline: "Pipeline", stage: Stage, suffix: str = "") -> 
             return
 
 
+def _referenced_stage(pipeline: "Pipeline", ref) -> Stage | None:
+    """The stage a `stage:NAME` reference names; None for a revision or an unknown stage (which
+    its own check names)."""
+    if not (isinstance(ref, str) and ref.startswith("stage:")):
+        return None
+    try:
+        return pipeline.stage(ref[6:])
+    except ConfigError:
+        return None
+
+
 def _stage_core(pipeline: "Pipeline", ref, through: tuple = ("train-brick",)):
     """The core a `stage:NAME` reference makes, as a train-core stage builds it (on the meta
     device where it can); None when it cannot be known here (a revision, another stage kind).
@@ -434,11 +445,8 @@ def _stage_core(pipeline: "Pipeline", ref, through: tuple = ("train-brick",)):
     for its host; a compress or k0 stage for its source, whose byte embedding it keeps)."""
     import torch
     import cores
-    if not (isinstance(ref, str) and ref.startswith("stage:")):
-        return None
-    try:
-        stage = pipeline.stage(ref[6:])
-    except ConfigError:
+    stage = _referenced_stage(pipeline, ref)
+    if stage is None:
         return None
     if stage.kind in through:
         return _stage_core(pipeline, stage.get("host" if stage.kind == "train-brick" else "source"), through)
@@ -498,11 +506,8 @@ def _check_compress(pipeline: "Pipeline", stage: Stage) -> None:
 def stage_brick(pipeline: "Pipeline", ref) -> str | None:
     """The brick a `stage:NAME` reference's commits hold: a train-brick stage's brick_name, an
     int8 stage's as_name (else its brick_name); None when it cannot be known here."""
-    if not (isinstance(ref, str) and ref.startswith("stage:")):
-        return None
-    try:
-        source = pipeline.stage(ref[6:])
-    except ConfigError:
+    source = _referenced_stage(pipeline, ref)
+    if source is None:
         return None
     if source.kind == "train-brick":
         return source.get("brick_name")

@@ -976,24 +976,27 @@ def test_a_busy_default_gc_says_what_each_of_its_two_waits_for_the_writers_lock_
         with mvc.Repo(repo.root).writing():
             holding.set()
             done.wait(30)
+
+    def gc_beside_the_writer():
+        """(gc's result, the "waiting for" notices it gave) while `writer` holds the lock."""
+        holding.clear(), done.clear()
+        t.start()
+        try:
+            assert holding.wait(10)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = mvc.Repo(repo.root).gc()
+        finally:
+            done.set()
+            t.join()
+        return res, [str(w.message) for w in caught if "waiting for" in str(w.message)]
     t = threading.Thread(target=writer)
-    t.start()
-    try:
-        assert holding.wait(10)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = mvc.Repo(repo.root).gc()
-    finally:
-        done.set()
-        t.join()
-    waits = [str(w.message) for w in caught if "waiting for" in str(w.message)]
+    res, waits = gc_beside_the_writer()
     assert len(waits) == 2 and "to finish" in waits[0] and "once more, to drop garbage from packs" in waits[1], waits
     assert res["loose_left_why"].startswith("busy") and res["pack"]["packs_left_why"].startswith("busy")
     assert mvc.Repo(repo.root).store.has(side)
     # the writer finishes while the packs wait for the lock: they drop their garbage
-    holding.clear(), done.clear()
     t = threading.Thread(target=writer)
-    t.start()
     real = mvc.Repo.writers_exclusive_within
 
     def finish_on_the_second_wait(self, timeout_s, again=False):
@@ -1002,15 +1005,8 @@ def test_a_busy_default_gc_says_what_each_of_its_two_waits_for_the_writers_lock_
             t.join()
         return real(self, timeout_s, again)
     monkeypatch.setattr(mvc.Repo, "writers_exclusive_within", finish_on_the_second_wait)
-    try:
-        assert holding.wait(10)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = mvc.Repo(repo.root).gc()
-    finally:
-        done.set()
-        t.join()
-    assert len([w for w in caught if "waiting for" in str(w.message)]) == 1
+    res, waits = gc_beside_the_writer()
+    assert len(waits) == 1
     assert res["loose_left_why"].startswith("busy") and res["pack"]["dropped"] > 0
     after = mvc.Repo(repo.root).gc()  # nobody writes now: both go
     assert after["removed"] > 0 and not mvc.Repo(repo.root).store.has(side)
