@@ -359,6 +359,7 @@ def run_pipeline(repo, pipeline: Pipeline, from_stage: str | None = None, emit=N
             for lock in _branch_locks(run, pipeline):
                 held.enter_context(lock)
             _check_revisions(run, pipeline, from_stage)
+            _check_data_paths(run, pipeline, from_stage)
             _run_stages(run, pipeline, from_stage, started, summary, IMPLS)
     except Exception as e:
         summary["passed"] = False
@@ -424,6 +425,36 @@ def _check_revisions(run: Run, pipeline: Pipeline, from_stage: str | None) -> No
                                   f"({e.message})", "fix the revision; see mvc log, mvc branch and mvc tag") from None
 
 
+def _out_of_memory(stage: Stage, e: Exception) -> StageError | None:
+    """A stage's MemoryError (or torch's allocator error) as an error naming the stage and the
+    settings that size its memory (the generic hint named push and fetch jobs)."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "DefaultCPUAllocator" in text and (
+            "can't allocate memory" in text or "not enough memory" in text))):
+        return None
+    sizes = ", ".join(f"{k} = {stage.get(k)}" for k in ("batch_size", "seq_len", "config") if stage.get(k) is not None)
+    return StageError(f"stage {stage.name}: out of memory" + (f" with {sizes}" if sizes else ""),
+                      "lower its batch_size or seq_len, or pick a smaller config")
+
+
+def _check_data_paths(run: Run, pipeline: Pipeline, from_stage: str | None) -> None:
+    """Every data file the checks of the stages that will run name lies under the repository root:
+    one outside it was refused only when its stage ran, after the stages before it had trained."""
+    from .probe import repository_path
+    names = [s.name for s in pipeline.stages]
+    for stage in pipeline.stages[names.index(from_stage) if from_stage else 0:]:
+        for c in stage.checks:
+            for key in DATA_KEYS:
+                spec = c.params.get(key)
+                if not isinstance(spec, str) or spec == "builtin" or spec.startswith(("blob:", "stream:")):
+                    continue
+                try:
+                    repository_path(run.repo, spec)
+                except MvcError as e:
+                    raise ConfigError(f"{pipeline.path}: stage {stage.name}.checks.{c.name}.{key}: {e.message}",
+                                      e.hint) from None
+
+
 def result_certificate(repo, commit: str | None) -> str | None:
     """The certificate a stage's result stands on: an evaluate stage's own, or the last gate
     certificate of the checkpoint a training stage finished on."""
@@ -486,7 +517,8 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
             summary["passed"] = False
             summary["error"] = e.message
             break
-        except Exception as e:  # recorded in the summary, then raised (exit 3 for mvc errors, 4 for bugs)
+        except Exception as caught:  # recorded in the summary, then raised (exit 3 for mvc errors, 4 for bugs)
+            e = _out_of_memory(stage, caught) or caught
             if isinstance(e, MvcError) and f"stage {stage.name}:" not in e.message:  # (or "FILE: stage NAME:")
                 e.message = f"stage {stage.name}: {e.message}"  # the error line names the stage
             what = str(e) if isinstance(e, MvcError) else f"unexpected {type(e).__name__}: {e}"
@@ -497,6 +529,8 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
             run.emit({"event": "stage_failed", "stage": stage.name, "reason": what,
                       "optional": bool(stage.get("optional"))})
             summary["error"] = what if isinstance(e, MvcError) else f"stage {stage.name}: {what}"
+            if e is not caught:
+                raise e from None
             raise
         run.results[stage.name] = commit
         summary["stages"].append({"stage": stage.name, "status": status, "commit": commit, "branch": branch,

@@ -52,11 +52,9 @@ def read_data(repo, spec: str | None, default_bytes: int, files: dict | None = N
 MAX_DATA_BYTES = 1 << 30  # a check's data file is read whole: refuse what cannot be held
 
 
-def read_repository_file(repo, spec: str) -> bytes:
-    """The bytes of a regular file under the repository root (not inside .mvc): a check's data is
-    stored as a blob and named in the certificate, which travels with pushes, so a path naming
-    a file outside (an absolute path, '..') must not carry other files along. (A symlink inside
-    the repository is followed: mvc.toml is the user's, as its adapters are.)"""
+def repository_path(repo, spec: str) -> str:
+    """The absolute path of check data `spec` (relative to the repository root); BadInput when it
+    lies outside the root or inside its .mvc folder (see read_repository_file)."""
     root = os.path.abspath(repo.root)  # lexically: a linked data folder inside it is the user's choice
     path = os.path.abspath(spec if os.path.isabs(spec) else os.path.join(repo.root, spec))
     inside = os.path.relpath(path, root)
@@ -65,6 +63,15 @@ def read_repository_file(repo, spec: str) -> bytes:
                        "keep held-out and probe data under the repository root")
     if inside.split(os.sep)[0] == ".mvc":
         raise BadInput(f"check data {spec} is inside the repository's .mvc folder")
+    return path
+
+
+def read_repository_file(repo, spec: str) -> bytes:
+    """The bytes of a regular file under the repository root (not inside .mvc): a check's data is
+    stored as a blob and named in the certificate, which travels with pushes, so a path naming
+    a file outside (an absolute path, '..') must not carry other files along. (A symlink inside
+    the repository is followed: mvc.toml is the user's, as its adapters are.)"""
+    path = repository_path(repo, spec)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: a pipe would block the open
             raise BadInput(f"check data {spec} is not a regular file")

@@ -284,6 +284,8 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
     (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\n'
                    'brick_name = "x"\nstream = "text"\nsteps = 2\n\n[[stages]]\nname = "q"\nkind = "int8"\n'
                    'source = "stage:b"\nbrick_name = "y"\n', "stage q.brick_name: stage:b makes brick 'x', not 'y'"),
+    (lambda t: t.replace('probe_bytes = 256\n', 'probe_bytes = 256\nprobe = "../outside.txt"\n'),
+     "stage certify.checks.roundtrip.probe: check data ../outside.txt is outside the repository"),
     # accepted and never read: every value trained the same brick (h72 04)
     (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\n'
                    'brick_name = "x"\nstream = "text"\nsteps = 2\ngeneral_mix = 0.5\n', "stage b.general_mix"),
@@ -339,6 +341,22 @@ def test_bad_pipeline_files_exit_3_naming_file_and_key_before_training(tmp_path,
             err = r.stderr.strip()
             assert err.startswith("error: bad.toml: ") and key in err and "\n" not in err, (key, err)
     assert not repo.branches() and repo.head() is None  # nothing trained
+
+
+def test_a_stage_out_of_memory_names_the_stage_and_its_sizes(tmp_path, monkeypatch):
+    """h72 08: the error gave the generic hint about -j of push, fetch or clone."""
+    import importlib
+    train = importlib.import_module("cores.train")
+    root, repo = make_project(tmp_path, steps=2)
+    monkeypatch.chdir(root)
+
+    def too_big(self, step):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 52000000000 bytes")
+    monkeypatch.setattr(train.Trainer, "step_loss", too_big)
+    r = CliRunner().invoke(cli, ["run", "p.toml"])
+    assert r.exit_code == 3 and "stage core: out of memory with batch_size = 4, seq_len = 32" in r.stderr
+    assert "push, fetch" not in r.stderr and "lower its batch_size" in r.stderr
 
 
 def test_stream_builder_that_raises_is_a_stage_error(tmp_path, monkeypatch):
