@@ -826,8 +826,14 @@ def configured_remote(config: configparser.ConfigParser, name: str, root: str) -
     if parsed.scheme == "file" and ("?" in url or "#" in url):
         path = None
     if path and path.strip() and not os.path.isabs(os.path.expanduser(path)):
-        url = os.path.normpath(os.path.join(root, path))  # (as normalize_url's abspath writes paths)
+        url = _under_root(path, root)
     return url, config.get(section, "endpoint", fallback=None)
+
+
+def _under_root(path: str, root: str) -> str:
+    """A config's path as the repository at `root` reads it: a relative one is relative to `root`
+    (as normalize_url's abspath writes paths)."""
+    return os.path.normpath(os.path.join(root, os.path.expanduser(path)))
 
 
 def open_configured_remote(config: configparser.ConfigParser, name: str, root: str, jobs: int = 8) -> Transport:
@@ -839,17 +845,11 @@ def open_configured_remote(config: configparser.ConfigParser, name: str, root: s
         used = re.split(r"[?#]", url, maxsplit=1)[0].rstrip("/")
         normalize_url(used)  # (credentials are refused before any message shows the URL)
         if parsed.scheme == "file":  # (as the repository reads a relative one: the hint's command
-            used = configured_remote_path(used, root)  # may run in a subfolder)
+            used = _under_root(unquote(urlparse(used).path), root)  # may run in a subfolder)
         raise BadInput(f"remote {shown(name)}'s URL in the config, {shown(url)}, holds '?' or '#': an older mvc read "
                        f"it cut there, as {shown(used)}, where what it pushed lies",
                        f"{set_url_command(name, shlex.quote(used))} keeps using that; or point it elsewhere")
     return open_transport(url, endpoint, jobs)
-
-
-def configured_remote_path(file_url: str, root: str) -> str:
-    """The absolute path a file: URL of the config of the repository at `root` names."""
-    path = unquote(urlparse(file_url).path)
-    return os.path.normpath(os.path.join(root, os.path.expanduser(path)))
 
 
 def set_url_command(name: str, url: str) -> str:
