@@ -389,9 +389,10 @@ class PackStore(ObjectStore):
                 found.append((pack, r))
         return found
 
-    def lookup(self, oid: str) -> tuple[Pack, pf.Record] | None:
+    def lookup(self, oid: str, rescan: bool = True) -> tuple[Pack, pf.Record] | None:
+        """(pack, record) of `oid`, or None; unless not `rescan`, a miss lists the packs again."""
         hit = self._find(oid)
-        for _ in range(3):  # a repack may replace packs between our listing and our reads
+        for _ in range(3 if rescan else 0):  # a repack may replace packs between our listing and our reads
             if hit is not None:
                 break
             changed = self.refresh()

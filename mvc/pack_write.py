@@ -55,10 +55,10 @@ def _store(repo) -> PackStore:
     return ps if ps is not None else PackStore(_pack_dir(repo))
 
 
-def commits_parents_first(repo, stop_at=None) -> list[str]:
-    """Every commit reachable from refs, reflogs and a detached HEAD; parents before children.
-    `stop_at(id)`, when given, names commits left out and not looked past."""
-    roots = set(repo.refs.list("refs/").values()) | repo.refs.all_reflog_ids()
+def commits_parents_first(repo, stop_at=None, reflogs: bool = True) -> list[str]:
+    """Every commit reachable from refs, reflogs (unless not `reflogs`) and a detached HEAD;
+    parents before children. `stop_at(id)`, when given, names commits left out and not looked past."""
+    roots = set(repo.refs.list("refs/").values()) | (repo.refs.all_reflog_ids() if reflogs else set())
     head = repo.refs.read("HEAD")
     if head:
         roots.add(head)
@@ -84,16 +84,16 @@ def commits_parents_first(repo, stop_at=None) -> list[str]:
     return order
 
 
-def history_bases(repo, stop_at=None) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
+def history_bases(repo, stop_at=None, reflogs: bool = True) -> tuple[dict[str, int], dict[str, str], dict[str, str]]:
     """(first-appearance rank of each tensor blob, its XOR base candidate, its dtype); of the
-    commits `commits_parents_first(repo, stop_at)` lists."""
+    commits `commits_parents_first(repo, stop_at, reflogs)` lists."""
     rank: dict[str, int] = {}
     base_of: dict[str, str] = {}
     dtype_of: dict[str, str] = {}
     done_trees: set[str] = set()
     previous: dict[str, dict] = {}  # the trees of the commit before: mostly the next one's parent's
     from .pack_codec import GROUPED_DTYPES
-    for cid in commits_parents_first(repo, stop_at):
+    for cid in commits_parents_first(repo, stop_at, reflogs):
         c = repo.read_commit(cid)
         decoded: dict[str, dict] = {}
         parent = None
@@ -130,6 +130,28 @@ def history_bases(repo, stop_at=None) -> tuple[dict[str, int], dict[str, str], d
     return rank, base_of, dtype_of
 
 
+class _Packed:
+    """The packed objects as `PackStore.records()` maps them (id -> (pack, record), or id -> record
+    with `records`), each looked up in the indexes when asked for rather than all listed first:
+    an incremental pack asks about the few new objects only."""
+
+    def __init__(self, ps: PackStore, records: bool = False):
+        self.ps, self.records = ps, records
+
+    def get(self, oid: str, default=None):
+        hit = self.ps.lookup(oid, rescan=False)
+        return default if hit is None else hit[1] if self.records else hit
+
+    def __contains__(self, oid: str) -> bool:
+        return self.get(oid) is not None
+
+    def __getitem__(self, oid: str):
+        hit = self.get(oid)
+        if hit is None:
+            raise KeyError(oid)
+        return hit
+
+
 def _recent_limit() -> int:
     """How many objects the writer keeps at hand: each loose one is a map holding a file
     descriptor, so a quarter of the open-file limit at most (a `ulimit -n 128` failed packing)."""
@@ -144,19 +166,28 @@ def _recent_limit() -> int:
 class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry.
 
-    `recent_only` (not with `full`): the walk for loose objects does not look past commits already
-    packed (and not also loose), so its cost follows what is new, not the history (automatic
-    packing after each commit). What it misses, a loose object only a packed commit reaches (a
-    blob fetched later from a lazy remote, an object once damaged and repaired), stays loose for
-    the next `mvc pack` or gc; loose certificates (of older commits too) and what they name are
-    packed with the rest."""
+    `recent_only` (not with `full`): the walk for loose objects starts at the refs (not the
+    reflogs) and does not look past commits already packed (and not also loose), so its cost
+    follows what is new, not the history (automatic packing after each commit). What it misses,
+    a loose object only a packed commit or a reflog reaches (a blob fetched later from a lazy
+    remote, an object once damaged and repaired, a commit rolled back from), stays loose for the
+    next `mvc pack` or gc; loose certificates (of older commits too) and what they name are
+    packed with the rest.
+
+    `merge_only`: merge the small packs the geometric way of gc, keeping every object, loose ones
+    left as they are, without walking the history (automatic packing past `pack.autoPackLimit`):
+    the objects keep the order they had in their packs, oldest pack first, so entries are copied
+    as they are (a delta's base is written before it)."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
                  lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False, recent_only: bool = False,
-                 wait_again: bool = False):
-        if recent_only and full:
+                 wait_again: bool = False, merge_only: bool = False):
+        if recent_only and (full or merge_only):
             raise ValueError("a full repack walks the whole history")
+        self.merge_only = merge_only
+        if merge_only:  # nothing is reachable and everything young: nothing dropped, nothing walked
+            full, geometric, grace_s, protect, live = True, True, math.inf, set(), set()
         self.repo = repo
         self.recent_only = recent_only
         self.dry_run = dry_run  # writes nothing: on a read-only repository it runs without the lock
@@ -199,7 +230,8 @@ class Packer:
         repo = self.repo
         self.ps = _store(repo)
         self.ps.refresh()
-        self.packed = self.ps.records()
+        # every record listed (a full repack rewrites them) or, for new objects only, looked up one by one
+        self.packed = self.ps.records() if self.full else _Packed(self.ps)
         self.old_packs = self.ps.packs()
         stop_at = None
         if self.recent_only:  # where the walk stops; what it packs is listed again after it (below)
@@ -210,7 +242,7 @@ class Packer:
         elif self.full:  # drops what is unreachable: refuses while something reachable is damaged
             live = repo.reachable_whole("packing")
         else:  # deletes nothing: a ref file that holds no id is skipped (history_bases warns of it)
-            live = repo.reachable(bad_refs={}, stop_at=stop_at)[0]
+            live = repo.reachable(bad_refs={}, stop_at=stop_at, include_reflogs=not self.recent_only)[0]
         if self.protect is None:
             self.protect = repo.recently_referenced(live, self.grace_s) if self.full else set()
         # listed after the walk: whatever a commit it reached names was written before that commit's ref
@@ -220,7 +252,12 @@ class Packer:
         if self.recent_only:  # (certificates of older, packed commits: the walk stopped above them)
             live = set(live)
             repo.reach_loose_certificates(sorted(loose - live), live, stop_at)
-        self.rank, self.base_of, self.dtype_of = history_bases(repo, stop_at)
+        if self.merge_only:
+            self.rank = {oid: i for i, oid in enumerate(dict.fromkeys(
+                r.oid for p in sorted(self.old_packs, key=_mtime) for r in p.ordered()))}
+            self.base_of, self.dtype_of = {}, {}
+        else:
+            self.rank, self.base_of, self.dtype_of = history_bases(repo, stop_at, reflogs=not self.recent_only)
         self.kept_packs: list = []
         self.young_time: float | None = None
         self.kept_young = 0
@@ -268,13 +305,13 @@ class Packer:
             self.rolled_packs = []
             targets = {oid for oid in live if oid in loose and oid not in self.packed}
         # records that stay where they are: new XOR deltas may use them as bases
-        self.fixed = {oid: r for oid, (_p, r) in self.packed.items()} if not self.full else \
+        self.fixed = _Packed(self.ps, records=True) if not self.full else \
             {oid: r for p in self.kept_packs for oid, r in p.records.items()}
         # packed elsewhere already: their loose copies go once this run is durable
         self.loose_dups = {oid for oid in loose if oid in self.packed} if not (self.full and targets) else set()
         self.loose_targets = {oid for oid in targets if oid in loose}
         self.loose_dup_bytes = sum(_size(repo.loose, oid) for oid in  # (loose copies of packed objects: deleted;
-                                   (self.loose_dups | self.loose_targets) & set(self.packed) & live)  # gc's
+                                   {o for o in self.loose_dups | self.loose_targets if o in self.packed} & live)  # gc's
         # sweep counts those of garbage)
         big = len(self.rank) + 1
         self.targets = sorted(targets, key=lambda o: (o in self.rank, self.rank.get(o, big), o))
@@ -629,12 +666,13 @@ def _deletion_order(packs: list) -> list:
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
          geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None,
          writers_locked: bool = False, lock_timeout_s: float = LOCK_TIMEOUT_S, partial=None,
-         recent_only: bool = False) -> dict:
+         recent_only: bool = False, merge_only: bool = False) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
-    the large packs with nothing to drop, as gc does; recent_only: see `Packer`). Returns statistics."""
+    the large packs with nothing to drop, as gc does; recent_only, merge_only: see `Packer`).
+    Returns statistics."""
     with Packer(repo, full=full, grace_s=grace_s, geometric=geometric, protect=protect, live=live,
                 writers_locked=writers_locked, lock_timeout_s=lock_timeout_s, dry_run=dry_run,
-                recent_only=recent_only) as p:
+                recent_only=recent_only, merge_only=merge_only) as p:
         return p.run(progress, dry_run=dry_run, partial=partial)
 
 
@@ -663,8 +701,7 @@ def maybe_autopack(repo, cid: str) -> dict | None:
         stats = pack(repo, lock_timeout_s=0.0, recent_only=True)  # never makes a commit wait for a gc
         limit = repo.config_value("pack.autoPackLimit", AUTO_PACK_LIMIT)
         if limit and len(_store(repo).packs()) > limit:  # merge the small packs as gc would, dropping
-            pack(repo, full=True, geometric=True, grace_s=math.inf, protect=set(),  # nothing (that is gc's
-                 lock_timeout_s=0.0)                                              # job): all are young
+            pack(repo, merge_only=True, lock_timeout_s=0.0)  # nothing (that is gc's job)
         return stats
     except LockHeld:
         return None  # another process is packing right now: the next commit packs

@@ -640,11 +640,14 @@ class LooseStore(ObjectStore):
     def ids(self):
         if not os.path.isdir(self.root):
             return
-        for d in sorted(os.listdir(self.root)):
-            sub = os.path.join(self.root, d)
-            if len(d) != 2 or not os.path.isdir(sub):  # (a stray file "zz" is no object folder)
+        with os.scandir(self.root) as listing:  # (file types from the listing: no stat per folder)
+            folders = sorted(e.name for e in listing if len(e.name) == 2 and e.is_dir())  # (a stray file "zz")
+        for d in folders:
+            try:
+                names = os.listdir(os.path.join(self.root, d))
+            except FileNotFoundError:  # (removed meanwhile)
                 continue
-            for name in sorted(os.listdir(sub)):
+            for name in sorted(names):
                 if is_oid(d + name):
                     yield d + name
 
