@@ -1,11 +1,13 @@
 """CI on every commit: the `mvc.post_commit` entry point mvc's storage layer calls after a commit
 when mvc.toml exists. With `on_fail = "rollback"` a failing commit stays in history but its branch
-moves back to the last passing commit and `mvc.CheckFailed` is raised."""
+moves back to the last passing commit and `mvc.CheckFailed` is raised; so it does, raising the
+interrupt, when CI could not run or was interrupted before it judged the commit."""
 from __future__ import annotations
 
 import warnings
 
-from mvc.errors import CheckFailed, CiDidNotRun, MvcError, RefConflict, environment_error
+from mvc.errors import CheckFailed, CiDidNotRun, InterruptedAfterLanding, MvcError, RefConflict, environment_error
+from mvc.interrupts import interrupts_deferred
 
 from . import certificate
 from . import config as cfgmod
@@ -32,6 +34,10 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
             if not found:
                 raise
             raise MvcError(found[0], found[1]) from None
+    except KeyboardInterrupt:  # (Ctrl-C, SIGTERM, SIGHUP) before CI judged it: under rollback, it is not kept
+        if cfg.on_fail != "rollback":
+            raise
+        raise _interrupted(repo, commit, ref) from None
     except MvcError as e:  # CI could not run (e.g. a revision in mvc.toml): the commit has landed
         if cfg.on_fail == "rollback":
             target = _roll_back(repo, commit, ref, "CI could not run")
@@ -57,6 +63,25 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
                           hint=_undo_hint(repo, ref, commit))
     warnings.warn(f"semantic CI failed on {commit[:12]} ({failed}); certificate {report['certificate'][:12]}")
     return report
+
+
+def _interrupted(repo, commit: str, ref: str) -> InterruptedAfterLanding:
+    """The interrupt to raise after CI on `commit` was stopped under on_fail = "rollback": its branch
+    goes back to the last passing commit first, as when CI cannot run (a signal meanwhile waits)."""
+    branch = ref.removeprefix("refs/heads/")
+    landed = f"commit {commit} landed on {branch}, before semantic CI judged it"
+    moved, target = False, None
+    try:
+        with interrupts_deferred():
+            target = _roll_back(repo, commit, ref, "CI was interrupted")
+            moved = True
+    except RefConflict:  # another commit landed on it meanwhile: that one is not ours to undo
+        return InterruptedAfterLanding(f"{landed} ({branch} was not rolled back: another commit landed on it "
+                                       "meanwhile)", f"mvc ci {commit[:12]} runs its checks")
+    except KeyboardInterrupt:  # another signal, held back while the branch moved: the move is done
+        if not moved:
+            raise
+    return InterruptedAfterLanding(f"{landed}: {branch} {_back_to(target)}", _undo_hint(repo, ref, commit))
 
 
 def _back_to(target: str | None) -> str:

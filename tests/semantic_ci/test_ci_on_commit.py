@@ -262,3 +262,42 @@ def test_the_rollback_hint_works_while_git_s_branch_is_another(ci_repo):
     ci_repo.switch("main")  # (the hint, followed)
     ci_repo.force_branch("feat", info.value.commit[:12])
     assert ci_repo.branches()["feat"] == info.value.commit
+
+
+@pytest.mark.parametrize("on_fail", ["report", "rollback"])
+def test_ctrl_c_during_on_commit_ci_rolls_the_branch_back_only_under_rollback(ci_repo, monkeypatch, on_fail):
+    """h73: Ctrl-C while on-commit CI ran left the branch on the unjudged commit under on_fail =
+    "rollback" (a branch that should hold only commits CI passed); as when CI cannot run, it goes back."""
+    from click.testing import CliRunner
+    from mvc.cli import cli
+    from mvc.errors import InterruptedAfterLanding
+    from semantic_ci import hooks
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
+    write_config(ci_repo, BASIC.replace("[ci]\n", f"[ci]\non_commit = true\non_fail = \"{on_fail}\"\n"))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hooks, "run_ci", interrupted)
+    with pytest.raises(InterruptedAfterLanding) as info:
+        ci_repo.commit({"core": {"table": t + 1}}, message="second")
+    second = next(e["new"] for e in ci_repo.reflog() if e["message"] == "commit: second")
+    assert ci_repo.read_commit(second)["parents"] == [first]
+    if on_fail == "rollback":
+        assert ci_repo.head() == first
+        assert info.value.landed == (f"commit {second} landed on main, before semantic CI judged it: main rolled "
+                                     f"back to {first[:12]}")
+        assert info.value.hint == f"to keep the commit anyway: mvc rollback {second[:12]}"
+    else:
+        assert ci_repo.head() == second and info.value.landed == f"commit {second} landed on main"
+    from safetensors.torch import save_file
+    save_file({"table": t + 2}, os.path.join(ci_repo.root, "third.safetensors"))
+    monkeypatch.chdir(ci_repo.root)
+    r = CliRunner().invoke(cli, ["commit", "--component", "core=third.safetensors", "-m", "third"])
+    assert r.exit_code == 130, r.output
+    third = next(e["new"] for e in ci_repo.reflog() if e["message"] == "commit: third")
+    if on_fail == "rollback":
+        assert ci_repo.head() == first and f"landed on main, before semantic CI judged it: main rolled back to " \
+            f"{first[:12]}" in r.stderr and f"mvc rollback {third[:12]}" in r.stderr
+    else:
+        assert ci_repo.head() == third and r.stderr.startswith(f"error: interrupted after commit {third} landed on main")
