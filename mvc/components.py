@@ -1127,6 +1127,7 @@ def stray_files(folders: list[str], written: list[str], temps: list | None = Non
 # (token data is `.bin` too, e.g. nanoGPT's train.bin)
 MODEL_FILE_SUFFIXES = (SAFETENSORS_SUFFIX, ".pt", ".pth", ".ckpt", ".gguf")
 STALE_SCAN_DEPTH, STALE_SCAN_FOLDERS = 3, 2000  # how far a checkout looks for other components' folders
+STALE_NAME_COMMITS = 2000  # how many commits near it a checkout reads for the component names they hold
 
 
 def _holds_model_files(files: list[str]) -> bool:
@@ -1135,12 +1136,14 @@ def _holds_model_files(files: list[str]) -> bool:
         any(f.endswith(".bin") for f in lower) and any(f == "config.json" or f.endswith(".index.json") for f in lower))
 
 
-def stale_component_folders(out_dir: str, names: list[str]) -> list[str]:
+def stale_component_folders(out_dir: str, names: list[str], others: set[str]) -> list[str]:
     """Folders under `out_dir` (a checkout of components `names`), outside every component's
-    folder, that directly hold model files: what an earlier checkout of a commit with another
-    component left (a checkout writes only the components it has), a folder above a nested
-    component (`brick` when the commit has `brick/python`) included. Looks STALE_SCAN_DEPTH
-    levels down and at STALE_SCAN_FOLDERS folders at most (the output folder may be a whole project)."""
+    folder, named as one of the components `others` (those of commits near it), that directly hold
+    model files: what an earlier checkout of a commit with another component left (a checkout
+    writes only the components it has), a folder above a nested component (`brick` when the commit
+    has `brick/python`) included; not a folder of the user's (what a component was committed
+    from, when the checkout goes into the project). Looks STALE_SCAN_DEPTH levels down and at
+    STALE_SCAN_FOLDERS folders at most (the output folder may be a whole project)."""
     comps = {tuple(n.split("/")) for n in names}
     above = {c[:i] for c in comps for i in range(1, len(c))}
     out, seen = [], 0
@@ -1149,7 +1152,7 @@ def stale_component_folders(out_dir: str, names: list[str]) -> list[str]:
         if seen > STALE_SCAN_FOLDERS:
             break
         rel = tuple(os.path.relpath(dirpath, out_dir).split(os.sep)) if dirpath != out_dir else ()
-        if rel and _holds_model_files(files):
+        if rel and "/".join(rel) in others and _holds_model_files(files):
             out.append(dirpath)
             if rel not in above:  # (what is below it is named with it)
                 dirs[:] = []

@@ -1251,7 +1251,8 @@ class Repo(Maintenance):
         if stray:
             warnings.warn(f"{len(stray)} file(s) under {out_dir} are not part of {cid[:12]} (left from before), "
                           f"e.g. {stray[0]}")
-        stale = comp.stale_component_folders(out_dir, list(trees)) if not components else []
+        stale = comp.stale_component_folders(out_dir, list(trees), self._component_names_near(cid)) \
+            if not components else []
         if stale:  # (a checkout of some components only leaves the others' folders be, as asked)
             warnings.warn(f"{len(stale)} folder(s) under {out_dir} hold model files but are no component of "
                           f"{cid[:12]} (left from an earlier checkout?), e.g. {stale[0]}; checking out "
@@ -1261,6 +1262,23 @@ class Repo(Maintenance):
                           f"are under {out_dir}, e.g. {temps[0][0]}: a killed one's, or one running now; delete "
                           "them when no mvc checkout or export writes there")
         return written
+
+    def _component_names_near(self, cid: str) -> set[str]:
+        """The component names of the commits on the first-parent histories of `cid` and of every
+        branch and tag, STALE_NAME_COMMITS commits at most (what an earlier checkout may have left)."""
+        names: set[str] = set()
+        seen: set[str] = set()
+        for tip in [cid] + sorted(set(self.refs.list("refs/", bad={}).values())):
+            c = tip
+            while c and c not in seen and len(seen) < comp.STALE_NAME_COMMITS:
+                seen.add(c)
+                try:
+                    commit = self.read_commit(c, shared=True)
+                except MvcError:  # (a damaged or absent commit: fsck's to name)
+                    break
+                names.update(commit["components"])
+                c = commit["parents"][0] if commit["parents"] else None
+        return names
 
     def _refuse_output_inside_mvc(self, out: str) -> None:
         """Checkout and export never write into the .mvc directory of this or any repository (a

@@ -881,16 +881,34 @@ def test_stale_component_folders_above_nested_ones_other_suffixes_and_a_bounded_
                 "data/train.bin", "hf/pytorch_model.bin", "hf/config.json", "core/w.safetensors"):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(b"x")
-    found = comp.stale_component_folders(str(out), ["core", "brick/python"])
+    others = {"brick", "hf", "llama/original", "data", "core", "brick/python"}
+    found = comp.stale_component_folders(str(out), ["core", "brick/python"], others)
     assert sorted(os.path.relpath(p, out) for p in found) == ["brick", "hf", os.path.join("llama", "original")]
+    found = comp.stale_component_folders(str(out), ["core", "brick/python"], others - {"hf"})
+    assert sorted(os.path.relpath(p, out) for p in found) == ["brick", os.path.join("llama", "original")]
     for i in range(30):
         (out / "many" / f"d{i}").mkdir(parents=True)
     listed = []
     real_walk = os.walk
     monkeypatch.setattr(comp.os, "walk", lambda top: ((listed.append(d) or (d, ds, fs)) for d, ds, fs in real_walk(top)))
     monkeypatch.setattr(comp, "STALE_SCAN_FOLDERS", 10)
-    comp.stale_component_folders(str(out), ["core"])
+    comp.stale_component_folders(str(out), ["core"], others)
     assert len(listed) <= 11
+
+
+def test_a_checkout_into_the_project_does_not_name_the_folder_a_component_came_from(run, in_repo, tmp_path):
+    """h74 08: `mvc checkout HEAD -o .` named the project's own ckpt/ (what `model` was committed
+    from) as left by an earlier checkout; only folders named as components of commits near it are."""
+    root = pathlib.Path(in_repo.root)
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    _ckpt(ckpt / "w.safetensors", 0)
+    run("commit", "-c", "model=ckpt", "-c", f"optimizer={_ckpt(tmp_path / 'o.safetensors', 1)}", "-m", "one")
+    run("commit", "--remove", "optimizer", "-m", "model only")
+    r = run("checkout", "HEAD~1", "-o", ".")
+    assert "no component" not in r.stderr and (root / "model" / "w.safetensors").exists()
+    r = run("checkout", "HEAD", "-o", ".")
+    assert "1 folder(s) under" in r.stderr and f"e.g. {os.path.join('.', 'optimizer')}" in r.stderr
 
 
 def test_the_leftover_warning_of_a_checkout_skips_git_folders(run, in_repo, tmp_path):
