@@ -20,8 +20,8 @@ from typing import Callable
 from . import safetensors_format as stf
 from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding, MvcError
 from .interrupts import interrupts_deferred
-from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, folded_clashes,
-                      hash_bytes, is_reserved_segment, new_hasher, tree_blob_ids, tree_object)
+from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, fold_kind,
+                      folded_clashes, hash_bytes, is_reserved_segment, new_hasher, tree_blob_ids, tree_object)
 from .output_folders import OutputFolders
 from .store import FileSpan, ObjectStore
 
@@ -465,6 +465,10 @@ class Ingest:
                 (state, self.meta), self.kind = optimizer, "optimizer"
             self.state_dict(MEMORY_FILE, state)
         else:
+            if relpath is None and _looks_like_safetensors(path):  # (a hub cache blob is named by its hash)
+                warnings.warn(f"{path} looks like a safetensors file but its name does not end in "
+                              ".safetensors: it is stored as bytes, with no tensors to load, diff or share with "
+                              "other commits (copy it to a name ending in .safetensors and commit that)")
             self.raw_file(base, path, st)
 
     def directory(self, root: str) -> None:
@@ -515,8 +519,10 @@ def _refuse_case_clashes(root: str, paths: list[str]) -> None:
     for a, b, kind in folded_clashes(paths):
         same = kind == "same"
         what = f"files {a!r} and {b!r}" if same else f"the file {a!r} and the folder of {b!r}"
-        raise BadInput(f"{root}: {what} differ only in case or Unicode form: a checkout on a case-insensitive file "
-                       f"system (macOS, Windows) {'would write one over the other' if same else 'cannot write both'}",
+        how = fold_kind(a, b if same else "/".join(b.split("/")[:a.count("/") + 1]))
+        where = "a case-insensitive file system (macOS, Windows)" if how == "case or Unicode form" else "Windows"
+        raise BadInput(f"{root}: {what} differ only in {how}: a checkout on {where} "
+                       f"{'would write one over the other' if same else 'cannot write both'}",
                        "rename one of them")
 
 
@@ -1134,6 +1140,18 @@ def _holds_model_files(files: list[str]) -> bool:
     lower = [f.lower() for f in files]
     return any(f.endswith(MODEL_FILE_SUFFIXES) for f in lower) or (
         any(f.endswith(".bin") for f in lower) and any(f == "config.json" or f.endswith(".index.json") for f in lower))
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """Whether a file opens as a safetensors file does: a little-endian header length that fits
+    the file, then a JSON object (a sniff of 9 bytes, not a parse)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:] == b"{"
 
 
 def stale_component_folders(out_dir: str, names: list[str], others: set[str]) -> list[str]:

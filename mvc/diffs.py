@@ -4,6 +4,7 @@ added, removed or changed, and model metadata changes. torch is imported only to
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Callable
 
 from . import components as comp
@@ -62,13 +63,23 @@ def _diff_trees(store, ta: dict | None, tb: dict | None, progress: Callable[[int
             tensors[tname]["note"] = ", ".join(filter(None, [f"was {was[tname]}", tensors[tname].get("note")]))
     files = {}
     fa, fb = (ta or {}).get("files", {}), (tb or {}).get("files", {})
+    # a safetensors file's entry names its header only: its bytes changed too when a tensor in it did
+    in_file: Counter = Counter()
+    for tname, d in tensors.items():
+        if d["status"] != "unchanged":
+            in_file.update({t["file"] for t in (tens_a.get(was.get(tname, tname)), tens_b.get(tname))
+                            if t and t.get("file")})
     for rel in sorted(set(fa) | set(fb)):
         x, y = fa.get(rel), fb.get(rel)
-        if x == y:
+        if x == y and not in_file[rel]:
             continue
         files[rel] = {"status": "added" if x is None else "removed" if y is None else "changed",
-                      "size": [x and x["size"], y and y["size"]],
-                      "id": [x and (x.get("id") or x.get("header")), y and (y.get("id") or y.get("header"))]}
+                      "size": [x and x["size"], y and y["size"]]}
+        if "header" in (x or y):  # (the id of its header blob: equal while only tensor values changed)
+            files[rel]["header"] = [x and x.get("header"), y and y.get("header")]
+            files[rel]["tensors_changed"] = in_file[rel]
+        else:
+            files[rel]["id"] = [x and x.get("id"), y and y.get("id")]
     fields = meta_fields(ta, tb) if ta and tb else []
     return {"status": status, "tensors": tensors, "files": files, "meta_changed": bool(fields),
             "meta_fields": fields}

@@ -377,15 +377,22 @@ def check_no_nesting(names, new=None, quiet: bool = False) -> None:
             warnings.warn(f"components {a!r} and {b!r} {what}: {why}; remove one with mvc commit --remove {b}")
 
     for a, b, kind in folded_clashes(names):
-        if kind == "same":
+        if kind == "same" and fold_kind(a, b) != "case or Unicode form":
+            clash(a, b, f"differ only in {fold_kind(a, b)}", "a checkout on Windows writes both into one folder")
+        elif kind == "same":
             clash(a, b, "differ only in case or Unicode form", "a checkout on macOS (or, for case, Windows) "
                   "writes both into one folder")
         elif kind == "nests":  # (nesting as written was always refused)
             raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
                           "pick names that are not directories of one another")
         else:
-            clash(a, b, "nest where case or Unicode form is ignored", f"a checkout on macOS (or, for case, "
-                  f"Windows) writes {b!r} inside {a!r}")
+            how = fold_kind(a, "/".join(b.split("/")[:a.count("/") + 1]))
+            if how != "case or Unicode form":
+                clash(a, b, f"nest where {how.split(' (')[0]} are ignored", f"a checkout on Windows writes {b!r} "
+                      f"inside {a!r}")
+            else:
+                clash(a, b, "nest where case or Unicode form is ignored", f"a checkout on macOS (or, for case, "
+                      f"Windows) writes {b!r} inside {a!r}")
 
 
 def folded_clashes(paths):
@@ -409,8 +416,16 @@ def folded_clashes(paths):
 
 def folded_name(name: str) -> str:
     """A name (or path) as case-insensitive, normalizing file systems (macOS, Windows) compare them:
-    NFC and simple lower case (not casefold's `ß` = `ss`, which they keep apart)."""
-    return unicodedata.normalize("NFC", name).lower()
+    NFC and simple lower case (not casefold's `ß` = `ss`, which they keep apart), and each segment
+    without trailing dots and spaces, which Windows drops (`core.` is `core` there)."""
+    return "/".join(seg.rstrip(". ") or seg for seg in unicodedata.normalize("NFC", name).lower().split("/"))
+
+
+def fold_kind(a: str, b: str) -> str:
+    """How two names that `folded_name` makes equal differ, said for an error."""
+    if unicodedata.normalize("NFC", a).lower() == unicodedata.normalize("NFC", b).lower():
+        return "case or Unicode form"
+    return "trailing dots or spaces (which Windows drops)"
 
 
 def check_relpath(path: str) -> str:

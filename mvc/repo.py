@@ -820,6 +820,9 @@ class Repo(Maintenance):
         device, dtype = load_target(device, dtype)
         if isinstance(keys, str):
             raise BadInput(f"keys is a string ({keys!r}); pass a list of tensor names, e.g. [{keys!r}]")
+        if not tree["tensors"] and tree["files"]:  # (a component of files stored as bytes: nothing to load)
+            raise BadInput(f"{component} holds no tensors: its files ({', '.join(list(tree['files'])[:3])}) are "
+                           "stored as bytes", "mvc checkout REV -c NAME -o DIR or mvc export writes them")
         names = list(tree["tensors"]) if keys is None else list(keys)
         aliases = {k: t["alias"] for k, t in tree["tensors"].items() if "alias" in t}
         out = {}

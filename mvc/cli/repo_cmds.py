@@ -350,8 +350,14 @@ def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
         print_table(con, t)
     for rel, f in c["files"].items():
         side = {"added": lambda a, b: b, "removed": lambda a, b: a}.get(f["status"], change)
-        size, oid = side(*map(human_bytes, f["size"])), side(*map(short, f["id"]))
-        con.print(f"    file {shown(rel)}: {f['status']} ({size}, {oid})")
+        size = side(*map(human_bytes, f["size"]))
+        if "header" in f:  # (a safetensors file: its header's id, and how many of its tensors changed)
+            what = f"header {side(*map(short, f['header']))}" if f["header"][0] != f["header"][1] else "same header"
+            n = f["tensors_changed"]
+            con.print(f"    file {shown(rel)}: {f['status']} ({size}, {what}"
+                      + (f", {n} tensor{'' if n == 1 else 's'} changed)" if n else ")"))
+        else:
+            con.print(f"    file {shown(rel)}: {f['status']} ({size}, {side(*map(short, f['id']))})")
 
 
 def _tensor_row(name: str, t: dict) -> list[str]:
@@ -948,6 +954,9 @@ def _any_object(repo: Repo, rev: str) -> str:
 @json_opt
 def ls_tree(rev, component, as_json):
     """List the components of REV, or the tensors and files of one COMPONENT.
+
+    A file's id is its blob's; for a safetensors file, the id of its header blob (its tensors,
+    listed above it, hold the values), which stays the same while only values change.
 
     \b
     Examples:

@@ -4,6 +4,7 @@ import os
 import pathlib
 import stat
 import time
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 
 import mvc
 from mvc.cli import cli
+from mvc.errors import BadInput
 
 
 def _ckpt(path, seed):
@@ -288,6 +290,40 @@ def test_diff_lists_side_files_with_size_and_12_hex_id(run, tmp_path):
     ids = files["config.json"]["id"]
     line = next(line for line in run("diff", "HEAD~1", "HEAD").stdout.splitlines() if "config.json" in line)
     assert "changed" in line and "13 B -> 14 B" in line and f"{ids[0][:12]} -> {ids[1][:12]}" in line
+
+
+def test_diff_lists_a_safetensors_file_whose_tensor_values_changed_under_the_same_header(run, tmp_path):
+    """h78: a shard whose weights changed but whose header did not was left out of diff's files (its
+    entry names the header blob only), and its id looked unchanged."""
+    d = tmp_path / "hf"
+    d.mkdir()
+    _ckpt(d / "model.safetensors", 0)
+    _ckpt(d / "other.safetensors", 5)
+    run("commit", d, "-m", "a")
+    _ckpt(d / "model.safetensors", 1)
+    run("commit", d, "-m", "b")
+    files = json.loads(run("diff", "HEAD~1", "HEAD", "--json").stdout)["components"]["model"]["files"]
+    assert list(files) == ["model.safetensors"] and files["model.safetensors"]["status"] == "changed"
+    entry = files["model.safetensors"]
+    assert entry["header"][0] == entry["header"][1] and entry["tensors_changed"] == 1 and "id" not in entry
+    line = next(line for line in run("diff", "HEAD~1", "HEAD").stdout.splitlines() if "file model.safetensors" in line)
+    assert "same header, 1 tensor changed)" in line  # (w; b stays zeros)
+
+
+def test_a_safetensors_file_without_its_suffix_is_said_to_be_stored_as_bytes(repo, tmp_path):
+    """h78: a hub cache blob (named by its hash) was stored as bytes without a word, and repo.load of
+    the component returned {}."""
+    from safetensors.torch import save_file
+    blob = tmp_path / "a1b2c3d4e5f6"
+    save_file({"w": torch.ones(4)}, str(blob))
+    with pytest.warns(UserWarning, match="looks like a safetensors file but its name does not end in .safetensors"):
+        repo.commit({"core": str(blob)}, message="x")
+    with pytest.raises(BadInput, match=r"core holds no tensors: its files \(a1b2c3d4e5f6\) are stored as bytes"):
+        repo.load("HEAD", "core")
+    (tmp_path / "notes").write_bytes(b"plain text")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        repo.commit({"notes": str(tmp_path / "notes")}, message="no warning for other files")
 
 
 @pytest.mark.parametrize("args, says", [

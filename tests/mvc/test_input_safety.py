@@ -105,6 +105,25 @@ def test_component_names_differing_only_in_case_or_unicode_form_are_refused(repo
         repo.commit({"CORE-2/y": sd(6)}, message="a new name that nests so")
 
 
+def test_names_differing_only_in_trailing_dots_or_spaces_are_refused(repo, tmp_path):
+    """h78: `core` beside `core.` (and files `b` beside `b `) were committed: Windows drops a trailing
+    dot or space, so a checkout there writes one over the other (mvc refused `.git.` for that reason)."""
+    repo.commit({"core": sd()}, message="one")
+    before = snapshot(repo)
+    with pytest.raises(BadName, match="'core' and 'core.' differ only in trailing dots or spaces"):
+        repo.commit({"core.": sd(1)}, message="dot")
+    with pytest.raises(BadName, match="'core' and 'core /x' nest where trailing dots or spaces are ignored"):
+        repo.commit({"core /x": sd(1)}, message="space, nested")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "b").write_text("1")
+    (folder / "b ").write_text("2")
+    with pytest.raises(BadInput, match="files 'b' and 'b ' differ only in trailing dots or spaces.*on Windows"):
+        repo.commit({"hf": str(folder)}, message="files")
+    assert snapshot(repo) == before
+    repo.commit({"core.v2": sd(2), "a..b": sd(3)}, message="dots inside a name are fine")
+
+
 def test_checkout_refuses_components_writing_the_same_path():
     tree = {"files": {"b/c.safetensors": {}}}
     with pytest.raises(BadInput, match="both write"):
