@@ -115,12 +115,12 @@ def verify(target, as_json):
       mvc verify HEAD
       mvc verify c911831367af
     """
-    from mvc.errors import MvcError
     from semantic_ci.runner import verify as run_verify
     repo = Repo(os.getcwd())
     r = run_verify(repo, target, progress=_progress_lines(as_json, "re-running"))
-    if as_json:
-        emit_json(r)
+    failure = _verify_error(r)
+    if as_json:  # (a document printed with exit 3 carries "error", as a commit's whose CI could not run)
+        emit_json({**r, **({"error": failure.message} if failure else {})})
     else:
         for c in r["checks"]:
             mark = "reproduced" if c["reproduced"] else "NOT reproduced"
@@ -129,12 +129,29 @@ def verify(target, as_json):
                 click.echo(f"    {one_line(d)}")
             if c.get("note"):
                 click.echo(f"    note: {one_line(c['note'])}")
+    if failure:
+        raise failure
+    run = (f" (a partial run: {', '.join(map(shown, r['checks_run']))} only"
+           + ("" if r.get("full_run_recorded") else "; no full run of mvc.toml's checks is recorded for this commit")
+           + ")") if r.get("partial") else ""
+    if not r["passed"]:  # authentic, and it records a failure: a negative result, like mvc ci's
+        if not as_json:
+            click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: it records a "
+                       f"FAILED run ({', '.join(map(shown, r['failed'])) or 'its verdict'}){run}")
+        sys.exit(1)
+    if not as_json:
+        click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: its checks passed{run}")
+
+
+def _verify_error(r: dict):
+    """The error `mvc verify` exits with (3) for its result `r`, or None when it verified."""
+    from mvc.errors import MvcError
     if r.get("index_problems"):
         problems = r["index_problems"]
         from semantic_ci.certificate import NEWER_FORMAT, NEWER_HINT
-        raise MvcError("; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
-                       NEWER_HINT if all(NEWER_FORMAT in p for p in problems) else
-                       "the certificate index was edited or damaged; remove the line or run mvc ci again")
+        return MvcError("; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
+                        NEWER_HINT if all(NEWER_FORMAT in p for p in problems) else
+                        "the certificate index was edited or damaged; remove the line or run mvc ci again")
     if not r["verified"]:
         diffs = [d for c in r["checks"] for d in c["diffs"]]
         hints = [c["hint"] for c in r["checks"] if not c["reproduced"] and c.get("hint")]
@@ -157,17 +174,8 @@ def verify(target, as_json):
         else:
             hint = ("its figures do not reproduce: the certificate was edited, or mvc's evaluation code "
                     "changed since it was made; run mvc ci to certify the commit again")
-        raise MvcError(f"certificate {short(r['certificate'])} does not verify", hint)
-    run = (f" (a partial run: {', '.join(map(shown, r['checks_run']))} only"
-           + ("" if r.get("full_run_recorded") else "; no full run of mvc.toml's checks is recorded for this commit")
-           + ")") if r.get("partial") else ""
-    if not r["passed"]:  # authentic, and it records a failure: a negative result, like mvc ci's
-        if not as_json:
-            click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: it records a "
-                       f"FAILED run ({', '.join(map(shown, r['failed'])) or 'its verdict'}){run}")
-        sys.exit(1)
-    if not as_json:
-        click.echo(f"certificate {short(r['certificate'])} of {short(r['commit'])} verified: its checks passed{run}")
+        return MvcError(f"certificate {short(r['certificate'])} does not verify", hint)
+    return None
 
 
 @cli.group()

@@ -11,7 +11,7 @@ import warnings
 import click
 
 from ..errors import MvcError, Terminated, environment_error, interruption
-from .output import error, stand_in_for_closed_stdout, warn, write_stdout
+from .output import error, silence_stdout, stand_in_for_closed_stdout, warn, write_stdout
 
 # the printers whose OSError is a failure to print (click.echo, write_stdout); rich's modules too
 _PRINTERS = {("click.utils", "echo"), (write_stdout.__module__, write_stdout.__name__)}
@@ -140,10 +140,14 @@ class MvcGroup(_NamesItsContext, click.Group):
             self._bug(ctx, e)
 
     def make_context(self, *args, **kwargs):
-        try:  # (mvc's own options and arguments: `mvc --bogus`)
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as e:
-            _usage_error(e)
+        try:
+            try:  # (mvc's own options and arguments: `mvc --bogus`)
+                return super().make_context(*args, **kwargs)
+            except click.UsageError as e:
+                _usage_error(e)
+        except BrokenPipeError:  # `mvc --help | true`: help and --version are printed here, before invoke;
+            silence_stdout()     # the reader has what it wanted (click would exit 1, a negative result)
+            sys.exit(0)
 
     @staticmethod
     def _bug(ctx, e: BaseException):

@@ -210,10 +210,11 @@ def log(rev, n, oneline, as_json):
                     "ci": status.get(c["id"])} for c in commits])
         return
     heads = {}
-    for b, oid in repo.branches().items():
-        heads.setdefault(oid, []).append(shown(b))
-    for r, oid in repo.refs.list("refs/remotes/").items():  # (what fetch brought: origin/NAME)
-        heads.setdefault(oid, []).append(shown(r[len("refs/remotes/"):]))
+    local, tracking = repo.branches(), {r[len("refs/remotes/"):]: oid for r, oid in repo.refs.list("refs/remotes/").items()}
+    for b, oid in local.items():  # (a local branch named as a tracking one, origin/main: both said in full)
+        heads.setdefault(oid, []).append(shown(f"heads/{b}" if b in tracking else b))
+    for b, oid in tracking.items():  # (what fetch brought: origin/NAME)
+        heads.setdefault(oid, []).append(shown(f"remotes/{b}" if b in local else b))
     for t, oid in repo.tags().items():
         heads.setdefault(oid, []).append(f"tag: {shown(t)}")
     out = []
@@ -574,8 +575,8 @@ def branch(name, rev, delete, remotes, list_all, force, as_json):
         click.echo(f"* {shown(current)} (no commits yet)")
     for b, oid in branches.items():
         click.echo(f"{'*' if b == current else ' '} {shown(b)} {short(oid)}")
-    for b, oid in tracking.items():
-        click.echo(f"  {shown(b)} {short(oid)}")
+    for b, oid in tracking.items():  # (beside local ones, as git: a local branch may be named origin/main)
+        click.echo(f"  {shown(b if remotes else 'remotes/' + b)} {short(oid)}")
 
 
 def _deleted(kind: str, name: str, oid: str, as_json: bool) -> None:
@@ -904,7 +905,7 @@ def rev_parse(revs, as_json):
     Examples:
       mvc rev-parse HEAD
       mvc rev-parse main~2 v1.0 @{1}
-      mvc rev-parse HEAD --json     # {"HEAD": "<64 hex>"}
+      mvc rev-parse HEAD --json     # {"HEAD": "<64 hex>"}: one entry per distinct revision
     """
     repo = _repo()
     ids = {r: repo.resolve(r) for r in revs}

@@ -1378,11 +1378,18 @@ def test_fetched_branches_are_listed_and_labelled(run, in_repo, tmp_path):
     rm.add_remote(in_repo, "origin", str(tmp_path / "remote"))
     rm.push(in_repo)
     assert run("branch", "-r").stdout == f"  origin/main {head[:12]}\n"
-    assert run("branch", "-a").stdout == f"* main {head[:12]}\n  origin/main {head[:12]}\n"
+    assert run("branch", "-a").stdout == f"* main {head[:12]}\n  remotes/origin/main {head[:12]}\n"
     assert json.loads(run("branch", "-a", "--json").stdout)["remotes"] == {"origin/main": head}
     assert "origin/main" not in json.dumps(json.loads(run("branch", "--json").stdout))
     assert f"{head[:12]} (main, origin/main) one" in run("log", "--oneline").stdout
     assert "take no NAME" in run("branch", "-r", "x", code=2).stderr
+    # h77: a local branch named origin/main printed as the tracking one did, in -a and in log
+    other = in_repo.commit({"m": {"w": torch.ones(2)}}, message="two")
+    run("branch", "origin/main")
+    assert run("branch", "-a").stdout == (f"* main {other[:12]}\n  origin/main {other[:12]}\n"
+                                          f"  remotes/origin/main {head[:12]}\n")
+    assert f"{other[:12]} (main, heads/origin/main) two" in run("log", "--oneline").stdout
+    assert f"{head[:12]} (remotes/origin/main) one" in run("log", "--oneline").stdout
 
 
 def test_small_words_of_the_day(run, in_repo):

@@ -99,6 +99,20 @@ def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args, status
     assert first.strip() and not proc.stderr.read().strip()
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], [], ["log", "--help"]])
+def test_help_to_a_reader_that_closed_the_pipe_exits_0(tmp_path, args):
+    """h77: `mvc --help | true` exited 1 (click's broken-pipe exit; in mvc a negative result) while
+    `mvc log --help | true` exited 0: the top level's help is printed before mvc's own handling."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mvc", *args], cwd=tmp_path, stdout=write,
+                              stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr.decode()
+
+
 @pytest.mark.parametrize("args", [["export", "HEAD", "model", "-o", "-"], ["cat-object", "BLOB"]])
 def test_a_reader_closing_the_pipe_before_a_data_stream_ends_is_a_failure(tmp_path, args):
     """`mvc export -o - | ssh ...` whose reader went away exited 0: a file cut short is not a

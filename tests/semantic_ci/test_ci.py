@@ -220,6 +220,13 @@ def test_cli_ci_json_exit_codes_and_junit(ci_repo, monkeypatch, tmp_path):
     r = runner.invoke(cli, ["verify", "HEAD", "--json"])  # authentic, and a failure: exit 1 (verify && deploy)
     doc = json.loads(r.stdout)
     assert r.exit_code == 1 and doc["verified"] and doc["passed"] is False and doc["failed"] == ["frozen"]
+    assert "error" not in doc
+    toml = os.path.join(ci_repo.root, "mvc.toml")
+    os.rename(toml, toml + ".away")  # h77: a document printed with exit 3 had no "error" key
+    r = runner.invoke(cli, ["verify", "HEAD", "--json"])
+    os.rename(toml + ".away", toml)
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 3 and doc["verified"] is False and doc["error"] == r.stderr.split("error: ", 1)[1].split(" (")[0]
     r = runner.invoke(cli, ["verify", "HEAD"])
     assert r.exit_code == 1 and "verified: it records a FAILED run (frozen)" in r.stdout
     r = runner.invoke(cli, ["verify", "HEAD~1"])
