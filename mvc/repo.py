@@ -820,7 +820,8 @@ class Repo(Maintenance):
         device, dtype = load_target(device, dtype)
         if isinstance(keys, str):
             raise BadInput(f"keys is a string ({keys!r}); pass a list of tensor names, e.g. [{keys!r}]")
-        if not tree["tensors"] and tree["files"]:  # (a component of files stored as bytes: nothing to load)
+        if not tree["tensors"] and tree["files"] and all(f["format"] == "raw" for f in tree["files"].values()):
+            # (a component of files stored as bytes: nothing to load; an empty state dict loads as {})
             raise BadInput(f"{component} holds no tensors: its files ({', '.join(list(tree['files'])[:3])}) are "
                            "stored as bytes", "mvc checkout REV -c NAME -o DIR or mvc export writes them")
         names = list(tree["tensors"]) if keys is None else list(keys)

@@ -368,6 +368,7 @@ def validate_environment(pipeline: "Pipeline") -> None:
                 raise ConfigError(f"{path}: stage {stage.name}.brick: unknown brick kind {kind!r}",
                                   f"known: {', '.join(KINDS)}")
             _check_brick_options(pipeline, stage, kind)
+        _check_named_components(pipeline, stage)
         if stage.kind in ("paste", "int8"):
             _check_source_brick(pipeline, stage)
         if stage.kind == "paste":
@@ -514,6 +515,58 @@ def stage_brick(pipeline: "Pipeline", ref) -> str | None:
     if source.kind == "int8":
         return source.get("as_name") or source.get("brick_name")
     return None
+
+
+TRAINED = ("optimizer", "train_state")  # what every training stage's commits hold beside the model
+
+
+def stage_components(pipeline: "Pipeline", ref, depth: int = 0) -> tuple[set[str], bool] | None:
+    """(components the commits of a `stage:NAME` reference hold, whether that is all of them: a
+    stage branch starting at a revision holds that revision's too); None for a revision, or a
+    stage whose commits cannot be told here (paste, evaluate)."""
+    stage = _referenced_stage(pipeline, ref)
+    if stage is None or depth > len(pipeline.stages):
+        return None
+
+    def on(base_ref, own: set[str]) -> tuple[set[str], bool]:
+        base = stage_components(pipeline, base_ref, depth + 1) if base_ref else (set(), True)
+        return (own | base[0], base[1]) if base is not None else (own, False)
+    if stage.kind == "train-core":
+        return on(stage.get("init"), {"core", *TRAINED})
+    if stage.kind in ("compress", "k0"):
+        return on(stage.get("source"), {"core", *TRAINED})
+    if stage.kind == "train-brick":
+        return on(stage.get("host"), {f"brick/{stage.get('brick_name')}", *TRAINED})
+    if stage.kind == "int8":
+        return on(stage.get("source"), {f"brick/{stage.get('as_name') or str(stage.get('brick_name')) + '-int8'}"})
+    return None
+
+
+def _check_named_components(pipeline: "Pipeline", stage: Stage) -> None:
+    """A check that names a component or brick the commits it runs on cannot hold (a stage's own
+    checkpoints, an evaluate stage's source, a baseline, a migration's source and hosts made by
+    earlier stages) fails here, not after every earlier stage has trained (h72)."""
+    if not stage.checks:
+        return
+    # the commits its checks run on (HEAD): None for an evaluate stage of the previous result
+    own = f"stage:{stage.name}" if stage.kind != "evaluate" else stage.get("source")
+    for check in stage.checks:
+        where = f"{pipeline.path}: stage {stage.name}.checks.{check.name}"
+        if check.kind == "migration":
+            brick = check.get("brick") or ""
+            needs = [(check.get("source", "HEAD"), "brick", brick if brick.startswith("brick/") else f"brick/{brick}")]
+            needs += [(h, f"hosts[{i}]", "core") for i, h in enumerate(check.get("hosts") or ())]
+        else:
+            wanted = [("component", check.get("component", "core"))] + [
+                (f"bricks[{i}]", b if b.startswith("brick/") else f"brick/{b}")
+                for i, b in enumerate(check.get("bricks") or ())]
+            needs = [(rev, key, comp) for rev in ("HEAD", check.get("baseline")) for key, comp in wanted]
+        for rev, key, comp in needs:
+            ref = own if rev == "HEAD" else rev
+            made = stage_components(pipeline, ref) if isinstance(ref, str) else None  # (None: HEAD, or a revision)
+            if made is not None and made[1] and comp not in made[0]:
+                raise ConfigError(f"{where}.{key}: the commits of {ref} hold no component {comp!r}",
+                                  f"they hold: {', '.join(sorted(made[0]))}")
 
 
 def _check_source_brick(pipeline: "Pipeline", stage: Stage) -> None:

@@ -284,6 +284,16 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
     (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\n'
                    'brick_name = "x"\nstream = "text"\nsteps = 2\n\n[[stages]]\nname = "q"\nkind = "int8"\n'
                    'source = "stage:b"\nbrick_name = "y"\n', "stage q.brick_name: stage:b makes brick 'x', not 'y'"),
+    # a check naming a component or brick its commits cannot hold (h72 03): found after the core trained
+    (lambda t: t.replace('component = "core"\nprobe_bytes', 'component = "corr"\nprobe_bytes'),
+     "stage certify.checks.roundtrip.component: the commits of stage:core hold no component 'corr'"),
+    (lambda t: t.replace('component = "core"\nprobe_bytes', 'component = "core"\nbricks = ["python"]\nprobe_bytes'),
+     "stage certify.checks.roundtrip.bricks[0]: the commits of stage:core hold no component 'brick/python'"),
+    (lambda t: t + '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\n'
+                   'brick_name = "x"\nstream = "text"\nsteps = 2\n\n[[stages]]\nname = "m"\nkind = "evaluate"\n'
+                   'source = "stage:b"\n\n[[stages.checks]]\nname = "mig"\nkind = "migration"\nbrick = "y"\n'
+                   'hosts = ["stage:core"]\ndomain_data = "data.txt"\ngeneral_data = "data.txt"\n',
+     "stage m.checks.mig.brick: the commits of stage:b hold no component 'brick/y'"),
     (lambda t: t.replace('probe_bytes = 256\n', 'probe_bytes = 256\nprobe = "../outside.txt"\n'),
      "stage certify.checks.roundtrip.probe: check data ../outside.txt is outside the repository"),
     # accepted and never read: every value trained the same brick (h72 04)
