@@ -1,6 +1,6 @@
 """Cost of automatic packing (`pack.autoEvery 1`) as the history grows: the median time of a commit
 that packs itself beside a plain commit (`pack.autoEvery 0`, the reference) on the same repository,
-and the merge past `pack.autoPackLimit` (`Packer(merge_only=True)`, which reads no history) beside
+and the merge past `pack.autoPackLimit` (`Packer(merge_only="young")`, which reads no history) beside
 the same merge done as a geometric gc repack that walks the history to find what is reachable
 (what automatic packing ran before). Each history: N commits of 8 float32 64x64 tensors, one
 drifting per commit, packed, then --commits timed commits of each kind (Python API, one process).
@@ -65,7 +65,7 @@ def one_history(path: str, n: int, commits: int) -> dict:
         small_packs(repo, state, 10)
         t = time.perf_counter()
         if how == "merge_only":
-            pack(mvc.Repo(path), merge_only=True)
+            pack(mvc.Repo(path), merge_only="young")
         else:
             pack(mvc.Repo(path), full=True, geometric=True, grace_s=math.inf, protect=set())
         merges[how] = time.perf_counter() - t

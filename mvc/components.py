@@ -515,14 +515,18 @@ class Ingest:
 def _refuse_case_clashes(root: str, paths: list[str]) -> None:
     """Refuse file paths of a folder that clash where case or Unicode form is ignored (macOS,
     Windows), as such component names are (objects.folded_clashes): `w.bin` beside `W.bin` (one
-    written over the other), or a file `a` beside a folder `A/` (the file where the folder must be)."""
+    written over the other), or a file `a` beside a folder `A/` (the file where the folder must be);
+    warn of those differing only in trailing dots or spaces (Windows drops them)."""
     for a, b, kind in folded_clashes(paths):
         same = kind == "same"
         what = f"files {a!r} and {b!r}" if same else f"the file {a!r} and the folder of {b!r}"
         how = fold_kind(a, b if same else "/".join(b.split("/")[:a.count("/") + 1]))
-        where = "a case-insensitive file system (macOS, Windows)" if how == "case or Unicode form" else "Windows"
-        raise BadInput(f"{root}: {what} differ only in {how}: a checkout on {where} "
-                       f"{'would write one over the other' if same else 'cannot write both'}",
+        if how != "case or Unicode form":  # (said, not refused: a folder an older mvc took commits again)
+            warnings.warn(f"{root}: {what} differ only in {how}: a checkout on Windows "
+                          f"{'would write one over the other' if same else 'cannot write both'}; rename one of them")
+            continue
+        raise BadInput(f"{root}: {what} differ only in case or Unicode form: a checkout on a case-insensitive file "
+                       f"system (macOS, Windows) {'would write one over the other' if same else 'cannot write both'}",
                        "rename one of them")
 
 

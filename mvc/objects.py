@@ -455,7 +455,8 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
     """What a ref must also satisfy to be created (refs made before these rules stay readable):
     no part ends in ".lock" (a folder x.lock would sit where branch x's lock file goes), no
     trailing ".", no hex that would hide an id prefix, in capitals either (as git refuses the
-    first two), no C1 control characters, and no start that revisions read as a qualifier
+    first two), no C1 control characters, nothing outside Unicode's composed form (NFC), and no
+    start that revisions read as a qualifier
     (`tags/v1` as a branch: `mvc rev-parse tags/v1` gives tag v1). A `mirrored` name (a remote's branch or tag, git's branch: made elsewhere, maybe
     by an older mvc) needs only the first."""
     check_ref_name(name)
@@ -467,6 +468,9 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
         raise BadName(f"invalid branch or tag name {name!r} (C1 control characters, which terminals act on)")
     if name.endswith("."):
         raise BadName(f"invalid branch or tag name {name!r} (it ends in '.')")
+    if not unicodedata.is_normalized("NFC", name):  # (é as e + U+0301 prints as é: two names alike)
+        raise BadName(f"invalid branch or tag name {name!r}: it is not in Unicode's composed form (NFC) and would "
+                      "print as another name does", f"use {unicodedata.normalize('NFC', name)!r}")
     if name.startswith(QUALIFIERS):  # branch tags/v1 would hide behind tag v1 (or shadow it, unqualified)
         raise BadName(f"invalid branch or tag name {name!r}: a revision that starts with "
                       f"{name.split('/')[0]}/ names a branch, tag or ref by its full name",

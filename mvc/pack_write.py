@@ -174,15 +174,17 @@ class Packer:
     next `mvc pack` or gc; loose certificates (of older commits too) and what they name are
     packed with the rest.
 
-    `merge_only`: merge the small packs the geometric way of gc, keeping every object, loose ones
-    left as they are, without walking the history (automatic packing past `pack.autoPackLimit`):
-    the objects keep the order they had in their packs, oldest pack first, so entries are copied
-    as they are (a delta's base is written before it)."""
+    `merge_only` ("young" or "old"): merge the small packs written within gc's grace period (or
+    before it) the geometric way of gc, keeping every object, loose ones left as they are,
+    without walking the history (automatic packing past `pack.autoPackLimit`): the objects keep
+    the order they had in their packs, oldest pack first, so entries are copied as they are (a
+    delta's base is written before it). Young and old packs are merged apart, so that the garbage
+    in old ones keeps its age (the new pack takes its sources' newest time) and gc drops it."""
 
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
                  lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False, recent_only: bool = False,
-                 wait_again: bool = False, merge_only: bool = False):
+                 wait_again: bool = False, merge_only: str | None = None):
         if recent_only and (full or merge_only):
             raise ValueError("a full repack walks the whole history")
         self.merge_only = merge_only
@@ -233,6 +235,12 @@ class Packer:
         # every record listed (a full repack rewrites them) or, for new objects only, looked up one by one
         self.packed = self.ps.records() if self.full else _Packed(self.ps)
         self.old_packs = self.ps.packs()
+        self.outside: list = []  # packs a merge leaves be (of the other age): they stay, as kept ones do
+        if self.merge_only:
+            from .maintenance import GC_GRACE_S
+            cutoff = time.time() - GC_GRACE_S
+            self.outside = [p for p in self.old_packs if (_mtime(p) >= cutoff) != (self.merge_only == "young")]
+            self.old_packs = [p for p in self.old_packs if p not in self.outside]
         stop_at = None
         if self.recent_only:  # where the walk stops; what it packs is listed again after it (below)
             loose_then = set(repo.loose.ids())
@@ -306,7 +314,7 @@ class Packer:
             targets = {oid for oid in live if oid in loose and oid not in self.packed}
         # records that stay where they are: new XOR deltas may use them as bases
         self.fixed = _Packed(self.ps, records=True) if not self.full else \
-            {oid: r for p in self.kept_packs for oid, r in p.records.items()}
+            {oid: r for p in self.outside + self.kept_packs for oid, r in p.records.items()}
         # packed elsewhere already: their loose copies go once this run is durable
         self.loose_dups = {oid for oid in loose if oid in self.packed} if not (self.full and targets) else set()
         self.loose_targets = {oid for oid in targets if oid in loose}
@@ -337,7 +345,7 @@ class Packer:
                 break
             kept.append(p)
         while True:  # removing a pack leaves the others' sizes conditions true: it still counts below them
-            ids = {oid for p in kept for oid in p.records}
+            ids = {oid for p in kept + self.outside for oid in p.records}
             open_ = [p for p in kept if any(r.base is not None and r.base not in ids for r in p.records.values())]
             if not open_:
                 return kept
@@ -666,7 +674,7 @@ def _deletion_order(packs: list) -> list:
 def pack(repo, full: bool = False, grace_s: float | None = None, progress=None, dry_run: bool = False,
          geometric: bool = False, protect: set[str] | None = None, live: set[str] | None = None,
          writers_locked: bool = False, lock_timeout_s: float = LOCK_TIMEOUT_S, partial=None,
-         recent_only: bool = False, merge_only: bool = False) -> dict:
+         recent_only: bool = False, merge_only: str | None = None) -> dict:
     """Pack reachable loose objects (full: repack everything into one pack; full and geometric: keep
     the large packs with nothing to drop, as gc does; recent_only, merge_only: see `Packer`).
     Returns statistics."""
@@ -701,7 +709,8 @@ def maybe_autopack(repo, cid: str) -> dict | None:
         stats = pack(repo, lock_timeout_s=0.0, recent_only=True)  # never makes a commit wait for a gc
         limit = repo.config_value("pack.autoPackLimit", AUTO_PACK_LIMIT)
         if limit and len(_store(repo).packs()) > limit:  # merge the small packs as gc would, dropping
-            pack(repo, merge_only=True, lock_timeout_s=0.0)  # nothing (that is gc's job)
+            for age in ("old", "young"):                   # nothing (that is gc's job)
+                pack(repo, merge_only=age, lock_timeout_s=0.0)
         return stats
     except LockHeld:
         return None  # another process is packing right now: the next commit packs

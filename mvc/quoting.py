@@ -3,7 +3,6 @@ is shown to people: control and bidirectional-override characters escaped, never
 from __future__ import annotations
 
 import re
-import unicodedata
 
 # what a terminal would act on or draw misleadingly: C0 and C1 controls (ESC, CSI, OSC, BEL,
 # newline, carriage return), DEL, the bidirectional marks, embeddings, overrides and isolates that
@@ -11,11 +10,12 @@ import unicodedata
 # space, word joiner, byte-order mark; the joiners emoji and Indic scripts need are left alone), and
 # lone surrogates: the bytes of a path argument that is not UTF-8, which a strict UTF-8 stdout
 # (en_US.UTF-8) cannot write at all
-# (with them, what prints as a plain space or as nothing: the other spaces, no-break and ideographic
-# ones included, invisible format characters, line and paragraph separators, where splitlines
-# breaks, the soft hyphen, the combining grapheme joiner and the Hangul fillers)
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u180e\u2000-\u200b\u200e\u200f"
-                     "\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\u3164\ufeff\uffa0\ufff9-\ufffb"
+# (with them, what prints as nothing or as a plain space where no text has one: the typographic
+# spaces, invisible format characters, line and paragraph separators, where splitlines breaks, the
+# soft hyphen, the combining grapheme joiner and the Hangul fillers; the no-break and ideographic
+# spaces French and CJK text use are left alone, quoted only at either end as any white space is)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\xad\u034f\u061c\u115f\u1160\u1680\u180e\u2000-\u200b\u200e\u200f"
+                     "\u2028-\u202e\u205f-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb"
                      "\ud800-\udfff]")
 _QUOTED = re.compile(r'[\\"]|' + _UNSAFE.pattern)  # what a double-quoted string escapes
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", '"': '\\"'}
@@ -28,14 +28,14 @@ def _escape(ch: str) -> str:
 def shown(text) -> str:
     """A string that came from a user, a file or a remote (a name, message, author, metric, path)
     as human output prints it: unchanged unless it holds a control or bidirectional-override
-    character or one that prints as nothing or as a plain space, is not in Unicode's composed form
-    (NFC: `é` as e + U+0301 prints as `é`), is empty, starts or ends with white space (invisible in a
+    character or one that prints as nothing or as a plain space, is empty, starts or ends with white
+    space (invisible in a
     column: "a " would print as "a") or starts with a double quote, then double-quoted with C escapes, as git quotes such
     paths. Nothing it holds can move the cursor, retitle the terminal or forge a line of output,
     and no two texts print alike: only a quoted one starts with a double quote."""
     text = str(text)
     if text and not _UNSAFE.search(text) and not text.startswith('"') \
-            and not text[0].isspace() and not text[-1].isspace() and unicodedata.is_normalized("NFC", text):
+            and not text[0].isspace() and not text[-1].isspace():
         return text
     return '"' + _QUOTED.sub(lambda m: _escape(m.group()), text) + '"'
 

@@ -1272,16 +1272,21 @@ class Repo(Maintenance):
         branch and tag, STALE_NAME_COMMITS commits at most (what an earlier checkout may have left)."""
         names: set[str] = set()
         seen: set[str] = set()
-        for tip in [cid] + sorted(set(self.refs.list("refs/", bad={}).values())):
-            c = tip
-            while c and c not in seen and len(seen) < comp.STALE_NAME_COMMITS:
+        walks = list(dict.fromkeys([cid] + sorted(self.refs.list("refs/", bad={}).values())))
+        while walks and len(seen) < comp.STALE_NAME_COMMITS:  # a step down each history in turn: a long
+            going = []                                           # one does not hide the other branches
+            for c in walks:
+                if c in seen:
+                    continue
                 seen.add(c)
                 try:
                     commit = self.read_commit(c, shared=True)
                 except MvcError:  # (a damaged or absent commit: fsck's to name)
-                    break
+                    continue
                 names.update(commit["components"])
-                c = commit["parents"][0] if commit["parents"] else None
+                if commit["parents"]:
+                    going.append(commit["parents"][0])
+            walks = going
         return names
 
     def _refuse_output_inside_mvc(self, out: str) -> None:

@@ -70,18 +70,25 @@ def _interrupted(repo, commit: str, ref: str) -> InterruptedAfterLanding:
     goes back to the last passing commit first, as when CI cannot run (a signal meanwhile waits)."""
     branch = ref.removeprefix("refs/heads/")
     landed = f"commit {commit} landed on {branch}, before semantic CI judged it"
-    moved, target = False, None
+    said = None
     try:
-        with interrupts_deferred():
-            target = _roll_back(repo, commit, ref, "CI was interrupted")
-            moved = True
-    except RefConflict:  # another commit landed on it meanwhile: that one is not ours to undo
-        return InterruptedAfterLanding(f"{landed} ({branch} was not rolled back: another commit landed on it "
-                                       "meanwhile)", f"mvc ci {commit[:12]} runs its checks")
-    except KeyboardInterrupt:  # another signal, held back while the branch moved: the move is done
-        if not moved:
+        with interrupts_deferred():  # (the interrupt to raise is made in here: a signal meanwhile waits)
+            try:
+                target = _roll_back(repo, commit, ref, "CI was interrupted")
+                said = InterruptedAfterLanding(f"{landed}: {branch} {_back_to(target)}")
+                said.hint = _undo_hint(repo, ref, commit)
+            except RefConflict:  # another commit landed on it meanwhile: that one is not ours to undo
+                said = InterruptedAfterLanding(f"{landed} ({branch} was not rolled back: another commit landed "
+                                               "on it meanwhile)", f"mvc ci {commit[:12]} runs its checks")
+            except (MvcError, OSError) as e:  # (a held ref lock, a full disk: the commit stays on the branch)
+                why = e.message if isinstance(e, MvcError) else (environment_error(e) or (str(e),))[0]
+                said = InterruptedAfterLanding(f"{landed} ({branch} could not be rolled back: {why})",
+                                               f"mvc rollback {commit[:12]}~1 moves it back; mvc ci {commit[:12]} "
+                                               "runs its checks")
+    except KeyboardInterrupt:  # another signal, held back while the branch moved: what it did is said
+        if said is None:
             raise
-    return InterruptedAfterLanding(f"{landed}: {branch} {_back_to(target)}", _undo_hint(repo, ref, commit))
+    return said
 
 
 def _back_to(target: str | None) -> str:

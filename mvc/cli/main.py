@@ -140,14 +140,18 @@ class MvcGroup(_NamesItsContext, click.Group):
             self._bug(ctx, e)
 
     def make_context(self, *args, **kwargs):
+        usage = None
         try:
             try:  # (mvc's own options and arguments: `mvc --bogus`)
                 return super().make_context(*args, **kwargs)
             except click.UsageError as e:
+                usage = e
                 _usage_error(e)
         except BrokenPipeError:  # `mvc --help | true`: help and --version are printed here, before invoke;
             silence_stdout()     # the reader has what it wanted (click would exit 1, a negative result)
-            sys.exit(0)
+            help_only = usage is None or (isinstance(usage, getattr(click.exceptions, "NoArgsIsHelpError", ()))
+                                          and usage.ctx is not None and usage.ctx.parent is None)
+            sys.exit(0 if help_only else 2)  # (a usage error whose line could not be written is one still)
 
     @staticmethod
     def _bug(ctx, e: BaseException):

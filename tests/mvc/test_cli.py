@@ -947,6 +947,21 @@ def test_a_checkout_into_the_project_does_not_name_the_folder_a_component_came_f
     assert "1 folder(s) under" in r.stderr and f"e.g. {os.path.join('.', 'optimizer')}" in r.stderr
 
 
+def test_a_long_history_does_not_hide_the_components_of_other_branches(repo, tmp_path, monkeypatch):
+    """h79: the look for component names spent its whole budget on the history checked out: on a
+    long training branch, a folder a checkout of another branch left was no longer named."""
+    from mvc import components as comp
+    monkeypatch.setattr(comp, "STALE_NAME_COMMITS", 30)
+    repo.commit({"m": {"w": torch.zeros(8)}}, message="c0")
+    repo.commit({"brick": {"b": torch.ones(8)}}, message="feat: brick", branch="feat")
+    for i in range(40):
+        repo.commit({}, message=f"step {i}", metrics={"i": i})
+    out = tmp_path / "out"
+    repo.checkout("feat", str(out))
+    with pytest.warns(UserWarning, match="1 folder.* no component of .*e.g. .*brick"):
+        repo.checkout("main", str(out), force=True)
+
+
 def test_the_leftover_warning_of_a_checkout_skips_git_folders(run, in_repo, tmp_path):
     """A committed git clone of a model, checked out over itself, called every git object a leftover."""
     model = tmp_path / "llama"

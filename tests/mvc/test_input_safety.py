@@ -46,7 +46,7 @@ def test_component_names_that_checkout_could_not_write_safely_are_refused(repo, 
     assert snapshot(repo) == before
 
 
-@pytest.mark.parametrize("name", ["HEAD", "b" * 201, "f/\udcff"])
+@pytest.mark.parametrize("name", ["HEAD", "b" * 201, "f/\udcff", "e\u0301x"])  # (h77: NFD prints as NFC's éx)
 def test_branch_names_head_overlong_or_not_utf8_are_refused(repo, name):
     repo.commit({"core": sd()}, message="one")
     with pytest.raises(BadName):
@@ -118,9 +118,10 @@ def test_names_differing_only_in_trailing_dots_or_spaces_are_refused(repo, tmp_p
     folder.mkdir()
     (folder / "b").write_text("1")
     (folder / "b ").write_text("2")
-    with pytest.raises(BadInput, match="files 'b' and 'b ' differ only in trailing dots or spaces.*on Windows"):
-        repo.commit({"hf": str(folder)}, message="files")
     assert snapshot(repo) == before
+    # files: said, not refused (h79: a folder an older mvc committed must commit again)
+    with pytest.warns(UserWarning, match="files 'b' and 'b ' differ only in trailing dots or spaces.*on Windows"):
+        repo.commit({"hf": str(folder)}, message="files")
     repo.commit({"core.v2": sd(2), "a..b": sd(3)}, message="dots inside a name are fine")
 
 

@@ -732,6 +732,33 @@ def test_merging_packs_past_the_limit_reads_no_commit_of_the_history(repo, monke
     assert again.fsck()["ok"] and [c["id"] for c in again.log()] == [new] + ids[::-1]
 
 
+def test_merging_old_packs_keeps_their_age_so_gc_drops_their_garbage(repo):
+    """h79: the history-free merge stamped the merged pack with its youngest source's time: garbage
+    three days unreachable became young again, and gc kept it (every merge, for ever)."""
+    drift_history(repo, 1)
+    side = drift_history(repo, 1, branch="side", seed=7)[0][0]
+    pack(repo)
+    drift_history(repo, 1, seed=8)
+    pack(repo)  # two old packs, the side branch's commit in the first
+    repo.delete_branch("side")
+    forget_reflogs(repo)
+    old = time.time() - 3 * 86400
+    pack_dir = os.path.join(repo.dir, "objects", "pack")
+    for name in os.listdir(pack_dir):
+        os.utime(os.path.join(pack_dir, name), (old, old))
+    repo.set_config("pack.autoEvery", "1")
+    repo.set_config("pack.autoPackLimit", "2")
+    r = mvc.Repo(repo.root)
+    drift_history(r, 2, seed=9)  # two young packs: four in all, past the limit
+    ages = sorted(time.time() - os.stat(os.path.join(pack_dir, n)).st_mtime for n in os.listdir(pack_dir)
+                  if n.endswith(".pack"))
+    assert ages[0] < 3600 and all(a > 2 * 86400 for a in ages[1:])  # the young merged apart from the old ones
+    assert r.store.has(side)
+    r.gc()
+    again = mvc.Repo(repo.root)
+    assert not again.store.has(side) and again.fsck()["ok"]
+
+
 def test_automatic_packing_reads_no_reflog_and_leaves_what_only_a_reflog_reaches_to_mvc_pack(repo, monkeypatch):
     """Automatic packing read every reflog twice per pack (40% of a commit's time at 3,000 commits
     on one branch); what only a reflog reaches (a commit rolled back from) now waits for mvc pack."""

@@ -113,6 +113,19 @@ def test_help_to_a_reader_that_closed_the_pipe_exits_0(tmp_path, args):
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr.decode()
 
 
+def test_a_usage_error_whose_line_cannot_be_written_still_exits_2(tmp_path):
+    """h79: with stderr a closed pipe (`mvc --bogus 2>&1 | true`), the help rule above made a usage
+    error exit 0."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mvc", "--bogus"], cwd=tmp_path, stdout=write, stderr=write,
+                              timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 2
+
+
 @pytest.mark.parametrize("args", [["export", "HEAD", "model", "-o", "-"], ["cat-object", "BLOB"]])
 def test_a_reader_closing_the_pipe_before_a_data_stream_ends_is_a_failure(tmp_path, args):
     """`mvc export -o - | ssh ...` whose reader went away exited 0: a file cut short is not a

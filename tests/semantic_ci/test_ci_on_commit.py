@@ -301,3 +301,34 @@ def test_ctrl_c_during_on_commit_ci_rolls_the_branch_back_only_under_rollback(ci
             f"{first[:12]}" in r.stderr and f"mvc rollback {third[:12]}" in r.stderr
     else:
         assert ci_repo.head() == third and r.stderr.startswith(f"error: interrupted after commit {third} landed on main")
+
+
+@pytest.mark.parametrize("trouble", ["rollback fails", "second ctrl-c"])
+def test_an_interrupted_on_commit_ci_says_what_happened_to_the_branch(ci_repo, monkeypatch, trouble):
+    """h79: a rollback failing after Ctrl-C (a held ref lock) replaced the interrupt with an exit-3
+    error that said neither; a second Ctrl-C while the message was made said the commit stood on
+    a branch already moved back off it."""
+    from mvc.errors import InterruptedAfterLanding, LockHeld
+    from semantic_ci import hooks
+    t = trained_table(builtin_probe(3000))
+    first = ci_repo.commit({"core": {"table": t}}, message="first")
+    write_config(ci_repo, BASIC.replace("[ci]\n", "[ci]\non_commit = true\non_fail = \"rollback\"\n"))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hooks, "run_ci", interrupted)
+    if trouble == "rollback fails":
+        def busy(*a, **k):
+            raise LockHeld("refs/heads/main is locked by another mvc process")
+        monkeypatch.setattr(hooks, "_roll_back", busy)
+    else:
+        monkeypatch.setattr(hooks, "_undo_hint", interrupted)
+    with pytest.raises(InterruptedAfterLanding) as info:
+        ci_repo.commit({"core": {"table": t + 1}}, message="second")
+    second = next(e["new"] for e in ci_repo.reflog() if e["message"] == "commit: second")
+    if trouble == "rollback fails":
+        assert ci_repo.head() == second and info.value.landed.endswith(
+            "before semantic CI judged it (main could not be rolled back: refs/heads/main is locked by another "
+            "mvc process)") and f"mvc rollback {second[:12]}~1" in info.value.hint
+    else:
+        assert ci_repo.head() == first and info.value.landed.endswith(f"main rolled back to {first[:12]}")
