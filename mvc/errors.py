@@ -181,6 +181,9 @@ def environment_error(e: BaseException) -> tuple[str, str] | None:
                 "raise it with ulimit -u, or pass fewer jobs with -j of push, fetch or clone")
     if not isinstance(e, OSError):
         return None
+    if isinstance(e, FileNotFoundError) and "No usable temporary directory" in str(e):  # (tempfile's probe of
+        return ("no usable temporary directory: each one refused a small file (a full disk?)",  # each folder:
+                "free some space there, or set TMPDIR to a writable folder with room")  # importing torch makes it)
     name = errno.errorcode.get(e.errno or 0)
     if name not in _ENVIRONMENT:
         return None

@@ -198,12 +198,14 @@ def _pass_gate(fcntl, path: str, waiting_for: str) -> bool:
     try:
         if _try_flock(fcntl, gate, fcntl.LOCK_SH) is not False:
             return False
-        if waiting_for:
-            warnings.warn(f"waiting for {waiting_for}")
-        deadline = time.monotonic() + GATE_WAIT_S
-        while time.monotonic() < deadline and _try_flock(fcntl, gate, fcntl.LOCK_SH) is False:
+        start = time.monotonic()
+        said = False
+        while time.monotonic() - start < GATE_WAIT_S and _try_flock(fcntl, gate, fcntl.LOCK_SH) is False:
+            if waiting_for and not said and time.monotonic() - start >= LOCK_NOTICE_AFTER_S:
+                warnings.warn(f"waiting for {waiting_for}")  # (a short wait passes without a word)
+                said = True
             time.sleep(_POLL_S / 2)
-        return bool(waiting_for)
+        return said
     finally:
         os.close(gate)
 
@@ -250,7 +252,7 @@ def _take_exclusive(fcntl, fd: int, path: str, timeout_s: float, waiting_for: st
                 return got
             if now - start >= timeout_s:
                 return False
-            if waiting_for and not said:
+            if waiting_for and not said and now - start >= LOCK_NOTICE_AFTER_S:
                 warnings.warn(f"waiting for {waiting_for}")
                 said = True
             time.sleep(_POLL_S)
@@ -261,12 +263,19 @@ def _take_exclusive(fcntl, fd: int, path: str, timeout_s: float, waiting_for: st
 
 def _flock(fcntl, fd: int, mode: int, path: str, waiting_for: str) -> None:
     try:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:  # held the other way: say what the wait is for, then wait
-            if waiting_for:
-                warnings.warn(f"waiting for {waiting_for}")
-            fcntl.flock(fd, mode)
+        start = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:  # held the other way: a while, then say what the wait is for and
+                pass                 # wait (a short wait passes without a word)
+            if time.monotonic() - start >= LOCK_NOTICE_AFTER_S:
+                if waiting_for:
+                    warnings.warn(f"waiting for {waiting_for}")
+                fcntl.flock(fd, mode)
+                return
+            time.sleep(_POLL_S / 2)
     except OSError as e:  # a file system without flock (some network mounts): go on unlocked
         _say_unlocked(path, e.strerror)
 

@@ -344,10 +344,12 @@ class Maintenance:
         exclusive = grace < GC_GRACE_S and not dry_run
 
         def run():
-            with shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True,
-                                     waiting_for="commits, fetches and pushes in progress to finish "
-                                                 "(a gc with a grace below the default waits for them)") if exclusive \
-                    else contextlib.nullcontext():
+            from .pack_write import pack_lock  # (taken first: a pack dropping garbage holds it and waits for
+            with pack_lock(self) if exclusive else contextlib.nullcontext(), \
+                    shared_or_exclusive(os.path.join(self.dir, WRITERS_LOCK), exclusive=True,  # the writers lock)
+                                        waiting_for="commits, fetches and pushes in progress to finish "
+                                                    "(a gc with a grace below the default waits for them)") \
+                    if exclusive else contextlib.nullcontext():
                 return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
         try:
             try:
@@ -528,6 +530,7 @@ class Maintenance:
         with Packer(self, full=True, grace_s=grace, geometric=True, protect=protected,
                     live=live if dry_run or exclusive else None,  # (refs cannot move while gc holds the
                     writers_locked=exclusive, dry_run=dry_run,  # writers lock: what they reach stands)
+                    pack_locked=exclusive,  # (taken before the writers lock, in run above)
                     wait_again=not locked) as p:  # (it waited in vain: the packs wait again, holding the gate, so
             # that commits in flight drain: h71 found a single try lost to them every time)
             progress.begin("packing", 0 if dry_run else len(p.targets), p.total_bytes)

@@ -163,6 +163,13 @@ def _recent_limit() -> int:
     return max(4, min(256, (soft if soft > 0 else 1024) // 4))
 
 
+def pack_lock(repo, timeout_s: float = LOCK_TIMEOUT_S) -> LockFile:
+    """The lock every run that writes or deletes packs holds. Taken before the writers lock by
+    those holding both (a gc with a short grace; a pack dropping garbage waits for the writers
+    lock holding it): the other order would have each wait for the other."""
+    return LockFile(os.path.join(repo.dir, "pack.lock"), timeout=timeout_s, what="packing")
+
+
 class Packer:
     """`with Packer(repo) as p: stats = p.run()`: holds the pack lock; `p.total_bytes` after entry.
 
@@ -184,7 +191,7 @@ class Packer:
     def __init__(self, repo, full: bool = False, grace_s: float | None = None, geometric: bool = False,
                  protect: set[str] | None = None, live: set[str] | None = None, writers_locked: bool = False,
                  lock_timeout_s: float = LOCK_TIMEOUT_S, dry_run: bool = False, recent_only: bool = False,
-                 wait_again: bool = False, merge_only: str | None = None):
+                 wait_again: bool = False, merge_only: str | None = None, pack_locked: bool = False):
         if recent_only and (full or merge_only):
             raise ValueError("a full repack walks the whole history")
         self.merge_only = merge_only
@@ -205,13 +212,15 @@ class Packer:
         self.max_depth = repo.config_value("pack.maxDepth", DEFAULT_MAX_DEPTH)
         self.level = repo.config_value("pack.level", 1)
         self.verify = repo.config_value("pack.verify", True)
-        self.lock = LockFile(os.path.join(repo.dir, "pack.lock"), timeout=lock_timeout_s, what="packing")
+        # (`pack_locked`: the caller holds it, taken before the writers lock, as every holder of both does)
+        self.lock = None if pack_locked else pack_lock(repo, lock_timeout_s)
         self.targets: list[str] = []
         self.total_bytes = 0
 
     def __enter__(self):
         try:
-            self.lock.acquire()
+            if self.lock is not None:
+                self.lock.acquire()
         except OSError as e:
             if not (self.dry_run and environment_error(e)):
                 raise
@@ -387,9 +396,12 @@ class Packer:
             self.repo.loose.delete(oid)
             stats["loose_removed"] += 1
         rolled = [p for p in self.rolled_packs if p.name != name] if self.full and (name or not self.targets) else []
+        waited = 0.0
         if rolled and self.gone:
+            t_wait = time.perf_counter()
             with (contextlib.nullcontext(True) if self.writers_locked
                   else self.repo.writers_exclusive_within(DROP_LOCK_WAIT_S, self.wait_again)) as locked:
+                waited = time.perf_counter() - t_wait
                 why = self._keep_old_packs(locked)
                 if why:  # leave every old pack, so nothing they hold loses a delta base; a later gc drops
                     stats["packs_left"], stats["packs_left_why"] = len(rolled), why
@@ -404,7 +416,8 @@ class Packer:
         stats["packs_kept"] = len(self.kept_packs)
         stats["tmp_bytes"] = self._remove_stale_tmp()  # left by killed pack runs, once past the grace
         self.ps.refresh()
-        stats["seconds"] = time.perf_counter() - t0
+        stats["lock_wait_s"] = waited
+        stats["seconds"] = time.perf_counter() - t0 - waited  # (the work: a speed is not one of waiting)
         return stats
 
     def _keep_old_packs(self, locked: bool) -> str | None:

@@ -493,11 +493,15 @@ class RefStore:
                     os.lseek(fd, size - 1, os.SEEK_SET)
                     if os.read(fd, 1) != b"\n":
                         entry = b"\n" + entry  # after a torn line: lose only that one, not this too
-                _write_all(fd, entry)
-                if self.fsync:
-                    os.fsync(fd)
-                    if not size:
-                        fsync_dir(os.path.dirname(path))
+                try:
+                    _write_all(fd, entry)
+                    if self.fsync:
+                        os.fsync(fd)
+                except OSError as e:  # (a full disk: say where; the descriptor's errors name no file)
+                    e.filename = e.filename or path
+                    raise
+                if self.fsync and not size:
+                    fsync_dir(os.path.dirname(path))
                 if new is None:
                     try:
                         os.unlink(self._path(ref))

@@ -36,6 +36,7 @@ import configparser
 import contextlib
 import errno
 import mmap
+import itertools
 import os
 import re
 import shlex
@@ -503,17 +504,24 @@ class DirectoryTransport(Transport):
         return shared_or_exclusive(os.path.join(self.root, WRITERS_LOCK), exclusive=False)
 
     def _remove_stale_tmp(self) -> int:
-        """Remove temp object files older than STALE_TMP_S under objects/tmp; returns how many. Their
+        """Remove temp object files older than STALE_TMP_S under objects/tmp, and the temp files of
+        killed ref, HEAD and config writes (atomic_write's) as old; returns how many. Their
         age is told by the file system's clock (a file server's, for a shared remote), not this
         machine's: one running an hour ahead would delete a live push's temp files."""
         removed = 0
         try:
-            names = os.listdir(self.objects.tmp)
+            top = os.listdir(self.root)
         except (FileNotFoundError, NotADirectoryError):  # no remote yet, or a file in its place (init says so)
             return 0
-        now = _file_system_now(self.objects.tmp)
-        for name in names:
-            path = os.path.join(self.objects.tmp, name)
+        try:
+            paths = [os.path.join(self.objects.tmp, n) for n in os.listdir(self.objects.tmp)]
+        except (FileNotFoundError, NotADirectoryError):  # (no push has written an object yet)
+            paths = []
+        now = _file_system_now(self.root)
+        for dirpath, _dirs, files in itertools.chain([(self.root, [], top)],
+                                                     os.walk(self._path("refs"))):  # (unreadable: skipped)
+            paths += [os.path.join(dirpath, n) for n in files if is_atomic_temp(n)]
+        for path in paths:
             try:
                 if now - os.stat(path).st_mtime >= STALE_TMP_S:
                     os.unlink(path)
@@ -744,12 +752,23 @@ def _copy_file(src, dst) -> int:
             if n == 0:
                 break
             offset += n
-    except (AttributeError, OSError):
+    except (AttributeError, OSError) as e:
         if offset:
+            _name_destination(e, dst)
             raise
-        shutil.copyfileobj(src, dst)
+        try:
+            shutil.copyfileobj(src, dst)
+        except OSError as e2:
+            _name_destination(e2, dst)
+            raise
         return size
     return offset
+
+
+def _name_destination(e: BaseException, dst) -> None:
+    """A failed copy's OSError names the file it wrote (a full disk: which one, the remote's or ours)."""
+    if isinstance(e, OSError) and not e.filename and isinstance(getattr(dst, "name", None), str):
+        e.filename = dst.name
 
 
 # -- opening transports ------------------------------------------------------------------------

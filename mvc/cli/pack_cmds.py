@@ -63,3 +63,6 @@ def pack_cmd(full, as_json):
     if r["dropped"]:
         extra.append(f"dropped {r['dropped']} unreachable packed objects")
     click.echo("  " + ", ".join(extra))
+    if r.get("packs_left"):  # (as gc says it)
+        click.echo(f"  {r['packs_left']} old packs left in place ({r['packs_left_why']}); the next gc or "
+                   "mvc pack --all drops their garbage")

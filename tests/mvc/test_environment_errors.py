@@ -431,3 +431,44 @@ def test_a_full_disk_while_a_ref_or_config_file_is_written_names_it(repo, monkey
     with pytest.raises(OSError) as e:
         atomic_write(target, b"x")
     assert e.value.filename == repo.dir and e.value.filename2 is None  # (permission: the folder refuses: h63)
+
+
+def test_a_full_disk_while_copying_to_a_directory_remote_names_the_file_there(repo, tmp_path, monkeypatch):
+    """h76: a push to a full remote said only 'no space left on device': the user freed space on the
+    local disk. The copy's error (sendfile, then copyfileobj) names the file it wrote."""
+    from mvc import remote as rm
+    from mvc import transport
+    repo.commit({"m": _sd()}, message="one")
+    rm.add_remote(repo, "origin", str(tmp_path / "remote.mvc"))
+    monkeypatch.setattr(transport.os, "sendfile", _enospc)
+    monkeypatch.setattr(transport.shutil, "copyfileobj", _enospc)
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["push"])
+    assert r.exit_code == 3 and f"no space left on device at {tmp_path / 'remote.mvc'}" in r.stderr, r.output
+
+
+def test_a_reflog_append_on_a_full_disk_names_the_reflog(repo, monkeypatch):
+    """h76: mvc tag / branch failing on the reflog append named no path."""
+    from mvc import refs
+    repo.commit({"m": _sd()}, message="one")
+    monkeypatch.setattr(refs, "_write_all", _enospc)
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["tag", "v1"])
+    assert r.exit_code == 3 and "no space left on device at " + os.path.join(repo.dir, "logs") in r.stderr, r.output
+    assert "v1" not in repo.tags()
+
+
+def test_no_usable_temporary_directory_is_an_environment_error(in_repo, monkeypatch):
+    """h76: with /tmp full, importing torch (tempfile.gettempdir, via dill) failed every tensor
+    command with exit 4, 'this is a bug in mvc'."""
+    from mvc.errors import environment_error
+    err = FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp', '/var/tmp']")
+    assert environment_error(err)[1] == "free some space there, or set TMPDIR to a writable folder with room"
+    in_repo.commit({"m": _sd()}, message="one")
+    in_repo.commit({"m": _sd(1)}, message="two")
+
+    def no_tmp(*a, **k):
+        raise err
+    monkeypatch.setattr(mvc.Repo, "diff", no_tmp)
+    r = CliRunner().invoke(cli, ["diff", "HEAD~1", "HEAD"])
+    assert r.exit_code == 3 and "no usable temporary directory" in r.stderr and "bug" not in r.stderr, r.output

@@ -1029,8 +1029,9 @@ def test_a_busy_default_gc_says_what_each_of_its_two_waits_for_the_writers_lock_
     (It still waits twice: one try for the packs lost to a stream of commits every time, h71.)"""
     import threading
     import warnings
-    from mvc import pack_write
+    from mvc import files, pack_write
     monkeypatch.setattr(pack_write, "DROP_LOCK_WAIT_S", 0.5)
+    monkeypatch.setattr(files, "LOCK_NOTICE_AFTER_S", 0.0)  # (a wait is said after 2 s: these take 0.5 s)
     side = old_loose_garbage(repo)
     r = mvc.Repo(repo.root)
     r.refs.expire_reflogs(-100)
@@ -1461,3 +1462,49 @@ def test_automatic_packing_never_packs_a_commit_without_the_objects_it_names(rep
     r = mvc.Repo(repo.root)
     live = r.reachable()[0]
     assert not [o for o in r.loose.ids() if o in live] and r.fsck()["ok"]
+
+
+def test_a_short_grace_gc_waiting_for_a_pack_run_holds_no_commit_back(repo):
+    """h80: gc --grace 0 took the writers lock, then waited for pack.lock, while mvc pack --all held
+    pack.lock and waited for the writers lock: both sat out 60 s, and every commit with them. gc
+    now takes pack.lock first, as the pack does."""
+    import threading
+    from mvc.files import LockFile
+    drift_history(repo, 2)
+    held = LockFile(os.path.join(repo.dir, "pack.lock"), what="packing").acquire()  # (a pack run in flight)
+    gc_done, committed = [], []
+    gc = threading.Thread(target=lambda: gc_done.append(mvc.Repo(repo.root).gc(grace_s=0)))
+    try:
+        gc.start()
+        time.sleep(0.5)  # (gc waits for the pack run now)
+        c = threading.Thread(target=lambda: committed.append(drift_history(mvc.Repo(repo.root), 1, seed=3)[0][0]))
+        c.start()
+        c.join(20)
+        assert committed and not gc_done  # the commit went through beside the waiting gc
+    finally:
+        held.release()
+        gc.join(60)
+    assert gc_done and mvc.Repo(repo.root).fsck()["ok"] and mvc.Repo(repo.root).head() == committed[0]
+
+
+def test_a_short_wait_for_the_writers_lock_passes_without_a_word(repo):
+    """h80: a commit beside a short-grace gc said 'waiting for a gc or pack ...' at once, for a wait
+    of a fraction of a second (other locks are said after LOCK_NOTICE_AFTER_S)."""
+    import threading
+    import warnings
+    from mvc.files import exclusive_within
+    drift_history(repo, 1)
+    holding = threading.Event()
+
+    def gc_like():
+        with exclusive_within(os.path.join(repo.dir, "writers.lock"), 5):
+            holding.set()
+            time.sleep(0.5)
+    t = threading.Thread(target=gc_like)
+    t.start()
+    assert holding.wait(10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drift_history(mvc.Repo(repo.root), 1, seed=4)
+    t.join()
+    assert not [w for w in caught if "waiting for" in str(w.message)]

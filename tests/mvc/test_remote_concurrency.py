@@ -826,3 +826,21 @@ def test_a_push_from_a_clock_ahead_leaves_another_pushs_temp_files_alone(tmp_pat
     monkeypatch.setattr(transport.time, "time", lambda: real() + 2 * 3600)
     assert remote._remove_stale_tmp() == 1
     assert os.listdir(remote.objects.tmp) == [os.path.basename(live)]  # (the clock probe's file is gone too)
+
+
+def test_a_bare_remote_s_stale_ref_temp_files_are_removed_by_a_later_push(tmp_path):
+    """h76: a push killed while it wrote a ref left refs/tags/.v1.<hex>.tmp in a bare remote for
+    ever (only objects/tmp was swept)."""
+    import mvc.transport as transport
+    remote = DirectoryTransport(str(tmp_path / "remote.mvc"))
+    remote.init("main")
+    tags = os.path.join(remote.root, "refs", "tags")
+    stale, young, other = (os.path.join(tags, n) for n in (".v1." + "a" * 16 + ".tmp", ".v2." + "b" * 16 + ".tmp",
+                                                            "notes.txt"))
+    for path in (stale, young, other):
+        with open(path, "w") as f:
+            f.write("x")
+    os.utime(stale, (time.time() - 2 * transport.STALE_TMP_S,) * 2)
+    os.utime(other, (time.time() - 2 * transport.STALE_TMP_S,) * 2)
+    assert remote._remove_stale_tmp() == 1
+    assert sorted(os.listdir(tags)) == sorted(os.path.basename(p) for p in (young, other))
