@@ -529,7 +529,9 @@ def test_a_config_without_core_format_is_named(repo):
         mvc.Repo(repo.root)
 
 
-def test_short_grace_gc_waits_for_writers_and_default_gc_does_not(repo):
+def test_short_grace_gc_waits_for_writers_and_default_gc_does_not(repo, monkeypatch):
+    from mvc import files
+    monkeypatch.setattr(files, "LOCK_NOTICE_AFTER_S", 0.0)  # (a wait is said after 2 s; this one is shorter)
     import threading
     repo.commit({"core": sd()}, message="one")
     with repo.writing(), pytest.warns(UserWarning, match="waiting for commits, fetches and pushes in progress"):

@@ -478,7 +478,14 @@ def test_a_long_wait_for_a_lock_held_by_a_live_process_is_announced(tmp_path, mo
         live.wait()
 
 
-def test_an_exclusive_hold_of_the_writers_lock_says_what_it_waits_for(tmp_path):
+@pytest.fixture
+def notice_at_once(monkeypatch):
+    """Waits for the writers lock are said after LOCK_NOTICE_AFTER_S (2 s); these tests wait less."""
+    from mvc import files
+    monkeypatch.setattr(files, "LOCK_NOTICE_AFTER_S", 0.0)
+
+
+def test_an_exclusive_hold_of_the_writers_lock_says_what_it_waits_for(tmp_path, notice_at_once):
     import threading
     from mvc.files import shared_or_exclusive
     path = str(tmp_path / "writers.lock")
@@ -569,7 +576,7 @@ def _shared_holder(path, hold_s, run_s, gate_wait=30.0):
                              str(hold_s), str(run_s)], stdout=subprocess.PIPE, text=True)
 
 
-def test_a_stream_of_overlapping_shared_holds_does_not_starve_an_exclusive_one(tmp_path):
+def test_a_stream_of_overlapping_shared_holds_does_not_starve_an_exclusive_one(tmp_path, notice_at_once):
     """flock gives a waiting exclusive locker no priority: while two committers' holds overlapped,
     a gc --grace 0 waited until the stream ended (h54: 12 s beside 2,547 commits). New shared
     holders now wait behind it."""
@@ -696,7 +703,7 @@ def test_an_exclusive_waiter_past_a_long_holder_is_not_starved_by_the_stream_aft
             p.stdout.close()
 
 
-def test_a_second_exclusive_waiter_and_a_shared_one_say_what_they_wait_for_once(tmp_path):
+def test_a_second_exclusive_waiter_and_a_shared_one_say_what_they_wait_for_once(tmp_path, notice_at_once):
     """A second gc waited at the gate without a word; a commit that waited at the gate and then at
     the lock said "waiting for ..." twice (h68)."""
     import threading
@@ -739,7 +746,7 @@ def test_a_second_exclusive_waiter_and_a_shared_one_say_what_they_wait_for_once(
         holder.stdout.close()
 
 
-def test_a_bounded_exclusive_wait_says_what_it_waits_for(tmp_path):
+def test_a_bounded_exclusive_wait_says_what_it_waits_for(tmp_path, notice_at_once):
     """A default-grace gc (and pack's drops) waited up to 60 s without a word, holding back commits
     that each said "waiting for a gc or pack ..." (h69)."""
     from mvc.files import exclusive_within
