@@ -372,7 +372,8 @@ def check_no_nesting(names, new=None, quiet: bool = False) -> None:
     def clash(a: str, b: str, what: str, why: str) -> None:
         if a in new or b in new:
             raise BadName(f"components {a!r} and {b!r} {what}: {why}",
-                          "pick names that are not directories of one another" if "nest" in what else hint)
+                          "pick names that are not directories of one another" if "nest" in what else
+                          hint if "case" in what else "pick names that differ in more than trailing dots or spaces")
         if not quiet:
             warnings.warn(f"components {a!r} and {b!r} {what}: {why}; remove one with mvc commit --remove {b}")
 

@@ -47,10 +47,13 @@ def check_abi(host_tree: dict, brick_tree: dict, built_hash=None) -> None:
         raise AbiMismatch(f"the host component is a {shown(host_tree.get('kind'))}, not a core",
                           "paste into a commit whose core component is a core")
     if not brick_abi.get("hash"):
-        raise AbiMismatch("the brick records no ABI spec, arch or config: it was committed as plain tensors, "
-                          "from a file" if not brick_tree.get("arch") else "the brick records no ABI spec",
-                          "commit the brick from Python, repo.commit({'brick/NAME': brick}), so that its arch, "
-                          "config and ABI are recorded")
+        how = "from a file" if set(brick_tree.get("files") or {}) != {"model.safetensors"} else \
+            "from a state dict (or a model.safetensors file)"  # (a state dict's tree holds that one file)
+        raise AbiMismatch(f"the brick records no ABI spec, arch or config: it was committed as plain tensors, {how}"
+                          if not brick_tree.get("arch") else "the brick records no ABI spec",
+                          "commit the brick module itself (the nn.Module bricks.build returns, not its state_dict()) "
+                          "from Python, repo.commit({'brick/NAME': brick}), so that its arch, config and ABI are "
+                          "recorded")
     _check_record(host_abi, "host")
     _check_record(brick_abi, "brick")
     built = _config_abi_spec(config)

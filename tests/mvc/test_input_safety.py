@@ -110,8 +110,9 @@ def test_names_differing_only_in_trailing_dots_or_spaces_are_refused(repo, tmp_p
     dot or space, so a checkout there writes one over the other (mvc refused `.git.` for that reason)."""
     repo.commit({"core": sd()}, message="one")
     before = snapshot(repo)
-    with pytest.raises(BadName, match="'core' and 'core.' differ only in trailing dots or spaces"):
+    with pytest.raises(BadName, match="'core' and 'core.' differ only in trailing dots or spaces") as e:
         repo.commit({"core.": sd(1)}, message="dot")
+    assert e.value.hint == "pick names that differ in more than trailing dots or spaces"  # (h82: case, it said)
     with pytest.raises(BadName, match="'core' and 'core /x' nest where trailing dots or spaces are ignored"):
         repo.commit({"core /x": sd(1)}, message="space, nested")
     folder = tmp_path / "hf"

@@ -206,9 +206,9 @@ def test_paste_refuses_hosts_and_branches_it_could_not_use_and_says_why(repo):
     assert set(repo.store.ids()) == before and "heads/x" not in repo.branches()
     repo.commit({"core": Part(4, "core", Spec()), "brick/plain": {"w": torch.ones(3)}}, message="file brick",
                 branch="plain")
-    with pytest.raises(AbiMismatch, match="committed as plain tensors") as e:
+    with pytest.raises(AbiMismatch, match="committed as plain tensors, from a state dict") as e:
         repo.paste_brick("plain", "plain", "brick-run")
-    assert "repo.commit" in e.value.hint
+    assert "repo.commit" in e.value.hint and "not its state_dict()" in e.value.hint  # (h82: it said "from a file")
 
 
 def test_an_abi_mismatch_of_hash_only_records_shows_the_hashes(repo):
