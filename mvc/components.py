@@ -20,7 +20,7 @@ from typing import Callable
 from . import safetensors_format as stf
 from .errors import BadInput, ChangedWhileStored, CorruptObject, InterruptedAfterLanding, MvcError
 from .interrupts import interrupts_deferred
-from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, fold_kind,
+from .objects import (HASH_THREADS_MIN, RESERVED_SEGMENTS, check_new_component_name, check_relpath, case_folded,
                       folded_clashes, hash_bytes, is_reserved_segment, new_hasher, tree_blob_ids, tree_object)
 from .output_folders import OutputFolders
 from .store import FileSpan, ObjectStore
@@ -517,17 +517,17 @@ def _refuse_case_clashes(root: str, paths: list[str]) -> None:
     Windows), as such component names are (objects.folded_clashes): `w.bin` beside `W.bin` (one
     written over the other), or a file `a` beside a folder `A/` (the file where the folder must be);
     warn of those differing only in trailing dots or spaces (Windows drops them)."""
-    for a, b, kind in folded_clashes(paths):
+    for a, b, kind in folded_clashes(paths, case_folded):  # (first: a trailing-dot name must not hide them)
         same = kind == "same"
         what = f"files {a!r} and {b!r}" if same else f"the file {a!r} and the folder of {b!r}"
-        how = fold_kind(a, b if same else "/".join(b.split("/")[:a.count("/") + 1]))
-        if how != "case or Unicode form":  # (said, not refused: a folder an older mvc took commits again)
-            warnings.warn(f"{root}: {what} differ only in {how}: a checkout on Windows "
-                          f"{'would write one over the other' if same else 'cannot write both'}; rename one of them")
-            continue
         raise BadInput(f"{root}: {what} differ only in case or Unicode form: a checkout on a case-insensitive file "
                        f"system (macOS, Windows) {'would write one over the other' if same else 'cannot write both'}",
                        "rename one of them")
+    for a, b, kind in folded_clashes(paths):  # said, not refused: a folder an older mvc took commits again
+        same = kind == "same"
+        what = f"files {a!r} and {b!r}" if same else f"the file {a!r} and the folder of {b!r}"
+        warnings.warn(f"{root}: {what} differ only in trailing dots or spaces (which Windows drops): a checkout on "
+                      f"Windows {'would write one over the other' if same else 'cannot write both'}; rename one of them")
 
 
 def _refuse_unreadable(err: OSError):

@@ -396,13 +396,14 @@ def check_no_nesting(names, new=None, quiet: bool = False) -> None:
                       f"Windows) writes {b!r} inside {a!r}")
 
 
-def folded_clashes(paths):
+def folded_clashes(paths, fold=None):
     """(a, b, kind) for the slash paths that clash where case or Unicode form is ignored: "same"
     (`core`, `Core`), "nests" (`a`, `a/x`: as written), "nests-folded" (`Core`, `core/x`). A pair
-    that nests as written comes before those that nest only folded."""
+    that nests as written comes before those that nest only folded. `fold`: how names are folded
+    (`folded_name`, which also drops trailing dots and spaces; `case_folded` does not)."""
     groups: dict[str, list[str]] = {}
     for path in sorted(set(paths)):
-        groups.setdefault(folded_name(path), []).append(path)
+        groups.setdefault((fold or folded_name)(path), []).append(path)
     for group in groups.values():
         for other in group[1:]:
             yield group[0], other, "same"
@@ -422,9 +423,14 @@ def folded_name(name: str) -> str:
     return "/".join(seg.rstrip(". ") or seg for seg in unicodedata.normalize("NFC", name).lower().split("/"))
 
 
+def case_folded(name: str) -> str:
+    """A name as a case-insensitive, normalizing file system (macOS) compares it: NFC, lower case."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
 def fold_kind(a: str, b: str) -> str:
     """How two names that `folded_name` makes equal differ, said for an error."""
-    if unicodedata.normalize("NFC", a).lower() == unicodedata.normalize("NFC", b).lower():
+    if case_folded(a) == case_folded(b):
         return "case or Unicode form"
     return "trailing dots or spaces (which Windows drops)"
 
@@ -456,8 +462,7 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
     """What a ref must also satisfy to be created (refs made before these rules stay readable):
     no part ends in ".lock" (a folder x.lock would sit where branch x's lock file goes), no
     trailing ".", no hex that would hide an id prefix, in capitals either (as git refuses the
-    first two), no C1 control characters, nothing outside Unicode's composed form (NFC), and no
-    start that revisions read as a qualifier
+    first two), no C1 control characters, and no start that revisions read as a qualifier
     (`tags/v1` as a branch: `mvc rev-parse tags/v1` gives tag v1). A `mirrored` name (a remote's branch or tag, git's branch: made elsewhere, maybe
     by an older mvc) needs only the first."""
     check_ref_name(name)
@@ -469,9 +474,6 @@ def check_new_ref_name(name: str, mirrored: bool = False) -> str:
         raise BadName(f"invalid branch or tag name {name!r} (C1 control characters, which terminals act on)")
     if name.endswith("."):
         raise BadName(f"invalid branch or tag name {name!r} (it ends in '.')")
-    if not unicodedata.is_normalized("NFC", name):  # (é as e + U+0301 prints as é: two names alike)
-        raise BadName(f"invalid branch or tag name {name!r}: it is not in Unicode's composed form (NFC) and would "
-                      "print as another name does", f"use {unicodedata.normalize('NFC', name)!r}")
     if name.startswith(QUALIFIERS):  # branch tags/v1 would hide behind tag v1 (or shadow it, unqualified)
         raise BadName(f"invalid branch or tag name {name!r}: a revision that starts with "
                       f"{name.split('/')[0]}/ names a branch, tag or ref by its full name",

@@ -3,6 +3,7 @@ is shown to people: control and bidirectional-override characters escaped, never
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # what a terminal would act on or draw misleadingly: C0 and C1 controls (ESC, CSI, OSC, BEL,
 # newline, carriage return), DEL, the bidirectional marks, embeddings, overrides and isolates that
@@ -38,6 +39,20 @@ def shown(text) -> str:
             and not text[0].isspace() and not text[-1].isspace():
         return text
     return '"' + _QUOTED.sub(lambda m: _escape(m.group()), text) + '"'
+
+
+_NAME_SPACES = re.compile("[\xa0\u202f\u3000]")  # spaces that print as " ", which no ref name holds
+
+
+def shown_name(text) -> str:
+    """A name (branch, tag, component, path) as `shown` prints it, and also quoted, with those
+    spaces escaped, when it holds a no-break or ideographic space (`a b` is no name) or is not in
+    Unicode's composed form (NFC: `é` as e + U+0301): a name that prints like another is quoted.
+    Free text (messages, authors) keeps those as typed (French and CJK typography)."""
+    text = str(text)
+    if not _NAME_SPACES.search(text) and unicodedata.is_normalized("NFC", text):
+        return shown(text)
+    return '"' + _NAME_SPACES.sub(lambda m: _escape(m.group()), _QUOTED.sub(lambda m: _escape(m.group()), text)) + '"'
 
 
 def one_line(text: str) -> str:

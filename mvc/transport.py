@@ -509,9 +509,11 @@ class DirectoryTransport(Transport):
         age is told by the file system's clock (a file server's, for a shared remote), not this
         machine's: one running an hour ahead would delete a live push's temp files."""
         removed = 0
+        if not os.path.isfile(self._path("config")):  # (no remote yet, or a folder that is none: its files
+            return 0                                   # are not ours to sweep; the push says what it is)
         try:
             top = os.listdir(self.root)
-        except (FileNotFoundError, NotADirectoryError):  # no remote yet, or a file in its place (init says so)
+        except (FileNotFoundError, NotADirectoryError):
             return 0
         try:
             paths = [os.path.join(self.objects.tmp, n) for n in os.listdir(self.objects.tmp)]
@@ -766,8 +768,11 @@ def _copy_file(src, dst) -> int:
 
 
 def _name_destination(e: BaseException, dst) -> None:
-    """A failed copy's OSError names the file it wrote (a full disk: which one, the remote's or ours)."""
-    if isinstance(e, OSError) and not e.filename and isinstance(getattr(dst, "name", None), str):
+    """A failed copy's OSError, when the write failed (a full disk, a quota, a file-size limit, a
+    read-only file system), names the file it wrote: the remote's or ours (a read error is the source's)."""
+    import errno
+    if (isinstance(e, OSError) and not e.filename and isinstance(getattr(dst, "name", None), str)
+            and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)):
         e.filename = dst.name
 
 

@@ -4,6 +4,7 @@ moves back to the last passing commit and `mvc.CheckFailed` is raised; so it doe
 interrupt, when CI could not run or was interrupted before it judged the commit."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 from mvc.errors import CheckFailed, CiDidNotRun, InterruptedAfterLanding, MvcError, RefConflict, environment_error
@@ -83,12 +84,25 @@ def _interrupted(repo, commit: str, ref: str) -> InterruptedAfterLanding:
             except (MvcError, OSError) as e:  # (a held ref lock, a full disk: the commit stays on the branch)
                 why = e.message if isinstance(e, MvcError) else (environment_error(e) or (str(e),))[0]
                 said = InterruptedAfterLanding(f"{landed} ({branch} could not be rolled back: {why})",
-                                               f"mvc rollback {commit[:12]}~1 moves it back; mvc ci {commit[:12]} "
-                                               "runs its checks")
+                                               f"mvc ci {commit[:12]} runs its checks")
+                with contextlib.suppress(MvcError, OSError):  # (the interrupt is said, hint or not)
+                    said.hint = f"{said.hint}; {_move_back_hint(repo, ref, commit)}"
     except KeyboardInterrupt:  # another signal, held back while the branch moved: what it did is said
         if said is None:
             raise
     return said
+
+
+def _move_back_hint(repo, ref: str, commit: str) -> str:
+    """How to move the branch back to the last passing commit by hand (a rollback that failed):
+    `mvc rollback` for the current branch, `mvc branch -f` for another."""
+    branch = ref.removeprefix("refs/heads/")
+    target = certificate.last_passing_ancestor(repo, commit)
+    if target is None:
+        return f"no commit of {branch} passed: mvc branch -d {branch} (after switching away) removes it"
+    if repo.refs.head_target() == ref and repo.git_branch_elsewhere() is None:
+        return f"mvc rollback {target[:12]} moves {branch} back"
+    return f"mvc branch -f {branch} {target[:12]} moves it back"
 
 
 def _back_to(target: str | None) -> str:

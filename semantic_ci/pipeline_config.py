@@ -506,14 +506,14 @@ def _check_compress(pipeline: "Pipeline", stage: Stage) -> None:
 
 def stage_brick(pipeline: "Pipeline", ref) -> str | None:
     """The brick a `stage:NAME` reference's commits hold: a train-brick stage's brick_name, an
-    int8 stage's as_name (else its brick_name); None when it cannot be known here."""
+    int8 stage's as_name (else <brick_name>-int8); None when it cannot be known here."""
     source = _referenced_stage(pipeline, ref)
     if source is None:
         return None
     if source.kind == "train-brick":
         return source.get("brick_name")
-    if source.kind == "int8":
-        return source.get("as_name") or source.get("brick_name")
+    if source.kind == "int8":  # (what stages.int8 commits: as_name, else <brick_name>-int8)
+        return source.get("as_name") or f"{source.get('brick_name')}-int8"
     return None
 
 

@@ -89,7 +89,11 @@ class MvcGroup(_NamesItsContext, click.Group):
             error(str(e))
             ctx.exit(e.exit_code)
         except click.UsageError as e:
-            _usage_error(e)
+            try:
+                _usage_error(e)
+            except BrokenPipeError:  # (its line could not be written: a usage error all the same)
+                silence_stdout()
+                ctx.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt as e:

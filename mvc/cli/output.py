@@ -13,7 +13,7 @@ import time
 
 import click
 
-from ..quoting import one_line, shown  # noqa: F401  (the commands import them from here)
+from ..quoting import one_line, shown, shown_name  # noqa: F401  (the commands import them from here)
 from ..transfer import Progress
 
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # a job this large shows its bar at once; a smaller one

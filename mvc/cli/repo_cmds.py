@@ -15,8 +15,8 @@ from ..repo import Repo
 from .main import cli
 from .ci_state import ci_states, commit_certificates, echo_on_commit_ci, on_commit_ci
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
-                     message_opt, negative_result, plural, print_table, short, shown, size_change, stream_stdout,
-                     table, warn)
+                     message_opt, negative_result, plural, print_table, short, shown, shown_name, size_change,
+                     stream_stdout, table, warn)
 
 
 def _repo() -> Repo:
@@ -149,7 +149,7 @@ def commit(path, comps, message, metrics, branch, remove, as_json):
         landed = branch or repo.head_branch
         undo = "mvc rollback" if landed == repo.head_branch else f"mvc switch {shown(landed)}; mvc rollback"
         for name, n in _emptied(repo, c["parents"][0], cid, components):
-            warn(f"component {shown(name)} held {plural(n, 'tensor')} and now holds none (only files): "
+            warn(f"component {shown_name(name)} held {plural(n, 'tensor')} and now holds none (only files): "
                  f"{undo} undoes this commit")
     ci = on_commit_ci(repo, cid)
     if as_json:
@@ -212,11 +212,11 @@ def log(rev, n, oneline, as_json):
     heads = {}
     local, tracking = repo.branches(), {r[len("refs/remotes/"):]: oid for r, oid in repo.refs.list("refs/remotes/").items()}
     for b, oid in local.items():  # (a local branch named as a tracking one, origin/main: both said in full)
-        heads.setdefault(oid, []).append(shown(f"heads/{b}" if b in tracking else b))
+        heads.setdefault(oid, []).append(shown_name(f"heads/{b}" if b in tracking else b))
     for b, oid in tracking.items():  # (what fetch brought: origin/NAME)
-        heads.setdefault(oid, []).append(shown(f"remotes/{b}" if b in local else b))
+        heads.setdefault(oid, []).append(shown_name(f"remotes/{b}" if b in local else b))
     for t, oid in repo.tags().items():
-        heads.setdefault(oid, []).append(f"tag: {shown(t)}")
+        heads.setdefault(oid, []).append(f"tag: {shown_name(t)}")
     out = []
     for c in commits:
         deco = f" ({', '.join(heads[c['id']])})" if c["id"] in heads else ""
@@ -279,7 +279,7 @@ def show(rev, as_json):
     t = table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch",
               names=("component", "arch"), ids=("tree",))
     for name, c in info["components"].items():
-        t.add_row(shown(name), shown(c["kind"]), short(c["tree"]), str(c["tensors"]), str(c["files"]),
+        t.add_row(shown_name(name), shown(c["kind"]), short(c["tree"]), str(c["tensors"]), str(c["files"]),
                   human_bytes(c["bytes"]), ", ".join(f"{k}x{v}" for k, v in sorted(c["dtypes"].items())),
                   shown(c["arch"] or "-"))
     print_table(con, t)
@@ -336,13 +336,13 @@ def _print_diff(d: dict, show_all: bool) -> None:
 
 def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
     if c["status"] == "unchanged":
-        con.print(f"  {shown(name)}: unchanged")
+        con.print(f"  {shown_name(name)}: unchanged")
         return
     counts = Counter(t["status"] for t in c["tensors"].values())
     meta = c.get("meta_fields") or []
     parts = [f"{v} {k}" for k, v in sorted(counts.items())] + (
         [f"metadata changed: {', '.join(map(shown, meta))}"] if meta else [])
-    con.print(f"  {shown(name)}: {c['status']}" + (f" ({', '.join(parts)})" if parts else ""))
+    con.print(f"  {shown_name(name)}: {c['status']}" + (f" ({', '.join(parts)})" if parts else ""))
     rows = [_tensor_row(n, t) for n, t in c["tensors"].items() if show_all or t["status"] != "unchanged" or t.get("note")]
     if rows:
         t = table("tensor", "status", "dtype", "shape", "max |delta|", "rel L2", "changed", names=("tensor",))
@@ -355,10 +355,10 @@ def _print_component_diff(con, name: str, c: dict, show_all: bool) -> None:
         if "header" in f:  # (a safetensors file: its header's id, and how many of its tensors changed)
             what = f"header {side(*map(short, f['header']))}" if f["header"][0] != f["header"][1] else "same header"
             n = f["tensors_changed"]
-            con.print(f"    file {shown(rel)}: {f['status']} ({size}, {what}"
+            con.print(f"    file {shown_name(rel)}: {f['status']} ({size}, {what}"
                       + (f", {n} tensor{'' if n == 1 else 's'} changed)" if n else ")"))
         else:
-            con.print(f"    file {shown(rel)}: {f['status']} ({size}, {side(*map(short, f['id']))})")
+            con.print(f"    file {shown_name(rel)}: {f['status']} ({size}, {side(*map(short, f['id']))})")
 
 
 def _tensor_row(name: str, t: dict) -> list[str]:
@@ -369,7 +369,7 @@ def _tensor_row(name: str, t: dict) -> list[str]:
     def num(v):
         return "-" if v is None else f"{v:.3g}"
     frac = t.get("frac_changed")
-    return [shown(name), t["status"] + (f" ({shown(t['note'])})" if t.get("note") else ""), sides("dtype"), sides("shape"),
+    return [shown_name(name), t["status"] + (f" ({shown(t['note'])})" if t.get("note") else ""), sides("dtype"), sides("shape"),
             num(t.get("max_abs_delta")), num(t.get("rel_l2")), _fraction(frac)]
 
 
@@ -559,10 +559,10 @@ def branch(name, rev, delete, remotes, list_all, force, as_json):
         if as_json:
             emit_json({"branch": name, "commit": oid, "old": old})
         elif old:
-            click.echo(f"Moved branch {shown(name)} from {short(old)} to {short(oid)} (undo with: mvc branch -f "
-                       f"{shown(name)} {short(old)})")
+            click.echo(f"Moved branch {shown_name(name)} from {short(old)} to {short(oid)} (undo with: mvc branch -f "
+                       f"{shown_name(name)} {short(old)})")
         else:
-            click.echo(f"Created branch {shown(name)} at {short(oid)}")
+            click.echo(f"Created branch {shown_name(name)} at {short(oid)}")
         return
     current = repo.head_branch
     branches = {} if remotes else repo.branches()
@@ -572,18 +572,18 @@ def branch(name, rev, delete, remotes, list_all, force, as_json):
         emit_json({"current": current, "branches": branches, **({"remotes": tracking} if remotes or list_all else {})})
         return
     if current and current not in branches and not remotes:
-        click.echo(f"* {shown(current)} (no commits yet)")
+        click.echo(f"* {shown_name(current)} (no commits yet)")
     for b, oid in branches.items():
-        click.echo(f"{'*' if b == current else ' '} {shown(b)} {short(oid)}")
+        click.echo(f"{'*' if b == current else ' '} {shown_name(b)} {short(oid)}")
     for b, oid in tracking.items():  # (beside local ones, as git: a local branch may be named origin/main)
-        click.echo(f"  {shown(b if remotes else 'remotes/' + b)} {short(oid)}")
+        click.echo(f"  {shown_name(b if remotes else 'remotes/' + b)} {short(oid)}")
 
 
 def _deleted(kind: str, name: str, oid: str, as_json: bool) -> None:
     if as_json:
         emit_json({"deleted": name, "was": oid})
     else:
-        click.echo(f"Deleted {kind} {shown(name)} (was {short(oid)})")
+        click.echo(f"Deleted {kind} {shown_name(name)} (was {short(oid)})")
 
 
 @cli.command()
@@ -609,7 +609,7 @@ def switch(name, as_json):
     if as_json:
         emit_json({"branch": name, "head": repo.head(), "next_commit_branch": follows or name})
     else:
-        click.echo(f"Switched to branch {shown(name)}" if moved else f"Already on {shown(name)}")
+        click.echo(f"Switched to branch {shown_name(name)}" if moved else f"Already on {shown_name(name)}")
 
 
 def _git_branch_ahead_of(repo) -> str | None:
@@ -651,14 +651,14 @@ def tag(name, rev, force, delete, as_json):
         if as_json:
             emit_json({"tag": name, "commit": oid})
         else:
-            click.echo(f"Tagged {short(oid)} as {shown(name)}")
+            click.echo(f"Tagged {short(oid)} as {shown_name(name)}")
         return
     tags = repo.tags()
     if as_json:
         emit_json(tags)
     else:
         for t, oid in tags.items():
-            click.echo(f"{shown(t)} {short(oid)}")
+            click.echo(f"{shown_name(t)} {short(oid)}")
 
 
 @cli.command()
@@ -972,16 +972,16 @@ def ls_tree(rev, component, as_json):
             emit_json(comps)
         else:
             for name, tid in sorted(comps.items()):
-                click.echo(f"{tid} {shown(name)}")
+                click.echo(f"{tid} {shown_name(name)}")
         return
     tree = repo.tree(cid, component)
     if as_json:
         emit_json(tree)
         return
     for name, t in tree["tensors"].items():
-        click.echo(f"{t['id']} {t['dtype']:>5} {str(t['shape']):>16} {shown(name)}")
+        click.echo(f"{t['id']} {t['dtype']:>5} {str(t['shape']):>16} {shown_name(name)}")
     for rel, f in tree["files"].items():
-        click.echo(f"{f.get('id') or f.get('header')} {f['format']:>11} {f['size']:>12} {shown(rel)}")
+        click.echo(f"{f.get('id') or f.get('header')} {f['format']:>11} {f['size']:>12} {shown_name(rel)}")
 
 
 @cli.command()

@@ -472,3 +472,13 @@ def test_no_usable_temporary_directory_is_an_environment_error(in_repo, monkeypa
     monkeypatch.setattr(mvc.Repo, "diff", no_tmp)
     r = CliRunner().invoke(cli, ["diff", "HEAD~1", "HEAD"])
     assert r.exit_code == 3 and "no usable temporary directory" in r.stderr and "bug" not in r.stderr, r.output
+
+
+def test_a_read_error_of_a_copy_s_source_is_not_named_as_its_destination(tmp_path):
+    """h81: every OSError of a copy was given the destination's name, a failing source disk too."""
+    from mvc.transport import _name_destination
+    with open(tmp_path / "dst", "wb") as dst:
+        full, failing = OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EIO, "Input/output error")
+        _name_destination(full, dst)
+        _name_destination(failing, dst)
+    assert full.filename == str(tmp_path / "dst") and failing.filename is None

@@ -113,13 +113,14 @@ def test_help_to_a_reader_that_closed_the_pipe_exits_0(tmp_path, args):
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr.decode()
 
 
-def test_a_usage_error_whose_line_cannot_be_written_still_exits_2(tmp_path):
+@pytest.mark.parametrize("args", [["--bogus"], ["log", "--bogus"], ["commit", "--nope"]])
+def test_a_usage_error_whose_line_cannot_be_written_still_exits_2(tmp_path, args):
     """h79: with stderr a closed pipe (`mvc --bogus 2>&1 | true`), the help rule above made a usage
-    error exit 0."""
+    error exit 0; h81: a subcommand's exited 1 (click's broken-pipe exit)."""
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([sys.executable, "-m", "mvc", "--bogus"], cwd=tmp_path, stdout=write, stderr=write,
+        proc = subprocess.run([sys.executable, "-m", "mvc", *args], cwd=tmp_path, stdout=write, stderr=write,
                               timeout=60)
     finally:
         os.close(write)

@@ -844,3 +844,17 @@ def test_a_bare_remote_s_stale_ref_temp_files_are_removed_by_a_later_push(tmp_pa
     os.utime(other, (time.time() - 2 * transport.STALE_TMP_S,) * 2)
     assert remote._remove_stale_tmp() == 1
     assert sorted(os.listdir(tags)) == sorted(os.path.basename(p) for p in (young, other))
+
+
+def test_a_push_to_a_folder_that_is_no_remote_sweeps_none_of_its_files(tmp_path):
+    """h81: the stale-temp sweep ran before the push found the folder was no mvc remote, deleting
+    old files named like temp files there."""
+    import mvc.transport as transport
+    folder = tmp_path / "not-a-remote"
+    (folder / "refs").mkdir(parents=True)
+    mine = [folder / (".notes." + "c" * 16 + ".tmp"), folder / "refs" / (".x." + "d" * 16 + ".tmp")]
+    for path in mine:
+        path.write_text("mine")
+        os.utime(path, (time.time() - 2 * transport.STALE_TMP_S,) * 2)
+    assert DirectoryTransport(str(folder))._remove_stale_tmp() == 0
+    assert all(p.exists() for p in mine) and sorted(os.listdir(folder)) == sorted([mine[0].name, "refs"])

@@ -36,6 +36,10 @@ def test_shown_quotes_only_text_that_needs_it():
         '"x\\xady"', '"x\\u2028y"', '"x\\u034fy"', '"x\\u3164y"', '"x\\u2009y"']
     assert [shown(t) for t in ("perte\u00a0: 2,3", "学習\u3000ステップ", "\U0001f469\u200d\U0001f52c")] == [
         "perte\u00a0: 2,3", "学習\u3000ステップ", "\U0001f469\u200d\U0001f52c"]
+    # h81: names (branches, components, paths) holding those spaces, or not in NFC, are quoted
+    from mvc.quoting import shown_name
+    assert [shown_name(t) for t in ("a\u00a0b", "e\u0301x", "\u00e9x", "a b", "core")] == [
+        '"a\\xa0b"', '"e\u0301x"', "\u00e9x", "a b", "core"]
 
 
 def _raw_safetensors(path, names):

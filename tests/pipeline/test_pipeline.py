@@ -337,6 +337,21 @@ BAD_FILES = [  # (what to change in the pipeline text, the key the error must na
 ]
 
 
+def test_a_paste_of_an_int8_stage_s_artifact_is_accepted_before_training(tmp_path):
+    """h81: an int8 stage without as_name commits brick/<name>-int8, but the pre-flight took it to
+    make <name>: pasting the artifact was refused, pasting the float brick it carries accepted."""
+    root, _repo = make_project(tmp_path)
+    text = (root / "p.toml").read_text() + (
+        '\n[[stages]]\nname = "b"\nkind = "train-brick"\nhost = "stage:core"\nbrick = "sparse"\nbrick_name = "x"\n'
+        'stream = "text"\nsteps = 2\n\n[[stages]]\nname = "q"\nkind = "int8"\nsource = "stage:b"\nbrick_name = "x"\n'
+        '\n[[stages]]\nname = "p"\nkind = "paste"\nsource = "stage:q"\nbrick_name = "NAME"\ninto = ["stage:core"]\n')
+    (root / "ok.toml").write_text(text.replace("NAME", "x-int8"))
+    assert [s.name for s in load(str(root / "ok.toml")).stages][-1] == "p"
+    (root / "bad.toml").write_text(text.replace("NAME", "x"))
+    with pytest.raises(ConfigError, match="stage:q makes brick 'x-int8', not 'x'"):
+        load(str(root / "bad.toml"))
+
+
 def test_bad_pipeline_files_exit_3_naming_file_and_key_before_training(tmp_path, monkeypatch):
     root, repo = make_project(tmp_path)
     monkeypatch.chdir(root)
