@@ -465,7 +465,7 @@ class Ingest:
                 (state, self.meta), self.kind = optimizer, "optimizer"
             self.state_dict(MEMORY_FILE, state)
         else:
-            if relpath is None and _looks_like_safetensors(path):  # (a hub cache blob is named by its hash)
+            if relpath is None and stf.looks_like_safetensors(path):  # (a hub cache blob is named by its hash)
                 warnings.warn(f"{path} looks like a safetensors file but its name does not end in "
                               ".safetensors: it is stored as bytes, with no tensors to load, diff or share with "
                               "other commits (copy it to a name ending in .safetensors and commit that)")
@@ -1144,18 +1144,6 @@ def _holds_model_files(files: list[str]) -> bool:
     lower = [f.lower() for f in files]
     return any(f.endswith(MODEL_FILE_SUFFIXES) for f in lower) or (
         any(f.endswith(".bin") for f in lower) and any(f == "config.json" or f.endswith(".index.json") for f in lower))
-
-
-def _looks_like_safetensors(path: str) -> bool:
-    """Whether a file opens as a safetensors file does: a little-endian header length that fits
-    the file, then a JSON object (a sniff of 9 bytes, not a parse)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
-        return False
-    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:] == b"{"
 
 
 def stale_component_folders(out_dir: str, names: list[str], others: set[str]) -> list[str]:

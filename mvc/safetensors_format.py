@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import struct
 from typing import NamedTuple
 
@@ -299,3 +300,15 @@ def parse_blob(data: bytes | memoryview, where: str = "tensor blob", size: int |
             _BLOB_ENTRIES.clear()
         _BLOB_ENTRIES[key] = entry
     return entry
+
+
+def looks_like_safetensors(path: str) -> bool:
+    """Whether a file opens as a safetensors file does: a little-endian header length that fits
+    the file, then a JSON object (a sniff of 9 bytes, not a parse)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= size - 8 and head[8:] == b"{"

@@ -4,9 +4,9 @@ torch is imported inside the functions, so modules that only move bytes never pa
 """
 from __future__ import annotations
 
-import os
 import re
 
+from . import safetensors_format as stf
 from .errors import BadInput
 from .quoting import short_repr
 
@@ -176,7 +176,7 @@ def load_pickle_state_dict(path: str, f=None) -> dict:
     except PermissionError:
         raise
     except Exception as e:  # untrusted bytes: whatever the unpickler trips on, the file is refused
-        if _looks_like_safetensors(path):
+        if stf.looks_like_safetensors(path):
             raise BadInput(f"refusing to import {path}: it is a safetensors file, not a torch.save pickle",
                            "rename it to .safetensors, or keep it as raw bytes by committing the folder "
                            "holding it") from None
@@ -197,17 +197,6 @@ def load_pickle_state_dict(path: str, f=None) -> dict:
     if problem:
         raise BadInput(f"{path} does not hold a flat mapping of names to tensors: {problem}", NESTED_HINT)
     return obj
-
-
-def _looks_like_safetensors(path: str) -> bool:
-    """Whether a file starts as a safetensors file does (a header length, then a JSON object)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size
 
 
 NESTED_HINT = ("mvc stores flat name -> tensor mappings: commit each state dict of a training checkpoint as "

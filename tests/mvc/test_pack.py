@@ -690,17 +690,22 @@ def test_automatic_packing_merges_packs_past_the_limit_and_keeps_every_object(re
     assert [c["id"] for c in again.log()] == ids[::-1]
 
 
+def commit_and_list_reads(repo, monkeypatch, start):
+    """(one more drifted commit, the commits read while it was made and packed)."""
+    r = mvc.Repo(repo.root)
+    seen = []
+    read_commit = type(r).read_commit
+    monkeypatch.setattr(type(r), "read_commit", lambda self, cid, *a, **k: seen.append(cid) or read_commit(self, cid, *a, **k))
+    return drift_history(r, 1, seed=3, start=start)[0][0], seen
+
+
 def test_automatic_packing_reads_only_the_commits_made_since_the_last_pack(repo, monkeypatch):
     """Automatic packing walked the whole history at every pack: with pack.autoEvery = 1 a commit
     cost 0.04 s at 1,000 commits and 0.77 s at 20,000 (a training run's total grew quadratically)."""
     ids, states = drift_history(repo, 30)
     pack(repo)
     repo.set_config("pack.autoEvery", "1")
-    r = mvc.Repo(repo.root)
-    seen = []
-    read_commit = type(r).read_commit
-    monkeypatch.setattr(type(r), "read_commit", lambda self, cid, *a, **k: seen.append(cid) or read_commit(self, cid, *a, **k))
-    new = drift_history(r, 1, seed=3, start=states[-1])[0][0]
+    new, seen = commit_and_list_reads(repo, monkeypatch, states[-1])
     assert set(seen) <= {new, ids[-1]}  # the new commit and its parent (for XOR bases), never the history
     monkeypatch.undo()
     again = mvc.Repo(repo.root)
@@ -720,11 +725,7 @@ def test_merging_packs_past_the_limit_reads_no_commit_of_the_history(repo, monke
     pack(repo)
     repo.set_config("pack.autoEvery", "1")
     repo.set_config("pack.autoPackLimit", "2")
-    r = mvc.Repo(repo.root)
-    seen = []
-    read_commit = type(r).read_commit
-    monkeypatch.setattr(type(r), "read_commit", lambda self, cid, *a, **k: seen.append(cid) or read_commit(self, cid, *a, **k))
-    new = drift_history(r, 1, seed=3, start=states[-1])[0][0]
+    new, seen = commit_and_list_reads(repo, monkeypatch, states[-1])
     assert set(seen) <= {new, ids[-1]}
     monkeypatch.undo()
     again = mvc.Repo(repo.root)
