@@ -1276,8 +1276,8 @@ class Repo(Maintenance):
         while walks and len(seen) < comp.STALE_NAME_COMMITS:  # a step down each history in turn: a long
             going = []                                           # one does not hide the other branches
             for c in walks:
-                if c in seen:
-                    continue
+                if c in seen or len(seen) >= comp.STALE_NAME_COMMITS:  # (more refs than the budget: the
+                    continue                                             # first ones, the commit's first)
                 seen.add(c)
                 try:
                     commit = self.read_commit(c, shared=True)

@@ -960,6 +960,13 @@ def test_a_long_history_does_not_hide_the_components_of_other_branches(repo, tmp
     repo.checkout("feat", str(out))
     with pytest.warns(UserWarning, match="1 folder.* no component of .*e.g. .*brick"):
         repo.checkout("main", str(out), force=True)
+    for i in range(40):  # h81: more refs than the budget were all read in the first round
+        repo.create_branch(f"b{i}", f"HEAD~{i}")
+    read = []
+    real = type(repo).read_commit
+    monkeypatch.setattr(type(repo), "read_commit", lambda self, c, *a, **k: read.append(c) or real(self, c, *a, **k))
+    monkeypatch.setattr(comp, "STALE_NAME_COMMITS", 5)
+    assert "m" in repo._component_names_near(repo.resolve("HEAD")) and len(read) <= 5
 
 
 def test_the_leftover_warning_of_a_checkout_skips_git_folders(run, in_repo, tmp_path):
