@@ -132,7 +132,7 @@ def _gate_path(path: str) -> str:
 
 
 @contextlib.contextmanager
-def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
+def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = "", within: float = math.inf):
     """Hold an advisory lock on `path` (flock): many shared holders at once, or one exclusive.
 
     The kernel drops it when the process dies, so it can never go stale. Without flock (not
@@ -140,11 +140,13 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
     thread holds it already (e.g. gc inside `Repo.writing()`) is an error, not a wait on itself.
     Shared holds of one process (nested, or in several threads: a lazy load's downloads inside a
     paste) share one descriptor, locked by the first and closed by the last: where flock is
-    emulated by POSIX locks (NFS), closing any descriptor of the file drops every hold of the process."""
+    emulated by POSIX locks (NFS), closing any descriptor of the file drops every hold of the process.
+    Exclusively, `within` bounds the wait: it yields True (held), False (not within it: not held)
+    or None (no flock: not held, said)."""
     try:
         import fcntl
     except ImportError:
-        yield
+        yield None
         return
     key = (os.path.abspath(path), threading.get_ident())
     if exclusive and _held_here.get(key):
@@ -170,9 +172,10 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = ""):
             hold[1] += 1
     _held_here[key] = _held_here.get(key, 0) + 1
     try:
-        if exclusive and _take_exclusive(fcntl, fd, path, math.inf, waiting_for) is None:
+        got = _take_exclusive(fcntl, fd, path, within, waiting_for) if exclusive else True
+        if got is None:
             _say_unlocked(path, "no flock on this file system")
-        yield
+        yield got
     finally:
         _held_here[key] -= 1
         if hold is None:

@@ -1509,3 +1509,33 @@ def test_a_short_wait_for_the_writers_lock_passes_without_a_word(repo):
         drift_history(mvc.Repo(repo.root), 1, seed=4)
     t.join()
     assert not [w for w in caught if "waiting for" in str(w.message)]
+
+
+def test_a_pack_run_goes_ahead_of_a_short_grace_gc_that_waits_for_writers(repo, monkeypatch):
+    """h81: a gc --grace 0 waiting (without bound) for a long push held the pack lock all along:
+    mvc pack waited 600 s behind it and failed. The gc lets the pack lock go between tries."""
+    import threading
+    from mvc import maintenance
+    monkeypatch.setattr(maintenance, "GC_WRITERS_TRY_S", 0.5, raising=False)
+    drift_history(repo, 2)
+    holding, done = threading.Event(), threading.Event()
+
+    def long_push():
+        with mvc.Repo(repo.root).writing():
+            holding.set()
+            done.wait(30)
+    gc_done = []
+    w = threading.Thread(target=long_push)
+    g = threading.Thread(target=lambda: gc_done.append(mvc.Repo(repo.root).gc(grace_s=0)))
+    w.start()
+    try:
+        assert holding.wait(10)
+        g.start()
+        time.sleep(0.3)
+        stats = pack(mvc.Repo(repo.root), lock_timeout_s=5)  # (it failed: the gc held the lock)
+        assert stats["packed"] and not gc_done
+    finally:
+        done.set()
+        w.join()
+        g.join(60)
+    assert gc_done and mvc.Repo(repo.root).fsck()["ok"]
