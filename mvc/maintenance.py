@@ -25,7 +25,6 @@ from .refs import note_moved
 from .transfer import Progress
 
 GC_GRACE_S = 3600.0
-GC_WRITERS_TRY_S = 10.0  # a short-grace gc's wait for the writers lock, holding the pack lock, at a time
 WRITERS_LOCK = "writers.lock"  # see Repo.writing
 REFLOG_EXPIRE_S = 90 * 24 * 3600.0
 
@@ -350,10 +349,12 @@ class Maintenance:
             from .pack_write import pack_lock  # (taken first: a pack dropping garbage holds it and waits for
             waiting_for = ("commits, fetches and pushes in progress to finish "  # the writers lock)
                            "(a gc with a grace below the default waits for them)")
-            while True:  # GC_WRITERS_TRY_S at a time, then the pack lock is let go a moment: a pack run
-                with pack_lock(self), shared_or_exclusive(  # waiting for it goes first, not behind this wait
+            from . import files
+            while True:  # a gate period at a time (commits in flight drain: new ones wait at the gate), then
+                # the pack lock is let go a moment: a pack run waiting for it goes first, not behind this wait
+                with pack_lock(self), shared_or_exclusive(
                         os.path.join(self.dir, WRITERS_LOCK), exclusive=True, waiting_for=waiting_for,
-                        within=GC_WRITERS_TRY_S) as held:
+                        within=files.GATE_WAIT_S + files.GATE_PAUSE_S) as held:
                     if held is not False:  # (None: no flock here, said; it runs as before, unlocked)
                         return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
                 waiting_for = ""  # (said once)

@@ -1515,8 +1515,9 @@ def test_a_pack_run_goes_ahead_of_a_short_grace_gc_that_waits_for_writers(repo, 
     """h81: a gc --grace 0 waiting (without bound) for a long push held the pack lock all along:
     mvc pack waited 600 s behind it and failed. The gc lets the pack lock go between tries."""
     import threading
-    from mvc import maintenance
-    monkeypatch.setattr(maintenance, "GC_WRITERS_TRY_S", 0.5, raising=False)
+    from mvc import files
+    monkeypatch.setattr(files, "GATE_WAIT_S", 0.4)  # (gc tries a gate period at a time: 30 s and 1 s)
+    monkeypatch.setattr(files, "GATE_PAUSE_S", 0.1)
     drift_history(repo, 2)
     holding, done = threading.Event(), threading.Event()
 
