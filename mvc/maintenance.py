@@ -343,7 +343,9 @@ class Maintenance:
             raise MvcError(f"gc grace of {grace_s!r} seconds: it must be a finite number >= 0")
         exclusive = grace < GC_GRACE_S and not dry_run
 
-        def run():
+        def run(cycle: bool = True):
+            """`cycle`: let the pack lock go between tries (not on the reserve's space: the lock
+            file made again could find the disk full once more)."""
             if not exclusive:
                 return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
             from .pack_write import pack_lock  # (taken first: a pack dropping garbage holds it and waits for
@@ -354,7 +356,7 @@ class Maintenance:
                 # the pack lock is let go a moment: a pack run waiting for it goes first, not behind this wait
                 with pack_lock(self), shared_or_exclusive(
                         os.path.join(self.dir, WRITERS_LOCK), exclusive=True, waiting_for=waiting_for,
-                        within=files.GATE_WAIT_S + files.GATE_PAUSE_S) as held:
+                        within=files.GATE_WAIT_S + files.GATE_PAUSE_S if cycle else math.inf) as held:
                     if held is not False:  # (None: no flock here, said; it runs as before, unlocked)
                         return self._gc(dry_run, grace, expire_reflogs, exclusive, progress or Progress())
                 waiting_for = ""  # (said once)
@@ -366,7 +368,7 @@ class Maintenance:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not _release_reserve(self.dir):
                     raise
                 warnings.warn("the disk is full: gc freed the space mvc keeps in reserve to take its locks")
-                return run()
+                return run(cycle=False)
         finally:
             keep_reserve(self.dir)
 

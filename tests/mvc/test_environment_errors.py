@@ -482,3 +482,53 @@ def test_a_read_error_of_a_copy_s_source_is_not_named_as_its_destination(tmp_pat
         _name_destination(full, dst)
         _name_destination(failing, dst)
     assert full.filename == str(tmp_path / "dst") and failing.filename is None
+
+
+def test_a_short_grace_gc_on_the_reserve_s_space_keeps_its_pack_lock_while_it_waits(repo, monkeypatch):
+    """h83: on a full disk gc frees the reserve to take its locks; its wait then let the pack lock go
+    between tries, and the lock file made again found the disk full (the freed block taken back):
+    gc failed 'no space left' instead of waiting for the push in flight."""
+    import threading
+    from mvc import files, maintenance
+    import mvc.pack_write as pw
+    monkeypatch.setattr(files, "GATE_WAIT_S", 0.3)
+    monkeypatch.setattr(files, "GATE_PAUSE_S", 0.05)
+    repo.commit({"m": _sd()}, message="one")
+    maintenance.keep_reserve(repo.dir)
+    state = {"full": True}
+    real_try, real_release = files.LockFile._try, maintenance._release_reserve
+
+    def try_(self):
+        if self.path.endswith("pack.lock") and state["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_try(self)
+
+    def release_reserve(d):
+        ok = real_release(d)
+        state["full"] = False
+        return ok
+
+    class TakenBack(files.LockFile):  # what a released pack lock frees, another writer takes
+        def release(self):
+            held = self.held
+            super().release()
+            if held and self.path.endswith("pack.lock"):
+                state["full"] = True
+    monkeypatch.setattr(files.LockFile, "_try", try_)
+    monkeypatch.setattr(maintenance, "_release_reserve", release_reserve)
+    monkeypatch.setattr(pw, "LockFile", TakenBack)
+    holding, done = threading.Event(), threading.Event()
+
+    def push():  # in flight for 1 s
+        with mvc.Repo(repo.root).writing():
+            holding.set()
+            done.wait(1.0)
+    t = threading.Thread(target=push)
+    t.start()
+    try:
+        assert holding.wait(10)
+        with pytest.warns(UserWarning, match="freed the space mvc keeps in reserve"):
+            mvc.Repo(repo.root).gc(grace_s=0)
+    finally:
+        done.set()
+        t.join()
