@@ -367,33 +367,28 @@ def check_no_nesting(names, new=None, quiet: bool = False) -> None:
     refused: every commit on that branch would be (`quiet`: nor warned of, for a check made
     again later). Names that nest as written are always refused."""
     new = set(names) if new is None else set(new)
-    hint = "pick names that differ in more than case or Unicode form"
 
-    def clash(a: str, b: str, what: str, why: str) -> None:
+    def clash(a: str, b: str, what: str, why: str, hint: str) -> None:
         if a in new or b in new:
-            raise BadName(f"components {a!r} and {b!r} {what}: {why}",
-                          "pick names that are not directories of one another" if "nest" in what else
-                          hint if "case" in what else "pick names that differ in more than trailing dots or spaces")
+            raise BadName(f"components {a!r} and {b!r} {what}: {why}", hint)
         if not quiet:
             warnings.warn(f"components {a!r} and {b!r} {what}: {why}; remove one with mvc commit --remove {b}")
 
     for a, b, kind in folded_clashes(names):
-        if kind == "same" and fold_kind(a, b) != "case or Unicode form":
-            clash(a, b, f"differ only in {fold_kind(a, b)}", "a checkout on Windows writes both into one folder")
-        elif kind == "same":
-            clash(a, b, "differ only in case or Unicode form", "a checkout on macOS (or, for case, Windows) "
-                  "writes both into one folder")
-        elif kind == "nests":  # (nesting as written was always refused)
+        if kind == "nests":  # (nesting as written was always refused)
             raise BadName(f"components {a!r} and {b!r} nest: {b!r} would be checked out inside {a!r}",
                           "pick names that are not directories of one another")
+        same = kind == "same"
+        # (a folder name folded, against the part of b's path at its depth)
+        case = case_folded(a) == case_folded(b if same else "/".join(b.split("/")[:a.count("/") + 1]))
+        how = "case or Unicode form" if case else "trailing dots or spaces"
+        where = "a checkout on macOS (or, for case, Windows)" if case else "a checkout on Windows (which drops them)"
+        if same:
+            clash(a, b, f"differ only in {how}", f"{where} writes both into one folder",
+                  f"pick names that differ in more than {how}")
         else:
-            how = fold_kind(a, "/".join(b.split("/")[:a.count("/") + 1]))
-            if how != "case or Unicode form":
-                clash(a, b, f"nest where {how.split(' (')[0]} are ignored", f"a checkout on Windows writes {b!r} "
-                      f"inside {a!r}")
-            else:
-                clash(a, b, "nest where case or Unicode form is ignored", f"a checkout on macOS (or, for case, "
-                      f"Windows) writes {b!r} inside {a!r}")
+            clash(a, b, f"nest where {how} {'is' if case else 'are'} ignored", f"{where} writes {b!r} inside {a!r}",
+                  "pick names that are not directories of one another")
 
 
 def folded_clashes(paths, fold=None):
@@ -426,13 +421,6 @@ def folded_name(name: str) -> str:
 def case_folded(name: str) -> str:
     """A name as a case-insensitive, normalizing file system (macOS) compares it: NFC, lower case."""
     return unicodedata.normalize("NFC", name).lower()
-
-
-def fold_kind(a: str, b: str) -> str:
-    """How two names that `folded_name` makes equal differ, said for an error."""
-    if case_folded(a) == case_folded(b):
-        return "case or Unicode form"
-    return "trailing dots or spaces (which Windows drops)"
 
 
 def check_relpath(path: str) -> str:

@@ -30,10 +30,10 @@ def shown(text) -> str:
     """A string that came from a user, a file or a remote (a name, message, author, metric, path)
     as human output prints it: unchanged unless it holds a control or bidirectional-override
     character or one that prints as nothing or as a plain space, is empty, starts or ends with white
-    space (invisible in a
-    column: "a " would print as "a") or starts with a double quote, then double-quoted with C escapes, as git quotes such
-    paths. Nothing it holds can move the cursor, retitle the terminal or forge a line of output,
-    and no two texts print alike: only a quoted one starts with a double quote."""
+    space (invisible in a column: "a " would print as "a") or starts with a double quote, then
+    double-quoted with C escapes, as git quotes such paths. Nothing it holds can move the cursor,
+    retitle the terminal or forge a line of output, and no two texts print alike: only a quoted
+    one starts with a double quote (names: see `shown_name`)."""
     text = str(text)
     if text and not _UNSAFE.search(text) and not text.startswith('"') \
             and not text[0].isspace() and not text[-1].isspace():
@@ -42,6 +42,7 @@ def shown(text) -> str:
 
 
 _NAME_SPACES = re.compile("[\xa0\u202f\u3000]")  # spaces that print as " ", which no ref name holds
+_QUOTED_NAME = re.compile(_QUOTED.pattern + "|" + _NAME_SPACES.pattern)  # what a quoted name escapes
 
 
 def shown_name(text) -> str:
@@ -52,7 +53,7 @@ def shown_name(text) -> str:
     text = str(text)
     if not _NAME_SPACES.search(text) and unicodedata.is_normalized("NFC", text):
         return shown(text)
-    return '"' + _NAME_SPACES.sub(lambda m: _escape(m.group()), _QUOTED.sub(lambda m: _escape(m.group()), text)) + '"'
+    return '"' + _QUOTED_NAME.sub(lambda m: _escape(m.group()), text) + '"'
 
 
 def one_line(text: str) -> str:

@@ -1273,8 +1273,8 @@ class Repo(Maintenance):
         names: set[str] = set()
         seen: set[str] = set()
         walks = list(dict.fromkeys([cid] + sorted(self.refs.list("refs/", bad={}).values())))
-        while walks and len(seen) < comp.STALE_NAME_COMMITS:  # a step down each history in turn: a long
-            going = []                                           # one does not hide the other branches
+        while walks:  # a step down each history in turn: a long one does not hide the other branches
+            going = []
             for c in walks:
                 if c in seen or len(seen) >= comp.STALE_NAME_COMMITS:  # (more refs than the budget: the
                     continue                                             # first ones, the commit's first)
