@@ -358,6 +358,9 @@ class LockFile:
     Waits up to `timeout` seconds for another holder; a lock left by a dead process on this host
     (whose pid may be another process's now: process_start tells them apart), or one without a
     readable owner older than STALE_OWNERLESS_LOCK_S, is broken with a warning.
+
+    One object taken again and again (a gc waiting in rounds) says its wait once, and its timeout
+    counts the time all its waits took together, not each wait afresh.
     """
 
     def __init__(self, path: str, timeout: float = 10.0, what: str = "the repository"):
@@ -365,6 +368,8 @@ class LockFile:
         self.timeout = timeout
         self.what = what
         self.held = False
+        self.waited_s = 0.0  # in earlier waits of this object
+        self.said = False
 
     def _try(self) -> bool:
         for attempt in range(10):
@@ -503,9 +508,15 @@ class LockFile:
 
     def _wait(self, take: bool) -> None:
         start = time.monotonic()
-        deadline = start + self.timeout
+        try:
+            self._wait_from(start, take)
+        finally:
+            self.waited_s += time.monotonic() - start
+
+    def _wait_from(self, start: float, take: bool) -> None:
+        deadline = start + self.timeout - self.waited_s
         delay = 0.002
-        told = self.timeout <= 2 * LOCK_NOTICE_AFTER_S  # short waits pass without a word
+        short = self.timeout <= 2 * LOCK_NOTICE_AFTER_S  # short waits pass without a word
         while not (take and self._try()):
             try:
                 st = os.stat(self.path)
@@ -520,8 +531,8 @@ class LockFile:
                 continue
             who = ("another user's process (its lock file is not readable)" if owner and owner.get("unreadable")
                    else f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process")
-            if not told and time.monotonic() - start >= LOCK_NOTICE_AFTER_S:
-                told = True
+            if not (short or self.said) and time.monotonic() - start + self.waited_s >= LOCK_NOTICE_AFTER_S:
+                self.said = True
                 warnings.warn(f"waiting for {self.what}: locked by {who} ({self.path}); giving up after "
                               f"{self.timeout:.0f} s")
             if time.monotonic() >= deadline:

@@ -352,9 +352,10 @@ class Maintenance:
             waiting_for = ("commits, fetches and pushes in progress to finish "  # the writers lock)
                            "(a gc with a grace below the default waits for them)")
             from . import files
+            packing = pack_lock(self)  # (one object: its wait is said once, its timeout counts all rounds)
             while True:  # a gate period at a time (commits in flight drain: new ones wait at the gate), then
                 # the pack lock is let go a moment: a pack run waiting for it goes first, not behind this wait
-                with pack_lock(self), shared_or_exclusive(
+                with packing, shared_or_exclusive(
                         os.path.join(self.dir, WRITERS_LOCK), exclusive=True, waiting_for=waiting_for,
                         within=files.GATE_WAIT_S + files.GATE_PAUSE_S if cycle else math.inf) as held:
                     if held is not False:  # (None: no flock here, said; it runs as before, unlocked)

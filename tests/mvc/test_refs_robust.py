@@ -478,6 +478,37 @@ def test_a_long_wait_for_a_lock_held_by_a_live_process_is_announced(tmp_path, mo
         live.wait()
 
 
+def test_a_lock_taken_again_in_rounds_says_its_wait_once_and_keeps_one_deadline(tmp_path, monkeypatch):
+    """A gc waiting in rounds (pack lock, then the writers lock a gate period, then letting the pack
+    lock go) made a new pack LockFile each round: its notice repeated and its timeout restarted."""
+    import subprocess
+    import sys
+    import threading
+    from mvc import files
+    monkeypatch.setattr(files, "LOCK_NOTICE_AFTER_S", 0.05)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    path = tmp_path / "pack.lock"
+    owner = json.dumps({"pid": live.pid, "host": files.hostname()})
+    lock = LockFile(str(path), timeout=0.6, what="packing")
+    try:
+        with warnings_as_list() as caught:
+            for _ in range(2):  # two rounds, each waiting ~0.25 s for the other holder
+                path.write_text(owner)
+                threading.Timer(0.25, path.unlink).start()
+                with lock:
+                    pass
+            path.write_text(owner)  # a third: ~0.5 s of the 0.6 s are spent, so it gives up soon
+            began = time.monotonic()
+            with pytest.raises(LockHeld):
+                lock.acquire()
+            third = time.monotonic() - began
+        assert sum("waiting for packing" in str(w.message) for w in caught) == 1
+        assert third < 0.4, third
+    finally:
+        live.kill()
+        live.wait()
+
+
 @pytest.fixture
 def notice_at_once(monkeypatch):
     """Waits for the writers lock are said after LOCK_NOTICE_AFTER_S (2 s); these tests wait less."""
