@@ -428,8 +428,7 @@ class Repo(Maintenance):
             if oid is None:
                 raise UnknownRevision("HEAD has no commits yet", self.no_commits_hint())
             return oid
-        qualified = [rev] if rev.startswith("refs/") else [f"refs/{rev}"] \
-            if rev.startswith(("heads/", "tags/", "remotes/")) else []
+        qualified = [q] if (q := _qualified_ref(rev)) else []
         for ref in qualified + [f"refs/heads/{rev}", f"refs/tags/{rev}", f"refs/remotes/{rev}"]:
             try:
                 oid = self.refs.read(ref)
@@ -500,16 +499,25 @@ class Repo(Maintenance):
         return oid
 
     def _ref_for_name(self, name: str) -> str:
-        """The branch or tag ref of `name`; a deleted branch whose moves are still logged (what
-        `mvc reflog NAME` lists, so its NAME@{N} selectors resolve)."""
-        qualified = name if name.startswith("refs/") else f"refs/{name}" \
-            if name.startswith(("heads/", "tags/", "remotes/")) else None  # (heads/main@{1}, as git reads it)
-        for ref in ([qualified] if qualified else [f"refs/heads/{name}", f"refs/tags/{name}"]):
+        """The branch, tag or remote-tracking ref of `name`; a deleted branch whose moves are still
+        logged (what `mvc reflog NAME` lists, so its NAME@{N} selectors resolve)."""
+        qualified = _qualified_ref(name)
+        for ref in ([qualified] if qualified else [f"refs/heads/{name}", f"refs/tags/{name}", f"refs/remotes/{name}"]):
             if self.refs.read(ref):
                 return ref
-        if self.refs.reflog(qualified or f"refs/heads/{name}"):
-            return qualified or f"refs/heads/{name}"
+        logged = self._logged_ref(name)
+        if logged:
+            return logged
         raise UnknownRevision(f"unknown branch {name!r}")
+
+    def _logged_ref(self, name: str) -> str | None:
+        """The ref whose moves `mvc reflog NAME` lists: a branch, else a remote-tracking branch
+        (origin/main), held or deleted with its moves still logged; None when there is none."""
+        qualified = _qualified_ref(name)
+        for ref in ([qualified] if qualified else [f"refs/heads/{name}", f"refs/remotes/{name}"]):
+            if self.refs.read(ref) or self.refs.reflog(ref):
+                return ref
+        return None
 
     def _parent(self, oid: str, rev: str, n: int) -> str:
         parents = self.read_commit(oid, shared=True)["parents"]
@@ -1196,14 +1204,13 @@ class Repo(Maintenance):
         """The moves of `branch` (None or HEAD: the current branch), newest first."""
         if branch == "HEAD":
             branch = None
-        if branch is not None:
-            check_ref_name(branch)  # ("" is a bad name, not "the current branch")
-        ref = (f"refs/heads/{branch}" if branch is not None else
-               self.refs.head_branch_ref("it has no reflog of its own", "name a branch"))
-        log = self.refs.reflog(ref)
-        if branch is not None and not log and self.refs.read(ref) is None:
+        if branch is None:
+            return self.refs.reflog(self.refs.head_branch_ref("it has no reflog of its own", "name a branch"))
+        check_ref_name(branch)  # ("" is a bad name, not "the current branch")
+        ref = self._logged_ref(branch)
+        if ref is None:
             raise UnknownRevision(f"no branch {branch!r}", "see mvc branch")
-        return log
+        return self.refs.reflog(ref)
 
     def paste_brick(self, name: str, source_rev: str, host_rev: str, run_hooks: bool = True, **kwargs) -> dict:
         """Install brick `name` of `source_rev` into the host branch (see mvc.paste.paste_brick).
@@ -1550,3 +1557,10 @@ class _ObjectCache:
 
     def __len__(self) -> int:
         return len(self._items) + len(self._big)
+
+
+def _qualified_ref(name: str) -> str | None:
+    """`refs/...`, `heads/X`, `tags/X` or `remotes/X` as the ref it names (heads/main@{1}, as git
+    reads it); None for a short name."""
+    return name if name.startswith("refs/") else f"refs/{name}" \
+        if name.startswith(("heads/", "tags/", "remotes/")) else None

@@ -502,10 +502,13 @@ def rollback(rev, as_json):
 def reflog(branch, n, as_json):
     """List the moves of a branch's head (default, or HEAD: the current branch), newest first.
 
+    BRANCH may be a remote-tracking branch (origin/main): its moves by fetch, pull and push.
+
     \b
     Examples:
       mvc reflog -n 5
       mvc reflog experiment --json
+      mvc reflog origin/main
       mvc rollback @{2}       # the branch as it was two moves ago
     """
     repo = _repo()

@@ -96,7 +96,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                 if _now(t, ref, where) is not None:  # (gone: this delete landed, its answer was lost, and a retry
                     raise NonFastForward(f"remote branch {branch} moved while deleting it",  # found it gone)
                                          "fetch and look before deleting it again") from None
-            note_moved(f"deleted {branch} on {where}")
+            note_moved(f"deleted {branch} on {where}", logged=False)  # (its reflog is there, not here)
             if tracking and repo.refs.read(tracking):
                 repo.refs.update(tracking, None, message=f"push --delete to {where}")
         return {**result, "old": old, "new": None, "status": "deleted", "sent": []}
@@ -171,7 +171,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                                  f"run mvc pull {name or 'REMOTE'} {branch}, or mvc fetch, and push again")
                 raise NonFastForward(f"push to {where} rejected: remote {branch} {how}; your objects are there, "
                                      "only the branch did not move", hint) from None
-        note_moved(f"moved {branch} on {where} to {local[:12]}")
+        note_moved(f"moved {branch} on {where} to {local[:12]}", logged=False)
     if tracking:  # (at once: the branch is there now, whatever happens to the tags and certificates)
         _track(repo, name, tracking, local, where)
     try:
@@ -189,7 +189,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
                 result["tags"].remove(tag)
                 result["tags_skipped"][tag] = None
                 continue
-            note_moved(f"made tag {tag} on {where}")
+            note_moved(f"made tag {tag} on {where}", logged=False)
         for commit, ids in certs.items():
             t.add_to_cert_index(commit, ids)
     except MvcError as e:  # (an OSError says what moved through the CLI: see refs.note_moved)
@@ -208,7 +208,7 @@ def _note_if_landed(t: Transport, ref: str, where: str, new: str | None, what: s
     except (MvcError, OSError):
         return False
     if landed:
-        note_moved(what)
+        note_moved(what, logged=False)
     return landed
 
 

@@ -633,6 +633,42 @@ def test_an_interrupt_as_a_push_moves_the_remote_branch_says_that_it_moved(tmp_p
         assert a.refs.read("refs/remotes/origin/main") == cid
 
 
+def test_an_error_after_a_push_points_at_the_reflog_only_for_a_local_move(tmp_path, monkeypatch):
+    """A push that moved the remote branch, could not move its tracking ref (full disk) and then
+    failed on a tag said "see mvc reflog": the local reflog had no entry for either move (h76)."""
+    from mvc.refs import RefStore
+    from mvc.transport import DirectoryTransport as DT
+    a = mvc.Repo.init(tmp_path / "a")
+    cid = a.commit({"core": {"w": torch.ones(4)}}, message="one")
+    a.tag("v1")
+    rm.add_remote(a, "origin", str(tmp_path / "r.mvc"))
+    real_update, real_remote = RefStore.update, DT.update_ref
+
+    def full(self, ref, *args, **kw):
+        if ref.startswith("refs/remotes/"):
+            raise OSError(28, "No space left on device")
+        return real_update(self, ref, *args, **kw)
+
+    def tags_fail(self, ref, *args, **kw):
+        if ref.startswith("refs/tags/"):
+            raise PermissionError(13, "Permission denied", ref)
+        return real_remote(self, ref, *args, **kw)
+    monkeypatch.setattr(RefStore, "update", full)
+    monkeypatch.setattr(DT, "update_ref", tags_fail)
+    r = invoke(monkeypatch, a.root, "push", "origin", "main")
+    assert r.exit_code == 3, r.output
+    assert f"moved main on origin to {cid[:12]}" in r.stderr and "reflog" not in r.stderr, r.stderr
+    monkeypatch.setattr(RefStore, "update", real_update)  # the tracking ref moves: its reflog has the entry
+    a.commit({"core": {"w": torch.zeros(4)}}, message="two")
+    a.tag("v2")
+    r = invoke(monkeypatch, a.root, "push", "origin", "main")
+    assert r.exit_code == 3 and "see mvc reflog" in r.stderr, r.stderr
+    assert a.reflog("origin/main")[0]["new"] == a.reflog("remotes/origin/main")[0]["new"] == a.resolve("main")
+    r = invoke(monkeypatch, a.root, "reflog", "origin/main")  # (it said: no branch 'origin/main')
+    assert r.exit_code == 0 and r.stdout.startswith(f"{a.resolve('main')[:12]} origin/main@{{0}}: push to origin"), r.output
+    assert a.resolve("origin/main@{0}") == a.resolve("main")
+
+
 def test_relative_file_urls_and_remote_v_are_the_repositorys_and_file_urls_are_not_cut(in_repo, tmp_path,
                                                                                       monkeypatch):
     """`url = file:../r` was still taken from where the command ran, and `mvc remote -v` showed a
