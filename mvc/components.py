@@ -484,10 +484,15 @@ class Ingest:
             filenames = [n for n in filenames if n != ".git"]  # (other reserved names are refused below)
             for name in [n for n in filenames if _TEMP_NAME.match(n)]:  # never part of a model
                 filenames.remove(name)
-                warnings.warn(f"skipped {os.path.join(dirpath, name)}: " + (
-                    "a file a killed mvc checkout had renamed aside to replace it (it is kept: rename it back "
-                    "if that file is missing)" if name.endswith(".mvc-old") else "a temp file a killed mvc "
-                    "checkout or export left (the next checkout into this folder removes it once it is an hour old)"))
+                if not name.endswith(".mvc-tmp"):  # (a backup: the files were going into place)
+                    raise BadInput(f"{os.path.join(dirpath, name)}: the backup of a file a checkout was replacing; "
+                                   "a checkout is putting its files in place in this folder, or one was killed "
+                                   "doing it, and the folder may mix the files of two revisions",
+                                   "when no checkout writes there: check out the revision you want into it again "
+                                   "(--force), then delete the .mvc-bak and .mvc-old files (a .mvc-old one may "
+                                   "be the only copy of a file that is now missing: rename it back)")
+                warnings.warn(f"skipped {os.path.join(dirpath, name)}: a temp file a killed mvc checkout or "
+                              "export left (the next checkout into this folder removes it once it is an hour old)")
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
                     raise BadInput(f"{os.path.join(dirpath, d)} is a symbolic link; mvc refuses symlinks",

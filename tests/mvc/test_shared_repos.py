@@ -277,12 +277,27 @@ def test_a_killed_checkout_s_temp_files_are_not_committed_with_its_folder(tmp_pa
     repo.commit({"m": _sd(0)}, message="one")
     repo.checkout("HEAD", str(tmp_path / "out"))
     folder = tmp_path / "out" / "m"
-    for name in (".0123456789ab.mvc-tmp", ".ba9876543210.mvc-bak"):
-        (folder / name).write_bytes(b"half a file")
+    (folder / ".0123456789ab.mvc-tmp").write_bytes(b"half a file")
     (folder / ".not-ours.mvc-tmp").write_bytes(b"a user's file")  # (not a name mvc gives)
     with pytest.warns(UserWarning, match=r"skipped .*\.0123456789ab\.mvc-tmp: a temp file a killed mvc checkout"):
         cid = repo.commit({"m": str(folder)}, message="from the folder")
     assert sorted(repo.tree(cid, "m")["files"]) == [".not-ours.mvc-tmp", "model.safetensors"]
+
+
+@pytest.mark.parametrize("suffix", ["mvc-bak", "mvc-old"])
+def test_a_folder_holding_a_replaced_file_s_backup_is_not_committed(tmp_path, suffix):
+    """A forced checkout killed while its files went into place leaves a folder mixing the shards of
+    two revisions, and the backups of the files it replaced: a commit of that folder skipped the
+    backups and stored the mixture as a model (h76)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    first = repo.commit({"m": _sd(0)}, message="one")
+    repo.checkout("HEAD", str(tmp_path / "out"))
+    folder = tmp_path / "out" / "m"
+    (folder / f".ba9876543210.{suffix}").write_bytes(b"the file it replaced")
+    with pytest.raises(mvc.errors.BadInput, match=r"mvc-(bak|old): the backup of a file a checkout was replacing; .* the "
+                                           r"folder may mix the files of two revisions"):
+        repo.commit({"m": str(folder)}, message="from the folder")
+    assert repo.resolve("HEAD") == first
 
 
 def test_a_checkout_names_the_temp_files_a_killed_one_left_in_its_folders(tmp_path):
