@@ -38,6 +38,12 @@ def shown(text) -> str:
     if text and not _UNSAFE.search(text) and not text.startswith('"') \
             and not text[0].isspace() and not text[-1].isspace():
         return text
+    return quoted(text)
+
+
+def quoted(text: str) -> str:
+    """`text` double-quoted with C escapes, as `shown` quotes what it must (a list's items that
+    hold its separator are quoted too: see the metrics line)."""
     return '"' + _QUOTED.sub(lambda m: _escape(m.group()), text) + '"'
 
 

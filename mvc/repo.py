@@ -10,6 +10,7 @@ import configparser
 import functools
 import heapq
 import json
+import numbers
 import os
 import random
 import re
@@ -46,7 +47,7 @@ TORCH_FILE_SUFFIXES = comp.PICKLE_SUFFIXES + (".ckpt",)  # names torch.load file
 def find_root(start: str | os.PathLike | None = None) -> str:
     """The directory holding .mvc at or above `start`: above it as written, else above where its
     symbolic links lead (as the working directory is always seen)."""
-    given = os.fspath(start or os.getcwd())
+    given = os.fsdecode(start or os.getcwd())  # (a bytes path too)
     for path in dict.fromkeys((os.path.abspath(given), os.path.realpath(given))):
         while True:
             if os.path.isdir(os.path.join(path, MVC_DIR)):
@@ -161,7 +162,7 @@ class Repo(Maintenance):
     # -- creation ----------------------------------------------------------------------------
     @classmethod
     def init(cls, path: str | os.PathLike = ".", default_branch: str | None = None) -> "Repo":
-        root = os.path.abspath(os.fspath(path))
+        root = os.path.abspath(os.fsdecode(path))
         d = os.path.join(root, MVC_DIR)
         if os.path.isdir(d):  # re-initialising adds what the first init could not (git's exclude)
             repo = cls(root)
@@ -366,6 +367,9 @@ class Repo(Maintenance):
         """The tree of `component` in `rev` (a copy, or the cached object with `shared`: see read_tree)."""
         cid = self.resolve(rev)  # (None: HEAD)
         comps = self.read_commit(cid, shared=True)["components"]
+        if not isinstance(component, str):
+            raise BadInput(f"component must be a name (str), not a {type(component).__name__}",
+                           'e.g. repo.load("HEAD", "model")')
         if component not in comps:
             raise BadName(f"commit {cid[:12]} has no component {component!r}",
                           f"it has: {', '.join(sorted(comps)) or 'none'}")
@@ -577,7 +581,7 @@ class Repo(Maintenance):
         if components is not None and not isinstance(components, dict):
             raise BadInput(f"components must map names to values, not a {type(components).__name__}",
                            'e.g. repo.commit({"model": state_dict}, message=...)')
-        components, remove = dict(components or {}), [remove] if isinstance(remove, str) else list(remove)
+        components, remove = dict(components or {}), _names_arg(remove, "remove")
         for what, value, ok in (("author", author, author is None or isinstance(author, str)),
                                 ("extra", extra, extra is None or isinstance(extra, dict)),
                                 ("metrics", metrics, metrics is None or isinstance(metrics, dict)),
@@ -745,6 +749,7 @@ class Repo(Maintenance):
             check_ref_name(branch)
             if self.refs.read_raw(f"refs/heads/{branch}") is None:  # a branch this commit creates
                 check_new_ref_name(branch)
+                self.refs.check_free(f"refs/heads/{branch}")  # (`a/b` beside `a`: before any object is written)
             return f"refs/heads/{branch}", head_commit, None, False
         git_branch, detached = git_current_branch(self.root)
         warn = None
@@ -754,6 +759,7 @@ class Repo(Maintenance):
                 ref = f"refs/heads/{git_branch}"
                 if self.refs.read_raw(ref) is None:  # a branch this commit creates
                     check_new_ref_name(git_branch)  # (e.g. hex in capitals: it would hide an id prefix)
+                    self.refs.check_free(ref)
                     if head_commit and head_target:  # (from mvc's HEAD, which git's fork point may not be)
                         warn = (f"mvc branch {git_branch} is new: it starts from {head_target.removeprefix('refs/heads/')} "
                                 f"({head_commit[:12]}), mvc's current branch")
@@ -828,6 +834,7 @@ class Repo(Maintenance):
         device, dtype = load_target(device, dtype)
         if isinstance(keys, str):
             raise BadInput(f"keys is a string ({keys!r}); pass a list of tensor names, e.g. [{keys!r}]")
+        keys = None if keys is None else _names_arg(keys, "keys")
         if not tree["tensors"] and tree["files"] and all(f["format"] == "raw" for f in tree["files"].values()):
             # (a component of files stored as bytes: nothing to load; an empty state dict loads as {})
             raise BadInput(f"{component} holds no tensors: its files ({', '.join(list(tree['files'])[:3])}) are "
@@ -1462,11 +1469,32 @@ def _plain_number(value, path: str = "metrics", depth: int = 0):
     numel = getattr(value, "numel", None)
     if callable(item) and ((callable(numel) and numel() == 1) or size == 1):
         try:
-            return item()
+            number = item()
         except (RuntimeError, ValueError, TypeError) as e:  # e.g. a tensor on the meta device
             raise BadInput(f"{path}: {type(value).__name__} holds no number to store: {str(e)[:80]}",
                            "give metrics as Python numbers, e.g. loss.item()") from None
+        if isinstance(number, numbers.Real) and not isinstance(number, (int, float)):  # (numpy's
+            return float(number)  # longdouble's item() is a longdouble again)
+        return number
     return value
+
+
+def _names_arg(names, what: str) -> list[str]:
+    """An argument naming components or tensors (a name, or an iterable of names; None: none) as
+    a list of names, or BadInput."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        return [names]
+    try:
+        out = list(names) if not isinstance(names, (bytes, bytearray)) else None
+    except TypeError:
+        out = None
+    if out is None or not all(isinstance(n, str) for n in out):
+        raise BadInput(f"{what} must be a list of names (str), not {type(names).__name__}"
+                       + (f" holding a {type(next(n for n in out if not isinstance(n, str))).__name__}" if out else ""),
+                       f'e.g. {what}=["name"]')
+    return out
 
 
 def split_walk(rev: str) -> tuple[str, str]:

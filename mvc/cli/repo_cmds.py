@@ -17,6 +17,7 @@ from .ci_state import ci_states, commit_certificates, echo_on_commit_ci, on_comm
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
                      message_opt, negative_result, plural, print_table, short, shown, shown_name, size_change,
                      stream_stdout, table, warn)
+from ..quoting import quoted
 
 
 def _repo() -> Repo:
@@ -395,7 +396,27 @@ def _metric_text(v) -> str:
 
 
 def _metrics_line(metrics: dict) -> str:
-    return ", ".join(f"{shown(k)}={shown(_metric_text(v))}" for k, v in sorted(metrics.items()))
+    """`k=v, k=v`: numbers, lists and dicts in compact JSON ([1.5,true]), text as it is; so that
+    two metrics dicts never print alike, a key holding "=" or ", " and text holding ", " or that
+    reads as JSON (the text "true") are quoted: {"a=b, c": 1} and {"a": "b, c=1"} print
+    `"a=b, c"=1` and `a="b, c=1"`."""
+    def field(text: str, quote: bool) -> str:
+        out = shown(text)
+        return quoted(text) if quote and not out.startswith('"') else out
+
+    def value(v) -> str:
+        if not isinstance(v, str):  # (JSON ends where it ends: never quoted)
+            return shown(json.dumps(v, ensure_ascii=False, separators=(",", ":")))
+        return field(v, ", " in v or _reads_as_json(v))
+    return ", ".join(f"{field(str(k), '=' in str(k) or ', ' in str(k))}={value(v)}" for k, v in sorted(metrics.items()))
+
+
+def _reads_as_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 @cli.command()

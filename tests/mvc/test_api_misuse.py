@@ -312,3 +312,20 @@ def test_a_diff_of_two_trees_each_over_half_the_object_cache_reads_each_once(rep
         tensors = r.diff(a, b)["components"]["c"]["tensors"]
         assert [n for n, t in tensors.items() if t["status"] == "changed"] == ["layer0.weight"]
     assert sorted(o for o in reads if o in trees) == sorted(trees)
+
+
+def test_wrongly_typed_names_are_refused_clearly_and_none_means_none(repo, tmp_path):
+    """remove=None, load(rev, ["m"]), keys=5, keys=[["w"]] and a bytes path raised raw TypeErrors;
+    keys=b"w" was read as the names 119 (h86)."""
+    import numpy as np
+    cid = repo.commit({"m": {"w": torch.ones(3)}}, message="one", remove=None)
+    for keys, match in ((5, "keys must be a list of names \\(str\\), not int"),
+                        ([["w"]], "not list holding a list"), (b"w", "not bytes")):
+        refused(repo, lambda: repo.load(cid, "m", keys=keys), match)
+    refused(repo, lambda: repo.load(cid, ["m"]), "component must be a name \\(str\\), not a list")
+    refused(repo, lambda: repo.commit({"m": {"w": torch.zeros(3)}}, message="x", remove=[1]), "remove must be")
+    assert torch.equal(repo.load(cid, "m", keys=("w",))["w"], torch.ones(3))
+    assert mvc.Repo(os.fsencode(repo.root)).root == repo.root
+    assert mvc.Repo.init(os.fsencode(tmp_path / "other")).root == str(tmp_path / "other")
+    two = repo.commit({"m": {"w": torch.zeros(3)}}, message="two", metrics={"loss": np.longdouble(0.5)})
+    assert repo.read_commit(two)["metrics"] == {"loss": 0.5}

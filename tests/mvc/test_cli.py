@@ -1280,11 +1280,22 @@ def test_metrics_print_as_json_spells_them(run, in_repo, tmp_path):
     """--metric ok=true showed as ok=True (Python's spelling) in log, show and diff."""
     run("commit", _ckpt(tmp_path / "m.safetensors", 0), "-m", "a", "--metric", "ok=false")
     in_repo.commit({}, message="b", metrics={"ok": True, "none": None, "curve": [1.5, True], "note": "fine"})
-    assert "Metrics: curve=[1.5, true], none=null, note=fine, ok=true" in run("log", "-n", "1").stdout
-    assert "Metrics: curve=[1.5, true], none=null, note=fine, ok=true" in run("show").stdout
+    assert "Metrics: curve=[1.5,true], none=null, note=fine, ok=true" in run("log", "-n", "1").stdout
+    assert "Metrics: curve=[1.5,true], none=null, note=fine, ok=true" in run("show").stdout
     out = run("diff", "HEAD~1", "HEAD").stdout
     assert "metric ok: false -> true" in out and "metric note: - -> fine" in out
     assert "True" not in out + run("log").stdout
+
+
+def test_two_metrics_dicts_never_print_alike(run, in_repo):
+    """{"a=b, c": 1} and {"a": "b, c=1"} both printed "Metrics: a=b, c=1" (h86)."""
+    lines = []
+    for i, metrics in enumerate(({"a=b, c": 1}, {"a": "b, c=1"}, {"a": "b", "c": 1}, {"x": ["p, q"]},
+                                 {"x": "[\"p, q\"]"})):
+        in_repo.commit({"m": {"w": torch.full((2,), float(i))}}, message="m", metrics=metrics)
+        lines += [ln for ln in run("log", "-n", "1").stdout.splitlines() if "Metrics:" in ln]
+    assert len(set(lines)) == 5, lines
+    assert lines[2].strip() == "Metrics: a=b, c=1" and lines[0].strip() == 'Metrics: "a=b, c"=1'
 
 
 def test_config_values_with_white_space_at_either_end_are_refused(run, in_repo, tmp_path):
