@@ -157,6 +157,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     current = repo.refs.read(ref)
     if current is None:
         check_new_ref_name(branch)  # (as mvc branch does: heads/x, tags/v1, x. cannot be named later)
+        repo.refs.check_free(ref)  # (`host/x` beside `host`: refused before the commit object is written)
     if current is not None and current != host:
         raise MvcError(f"branch {branch} is at {current[:12]}, not at the host {host[:12]}",
                        "paste into the branch head, or name a new branch with --branch")

@@ -46,10 +46,11 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
       mvc paste brick python --from brick-run --into host-b
       mvc paste brick python --from brick-run --into host-small --int8 --as python-int8
     """
+    for given, hint in ((name, "NAME"), (as_name, "--as")):
+        if given is not None and not given.strip():
+            raise click.BadParameter("an empty or blank name", param_hint=hint)
     repo = Repo(os.getcwd())
-    if as_name is not None and not as_name.strip():
-        raise click.BadParameter("an empty name", param_hint="--as")
-    transform = _int8_transform(repo, f"brick/{as_name or name}") if int8 else None
+    transform = _int8_transform(repo, f"brick/{name}", f"brick/{as_name or name}") if int8 else None
     gate = None if no_ci else _migration_gate(repo, name, int8)
     with json_when_ci_fails(as_json):
         r = repo.paste_brick(name, source, host, as_name=as_name, message=message, force=force, branch=branch,
@@ -83,7 +84,9 @@ def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, n
         sys.exit(1)
 
 
-def _int8_transform(repo, component):
+def _int8_transform(repo, component, installed_as):
+    """The paste transform quantising brick `component` of the source (named in its errors),
+    written as the tree of `installed_as`."""
     def transform(tree):
         import bricks
         from ..components import build_tree
@@ -96,7 +99,7 @@ def _int8_transform(repo, component):
                 "paste a brick from a checkpoint whose weights are finite (this one's training diverged)" \
                 if "non-finite" in str(e) else None
             raise BadInput(f"cannot make an int8 artifact of {component}: {e}", hint) from None
-        return repo.write_object(build_tree(repo.store, component, small))
+        return repo.write_object(build_tree(repo.store, installed_as, small))
     return transform
 
 

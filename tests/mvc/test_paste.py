@@ -203,12 +203,26 @@ def test_paste_refuses_hosts_and_branches_it_could_not_use_and_says_why(repo):
         repo.paste_brick("python", "brick-run", "host-brick")
     with pytest.raises(BadName):
         repo.paste_brick("python", "brick-run", "brick-run", branch="heads/x")
+    with pytest.raises(BadName, match="conflicts with existing refs/heads/brick-run"):  # (h85: its commit
+        repo.paste_brick("python", "brick-run", "brick-run", branch="brick-run/x")  # object was written first)
+    with pytest.raises(BadName, match="conflicts with existing refs/heads/brick-run"):  # (repo.commit: 4 objects)
+        repo.commit({"core": Part(4, "core", Spec(), 9)}, message="x", branch="brick-run/y")
     assert set(repo.store.ids()) == before and "heads/x" not in repo.branches()
     repo.commit({"core": Part(4, "core", Spec()), "brick/plain": {"w": torch.ones(3)}}, message="file brick",
                 branch="plain")
     with pytest.raises(AbiMismatch, match="committed as plain tensors, from a state dict") as e:
         repo.paste_brick("plain", "plain", "brick-run")
     assert "repo.commit" in e.value.hint and "not its state_dict()" in e.value.hint  # (h82: it said "from a file")
+
+
+@pytest.mark.parametrize("args", [["", "--as", "x"], [" "], ["x", "--as", ""], ["x", "--as", " "]])
+def test_an_empty_or_blank_brick_name_is_a_usage_error(repo, args, monkeypatch):
+    """An empty NAME was exit 3 ("invalid component name 'brick/'"), an empty --as exit 2 (h85)."""
+    from click.testing import CliRunner
+    from mvc.cli import cli
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["paste", "brick", *args, "--from", "main", "--into", "main"])
+    assert r.exit_code == 2 and "an empty or blank name" in r.stderr, r.output
 
 
 def test_an_abi_mismatch_of_hash_only_records_shows_the_hashes(repo):

@@ -231,9 +231,10 @@ def test_an_int8_paste_of_a_brick_with_non_finite_weights_does_not_advise_pastin
             p.fill_(float("nan"))
     setup.commit({"core": trained.host_a, "brick/python": br}, message="diverged", branch="diverged")
     r = CliRunner().invoke(cli, ["paste", "brick", "python", "--from", "diverged", "--into", "host-b", "--int8",
-                                 "--no-ci"])
+                                 "--no-ci", "--as", "python8"])
     assert r.exit_code == 3 and "non-finite" in r.stderr and "without --int8" not in r.stderr
     assert "a checkpoint whose weights are finite" in r.stderr
+    assert "of brick/python:" in r.stderr and "python8" not in r.stderr  # (h85: it named the destination)
 
 
 def test_paste_checks_abi_records_against_what_the_configs_build(setup, trained):
