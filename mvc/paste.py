@@ -165,6 +165,7 @@ def paste_brick(repo, name: str, source_rev: str, host_rev: str, as_name: str | 
     if host_component not in host_comps:
         raise BadName(f"host {host[:12]} has no {host_component!r} component")
     check_abi(repo.read_tree(host_comps[host_component]), brick_tree, repo.built_abi_hash)
+    repo.check_rebuilds(brick_tree, f"{src_comp} of {source[:12]}")  # (the host never could attach it)
     if dst_comp in host_comps and not force:
         raise MvcError(f"the host already has {dst_comp}", "pass --force to replace it, or --as NEWNAME")
     check_no_nesting(set(host_comps) | {dst_comp}, new={dst_comp} - set(host_comps))

@@ -907,6 +907,19 @@ class Repo(Maintenance):
             return None
         return got if isinstance(got, str) else None
 
+    def check_rebuilds(self, tree: dict, what: str) -> None:
+        """Refuse (BadInput) a tree with an arch whose tensors are not those its arch and config
+        build (see tensors.check_fits_record); nothing is checked where the arch is not installed."""
+        arch, config = tree.get("arch"), tree.get("config")
+        if not isinstance(arch, str) or not isinstance(config, dict):
+            return
+        try:
+            builder = arch_builder(arch)
+        except (MvcError, ImportError):
+            return
+        from .tensors import check_fits_record
+        check_fits_record(lambda: builder(json_copy(config)), tree, what)
+
     def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
         for `optimizer.load_state_dict`: its tensors and the param groups its tree records. A state

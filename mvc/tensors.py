@@ -461,6 +461,39 @@ def match_stored_dtypes(model, state: dict) -> None:
             t.data = t.data.to(want)
 
 
+def meta_state(make) -> dict | None:
+    """The state dict of the model `make()` builds, built on torch's meta device (it allocates
+    nothing); None when the builder fails there (a bad config, or one that needs real tensors, e.g.
+    through numpy: the real build decides, its errors mapped by the caller)."""
+    import torch
+    try:
+        with torch.device("meta"):
+            return dict(make().state_dict())
+    except Exception:  # noqa: BLE001 (see above)
+        return None
+
+
+def check_fits_record(make, tree: dict, what: str) -> None:
+    """Refuse (BadInput) a stored tree whose tensors are not those its recorded arch and config
+    build (names and shapes): a module committed with a tensor its builder does not make (a buffer
+    registered after the build) can never be rebuilt, and a paste would spread it to other hosts.
+    Nothing is refused when the builder cannot be run here (see `meta_state`)."""
+    built = meta_state(make)
+    if built is None:
+        return
+    stored = tree["tensors"]
+    missing = sorted(set(built) - set(stored))
+    extra = sorted(set(stored) - set(built))
+    shapes = sorted(n for n in set(built) & set(stored) if list(built[n].shape) != list(stored[n]["shape"]))
+    if missing or extra or shapes:
+        parts = [f"{label} {', '.join(repr(n) for n in names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                 for label, names in (("no tensor", missing), ("an extra tensor", extra), ("another shape of", shapes))
+                 if names]
+        raise BadInput(f"{what} does not fit its recorded arch {tree.get('arch')!r} and config: it has "
+                       + "; ".join(parts), "it cannot be rebuilt from its record: commit the module as its "
+                       "arch builds it, with no tensors added after the build")
+
+
 def precheck_build(make, tree: dict, what: str) -> None:
     """Refuse (BadInput) to build a model from a stored tree whose recorded arch config is
     unusable or far larger than the tensors it stores: the config is untrusted (a remote may
@@ -468,14 +501,11 @@ def precheck_build(make, tree: dict, what: str) -> None:
     builds the model; it runs once on torch's meta device, which allocates nothing. A builder
     that fails there is left to the real build (whose BUILD_ERRORS the caller maps to BadInput)."""
     import math
-
-    import torch
     stored = sum(math.prod(t["shape"]) for t in tree["tensors"].values())
-    try:
-        with torch.device("meta"):
-            planned = sum(v.numel() for v in make().state_dict().values())
-    except Exception:  # noqa: BLE001 (a bad config, or a builder that needs real tensors, e.g.
-        return         # through numpy: the real build decides, its errors mapped by the caller)
+    built = meta_state(make)
+    if built is None:
+        return
+    planned = sum(v.numel() for v in built.values())
     if planned > 2 * stored + (1 << 20):
         raise BadInput(f"{what} records a config of {planned:,} parameters, but stores {stored:,}",
                        "the commit is damaged or was made by other code; load its tensors with repo.load()")

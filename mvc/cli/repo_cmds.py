@@ -272,6 +272,12 @@ def show(rev, as_json):
         else:  # (sha and branch unknown: a record of an mvc that kept only the error)
             code = f"(unknown: {shown(why or 'not recorded')})"
         con.print(f"Code:   git {code}")
+    paste = (info.get("extra") or {}).get("paste")
+    if isinstance(paste, dict) and isinstance(paste.get("brick"), str):  # (recorded by mvc paste)
+        brick, as_name = paste["brick"], paste.get("as") or paste["brick"]
+        con.print(f"Pasted: brick {shown_name(brick)} from {shown(short(str(paste.get('source'))))}"
+                  + (f" as brick/{shown_name(as_name)}" if as_name != brick else "")
+                  + f" ({shown(paste.get('mode') or 'copy')})")
     if info["ci"]:
         certs = info["certificates"]
         con.print(f"CI:     {info['ci']}" + (f" (certificate{'s' if len(certs) > 1 else ''} "

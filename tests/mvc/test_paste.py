@@ -29,7 +29,7 @@ class Part(torch.nn.Module):
         self.mvc_kind, self.abi_spec = kind, spec
 
 
-def test_paste_reuses_blobs_and_records_provenance(repo):
+def test_paste_reuses_blobs_and_records_provenance(repo, monkeypatch):
     src = repo.commit({"core": Part(4, "core", Spec()), "brick/python": Part(3, "brick", Spec(), 1)},
                       message="trained", branch="brick-run")
     host = repo.commit({"core": Part(4, "core", Spec(), 2)}, message="host b", branch="host-b")
@@ -45,6 +45,12 @@ def test_paste_reuses_blobs_and_records_provenance(repo):
         repo.paste_brick("python", "brick-run", "host-b")
     r2 = repo.paste_brick("python", "brick-run", "host-b", as_name="py2")
     assert "brick/py2" in repo.read_commit(r2["commit"])["components"]
+    from click.testing import CliRunner
+    from mvc.cli import cli
+    monkeypatch.chdir(repo.root)  # (show's human output named no source: h85)
+    out = CliRunner().invoke(cli, ["show", "host-b"]).stdout
+    assert f"Pasted: brick python from {src[:12]} as brick/py2 (copy)" in out
+    assert "Pasted:" not in CliRunner().invoke(cli, ["show", "brick-run"]).stdout
 
 
 @pytest.mark.parametrize("over,field", [({"d_abi": 32}, "d_abi"), ({"patch_bytes": 8}, "patch_bytes"),

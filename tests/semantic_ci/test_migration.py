@@ -237,6 +237,31 @@ def test_an_int8_paste_of_a_brick_with_non_finite_weights_does_not_advise_pastin
     assert "of brick/python:" in r.stderr and "python8" not in r.stderr  # (h85: it named the destination)
 
 
+@pytest.mark.parametrize("change", ["extra", "missing", "shape"])
+def test_a_brick_that_does_not_fit_its_record_is_not_pasted(setup, trained, change):
+    """A brick module given a buffer after its build was pasted (exit 0) onto a host that could never
+    attach it; --int8 of the same brick was refused (h85)."""
+    import copy
+    from mvc.errors import BadInput
+    br = copy.deepcopy(trained.brick)
+    name = next(iter(br.state_dict()))
+    if change == "extra":
+        br.register_buffer("junk", torch.ones(3))
+    setup.commit({"core": trained.host_a, "brick/python": br}, message="odd brick", branch="odd")
+    if change != "extra":  # (a tree edited after the commit: a tensor dropped, or of another shape)
+        tree = setup.tree("odd", "brick/python")
+        if change == "missing":
+            del tree["tensors"][name]
+        else:
+            tree["tensors"][name]["shape"] = [1] + tree["tensors"][name]["shape"]
+        setup.commit({}, trees={"brick/python": setup.write_object(tree)}, message="edited", branch="odd")
+    host, before = setup.resolve("host-b"), set(setup.store.ids())
+    expect = {"extra": "an extra tensor 'junk'", "missing": f"no tensor '{name}'", "shape": f"another shape of '{name}'"}
+    with pytest.raises(BadInput, match=f"does not fit its recorded arch .* it has {expect[change]}"):
+        setup.paste_brick("python", "odd", "host-b")
+    assert setup.resolve("host-b") == host and set(setup.store.ids()) == before
+
+
 def test_paste_checks_abi_records_against_what_the_configs_build(setup, trained):
     """h73 01/02: a legacy core whose abi_spec was set to the canonical one before the commit took a
     canonical brick (load_model then refused the result); an int8 brick or a hash-only record
