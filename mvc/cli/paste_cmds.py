@@ -39,7 +39,8 @@ def paste():
 @json_opt
 def paste_brick_cmd(name, source, host, branch, as_name, message, int8, force, no_ci, as_json):
     """Install brick NAME from --from into the host: checks the ABI contract (naming the differing
-    field on a mismatch), reuses the brick's tensors by id, and records where it came from.
+    field on a mismatch) and that the brick's tensors are those its recorded arch and config build,
+    reuses the brick's tensors by id, and records where it came from (mvc show names it).
 
     \b
     Examples:
