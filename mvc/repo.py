@@ -757,15 +757,18 @@ class Repo(Maintenance):
             try:
                 check_ref_name(git_branch)
                 ref = f"refs/heads/{git_branch}"
-                if self.refs.read_raw(ref) is None:  # a branch this commit creates
+                new = self.refs.read_raw(ref) is None  # a branch this commit creates
+                if new:
                     check_new_ref_name(git_branch)  # (e.g. hex in capitals: it would hide an id prefix)
-                    self.refs.check_free(ref)
+            except BadName as e:
+                warn = f"git branch {git_branch!r} cannot be an mvc branch ({e.message})"
+            else:
+                if new:
+                    self.refs.check_free(ref)  # (`feature/x` beside `feature`: refused before any object is written)
                     if head_commit and head_target:  # (from mvc's HEAD, which git's fork point may not be)
                         warn = (f"mvc branch {git_branch} is new: it starts from {head_target.removeprefix('refs/heads/')} "
                                 f"({head_commit[:12]}), mvc's current branch")
                 return ref, head_commit, warn, head_target != ref
-            except BadName as e:
-                warn = f"git branch {git_branch!r} cannot be an mvc branch ({e.message})"
         elif detached:
             warn = "git HEAD is detached"
         if head_target is None:  # (raises: HEAD is detached, or damaged)

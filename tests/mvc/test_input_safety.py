@@ -573,9 +573,11 @@ def test_a_failed_commit_inside_git_leaves_head_alone(tmp_path):
     work, repo = _git_repo_with_one_commit(tmp_path)
     repo.create_branch("feature")
     _git(work, "checkout", "-q", "-b", "feature/x")  # fine in git (no git branch 'feature')
+    before = set(repo.store.ids())
     with pytest.raises(BadName, match="conflicts with existing refs/heads/feature"):
         repo.commit({"core": sd(1)}, message="two")
     assert repo.head_branch == "main" and len(repo.log()) == 1
+    assert set(repo.store.ids()) == before  # (refused before its objects were written: h85)
 
 
 def test_a_git_branch_mvc_cannot_use_warns_and_commits_to_the_current_branch(tmp_path):
