@@ -16,6 +16,7 @@ readable for a reader that has it mapped.
 from __future__ import annotations
 
 import bisect
+import errno
 import mmap
 import os
 import struct
@@ -23,7 +24,7 @@ import threading
 from collections import OrderedDict
 
 from . import pack_format as pf
-from .errors import ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing
+from .errors import ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing, os_error_text
 from .objects import hash_bytes, new_hasher
 from .store import ObjectStore
 
@@ -298,6 +299,11 @@ class PackStore(ObjectStore):
                         continue
                     except CorruptObject as e:
                         damaged[name] = e.message
+                        continue
+                    except OSError as e:  # (a folder named like its file, unreadable, a bad disk: set
+                        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # aside, named by fsck;
+                            raise  # not a pack's fault)
+                        damaged[name] = f"cannot be opened: {os_error_text(e)}"
                         continue
                 packs[name] = pack
             self._packs, self.damaged, self._recent = packs, damaged, {}

@@ -214,6 +214,7 @@ class Packer:
         self.verify = repo.config_value("pack.verify", True)
         # (`pack_locked`: the caller holds it, taken before the writers lock, as every holder of both does)
         self.lock = None if pack_locked else pack_lock(repo, lock_timeout_s)
+        self._told_damaged_base = False  # (said once a run: see _encode)
         self.targets: list[str] = []
         self.total_bytes = 0
 
@@ -376,6 +377,8 @@ class Packer:
             stats["bytes_before"] = self.total_bytes
             stats["tmp_bytes"] = self._remove_stale_tmp(dry_run=True)
             stats["overhead_freed"] = pf.PACK_OVERHEAD * max(0, len(self.rolled_packs) - bool(self.targets))
+            stats["loose_removed"] = len(self.loose_targets | self.loose_dups)  # (as run does, the
+            stats["packs_removed"] = len(self.rolled_packs) if self.full else 0  # packs it merges)
             return stats
         name = None
         if self.targets:
@@ -498,7 +501,15 @@ class Packer:
                     base_depth = self._depth(base, depth_of)
                 if base_depth is None or base_depth + 1 > self.max_depth:
                     base = None
-        base_data = self._read(base, recent) if base else None
+        base_data = None
+        if base:
+            try:
+                base_data = self._read(base, recent)
+            except CorruptObject as e:  # (a damaged base is only a reference: this object goes whole,
+                base = None             # and fsck names the base; packing stops only when it packs that one)
+                if not self._told_damaged_base:
+                    self._told_damaged_base = True
+                    warnings.warn(f"{e.message}: objects like it were packed whole (see mvc fsck)")
         if into is not None and len(data) >= STREAM_BYTES:
             encoding, length = encode_into(into, data, prefix, itemsize, base_data, level=self.level,
                                            progress=progress)
@@ -650,7 +661,8 @@ class Packer:
             return 0
         names = os.listdir(self.ps.dir)
         for n in names:
-            if n.startswith(TMP_PREFIX) or _pack_missing(n, names):
+            if n.startswith(TMP_PREFIX) or (_pack_missing(n, names)
+                                            and not _lost_with_pack(self.repo, self.ps.dir, n)):  # (fsck names it)
                 p = os.path.join(self.ps.dir, n)
                 try:
                     st = os.stat(p)
@@ -789,6 +801,20 @@ def _pack_missing(name: str, names: list[str]) -> bool:
     return name.startswith("pack-") and name.endswith(".idx") and name[:-4] + ".pack" not in names
 
 
+def _lost_with_pack(repo, pack_dir: str, index: str) -> list[str]:
+    """The objects an index without its pack lists that no store holds: its pack file was lost or
+    removed by hand, not left unfinished by a killed run (whose objects are still loose). None
+    listed when the index cannot be read."""
+    try:
+        with open(os.path.join(pack_dir, index), "rb") as f:
+            data = f.read()
+        pf.check_index(data, index)
+        _checksum, records = pf.decode_index(data[:len(data) - pf.TRAILER_BYTES], index)
+    except (OSError, CorruptObject):
+        return []
+    return [r.oid for r in records if not repo.store.has(r.oid)]
+
+
 def _unfinished(name: str, names: list[str]) -> bool:
     """A file in the pack directory that a killed write left and gc removes: a temp file or an
     index without its pack (not a pack without its index: damage, which fsck names and mvc keeps)."""
@@ -822,6 +848,12 @@ def pack_problems(repo, progress=None) -> list[dict]:
     except FileNotFoundError:
         return problems
     for n in names:
+        lost = _lost_with_pack(repo, ps.dir, n) if _pack_missing(n, names) else []
+        if lost:
+            problems.append({"id": n, "problem": f"index of a pack whose pack file {n[:-4]}.pack is gone: "
+                             f"{len(lost)} object(s) it lists are stored nowhere else, e.g. {lost[0]} (restore "
+                             "the pack file, or the objects with mvc fsck --repair-from REMOTE; gc keeps "
+                             "this index until then)"})
         if _index_missing(n, names):
             problems.append({"id": n, "problem": "pack file without its index: the objects in it are invisible "
                              "(mvc never leaves one, even when killed: the index was lost or removed by hand; "

@@ -486,15 +486,28 @@ class LooseStore(ObjectStore):
             (self._pending is not None and oid in self._pending)
 
     def _whole(self, oid: str, size: int | None) -> bool:
-        """False when the object's file is there with another size than `size` (damaged: a put
-        writes it anew); CorruptObject when its path is no regular file, which a put cannot replace."""
+        """False when the object's file is there with another size than `size`, or, with `size`
+        (a put holding the object's bytes, which can write it anew), when it does not hash to its
+        id: checked by its verified stamp, else re-hashed (and stamped), so a commit of a tensor
+        whose stored copy was damaged stores it again instead of naming the damaged copy.
+        CorruptObject when its path is no regular file, which a put cannot replace."""
         try:
             st = os.stat(self.path(oid))
         except OSError:
             return True  # (absent: nothing to tell)
         if not stat.S_ISREG(st.st_mode):
             raise _not_a_file(oid, self.path(oid))
-        return size is None or st.st_size == size
+        if size is None:
+            return True
+        if st.st_size != size:
+            return False
+        if self._stamped(oid, st):
+            return True
+        try:
+            self.view(oid)
+        except (CorruptObject, ObjectMissing):
+            return False
+        return True
 
     def _open(self, oid) -> tuple[int, os.stat_result]:
         """(descriptor, its stat) of the object's file (or of its pending temp file in a batch)."""

@@ -489,6 +489,7 @@ def export(rev, component, out, force, as_json):
         return
     repo = _repo()
     cid = repo.resolve(rev)
+    repo.read_commit(cid, shared=True)  # (a commit object missing is said so, not "unknown revision ID")
     size = sum(f["size"] for f in repo.tree(cid, component)["files"].values())
     same: list[str] = []
     with byte_progress(size, "exporting") as advance:

@@ -1540,3 +1540,91 @@ def test_a_pack_run_goes_ahead_of_a_short_grace_gc_that_waits_for_writers(repo, 
         w.join()
         g.join(60)
     assert gc_done and mvc.Repo(repo.root).fsck()["ok"]
+
+
+def _damage_packed(repo, oid):
+    """Flip a byte inside the packed entry of `oid` (its data, not its header)."""
+    ps = pack_store_of(mvc.Repo(repo.root).store)
+    path, r = next((p, r) for o, (p, r) in ps.records().items() if o == oid)
+    flip_byte(path.path if hasattr(path, "path") else path, r.offset + r.length - 3, 0x10)
+
+
+def test_a_damaged_delta_base_does_not_stop_packing_the_objects_near_it(repo):
+    """A damaged packed blob was read as the XOR base of a healthy new one: mvc pack, gc and
+    automatic packing all stopped on it, and pack --all counted the healthy blob as damaged (h87)."""
+    w = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)) * 0.02
+    repo.commit({"m": {"w": w}}, message="c0")
+    pack(repo)
+    old = repo.tree("HEAD", "m")["tensors"]["w"]["id"]
+    _damage_packed(repo, old)
+    c1 = repo.commit({"m": {"w": w + 1e-6}}, message="c1")
+    with pytest.warns(UserWarning, match=f"{old}.*packed whole"):
+        stats = pack(mvc.Repo(repo.root))
+    assert stats["packed"] >= 3  # (the new blob, tree and commit)
+    fresh = mvc.Repo(repo.root)
+    assert torch.equal(fresh.load(c1, "m")["w"], w + 1e-6)
+    assert old in {p["id"] for p in fresh.fsck()["problems"]}
+
+
+def test_a_commit_of_a_tensor_whose_loose_copy_is_damaged_stores_it_again(repo):
+    """The same tensor committed again found its damaged loose copy (same size) and named it: the
+    new commit could not be read though mvc was handed the good bytes (h87)."""
+    w = torch.arange(4096, dtype=torch.float32)
+    repo.commit({"m": {"w": w}}, message="one")
+    oid = repo.tree("HEAD", "m")["tensors"]["w"]["id"]
+    flip_byte(repo.loose.path(oid), 500)
+    again = mvc.Repo(repo.root).commit({"m": {"w": w}, "n": {"x": torch.ones(2)}}, message="two")
+    fresh = mvc.Repo(repo.root)
+    assert torch.equal(fresh.load(again, "m")["w"], w) and fresh.fsck()["ok"]
+
+
+def test_fsck_names_an_index_whose_pack_file_is_gone_and_gc_keeps_it(repo):
+    """A pack file lost (removed by hand) while its index stayed: fsck said only "missing" for each
+    object, never naming the pack; gc removed the index as a killed run's leftover (h87)."""
+    repo.commit({"m": {"w": torch.ones(64)}}, message="one")
+    name = pack(repo)["pack"]
+    pack_dir = os.path.dirname(pack_store_of(repo.store).records().popitem()[1][0].path)
+    os.rename(os.path.join(pack_dir, name + ".pack"), str(repo.root) + "/elsewhere")
+    fresh = mvc.Repo(repo.root)
+    report = fresh.fsck()
+    named = [p for p in report["problems"] if p["id"] == name + ".idx"]
+    assert not report["ok"] and named and f"pack file {name}.pack is gone" in named[0]["problem"]
+    from mvc.pack_write import Packer
+    with Packer(fresh, grace_s=0) as p:  # (what gc and pack sweep of killed runs' leftovers)
+        p._remove_stale_tmp()
+    assert os.path.exists(os.path.join(pack_dir, name + ".idx"))
+
+
+def test_a_folder_named_like_a_pack_file_is_set_aside_not_fatal(repo):
+    """A directory in place of pack-X.pack stopped every command, fsck and reads of loose objects
+    included, with a hint to remove it "(nothing was moved)" (h87)."""
+    repo.commit({"m": {"w": torch.ones(64)}}, message="one")
+    name = pack(repo)["pack"]
+    pack_dir = os.path.dirname(pack_store_of(repo.store).records().popitem()[1][0].path)
+    os.rename(os.path.join(pack_dir, name + ".pack"), str(repo.root) + "/elsewhere")
+    os.mkdir(os.path.join(pack_dir, name + ".pack"))
+    cid = mvc.Repo(repo.root).commit({"n": {"x": torch.zeros(3)}}, message="loose", branch="other", root=True)
+    fresh = mvc.Repo(repo.root)
+    assert torch.equal(fresh.load(cid, "n")["x"], torch.zeros(3))
+    report = fresh.fsck()
+    assert not report["ok"] and any("cannot be opened: is a directory" in p["problem"] for p in report["problems"])
+
+
+def test_gc_dry_run_counts_the_packs_and_loose_objects_it_would_remove(repo):
+    """gc --dry-run said 0 packs and 0 loose objects removed; the gc after it removed 1 and 3 (h87)."""
+    repo.commit({"m": {"w": torch.ones(64)}}, message="one")
+    pack(repo)
+    repo.commit({"m": {"w": torch.zeros(64)}}, message="two")
+    dry = mvc.Repo(repo.root).gc(dry_run=True, grace_s=0)["pack"]
+    real = mvc.Repo(repo.root).gc(grace_s=0)["pack"]
+    assert (dry["packs_removed"], dry["loose_removed"]) == (real["packs_removed"], real["loose_removed"]) != (0, 0)
+
+
+def test_export_of_a_commit_whose_object_is_missing_says_so(repo, monkeypatch):
+    """export HEAD said "unknown revision <id>...: no such object" where checkout, show and log say
+    the object is missing (h87)."""
+    cid = repo.commit({"m": {"w": torch.ones(4)}}, message="one")
+    os.unlink(repo.loose.path(cid))
+    monkeypatch.chdir(repo.root)
+    r = CliRunner().invoke(cli, ["export", "HEAD", "m", "-o", "m.safetensors"])
+    assert r.exit_code == 3 and f"object {cid} is missing (run mvc fsck)" in r.stderr, r.output
