@@ -394,6 +394,7 @@ def convert(model: nn.Module, kind: str, layers: list[str] | str | None = None, 
         calib = checks.as_bytes(calib, "calib")
     names = _select_layers(model, kind, layers)  # the copy has the same names
     _check_layer_budgets(model, kind, names, ratio, n_components, rank)  # (before any layer is replaced)
+    _check_finite_layers(model, names)
     if not inplace:
         model = copy.deepcopy(model)
     stats = calibration_stats(model, calib, names, max_bytes=calib_bytes) if calib is not None else {}
@@ -476,6 +477,18 @@ def _check_layer_budgets(model: nn.Module, kind: str, names: list[str], ratio, n
             raise ValueError(f"layer {name!r}: {'low-rank' if kind == 'lowrank' else 'harmonic'} conversion needs "
                              f"{word}= or ratio=" + (" (a per-layer dict must name this layer)"
                                                      if isinstance(budget, dict) else ""))
+
+
+def _check_finite_layers(model: nn.Module, names: list[str]) -> None:
+    """Every selected layer's weights are finite, checked before any is replaced (as the budgets
+    are): a NaN made the fits fail with a raw linear-algebra error, and an infinity was fitted
+    into a "converted" layer of non-finite weights without a word."""
+    for name in names:
+        for pname, p in model.get_submodule(name).named_parameters():
+            bad = ~torch.isfinite(p.detach())
+            if bool(bad.any()):
+                raise ValueError(f"layer {name!r}: its {pname} holds {int(bad.sum())} non-finite value(s); "
+                                 f"NaN / infinity cannot be converted (a diverged model?)")
 
 
 def _base_of(model: nn.Module) -> tuple[str | None, dict | None, dict]:

@@ -257,3 +257,19 @@ def test_bad_requests_are_refused(trained):
         cv.convert(model, "harmonic")
     with pytest.raises(ValueError, match="no linear layers"):
         cv.convert(model, "lowrank", "nothing.*", rank=1)
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "harmonic"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_weight_is_refused_naming_the_layer_before_any_is_replaced(kind, value):
+    """A NaN weight made the fit fail with a raw torch linear-algebra error; an infinity was fitted
+    into a converted model of non-finite weights without a word (probe h85)."""
+    core = cores.build("layercake", config="tiny", seed=0)
+    names = cv.linear_names(core, include="blocks.*.mlp.*")
+    with torch.no_grad():
+        core.get_submodule(names[-1]).weight[0, 0] = value
+    before = {k: v.clone() for k, v in core.state_dict().items()}
+    with pytest.raises(ValueError, match=f"layer '{names[-1]}': its weight holds 1 non-finite value"):
+        cv.convert(core, kind, names, ratio=4.0, steps=2, inplace=True)
+    assert core.mvc_arch == "layercake" and set(core.state_dict()) == set(before)
+    assert all(torch.equal(core.state_dict()[k].nan_to_num(), v.nan_to_num()) for k, v in before.items())
