@@ -99,7 +99,8 @@ def _check_fits_in_memory(arch: str, make, config: dict) -> None:
     """ValueError when the parameters ``config`` asks for exceed this machine's memory, found by a
     build on torch's meta device (which allocates nothing): `vocab_size=10**9` or
     `ngram_buckets=10**12` failed inside torch's allocator, naming no setting (or, with the memory,
-    allocated hundreds of GB). A builder that cannot build on the meta device is left to the build."""
+    allocated hundreds of GB). A builder that cannot build on the meta device is left to the build, unless what failed there is
+    a tensor whose byte count overflows (too large for any machine)."""
     import os
 
     import torch
@@ -110,6 +111,14 @@ def _check_fits_in_memory(arch: str, make, config: dict) -> None:
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             sizes = {k: (v.numel() * v.element_size(), tuple(v.shape)) for k, v in make(dict(config)).state_dict().items()}
+    except RuntimeError as e:
+        # A tensor whose byte count overflows int64 (d_model=10**9) fails even on the meta device;
+        # skipping the check then left the real build to fail in the allocator, naming no setting.
+        if "overflow" not in str(e):
+            return  # (a bad setting: the real build names it)
+        raise ValueError(f"{arch}: this config asks for a parameter too large to count in bytes "
+                         f"({str(e).strip()}), far more than this machine's {memory / 1e9:,.1f} GB of memory: "
+                         "check the sizes it sets") from None
     except Exception:  # noqa: BLE001 (a bad setting: the real build names it)
         return
     total = sum(n for n, _ in sizes.values())

@@ -307,3 +307,11 @@ def test_a_config_whose_parameters_exceed_the_machines_memory_is_refused_before_
                                          r"machine's .* \(the largest, ngram\."):
         cores.build("layercake", config="tiny", seed=0, ngram_buckets=10 ** 12)
     assert sum(p.numel() for p in cores.build("layercake", config="tiny", seed=0).parameters()) > 0
+
+
+def test_a_config_whose_parameter_sizes_overflow_is_refused_before_allocating():
+    """d_model=10**9 overflows torch's byte count even on the meta device; the memory check
+    skipped such a build, which then failed in the allocator naming no setting (h85)."""
+    with pytest.raises(ValueError, match=r"layercake: this config asks for a parameter too large to count in "
+                                         r"bytes \(Storage size calculation overflowed .*check the sizes it sets"):
+        cores.build("layercake", config="tiny", seed=0, d_model=10 ** 9)
