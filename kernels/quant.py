@@ -1,12 +1,13 @@
 """Per-output-channel symmetric int8 quantisation with float32 scales (compact brick artifacts).
 
 For a weight W with output channels along ``axis`` (default 0): scale_c = max|W_c| / 127
-(1.0 for an all-zero channel), q = clamp(round_half_even(W / scale_c), -127, 127) as int8, and
-dequantisation is q * scale_c in float32. Round-trip error per element is at most scale_c / 2.
+(1.0 for an all-zero or empty channel), q = clamp(round_half_even(W / scale_c), -127, 127) as
+int8, and dequantisation is q * scale_c in float32. Round-trip error per element is at most scale_c / 2.
 ``quantize_int8`` is the vectorised path; ``quantize_int8_reference`` is its plain-loop twin.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -30,7 +31,9 @@ def _channel_view(w: torch.Tensor, axis: int, fn: str) -> tuple[torch.Tensor, in
     if w.dim() == 0:
         raise ValueError("quantize_int8: expected a tensor with at least one dimension")
     axis = _axis(axis, w.dim(), fn)
-    return w.detach().to(torch.float32).movedim(axis, 0).reshape(w.shape[axis], -1), axis
+    # (the rest's size spelled out: reshape cannot infer a -1 beside a 0-size dimension)
+    rest = math.prod(n for i, n in enumerate(w.shape) if i != axis)
+    return w.detach().to(torch.float32).movedim(axis, 0).reshape(w.shape[axis], rest), axis
 
 
 def _check_finite(flat: torch.Tensor, name: str) -> None:
@@ -49,7 +52,8 @@ def quantize_int8(w: torch.Tensor, axis: int = 0, name: str = "the tensor") -> t
     counts from the end."""
     flat, axis = _channel_view(w, axis, "quantize_int8")  # (C, N)
     _check_finite(flat, name)
-    amax = flat.abs().amax(dim=1)  # (C,) max is exact, order-free
+    # (C,) max is exact, order-free; amax cannot reduce a channel of no elements (shape (C, 0))
+    amax = flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
     scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
     q = torch.round(flat / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     shape = list(w.shape)

@@ -69,3 +69,19 @@ def test_state_dict_round_trip():
     assert set(back) == set(sd)
     assert torch.equal(back["a.bias"], sd["a.bias"])
     assert (back["a.weight"] - sd["a.weight"]).abs().max() <= q["a.weight.scale"].max() / 2 + 1e-7
+
+
+@pytest.mark.parametrize("shape, axis", [((0, 5), 0), ((5, 0), 0), ((0,), 0), ((3, 0, 2), 1), ((3, 0, 2), 2)])
+def test_empty_tensors_quantise_alike_in_both_twins(shape, axis):
+    """A 0-element tensor was a raw reshape RuntimeError or an amax IndexError, while the reference
+    twin quantised a (5, 0) one (h85): now both give an empty q and scale 1.0 per (empty) channel."""
+    w = torch.zeros(shape)
+    q, s = quantize_int8(w, axis=axis)
+    qr, sr = quantize_int8_reference(w, axis=axis)
+    assert q.dtype == torch.int8 and q.shape == w.shape and torch.equal(q, qr)
+    assert s.dtype == torch.float32 and torch.equal(s, torch.ones(shape[axis])) and torch.equal(s, sr)
+    assert torch.equal(dequantize_int8(q, s, axis=axis), w)
+    sd = {"empty": torch.zeros(0, 300), "w": _w((4, 6), 8)}
+    back = dequantize_state_dict(quantize_state_dict(sd, min_numel=0))
+    assert back["empty"].shape == (0, 300) and set(back) == set(sd)
+
