@@ -1,8 +1,10 @@
 """Per-output-channel symmetric int8 quantisation with float32 scales (compact brick artifacts).
 
 For a weight W with output channels along ``axis`` (default 0): scale_c = max|W_c| / 127
-(1.0 for an all-zero or empty channel), q = clamp(round_half_even(W / scale_c), -127, 127) as
-int8, and dequantisation is q * scale_c in float32. Round-trip error per element is at most scale_c / 2.
+(1.0 for an all-zero or empty channel; at least the smallest normal float32, ``MIN_SCALE``, which
+a channel of subnormal weights would otherwise undercut, down to a scale of 0),
+q = clamp(round_half_even(W / scale_c), -127, 127) as int8, and dequantisation is q * scale_c in
+float32. Round-trip error per element is at most scale_c / 2.
 ``quantize_int8`` is the vectorised path; ``quantize_int8_reference`` is its plain-loop twin.
 """
 from __future__ import annotations
@@ -13,6 +15,9 @@ import numbers
 import torch
 
 QMAX = 127
+# The smallest scale: max|W_c| / 127 underflows to 0 for a subnormal max (1e-45 / 127), and W / 0 is
+# inf or NaN; with a scale of 2**-126, W / scale and q * scale are exact, so the error bound holds.
+MIN_SCALE = torch.finfo(torch.float32).tiny
 
 
 def _axis(axis, ndim: int, fn: str) -> int:
@@ -54,7 +59,7 @@ def quantize_int8(w: torch.Tensor, axis: int = 0, name: str = "the tensor") -> t
     _check_finite(flat, name)
     # (C,) max is exact, order-free; amax cannot reduce a channel of no elements (shape (C, 0))
     amax = flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
-    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    scale = torch.where(amax > 0, (amax / QMAX).clamp(min=MIN_SCALE), torch.ones_like(amax))
     q = torch.round(flat / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     shape = list(w.shape)
     moved = [shape[axis]] + shape[:axis] + shape[axis + 1:]
@@ -80,7 +85,7 @@ def quantize_int8_reference(w: torch.Tensor, axis: int = 0) -> tuple[torch.Tenso
         amax = torch.tensor(0.0)
         for v in row:
             amax = torch.maximum(amax, v.abs())
-        s = amax / QMAX if amax > 0 else torch.tensor(1.0)
+        s = (amax / QMAX).clamp(min=MIN_SCALE) if amax > 0 else torch.tensor(1.0)
         scales[c] = s
         for i, v in enumerate(row):
             q[c, i] = int(torch.round(v / s).clamp(-QMAX, QMAX))

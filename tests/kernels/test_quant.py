@@ -85,3 +85,15 @@ def test_empty_tensors_quantise_alike_in_both_twins(shape, axis):
     back = dequantize_state_dict(quantize_state_dict(sd, min_numel=0))
     assert back["empty"].shape == (0, 300) and set(back) == set(sd)
 
+
+def test_a_subnormal_channel_gets_a_positive_scale_and_the_error_bound():
+    """max|W_c| / 127 underflowed to a scale of 0 for a channel of subnormal weights (W / 0: inf and
+    NaN cast to int8), against the contract scale > 0 and error <= scale / 2 (h85)."""
+    tiny = torch.finfo(torch.float32).tiny
+    w = torch.tensor([[1e-45, -1e-45, 0.0], [3e-39, -1e-40, 0.0], [tiny * 100, tiny, 0.0], [1.0, 0.5, 0.0]])
+    q, s = quantize_int8(w)
+    qr, sr = quantize_int8_reference(w)
+    assert torch.equal(q, qr) and torch.equal(s, sr)
+    assert bool((s > 0).all()) and bool((s[:3] == tiny).all()) and float(s[3]) == float(torch.tensor(1.0) / 127)
+    err = (dequantize_int8(q, s).double() - w.double()).abs()
+    assert bool((err <= s.double()[:, None] / 2).all())
