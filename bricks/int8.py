@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from bricks.common import builder, json_config
+from cores import checks
 from cores.base import keeps_global_rng
 from kernels.quant import dequantize_state_dict, quantize_state_dict
 
@@ -36,11 +37,13 @@ class Int8Brick(nn.Module):
         super().__init__()
         if getattr(base, "mvc_kind", None) != "brick" or isinstance(base, Int8Brick):
             raise ValueError("quantize: expected a float brick (sparse or portable)")
+        # (int() took True as 1 and 1.5 as 1, and recorded them; a negative bound quantised everything)
+        min_numel = checks.integer(min_numel, "min_numel", 0)
         self.mvc_arch = base.mvc_arch + "-int8"
         self.brick_kind = base.brick_kind
         self.abi_spec = base.abi_spec
         self.mvc_config = json_config({"base_arch": base.mvc_arch, "base_config": base.mvc_config,
-                                       "min_numel": int(min_numel)})
+                                       "min_numel": min_numel})
         object.__setattr__(self, "_float", base)  # the float architecture; not a submodule
         base.eval()
         with torch.no_grad():
@@ -89,7 +92,9 @@ def quantize(brick: nn.Module, min_numel: int = MIN_NUMEL) -> Int8Brick:
     """int8 artifact of a float brick (the brick itself is not modified).
 
     ValueError for what is not a float brick (an int8 artifact already, a core, an attached model)
-    and for a brick whose weights are not finite (kernels.quant refuses NaN / infinity)."""
+    and for a brick whose weights are not finite (kernels.quant refuses NaN / infinity).
+    ``min_numel``: a non-negative int (TypeError / ValueError naming it otherwise)."""
+    checks.integer(min_numel, "min_numel", 0)  # (before the template is built)
     if isinstance(brick, Int8Brick):
         raise ValueError(f"quantize: the brick is an int8 artifact already ({brick.mvc_arch}); quantize its float "
                          f"brick, or use it as it is")

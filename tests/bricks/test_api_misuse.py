@@ -148,6 +148,22 @@ def test_quantize_refuses_non_finite_weights(host):
     assert math.isnan(float(brick.down.weight.detach()[3, 5]))  # the brick itself is left as it was
 
 
+@pytest.mark.parametrize("min_numel, error, words", [
+    (True, TypeError, "min_numel must be an integer, got bool"),    # was taken (and recorded) as 1
+    (1.5, TypeError, "min_numel must be an integer, got float"),    # was truncated to 1
+    (-1, ValueError, "min_numel must be >= 0, got -1"),             # was recorded as -1
+    ("x", TypeError, "min_numel must be an integer, got str"),      # was int()'s own error, naming nothing
+    (None, TypeError, "min_numel must be an integer, got NoneType"),
+])
+def test_quantize_checks_min_numel(host, min_numel, error, words):
+    brick = bricks.build("sparse", host=host, rank=4, rnn=0, d_embed=8)
+    with pytest.raises(error, match=words):
+        bricks.quantize(brick, min_numel=min_numel)
+    with pytest.raises(error, match=words):
+        bricks.int8.Int8Brick(brick, min_numel)
+    assert bricks.quantize(brick, min_numel=0).mvc_config["min_numel"] == 0
+
+
 def test_building_bricks_leaves_the_global_rng_alone(host):
     torch.manual_seed(0)
     want = torch.randn(4)
