@@ -99,8 +99,9 @@ def _check_fits_in_memory(arch: str, make, config: dict) -> None:
     """ValueError when the parameters ``config`` asks for exceed this machine's memory, found by a
     build on torch's meta device (which allocates nothing): `vocab_size=10**9` or
     `ngram_buckets=10**12` failed inside torch's allocator, naming no setting (or, with the memory,
-    allocated hundreds of GB). A builder that cannot build on the meta device is left to the build, unless what failed there is
-    a tensor whose byte count overflows (too large for any machine)."""
+    allocated hundreds of GB). A builder that cannot build on the meta device is left to the
+    build, unless what failed there is a tensor whose byte count overflows (too large for any
+    machine)."""
     import os
 
     import torch
