@@ -75,6 +75,9 @@ def _exp(x: float) -> float:
         return math.inf
 
 
+BOOTSTRAP_BATCH_DRAWS = 1 << 21  # window indices drawn at once by bootstrap_ratio (16 MB of them)
+
+
 def bootstrap_ratio(nll_c, nll_b, count, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% interval of PPL(candidate)/PPL(baseline) resampling windows with replacement."""
     n = len(count)
@@ -82,8 +85,15 @@ def bootstrap_ratio(nll_c, nll_b, count, samples: int = 1000, seed: int = 0) -> 
         r = _exp(float((nll_c.sum() - nll_b.sum()) / count.sum()))
         return r, r
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(samples, n))
-    diff = (nll_c[idx].sum(1) - nll_b[idx].sum(1)) / count[idx].sum(1)
+    # resampled a batch of rows at a time: the whole (samples x windows) index matrix would need
+    # 8 bytes per draw (100,000 resamples of 100,000 windows: 80 GB). The generator gives the rows
+    # in the same order either way, so a seed gives the interval one matrix gave (certificates
+    # made before still reproduce)
+    rows = max(1, BOOTSTRAP_BATCH_DRAWS // n)
+    diff = np.empty(samples, dtype=np.float64)
+    for start in range(0, samples, rows):
+        idx = rng.integers(0, n, size=(min(rows, samples - start), n))
+        diff[start:start + len(idx)] = (nll_c[idx].sum(1) - nll_b[idx].sum(1)) / count[idx].sum(1)
     with np.errstate(over="ignore", invalid="ignore"):  # a diverged model: inf or nan, judged later
         ratios = np.exp(diff)
     return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
