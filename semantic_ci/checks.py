@@ -315,6 +315,12 @@ def _roundtrip(ctx: Context, model, component, bricks, adapter):
     return rebuilt
 
 
+def ppl_data_key(params: dict) -> str:
+    """The setting a ppl-ratio check reads its data from: `data`, else the probe (`probe`, a file
+    in place of the built-in probe, or the built-in one)."""
+    return "data" if params.get("data") is not None else "probe"
+
+
 MIN_INTERVAL_WINDOWS = 10  # fewer windows than this: a ppl-ratio's bootstrap interval is noted as weak
 
 
@@ -336,7 +342,7 @@ def ppl_figures(cand, base, data: bytes, window: int, samples: int) -> dict:
 
 
 def run_ppl_ratio(ctx: Context, check: Check) -> dict:
-    p = prepare(ctx, check, "data")
+    p = prepare(ctx, check, ppl_data_key(check.params))
     if isinstance(p, dict):
         return p
     figs = ppl_figures(p.candidate, p.baseline_model(ctx), p.data, p.window, check.get("bootstrap", 1000))

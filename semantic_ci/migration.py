@@ -117,9 +117,14 @@ def _function(ctx, check, source, hosts, brick, window, inputs) -> dict:
 
 
 def _exact(ctx, check, source, hosts, brick, window, inputs) -> dict:
-    """PX: the brick's logits and PPL are identical on the source host and on every target host."""
-    data, data_id, desc = read_check_data(ctx, check, "domain_data")
-    inputs.update(domain_data=data_id, data_desc=desc)
+    """PX: the brick's logits and PPL are identical on the source host and on every target host,
+    measured on the domain data, else on the probe (`probe`, or the built-in one)."""
+    if check.get("domain_data"):
+        data, data_id, desc = read_check_data(ctx, check, "domain_data")
+        inputs.update(domain_data=data_id, data_desc=desc)
+    else:  # (recorded as the probe is: `data`, which verify reads back as `probe`)
+        data, data_id, desc = read_check_data(ctx, check, "probe")
+        inputs.update(data=data_id, data_desc=desc)
     ref = _attached(ctx.models.get(source, "core"), brick)
     nll_ref, count = ev.model_nll(ref, data, window)
     ppl_ref, _ = ev.ppl_bpb(nll_ref, count)

@@ -10,8 +10,8 @@ from mvc.objects import is_oid
 
 from . import certificate
 from . import config as cfgmod
-from .checks import (BadRevision, Context, PastRoot, resolve_check_rev, resolve_relative, run_check, split_relative,
-                     walk_relative)
+from .checks import (BadRevision, Context, PastRoot, ppl_data_key, resolve_check_rev, resolve_relative, run_check,
+                     split_relative, walk_relative)
 from .config import Check, CiConfig
 from .models import ModelCache
 
@@ -311,6 +311,7 @@ def _default_diffs(config: CiConfig, now: Check, stored: dict) -> list[str]:
     from .probe import builtin_probe
     size = now.params.get("probe_bytes", config.probe_bytes)
     for input_key, param_key in DATA_KEYS.get(stored.get("kind"), {}).items():
+        param_key = _data_setting(stored.get("kind"), now.params, param_key)
         if now.params.get(param_key, "builtin") == "builtin" and is_oid(str(inputs.get(input_key))) \
                 and inputs[input_key] != hash_bytes(builtin_probe(size)):
             out.append(f"{param_key}: the built-in probe of {size} bytes there, other data in the certificate")
@@ -471,6 +472,12 @@ DATA_KEYS = {"exact-logits": {"data": "probe"}, "ppl-ratio": {"data": "data"},
              "migration": {"domain_data": "domain_data", "general_data": "general_data", "data": "probe"}}
 
 
+def _data_setting(kind: str, params: dict, param_key: str) -> str:
+    """The setting of a check defined as `params` that its recorded data came from: a ppl-ratio
+    check without `data` reads the probe (its `probe` file, or the built-in one)."""
+    return ppl_data_key(params) if kind == "ppl-ratio" and param_key == "data" else param_key
+
+
 def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: dict) -> dict:
     """One check of a certificate re-run (or re-checked) from its recorded ids."""
     if stored["status"] == "skipped":
@@ -575,7 +582,7 @@ def _data_changed_since(repo, now: Check | None, stored: dict) -> list[str]:
     from .probe import read_repository_file
     inputs, out = stored.get("inputs") or {}, []
     for input_key, param_key in DATA_KEYS[stored["kind"]].items():
-        spec = now.params.get(param_key) if now is not None else None
+        spec = now.params.get(_data_setting(stored["kind"], now.params, param_key)) if now is not None else None
         if not (isinstance(spec, str) and isinstance(inputs.get(input_key), str)) or spec.startswith("blob:") \
                 or spec == "builtin":
             continue

@@ -55,3 +55,52 @@ def test_bootstrap_draws_in_batches_and_gives_the_one_matrix_interval(monkeypatc
     monkeypatch.setattr(evaluate.np.random, "default_rng", Recording)
     assert evaluate.bootstrap_ratio(nll_c, nll_b, count, 500) == want
     assert sum(sizes) == 500 * 101 and max(sizes) <= 1000
+
+
+# -- `probe` is the data of a ppl-ratio check without `data`, and of a PX check without domain_data ---
+PPL = f"""
+[ci]
+adapter = "{ADAPTER}"
+window = 64
+
+[[ci.checks]]
+name = "p"
+kind = "ppl-ratio"
+baseline = "HEAD~1"
+max_ratio = 100.0
+bootstrap = 20
+probe = "{{probe}}"
+"""
+
+
+def test_ppl_ratio_without_data_measures_its_probe_file(ci_repo):
+    from mvc.objects import hash_bytes
+    two_commits(ci_repo)
+    probe = builtin_probe(3000)[2000:]
+    open("probe.txt", "wb").write(probe)
+    write_config(ci_repo, PPL.replace("{probe}", "probe.txt"))
+    r = run_ci(ci_repo)
+    inputs = certificate.read(ci_repo, r["certificate"])["checks"][0]["inputs"]
+    assert inputs["data"] == hash_bytes(probe) and inputs["data_desc"] == "probe.txt"
+    assert verify(ci_repo, "HEAD")["verified"]
+    write_config(ci_repo, PPL.replace("{probe}", "missing.txt"))  # (it was ignored: the built-in probe passed)
+    with pytest.raises(ConfigError, match=r"ci\.checks\[p\]\.probe: .*missing\.txt"):
+        run_ci(ci_repo)
+
+
+def test_px_without_domain_data_measures_its_probe_file(ci_repo):
+    import bricks
+    import cores
+    from mvc.objects import hash_bytes
+    ci_repo.commit({"core": cores.build("layercake", config="tiny", seed=1)}, message="b", branch="host-b")
+    ci_repo.commit({"core": cores.build("layercake", config="tiny", seed=0),
+                    "brick/px": bricks.build("portable", seed=0)}, message="a")
+    probe = builtin_probe(200)[100:]
+    open("probe.txt", "wb").write(probe)
+    write_config(ci_repo, '[ci]\nwindow = 32\n[[ci.checks]]\nname = "px"\nkind = "PX"\nbrick = "px"\n'
+                          'hosts = ["host-b"]\nprobe = "probe.txt"\n')
+    r = run_ci(ci_repo)
+    inputs = certificate.read(ci_repo, r["certificate"])["checks"][0]["inputs"]
+    assert inputs["data"] == hash_bytes(probe) and "domain_data" not in inputs, inputs
+    assert r["checks"][0]["status"] == "passed"
+    assert verify(ci_repo, "HEAD")["verified"]
