@@ -16,7 +16,7 @@ from mvc.repo import split_walk
 from . import evaluate as ev
 from .certificate import finite_figures
 from .config import Check, CiConfig
-from .models import AdapterFailed, ModelCache, import_adapter
+from .models import AdapterFailed, BrickDoesNotAttach, ModelCache, import_adapter
 from .probe import read_data
 
 
@@ -301,18 +301,13 @@ def run_exact_logits(ctx: Context, check: Check) -> dict:
 
 def _roundtrip(ctx: Context, model, component, bricks, adapter):
     """Rebuild the candidate from its own state dict (a save/load round trip)."""
-    from .models import build_from_tree
+    from .models import attach_stored_bricks, build_from_tree
     tree = ctx.repo.tree(ctx.commit, component)
     for _ in bricks or ():  # (the candidate has its bricks attached: the core is the innermost host)
         model = getattr(model, "host", model)
     state = {k: v.clone() for k, v in model.state_dict().items()} if hasattr(model, "state_dict") else \
         ctx.repo.load(ctx.commit, component)
-    rebuilt = build_from_tree(tree, state, adapter)
-    if bricks:
-        from bricks import attach_from_commit
-        for name in bricks:
-            rebuilt = attach_from_commit(ctx.repo, ctx.commit, name, rebuilt)
-    return rebuilt
+    return attach_stored_bricks(ctx.repo, ctx.commit, bricks or (), build_from_tree(tree, state, adapter))
 
 
 def ppl_data_key(params: dict) -> str:
@@ -398,7 +393,8 @@ def run_check(ctx: Context, check: Check) -> dict:
     Anything that keeps the check from measuring raises instead (exit 3, no certificate): a bad
     revision or another setting of mvc.toml naming nothing (a ConfigError naming the key), a
     missing or corrupt object (a lazy clone's unreachable remote included), unreadable data, or a
-    user adapter that fails (AdapterFailed naming the adapter and its key)."""
+    user adapter that fails (AdapterFailed naming the adapter and its key), or a brick that does not
+    attach (BrickDoesNotAttach, named after its key)."""
     try:
         out = RUNNERS[check.kind](ctx, check)
     except PastRoot as e:
@@ -407,6 +403,10 @@ def run_check(ctx: Context, check: Check) -> dict:
         if not e.message.startswith(ctx.config.source + ": "):
             e.message = f"{adapter_key(ctx, check)}: {e.message}"
             e.args = (e.message,)
+        raise
+    except BrickDoesNotAttach as e:
+        e.message = f"{where(ctx, check, f'bricks[{e.index}]')}: {e.message}"
+        e.args = (e.message,)
         raise
     except MvcError as e:
         raise _named(check, e)

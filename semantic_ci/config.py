@@ -163,6 +163,8 @@ def _check(source, where, name, kind, raw) -> Check:
         _adapter(source, f"{where}.adapter", p["adapter"])
     if "bricks" in p:
         p["bricks"] = _str_list(source, f"{where}.bricks", p["bricks"])
+        if len(p["bricks"]) > 1:  # (a brick attaches to a core; one attached to another brick's model is refused)
+            raise _err(source, f"{where}.bricks", f"one brick at most: bricks do not stack, got {p['bricks']!r}")
     for key in ("component", "baseline", "data", "brick", "domain_data", "general_data", "source", "probe"):
         if key in p and (not isinstance(p[key], str) or not p[key]):
             raise _err(source, f"{where}.{key}", f"must be a non-empty string, got {p[key]!r}")

@@ -114,6 +114,31 @@ def build_from_tree(tree: dict, state: dict, adapter: str | None = None):
     return model
 
 
+class BrickDoesNotAttach(BadInput):
+    """A brick (`bricks[index]` of a check) that does not attach to the model it is measured in: a
+    brick made for another core, or a second brick (bricks do not stack)."""
+
+    def __init__(self, message: str, index: int, hint: str | None = None):
+        super().__init__(message, hint)
+        self.index = index
+
+
+def attach_stored_bricks(repo, commit: str, names, model):
+    """`model` with the bricks `names` of `commit` attached, rebuilt as untrusted records are. One
+    that does not fit is a BrickDoesNotAttach (exit 3), not bricks' ValueError (a crash, exit 4)."""
+    import bricks
+    for i, name in enumerate(names):
+        comp = name if name.startswith("brick/") else f"brick/{name}"
+        brick = rebuild_stored_brick(repo.tree(commit, comp), repo.load(commit, comp), comp)
+        try:
+            model = bricks.attach(model, brick)
+        except ValueError as e:
+            raise BrickDoesNotAttach(f"{comp} of {commit[:12]} does not attach: {str(e)[:300]}", i,
+                                     "attach a brick to the core it was made for (bricks do not stack); "
+                                     "a migration check measures one on other hosts") from None
+    return model
+
+
 class ModelCache:
     """Models built once per (commit, component, bricks, adapter) within one CI run."""
 
@@ -126,10 +151,7 @@ class ModelCache:
         if key not in self._models:
             tree = self.repo.tree(commit, component)
             model = build_from_tree(tree, self.repo.load(commit, component), adapter)
-            for name in bricks:
-                from bricks import attach_from_commit
-                model = attach_from_commit(self.repo, commit, name, model)
-            self._models[key] = model
+            self._models[key] = attach_stored_bricks(self.repo, commit, bricks, model)
         return self._models[key]
 
     def inputs(self, commit: str, component: str) -> dict:

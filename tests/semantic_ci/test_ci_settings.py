@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from mvc.cli import cli
-from mvc.errors import ConfigError
+from mvc.errors import ConfigError, MvcError
 from semantic_ci import certificate, evaluate
 from semantic_ci import config as cfgmod
 from semantic_ci.probe import builtin_probe
@@ -104,3 +104,35 @@ def test_px_without_domain_data_measures_its_probe_file(ci_repo):
     assert inputs["data"] == hash_bytes(probe) and "domain_data" not in inputs, inputs
     assert r["checks"][0]["status"] == "passed"
     assert verify(ci_repo, "HEAD")["verified"]
+
+
+# -- a brick that does not attach is an error naming its key (exit 3), not a crash (exit 4) -----------
+def brick_repo(repo, core_arch="layercake"):
+    import bricks
+    import cores
+    lc = cores.build("layercake", config="tiny", seed=0)
+    return repo.commit({"core": cores.build(core_arch, config="tiny", seed=0),
+                        "brick/a": bricks.build("sparse", host=lc, seed=0),
+                        "brick/b": bricks.build("sparse", host=lc, seed=1)}, message="a")
+
+
+def test_a_brick_that_does_not_fit_its_core_is_an_error_naming_its_key(ci_repo):
+    brick_repo(ci_repo, "byte-transformer")  # (no ABI: a sparse brick cannot attach to it)
+    write_config(ci_repo, '[ci]\nprobe_bytes = 64\nwindow = 32\n[[ci.checks]]\nname = "x"\nkind = "exact-logits"\n'
+                          'baseline = "HEAD"\nbricks = ["a"]\n')
+    r = CliRunner().invoke(cli, ["ci"])
+    assert r.exit_code == 3, r.output
+    assert "ci.checks[x].bricks[0]: brick/a of" in r.stderr and "does not attach" in r.stderr
+    assert "bug in mvc" not in r.stderr and "Traceback" not in r.output
+
+
+def test_two_bricks_are_refused_when_read_and_when_a_certificate_names_them(ci_repo):
+    with pytest.raises(ConfigError, match=r"ci\.checks\[x\]\.bricks: one brick at most"):
+        cfgmod.parse({"ci": {"checks": [{"name": "x", "kind": "exact-logits", "baseline": "HEAD",
+                                         "bricks": ["a", "b"]}]}})
+    brick_repo(ci_repo)  # (verify re-runs a certificate's recorded parameters, which are not parsed)
+    cfg = cfgmod.CiConfig(checks=[cfgmod.Check("x", "exact-logits", {"baseline": "HEAD", "bricks": ["a", "b"]})],
+                          probe_bytes=64, window=32)
+    with pytest.raises(MvcError, match=r"ci\.checks\[x\]\.bricks\[1\]: brick/b of .* does not attach") as info:
+        run_ci(ci_repo, config=cfg)
+    assert info.value.exit_code == 3
