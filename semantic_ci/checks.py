@@ -166,6 +166,8 @@ def _baseline(ctx: Context, check: Check) -> str:
     if ctx.base:
         return ctx.base  # --base: already resolved by the runner
     rev = check.get("baseline")
+    if rev is None and check.get("roundtrip"):  # (compared with itself rebuilt: the candidate, as L2's HEAD)
+        return ctx.commit
     if rev is None:
         raise BadRevision(f"{ctx.config.source}: ci.checks[{check.name}].baseline: this check needs a baseline revision",
                           "set baseline in mvc.toml or pass --base")

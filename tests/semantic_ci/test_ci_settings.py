@@ -136,3 +136,15 @@ def test_two_bricks_are_refused_when_read_and_when_a_certificate_names_them(ci_r
     with pytest.raises(MvcError, match=r"ci\.checks\[x\]\.bricks\[1\]: brick/b of .* does not attach") as info:
         run_ci(ci_repo, config=cfg)
     assert info.value.exit_code == 3
+
+
+# -- roundtrip = true needs no baseline (mvc.toml accepts it so) -------------------------------------
+def test_roundtrip_without_baseline_runs_and_verifies(ci_repo):
+    c2 = two_commits(ci_repo)
+    write_config(ci_repo, f'[ci]\nadapter = "{ADAPTER}"\nprobe_bytes = 256\nwindow = 64\n[[ci.checks]]\nname = "rt"\n'
+                          'kind = "exact-logits"\nroundtrip = true\n')
+    r = run_ci(ci_repo)
+    assert r["passed"] and r["checks"][0]["status"] == "passed"
+    inputs = certificate.read(ci_repo, r["certificate"])["checks"][0]["inputs"]
+    assert inputs["baseline"]["commit"] == c2 and not r["checks"][0]["note"]
+    assert verify(ci_repo, "HEAD")["verified"]
