@@ -264,15 +264,18 @@ def prepare(ctx: Context, check: Check, data_key: str) -> Prepared | dict:
     """The prepared inputs of a check (PastRoot when its baseline is a first commit's HEAD~1).
     Settings that name nothing (a component, a brick, an adapter, a data file) are ConfigErrors
     naming their mvc.toml key, found before any model is built."""
-    base = _baseline(ctx, check)
     component = check.get("component", "core")
     bricks = tuple(check.get("bricks", ()))
+    comps = [name if name.startswith("brick/") else f"brick/{name}" for name in bricks]
     adapter = check.get("adapter", ctx.config.adapter)
+    # the candidate's own components first: one it lacks is an error even where the baseline is
+    # past the root (a first commit's HEAD~1 would otherwise skip a misspelt component)
     _require_component(ctx, check, ctx.commit, "commit", "component", component)
-    _require_component(ctx, check, base, "baseline", "baseline", component)
-    for i, name in enumerate(bricks):
-        comp = name if name.startswith("brick/") else f"brick/{name}"
+    for i, comp in enumerate(comps):
         _require_component(ctx, check, ctx.commit, "commit", f"bricks[{i}]", comp)
+    base = _baseline(ctx, check)
+    _require_component(ctx, check, base, "baseline", "baseline", component)
+    for i, comp in enumerate(comps):
         _require_component(ctx, check, base, "baseline", f"bricks[{i}]", comp)
     if adapter:
         import_adapter(adapter)  # AdapterFailed, named after its key by run_check

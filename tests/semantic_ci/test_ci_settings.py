@@ -148,3 +148,13 @@ def test_roundtrip_without_baseline_runs_and_verifies(ci_repo):
     inputs = certificate.read(ci_repo, r["certificate"])["checks"][0]["inputs"]
     assert inputs["baseline"]["commit"] == c2 and not r["checks"][0]["note"]
     assert verify(ci_repo, "HEAD")["verified"]
+
+
+# -- a component the candidate lacks is an error on a first commit too (not skipped) -----------------
+@pytest.mark.parametrize("setting, key", [('component = "coer"', "component"), ('bricks = ["nosuch"]', r"bricks\[0\]")])
+def test_a_component_a_first_commit_lacks_is_an_error_not_a_skip(ci_repo, setting, key):
+    ci_repo.commit({"core": {"table": table()}}, message="first")
+    write_config(ci_repo, f'[ci]\nadapter = "{ADAPTER}"\nprobe_bytes = 64\nwindow = 32\n[[ci.checks]]\nname = "x"\n'
+                          f'kind = "exact-logits"\nbaseline = "HEAD~1"\n{setting}\n')
+    with pytest.raises(ConfigError, match=rf"ci\.checks\[x\]\.{key}: commit .* has no component"):
+        run_ci(ci_repo)
