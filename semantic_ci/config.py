@@ -190,6 +190,11 @@ def _check(source, where, name, kind, raw) -> Check:
             raise _err(source, f"{where}.mode", f"must be one of {', '.join(MIGRATION_MODES)}, got {mode!r}")
         if mode == "bounded" and "domain_data" not in p:
             raise _err(source, f"{where}.domain_data", "bounded migration needs held-out domain data")
+        if mode == "bounded" and "max_general_ratio" in p and "general_data" not in p:
+            # (without it the general ratio is never measured: the bound would pass unchecked)
+            set_by = "" if "max_general_ratio" in raw else f" (the {kind} preset's)"
+            raise _err(source, f"{where}.general_data", f"max_general_ratio = {p['max_general_ratio']!r}{set_by} "
+                       "bounds the general PPL ratio, which needs held-out general data")
     if base_kind == "ppl-ratio" and "baseline" not in p:
         raise _err(source, f"{where}.baseline", "a ppl-ratio check needs a baseline revision")
     if base_kind == "exact-logits" and "baseline" not in p and not p.get("roundtrip"):

@@ -1,6 +1,8 @@
 """Semantic CI settings taken as the README states them (probe h84): the probe a ppl-ratio or PX
 check reads, bricks that do not attach, a general bound without general data, roundtrip without a
 baseline, a bounded bootstrap, a first commit's missing component and its unborn branch."""
+import tomllib
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,18 @@ def test_a_component_a_first_commit_lacks_is_an_error_not_a_skip(ci_repo, settin
                           f'kind = "exact-logits"\nbaseline = "HEAD~1"\n{setting}\n')
     with pytest.raises(ConfigError, match=rf"ci\.checks\[x\]\.{key}: commit .* has no component"):
         run_ci(ci_repo)
+
+
+# -- a general bound needs general data: without it, the bound was never checked ---------------------
+@pytest.mark.parametrize("kind, extra, said", [
+    ("migration", "max_general_ratio = 0.01\n", r"max_general_ratio = 0\.01 bounds"),
+    ("L4", "", r"max_general_ratio = 1\.05 \(the L4 preset's\) bounds"),
+    ("L5", "max_general_ratio = 2.0\n", r"max_general_ratio = 2\.0 bounds"),
+])
+def test_a_general_bound_without_general_data_is_refused(kind, extra, said):
+    text = f'[ci]\n[[ci.checks]]\nname = "m"\nkind = "{kind}"\nbrick = "py"\nhosts = ["h"]\ndomain_data = "d"\n{extra}'
+    with pytest.raises(ConfigError, match=r"ci\.checks\[m\]\.general_data: " + said):
+        cfgmod.parse(tomllib.loads(text))
+    cfgmod.parse(tomllib.loads(text + 'general_data = "g"\n'))
+    if kind == "migration":  # (no general bound set: the domain ratio alone is checked)
+        cfgmod.parse(tomllib.loads(text.replace(extra, "")))
