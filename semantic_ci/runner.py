@@ -107,12 +107,18 @@ def _digest_only(diffs: list[str]) -> bool:
     return bool(diffs) and all(d.split(":", 1)[0].rsplit(".", 1)[-1].endswith("digest") for d in diffs)
 
 
+ENVELOPE_OF_THE_CHECK = ("batch",)  # envelope fields the check's settings give (its window), not the machine
+
+
 def envelope_changes(stored: dict | None, fresh: dict | None) -> list[str]:
-    """'threads 2 here, 1 in the certificate' for each field of the execution envelope that differs."""
+    """'threads 2 here, 1 in the certificate' for each field of the execution envelope that differs.
+    The batch is the check's window, not this machine's: a window that differs is a difference of
+    the check's definition (or an edited certificate), said as such, never blamed on the machine."""
     if not isinstance(stored, dict) or not isinstance(fresh, dict):
         return []
     return [f"{k} {fresh.get(k)!r} here, {stored.get(k)!r} in the certificate"
-            for k in sorted(set(stored) | set(fresh)) if stored.get(k) != fresh.get(k)]
+            for k in sorted(set(stored) | set(fresh))
+            if stored.get(k) != fresh.get(k) and k not in ENVELOPE_OF_THE_CHECK]
 
 
 BOUND_KEYS = ("tolerance", "max_ratio", "max_domain_ratio", "max_general_ratio")  # what a verdict is judged by
@@ -570,6 +576,9 @@ def _verify_check(repo, ctx: Context, cert: dict, defined: "_Defined", stored: d
     diffs = pinned + drift + diffs
     return {"name": stored["name"], "reproduced": not diffs, "diffs": diffs, "note": "; ".join(notes) or None,
             "envelope_changes": env_changes,
+            # what it measured is not what mvc.toml (or its stage) defines now: figures that then do
+            # not reproduce are no sign of another machine
+            "definition_changed": bool(drift),
             # only mvc.toml moved (its bounds or its definition of the check): the figures reproduce
             "config_changed": bool(diffs) and figures_reproduce and not pinned and bool(changed or drift)}
 

@@ -167,6 +167,11 @@ def _verify_error(r: dict):
             hint = ("its figures reproduce, but mvc.toml's checks or bounds are not those the certificate "
                     "records (mvc.toml changed since it was made, or the certificate was edited): run mvc ci "
                     "to certify the commit under them")
+        elif any(c.get("definition_changed") for c in r["checks"] if not c["reproduced"]):
+            hint = (f"what it measured is not what {'the pipeline stage it names' if r.get('stage') else 'mvc.toml'} "
+                    "defines now (see the differences: it changed since the certificate was made, or the "
+                    "certificate was edited): " + ("mvc run certifies the stage's result again" if r.get("stage")
+                                                   else "run mvc ci to certify the commit under it"))
         elif any(c.get("envelope_changes") for c in r["checks"] if not c["reproduced"]):
             hint = ("its figures do not reproduce here, and this machine computes in another execution "
                     "envelope than the one that made it (see the notes): verify where it was made, or run "

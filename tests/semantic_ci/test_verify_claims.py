@@ -192,6 +192,26 @@ def test_envelope_changes_name_the_fields():
     assert envelope_changes({"threads": 1, "torch": "2"}, {"threads": 2, "torch": "2"}) == \
         ["threads 2 here, 1 in the certificate"]
     assert envelope_changes(None, {"threads": 2}) == []
+    # the batch is the check's window, not the machine's
+    assert envelope_changes({"batch": "1 sequence of <= 32 bytes"}, {"batch": "1 sequence of <= 64 bytes"}) == []
+
+
+def test_an_edited_window_is_said_to_be_a_definition_not_this_machine(ci_repo, monkeypatch):
+    """The envelope's batch follows the recorded window: an edited window made verify blame this
+    machine ('computes in another execution envelope: verify where it was made'), probe h84."""
+    monkeypatch.chdir(ci_repo.root)
+    t = trained_table(builtin_probe(3000))
+    ci_repo.commit({"core": {"table": t}}, message="a")
+    t = t.clone()
+    t[101, 32] += 1.0
+    ci_repo.commit({"core": {"table": t}}, message="b")
+    cert_id = run_ci(ci_repo, names=["ppl"])["certificate"]
+    edited = json.loads(json.dumps(certificate.read(ci_repo, cert_id)))
+    edited["checks"][0]["inputs"]["window"] = 64
+    r = CliRunner().invoke(cli, ["verify", certificate.store(ci_repo, edited)])
+    assert r.exit_code == 3, r.output
+    assert "window 128 there, 64 in the certificate" in r.stdout + r.stderr, r.output
+    assert "another execution envelope" not in r.stderr and "mvc.toml defines now" in r.stderr, r.stderr
 
 
 def git(work, *args):
