@@ -27,7 +27,8 @@ class Context:
     config: CiConfig
     models: ModelCache
     base: str | None = None   # --base: overrides every check's baseline
-    moved: tuple[str, str] | None = None  # on-commit CI: (branch, its commit before the candidate landed)
+    # on-commit CI: (branch, its commit before the candidate landed; None when the candidate started it)
+    moved: tuple[str, str | None] | None = None
 
 
 def resolve_relative(repo, rev: str, candidate: str) -> str:
@@ -64,8 +65,12 @@ class PastRoot(Exception):
     `record` is what a certificate keeps so that `mvc verify` can re-check the reason from ids."""
 
     def __init__(self, record: dict):
-        super().__init__(f"{record['key']} = {record['revision']!r} goes past the root commit "
-                         f"{record['root'][:12]}")
+        if record.get("unborn"):  # (on-commit CI of a branch's first commit: the branch had none before it)
+            super().__init__(f"{record['key']} = {record['revision']!r} is the branch {record['unborn']} as it was "
+                             f"before its first commit {record['root'][:12]}: it had no commit to compare with")
+        else:
+            super().__init__(f"{record['key']} = {record['revision']!r} goes past the root commit "
+                             f"{record['root'][:12]}")
         self.record = record
 
 
@@ -101,7 +106,8 @@ def where(ctx: Context, check: Check, key: str) -> str:
 def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
     """The commit id a check's revision names, HEAD meaning the candidate. An unknown name, a tree
     or blob id, or any other unresolvable revision is a BadRevision naming the mvc.toml key; only
-    a relative revision walking past a root commit (a first commit's HEAD~1) raises PastRoot."""
+    a relative revision walking past a root commit (a first commit's HEAD~1) raises PastRoot, as
+    does on-commit CI's baseline naming the branch a first commit started (it had no commit before)."""
     def bad(e: UnknownRevision) -> BadRevision:
         return BadRevision(f"{where(ctx, check, key)}: revision {rev!r} does not resolve: {e.message}",
                            "fix the revision in mvc.toml; see mvc log, mvc branch and mvc tag")
@@ -110,7 +116,9 @@ def resolve_check_rev(ctx: Context, check: Check, key: str, rev: str) -> str:
         base = resolve_relative(ctx.repo, base_rev, ctx.commit)
     except UnknownRevision as e:
         raise bad(e) from None
-    if key == "baseline" and not path and ctx.moved and base == ctx.commit and base_rev in _branch_spellings(ctx.moved[0]):
+    if key == "baseline" and not path and ctx.moved and base == ctx.commit and base_rev in branch_spellings(ctx.moved[0]):
+        if ctx.moved[1] is None:  # a first commit: the branch was unborn (the candidate itself would pass, unmeasured)
+            raise PastRoot({"key": key, "revision": rev, "unborn": ctx.moved[0], "root": ctx.commit})
         base = ctx.moved[1]  # the branch the candidate was committed to: as it was before (not the candidate)
     try:
         return walk_relative(ctx.repo, base, path)
@@ -134,7 +142,7 @@ def _fetched_branches(repo, name: str) -> dict[str, str]:
             if r.split("/", 3)[3:] == [name]}
 
 
-def _branch_spellings(branch: str) -> tuple[str, ...]:
+def branch_spellings(branch: str) -> tuple[str, ...]:
     return branch, f"heads/{branch}", f"refs/heads/{branch}"
 
 

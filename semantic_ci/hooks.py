@@ -28,7 +28,7 @@ def on_commit(repo, commit: str, ref: str) -> dict | None:
     try:
         try:
             parents = repo.read_commit(commit)["parents"]  # (the branch's tip before: a commit extends it)
-            moved = (ref.removeprefix("refs/heads/"), parents[0]) if parents else None
+            moved = (ref.removeprefix("refs/heads/"), parents[0] if parents else None)  # (None: it started the branch)
             report = run_ci(repo, commit, config=cfg, moved=moved)
         except OSError as e:  # a full disk while storing the certificate: CI could not run either
             found = environment_error(e)

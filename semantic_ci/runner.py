@@ -10,19 +10,20 @@ from mvc.objects import is_oid
 
 from . import certificate
 from . import config as cfgmod
-from .checks import (BadRevision, Context, PastRoot, ppl_data_key, resolve_check_rev, resolve_relative, run_check,
-                     split_relative, walk_relative)
+from .checks import (BadRevision, Context, PastRoot, branch_spellings, ppl_data_key, resolve_check_rev,
+                     resolve_relative, run_check, split_relative, walk_relative)
 from .config import Check, CiConfig
 from .models import ModelCache
 
 
 def run_ci(repo, rev: str | None = None, base: str | None = None, names=None, config: CiConfig | None = None,
-           progress=None, partial: bool = False, moved: tuple[str, str] | None = None) -> dict:
+           progress=None, partial: bool = False, moved: tuple[str, str | None] | None = None) -> dict:
     """Run the checks of mvc.toml (or `config`) on `rev`; store and return the certificate summary.
     The certificate is partial (not mvc.toml's suite as it defines it) when asked, with a `base`,
     or when `names` leave checks out. `moved` (on-commit CI: the branch `rev` was just committed
     to, and its commit before) makes a baseline naming that branch (by its bare name: `main~1` is
-    walked from the candidate's branch as it is) mean it as it was before."""
+    walked from the candidate's branch as it is) mean it as it was before: none, when the candidate
+    started the branch (such a check is skipped, as a first commit's HEAD~1 is)."""
     config = config or cfgmod.load(repo.root)
     if config is None:
         raise ConfigError(f"no {cfgmod.CONFIG_FILE} in {repo.root}", "add a [ci] table with [[ci.checks]]")
@@ -672,8 +673,9 @@ def _skip_revisions(stored: dict) -> list[tuple[str, str]]:
 
 def _recheck_skip(ctx: Context, cert: dict, stored: dict) -> list[str]:
     """Why a `skipped` check does not hold up (empty when it does). A check is only skipped when a
-    relative revision walks past a root commit (or its code is unavailable here): re-walk it from
-    the ids the certificate recorded and confirm it still leaves the root."""
+    relative revision walks past a root commit (or its code is unavailable here, or on-commit CI's
+    baseline named the branch a first commit started): re-walk it from the ids the certificate
+    recorded and confirm it still leaves the root."""
     rec = (stored.get("inputs") or {}).get("skipped") or {}
     name = stored["name"]
     if rec.get("reason") == "environment":
@@ -682,6 +684,8 @@ def _recheck_skip(ctx: Context, cert: dict, stored: dict) -> list[str]:
         except ImportError:
             return []
         return [f"skipped because {rec.get('module')} could not be imported, but it imports here: re-run mvc ci"]
+    if rec.get("unborn"):
+        return _recheck_unborn_skip(ctx, cert, stored, rec)
     if rec.get("from"):
         start, path, rev, key = rec["from"], rec.get("path") or "", rec.get("revision", "?"), rec.get("key")
         diffs = []
@@ -718,3 +722,23 @@ def _recheck_skip(ctx: Context, cert: dict, stored: dict) -> list[str]:
             return [f"skipped, but {e.message}"]
     what = ", ".join(f"{k} = {r!r}" for k, r in revisions) or "nothing"
     return [f"skipped, but its revisions resolve ({what}): the check should have run"]
+
+
+def _recheck_unborn_skip(ctx: Context, cert: dict, stored: dict, rec: dict) -> list[str]:
+    """Why a check skipped as on-commit CI of a branch's first commit (its baseline naming that
+    branch, which had no commit before) does not hold up: the certified commit must be a root
+    commit, and the check's baseline that branch by name, not given with --base."""
+    rev, branch, diffs = rec.get("revision"), str(rec.get("unborn")), []
+    if rec.get("key") != "baseline" or (stored.get("params") or {}).get("baseline") != rev:
+        diffs.append(f"skip record: {rec.get('key')} = {rev!r}, but the check's parameters give "
+                     f"baseline = {(stored.get('params') or {}).get('baseline')!r}")
+    if not isinstance(rev, str) or rev not in branch_spellings(branch):
+        diffs.append(f"skip record: {rev!r} does not name the branch {branch!r}")
+    if cert.get("base"):
+        diffs.append(f"skip record: the baseline was given with --base ({str(cert['base'])[:12]}), so it "
+                     "cannot have been an unborn branch")
+    parents = ctx.repo.read_commit(cert["commit"])["parents"]
+    if parents:
+        diffs.append(f"skipped because {branch} had no commit before {cert['commit'][:12]}, but it has the parent "
+                     f"{parents[0][:12]}: the check should have run")
+    return diffs

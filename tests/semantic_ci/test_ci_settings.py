@@ -1,6 +1,7 @@
 """Semantic CI settings taken as the README states them (probe h84): the probe a ppl-ratio or PX
 check reads, bricks that do not attach, a general bound without general data, roundtrip without a
 baseline, a bounded bootstrap, a first commit's missing component and its unborn branch."""
+import json
 import tomllib
 
 import numpy as np
@@ -175,3 +176,21 @@ def test_a_general_bound_without_general_data_is_refused(kind, extra, said):
     cfgmod.parse(tomllib.loads(text + 'general_data = "g"\n'))
     if kind == "migration":  # (no general bound set: the domain ratio alone is checked)
         cfgmod.parse(tomllib.loads(text.replace(extra, "")))
+
+
+# -- on-commit CI of a branch's first commit: a baseline naming that branch had no commit -------------
+def test_a_first_commit_is_not_compared_with_itself_by_its_unborn_branch(ci_repo):
+    write_config(ci_repo, f'[ci]\non_commit = true\nadapter = "{ADAPTER}"\nprobe_bytes = 128\nwindow = 32\n'
+                          '[[ci.checks]]\nname = "p"\nkind = "ppl-ratio"\nbaseline = "main"\nbootstrap = 20\n')
+    c1 = ci_repo.commit({"core": {"table": table()}}, message="first")
+    cert_id, cert = certificate.find(ci_repo, c1)
+    check = cert["checks"][0]
+    assert check["status"] == "skipped" and "main as it was before its first commit" in check["note"]
+    assert check["inputs"]["skipped"]["unborn"] == "main"
+    assert verify(ci_repo, cert_id)["verified"]
+    c2 = ci_repo.commit({"core": {"table": table(1)}}, message="second")  # (then main as it was: c1)
+    assert certificate.find(ci_repo, c2)[1]["checks"][0]["inputs"]["baseline"]["commit"] == c1
+    forged = json.loads(json.dumps(cert))  # the skip claimed of a commit with a parent
+    forged["commit"] = c2
+    v = verify(ci_repo, certificate.store(ci_repo, forged))
+    assert not v["verified"] and any("it has the parent" in d for c in v["checks"] for d in c["diffs"]), v
