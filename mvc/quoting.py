@@ -2,6 +2,7 @@
 is shown to people: control and bidirectional-override characters escaped, never passed raw."""
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -39,6 +40,14 @@ def shown(text) -> str:
             and not text[0].isspace() and not text[-1].isspace():
         return text
     return quoted(text)
+
+
+def json_shown(value) -> str:
+    """A JSON value as compact JSON (`[1.5,true]`), the characters `shown` escapes written in
+    JSON's own escapes (\\u202e): safe to print, and never quoted (it cannot start with a double
+    quote unless it is a JSON string)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def quoted(text: str) -> str:

@@ -17,7 +17,7 @@ from .ci_state import ci_states, commit_certificates, echo_on_commit_ci, on_comm
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
                      message_opt, negative_result, plural, print_table, short, shown, shown_name, size_change,
                      stream_stdout, table, warn)
-from ..quoting import quoted
+from ..quoting import json_shown, quoted
 
 
 def _repo() -> Repo:
@@ -336,7 +336,7 @@ def _print_diff(d: dict, show_all: bool) -> None:
     for name, c in d["components"].items():
         _print_component_diff(con, name, c, show_all)
     for k, v in d["metrics"].items():
-        con.print(f"  metric {shown(k)}: {shown(_value(v['a']))} -> {shown(_value(v['b']))}")
+        con.print(f"  metric {shown(k)}: {_value(v['a'])} -> {_value(v['b'])}")
     if d["identical"]:
         con.print("  weights and files identical (metrics differ)" if d["metrics_changed"] else "  no differences")
 
@@ -392,29 +392,30 @@ def _fraction(frac) -> str:
 
 
 def _value(v) -> str:
-    """A metric of one side of a diff: "-" where that side has none."""
-    return "-" if v is None else _metric_text(v)
+    """A metric of one side of a diff: "-" where that side has none (or holds null)."""
+    return "-" if v is None else _metric_shown(v)
 
 
-def _metric_text(v) -> str:
-    """A metric value as JSON spells it (true, null, [1, 2]), text as it is: not Python's True."""
-    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+def _metric_shown(v) -> str:
+    """A metric value as log, show and diff print it, so that two values never print alike:
+    numbers, lists, dicts and true/false/null as compact JSON ([1.5,true]), its unsafe characters
+    in JSON's own escapes (never quoted); text as it is, quoted when it could read as one of those
+    or as a separator: holding ", ", reading as JSON, starting with [ or {, or "-" (diff's none)."""
+    if not isinstance(v, str):  # (JSON ends where it ends)
+        return json_shown(v)
+    out = shown(v)
+    if not out.startswith('"') and (", " in v or v == "-" or v.startswith(("[", "{")) or _reads_as_json(v)):
+        return quoted(v)
+    return out
 
 
 def _metrics_line(metrics: dict) -> str:
-    """`k=v, k=v`: numbers, lists and dicts in compact JSON ([1.5,true]), text as it is; so that
-    two metrics dicts never print alike, a key holding "=" or ", " and text holding ", " or that
-    reads as JSON (the text "true") are quoted: {"a=b, c": 1} and {"a": "b, c=1"} print
-    `"a=b, c"=1` and `a="b, c=1"`."""
-    def field(text: str, quote: bool) -> str:
-        out = shown(text)
-        return quoted(text) if quote and not out.startswith('"') else out
-
-    def value(v) -> str:
-        if not isinstance(v, str):  # (JSON ends where it ends: never quoted)
-            return shown(json.dumps(v, ensure_ascii=False, separators=(",", ":")))
-        return field(v, ", " in v or _reads_as_json(v))
-    return ", ".join(f"{field(str(k), '=' in str(k) or ', ' in str(k))}={value(v)}" for k, v in sorted(metrics.items()))
+    """`k=v, k=v` (values: see _metric_shown); a key holding "=" or ", " is quoted:
+    {"a=b, c": 1} and {"a": "b, c=1"} print `"a=b, c"=1` and `a="b, c=1"`."""
+    def key(k) -> str:
+        out = shown(str(k))
+        return quoted(str(k)) if not out.startswith('"') and ("=" in str(k) or ", " in str(k)) else out
+    return ", ".join(f"{key(k)}={_metric_shown(v)}" for k, v in sorted(metrics.items()))
 
 
 def _reads_as_json(text: str) -> bool:

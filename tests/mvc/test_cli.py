@@ -1290,12 +1290,17 @@ def test_metrics_print_as_json_spells_them(run, in_repo, tmp_path):
 def test_two_metrics_dicts_never_print_alike(run, in_repo):
     """{"a=b, c": 1} and {"a": "b, c=1"} both printed "Metrics: a=b, c=1" (h86)."""
     lines = []
-    for i, metrics in enumerate(({"a=b, c": 1}, {"a": "b, c=1"}, {"a": "b", "c": 1}, {"x": ["p, q"]},
-                                 {"x": "[\"p, q\"]"})):
+    cases = ({"a=b, c": 1}, {"a": "b, c=1"}, {"a": "b", "c": 1}, {"x": ["p, q"]}, {"x": "[\"p, q\"]"},
+             {"a": ["c, b=1"]}, {"a": '["c', "b": '1"]'}, {"a": ["\u202e"]}, {"a": '["\u202e"]'})  # (h90)
+    for i, metrics in enumerate(cases):
         in_repo.commit({"m": {"w": torch.full((2,), float(i))}}, message="m", metrics=metrics)
         lines += [ln for ln in run("log", "-n", "1").stdout.splitlines() if "Metrics:" in ln]
-    assert len(set(lines)) == 5, lines
+    assert len(set(lines)) == len(cases), lines
     assert lines[2].strip() == "Metrics: a=b, c=1" and lines[0].strip() == 'Metrics: "a=b, c"=1'
+    assert "\u202e" not in "".join(lines)
+    in_repo.commit({"m": {"w": torch.ones(2)}}, message="m", metrics={"a": 1})
+    in_repo.commit({"m": {"w": torch.ones(2)}}, message="m", metrics={"a": "1"})
+    assert 'metric a: 1 -> "1"' in run("diff", "HEAD~1", "HEAD").stdout  # (it said 1 -> 1)
 
 
 def test_config_values_with_white_space_at_either_end_are_refused(run, in_repo, tmp_path):
