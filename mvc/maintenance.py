@@ -651,6 +651,8 @@ class Maintenance:
         self._cache.clear()
         unreadable, bad_refs, commits, newer = [], {}, set(), set()
         live, missing = self.reachable(damaged=unreadable, bad_refs=bad_refs, commits=commits, newer=newer)
+        from .pack_write import lost_pack_files  # (an index whose pack file is gone: what it took with it)
+        damaged += lost_pack_files(self, live)
         head = self.refs.head_problem()
         if head:
             bad_refs["HEAD"] = head  # (in place of what the walk said of a detached HEAD)

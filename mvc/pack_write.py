@@ -261,6 +261,9 @@ class Packer:
             live = repo.reachable_whole("packing")
         else:  # deletes nothing: a ref file that holds no id is skipped (history_bases warns of it)
             live = repo.reachable(bad_refs={}, stop_at=stop_at, include_reflogs=not self.recent_only)[0]
+        # an index whose pack is gone is kept while it lists reachable objects stored nowhere (any
+        # such object, where the walk stops early and what it found is not all that is reachable)
+        self.reachable = None if self.recent_only or self.merge_only else live
         if self.protect is None:
             self.protect = repo.recently_referenced(live, self.grace_s) if self.full else set()
         # listed after the walk: whatever a commit it reached names was written before that commit's ref
@@ -661,8 +664,8 @@ class Packer:
             return 0
         names = os.listdir(self.ps.dir)
         for n in names:
-            if n.startswith(TMP_PREFIX) or (_pack_missing(n, names)
-                                            and not _lost_with_pack(self.repo, self.ps.dir, n)):  # (fsck names it)
+            if n.startswith(TMP_PREFIX) or (_pack_missing(n, names)  # (fsck names one it keeps)
+                                            and not _lost_with_pack(self.repo, self.ps.dir, n, self.reachable)):
                 p = os.path.join(self.ps.dir, n)
                 try:
                     st = os.stat(p)
@@ -801,10 +804,11 @@ def _pack_missing(name: str, names: list[str]) -> bool:
     return name.startswith("pack-") and name.endswith(".idx") and name[:-4] + ".pack" not in names
 
 
-def _lost_with_pack(repo, pack_dir: str, index: str) -> list[str]:
-    """The objects an index without its pack lists that no store holds: its pack file was lost or
-    removed by hand, not left unfinished by a killed run (whose objects are still loose). None
-    listed when the index cannot be read."""
+def _lost_with_pack(repo, pack_dir: str, index: str, live: set[str] | None = None) -> list[str]:
+    """The objects an index without its pack lists that no store holds, of those in `live` (what
+    is reachable) when it is given: its pack file was lost or removed by hand, not left by a killed
+    pack run (whose objects are still loose) or gc (which had dropped them). None listed when the
+    index cannot be read."""
     try:
         with open(os.path.join(pack_dir, index), "rb") as f:
             data = f.read()
@@ -812,20 +816,41 @@ def _lost_with_pack(repo, pack_dir: str, index: str) -> list[str]:
         _checksum, records = pf.decode_index(data[:len(data) - pf.TRAILER_BYTES], index)
     except (OSError, CorruptObject):
         return []
-    return [r.oid for r in records if not repo.store.has(r.oid)]
+    return [r.oid for r in records if (live is None or r.oid in live) and not repo.store.has(r.oid)]
 
 
-def _unfinished(name: str, names: list[str]) -> bool:
+def lost_pack_files(repo, live: set[str]) -> list[dict]:
+    """fsck's problems for indexes whose pack file is gone while reachable objects they list are
+    stored nowhere else (gc keeps such an index: see Packer._remove_stale_tmp)."""
+    ps = _store(repo)
+    try:
+        names = os.listdir(ps.dir)
+    except FileNotFoundError:
+        return []
+    problems = []
+    for n in sorted(n for n in names if _pack_missing(n, names)):
+        lost = _lost_with_pack(repo, ps.dir, n, live)
+        if lost:
+            problems.append({"id": n, "problem": f"index of a pack whose pack file {n[:-4]}.pack is gone: "
+                             f"{len(lost)} reachable object(s) it lists are stored nowhere else, e.g. {lost[0]} "
+                             "(restore the pack file, or the objects with mvc fsck --repair-from REMOTE; gc keeps "
+                             "this index until then)"})
+    return problems
+
+
+def _unfinished(repo, pack_dir: str, name: str, names: list[str]) -> bool:
     """A file in the pack directory that a killed write left and gc removes: a temp file or an
-    index without its pack (not a pack without its index: damage, which fsck names and mvc keeps)."""
-    return name.startswith(TMP_PREFIX) or _pack_missing(name, names)
+    index without its pack (not a pack without its index: damage, which fsck names and mvc keeps;
+    nor an index listing objects stored nowhere, which gc keeps for fsck to name)."""
+    return name.startswith(TMP_PREFIX) or (_pack_missing(name, names) and not _lost_with_pack(repo, pack_dir, name))
 
 
 def _unfinished_writes(repo, pack_dir: str) -> tuple[int, int]:
     """Temp files of object and pack writes that did not finish (a killed process): gc and pack
     remove them once older than the grace period."""
     files = total = 0
-    for d, keep in ((repo.loose.tmp, lambda n, names: True), (pack_dir, _unfinished)):
+    for d, keep in ((repo.loose.tmp, lambda n, names: True),
+                    (pack_dir, lambda n, names: _unfinished(repo, pack_dir, n, names))):
         try:
             names = os.listdir(d)
         except FileNotFoundError:
@@ -848,12 +873,6 @@ def pack_problems(repo, progress=None) -> list[dict]:
     except FileNotFoundError:
         return problems
     for n in names:
-        lost = _lost_with_pack(repo, ps.dir, n) if _pack_missing(n, names) else []
-        if lost:
-            problems.append({"id": n, "problem": f"index of a pack whose pack file {n[:-4]}.pack is gone: "
-                             f"{len(lost)} object(s) it lists are stored nowhere else, e.g. {lost[0]} (restore "
-                             "the pack file, or the objects with mvc fsck --repair-from REMOTE; gc keeps "
-                             "this index until then)"})
         if _index_missing(n, names):
             problems.append({"id": n, "problem": "pack file without its index: the objects in it are invisible "
                              "(mvc never leaves one, even when killed: the index was lost or removed by hand; "

@@ -1628,3 +1628,22 @@ def test_export_of_a_commit_whose_object_is_missing_says_so(repo, monkeypatch):
     monkeypatch.chdir(repo.root)
     r = CliRunner().invoke(cli, ["export", "HEAD", "m", "-o", "m.safetensors"])
     assert r.exit_code == 3 and f"object {cid} is missing (run mvc fsck)" in r.stderr, r.output
+
+
+def test_an_index_a_killed_gc_left_of_a_pack_of_garbage_is_no_damage(repo):
+    """gc killed between removing a pack file and its index leaves an index listing objects it had
+    dropped: fsck called them lost and gc kept the index for good (h90, after h87's fix)."""
+    keep = repo.commit({"m": {"w": torch.ones(64)}}, message="kept")
+    repo.create_branch("doomed")
+    repo.commit({"m": {"w": torch.zeros(64)}}, message="garbage", branch="doomed")
+    name = pack(repo)["pack"]
+    pack_dir = os.path.dirname(pack_store_of(repo.store).records().popitem()[1][0].path)
+    shutil.copy(os.path.join(pack_dir, name + ".idx"), str(repo.root) + "/old.idx")
+    repo.delete_branch("doomed")
+    forget_reflogs(repo)
+    mvc.Repo(repo.root).gc(grace_s=0)
+    shutil.copy(str(repo.root) + "/old.idx", os.path.join(pack_dir, name + ".idx"))  # (as the killed gc left it)
+    fresh = mvc.Repo(repo.root)
+    assert fresh.fsck()["ok"] and torch.equal(fresh.load(keep, "m")["w"], torch.ones(64))
+    fresh.gc(grace_s=0)
+    assert not os.path.exists(os.path.join(pack_dir, name + ".idx"))
