@@ -112,7 +112,8 @@ def build_from_config(config: dict) -> Int8Brick:
     """Entry point for ``sparse-brick-int8`` / ``portable-brick-int8``: an int8 brick of the recorded
     float arch with placeholder tensors (load the committed state dict into it)."""
     base = builder(config["base_arch"])(config["base_config"])
-    return Int8Brick(base, int(config.get("min_numel", MIN_NUMEL))).eval()
+    # (read as older code recorded it: True as 1, 1.5 as 1, -1 as 0, which quantised alike)
+    return Int8Brick(base, max(0, int(config.get("min_numel", MIN_NUMEL)))).eval()
 
 
 build_from_config.made_by = "bricks.quantize(brick)"  # from a trained float brick: no presets (registry)

@@ -162,6 +162,8 @@ def test_quantize_checks_min_numel(host, min_numel, error, words):
     with pytest.raises(error, match=words):
         bricks.int8.Int8Brick(brick, min_numel)
     assert bricks.quantize(brick, min_numel=0).mvc_config["min_numel"] == 0
+    old = dict(bricks.quantize(brick).mvc_config, min_numel=-1)  # (what older code recorded for -1: h90)
+    assert bricks.int8.build_from_config(old).mvc_config["min_numel"] == 0
 
 
 def test_building_bricks_leaves_the_global_rng_alone(host):
