@@ -625,6 +625,7 @@ class Maintenance:
                 n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
                 if 0 <= n <= 4096 and 8 + n <= len(data):
                     heads[oid] = (bytes(data[:8 + n]), size)
+                intact.add(oid)
             except CorruptObject as e:
                 damaged.append({"id": oid, "problem": e.message})
             except ObjectMissing:
@@ -641,10 +642,14 @@ class Maintenance:
             if len(damaged) > before:
                 bad.add(oid)
 
+        intact: set[str] = set()  # objects of which some copy re-hashed right
         for store in self.store.stores:  # every copy: a read would take a good one over a damaged one
             for oid in store.ids():
                 seen.add(oid)
                 check(store, oid)
+        for d in damaged:  # (e.g. after a repair, which writes good copies loose: the damaged pack stays)
+            if d["id"] in intact:
+                d["problem"] += "; another copy of it is whole (mvc gc, or mvc pack --all, drops the damaged one)"
         from .pack_write import pack_problems  # damaged pack indexes and pack checksums
         damaged += pack_problems(self)
         bad = {d["id"] for d in damaged}

@@ -830,11 +830,12 @@ def lost_pack_files(repo, live: set[str]) -> list[dict]:
     problems = []
     for n in sorted(n for n in names if _pack_missing(n, names)):
         lost = _lost_with_pack(repo, ps.dir, n, live)
-        if lost:
+        if lost:  # (the walk stops at a lost commit: what lies past it is counted among all it lists)
+            listed = len(_lost_with_pack(repo, ps.dir, n))
             problems.append({"id": n, "problem": f"index of a pack whose pack file {n[:-4]}.pack is gone: "
-                             f"{len(lost)} reachable object(s) it lists are stored nowhere else, e.g. {lost[0]} "
-                             "(restore the pack file, or the objects with mvc fsck --repair-from REMOTE; gc keeps "
-                             "this index until then)"})
+                             f"{listed} object(s) it lists are stored nowhere else, {len(lost)} of them found "
+                             f"reachable, e.g. {lost[0]} (restore the pack file, or the objects with mvc fsck "
+                             "--repair-from REMOTE; gc keeps this index until then)"})
     return problems
 
 

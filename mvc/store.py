@@ -499,8 +499,20 @@ class LooseStore(ObjectStore):
             raise _not_a_file(oid, self.path(oid))
         if size is None:
             return True
-        if st.st_size != size:
+        return st.st_size == size and self._sound(oid, st)
+
+    def intact(self, oid: str) -> bool:
+        """Whether the object's file (there: see `has`) hashes to its id: by its verified stamp,
+        else re-hashed (and stamped). False when it is gone."""
+        try:
+            st = os.stat(self.path(oid))
+        except OSError:
             return False
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_file(oid, self.path(oid))
+        return self._sound(oid, st)
+
+    def _sound(self, oid: str, st: os.stat_result) -> bool:
         if self._stamped(oid, st):
             return True
         try:

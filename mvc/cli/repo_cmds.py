@@ -824,7 +824,7 @@ def fsck(as_json, remote):
         r = fixed["after"]
         if not as_json:
             click.echo(f"restored {len(fixed['restored'])} objects from {fixed['remote']}"
-                       + (f"; {len(fixed['failed'])} not available there" if fixed["failed"] else ""))
+                       + (f"; {len(fixed['failed'])} missing or damaged there too" if fixed["failed"] else ""))
         r = {**r, "repair": {k: fixed[k] for k in ("remote", "restored", "failed")}}
     else:
         total = sum(repo.store.size(o) for o in repo.store.ids()) if sys.stderr.isatty() else 0

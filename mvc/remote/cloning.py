@@ -76,7 +76,7 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
                     "reads: upgrade mvc for those") if newer else ""
             raise CorruptObject(f"no branch of {norm} could be fetched: {', '.join(sorted(bad))} "
                                 f"name{'s' if len(bad) == 1 else ''} no commit there{also}",
-                                "the remote is damaged: mvc push --force BRANCH there from a good copy")
+                                _mend(fetched, bad))
         if default in bad:  # (checking out another branch instead gave the user what they did not ask for)
             raise CorruptObject(f"the default branch {default} of {norm} names no commit there: nothing was "
                                 f"checked out; its other branches were fetched", _use_another(repo, path))
@@ -102,6 +102,19 @@ def clone(url: str, path: str | None = None, lazy: bool = False, endpoint: str |
         repo.refs.set_symbolic("HEAD", f"refs/heads/{branch}")
     return repo, {"path": repo.root, "url": norm, "branch": branch, "head": heads.get(branch), "lazy": lazy,
                   "fetch": fetched}
+
+
+def _mend(fetched: dict, bad: list[str]) -> str:
+    """How branches of a damaged remote that name no commit there are mended from a good copy: a
+    push --repair sends a commit that is not there (a push --force finds the ref up to date); a
+    push --force replaces a ref naming a tree or a blob."""
+    absent = {r[len("refs/heads/"):] for r in fetched.get("skipped_absent", ())}
+    if absent >= set(bad):
+        return "the remote is damaged: mvc push --repair REMOTE BRANCH from a good copy sends what is missing there"
+    if not absent & set(bad):
+        return "the remote is damaged: mvc push --force BRANCH there from a good copy"
+    return ("the remote is damaged: from a good copy, mvc push --repair REMOTE BRANCH sends what is missing "
+            "there, and mvc push --force BRANCH replaces a ref naming no commit")
 
 
 def _use_another(repo: Repo, path: str) -> str:

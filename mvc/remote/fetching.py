@@ -64,7 +64,9 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
     updated = {}
     damaged = {r for r, v in remote_refs.items() if v in history.not_commits}
     for r in sorted(damaged):  # like a ref file that holds no id: one bad entry blocks nothing else
-        mend = ("push --force there replaces it" if r.startswith("refs/heads/") else
+        mend = (f"mvc push --repair {name or 'REMOTE'} {r[len('refs/heads/'):]} from a good copy sends what is "
+                "missing there" if remote_refs[r] in history.absent and r.startswith("refs/heads/") else
+                "push --force there replaces it" if r.startswith("refs/heads/") else
                 f"a push never moves a tag there: remove {r} from it by hand")
         why = ("a newer mvc wrote it: upgrade mvc to fetch it" if remote_refs[r] in history.newer else
                f"the remote is damaged; {mend}")
@@ -110,6 +112,7 @@ def _fetch(repo: Repo, name, t: Transport, pool: Pool, progress: Progress, lazy)
             "blobs_promised": history.promised, "certificates": certs,
             "skipped_newer": sorted(r for r in damaged if remote_refs[r] in history.newer),
             "skipped": sorted(damaged), "unreadable": sorted(unreadable),
+            "skipped_absent": sorted(r for r in damaged if remote_refs[r] in history.absent),
             "seconds": time.perf_counter() - started}
 
 
@@ -126,6 +129,7 @@ class _History:
         self._lock, self._dirty = threading.Lock(), set()
         self.limits: dict[str, int] = {}  # blob id -> the most bytes a tree naming it declares
         self.not_commits: dict[str, str] = {}  # tips that name no commit (a tree, a blob) -> what they are
+        self.absent: set[str] = set()  # tips that name no object there (push --repair sends it, not --force)
         self.newer: set[str] = set()  # those of them that are commits of a newer format than this mvc reads
 
     def download(self, oid: str, pending: dict | None = None) -> None:
@@ -185,6 +189,7 @@ class _History:
             # moved since it was listed (its history collected meanwhile): then fetch starts over
             if oid not in tips or oid not in set(self.t.list_refs().values()):
                 raise
+            self.absent.add(oid)
             return f"object {oid[:12]} is not there"
 
     def _leave_out_newer(self, tips, commits: dict) -> None:
@@ -218,7 +223,8 @@ class _History:
         reaches (left by an interrupted fetch, or by a gc killed while it deleted) may lack what it
         refers to, so the walk looks below it rather than skipping it."""
         repo, t, where, pool = self.repo, self.t, self.where, self.pool
-        complete = set(repo.refs.list("refs/").values())
+        # (a ref's commit not here, e.g. its pack file lost, is no complete history: fetched again)
+        complete = {c for c in set(repo.refs.list("refs/").values()) if holds(repo, c)}
         trusted: set[str] | None = None  # what local refs reach: computed when the walk meets a commit here
         commits: dict[str, tuple[dict, bytes]] = {}
         here: list[str] = []  # commits found here that no local ref reaches
@@ -269,6 +275,8 @@ class _History:
             hints.update(blob_size_hint(obj))
             for oid, n in blob_size_limit(obj).items():
                 self.limits[oid] = max(n, self.limits.get(oid, 0))
+        for b in sorted(b for b in hints if repo.loose.has(b) and not repo.loose.intact(b)):
+            repo.loose.delete(b)  # (a damaged leftover, e.g. of an interrupted fetch: fetched anew, not trusted)
         blob_ids = sorted(b for b in hints if not repo.store.has(b))
         self.objects += len(commits) + len(trees)
         self.bytes += sum(len(d) for _, d in commits.values()) + sum(len(d) for _, d in trees.values())

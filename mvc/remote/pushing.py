@@ -377,6 +377,10 @@ def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, p
     Only a local copy that re-hashes right is sent: one damaged here too goes to "local_damaged",
     and the trees and commits naming it are held back (a tree there must have its blobs there)."""
     ids, kinds, hints = _history_objects(repo, local)
+    packs = getattr(t, "packs", None)  # (a directory remote: a pack whose index fails its checksum is set
+    if packs is not None:               # aside, as its own fsck and gc do, so what only it holds is sent)
+        packs.refresh()
+        packs.check_indexes()
     progress.begin(f"verifying {where}", len(ids), sum(hints.values()))
     try:
         found = dict(zip(ids, pool.map(lambda oid: _check_copy(repo, t, oid, progress), ids)))

@@ -28,7 +28,8 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, roun
     with permission_errors(t), repo.writing():
         for _ in range(rounds):
             wanted = [oid for oid in sorted({p["id"] for p in report["problems"] if is_oid(p["id"])})
-                      if oid not in failed and not _intact(repo, oid)]  # e.g. a tree named for its header
+                      if oid not in failed and oid not in restored  # (a damaged packed copy stays named
+                      and not _intact(repo, oid)]  # until the repack below) e.g. a tree named for its header
             got = _restore(repo, t, where, wanted, failed)
             restored += got
             if not got:

@@ -1991,3 +1991,91 @@ def test_an_s3_server_that_never_answers_is_said_at_its_first_retry(tmp_path, aw
         server.close()
         for c in held:
             c.close()
+
+
+def test_fsck_repair_from_restores_a_damaged_packed_object_once(tmp_path):
+    """The restored copy went loose beside the damaged packed one, which fsck still named: the
+    repair asked for it again in each of its 64 rounds ("restored 64 objects") (h92)."""
+    from mvc.pack import pack_store_of
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(5, n=2, shape=(64, 64))}, message="one")
+    backup, _ = rm.clone(src.root, str(tmp_path / "backup"))
+    blob = tree_blob_ids(src.read_tree(src.read_commit(cid)["components"]["core"]))[0]
+    pack(src)
+    (p,) = pack_store_of(mvc.Repo(src.root).store).packs()
+    flip_byte(p.path, p.records[blob].offset + p.records[blob].length - 3, 0x10)
+    res = rm.repair(mvc.Repo(src.root), backup.root)
+    assert res["ok"] and res["restored"] == [blob] and mvc.Repo(src.root).fsck()["ok"]
+
+
+def test_fsck_says_another_copy_is_whole_beside_a_damaged_packed_one(tmp_path):
+    """After push --repair (or a repair whose repack did not run) wrote a good copy loose, fsck named
+    the packed copy's damage and no way out (h92)."""
+    from mvc.pack import pack_store_of
+    from mvc.pack_write import pack
+    src = new_repo(tmp_path / "src")
+    cid = src.commit({"core": weights(5, n=2, shape=(64, 64))}, message="one")
+    blob = tree_blob_ids(src.read_tree(src.read_commit(cid)["components"]["core"]))[0]
+    good = src.store.get(blob)
+    pack(src)
+    (p,) = pack_store_of(mvc.Repo(src.root).store).packs()
+    flip_byte(p.path, p.records[blob].offset + p.records[blob].length - 3, 0x10)
+    mvc.Repo(src.root).loose.put(good, oid=blob)
+    problems = [q for q in mvc.Repo(src.root).fsck()["problems"] if q["id"] == blob]
+    assert problems and all("another copy of it is whole (mvc gc" in q["problem"] for q in problems)
+
+
+def test_push_repair_resends_what_only_a_remote_pack_with_a_damaged_index_holds(tmp_path):
+    """The repair read the remote's objects through the damaged index (a binary search, never its
+    checksum): it re-sent one object, and the remote's gc then found the rest missing (h92)."""
+    from mvc.pack import pack_store_of
+    from mvc.pack_write import pack
+    owner = new_repo(tmp_path / "owner")
+    owner.commit({"core": weights(1)}, message="one")
+    local, _ = rm.clone(owner.root, str(tmp_path / "local"))
+    pack(owner)
+    (p,) = pack_store_of(mvc.Repo(owner.root).store).packs()
+    flip_byte(p.idx_path, 60)
+    rm.push(mvc.Repo(local.root), "origin", "main", repair=True)
+    there = mvc.Repo(owner.root)
+    there.gc(grace_s=0)
+    assert mvc.Repo(owner.root).fsck()["ok"]
+
+
+def test_fetch_replaces_a_damaged_leftover_and_fetches_a_tip_whose_commit_is_gone(tmp_path):
+    """A damaged loose blob no ref reaches (an interrupted fetch's, rotted since) was trusted, so the
+    pull landed on a history fsck failed; and a local branch whose commit was lost (its pack file
+    removed) made fetch say "received 0 objects" and pull "up to date" (h92)."""
+    from mvc.pack import pack_store_of
+    from mvc.pack_write import pack
+    owner = new_repo(tmp_path / "owner")
+    owner.commit({"core": weights(1)}, message="one")
+    local, _ = rm.clone(owner.root, str(tmp_path / "local"))
+    cid = owner.commit({"core": weights(2)}, message="two")
+    blob = tree_blob_ids(owner.read_tree(owner.read_commit(cid)["components"]["core"]))[0]
+    local.loose.put(owner.store.get(blob), oid=blob)  # (the leftover, then damaged)
+    flip_byte(local.loose.path(blob), 100)
+    rm.pull(mvc.Repo(local.root), "origin", "main")
+    assert mvc.Repo(local.root).fsck()["ok"] and mvc.Repo(local.root).resolve("main") == cid
+    pack(mvc.Repo(local.root))
+    (p,) = pack_store_of(mvc.Repo(local.root).store).packs()
+    os.remove(p.path)
+    rm.fetch(mvc.Repo(local.root), "origin")
+    fresh = mvc.Repo(local.root)
+    assert fresh.read_commit(cid)["message"] == "two"
+
+
+def test_a_clone_of_a_remote_whose_commits_are_gone_hints_push_repair(tmp_path):
+    """The hint was "mvc push --force BRANCH there from a good copy", which found the branch up to date
+    and sent nothing; push --repair is what sends the missing commit (h92)."""
+    from mvc.pack import pack_store_of
+    from mvc.pack_write import pack
+    owner = new_repo(tmp_path / "owner")
+    owner.commit({"core": weights(1)}, message="one")
+    pack(owner)
+    (p,) = pack_store_of(mvc.Repo(owner.root).store).packs()
+    os.remove(p.path)
+    with pytest.raises(mvc.MvcError) as e:
+        rm.clone(owner.root, str(tmp_path / "c"))
+    assert "push --repair" in e.value.hint and "push --force" not in e.value.hint
