@@ -67,8 +67,14 @@ class LiveView:
             self.live.__exit__(*exc)
 
 
+HEX = frozenset("0123456789abcdef")
+
+
 def _line(e: dict) -> str:
-    rest = {k: (short(v) if isinstance(v, str) and len(v) == 64 else v) for k, v in e.items() if k != "event"}
+    # object ids (64 hex digits) are cut to 12; other text of 64 characters (a reason) is not: it
+    # was, and read "reason=stage rubric" (h91)
+    rest = {k: (short(v) if isinstance(v, str) and len(v) == 64 and set(v) <= HEX else v)
+            for k, v in e.items() if k != "event"}
     return f"{e['event']}: " + ", ".join(f"{k}={v}" for k, v in rest.items() if v is not None)
 
 

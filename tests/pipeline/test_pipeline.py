@@ -1062,3 +1062,14 @@ def test_a_retry_after_a_resumed_rollback_gates_on_the_history_an_unbroken_run_h
     calls.clear()
     assert CliRunner().invoke(cli, ["run", "p.toml", "--json"]).exit_code == 1
     assert unbroken and [c for c in calls if c[0] == 1] == unbroken
+
+
+def test_the_event_lines_cut_object_ids_but_not_other_text_of_64_characters():
+    """Without a terminal `mvc run` prints one line per event: any value of 64 characters was taken
+    for an object id and cut to 12 ("reason=stage rubric", h91)."""
+    from mvc.cli.run_cmds import _line
+    reason = "stage rubric: checks failed (transfer); certificate c395e2f757e2"
+    oid = "ab" * 32
+    assert len(reason) == len(oid) == 64
+    line = _line({"event": "stage_failed", "stage": "rubric", "reason": reason, "commit": oid})
+    assert f"reason={reason}," in line and f"commit={oid[:12]}" in line and oid not in line
