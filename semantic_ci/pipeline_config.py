@@ -208,6 +208,7 @@ BOOL_KEYS = ("int8", "freeze_centres", "optional")
 POSITIVE_INT_KEYS = ("steps", "checkpoint_every", "batch_size", "seq_len", "eval_bytes", "rank", "components",
                      "meta_components", "recovery_steps")
 NUMBER_KEYS = ("ratio", "blend", "threshold")
+AT_LEAST_TWO_KEYS = ("seq_len", "eval_bytes")  # (positive integers, as above)
 MAX_COUNT = 1 << 40  # steps, sizes and retries above this are typos (and steps + extra_steps overflowed int64)
 
 
@@ -245,6 +246,11 @@ def _check_settings(err, where: str, kind: str, settings: dict, streams: dict) -
             raise err(f"{where}.{key}", f"must be a positive integer, got {settings[key]!r}")
         if key in POSITIVE_INT_KEYS and key in settings and settings[key] > MAX_COUNT:
             raise err(f"{where}.{key}", f"must be at most {MAX_COUNT:,}, got {settings[key]!r}")
+    # a window of one byte predicts nothing and one held-out byte measures nothing: the trainers refuse
+    # both, which was found only once every stage before this one had trained (h91)
+    for key in AT_LEAST_TWO_KEYS:
+        if settings.get(key) == 1:
+            raise err(f"{where}.{key}", "must be at least 2, got 1")
     for key in ("lr", "wall_seconds"):
         if key in settings and (not _is_number(settings[key]) or not settings[key] > 0
                                 or not math.isfinite(settings[key])):

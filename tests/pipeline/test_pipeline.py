@@ -987,7 +987,6 @@ def test_a_paste_stage_leaves_mvc_tomls_on_commit_checks_to_its_own_checks(tmp_p
 
 @pytest.mark.parametrize("edit, stage, branch", [
     (lambda t: t.replace("holdout = 0.1", "holdout = 0.00001", 1), "core", "demo/core"),
-    (lambda t: (t + PASTE_STAGES).replace("eval_bytes = 256", "eval_bytes = 1", 1), "brick", "demo/brick"),
 ])
 def test_held_out_data_too_short_to_measure_is_refused_before_the_stage_trains(tmp_path, edit, stage, branch):
     """A held-out tail of one byte (a tiny holdout fraction; eval_bytes = 1) was found out only when
@@ -1073,3 +1072,17 @@ def test_the_event_lines_cut_object_ids_but_not_other_text_of_64_characters():
     assert len(reason) == len(oid) == 64
     line = _line({"event": "stage_failed", "stage": "rubric", "reason": reason, "commit": oid})
     assert f"reason={reason}," in line and f"commit={oid[:12]}" in line and oid not in line
+
+
+@pytest.mark.parametrize("edit, where", [
+    (lambda t: t.replace("eval_bytes = 256", "eval_bytes = 1", 1), "stage brick.eval_bytes"),
+    (lambda t: t.replace("seq_len = 32\neval_bytes = 256", "seq_len = 1\neval_bytes = 256", 1), "stage brick.seq_len"),
+    (lambda t: t.replace("retries = 1 }", "retries = 1, set = { seq_len = 1 } }", 1), "stage core.fallback.set.seq_len"),
+])
+def test_a_window_or_held_out_part_of_one_byte_is_refused_when_the_file_is_read(tmp_path, edit, where):
+    """A later stage's `eval_bytes = 1` or `seq_len = 1` was refused by its trainer only once the stages
+    before it had trained (h91); eval_bytes = 1 held out a byte, which measures nothing."""
+    root, repo = make_project(tmp_path)
+    (root / "bad.toml").write_text(edit((root / "p.toml").read_text() + PASTE_STAGES))
+    with pytest.raises(ConfigError, match=rf"bad.toml: {where}: must be at least 2, got 1"):
+        load(str(root / "bad.toml"))
