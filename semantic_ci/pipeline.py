@@ -25,7 +25,8 @@ from . import certificate
 from .checks import DATA_KEYS, Context, resolve_relative, result as check_result, run_check, split_relative
 from .config import CiConfig
 from .models import ModelCache
-from .pipeline_config import Pipeline, Stage, resolve_builder, stage_branches, stage_source, stream_path
+from .pipeline_config import (Pipeline, Stage, resolve_builder, stage_branches, stage_source, step_budget,
+                              stream_path)
 from .probe import read_repository_file
 
 REVISION_KEYS = ("baseline", "source", "hosts")  # check settings naming commits
@@ -718,8 +719,10 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
     if "lr_scale" in fb:
         base_lr = new.get("lr") or job_factory(settings).trainer.lr
         new["lr"] = base_lr * fb["lr_scale"]
-    if "extra_steps" in fb and "steps" in new:
-        new["steps"] = int(new["steps"]) + int(fb["extra_steps"])
+    if "extra_steps" in fb:  # raise the count the job trains (a compress stage's recovery_steps when set: raising
+        budget = step_budget(stage.kind, new)  # steps left its retry at the same count, saying nothing, h91)
+        if budget is not None:
+            new[budget] = int(new.get(budget) or 1) + int(fb["extra_steps"])
     new.update(fb.get("set", {}))
     job = job_factory(new)
     if target is not None and info.get("key") == key and info.get("status") == "checkpoint":

@@ -604,6 +604,15 @@ def _check_paste_abi(pipeline: "Pipeline", stage: Stage) -> None:
                               "contracts: compare their config and overrides") from None
 
 
+def step_budget(kind: str, settings: dict) -> str | None:
+    """The setting holding the step count a stage's job trains: a compress stage's `recovery_steps`
+    when set, else `steps` (a compress stage without either trains 1 step); None for a stage budgeted
+    by wall_seconds alone (a fallback's extra_steps is refused there)."""
+    if kind == "compress":
+        return "recovery_steps" if settings.get("recovery_steps") else "steps"
+    return "steps" if "steps" in settings else None
+
+
 def core_seed(settings: dict) -> dict:
     """The seed argument of a stage's cores.build: the stage's `seed` when it sets one; otherwise
     none, so that a `config` table's own seed (or the preset's default, 0) is used."""
@@ -800,6 +809,9 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
         _check_gate_metric(f"{where}.gates[{j}]", kind, g, err)
     fb = raw.get("fallback", {})
     _check_fallback(where, kind, fb, streams, err)
+    if fb.get("extra_steps") and step_budget(kind, settings) is None:
+        raise err(f"{where}.fallback.extra_steps", "the stage is budgeted by wall_seconds alone: it has no steps to "
+                                                   "add to (a retry would run as before); set fallback.set.wall_seconds")
     _check_kind_settings(err, where, kind, settings)
     if fb.get("set"):
         _check_kind_settings(err, f"{where}.fallback.set", kind, {**settings, **fb["set"]})

@@ -98,3 +98,36 @@ def test_a_k0_stage_on_a_core_without_a_byte_embedding_is_refused_before_trainin
     doc["stages"][2]["blend"] = 2.0
     with pytest.raises(ConfigError, match=r"k0\.blend: must lie in \[0, 1\]"):
         parse(doc, str(tmp_path / "p.toml"))
+
+
+def test_a_compress_retry_adds_its_extra_steps_to_the_recovery_steps_it_trains(tmp_path):
+    """A fallback's extra_steps raised `steps`, which a compress stage with recovery_steps does not
+    train: its retry ran the same single step again (h91)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "data.txt").write_text(" ".join(WORDS * 60))
+    repo = mvc.Repo.init(root)
+
+    def never_passes(s):  # (a gate no checkpoint passes: one retry, then the stage fails)
+        s.update(gates=[{"metric": "heldout_bpb", "max": 0.0}], fallback={"retries": 1, "extra_steps": 2})
+        s.pop("checks")
+    events = []
+    summary = run_pipeline(repo, parse(_with(never_passes), str(root / "p.toml")), emit=events.append)
+    assert not summary["passed"]
+    fb = next(e for e in events if e["event"] == "fallback")
+    assert fb["changes"] == {"recovery_steps": 3}
+    assert [e["step"] for e in events if e["event"] == "checkpoint" and e["stage"] == "l1"] == [1, 3]
+
+
+@pytest.mark.parametrize("stage", [
+    {"name": "timed", "kind": "train-core", "arch": "layercake", "stream": "text", "wall_seconds": 1.0},
+    {"name": "timed", "kind": "k0", "source": "stage:dense", "stream": "text", "wall_seconds": 1.0},
+])
+def test_extra_steps_of_a_stage_budgeted_by_wall_seconds_alone_is_refused(tmp_path, stage):
+    """Such a stage has no step count to add to: the retry ran as before, the extra steps ignored (h91)."""
+    stage = dict(stage, gates=[{"metric": "heldout_bpb", "max": 9.0}], fallback={"retries": 1, "extra_steps": 4})
+    with pytest.raises(ConfigError, match=r"stage timed\.fallback\.extra_steps: the stage is budgeted by "
+                                          r"wall_seconds alone"):
+        parse(_with(extra_stage=stage), str(tmp_path / "p.toml"))
+    stage["steps"] = 3
+    parse(_with(extra_stage=stage), str(tmp_path / "p.toml"))
