@@ -405,10 +405,14 @@ def _check_branches_free(run: Run, pipeline: Pipeline) -> None:
 def _check_revisions(run: Run, pipeline: Pipeline, from_stage: str | None) -> None:
     """Every revision the stages that will run name (not `stage:NAME`, not relative to the commit a
     check measures, not a branch a stage makes) resolves: a misspelt host was found only after the
-    stages before it had trained."""
-    made = {b for stage in pipeline.stages for b in run.branches(stage).values()}
+    stages before it had trained. A branch an earlier stage makes is taken on trust; one the stage
+    itself or a later stage makes is refused: it did not exist yet when the stages before had trained
+    (or, on a re-run, held a result of another run, its own moving its key every run, h91)."""
+    made = {b: (i, result) for i, stage in enumerate(pipeline.stages) for result, b in run.branches(stage).items()}
     names = [s.name for s in pipeline.stages]
-    for stage in pipeline.stages[names.index(from_stage) if from_stage else 0:]:
+    for at, stage in enumerate(pipeline.stages):
+        if from_stage and at < names.index(from_stage):
+            continue
         named = [(key, stage.get(key)) for key in ("host", "source", "init")]
         named += [(f"into[{i}]", v) for i, v in enumerate(stage.get("into") or [])]
         named += [(f"checks.{c.name}.{key}", v) for c in stage.checks for key in REVISION_KEYS
@@ -417,8 +421,18 @@ def _check_revisions(run: Run, pipeline: Pipeline, from_stage: str | None) -> No
             if not isinstance(value, str) or value.startswith("stage:"):
                 continue
             base = split_relative(value)[0]
-            if (key.startswith("checks.") and base == "HEAD") or base in made:
+            if key.startswith("checks.") and base == "HEAD":
                 continue
+            if base in made:
+                maker, result = made[base]
+                if maker < at:
+                    continue
+                if maker == at:
+                    raise ConfigError(f"{pipeline.path}: stage {stage.name}.{key}: {value!r} is the stage's own "
+                                      "branch", "name the result of an earlier stage (stage:NAME)")
+                raise ConfigError(f"{pipeline.path}: stage {stage.name}.{key}: {value!r} is the branch of stage "
+                                  f"{pipeline.stages[maker].name}, which runs after it",
+                                  f"move stage {stage.name} after it and name its result (stage:{result})")
             try:  # (a check's revision as the check reads it: a branch here, else origin's fetched one)
                 resolve_relative(run.repo, value, "") if key.startswith("checks.") else run.repo.resolve(value)
             except MvcError as e:
