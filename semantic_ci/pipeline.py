@@ -25,8 +25,8 @@ from . import certificate
 from .checks import DATA_KEYS, Context, resolve_relative, result as check_result, run_check, split_relative
 from .config import CiConfig
 from .models import ModelCache
-from .pipeline_config import (Pipeline, Stage, resolve_builder, stage_branches, stage_source, step_budget,
-                              stream_path)
+from .pipeline_config import (DEFAULT_HOLDOUT, STREAM_SETTINGS, Pipeline, Stage, resolve_builder, stage_branches,
+                              stage_source, step_budget, stream_path)
 from .probe import read_repository_file
 
 REVISION_KEYS = ("baseline", "source", "hosts")  # check settings naming commits
@@ -128,10 +128,24 @@ class Run:
 
     def key(self, stage: Stage, inputs: dict) -> str:
         read = self._checks_read(stage)
+        holdout = self._holdouts(stage)
+        if holdout:  # (only where one is not the default: the keys of stages finished before stay)
+            inputs = {**inputs, "holdout": holdout}
         return hash_bytes(canonical_json({"kind": stage.kind, "settings": stage.settings, "gates": stage.gates,
                                           "fallback": stage.fallback, "inputs": inputs,
                                           "checks": [[c.name, c.kind, c.params] for c in stage.checks],
                                           **({"checks_read": read} if read else {})}))
+
+    def _holdouts(self, stage: Stage) -> dict:
+        """Stream -> holdout, for each stream the stage (or its fallback) trains or measures on whose
+        holdout is not the default: the inputs name a stream by the id of all its bytes, which a new
+        holdout leaves as it was, and the stage was skipped ("inputs unchanged") having trained and
+        measured on another split (h91)."""
+        named = {stage.get(k) for k in STREAM_SETTINGS} | {(stage.fallback.get("set") or {}).get(k)
+                                                           for k in STREAM_SETTINGS}
+        specs = {n: self.pipeline.streams.get(n) for n in named if isinstance(n, str)}
+        return {n: spec["holdout"] for n, spec in sorted(specs.items())
+                if spec is not None and spec.get("holdout", DEFAULT_HOLDOUT) != DEFAULT_HOLDOUT}
 
     def _checks_read(self, stage: Stage) -> dict:
         """What the stage's checks read beyond their settings as written: the content id of each data

@@ -63,6 +63,8 @@ KIND_KEYS = {
 GATE_KEYS = {"metric", "max", "min", "plateau", "patience", "check", "at"}
 FALLBACK_KEYS = {"lr_scale", "extra_steps", "retries", "set"}
 STREAM_KEYS = {"builder", "args", "file", "holdout"}
+DEFAULT_HOLDOUT = 0.05  # the share of a stream held out for evaluation (its tail)
+STREAM_SETTINGS = ("stream", "general_stream", "k0_stream")  # the stage settings naming a stream
 
 
 @dataclass
@@ -263,7 +265,7 @@ def _check_settings(err, where: str, kind: str, settings: dict, streams: dict) -
             check_new_ref_name(settings["branch"])
         except Exception:
             raise err(f"{where}.branch", f"{settings['branch']!r} cannot name a branch") from None
-    for key in ("stream", "general_stream", "k0_stream"):
+    for key in STREAM_SETTINGS:
         if key in settings and settings[key] not in streams:
             raise err(f"{where}.{key}", f"no stream {settings[key]!r} (have: {', '.join(streams) or 'none'})")
 
@@ -721,7 +723,7 @@ def _parse_stream(sname: str, spec, err) -> dict:
         raise err(f"streams.{sname}.file", f"must be a path, got {spec['file']!r}")
     if not isinstance(spec.get("args", {}), dict):
         raise err(f"streams.{sname}.args", f"must be a table of keyword arguments, got {_type_name(spec['args'])}")
-    h = spec.get("holdout", 0.05)
+    h = spec.get("holdout", DEFAULT_HOLDOUT)
     if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < 1:
         raise err(f"streams.{sname}.holdout", "must be a fraction between 0 and 1")
     return dict(spec, holdout=h)

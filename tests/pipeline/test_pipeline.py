@@ -1092,3 +1092,35 @@ def test_a_window_or_held_out_part_of_one_byte_is_refused_when_the_file_is_read(
     (root / "bad.toml").write_text(edit((root / "p.toml").read_text() + PASTE_STAGES))
     with pytest.raises(ConfigError, match=rf"bad.toml: {where}: must be at least 2, got 1"):
         load(str(root / "bad.toml"))
+
+
+def test_a_streams_new_holdout_runs_the_stages_reading_it_again(tmp_path):
+    """The key named a stream by the id of all its bytes, which a new holdout leaves as it was: the
+    stage was skipped ("inputs unchanged"), its result trained and measured on another split (h91)."""
+    root, repo = make_project(tmp_path, steps=2)
+    statuses = lambda: [s["status"] for s in run_pipeline(repo, load(str(root / "p.toml")))["stages"]]  # noqa: E731
+    assert statuses() == ["passed", "passed"] and statuses() == ["unchanged", "unchanged"]
+    (root / "p.toml").write_text((root / "p.toml").read_text().replace("holdout = 0.1", "holdout = 0.2"))
+    assert statuses() == ["passed", "passed"]
+
+
+def _key_before_h93(run, stage, inputs):
+    """Run.key as mvc computed it before the holdout and check presets were keyed (h93)."""
+    from mvc.objects import canonical_json, hash_bytes
+    read = run._checks_read(stage)
+    return hash_bytes(canonical_json({"kind": stage.kind, "settings": stage.settings, "gates": stage.gates,
+                                      "fallback": stage.fallback, "inputs": inputs,
+                                      "checks": [[c.name, c.kind, c.params] for c in stage.checks],
+                                      **({"checks_read": read} if read else {})}))
+
+
+@pytest.mark.parametrize("holdout", ["", "holdout = 0.05\n"])
+def test_stages_at_the_default_holdout_without_check_presets_keep_the_keys_they_finished_with(tmp_path, holdout):
+    """Keying a stream's holdout and a check's preset left the key of every other stage as it was: a
+    stage finished by an earlier mvc is still recognised (not trained again)."""
+    from semantic_ci.pipeline import Run
+    root, repo = make_project(tmp_path)
+    (root / "p.toml").write_text((root / "p.toml").read_text().replace("holdout = 0.1\n", holdout))
+    run = Run(repo, load(str(root / "p.toml")))
+    for stage in run.pipeline.stages:
+        assert run.key(stage, {"stream": "x"}) == _key_before_h93(run, stage, {"stream": "x"})
