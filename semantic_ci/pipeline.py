@@ -127,13 +127,17 @@ class Run:
         return list(self.branches(stage).values())[-1]
 
     def key(self, stage: Stage, inputs: dict) -> str:
+        # a check's preset is keyed where one is set: presets that expand alike (L3, L4) certify other
+        # claims, and a certificate keeps the one it ran under (the stage kept an L3 certificate for the
+        # L4 check the file now sets, which verify refuses; h91). Stages naming no preset keep their keys.
         read = self._checks_read(stage)
         holdout = self._holdouts(stage)
         if holdout:  # (only where one is not the default: the keys of stages finished before stay)
             inputs = {**inputs, "holdout": holdout}
         return hash_bytes(canonical_json({"kind": stage.kind, "settings": stage.settings, "gates": stage.gates,
                                           "fallback": stage.fallback, "inputs": inputs,
-                                          "checks": [[c.name, c.kind, c.params] for c in stage.checks],
+                                          "checks": [[c.name, c.kind, c.params, *([c.preset] if c.preset else [])]
+                                                     for c in stage.checks],
                                           **({"checks_read": read} if read else {})}))
 
     def _holdouts(self, stage: Stage) -> dict:

@@ -1120,7 +1120,24 @@ def test_stages_at_the_default_holdout_without_check_presets_keep_the_keys_they_
     stage finished by an earlier mvc is still recognised (not trained again)."""
     from semantic_ci.pipeline import Run
     root, repo = make_project(tmp_path)
-    (root / "p.toml").write_text((root / "p.toml").read_text().replace("holdout = 0.1\n", holdout))
+    (root / "p.toml").write_text((root / "p.toml").read_text().replace("holdout = 0.1\n", holdout).replace(
+        'kind = "L2"', 'kind = "exact-logits"\nbaseline = "HEAD"\ntolerance = 0.0\nroundtrip = true'))
     run = Run(repo, load(str(root / "p.toml")))
     for stage in run.pipeline.stages:
         assert run.key(stage, {"stream": "x"}) == _key_before_h93(run, stage, {"stream": "x"})
+
+
+def test_a_checks_new_preset_certifies_the_stage_again(tmp_path):
+    """Presets that expand alike (L3 and L4; L2 and its exact-logits expansion) left the key as it was:
+    the stage kept a certificate of the old preset, which verify refuses for the check the file now
+    names (h91)."""
+    root, repo = make_project(tmp_path, steps=2)
+    run = lambda: run_pipeline(repo, load(str(root / "p.toml")))["stages"][1]  # noqa: E731
+    first = run()
+    assert first["status"] == "passed" and certificate.read(repo, first["certificate"])["checks"][0]["preset"] == "L2"
+    (root / "p.toml").write_text((root / "p.toml").read_text().replace(
+        'kind = "L2"', 'kind = "exact-logits"\nbaseline = "HEAD"\ntolerance = 0.0\nroundtrip = true'))
+    again = run()
+    assert again["status"] == "passed" and again["certificate"] != first["certificate"]
+    assert certificate.read(repo, again["certificate"])["checks"][0]["preset"] is None
+    assert verify(repo, again["certificate"])["verified"]
