@@ -503,17 +503,33 @@ def result_certificate(repo, commit: str | None) -> str | None:
     return None
 
 
-def _warn_if_changed(stage: Stage, info: dict, from_stage: str) -> None:
-    """--from-stage reuses the earlier stages' results: say so when the file now sets other
-    settings for one that finished at its first attempt (a retry's settings differ by design)."""
+def _warn_if_changed(run: Run, stage: Stage, heads: dict[str, str], from_stage: str) -> None:
+    """--from-stage reuses the earlier stages' results: say so when the file now sets other settings
+    for one that finished at its first attempt (a retry's settings differ by design), or when the
+    stage's key is not the one it finished with (`heads`: result -> its commit), computed as the
+    stage computes it: its data, the results it reads or what its checks read changed (it was
+    reused saying nothing, h91)."""
+    from .stages import stage_keys
+    repo = run.repo
+    info = stage_info(repo, list(heads.values())[-1])
     recorded = info.get("settings")
-    if info.get("attempt", 0) != 0 or not isinstance(recorded, dict):
-        return
-    if json.loads(canonical_json(recorded)) != json.loads(canonical_json(stage.settings)):
+    if info.get("attempt", 0) == 0 and isinstance(recorded, dict) and \
+            json.loads(canonical_json(recorded)) != json.loads(canonical_json(stage.settings)):
         changed = sorted(k for k in set(recorded) | set(stage.settings) if recorded.get(k) != stage.settings.get(k))
         warnings.warn(f"--from-stage {from_stage}: stage {stage.name} finished with other settings than the file "
                       f"sets now ({', '.join(changed[:5])}); its earlier result is used (run without --from-stage "
                       "to redo it)")
+        return
+    try:
+        keys = stage_keys(run, stage)
+    except MvcError as e:  # (a stream that cannot be built now: the stages that read it will say so)
+        warnings.warn(f"--from-stage {from_stage}: cannot tell whether the inputs of stage {stage.name} changed "
+                      f"since it finished ({e.message}); its earlier result is used")
+        return
+    if any(stage_info(repo, heads.get(result)).get("key") != key for result, key in keys.items()):
+        warnings.warn(f"--from-stage {from_stage}: stage {stage.name} finished with other inputs than it has now "
+                      "(its data, a stream's holdout, the results it reads or what its checks read, or its "
+                      "settings); its earlier result is used (run without --from-stage to redo it)")
 
 
 def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary: dict, IMPLS) -> None:
@@ -523,14 +539,16 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
         if not started:
             if stage.name != from_stage:
                 # the results a full run records, in its order (a paste stage's hosts, then its own)
+                heads = {}
                 for result, result_branch in run.branches(stage).items():
                     head = stage_commit(repo, repo.branches().get(result_branch), stage.name)  # (its own result)
                     if stage_info(repo, head).get("status") != "done":
                         raise ConfigError(f"--from-stage {from_stage}: earlier stage {stage.name} has not finished",
                                           "run without --from-stage first")
-                    run.results[result] = head
+                    heads[result] = head
+                _warn_if_changed(run, stage, heads, from_stage)  # (before its results: an evaluate stage's
+                run.results.update(heads)                        # key hashes those of the stages before it)
                 run.results[stage.name] = head
-                _warn_if_changed(stage, stage_info(repo, head), from_stage)
                 continue
             started = True
         impl = IMPLS[stage.kind]

@@ -148,27 +148,72 @@ class K0Job(TrainerJob):
         return m
 
 
-def compress(run: Run, stage: Stage):
-    source = run.ref(stage.get("source"))
-    inputs = {"stream": run.stream(stage.get("stream"))[2], "source": source}
-    return train_stage(run, stage, lambda settings: CompressJob(run, settings, source), inputs, source)
-
-
-def k0(run: Run, stage: Stage):
+# What each stage kind's key hashes beside its settings (`Run.key`): the ids of its streams and the
+# commits it starts from. One function per kind, used by the stage and by --from-stage, which
+# compares the key of an earlier stage it reuses with the one that stage finished with.
+def _source_inputs(run: Run, stage: Stage) -> dict:  # compress, k0
     source = run.ref(stage.get("source"))
     inputs = {"stream": run.stream(stage.get("stream"))[2], "source": source}
     if stage.get("k0_stream"):
         inputs["k0_stream"] = run.stream(stage.get("k0_stream"))[2]
+    return inputs
+
+
+def _core_inputs(run: Run, stage: Stage) -> dict:
+    _, _, stream_id = run.stream(stage.get("stream"))
+    inputs = {"stream": stream_id}
+    if stage.get("init"):
+        inputs["init"] = run.ref(stage.get("init"))
+    return inputs
+
+
+def _brick_inputs(run: Run, stage: Stage) -> dict:
+    host = run.ref(stage.get("host"))
+    inputs = {"stream": run.stream(stage.get("stream"))[2], "host": host}
+    if stage.get("general_stream"):
+        inputs["general"] = run.stream(stage.get("general_stream"))[2]
+    return inputs
+
+
+def _paste_inputs(run: Run, stage: Stage) -> dict[str, dict]:
+    """Result (`<stage>/<host>`) -> the inputs of the paste into that host."""
+    source = run.ref(stage.get("source"))
+    return {result: {"source": source, "host": run.ref(h)} for h, result in zip(stage.get("into"), run.branches(stage))}
+
+
+def _int8_inputs(run: Run, stage: Stage) -> dict:
+    return {"source": run.ref(stage.get("source"))}
+
+
+def _evaluate_inputs(run: Run, stage: Stage) -> dict:
+    source = stage.get("source") or (f"stage:{list(run.results)[-1]}" if run.results else "HEAD")
+    return {"target": run.ref(source), "refs": {k: v for k, v in run.results.items()}}
+
+
+def stage_keys(run: Run, stage: Stage) -> dict[str, str]:
+    """Result name -> the key the stage's work for it has now (one per host for a paste stage)."""
+    if stage.kind == "paste":
+        return {result: run.key(stage, inputs) for result, inputs in _paste_inputs(run, stage).items()}
+    inputs = {"compress": _source_inputs, "k0": _source_inputs, "train-core": _core_inputs,
+              "train-brick": _brick_inputs, "int8": _int8_inputs, "evaluate": _evaluate_inputs}[stage.kind](run, stage)
+    return {stage.name: run.key(stage, inputs)}
+
+
+def compress(run: Run, stage: Stage):
+    inputs = _source_inputs(run, stage)
+    source = inputs["source"]
+    return train_stage(run, stage, lambda settings: CompressJob(run, settings, source), inputs, source)
+
+
+def k0(run: Run, stage: Stage):
+    inputs = _source_inputs(run, stage)
+    source = inputs["source"]
     return train_stage(run, stage, lambda settings: K0Job(run, settings, source), inputs, source)
 
 
 def train_core(run: Run, stage: Stage):
-    _, _, stream_id = run.stream(stage.get("stream"))
-    inputs = {"stream": stream_id}
-    start = None
-    if stage.get("init"):
-        start = inputs["init"] = run.ref(stage.get("init"))
-    return train_stage(run, stage, lambda settings: CoreJob(run, settings), inputs, start)
+    inputs = _core_inputs(run, stage)
+    return train_stage(run, stage, lambda settings: CoreJob(run, settings), inputs, inputs.get("init"))
 
 
 class BrickJob(TrainerJob):
@@ -188,10 +233,8 @@ class BrickJob(TrainerJob):
 
 
 def train_brick(run: Run, stage: Stage):
-    host = run.ref(stage.get("host"))
-    inputs = {"stream": run.stream(stage.get("stream"))[2], "host": host}
-    if stage.get("general_stream"):
-        inputs["general"] = run.stream(stage.get("general_stream"))[2]
+    inputs = _brick_inputs(run, stage)
+    host = inputs["host"]
     return train_stage(run, stage, lambda settings: BrickJob(run, settings, host), inputs, host)
 
 
@@ -210,13 +253,14 @@ def _bookkeeping(run: Run, stage: Stage, key: str, status: str, extra: dict | No
 def paste(run: Run, stage: Stage):
     """Paste a brick into each host on a branch <pipeline>/<stage>/<host>; results stage/<host>."""
     repo = run.repo
+    all_inputs = _paste_inputs(run, stage)
     source = run.ref(stage.get("source"))
     name = stage.get("brick_name")
     last, status = None, "unchanged"
-    for h, (result, branch) in zip(stage.get("into"), run.branches(stage).items()):
+    for result, branch in run.branches(stage).items():
         label = result[len(stage.name) + 1:]
-        host = run.ref(h)
-        key = run.key(stage, {"source": source, "host": host})
+        host = all_inputs[result]["host"]
+        key = run.key(stage, all_inputs[result])
         done = finished(run, stage, branch, key)
         if done is None:
             start_over(run, stage, branch, key, host)
@@ -250,11 +294,12 @@ def _int8_transform(repo, component: str):
 def int8(run: Run, stage: Stage):
     """Convert brick/<name> of a commit to its int8 artifact, committed on the stage's branch."""
     repo = run.repo
-    source = run.ref(stage.get("source"))
+    inputs = _int8_inputs(run, stage)
+    source = inputs["source"]
     name = stage.get("brick_name")
     as_name = stage.get("as_name") or f"{name}-int8"
     branch = run.branch(stage)
-    key = run.key(stage, {"source": source})
+    key = run.key(stage, inputs)
     done = finished(run, stage, branch, key)
     if done:
         return done, "unchanged"
@@ -290,10 +335,10 @@ def resolve_stage_refs(run: Run, value):
 def evaluate(run: Run, stage: Stage):
     """Run the stage's checks on a commit (default: the previous stage's result) and certify it."""
     repo = run.repo
-    source = stage.get("source") or (f"stage:{list(run.results)[-1]}" if run.results else "HEAD")
-    target = run.ref(source)
+    inputs = _evaluate_inputs(run, stage)
+    target = inputs["target"]
     branch = run.branch(stage)
-    key = run.key(stage, {"target": target, "refs": {k: v for k, v in run.results.items()}})
+    key = run.key(stage, inputs)
     done = finished(run, stage, branch, key)
     if done is not None:
         run.last_certificate[stage.name] = stage_info(repo, done).get("certificate")
