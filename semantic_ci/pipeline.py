@@ -560,7 +560,7 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
             optional = bool(stage.get("optional"))
             status = "skipped" if isinstance(e, UpstreamMissing) else "failed"
             summary["stages"].append({"stage": stage.name, "status": status, "reason": e.message,
-                                      "branch": branch, "commit": repo.branches().get(branch),
+                                      "branch": branch, **_tip(repo, stage, branch),
                                       "certificate": run.last_certificate.get(stage.name), "optional": optional})
             run.emit({"event": "stage_failed", "stage": stage.name, "reason": e.message, "optional": optional})
             if optional:
@@ -574,7 +574,7 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
                 e.message = f"stage {stage.name}: {e.message}"  # the error line names the stage
             what = str(e) if isinstance(e, MvcError) else f"unexpected {type(e).__name__}: {e}"
             summary["stages"].append({"stage": stage.name, "status": "error", "reason": what, "branch": branch,
-                                      "commit": repo.branches().get(branch),
+                                      **_tip(repo, stage, branch),
                                       "certificate": run.last_certificate.get(stage.name),
                                       "optional": bool(stage.get("optional"))})
             run.emit({"event": "stage_failed", "stage": stage.name, "reason": what,
@@ -590,6 +590,16 @@ def _run_stages(run: Run, pipeline: Pipeline, from_stage, started: bool, summary
                                   "seconds": round(time.perf_counter() - t0, 2),
                                   "metrics": repo.read_commit(commit)["metrics"]})
         run.emit({"event": "stage_done", "stage": stage.name, "status": status, "commit": commit})
+
+
+def _tip(repo, stage: Stage, branch: str) -> dict:
+    """A stage that made no result: its branch's tip as the summary's commit, with previous: true
+    where that is the result an earlier run finished with (the report showed it, and that run's
+    passing certificate, as this run's, h91)."""
+    tip = repo.branches().get(branch)
+    info = stage_info(repo, tip)
+    return {"commit": tip, **({"previous": True} if info.get("stage") == stage.name
+                              and info.get("status") == "done" else {})}
 
 
 def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit: str | None) -> tuple[str, str]:

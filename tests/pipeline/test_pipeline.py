@@ -1158,3 +1158,30 @@ def test_from_stage_says_when_it_reuses_an_earlier_stage_whose_data_changed(tmp_
     assert r.exit_code == 0, r.output
     for stage in ("core", "brick"):  # (both train on the stream; certify and paste read their results)
         assert f"stage {stage} finished with other inputs than it has now" in r.stderr, r.stderr
+
+
+def test_the_report_of_a_failed_evaluate_stage_shows_this_runs_certificate_not_the_earlier_passing_one(tmp_path):
+    """The report read the certificate of the stage branch's tip, the result an earlier run had
+    finished with: a failed stage was shown beside a passing certificate table (h91)."""
+    import io
+    from rich.console import Console
+    from semantic_ci.pipeline_report import certificate_rows, render_summary
+    root, repo = make_project(tmp_path, steps=2)
+    text = (root / "p.toml").read_text().replace(
+        'name = "roundtrip"\nkind = "L2"\ncomponent = "core"\nprobe_bytes = 256\nwindow = 64',
+        'name = "ppl"\nkind = "ppl-ratio"\ncomponent = "core"\nbaseline = "stage:core"\ndata = "stream:text"\n'
+        "max_ratio = BOUND\nwindow = 64")
+    (root / "p.toml").write_text(text.replace("BOUND", "2.0"))
+    first = run_pipeline(repo, load(str(root / "p.toml")))
+    assert first["passed"] and [r["verdict"] for r in certificate_rows(repo, first)] == ["passed", "passed"]
+    (root / "p.toml").write_text(text.replace("BOUND", "0.5"))
+    summary = run_pipeline(repo, load(str(root / "p.toml")))
+    failed = summary["stages"][1]
+    assert not summary["passed"] and failed["status"] == "failed" and failed["previous"]
+    assert failed["commit"] == first["results"]["certify"] and "previous" not in summary["stages"][0]
+    rows = certificate_rows(repo, summary)
+    assert [(r["claim"], r["evidence"], r["verdict"]) for r in rows if r["stage"] == "certify"] == [
+        ("ppl", failed["certificate"], "failed")]
+    out = io.StringIO()
+    render_summary(repo, summary, Console(file=out, width=200))
+    assert "failed (commit: an earlier run's)" in out.getvalue()
