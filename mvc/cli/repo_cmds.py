@@ -336,7 +336,7 @@ def _print_diff(d: dict, show_all: bool) -> None:
     for name, c in d["components"].items():
         _print_component_diff(con, name, c, show_all)
     for k, v in d["metrics"].items():
-        con.print(f"  metric {shown(k)}: {_value(v['a'])} -> {_value(v['b'])}")
+        con.print(f"  metric {_metric_key(k)}: {_value(v['a'])} -> {_value(v['b'])}")
     if d["identical"]:
         con.print("  weights and files identical (metrics differ)" if d["metrics_changed"] else "  no differences")
 
@@ -399,23 +399,30 @@ def _value(v) -> str:
 def _metric_shown(v) -> str:
     """A metric value as log, show and diff print it, so that two values never print alike:
     numbers, lists, dicts and true/false/null as compact JSON ([1.5,true]), its unsafe characters
-    in JSON's own escapes (never quoted); text as it is, quoted when it could read as one of those
-    or as a separator: holding ", ", reading as JSON, starting with [ or {, or "-" (diff's none)."""
+    in JSON's own escapes (never quoted); text as a name is shown (see _metric_text), also quoted
+    when it could read as one of those: reading as JSON, starting with [ or {, or "-" (diff's none)."""
     if not isinstance(v, str):  # (JSON ends where it ends)
         return json_shown(v)
-    out = shown(v)
-    if not out.startswith('"') and (", " in v or v == "-" or v.startswith(("[", "{")) or _reads_as_json(v)):
-        return quoted(v)
-    return out
+    return _metric_text(v, (", ", " -> "), quote=v == "-" or v.startswith(("[", "{")) or _reads_as_json(v))
+
+
+def _metric_key(k) -> str:
+    """A metric's name as log, show and diff print it (see _metric_text)."""
+    return _metric_text(str(k), ("=", ", ", ": ", " -> "))
+
+
+def _metric_text(text: str, separators: tuple[str, ...], quote: bool = False) -> str:
+    """Text of a metric (a name, or a text value) as `shown_name` shows names (quoted when it holds
+    no-break spaces or is not in composed form: `é` two ways would print alike), and quoted when it
+    holds one of the `separators` of the lines it goes in (`k=v, k=v`; `metric k: a -> b`)."""
+    out = shown_name(text)
+    return quoted(text) if not out.startswith('"') and (quote or any(s in text for s in separators)) else out
 
 
 def _metrics_line(metrics: dict) -> str:
-    """`k=v, k=v` (values: see _metric_shown); a key holding "=" or ", " is quoted:
-    {"a=b, c": 1} and {"a": "b, c=1"} print `"a=b, c"=1` and `a="b, c=1"`."""
-    def key(k) -> str:
-        out = shown(str(k))
-        return quoted(str(k)) if not out.startswith('"') and ("=" in str(k) or ", " in str(k)) else out
-    return ", ".join(f"{key(k)}={_metric_shown(v)}" for k, v in sorted(metrics.items()))
+    """`k=v, k=v` (see _metric_key and _metric_shown): {"a=b, c": 1} and {"a": "b, c=1"} print
+    `"a=b, c"=1` and `a="b, c=1"`."""
+    return ", ".join(f"{_metric_key(k)}={_metric_shown(v)}" for k, v in sorted(metrics.items()))
 
 
 def _reads_as_json(text: str) -> bool:

@@ -1301,6 +1301,14 @@ def test_two_metrics_dicts_never_print_alike(run, in_repo):
     in_repo.commit({"m": {"w": torch.ones(2)}}, message="m", metrics={"a": 1})
     in_repo.commit({"m": {"w": torch.ones(2)}}, message="m", metrics={"a": "1"})
     assert 'metric a: 1 -> "1"' in run("diff", "HEAD~1", "HEAD").stdout  # (it said 1 -> 1)
+    diffs = []  # (h94: "x -> y" to "z" and "x" to "y -> z"; key "k: a" = "b" and "k" = "a: b"; é two ways)
+    for before, after in (({"k": "x -> y"}, {"k": "z"}), ({"k": "x"}, {"k": "y -> z"}), ({"k: a": "b"}, {"k: a": "c"}),
+                          ({"k": "a: b"}, {"k": "c"}), ({"k": "\u00e9"}, {"k": "e\u0301"})):
+        in_repo.commit({"m": {"w": torch.ones(2)}}, message="m", metrics=before)
+        in_repo.commit({"m": {"w": torch.ones(2)}}, message="m", metrics=after)
+        diffs.append([ln for ln in run("diff", "HEAD~1", "HEAD").stdout.splitlines() if "metric" in ln])
+    assert len({tuple(d) for d in diffs}) == len(diffs), diffs
+    assert diffs[4][0].split(": ", 1)[1].split(" -> ")[0] != diffs[4][0].split(" -> ")[1], diffs[4]
 
 
 def test_config_values_with_white_space_at_either_end_are_refused(run, in_repo, tmp_path):
