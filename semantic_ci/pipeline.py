@@ -441,13 +441,14 @@ def _check_revisions(run: Run, pipeline: Pipeline, from_stage: str | None) -> No
             base = split_relative(value)[0]
             if key.startswith("checks.") and base == "HEAD":
                 continue
-            if base in made:
+            base = base.removeprefix("refs/heads/") if base.startswith("refs/heads/") else base.removeprefix("heads/")
+            if base in made:  # (the branch as any spelling names it: refs/heads/x, heads/x, x)
                 maker, result = made[base]
                 if maker < at:
                     continue
                 if maker == at:
                     raise ConfigError(f"{pipeline.path}: stage {stage.name}.{key}: {value!r} is the stage's own "
-                                      "branch", "name the result of an earlier stage (stage:NAME)")
+                                      "branch", "name the result of an earlier stage: stage:NAME")
                 raise ConfigError(f"{pipeline.path}: stage {stage.name}.{key}: {value!r} is the branch of stage "
                                   f"{pipeline.stages[maker].name}, which runs after it",
                                   f"move stage {stage.name} after it and name its result (stage:{result})")
@@ -779,11 +780,11 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
     if "lr_scale" in fb:
         base_lr = new.get("lr") or job_factory(settings).trainer.lr
         new["lr"] = base_lr * fb["lr_scale"]
+    new.update(fb.get("set", {}))  # (first: extra_steps adds to what the retry trains, set there too, h94)
     if "extra_steps" in fb:  # raise the count the job trains (a compress stage's recovery_steps when set: raising
         budget = step_budget(stage.kind, new)  # steps left its retry at the same count, saying nothing, h91)
         if budget is not None:
             new[budget] = int(new.get(budget) or 1) + int(fb["extra_steps"])
-    new.update(fb.get("set", {}))
     job = job_factory(new)
     if target is not None and info.get("key") == key and info.get("status") == "checkpoint":
         job.restore(target, keep_schedule=False)

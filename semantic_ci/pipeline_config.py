@@ -376,6 +376,7 @@ def validate_environment(pipeline: "Pipeline") -> None:
                 raise ConfigError(f"{path}: stage {stage.name}.brick: unknown brick kind {kind!r}",
                                   f"known: {', '.join(KINDS)}")
             _check_brick_options(pipeline, stage, kind)
+            _check_brick_window(pipeline, stage, kind)
         _check_named_components(pipeline, stage)
         if stage.kind in ("paste", "int8"):
             _check_source_brick(pipeline, stage)
@@ -385,6 +386,19 @@ def validate_environment(pipeline: "Pipeline") -> None:
             _check_k0_source(pipeline, stage)
         elif stage.kind == "compress":
             _check_compress(pipeline, stage)
+
+
+def _check_brick_window(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
+    """A sparse brick's router reads whole patches: a seq_len shorter than the canonical ABI's patch
+    was refused by its trainer, after the stages before it had trained (h94)."""
+    from cores.abi import AbiSpec
+    patch = AbiSpec.__dataclass_fields__["patch_bytes"].default
+    for where, settings in (("", stage.settings), (".fallback.set", stage.fallback.get("set") or {})):
+        seq_len = settings.get("seq_len")
+        if kind in ("sparse", "sparse-brick") and isinstance(seq_len, int) and not isinstance(seq_len, bool) \
+                and seq_len < patch:
+            raise ConfigError(f"{pipeline.path}: stage {stage.name}{where}.seq_len: must be at least {patch} for a "
+                              f"sparse brick (its router reads whole {patch}-byte patches), got {seq_len}")
 
 
 def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
@@ -811,7 +825,7 @@ def _parse_stage(i: int, raw: dict, name: str, path: str, streams: dict, results
         _check_gate_metric(f"{where}.gates[{j}]", kind, g, err)
     fb = raw.get("fallback", {})
     _check_fallback(where, kind, fb, streams, err)
-    if fb.get("extra_steps") and step_budget(kind, settings) is None:
+    if fb.get("extra_steps") and step_budget(kind, {**settings, **(fb.get("set") or {})}) is None:
         raise err(f"{where}.fallback.extra_steps", "the stage is budgeted by wall_seconds alone: it has no steps to "
                                                    "add to (a retry would run as before); set fallback.set.wall_seconds")
     _check_kind_settings(err, where, kind, settings)

@@ -118,6 +118,14 @@ def test_a_compress_retry_adds_its_extra_steps_to_the_recovery_steps_it_trains(t
     assert fb["changes"] == {"recovery_steps": 3}
     assert [e["step"] for e in events if e["event"] == "checkpoint" and e["stage"] == "l1"] == [1, 3]
 
+    def set_and_extra(s):  # (h94: set's recovery_steps, then the extra steps: they were added to steps)
+        never_passes(s)
+        s["fallback"]["set"] = {"recovery_steps": 2}
+    events = []
+    run_pipeline(mvc.Repo.init(tmp_path / "again"), parse(_with(set_and_extra), str(root / "p.toml")),
+                 emit=events.append)
+    assert next(e for e in events if e["event"] == "fallback")["changes"]["recovery_steps"] == 4
+
 
 @pytest.mark.parametrize("stage", [
     {"name": "timed", "kind": "train-core", "arch": "layercake", "stream": "text", "wall_seconds": 1.0},
@@ -130,4 +138,7 @@ def test_extra_steps_of_a_stage_budgeted_by_wall_seconds_alone_is_refused(tmp_pa
                                           r"wall_seconds alone"):
         parse(_with(extra_stage=stage), str(tmp_path / "p.toml"))
     stage["steps"] = 3
+    parse(_with(extra_stage=stage), str(tmp_path / "p.toml"))
+    del stage["steps"]  # (steps the retry sets: extra_steps adds to those, h94)
+    stage["fallback"] = dict(stage["fallback"], set={"steps": 3})
     parse(_with(extra_stage=stage), str(tmp_path / "p.toml"))

@@ -781,6 +781,8 @@ def test_settings_are_validated_before_any_stage_trains(tmp_path, edit, match):
 @pytest.mark.parametrize("host, error", [("mian", "stage brick.host: revision 'mian' does not resolve"),
                                          ("demo/core", None),  # (a branch an earlier stage makes)
                                          ("demo/brick", "stage brick.host: 'demo/brick' is the stage's own branch"),
+                                         ("refs/heads/demo/brick", "stage brick.host: 'refs/heads/demo/brick' is "
+                                                                   "the stage's own branch"),  # (h94: it slipped past)
                                          ("demo/paste/core~1", "stage brick.host: 'demo/paste/core~1' is the branch "
                                                                "of stage paste, which runs after it")])
 def test_revisions_are_resolved_before_any_stage_trains(tmp_path, host, error):
@@ -1091,6 +1093,10 @@ def test_a_window_or_held_out_part_of_one_byte_is_refused_when_the_file_is_read(
     root, repo = make_project(tmp_path)
     (root / "bad.toml").write_text(edit((root / "p.toml").read_text() + PASTE_STAGES))
     with pytest.raises(ConfigError, match=rf"bad.toml: {where}: must be at least 2, got 1"):
+        load(str(root / "bad.toml"))
+    (root / "bad.toml").write_text((root / "p.toml").read_text() + PASTE_STAGES.replace(
+        "seq_len = 32\neval_bytes = 256", "seq_len = 2\neval_bytes = 256", 1))  # (h94: a sparse brick's patch)
+    with pytest.raises(ConfigError, match=r"stage brick.seq_len: must be at least 4 for a sparse brick"):
         load(str(root / "bad.toml"))
 
 
