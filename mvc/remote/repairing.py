@@ -24,14 +24,15 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, roun
     name, t = open_remote(repo, remote, jobs)
     where = name or t.describe()
     t.require_repository()  # (a remote of a newer format or extension: "upgrade mvc", not "damaged")
-    restored, failed = [], {}
+    restored, failed, done = [], {}, set()  # (done: restored, as a set)
     with permission_errors(t), repo.writing():
         for _ in range(rounds):
             wanted = [oid for oid in sorted({p["id"] for p in report["problems"] if is_oid(p["id"])})
-                      if oid not in failed and oid not in restored  # (a damaged packed copy stays named
+                      if oid not in failed and oid not in done  # (a damaged packed copy stays named
                       and not _intact(repo, oid)]  # until the repack below) e.g. a tree named for its header
             got = _restore(repo, t, where, wanted, failed)
             restored += got
+            done.update(got)
             if not got:
                 break
             repo._cache.clear()
