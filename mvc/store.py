@@ -491,26 +491,27 @@ class LooseStore(ObjectStore):
         id: checked by its verified stamp, else re-hashed (and stamped), so a commit of a tensor
         whose stored copy was damaged stores it again instead of naming the damaged copy.
         CorruptObject when its path is no regular file, which a put cannot replace."""
-        try:
-            st = os.stat(self.path(oid))
-        except OSError:
+        st = self._file_stat(oid)
+        if st is None or size is None:
             return True  # (absent: nothing to tell)
-        if not stat.S_ISREG(st.st_mode):
-            raise _not_a_file(oid, self.path(oid))
-        if size is None:
-            return True
         return st.st_size == size and self._sound(oid, st)
 
     def intact(self, oid: str) -> bool:
         """Whether the object's file (there: see `has`) hashes to its id: by its verified stamp,
         else re-hashed (and stamped). False when it is gone."""
+        st = self._file_stat(oid)
+        return st is not None and self._sound(oid, st)
+
+    def _file_stat(self, oid: str) -> os.stat_result | None:
+        """The stat of the object's file; None when there is none, CorruptObject when its path is
+        no regular file."""
         try:
             st = os.stat(self.path(oid))
         except OSError:
-            return False
+            return None
         if not stat.S_ISREG(st.st_mode):
             raise _not_a_file(oid, self.path(oid))
-        return self._sound(oid, st)
+        return st
 
     def _sound(self, oid: str, st: os.stat_result) -> bool:
         if self._stamped(oid, st):
