@@ -656,6 +656,12 @@ class Packer:
             raise CorruptObject(f"packing failed verification, nothing was removed: {e.message}",
                                 "this is a bug in mvc; please report it") from None
 
+    def _lost_reachable(self, index: str) -> bool:
+        """Whether an index without its pack lists reachable objects stored nowhere (fsck names it;
+        it is kept): any object stored nowhere, where this run's walk did not find all that is."""
+        lost = _lost_with_pack(self.repo, self.ps.dir, index)
+        return any(o in self.reachable for o in lost) if self.reachable is not None else bool(lost)
+
     def _remove_stale_tmp(self, dry_run: bool = False) -> int:
         """Remove temp files of killed pack runs, and indexes whose pack never arrived or was being
         removed, older than the grace period; returns their bytes."""
@@ -664,8 +670,7 @@ class Packer:
             return 0
         names = os.listdir(self.ps.dir)
         for n in names:
-            if n.startswith(TMP_PREFIX) or (_pack_missing(n, names)  # (fsck names one it keeps)
-                                            and not _lost_with_pack(self.repo, self.ps.dir, n, self.reachable)):
+            if n.startswith(TMP_PREFIX) or (_pack_missing(n, names) and not self._lost_reachable(n)):
                 p = os.path.join(self.ps.dir, n)
                 try:
                     st = os.stat(p)
@@ -804,11 +809,11 @@ def _pack_missing(name: str, names: list[str]) -> bool:
     return name.startswith("pack-") and name.endswith(".idx") and name[:-4] + ".pack" not in names
 
 
-def _lost_with_pack(repo, pack_dir: str, index: str, live: set[str] | None = None) -> list[str]:
-    """The objects an index without its pack lists that no store holds, of those in `live` (what
-    is reachable) when it is given: its pack file was lost or removed by hand, not left by a killed
-    pack run (whose objects are still loose) or gc (which had dropped them). None listed when the
-    index cannot be read."""
+def _lost_with_pack(repo, pack_dir: str, index: str) -> list[str]:
+    """The objects an index without its pack lists that no store holds: reachable ones were lost
+    with the pack file (removed by hand), unreachable ones were dropped by the gc that was removing
+    it when killed (a killed pack run's are all still loose). None listed when the index cannot be
+    read."""
     try:
         with open(os.path.join(pack_dir, index), "rb") as f:
             data = f.read()
@@ -816,7 +821,7 @@ def _lost_with_pack(repo, pack_dir: str, index: str, live: set[str] | None = Non
         _checksum, records = pf.decode_index(data[:len(data) - pf.TRAILER_BYTES], index)
     except (OSError, CorruptObject):
         return []
-    return [r.oid for r in records if (live is None or r.oid in live) and not repo.store.has(r.oid)]
+    return [r.oid for r in records if not repo.store.has(r.oid)]
 
 
 def lost_pack_files(repo, live: set[str]) -> list[dict]:
@@ -829,12 +834,12 @@ def lost_pack_files(repo, live: set[str]) -> list[dict]:
         return []
     problems = []
     for n in sorted(n for n in names if _pack_missing(n, names)):
-        lost = _lost_with_pack(repo, ps.dir, n, live)
-        if lost:  # (the walk stops at a lost commit: what lies past it is counted among all it lists)
-            listed = len(_lost_with_pack(repo, ps.dir, n))
+        lost = _lost_with_pack(repo, ps.dir, n)
+        reached = [o for o in lost if o in live]  # (the walk stops at a lost commit: what lies past it
+        if reached:                               # is counted among all the index lists)
             problems.append({"id": n, "problem": f"index of a pack whose pack file {n[:-4]}.pack is gone: "
-                             f"{listed} object(s) it lists are stored nowhere else, {len(lost)} of them found "
-                             f"reachable, e.g. {lost[0]} (restore the pack file, or the objects with mvc fsck "
+                             f"{len(lost)} object(s) it lists are stored nowhere else, {len(reached)} of them found "
+                             f"reachable, e.g. {reached[0]} (restore the pack file, or the objects with mvc fsck "
                              "--repair-from REMOTE; gc keeps this index until then)"})
     return problems
 
