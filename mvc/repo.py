@@ -897,15 +897,13 @@ class Repo(Maintenance):
         """The ABI hash of the model a tree's arch and config build, as the arch's builder tells it
         without building (its `abi_spec_of(config)`), or None when it cannot be told here (no arch,
         one not installed or without `abi_spec_of`, a config it refuses). Paste checks records by it."""
-        arch, config = tree.get("arch"), tree.get("config")
-        if not isinstance(arch, str) or not isinstance(config, dict):
+        found = _recorded_builder(tree)
+        if found is None:
             return None
+        builder, config = found
+        spec_of = getattr(builder, "abi_spec_of", None)
         try:
-            spec_of = getattr(arch_builder(arch), "abi_spec_of", None)
-        except (MvcError, ImportError):
-            return None
-        try:
-            got = getattr(spec_of(json_copy(config)), "hash", None) if callable(spec_of) else None
+            got = getattr(spec_of(config), "hash", None) if callable(spec_of) else None
         except Exception:  # noqa: BLE001 (a config this arch cannot build: load_model says what)
             return None
         return got if isinstance(got, str) else None
@@ -913,13 +911,10 @@ class Repo(Maintenance):
     def check_rebuilds(self, tree: dict, what: str) -> None:
         """Refuse (BadInput) a tree with an arch whose tensors are not those its arch and config
         build (see tensors.check_fits_record); nothing is checked where the arch is not installed."""
-        arch, config = tree.get("arch"), tree.get("config")
-        if not isinstance(arch, str) or not isinstance(config, dict):
+        found = _recorded_builder(tree)
+        if found is None:
             return
-        try:
-            builder = arch_builder(arch)
-        except (MvcError, ImportError):
-            return
+        builder, config = found
         from .tensors import check_fits_record
         check_fits_record(lambda: builder(json_copy(config)), tree, what)
 
@@ -1538,6 +1533,18 @@ def _file_at_or_above(path: str) -> str | None:
 
 def _landed(cid: str, ref: str) -> str:
     return f"commit {cid} landed on {ref.removeprefix('refs/heads/')}"
+
+
+def _recorded_builder(tree: dict):
+    """(the builder of a tree's recorded arch, a copy of its config), or None when the tree records
+    none or its arch is not installed here (what paste's checks cannot tell, they leave alone)."""
+    arch, config = tree.get("arch"), tree.get("config")
+    if not isinstance(arch, str) or not isinstance(config, dict):
+        return None
+    try:
+        return arch_builder(arch), json_copy(config)
+    except (MvcError, ImportError):
+        return None
 
 
 def arch_builder(arch: str):
