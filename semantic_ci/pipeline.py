@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 import warnings
 
@@ -441,6 +442,7 @@ def _check_revisions(run: Run, pipeline: Pipeline, from_stage: str | None) -> No
             base = split_relative(value)[0]
             if key.startswith("checks.") and base == "HEAD":
                 continue
+            base = re.sub(r"@\{[^{}]*\}$", "", base)  # (x@{1}: the branch x as it was)
             base = base.removeprefix("refs/heads/") if base.startswith("refs/heads/") else base.removeprefix("heads/")
             if base in made:  # (the branch as any spelling names it: refs/heads/x, heads/x, x)
                 maker, result = made[base]

@@ -783,6 +783,8 @@ def test_settings_are_validated_before_any_stage_trains(tmp_path, edit, match):
                                          ("demo/brick", "stage brick.host: 'demo/brick' is the stage's own branch"),
                                          ("refs/heads/demo/brick", "stage brick.host: 'refs/heads/demo/brick' is "
                                                                    "the stage's own branch"),  # (h94: it slipped past)
+                                         ("demo/brick@{1}", r"stage brick.host: 'demo/brick@\{1\}' is the "
+                                                            "stage's own branch"),  # (h95: so did this)
                                          ("demo/paste/core~1", "stage brick.host: 'demo/paste/core~1' is the branch "
                                                                "of stage paste, which runs after it")])
 def test_revisions_are_resolved_before_any_stage_trains(tmp_path, host, error):

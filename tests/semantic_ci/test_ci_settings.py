@@ -178,6 +178,17 @@ def test_a_general_bound_without_general_data_is_refused(kind, extra, said):
         cfgmod.parse(tomllib.loads(text.replace(extra, "")))
 
 
+@pytest.mark.parametrize("mode", ["exact", "copy", "function"])
+def test_a_bound_only_bounded_checks_read_is_refused_in_another_mode(mode):
+    """mode = "exact" with max_general_ratio = 1.2 and no general_data ran and passed: no other mode
+    reads either bound (h95)."""
+    text = f'[ci]\n[[ci.checks]]\nname = "m"\nkind = "migration"\nbrick = "py"\nhosts = ["h"]\nmode = "{mode}"\n'
+    for bound in ("max_general_ratio", "max_domain_ratio"):
+        with pytest.raises(ConfigError, match=rf"ci\.checks\[m\]\.{bound}: only a bounded migration check reads it"):
+            cfgmod.parse(tomllib.loads(text + f"{bound} = 1.2\n"))
+    cfgmod.parse(tomllib.loads(text))
+
+
 # -- on-commit CI of a branch's first commit: a baseline naming that branch had no commit -------------
 def test_a_first_commit_is_not_compared_with_itself_by_its_unborn_branch(ci_repo):
     write_config(ci_repo, f'[ci]\non_commit = true\nadapter = "{ADAPTER}"\nprobe_bytes = 128\nwindow = 32\n'
