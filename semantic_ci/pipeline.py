@@ -782,7 +782,11 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
     if "lr_scale" in fb:
         base_lr = new.get("lr") or job_factory(settings).trainer.lr
         new["lr"] = base_lr * fb["lr_scale"]
-    new.update(fb.get("set", {}))  # (first: extra_steps adds to what the retry trains, set there too, h94)
+    fb_set = dict(fb.get("set", {}))  # (first: extra_steps adds to what the retry trains, set there too, h94)
+    budget = step_budget(stage.kind, {**new, **fb_set})
+    if attempt > 0 and "extra_steps" in fb and budget in fb_set:  # a later retry: set's count, raised by the
+        del fb_set[budget]                                          # retries before, keeps growing (h96)
+    new.update(fb_set)
     if "extra_steps" in fb:  # raise the count the job trains (a compress stage's recovery_steps when set: raising
         budget = step_budget(stage.kind, new)  # steps left its retry at the same count, saying nothing, h91)
         if budget is not None:

@@ -371,12 +371,17 @@ def validate_environment(pipeline: "Pipeline") -> None:
                                    ".fallback.set")
         elif stage.kind == "train-brick":
             from bricks.api import KINDS
-            kind = stage.get("brick", "sparse")
-            if kind not in KINDS and kind not in KINDS.values():
-                raise ConfigError(f"{path}: stage {stage.name}.brick: unknown brick kind {kind!r}",
-                                  f"known: {', '.join(KINDS)}")
-            _check_brick_options(pipeline, stage, kind)
-            _check_brick_window(pipeline, stage, kind)
+            fb_set = stage.fallback.get("set") or {}
+            for where, run_as in (("", stage), (".fallback.set", Stage(stage.name, stage.kind, {**stage.settings,
+                                                                                                  **fb_set}))):
+                if where and not {"brick", "options", "seq_len"} & set(fb_set):  # (a retry builds as the stage)
+                    continue
+                kind = run_as.get("brick", "sparse")
+                if kind not in KINDS and kind not in KINDS.values():
+                    raise ConfigError(f"{path}: stage {stage.name}{where}.brick: unknown brick kind {kind!r}",
+                                      f"known: {', '.join(KINDS)}")
+                _check_brick_options(pipeline, run_as, kind, where)
+                _check_brick_window(pipeline, run_as, kind, where)
         _check_named_components(pipeline, stage)
         if stage.kind in ("paste", "int8"):
             _check_source_brick(pipeline, stage)
@@ -388,22 +393,23 @@ def validate_environment(pipeline: "Pipeline") -> None:
             _check_compress(pipeline, stage)
 
 
-def _check_brick_window(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
+def _check_brick_window(pipeline: "Pipeline", stage: Stage, kind: str, where: str = "") -> None:
     """A sparse brick's router reads whole patches: a seq_len shorter than the canonical ABI's patch
-    was refused by its trainer, after the stages before it had trained (h94)."""
+    was refused by its trainer, after the stages before it had trained (h94). `stage` as it runs
+    (its fallback's set over it, named by `where`)."""
     from cores.abi import AbiSpec
     patch = AbiSpec.__dataclass_fields__["patch_bytes"].default
-    for where, settings in (("", stage.settings), (".fallback.set", stage.fallback.get("set") or {})):
-        seq_len = settings.get("seq_len")
-        if kind in ("sparse", "sparse-brick") and isinstance(seq_len, int) and not isinstance(seq_len, bool) \
-                and seq_len < patch:
-            raise ConfigError(f"{pipeline.path}: stage {stage.name}{where}.seq_len: must be at least {patch} for a "
-                              f"sparse brick (its router reads whole {patch}-byte patches), got {seq_len}")
+    seq_len = stage.get("seq_len")
+    if kind in ("sparse", "sparse-brick") and isinstance(seq_len, int) and not isinstance(seq_len, bool) \
+            and seq_len < patch:
+        raise ConfigError(f"{pipeline.path}: stage {stage.name}{where}.seq_len: must be at least {patch} for a "
+                          f"sparse brick (its router reads whole {patch}-byte patches), got {seq_len}")
 
 
-def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
+def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str, where: str = "") -> None:
     """Build the stage's brick, for a tiny host, on the meta device: an unknown option or one of
-    the wrong type fails here, before any stage trains (it used to fail after the host stages)."""
+    the wrong type fails here, before any stage trains (it used to fail after the host stages).
+    `stage` as it runs (its fallback's set over it, named by `where`)."""
     options = stage.get("options") or {}
     if not options:
         return
@@ -417,7 +423,7 @@ def _check_brick_options(pipeline: "Pipeline", stage: Stage, kind: str) -> None:
             bricks.build(kind, host=host, seed=0, **options)
     except (ValueError, TypeError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise ConfigError(f"{pipeline.path}: stage {stage.name}.options: {msg}") from None
+        raise ConfigError(f"{pipeline.path}: stage {stage.name}{where}.options: {msg}") from None
     except Exception:  # noqa: BLE001 (a brick that cannot build on the meta device: training will tell)
         return
 

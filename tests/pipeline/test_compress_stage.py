@@ -118,13 +118,13 @@ def test_a_compress_retry_adds_its_extra_steps_to_the_recovery_steps_it_trains(t
     assert fb["changes"] == {"recovery_steps": 3}
     assert [e["step"] for e in events if e["event"] == "checkpoint" and e["stage"] == "l1"] == [1, 3]
 
-    def set_and_extra(s):  # (h94: set's recovery_steps, then the extra steps: they were added to steps)
-        never_passes(s)
-        s["fallback"]["set"] = {"recovery_steps": 2}
+    def set_and_extra(s):  # (h94: set's recovery_steps, then the extra steps: they were added to steps;
+        never_passes(s)    # h96: each later retry trained what the first did)
+        s["fallback"].update(set={"recovery_steps": 2}, retries=2)
     events = []
     run_pipeline(mvc.Repo.init(tmp_path / "again"), parse(_with(set_and_extra), str(root / "p.toml")),
                  emit=events.append)
-    assert next(e for e in events if e["event"] == "fallback")["changes"]["recovery_steps"] == 4
+    assert [e["changes"]["recovery_steps"] for e in events if e["event"] == "fallback"] == [4, 6]
 
 
 @pytest.mark.parametrize("stage", [

@@ -1102,6 +1102,26 @@ def test_a_window_or_held_out_part_of_one_byte_is_refused_when_the_file_is_read(
         load(str(root / "bad.toml"))
 
 
+@pytest.mark.parametrize("fallback, error", [  # (h96: a retry's brick was checked as the stage's, or not at all)
+    ('{ retries = 1, set = { brick = "portable", seq_len = 2 } }', None),
+    ('{ retries = 1, set = { brick = "sparse" } }', r"stage brick.fallback.set.seq_len: must be at least 4"),
+    ('{ retries = 1, set = { brick = "nonsense" } }', r"stage brick.fallback.set.brick: unknown brick kind"),
+    ('{ retries = 1, set = { options = { bogus = 1 } } }', r"stage brick.fallback.set.options: "),
+])
+def test_a_fallback_brick_is_checked_as_the_retry_builds_it(tmp_path, fallback, error):
+    root, repo = make_project(tmp_path)
+    stages = PASTE_STAGES.replace("seq_len = 32\neval_bytes = 256", "eval_bytes = 256\nbrick = \"portable\"\n"
+                                  "seq_len = 2\n" if "sparse" in fallback else "seq_len = 8\neval_bytes = 256", 1)
+    stages = stages.replace('brick_name = "x"\nstream = "text"', f'brick_name = "x"\nstream = "text"\n'
+                            f'gates = [{{ metric = "loss", max = 99.0 }}]\nfallback = {fallback}', 1)
+    (root / "f.toml").write_text((root / "p.toml").read_text() + stages)
+    if error is None:
+        load(str(root / "f.toml"))
+        return
+    with pytest.raises(ConfigError, match=error):
+        load(str(root / "f.toml"))
+
+
 def test_a_streams_new_holdout_runs_the_stages_reading_it_again(tmp_path):
     """The key named a stream by the id of all its bytes, which a new holdout leaves as it was: the
     stage was skipped ("inputs unchanged"), its result trained and measured on another split (h91)."""
