@@ -783,14 +783,14 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
         base_lr = new.get("lr") or job_factory(settings).trainer.lr
         new["lr"] = base_lr * fb["lr_scale"]
     fb_set = dict(fb.get("set", {}))  # (first: extra_steps adds to what the retry trains, set there too, h94)
-    budget = step_budget(stage.kind, {**new, **fb_set})
-    if attempt > 0 and "extra_steps" in fb and budget in fb_set:  # a later retry: set's count, raised by the
-        del fb_set[budget]                                          # retries before, keeps growing (h96)
+    # the count the job trains (a compress stage's recovery_steps when set: raising steps left its retry
+    # at the same count, saying nothing, h91)
+    budget = step_budget(stage.kind, {**new, **fb_set}) if "extra_steps" in fb else None
+    if attempt > 0 and budget in fb_set:  # a later retry: set's count, raised by the retries before, keeps
+        del fb_set[budget]                # growing (h96)
     new.update(fb_set)
-    if "extra_steps" in fb:  # raise the count the job trains (a compress stage's recovery_steps when set: raising
-        budget = step_budget(stage.kind, new)  # steps left its retry at the same count, saying nothing, h91)
-        if budget is not None:
-            new[budget] = int(new.get(budget) or 1) + int(fb["extra_steps"])
+    if budget is not None:
+        new[budget] = int(new.get(budget) or 1) + int(fb["extra_steps"])
     job = job_factory(new)
     if target is not None and info.get("key") == key and info.get("status") == "checkpoint":
         job.restore(target, keep_schedule=False)
