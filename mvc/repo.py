@@ -1053,11 +1053,12 @@ class Repo(Maintenance):
             ta = self.read_tree(ta_id, shared=True) if ta_id else None
             tb = self.read_tree(tb_id, shared=True) if tb_id else None
             result["components"][name] = diff_trees(self.store, ta, tb, progress)
-        keys = set(ca["metrics"]) | set(cb["metrics"])
-        for k in sorted(keys):
-            va, vb = ca["metrics"].get(k), cb["metrics"].get(k)
-            if json.dumps(va) != json.dumps(vb):  # true vs 1, 1 vs 1.0, -0.0 vs 0.0 differ too
-                result["metrics"][k] = {"a": json_copy(va), "b": json_copy(vb)}
+        for k in sorted(set(ca["metrics"]) | set(cb["metrics"])):
+            # a side without the metric has no key in the entry: a metric recorded as null differs
+            # from none; true vs 1, 1 vs 1.0, -0.0 vs 0.0 differ too
+            sides = {side: json_copy(c["metrics"][k]) for side, c in (("a", ca), ("b", cb)) if k in c["metrics"]}
+            if len(sides) < 2 or json.dumps(sides["a"]) != json.dumps(sides["b"]):
+                result["metrics"][k] = sides
         return result
 
     # -- branches, tags, rollback -------------------------------------------------------------

@@ -304,7 +304,8 @@ def diff(rev_a, rev_b, exit_code, show_all, as_json):
 
     Changed tensors report max |delta|, relative L2 change and the fraction of elements changed.
     With --exit-code the exit status is 1 when a component, tensor or side file differs; metric
-    changes alone exit 0 (JSON: "identical" true, "metrics_changed" true).
+    changes alone exit 0 (JSON: "identical" true, "metrics_changed" true). A changed metric is
+    {"a": VALUE, "b": VALUE} in the JSON, without the key of a side that lacks it ("-" in the text).
 
     \b
     Examples:
@@ -336,7 +337,7 @@ def _print_diff(d: dict, show_all: bool) -> None:
     for name, c in d["components"].items():
         _print_component_diff(con, name, c, show_all)
     for k, v in d["metrics"].items():
-        con.print(f"  metric {_metric_key(k)}: {_value(v['a'])} -> {_value(v['b'])}")
+        con.print(f"  metric {_metric_key(k)}: {_value(v, 'a')} -> {_value(v, 'b')}")
     if d["identical"]:
         con.print("  weights and files identical (metrics differ)" if d["metrics_changed"] else "  no differences")
 
@@ -391,9 +392,9 @@ def _fraction(frac) -> str:
     return f"{frac:.1%}"
 
 
-def _value(v) -> str:
-    """A metric of one side of a diff: "-" where that side has none (or holds null)."""
-    return "-" if v is None else _metric_shown(v)
+def _value(entry: dict, side: str) -> str:
+    """A metric of one side of a diff: "-" where that side has none (a null prints `null`)."""
+    return _metric_shown(entry[side]) if side in entry else "-"
 
 
 def _metric_shown(v) -> str:

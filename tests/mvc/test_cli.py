@@ -278,6 +278,21 @@ def test_diff_shows_both_shapes_side_files_and_metric_only_changes(run, tmp_path
     assert "metrics are not compared" in " ".join(CliRunner().invoke(cli, ["diff", "--help"]).stdout.split())
 
 
+def test_diff_tells_a_null_metric_from_a_missing_one(run, tmp_path):
+    from mvc import Repo
+    repo = Repo(".")
+    sd = {"w": torch.ones(3)}
+    repo.commit({"core": sd}, message="a", metrics={"acc": None, "gone": 1})
+    repo.commit({"core": sd}, message="b", metrics={"new": None})
+    d = json.loads(run("diff", "HEAD~1", "HEAD", "--json").stdout)["metrics"]
+    # a side without the metric has no key; a null is a value (acc: null -> none was not reported)
+    assert d == {"acc": {"a": None}, "gone": {"a": 1}, "new": {"b": None}}
+    text = run("diff", "HEAD~1", "HEAD").stdout
+    assert "metric acc: null -> -" in text and "metric gone: 1 -> -" in text and "metric new: - -> null" in text
+    repo.commit({"core": sd}, message="c", metrics={"new": None})
+    assert json.loads(run("diff", "HEAD~1", "HEAD", "--json").stdout)["metrics"] == {}
+
+
 def test_diff_lists_side_files_with_size_and_12_hex_id(run, tmp_path):
     d = tmp_path / "hf"
     d.mkdir()
