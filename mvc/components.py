@@ -588,7 +588,7 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
         ing.path(path)
         meta, kind = ing.meta, ing.kind
     else:
-        from .tensors import module_state, optimizer_state
+        from .tensors import check_module_fits, module_state, optimizer_state
         optimizer = optimizer_state(value)
         if optimizer is not None:  # an optimizer before its first step has no tensors yet: still stored
             (state, meta), kind = optimizer, "optimizer"
@@ -596,6 +596,8 @@ def build_tree(store: ObjectStore, name: str, value, progress: Progress | None =
             state, arch, config, abi, kind = module_state(value)
             if not state:
                 raise BadInput(f"component {name!r} has no tensors")
+            if arch is not None:
+                check_module_fits(arch, config, state, name)
         ing.state_dict(MEMORY_FILE, state)
     return tree_object(kind or default_kind(name), ing.tensors(), ing.files, arch=arch, config=config,
                        abi=abi, meta=meta)

@@ -36,6 +36,7 @@ from .provenance import check_author, default_author, git_current_branch, git_pr
 from .quoting import short_repr
 from .refs import RefStore, note_moved, utc_now
 from .store import ChainStore, LooseStore
+from .tensors import arch_builder, recorded_builder
 
 MVC_DIR = ".mvc"
 REPO_FORMAT = 1
@@ -897,7 +898,7 @@ class Repo(Maintenance):
         """The ABI hash of the model a tree's arch and config build, as the arch's builder tells it
         without building (its `abi_spec_of(config)`), or None when it cannot be told here (no arch,
         one not installed or without `abi_spec_of`, a config it refuses). Paste checks records by it."""
-        found = _recorded_builder(tree)
+        found = recorded_builder(tree)
         if found is None:
             return None
         builder, config = found
@@ -911,12 +912,12 @@ class Repo(Maintenance):
     def check_rebuilds(self, tree: dict, what: str) -> None:
         """Refuse (BadInput) a tree with an arch whose tensors are not those its arch and config
         build (see tensors.check_fits_record); nothing is checked where the arch is not installed."""
-        found = _recorded_builder(tree)
+        found = recorded_builder(tree)
         if found is None:
             return
         builder, config = found
-        from .tensors import check_fits_record
-        check_fits_record(lambda: builder(json_copy(config)), tree, what)
+        from .tensors import built_shapes, check_fits_record
+        check_fits_record(built_shapes(lambda: builder(json_copy(config))), tree["tensors"], tree.get("arch"), what)
 
     def load_optimizer(self, rev: str | None, component: str = "optimizer") -> dict:
         """The optimizer state dict committed as `component` (an `optimizer.state_dict()`), ready
@@ -1534,28 +1535,6 @@ def _file_at_or_above(path: str) -> str | None:
 
 def _landed(cid: str, ref: str) -> str:
     return f"commit {cid} landed on {ref.removeprefix('refs/heads/')}"
-
-
-def _recorded_builder(tree: dict):
-    """(the builder of a tree's recorded arch, a copy of its config), or None when the tree records
-    none or its arch is not installed here (what paste's checks cannot tell, they leave alone)."""
-    arch, config = tree.get("arch"), tree.get("config")
-    if not isinstance(arch, str) or not isinstance(config, dict):
-        return None
-    try:
-        return arch_builder(arch), json_copy(config)
-    except (MvcError, ImportError):
-        return None
-
-
-def arch_builder(arch: str):
-    """The `mvc.archs` entry point named `arch` (how committed models are rebuilt)."""
-    from importlib.metadata import entry_points
-    eps = {ep.name: ep for ep in entry_points(group="mvc.archs")}
-    if arch not in eps:
-        raise BadInput(f"no model architecture {arch!r} is registered",
-                       "install the package that provides it, in the entry point group mvc.archs")
-    return eps[arch].load()
 
 
 BIG_KEPT = 2  # a diff reads two large trees

@@ -4,10 +4,11 @@ torch is imported inside the functions, so modules that only move bytes never pa
 """
 from __future__ import annotations
 
+import json
 import re
 
 from . import safetensors_format as stf
-from .errors import BadInput
+from .errors import BadInput, MvcError
 from .quoting import short_repr
 
 _ST_TO_TORCH = {
@@ -473,25 +474,54 @@ def meta_state(make) -> dict | None:
         return None
 
 
-def check_fits_record(make, tree: dict, what: str) -> None:
-    """Refuse (BadInput) a stored tree whose tensors are not those its recorded arch and config
-    build (names and shapes): a module committed with a tensor its builder does not make (a buffer
-    registered after the build) can never be rebuilt, and a paste would spread it to other hosts.
-    Nothing is refused when the builder cannot be run here (see `meta_state`)."""
-    built = meta_state(make)
+def check_fits_record(built: dict | None, stored: dict, arch, what: str, hint: str | None = None) -> None:
+    """Refuse (BadInput) tensors (`stored`: name -> something with a "shape") that are not those
+    the recorded arch and config build (`built`, see built_shapes: names and shapes): a module
+    committed with a tensor its builder does not make (a buffer registered after the build) can
+    never be rebuilt, and a paste would spread it to other hosts. Nothing is refused when the
+    builder could not be run here (`built` None)."""
     if built is None:
         return
-    stored = tree["tensors"]
     missing = sorted(set(built) - set(stored))
     extra = sorted(set(stored) - set(built))
-    shapes = sorted(n for n in set(built) & set(stored) if list(built[n].shape) != list(stored[n]["shape"]))
+    shapes = sorted(n for n in set(built) & set(stored) if built[n] != list(stored[n]["shape"]))
     if missing or extra or shapes:
         parts = [f"{label} {', '.join(repr(n) for n in names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
                  for label, names in (("no tensor", missing), ("an extra tensor", extra), ("another shape of", shapes))
                  if names]
-        raise BadInput(f"{what} does not fit its recorded arch {tree.get('arch')!r} and config: it has "
-                       + "; ".join(parts), "it cannot be rebuilt from its record: commit the module as its "
-                       "arch builds it, with no tensors added after the build")
+        raise BadInput(f"{what} does not fit its recorded arch {arch!r} and config: it has " + "; ".join(parts),
+                       hint or "it cannot be rebuilt from its record: commit the module as its arch builds "
+                       "it, with no tensors added after the build")
+
+
+def built_shapes(make) -> dict | None:
+    """{name: shape as a list} of the state dict `make()` builds on the meta device (see
+    meta_state), or None when it cannot be built there."""
+    state = meta_state(make)
+    return None if state is None else {n: list(t.shape) for n, t in state.items()}
+
+
+def check_module_fits(arch, config, state: dict, name: str) -> None:
+    """Refuse (BadInput) to commit a module whose tensors are not what its `mvc_arch` and
+    `mvc_config` build (see check_fits_record): load_model, paste and CI rebuild it from that
+    record. Nothing is checked where the arch is not installed. The built shapes are kept per
+    (arch, config), so a training loop committing one model builds it on the meta device once."""
+    if not isinstance(config, dict):
+        return
+    key = (arch, json.dumps(config, sort_keys=True, default=repr))
+    if key not in _BUILT:  # (finding the builder reads every installed package's entry points: once)
+        found = recorded_builder({"arch": arch, "config": config})
+        _BUILT[key] = None if found is None else built_shapes(lambda: found[0](found[1]))
+        while len(_BUILT) > 8:
+            del _BUILT[next(iter(_BUILT))]
+    stored = {n: {"shape": list(t.shape)} for n, t in state.items()}
+    check_fits_record(_BUILT[key], stored, arch, f"component {name!r}",
+                      "load_model, paste and CI could never rebuild it from its record: commit the module "
+                      "as its arch builds it (no tensors added or reshaped after the build), or commit "
+                      "its state_dict() as plain tensors")
+
+
+_BUILT: dict = {}  # (arch, config JSON) -> {name: shape} of what the builder makes, or None
 
 
 def precheck_build(make, tree: dict, what: str) -> None:
@@ -509,3 +539,25 @@ def precheck_build(make, tree: dict, what: str) -> None:
     if planned > 2 * stored + (1 << 20):
         raise BadInput(f"{what} records a config of {planned:,} parameters, but stores {stored:,}",
                        "the commit is damaged or was made by other code; load its tensors with repo.load()")
+
+
+def recorded_builder(tree: dict):
+    """(the builder of a tree's recorded arch, a copy of its config), or None when the tree records
+    none or its arch is not installed here (what paste's checks cannot tell, they leave alone)."""
+    arch, config = tree.get("arch"), tree.get("config")
+    if not isinstance(arch, str) or not isinstance(config, dict):
+        return None
+    try:
+        return arch_builder(arch), json.loads(json.dumps(config))
+    except (MvcError, ImportError):
+        return None
+
+
+def arch_builder(arch: str):
+    """The `mvc.archs` entry point named `arch` (how committed models are rebuilt)."""
+    from importlib.metadata import entry_points
+    eps = {ep.name: ep for ep in entry_points(group="mvc.archs")}
+    if arch not in eps:
+        raise BadInput(f"no model architecture {arch!r} is registered",
+                       "install the package that provides it, in the entry point group mvc.archs")
+    return eps[arch].load()

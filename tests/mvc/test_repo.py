@@ -829,14 +829,44 @@ def test_load_refuses_a_device_or_dtype_it_cannot_use_by_name(repo, kw, match):
     assert out["w"].dtype == torch.bfloat16 and out["step"].dtype == torch.int64
 
 
-def test_load_model_of_tensors_that_do_not_fit_the_recorded_arch_is_bad_input(repo):
+def test_load_model_of_tensors_that_do_not_fit_the_recorded_arch_is_bad_input(repo, monkeypatch):
     import cores
     core = cores.build("layercake", config="tiny", seed=0)
     wider = cores.build("layercake", config="tiny", seed=0, d_model=2 * core.mvc_config["d_model"])
     core.mvc_config = wider.mvc_config  # records a config its tensors do not fit
+    monkeypatch.setattr("mvc.tensors.check_module_fits", lambda *a: None)  # (as an older mvc committed it)
     repo.commit({"core": core}, message="mislabelled")
     with pytest.raises(BadInput, match="does not fit its recorded arch 'layercake'"):
         repo.load_model("HEAD", "core")
+
+
+@pytest.mark.parametrize("change", ["extra buffer", "mislabelled config", "reshaped"])
+def test_commit_refuses_a_module_its_recorded_arch_does_not_build(repo, change):
+    """A module given a buffer after its build (or a config its tensors do not fit) was committed
+    with its arch recorded: load_model, paste and CI could never rebuild it (paste alone refused it)."""
+    import cores
+
+    from mvc import tensors
+    core = cores.build("layercake", config="tiny", seed=0)
+    first = repo.commit({"core": core}, message="as built")  # (fits: committed as always)
+    if change == "extra buffer":
+        core.register_buffer("junk", torch.ones(3))
+        said = "an extra tensor 'junk'"
+    elif change == "mislabelled config":
+        core.mvc_config = cores.build("layercake", config="tiny", seed=0, d_model=2 * core.mvc_config["d_model"]).mvc_config
+        said = "another shape of"
+    else:
+        name, t = next((n, t) for n, t in core.named_parameters() if t.dim() == 2)
+        t.data = torch.zeros(t.shape[0] + 1, t.shape[1])
+        said = f"another shape of '{name}'"
+    before = set(repo.store.ids())
+    with pytest.raises(BadInput, match=f"component 'core' does not fit its recorded arch 'layercake' and config: it has {said}") as e:
+        repo.commit({"core": core}, message="odd")
+    assert "state_dict() as plain tensors" in e.value.hint
+    assert repo.resolve("HEAD") == first and set(repo.store.ids()) == before
+    repo.commit({"core": core.state_dict()}, message="plain tensors")  # (the hint's way: no arch recorded)
+    assert repo.tree("HEAD", "core").get("arch") is None
+    assert len([k for k in tensors._BUILT if k[0] == "layercake"]) <= 2  # built once per config, kept
 
 
 def test_diff_figures_cover_the_finite_changes_beside_a_nan(repo):
