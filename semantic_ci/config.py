@@ -193,6 +193,8 @@ def _check(source, where, name, kind, raw) -> Check:
         for bound in ("max_domain_ratio", "max_general_ratio"):  # (a bound no other mode reads: never checked)
             if mode != "bounded" and bound in raw:
                 raise _err(source, f"{where}.{bound}", f"only a bounded migration check reads it (mode is {mode!r})")
+            if mode != "bounded":  # a preset's (L3-L6) with its mode overridden: not part of the check
+                p.pop(bound, None)
         if mode == "bounded" and "max_general_ratio" in p and "general_data" not in p:
             # (without it the general ratio is never measured: the bound would pass unchecked)
             set_by = "" if "max_general_ratio" in raw else f" (the {kind} preset's)"

@@ -189,6 +189,17 @@ def test_a_bound_only_bounded_checks_read_is_refused_in_another_mode(mode):
     cfgmod.parse(tomllib.loads(text))
 
 
+@pytest.mark.parametrize("kind", ["L3", "L5"])
+def test_a_presets_bounds_go_with_its_mode(kind):
+    """L3 with mode = "exact" kept the preset's 0.75 / 1.05 bounds, which no exact check reads (h95 02)."""
+    text = f'[ci]\n[[ci.checks]]\nname = "m"\nkind = "{kind}"\nbrick = "py"\nhosts = ["h"]\nmode = "exact"\n'
+    params = cfgmod.parse(tomllib.loads(text)).checks[0].params
+    assert params["mode"] == "exact" and not {"max_domain_ratio", "max_general_ratio"} & set(params)
+    assert params.get("int8") is (kind == "L5" or None)  # (what other modes read stays)
+    bounded = text.replace('mode = "exact"', 'domain_data = "d"\ngeneral_data = "g"')
+    assert cfgmod.parse(tomllib.loads(bounded)).checks[0].params["max_domain_ratio"] == 0.75
+
+
 # -- on-commit CI of a branch's first commit: a baseline naming that branch had no commit -------------
 def test_a_first_commit_is_not_compared_with_itself_by_its_unborn_branch(ci_repo):
     write_config(ci_repo, f'[ci]\non_commit = true\nadapter = "{ADAPTER}"\nprobe_bytes = 128\nwindow = 32\n'
