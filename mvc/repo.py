@@ -1055,11 +1055,13 @@ class Repo(Maintenance):
             tb = self.read_tree(tb_id, shared=True) if tb_id else None
             result["components"][name] = diff_trees(self.store, ta, tb, progress)
         for k in sorted(set(ca["metrics"]) | set(cb["metrics"])):
-            # a side without the metric has no key in the entry: a metric recorded as null differs
-            # from none; true vs 1, 1 vs 1.0, -0.0 vs 0.0 differ too
-            sides = {side: json_copy(c["metrics"][k]) for side, c in (("a", ca), ("b", cb)) if k in c["metrics"]}
-            if len(sides) < 2 or json.dumps(sides["a"]) != json.dumps(sides["b"]):
-                result["metrics"][k] = sides
+            # a metric one side lacks ("a" or "b" null there) is "only_in" the other: a metric recorded
+            # as null differs from none; true vs 1, 1 vs 1.0, -0.0 vs 0.0 differ too
+            va, vb = ca["metrics"].get(k), cb["metrics"].get(k)
+            held = [side for side, c in (("a", ca), ("b", cb)) if k in c["metrics"]]
+            if len(held) < 2 or json.dumps(va) != json.dumps(vb):
+                result["metrics"][k] = {"a": json_copy(va), "b": json_copy(vb)} | (
+                    {"only_in": held[0]} if len(held) < 2 else {})
         return result
 
     # -- branches, tags, rollback -------------------------------------------------------------

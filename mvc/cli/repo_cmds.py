@@ -305,7 +305,8 @@ def diff(rev_a, rev_b, exit_code, show_all, as_json):
     Changed tensors report max |delta|, relative L2 change and the fraction of elements changed.
     With --exit-code the exit status is 1 when a component, tensor or side file differs; metric
     changes alone exit 0 (JSON: "identical" true, "metrics_changed" true). A changed metric is
-    {"a": VALUE, "b": VALUE} in the JSON, without the key of a side that lacks it ("-" in the text).
+    {"a": VALUE, "b": VALUE} in the JSON, with "only_in": "a" or "b" where one side lacks it (its
+    VALUE null there; "-" in the text, where a null is `null`).
 
     \b
     Examples:
@@ -394,7 +395,7 @@ def _fraction(frac) -> str:
 
 def _value(entry: dict, side: str) -> str:
     """A metric of one side of a diff: "-" where that side has none (a null prints `null`)."""
-    return _metric_shown(entry[side]) if side in entry else "-"
+    return "-" if entry.get("only_in", side) != side else _metric_shown(entry[side])
 
 
 def _metric_shown(v) -> str:

@@ -285,8 +285,9 @@ def test_diff_tells_a_null_metric_from_a_missing_one(run, tmp_path):
     repo.commit({"core": sd}, message="a", metrics={"acc": None, "gone": 1})
     repo.commit({"core": sd}, message="b", metrics={"new": None})
     d = json.loads(run("diff", "HEAD~1", "HEAD", "--json").stdout)["metrics"]
-    # a side without the metric has no key; a null is a value (acc: null -> none was not reported)
-    assert d == {"acc": {"a": None}, "gone": {"a": 1}, "new": {"b": None}}
+    # a null is a value (acc: null -> none was not reported at all)
+    assert d == {"acc": {"a": None, "b": None, "only_in": "a"}, "gone": {"a": 1, "b": None, "only_in": "a"},
+                 "new": {"a": None, "b": None, "only_in": "b"}}
     text = run("diff", "HEAD~1", "HEAD").stdout
     assert "metric acc: null -> -" in text and "metric gone: 1 -> -" in text and "metric new: - -> null" in text
     repo.commit({"core": sd}, message="c", metrics={"new": None})

@@ -429,7 +429,7 @@ def test_diff_reports_change_statistics(repo):
     assert t["w"]["max_abs_delta"] == pytest.approx(0.5, rel=1e-6)
     assert t["w"]["frac_changed"] == pytest.approx(1 / 100)
     assert t["w"]["rel_l2"] == pytest.approx(0.5 / float(torch.linalg.vector_norm(a["w"].double())), rel=1e-5)
-    assert d["metrics"] == {"loss": {"a": None, "b": 1.0}} and not d["identical"]
+    assert d["metrics"] == {"loss": {"a": None, "b": 1.0, "only_in": "b"}} and not d["identical"]
     assert repo.diff("HEAD", "HEAD")["identical"]
 
 
