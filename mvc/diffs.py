@@ -154,8 +154,10 @@ def tensor_change(store, name: str, x: dict, y: dict, progress: Callable[[int], 
     notes = [out.get("note")]
     if out["rel_l2"] is None and norm_a[0] == 0:  # (a bias initialised at zero, after a step)
         notes.append("rel L2 undefined: the old (finite) values are all zero")
-    if acc.changed_finite and acc.max_abs == 0:  # changed bits, equal values: only ±0 can do that
-        notes.append(f"{acc.changed_finite} value(s) changed only between 0.0 and -0.0")
+    if acc.changed_finite and acc.max_abs == 0:  # changed bits, equal values: only ±0 can do that,
+        notes.append(f"{acc.changed_finite} value(s) changed only between 0.0 and -0.0" if x["dtype"] != "BOOL"
+                     # or a bool stored as another non-zero byte (0x01 -> 0x02: both true)
+                     else f"{acc.changed_finite} value(s) changed only in their stored byte (still true)")
     for k in ("max_abs_delta", "rel_l2"):  # finite deltas of huge weights can still overflow
         if out[k] is not None and not math.isfinite(out[k]):
             out[k] = None

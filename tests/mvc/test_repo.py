@@ -922,6 +922,18 @@ def test_a_change_with_no_relative_figure_or_no_magnitude_says_why(repo):
     assert "note" not in c and c["max_abs_delta"] == 2.0
 
 
+def test_a_bool_stored_as_another_true_byte_is_not_said_to_change_sign(repo, tmp_path):
+    """A BOOL byte 0x01 -> 0x02 (valid: both true) was noted as a change "between 0.0 and -0.0" (h98)."""
+    ids = []
+    for data in (b"\x01\x00\x00", b"\x02\x00\x00"):
+        header = json.dumps({"flags": {"dtype": "BOOL", "shape": [3], "data_offsets": [0, 3]}}).encode()
+        (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data)
+        ids.append(repo.commit({"m": str(tmp_path / "m.safetensors")}, message=str(data)))
+    c = repo.diff(*ids)["components"]["m"]["tensors"]["flags"]
+    assert c["status"] == "changed" and c["frac_changed"] == pytest.approx(1 / 3) and c["max_abs_delta"] == 0.0
+    assert c["note"] == "1 value(s) changed only in their stored byte (still true)"
+
+
 def test_a_signalling_nan_against_an_integer_tensor_is_diffed_without_numpy_noise(repo, recwarn):
     """numpy's "invalid value encountered in cast" reached the user: the cast to long double of a
     signalling NaN ran outside the errstate block (probe h35)."""
