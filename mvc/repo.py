@@ -35,7 +35,7 @@ from .objects import (MAX_JSON_DEPTH, SMALL_OBJECT, canonical_json, check_compon
 from .provenance import check_author, default_author, git_current_branch, git_provenance
 from .quoting import short_repr
 from .refs import RefStore, note_moved, utc_now
-from .store import ChainStore, LooseStore
+from .store import FOUND_FRESHEN_S, ChainStore, LooseStore
 from .tensors import arch_builder, recorded_builder
 
 MVC_DIR = ".mvc"
@@ -110,6 +110,11 @@ class _Newest:
 
 class Repo(Maintenance):
     """An mvc repository. `Repo(path)` finds .mvc at or above `path`; `Repo.init(path)` creates one."""
+
+    def __reduce__(self):
+        """Pickled as its root: the copy (a DataLoader worker started by spawn, a Pool task) opens
+        the repository again, with its own locks, caches and open files."""
+        return (type(self), (self.root,))
 
     def __init__(self, path: str | os.PathLike | None = None):
         self.root = find_root(path)
@@ -690,6 +695,10 @@ class Repo(Maintenance):
         new_trees = dict(trees or {})
         self.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
         with self.loose.batch():  # every object is durable before any ref points at it
+            for name, tid in (trees or {}).items():  # (read through the object cache above: a gc
+                if not self.store.freshen(tid, FOUND_FRESHEN_S):  # may have removed one since)
+                    raise ObjectMissing(f"trees[{name!r}]: tree {tid} is no longer in the store (removed by a gc?)",
+                                        "commit the component's tensors again")
             for name, value in components.items():
                 new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
         provenance = git_provenance(self.root)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mvc
-from mvc.errors import BadInput, BadName, CorruptObject, NotARepository, UnknownRevision
+from mvc.errors import BadInput, BadName, CorruptObject, NotARepository, ObjectMissing, UnknownRevision
 from mvc.objects import hash_bytes
 
 
@@ -868,6 +868,34 @@ def test_commit_refuses_a_module_its_recorded_arch_does_not_build(repo, change, 
     repo.commit({"core": core.state_dict()}, message="plain tensors")  # (the hint's way: no arch recorded)
     assert repo.tree("HEAD", "core").get("arch") is None
     assert len(tensors._BUILT) == 1 + (change == "mislabelled config")  # built once per config, kept
+
+
+def test_a_commit_of_a_tree_a_gc_removed_after_this_repo_read_it_is_refused(repo):
+    """trees= were checked through the Repo's object cache: a tree another process's gc removed
+    after this process read it was committed, and fsck then found it missing (h99)."""
+    repo.commit({"m": {"w": torch.zeros(3)}}, message="a")
+    b = repo.commit({"x": {"v": torch.arange(5.0)}}, message="b", branch="tmp")
+    tree = repo.read_commit(b)["components"]["x"]
+    repo.load(b, "x")  # (its tree is now in this Repo's cache)
+    repo.delete_branch("tmp")
+    other = mvc.Repo(repo.root)  # (another process's gc)
+    other.set_config("gc.reflogExpire", "0")
+    other.gc(grace_s=0)
+    head = repo.resolve("HEAD")
+    with pytest.raises(ObjectMissing, match=rf"trees\['x'\]: tree {tree} is no longer in the store"):
+        repo.commit({}, message="reuse", trees={"x": tree})
+    assert repo.resolve("HEAD") == head and repo.fsck()["ok"]
+
+
+def test_a_repo_pickles_as_its_root(repo):
+    """pickle failed on the Repo's thread locks, so a Dataset holding a Repo failed in DataLoader
+    workers started by spawn or forkserver (h99)."""
+    import pickle
+    cid = repo.commit({"m": {"w": torch.arange(4.0)}}, message="a")
+    repo.load(cid, "m")
+    copy = pickle.loads(pickle.dumps(repo))
+    assert copy is not repo and copy.root == repo.root and copy.resolve("HEAD") == cid
+    assert torch.equal(copy.load(cid, "m")["w"], torch.arange(4.0))
 
 
 def test_diff_figures_cover_the_finite_changes_beside_a_nan(repo):
