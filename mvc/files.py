@@ -13,6 +13,7 @@ import warnings
 from typing import Callable
 
 from .errors import LockHeld
+from .forks import hold_over_fork, on_fork
 from .store import fsync_dir
 
 # A lock file with no readable owner this old cannot be a writer between create and write: stale.
@@ -166,7 +167,7 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = "", withi
                 try:
                     _flock(fcntl, fd, fcntl.LOCK_SH, path, waiting_for)
                 except BaseException:
-                    os.close(fd)
+                    _close_lock_file(fd)
                     raise
                 hold = _shared_holds[key[0]] = [fd, 0]
             hold[1] += 1
@@ -179,13 +180,13 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = "", withi
     finally:
         _held_here[key] -= 1
         if hold is None:
-            os.close(fd)  # releases the lock
+            _close_lock_file(fd)  # releases the lock
         else:
             with _shared_guard:
                 hold[1] -= 1
                 if hold[1] == 0:
                     del _shared_holds[key[0]]
-                    os.close(hold[0])  # releases the process's shared hold
+                    _close_lock_file(hold[0])  # releases the process's shared hold
 
 
 def _pass_gate(fcntl, path: str, waiting_for: str) -> bool:
@@ -210,7 +211,7 @@ def _pass_gate(fcntl, path: str, waiting_for: str) -> bool:
             time.sleep(_POLL_S / 2)
         return said
     finally:
-        os.close(gate)
+        _close_lock_file(gate)
 
 
 def _try_flock(fcntl, fd: int, mode: int) -> bool | None:
@@ -243,7 +244,7 @@ def _take_exclusive(fcntl, fd: int, path: str, timeout_s: float, waiting_for: st
             if gate is not None and not have_gate and (turn == start or now - turn >= GATE_PAUSE_S):
                 have_gate = _try_flock(fcntl, gate, fcntl.LOCK_EX)
                 if have_gate is None:  # (no flock on the gate: the lock alone decides)
-                    os.close(gate)
+                    _close_lock_file(gate)
                     gate, have_gate = None, False
                 elif have_gate:
                     turn = now
@@ -261,7 +262,7 @@ def _take_exclusive(fcntl, fd: int, path: str, timeout_s: float, waiting_for: st
             time.sleep(_POLL_S)
     finally:
         if gate is not None:
-            os.close(gate)  # releases the gate
+            _close_lock_file(gate)  # releases the gate
 
 
 def _flock(fcntl, fd: int, mode: int, path: str, waiting_for: str) -> None:
@@ -310,22 +311,64 @@ def exclusive_within(path: str, timeout_s: float, waiting_for: str = ""):
     try:
         yield bool(_take_exclusive(fcntl, fd, path, timeout_s, waiting_for))  # (no flock here: it cannot be had)
     finally:
-        os.close(fd)
+        _close_lock_file(fd)
 
 
 def _open_lock_file(path: str) -> int:
     """The file flock locks: opened for writing (NFS refuses an exclusive lock on a read-only
     descriptor), or read-only where we may not write it (another user's, in a shared repository:
-    local file systems lock it all the same). Created with the mode the umask allows, as git does."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
+    local file systems lock it all the same). Created with the mode the umask allows, as git does.
+    Close it with `_close_lock_file` (a forked child closes those of the parent's other threads)."""
+    with _lock_fds_guard:
         try:
-            return os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # not there, and not ours to make: the first error says why
-            raise e from None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # not there, and not ours to make: the first error says why
+                raise e from None
+        _lock_fds[fd] = threading.get_ident()
+        return fd
+
+
+def _close_lock_file(fd: int) -> None:
+    with _lock_fds_guard:
+        _lock_fds.pop(fd, None)
+        os.close(fd)
+
+
+_lock_fds: dict[int, int] = {}  # open lock-file descriptor -> the thread that opened it
+_lock_fds_guard = threading.Lock()  # (held over a fork: no descriptor is open there but unlisted)
+hold_over_fork(_lock_fds_guard)
+
+
+@on_fork
+def _drop_other_threads_locks() -> None:
+    """In a forked child: close the lock descriptors of the parent's other threads (a flock lives
+    as long as any copy of its descriptor: the child would hold the parent's write or gc lock,
+    or the gate, for as long as it lives) and forget their holds; the forking thread's own holds,
+    which it releases in the child as it goes on, stay."""
+    global _shared_guard
+    me = threading.get_ident()
+    _shared_guard = threading.Lock()
+    for key in [k for k in _held_here if k[1] != me]:
+        del _held_here[key]
+    for path, hold in list(_shared_holds.items()):
+        mine = _held_here.get((path, me), 0)
+        if mine:
+            hold[1] = mine
+        else:
+            del _shared_holds[path]
+            _lock_fds[hold[0]] = -1  # (closed below)
+    for fd, owner in list(_lock_fds.items()):
+        if owner != me and fd not in (hold[0] for hold in _shared_holds.values()):
+            del _lock_fds[fd]
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def process_start(pid: int) -> str | None:

@@ -23,6 +23,7 @@ import struct
 import threading
 from collections import OrderedDict
 
+from . import forks
 from . import pack_format as pf
 from .errors import ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing, os_error_text
 from .objects import hash_bytes, new_hasher
@@ -210,6 +211,11 @@ class _LRU:
         self._items: OrderedDict = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        forks.track(self)
+
+    def _after_fork(self) -> None:  # (see mvc.forks: a lock another thread held, items half put)
+        self._lock = threading.Lock()
+        self._items, self._bytes = OrderedDict(), 0
 
     def get(self, key):
         with self._lock:
@@ -259,6 +265,11 @@ class PackStore(ObjectStore):
         self.damaged: dict[str, str] = {}   # pack name -> why its index could not be used
         self._bad_indexes: dict[str, tuple[int, str]] = {}  # name -> (inode, why): check_indexes found
         self.cache = _LRU(cache_bytes)
+        forks.track(self)
+
+    def _after_fork(self) -> None:  # (see mvc.forks: a lock another thread held, a refresh half done)
+        self._lock = threading.RLock()
+        self._names, self._recent = None, {}  # (listed again on the next lookup)
 
     @classmethod
     def for_repo(cls, repo) -> "PackStore":

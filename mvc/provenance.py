@@ -20,6 +20,7 @@ import re
 import sys
 import threading
 
+from . import forks
 from .errors import BadInput
 from .files import hostname
 
@@ -29,6 +30,12 @@ from .files import hostname
 REDIRECTING = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE")
 _ENV_LOCK = threading.RLock()
+
+
+@forks.on_fork
+def _new_env_lock() -> None:  # (see mvc.forks)
+    global _ENV_LOCK
+    _ENV_LOCK = threading.RLock()
 _LINE_BREAK = re.compile("[\x00\n\r]")  # what would end an author's line (other controls are shown escaped)
 _SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 

@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 from . import components as comp
 from . import config as cfg
+from . import forks
 from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptObject, FormatTooNew,
                      InterruptedAfterLanding, MvcError, NotARepository, ObjectMissing, RefConflict,
                      UnknownRevision, WrongObjectType, os_error_text)
@@ -1440,6 +1441,13 @@ _BRANCH_TURNS: dict[tuple[str, str], threading.Lock] = {}
 _BRANCH_TURNS_GUARD = threading.Lock()
 
 
+@forks.on_fork
+def _new_branch_turns() -> None:  # (see mvc.forks: turns other threads of the parent held)
+    global _BRANCH_TURNS_GUARD
+    _BRANCH_TURNS.clear()
+    _BRANCH_TURNS_GUARD = threading.Lock()
+
+
 def _branch_turn(mvc_dir: str, ref: str) -> threading.Lock:
     """The lock threads of this process take in turn to commit onto one branch of a repository:
     the ref's compare-and-swap retries on a moved head, and among many threads one could lose
@@ -1561,6 +1569,11 @@ class _ObjectCache:
         self._items: OrderedDict[str, tuple[dict, int]] = OrderedDict()
         self._big: OrderedDict[str, dict] = OrderedDict()  # the last BIG_KEPT objects over half the budget
         self._lock = threading.Lock()
+        forks.track(self)
+
+    def _after_fork(self) -> None:  # (see mvc.forks: a lock another thread held, items half put)
+        self._lock = threading.Lock()
+        self._items, self._big, self._bytes = OrderedDict(), OrderedDict(), 0
 
     def get(self, oid: str) -> dict | None:
         with self._lock:

@@ -18,6 +18,7 @@ import time
 import weakref
 from typing import Iterator
 
+from . import forks
 from .errors import ChangedWhileStored, CorruptObject, MvcError, ObjectMissing
 from .interrupts import interrupts_deferred
 from .objects import hash_bytes, is_oid, new_hasher
@@ -375,6 +376,10 @@ class LooseStore(ObjectStore):
         self.tmp = os.path.join(root, "tmp")
         self._claim = threading.Lock()  # threads of one commit may put the same new id at once
         self._known: dict[str, tuple] = {}  # id -> verified stamp (_stamp_key) already read or written here
+        forks.track(self)
+
+    def _after_fork(self) -> None:  # (see mvc.forks)
+        self._claim = threading.Lock()
 
     @contextlib.contextmanager
     def batch(self, keep_whole: bool = False):

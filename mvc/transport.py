@@ -49,6 +49,7 @@ from urllib.parse import unquote, urlparse
 from typing import Callable
 
 
+from . import forks
 from .config import check_extensions, new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing,
                      RefConflict, TooLarge)
@@ -911,6 +912,11 @@ class LazyRemoteStore(ObjectStore):
         self._transport: Transport | None = None
         self._sizes: dict[str, int] | None = None
         self._lock = threading.Lock()
+        forks.track(self)
+
+    def _after_fork(self) -> None:  # (see mvc.forks: a lock another thread held; a network client's
+        self._lock = threading.Lock()  # connections are the parent's)
+        self._transport = None
 
     @property
     def promised_path(self) -> str:

@@ -28,6 +28,7 @@ import time
 import warnings
 from urllib.parse import urlparse
 
+from . import forks
 from .errors import MvcError, ObjectMissing, RefConflict
 from .transport import ABSENT, MAX_FILE_BYTES, REPAIR_HINT, Transport, check_size
 
@@ -73,6 +74,12 @@ BODY_RETRIES = 4   # a response body that breaks off is asked for again this man
 RETRY_HINT = "run the command again to resume"
 _SESSION = None
 _SESSION_LOCK = threading.Lock()
+
+
+@forks.on_fork
+def _new_session() -> None:  # (see mvc.forks: boto3 sessions and clients are not shared across a fork)
+    global _SESSION, _SESSION_LOCK
+    _SESSION, _SESSION_LOCK = None, threading.Lock()
 CONFLICT_RETRIES = 3  # a conditional write answered 409 (another one in flight on the key) is tried again
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}

@@ -9,6 +9,7 @@ import threading
 import warnings
 
 from .. import certindex
+from .. import forks
 from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward, ObjectMissing, RefConflict,
                       UnknownRevision, os_error_text)
 from ..objects import tree_blob_ids, tree_blob_sizes
@@ -270,6 +271,12 @@ def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: 
 
 LARGE_DECODED = 64 << 20  # packed objects from this size are decoded (held whole) one at a time
 _one_large_at_a_time = threading.Lock()
+
+
+@forks.on_fork
+def _new_large_turn() -> None:  # (see mvc.forks)
+    global _one_large_at_a_time
+    _one_large_at_a_time = threading.Lock()
 
 
 def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress: Progress) -> list[str]:
