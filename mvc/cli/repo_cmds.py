@@ -586,8 +586,8 @@ def branch(name, rev, delete, remotes, list_all, force, as_json):
     if (remotes or list_all) and (name is not None or delete or force):
         raise click.UsageError("-r and -a list branches: they take no NAME, -d or -f")
     if delete:
-        if not name or force:
-            raise click.UsageError("mvc branch -d NAME (without -f)")
+        if not name or force or rev is not None:  # (a second name was taken for REV and ignored)
+            raise click.UsageError("mvc branch -d NAME (one branch, without -f)")
         return _deleted("branch", name, repo.delete_branch(name), as_json)
     if force and name is None:
         raise click.UsageError("mvc branch -f NAME [REV]")
@@ -679,14 +679,19 @@ def tag(name, rev, force, delete, as_json):
     """List tags, or tag REV (default HEAD) as NAME.
 
     \b
-    Example:
+    Examples:
+      mvc tag                      # list them
       mvc tag v1.0 HEAD
+      mvc tag -f v1.0 HEAD~1       # move it
+      mvc tag -d v1.0
     """
     repo = _repo()
     if delete:
-        if not name:
-            raise click.UsageError("name the tag to delete: mvc tag -d NAME")
+        if not name or force or rev is not None:  # (a second name was taken for REV and ignored)
+            raise click.UsageError("name the tag to delete: mvc tag -d NAME (one tag, without -f)")
         return _deleted("tag", name, repo.delete_tag(name), as_json)
+    if force and name is None:  # (it listed the tags)
+        raise click.UsageError("mvc tag -f NAME [REV]")
     if name is not None:  # ("" is a bad name, not a listing)
         oid = repo.tag(name, rev, force)
         if as_json:
@@ -926,6 +931,8 @@ def config_cmd(key, value, unset):
     """
     repo = _repo()
     if unset:
+        if value is not None:
+            raise click.UsageError("mvc config --unset KEY takes no VALUE")
         repo.set_config(key, None)
     elif value is None:
         v = repo.get_config(key)

@@ -1524,3 +1524,23 @@ def test_branch_force_moves_an_existing_branch_but_not_the_current_one(run, in_r
     assert in_repo.branches()["new"] == second
     run("branch", "-f", code=2)
     run("branch", "-d", "exp", "-f", code=2)
+
+
+def test_delete_of_two_names_or_unset_with_a_value_is_a_usage_error(run, in_repo):
+    """`mvc tag -d t1 t2` and `mvc branch -d b1 b2` deleted t1 / b1 alone and exited 0 (the second
+    name went to REV, unread); `config --unset KEY VALUE` ignored the value; `tag -f` listed (h100)."""
+    in_repo.commit({"m": {"w": torch.zeros(2)}}, message="a")
+    for args in (("tag", "t1"), ("tag", "t2"), ("branch", "b1"), ("branch", "b2")):
+        run(*args)
+    assert "one tag" in run("tag", "-d", "t1", "t2", code=2).stderr
+    assert "one branch" in run("branch", "-d", "b1", "b2", code=2).stderr
+    assert set(in_repo.tags()) == {"t1", "t2"} and {"b1", "b2"} <= set(in_repo.branches())
+    run("tag", "-f", code=2)
+    run("config", "gc.reflogExpire", "30d")
+    assert "takes no VALUE" in run("config", "--unset", "gc.reflogExpire", "30d", code=2).stderr
+    assert run("config", "gc.reflogExpire").stdout == "30d\n"
+    run("tag", "-d", "t1")
+    run("branch", "-d", "b1")
+    run("config", "--unset", "gc.reflogExpire")
+    assert set(in_repo.tags()) == {"t2"} and "b1" not in in_repo.branches()
+    run("config", "gc.reflogExpire", code=1)  # (unset)
