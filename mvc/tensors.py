@@ -392,14 +392,19 @@ def module_state(value):
     with that text: it cannot be committed as one component (e.g. a host with a brick attached).
     """
     import torch
-    if type(value).__name__ == "OptimizedModule" and isinstance(getattr(value, "_orig_mod", None), torch.nn.Module):
-        value = value._orig_mod  # torch.compile's wrapper: the model's own names, arch and config
+    value = _unwrapped(value, torch)
     if isinstance(value, torch.nn.Module):
         refusal = getattr(value, "mvc_commit_refusal", None)
         if isinstance(refusal, str) and refusal:
             hint = getattr(value, "mvc_commit_hint", None)
             raise BadInput(refusal, hint if isinstance(hint, str) and hint else None)
-        state = value.state_dict()
+        state = _without_compiled_prefixes(value, value.state_dict(), torch)
+        inner = getattr(value, "module", None)
+        if getattr(value, "mvc_arch", None) is None and getattr(inner, "mvc_arch", None) is not None:
+            import warnings  # (e.g. swa_utils.AveragedModel: its own tensors beside the model's)
+            warnings.warn(f"this {type(value).__name__} wraps a {type(inner).__name__} of arch {inner.mvc_arch!r}: "
+                          "it is committed as plain tensors named module.*, without that arch (commit its "
+                          ".module to keep it)")
         problem = flat_state_problem(state)  # e.g. a get_extra_state() value among the tensors
         if problem:
             raise BadInput(f"the state dict of this {type(value).__name__} {problem}", NESTED_HINT)
@@ -430,6 +435,37 @@ def module_state(value):
         return value, None, None, None, None
     raise BadInput(f"cannot commit a {type(value).__name__}",
                    "pass a state dict, an nn.Module or a file/directory path")
+
+
+def _unwrapped(value, torch):
+    """The model inside the wrappers that add nothing to its state but a name prefix: torch.compile's
+    (`_orig_mod.`), DistributedDataParallel's and DataParallel's (`module.`), so that it is committed
+    under its own names, with its arch and config."""
+    while True:
+        if type(value).__name__ == "OptimizedModule" and isinstance(getattr(value, "_orig_mod", None), torch.nn.Module):
+            value = value._orig_mod
+        elif isinstance(value, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            value = value.module
+        else:
+            return value
+
+
+def _without_compiled_prefixes(module, state: dict, torch) -> dict:
+    """`state` with the `_orig_mod.` that submodules compiled one by one (`blocks[i] =
+    torch.compile(block)`, nested ones too) put into its names taken out: the names the model's
+    builder makes."""
+    marks = sorted((f"{name}._orig_mod." for name, m in module.named_modules()
+                    if name and type(m).__name__ == "OptimizedModule" and isinstance(getattr(m, "_orig_mod", None), torch.nn.Module)),
+                   key=len, reverse=True)  # (inner ones first: their names hold the outer ones')
+    if not marks:
+        return state
+    out = {}
+    for key, t in state.items():
+        for mark in marks:
+            if key.startswith(mark):
+                key = mark[:-len("_orig_mod.")] + key[len(mark):]
+        out[key] = t
+    return out
 
 
 def is_torch_value(value) -> bool:

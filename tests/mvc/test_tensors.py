@@ -194,6 +194,37 @@ def test_a_compiled_model_commits_as_the_model_it_wraps(repo):
         assert torch.equal(repo.load_model(cid, "core")(x), core(x))
 
 
+@pytest.mark.parametrize("wrap", ["blocks compiled one by one", "DataParallel", "DataParallel of compiled"])
+def test_a_wrapped_or_blockwise_compiled_model_commits_as_the_model_inside(repo, wrap):
+    """DataParallel (as DDP) committed plain `module.*` tensors without the arch; blocks compiled
+    one by one put `_orig_mod.` into names, and the commit was refused as not fitting (h99)."""
+    import cores
+    core = cores.build("layercake", "tiny", seed=0).eval()
+    names = set(core.state_dict())
+    model = core
+    if "compiled" in wrap:
+        for i, block in enumerate(core.blocks):
+            core.blocks[i] = torch.compile(block)
+    if "DataParallel" in wrap:
+        model = torch.nn.DataParallel(core)
+    cid = repo.commit({"core": model}, message=wrap)
+    tree = repo.tree(cid, "core")
+    assert set(tree["tensors"]) == names and tree["arch"] == "layercake"
+    x = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(repo.load_model(cid, "core")(x), cores.build("layercake", "tiny", seed=0).eval()(x))
+
+
+def test_a_wrapper_with_state_of_its_own_is_committed_as_is_and_said(repo):
+    import cores
+    core = cores.build("layercake", "tiny", seed=0)
+    swa = torch.optim.swa_utils.AveragedModel(core)
+    with pytest.warns(UserWarning, match="wraps a LayerCake.* of arch 'layercake': it is committed as plain tensors named "
+                                         r"module\.\*, without that arch \(commit its \.module to keep it\)"):
+        cid = repo.commit({"swa": swa}, message="swa")
+    assert "n_averaged" in repo.load(cid, "swa") and repo.tree(cid, "swa").get("arch") is None
+
+
 def test_an_abi_spec_that_is_not_one_is_refused(repo):
     m = torch.nn.Linear(2, 2)
     m.abi_spec = "v1"
