@@ -698,8 +698,8 @@ class Repo(Maintenance):
         with self.loose.batch():  # every object is durable before any ref points at it
             for name, tid in (trees or {}).items():  # (read through the object cache above: a gc
                 if not self.store.freshen(tid, FOUND_FRESHEN_S):  # may have removed one since)
-                    raise ObjectMissing(f"trees[{name!r}]: tree {tid} is no longer in the store (removed by a gc?)",
-                                        "commit the component's tensors again")
+                    raise ObjectMissing(f"trees[{name!r}]: tree {tid} is no longer in the store: a gc may have "
+                                        "removed it", "commit the component's tensors again")
             for name, value in components.items():
                 new_trees[name] = self.write_object(comp.build_tree(self.store, name, value, progress))
         provenance = git_provenance(self.root)
