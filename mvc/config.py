@@ -148,9 +148,9 @@ def _is_option(line: str) -> bool:
 def split_key(key: str) -> tuple[str, str]:
     """`section.name` or `section.sub.name` -> (INI section, option); refuses what INI cannot hold."""
     section, _, name = key.rpartition(".")
-    head, _, sub = section.partition(".")
+    head, dot, sub = section.partition(".")
     if not _NAME.fullmatch(head or "") or not _NAME.fullmatch(name) or head.upper() == "DEFAULT" \
-            or any(c in sub for c in '"\n\r[]'):
+            or any(c in sub for c in '"\n\r[]') or (dot and not sub):  # (a..b was stored as a.b)
         raise ConfigError(f"invalid config key {key!r}", "keys look like section.name, e.g. core.fsync")
     return (f'{head.lower()} "{sub}"' if sub else head.lower()), name
 

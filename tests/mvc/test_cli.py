@@ -190,6 +190,9 @@ def test_config_keys_are_case_insensitive_and_typos_in_mvc_sections_are_refused(
     run("config", "Pack.MaxDepth", "3")
     assert mvc.Repo(in_repo.root).config_value("pack.maxDepth", 8) == 3
     assert run("config", "PACK.maxDepth").stdout.strip() == "3"
+    for key in ("my..key", "my.key.", ".my.key"):  # (my..key was stored as my.key)
+        assert "invalid config key" in run("config", key, "x", code=3).stderr
+    assert "my" not in mvc.Repo(in_repo.root).config.sections()
     # an unknown key in a section mvc owns is a typo: refused with the closest known key
     r = run("config", "core.fsnyc", "false", code=3)
     assert r.stderr.strip() == "error: unknown config key 'core.fsnyc' (did you mean core.fsync?)"
