@@ -14,6 +14,7 @@ from typing import Callable
 
 from .errors import LockHeld
 from .forks import hold_over_fork, on_fork
+from .interrupts import interrupts_deferred
 from .store import fsync_dir
 
 # A lock file with no readable owner this old cannot be a writer between create and write: stale.
@@ -415,6 +416,21 @@ class LockFile:
         self.said = False
 
     def _try(self) -> bool:
+        owner = json.dumps({"pid": os.getpid(), "host": hostname(), "time": time.time(),
+                            "start": process_start(os.getpid())}).encode()
+        try:
+            with interrupts_deferred():  # (a Ctrl-C between the file's creation and its owner's line
+                return self._create(owner)  # left a lock no one owns, waited for and broken as stale)
+        except BaseException:  # (the Ctrl-C, delivered once it was made: the block is never entered)
+            if self.held:
+                self.held = False
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+            raise
+
+    def _create(self, owner: bytes) -> bool:
         for attempt in range(10):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -425,13 +441,11 @@ class LockFile:
                 if attempt == 9:
                     raise
                 makedirs(os.path.dirname(self.path) or ".")
-        owner = json.dumps({"pid": os.getpid(), "host": hostname(), "time": time.time(),
-                            "start": process_start(os.getpid())}).encode()
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(owner)
         except BaseException as e:
-            try:  # an ownerless lock could never be broken: remove it (full disk, interrupt)
+            try:  # an ownerless lock could never be broken: remove it (full disk)
                 os.unlink(self.path)
             except OSError:
                 pass

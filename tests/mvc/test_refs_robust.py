@@ -293,6 +293,27 @@ def test_failed_owner_write_removes_the_lock_file(tmp_path, monkeypatch):
     assert not path.exists()
 
 
+def test_a_ctrl_c_as_the_lock_file_is_made_leaves_no_lock(tmp_path, monkeypatch):
+    """A Ctrl-C landing as os.open made the lock file (before its owner's line was written) left an
+    empty lock: the next writer waited STALE_OWNERLESS_LOCK_S and broke it with a warning (h97)."""
+    import signal
+    path = tmp_path / "x.lock"
+    real_open = os.open
+
+    def open_then_ctrl_c(p, flags, *a, **k):
+        fd = real_open(p, flags, *a, **k)
+        if str(p) == str(path):
+            signal.raise_signal(signal.SIGINT)
+        return fd
+    monkeypatch.setattr(os, "open", open_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        LockFile(str(path), timeout=0.1).acquire()
+    monkeypatch.undo()
+    assert not path.exists()
+    with LockFile(str(path), timeout=0.1):  # (taken at once, no warning)
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
 @pytest.mark.parametrize("content", ["", '{"pid": 12', "[]"])
 def test_old_lock_without_owner_is_broken(tmp_path, content):
     path = tmp_path / "x.lock"
