@@ -105,12 +105,12 @@ class MvcGroup(_NamesItsContext, click.Group):
             with contextlib.suppress(OSError):  # (a hangup: the terminal may be gone)
                 if landed:
                     error(f"{how} after {landed}", getattr(e, "hint", None) or "it stands: see mvc log; do not commit it again")
-                elif resumes:
-                    error(how, resumes)
                 elif moved:
                     error(f"{how} after it had {', '.join(moved)}", "that stands" + (": see mvc log and mvc reflog"
                                                                                      if moves_logged() else "") + "; "
-                                                                   "do not run the command again blindly")
+                          + (resumes or "do not run the command again blindly"))
+                elif resumes:
+                    error(how, resumes)
                 else:
                     error(how)
             ctx.exit(status)
@@ -221,6 +221,16 @@ def _on_sigterm(signum, frame):
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
+def resumes_when_interrupted(how: str | None) -> None:
+    """Say, when the running command is interrupted, that running it again finishes it (`how`:
+    e.g. "the same mvc push sends the rest"; None: no longer)."""
+    meta = click.get_current_context().meta
+    if how is None:
+        meta.pop("mvc.resumes", None)
+    else:
+        meta["mvc.resumes"] = how
+
+
 from . import repo_cmds  # noqa: E402,F401  (registers commands)
 from . import pack_cmds  # noqa: E402,F401  (registers pack)
 from . import ci_cmds  # noqa: E402,F401  (registers ci, verify, hooks)
@@ -258,3 +268,4 @@ def entry():
                 break
             except KeyboardInterrupt:  # (one arrived just now: ignore it too)
                 continue
+

@@ -8,7 +8,7 @@ import click
 
 from ..errors import MvcError
 from ..repo import Repo
-from .main import cli
+from .main import cli, resumes_when_interrupted
 from .output import byte_progress, emit_json, human_bytes, json_opt, rate, short, size_change
 
 
@@ -32,6 +32,7 @@ def pack_cmd(full, as_json):
       mvc du
     """
     from ..pack_write import Packer
+    resumes_when_interrupted("the same mvc pack finishes the work")
     repo = Repo(os.getcwd())
     with Packer(repo, full=full) as packer:
         with byte_progress(packer.total_bytes, "packing") as advance:

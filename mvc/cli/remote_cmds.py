@@ -8,7 +8,7 @@ import click
 
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS
-from .main import cli
+from .main import cli, resumes_when_interrupted
 from .output import BarProgress, emit_json, human_bytes, json_opt, one_line, rate, short, shown, warn
 
 jobs_opt = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
@@ -126,6 +126,7 @@ def _push_args(repo: Repo, remote: str | None, branch: str | None, delete: bool 
     return remote, branch
 
 
+
 @cli.command()
 @click.argument("remote", required=False)
 @click.argument("branch", required=False)
@@ -160,6 +161,7 @@ def push(remote, branch, force, dry_run, delete, repair, jobs, as_json):
       mvc push origin main --repair
     """
     repo = _repo()
+    resumes_when_interrupted("the same mvc push sends the rest")
     remote, branch = _push_args(repo, remote, branch, delete)
     if delete and branch is None:
         raise click.UsageError("--delete needs the BRANCH to delete")
@@ -247,6 +249,7 @@ def fetch(remote, jobs, as_json):
       mvc fetch origin
       mvc log origin/main -n 3
     """
+    resumes_when_interrupted("the same mvc fetch fetches the rest")
     rm = _rm()
     r = rm.fetch(_repo(), remote, jobs, BarProgress())
     if as_json:
@@ -291,6 +294,7 @@ def pull(remote, branch, jobs, as_json):
       mvc pull origin main
     """
     repo = _repo()
+    resumes_when_interrupted("the same mvc pull goes on from there")
     remote, branch = _push_args(repo, remote, branch)
     rm = _rm()
     r = rm.pull(repo, remote, branch, jobs, BarProgress())
@@ -329,10 +333,9 @@ def clone(url, directory, lazy, endpoint, jobs, as_json):
     """
     started = time.perf_counter()
     rm = _rm()
-    meta = click.get_current_context().meta
-    meta["mvc.resumes"] = "the same mvc clone resumes it; what it fetched so far stays (remove the folder to give it up)"
+    resumes_when_interrupted("the same mvc clone resumes it; what it fetched so far stays (remove the folder to give it up)")
     repo, r = rm.clone(url, directory, lazy=lazy, endpoint=endpoint, jobs=jobs, progress=BarProgress())
-    del meta["mvc.resumes"]  # (done: a signal from here on interrupts a clone that stands)
+    resumes_when_interrupted(None)  # (done: a signal from here on interrupts a clone that stands)
     r["seconds"] = time.perf_counter() - started
     if as_json:
         emit_json(r)

@@ -12,7 +12,7 @@ import click
 
 from ..errors import BadInput, MvcError
 from ..repo import Repo
-from .main import cli
+from .main import cli, resumes_when_interrupted
 from .ci_state import ci_states, commit_certificates, echo_on_commit_ci, on_commit_ci
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
                      message_opt, negative_result, plural, print_table, short, shown, shown_name, size_change,
@@ -775,6 +775,7 @@ def gc(dry_run, grace, as_json):
     the extra copies removed (not what packing loose objects saves); a dry run's figure can differ
     where packed objects are encoded anew.
     """
+    resumes_when_interrupted("the same mvc gc finishes the work")
     r = _repo().gc(dry_run=dry_run, grace_s=grace, progress=BarProgress())
     if as_json:
         emit_json(r)
@@ -831,9 +832,11 @@ def fsck(as_json, remote):
       mvc fsck --json || echo damaged
       mvc fsck --repair-from origin
     """
+    resumes_when_interrupted("the same mvc gc finishes the work")
     repo = _repo()
     if remote:
         from ..remote import repair
+        resumes_when_interrupted("the same mvc fsck --repair-from finishes the repair")
         fixed = repair(repo, remote)
         r = fixed["after"]
         if not as_json:

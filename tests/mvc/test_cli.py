@@ -1173,6 +1173,20 @@ def test_each_message_option_is_a_paragraph_as_in_git(run, tmp_path):
     assert json.loads(run("log", "-n", "1", "--json").stdout)[0]["message"].startswith("revert to ")
 
 
+@pytest.mark.parametrize("command", ["gc", "pack"])
+def test_an_interrupted_gc_or_pack_says_running_it_again_finishes_it(run, monkeypatch, command):
+    """An interrupted gc that had expired reflog entries said "do not run the command again blindly" (h97)."""
+    from mvc.refs import note_moved
+
+    def interrupted(*_a, **_k):
+        note_moved("expired 2 reflog entries", logged=False)
+        raise KeyboardInterrupt
+    monkeypatch.setattr("mvc.repo.Repo.gc", interrupted)
+    monkeypatch.setattr("mvc.pack_write.Packer.run", interrupted)
+    r = run(command, code=130)
+    assert r.stderr == f"error: interrupted after it had expired 2 reflog entries (that stands; the same mvc {command} finishes the work)\n"
+
+
 def test_ctrl_c_after_a_commit_landed_says_what_landed(run, tmp_path, monkeypatch):
     """A signal arriving after repo.commit returned (while the CLI printed) said only "error:
     interrupted": a wrapper retrying on 130 would commit twice."""

@@ -385,8 +385,32 @@ def test_an_interrupted_clone_says_the_same_clone_resumes_it(tmp_path, monkeypat
     monkeypatch.setattr(rm, "clone", interrupted)
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(cli, ["clone", str(tmp_path / "remote"), "c"])
-    assert r.exit_code == 130 and r.stderr.startswith("error: interrupted (the same mvc clone resumes it")
+    assert r.exit_code == 130 and r.stderr.startswith("error: interrupted after it had set remote.origin.url in "
+                                                      ".mvc/config (that stands; the same mvc clone resumes it")
     assert "blindly" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["push", "fetch", "pull"])
+def test_an_interrupted_transfer_says_the_same_command_finishes_it(tmp_path, monkeypatch, command):
+    """An interrupt after a push had moved the remote's branch said "do not run the command again
+    blindly", where `mvc push --help` says a re-run resumes it (it sends the tags left) (h97)."""
+    from mvc.refs import note_moved
+    remote = mvc.Repo.init(tmp_path / "remote")
+    remote.commit({"m": {"w": torch.ones(2)}}, message="one")
+    local = mvc.Repo.init(tmp_path / "local")
+    local.commit({"m": {"w": torch.ones(2)}}, message="one")
+    rm.add_remote(local, "origin", str(tmp_path / "remote"))
+
+    def interrupted(*a, **kw):
+        note_moved("moved main on origin to 0123456789ab", logged=False)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rm, command, interrupted)
+    monkeypatch.chdir(tmp_path / "local")
+    r = CliRunner().invoke(cli, [command])
+    again = {"push": "the same mvc push sends the rest", "fetch": "the same mvc fetch fetches the rest",
+             "pull": "the same mvc pull goes on from there"}[command]
+    assert r.exit_code == 130 and r.stderr == (f"error: interrupted after it had moved main on origin to 0123456789ab "
+                                               f"(that stands; {again})\n")
 
 
 def test_push_reports_new_tags_reading_each_ref_a_bounded_number_of_times(tmp_path, monkeypatch):
