@@ -80,6 +80,16 @@ def test_non_tensor_commands_do_not_import_torch(repo):
     assert json.loads(out) == []
 
 
+def test_the_package_runs_nothing_before_the_commands_ctrl_c_guard():
+    """`import mvc` imported mvc.errors: a Ctrl-C in those first milliseconds of `mvc log` printed a
+    traceback instead of "error: interrupted" (h97). Its names still load on first use."""
+    script = ("import sys, mvc; loaded = sorted(m for m in sys.modules if m.startswith('mvc.')); "
+              "from mvc import MvcError, CorruptObject; import mvc.errors as e; "
+              "print(loaded, MvcError is e.MvcError, issubclass(CorruptObject, MvcError), mvc.LockHeld is e.LockHeld)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] True True True"
+
+
 @pytest.mark.parametrize("args,status", [(["diff", "HEAD~1", "HEAD", "--all"], 0), (["show"], 0), (["log"], 0),
                                          (["diff", "HEAD~1", "HEAD", "--all", "--exit-code"], 1)])
 def test_a_reader_closing_the_pipe_early_is_not_a_failure(tmp_path, args, status):
