@@ -69,15 +69,18 @@ def _script(name: str, mvc_root: str, mvc_path: str) -> str:
     the merged branch's files, is not searched for modules (they could replace the gate's own)."""
     py = shlex.quote(sys.executable)
     root = f"{shlex.quote(mvc_root)} --mvc-path {shlex.quote(mvc_path)}"
-    if name == "pre-push":  # git feeds the pushed refs on stdin: give both hooks a copy
+    if name == "pre-push":  # git feeds the pushed refs on stdin: give both hooks a copy (none
+        # when git sent none, an up-to-date push: `printf` of an empty $input wrote an empty line;
+        # git ends each line it sends with a newline, which $(cat) drops and printf puts back)
         return f"""#!/bin/sh
 {MARKER}
 hook_dir=$(dirname "$0")
 input=$(cat)
+feed() {{ [ -z "$input" ] || printf '%s\\n' "$input"; }}
 if [ -x "$hook_dir/{name}{CHAINED}" ]; then
-    printf '%s\\n' "$input" | "$hook_dir/{name}{CHAINED}" "$@" || exit $?
+    feed | "$hook_dir/{name}{CHAINED}" "$@" || exit $?
 fi
-printf '%s\\n' "$input" | exec {py} -P -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
+feed | exec {py} -P -m semantic_ci.git_hook {name} --mvc-root {root} "$@"
 """
     only_merges = ""
     if name == "pre-commit":  # only the commit that concludes a stopped merge is gated

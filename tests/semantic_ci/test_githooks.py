@@ -104,6 +104,25 @@ def test_install_chains_existing_hook(tmp_path, monkeypatch):
     assert hook.read_text() == "#!/bin/sh\necho mine\n"
 
 
+@pytest.mark.parametrize("pushed", [b"", b"refs/heads/main 1111 refs/heads/main 2222\nrefs/tags/v1 3333 refs/tags/v1 0000\n"])
+def test_a_chained_pre_push_hook_gets_exactly_what_git_sent(tmp_path, pushed):
+    """git sends no line for an up-to-date push; mvc's wrapper sent the chained hook an empty one,
+    which a hook checking each line refused (probe h100)."""
+    from semantic_ci.githooks import install
+    work = tmp_path / "proj"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    mvc.Repo.init(work)
+    hooks = work / ".git" / "hooks"
+    seen = tmp_path / "seen"
+    (hooks / "pre-push").write_text(f"#!/bin/sh\ncat > '{seen}'\nexit 7\n")  # (7: mvc's gate is not run)
+    (hooks / "pre-push").chmod(0o755)
+    install(str(work))
+    r = subprocess.run([str(hooks / "pre-push"), "origin", "url"], cwd=work, input=pushed, capture_output=True)
+    assert r.returncode == 7, r.stderr
+    assert seen.read_bytes() == pushed
+
+
 def test_a_chained_hook_is_never_overwritten(tmp_path, monkeypatch):
     work = tmp_path / "proj"
     work.mkdir()
