@@ -4,7 +4,8 @@ pre-merge-commit: the model head of the branch being merged (GITHEAD_* or MERGE_
 against the target branch's model head, with mvc.toml and the check data it names read from the
 target branch's commit, so a feature branch cannot relax its own gate or swap its held-out text. pre-commit: the same for the commit that concludes a
 merge git stopped (its shell script runs this only while MERGE_HEAD exists). pre-push: each
-pushed branch's model head is checked.
+pushed branch's model head is checked, with mvc.toml and its data read from the remote's commit of
+the target branch (see gate_revision).
 Exit 1 blocks the merge or push.
 """
 from __future__ import annotations
@@ -54,11 +55,12 @@ def _in_git(repo, path: str, top: str) -> str:
 DATA_KEYS = ("data", "probe", "domain_data", "general_data")
 
 
-def _config_at(repo, git_rev: str):
-    """mvc.toml as of a git revision, with the check data it names taken from that revision too:
-    a branch under test cannot swap the held-out text its gate is measured on. Data that revision
-    does not track is read from the work tree, unless git tracks it there (the branch under test
-    brought it: an error)."""
+def _config_at(repo, git_rev: str, label: str | None = None):
+    """mvc.toml as of a git revision (named `label` in messages, else as given), with the check
+    data it names taken from that revision too: a branch under test cannot swap the held-out text
+    its gate is measured on. Data that revision does not track is read from the work tree, unless
+    git tracks it there (the branch under test brought it: an error)."""
+    label = label or git_rev
     here = (_git("rev-parse", "--show-toplevel") or "").strip() or None  # the work tree merging (a linked
     top = _repo_top(repo) or here  # one, maybe; none in a bare repository), and the mvc repository's
     if top is None:
@@ -67,7 +69,7 @@ def _config_at(repo, git_rev: str):
     text = _git("show", f"{git_rev}:{rel}")
     if text is None:
         return None
-    cfg = cfgmod.load(repo.root, text=text, source=f"{git_rev}:{rel}")
+    cfg = cfgmod.load(repo.root, text=text, source=f"{label}:{rel}")
     files = {}
     for check in cfg.checks:
         for key in DATA_KEYS:
@@ -80,11 +82,11 @@ def _config_at(repo, git_rev: str):
                 continue
             data = _git_bytes("cat-file", "blob", f"{git_rev}:{path}")
             if data is not None:
-                files[spec] = (data, f"{spec} at {git_rev}")
+                files[spec] = (data, f"{spec} at {label}")
             elif _git("ls-files", "--error-unmatch", "--", path, cwd=here) is not None:
                 raise ConfigError(f"{cfg.source}: ci.checks[{check.name}].{key}: {spec} is not tracked at "
-                                  f"{git_rev}, but the work tree's git index has it (from the branch under test)",
-                                  f"the gate's data must come from {git_rev}: commit {spec} there, or keep it "
+                                  f"{label}, but the work tree's git index has it (from the branch under test)",
+                                  f"the gate's data must come from {label}: commit {spec} there, or keep it "
                                   "untracked")
     cfg.files = files
     return cfg
@@ -198,19 +200,39 @@ def pushed_branches(local_ref: str, local_sha: str) -> list[str]:
     return _heads_at(local_sha)
 
 
-def pre_push(repo, stdin_text: str) -> int:
+def gate_revision(remote: str | None, target: str, remote_sha: str) -> tuple[str, str] | None:
+    """(git revision, its name in messages) whose mvc.toml gates a push to branch `target` of
+    `remote`: the remote's commit of it now (git gives its id), else, for a branch the remote does
+    not have, the remote-tracking branch <remote>/<target>, else the local branch `target`; None:
+    none of these (a new branch: the pushed commit's own mvc.toml). Neither a local branch nor the
+    pushed commit may stand for a target the remote has: either can be the branch under test's."""
+    if set(remote_sha) != {"0"}:
+        if _git("cat-file", "-e", f"{remote_sha}^{{commit}}") is None:
+            raise MvcError(f"the remote's {target} is at {remote_sha[:12]}, a commit this repository does not "
+                           f"have: its mvc.toml, which gates this push, cannot be read",
+                           f"git fetch {remote or 'the remote'}, then push again (or --no-verify to skip the gate)")
+        return remote_sha, f"{remote}/{target}" if remote else target
+    for ref in ([f"refs/remotes/{remote}/{target}"] if remote else []) + [f"refs/heads/{target}"]:
+        if _git("rev-parse", "--verify", "-q", f"{ref}^{{commit}}") is not None:
+            return ref, ref.split("/", 2)[2]
+    return None
+
+
+def pre_push(repo, stdin_text: str, remote: str | None = None) -> int:
+    """Each pushed branch's model checked with the target's mvc.toml (gate_revision); `remote`:
+    the remote's name (the hook's first argument)."""
     con = _console()
     ok = True
     for line in stdin_text.splitlines():
         parts = line.split()
         if len(parts) != 4 or not parts[2].startswith("refs/heads/"):
             continue  # (a tag, a note: no branch there moves)
-        local_ref, local_sha, remote_ref, _remote_sha = parts
+        local_ref, local_sha, remote_ref, remote_sha = parts
         if set(local_sha) == {"0"}:
             continue  # a deletion
         target = remote_ref[len("refs/heads/"):]
-        cfg = (_config_at(repo, target) if _git("rev-parse", "--verify", "-q", target) else None) \
-            or _config_at(repo, local_sha)
+        gate = gate_revision(remote, target, remote_sha)  # (where that has no mvc.toml, the pushed
+        cfg = (_config_at(repo, *gate) if gate else None) or _config_at(repo, local_sha)  # one's only adds)
         if cfg is None or not cfg.checks:
             continue
         branches = pushed_branches(local_ref, local_sha)
@@ -261,7 +283,7 @@ def main(argv=None) -> int:
         if argv[0] in ("pre-merge-commit", "pre-commit"):  # pre-commit: concluding a stopped merge
             return pre_merge_commit(repo)
         if argv[0] == "pre-push":
-            return pre_push(repo, sys.stdin.read())
+            return pre_push(repo, sys.stdin.read(), argv[1] if len(argv) > 1 else None)
     except MvcError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

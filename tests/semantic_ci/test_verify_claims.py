@@ -276,6 +276,29 @@ def test_pre_push_refuses_gate_data_only_the_branch_tracks(tmp_path, monkeypatch
     assert cert["checks"][0]["inputs"]["data_desc"] == "data/eval.txt"
 
 
+def test_pre_push_is_gated_by_the_remote_s_commit_of_the_target_not_a_local_branch(tmp_path, monkeypatch, capsys):
+    """`git push origin feature:main` read mvc.toml from the local branch main, else (no local main)
+    from the pushed commit: a feature branch relaxing its own gate went through, and so did one
+    judged by a stale local main. The remote's commit (the push line's 4th field) gates it now."""
+    work, repo, _digits = _feature_project(tmp_path, monkeypatch)
+    strict = git(work, "rev-parse", "main").strip()
+    (work / "mvc.toml").write_text(HOOK_CONFIG.replace("max_ratio = 1.05", "max_ratio = 1000.0"))
+    git(work, "commit", "-qam", "relax our own gate")
+    head = git(work, "rev-parse", "HEAD").strip()
+    line = f"refs/heads/feature {head} refs/heads/main {strict}\n"
+    git(work, "branch", "-D", "main")  # no local main: the pushed commit's mvc.toml was read
+    assert pre_push(mvc.Repo(work), line, "origin") == 1
+    git(work, "branch", "main", head)  # a stale local main, relaxed: it was read
+    assert pre_push(mvc.Repo(work), line, "origin") == 1
+    git(work, "branch", "-D", "main")  # a branch new to the remote: its remote-tracking one, if any
+    git(work, "update-ref", "refs/remotes/origin/main", strict)
+    assert pre_push(mvc.Repo(work), line.replace(strict, "0" * 40), "origin") == 1
+    from semantic_ci.git_hook import main  # the remote's commit not fetched: refused, not guessed
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(line.replace(strict, "1" * 40)))
+    assert main(["pre-push", "origin", str(tmp_path / "remote.git")]) == 1
+    assert "git fetch origin, then push again" in capsys.readouterr().err
+
+
 def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_toml(ci_repo, monkeypatch):
     """A pipeline stage's checks live in its pipeline file; mvc.toml's check of the same name is
     another check (comparing them failed the verify of `mvc run`'s certificates)."""
