@@ -71,16 +71,21 @@ def read_repository_file(repo, spec: str) -> bytes:
     stored as a blob and named in the certificate, which travels with pushes, so a path naming
     a file outside (an absolute path, '..') must not carry other files along. (A symlink inside
     the repository is followed: mvc.toml is the user's, as its adapters are.)"""
-    path = repository_path(repo, spec)
+    return read_regular_file(repository_path(repo, spec), f"check data {spec}")
+
+
+def read_regular_file(path: str, what: str, limit: int = MAX_DATA_BYTES) -> bytes:
+    """The bytes of the regular file at `path` (links followed), at most `limit` of them;
+    BadInput naming it `what` for anything else (a pipe, a device, a folder, too big)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: a pipe would block the open
-            raise BadInput(f"check data {spec} is not a regular file")
+            raise BadInput(f"{what} is not a regular file")
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise BadInput(f"check data {spec} is not a regular file")
-            if st.st_size > MAX_DATA_BYTES:
-                raise BadInput(f"check data {spec} is {st.st_size} bytes, more than {MAX_DATA_BYTES}")
-            return f.read(MAX_DATA_BYTES + 1)[:MAX_DATA_BYTES]
+                raise BadInput(f"{what} is not a regular file")
+            if st.st_size > limit:
+                raise BadInput(f"{what} is {st.st_size} bytes, more than {limit}")
+            return f.read(limit + 1)[:limit]
     except OSError as e:
-        raise BadInput(f"cannot read check data {spec}: {e.strerror}") from None
+        raise BadInput(f"cannot read {what}: {e.strerror}") from None
