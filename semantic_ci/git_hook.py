@@ -2,7 +2,8 @@
 
 pre-merge-commit: the model head of the branch being merged (GITHEAD_* or MERGE_HEAD) is checked
 against the target branch's model head, with mvc.toml and the check data it names read from the
-target branch's commit, so a feature branch cannot relax its own gate or swap its held-out text. pre-commit: the same for the commit that concludes a
+target branch's commit (symbolic links it tracks followed within it), so a feature branch cannot
+relax its own gate or swap its held-out text. pre-commit: the same for the commit that concludes a
 merge git stopped (its shell script runs this only while MERGE_HEAD exists). pre-push: each
 pushed branch's model head is checked, with mvc.toml and its data read from the remote's commit of
 the target branch (see gate_revision).
@@ -14,9 +15,10 @@ import os
 import subprocess
 import sys
 
-from mvc.errors import ConfigError, MvcError
+from mvc.errors import BadInput, ConfigError, MvcError
 
 from . import config as cfgmod
+from .probe import MAX_DATA_BYTES, read_regular_file
 from .report import as_text as _said, render_table
 from .runner import run_ci
 
@@ -53,23 +55,114 @@ def _in_git(repo, path: str, top: str) -> str:
 
 
 DATA_KEYS = ("data", "probe", "domain_data", "general_data")
+MAX_LINKS = 40  # symbolic links followed for one path, as Linux does
+
+
+def _tree(oid: str) -> dict[str, tuple[str, str, str]]:
+    """The entries of git tree `oid`: {name: (mode, type, object id)}."""
+    entries = {}
+    for item in (_git_bytes("ls-tree", "-z", oid) or b"").split(b"\0"):
+        if item:
+            meta, _, name = item.partition(b"\t")
+            mode, kind, obj = meta.decode().split()
+            entries[os.fsdecode(name)] = (mode, kind, obj)
+    return entries
+
+
+def _resolve_at(git_rev: str, path: str, top: str, label: str) -> tuple[str, str, str]:
+    """Where `path` (relative to the work tree's top, '/') leads in git revision `git_rev`, the
+    symbolic links tracked there followed as the file system would (relative to the link's
+    folder): ("blob", object id, path) for a file the revision tracks, ("untracked", "", path) for
+    one it does not, ("outside", "", absolute path) where a link leads out of the work tree.
+    `label`: the revision's name in messages."""
+    trees = [(_git("rev-parse", "--verify", "-q", f"{git_rev}^{{tree}}") or "").strip()]
+    done, pending, links = [], path.split("/"), 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if not done:
+                return "outside", "", os.path.join(top, os.pardir, *pending)
+            done.pop()
+            trees.pop()
+            continue
+        mode, kind, obj = _tree(trees[-1]).get(name, ("", "", ""))
+        if mode == "120000":
+            links += 1
+            if links > MAX_LINKS:
+                raise ConfigError(f"{path} at {label}: more than {MAX_LINKS} symbolic links to follow",
+                                  "a link there leads back to itself: fix it on that branch")
+            target = os.fsdecode(_git_bytes("cat-file", "blob", obj) or b"")
+            if target.startswith("/"):
+                return "outside", "", os.path.join(target, *pending)
+            pending = target.split("/") + pending
+        elif kind == "tree" and pending:
+            done.append(name)
+            trees.append(obj)
+        elif kind == "blob" and not pending:
+            return "blob", obj, "/".join(done + [name])
+        else:  # not there (or a submodule, or a file where a folder is named): untracked
+            return "untracked", "", "/".join(done + [name] + pending)
+    return "untracked", "", "/".join(done)
+
+
+def _file_at(git_rev: str, label: str, path: str, where_git: tuple[str, str], what: str,
+             limit: int) -> tuple[bytes | None, str]:
+    """(bytes, the path read) of `path` as of git revision `git_rev` (named `label`), its links
+    followed there (_resolve_at); where_git: (the work tree's top, the work tree merging, whose
+    index is asked). A link out of the work tree is read from disk wherever it points, as `mvc ci`
+    reads check data, and so is a link to a file the revision does not track, unless that work
+    tree's git index has it (the branch under test brought it: an error). None: `path` itself is
+    not tracked there (the caller's rule); a link's text is never what is read."""
+    top, here = where_git
+    kind, obj, where = _resolve_at(git_rev, path, top, label)
+    if kind == "blob":
+        size = int((_git("cat-file", "-s", obj) or "0").strip())
+        if size > limit:
+            raise ConfigError(f"{what} at {label} is {size} bytes, more than {limit}",
+                              f"keep it smaller on {label}")
+        return _git_bytes("cat-file", "blob", obj), where
+    if kind == "untracked" and where == path:
+        return None, path
+    if kind == "untracked" and _git("ls-files", "--error-unmatch", "--", where, cwd=here) is not None:
+        raise ConfigError(f"{what}: a symbolic link at {label} to {where}, which is not tracked there but the work "
+                          "tree's git index has (from the branch under test)",
+                          f"the gate's files must come from {label}: commit {where} there, or keep it untracked")
+    try:
+        return read_regular_file(where if kind == "outside" else os.path.join(top, where), what, limit), where
+    except BadInput as e:
+        raise ConfigError(f"{e.message} (a symbolic link at {label} leads to {where})",
+                          f"fix the link on {label}, or put the file it names in place") from None
 
 
 def _config_at(repo, git_rev: str, label: str | None = None):
     """mvc.toml as of a git revision (named `label` in messages, else as given), with the check
     data it names taken from that revision too: a branch under test cannot swap the held-out text
-    its gate is measured on. Data that revision does not track is read from the work tree, unless
-    git tracks it there (the branch under test brought it: an error)."""
+    its gate is measured on. Symbolic links tracked there are followed there (_file_at). Data that
+    revision does not track is read from the work tree, unless git tracks it there (the branch
+    under test brought it: an error)."""
     label = label or git_rev
     here = (_git("rev-parse", "--show-toplevel") or "").strip() or None  # the work tree merging (a linked
     top = _repo_top(repo) or here  # one, maybe; none in a bare repository), and the mvc repository's
     if top is None:
         return None  # (no work tree: nothing of this repository's to gate)
     rel = _in_git(repo, cfgmod.CONFIG_FILE, top)
-    text = _git("show", f"{git_rev}:{rel}")
-    if text is None:
+    raw, _where = _file_at(git_rev, label, rel, (top, here), f"{label}:{rel}", cfgmod.MAX_CONFIG_BYTES)
+    if raw is None:
         return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{label}:{rel}: not UTF-8 text (byte {e.start})") from None
     cfg = cfgmod.load(repo.root, text=text, source=f"{label}:{rel}")
+    cfg.files = _data_at(repo, git_rev, label, cfg, (top, here))
+    return cfg
+
+
+def _data_at(repo, git_rev: str, label: str, cfg, where_git: tuple[str, str]) -> dict:
+    """{spec: (bytes, description)} of the check data `cfg` names, as of git revision `git_rev`
+    (see _config_at); data it does not track, nor links to, is left for the check to read."""
     files = {}
     for check in cfg.checks:
         for key in DATA_KEYS:
@@ -77,19 +170,18 @@ def _config_at(repo, git_rev: str, label: str | None = None):
             if not isinstance(spec, str) or spec == "builtin" or spec.startswith("blob:") or spec in files \
                     or os.path.isabs(spec):
                 continue  # (an absolute path is refused when the check reads it)
-            path = _in_git(repo, spec, top)
+            path = _in_git(repo, spec, where_git[0])
             if path.startswith("../"):
                 continue
-            data = _git_bytes("cat-file", "blob", f"{git_rev}:{path}")
+            data, where = _file_at(git_rev, label, path, where_git, f"check data {spec}", MAX_DATA_BYTES)
             if data is not None:
-                files[spec] = (data, f"{spec} at {label}")
-            elif _git("ls-files", "--error-unmatch", "--", path, cwd=here) is not None:
+                files[spec] = (data, f"{spec} at {label}" + (f" ({where})" if where != path else ""))
+            elif _git("ls-files", "--error-unmatch", "--", path, cwd=where_git[1]) is not None:
                 raise ConfigError(f"{cfg.source}: ci.checks[{check.name}].{key}: {spec} is not tracked at "
                                   f"{label}, but the work tree's git index has it (from the branch under test)",
                                   f"the gate's data must come from {label}: commit {spec} there, or keep it "
                                   "untracked")
-    cfg.files = files
-    return cfg
+    return files
 
 
 def _upstream(git_branch: str) -> str | None:

@@ -299,6 +299,38 @@ def test_pre_push_is_gated_by_the_remote_s_commit_of_the_target_not_a_local_bran
     assert "git fetch origin, then push again" in capsys.readouterr().err
 
 
+def test_the_hooks_follow_symbolic_links_the_target_tracks_never_reading_their_text(tmp_path, monkeypatch):
+    """The hooks read a tracked link's text for its data: a data file tracked as a link was
+    measured on its path ("ratio 1 PASS"), and a linked mvc.toml was "invalid TOML" (probe h100)."""
+    from semantic_ci.git_hook import _config_at
+    work, repo, _digits = _feature_project(tmp_path, monkeypatch)
+    feature = git(work, "rev-parse", "HEAD").strip()
+    git(work, "checkout", "-q", "main")
+    (work / "data").mkdir()
+    git(work, "mv", "heldout.txt", "data/heldout-v2.txt")
+    os.symlink("data/heldout-v2.txt", work / "heldout.txt")
+    (work / "settings").mkdir()
+    git(work, "mv", "mvc.toml", "settings/mvc.toml")
+    os.symlink("settings", work / "conf")
+    os.symlink("conf/../conf/mvc.toml", work / "mvc.toml")  # (a link through a linked folder)
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "linked data and config")
+    cfg = _config_at(repo, "main")
+    assert [c.name for c in cfg.checks] == ["general-ppl"]
+    assert cfg.files["heldout.txt"] == (HELD_OUT, "heldout.txt at main (data/heldout-v2.txt)")
+    assert pre_push(mvc.Repo(work), f"refs/heads/feature {feature} refs/heads/main {'0' * 40}\n") == 1
+    (tmp_path / "shared.txt").write_bytes(HELD_OUT[:1000])
+    for link, read in (("../shared.txt", HELD_OUT[:1000]), ("heldout.txt", None)):  # out of the tree; a loop
+        os.remove(work / "heldout.txt")
+        os.symlink(link, work / "heldout.txt")
+        git(work, "commit", "-qam", f"heldout.txt -> {link}")
+        if read is None:
+            with pytest.raises(ConfigError, match="more than 40 symbolic links"):
+                _config_at(repo, "main")
+        else:  # read from disk wherever it points, as `mvc ci` reads it
+            assert _config_at(repo, "main").files["heldout.txt"][0] == read
+
+
 def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_toml(ci_repo, monkeypatch):
     """A pipeline stage's checks live in its pipeline file; mvc.toml's check of the same name is
     another check (comparing them failed the verify of `mvc run`'s certificates)."""
