@@ -1508,6 +1508,10 @@ def _plain_number(value, path: str = "metrics", depth: int = 0):
         if isinstance(number, numbers.Real) and not isinstance(number, (int, float)):  # (numpy's
             return float(number)  # longdouble's item() is a longdouble again)
         return number
+    if callable(item) and (callable(numel) or isinstance(size, int)):  # a tensor or array of another size
+        count = numel() if callable(numel) else size
+        raise BadInput(f"{path}: a {type(value).__name__} of {count} elements is no metric",
+                       "give metrics as Python numbers, e.g. loss.item(), or lists of them, e.g. t.tolist()")
     return value
 
 

@@ -221,6 +221,11 @@ def test_metrics_are_unwrapped_at_any_depth_and_huge_numbers_are_refused_clearly
             r"metrics.loss.x: Tensor holds no number")
     refused(repo, lambda: repo.commit({"m": {"w": torch.zeros(3)}}, message="x", metrics={"n": 10 ** 5000}),
             "cannot store this value")
+    for value, kind in ((torch.ones(3), "Tensor of 3"), (np.ones((2, 2)), "ndarray of 4")):  # ("Object of type
+        refused(repo, lambda: repo.commit({"m": {"w": torch.zeros(3)}}, message="x",  # Tensor is not JSON
+                                          metrics={"loss": value}),                   # serializable", h99)
+                rf"metrics.loss: a {kind} elements is no metric \(give metrics as Python numbers, e.g. loss.item\(\), "
+                r"or lists of them, e.g. t.tolist\(\)")
 
 
 def test_no_repository_is_made_inside_another_ones_dot_mvc(repo, tmp_path):
