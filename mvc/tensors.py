@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 from . import safetensors_format as stf
-from .errors import BadInput, MvcError
+from .errors import BadInput
 from .quoting import short_repr
 
 _ST_TO_TORCH = {
@@ -439,12 +440,14 @@ def module_state(value):
 
 def _unwrapped(value, torch):
     """The model inside the wrappers that add nothing to its state but a name prefix: torch.compile's
-    (`_orig_mod.`), DistributedDataParallel's and DataParallel's (`module.`), so that it is committed
-    under its own names, with its arch and config."""
+    (`_orig_mod.`), and DistributedDataParallel's and DataParallel's (`module.`) around a model with
+    an arch, so that it is committed under the names its builder makes, with its arch and config (a
+    plain module inside them keeps `module.`: loaded back into the wrapper, the names fit)."""
     while True:
         if type(value).__name__ == "OptimizedModule" and isinstance(getattr(value, "_orig_mod", None), torch.nn.Module):
             value = value._orig_mod
-        elif isinstance(value, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        elif isinstance(value, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) \
+                and getattr(_unwrapped(value.module, torch), "mvc_arch", None) is not None:
             value = value.module
         else:
             return value
@@ -452,8 +455,10 @@ def _unwrapped(value, torch):
 
 def _without_compiled_prefixes(module, state: dict, torch) -> dict:
     """`state` with the `_orig_mod.` that submodules compiled one by one (`blocks[i] =
-    torch.compile(block)`, nested ones too) put into its names taken out: the names the model's
-    builder makes."""
+    torch.compile(block)`, nested ones too) put into its names taken out, for a model with an arch:
+    the names its builder makes (a plain module's stay: loaded back into it, they fit)."""
+    if getattr(module, "mvc_arch", None) is None:
+        return state
     marks = sorted((f"{name}._orig_mod." for name, m in module.named_modules()
                     if name and type(m).__name__ == "OptimizedModule" and isinstance(getattr(m, "_orig_mod", None), torch.nn.Module)),
                    key=len, reverse=True)  # (inner ones first: their names hold the outer ones')
@@ -540,24 +545,55 @@ def built_shapes(make) -> dict | None:
 def check_module_fits(arch, config, state: dict, name: str) -> None:
     """Refuse (BadInput) to commit a module whose tensors are not what its `mvc_arch` and
     `mvc_config` build (see check_fits_record): load_model, paste and CI rebuild it from that
-    record. Nothing is checked where the arch is not installed. The built shapes are kept per
-    (arch, config), so a training loop committing one model builds it on the meta device once."""
+    record. Nothing is checked where the arch is not installed. The builder and the shapes it makes
+    are kept per (arch, config), so a training loop committing one model builds it once; tensors of
+    other shapes are then tried as load_model would load them (`loads_on_meta`: a model may size a
+    tensor by its data, as bpe-transformer its trained tokenizer)."""
     if not isinstance(config, dict):
         return
     key = (arch, json.dumps(config, sort_keys=True, default=repr))
-    if key not in _BUILT:  # (finding the builder reads every installed package's entry points: once)
+    built = _BUILT.get(key, _BUILT)
+    if built is _BUILT:  # (finding the builder reads every installed package's entry points: once)
         found = recorded_builder({"arch": arch, "config": config})
-        _BUILT[key] = None if found is None else built_shapes(lambda: found[0](found[1]))
-        while len(_BUILT) > 8:
-            del _BUILT[next(iter(_BUILT))]
+        built = None if found is None else (found, built_shapes(lambda: found[0](_copied(found[1]))))
+        with _BUILT_LOCK:
+            _BUILT[key] = built
+            for old in list(_BUILT)[:-8]:
+                _BUILT.pop(old, None)
+    if built is None or built[1] is None:
+        return
+    (builder, cfg), shapes = built
     stored = {n: {"shape": list(t.shape)} for n, t in state.items()}
-    check_fits_record(_BUILT[key], stored, arch, f"component {name!r}",
+    if set(stored) == set(shapes) and all(shapes[n] == stored[n]["shape"] for n in shapes):
+        return
+    if loads_on_meta(lambda: builder(_copied(cfg)), {n: (t.shape, t.dtype) for n, t in state.items()}):
+        return
+    check_fits_record(shapes, stored, arch, f"component {name!r}",
                       "load_model, paste and CI could never rebuild it from its record: commit the module "
                       "as its arch builds it (no tensors added or reshaped after the build), or commit "
                       "its state_dict() as plain tensors")
 
 
-_BUILT: dict = {}  # (arch, config JSON) -> {name: shape} of what the builder makes, or None
+_BUILT: dict = {}  # (arch, config JSON) -> ((builder, config), {name: shape} it makes or None) or None
+_BUILT_LOCK = threading.Lock()
+
+
+def _copied(config: dict) -> dict:
+    return json.loads(json.dumps(config))  # (a builder may change the config it is given)
+
+
+def loads_on_meta(make, stored: dict) -> bool:
+    """Whether the model `make()` builds takes tensors of the `stored` {name: (shape, torch dtype)}
+    through its own load_state_dict (strict, with its load hooks), all on the meta device."""
+    import torch
+    try:
+        with torch.device("meta"):
+            model = make()
+            fake = {n: torch.empty(tuple(shape), dtype=dtype) for n, (shape, dtype) in stored.items()}
+        model.load_state_dict(fake, strict=True)
+    except Exception:  # noqa: BLE001 (missing or unexpected names, shapes it refuses, a build it cannot do)
+        return False
+    return True
 
 
 def precheck_build(make, tree: dict, what: str) -> None:
@@ -584,9 +620,13 @@ def recorded_builder(tree: dict):
     if not isinstance(arch, str) or not isinstance(config, dict):
         return None
     try:
-        return arch_builder(arch), json.loads(json.dumps(config))
-    except (MvcError, ImportError):
+        config = json.loads(json.dumps(config))
+    except (TypeError, ValueError, RecursionError):  # (not JSON: the tree refuses it, saying why)
         return None
+    try:
+        return arch_builder(arch), config
+    except Exception:  # noqa: BLE001 (not installed, or an entry point that fails to load: what
+        return None  # load_model says; a check that cannot run here is left alone)
 
 
 def arch_builder(arch: str):

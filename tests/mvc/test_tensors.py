@@ -215,6 +215,40 @@ def test_a_wrapped_or_blockwise_compiled_model_commits_as_the_model_inside(repo,
         assert torch.equal(repo.load_model(cid, "core")(x), cores.build("layercake", "tiny", seed=0).eval()(x))
 
 
+def test_a_plain_module_wrapped_or_compiled_by_blocks_keeps_its_own_names(repo):
+    """Without an arch there is no builder whose names to match: the wrapper's names stay, so the
+    state loads back into the object committed (h102)."""
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    m[0] = torch.compile(m[0])
+    dp = torch.nn.DataParallel(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    for mod in (m, dp):
+        back = repo.load(repo.commit({"m": mod}, message="plain"), "m")
+        assert set(back) == set(mod.state_dict())
+        mod.load_state_dict(back)
+
+
+def test_a_model_sizing_a_tensor_by_its_data_commits(repo):
+    """A trained bpe-transformer's tokenizer_blob is sized by its training: the fit check refused it
+    by the fresh build's shape, though load_model (its own load hook) rebuilds it exactly (h102)."""
+    import cores
+    core = cores.build("bpe-transformer", config="tiny", seed=0)
+    cores.train(core, bytes(range(256)) * 40, steps=1)
+    assert core.state_dict()["tokenizer_blob"].numel() > 0
+    back = repo.load_model(repo.commit({"core": core}, message="trained"), "core")
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in core.state_dict().items())
+    core.register_buffer("junk", torch.ones(2))  # (what its builder does not make is still refused)
+    with pytest.raises(BadInput, match="an extra tensor 'junk'"):
+        repo.commit({"core": core}, message="junk")
+
+
+def test_a_config_that_is_no_json_is_refused_as_bad_input(repo):
+    import cores
+    core = cores.build("layercake", "tiny", seed=0)
+    core.mvc_config = {**core.mvc_config, "dtype": torch.float32}
+    with pytest.raises(BadInput, match="cannot store this value"):  # (a raw TypeError, h102)
+        repo.commit({"core": core}, message="x")
+
+
 def test_a_wrapper_with_state_of_its_own_is_committed_as_is_and_said(repo):
     import cores
     core = cores.build("layercake", "tiny", seed=0)
