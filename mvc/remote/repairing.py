@@ -13,21 +13,24 @@ from .common import MAX_META_BYTES, NAMED_MAX_BYTES, blob_size_limit, permission
 from .config import open_remote
 
 
-def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, rounds: int = 64) -> dict:
+def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> dict:
     """Restore what `fsck` finds damaged or missing from a remote (or a clone used as one): each
     object is downloaded, verified and written loose, replacing a damaged loose copy. Rounds repeat
-    while they restore something (a restored commit reveals the trees it needs, and so on). Loose
-    objects are read before packed ones: a full repack then rewrites the packs from the good
-    copies, and pack files whose index is unusable are moved to objects/pack/damaged/ once every
-    reachable object is whole again. Returns the fsck reports before and after."""
-    before = report = repo.fsck()
+    while they restore something (a restored commit reveals its parent and the trees it needs, and
+    so on, however deep the history lost); after the first, which re-hashes everything, a round
+    only looks for what is still missing. Loose objects are read before packed ones: a full repack
+    then rewrites the packs from the good copies, and pack files whose index is unusable are moved
+    to objects/pack/damaged/ once every reachable object is whole again. Returns the fsck reports
+    before and after."""
+    before = repo.fsck()
     name, t = open_remote(repo, remote, jobs)
     where = name or t.describe()
     t.require_repository()  # (a remote of a newer format or extension: "upgrade mvc", not "damaged")
     restored, failed, done = [], {}, set()  # (done: restored, as a set)
+    named = {p["id"] for p in before["problems"] if is_oid(p["id"])}
     with permission_errors(t), repo.writing():
-        for _ in range(rounds):
-            wanted = [oid for oid in sorted({p["id"] for p in report["problems"] if is_oid(p["id"])})
+        while True:  # (ends: each round restores objects not restored before, or stops)
+            wanted = [oid for oid in sorted(named)
                       if oid not in failed and oid not in done  # (a damaged packed copy stays named
                       and not _intact(repo, oid)]  # until the repack below) e.g. a tree named for its header
             got = _restore(repo, t, where, wanted, failed)
@@ -36,7 +39,7 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, roun
             if not got:
                 break
             repo._cache.clear()
-            report = repo.fsck()
+            named = _missing_now(repo)
     from ..pack import pack_store_of
     packs = pack_store_of(repo.store)
     if any(not is_oid(p["id"]) for p in before["problems"]) or any(packs.has(o) for o in restored):
@@ -49,6 +52,15 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS, roun
         after = Repo(repo.root).fsck()
     return {"remote": where, "before": before, "restored": restored, "failed": failed, "after": after,
             "ok": after["ok"]}
+
+
+def _missing_now(repo: Repo) -> set[str]:
+    """What the reachable history names and this repository does not hold, or cannot read (a walk,
+    no re-hash: what a restored commit or tree revealed; damage was found by the first fsck)."""
+    unreadable: list = []
+    live, missing = repo.reachable(damaged=unreadable, bad_refs={})
+    return ({oid for oid, _who in missing} | {oid for oid, _who, _why in unreadable}
+            | {oid for oid in live if not repo.store.has(oid)})  # (blobs a tree names are not walked)
 
 
 def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: dict) -> list[str]:

@@ -1163,6 +1163,28 @@ def test_fsck_repair_from_restores_damaged_loose_and_packed_objects(tmp_path, mo
         assert checkout_bytes(fixed, rev, tmp_path / f"f{rev[:6]}") == checkout_bytes(backup, rev, tmp_path / f"b{rev[:6]}")
 
 
+def test_fsck_repair_from_restores_a_lost_history_of_any_depth(tmp_path, monkeypatch):
+    """Repair went in at most 64 rounds (a restored commit reveals its parent): a clone that lost a
+    pack holding 80 commits was restored in part, exit 1 (h104)."""
+    import glob
+
+    from mvc.pack_write import pack
+    origin = new_repo(tmp_path / "origin")
+    for i in range(70):
+        origin.commit({"h": {"w": torch.full((2,), float(i))}}, message=f"step {i}")
+    src, _ = rm.clone(origin.root, str(tmp_path / "src"))  # (its reflog names the tip alone)
+    backup = origin
+    pack(src, full=True, grace_s=0)
+    for f in glob.glob(os.path.join(src.dir, "objects", "pack", "pack-*")):
+        os.remove(f)  # (the pack is lost)
+    r = invoke(monkeypatch, src.root, "fsck", "--repair-from", backup.root, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and len(doc["repair"]["restored"]) >= 70 * 3  # (a commit, a tree and a blob each)
+    fixed = mvc.Repo(src.root)
+    assert fixed.fsck()["ok"] and len(fixed.log()) == 70
+
+
 def _pushed_then_tree_lost(tmp_path):
     """(a repository pushed to a directory remote, that remote's path, the id of the tree it then lost)."""
     src = new_repo(tmp_path / "src")
