@@ -72,7 +72,7 @@ MAX_ATTEMPTS = 5   # per request, botocore's standard retry mode
 READ_TIMEOUT_S = 30  # a server silent this long is asked again (said once; 120 s kept a silent one quiet ~10 min)
 BODY_RETRIES = 4   # a response body that breaks off is asked for again this many times
 RETRY_HINT = "run the command again to resume"
-_SESSION = None
+_SESSION = None  # (the data loader sessions share: see _session)
 _SESSION_LOCK = threading.Lock()
 
 
@@ -152,6 +152,10 @@ class S3Transport(Transport):
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise MvcError(f"access denied while {what} on {self.url}: {code}",
                                "check the AWS credentials and the bucket policy") from None
+            if code in ("ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired"):
+                raise MvcError(f"the AWS credentials were refused while {what} on {self.url}: {code}",
+                               "renew them (a new session token, or aws sso login) and run the command again "
+                               "to resume") from None
             raise MvcError(f"S3 error while {what} on {self.url}: {code}: {e}",
                            RETRY_HINT if _transient(e) else None) from None
         if isinstance(e, bx.ParamValidationError):  # (no request was sent: running it again fails again)
@@ -369,12 +373,19 @@ class S3Transport(Transport):
 
 
 def _session(boto3):
-    """One boto3 session per process: loading the service model costs ~0.1 s per new session."""
+    """A new boto3 session, so that credentials changed since the last one (rotated keys in the
+    environment or ~/.aws/credentials) are read again: a long training process pushing after
+    every checkpoint kept the first ones. Its data loader, which reads the service model (~0.1 s
+    a session), is the process's one."""
+    import botocore.session
     global _SESSION
     with _SESSION_LOCK:
+        core = botocore.session.Session()
         if _SESSION is None:
-            _SESSION = boto3.session.Session()
-        return _SESSION
+            _SESSION = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _SESSION)
+        return boto3.session.Session(botocore_session=core)
 
 
 def _body_broke(e) -> bool:

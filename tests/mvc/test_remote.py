@@ -623,6 +623,24 @@ def test_s3_credentials_that_are_incomplete_are_a_clear_error(tmp_path, aws_env,
     monkeypatch.setattr(s3mod, "_SESSION", None)
 
 
+def test_s3_credentials_changed_in_a_running_process_are_used(aws_env, s3_endpoint, monkeypatch):
+    """One boto3 session per process kept the credentials it first read: a training process pushing
+    after each checkpoint failed once its keys were rotated, until it restarted (h104)."""
+    import mvc.transport_s3 as s3mod
+    remote = S3Remote(s3_endpoint)
+    first = open_transport(remote.url, remote.endpoint).client._request_signer._credentials.access_key
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
+    t = open_transport(remote.url, remote.endpoint)
+    assert first != "rotated" and t.client._request_signer._credentials.access_key == "rotated"
+    assert t.client.meta.service_model is not None and s3mod._SESSION is not None  # (the shared loader)
+    from botocore.exceptions import ClientError
+    expired = ClientError({"Error": {"Code": "ExpiredToken", "Message": "x"},
+                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject")
+    with pytest.raises(mvc.MvcError, match="the AWS credentials were refused while reading on .*: ExpiredToken") as e:
+        t._fail(expired, "reading")
+    assert "renew them" in e.value.hint
+
+
 def test_an_invalid_s3_bucket_name_is_not_called_worth_a_retry(tmp_path, aws_env, s3_endpoint):
     """botocore refuses the name before sending anything; mvc hinted "run the command again to resume"."""
     with pytest.raises(mvc.MvcError, match="names no valid bucket: 'Bad_Bucket!'") as e:
