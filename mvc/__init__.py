@@ -8,17 +8,15 @@ __all__ = ["Repo", "MvcError", "CheckFailed", "NotARepository", "UnknownRevision
 __version__ = "0.1.0"
 
 
-_ERRORS = {"MvcError", "CheckFailed", "NotARepository", "UnknownRevision", "CorruptObject", "LockHeld",
-           "AbiMismatch", "ObjectMissing", "BadInput", "ConfigError"}  # (mvc.errors: loaded on first use too)
-
-
 def __getattr__(name: str):
     if name == "Repo":
         from .repo import Repo
         return Repo
-    if name in _ERRORS:
+    if name[:1].isupper():  # an error class (mvc.errors: loaded on first use too)
         from . import errors
-        return getattr(errors, name)
+        found = getattr(errors, name, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return found
     import importlib
     try:
         return importlib.import_module(f"{__name__}.{name}")
@@ -26,3 +24,9 @@ def __getattr__(name: str):
         if e.name != f"{__name__}.{name}":
             raise
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    from . import errors
+    return sorted({*globals(), *__all__, *(n for n, v in vars(errors).items()
+                                           if isinstance(v, type) and issubclass(v, BaseException))})

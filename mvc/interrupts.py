@@ -27,8 +27,8 @@ def interrupts_deferred():
         signal.signal(s, lambda signum, frame: got.append(signum))
     try:
         yield
-    finally:
+    finally:  # (on every way out: a signal held back while the block failed is the caller's too)
         for s in owned:
             signal.signal(s, old[s])
-    for s in dict.fromkeys(got):
-        signal.raise_signal(s)
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)

@@ -385,7 +385,10 @@ def _session(boto3):
             _SESSION = core.get_component("data_loader")
         else:
             core.register_component("data_loader", _SESSION)
-        return boto3.session.Session(botocore_session=core)
+        session = boto3.session.Session(botocore_session=core)
+        paths = _SESSION.search_paths  # (each boto3 session adds its data folder to the loader's)
+        paths[:] = list(dict.fromkeys(paths))
+        return session
 
 
 def _body_broke(e) -> bool:

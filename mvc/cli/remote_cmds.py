@@ -161,7 +161,8 @@ def push(remote, branch, force, dry_run, delete, repair, jobs, as_json):
       mvc push origin main --repair
     """
     repo = _repo()
-    resumes_when_interrupted("the same mvc push sends the rest")
+    if not (delete or dry_run):  # (a delete run again finds the branch gone)
+        resumes_when_interrupted("the same mvc push sends the rest")
     remote, branch = _push_args(repo, remote, branch, delete)
     if delete and branch is None:
         raise click.UsageError("--delete needs the BRANCH to delete")

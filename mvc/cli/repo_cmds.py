@@ -775,7 +775,8 @@ def gc(dry_run, grace, as_json):
     the extra copies removed (not what packing loose objects saves); a dry run's figure can differ
     where packed objects are encoded anew.
     """
-    resumes_when_interrupted("the same mvc gc finishes the work")
+    if not dry_run:
+        resumes_when_interrupted("the same mvc gc finishes the work")
     r = _repo().gc(dry_run=dry_run, grace_s=grace, progress=BarProgress())
     if as_json:
         emit_json(r)
@@ -832,7 +833,6 @@ def fsck(as_json, remote):
       mvc fsck --json || echo damaged
       mvc fsck --repair-from origin
     """
-    resumes_when_interrupted("the same mvc gc finishes the work")
     repo = _repo()
     if remote:
         from ..remote import repair

@@ -1185,6 +1185,10 @@ def test_an_interrupted_gc_or_pack_says_running_it_again_finishes_it(run, monkey
     monkeypatch.setattr("mvc.pack_write.Packer.run", interrupted)
     r = run(command, code=130)
     assert r.stderr == f"error: interrupted after it had expired 2 reflog entries (that stands; the same mvc {command} finishes the work)\n"
+    if command == "gc":  # (a dry run and a plain fsck, which repair nothing, say no such thing)
+        assert "finishes" not in run("gc", "--dry-run", code=130).stderr
+        monkeypatch.setattr("mvc.repo.Repo.fsck", interrupted)
+        assert "gc" not in run("fsck", code=130).stderr
 
 
 def test_ctrl_c_after_a_commit_landed_says_what_landed(run, tmp_path, monkeypatch):

@@ -85,9 +85,10 @@ def test_the_package_runs_nothing_before_the_commands_ctrl_c_guard():
     traceback instead of "error: interrupted" (h97). Its names still load on first use."""
     script = ("import sys, mvc; loaded = sorted(m for m in sys.modules if m.startswith('mvc.')); "
               "from mvc import MvcError, CorruptObject; import mvc.errors as e; "
-              "print(loaded, MvcError is e.MvcError, issubclass(CorruptObject, MvcError), mvc.LockHeld is e.LockHeld)")
+              "print(loaded, MvcError is e.MvcError, issubclass(CorruptObject, MvcError), mvc.LockHeld is e.LockHeld, "
+              "mvc.NonFastForward is e.NonFastForward, {'Repo', 'MvcError', 'BadName'} <= set(dir(mvc)))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[] True True True"
+    assert out.strip() == "[] True True True True True"
 
 
 @pytest.mark.parametrize("args,status", [(["diff", "HEAD~1", "HEAD", "--all"], 0), (["show"], 0), (["log"], 0),

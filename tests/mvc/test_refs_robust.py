@@ -314,6 +314,25 @@ def test_a_ctrl_c_as_the_lock_file_is_made_leaves_no_lock(tmp_path, monkeypatch)
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
+def test_a_signal_held_back_while_a_block_fails_is_still_delivered():
+    """interrupts_deferred re-sent held signals only when the block ended normally: a SIGTERM that
+    came while a lock's creation failed (a full disk) never reached the program's handler (h105)."""
+    import signal
+
+    from mvc.interrupts import interrupts_deferred
+    got = []
+    old = signal.signal(signal.SIGTERM, lambda *_: got.append("term"))
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            with interrupts_deferred():
+                signal.raise_signal(signal.SIGTERM)
+                assert got == []  # (held back)
+                raise OSError("disk full")
+        assert got == ["term"]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 @pytest.mark.parametrize("content", ["", '{"pid": 12', "[]"])
 def test_old_lock_without_owner_is_broken(tmp_path, content):
     path = tmp_path / "x.lock"

@@ -632,7 +632,10 @@ def test_s3_credentials_changed_in_a_running_process_are_used(aws_env, s3_endpoi
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
     t = open_transport(remote.url, remote.endpoint)
     assert first != "rotated" and t.client._request_signer._credentials.access_key == "rotated"
-    assert t.client.meta.service_model is not None and s3mod._SESSION is not None  # (the shared loader)
+    assert t.client.meta.service_model is not None and s3mod._SESSION is not None  # (the shared loader,
+    for _ in range(3):                                                                # whose search paths
+        open_transport(remote.url, remote.endpoint)                                   # each session grew)
+    assert len(s3mod._SESSION.search_paths) == len(set(s3mod._SESSION.search_paths))
     from botocore.exceptions import ClientError
     expired = ClientError({"Error": {"Code": "ExpiredToken", "Message": "x"},
                            "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject")
@@ -825,11 +828,11 @@ def test_an_error_after_the_remote_branch_moved_says_so_and_moves_the_tracking_r
 
     def fails(*_a, **_k):
         raise mvc.MvcError("S3 error while updating certs", "run the command again to resume")
-    monkeypatch.setattr(t, "add_to_cert_index", fails)
-    with pytest.raises(mvc.MvcError, match=f"the push had moved main on origin to {head[:12]}, which stays"):
-        rm.push(repo, transport=t)
+    with monkeypatch.context() as m:  # (undo() would drop the fixtures' credentials too)
+        m.setattr(t, "add_to_cert_index", fails)
+        with pytest.raises(mvc.MvcError, match=f"the push had moved main on origin to {head[:12]}, which stays"):
+            rm.push(repo, transport=t)
     assert repo.refs.read("refs/remotes/origin/main") == head
-    monkeypatch.undo()
     rm.push(mvc.Repo(repo.root))  # the rest goes
     assert certindex.read_index(rm.clone(remote.url, str(tmp_path / "c"), endpoint=remote.endpoint)[0].dir, head)
 

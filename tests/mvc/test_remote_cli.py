@@ -411,6 +411,9 @@ def test_an_interrupted_transfer_says_the_same_command_finishes_it(tmp_path, mon
              "pull": "the same mvc pull goes on from there"}[command]
     assert r.exit_code == 130 and r.stderr == (f"error: interrupted after it had moved main on origin to 0123456789ab "
                                                f"(that stands; {again})\n")
+    if command == "push":  # (run again, a delete finds the branch gone; a dry run did nothing)
+        for extra in (["--delete", "main"], ["--dry-run"]):
+            assert "the same mvc push" not in CliRunner().invoke(cli, ["push", "origin", *extra]).stderr
 
 
 def test_push_reports_new_tags_reading_each_ref_a_bounded_number_of_times(tmp_path, monkeypatch):

@@ -236,6 +236,15 @@ def test_a_model_sizing_a_tensor_by_its_data_commits(repo):
     assert core.state_dict()["tokenizer_blob"].numel() > 0
     back = repo.load_model(repo.commit({"core": core}, message="trained"), "core")
     assert all(torch.equal(back.state_dict()[k], v) for k, v in core.state_dict().items())
+    from mvc import tensors
+    tries = []
+    real = tensors.loads_on_meta
+    tensors.loads_on_meta = lambda *a: tries.append(1) or real(*a)
+    try:
+        repo.commit({"core": core}, message="again")  # (taken before: not built on meta again)
+    finally:
+        tensors.loads_on_meta = real
+    assert tries == []
     core.register_buffer("junk", torch.ones(2))  # (what its builder does not make is still refused)
     with pytest.raises(BadInput, match="an extra tensor 'junk'"):
         repo.commit({"core": core}, message="junk")
