@@ -95,7 +95,11 @@ def _resolve_at(git_rev: str, path: str, top: str, label: str) -> tuple[str, str
                                   "a link there leads back to itself: fix it on that branch")
             target = os.fsdecode(_git_bytes("cat-file", "blob", obj) or b"")
             if target.startswith("/"):
-                return "outside", "", os.path.join(target, *pending)
+                inside = os.path.relpath(target, top)  # (a link into the work tree by its absolute
+                if inside == os.pardir or inside.startswith(os.pardir + os.sep):  # path: resolved in
+                    return "outside", "", os.path.join(target, *pending)  # the commit, not the branch's)
+                done, trees = [], trees[:1]
+                target = inside
             pending = target.split("/") + pending
         elif kind == "tree" and pending:
             done.append(name)

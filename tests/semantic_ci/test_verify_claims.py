@@ -329,6 +329,15 @@ def test_the_hooks_follow_symbolic_links_the_target_tracks_never_reading_their_t
                 _config_at(repo, "main")
         else:  # read from disk wherever it points, as `mvc ci` reads it
             assert _config_at(repo, "main").files["heldout.txt"][0] == read
+    # a link into the work tree by its absolute path is resolved in the commit: the checked-out
+    # branch's copy of that file is not the gate's (h105)
+    os.remove(work / "heldout.txt")
+    os.symlink(str(work / "data" / "heldout-v2.txt"), work / "heldout.txt")
+    git(work, "commit", "-qam", "heldout.txt -> its absolute path")
+    git(work, "checkout", "-q", "-b", "swap")
+    (work / "data" / "heldout-v2.txt").write_bytes(b"the branch's own text\n")
+    git(work, "commit", "-qam", "swapped data")
+    assert _config_at(repo, "main").files["heldout.txt"][0] == HELD_OUT
 
 
 def test_a_pipeline_stages_check_is_not_compared_with_a_same_named_check_of_mvc_toml(ci_repo, monkeypatch):
