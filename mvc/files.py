@@ -422,12 +422,8 @@ class LockFile:
             with interrupts_deferred():  # (a Ctrl-C between the file's creation and its owner's line
                 return self._create(owner)  # left a lock no one owns, waited for and broken as stale)
         except BaseException:  # (the Ctrl-C, delivered once it was made: the block is never entered)
-            if self.held:
-                self.held = False
-                try:
-                    os.unlink(self.path)
-                except OSError:
-                    pass
+            with contextlib.suppress(OSError):
+                self.release()
             raise
 
     def _create(self, owner: bytes) -> bool:
