@@ -628,7 +628,7 @@ def recorded_builder(tree: dict):
     if not isinstance(arch, str) or not isinstance(config, dict):
         return None
     try:
-        config = json.loads(json.dumps(config))
+        config = _copied(config)
     except (TypeError, ValueError, RecursionError):  # (not JSON: the tree refuses it, saying why)
         return None
     try:
