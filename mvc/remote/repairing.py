@@ -18,7 +18,7 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> d
     object is downloaded, verified and written loose, replacing a damaged loose copy. Rounds repeat
     while they restore something (a restored commit reveals its parent and the trees it needs, and
     so on, however deep the history lost); after the first, which re-hashes everything, a round
-    only looks for what is still missing. Loose objects are read before packed ones: a full repack
+    reads only what the last one restored (`_revealed`). Loose objects are read before packed ones: a full repack
     then rewrites the packs from the good copies, and pack files whose index is unusable are moved
     to objects/pack/damaged/ once every reachable object is whole again. Returns the fsck reports
     before and after."""
@@ -28,18 +28,19 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> d
     t.require_repository()  # (a remote of a newer format or extension: "upgrade mvc", not "damaged")
     restored, failed, done = [], {}, set()  # (done: restored, as a set)
     named = {p["id"] for p in before["problems"] if is_oid(p["id"])}
+    limits = _declared_sizes(repo)
     with permission_errors(t), repo.writing():
         while True:  # (ends: each round restores objects not restored before, or stops)
             wanted = [oid for oid in sorted(named)
                       if oid not in failed and oid not in done  # (a damaged packed copy stays named
                       and not _intact(repo, oid)]  # until the repack below) e.g. a tree named for its header
-            got = _restore(repo, t, where, wanted, failed)
+            got = _restore(repo, t, where, wanted, failed, limits)
             restored += got
             done.update(got)
             if not got:
                 break
             repo._cache.clear()
-            named = _missing_now(repo)
+            named = _revealed(repo, got, limits)
     from ..pack import pack_store_of
     packs = pack_store_of(repo.store)
     if any(not is_oid(p["id"]) for p in before["problems"]) or any(packs.has(o) for o in restored):
@@ -54,17 +55,40 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> d
             "ok": after["ok"]}
 
 
-def _missing_now(repo: Repo) -> set[str]:
-    """What the reachable history names and this repository does not hold, or cannot read (a walk,
-    no re-hash: what a restored commit or tree revealed; damage was found by the first fsck)."""
-    unreadable: list = []
-    live, missing = repo.reachable(damaged=unreadable, bad_refs={})
-    return ({oid for oid, _who in missing} | {oid for oid, _who, _why in unreadable}
-            | {oid for oid in live if not repo.store.has(oid)})  # (blobs a tree names are not walked)
+def _revealed(repo: Repo, got: list[str], limits: dict[str, int]) -> set[str]:
+    """What the objects just restored name that this repository does not hold: a commit's parents,
+    trees and listed certificates, a tree's blobs (whose sizes go into `limits`), what a
+    certificate names. Only they are read, so a lost history of any depth is restored in one walk
+    (damage to objects that were here was found by the first fsck)."""
+    from .. import certindex
+    from ..objects import certificate_refs, decode, object_kind, tree_blob_ids
+    certificates = certindex.all_listed(repo.dir)
+    out: set[str] = set()
+    for oid in got:
+        data = repo.store.get(oid)
+        kind = object_kind(data)
+        try:
+            if kind == "commit":
+                commit = decode(data, "commit", oid)
+                names = [*commit["parents"], *commit["components"].values(), *certindex.read_index(repo.dir, oid)]
+            elif kind == "tree":
+                tree = decode(data, "tree", oid)
+                for blob, n in blob_size_limit(tree).items():
+                    limits[blob] = max(n, limits.get(blob, 0))
+                names = tree_blob_ids(tree)
+            elif oid in certificates:
+                names = list(certificate_refs(data, oid))
+                limits.update({x: max(NAMED_MAX_BYTES, limits.get(x, 0)) for x in names})
+            else:
+                continue
+        except MvcError:  # (one of a newer format: the fsck after the repair names it)
+            continue
+        out.update(n for n in names if is_oid(n) and not repo.store.has(n))
+    return out
 
 
-def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: dict) -> list[str]:
-    limits = _declared_sizes(repo)
+def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: dict,
+             limits: dict[str, int]) -> list[str]:
     got = []
     for oid in wanted:
         try:
