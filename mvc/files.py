@@ -396,6 +396,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+_OWN_START: dict = {}  # pid -> process_start(pid) of this process (a forked child has its own pid)
+
+
 class LockFile:
     """`with LockFile(path):` holds `path` (created with O_EXCL) until the block ends.
 
@@ -416,8 +419,10 @@ class LockFile:
         self.said = False
 
     def _try(self) -> bool:
-        owner = json.dumps({"pid": os.getpid(), "host": hostname(), "time": time.time(),
-                            "start": process_start(os.getpid())}).encode()
+        pid = os.getpid()
+        if _OWN_START.get(pid, _OWN_START) is _OWN_START:  # (read once per process: a wait tries again
+            _OWN_START[pid] = process_start(pid)          # every few ms)
+        owner = json.dumps({"pid": pid, "host": hostname(), "time": time.time(), "start": _OWN_START[pid]}).encode()
         try:
             with interrupts_deferred():  # (a Ctrl-C between the file's creation and its owner's line
                 return self._create(owner)  # left a lock no one owns, waited for and broken as stale)
