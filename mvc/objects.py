@@ -5,7 +5,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import re
 import sys
 import unicodedata
@@ -13,6 +12,7 @@ import warnings
 
 import blake3
 
+from . import forks
 from .errors import BadInput, BadName, CorruptObject, FormatTooNew, WrongObjectType
 from .safetensors_format import DTYPE_SIZES, MAX_DIM
 
@@ -27,13 +27,10 @@ MAX_TREE_BYTES = 64 << 20  # the largest tree a commit may hold: a remote sends 
 _forked = False  # in a child forked after hashing started: blake3's thread pool did not come along
 
 
+@forks.on_fork
 def _note_fork() -> None:
     global _forked
     _forked = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_note_fork)
 
 
 def new_hasher(threads: bool = True):

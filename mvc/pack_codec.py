@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from . import forks
 from . import pack_format as pf
 from .errors import CorruptObject
 
@@ -41,13 +42,10 @@ def workers() -> int:
     return _workers
 
 
+@forks.on_fork
 def _forget_pool() -> None:  # a forked child must not use its parent's threads
     global _pool, _pool_lock, _workers
     _pool, _pool_lock, _workers = None, threading.Lock(), None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _get_pool() -> ThreadPoolExecutor:

@@ -72,14 +72,14 @@ MAX_ATTEMPTS = 5   # per request, botocore's standard retry mode
 READ_TIMEOUT_S = 30  # a server silent this long is asked again (said once; 120 s kept a silent one quiet ~10 min)
 BODY_RETRIES = 4   # a response body that breaks off is asked for again this many times
 RETRY_HINT = "run the command again to resume"
-_SESSION = None  # (the data loader sessions share: see _session)
+_LOADER = None  # botocore's data loader, which every session of the process shares (see _session)
 _SESSION_LOCK = threading.Lock()
 
 
 @forks.on_fork
 def _new_session() -> None:  # (see mvc.forks: boto3 sessions and clients are not shared across a fork)
-    global _SESSION, _SESSION_LOCK
-    _SESSION, _SESSION_LOCK = None, threading.Lock()
+    global _LOADER, _SESSION_LOCK
+    _LOADER, _SESSION_LOCK = None, threading.Lock()
 CONFLICT_RETRIES = 3  # a conditional write answered 409 (another one in flight on the key) is tried again
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -378,15 +378,15 @@ def _session(boto3):
     every checkpoint kept the first ones. Its data loader, which reads the service model (~0.1 s
     a session), is the process's one."""
     import botocore.session
-    global _SESSION
+    global _LOADER
     with _SESSION_LOCK:
         core = botocore.session.Session()
-        if _SESSION is None:
-            _SESSION = core.get_component("data_loader")
+        if _LOADER is None:
+            _LOADER = core.get_component("data_loader")
         else:
-            core.register_component("data_loader", _SESSION)
+            core.register_component("data_loader", _LOADER)
         session = boto3.session.Session(botocore_session=core)
-        paths = _SESSION.search_paths  # (each boto3 session adds its data folder to the loader's)
+        paths = _LOADER.search_paths  # (each boto3 session adds its data folder to the loader's)
         paths[:] = list(dict.fromkeys(paths))
         return session
 

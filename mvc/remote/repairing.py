@@ -18,17 +18,19 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> d
     object is downloaded, verified and written loose, replacing a damaged loose copy. Rounds repeat
     while they restore something (a restored commit reveals its parent and the trees it needs, and
     so on, however deep the history lost); after the first, which re-hashes everything, a round
-    reads only what the last one restored (`_revealed`). Loose objects are read before packed ones: a full repack
-    then rewrites the packs from the good copies, and pack files whose index is unusable are moved
-    to objects/pack/damaged/ once every reachable object is whole again. Returns the fsck reports
-    before and after."""
+    reads only what the last one restored (`_revealed`). Loose objects are read before packed
+    ones: a full repack then rewrites the packs from the good copies, and pack files whose index
+    is unusable are moved to objects/pack/damaged/ once every reachable object is whole again.
+    Returns the fsck reports before and after."""
     before = repo.fsck()
     name, t = open_remote(repo, remote, jobs)
     where = name or t.describe()
     t.require_repository()  # (a remote of a newer format or extension: "upgrade mvc", not "damaged")
     restored, failed, done = [], {}, set()  # (done: restored, as a set)
     named = {p["id"] for p in before["problems"] if is_oid(p["id"])}
-    limits = _declared_sizes(repo)
+    from .. import certindex
+    certificates = certindex.all_listed(repo.dir)  # (read once: a repair writes no index)
+    limits = _declared_sizes(repo, certificates)
     with permission_errors(t), repo.writing():
         while True:  # (ends: each round restores objects not restored before, or stops)
             wanted = [oid for oid in sorted(named)
@@ -40,7 +42,7 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> d
             if not got:
                 break
             repo._cache.clear()
-            named = _revealed(repo, got, limits)
+            named = _revealed(repo, got, limits, certificates)
     from ..pack import pack_store_of
     packs = pack_store_of(repo.store)
     if any(not is_oid(p["id"]) for p in before["problems"]) or any(packs.has(o) for o in restored):
@@ -55,14 +57,14 @@ def repair(repo: Repo, remote: str | None = None, jobs: int = DEFAULT_JOBS) -> d
             "ok": after["ok"]}
 
 
-def _revealed(repo: Repo, got: list[str], limits: dict[str, int]) -> set[str]:
+def _revealed(repo: Repo, got: list[str], limits: dict[str, int], certificates: set[str]) -> set[str]:
     """What the objects just restored name that this repository does not hold: a commit's parents,
     trees and listed certificates, a tree's blobs (whose sizes go into `limits`), what a
-    certificate names. Only they are read, so a lost history of any depth is restored in one walk
-    (damage to objects that were here was found by the first fsck)."""
+    certificate (one of `certificates`, those the indexes list) names. Only they are read, so a
+    lost history of any depth is restored in one walk (damage to objects that were here was found
+    by the first fsck)."""
     from .. import certindex
     from ..objects import certificate_refs, decode, object_kind, tree_blob_ids
-    certificates = certindex.all_listed(repo.dir)
     out: set[str] = set()
     for oid in got:
         data = repo.store.get(oid)
@@ -103,13 +105,12 @@ def _restore(repo: Repo, t: Transport, where: str, wanted: list[str], failed: di
     return got
 
 
-def _declared_sizes(repo: Repo) -> dict[str, int]:
+def _declared_sizes(repo: Repo, certificates: set[str]) -> dict[str, int]:
     """The most bytes each blob may have, by the readable trees of every reachable commit (what
-    a repair may read from a remote for it)."""
-    from .. import certindex
+    a repair may read from a remote for it), and by the `certificates` held here."""
     from ..objects import certificate_refs
     out: dict[str, int] = {}
-    for cid in certindex.all_listed(repo.dir):  # what certificates name: check data up to NAMED_MAX_BYTES
+    for cid in certificates:  # what certificates name: check data up to NAMED_MAX_BYTES
         try:
             out.update({x: NAMED_MAX_BYTES for x in certificate_refs(repo.store.get(cid), cid)})
         except MvcError:

@@ -609,18 +609,14 @@ def test_no_remote_is_made_inside_another_remotes_layout(remote, tmp_path, inner
 
 def test_s3_credentials_that_are_incomplete_are_a_clear_error(tmp_path, aws_env, s3_endpoint, monkeypatch):
     """Half a key pair or a missing profile crashed (exit 4) while the S3 client was made."""
-    import mvc.transport_s3 as s3mod
     remote = S3Remote(s3_endpoint)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    monkeypatch.setattr(s3mod, "_SESSION", None)  # (one session per process, which caches credentials)
     with pytest.raises(mvc.MvcError, match="credentials for .* are incomplete"):
         open_transport(remote.url, remote.endpoint)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
-    monkeypatch.setattr(s3mod, "_SESSION", None)
     with pytest.raises(mvc.MvcError, match="credentials for .* are incomplete"):
         open_transport(remote.url, remote.endpoint)
-    monkeypatch.setattr(s3mod, "_SESSION", None)
 
 
 def test_s3_credentials_changed_in_a_running_process_are_used(aws_env, s3_endpoint, monkeypatch):
@@ -632,10 +628,10 @@ def test_s3_credentials_changed_in_a_running_process_are_used(aws_env, s3_endpoi
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
     t = open_transport(remote.url, remote.endpoint)
     assert first != "rotated" and t.client._request_signer._credentials.access_key == "rotated"
-    assert t.client.meta.service_model is not None and s3mod._SESSION is not None  # (the shared loader,
+    assert t.client.meta.service_model is not None and s3mod._LOADER is not None  # (the shared loader,
     for _ in range(3):                                                                # whose search paths
         open_transport(remote.url, remote.endpoint)                                   # each session grew)
-    assert len(s3mod._SESSION.search_paths) == len(set(s3mod._SESSION.search_paths))
+    assert len(s3mod._LOADER.search_paths) == len(set(s3mod._LOADER.search_paths))
     from botocore.exceptions import ClientError
     expired = ClientError({"Error": {"Code": "ExpiredToken", "Message": "x"},
                            "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject")
