@@ -54,6 +54,7 @@ from .config import check_extensions, new_parser as new_config_parser
 from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing,
                      RefConflict, TooLarge)
 from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, shared_or_exclusive, walk
+from .listing_cache import ListingCache
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
 from .objects import check_ref_name, hash_bytes, is_oid, new_hasher
 from .pack import PACK_DIR, PackStore
@@ -173,6 +174,7 @@ class Transport:
     """The far side of a remote. Subclasses provide the byte-level primitives below."""
 
     url = ""
+    listing_cache: ListingCache | None = None  # set by whoever opens it for a repository (mvc.remote)
 
     # -- primitives ---------------------------------------------------------------------------
     def has(self, oid: str) -> bool:
@@ -215,6 +217,29 @@ class Transport:
     def cas_file(self, name: str, data: bytes | None, token) -> None:
         """Write (None: delete) `name` only if it still matches `token`; else RefConflict."""
         raise NotImplementedError
+
+    def list_versions(self, prefix: str) -> dict[str, str | None]:
+        """The files under `prefix`, each with a version that changes whenever it does (an S3
+        ETag), or None where the far side gives none (a directory: reading is as cheap)."""
+        return dict.fromkeys(self.list_files(prefix))
+
+    def read_listed(self, name: str, version: str | None) -> bytes | None:
+        """`read_file`'s data of a file a listing showed at `version`: from `listing_cache` when it
+        holds that version, else read (and cached with the version the read returned)."""
+        cache = self.listing_cache
+        if version is None or cache is None:
+            return self.read_file(name)[0]
+        data = cache.get(name, version)
+        if data is None:
+            data, token = self.read_file(name)
+            if data is not None and isinstance(token, str):
+                cache.put(name, token, data)
+        return data
+
+    def save_listing_cache(self, prefix: str, listed) -> None:
+        if self.listing_cache is not None:
+            self.listing_cache.keep_only(prefix, listed)
+            self.listing_cache.save()
 
     def list_files(self, prefix: str) -> list[str]:
         """Names of the mutable files under `prefix` (refs/, certs/); never used for objects."""
@@ -334,16 +359,18 @@ class Transport:
         damaged ref does not block the others (`unreadable`, a set, receives its name: it is there,
         and a fetch must not take it for deleted)."""
         out = {}
-        names = self.list_files("refs/")
+        listed = self.list_versions("refs/")
+        names = sorted(listed)
 
-        def read(name):  # (each read a round trip on S3: several at once)
+        def read(name):  # (each read a round trip on S3: several at once; none for a ref cached as listed)
             try:
                 check_full_ref(name)
-                return self.read_ref(name), None
+                return parse_ref_value(name, self.read_listed(name, listed[name])), None
             except (BadName, CorruptObject) as e:
                 return None, e
         with ThreadPoolExecutor(max_workers=max(1, min(REF_READ_JOBS, len(names)))) as pool:
             read_back = list(pool.map(read, names))
+        self.save_listing_cache("refs/", names)
         for name, (value, e) in zip(names, read_back):
             if isinstance(e, BadName):
                 if name.startswith(("refs/heads/", "refs/tags/")) and not name.endswith(".lock") \
@@ -379,17 +406,29 @@ class Transport:
     def cert_index_name(commit: str) -> str:
         return f"certs/{commit[:2]}/{commit[2:]}"
 
-    def cert_index_commits(self) -> list[str]:
-        out = []
-        for name in self.list_files("certs/"):
+    def cert_index_versions(self) -> dict[str, str | None]:
+        """{commit: version of its index} for the certificate indexes there (one listing)."""
+        out = {}
+        for name, version in self.list_versions("certs/").items():
             parts = name.split("/")
             if len(parts) == 3 and is_oid(parts[1] + parts[2]):
-                out.append(parts[1] + parts[2])
+                out[parts[1] + parts[2]] = version
         return out
 
-    def read_cert_index(self, commit: str) -> list[str]:
-        data, _ = self.read_file(self.cert_index_name(commit))
-        return parse_id_lines(data)
+    def read_cert_indexes(self, commits: list[str], parallel_map=map, listed: dict | None = None) -> list[list[str]]:
+        """The certificate ids there of each of `commits`: one listing (`listed`, from
+        cert_index_versions, where the caller has it), then a read of each index that is there and
+        not cached at its listed version."""
+        if listed is None:
+            listed = self.cert_index_versions()
+
+        def read(commit):
+            if commit not in listed:
+                return []
+            return parse_id_lines(self.read_listed(self.cert_index_name(commit), listed[commit]))
+        out = list(parallel_map(read, commits))
+        self.save_listing_cache("certs/", [self.cert_index_name(c) for c in listed])
+        return out
 
     def add_to_cert_index(self, commit: str, ids: list[str], retries: int = 20) -> None:
         """Union `ids` into the commit's certificate index (compare-and-swap, retried)."""

@@ -316,16 +316,20 @@ class S3Transport(Transport):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def list_files(self, prefix):
+        return sorted(self.list_versions(prefix))
+
+    def list_versions(self, prefix):
         from botocore.exceptions import BotoCoreError, ClientError
         base = self.key("")
-        out = []
+        out = {}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                             Prefix=self.key(prefix)):
-                out.extend(o["Key"][len(base):] for o in page.get("Contents", []) if not _folder_marker(o))
+                out.update((o["Key"][len(base):], o.get("ETag")) for o in page.get("Contents", [])
+                           if not _folder_marker(o))
         except (ClientError, BotoCoreError) as e:
             self._fail(e, f"listing {prefix}")
-        return sorted(out)
+        return dict(sorted(out.items()))
 
     def holds_files(self) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError

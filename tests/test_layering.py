@@ -73,7 +73,7 @@ def test_mvc_internal_direction():
     `from . import x` counts as an import of x."""
     rank = {"errors": 0, "transfer": 0, "quoting": 0, "interrupts": 0, "forks": 0, "config": 1, "objects": 1, "safetensors_format": 1, "pack_format": 1,
             "pack_codec": 1, "store": 2, "files": 2, "output_folders": 2, "tensors": 2, "pack": 2, "refs": 3, "components": 3,
-            "idlines": 3, "provenance": 3, "diffs": 4, "maintenance": 4, "certindex": 4, "transport": 4, "transport_s3": 4, "pack_write": 4, "repo": 5,
+            "idlines": 3, "listing_cache": 3, "provenance": 3, "diffs": 4, "maintenance": 4, "certindex": 4, "transport": 4, "transport_s3": 4, "pack_write": 4, "repo": 5,
             "paste": 5, "remote": 6, "cli": 9, "__init__": 9, "__main__": 9}
     bad = []
     for path in _modules("mvc"):

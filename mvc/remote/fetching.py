@@ -303,7 +303,7 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
     """Certificates the remote holds for commits we have, with everything they name: data blobs,
     and named commits (with their history) and trees, and then the certificates of those commits
     in turn (gc keeps them with the commits: `mvc verify` of one must work here too)."""
-    listed = t.cert_index_commits()
+    listed = t.cert_index_versions()
     done: set[str] = set()
     total = 0
     while True:
@@ -311,13 +311,14 @@ def _fetch_certs(repo: Repo, t: Transport, where: str, pool: Pool, history: _His
         if not commits:
             return total
         done.update(commits)
-        total += _fetch_certs_of(repo, t, where, pool, history, commits)
+        total += _fetch_certs_of(repo, t, where, pool, history, commits, listed)
 
 
-def _fetch_certs_of(repo: Repo, t: Transport, where: str, pool: Pool, history: _History, commits: list) -> int:
+def _fetch_certs_of(repo: Repo, t: Transport, where: str, pool: Pool, history: _History, commits: list,
+                    listed: dict) -> int:
     """The certificates the remote holds for `commits`, with everything they name. The index lines come last."""
     wanted = {}
-    for c, theirs in zip(commits, pool.map(t.read_cert_index, commits)):
+    for c, theirs in zip(commits, t.read_cert_indexes(commits, pool.map, listed)):
         mine = certindex.read_index(repo.dir, c)  # (a line here whose certificate is gone is fetched again:
         new = [i for i in theirs if i not in mine or not repo.store.has(i)]  # an index gc had not yet pruned)
         if new:

@@ -522,7 +522,7 @@ def _certs_to_push(repo: Repo, t: Transport, local: str, pool: Pool) -> dict[str
         return {}
     reach = _certified_history(repo, local, set(certified))
     commits = [c for c in certified if c in reach]
-    remote_lists = pool.map(t.read_cert_index, commits)
+    remote_lists = t.read_cert_indexes(commits, pool.map)
     out = {}
     for c, theirs in zip(commits, remote_lists):
         missing = [i for i in certindex.read_index(repo.dir, c) if i not in theirs and repo.store.has(i)]

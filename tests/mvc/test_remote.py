@@ -919,19 +919,19 @@ def test_listing_a_remote_reads_its_refs_several_at_once_and_keeps_their_order(r
     _write_remote_file(remote, "refs/tags/v99", b"junk\n")
     state = {"now": 0, "most": 0}
     lock = threading.Lock()
-    read_ref = tmod.Transport.read_ref
+    read_listed = tmod.Transport.read_listed
 
-    def slow(self, ref):
+    def slow(self, name, version):
         with lock:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
         time.sleep(0.02)  # (a request's latency)
         try:
-            return read_ref(self, ref)
+            return read_listed(self, name, version)
         finally:
             with lock:
                 state["now"] -= 1
-    monkeypatch.setattr(tmod.Transport, "read_ref", slow)
+    monkeypatch.setattr(tmod.Transport, "read_listed", slow)
     with pytest.warns(UserWarning, match="refs/tags/v99"):
         refs = remote.transport().list_refs()
     assert list(refs) == ["refs/heads/main"] + [f"refs/tags/v{i:02d}" for i in range(12)]
@@ -2118,3 +2118,92 @@ def test_a_clone_of_a_remote_whose_commits_are_gone_hints_push_repair(tmp_path):
     with pytest.raises(mvc.MvcError) as e:
         rm.clone(owner.root, str(tmp_path / "c"))
     assert "push --repair" in e.value.hint and "push --force" not in e.value.hint
+
+
+def _certify(repo, commit, tag=b"x"):
+    cert = canonical_json({"type": "certificate", "format": 1, "commit": commit, "passed": True, "note": tag.decode(),
+                           "checks": [{"name": "x", "status": "passed"}]})
+    certindex.attach(repo.dir, commit, [repo.store.put(cert, oid=hash_bytes(cert))])
+    return hash_bytes(cert)
+
+
+class ReadCounter:
+    """Counts the S3 transport's reads of mutable files (refs, certificate indexes) by prefix."""
+
+    def __init__(self, monkeypatch):
+        from mvc.transport_s3 import S3Transport
+        self.names = []
+        read_file = S3Transport.read_file
+
+        def counted(t, name):
+            self.names.append(name)
+            return read_file(t, name)
+        monkeypatch.setattr(S3Transport, "read_file", counted)
+
+    def count(self, prefix):
+        n = sum(1 for name in self.names if name.startswith(prefix))
+        self.names.clear()
+        return n
+
+
+def test_pushes_and_fetches_read_only_the_refs_and_certificate_indexes_that_changed(tmp_path, aws_env, s3_endpoint,
+                                                                                    monkeypatch):
+    """Every push and fetch read every ref of the remote and the certificate index of every certified
+    commit of the history, one request each: at the N-th checkpoint of a run that certifies and tags
+    each one, N requests of each kind. A listing gives each file's ETag; what this repository read
+    at the same ETag is not read again."""
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    for i in range(15):
+        _certify(src, src.commit({"h": {"w": torch.full((2,), float(i))}}, message=str(i)))
+        src.tag(f"step-{i}")
+    rm.push(src)
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    reads = ReadCounter(monkeypatch)
+    for i in range(2):  # (the first push after the tags went there reads them once)
+        head = src.commit({"h": {"w": torch.full((2,), -1.0 - i)}}, message=f"next {i}")
+        _certify(src, head)
+        src.tag(f"more-{i}")
+        rm.push(src)
+        refs_read, certs_read = reads.count("refs/"), reads.count("certs/")
+        rm.fetch(dst)
+        fetched_refs, fetched_certs = reads.count("refs/"), reads.count("certs/")
+    assert refs_read <= 4 and certs_read <= 2, (refs_read, certs_read)  # (were one read a ref and one a certified commit)
+    assert fetched_refs <= 4 and fetched_certs <= 2, (fetched_refs, fetched_certs)
+    assert dst.refs.read("refs/remotes/origin/main") == head and certindex.read_index(dst.dir, head)
+    assert set(dst.refs.list("refs/tags/")) == set(src.refs.list("refs/tags/"))
+
+
+def test_a_certificate_index_changed_on_the_remote_is_read_again_and_a_damaged_cache_is_not_believed(
+        tmp_path, aws_env, s3_endpoint):
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    head = src.commit({"h": {"w": torch.zeros(2)}}, message="one")
+    first = _certify(src, head)
+    rm.push(src)
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    assert certindex.read_index(dst.dir, head) == [first]
+    second = _certify(src, head, b"again")  # (another line in the same index there: a new ETag)
+    rm.push(src)
+    rm.fetch(dst)
+    assert certindex.read_index(dst.dir, head) == [first, second]
+    assert rm.push(src)["certificates"] == 0  # (reads the index its own push changed: cached as it is now)
+    cache = os.path.join(src.dir, "remote-listing")
+    [name] = os.listdir(cache)
+    with open(os.path.join(cache, name)) as f:
+        entries = json.load(f)
+    key = "certs/" + head[:2] + "/" + head[2:]
+    assert entries[key][1] == first + "\n" + second + "\n"
+    entries[key][1] = first + "\n"  # (a cache damaged on disk: the entry's checksum no longer matches)
+    with open(os.path.join(cache, name), "w") as f:
+        json.dump(entries, f)
+    assert rm.push(mvc.Repo(src.root))["certificates"] == 0  # (believed, it said the remote lacked `second`)
+    third = _certify(src, head, b"third")
+    rm.push(src)
+    for path in os.scandir(os.path.join(dst.dir, "remote-listing")):
+        with open(path, "w") as f:
+            f.write("{not json")
+    rm.fetch(dst)
+    assert certindex.read_index(dst.dir, head) == [first, second, third]
+    rm.remove_remote(src, "origin")
+    assert os.listdir(cache) == []  # (what was read there goes with the remote)
