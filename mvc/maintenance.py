@@ -19,6 +19,7 @@ from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, FormatTooNew, MvcError, ObjectMissing, UnknownRevision
 from .files import FUTURE_SLACK_S, LockFile, is_atomic_temp, shared_or_exclusive
+from .listing_cache import LISTING_DIR
 from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, decode, may_say_commit_or_tree, named_ids,
                       object_kind, tree_blob_ids, tree_blob_sizes)
 from .refs import note_moved
@@ -421,7 +422,7 @@ class Maintenance:
         ref_grace = max(grace, ATOMIC_TEMP_MIN_AGE_S)
         candidates += [(os.path.join(self.dir, name), ref_grace) for name in os.listdir(self.dir)
                        if is_atomic_temp(name) or _is_reserve_temp(name)]
-        for top in ("refs", "logs"):
+        for top in ("refs", "logs", LISTING_DIR):
             for dirpath, _dirs, files in os.walk(os.path.join(self.dir, top)):
                 candidates += [(os.path.join(dirpath, name), ref_grace) for name in files if is_atomic_temp(name)]
         freed = 0

@@ -868,7 +868,7 @@ def test_a_stray_file_under_refs_is_skipped_by_readers_reported_by_fsck_and_stop
 
 def test_gc_deletes_the_temp_files_of_killed_ref_reflog_and_head_writes_once_they_are_old(tmp_path):
     """A gc, rollback, branch -d or clone killed between writing a temp file and renaming it left
-    `.NAME.<16 hex>.tmp` under logs/, refs/ or .mvc for good (reflog expiry even rewrote such a
+    `.NAME.<16 hex>.tmp` under logs/, refs/, remote-listing/ or .mvc for good (reflog expiry even rewrote such a
     file as if it were a reflog). gc deletes them once older than an hour (and its grace); a
     younger one may belong to a write in progress (stalled, or dated by a file server's clock), and stays."""
     repo = mvc.Repo.init(tmp_path / "r")
@@ -876,7 +876,9 @@ def test_gc_deletes_the_temp_files_of_killed_ref_reflog_and_head_writes_once_the
     log_line = (tmp_path / "r" / ".mvc" / "logs" / "refs" / "heads" / "main").read_bytes()
     old = [os.path.join(repo.dir, "logs", "refs", "heads", ".main.0123456789abcdef.tmp"),
            os.path.join(repo.dir, "refs", "heads", ".main.fedcba9876543210.tmp"),
-           os.path.join(repo.dir, ".HEAD.00112233445566ff.tmp")]
+           os.path.join(repo.dir, ".HEAD.00112233445566ff.tmp"),
+           os.path.join(repo.dir, "remote-listing", ".0123456789abcdef0123456789abcdef.json.0123456789abcdef.tmp")]
+    os.makedirs(os.path.join(repo.dir, "remote-listing"))
     young = os.path.join(repo.dir, "refs", "tags", ".v1.aaaaaaaaaaaaaaaa.tmp")
     for p in old + [young]:
         with open(p, "wb") as f:
