@@ -32,7 +32,11 @@ def st_dtype(t) -> str:
     try:
         return _TORCH_TO_ST[name]
     except KeyError:
-        raise BadInput(f"tensor dtype {t.dtype} cannot be stored in safetensors") from None
+        hint = ("store t.int_repr() and its q_scale()/q_zero_point() (or q_per_channel_scales()) as tensors, "
+                "or t.dequantize()" if getattr(t, "is_quantized", False) else
+                "store torch.view_as_real(t) (its last dimension holds the real and imaginary parts)"
+                if t.is_complex() else "convert it to a dtype safetensors stores, e.g. with .float()")
+        raise BadInput(f"tensor dtype {t.dtype} cannot be stored in safetensors", hint) from None
 
 
 def tensor_buffer(t, name: str | None = None) -> tuple[str, tuple[int, ...], memoryview]:

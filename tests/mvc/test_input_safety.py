@@ -626,6 +626,20 @@ def test_random_bytes_and_nested_tensors_as_pt_are_refused(repo, tmp_path):
     assert repo.head() is None
 
 
+def test_tensors_of_dtypes_safetensors_lacks_are_refused_with_a_way_to_store_them(repo):
+    """A quantised or complex128 tensor was refused with no hint."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch calls its quantised tensors deprecated)
+        q = torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8)
+    with pytest.raises(BadInput, match="torch.qint8 cannot be stored") as e:
+        repo.commit({"m": {"q": q}}, message="q")
+    assert "int_repr()" in e.value.hint and "dequantize()" in e.value.hint
+    with pytest.raises(BadInput, match="torch.complex128 cannot be stored") as e:
+        repo.commit({"m": {"c": torch.randn(3, dtype=torch.complex128)}}, message="c")
+    assert "torch.view_as_real(t)" in e.value.hint
+    assert repo.head() is None
+
+
 def test_tag_delete_prints_json(in_repo):
     from click.testing import CliRunner
     from mvc.cli import cli
