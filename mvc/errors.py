@@ -68,6 +68,10 @@ class ChangedWhileStored(BadInput):
     that is being committed, another program writing a file being committed): nothing is stored."""
 
 
+class CredentialsRefused(MvcError):
+    """A remote refused the credentials a request was signed with (expired, rotated or denied)."""
+
+
 class FormatTooNew(MvcError):
     pass
 

@@ -51,8 +51,8 @@ from typing import Callable
 
 from . import forks
 from .config import check_extensions, new_parser as new_config_parser
-from .errors import (BadInput, BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, ObjectMissing,
-                     RefConflict, TooLarge)
+from .errors import (BadInput, BadName, ConfigError, CorruptObject, CredentialsRefused, FormatTooNew, MvcError,
+                     ObjectMissing, RefConflict, TooLarge)
 from .files import LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, shared_or_exclusive, walk
 from .listing_cache import ListingCache
 from .idlines import append_id_lines, append_sized_lines, parse_id_lines, parse_sized_lines
@@ -1011,9 +1011,11 @@ class LazyRemoteStore(ObjectStore):
                 self._sizes = {}
         return self._sizes.get(oid)
 
-    def transport(self) -> Transport:
+    def transport(self, renew_from: Transport | None = None) -> Transport:
+        """The promisor remote's transport, opened on first use; opened again (new credentials read)
+        when `renew_from`, one whose credentials the remote refused, is still the current one."""
         with self._lock:
-            if self._transport is None:
+            if self._transport is None or (renew_from is not None and self._transport is renew_from):
                 self._transport = open_configured_remote(self.config, self.remote, os.path.dirname(self.dir))
             return self._transport
 
@@ -1074,7 +1076,11 @@ class LazyRemoteStore(ObjectStore):
         if not self._promised_now(oid):
             raise ObjectMissing(f"object {oid} is missing", "run mvc fsck")
         try:
-            return read(self.transport())
+            t = self.transport()
+            try:
+                return read(t)
+            except CredentialsRefused:  # (a long process: its credentials rotated or expired since the
+                return read(self.transport(renew_from=t))  # transport was opened; a new one reads them again)
         except ObjectMissing:
             if not self.transport().is_repository():
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "

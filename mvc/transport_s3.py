@@ -29,7 +29,7 @@ import warnings
 from urllib.parse import urlparse
 
 from . import forks
-from .errors import MvcError, ObjectMissing, RefConflict
+from .errors import CredentialsRefused, MvcError, ObjectMissing, RefConflict
 from .transport import ABSENT, MAX_FILE_BYTES, REPAIR_HINT, Transport, check_size
 
 MULTIPART_BYTES = 64 * 1024 * 1024
@@ -150,12 +150,12 @@ class S3Transport(Transport):
                 raise MvcError(f"S3 bucket {self.bucket!r} does not exist",
                                f"create it first, e.g. aws s3 mb s3://{self.bucket}") from None
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise MvcError(f"access denied while {what} on {self.url}: {code}",
-                               "check the AWS credentials and the bucket policy") from None
+                raise CredentialsRefused(f"access denied while {what} on {self.url}: {code}",
+                                         "check the AWS credentials and the bucket policy") from None
             if code in ("ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired"):
-                raise MvcError(f"the AWS credentials were refused while {what} on {self.url}: {code}",
-                               "renew them (a new session token, or aws sso login) and run the command again "
-                               "to resume") from None
+                raise CredentialsRefused(f"the AWS credentials were refused while {what} on {self.url}: {code}",
+                                         "renew them (a new session token, or aws sso login) and run the "
+                                         "command again to resume") from None
             raise MvcError(f"S3 error while {what} on {self.url}: {code}: {e}",
                            RETRY_HINT if _transient(e) else None) from None
         if isinstance(e, bx.ParamValidationError):  # (no request was sent: running it again fails again)

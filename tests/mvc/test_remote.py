@@ -635,9 +635,48 @@ def test_s3_credentials_changed_in_a_running_process_are_used(aws_env, s3_endpoi
     from botocore.exceptions import ClientError
     expired = ClientError({"Error": {"Code": "ExpiredToken", "Message": "x"},
                            "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject")
-    with pytest.raises(mvc.MvcError, match="the AWS credentials were refused while reading on .*: ExpiredToken") as e:
+    with pytest.raises(mvc.CredentialsRefused, match="the AWS credentials were refused while reading on .*: "
+                                                     "ExpiredToken") as e:
         t._fail(expired, "reading")
     assert "renew them" in e.value.hint
+
+
+def test_a_lazy_clone_in_a_long_process_signs_with_credentials_renewed_since_its_first_load(tmp_path, aws_env,
+                                                                                             s3_endpoint, monkeypatch):
+    """A lazy clone's transport was kept for the Repo's life: a training process lazy-loading after
+    its credentials rotated failed with the refused ones until it restarted."""
+    from mvc.transport_s3 import S3Transport
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    first = src.commit({"a": weights(1, n=2)}, message="one")
+    second = src.commit({"a": weights(2, n=2)}, message="two")
+    rm.push(src)
+    lazy, _ = rm.clone(remote.url, str(tmp_path / "lazy"), endpoint=remote.endpoint, lazy=True)
+    assert torch.equal(lazy.load(first, "a")["w0"], weights(1, n=2)["w0"])  # (the transport is open now)
+    get_into = S3Transport.get_into
+
+    def refusing_old_keys(t, oid, f, max_size=None):
+        if t.client._request_signer._credentials.access_key != "rotated":
+            t._fail(ClientError({"Error": {"Code": "ExpiredToken", "Message": "x"},
+                                 "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject"), f"reading {oid[:12]}")
+        return get_into(t, oid, f, max_size)
+    from botocore.exceptions import ClientError
+    monkeypatch.setattr(S3Transport, "get_into", refusing_old_keys)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
+    assert torch.equal(lazy.load(second, "a")["w1"], weights(2, n=2)["w1"])
+    third = src.commit({"a": weights(3, n=2)}, message="three")
+    rm.push(src)
+    rm.fetch(lazy)
+    tries = []
+
+    def denied(t, oid, f, max_size=None):  # (refused again with new ones: said, not retried forever)
+        tries.append(t)
+        t._fail(ClientError({"Error": {"Code": "AccessDenied", "Message": "x"},
+                             "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"), "reading")
+    monkeypatch.setattr(S3Transport, "get_into", denied)
+    with pytest.raises(mvc.MvcError, match="not fetched yet .* failed: access denied"):
+        lazy.load(third, "a")
+    assert 2 <= len(tries) <= 8  # (each read of the 2 blobs: once, and once more with a renewed transport)
 
 
 def test_an_invalid_s3_bucket_name_is_not_called_worth_a_retry(tmp_path, aws_env, s3_endpoint):
