@@ -8,6 +8,7 @@ A remote holds a bare repository layout, the same files as a local `.mvc` direct
     refs/heads/*         one 64-hex id per file
     refs/tags/*
     certs/<2>/<62>       the certificate ids attached to a commit, one per line
+    graph/<8 digits>     (S3) each commit pushed and its parents: see mvc.remote.commit_graph
 
 A transport moves bytes and never trusts them: `get` returns what the far side holds and the
 caller (mvc.remote, LazyRemoteStore) verifies it against its BLAKE3 id before storing anything.
@@ -67,7 +68,7 @@ REMOTE_FORMAT = 1
 REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repair from a repository that "
                "has the history whole re-sends what the remote lacks or holds damaged")
 ABSENT = None  # the token of a file that does not exist
-LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs"})  # what a remote's layout holds
+LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs", "graph"})  # what a remote's layout holds
 REF_READ_JOBS = 16  # refs a listing reads at once (each a request on S3)
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
@@ -175,6 +176,7 @@ class Transport:
 
     url = ""
     listing_cache: ListingCache | None = None  # set by whoever opens it for a repository (mvc.remote)
+    keeps_commit_graph = False  # pushes record their commits in graph/ (mvc.remote.commit_graph): S3's
 
     # -- primitives ---------------------------------------------------------------------------
     def has(self, oid: str) -> bool:

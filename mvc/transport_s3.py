@@ -86,6 +86,8 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
 class S3Transport(Transport):
+    keeps_commit_graph = True  # (a round trip is tens of milliseconds: a fetch's walk must not take one a commit)
+
     def __init__(self, url: str, endpoint: str | None = None, jobs: int = 8):
         try:
             import boto3

@@ -7,6 +7,7 @@ import time
 import warnings
 
 from .. import certindex
+from . import commit_graph
 from ..errors import (BadName, ConfigError, CorruptObject, FormatTooNew, MvcError, NonFastForward, ObjectMissing,
                       TooLarge, UnknownRevision, WrongObjectType)
 from ..objects import certificate_refs, decode, object_kind
@@ -131,6 +132,7 @@ class _History:
         self.not_commits: dict[str, str] = {}  # tips that name no commit (a tree, a blob) -> what they are
         self.absent: set[str] = set()  # tips that name no object there (push --repair sends it, not --force)
         self.newer: set[str] = set()  # those of them that are commits of a newer format than this mvc reads
+        self._ahead: dict[str, bytes] = {}  # commits downloaded ahead of the walk (mvc.remote.commit_graph)
 
     def download(self, oid: str, pending: dict | None = None) -> None:
         """Receive one object (verified) into the loose store, no larger than its trees declare
@@ -171,7 +173,7 @@ class _History:
         """(commit, its bytes), or for a tip that names another kind of object (a damaged ref there)
         what it is. A parent that is no commit is damaged history: that raises."""
         try:
-            data = receive(self.t, oid, self.where, MAX_META_BYTES)
+            data = self._ahead.pop(oid, None) or receive(self.t, oid, self.where, MAX_META_BYTES)
             return decode(data, "commit", oid), data
         except WrongObjectType as e:
             if oid not in tips:
@@ -230,6 +232,7 @@ class _History:
         here: list[str] = []  # commits found here that no local ref reaches
         frontier = sorted(set(tips) - complete)
         seen = set(frontier)
+        self._ahead = commit_graph.commits_ahead(repo, t, where, pool, frontier, complete)
         while frontier:
             missing = [c for c in frontier if not has_commit(repo, c)]
             if trusted is None and len(missing) < len(frontier):
@@ -250,6 +253,7 @@ class _History:
                                     "from a repository that has the history whole")
             frontier = sorted(parents - seen - complete - (trusted or set()))
             seen.update(frontier)
+        self._ahead = {}  # (what the walk did not take: a graph line that lied)
 
         def trees_wanted():  # (those of a newer format left out)
             return sorted(({tid for obj, _ in commits.values() for tid in obj["components"].values()}

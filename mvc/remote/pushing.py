@@ -9,6 +9,7 @@ import threading
 import warnings
 
 from .. import certindex
+from . import commit_graph
 from .. import forks
 from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward, ObjectMissing, RefConflict,
                       UnknownRevision, os_error_text)
@@ -150,6 +151,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     sent = _send(repo, t, where, plan, pool, progress)
     author = default_author(repo.root)  # (of the moves: a repository remote's reflog names who pushed)
     _repaired({**result, "sent": sent}, where)  # nothing moves while history there is incomplete
+    _record_graph(repo, t, plan["phases"][-1])
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force,
@@ -498,6 +500,18 @@ def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict
         else:
             send[n] = v
     return send, skipped
+
+
+def _record_graph(repo: Repo, t: Transport, commits: list[str]) -> None:
+    """Add the commits sent to the remote's commit graph, where it keeps one: a hint for fetches,
+    so a push goes on without it (a fetch then walks those commits one by one)."""
+    if not t.keeps_commit_graph or not commits:
+        return
+    try:
+        commit_graph.record(t, [commit_graph.graph_line(c, repo.read_commit(c)["parents"]) for c in commits])
+    except MvcError as e:
+        warnings.warn(f"the commit graph on {t.describe()} was not updated ({e.message}); fetches of these "
+                      "commits read them one at a time")
 
 
 def _certified_history(repo: Repo, local: str, certified: set) -> set[str]:

@@ -2246,3 +2246,78 @@ def test_a_certificate_index_changed_on_the_remote_is_read_again_and_a_damaged_c
     assert certindex.read_index(dst.dir, head) == [first, second, third]
     rm.remove_remote(src, "origin")
     assert os.listdir(cache) == []  # (what was read there goes with the remote)
+
+
+def test_a_fetch_downloads_a_long_history_s_new_commits_ahead_of_its_walk_by_the_remote_s_commit_graph(
+        tmp_path, aws_env, s3_endpoint, monkeypatch):
+    """A fetch learns a commit's parents only by downloading it: a linear history of N new commits
+    was N requests one after the other (h104 03). Pushes to S3 record each commit's parents in
+    graph/ segments; a fetch downloads what the graph says its tips need in parallel first."""
+    from mvc.remote import commit_graph
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    ids = [src.commit({"h": {"w": torch.full((2,), float(i))}}, message=str(i)) for i in range(70)]
+    rm.push(src)
+    src.create_branch("side", ids[10])
+    src.switch("side")
+    side = [src.commit({"h": {"w": torch.full((2,), -float(i))}}, message=f"side {i}") for i in range(3)]
+    rm.push(src, branch="side")
+    segments = remote.transport().list_files("graph/")
+    assert len(segments) >= 2  # (70 lines of ~130 bytes: more than one segment of < 4,000 bytes)
+    graph = commit_graph.read_graph(remote.transport(), rm.Pool(1))
+    assert graph[ids[0]] == [] and graph[ids[69]] == [ids[68]] and graph[side[0]] == [ids[10]] and len(graph) == 73
+    ahead = []
+    real = commit_graph.commits_ahead
+    monkeypatch.setattr(commit_graph, "commits_ahead", lambda *a: ahead.append(real(*a)) or ahead[-1])
+    walked = []
+    monkeypatch.setattr(rm.fetching, "receive", lambda t, oid, *a: walked.append(oid) or rm.receive(t, oid, *a))
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    assert not set(walked) & (set(ids) | set(side)) and not ahead[0]  # (all of them ahead; the walk took each)
+    assert [c["id"] for c in dst.log("origin/side")] == side[::-1] + ids[:11][::-1] and dst.fsck()["ok"]
+
+
+def test_a_commit_graph_that_lies_or_is_gone_costs_requests_not_history(tmp_path, aws_env, s3_endpoint):
+    from mvc.remote import commit_graph
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    ids = [src.commit({"h": {"w": torch.full((2,), float(i))}}, message=str(i)) for i in range(5)]
+    rm.push(src)
+    stranger = "ab" * 32
+    lies = (commit_graph.graph_line(ids[4], [ids[1]]) + commit_graph.graph_line(ids[3], [stranger])
+            + b"not a line\n" + commit_graph.graph_line(stranger, []))
+    _write_remote_file(remote, "graph/00000000", lies)  # (parents skipped, a commit not there, junk)
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    assert [c["id"] for c in dst.log()] == ids[::-1] and dst.fsck()["ok"]
+    remote.client.delete_object(Bucket=remote.bucket, Key="team/models/graph/00000000")
+    more = [src.commit({"h": {"w": torch.full((2,), -float(i))}}, message=f"more {i}") for i in range(3)]
+    rm.push(src)  # (appends to a new first segment)
+    rm.fetch(dst)
+    assert [c["id"] for c in dst.log("origin/main")] == (ids + more)[::-1] and dst.fsck()["ok"]
+    assert set(commit_graph.read_graph(remote.transport(), rm.Pool(1))) == set(more)
+
+
+def test_two_pushes_appending_to_the_commit_graph_at_once_both_land(tmp_path, aws_env, s3_endpoint):
+    from mvc.remote import commit_graph
+    remote = S3Remote(s3_endpoint)
+    lines = {k: [commit_graph.graph_line(hash_bytes(f"{k}{i}".encode()), []) for i in range(40)] for k in "ab"}
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def append(k):
+        try:
+            barrier.wait()
+            for line in lines[k]:
+                commit_graph.record(remote.transport(), [line])
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=append, args=(k,)) for k in "ab"]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    graph = commit_graph.read_graph(remote.transport(), rm.Pool(1))
+    assert set(graph) == {line.split()[0].decode() for k in "ab" for line in lines[k]}
+    sizes = [len(remote.client.get_object(Bucket=remote.bucket, Key="team/models/" + n)["Body"].read())
+             for n in remote.transport().list_files("graph/")]
+    assert len(sizes) >= 2 and max(sizes) <= commit_graph.SEGMENT_BYTES
