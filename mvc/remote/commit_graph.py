@@ -75,7 +75,8 @@ def commits_ahead(repo, t: Transport, where: str, pool: Pool, tips, stop: set[st
     """The verified bytes of the commits the graph says `tips` need and this repository lacks
     (down to commits here or in `stop`), downloaded in parallel; {} where the remote keeps no graph.
     One that fails to arrive is left out: the walk reads it, and says what is wrong."""
-    if not t.keeps_commit_graph:
+    tips = [c for c in tips if c not in stop and not has_commit(repo, c)]
+    if not t.keeps_commit_graph or not tips:  # (nothing new: not even the listing)
         return {}
     try:
         graph = read_graph(t, pool)
