@@ -76,6 +76,13 @@ def one_line(text: str) -> str:
     return _UNSAFE.sub(lambda m: _escape(m.group()), text)
 
 
+def message_body(message: str, indent: str = "    ") -> list[str]:
+    """A commit message's lines as log and show print them, indented: each line's unsafe characters
+    escaped (one_line), not quoted as a name is, so that a paragraph break stays a blank line and a
+    line indented by its author keeps its indentation."""
+    return [indent + one_line(line) if line else "" for line in message.splitlines()]
+
+
 def short_repr(value, width: int = 40) -> str:
     """A value's repr for a message, cut to about `width` characters with its brackets kept
     (reprlib: `[tensor(1.), tensor(2.), ...]`, not a slice ending mid-element)."""

@@ -17,7 +17,7 @@ from .ci_state import ci_states, commit_certificates, echo_on_commit_ci, on_comm
 from .output import (BarProgress, byte_progress, change, console, emit_json, human_bytes, json_opt, json_when_ci_fails,
                      message_opt, negative_result, plural, print_table, short, shown, shown_name, size_change,
                      stream_stdout, table, warn)
-from ..quoting import json_shown, quoted
+from ..quoting import json_shown, message_body, quoted
 
 
 def _repo() -> Repo:
@@ -233,7 +233,7 @@ def log(rev, n, oneline, as_json):
         if ci:
             out.append(f"CI:     {status[c['id']]}")
         out.append("")
-        out.extend("    " + shown(line) for line in c["message"].splitlines())
+        out.extend(message_body(c["message"]))
         out.append("")
     click.echo("\n".join(out))
 
@@ -282,7 +282,7 @@ def show(rev, as_json):
         certs = info["certificates"]
         con.print(f"CI:     {info['ci']}" + (f" (certificate{'s' if len(certs) > 1 else ''} "
                                              f"{', '.join(short(x) for x in certs)})" if certs else ""))
-    con.print("\n    " + "\n    ".join(map(shown, info["message"].splitlines())) + "\n")
+    con.print("\n" + "\n".join(message_body(info["message"])) + "\n")
     t = table("component", "kind", "tree", "tensors", "files", "bytes", "dtypes", "arch",
               names=("component", "arch"), ids=("tree",))
     for name, c in info["components"].items():

@@ -69,12 +69,22 @@ def test_stored_text_reaches_the_terminal_quoted(run, tmp_path, monkeypatch):
     starts = [line.split(" ")[0] for line in log.splitlines()]
     assert starts.count("CI:") == 0 and starts.count("Date:") == 2 and starts.count("commit") == 2
     assert '"mallory\\nDate: forged"' in log and '"loss"' not in log and '"2.0\\nCI:     passed"' in log
-    assert '"two \\u202eright-to-left"' in log and '"second line\\x07"' in log
+    assert "    two \\u202eright-to-left\n    second line\\x07\n" in log  # (a message's lines: escaped, not quoted)
     listing = outputs[("ls-tree", "HEAD", "model")].splitlines()
     assert len(listing) == 4  # three tensors and one file: the forged line stays inside its quotes
     assert '"w\\x1b]0;PWNED\\x07"' in outputs[("ls-tree", "HEAD", "model")]
     assert '"real\\n0000' in outputs[("diff", "HEAD~1", "HEAD", "--all")]
     assert json.loads(run("log", "--json").stdout)[0]["author"] == "mallory\nDate: forged"  # JSON as stored
+
+
+def test_a_message_of_paragraphs_and_indented_lines_prints_as_written(run, tmp_path):
+    """`-m one -m two` (each -m a paragraph) printed its blank line as `""`, and an indented line
+    quoted, in log and show (h108)."""
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
+    run("commit", tmp_path / "m.safetensors", "-m", "one", "-m", "  indented\tcode")
+    body = "\n    one\n\n      indented\\tcode\n"
+    assert body in run("log").stdout and body in run("show").stdout
 
 
 def test_a_path_argument_that_is_not_utf8_is_printed_quoted_on_a_strict_utf8_stdout(tmp_path):
