@@ -1090,7 +1090,10 @@ class Repo(Maintenance):
                 self.refs.update(f"refs/heads/{name}", oid, expected=None,
                                  message=f"branch: created from {rev or 'HEAD'}", author=default_author(self.root))
             except RefConflict:
-                raise BadName(f"branch {name!r} already exists", "pass --force to move it") from None
+                current = self.refs.head_target() == f"refs/heads/{name}"
+                raise BadName(f"branch {name!r} already exists",
+                              f"it is the current branch: mvc rollback {rev or 'REV'} moves it" if current
+                              else "pass --force to move it") from None
         return oid
 
     def _live_commit(self, rev: str | None) -> str:
@@ -1232,7 +1235,10 @@ class Repo(Maintenance):
         current = self.read_commit(base, shared=True)["components"] if base else {}
         if current == target:
             name = ref.removeprefix("refs/heads/")
+            parents = self.read_commit(base, shared=True)["parents"] if base else []
             raise BadInput(f"nothing to revert: {name} already holds the components of {rev}, {cid[:12]}",
+                           f"the last commit of {name} changed no weights (its message or metrics only): "
+                           f"mvc rollback undoes it" if cid in parents else
                            "mvc revert REV returns to REV's weights; to undo the last commit run "
                            "mvc revert HEAD~1 or mvc rollback")
         return self.commit({}, message=message or f"revert to {cid[:12]}", trees=target, branch=branch,

@@ -1043,7 +1043,7 @@ def revert(rev, message, as_json):
     """Make a new commit on the current branch holding the components of REV.
 
     Unlike `git revert`, which undoes the changes of a commit, REV names the state to return to:
-    `mvc revert HEAD~1` undoes the last commit; `mvc revert HEAD` has nothing to do. The history
+    `mvc revert HEAD~1` undoes the last commit; `mvc revert HEAD` is refused (exit 3: nothing to revert). The history
     in between stays on the branch (`mvc rollback` moves the branch back instead).
 
     \b

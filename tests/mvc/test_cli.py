@@ -739,6 +739,10 @@ def test_revert_returns_to_a_revisions_weights_and_refuses_a_no_op(run, in_repo)
     assert "mvc revert HEAD~1" in r.stderr and in_repo.head() == head
     doc = json.loads(run("revert", "HEAD~1", "-m", "again", "--json").stdout)
     assert doc["restored"] == in_repo.resolve("HEAD~2") and in_repo.read_commit(doc["commit"])["message"] == "again"
+    in_repo.commit({}, message="metrics only", metrics={"loss": 1.0})  # (h108: the hint named the command
+    r = run("revert", "HEAD~1", code=3)                                 # that had just failed)
+    assert r.stderr.endswith("(the last commit of main changed no weights (its message or metrics only): "
+                             "mvc rollback undoes it)\n") and "mvc revert HEAD~1" not in r.stderr
 
 
 def test_sizes_use_the_decimal_units_of_the_progress_bars():
@@ -1538,6 +1542,8 @@ def test_branch_force_moves_an_existing_branch_but_not_the_current_one(run, in_r
     assert doc == {"branch": "exp", "commit": first, "old": second} and in_repo.branches()["exp"] == first
     assert run("branch", "-f", "main", "exp", code=3).stderr == ("error: cannot force-move the current branch 'main' "
                                                                 "(mvc rollback exp moves it)\n")
+    assert run("branch", "main", "exp", code=3).stderr == ("error: branch 'main' already exists (it is the current "
+                                                          "branch: mvc rollback exp moves it)\n")  # (not --force)
     assert run("branch", "-f", "main", code=3).stderr.endswith("(mvc rollback REV moves it)\n")
     assert json.loads(run("branch", "made", "--json").stdout) == {"branch": "made", "commit": second, "old": None}
     assert in_repo.branches() == {"main": second, "exp": first, "made": second}
