@@ -3,8 +3,8 @@
 `Repo` and the submodules load on first use, so that `mvc` (the command) can answer Ctrl-C
 cleanly from its first moment and commands import only what they need.
 """
-__all__ = ["Repo", "MvcError", "CheckFailed", "NotARepository", "UnknownRevision", "CorruptObject",
-           "LockHeld", "AbiMismatch"]
+__all__ = ["Repo", "MvcError", "OnCommitCi", "CheckFailed", "CiDidNotRun", "NotARepository", "UnknownRevision",
+           "CorruptObject", "LockHeld", "AbiMismatch"]
 __version__ = "0.1.0"
 
 

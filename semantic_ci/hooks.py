@@ -1,7 +1,8 @@
 """CI on every commit: the `mvc.post_commit` entry point mvc's storage layer calls after a commit
 when mvc.toml exists. With `on_fail = "rollback"` a failing commit stays in history but its branch
-moves back to the last passing commit and `mvc.CheckFailed` is raised; so it does, raising the
-interrupt, when CI could not run or was interrupted before it judged the commit."""
+moves back to the last passing commit and `mvc.CheckFailed` is raised; so it does when CI could
+not run (raising `mvc.CiDidNotRun`; both are `mvc.OnCommitCi`) or was interrupted before it judged
+the commit (raising the interrupt)."""
 from __future__ import annotations
 
 import contextlib

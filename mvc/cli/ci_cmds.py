@@ -89,8 +89,8 @@ def ci(rev, base, names, junit, as_json):
 @click.argument("target", default="HEAD")
 @json_opt
 def verify(target, as_json):
-    """Re-run a certificate's checks (TARGET: a commit, or a certificate id or unique prefix of at
-    least 6 hex digits, as mvc ci prints) and confirm the figures.
+    """Re-run a certificate's checks (TARGET, default HEAD: a commit, or a certificate id or unique
+    prefix of at least 6 hex digits, as mvc ci prints) and confirm the figures.
 
     TARGET as a commit verifies its latest full run (every check of mvc.toml), or its latest
     partial run when it has none (the output says so). Exact figures must reproduce bit for bit,

@@ -242,7 +242,7 @@ def log(rev, n, oneline, as_json):
 @click.argument("rev", default="HEAD")
 @json_opt
 def show(rev, as_json):
-    """Show a commit: message, metrics, provenance and its components.
+    """Show a commit (REV, default HEAD): message, metrics, provenance and its components.
 
     \b
     Example:
@@ -300,7 +300,8 @@ def show(rev, as_json):
 @click.option("--all", "show_all", is_flag=True, help="Also list unchanged tensors.")
 @json_opt
 def diff(rev_a, rev_b, exit_code, show_all, as_json):
-    """Compare two commits per component and per tensor, with side files and metric changes.
+    """Compare two commits (REV_B: default HEAD) per component and per tensor, with side files and
+    metric changes.
 
     Changed tensors report max |delta|, relative L2 change and the fraction of elements changed.
     With --exit-code the exit status is 1 when a component, tensor or side file differs; metric
@@ -442,7 +443,8 @@ def _reads_as_json(text: str) -> bool:
 @click.option("-f", "--force", is_flag=True, help="Overwrite files that exist there with other content.")
 @json_opt
 def checkout(rev, out, comps, force, as_json):
-    """Write the components of REV as their original files under DIR/<component>/ (refs never move).
+    """Write the components of REV (default HEAD) as their original files under DIR/<component>/
+    (refs never move).
 
     Files already there with other content are refused (nothing is written) unless --force;
     files already holding the same bytes are left as they are.
@@ -825,7 +827,7 @@ def fsck(as_json, remote):
 
     With --repair-from, each damaged or missing object the remote has is downloaded, verified
     and stored again (packs are rewritten from the good copies); the exit status is that of the
-    check after the repair.
+    check after the repair. Damaged objects are named by their whole ids (64 hex digits).
 
     \b
     Examples:
@@ -925,6 +927,17 @@ def config_cmd(key, value, unset):
     negative VALUE follows --: mvc config gc.reflogExpire -- -1).
 
     \b
+    Keys mvc reads (default):
+      core.fsync          fsync what is written (true)
+      gc.reflogExpire     reflog entries older than this are dropped by gc (90d)
+      pack.autoEvery      pack after every K commits (0: never)
+      pack.autoPackLimit  automatic packing merges packs past this many (50; 0: never)
+      pack.maxDepth       longest delta chain in a pack (8)
+      pack.level          zstd level of packed objects (1; -7 to 22)
+      pack.cacheMB        decoded delta bases kept in memory while reading packs (256)
+      pack.verify         read a written pack back before using it (true)
+
+    \b
     Examples:
       mvc config core.fsync
       mvc config gc.reflogExpire 30d
@@ -1008,7 +1021,8 @@ def ls_tree(rev, component, as_json):
     """List the components of REV, or the tensors and files of one COMPONENT.
 
     A file's id is its blob's; for a safetensors file, the id of its header blob (its tensors,
-    listed above it, hold the values), which stays the same while only values change.
+    listed above it, hold the values), which stays the same while only values change. Ids are
+    printed whole (64 hex digits, for scripts and mvc cat-object), not cut to 12 as elsewhere.
 
     \b
     Examples:
@@ -1043,8 +1057,8 @@ def revert(rev, message, as_json):
     """Make a new commit on the current branch holding the components of REV.
 
     Unlike `git revert`, which undoes the changes of a commit, REV names the state to return to:
-    `mvc revert HEAD~1` undoes the last commit; `mvc revert HEAD` is refused (exit 3: nothing to revert). The history
-    in between stays on the branch (`mvc rollback` moves the branch back instead).
+    `mvc revert HEAD~1` undoes the last commit; `mvc revert HEAD` is refused (exit 3: nothing to
+    revert). The history in between stays on the branch (`mvc rollback` moves the branch back instead).
 
     \b
     Examples:

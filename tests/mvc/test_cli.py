@@ -181,6 +181,21 @@ def test_status_names_a_head_that_names_a_tag_as_damaged_not_detached(run, in_re
     assert s["branch"] is None and s["head_problem"].startswith("HEAD names 'refs/tags/v1'")
 
 
+def test_config_help_lists_every_key_mvc_reads_with_its_default(run):
+    """pack.level, pack.cacheMB and pack.verify were accepted and read, and documented nowhere (h108)."""
+    from mvc.config import KNOWN
+    from mvc.maintenance import REFLOG_EXPIRE_S
+    from mvc.pack import DEFAULT_CACHE_BYTES
+    from mvc.pack_write import AUTO_PACK_LIMIT, DEFAULT_MAX_DEPTH
+    text = run("config", "--help").stdout
+    listed = {line.split()[0]: line for line in text.split("Keys mvc reads (default):")[1].split("Examples:")[0]
+              .splitlines() if line.strip()}
+    assert set(listed) == set(KNOWN)
+    assert f"({DEFAULT_CACHE_BYTES >> 20})" in listed["pack.cacheMB"] and f"({DEFAULT_MAX_DEPTH})" in listed[
+        "pack.maxDepth"] and f"({AUTO_PACK_LIMIT};" in listed["pack.autoPackLimit"]
+    assert f"({REFLOG_EXPIRE_S / 86400:.0f}d)" in listed["gc.reflogExpire"]
+
+
 def test_config_keys_are_case_insensitive_and_typos_in_mvc_sections_are_refused(run, in_repo):
     import mvc
     # reading ignores case (configparser lowercases option names), so setting checks known keys the same way
