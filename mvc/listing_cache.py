@@ -5,8 +5,10 @@ one request per ref and per certified commit of the history.
 
 A hint only: an entry is used when its version equals the listed one, and a version names one
 content (the ETag of a small object is its MD5, and changes with every write), so a lost, stale or
-damaged cache (each entry carries a checksum) costs reads, never a wrong answer. Kept in `.mvc/remote-listing/<hash of the URL>.json`,
-written whole (temp + rename) after each listing read; two processes at once: the last write wins.
+damaged cache (each entry carries a checksum) costs reads, never a wrong answer. One per
+configured remote, in `.mvc/remote-listing/<hash of its name>.json` (a push or fetch to a plain
+URL keeps none; `mvc remote remove` drops it), written whole (temp + rename) after each listing
+read; two processes at once: the last write wins.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ LISTING_DIR = "remote-listing"
 MAX_CACHED_BYTES = 4096  # a larger file (a certificate index of very many lines) is read each time
 
 
-def listing_cache_path(mvc_dir: str, url: str, endpoint: str | None) -> str:
-    return os.path.join(mvc_dir, LISTING_DIR, hash_bytes(f"{url}\0{endpoint or ''}".encode())[:32] + ".json")
+def listing_cache_path(mvc_dir: str, remote: str) -> str:
+    """The cache of configured remote `remote` (by name: one whose URL changes keeps it, since an
+    entry is used only at the ETag it was read at, and a file's ETag is its content's MD5)."""
+    return os.path.join(mvc_dir, LISTING_DIR, hash_bytes(remote.encode())[:32] + ".json")
 
 
 def _check(name: str, version: str, data: bytes) -> str:
@@ -47,8 +51,8 @@ class ListingCache:
                     if isinstance(name, str) and isinstance(version, str) and isinstance(text, str) \
                             and check == _check(name, version, text.encode("latin-1")):
                         entries[name] = (version, text.encode("latin-1"))
-            except (OSError, ValueError, TypeError, AttributeError, UnicodeEncodeError, UnicodeDecodeError):
-                entries = {}  # none yet, or damaged: read everything again
+            except Exception:  # noqa: BLE001 (none yet, or damaged in any way, e.g. nested past the
+                entries = {}  # recursion limit: a hint only, so read everything again)
             self._entries = entries
         return self._entries
 

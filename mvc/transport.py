@@ -220,10 +220,11 @@ class Transport:
         """Write (None: delete) `name` only if it still matches `token`; else RefConflict."""
         raise NotImplementedError
 
-    def list_versions(self, prefix: str) -> dict[str, str | None]:
-        """The files under `prefix`, each with a version that changes whenever it does (an S3
-        ETag), or None where the far side gives none (a directory: reading is as cheap)."""
-        return dict.fromkeys(self.list_files(prefix))
+    def list_versions(self, prefix: str, flat: bool = False) -> dict[str, str | None]:
+        """The files under `prefix` (`flat`: not in its subfolders), each with a version that changes
+        whenever it does (an S3 ETag), or None where the far side gives none (a directory: reading
+        is as cheap)."""
+        return dict.fromkeys(n for n in self.list_files(prefix) if not flat or "/" not in n[len(prefix):])
 
     def read_listed(self, name: str, version: str | None) -> bytes | None:
         """`read_file`'s data of a file a listing showed at `version`: from `listing_cache` when it
@@ -951,6 +952,7 @@ class LazyRemoteStore(ObjectStore):
         self._promised: set[str] | None = None
         self._promised_bytes = 0  # the size of the list when it was read
         self._transport: Transport | None = None
+        self._renewed_unproven = False  # the transport was opened again after a refusal, and no read took yet
         self._sizes: dict[str, int] | None = None
         self._lock = threading.Lock()
         forks.track(self)
@@ -1015,11 +1017,22 @@ class LazyRemoteStore(ObjectStore):
 
     def transport(self, renew_from: Transport | None = None) -> Transport:
         """The promisor remote's transport, opened on first use; opened again (new credentials read)
-        when `renew_from`, one whose credentials the remote refused, is still the current one."""
+        when `renew_from`, one whose credentials the remote refused, is still the current one,
+        unless the current one was itself opened so and has not yet been accepted (see `_accepted`):
+        then credentials read again would be refused again, and each read asking would open one."""
         with self._lock:
-            if self._transport is None or (renew_from is not None and self._transport is renew_from):
+            renew = renew_from is not None and self._transport is renew_from and not self._renewed_unproven
+            if self._transport is None or renew:
                 self._transport = open_configured_remote(self.config, self.remote, os.path.dirname(self.dir))
+                self._renewed_unproven = renew
             return self._transport
+
+    def _accepted(self, t: Transport) -> None:
+        """A read through `t` succeeded: its credentials may be renewed again when refused later."""
+        if self._renewed_unproven and t is self._transport:
+            with self._lock:
+                if t is self._transport:
+                    self._renewed_unproven = False
 
     def has(self, oid):
         return self._promised_now(oid)
@@ -1060,7 +1073,8 @@ class LazyRemoteStore(ObjectStore):
                     new_object_file(cache.tmp, oid, None if slots is not None else cache.path(oid),
                                     cache.fsync and slots is None, readable=True) as f:
                 received_into(lambda out: self._from_remote(
-                    lambda t: t.get_into(oid, out, max_size=self._size_limit(oid)), oid), f, oid, self.remote)
+                    lambda t: _emptied(out) or t.get_into(oid, out, max_size=self._size_limit(oid)), oid),
+                    f, oid, self.remote)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 return False
@@ -1080,9 +1094,14 @@ class LazyRemoteStore(ObjectStore):
         try:
             t = self.transport()
             try:
-                return read(t)
+                got = read(t)
             except CredentialsRefused:  # (a long process: its credentials rotated or expired since the
-                return read(self.transport(renew_from=t))  # transport was opened; a new one reads them again)
+                renewed = self.transport(renew_from=t)  # transport was opened; a new one reads them again)
+                if renewed is t:
+                    raise
+                t, got = renewed, read(renewed)
+            self._accepted(t)
+            return got
         except ObjectMissing:
             if not self.transport().is_repository():
                 raise ObjectMissing(f"object {oid} is not fetched yet (lazy clone) and remote {self.remote} "
@@ -1119,9 +1138,17 @@ class LazyRemoteStore(ObjectStore):
             return
         from concurrent.futures import ThreadPoolExecutor
 
+        refused = threading.Event()
+
         def fetch(oid, slots=None):
-            with contextlib.suppress(MvcError):
+            if refused.is_set():  # (the read that follows says why: not one refusal per blob)
+                return
+            try:
                 self._download(oid, slots)
+            except CredentialsRefused:
+                refused.set()
+            except MvcError:
+                pass
 
         sizes = {oid: self._size_limit(oid) or BATCHED_BELOW for oid in missing}  # (unknown: one by one)
         with ThreadPoolExecutor(max_workers=min(self.PREFETCH_JOBS, len(missing))) as pool:
@@ -1156,6 +1183,12 @@ class LazyRemoteStore(ObjectStore):
         promised = self.promised()
         local = [s for s in stores if s is not self]
         return sorted(i for i in ids if i in promised and not any(s.has(i) for s in local))
+
+
+def _emptied(f) -> None:
+    """Empty `f` for a read from the start (a retry after part of a body had arrived)."""
+    f.seek(0)
+    f.truncate()
 
 
 def promisor_store(repo) -> LazyRemoteStore | None:

@@ -320,13 +320,13 @@ class S3Transport(Transport):
     def list_files(self, prefix):
         return sorted(self.list_versions(prefix))
 
-    def list_versions(self, prefix):
+    def list_versions(self, prefix, flat=False):
         from botocore.exceptions import BotoCoreError, ClientError
         base = self.key("")
         out = {}
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                            Prefix=self.key(prefix)):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=self.key(prefix), **({"Delimiter": "/"} if flat else {})):
                 out.update((o["Key"][len(base):], o.get("ETag")) for o in page.get("Contents", [])
                            if not _folder_marker(o))
         except (ClientError, BotoCoreError) as e:

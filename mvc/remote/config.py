@@ -49,16 +49,10 @@ def remove_remote(repo: Repo, name: str, force: bool = False) -> dict:
         raise MvcError(f"remote {name!r} is where this lazy clone fetches its missing blobs",
                        f"if it moved: {set_url_command(name, 'NEW_URL')}; --force removes it anyway, and "
                        "blobs not fetched yet can then no longer be had")
-    try:
-        url, endpoint = configured_remote(repo.config, name, repo.root)
-        cache = listing_cache_path(repo.dir, normalize_url(url), check_endpoint(endpoint))
-    except MvcError:  # (a URL no transport opens: nothing was ever read there)
-        cache = None
     for option in list(repo.config.options(section)):
         repo.set_config(f"remote.{name}.{option}", None)
-    if cache is not None:
-        with contextlib.suppress(OSError):  # (what was last read there: of no use now)
-            os.unlink(cache)
+    with contextlib.suppress(OSError):  # (what was last read there: of no use now)
+        os.unlink(listing_cache_path(repo.dir, name))
     removed = []
     for ref, oid in repo.refs.list(f"refs/remotes/{name}/").items():
         repo.refs.update(ref, None, expected=oid, message=f"remote remove {name}")
@@ -88,13 +82,8 @@ def open_remote(repo: Repo, remote: str | None, jobs: int = DEFAULT_JOBS,
     if repo.config.has_section(remote_section(remote)):
         if transport is None:
             transport = open_configured_remote(repo.config, remote, repo.root, jobs)
-        return remote, _with_listing_cache(repo, transport)
+        transport.listing_cache = ListingCache(listing_cache_path(repo.dir, remote))
+        return remote, transport
     if is_url(remote):
-        transport = transport or open_transport(repo.checked_remote_url(remote), None, jobs)
-        return None, _with_listing_cache(repo, transport)
+        return None, transport or open_transport(repo.checked_remote_url(remote), None, jobs)
     raise ConfigError(f"no remote named {remote!r}", "add it with mvc remote add NAME URL, or see mvc remote -v")
-
-
-def _with_listing_cache(repo: Repo, t: Transport) -> Transport:
-    t.listing_cache = ListingCache(listing_cache_path(repo.dir, t.url, getattr(t, "endpoint", None)))
-    return t

@@ -644,7 +644,11 @@ def test_s3_credentials_changed_in_a_running_process_are_used(aws_env, s3_endpoi
 def test_a_lazy_clone_in_a_long_process_signs_with_credentials_renewed_since_its_first_load(tmp_path, aws_env,
                                                                                              s3_endpoint, monkeypatch):
     """A lazy clone's transport was kept for the Repo's life: a training process lazy-loading after
-    its credentials rotated failed with the refused ones until it restarted."""
+    its credentials rotated failed with the refused ones until it restarted. The retry starts the
+    download afresh (what arrived before the refusal is dropped: h109 05), and new credentials that
+    are refused too are said, not renewed again for every blob (h109 04)."""
+    from botocore.exceptions import ClientError
+    import mvc.transport as tmod
     from mvc.transport_s3 import S3Transport
     remote = S3Remote(s3_endpoint)
     src = new_repo(tmp_path / "src", remote)
@@ -654,30 +658,36 @@ def test_a_lazy_clone_in_a_long_process_signs_with_credentials_renewed_since_its
     lazy, _ = rm.clone(remote.url, str(tmp_path / "lazy"), endpoint=remote.endpoint, lazy=True)
     assert torch.equal(lazy.load(first, "a")["w0"], weights(1, n=2)["w0"])  # (the transport is open now)
     get_into = S3Transport.get_into
+    reads = []
+    opened = []
+    open_configured_remote = tmod.open_configured_remote
+    monkeypatch.setattr(tmod, "open_configured_remote", lambda *a, **k: opened.append(1) or open_configured_remote(*a, **k))
 
     def refusing_old_keys(t, oid, f, max_size=None):
+        reads.append(oid)
         if t.client._request_signer._credentials.access_key != "rotated":
+            f.write(b"part of a body")  # (a read that broke off, resumed after the token expired)
             t._fail(ClientError({"Error": {"Code": "ExpiredToken", "Message": "x"},
                                  "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject"), f"reading {oid[:12]}")
         return get_into(t, oid, f, max_size)
-    from botocore.exceptions import ClientError
     monkeypatch.setattr(S3Transport, "get_into", refusing_old_keys)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
     assert torch.equal(lazy.load(second, "a")["w1"], weights(2, n=2)["w1"])
+    assert len(opened) == 1 and len(reads) == len(set(reads)) + 1  # (one refused read, then each once)
     third = src.commit({"a": weights(3, n=2)}, message="three")
     rm.push(src)
     rm.fetch(lazy)
-    tries = []
+    reads.clear()
+    opened.clear()
 
     def denied(t, oid, f, max_size=None):  # (refused again with new ones: said, not retried forever)
-        tries.append(t)
+        reads.append(oid)
         t._fail(ClientError({"Error": {"Code": "AccessDenied", "Message": "x"},
                              "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject"), "reading")
     monkeypatch.setattr(S3Transport, "get_into", denied)
     with pytest.raises(mvc.MvcError, match="not fetched yet .* failed: access denied"):
         lazy.load(third, "a")
-    assert 2 <= len(tries) <= 8  # (each read of the 2 blobs: once, and once more with a renewed transport)
-
+    assert len(opened) == 1 and len(reads) <= 6
 
 def test_an_invalid_s3_bucket_name_is_not_called_worth_a_retry(tmp_path, aws_env, s3_endpoint):
     """botocore refuses the name before sending anything; mvc hinted "run the command again to resume"."""
@@ -2244,6 +2254,11 @@ def test_a_certificate_index_changed_on_the_remote_is_read_again_and_a_damaged_c
             f.write("{not json")
     rm.fetch(dst)
     assert certindex.read_index(dst.dir, head) == [first, second, third]
+    for path in os.scandir(os.path.join(dst.dir, "remote-listing")):
+        with open(path, "w") as f:
+            f.write("[" * 100_000 + "]" * 100_000)  # (nested past the recursion limit: a bug, exit 4)
+    rm.fetch(dst)
+    src.set_config("remote.origin.url", remote.url + "-moved")  # (the cache is the remote's, by name)
     rm.remove_remote(src, "origin")
     assert os.listdir(cache) == []  # (what was read there goes with the remote)
 
@@ -2294,6 +2309,66 @@ def test_a_commit_graph_that_lies_or_is_gone_costs_requests_not_history(tmp_path
     rm.fetch(dst)
     assert [c["id"] for c in dst.log("origin/main")] == (ids + more)[::-1] and dst.fsck()["ok"]
     assert set(commit_graph.read_graph(remote.transport(), rm.Pool(1))) == set(more)
+
+
+def test_the_first_push_of_a_long_history_records_all_of_it_and_a_fetch_reads_only_the_newest_segments(
+        tmp_path, aws_env, s3_endpoint, monkeypatch):
+    """Every segment written counted as a retry: a push of 700 commits recorded 601, in id order (h109
+    09). A fetch of one new commit with no cached segment read every segment (h109 01)."""
+    from mvc.remote import commit_graph
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    src.commit({"h": {"w": torch.zeros(2)}}, message="one")
+    rm.push(src)
+    t = remote.transport()
+    lines = [commit_graph.graph_line(hash_bytes(str(i).encode()), [hash_bytes(str(i - 1).encode())] if i else [])
+             for i in range(700)]
+    commit_graph.record(t, lines)
+    graph = commit_graph.read_graph(t, rm.Pool(4))
+    assert len(graph) == 701 and len(t.list_files("graph/")) > 20
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    src.commit({"h": {"w": torch.ones(2)}}, message="two")
+    rm.push(src)
+    shutil.rmtree(os.path.join(dst.dir, "remote-listing"))  # (a cold cache: a clone by an older mvc)
+    from mvc.transport_s3 import S3Transport
+    names = []
+    read_file = S3Transport.read_file
+    monkeypatch.setattr(S3Transport, "read_file", lambda self, name: names.append(name) or read_file(self, name))
+    rm.fetch(dst)
+    assert dst.refs.read("refs/remotes/origin/main") == src.head()
+    assert 1 <= sum(n.startswith("graph/") for n in names) <= rm.Pool(8).jobs  # (one batch, newest first)
+
+
+def test_a_graph_naming_blobs_downloads_none_of_them_and_a_remote_nested_at_graph_is_left_alone(
+        tmp_path, aws_env, s3_endpoint):
+    """A forged graph whose lines named blobs made a lazy clone download them into memory (h109 03);
+    segments past graph/99999999 were never listed (h109 07); a remote an older mvc let stand at
+    REMOTE/graph was listed whole by every push and fetch, and written into (h109 08)."""
+    from mvc.remote import commit_graph
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    head = src.commit({"h": {"w": torch.rand(300_000)}}, message="a 1.2 MB blob")
+    rm.push(src)
+    [blob] = [b for b in remote.object_ids() if src.store.size(b) > 1 << 20]
+    _write_remote_file(remote, "graph/99999999", commit_graph.graph_line(head, [blob]) + commit_graph.graph_line(
+        blob, []) + b"x" * 3750 + b"\n")  # (full: the next segment's number has 9 digits)
+    lazy, _ = rm.clone(remote.url, str(tmp_path / "lazy"), endpoint=remote.endpoint, lazy=True)
+    assert not lazy.loose.has(blob) and lazy.fsck()["ok"]
+    assert commit_graph.commits_ahead(mvc.Repo.init(tmp_path / "empty"), remote.transport(), "origin",
+                                      rm.Pool(2), [head], set()) == {head: src.store.get(head)}  # (not the blob)
+    more = src.commit({"h": {"w": torch.rand(2)}}, message="more")
+    rm.push(src)
+    assert "graph/100000000" in remote.transport().list_files("graph/")
+    assert commit_graph.read_graph(remote.transport(), rm.Pool(1))[more] == [head]
+    for name in remote.transport().list_files("graph/"):
+        remote.client.delete_object(Bucket=remote.bucket, Key="team/models/" + name)
+    _write_remote_file(remote, "graph/HEAD", b"ref: refs/heads/main\n")  # (another remote's layout there)
+    _write_remote_file(remote, "graph/objects/ab/" + "c" * 62, b"x")
+    src.commit({"h": {"w": torch.rand(2)}}, message="again")
+    rm.push(src)
+    assert remote.transport().list_files("graph/") == ["graph/HEAD", "graph/objects/ab/" + "c" * 62]
+    rm.fetch(lazy)
+    assert lazy.refs.read("refs/remotes/origin/main") == src.head()
 
 
 def test_two_pushes_appending_to_the_commit_graph_at_once_both_land(tmp_path, aws_env, s3_endpoint):
