@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import math
 import os
@@ -645,9 +646,11 @@ class Maintenance:
 
         intact: set[str] = set()  # objects of which some copy re-hashed right
         for store in self.store.stores:  # every copy: a read would take a good one over a damaged one
-            for oid in store.ids():
-                seen.add(oid)
-                check(store, oid)
+            ids = list(store.ids())
+            with store.scanning(ids) if hasattr(store, "scanning") else contextlib.nullcontext([ids]) as chains:
+                for oid in itertools.chain.from_iterable(chains):  # (packed: each delta base decoded once)
+                    seen.add(oid)
+                    check(store, oid)
         for d in damaged:  # (e.g. after a repair, which writes good copies loose: the damaged pack stays)
             if d["id"] in intact:
                 d["problem"] += "; another copy of it is whole (mvc gc, or mvc pack --all, drops the damaged one)"

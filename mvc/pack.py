@@ -16,6 +16,7 @@ readable for a reader that has it mapped.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import mmap
 import os
@@ -251,6 +252,49 @@ class _LRU:
             self._bytes = 0
 
 
+class _Scan:
+    """Decoded delta bases kept through one scan of many objects (fsck, the check of a written pack,
+    a push), each until the last delta on it among the scanned objects is decoded: one decode per
+    object, however large the objects or small the cache (through the LRU alone, a base larger than
+    it, or one evicted by what the scan decoded since, was decoded again from its chain's root for
+    every delta on it). Bases are handed out as cached ones are: trusted only through the hash of
+    what decodes on them."""
+
+    def __init__(self, waiting: dict[str, int]):
+        self._waiting = waiting  # base -> deltas on it among the scanned objects not yet decoded
+        self._kept: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def wants(self, oid: str) -> bool:
+        with self._lock:
+            return self._waiting.get(oid, 0) > 0
+
+    def keep(self, oid: str, arr) -> bool:
+        with self._lock:
+            if self._waiting.get(oid, 0) <= 0:
+                return False
+            self._kept[oid] = arr
+            return True
+
+    def get(self, oid: str):
+        with self._lock:
+            return self._kept.get(oid)
+
+    def used(self, base: str) -> None:
+        """A delta on `base` was decoded: the base goes once none is left."""
+        with self._lock:
+            n = self._waiting.get(base, 0) - 1
+            if n > 0:
+                self._waiting[base] = n
+            else:
+                self._waiting.pop(base, None)
+                self._kept.pop(base, None)
+
+    def drop(self, oid: str) -> None:
+        with self._lock:
+            self._kept.pop(oid, None)
+
+
 class PackStore(ObjectStore):
     """Read-only store over the packs in `directory`; writes go elsewhere (ChainStore's first store)."""
 
@@ -265,11 +309,50 @@ class PackStore(ObjectStore):
         self.damaged: dict[str, str] = {}   # pack name -> why its index could not be used
         self._bad_indexes: dict[str, tuple[int, str]] = {}  # name -> (inode, why): check_indexes found
         self.cache = _LRU(cache_bytes)
+        self._scan: _Scan | None = None
         forks.track(self)
 
     def _after_fork(self) -> None:  # (see mvc.forks: a lock another thread held, a refresh half done)
         self._lock = threading.RLock()
         self._names, self._recent = None, {}  # (listed again on the next lookup)
+        self._scan = None
+
+    @contextlib.contextmanager
+    def scanning(self, oids):
+        """Read `oids` (check or view each) as this yields them: a list of delta chains (each a
+        list, base first; a chain read by one thread at a time, in order), so that the base a
+        delta decodes against is kept until the last delta on it among them is decoded (see
+        _Scan) and no longer: memory for a base and a delta of each chain being read, not for
+        every chain (a pack holds a version of every tensor after another)."""
+        members = set(oids)
+        waiting: dict[str, int] = {}
+        deltas: dict[str, list[str]] = {}
+        roots = []
+        for oid in dict.fromkeys(oids):
+            hit = self.lookup(oid)
+            base = hit[1].base if hit is not None and hit[1].encoding == pf.XOR else None
+            if base:
+                waiting[base] = waiting.get(base, 0) + 1
+            if base and base in members and base != oid:
+                deltas.setdefault(base, []).append(oid)
+            else:
+                roots.append(oid)
+        chains, placed = [], set()
+        for root in roots:
+            chain, stack = [], [root]
+            while stack:
+                oid = stack.pop()
+                if oid not in placed:
+                    placed.add(oid)
+                    chain.append(oid)
+                    stack.extend(reversed(deltas.get(oid, ())))
+            chains.append(chain)
+        chains += [[o] for o in dict.fromkeys(oids) if o not in placed]  # (a cycle of bases: damage, said on read)
+        previous, self._scan = self._scan, _Scan(waiting)
+        try:
+            yield chains
+        finally:
+            self._scan = previous
 
     @classmethod
     def for_repo(cls, repo) -> "PackStore":
@@ -499,11 +582,13 @@ class PackStore(ObjectStore):
     def _read(self, oid: str):
         """The object's verified bytes (a uint8 array or a bytearray) for the caller to keep."""
         cached = self.cache.get(oid)
+        if cached is None and self._scan is not None:
+            cached = self._scan.get(oid)
         if cached is not None:  # handed out before: the first holder may have changed it
             data = cached.copy()
             if hash_bytes(data) == oid:
                 return data
-            self.cache.discard(oid)
+            self._forget_base(oid)
         return self._decoded(oid)[0]
 
     def _decoded(self, oid: str, chain: tuple = (), use_cache: bool = True):
@@ -552,6 +637,11 @@ class PackStore(ObjectStore):
         if self.lookup(r.base) is None:
             raise CorruptObject(f"{where} is a delta against {r.base}, which is in no pack",
                                 "run mvc fsck; a pack file may have been deleted by hand")
+        scan = self._scan
+        if scan is not None and use_cache:
+            kept = scan.get(r.base)
+            if kept is not None:
+                return kept, True, False
         try:
             return self._decoded(r.base, chain + (oid,), use_cache)
         except CorruptObject as e:
@@ -566,11 +656,20 @@ class PackStore(ObjectStore):
         got = hash_bytes(arr)
         if got != oid:
             if tainted:  # a cached base was changed by whoever holds it: decode from the pack alone
-                self.cache.discard(r.base)
+                self._forget_base(r.base)
                 return self._decode_record(oid, pack, r, chain, use_cache=False)
             raise _decodes_wrong(where, got)
-        shared = use_cache and hasattr(arr, "nbytes") and self._is_base(oid) and self.cache.put(oid, arr)
+        scan = self._scan
+        if scan is not None and r.encoding == pf.XOR:
+            scan.used(r.base)
+        kept = use_cache and scan is not None and scan.keep(oid, arr)
+        shared = kept or (use_cache and hasattr(arr, "nbytes") and self._is_base(oid) and self.cache.put(oid, arr))
         return arr, tainted, not shared
+
+    def _forget_base(self, base: str) -> None:
+        self.cache.discard(base)
+        if self._scan is not None:
+            self._scan.drop(base)
 
     def _is_base(self, oid: str) -> bool:
         """Whether a delta in some pack may decode against `oid` (then it is worth caching)."""
@@ -614,17 +713,19 @@ class PackStore(ObjectStore):
         if hit is None:
             raise self.missing(oid)
         pack, r = hit
-        if r.size < STREAM_BYTES:
-            return bytes(memoryview(self._read(oid))[:HEAD_BYTES])
+        if r.size < STREAM_BYTES or (use_cache and self._scan is not None and self._scan.wants(oid)):
+            return bytes(memoryview(self._read(oid))[:HEAD_BYTES])  # (a base the scan needs: decoded whole)
         where = f"object {oid} in {pack.name}.pack"
         base, tainted, _owned = self._base(oid, pack, r, (), use_cache)
         entry = pack.entry(r)
         got = decode_hash(entry, r.encoding, r.size, base, where)
         if got != oid:
             if tainted:
-                self.cache.discard(r.base)
+                self._forget_base(r.base)
                 return self.check(oid, use_cache=False)
             raise _decodes_wrong(where, got)
+        if self._scan is not None and r.encoding == pf.XOR:
+            self._scan.used(r.base)
         if r.encoding == pf.RAW:
             return bytes(entry[:HEAD_BYTES])
         h = pf.decode_entry_header(entry, r.size, where)

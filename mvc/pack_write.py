@@ -639,8 +639,10 @@ class Packer:
             if pack.records != {r.oid: r for r in records}:  # its index hashed and decoded whole
                 raise CorruptObject(f"the index of the new pack {name} does not list what was written")
             fresh.pin(pack)  # read this pack's copy, never another's
-            for r in sorted(records, key=lambda r: r.offset):
-                fresh.check(r.oid)
+            with fresh.scanning([r.oid for r in sorted(records, key=lambda r: r.offset)]) as chains:
+                for chain in chains:
+                    for oid in chain:
+                        fresh.check(oid)
         except MvcError as e:
             for ext in (".idx", ".pack"):
                 try:

@@ -1647,3 +1647,43 @@ def test_an_index_a_killed_gc_left_of_a_pack_of_garbage_is_no_damage(repo):
     assert fresh.fsck()["ok"] and torch.equal(fresh.load(keep, "m")["w"], torch.ones(64))
     fresh.gc(grace_s=0)
     assert not os.path.exists(os.path.join(pack_dir, name + ".idx"))
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_pack_fsck_and_push_decode_each_delta_once_however_small_the_cache(tmp_path, monkeypatch, streamed):
+    """A delta's base was looked up in the decode cache alone: a base larger than the cache (an
+    LLM's embedding past pack.cacheMB), or one the scan had evicted since, was decoded again from
+    its chain's root for every delta on it: 9 versions of a tensor, 45 decodes where 9 do (h106).
+    `streamed`: as objects past STREAM_BYTES, which a check hashes without holding them whole."""
+    import mvc.pack as mp
+    from mvc import remote as rm
+    if streamed:
+        monkeypatch.setattr(pack_codec, "STREAM_BYTES", 64 << 10)
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.set_config("pack.cacheMB", "0.1")  # (each tensor: 256 KB)
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(64 << 10, generator=g) for _ in range(3)]
+    for c in range(9):
+        repo.commit({"core": {f"w{i}": w for i, w in enumerate(ws)}}, message=f"c{c}")
+        ws = [w.clone() for w in ws]
+        for w in ws:
+            w[::7] += 1e-3  # (a fine-tuning step: each version an XOR delta on the one before)
+    decodes = []
+    real_decode, real_hash = mp.pf_decode, pack_codec.decode_hash
+    monkeypatch.setattr(mp, "pf_decode", lambda entry, e, size, *a, **k: (
+        decodes.append(size) if size >= 64 << 10 else None) or real_decode(entry, e, size, *a, **k))
+    monkeypatch.setattr(pack_codec, "decode_hash", lambda entry, e, size, *a, **k: (
+        decodes.append(size) if size >= 64 << 10 else None) or real_hash(entry, e, size, *a, **k))
+    counts = {}
+    pack(mvc.Repo(repo.root))
+    assert any(r.encoding == pf.XOR for p in pack_store_of(mvc.Repo(repo.root).store).packs()
+               for r in p.records.values())
+    counts["pack"], decodes[:] = len(decodes), []
+    assert mvc.Repo(repo.root).fsck()["ok"]
+    counts["fsck"], decodes[:] = len(decodes), []
+    fresh = mvc.Repo(repo.root)
+    rm.push(fresh, str(tmp_path / "remote"))
+    counts["push"] = len(decodes)
+    assert counts == {"pack": 27, "fsck": 27, "push": 27}, counts  # (3 tensors x 9 versions; were up to 5x)
+    clone, _ = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
+    assert torch.equal(clone.load("HEAD", "core")["w2"], fresh.load("HEAD", "core")["w2"]) and clone.fsck()["ok"]
