@@ -216,8 +216,9 @@ class Transport:
         """(content or None, token for cas_file) of a mutable file such as refs/heads/main."""
         raise NotImplementedError
 
-    def cas_file(self, name: str, data: bytes | None, token) -> None:
-        """Write (None: delete) `name` only if it still matches `token`; else RefConflict."""
+    def cas_file(self, name: str, data: bytes | None, token):
+        """Write (None: delete) `name` only if it still matches `token`; else RefConflict. Returns
+        the version it now has where the far side says (an S3 ETag), else None."""
         raise NotImplementedError
 
     def list_versions(self, prefix: str, flat: bool = False) -> dict[str, str | None]:
@@ -402,7 +403,14 @@ class Transport:
             current = DAMAGED
         if current is not DAMAGED and current != expected:
             raise _moved_there(ref, current, expected)
-        self.cas_file(ref, None if new is None else (new + "\n").encode(), token)
+        data = None if new is None else (new + "\n").encode()
+        self._written(ref, self.cas_file(ref, data, token), data)
+
+    def _written(self, name: str, version, data: bytes | None) -> None:
+        """Keep what this process wrote, at the version the write returned, in the listing cache:
+        the next listing need not read it back (the tag a run pushes each checkpoint)."""
+        if self.listing_cache is not None and isinstance(version, str) and data is not None:
+            self.listing_cache.put(name, version, data)
 
     # -- certificate indexes ------------------------------------------------------------------
     @staticmethod
@@ -443,7 +451,8 @@ class Transport:
             if merged == current:
                 return
             try:
-                self.cas_file(name, "".join(i + "\n" for i in merged).encode(), token)
+                data = "".join(i + "\n" for i in merged).encode()
+                self._written(name, self.cas_file(name, data, token), data)
                 return
             except RefConflict:
                 continue

@@ -288,8 +288,7 @@ class S3Transport(Transport):
                 cond = {"IfNoneMatch": "*"} if token is ABSENT else {"IfMatch": token}
                 for attempt in range(CONFLICT_RETRIES + 1):
                     try:  # a 409 is a conditional write in flight on the same key: S3 asks for a retry
-                        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **cond)
-                        break
+                        return self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **cond).get("ETag")
                     except ClientError as e:
                         if _code(e) not in ("ConditionalRequestConflict", "409") or attempt == CONFLICT_RETRIES:
                             raise

@@ -60,9 +60,13 @@ def push(repo: Repo, remote: str | None = None, branch: str | None = None, force
     if repair and delete:
         raise BadInput("push --repair and --delete do not go together", "repair the branch you keep")
     name, t = open_remote(repo, remote, jobs, transport)
-    with Pool(jobs) as pool, permission_errors(t), \
-            (contextlib.nullcontext() if delete or dry_run else t.writing()):  # see Transport.writing
-        return _push(repo, name, t, branch, force, dry_run, delete, pool, progress or Progress(), repair)
+    try:
+        with Pool(jobs) as pool, permission_errors(t), \
+                (contextlib.nullcontext() if delete or dry_run else t.writing()):  # see Transport.writing
+            return _push(repo, name, t, branch, force, dry_run, delete, pool, progress or Progress(), repair)
+    finally:
+        if t.listing_cache is not None:  # (what it wrote there: see Transport._written)
+            t.listing_cache.save()
 
 
 def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: Pool, progress: Progress,
