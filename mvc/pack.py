@@ -253,8 +253,8 @@ class _LRU:
 
 
 class _Scan:
-    """Decoded delta bases kept through one scan of many objects (fsck, the check of a written pack,
-    a push), each until the last delta on it among the scanned objects is decoded: one decode per
+    """Decoded delta bases kept through one scan of many objects (fsck, the check of a written
+    pack), each until the last delta on it among the scanned objects is decoded: one decode per
     object, however large the objects or small the cache (through the LRU alone, a base larger than
     it, or one evicted by what the scan decoded since, was decoded again from its chain's root for
     every delta on it). Bases are handed out as cached ones are: trusted only through the hash of
@@ -309,21 +309,27 @@ class PackStore(ObjectStore):
         self.damaged: dict[str, str] = {}   # pack name -> why its index could not be used
         self._bad_indexes: dict[str, tuple[int, str]] = {}  # name -> (inode, why): check_indexes found
         self.cache = _LRU(cache_bytes)
-        self._scan: _Scan | None = None
+        self._scans = threading.local()  # the scan (see `scanning`) of each thread that runs one
         forks.track(self)
 
     def _after_fork(self) -> None:  # (see mvc.forks: a lock another thread held, a refresh half done)
         self._lock = threading.RLock()
         self._names, self._recent = None, {}  # (listed again on the next lookup)
-        self._scan = None
+        self._scans = threading.local()
+
+    @property
+    def _scan(self) -> _Scan | None:
+        """The scan the calling thread runs, if any: another thread's reads neither use nor count
+        down its bases (two scans of one store at once, e.g. an fsck beside a pack's check)."""
+        return getattr(self._scans, "scan", None)
 
     @contextlib.contextmanager
     def scanning(self, oids):
-        """Read `oids` (check or view each) as this yields them: a list of delta chains (each a
-        list, base first; a chain read by one thread at a time, in order), so that the base a
-        delta decodes against is kept until the last delta on it among them is decoded (see
-        _Scan) and no longer: memory for a base and a delta of each chain being read, not for
-        every chain (a pack holds a version of every tensor after another)."""
+        """Read `oids` (check or view each, in this thread) as this yields them: a list of delta
+        chains (each a list, base first), so that the base a delta among them decodes against,
+        when it is among them too, is kept until the last delta on it is decoded (see _Scan) and
+        no longer: memory for a base and a delta at a time, not for every chain (a pack holds a
+        version of every tensor after another). A base outside them is left to the LRU."""
         members = set(oids)
         waiting: dict[str, int] = {}
         deltas: dict[str, list[str]] = {}
@@ -331,10 +337,9 @@ class PackStore(ObjectStore):
         for oid in dict.fromkeys(oids):
             hit = self.lookup(oid)
             base = hit[1].base if hit is not None and hit[1].encoding == pf.XOR else None
-            if base:
-                waiting[base] = waiting.get(base, 0) + 1
-            if base and base in members and base != oid:
-                deltas.setdefault(base, []).append(oid)
+            if base and base in members and base != oid:  # (a base outside them is the LRU's, as for
+                waiting[base] = waiting.get(base, 0) + 1   # any read: kept here, each such base would
+                deltas.setdefault(base, []).append(oid)    # stay until its last delta among them)
             else:
                 roots.append(oid)
         chains, placed = [], set()
@@ -348,11 +353,11 @@ class PackStore(ObjectStore):
                     stack.extend(reversed(deltas.get(oid, ())))
             chains.append(chain)
         chains += [[o] for o in dict.fromkeys(oids) if o not in placed]  # (a cycle of bases: damage, said on read)
-        previous, self._scan = self._scan, _Scan(waiting)
+        previous, self._scans.scan = self._scan, _Scan(waiting)
         try:
             yield chains
         finally:
-            self._scan = previous
+            self._scans.scan = previous
 
     @classmethod
     def for_repo(cls, repo) -> "PackStore":
@@ -582,8 +587,9 @@ class PackStore(ObjectStore):
     def _read(self, oid: str):
         """The object's verified bytes (a uint8 array or a bytearray) for the caller to keep."""
         cached = self.cache.get(oid)
-        if cached is None and self._scan is not None:
-            cached = self._scan.get(oid)
+        scan = self._scan
+        if cached is None and scan is not None:
+            cached = scan.get(oid)
         if cached is not None:  # handed out before: the first holder may have changed it
             data = cached.copy()
             if hash_bytes(data) == oid:
@@ -668,8 +674,9 @@ class PackStore(ObjectStore):
 
     def _forget_base(self, base: str) -> None:
         self.cache.discard(base)
-        if self._scan is not None:
-            self._scan.drop(base)
+        scan = self._scan
+        if scan is not None:
+            scan.drop(base)
 
     def _is_base(self, oid: str) -> bool:
         """Whether a delta in some pack may decode against `oid` (then it is worth caching)."""
@@ -713,7 +720,8 @@ class PackStore(ObjectStore):
         if hit is None:
             raise self.missing(oid)
         pack, r = hit
-        if r.size < STREAM_BYTES or (use_cache and self._scan is not None and self._scan.wants(oid)):
+        scan = self._scan
+        if r.size < STREAM_BYTES or (use_cache and scan is not None and scan.wants(oid)):
             return bytes(memoryview(self._read(oid))[:HEAD_BYTES])  # (a base the scan needs: decoded whole)
         where = f"object {oid} in {pack.name}.pack"
         base, tainted, _owned = self._base(oid, pack, r, (), use_cache)
@@ -724,8 +732,8 @@ class PackStore(ObjectStore):
                 self._forget_base(r.base)
                 return self.check(oid, use_cache=False)
             raise _decodes_wrong(where, got)
-        if self._scan is not None and r.encoding == pf.XOR:
-            self._scan.used(r.base)
+        if scan is not None and r.encoding == pf.XOR:
+            scan.used(r.base)
         if r.encoding == pf.RAW:
             return bytes(entry[:HEAD_BYTES])
         h = pf.decode_entry_header(entry, r.size, where)

@@ -70,6 +70,7 @@ REPAIR_HINT = ("the remote is damaged: fetch from another copy; mvc push --repai
 ABSENT = None  # the token of a file that does not exist
 LAYOUT_NAMES = frozenset({"HEAD", "config", "objects", "refs", "certs", "graph"})  # what a remote's layout holds
 REF_READ_JOBS = 16  # refs a listing reads at once (each a request on S3)
+RENEW_AGAIN_S = 30.0  # a lazy clone's credentials refused again after a renewal: read anew after this long
 STALE_TMP_S = 3600.0  # a bare remote's temp object file untouched this long belongs to a killed push
 
 
@@ -962,6 +963,7 @@ class LazyRemoteStore(ObjectStore):
         self._promised_bytes = 0  # the size of the list when it was read
         self._transport: Transport | None = None
         self._renewed_unproven = False  # the transport was opened again after a refusal, and no read took yet
+        self._opened_at = 0.0
         self._sizes: dict[str, int] | None = None
         self._lock = threading.Lock()
         forks.track(self)
@@ -1027,13 +1029,15 @@ class LazyRemoteStore(ObjectStore):
     def transport(self, renew_from: Transport | None = None) -> Transport:
         """The promisor remote's transport, opened on first use; opened again (new credentials read)
         when `renew_from`, one whose credentials the remote refused, is still the current one,
-        unless the current one was itself opened so and has not yet been accepted (see `_accepted`):
-        then credentials read again would be refused again, and each read asking would open one."""
+        unless the current one was itself opened so less than RENEW_AGAIN_S ago and has not yet been
+        accepted (see `_accepted`): credentials read again at once would be refused again, and each
+        read asking would open one; later, new ones may have come."""
         with self._lock:
-            renew = renew_from is not None and self._transport is renew_from and not self._renewed_unproven
+            renew = renew_from is not None and self._transport is renew_from and (
+                not self._renewed_unproven or time.monotonic() - self._opened_at >= RENEW_AGAIN_S)
             if self._transport is None or renew:
                 self._transport = open_configured_remote(self.config, self.remote, os.path.dirname(self.dir))
-                self._renewed_unproven = renew
+                self._renewed_unproven, self._opened_at = renew, time.monotonic()
             return self._transport
 
     def _accepted(self, t: Transport) -> None:

@@ -17,7 +17,6 @@ from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward
 from ..objects import tree_blob_ids, tree_blob_sizes
 from ..provenance import default_author
 from ..refs import note_moved
-from ..pack import pack_store_of
 from ..repo import Repo
 from ..transfer import DEFAULT_JOBS, Progress, batches
 from ..transport import DAMAGED, Transport
@@ -306,21 +305,11 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
         progress.advance(n)
 
     progress.begin(f"pushing to {where}", len(plan["sizes"]), sum(plan["sizes"].values()))
-    packs = pack_store_of(repo.store)
-
-    def upload_chain(chain):  # (one thread reads a delta chain, in order: each base decoded once)
-        for oid in chain:
-            upload(oid)
     try:
         for phase in plan["phases"]:
-            packed = [o for o in phase if packs is not None and packs.has(o) and not repo.loose.has(o)]
-            with packs.scanning(packed) if packed else contextlib.nullcontext([]) as chains:
-                in_chains = set(packed)
-                runs = [[o] for o in phase if o not in in_chains] + chains
-                sizes = {tuple(run): sum(plan["sizes"][o] for o in run) for run in runs}
-                for batch in batches([tuple(run) for run in runs], sizes):
-                    with t.phase():  # (small objects made durable together)
-                        pool.map(upload_chain, batch)
+            for batch in batches(phase, plan["sizes"]):
+                with t.phase():  # (small objects made durable together)
+                    pool.map(upload, batch)
             t.flush(pool.map)
     finally:
         progress.end()

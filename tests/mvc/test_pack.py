@@ -1650,10 +1650,11 @@ def test_an_index_a_killed_gc_left_of_a_pack_of_garbage_is_no_damage(repo):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-def test_pack_fsck_and_push_decode_each_delta_once_however_small_the_cache(tmp_path, monkeypatch, streamed):
+def test_pack_and_fsck_decode_each_delta_once_however_small_the_cache(tmp_path, monkeypatch, streamed):
     """A delta's base was looked up in the decode cache alone: a base larger than the cache (an
     LLM's embedding past pack.cacheMB), or one the scan had evicted since, was decoded again from
     its chain's root for every delta on it: 9 versions of a tensor, 45 decodes where 9 do (h106).
+    A pack's check keeps no base outside the new pack (h110 02: a whole model version at once).
     `streamed`: as objects past STREAM_BYTES, which a check hashes without holding them whole."""
     import mvc.pack as mp
     from mvc import remote as rm
@@ -1681,9 +1682,35 @@ def test_pack_fsck_and_push_decode_each_delta_once_however_small_the_cache(tmp_p
     counts["pack"], decodes[:] = len(decodes), []
     assert mvc.Repo(repo.root).fsck()["ok"]
     counts["fsck"], decodes[:] = len(decodes), []
+    assert counts == {"pack": 27, "fsck": 27}, counts  # (3 tensors x 9 versions; were 135)
     fresh = mvc.Repo(repo.root)
-    rm.push(fresh, str(tmp_path / "remote"))
-    counts["push"] = len(decodes)
-    assert counts == {"pack": 27, "fsck": 27, "push": 27}, counts  # (3 tensors x 9 versions; were up to 5x)
+    rm.push(fresh, str(tmp_path / "remote"))  # (push: parallel uploads, each its chain again; see README)
     clone, _ = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
     assert torch.equal(clone.load("HEAD", "core")["w2"], fresh.load("HEAD", "core")["w2"]) and clone.fsck()["ok"]
+
+
+def test_a_scan_keeps_only_bases_among_what_it_reads_and_only_in_its_own_thread(repo):
+    """The check of a new pack kept every base in an older pack from its first delta to its last: a
+    whole model version at once (h110 02); one store's scan was one attribute, which another
+    thread's scan replaced and reads counted down (h110 03)."""
+    _, states = drift_history(repo, 3)
+    pack(repo)
+    drift_history(repo, 3, seed=1, start={k: states[-1][k] for k in ("w", "e", "step")})
+    pack(repo)
+    ps = pack_store_of(mvc.Repo(repo.root).store)
+    newest = max(ps.packs(), key=lambda p: os.path.getmtime(p.path))
+    ids = [r.oid for r in newest.ordered()]
+    outside = {r.base for r in newest.records.values() if r.encoding == pf.XOR and r.base not in set(ids)}
+    assert outside  # (deltas of the new pack on bases the older one holds)
+    seen_elsewhere = []
+    with ps.scanning(ids) as chains:
+        assert sorted(o for chain in chains for o in chain) == sorted(ids)
+        waiting = set(ps._scan._waiting)
+        t = threading.Thread(target=lambda: seen_elsewhere.append(ps._scan))
+        t.start()
+        t.join()
+        for chain in chains:
+            for oid in chain:
+                ps.check(oid)
+        assert not ps._scan._waiting and not ps._scan._kept  # (each base dropped after its last delta)
+    assert waiting and not waiting & outside and seen_elsewhere == [None] and ps._scan is None
