@@ -35,6 +35,8 @@ def _check(name: str, version: str, data: bytes) -> str:
 
 
 class ListingCache:
+    """One remote's cache: {file name: (version, content)}, loaded on first use, saved by `save`."""
+
     def __init__(self, path: str):
         self.path = path
         self._entries: dict[str, tuple[str, bytes]] | None = None
@@ -85,8 +87,8 @@ class ListingCache:
         with self._lock:
             if not self._dirty:
                 return
-            data = json.dumps({n: [v, d.decode("latin-1"), _check(n, v, d)] for n, (v, d) in sorted(self._entries.items())},
-                              separators=(",", ":")).encode()
+            entries = {n: [v, d.decode("latin-1"), _check(n, v, d)] for n, (v, d) in sorted(self._entries.items())}
+            data = json.dumps(entries, separators=(",", ":")).encode()
             self._dirty = False
         try:
             makedirs(os.path.dirname(self.path))

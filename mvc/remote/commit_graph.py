@@ -3,10 +3,10 @@ new commits of a long history in parallel instead of one round trip per commit (
 parents only inside itself: without the graph, a linear history of N new commits is N requests one
 after the other before any blob moves).
 
-Each push appends a line per commit it sent, `<commit> <parent>,<parent>` (`-` for none), to the
-last of the segments `graph/<number, 8 digits or more>`, each kept under 4,000 bytes (so that the listing cache,
-mvc.listing_cache, holds every segment and a fetch reads only the one that grew), newest commits
-first, for the commits its branch gains there (those an interrupted push left there too). A fetch
+Each push appends a line `<commit> <parent>,<parent>` (`-` for none) for each commit its branch
+gains there (those an interrupted push left there too), newest first, to the last of the segments
+`graph/<number, 8 digits or more>`, each kept under 4,000 bytes (so that the listing cache,
+mvc.listing_cache, holds every segment and a fetch reads only the one that grew). A fetch
 reads segments newest first until the graph covers what its tips need, and downloads those
 commits before its walk: each verified against its id as always, no larger than a commit can be
 (AHEAD_MAX_BYTES), kept only if it is one, and the walk itself decides what is kept. A line that
