@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import threading
 import warnings
@@ -17,7 +18,9 @@ from ..errors import (BadInput, BadName, CorruptObject, MvcError, NonFastForward
 from ..objects import tree_blob_ids, tree_blob_sizes
 from ..provenance import default_author
 from ..refs import note_moved
+from ..pack import pack_store_of
 from ..repo import Repo
+from .. import transfer
 from ..transfer import DEFAULT_JOBS, Progress, batches
 from ..transport import DAMAGED, Transport
 from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, has_commit, holds, is_ancestor,
@@ -305,15 +308,66 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
         progress.advance(n)
 
     progress.begin(f"pushing to {where}", len(plan["sizes"]), sum(plan["sizes"].values()))
+    packs = pack_store_of(repo.store)
+
+    def upload_run(run):
+        for oid in run:
+            upload(oid)
     try:
-        for phase in plan["phases"]:
-            for batch in batches(phase, plan["sizes"]):
-                with t.phase():  # (small objects made durable together)
-                    pool.map(upload, batch)
+        for phase in plan["phases"]:  # (packed objects: delta chains, each base decoded once)
+            packed = [o for o in phase if packs is not None and not repo.loose.has(o)
+                      and packs.lookup(o, rescan=False) is not None]
+            with packs.scanning(packed, threads=True) if packed else contextlib.nullcontext([]) as chains:
+                for batch in _chain_batches(_runs(phase, chains, plan["sizes"], pool.jobs), plan["sizes"]):
+                    with t.phase():  # (small objects made durable together)
+                        pool.map(upload_run, batch)
             t.flush(pool.map)
     finally:
         progress.end()
     return sent
+
+
+def _runs(phase: list[str], chains: list[list[str]], sizes: dict, jobs: int) -> list[tuple[int, tuple]]:
+    """(chain number, run) for each object of `phase` outside `chains` (alone), then for the packed
+    delta chains (see PackStore.scanning) cut into runs of about BATCH_BYTES / jobs, one run of
+    each of `jobs` chains after another (round robin): a batch then reads several chains at once,
+    each on one thread, and a chain's next run comes in a later batch, once its base is decoded;
+    the scan keeps a decoded base for at most `jobs` chains at a time."""
+    in_chains = {o for chain in chains for o in chain}
+    out = [(-1 - k, (o,)) for k, o in enumerate(o for o in phase if o not in in_chains)]
+    jobs = max(1, jobs)
+    limit = max(1, transfer.BATCH_BYTES // jobs)
+    cut = []
+    for n, chain in enumerate(chains):
+        runs, run, total = [], [], 0
+        for oid in chain:
+            if run and total + sizes[oid] > limit:
+                runs.append((n, tuple(run)))
+                run, total = [], 0
+            run.append(oid)
+            total += sizes[oid]
+        runs.append((n, tuple(run)))
+        cut.append(runs)
+    for k in range(0, len(cut), jobs):  # (`jobs` chains at a time: each keeps a decoded base meanwhile)
+        out += [r for layer in itertools.zip_longest(*cut[k:k + jobs]) for r in layer if r]
+    return out
+
+
+def _chain_batches(runs: list[tuple[int, tuple]], sizes: dict):
+    """`batches` of runs, a batch never holding two runs of one chain (the later one's base would be
+    decoded twice, by two threads at once): it closes before such a run."""
+    chain_of = {run: n for n, run in runs}
+    run_sizes = {run: sum(sizes[o] for o in run) for _n, run in runs}
+    for batch in batches([run for _n, run in runs], run_sizes):
+        out, chains_in = [], set()
+        for run in batch:
+            if chain_of[run] in chains_in:
+                yield out
+                out, chains_in = [], set()
+            out.append(run)
+            chains_in.add(chain_of[run])
+        if out:
+            yield out
 
 
 def _send_loose(repo: Repo, t: Transport, oid: str, kw: dict) -> int | None:

@@ -1650,11 +1650,12 @@ def test_an_index_a_killed_gc_left_of_a_pack_of_garbage_is_no_damage(repo):
 
 
 @pytest.mark.parametrize("streamed", [False, True])
-def test_pack_and_fsck_decode_each_delta_once_however_small_the_cache(tmp_path, monkeypatch, streamed):
+def test_pack_fsck_and_push_decode_each_delta_once_however_small_the_cache(tmp_path, monkeypatch, streamed):
     """A delta's base was looked up in the decode cache alone: a base larger than the cache (an
     LLM's embedding past pack.cacheMB), or one the scan had evicted since, was decoded again from
     its chain's root for every delta on it: 9 versions of a tensor, 45 decodes where 9 do (h106).
-    A pack's check keeps no base outside the new pack (h110 02: a whole model version at once).
+    A pack's check keeps no base outside the new pack (h110 02: a whole model version at once); a
+    push reads each chain on one thread, a few chains at a time (h110 01: not one chain per batch).
     `streamed`: as objects past STREAM_BYTES, which a check hashes without holding them whole."""
     import mvc.pack as mp
     from mvc import remote as rm
@@ -1682,9 +1683,10 @@ def test_pack_and_fsck_decode_each_delta_once_however_small_the_cache(tmp_path, 
     counts["pack"], decodes[:] = len(decodes), []
     assert mvc.Repo(repo.root).fsck()["ok"]
     counts["fsck"], decodes[:] = len(decodes), []
-    assert counts == {"pack": 27, "fsck": 27}, counts  # (3 tensors x 9 versions; were 135)
     fresh = mvc.Repo(repo.root)
-    rm.push(fresh, str(tmp_path / "remote"))  # (push: parallel uploads, each its chain again; see README)
+    rm.push(fresh, str(tmp_path / "remote"))
+    counts["push"] = len(decodes)
+    assert counts == {"pack": 27, "fsck": 27, "push": 27}, counts  # (3 tensors x 9 versions; were 135)
     clone, _ = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
     assert torch.equal(clone.load("HEAD", "core")["w2"], fresh.load("HEAD", "core")["w2"]) and clone.fsck()["ok"]
 
@@ -1714,3 +1716,28 @@ def test_a_scan_keeps_only_bases_among_what_it_reads_and_only_in_its_own_thread(
                 ps.check(oid)
         assert not ps._scan._waiting and not ps._scan._kept  # (each base dropped after its last delta)
     assert waiting and not waiting & outside and seen_elsewhere == [None] and ps._scan is None
+
+
+def test_push_batches_read_several_delta_chains_at_once_each_on_one_thread():
+    """Push read a chain on one thread with whole chains as batch units: a chain past BATCH_BYTES was
+    a batch of its own, sent one object at a time (h110 01)."""
+    from mvc import transfer
+    from mvc.remote.pushing import _chain_batches, _runs
+    mb = 1 << 20
+    chains = [[f"{c}{v}" for v in range(9)] for c in "abcdefghij"]  # 10 tensors x 9 versions
+    sizes = {o: 10 * mb for chain in chains for o in chain} | {"tree": 100}
+    runs = _runs(["tree", *[o for chain in chains for o in chain]], chains, sizes, jobs=4)
+    batches = list(_chain_batches(runs, sizes))
+    chain_of = {run: n for n, run in runs}
+    assert sorted(o for b in batches for run in b for o in run) == sorted(sizes)
+    for b in batches:
+        assert len({chain_of[run] for run in b}) == len(b)  # (never two runs of one chain in a batch)
+        assert sum(sizes[o] for run in b for o in run) <= max(transfer.BATCH_BYTES, max(
+            sum(sizes[o] for o in run) for run in b))
+    assert max(len(b) for b in batches) >= 4  # (several chains at once)
+    order = [chain_of[run] for b in batches for run in b if chain_of[run] >= 0]
+    first_seen = {n: order.index(n) for n in set(order)}
+    last_seen = {n: len(order) - 1 - order[::-1].index(n) for n in set(order)}
+    assert max(sum(first_seen[m] <= k <= last_seen[m] for m in first_seen) for k in range(len(order))) <= 4
+    for n, chain in enumerate(chains):  # (each chain's runs in order, base first)
+        assert [o for b in batches for run in b if chain_of[run] == n for o in run] == chain
