@@ -310,32 +310,36 @@ class PackStore(ObjectStore):
         self._bad_indexes: dict[str, tuple[int, str]] = {}  # name -> (inode, why): check_indexes found
         self.cache = _LRU(cache_bytes)
         self._scans = threading.local()  # the scan (see `scanning`) of each thread that runs one
-        self._shared_scans: tuple[_Scan, ...] = ()  # scans whose reads run on several threads (a push)
         forks.track(self)
 
     def _after_fork(self) -> None:  # (see mvc.forks: a lock another thread held, a refresh half done)
         self._lock = threading.RLock()
         self._names, self._recent = None, {}  # (listed again on the next lookup)
-        self._scans, self._shared_scans = threading.local(), ()
+        self._scans = threading.local()
 
     @property
     def _scan(self) -> _Scan | None:
-        """The scan the calling thread runs, if any: another thread's reads neither use nor count
-        down its bases (two scans of one store at once, e.g. an fsck beside a pack's check); else
-        the latest scan whose reads run on several threads."""
-        scan = getattr(self._scans, "scan", None)
-        shared = self._shared_scans
-        return scan if scan is not None else shared[-1] if shared else None
+        """The scan the calling thread runs or joined, if any: another thread's reads neither use
+        nor count down its bases (two scans of one store at once, e.g. an fsck beside a push)."""
+        return getattr(self._scans, "scan", None)
 
     @contextlib.contextmanager
-    def scanning(self, oids, threads: bool = False):
+    def joining(self, scan: _Scan | None):
+        """Reads in this thread use `scan` (a push's worker reading chains of its scan)."""
+        previous, self._scans.scan = getattr(self._scans, "scan", None), scan
+        try:
+            yield
+        finally:
+            self._scans.scan = previous
+
+    @contextlib.contextmanager
+    def scanning(self, oids):
         """Read `oids` (check or view each, in this thread) as this yields them: a list of delta
         chains (each a list, base first), so that the base a delta among them decodes against,
         when it is among them too, is kept until the last delta on it is decoded (see _Scan) and
         no longer: memory for a base and a delta at a time, not for every chain (a pack holds a
-        version of every tensor after another). A base outside them is left to the LRU. With
-        `threads`, reads on other threads (a push's workers, each reading its own chains) use the
-        scan too."""
+        version of every tensor after another). A base outside them is left to the LRU. Reads on
+        other threads use it inside `joining(scan)`, the scan being this thread's `_scan`."""
         members = set(oids)
         waiting: dict[str, int] = {}
         deltas: dict[str, list[str]] = {}
@@ -359,20 +363,8 @@ class PackStore(ObjectStore):
                     stack.extend(reversed(deltas.get(oid, ())))
             chains.append(chain)
         chains += [[o] for o in dict.fromkeys(oids) if o not in placed]  # (a cycle of bases: damage, said on read)
-        scan = _Scan(waiting)
-        if threads:
-            with self._lock:
-                self._shared_scans += (scan,)
-        else:
-            previous, self._scans.scan = getattr(self._scans, "scan", None), scan
-        try:
+        with self.joining(_Scan(waiting)):
             yield chains
-        finally:
-            if threads:
-                with self._lock:
-                    self._shared_scans = tuple(x for x in self._shared_scans if x is not scan)
-            else:
-                self._scans.scan = previous
 
     @classmethod
     def for_repo(cls, repo) -> "PackStore":

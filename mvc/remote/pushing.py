@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import os
 import threading
 import warnings
@@ -21,7 +20,7 @@ from ..refs import note_moved
 from ..pack import pack_store_of
 from ..repo import Repo
 from .. import transfer
-from ..transfer import DEFAULT_JOBS, Progress, batches
+from ..transfer import DEFAULT_JOBS, Progress
 from ..transport import DAMAGED, Transport
 from .common import (Pool, ancestors, blob_size_hint, branch_of, cert_inputs, has_commit, holds, is_ancestor,
                      permission_errors)
@@ -309,15 +308,17 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
 
     progress.begin(f"pushing to {where}", len(plan["sizes"]), sum(plan["sizes"].values()))
     packs = pack_store_of(repo.store)
-
-    def upload_run(run):
-        for oid in run:
-            upload(oid)
     try:
         for phase in plan["phases"]:  # (packed objects: delta chains, each base decoded once)
             packed = [o for o in phase if packs is not None and not repo.loose.has(o)
                       and packs.lookup(o, rescan=False) is not None]
-            with packs.scanning(packed, threads=True) if packed else contextlib.nullcontext([]) as chains:
+            with packs.scanning(packed) if packed else contextlib.nullcontext([]) as chains:
+                scan = packs._scan if packed else None
+
+                def upload_run(run, scan=scan):  # (a worker reads its chain's run with the scan)
+                    with packs.joining(scan) if scan is not None else contextlib.nullcontext():
+                        for oid in run:
+                            upload(oid)
                 for batch in _chain_batches(_runs(phase, chains, plan["sizes"], pool.jobs), plan["sizes"]):
                     with t.phase():  # (small objects made durable together)
                         pool.map(upload_run, batch)
@@ -329,45 +330,64 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
 
 def _runs(phase: list[str], chains: list[list[str]], sizes: dict, jobs: int) -> list[tuple[int, tuple]]:
     """(chain number, run) for each object of `phase` outside `chains` (alone), then for the packed
-    delta chains (see PackStore.scanning) cut into runs of about BATCH_BYTES / jobs, one run of
-    each of `jobs` chains after another (round robin): a batch then reads several chains at once,
-    each on one thread, and a chain's next run comes in a later batch, once its base is decoded;
-    the scan keeps a decoded base for at most `jobs` chains at a time."""
+    delta chains (see PackStore.scanning) cut into runs of about BATCH_BYTES / jobs (and at most
+    BATCH_OBJECTS objects), in layers of one run of each of `jobs` chains (a window: a chain that
+    ends gives its place to the next), so that a batch reads several chains at once, each on one
+    thread, a chain's next run comes in a later batch, once its base is decoded, and the scan keeps
+    a decoded base for at most `jobs` chains. Chains holding an object of LARGE_DECODED or more go
+    last, one whole chain after another (such objects are read one at a time anyway)."""
+    chains = [chain for chain in chains if len(chain) > 1]  # (an object alone: no base kept for it)
     in_chains = {o for chain in chains for o in chain}
     out = [(-1 - k, (o,)) for k, o in enumerate(o for o in phase if o not in in_chains)]
     jobs = max(1, jobs)
     limit = max(1, transfer.BATCH_BYTES // jobs)
-    cut = []
+    cut, large = [], []
     for n, chain in enumerate(chains):
         runs, run, total = [], [], 0
         for oid in chain:
-            if run and total + sizes[oid] > limit:
+            if run and (total + sizes[oid] > limit or len(run) >= transfer.BATCH_OBJECTS):
                 runs.append((n, tuple(run)))
                 run, total = [], 0
             run.append(oid)
             total += sizes[oid]
         runs.append((n, tuple(run)))
-        cut.append(runs)
-    for k in range(0, len(cut), jobs):  # (`jobs` chains at a time: each keeps a decoded base meanwhile)
-        out += [r for layer in itertools.zip_longest(*cut[k:k + jobs]) for r in layer if r]
+        (large if any(sizes[o] >= LARGE_DECODED for o in chain) else cut).append(runs)
+    out += _windowed(cut, jobs)
+    for runs in large:
+        out += runs
+    return out
+
+
+def _windowed(chains: list[list], width: int) -> list:
+    """The runs of `chains` in layers of one run of each of `width` chains at a time."""
+    waiting = collections.deque(collections.deque(c) for c in chains)
+    active: list[collections.deque] = []
+    out = []
+    while waiting or active:
+        while waiting and len(active) < width:
+            active.append(waiting.popleft())
+        out += [c.popleft() for c in active]
+        active = [c for c in active if c]
     return out
 
 
 def _chain_batches(runs: list[tuple[int, tuple]], sizes: dict):
-    """`batches` of runs, a batch never holding two runs of one chain (the later one's base would be
-    decoded twice, by two threads at once): it closes before such a run."""
-    chain_of = {run: n for n, run in runs}
-    run_sizes = {run: sum(sizes[o] for o in run) for _n, run in runs}
-    for batch in batches([run for _n, run in runs], run_sizes):
-        out, chains_in = [], set()
-        for run in batch:
-            if chain_of[run] in chains_in:
-                yield out
-                out, chains_in = [], set()
-            out.append(run)
-            chains_in.add(chain_of[run])
-        if out:
+    """`batches` of runs (at most BATCH_BYTES, BATCH_OBJECTS objects), a batch never holding two
+    runs of one chain (the later one's base would be decoded twice, by two threads at once): it
+    closes before such a run."""
+    out, chains_in, total, count = [], set(), 0, 0
+    for n, run in runs:
+        size = sum(sizes[o] for o in run)
+        if out and (n in chains_in or total + size > transfer.BATCH_BYTES
+                    or count + len(run) > transfer.BATCH_OBJECTS):
             yield out
+            out, chains_in, total, count = [], set(), 0, 0
+        out.append(run)
+        chains_in.add(n)
+        total += size
+        count += len(run)
+    if out:
+        yield out
 
 
 def _send_loose(repo: Repo, t: Transport, oid: str, kw: dict) -> int | None:

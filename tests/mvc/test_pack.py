@@ -1741,3 +1741,14 @@ def test_push_batches_read_several_delta_chains_at_once_each_on_one_thread():
     assert max(sum(first_seen[m] <= k <= last_seen[m] for m in first_seen) for k in range(len(order))) <= 4
     for n, chain in enumerate(chains):  # (each chain's runs in order, base first)
         assert [o for b in batches for run in b if chain_of[run] == n for o in run] == chain
+    # h111: a window (a chain that ends gives its place), objects alone outside it, the object cap
+    uneven = [[f"t{c}{v}" for v in range(5)] for c in range(4)] + [[f"f{c}"] for c in range(40)]
+    sizes = {o: 9 * mb for chain in uneven for o in chain}
+    runs = _runs([o for chain in uneven for o in chain], uneven, sizes, jobs=4)
+    trained = [b for b in _chain_batches(runs, sizes) if any(run[0].startswith("t") for run in b)]
+    assert [len([r for r in b if r[0].startswith("t")]) for b in trained][1:-1] == [4] * (len(trained) - 2)
+    assert sum(len(b) for b in trained[1:]) == 20 - len([r for r in trained[0] if r[0].startswith("t")])
+    tiny = [[f"s{c}{v}" for v in range(3)] for c in range(3000)]
+    sizes = {o: 10 for chain in tiny for o in chain}
+    assert max(sum(len(run) for run in b) for b in _chain_batches(_runs([], tiny, sizes, 8), sizes)) \
+        <= transfer.BATCH_OBJECTS
