@@ -323,6 +323,10 @@ class PackStore(ObjectStore):
         nor count down its bases (two scans of one store at once, e.g. an fsck beside a push)."""
         return getattr(self._scans, "scan", None)
 
+    def current_scan(self) -> _Scan | None:
+        """The scan this thread runs (for its worker threads to join)."""
+        return self._scan
+
     @contextlib.contextmanager
     def joining(self, scan: _Scan | None):
         """Reads in this thread use `scan` (a push's worker reading chains of its scan)."""

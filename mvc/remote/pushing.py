@@ -313,7 +313,7 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
             packed = [o for o in phase if packs is not None and not repo.loose.has(o)
                       and packs.lookup(o, rescan=False) is not None]
             with packs.scanning(packed) if packed else contextlib.nullcontext([]) as chains:
-                scan = packs._scan if packed else None
+                scan = packs.current_scan() if packed else None
 
                 def upload_run(run, scan=scan):  # (a worker reads its chain's run with the scan)
                     with packs.joining(scan) if scan is not None else contextlib.nullcontext():
