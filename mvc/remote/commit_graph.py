@@ -89,12 +89,16 @@ def _parse(data: bytes | None, graph: dict[str, list[str]]) -> None:
             graph.setdefault(commit, parents)
 
 
+def _read_into(t: Transport, pool: Pool, listed: dict, names: list[str], graph: dict[str, list[str]]) -> None:
+    for data in pool.map(lambda n: t.read_listed(n, listed[n]), names):
+        _parse(data, graph)
+
+
 def read_graph(t: Transport, pool: Pool) -> dict[str, list[str]]:
     """{commit: parents} as the whole of the remote's graph says (lines that do not parse are left out)."""
     listed = _segments(t) or {}
     graph: dict[str, list[str]] = {}
-    for data in pool.map(lambda n: t.read_listed(n, listed[n]), list(listed)):
-        _parse(data, graph)
+    _read_into(t, pool, listed, list(listed), graph)
     t.save_listing_cache(GRAPH_PREFIX, listed)
     return graph
 
@@ -139,8 +143,7 @@ def commits_ahead(repo, t: Transport, where: str, pool: Pool, tips, stop: set[st
         for i in range(0, len(names), pool.jobs):
             if not unknown:
                 break
-            for data in pool.map(lambda n: t.read_listed(n, listed[n]), names[i:i + pool.jobs]):
-                _parse(data, graph)
+            _read_into(t, pool, listed, names[i:i + pool.jobs], graph)
             expand()
         t.save_listing_cache(GRAPH_PREFIX, listed)
     except MvcError:

@@ -158,7 +158,8 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     sent = _send(repo, t, where, plan, pool, progress)
     author = default_author(repo.root)  # (of the moves: a repository remote's reflog names who pushed)
     _repaired({**result, "sent": sent}, where)  # nothing moves while history there is incomplete
-    _record_graph(repo, t, plan.get("new_commits", plan["phases"][-1]), local)
+    _record_graph(repo, t, plan.get("new_commits") or {c: repo.read_commit(c)["parents"] for c in plan["phases"][-1]},
+                  local)
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force,
@@ -274,7 +275,7 @@ def _plain_plan(repo: Repo, t: Transport, local: str, remote_refs: dict, certs: 
     phases = [plan["blobs"] + extra_missing, plan["trees"], plan["commits"]]
     declared = plan["declared"]  # a lazy clone's unfetched blobs are sized by their trees, not downloaded
     sizes = {o: declared[o] if o in declared and not holds(repo, o) else repo.store.size(o) for p in phases for o in p}
-    return {"phases": phases, "replace": set(), "sizes": sizes, "new_commits": plan["new"],
+    return {"phases": phases, "replace": set(), "sizes": sizes, "new_commits": plan["parents"],
             "present": plan["present"] + len(extra) - len(extra_missing)}
 
 
@@ -455,7 +456,7 @@ def _plan_push(repo: Repo, t: Transport, tips: list[str], remote_refs: dict, poo
     present += sum(blob_there.values())
     return {"commits": [c for c in ordered if c not in there], "trees": missing_trees,
             "blobs": [b for b in blobs if not blob_there[b]], "present": present, "declared": declared,
-            "new": new}
+            "parents": parents}
 
 
 def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, progress: Progress) -> dict:
@@ -582,13 +583,13 @@ def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict
     return send, skipped
 
 
-def _record_graph(repo: Repo, t: Transport, commits, local: str) -> None:
-    """Add `commits` (those the branch gains there) to the remote's commit graph, where it keeps
-    one, newest first (what a fetch from `local` meets first): a hint for fetches, so a push goes
-    on without it (a fetch then walks those commits one by one)."""
-    if not t.keeps_commit_graph or not commits:
+def _record_graph(repo: Repo, t: Transport, parents: dict[str, list[str]], local: str) -> None:
+    """Add the commits of `parents` (those the branch gains there: {commit: its parents}, as the
+    plan read them) to the remote's commit graph, where it keeps one, newest first (what a fetch
+    from `local` meets first): a hint for fetches, so a push goes on without it (a fetch then walks
+    those commits one by one)."""
+    if not t.keeps_commit_graph or not parents:
         return
-    parents = {c: repo.read_commit(c)["parents"] for c in commits}
     ordered, todo, seen = [], collections.deque([local]), set()
     while todo:  # (from the tip down, within `commits`; any not met so: after them)
         c = todo.popleft()
