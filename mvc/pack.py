@@ -336,6 +336,20 @@ class PackStore(ObjectStore):
         finally:
             self._scans.scan = previous
 
+    def scan_wants(self, oid: str) -> bool:
+        """Whether this thread's scan has deltas on `oid` still to read (see `offer`)."""
+        scan = self._scan
+        return scan is not None and scan.wants(oid)
+
+    def offer(self, oid: str, data) -> None:
+        """A copy of `oid` read elsewhere (a push sends an object from its loose copy when it is
+        packed too) kept for the deltas of this thread's scan on it, as a decoded base is kept:
+        trusted only through the hash of what decodes on it (else it is decoded from the pack)."""
+        scan = self._scan
+        if scan is not None:
+            import numpy as np
+            scan.keep(oid, np.frombuffer(bytearray(data), dtype=np.uint8))
+
     @contextlib.contextmanager
     def scanning(self, oids):
         """Read `oids` (check or view each, in this thread) as this yields them: a list of delta

@@ -297,6 +297,8 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
     def upload(oid):
         kw = {"replace": True} if oid in plan["replace"] else {}
         n = _send_loose(repo, t, oid, kw) if repo.loose.has(oid) else None
+        if n is not None and packs is not None and packs.scan_wants(oid):  # (packed too)
+            _offer_loose(repo, packs, oid)
         if n is None:  # packed, fetched on demand, or a damaged loose copy beside a good one: verified on read
             # decoded once (no bytes copy); large ones one at a time: each is held whole while it goes
             with _one_large_at_a_time if plan["sizes"].get(oid, 0) >= LARGE_DECODED else contextlib.nullcontext():
@@ -311,8 +313,7 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
     packs = pack_store_of(repo.store)
     try:
         for phase in plan["phases"]:  # (packed objects: delta chains, each base decoded once)
-            packed = [o for o in phase if packs is not None and not repo.loose.has(o)
-                      and packs.lookup(o, rescan=False) is not None]
+            packed = [o for o in phase if packs is not None and packs.lookup(o, rescan=False) is not None]
             with packs.scanning(packed) if packed else contextlib.nullcontext([]) as chains:
                 scan = packs.current_scan() if packed else None
 
@@ -408,6 +409,21 @@ def _send_loose(repo: Repo, t: Transport, oid: str, kw: dict) -> int | None:
         if os.path.exists(path):  # (not the local file: something at the remote)
             raise
         return None
+
+
+def _offer_loose(repo: Repo, packs, oid: str) -> None:
+    """Give the scan the loose copy just sent of a packed object that packed deltas of the push
+    decode against next (else each of them decoded it again from its chain's root). Gone
+    meanwhile (a pack or gc removed it): the deltas decode it from the pack."""
+    try:
+        data = repo.loose.view(oid, verify=False)
+    except (ObjectMissing, FileNotFoundError):
+        return
+    try:
+        packs.offer(oid, data)
+    finally:
+        if hasattr(data, "close"):
+            data.close()
 
 
 def _loose_copy_whole(repo: Repo, oid: str) -> bool:
