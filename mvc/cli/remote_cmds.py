@@ -150,7 +150,8 @@ def push(remote, branch, force, dry_run, delete, repair, jobs, as_json):
     reads back every object of the pushed history, re-hashes it, sends what is missing and sends
     again what is damaged there (it reads everything: as long as a clone). Only local copies that
     re-hash right are sent; when one is damaged here too it is named, nothing moves, and the exit
-    status is 3 (repair it first: mvc fsck --repair-from ANOTHER-COPY).
+    status is 3 (repair it first: mvc fsck --repair-from ANOTHER-COPY). On S3 it also adds the
+    commits the remote's commit graph lacks (pushed by an older mvc) or has wrong.
 
     \b
     Examples:
@@ -228,6 +229,8 @@ def _print_repair(rep, where, dry_run):
                    f"{rep['damaged_resent']} damaged ({human_bytes(rep['bytes_sent'])})")
     elif not rep["local_damaged"]:
         click.echo(f"verified {rep['checked']} objects on {where}: all intact")
+    if rep.get("graph_added"):
+        click.echo(f"{'would add' if dry_run else 'added'} {rep['graph_added']} commits to the commit graph on {where}")
     for oid, why in sorted(rep["local_damaged"].items()):
         click.echo(one_line(f"not sent: {oid}: {why}"), err=True)
     if rep["held_back"]:

@@ -11,7 +11,8 @@ reads segments newest first until the graph covers what its tips need, and downl
 commits before its walk: each verified against its id as always, no larger than a commit can be
 (AHEAD_MAX_BYTES), kept only if it is one, and the walk itself decides what is kept. A line that
 lies, a segment that is damaged or missing, or a remote that keeps none (a directory, an older
-mvc's push) costs requests, never a wrong history.
+mvc's push) costs requests, never a wrong history; `push --repair` adds the lines its history
+lacks or has wrong (the newest line of a commit wins).
 """
 from __future__ import annotations
 
@@ -82,11 +83,16 @@ def _next(t: Transport, name: str | None) -> str:
 
 
 def _parse(data: bytes | None, graph: dict[str, list[str]]) -> None:
+    """Add a segment's lines to `graph`, read newest segment first: the newest line of a commit
+    wins (the last in its segment), so push --repair mends a wrong line by appending the right one."""
+    lines: dict[str, list[str]] = {}
     for line in (data or b"").decode("ascii", "replace").splitlines():
         commit, _, parents = line.partition(" ")
         parents = [] if parents == "-" else parents.split(",")
         if is_oid(commit) and all(is_oid(p) for p in parents):
-            graph.setdefault(commit, parents)
+            lines[commit] = parents
+    for commit, parents in lines.items():
+        graph.setdefault(commit, parents)
 
 
 def _read_into(t: Transport, pool: Pool, listed: dict, names: list[str], graph: dict[str, list[str]]) -> None:

@@ -158,8 +158,7 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     sent = _send(repo, t, where, plan, pool, progress)
     author = default_author(repo.root)  # (of the moves: a repository remote's reflog names who pushed)
     _repaired({**result, "sent": sent}, where)  # nothing moves while history there is incomplete
-    _record_graph(repo, t, plan.get("new_commits") or {c: repo.read_commit(c)["parents"] for c in plan["phases"][-1]},
-                  local)
+    _record_graph(repo, t, plan["new_commits"], local)
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force,
@@ -504,8 +503,26 @@ def _repair_plan(repo: Repo, t: Transport, where: str, local: str, pool: Pool, p
         report[f"{state}_resent"] = len(report[state])
     report["bytes_sent"] = sum(found[o][1] for o in send)
     phases = [[o for o in ids if o in send and kinds[o] == k] for k in ("blob", "tree", "commit")]
+    unsent = set(held) | set(bad)
+    lines = _graph_lacks(repo, t, pool, [o for o in ids if kinds[o] == "commit" and o not in unsent])
+    report["graph_added"] = len(lines)
     return {"phases": phases, "replace": set(report["damaged"]), "sizes": {o: found[o][1] for o in send},
-            "present": sum(state == "ok" for state, _, _ in found.values()), "report": report}
+            "present": sum(state == "ok" for state, _, _ in found.values()), "report": report,
+            "new_commits": lines}
+
+
+def _graph_lacks(repo: Repo, t: Transport, pool: Pool, commits: list[str]) -> dict[str, list[str]]:
+    """{commit: parents} of `commits` that the remote's commit graph lacks or gives wrong parents
+    for (pushed by an mvc before the graph, or a graph write that failed), for push --repair to
+    add; {} where the remote keeps no graph or it cannot be read."""
+    if not t.keeps_commit_graph:
+        return {}
+    try:
+        graph = commit_graph.read_graph(t, pool)
+    except MvcError:
+        return {}
+    parents = {c: repo.read_commit(c)["parents"] for c in commits}
+    return {c: ps for c, ps in parents.items() if graph.get(c) != ps}
 
 
 def _history_objects(repo: Repo, local: str) -> tuple[list[str], dict[str, str], dict[str, int]]:

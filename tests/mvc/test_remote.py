@@ -2319,6 +2319,31 @@ def test_a_commit_graph_that_lies_or_is_gone_costs_requests_not_history(tmp_path
     assert set(commit_graph.read_graph(remote.transport(), rm.Pool(1))) == set(more)
 
 
+def test_push_repair_adds_to_the_commit_graph_what_an_older_mvc_left_out_or_a_line_got_wrong(
+        tmp_path, aws_env, s3_endpoint):
+    """Commits pushed by an mvc that kept no graph were never added to it, nor a wrong line mended:
+    each fetch walked them one by one. push --repair, which reads the whole history, adds them;
+    a right line appended after a wrong one in the same segment wins."""
+    from mvc.remote import commit_graph
+    remote = S3Remote(s3_endpoint)
+    src = new_repo(tmp_path / "src", remote)
+    ids = [src.commit({"h": {"w": torch.full((2,), float(i))}}, message=str(i)) for i in range(6)]
+    rm.push(src)
+    for name in remote.transport().list_files("graph/"):  # (as an older mvc left it)
+        remote.client.delete_object(Bucket=remote.bucket, Key="team/models/" + name)
+    _write_remote_file(remote, "graph/00000000", commit_graph.graph_line(ids[5], [ids[2]]))  # (a wrong line)
+    more = src.commit({"h": {"w": torch.full((2,), -1.0)}}, message="more")
+    rm.push(src)  # (a plain push adds what its branch gains, no more)
+    assert set(commit_graph.read_graph(remote.transport(), rm.Pool(1))) == {ids[5], more}
+    report = rm.push(src, repair=True)["repair"]
+    assert report["graph_added"] == 6 and report["missing_resent"] == report["damaged_resent"] == 0
+    truth = {c: src.read_commit(c)["parents"] for c in [*ids, more]}
+    assert commit_graph.read_graph(remote.transport(), rm.Pool(2)) == truth
+    assert rm.push(src, repair=True)["repair"]["graph_added"] == 0
+    dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
+    assert [c["id"] for c in dst.log()] == [more, *ids[::-1]] and dst.fsck()["ok"]
+
+
 def test_the_first_push_of_a_long_history_records_all_of_it_and_a_fetch_reads_only_the_newest_segments(
         tmp_path, aws_env, s3_endpoint, monkeypatch):
     """Every segment written counted as a retry: a push of 700 commits recorded 601, in id order (h109
