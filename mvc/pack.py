@@ -336,19 +336,21 @@ class PackStore(ObjectStore):
         finally:
             self._scans.scan = previous
 
-    def scan_wants(self, oid: str) -> bool:
-        """Whether this thread's scan has deltas on `oid` still to read (see `offer`)."""
+    def read_elsewhere(self, oid: str, copy) -> None:
+        """`oid`, one of this thread's scan's objects, was read from another copy (a push sends an
+        object both loose and packed from its loose copy): its packed copy's base has one delta
+        fewer to wait for (else kept to the end of the scan), and where deltas of the scan decode
+        against `oid` itself, `copy()` (its bytes, or None when gone) is kept for them as a decoded
+        base is: trusted only through the hash of what decodes on it (else decoded from the pack)."""
         scan = self._scan
-        return scan is not None and scan.wants(oid)
-
-    def offer(self, oid: str, data) -> None:
-        """A copy of `oid` read elsewhere (a push sends an object from its loose copy when it is
-        packed too) kept for the deltas of this thread's scan on it, as a decoded base is kept:
-        trusted only through the hash of what decodes on it (else it is decoded from the pack)."""
-        scan = self._scan
-        if scan is not None:
+        if scan is None:
+            return
+        hit = self.lookup(oid, rescan=False)
+        if hit is not None and hit[1].encoding == pf.XOR and hit[1].base:
+            scan.used(hit[1].base)
+        if scan.wants(oid) and (data := copy()) is not None:
             import numpy as np
-            scan.keep(oid, np.frombuffer(bytearray(data), dtype=np.uint8))
+            scan.keep(oid, np.frombuffer(data, dtype=np.uint8))
 
     @contextlib.contextmanager
     def scanning(self, oids):

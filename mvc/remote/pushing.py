@@ -296,8 +296,8 @@ def _send(repo: Repo, t: Transport, where: str, plan: dict, pool: Pool, progress
     def upload(oid):
         kw = {"replace": True} if oid in plan["replace"] else {}
         n = _send_loose(repo, t, oid, kw) if repo.loose.has(oid) else None
-        if n is not None and packs is not None and packs.scan_wants(oid):  # (packed too)
-            _offer_loose(repo, packs, oid)
+        if n is not None and packs is not None:  # (packed too: see PackStore.read_elsewhere)
+            packs.read_elsewhere(oid, lambda: _loose_bytes(repo, oid))
         if n is None:  # packed, fetched on demand, or a damaged loose copy beside a good one: verified on read
             # decoded once (no bytes copy); large ones one at a time: each is held whole while it goes
             with _one_large_at_a_time if plan["sizes"].get(oid, 0) >= LARGE_DECODED else contextlib.nullcontext():
@@ -410,16 +410,15 @@ def _send_loose(repo: Repo, t: Transport, oid: str, kw: dict) -> int | None:
         return None
 
 
-def _offer_loose(repo: Repo, packs, oid: str) -> None:
-    """Give the scan the loose copy just sent of a packed object that packed deltas of the push
-    decode against next (else each of them decoded it again from its chain's root). Gone
-    meanwhile (a pack or gc removed it): the deltas decode it from the pack."""
+def _loose_bytes(repo: Repo, oid: str) -> bytearray | None:
+    """The bytes of the loose copy of `oid` just sent (for packed deltas on it to decode against),
+    or None when it is gone meanwhile (a pack or gc removed it: they decode it from the pack)."""
     try:
         data = repo.loose.view(oid, verify=False)
     except (ObjectMissing, FileNotFoundError):
-        return
+        return None
     try:
-        packs.offer(oid, data)
+        return bytearray(data)
     finally:
         if hasattr(data, "close"):
             data.close()

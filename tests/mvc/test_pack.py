@@ -1691,10 +1691,14 @@ def test_pack_fsck_and_push_decode_each_delta_once_however_small_the_cache(tmp_p
     assert torch.equal(clone.load("HEAD", "core")["w2"], fresh.load("HEAD", "core")["w2"]) and clone.fsck()["ok"]
 
 
-def test_push_takes_a_base_packed_and_loose_from_its_loose_copy_for_the_deltas_on_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("loose_again", ["every other base", "all"])
+def test_push_takes_a_base_packed_and_loose_from_its_loose_copy_for_the_deltas_on_it(tmp_path, monkeypatch,
+                                                                                     loose_again):
     """An object both loose and packed (a pack killed before it removed the loose copies) was left
     out of the push's scan: the packed deltas on it decoded it again from its chain's root through
-    a small cache (h111 05: 68 decodes where 26 do; here 65 where 24). Its loose copy, sent as it is, serves them."""
+    a small cache (h111 05: 68 decodes where 26 do; here 65 where 24). Its loose copy, sent as it
+    is, serves them, and is kept no longer than they need it (a delta sent from its loose copy
+    too counts as read: else every base was kept to the end of the push)."""
     import mvc.pack as mp
     from mvc import remote as rm
     repo = mvc.Repo.init(tmp_path / "r")
@@ -1711,7 +1715,7 @@ def test_push_takes_a_base_packed_and_loose_from_its_loose_copy_for_the_deltas_o
     ps = pack_store_of(mvc.Repo(repo.root).store)
     blobs = {r.oid: r for p in ps.packs() for r in p.records.values() if r.size >= 16 << 10}
     bases = sorted({r.base for r in blobs.values() if r.encoding == pf.XOR})
-    restored = bases[::2]  # (loose copies again of every other base)
+    restored = bases[::2] if loose_again != "all" else sorted(blobs)
     for oid in restored:
         os.makedirs(os.path.dirname(repo.loose.path(oid)), exist_ok=True)
         with open(repo.loose.path(oid), "wb") as f:
@@ -1720,9 +1724,13 @@ def test_push_takes_a_base_packed_and_loose_from_its_loose_copy_for_the_deltas_o
     real = mp.pf_decode
     monkeypatch.setattr(mp, "pf_decode", lambda entry, e, size, *a, **k: (
         decodes.append(size) if size >= 16 << 10 else None) or real(entry, e, size, *a, **k))
+    kept, real_keep = [], mp._Scan.keep
+    monkeypatch.setattr(mp._Scan, "keep", lambda scan, oid, arr: (
+        real_keep(scan, oid, arr), kept.append(len(scan._kept)))[0])
     fresh = mvc.Repo(repo.root)
     rm.push(fresh, str(tmp_path / "remote"), jobs=2)
     assert len(decodes) == len(blobs) - len(restored)  # (each packed-only blob once: 24; were 65)
+    assert max(kept) <= 4  # (a base per chain of the window of 2, and its next; 14 and 32 when kept to the end)
     clone, _ = rm.clone(str(tmp_path / "remote"), str(tmp_path / "c"))
     assert clone.fsck()["ok"] and all(torch.equal(clone.load(f"HEAD~{k}", "core")["t3"],
                                                   fresh.load(f"HEAD~{k}", "core")["t3"]) for k in range(10))
