@@ -154,6 +154,10 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = "", withi
     if exclusive and _held_here.get(key):
         raise LockHeld(f"this process holds {path} already (inside Repo.writing()?); it cannot also "
                        "take it exclusively", "run gc outside the block that writes")
+    if _held_exclusively.get(key):  # (flock would wait for this thread's own hold: forever)
+        raise LockHeld(f"this thread holds {path} exclusively (a gc or pack is deleting objects): a write "
+                       "cannot start inside it, e.g. from a signal handler", "in a signal handler, set a flag "
+                       "and commit once the running mvc call has returned")
     if exclusive:
         fd = _open_lock_file(path)
         hold = None
@@ -173,12 +177,16 @@ def shared_or_exclusive(path: str, exclusive: bool, waiting_for: str = "", withi
                 hold = _shared_holds[key[0]] = [fd, 0]
             hold[1] += 1
     _held_here[key] = _held_here.get(key, 0) + 1
+    mine = 0  # (exclusive holds of this thread, counted while held)
     try:
         got = _take_exclusive(fcntl, fd, path, within, waiting_for) if exclusive else True
         if got is None:
             _say_unlocked(path, "no flock on this file system")
+        mine = int(bool(exclusive and got))
+        _count_exclusive(key, mine)
         yield got
     finally:
+        _count_exclusive(key, -mine)
         _held_here[key] -= 1
         if hold is None:
             _close_lock_file(fd)  # releases the lock
@@ -293,6 +301,15 @@ def _say_unlocked(path: str, why: str | None) -> None:
 _held_here: dict[tuple[str, int], int] = {}  # (lock path, thread) -> holds (flock is per open file)
 _shared_holds: dict[str, list] = {}  # lock path -> [descriptor, holds] of this process's shared holds
 _shared_guard = threading.Lock()
+_held_exclusively: dict[tuple[str, int], int] = {}  # (lock path, thread) -> exclusive holds (exclusive_within)
+
+
+def _count_exclusive(key: tuple[str, int], n: int) -> None:
+    left = _held_exclusively.get(key, 0) + n
+    if left > 0:
+        _held_exclusively[key] = left
+    else:
+        _held_exclusively.pop(key, None)
 
 
 @contextlib.contextmanager
@@ -309,8 +326,14 @@ def exclusive_within(path: str, timeout_s: float, waiting_for: str = ""):
         yield False
         return
     fd = _open_lock_file(path)
+    key = (os.path.abspath(path), threading.get_ident())
     try:
-        yield bool(_take_exclusive(fcntl, fd, path, timeout_s, waiting_for))  # (no flock here: it cannot be had)
+        got = bool(_take_exclusive(fcntl, fd, path, timeout_s, waiting_for))  # (no flock here: it cannot be had)
+        _count_exclusive(key, int(got))
+        try:
+            yield got
+        finally:
+            _count_exclusive(key, -int(got))
     finally:
         _close_lock_file(fd)
 
@@ -356,6 +379,8 @@ def _drop_other_threads_locks() -> None:
     _shared_guard = threading.Lock()
     for key in [k for k in _held_here if k[1] != me]:
         del _held_here[key]
+    for key in [k for k in _held_exclusively if k[1] != me]:
+        del _held_exclusively[key]
     for path, hold in list(_shared_holds.items()):
         mine = _held_here.get((path, me), 0)
         if mine:

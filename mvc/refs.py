@@ -20,7 +20,7 @@ import warnings
 
 from .errors import BadName, CorruptObject, MvcError, RefConflict, os_error_text
 from .files import FUTURE_SLACK_S, LockFile, atomic_write, is_atomic_temp, makedirs, prune_empty_dirs, walk
-from .interrupts import interrupts_deferred
+from .interrupts import deliver, interrupts_deferred
 from .objects import check_new_ref_name, check_ref_name, is_oid
 from .store import fsync_dir
 
@@ -445,6 +445,7 @@ class RefStore:
         path = self._path(ref)
         if new is not None:
             self.check_free(ref)  # before the lock: taking it creates directories
+        held: list[int] = []  # signals held back while it moved, delivered once its lock is released
         try:
             with LockFile(path + ".lock", what=f"ref {ref}"):
                 old, junk = self.held(ref) if new is None else (self.read(ref), None)
@@ -458,7 +459,7 @@ class RefStore:
                     message = f"{message} (it held {junk[:40]!r}, not an id)"
                 entry = json.dumps({"old": old, "new": new, "time": utc_now(), "author": author,
                                     "message": message}, sort_keys=True, separators=(",", ":"))
-                with interrupts_deferred():  # a move is whole: ref, reflog entry and their fsyncs
+                with interrupts_deferred(held):  # a move is whole: ref, reflog entry and their fsyncs
                     moved = f"moved {ref} to {new[:12]}" if new else f"deleted {ref}"
                     try:
                         self._logged_move(ref, entry.encode() + b"\n", new, old)
@@ -478,6 +479,7 @@ class RefStore:
         finally:
             if not os.path.lexists(path):  # deleted, or a failed creation: no empty folders stay
                 prune_empty_dirs(os.path.dirname(path), self._kind_dir(self.root, ref))
+            deliver(held)
 
     def _logged_move(self, ref: str, entry: bytes, new: str | None, old: str | None) -> None:
         """Append the reflog entry, then move the ref. If either fails the log is cut back to its

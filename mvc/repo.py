@@ -7,6 +7,7 @@ on tensors (committing in-memory tensors, load, diff).
 from __future__ import annotations
 
 import configparser
+import contextvars
 import functools
 import heapq
 import json
@@ -107,6 +108,15 @@ class _Newest:
 
     def __lt__(self, other: "_Newest") -> bool:
         return self.time > other.time or (self.time == other.time and self.seq < other.seq)
+
+
+def _check_expected_head(ref: str, head: str | None, expect_head: str | None) -> None:
+    """RefConflict when commit's `expect_head` is given and the branch is not there."""
+    if expect_head is not None and head != (expect_head or None):
+        name = ref.removeprefix("refs/heads/")
+        raise RefConflict(f"branch {name} is at {head[:12] if head else 'nothing (it does not exist)'}, not at "
+                          f"{expect_head[:12] if expect_head else 'nothing'} as expected: another process "
+                          "committed to it or moved it", f"mvc reflog {name} shows its moves")
 
 
 class Repo(Maintenance):
@@ -575,7 +585,7 @@ class Repo(Maintenance):
                branch: str | None = None, remove: Iterable[str] = (), author: str | None = None,
                extra: dict | None = None, progress: Callable[[int], None] | None = None,
                trees: dict[str, str] | None = None, run_hooks: bool = True, root: bool = False,
-               trees_from_history: bool = False) -> str:
+               trees_from_history: bool = False, expect_head: str | None = None) -> str:
         """Commit components onto a branch; returns the new commit id (64 hex).
 
         `components` maps names to a state dict, an nn.Module or a file/directory path; `trees`
@@ -584,11 +594,17 @@ class Repo(Maintenance):
         instead of from HEAD's commit. New names follow the rules of new names; `trees` names the
         branch holds already, or all of them with `trees_from_history` (a revert restoring a
         commit's components), only those a reader takes (names older mvc allowed stay usable).
+        `expect_head`: the branch must be at this commit ("": must not exist yet) when the commit
+        lands, else RefConflict and the branch is left as it is (a program that commits in a loop,
+        as mvc run does, so that another process's commit or rollback is not built upon unseen).
         """
         if components is not None and not isinstance(components, dict):
             raise BadInput(f"components must map names to values, not a {type(components).__name__}",
                            'e.g. repo.commit({"model": state_dict}, message=...)')
         components, remove = dict(components or {}), _names_arg(remove, "remove")
+        if expect_head is not None and not (expect_head == "" or (isinstance(expect_head, str) and is_oid(expect_head))):
+            raise BadInput(f"expect_head is {str(expect_head)[:70]!r}: it must be a full commit id, or \"\" for a "
+                           "branch that does not exist yet")
         for what, value, ok in (("author", author, author is None or isinstance(author, str)),
                                 ("extra", extra, extra is None or isinstance(extra, dict)),
                                 ("metrics", metrics, metrics is None or isinstance(metrics, dict)),
@@ -646,16 +662,24 @@ class Repo(Maintenance):
         if run_hooks:
             self._hooks("mvc.pre_commit")  # e.g. an invalid mvc.toml refuses the commit here
         parent = self.refs.read(ref)  # checked again below, after the objects are written
+        _check_expected_head(ref, parent, expect_head)
         self._next_components(parent if parent is not None else created_from, remove,
                               set(components) | set(trees or {}), quiet=True)  # (warned of when it lands)
+        # a commit inside this thread's commit (a training loop's signal handler) runs in a context of its
+        # own: its objects must not join the other's batch, whose temp files go when the handler ends it all
+        depth = getattr(_COMMITTING, "depth", 0)
+        _COMMITTING.depth = depth + 1
         try:
             with self.writing():
-                cid, ref = self._write_commit(components, trees, remove, message, metrics, author, extra,
-                                              progress, ref, created_from)
+                cid, ref = (contextvars.Context().run if depth else _call)(
+                    self._write_commit, components, trees, remove, message, metrics, author, extra, progress, ref,
+                    created_from, expect_head)
         except InterruptedAfterLanding:
             if follow:
                 self.refs.set_symbolic("HEAD", ref)
             raise
+        finally:
+            _COMMITTING.depth = depth
         try:
             if follow:  # only now: a commit that failed leaves HEAD where it was
                 self.refs.set_symbolic("HEAD", ref)
@@ -692,7 +716,7 @@ class Repo(Maintenance):
                                    waiting_for="a gc or pack that is deleting objects to finish")
 
     def _write_commit(self, components, trees, remove, message, metrics, author, extra, progress, ref,
-                      created_from) -> tuple[str, str]:
+                      created_from, expect_head=None) -> tuple[str, str]:
         new_trees = dict(trees or {})
         self.refs.wait_unlocked(ref)  # a branch held by another writer: fail before writing anything
         with self.loose.batch():  # every object is durable before any ref points at it
@@ -708,14 +732,16 @@ class Repo(Maintenance):
                           "commit records dirty: null")
         with _branch_turn(self.dir, ref):
             return self._land_commit(new_trees, remove, message, metrics, author, extra, ref, created_from,
-                                     provenance)
+                                     provenance, expect_head)
 
     def _land_commit(self, new_trees, remove, message, metrics, author, extra, ref, created_from,
-                     provenance) -> tuple[str, str]:
+                     provenance, expect_head=None) -> tuple[str, str]:
         """The commit object on the branch's current head, and the branch moved to it by compare-
-        and-swap, again on the new head when another process moved it meanwhile."""
+        and-swap, again on the new head when another process moved it meanwhile (unless
+        `expect_head` names the head it must be on)."""
         for attempt in range(COMMIT_RETRIES):
             parent = self.refs.read(ref)
+            _check_expected_head(ref, parent, expect_head)
             base = parent if parent is not None else created_from
             comps = self._next_components(base, remove, new_trees)
             comps.update(new_trees)
@@ -1449,25 +1475,34 @@ def _output_path(path) -> str:
                        "give a str or pathlib.Path") from None
 
 
-_BRANCH_TURNS: dict[tuple[str, str], threading.Lock] = {}
-_BRANCH_TURNS_GUARD = threading.Lock()
+_COMMITTING = threading.local()  # depth: commits this thread is in (more than one: a signal handler's)
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
+_BRANCH_TURNS: dict[tuple[str, str], threading.RLock] = {}
+_BRANCH_TURNS_GUARD = threading.RLock()
 
 
 @forks.on_fork
 def _new_branch_turns() -> None:  # (see mvc.forks: turns other threads of the parent held)
     global _BRANCH_TURNS_GUARD
     _BRANCH_TURNS.clear()
-    _BRANCH_TURNS_GUARD = threading.Lock()
+    _BRANCH_TURNS_GUARD = threading.RLock()
 
 
-def _branch_turn(mvc_dir: str, ref: str) -> threading.Lock:
+def _branch_turn(mvc_dir: str, ref: str) -> threading.RLock:
     """The lock threads of this process take in turn to commit onto one branch of a repository:
     the ref's compare-and-swap retries on a moved head, and among many threads one could lose
     every retry (16 threads: a few commits of 240 failed with RefConflict). Other processes still
-    meet at the compare-and-swap."""
+    meet at the compare-and-swap. Reentrant: a training loop's signal handler that commits while
+    its thread holds the turn goes on (a plain lock waited for itself forever); the commit it
+    interrupted then lands on the handler's, or stops when the handler ends the process."""
     key = (os.path.realpath(mvc_dir), ref)
     with _BRANCH_TURNS_GUARD:
-        return _BRANCH_TURNS.setdefault(key, threading.Lock())
+        return _BRANCH_TURNS.setdefault(key, threading.RLock())
 
 
 @functools.lru_cache(maxsize=None)

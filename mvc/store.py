@@ -374,7 +374,8 @@ class LooseStore(ObjectStore):
         self.fsync = fsync
         self.stamps = stamps
         self.tmp = os.path.join(root, "tmp")
-        self._claim = threading.Lock()  # threads of one commit may put the same new id at once
+        self._claim = threading.RLock()  # threads of one commit may put the same new id at once (reentrant:
+        # a signal handler's commit may run while this thread holds it)
         self._known: dict[str, tuple] = {}  # id -> verified stamp (_stamp_key) already read or written here
         forks.track(self)
 

@@ -282,7 +282,12 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
                            NEWER_HINT if all(NEWER_FORMAT in p for p in problems) else "run mvc ci to certify it again")
         recorded = _pipeline_certificate(repo, commit)
         if recorded:  # a pipeline stage's result commit: its gates certified the commit it records
-            return recorded, read(repo, recorded), []
+            cert = read(repo, recorded)
+            if _same_components(repo, cert["commit"], commit):
+                return recorded, cert, []
+            raise MvcError(f"commit {commit[:12]} has no certificate: the one it records ({recorded[:12]}) certifies "
+                           f"{cert['commit'][:12]}, whose components are not this commit's",
+                           "run mvc ci to certify it")
         raise MvcError(f"commit {commit[:12]} has no certificate",
                        "run mvc ci first, or mvc run for a pipeline's stage branches")
     full = [(cid, cert) for cid, cert in good if not cert.get("partial")]
@@ -290,9 +295,20 @@ def locate(repo, rev_or_cert: str) -> tuple[str, dict, list[str]]:
     return cid, cert, problems
 
 
+def _same_components(repo, certified: str, commit: str) -> bool:
+    """Whether `commit` holds exactly the components (trees) of `certified`, which it is not: a
+    stage's result commit adds none to the checkpoint its gates certified. Commit metadata travels
+    with pushes like certificates do: the certificate a commit records must certify its weights."""
+    try:
+        return repo.read_commit(certified)["components"] == repo.read_commit(commit)["components"]
+    except MvcError:  # (the certified commit is not here, or damaged: nothing shows the weights are the same)
+        return False
+
+
 def _pipeline_certificate(repo, commit: str) -> str | None:
     """The certificate a pipeline stage's result commit records (its gates ran on the checkpoint
-    before it), when that certificate is stored here; None otherwise."""
+    before it), when that certificate is stored here; None otherwise (`locate` checks that it
+    certifies this commit's components)."""
     extra = repo.read_commit(commit).get("extra") or {}
     pipeline = extra.get("pipeline") if isinstance(extra, dict) else None
     cert = pipeline.get("certificate") if isinstance(pipeline, dict) else None

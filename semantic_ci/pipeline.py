@@ -19,7 +19,7 @@ import re
 import time
 import warnings
 
-from mvc.errors import CheckFailed, ConfigError, MvcError
+from mvc.errors import CheckFailed, ConfigError, MvcError, RefConflict
 from mvc.objects import canonical_json, hash_bytes
 
 from . import certificate
@@ -650,14 +650,16 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
         if not gated:  # killed between the commit and its gates
             if not _gates_ok(run, stage, head, history, job):
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
-                history = _history(repo, repo.branches().get(branch), key)
+                head = repo.branches().get(branch)
+                history = _history(repo, head, key)
         else:  # killed after its gates ran (before the rollback of a failing one, or before the done commit)
             cid, cert = gated[-1]
             run.last_certificate[stage.name] = cid
             if not certificate.passed(cert):
                 run.last_failure[stage.name] = "; ".join(c["name"] for c in cert["checks"] if c["status"] == "failed")
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
-                history = _history(repo, repo.branches().get(branch), key)
+                head = repo.branches().get(branch)
+                history = _history(repo, head, key)
     else:
         attempt, settings = 0, dict(stage.settings)
         job = job_factory(settings)
@@ -669,6 +671,8 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
         elif head is not None and start_commit is None:
             repo.refs.update(f"refs/heads/{branch}", None, message=f"pipeline: restart {stage.name}")
         history = []
+        head = start_commit
+    expected = head  # (where the run left the branch: its commits go on it, see commit_on_stage_branch)
     while True:
         t = job.trainer  # (each attempt's interval: a fallback may set another, as a resumed retry reads it)
         every = int(settings.get("checkpoint_every") or t.total_steps)
@@ -685,14 +689,17 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                                   "settings": settings, "status": "checkpoint", "step": t.step,
                                   "gates": stage.gates}}  # (verify binds a certificate's label to them)
             try:
-                cid = repo.commit(job.components(), message=f"{stage.name}: step {t.step}", metrics=metrics,
-                                  branch=branch, extra=extra, root=start_commit is None)
+                cid = commit_on_stage_branch(run, stage, branch, expected, job.components(),
+                                             message=f"{stage.name}: step {t.step}", metrics=metrics, extra=extra,
+                                             root=start_commit is None)
+                expected = cid
             except CheckFailed as e:  # mvc.toml's on-commit CI failed and rolled the branch back
                 run.emit({"event": "gate", "stage": stage.name, "passed": False, "commit": e.commit,
                           "reason": e.message})
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key,
                                                    failed_at=e.commit)
-                history = _history(repo, repo.branches().get(branch), key)
+                expected = repo.branches().get(branch)
+                history = _history(repo, expected, key)
                 break
             history.append(metrics)
             run.emit({"event": "checkpoint", "stage": stage.name, "step": t.step, "total": t.total_steps,
@@ -702,19 +709,32 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                       "commit": cid, "attempt": attempt, **({"diverged": True} if nonfinite else {})})
             if not _gates_ok(run, stage, cid, history, job):
                 attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
-                history = _history(repo, repo.branches().get(branch), key)
+                expected = repo.branches().get(branch)
+                history = _history(repo, expected, key)
                 break
         else:
-            head = repo.branches()[branch]
-            done = repo.commit({}, message=f"{stage.name}: done (gates passed)", metrics=repo.read_commit(head)["metrics"],
-                               branch=branch, run_hooks=False,
-                               extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key,
-                                                   "attempt": attempt, "settings": settings, "status": "done",
-                                                   "step": job.trainer.step,
-                                                   # what its gates certified: `mvc verify <stage branch>`
-                                                   **({"certificate": run.last_certificate[stage.name]}
-                                                      if run.last_certificate.get(stage.name) else {})}})
+            head = expected
+            done = commit_on_stage_branch(
+                run, stage, branch, head, {}, message=f"{stage.name}: done (gates passed)",
+                metrics=repo.read_commit(head)["metrics"], run_hooks=False,
+                extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key, "attempt": attempt,
+                                    "settings": settings, "status": "done", "step": job.trainer.step,
+                                    # what its gates certified: `mvc verify <stage branch>`
+                                    **({"certificate": run.last_certificate[stage.name]}
+                                       if run.last_certificate.get(stage.name) else {})}})
             return done, "passed"
+
+
+def commit_on_stage_branch(run, stage, branch: str, expected: str | None, components: dict, **kw) -> str:
+    """A commit of `stage` on `branch`, which must be where the run left it: at `expected` (None or
+    "": no branch yet). Another process's commit or rollback of a stage branch mid-run stops the
+    run (built upon, it put the other's weights under the stage's certificate, or a history that
+    skips what the user rolled back)."""
+    try:
+        return run.repo.commit(components, branch=branch, expect_head=expected or "", **kw)
+    except RefConflict as e:
+        raise StageError(f"{run.pipeline.path}: stage {stage.name}: {e.message}; the run stopped",
+                         f"mvc reflog {branch} shows its moves; run again to go on from where the branch is") from None
 
 
 def certificate_source(run, stage) -> str:

@@ -9,7 +9,8 @@ from . import certificate
 from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
-from .pipeline import Run, StageError, certificate_source, finished, stage_info, start_over, train_stage
+from .pipeline import (Run, StageError, certificate_source, commit_on_stage_branch, finished, stage_info,
+                       start_over, train_stage)
 from .pipeline_config import COMPRESS_BUDGET, Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
@@ -238,9 +239,10 @@ def train_brick(run: Run, stage: Stage):
     return train_stage(run, stage, lambda settings: BrickJob(run, settings, host), inputs, host)
 
 
-def _done(run: Run, stage: Stage, branch: str, key: str, message: str, extra: dict | None = None) -> str:
-    return run.repo.commit({}, message=message, branch=branch, run_hooks=False,
-                           extra=_bookkeeping(run, stage, key, "done", extra))
+def _done(run: Run, stage: Stage, branch: str, key: str, message: str, after: str, extra: dict | None = None) -> str:
+    """The stage's "done" commit, on `after`, the commit the stage made last (see commit_on_stage_branch)."""
+    return commit_on_stage_branch(run, stage, branch, after, {}, message=message, run_hooks=False,
+                        extra=_bookkeeping(run, stage, key, "done", extra))
 
 
 def _bookkeeping(run: Run, stage: Stage, key: str, status: str, extra: dict | None = None) -> dict:
@@ -274,7 +276,8 @@ def paste(run: Run, stage: Stage):
                                  mode="int8" if stage.get("int8") else "copy", force=True, run_hooks=False,
                                  extra=_bookkeeping(run, stage, key, "work"))
             run.emit({"event": "paste", "stage": stage.name, "host": label, "commit": r["commit"]})
-            done = _done(run, stage, branch, key, f"{stage.name}: pasted {name} into {label}", {"host": host})
+            done = _done(run, stage, branch, key, f"{stage.name}: pasted {name} into {label}", r["commit"],
+                         {"host": host})
             status = "passed"
         run.results[result] = done
         last = done
@@ -309,10 +312,11 @@ def int8(run: Run, stage: Stage):
     tid = _int8_transform(repo, f"brick/{as_name}")(tree)
     q_bytes = sum(f["size"] for f in repo.read_tree(tid)["files"].values())
     f_bytes = sum(f["size"] for f in tree["files"].values())
-    repo.commit({}, trees={f"brick/{as_name}": tid}, message=f"{stage.name}: int8 artifact of {name}",
-                branch=branch, run_hooks=False, metrics={"artifact_bytes": q_bytes, "float_bytes": f_bytes},
-                extra=_bookkeeping(run, stage, key, "work"))
-    return _done(run, stage, branch, key, f"{stage.name}: done"), "passed"
+    work = commit_on_stage_branch(run, stage, branch, source, {}, trees={f"brick/{as_name}": tid},
+                        message=f"{stage.name}: int8 artifact of {name}", run_hooks=False,
+                        metrics={"artifact_bytes": q_bytes, "float_bytes": f_bytes},
+                        extra=_bookkeeping(run, stage, key, "work"))
+    return _done(run, stage, branch, key, f"{stage.name}: done", work), "passed"
 
 
 def resolve_stage_refs(run: Run, value):
@@ -363,10 +367,11 @@ def evaluate(run: Run, stage: Stage):
         repo.create_branch(branch, target)
     else:
         repo.refs.update(f"refs/heads/{branch}", target, message=f"pipeline: evaluate {stage.name}")
-    done = repo.commit({}, message=f"{stage.name}: certified {target[:12]}", branch=branch, run_hooks=False,
-                       metrics={"certificate_passed": True},
-                       extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key,
-                                           "status": "done", "certificate": cert_id, "target": target}})
+    done = commit_on_stage_branch(
+        run, stage, branch, target, {}, message=f"{stage.name}: certified {target[:12]}", run_hooks=False,
+        metrics={"certificate_passed": True},
+        extra={"pipeline": {"name": run.pipeline.name, "stage": stage.name, "key": key, "status": "done",
+                            "certificate": cert_id, "target": target}})
     # the certificate certifies `target`, this commit's parent (`mvc verify` of the stage's result finds it)
     return done, "passed"
 

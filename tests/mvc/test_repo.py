@@ -1258,3 +1258,26 @@ def test_log_n_reads_no_parent_of_the_last_commit_it_lists(repo):
     os.chmod(repo.loose.path(parent), 0o644)
     os.unlink(repo.loose.path(parent))
     assert [c["message"] for c in mvc.Repo(repo.root).log(n=1)] == ["two"]
+
+
+def test_commit_with_expect_head_lands_only_on_that_head(tmp_path):
+    """`expect_head` (mvc run's checkpoints): the branch must be at that commit, or not exist for "";
+    else RefConflict names where it is, and nothing moves (a plain commit builds on any head)."""
+    from mvc.errors import RefConflict
+    repo = mvc.Repo.init(tmp_path / "r")
+    w = {"w": torch.zeros(3)}
+    first = repo.commit({"m": w}, message="a", branch="run", expect_head="")
+    with pytest.raises(RefConflict, match=f"branch run is at {first[:12]}, not at nothing as expected"):
+        repo.commit({"m": w}, message="b", branch="run", expect_head="")
+    second = repo.commit({"m": {"w": torch.ones(3)}}, message="b", branch="run", expect_head=first)
+    other = repo.commit({"m": {"w": torch.full((3,), 2.0)}}, message="another process", branch="run")
+    with pytest.raises(RefConflict, match=f"branch run is at {other[:12]}, not at {second[:12]} as expected: "
+                                          "another process committed to it or moved it"):
+        repo.commit({"m": {"w": torch.full((3,), 3.0)}}, message="c", branch="run", expect_head=second)
+    assert repo.branches()["run"] == other and len(repo.log("run")) == 3
+    with pytest.raises(RefConflict, match="branch new is at nothing \\(it does not exist\\)"):
+        repo.commit({"m": w}, message="d", branch="new", expect_head=second)
+    for bad in ("main", first[:12], 5):
+        with pytest.raises(BadInput, match="expect_head is .* it must be a full commit id"):
+            repo.commit({"m": w}, message="e", branch="run", expect_head=bad)
+    assert "new" not in repo.branches() and repo.branches()["run"] == other

@@ -1213,3 +1213,57 @@ def test_the_report_of_a_failed_evaluate_stage_shows_this_runs_certificate_not_t
     out = io.StringIO()
     render_summary(repo, summary, Console(file=out, width=200))
     assert "failed (commit: an earlier run's)" in out.getvalue()
+
+
+@pytest.mark.parametrize("move", ["commit", "rollback"])
+def test_a_stage_branch_moved_by_another_process_mid_run_stops_the_run(tmp_path, monkeypatch, move):
+    """The run committed each checkpoint (and its "done" commit) on whatever head the stage branch
+    had: another process's commit after the last gate became the stage's result, carrying the gate
+    certificate of weights it did not hold (`mvc verify` passed them); a user's rollback mid-run was
+    built upon and undone unseen (h113 01, 03). Now the run stops, the branch as the other left it."""
+    import semantic_ci.pipeline as sp
+    root, repo = make_project(tmp_path, steps=8)
+    real = sp._gates_ok
+    moved = {}
+
+    def gates_then_another_process(run, stage, commit, history, job):
+        ok = real(run, stage, commit, history, job)
+        if stage.name == "core" and not moved and job.trainer.step == 8:  # (after the last gate)
+            other = mvc.Repo(str(root))
+            if move == "commit":
+                core = {k: torch.zeros_like(v) for k, v in other.load(commit, "core").items()}
+                moved["to"] = other.commit({"core": core}, message="someone else's core", branch="demo/core")
+            else:
+                moved["to"] = other.read_commit(commit)["parents"][0]
+                other.refs.update("refs/heads/demo/core", moved["to"], message="rollback")
+        return ok
+    monkeypatch.setattr(sp, "_gates_ok", gates_then_another_process)
+    with pytest.raises(sp.StageError, match="stage core: branch demo/core is at .*another process committed to it or "
+                                            "moved it; the run stopped"):
+        run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    assert repo.branches()["demo/core"] == moved["to"]  # (left as the other process left it)
+    assert [c["message"] for c in repo.log("demo/core") if "done" in c["message"]] == []
+    monkeypatch.setattr(sp, "_gates_ok", real)
+    if move == "commit":  # run again: the commit it did not make is named, as at rest
+        with pytest.raises(MvcError, match="ends in commits the pipeline did not make"):
+            run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    else:  # run again: it goes on from the checkpoint the user went back to
+        events = []
+        assert run_pipeline(repo, load(str(root / "p.toml")), emit=events.append)["passed"]
+        assert [(e["step"], e["commit"]) for e in events if e["event"] == "resume"] == [(4, moved["to"])]
+        assert [c["extra"]["pipeline"]["step"] for c in checkpoints(repo, "demo/core")] == [8, 4]
+
+
+def test_verify_refuses_a_certificate_a_commit_borrows_for_other_weights(tmp_path):
+    """`mvc verify REV` of a commit without a certificate took the one its `extra.pipeline.certificate`
+    names, whatever commit that certificate certified: any commit could borrow a passing one (h113 02)."""
+    root, repo = make_project(tmp_path)
+    summary = run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    done = repo.read_commit(repo.branches()["demo/core"])
+    assert verify(repo, "demo/core")["verified"]  # (the stage's own result: the checkpoint's weights)
+    core = {k: torch.zeros_like(v) for k, v in repo.load("demo/core", "core").items()}
+    bad = repo.commit({"core": core}, message="untrained core", branch="release", extra=done["extra"])
+    with pytest.raises(MvcError, match=f"commit {bad[:12]} has no certificate: the one it records "
+                                       f"\\({done['extra']['pipeline']['certificate'][:12]}\\) certifies"):
+        verify(repo, bad)
+    assert summary["passed"]
