@@ -247,7 +247,7 @@ class _ChangeSums:
         self.nonfinite += n_changed - n_measured
         if n_changed > n_measured and a.dtype == b.dtype and (a.is_floating_point() or complex_):
             self.nan_bits += int((changed & _only_nan_bits(a, b)).sum())
-        zero = torch.zeros((), dtype=d.dtype)
+        zero = torch.zeros((), dtype=d.dtype, device=d.device)
         kept = torch.where(measured, d, zero)
         self.max_abs = max(self.max_abs, float(kept.abs().max()))
         self.norms_d.append(_norm(kept))

@@ -150,11 +150,7 @@ class Repo(Maintenance):
                                "upgrade mvc")
         cfg.check_extensions(self.config, f"the repository {self.root}")
         cfg.warn_miscased_sections(self.config, f"{self.dir}/config")
-        try:
-            fsync = cfg.parse("core.fsync", self.config.get("core", "fsync", fallback="true"))
-        except ConfigError as e:  # durable by default: a bad value must not stop `mvc config` fixing it
-            warnings.warn(f"{e.message}; writing durably (fsync) meanwhile")
-            fsync = True
+        fsync = self._fsync_setting()
         objects = os.path.join(self.dir, "objects")
         if not os.path.isdir(objects):  # (mvc never removes it: every object would be gone)
             raise CorruptObject(f"this repository is damaged: {objects} is "
@@ -164,6 +160,14 @@ class Repo(Maintenance):
         self.store = ChainStore(self.loose, *self._read_stores())
         self.refs = RefStore(self.dir, fsync=fsync)
         self._cache = _ObjectCache()
+
+    def _fsync_setting(self) -> bool:
+        """core.fsync as the config read says."""
+        try:
+            return cfg.parse("core.fsync", self.config.get("core", "fsync", fallback="true"))
+        except ConfigError as e:  # durable by default: a bad value must not stop `mvc config` fixing it
+            warnings.warn(f"{e.message}; writing durably (fsync) meanwhile")
+            return True
 
     def _read_stores(self) -> list:
         """Stores read after the loose objects: pack files, then a lazy clone's remote."""
@@ -350,6 +354,8 @@ class Repo(Maintenance):
         atomic_write(path, text.encode(), placed=lambda: note_moved(f"set {key} in .mvc/config" if value is not None
                                                                    else f"unset {key} in .mvc/config", logged=False))
         self.config = config
+        if cfg.canonical(key) == "core.fsync":  # (this Repo's writes too: a run's last checkpoint made durable)
+            self.loose.fsync = self.refs.fsync = self._fsync_setting()
 
     # -- objects -----------------------------------------------------------------------------
     def _read_obj(self, oid: str, kind: str) -> dict:
@@ -969,10 +975,11 @@ class Repo(Maintenance):
         meta = json_copy(tree.get("meta", {}))
         groups, keys = meta.get("param_groups"), meta.get("state_keys")  # (keys: a state keyed by names)
         tuples, plain = meta.get("tuple_settings", []), meta.get("plain_state", [])  # (what JSON and tensors change)
+        nones = meta.get("none_state", [])
         if not isinstance(groups, list):
             raise BadInput(f"component {component!r} records no param groups: it was committed as flat tensors",
                            "load its tensors with repo.load() and take the settings from your training code")
-        for what, v in (("state_keys", keys), ("tuple_settings", tuples), ("plain_state", plain)):
+        for what, v in (("state_keys", keys), ("tuple_settings", tuples), ("plain_state", plain), ("none_state", nones)):
             if v is not None and not isinstance(v, list):
                 raise CorruptObject(f"component {component!r} records {what} that are not a list")
         plain = set(plain)
@@ -996,6 +1003,13 @@ class Repo(Maintenance):
                 per[key] = t.tolist() if sequences[name]["type"] == "list" else _as_tuple(t.tolist())
             else:
                 per[key] = t.item() if name in plain else t
+        for name in nones:  # values None
+            if not isinstance(name, str) or name in tree["tensors"]:
+                raise CorruptObject(f"component {component!r} records a none_state entry {short_repr(name)}, "
+                                    "not the name of a state value without a tensor")
+            per, key = slot(name, lambda: CorruptObject(f"component {component!r} records a none_state entry "
+                                                        f"{short_repr(name)}, not an optimizer state name"))
+            per[key] = None
         for whole, spec in sequences.items():  # sequences of tensors: whole, as list or tuple
             if "length" in spec:
                 items = filled.get(whole, [None] * spec["length"])  # (one of Nones alone has no tensor)

@@ -138,8 +138,8 @@ def buffer_tensor(buf, begin: int, end: int, dtype: str, shape):
     """A tensor over `buf[begin:end]` (zero-copy when `buf` is writable, e.g. a private mmap)."""
     import torch
     tdtype = torch_dtype(dtype)
-    if end == begin:
-        return torch.empty(tuple(shape), dtype=tdtype)
+    if end == begin:  # (on the CPU, as the others: not torch's default device, e.g. inside `with torch.device("meta")`)
+        return torch.empty(tuple(shape), dtype=tdtype, device="cpu")
     size = tdtype.itemsize
     if begin % size == 0 and (end - begin) % size == 0:  # canonical blobs: data 8-byte aligned
         flat = torch.frombuffer(buf, dtype=tdtype, count=(end - begin) // size, offset=begin)
@@ -216,7 +216,7 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
     "param_groups": [...]}), stored as DESIGN.md section 10 says: state tensors named
     `state.<i>.<key>`, param groups in the tree's metadata; None for anything else. Plain numbers
     in the state are stored as 0-dim tensors (floats float64), their names listed as
-    `plain_state`; a list or tuple of numbers as one tensor, and a list or tuple of tensors (and
+    `plain_state`; a value None (no tensor) by its name in `none_state`; a list or tuple of numbers as one tensor, and a list or tuple of tensors (and
     Nones: LBFGS's history) as `state.<i>.<key>.<j>` per tensor, both recorded under
     `sequence_state` ({name: {"type": "list" | "tuple"}, plus "length" and "none" positions for a
     sequence of tensors}); settings that are tuples (betas) as lists, their keys listed per group
@@ -242,7 +242,7 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
         if nests_deeper(v, MAX_JSON_DEPTH):  # (the walks below recurse: a deep one was a RecursionError)
             raise BadInput(f"the optimizer's {what} deeper than {MAX_JSON_DEPTH} levels of lists and dicts",
                            "mvc stores tensors, numbers and lists of them")
-    flat, plain, sequences = {}, [], {}
+    flat, plain, sequences, nones = {}, [], {}, []
 
     def put(name: str, t, i, key) -> None:
         if name in flat:  # (a key "a.0" beside a list "a")
@@ -257,6 +257,10 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
             name = f"state.{pos if named else i}.{key}"
             if isinstance(v, torch.Tensor):
                 put(name, v, i, key)
+                continue
+            if v is None:  # (SGD without momentum kept momentum_buffer None, torch <= 2.2)
+                put(name, None, i, key)
+                nones.append(name)
                 continue
             seq = "tuple" if isinstance(v, tuple) else "list" if isinstance(v, list) else None
             if seq and v and all(x is None or isinstance(x, torch.Tensor) for x in v):  # (or all None)
@@ -277,7 +281,7 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
                 raise BadInput(f"optimizer state {i}.{key} holds a complex number ({short_repr(v)}), which would be "
                                "rounded to complex64", "store it as a complex64 tensor, or as two floats")
             try:  # floats, alone or in a list, as float64: torch's default float32 rounds 0.1
-                put(name, torch.tensor(v, dtype=torch.float64 if _holds(v, float) else None), i, key)
+                put(name, torch.tensor(v, dtype=torch.float64 if _holds(v, float) else None, device="cpu"), i, key)
             except (TypeError, ValueError, RuntimeError, OverflowError):
                 what = ("a whole number outside int64's range" if isinstance(v, int) else
                         "not one tensor's worth of numbers (ragged, or holding other values)" if seq else
@@ -296,6 +300,10 @@ def optimizer_state(value) -> tuple[dict, dict] | None:
         meta["tuple_settings"] = tuples
     if plain:
         meta["plain_state"] = sorted(plain)
+    if nones:
+        meta["none_state"] = sorted(nones)
+    for name in nones:
+        del flat[name]
     if sequences:
         meta["sequence_state"] = sequences
     if named:
@@ -332,6 +340,8 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if isinstance(value, torch.Tensor) and value.dim() == 0:
         return {TENSOR_SETTING: value.item(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()  # (a numpy scalar, e.g. an lr a schedule computed in numpy: a plain number, as metrics)
     return value
 
 
@@ -342,7 +352,7 @@ def setting_value(value):
     if isinstance(value, dict):
         if (set(value) == {TENSOR_SETTING, "dtype"} and isinstance(value[TENSOR_SETTING], (int, float))
                 and isinstance(getattr(torch, str(value["dtype"]), None), torch.dtype)):
-            return torch.tensor(value[TENSOR_SETTING], dtype=getattr(torch, value["dtype"]))
+            return torch.tensor(value[TENSOR_SETTING], dtype=getattr(torch, value["dtype"]), device="cpu")
         return {k: setting_value(v) for k, v in value.items()}
     if isinstance(value, list):
         return [setting_value(v) for v in value]

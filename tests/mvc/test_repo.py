@@ -1281,3 +1281,20 @@ def test_commit_with_expect_head_lands_only_on_that_head(tmp_path):
         with pytest.raises(BadInput, match="expect_head is .* it must be a full commit id"):
             repo.commit({"m": w}, message="e", branch="run", expect_head=bad)
     assert "new" not in repo.branches() and repo.branches()["run"] == other
+
+
+def test_set_config_core_fsync_applies_to_the_repo_that_set_it(tmp_path, monkeypatch):
+    """repo.set_config("core.fsync", ...) changed the file and repo.config, but the open Repo kept
+    writing as it was opened: a run's final checkpoint, made durable so, had no fsync (h114 01)."""
+    repo = mvc.Repo.init(tmp_path / "r")
+    repo.set_config("core.fsync", "false")
+    repo = mvc.Repo(repo.root)
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    repo.commit({"m": {"w": torch.zeros(4)}}, message="fast")
+    assert calls == []
+    repo.set_config("core.fsync", "true")
+    calls.clear()
+    repo.commit({"m": {"w": torch.ones(4)}}, message="durable")
+    assert len(calls) >= 3 and repo.loose.fsync and repo.refs.fsync  # (blobs, tree, commit, ref)

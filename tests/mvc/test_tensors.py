@@ -570,3 +570,41 @@ def test_a_tree_holding_lists_of_tensors_is_format_2_and_forged_lengths_are_refu
         bad = repo.commit({}, trees={"optimizer": forged}, message="forged")
         with pytest.raises(CorruptObject, match="sequence_state"):
             mvc.Repo(repo.root).load_optimizer(bad)
+
+
+def test_none_values_and_numpy_settings_of_an_optimizer_come_back_as_they_were(repo, tmp_path):
+    """SGD without momentum kept {'momentum_buffer': None} per parameter (torch <= 2.2): such a state
+    could not be committed (h114 06); an lr computed in numpy was refused with an error naming no
+    setting (h114 02). A None comes back None; a numpy scalar as the number it holds."""
+    import numpy as np
+    state = {"state": {0: {"momentum_buffer": None, "step": torch.tensor(3.0)}, 1: {"momentum_buffer": None}},
+             "param_groups": [{"lr": np.float32(0.5), "momentum": 0, "nested": {"gamma": np.float64(0.25)},
+                               "params": [0, 1]}]}
+    repo.commit({"optimizer": state}, message="sgd")
+    back = repo.load_optimizer("HEAD")
+    assert back["state"][1] == {"momentum_buffer": None} and back["state"][0]["momentum_buffer"] is None
+    assert torch.equal(back["state"][0]["step"], torch.tensor(3.0))
+    assert back["param_groups"] == [{"lr": 0.5, "momentum": 0, "nested": {"gamma": 0.25}, "params": [0, 1]}]
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.load_state_dict(back)  # (as torch takes it)
+    torch.save(opt.state_dict() | {"state": {0: {"momentum_buffer": None}}}, tmp_path / "opt.pt")  # (a file)
+    repo.commit({"optimizer": str(tmp_path / "opt.pt")}, message="from a file")
+    assert repo.load_optimizer("HEAD")["state"] == {0: {"momentum_buffer": None}}
+
+
+def test_tensors_come_back_on_the_cpu_whatever_torch_s_default_device(repo):
+    """A zero-size tensor, a tensor lr and an optimizer state's list of numbers were made on torch's
+    default device: inside `with torch.device("meta")` (build on meta, then load) they came back on
+    meta (an lr's value lost), or the list was refused as a meta tensor (h114 05)."""
+    state = {"state": {0: {"hist": [1.0, 2.0], "step": torch.tensor(1.0)}},
+             "param_groups": [{"lr": torch.tensor(0.01), "params": [0]}]}
+    with torch.device("meta"):
+        repo.commit({"optimizer": state, "model": {"empty": torch.zeros(0, 3, device="cpu"),
+                                                   "w": torch.ones(2, device="cpu")}}, message="m")
+        loaded = repo.load("HEAD", "model")
+        opt = repo.load_optimizer("HEAD")
+    assert {t.device.type for t in loaded.values()} == {"cpu"} and loaded["empty"].shape == (0, 3)
+    lr = opt["param_groups"][0]["lr"]
+    assert lr.device.type == "cpu" and torch.equal(lr, torch.tensor(0.01))
+    assert opt["state"][0]["hist"] == [1.0, 2.0]
