@@ -836,9 +836,12 @@ def is_url(text: str) -> bool:
 
 def normalize_url(url: str) -> str:
     """What goes into the repository config: absolute paths; never credentials."""
-    parsed = urlparse(url)
     if not url.strip():
         raise BadInput("the remote URL is empty", "use a directory path, file:///PATH or s3://bucket/prefix")
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in url):  # (urlparse drops TAB, CR and LF: s3://b/exp<TAB>1
+        raise BadInput(f"the remote URL {url!r} holds a control character",  # read and wrote s3://b/exp1)
+                       "name a location without tabs or line breaks")
+    parsed = urlparse(url)
     if parsed.scheme and (parsed.username or parsed.password or "@" in parsed.netloc):  # (before any message
         raise BadInput("credentials are never stored in the repository config",        # that shows the URL)
                        "use the standard AWS environment variables or ~/.aws/credentials")

@@ -714,6 +714,13 @@ def test_relative_file_urls_and_remote_v_are_the_repositorys_and_file_urls_are_n
     for url in ("file:///d/exp#1", "file:///d/exp?x"):
         r = invoke(monkeypatch, in_repo.root, "remote", "add", "cut", url)
         assert r.exit_code == 3 and "may not hold '?' or '#'" in r.stderr
+    # urlparse drops TAB, CR and LF: s3://b/exp<TAB>1 read and wrote s3://b/exp1, file:///d/a<TAB>b /d/ab (h112 01)
+    for url in ("s3://b/exp\t1", f"file://{parent}/a\tb", f"{parent}/a\nb", "s3://b/x\x7f"):
+        r = invoke(monkeypatch, in_repo.root, "remote", "add", "ctl", url)
+        assert r.exit_code == 3 and "holds a control character" in r.stderr, r.output
+        r = invoke(monkeypatch, in_repo.root, "push", url, "main")
+        assert r.exit_code == 3 and "holds a control character" in r.stderr, r.output
+    assert not os.path.exists(os.path.join(parent, "ab")) and "ctl" not in {r["name"] for r in rm.list_remotes(in_repo)}
 
 
 def test_a_configured_s3_url_with_a_fragment_says_where_an_older_mvc_pushed(in_repo, monkeypatch, aws_env):
