@@ -24,17 +24,25 @@ def import_adapter(spec: str):
     except (ImportError, AttributeError) as e:
         raise AdapterFailed(f"cannot import adapter {spec!r}: {e}",
                             "check the module is installed and the function name") from None
-    except Exception as e:  # the module itself raised while being imported
-        raise AdapterFailed(f"cannot import adapter {spec!r}: {type(e).__name__}: {e}") from e
+    except (Exception, SystemExit) as e:  # the module itself raised (or called sys.exit) while being imported
+        raise AdapterFailed(f"cannot import adapter {spec!r}: {raised(e)}") from e
     if not callable(obj):
         raise AdapterFailed(f"adapter {spec!r} is a {type(obj).__name__}, not a function", ADAPTER_HINT)
     return obj
 
 
+def raised(e: BaseException) -> str:
+    """What user code raised, for a message: `sys.exit` named as such (its SystemExit, 0 included,
+    passed through mvc ci and mvc run, which then ended with status 0 having measured nothing)."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
+
 def _failed(spec: str, e: BaseException) -> AdapterFailed:
     if isinstance(e, MvcError):
         return AdapterFailed(f"adapter {spec!r}: {e.message}", e.hint)
-    return AdapterFailed(f"adapter {spec!r} failed: {type(e).__name__}: {e}", ADAPTER_HINT)
+    return AdapterFailed(f"adapter {spec!r} failed: {raised(e)}", ADAPTER_HINT)
 
 
 class AdapterModel:
@@ -54,7 +62,7 @@ class AdapterModel:
         import torch
         try:
             out = self.model(ids, *args, **kwargs)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise _failed(self.adapter_spec, e) from e
         logits = out[0] if isinstance(out, tuple) and out else out
         want = (*ids.shape, 256)
@@ -75,7 +83,7 @@ def build_from_tree(tree: dict, state: dict, adapter: str | None = None):
             model = fn(state, tree)
             if callable(model) and hasattr(model, "eval"):
                 model.eval()
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise _failed(adapter, e) from e
         if not callable(model):
             got = "None" if model is None else f"a {type(model).__name__}"

@@ -25,7 +25,7 @@ from mvc.objects import canonical_json, hash_bytes
 from . import certificate
 from .checks import DATA_KEYS, Context, resolve_relative, result as check_result, run_check, split_relative
 from .config import CiConfig
-from .models import ModelCache
+from .models import ModelCache, raised
 from .pipeline_config import (DEFAULT_HOLDOUT, STREAM_SETTINGS, Pipeline, Stage, resolve_builder, stage_branches,
                               stage_source, step_budget, stream_path)
 from .probe import read_repository_file
@@ -93,8 +93,8 @@ class Run:
                     data = builder(**spec.get("args", {}))
                 except MvcError:
                     raise
-                except Exception as e:  # the user's builder failed: their error, not a bug in mvc
-                    raise StageError(f"{where}: builder {spec['builder']} failed: {type(e).__name__}: {e}",
+                except (Exception, SystemExit) as e:  # the user's builder failed: their error, not a bug in mvc
+                    raise StageError(f"{where}: builder {spec['builder']} failed: {raised(e)}",
                                      "fix the builder or its args; MVC_DEBUG=1 shows the traceback") from e
                 if isinstance(data, (bytearray, memoryview)):
                     data = bytes(data)

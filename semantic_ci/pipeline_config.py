@@ -333,9 +333,10 @@ def resolve_builder(pipeline: "Pipeline", spec: str):
         func = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"{pipeline.path}: cannot import stream builder {spec!r} ({e})") from None
-    except Exception as e:  # the module itself failed while importing
+    except (Exception, SystemExit) as e:  # the module itself failed (or called sys.exit) while importing
+        from .models import raised
         raise ConfigError(f"{pipeline.path}: cannot import stream builder {spec!r} "
-                          f"({type(e).__name__} while importing {mod}: {e})") from None
+                          f"(while importing {mod}, {raised(e)})") from None
     if not callable(func):
         raise ConfigError(f"{pipeline.path}: stream builder {spec!r} is not a function")
     return func

@@ -127,7 +127,9 @@ def junit_xml(summary: dict) -> str:
 def junit_target_problem(path: str) -> str | None:
     """Why a JUnit report cannot be written to `path` (None when it can): checked before the checks
     run. The parent must be (or be creatable as) a directory we can create files in, and the path
-    must not be a directory. Missing parent directories are created."""
+    must not be a directory, inside a repository's .mvc directory (its config, refs and objects),
+    nor an existing file other than a JUnit report (a run's mvc.toml or held-out data were
+    replaced). Missing parent directories are created."""
     if not path:
         return "empty path"
     full = os.path.abspath(path)
@@ -135,6 +137,11 @@ def junit_target_problem(path: str) -> str | None:
         return f"{path} is a directory"
     if os.path.lexists(full) and not os.path.isfile(full):
         return f"{path} exists and is not a regular file"
+    from mvc.components import inside_repository_dir
+    if inside_repository_dir(os.path.dirname(full)):
+        return f"{path} is inside a repository's .mvc directory, which holds its config, refs and objects"
+    if os.path.isfile(full) and not _is_junit_report(full):
+        return f"{path} exists and is not a JUnit report: it would be replaced (remove it, or name another file)"
     parent = os.path.dirname(full)
     probe = parent
     while not os.path.exists(probe):
@@ -149,6 +156,16 @@ def junit_target_problem(path: str) -> str | None:
     except OSError as e:
         return f"cannot create files in {parent} ({e.strerror or e})"
     return None
+
+
+def _is_junit_report(path: str) -> bool:
+    """Whether the file at `path` is empty or starts as a JUnit XML report does (what --junit wrote before)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return not head or (head.lstrip().startswith(b"<?xml") and (b"<testsuite" in head or b"<testsuites" in head))
 
 
 def write_junit(summary: dict, path: str) -> None:

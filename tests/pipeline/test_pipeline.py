@@ -384,21 +384,23 @@ def test_a_stage_out_of_memory_names_the_stage_and_its_sizes(tmp_path, monkeypat
     assert "push, fetch" not in r.stderr and "lower its batch_size" in r.stderr
 
 
-def test_stream_builder_that_raises_is_a_stage_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("body, said", [("raise RuntimeError('disk on fire')", "RuntimeError: disk on fire"),
+                                        ("import sys; sys.exit(0)", "it called sys.exit(0)")])  # (exit 0: h113 05)
+def test_stream_builder_that_raises_is_a_stage_error(tmp_path, monkeypatch, body, said):
     root, repo = make_project(tmp_path)
-    (root / "mvc_test_boomdata.py").write_text("def build(size=1):\n    raise RuntimeError('disk on fire')\n")
-    text = (root / "p.toml").read_text().replace('file = "data.txt"', 'builder = "mvc_test_boomdata:build"')
+    module = "mvc_test_boom_" + body.split()[0]  # (one module per case: the first stays imported)
+    (root / f"{module}.py").write_text(f"def build(size=1):\n    {body}\n")
+    text = (root / "p.toml").read_text().replace('file = "data.txt"', f'builder = "{module}:build"')
     (root / "p.toml").write_text(text)
     monkeypatch.chdir(root)
     r = CliRunner().invoke(cli, ["run", "p.toml", "--json"])
     assert r.exit_code == 3, r.output
     err = r.stderr.strip()
-    assert err.startswith("error: stage core: p.toml: streams.text: builder mvc_test_boomdata:build failed: "
-                          "RuntimeError: disk on fire")
+    assert err.startswith(f"error: stage core: p.toml: streams.text: builder {module}:build failed: " + said)
     assert "bug" not in err and "Traceback" not in r.output
     summary = _events(r.stdout)[-1]  # the summary is still the last line
     assert summary["event"] == "summary" and not summary["passed"]
-    assert summary["stages"][0]["status"] == "error" and "disk on fire" in summary["error"]
+    assert summary["stages"][0]["status"] == "error" and said in summary["error"]
 
 
 def test_evaluate_certificate_verifies_on_its_branch_and_from_stage_is_checked(tmp_path, monkeypatch):

@@ -212,6 +212,17 @@ def test_cli_ci_json_exit_codes_and_junit(ci_repo, monkeypatch, tmp_path):
     assert set(doc) >= {"commit", "passed", "certificate", "checks"} and doc["passed"]
     assert all(set(c) >= {"name", "kind", "passed", "figures", "thresholds"} for c in doc["checks"])
     assert 'failures="0"' in (tmp_path / "j.xml").read_text()
+    r = runner.invoke(cli, ["ci", "--json", "--junit", str(tmp_path / "j.xml")])  # (its own report: replaced)
+    assert r.exit_code == 0, r.output
+    # h113 04: --junit .mvc/config replaced the repository's config, --junit mvc.toml the run's input
+    config, toml_text = open(os.path.join(ci_repo.dir, "config"), "rb").read(), open("mvc.toml", "rb").read()
+    for target, why in ((".mvc/config", "inside a repository's .mvc directory"),
+                        (".mvc/refs/heads/x", "inside a repository's .mvc directory"),
+                        ("mvc.toml", "exists and is not a JUnit report")):
+        r = runner.invoke(cli, ["ci", "--junit", target])
+        assert r.exit_code == 2 and why in r.stderr, r.output
+    assert open(os.path.join(ci_repo.dir, "config"), "rb").read() == config and open("mvc.toml", "rb").read() == toml_text
+    assert not os.path.exists(os.path.join(ci_repo.dir, "refs", "heads", "x"))
     bad = t.clone()
     bad[101] = 0
     ci_repo.commit({"core": {"table": bad}}, message="c")

@@ -364,7 +364,13 @@ def adapter_module(monkeypatch):
 
     def wrong_shape(state, tree):
         return lambda ids: torch.zeros(ids.shape[0], ids.shape[1], 10)
+    def exits(state, tree):  # (argparse in a helper, a library's init: SystemExit passed through, exit 0, h113 05)
+        sys.exit(0)
+
+    def model_exits(state, tree):
+        return lambda ids: sys.exit(0)
     mod.raising, mod.model_raises, mod.wrong_shape = raising, model_raises, wrong_shape
+    mod.exits, mod.model_exits = exits, model_exits
     monkeypatch.setitem(sys.modules, "user_adapters", mod)
 
 
@@ -387,6 +393,10 @@ FROZEN_LINES = 'component = "core"\nbaseline = "HEAD~1"\n'
      r"ci\.checks\[frozen\]\.adapter", "failed: ValueError: bad input"),
     ('component = "core"\nadapter = "user_adapters:wrong_shape"\nbaseline = "HEAD~1"\n',
      r"ci\.checks\[frozen\]\.adapter", r"\(1, 128, 10\)"),
+    ('component = "core"\nadapter = "user_adapters:exits"\nbaseline = "HEAD~1"\n',
+     r"ci\.checks\[frozen\]\.adapter", r"failed: it called sys\.exit\(0\)"),
+    ('component = "core"\nadapter = "user_adapters:model_exits"\nbaseline = "HEAD~1"\n',
+     r"ci\.checks\[frozen\]\.adapter", r"failed: it called sys\.exit\(0\)"),
 ])
 def test_config_mistakes_found_at_run_time_abort_ci(ci_repo, adapter_module, lines, key, match):
     _, c2 = two_commits(ci_repo)
