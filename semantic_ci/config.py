@@ -55,6 +55,8 @@ class CiConfig:
     def select(self, names) -> list[Check]:
         if not names:
             return list(self.checks)
+        if isinstance(names, str):  # (one name: its letters were taken for names, "no check named f, r, o")
+            names = [names]
         known = {c.name: c for c in self.checks}
         missing = [n for n in names if n not in known]
         if missing:
@@ -200,6 +202,9 @@ def _check(source, where, name, kind, raw) -> Check:
             set_by = "" if "max_general_ratio" in raw else f" (the {kind} preset's)"
             raise _err(source, f"{where}.general_data", f"max_general_ratio = {p['max_general_ratio']!r}{set_by} "
                        "bounds the general PPL ratio, which needs held-out general data")
+    if base_kind == "ppl-ratio" and "data" in p and "probe" in raw:  # (unread: one naming nothing passed)
+        raise _err(source, f"{where}.probe", "a ppl-ratio check reads its data file when `data` is set, never the "
+                   "probe: set one of the two")
     if base_kind == "ppl-ratio" and "baseline" not in p:
         raise _err(source, f"{where}.baseline", "a ppl-ratio check needs a baseline revision")
     if base_kind == "exact-logits" and "baseline" not in p and not p.get("roundtrip"):

@@ -201,6 +201,19 @@ def test_exact_logits_without_baseline_is_refused(tmp_path):
         cfgmod.load(str(tmp_path))
 
 
+def test_a_ppl_ratio_check_setting_data_and_probe_is_refused_and_names_are_not_split(tmp_path):
+    """With `data` set, a ppl-ratio check never read its `probe`: one naming no file passed (h113 06);
+    select("frozen") (a name, not a list) looked for checks f, r, o, z, e, n (h113 07)."""
+    (tmp_path / "mvc.toml").write_text("[ci]\n[[ci.checks]]\nname = 'x'\nkind = 'ppl-ratio'\nbaseline = 'main'\n"
+                                       "data = 'held.txt'\nprobe = 'no-such-probe.bin'\n")
+    with pytest.raises(ConfigError, match=r"ci\.checks\[x\]\.probe: a ppl-ratio check reads its data file"):
+        cfgmod.load(str(tmp_path))
+    (tmp_path / "mvc.toml").write_text("[ci]\n[[ci.checks]]\nname = 'frozen'\nkind = 'exact-logits'\n"
+                                       "baseline = 'main'\n[[ci.checks]]\nname = 'other'\nkind = 'exact-logits'\n"
+                                       "baseline = 'main'\n")
+    assert [c.name for c in cfgmod.load(str(tmp_path)).select("frozen")] == ["frozen"]
+
+
 # -- 5. --junit ----------------------------------------------------------------------------------
 def test_junit_bad_paths_refused_before_any_check_runs(ci_repo, tmp_path):
     _, c2 = two_commits(ci_repo)
