@@ -244,6 +244,8 @@ def load(root: str, text: str | None = None, source: str | None = None) -> CiCon
     source = source or path
     if text is None:
         if not os.path.exists(path):
+            if os.path.islink(path):  # (a link to nothing, or a loop of links: not "no mvc.toml")
+                raise ConfigError(f"{source}: a symbolic link to {os.readlink(path)}, which leads to no file")
             return None
         try:
             if os.path.isfile(path) and os.path.getsize(path) > MAX_CONFIG_BYTES:

@@ -212,6 +212,10 @@ def test_a_ppl_ratio_check_setting_data_and_probe_is_refused_and_names_are_not_s
                                        "baseline = 'main'\n[[ci.checks]]\nname = 'other'\nkind = 'exact-logits'\n"
                                        "baseline = 'main'\n")
     assert [c.name for c in cfgmod.load(str(tmp_path)).select("frozen")] == ["frozen"]
+    os.remove(tmp_path / "mvc.toml")
+    os.symlink("mvc.toml", tmp_path / "mvc.toml")  # (a loop: it was "no mvc.toml", no check run, h113)
+    with pytest.raises(ConfigError, match="mvc.toml: a symbolic link to mvc.toml, which leads to no file"):
+        cfgmod.load(str(tmp_path))
 
 
 # -- 5. --junit ----------------------------------------------------------------------------------
