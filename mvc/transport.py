@@ -43,6 +43,7 @@ import re
 import shlex
 import shutil
 import threading
+import unicodedata
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -838,7 +839,7 @@ def normalize_url(url: str) -> str:
     """What goes into the repository config: absolute paths; never credentials."""
     if not url.strip():
         raise BadInput("the remote URL is empty", "use a directory path, file:///PATH or s3://bucket/prefix")
-    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in url):  # (urlparse drops TAB, CR and LF: s3://b/exp<TAB>1
+    if any(unicodedata.category(c) == "Cc" for c in url):  # (urlparse drops TAB, CR and LF: s3://b/exp<TAB>1
         raise BadInput(f"the remote URL {url!r} holds a control character",  # read and wrote s3://b/exp1)
                        "name a location without tabs or line breaks")
     parsed = urlparse(url)

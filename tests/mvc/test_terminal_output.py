@@ -176,8 +176,10 @@ def test_pipeline_and_remote_names_follow_the_rules_of_new_branch_names(tmp_path
 
 def test_remote_urls_and_stage_names_reach_the_terminal_quoted(run, tmp_path):
     url = str(tmp_path / "remote\u202e\x1b]0;t\x07")
-    out = run("remote", "add", "origin", url).stdout + run("remote", "-v").stdout
-    assert not any(c in out for c in RAW) and '\\u202e\\x1b]0;t\\x07"' in out
+    refused = run("remote", "add", "origin", url, code=3).stderr  # (a control character: refused, and quoted)
+    assert not any(c in refused for c in RAW) and "\\u202e\\x1b]0;t\\x07" in refused
+    out = run("remote", "add", "origin", url.replace("\x1b]0;t\x07", "")).stdout + run("remote", "-v").stdout
+    assert not any(c in out for c in RAW) and '\\u202e"' in out
     from mvc.cli.run_cmds import LiveView, _line
     from mvc.quoting import one_line
     line = one_line(_line({"event": "stage", "stage": "core\u202e\x1b[2J"}))
