@@ -20,6 +20,7 @@ from . import components as comp
 from . import safetensors_format as stf
 from .errors import CorruptObject, FormatTooNew, MvcError, ObjectMissing, UnknownRevision
 from .files import FUTURE_SLACK_S, LockFile, is_atomic_temp, shared_or_exclusive
+from .interrupts import hold_user_handlers_in
 from .listing_cache import LISTING_DIR
 from .objects import (MAX_TREE_BYTES, SMALL_OBJECT, certificate_refs, decode, may_say_commit_or_tree, named_ids,
                       object_kind, tree_blob_ids, tree_blob_sizes)
@@ -73,6 +74,7 @@ def _release_reserve(mvc_dir: str) -> bool:
         return False
 
 
+@hold_user_handlers_in
 class Maintenance:
     """reachable, gc, fsck and du of a `Repo`."""
 

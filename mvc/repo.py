@@ -29,6 +29,7 @@ from .errors import (AmbiguousRevision, BadInput, BadName, ConfigError, CorruptO
                      UnknownRevision, WrongObjectType, os_error_text)
 from .diffs import diff_trees
 from .files import atomic_write, physical_path, shared_or_exclusive
+from .interrupts import hold_user_handlers_in
 from .maintenance import WRITERS_LOCK, Maintenance, keep_reserve
 from .objects import (MAX_JSON_DEPTH, SMALL_OBJECT, canonical_json, check_component_name, check_metric,
                       check_new_component_name, check_new_ref_name, check_no_nesting,
@@ -119,6 +120,7 @@ def _check_expected_head(ref: str, head: str | None, expect_head: str | None) ->
                           "committed to it or moved it", f"mvc reflog {name} shows its moves")
 
 
+@hold_user_handlers_in
 class Repo(Maintenance):
     """An mvc repository. `Repo(path)` finds .mvc at or above `path`; `Repo.init(path)` creates one."""
 

@@ -218,6 +218,9 @@ def _on_sigterm(signum, frame):
     raise Terminated(signum)
 
 
+_on_sigterm.mvc_interrupts = True  # (interrupts as Ctrl-C does: see mvc.interrupts.user_handlers_held)
+
+
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 

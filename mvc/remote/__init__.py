@@ -42,6 +42,11 @@ from .fetching import fetch, pull
 from .pushing import RepairIncomplete, push
 from .repairing import repair
 
+from ..interrupts import holding_user_handlers
+
+# (each call whole before a program's own signal handler runs: see mvc.interrupts.user_handlers_held)
+clone, fetch, pull, push, repair = (holding_user_handlers(f) for f in (clone, fetch, pull, push, repair))
+
 __all__ = ["DEFAULT_JOBS", "DEFAULT_REMOTE", "MAX_META_BYTES", "NAMED_MAX_BYTES", "Pool", "Progress",
            "RepairIncomplete", "add_remote", "ancestors", "check_remote_name", "clone", "default_clone_dir",
            "fetch", "is_ancestor", "is_url", "list_remotes", "open_remote", "pull", "push", "receive",

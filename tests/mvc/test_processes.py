@@ -282,7 +282,7 @@ SAVE_ON_SIGTERM = textwrap.dedent("""
     def on_sigterm(signum, frame):  # a training loop's save-on-preemption
         cid = repo.commit({"core": {"w": torch.zeros(4)}}, message="preempted")
         print("handler committed", cid, flush=True)
-        if case == "blobs":
+        if case in ("blobs", "lazy"):
             sys.exit(0)
     signal.signal(signal.SIGTERM, on_sigterm)
     sent = []
@@ -298,36 +298,66 @@ SAVE_ON_SIGTERM = textwrap.dedent("""
         R.RefStore._logged_move = lambda self, *a: (send(), move(self, *a))[1]
         repo.commit({"core": {"w": torch.full((4,), 2.0)}}, message="periodic")
         print("periodic commit returned", flush=True)
-    else:  # while gc holds the writers lock exclusively (with garbage to pack)
+    elif case == "gc":  # while gc holds the writers lock exclusively (with garbage to pack)
         repo.commit({"core": {"w": torch.randn(1000)}}, message="garbage")
         repo.rollback()
         real = pw.hash_bytes
         pw.hash_bytes = lambda data: (send(), real(data))[1]
-        try:
-            repo.gc(grace_s=0)
-        except mvc.LockHeld as e:
-            print("refused:", e, flush=True)
+        repo.gc(grace_s=0)
+        print("gc returned", flush=True)
+    elif case == "lazy":  # while a lazy clone's load holds its batch of fetched blobs open
+        from mvc import remote as rm
+        from mvc.store import LooseStore
+        repo.commit({"core": {f"w{i}": torch.randn(64) for i in range(4)}}, message="four")
+        rm.push(repo, sys.argv[1] + "-remote")
+        lazy, _ = rm.clone(sys.argv[1] + "-remote", sys.argv[1] + "-lazy", lazy=True)
+        repo = lazy  # (the handler commits here)
+        real = LooseStore.batch_slots
+        LooseStore.batch_slots = lambda self: (send(), real(self))[1]
+        lazy.load("HEAD", "core")
+        print("load returned", flush=True)
+    else:  # a commit inside a commit without a signal (a progress callback that commits): refused inside gc
+        repo.commit({"core": {"w": torch.randn(1000)}}, message="garbage")
+        repo.rollback()
+        real = pw.hash_bytes
+        def commits_inside(data):
+            try:
+                repo.commit({"core": {"w": torch.zeros(4)}}, message="inside gc")
+            except mvc.LockHeld as e:
+                print("refused:", e, flush=True)
+                pw.hash_bytes = real
+            return real(data)
+        pw.hash_bytes = commits_inside
+        repo.gc(grace_s=0)
 """)
 
 
-@pytest.mark.parametrize("case", ["blobs", "ref", "gc"])
+@pytest.mark.parametrize("case", ["blobs", "ref", "gc", "lazy", "callback"])
 def test_a_signal_handler_that_commits_inside_a_commit_or_gc_neither_damages_nor_hangs(tmp_path, case):
-    """A SIGTERM handler that commits (save on preemption) while its thread was inside a commit: its
-    objects joined that commit's batch and were deleted with it when the handler ended the process,
-    the branch naming a missing commit (h114 03); inside a ref move, the signal held back was given
-    to the handler under the ref's lock, on which its commit waited 10 s and failed (h114 04), or
-    under the branch's turn, on which it waited forever; inside gc, it waited forever for its own
-    process's exclusive lock (h114 07): now a clear error at once."""
+    """A SIGTERM handler that commits (save on preemption) ran inside the mvc call its thread was in:
+    inside a commit its objects joined that commit's batch and were deleted with it when the handler
+    ended the process, the branch naming a missing commit (h114 03); inside a ref move, its commit
+    waited 10 s for the ref's lock and failed (h114 04), or forever for the branch's turn; inside gc,
+    forever for its own process's exclusive lock (h114 07); inside a lazy load, a lock wait or a
+    pack lookup, it joined the load's batch or hung (h115 01-04). A program's own handlers now run
+    once the call returns; a commit from a callback inside gc is refused at once."""
     repo = mvc.Repo.init(tmp_path / "r")
     p = subprocess.run([sys.executable, "-c", SAVE_ON_SIGTERM, str(repo.root), case], capture_output=True,
                        text=True, timeout=60)
     fresh = mvc.Repo(repo.root)
     assert fresh.fsck()["ok"]
     messages = [c["message"] for c in fresh.log()]
-    if case == "blobs":
-        assert p.returncode == 0 and "handler committed" in p.stdout and messages == ["preempted", "start"]
+    if case == "blobs":  # (the periodic commit lands, then the handler's, which ends the process)
+        assert p.returncode == 0 and "handler committed" in p.stdout and messages == ["preempted", "periodic", "start"]
     elif case == "ref":
         assert p.returncode == 0 and "periodic commit returned" in p.stdout, p.stderr
         assert messages == ["preempted", "periodic", "start"]
+    elif case == "gc":
+        assert p.returncode == 0 and "handler committed" in p.stdout and "gc returned" in p.stdout, p.stdout
+        assert messages == ["preempted", "start"]
+    elif case == "lazy":  # (the load returns to the handler, which commits in the lazy clone and ends it)
+        lazy = mvc.Repo(str(repo.root) + "-lazy")
+        assert p.returncode == 0 and "handler committed" in p.stdout and lazy.fsck()["ok"], p.stdout + p.stderr
+        assert [c["message"] for c in lazy.log()] == ["preempted", "four", "start"] and messages == ["four", "start"]
     else:
-        assert "refused: this thread holds" in p.stdout + p.stderr and "from a signal handler" in p.stdout + p.stderr
+        assert p.returncode == 0 and "refused: this thread holds" in p.stdout and messages == ["start"], p.stdout
