@@ -835,6 +835,15 @@ def is_url(text: str) -> bool:
     return "://" in text or text.startswith(("/", ".", "~")) or os.path.isdir(text)
 
 
+def _parse_url(url: str, what: str = "remote URL"):
+    """urlparse's parts of `url`, or BadInput where it refuses it (ValueError: a '[' opening no IPv6
+    address, a host that NFKC changes)."""
+    try:
+        return urlparse(url)
+    except ValueError as e:
+        raise BadInput(f"the {what} {url!r} cannot be read as a URL: {e}", "name it in another way") from None
+
+
 def normalize_url(url: str) -> str:
     """What goes into the repository config: absolute paths; never credentials."""
     if not url.strip():
@@ -842,7 +851,7 @@ def normalize_url(url: str) -> str:
     if any(unicodedata.category(c) == "Cc" for c in url):  # (urlparse drops TAB, CR and LF: s3://b/exp<TAB>1
         raise BadInput(f"the remote URL {url!r} holds a control character",  # read and wrote s3://b/exp1)
                        "name a location without tabs or line breaks")
-    parsed = urlparse(url)
+    parsed = _parse_url(url)
     if parsed.scheme and (parsed.username or parsed.password or "@" in parsed.netloc):  # (before any message
         raise BadInput("credentials are never stored in the repository config",        # that shows the URL)
                        "use the standard AWS environment variables or ~/.aws/credentials")
@@ -871,7 +880,7 @@ def check_endpoint(endpoint: str | None, url: str | None = None) -> str | None:
     if url is not None and not url.startswith("s3://"):
         raise BadInput(f"an endpoint is for S3 remotes (s3://bucket/prefix); {url} is a directory",
                        "leave the endpoint out")
-    parsed = urlparse(endpoint)
+    parsed = _parse_url(endpoint, "endpoint")
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise BadInput(f"endpoint {endpoint!r} is not an http(s) URL", "e.g. --endpoint http://127.0.0.1:9000")
     if parsed.username or parsed.password:
@@ -901,7 +910,7 @@ def configured_remote(config: configparser.ConfigParser, name: str, root: str) -
     if not config.has_option(section, "url"):
         raise ConfigError(f"no remote named {name!r}", "add one with mvc remote add NAME URL")
     url = config.get(section, "url")
-    parsed = urlparse(url)
+    parsed = _parse_url(url)
     path = unquote(parsed.path) if parsed.scheme == "file" and parsed.netloc in ("", "localhost") else \
         url if not parsed.scheme else None  # (file:../x too; one with ? or # is left whole: refused on use)
     if parsed.scheme == "file" and ("?" in url or "#" in url):
@@ -921,7 +930,7 @@ def open_configured_remote(config: configparser.ConfigParser, name: str, root: s
     """The transport of remote `name` of the repository at `root`. A URL with '?' or '#' (which an
     older mvc let in, reading it cut there) is refused saying what that mvc used."""
     url, endpoint = configured_remote(config, name, root)
-    parsed = urlparse(url)
+    parsed = _parse_url(url)
     if parsed.scheme in ("file", "s3") and ("?" in url or "#" in url):
         used = re.split(r"[?#]", url, maxsplit=1)[0].rstrip("/")
         normalize_url(used)  # (credentials are refused before any message shows the URL)

@@ -44,9 +44,10 @@ def _segments(t: Transport) -> dict[str, str | None] | None:
     return dict(sorted(listed.items(), key=lambda kv: -int(kv[0][len(GRAPH_PREFIX):])))
 
 
-def record(t: Transport, lines: list[bytes]) -> None:
+def record(t: Transport, lines: list[bytes]) -> bool:
     """Append `lines` to the remote's graph: to its last segment (compare-and-swap), then to new
-    ones past SEGMENT_BYTES. Failures are left to the caller: a push goes on without them."""
+    ones past SEGMENT_BYTES; False where graph/ holds other files (nothing written). Failures are
+    left to the caller: a push goes on without them."""
     pending = list(lines)
     conflicts = 0
     name = None  # the segment to write next, when known without a listing (the one after a full one)
@@ -54,7 +55,7 @@ def record(t: Transport, lines: list[bytes]) -> None:
         if name is None:
             segments = _segments(t)
             if segments is None:
-                return
+                return False
             name = next(iter(segments), None)
             data, token = t.read_file(name) if name else (None, ABSENT)
             if data is None or len(data) + len(pending[0]) > SEGMENT_BYTES:
@@ -73,6 +74,7 @@ def record(t: Transport, lines: list[bytes]) -> None:
             continue
         pending = pending[take:]
         name, data, token = _next(t, name), b"", ABSENT
+    return True
 
 
 def _next(t: Transport, name: str | None) -> str:
@@ -100,9 +102,12 @@ def _read_into(t: Transport, pool: Pool, listed: dict, names: list[str], graph: 
         _parse(data, graph)
 
 
-def read_graph(t: Transport, pool: Pool) -> dict[str, list[str]]:
-    """{commit: parents} as the whole of the remote's graph says (lines that do not parse are left out)."""
-    listed = _segments(t) or {}
+def read_graph(t: Transport, pool: Pool) -> dict[str, list[str]] | None:
+    """{commit: parents} as the whole of the remote's graph says (lines that do not parse are left
+    out); None where graph/ holds other files (the graph is left alone there: see _segments)."""
+    listed = _segments(t)
+    if listed is None:
+        return None
     graph: dict[str, list[str]] = {}
     _read_into(t, pool, listed, list(listed), graph)
     t.save_listing_cache(GRAPH_PREFIX, listed)

@@ -158,7 +158,8 @@ def _push(repo: Repo, name, t: Transport, branch, force, dry_run, delete, pool: 
     sent = _send(repo, t, where, plan, pool, progress)
     author = default_author(repo.root)  # (of the moves: a repository remote's reflog names who pushed)
     _repaired({**result, "sent": sent}, where)  # nothing moves while history there is incomplete
-    _record_graph(repo, t, plan["new_commits"], local)
+    if not _record_graph(repo, t, plan["new_commits"], local) and repair:
+        plan["report"]["graph_added"] = 0  # (not written: a warning says why, or graph/ is another's)
     if old != local:
         try:
             t.update_ref(ref, local, expected=old, replace_damaged=force,
@@ -520,6 +521,8 @@ def _graph_lacks(repo: Repo, t: Transport, pool: Pool, commits: list[str]) -> di
         graph = commit_graph.read_graph(t, pool)
     except MvcError:
         return {}
+    if graph is None:  # (graph/ holds another's files: left alone)
+        return {}
     parents = {c: repo.read_commit(c)["parents"] for c in commits}
     return {c: ps for c, ps in parents.items() if graph.get(c) != ps}
 
@@ -615,13 +618,13 @@ def _tags_to_push(repo: Repo, local: str, remote_refs: dict) -> tuple[dict, dict
     return send, skipped
 
 
-def _record_graph(repo: Repo, t: Transport, parents: dict[str, list[str]], local: str) -> None:
+def _record_graph(repo: Repo, t: Transport, parents: dict[str, list[str]], local: str) -> bool:
     """Add the commits of `parents` (those the branch gains there: {commit: its parents}, as the
     plan read them) to the remote's commit graph, where it keeps one, newest first (what a fetch
     from `local` meets first): a hint for fetches, so a push goes on without it (a fetch then walks
     those commits one by one)."""
     if not t.keeps_commit_graph or not parents:
-        return
+        return False
     ordered, todo, seen = [], collections.deque([local]), set()
     while todo:  # (from the tip down, within `commits`; any not met so: after them)
         c = todo.popleft()
@@ -631,10 +634,11 @@ def _record_graph(repo: Repo, t: Transport, parents: dict[str, list[str]], local
             todo.extend(parents[c])
     ordered += sorted(set(parents) - seen)
     try:
-        commit_graph.record(t, [commit_graph.graph_line(c, parents[c]) for c in ordered])
+        return commit_graph.record(t, [commit_graph.graph_line(c, parents[c]) for c in ordered])
     except MvcError as e:
         warnings.warn(f"the commit graph on {t.describe()} was not updated ({e.message}); fetches of these "
                       "commits read them one at a time")
+        return False
 
 
 def _certified_history(repo: Repo, local: str, certified: set) -> set[str]:

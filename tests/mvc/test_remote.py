@@ -2342,6 +2342,11 @@ def test_push_repair_adds_to_the_commit_graph_what_an_older_mvc_left_out_or_a_li
     assert rm.push(src, repair=True)["repair"]["graph_added"] == 0
     dst, _ = rm.clone(remote.url, str(tmp_path / "dst"), endpoint=remote.endpoint)
     assert [c["id"] for c in dst.log()] == [more, *ids[::-1]] and dst.fsck()["ok"]
+    for name in remote.transport().list_files("graph/"):  # (graph/ holding another's file: left alone, and
+        remote.client.delete_object(Bucket=remote.bucket, Key="team/models/" + name)  # none said added, h115 05)
+    _write_remote_file(remote, "graph/README", b"not a segment\n")
+    assert rm.push(src, repair=True)["repair"]["graph_added"] == 0
+    assert remote.transport().list_files("graph/") == ["graph/README"]
 
 
 def test_the_first_push_of_a_long_history_records_all_of_it_and_a_fetch_reads_only_the_newest_segments(

@@ -721,6 +721,9 @@ def test_relative_file_urls_and_remote_v_are_the_repositorys_and_file_urls_are_n
         r = invoke(monkeypatch, in_repo.root, "push", url, "main")
         assert r.exit_code == 3 and "holds a control character" in r.stderr, r.output
     assert not os.path.exists(os.path.join(parent, "ab")) and "ctl" not in {r["name"] for r in rm.list_remotes(in_repo)}
+    for url in ("s3://[b/x", "s3://b\uff03c/x"):  # (urlparse's ValueError was a bug, exit 4: h115 06)
+        r = invoke(monkeypatch, in_repo.root, "remote", "add", "odd", url)
+        assert r.exit_code == 3 and "cannot be read as a URL" in r.stderr, r.output
 
 
 def test_a_configured_s3_url_with_a_fragment_says_where_an_older_mvc_pushed(in_repo, monkeypatch, aws_env):
