@@ -649,7 +649,8 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                  if isinstance(c.get("config"), str) and c["config"].endswith(ours)]
         if not gated:  # killed between the commit and its gates
             if not _gates_ok(run, stage, head, history, job):
-                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key,
+                                                   expected=head)
                 head = repo.branches().get(branch)
                 history = _history(repo, head, key)
         else:  # killed after its gates ran (before the rollback of a failing one, or before the done commit)
@@ -657,7 +658,8 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
             run.last_certificate[stage.name] = cid
             if not certificate.passed(cert):
                 run.last_failure[stage.name] = "; ".join(c["name"] for c in cert["checks"] if c["status"] == "failed")
-                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key,
+                                                   expected=head)
                 head = repo.branches().get(branch)
                 history = _history(repo, head, key)
     else:
@@ -708,7 +710,8 @@ def train_stage(run: Run, stage: Stage, job_factory, inputs: dict, start_commit:
                                                 max(time.perf_counter() - t0, 1e-9)),
                       "commit": cid, "attempt": attempt, **({"diverged": True} if nonfinite else {})})
             if not _gates_ok(run, stage, cid, history, job):
-                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key)
+                attempt, settings, job = _fallback(run, stage, attempt, retries, settings, job_factory, branch, key,
+                                                   expected=expected)
                 expected = repo.branches().get(branch)
                 history = _history(repo, expected, key)
                 break
@@ -733,8 +736,27 @@ def commit_on_stage_branch(run, stage, branch: str, expected: str | None, compon
     try:
         return run.repo.commit(components, branch=branch, expect_head=expected or "", **kw)
     except RefConflict as e:
-        raise StageError(f"{run.pipeline.path}: stage {stage.name}: {e.message}; the run stopped",
-                         f"mvc reflog {branch} shows its moves; run again to go on from where the branch is") from None
+        raise _moved(run, stage, branch, e.message) from None
+
+
+def move_stage_branch(run, stage, branch: str, to: str | None, expected: str | None, message: str) -> None:
+    """Move `branch` to `to` (None: delete it) if it is still at `expected` (None: does not exist),
+    where the stage found it before its work (checks may run for minutes): else the run stops."""
+    try:
+        run.repo.refs.update(f"refs/heads/{branch}", to, expected=expected, message=message)
+    except RefConflict:
+        _branch_moved(run, stage, branch, run.repo.branches().get(branch), expected)
+
+
+def _branch_moved(run, stage, branch: str, head: str | None, expected: str | None):
+    raise _moved(run, stage, branch, f"branch {branch} is at {head[:12] if head else 'nothing'}, not at "
+                                     f"{expected[:12] if expected else 'nothing'} as expected: another process "
+                                     "committed to it or moved it")
+
+
+def _moved(run, stage, branch: str, what: str) -> StageError:
+    return StageError(f"{run.pipeline.path}: stage {stage.name}: {what}; the run stopped",
+                      f"mvc reflog {branch} shows its moves; run again to go on from where the branch is")
 
 
 def certificate_source(run, stage) -> str:
@@ -775,21 +797,28 @@ def _history(repo, head, key) -> list[dict]:
 
 
 def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict, job_factory, branch, key,
-              failed_at: str | None = None):
+              failed_at: str | None = None, expected: str | None = None):
     """Roll the branch back to the last passing commit and retry with the fallback settings.
     `failed_at`: mvc.toml's on-commit CI failed that commit and rolled the branch back already
-    (rolling back again dropped the passing checkpoint it had gone back to)."""
+    (rolling back again dropped the passing checkpoint it had gone back to); else `expected` is
+    where the run left the branch: one that moved meanwhile stops the run (the rollback dropped
+    another process's commit from it, h115 07)."""
     repo = run.repo
     head = repo.branches().get(branch)
     if failed_at is not None:
         target, head = head, failed_at
     else:
+        if expected is not None and head != expected:
+            _branch_moved(run, stage, branch, head, expected)
         target = certificate.last_passing_ancestor(repo, head) if head else None
     info = stage_info(repo, target)
     if failed_at is None and head and head != target:
-        repo.refs.update(f"refs/heads/{branch}", target, expected=head,
-                         message=f"pipeline rollback: {stage.name} gate failed at {head[:12]}; back to "
-                                 f"{target[:12] if target else '(start)'}")
+        try:
+            repo.refs.update(f"refs/heads/{branch}", target, expected=head,
+                             message=f"pipeline rollback: {stage.name} gate failed at {head[:12]}; back to "
+                                     f"{target[:12] if target else '(start)'}")
+        except RefConflict:
+            _branch_moved(run, stage, branch, repo.branches().get(branch), head)
     run.emit({"event": "rollback", "stage": stage.name, "from": head, "to": target, "attempt": attempt})
     if attempt >= retries:
         last = run.last_failure.get(stage.name)
@@ -819,5 +848,5 @@ def _fallback(run: Run, stage: Stage, attempt: int, retries: int, settings: dict
     if job.trainer.step >= job.trainer.total_steps:  # a retry whose total the rollback already reached: that
         # checkpoint ends the stage, gated as its end (it became "done" with its end gates never run)
         if not _gates_ok(run, stage, target, _history(repo, target, key), job):
-            return _fallback(run, stage, attempt + 1, retries, new, job_factory, branch, key)
+            return _fallback(run, stage, attempt + 1, retries, new, job_factory, branch, key, expected=target)
     return attempt + 1, new, job

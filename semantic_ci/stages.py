@@ -9,8 +9,8 @@ from . import certificate
 from .checks import Context, run_check
 from .config import Check, CiConfig
 from .models import ModelCache
-from .pipeline import (Run, StageError, certificate_source, commit_on_stage_branch, finished, stage_info,
-                       start_over, train_stage)
+from .pipeline import (Run, StageError, certificate_source, commit_on_stage_branch, finished,
+                       move_stage_branch, stage_info, start_over, train_stage)
 from .pipeline_config import COMPRESS_BUDGET, Stage, core_seed
 
 UNBOUNDED_STEPS = 10 ** 9  # a wall-clock-only budget
@@ -363,10 +363,8 @@ def evaluate(run: Run, stage: Stage):
         from .pipeline import PipelineFailed
         failed = ", ".join(c["name"] for c in results if c["status"] == "failed")
         raise PipelineFailed(f"stage {stage.name}: checks failed ({failed}); certificate {cert_id[:12]}")
-    if head is None:
-        repo.create_branch(branch, target)
-    else:
-        repo.refs.update(f"refs/heads/{branch}", target, message=f"pipeline: evaluate {stage.name}")
+    # (the branch must be where it was before the checks ran: minutes, on a real model)
+    move_stage_branch(run, stage, branch, target, head, f"pipeline: evaluate {stage.name}")
     done = commit_on_stage_branch(
         run, stage, branch, target, {}, message=f"{stage.name}: certified {target[:12]}", run_hooks=False,
         metrics={"certificate_passed": True},

@@ -1217,12 +1217,13 @@ def test_the_report_of_a_failed_evaluate_stage_shows_this_runs_certificate_not_t
     assert "failed (commit: an earlier run's)" in out.getvalue()
 
 
-@pytest.mark.parametrize("move", ["commit", "rollback"])
+@pytest.mark.parametrize("move", ["commit", "rollback", "commit, then the gate fails"])
 def test_a_stage_branch_moved_by_another_process_mid_run_stops_the_run(tmp_path, monkeypatch, move):
     """The run committed each checkpoint (and its "done" commit) on whatever head the stage branch
     had: another process's commit after the last gate became the stage's result, carrying the gate
     certificate of weights it did not hold (`mvc verify` passed them); a user's rollback mid-run was
-    built upon and undone unseen (h113 01, 03). Now the run stops, the branch as the other left it."""
+    built upon and undone unseen (h113 01, 03); a failing gate's rollback dropped such a commit from
+    the branch (h115 07). Now the run stops, the branch as the other left it."""
     import semantic_ci.pipeline as sp
     root, repo = make_project(tmp_path, steps=8)
     real = sp._gates_ok
@@ -1232,12 +1233,13 @@ def test_a_stage_branch_moved_by_another_process_mid_run_stops_the_run(tmp_path,
         ok = real(run, stage, commit, history, job)
         if stage.name == "core" and not moved and job.trainer.step == 8:  # (after the last gate)
             other = mvc.Repo(str(root))
-            if move == "commit":
+            if move.startswith("commit"):
                 core = {k: torch.zeros_like(v) for k, v in other.load(commit, "core").items()}
                 moved["to"] = other.commit({"core": core}, message="someone else's core", branch="demo/core")
             else:
                 moved["to"] = other.read_commit(commit)["parents"][0]
                 other.refs.update("refs/heads/demo/core", moved["to"], message="rollback")
+            return ok and move != "commit, then the gate fails"
         return ok
     monkeypatch.setattr(sp, "_gates_ok", gates_then_another_process)
     with pytest.raises(sp.StageError, match="stage core: branch demo/core is at .*another process committed to it or "
@@ -1246,7 +1248,7 @@ def test_a_stage_branch_moved_by_another_process_mid_run_stops_the_run(tmp_path,
     assert repo.branches()["demo/core"] == moved["to"]  # (left as the other process left it)
     assert [c["message"] for c in repo.log("demo/core") if "done" in c["message"]] == []
     monkeypatch.setattr(sp, "_gates_ok", real)
-    if move == "commit":  # run again: the commit it did not make is named, as at rest
+    if move.startswith("commit"):  # run again: the commit it did not make is named, as at rest
         with pytest.raises(MvcError, match="ends in commits the pipeline did not make"):
             run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
     else:  # run again: it goes on from the checkpoint the user went back to
@@ -1254,6 +1256,27 @@ def test_a_stage_branch_moved_by_another_process_mid_run_stops_the_run(tmp_path,
         assert run_pipeline(repo, load(str(root / "p.toml")), emit=events.append)["passed"]
         assert [(e["step"], e["commit"]) for e in events if e["event"] == "resume"] == [(4, moved["to"])]
         assert [c["extra"]["pipeline"]["step"] for c in checkpoints(repo, "demo/core")] == [8, 4]
+
+
+def test_an_evaluate_stage_whose_branch_moves_while_its_checks_run_stops(tmp_path, monkeypatch):
+    """The evaluate stage moved its branch to its target after its checks (minutes on a real model)
+    without looking: a commit another process made there meanwhile was dropped (h115 09)."""
+    import semantic_ci.pipeline as sp
+    import semantic_ci.stages as ss
+    root, repo = make_project(tmp_path, steps=4)
+    assert run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)["passed"]
+    (root / "p.toml").write_text((root / "p.toml").read_text().replace("probe_bytes = 256", "probe_bytes = 128"))
+    real, moved = ss.run_check, {}
+
+    def check_while_another_process_commits(ctx, c):
+        if not moved:
+            other = mvc.Repo(str(root))
+            moved["to"] = other.commit({"extra": {"w": torch.ones(2)}}, message="someone else's", branch="demo/certify")
+        return real(ctx, c)
+    monkeypatch.setattr(ss, "run_check", check_while_another_process_commits)
+    with pytest.raises(sp.StageError, match="stage certify: branch demo/certify is at .* the run stopped"):
+        run_pipeline(repo, load(str(root / "p.toml")), emit=lambda e: None)
+    assert repo.branches()["demo/certify"] == moved["to"]
 
 
 def test_verify_refuses_a_certificate_a_commit_borrows_for_other_weights(tmp_path):
