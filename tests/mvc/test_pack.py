@@ -1649,6 +1649,21 @@ def test_an_index_a_killed_gc_left_of_a_pack_of_garbage_is_no_damage(repo):
     assert not os.path.exists(os.path.join(pack_dir, name + ".idx"))
 
 
+def fine_tuned_history(path, cache_mb: str, tensors: int, elements: int, commits: int, name: str):
+    """A repository (pack.cacheMB `cache_mb`) of `commits` versions of `tensors` float tensors named
+    <name><i>, each a fine-tuning step on the one before (packed: each version an XOR delta)."""
+    repo = mvc.Repo.init(path)
+    repo.set_config("pack.cacheMB", cache_mb)
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(elements, generator=g) for _ in range(tensors)]
+    for c in range(commits):
+        repo.commit({"core": {f"{name}{i}": w for i, w in enumerate(ws)}}, message=f"c{c}")
+        ws = [w.clone() for w in ws]
+        for w in ws:
+            w[::7] += 1e-3
+    return repo
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_pack_fsck_and_push_decode_each_delta_once_however_small_the_cache(tmp_path, monkeypatch, streamed):
     """A delta's base was looked up in the decode cache alone: a base larger than the cache (an
@@ -1661,15 +1676,7 @@ def test_pack_fsck_and_push_decode_each_delta_once_however_small_the_cache(tmp_p
     from mvc import remote as rm
     if streamed:
         monkeypatch.setattr(pack_codec, "STREAM_BYTES", 64 << 10)
-    repo = mvc.Repo.init(tmp_path / "r")
-    repo.set_config("pack.cacheMB", "0.1")  # (each tensor: 256 KB)
-    g = torch.Generator().manual_seed(0)
-    ws = [torch.randn(64 << 10, generator=g) for _ in range(3)]
-    for c in range(9):
-        repo.commit({"core": {f"w{i}": w for i, w in enumerate(ws)}}, message=f"c{c}")
-        ws = [w.clone() for w in ws]
-        for w in ws:
-            w[::7] += 1e-3  # (a fine-tuning step: each version an XOR delta on the one before)
+    repo = fine_tuned_history(tmp_path / "r", "0.1", tensors=3, elements=64 << 10, commits=9, name="w")
     decodes = []
     real_decode, real_hash = mp.pf_decode, pack_codec.decode_hash
     monkeypatch.setattr(mp, "pf_decode", lambda entry, e, size, *a, **k: (
@@ -1701,15 +1708,7 @@ def test_push_takes_a_base_packed_and_loose_from_its_loose_copy_for_the_deltas_o
     too counts as read: else every base was kept to the end of the push)."""
     import mvc.pack as mp
     from mvc import remote as rm
-    repo = mvc.Repo.init(tmp_path / "r")
-    repo.set_config("pack.cacheMB", "0.05")
-    g = torch.Generator().manual_seed(0)
-    ws = [torch.randn(16 << 10, generator=g) for _ in range(4)]
-    for c in range(10):
-        repo.commit({"core": {f"t{i}": w for i, w in enumerate(ws)}}, message=f"c{c}")
-        ws = [w.clone() for w in ws]
-        for w in ws:
-            w[::7] += 1e-3
+    repo = fine_tuned_history(tmp_path / "r", "0.05", tensors=4, elements=16 << 10, commits=10, name="t")
     loose = {oid: repo.loose.get(oid) for oid in repo.loose.ids()}
     pack(mvc.Repo(repo.root))
     ps = pack_store_of(mvc.Repo(repo.root).store)
