@@ -835,13 +835,13 @@ def is_url(text: str) -> bool:
     return "://" in text or text.startswith(("/", ".", "~")) or os.path.isdir(text)
 
 
-def _parse_url(url: str, what: str = "remote URL"):
+def _parse_url(url: str, what: str = "remote URL", hint: str = "name it in another way"):
     """urlparse's parts of `url`, or BadInput where it refuses it (ValueError: a '[' opening no IPv6
     address, a host that NFKC changes)."""
     try:
         return urlparse(url)
     except ValueError as e:
-        raise BadInput(f"the {what} {url!r} cannot be read as a URL: {e}", "name it in another way") from None
+        raise BadInput(f"the {what} {url!r} cannot be read as a URL: {e}", hint) from None
 
 
 def normalize_url(url: str) -> str:
@@ -910,7 +910,10 @@ def configured_remote(config: configparser.ConfigParser, name: str, root: str) -
     if not config.has_option(section, "url"):
         raise ConfigError(f"no remote named {name!r}", "add one with mvc remote add NAME URL")
     url = config.get(section, "url")
-    parsed = _parse_url(url)
+    try:
+        parsed = urlparse(url)
+    except ValueError:  # (refused where it is used: listing remotes, or using another, must not fail on it)
+        return url, config.get(section, "endpoint", fallback=None)
     path = unquote(parsed.path) if parsed.scheme == "file" and parsed.netloc in ("", "localhost") else \
         url if not parsed.scheme else None  # (file:../x too; one with ? or # is left whole: refused on use)
     if parsed.scheme == "file" and ("?" in url or "#" in url):
@@ -930,7 +933,8 @@ def open_configured_remote(config: configparser.ConfigParser, name: str, root: s
     """The transport of remote `name` of the repository at `root`. A URL with '?' or '#' (which an
     older mvc let in, reading it cut there) is refused saying what that mvc used."""
     url, endpoint = configured_remote(config, name, root)
-    parsed = _parse_url(url)
+    parsed = _parse_url(url, f"URL of remote {shown(name)} in .mvc/config,",
+                        f"set another with mvc config remote.{name}.url URL, or mvc remote remove {name}")
     if parsed.scheme in ("file", "s3") and ("?" in url or "#" in url):
         used = re.split(r"[?#]", url, maxsplit=1)[0].rstrip("/")
         normalize_url(used)  # (credentials are refused before any message shows the URL)

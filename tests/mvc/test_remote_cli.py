@@ -724,6 +724,12 @@ def test_relative_file_urls_and_remote_v_are_the_repositorys_and_file_urls_are_n
     for url in ("s3://[b/x", "s3://b\uff03c/x"):  # (urlparse's ValueError was a bug, exit 4: h115 06)
         r = invoke(monkeypatch, in_repo.root, "remote", "add", "odd", url)
         assert r.exit_code == 3 and "cannot be read as a URL" in r.stderr, r.output
+    with open(os.path.join(in_repo.dir, "config"), "a") as f:  # (one written by hand: the others still work,
+        f.write('[remote "q"]\nurl = s3://[b/x\n')            # it fails when used, named: h116 07)
+    assert invoke(monkeypatch, in_repo.root, "remote", "-v").exit_code == 0
+    assert invoke(monkeypatch, in_repo.root, "push", "origin").exit_code == 0
+    r = invoke(monkeypatch, in_repo.root, "fetch", "q")
+    assert r.exit_code == 3 and "the URL of remote q in .mvc/config, 's3://[b/x' cannot be read" in r.stderr
 
 
 def test_a_configured_s3_url_with_a_fragment_says_where_an_older_mvc_pushed(in_repo, monkeypatch, aws_env):
