@@ -46,56 +46,80 @@ def deliver(signals: list[int]) -> None:
         signal.raise_signal(s)
 
 
-_HELD = threading.local()  # n: user handlers are held back by an mvc call this thread is in
+_HELD = threading.local()  # n: a program's handlers are held back by an mvc call this thread is in
+# the signals whose program handlers are held: a scheduler's stop or preemption notice (SLURM's
+# --signal=USR1@90, Lightning's requeue). Not SIGINT: Ctrl-C must stop a long call (asyncio's handler,
+# a program's own, cancels at the first and raises at the second)
+_HOLDABLE = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
 
 def _own(handler) -> bool:
-    """Whether `handler` interrupts as Ctrl-C does (Python's KeyboardInterrupt, the CLI's Terminated):
-    mvc's code is written to be interrupted so; a program's own handler is not (see user_handlers_held)."""
+    """Whether `handler` interrupts as Ctrl-C does (the CLI's Terminated): mvc's code is written to
+    be interrupted so; a program's own handler is not (see call_holding_user_handlers)."""
     return handler is signal.default_int_handler or getattr(handler, "mvc_interrupts", False)
 
 
 @contextlib.contextmanager
-def user_handlers_held():
-    """The program's own Python handlers of SIGINT, SIGTERM and SIGHUP (a training loop saving a
-    checkpoint on SIGTERM, then ending) held back while an mvc call runs, then called: such a
-    handler calling mvc inside the call found what the call holds taken by its own thread (a lock:
-    a hang) or half done (a batch of objects it joined, deleted when the handler ended the
-    process). Ctrl-C's KeyboardInterrupt and the CLI's handler stay: a long commit can still be
-    interrupted. In the main thread only (the only one signals reach), once for nested calls."""
-    if getattr(_HELD, "n", 0) or threading.current_thread() is not threading.main_thread():
+def _signals_blocked():
+    """SIGINT and the held signals kept pending (not lost) while handlers are swapped, so that a
+    Ctrl-C cannot stop the swap half way (a program's handler left replaced for good)."""
+    if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    handlers = {s: h for s in (signal.SIGINT, signal.SIGTERM, *_HANGUP)
-                if callable(h := signal.getsignal(s)) and not _own(h)}
-    if not handlers:
-        yield
-        return
-    got: list[int] = []
-    _HELD.n = 1
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *_HOLDABLE})
     try:
-        for s in handlers:
-            signal.signal(s, lambda signum, frame: got.append(signum))
         yield
     finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        _HELD.n = 0
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def call_holding_user_handlers(fn, *args, **kwargs):
+    """fn(...) with the program's own Python handlers of SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 (a
+    training loop saving a checkpoint on a preemption notice, then ending) held back, and called
+    once it returns: such a handler calling mvc inside an mvc call found what the call holds taken
+    by its own thread (a lock: a hang) or half done (a batch of objects it joined, deleted when the
+    handler ended the process). Ctrl-C (SIGINT) is left alone, and so are the CLI's handlers. In
+    the main thread only (the only one Python runs handlers in), once for nested calls; a handler
+    installed during the call stays."""
+    if getattr(_HELD, "n", 0) or threading.get_ident() != threading.main_thread().ident:
+        return fn(*args, **kwargs)  # (a call inside one: repo.log reads each commit through read_commit)
+    handlers = {s: h for s in _HOLDABLE if callable(h := signal.getsignal(s)) and not _own(h)}
+    if not handlers:
+        _HELD.n = 1  # (calls inside this one look no further)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _HELD.n = 0
+    got: list[int] = []
+
+    def collect(signum, frame):
+        got.append(signum)
+    with _signals_blocked():
+        _HELD.n = 1
+        for s in handlers:
+            signal.signal(s, collect)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        with _signals_blocked():
+            for s, h in handlers.items():
+                if signal.getsignal(s) is collect:  # (one installed meanwhile stays)
+                    signal.signal(s, h)
+            _HELD.n = 0
         deliver(got)
 
 
 def holding_user_handlers(fn):
-    """`fn` run inside user_handlers_held (the public methods of Repo)."""
+    """`fn` run by call_holding_user_handlers (the public methods of Repo, the remote calls)."""
     @functools.wraps(fn)
     def held(*args, **kwargs):
-        with user_handlers_held():
-            return fn(*args, **kwargs)
+        return call_holding_user_handlers(fn, *args, **kwargs)
     return held
 
 
 def hold_user_handlers_in(cls):
-    """Class decorator: the public methods of `cls` (classmethods too) run inside
-    user_handlers_held (Repo: what a program calls, each call whole before its handlers run)."""
+    """Class decorator: the public methods of `cls` (classmethods too) run by
+    call_holding_user_handlers (Repo: what a program calls, each call whole before its handlers run)."""
     for name, value in list(vars(cls).items()):
         if name.startswith("_"):
             continue

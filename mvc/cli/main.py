@@ -218,7 +218,7 @@ def _on_sigterm(signum, frame):
     raise Terminated(signum)
 
 
-_on_sigterm.mvc_interrupts = True  # (interrupts as Ctrl-C does: see mvc.interrupts.user_handlers_held)
+_on_sigterm.mvc_interrupts = True  # (interrupts as Ctrl-C does: see mvc.interrupts.call_holding_user_handlers)
 
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))

@@ -44,7 +44,7 @@ from .repairing import repair
 
 from ..interrupts import holding_user_handlers
 
-# (each call whole before a program's own signal handler runs: see mvc.interrupts.user_handlers_held)
+# (each call whole before a program's own signal handler runs: see mvc.interrupts.call_holding_user_handlers)
 clone, fetch, pull, push, repair = (holding_user_handlers(f) for f in (clone, fetch, pull, push, repair))
 
 __all__ = ["DEFAULT_JOBS", "DEFAULT_REMOTE", "MAX_META_BYTES", "NAMED_MAX_BYTES", "Pool", "Progress",

@@ -361,3 +361,41 @@ def test_a_signal_handler_that_commits_inside_a_commit_or_gc_neither_damages_nor
         assert [c["message"] for c in lazy.log()] == ["preempted", "four", "start"] and messages == ["four", "start"]
     else:
         assert p.returncode == 0 and "refused: this thread holds" in p.stdout and messages == ["start"], p.stdout
+
+
+def test_a_program_s_handlers_wait_for_the_call_but_ctrl_c_and_handlers_installed_meanwhile_do_not(tmp_path):
+    """Held: SIGTERM and SIGUSR1 (SLURM's --signal=USR1@90: it ran inside the call, h116 01/02). Not
+    held: SIGINT, whose program handler (asyncio's) must stop a long call (h116 03). A handler the
+    call itself installs stays (it was put back to the one seen before, h116 04)."""
+    from mvc.interrupts import call_holding_user_handlers
+    ran = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, lambda signum, frame: ran.append(signum))
+
+        def call():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGUSR1)
+            ran.append("call ends")
+            return "result"
+        assert call_holding_user_handlers(call) == "result"
+        assert ran == ["call ends", signal.SIGTERM, signal.SIGUSR1]
+
+        class Stop(Exception):
+            pass
+
+        def stop(signum, frame):
+            raise Stop()
+        signal.signal(signal.SIGINT, stop)
+        with pytest.raises(Stop):
+            call_holding_user_handlers(lambda: (signal.raise_signal(signal.SIGINT), ran.append("went on")))
+        assert "went on" not in ran
+
+        def installs():
+            signal.signal(signal.SIGTERM, stop)
+        call_holding_user_handlers(installs)
+        assert signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
