@@ -27,13 +27,15 @@ def interrupts_deferred(held: list[int] | None = None):
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, *_HANGUP)}
     owned = [s for s, h in old.items() if h is not None]  # None: installed outside Python
     got: list[int] = []
-    for s in owned:
-        signal.signal(s, lambda signum, frame: got.append(signum))
+    with _signals_blocked():  # (a Ctrl-C half way through the swap must not leave one replaced for good)
+        for s in owned:
+            signal.signal(s, lambda signum, frame: got.append(signum))
     try:
         yield
     finally:  # (on every way out: a signal held back while the block failed is the caller's too)
-        for s in owned:
-            signal.signal(s, old[s])
+        with _signals_blocked():
+            for s in owned:
+                signal.signal(s, old[s])
         if held is not None:
             held.extend(got)
         else:
@@ -62,11 +64,11 @@ def _own(handler) -> bool:
 @contextlib.contextmanager
 def _signals_blocked():
     """SIGINT and the held signals kept pending (not lost) while handlers are swapped, so that a
-    Ctrl-C cannot stop the swap half way (a program's handler left replaced for good)."""
+    Ctrl-C cannot stop the swap half way (a handler left replaced for good)."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *_HOLDABLE})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *_HANGUP, *_HOLDABLE})
     try:
         yield
     finally:

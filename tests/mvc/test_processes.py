@@ -399,3 +399,30 @@ def test_a_program_s_handlers_wait_for_the_call_but_ctrl_c_and_handlers_installe
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def test_a_ctrl_c_while_handlers_are_put_back_leaves_none_replaced(monkeypatch):
+    """A Ctrl-C between putting back SIGINT's handler and SIGTERM's (interrupts_deferred, around a
+    ref move) raised KeyboardInterrupt out of the loop: SIGTERM's handler stayed the one that only
+    collects, for good (h116 05). The swap runs with the signals blocked: the Ctrl-C comes after."""
+    from mvc import interrupts
+    term = signal.getsignal(signal.SIGTERM)
+    mine = lambda signum, frame: None  # noqa: E731 (a program's SIGTERM handler)
+    signal.signal(signal.SIGTERM, mine)
+    real, calls = signal.signal, []
+
+    def swapping(s, h):  # a Ctrl-C right after the first handler is put back
+        out = real(s, h)
+        calls.append(s)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    try:
+        monkeypatch.setattr(interrupts.signal, "signal", swapping)
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.interrupts_deferred():
+                pass
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, term)
