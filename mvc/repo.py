@@ -673,8 +673,9 @@ class Repo(Maintenance):
         _check_expected_head(ref, parent, expect_head)
         self._next_components(parent if parent is not None else created_from, remove,
                               set(components) | set(trees or {}), quiet=True)  # (warned of when it lands)
-        # a commit inside this thread's commit (a training loop's signal handler) runs in a context of its
-        # own: its objects must not join the other's batch, whose temp files go when the handler ends it all
+        # a commit inside this thread's commit (a progress callback that commits; a handler of a signal mvc
+        # does not hold) runs in a context of its own: its objects must not join the other's batch, whose
+        # temp files go if that one then fails (see mvc.interrupts for the signals held during calls)
         depth = getattr(_COMMITTING, "depth", 0)
         _COMMITTING.depth = depth + 1
         try:
