@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import signal
 import threading
 
@@ -43,9 +44,16 @@ def interrupts_deferred(held: list[int] | None = None):
 
 
 def deliver(signals: list[int]) -> None:
-    """Raise each of `signals` (held back by interrupts_deferred) once, in order."""
+    """Raise each of `signals` (held back) once, in order; where a handler raises, the others are
+    still raised, then the first exception (a preemption notice must not be lost behind a Ctrl-C)."""
+    first = None
     for s in dict.fromkeys(signals):
-        signal.raise_signal(s)
+        try:
+            signal.raise_signal(s)
+        except BaseException as e:  # noqa: BLE001 (raised again below, once the rest are delivered)
+            first = first or e
+    if first is not None:
+        raise first
 
 
 _HELD = threading.local()  # n: a program's handlers are held back by an mvc call this thread is in
@@ -68,8 +76,9 @@ def _signals_blocked():
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *_HANGUP, *_HOLDABLE})
-    try:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # (the mask as it is, changed in the try: a pending
+    try:                                               # handler run as it changes may raise, mask set)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *_HANGUP, *_HOLDABLE})
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
@@ -87,8 +96,8 @@ def call_holding_user_handlers(fn, *args, **kwargs):
         return fn(*args, **kwargs)  # (a call inside one: repo.log reads each commit through read_commit)
     handlers = {s: h for s in _HOLDABLE if callable(h := signal.getsignal(s)) and not _own(h)}
     if not handlers:
-        _HELD.n = 1  # (calls inside this one look no further)
         try:
+            _HELD.n = 1  # (calls inside this one look no further)
             return fn(*args, **kwargs)
         finally:
             _HELD.n = 0
@@ -96,19 +105,45 @@ def call_holding_user_handlers(fn, *args, **kwargs):
 
     def collect(signum, frame):
         got.append(signum)
-    with _signals_blocked():
-        _HELD.n = 1
-        for s in handlers:
-            signal.signal(s, collect)
     try:
+        with _signals_blocked():
+            _HELD.n = 1
+            for s, h in handlers.items():
+                signal.signal(s, collect)
+                _SWAPPED[s] = (h, collect)
         return fn(*args, **kwargs)
     finally:
-        with _signals_blocked():
-            for s, h in handlers.items():
-                if signal.getsignal(s) is collect:  # (one installed meanwhile stays)
-                    signal.signal(s, h)
+        try:
+            with _signals_blocked():
+                _put_back()
+        finally:
+            _put_back()  # (again, unblocked, where blocking itself raised: a pending Ctrl-C's handler)
             _HELD.n = 0
         deliver(got)
+
+
+_SWAPPED: dict[int, tuple] = {}  # signal -> (the program's handler, mvc's collecting one) while held
+
+
+def _put_back() -> None:
+    """The program's handlers back where mvc's collecting ones still are (one installed meanwhile stays)."""
+    for s, (h, collect) in list(_SWAPPED.items()):
+        if signal.getsignal(s) is collect:
+            signal.signal(s, h)
+        del _SWAPPED[s]
+
+
+def _after_fork_in_child() -> None:
+    """A child forked inside a held call (a callback starting a worker) gets the program's handlers
+    back at once: it may never return through the call (multiprocessing's child exits from its
+    target), and nothing would deliver what the collecting handler takes (SIGTERM ignored)."""
+    if _SWAPPED:
+        _put_back()
+    _HELD.n = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def holding_user_handlers(fn):
