@@ -1,4 +1,6 @@
-"""Holding Ctrl-C, SIGTERM and SIGHUP back while a step that must not stop half way runs."""
+"""Holding signals back: Ctrl-C, SIGTERM and SIGHUP while a step that must not stop half way runs
+(interrupts_deferred), and a program's own handlers of a scheduler's stop and preemption notices
+while any public mvc call runs (call_holding_user_handlers)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,22 +27,60 @@ def interrupts_deferred(held: list[int] | None = None):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, *_HANGUP)}
-    owned = [s for s, h in old.items() if h is not None]  # None: installed outside Python
-    got: list[int] = []
-    with _signals_blocked():  # (a Ctrl-C half way through the swap must not leave one replaced for good)
-        for s in owned:
-            signal.signal(s, lambda signum, frame: got.append(signum))
+    owned = [s for s in (signal.SIGINT, signal.SIGTERM, *_HANGUP) if signal.getsignal(s) is not None]
+    got: list[int] = []  # (None above: installed outside Python)
+    before: dict = {}
+
+    def collect(signum, frame):
+        got.append(signum)
     try:
+        _swap_in(owned, collect, before)
         yield
     finally:  # (on every way out: a signal held back while the block failed is the caller's too)
-        with _signals_blocked():
-            for s in owned:
-                signal.signal(s, old[s])
+        interrupted = _put_back(before, collect)
         if held is not None:
             held.extend(got)
+            _raise(interrupted)
         else:
-            deliver(got)
+            _deliver_then(got, interrupted)
+
+
+def _swap_in(signals, collect, before: dict) -> None:
+    """Each of `signals` handled by `collect`, the one before kept in `before`; swapped with the
+    signals blocked (a Ctrl-C half way through must not leave one replaced for good)."""
+    with _signals_blocked():
+        for s in signals:
+            before[s] = signal.getsignal(s)
+            signal.signal(s, collect)
+
+
+def _put_back(before: dict, collect) -> BaseException | None:
+    """The handlers of `before` back where `collect` still is (one installed meanwhile stays), with
+    the signals blocked; done again until whole when a pending Ctrl-C's handler raised as the mask
+    changed, which is returned, to be raised once what was held back is delivered."""
+    interrupted = None
+    while True:
+        try:
+            with _signals_blocked():
+                for s, h in list(before.items()):
+                    if signal.getsignal(s) is collect:
+                        signal.signal(s, h)
+                    del before[s]
+            return interrupted
+        except BaseException as e:  # noqa: BLE001 (returned, raised by the caller)
+            interrupted = interrupted or e
+
+
+def _raise(e: BaseException | None) -> None:
+    if e is not None:
+        raise e
+
+
+def _deliver_then(got: list[int], interrupted: BaseException | None) -> None:
+    try:
+        deliver(got)
+    finally:
+        _raise(interrupted)
 
 
 def deliver(signals: list[int]) -> None:
@@ -101,45 +141,34 @@ def call_holding_user_handlers(fn, *args, **kwargs):
             return fn(*args, **kwargs)
         finally:
             _HELD.n = 0
+    global _HOLD
     got: list[int] = []
+    before: dict = {}
 
     def collect(signum, frame):
         got.append(signum)
     try:
-        with _signals_blocked():
-            _HELD.n = 1
-            for s, h in handlers.items():
-                signal.signal(s, collect)
-                _SWAPPED[s] = (h, collect)
+        _HELD.n = 1
+        _HOLD = (before, collect)
+        _swap_in(handlers, collect, before)
         return fn(*args, **kwargs)
     finally:
-        try:
-            with _signals_blocked():
-                _put_back()
-        finally:
-            _put_back()  # (again, unblocked, where blocking itself raised: a pending Ctrl-C's handler)
-            _HELD.n = 0
-        deliver(got)
+        interrupted = _put_back(before, collect)
+        _HOLD, _HELD.n = None, 0
+        _deliver_then(got, interrupted)
 
 
-_SWAPPED: dict[int, tuple] = {}  # signal -> (the program's handler, mvc's collecting one) while held
-
-
-def _put_back() -> None:
-    """The program's handlers back where mvc's collecting ones still are (one installed meanwhile stays)."""
-    for s, (h, collect) in list(_SWAPPED.items()):
-        if signal.getsignal(s) is collect:
-            signal.signal(s, h)
-        del _SWAPPED[s]
+_HOLD: tuple | None = None  # (handlers before, mvc's collecting one) of the hold in force
 
 
 def _after_fork_in_child() -> None:
     """A child forked inside a held call (a callback starting a worker) gets the program's handlers
     back at once: it may never return through the call (multiprocessing's child exits from its
     target), and nothing would deliver what the collecting handler takes (SIGTERM ignored)."""
-    if _SWAPPED:
-        _put_back()
-    _HELD.n = 0
+    global _HOLD
+    if _HOLD is not None:
+        _put_back(*_HOLD)
+    _HOLD, _HELD.n = None, 0
 
 
 if hasattr(os, "register_at_fork"):
